@@ -1,0 +1,112 @@
+"""The full demo: prepare NYC flights traffic, register two models, replay, evaluate, open the app.
+
+Idempotent on one home: registered models and ingested traffic are reused, and the replay run id is
+derived from the two model versions, so a second ``workbench demo`` resumes or reuses the same run.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from workbench import WorkbenchError
+from workbench.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAFFIC = "flights"
+
+
+def _registered(settings: Settings) -> dict | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.train_models import MODEL_NAME
+
+    client = mlflow.MlflowClient()
+    try:
+        return {role: {"version": client.get_model_version_by_alias(MODEL_NAME, alias).version,
+                       "uri": f"models:/{MODEL_NAME}@{alias}"}
+                for role, alias in (("baseline", "champion"), ("candidate", "challenger"))}
+    except MlflowException:
+        return None
+
+
+def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: int | None = None,
+             app: bool = True, port: int = 8501, log: Callable[[str], None] = print) -> dict:
+    """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end."""
+    import mlflow
+
+    from pipelines.prepare_flights import NULLABLE, write
+    from pipelines.train_models import register
+    from workbench.evaluation import evaluate_run
+    from workbench.models import load_predictor
+    from workbench.replay import replay
+    from workbench.store import Store
+    from workbench.traffic import file_sha256, ingest, ingest_labels
+
+    timings: dict[str, float] = {}
+    data = Path(data_dir)
+    t = time.perf_counter()
+    counts = write(data, limit)
+    timings["prepare"] = time.perf_counter() - t
+    log(f"[1/5] prepared NYC flights 2013 under {data}: {counts}")
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    t = time.perf_counter()
+    models = _registered(settings) or register(settings, data / "flights_train.parquet", log=log)
+    timings["register"] = time.perf_counter() - t
+    log(f"[2/5] models: baseline v{models['baseline']['version']}, candidate v{models['candidate']['version']}")
+
+    summary: dict = {"home": str(settings.home), "data": counts, "models": models}
+    with Store(settings.db_path) as store:
+        t = time.perf_counter()
+        info = store.traffic_info(TRAFFIC)
+        traffic_file = data / "traffic.parquet"
+        import hashlib
+
+        expected = hashlib.sha256(file_sha256([traffic_file]).encode()).hexdigest()
+        if info is None:
+            res = ingest(store, traffic_file, TRAFFIC, entity_col="tail_number", nullable=NULLABLE)
+            summary["ingest"] = res.to_dict()
+            summary["labels"] = ingest_labels(store, data / "labels.parquet", TRAFFIC).to_dict()
+        elif info["fingerprint"] != expected:
+            raise WorkbenchError(f"traffic {TRAFFIC!r} in {settings.home} holds other data; use a fresh "
+                                 "WORKBENCH_HOME for a demo of another size")
+        else:
+            summary["ingest"] = {"traffic": TRAFFIC, "rows": info["rows"], "quarantined": info["quarantined"],
+                                 "reasons": store.quarantine_summary(TRAFFIC), "reused": True}
+        timings["ingest"] = time.perf_counter() - t
+        log(f"[3/5] ingested: {summary['ingest']}")
+
+        t = time.perf_counter()
+        baseline = load_predictor(models["baseline"]["uri"])
+        candidate = load_predictor(models["candidate"]["uri"])
+        run_id = f"demo_v{baseline.ref.version}_v{candidate.ref.version}"
+        res = replay(store, TRAFFIC, baseline, candidate, run_id=run_id)
+        summary["replay"] = res.to_dict()
+        timings["replay"] = time.perf_counter() - t
+        log(f"[4/5] replayed: {summary['replay']}")
+
+        t = time.perf_counter()
+        summary["evaluation"] = evaluate_run(store, run_id).to_dict()
+        timings["evaluate"] = time.perf_counter() - t
+        log(f"[5/5] evaluated {summary['evaluation']['labeled_rows']} labelled rows")
+    summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    if app:
+        serve_app(settings, port, log)
+    return summary
+
+
+def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None:
+    """Serve the Streamlit app on 127.0.0.1 until interrupted."""
+    env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    log(f"serving the workbench app on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    try:
+        subprocess.run(cmd, env=env, check=False)
+    except KeyboardInterrupt:
+        pass

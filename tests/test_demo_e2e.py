@@ -1,0 +1,65 @@
+"""End to end on a small real slice: the CLI contract from traffic to metrics, against sklearn."""
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from conftest import DEMO_LIMIT, run_cli
+
+
+def test_demo_summary(demo_home):
+    d = json.loads((demo_home / "demo.json").read_text())
+    assert d["ingest"]["rows_read"] == d["ingest"]["rows"] + d["ingest"]["quarantined"]
+    assert d["replay"]["rows"] == d["ingest"]["rows"] and d["replay"]["status"] == "finished"
+    assert d["models"]["baseline"]["version"] != d["models"]["candidate"]["version"]
+    assert 0 < d["evaluation"]["labeled_rows"] <= d["replay"]["rows"]
+    assert d["data"]["traffic"] + d["data"]["train"] <= DEMO_LIMIT
+
+
+def test_cli_evaluate_matches_sklearn(demo_home):
+    run_id = json.loads((demo_home / "demo.json").read_text())["replay"]["run_id"]
+    out = json.loads(run_cli("evaluate", run_id, "--json", home=demo_home).stdout)
+    assert set(out) >= {"run_id", "labeled_rows", "baseline", "candidate"}
+    import duckdb
+
+    con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
+    for role in ("baseline", "candidate"):
+        y, s = map(np.array, zip(*con.execute(
+            "SELECT l.label, p.score FROM predictions p JOIN labels l USING (request_id) "
+            "WHERE p.run_id = ? AND p.role = ? AND p.error IS NULL", [run_id, role]).fetchall()))
+        t = out["thresholds"][role]
+        assert out[role]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)
+        assert out[role]["f1"] == pytest.approx(skm.f1_score(y, s >= t), abs=1e-9)
+        assert out[role]["log_loss"] == pytest.approx(skm.log_loss(y, s), abs=1e-9)
+    con.close()
+
+
+def test_cli_json_is_one_object_and_rerun_is_noop(demo_home):
+    d = json.loads((demo_home / "demo.json").read_text())
+    proc = run_cli("replay", "--baseline", "models:/flight-delay@champion", "--candidate",
+                   "models:/flight-delay@challenger", "--traffic", "flights", "--run-id", d["replay"]["run_id"],
+                   "--json", home=demo_home)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["status"] == "already_complete" and out["rows"] == d["replay"]["rows"]
+
+
+def test_cli_errors_are_one_line(demo_home, tmp_path):
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    proc = run_cli("ingest", str(bad), "--name", "broken", "--json", home=demo_home, check=False)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.strip().startswith("error: cannot read") and "Traceback" not in proc.stderr
+    proc = run_cli("evaluate", "no_such_run", home=demo_home, check=False)
+    assert proc.returncode == 2 and "unknown run" in proc.stderr
+
+
+def test_registry_uris_resolve_to_versions(workbench_env):
+    from workbench.models import describe
+
+    champ = describe("models:/flight-delay@champion")
+    assert champ.flavor == "sklearn" and champ.version == "1" and 0 < champ.threshold < 1
+    chall = describe("models:/flight-delay/2")
+    assert chall.flavor == "pytorch" and "temp" in chall.features

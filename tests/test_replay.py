@@ -1,0 +1,98 @@
+"""Shadow replay with tiny in-process models: pairing, error isolation, resume, immutability."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TinyModel
+from workbench import WorkbenchError
+from workbench.replay import ReplayOptions, replay
+from workbench.store import Store
+from workbench.traffic import ingest
+
+
+@pytest.fixture
+def store(tmp_path):
+    df = pd.DataFrame({"request_id": [f"r{i:03d}" for i in range(100)],
+                       "event_time": pd.date_range("2024-01-01", periods=100, freq="min"),
+                       "x": np.linspace(-3, 3, 100).round(6)})
+    df.loc[17, "x"] = 100.0
+    df.loc[42, "x"] = 200.0
+    df.to_parquet(tmp_path / "t.parquet")
+    with Store(":memory:") as s:
+        ingest(s, tmp_path / "t.parquet", "t")
+        yield s
+
+
+def predictions(store, run_id):
+    return store.con.execute("SELECT request_id, role, score, pred_class, latency_ms, error FROM predictions "
+                             "WHERE run_id = ? ORDER BY role, request_id", [run_id]).df()
+
+
+def test_every_request_scored_by_both(store):
+    r = replay(store, "t", TinyModel("a"), TinyModel("b", threshold=0.9), run_id="r1",
+               options=ReplayOptions(batch_size=16))
+    assert (r.rows, r.baseline_errors, r.candidate_errors, r.status) == (100, 0, 0, "finished")
+    p = predictions(store, "r1")
+    assert len(p) == 200 and p.groupby("role").request_id.nunique().to_dict() == {"baseline": 100, "candidate": 100}
+    x = np.linspace(-3, 3, 100).round(6)
+    x[17], x[42] = 100.0, 200.0
+    np.testing.assert_allclose(p[p.role == "baseline"].score.to_numpy(), 1 / (1 + np.exp(-x)))
+    cand = p[p.role == "candidate"]
+    assert (cand.pred_class == (cand.score >= 0.9)).all()
+    assert (p.latency_ms > 0).all()
+
+
+def test_raising_rows_are_bisected_and_isolated(store):
+    bad = TinyModel("bad", raise_on={100.0, 200.0})
+    r = replay(store, "t", TinyModel("good"), bad, run_id="r2", options=ReplayOptions(batch_size=32))
+    assert (r.baseline_errors, r.candidate_errors) == (0, 2)
+    p = predictions(store, "r2")
+    errs = p[(p.role == "candidate") & p.error.notna()]
+    assert sorted(errs.request_id) == ["r017", "r042"]
+    assert errs.error.str.contains("ValueError: bad input row").all() and errs.score.isna().all()
+    assert p[p.role == "baseline"].error.isna().all()
+
+
+def test_nan_scores_and_wrong_shapes_are_errors(store):
+    r = replay(store, "t", TinyModel("nan", nan_on={100.0}), TinyModel("shape", wrong_shape=True), run_id="r3")
+    assert r.baseline_errors == 1
+    assert r.candidate_errors == 100   # a wrong shape is bisected down to single rows, which fail too
+    p = predictions(store, "r3")
+    assert p[p.role == "baseline"].dropna(subset=["error"]).error.iloc[0].startswith("non-finite score")
+
+
+def test_finished_run_is_immutable(store):
+    replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="r4")
+    again = replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="r4")
+    assert again.status == "already_complete" and again.rows == 100
+    assert len(predictions(store, "r4")) == 200
+
+
+def test_interrupted_run_resumes_exactly_once(store):
+    class Crash(TinyModel):
+        def predict(self, batch):
+            if self.calls >= 3:
+                raise KeyboardInterrupt   # stands in for the process dying between batches
+            return super().predict(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        replay(store, "t", TinyModel("a"), Crash("b"), run_id="r5", options=ReplayOptions(batch_size=10))
+    assert store.require_run("r5")["rows_done"] == 30
+    r = replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="r5", options=ReplayOptions(batch_size=10))
+    assert r.status == "finished" and r.rows == 100
+    p = predictions(store, "r5")
+    assert len(p) == 200 and not p.duplicated(["request_id", "role"]).any()
+
+
+def test_resume_refuses_other_models(store):
+    replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="r6")
+    other = TinyModel("c")
+    with pytest.raises(WorkbenchError, match="was started with candidate"):
+        replay(store, "t", TinyModel("a"), other, run_id="r6")
+
+
+def test_missing_feature_is_a_clear_error(store):
+    m = TinyModel("a")
+    object.__setattr__(m, "ref", m.ref.__class__(**{**m.ref.__dict__, "features": ("x", "nope")}))
+    with pytest.raises(WorkbenchError, match="needs column"):
+        replay(store, "t", m, TinyModel("b"))

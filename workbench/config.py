@@ -1,0 +1,49 @@
+"""Settings: the workbench home, the DuckDB file, the MLflow tracking URI and key paths.
+
+Environment variables: ``WORKBENCH_HOME`` (default ``./.workbench``) and ``MLFLOW_TRACKING_URI``
+(default: a local sqlite store under the home, so nothing needs a server).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    mlflow_tracking_uri: str
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "workbench.duckdb"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    def ensure(self) -> "Settings":
+        """Create the home folder (and its sub-folders) if missing."""
+        for d in (self.home, self.artifacts_dir, self.reports_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def default_mlflow_uri(home: Path) -> str:
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def load_settings(home: str | os.PathLike | None = None) -> Settings:
+    """Settings from arguments, then the environment, then defaults."""
+    h = Path(home or os.environ.get("WORKBENCH_HOME") or ".workbench").resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(h)
+    return Settings(home=h, mlflow_tracking_uri=uri)

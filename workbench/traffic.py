@@ -1,0 +1,362 @@
+"""Ingest traffic logs and labels under a schema contract, with a quarantine for rows that break it.
+
+Contract (see CONTRACT.md): the request id, the event time and every feature column are required
+(``nullable`` lifts that per column). A row with a null gets ``null:<col>``, a value that cannot be read
+as its column's type ``type:<col>``, an infinite number ``nonfinite:<col>``, a later copy of a request id
+``duplicate_id``. Rows read = rows ingested + rows quarantined, always. A file that cannot be read at all
+raises :class:`WorkbenchError` and changes nothing (one transaction per ingest).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from . import WorkbenchError
+from .store import Store, check_name, qident, traffic_table
+
+BATCH_ROWS = 262_144
+RAW_MAX_CHARS = 4096
+NUMERIC_TYPES = ("BIGINT", "DOUBLE")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    traffic: str
+    rows_read: int
+    rows: int
+    quarantined: int
+    reasons: dict
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return {"traffic": self.traffic, "rows": self.rows, "quarantined": self.quarantined,
+                "rows_read": self.rows_read, "reasons": self.reasons, "fingerprint": self.fingerprint}
+
+
+@dataclass(frozen=True)
+class LabelsResult:
+    traffic: str
+    rows_read: int
+    labels: int
+    unmatched: int
+    quarantined: int
+    reasons: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- reading --------------------------------------------------------------------------------------
+def resolve_paths(path: str | Path) -> list[Path]:
+    """Expand a file path or glob into a sorted list of files; an empty match is an error."""
+    p = str(path)
+    files = sorted(Path(f) for f in glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else [Path(p)]
+    if not files:
+        raise WorkbenchError(f"no file matches {p}")
+    for f in files:
+        if not f.is_file():
+            raise WorkbenchError(f"traffic file not found: {f}")
+    return files
+
+
+def file_sha256(files: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _format(f: Path) -> str:
+    s = "".join(f.suffixes[-2:]).lower()
+    if s.endswith((".parquet", ".pq")):
+        return "parquet"
+    if s.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    if s.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    raise WorkbenchError(f"unsupported file type {f.name}: use .parquet, .csv or .jsonl")
+
+
+def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from Parquet, CSV (every column read as text) or JSON-lines files."""
+    for f in files:
+        kind = _format(f)
+        try:
+            if kind == "parquet":
+                pf = pq.ParquetFile(f)
+                if pf.metadata.num_rows == 0:
+                    yield pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
+                yield from pf.iter_batches(batch_size=batch_rows)
+            elif kind == "csv":
+                delim = "\t" if f.suffix.lower() == ".tsv" else ","
+                parse = pacsv.ParseOptions(delimiter=delim)
+                names = pacsv.open_csv(f, parse_options=parse).schema.names
+                conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                            strings_can_be_null=True)
+                reader = pacsv.open_csv(f, parse_options=parse, convert_options=conv,
+                                        read_options=pacsv.ReadOptions(block_size=16 << 20))
+                yield from reader
+            else:
+                yield from pajson.read_json(f).to_batches(batch_rows)
+        except WorkbenchError:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WorkbenchError(f"cannot read {f}: {msg}") from None
+
+
+# -- typing ---------------------------------------------------------------------------------------
+def _column_types(cur, batch_view: str) -> dict[str, str]:
+    return {r[0]: r[1] for r in cur.execute(f"DESCRIBE SELECT * FROM {batch_view}").fetchall()}
+
+
+def _infer_text_type(cur, view: str, col: str) -> str:
+    """Type of a text column: numeric when at least 90% of its values read as numbers."""
+    q = qident(col)
+    n, as_int, as_num = cur.execute(
+        f"SELECT count({q}), count(TRY_CAST({q} AS BIGINT)), count(TRY_CAST({q} AS DOUBLE)) FROM {view}").fetchall()[0]
+    if n == 0:
+        return "VARCHAR"
+    if as_int >= 0.9 * n and as_int == as_num:
+        return "BIGINT"
+    if as_num >= 0.9 * n:
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def _target_types(cur, view: str, src_types: dict[str, str], existing: dict[str, str] | None) -> dict[str, str]:
+    if existing:
+        return existing
+    out = {}
+    for c, t in src_types.items():
+        out[c] = _infer_text_type(cur, view, c) if t == "VARCHAR" else t
+    return out
+
+
+def _cast_expr(col: str, src_type: str, target: str) -> str:
+    q = f"_wb_src.{qident(col)}"
+    if target == "TIMESTAMP":
+        if src_type.startswith("TIMESTAMP") and "TIME ZONE" not in src_type:
+            return f"CAST({q} AS TIMESTAMP)"
+        return f"CAST(TRY_CAST({q} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    if src_type == target:
+        return q
+    return f"TRY_CAST({q} AS {target})"
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_id",
+           time_col: str = "event_time", entity_col: str | None = None, label_col: str | None = None,
+           nullable: Iterable[str] = (), progress: Callable[[int], None] | None = None) -> IngestResult:
+    """Ingest a traffic file (or glob) into traffic set ``name``; return the reconciled counts."""
+    check_name(name, "traffic name")
+    files = resolve_paths(path)
+    sha = file_sha256(files)
+    nullable = set(nullable)
+    info = store.traffic_info(name)
+    if info and (info["id_col"], info["time_col"]) != (id_col, time_col):
+        raise WorkbenchError(f"traffic {name!r} was ingested with id column {info['id_col']!r} and time column "
+                             f"{info['time_col']!r}; use the same columns to append")
+    ingest_id = uuid.uuid4().hex[:12]
+    read = ingested = 0
+    reasons: dict[str, int] = {}
+    with store.transaction() as cur:
+        existing_types = _stored_feature_types(cur, name) if info else None
+        row_offset = _next_row(cur, name) if info else 0
+        features: list[str] | None = None
+        for batch in read_batches(files):
+            cur.register("_wb_batch", pa.Table.from_batches([batch]))
+            src_types = _column_types(cur, "_wb_batch")
+            if features is None:
+                features = _check_columns(list(src_types), id_col, time_col, entity_col, label_col, existing_types)
+                targets = _target_types(cur, "_wb_batch", {c: src_types[c] for c in features}, existing_types)
+                if info is None:
+                    _create_table(cur, name, features, targets)
+            else:
+                _check_same_columns(list(src_types), features, id_col, time_col, entity_col, label_col)
+            n_ok, n_bad = _ingest_batch(cur, name, ingest_id, src_types, features, targets, id_col, time_col,
+                                        entity_col, label_col, nullable, row_offset + read, read, reasons)
+            cur.unregister("_wb_batch")
+            read += len(batch)
+            ingested += n_ok
+            if progress:
+                progress(len(batch))
+        if features is None:
+            raise WorkbenchError(f"{path} holds no data")
+        if label_col:
+            store.upsert_labels(cur, name, cur.sql(
+                "SELECT request_id, label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_labels_stage").to_arrow_table())
+            cur.execute("DROP TABLE _wb_labels_stage")
+        quarantined = read - ingested
+        fingerprint = hashlib.sha256(((info or {}).get("fingerprint", "") + sha).encode()).hexdigest()
+        store.upsert_traffic_set(cur, name, id_col=id_col, time_col=time_col, entity_col=entity_col,
+                                 columns=features, fingerprint=fingerprint, added_rows=ingested,
+                                 added_quarantined=quarantined)
+        store.record_ingest(cur, ingest_id=ingest_id, traffic=name, kind="traffic", source=str(path),
+                            file_sha256=sha, rows_read=read, rows_ingested=ingested, rows_quarantined=quarantined)
+    return IngestResult(name, read, ingested, quarantined, dict(sorted(reasons.items())), fingerprint)
+
+
+def _stored_feature_types(cur, name: str) -> dict[str, str]:
+    rows = cur.execute(f"DESCRIBE SELECT * FROM {traffic_table(name)}").fetchall()
+    return {r[0]: r[1] for r in rows if r[0] not in ("_row", "request_id", "event_time", "entity_key")}
+
+
+def _next_row(cur, name: str) -> int:
+    return int(cur.execute(f"SELECT coalesce(max(_row) + 1, 0) FROM {traffic_table(name)}").fetchall()[0][0])
+
+
+def _check_columns(cols, id_col, time_col, entity_col, label_col, existing_types) -> list[str]:
+    missing = [c for c in (id_col, time_col, entity_col, label_col) if c and c not in cols]
+    if missing:
+        raise WorkbenchError(f"missing required column(s) {', '.join(missing)}; the file has: "
+                             f"{', '.join(cols[:30])}")
+    reserved = {"_row", "request_id", "event_time", "entity_key"} - {id_col, time_col, entity_col}
+    clash = sorted(reserved & set(cols) - {id_col, time_col, entity_col})
+    if clash:
+        raise WorkbenchError(f"column name(s) {', '.join(clash)} are reserved by the workbench; rename them")
+    features = [c for c in cols if c not in (id_col, time_col, entity_col, label_col)]
+    if existing_types is not None:
+        missing = [c for c in existing_types if c not in features]
+        if missing:
+            raise WorkbenchError(f"missing column(s) {', '.join(missing)} that the traffic set already has")
+        features = list(existing_types)
+    return features
+
+
+def _check_same_columns(cols, features, id_col, time_col, entity_col, label_col) -> None:
+    missing = [c for c in [id_col, time_col, entity_col, label_col, *features] if c and c not in cols]
+    if missing:
+        raise WorkbenchError(f"a later file or batch lacks column(s) {', '.join(missing)}")
+
+
+def _create_table(cur, name: str, features: list[str], targets: dict[str, str]) -> None:
+    cols = ["_row BIGINT", "request_id VARCHAR", "event_time TIMESTAMP", "entity_key VARCHAR"]
+    cols += [f"{qident(c)} {targets[c]}" for c in features]
+    cur.execute(f"CREATE TABLE {traffic_table(name)} ({', '.join(cols)})")
+
+
+def _ingest_batch(cur, name, ingest_id, src_types, features, targets, id_col, time_col, entity_col, label_col,
+                  nullable, row_offset, source_start, reasons) -> tuple[int, int]:
+    """Validate one batch in SQL, insert good rows, quarantine bad ones; return (ok, bad)."""
+    sel = [f"{row_offset} + (row_number() OVER () - 1) AS _row",
+           f"CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id",
+           f"{_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} AS event_time",
+           (f"CAST(_wb_src.{qident(entity_col)} AS VARCHAR)" if entity_col else "CAST(NULL AS VARCHAR)")
+           + " AS entity_key"]
+    checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL OR CAST(_wb_src.{qident(id_col)} AS VARCHAR) = '' "
+              f"THEN {_lit('null:' + id_col)}",
+              f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {_lit('null:' + time_col)}",
+              f"WHEN {_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} IS NULL "
+              f"THEN {_lit('type:' + time_col)}"]
+    for i, c in enumerate(features):
+        expr = _cast_expr(c, src_types[c], targets[c])
+        sel.append(f"{expr} AS {qident(c)}")
+        src = f"_wb_src.{qident(c)}"
+        if c not in nullable:
+            null_test = f"{src} IS NULL"
+            if src_types[c] in ("DOUBLE", "FLOAT"):
+                null_test += f" OR isnan({src})"
+            checks.append(f"WHEN {null_test} THEN {_lit('null:' + c)}")
+        checks.append(f"WHEN {src} IS NOT NULL AND {expr} IS NULL THEN {_lit('type:' + c)}")
+        if targets[c] in ("DOUBLE", "FLOAT"):
+            checks.append(f"WHEN isinf({expr}) THEN {_lit('nonfinite:' + c)}")
+    if label_col:
+        lab = f"_wb_src.{qident(label_col)}"
+        lab_expr = f"coalesce(TRY_CAST({lab} AS INTEGER), CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
+        sel.append(f"{lab_expr} AS _wb_label")
+        checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {_lit('type:' + label_col)}")
+    reason = "CASE " + " ".join(checks) + " END"
+    raw = f"left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS})"
+    cur.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
+                    SELECT {', '.join(sel)}, {reason} AS _reason, {raw} AS _raw FROM _wb_batch AS _wb_src""")
+    cur.execute(f"""UPDATE _wb_checked SET _reason = 'duplicate_id'
+                    WHERE _reason IS NULL AND (_row IN (
+                        SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
+                                          FROM _wb_checked WHERE request_id IS NOT NULL) WHERE k > 1)
+                      OR request_id IN (SELECT request_id FROM {traffic_table(name)}))""")
+    cols = ", ".join(["_row", "request_id", "event_time", "entity_key"] + [qident(c) for c in features])
+    cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_checked WHERE _reason IS NULL")
+    if label_col:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS _wb_labels_stage (request_id VARCHAR, label INTEGER)")
+        cur.execute("INSERT INTO _wb_labels_stage SELECT request_id, _wb_label FROM _wb_checked "
+                    "WHERE _reason IS NULL AND _wb_label IS NOT NULL")
+    cur.execute("""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ? + ?, request_id, _reason, _raw
+                   FROM _wb_checked WHERE _reason IS NOT NULL""", [name, ingest_id, row_offset, source_start])
+    bad = cur.execute("SELECT _reason, count(*) FROM _wb_checked WHERE _reason IS NOT NULL GROUP BY 1").fetchall()
+    for r, n in bad:
+        reasons[r] = reasons.get(r, 0) + int(n)
+    n_bad = sum(int(n) for _, n in bad)
+    total = cur.execute("SELECT count(*) FROM _wb_checked").fetchall()[0][0]
+    cur.execute("DROP TABLE _wb_checked")
+    return int(total) - n_bad, n_bad
+
+
+def _lit(s: str) -> str:
+    """A SQL string literal for a reason text built from a column name."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+# -- labels ---------------------------------------------------------------------------------------
+def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str = "request_id",
+                  label_col: str = "label", time_col: str | None = "label_time") -> LabelsResult:
+    """Ingest labels for a traffic set; a later file's label for the same id replaces the earlier one."""
+    store.require_traffic(traffic)
+    files = resolve_paths(path)
+    sha = file_sha256(files)
+    ingest_id = uuid.uuid4().hex[:12]
+    read = stored = unmatched = 0
+    reasons: dict[str, int] = {}
+    with store.transaction() as cur:
+        for batch in read_batches(files):
+            cur.register("_wb_batch", pa.Table.from_batches([batch]))
+            src_types = _column_types(cur, "_wb_batch")
+            missing = [c for c in (id_col, label_col) if c not in src_types]
+            if missing:
+                raise WorkbenchError(f"labels file lacks column(s) {', '.join(missing)}; it has: "
+                                     f"{', '.join(list(src_types)[:30])}")
+            has_time = bool(time_col) and time_col in src_types
+            lab = f"_wb_src.{qident(label_col)}"
+            lab_expr = f"coalesce(TRY_CAST({lab} AS INTEGER), CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
+            t_expr = _cast_expr(time_col, src_types[time_col], "TIMESTAMP") if has_time else "CAST(NULL AS TIMESTAMP)"
+            checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {_lit('null:' + id_col)}",
+                      f"WHEN {lab} IS NULL THEN {_lit('null:' + label_col)}",
+                      f"WHEN {lab_expr} IS NULL THEN {_lit('type:' + label_col)}"]
+            if has_time:
+                checks.append(f"WHEN _wb_src.{qident(time_col)} IS NOT NULL AND {t_expr} IS NULL "
+                              f"THEN {_lit('type:' + time_col)}")
+            cur.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
+                SELECT {read} + (row_number() OVER () - 1) AS _row,
+                       CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id, {lab_expr} AS label,
+                       {t_expr} AS label_time, CASE {' '.join(checks)} END AS _reason,
+                       left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) AS _raw
+                FROM _wb_batch AS _wb_src""")
+            cur.execute("""UPDATE _wb_checked SET _reason = 'duplicate_id' WHERE _reason IS NULL AND _row IN (
+                SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
+                FROM _wb_checked WHERE _reason IS NULL) WHERE k > 1)""")
+            good = cur.sql("SELECT request_id, label, label_time FROM _wb_checked WHERE _reason IS NULL").to_arrow_table()
+            store.upsert_labels(cur, traffic, good)
+            unmatched += store.count_unmatched_labels(cur, traffic, good.column("request_id"))
+            cur.execute("""INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw
+                           FROM _wb_checked WHERE _reason IS NOT NULL""", [traffic, ingest_id])
+            for r, n in cur.execute("SELECT _reason, count(*) FROM _wb_checked WHERE _reason IS NOT NULL "
+                                    "GROUP BY 1").fetchall():
+                reasons[r] = reasons.get(r, 0) + int(n)
+            cur.unregister("_wb_batch")
+            cur.execute("DROP TABLE _wb_checked")
+            read += len(batch)
+            stored += good.num_rows
+        store.record_ingest(cur, ingest_id=ingest_id, traffic=traffic, kind="labels", source=str(path),
+                            file_sha256=sha, rows_read=read, rows_ingested=stored, rows_quarantined=read - stored)
+    return LabelsResult(traffic, read, stored, unmatched, read - stored, dict(sorted(reasons.items())))
