@@ -24,8 +24,13 @@ def store(tmp_path):
 
 
 def predictions(store, run_id):
-    return store.con.execute("SELECT request_id, role, score, pred_class, latency_ms, error FROM predictions "
-                             "WHERE run_id = ? ORDER BY role, request_id", [run_id]).df()
+    """The run's results in long form (one row per request and role), for easy assertions."""
+    return store.con.execute("""
+        SELECT request_id, 'baseline' AS role, baseline_score AS score, baseline_class AS pred_class,
+               baseline_latency_ms AS latency_ms, baseline_error AS error FROM predictions WHERE run_id = ?
+        UNION ALL
+        SELECT request_id, 'candidate', candidate_score, candidate_class, candidate_latency_ms, candidate_error
+        FROM predictions WHERE run_id = ? ORDER BY role, request_id""", [run_id, run_id]).df()
 
 
 def test_every_request_scored_by_both(store):

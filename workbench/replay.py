@@ -1,18 +1,21 @@
 """Shadow replay: every request of a traffic set goes through the baseline and the candidate.
 
-Traffic is streamed from DuckDB in Arrow batches; each batch is scored by both models, and the paired
-results (score, class, latency, error per model and request) are committed with the batch's marker in
-one transaction, so an interrupted run resumes after its last committed batch and holds each request
-exactly once. Errors are isolated per model and per row: an exception, a non-finite score or a wrong
-output shape marks only the rows concerned (a failing batch is bisected down to them).
+Traffic is streamed from DuckDB in Arrow batches (constant memory, whatever its size) through a
+three-stage pipeline: a reader thread decodes the next batches (and lays out features for the GPU),
+the main thread scores them with both models (:mod:`workbench.scoring`), and a writer thread commits
+each batch's paired results together with the batch's marker in one transaction. An interrupted run
+therefore resumes after its last committed batch and holds each request exactly once; a finished run
+is immutable.
 """
 from __future__ import annotations
 
 import logging
 import platform
+import queue
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -21,20 +24,29 @@ import pyarrow as pa
 
 from . import WorkbenchError
 from .models import Predictor
+from .scoring import PairScorer, Scored, ScoringOptions
 from .store import Store, check_name
 
 log = logging.getLogger(__name__)
 ROLES = ("baseline", "candidate")
+_END = object()
 
 
 @dataclass(frozen=True)
 class ReplayOptions:
     batch_size: int = 8192
     mode: str = "throughput"
+    online_batch: int = 1
+    model_timeout: float | None = None
+    prefetch: int = 2
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise WorkbenchError("--batch-size must be at least 1")
+        self.scoring()   # validates the scoring fields
+
+    def scoring(self) -> ScoringOptions:
+        return ScoringOptions(self.mode, self.online_batch, self.model_timeout)
 
 
 @dataclass(frozen=True)
@@ -51,70 +63,31 @@ class ReplayResult:
                 "candidate_errors": self.candidate_errors, "seconds": round(self.seconds, 3), "status": self.status}
 
 
-@dataclass(frozen=True)
-class Scored:
-    """One model's output for one batch."""
-    scores: np.ndarray      # float64, NaN where error
-    errors: list            # None or a reason per row
-    latency_ms: np.ndarray  # per row
-
-
 def new_run_id() -> str:
     return "run_" + datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
-def _error_text(e: BaseException) -> str:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {msg}"[:500]
-
-
-def _predict_rows(model: Predictor, batch: pa.Table) -> tuple[np.ndarray, list]:
-    """Scores and per-row errors; a failing call is bisected down to the failing rows."""
-    n = batch.num_rows
-    try:
-        out = model.predict(batch)
-        if out.shape != (n,):
-            raise ValueError(f"model returned {out.shape[0]} scores for {n} rows")
-    except Exception as e:  # the model's failure is data: isolate it to the rows that cause it
-        if n == 1:
-            return np.array([np.nan]), [_error_text(e)]
-        half = n // 2
-        s1, e1 = _predict_rows(model, batch.slice(0, half))
-        s2, e2 = _predict_rows(model, batch.slice(half))
-        return np.concatenate([s1, s2]), e1 + e2
-    errors: list = [None] * n
-    bad = ~np.isfinite(out)
-    if bad.any():
-        out = out.copy()
-        for i in np.flatnonzero(bad):
-            errors[i] = f"non-finite score: {out[i]}"
-        out[bad] = np.nan
-    return out, errors
-
-
-def score_batch(model: Predictor, batch: pa.Table) -> Scored:
-    """Score a batch with error isolation; latency is the batch time amortized per row."""
-    t0 = time.perf_counter()
-    scores, errors = _predict_rows(model, batch)
-    per_row = (time.perf_counter() - t0) * 1000.0 / max(1, batch.num_rows)
-    return Scored(scores, errors, np.full(batch.num_rows, per_row))
-
-
-def _prediction_table(run_id: str, ids: pa.Array, role: str, s: Scored, threshold: float) -> pa.Table:
-    ok = np.isfinite(s.scores)
-    cls = pa.array(np.where(ok, s.scores >= threshold, 0).astype(np.int32), mask=~ok)
+def paired_table(ids: pa.Array, scored: dict[str, Scored], thresholds: dict[str, float]) -> pa.Table:
+    """The wide, paired result rows of one batch (one row per request, both models side by side)."""
     n = len(ids)
-    return pa.table({"run_id": pa.array([run_id] * n, pa.string()), "request_id": ids,
-                     "role": pa.array([role] * n, pa.string()), "score": pa.array(s.scores, mask=~ok),
-                     "pred_class": cls, "latency_ms": s.latency_ms, "error": pa.array(s.errors, pa.string())})
+    cols: dict[str, pa.Array] = {"request_id": ids}
+    for role in ROLES:
+        s = scored[role]
+        ok = np.isfinite(s.scores)
+        cols[f"{role}_score"] = pa.array(s.scores, mask=~ok)
+        cols[f"{role}_class"] = pa.array((s.scores >= thresholds[role]).astype(np.int32), mask=~ok)
+        cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
+        cols[f"{role}_error"] = pa.nulls(n, pa.string()) if ok.all() else pa.array(s.errors, pa.string())
+    return pa.table(cols)
 
 
-def _environment(models: dict[str, Predictor]) -> dict:
+def _environment(models: dict[str, Predictor], options: ReplayOptions) -> dict:
     import duckdb
     import sklearn
 
     env = {"host": platform.node(), "python": platform.python_version(), "duckdb": duckdb.__version__,
-           "sklearn": sklearn.__version__, "devices": {r: m.device for r, m in models.items()}}
+           "sklearn": sklearn.__version__, "devices": {r: m.device for r, m in models.items()},
+           "options": asdict(options)}
     if any(m.ref.flavor == "pytorch" for m in models.values()):
         import torch
 
@@ -129,7 +102,7 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
            progress: Callable[[int, int], None] | None = None) -> ReplayResult:
     """Replay traffic through both models; resume an interrupted run; a finished run is left untouched.
 
-    ``progress(done_rows, total_rows)`` is called after each committed batch.
+    ``progress(done_rows, total_rows)`` is called after each committed batch (from the writer thread).
     """
     run_id = check_name(run_id, "run id") if run_id else new_run_id()
     info = store.require_traffic(traffic)
@@ -142,38 +115,96 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
         _check_same_run(run, traffic, refs)
         if run["status"] == "finished":
             errs = store.run_error_counts(run_id)
-            return ReplayResult(run_id, int(run["rows_done"]), errs.get("baseline", 0), errs.get("candidate", 0),
-                                0.0, "already_complete")
+            return ReplayResult(run_id, int(run["rows_done"]), errs["baseline"], errs["candidate"], 0.0,
+                                "already_complete")
         log.info("resuming run %s after %s committed rows", run_id, run["rows_done"])
     else:
         store.create_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
                          rows_total=store.traffic_count(traffic), batch_size=options.batch_size,
                          device=",".join(sorted({m.device for m in models.values()})), mode=options.mode,
-                         meta={"environment": _environment(models)})
+                         meta={"environment": _environment(models, options)})
     total = store.traffic_count(traffic)
-    done = store.require_run(run_id)["rows_done"]
-    features = sorted(set(baseline.ref.features) | set(candidate.ref.features))
-    reader = store.traffic_batches(traffic, features, options.batch_size, store.last_committed_row(run_id))
-    batch_no = store.next_batch_no(run_id)
+    done = int(store.require_run(run_id)["rows_done"])
     if progress:
         progress(done, total)
-    for rb in reader:
-        batch = pa.Table.from_batches([rb])
-        t0 = time.perf_counter()
-        ids = batch.column("request_id").combine_chunks()
-        parts = [_prediction_table(run_id, ids, role, score_batch(m, batch), m.ref.threshold)
-                 for role, m in models.items()]
-        rows_col = batch.column("_row")
-        store.commit_batch(run_id, batch_no, rows_col[0].as_py(), batch.num_rows, time.perf_counter() - t0,
-                           pa.concat_tables(parts), rows_col[-1].as_py())
-        batch_no += 1
-        done += batch.num_rows
-        if progress:
-            progress(done, total)
-    store.finish_run(run_id, store.require_run(run_id)["meta"] | {"options": options.__dict__})
+    scorer = PairScorer(models, options.scoring())
+    thresholds = {r: m.ref.threshold for r, m in models.items()}
+    _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
+    store.finish_run(run_id)
     errs = store.run_error_counts(run_id)
-    return ReplayResult(run_id, done, errs.get("baseline", 0), errs.get("candidate", 0),
+    return ReplayResult(run_id, int(store.require_run(run_id)["rows_done"]), errs["baseline"], errs["candidate"],
                         time.perf_counter() - started, "finished")
+
+
+def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, thresholds: dict,
+                  options: ReplayOptions, done: int, total: int, progress) -> None:
+    """Reader thread -> scoring on this thread -> writer thread, with bounded queues in between."""
+    after = store.last_committed_row(run_id)
+    reader = store.traffic_batches(traffic, scorer.features, options.batch_size, after)
+    inbox: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    outbox: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def read():
+        last = after
+        try:
+            for rb in reader:
+                if stop.is_set():
+                    return
+                batch = pa.Table.from_batches([rb])
+                rows = batch.column("_row").to_numpy()
+                if rows[0] <= last or (len(rows) > 1 and np.any(np.diff(rows) <= 0)):
+                    raise WorkbenchError("traffic scan order was not preserved; cannot replay resumably")
+                last = int(rows[-1])
+                inbox.put((batch, scorer.prepare(batch)))
+        except BaseException as e:  # handed to the main thread
+            inbox.put(e)
+            return
+        inbox.put(_END)
+
+    def write():
+        nonlocal done
+        batch_no = store.next_batch_no(run_id)
+        try:
+            while (item := outbox.get()) is not _END:
+                first, last, n, seconds, table = item
+                store.commit_batch(run_id, batch_no, first, last, n, seconds, table)
+                batch_no += 1
+                done += n
+                if progress:
+                    progress(done, total)
+        except BaseException as e:
+            failure.append(e)
+            stop.set()
+            while outbox.get() is not _END:   # unblock the scorer
+                pass
+
+    threads = [threading.Thread(target=read, name="replay-reader", daemon=True),
+               threading.Thread(target=write, name="replay-writer", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while not stop.is_set() and (item := inbox.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            batch, prepared = item
+            t0 = time.perf_counter()
+            scored = scorer.score(prepared)
+            rows = batch.column("_row")
+            table = paired_table(batch.column("request_id").combine_chunks(), scored, thresholds)
+            outbox.put((rows[0].as_py(), rows[-1].as_py(), batch.num_rows, time.perf_counter() - t0, table))
+    finally:
+        stop.set()
+        outbox.put(_END)
+        threads[1].join()
+        while threads[0].is_alive():   # let the reader see the stop flag
+            try:
+                inbox.get(timeout=0.1)
+            except queue.Empty:
+                pass
+    if failure:
+        raise failure[0]
 
 
 def _check_same_run(run: dict, traffic: str, refs: dict) -> None:

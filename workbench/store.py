@@ -43,9 +43,11 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS run_batches (
         run_id VARCHAR NOT NULL, batch_no INTEGER NOT NULL, first_row BIGINT NOT NULL, rows INTEGER NOT NULL,
         seconds DOUBLE, committed_at TIMESTAMP, PRIMARY KEY (run_id, batch_no))""",
+    # paired results: one row per request, both models side by side
     """CREATE TABLE IF NOT EXISTS predictions (
-        run_id VARCHAR NOT NULL, request_id VARCHAR NOT NULL, role VARCHAR NOT NULL, score DOUBLE,
-        pred_class INTEGER, latency_ms DOUBLE, error VARCHAR)""",
+        run_id VARCHAR NOT NULL, request_id VARCHAR NOT NULL,
+        baseline_score DOUBLE, baseline_class INTEGER, baseline_latency_ms DOUBLE, baseline_error VARCHAR,
+        candidate_score DOUBLE, candidate_class INTEGER, candidate_latency_ms DOUBLE, candidate_error VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
 ]
@@ -195,10 +197,14 @@ class Store:
 
     def traffic_batches(self, name: str, columns: list[str], batch_size: int, after_row: int = -1
                         ) -> pa.RecordBatchReader:
-        """Stream ``columns`` of a traffic set in ingest order, starting after ``after_row``."""
+        """Stream ``columns`` of a traffic set in ingest order, starting after ``after_row``.
+
+        Relies on DuckDB's ``preserve_insertion_order`` (on by default; ingest inserts in ``_row`` order)
+        instead of an ORDER BY, which would cost a full sort; the replay checks the order as it reads.
+        """
         cols = ", ".join(["_row", "request_id"] + [qident(c) for c in columns if c not in ("_row", "request_id")])
         cur = self.con.cursor()
-        return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE _row > ? ORDER BY _row",
+        return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE _row > ?",
                        params=[after_row]).to_arrow_reader(batch_size)
 
     # -- labels --------------------------------------------------------------------------------
@@ -254,39 +260,34 @@ class Store:
                                   [run_id]).fetchall()[0]
         return int(r[0])
 
-    def commit_batch(self, run_id: str, batch_no: int, first_row: int, rows: int, seconds: float,
-                     predictions: pa.Table, last_row: int) -> None:
-        """Store one batch's predictions and mark it committed, atomically."""
+    def commit_batch(self, run_id: str, batch_no: int, first_row: int, last_row: int, rows: int, seconds: float,
+                     paired: pa.Table) -> None:
+        """Store one batch's paired results and mark the batch committed, atomically."""
         with self.transaction() as cur:
-            self.append_arrow(cur, "predictions", predictions)
+            cur.register("_wb_paired", paired)
+            cur.execute("INSERT INTO predictions SELECT ?, * FROM _wb_paired", [run_id])
+            cur.unregister("_wb_paired")
             cur.execute("INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?)",
                         [run_id, batch_no, first_row, last_row - first_row + 1, seconds, utcnow()])
             cur.execute("UPDATE runs SET rows_done = rows_done + ? WHERE run_id = ?", [rows, run_id])
 
-    def finish_run(self, run_id: str, meta: dict) -> None:
-        self.cursor().execute("UPDATE runs SET status = 'finished', finished_at = ?, meta = ? WHERE run_id = ?",
-                              [utcnow(), json.dumps(meta), run_id])
+    def finish_run(self, run_id: str) -> None:
+        self.cursor().execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?",
+                              [utcnow(), run_id])
 
     def run_error_counts(self, run_id: str) -> dict[str, int]:
-        rows = self.cursor().execute(
-            "SELECT role, count(*) FILTER (WHERE error IS NOT NULL) FROM predictions WHERE run_id = ? GROUP BY role",
-            [run_id]).fetchall()
-        return {role: int(n) for role, n in rows}
+        b, c = self.cursor().execute("SELECT count(baseline_error), count(candidate_error) FROM predictions "
+                                     "WHERE run_id = ?", [run_id]).fetchall()[0]
+        return {"baseline": int(b), "candidate": int(c)}
 
     def paired_labeled(self, run_id: str) -> pa.Table:
         """One row per labelled request of a run: label and each model's score, class and error."""
         run = self.require_run(run_id)
         return self.cursor().sql(
-            """SELECT p.request_id, l.label,
-                      max(p.score) FILTER (WHERE p.role = 'baseline') AS baseline_score,
-                      max(p.pred_class) FILTER (WHERE p.role = 'baseline') AS baseline_class,
-                      max(p.error) FILTER (WHERE p.role = 'baseline') AS baseline_error,
-                      max(p.score) FILTER (WHERE p.role = 'candidate') AS candidate_score,
-                      max(p.pred_class) FILTER (WHERE p.role = 'candidate') AS candidate_class,
-                      max(p.error) FILTER (WHERE p.role = 'candidate') AS candidate_error
+            """SELECT p.request_id, l.label, p.baseline_score, p.baseline_class, p.baseline_error,
+                      p.candidate_score, p.candidate_class, p.candidate_error
                FROM predictions p JOIN labels l ON l.traffic = ? AND l.request_id = p.request_id
-               WHERE p.run_id = ? GROUP BY p.request_id, l.label ORDER BY p.request_id""",
-            params=[run["traffic"], run_id]).to_arrow_table()
+               WHERE p.run_id = ? ORDER BY p.request_id""", params=[run["traffic"], run_id]).to_arrow_table()
 
     def save_evaluation(self, run_id: str, params: dict, result: dict) -> None:
         self.cursor().execute("INSERT INTO evaluations VALUES (?, ?, ?, ?)",
