@@ -102,11 +102,27 @@ def cmd_replay(args) -> None:
 
     settings = settings_for(args)
     use_mlflow(settings)
+    options = ReplayOptions(batch_size=args.batch_size, mode="online" if args.online else "throughput",
+                            online_batch=args.online_batch, model_timeout=args.model_timeout)
+    executor = None
+    if args.executor == "ray":
+        from .replay_ray import RayExecutor, _ray
+
+        _ray()   # a clear error before any work when Ray is missing
+        executor = RayExecutor(address=args.ray_address, actors=args.ray_actors, device=args.device)
     baseline = load_predictor(args.baseline, args.device)
     candidate = load_predictor(args.candidate, args.device)
-    with open_store(settings) as store, progress_bar("replay") as prog:
-        res = replay(store, args.traffic, baseline, candidate, run_id=args.run_id,
-                     options=ReplayOptions(batch_size=args.batch_size), progress=prog)
+    with open_store(settings) as store:
+        if args.source:
+            from .traffic import ingest
+
+            with progress_bar("ingest") as prog:
+                res = ingest(store, args.source, args.traffic, id_col=args.id_col, time_col=args.time_col,
+                             entity_col=args.entity_col, nullable=args.nullable, progress=prog)
+            log.info("ingested %s rows into %s (%s quarantined)", res.rows, args.traffic, res.quarantined)
+        with progress_bar("replay") as prog:
+            res = replay(store, args.traffic, baseline, candidate, run_id=args.run_id, options=options,
+                         progress=prog, executor=executor)
     if res.status == "already_complete":
         log.info("run %s is already complete; nothing to do", res.run_id)
     emit(args, res.to_dict(), lambda d: f"run {d['run_id']} ({d['status']}): {d['rows']} rows in {d['seconds']} s; "
@@ -181,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-id", default=None)
     s.add_argument("--batch-size", type=int, default=8192)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--online", action="store_true",
+                   help="time requests one at a time (or in --online-batch micro-batches), as a server would")
+    s.add_argument("--online-batch", type=int, default=1, metavar="N")
+    s.add_argument("--model-timeout", type=float, default=None, metavar="S",
+                   help="a model call running past S seconds marks its rows as timeout errors")
+    s.add_argument("--executor", default="local", choices=["local", "ray"])
+    s.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    s.add_argument("--ray-actors", type=int, default=None, help="model-pair actors (default: one per GPU or CPU)")
+    s.add_argument("--source", default=None, metavar="GLOB",
+                   help="Parquet/CSV/JSONL files to ingest (streamed, under the traffic contract) into "
+                        "--traffic before replaying")
+    s.add_argument("--id-col", default="request_id")
+    s.add_argument("--time-col", default="event_time")
+    s.add_argument("--entity-col", default=None)
+    s.add_argument("--nullable", action="append", default=[], metavar="COL")
     s.set_defaults(fn=cmd_replay)
 
     s = sub.add_parser("evaluate", parents=[common], help="metrics of both models on a run's labelled rows")

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -97,12 +97,20 @@ def _environment(models: dict[str, Predictor], options: ReplayOptions) -> dict:
     return env
 
 
+class Executor(Protocol):
+    """Runs the scoring of a run's remaining traffic and commits it batch by batch."""
+
+    def run(self, store: Store, run_id: str, traffic: str, models: dict[str, Predictor],
+            options: ReplayOptions, done: int, total: int, progress) -> None: ...
+
+
 def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor, run_id: str | None = None,
            options: ReplayOptions = ReplayOptions(),
-           progress: Callable[[int, int], None] | None = None) -> ReplayResult:
+           progress: Callable[[int, int], None] | None = None, executor: "Executor | None" = None) -> ReplayResult:
     """Replay traffic through both models; resume an interrupted run; a finished run is left untouched.
 
     ``progress(done_rows, total_rows)`` is called after each committed batch (from the writer thread).
+    ``executor`` defaults to the in-process pipeline (:class:`LocalExecutor`); see ``workbench.replay_ray``.
     """
     run_id = check_name(run_id, "run id") if run_id else new_run_id()
     info = store.require_traffic(traffic)
@@ -127,13 +135,21 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
     done = int(store.require_run(run_id)["rows_done"])
     if progress:
         progress(done, total)
-    scorer = PairScorer(models, options.scoring())
-    thresholds = {r: m.ref.threshold for r, m in models.items()}
-    _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
+    (executor or LocalExecutor()).run(store, run_id, traffic, models, options, done, total, progress)
     store.finish_run(run_id)
     errs = store.run_error_counts(run_id)
     return ReplayResult(run_id, int(store.require_run(run_id)["rows_done"]), errs["baseline"], errs["candidate"],
                         time.perf_counter() - started, "finished")
+
+
+class LocalExecutor:
+    """In-process pipeline: reader thread -> scoring on the calling thread -> writer thread."""
+
+    def run(self, store: Store, run_id: str, traffic: str, models: dict[str, Predictor], options: ReplayOptions,
+            done: int, total: int, progress) -> None:
+        scorer = PairScorer(models, options.scoring())
+        thresholds = {r: m.ref.threshold for r, m in models.items()}
+        _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
 
 
 def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, thresholds: dict,

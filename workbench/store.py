@@ -207,6 +207,15 @@ class Store:
         return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE _row > ?",
                        params=[after_row]).to_arrow_reader(batch_size)
 
+    def export_traffic_parquet(self, name: str, columns: list[str], after_row: int, path: Path,
+                               row_group_rows: int) -> None:
+        """Write ``_row``, ``request_id`` and ``columns`` of rows after ``after_row`` to one Parquet file, in order."""
+        cols = ", ".join(["_row", "request_id"] + [qident(c) for c in columns])
+        target = "'" + str(path).replace("'", "''") + "'"
+        self.cursor().execute(
+            f"COPY (SELECT {cols} FROM {traffic_table(name)} WHERE _row > {int(after_row)} ORDER BY _row) "
+            f"TO {target} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})")
+
     # -- labels --------------------------------------------------------------------------------
     def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
         """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
@@ -265,7 +274,8 @@ class Store:
         """Store one batch's paired results and mark the batch committed, atomically."""
         with self.transaction() as cur:
             cur.register("_wb_paired", paired)
-            cur.execute("INSERT INTO predictions SELECT ?, * FROM _wb_paired", [run_id])
+            cols = ", ".join(qident(c) for c in paired.column_names)
+            cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
             cur.unregister("_wb_paired")
             cur.execute("INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?)",
                         [run_id, batch_no, first_row, last_row - first_row + 1, seconds, utcnow()])

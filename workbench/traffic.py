@@ -159,7 +159,10 @@ def _cast_expr(col: str, src_type: str, target: str) -> str:
 def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_id",
            time_col: str = "event_time", entity_col: str | None = None, label_col: str | None = None,
            nullable: Iterable[str] = (), progress: Callable[[int], None] | None = None) -> IngestResult:
-    """Ingest a traffic file (or glob) into traffic set ``name``; return the reconciled counts."""
+    """Ingest a traffic file (or glob) into traffic set ``name``; return the reconciled counts.
+
+    ``progress(rows_read)`` is called after each batch.
+    """
     check_name(name, "traffic name")
     files = resolve_paths(path)
     sha = file_sha256(files)
@@ -191,7 +194,7 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
             read += len(batch)
             ingested += n_ok
             if progress:
-                progress(len(batch))
+                progress(read)
         if features is None:
             raise WorkbenchError(f"{path} holds no data")
         if label_col:
