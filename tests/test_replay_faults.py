@@ -1,0 +1,191 @@
+"""Replay under faults: timeouts, online latency, SIGKILL mid-run and resume, Ray, GPU parity."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, TinyModel, run_cli
+from workbench.replay import ReplayOptions, replay
+from workbench.scoring import MAX_CONSECUTIVE_TIMEOUTS
+from workbench.store import Store
+from workbench.traffic import ingest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def make_traffic(path: Path, n: int) -> Path:
+    pd.DataFrame({"request_id": [f"q{i:05d}" for i in range(n)],
+                  "event_time": pd.date_range("2024-03-01", periods=n, freq="s"),
+                  "x": np.random.default_rng(3).normal(size=n)}).to_parquet(path)
+    return path
+
+
+class Sleepy(TinyModel):
+    def __init__(self, sleep_on_call: set, seconds: float):
+        super().__init__("sleepy")
+        self.sleep_on_call, self.seconds, self.n = sleep_on_call, seconds, 0
+
+    def predict(self, batch):
+        self.n += 1
+        if self.n in self.sleep_on_call:
+            time.sleep(self.seconds)
+        return super().predict(batch)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(":memory:") as s:
+        ingest(s, make_traffic(tmp_path / "t.parquet", 200), "t")
+        yield s
+
+
+def errors(store, run_id, role):
+    return [r[0] for r in store.con.execute(f"SELECT {role}_error FROM predictions WHERE run_id = ? "
+                                            "ORDER BY request_id", [run_id]).fetchall()]
+
+
+def test_timeout_marks_only_that_batch_and_model(store):
+    slow = Sleepy({2}, 1.0)   # the second call hangs past the timeout
+    r = replay(store, "t", TinyModel("ok"), slow, run_id="to",
+               options=ReplayOptions(batch_size=50, model_timeout=0.2))
+    assert (r.rows, r.baseline_errors, r.candidate_errors) == (200, 0, 50)
+    errs = errors(store, "to", "candidate")
+    assert errs[50:100] == ["timeout: no answer within 0.2 s"] * 50 and set(errs[:50] + errs[100:]) == {None}
+
+
+def test_model_that_keeps_hanging_is_disabled_not_waited_for(store):
+    hang = Sleepy(set(range(1, 100)), 0.5)
+    t0 = time.perf_counter()
+    r = replay(store, "t", TinyModel("ok"), hang, run_id="hang",
+               options=ReplayOptions(batch_size=20, model_timeout=0.1))
+    assert r.candidate_errors == 200 and r.baseline_errors == 0
+    assert time.perf_counter() - t0 < 0.1 * MAX_CONSECUTIVE_TIMEOUTS + 3
+    errs = errors(store, "hang", "candidate")
+    assert errs[-1] == f"model disabled after {MAX_CONSECUTIVE_TIMEOUTS} consecutive timeouts"
+
+
+def test_online_mode_times_each_micro_batch(store):
+    slow = Sleepy({1, 5}, 0.05)   # two slow requests stand out in the latency distribution
+    replay(store, "t", TinyModel("ok"), slow, run_id="on", options=ReplayOptions(batch_size=64, mode="online"))
+    lat = np.array([r[0] for r in store.con.execute(
+        "SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on' ORDER BY request_id").fetchall()])
+    assert (lat[[0, 4]] >= 50).all() and np.median(lat) < 5
+    assert store.require_run("on")["mode"] == "online"
+    replay(store, "t", TinyModel("ok"), TinyModel("b"), run_id="on8",
+           options=ReplayOptions(batch_size=64, mode="online", online_batch=8))
+    lat8 = [r[0] for r in store.con.execute("SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on8' "
+                                            "ORDER BY request_id LIMIT 8").fetchall()]
+    assert len(set(lat8)) == 1   # one micro-batch, one latency
+
+
+def test_run_records_environment(store):
+    replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="env", options=ReplayOptions(batch_size=7))
+    run = store.require_run("env")
+    env = run["meta"]["environment"]
+    assert env["options"]["batch_size"] == 7 and env["host"] and env["duckdb"] == duckdb.__version__
+    assert (run["mode"], run["batch_size"], run["device"]) == ("throughput", 7, "cpu")
+
+
+@pytest.fixture
+def slow_model_dir(tmp_path):
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from slow_model import SlowModel
+    finally:
+        sys.path.remove(str(FIXTURES))
+    path = tmp_path / "slow_model"
+    mlflow.pyfunc.save_model(str(path), python_model=SlowModel(), code_paths=[str(FIXTURES / "slow_model.py")],
+                             signature=infer_signature(pd.DataFrame({"x": [0.1]}), np.array([0.5])),
+                             pip_requirements=["mlflow"])
+    return path
+
+
+def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_model_dir):
+    home = tmp_path / "home"
+    run_cli("ingest", str(make_traffic(tmp_path / "t.parquet", 3000)), "--name", "t", "--json", home=home)
+    marker = tmp_path / "calls"
+    args = [sys.executable, "-m", "workbench.cli", "replay", "--baseline", str(slow_model_dir), "--candidate",
+            str(slow_model_dir), "--traffic", "t", "--run-id", "killed", "--batch-size", "100", "--json"]
+    env = os.environ | {"WORKBENCH_HOME": str(home), "SLOW_MODEL_MARKER": str(marker), "SLOW_MODEL_DELAY": "0.05"}
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not marker.exists() or int(marker.read_text() or 0) < 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    con = duckdb.connect(str(home / "workbench.duckdb"))
+    done_before = con.execute("SELECT rows_done FROM runs WHERE run_id = 'killed'").fetchall()[0][0]
+    con.close()
+    assert 0 < done_before < 3000
+    env["SLOW_MODEL_DELAY"] = "0"
+    out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["rows"] == 3000
+    con = duckdb.connect(str(home / "workbench.duckdb"), read_only=True)
+    n, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM predictions "
+                              "WHERE run_id = 'killed'").fetchall()[0]
+    assert n == distinct == 3000
+    batches = con.execute("SELECT first_row, rows FROM run_batches WHERE run_id = 'killed' "
+                          "ORDER BY batch_no").fetchall()
+    assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:]))
+    con.close()
+    again = run_cli(*args[3:], home=home)
+    assert json.loads(again.stdout)["status"] == "already_complete"
+
+
+def test_replay_from_source_files_ingests_then_replays(tmp_path, slow_model_dir):
+    home = tmp_path / "home"
+    src = make_traffic(tmp_path / "t.parquet", 120)
+    out = run_cli("replay", "--baseline", str(slow_model_dir), "--candidate", str(slow_model_dir), "--traffic",
+                  "fresh", "--source", str(src), "--json", home=home)
+    assert json.loads(out.stdout)["rows"] == 120
+
+
+def test_ray_executor_stores_identical_results(demo_home):
+    pytest.importorskip("ray", reason="Ray is an optional extra")
+    d = json.loads((demo_home / "demo.json").read_text())
+    run_cli("replay", "--baseline", "models:/flight-delay/1", "--candidate", "models:/flight-delay/2",
+            "--traffic", "flights", "--run-id", "ray_run", "--executor", "ray", "--ray-actors", "1",
+            "--batch-size", "1000", "--json", home=demo_home, timeout=600)
+    con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
+    n, b_diff, c_diff, cls_diff, err_diff = con.execute(
+        """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)), max(abs(a.candidate_score - b.candidate_score)),
+                  sum((a.baseline_class <> b.baseline_class OR a.candidate_class <> b.candidate_class)::INT),
+                  sum((coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))::INT)
+           FROM predictions a JOIN predictions b USING (request_id)
+           WHERE a.run_id = 'ray_run' AND b.run_id = ?""", [d["replay"]["run_id"]]).fetchall()[0]
+    con.close()
+    assert n == d["replay"]["rows"] and cls_diff == 0 and err_diff == 0
+    assert b_diff == 0 and c_diff < 1e-6
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_and_cpu_scores_agree(workbench_env, tmp_path):
+    from workbench.models import load_predictor
+
+    with Store(workbench_env.db_path) as store:
+        cpu = replay(store, "flights", load_predictor("models:/flight-delay/2", "cpu"),
+                     load_predictor("models:/flight-delay/2", "cpu"), run_id="parity_cpu")
+        gpu = replay(store, "flights", load_predictor("models:/flight-delay/2", "cuda"),
+                     load_predictor("models:/flight-delay/2", "cuda"), run_id="parity_gpu")
+        assert cpu.rows == gpu.rows
+        diff = store.con.execute("""SELECT max(abs(a.candidate_score - b.candidate_score)) FROM predictions a
+            JOIN predictions b USING (request_id) WHERE a.run_id = 'parity_cpu' AND b.run_id = 'parity_gpu'"""
+                                 ).fetchall()[0][0]
+    assert diff < 1e-4
