@@ -174,18 +174,38 @@ def test_ray_executor_stores_identical_results(demo_home):
 torch = pytest.importorskip("torch")
 
 
+def scripted_mlp(n_in: int, seed: int):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(n_in, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1), torch.nn.Sigmoid())
+    return torch.jit.script(net.eval())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_and_cpu_scores_agree(workbench_env, tmp_path):
-    from workbench.models import load_predictor
+def test_gpu_and_cpu_scores_agree(tmp_path):
+    """Both torch models on the GPU share one transfer (the candidate reads a permuted subset of columns)."""
+    from workbench.models import ModelRef, TorchPredictor
 
-    with Store(workbench_env.db_path) as store:
-        cpu = replay(store, "flights", load_predictor("models:/flight-delay/2", "cpu"),
-                     load_predictor("models:/flight-delay/2", "cpu"), run_id="parity_cpu")
-        gpu = replay(store, "flights", load_predictor("models:/flight-delay/2", "cuda"),
-                     load_predictor("models:/flight-delay/2", "cuda"), run_id="parity_gpu")
-        assert cpu.rows == gpu.rows
-        diff = store.con.execute("""SELECT max(abs(a.candidate_score - b.candidate_score)) FROM predictions a
-            JOIN predictions b USING (request_id) WHERE a.run_id = 'parity_cpu' AND b.run_id = 'parity_gpu'"""
-                                 ).fetchall()[0][0]
-    assert diff < 1e-4
+    n, feats = 50_000, [f"f{j}" for j in range(25)]
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"request_id": [f"g{i}" for i in range(n)],
+                       "event_time": pd.date_range("2024-01-01", periods=n, freq="s")}
+                      | {f: rng.standard_normal(n).astype(np.float32) for f in feats})
+    df.to_parquet(tmp_path / "g.parquet")
+    cand_feats = tuple(reversed(feats[5:]))
+    nets = {"baseline": (scripted_mlp(25, 1), tuple(feats)), "candidate": (scripted_mlp(20, 2), cand_feats)}
+
+    def pair(device):
+        return [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", f, 0.5), net, device)
+                for r, (net, f) in nets.items()]
+
+    with Store(":memory:") as store:
+        ingest(store, tmp_path / "g.parquet", "g")
+        replay(store, "g", *pair("cpu"), run_id="on_cpu", options=ReplayOptions(batch_size=8192))
+        replay(store, "g", *pair("cuda"), run_id="on_gpu", options=ReplayOptions(batch_size=8192))
+        assert store.require_run("on_gpu")["device"] == "cuda"
+        b, c, errs = store.con.execute("""SELECT max(abs(a.baseline_score - g.baseline_score)),
+            max(abs(a.candidate_score - g.candidate_score)), count(g.baseline_error) + count(g.candidate_error)
+            FROM predictions a JOIN predictions g USING (request_id)
+            WHERE a.run_id = 'on_cpu' AND g.run_id = 'on_gpu'""").fetchall()[0]
+    assert b < 1e-4 and c < 1e-4 and errs == 0

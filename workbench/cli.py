@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from . import WorkbenchError
-from .config import Settings, load_settings
+from .config import Settings, configure_runtime, load_settings
 
 log = logging.getLogger("workbench")
 
@@ -239,6 +239,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_runtime()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()

@@ -74,10 +74,12 @@ def paired_table(ids: pa.Array, scored: dict[str, Scored], thresholds: dict[str,
     for role in ROLES:
         s = scored[role]
         ok = np.isfinite(s.scores)
-        cols[f"{role}_score"] = pa.array(s.scores, mask=~ok)
-        cols[f"{role}_class"] = pa.array((s.scores >= thresholds[role]).astype(np.int32), mask=~ok)
+        all_ok = bool(ok.all())
+        classes = (s.scores >= thresholds[role]).astype(np.int32)
+        cols[f"{role}_score"] = pa.array(s.scores, from_pandas=True)   # NaN (an error) becomes null
+        cols[f"{role}_class"] = pa.array(classes) if all_ok else pa.array(classes, mask=~ok)
         cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
-        cols[f"{role}_error"] = pa.nulls(n, pa.string()) if ok.all() else pa.array(s.errors, pa.string())
+        cols[f"{role}_error"] = pa.nulls(n, pa.string()) if all_ok else pa.array(s.errors, pa.string())
     return pa.table(cols)
 
 

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pyarrow as pa
 from . import WorkbenchError
 from .models import Predictor, TorchPredictor
 
+log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_TIMEOUTS = 3
 
 
@@ -175,8 +177,8 @@ class PairScorer:
             batch, host = prepared
             try:
                 return self.gpu.score(host, batch.num_rows)
-            except Exception:  # fall back to per-model isolation for this batch
-                pass
+            except Exception as e:  # fall back to per-model isolation for this batch
+                log.warning("shared GPU scoring failed (%s); scoring this batch model by model", _error_text(e))
             finally:
                 self.gpu.release(host)
             prepared = batch

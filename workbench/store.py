@@ -7,6 +7,7 @@ and quoted with :func:`qident`, never formatted raw into SQL.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -85,6 +86,10 @@ class Store:
         self._local = threading.local()
         self.con = self._connect(read_only, wait_s)
         self.con.execute("SET TimeZone = 'UTC'")
+        # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
+        self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", "1GB")])
+        # checkpoint in large steps: frequent checkpoints during a replay cost up to 3x its write rate
+        self.con.execute("SET checkpoint_threshold = ?", [os.environ.get("WORKBENCH_DUCKDB_CHECKPOINT", "1GB")])
         if not read_only:
             for ddl in SCHEMA:
                 self.con.execute(ddl)
@@ -282,8 +287,11 @@ class Store:
             cur.execute("UPDATE runs SET rows_done = rows_done + ? WHERE run_id = ?", [rows, run_id])
 
     def finish_run(self, run_id: str) -> None:
+        """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL."""
         self.cursor().execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?",
                               [utcnow(), run_id])
+        if self.path != ":memory:":
+            self.cursor().execute("CHECKPOINT")
 
     def run_error_counts(self, run_id: str) -> dict[str, int]:
         b, c = self.cursor().execute("SELECT count(baseline_error), count(candidate_error) FROM predictions "

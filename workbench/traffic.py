@@ -172,7 +172,7 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
         raise WorkbenchError(f"traffic {name!r} was ingested with id column {info['id_col']!r} and time column "
                              f"{info['time_col']!r}; use the same columns to append")
     ingest_id = uuid.uuid4().hex[:12]
-    read = ingested = 0
+    read = 0
     reasons: dict[str, int] = {}
     with store.transaction() as cur:
         existing_types = _stored_feature_types(cur, name) if info else None
@@ -188,19 +188,21 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
                     _create_table(cur, name, features, targets)
             else:
                 _check_same_columns(list(src_types), features, id_col, time_col, entity_col, label_col)
-            n_ok, n_bad = _ingest_batch(cur, name, ingest_id, src_types, features, targets, id_col, time_col,
-                                        entity_col, label_col, nullable, row_offset + read, read, reasons)
+            _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
+                         row_offset + read)
             cur.unregister("_wb_batch")
             read += len(batch)
-            ingested += n_ok
             if progress:
                 progress(read)
         if features is None:
             raise WorkbenchError(f"{path} holds no data")
+        ingested = _commit_stage(cur, name, ingest_id, features, row_offset, appending=info is not None,
+                                 reasons=reasons)
         if label_col:
             store.upsert_labels(cur, name, cur.sql(
-                "SELECT request_id, label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_labels_stage").to_arrow_table())
-            cur.execute("DROP TABLE _wb_labels_stage")
+                "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_stage "
+                "WHERE _reason IS NULL AND _wb_label IS NOT NULL").to_arrow_table())
+        cur.execute("DROP TABLE _wb_stage")
         quarantined = read - ingested
         fingerprint = hashlib.sha256(((info or {}).get("fingerprint", "") + sha).encode()).hexdigest()
         store.upsert_traffic_set(cur, name, id_col=id_col, time_col=time_col, entity_col=entity_col,
@@ -250,9 +252,9 @@ def _create_table(cur, name: str, features: list[str], targets: dict[str, str]) 
     cur.execute(f"CREATE TABLE {traffic_table(name)} ({', '.join(cols)})")
 
 
-def _ingest_batch(cur, name, ingest_id, src_types, features, targets, id_col, time_col, entity_col, label_col,
-                  nullable, row_offset, source_start, reasons) -> tuple[int, int]:
-    """Validate one batch in SQL, insert good rows, quarantine bad ones; return (ok, bad)."""
+def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
+                 row_offset) -> None:
+    """Type-check one batch in SQL and append it, with each row's first failing reason, to ``_wb_stage``."""
     sel = [f"{row_offset} + (row_number() OVER () - 1) AS _row",
            f"CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id",
            f"{_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} AS event_time",
@@ -263,7 +265,7 @@ def _ingest_batch(cur, name, ingest_id, src_types, features, targets, id_col, ti
               f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {_lit('null:' + time_col)}",
               f"WHEN {_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} IS NULL "
               f"THEN {_lit('type:' + time_col)}"]
-    for i, c in enumerate(features):
+    for c in features:
         expr = _cast_expr(c, src_types[c], targets[c])
         sel.append(f"{expr} AS {qident(c)}")
         src = f"_wb_src.{qident(c)}"
@@ -281,29 +283,36 @@ def _ingest_batch(cur, name, ingest_id, src_types, features, targets, id_col, ti
         sel.append(f"{lab_expr} AS _wb_label")
         checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {_lit('type:' + label_col)}")
     reason = "CASE " + " ".join(checks) + " END"
-    raw = f"left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS})"
-    cur.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
-                    SELECT {', '.join(sel)}, {reason} AS _reason, {raw} AS _raw FROM _wb_batch AS _wb_src""")
-    cur.execute(f"""UPDATE _wb_checked SET _reason = 'duplicate_id'
+    # the raw row (as it came in) is kept only for rows that fail here; duplicates get theirs at commit
+    raw = f"CASE WHEN _reason IS NOT NULL THEN left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) END"
+    query = f"""SELECT *, {raw} AS _raw FROM (SELECT {', '.join(sel)}, {reason} AS _reason, _wb_src
+                FROM _wb_batch AS _wb_src)"""
+    query = f"SELECT * EXCLUDE (_wb_src) FROM ({query})"
+    if cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_wb_stage' AND temporary")\
+            .fetchall()[0][0] == 0:
+        cur.execute(f"CREATE TEMP TABLE _wb_stage AS {query} LIMIT 0")
+    cur.execute(f"INSERT INTO _wb_stage {query}")
+
+
+def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool, reasons: dict) -> int:
+    """Mark later copies of a request id (in this ingest or already stored), then move good rows into the
+    traffic table in file order and bad ones into the quarantine; return the number ingested."""
+    stored = f" OR request_id IN (SELECT request_id FROM {traffic_table(name)})" if appending else ""
+    cur.execute(f"""UPDATE _wb_stage SET _reason = 'duplicate_id'
                     WHERE _reason IS NULL AND (_row IN (
                         SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
-                                          FROM _wb_checked WHERE request_id IS NOT NULL) WHERE k > 1)
-                      OR request_id IN (SELECT request_id FROM {traffic_table(name)}))""")
+                                          FROM _wb_stage WHERE request_id IS NOT NULL) WHERE k > 1){stored})""")
     cols = ", ".join(["_row", "request_id", "event_time", "entity_key"] + [qident(c) for c in features])
-    cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_checked WHERE _reason IS NULL")
-    if label_col:
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS _wb_labels_stage (request_id VARCHAR, label INTEGER)")
-        cur.execute("INSERT INTO _wb_labels_stage SELECT request_id, _wb_label FROM _wb_checked "
-                    "WHERE _reason IS NULL AND _wb_label IS NOT NULL")
-    cur.execute("""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ? + ?, request_id, _reason, _raw
-                   FROM _wb_checked WHERE _reason IS NOT NULL""", [name, ingest_id, row_offset, source_start])
-    bad = cur.execute("SELECT _reason, count(*) FROM _wb_checked WHERE _reason IS NOT NULL GROUP BY 1").fetchall()
-    for r, n in bad:
+    cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_stage "
+                "WHERE _reason IS NULL")   # staged in _row order; insertion order is preserved
+    typed = "struct_pack(" + ", ".join(f"{qident(c)} := {qident(c)}" for c in
+                                       ["request_id", "event_time", "entity_key", *features]) + ")"
+    cur.execute(f"""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ?, request_id, _reason,
+                        coalesce(_raw, left(CAST(to_json({typed}) AS VARCHAR), {RAW_MAX_CHARS}))
+                    FROM _wb_stage WHERE _reason IS NOT NULL ORDER BY _row""", [name, ingest_id, row_offset])
+    for r, n in cur.execute("SELECT _reason, count(*) FROM _wb_stage WHERE _reason IS NOT NULL GROUP BY 1").fetchall():
         reasons[r] = reasons.get(r, 0) + int(n)
-    n_bad = sum(int(n) for _, n in bad)
-    total = cur.execute("SELECT count(*) FROM _wb_checked").fetchall()[0][0]
-    cur.execute("DROP TABLE _wb_checked")
-    return int(total) - n_bad, n_bad
+    return int(cur.execute("SELECT count(*) FROM _wb_stage WHERE _reason IS NULL").fetchall()[0][0])
 
 
 def _lit(s: str) -> str:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-call GPU check (run on a CUDA machine from the repo root): CPU/GPU parity test, then the replay
+# benchmark with a pair of torch MLPs (25 -> 256 -> 256 -> 1). DuckDB is carried as a wheel in .whl/
+# when the machine lacks it. Results land in $OUT (or ./gpu-out).
+set -uo pipefail
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+nproc | tee -a "$OUT/gpu.txt"
+if ! python3 -c "import duckdb" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+python3 -c "import torch, duckdb; print('torch', torch.__version__, 'duckdb', duckdb.__version__)" | tee -a "$OUT/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_replay_faults.py -k "gpu or timeout or online" 2>&1 | tee "$OUT/pytest.txt" | tail -3
+python3 benchmarks/replay.py --models mlp --device cuda --rows 1000000 10000000 --batch-size 1048576 \
+  --json-out "$OUT/replay_gpu_1m_batch.json" 2>&1 | tee "$OUT/replay_gpu.txt" | tail -6
+python3 benchmarks/replay.py --models mlp --device cuda --rows 10000000 --batch-size 262144 \
+  --json-out "$OUT/replay_gpu_256k_batch.json" 2>&1 | tee -a "$OUT/replay_gpu.txt" | tail -4

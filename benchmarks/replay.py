@@ -1,0 +1,236 @@
+"""Replay benchmark: raw inference of both models vs the full replay (read -> score -> store).
+
+Prints one table: for each size, rows/s and peak RSS of
+  (a) raw inference: both models on the same in-memory batches, no I/O (features laid out and, on a GPU,
+      copied to the device as the replay does it);
+  (b) full replay: traffic streamed from DuckDB, scored by both models, paired results stored in DuckDB;
+and the ratio b/a. Each phase runs in its own subprocess so peak RSS is its own. Ingest (Parquet -> DuckDB
+under the traffic contract) is timed too, as context.
+
+Models: ``--models demo`` uses the demo's registered models (gradient boosting + torch MLP on NYC flights
+features; traffic resampled from the real flights), ``--models mlp`` a pair of torch MLPs 25 -> 256 -> 256 -> 1
+on 25 float features (the GPU target), built in-process (no MLflow needed).
+
+    python benchmarks/replay.py --models demo --rows 1000000 10000000
+    python benchmarks/replay.py --models mlp --device cuda --rows 1000000 10000000 --batch-size 1048576
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+F = 25
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- traffic ----------------------------------------------------------------------------------------
+def write_traffic(path: Path, rows: int, models: str, home: Path | None, chunk: int = 1 << 20) -> None:
+    """Write ``rows`` requests to Parquet chunk by chunk (constant memory)."""
+    rng = np.random.default_rng(0)
+    source = None
+    if models == "demo":
+        source = pq.read_table(home / "data" / "traffic.parquet")
+    writer = None
+    start = np.datetime64("2013-07-01T00:00:00")
+    for off in range(0, rows, chunk):
+        n = min(chunk, rows - off)
+        ids = pa.array(np.char.add("r", np.arange(off, off + n).astype(str)))
+        times = pa.array(start + np.arange(off, off + n).astype("timedelta64[s]"))
+        if source is None:
+            cols = {f"f{j}": pa.array(rng.standard_normal(n, dtype=np.float32)) for j in range(F)}
+        else:
+            take = source.take(pa.array(rng.integers(0, source.num_rows, n)))
+            cols = {c: take.column(c) for c in take.column_names if c not in ("request_id", "event_time")}
+        table = pa.table({"request_id": ids, "event_time": times, **cols})
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=chunk)
+    writer.close()
+
+
+# -- models -----------------------------------------------------------------------------------------
+def mlp_pair(device: str):
+    import torch
+
+    from workbench.models import ModelRef, TorchPredictor, choose_device
+
+    dev = choose_device(device)
+    out = {}
+    for role, seed in (("baseline", 1), ("candidate", 2)):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(F, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                  torch.nn.ReLU(), torch.nn.Linear(256, 1), torch.nn.Sigmoid())
+        ref = ModelRef(uri=f"bench:mlp-{role}", name="mlp", version=str(seed), run_id=None, flavor="pytorch",
+                       features=tuple(f"f{j}" for j in range(F)), threshold=0.5)
+        out[role] = TorchPredictor(ref, torch.jit.script(net.eval()), dev)
+    return out
+
+
+def demo_pair(home: Path, device: str):
+    import mlflow
+
+    from workbench.config import load_settings
+    from workbench.models import load_predictor
+
+    mlflow.set_tracking_uri(load_settings(home).mlflow_tracking_uri)
+    return {"baseline": load_predictor("models:/flight-delay@champion", device),
+            "candidate": load_predictor("models:/flight-delay@challenger", device)}
+
+
+def load_pair(a) -> dict:
+    return mlp_pair(a.device) if a.models == "mlp" else demo_pair(Path(a.home), a.device)
+
+
+# -- phases (each runs in a subprocess) --------------------------------------------------------------
+def phase_ingest(a) -> dict:
+    from workbench.store import Store
+    from workbench.traffic import ingest
+
+    t = time.perf_counter()
+    demo = a.models == "demo"
+    with Store(a.db) as store:
+        res = ingest(store, a.traffic, "bench", entity_col="tail_number" if demo else None,
+                     nullable=["wind_dir", "pressure", "temp", "dewp", "humid", "wind_speed", "precip", "visib"]
+                     if demo else ())
+        assert res.quarantined == 0, res.reasons
+    return {"seconds": time.perf_counter() - t, "rows": res.rows}
+
+
+def phase_raw(a) -> dict:
+    """Both models on in-memory batches (the first few row groups, cycled to reach the row count)."""
+    from workbench.replay import ReplayOptions
+    from workbench.scoring import PairScorer
+
+    models = load_pair(a)
+    scorer = PairScorer(models, ReplayOptions(batch_size=a.batch_size).scoring())
+    pf = pq.ParquetFile(a.traffic)
+    batches = []
+    for rb in pf.iter_batches(batch_size=a.batch_size, columns=scorer.features):
+        batches.append(pa.Table.from_batches([rb]))
+        if len(batches) >= 4:
+            break
+    scorer.score(scorer.prepare(batches[0].slice(0, min(1024, batches[0].num_rows))))   # warm-up
+    done, i = 0, 0
+    t = time.perf_counter()
+    while done < a.rows:
+        b = batches[i % len(batches)]
+        b = b.slice(0, min(b.num_rows, a.rows - done))
+        scorer.score(scorer.prepare(b))
+        done += b.num_rows
+        i += 1
+    return {"seconds": time.perf_counter() - t, "rows": done,
+            "devices": sorted({m.device for m in models.values()})}
+
+
+def phase_replay(a) -> dict:
+    from workbench.replay import ReplayOptions, replay
+    from workbench.store import Store
+
+    models = load_pair(a)
+    with Store(a.db) as store:
+        t = time.perf_counter()
+        res = replay(store, "bench", models["baseline"], models["candidate"], run_id=f"bench_{a.rows}",
+                     options=ReplayOptions(batch_size=a.batch_size))
+        seconds = time.perf_counter() - t
+        n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
+    assert n == res.rows == a.rows, (n, res.rows, a.rows)   # every request scored exactly once
+    return {"seconds": seconds, "rows": res.rows}
+
+
+PHASES = {"ingest": phase_ingest, "raw": phase_raw, "replay": phase_replay}
+
+
+def run_phase(name: str, a, **extra) -> dict:
+    args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
+            "--batch-size", str(a.batch_size), "--home", str(a.home)]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    out = subprocess.run(args, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ensure_demo_home(home: Path) -> None:
+    if (home / "data" / "traffic.parquet").exists():
+        return
+    from pipelines.prepare_flights import write
+    from pipelines.train_models import register
+    from workbench.config import load_settings
+
+    settings = load_settings(home).ensure()
+    write(home / "data")
+    register(settings, home / "data" / "flights_train.parquet", log=lambda m: print(m, file=sys.stderr))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    p.add_argument("--models", choices=["demo", "mlp"], default="demo")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=65536)
+    p.add_argument("--home", default=None, help="a workbench home with the demo models (default: a temporary one)")
+    p.add_argument("--json-out", default=None, help="also write the results as JSON here")
+    p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
+    p.add_argument("--db", help=argparse.SUPPRESS)
+    p.add_argument("--traffic", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    from workbench.config import configure_runtime
+
+    configure_runtime()   # as the workbench command does; subprocesses inherit it
+    if a.phase:
+        a.rows = a.rows[0]
+        res = PHASES[a.phase](a)
+        res["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(res))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
+        tmp = Path(tmp)
+        a.home = Path(a.home) if a.home else tmp / "home"
+        if a.models == "demo":
+            ensure_demo_home(a.home)
+        results = []
+        for rows in a.rows:
+            traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}.duckdb"
+            write_traffic(traffic, rows, a.models, a.home)
+            ing = run_phase("ingest", a, rows=rows, traffic=traffic, db=db)
+            raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
+            rep = run_phase("replay", a, rows=rows, traffic=traffic, db=db)
+            results.append({"rows": rows, "ingest": ing, "raw": raw, "replay": rep,
+                            "ratio": (rows / rep["seconds"]) / (rows / raw["seconds"])})
+            traffic.unlink()
+            db.unlink()
+    import platform
+
+    dev = results[0]["raw"].get("devices")
+    print(f"\nreplay benchmark: models={a.models}, devices={dev}, batch={a.batch_size}, host={platform.node()}, "
+          f"cores={os.cpu_count()}")
+    print(f"{'rows':>11} | {'ingest rows/s':>13} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | "
+          f"{'(b) replay rows/s':>17} | {'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}")
+    for r in results:
+        n = r["rows"]
+        print(f"{n:>11,} | {n / r['ingest']['seconds']:>13,.0f} | {n / r['raw']['seconds']:>14,.0f} | "
+              f"{r['raw']['peak_rss_mb']:>11,.0f} | {n / r['replay']['seconds']:>17,.0f} | "
+              f"{r['replay']['seconds']:>11.2f} | {r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
