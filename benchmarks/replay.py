@@ -145,8 +145,8 @@ def phase_replay(a) -> dict:
     models = load_pair(a)
     with Store(a.db) as store:
         t = time.perf_counter()
-        res = replay(store, "bench", models["baseline"], models["candidate"], run_id=f"bench_{a.rows}",
-                     options=ReplayOptions(batch_size=a.batch_size))
+        res = replay(store, "bench", models["baseline"], models["candidate"], run_id=f"bench_{a.rows}_w{a.writers}",
+                     options=ReplayOptions(batch_size=a.batch_size, writers=a.writers))
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
     assert n == res.rows == a.rows, (n, res.rows, a.rows)   # every request scored exactly once
@@ -159,6 +159,8 @@ PHASES = {"ingest": phase_ingest, "raw": phase_raw, "replay": phase_replay}
 def run_phase(name: str, a, **extra) -> dict:
     args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
             "--batch-size", str(a.batch_size), "--home", str(a.home)]
+    if name != "replay":
+        args += ["--writers", "1"]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(args, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
@@ -186,6 +188,8 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=65536)
     p.add_argument("--home", default=None, help="a workbench home with the demo models (default: a temporary one)")
+    p.add_argument("--writers", type=int, nargs="+", default=None,
+                   help="replay writer threads to compare (default: the replay's own default)")
     p.add_argument("--json-out", default=None, help="also write the results as JSON here")
     p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -195,7 +199,7 @@ def main() -> None:
 
     configure_runtime()   # as the workbench command does; subprocesses inherit it
     if a.phase:
-        a.rows = a.rows[0]
+        a.rows, a.writers = a.rows[0], a.writers[0]
         res = PHASES[a.phase](a)
         res["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(res))
@@ -205,15 +209,19 @@ def main() -> None:
         a.home = Path(a.home) if a.home else tmp / "home"
         if a.models == "demo":
             ensure_demo_home(a.home)
+        from workbench.replay import ReplayOptions
+
+        writers = a.writers or [ReplayOptions().writers]
         results = []
         for rows in a.rows:
             traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}.duckdb"
             write_traffic(traffic, rows, a.models, a.home)
             ing = run_phase("ingest", a, rows=rows, traffic=traffic, db=db)
             raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
-            rep = run_phase("replay", a, rows=rows, traffic=traffic, db=db)
-            results.append({"rows": rows, "ingest": ing, "raw": raw, "replay": rep,
-                            "ratio": (rows / rep["seconds"]) / (rows / raw["seconds"])})
+            for w in writers:
+                rep = run_phase("replay", a, rows=rows, traffic=traffic, db=db, writers=w)
+                results.append({"rows": rows, "writers": w, "ingest": ing, "raw": raw, "replay": rep,
+                                "ratio": raw["seconds"] / rep["seconds"]})
             traffic.unlink()
             db.unlink()
     import platform
@@ -221,11 +229,11 @@ def main() -> None:
     dev = results[0]["raw"].get("devices")
     print(f"\nreplay benchmark: models={a.models}, devices={dev}, batch={a.batch_size}, host={platform.node()}, "
           f"cores={os.cpu_count()}")
-    print(f"{'rows':>11} | {'ingest rows/s':>13} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | "
+    print(f"{'rows':>11} | {'writers':>7} | {'ingest rows/s':>13} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | "
           f"{'(b) replay rows/s':>17} | {'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}")
     for r in results:
         n = r["rows"]
-        print(f"{n:>11,} | {n / r['ingest']['seconds']:>13,.0f} | {n / r['raw']['seconds']:>14,.0f} | "
+        print(f"{n:>11,} | {r['writers']:>7} | {n / r['ingest']['seconds']:>13,.0f} | {n / r['raw']['seconds']:>14,.0f} | "
               f"{r['raw']['peak_rss_mb']:>11,.0f} | {n / r['replay']['seconds']:>17,.0f} | "
               f"{r['replay']['seconds']:>11.2f} | {r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}")
     if a.json_out:

@@ -126,7 +126,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     con = duckdb.connect(str(home / "workbench.duckdb"))
-    done_before = con.execute("SELECT rows_done FROM runs WHERE run_id = 'killed'").fetchall()[0][0]
+    done_before = con.execute("SELECT sum(rows) FROM run_batches WHERE run_id = 'killed'").fetchall()[0][0]
     con.close()
     assert 0 < done_before < 3000
     env["SLOW_MODEL_DELAY"] = "0"
@@ -137,8 +137,8 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     n, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM predictions "
                               "WHERE run_id = 'killed'").fetchall()[0]
     assert n == distinct == 3000
-    batches = con.execute("SELECT first_row, rows FROM run_batches WHERE run_id = 'killed' "
-                          "ORDER BY batch_no").fetchall()
+    batches = con.execute("SELECT first_row, span FROM run_batches WHERE run_id = 'killed' "
+                          "ORDER BY first_row").fetchall()
     assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:]))
     con.close()
     again = run_cli(*args[3:], home=home)

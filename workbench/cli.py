@@ -103,7 +103,8 @@ def cmd_replay(args) -> None:
     settings = settings_for(args)
     use_mlflow(settings)
     options = ReplayOptions(batch_size=args.batch_size, mode="online" if args.online else "throughput",
-                            online_batch=args.online_batch, model_timeout=args.model_timeout)
+                            online_batch=args.online_batch, model_timeout=args.model_timeout,
+                            **({"writers": args.writers} if args.writers else {}))
     executor = None
     if args.executor == "ray":
         from .replay_ray import RayExecutor, _ray
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--online-batch", type=int, default=1, metavar="N")
     s.add_argument("--model-timeout", type=float, default=None, metavar="S",
                    help="a model call running past S seconds marks its rows as timeout errors")
+    s.add_argument("--writers", type=int, default=None,
+                   help="threads committing results to DuckDB (default: a quarter of the cores, at most 4)")
     s.add_argument("--executor", default="local", choices=["local", "ray"])
     s.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     s.add_argument("--ray-actors", type=int, default=None, help="model-pair actors (default: one per GPU or CPU)")

@@ -10,12 +10,13 @@ is immutable.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import queue
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 
@@ -39,10 +40,13 @@ class ReplayOptions:
     online_batch: int = 1
     model_timeout: float | None = None
     prefetch: int = 2
+    writers: int = field(default_factory=lambda: min(4, max(1, (os.cpu_count() or 1) // 4)))
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise WorkbenchError("--batch-size must be at least 1")
+        if self.writers < 1:
+            raise WorkbenchError("--writers must be at least 1")
         self.scoring()   # validates the scoring fields
 
     def scoring(self) -> ScoringOptions:
@@ -156,16 +160,22 @@ class LocalExecutor:
 
 def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, thresholds: dict,
                   options: ReplayOptions, done: int, total: int, progress) -> None:
-    """Reader thread -> scoring on this thread -> writer thread, with bounded queues in between."""
-    after = store.last_committed_row(run_id)
-    reader = store.traffic_batches(traffic, scorer.features, options.batch_size, after)
+    """Reader thread -> scoring on this thread -> writer threads, with bounded queues in between.
+
+    Several writers commit batches concurrently (each DuckDB commit is single-threaded and waits on its
+    WAL flush); each batch records the ``_row`` range it covers, so a resume skips exactly the committed
+    ranges even when they were committed out of order.
+    """
+    skip = store.committed_ranges(run_id)
+    reader = store.traffic_batches(traffic, scorer.features, options.batch_size, skip)
     inbox: queue.Queue = queue.Queue(maxsize=options.prefetch)
-    outbox: queue.Queue = queue.Queue(maxsize=2)
+    outbox: queue.Queue = queue.Queue(maxsize=max(2, options.writers))
     stop = threading.Event()
     failure: list[BaseException] = []
+    lock = threading.Lock()
 
     def read():
-        last = after
+        last = -1
         try:
             for rb in reader:
                 if stop.is_set():
@@ -183,25 +193,26 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
 
     def write():
         nonlocal done
-        batch_no = store.next_batch_no(run_id)
         try:
             while (item := outbox.get()) is not _END:
-                first, last, n, seconds, table = item
+                batch_no, first, last, n, seconds, table = item
                 store.commit_batch(run_id, batch_no, first, last, n, seconds, table)
-                batch_no += 1
-                done += n
-                if progress:
-                    progress(done, total)
+                with lock:
+                    done += n
+                    if progress:
+                        progress(done, total)
         except BaseException as e:
             failure.append(e)
             stop.set()
             while outbox.get() is not _END:   # unblock the scorer
                 pass
 
-    threads = [threading.Thread(target=read, name="replay-reader", daemon=True),
-               threading.Thread(target=write, name="replay-writer", daemon=True)]
-    for t in threads:
+    reader_thread = threading.Thread(target=read, name="replay-reader", daemon=True)
+    writers = [threading.Thread(target=write, name=f"replay-writer-{i}", daemon=True) for i in range(options.writers)]
+    reader_thread.start()
+    for t in writers:
         t.start()
+    batch_no = store.next_batch_no(run_id)
     try:
         while not stop.is_set() and (item := inbox.get()) is not _END:
             if isinstance(item, BaseException):
@@ -211,12 +222,16 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
             scored = scorer.score(prepared)
             rows = batch.column("_row")
             table = paired_table(batch.column("request_id").combine_chunks(), scored, thresholds)
-            outbox.put((rows[0].as_py(), rows[-1].as_py(), batch.num_rows, time.perf_counter() - t0, table))
+            outbox.put((batch_no, rows[0].as_py(), rows[-1].as_py(), batch.num_rows, time.perf_counter() - t0,
+                        table))
+            batch_no += 1
     finally:
         stop.set()
-        outbox.put(_END)
-        threads[1].join()
-        while threads[0].is_alive():   # let the reader see the stop flag
+        for _ in writers:
+            outbox.put(_END)
+        for t in writers:
+            t.join()
+        while reader_thread.is_alive():   # let the reader see the stop flag
             try:
                 inbox.get(timeout=0.1)
             except queue.Empty:

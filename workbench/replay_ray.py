@@ -81,7 +81,7 @@ class RayExecutor:
         features = sorted({f for m in models.values() for f in m.ref.features})
         with tempfile.TemporaryDirectory(prefix=f"workbench-{run_id}-", dir=self.staging_dir) as staging:
             path = Path(staging) / "traffic.parquet"
-            store.export_traffic_parquet(traffic, features, store.last_committed_row(run_id), path,
+            store.export_traffic_parquet(traffic, features, store.committed_ranges(run_id), path,
                                          row_group_rows=options.batch_size)
             ds = ray.data.read_parquet(str(path)).map_batches(
                 PairActor, batch_size=options.batch_size, batch_format="pyarrow",

@@ -39,11 +39,11 @@ SCHEMA = [
         label_time TIMESTAMP, PRIMARY KEY (traffic, request_id))""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
-        status VARCHAR NOT NULL, rows_total BIGINT, rows_done BIGINT, batch_size INTEGER, device VARCHAR,
+        status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
         mode VARCHAR, meta JSON, started_at TIMESTAMP, finished_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS run_batches (
-        run_id VARCHAR NOT NULL, batch_no INTEGER NOT NULL, first_row BIGINT NOT NULL, rows INTEGER NOT NULL,
-        seconds DOUBLE, committed_at TIMESTAMP, PRIMARY KEY (run_id, batch_no))""",
+        run_id VARCHAR NOT NULL, batch_no INTEGER NOT NULL, first_row BIGINT NOT NULL, span INTEGER NOT NULL,
+        rows INTEGER NOT NULL, seconds DOUBLE, committed_at TIMESTAMP, PRIMARY KEY (run_id, batch_no))""",
     # paired results: one row per request, both models side by side
     """CREATE TABLE IF NOT EXISTS predictions (
         run_id VARCHAR NOT NULL, request_id VARCHAR NOT NULL,
@@ -74,6 +74,11 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def _skip_sql(skip: list[tuple[int, int]]) -> str:
+    """A filter leaving out ``_row`` ranges (integers only, so they are safe to inline)."""
+    return " AND ".join(["TRUE"] + [f"_row NOT BETWEEN {int(a)} AND {int(b)}" for a, b in skip])
+
+
 def traffic_table(name: str) -> str:
     return qident("traffic_" + check_name(name, "traffic name"))
 
@@ -87,7 +92,7 @@ class Store:
         self.con = self._connect(read_only, wait_s)
         self.con.execute("SET TimeZone = 'UTC'")
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
-        self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", "1GB")])
+        self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", "512MB")])
         # checkpoint in large steps: frequent checkpoints during a replay cost up to 3x its write rate
         self.con.execute("SET checkpoint_threshold = ?", [os.environ.get("WORKBENCH_DUCKDB_CHECKPOINT", "1GB")])
         if not read_only:
@@ -200,25 +205,24 @@ class Store:
     def traffic_count(self, name: str) -> int:
         return int(self.cursor().execute(f"SELECT count(*) FROM {traffic_table(name)}").fetchall()[0][0])
 
-    def traffic_batches(self, name: str, columns: list[str], batch_size: int, after_row: int = -1
-                        ) -> pa.RecordBatchReader:
-        """Stream ``columns`` of a traffic set in ingest order, starting after ``after_row``.
+    def traffic_batches(self, name: str, columns: list[str], batch_size: int,
+                        skip: list[tuple[int, int]] = ()) -> pa.RecordBatchReader:
+        """Stream ``columns`` of a traffic set in ingest order, leaving out the ``_row`` ranges in ``skip``.
 
         Relies on DuckDB's ``preserve_insertion_order`` (on by default; ingest inserts in ``_row`` order)
         instead of an ORDER BY, which would cost a full sort; the replay checks the order as it reads.
         """
         cols = ", ".join(["_row", "request_id"] + [qident(c) for c in columns if c not in ("_row", "request_id")])
         cur = self.con.cursor()
-        return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE _row > ?",
-                       params=[after_row]).to_arrow_reader(batch_size)
+        return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)}").to_arrow_reader(batch_size)
 
-    def export_traffic_parquet(self, name: str, columns: list[str], after_row: int, path: Path,
+    def export_traffic_parquet(self, name: str, columns: list[str], skip: list[tuple[int, int]], path: Path,
                                row_group_rows: int) -> None:
-        """Write ``_row``, ``request_id`` and ``columns`` of rows after ``after_row`` to one Parquet file, in order."""
+        """Write ``_row``, ``request_id`` and ``columns`` of rows outside ``skip`` to one Parquet file, in order."""
         cols = ", ".join(["_row", "request_id"] + [qident(c) for c in columns])
         target = "'" + str(path).replace("'", "''") + "'"
         self.cursor().execute(
-            f"COPY (SELECT {cols} FROM {traffic_table(name)} WHERE _row > {int(after_row)} ORDER BY _row) "
+            f"COPY (SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)} ORDER BY _row) "
             f"TO {target} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})")
 
     # -- labels --------------------------------------------------------------------------------
@@ -237,8 +241,12 @@ class Store:
         return int(n)
 
     # -- runs ----------------------------------------------------------------------------------
+    _RUNS = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
+               LEFT JOIN (SELECT run_id, sum(rows) AS rows FROM run_batches GROUP BY run_id) b USING (run_id)"""
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        """A run with its model refs, metadata and ``rows_done`` (the rows of its committed batches)."""
+        rows = self._rows(self._RUNS + " WHERE r.run_id = ?", [run_id])
         if not rows:
             return None
         run = rows[0]
@@ -254,20 +262,26 @@ class Store:
 
     def list_runs(self) -> list[dict[str, Any]]:
         return self._rows("SELECT run_id, traffic, status, rows_total, rows_done, device, mode, started_at, "
-                          "finished_at FROM runs ORDER BY started_at DESC")
+                          f"finished_at FROM ({self._RUNS}) ORDER BY started_at DESC")
 
     def create_run(self, *, run_id, traffic, baseline: dict, candidate: dict, rows_total, batch_size, device,
                    mode, meta: dict) -> None:
         self.cursor().execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, 0, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, NULL)",
             [run_id, traffic, json.dumps(baseline), json.dumps(candidate), rows_total, batch_size, device, mode,
              json.dumps(meta), utcnow()])
 
-    def last_committed_row(self, run_id: str) -> int:
-        """The traffic ``_row`` of the last row of the last committed batch (-1 when none)."""
-        r = self.cursor().execute(
-            "SELECT max(first_row + rows - 1), count(*) FROM run_batches WHERE run_id = ?", [run_id]).fetchall()[0]
-        return -1 if r[1] == 0 else int(r[0])
+    def committed_ranges(self, run_id: str) -> list[tuple[int, int]]:
+        """The traffic ``_row`` ranges a run has committed, merged; every row in them is scored exactly once."""
+        rows = self.cursor().execute("SELECT first_row, first_row + span - 1 FROM run_batches WHERE run_id = ? "
+                                     "ORDER BY first_row", [run_id]).fetchall()
+        merged: list[tuple[int, int]] = []
+        for a, b in rows:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((int(a), int(b)))
+        return merged
 
     def next_batch_no(self, run_id: str) -> int:
         r = self.cursor().execute("SELECT coalesce(max(batch_no) + 1, 0) FROM run_batches WHERE run_id = ?",
@@ -282,9 +296,8 @@ class Store:
             cols = ", ".join(qident(c) for c in paired.column_names)
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
             cur.unregister("_wb_paired")
-            cur.execute("INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?)",
-                        [run_id, batch_no, first_row, last_row - first_row + 1, seconds, utcnow()])
-            cur.execute("UPDATE runs SET rows_done = rows_done + ? WHERE run_id = ?", [rows, run_id])
+            cur.execute("INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, utcnow()])
 
     def finish_run(self, run_id: str) -> None:
         """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL."""
