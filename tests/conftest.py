@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +47,13 @@ def workbench_env(demo_home, monkeypatch):
     return settings
 
 
-def run_cli(*args: str, home: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, home: Path, check: bool = True, timeout: float = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI on ``home``; ``env`` adds variables (MLFLOW_TRACKING_URI is dropped unless given there)."""
+    extra = env or {}
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env |= extra
     proc = subprocess.run([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     if check:
@@ -74,3 +81,130 @@ class TinyModel:
         out = 1 / (1 + np.exp(-x))
         out[np.isin(x, list(self.nan_on))] = np.nan
         return np.stack([out, out, out], axis=1) if self.wrong_shape else out
+
+
+# -- decisions: synthetic evaluations of the binding shape, seeded runs, a real MLflow server -------------
+def make_evaluation(run_id: str = "run_syn", *, labeled_rows: int = 5000, confidence: float | None = 0.95,
+                    metrics: dict | None = None, latency: dict | None = None, errors: tuple | None = (0, 5000),
+                    segments: dict | None = None) -> dict:
+    """An evaluation dict of the binding shape (``workbench evaluate --json``).
+
+    ``metrics``: {name: (baseline, candidate, delta_ci_low, delta_ci_high)}; intervals of the two values are
+    +-0.01 around them. ``latency``: {"p99": (baseline_ms, candidate_ms, delta_ci_low, delta_ci_high)}.
+    ``errors``: candidate (count, rows); ``segments``: {col: {value: {"rows", "small", metric: tuple}}}.
+    """
+    metrics = metrics if metrics is not None else {
+        "roc_auc": (0.70, 0.72, 0.01, 0.03), "f1": (0.40, 0.42, 0.005, 0.035), "log_loss": (0.50, 0.49, -0.02, 0.0)}
+    latency = latency if latency is not None else {"p99": (2.0, 2.2, 0.1, 0.3)}
+
+    def side(i: int, ms: dict) -> dict:
+        return {m: {"value": v[i], "ci_low": v[i] - 0.01, "ci_high": v[i] + 0.01} for m, v in ms.items()}
+
+    def delta(ms: dict) -> dict:
+        return {m: {"value": v[1] - v[0], "ci_low": v[2], "ci_high": v[3], "p_value": 0.01, "mde": 0.012}
+                for m, v in ms.items()}
+
+    ev = {"run_id": run_id, "labeled_rows": labeled_rows, "label_coverage": 0.97, "confidence": confidence,
+          "rows": {"baseline": labeled_rows, "candidate": labeled_rows, "paired": labeled_rows},
+          "thresholds": {"baseline": 0.5, "candidate": 0.5},
+          "baseline": side(0, metrics), "candidate": side(1, metrics), "delta": delta(metrics),
+          "latency": {"baseline": {p: v[0] for p, v in latency.items()},
+                      "candidate": {p: v[1] for p, v in latency.items()},
+                      "delta": {p: {"value": v[1] - v[0], "ci_low": v[2], "ci_high": v[3]} for p, v in latency.items()},
+                      "mann_whitney_p": 0.2},
+          "segments": {}, "undefined": {}}
+    if errors is not None:
+        n_err, n = errors
+        rate = n_err / n
+        half = 2 * (rate / n) ** 0.5  # a rough interval: enough for the gate's bound logic
+        ev["errors"] = {"baseline": {"count": 0, "rows": n, "rate": 0.0, "ci_low": 0.0, "ci_high": 3.84 / (n + 3.84)},
+                        "candidate": {"count": n_err, "rows": n, "rate": rate, "ci_low": max(0.0, rate - half),
+                                      "ci_high": rate + half + 3.84 / (n + 3.84)}}
+    for col, values in (segments or {}).items():
+        for value, seg in values.items():
+            ms = {m: v for m, v in seg.items() if isinstance(v, tuple)}
+            ev["segments"].setdefault(col, {})[value] = {"rows": seg.get("rows", 500), "small": seg.get("small", False),
+                                                        "baseline": side(0, ms), "candidate": side(1, ms),
+                                                        "delta": delta(ms)}
+    return ev
+
+
+def seed_run(store, run_id: str, evaluation: dict, *, model: str = "fraud", baseline_version: str = "1",
+             candidate_version: str = "2", traffic: str = "syn_traffic") -> None:
+    """A finished replay run of a registered baseline/candidate pair, with ``evaluation`` stored for it."""
+    if store.traffic_info(traffic) is None:
+        store.upsert_traffic_set(store.cursor(), traffic, id_col="request_id", time_col="event_time", entity_col=None,
+                                 columns=["x"], fingerprint="f" * 64, added_rows=5000, added_quarantined=0)
+    refs = {role: {"uri": f"models:/{model}/{v}", "name": model, "version": v, "run_id": f"mlrun{v}",
+                   "flavor": "sklearn", "features": ["x"], "threshold": 0.5}
+            for role, v in (("baseline", baseline_version), ("candidate", candidate_version))}
+    store.create_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
+                     rows_total=5000, batch_size=1000, device="cpu", mode="throughput", meta={})
+    store.finish_run(run_id, {})
+    store.save_evaluation(run_id, {}, evaluation)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, one worker, webhooks to loopback allowed).
+
+    Yields its URL; the server (its whole process group) is stopped at the end of the session.
+    """
+    import httpx
+    from cryptography.fernet import Fernet
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    env = os.environ | {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                        "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0",
+                        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server exited: " + (root / "server.log").read_text()[-3000:])
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not answer /health in 120 s: "
+                                   + (root / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)  # a throwaway server: no need to wait for its graceful shutdown
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def seeded_home(tmp_path) -> Path:
+    """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose
+    evaluation passes the default policy."""
+    from workbench.signing import init_keys
+    from workbench.store import Store
+
+    home = tmp_path / "home"
+    init_keys(home / "keys")
+    with Store(home / "workbench.duckdb") as store:
+        seed_run(store, "run_a", make_evaluation("run_a"))
+    return home

@@ -163,6 +163,208 @@ def cmd_demo(args) -> None:
     emit(args, summary)
 
 
+# -- decisions, keys, canary weight, service (policy / signing / canary / registry / service) -------
+def _trusted(settings: Settings) -> dict:
+    from .signing import trusted_keys
+
+    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
+
+
+def _signer(settings: Settings):
+    from .canary import Signer
+
+    return Signer.from_keys_dir(settings.keys_dir, settings.signer)
+
+
+def _sync(settings: Settings, store, signed) -> dict:
+    """Publish an applied record to MLflow, with the evaluation and drift report it was judged on."""
+    from .canary import load_drift, sync
+    from .registry import Registry
+    from .signing import content_hash
+
+    r = signed.record
+    evaluation = drift = None
+    if r.get("run_id"):
+        ev = store.latest_evaluation(r["run_id"])
+        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+        dr = load_drift(store, r["run_id"])
+        drift = dr if content_hash(dr) == r.get("drift_hash") else None
+    registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
+    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
+    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
+
+
+def _scorecard_text(d: dict) -> str:
+    rows = [(c["gate"], c["outcome"].upper() if c["outcome"] == "fail" else c["outcome"],
+             "yes" if c["critical"] else "", c["reason"]) for c in d["checks"]]
+    lines = [_table(rows, ("gate", "outcome", "critical", "reason"))]
+    lines += [f"skipped {s['gate']}: {s['reason']}" for s in d.get("skipped", [])]
+    lines.append(f"verdict {d['verdict']} ({d['reason']}); weight {d['weight_before']}% -> {d['weight_after']}%"
+                 + ("" if d.get("applied", True) else " (not applied)"))
+    lines.append(f"decision {d['decision_id']} signed by {d['record']['signer']}")
+    if d.get("pending_sync"):
+        lines.append(f"not yet in MLflow ({d['sync_error']}); stored locally with pending_sync")
+    return "\n".join(lines)
+
+
+def cmd_decide(args) -> None:
+    from .canary import apply_decision, build_decision
+    from .policy import load_policy
+
+    settings = settings_for(args)
+    policy = load_policy(args.policy)
+    signer = _signer(settings)
+    with open_store(settings) as store:
+        signed, card = build_decision(store, args.run_id, policy, signer)
+        r = signed.record
+        card_d = card.to_dict()
+        out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
+               "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
+               "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
+        if args.apply:
+            apply_decision(store, signed, _trusted(settings))
+            out["applied"] = True
+            out.update(_sync(settings, store, signed))
+    emit(args, out, _scorecard_text)
+
+
+def cmd_keys_init(args) -> None:
+    from .signing import init_keys
+
+    info = init_keys(settings_for(args).keys_dir)
+    emit(args, info.to_dict(), lambda d: f"key pair created: {d['fingerprint']}\n  private {d['private_key_path']} "
+                                        f"(mode 0600)\n  public  {d['public_key_path']}")
+
+
+def cmd_keys_export(args) -> None:
+    from .signing import key_fingerprint, own_public_key, public_pem
+
+    key = own_public_key(settings_for(args).keys_dir)
+    if args.json:
+        emit(args, {"fingerprint": key_fingerprint(key), "public_key_pem": public_pem(key)})
+    else:
+        sys.stdout.write(public_pem(key))
+
+
+def cmd_decision_verify(args) -> None:
+    from .canary import load_signed, verify_decision
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        res = verify_decision(store, load_signed(store, args.path_or_id), _trusted(settings))
+    emit(args, res.to_dict(), lambda d: f"decision {d['decision_id']} ({d['model']}, {d['verdict']}): signature valid "
+                                        f"({d['key_fingerprint']}, {d['signer']}), chain valid; {d['note']}")
+
+
+def _status_text(d: dict) -> str:
+    return (f"{d['model']}: candidate v{d['candidate_version']} at {d['weight']}% against baseline "
+            f"v{d['baseline_version']} (decision {d['decision_id']}, "
+            + ("verified)" if d["verified"] else f"NOT verified: {d.get('problem')})"))
+
+
+def cmd_canary_status(args) -> None:
+    from .canary import status
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        emit(args, status(store, args.model, _trusted(settings)).to_dict(), _status_text)
+
+
+def _apply_and_sync(settings: Settings, store, signed) -> dict:
+    from .canary import apply_decision
+
+    out = apply_decision(store, signed, _trusted(settings)).to_dict()
+    out.update(_sync(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
+    return out
+
+
+def cmd_canary_kill(args) -> None:
+    from .canary import build_kill
+    from .policy import load_policy
+
+    settings = settings_for(args)
+    signer = _signer(settings)
+    with open_store(settings) as store:
+        out = _apply_and_sync(settings, store, build_kill(store, args.model, args.reason, signer, load_policy()))
+    emit(args, out, _status_text)
+
+
+def cmd_canary_apply(args) -> None:
+    from .canary import load_signed
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        out = _apply_and_sync(settings, store, load_signed(store, args.path_or_id))
+    emit(args, out, _status_text)
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from .service import create_app
+
+    settings = settings_for(args)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+
+
+def cmd_webhook_register(args) -> None:
+    from .registry import WEBHOOK_EVENTS, Registry
+
+    settings = settings_for(args)
+    if not settings.webhook_secret:
+        raise WorkbenchError("set WORKBENCH_WEBHOOK_SECRET: MLflow signs deliveries with it, the service checks them")
+    webhook_id = Registry(settings.mlflow_tracking_uri).ensure_webhook(args.url, settings.webhook_secret)
+    emit(args, {"webhook_id": webhook_id, "url": args.url, "events": list(WEBHOOK_EVENTS)},
+         lambda d: f"webhook {d['webhook_id']} -> {d['url']} ({', '.join(d['events'])})")
+
+
+def add_decision_commands(sub, common) -> None:
+    """Parser entries of the decision, key, canary and service commands."""
+    s = sub.add_parser("decide", parents=[common], help="judge a replay run under a policy; sign and apply")
+    s.add_argument("run_id")
+    s.add_argument("--policy", default=None, help="policy file (.toml/.yaml/.json); default: the shipped policy")
+    s.add_argument("--apply", action=argparse.BooleanOptionalAction, default=True,
+                   help="move the canary weight and publish to MLflow (default); --no-apply only signs and stores")
+    s.set_defaults(fn=cmd_decide)
+
+    keys = sub.add_parser("keys", help="the Ed25519 signing key pair").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION")
+    s = keys.add_parser("init", parents=[common], help="create the key pair (private key mode 0600)")
+    s.set_defaults(fn=cmd_keys_init)
+    s = keys.add_parser("export", parents=[common], help="print the PEM public key")
+    s.set_defaults(fn=cmd_keys_export)
+
+    dec = sub.add_parser("decision", help="signed decision records").add_subparsers(
+        dest="decision_command", required=True, metavar="ACTION")
+    s = dec.add_parser("verify", parents=[common], help="check a record's signature and chain")
+    s.add_argument("path_or_id", metavar="PATH_OR_ID", help="the JSON `decide --json` printed, or a decision id")
+    s.set_defaults(fn=cmd_decision_verify)
+
+    can = sub.add_parser("canary", help="the canary weight of a registered model").add_subparsers(
+        dest="canary_command", required=True, metavar="ACTION")
+    s = can.add_parser("status", parents=[common], help="weight, versions and whether the chain verifies")
+    s.add_argument("model")
+    s.set_defaults(fn=cmd_canary_status)
+    s = can.add_parser("kill", parents=[common], help="set the weight to 0 at once (a signed record)")
+    s.add_argument("model")
+    s.add_argument("--reason", required=True)
+    s.set_defaults(fn=cmd_canary_kill)
+    s = can.add_parser("apply", parents=[common], help="apply a signed decision made with --no-apply")
+    s.add_argument("path_or_id", metavar="PATH_OR_ID")
+    s.set_defaults(fn=cmd_canary_apply)
+
+    s = sub.add_parser("serve", parents=[common], help="the HTTP service (MLflow webhooks, health)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(fn=cmd_serve)
+
+    hook = sub.add_parser("webhook", help="MLflow webhooks").add_subparsers(
+        dest="webhook_command", required=True, metavar="ACTION")
+    s = hook.add_parser("register", parents=[common], help="make MLflow send new versions and aliases to URL")
+    s.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/webhooks/mlflow")
+    s.set_defaults(fn=cmd_webhook_register)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -230,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="use a sample of this many flights")
     s.add_argument("--port", type=int, default=8501)
     s.set_defaults(fn=cmd_demo)
+
+    add_decision_commands(sub, common)
     return p
 
 

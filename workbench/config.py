@@ -1,11 +1,17 @@
 """Settings: the workbench home, the DuckDB file, the MLflow tracking URI and key paths.
 
 Environment variables: ``WORKBENCH_HOME`` (default ``./.workbench``) and ``MLFLOW_TRACKING_URI``
-(default: a local sqlite store under the home, so nothing needs a server).
+(default: a local sqlite store under the home, so nothing needs a server). Decisions:
+``WORKBENCH_SIGNER`` (the name a signed record carries, default ``user@host``), ``WORKBENCH_TRUSTED_KEYS``
+(extra trusted public-key PEM files, separated by ``os.pathsep``; the home's own key and every PEM in
+``$WORKBENCH_HOME/keys/trusted/`` are trusted too) and ``WORKBENCH_WEBHOOK_SECRET`` (the MLflow webhook
+secret the service checks ``X-MLflow-Signature`` with).
 """
 from __future__ import annotations
 
+import getpass
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +20,9 @@ from pathlib import Path
 class Settings:
     home: Path
     mlflow_tracking_uri: str
+    signer: str = "workbench"
+    trusted_keys: tuple[Path, ...] = ()
+    webhook_secret: str | None = None
 
     @property
     def db_path(self) -> Path:
@@ -26,6 +35,10 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def trusted_keys_dir(self) -> Path:
+        return self.keys_dir / "trusted"
 
     @property
     def reports_dir(self) -> Path:
@@ -56,4 +69,14 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
     """Settings from arguments, then the environment, then defaults."""
     h = Path(home or os.environ.get("WORKBENCH_HOME") or ".workbench").resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(h)
-    return Settings(home=h, mlflow_tracking_uri=uri)
+    trusted = tuple(Path(p).resolve() for p in os.environ.get("WORKBENCH_TRUSTED_KEYS", "").split(os.pathsep) if p)
+    return Settings(home=h, mlflow_tracking_uri=uri, signer=os.environ.get("WORKBENCH_SIGNER") or _default_signer(),
+                    trusted_keys=trusted, webhook_secret=os.environ.get("WORKBENCH_WEBHOOK_SECRET") or None)
+
+
+def _default_signer() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = "workbench"
+    return f"{user}@{platform.node()}"

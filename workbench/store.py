@@ -51,6 +51,24 @@ SCHEMA = [
         candidate_score DOUBLE, candidate_class INTEGER, candidate_latency_ms DOUBLE, candidate_error VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
+    # decisions, canary weight and jobs (policy / signing / canary / service)
+    """CREATE TABLE IF NOT EXISTS decisions (
+        decision_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, kind VARCHAR NOT NULL, run_id VARCHAR,
+        verdict VARCHAR NOT NULL, weight_before INTEGER NOT NULL, weight_after INTEGER NOT NULL,
+        record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, signature VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL, mlflow_run_id VARCHAR, pending_sync BOOLEAN NOT NULL DEFAULT FALSE,
+        sync_error VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS canary_chain (
+        model VARCHAR NOT NULL, sequence INTEGER NOT NULL, decision_id VARCHAR NOT NULL UNIQUE,
+        record_hash VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL, PRIMARY KEY (model, sequence))""",
+    """CREATE TABLE IF NOT EXISTS canary_state (
+        model VARCHAR PRIMARY KEY, baseline_version VARCHAR, candidate_version VARCHAR, weight INTEGER NOT NULL,
+        decision_id VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, killed BOOLEAN NOT NULL,
+        updated_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, delivery_id VARCHAR UNIQUE, event VARCHAR,
+        params JSON NOT NULL, status VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, started_at TIMESTAMP,
+        finished_at TIMESTAMP, error VARCHAR, result JSON)""",
 ]
 
 
@@ -328,3 +346,102 @@ class Store:
         rows = self.cursor().execute("SELECT result FROM evaluations WHERE run_id = ? ORDER BY created_at DESC LIMIT 1",
                                      [run_id]).fetchall()
         return json.loads(rows[0][0]) if rows else None
+
+    # -- decisions, canary weight and jobs (policy / signing / canary / service) -------------------
+    def save_decision(self, cur, *, decision_id: str, model: str, kind: str, run_id: str | None, verdict: str,
+                      weight_before: int, weight_after: int, record_text: str, record_hash: str, signature: str,
+                      created_at: datetime) -> None:
+        """Store a signed record (its canonical text, byte for byte); a known decision id is left as is."""
+        cur.execute("INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, "
+                    "record, record_hash, signature, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (decision_id) DO NOTHING",
+                    [decision_id, model, kind, run_id, verdict, weight_before, weight_after, record_text,
+                     record_hash, signature, created_at])
+
+    def get_decision(self, decision_id: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            """SELECT d.*, c.sequence AS applied_sequence, c.applied_at FROM decisions d
+               LEFT JOIN canary_chain c USING (decision_id) WHERE d.decision_id = ?""", [decision_id])
+        return rows[0] if rows else None
+
+    def list_decisions(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return self._rows(
+            """SELECT d.decision_id, d.model, d.kind, d.run_id, d.verdict, d.weight_before, d.weight_after,
+                      d.created_at, c.sequence AS applied_sequence, d.mlflow_run_id, d.pending_sync
+               FROM decisions d LEFT JOIN canary_chain c USING (decision_id)
+               WHERE ? IS NULL OR d.model = ? ORDER BY d.created_at DESC LIMIT ?""", [model, model, limit])
+
+    def chain(self, model: str) -> list[dict[str, Any]]:
+        """The applied records of ``model`` in chain order, with their stored text and signature."""
+        return self._rows(
+            """SELECT c.sequence, c.decision_id, c.record_hash AS chain_hash, c.applied_at, d.record,
+                      d.record_hash, d.signature
+               FROM canary_chain c LEFT JOIN decisions d USING (decision_id)
+               WHERE c.model = ? ORDER BY c.sequence""", [model])
+
+    def chain_head(self, model: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT sequence, decision_id, record_hash FROM canary_chain WHERE model = ? "
+                          "ORDER BY sequence DESC LIMIT 1", [model])
+        return rows[0] if rows else None
+
+    def canary_state(self, model: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM canary_state WHERE model = ?", [model])
+        return rows[0] if rows else None
+
+    def append_chain(self, cur, *, model: str, sequence: int, decision_id: str, record_hash: str,
+                     baseline_version: str | None, candidate_version: str | None, weight: int,
+                     killed: bool) -> None:
+        """Link an applied record to its model's chain and move the model's canary state (in ``cur``'s transaction)."""
+        now = utcnow()
+        cur.execute("INSERT INTO canary_chain VALUES (?, ?, ?, ?, ?)", [model, sequence, decision_id, record_hash, now])
+        cur.execute("""INSERT INTO canary_state VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET
+                       baseline_version = excluded.baseline_version, candidate_version = excluded.candidate_version,
+                       weight = excluded.weight, decision_id = excluded.decision_id,
+                       record_hash = excluded.record_hash, killed = excluded.killed,
+                       updated_at = excluded.updated_at""",
+                    [model, baseline_version, candidate_version, weight, decision_id, record_hash, killed, now])
+        cur.execute("UPDATE decisions SET pending_sync = TRUE WHERE decision_id = ?", [decision_id])
+
+    def mark_synced(self, decision_id: str, mlflow_run_id: str | None) -> None:
+        self.cursor().execute("UPDATE decisions SET pending_sync = FALSE, mlflow_run_id = ?, sync_error = NULL "
+                              "WHERE decision_id = ?", [mlflow_run_id, decision_id])
+
+    def mark_sync_failed(self, decision_id: str, error: str) -> None:
+        self.cursor().execute("UPDATE decisions SET pending_sync = TRUE, sync_error = ? WHERE decision_id = ?",
+                              [error[:2000], decision_id])
+
+    def pending_sync(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT decision_id, model, created_at, sync_error FROM decisions "
+                          "WHERE pending_sync ORDER BY created_at")
+
+    def enqueue_job(self, *, job_id: str, kind: str, delivery_id: str | None, event: str | None,
+                    params: dict) -> tuple[dict[str, Any], bool]:
+        """Queue a job; a delivery id seen before returns the existing job and False (idempotent)."""
+        cur = self.cursor()
+        try:
+            cur.execute("INSERT INTO jobs (job_id, kind, delivery_id, event, params, status, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, 'queued', ?) ON CONFLICT DO NOTHING",
+                        [job_id, kind, delivery_id, event, json.dumps(params), utcnow()])
+        except (duckdb.ConstraintException, duckdb.TransactionException):
+            pass  # a concurrent insert of the same delivery won: it is read back below
+        stored = job_id
+        if delivery_id is not None:
+            stored = cur.execute("SELECT job_id FROM jobs WHERE delivery_id = ?", [delivery_id]).fetchall()[0][0]
+        return self.get_job(stored), stored == job_id
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+        if not rows:
+            return None
+        job = rows[0]
+        job["params"] = json.loads(job["params"])
+        job["result"] = json.loads(job["result"]) if job["result"] else None
+        return job
+
+    def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT * FROM jobs WHERE ? IS NULL OR status = ? ORDER BY created_at, job_id",
+                          [status, status])
+        for job in rows:
+            job["params"] = json.loads(job["params"])
+            job["result"] = json.loads(job["result"]) if job["result"] else None
+        return rows
