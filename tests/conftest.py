@@ -140,7 +140,7 @@ def seed_run(store, run_id: str, evaluation: dict, *, model: str = "fraud", base
             for role, v in (("baseline", baseline_version), ("candidate", candidate_version))}
     store.create_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
                      rows_total=5000, batch_size=1000, device="cpu", mode="throughput", meta={})
-    store.finish_run(run_id, {})
+    store.finish_run(run_id)
     store.save_evaluation(run_id, {}, evaluation)
 
 
