@@ -363,6 +363,47 @@ def add_decision_commands(sub, common) -> None:
     s = hook.add_parser("register", parents=[common], help="make MLflow send new versions and aliases to URL")
     s.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/webhooks/mlflow")
     s.set_defaults(fn=cmd_webhook_register)
+# -- drift (issue 5) -------------------------------------------------------------------------------
+def _overrides(items: list[str], cast: Callable[[str], Any], what: str) -> dict:
+    """``[COL=]VALUE`` options as {column or "*": value}."""
+    out = {}
+    for item in items:
+        col, sep, value = item.rpartition("=")
+        try:
+            out[col if sep else "*"] = cast(value)
+        except ValueError:
+            raise WorkbenchError(f"invalid {what} {item!r}: use [COLUMN=]VALUE") from None
+    return out
+
+
+def cmd_drift(args) -> None:
+    from .drift import drift_run
+
+    settings = settings_for(args)
+    if args.reference and ".." not in args.reference:
+        use_mlflow(settings)  # the reference may need MLflow: its artifact, the models that score it
+    with open_store(settings) as store:
+        res = drift_run(store, args.run_id, args.reference, current=args.current,
+                        tests=_overrides(args.test, str, "--test"),
+                        thresholds=_overrides(args.threshold, float, "--threshold"), drift_share=args.drift_share,
+                        as_of=args.as_of, html=args.html).to_dict()
+
+    def human(d: dict) -> str:
+        rows = [(c, f["kind"], f["test"], f["statistic"], f["threshold"], "DRIFT" if f["drifted"] else "", f["method"])
+                for c, f in d["features"].items()]
+        cd, cal = d["concept_drift"], d["calibration_drift"]
+        lines = [f"run {d['run_id']}: reference {d['reference']['description']} ({d['reference']['rows']} rows), "
+                 f"current {d['current']['rows']} rows",
+                 _table(rows, ("feature", "kind", "test", "statistic", "threshold", "drift", "method")),
+                 f"drifted share {d['share_drifted']:.2f} -> dataset drift: {d['dataset_drift']}",
+                 f"concept drift (baseline errors, Page-Hinkley): {cd['detected']}"
+                 + (f", change point {cd['change_point']}" if cd["detected"] else ""),
+                 f"calibration drift (baseline): {cal['detected']}"]
+        if d.get("html"):
+            lines.append(f"Evidently report: {d['html']}")
+        return "\n".join(lines)
+
+    emit(args, res, human)
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -422,6 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", parents=[common], help="metrics of both models on a run's labelled rows")
     s.add_argument("run_id")
     s.set_defaults(fn=cmd_evaluate)
+
+    # drift (issue 5)
+    s = sub.add_parser("drift", parents=[common], help="data, prediction and concept drift of a run")
+    s.add_argument("run_id")
+    s.add_argument("--reference", default=None, metavar="SPEC",
+                   help="a traffic name, a time window START..END of the run, or 'training' (the sample logged "
+                        "with the baseline model); default: the earliest 20%% of the run's traffic by event time")
+    s.add_argument("--current", default=None, metavar="START..END", help="only this time window of the run")
+    s.add_argument("--test", action="append", default=[], metavar="[COL=]NAME",
+                   help="drift test for a column, or for all (repeatable; 'score=' for prediction drift)")
+    s.add_argument("--threshold", action="append", default=[], metavar="[COL=]X",
+                   help="threshold for a column, or for all (repeatable)")
+    s.add_argument("--drift-share", type=float, default=0.5, help="dataset drift when this share of features drift")
+    s.add_argument("--as-of", default=None, metavar="TIME", help="labels arriving after TIME count as not yet known")
+    s.add_argument("--html", default=None, metavar="PATH", help="also write Evidently's HTML report there")
+    s.set_defaults(fn=cmd_drift)
 
     s = sub.add_parser("runs", parents=[common], help="list replay runs")
     s.set_defaults(fn=cmd_runs)

@@ -188,3 +188,18 @@ class TorchPredictor:
             if self.device != "cpu":
                 torch.cuda.synchronize()
             return _positive_scores(out.float().cpu().numpy())
+
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+
+def download_reference(run_id: str) -> str:
+    """Local path of the drift reference logged with a model (the run artifact ``reference/reference.parquet``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+    except (MlflowException, OSError) as e:
+        raise WorkbenchError(f"no training reference for MLflow run {run_id}: log the reference sample as the "
+                             f"artifact {REFERENCE_ARTIFACT} ({str(e).splitlines()[0]})") from None
