@@ -26,7 +26,8 @@ def test_cli_evaluate_matches_sklearn(demo_home):
     con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
     for role in ("baseline", "candidate"):
         y, s = map(np.array, zip(*con.execute(
-            f"SELECT l.label, p.{role}_score FROM predictions p JOIN labels l USING (request_id) "
+            f"SELECT l.label, p.{role}_score FROM predictions p JOIN traffic_flights t USING (_row) "
+            "JOIN labels l USING (request_id) "
             f"WHERE p.run_id = ? AND p.{role}_error IS NULL", [run_id]).fetchall()))
         t = out["thresholds"][role]
         assert out[role]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)

@@ -26,11 +26,12 @@ def store(tmp_path):
 def predictions(store, run_id):
     """The run's results in long form (one row per request and role), for easy assertions."""
     return store.con.execute("""
+        WITH p AS (SELECT t.request_id, p.* FROM predictions p JOIN traffic_t t USING (_row) WHERE p.run_id = ?)
         SELECT request_id, 'baseline' AS role, baseline_score AS score, baseline_class AS pred_class,
-               baseline_latency_ms AS latency_ms, baseline_error AS error FROM predictions WHERE run_id = ?
+               baseline_latency_ms AS latency_ms, baseline_error AS error FROM p
         UNION ALL
         SELECT request_id, 'candidate', candidate_score, candidate_class, candidate_latency_ms, candidate_error
-        FROM predictions WHERE run_id = ? ORDER BY role, request_id""", [run_id, run_id]).df()
+        FROM p ORDER BY role, request_id""", [run_id]).df()
 
 
 def test_every_request_scored_by_both(store):
@@ -109,7 +110,7 @@ def test_resume_skips_ranges_committed_out_of_order(store):
     """Writers may commit batch 2 before batch 1; a resume must fill exactly the hole."""
     replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="full", options=ReplayOptions(batch_size=10))
     rows = store.con.execute("SELECT * EXCLUDE (run_id) FROM predictions WHERE run_id = 'full' "
-                             "ORDER BY request_id").to_arrow_table()
+                             "ORDER BY _row").to_arrow_table()
     store.create_run(run_id="holes", traffic="t", baseline=TinyModel("a").ref.to_dict(),
                      candidate=TinyModel("b").ref.to_dict(), rows_total=100, batch_size=10, device="cpu",
                      mode="throughput", meta={})

@@ -49,7 +49,7 @@ def store(tmp_path):
 
 def errors(store, run_id, role):
     return [r[0] for r in store.con.execute(f"SELECT {role}_error FROM predictions WHERE run_id = ? "
-                                            "ORDER BY request_id", [run_id]).fetchall()]
+                                            "ORDER BY _row", [run_id]).fetchall()]
 
 
 def test_timeout_marks_only_that_batch_and_model(store):
@@ -76,13 +76,13 @@ def test_online_mode_times_each_micro_batch(store):
     slow = Sleepy({1, 5}, 0.05)   # two slow requests stand out in the latency distribution
     replay(store, "t", TinyModel("ok"), slow, run_id="on", options=ReplayOptions(batch_size=64, mode="online"))
     lat = np.array([r[0] for r in store.con.execute(
-        "SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on' ORDER BY request_id").fetchall()])
+        "SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on' ORDER BY _row").fetchall()])
     assert (lat[[0, 4]] >= 50).all() and np.median(lat) < 5
     assert store.require_run("on")["mode"] == "online"
     replay(store, "t", TinyModel("ok"), TinyModel("b"), run_id="on8",
            options=ReplayOptions(batch_size=64, mode="online", online_batch=8))
     lat8 = [r[0] for r in store.con.execute("SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on8' "
-                                            "ORDER BY request_id LIMIT 8").fetchall()]
+                                            "ORDER BY _row LIMIT 8").fetchall()]
     assert len(set(lat8)) == 1   # one micro-batch, one latency
 
 
@@ -134,7 +134,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["rows"] == 3000
     con = duckdb.connect(str(home / "workbench.duckdb"), read_only=True)
-    n, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM predictions "
+    n, distinct = con.execute("SELECT count(*), count(DISTINCT _row) FROM predictions "
                               "WHERE run_id = 'killed'").fetchall()[0]
     assert n == distinct == 3000
     batches = con.execute("SELECT first_row, span FROM run_batches WHERE run_id = 'killed' "
@@ -164,7 +164,7 @@ def test_ray_executor_stores_identical_results(demo_home):
         """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)), max(abs(a.candidate_score - b.candidate_score)),
                   sum((a.baseline_class <> b.baseline_class OR a.candidate_class <> b.candidate_class)::INT),
                   sum((coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))::INT)
-           FROM predictions a JOIN predictions b USING (request_id)
+           FROM predictions a JOIN predictions b USING (_row)
            WHERE a.run_id = 'ray_run' AND b.run_id = ?""", [d["replay"]["run_id"]]).fetchall()[0]
     con.close()
     assert n == d["replay"]["rows"] and cls_diff == 0 and err_diff == 0
@@ -206,6 +206,6 @@ def test_gpu_and_cpu_scores_agree(tmp_path):
         assert store.require_run("on_gpu")["device"] == "cuda"
         b, c, errs = store.con.execute("""SELECT max(abs(a.baseline_score - g.baseline_score)),
             max(abs(a.candidate_score - g.candidate_score)), count(g.baseline_error) + count(g.candidate_error)
-            FROM predictions a JOIN predictions g USING (request_id)
+            FROM predictions a JOIN predictions g USING (_row)
             WHERE a.run_id = 'on_cpu' AND g.run_id = 'on_gpu'""").fetchall()[0]
     assert b < 1e-4 and c < 1e-4 and errs == 0

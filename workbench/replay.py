@@ -71,10 +71,10 @@ def new_run_id() -> str:
     return "run_" + datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
-def paired_table(ids: pa.Array, scored: dict[str, Scored], thresholds: dict[str, float]) -> pa.Table:
+def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: dict[str, float]) -> pa.Table:
     """The wide, paired result rows of one batch (one row per request, both models side by side)."""
-    n = len(ids)
-    cols: dict[str, pa.Array] = {"request_id": ids}
+    n = len(rows)
+    cols: dict[str, pa.Array] = {"_row": rows}
     for role in ROLES:
         s = scored[role]
         ok = np.isfinite(s.scores)
@@ -221,7 +221,7 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
             t0 = time.perf_counter()
             scored = scorer.score(prepared)
             rows = batch.column("_row")
-            table = paired_table(batch.column("request_id").combine_chunks(), scored, thresholds)
+            table = paired_table(rows.combine_chunks(), scored, thresholds)
             outbox.put((batch_no, rows[0].as_py(), rows[-1].as_py(), batch.num_rows, time.perf_counter() - t0,
                         table))
             batch_no += 1

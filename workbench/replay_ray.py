@@ -47,8 +47,7 @@ class PairActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         scored = self.scorer.score(self.scorer.prepare(batch))
-        out = paired_table(batch.column("request_id").combine_chunks(), scored, self.thresholds)
-        return out.append_column("_row", batch.column("_row"))
+        return paired_table(batch.column("_row").combine_chunks(), scored, self.thresholds)
 
 
 class RayExecutor:
@@ -90,8 +89,7 @@ class RayExecutor:
             batch_no = store.next_batch_no(run_id)
             for table in ds.iter_batches(batch_size=options.batch_size, batch_format="pyarrow"):
                 rows = table.column("_row")
-                store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, 0.0,
-                                   table.drop_columns(["_row"]))
+                store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, 0.0, table)
                 batch_no += 1
                 done += table.num_rows
                 if progress:
