@@ -333,6 +333,10 @@ class Store:
         """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL."""
         self.cursor().execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?",
                               [utcnow(), run_id])
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the WAL into the database file (the threshold is large, so big loads end with this)."""
         if self.path != ":memory:":
             self.cursor().execute("CHECKPOINT")
 

@@ -210,6 +210,7 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
                                  added_quarantined=quarantined)
         store.record_ingest(cur, ingest_id=ingest_id, traffic=name, kind="traffic", source=str(path),
                             file_sha256=sha, rows_read=read, rows_ingested=ingested, rows_quarantined=quarantined)
+    store.checkpoint()
     return IngestResult(name, read, ingested, quarantined, dict(sorted(reasons.items())), fingerprint)
 
 
