@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
         return 0
     except WorkbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)   # one line, whatever the message
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
