@@ -104,8 +104,11 @@ def cmd_replay(args) -> None:
     use_mlflow(settings)
     options = ReplayOptions(batch_size=args.batch_size, mode="online" if args.online else "throughput",
                             online_batch=args.online_batch, model_timeout=args.model_timeout,
+                            isolate=args.isolate, worker_memory_mb=args.worker_memory,
                             **({"writers": args.writers} if args.writers else {}))
     executor = None
+    if args.isolate and args.executor != "local":
+        raise WorkbenchError("--isolate works with the local executor (Ray's actors are worker processes already)")
     if args.executor == "ray":
         from .replay_ray import RayExecutor, _ray
 
@@ -446,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--online-batch", type=int, default=1, metavar="N")
     s.add_argument("--model-timeout", type=float, default=None, metavar="S",
                    help="a model call running past S seconds marks its rows as timeout errors")
+    s.add_argument("--isolate", action="store_true",
+                   help="score each model in worker processes: a model that crashes its process, hangs or leaks "
+                        "memory fails only its own rows (the worker is replaced)")
+    s.add_argument("--worker-memory", type=float, default=4096.0, metavar="MB",
+                   help="with --isolate: replace a worker whose resident memory passes MB (default 4096)")
     s.add_argument("--writers", type=int, default=None,
                    help="threads committing results to DuckDB (default: a quarter of the cores, at most 4)")
     s.add_argument("--executor", default="local", choices=["local", "ray"])
