@@ -179,21 +179,32 @@ def _signer(settings: Settings):
     return Signer.from_keys_dir(settings.keys_dir, settings.signer)
 
 
-def _sync(settings: Settings, store, signed) -> dict:
-    """Publish an applied record to MLflow, with the evaluation and drift report it was judged on."""
-    from .canary import load_drift, sync
+def _publisher(settings: Settings, store) -> Callable:
+    """``publish(signed) -> MLflow run id``, with the evaluation and drift report the record was judged on."""
+    from .canary import load_drift
     from .registry import Registry
     from .signing import content_hash
 
-    r = signed.record
-    evaluation = drift = None
-    if r.get("run_id"):
-        ev = store.latest_evaluation(r["run_id"])
-        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
-        dr = load_drift(store, r["run_id"])
-        drift = dr if content_hash(dr) == r.get("drift_hash") else None
     registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
-    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
+
+    def publish(signed) -> str:
+        r = signed.record
+        evaluation = drift = None
+        if r.get("run_id"):
+            ev = store.latest_evaluation(r["run_id"])
+            evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+            dr = load_drift(store, r["run_id"])
+            drift = dr if content_hash(dr) == r.get("drift_hash") else None
+        return registry.publish(signed, evaluation, drift)
+
+    return publish
+
+
+def _sync(settings: Settings, store, signed) -> dict:
+    """Publish an applied record to MLflow; when that fails it stays stored with ``pending_sync``."""
+    from .canary import sync
+
+    run_id, err = sync(store, signed, _publisher(settings, store))
     return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
 
 
@@ -321,6 +332,22 @@ def cmd_webhook_register(args) -> None:
          lambda d: f"webhook {d['webhook_id']} -> {d['url']} ({', '.join(d['events'])})")
 
 
+# -- reliability (issue 10): decisions recorded while MLflow was down ------------------------------------
+def cmd_sync(args) -> None:
+    from .registry import sync_pending
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        res = sync_pending(store, _publisher(settings, store), _trusted(settings)).to_dict()
+    for d in res["synced"]:
+        log.info("decision %s (%s) is in MLflow: run %s", d["decision_id"], d["model"], d["mlflow_run_id"])
+    if res["failed"]:
+        first = res["failed"][0]
+        raise WorkbenchError(f"{len(res['failed'])} decision(s) still pending after syncing {len(res['synced'])}: "
+                             f"{first['decision_id']} ({first['model']}): {first['error']}")
+    emit(args, res, lambda d: f"synced {len(d['synced'])} decision(s) to MLflow; none pending")
+
+
 def add_decision_commands(sub, common) -> None:
     """Parser entries of the decision, key, canary and service commands."""
     s = sub.add_parser("decide", parents=[common], help="judge a replay run under a policy; sign and apply")
@@ -355,6 +382,10 @@ def add_decision_commands(sub, common) -> None:
     s = can.add_parser("apply", parents=[common], help="apply a signed decision made with --no-apply")
     s.add_argument("path_or_id", metavar="PATH_OR_ID")
     s.set_defaults(fn=cmd_canary_apply)
+
+    s = sub.add_parser("sync", parents=[common], help="push decisions recorded while MLflow was unreachable "
+                                                      "(each exactly once, in chain order)")
+    s.set_defaults(fn=cmd_sync)
 
     s = sub.add_parser("serve", parents=[common], help="the HTTP service (MLflow webhooks, health)")
     s.add_argument("--host", default="127.0.0.1")
