@@ -23,6 +23,7 @@ from typing import Callable
 
 from . import WorkbenchError
 from .canary import SignedDecision, sync
+from .paths import within
 from .policy import ROLLBACK, RegistryOptions
 from .signing import SignatureError, canonical_bytes, record_hash, verify_signature
 from .store import Store
@@ -122,7 +123,7 @@ class Registry:
             exp_id = exp.experiment_id
         else:
             location = None if self.remote or self.artifact_root is None else \
-                (self.artifact_root / opts.experiment).resolve().as_uri()
+                within(self.artifact_root, opts.experiment, "decision experiment folder").as_uri()
             exp_id = self.client.create_experiment(opts.experiment, artifact_location=location)
         run = self.client.create_run(exp_id, run_name=r["decision_id"], tags={
             "canary.decision_id": r["decision_id"], "canary.model": r["model"], "canary.kind": r["kind"],
