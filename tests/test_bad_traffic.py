@@ -3,12 +3,14 @@
 Every input either ingests, with each bad row quarantined under a reason, or is refused with a clear
 one-line error that changes nothing; the CLI never prints a traceback; rows read = rows ingested + rows
 quarantined, and the traffic table holds each request id once, with no null, NaN or infinite value in a
-required column.
+required column. The property tests run 60 derandomized examples each; ``WORKBENCH_HYPOTHESIS_EXAMPLES``
+asks for more (a deeper search, not for CI).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -289,6 +291,19 @@ def test_a_glob_whose_first_file_is_empty_takes_types_from_rows(tmp_path):
                     .fetchall())["x"] == "DOUBLE"
 
 
+def test_a_bad_copy_of_an_id_never_displaces_the_good_one(tmp_path):
+    """Found by the property test below: a row quarantined for a null time made the next, valid copy of its
+    id a 'duplicate', so the request was lost from the traffic."""
+    (tmp_path / "t.csv").write_text(csv_text("request_id,event_time,x", ["a,,1", "a,2024-03-01,2", "a,2024-03-01,3"]))
+    with Store(":memory:") as store:
+        res = ingest(store, tmp_path / "t.csv", "t")
+        assert res.reasons == {"null:event_time": 1, "duplicate_id": 1}
+        assert store.cursor().execute(f"SELECT x FROM {traffic_table('t')}").fetchall() == [(2,)]
+    record("bad traffic", "an id whose first copy is bad (null time), then two good copies",
+           "the first good copy kept; the bad one and the later copy quarantined", rows_read=3, ingested=1,
+           quarantined=2)
+
+
 def test_decimal_text_is_never_rounded_to_an_integer(tmp_path):
     """DuckDB casts '0.7' and 0.7 to the integer 1: the contract reads decimals as decimals, and a decimal
     offered to an integer column is a type error, not a rounded value (labels included)."""
@@ -360,6 +375,7 @@ def expected(df: pd.DataFrame, nullable: set) -> tuple[list, dict]:
     return kept, reasons
 
 
+EXAMPLES = int(os.environ.get("WORKBENCH_HYPOTHESIS_EXAMPLES", "60"))
 PROPERTY: dict[str, dict[str, int]] = {"parquet": {}, "csv": {}}
 
 
@@ -381,7 +397,8 @@ def _report_properties():
                "ingested with counts reconciled, or refused in one line", **PROPERTY["csv"])
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(frames())
 def test_parquet_frames_meet_the_contract_exactly(case):
     df, lenient = case
@@ -406,7 +423,8 @@ def test_parquet_frames_meet_the_contract_exactly(case):
         _tally("parquet", "ingested", res.rows_read, res.quarantined)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(frames())
 def test_csv_frames_ingest_reconciled_or_are_refused_in_one_line(case):
     df, _ = case
@@ -421,5 +439,6 @@ def test_csv_frames_ingest_reconciled_or_are_refused_in_one_line(case):
             _tally("csv", "refused")
             return
         check_reconciled(store, "t", res)
-        assert res.rows_read == len(df)
+        if not df.map(lambda v: isinstance(v, str) and "\r" in v).any().any():
+            assert res.rows_read == len(df)   # pandas leaves a bare CR unquoted: for CSV readers it ends a line
         _tally("csv", "ingested", res.rows_read, res.quarantined)

@@ -397,12 +397,13 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
 
 def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool, reasons: dict) -> int:
     """Mark later copies of a request id (in this ingest or already stored), then move good rows into the
-    traffic table in file order and bad ones into the quarantine; return the number ingested."""
+    traffic table in file order and bad ones into the quarantine; return the number ingested. The copy kept
+    is the first that passed the other checks: a quarantined copy never displaces a good one."""
     stored = f" OR request_id IN (SELECT request_id FROM {traffic_table(name)})" if appending else ""
     cur.execute(f"""UPDATE _wb_stage SET _wb_reason = 'duplicate_id'
                     WHERE _wb_reason IS NULL AND (_row IN (
                         SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
-                                          FROM _wb_stage WHERE request_id IS NOT NULL) WHERE k > 1){stored})""")
+                                          FROM _wb_stage WHERE _wb_reason IS NULL) WHERE k > 1){stored})""")
     cols = ", ".join(["_row", "request_id", "event_time", "entity_key"] + [qident(c) for c in features])
     cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_stage "
                 "WHERE _wb_reason IS NULL")   # staged in _row order; insertion order is preserved
