@@ -24,7 +24,7 @@ from mlflow.entities import ViewType
 from conftest import free_port, make_evaluation, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
-from workbench.canary import Signer, SignedDecision, apply_decision, build_decision
+from workbench.canary import Signer, apply_decision, build_decision
 from workbench.policy import load_policy
 from workbench.registry import Registry, sync_pending
 from workbench.signing import init_keys, trusted_keys
@@ -147,7 +147,7 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
 
 
 def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
-    client, name, home, url = setup["client"], setup["name"], setup["home"], setup["url"]
+    client, home, url = setup["client"], setup["home"], setup["url"]
     trusted = trusted_keys(home / "keys", home / "keys" / "trusted")
     signer = Signer.from_keys_dir(home / "keys", "tester")
     registry = Registry(url)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from conftest import REPO, make_evaluation, seed_run
 from reliability_log import record
@@ -39,7 +38,8 @@ class Shot:
     """One CLI process, killed after ``delay`` seconds (from its start, or from an anchor in its stderr)."""
     killed: bool
     returncode: int
-    seconds: float
+    seconds: float              # from the start of the process
+    anchored: float | None      # when the anchor showed up, from the start
     stdout: str
     stderr: str
 
@@ -53,23 +53,25 @@ def shoot(args: list[str], home: Path, delay: float, *, anchor: str | None = Non
         proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO, stdout=fo,
                                 stderr=fe)
         t0 = start = time.monotonic()
-        if anchor is not None:   # e.g. the replay's progress bar: the models are loaded and the run exists
+        anchored = None
+        if anchor is not None:   # a progress bar: the command's real work has begun
             while proc.poll() is None and anchor not in err.read_text(errors="replace"):
                 if time.monotonic() - t0 > timeout:
                     break
-                time.sleep(0.02)
+                time.sleep(0.01)
             start = time.monotonic()
+            anchored = start - t0
         try:
             proc.wait(timeout=max(0.0, start + delay - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-    return Shot(proc.returncode == -signal.SIGKILL, proc.returncode, time.monotonic() - t0, out.read_text(),
-                err.read_text(errors="replace"))
+    return Shot(proc.returncode == -signal.SIGKILL, proc.returncode, time.monotonic() - t0, anchored,
+                out.read_text(), err.read_text(errors="replace"))
 
 
-def complete(args: list[str], home: Path) -> Shot:
-    shot = shoot(args, home, delay=600)
+def complete(args: list[str], home: Path, anchor: str | None = None) -> Shot:
+    shot = shoot(args, home, delay=600, anchor=anchor)
     assert shot.returncode == 0, shot.stderr[-3000:]
     return shot
 
@@ -118,14 +120,17 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
     file_rows = write_big_csv(src)
     args = ["ingest", str(src), "--name", "big", "--json"]
     ref_home = copy_demo(demo_home, tmp_path / "ref" / "home")
-    ref = complete(args, ref_home)
+    ref = complete(args, ref_home, anchor="ingest")   # the progress bar: the file is being read
+    work = ref.seconds - ref.anchored
     with Store(ref_home / "workbench.duckdb") as store:
         want = ingest_state(store, "big", file_rows)
     home = copy_demo(demo_home, tmp_path / "crash" / "home")
     kills = 0
     while kills < 9:
-        delay = rng.uniform(0.1, 1.0) * ref.seconds
-        shot = shoot(args, home, delay)
+        if kills < 2:   # while the command starts (imports, opening the database)
+            shot = shoot(args, home, rng.uniform(0.1, 1.0) * ref.anchored)
+        else:           # while it reads, stages, commits and checkpoints
+            shot = shoot(args, home, rng.uniform(0.0, 1.0) * work, anchor="ingest")
         assert shot.killed or shot.returncode == 0, shot.stderr[-2000:]
         with Store(home / "workbench.duckdb") as store:   # opens: the WAL is replayed or discarded
             got = ingest_state(store, "big", file_rows)
@@ -133,7 +138,8 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
         assert got["digest"] in (None, want["digest"])
         if shot.killed:
             kills += 1
-            record("crash", f"ingest 300k-row CSV, SIGKILL at {shot.seconds:.2f} s",
+            record("crash", f"ingest 300k-row CSV, SIGKILL at {shot.seconds:.2f} s (reading began at "
+                   f"{shot.anchored if shot.anchored is not None else ref.anchored:.2f} s)",
                    "committed before the kill" if got["ingests"] else "nothing written (one transaction)",
                    traffic_rows=got["rows"], quarantined=got["quarantined"],
                    rows_read=got["rows"] + got["quarantined"])
@@ -179,7 +185,8 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
             st = replay_state(store, "crash_run", total)
         assert st["status"] in (None, "running") and st["rows"] >= (seen[-1] if seen else 0)
         seen.append(st["rows"])
-        record("crash", f"replay (batch 4, 2 writers), SIGKILL {shot.seconds:.2f} s after start",
+        record("crash", f"replay (batch 4, 2 writers), SIGKILL at {shot.seconds:.2f} s (replay began at "
+               f"{shot.anchored:.2f} s)",
                f"{st['rows']} of {total} rows committed in {st['batches']} batches; resumed by the next run",
                predictions=st["rows"], distinct_rows=st["rows"], traffic_rows=total)
     out = json.loads(complete(args, home).stdout)

@@ -78,9 +78,9 @@ def cmd_ingest(args) -> None:
     from .traffic import ingest
 
     settings = settings_for(args)
-    with open_store(settings) as store:
+    with open_store(settings) as store, progress_bar("ingest") as prog:
         res = ingest(store, args.path, args.name, id_col=args.id_col, time_col=args.time_col,
-                     entity_col=args.entity_col, label_col=args.label_col, nullable=args.nullable)
+                     entity_col=args.entity_col, label_col=args.label_col, nullable=args.nullable, progress=prog)
     emit(args, res.to_dict(), lambda d: f"traffic {d['traffic']}: read {d['rows_read']}, ingested {d['rows']}, "
                                         f"quarantined {d['quarantined']} {d['reasons'] or ''}")
 
