@@ -164,36 +164,6 @@ def cmd_demo(args) -> None:
 
 
 # -- decisions, keys, canary weight, service (policy / signing / canary / registry / service) -------
-def _trusted(settings: Settings) -> dict:
-    from .signing import trusted_keys
-
-    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
-
-
-def _signer(settings: Settings):
-    from .canary import Signer
-
-    return Signer.from_keys_dir(settings.keys_dir, settings.signer)
-
-
-def _sync(settings: Settings, store, signed) -> dict:
-    """Publish an applied record to MLflow, with the evaluation and drift report it was judged on."""
-    from .canary import load_drift, sync
-    from .registry import Registry
-    from .signing import content_hash
-
-    r = signed.record
-    evaluation = drift = None
-    if r.get("run_id"):
-        ev = store.latest_evaluation(r["run_id"])
-        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
-        dr = load_drift(store, r["run_id"])
-        drift = dr if content_hash(dr) == r.get("drift_hash") else None
-    registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
-    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
-    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
-
-
 def _scorecard_text(d: dict) -> str:
     rows = [(c["gate"], c["outcome"].upper() if c["outcome"] == "fail" else c["outcome"],
              "yes" if c["critical"] else "", c["reason"]) for c in d["checks"]]
@@ -208,23 +178,11 @@ def _scorecard_text(d: dict) -> str:
 
 
 def cmd_decide(args) -> None:
-    from .canary import apply_decision, build_decision
-    from .policy import load_policy
+    from .decisions import decide
 
     settings = settings_for(args)
-    policy = load_policy(args.policy)
-    signer = _signer(settings)
     with open_store(settings) as store:
-        signed, card = build_decision(store, args.run_id, policy, signer)
-        r = signed.record
-        card_d = card.to_dict()
-        out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
-               "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
-               "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
-        if args.apply:
-            apply_decision(store, signed, _trusted(settings))
-            out["applied"] = True
-            out.update(_sync(settings, store, signed))
+        out = decide(settings, store, args.run_id, args.policy, apply=args.apply)
     emit(args, out, _scorecard_text)
 
 
@@ -248,10 +206,11 @@ def cmd_keys_export(args) -> None:
 
 def cmd_decision_verify(args) -> None:
     from .canary import load_signed, verify_decision
+    from .decisions import trusted
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        res = verify_decision(store, load_signed(store, args.path_or_id), _trusted(settings))
+        res = verify_decision(store, load_signed(store, args.path_or_id), trusted(settings))
     emit(args, res.to_dict(), lambda d: f"decision {d['decision_id']} ({d['model']}, {d['verdict']}): signature valid "
                                         f"({d['key_fingerprint']}, {d['signer']}), chain valid; {d['note']}")
 
@@ -264,37 +223,33 @@ def _status_text(d: dict) -> str:
 
 def cmd_canary_status(args) -> None:
     from .canary import status
+    from .decisions import trusted
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        emit(args, status(store, args.model, _trusted(settings)).to_dict(), _status_text)
-
-
-def _apply_and_sync(settings: Settings, store, signed) -> dict:
-    from .canary import apply_decision
-
-    out = apply_decision(store, signed, _trusted(settings)).to_dict()
-    out.update(_sync(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
-    return out
+        emit(args, status(store, args.model, trusted(settings)).to_dict(), _status_text)
 
 
 def cmd_canary_kill(args) -> None:
     from .canary import build_kill
     from .policy import load_policy
 
+    from .decisions import apply_and_publish, signer
+
     settings = settings_for(args)
-    signer = _signer(settings)
     with open_store(settings) as store:
-        out = _apply_and_sync(settings, store, build_kill(store, args.model, args.reason, signer, load_policy()))
+        out = apply_and_publish(settings, store, build_kill(store, args.model, args.reason, signer(settings),
+                                                            load_policy()))
     emit(args, out, _status_text)
 
 
 def cmd_canary_apply(args) -> None:
     from .canary import load_signed
+    from .decisions import apply_and_publish
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        out = _apply_and_sync(settings, store, load_signed(store, args.path_or_id))
+        out = apply_and_publish(settings, store, load_signed(store, args.path_or_id))
     emit(args, out, _status_text)
 
 
