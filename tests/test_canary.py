@@ -226,12 +226,13 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     """
     home = tmp_path / "demo"
     shutil.copytree(demo_home, home)
-    run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
-    run_cli("keys", "init", home=home)
+    demo = json.loads((home / "demo.json").read_text())
+    run_id = demo["replay"]["run_id"]
+    assert demo["decision"]["weight_before"] == 0   # the demo made the first decision with the key it created
     proc = run_cli("decide", run_id, "--json", home=home)
     out = json.loads(proc.stdout)
-    assert out["verdict"] in VERDICTS and out["weight_before"] == 0
-    assert out["weight_after"] == {PROMOTE: 1, HOLD: 0, ROLLBACK: 0}[out["verdict"]]
+    assert out["verdict"] in VERDICTS and out["weight_before"] == demo["decision"]["weight_after"]
+    assert out["weight_after"] == next_weight(out["verdict"], out["weight_before"], (1, 5, 25, 50, 100))
     assert out["pending_sync"] is False and out["mlflow_run_id"]
     assert out["record"]["model"] == "flight-delay"
     assert (out["record"]["baseline"]["version"], out["record"]["candidate"]["version"]) == ("1", "2")
