@@ -296,3 +296,61 @@ class Store:
         rows = self.cursor().execute("SELECT result FROM evaluations WHERE run_id = ? ORDER BY created_at DESC LIMIT 1",
                                      [run_id]).fetchall()
         return json.loads(rows[0][0]) if rows else None
+
+    # -- evaluation (issue 4): labelled paired rows, latency samples, error counts --------------------
+    EVALUATION_MEMORY_LIMIT = "768MB"
+
+    @contextmanager
+    def memory_limit(self, limit: str) -> Iterator[None]:
+        """Cap DuckDB's memory for the block (larger joins spill to disk), then restore the setting."""
+        cur = self.cursor()
+        before = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        cur.execute("SET memory_limit = ?", [limit])
+        try:
+            yield
+        finally:
+            cur.execute("SET memory_limit = ?", [before])
+
+    def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
+        """One row per labelled request of a run, in no particular order: ``label``, ``baseline_score``
+        and ``candidate_score`` (null where that model failed), plus ``segment`` (the traffic column
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request."""
+        run = self.require_run(run_id)
+        info = self.require_traffic(run["traffic"])
+        select = ["l.label",
+                  "CASE WHEN b.error IS NULL THEN b.score END AS baseline_score",
+                  "CASE WHEN c.error IS NULL THEN c.score END AS candidate_score"]
+        params: list = []
+        if segment is not None:
+            column = "entity_key" if segment == info["entity_col"] else segment
+            if column != "entity_key" and segment not in info["columns"]:
+                known = ", ".join(sorted([*info["columns"], *([info["entity_col"]] if info["entity_col"] else [])]))
+                raise WorkbenchError(f"traffic {run['traffic']!r} has no column {segment!r} to segment by "
+                                     f"(columns: {known})")
+            select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS segment")
+        if window is not None:
+            select.append("date_trunc(?, t.event_time) AS window_start")
+            params.append(window)
+        join_traffic = (f"JOIN {traffic_table(run['traffic'])} t ON t.request_id = b.request_id"
+                        if segment is not None or window is not None else "")
+        sql = f"""SELECT {', '.join(select)}
+                  FROM predictions b
+                  JOIN predictions c ON c.run_id = b.run_id AND c.request_id = b.request_id AND c.role = 'candidate'
+                  JOIN labels l ON l.traffic = ? AND l.request_id = b.request_id
+                  {join_traffic}
+                  WHERE b.run_id = ? AND b.role = 'baseline'"""
+        with self.memory_limit(self.EVALUATION_MEMORY_LIMIT):
+            return self.cursor().sql(sql, params=[*params, run["traffic"], run_id]).to_arrow_table()
+
+    def latency_sample(self, run_id: str, role: str) -> pa.ChunkedArray:
+        """Latencies (ms) of the rows ``role`` scored without error."""
+        return self.cursor().sql(
+            "SELECT latency_ms FROM predictions WHERE run_id = ? AND role = ? AND error IS NULL "
+            "AND latency_ms IS NOT NULL", params=[run_id, role]).to_arrow_table().column(0)
+
+    def prediction_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Rows replayed and rows failed per role: ``{role: {"rows", "errors"}}``."""
+        rows = self.cursor().execute(
+            "SELECT role, count(*), count(*) FILTER (WHERE error IS NOT NULL) FROM predictions WHERE run_id = ? "
+            "GROUP BY role", [run_id]).fetchall()
+        return {role: {"rows": int(n), "errors": int(e)} for role, n, e in rows}
