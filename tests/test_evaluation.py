@@ -258,6 +258,26 @@ def sample(n, seed=0):
 THR = {"baseline": 0.5, "candidate": 0.5}
 
 
+@pytest.mark.parametrize("exact_max_rows", [10**6, 0], ids=["row_weights", "linearised"])
+def test_failures_of_both_models_each_metric_on_own_rows_delta_on_shared(exact_max_rows):
+    y, s = sample(4000, seed=5)
+    s["baseline"][::50] = np.nan
+    s["candidate"][7::40] = np.nan
+    c = compare(y, s, THR, Options(exact_max_rows=exact_max_rows))
+    ok = {r: np.isfinite(v) for r, v in s.items()}
+    both = ok["baseline"] & ok["candidate"]
+    assert c.rows == {"baseline": int(ok["baseline"].sum()), "candidate": int(ok["candidate"].sum()),
+                      "paired": int(both.sum())}
+    for r in ("baseline", "candidate"):
+        assert getattr(c, r)["pr_auc"].value == pytest.approx(
+            skm.average_precision_score(y[ok[r]], s[r][ok[r]]), abs=1e-12)
+    assert c.delta["roc_auc"].value == pytest.approx(
+        skm.roc_auc_score(y[both], s["candidate"][both]) - skm.roc_auc_score(y[both], s["baseline"][both]), abs=1e-12)
+    for name in METRICS:
+        d = c.delta[name]
+        assert d.ci_low <= d.value <= d.ci_high and d.mde > 0, name
+
+
 def test_identical_models_give_zero_deltas_and_say_why_there_is_no_mde():
     y, s = sample(500)
     c = compare(y, {"baseline": s["baseline"], "candidate": s["baseline"].copy()}, THR, Options())

@@ -119,6 +119,22 @@ def test_influence_is_the_derivative_of_the_weighted_metric(name, case):
     assert float(np.dot(g.pos, psi_pos) + np.dot(g.neg, psi_neg)) == pytest.approx(0, abs=1e-12)
 
 
+@pytest.mark.parametrize("case", ["random", "ties", "all_equal_scores"])
+def test_restricted_grouping_equals_a_fresh_one(case):
+    rng = np.random.default_rng(8)
+    y, s = CASES[case](rng)
+    keep = rng.random(len(y)) < 0.7
+    fresh, restricted = grouping(y[keep], s[keep]), grouping(y, s).restrict(keep)
+    np.testing.assert_array_equal(restricted.score, fresh.score)
+    np.testing.assert_array_equal(restricted.starts, fresh.starts)
+    a, b = fresh.weigh(), restricted.weigh()
+    np.testing.assert_array_equal(a.pos, b.pos)
+    np.testing.assert_array_equal(a.neg, b.neg)
+    w = rng.poisson(1.0, size=(3, keep.sum())).astype(np.float32)   # row weights follow the row order
+    np.testing.assert_array_equal(fresh.weigh(w).pos, restricted.weigh(w).pos)
+    assert np.array_equal(np.sort(restricted.order), np.arange(keep.sum()))
+
+
 def test_undefined_metrics_are_none_with_a_reason_not_zero():
     y = np.ones(20, dtype=int)
     s = np.linspace(0, 1, 20)

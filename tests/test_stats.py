@@ -100,6 +100,14 @@ def test_linear_bootstrap_has_the_row_level_moments(shape):
     assert np.mean(reps ** 3) / reps.std() ** 3 == pytest.approx(skew, abs=0.05 + 0.1 * abs(skew))
 
 
+def test_linear_bootstrap_of_counted_values_equals_the_expanded_rows():
+    rng = np.random.default_rng(12)
+    values, counts = np.sort(rng.standard_normal(300)), rng.integers(0, 40, 300)
+    grouped = stats.linear_bootstrap(values, 2000, np.random.default_rng(5), counts)
+    expanded = stats.linear_bootstrap(np.repeat(values, counts), 2000, np.random.default_rng(5))
+    np.testing.assert_allclose(grouped, expanded, rtol=1e-9, atol=1e-9)
+
+
 def test_percentile_interval_and_p_value():
     reps = np.concatenate([np.linspace(-1, 3, 999), [np.nan]])
     assert stats.percentile_interval(reps, 0.9) == pytest.approx((-0.8, 2.8))

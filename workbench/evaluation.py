@@ -8,8 +8,9 @@ the result is persisted in the ``evaluations`` table. Methods (README, "Evaluati
 * proportions (accuracy, precision, recall, fpr, fnr, error rates) get Wilson intervals; f1 and the
   score metrics get percentile intervals of a seeded Poisson bootstrap;
 * confusion metrics are resampled exactly through their contingency cells (:func:`stats.poisson_cells`);
-  score metrics with row-level Poisson weights up to ``exact_max_rows`` rows, and above that through
-  the bootstrap of their influence-function linearisation (:func:`stats.linear_bootstrap`);
+  score metrics with row-level Poisson weights when the run has at most ``exact_max_rows`` labelled
+  rows, and otherwise through the bootstrap of their influence-function linearisation
+  (:func:`stats.linear_bootstrap`); one method serves the overall rows and every slice;
 * delta p-values: exact McNemar for accuracy, the paired bootstrap for the others; ``mde`` is
   (z(1 - alpha/2) + z(power)) x the bootstrap standard error of the delta, alpha = 1 - confidence;
 * latency: P50/P95/P99 of the rows each model scored without error, exact order-statistic bootstrap
@@ -46,7 +47,7 @@ class Options:
     seed: int = 0
     n_boot: int = 1000
     power: float = 0.8
-    exact_max_rows: int = 20_000
+    exact_max_rows: int = 10_000
     top_k: int = 10
     small_rows: int = 100
 
@@ -182,48 +183,59 @@ def _take(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 class _Sample:
-    """Labelled rows of one model (or of one model on the paired rows)."""
+    """One model's labelled rows (its own, or those both models scored): score groups and confusion."""
 
-    def __init__(self, y: np.ndarray, score: np.ndarray, threshold: float):
-        self.y, self.score = y, score
-        self.conf = confusion(y, score >= threshold)
-        self._grouping: Grouping | None = None
-        self._groups: ScoreGroups | None = None
-        self._influence: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, grouping: Grouping, conf: Confusion):
+        self.grouping, self.conf = grouping, conf
+        self.groups = grouping.weigh()
 
-    @property
-    def grouping(self) -> Grouping:
-        if self._grouping is None:
-            self._grouping = grouping(self.y, self.score)
-        return self._grouping
+    @classmethod
+    def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> "_Sample":
+        return cls(grouping(y, score), confusion(y, score >= threshold))
 
-    @property
-    def groups(self) -> ScoreGroups:
-        """Unweighted label counts per distinct score."""
-        if self._groups is None:
-            self._groups = self.grouping.weigh()
-        return self._groups
-
-    def influence(self, m: Metric) -> tuple[np.ndarray, np.ndarray]:
-        """Influence of a positive and of a negative row on metric ``m``, per score group."""
-        if m.name not in self._influence:
-            self._influence[m.name] = m.influence(self.groups)
-        return self._influence[m.name]
-
-    def influence_values(self, m: Metric) -> np.ndarray:
-        """The influence of every row on ``m``, in a canonical order (by score, positives first)."""
-        psi_pos, psi_neg = self.influence(m)
-        g = self.groups
-        return np.concatenate([np.repeat(psi_pos, g.pos.astype(np.int64)), np.repeat(psi_neg, g.neg.astype(np.int64))])
-
-    def row_influence(self, m: Metric) -> np.ndarray:
-        """The influence of each row on ``m``, rows in sample order."""
+    def sorted_influence(self, influence: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Each row's influence, rows in score order, from the per-group influence of a positive and of
+        a negative row."""
         gr = self.grouping
         sizes = np.diff(np.append(gr.starts, gr.rows))
-        psi_pos, psi_neg = self.influence(m)
-        out = np.empty(gr.rows)
-        out[gr.order] = np.where(gr.y_sorted == 1, np.repeat(psi_pos, sizes), np.repeat(psi_neg, sizes))
+        out = np.repeat(influence[1], sizes)
+        np.copyto(out, np.repeat(influence[0], sizes), where=gr.y_sorted.view(bool))
         return out
+
+
+def _few_scores(s: _Sample) -> bool:
+    """Whether the sample's scores have many ties (at least 4 rows per distinct score on average)."""
+    return 4 * len(s.groups.score) <= s.grouping.rows
+
+
+def _influence_distribution(s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None,
+                            in_score_order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows' influences as sorted values and counts: per (score group, label) from ``influence``
+    when the scores have many ties, else one per row (``in_score_order``: the rows' influences in
+    score order, sorted here in place; computed from ``influence`` when not given)."""
+    if _few_scores(s):
+        g = s.groups
+        values = np.concatenate(influence)
+        order = np.argsort(values, kind="stable")
+        return values[order], np.concatenate([g.pos, g.neg])[order]
+    rows = s.sorted_influence(influence) if in_score_order is None else in_score_order
+    rows.sort()
+    return rows, None
+
+
+def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict[str, bool]) -> dict:
+    """Each model's metric values on the paired rows (its own values where those are the same rows)."""
+    return {r: values[r] if own_is_paired[r] else
+            {n: m.compute(paired[r].groups if m.from_scores else paired[r].conf) for n, m in METRICS.items()}
+            for r in ROLES}
+
+
+def _alignment(base: _Sample, other: _Sample) -> np.ndarray:
+    """Positions in ``other``'s score order of the rows of ``base``'s score order (same rows)."""
+    n = other.grouping.rows
+    position = np.empty(n, dtype=np.int64 if n >= 2 ** 31 else np.int32)
+    position[other.grouping.order] = np.arange(n, dtype=position.dtype)
+    return position[base.grouping.order]
 
 
 def _clip(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[float | None, float | None]:
@@ -267,37 +279,41 @@ def _score_replicates(g: Grouping, weights: np.ndarray) -> dict[str, np.ndarray]
 
 
 def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float], opts: Options,
-            key: str = "overall") -> Comparison:
+            key: str = "overall", row_weights: bool | None = None) -> Comparison:
     """Metrics of both models with intervals and paired deltas on labelled rows ``y`` (0/1); a score is
-    NaN where the model failed on that row. ``key`` seeds this comparison's random generator."""
+    NaN where the model failed on that row. ``key`` seeds this comparison's random generator;
+    ``row_weights`` picks the bootstrap of the score metrics (default: row weights up to
+    ``opts.exact_max_rows`` rows, the linearised bootstrap above)."""
     rng = _rng(opts.seed, key)
-    exact = len(y) <= opts.exact_max_rows
+    exact = len(y) <= opts.exact_max_rows if row_weights is None else row_weights
     if exact:  # row weights follow row order: put rows in a canonical order for reproducibility
         order = np.lexsort((scores["candidate"], scores["baseline"], y))
         y, scores = y[order], {r: s[order] for r, s in scores.items()}
     ok = {r: np.isfinite(scores[r]) for r in ROLES}
     both = ok["baseline"] & ok["candidate"]
     rows = {r: int(ok[r].sum()) for r in ROLES} | {"paired": int(both.sum())}
-    own = {r: _Sample(_take(y, ok[r]), _take(scores[r], ok[r]), thresholds[r]) for r in ROLES}
-    same = bool((both == ok["baseline"]).all() and (both == ok["candidate"]).all())
-    paired = own if same else {r: _Sample(_take(y, both), _take(scores[r], both), thresholds[r]) for r in ROLES}
-
+    own = {r: _Sample.of(_take(y, ok[r]), _take(scores[r], ok[r]), thresholds[r]) for r in ROLES}
+    own_conf = {r: own[r].conf for r in ROLES}
+    # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
+    # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
+    own_is_paired = {r: bool((ok[r] == both).all()) for r in ROLES}
+    paired_conf = {r: own_conf[r] if own_is_paired[r] else confusion(y[both], (scores[r] >= thresholds[r])[both])
+                   for r in ROLES}
     score_names = [n for n, m in METRICS.items() if m.from_scores]
-    values = {r: {n: m.compute(own[r].groups if m.from_scores else own[r].conf)
-                  for n, m in METRICS.items()} for r in ROLES}
-    pvalues = values if same else {
-        r: {n: m.compute(paired[r].groups if m.from_scores else paired[r].conf)
-            for n, m in METRICS.items()} for r in ROLES}
+    values = {r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()}
+              for r in ROLES}
     reps: dict[str, dict[str, np.ndarray]] = {r: {} for r in (*ROLES, "delta")}
 
     # confusion metrics: exact Poisson bootstrap of the contingency cells
     for r in ROLES:
-        c = own[r].conf
+        c = own_conf[r]
         cells = stats.poisson_cells(np.array([c.tp, c.fp, c.tn, c.fn]), opts.n_boot, rng)
         reps[r]["f1"] = METRICS["f1"].compute(Confusion(*cells.T))
-    yp = paired["baseline"].y.astype(np.int64)
-    preds = [(paired[r].score >= thresholds[r]).astype(np.int64) for r in ROLES]
-    counts = np.bincount(yp * 4 + preds[0] * 2 + preds[1], minlength=8)
+    cell = y.astype(np.uint8) * 4
+    cell += (scores["baseline"] >= thresholds["baseline"]).view(np.uint8) * 2
+    cell += (scores["candidate"] >= thresholds["candidate"]).view(np.uint8)
+    counts = np.bincount(_take(cell, both), minlength=8)
+    del cell
     cb, cc = _cell_confusions(stats.poisson_cells(counts, opts.n_boot, rng))
     for n, m in METRICS.items():
         if not m.from_scores:
@@ -305,13 +321,15 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
     mcnemar_p = stats.mcnemar_exact(int(counts[1] + counts[6]), int(counts[2] + counts[5]))
 
     # score metrics: row-level Poisson weights for small samples, the linearised bootstrap above
-    paired_defined = [n for n in score_names if all(pvalues[r][n] is not None for r in ROLES)]
     if exact:
+        paired = {r: own[r] if own_is_paired[r] else _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
+                  for r in ROLES}
+        pvalues = _paired_values(values, paired, own_is_paired)
         chunks: dict[str, dict[str, list]] = {r: {n: [] for n in score_names} for r in (*ROLES, "delta")}
         for w in stats.poisson_weights(len(y), opts.n_boot, rng):
             own_reps = {r: _score_replicates(own[r].grouping, _take_cols(w, ok[r])) for r in ROLES}
-            pair_reps = own_reps if same else \
-                {r: _score_replicates(paired[r].grouping, _take_cols(w, both)) for r in ROLES}
+            pair_reps = {r: own_reps[r] if own_is_paired[r] else
+                         _score_replicates(paired[r].grouping, _take_cols(w, both)) for r in ROLES}
             for n in score_names:
                 for r in ROLES:
                     chunks[r][n].append(own_reps[r][n])
@@ -320,35 +338,61 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
             for n, parts in per.items():
                 reps[who][n] = np.concatenate(parts)
     else:
-        for n in score_names:
+        # a model with rows of its own: its replicates first, then only its paired rows stay in memory
+        for r in ROLES:
+            if not own_is_paired[r]:
+                for n in score_names:
+                    if values[r][n] is not None:
+                        m = METRICS[n]
+                        sorted_psi, weights = _influence_distribution(own[r], m.influence(own[r].groups), None)
+                        reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
+                own[r] = _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
+        paired = own
+        pvalues = _paired_values(values, paired, own_is_paired)
+        paired_defined = [n for n in score_names if all(pvalues[r][n] is not None for r in ROLES)]
+        align = _alignment(paired["baseline"], paired["candidate"]) if paired_defined else None
+        for n in score_names:  # one metric at a time: a few row-length arrays in memory
             m = METRICS[n]
-            for r in ROLES:
-                if values[r][n] is not None:
-                    reps[r][n] = values[r][n] + stats.linear_bootstrap(
-                        own[r].influence_values(m), opts.n_boot, rng)
+            psi: dict[str, np.ndarray] = {}
+            infl: dict[str, tuple] = {}
             if n in paired_defined:
-                d = paired["candidate"].row_influence(m)
-                d -= paired["baseline"].row_influence(m)
+                for r in ROLES:
+                    influence = m.influence(paired[r].groups)
+                    psi[r] = paired[r].sorted_influence(influence)
+                    if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
+                        infl[r] = influence
+                    del influence
+                d = psi["candidate"][align]
+                d -= psi["baseline"]
                 d.sort()
                 reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + \
                     stats.linear_bootstrap(d, opts.n_boot, rng)
+                del d
+            for r in ROLES:
+                if own_is_paired[r] and values[r][n] is not None:
+                    known, influence = psi.pop(r, None), infl.get(r)
+                    if influence is None and known is None:
+                        influence = m.influence(paired[r].groups)
+                    sorted_psi, weights = _influence_distribution(paired[r], influence, known)
+                    reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
+            del psi, infl
 
     undefined: dict[str, str] = {}
     out: dict[str, dict] = {r: {} for r in (*ROLES, "delta")}
     for n, m in METRICS.items():
         for r in ROLES:
-            est = _model_estimate(m, values[r][n], own[r].conf, reps[r].get(n), opts)
+            est = _model_estimate(m, values[r][n], own_conf[r], reps[r].get(n), opts)
             out[r][n] = est
             if est.value is None:
                 undefined[f"{r}.{n}"] = ("no labelled row scored without error" if rows[r] == 0 and len(y)
-                                         else m.undefined(own[r].conf))
+                                         else m.undefined(own_conf[r]))
             elif est.ci_low is None:
                 undefined[f"{r}.{n}.ci"] = "fewer than two bootstrap replicates are defined"
         vb, vc = pvalues["baseline"][n], pvalues["candidate"][n]
         if vb is None or vc is None:
             out["delta"][n] = DeltaEstimate(None, None, None, None, None)
             undefined[f"delta.{n}"] = ("no labelled row scored by both models" if rows["paired"] == 0 and len(y)
-                                       else m.undefined(paired["baseline" if vb is None else "candidate"].conf))
+                                       else m.undefined(paired_conf["baseline" if vb is None else "candidate"]))
             continue
         d = _delta_estimate(m, vc - vb, reps["delta"][n], opts, mcnemar_p if n == "accuracy" else None)
         out["delta"][n] = d
@@ -429,65 +473,90 @@ def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[st
 
 
 def _slices(ids: np.ndarray, labels: list[str], y: np.ndarray, scores: dict, thresholds: dict, opts: Options,
-            prefix: str) -> tuple[dict[str, Slice], dict[str, str]]:
+            prefix: str, row_weights: bool) -> tuple[dict[str, Slice], dict[str, str]]:
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(len(labels) + 1))
     out, undefined = {}, {}
     for j, name in enumerate(labels):
         idx = order[bounds[j]:bounds[j + 1]]
-        comp = compare(y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}")
+        comp = compare(y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}",
+                       row_weights)
         out[name] = Slice(len(idx), len(idx) < opts.small_rows, comp)
         undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
     return out, undefined
 
 
 # -- entry points ------------------------------------------------------------------------------------
-def evaluate_samples(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
-                     latency: dict[str, np.ndarray], error_counts: dict[str, dict], rows_done: int,
+@dataclass(frozen=True)
+class Quality:
+    """The model-quality part of an evaluation: overall comparison, slices, reasons for nulls."""
+    labeled_rows: int
+    overall: Comparison
+    segments: dict | None
+    windows: dict | None
+    undefined: dict
+
+
+def evaluate_quality(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
                      opts: Options = Options(), segment: tuple[str, pa.Array] | None = None,
-                     window: tuple[str, pa.Array] | None = None) -> EvaluationResult:
-    """The whole evaluation on arrays: labels (0/1) and scores (NaN on error) of the labelled rows,
-    latency samples per model (sorted in place), error counts, optional segment values or window
-    starts per labelled row."""
+                     window: tuple[str, pa.Array] | None = None) -> Quality:
+    """Metrics, intervals and paired deltas on labels (0/1) and scores (NaN where a model failed) of the
+    labelled rows, overall and per segment value (``(column, values)``) or window (``(unit, starts)``)."""
     y = np.asarray(y)
     if len(y) and (y.min() < 0 or y.max() > 1):
         raise WorkbenchError(f"labels of run {run_id} hold classes {np.unique(y).tolist()}: the replay stores "
                              "binary scores, so labels must be 0/1")
     y = y.astype(np.int8, copy=False)
-    overall = compare(y, scores, thresholds, opts)
+    row_weights = len(y) <= opts.exact_max_rows  # one method for the overall rows and every slice
+    overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
     undefined = dict(overall.undefined)
-    lat, lat_undefined = latency_summary(latency, opts)
-    undefined.update(lat_undefined)
-    errors = error_rates(error_counts, opts)
-    for r, e in errors.items():
-        if e.rate is None:
-            undefined[f"errors.{r}"] = "no rows replayed"
     segments = windows = None
     if segment is not None:
         col, values = segment
         ids, labels = _slice_ids(values, opts.top_k)
-        slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"segments.{col}")
+        slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"segments.{col}", row_weights)
         segments = {col: slices}
         undefined.update(und)
     if window is not None:
         unit, starts = window
         iso = pc.strftime(starts.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")  # window starts: whole s
         ids, labels = _slice_ids(iso, None)
-        slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"windows.{unit}")
+        slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"windows.{unit}", row_weights)
         windows = {unit: slices}
         undefined.update(und)
-    return EvaluationResult(run_id, len(y), round(len(y) / rows_done, 6) if rows_done else 0.0, opts.confidence,
-                            dict(thresholds), overall, lat, errors, segments, windows, undefined)
+    return Quality(len(y), overall, segments, windows, undefined)
+
+
+def _result(run_id: str, quality: Quality, thresholds: dict, latency: dict[str, np.ndarray],
+            error_counts: dict[str, dict], rows_done: int, opts: Options) -> EvaluationResult:
+    lat, undefined = latency_summary(latency, opts)
+    errors = error_rates(error_counts, opts)
+    undefined |= {f"errors.{r}": "no rows replayed" for r, e in errors.items() if e.rate is None}
+    n = quality.labeled_rows
+    return EvaluationResult(run_id, n, round(n / rows_done, 6) if rows_done else 0.0, opts.confidence,
+                            dict(thresholds), quality.overall, lat, errors, quality.segments, quality.windows,
+                            quality.undefined | undefined)
+
+
+def evaluate_samples(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
+                     latency: dict[str, np.ndarray], error_counts: dict[str, dict], rows_done: int,
+                     opts: Options = Options(), segment: tuple[str, pa.Array] | None = None,
+                     window: tuple[str, pa.Array] | None = None) -> EvaluationResult:
+    """The whole evaluation on arrays (see :func:`evaluate_quality`), with latency samples per model
+    (sorted in place) and error counts ``{role: {"rows", "errors"}}``."""
+    quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
+    return _result(run_id, quality, thresholds, latency, error_counts, rows_done, opts)
 
 
 def evaluate_run(store: Store, run_id: str, *, segment: str | None = None, window: str | None = None,
                  confidence: float = 0.95, seed: int = 0, n_boot: int = 1000, power: float = 0.8,
-                 top_k: int = 10, small_rows: int = 100, exact_max_rows: int = 20_000,
+                 top_k: int = 10, small_rows: int = 100, exact_max_rows: int = 10_000,
                  thresholds: dict[str, float] | None = None) -> EvaluationResult:
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
     Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
-    unless ``thresholds`` (e.g. from a policy) overrides them per role.
+    unless ``thresholds`` (e.g. from a policy) overrides them per role. The labelled rows are released
+    before the latency samples are read, which keeps the peak memory of large runs down.
     """
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
@@ -501,9 +570,11 @@ def evaluate_run(store: Store, run_id: str, *, segment: str | None = None, windo
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
     del table
+    quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
+    del y, scores, seg, win
     latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
-    result = evaluate_samples(run_id, y, scores, thr, latency, store.prediction_counts(run_id),
-                              int(run["rows_done"] or 0), opts, seg, win)
+    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0),
+                     opts)
     params = {"segment": segment, "window": window, "confidence": confidence, "seed": seed, "n_boot": n_boot,
               "power": power, "top_k": top_k, "small_rows": small_rows, "exact_max_rows": exact_max_rows,
               "thresholds": thr, "bootstrap": result.overall.method}

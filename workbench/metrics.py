@@ -123,29 +123,47 @@ class Grouping:
     score: np.ndarray     # distinct scores, ascending
     order: np.ndarray     # row indices sorted by score
     starts: np.ndarray    # first sorted position of each group
-    y_sorted: np.ndarray  # labels (0/1, float) in sorted order
+    y_sorted: np.ndarray  # labels (0/1, int8) in sorted order
 
     @property
     def rows(self) -> int:
         return len(self.order)
 
     def weigh(self, weights: np.ndarray | None = None) -> ScoreGroups:
-        """Group sums of the labels under ``weights`` (shape ``(rows,)`` or ``(replicates, rows)``)."""
+        """Group sums of the labels: counts (int32) without ``weights``, else float64 sums under
+        ``weights`` of shape ``(rows,)`` or ``(replicates, rows)`` (float32 weights, as the bootstrap
+        draws them, must be integers with group sums below 2**24)."""
         if self.rows == 0:
             shape = (0,) if weights is None else (*np.shape(weights)[:-1], 0)
             return ScoreGroups(self.score, np.zeros(shape), np.zeros(shape))
         if weights is None:
-            pos = np.add.reduceat(self.y_sorted, self.starts)
-            count = np.diff(np.append(self.starts, self.rows)).astype(np.float64)
+            pos = np.add.reduceat(self.y_sorted, self.starts, dtype=np.int32)
+            count = np.diff(np.append(self.starts, self.rows)).astype(np.int32)
             return ScoreGroups(self.score, pos, count - pos)
-        w = np.asarray(weights, dtype=np.float64)[..., self.order]
-        pos = np.add.reduceat(w * self.y_sorted, self.starts, axis=-1)
-        return ScoreGroups(self.score, pos, np.add.reduceat(w, self.starts, axis=-1) - pos)
+        w = np.asarray(weights)
+        if w.dtype != np.float32:
+            w = w.astype(np.float64, copy=False)
+        w = w[..., self.order]
+        pos = np.add.reduceat(w * self.y_sorted.astype(w.dtype), self.starts, axis=-1).astype(np.float64)
+        return ScoreGroups(self.score, pos, np.add.reduceat(w, self.starts, axis=-1).astype(np.float64) - pos)
+
+    def restrict(self, keep: np.ndarray) -> Grouping:
+        """The grouping of the rows where ``keep`` (a mask in row order) is true, without sorting again."""
+        kept = keep[self.order]
+        group = np.repeat(np.arange(len(self.score)), np.diff(np.append(self.starts, self.rows)))[kept]
+        starts = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1]))) if len(group) else group
+        order = (np.cumsum(keep) - 1)[self.order[kept]]
+        return Grouping(self.score[group[starts]], _index(order), _index(starts), self.y_sorted[kept])
+
+
+def _index(a: np.ndarray) -> np.ndarray:
+    """Row indices in the smallest integer type that holds them (halves the memory of large samples)."""
+    return a.astype(np.int32) if len(a) < 2 ** 31 else a
 
 
 def grouping(y: np.ndarray, score: np.ndarray) -> Grouping:
     """Sort one sample by score and find its distinct scores (ties fall into one group, so the order
-    of tied rows never matters)."""
+    of tied rows never matters). Labels must be 0/1."""
     s = np.asarray(score, dtype=np.float64)
     order = np.argsort(s)
     ss = s[order]
@@ -153,7 +171,8 @@ def grouping(y: np.ndarray, score: np.ndarray) -> Grouping:
         starts = np.flatnonzero(np.concatenate(([True], ss[1:] != ss[:-1])))
     else:
         starts = np.zeros(0, dtype=np.int64)
-    return Grouping(ss[starts], order, starts, np.asarray(y)[order].astype(np.float64))
+    y_sorted = np.asarray(y).astype(np.int8, copy=False)[order]
+    return Grouping(ss[starts], _index(order), _index(starts), y_sorted)
 
 
 def score_groups(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> ScoreGroups:
@@ -164,7 +183,10 @@ def score_groups(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = 
 def _suffix_sum(x: np.ndarray) -> np.ndarray:
     """Sum over groups with a score at least as high (groups are in ascending score order); exact for
     the integer-valued weights used here."""
-    return x.sum(axis=-1, keepdims=True) - np.cumsum(x, axis=-1) + x
+    out = np.cumsum(x, axis=-1)
+    np.subtract(x.sum(axis=-1, keepdims=True), out, out=out)
+    out += x
+    return out
 
 
 def roc_auc(g: ScoreGroups) -> Any:
@@ -237,11 +259,21 @@ def roc_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
 
 def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     """Derivative of average precision: a row moves the precision of every threshold at or below it."""
-    tp, seen = _suffix_sum(g.pos), _suffix_sum(g.pos + g.neg)
     p, ap = g.total_pos, pr_auc(g)
-    r1 = np.cumsum(g.pos / seen)
-    r2 = np.cumsum(g.pos * tp / seen ** 2)
-    return (tp / seen + r1 - r2 - ap) / p, -r2 / p
+    tp, seen = _suffix_sum(g.pos), _suffix_sum(g.pos + g.neg)
+    r2 = g.pos * tp / seen
+    r2 /= seen
+    np.cumsum(r2, out=r2)
+    pos = tp / seen
+    del tp
+    ratio = g.pos / seen
+    del seen
+    pos += np.cumsum(ratio, out=ratio)
+    pos -= r2
+    pos -= ap
+    pos /= p
+    r2 /= -p
+    return pos, r2
 
 
 def log_loss_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
