@@ -1,8 +1,9 @@
 """Evaluate a replay run: every metric with its interval, every candidate-minus-baseline delta with a
 paired test and its minimum detectable effect, latency, error rates, segments and time windows.
 
-:func:`evaluate_run` reads from the store, :func:`evaluate_samples` computes (pure, on arrays), and
-the result is persisted in the ``evaluations`` table. Methods (README, "Evaluation"):
+:func:`evaluate_run` reads from the store and persists the result in the ``evaluations`` table;
+:func:`evaluate_quality`, :func:`compare`, :func:`latency_summary` and :func:`error_rates` compute on
+arrays (pure), :func:`evaluate_samples` runs all of them. Methods (README, "Evaluation"):
 
 * each model's metrics use the labelled rows it scored without error; deltas use the rows both scored;
 * proportions (accuracy, precision, recall, fpr, fnr, error rates) get Wilson intervals; f1 and the
@@ -27,9 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import WorkbenchError
-from . import stats
-from .metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
+from . import WorkbenchError, stats
+from .metrics import METRICS, Confusion, Grouping, Metric, confusion, grouping
 from .store import Store
 
 ROLES = ("baseline", "candidate")
