@@ -130,21 +130,6 @@ def cmd_replay(args) -> None:
                                         f"errors baseline {d['baseline_errors']}, candidate {d['candidate_errors']}")
 
 
-def cmd_evaluate(args) -> None:
-    from .evaluation import evaluate_run
-
-    settings = settings_for(args)
-    with open_store(settings) as store:
-        res = evaluate_run(store, args.run_id).to_dict()
-
-    def human(d: dict) -> str:
-        rows = [(m, d["baseline"][m], d["candidate"][m]) for m in d["baseline"]]
-        return (f"run {d['run_id']}: {d['labeled_rows']} labelled rows "
-                f"(coverage {d['label_coverage']:.1%})\n" + _table(rows, ("metric", "baseline", "candidate")))
-
-    emit(args, res, human)
-
-
 def cmd_runs(args) -> None:
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -359,6 +344,61 @@ def cmd_drift(args) -> None:
         return "\n".join(lines)
 
     emit(args, res, human)
+# -- evaluation (issue 4): metrics with intervals, paired deltas, latency, slices -------------------
+def cmd_evaluate(args) -> None:
+    from .evaluation import evaluate_run
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        res = evaluate_run(store, args.run_id, segment=args.segment, window=args.window,
+                           confidence=args.confidence, seed=args.seed, top_k=args.top_k).to_dict()
+    emit(args, res, _evaluation_text)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _ci(e: dict) -> str:
+    return "-" if e["ci_low"] is None else f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
+
+
+def _evaluation_text(d: dict) -> str:
+    lines = [f"run {d['run_id']}: {d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
+             f"rows scored baseline {d['rows']['baseline']}, candidate {d['rows']['candidate']}, "
+             f"both {d['rows']['paired']}; {d['confidence']:.0%} intervals",
+             _table([(m, _f(d["baseline"][m]["value"]), _ci(d["baseline"][m]), _f(d["candidate"][m]["value"]),
+                      _ci(d["candidate"][m]), _f(dl["value"]), _ci(dl), _f(dl["p_value"]), _f(dl["mde"]))
+                     for m, dl in d["delta"].items()],
+                    ("metric", "baseline", "ci", "candidate", "ci", "delta", "ci", "p", "mde")),
+             "", _table([(k, _f(d["latency"]["baseline"][k]), _f(d["latency"]["candidate"][k]),
+                          _f(v["value"]), _ci(v)) for k, v in d["latency"]["delta"].items()],
+                        ("latency ms", "baseline", "candidate", "delta", "ci")),
+             f"Mann-Whitney p = {_f(d['latency']['mann_whitney_p'])}; errors: " + ", ".join(
+                 f"{r} {e['count']}/{e['rows']}" for r, e in d["errors"].items())]
+    for kind in ("segments", "windows"):
+        for col, slices in d.get(kind, {}).items():
+            lines += ["", _table([(v, s["rows"], "yes" if s["small"] else "", _f(s["delta"]["accuracy"]["value"]),
+                                   _f(s["delta"]["accuracy"]["p_value"]), _f(s["delta"]["roc_auc"]["value"]),
+                                   _f(s["delta"]["roc_auc"]["p_value"])) for v, s in slices.items()],
+                                 (col, "rows", "small", "d accuracy", "p", "d roc_auc", "p"))]
+    if d["undefined"]:
+        lines += ["", "undefined: " + "; ".join(f"{k}: {v}" for k, v in d["undefined"].items())]
+    return "\n".join(lines)
+
+
+def add_evaluate_parser(sub, common) -> None:
+    s = sub.add_parser("evaluate", parents=[common],
+                       help="metrics with intervals, paired deltas, latency and slices of a run's labelled rows")
+    s.add_argument("run_id")
+    s.add_argument("--segment", default=None, metavar="COL",
+                   help="also evaluate per value of this traffic column (top --top-k by volume plus 'other')")
+    s.add_argument("--window", default=None, choices=["hour", "day", "week"],
+                   help="also evaluate per time window of the event time")
+    s.add_argument("--confidence", type=float, default=0.95, help="confidence level of every interval")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    s.add_argument("--top-k", type=int, default=10, help="segment values to keep before 'other'")
+    s.set_defaults(fn=cmd_evaluate)
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -415,9 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nullable", action="append", default=[], metavar="COL")
     s.set_defaults(fn=cmd_replay)
 
-    s = sub.add_parser("evaluate", parents=[common], help="metrics of both models on a run's labelled rows")
-    s.add_argument("run_id")
-    s.set_defaults(fn=cmd_evaluate)
+    add_evaluate_parser(sub, common)
 
     # drift (issue 5)
     s = sub.add_parser("drift", parents=[common], help="data, prediction and concept drift of a run")

@@ -345,16 +345,6 @@ class Store:
                                      "WHERE run_id = ?", [run_id]).fetchall()[0]
         return {"baseline": int(b), "candidate": int(c)}
 
-    def paired_labeled(self, run_id: str) -> pa.Table:
-        """One row per labelled request of a run: label and each model's score, class and error."""
-        run = self.require_run(run_id)
-        return self.cursor().sql(
-            f"""SELECT t.request_id, l.label, p.baseline_score, p.baseline_class, p.baseline_error,
-                      p.candidate_score, p.candidate_class, p.candidate_error
-               FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
-               JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
-               WHERE p.run_id = ? ORDER BY t.request_id""", params=[run["traffic"], run_id]).to_arrow_table()
-
     def save_evaluation(self, run_id: str, params: dict, result: dict) -> None:
         self.cursor().execute("INSERT INTO evaluations VALUES (?, ?, ?, ?)",
                               [run_id, utcnow(), json.dumps(params), json.dumps(result)])
@@ -764,3 +754,60 @@ class Store:
         rows = self.cursor().execute(
             "SELECT result FROM drift_reports WHERE run_id = ? ORDER BY created_at DESC LIMIT 1", [run_id]).fetchall()
         return json.loads(rows[0][0]) if rows else None
+    # -- evaluation (issue 4): labelled paired rows, latency samples, error counts --------------------
+    EVALUATION_MEMORY_LIMIT = "768MB"
+
+    @contextmanager
+    def memory_limit(self, limit: str) -> Iterator[None]:
+        """Cap DuckDB's memory for the block (larger joins spill to disk), then restore the setting."""
+        cur = self.cursor()
+        before = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        cur.execute("SET memory_limit = ?", [limit])
+        try:
+            yield
+        finally:
+            cur.execute("SET memory_limit = ?", [before])
+
+    def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
+        """One row per labelled request of a run, in no particular order: ``label``, ``baseline_score``
+        and ``candidate_score`` (null where that model failed), plus ``segment`` (the traffic column
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request."""
+        run = self.require_run(run_id)
+        info = self.require_traffic(run["traffic"])
+        select = ["l.label",
+                  "CASE WHEN p.baseline_error IS NULL THEN p.baseline_score END AS baseline_score",
+                  "CASE WHEN p.candidate_error IS NULL THEN p.candidate_score END AS candidate_score"]
+        params: list = []
+        if segment is not None:
+            column = "entity_key" if segment == info["entity_col"] else segment
+            if column != "entity_key" and segment not in info["columns"]:
+                known = ", ".join(sorted([*info["columns"], *([info["entity_col"]] if info["entity_col"] else [])]))
+                raise WorkbenchError(f"traffic {run['traffic']!r} has no column {segment!r} to segment by "
+                                     f"(columns: {known})")
+            select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS segment")
+        if window is not None:
+            select.append("date_trunc(?, t.event_time) AS window_start")
+            params.append(window)
+        sql = f"""SELECT {', '.join(select)}
+                  FROM predictions p
+                  JOIN {traffic_table(run['traffic'])} t USING (_row)
+                  JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                  WHERE p.run_id = ?"""
+        with self.memory_limit(self.EVALUATION_MEMORY_LIMIT):
+            return self.cursor().sql(sql, params=[*params, run["traffic"], run_id]).to_arrow_table()
+
+    def latency_sample(self, run_id: str, role: str) -> pa.ChunkedArray:
+        """Latencies (ms) of the rows ``role`` scored without error."""
+        if role not in ("baseline", "candidate"):
+            raise WorkbenchError(f"unknown model role {role!r}")
+        return self.cursor().sql(
+            f"SELECT {role}_latency_ms FROM predictions WHERE run_id = ? AND {role}_error IS NULL "
+            f"AND {role}_latency_ms IS NOT NULL", params=[run_id]).to_arrow_table().column(0)
+
+    def prediction_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Rows replayed and rows failed per role: ``{role: {"rows", "errors"}}``."""
+        n, b, c = self.cursor().execute("SELECT count(*), count(baseline_error), count(candidate_error) "
+                                        "FROM predictions WHERE run_id = ?", [run_id]).fetchall()[0]
+        if not n:
+            return {}
+        return {"baseline": {"rows": int(n), "errors": int(b)}, "candidate": {"rows": int(n), "errors": int(c)}}
