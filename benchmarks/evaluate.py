@@ -252,7 +252,7 @@ def main() -> None:
     store_diff = max(abs(runs[0][1]["values"][r][m] - mlf["values"][r][m]) for r in THRESHOLDS for m in SHARED)
     table = [("ours: evaluate_samples (arrays, best of 3)", n, ours),
              ("mlflow.evaluate x2 + validate_evaluation_results (best of 2)", n, mlf)]
-    table += [(f"ours: evaluate_run from DuckDB (+ segments)", rows, r) for rows, r in runs]
+    table += [("ours: evaluate_run from DuckDB (+ segments)", rows, r) for rows, r in runs]
     print(f"{'what':62s} {'rows':>11s} {'seconds':>8s} {'cpu s':>7s} {'peak RSS MiB':>13s} {'rows/s':>12s}")
     for what, rows, r in table:
         print(f"{what:62s} {rows:>11,} {r['seconds']:>8.2f} {r['cpu']:>7.2f} {r['rss']:>13.0f} "
