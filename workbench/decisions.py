@@ -29,20 +29,9 @@ def publish(settings: Settings, store: Store, signed) -> dict:
 
     MLflow being down leaves the record stored locally with ``pending_sync`` set (see ``canary.sync``).
     """
-    from .canary import load_drift, sync
-    from .registry import Registry
-    from .signing import content_hash
+    from .registry import publish_applied
 
-    r = signed.record
-    evaluation = drift = None
-    if r.get("run_id"):
-        ev = store.latest_evaluation(r["run_id"])
-        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
-        dr = load_drift(store, r["run_id"])
-        drift = dr if content_hash(dr) == r.get("drift_hash") else None
-    registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
-    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
-    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
+    return publish_applied(store, signed, settings.mlflow_tracking_uri, settings.artifacts_dir)
 
 
 def decide(settings: Settings, store: Store, run_id: str, policy_path: str | None = None,

@@ -177,3 +177,24 @@ class Registry:
                 return self.client.update_webhook(hook.webhook_id, url=url, events=list(WEBHOOK_EVENTS),
                                                    secret=secret, status="ACTIVE").webhook_id
         return self.client.create_webhook(name=name, url=url, events=list(WEBHOOK_EVENTS), secret=secret).webhook_id
+
+
+def publish_applied(store, signed, tracking_uri: str, artifact_root: Path | None = None) -> dict:
+    """Publish an applied record to MLflow with the evaluation and drift report it was judged on (each only
+    when it is the one the record's hash names). On failure the record stays stored with ``pending_sync``.
+
+    Returns ``{"mlflow_run_id", "pending_sync", "sync_error"}``.
+    """
+    from .canary import load_drift, sync
+    from .signing import content_hash
+
+    r = signed.record
+    evaluation = drift = None
+    if r.get("run_id"):
+        ev = store.latest_evaluation(r["run_id"])
+        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+        dr = load_drift(store, r["run_id"])
+        drift = dr if content_hash(dr) == r.get("drift_hash") else None
+    registry = Registry(tracking_uri, artifact_root)
+    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
+    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .config import Settings
+from .observability import metrics_router
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def create_app(settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S,
     app.state.settings = settings
     app.include_router(health_router())
     app.include_router(webhook_router(settings, tolerance_s, clock))
+    app.include_router(metrics_router(settings.db_path))
 
     @app.exception_handler(HTTPException)
     async def _errors(request: Request, exc: HTTPException):
