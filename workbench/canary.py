@@ -6,6 +6,9 @@ kill switch) sets 0. Each applied record links to the previous applied record of
 (``previous_hash``, ``sequence``); the state in DuckDB (``canary_state``) is the chain's head. A
 record is applied only when its signature verifies against a trusted key, it is not stale (older than
 the policy's ``max_age_hours``), it extends the chain's head, and its weights follow the ramp.
+
+For live traffic: :func:`live_view` is what the weight API serves, and :func:`bucket_of` /
+:func:`in_canary` put an entity in a fixed bucket whose canary membership only grows with the weight.
 """
 from __future__ import annotations
 

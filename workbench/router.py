@@ -253,9 +253,19 @@ class Router:
         self._rollback_task: asyncio.Task | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Read the state, open the upstream client, start the poller and the SLO monitor."""
-        self.apply_state(await asyncio.to_thread(self.weights.read))
+    async def start(self, wait_s: float = 10.0) -> None:
+        """Read the state (waiting up to ``wait_s`` for a database another process is writing), open the
+        upstream client, start the poller and the SLO monitor."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                state = await asyncio.to_thread(self.weights.read)
+                break
+            except WorkbenchError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        self.apply_state(state)
         self._client = httpx.AsyncClient(
             transport=self._transport, trust_env=False, timeout=httpx.Timeout(self.cfg.timeout_s),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=60))

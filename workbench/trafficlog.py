@@ -109,13 +109,6 @@ def _json_rows(data) -> list[dict]:
     return []
 
 
-def first_value(body: bytes, content_type: str, name: str) -> str | None:
-    """The value of field ``name`` in the first input row (the entity key or a segment field), as text."""
-    rows = request_rows(body, content_type)
-    v = rows[0].get(name)
-    return None if v is None else str(v)
-
-
 def _score(p) -> float | None:
     if isinstance(p, bool):
         return float(p)
