@@ -327,3 +327,14 @@ def test_live_section_is_optional_and_keeps_old_hashes():
 def test_live_section_is_strict(live, message):
     with pytest.raises(WorkbenchError, match=re.escape(message)):
         parse_policy({"live": live})
+
+
+def test_readme_documents_every_live_field():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Live canary"):]
+    section = section[:section.index("\n## ", 5)]
+    from workbench import policy as pm
+
+    for model in (pm.LiveOptions, pm.LiveSegment):
+        for field in model.model_fields:
+            assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"
