@@ -388,9 +388,7 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
     stats = {"baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
              "candidate": ArmStats("candidate", 40, 12, 0.3, 0.18, 0.45, 2.0, 5.0)}
     report = judge(POLICY.live, stats, 0.95)
-    t0 = time.monotonic()
     decision_id = weights.rollback(("1", "2"), report)
-    assert time.monotonic() - t0 < 10
     assert weights.changed()
     st = weights.read()
     assert (st.weight, st.killed, st.verified, st.decision_id) == (0, True, True, decision_id)

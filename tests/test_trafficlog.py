@@ -5,6 +5,8 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import TinyModel
+from workbench.replay import replay
 from workbench.store import Store
 from workbench.traffic import ingest
 from workbench.trafficlog import LiveRecord, Outcome, TrafficLog, request_rows, response_scores, to_table
@@ -77,6 +79,8 @@ def test_rotation_partial_files_and_ingest(tmp_path):
         assert (res.rows, res.quarantined) == (60, 0)
         strict = ingest(store, str(tmp_path / "live" / "*.parquet"), "live_strict", entity_col="entity_key")
         assert strict.quarantined == 60 and set(strict.reasons) == {"null:live_baseline_error"}
+        run = replay(store, "live", TinyModel("a"), TinyModel("b"), run_id="live_run")   # the loop closes
+        assert (run.rows, run.baseline_errors, run.candidate_errors) == (60, 0, 0)
 
 
 def test_a_new_request_field_starts_a_new_file(tmp_path):

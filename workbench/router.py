@@ -291,8 +291,11 @@ class Router:
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.poll_s)
-            if self.weights.changed():
-                await self.refresh()
+            try:
+                if self.weights.changed():
+                    await self.refresh()
+            except Exception:  # the poller must outlive any one failure
+                log.exception("%s: polling the canary state failed", self.cfg.model)
 
     async def refresh(self) -> None:
         """Re-read the canary state; a failed read (the database locked by a writer) is retried at the next
@@ -318,7 +321,10 @@ class Router:
     async def _monitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.live.check_interval_s)
-            self.check_slo()
+            try:
+                self.check_slo()
+            except Exception:  # the monitor must outlive any one failure
+                log.exception("%s: the live SLO check failed", self.cfg.model)
 
     # -- weight and SLO ----------------------------------------------------------------------------
     def off_reason(self) -> str | None:
