@@ -7,9 +7,11 @@ shows it).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -258,8 +260,8 @@ def cmd_webhook_register(args) -> None:
          lambda d: f"webhook {d['webhook_id']} -> {d['url']} ({', '.join(d['events'])})")
 
 
-def add_decision_commands(sub, common) -> None:
-    """Parser entries of the decision, key, canary and service commands."""
+def add_decision_commands(sub, common):
+    """Parser entries of the decision, key, canary and service commands; returns the ``canary`` actions."""
     s = sub.add_parser("decide", parents=[common], help="judge a replay run under a policy; sign and apply")
     s.add_argument("run_id")
     s.add_argument("--policy", default=None, help="policy file (.toml/.yaml/.json); default: the shipped policy")
@@ -293,7 +295,8 @@ def add_decision_commands(sub, common) -> None:
     s.add_argument("path_or_id", metavar="PATH_OR_ID")
     s.set_defaults(fn=cmd_canary_apply)
 
-    s = sub.add_parser("serve", parents=[common], help="the HTTP service (MLflow webhooks, health)")
+    s = sub.add_parser("serve", parents=[common], help="the HTTP service (weight API, Flagger webhooks, MLflow "
+                                                       "webhooks, health)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(fn=cmd_serve)
@@ -303,6 +306,112 @@ def add_decision_commands(sub, common) -> None:
     s = hook.add_parser("register", parents=[common], help="make MLflow send new versions and aliases to URL")
     s.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/webhooks/mlflow")
     s.set_defaults(fn=cmd_webhook_register)
+    return can
+
+
+# -- live canary: router, mesh manifests (issue 7) ---------------------------------------------------
+def cmd_route(args) -> None:
+    import uvicorn
+
+    from .canary import Signer
+    from .policy import load_policy
+    from .router import Router, RouterConfig, StoreWeights
+    from .trafficlog import TrafficLog
+
+    for handler in logging.getLogger().handlers:   # a long-running service: time-stamped log lines
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    settings = settings_for(args)
+    if "/" in args.model or args.model.startswith("."):
+        raise WorkbenchError(f"invalid model name {args.model!r}")
+    policy = load_policy(args.policy)
+    config = RouterConfig(model=args.model, baseline_url=args.baseline, candidate_url=args.candidate,
+                          entity_header=args.entity_header or None, entity_field=args.entity_field,
+                          mirror_percent=args.mirror, timeout_s=args.timeout, mirror_timeout_s=args.mirror_timeout,
+                          poll_s=args.poll, auto_rollback=args.auto_rollback)
+    # no key: refused now, not at the first breach
+    signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if args.auto_rollback else None
+    if args.auto_rollback and args.mlflow:
+        importlib.import_module("mlflow")   # now, not in a rollback's worker thread while traffic flows
+    weights = StoreWeights(settings, args.model, policy, signer=signer, publish=args.mlflow)
+    traffic_log = None if args.no_log else TrafficLog(args.log_dir or settings.home / "live" / args.model,
+                                                      rotate_rows=args.rotate_rows, rotate_s=args.rotate_s)
+    router = Router(config, policy, weights, traffic_log=traffic_log)
+    server = uvicorn.Server(uvicorn.Config(router, host=args.host, port=args.port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    log.info("routing %s on http://%s:%d: baseline %s, candidate %s, mirror %g%%, traffic log %s", args.model,
+             args.host, args.port, args.baseline, args.candidate, args.mirror,
+             traffic_log.dir if traffic_log else "off")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
+    # a no-op one here, so the summary below is printed and the exit code is 0 after a requested stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    st = router.status()
+    out = {"model": args.model, "requests": st["counts"].get("requests", 0), "counts": st["counts"],
+           "state": st["state"], "rollback": st["rollback"], "traffic_log": st["traffic_log"]}
+    emit(args, out, lambda d: f"{d['model']}: {d['requests']} requests routed"
+                              + (f"; rolled back: {d['rollback']['reason']}" if d["rollback"] else ""))
+
+
+def cmd_canary_render(args) -> None:
+    from .canary import live_view
+    from .mesh import MeshOptions, render, to_yaml
+    from .signing import trusted_keys
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        view = live_view(store, args.model, trusted_keys(settings.keys_dir, settings.trusted_keys_dir,
+                                                         settings.trusted_keys))
+    opts = MeshOptions(namespace=args.namespace, service=args.service,
+                       api_url=args.api_url or f"http://canary-workbench.{args.namespace}.svc:8000")
+    objects = render(args.target, view, view["ramp"] or [], opts)
+    text = to_yaml(objects)
+    if args.json:
+        emit(args, {"model": args.model, "target": args.target, "weight": view["weight"],
+                    "decision_id": view["decision_id"], "objects": objects, "yaml": text})
+    else:
+        sys.stdout.write(text)
+
+
+def add_live_commands(sub, common, canary) -> None:
+    """Parser entries of ``route`` and ``canary render``."""
+    from .mesh import TARGETS
+
+    s = canary.add_parser("render", parents=[common], help="the mesh / delivery-tool manifest of the live weight")
+    s.add_argument("model")
+    s.add_argument("--target", required=True, choices=TARGETS)
+    s.add_argument("--namespace", default="default")
+    s.add_argument("--service", default=None, help="Kubernetes service / host of the model (default: its name)")
+    s.add_argument("--api-url", default=None, help="the workbench service as the cluster reaches it (default: "
+                                                   "http://canary-workbench.NAMESPACE.svc:8000)")
+    s.set_defaults(fn=cmd_canary_render)
+
+    s = sub.add_parser("route", parents=[common], help="the reference router: live traffic to baseline and candidate "
+                                                       "by the canary weight, mirroring, SLO rollback")
+    s.add_argument("model", help="the registered model whose canary weight routes the traffic")
+    s.add_argument("--baseline", required=True, metavar="URL", help="baseline model server, e.g. http://127.0.0.1:5001")
+    s.add_argument("--candidate", required=True, metavar="URL", help="candidate model server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--entity-header", default="X-Entity-Id", metavar="H",
+                   help="header holding the sticky entity key (default X-Entity-Id; '' for none)")
+    s.add_argument("--entity-field", default=None, metavar="F",
+                   help="else this field of the first input row (else the request id: not sticky)")
+    s.add_argument("--mirror", type=float, default=0.0, metavar="PCT",
+                   help="also send this percent of baseline-routed requests to the candidate in the background")
+    s.add_argument("--policy", default=None, help="policy file whose [live] section sets the SLO and segments")
+    s.add_argument("--timeout", type=float, default=10.0, metavar="S", help="model server timeout")
+    s.add_argument("--mirror-timeout", type=float, default=10.0, metavar="S")
+    s.add_argument("--poll", type=float, default=1.0, metavar="S", help="how often to check for a new decision")
+    s.add_argument("--auto-rollback", action=argparse.BooleanOptionalAction, default=True,
+                   help="roll the candidate back on a live SLO breach (needs the signing key; default on)")
+    s.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,
+                   help="publish a live rollback to MLflow (tags; default on)")
+    s.add_argument("--log-dir", default=None, help="traffic log folder (default $WORKBENCH_HOME/live/MODEL)")
+    s.add_argument("--no-log", action="store_true", help="no traffic log")
+    s.add_argument("--rotate-rows", type=int, default=200_000)
+    s.add_argument("--rotate-s", type=float, default=600.0)
+    s.set_defaults(fn=cmd_route)
 # -- drift (issue 5) -------------------------------------------------------------------------------
 def _overrides(items: list[str], cast: Callable[[str], Any], what: str) -> dict:
     """``[COL=]VALUE`` options as {column or "*": value}."""
@@ -537,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--entity-col", default=None, help="entity key for sticky routing (may be null)")
     s.add_argument("--label-col", default=None, help="a label column in the traffic file, stored as labels")
     s.add_argument("--nullable", action="append", default=[], metavar="COL",
-                   help="let a feature column hold nulls (repeatable)")
+                   help="let a feature column hold nulls (repeatable; a pattern such as 'live_*' names several)")
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("labels", parents=[common], help="ingest labels that arrived for a traffic set")
@@ -602,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8501)
     s.set_defaults(fn=cmd_demo)
 
-    add_decision_commands(sub, common)
+    canary = add_decision_commands(sub, common)
+    add_live_commands(sub, common, canary)
     add_job_commands(sub, common)
     return p
 
@@ -611,7 +721,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    for name in ("mlflow", "alembic", "urllib3", "streamlit"):
+    for name in ("mlflow", "alembic", "urllib3", "streamlit", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -1,13 +1,15 @@
 """Ingest traffic logs and labels under a schema contract, with a quarantine for rows that break it.
 
 Contract (see CONTRACT.md): the request id, the event time and every feature column are required
-(``nullable`` lifts that per column). A row with a null gets ``null:<col>``, a value that cannot be read
-as its column's type ``type:<col>``, an infinite number ``nonfinite:<col>``, a later copy of a request id
-``duplicate_id``. Rows read = rows ingested + rows quarantined, always. A file that cannot be read at all
-raises :class:`WorkbenchError` and changes nothing (one transaction per ingest).
+(``nullable`` lifts that per column; a name may be a shell-style pattern such as ``live_*``). A row with a
+null gets ``null:<col>``, a value that cannot be read as its column's type ``type:<col>``, an infinite number
+``nonfinite:<col>``, a later copy of a request id ``duplicate_id``. Rows read = rows ingested + rows
+quarantined, always. A file that cannot be read at all raises :class:`WorkbenchError` and changes nothing
+(one transaction per ingest).
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import uuid
@@ -270,7 +272,7 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
         expr = _cast_expr(c, src_types[c], targets[c])
         sel.append(f"{expr} AS {qident(c)}")
         src = f"_wb_src.{qident(c)}"
-        if c not in nullable:
+        if not any(fnmatch.fnmatchcase(c, pat) for pat in nullable):
             null_test = f"{src} IS NULL"
             if src_types[c] in ("DOUBLE", "FLOAT"):
                 null_test += f" OR isnan({src})"
