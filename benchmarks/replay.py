@@ -1,6 +1,7 @@
 """Replay benchmark: raw inference of both models vs the full replay (read -> score -> store).
 
-Prints one table: for each size, rows/s and peak RSS of
+Prints one table: for each size, rows/s of reading the traffic alone and of the replay with zero-cost
+models (the storage path alone: what bounds the replay when the models are fast), and rows/s and peak RSS of
   (a) raw inference: both models on the same in-memory batches, no I/O (features laid out and, on a GPU,
       copied to the device as the replay does it);
   (b) full replay: traffic streamed from DuckDB, scored by both models, paired results stored in DuckDB;
@@ -138,14 +139,40 @@ def phase_raw(a) -> dict:
             "devices": sorted({m.device for m in models.values()})}
 
 
-def phase_replay(a) -> dict:
+class ConstantModel:
+    """A model that costs nothing: replaying with it measures the storage path alone."""
+
+    device = "cpu"
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def predict(self, batch: pa.Table) -> np.ndarray:
+        return np.full(batch.num_rows, 0.25)
+
+
+def phase_read(a) -> dict:
+    """Stream the traffic's feature columns from DuckDB, as the replay's reader does, and nothing else."""
+    from workbench.store import Store
+
+    features = sorted({f for m in load_pair(a).values() for f in m.ref.features})
+    with Store(a.db) as store:
+        t = time.perf_counter()
+        n = sum(rb.num_rows for rb in store.traffic_batches("bench", features, a.batch_size))
+    return {"seconds": time.perf_counter() - t, "rows": n}
+
+
+def phase_replay(a, constant: bool = False) -> dict:
     from workbench.replay import ReplayOptions, replay
     from workbench.store import Store
 
     models = load_pair(a)
+    if constant:
+        models = {r: ConstantModel(m.ref) for r, m in models.items()}
     with Store(a.db) as store:
         t = time.perf_counter()
-        res = replay(store, "bench", models["baseline"], models["candidate"], run_id=f"bench_{a.rows}_w{a.writers}",
+        res = replay(store, "bench", models["baseline"], models["candidate"],
+                     run_id=f"bench_{a.rows}_w{a.writers}{'_io' if constant else ''}",
                      options=ReplayOptions(batch_size=a.batch_size, writers=a.writers))
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
@@ -153,13 +180,18 @@ def phase_replay(a) -> dict:
     return {"seconds": seconds, "rows": res.rows}
 
 
-PHASES = {"ingest": phase_ingest, "raw": phase_raw, "replay": phase_replay}
+def phase_io(a) -> dict:
+    """The full replay with zero-cost models: reading, result building and storing alone."""
+    return phase_replay(a, constant=True)
+
+
+PHASES = {"ingest": phase_ingest, "read": phase_read, "raw": phase_raw, "io": phase_io, "replay": phase_replay}
 
 
 def run_phase(name: str, a, **extra) -> dict:
     args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
             "--batch-size", str(a.batch_size), "--home", str(a.home)]
-    if name != "replay":
+    if name not in ("replay", "io"):
         args += ["--writers", "1"]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
@@ -217,11 +249,13 @@ def main() -> None:
             traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}.duckdb"
             write_traffic(traffic, rows, a.models, a.home)
             ing = run_phase("ingest", a, rows=rows, traffic=traffic, db=db)
+            read = run_phase("read", a, rows=rows, traffic=traffic, db=db)
             raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
             for w in writers:
+                io = run_phase("io", a, rows=rows, traffic=traffic, db=db, writers=w)
                 rep = run_phase("replay", a, rows=rows, traffic=traffic, db=db, writers=w)
-                results.append({"rows": rows, "writers": w, "ingest": ing, "raw": raw, "replay": rep,
-                                "ratio": raw["seconds"] / rep["seconds"]})
+                results.append({"rows": rows, "writers": w, "ingest": ing, "read": read, "raw": raw, "io": io,
+                                "replay": rep, "ratio": raw["seconds"] / rep["seconds"]})
             traffic.unlink()
             db.unlink()
     import platform
@@ -229,13 +263,18 @@ def main() -> None:
     dev = results[0]["raw"].get("devices")
     print(f"\nreplay benchmark: models={a.models}, devices={dev}, batch={a.batch_size}, host={platform.node()}, "
           f"cores={os.cpu_count()}")
-    print(f"{'rows':>11} | {'writers':>7} | {'ingest rows/s':>13} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | "
-          f"{'(b) replay rows/s':>17} | {'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}")
+    print("read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage "
+          "path alone)")
+    print(f"{'rows':>11} | {'writers':>7} | {'ingest rows/s':>13} | {'read rows/s':>12} | {'io rows/s':>11} | "
+          f"{'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | {'(b) seconds':>11} | "
+          f"{'(b) peak MB':>11} | {'b/a':>5}")
     for r in results:
         n = r["rows"]
-        print(f"{n:>11,} | {r['writers']:>7} | {n / r['ingest']['seconds']:>13,.0f} | {n / r['raw']['seconds']:>14,.0f} | "
-              f"{r['raw']['peak_rss_mb']:>11,.0f} | {n / r['replay']['seconds']:>17,.0f} | "
-              f"{r['replay']['seconds']:>11.2f} | {r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}")
+        print(f"{n:>11,} | {r['writers']:>7} | {n / r['ingest']['seconds']:>13,.0f} | "
+              f"{n / r['read']['seconds']:>12,.0f} | {n / r['io']['seconds']:>11,.0f} | "
+              f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
+              f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
+              f"{r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))
 

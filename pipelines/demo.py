@@ -1,10 +1,13 @@
-"""The full demo: prepare NYC flights traffic, register two models, replay, evaluate, open the app.
+"""The full demo: prepare NYC flights traffic, register two models, replay, evaluate, check drift,
+decide (signed, applied to the canary weight, recorded in MLflow), open the app.
 
-Idempotent on one home: registered models and ingested traffic are reused, and the replay run id is
-derived from the two model versions, so a second ``workbench demo`` resumes or reuses the same run.
+Idempotent on one home: registered models and ingested traffic are reused, the replay run id is derived
+from the two model versions (a second ``workbench demo`` reuses the run), and a run that already has a
+decision is not decided again (the ramp advances only on new evidence).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -41,7 +44,10 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
 
     from pipelines.prepare_flights import NULLABLE, write
     from pipelines.train_models import register
+    from workbench.decisions import decide
+    from workbench.drift import drift_run
     from workbench.evaluation import evaluate_run
+    from workbench.signing import PRIVATE_FILE, init_keys
     from workbench.models import load_predictor
     from workbench.replay import replay
     from workbench.store import Store
@@ -52,21 +58,19 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
     t = time.perf_counter()
     counts = write(data, limit)
     timings["prepare"] = time.perf_counter() - t
-    log(f"[1/5] prepared NYC flights 2013 under {data}: {counts}")
+    log(f"[1/7] prepared NYC flights 2013 under {data}: {counts}")
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     t = time.perf_counter()
     models = _registered(settings) or register(settings, data / "flights_train.parquet", log=log)
     timings["register"] = time.perf_counter() - t
-    log(f"[2/5] models: baseline v{models['baseline']['version']}, candidate v{models['candidate']['version']}")
+    log(f"[2/7] models: baseline v{models['baseline']['version']}, candidate v{models['candidate']['version']}")
 
     summary: dict = {"home": str(settings.home), "data": counts, "models": models}
     with Store(settings.db_path) as store:
         t = time.perf_counter()
         info = store.traffic_info(TRAFFIC)
         traffic_file = data / "traffic.parquet"
-        import hashlib
-
         expected = hashlib.sha256(file_sha256([traffic_file]).encode()).hexdigest()
         if info is None:
             res = ingest(store, traffic_file, TRAFFIC, entity_col="tail_number", nullable=NULLABLE)
@@ -79,7 +83,7 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
             summary["ingest"] = {"traffic": TRAFFIC, "rows": info["rows"], "quarantined": info["quarantined"],
                                  "reasons": store.quarantine_summary(TRAFFIC), "reused": True}
         timings["ingest"] = time.perf_counter() - t
-        log(f"[3/5] ingested: {summary['ingest']}")
+        log(f"[3/7] ingested: {summary['ingest']}")
 
         t = time.perf_counter()
         baseline = load_predictor(models["baseline"]["uri"])
@@ -88,12 +92,34 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
         res = replay(store, TRAFFIC, baseline, candidate, run_id=run_id)
         summary["replay"] = res.to_dict()
         timings["replay"] = time.perf_counter() - t
-        log(f"[4/5] replayed: {summary['replay']}")
+        log(f"[4/7] replayed: {summary['replay']}")
 
         t = time.perf_counter()
         summary["evaluation"] = evaluate_run(store, run_id).to_dict()
         timings["evaluate"] = time.perf_counter() - t
-        log(f"[5/5] evaluated {summary['evaluation']['labeled_rows']} labelled rows")
+        log(f"[5/7] evaluated {summary['evaluation']['labeled_rows']} labelled rows")
+
+        t = time.perf_counter()
+        html = settings.reports_dir / f"drift_{run_id}.html"
+        drift = drift_run(store, run_id, html=html).to_dict()
+        summary["drift"] = {k: drift[k] for k in ("share_drifted", "dataset_drift")} | {
+            "concept_drift": drift["concept_drift"]["detected"], "html": str(html)}
+        timings["drift"] = time.perf_counter() - t
+        log(f"[6/7] drift: {summary['drift']}")
+
+        t = time.perf_counter()
+        if not (settings.keys_dir / PRIVATE_FILE).exists():
+            init_keys(settings.keys_dir)
+        earlier = [d for d in store.list_decisions() if d["run_id"] == run_id]
+        if earlier:
+            summary["decision"] = {k: earlier[0][k] for k in ("decision_id", "verdict", "weight_before",
+                                                                "weight_after")} | {"reused": True}
+        else:
+            out = decide(settings, store, run_id)
+            summary["decision"] = {k: out[k] for k in ("decision_id", "verdict", "reason", "weight_before",
+                                                         "weight_after", "mlflow_run_id", "pending_sync")}
+        timings["decide"] = time.perf_counter() - t
+        log(f"[7/7] decision: {summary['decision']}")
     summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     if app:
         serve_app(settings, port, log)

@@ -208,3 +208,28 @@ def seeded_home(tmp_path) -> Path:
     with Store(home / "workbench.duckdb") as store:
         seed_run(store, "run_a", make_evaluation("run_a"))
     return home
+
+
+# -- scheduled jobs (issue 9): a private copy of the demo home with a signing key, and job specs ---------
+@pytest.fixture
+def job_home(demo_home, tmp_path) -> Path:
+    """A copy of the demo home (data, DuckDB, MLflow store, and the signing key the demo created), for tests
+    that run jobs."""
+    import shutil
+
+    home = tmp_path / "job_home"
+    shutil.copytree(demo_home, home)
+    return home
+
+
+def write_spec(path: Path, home: Path, **fields) -> Path:
+    """A YAML job spec for the demo's model over the demo data in ``home``: the last 60 days of traffic up to
+    the newest flight (about 950 requests of the 6000-flight sample); ``fields`` override top-level keys."""
+    import yaml
+
+    spec = {"name": "fd", "model": "flight-delay", "verdict": "record",
+            "traffic": {"path": str(home / "data" / "traffic.parquet"), "window": "60d", "anchor": "latest",
+                        "entity_col": "tail_number", "nullable": ["wind_dir", "pressure"]},
+            "labels": {"path": str(home / "data" / "labels.parquet")}} | fields
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

@@ -226,12 +226,13 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     """
     home = tmp_path / "demo"
     shutil.copytree(demo_home, home)
-    run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
-    run_cli("keys", "init", home=home)
+    demo = json.loads((home / "demo.json").read_text())
+    run_id = demo["replay"]["run_id"]
+    assert demo["decision"]["weight_before"] == 0   # the demo made the first decision with the key it created
     proc = run_cli("decide", run_id, "--json", home=home)
     out = json.loads(proc.stdout)
-    assert out["verdict"] in VERDICTS and out["weight_before"] == 0
-    assert out["weight_after"] == {PROMOTE: 1, HOLD: 0, ROLLBACK: 0}[out["verdict"]]
+    assert out["verdict"] in VERDICTS and out["weight_before"] == demo["decision"]["weight_after"]
+    assert out["weight_after"] == next_weight(out["verdict"], out["weight_before"], (1, 5, 25, 50, 100))
     assert out["pending_sync"] is False and out["mlflow_run_id"]
     assert out["record"]["model"] == "flight-delay"
     assert (out["record"]["baseline"]["version"], out["record"]["candidate"]["version"]) == ("1", "2")
@@ -269,3 +270,59 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
             data = open(path, "rb").read()
             assert not any(s in data for s in secrets), path
     assert not any(s.decode("latin-1") in proc.stdout + proc.stderr for s in secrets)
+
+
+# -- sticky bucketing (issue 7) -----------------------------------------------------------------------------
+def test_bucket_is_a_stable_sha256_and_salted_by_model():
+    import hashlib
+
+    from workbench.canary import bucket_of
+
+    digest = hashlib.sha256(b"fraud\x00user-42").digest()
+    assert bucket_of("user-42", "fraud") == int.from_bytes(digest[:8], "big") % 10_000
+    assert bucket_of("user-42", "fraud") == bucket_of("user-42", "fraud")
+    assert sum(bucket_of(f"u{i}", "fraud") == bucket_of(f"u{i}", "churn") for i in range(2000)) < 10
+
+
+def test_cohorts_are_monotone_along_the_ramp():
+    """A user in the canary at one weight stays in it at every higher weight (20,000 ids, the default ramp)."""
+    from workbench.canary import bucket_of, in_canary
+
+    buckets = [bucket_of(f"user-{i}", "fraud") for i in range(20_000)]
+    cohorts = {w: {i for i, b in enumerate(buckets) if in_canary(b, w)} for w in (0, 1, 5, 25, 50, 100)}
+    weights = sorted(cohorts)
+    assert all(cohorts[a] <= cohorts[b] for a, b in zip(weights, weights[1:]))
+    assert cohorts[0] == set() and len(cohorts[100]) == 20_000
+
+
+@pytest.mark.parametrize("weight", [1, 5, 25, 50], ids=["1pct", "5pct", "25pct", "50pct"])
+def test_cohort_sizes_are_within_tolerance(weight):
+    """The share of 20,000 ids in the cohort is within 4 binomial standard deviations of the weight."""
+    from workbench.canary import bucket_of, in_canary
+
+    n, p = 20_000, weight / 100
+    k = sum(in_canary(bucket_of(f"id-{i}", "fraud"), weight) for i in range(n))
+    assert abs(k - n * p) <= 4 * (n * p * (1 - p)) ** 0.5, k
+
+
+def test_buckets_are_uniform():
+    """Chi-squared over 20 equal bucket ranges for 20,000 ids (seeded by the ids themselves)."""
+    from scipy.stats import chisquare
+
+    from workbench.canary import bucket_of
+
+    counts = [0] * 20
+    for i in range(20_000):
+        counts[bucket_of(f"entity-{i}", "fraud") // 500] += 1
+    assert chisquare(counts).pvalue > 0.001
+
+
+def test_live_rollback_record_via_build_kill(ctx):
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    card = {"verdict": "ROLLBACK", "reason": "r", "counts": {"fail": 1}, "checks": [], "skipped": []}
+    signed = build_kill(store, "fraud", "candidate error rate 0.3", signer, load_policy(), now=T0,
+                        source="live SLO", scorecard=card)
+    st = apply_decision(store, signed, trusted, now=T0)
+    assert st.weight == 0 and st.verified and signed.record["reason"] == "live SLO: candidate error rate 0.3"
+    assert signed.record["scorecard"] == card and signed.record["kind"] == "kill"

@@ -20,7 +20,7 @@ def test_demo_summary(demo_home):
 def test_cli_evaluate_matches_sklearn(demo_home):
     run_id = json.loads((demo_home / "demo.json").read_text())["replay"]["run_id"]
     out = json.loads(run_cli("evaluate", run_id, "--json", home=demo_home).stdout)
-    assert set(out) >= {"run_id", "labeled_rows", "baseline", "candidate"}
+    assert set(out) >= {"run_id", "labeled_rows", "baseline", "candidate", "delta", "latency", "errors"}
     import duckdb
 
     con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
@@ -30,9 +30,14 @@ def test_cli_evaluate_matches_sklearn(demo_home):
             "JOIN labels l USING (request_id) "
             f"WHERE p.run_id = ? AND p.{role}_error IS NULL", [run_id]).fetchall()))
         t = out["thresholds"][role]
-        assert out[role]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)
-        assert out[role]["f1"] == pytest.approx(skm.f1_score(y, s >= t), abs=1e-9)
-        assert out[role]["log_loss"] == pytest.approx(skm.log_loss(y, s), abs=1e-9)
+        assert out[role]["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)
+        assert out[role]["f1"]["value"] == pytest.approx(skm.f1_score(y, s >= t), abs=1e-9)
+        assert out[role]["log_loss"]["value"] == pytest.approx(skm.log_loss(y, s), abs=1e-9)
+        assert out[role]["pr_auc"]["value"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-9)
+        for m in ("f1", "roc_auc", "log_loss"):
+            assert out[role][m]["ci_low"] <= out[role][m]["value"] <= out[role][m]["ci_high"]
+    assert set(out["delta"]["roc_auc"]) == {"value", "ci_low", "ci_high", "p_value", "mde"}
+    assert set(out["latency"]) == {"baseline", "candidate", "delta", "mann_whitney_p"}
     con.close()
 
 

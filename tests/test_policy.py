@@ -300,3 +300,41 @@ def test_verdicts_and_scorecard_dict():
 
 def test_default_policy_file_is_shipped_in_the_package():
     assert (Path(__import__("workbench").__file__).parent / "default_policy.toml").is_file()
+
+
+# -- the live section (issue 7) ---------------------------------------------------------------------------
+def test_live_section_is_optional_and_keeps_old_hashes():
+    from workbench.signing import content_hash
+
+    plain = parse_policy({})
+    assert plain.live is None and plain.live_options.window_s == 30 and "live" not in plain.to_dict()
+    assert plain.hash == content_hash({k: v for k, v in plain.model_dump(mode="json").items() if k != "live"})
+    with_live = parse_policy({"live": {"window_s": 10}})
+    assert with_live.hash != plain.hash and with_live.live_options.window_s == 10
+    shipped = load_policy().live
+    assert shipped.segments[0].name == "internal" and shipped.segments[0].arm == "candidate"
+
+
+@pytest.mark.parametrize("live, message", [
+    ({"window": 3}, "live.window: unknown key"),
+    ({"window_s": 0}, "live.window_s: Input should be greater than 0"),
+    ({"max_error_rate": 1.5}, "live.max_error_rate"),
+    ({"segments": [{"name": "x", "values": ["a"]}]}, "live.segments[0]: set exactly one of header, field"),
+    ({"segments": [{"name": "x", "header": "H", "field": "f", "values": ["a"]}]}, "exactly one of header, field"),
+    ({"segments": [{"name": "x", "header": "H", "values": []}]}, "live.segments[0].values"),
+    ({"segments": [{"name": "x", "header": "H", "values": ["a"], "arm": "both"}]}, "live.segments[0].arm"),
+], ids=["typo", "zero-window", "rate-above-1", "no-source", "two-sources", "no-values", "bad-arm"])
+def test_live_section_is_strict(live, message):
+    with pytest.raises(WorkbenchError, match=re.escape(message)):
+        parse_policy({"live": live})
+
+
+def test_readme_documents_every_live_field():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Live canary"):]
+    section = section[:section.index("\n## ", 5)]
+    from workbench import policy as pm
+
+    for model in (pm.LiveOptions, pm.LiveSegment):
+        for field in model.model_fields:
+            assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"

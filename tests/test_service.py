@@ -174,3 +174,116 @@ def test_mlflow_server_delivers_new_versions(mlflow_server, live_service, settin
         assert len({j["delivery_id"] for j in found}) == len(found)
     finally:
         registry.client.delete_webhook(hook_id)
+
+
+# -- the weight API (issue 7) ----------------------------------------------------------------------------
+TOKEN = "tok-" + "x" * 20
+
+
+@pytest.fixture
+def weights_api(seeded_home):
+    """The service on a home whose fraud canary is at 5 % (two PROMOTE records), MLflow unreachable."""
+    from workbench.canary import Signer, apply_decision, build_decision
+    from workbench.policy import load_policy
+    from workbench.signing import trusted_keys
+
+    signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
+    with Store(seeded_home / "workbench.duckdb") as store:
+        for _ in range(2):
+            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+            apply_decision(store, signed, trusted_keys(seeded_home / "keys", seeded_home / "none"))
+    settings = Settings(home=seeded_home, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", api_token=TOKEN)
+    return TestClient(create_app(settings)), settings, signed
+
+
+def hooks(client, model="fraud"):
+    return {h: client.post(f"/v1/flagger/{model}/{h}", json={"name": model, "namespace": "ml",
+                                                              "phase": "Progressing"}).status_code
+            for h in ("confirm-traffic-increase", "confirm-promotion", "rollback")}
+
+
+def test_canary_view_for_argo_and_routers(weights_api):
+    client, _, signed = weights_api
+    r = client.get("/v1/canary/fraud")
+    assert r.status_code == 200
+    assert r.json() == {"model": "fraud", "weight": 5, "baseline_version": "1", "candidate_version": "2",
+                        "decision_id": signed.decision_id, "signature": signed.signature, "verified": True,
+                        "verdict": "promote", "killed": False, "sequence": 2, "ramp": [1, 5, 25, 50, 100],
+                        "problem": None}
+    assert client.get("/v1/canary/nobody").status_code == 404
+
+
+def test_decision_record_and_verification(weights_api):
+    client, _, signed = weights_api
+    d = client.get(f"/v1/decisions/{signed.decision_id}").json()
+    assert d["record"] == signed.record and d["signature"] == signed.signature
+    assert d["verified"] and d["applied"] and d["sequence"] == 2 and d["verdict"] == "PROMOTE"
+    assert (d["weight_before"], d["weight_after"]) == (1, 5)
+    assert client.get("/v1/decisions/dec_nope").status_code == 404
+
+
+def test_flagger_webhooks_follow_the_latest_verified_decision(weights_api):
+    client, settings, _ = weights_api
+    assert hooks(client) == {"confirm-traffic-increase": 200, "confirm-promotion": 412, "rollback": 412}
+    r = client.post("/v1/flagger/fraud/confirm-promotion")
+    assert r.json()["allowed"] is False and "PROMOTE at 5%" in r.json()["reason"]
+    assert client.post("/v1/flagger/fraud/pre-rollout").status_code == 404
+    assert client.post("/v1/flagger/nobody/rollback").status_code == 404
+    with Store(settings.db_path) as store:
+        store.cursor().execute("UPDATE canary_state SET weight = 100 WHERE model = 'fraud'")
+    assert client.get("/v1/canary/fraud").json()["verdict"] == "unverified"
+    assert hooks(client) == {"confirm-traffic-increase": 412, "confirm-promotion": 412, "rollback": 200}
+
+
+@pytest.mark.parametrize("auth, code", [(None, 401), ("Bearer wrong", 401), ("Basic " + TOKEN, 401),
+                                        ("Bearer " + TOKEN, 200)],
+                         ids=["no-token", "wrong-token", "not-bearer", "token"])
+def test_kill_needs_the_token(weights_api, auth, code):
+    client, _, _ = weights_api
+    r = client.post("/v1/canary/fraud/kill", json={"reason": "pager"},
+                    headers={"Authorization": auth} if auth else {})
+    assert r.status_code == code
+    after = client.get("/v1/canary/fraud").json()
+    if code == 401:
+        assert r.headers["www-authenticate"] == "Bearer" and after["weight"] == 5
+    else:
+        assert r.json()["weight"] == 0 and r.json()["killed"] and after["verdict"] == "rollback"
+        assert hooks(client) == {"confirm-traffic-increase": 412, "confirm-promotion": 412, "rollback": 200}
+
+
+def test_state_changes_are_off_without_a_configured_token(seeded_home):
+    client = TestClient(create_app(Settings(home=seeded_home, mlflow_tracking_uri="unused")))
+    r = client.post("/v1/canary/fraud/kill", json={"reason": "x"}, headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 503 and "WORKBENCH_API_TOKEN" in r.json()["error"]
+
+
+def test_apply_a_signed_record_over_the_api(weights_api):
+    from workbench.canary import Signer, build_decision
+    from workbench.policy import load_policy
+
+    client, settings, _ = weights_api
+    auth = {"Authorization": "Bearer " + TOKEN}
+    with Store(settings.db_path) as store:
+        pending, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(settings.keys_dir, "ci"))
+    body = pending.to_dict()
+    assert client.post("/v1/decisions", json=body).status_code == 401
+    tampered = client.post("/v1/decisions", json=body | {"record": body["record"] | {"weight_after": 100}},
+                           headers=auth)
+    assert tampered.status_code == 409 and "does not match" in tampered.json()["error"]
+    r = client.post("/v1/decisions", json=body, headers=auth)
+    assert r.status_code == 200 and r.json()["weight"] == 25 and r.json()["decision_id"] == pending.decision_id
+    again = client.post("/v1/decisions", json=body, headers=auth)
+    assert again.status_code == 409 and "already applied" in again.json()["error"]
+    with Store(settings.db_path) as store:   # MLflow was down: applied, kept for a later sync
+        assert store.get_decision(pending.decision_id)["pending_sync"]
+
+
+def test_openapi_spec_describes_the_weight_api(weights_api):
+    client, _, _ = weights_api
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/canary/{model}", "/v1/decisions/{decision_id}", "/v1/flagger/{model}/{hook}",
+            "/v1/canary/{model}/kill", "/v1/decisions", "/healthz"} <= set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/canary/{model}/kill"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/v1/canary/{model}"]["get"]
+    assert "verdict" in spec["components"]["schemas"]["CanaryView"]["properties"]

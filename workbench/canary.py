@@ -6,9 +6,13 @@ kill switch) sets 0. Each applied record links to the previous applied record of
 (``previous_hash``, ``sequence``); the state in DuckDB (``canary_state``) is the chain's head. A
 record is applied only when its signature verifies against a trusted key, it is not stale (older than
 the policy's ``max_age_hours``), it extends the chain's head, and its weights follow the ramp.
+
+For live traffic: :func:`live_view` is what the weight API serves, and :func:`bucket_of` /
+:func:`in_canary` put an entity in a fixed bucket whose canary membership only grows with the weight.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -188,8 +192,12 @@ def build_decision(store: Store, run_id: str, policy: Policy, signer: Signer, *,
 
 
 def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Policy, *,
-               now: datetime | None = None) -> SignedDecision:
-    """A signed ROLLBACK record that sets ``model``'s canary weight to 0 (the kill switch)."""
+               now: datetime | None = None, source: str = "kill switch",
+               scorecard: dict | None = None) -> SignedDecision:
+    """A signed ROLLBACK record that sets ``model``'s canary weight to 0 (the kill switch).
+
+    ``source`` prefixes the reason (``"kill switch"``, ``"live SLO"``); ``scorecard`` carries the checks
+    behind an automated rollback (the live SLO's numbers)."""
     now = now or utc_now()
     if not reason or not reason.strip():
         raise WorkbenchError("--reason is required: say why the canary is killed")
@@ -200,7 +208,7 @@ def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Po
     record = _record(store, model, now, signer, policy, kind="kill", baseline=head["baseline"],
                      candidate=head["candidate"], run_id=None, traffic=head["traffic"],
                      traffic_fingerprint=head["traffic_fingerprint"], evaluation_hash=None, drift_hash=None,
-                     scorecard=None, verdict=ROLLBACK, reason=f"kill switch: {reason.strip()}",
+                     scorecard=scorecard, verdict=ROLLBACK, reason=f"{source}: {reason.strip()}",
                      weight_before=int(state["weight"]), weight_after=0,
                      registry=head.get("registry"), ramp=head.get("ramp"))
     signed = signer.sign(record)
@@ -433,19 +441,71 @@ def load_signed(store: Store, path_or_id: str) -> SignedDecision:
     return SignedDecision(json.loads(stored["record"]), stored["signature"])
 
 
+def live_view(store: Store, model: str, trusted: dict) -> dict:
+    """What the weight API serves for a model: :func:`status` plus the head record's signature, ramp and
+    verdict. ``verdict`` is the lower-case verdict of the latest decision ("promote", "hold", "rollback")
+    when the chain verifies, else "unverified" (so a gate on ``verdict == "promote"`` never opens on it)."""
+    st = status(store, model, trusted)
+    view = st.to_dict() | {"signature": None, "verdict": None, "killed": False, "sequence": None, "ramp": None}
+    if st.decision_id is None:
+        return view
+    row = store.get_decision(st.decision_id)
+    state = store.canary_state(model)
+    record = json.loads(row["record"]) if row else {}
+    view.update(signature=row["signature"] if row else None, killed=bool(state["killed"]),
+                sequence=record.get("sequence"), ramp=record.get("ramp"),
+                verdict=str(record.get("verdict")).lower() if st.verified else "unverified")
+    return view
+
+
 # -- MLflow sync ------------------------------------------------------------------------------------
+def try_publish(signed: SignedDecision,
+                publish: Callable[[SignedDecision], str]) -> tuple[str | None, str | None]:
+    """Publish an applied record to MLflow: (MLflow run id, None), or (None, error) when MLflow is down
+    or refuses (nothing raised: the signed decision is kept locally for a later sync)."""
+    try:
+        return publish(signed), None
+    except Exception as e:  # MLflow down or refusing
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def record_sync(store: Store, decision_id: str, run_id: str | None, err: str | None) -> None:
+    """Store the outcome of :func:`try_publish` (``pending_sync`` stays set on failure)."""
+    if err is not None:
+        store.mark_sync_failed(decision_id, err)
+        log.warning("decision %s stored locally, not yet in MLflow (%s)", decision_id, err)
+    else:
+        store.mark_synced(decision_id, run_id)
+
+
 def sync(store: Store, signed: SignedDecision,
          publish: Callable[[SignedDecision], str]) -> tuple[str | None, str | None]:
     """Publish an applied record to MLflow; on failure it stays stored with ``pending_sync`` set.
 
     Returns (MLflow run id, None) or (None, error).
     """
-    try:
-        run_id = publish(signed)
-    except Exception as e:  # MLflow down or refusing: the signed decision is kept locally for a later sync
-        err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        store.mark_sync_failed(signed.decision_id, err)
-        log.warning("decision %s stored locally, not yet in MLflow (%s)", signed.decision_id, err)
-        return None, err
-    store.mark_synced(signed.decision_id, run_id)
-    return run_id, None
+    run_id, err = try_publish(signed, publish)
+    record_sync(store, signed.decision_id, run_id, err)
+    return run_id, err
+
+
+# -- sticky bucketing (the live router) -------------------------------------------------------------
+BUCKETS = 10_000
+
+
+def bucket_of(key: str, salt: str) -> int:
+    """The fixed bucket in [0, 10000) of an entity key: SHA-256 of ``salt`` (the model name) and the key.
+
+    Stable across processes, hosts and Python versions (unlike ``hash()``); the salt keeps the canary
+    cohorts of different models independent.
+    """
+    digest = hashlib.sha256(salt.encode("utf-8") + b"\x00" + key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def in_canary(bucket: int, weight: int) -> bool:
+    """Whether a bucket takes the candidate at ``weight`` percent: ``bucket < weight * 100``.
+
+    Monotone: a bucket in the cohort at one weight stays in it at every higher weight.
+    """
+    return bucket < weight * (BUCKETS // 100)

@@ -7,9 +7,11 @@ shows it).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -133,21 +135,6 @@ def cmd_replay(args) -> None:
                                         f"errors baseline {d['baseline_errors']}, candidate {d['candidate_errors']}")
 
 
-def cmd_evaluate(args) -> None:
-    from .evaluation import evaluate_run
-
-    settings = settings_for(args)
-    with open_store(settings) as store:
-        res = evaluate_run(store, args.run_id).to_dict()
-
-    def human(d: dict) -> str:
-        rows = [(m, d["baseline"][m], d["candidate"][m]) for m in d["baseline"]]
-        return (f"run {d['run_id']}: {d['labeled_rows']} labelled rows "
-                f"(coverage {d['label_coverage']:.1%})\n" + _table(rows, ("metric", "baseline", "candidate")))
-
-    emit(args, res, human)
-
-
 def cmd_runs(args) -> None:
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -167,47 +154,6 @@ def cmd_demo(args) -> None:
 
 
 # -- decisions, keys, canary weight, service (policy / signing / canary / registry / service) -------
-def _trusted(settings: Settings) -> dict:
-    from .signing import trusted_keys
-
-    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
-
-
-def _signer(settings: Settings):
-    from .canary import Signer
-
-    return Signer.from_keys_dir(settings.keys_dir, settings.signer)
-
-
-def _publisher(settings: Settings, store) -> Callable:
-    """``publish(signed) -> MLflow run id``, with the evaluation and drift report the record was judged on."""
-    from .canary import load_drift
-    from .registry import Registry
-    from .signing import content_hash
-
-    registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
-
-    def publish(signed) -> str:
-        r = signed.record
-        evaluation = drift = None
-        if r.get("run_id"):
-            ev = store.latest_evaluation(r["run_id"])
-            evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
-            dr = load_drift(store, r["run_id"])
-            drift = dr if content_hash(dr) == r.get("drift_hash") else None
-        return registry.publish(signed, evaluation, drift)
-
-    return publish
-
-
-def _sync(settings: Settings, store, signed) -> dict:
-    """Publish an applied record to MLflow; when that fails it stays stored with ``pending_sync``."""
-    from .canary import sync
-
-    run_id, err = sync(store, signed, _publisher(settings, store))
-    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
-
-
 def _scorecard_text(d: dict) -> str:
     rows = [(c["gate"], c["outcome"].upper() if c["outcome"] == "fail" else c["outcome"],
              "yes" if c["critical"] else "", c["reason"]) for c in d["checks"]]
@@ -222,23 +168,11 @@ def _scorecard_text(d: dict) -> str:
 
 
 def cmd_decide(args) -> None:
-    from .canary import apply_decision, build_decision
-    from .policy import load_policy
+    from .decisions import decide
 
     settings = settings_for(args)
-    policy = load_policy(args.policy)
-    signer = _signer(settings)
     with open_store(settings) as store:
-        signed, card = build_decision(store, args.run_id, policy, signer)
-        r = signed.record
-        card_d = card.to_dict()
-        out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
-               "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
-               "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
-        if args.apply:
-            apply_decision(store, signed, _trusted(settings))
-            out["applied"] = True
-            out.update(_sync(settings, store, signed))
+        out = decide(settings, store, args.run_id, args.policy, apply=args.apply)
     emit(args, out, _scorecard_text)
 
 
@@ -262,10 +196,11 @@ def cmd_keys_export(args) -> None:
 
 def cmd_decision_verify(args) -> None:
     from .canary import load_signed, verify_decision
+    from .decisions import trusted
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        res = verify_decision(store, load_signed(store, args.path_or_id), _trusted(settings))
+        res = verify_decision(store, load_signed(store, args.path_or_id), trusted(settings))
     emit(args, res.to_dict(), lambda d: f"decision {d['decision_id']} ({d['model']}, {d['verdict']}): signature valid "
                                         f"({d['key_fingerprint']}, {d['signer']}), chain valid; {d['note']}")
 
@@ -278,37 +213,33 @@ def _status_text(d: dict) -> str:
 
 def cmd_canary_status(args) -> None:
     from .canary import status
+    from .decisions import trusted
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        emit(args, status(store, args.model, _trusted(settings)).to_dict(), _status_text)
-
-
-def _apply_and_sync(settings: Settings, store, signed) -> dict:
-    from .canary import apply_decision
-
-    out = apply_decision(store, signed, _trusted(settings)).to_dict()
-    out.update(_sync(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
-    return out
+        emit(args, status(store, args.model, trusted(settings)).to_dict(), _status_text)
 
 
 def cmd_canary_kill(args) -> None:
     from .canary import build_kill
     from .policy import load_policy
 
+    from .decisions import apply_and_publish, signer
+
     settings = settings_for(args)
-    signer = _signer(settings)
     with open_store(settings) as store:
-        out = _apply_and_sync(settings, store, build_kill(store, args.model, args.reason, signer, load_policy()))
+        out = apply_and_publish(settings, store, build_kill(store, args.model, args.reason, signer(settings),
+                                                            load_policy()))
     emit(args, out, _status_text)
 
 
 def cmd_canary_apply(args) -> None:
     from .canary import load_signed
+    from .decisions import apply_and_publish
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        out = _apply_and_sync(settings, store, load_signed(store, args.path_or_id))
+        out = apply_and_publish(settings, store, load_signed(store, args.path_or_id))
     emit(args, out, _status_text)
 
 
@@ -334,11 +265,11 @@ def cmd_webhook_register(args) -> None:
 
 # -- reliability (issue 10): decisions recorded while MLflow was down ------------------------------------
 def cmd_sync(args) -> None:
-    from .registry import sync_pending
+    from .decisions import sync_pending
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        res = sync_pending(store, _publisher(settings, store), _trusted(settings)).to_dict()
+        res = sync_pending(settings, store)
     for d in res["synced"]:
         log.info("decision %s (%s) is in MLflow: run %s", d["decision_id"], d["model"], d["mlflow_run_id"])
     if res["failed"]:
@@ -348,8 +279,8 @@ def cmd_sync(args) -> None:
     emit(args, res, lambda d: f"synced {len(d['synced'])} decision(s) to MLflow; none pending")
 
 
-def add_decision_commands(sub, common) -> None:
-    """Parser entries of the decision, key, canary and service commands."""
+def add_decision_commands(sub, common):
+    """Parser entries of the decision, key, canary and service commands; returns the ``canary`` actions."""
     s = sub.add_parser("decide", parents=[common], help="judge a replay run under a policy; sign and apply")
     s.add_argument("run_id")
     s.add_argument("--policy", default=None, help="policy file (.toml/.yaml/.json); default: the shipped policy")
@@ -387,7 +318,8 @@ def add_decision_commands(sub, common) -> None:
                                                       "(each exactly once, in chain order)")
     s.set_defaults(fn=cmd_sync)
 
-    s = sub.add_parser("serve", parents=[common], help="the HTTP service (MLflow webhooks, health)")
+    s = sub.add_parser("serve", parents=[common], help="the HTTP service (weight API, Flagger webhooks, MLflow "
+                                                       "webhooks, health)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(fn=cmd_serve)
@@ -397,6 +329,112 @@ def add_decision_commands(sub, common) -> None:
     s = hook.add_parser("register", parents=[common], help="make MLflow send new versions and aliases to URL")
     s.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/webhooks/mlflow")
     s.set_defaults(fn=cmd_webhook_register)
+    return can
+
+
+# -- live canary: router, mesh manifests (issue 7) ---------------------------------------------------
+def cmd_route(args) -> None:
+    import uvicorn
+
+    from .canary import Signer
+    from .policy import load_policy
+    from .router import Router, RouterConfig, StoreWeights
+    from .trafficlog import TrafficLog
+
+    for handler in logging.getLogger().handlers:   # a long-running service: time-stamped log lines
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    settings = settings_for(args)
+    if "/" in args.model or args.model.startswith("."):
+        raise WorkbenchError(f"invalid model name {args.model!r}")
+    policy = load_policy(args.policy)
+    config = RouterConfig(model=args.model, baseline_url=args.baseline, candidate_url=args.candidate,
+                          entity_header=args.entity_header or None, entity_field=args.entity_field,
+                          mirror_percent=args.mirror, timeout_s=args.timeout, mirror_timeout_s=args.mirror_timeout,
+                          poll_s=args.poll, auto_rollback=args.auto_rollback)
+    # no key: refused now, not at the first breach
+    signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if args.auto_rollback else None
+    if args.auto_rollback and args.mlflow:
+        importlib.import_module("mlflow")   # now, not in a rollback's worker thread while traffic flows
+    weights = StoreWeights(settings, args.model, policy, signer=signer, publish=args.mlflow)
+    traffic_log = None if args.no_log else TrafficLog(args.log_dir or settings.home / "live" / args.model,
+                                                      rotate_rows=args.rotate_rows, rotate_s=args.rotate_s)
+    router = Router(config, policy, weights, traffic_log=traffic_log)
+    server = uvicorn.Server(uvicorn.Config(router, host=args.host, port=args.port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    log.info("routing %s on http://%s:%d: baseline %s, candidate %s, mirror %g%%, traffic log %s", args.model,
+             args.host, args.port, args.baseline, args.candidate, args.mirror,
+             traffic_log.dir if traffic_log else "off")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
+    # a no-op one here, so the summary below is printed and the exit code is 0 after a requested stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    st = router.status()
+    out = {"model": args.model, "requests": st["counts"].get("requests", 0), "counts": st["counts"],
+           "state": st["state"], "rollback": st["rollback"], "traffic_log": st["traffic_log"]}
+    emit(args, out, lambda d: f"{d['model']}: {d['requests']} requests routed"
+                              + (f"; rolled back: {d['rollback']['reason']}" if d["rollback"] else ""))
+
+
+def cmd_canary_render(args) -> None:
+    from .canary import live_view
+    from .mesh import MeshOptions, render, to_yaml
+    from .signing import trusted_keys
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        view = live_view(store, args.model, trusted_keys(settings.keys_dir, settings.trusted_keys_dir,
+                                                         settings.trusted_keys))
+    opts = MeshOptions(namespace=args.namespace, service=args.service,
+                       api_url=args.api_url or f"http://canary-workbench.{args.namespace}.svc:8000")
+    objects = render(args.target, view, view["ramp"] or [], opts)
+    text = to_yaml(objects)
+    if args.json:
+        emit(args, {"model": args.model, "target": args.target, "weight": view["weight"],
+                    "decision_id": view["decision_id"], "objects": objects, "yaml": text})
+    else:
+        sys.stdout.write(text)
+
+
+def add_live_commands(sub, common, canary) -> None:
+    """Parser entries of ``route`` and ``canary render``."""
+    from .mesh import TARGETS
+
+    s = canary.add_parser("render", parents=[common], help="the mesh / delivery-tool manifest of the live weight")
+    s.add_argument("model")
+    s.add_argument("--target", required=True, choices=TARGETS)
+    s.add_argument("--namespace", default="default")
+    s.add_argument("--service", default=None, help="Kubernetes service / host of the model (default: its name)")
+    s.add_argument("--api-url", default=None, help="the workbench service as the cluster reaches it (default: "
+                                                   "http://canary-workbench.NAMESPACE.svc:8000)")
+    s.set_defaults(fn=cmd_canary_render)
+
+    s = sub.add_parser("route", parents=[common], help="the reference router: live traffic to baseline and candidate "
+                                                       "by the canary weight, mirroring, SLO rollback")
+    s.add_argument("model", help="the registered model whose canary weight routes the traffic")
+    s.add_argument("--baseline", required=True, metavar="URL", help="baseline model server, e.g. http://127.0.0.1:5001")
+    s.add_argument("--candidate", required=True, metavar="URL", help="candidate model server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--entity-header", default="X-Entity-Id", metavar="H",
+                   help="header holding the sticky entity key (default X-Entity-Id; '' for none)")
+    s.add_argument("--entity-field", default=None, metavar="F",
+                   help="else this field of the first input row (else the request id: not sticky)")
+    s.add_argument("--mirror", type=float, default=0.0, metavar="PCT",
+                   help="also send this percent of baseline-routed requests to the candidate in the background")
+    s.add_argument("--policy", default=None, help="policy file whose [live] section sets the SLO and segments")
+    s.add_argument("--timeout", type=float, default=10.0, metavar="S", help="model server timeout")
+    s.add_argument("--mirror-timeout", type=float, default=10.0, metavar="S")
+    s.add_argument("--poll", type=float, default=1.0, metavar="S", help="how often to check for a new decision")
+    s.add_argument("--auto-rollback", action=argparse.BooleanOptionalAction, default=True,
+                   help="roll the candidate back on a live SLO breach (needs the signing key; default on)")
+    s.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,
+                   help="publish a live rollback to MLflow (tags; default on)")
+    s.add_argument("--log-dir", default=None, help="traffic log folder (default $WORKBENCH_HOME/live/MODEL)")
+    s.add_argument("--no-log", action="store_true", help="no traffic log")
+    s.add_argument("--rotate-rows", type=int, default=200_000)
+    s.add_argument("--rotate-s", type=float, default=600.0)
+    s.set_defaults(fn=cmd_route)
 # -- drift (issue 5) -------------------------------------------------------------------------------
 def _overrides(items: list[str], cast: Callable[[str], Any], what: str) -> dict:
     """``[COL=]VALUE`` options as {column or "*": value}."""
@@ -438,6 +476,180 @@ def cmd_drift(args) -> None:
         return "\n".join(lines)
 
     emit(args, res, human)
+# -- evaluation (issue 4): metrics with intervals, paired deltas, latency, slices -------------------
+def cmd_evaluate(args) -> None:
+    from .evaluation import evaluate_run
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        res = evaluate_run(store, args.run_id, segment=args.segment, window=args.window,
+                           confidence=args.confidence, seed=args.seed, top_k=args.top_k).to_dict()
+    emit(args, res, _evaluation_text)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _ci(e: dict) -> str:
+    return "-" if e["ci_low"] is None else f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
+
+
+def _evaluation_text(d: dict) -> str:
+    lines = [f"run {d['run_id']}: {d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
+             f"rows scored baseline {d['rows']['baseline']}, candidate {d['rows']['candidate']}, "
+             f"both {d['rows']['paired']}; {d['confidence']:.0%} intervals",
+             _table([(m, _f(d["baseline"][m]["value"]), _ci(d["baseline"][m]), _f(d["candidate"][m]["value"]),
+                      _ci(d["candidate"][m]), _f(dl["value"]), _ci(dl), _f(dl["p_value"]), _f(dl["mde"]))
+                     for m, dl in d["delta"].items()],
+                    ("metric", "baseline", "ci", "candidate", "ci", "delta", "ci", "p", "mde")),
+             "", _table([(k, _f(d["latency"]["baseline"][k]), _f(d["latency"]["candidate"][k]),
+                          _f(v["value"]), _ci(v)) for k, v in d["latency"]["delta"].items()],
+                        ("latency ms", "baseline", "candidate", "delta", "ci")),
+             f"Mann-Whitney p = {_f(d['latency']['mann_whitney_p'])}; errors: " + ", ".join(
+                 f"{r} {e['count']}/{e['rows']}" for r, e in d["errors"].items())]
+    for kind in ("segments", "windows"):
+        for col, slices in d.get(kind, {}).items():
+            lines += ["", _table([(v, s["rows"], "yes" if s["small"] else "", _f(s["delta"]["accuracy"]["value"]),
+                                   _f(s["delta"]["accuracy"]["p_value"]), _f(s["delta"]["roc_auc"]["value"]),
+                                   _f(s["delta"]["roc_auc"]["p_value"])) for v, s in slices.items()],
+                                 (col, "rows", "small", "d accuracy", "p", "d roc_auc", "p"))]
+    if d["undefined"]:
+        lines += ["", "undefined: " + "; ".join(f"{k}: {v}" for k, v in d["undefined"].items())]
+    return "\n".join(lines)
+
+
+def add_evaluate_parser(sub, common) -> None:
+    s = sub.add_parser("evaluate", parents=[common],
+                       help="metrics with intervals, paired deltas, latency and slices of a run's labelled rows")
+    s.add_argument("run_id")
+    s.add_argument("--segment", default=None, metavar="COL",
+                   help="also evaluate per value of this traffic column (top --top-k by volume plus 'other')")
+    s.add_argument("--window", default=None, choices=["hour", "day", "week"],
+                   help="also evaluate per time window of the event time")
+    s.add_argument("--confidence", type=float, default=0.95, help="confidence level of every interval")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    s.add_argument("--top-k", type=int, default=10, help="segment values to keep before 'other'")
+    s.set_defaults(fn=cmd_evaluate)
+
+
+# -- scheduled jobs (issue 9) ----------------------------------------------------------------------
+def _job_logs(args) -> None:
+    if args.log_format == "json":
+        from .observability import use_json_logs
+
+        use_json_logs()
+
+
+def _job_text(d: dict) -> str:
+    lines = [f"job {d['job_id']} ({d['spec']}): {d['status']}" + (" (already complete)" if d["already_complete"]
+                                                                  else "")]
+    for name, st in d["stages"].items():
+        secs = "" if st["seconds"] is None else f"{st['seconds']:.2f} s"
+        lines.append(f"  {name:<9} {st['status']:<11} attempts {st['attempts']}  {secs}")
+    if d.get("verdict"):
+        lines.append(f"run {d['run_id']}: {d['rows']} rows, v{d['baseline_version']} vs v{d['candidate_version']}; "
+                     f"verdict {d['verdict']}, weight {d['weight_before']}% -> {d['weight_after']}% "
+                     f"({'applied' if d['applied'] else 'recorded'})")
+    elif d.get("reason"):
+        lines.append(f"skipped: {d['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_jobs_run(args) -> None:
+    from .jobs import load_spec, parse_time, run_job
+
+    _job_logs(args)
+    res = run_job(settings_for(args), load_spec(args.spec), job_id=args.job_id, new=args.new,
+                  as_of=parse_time(args.as_of) if args.as_of else None)
+    emit(args, res.to_dict(), _job_text)
+
+
+def cmd_jobs_scheduler(args) -> None:
+    import signal
+    import threading
+
+    from .jobs import load_specs
+    from .scheduler import Scheduler
+
+    _job_logs(args)
+    scheduler = Scheduler(settings_for(args), load_specs(args.specs))
+    if args.once:
+        outcomes = scheduler.recover() + scheduler.tick()
+        emit(args, {"jobs": outcomes}, lambda d: "\n".join(f"{o['job_id']} ({o['spec']}): {o['status']}"
+                                                           for o in d["jobs"]) or "nothing to do")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())   # the running job finishes (or resumes after a restart)
+    counts = scheduler.run_forever(stop, poll_s=args.poll)
+    emit(args, {"jobs": counts})
+
+
+def cmd_jobs_list(args) -> None:
+    from .jobs import job_history
+
+    settings = settings_for(args)
+    if not settings.db_path.exists():
+        jobs = []
+    else:
+        with open_store(settings) as store:
+            jobs = job_history(store, args.spec, args.status, args.limit)
+
+    def why(j: dict) -> str:   # the last line of a traceback is the error itself
+        lines = (j["error"] or (j["result"] or {}).get("reason") or "").strip().splitlines()
+        return lines[-1][:100] if lines else ""
+
+    def human(d: dict) -> str:
+        rows = [(j["job_id"], j["spec"] or "-", j["triggered_by"] or "-", j["status"], j["stage"] or "-",
+                 j["started_at"] or "-", j["seconds"], why(j)) for j in d["jobs"]]
+        return _table(rows, ("job", "spec", "trigger", "status", "stage", "started", "seconds", "error / reason"))
+
+    emit(args, {"jobs": jobs}, human)
+
+
+def cmd_jobs_validate(args) -> None:
+    from .jobs import iso, load_specs, next_fire, utc_now
+
+    now = utc_now()
+    specs = [{"name": s.name, "path": str(s.path), "model": s.spec.model, "schedule": s.spec.schedule,
+              "next_fire": iso(next_fire(s.spec.schedule, now)) if s.spec.schedule else None,
+              "spec": s.spec.model_dump(mode="json")} for s in load_specs(args.specs)]
+    emit(args, {"specs": specs}, lambda d: "\n".join(f"{s['name']} ({s['path']}): model {s['model']}, schedule "
+                                                     f"{s['schedule'] or 'none'}, next {s['next_fire'] or '-'}"
+                                                     for s in d["specs"]))
+
+
+def add_job_commands(sub, common) -> None:
+    """Parser entries of `workbench jobs ...`."""
+    logs = argparse.ArgumentParser(add_help=False, parents=[common])
+    logs.add_argument("--log-format", choices=["json", "text"], default="json",
+                      help="stderr logs as JSON lines with job and run ids (default) or text")
+    jobs = sub.add_parser("jobs", help="scheduled replay jobs: run a spec, the scheduler, the history").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION")
+    s = jobs.add_parser("run", parents=[logs], help="run (or resume) one job of a spec: ingest, replay, evaluate, "
+                                                    "drift, decide")
+    s.add_argument("spec", metavar="SPEC", help="job spec file (.toml, .yaml)")
+    s.add_argument("--job-id", default=None, help="resume (or create) this job id")
+    s.add_argument("--as-of", default=None, metavar="TIME",
+                   help="the job's time (ISO-8601 UTC): its schedule slot and the end of a 'now' window")
+    s.add_argument("--new", action="store_true", help="start a new job now instead of resuming the pending one")
+    s.set_defaults(fn=cmd_jobs_run)
+    s = jobs.add_parser("scheduler", parents=[logs], help="run specs on their schedules and registry events, "
+                                                          "until stopped")
+    s.add_argument("specs", nargs="+", metavar="PATH", help="job spec files or folders of them")
+    s.add_argument("--poll", type=float, default=30.0, metavar="S", help="check the webhook queue every S seconds")
+    s.add_argument("--once", action="store_true", help="one pass (resume, due specs, queued events), then exit")
+    s.set_defaults(fn=cmd_jobs_scheduler)
+    s = jobs.add_parser("list", parents=[common], help="the job history (start, end, stage, outcome, error)")
+    s.add_argument("--spec", default=None)
+    s.add_argument("--status", default=None,
+                   choices=["queued", "running", "finished", "failed", "skipped", "interrupted"])
+    s.add_argument("--limit", type=int, default=100)
+    s.set_defaults(fn=cmd_jobs_list)
+    s = jobs.add_parser("validate", parents=[common], help="check job specs and show their next fire times")
+    s.add_argument("specs", nargs="+", metavar="PATH")
+    s.set_defaults(fn=cmd_jobs_validate)
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -457,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--entity-col", default=None, help="entity key for sticky routing (may be null)")
     s.add_argument("--label-col", default=None, help="a label column in the traffic file, stored as labels")
     s.add_argument("--nullable", action="append", default=[], metavar="COL",
-                   help="let a feature column hold nulls (repeatable)")
+                   help="let a feature column hold nulls (repeatable; a pattern such as 'live_*' names several)")
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("labels", parents=[common], help="ingest labels that arrived for a traffic set")
@@ -499,9 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nullable", action="append", default=[], metavar="COL")
     s.set_defaults(fn=cmd_replay)
 
-    s = sub.add_parser("evaluate", parents=[common], help="metrics of both models on a run's labelled rows")
-    s.add_argument("run_id")
-    s.set_defaults(fn=cmd_evaluate)
+    add_evaluate_parser(sub, common)
 
     # drift (issue 5)
     s = sub.add_parser("drift", parents=[common], help="data, prediction and concept drift of a run")
@@ -529,7 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8501)
     s.set_defaults(fn=cmd_demo)
 
-    add_decision_commands(sub, common)
+    canary = add_decision_commands(sub, common)
+    add_live_commands(sub, common, canary)
+    add_job_commands(sub, common)
     return p
 
 
@@ -537,7 +749,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    for name in ("mlflow", "alembic", "urllib3", "streamlit"):
+    for name in ("mlflow", "alembic", "urllib3", "streamlit", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

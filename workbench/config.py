@@ -5,7 +5,8 @@ Environment variables: ``WORKBENCH_HOME`` (default ``./.workbench``) and ``MLFLO
 ``WORKBENCH_SIGNER`` (the name a signed record carries, default ``user@host``), ``WORKBENCH_TRUSTED_KEYS``
 (extra trusted public-key PEM files, separated by ``os.pathsep``; the home's own key and every PEM in
 ``$WORKBENCH_HOME/keys/trusted/`` are trusted too) and ``WORKBENCH_WEBHOOK_SECRET`` (the MLflow webhook
-secret the service checks ``X-MLflow-Signature`` with).
+secret the service checks ``X-MLflow-Signature`` with). ``WORKBENCH_API_TOKEN``: the bearer token the
+service's state-changing endpoints require.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Settings:
     signer: str = "workbench"
     trusted_keys: tuple[Path, ...] = ()
     webhook_secret: str | None = None
+    api_token: str | None = None
 
     @property
     def db_path(self) -> Path:
@@ -76,7 +78,8 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(h)
     trusted = tuple(Path(p).resolve() for p in os.environ.get("WORKBENCH_TRUSTED_KEYS", "").split(os.pathsep) if p)
     return Settings(home=h, mlflow_tracking_uri=uri, signer=os.environ.get("WORKBENCH_SIGNER") or _default_signer(),
-                    trusted_keys=trusted, webhook_secret=os.environ.get("WORKBENCH_WEBHOOK_SECRET") or None)
+                    trusted_keys=trusted, webhook_secret=os.environ.get("WORKBENCH_WEBHOOK_SECRET") or None,
+                    api_token=os.environ.get("WORKBENCH_API_TOKEN") or None)
 
 
 def _default_signer() -> str:

@@ -1,107 +1,394 @@
-"""Pure metric functions over arrays: binary classification quality from labels, scores and classes.
+"""Pure metric functions over arrays: classification quality from labels, scores and classes.
 
-Every metric is registered once in :data:`METRICS` with whether higher is better; each has a parity
-test against ``sklearn.metrics``. A metric that is undefined on the data (e.g. fpr with no negatives)
-is ``None``, never a silent 0.
+One registry, :data:`METRICS`, holds every binary metric with whether higher is better. Two kinds:
+
+* confusion metrics (accuracy, precision, recall, f1, fpr, fnr) are functions of a :class:`Confusion`
+  whose counts are numbers or arrays (one entry per bootstrap replicate);
+* score metrics (roc_auc, pr_auc, log_loss, brier, ece) are functions of :class:`ScoreGroups`, the
+  weight of positive and negative labels per distinct score. With a leading axis of weightings, one
+  call evaluates a whole chunk of bootstrap replicates with sorted-score cumulative sums. Each score
+  metric also has its influence function (the derivative of the metric with respect to one row's
+  weight), which the linearised bootstrap of large samples uses.
+
+An undefined value (fpr without negative labels, ...) is ``None`` (NaN inside replicate arrays) and
+:func:`undefined_reason` says why: never a silent 0. Multi-class accuracy and macro/micro precision,
+recall and f1 work from a confusion matrix. Every metric has a parity test against sklearn.metrics.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
-from scipy.stats import rankdata
+
+ECE_BINS = 10
+_EPS = np.finfo(np.float64).eps
 
 
+def _finish(x: Any) -> Any:
+    """A 0-d result becomes a float (``None`` when undefined); arrays keep NaN for undefined entries."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:
+        return None if np.isnan(x) else float(x)
+    return x
+
+
+def _div(a: Any, b: Any) -> np.ndarray:
+    """``a / b`` with NaN where ``b`` is 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+
+
+# -- confusion metrics -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Confusion:
-    tp: int
-    fp: int
-    tn: int
-    fn: int
+    """Binary confusion counts (positive class 1): numbers, or arrays of one count per replicate."""
+    tp: Any
+    fp: Any
+    tn: Any
+    fn: Any
 
     @property
-    def n(self) -> int:
+    def n(self) -> Any:
         return self.tp + self.fp + self.tn + self.fn
+
+    @property
+    def positives(self) -> Any:
+        return self.tp + self.fn
+
+    @property
+    def negatives(self) -> Any:
+        return self.fp + self.tn
+
+    @property
+    def predicted_positives(self) -> Any:
+        return self.tp + self.fp
 
 
 def confusion(y: np.ndarray, pred: np.ndarray) -> Confusion:
-    """Binary confusion counts (positive class 1) with one bincount."""
+    """Binary confusion counts with one bincount."""
     c = np.bincount(2 * np.asarray(y, dtype=np.int64) + np.asarray(pred, dtype=np.int64), minlength=4)
     return Confusion(tp=int(c[3]), fp=int(c[1]), tn=int(c[0]), fn=int(c[2]))
 
 
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
+def accuracy(c: Confusion) -> Any:
+    return _finish(_div(c.tp + c.tn, c.n))
 
 
-def accuracy(c: Confusion) -> float | None:
-    return _ratio(c.tp + c.tn, c.n)
+def precision(c: Confusion) -> Any:
+    return _finish(_div(c.tp, c.tp + c.fp))
 
 
-def precision(c: Confusion) -> float | None:
-    return _ratio(c.tp, c.tp + c.fp)
+def recall(c: Confusion) -> Any:
+    return _finish(_div(c.tp, c.tp + c.fn))
 
 
-def recall(c: Confusion) -> float | None:
-    return _ratio(c.tp, c.tp + c.fn)
+def f1(c: Confusion) -> Any:
+    return _finish(_div(2 * c.tp, 2 * c.tp + c.fp + c.fn))
 
 
-def f1(c: Confusion) -> float | None:
-    return _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn)
+def fpr(c: Confusion) -> Any:
+    return _finish(_div(c.fp, c.fp + c.tn))
 
 
-def fpr(c: Confusion) -> float | None:
-    return _ratio(c.fp, c.fp + c.tn)
+def fnr(c: Confusion) -> Any:
+    return _finish(_div(c.fn, c.fn + c.tp))
 
 
-def fnr(c: Confusion) -> float | None:
-    return _ratio(c.fn, c.fn + c.tp)
+# -- score metrics ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoreGroups:
+    """Label weights per distinct score, scores ascending: the sufficient statistic of the score metrics.
+
+    ``pos[..., g]``/``neg[..., g]`` are the weights of positive/negative labels whose score is
+    ``score[g]``; leading axes hold several weightings (bootstrap replicates) at once.
+    """
+    score: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+
+    @property
+    def total_pos(self) -> np.ndarray:
+        return self.pos.sum(axis=-1)
+
+    @property
+    def total_neg(self) -> np.ndarray:
+        return self.neg.sum(axis=-1)
 
 
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the ROC curve via the rank-sum statistic (ties count one half)."""
-    y = np.asarray(y)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+@dataclass(frozen=True)
+class Grouping:
+    """How the rows of one sample fall into distinct-score groups; built once, weighed many times."""
+    score: np.ndarray     # distinct scores, ascending
+    order: np.ndarray     # row indices sorted by score
+    starts: np.ndarray    # first sorted position of each group
+    y_sorted: np.ndarray  # labels (0/1, int8) in sorted order
+
+    @property
+    def rows(self) -> int:
+        return len(self.order)
+
+    def weigh(self, weights: np.ndarray | None = None) -> ScoreGroups:
+        """Group sums of the labels: counts (int32) without ``weights``, else float64 sums under
+        ``weights`` of shape ``(rows,)`` or ``(replicates, rows)`` (float32 weights, as the bootstrap
+        draws them, must be integers with group sums below 2**24)."""
+        if self.rows == 0:
+            shape = (0,) if weights is None else (*np.shape(weights)[:-1], 0)
+            return ScoreGroups(self.score, np.zeros(shape), np.zeros(shape))
+        if weights is None:
+            pos = np.add.reduceat(self.y_sorted, self.starts, dtype=np.int32)
+            count = np.diff(np.append(self.starts, self.rows)).astype(np.int32)
+            return ScoreGroups(self.score, pos, count - pos)
+        w = np.asarray(weights)
+        if w.dtype != np.float32:
+            w = w.astype(np.float64, copy=False)
+        w = w[..., self.order]
+        pos = np.add.reduceat(w * self.y_sorted.astype(w.dtype), self.starts, axis=-1).astype(np.float64)
+        return ScoreGroups(self.score, pos, np.add.reduceat(w, self.starts, axis=-1).astype(np.float64) - pos)
+
+    def restrict(self, keep: np.ndarray) -> Grouping:
+        """The grouping of the rows where ``keep`` (a mask in row order) is true, without sorting again."""
+        kept = keep[self.order]
+        group = np.repeat(np.arange(len(self.score)), np.diff(np.append(self.starts, self.rows)))[kept]
+        starts = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1]))) if len(group) else group
+        order = (np.cumsum(keep) - 1)[self.order[kept]]
+        return Grouping(self.score[group[starts]], _index(order), _index(starts), self.y_sorted[kept])
+
+
+def _index(a: np.ndarray) -> np.ndarray:
+    """Row indices in the smallest integer type that holds them (halves the memory of large samples)."""
+    return a.astype(np.int32) if len(a) < 2 ** 31 else a
+
+
+def grouping(y: np.ndarray, score: np.ndarray) -> Grouping:
+    """Sort one sample by score and find its distinct scores (ties fall into one group, so the order
+    of tied rows never matters). Labels must be 0/1."""
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(s)
+    ss = s[order]
+    if len(ss):
+        starts = np.flatnonzero(np.concatenate(([True], ss[1:] != ss[:-1])))
+    else:
+        starts = np.zeros(0, dtype=np.int64)
+    y_sorted = np.asarray(y).astype(np.int8, copy=False)[order]
+    return Grouping(ss[starts], _index(order), _index(starts), y_sorted)
+
+
+def score_groups(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> ScoreGroups:
+    """:class:`ScoreGroups` of labels ``y`` (0/1) and ``score``, optionally under row weights."""
+    return grouping(y, score).weigh(weights)
+
+
+def _suffix_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over groups with a score at least as high (groups are in ascending score order); exact for
+    the integer-valued weights used here."""
+    out = np.cumsum(x, axis=-1)
+    np.subtract(x.sum(axis=-1, keepdims=True), out, out=out)
+    out += x
+    return out
+
+
+def roc_auc(g: ScoreGroups) -> Any:
+    """Area under the ROC curve: the weighted Mann-Whitney statistic, ties counting one half."""
+    below = np.cumsum(g.neg, axis=-1) - g.neg
+    num = (g.pos * (below + 0.5 * g.neg)).sum(axis=-1)
+    return _finish(_div(num, g.total_pos * g.total_neg))
+
+
+def pr_auc(g: ScoreGroups) -> Any:
+    """Average precision, as sklearn's ``average_precision_score``: sum of precision x recall step."""
+    tp = _suffix_sum(g.pos)
+    seen = _suffix_sum(g.pos + g.neg)
+    prec = np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
+    return _finish(_div((g.pos * prec).sum(axis=-1), g.total_pos))
+
+
+def _losses(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-entropy of a positive and of a negative label per score, clipped as sklearn does."""
+    p = np.clip(score, _EPS, 1 - _EPS)
+    return -np.log(p), -np.log1p(-p)
+
+
+def log_loss(g: ScoreGroups) -> Any:
+    """Mean binary cross-entropy, scores clipped to [eps, 1 - eps]."""
+    l1, l0 = _losses(g.score)
+    return _finish(_div((g.pos * l1 + g.neg * l0).sum(axis=-1), g.total_pos + g.total_neg))
+
+
+def brier(g: ScoreGroups) -> Any:
+    """Mean squared difference between score and label."""
+    s = g.score
+    return _finish(_div((g.pos * (1 - s) ** 2 + g.neg * s ** 2).sum(axis=-1), g.total_pos + g.total_neg))
+
+
+def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Per non-empty calibration bin, the sum of (label - score); and each group's bin position.
+
+    Bins are 10 equal-width bins closed on the right, as sklearn's ``calibration_curve(strategy="uniform")``;
+    groups are sorted by score, so each bin is a contiguous run of groups.
+    """
+    inner = np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1]
+    ends = np.searchsorted(g.score, inner, side="right")
+    first = np.unique(np.concatenate(([0], ends)))
+    first = first[first < len(g.score)]
+    residual = g.pos - (g.pos + g.neg) * g.score
+    position = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(g.score))))
+    return np.add.reduceat(residual, first, axis=-1), position
+
+
+def ece(g: ScoreGroups) -> Any:
+    """Expected calibration error: sum over 10 equal-width bins of (bin share) x |mean label - mean score|."""
+    n = g.total_pos + g.total_neg
+    if len(g.score) == 0:
+        return _finish(np.full(np.shape(n), np.nan))
+    gaps, _ = _ece_gaps(g)
+    return _finish(_div(np.abs(gaps).sum(axis=-1), n))
+
+
+# -- influence functions (one weighting only) -------------------------------------------------------
+# Each returns (for a positive row, for a negative row) per group: d metric / d row weight at weight 1.
+def roc_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's placements: (V10 - auc) / P for positives, (V01 - auc) / N for negatives."""
+    p, n = g.total_pos, g.total_neg
+    auc = roc_auc(g)
+    v10 = (np.cumsum(g.neg) - 0.5 * g.neg) / n
+    v01 = (p - np.cumsum(g.pos) + 0.5 * g.pos) / p
+    return (v10 - auc) / p, (v01 - auc) / n
+
+
+def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Derivative of average precision: a row moves the precision of every threshold at or below it."""
+    p, ap = g.total_pos, pr_auc(g)
+    tp, seen = _suffix_sum(g.pos), _suffix_sum(g.pos + g.neg)
+    r2 = g.pos * tp / seen
+    r2 /= seen
+    np.cumsum(r2, out=r2)
+    pos = tp / seen
+    del tp
+    ratio = g.pos / seen
+    del seen
+    pos += np.cumsum(ratio, out=ratio)
+    pos -= r2
+    pos -= ap
+    pos /= p
+    r2 /= -p
+    return pos, r2
+
+
+def log_loss_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    n, value = g.total_pos + g.total_neg, log_loss(g)
+    l1, l0 = _losses(g.score)
+    return (l1 - value) / n, (l0 - value) / n
+
+
+def brier_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    n, value = g.total_pos + g.total_neg, brier(g)
+    return ((1 - g.score) ** 2 - value) / n, (g.score ** 2 - value) / n
+
+
+def ece_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Each row moves its bin's gap by (label - score), with the sign of that gap."""
+    n, value = g.total_pos + g.total_neg, ece(g)
+    gaps, position = _ece_gaps(g)
+    sign = np.sign(gaps)[position]
+    return (sign * (1 - g.score) - value) / n, (-sign * g.score - value) / n
+
+
+# -- registry --------------------------------------------------------------------------------------
+def _reason(need_rows: bool = True, pos: bool = False, neg: bool = False, pred_pos: bool = False,
+            any_pos: bool = False) -> Callable[[Confusion], str | None]:
+    def reason(c: Confusion) -> str | None:
+        if need_rows and c.n == 0:
+            return "no labelled rows"
+        if any_pos and c.tp + c.fp + c.fn == 0:
+            return "no positive labels and no positive predictions"
+        if pos and c.positives == 0:
+            return "no positive labels"
+        if neg and c.negatives == 0:
+            return "no negative labels"
+        if pred_pos and c.predicted_positives == 0:
+            return "no positive predictions"
         return None
-    ranks = rankdata(score)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def log_loss(y: np.ndarray, score: np.ndarray) -> float | None:
-    """Mean binary cross-entropy, scores clipped to [eps, 1 - eps] as sklearn does."""
-    if len(y) == 0:
-        return None
-    eps = np.finfo(np.float64).eps
-    p = np.clip(np.asarray(score, dtype=np.float64), eps, 1 - eps)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return reason
 
 
 @dataclass(frozen=True)
 class Metric:
+    """One binary metric: how to compute it, when it is undefined, and how its interval is built.
+
+    ``compute`` takes a :class:`Confusion` (``from_scores`` False) or :class:`ScoreGroups`.
+    ``proportion`` gives (successes, trials) for metrics that are a proportion (Wilson interval);
+    ``influence`` is the linearisation used by the bootstrap of large samples.
+    """
     name: str
     higher_is_better: bool
-    from_confusion: Callable[[Confusion], float | None] | None = None
-    from_scores: Callable[[np.ndarray, np.ndarray], float | None] | None = None
+    compute: Callable[[Any], Any]
+    undefined: Callable[[Confusion], str | None]
+    from_scores: bool = False
+    proportion: Callable[[Confusion], tuple[Any, Any]] | None = None
+    influence: Callable[[ScoreGroups], tuple[np.ndarray, np.ndarray]] | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in [
-    Metric("accuracy", True, from_confusion=accuracy),
-    Metric("precision", True, from_confusion=precision),
-    Metric("recall", True, from_confusion=recall),
-    Metric("f1", True, from_confusion=f1),
-    Metric("fpr", False, from_confusion=fpr),
-    Metric("fnr", False, from_confusion=fnr),
-    Metric("roc_auc", True, from_scores=roc_auc),
-    Metric("log_loss", False, from_scores=log_loss),
+    Metric("accuracy", True, accuracy, _reason(), proportion=lambda c: (c.tp + c.tn, c.n)),
+    Metric("precision", True, precision, _reason(pred_pos=True), proportion=lambda c: (c.tp, c.tp + c.fp)),
+    Metric("recall", True, recall, _reason(pos=True), proportion=lambda c: (c.tp, c.tp + c.fn)),
+    Metric("f1", True, f1, _reason(any_pos=True)),
+    Metric("fpr", False, fpr, _reason(neg=True), proportion=lambda c: (c.fp, c.fp + c.tn)),
+    Metric("fnr", False, fnr, _reason(pos=True), proportion=lambda c: (c.fn, c.fn + c.tp)),
+    Metric("roc_auc", True, roc_auc, _reason(pos=True, neg=True), from_scores=True, influence=roc_auc_influence),
+    Metric("pr_auc", True, pr_auc, _reason(pos=True), from_scores=True, influence=pr_auc_influence),
+    Metric("log_loss", False, log_loss, _reason(), from_scores=True, influence=log_loss_influence,
+           bounds=(0.0, np.inf)),
+    Metric("brier", False, brier, _reason(), from_scores=True, influence=brier_influence),
+    Metric("ece", False, ece, _reason(), from_scores=True, influence=ece_influence),
 ]}
 
 
+def undefined_reason(name: str, c: Confusion) -> str | None:
+    """Why metric ``name`` has no value on data with these counts (``None`` when it has one)."""
+    return METRICS[name].undefined(c)
+
+
 def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """All registered metrics for one model on labelled rows."""
-    c = confusion(y, np.asarray(score) >= threshold)
-    return {name: (m.from_confusion(c) if m.from_confusion else m.from_scores(y, score))
-            for name, m in METRICS.items()}
+    """Every registered metric for one model on labelled rows; the class is ``score >= threshold``."""
+    y = np.asarray(y)
+    score = np.asarray(score, dtype=np.float64)
+    c = confusion(y, score >= threshold)
+    g = score_groups(y, score)
+    return {name: m.compute(g if m.from_scores else c) for name, m in METRICS.items()}
+
+
+# -- multi-class -----------------------------------------------------------------------------------
+def multiclass_confusion(y: np.ndarray, pred: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """Confusion matrix (rows: true class, columns: predicted class) of integer classes 0..C-1."""
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    if n_classes is None:
+        n_classes = int(max(y.max(initial=-1), pred.max(initial=-1))) + 1
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def multiclass_metrics(cm: np.ndarray) -> dict[str, Any]:
+    """Accuracy and macro/micro precision, recall and f1 from confusion matrices ``(..., C, C)``.
+
+    Macro averages run over the classes present in labels or predictions and skip a class whose value
+    is undefined (sklearn's ``zero_division=np.nan``); micro averages pool the counts (for single-label
+    data all three equal accuracy).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    actual, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
+    present = (actual + predicted) > 0
+    n = actual.sum(axis=-1)
+
+    def macro(per_class: np.ndarray) -> Any:
+        ok = present & ~np.isnan(per_class)
+        return _finish(_div(np.where(ok, per_class, 0.0).sum(axis=-1), ok.sum(axis=-1)))
+
+    micro = _finish(_div(tp.sum(axis=-1), n))
+    return {"accuracy": micro,
+            "precision_macro": macro(_div(tp, predicted)), "recall_macro": macro(_div(tp, actual)),
+            "f1_macro": macro(_div(2 * tp, actual + predicted)),
+            "precision_micro": micro, "recall_micro": micro, "f1_micro": micro}

@@ -110,6 +110,38 @@ class RegistryOptions(_Strict):
     stage_transitions: bool = False
 
 
+class LiveSegment(_Strict):
+    """Live requests whose header (or body field) has one of ``values`` go to ``arm`` while the canary is live
+    (e.g. internal users first); the first matching segment wins."""
+    name: str
+    header: str | None = None
+    field: str | None = None
+    values: tuple[str, ...] = Field(min_length=1)
+    arm: Literal["candidate", "baseline"] = "candidate"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.header is None) == (self.field is None):
+            raise ValueError("set exactly one of header, field")
+        return self
+
+
+class LiveOptions(_Strict):
+    """The live SLO the router watches per arm over a sliding window, and its segment rules.
+
+    The candidate breaches when its window holds at least ``min_requests`` and its error rate is surely
+    above ``max_error_rate`` (the Wilson interval's lower bound at the policy's confidence), or its P99
+    latency exceeds ``max_p99_ms``, or ``max_p99_ratio`` x the baseline's P99 in the same window.
+    """
+    window_s: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=20, ge=1)
+    max_error_rate: float = Field(default=0.01, ge=0, lt=1)
+    max_p99_ms: float | None = Field(default=500.0, gt=0)
+    max_p99_ratio: float | None = Field(default=None, gt=0)
+    check_interval_s: float = Field(default=0.5, gt=0)
+    segments: tuple[LiveSegment, ...] = ()
+
+
 class Policy(_Strict):
     name: str = "default"
     confidence: float = Field(default=0.95, gt=0, lt=1)
@@ -122,6 +154,7 @@ class Policy(_Strict):
     errors: ErrorGate = ErrorGate()
     drift: DriftGates = DriftGates()
     registry: RegistryOptions = RegistryOptions()
+    live: LiveOptions | None = None   # optional: the router then uses LiveOptions' defaults
 
     @field_validator("ramp")
     @classmethod
@@ -132,7 +165,15 @@ class Policy(_Strict):
         return v
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json")
+        if self.live is None:
+            del d["live"]   # a policy without the optional section hashes as it did before the section existed
+        return d
+
+    @property
+    def live_options(self) -> LiveOptions:
+        """The live SLO and segment rules (the defaults when the policy has no ``[live]`` section)."""
+        return self.live or LiveOptions()
 
     @property
     def hash(self) -> str:

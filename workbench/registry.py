@@ -2,10 +2,11 @@
 
 Each applied decision logs an MLflow run (params, metrics, and the signed record, its canonical bytes
 and signature, the scorecard, the evaluation and the drift report as artifacts; one run per decision id,
-however often it is published) and tags the candidate
-version with ``canary.verdict``, ``canary.weight``, ``canary.decision_id``, ``canary.signature``. At 100 %
-the candidate takes the champion alias and the old champion keeps the previous alias; a ROLLBACK (or
-the kill switch) after a promotion hands the champion alias back to the baseline.
+however often it is published) and tags the candidate version with ``canary.verdict``, ``canary.weight``,
+``canary.decision_id``, ``canary.signature``. At 100 % the candidate takes the champion alias and the old
+champion keeps the previous alias; a ROLLBACK (or the kill switch) after a promotion hands the champion
+alias back to the baseline. Decisions applied while MLflow was down are pushed later by
+:func:`sync_pending` (``workbench sync``).
 """
 from __future__ import annotations
 
@@ -31,8 +32,6 @@ from .store import Store
 log = logging.getLogger(__name__)
 WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created")
 TAG_PREFIX = "canary."
-
-
 _DECISION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
@@ -220,6 +219,35 @@ class Registry:
                 return self.client.update_webhook(hook.webhook_id, url=url, events=list(WEBHOOK_EVENTS),
                                                    secret=secret, status="ACTIVE").webhook_id
         return self.client.create_webhook(name=name, url=url, events=list(WEBHOOK_EVENTS), secret=secret).webhook_id
+
+
+def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:
+    """``publish(signed) -> MLflow run id``: an applied record with the evaluation and drift report it was
+    judged on (each only when it is the one the record's hash names)."""
+    from .canary import load_drift
+    from .signing import content_hash
+
+    registry = Registry(tracking_uri, artifact_root)
+
+    def publish(signed: SignedDecision) -> str:
+        r = signed.record
+        evaluation = drift = None
+        if r.get("run_id"):
+            ev = store.latest_evaluation(r["run_id"])
+            evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+            dr = load_drift(store, r["run_id"])
+            drift = dr if content_hash(dr) == r.get("drift_hash") else None
+        return registry.publish(signed, evaluation, drift)
+
+    return publish
+
+
+def publish_applied(store, signed, tracking_uri: str, artifact_root: Path | None = None) -> dict:
+    """Publish an applied record to MLflow (see :func:`publisher`). On failure the record stays stored with
+    ``pending_sync``. Returns ``{"mlflow_run_id", "pending_sync", "sync_error"}``.
+    """
+    run_id, err = sync(store, signed, publisher(store, tracking_uri, artifact_root))
+    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
 
 
 # -- pending decisions (issue 10): decisions applied while MLflow was down, pushed later ------------------

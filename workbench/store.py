@@ -81,6 +81,17 @@ SCHEMA = [
         key VARCHAR NOT NULL, role VARCHAR NOT NULL, _row BIGINT NOT NULL, score DOUBLE)""",
     """CREATE TABLE IF NOT EXISTS drift_reports (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
+    # scheduled jobs (issue 9): the jobs table doubles as the job history (spec, trigger, current stage, the
+    # process that runs it); job_stages keeps each stage's state so a rerun skips finished stages
+    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS spec VARCHAR",
+    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS triggered_by VARCHAR",
+    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS stage VARCHAR",
+    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pid INTEGER",
+    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS host VARCHAR",
+    """CREATE TABLE IF NOT EXISTS job_stages (
+        job_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR NOT NULL, attempts INTEGER NOT NULL,
+        started_at TIMESTAMP, finished_at TIMESTAMP, seconds DOUBLE, result JSON, error VARCHAR,
+        PRIMARY KEY (job_id, stage))""",
 ]
 
 
@@ -347,16 +358,6 @@ class Store:
         b, c = self.cursor().execute("SELECT count(baseline_error), count(candidate_error) FROM predictions "
                                      "WHERE run_id = ?", [run_id]).fetchall()[0]
         return {"baseline": int(b), "candidate": int(c)}
-
-    def paired_labeled(self, run_id: str) -> pa.Table:
-        """One row per labelled request of a run: label and each model's score, class and error."""
-        run = self.require_run(run_id)
-        return self.cursor().sql(
-            f"""SELECT t.request_id, l.label, p.baseline_score, p.baseline_class, p.baseline_error,
-                      p.candidate_score, p.candidate_class, p.candidate_error
-               FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
-               JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
-               WHERE p.run_id = ? ORDER BY t.request_id""", params=[run["traffic"], run_id]).to_arrow_table()
 
     def save_evaluation(self, run_id: str, params: dict, result: dict) -> None:
         self.cursor().execute("INSERT INTO evaluations VALUES (?, ?, ?, ?)",
@@ -767,6 +768,178 @@ class Store:
         rows = self.cursor().execute(
             "SELECT result FROM drift_reports WHERE run_id = ? ORDER BY created_at DESC LIMIT 1", [run_id]).fetchall()
         return json.loads(rows[0][0]) if rows else None
+
+    # -- evaluation (issue 4): labelled paired rows, latency samples, error counts --------------------
+    EVALUATION_MEMORY_LIMIT = "768MB"
+
+    @contextmanager
+    def memory_limit(self, limit: str) -> Iterator[None]:
+        """Cap DuckDB's memory for the block (larger joins spill to disk), then restore the setting."""
+        cur = self.cursor()
+        before = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        cur.execute("SET memory_limit = ?", [limit])
+        try:
+            yield
+        finally:
+            cur.execute("SET memory_limit = ?", [before])
+
+    def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
+        """One row per labelled request of a run, in no particular order: ``label``, ``baseline_score``
+        and ``candidate_score`` (null where that model failed), plus ``segment`` (the traffic column
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request."""
+        run = self.require_run(run_id)
+        info = self.require_traffic(run["traffic"])
+        select = ["l.label",
+                  "CASE WHEN p.baseline_error IS NULL THEN p.baseline_score END AS baseline_score",
+                  "CASE WHEN p.candidate_error IS NULL THEN p.candidate_score END AS candidate_score"]
+        params: list = []
+        if segment is not None:
+            column = "entity_key" if segment == info["entity_col"] else segment
+            if column != "entity_key" and segment not in info["columns"]:
+                known = ", ".join(sorted([*info["columns"], *([info["entity_col"]] if info["entity_col"] else [])]))
+                raise WorkbenchError(f"traffic {run['traffic']!r} has no column {segment!r} to segment by "
+                                     f"(columns: {known})")
+            select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS segment")
+        if window is not None:
+            select.append("date_trunc(?, t.event_time) AS window_start")
+            params.append(window)
+        sql = f"""SELECT {', '.join(select)}
+                  FROM predictions p
+                  JOIN {traffic_table(run['traffic'])} t USING (_row)
+                  JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                  WHERE p.run_id = ?"""
+        with self.memory_limit(self.EVALUATION_MEMORY_LIMIT):
+            return self.cursor().sql(sql, params=[*params, run["traffic"], run_id]).to_arrow_table()
+
+    def latency_sample(self, run_id: str, role: str) -> pa.ChunkedArray:
+        """Latencies (ms) of the rows ``role`` scored without error."""
+        if role not in ("baseline", "candidate"):
+            raise WorkbenchError(f"unknown model role {role!r}")
+        return self.cursor().sql(
+            f"SELECT {role}_latency_ms FROM predictions WHERE run_id = ? AND {role}_error IS NULL "
+            f"AND {role}_latency_ms IS NOT NULL", params=[run_id]).to_arrow_table().column(0)
+
+    def prediction_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Rows replayed and rows failed per role: ``{role: {"rows", "errors"}}``."""
+        n, b, c = self.cursor().execute("SELECT count(*), count(baseline_error), count(candidate_error) "
+                                        "FROM predictions WHERE run_id = ?", [run_id]).fetchall()[0]
+        if not n:
+            return {}
+        return {"baseline": {"rows": int(n), "errors": int(b)}, "candidate": {"rows": int(n), "errors": int(c)}}
+
+    # -- scheduled jobs (issue 9): job history, stage state, and the snapshot the service's /metrics reads ---
+    # A job row (table ``jobs``) is queued by the webhook endpoint or created by the runner; the runner marks
+    # it running/finished/failed/skipped/interrupted and records its spec, trigger, current stage and process.
+    def _job_rows(self, where: str, params: list, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT * FROM jobs WHERE {where} ORDER BY coalesce(started_at, created_at) DESC, job_id DESC"
+        rows = self._rows(sql + (" LIMIT ?" if limit else ""), params + ([limit] if limit else []))
+        for job in rows:
+            job["params"] = json.loads(job["params"])
+            job["result"] = json.loads(job["result"]) if job["result"] else None
+        return rows
+
+    def job_begin(self, *, job_id: str, kind: str, spec: str, triggered_by: str, params: dict, pid: int,
+                  host: str) -> None:
+        """Mark a job running, creating its row when new (a queued or interrupted row is taken over)."""
+        now = utcnow()
+        with self.transaction() as cur:
+            if cur.execute("SELECT count(*) FROM jobs WHERE job_id = ?", [job_id]).fetchall()[0][0]:
+                cur.execute("""UPDATE jobs SET params = ?, status = 'running', started_at = coalesce(started_at, ?),
+                               finished_at = NULL, error = NULL, spec = ?, triggered_by = coalesce(triggered_by, ?),
+                               pid = ?, host = ? WHERE job_id = ?""",
+                            [json.dumps(params, default=str), now, spec, triggered_by, pid, host, job_id])
+            else:
+                cur.execute("""INSERT INTO jobs (job_id, kind, params, status, created_at, started_at, spec,
+                               triggered_by, pid, host) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)""",
+                            [job_id, kind, json.dumps(params, default=str), now, now, spec, triggered_by, pid, host])
+
+    def job_end(self, job_id: str, status: str, *, error: str | None = None, result: dict | None = None,
+                spec: str | None = None) -> None:
+        """Close a job: finished, failed (with the traceback), skipped (with the reason) or interrupted."""
+        self.cursor().execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, error = ?, result = ?, spec = coalesce(spec, ?) "
+            "WHERE job_id = ?",
+            [status, utcnow(), error, json.dumps(result, default=str) if result is not None else None, spec, job_id])
+
+    def mark_interrupted(self, spec: str) -> list[str]:
+        """Running jobs of ``spec`` left behind by a process that died (the caller holds the spec's lock)."""
+        rows = self.cursor().execute("UPDATE jobs SET status = 'interrupted' WHERE spec = ? AND status = 'running' "
+                                     "RETURNING job_id", [spec]).fetchall()
+        return [r[0] for r in rows]
+
+    def latest_job(self, spec: str, statuses: tuple[str, ...]) -> dict[str, Any] | None:
+        """The most recent job of ``spec`` in one of ``statuses``."""
+        rows = self._job_rows("spec = ? AND list_contains(?, status)", [spec, list(statuses)], limit=1)
+        return rows[0] if rows else None
+
+    def jobs_for_candidate(self, spec: str, candidate_version: str) -> list[dict[str, Any]]:
+        """Jobs of ``spec`` that evaluated (or are evaluating) ``candidate_version``."""
+        return self._job_rows("spec = ? AND status IN ('running', 'finished') AND job_id IN (SELECT job_id FROM "
+                              "job_stages WHERE stage = 'resolve' AND status = 'finished' AND "
+                              "json_extract_string(result, '$.candidate.version') = ?)", [spec, candidate_version])
+
+    def stage_begin(self, job_id: str, stage: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE jobs SET stage = ? WHERE job_id = ?", [stage, job_id])
+            cur.execute("""INSERT INTO job_stages VALUES (?, ?, 'running', 1, ?, NULL, NULL, NULL, NULL)
+                           ON CONFLICT (job_id, stage) DO UPDATE SET status = 'running', attempts = attempts + 1,
+                           started_at = excluded.started_at, finished_at = NULL, error = NULL""",
+                        [job_id, stage, utcnow()])
+
+    def stage_end(self, job_id: str, stage: str, status: str, seconds: float, *, result: dict | None = None,
+                  error: str | None = None) -> None:
+        self.cursor().execute(
+            "UPDATE job_stages SET status = ?, finished_at = ?, seconds = ?, result = ?, error = ? "
+            "WHERE job_id = ? AND stage = ?",
+            [status, utcnow(), seconds, json.dumps(result, default=str) if result is not None else None, error,
+             job_id, stage])
+
+    def job_stages(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Each stage of a job by name, in the order they first started."""
+        rows = self._rows("SELECT * FROM job_stages WHERE job_id = ? ORDER BY started_at NULLS LAST", [job_id])
+        out = {}
+        for r in rows:
+            r["result"] = json.loads(r["result"]) if r["result"] else None
+            out[r.pop("stage")] = r
+        return out
+
+    def job_history(self, spec: str | None = None, status: str | None = None, limit: int = 100
+                    ) -> list[dict[str, Any]]:
+        """Jobs, newest first, each with its stages (``stages``: {stage: {status, attempts, seconds, ...}})."""
+        jobs = self._job_rows("(? IS NULL OR spec = ?) AND (? IS NULL OR status = ?)",
+                              [spec, spec, status, status], limit=limit)
+        for job in jobs:
+            job["stages"] = self.job_stages(job["job_id"])
+        return jobs
+
+    def metrics_snapshot(self) -> dict[str, list[tuple]]:
+        """What /metrics exports, read in one go: jobs per spec and status, durations of finished jobs and
+        stages, the last success per spec, the latest finished replay per model, canary weights and the
+        latest verdict per model."""
+        cur = self.cursor()
+        q = {
+            "jobs": """SELECT coalesce(spec, 'unassigned'), status, count(*) FROM jobs GROUP BY 1, 2""",
+            "job_durations": """SELECT spec, count(*), sum(epoch(finished_at) - epoch(started_at)),
+                                       arg_max(epoch(finished_at) - epoch(started_at), finished_at),
+                                       max(epoch(finished_at))
+                                FROM jobs WHERE status = 'finished' AND spec IS NOT NULL GROUP BY spec""",
+            "stage_durations": """SELECT j.spec, s.stage, count(*), sum(s.seconds) FROM job_stages s
+                                  JOIN jobs j USING (job_id) WHERE s.status = 'finished' AND j.spec IS NOT NULL
+                                  GROUP BY 1, 2""",
+            "replays": """SELECT model, rows, seconds FROM (
+                              SELECT json_extract_string(r.candidate, '$.name') AS model,
+                                     coalesce(b.rows, 0) AS rows, epoch(r.finished_at) - epoch(r.started_at) AS seconds,
+                                     row_number() OVER (PARTITION BY json_extract_string(r.candidate, '$.name')
+                                                        ORDER BY r.finished_at DESC) AS k
+                              FROM runs r LEFT JOIN (SELECT run_id, sum(rows) AS rows FROM run_batches
+                                                     GROUP BY run_id) b USING (run_id)
+                              WHERE r.status = 'finished' AND json_extract_string(r.candidate, '$.name') IS NOT NULL)
+                          WHERE k = 1""",
+            "weights": "SELECT model, weight, killed FROM canary_state",
+            "verdicts": """SELECT model, arg_max(verdict, created_at), max(epoch(created_at)) FROM decisions
+                           GROUP BY model""",
+        }
+        return {k: cur.execute(sql).fetchall() for k, sql in q.items()}
 
     # -- reliability (issue 10): decisions waiting for MLflow, in chain order --------------------------------
     def pending_sync_records(self) -> list[dict[str, Any]]:

@@ -1,16 +1,18 @@
 """Ingest traffic logs and labels under a schema contract, with a quarantine for rows that break it.
 
 Contract (see CONTRACT.md): the request id, the event time and every feature column are required
-(``nullable`` lifts that per column). A row with a null gets ``null:<col>``, a value that cannot be read
-as its column's type ``type:<col>``, an infinite number ``nonfinite:<col>``, a later copy of a request id
-``duplicate_id``, a CSV line with the wrong number of cells ``malformed_row``. Rows read = rows ingested +
-rows quarantined, always. A file that cannot be read at all, or whose column names are empty, duplicated
-(DuckDB names are case-insensitive) or reserved, raises :class:`WorkbenchError` and changes nothing (one
-transaction per ingest). In CSV files only an empty cell is null: text such as ``NA`` or ``null`` is a value.
+(``nullable`` lifts that per column; a name may be a shell-style pattern such as ``live_*``). A row with a
+null gets ``null:<col>``, a value that cannot be read as its column's type ``type:<col>``, an infinite number
+``nonfinite:<col>``, a later copy of a request id ``duplicate_id``, a CSV line with the wrong number of cells
+``malformed_row``. Rows read = rows ingested + rows quarantined, always. A file that cannot be read at all,
+or whose column names are empty, duplicated (DuckDB names are case-insensitive) or reserved, raises
+:class:`WorkbenchError` and changes nothing (one transaction per ingest). In CSV files only an empty cell
+is null: text such as ``NA`` or ``null`` is a value.
 """
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import glob
 import hashlib
 import uuid
@@ -370,7 +372,7 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
         expr = _cast_expr(c, src_types[c], targets[c])
         sel.append(f"{expr} AS {qident(c)}")
         src = f"_wb_src.{qident(c)}"
-        if c not in nullable:
+        if not any(fnmatch.fnmatchcase(c, pat) for pat in nullable):
             null_test = f"{src} IS NULL"
             if targets[c] in ("DOUBLE", "FLOAT"):   # NaN is missing, whether it came as a float or as text
                 null_test += f" OR isnan({expr})"

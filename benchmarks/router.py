@@ -1,0 +1,228 @@
+"""Router benchmark: requests/s and the latency the router adds over calling the model server directly.
+
+Starts two real ``mlflow models serve`` processes (a tiny pyfunc, so the model costs little and the HTTP
+path dominates) and two ``workbench route`` processes in front of them, mirroring off and on (the traffic
+log on in both, the default), all on 127.0.0.1. The workbench home has no decision for the model, so the
+router sends every request to the baseline server: "direct" and "router" hit the same server and the
+difference is what the router adds. With mirroring on, the candidate server also gets every request.
+
+Loads (httpx.AsyncClient in this process, one input row per request):
+  closed-loop with 1 and 4 requests in flight, and open-loop at a fixed rate (default: a third of what the
+  baseline server sustains directly with 4 in flight, measured first).
+Each load runs its targets in interleaved rounds so slow phases of a shared machine hit them alike.
+
+    python benchmarks/router.py [--requests 3000] [--rounds 3] [--rate R]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready after {timeout} s")
+        time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process and its live descendants have used so far (`mlflow models serve`
+    runs the server in a child process)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += cpu_seconds(int(child))
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+BODY = b'{"dataframe_records": [{"x": 0.5}]}'
+HEADERS = {"content-type": "application/json"}
+
+
+async def closed_loop(client: httpx.AsyncClient, url: str, n: int, inflight: int) -> tuple[list[float], float]:
+    lat: list[float] = []
+    counter = iter(range(n))
+
+    async def worker():
+        for i in counter:
+            t0 = time.perf_counter()
+            r = await client.post(url, content=BODY, headers=HEADERS | {"x-entity-id": f"u{i % 1000}"})
+            lat.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return lat, time.perf_counter() - t0
+
+
+async def open_loop(client: httpx.AsyncClient, url: str, n: int, rate: float) -> tuple[list[float], float]:
+    """``n`` requests at ``rate`` per second whatever the answers do; latency from the scheduled send time."""
+    lat: list[float] = []
+    start = time.perf_counter()
+
+    async def one(i: int, due: float):
+        r = await client.post(url, content=BODY, headers=HEADERS | {"x-entity-id": f"u{i % 1000}"})
+        lat.append((time.perf_counter() - due) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status_code}")
+
+    tasks = []
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    return lat, time.perf_counter() - start
+
+
+async def measure(targets: dict[str, str], pids: dict[str, int], n: int, rounds: int, inflight: int = 1,
+                  rate: float | None = None) -> dict[str, dict]:
+    """Latencies, wall seconds and the CPU seconds of the process behind each target (``pids``)."""
+    out = {name: {"lat": [], "seconds": 0.0, "n": 0, "cpu": 0.0} for name in targets}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as client:
+        for url in targets.values():   # warm the connections and the servers
+            await closed_loop(client, url, 200, inflight)
+        for _ in range(rounds):
+            for name, url in targets.items():
+                per = n // rounds
+                cpu0 = cpu_seconds(pids[name])
+                lat, sec = (await open_loop(client, url, per, rate)) if rate else \
+                    (await closed_loop(client, url, per, inflight))
+                out[name]["cpu"] += cpu_seconds(pids[name]) - cpu0
+                out[name]["lat"] += lat
+                out[name]["seconds"] += sec
+                out[name]["n"] += per
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=3000, help="requests per target and load")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rate", type=float, default=None,
+                   help="open-loop rate (default: a third of the direct capacity, headroom on a shared machine)")
+    a = p.parse_args()
+
+    import tiny_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    env = os.environ | {"WORKBENCH_HOME": str(tmp / "home"), "MLFLOW_DISABLE_TELEMETRY": "true",
+                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ports = {k: free_port() for k in ("baseline", "candidate", "router", "router_mirror")}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for arm, shift in (("baseline", 0.0), ("candidate", 1.0)):
+            model = tiny_model.save(tmp / arm, shift=shift)
+            procs[arm] = spawn([sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
+                                "local", "-h", "127.0.0.1", "-p", str(ports[arm])], tmp / f"{arm}.log", env)
+        for name, mirror in (("router", "0"), ("router_mirror", "100")):
+            procs[name] = spawn([sys.executable, "-m", "workbench.cli", "route", "bench", "--port", str(ports[name]),
+                                 "--baseline", f"http://127.0.0.1:{ports['baseline']}",
+                                 "--candidate", f"http://127.0.0.1:{ports['candidate']}", "--mirror", mirror,
+                                 "--no-auto-rollback", "--log-dir", str(tmp / f"log_{name}")],
+                                tmp / f"{name}.log", env)
+        for arm in ("baseline", "candidate"):
+            wait_ready(f"http://127.0.0.1:{ports[arm]}/ping", procs[arm], tmp / f"{arm}.log")
+        for name in ("router", "router_mirror"):
+            wait_ready(f"http://127.0.0.1:{ports[name]}/healthz", procs[name], tmp / f"{name}.log")
+
+        targets = {"direct": f"http://127.0.0.1:{ports['baseline']}/invocations",
+                   "router, mirror off": f"http://127.0.0.1:{ports['router']}/invocations",
+                   "router, mirror 100%": f"http://127.0.0.1:{ports['router_mirror']}/invocations"}
+        pids = {"direct": procs["baseline"].pid, "router, mirror off": procs["router"].pid,
+                "router, mirror 100%": procs["router_mirror"].pid}
+        n, rounds = a.requests, a.rounds
+        load_before = os.getloadavg()[0]
+        results = {}
+        results["closed, 1 in flight"] = asyncio.run(measure(targets, pids, n, rounds, inflight=1))
+        results["closed, 4 in flight"] = asyncio.run(measure(targets, pids, n, rounds, inflight=4))
+        d4 = results["closed, 4 in flight"]["direct"]
+        capacity = d4["n"] / d4["seconds"]
+        rate = a.rate or round(capacity / 3)
+        results[f"open, {rate:.0f}/s"] = asyncio.run(measure(targets, pids, n, rounds, rate=rate))
+        rss = {name: peak_rss_mb(procs[name].pid) for name in ("router", "router_mirror")}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    print(f"\nrouter benchmark: tiny pyfunc behind `mlflow models serve` (1 worker), {n} requests per target and "
+          f"load in {rounds} interleaved rounds, host={platform.node()}, cores={os.cpu_count()}, load average "
+          f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    print(f"direct capacity with 4 in flight: {capacity:,.0f} requests/s; router peak RSS: mirror off "
+          f"{rss['router']:.0f} MB, mirror on {rss['router_mirror']:.0f} MB; CPU ms/req: of the model server for "
+          f"direct, of the router process otherwise (its traffic log writer included)")
+    head = f"{'load':<22} | {'target':<20} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'added p50':>9} | " \
+           f"{'added p99':>9} | {'req/s vs direct':>15} | {'CPU ms/req':>10}"
+    print(head)
+    print("-" * len(head))
+    for load, res in results.items():
+        base = res["direct"]
+        b50, b99 = np.percentile(base["lat"], [50, 99])
+        for name, r in res.items():
+            p50, p99 = np.percentile(r["lat"], [50, 99])
+            rps = r["n"] / r["seconds"]
+            added = ("", "") if name == "direct" else (f"{p50 - b50:+.2f}", f"{p99 - b99:+.2f}")
+            print(f"{load:<22} | {name:<20} | {rps:>7,.0f} | {p50:>7.2f} | {p99:>7.2f} | {added[0]:>9} | "
+                  f"{added[1]:>9} | {rps / (base['n'] / base['seconds']):>15.2f} | {1000 * r['cpu'] / r['n']:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
