@@ -45,7 +45,7 @@ from workbench.replay import replay
 from workbench.service import create_app
 from workbench.signing import SignatureError, init_keys, load_private_key, sign, trusted_keys
 from workbench.store import Store
-from workbench.traffic import ingest
+from workbench.traffic import ingest, ingest_labels
 
 HOSTILE = ['x"; DROP TABLE runs; --', "x'); DROP TABLE predictions; --", "1 OR 1=1", "名前 \"quoted\"",
            "a`b", "../../etc/passwd", "x\\y"]
@@ -302,14 +302,20 @@ def test_hostile_names_cannot_inject_sql(tmp_path):
                   "event_time": pd.date_range("2024-01-01", periods=n, freq="h"),
                   num: rng.normal(size=n), cat: rng.choice(["a", "b"], n),
                   **{h: rng.normal(size=n) for h in HOSTILE[2:]}}).to_parquet(tmp_path / "t.parquet")
+    pd.DataFrame({"request_id": [f"r{i}" for i in range(n)], "label": rng.integers(0, 2, n)}).to_parquet(
+        tmp_path / "labels.parquet")
     with Store(":memory:") as store:
         ingest(store, tmp_path / "t.parquet", "t", nullable=HOSTILE[2:])
+        ingest_labels(store, tmp_path / "labels.parquet", "t")
         model = Hostile("h", (num, cat, *HOSTILE[2:]))
         replay(store, "t", model, Hostile("g", (num, cat)), run_id="r")
         before = db_digest(store.cursor())
         assert store.require_traffic("t")["columns"] == [num, cat, *HOSTILE[2:]]
         rep = drift_run(store, "r", tests={num: "ks", cat: "chisquare"}, thresholds={num: 0.5}).to_dict()
         assert set(rep["features"]) >= {num, cat} and rep["features"][num]["test"] == "ks"
+        for col in HOSTILE:   # evaluation segments by each hostile column: its values, not its name, are the keys
+            segments = evaluate_run(store, "r", segment=col).to_dict()["segments"]
+            assert list(segments) == [col] and sum(v["rows"] for v in segments[col].values()) == n
         refused = []
         for h in HOSTILE:
             for call, what in ((lambda: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
@@ -317,18 +323,21 @@ def test_hostile_names_cannot_inject_sql(tmp_path):
                                (lambda: replay(store, "t", model, model, run_id=h), "run id"),
                                (lambda: drift_run(store, "r", reference=h), "drift reference"),
                                (lambda: evaluate_run(store, h), "run id (evaluate)"),
+                               (lambda: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
+                               (lambda: evaluate_run(store, "r", window=h), "evaluation window"),
                                (lambda: drift_run(store, "r", tests={h + "'": "ks"}), "drift column")):
                 with pytest.raises(WorkbenchError):
                     call()
                 refused.append(what)
             assert status(store, h, {}).decision_id is None   # a hostile model name is only ever a parameter
-        after = db_digest(store.cursor())
-        assert {t: v for t, v in after.items() if not t.startswith("drift")} == \
-            {t: v for t, v in before.items() if not t.startswith("drift")}
+        after = db_digest(store.cursor())   # drift reports and evaluations were added; nothing else moved
+        assert {t: v for t, v in after.items() if not t.startswith("drift") and t != "evaluations"} == \
+            {t: v for t, v in before.items() if not t.startswith("drift") and t != "evaluations"}
     record("security", f"{len(HOSTILE)} hostile names ({', '.join(repr(h) for h in HOSTILE[:3])}, ...) as column "
-           "names through ingest, replay and drift", "stored and compared verbatim as quoted identifiers; no "
-           "statement injected", columns=len(HOSTILE))
-    record("security", "the same names as traffic names, run ids, drift references and drift columns",
+           "names through ingest, replay, drift and evaluation segments", "stored, compared and segmented by "
+           "verbatim as quoted identifiers; no statement injected", columns=len(HOSTILE))
+    record("security", "the same names as traffic names, run ids, drift references, drift columns, evaluation "
+           "segments (unknown columns) and windows",
            "each refused with a one-line error; every table unchanged", refusals=len(refused))
 
 
@@ -426,8 +435,8 @@ def secret_forms(key_file: Path) -> list[bytes]:
 
 def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     home = tmp_path / "home"
-    shutil.copytree(demo_home, home)
-    outputs = [run_cli("keys", "init", "--json", home=home)]
+    shutil.copytree(demo_home, home)   # the demo made the key pair and signed its first decision with it
+    outputs = [run_cli("keys", "export", "--json", home=home)]
     with Store(home / "workbench.duckdb") as store:
         seed_run(store, "run_syn", make_evaluation("run_syn"), model="flight-delay", traffic="flights")
     outputs.append(run_cli("decide", "run_syn", "--json", home=home))
