@@ -34,12 +34,16 @@ def emit(args, obj: dict, human: Callable[[dict], str] | None = None) -> None:
 
 @contextmanager
 def progress_bar(desc: str, unit: str = "rows"):
-    """A tqdm bar on stderr, yielding a ``progress(done, total)`` callback."""
+    """A tqdm bar on stderr, yielding a ``progress(done, total)`` callback; the bar appears at the first call,
+    so a command that fails before any work prints its one-line error alone."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    bar = None
 
     def update(done: int, total: int | None = None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         if total is not None and bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
@@ -47,7 +51,8 @@ def progress_bar(desc: str, unit: str = "rows"):
     try:
         yield update
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def settings_for(args) -> Settings:
