@@ -1,0 +1,125 @@
+"""Deciding and auditing, as the CLI and the app both do it: sign, apply, publish to MLflow, check a chain.
+
+The private key never leaves the server: :func:`decide` loads it from the home's ``keys/`` folder through
+:class:`~workbench.canary.Signer`, signs in this process and returns only the signed record.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .canary import Signer, apply_decision, build_decision, chain_report, load_drift, sync
+from .config import Settings
+from .policy import Policy
+from .signing import SignatureError, content_hash, record_hash, trusted_keys, verify_signature
+from .store import Store
+
+
+def trusted(settings: Settings) -> dict:
+    """The public keys records are verified with (the home's own, ``keys/trusted/*.pem``, extra files)."""
+    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
+
+
+def publish(settings: Settings, store: Store, signed) -> dict:
+    """Publish an applied record to MLflow, with the evaluation and drift report it was judged on.
+
+    Returns ``{"mlflow_run_id", "pending_sync", "sync_error"}``; on failure the record stays stored locally
+    with ``pending_sync`` set.
+    """
+    from .registry import Registry
+
+    r = signed.record
+    evaluation = drift = None
+    if r.get("run_id"):
+        ev = store.latest_evaluation(r["run_id"])
+        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+        dr = load_drift(store, r["run_id"])
+        drift = dr if content_hash(dr) == r.get("drift_hash") else None
+    registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
+    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
+    return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
+
+
+def decide(settings: Settings, store: Store, run_id: str, policy: Policy, signer: Signer, apply: bool = True) -> dict:
+    """Judge a run, sign the record, and (with ``apply``) move the canary weight and publish to MLflow.
+
+    Returns what ``workbench decide --json`` prints.
+    """
+    signed, card = build_decision(store, run_id, policy, signer)
+    r = signed.record
+    card_d = card.to_dict()
+    out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
+           "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
+           "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
+    if apply:
+        apply_decision(store, signed, trusted(settings))
+        out["applied"] = True
+        out.update(publish(settings, store, signed))
+    return out
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One signed record as the audit shows it: applied (with its place in the chain) or only signed."""
+    decision_id: str
+    model: str
+    kind: str
+    verdict: str
+    weight_before: int
+    weight_after: int
+    signer: str | None
+    key_fingerprint: str | None
+    created_at: str | None
+    run_id: str | None
+    sequence: int | None
+    verified: bool
+    problem: str | None
+    mlflow_run_id: str | None
+    pending_sync: bool
+    record: dict | None
+    signature: str | None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def audit(store: Store, model: str, keys: dict, limit: int = 500) -> list[AuditEntry]:
+    """Every decision on ``model``, newest first: applied records with their chain verification (stored
+    bytes, hash, link, signature) and records signed but never applied with their signature check."""
+    decisions = {d["decision_id"]: d for d in store.list_decisions(model, limit)}
+    entries = []
+    chained = set()
+    for row, problem in chain_report(store, model, keys):
+        chained.add(row["decision_id"])
+        entries.append(_entry(store, decisions.get(row["decision_id"]), row["decision_id"], model,
+                              int(row["sequence"]), problem))
+    for did, d in decisions.items():
+        if did in chained:
+            continue
+        problem = None
+        stored = store.get_decision(did)
+        record = json.loads(stored["record"])
+        try:
+            if record_hash(record) != stored["record_hash"]:
+                raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
+            verify_signature(record, stored["signature"], keys)
+        except SignatureError as e:
+            problem = str(e)
+        entries.append(_entry(store, d, did, model, None, problem))
+    return sorted(entries, key=lambda e: (e.created_at or "", e.sequence or 0), reverse=True)
+
+
+def _entry(store: Store, listed: dict | None, did: str, model: str, sequence: int | None,
+           problem: str | None) -> AuditEntry:
+    stored = store.get_decision(did)
+    record = json.loads(stored["record"]) if stored and stored["record"] else None
+    r = record or {}
+    return AuditEntry(
+        decision_id=did, model=model, kind=r.get("kind", "?"), verdict=r.get("verdict", "?"),
+        weight_before=int(r.get("weight_before", 0)), weight_after=int(r.get("weight_after", 0)),
+        signer=r.get("signer"), key_fingerprint=r.get("key_fingerprint"), created_at=r.get("created_at"),
+        run_id=r.get("run_id"), sequence=sequence, verified=problem is None and record is not None,
+        problem=problem if record is not None else (problem or "the record is missing"),
+        mlflow_run_id=(listed or stored or {}).get("mlflow_run_id"),
+        pending_sync=bool((listed or stored or {}).get("pending_sync")), record=record,
+        signature=stored["signature"] if stored else None)
