@@ -10,13 +10,15 @@ latencies committed through ``Store.commit_batch``, the run's evaluation (``eval
   (b) a full render with ``streamlit.testing.v1.AppTest``: the first render (cold caches) and the median of
       ``--repeats`` renders after it (warm caches: what a reviewer sees after the first load).
 
+The build needs more than the store's default 512 MB DuckDB buffer for the 10M-label upsert: run it with
+``WORKBENCH_DUCKDB_MEMORY_LIMIT=6GB`` (``--build-only``); the timings use the app's read settings.
+
     python benchmarks/app_pages.py                      # 10M rows under ./.bench/app_pages (built once, ~5 min)
     python benchmarks/app_pages.py --rows 1000000 --home /tmp/wb_app_1m
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -140,10 +142,92 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
     return run_id
 
 
+# -- timing -----------------------------------------------------------------------------------------------
+PAGES = [("Candidates", "candidates", None), ("Replay", "replay", None)] + \
+    [(f"Compare: {s}", "compare", s) for s in ("Scorecard", "Curves", "Latency", "Segments & windows",
+                                               "Disagreements")] + \
+    [("Drift", "drift", None), ("Decide", "decide", None), ("Audit", "audit", None)]
+
+
+def read_memory_limit() -> str:
+    from pages.data import READ_MEMORY_LIMIT
+
+    return os.environ.get("WORKBENCH_APP_READ_MEMORY_LIMIT", READ_MEMORY_LIMIT)
+
+
+def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
+    """Each page's data functions straight against DuckDB (no cache): (page, call, seconds)."""
+    from pages.data import LATENCY_PER_DECADE, LATENCY_PROBS, SCORE_BINS
+    from workbench.canary import preview_decision
+    from workbench.config import load_settings
+    from workbench.policy import load_policy
+    from workbench.review import audit, trusted
+    from workbench.store import Store
+
+    settings = load_settings(home)
+    out = []
+    with Store(settings.db_path, read_only=True) as s:
+        s.con.execute("SET memory_limit = ?", [read_memory_limit()])   # as the app's reads do
+        run = s.get_run(run_id)
+        cols = s.app_segment_columns(run["traffic"])
+        calls = [
+            ("Candidates", "canary states", lambda: s.app_canary_states()),
+            ("Replay", "runs + traffic", lambda: (s.app_runs(), s.list_traffic())),
+            ("Compare", "evaluation", lambda: s.latest_evaluation(run_id)),
+            ("Compare", "score/confusion/latency histograms", lambda: s.app_score_summary(run_id, SCORE_BINS,
+                                                                                         LATENCY_PER_DECADE)),
+            ("Compare", "latency percentiles (exact)", lambda: s.app_latency_quantiles(run_id, list(LATENCY_PROBS))),
+            ("Compare", "segment columns", lambda: s.app_segment_columns(run["traffic"])),
+            ("Compare", f"breakdowns (day + {len(cols)} columns, one pass)", lambda: s.app_breakdowns(run_id, cols)),
+            ("Compare", "disagreements (LIMIT 100)", lambda: s.app_disagreements(run_id, 100)),
+            ("Drift", "drift report", lambda: s.latest_drift(run_id)),
+            ("Decide", "preview (scorecard, weights)", lambda: preview_decision(s, run_id, load_policy())),
+            ("Audit", "audit", lambda: audit(s, MODEL, trusted(settings))),
+        ]
+        for page, name, fn in calls:
+            t = time.perf_counter()
+            fn()
+            out.append((page, name, time.perf_counter() - t))
+    return out
+
+
+def time_renders(home: Path, repeats: int) -> list[tuple[str, float, float]]:
+    """(page, first render s, median of ``repeats`` later renders s) with AppTest, in one process."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["WORKBENCH_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    out = []
+    for name, page, section in PAGES:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+
+        def render(first: bool = False) -> float:
+            t = time.perf_counter()
+            if section is not None:
+                at.segmented_control(key="wb_compare_section").set_value(section).run()
+            elif first and page == "candidates":
+                at.run()   # the default page
+            else:
+                at.switch_page(f"pages/{page}.py").run()
+            if at.exception:
+                raise SystemExit(f"{name}: {at.exception[0].value}")
+            return time.perf_counter() - t
+
+        if page != "candidates":
+            at.run()   # the app's default page first, as a reviewer arrives
+        if section is not None:
+            at.switch_page(f"pages/{page}.py").run()
+        first = render(first=True)
+        later = [render() for _ in range(repeats)]
+        out.append((name, first, statistics.median(later)))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--home", default=str(ROOT / ".bench" / "app_pages"))
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--build-only", action="store_true")
     a = p.parse_args()
     from workbench.config import configure_runtime
@@ -152,8 +236,23 @@ def main() -> None:
     home = Path(a.home)
     t = time.perf_counter()
     run_id = build(home, a.rows, log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(json.dumps({"run_id": run_id, "build_s": round(time.perf_counter() - t, 1),
-                      "peak_rss_mb": round(peak_rss_mb())}))
+    print(f"home {home}: run {run_id} ({a.rows:,} paired predictions), ready in {time.perf_counter() - t:.1f} s",
+          file=sys.stderr)
+    if a.build_only:
+        return
+    queries = time_queries(home, run_id)
+    renders = time_renders(home, a.repeats)
+    print(f"\n{a.rows:,}-row run, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, app reads with "
+          f"DuckDB memory_limit {read_memory_limit()}: data functions, uncached")
+    print(f"{'page':<12} {'call':<44} {'seconds':>8}")
+    for page, name, sec in queries:
+        print(f"{page:<12} {name:<44} {sec:>8.3f}")
+    print(f"\nAppTest renders (first: cold caches; later: median of {a.repeats}, what a reviewer sees after the "
+          "first load)")
+    print(f"{'page':<30} {'first s':>8} {'later s':>8} {'under 2 s':>10}")
+    for name, first, later in renders:
+        print(f"{name:<30} {first:>8.2f} {later:>8.2f} {'yes' if later < 2 else 'NO':>10}")
+    print(f"\npeak RSS {peak_rss_mb():,.0f} MB")
 
 
 if __name__ == "__main__":

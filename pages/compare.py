@@ -28,18 +28,15 @@ if run is not None:
             b.metric("Label coverage", f"{ev.get('label_coverage', 0):.1%}")
             c.metric("Confidence", f"{conf:.0%}" if conf else "no intervals")
             rows = views.metric_rows(ev)
-            table = pd.DataFrame([{
-                "metric": r["metric"], "baseline": r["baseline"], "baseline CI": ui.ci(r["baseline_ci_low"],
-                                                                                       r["baseline_ci_high"]),
-                "candidate": r["candidate"], "candidate CI": ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
-                "delta": r["delta"], "delta CI": ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
-                "p-value": r["p_value"], "MDE": r["mde"],
-                "better": {True: "candidate", False: "baseline", None: ""}[r["improved"]]} for r in rows])
             st.subheader("Scorecard")
-            st.dataframe(table, hide_index=True, column_config={
-                k: st.column_config.NumberColumn(format="%.4f") for k in ("baseline", "candidate", "MDE")} | {
-                "delta": st.column_config.NumberColumn(format="%+.4f"),
-                "p-value": st.column_config.NumberColumn(format="%.4g")})
+            st.table(pd.DataFrame([{
+                "metric": r["metric"], "baseline": ui.num(r["baseline"]) + " " + ui.ci(r["baseline_ci_low"],
+                                                                                       r["baseline_ci_high"]),
+                "candidate": ui.num(r["candidate"]) + " " + ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
+                "delta": ui.num(r["delta"], "{:+.4f}") + " " + ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
+                "p-value": ui.num(r["p_value"], "{:.3g}"), "MDE": ui.num(r["mde"]),
+                "better": {True: "candidate", False: "baseline", None: ""}[r["improved"]]}
+                for r in rows]).set_index("metric"))
             if not conf:
                 st.caption("This evaluation has point values only (no intervals or p-values): re-evaluate with "
                            "the interval engine to judge on bounds.")

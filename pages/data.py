@@ -9,6 +9,7 @@ the run or its traffic's labels do (:func:`run_token`), so they are computed onc
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ LATENCY_PER_DECADE = 20   # log-spaced latency bins
 LATENCY_PROBS = (0.5, 0.95, 0.99)
 SHORT_TTL = 3             # seconds: lists that change while jobs run
 RUN_TTL = 3600            # aggregates keyed by a run token
+READ_MEMORY_LIMIT = "2GB"  # DuckDB buffer of the app's read-only connections (WORKBENCH_APP_READ_MEMORY_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ def home() -> str:
 # -- process-wide objects (one per home) --------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _database(home_: str) -> SharedDatabase:
-    return SharedDatabase(load_settings(home_).db_path)
+    return SharedDatabase(load_settings(home_).db_path,
+                          read_memory_limit=os.environ.get("WORKBENCH_APP_READ_MEMORY_LIMIT", READ_MEMORY_LIMIT))
 
 
 @st.cache_resource(show_spinner=False)

@@ -12,7 +12,8 @@ from workbench.policy import load_policy
 from workbench.review import decide
 from workbench.views import ramp_position
 
-OUTCOMES = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "❔ inconclusive"}
+OUTCOME_COLORS = {"pass": "color: #1a7f37", "fail": "color: #cf222e; font-weight: bold",
+                  "inconclusive": "color: #9a6700"}
 VERDICT_ICONS = {"PROMOTE": ":material/trending_up:", "HOLD": ":material/pause_circle:",
                  "ROLLBACK": ":material/undo:"}
 
@@ -52,12 +53,13 @@ if run is not None:
         counts = card.to_dict()["counts"]
         st.subheader(f"Checks: {counts['pass']} pass, {counts['fail']} fail, {counts['inconclusive']} inconclusive")
         checks = pd.DataFrame([{
-            "gate": c.gate, "outcome": OUTCOMES.get(c.outcome, c.outcome), "critical": c.critical,
+            "gate": c.gate, "outcome": c.outcome, "critical": c.critical,
             "reason": c.reason, "baseline": c.baseline, "candidate": c.candidate,
             "delta": c.delta.value if c.delta else None,
             "delta CI": ui.ci(c.delta.ci_low, c.delta.ci_high, "{:+.4g}") if c.delta else "",
             "criterion": c.criterion, "threshold": c.threshold} for c in card.checks])
-        st.dataframe(checks, hide_index=True, column_config={
+        st.dataframe(checks.style.map(lambda v: OUTCOME_COLORS.get(v, ""), subset=["outcome"]), hide_index=True,
+                     column_config={
             "reason": st.column_config.TextColumn(width="large"),
             **{k: st.column_config.NumberColumn(format="%.4g") for k in ("baseline", "candidate", "delta",
                                                                           "threshold")}})
@@ -65,12 +67,18 @@ if run is not None:
             st.caption("Skipped: " + "; ".join(f"{s.gate} ({s.reason})" for s in card.skipped))
 
         st.subheader("Sign and record")
+        out = st.session_state.get("_wb_signed")
+        if out and out["record"]["run_id"] == run["run_id"]:
+            st.success(f"Signed decision **{out['decision_id']}**: {out['verdict']}, weight "
+                       f"{out['weight_before']}% → {out['weight_after']}%"
+                       + (f"; MLflow run `{out['mlflow_run_id']}`." if out.get("mlflow_run_id") else
+                          f"; not yet in MLflow ({out.get('sync_error')}), stored locally."), icon=":material/check:")
         who = ui.identity()
         if who is None or not who.can_approve:
             st.info("Only an approver can sign decisions. " + ("Sign in from the sidebar." if who is None else
                     f"{who.email or who.name} is signed in but is not an approver."), icon=":material/lock:")
         else:
-            with st.form("wb_sign"):
+            with st.form("wb_sign", clear_on_submit=True):
                 st.markdown(f"Sign as **{who.signer}** with the workbench key: verdict **{preview.verdict}**, "
                             f"weight {preview.weight_before}% → {preview.weight_after}%. The record is chained, "
                             "applied to the canary weight and published to MLflow.")
@@ -90,9 +98,3 @@ if run is not None:
                             st.session_state["_wb_signed"] = out
                             data.refresh()
                             st.rerun()
-        out = st.session_state.get("_wb_signed")
-        if out and out["record"]["run_id"] == run["run_id"]:
-            st.success(f"Signed decision **{out['decision_id']}**: {out['verdict']}, weight "
-                       f"{out['weight_before']}% → {out['weight_after']}%"
-                       + (f"; MLflow run `{out['mlflow_run_id']}`." if out.get("mlflow_run_id") else
-                          f"; not yet in MLflow ({out.get('sync_error')}), stored locally."), icon=":material/check:")

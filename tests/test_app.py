@@ -107,8 +107,8 @@ def test_compare_page_sections(home, section):
     assert at.title[0].value == "Compare" and run_id_of(home) in texts(at)
     charts = at.get("plotly_chart")
     if section == "Scorecard":
-        table = at.dataframe[0].value
-        assert {"accuracy", "roc_auc", "log_loss"} <= set(table["metric"])
+        table = at.table[0].value
+        assert {"accuracy", "roc_auc", "log_loss"} <= set(table.index)
         assert at.metric[0].value.replace(",", "").isdigit()   # labelled rows
     elif section == "Curves":
         assert len(charts) == 6   # ROC, PR, calibration, paired outcomes, two confusion matrices
@@ -133,9 +133,9 @@ def test_compare_scorecard_shows_intervals_and_p_values(home):
     with Store(home / "workbench.duckdb") as store:
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
     at = open_page("compare")
-    table = at.dataframe[0].value.set_index("metric")
-    assert table.loc["roc_auc", "delta CI"] == "[+0.0100, +0.0300]"
-    assert table.loc["roc_auc", "p-value"] == pytest.approx(0.01)
+    table = at.table[0].value
+    assert table.loc["roc_auc", "delta"] == "+0.0200 [+0.0100, +0.0300]"
+    assert table.loc["roc_auc", "baseline"] == "0.7000 [0.6900, 0.7100]" and table.loc["roc_auc", "p-value"] == "0.01"
     assert at.metric[2].value == "95%"
 
 
@@ -169,7 +169,7 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     assert at.metric[0].value == "PROMOTE" and at.metric[1].value == "1%"
     checks = at.dataframe[0].value
     assert checks["gate"].tolist()[:2] == ["evidence.labeled_rows", "evidence.confidence"]
-    assert (checks["outcome"] == "✅ pass").all()
+    assert (checks["outcome"] == "pass").all()
     at.checkbox(key="wb_confirm").check()
     next(b for b in at.button if b.label == "Sign and apply").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -226,14 +226,14 @@ def test_replay_page_starts_a_job_and_lists_it(home):
     assert past.loc["app_run", "rows"] == past.loc[run_id_of(home), "rows"]
     at.switch_page("pages/compare.py").run()
     at.sidebar.selectbox(key="wb_run").set_value("app_run").run()
-    assert not at.exception and at.dataframe[0].value["metric"].tolist()[0] == "accuracy"
+    assert not at.exception and at.table[0].value.index[0] == "accuracy"
 
 
 def test_database_busy_shows_the_last_data_read(home):
     import streamlit as st
 
     at = open_page("compare")
-    before = at.dataframe[0].value
+    before = at.table[0].value
     proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.store import Store; "
                              "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
                              str(home / "workbench.duckdb")], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -244,7 +244,7 @@ def test_database_busy_shows_the_last_data_read(home):
         assert not at.exception, [e.value for e in at.exception]
         [note] = at.warning
         assert note.value.startswith("Database busy (another process is writing to it): showing data from")
-        assert at.dataframe[0].value.equals(before)   # the page still shows what it read before
+        assert at.table[0].value.equals(before)   # the page still shows what it read before
         at.switch_page("pages/audit.py").run()       # never read there before: says so, does not fail
         assert not at.exception and "parts never read before stay empty" in at.warning[0].value
     finally:

@@ -43,9 +43,13 @@ class SharedDatabase:
     """The process's way to the DuckDB file: a shared read-write store while a job writes, else short
     read-only connections (see the module docstring)."""
 
-    def __init__(self, path: Path, *, read_wait_s: float = 0.3, write_wait_s: float = 10.0):
+    def __init__(self, path: Path, *, read_wait_s: float = 0.3, write_wait_s: float = 10.0,
+                 read_memory_limit: str | None = None):
+        """``read_memory_limit``: DuckDB's buffer for the short read-only connections (their own instances;
+        large aggregations spill less with more), e.g. ``"2GB"``; None keeps the store's default."""
         self.path = Path(path)
         self.read_wait_s, self.write_wait_s = read_wait_s, write_wait_s
+        self.read_memory_limit = read_memory_limit
         self._cond = threading.Condition()
         self._readers = 0            # read-only connections open now
         self._shared: Store | None = None
@@ -84,6 +88,8 @@ class SharedDatabase:
             except DatabaseLocked:
                 raise DatabaseBusy(f"database {self.path} is busy: another process is writing") from None
             try:
+                if self.read_memory_limit:
+                    store.con.execute("SET memory_limit = ?", [self.read_memory_limit])
                 yield store
             finally:
                 store.close()
