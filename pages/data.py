@@ -28,6 +28,7 @@ LATENCY_PER_DECADE = 20   # log-spaced latency bins
 LATENCY_PROBS = (0.5, 0.95, 0.99)
 SHORT_TTL = 3             # seconds: lists that change while jobs run
 RUN_TTL = 3600            # aggregates keyed by a run token
+AGGREGATING = "Aggregating the run in DuckDB (once per run state)…"
 READ_MEMORY_LIMIT = "2GB"  # DuckDB buffer of the app's read-only connections (WORKBENCH_APP_READ_MEMORY_LIMIT)
 
 
@@ -191,7 +192,7 @@ def drift(run_id: str) -> dict | None:
     return _get(_drift, run_id)
 
 
-@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=False)
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _summary(home_: str, run_id: str, token: str) -> Fetched:
     return _read(home_, lambda s: s.app_score_summary(run_id, SCORE_BINS, LATENCY_PER_DECADE))
 
@@ -201,7 +202,7 @@ def summary(r: dict) -> dict | None:
     return _get(_summary, r["run_id"], run_token(r))
 
 
-@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=False)
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _latency_quantiles(home_: str, run_id: str, token: str) -> Fetched:
     return _read(home_, lambda s: s.app_latency_quantiles(run_id, list(LATENCY_PROBS)))
 
@@ -219,7 +220,7 @@ def segment_columns(r: dict) -> list[str]:
     return _get(_segment_columns, r["traffic"], run_token(r), default=[])
 
 
-@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=False)
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _breakdowns(home_: str, run_id: str, token: str, columns: tuple[str, ...]) -> Fetched:
     return _read(home_, lambda s: s.app_breakdowns(run_id, list(columns)))
 
@@ -229,7 +230,7 @@ def breakdowns(r: dict) -> dict | None:
     return _get(_breakdowns, r["run_id"], run_token(r), tuple(segment_columns(r)))
 
 
-@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=False)
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _disagreements(home_: str, run_id: str, token: str, limit: int) -> Fetched:
     return _read(home_, lambda s: s.app_disagreements(run_id, limit).to_pandas())
 
