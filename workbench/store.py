@@ -34,9 +34,10 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS quarantine (
         traffic VARCHAR NOT NULL, ingest_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, source_row BIGINT,
         request_id VARCHAR, reason VARCHAR NOT NULL, raw VARCHAR)""",
+    # one label per (traffic, request_id), kept by upsert_labels: no primary key, whose in-memory index
+    # would not fit DuckDB's memory limit at 10M labels
     """CREATE TABLE IF NOT EXISTS labels (
-        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL,
-        label_time TIMESTAMP, PRIMARY KEY (traffic, request_id))""",
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
         status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
@@ -275,8 +276,9 @@ class Store:
     def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
         """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
         cur.register("_wb_labels", data)
-        cur.execute("""INSERT OR REPLACE INTO labels
-                       SELECT ?, request_id, label, label_time FROM _wb_labels""", [traffic])
+        cur.execute("DELETE FROM labels WHERE traffic = ? AND request_id IN (SELECT request_id FROM _wb_labels)",
+                    [traffic])
+        cur.execute("INSERT INTO labels SELECT ?, request_id, label, label_time FROM _wb_labels", [traffic])
         cur.unregister("_wb_labels")
 
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
