@@ -34,12 +34,16 @@ def emit(args, obj: dict, human: Callable[[dict], str] | None = None) -> None:
 
 @contextmanager
 def progress_bar(desc: str, unit: str = "rows"):
-    """A tqdm bar on stderr, yielding a ``progress(done, total)`` callback."""
+    """A tqdm bar on stderr, yielding a ``progress(done, total)`` callback; the bar appears at the first call,
+    so a command that fails before any work prints its one-line error alone."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    bar = None
 
     def update(done: int, total: int | None = None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         if total is not None and bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
@@ -47,7 +51,8 @@ def progress_bar(desc: str, unit: str = "rows"):
     try:
         yield update
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def settings_for(args) -> Settings:
@@ -80,9 +85,9 @@ def cmd_ingest(args) -> None:
     from .traffic import ingest
 
     settings = settings_for(args)
-    with open_store(settings) as store:
+    with open_store(settings) as store, progress_bar("ingest") as prog:
         res = ingest(store, args.path, args.name, id_col=args.id_col, time_col=args.time_col,
-                     entity_col=args.entity_col, label_col=args.label_col, nullable=args.nullable)
+                     entity_col=args.entity_col, label_col=args.label_col, nullable=args.nullable, progress=prog)
     emit(args, res.to_dict(), lambda d: f"traffic {d['traffic']}: read {d['rows_read']}, ingested {d['rows']}, "
                                         f"quarantined {d['quarantined']} {d['reasons'] or ''}")
 
@@ -107,8 +112,11 @@ def cmd_replay(args) -> None:
     use_mlflow(settings)
     options = ReplayOptions(batch_size=args.batch_size, mode="online" if args.online else "throughput",
                             online_batch=args.online_batch, model_timeout=args.model_timeout,
+                            isolate=args.isolate, worker_memory_mb=args.worker_memory,
                             **({"writers": args.writers} if args.writers else {}))
     executor = None
+    if args.isolate and args.executor != "local":
+        raise WorkbenchError("--isolate works with the local executor (Ray's actors are worker processes already)")
     if args.executor == "ray":
         from .replay_ray import RayExecutor, _ray
 
@@ -277,6 +285,22 @@ def cmd_webhook_register(args) -> None:
          lambda d: f"webhook {d['webhook_id']} -> {d['url']} ({', '.join(d['events'])})")
 
 
+# -- reliability (issue 10): decisions recorded while MLflow was down ------------------------------------
+def cmd_sync(args) -> None:
+    from .decisions import sync_pending
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        res = sync_pending(settings, store)
+    for d in res["synced"]:
+        log.info("decision %s (%s) is in MLflow: run %s", d["decision_id"], d["model"], d["mlflow_run_id"])
+    if res["failed"]:
+        first = res["failed"][0]
+        raise WorkbenchError(f"{len(res['failed'])} decision(s) still pending after syncing {len(res['synced'])}: "
+                             f"{first['decision_id']} ({first['model']}): {first['error']}")
+    emit(args, res, lambda d: f"synced {len(d['synced'])} decision(s) to MLflow; none pending")
+
+
 def add_decision_commands(sub, common):
     """Parser entries of the decision, key, canary and service commands; returns the ``canary`` actions."""
     s = sub.add_parser("decide", parents=[common], help="judge a replay run under a policy; sign and apply")
@@ -311,6 +335,10 @@ def add_decision_commands(sub, common):
     s = can.add_parser("apply", parents=[common], help="apply a signed decision made with --no-apply")
     s.add_argument("path_or_id", metavar="PATH_OR_ID")
     s.set_defaults(fn=cmd_canary_apply)
+
+    s = sub.add_parser("sync", parents=[common], help="push decisions recorded while MLflow was unreachable "
+                                                      "(each exactly once, in chain order)")
+    s.set_defaults(fn=cmd_sync)
 
     s = sub.add_parser("serve", parents=[common], help="the HTTP service (weight API, Flagger webhooks, MLflow "
                                                        "webhooks, health)")
@@ -757,6 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--online-batch", type=int, default=1, metavar="N")
     s.add_argument("--model-timeout", type=float, default=None, metavar="S",
                    help="a model call running past S seconds marks its rows as timeout errors")
+    s.add_argument("--isolate", action="store_true",
+                   help="score each model in worker processes: a model that crashes its process, hangs or leaks "
+                        "memory fails only its own rows (the worker is replaced)")
+    s.add_argument("--worker-memory", type=float, default=4096.0, metavar="MB",
+                   help="with --isolate: replace a worker whose resident memory passes MB (default 4096)")
     s.add_argument("--writers", type=int, default=None,
                    help="threads committing results to DuckDB (default: a quarter of the cores, at most 4)")
     s.add_argument("--executor", default="local", choices=["local", "ray"])
@@ -823,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
         return 0
     except WorkbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)   # one line, whatever the message
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

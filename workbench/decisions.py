@@ -62,6 +62,15 @@ def decide(settings: Settings, store: Store, run_id: str, policy: Policy | str |
     return out
 
 
+def sync_pending(settings: Settings, store: Store) -> dict:
+    """Publish the applied decisions still marked ``pending_sync`` (MLflow was down), in chain order, each
+    once; returns ``{"synced", "failed", "pending"}`` (see :func:`workbench.registry.sync_pending`)."""
+    from .registry import publisher, sync_pending as push
+
+    return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir),
+                trusted(settings)).to_dict()
+
+
 def apply_and_publish(settings: Settings, store: Store, signed) -> dict:
     """Apply a signed record to the canary state and publish it; returns the new status."""
     from .canary import apply_decision

@@ -1,27 +1,38 @@
 """MLflow as the system of record for decisions: a run per decision, version tags, aliases, stages, webhooks.
 
 Each applied decision logs an MLflow run (params, metrics, and the signed record, its canonical bytes
-and signature, the scorecard, the evaluation and the drift report as artifacts) and tags the candidate
-version with ``canary.verdict``, ``canary.weight``, ``canary.decision_id``, ``canary.signature``. At 100 %
-the candidate takes the champion alias and the old champion keeps the previous alias; a ROLLBACK (or
-the kill switch) after a promotion hands the champion alias back to the baseline.
+and signature, the scorecard, the evaluation and the drift report as artifacts; one run per decision id,
+however often it is published) and tags the candidate version with ``canary.verdict``, ``canary.weight``,
+``canary.decision_id``, ``canary.signature``. At 100 % the candidate takes the champion alias and the old
+champion keeps the previous alias; a ROLLBACK (or the kill switch) after a promotion hands the champion
+alias back to the baseline. Decisions applied while MLflow was down are pushed later by
+:func:`sync_pending` (``workbench sync``).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import re
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import WorkbenchError
+from .canary import SignedDecision, sync
+from .paths import within
 from .policy import ROLLBACK, RegistryOptions
-from .signing import canonical_bytes, record_hash
+from .signing import SignatureError, canonical_bytes, record_hash, verify_signature
+from .store import Store
 
 log = logging.getLogger(__name__)
 WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created")
 TAG_PREFIX = "canary."
+_DECISION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 def _metric_key(text: str) -> str:
@@ -34,12 +45,20 @@ class Registry:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None, health_timeout_s: float = 3.0):
         """``artifact_root``: where a new decisions experiment keeps artifacts when MLflow is a local store
         (a server keeps them where it is configured to)."""
-        from mlflow import MlflowClient
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client = None
         self.artifact_root = artifact_root
         self.health_timeout_s = health_timeout_s
+
+    @property
+    def client(self):
+        """The MLflow client, made on first use (a down server is found by :meth:`check_reachable` without
+        importing MLflow)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
 
     @property
     def remote(self) -> bool:
@@ -64,12 +83,35 @@ class Registry:
         self.check_reachable()
         r = signed.record
         opts = RegistryOptions.model_validate(r.get("registry") or {})
-        run_id = self._log_run(signed, opts, evaluation, drift)
-        self._tag_versions(signed, run_id)
-        self._move_aliases(r, opts)
-        if opts.stage_transitions:
-            self._move_stages(r)
+        # MLflow prints run links on stdout for a tracking server: stdout is the CLI's JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            run_id = self.decision_run(r["decision_id"], opts.experiment) or \
+                self._log_run(signed, opts, evaluation, drift)
+            self._tag_versions(signed, run_id)
+            self._move_aliases(r, opts)
+            if opts.stage_transitions:
+                self._move_stages(r)
         return run_id
+
+    def decision_run(self, decision_id: str, experiment: str) -> str | None:
+        """The finished MLflow run of an earlier publish of ``decision_id``, so that publishing again (after a
+        crash or a timeout, or by ``workbench sync``) logs nothing twice. An unfinished run of it, left by an
+        interrupted publish, is deleted (it is logged again in full)."""
+        from mlflow.entities import ViewType
+
+        if not _DECISION_ID.match(decision_id):   # it goes into a filter string: nothing but id characters
+            raise WorkbenchError(f"invalid decision id {decision_id!r}")
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        finished = None
+        for run in self.client.search_runs([exp.experiment_id], f"tags.`canary.decision_id` = '{decision_id}'",
+                                           run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time"]):
+            if run.info.status == "FINISHED" and finished is None:
+                finished = run.info.run_id
+            else:
+                self.client.delete_run(run.info.run_id)
+        return finished
 
     def _log_run(self, signed, opts: RegistryOptions, evaluation: dict | None, drift: dict | None) -> str:
         from mlflow.entities import Metric, Param, RunStatus
@@ -80,7 +122,7 @@ class Registry:
             exp_id = exp.experiment_id
         else:
             location = None if self.remote or self.artifact_root is None else \
-                (self.artifact_root / opts.experiment).resolve().as_uri()
+                within(self.artifact_root, opts.experiment, "decision experiment folder").as_uri()
             exp_id = self.client.create_experiment(opts.experiment, artifact_location=location)
         run = self.client.create_run(exp_id, run_name=r["decision_id"], tags={
             "canary.decision_id": r["decision_id"], "canary.model": r["model"], "canary.kind": r["kind"],
@@ -224,22 +266,73 @@ def run_url(ui_base: str | None, experiment_id: str | None, run_id: str) -> str 
         return None
     return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
-def publish_applied(store, signed, tracking_uri: str, artifact_root: Path | None = None) -> dict:
-    """Publish an applied record to MLflow with the evaluation and drift report it was judged on (each only
-    when it is the one the record's hash names). On failure the record stays stored with ``pending_sync``.
-
-    Returns ``{"mlflow_run_id", "pending_sync", "sync_error"}``.
-    """
-    from .canary import load_drift, sync
+def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:
+    """``publish(signed) -> MLflow run id``: an applied record with the evaluation and drift report it was
+    judged on (each only when it is the one the record's hash names)."""
+    from .canary import load_drift
     from .signing import content_hash
 
-    r = signed.record
-    evaluation = drift = None
-    if r.get("run_id"):
-        ev = store.latest_evaluation(r["run_id"])
-        evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
-        dr = load_drift(store, r["run_id"])
-        drift = dr if content_hash(dr) == r.get("drift_hash") else None
     registry = Registry(tracking_uri, artifact_root)
-    run_id, err = sync(store, signed, lambda s: registry.publish(s, evaluation, drift))
+
+    def publish(signed: SignedDecision) -> str:
+        r = signed.record
+        evaluation = drift = None
+        if r.get("run_id"):
+            ev = store.latest_evaluation(r["run_id"])
+            evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+            dr = load_drift(store, r["run_id"])
+            drift = dr if content_hash(dr) == r.get("drift_hash") else None
+        return registry.publish(signed, evaluation, drift)
+
+    return publish
+
+
+def publish_applied(store, signed, tracking_uri: str, artifact_root: Path | None = None) -> dict:
+    """Publish an applied record to MLflow (see :func:`publisher`). On failure the record stays stored with
+    ``pending_sync``. Returns ``{"mlflow_run_id", "pending_sync", "sync_error"}``.
+    """
+    run_id, err = sync(store, signed, publisher(store, tracking_uri, artifact_root))
     return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
+
+
+# -- pending decisions (issue 10): decisions applied while MLflow was down, pushed later ------------------
+@dataclass(frozen=True)
+class SyncResult:
+    synced: list = field(default_factory=list)    # [{"decision_id", "model", "mlflow_run_id"}]
+    failed: list = field(default_factory=list)    # [{"decision_id", "model", "error"}], still pending
+
+    def to_dict(self) -> dict:
+        return {"synced": self.synced, "failed": self.failed, "pending": len(self.failed)}
+
+
+def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted: dict) -> SyncResult:
+    """Publish every applied decision still marked ``pending_sync``, per model in chain order.
+
+    Each stored record is verified first (a tampered one is never pushed); publishing is idempotent on
+    the decision id (:meth:`Registry.decision_run`), so a decision reaches MLflow once however often this
+    runs or is interrupted. After a model's first failure its later decisions wait (aliases and tags must
+    move in chain order).
+    """
+    result = SyncResult()
+    blocked: set[str] = set()
+    for row in store.pending_sync_records():
+        did, model = row["decision_id"], row["model"]
+        if model in blocked:
+            result.failed.append({"decision_id": did, "model": model,
+                                  "error": "waiting: an earlier decision of this model is still pending"})
+            continue
+        signed = SignedDecision(json.loads(row["record"]), row["signature"])
+        try:
+            verify_signature(signed.record, signed.signature, trusted)
+            if signed.decision_id != did:
+                raise SignatureError(f"decision {did}: the stored record names another id")
+        except SignatureError as e:
+            err = str(e)
+        else:
+            run_id, err = sync(store, signed, publish)
+        if err is None:
+            result.synced.append({"decision_id": did, "model": model, "mlflow_run_id": run_id})
+        else:
+            blocked.add(model)
+            result.failed.append({"decision_id": did, "model": model, "error": err})
+    return result

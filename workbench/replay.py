@@ -41,12 +41,16 @@ class ReplayOptions:
     model_timeout: float | None = None
     prefetch: int = 2
     writers: int = field(default_factory=lambda: min(4, max(1, (os.cpu_count() or 1) // 4)))
+    isolate: bool = False                     # each model in worker processes (workbench.isolation)
+    worker_memory_mb: float | None = 4096.0   # an isolated worker above this resident size is replaced
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise WorkbenchError("--batch-size must be at least 1")
         if self.writers < 1:
             raise WorkbenchError("--writers must be at least 1")
+        if self.worker_memory_mb is not None and self.worker_memory_mb <= 0:
+            raise WorkbenchError("--worker-memory must be positive")
         self.scoring()   # validates the scoring fields
 
     def scoring(self) -> ScoringOptions:
@@ -149,13 +153,22 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
 
 
 class LocalExecutor:
-    """In-process pipeline: reader thread -> scoring on the calling thread -> writer thread."""
+    """In-process pipeline: reader thread -> scoring on the calling thread -> writer thread.
+
+    With ``options.isolate`` the models score in worker processes (:mod:`workbench.isolation`)."""
 
     def run(self, store: Store, run_id: str, traffic: str, models: dict[str, Predictor], options: ReplayOptions,
             done: int, total: int, progress) -> None:
-        scorer = PairScorer(models, options.scoring())
         thresholds = {r: m.ref.threshold for r, m in models.items()}
-        _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
+        if not options.isolate:
+            scorer = PairScorer(models, options.scoring())
+            _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
+            return
+        from .isolation import IsolationOptions, isolated
+
+        with isolated(models, IsolationOptions(memory_limit_mb=options.worker_memory_mb)) as workers:
+            scorer = PairScorer(workers, options.scoring())
+            _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
 
 
 def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, thresholds: dict,

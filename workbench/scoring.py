@@ -7,6 +7,9 @@
   failing call is bisected down to the failing rows. ``model_timeout`` bounds each call; a call that
   runs past it marks its rows ``timeout``, and a model that times out on consecutive calls is disabled
   for the rest of the run (its remaining rows are errors with that reason, never silently dropped).
+- A model in an isolated worker process (:mod:`workbench.isolation`) plugs in as a predictor with
+  ``predict_timed(batch, timeout)``: it enforces the timeout itself (by killing its worker) and reports
+  the model's own call time; a dead worker is a failure like an exception, bisected to its rows.
 - When both models are torch modules on the same CUDA device, a batch's features are laid out once
   (column-major, pinned host memory, filled off the main thread), copied once, transposed on the GPU
   and fed to both models; timing uses CUDA events.
@@ -56,9 +59,18 @@ class ModelTimeout(Exception):
     pass
 
 
-def _error_text(e: BaseException) -> str:
-    if isinstance(e, ModelTimeout):
-        return str(e)
+class ModelDisabled(Exception):
+    """The model is switched off for the rest of the run; the message is its rows' reason (not bisected)."""
+
+
+class RowFailure(Exception):
+    """A failure whose message is already the rows' reason (e.g. from an isolated worker); bisected."""
+
+
+def error_text(e: BaseException) -> str:
+    """The reason a failing call gives its rows: ``Type: first line`` of the exception."""
+    if isinstance(e, (ModelTimeout, ModelDisabled, RowFailure)):
+        return str(e)[:500]
     msg = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {msg}"[:500]
 
@@ -75,6 +87,15 @@ class ModelRunner:
         """Scores and the call's own duration in seconds; raises what the model raises."""
         if self.disabled:
             raise ModelTimeout(self.disabled)
+        timed = getattr(self.model, "predict_timed", None)   # an isolated model enforces the timeout itself
+        if timed is not None:
+            try:
+                out, seconds = timed(batch, self.timeout)
+            except ModelTimeout:
+                self._timed_out()
+                raise
+            self.consecutive_timeouts = 0
+            return out, seconds
         if self.timeout is None:
             t0 = time.perf_counter()
             out = self.model.predict(batch)
@@ -93,14 +114,17 @@ class ModelRunner:
         t.start()
         t.join(self.timeout)
         if t.is_alive():   # the call is abandoned; the daemon thread ends with the process at the latest
-            self.consecutive_timeouts += 1
-            if self.consecutive_timeouts >= MAX_CONSECUTIVE_TIMEOUTS:
-                self.disabled = f"model disabled after {MAX_CONSECUTIVE_TIMEOUTS} consecutive timeouts"
+            self._timed_out()
             raise ModelTimeout(f"timeout: no answer within {self.timeout:g} s")
         self.consecutive_timeouts = 0
         if "exc" in box:
             raise box["exc"]
         return box["out"], box["seconds"]
+
+    def _timed_out(self) -> None:
+        self.consecutive_timeouts += 1
+        if self.consecutive_timeouts >= MAX_CONSECUTIVE_TIMEOUTS:
+            self.disabled = f"model disabled after {MAX_CONSECUTIVE_TIMEOUTS} consecutive timeouts"
 
 
 def _check_shape(out, n: int) -> np.ndarray:
@@ -116,11 +140,11 @@ def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray,
     try:
         out, seconds = runner.call(batch)
         out = _check_shape(out, n)
-    except ModelTimeout as e:   # bisecting a hanging model would multiply the hang
+    except (ModelTimeout, ModelDisabled) as e:   # bisecting a hanging or disabled model would multiply the hang
         return np.full(n, np.nan), [str(e)] * n, 0.0
     except Exception as e:  # the model's failure is data: isolate it to the rows that cause it
         if n == 1:
-            return np.array([np.nan]), [_error_text(e)], 0.0
+            return np.array([np.nan]), [error_text(e)], 0.0
         half = n // 2
         s1, e1, t1 = _predict_isolated(runner, batch.slice(0, half))
         s2, e2, t2 = _predict_isolated(runner, batch.slice(half))
@@ -178,7 +202,7 @@ class PairScorer:
             try:
                 return self.gpu.score(host, batch.num_rows)
             except Exception as e:  # fall back to per-model isolation for this batch
-                log.warning("shared GPU scoring failed (%s); scoring this batch model by model", _error_text(e))
+                log.warning("shared GPU scoring failed (%s); scoring this batch model by model", error_text(e))
             finally:
                 self.gpu.release(host)
             prepared = batch

@@ -122,7 +122,7 @@ def health_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz")
-    def healthz():
+    async def healthz():   # on the event loop: answers at once while database work fills the thread pool
         return {"status": "ok"}
 
     return router

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import WorkbenchError
+from .paths import within
 
 PRIVATE_FILE = "ed25519.pem"
 PUBLIC_FILE = "ed25519.pub.pem"
@@ -112,14 +113,18 @@ def init_keys(keys_dir: Path) -> KeyInfo:
 
 
 def load_private_key(keys_dir: Path) -> Ed25519PrivateKey:
-    """The signing key; refused when missing or readable by group or others."""
-    path = keys_dir / PRIVATE_FILE
+    """The signing key; refused when missing, readable by group or others, or a symlink out of ``keys_dir``."""
+    path = within(keys_dir, PRIVATE_FILE, "signing key")
     if not path.exists():
         raise WorkbenchError(f"no signing key in {keys_dir}: run `workbench keys init`")
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise WorkbenchError(f"signing key {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:   # the message never quotes the file's bytes
+        raise WorkbenchError(f"cannot read signing key {path}: not an unencrypted PEM private key "
+                             f"({type(e).__name__})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise WorkbenchError(f"{path} is not an Ed25519 private key")
     return key
@@ -144,9 +149,9 @@ def own_public_key(keys_dir: Path) -> Ed25519PublicKey:
 
 def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: tuple[Path, ...] = ()) -> dict[str, Ed25519PublicKey]:
     """Trusted public keys by fingerprint: the home's own key, ``trusted_dir/*.pem`` and ``extra`` files."""
-    paths = [keys_dir / PUBLIC_FILE] if (keys_dir / PUBLIC_FILE).exists() else []
-    if trusted_dir.is_dir():
-        paths += sorted(trusted_dir.glob("*.pem"))
+    paths = [within(keys_dir, PUBLIC_FILE, "public key")] if (keys_dir / PUBLIC_FILE).exists() else []
+    if trusted_dir.is_dir():   # a file here that is a symlink out of the folder is refused, not trusted
+        paths += [within(trusted_dir, p.name, "trusted key") for p in sorted(trusted_dir.glob("*.pem"))]
     paths += list(extra)
     keys = [load_public_key(p) for p in paths]
     return {key_fingerprint(k): k for k in keys}

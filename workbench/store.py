@@ -132,10 +132,13 @@ def traffic_table(name: str) -> str:
 class Store:
     """The workbench's DuckDB database. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | Path = ":memory:", read_only: bool = False, wait_s: float = 10.0):
+    def __init__(self, path: str | Path = ":memory:", read_only: bool = False, wait_s: float | None = None):
+        """``wait_s``: how long to wait for another process's lock on the file (default
+        ``$WORKBENCH_DB_WAIT_S`` or 10 s), then fail with a clear error."""
         self.path = str(path)
         self._local = threading.local()
-        self.con = self._connect(read_only, wait_s)
+        self.con = self._connect(read_only, float(os.environ.get("WORKBENCH_DB_WAIT_S", "10")) if wait_s is None
+                                 else wait_s)
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
@@ -158,7 +161,7 @@ class Store:
                     raise WorkbenchError(f"cannot open database {self.path}: {e}") from None
                 if time.monotonic() >= deadline:
                     raise DatabaseLocked(
-                        f"database {self.path} is locked by another process; waited {wait_s:.0f}s "
+                        f"database {self.path} is locked by another process; waited {wait_s:g} s "
                         "(DuckDB allows one writing process per file)") from None
                 time.sleep(0.2)
 
@@ -1112,3 +1115,10 @@ class Store:
         sel = ", ".join(f"approx_count_distinct({qident(c)})" for c in cands)
         counts = self.cursor().execute(f"SELECT {sel} FROM {traffic_table(traffic)}").fetchall()[0]
         return [c for c, n in zip(cands, counts) if n is not None and n <= max_values]
+
+    # -- reliability (issue 10): decisions waiting for MLflow, in chain order --------------------------------
+    def pending_sync_records(self) -> list[dict[str, Any]]:
+        """Applied decisions not yet in MLflow, with their stored record and signature, per model in chain order."""
+        return self._rows("""SELECT d.decision_id, d.model, d.record, d.signature, c.sequence, d.sync_error
+                             FROM decisions d JOIN canary_chain c USING (decision_id)
+                             WHERE d.pending_sync ORDER BY d.model, c.sequence""")

@@ -3,12 +3,15 @@
 Contract (see CONTRACT.md): the request id, the event time and every feature column are required
 (``nullable`` lifts that per column; a name may be a shell-style pattern such as ``live_*``). A row with a
 null gets ``null:<col>``, a value that cannot be read as its column's type ``type:<col>``, an infinite number
-``nonfinite:<col>``, a later copy of a request id ``duplicate_id``. Rows read = rows ingested + rows
-quarantined, always. A file that cannot be read at all raises :class:`WorkbenchError` and changes nothing
-(one transaction per ingest).
+``nonfinite:<col>``, a later copy of a request id ``duplicate_id``, a CSV line with the wrong number of cells
+``malformed_row``. Rows read = rows ingested + rows quarantined, always. A file that cannot be read at all,
+or whose column names are empty, duplicated (DuckDB names are case-insensitive) or reserved, raises
+:class:`WorkbenchError` and changes nothing (one transaction per ingest). In CSV files only an empty cell
+is null: text such as ``NA`` or ``null`` is a value.
 """
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob
 import hashlib
@@ -28,6 +31,9 @@ from .store import Store, check_name, qident, traffic_table
 BATCH_ROWS = 262_144
 RAW_MAX_CHARS = 4096
 NUMERIC_TYPES = ("BIGINT", "DOUBLE")
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                 "UBIGINT", "UHUGEINT")
+RESERVED_PREFIX = "_wb_"   # staging columns and views of the ingest; a source column may not use it
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,29 @@ def resolve_paths(path: str | Path) -> list[Path]:
     return files
 
 
-def file_sha256(files: Iterable[Path]) -> str:
+def file_sha256(files: Iterable[Path], *, check_text: bool = False) -> str:
+    """SHA-256 over the files' bytes. With ``check_text``, an uncompressed CSV file must also be UTF-8 (checked
+    in the same pass): the CSV reader cannot report a malformed line that is not."""
     h = hashlib.sha256()
     for f in files:
+        decoder = codecs.getincrementaldecoder("utf-8")() if check_text and _format(f) == "csv" and \
+            not f.name.lower().endswith(".gz") else None
+        offset = 0
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
+                if decoder is not None:
+                    try:
+                        decoder.decode(chunk, final=len(chunk) < 1 << 20)
+                    except UnicodeDecodeError as e:
+                        raise WorkbenchError(f"cannot read {f}: not UTF-8 text (byte 0x{chunk[e.start]:02x} at "
+                                             f"offset {offset + e.start}); convert it to UTF-8") from None
+                offset += len(chunk)
+        if decoder is not None:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise WorkbenchError(f"cannot read {f}: not UTF-8 text (it ends inside a character)") from None
     return h.hexdigest()
 
 
@@ -90,8 +113,13 @@ def _format(f: Path) -> str:
     raise WorkbenchError(f"unsupported file type {f.name}: use .parquet, .csv or .jsonl")
 
 
-def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from Parquet, CSV (every column read as text) or JSON-lines files."""
+def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS,
+                 on_malformed: Callable[[str], None] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from Parquet, CSV (every column read as text) or JSON-lines files.
+
+    A CSV line with the wrong number of cells is skipped and handed to ``on_malformed`` (its text); without
+    the callback it makes the file unreadable.
+    """
     for f in files:
         kind = _format(f)
         try:
@@ -102,20 +130,48 @@ def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS) -> Iterator[pa
                 yield from pf.iter_batches(batch_size=batch_rows)
             elif kind == "csv":
                 delim = "\t" if f.suffix.lower() == ".tsv" else ","
-                parse = pacsv.ParseOptions(delimiter=delim)
-                names = pacsv.open_csv(f, parse_options=parse).schema.names
-                conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                handler = None if on_malformed is None else (lambda row: on_malformed(row.text) or "skip")
+                probe = pacsv.ParseOptions(delimiter=delim, newlines_in_values=True,
+                                           invalid_row_handler=lambda row: "skip")
+                names = pacsv.open_csv(f, parse_options=probe).schema.names
+                check_column_names(names, f)
+                conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=[""],
                                             strings_can_be_null=True)
-                reader = pacsv.open_csv(f, parse_options=parse, convert_options=conv,
-                                        read_options=pacsv.ReadOptions(block_size=16 << 20))
-                yield from reader
+                parse = pacsv.ParseOptions(delimiter=delim, newlines_in_values=True, invalid_row_handler=handler)
+                reader = pacsv.open_csv(f, parse_options=parse,
+                                        convert_options=conv, read_options=pacsv.ReadOptions(block_size=16 << 20))
+                empty = True
+                for batch in reader:
+                    empty = False
+                    yield batch
+                if empty:   # a header without rows: its names are still checked against the contract
+                    yield pa.RecordBatch.from_pylist([], schema=pa.schema([(n, pa.string()) for n in names]))
             else:
                 yield from pajson.read_json(f).to_batches(batch_rows)
         except WorkbenchError:
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = "".join(c if c.isprintable() else "?" for c in msg)[:300]   # parse errors quote raw bytes
             raise WorkbenchError(f"cannot read {f}: {msg}") from None
+
+
+def check_column_names(names: list[str], source) -> None:
+    """Refuse column names DuckDB would rename or that clash with the ingest's own: empty names, names
+    equal up to case (DuckDB identifiers are case-insensitive) and names starting with ``_wb_``."""
+    seen: dict[str, str] = {}
+    for i, n in enumerate(names):
+        if not n or not n.strip():
+            raise WorkbenchError(f"{source}: column {i + 1} has no name")
+        key = n.casefold()
+        if key in seen:
+            raise WorkbenchError(f"{source}: duplicate column name {n!r}" +
+                                 (f" (same as {seen[key]!r}: column names are case-insensitive)" if seen[key] != n
+                                  else ""))
+        if key.startswith(RESERVED_PREFIX):
+            raise WorkbenchError(f"{source}: column name {n!r} is reserved (names starting with "
+                                 f"{RESERVED_PREFIX!r} are the workbench's own)")
+        seen[key] = n
 
 
 # -- typing ---------------------------------------------------------------------------------------
@@ -127,7 +183,8 @@ def _infer_text_type(cur, view: str, col: str) -> str:
     """Type of a text column: numeric when at least 90% of its values read as numbers."""
     q = qident(col)
     n, as_int, as_num = cur.execute(
-        f"SELECT count({q}), count(TRY_CAST({q} AS BIGINT)), count(TRY_CAST({q} AS DOUBLE)) FROM {view}").fetchall()[0]
+        f"SELECT count({q}), count({_strict_int(q, 'VARCHAR', 'BIGINT')}), count(TRY_CAST({q} AS DOUBLE)) "
+        f"FROM {view}").fetchall()[0]
     if n == 0:
         return "VARCHAR"
     if as_int >= 0.9 * n and as_int == as_num:
@@ -142,7 +199,8 @@ def _target_types(cur, view: str, src_types: dict[str, str], existing: dict[str,
         return existing
     out = {}
     for c, t in src_types.items():
-        out[c] = _infer_text_type(cur, view, c) if t == "VARCHAR" else t
+        # a column with no value at all (Arrow's null type) is stored as text: DuckDB's NULL type holds nothing
+        out[c] = _infer_text_type(cur, view, c) if t == "VARCHAR" else "VARCHAR" if t.strip('"') == "NULL" else t
     return out
 
 
@@ -154,6 +212,17 @@ def _cast_expr(col: str, src_type: str, target: str) -> str:
         return f"CAST(TRY_CAST({q} AS TIMESTAMPTZ) AS TIMESTAMP)"
     if src_type == target:
         return q
+    if target in INTEGER_TYPES:
+        return _strict_int(q, src_type, target)
+    return f"TRY_CAST({q} AS {target})"
+
+
+def _strict_int(q: str, src_type: str, target: str) -> str:
+    """Cast to an integer type only what is an integer: DuckDB's own cast rounds '1.5' and 1.5 to 2."""
+    if src_type == "VARCHAR":
+        return f"CASE WHEN regexp_full_match(trim({q}), '[+-]?[0-9]+') THEN TRY_CAST(trim({q}) AS {target}) END"
+    if src_type in ("DOUBLE", "FLOAT") or src_type.startswith("DECIMAL"):
+        return f"CASE WHEN {q} = trunc({q}) THEN TRY_CAST({q} AS {target}) END"
     return f"TRY_CAST({q} AS {target})"
 
 
@@ -167,7 +236,7 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
     """
     check_name(name, "traffic name")
     files = resolve_paths(path)
-    sha = file_sha256(files)
+    sha = file_sha256(files, check_text=True)
     nullable = set(nullable)
     info = store.traffic_info(name)
     if info and (info["id_col"], info["time_col"]) != (id_col, time_col):
@@ -176,35 +245,49 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
     ingest_id = uuid.uuid4().hex[:12]
     read = 0
     reasons: dict[str, int] = {}
+    malformed: list[str] = []
     with store.transaction() as cur:
         existing_types = _stored_feature_types(cur, name) if info else None
         row_offset = _next_row(cur, name) if info else 0
         features: list[str] | None = None
-        for batch in read_batches(files):
+        for batch in read_batches(files, on_malformed=malformed.append):
+            check_column_names(batch.schema.names, path)
+            if features is None:
+                features = _check_columns(batch.schema.names, id_col, time_col, entity_col, label_col,
+                                          existing_types)
+            else:
+                _check_same_columns(batch.schema.names, features, id_col, time_col, entity_col, label_col)
+            if len(batch) == 0:
+                continue   # column types come from rows: an empty file or batch only has its names checked
             cur.register("_wb_batch", pa.Table.from_batches([batch]))
             src_types = _column_types(cur, "_wb_batch")
-            if features is None:
-                features = _check_columns(list(src_types), id_col, time_col, entity_col, label_col, existing_types)
+            if not _staged(cur):
                 targets = _target_types(cur, "_wb_batch", {c: src_types[c] for c in features}, existing_types)
                 if info is None:
                     _create_table(cur, name, features, targets)
-            else:
-                _check_same_columns(list(src_types), features, id_col, time_col, entity_col, label_col)
             _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
                          row_offset + read)
             cur.unregister("_wb_batch")
             read += len(batch)
             if progress:
                 progress(read)
-        if features is None:
-            raise WorkbenchError(f"{path} holds no data")
-        ingested = _commit_stage(cur, name, ingest_id, features, row_offset, appending=info is not None,
-                                 reasons=reasons)
-        if label_col:
-            store.upsert_labels(cur, name, cur.sql(
-                "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_stage "
-                "WHERE _reason IS NULL AND _wb_label IS NOT NULL").to_arrow_table())
-        cur.execute("DROP TABLE _wb_stage")
+        if not _staged(cur):
+            if info is None and not malformed:
+                raise WorkbenchError(f"{path} holds no rows: nothing to ingest (a new traffic set takes its "
+                                     "column types from its rows)")
+            if info is None:
+                raise WorkbenchError(f"{path} holds no readable rows ({len(malformed)} malformed line(s)): "
+                                     "nothing to ingest")
+            ingested = 0
+        else:
+            ingested = _commit_stage(cur, name, ingest_id, features, row_offset, appending=info is not None,
+                                     reasons=reasons)
+            if label_col:
+                store.upsert_labels(cur, name, cur.sql(
+                    "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_stage "
+                    "WHERE _wb_reason IS NULL AND _wb_label IS NOT NULL").to_arrow_table())
+            cur.execute("DROP TABLE _wb_stage")
+        read += _quarantine_malformed(cur, name, ingest_id, "traffic", malformed, reasons)
         quarantined = read - ingested
         fingerprint = hashlib.sha256(((info or {}).get("fingerprint", "") + sha).encode()).hexdigest()
         store.upsert_traffic_set(cur, name, id_col=id_col, time_col=time_col, entity_col=entity_col,
@@ -214,6 +297,21 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
                             file_sha256=sha, rows_read=read, rows_ingested=ingested, rows_quarantined=quarantined)
     store.checkpoint()
     return IngestResult(name, read, ingested, quarantined, dict(sorted(reasons.items())), fingerprint)
+
+
+def _staged(cur) -> bool:
+    """Whether this ingest has staged rows yet (its temporary ``_wb_stage`` table exists)."""
+    return cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_wb_stage' AND temporary"
+                       ).fetchall()[0][0] > 0
+
+
+def _quarantine_malformed(cur, traffic: str, ingest_id: str, kind: str, lines: list[str], reasons: dict) -> int:
+    """Quarantine CSV lines that could not be split into the header's cells; returns their number."""
+    if lines:
+        cur.executemany("INSERT INTO quarantine VALUES (?, ?, ?, NULL, NULL, 'malformed_row', ?)",
+                        [[traffic, ingest_id, kind, text[:RAW_MAX_CHARS]] for text in lines])
+        reasons["malformed_row"] = reasons.get("malformed_row", 0) + len(lines)
+    return len(lines)
 
 
 def _stored_feature_types(cur, name: str) -> dict[str, str]:
@@ -229,9 +327,10 @@ def _check_columns(cols, id_col, time_col, entity_col, label_col, existing_types
     missing = [c for c in (id_col, time_col, entity_col, label_col) if c and c not in cols]
     if missing:
         raise WorkbenchError(f"missing required column(s) {', '.join(missing)}; the file has: "
-                             f"{', '.join(cols[:30])}")
-    reserved = {"_row", "request_id", "event_time", "entity_key"} - {id_col, time_col, entity_col}
-    clash = sorted(reserved & set(cols) - {id_col, time_col, entity_col})
+                             f"{', '.join(repr(c) for c in cols[:30])}")
+    reserved = {"_row", "request_id", "event_time", "entity_key"} - {c.casefold() for c in (id_col, time_col,
+                                                                                          entity_col) if c}
+    clash = sorted(c for c in cols if c.casefold() in reserved and c not in (id_col, time_col, entity_col))
     if clash:
         raise WorkbenchError(f"column name(s) {', '.join(clash)} are reserved by the workbench; rename them")
     features = [c for c in cols if c not in (id_col, time_col, entity_col, label_col)]
@@ -263,7 +362,8 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
            f"{_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} AS event_time",
            (f"CAST(_wb_src.{qident(entity_col)} AS VARCHAR)" if entity_col else "CAST(NULL AS VARCHAR)")
            + " AS entity_key"]
-    checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL OR CAST(_wb_src.{qident(id_col)} AS VARCHAR) = '' "
+    id_nan = f" OR isnan(_wb_src.{qident(id_col)})" if src_types[id_col] in ("DOUBLE", "FLOAT") else ""
+    checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL OR CAST(_wb_src.{qident(id_col)} AS VARCHAR) = ''{id_nan} "
               f"THEN {_lit('null:' + id_col)}",
               f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {_lit('null:' + time_col)}",
               f"WHEN {_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} IS NULL "
@@ -274,48 +374,50 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
         src = f"_wb_src.{qident(c)}"
         if not any(fnmatch.fnmatchcase(c, pat) for pat in nullable):
             null_test = f"{src} IS NULL"
-            if src_types[c] in ("DOUBLE", "FLOAT"):
-                null_test += f" OR isnan({src})"
+            if targets[c] in ("DOUBLE", "FLOAT"):   # NaN is missing, whether it came as a float or as text
+                null_test += f" OR isnan({expr})"
             checks.append(f"WHEN {null_test} THEN {_lit('null:' + c)}")
         checks.append(f"WHEN {src} IS NOT NULL AND {expr} IS NULL THEN {_lit('type:' + c)}")
         if targets[c] in ("DOUBLE", "FLOAT"):
             checks.append(f"WHEN isinf({expr}) THEN {_lit('nonfinite:' + c)}")
     if label_col:
         lab = f"_wb_src.{qident(label_col)}"
-        lab_expr = f"coalesce(TRY_CAST({lab} AS INTEGER), CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
+        lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
+                    f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
         sel.append(f"{lab_expr} AS _wb_label")
         checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {_lit('type:' + label_col)}")
     reason = "CASE " + " ".join(checks) + " END"
     # the raw row (as it came in) is kept only for rows that fail here; duplicates get theirs at commit
-    raw = f"CASE WHEN _reason IS NOT NULL THEN left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) END"
-    query = f"""SELECT *, {raw} AS _raw FROM (SELECT {', '.join(sel)}, {reason} AS _reason, _wb_src
+    raw = f"CASE WHEN _wb_reason IS NOT NULL THEN left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) END"
+    query = f"""SELECT *, {raw} AS _wb_raw FROM (SELECT {', '.join(sel)}, {reason} AS _wb_reason, _wb_src
                 FROM _wb_batch AS _wb_src)"""
     query = f"SELECT * EXCLUDE (_wb_src) FROM ({query})"
-    if cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_wb_stage' AND temporary")\
-            .fetchall()[0][0] == 0:
+    if not _staged(cur):
         cur.execute(f"CREATE TEMP TABLE _wb_stage AS {query} LIMIT 0")
     cur.execute(f"INSERT INTO _wb_stage {query}")
 
 
 def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool, reasons: dict) -> int:
     """Mark later copies of a request id (in this ingest or already stored), then move good rows into the
-    traffic table in file order and bad ones into the quarantine; return the number ingested."""
+    traffic table in file order and bad ones into the quarantine; return the number ingested. The copy kept
+    is the first that passed the other checks: a quarantined copy never displaces a good one."""
     stored = f" OR request_id IN (SELECT request_id FROM {traffic_table(name)})" if appending else ""
-    cur.execute(f"""UPDATE _wb_stage SET _reason = 'duplicate_id'
-                    WHERE _reason IS NULL AND (_row IN (
+    cur.execute(f"""UPDATE _wb_stage SET _wb_reason = 'duplicate_id'
+                    WHERE _wb_reason IS NULL AND (_row IN (
                         SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
-                                          FROM _wb_stage WHERE request_id IS NOT NULL) WHERE k > 1){stored})""")
+                                          FROM _wb_stage WHERE _wb_reason IS NULL) WHERE k > 1){stored})""")
     cols = ", ".join(["_row", "request_id", "event_time", "entity_key"] + [qident(c) for c in features])
     cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_stage "
-                "WHERE _reason IS NULL")   # staged in _row order; insertion order is preserved
+                "WHERE _wb_reason IS NULL")   # staged in _row order; insertion order is preserved
     typed = "struct_pack(" + ", ".join(f"{qident(c)} := {qident(c)}" for c in
                                        ["request_id", "event_time", "entity_key", *features]) + ")"
-    cur.execute(f"""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ?, request_id, _reason,
-                        coalesce(_raw, left(CAST(to_json({typed}) AS VARCHAR), {RAW_MAX_CHARS}))
-                    FROM _wb_stage WHERE _reason IS NOT NULL ORDER BY _row""", [name, ingest_id, row_offset])
-    for r, n in cur.execute("SELECT _reason, count(*) FROM _wb_stage WHERE _reason IS NOT NULL GROUP BY 1").fetchall():
+    cur.execute(f"""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ?, request_id, _wb_reason,
+                        coalesce(_wb_raw, left(CAST(to_json({typed}) AS VARCHAR), {RAW_MAX_CHARS}))
+                    FROM _wb_stage WHERE _wb_reason IS NOT NULL ORDER BY _row""", [name, ingest_id, row_offset])
+    for r, n in cur.execute("SELECT _wb_reason, count(*) FROM _wb_stage WHERE _wb_reason IS NOT NULL "
+                            "GROUP BY 1").fetchall():
         reasons[r] = reasons.get(r, 0) + int(n)
-    return int(cur.execute("SELECT count(*) FROM _wb_stage WHERE _reason IS NULL").fetchall()[0][0])
+    return int(cur.execute("SELECT count(*) FROM _wb_stage WHERE _wb_reason IS NULL").fetchall()[0][0])
 
 
 def _lit(s: str) -> str:
@@ -329,21 +431,24 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
     """Ingest labels for a traffic set; a later file's label for the same id replaces the earlier one."""
     store.require_traffic(traffic)
     files = resolve_paths(path)
-    sha = file_sha256(files)
+    sha = file_sha256(files, check_text=True)
     ingest_id = uuid.uuid4().hex[:12]
     read = stored = unmatched = 0
     reasons: dict[str, int] = {}
+    malformed: list[str] = []
     with store.transaction() as cur:
-        for batch in read_batches(files):
+        for batch in read_batches(files, on_malformed=malformed.append):
+            check_column_names(batch.schema.names, path)
             cur.register("_wb_batch", pa.Table.from_batches([batch]))
             src_types = _column_types(cur, "_wb_batch")
             missing = [c for c in (id_col, label_col) if c not in src_types]
             if missing:
                 raise WorkbenchError(f"labels file lacks column(s) {', '.join(missing)}; it has: "
-                                     f"{', '.join(list(src_types)[:30])}")
+                                     f"{', '.join(repr(c) for c in list(src_types)[:30])}")
             has_time = bool(time_col) and time_col in src_types
             lab = f"_wb_src.{qident(label_col)}"
-            lab_expr = f"coalesce(TRY_CAST({lab} AS INTEGER), CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
+            lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
+                        f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
             t_expr = _cast_expr(time_col, src_types[time_col], "TIMESTAMP") if has_time else "CAST(NULL AS TIMESTAMP)"
             checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {_lit('null:' + id_col)}",
                       f"WHEN {lab} IS NULL THEN {_lit('null:' + label_col)}",
@@ -372,6 +477,7 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
             cur.execute("DROP TABLE _wb_checked")
             read += len(batch)
             stored += good.num_rows
+        read += _quarantine_malformed(cur, traffic, ingest_id, "labels", malformed, reasons)
         store.record_ingest(cur, ingest_id=ingest_id, traffic=traffic, kind="labels", source=str(path),
                             file_sha256=sha, rows_read=read, rows_ingested=stored, rows_quarantined=read - stored)
     return LabelsResult(traffic, read, stored, unmatched, read - stored, dict(sorted(reasons.items())))
