@@ -173,20 +173,19 @@ def phase_build(n: int, db: Path) -> dict:
         store.create_run(run_id="bench", traffic="bench", baseline=refs["baseline"], candidate=refs["candidate"],
                          rows_total=n, batch_size=1_000_000, device="cpu", mode="benchmark", meta={})
         step = 1_000_000
+        from workbench.replay import paired_table
+        from workbench.scoring import Scored
+
         for b, start in enumerate(range(0, n, step)):
             sl = slice(start, min(n, start + step))
-            parts = []
+            scored = {}
             for role in THRESHOLDS:
                 s = d["scores"][role][sl]
-                bad = np.isnan(s)
-                parts.append(pa.table({
-                    "run_id": pa.array(["bench"] * len(s)), "request_id": ids[sl.start:sl.stop],
-                    "role": pa.array([role] * len(s)), "score": pa.array(s, mask=bad),
-                    "pred_class": pa.array((s >= THRESHOLDS[role]).astype(np.int32), mask=bad),
-                    "latency_ms": d["latency"][role][sl],
-                    "error": pa.array(np.where(bad, "ValueError: benchmark", None).tolist(), pa.string())}))
-            store.commit_batch("bench", b, sl.start, sl.stop - sl.start, 0.0, pa.concat_tables(parts), sl.stop - 1)
-        store.finish_run("bench", {})
+                errors = np.where(np.isnan(s), "ValueError: benchmark", None).tolist()
+                scored[role] = Scored(s, errors, d["latency"][role][sl])
+            table = paired_table(pa.array(np.arange(sl.start, sl.stop)), scored, THRESHOLDS)   # ingest order
+            store.commit_batch("bench", b, sl.start, sl.stop - 1, sl.stop - sl.start, 0.0, table)
+        store.finish_run("bench")
     os.remove(tmp / "traffic.parquet")
     os.remove(tmp / "labels.parquet")
     return {"seconds": time.perf_counter() - t}

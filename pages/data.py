@@ -1,29 +1,342 @@
-"""Cached read-only access to the workbench for the pages (the one place that caches).
+"""Cached access to the workbench for the pages (the one place that caches).
 
-Each call opens the DuckDB file read-only for as short as possible, so a replay job in another
-process can take the write lock between page loads.
+Reads go through one :class:`~workbench.background.SharedDatabase` per home: a short read-only connection
+per read (nothing is held between reruns), or the shared read-write store while a job of this process
+writes. When another process holds the write lock, a read falls back to the last value read for the same
+question, and :func:`busy_since` tells the page to say so. Every cached function takes the home as its
+first argument, so two homes never share entries. Run aggregates are keyed by a token that changes when
+the run or its traffic's labels do (:func:`run_token`), so they are computed once per state of a run.
 """
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
 import streamlit as st
 
-from workbench.config import load_settings
-from workbench.store import Store
+from workbench import WorkbenchError
+from workbench.background import BackgroundJobs, DatabaseBusy, SharedDatabase
+from workbench.config import Settings, load_settings
+
+SCORE_BINS = 200          # score histogram bins (ROC/PR thresholds at k/200)
+CALIBRATION_BINS = 10
+LATENCY_PER_DECADE = 20   # log-spaced latency bins
+LATENCY_PROBS = (0.5, 0.95, 0.99)
+SHORT_TTL = 3             # seconds: lists that change while jobs run
+RUN_TTL = 3600            # aggregates keyed by a run token
+AGGREGATING = "Aggregating the run in DuckDB (once per run state)…"
+READ_MEMORY_LIMIT = "2GB"  # DuckDB buffer of the app's read-only connections (WORKBENCH_APP_READ_MEMORY_LIMIT)
 
 
-def _store() -> Store:
-    return Store(load_settings().db_path, read_only=True)
+@dataclass(frozen=True)
+class Fetched:
+    value: Any
+    at: datetime
 
 
-@st.cache_data(ttl=5)
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def home() -> str:
+    return str(settings().home)
+
+
+# -- process-wide objects (one per home) --------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def _database(home_: str) -> SharedDatabase:
+    return SharedDatabase(load_settings(home_).db_path,
+                          read_memory_limit=os.environ.get("WORKBENCH_APP_READ_MEMORY_LIMIT", READ_MEMORY_LIMIT))
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs(home_: str) -> BackgroundJobs:
+    s = load_settings(home_)
+    return BackgroundJobs(s, _database(home_))
+
+
+@st.cache_resource(show_spinner=False)
+def _last_good(home_: str) -> tuple[OrderedDict, threading.Lock]:
+    return OrderedDict(), threading.Lock()
+
+
+def database() -> SharedDatabase:
+    return _database(home())
+
+
+def jobs() -> BackgroundJobs:
+    return _jobs(home())
+
+
+def _get(fn: Callable[..., Fetched], *args, default: Any = None) -> Any:
+    """``fn(home, *args).value``; when the database is busy, the last value read for the same call."""
+    h = home()
+    key = (fn.__name__, args)
+    memo, lock = _last_good(h)
+    try:
+        fetched = fn(h, *args)
+    except DatabaseBusy:
+        with lock:
+            last = memo.get(key)
+        _mark_busy(last.at if last else None)
+        return last.value if last else default
+    with lock:
+        memo[key] = fetched
+        memo.move_to_end(key)
+        while len(memo) > 256:
+            memo.popitem(last=False)
+    return fetched.value
+
+
+def _mark_busy(at: datetime | None) -> None:
+    """Say on the page (in the slot :func:`start_run` keeps) that the database is busy: from when the oldest
+    data shown is, and whether some part had never been read (and so is empty)."""
+    oldest, missing = st.session_state.get("_wb_busy") or (None, False)
+    if at is None:
+        missing = True
+    elif oldest is None or at < oldest:
+        oldest = at
+    st.session_state["_wb_busy"] = (oldest, missing)
+    text = "Database busy (another process is writing to it)"
+    if oldest is not None:
+        text += f": showing data from {oldest.astimezone():%H:%M:%S}"
+    if missing:
+        text += ("; parts never read before stay empty" if oldest is not None else
+                 ", and nothing was read before: this page fills in when the writer has finished")
+    slot = st.session_state.get("_wb_slot")
+    (slot or st).warning(text + ".", icon=":material/hourglass_top:")
+
+
+def start_run(slot) -> None:
+    """At the start of each run of the app: forget the busy state, keep ``slot`` for the busy note."""
+    st.session_state["_wb_busy"] = None
+    st.session_state["_wb_slot"] = slot
+
+
+def busy() -> bool:
+    """Whether this run showed cached data because the database was busy."""
+    return st.session_state.get("_wb_busy") is not None
+
+
+def _read(home_: str, fn: Callable) -> Fetched:
+    db = _database(home_)
+    if not db.exists:
+        raise WorkbenchError("no workbench database yet")
+    with db.read() as store:
+        return Fetched(fn(store), _now())
+
+
+# -- runs, traffic, progress ------------------------------------------------------------------------------------
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _runs(home_: str) -> Fetched:
+    if not _database(home_).exists:
+        return Fetched([], _now())
+    return _read(home_, lambda s: s.app_runs())
+
+
 def runs() -> list[dict]:
-    if not load_settings().db_path.exists():
-        return []
-    with _store() as s:
-        return s.list_runs()
+    return _get(_runs, default=[])
 
 
-@st.cache_data(ttl=5)
+def run(run_id: str) -> dict | None:
+    return next((r for r in runs() if r["run_id"] == run_id), None)
+
+
+def run_token(r: dict) -> str:
+    """Changes when a run gains rows, finishes, or its traffic or labels change."""
+    return f"{r['status']}|{r['rows_done']}|{r.get('data_at')}|{r.get('finished_at')}"
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _traffic_sets(home_: str) -> Fetched:
+    if not _database(home_).exists:
+        return Fetched([], _now())
+    return _read(home_, lambda s: s.list_traffic())
+
+
+def traffic_sets() -> list[dict]:
+    return _get(_traffic_sets, default=[])
+
+
+def progress() -> list:
+    """Progress files of every replay job (this app's and other processes'); read without DuckDB."""
+    from workbench.progress import read_progress
+
+    return read_progress(settings().home)
+
+
+# -- one run ---------------------------------------------------------------------------------------------------
+@st.cache_data(ttl=10, show_spinner=False)
+def _evaluation(home_: str, run_id: str) -> Fetched:
+    return _read(home_, lambda s: s.latest_evaluation(run_id))
+
+
 def evaluation(run_id: str) -> dict | None:
-    with _store() as s:
-        return s.latest_evaluation(run_id)
+    return _get(_evaluation, run_id)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _drift(home_: str, run_id: str) -> Fetched:
+    return _read(home_, lambda s: s.latest_drift(run_id))
+
+
+def drift(run_id: str) -> dict | None:
+    return _get(_drift, run_id)
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _summary(home_: str, run_id: str, token: str) -> Fetched:
+    return _read(home_, lambda s: s.app_score_summary(run_id, SCORE_BINS, LATENCY_PER_DECADE))
+
+
+def summary(r: dict) -> dict | None:
+    """Score histograms per label, confusion and pairing counts, latency histograms of a run."""
+    return _get(_summary, r["run_id"], run_token(r))
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _latency_quantiles(home_: str, run_id: str, token: str) -> Fetched:
+    return _read(home_, lambda s: s.app_latency_quantiles(run_id, list(LATENCY_PROBS)))
+
+
+def latency_quantiles(r: dict) -> dict | None:
+    return _get(_latency_quantiles, r["run_id"], run_token(r))
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=False)
+def _segment_columns(home_: str, traffic: str, token: str) -> Fetched:
+    return _read(home_, lambda s: s.app_segment_columns(traffic))
+
+
+def segment_columns(r: dict) -> list[str]:
+    return _get(_segment_columns, r["traffic"], run_token(r), default=[])
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _breakdowns(home_: str, run_id: str, token: str, columns: tuple[str, ...]) -> Fetched:
+    return _read(home_, lambda s: s.app_breakdowns(run_id, list(columns)))
+
+
+def breakdowns(r: dict) -> dict | None:
+    """Sums per event-time day and per value of every segment column, computed in one pass."""
+    return _get(_breakdowns, r["run_id"], run_token(r), tuple(segment_columns(r)))
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _disagreements(home_: str, run_id: str, token: str, limit: int) -> Fetched:
+    return _read(home_, lambda s: s.app_disagreements(run_id, limit).to_pandas())
+
+
+def disagreements(r: dict, limit: int):
+    return _get(_disagreements, r["run_id"], run_token(r), limit)
+
+
+# -- decisions and the canary --------------------------------------------------------------------------------------
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _canary(home_: str) -> Fetched:
+    """Every model's canary state with its verification (``workbench canary status``) and the ramp of the
+    decision that set it."""
+    if not _database(home_).exists:
+        return Fetched([], _now())
+    return _read(home_, lambda s: _canary_states(s, load_settings(home_)))
+
+
+def _canary_states(store, settings_: Settings) -> list[dict]:
+    import json
+
+    from workbench.canary import status
+    from workbench.decisions import trusted
+
+    keys = trusted(settings_)
+    out = []
+    for state in store.app_canary_states():
+        head = store.get_decision(state["decision_id"])
+        record = json.loads(head["record"]) if head else {}
+        out.append(status(store, state["model"], keys).to_dict() | {
+            "updated_at": state["updated_at"], "killed": state["killed"], "ramp": record.get("ramp")})
+    return out
+
+
+def canary() -> list[dict]:
+    return _get(_canary, default=[])
+
+
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _preview(home_: str, run_id: str, policy_path: str | None, token: str):
+    from workbench.canary import preview_decision
+    from workbench.policy import load_policy
+
+    policy = load_policy(policy_path)
+    return _read(home_, lambda s: preview_decision(s, run_id, policy))
+
+
+def preview(r: dict, policy_path: str | None):
+    """The decision the policy would make on a run now (nothing signed)."""
+    return _get(_preview, r["run_id"], policy_path, run_token(r))
+
+
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _decided_models(home_: str) -> Fetched:
+    if not _database(home_).exists:
+        return Fetched([], _now())
+    return _read(home_, lambda s: s.app_decided_models())
+
+
+def decided_models() -> list[str]:
+    return _get(_decided_models, default=[])
+
+
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _audit(home_: str, model: str) -> Fetched:
+    from workbench.decisions import audit, trusted
+
+    keys = trusted(load_settings(home_))
+    return _read(home_, lambda s: [e.to_dict() for e in audit(s, model, keys)])
+
+
+def audit(model: str) -> list[dict]:
+    return _get(_audit, model, default=[])
+
+
+# -- MLflow ------------------------------------------------------------------------------------------------------
+@st.cache_data(ttl=10, show_spinner=False)
+def _registered_models(home_: str) -> list[dict]:
+    from workbench.registry import Registry
+
+    return Registry(load_settings(home_).mlflow_tracking_uri).list_models()
+
+
+def registered_models() -> tuple[list[dict], str | None]:
+    """Registered models from MLflow, and an error message when MLflow could not be read."""
+    try:
+        return _registered_models(home()), None
+    except Exception as e:  # MLflow down, misconfigured or refusing: the pages still show DuckDB's side
+        return [], f"MLflow at {settings().mlflow_tracking_uri} could not be read: {type(e).__name__}: {e}"
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _run_experiments(home_: str, run_ids: tuple[str, ...]) -> dict[str, str]:
+    from workbench.registry import Registry
+
+    return Registry(load_settings(home_).mlflow_tracking_uri).run_experiments(list(run_ids))
+
+
+def run_experiments(run_ids: list[str]) -> dict[str, str]:
+    try:
+        return _run_experiments(home(), tuple(sorted(set(run_ids))))
+    except Exception:  # links are a convenience: without MLflow the ids are still shown
+        return {}
+
+
+def refresh() -> None:
+    """Forget cached lists and states after this app wrote something (a decision, a finished job)."""
+    for fn in (_runs, _evaluation, _drift, _canary, _preview, _decided_models, _audit, _registered_models):
+        fn.clear()

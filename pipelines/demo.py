@@ -131,8 +131,14 @@ def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None
     env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    from workbench.access import approvers_path, load_approvers
+    from workbench.signing import PRIVATE_FILE
+
     log(f"serving the workbench app on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    if not (settings.keys_dir / PRIVATE_FILE).exists() or not load_approvers(approvers_path(settings.home)):
+        log("to sign decisions in the app: `workbench keys init` (once) and `workbench approver add NAME`; "
+            "everyone else reviews read-only")
     try:
-        subprocess.run(cmd, env=env, check=False)
+        subprocess.run(cmd, env=env, check=False, cwd=REPO_ROOT)   # the repository's .streamlit/config.toml
     except KeyboardInterrupt:
         pass

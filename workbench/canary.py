@@ -162,10 +162,29 @@ def _current(state: dict | None, pair: tuple, kind: str, model: str) -> tuple[in
     return 0, False
 
 
-def build_decision(store: Store, run_id: str, policy: Policy, signer: Signer, *, now: datetime | None = None
-                   ) -> tuple[SignedDecision, Scorecard]:
-    """Judge a finished replay run under ``policy``; sign and store the record (not yet applied)."""
-    now = now or utc_now()
+@dataclass(frozen=True)
+class DecisionPreview:
+    """What a decision on a run would say, before anything is signed: the scorecard and the weight move."""
+    run: dict
+    model: str
+    baseline: dict
+    candidate: dict
+    traffic: dict
+    evaluation: dict
+    drift: dict | None
+    scorecard: Scorecard
+    weight_before: int
+    weight_after: int
+    killed: bool
+    reason: str
+
+    @property
+    def verdict(self) -> str:
+        return self.scorecard.verdict
+
+
+def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPreview:
+    """Judge a finished replay run under ``policy`` and work out the weight it would move to (signs nothing)."""
     run = store.require_run(run_id)
     if run["status"] != "finished":
         raise WorkbenchError(f"run {run_id} is {run['status']}, not finished: finish the replay first")
@@ -175,20 +194,28 @@ def build_decision(store: Store, run_id: str, policy: Policy, signer: Signer, *,
     drift = load_drift(store, run_id)
     card = score(policy, evaluation, drift)
     base, cand = _ref(run["baseline"]), _ref(run["candidate"])
-    state = store.canary_state(model)
-    weight_before, killed = _current(state, (base["version"], cand["version"]), "decision", model)
+    weight_before, killed = _current(store.canary_state(model), (base["version"], cand["version"]), "decision",
+                                     model)
     reason = card.reason
     if killed:
         reason += f"; the kill switch holds candidate v{cand['version']} at 0%"
-    record = _record(store, model, now, signer, policy, kind="decision", baseline=base, candidate=cand,
-                     run_id=run_id, traffic=traffic["name"], traffic_fingerprint=traffic["fingerprint"],
-                     evaluation_hash=content_hash(evaluation), drift_hash=content_hash(drift),
-                     scorecard=card.to_dict(), verdict=card.verdict, reason=reason,
-                     weight_before=weight_before,
-                     weight_after=next_weight(card.verdict, weight_before, policy.ramp, killed))
+    return DecisionPreview(run, model, base, cand, traffic, evaluation, drift, card, weight_before,
+                           next_weight(card.verdict, weight_before, policy.ramp, killed), killed, reason)
+
+
+def build_decision(store: Store, run_id: str, policy: Policy, signer: Signer, *, now: datetime | None = None
+                   ) -> tuple[SignedDecision, Scorecard]:
+    """Judge a finished replay run under ``policy``; sign and store the record (not yet applied)."""
+    now = now or utc_now()
+    p = preview_decision(store, run_id, policy)
+    record = _record(store, p.model, now, signer, policy, kind="decision", baseline=p.baseline,
+                     candidate=p.candidate, run_id=run_id, traffic=p.traffic["name"],
+                     traffic_fingerprint=p.traffic["fingerprint"], evaluation_hash=content_hash(p.evaluation),
+                     drift_hash=content_hash(p.drift), scorecard=p.scorecard.to_dict(), verdict=p.verdict,
+                     reason=p.reason, weight_before=p.weight_before, weight_after=p.weight_after)
     signed = signer.sign(record)
     save_record(store, signed)
-    return signed, card
+    return signed, p.scorecard
 
 
 def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Policy, *,
@@ -263,30 +290,50 @@ def _check_stored_copy(store: Store, signed: SignedDecision) -> dict | None:
     return stored
 
 
-def verify_chain(store: Store, model: str, trusted: dict, upto: int | None = None) -> int:
-    """Check every applied record of ``model`` (up to sequence ``upto``): stored bytes, hashes, links and
-    signatures. Returns the number of records checked; raises :class:`SignatureError` at the first break."""
-    prev, n = None, 0
+def chain_report(store: Store, model: str, trusted: dict, upto: int | None = None) -> list[tuple[dict, str | None]]:
+    """Every applied record of ``model`` (up to sequence ``upto``) in chain order, each with the first problem
+    found in it (stored bytes, hashes, link, signature), or None when it verifies."""
+    prev, n, out = None, 0, []
     for row in store.chain(model):
         seq = int(row["sequence"])
         if upto is not None and seq > upto:
             break
         n += 1
-        where = f"chain of {model} at sequence {seq} (decision {row['decision_id']})"
-        if seq != n:
-            raise SignatureError(f"{where}: sequence gap, expected {n}")
-        if row["record"] is None:
-            raise SignatureError(f"{where}: the record is missing")
-        text_hash = record_hash(json.loads(row["record"]))
-        if not (text_hash == row["record_hash"] == row["chain_hash"]) or \
-                canonical_bytes(json.loads(row["record"])) != row["record"].encode("utf-8"):
-            raise SignatureError(f"{where}: the stored record was altered (hash mismatch)")
-        record = json.loads(row["record"])
-        verify_signature(record, row["signature"], trusted)
-        if record.get("previous_hash") != prev or record.get("sequence") != seq or record.get("model") != model:
-            raise SignatureError(f"{where}: does not link to the previous record")
-        prev = text_hash
-    return n
+        try:
+            prev = _check_chain_row(row, model, seq, n, prev, trusted)
+            out.append((row, None))
+        except SignatureError as e:
+            out.append((row, str(e)))
+            prev = row["chain_hash"]   # later records are judged against the hash the chain recorded
+    return out
+
+
+def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, trusted: dict) -> str:
+    """The record's hash, after checking it extends ``prev``; raises :class:`SignatureError` otherwise."""
+    where = f"chain of {model} at sequence {seq} (decision {row['decision_id']})"
+    if seq != n:
+        raise SignatureError(f"{where}: sequence gap, expected {n}")
+    if row["record"] is None:
+        raise SignatureError(f"{where}: the record is missing")
+    text_hash = record_hash(json.loads(row["record"]))
+    if not (text_hash == row["record_hash"] == row["chain_hash"]) or \
+            canonical_bytes(json.loads(row["record"])) != row["record"].encode("utf-8"):
+        raise SignatureError(f"{where}: the stored record was altered (hash mismatch)")
+    record = json.loads(row["record"])
+    verify_signature(record, row["signature"], trusted)
+    if record.get("previous_hash") != prev or record.get("sequence") != seq or record.get("model") != model:
+        raise SignatureError(f"{where}: does not link to the previous record")
+    return text_hash
+
+
+def verify_chain(store: Store, model: str, trusted: dict, upto: int | None = None) -> int:
+    """Check every applied record of ``model`` (up to sequence ``upto``): stored bytes, hashes, links and
+    signatures. Returns the number of records checked; raises :class:`SignatureError` at the first break."""
+    report = chain_report(store, model, trusted, upto)
+    for _, problem in report:
+        if problem is not None:
+            raise SignatureError(problem)
+    return len(report)
 
 
 @dataclass(frozen=True)

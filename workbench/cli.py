@@ -105,7 +105,8 @@ def cmd_labels(args) -> None:
 
 def cmd_replay(args) -> None:
     from .models import load_predictor
-    from .replay import ReplayOptions, replay
+    from .progress import ProgressFile
+    from .replay import ReplayOptions, new_run_id, replay
 
     settings = settings_for(args)
     use_mlflow(settings)
@@ -121,19 +122,35 @@ def cmd_replay(args) -> None:
 
         _ray()   # a clear error before any work when Ray is missing
         executor = RayExecutor(address=args.ray_address, actors=args.ray_actors, device=args.device)
-    baseline = load_predictor(args.baseline, args.device)
-    candidate = load_predictor(args.candidate, args.device)
-    with open_store(settings) as store:
-        if args.source:
-            from .traffic import ingest
+    run_id = args.run_id or new_run_id()
+    # the progress file lets the app follow this replay while it holds the database's write lock
+    pfile = ProgressFile(settings.home, run_id, source="cli replay", traffic=args.traffic, baseline=args.baseline,
+                         candidate=args.candidate)
+    try:
+        pfile.stage("loading models")
+        baseline = load_predictor(args.baseline, args.device)
+        candidate = load_predictor(args.candidate, args.device)
+        with open_store(settings) as store:
+            if args.source:
+                from .traffic import ingest
 
-            with progress_bar("ingest") as prog:
-                res = ingest(store, args.source, args.traffic, id_col=args.id_col, time_col=args.time_col,
-                             entity_col=args.entity_col, nullable=args.nullable, progress=prog)
-            log.info("ingested %s rows into %s (%s quarantined)", res.rows, args.traffic, res.quarantined)
-        with progress_bar("replay") as prog:
-            res = replay(store, args.traffic, baseline, candidate, run_id=args.run_id, options=options,
-                         progress=prog, executor=executor)
+                pfile.stage("ingesting")
+                with progress_bar("ingest") as prog:
+                    res = ingest(store, args.source, args.traffic, id_col=args.id_col, time_col=args.time_col,
+                                 entity_col=args.entity_col, nullable=args.nullable, progress=prog)
+                log.info("ingested %s rows into %s (%s quarantined)", res.rows, args.traffic, res.quarantined)
+            pfile.stage("replaying")
+            with progress_bar("replay") as prog:
+                def both(done: int, total: int) -> None:
+                    prog(done, total)
+                    pfile(done, total)
+
+                res = replay(store, args.traffic, baseline, candidate, run_id=run_id, options=options,
+                             progress=both, executor=executor)
+    except BaseException as e:
+        pfile.finish(error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    pfile.finish()
     if res.status == "already_complete":
         log.info("run %s is already complete; nothing to do", res.run_id)
     emit(args, res.to_dict(), lambda d: f"run {d['run_id']} ({d['status']}): {d['rows']} rows in {d['seconds']} s; "
@@ -657,6 +674,77 @@ def add_job_commands(sub, common) -> None:
     s.set_defaults(fn=cmd_jobs_validate)
 
 
+# -- the app and its approvers (issue 8) -----------------------------------------------------------
+def _read_password(args) -> str | None:
+    if args.no_password:
+        return None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise WorkbenchError("the passwords differ")
+    else:
+        raise WorkbenchError("no terminal to ask for the password: pipe it with --password-stdin, or use "
+                             "--no-password with --email for an OIDC-only approver")
+    if not password:
+        raise WorkbenchError("the password must not be empty")
+    return password
+
+
+def cmd_approver_add(args) -> None:
+    from .access import add_approver, approvers_path
+
+    settings = settings_for(args)
+    approver = add_approver(approvers_path(settings.home), args.name, password=_read_password(args), email=args.email)
+    emit(args, approver.to_dict() | {"file": str(approvers_path(settings.home))},
+         lambda d: f"approver {d['name']} saved in {d['file']}" + (f" (e-mail {d['email']})" if d["email"] else ""))
+
+
+def cmd_approver_list(args) -> None:
+    from .access import approvers_path, load_approvers
+
+    approvers = load_approvers(approvers_path(settings_for(args).home))
+    emit(args, {"approvers": [a.to_dict() for a in approvers.values()]},
+         lambda d: _table([(a["name"], a["email"] or "", "yes" if a["password"] else "no") for a in d["approvers"]],
+                          ("name", "email", "password")))
+
+
+def cmd_approver_remove(args) -> None:
+    from .access import approvers_path, remove_approver
+
+    remove_approver(approvers_path(settings_for(args).home), args.name)
+    emit(args, {"removed": args.name}, lambda d: f"approver {d['removed']} removed")
+
+
+def cmd_app(args) -> None:
+    from pipelines.demo import serve_app
+
+    serve_app(settings_for(args), args.port, lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def add_app_commands(sub, common) -> None:
+    """Parser entries of the app and approver commands."""
+    s = sub.add_parser("app", parents=[common], help="serve the Streamlit workbench on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8501)
+    s.set_defaults(fn=cmd_app)
+    appr = sub.add_parser("approver", help="who may sign decisions in the app").add_subparsers(
+        dest="approver_command", required=True, metavar="ACTION")
+    s = appr.add_parser("add", parents=[common], help="add (or replace) an approver")
+    s.add_argument("name")
+    s.add_argument("--email", default=None, help="the approver's OIDC e-mail (when the app uses st.login)")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    s.add_argument("--no-password", action="store_true", help="no local password (OIDC sign-in only)")
+    s.set_defaults(fn=cmd_approver_add)
+    s = appr.add_parser("list", parents=[common], help="list approvers (never their hashes)")
+    s.set_defaults(fn=cmd_approver_list)
+    s = appr.add_parser("remove", parents=[common], help="remove an approver")
+    s.add_argument("name")
+    s.set_defaults(fn=cmd_approver_remove)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -747,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary = add_decision_commands(sub, common)
     add_live_commands(sub, common, canary)
     add_job_commands(sub, common)
+    add_app_commands(sub, common)
     return p
 
 

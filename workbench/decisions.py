@@ -1,12 +1,19 @@
-"""Decisions for a configured workbench: sign with the home's key, apply, publish to MLflow.
+"""Decisions for a configured workbench: sign with the home's key, apply, publish to MLflow, audit.
 
 The entry points (CLI, demo, jobs, app) use these so that the wiring of settings, keys, the canary chain
 and the MLflow registry exists once. The rules themselves live in :mod:`workbench.canary` and
-:mod:`workbench.policy`.
+:mod:`workbench.policy`. The private key never leaves the server: signing loads it from the home's
+``keys/`` folder in this process and returns only the signed record.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
+from .canary import Signer, chain_report
 from .config import Settings
+from .policy import Policy
+from .signing import SignatureError, record_hash, verify_signature
 from .store import Store
 
 
@@ -17,10 +24,8 @@ def trusted(settings: Settings) -> dict:
     return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
 
 
-def signer(settings: Settings):
+def signer(settings: Settings) -> Signer:
     """The home's signer (its private key stays in the key file)."""
-    from .canary import Signer
-
     return Signer.from_keys_dir(settings.keys_dir, settings.signer)
 
 
@@ -34,14 +39,17 @@ def publish(settings: Settings, store: Store, signed) -> dict:
     return publish_applied(store, signed, settings.mlflow_tracking_uri, settings.artifacts_dir)
 
 
-def decide(settings: Settings, store: Store, run_id: str, policy_path: str | None = None,
-           apply: bool = True) -> dict:
-    """Judge a run under a policy (the shipped default when None), sign the decision, and with ``apply``
-    move the weight and publish it. Returns the ``decide --json`` object."""
+def decide(settings: Settings, store: Store, run_id: str, policy: Policy | str | None = None,
+           signed_by: Signer | None = None, apply: bool = True) -> dict:
+    """Judge a run under a policy (a Policy, a policy file, or the shipped default when None), sign the
+    decision (with the home's key; ``signed_by`` names another signer, e.g. the approver in the app), and
+    with ``apply`` move the weight and publish it. Returns the ``decide --json`` object."""
     from .canary import apply_decision, build_decision
     from .policy import load_policy
 
-    signed, card = build_decision(store, run_id, load_policy(policy_path), signer(settings))
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    signed, card = build_decision(store, run_id, policy, signed_by or signer(settings))
     r = signed.record
     card_d = card.to_dict()
     out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
@@ -70,3 +78,70 @@ def apply_and_publish(settings: Settings, store: Store, signed) -> dict:
     out = apply_decision(store, signed, trusted(settings)).to_dict()
     out.update(publish(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
     return out
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One signed record as the audit shows it: applied (with its place in the chain) or only signed."""
+    decision_id: str
+    model: str
+    kind: str
+    verdict: str
+    weight_before: int
+    weight_after: int
+    signer: str | None
+    key_fingerprint: str | None
+    created_at: str | None
+    run_id: str | None
+    sequence: int | None
+    verified: bool
+    problem: str | None
+    mlflow_run_id: str | None
+    pending_sync: bool
+    record: dict | None
+    signature: str | None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def audit(store: Store, model: str, keys: dict, limit: int = 500) -> list[AuditEntry]:
+    """Every decision on ``model``, newest first: applied records with their chain verification (stored
+    bytes, hash, link, signature) and records signed but never applied with their signature check."""
+    decisions = {d["decision_id"]: d for d in store.list_decisions(model, limit)}
+    entries = []
+    chained = set()
+    for row, problem in chain_report(store, model, keys):
+        chained.add(row["decision_id"])
+        entries.append(_entry(store, decisions.get(row["decision_id"]), row["decision_id"], model,
+                              int(row["sequence"]), problem))
+    for did, d in decisions.items():
+        if did in chained:
+            continue
+        problem = None
+        stored = store.get_decision(did)
+        record = json.loads(stored["record"])
+        try:
+            if record_hash(record) != stored["record_hash"]:
+                raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
+            verify_signature(record, stored["signature"], keys)
+        except SignatureError as e:
+            problem = str(e)
+        entries.append(_entry(store, d, did, model, None, problem))
+    return sorted(entries, key=lambda e: (e.created_at or "", e.sequence or 0), reverse=True)
+
+
+def _entry(store: Store, listed: dict | None, did: str, model: str, sequence: int | None,
+           problem: str | None) -> AuditEntry:
+    stored = store.get_decision(did)
+    record = json.loads(stored["record"]) if stored and stored["record"] else None
+    r = record or {}
+    return AuditEntry(
+        decision_id=did, model=model, kind=r.get("kind", "?"), verdict=r.get("verdict", "?"),
+        weight_before=int(r.get("weight_before", 0)), weight_after=int(r.get("weight_after", 0)),
+        signer=r.get("signer"), key_fingerprint=r.get("key_fingerprint"), created_at=r.get("created_at"),
+        run_id=r.get("run_id"), sequence=sequence, verified=problem is None and record is not None,
+        problem=problem if record is not None else (problem or "the record is missing"),
+        mlflow_run_id=(listed or stored or {}).get("mlflow_run_id"),
+        pending_sync=bool((listed or stored or {}).get("pending_sync")), record=record,
+        signature=stored["signature"] if stored else None)

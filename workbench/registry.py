@@ -220,6 +220,51 @@ class Registry:
                                                    secret=secret, status="ACTIVE").webhook_id
         return self.client.create_webhook(name=name, url=url, events=list(WEBHOOK_EVENTS), secret=secret).webhook_id
 
+    # -- browsing (issue 8: the app's Candidates and Audit pages) ----------------------------------------
+    def list_models(self, max_versions: int = 50) -> list[dict]:
+        """Registered models with their aliases, ``canary.*`` tags and newest versions (each with its aliases,
+        status, source run and ``canary.*`` tags)."""
+        self.check_reachable()
+        out = []
+        for m in self.client.search_registered_models(max_results=200):
+            versions = self.client.search_model_versions(f"name = '{_quote(m.name)}'", max_results=max_versions,
+                                                         order_by=["version_number DESC"])
+            aliases = {a: str(v) for a, v in (m.aliases or {}).items()}
+            by_version: dict[str, list[str]] = {}
+            for a, v in aliases.items():
+                by_version.setdefault(v, []).append(a)
+            out.append({
+                "name": m.name, "description": m.description, "aliases": aliases,
+                "tags": {k: v for k, v in (m.tags or {}).items() if k.startswith(TAG_PREFIX)},
+                "versions": [{"version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
+                              "status": v.status, "run_id": v.run_id, "created_at": v.creation_timestamp,
+                              "tags": {k: v2 for k, v2 in (v.tags or {}).items() if k.startswith(TAG_PREFIX)}}
+                             for v in versions]})
+        return sorted(out, key=lambda m: m["name"])
+
+    def run_experiments(self, run_ids: list[str]) -> dict[str, str]:
+        """The experiment id of each MLflow run that exists (for links to the MLflow UI)."""
+        from mlflow.exceptions import MlflowException
+
+        out = {}
+        for run_id in run_ids:
+            try:
+                out[run_id] = self.client.get_run(run_id).info.experiment_id
+            except MlflowException:
+                continue
+        return out
+
+
+def _quote(text: str) -> str:
+    """A value inside a single-quoted MLflow search filter."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def run_url(ui_base: str | None, experiment_id: str | None, run_id: str) -> str | None:
+    """The MLflow UI page of a run, when the UI's address is known."""
+    if not ui_base or experiment_id is None:
+        return None
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:
     """``publish(signed) -> MLflow run id``: an applied record with the evaluation and drift report it was

@@ -34,9 +34,10 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS quarantine (
         traffic VARCHAR NOT NULL, ingest_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, source_row BIGINT,
         request_id VARCHAR, reason VARCHAR NOT NULL, raw VARCHAR)""",
+    # one label per (traffic, request_id), kept by upsert_labels: no primary key, whose in-memory index
+    # would not fit DuckDB's memory limit at 10M labels
     """CREATE TABLE IF NOT EXISTS labels (
-        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL,
-        label_time TIMESTAMP, PRIMARY KEY (traffic, request_id))""",
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
         status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
@@ -95,6 +96,10 @@ SCHEMA = [
 ]
 
 
+class DatabaseLocked(WorkbenchError):
+    """Another process holds the database file's write lock (DuckDB allows one writing process per file)."""
+
+
 def utcnow() -> datetime:
     """Naive UTC now (DuckDB TIMESTAMP columns hold UTC)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -135,6 +140,7 @@ class Store:
         self.con = self._connect(read_only, float(os.environ.get("WORKBENCH_DB_WAIT_S", "10")) if wait_s is None
                                  else wait_s)
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
         self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", "512MB")])
         # checkpoint in large steps: frequent checkpoints during a replay cost up to 3x its write rate
@@ -154,7 +160,7 @@ class Store:
                 if "lock" not in str(e).lower():
                     raise WorkbenchError(f"cannot open database {self.path}: {e}") from None
                 if time.monotonic() >= deadline:
-                    raise WorkbenchError(
+                    raise DatabaseLocked(
                         f"database {self.path} is locked by another process; waited {wait_s:g} s "
                         "(DuckDB allows one writing process per file)") from None
                 time.sleep(0.2)
@@ -273,8 +279,9 @@ class Store:
     def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
         """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
         cur.register("_wb_labels", data)
-        cur.execute("""INSERT OR REPLACE INTO labels
-                       SELECT ?, request_id, label, label_time FROM _wb_labels""", [traffic])
+        cur.execute("DELETE FROM labels WHERE traffic = ? AND request_id IN (SELECT request_id FROM _wb_labels)",
+                    [traffic])
+        cur.execute("INSERT INTO labels SELECT ?, request_id, label, label_time FROM _wb_labels", [traffic])
         cur.unregister("_wb_labels")
 
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
@@ -350,9 +357,17 @@ class Store:
         self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Write the WAL into the database file (the threshold is large, so big loads end with this)."""
-        if self.path != ":memory:":
+        """Write the WAL into the database file (the threshold is large, so big loads end with this).
+
+        Best effort: while another write transaction of this process is active, DuckDB refuses, and the
+        data stays safe in the WAL until a later checkpoint.
+        """
+        if self.path == ":memory:":
+            return
+        try:
             self.cursor().execute("CHECKPOINT")
+        except duckdb.TransactionException:
+            pass
 
     def run_error_counts(self, run_id: str) -> dict[str, int]:
         b, c = self.cursor().execute("SELECT count(baseline_error), count(candidate_error) FROM predictions "
@@ -940,6 +955,166 @@ class Store:
                            GROUP BY model""",
         }
         return {k: cur.execute(sql).fetchall() for k, sql in q.items()}
+    # -- the app (issue 8): small aggregates the Streamlit workbench charts ---------------------------------
+    # Large runs are reduced here, in DuckDB, to at most a few thousand numbers before anything reaches the
+    # browser: score histograms per label, confusion counts, latency histograms and percentiles, breakdowns
+    # per segment or time window, and a LIMITed sample of the rows where the two models disagree.
+    _APP_DISCRETE = {"VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
+                     "UINTEGER", "UBIGINT"}
+
+    def app_runs(self) -> list[dict[str, Any]]:
+        """Every run with its models, ``rows_done`` and ``data_at``, when its traffic or labels last changed."""
+        rows = self._rows(
+            f"""SELECT r.run_id, r.traffic, r.status, r.rows_total, r.rows_done, r.device, r.mode, r.started_at,
+                       r.finished_at, r.baseline, r.candidate, i.data_at
+                FROM ({self._RUNS}) r
+                LEFT JOIN (SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic) i USING (traffic)
+                ORDER BY r.started_at DESC""")
+        for r in rows:
+            r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
+        return rows
+
+    def app_canary_states(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM canary_state ORDER BY model")
+
+    def app_decided_models(self) -> list[str]:
+        return [r[0] for r in self.cursor().execute("SELECT DISTINCT model FROM decisions ORDER BY 1").fetchall()]
+
+    def _app_run(self, run_id: str) -> dict[str, Any]:
+        run = self.require_run(run_id)
+        self.require_traffic(run["traffic"])
+        return run
+
+    def app_score_summary(self, run_id: str, score_bins: int, latency_bins_per_decade: int) -> dict[str, list]:
+        """One pass over a run's paired rows (labels joined), grouped several ways at once:
+
+        ``scores``: (role, label, bin, rows, sum of scores) with bin = floor(score * score_bins), scored rows;
+        ``pairs``: (label, baseline class, candidate class, rows), label null for unlabelled rows;
+        ``latency``: (role, bin, rows) with bin = floor(log10(ms) * latency_bins_per_decade), ms >= 1e-6.
+        """
+        run = self._app_run(run_id)
+        nb, kl = int(score_bins), int(latency_bins_per_decade)
+        rows = self.cursor().execute(
+            f"""WITH p AS (
+                    SELECT l.label, p.baseline_class AS bc, p.candidate_class AS cc,
+                           p.baseline_score AS bs, p.candidate_score AS cs,
+                           {self._app_bin("p.baseline_score", nb)} AS bb, {self._app_bin("p.candidate_score", nb)} AS cb,
+                           {self._app_log_bin("p.baseline_latency_ms", kl)} AS bl,
+                           {self._app_log_bin("p.candidate_latency_ms", kl)} AS cl
+                    FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
+                    LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                    WHERE p.run_id = ?)
+                SELECT grouping(label, bb, cb, bc, cc, bl, cl) AS g, label, bb, cb, bc, cc, bl, cl, count(*) AS n,
+                       sum(bs) AS sb, sum(cs) AS sc
+                FROM p GROUP BY GROUPING SETS ((label, bb), (label, cb), (label, bc, cc), (bl), (cl))""",
+            [run["traffic"], run_id]).fetchall()
+        out: dict[str, list] = {"scores": [], "pairs": [], "latency": []}
+        for g, label, bb, cb, bc, cc, bl, cl, n, sb, sc in rows:
+            n = int(n)
+            if g == 0b0011111 and bb is not None and label is not None:
+                out["scores"].append(("baseline", int(label), int(bb), n, float(sb)))
+            elif g == 0b0101111 and cb is not None and label is not None:
+                out["scores"].append(("candidate", int(label), int(cb), n, float(sc)))
+            elif g == 0b0110011:
+                out["pairs"].append((None if label is None else int(label), bc, cc, n))
+            elif g == 0b1111101 and bl is not None:
+                out["latency"].append(("baseline", int(bl), n))
+            elif g == 0b1111110 and cl is not None:
+                out["latency"].append(("candidate", int(cl), n))
+        return out
+
+    @staticmethod
+    def _app_bin(x: str, bins: int) -> str:
+        """floor(x * bins) clamped to [0, bins - 1]; NULL stays NULL (least/greatest would skip it)."""
+        return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} >= 1 THEN {bins - 1} WHEN {x} < 0 THEN 0 " \
+               f"ELSE CAST(floor({x} * {bins}) AS INTEGER) END"
+
+    @staticmethod
+    def _app_log_bin(x: str, per_decade: int) -> str:
+        """floor(log10(x) * per_decade) for x >= 1e-6 ms (smaller values share the lowest bin); NULL stays NULL."""
+        return f"CASE WHEN {x} IS NULL THEN NULL ELSE CAST(floor(log10(greatest({x}, 1e-6)) * {per_decade}) " \
+               "AS INTEGER) END"
+
+    def app_latency_quantiles(self, run_id: str, probs: list[float]) -> dict[str, list[float | None]]:
+        """Exact latency percentiles (ms) of each model over a run's rows."""
+        row = self.cursor().execute(
+            "SELECT quantile_cont(baseline_latency_ms, CAST(? AS DOUBLE[])), "
+            "quantile_cont(candidate_latency_ms, CAST(? AS DOUBLE[])) FROM predictions WHERE run_id = ?",
+            [list(probs), list(probs), run_id]).fetchall()[0]
+        return {"baseline": list(row[0] or [None] * len(probs)), "candidate": list(row[1] or [None] * len(probs))}
+
+    _APP_SUMS = {
+        "rows": "count(*)", "labelled": "count(l.label)", "positives": "sum(l.label)",
+        "baseline_correct": "sum(CASE WHEN p.baseline_class = l.label THEN 1 ELSE 0 END)",
+        "candidate_correct": "sum(CASE WHEN p.candidate_class = l.label THEN 1 ELSE 0 END)",
+        "baseline_errors": "count(p.baseline_error)", "candidate_errors": "count(p.candidate_error)",
+        "disagree": "sum(CASE WHEN p.baseline_class <> p.candidate_class THEN 1 ELSE 0 END)",
+        "baseline_scored": "count(p.baseline_score)", "candidate_scored": "count(p.candidate_score)",
+        "baseline_score_sum": "sum(p.baseline_score)", "candidate_score_sum": "sum(p.candidate_score)",
+        "baseline_latency_n": "count(p.baseline_latency_ms)", "candidate_latency_n": "count(p.candidate_latency_ms)",
+        "baseline_latency_sum": "sum(p.baseline_latency_ms)", "candidate_latency_sum": "sum(p.candidate_latency_ms)",
+    }
+
+    def app_breakdowns(self, run_id: str, columns: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """In one pass over a run's rows (traffic and labels joined), sums per event-time day (key ``"day"``)
+        and per value of each of ``columns``: rows, labelled rows, positives, each model's correct
+        predictions, errors, scored rows, score sum and latency sum, and the rows whose classes differ."""
+        run = self._app_run(run_id)
+        known = self.require_traffic(run["traffic"])["columns"]
+        bad = [c for c in columns if c not in known]
+        if bad:
+            raise WorkbenchError(f"traffic {run['traffic']!r} has no column(s) {', '.join(bad)}")
+        dims = ["date_trunc('day', t.event_time)"] + [f"t.{qident(c)}" for c in columns]
+        names = ["day"] + list(columns)
+        sums = ", ".join(f"{v} AS {k}" for k, v in self._APP_SUMS.items())
+        rows = self.cursor().execute(
+            f"""SELECT grouping({', '.join(dims)}) AS g, {', '.join(dims)}, {sums}
+                FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
+                LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                WHERE p.run_id = ? GROUP BY GROUPING SETS ({', '.join(f'({d})' for d in dims)})""",
+            [run["traffic"], run_id]).fetchall()
+        full = (1 << len(dims)) - 1
+        out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for row in rows:
+            g = row[0]
+            for i, n in enumerate(names):
+                if g == full ^ (1 << (len(dims) - 1 - i)):
+                    vals = row[1 + len(dims):]
+                    out[n].append({"key": row[1 + i], **{k: (v or 0) for k, v in zip(self._APP_SUMS, vals)}})
+        for n in names:
+            out[n].sort(key=lambda r: (r["key"] is None, r["key"]))
+        return out
+
+    def app_disagreements(self, run_id: str, limit: int) -> pa.Table:
+        """Up to ``limit`` rows where the two models' classes differ, the largest score gaps first, with their
+        label, event time and every traffic column."""
+        run = self._app_run(run_id)
+        info = self.require_traffic(run["traffic"])
+        feats = ", ".join(f"t.{qident(c)}" for c in info["columns"])
+        return self.cursor().sql(
+            f"""WITH d AS (SELECT _row, baseline_score, candidate_score, baseline_class, candidate_class
+                           FROM predictions WHERE run_id = ? AND baseline_class <> candidate_class
+                           ORDER BY abs(candidate_score - baseline_score) DESC, _row LIMIT ?)
+                SELECT t.request_id, t.event_time, l.label, d.baseline_class, d.candidate_class, d.baseline_score,
+                       d.candidate_score, {feats}
+                FROM d JOIN {traffic_table(run["traffic"])} t USING (_row)
+                LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                ORDER BY abs(d.candidate_score - d.baseline_score) DESC, d._row""",
+            params=[run_id, int(limit), run["traffic"]]).to_arrow_table()
+
+    def app_segment_columns(self, traffic: str, max_values: int = 60) -> list[str]:
+        """Traffic columns worth segmenting by: text, booleans and integers (with at most ``max_values``
+        distinct values, approximately)."""
+        info = self.require_traffic(traffic)
+        types = {c: t for c, t in self.cursor().execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?",
+            ["traffic_" + traffic]).fetchall()}
+        cands = [c for c in info["columns"] if types.get(c) in self._APP_DISCRETE]
+        if not cands:
+            return []
+        sel = ", ".join(f"approx_count_distinct({qident(c)})" for c in cands)
+        counts = self.cursor().execute(f"SELECT {sel} FROM {traffic_table(traffic)}").fetchall()[0]
+        return [c for c, n in zip(cands, counts) if n is not None and n <= max_values]
 
     # -- reliability (issue 10): decisions waiting for MLflow, in chain order --------------------------------
     def pending_sync_records(self) -> list[dict[str, Any]]:

@@ -1,0 +1,100 @@
+"""Decide: the policy, the verdict it gives this run with every check's numbers, and the ramp step it moves
+to. Only an approver may sign and record the decision; the key stays on the server (the library signs)."""
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages import charts, data, ui
+from workbench import WorkbenchError
+from workbench.canary import Signer
+from workbench.policy import load_policy
+from workbench.decisions import decide
+from workbench.views import ramp_position
+
+OUTCOME_COLORS = {"pass": "color: #1a7f37", "fail": "color: #cf222e; font-weight: bold",
+                  "inconclusive": "color: #9a6700"}
+VERDICT_ICONS = {"PROMOTE": ":material/trending_up:", "HOLD": ":material/pause_circle:",
+                 "ROLLBACK": ":material/undo:"}
+
+ui.ensure_navigation()
+st.title("Decide")
+run = ui.pick_run(finished_only=True)
+if run is not None:
+    ui.run_caption(run)
+    home = data.settings().home
+    files = sorted(p for p in (home / "policies").glob("*") if p.suffix in (".toml", ".yaml", ".yml", ".json")) \
+        if (home / "policies").is_dir() else []
+    options = [None] + [str(p) for p in files]
+    policy_path = st.selectbox("Policy", options, format_func=lambda p: "shipped default policy" if p is None else
+                               Path(p).name, key="wb_policy",
+                               help=f"policy files live in {home / 'policies'} (TOML, YAML or JSON)")
+    try:
+        policy = load_policy(policy_path)
+        with st.expander(f"Policy **{policy.name}** · sha256 {policy.hash[:12]}…"):
+            st.json(policy.to_dict())
+        preview = data.preview(run, policy_path)
+    except WorkbenchError as e:
+        st.error(str(e))
+        preview = None
+    if preview is not None:
+        card = preview.scorecard
+        pos = ramp_position(preview.weight_after, policy.ramp)
+        v1, v2, v3 = st.columns([1, 1, 2])
+        v1.metric("Verdict", preview.verdict)
+        moved = preview.weight_after - preview.weight_before
+        v2.metric("Canary weight", f"{preview.weight_after}%",
+                  delta=f"{moved:+d} pts from {preview.weight_before}%" if moved else None,
+                  help=f"now {preview.weight_before}%; a signed decision moves it to {preview.weight_after}%")
+        v3.markdown(f"{VERDICT_ICONS.get(preview.verdict, '')} **{preview.reason}**  \n{preview.model}: candidate "
+                    f"v{preview.candidate['version']} against baseline v{preview.baseline['version']}; ramp step "
+                    f"{pos['step']} of {pos['steps']}")
+        v3.plotly_chart(charts.ramp(pos), key="decide_ramp", config={"displayModeBar": False})
+        counts = card.to_dict()["counts"]
+        st.subheader(f"Checks: {counts['pass']} pass, {counts['fail']} fail, {counts['inconclusive']} inconclusive")
+        checks = pd.DataFrame([{
+            "gate": c.gate, "outcome": c.outcome, "critical": c.critical,
+            "reason": c.reason, "baseline": c.baseline, "candidate": c.candidate,
+            "delta": c.delta.value if c.delta else None,
+            "delta CI": ui.ci(c.delta.ci_low, c.delta.ci_high, "{:+.4g}") if c.delta else "",
+            "criterion": c.criterion, "threshold": c.threshold} for c in card.checks])
+        st.dataframe(checks.style.map(lambda v: OUTCOME_COLORS.get(v, ""), subset=["outcome"]), hide_index=True,
+                     column_config={
+            "reason": st.column_config.TextColumn(width="large"),
+            **{k: st.column_config.NumberColumn(format="%.4g") for k in ("baseline", "candidate", "delta",
+                                                                          "threshold")}})
+        if card.skipped:
+            st.caption("Skipped: " + "; ".join(f"{s.gate} ({s.reason})" for s in card.skipped))
+
+        st.subheader("Sign and record")
+        out = st.session_state.get("_wb_signed")
+        if out and out["record"]["run_id"] == run["run_id"]:
+            st.success(f"Signed decision **{out['decision_id']}**: {out['verdict']}, weight "
+                       f"{out['weight_before']}% → {out['weight_after']}%"
+                       + (f"; MLflow run `{out['mlflow_run_id']}`." if out.get("mlflow_run_id") else
+                          f"; not yet in MLflow ({out.get('sync_error')}), stored locally."), icon=":material/check:")
+        who = ui.identity()
+        if who is None or not who.can_approve:
+            st.info("Only an approver can sign decisions. " + ("Sign in from the sidebar." if who is None else
+                    f"{who.email or who.name} is signed in but is not an approver."), icon=":material/lock:")
+        else:
+            with st.form("wb_sign", clear_on_submit=True):
+                st.markdown(f"Sign as **{who.signer}** with the workbench key: verdict **{preview.verdict}**, "
+                            f"weight {preview.weight_before}% → {preview.weight_after}%. The record is chained, "
+                            "applied to the canary weight and published to MLflow.")
+                confirmed = st.checkbox("I have reviewed the evidence", key="wb_confirm")
+                if st.form_submit_button("Sign and apply", type="primary"):
+                    if not confirmed:
+                        st.warning("Tick the box first.")
+                    else:
+                        settings = data.settings()
+                        try:
+                            signer = Signer.from_keys_dir(settings.keys_dir, who.signer)
+                            with data.database().write() as store:
+                                out = decide(settings, store, run["run_id"], policy, signer)
+                        except WorkbenchError as e:
+                            st.error(str(e))
+                        else:
+                            st.session_state["_wb_signed"] = out
+                            data.refresh()
+                            st.rerun()

@@ -1,0 +1,152 @@
+"""Widgets the pages share: the sign-in box, the run picker, the busy note, number formatting."""
+from __future__ import annotations
+
+import runpy
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from pages import data
+from workbench import WorkbenchError
+from workbench.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
+
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def ensure_navigation() -> None:
+    """Run this page through ``app.py``'s navigation.
+
+    When the repository has a ``pages/`` folder, Streamlit (1.67) runs a session's first page in its legacy
+    multipage mode if the address names a page on a fresh server (and always under AppTest): the page runs
+    without ``app.py`` (no layout, no sign-in box) under a navigation listing every module of ``pages/``.
+    Then this runs ``app.py`` in the same script run (its ``st.navigation`` switches the legacy mode off and
+    runs this page again, properly) and stops the legacy run, so widget events of this run are kept.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
+
+
+# -- identity -----------------------------------------------------------------------------------------------------
+def _auth_section() -> dict | None:
+    """Streamlit's ``[auth]`` secrets section when OIDC is configured, else None."""
+    from streamlit.errors import StreamlitSecretNotFoundError
+
+    try:
+        auth = st.secrets.get("auth")
+    except (StreamlitSecretNotFoundError, FileNotFoundError):
+        return None
+    return dict(auth) if auth else None
+
+
+def _approvers() -> dict:
+    try:
+        return load_approvers(approvers_path(data.settings().home))
+    except WorkbenchError as e:
+        st.sidebar.error(str(e))
+        return {}
+
+
+def identity() -> Identity | None:
+    """Who uses this session: the OIDC login when OIDC is configured, else the approver signed in here."""
+    if _auth_section() is not None:
+        return oidc_identity(st.user.to_dict(), _approvers())
+    return st.session_state.get("_wb_identity")
+
+
+def sidebar_identity() -> None:
+    """The sign-in box: ``st.login`` with OIDC, else an approver's name and password; reviewers read only."""
+    box = st.sidebar.container(border=True)
+    auth = _auth_section()
+    who = identity()
+    if auth is not None:
+        if who is None:
+            box.caption("Reviewing read-only.")
+            if box.button("Log in", key="wb_login"):
+                st.login(oidc_provider(auth))
+        else:
+            role = "approver" if who.can_approve else "reviewer (read-only: not an approver)"
+            box.markdown(f"**{who.email or who.name}**  \n{role}")
+            if box.button("Log out", key="wb_logout"):
+                st.logout()
+        return
+    if who is not None:
+        box.markdown(f"**{who.name}**  \napprover (password)")
+        if box.button("Sign out", key="wb_signout"):
+            st.session_state.pop("_wb_identity", None)
+            st.rerun()
+        return
+    box.caption("Reviewing read-only. Approvers sign in to sign decisions.")
+    approvers = _approvers()
+    if not approvers:
+        box.caption("No approvers yet: `workbench approver add NAME`.")
+        return
+    with box.form("wb_signin", clear_on_submit=True, border=False):
+        name = st.text_input("Approver", key="wb_signin_name")
+        password = st.text_input("Password", type="password", key="wb_signin_password")
+        if st.form_submit_button("Sign in"):
+            who = authenticate(approvers, name.strip(), password)
+            if who is None:
+                time.sleep(0.5)   # slows down guessing
+                st.session_state["_wb_signin_error"] = True
+            else:
+                st.session_state["_wb_identity"] = who
+                st.session_state.pop("_wb_signin_error", None)
+                st.rerun()
+    if st.session_state.get("_wb_signin_error"):
+        box.error("Unknown approver or wrong password.")
+
+
+# -- the run picker ---------------------------------------------------------------------------------------------------
+def _label(r: dict) -> str:
+    b, c = r["baseline"], r["candidate"]
+
+    def ref(m: dict) -> str:
+        return f"{m.get('name')} v{m.get('version')}" if m.get("version") else str(m.get("uri"))
+
+    return f"{r['run_id']} · {ref(b)} vs {ref(c)} · {r['rows_done']:,} rows · {r['status']}"
+
+
+def pick_run(finished_only: bool = False) -> dict | None:
+    """A run chosen in the sidebar (shared by the pages, and by ``?run=`` in the address); None when there is
+    none yet (the page then says so)."""
+    runs = data.runs()
+    if finished_only:
+        runs = [r for r in runs if r["status"] == "finished"]
+    if not runs:
+        st.info("No replay run yet: start one on the Replay page, or run `workbench demo` / `workbench replay`.")
+        return None
+    ids = [r["run_id"] for r in runs]
+    wanted = st.query_params.get("run") or st.session_state.get("_wb_run")
+    index = ids.index(wanted) if wanted in ids else 0
+    labels = {r["run_id"]: _label(r) for r in runs}
+    chosen = st.sidebar.selectbox("Replay run", ids, index=index, format_func=labels.get, key="wb_run")
+    st.session_state["_wb_run"] = chosen
+    st.query_params["run"] = chosen
+    return next(r for r in runs if r["run_id"] == chosen)
+
+
+def run_caption(r: dict) -> None:
+    b, c = r["baseline"], r["candidate"]
+    st.caption(f"Run **{r['run_id']}** on traffic **{r['traffic']}**: baseline `{b.get('uri')}` (v{b.get('version')})"
+               f" vs candidate `{c.get('uri')}` (v{c.get('version')}); {r['rows_done']:,} of "
+               f"{r['rows_total'] or 0:,} rows, {r['status']}.")
+
+
+# -- notes and formatting ------------------------------------------------------------------------------------------------
+def start(page_slot) -> None:
+    """Per run of the app: forget the busy state and keep a slot above the page for the busy note."""
+    data.start_run(page_slot)
+
+
+def num(x, fmt: str = "{:.4f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def ci(lo, hi, fmt: str = "{:.4f}") -> str:
+    return "" if lo is None or hi is None else f"[{fmt.format(lo)}, {fmt.format(hi)}]"

@@ -1,0 +1,332 @@
+"""What the app's pages show, computed from the small aggregates the store returns (pure functions).
+
+The store reduces a run to histograms and counts in DuckDB (:meth:`Store.app_score_summary` and friends);
+these functions turn them into curves, matrices and tables: ROC and PR points at the histogram's bin
+edges, reliability bins, confusion matrices, latency histograms, scorecard rows that accept both the
+interval shape of ``workbench evaluate --json`` and bare numbers, breakdown rows, drift rows, the ramp
+position. Charts themselves live in ``pages/``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from .metrics import METRICS
+
+ROLES = ("baseline", "candidate")
+P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})   # drift when the p-value falls below the threshold
+
+
+# -- curves from score histograms --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Curves:
+    """One model's curves at thresholds ``k / bins`` (k = 0 .. bins): predicted positive when score >= t."""
+    thresholds: np.ndarray
+    tpr: np.ndarray
+    fpr: np.ndarray
+    precision: np.ndarray      # NaN where nothing is predicted positive
+    positives: int
+    negatives: int
+
+    @property
+    def roc_auc(self) -> float | None:
+        """Trapezoid area under the binned ROC curve (close to the exact AUC for fine bins)."""
+        if not self.positives or not self.negatives:
+            return None
+        x, y = self.fpr[::-1], self.tpr[::-1]
+        return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def _histograms(scores: list[tuple], role: str, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(negatives per bin, positives per bin, sum of scores per bin) of one role."""
+    neg, pos, total = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    for r, label, b, n, s in scores:
+        if r != role or not 0 <= b < bins:
+            continue
+        (pos if label == 1 else neg)[b] += n
+        total[b] += s
+    return neg, pos, total
+
+
+def curves(scores: list[tuple], role: str, bins: int) -> Curves:
+    """ROC and PR points of ``role`` from ``scores`` rows ``(role, label, bin, rows, sum_score)``."""
+    neg, pos, _ = _histograms(scores, role, bins)
+    # predicted positive at threshold k / bins: every bin >= k
+    tp = np.concatenate([np.cumsum(pos[::-1])[::-1], [0.0]])
+    fp = np.concatenate([np.cumsum(neg[::-1])[::-1], [0.0]])
+    p, n = float(pos.sum()), float(neg.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = tp / p if p else np.zeros_like(tp)
+        fpr = fp / n if n else np.zeros_like(fp)
+        precision = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
+    return Curves(np.arange(bins + 1) / bins, tpr, fpr, precision, int(p), int(n))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Reliability bins: mean score and observed positive rate per bin, with the bin's row count."""
+    edges: np.ndarray
+    mean_score: np.ndarray
+    positive_rate: np.ndarray
+    rows: np.ndarray
+
+
+def calibration(scores: list[tuple], role: str, bins: int, groups: int = 10) -> Calibration:
+    """``groups`` equal-width score bins (as sklearn's ``calibration_curve(strategy="uniform")``), from the
+    ``bins``-bin histogram; ``bins`` must be a multiple of ``groups``. Empty bins are left out."""
+    if bins % groups:
+        raise ValueError(f"{bins} histogram bins do not split into {groups} groups")
+    neg, pos, total = _histograms(scores, role, bins)
+    k = bins // groups
+    n = (neg + pos).reshape(groups, k).sum(axis=1)
+    p = pos.reshape(groups, k).sum(axis=1)
+    s = total.reshape(groups, k).sum(axis=1)
+    keep = n > 0
+    return Calibration(np.linspace(0, 1, groups + 1), s[keep] / n[keep], p[keep] / n[keep], n[keep].astype(int))
+
+
+# -- confusion and agreement --------------------------------------------------------------------------------
+def confusion(pairs: list[tuple], role: str) -> np.ndarray:
+    """2x2 counts ``[[tn, fp], [fn, tp]]`` (rows: label 0/1, columns: predicted 0/1) from ``pairs`` rows
+    ``(label, baseline_class, candidate_class, rows)``; unlabelled and errored rows are left out."""
+    m = np.zeros((2, 2), dtype=np.int64)
+    i = 1 if role == "candidate" else 0
+    for label, bc, cc, n in pairs:
+        cls = (bc, cc)[i]
+        if label in (0, 1) and cls in (0, 1):
+            m[label, cls] += n
+    return m
+
+
+def agreement(pairs: list[tuple]) -> dict[str, Any]:
+    """How the two models agree: rows both scored, rows whose classes differ, and on labelled rows the
+    paired 2x2 table ``[[both wrong, only candidate right], [only baseline right, both right]]``."""
+    both = differ = 0
+    table = np.zeros((2, 2), dtype=np.int64)
+    for label, bc, cc, n in pairs:
+        if bc is None or cc is None:
+            continue
+        both += n
+        differ += n if bc != cc else 0
+        if label in (0, 1):
+            table[int(bc == label), int(cc == label)] += n
+    return {"rows": both, "disagree": differ, "disagree_rate": differ / both if both else None, "paired": table}
+
+
+# -- latency -------------------------------------------------------------------------------------------------
+def latency_histogram(latency: list[tuple], role: str, per_decade: int) -> dict[str, np.ndarray]:
+    """Log-spaced latency bins of ``role`` from rows ``(role, bin, rows)``: edges (ms), rows, share."""
+    got = sorted((b, n) for r, b, n in latency if r == role)
+    if not got:
+        return {"lo": np.array([]), "hi": np.array([]), "rows": np.array([], dtype=int), "share": np.array([])}
+    b = np.array([x for x, _ in got], dtype=np.float64)
+    n = np.array([y for _, y in got], dtype=np.int64)
+    return {"lo": 10 ** (b / per_decade), "hi": 10 ** ((b + 1) / per_decade), "rows": n, "share": n / n.sum()}
+
+
+# -- the scorecard ---------------------------------------------------------------------------------------------
+def interval(x: Any) -> tuple[float | None, float | None, float | None]:
+    """(value, ci_low, ci_high) from ``{"value", "ci_low", "ci_high"}`` or a bare number."""
+    if isinstance(x, dict):
+        return _f(x.get("value")), _f(x.get("ci_low")), _f(x.get("ci_high"))
+    return _f(x), None, None
+
+
+def _f(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def metric_rows(ev: dict) -> list[dict[str, Any]]:
+    """One row per metric of an evaluation: each model's value and interval, the paired delta with its
+    interval, p-value and minimum detectable effect (None where the evaluation has none)."""
+    base, cand, delta = ev.get("baseline") or {}, ev.get("candidate") or {}, ev.get("delta") or {}
+    names = [m for m in METRICS if m in base or m in cand] + [m for m in list(base) + list(cand) if m not in METRICS]
+    rows = []
+    for m in dict.fromkeys(names):
+        b, c = interval(base.get(m)), interval(cand.get(m))
+        d = delta.get(m)
+        dv, dl, dh = interval(d) if d is not None else ((c[0] - b[0]) if None not in (b[0], c[0]) else None,
+                                                         None, None)
+        better = METRICS[m].higher_is_better if m in METRICS else None
+        rows.append({"metric": m, "baseline": b[0], "baseline_ci_low": b[1], "baseline_ci_high": b[2],
+                     "candidate": c[0], "candidate_ci_low": c[1], "candidate_ci_high": c[2],
+                     "delta": dv, "delta_ci_low": dl, "delta_ci_high": dh,
+                     "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
+                     "mde": _f(d.get("mde")) if isinstance(d, dict) else None, "higher_is_better": better,
+                     "improved": None if dv is None or better is None else (dv > 0) == better and dv != 0})
+    return rows
+
+
+def latency_rows(ev: dict, quantiles: dict[str, list[float | None]] | None = None,
+                 probs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> list[dict[str, Any]]:
+    """Latency percentiles side by side: the evaluation's (with the delta's interval) where it has them, else
+    the ``quantiles`` computed over the run's rows."""
+    lat = ev.get("latency") or {}
+    rows = []
+    for i, p in enumerate(probs):
+        key = f"p{round(p * 100)}"
+        b, c = _f((lat.get("baseline") or {}).get(key)), _f((lat.get("candidate") or {}).get(key))
+        source = "evaluation"
+        if (b is None or c is None) and quantiles:
+            b, c, source = quantiles["baseline"][i], quantiles["candidate"][i], "replayed rows"
+        dv, dl, dh = interval((lat.get("delta") or {}).get(key)) if source == "evaluation" else (None, None, None)
+        if dv is None and b is not None and c is not None:
+            dv = c - b
+        rows.append({"percentile": key, "baseline_ms": b, "candidate_ms": c, "delta_ms": dv, "delta_ci_low": dl,
+                     "delta_ci_high": dh, "ratio": c / b if b and c is not None else None, "source": source})
+    return rows
+
+
+def error_rows(ev: dict, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Each model's errors: the evaluation's count, rate and interval, else bare ``counts``."""
+    errs = ev.get("errors") or {}
+    rows = []
+    for role in ROLES:
+        e = errs.get(role) or {}
+        rows.append({"model": role, "errors": e.get("count", (counts or {}).get(role)), "rows": e.get("rows"),
+                     "rate": _f(e.get("rate")), "ci_low": _f(e.get("ci_low")), "ci_high": _f(e.get("ci_high"))})
+    return rows
+
+
+def segment_rows(ev: dict) -> list[dict[str, Any]]:
+    """The evaluation's per-segment results (``segments`` {column: {value: {...}}}) as flat rows."""
+    rows = []
+    for col, values in (ev.get("segments") or {}).items():
+        for value, seg in (values or {}).items():
+            if not isinstance(seg, dict):
+                continue
+            for r in metric_rows(seg):
+                rows.append({"column": col, "value": value, "rows": seg.get("rows"), "small": seg.get("small"), **r})
+    return rows
+
+
+def window_rows(ev: dict) -> list[dict[str, Any]]:
+    """The evaluation's per-window results (``windows``: a list of windows or {name: {...}}) as flat rows."""
+    windows = ev.get("windows") or {}
+    items = windows.items() if isinstance(windows, dict) else \
+        ((w.get("start") or w.get("window") or str(i), w) for i, w in enumerate(windows) if isinstance(w, dict))
+    rows = []
+    for name, w in items:
+        if not isinstance(w, dict):
+            continue
+        for r in metric_rows(w):
+            rows.append({"window": name, "rows": w.get("rows"), **r})
+    return rows
+
+
+# -- breakdowns -------------------------------------------------------------------------------------------------
+def _period(day: Any, period: str) -> Any:
+    if period == "day":
+        return day
+    if period == "week":
+        return day - timedelta(days=day.weekday())
+    if period == "month":
+        return day.replace(day=1)
+    raise ValueError(f"unknown period {period!r} (day, week, month)")
+
+
+def rollup(days: list[dict[str, Any]], period: str) -> list[dict[str, Any]]:
+    """Per-day sums of :meth:`Store.app_breakdowns` added up per ``period`` (day, week from Monday, month)."""
+    out: dict[Any, dict[str, Any]] = {}
+    for d in days:
+        if d["key"] is None:
+            continue
+        key = _period(d["key"], period)
+        acc = out.setdefault(key, {"key": key})
+        for k, v in d.items():
+            if k != "key":
+                acc[k] = acc.get(k, 0) + v
+    return [out[k] for k in sorted(out)]
+
+
+def breakdown_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per group of sums (:meth:`Store.app_breakdowns`): each model's accuracy and error rate on the labelled
+    rows, the accuracy difference, label rate, disagreement rate, failures, mean score and mean latency
+    (None where a group has no labelled or scored rows)."""
+    def ratio(a, b):
+        return a / b if b else None
+
+    out = []
+    for g in groups:
+        lab = g["labelled"]
+        ba, ca = ratio(g["baseline_correct"], lab), ratio(g["candidate_correct"], lab)
+        out.append({"key": g["key"], "rows": g["rows"], "labelled": lab, "label_rate": ratio(g["positives"], lab),
+                    "baseline_accuracy": ba, "candidate_accuracy": ca,
+                    "accuracy_delta": ca - ba if lab else None,
+                    "baseline_error_rate": 1 - ba if lab else None, "candidate_error_rate": 1 - ca if lab else None,
+                    "disagree_rate": ratio(g["disagree"], g["rows"]),
+                    "baseline_failures": g["baseline_errors"], "candidate_failures": g["candidate_errors"],
+                    "baseline_mean_score": ratio(g["baseline_score_sum"], g["baseline_scored"]),
+                    "candidate_mean_score": ratio(g["candidate_score_sum"], g["candidate_scored"]),
+                    "baseline_mean_latency_ms": ratio(g["baseline_latency_sum"], g["baseline_latency_n"]),
+                    "candidate_mean_latency_ms": ratio(g["candidate_latency_sum"], g["candidate_latency_n"])})
+    return out
+
+
+def largest(groups: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The ``n`` groups with the most rows, largest first."""
+    return sorted(groups, key=lambda g: -g["rows"])[:n]
+
+
+# -- drift -------------------------------------------------------------------------------------------------------
+def drift_score(test: str | None, statistic: float | None, threshold: float | None) -> float | None:
+    """How far a drift statistic is past its threshold on one scale (> 1: drift): statistic / threshold for
+    distances, log(p-value) / log(threshold) for p-value tests (p = threshold gives 1, p = threshold^2 gives 2)."""
+    if test is None or statistic is None or not threshold:
+        return None
+    if test in P_VALUE_TESTS:
+        if not 0 < threshold < 1:
+            return None
+        return math.log(max(statistic, 1e-300)) / math.log(threshold) if statistic < 1 else 0.0
+    return statistic / threshold
+
+
+def feature_drift_rows(report: dict) -> list[dict[str, Any]]:
+    """Per feature of a drift report: test, statistic, threshold, drift flag and :func:`drift_score`,
+    most drifted first."""
+    rows = [{"feature": c, "kind": f.get("kind"), "test": f.get("test"), "statistic": f.get("statistic"),
+             "threshold": f.get("threshold"), "drifted": bool(f.get("drifted")), "method": f.get("method"),
+             "score": drift_score(f.get("test"), f.get("statistic"), f.get("threshold")), "note": f.get("note")}
+            for c, f in (report.get("features") or {}).items()]
+    return sorted(rows, key=lambda r: (-(r["score"] or 0), r["feature"]))
+
+
+def prediction_drift_rows(report: dict) -> list[dict[str, Any]]:
+    """Prediction drift of each model's scores (reference against current) and baseline against candidate."""
+    rows = []
+    for name, d in (report.get("prediction_drift") or {}).items():
+        if not isinstance(d, dict):
+            continue
+        rows.append({"comparison": name.replace("_", " "), "available": d.get("available", True),
+                     "test": d.get("test"), "statistic": d.get("statistic"), "threshold": d.get("threshold"),
+                     "drifted": d.get("drifted"), "mean_abs_score_diff": d.get("mean_abs_score_diff"),
+                     "class_disagreement": d.get("class_disagreement"), "reason": d.get("reason"),
+                     "score": drift_score(d.get("test"), d.get("statistic"), d.get("threshold"))})
+    return rows
+
+
+def quality_rows(report: dict) -> list[dict[str, Any]]:
+    """The drift report's data quality per feature, flattened (lists of examples joined)."""
+    rows = []
+    for col, q in (report.get("quality") or {}).items():
+        row = {"feature": col}
+        for k, v in (q or {}).items():
+            row[k] = ", ".join(map(str, v[:5])) if isinstance(v, list) else v
+        rows.append(row)
+    return rows
+
+
+# -- the canary ramp -----------------------------------------------------------------------------------------------
+def ramp_position(weight: int, ramp: tuple[int, ...] | list[int]) -> dict[str, Any]:
+    """Where a weight sits on the ramp: its step (0 before the first), the number of steps, the next weight."""
+    ramp = list(ramp)
+    step = sum(1 for w in ramp if w <= weight)
+    nxt = next((w for w in ramp if w > weight), None)
+    return {"weight": weight, "step": step, "steps": len(ramp), "next": nxt, "ramp": ramp,
+            "text": " → ".join(f"[{w}%]" if w == weight else f"{w}%" for w in [0] + ramp)}
