@@ -40,6 +40,47 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class RssSampler:
+    """Samples resident memory every few ms while a phase's timed part runs: RSS just before it, its peak
+    during it, and the anonymous/file/shared split at that peak (whatever loaded before, such as the CUDA
+    context, is in the "before" figure, so the difference is the replay's own)."""
+
+    def __init__(self, every_s: float = 0.005):
+        import threading
+
+        self.every_s, self.peak, self.at_peak = every_s, 0.0, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.before = sum(rss_parts_mb().values())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.wait(self.every_s):
+            parts = rss_parts_mb()
+            if sum(parts.values()) > self.peak:
+                self.peak, self.at_peak = sum(parts.values()), parts
+
+    def to_dict(self) -> dict:
+        return {"before_mb": self.before, "peak_mb": self.peak, "at_peak_mb": self.at_peak}
+
+
+def rss_parts_mb() -> dict:
+    """Resident memory now by kind: anonymous (heaps, buffers), file-backed (mapped libraries such as the
+    CUDA ones), shared (pinned memory shows up here on some drivers)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+            out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
 # -- traffic ----------------------------------------------------------------------------------------
 def write_traffic(path: Path, rows: int, models: str, home: Path | None, chunk: int = 1 << 20) -> None:
     """Write ``rows`` requests to Parquet chunk by chunk (constant memory)."""
@@ -169,7 +210,7 @@ def phase_replay(a, constant: bool = False) -> dict:
     models = load_pair(a)
     if constant:
         models = {r: ConstantModel(m.ref) for r, m in models.items()}
-    with Store(a.db) as store:
+    with Store(a.db) as store, RssSampler() as rss:
         t = time.perf_counter()
         res = replay(store, "bench", models["baseline"], models["candidate"],
                      run_id=f"bench_{a.rows}_w{a.writers}{'_io' if constant else ''}",
@@ -177,7 +218,7 @@ def phase_replay(a, constant: bool = False) -> dict:
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
     assert n == res.rows == a.rows, (n, res.rows, a.rows)   # every request scored exactly once
-    return {"seconds": seconds, "rows": res.rows}
+    return {"seconds": seconds, "rows": res.rows, "stages": res.stages, "rss": rss.to_dict()}
 
 
 def phase_io(a) -> dict:
@@ -234,6 +275,7 @@ def main() -> None:
         a.rows, a.writers = a.rows[0], a.writers[0]
         res = PHASES[a.phase](a)
         res["peak_rss_mb"] = peak_rss_mb()
+        res["rss_end_mb"] = rss_parts_mb()
         print(json.dumps(res))
         return
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
@@ -275,6 +317,14 @@ def main() -> None:
               f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
               f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
               f"{r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}")
+    print("what bounds each full replay (busy seconds per stage; the write stage's is per writer thread):")
+    for r in results:
+        st, rss = r["replay"].get("stages") or {}, r["replay"].get("rss", {})
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in st.get("busy_s", {}).items())
+        print(f"  {r['rows']:,} rows, {r['writers']} writers: wall {st.get('wall_s', 0):.2f} s, finish "
+              f"{st.get('finish_s', 0):.2f} s, busy {busy}; bound: {st.get('bound')}; RSS before the replay "
+              f"{rss.get('before_mb', 0):,.0f} MB (models loaded), peak during it {rss.get('peak_mb', 0):,.0f} MB ("
+              + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items()) + ")")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))
 

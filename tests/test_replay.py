@@ -121,3 +121,54 @@ def test_resume_skips_ranges_committed_out_of_order(store):
     assert r.rows == 100
     p = predictions(store, "holes")
     assert len(p) == 200 and not p.duplicated(["request_id", "role"]).any()
+
+
+# -- batching and commit units --------------------------------------------------------------------------
+def _reader(sizes):
+    import pyarrow as pa
+
+    start, batches = 0, []
+    for n in sizes:
+        batches.append(pa.record_batch({"_row": np.arange(start, start + n)}))
+        start += n
+    return pa.RecordBatchReader.from_batches(batches[0].schema, batches)
+
+
+@pytest.mark.parametrize("sizes,size", [([7, 7, 7], 5), ([3, 100, 1], 40), ([10], 10), ([4, 4], 100)],
+                         ids=["small-into-smaller", "split-big", "exact", "short-tail"])
+def test_rebatch_gives_exact_sizes_in_order(sizes, size):
+    from workbench.replay import rebatch
+
+    out = list(rebatch(_reader(sizes), size))
+    total = sum(sizes)
+    assert [t.num_rows for t in out] == [size] * (total // size) + ([total % size] if total % size else [])
+    assert np.concatenate([t.column("_row").to_numpy() for t in out]).tolist() == list(range(total))
+
+
+def test_commit_packer_cuts_whole_row_groups_and_shares_seconds():
+    import pyarrow as pa
+    from workbench.replay import CommitPacker
+
+    packer = CommitPacker(row_group=10, groups=2)
+    table = lambda a, b: pa.table({"_row": np.arange(a, b)})   # noqa: E731
+    assert packer.add(table(0, 13), 1.3, now=0.0) == []         # 13 rows < a unit of 20
+    (unit, sec), = packer.add(table(13, 26), 2.6, now=0.1)     # 26 rows pending: 2 whole groups
+    assert unit.column("_row").to_pylist() == list(range(20)) and sec == pytest.approx(1.3 + 1.4)
+    assert packer.whole() == [] and packer.rows == 6              # no whole group left
+    assert not packer.due(0.2) and packer.due(10.0)               # the rest waits, then may be flushed
+    (rest, sec), = packer.flush()
+    assert rest.column("_row").to_pylist() == list(range(20, 26)) and sec == pytest.approx(1.2)
+    assert packer.flush() == [] and packer.rows == 0
+
+
+def test_fast_replay_commits_whole_row_groups(store, monkeypatch):
+    """Busy writers get units of whole row groups only; the tail is the one partial unit."""
+    import workbench.replay as rp
+
+    monkeypatch.setattr(rp, "ROW_GROUP", 8)
+    monkeypatch.setattr(rp, "FLUSH_S", 3600.0)
+    r = replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="rg", options=ReplayOptions(batch_size=6))
+    spans = [n for (n,) in store.con.execute("SELECT rows FROM run_batches WHERE run_id = 'rg' ORDER BY first_row")
+             .fetchall()]
+    assert sum(spans) == 100 and all(n % 8 == 0 for n in spans[:-1])
+    assert r.stages["bound"] in ("read", "score", "build", "write") and r.stages["busy_s"]["write"] > 0

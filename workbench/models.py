@@ -174,6 +174,22 @@ class TorchPredictor:
         self.ref, self.device = ref, device
         self.module = module.to(device).eval()
         self._torch = torch
+        self._warm_up()
+
+    def _warm_up(self, rows: int = 1024, calls: int = 2) -> None:
+        """Run the module on zeros before any request: CUDA kernels load and TorchScript optimizes on the first
+        calls, which would otherwise show up as the first requests' latency. A module that fails here fails
+        again, per row, when it scores."""
+        torch = self._torch
+        try:
+            with torch.inference_mode():
+                x = torch.zeros((rows, len(self.ref.features)), dtype=torch.float32, device=self.device)
+                for _ in range(calls):
+                    self.module(x)
+                if self.device != "cpu":
+                    torch.cuda.synchronize()
+        except Exception as e:  # the model's problem is reported where it scores
+            log.debug("warm-up of %s failed: %s", self.ref.uri, e)
 
     def predict(self, batch: pa.Table) -> np.ndarray:
         return self.predict_matrix(feature_matrix(batch, self.ref.features))

@@ -49,9 +49,10 @@ class ScoringOptions:
 
 @dataclass(frozen=True)
 class Scored:
-    """One model's output for one batch: scores (NaN on error), per-row error reasons, latency in ms."""
+    """One model's output for one batch: scores (NaN on error), per-row error reasons (None: no row
+    failed), latency in ms."""
     scores: np.ndarray
-    errors: list
+    errors: list | None
     latency_ms: np.ndarray
 
 
@@ -263,8 +264,13 @@ class _SharedGpuInput:
         view = host.numpy()
         for j, f in enumerate(self.features):
             col = batch.column(f)
-            view[j, :n] = (col.to_numpy(zero_copy_only=False) if col.null_count == 0
-                           else np.asarray(col.to_pandas(), dtype=np.float32))
+            if col.null_count:
+                view[j, :n] = np.asarray(col.to_pandas(), dtype=np.float32)
+                continue
+            at = 0
+            for chunk in col.chunks:   # chunk by chunk into the pinned buffer: no intermediate copy
+                view[j, at:at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+                at += len(chunk)
         return batch, host
 
     def score(self, host, n: int) -> dict[str, Scored]:
@@ -283,14 +289,16 @@ class _SharedGpuInput:
             both = torch.stack([outs[r] for r in self.models]).cpu()   # one device-to-host copy, synchronizes
         result = {}
         for k, role in enumerate(self.models):
-            scores = both[k].numpy().astype(np.float64)
+            scores = both[k].numpy()   # float32: DuckDB widens it to DOUBLE in the writer threads
             if scores.shape != (n,):
                 raise ValueError("wrong output shape")
-            errors: list = [None] * n
+            errors = None
             bad = ~np.isfinite(scores)
-            for i in np.flatnonzero(bad):
-                errors[i] = f"non-finite score: {scores[i]}"
-            scores[bad] = np.nan
+            if bad.any():
+                errors = [None] * n
+                for i in np.flatnonzero(bad):
+                    errors[i] = f"non-finite score: {scores[i]}"
+                scores[bad] = np.nan
             ms = events[role][0].elapsed_time(events[role][1])
             result[role] = Scored(scores, errors, np.full(n, ms / max(1, n)))
         return result

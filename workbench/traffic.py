@@ -407,8 +407,11 @@ def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool
                         SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
                                           FROM _wb_stage WHERE _wb_reason IS NULL) WHERE k > 1){stored})""")
     cols = ", ".join(["_row", "request_id", "event_time", "entity_key"] + [qident(c) for c in features])
+    # ORDER BY (the stage is in _row order already) makes DuckDB write full row groups: a plain insert keeps
+    # the source's partial ones, and the next checkpoint of any later write (a replay's) merges and rewrites
+    # them, about 0.1 s per million rows
     cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_stage "
-                "WHERE _wb_reason IS NULL")   # staged in _row order; insertion order is preserved
+                "WHERE _wb_reason IS NULL ORDER BY _row")
     typed = "struct_pack(" + ", ".join(f"{qident(c)} := {qident(c)}" for c in
                                        ["request_id", "event_time", "entity_key", *features]) + ")"
     cur.execute(f"""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ?, request_id, _wb_reason,
