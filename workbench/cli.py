@@ -356,6 +356,8 @@ def add_decision_commands(sub, common):
 
 # -- live canary: router, mesh manifests (issue 7) ---------------------------------------------------
 def cmd_route(args) -> None:
+    from importlib.util import find_spec
+
     import uvicorn
 
     from .canary import Signer
@@ -381,8 +383,12 @@ def cmd_route(args) -> None:
     traffic_log = None if args.no_log else TrafficLog(args.log_dir or settings.home / "live" / args.model,
                                                       rotate_rows=args.rotate_rows, rotate_s=args.rotate_s)
     router = Router(config, policy, weights, traffic_log=traffic_log)
+    # uvloop and httptools (the C event loop and parser) when installed; no access log, no proxy-header
+    # rewriting (the router never reads the client address)
+    loop = "uvloop" if find_spec("uvloop") is not None else "asyncio"
     server = uvicorn.Server(uvicorn.Config(router, host=args.host, port=args.port, log_level="warning",
-                                           access_log=False, lifespan="on"))
+                                           access_log=False, lifespan="on", proxy_headers=False, loop=loop,
+                                           http="httptools"))
     log.info("routing %s on http://%s:%d: baseline %s, candidate %s, mirror %g%%, traffic log %s", args.model,
              args.host, args.port, args.baseline, args.candidate, args.mirror,
              traffic_log.dir if traffic_log else "off")
