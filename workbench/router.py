@@ -26,8 +26,8 @@ import json
 import logging
 import os
 import threading
+import itertools
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -244,6 +244,10 @@ class Router:
         self._segments = [(s, s.header.lower().encode() if s.header else None) for s in self.live.segments]
         self._needs_rows = bool(config.entity_field) or any(s.field for s in self.live.segments)
         self._pools: dict[str, Pool] = {}
+        # request ids for requests that come without one: a random prefix per router and a counter (32 hex
+        # digits like a uuid4's, unique across routers and restarts, without a uuid4 per request)
+        self._rid_prefix = os.urandom(8).hex()
+        self._rid_seq = itertools.count()
         self._mirrors: set[asyncio.Task] = set()
         self._background: list[asyncio.Task] = []
         self._rollback_task: asyncio.Task | None = None
@@ -445,7 +449,8 @@ class Router:
         body = await _read_body(receive)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
-        rid = headers[b"x-request-id"].decode("latin-1") if b"x-request-id" in headers else uuid.uuid4().hex
+        rid = headers[b"x-request-id"].decode("latin-1") if b"x-request-id" in headers else \
+            f"{self._rid_prefix}{next(self._rid_seq):016x}"
         try:
             arm, reason, entity = self._decide(headers, body, ctype, rid)
         except ValueError as e:
