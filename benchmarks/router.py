@@ -13,6 +13,10 @@ little of a shared machine's CPU):
   baseline server sustains directly with 4 in flight, measured first).
 Each load runs its targets in interleaved rounds so slow phases of a shared machine hit them alike.
 
+Two tables: each target's own latency distribution ("added" = router minus direct, two different samples of
+requests, so a model-server stall in one of them moves its P99), and, paired per request through the
+router's traffic log, the time each routed request spent outside the router's call to the model server.
+
     python benchmarks/router.py [--requests 3000] [--rounds 3] [--rate R]
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import os
 import platform
 import signal
@@ -92,35 +97,43 @@ def peak_rss_mb(pid: int) -> float:
 BODY = b'{"dataframe_records": [{"x": 0.5}]}'
 
 
-async def post(client: Pool, i: int) -> None:
-    r = await client.post(BODY, {"content-type": "application/json", "x-entity-id": f"u{i % 1000}"}, timeout=30)
+REQUEST_IDS = itertools.count()
+
+
+async def post(client: Pool, i: int) -> str:
+    """One scoring request; its request id (unique in this run: the routers log it)."""
+    rid = f"bench-{next(REQUEST_IDS)}"
+    r = await client.post(BODY, {"content-type": "application/json", "x-entity-id": f"u{i % 1000}",
+                                 "x-request-id": rid}, timeout=30)
     if r.status != 200:
         raise RuntimeError(f"{client.url}: HTTP {r.status} {r.body[:200]!r}")
+    return rid
 
 
-async def closed_loop(client: Pool, n: int, inflight: int) -> tuple[list[float], float]:
-    lat: list[float] = []
+async def closed_loop(client: Pool, n: int, inflight: int) -> tuple[list[tuple[str, float]], float]:
+    """``n`` requests, ``inflight`` at a time: (request id, latency ms) of each, and the wall seconds."""
+    lat: list[tuple[str, float]] = []
     counter = iter(range(n))
 
     async def worker():
         for i in counter:
             t0 = time.perf_counter()
-            await post(client, i)
-            lat.append((time.perf_counter() - t0) * 1000)
+            rid = await post(client, i)
+            lat.append((rid, (time.perf_counter() - t0) * 1000))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(inflight)))
     return lat, time.perf_counter() - t0
 
 
-async def open_loop(client: Pool, n: int, rate: float) -> tuple[list[float], float]:
+async def open_loop(client: Pool, n: int, rate: float) -> tuple[list[tuple[str, float]], float]:
     """``n`` requests at ``rate`` per second whatever the answers do; latency from the scheduled send time."""
-    lat: list[float] = []
+    lat: list[tuple[str, float]] = []
     start = time.perf_counter()
 
     async def one(i: int, due: float):
-        await post(client, i)
-        lat.append((time.perf_counter() - due) * 1000)
+        rid = await post(client, i)
+        lat.append((rid, (time.perf_counter() - due) * 1000))
 
     tasks = []
     for i in range(n):
@@ -135,9 +148,9 @@ async def open_loop(client: Pool, n: int, rate: float) -> tuple[list[float], flo
 
 async def measure(targets: dict[str, str], pids: dict[str, int], n: int, rounds: int, inflight: int = 1,
                   rate: float | None = None) -> dict[str, dict]:
-    """Latencies, wall seconds and the CPU seconds of the process behind each target (``pids``), and of this
-    process (the load generator) under ``"client"``."""
-    out = {name: {"lat": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets}
+    """Latencies (and request ids), wall seconds, the CPU seconds of the process behind each target (``pids``)
+    and of this process (the load generator)."""
+    out = {name: {"lat": [], "ids": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets}
     clients = {name: Pool(url) for name, url in targets.items()}
     for client in clients.values():   # warm the connections and the servers
         await closed_loop(client, 200, inflight)
@@ -148,7 +161,8 @@ async def measure(targets: dict[str, str], pids: dict[str, int], n: int, rounds:
             lat, sec = (await open_loop(client, per, rate)) if rate else (await closed_loop(client, per, inflight))
             out[name]["cpu"] += cpu_seconds(pids[name]) - cpu0
             out[name]["client_cpu"] += time.process_time() - own0
-            out[name]["lat"] += lat
+            out[name]["ids"] += [rid for rid, _ in lat]
+            out[name]["lat"] += [ms for _, ms in lat]
             out[name]["seconds"] += sec
             out[name]["n"] += per
     for client in clients.values():
@@ -243,6 +257,34 @@ def main() -> None:
             added = ("", "") if name == "direct" else (f"{p50 - b50:+.2f}", f"{p99 - b99:+.2f}")
             print(f"{load:<22} | {name:<20} | {rps:>7,.0f} | {p50:>7.2f} | {p99:>7.2f} | {added[0]:>9} | "
                   f"{added[1]:>9} | {rps / (base['n'] / base['seconds']):>15.2f} | {1000 * r['cpu'] / r['n']:>10.3f}")
+
+    # The same requests, paired: what each one spent outside the model server's call as the router timed it
+    upstream = {name: upstream_ms(tmp / f"log_{key}") for name, key in (("router, mirror off", "router"),
+                                                                        ("router, mirror 100%", "router_mirror"))}
+    print("\nper request, paired by request id with the router's traffic log: client latency minus the router's "
+          "own timing of its baseline call (the two loopback hops, uvicorn and the router's code, and any wait "
+          "for a core; model-server stalls cancel out)")
+    head = f"{'load':<22} | {'target':<20} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} | {'p99.9 ms':>8}"
+    print(head)
+    print("-" * len(head))
+    for load, res in results.items():
+        for name, ms in upstream.items():
+            r = res[name]
+            own = np.array([lat - ms[rid] for rid, lat in zip(r["ids"], r["lat"])])
+            q = np.percentile(own, [50, 90, 99, 99.9])
+            print(f"{load:<22} | {name:<20} | {q[0]:>7.2f} | {q[1]:>7.2f} | {q[2]:>7.2f} | {q[3]:>8.2f}")
+
+
+def upstream_ms(log_dir: Path) -> dict[str, float]:
+    """request id -> the router's latency of its baseline call, from its traffic log."""
+    import pyarrow.parquet as pq
+
+    ids, ms = [], []
+    for f in sorted(log_dir.glob("*.parquet")):
+        t = pq.read_table(f, columns=["request_id", "live_baseline_latency_ms"])
+        ids += t.column("request_id").to_pylist()
+        ms += t.column("live_baseline_latency_ms").to_pylist()
+    return dict(zip(ids, ms))
 
 
 if __name__ == "__main__":
