@@ -6,10 +6,16 @@ log on in both, the default), all on 127.0.0.1. The workbench home has no decisi
 router sends every request to the baseline server: "direct" and "router" hit the same server and the
 difference is what the router adds. With mirroring on, the candidate server also gets every request.
 
-Loads (httpx.AsyncClient in this process, one input row per request):
+Loads (one input row per request), sent from this process by the router's own lean client
+(:class:`workbench.upstream.Pool` on uvloop, the same client for every target, so the load generator takes
+little of a shared machine's CPU):
   closed-loop with 1 and 4 requests in flight, and open-loop at a fixed rate (default: a third of what the
   baseline server sustains directly with 4 in flight, measured first).
 Each load runs its targets in interleaved rounds so slow phases of a shared machine hit them alike.
+
+Two tables: each target's own latency distribution ("added" = router minus direct, two different samples of
+requests, so a model-server stall in one of them moves its P99), and, paired per request through the
+router's traffic log, the time each routed request spent outside the router's call to the model server.
 
     python benchmarks/router.py [--requests 3000] [--rounds 3] [--rate R]
 """
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import itertools
 import os
 import platform
 import signal
@@ -28,9 +36,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+sys.path.insert(0, str(ROOT))
+from workbench.upstream import Pool  # noqa: E402
 
 
 def free_port() -> int:
@@ -84,36 +95,45 @@ def peak_rss_mb(pid: int) -> float:
 
 
 BODY = b'{"dataframe_records": [{"x": 0.5}]}'
-HEADERS = {"content-type": "application/json"}
 
 
-async def closed_loop(client: httpx.AsyncClient, url: str, n: int, inflight: int) -> tuple[list[float], float]:
-    lat: list[float] = []
+REQUEST_IDS = itertools.count()
+
+
+async def post(client: Pool, i: int) -> str:
+    """One scoring request; its request id (unique in this run: the routers log it)."""
+    rid = f"bench-{next(REQUEST_IDS)}"
+    r = await client.post(BODY, {"content-type": "application/json", "x-entity-id": f"u{i % 1000}",
+                                 "x-request-id": rid}, timeout=30)
+    if r.status != 200:
+        raise RuntimeError(f"{client.url}: HTTP {r.status} {r.body[:200]!r}")
+    return rid
+
+
+async def closed_loop(client: Pool, n: int, inflight: int) -> tuple[list[tuple[str, float]], float]:
+    """``n`` requests, ``inflight`` at a time: (request id, latency ms) of each, and the wall seconds."""
+    lat: list[tuple[str, float]] = []
     counter = iter(range(n))
 
     async def worker():
         for i in counter:
             t0 = time.perf_counter()
-            r = await client.post(url, content=BODY, headers=HEADERS | {"x-entity-id": f"u{i % 1000}"})
-            lat.append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 200:
-                raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+            rid = await post(client, i)
+            lat.append((rid, (time.perf_counter() - t0) * 1000))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(inflight)))
     return lat, time.perf_counter() - t0
 
 
-async def open_loop(client: httpx.AsyncClient, url: str, n: int, rate: float) -> tuple[list[float], float]:
+async def open_loop(client: Pool, n: int, rate: float) -> tuple[list[tuple[str, float]], float]:
     """``n`` requests at ``rate`` per second whatever the answers do; latency from the scheduled send time."""
-    lat: list[float] = []
+    lat: list[tuple[str, float]] = []
     start = time.perf_counter()
 
     async def one(i: int, due: float):
-        r = await client.post(url, content=BODY, headers=HEADERS | {"x-entity-id": f"u{i % 1000}"})
-        lat.append((time.perf_counter() - due) * 1000)
-        if r.status_code != 200:
-            raise RuntimeError(f"{url}: HTTP {r.status_code}")
+        rid = await post(client, i)
+        lat.append((rid, (time.perf_counter() - due) * 1000))
 
     tasks = []
     for i in range(n):
@@ -128,23 +148,35 @@ async def open_loop(client: httpx.AsyncClient, url: str, n: int, rate: float) ->
 
 async def measure(targets: dict[str, str], pids: dict[str, int], n: int, rounds: int, inflight: int = 1,
                   rate: float | None = None) -> dict[str, dict]:
-    """Latencies, wall seconds and the CPU seconds of the process behind each target (``pids``)."""
-    out = {name: {"lat": [], "seconds": 0.0, "n": 0, "cpu": 0.0} for name in targets}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as client:
-        for url in targets.values():   # warm the connections and the servers
-            await closed_loop(client, url, 200, inflight)
-        for _ in range(rounds):
-            for name, url in targets.items():
-                per = n // rounds
-                cpu0 = cpu_seconds(pids[name])
-                lat, sec = (await open_loop(client, url, per, rate)) if rate else \
-                    (await closed_loop(client, url, per, inflight))
-                out[name]["cpu"] += cpu_seconds(pids[name]) - cpu0
-                out[name]["lat"] += lat
-                out[name]["seconds"] += sec
-                out[name]["n"] += per
+    """Latencies (and request ids), wall seconds, the CPU seconds of the process behind each target (``pids``)
+    and of this process (the load generator)."""
+    out = {name: {"lat": [], "ids": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets}
+    clients = {name: Pool(url) for name, url in targets.items()}
+    for client in clients.values():   # warm the connections and the servers
+        await closed_loop(client, 200, inflight)
+    for _ in range(rounds):
+        for name, client in clients.items():
+            per = n // rounds
+            cpu0, own0 = cpu_seconds(pids[name]), time.process_time()
+            lat, sec = (await open_loop(client, per, rate)) if rate else (await closed_loop(client, per, inflight))
+            out[name]["cpu"] += cpu_seconds(pids[name]) - cpu0
+            out[name]["client_cpu"] += time.process_time() - own0
+            out[name]["ids"] += [rid for rid, _ in lat]
+            out[name]["lat"] += [ms for _, ms in lat]
+            out[name]["seconds"] += sec
+            out[name]["n"] += per
+    for client in clients.values():
+        await client.aclose()
     return out
+
+
+def run(coro):
+    """Run a load on uvloop, with this process's heap (MLflow, pandas, ...) frozen out of the collector: a full
+    collection here (~100 ms) would otherwise land on the latency of whichever target was being measured."""
+    gc.collect()
+    gc.freeze()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 
 
 def main() -> None:
@@ -186,12 +218,12 @@ def main() -> None:
         n, rounds = a.requests, a.rounds
         load_before = os.getloadavg()[0]
         results = {}
-        results["closed, 1 in flight"] = asyncio.run(measure(targets, pids, n, rounds, inflight=1))
-        results["closed, 4 in flight"] = asyncio.run(measure(targets, pids, n, rounds, inflight=4))
+        results["closed, 1 in flight"] = run(measure(targets, pids, n, rounds, inflight=1))
+        results["closed, 4 in flight"] = run(measure(targets, pids, n, rounds, inflight=4))
         d4 = results["closed, 4 in flight"]["direct"]
         capacity = d4["n"] / d4["seconds"]
         rate = a.rate or round(capacity / 3)
-        results[f"open, {rate:.0f}/s"] = asyncio.run(measure(targets, pids, n, rounds, rate=rate))
+        results[f"open, {rate:.0f}/s"] = run(measure(targets, pids, n, rounds, rate=rate))
         rss = {name: peak_rss_mb(procs[name].pid) for name in ("router", "router_mirror")}
     finally:
         for proc in procs.values():
@@ -206,9 +238,12 @@ def main() -> None:
     print(f"\nrouter benchmark: tiny pyfunc behind `mlflow models serve` (1 worker), {n} requests per target and "
           f"load in {rounds} interleaved rounds, host={platform.node()}, cores={os.cpu_count()}, load average "
           f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    client_cpu = sum(r["client_cpu"] for res in results.values() for r in res.values())
+    client_n = sum(r["n"] for res in results.values() for r in res.values())
     print(f"direct capacity with 4 in flight: {capacity:,.0f} requests/s; router peak RSS: mirror off "
           f"{rss['router']:.0f} MB, mirror on {rss['router_mirror']:.0f} MB; CPU ms/req: of the model server for "
-          f"direct, of the router process otherwise (its traffic log writer included)")
+          f"direct, of the router process otherwise (its traffic log writer included); the load generator "
+          f"used {1000 * client_cpu / client_n:.3f} ms CPU per request")
     head = f"{'load':<22} | {'target':<20} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'added p50':>9} | " \
            f"{'added p99':>9} | {'req/s vs direct':>15} | {'CPU ms/req':>10}"
     print(head)
@@ -222,6 +257,34 @@ def main() -> None:
             added = ("", "") if name == "direct" else (f"{p50 - b50:+.2f}", f"{p99 - b99:+.2f}")
             print(f"{load:<22} | {name:<20} | {rps:>7,.0f} | {p50:>7.2f} | {p99:>7.2f} | {added[0]:>9} | "
                   f"{added[1]:>9} | {rps / (base['n'] / base['seconds']):>15.2f} | {1000 * r['cpu'] / r['n']:>10.3f}")
+
+    # The same requests, paired: what each one spent outside the model server's call as the router timed it
+    upstream = {name: upstream_ms(tmp / f"log_{key}") for name, key in (("router, mirror off", "router"),
+                                                                        ("router, mirror 100%", "router_mirror"))}
+    print("\nper request, paired by request id with the router's traffic log: client latency minus the router's "
+          "own timing of its baseline call (the two loopback hops, uvicorn and the router's code, and any wait "
+          "for a core; model-server stalls cancel out)")
+    head = f"{'load':<22} | {'target':<20} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} | {'p99.9 ms':>8}"
+    print(head)
+    print("-" * len(head))
+    for load, res in results.items():
+        for name, ms in upstream.items():
+            r = res[name]
+            own = np.array([lat - ms[rid] for rid, lat in zip(r["ids"], r["lat"])])
+            q = np.percentile(own, [50, 90, 99, 99.9])
+            print(f"{load:<22} | {name:<20} | {q[0]:>7.2f} | {q[1]:>7.2f} | {q[2]:>7.2f} | {q[3]:>8.2f}")
+
+
+def upstream_ms(log_dir: Path) -> dict[str, float]:
+    """request id -> the router's latency of its baseline call, from its traffic log."""
+    import pyarrow.parquet as pq
+
+    ids, ms = [], []
+    for f in sorted(log_dir.glob("*.parquet")):
+        t = pq.read_table(f, columns=["request_id", "live_baseline_latency_ms"])
+        ids += t.column("request_id").to_pylist()
+        ms += t.column("live_baseline_latency_ms").to_pylist()
+    return dict(zip(ids, ms))
 
 
 if __name__ == "__main__":

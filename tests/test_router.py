@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
+from loopback_http import LoopbackServer, json_reply
 from workbench.canary import Signer, apply_decision, bucket_of, build_decision, in_canary, status
 from workbench.config import Settings
 from workbench.policy import load_policy, parse_policy
@@ -29,7 +30,7 @@ from workbench.slo import ArmStats, judge
 from workbench.store import Store
 from workbench.trafficlog import TrafficLog
 
-BASE, CAND = "http://baseline.test", "http://candidate.test"
+BASE, CAND = "http://baseline.test", "http://candidate.test"   # configuration only: nothing is called
 LIVE = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.05, "check_interval_s": 0.1,
         "segments": [{"name": "internal", "header": "X-User-Segment", "values": ["internal"]},
                      {"name": "vip", "field": "tier", "values": ["vip"], "arm": "baseline"}]}
@@ -67,36 +68,57 @@ class FakeWeights:
 
 
 class Upstreams:
-    """Two fake model servers behind one httpx.MockTransport; ``mode`` sets how the candidate behaves."""
+    """Two model servers on loopback sockets, scoring 0.25 (baseline) and 0.75 (candidate); ``mode`` sets how
+    the candidate behaves: ok, hang (5 s), 500, 400 (what `mlflow models serve` answers when predict raises);
+    :meth:`refuse` stops it listening."""
 
     def __init__(self):
         self.mode = "ok"
         self.calls = {"baseline": 0, "candidate": 0}
+        self.servers = {arm: LoopbackServer(lambda req, arm=arm: self.answer(arm, req)) for arm in self.calls}
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        arm = "baseline" if request.url.host == "baseline.test" else "candidate"
+    async def start(self) -> "Upstreams":
+        for server in self.servers.values():
+            await server.start()
+        return self
+
+    def url(self, arm: str) -> str:
+        return self.servers[arm].url + "/invocations"
+
+    async def answer(self, arm: str, req) -> bytes:
+        assert (req.method, req.path) == ("POST", "/invocations") and req.headers["x-request-id"]
         self.calls[arm] += 1
-        n = len(json.loads(request.content).get("dataframe_records", [{}]))
+        n = len(json.loads(req.body).get("dataframe_records", [{}]))
         if arm == "candidate":
             if self.mode == "hang":
                 await asyncio.sleep(5)
-            elif self.mode == "refuse":
-                raise httpx.ConnectError("connection refused", request=request)
             elif self.mode == "500":
-                return httpx.Response(500, json={"error_code": "INTERNAL_ERROR"})
-            elif self.mode == "400":   # what `mlflow models serve` answers when predict raises
-                return httpx.Response(400, json={"error_code": "BAD_REQUEST", "message": "model failed"})
-        score = 0.25 if arm == "baseline" else 0.75
-        return httpx.Response(200, json={"predictions": [score] * n})
+                return json_reply(500, {"error_code": "INTERNAL_ERROR"})
+            elif self.mode == "400":
+                return json_reply(400, {"error_code": "BAD_REQUEST", "message": "model failed"})
+        return json_reply(200, {"predictions": [0.25 if arm == "baseline" else 0.75] * n})
+
+    async def set_mode(self, mode: str) -> None:
+        """``refuse``: the candidate stops listening and drops its connections; any other: how it answers."""
+        if mode == "refuse":
+            await self.servers["candidate"].close()
+        else:
+            self.mode = mode
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            await server.close()
 
 
 @asynccontextmanager
 async def running(weights, *, policy=POLICY, log_dir=None, clock=time.monotonic, **cfg):
-    """A started router on fake upstreams and an ASGI client to it; stopped (log closed) at the end."""
-    ups = Upstreams()
-    config = RouterConfig(model="fraud", baseline_url=BASE, candidate_url=CAND, **({"poll_s": 0.05} | cfg))
+    """A started router on two loopback model servers and an ASGI client to it; stopped (log closed) at the
+    end."""
+    ups = await Upstreams().start()
+    config = RouterConfig(model="fraud", baseline_url=ups.url("baseline"), candidate_url=ups.url("candidate"),
+                          **({"poll_s": 0.05} | cfg))
     log = TrafficLog(log_dir, flush_s=0.05) if log_dir else None
-    router = Router(config, policy, weights, traffic_log=log, transport=httpx.MockTransport(ups), clock=clock)
+    router = Router(config, policy, weights, traffic_log=log, clock=clock)
     await router.start()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=router), base_url="http://router")
     try:
@@ -104,6 +126,7 @@ async def running(weights, *, policy=POLICY, log_dir=None, clock=time.monotonic,
     finally:
         await client.aclose()
         await router.stop()
+        await ups.close()
 
 
 async def invoke(client, entity=None, headers=None, records=None, rid=None):
@@ -220,7 +243,7 @@ def test_a_failed_candidate_request_is_retried_on_the_baseline(mode, tmp_path):
     async def main():
         weights = FakeWeights(state(weight=100))
         async with running(weights, log_dir=tmp_path, auto_rollback=False) as (router, client, ups):
-            ups.mode = mode
+            await ups.set_mode(mode)
             r = await invoke(client, "u1", rid="req-1")
             assert r.status_code == 200 and r.headers["x-canary-arm"] == "baseline"
             assert r.json() == {"predictions": [0.25]} and router.counts["retried"] == 1
@@ -228,21 +251,23 @@ def test_a_failed_candidate_request_is_retried_on_the_baseline(mode, tmp_path):
     asyncio.run(main())
     row = read_log(tmp_path).to_pylist()[0]
     assert (row["live_routed_arm"], row["live_served_arm"]) == ("candidate", "baseline")
-    assert row["live_candidate_error"] and row["live_candidate_score"] is None
+    expected = {"500": "HTTP 500: ", "400": "HTTP 400: ", "refuse": "ConnectError: 127.0.0.1:"}[mode]
+    assert row["live_candidate_error"].startswith(expected) and row["live_candidate_score"] is None
     assert row["live_baseline_score"] == 0.25 and row["live_baseline_error"] is None
 
 
 def test_a_client_error_both_arms_give_is_not_the_candidates():
     async def refuse(request):
-        return httpx.Response(400, json={"error_code": "BAD_REQUEST", "message": "no column x"})
+        return json_reply(400, {"error_code": "BAD_REQUEST", "message": "no column x"})
 
     async def main():
-        router = Router(RouterConfig("fraud", BASE, CAND), POLICY, FakeWeights(state(weight=100)),
-                        transport=httpx.MockTransport(refuse))
+        server = await LoopbackServer(refuse).start()
+        router = Router(RouterConfig("fraud", server.url, server.url), POLICY, FakeWeights(state(weight=100)))
         await router.start()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router), base_url="http://r") as c:
             r = await invoke(c, "u1")
         await router.stop()
+        await server.close()
         return r, router
 
     r, router = asyncio.run(main())
@@ -277,7 +302,7 @@ def test_a_failing_mirror_never_drops_the_routed_request(mode, tmp_path):
     async def main():
         weights = FakeWeights(state(weight=0, decision="dec_0"))
         async with running(weights, log_dir=tmp_path, mirror_percent=100) as (router, client, ups):
-            ups.mode = mode
+            await ups.set_mode(mode)
             answers = [await invoke(client, f"u{i}", rid=f"r{i}") for i in range(10)]
             assert [a.status_code for a in answers] == [200] * 10
             assert all(a.json() == {"predictions": [0.25]} for a in answers)

@@ -1,7 +1,7 @@
 """The reference router (``workbench route``): live traffic to a baseline and a candidate model server.
 
-An ASGI app (run on uvicorn) that proxies MLflow scoring requests (``POST /invocations``) with an
-``httpx.AsyncClient``:
+An ASGI app (run on uvicorn) that proxies MLflow scoring requests (``POST /invocations``) over keep-alive
+connections of its own lean HTTP/1.1 client (:mod:`workbench.upstream`):
 
 - **Weight**: the model's canary state, re-read when the DuckDB file changes (a ``stat`` every ``poll_s``);
   only a verified state routes anything to the candidate.
@@ -26,21 +26,20 @@ import json
 import logging
 import os
 import threading
+import itertools
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
-import httpx
-
 from . import WorkbenchError
 from .canary import bucket_of, in_canary
 from .policy import LiveSegment, Policy
 from .slo import ARMS, ArmWindow, SloReport, judge
 from .trafficlog import LiveRecord, Outcome, TrafficLog, request_rows
+from .upstream import Pool, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 CANARY_HEADER = b"x-canary"
@@ -226,12 +225,10 @@ async def _send_json(send, status: int, obj: dict) -> None:
 
 
 class Router:
-    """The ASGI app. ``transport`` is httpx's seam (tests pass ``httpx.MockTransport``); ``clock`` the
-    monotonic clock of the SLO windows."""
+    """The ASGI app; ``clock`` is the monotonic clock of the SLO windows."""
 
     def __init__(self, config: RouterConfig, policy: Policy, weights: WeightSource, *,
-                 traffic_log: TrafficLog | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 traffic_log: TrafficLog | None = None, clock: Callable[[], float] = time.monotonic):
         self.cfg, self.policy, self.weights, self.traffic_log = config, policy, weights, traffic_log
         self.live = policy.live_options
         self.clock = clock
@@ -246,8 +243,11 @@ class Router:
         self._entity_header = config.entity_header.lower().encode() if config.entity_header else None
         self._segments = [(s, s.header.lower().encode() if s.header else None) for s in self.live.segments]
         self._needs_rows = bool(config.entity_field) or any(s.field for s in self.live.segments)
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._pools: dict[str, Pool] = {}
+        # request ids for requests that come without one: a random prefix per router and a counter (32 hex
+        # digits like a uuid4's, unique across routers and restarts, without a uuid4 per request)
+        self._rid_prefix = os.urandom(8).hex()
+        self._rid_seq = itertools.count()
         self._mirrors: set[asyncio.Task] = set()
         self._background: list[asyncio.Task] = []
         self._rollback_task: asyncio.Task | None = None
@@ -266,9 +266,7 @@ class Router:
                     raise
                 await asyncio.sleep(0.2)
         self.apply_state(state)
-        self._client = httpx.AsyncClient(
-            transport=self._transport, trust_env=False, timeout=httpx.Timeout(self.cfg.timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=60))
+        self._pools = {arm: Pool(url, max_idle=64, idle_s=60) for arm, url in self.urls.items()}
         self._background = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._monitor_loop())]
 
     async def stop(self) -> None:
@@ -283,8 +281,8 @@ class Router:
             await asyncio.gather(*late, return_exceptions=True)   # their requests are logged as they end
         if self._rollback_task is not None:
             await asyncio.wait({self._rollback_task}, timeout=120)
-        if self._client is not None:
-            await self._client.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
         if self.traffic_log is not None:
             await asyncio.to_thread(self.traffic_log.close)
 
@@ -451,7 +449,8 @@ class Router:
         body = await _read_body(receive)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
-        rid = headers[b"x-request-id"].decode("latin-1") if b"x-request-id" in headers else uuid.uuid4().hex
+        rid = headers[b"x-request-id"].decode("latin-1") if b"x-request-id" in headers else \
+            f"{self._rid_prefix}{next(self._rid_seq):016x}"
         try:
             arm, reason, entity = self._decide(headers, body, ctype, rid)
         except ValueError as e:
@@ -504,16 +503,13 @@ class Router:
 
     async def _call(self, arm: str, body: bytes, ctype: str, rid: str, timeout: float) -> Outcome:
         t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout):   # a deadline for the whole call, not per socket operation
-                r = await self._client.post(self.urls[arm], content=body,
-                                            headers={"content-type": ctype, "x-request-id": rid})
-            ms = (time.perf_counter() - t0) * 1000
-            return Outcome(r.status_code, r.content, ms, None, r.headers.get("content-type", "application/json"))
-        except (TimeoutError, httpx.TimeoutException):
-            return Outcome(None, b"", (time.perf_counter() - t0) * 1000, f"timeout after {timeout:g} s")
-        except httpx.HTTPError as e:
+        try:   # one deadline for the whole call, connecting included
+            r = await self._pools[arm].post(body, {"content-type": ctype, "x-request-id": rid}, timeout=timeout)
+        except UpstreamTimeout as e:
+            return Outcome(None, b"", (time.perf_counter() - t0) * 1000, str(e))
+        except UpstreamError as e:
             return Outcome(None, b"", (time.perf_counter() - t0) * 1000, f"{type(e).__name__}: {e}")
+        return Outcome(r.status, r.body, (time.perf_counter() - t0) * 1000, None, r.content_type or "application/json")
 
     def _complete(self, rec: LiveRecord) -> None:
         """Count a finished request (both arms answered or gave up) in the SLO windows and the log."""

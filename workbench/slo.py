@@ -54,7 +54,13 @@ class ArmWindow:
         self._events: deque[tuple[float, float, bool]] = deque()
 
     def add(self, t: float, latency_ms: float, error: bool) -> None:
-        self._events.append((t, latency_ms, error))
+        """Count an outcome at ``t``, forgetting those older than the window (bounded memory even when nothing
+        reads the window: weight 0, or no automated rollback)."""
+        ev = self._events
+        ev.append((t, latency_ms, error))
+        cutoff = t - self.window_s
+        while ev[0][0] < cutoff:
+            ev.popleft()
 
     def clear(self) -> None:
         self._events.clear()
