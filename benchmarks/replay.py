@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,12 @@ F = 25
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's resident high-water mark (VmHWM). Not ``ru_maxrss``: Linux carries that over from the
+    parent across fork and exec, so every phase would report at least the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 class RssSampler:
@@ -213,7 +217,8 @@ def phase_replay(a, constant: bool = False) -> dict:
     with Store(a.db) as store, RssSampler() as rss:
         t = time.perf_counter()
         res = replay(store, "bench", models["baseline"], models["candidate"],
-                     run_id=f"bench_{a.rows}_w{a.writers}{'_io' if constant else ''}",
+                     run_id=f"bench_{a.rows}_w{a.writers}_m{os.environ.get('WORKBENCH_DUCKDB_MEMORY_LIMIT', '')}"
+                            f"{'_io' if constant else ''}",
                      options=ReplayOptions(batch_size=a.batch_size, writers=a.writers))
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
@@ -229,14 +234,16 @@ def phase_io(a) -> dict:
 PHASES = {"ingest": phase_ingest, "read": phase_read, "raw": phase_raw, "io": phase_io, "replay": phase_replay}
 
 
-def run_phase(name: str, a, **extra) -> dict:
+def run_phase(name: str, a, memory: str | None = None, **extra) -> dict:
+    """Run one phase in a subprocess; ``memory``: DuckDB's memory limit there (the Store's default if None)."""
     args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
             "--batch-size", str(a.batch_size), "--home", str(a.home)]
     if name not in ("replay", "io"):
         args += ["--writers", "1"]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    out = subprocess.run(args, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    env = os.environ | {"PYTHONWARNINGS": "ignore"} | ({"WORKBENCH_DUCKDB_MEMORY_LIMIT": memory} if memory else {})
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -263,6 +270,8 @@ def main() -> None:
     p.add_argument("--home", default=None, help="a workbench home with the demo models (default: a temporary one)")
     p.add_argument("--writers", type=int, nargs="+", default=None,
                    help="replay writer threads to compare (default: the replay's own default)")
+    p.add_argument("--duckdb-memory", nargs="+", default=[None],
+                   help="DuckDB memory limits to compare, e.g. 512MB 128MB (default: the workbench's own)")
     p.add_argument("--json-out", default=None, help="also write the results as JSON here")
     p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -285,7 +294,10 @@ def main() -> None:
             ensure_demo_home(a.home)
         from workbench.replay import ReplayOptions
 
+        from workbench.store import DEFAULT_MEMORY_LIMIT
+
         writers = a.writers or [ReplayOptions().writers]
+        default_memory = os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)
         results = []
         for rows in a.rows:
             traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}.duckdb"
@@ -294,10 +306,12 @@ def main() -> None:
             read = run_phase("read", a, rows=rows, traffic=traffic, db=db)
             raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
             for w in writers:
-                io = run_phase("io", a, rows=rows, traffic=traffic, db=db, writers=w)
-                rep = run_phase("replay", a, rows=rows, traffic=traffic, db=db, writers=w)
-                results.append({"rows": rows, "writers": w, "ingest": ing, "read": read, "raw": raw, "io": io,
-                                "replay": rep, "ratio": raw["seconds"] / rep["seconds"]})
+                for mem in a.duckdb_memory:
+                    io = run_phase("io", a, mem, rows=rows, traffic=traffic, db=db, writers=w)
+                    rep = run_phase("replay", a, mem, rows=rows, traffic=traffic, db=db, writers=w)
+                    results.append({"rows": rows, "writers": w, "memory": mem or default_memory, "ingest": ing,
+                                    "read": read, "raw": raw, "io": io, "replay": rep,
+                                    "ratio": raw["seconds"] / rep["seconds"]})
             traffic.unlink()
             db.unlink()
     import platform
@@ -307,12 +321,12 @@ def main() -> None:
           f"cores={os.cpu_count()}")
     print("read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage "
           "path alone)")
-    print(f"{'rows':>11} | {'writers':>7} | {'ingest rows/s':>13} | {'read rows/s':>12} | {'io rows/s':>11} | "
+    print(f"{'rows':>11} | {'writers':>7} | {'duckdb mem':>10} | {'ingest rows/s':>13} | {'read rows/s':>12} | {'io rows/s':>11} | "
           f"{'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | {'(b) seconds':>11} | "
           f"{'(b) peak MB':>11} | {'b/a':>5}")
     for r in results:
         n = r["rows"]
-        print(f"{n:>11,} | {r['writers']:>7} | {n / r['ingest']['seconds']:>13,.0f} | "
+        print(f"{n:>11,} | {r['writers']:>7} | {r['memory']:>10} | {n / r['ingest']['seconds']:>13,.0f} | "
               f"{n / r['read']['seconds']:>12,.0f} | {n / r['io']['seconds']:>11,.0f} | "
               f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
               f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
@@ -321,7 +335,7 @@ def main() -> None:
     for r in results:
         st, rss = r["replay"].get("stages") or {}, r["replay"].get("rss", {})
         busy = ", ".join(f"{k} {v:.2f}" for k, v in st.get("busy_s", {}).items())
-        print(f"  {r['rows']:,} rows, {r['writers']} writers: wall {st.get('wall_s', 0):.2f} s, finish "
+        print(f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['memory']}: wall {st.get('wall_s', 0):.2f} s, finish "
               f"{st.get('finish_s', 0):.2f} s, busy {busy}; bound: {st.get('bound')}; RSS before the replay "
               f"{rss.get('before_mb', 0):,.0f} MB (models loaded), peak during it {rss.get('peak_mb', 0):,.0f} MB ("
               + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items()) + ")")

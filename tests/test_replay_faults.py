@@ -120,7 +120,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     env = os.environ | {"WORKBENCH_HOME": str(home), "SLOW_MODEL_MARKER": str(marker), "SLOW_MODEL_DELAY": "0.05"}
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and (not marker.exists() or int(marker.read_text() or 0) < 20):
+    while time.time() < deadline and (not marker.exists() or int(marker.read_text() or 0) < 40):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

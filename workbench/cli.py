@@ -805,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-memory", type=float, default=4096.0, metavar="MB",
                    help="with --isolate: replace a worker whose resident memory passes MB (default 4096)")
     s.add_argument("--writers", type=int, default=None,
-                   help="threads committing results to DuckDB (default: a quarter of the cores, at most 4)")
+                   help="threads committing results to DuckDB (default: half the cores, at most 8)")
     s.add_argument("--executor", default="local", choices=["local", "ray"])
     s.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     s.add_argument("--ray-actors", type=int, default=None, help="model-pair actors (default: one per GPU or CPU)")

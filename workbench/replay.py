@@ -42,7 +42,7 @@ class ReplayOptions:
     online_batch: int = 1
     model_timeout: float | None = None
     prefetch: int = 2
-    writers: int = field(default_factory=lambda: min(4, max(1, (os.cpu_count() or 1) // 4)))
+    writers: int = field(default_factory=lambda: min(8, max(1, (os.cpu_count() or 1) // 2)))
     isolate: bool = False                     # each model in worker processes (workbench.isolation)
     worker_memory_mb: float | None = 4096.0   # an isolated worker above this resident size is replaced
 
@@ -184,7 +184,7 @@ class LocalExecutor:
 
 
 ROW_GROUP = 122_880   # DuckDB's row group: commits in whole row groups need no rewrite at checkpoint
-FLUSH_S = 0.25        # a partial unit waits at most this long for more rows (slow models, resumable progress)
+FLUSH_S = 1.0         # a partial unit waits at most this long for more rows (slow models, resumable progress)
 
 
 class CommitPacker:

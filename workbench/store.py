@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from . import WorkbenchError
 
+DEFAULT_MEMORY_LIMIT = "512MB"   # DuckDB buffer pool (override: $WORKBENCH_DUCKDB_MEMORY_LIMIT); it spills beyond
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
 SCHEMA = [
@@ -142,7 +143,7 @@ class Store:
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
-        self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", "512MB")])
+        self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)])
         # checkpoint in large steps: frequent checkpoints during a replay cost up to 3x its write rate
         self.con.execute("SET checkpoint_threshold = ?", [os.environ.get("WORKBENCH_DUCKDB_CHECKPOINT", "1GB")])
         if not read_only:
