@@ -198,7 +198,8 @@ def test_the_deadline_covers_the_whole_call_and_drops_the_connection(run):
         return elapsed, r, pool
 
     elapsed, r, pool = run(main())
-    assert 0.2 <= elapsed < 1.5 and r.body == b"ok" and pool.connections_opened == 2
+    # uvloop's timers have millisecond resolution: the deadline may fire up to 1 ms before 0.2 s by perf_counter
+    assert 0.195 <= elapsed < 1.5 and r.body == b"ok" and pool.connections_opened == 2
 
 
 def test_a_refused_connection_is_a_connect_error(run):
