@@ -196,6 +196,23 @@ def mlflow_server(tmp_path_factory) -> str:
         log.close()
 
 
+def register_model(tracking_uri: str, prefix: str, versions: int = 2) -> str:
+    """A new registered model named ``prefix`` + a random suffix, with ``versions`` versions (each from its
+    own run) on the real MLflow server; returns its name."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, tracking_uri)
+    name = prefix + uuid.uuid4().hex[:8]
+    client.create_registered_model(name)
+    exp = client.get_experiment_by_name("models") or client.get_experiment(client.create_experiment("models"))
+    for _ in range(versions):
+        run = client.create_run(exp.experiment_id)
+        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    return name
+
+
 @pytest.fixture
 def seeded_home(tmp_path) -> Path:
     """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose

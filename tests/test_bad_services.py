@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import duckdb
@@ -21,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import free_port, make_evaluation, run_cli, seed_run
+from conftest import free_port, make_evaluation, register_model, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.canary import Signer, apply_decision, build_decision
@@ -80,12 +79,7 @@ class SlowProxy:
 def setup(mlflow_server, tmp_path):
     """A registered model (versions 1 and 2) on the real server, and a home with a key and a passing run."""
     client = MlflowClient(mlflow_server, mlflow_server)
-    name = "svc_" + uuid.uuid4().hex[:8]
-    client.create_registered_model(name)
-    exp = client.get_experiment_by_name("models") or client.get_experiment(client.create_experiment("models"))
-    for _ in range(2):
-        run = client.create_run(exp.experiment_id)
-        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    name = register_model(mlflow_server, "svc_")
     home = tmp_path / "home"
     init_keys(home / "keys")
     with Store(home / "workbench.duckdb") as store:

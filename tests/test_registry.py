@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port, make_evaluation, seed_run
+from conftest import free_port, make_evaluation, register_model, seed_run
 from workbench import WorkbenchError
 from workbench.canary import Signer, apply_decision, build_decision, build_kill, sync
 from workbench.policy import PROMOTE, ROLLBACK, load_policy, parse_policy
@@ -24,12 +24,7 @@ BAD = make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 
 def env(mlflow_server, tmp_path):
     """A registered model with versions 1 (champion) and 2 on the server, a store and a signing key."""
     client = MlflowClient(mlflow_server, mlflow_server)
-    name = "m_" + uuid.uuid4().hex[:8]
-    client.create_registered_model(name)
-    exp = client.get_experiment_by_name("models") or client.get_experiment(client.create_experiment("models"))
-    for _ in range(2):
-        run = client.create_run(exp.experiment_id)
-        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    name = register_model(mlflow_server, "m_")
     client.set_registered_model_alias(name, "champion", "1")
     init_keys(tmp_path / "keys")
     store = Store()

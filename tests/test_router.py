@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
+from conftest import REPO, free_port, make_evaluation, register_model, run_cli, seed_run
 from loopback_http import LoopbackServer, json_reply
 from workbench.canary import Signer, apply_decision, bucket_of, build_decision, in_canary, status
 from workbench.config import Settings
@@ -430,17 +430,10 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
 
 
 def test_a_live_rollback_tags_the_mlflow_version(mlflow_server, tmp_path):
-    import uuid
-
     from mlflow import MlflowClient
 
-    name = "live_" + uuid.uuid4().hex[:6]
+    name = register_model(mlflow_server, "live_")
     client = MlflowClient(mlflow_server, mlflow_server)
-    client.create_registered_model(name)
-    exp = client.get_experiment_by_name("models") or client.get_experiment(client.create_experiment("models"))
-    for _ in range(2):
-        run = client.create_run(exp.experiment_id)
-        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     home = tmp_path / "home"
     init_keys(home / "keys")
     settings = Settings(home=home, mlflow_tracking_uri=mlflow_server).ensure()

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from conftest import free_port
+from conftest import free_port, register_model
 from workbench.config import Settings
 from workbench.registry import Registry
 from workbench.service import JOB_KIND, create_app
@@ -161,11 +161,7 @@ def test_mlflow_server_delivers_new_versions(mlflow_server, live_service, settin
         assert result.success and result.response_status == 202, result
         time.sleep(1.5)  # the server caches webhook lists for MLFLOW_WEBHOOK_CACHE_TTL=1 s
         client = MlflowClient(mlflow_server, mlflow_server)
-        name = "hooked_" + uuid.uuid4().hex[:6]
-        client.create_registered_model(name)
-        exp = client.get_experiment_by_name("models") or client.get_experiment(client.create_experiment("models"))
-        run = client.create_run(exp.experiment_id)
-        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        name = register_model(mlflow_server, "hooked_", versions=1)
         client.set_registered_model_alias(name, "challenger", "1")
         found = wait_for_jobs(settings, 3)
         mine = [j for j in found if j["params"]["model"] == name]
