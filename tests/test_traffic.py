@@ -121,3 +121,42 @@ def test_label_column_in_traffic_is_accepted(store, tmp_path):
     r = ingest(store, p, "t", entity_col="user", label_col="y")
     assert r.rows == 10 and store.require_traffic("t")["columns"] == ["x", "seg"]
     assert store.con.execute("SELECT count(*), sum(label) FROM labels").fetchall() == [(10, 5)]
+
+
+def test_parquet_reader_holds_about_one_row_group(tmp_path):
+    """Streaming a file keeps memory flat: pyarrow's default pre-buffering held every chunk it had read."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workbench.traffic import read_batches
+
+    n, groups = 100_000, 12
+    table = pa.table({f"f{j}": np.arange(n * groups, dtype=np.float64) for j in range(8)})
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=n, compression="none")
+    group_bytes = table.nbytes // groups
+    del table
+    base, peak = pa.total_allocated_bytes(), 0
+    for batch in read_batches([tmp_path / "big.parquet"], batch_rows=25_000):
+        peak = max(peak, pa.total_allocated_bytes() - base)
+    assert peak < 3 * group_bytes, (peak, group_bytes)   # was the whole file: 12 row groups
+
+
+def test_arrow_view_frees_each_batch_inside_a_transaction(store):
+    """Tables seen through ArrowView go away with their batch, not at the commit (``register`` kept them)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from workbench.store import ArrowView
+
+    store.con.execute("CREATE TABLE sink (x DOUBLE)")
+    base = pa.total_allocated_bytes()
+    with store.transaction() as cur:
+        for k in range(5):
+            data = pa.table({"x": pc.add(pa.array(np.zeros(200_000)), float(k))})   # 1.6 MB in Arrow's pool
+            view = ArrowView(cur, "_wb_b", data)
+            view.execute("INSERT INTO sink SELECT x FROM _wb_b")
+            del data, view
+            assert pa.total_allocated_bytes() - base < 1_000_000
+        assert cur.execute("SELECT count(*), sum(x) FROM sink").fetchall()[0] == (1_000_000, 2_000_000.0)

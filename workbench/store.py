@@ -130,6 +130,28 @@ def traffic_table(name: str) -> str:
     return qident("traffic_" + check_name(name, "traffic name"))
 
 
+def sql_literal(value: str) -> str:
+    """A SQL string literal (for statements that cannot take parameters, such as :meth:`ArrowView.execute`)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class ArrowView:
+    """An Arrow table that statements on a cursor see as table ``name``, for use inside long transactions.
+
+    ``cursor.register`` would keep every table registered in a transaction alive until the transaction
+    ends: an ingest staging 10M rows batch by batch held all of them (1.2 GB) until its commit. A
+    relation's ``query`` binds the name for one statement only. Statements take no parameters here.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, name: str, data: pa.Table):
+        self.name = name
+        self._rel = cur.from_arrow(data)
+
+    def execute(self, sql: str) -> duckdb.DuckDBPyRelation | None:
+        """Run ``sql`` (it may reference ``name``); a query's relation, or None for other statements."""
+        return self._rel.query(self.name, sql)
+
+
 class Store:
     """The workbench's DuckDB database. Use as a context manager or call :meth:`close`."""
 
@@ -220,13 +242,6 @@ class Store:
     def list_traffic(self) -> list[dict[str, Any]]:
         return self._rows("SELECT name, rows, quarantined, fingerprint, updated_at FROM traffic_sets ORDER BY name")
 
-    def append_arrow(self, cur, table_sql: str, data: pa.Table) -> None:
-        """Append an Arrow table to ``table_sql`` (an already-quoted table name), columns by name."""
-        cur.register("_wb_append", data)
-        cols = ", ".join(qident(c) for c in data.column_names)
-        cur.execute(f"INSERT INTO {table_sql} ({cols}) SELECT {cols} FROM _wb_append")
-        cur.unregister("_wb_append")
-
     def upsert_traffic_set(self, cur, name: str, *, id_col, time_col, entity_col, columns: list[str],
                            fingerprint: str, added_rows: int, added_quarantined: int) -> None:
         now = utcnow()
@@ -279,18 +294,15 @@ class Store:
     # -- labels --------------------------------------------------------------------------------
     def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
         """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
-        cur.register("_wb_labels", data)
-        cur.execute("DELETE FROM labels WHERE traffic = ? AND request_id IN (SELECT request_id FROM _wb_labels)",
-                    [traffic])
-        cur.execute("INSERT INTO labels SELECT ?, request_id, label, label_time FROM _wb_labels", [traffic])
-        cur.unregister("_wb_labels")
+        view = ArrowView(cur, "_wb_labels", data)
+        view.execute(f"DELETE FROM labels WHERE traffic = {sql_literal(traffic)} "
+                     "AND request_id IN (SELECT request_id FROM _wb_labels)")
+        view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
 
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
-        cur.register("_wb_ids", pa.table({"request_id": ids}))
-        n = cur.execute(
-            f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t USING (request_id)").fetchall()[0][0]
-        cur.unregister("_wb_ids")
-        return int(n)
+        view = ArrowView(cur, "_wb_ids", pa.table({"request_id": ids}))
+        return int(view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t "
+                                "USING (request_id)").fetchall()[0][0])
 
     # -- runs ----------------------------------------------------------------------------------
     _RUNS = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r

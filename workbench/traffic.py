@@ -26,7 +26,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from . import WorkbenchError
-from .store import Store, check_name, qident, traffic_table
+from .store import ArrowView, Store, check_name, qident, sql_literal, traffic_table
 
 BATCH_ROWS = 262_144
 RAW_MAX_CHARS = 4096
@@ -124,7 +124,9 @@ def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS,
         kind = _format(f)
         try:
             if kind == "parquet":
-                pf = pq.ParquetFile(f)
+                # pre_buffer (pyarrow's default) keeps every column chunk it read until the file is closed:
+                # 1.36 GB held while streaming a 1.2 GB file; without it the reader holds ~one row group
+                pf = pq.ParquetFile(f, pre_buffer=False)
                 if pf.metadata.num_rows == 0:
                     yield pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
                 yield from pf.iter_batches(batch_size=batch_rows)
@@ -175,16 +177,16 @@ def check_column_names(names: list[str], source) -> None:
 
 
 # -- typing ---------------------------------------------------------------------------------------
-def _column_types(cur, batch_view: str) -> dict[str, str]:
-    return {r[0]: r[1] for r in cur.execute(f"DESCRIBE SELECT * FROM {batch_view}").fetchall()}
+def _column_types(view: ArrowView) -> dict[str, str]:
+    return {r[0]: r[1] for r in view.execute(f"DESCRIBE SELECT * FROM {view.name}").fetchall()}
 
 
-def _infer_text_type(cur, view: str, col: str) -> str:
+def _infer_text_type(view: ArrowView, col: str) -> str:
     """Type of a text column: numeric when at least 90% of its values read as numbers."""
     q = qident(col)
-    n, as_int, as_num = cur.execute(
+    n, as_int, as_num = view.execute(
         f"SELECT count({q}), count({_strict_int(q, 'VARCHAR', 'BIGINT')}), count(TRY_CAST({q} AS DOUBLE)) "
-        f"FROM {view}").fetchall()[0]
+        f"FROM {view.name}").fetchall()[0]
     if n == 0:
         return "VARCHAR"
     if as_int >= 0.9 * n and as_int == as_num:
@@ -194,13 +196,13 @@ def _infer_text_type(cur, view: str, col: str) -> str:
     return "VARCHAR"
 
 
-def _target_types(cur, view: str, src_types: dict[str, str], existing: dict[str, str] | None) -> dict[str, str]:
+def _target_types(view: ArrowView, src_types: dict[str, str], existing: dict[str, str] | None) -> dict[str, str]:
     if existing:
         return existing
     out = {}
     for c, t in src_types.items():
         # a column with no value at all (Arrow's null type) is stored as text: DuckDB's NULL type holds nothing
-        out[c] = _infer_text_type(cur, view, c) if t == "VARCHAR" else "VARCHAR" if t.strip('"') == "NULL" else t
+        out[c] = _infer_text_type(view, c) if t == "VARCHAR" else "VARCHAR" if t.strip('"') == "NULL" else t
     return out
 
 
@@ -259,15 +261,14 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
                 _check_same_columns(batch.schema.names, features, id_col, time_col, entity_col, label_col)
             if len(batch) == 0:
                 continue   # column types come from rows: an empty file or batch only has its names checked
-            cur.register("_wb_batch", pa.Table.from_batches([batch]))
-            src_types = _column_types(cur, "_wb_batch")
+            view = ArrowView(cur, "_wb_batch", pa.Table.from_batches([batch]))
+            src_types = _column_types(view)
             if not _staged(cur):
-                targets = _target_types(cur, "_wb_batch", {c: src_types[c] for c in features}, existing_types)
+                targets = _target_types(view, {c: src_types[c] for c in features}, existing_types)
                 if info is None:
                     _create_table(cur, name, features, targets)
-            _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
+            _stage_batch(cur, view, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
                          row_offset + read)
-            cur.unregister("_wb_batch")
             read += len(batch)
             if progress:
                 progress(read)
@@ -354,7 +355,7 @@ def _create_table(cur, name: str, features: list[str], targets: dict[str, str]) 
     cur.execute(f"CREATE TABLE {traffic_table(name)} ({', '.join(cols)})")
 
 
-def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
+def _stage_batch(cur, view: ArrowView, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
                  row_offset) -> None:
     """Type-check one batch in SQL and append it, with each row's first failing reason, to ``_wb_stage``."""
     sel = [f"{row_offset} + (row_number() OVER () - 1) AS _row",
@@ -364,10 +365,10 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
            + " AS entity_key"]
     id_nan = f" OR isnan(_wb_src.{qident(id_col)})" if src_types[id_col] in ("DOUBLE", "FLOAT") else ""
     checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL OR CAST(_wb_src.{qident(id_col)} AS VARCHAR) = ''{id_nan} "
-              f"THEN {_lit('null:' + id_col)}",
-              f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {_lit('null:' + time_col)}",
+              f"THEN {sql_literal('null:' + id_col)}",
+              f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {sql_literal('null:' + time_col)}",
               f"WHEN {_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} IS NULL "
-              f"THEN {_lit('type:' + time_col)}"]
+              f"THEN {sql_literal('type:' + time_col)}"]
     for c in features:
         expr = _cast_expr(c, src_types[c], targets[c])
         sel.append(f"{expr} AS {qident(c)}")
@@ -376,25 +377,25 @@ def _stage_batch(cur, src_types, features, targets, id_col, time_col, entity_col
             null_test = f"{src} IS NULL"
             if targets[c] in ("DOUBLE", "FLOAT"):   # NaN is missing, whether it came as a float or as text
                 null_test += f" OR isnan({expr})"
-            checks.append(f"WHEN {null_test} THEN {_lit('null:' + c)}")
-        checks.append(f"WHEN {src} IS NOT NULL AND {expr} IS NULL THEN {_lit('type:' + c)}")
+            checks.append(f"WHEN {null_test} THEN {sql_literal('null:' + c)}")
+        checks.append(f"WHEN {src} IS NOT NULL AND {expr} IS NULL THEN {sql_literal('type:' + c)}")
         if targets[c] in ("DOUBLE", "FLOAT"):
-            checks.append(f"WHEN isinf({expr}) THEN {_lit('nonfinite:' + c)}")
+            checks.append(f"WHEN isinf({expr}) THEN {sql_literal('nonfinite:' + c)}")
     if label_col:
         lab = f"_wb_src.{qident(label_col)}"
         lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
                     f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
         sel.append(f"{lab_expr} AS _wb_label")
-        checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {_lit('type:' + label_col)}")
+        checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}")
     reason = "CASE " + " ".join(checks) + " END"
     # the raw row (as it came in) is kept only for rows that fail here; duplicates get theirs at commit
     raw = f"CASE WHEN _wb_reason IS NOT NULL THEN left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) END"
     query = f"""SELECT *, {raw} AS _wb_raw FROM (SELECT {', '.join(sel)}, {reason} AS _wb_reason, _wb_src
-                FROM _wb_batch AS _wb_src)"""
+                FROM {view.name} AS _wb_src)"""
     query = f"SELECT * EXCLUDE (_wb_src) FROM ({query})"
     if not _staged(cur):
-        cur.execute(f"CREATE TEMP TABLE _wb_stage AS {query} LIMIT 0")
-    cur.execute(f"INSERT INTO _wb_stage {query}")
+        view.execute(f"CREATE TEMP TABLE _wb_stage AS {query} LIMIT 0")
+    view.execute(f"INSERT INTO _wb_stage {query}")
 
 
 def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool, reasons: dict) -> int:
@@ -423,11 +424,6 @@ def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool
     return int(cur.execute("SELECT count(*) FROM _wb_stage WHERE _wb_reason IS NULL").fetchall()[0][0])
 
 
-def _lit(s: str) -> str:
-    """A SQL string literal for a reason text built from a column name."""
-    return "'" + s.replace("'", "''") + "'"
-
-
 # -- labels ---------------------------------------------------------------------------------------
 def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str = "request_id",
                   label_col: str = "label", time_col: str | None = "label_time") -> LabelsResult:
@@ -442,8 +438,8 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
     with store.transaction() as cur:
         for batch in read_batches(files, on_malformed=malformed.append):
             check_column_names(batch.schema.names, path)
-            cur.register("_wb_batch", pa.Table.from_batches([batch]))
-            src_types = _column_types(cur, "_wb_batch")
+            view = ArrowView(cur, "_wb_batch", pa.Table.from_batches([batch]))
+            src_types = _column_types(view)
             missing = [c for c in (id_col, label_col) if c not in src_types]
             if missing:
                 raise WorkbenchError(f"labels file lacks column(s) {', '.join(missing)}; it has: "
@@ -453,18 +449,18 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
             lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
                         f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
             t_expr = _cast_expr(time_col, src_types[time_col], "TIMESTAMP") if has_time else "CAST(NULL AS TIMESTAMP)"
-            checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {_lit('null:' + id_col)}",
-                      f"WHEN {lab} IS NULL THEN {_lit('null:' + label_col)}",
-                      f"WHEN {lab_expr} IS NULL THEN {_lit('type:' + label_col)}"]
+            checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {sql_literal('null:' + id_col)}",
+                      f"WHEN {lab} IS NULL THEN {sql_literal('null:' + label_col)}",
+                      f"WHEN {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}"]
             if has_time:
                 checks.append(f"WHEN _wb_src.{qident(time_col)} IS NOT NULL AND {t_expr} IS NULL "
-                              f"THEN {_lit('type:' + time_col)}")
-            cur.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
+                              f"THEN {sql_literal('type:' + time_col)}")
+            view.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
                 SELECT {read} + (row_number() OVER () - 1) AS _row,
                        CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id, {lab_expr} AS label,
                        {t_expr} AS label_time, CASE {' '.join(checks)} END AS _reason,
                        left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) AS _raw
-                FROM _wb_batch AS _wb_src""")
+                FROM {view.name} AS _wb_src""")
             cur.execute("""UPDATE _wb_checked SET _reason = 'duplicate_id' WHERE _reason IS NULL AND _row IN (
                 SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
                 FROM _wb_checked WHERE _reason IS NULL) WHERE k > 1)""")
@@ -476,7 +472,6 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
             for r, n in cur.execute("SELECT _reason, count(*) FROM _wb_checked WHERE _reason IS NOT NULL "
                                     "GROUP BY 1").fetchall():
                 reasons[r] = reasons.get(r, 0) + int(n)
-            cur.unregister("_wb_batch")
             cur.execute("DROP TABLE _wb_checked")
             read += len(batch)
             stored += good.num_rows
