@@ -217,8 +217,7 @@ def phase_replay(a, constant: bool = False) -> dict:
     with Store(a.db) as store, RssSampler() as rss:
         t = time.perf_counter()
         res = replay(store, "bench", models["baseline"], models["candidate"],
-                     run_id=f"bench_{a.rows}_w{a.writers}_m{os.environ.get('WORKBENCH_DUCKDB_MEMORY_LIMIT', '')}"
-                            f"{'_io' if constant else ''}",
+                     run_id=f"bench_{'io' if constant else 'replay'}_{time.time_ns()}",   # one per configuration
                      options=ReplayOptions(batch_size=a.batch_size, writers=a.writers))
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
@@ -235,7 +234,7 @@ PHASES = {"ingest": phase_ingest, "read": phase_read, "raw": phase_raw, "io": ph
 
 
 def run_phase(name: str, a, memory: str | None = None, **extra) -> dict:
-    """Run one phase in a subprocess; ``memory``: DuckDB's memory limit there (the Store's default if None)."""
+    """Run one phase in a subprocess; ``memory``: DuckDB's memory limit there (None: the workbench's own)."""
     args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
             "--batch-size", str(a.batch_size), "--home", str(a.home)]
     if name not in ("replay", "io"):
@@ -271,7 +270,7 @@ def main() -> None:
     p.add_argument("--writers", type=int, nargs="+", default=None,
                    help="replay writer threads to compare (default: the replay's own default)")
     p.add_argument("--duckdb-memory", nargs="+", default=[None],
-                   help="DuckDB memory limits to compare, e.g. 512MB 128MB (default: the workbench's own)")
+                   help="DuckDB memory limits to compare, e.g. auto 512MB (auto, the default: the replay sizes it)")
     p.add_argument("--json-out", default=None, help="also write the results as JSON here")
     p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -294,10 +293,7 @@ def main() -> None:
             ensure_demo_home(a.home)
         from workbench.replay import ReplayOptions
 
-        from workbench.store import DEFAULT_MEMORY_LIMIT
-
         writers = a.writers or [ReplayOptions().writers]
-        default_memory = os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)
         results = []
         for rows in a.rows:
             traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}.duckdb"
@@ -306,10 +302,12 @@ def main() -> None:
             read = run_phase("read", a, rows=rows, traffic=traffic, db=db)
             raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
             for w in writers:
-                for mem in a.duckdb_memory:
+                for mem in [None if m in (None, "auto") else m for m in a.duckdb_memory]:
                     io = run_phase("io", a, mem, rows=rows, traffic=traffic, db=db, writers=w)
                     rep = run_phase("replay", a, mem, rows=rows, traffic=traffic, db=db, writers=w)
-                    results.append({"rows": rows, "writers": w, "memory": mem or default_memory, "ingest": ing,
+                    duck = rep["stages"].get("duckdb", {})   # what the replay ran under (its own sizing by default)
+                    results.append({"rows": rows, "writers": w, "memory": mem or "auto",
+                                    "duckdb": f"{duck.get('threads')}t {duck.get('memory_limit')}", "ingest": ing,
                                     "read": read, "raw": raw, "io": io, "replay": rep,
                                     "ratio": raw["seconds"] / rep["seconds"]})
             traffic.unlink()
@@ -321,12 +319,12 @@ def main() -> None:
           f"cores={os.cpu_count()}")
     print("read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage "
           "path alone)")
-    print(f"{'rows':>11} | {'writers':>7} | {'duckdb mem':>10} | {'ingest rows/s':>13} | {'read rows/s':>12} | {'io rows/s':>11} | "
+    print(f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'read rows/s':>12} | {'io rows/s':>11} | "
           f"{'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | {'(b) seconds':>11} | "
           f"{'(b) peak MB':>11} | {'b/a':>5}")
     for r in results:
         n = r["rows"]
-        print(f"{n:>11,} | {r['writers']:>7} | {r['memory']:>10} | {n / r['ingest']['seconds']:>13,.0f} | "
+        print(f"{n:>11,} | {r['writers']:>7} | {r['duckdb']:>14} | {n / r['ingest']['seconds']:>13,.0f} | "
               f"{n / r['read']['seconds']:>12,.0f} | {n / r['io']['seconds']:>11,.0f} | "
               f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
               f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
@@ -335,7 +333,7 @@ def main() -> None:
     for r in results:
         st, rss = r["replay"].get("stages") or {}, r["replay"].get("rss", {})
         busy = ", ".join(f"{k} {v:.2f}" for k, v in st.get("busy_s", {}).items())
-        print(f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['memory']}: wall {st.get('wall_s', 0):.2f} s, finish "
+        print(f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['duckdb']}: wall {st.get('wall_s', 0):.2f} s, finish "
               f"{st.get('finish_s', 0):.2f} s, busy {busy}; bound: {st.get('bound')}; RSS before the replay "
               f"{rss.get('before_mb', 0):,.0f} MB (models loaded), peak during it {rss.get('peak_mb', 0):,.0f} MB ("
               + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items()) + ")")

@@ -172,3 +172,36 @@ def test_fast_replay_commits_whole_row_groups(store, monkeypatch):
              .fetchall()]
     assert sum(spans) == 100 and all(n % 8 == 0 for n in spans[:-1])
     assert r.stages["bound"] in ("read", "score", "build", "write") and r.stages["busy_s"]["write"] > 0
+
+
+def test_duckdb_limits_size_the_scan_and_respect_explicit_settings(monkeypatch):
+    from workbench.replay import duckdb_limits
+
+    monkeypatch.delenv("WORKBENCH_DUCKDB_THREADS", raising=False)
+    monkeypatch.delenv("WORKBENCH_DUCKDB_MEMORY_LIMIT", raising=False)
+    assert duckdb_limits(25, 8, cores=16) == {"threads": 8, "memory": "256MiB"}   # narrow: the floor
+    assert duckdb_limits(25, 1, cores=2) == {"threads": 2, "memory": "256MiB"}
+    # wide traffic: what 8 scan threads pin for 201 columns plus 8 writers' units (0.5*8*201 + 16*8 MB)
+    assert duckdb_limits(200, 8, cores=16) == {"threads": 8, "memory": "932MiB"}
+    monkeypatch.setenv("WORKBENCH_DUCKDB_THREADS", "16")   # explicit threads: kept, and the memory follows them
+    assert duckdb_limits(200, 8, cores=16) == {"threads": None, "memory": "1736MiB"}
+    monkeypatch.setenv("WORKBENCH_DUCKDB_MEMORY_LIMIT", "1GB")
+    assert duckdb_limits(200, 8, cores=16) == {"threads": None, "memory": None}
+
+
+def test_replay_runs_under_its_duckdb_limits_and_restores_them(store, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DUCKDB_THREADS", raising=False)
+    monkeypatch.delenv("WORKBENCH_DUCKDB_MEMORY_LIMIT", raising=False)
+
+    def settings(cur):
+        return cur.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    store.con.execute("SET threads = 3")
+    before = settings(store.con)
+    during = []
+    replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="lim", options=ReplayOptions(batch_size=16),
+           progress=lambda done, total: during.append(settings(store.cursor())))
+    assert before[0].startswith("488.") and before[1] == 3   # the store's default, 512 MB
+    assert set(during[1:]) == {("256.0 MiB", 8)}   # min(8, cores) threads
+    assert settings(store.con) == before

@@ -1,11 +1,11 @@
 """Shadow replay: every request of a traffic set goes through the baseline and the candidate.
 
-Traffic is streamed from DuckDB in Arrow batches (constant memory, whatever its size) through a
-three-stage pipeline: a reader thread decodes the next batches (and lays out features for the GPU),
-the main thread scores them with both models (:mod:`workbench.scoring`), and a writer thread commits
-each batch's paired results together with the batch's marker in one transaction. An interrupted run
-therefore resumes after its last committed batch and holds each request exactly once; a finished run
-is immutable.
+Traffic is streamed from DuckDB in Arrow batches (constant memory, whatever its size) through a pipeline
+of threads (:func:`_run_pipeline`): a reader (the DuckDB scan), a preparer (the GPU feature layout), scoring
+with both models on the main thread (:mod:`workbench.scoring`), a builder (paired result rows, packed into
+commit units of whole row groups) and writers that commit each unit together with the ``_row`` range it
+covers in one transaction. An interrupted run therefore resumes after its committed ranges and holds
+each request exactly once; a finished run is immutable.
 """
 from __future__ import annotations
 
@@ -116,6 +116,31 @@ def _version(dist: str) -> str | None:
         return None
 
 
+MB = 1 << 20
+REPLAY_THREADS = 8                 # DuckDB threads during a replay (the scan needs few; each one costs memory)
+REPLAY_MEMORY_FLOOR = 256 * MB     # DuckDB's buffer pool during a replay, unless the traffic is wide
+SCAN_MB_PER_COLUMN_THREAD = 0.5    # measured ~0.4 MB: what one scan thread pins per column read
+WRITER_MB = 16                     # one writer's uncommitted unit (2 row groups of paired rows) in DuckDB
+
+
+def duckdb_limits(columns: int, writers: int, cores: int | None = None) -> dict:
+    """DuckDB's thread count and memory limit during a replay (``Store.limits`` arguments).
+
+    Each row of the traffic is read once, yet DuckDB keeps what it read in its buffer pool up to the memory
+    limit, and each scan thread holds a row group of its own: at the store's defaults (512 MB, one thread
+    per core) that is most of a fast replay's memory, while the scan needs a few threads at most. A
+    narrow traffic gets ``REPLAY_MEMORY_FLOOR``; a wide one gets what its scan threads pin (too little
+    fails with DuckDB's out-of-memory error: 200 DOUBLE columns at 16 threads need over 1 GB). An explicit
+    ``$WORKBENCH_DUCKDB_THREADS`` or ``$WORKBENCH_DUCKDB_MEMORY_LIMIT`` is left as it is.
+    """
+    threads = None if os.environ.get("WORKBENCH_DUCKDB_THREADS") else min(REPLAY_THREADS, cores or os.cpu_count() or 1)
+    if os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT"):
+        return {"threads": threads, "memory": None}
+    scan_threads = threads or int(os.environ["WORKBENCH_DUCKDB_THREADS"])
+    need = (SCAN_MB_PER_COLUMN_THREAD * scan_threads * (columns + 1) + WRITER_MB * writers) * MB
+    return {"threads": threads, "memory": f"{max(REPLAY_MEMORY_FLOOR, int(need)) // MB}MiB"}
+
+
 class Executor(Protocol):
     """Runs the scoring of a run's remaining traffic and commits it batch by batch."""
 
@@ -155,11 +180,14 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
     done = int(store.require_run(run_id)["rows_done"])
     if progress:
         progress(done, total)
-    stages = (executor or LocalExecutor()).run(store, run_id, traffic, models, options, done, total, progress) or {}
-    t0 = time.perf_counter()
-    store.finish_run(run_id)
-    if stages:
-        stages["finish_s"] = round(time.perf_counter() - t0, 3)
+    with store.limits(**duckdb_limits(len({f for m in models.values() for f in m.ref.features}), options.writers)):
+        stages = (executor or LocalExecutor()).run(store, run_id, traffic, models, options, done, total,
+                                                   progress) or {}
+        t0 = time.perf_counter()
+        store.finish_run(run_id)
+        if stages:
+            stages["finish_s"] = round(time.perf_counter() - t0, 3)
+            stages["duckdb"] = store.settings("threads", "memory_limit")
     errs = store.run_error_counts(run_id)
     return ReplayResult(run_id, int(store.require_run(run_id)["rows_done"]), errs["baseline"], errs["candidate"],
                         time.perf_counter() - started, "finished", stages)
@@ -348,7 +376,7 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
         while (item := get(fetched)) is not _END and not isinstance(item, BaseException):
             t0 = time.perf_counter()
             try:
-                item = (*item, scorer.prepare(item[0]))
+                item = (item[1], scorer.prepare(item[0]))   # (rows, prepared): a GPU layout drops the batch
             except BaseException as e:
                 item = e
             stages.add("prepare", time.perf_counter() - t0)
@@ -398,6 +426,7 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
                 t0 = time.perf_counter()
                 # contiguous columns: DuckDB cuts row groups at chunk boundaries, and partial ones cost a
                 # rewrite at the next checkpoint (done here, in parallel, rather than in the builder)
+                item = None   # the chunked unit is freed as soon as it is combined
                 table = table.combine_chunks()
                 rows = table.column("_row")
                 with lock:
@@ -433,7 +462,7 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
                 break
             if isinstance(item, BaseException):
                 raise item
-            batch, rows, prepared = item
+            rows, prepared = item
             t0 = time.perf_counter()
             scored = scorer.score(prepared)
             seconds = time.perf_counter() - t0

@@ -199,14 +199,14 @@ class PairScorer:
 
     def score(self, prepared: Any) -> dict[str, Scored]:
         if self.gpu:
-            batch, host = prepared
+            host, n = prepared
             try:
-                return self.gpu.score(host, batch.num_rows)
+                return self.gpu.score(host, n)
             except Exception as e:  # fall back to per-model isolation for this batch
                 log.warning("shared GPU scoring failed (%s); scoring this batch model by model", error_text(e))
+                prepared = self.gpu.table(host, n)
             finally:
                 self.gpu.release(host)
-            prepared = batch
         batch = prepared
         if self.options.mode == "online":
             return {r: score_online(run, batch, self.options.online_batch) for r, run in self.runners.items()}
@@ -271,7 +271,12 @@ class _SharedGpuInput:
             for chunk in col.chunks:   # chunk by chunk into the pinned buffer: no intermediate copy
                 view[j, at:at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
                 at += len(chunk)
-        return batch, host
+        return host, n   # not the batch: it would stay in memory until scored, while the buffer has it all
+
+    def table(self, host, n: int) -> pa.Table:
+        """The features of a prepared batch as a table (a copy: the buffer goes back to the ring)."""
+        view = host.numpy()
+        return pa.table({f: view[j, :n].copy() for j, f in enumerate(self.features)})
 
     def score(self, host, n: int) -> dict[str, Scored]:
         torch = self.torch

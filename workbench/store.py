@@ -165,7 +165,12 @@ class Store:
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
-        self.con.execute("SET memory_limit = ?", [os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)])
+        # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
+        self._limits = {"memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+                        "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None}   # None: per core
+        for k, v in self._limits.items():
+            if v is not None:
+                self.con.execute(f"SET {k} = ?", [v])
         # checkpoint in large steps: frequent checkpoints during a replay cost up to 3x its write rate
         self.con.execute("SET checkpoint_threshold = ?", [os.environ.get("WORKBENCH_DUCKDB_CHECKPOINT", "1GB")])
         if not read_only:
@@ -803,13 +808,33 @@ class Store:
     @contextmanager
     def memory_limit(self, limit: str) -> Iterator[None]:
         """Cap DuckDB's memory for the block (larger joins spill to disk), then restore the setting."""
+        with self.limits(memory=limit):
+            yield
+
+    def settings(self, *names: str) -> dict:
+        """Current values of DuckDB settings, as DuckDB reports them."""
         cur = self.cursor()
-        before = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        cur.execute("SET memory_limit = ?", [limit])
+        return {n: cur.execute("SELECT current_setting(?)", [n]).fetchall()[0][0] for n in names}
+
+    @contextmanager
+    def limits(self, memory: str | None = None, threads: int | None = None) -> Iterator[None]:
+        """DuckDB's memory limit and thread count for the block (``None``: unchanged), then restored.
+
+        Both are settings of the whole database instance: other cursors of this store see them too."""
+        cur = self.cursor()
+        wanted = {k: v for k, v in (("memory_limit", memory), ("threads", threads)) if v is not None}
+        before = dict(self._limits)
+        if before["threads"] is None:
+            before["threads"] = self.settings("threads")["threads"]
+        for k, v in wanted.items():
+            cur.execute(f"SET {k} = ?", [v])
+        self._limits = before | wanted
         try:
             yield
         finally:
-            cur.execute("SET memory_limit = ?", [before])
+            for k in wanted:
+                cur.execute(f"SET {k} = ?", [before[k]])
+            self._limits = before
 
     def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
         """One row per labelled request of a run, in no particular order: ``label``, ``baseline_score``
