@@ -161,6 +161,17 @@ def test_commit_packer_cuts_whole_row_groups_and_shares_seconds():
     assert packer.flush() == [] and packer.rows == 0
 
 
+def test_commit_packer_joins_float32_gpu_scores_with_float64_fallback_scores():
+    """A GPU batch keeps float32 scores; one that fell back to model-by-model scoring has float64 ones."""
+    import pyarrow as pa
+    from workbench.replay import CommitPacker
+
+    packer = CommitPacker(row_group=4, groups=1)
+    packer.add(pa.table({"_row": [0, 1], "s": pa.array([0.25, 0.5], pa.float32())}), 0.1, now=0.0)
+    (unit, _), = packer.add(pa.table({"_row": [2, 3], "s": pa.array([0.1, 0.2], pa.float64())}), 0.1, now=0.0)
+    assert unit.schema.field("s").type == pa.float64() and unit.column("s").to_pylist() == [0.25, 0.5, 0.1, 0.2]
+
+
 def test_fast_replay_commits_whole_row_groups(store, monkeypatch):
     """Busy writers get units of whole row groups only; the tail is the one partial unit."""
     import workbench.replay as rp

@@ -209,3 +209,71 @@ def test_gpu_and_cpu_scores_agree(tmp_path):
             FROM predictions a JOIN predictions g USING (_row)
             WHERE a.run_id = 'on_cpu' AND g.run_id = 'on_gpu'""").fetchall()[0]
     assert b < 1e-4 and c < 1e-4 and errs == 0
+
+
+class RaisesOnMarker(torch.nn.Module):
+    """A model that fails a whole call when any row's first feature is above 100 (a poison request)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if bool((x[:, 0] > 100).any()):
+            raise RuntimeError("poison row")
+        return self.net(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_shared_batch_failure_falls_back_model_by_model(tmp_path):
+    """A batch the shared GPU path cannot score is rebuilt from its pinned buffer and scored model by
+    model: the failing model's poison rows become its errors, the other model scores every row."""
+    from workbench.models import ModelRef, TorchPredictor
+
+    n, feats = 20_000, [f"f{j}" for j in range(25)]
+    rng = np.random.default_rng(6)
+    cols = {f: rng.standard_normal(n).astype(np.float32) for f in feats}
+    poison = [123, 17_000]
+    cols["f0"][poison] = 500.0
+    pd.DataFrame({"request_id": [f"p{i}" for i in range(n)],
+                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols).to_parquet(tmp_path / "p.parquet")
+    nets = {"baseline": scripted_mlp(25, 1), "candidate": torch.jit.script(RaisesOnMarker(scripted_mlp(25, 2)))}
+
+    def pair(device):
+        return [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, device)
+                for r, net in nets.items()]
+
+    with Store(":memory:") as store:
+        ingest(store, tmp_path / "p.parquet", "p")
+        replay(store, "p", *pair("cpu"), run_id="on_cpu", options=ReplayOptions(batch_size=4096))
+        replay(store, "p", *pair("cuda"), run_id="on_gpu", options=ReplayOptions(batch_size=4096))
+        rows = store.con.execute("""SELECT t.request_id, abs(a.baseline_score - g.baseline_score),
+            abs(a.candidate_score - g.candidate_score), g.baseline_error, g.candidate_error
+            FROM predictions a JOIN predictions g USING (_row) JOIN traffic_p t USING (_row)
+            WHERE a.run_id = 'on_cpu' AND g.run_id = 'on_gpu' ORDER BY _row""").fetchall()
+    assert len(rows) == n
+    assert max(r[1] for r in rows) < 1e-4 and all(r[3] is None for r in rows)
+    failed = [r for r in rows if r[4] is not None]
+    assert [r[0] for r in failed] == [f"p{i}" for i in poison], failed
+    assert all("poison row" in r[4] for r in failed), failed
+    assert max(r[2] for r in rows if r[4] is None) < 1e-4
+
+
+def test_torchscript_error_reason_names_the_models_own_error(tmp_path):
+    """TorchScript wraps a module's exception in its own traceback; the stored reason is the module's error."""
+    from workbench.models import ModelRef, TorchPredictor
+
+    n, feats = 300, [f"f{j}" for j in range(25)]
+    cols = {f: np.zeros(n, dtype=np.float32) for f in feats}
+    cols["f0"][7] = 500.0
+    pd.DataFrame({"request_id": [f"q{i}" for i in range(n)],
+                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols).to_parquet(tmp_path / "q.parquet")
+    bad = torch.jit.script(RaisesOnMarker(scripted_mlp(25, 2)))
+    pair = [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, "cpu")
+            for r, net in (("baseline", scripted_mlp(25, 1)), ("candidate", bad))]
+    with Store(":memory:") as store:
+        ingest(store, tmp_path / "q.parquet", "q")
+        r = replay(store, "q", *pair, run_id="ts", options=ReplayOptions(batch_size=64))
+        assert (r.baseline_errors, r.candidate_errors) == (0, 1)
+        assert [e for e in errors(store, "ts", "candidate") if e] == ["TorchScript RuntimeError: poison row"]

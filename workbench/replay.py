@@ -268,7 +268,8 @@ class CommitPacker:
                 left = 0
         self.rows -= n
         self.since = None if not self.rows else self.since
-        unit = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        # "permissive": GPU batches carry float32 scores, a batch that fell back to model-by-model float64
+        unit = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
         return [(unit, seconds)]
 
 

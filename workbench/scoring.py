@@ -68,12 +68,18 @@ class RowFailure(Exception):
     """A failure whose message is already the rows' reason (e.g. from an isolated worker); bisected."""
 
 
+TORCHSCRIPT_HEADER = "The following operation failed in the TorchScript interpreter"
+
+
 def error_text(e: BaseException) -> str:
-    """The reason a failing call gives its rows: ``Type: first line`` of the exception."""
+    """The reason a failing call gives its rows: ``Type: first line`` of the exception (for a TorchScript
+    module, the error its code raised, which TorchScript puts last, after its own traceback)."""
     if isinstance(e, (ModelTimeout, ModelDisabled, RowFailure)):
         return str(e)[:500]
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {msg}"[:500]
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith(TORCHSCRIPT_HEADER):   # the cause is the traceback's last line
+        return f"TorchScript {lines[-1].removeprefix('builtins.')}"[:500]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]
 
 
 @dataclass
