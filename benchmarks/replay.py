@@ -233,15 +233,17 @@ def phase_io(a) -> dict:
 PHASES = {"ingest": phase_ingest, "read": phase_read, "raw": phase_raw, "io": phase_io, "replay": phase_replay}
 
 
-def run_phase(name: str, a, memory: str | None = None, **extra) -> dict:
-    """Run one phase in a subprocess; ``memory``: DuckDB's memory limit there (None: the workbench's own)."""
+def run_phase(name: str, a, memory: str | None = None, threads: int | None = None, **extra) -> dict:
+    """Run one phase in a subprocess; ``memory``, ``threads``: DuckDB's memory limit and threads there (None:
+    the workbench's own)."""
     args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
             "--batch-size", str(a.batch_size), "--home", str(a.home)]
     if name not in ("replay", "io"):
         args += ["--writers", "1"]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    env = os.environ | {"PYTHONWARNINGS": "ignore"} | ({"WORKBENCH_DUCKDB_MEMORY_LIMIT": memory} if memory else {})
+    env = os.environ | {"PYTHONWARNINGS": "ignore"} | ({"WORKBENCH_DUCKDB_MEMORY_LIMIT": memory} if memory else {}) \
+        | ({"WORKBENCH_DUCKDB_THREADS": str(threads)} if threads else {})
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
@@ -271,6 +273,8 @@ def main() -> None:
                    help="replay writer threads to compare (default: the replay's own default)")
     p.add_argument("--duckdb-memory", nargs="+", default=[None],
                    help="DuckDB memory limits to compare, e.g. auto 512MB (auto, the default: the replay sizes it)")
+    p.add_argument("--duckdb-threads", nargs="+", default=[None],
+                   help="DuckDB thread counts to compare, e.g. auto 4 (auto, the default: the replay sizes it)")
     p.add_argument("--json-out", default=None, help="also write the results as JSON here")
     p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -302,9 +306,10 @@ def main() -> None:
             read = run_phase("read", a, rows=rows, traffic=traffic, db=db)
             raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
             for w in writers:
-                for mem in [None if m in (None, "auto") else m for m in a.duckdb_memory]:
-                    io = run_phase("io", a, mem, rows=rows, traffic=traffic, db=db, writers=w)
-                    rep = run_phase("replay", a, mem, rows=rows, traffic=traffic, db=db, writers=w)
+                for mem, th in [(None if m in (None, "auto") else m, None if t in (None, "auto") else int(t))
+                                for m in a.duckdb_memory for t in a.duckdb_threads]:
+                    io = run_phase("io", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w)
+                    rep = run_phase("replay", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w)
                     duck = rep["stages"].get("duckdb", {})   # what the replay ran under (its own sizing by default)
                     results.append({"rows": rows, "writers": w, "memory": mem or "auto",
                                     "duckdb": f"{duck.get('threads')}t {duck.get('memory_limit')}", "ingest": ing,
