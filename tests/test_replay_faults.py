@@ -237,7 +237,8 @@ def test_gpu_shared_batch_failure_falls_back_model_by_model(tmp_path):
     poison = [123, 17_000]
     cols["f0"][poison] = 500.0
     pd.DataFrame({"request_id": [f"p{i}" for i in range(n)],
-                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols).to_parquet(tmp_path / "p.parquet")
+                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols
+                 ).to_parquet(tmp_path / "p.parquet")
     nets = {"baseline": scripted_mlp(25, 1), "candidate": torch.jit.script(RaisesOnMarker(scripted_mlp(25, 2)))}
 
     def pair(device):
@@ -268,7 +269,8 @@ def test_torchscript_error_reason_names_the_models_own_error(tmp_path):
     cols = {f: np.zeros(n, dtype=np.float32) for f in feats}
     cols["f0"][7] = 500.0
     pd.DataFrame({"request_id": [f"q{i}" for i in range(n)],
-                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols).to_parquet(tmp_path / "q.parquet")
+                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols
+                 ).to_parquet(tmp_path / "q.parquet")
     bad = torch.jit.script(RaisesOnMarker(scripted_mlp(25, 2)))
     pair = [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, "cpu")
             for r, net in (("baseline", scripted_mlp(25, 1)), ("candidate", bad))]
