@@ -198,12 +198,14 @@ class ConstantModel:
 
 def phase_read(a) -> dict:
     """Stream the traffic's feature columns from DuckDB, as the replay's reader does, and nothing else."""
+    from workbench.replay import ROW_GROUP, rebatch
     from workbench.store import Store
 
     features = sorted({f for m in load_pair(a).values() for f in m.ref.features})
     with Store(a.db) as store:
         t = time.perf_counter()
-        n = sum(rb.num_rows for rb in store.traffic_batches("bench", features, a.batch_size))
+        reader = store.traffic_batches("bench", features, min(a.batch_size, ROW_GROUP))
+        n = sum(b.num_rows for b in rebatch(reader, a.batch_size))
     return {"seconds": time.perf_counter() - t, "rows": n}
 
 

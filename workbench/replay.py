@@ -320,7 +320,10 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
     ranges even when they were committed out of order. Returns the stages' busy seconds.
     """
     skip = store.committed_ranges(run_id)
-    reader = store.traffic_batches(traffic, scorer.features, options.batch_size, skip)
+    # DuckDB hands out at most a row group per Arrow batch anyway, and each scan thread holds buffers for
+    # the batch size it is asked for: asking for more costs memory and speed (measured: 262,144 rows
+    # against 122,880: +20 MB at 8 threads, 16.5M rather than 20M rows/s); ``rebatch`` cuts the batches
+    reader = store.traffic_batches(traffic, scorer.features, min(options.batch_size, ROW_GROUP), skip)
     fetched: queue.Queue = queue.Queue(maxsize=options.prefetch)
     inbox: queue.Queue = queue.Queue(maxsize=options.prefetch)
     built: queue.Queue = queue.Queue(maxsize=4)
