@@ -94,10 +94,10 @@ def paired(ids: pa.Array, preds: dict) -> pa.Table:
 def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
     """A home with one finished, evaluated, drift-checked run of ``rows`` requests (reused when present)."""
     from workbench.config import load_settings
-    from workbench.drift import drift_run
-    from workbench.evaluation import evaluate_run
+    from workbench.drift.report import drift_run
+    from workbench.evaluate.evaluation import evaluate_run
     from workbench.store import Store
-    from workbench.traffic import ingest
+    from workbench.ingest.traffic import ingest
 
     settings = load_settings(home).ensure()
     run_id = run_id_for(rows)
@@ -158,9 +158,9 @@ def read_memory_limit() -> str:
 def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     """Each page's data functions straight against DuckDB (no cache): (page, call, seconds)."""
     from pages.data import LATENCY_PER_DECADE, LATENCY_PROBS, SCORE_BINS
-    from workbench.canary import preview_decision
+    from workbench.decide.canary import preview_decision
     from workbench.config import load_settings
-    from workbench.policy import load_policy
+    from workbench.decide.policy import load_policy
     from workbench.review import audit, trusted
     from workbench.store import Store
 

@@ -63,8 +63,8 @@ def run_side(side: str, rows: int, seed: int) -> dict:
     if side == "ours":
         import pyarrow as pa
 
-        from workbench.drift import compare_columns
-        from workbench.sketch import RowSet
+        from workbench.drift.report import compare_columns
+        from workbench.drift.sketch import RowSet
         from workbench.store import Store
 
         with Store(":memory:") as store:

@@ -4,14 +4,14 @@
 
 One run measures, each phase in a fresh process (so peak RSS is that phase's own):
 
-1. ours: :func:`workbench.evaluation.evaluate_samples` on the in-memory paired rows: all metrics of both
+1. ours: :func:`workbench.evaluate.evaluation.evaluate_samples` on the in-memory paired rows: all metrics of both
    models with intervals, paired deltas with p-values and MDE, latency percentiles with intervals and
    Mann-Whitney, error rates (best of 3 runs: the machine's 2 cores are shared);
 2. mlflow: ``mlflow.evaluate`` (default classifier evaluator, explainability off) on static predictions
    of each model over the same rows, then ``mlflow.validate_evaluation_results`` of candidate against
    baseline (best of 2); the models are saved beforehand (untimed) as sklearn-flavoured wrappers that
    return the stored scores, so mlflow sees probabilities;
-3. ours end to end: ``workbench.evaluation.evaluate_run`` reading the same rows from a DuckDB store
+3. ours end to end: ``workbench.evaluate.evaluation.evaluate_run`` reading the same rows from a DuckDB store
    (written beforehand through the workbench's ingest and store API, untimed), at ``--rows`` and
    ``--big-rows``.
 
@@ -63,7 +63,7 @@ def peak_rss_mib() -> float:
 
 
 def phase_ours(n: int) -> dict:
-    from workbench.evaluation import evaluate_samples
+    from workbench.evaluate.evaluation import evaluate_samples
 
     d = synthetic(n)
     errors = {r: {"rows": n, "errors": int(np.isnan(s).sum())} for r, s in d["scores"].items()}
@@ -151,7 +151,7 @@ def phase_build(n: int, db: Path) -> dict:
     import pyarrow.parquet as pq
 
     from workbench.store import Store
-    from workbench.traffic import ingest, ingest_labels
+    from workbench.ingest.traffic import ingest, ingest_labels
 
     d = synthetic(n)
     t = time.perf_counter()
@@ -173,8 +173,8 @@ def phase_build(n: int, db: Path) -> dict:
         store.create_run(run_id="bench", traffic="bench", baseline=refs["baseline"], candidate=refs["candidate"],
                          rows_total=n, batch_size=1_000_000, device="cpu", mode="benchmark", meta={})
         step = 1_000_000
-        from workbench.replay import paired_table
-        from workbench.scoring import Scored
+        from workbench.replay.pipeline import paired_table
+        from workbench.replay.scoring import Scored
 
         for b, start in enumerate(range(0, n, step)):
             sl = slice(start, min(n, start + step))
@@ -192,7 +192,7 @@ def phase_build(n: int, db: Path) -> dict:
 
 
 def phase_store(db: Path) -> dict:
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluate.evaluation import evaluate_run
     from workbench.store import Store
 
     with Store(db) as store:

@@ -64,8 +64,8 @@ def one_replay(db: str, writers: int, batch: int) -> dict:
     import torch
 
     from replay import F, RssSampler
-    from workbench.models import ModelRef, TorchPredictor
-    from workbench.replay import ReplayOptions, replay
+    from workbench.replay.models import ModelRef, TorchPredictor
+    from workbench.replay.pipeline import ReplayOptions, replay
     from workbench.store import Store
 
     class Tiny(torch.nn.Module):
@@ -97,7 +97,7 @@ def main() -> None:
     from replay import write_traffic
 
     from workbench.store import Store
-    from workbench.traffic import ingest
+    from workbench.ingest.traffic import ingest
 
     with tempfile.TemporaryDirectory(prefix="bench-gpumem-") as tmp:
         src, base = Path(tmp) / "traffic.parquet", Path(tmp) / "base.duckdb"

@@ -114,7 +114,7 @@ def write_traffic(path: Path, rows: int, models: str, home: Path | None, chunk: 
 def mlp_pair(device: str):
     import torch
 
-    from workbench.models import ModelRef, TorchPredictor, choose_device
+    from workbench.replay.models import ModelRef, TorchPredictor, choose_device
 
     dev = choose_device(device)
     out = {}
@@ -132,7 +132,7 @@ def demo_pair(home: Path, device: str):
     import mlflow
 
     from workbench.config import load_settings
-    from workbench.models import load_predictor
+    from workbench.replay.models import load_predictor
 
     mlflow.set_tracking_uri(load_settings(home).mlflow_tracking_uri)
     return {"baseline": load_predictor("models:/flight-delay@champion", device),
@@ -146,7 +146,7 @@ def load_pair(a) -> dict:
 # -- phases (each runs in a subprocess) --------------------------------------------------------------
 def phase_ingest(a) -> dict:
     from workbench.store import Store
-    from workbench.traffic import ingest
+    from workbench.ingest.traffic import ingest
 
     t = time.perf_counter()
     demo = a.models == "demo"
@@ -160,8 +160,8 @@ def phase_ingest(a) -> dict:
 
 def phase_raw(a) -> dict:
     """Both models on in-memory batches (the first few row groups, cycled to reach the row count)."""
-    from workbench.replay import ReplayOptions
-    from workbench.scoring import PairScorer
+    from workbench.replay.pipeline import ReplayOptions
+    from workbench.replay.scoring import PairScorer
 
     models = load_pair(a)
     scorer = PairScorer(models, ReplayOptions(batch_size=a.batch_size).scoring())
@@ -198,7 +198,7 @@ class ConstantModel:
 
 def phase_read(a) -> dict:
     """Stream the traffic's feature columns from DuckDB, as the replay's reader does, and nothing else."""
-    from workbench.replay import ROW_GROUP, rebatch
+    from workbench.replay.pipeline import ROW_GROUP, rebatch
     from workbench.store import Store
 
     features = sorted({f for m in load_pair(a).values() for f in m.ref.features})
@@ -210,7 +210,7 @@ def phase_read(a) -> dict:
 
 
 def phase_replay(a, constant: bool = False) -> dict:
-    from workbench.replay import ReplayOptions, replay
+    from workbench.replay.pipeline import ReplayOptions, replay
     from workbench.store import Store
 
     models = load_pair(a)
@@ -297,7 +297,7 @@ def main() -> None:
         a.home = Path(a.home) if a.home else tmp / "home"
         if a.models == "demo":
             ensure_demo_home(a.home)
-        from workbench.replay import ReplayOptions
+        from workbench.replay.pipeline import ReplayOptions
 
         writers = a.writers or [ReplayOptions().writers]
         results = []

@@ -7,7 +7,7 @@ router sends every request to the baseline server: "direct" and "router" hit the
 difference is what the router adds. With mirroring on, the candidate server also gets every request.
 
 Loads (one input row per request), sent from this process by the router's own lean client
-(:class:`workbench.upstream.Pool` on uvloop, the same client for every target, so the load generator takes
+(:class:`workbench.live.upstream.Pool` on uvloop, the same client for every target, so the load generator takes
 little of a shared machine's CPU):
   closed-loop with 1 and 4 requests in flight, and open-loop at a fixed rate (default: a third of what the
   baseline server sustains directly with 4 in flight, measured first).
@@ -41,7 +41,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 sys.path.insert(0, str(ROOT))
-from workbench.upstream import Pool  # noqa: E402
+from workbench.live.upstream import Pool  # noqa: E402
 
 
 def free_port() -> int:

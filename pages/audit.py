@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import data, ui
-from workbench.registry import run_url
+from workbench.decide.registry import run_url
 
 ui.ensure_navigation()
 st.title("Audit")

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import charts, data, ui
-from workbench.policy import load_policy
+from workbench.decide.policy import load_policy
 from workbench.views import ramp_position
 
 ui.ensure_navigation()

@@ -1,6 +1,6 @@
 """Cached access to the workbench for the pages (the one place that caches).
 
-Reads go through one :class:`~workbench.background.SharedDatabase` per home: a short read-only connection
+Reads go through one :class:`~workbench.ops.background.SharedDatabase` per home: a short read-only connection
 per read (nothing is held between reruns), or the shared read-write store while a job of this process
 writes. When another process holds the write lock, a read falls back to the last value read for the same
 question, and :func:`busy_since` tells the page to say so. Every cached function takes the home as its
@@ -19,7 +19,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from workbench import WorkbenchError
-from workbench.background import BackgroundJobs, DatabaseBusy, SharedDatabase
+from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabase
 from workbench.config import Settings, load_settings
 
 SCORE_BINS = 200          # score histogram bins (ROC/PR thresholds at k/200)
@@ -168,7 +168,7 @@ def traffic_sets() -> list[dict]:
 
 def progress() -> list:
     """Progress files of every replay job (this app's and other processes'); read without DuckDB."""
-    from workbench.progress import read_progress
+    from workbench.ops.progress import read_progress
 
     return read_progress(settings().home)
 
@@ -252,8 +252,8 @@ def _canary(home_: str) -> Fetched:
 def _canary_states(store, settings_: Settings) -> list[dict]:
     import json
 
-    from workbench.canary import status
-    from workbench.decisions import trusted
+    from workbench.decide.canary import status
+    from workbench.decide.decisions import trusted
 
     keys = trusted(settings_)
     out = []
@@ -271,8 +271,8 @@ def canary() -> list[dict]:
 
 @st.cache_data(ttl=SHORT_TTL, show_spinner=False)
 def _preview(home_: str, run_id: str, policy_path: str | None, token: str):
-    from workbench.canary import preview_decision
-    from workbench.policy import load_policy
+    from workbench.decide.canary import preview_decision
+    from workbench.decide.policy import load_policy
 
     policy = load_policy(policy_path)
     return _read(home_, lambda s: preview_decision(s, run_id, policy))
@@ -296,7 +296,7 @@ def decided_models() -> list[str]:
 
 @st.cache_data(ttl=SHORT_TTL, show_spinner=False)
 def _audit(home_: str, model: str) -> Fetched:
-    from workbench.decisions import audit, trusted
+    from workbench.decide.decisions import audit, trusted
 
     keys = trusted(load_settings(home_))
     return _read(home_, lambda s: [e.to_dict() for e in audit(s, model, keys)])
@@ -309,7 +309,7 @@ def audit(model: str) -> list[dict]:
 # -- MLflow ------------------------------------------------------------------------------------------------------
 @st.cache_data(ttl=10, show_spinner=False)
 def _registered_models(home_: str) -> list[dict]:
-    from workbench.registry import Registry
+    from workbench.decide.registry import Registry
 
     return Registry(load_settings(home_).mlflow_tracking_uri).list_models()
 
@@ -324,7 +324,7 @@ def registered_models() -> tuple[list[dict], str | None]:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def _run_experiments(home_: str, run_ids: tuple[str, ...]) -> dict[str, str]:
-    from workbench.registry import Registry
+    from workbench.decide.registry import Registry
 
     return Registry(load_settings(home_).mlflow_tracking_uri).run_experiments(list(run_ids))
 

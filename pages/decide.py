@@ -7,9 +7,9 @@ import streamlit as st
 
 from pages import charts, data, ui
 from workbench import WorkbenchError
-from workbench.canary import Signer
-from workbench.policy import load_policy
-from workbench.decisions import decide
+from workbench.decide.canary import Signer
+from workbench.decide.policy import load_policy
+from workbench.decide.decisions import decide
 from workbench.views import ramp_position
 
 OUTCOME_COLORS = {"pass": "color: #1a7f37", "fail": "color: #cf222e; font-weight: bold",

@@ -11,9 +11,9 @@ import streamlit as st
 
 from pages import data, ui
 from workbench import WorkbenchError
-from workbench.background import ReplayJob
-from workbench.progress import RUNNING
-from workbench.replay import ReplayOptions
+from workbench.ops.background import ReplayJob
+from workbench.ops.progress import RUNNING
+from workbench.replay.pipeline import ReplayOptions
 
 ui.ensure_navigation()
 st.title("Replay")

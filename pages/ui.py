@@ -9,7 +9,7 @@ import streamlit as st
 
 from pages import data
 from workbench import WorkbenchError
-from workbench.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
+from workbench.ops.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
 
 
 APP = Path(__file__).resolve().parent.parent / "app.py"

@@ -44,14 +44,14 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
 
     from pipelines.prepare_flights import NULLABLE, write
     from pipelines.train_models import register
-    from workbench.decisions import decide
-    from workbench.drift import drift_run
-    from workbench.evaluation import evaluate_run
-    from workbench.signing import PRIVATE_FILE, init_keys
-    from workbench.models import load_predictor
-    from workbench.replay import replay
+    from workbench.decide.decisions import decide
+    from workbench.drift.report import drift_run
+    from workbench.evaluate.evaluation import evaluate_run
+    from workbench.decide.signing import PRIVATE_FILE, init_keys
+    from workbench.replay.models import load_predictor
+    from workbench.replay.pipeline import replay
     from workbench.store import Store
-    from workbench.traffic import file_sha256, ingest, ingest_labels
+    from workbench.ingest.traffic import file_sha256, ingest, ingest_labels
 
     timings: dict[str, float] = {}
     data = Path(data_dir)
@@ -131,8 +131,8 @@ def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None
     env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    from workbench.access import approvers_path, load_approvers
-    from workbench.signing import PRIVATE_FILE
+    from workbench.ops.access import approvers_path, load_approvers
+    from workbench.decide.signing import PRIVATE_FILE
 
     log(f"serving the workbench app on http://127.0.0.1:{port} (Ctrl-C stops it)")
     if not (settings.keys_dir / PRIVATE_FILE).exists() or not load_approvers(approvers_path(settings.home)):

@@ -65,7 +65,7 @@ class TinyModel:
     """A test predictor: score = sigmoid(x), with optional failure modes keyed on the row's x value."""
 
     def __init__(self, name="tiny", raise_on=None, nan_on=None, threshold=0.5, wrong_shape=False):
-        from workbench.models import ModelRef
+        from workbench.replay.models import ModelRef
 
         self.ref = ModelRef(uri=f"test:{name}", name=name, version="1", run_id=None, flavor="test",
                             features=("x",), threshold=threshold)
@@ -217,7 +217,7 @@ def register_model(tracking_uri: str, prefix: str, versions: int = 2) -> str:
 def seeded_home(tmp_path) -> Path:
     """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose
     evaluation passes the default policy."""
-    from workbench.signing import init_keys
+    from workbench.decide.signing import init_keys
     from workbench.store import Store
 
     home = tmp_path / "home"

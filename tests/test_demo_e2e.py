@@ -63,7 +63,7 @@ def test_cli_errors_are_one_line(demo_home, tmp_path):
 
 
 def test_registry_uris_resolve_to_versions(workbench_env):
-    from workbench.models import describe
+    from workbench.replay.models import describe
 
     champ = describe("models:/flight-delay@champion")
     assert champ.flavor == "sklearn" and champ.version == "1" and 0 < champ.threshold < 1

@@ -31,21 +31,21 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
-from workbench.canary import (SignedDecision, Signer, apply_decision, build_decision, status, sync, utc_now,
+from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_decision, status, sync, utc_now,
                               verify_chain)
 from workbench.cli import build_parser
 from workbench.config import Settings, load_settings
-from workbench.drift import drift_run
-from workbench.evaluation import evaluate_run
-from workbench.models import ModelRef
+from workbench.drift.report import drift_run
+from workbench.evaluate.evaluation import evaluate_run
+from workbench.replay.models import ModelRef
 from workbench.paths import within
-from workbench.policy import load_policy, parse_policy
-from workbench.registry import Registry
-from workbench.replay import replay
-from workbench.service import create_app
-from workbench.signing import SignatureError, init_keys, load_private_key, sign, trusted_keys
+from workbench.decide.policy import load_policy, parse_policy
+from workbench.decide.registry import Registry
+from workbench.replay.pipeline import replay
+from workbench.live.service import create_app
+from workbench.decide.signing import SignatureError, init_keys, load_private_key, sign, trusted_keys
 from workbench.store import Store
-from workbench.traffic import ingest, ingest_labels
+from workbench.ingest.traffic import ingest, ingest_labels
 
 HOSTILE = ['x"; DROP TABLE runs; --', "x'); DROP TABLE predictions; --", "1 OR 1=1", "名前 \"quoted\"",
            "a`b", "../../etc/passwd", "x\\y"]

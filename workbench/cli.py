@@ -17,8 +17,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import WorkbenchError
-from .config import Settings, configure_runtime, load_settings
+from workbench import WorkbenchError
+from workbench.config import Settings, configure_runtime, load_settings
 
 log = logging.getLogger("workbench")
 
@@ -60,7 +60,7 @@ def settings_for(args) -> Settings:
 
 
 def open_store(settings: Settings, read_only: bool = False):
-    from .store import Store
+    from workbench.store import Store
 
     return Store(settings.db_path, read_only=read_only)
 
@@ -82,7 +82,7 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 # -- commands --------------------------------------------------------------------------------------
 def cmd_ingest(args) -> None:
-    from .traffic import ingest
+    from workbench.ingest.traffic import ingest
 
     settings = settings_for(args)
     with open_store(settings) as store, progress_bar("ingest") as prog:
@@ -93,7 +93,7 @@ def cmd_ingest(args) -> None:
 
 
 def cmd_labels(args) -> None:
-    from .traffic import ingest_labels
+    from workbench.ingest.traffic import ingest_labels
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -104,9 +104,9 @@ def cmd_labels(args) -> None:
 
 
 def cmd_replay(args) -> None:
-    from .models import load_predictor
-    from .progress import ProgressFile
-    from .replay import ReplayOptions, new_run_id, replay
+    from workbench.replay.models import load_predictor
+    from workbench.ops.progress import ProgressFile
+    from workbench.replay.pipeline import ReplayOptions, new_run_id, replay
 
     settings = settings_for(args)
     use_mlflow(settings)
@@ -118,7 +118,7 @@ def cmd_replay(args) -> None:
     if args.isolate and args.executor != "local":
         raise WorkbenchError("--isolate works with the local executor (Ray's actors are worker processes already)")
     if args.executor == "ray":
-        from .replay_ray import RayExecutor, _ray
+        from workbench.replay.ray_executor import RayExecutor, _ray
 
         _ray()   # a clear error before any work when Ray is missing
         executor = RayExecutor(address=args.ray_address, actors=args.ray_actors, device=args.device)
@@ -132,7 +132,7 @@ def cmd_replay(args) -> None:
         candidate = load_predictor(args.candidate, args.device)
         with open_store(settings) as store:
             if args.source:
-                from .traffic import ingest
+                from workbench.ingest.traffic import ingest
 
                 pfile.stage("ingesting")
                 with progress_bar("ingest") as prog:
@@ -190,7 +190,7 @@ def _scorecard_text(d: dict) -> str:
 
 
 def cmd_decide(args) -> None:
-    from .decisions import decide
+    from workbench.decide.decisions import decide
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -199,7 +199,7 @@ def cmd_decide(args) -> None:
 
 
 def cmd_keys_init(args) -> None:
-    from .signing import init_keys
+    from workbench.decide.signing import init_keys
 
     info = init_keys(settings_for(args).keys_dir)
     emit(args, info.to_dict(), lambda d: f"key pair created: {d['fingerprint']}\n  private {d['private_key_path']} "
@@ -207,7 +207,7 @@ def cmd_keys_init(args) -> None:
 
 
 def cmd_keys_export(args) -> None:
-    from .signing import key_fingerprint, own_public_key, public_pem
+    from workbench.decide.signing import key_fingerprint, own_public_key, public_pem
 
     key = own_public_key(settings_for(args).keys_dir)
     if args.json:
@@ -217,8 +217,8 @@ def cmd_keys_export(args) -> None:
 
 
 def cmd_decision_verify(args) -> None:
-    from .canary import load_signed, verify_decision
-    from .decisions import trusted
+    from workbench.decide.canary import load_signed, verify_decision
+    from workbench.decide.decisions import trusted
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -234,8 +234,8 @@ def _status_text(d: dict) -> str:
 
 
 def cmd_canary_status(args) -> None:
-    from .canary import status
-    from .decisions import trusted
+    from workbench.decide.canary import status
+    from workbench.decide.decisions import trusted
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -243,10 +243,10 @@ def cmd_canary_status(args) -> None:
 
 
 def cmd_canary_kill(args) -> None:
-    from .canary import build_kill
-    from .policy import load_policy
+    from workbench.decide.canary import build_kill
+    from workbench.decide.policy import load_policy
 
-    from .decisions import apply_and_publish, signer
+    from workbench.decide.decisions import apply_and_publish, signer
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -256,8 +256,8 @@ def cmd_canary_kill(args) -> None:
 
 
 def cmd_canary_apply(args) -> None:
-    from .canary import load_signed
-    from .decisions import apply_and_publish
+    from workbench.decide.canary import load_signed
+    from workbench.decide.decisions import apply_and_publish
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -268,14 +268,14 @@ def cmd_canary_apply(args) -> None:
 def cmd_serve(args) -> None:
     import uvicorn
 
-    from .service import create_app
+    from workbench.live.service import create_app
 
     settings = settings_for(args)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
 
 
 def cmd_webhook_register(args) -> None:
-    from .registry import WEBHOOK_EVENTS, Registry
+    from workbench.decide.registry import WEBHOOK_EVENTS, Registry
 
     settings = settings_for(args)
     if not settings.webhook_secret:
@@ -287,7 +287,7 @@ def cmd_webhook_register(args) -> None:
 
 # -- reliability (issue 10): decisions recorded while MLflow was down ------------------------------------
 def cmd_sync(args) -> None:
-    from .decisions import sync_pending
+    from workbench.decide.decisions import sync_pending
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -361,10 +361,10 @@ def cmd_route(args) -> None:
 
     import uvicorn
 
-    from .canary import Signer
-    from .policy import load_policy
-    from .router import Router, RouterConfig, StoreWeights
-    from .trafficlog import TrafficLog
+    from workbench.decide.canary import Signer
+    from workbench.decide.policy import load_policy
+    from workbench.live.router import Router, RouterConfig, StoreWeights
+    from workbench.live.trafficlog import TrafficLog
 
     for handler in logging.getLogger().handlers:   # a long-running service: time-stamped log lines
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -413,9 +413,9 @@ def cmd_route(args) -> None:
 
 
 def cmd_canary_render(args) -> None:
-    from .canary import live_view
-    from .mesh import MeshOptions, render, to_yaml
-    from .signing import trusted_keys
+    from workbench.decide.canary import live_view
+    from workbench.live.mesh import MeshOptions, render, to_yaml
+    from workbench.decide.signing import trusted_keys
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -434,7 +434,7 @@ def cmd_canary_render(args) -> None:
 
 def add_live_commands(sub, common, canary) -> None:
     """Parser entries of ``route`` and ``canary render``."""
-    from .mesh import TARGETS
+    from workbench.live.mesh import TARGETS
 
     s = canary.add_parser("render", parents=[common], help="the mesh / delivery-tool manifest of the live weight")
     s.add_argument("model")
@@ -485,7 +485,7 @@ def _overrides(items: list[str], cast: Callable[[str], Any], what: str) -> dict:
 
 
 def cmd_drift(args) -> None:
-    from .drift import drift_run
+    from workbench.drift.report import drift_run
 
     settings = settings_for(args)
     if args.reference and ".." not in args.reference:
@@ -514,7 +514,7 @@ def cmd_drift(args) -> None:
     emit(args, res, human)
 # -- evaluation (issue 4): metrics with intervals, paired deltas, latency, slices -------------------
 def cmd_evaluate(args) -> None:
-    from .evaluation import evaluate_run
+    from workbench.evaluate.evaluation import evaluate_run
 
     settings = settings_for(args)
     with open_store(settings) as store:
@@ -572,7 +572,7 @@ def add_evaluate_parser(sub, common) -> None:
 # -- scheduled jobs (issue 9) ----------------------------------------------------------------------
 def _job_logs(args) -> None:
     if args.log_format == "json":
-        from .observability import use_json_logs
+        from workbench.ops.observability import use_json_logs
 
         use_json_logs()
 
@@ -593,7 +593,7 @@ def _job_text(d: dict) -> str:
 
 
 def cmd_jobs_run(args) -> None:
-    from .jobs import load_spec, parse_time, run_job
+    from workbench.ops.jobs import load_spec, parse_time, run_job
 
     _job_logs(args)
     res = run_job(settings_for(args), load_spec(args.spec), job_id=args.job_id, new=args.new,
@@ -605,8 +605,8 @@ def cmd_jobs_scheduler(args) -> None:
     import signal
     import threading
 
-    from .jobs import load_specs
-    from .scheduler import Scheduler
+    from workbench.ops.jobs import load_specs
+    from workbench.ops.scheduler import Scheduler
 
     _job_logs(args)
     scheduler = Scheduler(settings_for(args), load_specs(args.specs))
@@ -623,7 +623,7 @@ def cmd_jobs_scheduler(args) -> None:
 
 
 def cmd_jobs_list(args) -> None:
-    from .jobs import job_history
+    from workbench.ops.jobs import job_history
 
     settings = settings_for(args)
     if not settings.db_path.exists():
@@ -645,7 +645,7 @@ def cmd_jobs_list(args) -> None:
 
 
 def cmd_jobs_validate(args) -> None:
-    from .jobs import iso, load_specs, next_fire, utc_now
+    from workbench.ops.jobs import iso, load_specs, next_fire, utc_now
 
     now = utc_now()
     specs = [{"name": s.name, "path": str(s.path), "model": s.spec.model, "schedule": s.spec.schedule,
@@ -709,7 +709,7 @@ def _read_password(args) -> str | None:
 
 
 def cmd_approver_add(args) -> None:
-    from .access import add_approver, approvers_path
+    from workbench.ops.access import add_approver, approvers_path
 
     settings = settings_for(args)
     approver = add_approver(approvers_path(settings.home), args.name, password=_read_password(args), email=args.email)
@@ -718,7 +718,7 @@ def cmd_approver_add(args) -> None:
 
 
 def cmd_approver_list(args) -> None:
-    from .access import approvers_path, load_approvers
+    from workbench.ops.access import approvers_path, load_approvers
 
     approvers = load_approvers(approvers_path(settings_for(args).home))
     emit(args, {"approvers": [a.to_dict() for a in approvers.values()]},
@@ -727,7 +727,7 @@ def cmd_approver_list(args) -> None:
 
 
 def cmd_approver_remove(args) -> None:
-    from .access import approvers_path, remove_approver
+    from workbench.ops.access import approvers_path, remove_approver
 
     remove_approver(approvers_path(settings_for(args).home), args.name)
     emit(args, {"removed": args.name}, lambda d: f"approver {d['removed']} removed")

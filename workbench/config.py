@@ -49,7 +49,7 @@ class Settings:
     def ensure(self) -> "Settings":
         """Create the home folder (and its sub-folders) if missing; a sub-folder that is a symlink out of
         the home is refused (keys, artifacts and reports stay in it)."""
-        from .paths import within
+        from workbench.paths import within
 
         for d in (self.artifacts_dir, self.reports_dir, self.keys_dir):
             within(self.home, d.name, "home folder")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import WorkbenchError
+from workbench import WorkbenchError
 
 
 def within(root: Path, path: str | os.PathLike, what: str = "path") -> Path:

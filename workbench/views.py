@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import METRICS
+from workbench.evaluate.metrics import METRICS
 
 ROLES = ("baseline", "candidate")
 P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})   # drift when the p-value falls below the threshold

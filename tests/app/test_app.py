@@ -1,0 +1,254 @@
+"""The Streamlit workbench, rendered headless with AppTest over a copy of the demo home: every page, the
+sign-in (local approvers and OIDC), signing a decision, a replay launched from the app, and the database-busy
+fallback while another process holds the write lock."""
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO, make_evaluation
+from workbench.ops.access import add_approver, approvers_path
+from workbench.ops.progress import read_progress
+
+APP = str(REPO / "app.py")
+PASSWORD = "alice-pw"
+LENIENT = """name = "lenient"
+[drift]
+max_share_drifted = 1.0
+prediction_drift = false
+concept_drift = false
+"""
+
+
+@pytest.fixture(scope="module")
+def app_home(demo_home, tmp_path_factory):
+    """The demo home (with the signing key the demo created) plus approvers (alice: password; bob: OIDC e-mail), a lenient policy
+    file, and the demo run's drift report with Evidently's HTML."""
+    from workbench.config import load_settings
+    from workbench.drift.report import drift_run
+    from workbench.store import Store
+
+    home = tmp_path_factory.mktemp("app") / "home"
+    shutil.copytree(demo_home, home)
+    add_approver(approvers_path(home), "alice", password=PASSWORD)
+    add_approver(approvers_path(home), "bob", email="bob@example.com")
+    (home / "policies").mkdir()
+    (home / "policies" / "lenient.toml").write_text(LENIENT)
+    settings = load_settings(home)
+    with Store(settings.db_path) as store:
+        run_id = store.list_runs()[0]["run_id"]
+        drift_run(store, run_id, html=home / "reports" / f"{run_id}_drift.html")
+    return home
+
+
+@pytest.fixture
+def home(app_home, tmp_path, monkeypatch):
+    """A fresh copy of the app home for one test (tests that sign or replay change it)."""
+    h = tmp_path / "home"
+    shutil.copytree(app_home, h)
+    monkeypatch.setenv("WORKBENCH_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
+
+
+def open_page(page: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    for k, v in state.items():
+        setattr(at, k, v)
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def run_id_of(home: Path) -> str:
+    import json
+
+    return json.loads((home / "demo.json").read_text())["replay"]["run_id"]
+
+
+def sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.sidebar.text_input(key="wb_signin_name").input(name)
+    at.sidebar.text_input(key="wb_signin_password").input(password)
+    next(b for b in at.sidebar.button if b.label == "Sign in").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [x.value for kind in ("markdown", "caption", "info", "success", "warning", "error", "subheader", "title")
+             for x in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_candidates_page_lists_models_versions_and_weights(home):
+    at = open_page()
+    assert at.title[0].value == "Candidates"
+    assert at.subheader[0].value == "flight-delay"
+    assert "`@champion` → v1" in texts(at) and "`@challenger` → v2" in texts(at)
+    versions = at.dataframe[0].value
+    assert versions["version"].tolist() == ["2", "1"] and versions["aliases"].tolist() == ["challenger", "champion"]
+    assert at.metric[0].label == "Canary weight" and at.metric[0].value == "0%"
+    assert "Reviewing read-only" in texts(at)   # nobody signed in
+
+
+@pytest.mark.parametrize("section", ["Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements"])
+def test_compare_page_sections(home, section):
+    at = open_page("compare")
+    at.segmented_control(key="wb_compare_section").set_value(section).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Compare" and run_id_of(home) in texts(at)
+    charts = at.get("plotly_chart")
+    if section == "Scorecard":
+        table = at.table[0].value
+        assert {"accuracy", "roc_auc", "log_loss"} <= set(table.index)
+        assert at.metric[0].value.replace(",", "").isdigit()   # labelled rows
+    elif section == "Curves":
+        assert len(charts) == 6   # ROC, PR, calibration, paired outcomes, two confusion matrices
+    elif section == "Latency":
+        assert len(charts) == 2 and at.dataframe[0].value["percentile"].tolist() == ["p50", "p95", "p99"]
+    elif section == "Segments & windows":
+        assert len(charts) == 2 and at.selectbox(key="wb_segment").value == "carrier"
+        at.radio(key="wb_period").set_value("month").run()
+        at.selectbox(key="wb_segment").set_value("origin").run()
+        assert not at.exception
+        assert sorted(at.dataframe[0].value["key"]) == ["EWR", "JFK", "LGA"]
+    else:
+        assert int(at.metric[1].value.replace(",", "")) > 0   # classes differ somewhere
+        df = at.dataframe[0].value
+        assert 0 < len(df) <= 100 and (df.baseline_class != df.candidate_class).all() and "carrier" in df
+
+
+def test_compare_scorecard_shows_intervals_and_p_values(home):
+    from workbench.store import Store
+
+    run_id = run_id_of(home)
+    with Store(home / "workbench.duckdb") as store:
+        store.save_evaluation(run_id, {}, make_evaluation(run_id))
+    at = open_page("compare")
+    table = at.table[0].value
+    assert table.loc["roc_auc", "delta"] == "+0.0200 [+0.0100, +0.0300]"
+    assert table.loc["roc_auc", "baseline"] == "0.7000 [0.6900, 0.7100]" and table.loc["roc_auc", "p-value"] == "0.01"
+    assert at.metric[2].value == "95%"
+
+
+def test_drift_page_with_the_evidently_report(home):
+    at = open_page("drift")
+    assert at.title[0].value == "Drift" and not at.info
+    features = at.dataframe[0].value
+    assert "temp" in set(features["feature"]) and features["drifted"].dtype == bool
+    assert "Concept drift" in texts(at) and "Data quality (current rows)" in texts(at)
+    assert len(at.get("plotly_chart")) >= 3   # per feature, mean score over time, concept timeline
+    at.toggle(key="wb_evidently").set_value(True).run()
+    assert not at.exception
+    [frame] = at.get("iframe")
+    html = home / "reports" / f"{run_id_of(home)}_drift.html"
+    assert frame.proto.srcdoc == html.read_text(encoding="utf-8") and "root_metric_" in frame.proto.srcdoc
+
+
+def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
+    from workbench.store import Store
+
+    run_id = run_id_of(home)
+    with Store(home / "workbench.duckdb") as store:   # an evaluation with intervals that passes every gate
+        store.save_evaluation(run_id, {}, make_evaluation(run_id))
+    at = open_page("decide")
+    assert "Only an approver can sign decisions" in texts(at) and not at.checkbox
+    sign_in(at, "alice", "wrong")
+    assert "Unknown approver or wrong password." in texts(at)
+    sign_in(at, "alice", PASSWORD)
+    assert "approver (password)" in texts(at)
+    at.selectbox(key="wb_policy").set_value(str(home / "policies" / "lenient.toml")).run()
+    assert at.metric[0].value == "PROMOTE" and at.metric[1].value == "1%"
+    checks = at.dataframe[0].value
+    assert checks["gate"].tolist()[:2] == ["evidence.labeled_rows", "evidence.confidence"]
+    assert (checks["outcome"] == "pass").all()
+    at.checkbox(key="wb_confirm").check()
+    next(b for b in at.button if b.label == "Sign and apply").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    [ok] = at.success
+    assert "PROMOTE, weight 0% → 1%" in ok.value and "MLflow run" in ok.value
+    at.switch_page("pages/candidates.py").run()
+    assert at.metric[0].value == "1%" and "chain verified" in texts(at)
+    versions = at.dataframe[0].value.set_index("version")
+    assert versions.loc["2", "canary verdict"] == "PROMOTE" and versions.loc["2", "canary weight"] == "1"
+    at.switch_page("pages/audit.py").run()
+    assert not at.exception
+    # the demo's own first decision (HOLD, signed with the workbench key) and alice's PROMOTE
+    assert at.metric[0].value == "2" and "All 2 applied records of flight-delay verify" in texts(at)
+    audit = at.dataframe[0].value
+    assert audit["status"].tolist() == ["verified", "verified"] and audit["signer"].tolist()[0] == "alice"
+    assert audit["MLflow run id"].iloc[0]
+
+
+@pytest.mark.parametrize("email,can_sign", [("bob@example.com", True), ("eve@example.com", False)],
+                         ids=["approver", "reviewer"])
+def test_oidc_login_decides_who_may_sign(home, email, can_sign):
+    auth = {"auth": {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
+                     "client_id": "workbench", "client_secret": "s",
+                     "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration"}}
+    at = open_page("decide", secrets=auth, user={"is_logged_in": True, "email": email})
+    assert ("Sign and apply" in [b.label for b in at.button]) is can_sign
+    if not can_sign:
+        assert "eve@example.com is signed in but is not an approver" in texts(at)
+    at = open_page("decide", secrets=auth, user={"is_logged_in": False})
+    assert "Log in" in [b.label for b in at.sidebar.button] and "Only an approver" in texts(at)
+
+
+def test_replay_page_starts_a_job_and_lists_it(home):
+    at = open_page("replay")
+    assert at.selectbox[0].value == "flight-delay"
+    assert at.selectbox[1].value == "models:/flight-delay@champion"
+    assert at.selectbox[2].value == "models:/flight-delay@challenger"
+    assert at.selectbox[3].value == "flights"
+    next(t for t in at.text_input if t.label == "Run id (optional)").input("app_run")
+    next(c for c in at.checkbox if c.label.startswith("Drift report")).uncheck()
+    next(b for b in at.button if b.label == "Start replay").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Started run **app_run**" in at.success[0].value
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        got = {p.run_id: p for p in read_progress(home)}.get("app_run")
+        if got is not None and got.status != "running":
+            break
+        time.sleep(0.2)
+    assert got.status == "finished", got.error
+    time.sleep(3.5)   # the runs list is cached for 3 s
+    at.run()
+    past = at.dataframe[0].value.set_index("run")
+    assert past.loc["app_run", "status"] == "finished" and past.loc["app_run", "source"] == "app replay"
+    assert past.loc["app_run", "rows"] == past.loc[run_id_of(home), "rows"]
+    at.switch_page("pages/compare.py").run()
+    at.sidebar.selectbox(key="wb_run").set_value("app_run").run()
+    assert not at.exception and at.table[0].value.index[0] == "accuracy"
+
+
+def test_database_busy_shows_the_last_data_read(home):
+    import streamlit as st
+
+    at = open_page("compare")
+    before = at.table[0].value
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.store import Store; "
+                             "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
+                             str(home / "workbench.duckdb")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        st.cache_data.clear()   # as if the cache had expired: every read goes to the locked database
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        [note] = at.warning
+        assert note.value.startswith("Database busy (another process is writing to it): showing data from")
+        assert at.table[0].value.equals(before)   # the page still shows what it read before
+        at.switch_page("pages/audit.py").run()       # never read there before: says so, does not fail
+        assert not at.exception and "parts never read before stay empty" in at.warning[0].value
+    finally:
+        proc.kill()
+        proc.wait()
+    st.cache_data.clear()
+    at.switch_page("pages/compare.py").run()
+    assert not at.warning

@@ -1,0 +1,87 @@
+"""Deciding and auditing as the app does it: preview, sign and apply, per-record chain verification."""
+import json
+
+import pytest
+
+from conftest import make_evaluation, seed_run
+from workbench import WorkbenchError
+from workbench.decide.canary import Signer, build_decision, preview_decision, verify_chain
+from workbench.config import load_settings
+from workbench.decide.policy import HOLD, PROMOTE, load_policy
+from workbench.decide.decisions import audit, decide, trusted
+from workbench.decide.signing import SignatureError
+from workbench.store import Store
+
+
+@pytest.fixture
+def env(seeded_home, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")   # nothing listens: MLflow is down
+    settings = load_settings(seeded_home)
+    store = Store(settings.db_path)
+    yield settings, store, Signer.from_keys_dir(settings.keys_dir, "alice@example.com")
+    store.close()
+
+
+def test_preview_is_what_a_signed_decision_says(env):
+    settings, store, signer = env
+    policy = load_policy()
+    p = preview_decision(store, "run_a", policy)
+    assert (p.verdict, p.model, p.weight_before, p.weight_after) == (PROMOTE, "fraud", 0, 1)
+    assert store.list_decisions() == []   # a preview signs and stores nothing
+    signed, card = build_decision(store, "run_a", policy, signer)
+    assert (signed.record["verdict"], signed.record["weight_after"]) == (p.verdict, p.weight_after)
+    assert card.to_dict() == p.scorecard.to_dict()
+
+
+def test_decide_signs_applies_and_audit_verifies_each_record(env):
+    settings, store, signer = env
+    policy = load_policy()
+    out = decide(settings, store, "run_a", policy, signer)
+    assert out["applied"] and (out["verdict"], out["weight_before"], out["weight_after"]) == (PROMOTE, 0, 1)
+    assert out["record"]["signer"] == "alice@example.com"
+    # MLflow is down: the record is applied and stays stored locally, pending sync
+    assert out["pending_sync"] is True and out["mlflow_run_id"] is None and "unreachable" in out["sync_error"]
+    seed_run(store, "run_b", make_evaluation("run_b"))
+    second = decide(settings, store, "run_b", policy, signer)
+    assert (second["weight_before"], second["weight_after"]) == (1, 5)
+    seed_run(store, "run_c", make_evaluation("run_c", labeled_rows=10))
+    unapplied = decide(settings, store, "run_c", policy, signer, apply=False)
+    assert unapplied["verdict"] == HOLD and not unapplied["applied"]
+    entries = audit(store, "fraud", trusted(settings))
+    by_id = {e.decision_id: e for e in entries}
+    assert [by_id[d["decision_id"]].sequence for d in (out, second, unapplied)] == [1, 2, None]
+    assert all(e.verified and e.problem is None for e in entries)
+    assert entries[0].decision_id == unapplied["decision_id"]   # newest first
+    assert by_id[out["decision_id"]].pending_sync and by_id[out["decision_id"]].record == out["record"]
+
+    # tamper with the first applied record's stored text: that record breaks, the one after still verifies
+    row = store.get_decision(out["decision_id"])
+    text = row["record"].replace('"verdict":"PROMOTE"', '"verdict":"HOLD"')
+    store.cursor().execute("UPDATE decisions SET record = ? WHERE decision_id = ?", [text, out["decision_id"]])
+    entries = {e.decision_id: e for e in audit(store, "fraud", trusted(settings))}
+    assert not entries[out["decision_id"]].verified and "altered" in entries[out["decision_id"]].problem
+    assert entries[second["decision_id"]].verified and entries[unapplied["decision_id"]].verified
+    with pytest.raises(SignatureError, match="altered"):
+        verify_chain(store, "fraud", trusted(settings))   # the all-or-nothing check agrees
+
+
+def test_unapplied_record_with_a_bad_signature_is_flagged(env):
+    settings, store, signer = env
+    out = decide(settings, store, "run_a", load_policy(), signer, apply=False)
+    store.cursor().execute("UPDATE decisions SET signature = ? WHERE decision_id = ?",
+                           ["AAAA" + out["signature"][4:], out["decision_id"]])
+    [entry] = audit(store, "fraud", trusted(settings))
+    assert entry.sequence is None and not entry.verified and "does not match" in entry.problem
+    assert json.loads(json.dumps(entry.to_dict()))["decision_id"] == out["decision_id"]
+
+
+def test_preview_refuses_unfinished_runs(env):
+    settings, store, signer = env
+    store.create_run(run_id="run_live", traffic="syn_traffic", baseline={"uri": "models:/fraud/1", "name": "fraud",
+                                                                          "version": "1"},
+                     candidate={"uri": "models:/fraud/2", "name": "fraud", "version": "2"}, rows_total=10,
+                     batch_size=10, device="cpu", mode="throughput", meta={})
+    with pytest.raises(WorkbenchError, match="not finished"):
+        preview_decision(store, "run_live", load_policy())

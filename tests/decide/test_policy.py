@@ -1,0 +1,340 @@
+"""The policy file (strict), the gates (judged on interval bounds), the scorecard and the verdict."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.models import MetricThreshold
+from mlflow.models.evaluation import EvaluationResult
+from mlflow.models.evaluation.validation import validate_evaluation_results
+
+from conftest import REPO, make_evaluation
+from workbench import WorkbenchError
+from workbench.decide.policy import (FAIL, HOLD, INCONCLUSIVE, PASS, PROMOTE, ROLLBACK, Policy, load_policy, parse_policy,
+                              score)
+
+
+def policy(**kw) -> Policy:
+    base = {"metrics": [], "segments": [], "latency": [], "drift": {"required": False}}
+    return parse_policy(base | kw)
+
+
+def check(card, gate):
+    found = [c for c in card.checks if c.gate == gate]
+    assert len(found) == 1, [c.gate for c in card.checks]
+    return found[0]
+
+
+# -- the file ---------------------------------------------------------------------------------------
+def test_shipped_default_policy():
+    p = load_policy()
+    assert p.ramp == (1, 5, 25, 50, 100)
+    assert {g.metric for g in p.metrics} >= {"roc_auc", "f1"}
+    assert p.errors.max_rate == 0.001 and p.errors.critical
+    assert any(g.critical for g in p.metrics)
+    assert re.fullmatch(r"[0-9a-f]{64}", p.hash)
+
+
+def test_readme_documents_every_policy_field():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Decision policy"):]
+    section = section[:section.index("\n## ", 5)]
+    from workbench.decide import policy as pm
+
+    for model in (pm.Policy, pm.MetricGate, pm.SegmentGate, pm.LatencyGate, pm.ErrorGate, pm.DriftGates,
+                  pm.RegistryOptions):
+        for field in model.model_fields:
+            assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"
+
+
+@pytest.mark.parametrize("data, named", [
+    ({"min_labelled_rows": 10}, "min_labelled_rows: unknown key"),
+    ({"metrics": [{"metric": "f1", "thresold": 0.5}]}, "metrics[0].thresold: unknown key"),
+    ({"errors": {"max_rat": 0.01}}, "errors.max_rat: unknown key"),
+    ({"registry": {"stage_transition": True}}, "registry.stage_transition: unknown key"),
+    ({"latency": [{"percentile": "p99", "max_ratio": 1.2, "critical": True, "crtical": 1}]}, "latency[0].crtical"),
+    ({"metrics": [{"metric": "f11", "threshold": 0.5}]}, "metrics[0].metric: unknown metric 'f11'"),
+    ({"metrics": [{"metric": "f1"}]}, "set at least one of threshold"),
+    ({"ramp": [1, 5, 5, 100]}, "ramp must be strictly increasing"),
+    ({"ramp": [1, 50]}, "ramp must be strictly increasing"),
+    ({"ramp": [0, 100]}, "ramp must be strictly increasing"),
+    ({"latency": [{"percentile": "p42", "max_ms": 3}]}, "latency[0].percentile"),
+], ids=["typo-top", "typo-gate", "typo-errors", "typo-registry", "typo-latency", "unknown-metric", "no-criterion",
+        "ramp-dup", "ramp-end", "ramp-zero", "bad-percentile"])
+def test_policy_errors_name_the_problem(data, named):
+    with pytest.raises(WorkbenchError) as e:
+        parse_policy(data, "policy p.toml")
+    assert named in str(e.value) and str(e.value).startswith("policy p.toml: ")
+    assert "\n" not in str(e.value)
+
+
+def test_toml_yaml_json_give_the_same_policy(tmp_path):
+    data = {"name": "strict", "min_labeled_rows": 200, "ramp": [10, 50, 100],
+            "metrics": [{"metric": "roc_auc", "min_absolute_change": -0.005, "critical": True}],
+            "latency": [{"percentile": "p95", "max_ms": 20.0}]}
+    (tmp_path / "p.toml").write_text(
+        'name = "strict"\nmin_labeled_rows = 200\nramp = [10, 50, 100]\n'
+        '[[metrics]]\nmetric = "roc_auc"\nmin_absolute_change = -0.005\ncritical = true\n'
+        '[[latency]]\npercentile = "p95"\nmax_ms = 20.0\n')
+    import yaml
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    hashes = {load_policy(tmp_path / f"p.{ext}").hash for ext in ("toml", "yaml", "json")}
+    assert len(hashes) == 1 and hashes != {load_policy().hash}
+
+
+def test_unreadable_policy_files(tmp_path):
+    (tmp_path / "bad.toml").write_text("ramp = [1, 5\n")
+    with pytest.raises(WorkbenchError, match="is not valid TOML"):
+        load_policy(tmp_path / "bad.toml")
+    (tmp_path / "p.ini").write_text("x=1")
+    with pytest.raises(WorkbenchError, match="use a .toml"):
+        load_policy(tmp_path / "p.ini")
+    with pytest.raises(WorkbenchError, match="cannot read policy"):
+        load_policy(tmp_path / "missing.toml")
+
+
+# -- gates on interval bounds -----------------------------------------------------------------------
+@pytest.mark.parametrize("delta_ci, outcome", [
+    ((0.001, 0.02), PASS), ((-0.009, 0.02), PASS), ((-0.03, -0.011), FAIL), ((-0.02, 0.01), INCONCLUSIVE)],
+    ids=["above", "above-margin", "below", "straddles"])
+def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
+    p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": -0.01, "critical": True}])
+    ev = make_evaluation(metrics={"roc_auc": (0.70, 0.70 + sum(delta_ci) / 2, *delta_ci)})
+    c = check(score(p, ev), "metric.roc_auc.min_absolute_change")
+    assert c.outcome == outcome
+    assert (c.metric, c.criterion, c.threshold, c.critical) == ("roc_auc", "min_absolute_change", -0.01, True)
+    assert c.baseline == 0.70 and (c.delta.ci_low, c.delta.ci_high) == delta_ci
+    assert c.reason and "\n" not in c.reason and "roc_auc" in c.reason
+
+
+@pytest.mark.parametrize("delta_ci, outcome", [
+    ((-0.03, -0.01), PASS), ((0.01, 0.02), PASS), ((0.03, 0.05), FAIL), ((0.0, 0.04), INCONCLUSIVE)],
+    ids=["better", "within-5pct", "worse", "straddles"])
+def test_lower_is_better_relative_change(delta_ci, outcome):
+    # log_loss is lower-is-better: it may rise by at most 5 % of the baseline's 0.5 = 0.025
+    p = policy(metrics=[{"metric": "log_loss", "min_relative_change": -0.05}])
+    ev = make_evaluation(metrics={"log_loss": (0.5, 0.5 + sum(delta_ci) / 2, *delta_ci)})
+    assert check(score(p, ev), "metric.log_loss.min_relative_change").outcome == outcome
+
+
+@pytest.mark.parametrize("cand, outcome", [(0.80, PASS), (0.70, FAIL), (0.755, INCONCLUSIVE)],
+                         ids=["above", "below", "straddles"])
+def test_threshold_is_judged_on_the_candidate_interval(cand, outcome):
+    p = policy(metrics=[{"metric": "accuracy", "threshold": 0.75}])
+    ev = make_evaluation(metrics={"accuracy": (0.7, cand, 0.0, 0.1)})   # candidate interval +-0.01
+    c = check(score(p, ev), "metric.accuracy.threshold")
+    assert c.outcome == outcome and c.candidate == cand
+
+
+def test_higher_is_better_can_be_overridden():
+    p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": 0.0, "higher_is_better": False}])
+    ev = make_evaluation(metrics={"roc_auc": (0.7, 0.72, 0.01, 0.03)})
+    assert check(score(p, ev), "metric.roc_auc.min_absolute_change").outcome == FAIL
+
+
+def test_point_estimates_are_never_enough():
+    """The foundation's flat evaluation (values without intervals) cannot promote."""
+    flat = {"run_id": "r", "labeled_rows": 5000, "label_coverage": 1.0,
+            "baseline": {"roc_auc": 0.6, "f1": 0.3}, "candidate": {"roc_auc": 0.9, "f1": 0.6}}
+    card = score(load_policy(), flat)
+    c = check(card, "metric.roc_auc.min_absolute_change")
+    assert c.outcome == INCONCLUSIVE and "no confidence interval" in c.reason and c.delta.value == pytest.approx(0.3)
+    assert card.verdict == HOLD
+
+
+def test_undefined_metric_is_inconclusive():
+    ev = make_evaluation()
+    ev["candidate"]["roc_auc"] = {"value": None, "ci_low": None, "ci_high": None}
+    ev["delta"]["roc_auc"] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "mde": None}
+    c = check(score(load_policy(), ev), "metric.roc_auc.min_absolute_change")
+    assert c.outcome == INCONCLUSIVE and "undefined" in c.reason
+
+
+def _mlflow_passes(thresholds: dict, cand: dict, base: dict) -> bool:
+    try:
+        validate_evaluation_results(thresholds, EvaluationResult(cand, {}), EvaluationResult(base, {}))
+        return True
+    except MlflowException:
+        return False
+
+
+def test_zero_width_intervals_agree_with_mlflow_validation():
+    """With exact values (ci_low = ci_high) every gate passes exactly when MLflow's validation passes."""
+    rng = np.random.default_rng(7)
+    agreed = 0
+    for _ in range(300):
+        up = bool(rng.integers(2))
+        metric = "roc_auc" if up else "log_loss"
+        b, c = (float(x) for x in rng.uniform(0.2, 0.9, 2))
+        kind = ["threshold", "min_absolute_change", "min_relative_change"][rng.integers(3)]
+        value = float(rng.uniform(0.2, 0.9) if kind == "threshold" else rng.uniform(0.001, 0.3))
+        margin = {"threshold": c - value, "min_absolute_change": (c - b) - (value if up else -value),
+                  "min_relative_change": (c - b) - (value if up else -value) * abs(b)}[kind]
+        if abs(margin) < 1e-9:
+            continue
+        ev = make_evaluation(metrics={metric: (b, c, c - b, c - b)})
+        ev["candidate"][metric] = {"value": c, "ci_low": c, "ci_high": c}
+        p = policy(metrics=[{"metric": metric, kind: value}])
+        ours = check(score(p, ev), f"metric.{metric}.{kind}").outcome
+        theirs = _mlflow_passes({metric: MetricThreshold(**{kind: value}, greater_is_better=up)},
+                                {metric: c}, {metric: b})
+        assert ours == (PASS if theirs else FAIL), (metric, kind, value, b, c)
+        agreed += 1
+    assert agreed > 250
+
+
+# -- latency, errors, evidence --------------------------------------------------------------------------
+@pytest.mark.parametrize("lat, ratio, ms", [
+    ((10.0, 11.0, 0.5, 1.5), PASS, PASS), ((10.0, 18.0, 6.0, 9.0), FAIL, PASS),
+    ((10.0, 14.0, 2.0, 7.0), INCONCLUSIVE, PASS), ((400.0, 520.0, 100.0, 140.0), PASS, FAIL)],
+    ids=["fine", "slower", "unsure", "over-500ms"])
+def test_latency_gates(lat, ratio, ms):
+    p = policy(latency=[{"percentile": "p99", "max_ratio": 1.5, "max_ms": 500.0}])
+    card = score(p, make_evaluation(latency={"p99": lat}))
+    assert check(card, "latency.p99.max_ratio").outcome == ratio
+    assert check(card, "latency.p99.max_ms").outcome == ms
+    assert check(card, "latency.p99.max_ratio").baseline == lat[0]
+
+
+@pytest.mark.parametrize("errors, outcome, verdict", [
+    ((0, 50_000), PASS, PROMOTE), ((400, 50_000), FAIL, ROLLBACK), ((2, 1000), INCONCLUSIVE, HOLD)],
+    ids=["none", "0.8pct", "too-few-rows"])
+def test_error_rate_gate_is_critical(errors, outcome, verdict):
+    p = policy(errors={"max_rate": 0.001})
+    card = score(p, make_evaluation(errors=errors))
+    assert check(card, "errors.rate").outcome == outcome and card.verdict == verdict
+
+
+def test_too_few_rows_holds():
+    card = score(load_policy(), make_evaluation(labeled_rows=120))
+    c = check(card, "evidence.labeled_rows")
+    assert c.outcome == INCONCLUSIVE and "120 < 1000" in c.reason
+    assert card.verdict == HOLD and "evidence.labeled_rows" in card.reason
+
+
+def test_lower_confidence_than_policy_holds():
+    card = score(load_policy(), make_evaluation(confidence=0.8))
+    assert check(card, "evidence.confidence").outcome == INCONCLUSIVE and card.verdict == HOLD
+
+
+# -- segments ----------------------------------------------------------------------------------------
+def test_segment_gate_finds_the_segment_that_drops():
+    segs = {"origin": {"JFK": {"f1": (0.40, 0.41, -0.01, 0.03)}, "LGA": {"f1": (0.45, 0.40, -0.08, -0.03)},
+                       "EWR": {"rows": 40, "small": True, "f1": (0.5, 0.2, -0.6, 0.1)}}}
+    card = score(load_policy(), make_evaluation(segments=segs))
+    assert check(card, "segment.origin=JFK.f1.min_absolute_change").outcome == PASS
+    lga = check(card, "segment.origin=LGA.f1.min_absolute_change")
+    assert lga.outcome == FAIL and lga.segment == "origin=LGA" and "segment origin=LGA" in lga.reason
+    assert any(s.gate == "segment.origin=EWR.f1" and "small" in s.reason for s in card.skipped)
+    assert card.verdict == HOLD and "segment.origin=LGA" in card.reason
+
+
+def test_named_segment_column_missing_is_inconclusive():
+    p = policy(segments=[{"column": "carrier", "metric": "f1", "min_absolute_change": -0.02}])
+    c = check(score(p, make_evaluation()), "segment.carrier.f1")
+    assert c.outcome == INCONCLUSIVE and "--segment carrier" in c.reason
+
+
+def test_critical_segment_gate_rolls_back():
+    p = policy(segments=[{"column": "origin", "metric": "f1", "min_absolute_change": -0.02, "critical": True}])
+    segs = {"origin": {"LGA": {"f1": (0.45, 0.40, -0.08, -0.03)}}}
+    assert score(p, make_evaluation(segments=segs)).verdict == ROLLBACK
+
+
+# -- drift -------------------------------------------------------------------------------------------
+DRIFT = {"features": {"temp": {"test": "wasserstein", "statistic": 0.3, "threshold": 0.1, "drifted": True},
+                      "dist": {"test": "wasserstein", "statistic": 0.01, "threshold": 0.1, "drifted": False}},
+         "share_drifted": 0.5, "dataset_drift": True,
+         "prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": False}},
+         "concept_drift": {"detected": False, "change_point": None}, "quality": {}}
+
+
+def test_no_drift_report_skips_drift_gates_unless_required():
+    card = score(load_policy(), make_evaluation(), None)
+    assert {s.gate for s in card.skipped} >= {"drift.share_drifted", "drift.prediction", "drift.concept"}
+    assert card.verdict == PROMOTE
+    p = policy(drift={"required": True})
+    c = check(score(p, make_evaluation(), None), "drift.report")
+    assert c.outcome == INCONCLUSIVE and "workbench drift" in c.reason
+
+
+@pytest.mark.parametrize("change, gate, outcome", [
+    ({}, "drift.share_drifted", PASS),
+    ({"share_drifted": 0.75}, "drift.share_drifted", FAIL),
+    ({"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}}, "drift.concept", FAIL),
+    ({}, "drift.concept", PASS),
+    ({"prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": True}}}, "drift.prediction", FAIL),
+    ({"prediction_drift": {"drifted": False}}, "drift.prediction", PASS),
+    ({"prediction_drift": {}}, "drift.prediction", INCONCLUSIVE),
+], ids=["share-ok", "share-high", "concept", "no-concept", "pred-candidate", "pred-flat", "pred-missing"])
+def test_drift_gates(change, gate, outcome):
+    c = check(score(load_policy(), make_evaluation(), DRIFT | change), gate)
+    assert c.outcome == outcome and c.kind == "drift"
+    if gate == "drift.concept" and outcome == FAIL:
+        assert "2013-09-01" in c.reason
+    if gate == "drift.share_drifted":
+        assert "temp" in c.reason
+
+
+# -- verdict -----------------------------------------------------------------------------------------
+def test_verdicts_and_scorecard_dict():
+    good = score(load_policy(), make_evaluation())
+    assert good.verdict == PROMOTE and good.count(FAIL) == 0 and good.count(INCONCLUSIVE) == 0
+    d = json.loads(json.dumps(good.to_dict()))
+    assert d["counts"][PASS] == len(d["checks"]) and d["verdict"] == PROMOTE
+    assert set(d["checks"][0]) == {"gate", "kind", "metric", "criterion", "threshold", "baseline", "candidate",
+                                   "delta", "outcome", "critical", "reason", "segment"}
+    bad = score(load_policy(), make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08),
+                                                        "f1": (0.4, 0.42, 0.0, 0.04),
+                                                        "log_loss": (0.5, 0.49, -0.02, 0.0)}))
+    assert bad.verdict == ROLLBACK and "metric.roc_auc.min_absolute_change" in bad.reason
+    marginal = score(load_policy(), make_evaluation(metrics={"roc_auc": (0.7, 0.71, 0.0, 0.02),
+                                                             "f1": (0.4, 0.35, -0.08, -0.03),
+                                                             "log_loss": (0.5, 0.49, -0.02, 0.0)}))
+    assert marginal.verdict == HOLD and "non-critical" in marginal.reason
+
+
+def test_default_policy_file_is_shipped_in_the_package():
+    assert (Path(__import__("workbench.decide").decide.__file__).parent / "default_policy.toml").is_file()
+
+
+# -- the live section (issue 7) ---------------------------------------------------------------------------
+def test_live_section_is_optional_and_keeps_old_hashes():
+    from workbench.decide.signing import content_hash
+
+    plain = parse_policy({})
+    assert plain.live is None and plain.live_options.window_s == 30 and "live" not in plain.to_dict()
+    assert plain.hash == content_hash({k: v for k, v in plain.model_dump(mode="json").items() if k != "live"})
+    with_live = parse_policy({"live": {"window_s": 10}})
+    assert with_live.hash != plain.hash and with_live.live_options.window_s == 10
+    shipped = load_policy().live
+    assert shipped.segments[0].name == "internal" and shipped.segments[0].arm == "candidate"
+
+
+@pytest.mark.parametrize("live, message", [
+    ({"window": 3}, "live.window: unknown key"),
+    ({"window_s": 0}, "live.window_s: Input should be greater than 0"),
+    ({"max_error_rate": 1.5}, "live.max_error_rate"),
+    ({"segments": [{"name": "x", "values": ["a"]}]}, "live.segments[0]: set exactly one of header, field"),
+    ({"segments": [{"name": "x", "header": "H", "field": "f", "values": ["a"]}]}, "exactly one of header, field"),
+    ({"segments": [{"name": "x", "header": "H", "values": []}]}, "live.segments[0].values"),
+    ({"segments": [{"name": "x", "header": "H", "values": ["a"], "arm": "both"}]}, "live.segments[0].arm"),
+], ids=["typo", "zero-window", "rate-above-1", "no-source", "two-sources", "no-values", "bad-arm"])
+def test_live_section_is_strict(live, message):
+    with pytest.raises(WorkbenchError, match=re.escape(message)):
+        parse_policy({"live": live})
+
+
+def test_readme_documents_every_live_field():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Live canary"):]
+    section = section[:section.index("\n## ", 5)]
+    from workbench.decide import policy as pm
+
+    for model in (pm.LiveOptions, pm.LiveSegment):
+        for field in model.model_fields:
+            assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"

@@ -1,0 +1,1 @@
+"""Decisions: policy, scorecard, signing and the chain, the canary ramp, registry records."""

@@ -1,0 +1,147 @@
+"""Decisions for a configured workbench: sign with the home's key, apply, publish to MLflow, audit.
+
+The entry points (CLI, demo, jobs, app) use these so that the wiring of settings, keys, the canary chain
+and the MLflow registry exists once. The rules themselves live in :mod:`workbench.decide.canary` and
+:mod:`workbench.decide.policy`. The private key never leaves the server: signing loads it from the home's
+``keys/`` folder in this process and returns only the signed record.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from workbench.decide.canary import Signer, chain_report
+from workbench.config import Settings
+from workbench.decide.policy import Policy
+from workbench.decide.signing import SignatureError, record_hash, verify_signature
+from workbench.store import Store
+
+
+def trusted(settings: Settings) -> dict:
+    """The public keys whose signatures may move a weight."""
+    from workbench.decide.signing import trusted_keys
+
+    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
+
+
+def signer(settings: Settings) -> Signer:
+    """The home's signer (its private key stays in the key file)."""
+    return Signer.from_keys_dir(settings.keys_dir, settings.signer)
+
+
+def publish(settings: Settings, store: Store, signed) -> dict:
+    """Publish an applied record to MLflow, with the evaluation and drift report it was judged on.
+
+    MLflow being down leaves the record stored locally with ``pending_sync`` set (see ``canary.sync``).
+    """
+    from workbench.decide.registry import publish_applied
+
+    return publish_applied(store, signed, settings.mlflow_tracking_uri, settings.artifacts_dir)
+
+
+def decide(settings: Settings, store: Store, run_id: str, policy: Policy | str | None = None,
+           signed_by: Signer | None = None, apply: bool = True) -> dict:
+    """Judge a run under a policy (a Policy, a policy file, or the shipped default when None), sign the
+    decision (with the home's key; ``signed_by`` names another signer, e.g. the approver in the app), and
+    with ``apply`` move the weight and publish it. Returns the ``decide --json`` object."""
+    from workbench.decide.canary import apply_decision, build_decision
+    from workbench.decide.policy import load_policy
+
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    signed, card = build_decision(store, run_id, policy, signed_by or signer(settings))
+    r = signed.record
+    card_d = card.to_dict()
+    out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
+           "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
+           "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
+    if apply:
+        apply_decision(store, signed, trusted(settings))
+        out["applied"] = True
+        out.update(publish(settings, store, signed))
+    return out
+
+
+def sync_pending(settings: Settings, store: Store) -> dict:
+    """Publish the applied decisions still marked ``pending_sync`` (MLflow was down), in chain order, each
+    once; returns ``{"synced", "failed", "pending"}`` (see :func:`workbench.decide.registry.sync_pending`)."""
+    from workbench.decide.registry import publisher, sync_pending as push
+
+    return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir),
+                trusted(settings)).to_dict()
+
+
+def apply_and_publish(settings: Settings, store: Store, signed) -> dict:
+    """Apply a signed record to the canary state and publish it; returns the new status."""
+    from workbench.decide.canary import apply_decision
+
+    out = apply_decision(store, signed, trusted(settings)).to_dict()
+    out.update(publish(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
+    return out
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One signed record as the audit shows it: applied (with its place in the chain) or only signed."""
+    decision_id: str
+    model: str
+    kind: str
+    verdict: str
+    weight_before: int
+    weight_after: int
+    signer: str | None
+    key_fingerprint: str | None
+    created_at: str | None
+    run_id: str | None
+    sequence: int | None
+    verified: bool
+    problem: str | None
+    mlflow_run_id: str | None
+    pending_sync: bool
+    record: dict | None
+    signature: str | None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def audit(store: Store, model: str, keys: dict, limit: int = 500) -> list[AuditEntry]:
+    """Every decision on ``model``, newest first: applied records with their chain verification (stored
+    bytes, hash, link, signature) and records signed but never applied with their signature check."""
+    decisions = {d["decision_id"]: d for d in store.list_decisions(model, limit)}
+    entries = []
+    chained = set()
+    for row, problem in chain_report(store, model, keys):
+        chained.add(row["decision_id"])
+        entries.append(_entry(store, decisions.get(row["decision_id"]), row["decision_id"], model,
+                              int(row["sequence"]), problem))
+    for did, d in decisions.items():
+        if did in chained:
+            continue
+        problem = None
+        stored = store.get_decision(did)
+        record = json.loads(stored["record"])
+        try:
+            if record_hash(record) != stored["record_hash"]:
+                raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
+            verify_signature(record, stored["signature"], keys)
+        except SignatureError as e:
+            problem = str(e)
+        entries.append(_entry(store, d, did, model, None, problem))
+    return sorted(entries, key=lambda e: (e.created_at or "", e.sequence or 0), reverse=True)
+
+
+def _entry(store: Store, listed: dict | None, did: str, model: str, sequence: int | None,
+           problem: str | None) -> AuditEntry:
+    stored = store.get_decision(did)
+    record = json.loads(stored["record"]) if stored and stored["record"] else None
+    r = record or {}
+    return AuditEntry(
+        decision_id=did, model=model, kind=r.get("kind", "?"), verdict=r.get("verdict", "?"),
+        weight_before=int(r.get("weight_before", 0)), weight_after=int(r.get("weight_after", 0)),
+        signer=r.get("signer"), key_fingerprint=r.get("key_fingerprint"), created_at=r.get("created_at"),
+        run_id=r.get("run_id"), sequence=sequence, verified=problem is None and record is not None,
+        problem=problem if record is not None else (problem or "the record is missing"),
+        mlflow_run_id=(listed or stored or {}).get("mlflow_run_id"),
+        pending_sync=bool((listed or stored or {}).get("pending_sync")), record=record,
+        signature=stored["signature"] if stored else None)

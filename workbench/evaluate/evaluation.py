@@ -1,0 +1,583 @@
+"""Evaluate a replay run: every metric with its interval, every candidate-minus-baseline delta with a
+paired test and its minimum detectable effect, latency, error rates, segments and time windows.
+
+:func:`evaluate_run` reads from the store and persists the result in the ``evaluations`` table;
+:func:`evaluate_quality`, :func:`compare`, :func:`latency_summary` and :func:`error_rates` compute on
+arrays (pure), :func:`evaluate_samples` runs all of them. Methods (README, "Evaluation"):
+
+* each model's metrics use the labelled rows it scored without error; deltas use the rows both scored;
+* proportions (accuracy, precision, recall, fpr, fnr, error rates) get Wilson intervals; f1 and the
+  score metrics get percentile intervals of a seeded Poisson bootstrap;
+* confusion metrics are resampled exactly through their contingency cells (:func:`stats.poisson_cells`);
+  score metrics with row-level Poisson weights when the run has at most ``exact_max_rows`` labelled
+  rows, and otherwise through the bootstrap of their influence-function linearisation
+  (:func:`stats.linear_bootstrap`); one method serves the overall rows and every slice;
+* delta p-values: exact McNemar for accuracy, the paired bootstrap for the others; ``mde`` is
+  (z(1 - alpha/2) + z(power)) x the bootstrap standard error of the delta, alpha = 1 - confidence;
+* latency: P50/P95/P99 of the rows each model scored without error, exact order-statistic bootstrap
+  intervals on the differences (the two samples resampled independently, which is conservative for
+  positively correlated paired timings), and the Mann-Whitney test on the two samples.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench import WorkbenchError
+from workbench.evaluate import stats
+from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, confusion, grouping
+from workbench.store import Store
+
+ROLES = ("baseline", "candidate")
+PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+WINDOWS = ("hour", "day", "week")
+DEFAULT_THRESHOLD = 0.5
+OTHER = "other"
+NULL_VALUE = "(null)"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Statistical settings of one evaluation (validated; every one is recorded with the result)."""
+    confidence: float = 0.95
+    seed: int = 0
+    n_boot: int = 1000
+    power: float = 0.8
+    exact_max_rows: int = 10_000
+    top_k: int = 10
+    small_rows: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise WorkbenchError(f"--confidence must be between 0 and 1 (exclusive), not {self.confidence}")
+        if not 0 < self.power < 1:
+            raise WorkbenchError(f"power must be between 0 and 1 (exclusive), not {self.power}")
+        if self.n_boot < 100:
+            raise WorkbenchError(f"use at least 100 bootstrap replicates, not {self.n_boot}")
+        if self.top_k < 1:
+            raise WorkbenchError(f"top_k must be at least 1, not {self.top_k}")
+
+
+# -- result types ------------------------------------------------------------------------------------
+def _num(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def to_dict(self) -> dict:
+        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high)}
+
+
+@dataclass(frozen=True)
+class DeltaEstimate:
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    mde: float | None
+
+    def to_dict(self) -> dict:
+        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high),
+                "p_value": _num(self.p_value), "mde": _num(self.mde)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both models' metrics and their deltas on one set of labelled rows."""
+    rows: dict
+    baseline: dict
+    candidate: dict
+    delta: dict
+    undefined: dict  # "baseline.fpr" -> reason, for every null value
+    method: str      # bootstrap of the score metrics: "rows" (Poisson row weights) or "linear"
+
+    def metrics_dict(self) -> dict:
+        return {"baseline": {k: v.to_dict() for k, v in self.baseline.items()},
+                "candidate": {k: v.to_dict() for k, v in self.candidate.items()},
+                "delta": {k: v.to_dict() for k, v in self.delta.items()}}
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One segment value or time window: its labelled rows, whether they are few, its comparison."""
+    rows: int
+    small: bool
+    comparison: Comparison
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "small": self.small, **self.comparison.metrics_dict()}
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Milliseconds: percentiles per model, their differences with intervals, Mann-Whitney p-value."""
+    baseline: dict
+    candidate: dict
+    delta: dict
+    mann_whitney_p: float | None
+
+    def to_dict(self) -> dict:
+        return {"baseline": {k: _num(v) for k, v in self.baseline.items()},
+                "candidate": {k: _num(v) for k, v in self.candidate.items()},
+                "delta": {k: v.to_dict() for k, v in self.delta.items()},
+                "mann_whitney_p": _num(self.mann_whitney_p)}
+
+
+@dataclass(frozen=True)
+class ErrorRate:
+    count: int
+    rows: int
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "rows": self.rows, "rate": _num(self.rate), "ci_low": _num(self.ci_low),
+                "ci_high": _num(self.ci_high)}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    run_id: str
+    labeled_rows: int
+    label_coverage: float
+    confidence: float
+    thresholds: dict
+    overall: Comparison
+    latency: LatencyResult
+    errors: dict
+    segments: dict | None = None  # {column: {value: Slice}}
+    windows: dict | None = None   # {"day": {iso start: Slice}}
+    undefined: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"run_id": self.run_id, "labeled_rows": self.labeled_rows, "label_coverage": self.label_coverage,
+               "confidence": self.confidence, "rows": dict(self.overall.rows), "thresholds": dict(self.thresholds),
+               **self.overall.metrics_dict(), "latency": self.latency.to_dict(),
+               "errors": {r: e.to_dict() for r, e in self.errors.items()}}
+        if self.segments is not None:
+            out["segments"] = {col: {v: s.to_dict() for v, s in vals.items()} for col, vals in self.segments.items()}
+        if self.windows is not None:
+            out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
+        out["undefined"] = dict(self.undefined)
+        return out
+
+
+# -- one comparison ----------------------------------------------------------------------------------
+def _rng(seed: int, key: str) -> np.random.Generator:
+    """A generator per (seed, slice): results do not depend on the order slices are computed in."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def _take(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return a if mask.all() else a[mask]
+
+
+class _Sample:
+    """One model's labelled rows (its own, or those both models scored): score groups and confusion."""
+
+    def __init__(self, grouping: Grouping, conf: Confusion):
+        self.grouping, self.conf = grouping, conf
+        self.groups = grouping.weigh()
+
+    @classmethod
+    def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> "_Sample":
+        return cls(grouping(y, score), confusion(y, score >= threshold))
+
+    def sorted_influence(self, influence: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Each row's influence, rows in score order, from the per-group influence of a positive and of
+        a negative row."""
+        gr = self.grouping
+        sizes = np.diff(np.append(gr.starts, gr.rows))
+        out = np.repeat(influence[1], sizes)
+        np.copyto(out, np.repeat(influence[0], sizes), where=gr.y_sorted.view(bool))
+        return out
+
+
+def _few_scores(s: _Sample) -> bool:
+    """Whether the sample's scores have many ties (at least 4 rows per distinct score on average)."""
+    return 4 * len(s.groups.score) <= s.grouping.rows
+
+
+def _influence_distribution(s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None,
+                            in_score_order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows' influences as sorted values and counts: per (score group, label) from ``influence``
+    when the scores have many ties, else one per row (``in_score_order``: the rows' influences in
+    score order, sorted here in place; computed from ``influence`` when not given)."""
+    if _few_scores(s):
+        g = s.groups
+        values = np.concatenate(influence)
+        order = np.argsort(values, kind="stable")
+        return values[order], np.concatenate([g.pos, g.neg])[order]
+    rows = s.sorted_influence(influence) if in_score_order is None else in_score_order
+    rows.sort()
+    return rows, None
+
+
+def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict[str, bool]) -> dict:
+    """Each model's metric values on the paired rows (its own values where those are the same rows)."""
+    return {r: values[r] if own_is_paired[r] else
+            {n: m.compute(paired[r].groups if m.from_scores else paired[r].conf) for n, m in METRICS.items()}
+            for r in ROLES}
+
+
+def _alignment(base: _Sample, other: _Sample) -> np.ndarray:
+    """Positions in ``other``'s score order of the rows of ``base``'s score order (same rows)."""
+    n = other.grouping.rows
+    position = np.empty(n, dtype=np.int64 if n >= 2 ** 31 else np.int32)
+    position[other.grouping.order] = np.arange(n, dtype=position.dtype)
+    return position[base.grouping.order]
+
+
+def _clip(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[float | None, float | None]:
+    if ci is None:
+        return None, None
+    return float(np.clip(ci[0], lo, hi)), float(np.clip(ci[1], lo, hi))
+
+
+def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | None,
+                    opts: Options) -> Estimate:
+    if value is None:
+        return Estimate(None, None, None)
+    if m.proportion is not None:
+        k, n = m.proportion(conf)
+        lo, hi = _clip(stats.wilson(k, n, opts.confidence), *m.bounds)
+    else:
+        lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), *m.bounds)
+    return Estimate(value, lo, hi)
+
+
+def _delta_estimate(m: Metric, value: float, reps: np.ndarray, opts: Options,
+                    p_value: float | None = None) -> DeltaEstimate:
+    span = m.bounds[1] - m.bounds[0]
+    lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -span, span)
+    finite = reps[np.isfinite(reps)]
+    se = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return DeltaEstimate(value, lo, hi, stats.bootstrap_p_value(reps) if p_value is None else p_value,
+                         stats.mde(se, opts.confidence, opts.power) if se > 0 else None)
+
+
+def _cell_confusions(cells: np.ndarray) -> tuple[Confusion, Confusion]:
+    """Baseline and candidate confusion from paired cells indexed label*4 + baseline*2 + candidate."""
+    c = cells.T
+    return (Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
+            Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]))
+
+
+def _score_replicates(g: Grouping, weights: np.ndarray) -> dict[str, np.ndarray]:
+    groups = g.weigh(weights)
+    return {name: m.compute(groups) for name, m in METRICS.items() if m.from_scores}
+
+
+def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float], opts: Options,
+            key: str = "overall", row_weights: bool | None = None) -> Comparison:
+    """Metrics of both models with intervals and paired deltas on labelled rows ``y`` (0/1); a score is
+    NaN where the model failed on that row. ``key`` seeds this comparison's random generator;
+    ``row_weights`` picks the bootstrap of the score metrics (default: row weights up to
+    ``opts.exact_max_rows`` rows, the linearised bootstrap above)."""
+    rng = _rng(opts.seed, key)
+    exact = len(y) <= opts.exact_max_rows if row_weights is None else row_weights
+    if exact:  # row weights follow row order: put rows in a canonical order for reproducibility
+        order = np.lexsort((scores["candidate"], scores["baseline"], y))
+        y, scores = y[order], {r: s[order] for r, s in scores.items()}
+    ok = {r: np.isfinite(scores[r]) for r in ROLES}
+    both = ok["baseline"] & ok["candidate"]
+    rows = {r: int(ok[r].sum()) for r in ROLES} | {"paired": int(both.sum())}
+    own = {r: _Sample.of(_take(y, ok[r]), _take(scores[r], ok[r]), thresholds[r]) for r in ROLES}
+    own_conf = {r: own[r].conf for r in ROLES}
+    # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
+    # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
+    own_is_paired = {r: bool((ok[r] == both).all()) for r in ROLES}
+    paired_conf = {r: own_conf[r] if own_is_paired[r] else confusion(y[both], (scores[r] >= thresholds[r])[both])
+                   for r in ROLES}
+    score_names = [n for n, m in METRICS.items() if m.from_scores]
+    values = {r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()}
+              for r in ROLES}
+    reps: dict[str, dict[str, np.ndarray]] = {r: {} for r in (*ROLES, "delta")}
+
+    # confusion metrics: exact Poisson bootstrap of the contingency cells
+    for r in ROLES:
+        c = own_conf[r]
+        cells = stats.poisson_cells(np.array([c.tp, c.fp, c.tn, c.fn]), opts.n_boot, rng)
+        reps[r]["f1"] = METRICS["f1"].compute(Confusion(*cells.T))
+    cell = y.astype(np.uint8) * 4
+    cell += (scores["baseline"] >= thresholds["baseline"]).view(np.uint8) * 2
+    cell += (scores["candidate"] >= thresholds["candidate"]).view(np.uint8)
+    counts = np.bincount(_take(cell, both), minlength=8)
+    del cell
+    cb, cc = _cell_confusions(stats.poisson_cells(counts, opts.n_boot, rng))
+    for n, m in METRICS.items():
+        if not m.from_scores:
+            reps["delta"][n] = np.asarray(m.compute(cc), float) - np.asarray(m.compute(cb), float)
+    mcnemar_p = stats.mcnemar_exact(int(counts[1] + counts[6]), int(counts[2] + counts[5]))
+
+    # score metrics: row-level Poisson weights for small samples, the linearised bootstrap above
+    if exact:
+        paired = {r: own[r] if own_is_paired[r] else _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
+                  for r in ROLES}
+        pvalues = _paired_values(values, paired, own_is_paired)
+        chunks: dict[str, dict[str, list]] = {r: {n: [] for n in score_names} for r in (*ROLES, "delta")}
+        for w in stats.poisson_weights(len(y), opts.n_boot, rng):
+            own_reps = {r: _score_replicates(own[r].grouping, _take_cols(w, ok[r])) for r in ROLES}
+            pair_reps = {r: own_reps[r] if own_is_paired[r] else
+                         _score_replicates(paired[r].grouping, _take_cols(w, both)) for r in ROLES}
+            for n in score_names:
+                for r in ROLES:
+                    chunks[r][n].append(own_reps[r][n])
+                chunks["delta"][n].append(pair_reps["candidate"][n] - pair_reps["baseline"][n])
+        for who, per in chunks.items():
+            for n, parts in per.items():
+                reps[who][n] = np.concatenate(parts)
+    else:
+        # a model with rows of its own: its replicates first, then only its paired rows stay in memory
+        for r in ROLES:
+            if not own_is_paired[r]:
+                for n in score_names:
+                    if values[r][n] is not None:
+                        m = METRICS[n]
+                        sorted_psi, weights = _influence_distribution(own[r], m.influence(own[r].groups), None)
+                        reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
+                own[r] = _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
+        paired = own
+        pvalues = _paired_values(values, paired, own_is_paired)
+        paired_defined = [n for n in score_names if all(pvalues[r][n] is not None for r in ROLES)]
+        align = _alignment(paired["baseline"], paired["candidate"]) if paired_defined else None
+        for n in score_names:  # one metric at a time: a few row-length arrays in memory
+            m = METRICS[n]
+            psi: dict[str, np.ndarray] = {}
+            infl: dict[str, tuple] = {}
+            if n in paired_defined:
+                for r in ROLES:
+                    influence = m.influence(paired[r].groups)
+                    psi[r] = paired[r].sorted_influence(influence)
+                    if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
+                        infl[r] = influence
+                    del influence
+                d = psi["candidate"][align]
+                d -= psi["baseline"]
+                d.sort()
+                reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + \
+                    stats.linear_bootstrap(d, opts.n_boot, rng)
+                del d
+            for r in ROLES:
+                if own_is_paired[r] and values[r][n] is not None:
+                    known, influence = psi.pop(r, None), infl.get(r)
+                    if influence is None and known is None:
+                        influence = m.influence(paired[r].groups)
+                    sorted_psi, weights = _influence_distribution(paired[r], influence, known)
+                    reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
+            del psi, infl
+
+    undefined: dict[str, str] = {}
+    out: dict[str, dict] = {r: {} for r in (*ROLES, "delta")}
+    for n, m in METRICS.items():
+        for r in ROLES:
+            est = _model_estimate(m, values[r][n], own_conf[r], reps[r].get(n), opts)
+            out[r][n] = est
+            if est.value is None:
+                undefined[f"{r}.{n}"] = ("no labelled row scored without error" if rows[r] == 0 and len(y)
+                                         else m.undefined(own_conf[r]))
+            elif est.ci_low is None:
+                undefined[f"{r}.{n}.ci"] = "fewer than two bootstrap replicates are defined"
+        vb, vc = pvalues["baseline"][n], pvalues["candidate"][n]
+        if vb is None or vc is None:
+            out["delta"][n] = DeltaEstimate(None, None, None, None, None)
+            undefined[f"delta.{n}"] = ("no labelled row scored by both models" if rows["paired"] == 0 and len(y)
+                                       else m.undefined(paired_conf["baseline" if vb is None else "candidate"]))
+            continue
+        d = _delta_estimate(m, vc - vb, reps["delta"][n], opts, mcnemar_p if n == "accuracy" else None)
+        out["delta"][n] = d
+        if d.mde is None:
+            undefined[f"delta.{n}.mde"] = "the delta does not vary across bootstrap replicates, so there " \
+                                          "is no variance to size an effect with"
+        if d.ci_low is None:
+            undefined[f"delta.{n}.ci"] = "fewer than two bootstrap replicates are defined"
+    return Comparison(rows, out["baseline"], out["candidate"], out["delta"], undefined,
+                      "rows" if exact else "linear")
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64, copy=False)
+    return a if a.flags.writeable else a.copy()
+
+
+def _take_cols(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return w if mask.all() else w[:, mask]
+
+
+# -- latency and errors ------------------------------------------------------------------------------
+def latency_summary(samples: dict[str, np.ndarray], opts: Options) -> tuple[LatencyResult, dict]:
+    """Percentiles (ms) per model, bootstrap intervals on their differences, Mann-Whitney p-value.
+    Sorts the samples in place."""
+    rng = _rng(opts.seed, "latency")
+    for x in samples.values():
+        x.sort()
+    pct = {r: {k: stats.sorted_quantile(x, q) if len(x) else None for k, q in PERCENTILES.items()}
+           for r, x in samples.items()}
+    undefined: dict[str, str] = {}
+    delta = {}
+    for k, q in PERCENTILES.items():
+        if any(len(samples[r]) == 0 for r in ROLES):
+            delta[k] = Estimate(None, None, None)
+            continue
+        reps = stats.quantile_bootstrap(samples["candidate"], q, opts.n_boot, rng) - \
+            stats.quantile_bootstrap(samples["baseline"], q, opts.n_boot, rng)
+        lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -np.inf, np.inf)
+        delta[k] = Estimate(pct["candidate"][k] - pct["baseline"][k], lo, hi)
+    for r in ROLES:
+        if len(samples[r]) == 0:
+            undefined[f"latency.{r}"] = "no row scored without error"
+    mw = stats.mann_whitney(samples["baseline"], samples["candidate"], presorted=True)
+    return LatencyResult(pct["baseline"], pct["candidate"], delta, None if mw is None else mw[1]), undefined
+
+
+def error_rates(counts: dict[str, dict], opts: Options) -> dict[str, ErrorRate]:
+    """Error rate per model with its Wilson interval, from ``{role: {"rows", "errors"}}``."""
+    out = {}
+    for r in ROLES:
+        n, k = int(counts.get(r, {}).get("rows", 0)), int(counts.get(r, {}).get("errors", 0))
+        ci = stats.wilson(k, n, opts.confidence)
+        out[r] = ErrorRate(k, n, k / n if n else None, *(ci if ci else (None, None)))
+    return out
+
+
+# -- slices ------------------------------------------------------------------------------------------
+def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[str]]:
+    """Slice index per row and slice names: every value, or the ``top_k`` most frequent plus "other"."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    enc = pc.fill_null(values.cast(pa.string()), NULL_VALUE).dictionary_encode()
+    names = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    freq = np.bincount(codes, minlength=len(names))
+    if top_k is None:
+        rank = sorted(range(len(names)), key=lambda i: names[i])
+        keep, other = rank, []
+    else:
+        rank = sorted(range(len(names)), key=lambda i: (-freq[i], names[i]))
+        keep, other = rank[:top_k], rank[top_k:]
+    slot = np.empty(len(names), dtype=np.int64)
+    slot[keep] = np.arange(len(keep))
+    slot[other] = len(keep)
+    labels = [names[i] for i in keep] + ([OTHER] if other else [])
+    return slot[codes], labels
+
+
+def _slices(ids: np.ndarray, labels: list[str], y: np.ndarray, scores: dict, thresholds: dict, opts: Options,
+            prefix: str, row_weights: bool) -> tuple[dict[str, Slice], dict[str, str]]:
+    order = np.argsort(ids, kind="stable")
+    bounds = np.searchsorted(ids[order], np.arange(len(labels) + 1))
+    out, undefined = {}, {}
+    for j, name in enumerate(labels):
+        idx = order[bounds[j]:bounds[j + 1]]
+        comp = compare(y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}",
+                       row_weights)
+        out[name] = Slice(len(idx), len(idx) < opts.small_rows, comp)
+        undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
+    return out, undefined
+
+
+# -- entry points ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Quality:
+    """The model-quality part of an evaluation: overall comparison, slices, reasons for nulls."""
+    labeled_rows: int
+    overall: Comparison
+    segments: dict | None
+    windows: dict | None
+    undefined: dict
+
+
+def evaluate_quality(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
+                     opts: Options = Options(), segment: tuple[str, pa.Array] | None = None,
+                     window: tuple[str, pa.Array] | None = None) -> Quality:
+    """Metrics, intervals and paired deltas on labels (0/1) and scores (NaN where a model failed) of the
+    labelled rows, overall and per segment value (``(column, values)``) or window (``(unit, starts)``)."""
+    y = np.asarray(y)
+    if len(y) and (y.min() < 0 or y.max() > 1):
+        raise WorkbenchError(f"labels of run {run_id} hold classes {np.unique(y).tolist()}: the replay stores "
+                             "binary scores, so labels must be 0/1")
+    y = y.astype(np.int8, copy=False)
+    row_weights = len(y) <= opts.exact_max_rows  # one method for the overall rows and every slice
+    overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
+    undefined = dict(overall.undefined)
+    segments = windows = None
+    if segment is not None:
+        col, values = segment
+        ids, labels = _slice_ids(values, opts.top_k)
+        slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"segments.{col}", row_weights)
+        segments = {col: slices}
+        undefined.update(und)
+    if window is not None:
+        unit, starts = window
+        iso = pc.strftime(starts.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")  # window starts: whole s
+        ids, labels = _slice_ids(iso, None)
+        slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"windows.{unit}", row_weights)
+        windows = {unit: slices}
+        undefined.update(und)
+    return Quality(len(y), overall, segments, windows, undefined)
+
+
+def _result(run_id: str, quality: Quality, thresholds: dict, latency: dict[str, np.ndarray],
+            error_counts: dict[str, dict], rows_done: int, opts: Options) -> EvaluationResult:
+    lat, undefined = latency_summary(latency, opts)
+    errors = error_rates(error_counts, opts)
+    undefined |= {f"errors.{r}": "no rows replayed" for r, e in errors.items() if e.rate is None}
+    n = quality.labeled_rows
+    return EvaluationResult(run_id, n, round(n / rows_done, 6) if rows_done else 0.0, opts.confidence,
+                            dict(thresholds), quality.overall, lat, errors, quality.segments, quality.windows,
+                            quality.undefined | undefined)
+
+
+def evaluate_samples(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
+                     latency: dict[str, np.ndarray], error_counts: dict[str, dict], rows_done: int,
+                     opts: Options = Options(), segment: tuple[str, pa.Array] | None = None,
+                     window: tuple[str, pa.Array] | None = None) -> EvaluationResult:
+    """The whole evaluation on arrays (see :func:`evaluate_quality`), with latency samples per model
+    (sorted in place) and error counts ``{role: {"rows", "errors"}}``."""
+    quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
+    return _result(run_id, quality, thresholds, latency, error_counts, rows_done, opts)
+
+
+def evaluate_run(store: Store, run_id: str, *, segment: str | None = None, window: str | None = None,
+                 confidence: float = 0.95, seed: int = 0, n_boot: int = 1000, power: float = 0.8,
+                 top_k: int = 10, small_rows: int = 100, exact_max_rows: int = 10_000,
+                 thresholds: dict[str, float] | None = None) -> EvaluationResult:
+    """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
+
+    Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
+    unless ``thresholds`` (e.g. from a policy) overrides them per role. The labelled rows are released
+    before the latency samples are read, which keeps the peak memory of large runs down.
+    """
+    opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
+    if window is not None and window not in WINDOWS:
+        raise WorkbenchError(f"unknown window {window!r}: use one of {', '.join(WINDOWS)}")
+    run = store.require_run(run_id)
+    thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
+    table = store.evaluation_rows(run_id, segment=segment, window=window)
+    y = table.column("label").to_numpy()
+    scores = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+              for r in ROLES}
+    seg = (segment, table.column("segment")) if segment is not None else None
+    win = (window, table.column("window_start")) if window is not None else None
+    del table
+    quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
+    del y, scores, seg, win
+    latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
+    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0),
+                     opts)
+    params = {"segment": segment, "window": window, "confidence": confidence, "seed": seed, "n_boot": n_boot,
+              "power": power, "top_k": top_k, "small_rows": small_rows, "exact_max_rows": exact_max_rows,
+              "thresholds": thr, "bootstrap": result.overall.method}
+    store.save_evaluation(run_id, params, result.to_dict())
+    return result

@@ -1,0 +1,1 @@
+"""Ingest: traffic and label contracts, quarantine with reasons, fingerprints."""

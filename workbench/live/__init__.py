@@ -1,0 +1,1 @@
+"""Live canary: router, upstream client, SLO, traffic log, mesh renderers, HTTP service."""

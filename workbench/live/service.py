@@ -1,0 +1,317 @@
+"""The workbench HTTP service (FastAPI): MLflow webhooks in, a job queue out; the weight API; health.
+
+``create_app(settings)`` builds the app from routers, so further endpoints (the weight API, a job
+runner) are added as routers of their own. Each request opens the DuckDB store briefly, so the service
+does not hold the database's single-writer lock between requests.
+
+Webhooks: ``POST /webhooks/mlflow`` verifies ``X-MLflow-Signature`` (``v1,<base64 HMAC-SHA256 of
+"{delivery_id}.{timestamp}.{payload}">`` with the shared secret) and rejects timestamps outside the
+tolerance (replays); a bad or old delivery gets 401 and changes nothing. ``model_version.created`` and
+``model_version_alias.created`` queue one replay-evaluate-decide job per delivery id (idempotent).
+
+Weight API: ``GET /v1/canary/{model}`` (weight, versions, decision id, signature, verified, verdict: what
+Argo Rollouts' web metric gates on), ``GET /v1/decisions/{id}``, ``POST /v1/flagger/{model}/{hook}``
+(Flagger's confirm-traffic-increase, confirm-promotion and rollback webhooks: 200 or 412 from the latest
+verified decision). State changes (``POST /v1/canary/{model}/kill``, ``POST /v1/decisions``) need
+``Authorization: Bearer $WORKBENCH_API_TOKEN``. FastAPI serves the OpenAPI spec at ``/openapi.json``.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Callable
+
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from workbench import WorkbenchError
+from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_kill, live_view, record_sync, try_publish,
+                     verify_decision)
+from workbench.config import Settings
+from workbench.live.mesh import FLAGGER_HOOKS, flagger_gate
+from workbench.ops.observability import metrics_router
+from workbench.decide.policy import load_policy
+from workbench.decide.signing import SignatureError, trusted_keys
+from workbench.store import Store
+
+log = logging.getLogger(__name__)
+DEFAULT_TOLERANCE_S = 300
+JOB_KIND = "replay_evaluate_decide"
+HANDLED_EVENTS = ("model_version.created", "model_version_alias.created")
+WORKBENCH_ALIASES = ("champion", "previous")  # set by the workbench itself: never a new candidate
+
+
+def signature_of(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    """The ``X-MLflow-Signature`` value MLflow sends for a delivery."""
+    mac = hmac.new(secret.encode("utf-8"), f"{delivery_id}.{timestamp}.".encode("utf-8") + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+
+
+def check_signature(secret: str, headers, body: bytes, now: float, tolerance_s: float) -> str:
+    """The delivery id of an authentic, fresh delivery; raises 401 otherwise."""
+    delivery_id = headers.get("x-mlflow-delivery-id")
+    timestamp = headers.get("x-mlflow-timestamp")
+    given = headers.get("x-mlflow-signature")
+    if not (delivery_id and timestamp and given):
+        raise HTTPException(401, "missing X-MLflow-Signature, X-MLflow-Timestamp or X-MLflow-Delivery-Id")
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        raise HTTPException(401, "X-MLflow-Timestamp is not a unix time") from None
+    if abs(now - ts) > tolerance_s:
+        raise HTTPException(401, f"timestamp outside the {tolerance_s:g} s tolerance (replayed or clock skew)")
+    expected = signature_of(secret, delivery_id, timestamp, body)
+    if not any(hmac.compare_digest(expected, part.strip()) for part in given.split(" ") if part.strip()):
+        raise HTTPException(401, "X-MLflow-Signature does not match")
+    return delivery_id
+
+
+def job_params(event: str, data: dict) -> dict | None:
+    """What a replay-evaluate-decide job needs from a webhook payload; None when the event is not a candidate."""
+    name, version = data.get("name"), data.get("version")
+    if not name or version is None:
+        return None
+    alias = data.get("alias") if event == "model_version_alias.created" else None
+    if alias in WORKBENCH_ALIASES:
+        return None
+    return {"model": name, "version": str(version), "alias": alias,
+            "candidate_uri": f"models:/{name}/{version}", "baseline_uri": f"models:/{name}@champion"}
+
+
+def _enqueue(settings: Settings, delivery_id: str, event: str, params: dict) -> tuple[dict, bool]:
+    with Store(settings.db_path) as store:
+        return store.enqueue_job(job_id="job_" + uuid.uuid4().hex[:12], kind=JOB_KIND, delivery_id=delivery_id,
+                                 event=event, params=params)
+
+
+def webhook_router(settings: Settings, tolerance_s: float, clock: Callable[[], float]) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/webhooks/mlflow", status_code=202)
+    async def mlflow_webhook(request: Request):
+        if not settings.webhook_secret:
+            raise HTTPException(503, "no webhook secret configured (WORKBENCH_WEBHOOK_SECRET)")
+        body = await request.body()
+        delivery_id = check_signature(settings.webhook_secret, request.headers, body, clock(), tolerance_s)
+        try:
+            payload = json.loads(body)
+            event = f"{payload['entity']}.{payload['action']}"
+            data = payload.get("data") or {}
+        except (ValueError, KeyError, TypeError):
+            raise HTTPException(400, "the payload is not an MLflow webhook event") from None
+        params = job_params(event, data) if event in HANDLED_EVENTS else None
+        if params is None:
+            return {"status": "ignored", "event": event, "delivery_id": delivery_id}
+        job, created = await run_in_threadpool(_enqueue, settings, delivery_id, event, params)
+        log.info("webhook %s %s: job %s %s", event, delivery_id, job["job_id"], "queued" if created else "duplicate")
+        return {"status": "queued" if created else "duplicate", "job_id": job["job_id"], "event": event,
+                "delivery_id": delivery_id}
+
+    return router
+
+
+def health_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz():   # on the event loop: answers at once while database work fills the thread pool
+        return {"status": "ok"}
+
+    return router
+
+
+# -- the weight API (issue 7): canary state for routers, Argo Rollouts and Flagger -----------------------
+class CanaryView(BaseModel):
+    """The live canary state of a model, from the head of its signed decision chain."""
+    model: str
+    weight: int = Field(description="percent of traffic on the candidate (0-100)")
+    baseline_version: str | None
+    candidate_version: str | None
+    decision_id: str | None
+    signature: str | None = Field(description="base64 Ed25519 signature of the head record")
+    verified: bool = Field(description="the whole chain verifies and its head is the stored state")
+    verdict: str | None = Field(description='latest decision\'s verdict in lower case ("promote", "hold", '
+                                            '"rollback") when verified, else "unverified"; Argo Rollouts: '
+                                            'successCondition: result.verdict == "promote"')
+    killed: bool
+    sequence: int | None
+    ramp: list[int] | None
+    problem: str | None = None
+
+
+class DecisionView(BaseModel):
+    """A stored signed decision record and whether it verifies now."""
+    decision_id: str
+    model: str
+    kind: str
+    verdict: str
+    weight_before: int
+    weight_after: int
+    created_at: str
+    record: dict
+    signature: str
+    applied: bool
+    sequence: int | None
+    verified: bool
+    note: str | None = None
+    problem: str | None = None
+
+
+class GateAnswer(BaseModel):
+    """A Flagger webhook's answer: HTTP 200 when ``allowed``, 412 otherwise."""
+    model: str
+    hook: str
+    allowed: bool
+    reason: str
+    weight: int
+    verdict: str | None
+    decision_id: str | None
+
+
+class KillRequest(BaseModel):
+    reason: str
+
+
+class SignedRecord(BaseModel):
+    """What ``workbench decide --no-apply --json`` printed (other keys are ignored)."""
+    record: dict
+    signature: str
+
+
+def _trusted(settings: Settings) -> dict:
+    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
+
+
+def _view(settings: Settings, model: str) -> dict:
+    with Store(settings.db_path) as store:   # read-write like every request here: DuckDB refuses mixed modes
+        view = live_view(store, model, _trusted(settings))
+    if view["decision_id"] is None:
+        raise HTTPException(404, f"model {model} has no canary decision")
+    return view
+
+
+def _decision(settings: Settings, decision_id: str) -> dict:
+    with Store(settings.db_path) as store:
+        row = store.get_decision(decision_id)
+        if row is None:
+            raise HTTPException(404, f"no decision {decision_id}")
+        signed = SignedDecision(json.loads(row["record"]), row["signature"])
+        out = {"decision_id": decision_id, "model": row["model"], "kind": row["kind"], "verdict": row["verdict"],
+               "weight_before": row["weight_before"], "weight_after": row["weight_after"],
+               "created_at": signed.record.get("created_at"), "record": signed.record, "signature": row["signature"],
+               "applied": row["applied_sequence"] is not None, "sequence": row["applied_sequence"]}
+        try:
+            out |= {"verified": True, "note": verify_decision(store, signed, _trusted(settings)).note}
+        except SignatureError as e:
+            out |= {"verified": False, "problem": str(e)}
+    return out
+
+
+def _publish(settings: Settings, signed: SignedDecision) -> None:
+    """Publish an applied record to MLflow after the answer went out (a down MLflow leaves pending_sync)."""
+    from workbench.decide.registry import Registry
+
+    run_id, err = try_publish(signed, lambda d: Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
+                              .publish(d))
+    with Store(settings.db_path) as store:
+        record_sync(store, signed.decision_id, run_id, err)
+
+
+def _apply(settings: Settings, make: Callable[[Store], SignedDecision]) -> tuple[dict, SignedDecision]:
+    try:
+        with Store(settings.db_path) as store:
+            signed = make(store)
+            apply_decision(store, signed, _trusted(settings))
+            return live_view(store, signed.model, _trusted(settings)), signed
+    except WorkbenchError as e:   # refused records, no key, no state: the client can act on the message
+        raise HTTPException(409, str(e)) from None
+
+
+def _bearer(settings: Settings):
+    scheme = HTTPBearer(auto_error=False, description="WORKBENCH_API_TOKEN")
+
+    def require_token(creds: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if not settings.api_token:
+            raise HTTPException(503, "no API token configured (WORKBENCH_API_TOKEN): state changes are disabled")
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), settings.api_token.encode()):
+            raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def weights_router(settings: Settings) -> APIRouter:
+    """``/v1/canary``, ``/v1/decisions`` and ``/v1/flagger``: reads are open, state changes need the token."""
+    router = APIRouter(prefix="/v1")
+    auth = [Depends(_bearer(settings))]
+
+    @router.get("/canary/{model}", response_model=CanaryView, tags=["canary"])
+    async def canary(model: str):
+        """The model's canary weight, versions and latest decision (Argo Rollouts' web metric reads this)."""
+        return await run_in_threadpool(_view, settings, model)
+
+    @router.get("/decisions/{decision_id}", response_model=DecisionView, tags=["canary"])
+    async def decision(decision_id: str):
+        """A stored decision record, its signature, and whether it verifies in its chain."""
+        return await run_in_threadpool(_decision, settings, decision_id)
+
+    @router.post("/flagger/{model}/{hook}", response_model=GateAnswer, tags=["flagger"],
+                 responses={412: {"model": GateAnswer, "description": "the gate is closed"}})
+    async def flagger(model: str, hook: str, request: Request):
+        """Flagger webhooks: ``confirm-traffic-increase``, ``confirm-promotion``, ``rollback``."""
+        if hook not in FLAGGER_HOOKS:
+            raise HTTPException(404, f"unknown Flagger webhook {hook!r}: use one of {', '.join(FLAGGER_HOOKS)}")
+        view = await run_in_threadpool(_view, settings, model)
+        allowed, reason = flagger_gate(view, hook)
+        answer = {"model": model, "hook": hook, "allowed": allowed, "reason": reason, "weight": view["weight"],
+                  "verdict": view["verdict"], "decision_id": view["decision_id"]}
+        return JSONResponse(answer, status_code=200 if allowed else 412)
+
+    @router.post("/canary/{model}/kill", response_model=CanaryView, tags=["canary"], dependencies=auth)
+    async def kill(model: str, body: KillRequest, background: BackgroundTasks):
+        """The kill switch: a signed ROLLBACK record (the service's key) sets the weight to 0 at once."""
+        def make(store: Store) -> SignedDecision:
+            signer = Signer.from_keys_dir(settings.keys_dir, settings.signer)
+            return build_kill(store, model, body.reason, signer, load_policy())
+
+        view, signed = await run_in_threadpool(_apply, settings, make)
+        background.add_task(run_in_threadpool, _publish, settings, signed)
+        return view
+
+    @router.post("/decisions", response_model=CanaryView, tags=["canary"], dependencies=auth)
+    async def apply(body: SignedRecord, background: BackgroundTasks):
+        """Apply a signed record made elsewhere (``decide --no-apply``); refused records answer 409."""
+        view, signed = await run_in_threadpool(_apply, settings, lambda _s: SignedDecision(body.record,
+                                                                                           body.signature))
+        background.add_task(run_in_threadpool, _publish, settings, signed)
+        return view
+
+    return router
+
+
+def create_app(settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S,
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The service app; add routers with ``app.include_router`` to extend it."""
+    settings.ensure()
+    app = FastAPI(title="canary-workbench", version="1",
+                  description="Signed canary decisions: weights for routers, meshes, Argo Rollouts and Flagger; "
+                              "MLflow webhooks in.")
+    app.state.settings = settings
+    app.include_router(health_router())
+    app.include_router(webhook_router(settings, tolerance_s, clock))
+    app.include_router(metrics_router(settings.db_path))
+    app.include_router(weights_router(settings))
+
+    @app.exception_handler(HTTPException)
+    async def _errors(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return app

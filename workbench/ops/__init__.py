@@ -1,0 +1,1 @@
+"""Operations: the flow, jobs, scheduler, background jobs, progress, logs, access."""

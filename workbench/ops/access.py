@@ -1,0 +1,172 @@
+"""Who may sign decisions in the app: approvers, their password hashes, and the identity of a session.
+
+Approvers live in ``$WORKBENCH_HOME/approvers.toml`` (mode 0600), written by ``workbench approver add``::
+
+    [approvers.alice]
+    email = "alice@example.com"                   # optional: matched against an OIDC login's e-mail
+    password = "scrypt$16384$8$1$<salt>$<hash>"   # optional: for the local sign-in (base64, 16-byte salt)
+
+With OIDC configured for Streamlit (an ``[auth]`` section in ``.streamlit/secrets.toml``) the app signs
+people in with ``st.login`` and an identity may approve when its e-mail is an approver's; without OIDC an
+approver signs in with name and password. Everyone else reviews read-only. Passwords are hashed with
+scrypt (N=2^14, r=8, p=1) and a random salt, and compared in constant time.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench import WorkbenchError
+from workbench.store import check_name
+
+APPROVERS_FILE = "approvers.toml"
+_N, _R, _P, _SALT, _LEN = 2 ** 14, 8, 1, 16, 32
+
+
+def approvers_path(home: Path) -> Path:
+    return Path(home) / APPROVERS_FILE
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$<salt b64>$<hash b64>`` of ``password`` with a fresh random salt."""
+    if not password:
+        raise WorkbenchError("the password must not be empty")
+    salt = salt if salt is not None else secrets.token_bytes(_SALT)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=_LEN)
+    return "$".join(["scrypt", str(_N), str(_R), str(_P), base64.b64encode(salt).decode(),
+                     base64.b64encode(digest).decode()])
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a hash made by :func:`hash_password` (False for a malformed hash)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        want = base64.b64decode(digest, validate=True)
+        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt, validate=True), n=int(n),
+                             r=int(r), p=int(p), dklen=len(want), maxmem=2 ** 26)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+@dataclass(frozen=True)
+class Approver:
+    name: str
+    email: str | None = None
+    password: str | None = None   # the hash
+
+    def to_dict(self) -> dict:
+        """What ``approver list`` shows (never the hash)."""
+        return {"name": self.name, "email": self.email, "password": self.password is not None}
+
+
+def load_approvers(path: Path) -> dict[str, Approver]:
+    """Approvers by name; none when the file is missing. A malformed file is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise WorkbenchError(f"cannot read approvers file {path}: {e}") from None
+    table = data.get("approvers", {})
+    unknown = set(data) - {"approvers"}
+    if unknown or not isinstance(table, dict):
+        raise WorkbenchError(f"approvers file {path}: expected only [approvers.NAME] tables")
+    out = {}
+    for name, entry in table.items():
+        if not isinstance(entry, dict) or set(entry) - {"email", "password"}:
+            raise WorkbenchError(f"approvers file {path}: [approvers.{name}] takes only email and password")
+        out[name] = Approver(name, entry.get("email"), entry.get("password"))
+    return out
+
+
+def save_approvers(path: Path, approvers: dict[str, Approver]) -> None:
+    """Write the approvers file (mode 0600), replacing it atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# canary-workbench approvers: `workbench approver add NAME`. Passwords are scrypt hashes.", ""]
+    for a in sorted(approvers.values(), key=lambda a: a.name):
+        lines.append(f"[approvers.{json.dumps(a.name)}]")   # JSON string escapes are valid TOML basic strings
+        if a.email:
+            lines.append(f"email = {json.dumps(a.email)}")
+        if a.password:
+            lines.append(f"password = {json.dumps(a.password)}")
+        lines.append("")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def add_approver(path: Path, name: str, *, password: str | None = None, email: str | None = None) -> Approver:
+    """Add or replace an approver; at least one of a password (local sign-in) or an e-mail (OIDC)."""
+    check_name(name, "approver name")
+    if password is None and not email:
+        raise WorkbenchError("an approver needs a password (local sign-in) or an --email (OIDC sign-in)")
+    approvers = load_approvers(path)
+    approver = Approver(name, email or None, hash_password(password) if password is not None else None)
+    approvers[name] = approver
+    save_approvers(path, approvers)
+    return approver
+
+
+def remove_approver(path: Path, name: str) -> None:
+    approvers = load_approvers(path)
+    if name not in approvers:
+        raise WorkbenchError(f"no approver named {name!r} (known: {', '.join(sorted(approvers)) or 'none'})")
+    del approvers[name]
+    save_approvers(path, approvers)
+
+
+# -- the identity of an app session ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Identity:
+    """Who is using the app: ``method`` is ``oidc`` or ``password``; only approvers may sign."""
+    name: str
+    method: str
+    can_approve: bool
+    email: str | None = None
+
+    @property
+    def signer(self) -> str:
+        """The name a signed record carries."""
+        return self.email or self.name
+
+
+def authenticate(approvers: dict[str, Approver], name: str, password: str) -> Identity | None:
+    """The approver's identity when name and password match, else None (same cost either way)."""
+    a = approvers.get(name)
+    stored = a.password if a is not None and a.password else hash_password("x" * 12)
+    ok = verify_password(password, stored)
+    return Identity(name, "password", True, a.email) if ok and a is not None and a.password else None
+
+
+def oidc_identity(user: dict, approvers: dict[str, Approver]) -> Identity | None:
+    """The identity of an OIDC login (Streamlit's ``st.user``): an approver when its e-mail is one's."""
+    if not user.get("is_logged_in"):
+        return None
+    email = user.get("email")
+    name = user.get("name") or email or user.get("sub") or "unknown"
+    by_email = {a.email.lower(): a for a in approvers.values() if a.email}
+    approver = by_email.get(email.lower()) if email and user.get("email_verified", True) is not False else None
+    return Identity(approver.name if approver else name, "oidc", approver is not None, email)
+
+
+def oidc_provider(auth: dict) -> str | None:
+    """The provider argument for ``st.login``: None for a single provider configured in ``[auth]`` itself,
+    else the first named ``[auth.NAME]`` section."""
+    if "client_id" in auth:
+        return None
+    named = [k for k, v in auth.items() if isinstance(v, dict)]
+    return named[0] if named else None

@@ -1,0 +1,809 @@
+"""Scheduled replay jobs: the job spec, the lock, and a resumable runner.
+
+A job spec (TOML or YAML, e.g. ``pipelines/jobs/flight-delay.toml``; validated strictly: an unknown key is
+an error naming it) names a registered model, its baseline and candidate selectors (aliases or versions),
+where traffic comes from (a file glob, optionally cut to a rolling event-time window, or a named traffic
+set), the labels, the policy, a cron schedule (UTC) and what to do with the verdict (record, or also apply
+the weight).
+
+:func:`run_job` runs ``resolve -> ingest -> replay -> evaluate -> drift -> decide`` as one job with one job
+id. Each stage's state lives in DuckDB (``job_stages``): a rerun skips finished stages and a crashed job
+resumes where it stopped (the replay itself resumes by run id). A job of a scheduled spec is named after its
+schedule slot (``job_<spec>_<YYYYmmddTHHMM>``), so running the same slot again resumes it or reports it
+complete. A ``flock`` on ``$WORKBENCH_HOME/locks/<spec>.lock`` keeps two runs of one spec from overlapping
+across processes; the lock file names the holder, so a refused run says which job holds it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import time
+import tomllib
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workbench import WorkbenchError
+from workbench.config import Settings
+from workbench.ops.observability import log_context
+from workbench.decide.policy import _format_errors
+from workbench.store import Store, check_name
+
+log = logging.getLogger(__name__)
+JOB_KIND = "replay_evaluate_decide"
+STAGES = ("resolve", "ingest", "replay", "evaluate", "drift", "decide")
+DONE = ("finished", "skipped")
+SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
+SPEC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+SELECTOR_RE = re.compile(r"^(?:\d+|[A-Za-z][A-Za-z0-9_-]{0,63})$")
+WINDOW_RE = re.compile(r"^\s*(?:last\s+)?(\d+)\s*(m|mins?|minutes?|h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
+WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+STORE_WAIT_S = 60.0   # a job waits this long for another process's DuckDB write lock
+
+
+class JobRefused(WorkbenchError):
+    """A job that cannot start (its spec is already running, or a precondition fails); the message says why."""
+
+
+class JobFailed(WorkbenchError):
+    """A stage of a job raised; the job's history row holds the traceback."""
+
+
+class _Skip(Exception):
+    """A stage found nothing to do (no traffic in the window, baseline and candidate are one version)."""
+
+
+# -- the spec ---------------------------------------------------------------------------------------
+def parse_window(text: str) -> timedelta:
+    """``"24h"``, ``"last 24 h"``, ``"90 minutes"``, ``"7d"``, ``"2w"`` as a timedelta."""
+    m = WINDOW_RE.match(str(text))
+    if not m or int(m[1]) <= 0:
+        raise ValueError(f"window {text!r}: use a positive count and a unit, e.g. '24h', 'last 24 h', '7d', '90m'")
+    return timedelta(**{WINDOW_UNITS[m[2][0].lower()]: int(m[1])})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrafficSpec(_Strict):
+    path: str | None = None            # file or glob (Parquet, CSV, JSON lines); a window needs Parquet
+    table: str | None = None           # or a traffic set already in the store
+    window: str | None = None          # rolling event-time window, e.g. "last 24 h"
+    anchor: Literal["now", "latest"] = "now"   # the window ends at the job's time, or at the newest event
+    id_col: str = "request_id"
+    time_col: str = "event_time"
+    entity_col: str | None = None
+    nullable: tuple[str, ...] = ()
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_window(v)
+        return v
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,62}$", v):
+            raise ValueError(f"{v!r} is not a traffic name (a letter, then letters, digits or '_')")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.table is None):
+            raise ValueError("give exactly one of path (files) or table (a traffic set in the store)")
+        if self.window and self.path is None:
+            raise ValueError("a window cuts files by event time: it needs path, not table")
+        if self.anchor == "latest" and not self.window:
+            raise ValueError("anchor = 'latest' places a window: set window too")
+        return self
+
+
+class LabelsSpec(_Strict):
+    path: str
+    id_col: str = "request_id"
+    label_col: str = "label"
+    time_col: str | None = "label_time"
+
+
+class ReplaySpec(_Strict):
+    batch_size: int = Field(default=8192, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mode: Literal["throughput", "online"] = "throughput"
+    model_timeout: float | None = Field(default=None, gt=0)
+
+
+class DriftSpec(_Strict):
+    enabled: bool = True
+    reference: str | None = None       # as `workbench drift --reference`; default: the run's earliest 20 %
+
+
+class TriggerSpec(_Strict):
+    new_versions: bool = True                      # a new model version (webhook) runs the job on it
+    aliases: tuple[str, ...] = ("challenger",)     # so does one of these aliases moving to a version
+
+
+class JobSpec(_Strict):
+    name: str
+    model: str
+    baseline: str = "champion"
+    candidate: str = "challenger"
+    schedule: str | None = None        # cron expression, UTC
+    traffic: TrafficSpec
+    labels: LabelsSpec | None = None
+    policy: str | None = None          # policy file; default: the shipped policy
+    verdict: Literal["record", "apply"] = "record"
+    replay: ReplaySpec = ReplaySpec()
+    drift: DriftSpec = DriftSpec()
+    triggers: TriggerSpec = TriggerSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SPEC_NAME_RE.match(v):
+            raise ValueError(f"{v!r}: use a letter, then letters, digits, '-' or '_' (at most 32)")
+        return v
+
+    @field_validator("baseline", "candidate", mode="before")
+    @classmethod
+    def _selector(cls, v: Any) -> str:
+        v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(v, str) or not SELECTOR_RE.match(v):
+            raise ValueError(f"{v!r}: use an alias (e.g. champion, challenger) or a version number")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        from croniter import croniter
+
+        if v is not None and not croniter.is_valid(v):
+            raise ValueError(f"{v!r} is not a cron expression (e.g. '0 * * * *' for every hour)")
+        return v
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec and the file it came from (relative paths in it resolve against that file's folder)."""
+    spec: JobSpec
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def resolve(self, text: str) -> str:
+        """A path of the spec: ``$VAR``/``${VAR}`` expanded (an unset variable is an error), ``~`` expanded,
+        relative paths against the spec's folder."""
+        missing = [m[0] or m[1] for m in re.findall(r"\$\{(\w+)\}|\$(\w+)", text) if (m[0] or m[1]) not in os.environ]
+        if missing:
+            raise WorkbenchError(f"job spec {self.path}: {text!r} uses unset environment variable(s) "
+                                 f"{', '.join(missing)}")
+        p = Path(os.path.expanduser(os.path.expandvars(text)))
+        return str(p if p.is_absolute() else (self.path.parent / p).resolve())
+
+
+def parse_spec(data: Any, path: Path) -> LoadedSpec:
+    """Validate a spec mapping; an unknown key or a bad value is an error naming it."""
+    if not isinstance(data, dict):
+        raise WorkbenchError(f"job spec {path}: a spec must be a mapping of keys to values")
+    try:
+        return LoadedSpec(JobSpec.model_validate(data), path.resolve())
+    except ValidationError as e:
+        raise WorkbenchError(f"job spec {path}: {_format_errors(e)}") from None
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read a TOML or YAML job spec."""
+    p = Path(path)
+    if p.suffix.lower() not in SPEC_SUFFIXES:
+        raise WorkbenchError(f"job spec {p}: use a .toml, .yaml or .yml file")
+    try:
+        text = p.read_text("utf-8")
+    except OSError as e:
+        raise WorkbenchError(f"cannot read job spec {p}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text) if p.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise WorkbenchError(f"job spec {p} is not valid {p.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    return parse_spec(data, p)
+
+
+def load_specs(paths: list[str | Path]) -> list[LoadedSpec]:
+    """Specs from files and folders (every .toml/.yaml/.yml in a folder); names must be unique."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in SPEC_SUFFIXES)
+        else:
+            files.append(p)
+    if not files:
+        raise WorkbenchError(f"no job spec in {', '.join(map(str, paths))}")
+    specs = [load_spec(f) for f in files]
+    seen: dict[str, Path] = {}
+    for s in specs:
+        if s.name in seen:
+            raise WorkbenchError(f"job specs {seen[s.name]} and {s.path} have the same name {s.name!r}")
+        seen[s.name] = s.path
+    return specs
+
+
+# -- time -------------------------------------------------------------------------------------------
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    t = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time (naive means UTC) as an aware UTC datetime."""
+    try:
+        t = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise WorkbenchError(f"invalid time {text!r}: use ISO-8601, e.g. 2026-11-26T09:00:00Z") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def last_fire(schedule: str, now: datetime) -> datetime:
+    """The latest time at or before ``now`` that the cron ``schedule`` fires (UTC)."""
+    from croniter import croniter
+
+    prev = croniter(schedule, now).get_prev(datetime)
+    at = croniter(schedule, prev).get_next(datetime)
+    return at if at <= now else prev
+
+
+def next_fire(schedule: str, after: datetime) -> datetime:
+    """The first time strictly after ``after`` that the cron ``schedule`` fires (UTC)."""
+    from croniter import croniter
+
+    return croniter(schedule, after).get_next(datetime)
+
+
+def slot_job_id(spec: str, fire: datetime) -> str:
+    """The job id of a schedule slot: running one slot twice resumes (or reports) the same job."""
+    return f"job_{spec.replace('-', '_')}_{fire.astimezone(timezone.utc):%Y%m%dT%H%M}"
+
+
+def _manual_job_id(spec: str, at: datetime) -> str:
+    return f"job_{spec.replace('-', '_')}_{at.astimezone(timezone.utc):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:4]}"
+
+
+# -- the lock ---------------------------------------------------------------------------------------
+class SpecLock:
+    """An exclusive ``flock`` on ``$WORKBENCH_HOME/locks/<spec>.lock``, held for a whole job.
+
+    The kernel drops it when the process dies, so a crashed job never blocks the next run. The file holds
+    the holder's job id, pid, host and start time, which a refused run reports.
+    """
+
+    def __init__(self, home: Path, spec: str):
+        self.path = home / "locks" / f"{spec}.lock"
+        self.spec = spec
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            who = (f"job {holder.get('job_id') or '(starting)'} (pid {holder.get('pid')} on {holder.get('host')}, "
+                   f"since {holder.get('since')})") if holder else "another process"
+            raise JobRefused(f"cannot start job spec {self.spec}: it is already running: {who}; two runs of one "
+                             "spec never overlap") from None
+        self._fd = fd
+        self.describe(None)
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (OSError, ValueError):
+            return {}
+
+    def describe(self, job_id: str | None) -> None:
+        """Write who holds the lock (read by a refused run)."""
+        info = json.dumps({"job_id": job_id, "pid": os.getpid(), "host": platform.node(), "since": iso(utc_now())})
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, info.encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# -- results ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    spec: str
+    status: str
+    triggered_by: str | None
+    as_of: str | None
+    stages: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    already_complete: bool = False
+
+    def to_dict(self) -> dict:
+        return {"job_id": self.job_id, "spec": self.spec, "status": self.status, "triggered_by": self.triggered_by,
+                "as_of": self.as_of, "already_complete": self.already_complete, "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at), "error": self.error, **self.summary,
+                "stages": {k: {"status": v["status"], "attempts": v["attempts"], "seconds": v["seconds"],
+                               "result": v["result"]} for k, v in self.stages.items()}}
+
+
+def job_result(store: Store, job_id: str, already_complete: bool = False) -> JobResult:
+    job = store.get_job(job_id)
+    if job is None:
+        raise WorkbenchError(f"unknown job {job_id!r}")
+    return JobResult(job_id, job["spec"], job["status"], job["triggered_by"], job["params"].get("as_of"),
+                     store.job_stages(job_id), job["result"] or {}, job["error"], job["started_at"],
+                     job["finished_at"], already_complete)
+
+
+def job_history(store: Store, spec: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
+    """The job history, newest first, for the CLI and the app: id, spec, trigger, status, current stage,
+    start, end, seconds, error (with the traceback), summary and each stage's state."""
+    out = []
+    for job in store.job_history(spec, status, limit):
+        start, end = job["started_at"], job["finished_at"]
+        out.append({"job_id": job["job_id"], "kind": job["kind"], "spec": job["spec"],
+                    "triggered_by": job["triggered_by"] or ("webhook" if job["delivery_id"] else None),
+                    "event": job["event"], "status": job["status"], "stage": job["stage"],
+                    "created_at": iso(job["created_at"]), "started_at": iso(start), "finished_at": iso(end),
+                    "seconds": round((end - start).total_seconds(), 3) if start and end else None,
+                    "error": job["error"], "result": job["result"], "params": job["params"],
+                    "pid": job["pid"], "host": job["host"],
+                    "stages": {k: {"status": v["status"], "attempts": v["attempts"], "seconds": v["seconds"],
+                                   "started_at": iso(v["started_at"]), "finished_at": iso(v["finished_at"]),
+                                   "result": v["result"], "error": v["error"]} for k, v in job["stages"].items()}})
+    return out
+
+
+# -- stages -----------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    settings: Settings
+    loaded: LoadedSpec
+    job_id: str
+    params: dict
+    results: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.loaded.spec
+
+    @property
+    def plan(self) -> dict:
+        return self.results["resolve"]
+
+    def store(self) -> Store:
+        return Store(self.settings.db_path, wait_s=STORE_WAIT_S)
+
+
+def _resolve_model(model: str, selector: str) -> dict:
+    from workbench.replay.models import describe
+
+    uri = f"models:/{model}/{selector}" if selector.isdigit() else f"models:/{model}@{selector}"
+    ref = describe(uri)
+    return {"selector": selector, "version": ref.version, "uri": f"models:/{model}/{ref.version}"}
+
+
+def _stage_resolve(job: _Job) -> dict:
+    """Pin both model versions and the traffic window, so a resumed job replays exactly the same thing."""
+    spec, p = job.spec, job.params
+    baseline = _resolve_model(spec.model, spec.baseline)
+    candidate = _resolve_model(spec.model, str(p.get("candidate_version") or spec.candidate))
+    plan: dict[str, Any] = {"model": spec.model, "baseline": baseline, "candidate": candidate,
+                            "run_id": "run_" + job.job_id.removeprefix("job_"),
+                            "traffic": spec.traffic.table or job.job_id, "window": None}
+    if spec.traffic.window:
+        end = parse_time(p["as_of"]) if spec.traffic.anchor == "now" else \
+            _latest_event(_files(job.loaded, spec.traffic.path), spec.traffic.time_col)
+        plan["window"] = {"start": iso(end - parse_window(spec.traffic.window)), "end": iso(end),
+                          "anchor": spec.traffic.anchor}
+    if baseline["version"] == candidate["version"]:
+        raise _Skip(f"baseline ({spec.baseline}) and candidate ({candidate['selector']}) are both version "
+                    f"{baseline['version']} of {spec.model}: nothing to compare")
+    return plan
+
+
+def _files(loaded: LoadedSpec, path: str) -> list[Path]:
+    from workbench.ingest.traffic import resolve_paths
+
+    return resolve_paths(loaded.resolve(path))
+
+
+def _time_bound(t: datetime, typ):
+    import pyarrow as pa
+
+    if not pa.types.is_timestamp(typ):
+        raise WorkbenchError(f"a window needs a timestamp event-time column; it is {typ}")
+    scalar = pa.scalar(t.astimezone(timezone.utc))
+    return scalar.cast(typ) if typ.tz else pa.scalar(t.astimezone(timezone.utc).replace(tzinfo=None)).cast(typ)
+
+
+def _parquet_only(files: list[Path]) -> None:
+    bad = [f.name for f in files if not f.name.lower().endswith((".parquet", ".pq"))]
+    if bad:
+        raise WorkbenchError(f"a window reads typed event times from Parquet files; not: {', '.join(bad[:5])}")
+
+
+def _latest_event(files: list[Path], time_col: str) -> datetime:
+    import pyarrow.compute as pc
+
+    from workbench.ingest.traffic import read_batches
+
+    _parquet_only(files)
+    latest = None
+    for batch in read_batches(files):
+        if time_col not in batch.schema.names:
+            raise WorkbenchError(f"traffic files lack the event-time column {time_col!r}")
+        m = pc.max(batch.column(time_col)).as_py()
+        if m is not None and (latest is None or m > latest):
+            latest = m
+    if latest is None:
+        raise _Skip(f"the traffic files hold no event times in {time_col!r}")
+    return latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
+
+
+def _write_filtered(batches, out: Path, keep: Callable) -> int:
+    """Write the rows of ``batches`` that ``keep(batch)`` selects to one Parquet file; return their number."""
+    import pyarrow.parquet as pq
+
+    writer, n = None, 0
+    try:
+        for batch in batches:
+            part = batch.filter(keep(batch))
+            if writer is None:
+                writer = pq.ParquetWriter(out, part.schema)
+            if part.num_rows:
+                writer.write_batch(part)
+                n += part.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return n
+
+
+def _stage_window(files: list[Path], time_col: str, window: dict, out: Path) -> int:
+    """Copy the rows with ``start < event time <= end`` to ``out`` (streamed)."""
+    import pyarrow.compute as pc
+
+    from workbench.ingest.traffic import read_batches
+
+    _parquet_only(files)
+    start, end = parse_time(window["start"]), parse_time(window["end"])
+
+    def keep(batch):
+        col = batch.column(time_col)
+        return pc.and_(pc.greater(col, _time_bound(start, col.type)), pc.less_equal(col, _time_bound(end, col.type)))
+
+    return _write_filtered(read_batches(files), out, keep)
+
+
+def _stage_labels(files: list[Path], id_col: str, ids, out: Path) -> int:
+    """Copy the labels whose request id is in ``ids`` to ``out`` (a job keeps only its own labels)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from workbench.ingest.traffic import read_batches
+
+    def keep(batch):
+        if id_col not in batch.schema.names:
+            raise WorkbenchError(f"labels file lacks column {id_col!r}")
+        return pc.fill_null(pc.is_in(pc.cast(batch.column(id_col), pa.string()), value_set=ids), False)
+
+    return _write_filtered(read_batches(files), out, keep)
+
+
+def _traffic_ids(files: list[Path], id_col: str):
+    import pyarrow as pa
+
+    from workbench.ingest.traffic import read_batches
+
+    chunks = [b.column(id_col).cast(pa.string()) for b in read_batches(files) if id_col in b.schema.names]
+    return pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
+
+
+def _stage_ingest(job: _Job) -> dict:
+    """Stage the window's traffic (and the labels of its requests) and ingest them as the job's traffic set."""
+    from workbench.ingest.traffic import ingest, ingest_labels
+
+    spec, plan, t = job.spec, job.plan, job.spec.traffic
+    out: dict[str, Any] = {"traffic": plan["traffic"]}
+    work = job.settings.home / "jobs" / job.job_id
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        traffic_files: list[Path] | None = None
+        if t.path:
+            traffic_files = _files(job.loaded, t.path)
+            if plan["window"]:
+                staged = work / "traffic.parquet"
+                n = _stage_window(traffic_files, t.time_col, plan["window"], staged)
+                if n == 0:
+                    raise _Skip(f"no traffic between {plan['window']['start']} and {plan['window']['end']} in "
+                                f"{t.path}")
+                traffic_files = [staged]
+        labels_file = None
+        if spec.labels:
+            label_files = _files(job.loaded, spec.labels.path)
+            if traffic_files is not None:
+                labels_file = work / "labels.parquet"
+                _stage_labels(label_files, spec.labels.id_col, _traffic_ids(traffic_files, t.id_col), labels_file)
+            else:
+                labels_file = job.loaded.resolve(spec.labels.path)
+        with job.store() as store:
+            if traffic_files is not None:
+                info = store.traffic_info(plan["traffic"])
+                if info is not None:   # ingested by an attempt that died before recording the stage
+                    out.update(rows=info["rows"], quarantined=info["quarantined"], reused=True)
+                else:
+                    source = traffic_files[0] if plan["window"] else job.loaded.resolve(t.path)
+                    res = ingest(store, source, plan["traffic"], id_col=t.id_col, time_col=t.time_col,
+                                 entity_col=t.entity_col, nullable=t.nullable)
+                    out.update(rows=res.rows, quarantined=res.quarantined, rows_read=res.rows_read,
+                               reasons=res.reasons)
+            else:
+                out["rows"] = store.require_traffic(plan["traffic"])["rows"]
+            if labels_file is not None:
+                lab = ingest_labels(store, labels_file, plan["traffic"], id_col=spec.labels.id_col,
+                                    label_col=spec.labels.label_col, time_col=spec.labels.time_col)
+                out["labels"] = lab.labels
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _stage_replay(job: _Job) -> dict:
+    from workbench.replay.models import load_predictor
+    from workbench.replay.pipeline import ReplayOptions, replay
+
+    plan, r = job.plan, job.spec.replay
+    options = ReplayOptions(batch_size=r.batch_size, mode=r.mode, model_timeout=r.model_timeout)
+    baseline = load_predictor(plan["baseline"]["uri"], r.device)
+    candidate = load_predictor(plan["candidate"]["uri"], r.device)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:   # called from the replay's writer threads
+        now = time.monotonic()
+        if now - last[0] >= 5 or done == total:
+            last[0] = now
+            log.info("replay progress", extra={"event": "replay_progress", "job_id": job.job_id,
+                                               "run_id": plan["run_id"], "rows_done": done, "rows_total": total})
+
+    with job.store() as store:
+        res = replay(store, plan["traffic"], baseline, candidate, run_id=plan["run_id"], options=options,
+                     progress=progress)
+    out = res.to_dict()
+    out["rows_per_s"] = round(res.rows / res.seconds, 1) if res.seconds > 0 else None
+    return out
+
+
+def _stage_evaluate(job: _Job) -> dict:
+    from workbench.evaluate.evaluation import evaluate_run
+
+    with job.store() as store:
+        ev = evaluate_run(store, job.plan["run_id"]).to_dict()
+    return {"labeled_rows": ev["labeled_rows"], "label_coverage": ev["label_coverage"]}
+
+
+def _stage_drift(job: _Job) -> dict:
+    from workbench.drift.report import drift_run
+
+    if not job.spec.drift.enabled:
+        raise _Skip("drift is disabled in the spec")
+    with job.store() as store:
+        d = drift_run(store, job.plan["run_id"], job.spec.drift.reference).to_dict()
+    return {"dataset_drift": d["dataset_drift"], "share_drifted": d["share_drifted"],
+            "concept_drift": d["concept_drift"]["detected"]}
+
+
+def _stage_decide(job: _Job) -> dict:
+    """Judge the run under the policy and sign the record; with ``verdict = "apply"`` also move the weight and
+    publish to MLflow. A record this run already has (an attempt that died after signing) is reused."""
+    from workbench.decide.canary import apply_decision, build_decision, load_signed
+    from workbench.decide.decisions import publish, signer, trusted
+    from workbench.decide.policy import load_policy
+
+    s, run_id = job.settings, job.plan["run_id"]
+    policy = load_policy(job.loaded.resolve(job.spec.policy) if job.spec.policy else None)
+    with job.store() as store:
+        mine = [d for d in store.list_decisions(job.spec.model) if d["run_id"] == run_id and d["kind"] == "decision"]
+        if mine:
+            signed = load_signed(store, mine[0]["decision_id"])
+            applied = mine[0]["applied_sequence"] is not None
+        else:
+            signed, _ = build_decision(store, run_id, policy, signer(s))
+            applied = False
+        r = signed.record
+        out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
+               "weight_before": r["weight_before"], "weight_after": r["weight_after"], "applied": applied}
+        if job.spec.verdict == "apply" and not applied:
+            apply_decision(store, signed, trusted(s))
+            out["applied"] = True
+            out.update(publish(s, store, signed))
+    return out
+
+
+STAGE_FUNCS: dict[str, Callable[[_Job], dict]] = {
+    "resolve": _stage_resolve, "ingest": _stage_ingest, "replay": _stage_replay, "evaluate": _stage_evaluate,
+    "drift": _stage_drift, "decide": _stage_decide}
+
+
+# -- the runner -------------------------------------------------------------------------------------
+def preflight(settings: Settings, loaded: LoadedSpec) -> None:
+    """Check what a job needs before it starts: the policy, the signing key, the traffic and labels files.
+    Raises :class:`JobRefused` naming the problem."""
+    from workbench.decide.canary import Signer
+    from workbench.decide.policy import load_policy
+
+    spec = loaded.spec
+    try:
+        load_policy(loaded.resolve(spec.policy) if spec.policy else None)
+        Signer.from_keys_dir(settings.keys_dir, settings.signer)
+        if spec.traffic.path:
+            _files(loaded, spec.traffic.path)
+        if spec.labels:
+            _files(loaded, spec.labels.path)
+    except JobRefused:
+        raise
+    except WorkbenchError as e:
+        raise JobRefused(f"cannot start job spec {spec.name}: {e}") from None
+
+
+def _choose(store: Store, spec: JobSpec, job_id: str | None, as_of: datetime | None, new: bool,
+            clock: Callable[[], datetime]) -> tuple[str, datetime, dict | None]:
+    """(job id, as-of time, existing row or None) of the job to run."""
+    if job_id is None and not new:
+        if spec.schedule:
+            as_of = last_fire(spec.schedule, as_of or clock())
+            job_id = slot_job_id(spec.name, as_of)
+        else:
+            pending = store.latest_job(spec.name, ("running", "interrupted", "failed"))
+            if pending is not None:
+                job_id = pending["job_id"]
+    if job_id is None:
+        as_of = as_of or clock()
+        job_id = _manual_job_id(spec.name, as_of)
+    check_name(job_id, "job id")
+    existing = store.get_job(job_id)
+    if existing is not None:
+        if existing.get("spec") not in (None, spec.name):
+            raise JobRefused(f"job {job_id} belongs to job spec {existing['spec']}, not {spec.name}")
+        if existing["params"].get("as_of"):
+            as_of = parse_time(existing["params"]["as_of"])
+    return job_id, as_of or clock(), existing
+
+
+def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None, as_of: datetime | None = None,
+            new: bool = False, triggered_by: str = "manual", candidate_version: str | None = None,
+            clock: Callable[[], datetime] = utc_now) -> JobResult:
+    """Run (or resume) one job of a spec; see the module docstring for which job that is.
+
+    Raises :class:`JobRefused` when it cannot start (the spec is running elsewhere, a precondition fails)
+    and :class:`JobFailed` when a stage raises (the job's row keeps the traceback; a rerun resumes it).
+    A job whose id finished or was skipped before is returned as it is, with ``already_complete``.
+    """
+    import mlflow
+
+    spec = loaded.spec
+    preflight(settings, loaded)
+    lock = SpecLock(settings.ensure().home, spec.name)
+    lock.acquire()
+    try:
+        with Store(settings.db_path, wait_s=STORE_WAIT_S) as store:
+            stale = store.mark_interrupted(spec.name)
+            job_id, as_of, existing = _choose(store, spec, job_id, as_of, new, clock)
+            if existing is not None and existing["status"] in DONE:
+                return job_result(store, job_id, already_complete=True)
+            params = dict(existing["params"]) if existing else {}
+            version = candidate_version or (params.get("version") if existing and existing["delivery_id"] else None)
+            params.update(spec=spec.name, spec_path=str(loaded.path), as_of=iso(as_of))
+            if version:
+                params["candidate_version"] = str(version)
+            store.job_begin(job_id=job_id, kind=JOB_KIND, spec=spec.name, triggered_by=triggered_by, params=params,
+                            pid=os.getpid(), host=platform.node())
+            done = {k: v for k, v in store.job_stages(job_id).items() if v["status"] in DONE}
+        lock.describe(job_id)
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        job = _Job(settings, loaded, job_id, params, {k: v["result"] for k, v in done.items()})
+        with log_context(job_id=job_id, spec=spec.name):
+            if stale:
+                log.warning("found interrupted job(s) of this spec", extra={"event": "job_interrupted",
+                                                                           "interrupted": stale})
+            log.info("job %s", "resumed" if existing and existing["status"] != "queued" else "started",
+                     extra={"event": "job_started", "triggered_by": triggered_by, "as_of": iso(as_of),
+                            "resumed_after": sorted(done)})
+            _run_stages(job, done)
+        with job.store() as store:
+            return job_result(store, job_id)
+    finally:
+        lock.release()
+
+
+def _run_stages(job: _Job, done: dict) -> None:
+    t_job = time.monotonic()
+    for stage in STAGES:
+        run_id = job.results.get("resolve", {}).get("run_id") if stage != "resolve" else None
+        with log_context(stage=stage, run_id=run_id):
+            if stage in done:
+                log.info("stage %s already %s: not redone", stage, done[stage]["status"],
+                         extra={"event": "stage_skipped"})
+                continue
+            with job.store() as store:
+                store.stage_begin(job.job_id, stage)
+            log.info("stage %s started", stage, extra={"event": "stage_started"})
+            t0 = time.monotonic()
+            try:
+                result = STAGE_FUNCS[stage](job)
+            except _Skip as e:
+                reason = str(e)
+                with job.store() as store:
+                    store.stage_end(job.job_id, stage, "skipped", time.monotonic() - t0, result={"reason": reason})
+                    store.job_end(job.job_id, "skipped", result={"reason": reason, **_summary(job)})
+                log.info("job skipped at stage %s: %s", stage, reason, extra={"event": "job_skipped"})
+                return
+            except BaseException as e:
+                seconds = time.monotonic() - t0
+                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                tb = traceback.format_exc()
+                with job.store() as store:
+                    store.stage_end(job.job_id, stage, status, seconds, error=tb)
+                    store.job_end(job.job_id, status, error=tb, result=_summary(job))
+                log.error("stage %s %s: %s", stage, status, e, extra={"event": f"stage_{status}",
+                                                                        "seconds": round(seconds, 3)})
+                if not isinstance(e, Exception):
+                    raise
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise JobFailed(f"job {job.job_id} failed at stage {stage}: {first} (a rerun resumes it; "
+                                "`workbench jobs list` shows the traceback)") from e
+            seconds = time.monotonic() - t0
+            job.results[stage] = result
+            with job.store() as store:
+                store.stage_end(job.job_id, stage, "finished", seconds, result=result)
+            log.info("stage %s finished", stage, extra={"event": "stage_finished", "seconds": round(seconds, 3),
+                                                         "result": result})
+    with job.store() as store:
+        store.job_end(job.job_id, "finished", result=_summary(job))
+    log.info("job finished", extra={"event": "job_finished", "seconds": round(time.monotonic() - t_job, 3),
+                                    **_summary(job)})
+
+
+def _summary(job: _Job) -> dict:
+    """The headline of a job: what it replayed and decided."""
+    r = job.results
+    plan, decide = r.get("resolve") or {}, r.get("decide") or {}
+    out = {k: plan.get(k) for k in ("run_id", "traffic", "window")}
+    out["baseline_version"] = (plan.get("baseline") or {}).get("version")
+    out["candidate_version"] = (plan.get("candidate") or {}).get("version")
+    out["rows"] = (r.get("replay") or {}).get("rows")
+    out.update({k: decide.get(k) for k in ("verdict", "weight_before", "weight_after", "decision_id", "applied")})
+    return out

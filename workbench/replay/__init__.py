@@ -1,0 +1,1 @@
+"""Shadow replay: model loading, devices, the five-stage pipeline, error isolation, executors."""

@@ -1,0 +1,221 @@
+"""Model references and loading through MLflow flavors, behind one small :class:`Predictor` protocol.
+
+A model URI is anything ``mlflow.pyfunc.load_model`` accepts (``models:/name@alias``, ``models:/name/3``,
+``runs:/<id>/model``, a local model folder). The score of a binary classifier is the probability of the
+positive class (``predict_proba[:, 1]`` for sklearn, a torch module's output, a pyfunc's numeric output).
+The decision threshold comes from the model's metadata (``threshold``), else 0.5.
+
+MLflow and torch are imported lazily: only where a model is actually loaded.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from workbench import WorkbenchError
+
+log = logging.getLogger(__name__)
+DEFAULT_THRESHOLD = 0.5
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a run records about one model: where it came from and how it scores."""
+    uri: str
+    name: str | None
+    version: str | None
+    run_id: str | None
+    flavor: str
+    features: tuple[str, ...]
+    threshold: float
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        return d
+
+
+class Predictor(Protocol):
+    """Scores a batch of traffic: one positive-class score per row, in row order."""
+    ref: ModelRef
+    device: str
+
+    def predict(self, batch: pa.Table) -> np.ndarray: ...
+
+
+def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version) of a ``models:/`` URI, or None for other URIs."""
+    m = _REGISTRY_URI.match(uri)
+    return (m["name"], m["alias"], m["version"]) if m else None
+
+
+def choose_device(requested: str = "auto") -> str:
+    """Pick the torch device once: ``auto`` means CUDA when present, else CPU (logged)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise WorkbenchError(f"unknown device {requested!r}: use auto, cpu or cuda")
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise WorkbenchError("--device cuda was asked for but no CUDA device is available")
+    log.info("no CUDA device available: torch models run on the CPU")
+    return "cpu"
+
+
+def _features(signature) -> tuple[str, ...]:
+    if signature is None or signature.inputs is None:
+        raise WorkbenchError("the model has no input signature: log it with a signature so the workbench "
+                             "knows its feature columns")
+    names = signature.inputs.input_names()
+    if not names or any(not isinstance(n, str) for n in names):
+        raise WorkbenchError("the model's input signature has unnamed inputs; log it with named columns")
+    return tuple(names)
+
+
+def describe(uri: str) -> ModelRef:
+    """Resolve ``uri`` to a :class:`ModelRef` without loading the model's weights."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as e:
+        raise WorkbenchError(f"cannot resolve model {uri}: {str(e).splitlines()[0]}") from None
+    name = version = None
+    parsed = parse_registry_uri(uri)
+    if parsed:
+        name, alias, version = parsed
+        if alias:
+            mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+            version = str(mv.version)
+    flavors = info.flavors
+    flavor = "pytorch" if "pytorch" in flavors else "sklearn" if "sklearn" in flavors else "pyfunc"
+    threshold = float((info.metadata or {}).get("threshold", DEFAULT_THRESHOLD))
+    return ModelRef(uri=uri, name=name, version=version, run_id=info.run_id, flavor=flavor,
+                    features=_features(info.signature), threshold=threshold)
+
+
+def load_predictor(uri: str, device: str = "auto") -> Predictor:
+    """Load a model through its most specific flavor; torch models go to ``device``."""
+    ref = describe(uri)
+    import mlflow
+
+    try:
+        if ref.flavor == "pytorch":
+            return TorchPredictor(ref, mlflow.pytorch.load_model(uri, map_location="cpu"), choose_device(device))
+        if ref.flavor == "sklearn":
+            return SklearnPredictor(ref, mlflow.sklearn.load_model(uri))
+        return PyfuncPredictor(ref, mlflow.pyfunc.load_model(uri))
+    except WorkbenchError:
+        raise
+    except Exception as e:  # a model that cannot load is a user-facing error, whatever the flavor raised
+        raise WorkbenchError(f"cannot load model {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def _positive_scores(out) -> np.ndarray:
+    arr = np.asarray(out)
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        arr = arr[:, 1]
+    elif arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"model output has shape {arr.shape}; expected one score per row")
+    return arr.astype(np.float64, copy=False)
+
+
+def feature_matrix(batch: pa.Table, features: tuple[str, ...]) -> np.ndarray:
+    """Row-major float32 matrix of ``features`` (nulls become NaN), built column by column."""
+    out = np.empty((batch.num_rows, len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        col = batch.column(name)
+        out[:, j] = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False) if col.null_count == 0 \
+            else np.asarray(col.to_pandas(), dtype=np.float32)
+    return out
+
+
+class SklearnPredictor:
+    """An sklearn estimator or pipeline; scores with ``predict_proba[:, 1]`` when it has one."""
+
+    def __init__(self, ref: ModelRef, model):
+        self.ref, self.model, self.device = ref, model, "cpu"
+
+    def predict(self, batch: pa.Table) -> np.ndarray:
+        X = batch.select(list(self.ref.features)).to_pandas()
+        if hasattr(self.model, "predict_proba"):
+            return _positive_scores(self.model.predict_proba(X))
+        return _positive_scores(self.model.predict(X))
+
+
+class PyfuncPredictor:
+    """Any other MLflow model: its pyfunc's numeric output is the score."""
+
+    def __init__(self, ref: ModelRef, model):
+        self.ref, self.model, self.device = ref, model, "cpu"
+
+    def predict(self, batch: pa.Table) -> np.ndarray:
+        return _positive_scores(self.model.predict(batch.select(list(self.ref.features)).to_pandas()))
+
+
+class TorchPredictor:
+    """A torch module taking a float32 matrix of the signature's columns and returning one score per row."""
+
+    def __init__(self, ref: ModelRef, module, device: str):
+        import torch
+
+        self.ref, self.device = ref, device
+        self.module = module.to(device).eval()
+        self._torch = torch
+        self._warm_up()
+
+    def _warm_up(self, rows: int = 1024, calls: int = 2) -> None:
+        """Run the module on zeros before any request: CUDA kernels load and TorchScript optimizes on the first
+        calls, which would otherwise show up as the first requests' latency. A module that fails here fails
+        again, per row, when it scores."""
+        torch = self._torch
+        try:
+            with torch.inference_mode():
+                x = torch.zeros((rows, len(self.ref.features)), dtype=torch.float32, device=self.device)
+                for _ in range(calls):
+                    self.module(x)
+                if self.device != "cpu":
+                    torch.cuda.synchronize()
+        except Exception as e:  # the model's problem is reported where it scores
+            log.debug("warm-up of %s failed: %s", self.ref.uri, e)
+
+    def predict(self, batch: pa.Table) -> np.ndarray:
+        return self.predict_matrix(feature_matrix(batch, self.ref.features))
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(X)
+            if self.device != "cpu":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            out = self.module(x)
+            if self.device != "cpu":
+                torch.cuda.synchronize()
+            return _positive_scores(out.float().cpu().numpy())
+
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+
+def download_reference(run_id: str) -> str:
+    """Local path of the drift reference logged with a model (the run artifact ``reference/reference.parquet``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+    except (MlflowException, OSError) as e:
+        raise WorkbenchError(f"no training reference for MLflow run {run_id}: log the reference sample as the "
+                             f"artifact {REFERENCE_ARTIFACT} ({str(e).splitlines()[0]})") from None
