@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+from workbench.roles import ROLES
 
 COLORS = {"baseline": "#636EFA", "candidate": "#EF553B"}
-ROLES = ("baseline", "candidate")
 
 
 def _layout(fig: go.Figure, height: int = 340, **kw) -> go.Figure:

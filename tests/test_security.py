@@ -31,8 +31,9 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
-from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_decision, status, sync, utc_now,
-                              verify_chain)
+from workbench.clock import utc_now
+from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_decision, status, sync,
+                                     verify_chain)
 from workbench.cli import build_parser
 from workbench.config import Settings, load_settings
 from workbench.drift.report import drift_run

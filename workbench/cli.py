@@ -593,7 +593,8 @@ def _job_text(d: dict) -> str:
 
 
 def cmd_jobs_run(args) -> None:
-    from workbench.ops.jobs import load_spec, parse_time, run_job
+    from workbench.clock import parse_time
+    from workbench.ops.jobs import load_spec, run_job
 
     _job_logs(args)
     res = run_job(settings_for(args), load_spec(args.spec), job_id=args.job_id, new=args.new,
@@ -645,7 +646,8 @@ def cmd_jobs_list(args) -> None:
 
 
 def cmd_jobs_validate(args) -> None:
-    from workbench.ops.jobs import iso, load_specs, next_fire, utc_now
+    from workbench.clock import iso, utc_now
+    from workbench.ops.jobs import load_specs, next_fire
 
     now = utc_now()
     specs = [{"name": s.name, "path": str(s.path), "model": s.spec.model, "schedule": s.spec.schedule,

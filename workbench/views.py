@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from workbench.evaluate.metrics import METRICS
+from workbench.roles import ROLES
 
-ROLES = ("baseline", "candidate")
 P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})   # drift when the p-value falls below the threshold
 
 

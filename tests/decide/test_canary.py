@@ -83,7 +83,7 @@ def test_the_record_binds_the_evidence(ctx):
     assert r["policy_hash"] == load_policy().hash and len(r["evaluation_hash"]) == 64 and r["drift_hash"] is None
     assert r["scorecard"]["verdict"] == r["verdict"] == PROMOTE and r["signer"] == "tester"
     assert r["key_fingerprint"] == signer.fingerprint
-    assert r["created_at"] == "2026-11-02T09:00:00.000Z" and r["expires_at"] == "2026-11-03T09:00:00.000Z"
+    assert r["created_at"] == "2026-11-02T09:00:00Z" and r["expires_at"] == "2026-11-03T09:00:00Z"
 
 
 def test_another_pair_cannot_start_while_a_canary_ramps(ctx):

@@ -6,7 +6,8 @@ import pytest
 
 from workbench import WorkbenchError
 from workbench.drift import sketch as sketch_mod
-from workbench.drift.report import STAT_TESTS, compare_columns, compare_frames, stat_test, sturges_edges
+from workbench.drift.report import compare_columns, compare_frames
+from workbench.drift.stattests import STAT_TESTS, stat_test, sturges_edges
 from workbench.drift.sketch import ColumnSource, RowSet
 from workbench.store import Store
 

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import REPO, run_cli, write_spec
 from workbench import WorkbenchError
 from workbench.config import load_settings
+from workbench.clock import parse_duration
 from workbench.ops.jobs import (STAGES, JobFailed, JobRefused, SpecLock, last_fire, load_spec, load_specs, parse_spec,
-                            parse_window, run_job, slot_job_id)
+                                run_job, slot_job_id)
 from workbench.store import Store
 
 UTC = timezone.utc
@@ -29,7 +30,7 @@ def test_shipped_spec_is_valid():
     assert (spec.name, spec.model, spec.baseline, spec.candidate) == ("flight-delay", "flight-delay", "champion",
                                                                       "challenger")
     assert spec.schedule == "0 * * * *" and spec.verdict == "record"
-    assert parse_window(spec.traffic.window) == timedelta(days=7)
+    assert parse_duration(spec.traffic.window) == timedelta(days=7)
     assert loaded.resolve(spec.traffic.path) == str(REPO / "data" / "traffic.parquet")
 
 
@@ -71,8 +72,8 @@ def test_missing_required_key_and_version_selector():
     ("24h", timedelta(hours=24)), ("last 24 h", timedelta(hours=24)), ("90 minutes", timedelta(minutes=90)),
     ("7d", timedelta(days=7)), ("2w", timedelta(weeks=2)), ("Last 1 hour", timedelta(hours=1))],
     ids=["24h", "last-24-h", "90-minutes", "7d", "2w", "last-1-hour"])
-def test_parse_window(text, expected):
-    assert parse_window(text) == expected
+def test_parse_duration(text, expected):
+    assert parse_duration(text) == expected
 
 
 def test_cron_slots():

@@ -11,7 +11,8 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from conftest import write_spec
 from workbench import WorkbenchError
 from workbench.config import Settings, load_settings
-from workbench.ops.jobs import JOB_KIND, JobRefused, JobResult, iso, load_spec
+from workbench.clock import iso
+from workbench.ops.jobs import JOB_KIND, JobRefused, JobResult, load_spec
 from workbench.ops.scheduler import Scheduler
 from workbench.live.service import create_app
 from workbench.store import Store

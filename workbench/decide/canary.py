@@ -17,11 +17,12 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
 from workbench import WorkbenchError
+from workbench.clock import db_time, iso, parse_time, utc_now
 from workbench.decide.policy import HOLD, ROLLBACK, VERDICTS, Policy, Scorecard, score
 from workbench.decide.signing import (SignatureError, canonical_bytes, clean, content_hash, key_fingerprint, load_private_key,
                       record_hash, sign, verify_signature)
@@ -37,22 +38,12 @@ REQUIRED_FIELDS = ("schema", "kind", "decision_id", "sequence", "previous_hash",
                    "key_fingerprint", "created_at", "expires_at")
 
 
-# -- time and ramp ----------------------------------------------------------------------------------
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(t: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and a ``Z``."""
-    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
+def _record_time(text: str) -> datetime:
+    """A record's timestamp; a malformed one makes the record invalid."""
     try:
-        t = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
+        return parse_time(text)
+    except WorkbenchError:
         raise SignatureError(f"bad timestamp {text!r} in the record") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def next_weight(verdict: str, weight_before: int, ramp: tuple[int, ...] | list[int], killed: bool = False) -> int:
@@ -270,7 +261,7 @@ def save_record(store: Store, signed: SignedDecision, cur=None) -> None:
                         run_id=r["run_id"], verdict=r["verdict"], weight_before=int(r["weight_before"]),
                         weight_after=int(r["weight_after"]), record_text=canonical_bytes(r).decode("utf-8"),
                         record_hash=record_hash(r), signature=signed.signature,
-                        created_at=parse_iso(r["created_at"]).replace(tzinfo=None))
+                        created_at=db_time(_record_time(r["created_at"])))
 
 
 # -- verification and applying ----------------------------------------------------------------------
@@ -389,7 +380,7 @@ def apply_decision(store: Store, signed: SignedDecision, trusted: dict, *, now: 
     stored = _check_stored_copy(store, signed)
     if stored is not None and stored["applied_sequence"] is not None:
         raise SignatureError(f"decision {did} is already applied (sequence {stored['applied_sequence']} of {model})")
-    created, expires = parse_iso(record["created_at"]), parse_iso(record["expires_at"])
+    created, expires = _record_time(record["created_at"]), _record_time(record["expires_at"])
     if now > expires:
         raise SignatureError(f"decision {did} is stale: made {record['created_at']}, expired {record['expires_at']} "
                              "(the policy's max_age_hours); make a new decision")

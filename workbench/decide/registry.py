@@ -28,6 +28,7 @@ from workbench.paths import within
 from workbench.decide.policy import ROLLBACK, RegistryOptions
 from workbench.decide.signing import SignatureError, canonical_bytes, record_hash, verify_signature
 from workbench.store import Store
+from workbench.roles import ROLES
 
 log = logging.getLogger(__name__)
 WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created")
@@ -142,7 +143,7 @@ class Registry:
         for c in card.get("checks") or []:
             if c["kind"] not in ("metric", "latency", "errors"):
                 continue
-            for role in ("baseline", "candidate"):
+            for role in ROLES:
                 if c.get(role) is not None:
                     metrics[_metric_key(f"{c['metric']}_{role}")] = c[role]
             for part, v in (c.get("delta") or {}).items():

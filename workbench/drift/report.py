@@ -1,10 +1,8 @@
 """Drift of a replay run against a reference: data drift per feature, prediction drift, concept and
 calibration drift, performance estimated while labels are delayed, and data quality.
 
-Stat tests are plain functions over a column pair (:class:`workbench.drift.sketch.SqlPair`), each registered
-once with a small frozen descriptor (:class:`StatTest`: name, function, default threshold, column kinds)
-in :data:`STAT_TESTS`. Names, defaults and results follow Evidently 0.7's legacy stat tests, and the
-default choice follows its ``DataDriftPreset``: with at most 1000 reference values, KS for numeric
+Stat tests live in :mod:`workbench.drift.stattests`; the default choice follows Evidently 0.7's
+``DataDriftPreset``: with at most 1000 reference values, KS for numeric
 columns with more than 5 distinct values, chi-squared otherwise, the z-test for two values; with more,
 the normed Wasserstein distance for numeric columns (Jensen-Shannon when they have at most 5 values)
 and Jensen-Shannon for categorical ones; dataset drift when the drifted share is at least 0.5. Column
@@ -20,191 +18,26 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
-from scipy import stats
-from scipy.spatial import distance
 
 from workbench import WorkbenchError
+from workbench.clock import db_time, iso, parse_time, parse_window, utc_now
 from workbench.drift.concept import PageHinkley, calibration_drift, cbpe, fit_calibrator, page_hinkley
 from workbench.evaluate.metrics import binary_metrics
 from workbench.drift.quality import column_quality
+from workbench.drift.stattests import default_test, stat_test
 from workbench.drift.sketch import ColumnSketch, ColumnSource, RowSet, SqlPair, domain_of, ensure_sketches, is_integer
 from workbench.store import Store, check_name
+from workbench.roles import ROLES
 
 log = logging.getLogger(__name__)
-ROLES = ("baseline", "candidate")
 DEFAULT_REFERENCE_SHARE = 0.2
-SMALL_REFERENCE = 1000          # Evidently: p-value tests up to this many reference values
-KS_EXACT_MAX_N = 10_000         # scipy's ks_2samp 'auto': exact distribution up to this sample size
 SCORE = "score"                 # the key of prediction-drift overrides in ``tests`` / ``thresholds``
-
-
-# -- stat tests ------------------------------------------------------------------------------------
-def sturges_edges(lo: float, hi: float, size: int, integer: bool) -> np.ndarray:
-    """``np.histogram_bin_edges(values, bins="sturges")`` from the values' min, max and count."""
-    first, last = lo, hi
-    if first == last:
-        first, last = first - 0.5, last + 0.5
-    width = (hi - lo) / (np.log2(size) + 1.0)
-    if width:
-        if integer and width < 1:
-            width = 1
-        n = int(np.ceil((last - first) / width))
-    else:
-        n = 1
-    return np.linspace(first, last, n + 1, endpoint=True, dtype=np.float64)
-
-
-def binned_shares(pair: SqlPair, fill_zeroes: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each sample's share per bin as Evidently's ``get_binned_data``: Sturges bins over both samples for
-    numeric columns with more than 20 distinct reference values, else one bin per value; with
-    ``fill_zeroes`` an empty bin gets a tiny share instead of 0."""
-    if pair.kind == "numerical" and pair.ref_nunique() > 20:
-        lo, hi = pair.value_range()
-        ref, cur = pair.histogram(sturges_edges(lo, hi, pair.ref_n + pair.cur_n, pair.integer))
-    else:
-        _, ref, cur = pair.counts()
-    rp, cp = ref / pair.ref_n, cur / pair.cur_n
-    if fill_zeroes:
-        for p in (rp, cp):
-            low = p[p != 0].min()
-            p[p == 0] = low / 10 ** 6 if low <= 0.0001 else 0.0001
-    return rp, cp
-
-
-def ks(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Two-sample Kolmogorov-Smirnov p-value (scipy's ``ks_2samp``, method 'auto'); drift when p <= threshold."""
-    n1, n2 = pair.ref_n, pair.cur_n
-    if max(n1, n2) <= KS_EXACT_MAX_N:
-        p = float(stats.ks_2samp(*pair.samples()).pvalue)
-    else:
-        d = pair.ecdf()[0]
-        m, n = sorted([float(n1), float(n2)], reverse=True)
-        p = float(np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0, 1))
-    return p, p <= threshold
-
-
-def chisquare(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Chi-squared goodness of fit of current counts to reference shares; drift when p < threshold (a value
-    the reference never had gives p = 0, as in Evidently and scipy)."""
-    _, ref, cur = pair.counts()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = float(stats.chisquare(cur, ref * (pair.cur_n / pair.ref_n))[1])
-    return p, p < threshold
-
-
-def z_test(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Two-proportion z-test on the share of the values other than the first (sorted); drift when p < threshold."""
-    keys, ref, cur = pair.counts()
-    if len(keys) == 1:
-        return 1.0, False
-    n1, n2 = pair.ref_n, pair.cur_n
-    p1, p2 = float(n1 - ref[0]) / n1, float(n2 - cur[0]) / n2
-    pooled = float(p1 * n1 + p2 * n2) / (n1 + n2)
-    z = (p1 - p2) / np.sqrt(pooled * (1 - pooled) * (1.0 / n1 + 1.0 / n2))
-    p = float(2 * (1 - stats.norm.cdf(np.abs(z))))
-    return p, p < threshold
-
-
-def wasserstein(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """First Wasserstein distance divided by the reference's standard deviation (at least 0.001)."""
-    w = pair.ecdf()[1] / max(pair.ref_std, 0.001)
-    return w, w >= threshold
-
-
-def jensenshannon(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Jensen-Shannon distance (natural log) between binned shares."""
-    rp, cp = binned_shares(pair, fill_zeroes=False)
-    d = float(distance.jensenshannon(rp, cp))
-    return d, d >= threshold
-
-
-def psi(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Population stability index over binned shares."""
-    rp, cp = binned_shares(pair, fill_zeroes=True)
-    v = float(np.sum((rp - cp) * np.log(rp / cp)))
-    return v, v >= threshold
-
-
-def kl_div(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Kullback-Leibler divergence of reference from current binned shares."""
-    rp, cp = binned_shares(pair, fill_zeroes=True)
-    v = float(stats.entropy(rp, cp))
-    return v, v >= threshold
-
-
-def hellinger(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Hellinger distance: over value shares (categorical) or Sturges density histograms (numeric)."""
-    if pair.kind == "categorical":
-        _, ref, cur = pair.counts()
-        bc = float(np.sum(np.sqrt((ref / pair.ref_n) * (cur / pair.cur_n))))
-    else:
-        lo, hi = pair.value_range()
-        edges = sturges_edges(lo, hi, pair.union_nunique_exact(), pair.integer)
-        ref, cur = pair.histogram(edges)
-        widths = np.diff(edges)
-        h1, h2 = ref / widths / ref.sum(), cur / widths / cur.sum()
-        bc = float(np.sum(np.sqrt(h1 * h2)) * ((edges.max() - edges.min()) / (len(edges) - 1)))
-    h = float(np.sqrt(1 - np.clip(bc, 0, 1)))
-    return h, h >= threshold
-
-
-def energy(pair: SqlPair, threshold: float) -> tuple[float, bool]:
-    """Energy distance (scipy's ``energy_distance``); drift when above the threshold."""
-    v = float(np.sqrt(2.0) * np.sqrt(pair.ecdf()[2]))
-    return v, v > threshold
-
-
-@dataclass(frozen=True)
-class StatTest:
-    """A registered drift test: its function, default threshold and the column kinds it applies to."""
-    name: str
-    func: Callable[[SqlPair, float], tuple[float, bool]]
-    default_threshold: float
-    kinds: frozenset
-    display: str
-
-
-_BOTH = frozenset({"numerical", "categorical"})
-STAT_TESTS: dict[str, StatTest] = {t.name: t for t in [
-    StatTest("ks", ks, 0.05, frozenset({"numerical"}), "K-S p_value"),
-    StatTest("chisquare", chisquare, 0.05, frozenset({"categorical"}), "chi-square p_value"),
-    StatTest("z", z_test, 0.05, frozenset({"categorical"}), "Z-test p_value"),
-    StatTest("wasserstein", wasserstein, 0.1, frozenset({"numerical"}), "Wasserstein distance (normed)"),
-    StatTest("jensenshannon", jensenshannon, 0.1, _BOTH, "Jensen-Shannon distance"),
-    StatTest("psi", psi, 0.1, _BOTH, "PSI"),
-    StatTest("kl_div", kl_div, 0.1, _BOTH, "Kullback-Leibler divergence"),
-    StatTest("hellinger", hellinger, 0.1, _BOTH, "Hellinger distance"),
-    StatTest("ed", energy, 0.1, frozenset({"numerical"}), "Energy-distance"),
-]}
-
-
-def stat_test(name: str) -> StatTest:
-    """The registered test called ``name``; an unknown name is an error listing the valid ones."""
-    try:
-        return STAT_TESTS[name]
-    except KeyError:
-        raise WorkbenchError(f"unknown drift test {name!r}; valid tests: {', '.join(sorted(STAT_TESTS))}") from None
-
-
-def default_test(pair: SqlPair) -> str:
-    """The test Evidently's DataDriftPreset picks for this column by default (like Evidently, the default may
-    apply chi-squared or the z-test to a numeric column with few values, which an explicit choice may not)."""
-    if pair.ref_n <= SMALL_REFERENCE:
-        if pair.kind == "numerical":
-            n = pair.union_nunique(5)
-            if n > 5:
-                return "ks"
-            return "chisquare" if n > 2 else "z"
-        return "chisquare" if pair.union_nunique(2) > 2 else "z"
-    if pair.kind == "numerical":
-        return "jensenshannon" if pair.union_nunique(5) <= 5 else "wasserstein"
-    return "jensenshannon"
 
 
 # -- data drift over columns -----------------------------------------------------------------------
@@ -346,38 +179,8 @@ class DriftReport:
                 "quality": self.quality, "params": self.params, "html": self.html}
 
 
-def iso(t) -> str | None:
-    """ISO-8601 UTC text of a naive UTC time (None stays None)."""
-    if t is None:
-        return None
-    if hasattr(t, "to_pydatetime"):
-        t = t.to_pydatetime()
-    if isinstance(t, np.datetime64):
-        t = t.astype("datetime64[us]").astype(datetime)
-    return t.replace(tzinfo=None).isoformat() + "Z"
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO-8601 date or time as a naive UTC datetime (a time with an offset is converted to UTC)."""
-    try:
-        t = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise WorkbenchError(f"invalid time {text!r}: use ISO-8601, e.g. 2013-07-01 or 2013-07-01T12:00:00Z") from None
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
-
-
-def parse_window(spec: str) -> tuple[datetime | None, datetime | None]:
-    """``START..END`` (ISO dates or times, either side may be empty) as naive UTC datetimes."""
-    if ".." not in spec:
-        raise WorkbenchError(f"invalid time window {spec!r}: use START..END, e.g. 2013-07-01..2013-08-01")
-    start, end = (parse_time(p) if p.strip() else None for p in spec.split("..", 1))
-    if start and end and start >= end:
-        raise WorkbenchError(f"empty time window {spec!r}: the start must come before the end")
-    return start, end
-
-
 def _window_range(start, end) -> tuple:
-    return ((start, -1) if start else None, (end, -1) if end else None)
+    return ((db_time(start), -1) if start else None, (db_time(end), -1) if end else None)
 
 
 def _digest(*parts: str) -> str:
@@ -596,7 +399,7 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     ``html``: also write Evidently's HTML report of the same data there.
     """
     run = store.require_run(run_id)
-    as_of = parse_time(as_of) if isinstance(as_of, str) else as_of
+    as_of = None if as_of is None else db_time(parse_time(as_of) if isinstance(as_of, str) else as_of)
     tests, thresholds = dict(tests or {}), dict(thresholds or {})
     features = sorted(set(run["baseline"].get("features", [])) | set(run["candidate"].get("features", [])))
     res = _resolve(store, run, reference, current, features)
@@ -645,7 +448,7 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     params = {"reference": reference, "current": current, "tests": tests, "thresholds": thresholds,
               "drift_share": drift_share, "as_of": iso(as_of), "calibration_alpha": calibration_alpha,
               "detector": concept["params"]}
-    report = DriftReport(run_id, iso(datetime.now(timezone.utc).replace(tzinfo=None)), ref_desc, cur_desc, data,
+    report = DriftReport(run_id, iso(utc_now()), ref_desc, cur_desc, data,
                          prediction, concept, calibration, estimated, quality, params,
                          sources=(res.reference, res.current))
     if html is not None:

@@ -32,8 +32,8 @@ from workbench import WorkbenchError
 from workbench.evaluate import stats
 from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, confusion, grouping
 from workbench.store import Store
+from workbench.roles import ROLES
 
-ROLES = ("baseline", "candidate")
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 WINDOWS = ("hour", "day", "week")
 DEFAULT_THRESHOLD = 0.5

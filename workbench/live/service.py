@@ -41,10 +41,10 @@ from workbench.ops.observability import metrics_router
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import SignatureError, trusted_keys
 from workbench.store import Store
+from workbench.ops.jobs import JOB_KIND
 
 log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE_S = 300
-JOB_KIND = "replay_evaluate_decide"
 HANDLED_EVENTS = ("model_version.created", "model_version_alias.created")
 WORKBENCH_ALIASES = ("champion", "previous")  # set by the workbench itself: never a new candidate
 

@@ -15,7 +15,6 @@ from scipy.stats import norm
 
 from workbench.decide.policy import FAIL, PASS, Check, Interval, LiveOptions
 
-ARMS = ("baseline", "candidate")
 
 
 def wilson(errors: int, n: int, confidence: float) -> tuple[float, float]:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from workbench.roles import ROLES as ARMS  # the live arms are the two model roles
 
 log = logging.getLogger(__name__)
-ARMS = ("baseline", "candidate")
 RESERVED = ("request_id", "event_time", "entity_key")
 PREFIX = "live_"
 PARTIAL = ".partial"

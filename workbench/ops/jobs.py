@@ -27,7 +27,7 @@ import tomllib
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench import WorkbenchError
+from workbench.clock import db_time, iso, parse_duration, parse_time, to_utc, utc_now
 from workbench.config import Settings
 from workbench.ops.observability import log_context
 from workbench.decide.policy import _format_errors
@@ -47,8 +48,6 @@ DONE = ("finished", "skipped")
 SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
 SPEC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 SELECTOR_RE = re.compile(r"^(?:\d+|[A-Za-z][A-Za-z0-9_-]{0,63})$")
-WINDOW_RE = re.compile(r"^\s*(?:last\s+)?(\d+)\s*(m|mins?|minutes?|h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
-WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 STORE_WAIT_S = 60.0   # a job waits this long for another process's DuckDB write lock
 
 
@@ -62,15 +61,6 @@ class JobFailed(WorkbenchError):
 
 class _Skip(Exception):
     """A stage found nothing to do (no traffic in the window, baseline and candidate are one version)."""
-
-
-# -- the spec ---------------------------------------------------------------------------------------
-def parse_window(text: str) -> timedelta:
-    """``"24h"``, ``"last 24 h"``, ``"90 minutes"``, ``"7d"``, ``"2w"`` as a timedelta."""
-    m = WINDOW_RE.match(str(text))
-    if not m or int(m[1]) <= 0:
-        raise ValueError(f"window {text!r}: use a positive count and a unit, e.g. '24h', 'last 24 h', '7d', '90m'")
-    return timedelta(**{WINDOW_UNITS[m[2][0].lower()]: int(m[1])})
 
 
 class _Strict(BaseModel):
@@ -91,7 +81,7 @@ class TrafficSpec(_Strict):
     @classmethod
     def _window(cls, v: str | None) -> str | None:
         if v is not None:
-            parse_window(v)
+            parse_duration(v)
         return v
 
     @field_validator("table")
@@ -239,27 +229,6 @@ def load_specs(paths: list[str | Path]) -> list[LoadedSpec]:
             raise WorkbenchError(f"job specs {seen[s.name]} and {s.path} have the same name {s.name!r}")
         seen[s.name] = s.path
     return specs
-
-
-# -- time -------------------------------------------------------------------------------------------
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(t: datetime | None) -> str | None:
-    if t is None:
-        return None
-    t = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO-8601 time (naive means UTC) as an aware UTC datetime."""
-    try:
-        t = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise WorkbenchError(f"invalid time {text!r}: use ISO-8601, e.g. 2026-11-26T09:00:00Z") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def last_fire(schedule: str, now: datetime) -> datetime:
@@ -427,7 +396,7 @@ def _stage_resolve(job: _Job) -> dict:
     if spec.traffic.window:
         end = parse_time(p["as_of"]) if spec.traffic.anchor == "now" else \
             _latest_event(_files(job.loaded, spec.traffic.path), spec.traffic.time_col)
-        plan["window"] = {"start": iso(end - parse_window(spec.traffic.window)), "end": iso(end),
+        plan["window"] = {"start": iso(end - parse_duration(spec.traffic.window)), "end": iso(end),
                           "anchor": spec.traffic.anchor}
     if baseline["version"] == candidate["version"]:
         raise _Skip(f"baseline ({spec.baseline}) and candidate ({candidate['selector']}) are both version "
@@ -446,8 +415,7 @@ def _time_bound(t: datetime, typ):
 
     if not pa.types.is_timestamp(typ):
         raise WorkbenchError(f"a window needs a timestamp event-time column; it is {typ}")
-    scalar = pa.scalar(t.astimezone(timezone.utc))
-    return scalar.cast(typ) if typ.tz else pa.scalar(t.astimezone(timezone.utc).replace(tzinfo=None)).cast(typ)
+    return pa.scalar(to_utc(t)).cast(typ) if typ.tz else pa.scalar(db_time(t)).cast(typ)
 
 
 def _parquet_only(files: list[Path]) -> None:
@@ -471,7 +439,7 @@ def _latest_event(files: list[Path], time_col: str) -> datetime:
             latest = m
     if latest is None:
         raise _Skip(f"the traffic files hold no event times in {time_col!r}")
-    return latest if latest.tzinfo else latest.replace(tzinfo=timezone.utc)
+    return to_utc(latest)
 
 
 def _write_filtered(batches, out: Path, keep: Callable) -> int:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from workbench.clock import iso
 from workbench.store import check_name
 
 PROGRESS_DIR = "progress"
@@ -24,7 +25,7 @@ RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "inter
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return iso(datetime.fromtimestamp(t, timezone.utc))
 
 
 @dataclass(frozen=True)

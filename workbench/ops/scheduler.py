@@ -18,8 +18,8 @@ from typing import Callable
 
 from workbench import WorkbenchError
 from workbench.config import Settings
-from workbench.ops.jobs import (JOB_KIND, STORE_WAIT_S, JobRefused, LoadedSpec, iso, last_fire, next_fire, run_job, slot_job_id,
-                   utc_now)
+from workbench.clock import iso, utc_now
+from workbench.ops.jobs import JOB_KIND, STORE_WAIT_S, JobRefused, LoadedSpec, last_fire, next_fire, run_job, slot_job_id
 from workbench.ops.observability import log_context
 from workbench.store import Store
 

@@ -29,9 +29,9 @@ from workbench import WorkbenchError
 from workbench.replay.models import Predictor
 from workbench.replay.scoring import PairScorer, Scored, ScoringOptions
 from workbench.store import Store, check_name
+from workbench.roles import ROLES
 
 log = logging.getLogger(__name__)
-ROLES = ("baseline", "candidate")
 _END = object()
 
 
