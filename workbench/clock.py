@@ -1,7 +1,8 @@
 """Time: aware UTC datetimes everywhere, and one ISO-8601 text form for them.
 
 ``iso`` writes UTC with a ``Z`` and the precision the value has (whole seconds, else microseconds, the
-precision of DuckDB's TIMESTAMP), so an event time survives a round trip through text unchanged.
+precision of DuckDB's TIMESTAMP), so an event time survives a round trip through text unchanged. The text's
+length varies with the precision: order times by :func:`parse_time`, never as strings.
 DuckDB's TIMESTAMP columns hold naive UTC; :func:`db_time` converts at that boundary only.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from workbench.errors import WorkbenchError
 
 DURATION_RE = re.compile(r"^\s*(?:last\s+)?(\d+)\s*(m|mins?|minutes?|h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
 DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def utc_now() -> datetime:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from workbench.clock import EPOCH, parse_time
 from workbench.decide.canary import Signer, chain_report
 from workbench.config import Settings
 from workbench.decide.policy import Policy
@@ -128,7 +129,8 @@ def audit(store: Store, model: str, keys: dict, limit: int = 500) -> list[AuditE
         except SignatureError as e:
             problem = str(e)
         entries.append(_entry(store, d, did, model, None, problem))
-    return sorted(entries, key=lambda e: (e.created_at or "", e.sequence or 0), reverse=True)
+    return sorted(entries, key=lambda e: (parse_time(e.created_at) if e.created_at else EPOCH, e.sequence or 0),
+                  reverse=True)
 
 
 def _entry(store: Store, listed: dict | None, did: str, model: str, sequence: int | None,

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from workbench.clock import iso
+from workbench.clock import iso, parse_time
 from workbench.store import check_name
 
 PROGRESS_DIR = "progress"
@@ -143,4 +143,4 @@ def read_progress(home: Path) -> list[Progress]:
         if p.status == RUNNING and p.host == platform.node() and not _alive(p.pid):
             p = replace(p, status=INTERRUPTED, eta_s=None)
         out.append(p)
-    return sorted(out, key=lambda p: p.started_at, reverse=True)
+    return sorted(out, key=lambda p: parse_time(p.started_at), reverse=True)
