@@ -179,15 +179,15 @@ def stage_states(home: Path, job_id: str) -> dict:
 
 
 def test_a_failed_stage_is_recorded_and_a_rerun_resumes_after_the_finished_stages(job_home, tmp_path, monkeypatch):
-    from workbench.ops import jobs
+    from workbench.ops import flow, jobs
 
     settings = load_settings(job_home)
     loaded = load_spec(write_spec(tmp_path / "fd.yaml", job_home))
 
-    def broken(job):
+    def broken(ctx):
         raise RuntimeError("drift backend unavailable")
 
-    monkeypatch.setitem(jobs.STAGE_FUNCS, "drift", broken)
+    monkeypatch.setitem(flow.STAGE_FUNCS, "drift", broken)
     with pytest.raises(JobFailed, match="failed at stage drift: drift backend unavailable"):
         run_job(settings, loaded)
     with Store(settings.db_path) as store:

@@ -229,6 +229,16 @@ def _strict_int(q: str, src_type: str, target: str) -> str:
 
 
 # -- ingest ---------------------------------------------------------------------------------------
+def chain_fingerprint(previous: str, files_sha: str) -> str:
+    """A traffic set's fingerprint after ingesting files with ``file_sha256`` ``files_sha`` into it."""
+    return hashlib.sha256((previous + files_sha).encode()).hexdigest()
+
+
+def files_fingerprint(path: str | Path) -> str:
+    """The fingerprint of a traffic set ingested from exactly these files."""
+    return chain_fingerprint("", file_sha256(resolve_paths(path), check_text=True))
+
+
 def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_id",
            time_col: str = "event_time", entity_col: str | None = None, label_col: str | None = None,
            nullable: Iterable[str] = (), progress: Callable[[int], None] | None = None) -> IngestResult:
@@ -290,7 +300,7 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
             cur.execute("DROP TABLE _wb_stage")
         read += _quarantine_malformed(cur, name, ingest_id, "traffic", malformed, reasons)
         quarantined = read - ingested
-        fingerprint = hashlib.sha256(((info or {}).get("fingerprint", "") + sha).encode()).hexdigest()
+        fingerprint = chain_fingerprint((info or {}).get("fingerprint", ""), sha)
         store.upsert_traffic_set(cur, name, id_col=id_col, time_col=time_col, entity_col=entity_col,
                                  columns=features, fingerprint=fingerprint, added_rows=ingested,
                                  added_quarantined=quarantined)

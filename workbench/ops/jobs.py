@@ -26,10 +26,11 @@ import time
 import tomllib
 import traceback
 import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,13 +38,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_duration, parse_time, to_utc, utc_now
 from workbench.config import Settings
+from workbench.ops.flow import STAGES as FLOW_STAGES, Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
 from workbench.ops.observability import log_context
+from workbench.replay.pipeline import ReplayOptions
 from workbench.decide.policy import _format_errors
 from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
 JOB_KIND = "replay_evaluate_decide"
-STAGES = ("resolve", "ingest", "replay", "evaluate", "drift", "decide")
+STAGES = ("resolve", *FLOW_STAGES)
 DONE = ("finished", "skipped")
 SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
 SPEC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
@@ -57,10 +60,6 @@ class JobRefused(WorkbenchError):
 
 class JobFailed(WorkbenchError):
     """A stage of a job raised; the job's history row holds the traceback."""
-
-
-class _Skip(Exception):
-    """A stage found nothing to do (no traffic in the window, baseline and candidate are one version)."""
 
 
 class _Strict(BaseModel):
@@ -399,7 +398,7 @@ def _stage_resolve(job: _Job) -> dict:
         plan["window"] = {"start": iso(end - parse_duration(spec.traffic.window)), "end": iso(end),
                           "anchor": spec.traffic.anchor}
     if baseline["version"] == candidate["version"]:
-        raise _Skip(f"baseline ({spec.baseline}) and candidate ({candidate['selector']}) are both version "
+        raise StageSkipped(f"baseline ({spec.baseline}) and candidate ({candidate['selector']}) are both version "
                     f"{baseline['version']} of {spec.model}: nothing to compare")
     return plan
 
@@ -438,7 +437,7 @@ def _latest_event(files: list[Path], time_col: str) -> datetime:
         if m is not None and (latest is None or m > latest):
             latest = m
     if latest is None:
-        raise _Skip(f"the traffic files hold no event times in {time_col!r}")
+        raise StageSkipped(f"the traffic files hold no event times in {time_col!r}")
     return to_utc(latest)
 
 
@@ -501,129 +500,102 @@ def _traffic_ids(files: list[Path], id_col: str):
     return pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
 
 
-def _stage_ingest(job: _Job) -> dict:
-    """Stage the window's traffic (and the labels of its requests) and ingest them as the job's traffic set."""
-    from workbench.ingest.traffic import ingest, ingest_labels
+@dataclass(frozen=True)
+class _JobSource(TrafficSource):
+    """A job's traffic: the spec's files, cut to the job's event-time window when it has one, and the labels
+    of exactly those requests; staged under the job's folder for the ingest and removed after it."""
+    window: dict | None = None
+    label_files: tuple[Path, ...] = ()
+    work: Path | None = None
 
-    spec, plan, t = job.spec, job.plan, job.spec.traffic
-    out: dict[str, Any] = {"traffic": plan["traffic"]}
-    work = job.settings.home / "jobs" / job.job_id
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        traffic_files: list[Path] | None = None
-        if t.path:
-            traffic_files = _files(job.loaded, t.path)
-            if plan["window"]:
-                staged = work / "traffic.parquet"
-                n = _stage_window(traffic_files, t.time_col, plan["window"], staged)
-                if n == 0:
-                    raise _Skip(f"no traffic between {plan['window']['start']} and {plan['window']['end']} in "
-                                f"{t.path}")
-                traffic_files = [staged]
-        labels_file = None
-        if spec.labels:
-            label_files = _files(job.loaded, spec.labels.path)
-            if traffic_files is not None:
-                labels_file = work / "labels.parquet"
-                _stage_labels(label_files, spec.labels.id_col, _traffic_ids(traffic_files, t.id_col), labels_file)
-            else:
-                labels_file = job.loaded.resolve(spec.labels.path)
-        with job.store() as store:
-            if traffic_files is not None:
-                info = store.traffic_info(plan["traffic"])
-                if info is not None:   # ingested by an attempt that died before recording the stage
-                    out.update(rows=info["rows"], quarantined=info["quarantined"], reused=True)
-                else:
-                    source = traffic_files[0] if plan["window"] else job.loaded.resolve(t.path)
-                    res = ingest(store, source, plan["traffic"], id_col=t.id_col, time_col=t.time_col,
-                                 entity_col=t.entity_col, nullable=t.nullable)
-                    out.update(rows=res.rows, quarantined=res.quarantined, rows_read=res.rows_read,
-                               reasons=res.reasons)
-            else:
-                out["rows"] = store.require_traffic(plan["traffic"])["rows"]
-            if labels_file is not None:
-                lab = ingest_labels(store, labels_file, plan["traffic"], id_col=spec.labels.id_col,
-                                    label_col=spec.labels.label_col, time_col=spec.labels.time_col)
-                out["labels"] = lab.labels
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+    @contextmanager
+    def files(self) -> Iterator[tuple[Any, Any]]:
+        assert self.work is not None   # _source() always sets it
+        self.work.mkdir(parents=True, exist_ok=True)
+        try:
+            traffic = self.paths
+            if self.window and traffic is not None:
+                staged = self.work / "traffic.parquet"
+                if _stage_window(_files_of(traffic), self.time_col, self.window, staged) == 0:
+                    raise StageSkipped(f"no traffic between {self.window['start']} and {self.window['end']} in "
+                                       f"{traffic}")
+                traffic = staged
+            labels = self.labels
+            if labels is not None and traffic is not None:
+                labels = self.work / "labels.parquet"
+                _stage_labels(list(self.label_files), self.label_id_col,
+                              _traffic_ids(_files_of(traffic), self.id_col), labels)
+            yield traffic, labels
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
-def _stage_replay(job: _Job) -> dict:
-    from workbench.replay.models import load_predictor
-    from workbench.replay.pipeline import ReplayOptions, replay
+def _files_of(path: str | Path) -> list[Path]:
+    from workbench.ingest.traffic import resolve_paths
 
-    plan, r = job.plan, job.spec.replay
-    options = ReplayOptions(batch_size=r.batch_size, mode=r.mode, model_timeout=r.model_timeout)
-    baseline = load_predictor(plan["baseline"]["uri"], r.device)
-    candidate = load_predictor(plan["candidate"]["uri"], r.device)
-    last = [0.0]
+    return resolve_paths(path)
 
-    def progress(done: int, total: int) -> None:   # called from the replay's writer threads
+
+def _flow(job: _Job) -> Flow:
+    """The flow a job runs, from its spec and its pinned plan."""
+    spec, plan, t, r = job.spec, job.plan, job.spec.traffic, job.spec.replay
+    lab = spec.labels
+    source = _JobSource(
+        paths=job.loaded.resolve(t.path) if t.path else None, id_col=t.id_col, time_col=t.time_col,
+        entity_col=t.entity_col, nullable=t.nullable, if_exists="reuse",
+        labels=job.loaded.resolve(lab.path) if lab else None,
+        label_files=tuple(_files(job.loaded, lab.path)) if lab else (),
+        **({"label_id_col": lab.id_col, "label_col": lab.label_col, "label_time_col": lab.time_col} if lab else {}),
+        window=plan["window"], work=job.settings.home / "jobs" / job.job_id)
+    return Flow(traffic=plan["traffic"], baseline=plan["baseline"]["uri"], candidate=plan["candidate"]["uri"],
+                run_id=plan["run_id"], source=source, device=r.device,
+                replay=ReplayOptions(batch_size=r.batch_size, mode=r.mode, model_timeout=r.model_timeout),
+                drift=spec.drift.enabled, drift_reference=spec.drift.reference,
+                decide="apply" if spec.verdict == "apply" else "sign",
+                policy=job.loaded.resolve(spec.policy) if spec.policy else None)
+
+
+class _JobEvents(FlowEvents):
+    """Persist each flow stage of a job in ``job_stages`` and log it with the job's ids."""
+
+    def __init__(self, job: _Job):
+        self.job, self.stage, self._log = job, None, ExitStack()
+        self.started = self._last_progress = 0.0
+
+    def begin(self, stage: str) -> None:
+        self.stage, self.started = stage, time.monotonic()
+        self._log.enter_context(log_context(stage=stage, run_id=self.job.plan["run_id"]))
+        with self.job.store() as store:
+            store.stage_begin(self.job.job_id, stage)
+        log.info("stage %s started", stage, extra={"event": "stage_started"})
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:   # called from the replay's writers
         now = time.monotonic()
-        if now - last[0] >= 5 or done == total:
-            last[0] = now
-            log.info("replay progress", extra={"event": "replay_progress", "job_id": job.job_id,
-                                               "run_id": plan["run_id"], "rows_done": done, "rows_total": total})
+        if stage == "replay" and (now - self._last_progress >= 5 or done == total):
+            self._last_progress = now
+            log.info("replay progress", extra={"event": "replay_progress", "job_id": self.job.job_id,
+                                               "run_id": self.job.plan["run_id"], "rows_done": done,
+                                               "rows_total": total})
 
-    with job.store() as store:
-        res = replay(store, plan["traffic"], baseline, candidate, run_id=plan["run_id"], options=options,
-                     progress=progress)
-    out = res.to_dict()
-    out["rows_per_s"] = round(res.rows / res.seconds, 1) if res.seconds > 0 else None
-    return out
+    def end(self, stage: str, summary: dict, seconds: float) -> None:
+        self.job.results[stage] = summary
+        with self.job.store() as store:
+            store.stage_end(self.job.job_id, stage, "finished", seconds, result=summary)
+        log.info("stage %s finished", stage, extra={"event": "stage_finished", "seconds": round(seconds, 3),
+                                                     "result": summary})
+        self.close()
 
+    def skip(self, stage: str, reason: str) -> None:
+        with self.job.store() as store:
+            if self.stage != stage:
+                store.stage_begin(self.job.job_id, stage)
+            store.stage_end(self.job.job_id, stage, "skipped", 0.0, result={"reason": reason})
+        log.info("stage %s skipped: %s", stage, reason, extra={"event": "stage_skipped", "stage": stage})
+        self.close()
 
-def _stage_evaluate(job: _Job) -> dict:
-    from workbench.evaluate.evaluation import evaluate_run
-
-    with job.store() as store:
-        ev = evaluate_run(store, job.plan["run_id"]).to_dict()
-    return {"labeled_rows": ev["labeled_rows"], "label_coverage": ev["label_coverage"]}
-
-
-def _stage_drift(job: _Job) -> dict:
-    from workbench.drift.report import drift_run
-
-    if not job.spec.drift.enabled:
-        raise _Skip("drift is disabled in the spec")
-    with job.store() as store:
-        d = drift_run(store, job.plan["run_id"], job.spec.drift.reference).to_dict()
-    return {"dataset_drift": d["dataset_drift"], "share_drifted": d["share_drifted"],
-            "concept_drift": d["concept_drift"]["detected"]}
-
-
-def _stage_decide(job: _Job) -> dict:
-    """Judge the run under the policy and sign the record; with ``verdict = "apply"`` also move the weight and
-    publish to MLflow. A record this run already has (an attempt that died after signing) is reused."""
-    from workbench.decide.canary import apply_decision, build_decision, load_signed
-    from workbench.decide.decisions import publish, signer, trusted
-    from workbench.decide.policy import load_policy
-
-    s, run_id = job.settings, job.plan["run_id"]
-    policy = load_policy(job.loaded.resolve(job.spec.policy) if job.spec.policy else None)
-    with job.store() as store:
-        mine = [d for d in store.list_decisions(job.spec.model) if d["run_id"] == run_id and d["kind"] == "decision"]
-        if mine:
-            signed = load_signed(store, mine[0]["decision_id"])
-            applied = mine[0]["applied_sequence"] is not None
-        else:
-            signed, _ = build_decision(store, run_id, policy, signer(s))
-            applied = False
-        r = signed.record
-        out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
-               "weight_before": r["weight_before"], "weight_after": r["weight_after"], "applied": applied}
-        if job.spec.verdict == "apply" and not applied:
-            apply_decision(store, signed, trusted(s))
-            out["applied"] = True
-            out.update(publish(s, store, signed))
-    return out
-
-
-STAGE_FUNCS: dict[str, Callable[[_Job], dict]] = {
-    "resolve": _stage_resolve, "ingest": _stage_ingest, "replay": _stage_replay, "evaluate": _stage_evaluate,
-    "drift": _stage_drift, "decide": _stage_decide}
+    def close(self) -> None:
+        self.stage = None
+        self._log.close()
 
 
 # -- the runner -------------------------------------------------------------------------------------
@@ -719,50 +691,71 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
 
 def _run_stages(job: _Job, done: dict) -> None:
     t_job = time.monotonic()
-    for stage in STAGES:
-        run_id = job.results.get("resolve", {}).get("run_id") if stage != "resolve" else None
-        with log_context(stage=stage, run_id=run_id):
-            if stage in done:
-                log.info("stage %s already %s: not redone", stage, done[stage]["status"],
-                         extra={"event": "stage_skipped"})
-                continue
+    if "resolve" in done:
+        log.info("stage resolve already %s: not redone", done["resolve"]["status"],
+                 extra={"event": "stage_skipped", "stage": "resolve"})
+    else:
+        with log_context(stage="resolve"):
             with job.store() as store:
-                store.stage_begin(job.job_id, stage)
-            log.info("stage %s started", stage, extra={"event": "stage_started"})
+                store.stage_begin(job.job_id, "resolve")
+            log.info("stage resolve started", extra={"event": "stage_started"})
             t0 = time.monotonic()
             try:
-                result = STAGE_FUNCS[stage](job)
-            except _Skip as e:
-                reason = str(e)
-                with job.store() as store:
-                    store.stage_end(job.job_id, stage, "skipped", time.monotonic() - t0, result={"reason": reason})
-                    store.job_end(job.job_id, "skipped", result={"reason": reason, **_summary(job)})
-                log.info("job skipped at stage %s: %s", stage, reason, extra={"event": "job_skipped"})
+                plan = _stage_resolve(job)
+            except StageSkipped as e:
+                _end_skipped(job, "resolve", str(e), time.monotonic() - t0)
                 return
             except BaseException as e:
-                seconds = time.monotonic() - t0
-                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-                tb = traceback.format_exc()
-                with job.store() as store:
-                    store.stage_end(job.job_id, stage, status, seconds, error=tb)
-                    store.job_end(job.job_id, status, error=tb, result=_summary(job))
-                log.error("stage %s %s: %s", stage, status, e, extra={"event": f"stage_{status}",
-                                                                        "seconds": round(seconds, 3)})
-                if not isinstance(e, Exception):
-                    raise
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise JobFailed(f"job {job.job_id} failed at stage {stage}: {first} (a rerun resumes it; "
-                                "`workbench jobs list` shows the traceback)") from e
+                _fail(job, "resolve", e, time.monotonic() - t0)
             seconds = time.monotonic() - t0
-            job.results[stage] = result
+            job.results["resolve"] = plan
             with job.store() as store:
-                store.stage_end(job.job_id, stage, "finished", seconds, result=result)
-            log.info("stage %s finished", stage, extra={"event": "stage_finished", "seconds": round(seconds, 3),
-                                                         "result": result})
+                store.stage_end(job.job_id, "resolve", "finished", seconds, result=plan)
+            log.info("stage resolve finished", extra={"event": "stage_finished", "seconds": round(seconds, 3),
+                                                      "result": plan})
+    for stage in STAGES[1:]:
+        if stage in done:
+            log.info("stage %s already %s: not redone", stage, done[stage]["status"],
+                     extra={"event": "stage_skipped", "stage": stage})
+    events = _JobEvents(job)
+    try:
+        res = run_flow(job.settings, _flow(job), store=job.store, events=events, done=frozenset(done))
+    except BaseException as e:
+        stage = events.stage or "ingest"
+        events.close()
+        _fail(job, stage, e, time.monotonic() - events.started)
+    if res.stopped is not None:
+        with job.store() as store:
+            store.job_end(job.job_id, "skipped", result={"reason": res.stopped, **_summary(job)})
+        log.info("job skipped: %s", res.stopped, extra={"event": "job_skipped"})
+        return
     with job.store() as store:
         store.job_end(job.job_id, "finished", result=_summary(job))
     log.info("job finished", extra={"event": "job_finished", "seconds": round(time.monotonic() - t_job, 3),
                                     **_summary(job)})
+
+
+def _end_skipped(job: _Job, stage: str, reason: str, seconds: float) -> None:
+    with job.store() as store:
+        store.stage_end(job.job_id, stage, "skipped", seconds, result={"reason": reason})
+        store.job_end(job.job_id, "skipped", result={"reason": reason, **_summary(job)})
+    log.info("job skipped at stage %s: %s", stage, reason, extra={"event": "job_skipped"})
+
+
+def _fail(job: _Job, stage: str, e: BaseException, seconds: float) -> NoReturn:
+    """Record a stage's failure (or interruption) with its traceback and raise :class:`JobFailed`."""
+    status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+    tb = traceback.format_exc()
+    with job.store() as store:
+        store.stage_end(job.job_id, stage, status, seconds, error=tb)
+        store.job_end(job.job_id, status, error=tb, result=_summary(job))
+    log.error("stage %s %s: %s", stage, status, e, extra={"event": f"stage_{status}", "stage": stage,
+                                                            "seconds": round(seconds, 3)})
+    if not isinstance(e, Exception):
+        raise e
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise JobFailed(f"job {job.job_id} failed at stage {stage}: {first} (a rerun resumes it; "
+                    "`workbench jobs list` shows the traceback)") from e
 
 
 def _summary(job: _Job) -> dict:
