@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 from workbench import WorkbenchError
 from workbench.config import Settings
+from workbench.ops.flow import Flow, FlowEvents, run_flow
 from workbench.ops.progress import RUNNING, ProgressFile, read_progress
 from workbench.replay.pipeline import ReplayOptions, new_run_id
 from workbench.store import DatabaseLocked, Store, check_name
@@ -242,41 +243,23 @@ class BackgroundJobs:
 
     # -- job bodies -----------------------------------------------------------------------------------
     def _replay(self, job: ReplayJob, prog: ProgressFile) -> None:
-        from workbench.replay.pipeline import replay
-
+        assert job.run_id is not None   # submit_replay names the run
+        flow = Flow(traffic=job.traffic, baseline=job.baseline, candidate=job.candidate, run_id=job.run_id,
+                    replay=job.options, device=job.device, evaluate=job.evaluate, drift=job.drift,
+                    drift_html=drift_html_path(self.settings, job.run_id) if job.drift_html else None)
         prog.stage("loading models")
-        load = self._load or _load_with_mlflow(self.settings)
-        baseline, candidate = load(job.baseline, job.device), load(job.candidate, job.device)
-        store = self.db.hold()
-        try:
-            prog.stage("replaying")
-            replay(store, job.traffic, baseline, candidate, run_id=job.run_id, options=job.options, progress=prog)
-            if job.evaluate:
-                from workbench.evaluate.evaluation import evaluate_run
-
-                prog.stage("evaluating")
-                evaluate_run(store, job.run_id)
-            if job.drift:
-                self._drift_in(store, job.run_id, job.drift_html, prog)
-        finally:
-            self.db.release()
+        run_flow(self.settings, flow, store=self.db.write, load=self._load, events=_ProgressEvents(prog))
 
     def _drift(self, run_id: str, html: bool, prog: ProgressFile) -> None:
-        store = self.db.hold()
-        try:
-            run = store.require_run(run_id)
-            prog(int(run["rows_done"]), int(run["rows_done"]))
-            self._drift_in(store, run_id, html, prog)
-        finally:
-            self.db.release()
-
-    def _drift_in(self, store: Store, run_id: str, html: bool, prog: ProgressFile) -> None:
         from workbench.drift.report import drift_run
 
-        prog.stage("drift")
-        if html:
-            self.settings.ensure()
-        drift_run(store, run_id, html=drift_html_path(self.settings, run_id) if html else None)
+        with self.db.write() as store:
+            run = store.require_run(run_id)
+            prog(int(run["rows_done"]), int(run["rows_done"]))
+            prog.stage("drift")
+            if html:
+                self.settings.ensure()
+            drift_run(store, run_id, html=drift_html_path(self.settings, run_id) if html else None)
 
     # -- state ----------------------------------------------------------------------------------------
     def jobs(self) -> list[JobState]:
@@ -295,13 +278,19 @@ class BackgroundJobs:
             return self._jobs[job_id]
 
 
-def _load_with_mlflow(settings: Settings) -> Callable[[str, str], object]:
-    def load(uri: str, device: str):
-        import mlflow
+class _ProgressEvents(FlowEvents):
+    """Report a background flow's stages and replay progress in the run's progress file."""
+    LABELS = {"replay": "replaying", "evaluate": "evaluating", "drift": "drift"}
 
-        from workbench.replay.models import load_predictor
+    def __init__(self, prog: ProgressFile):
+        self.prog = prog
 
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        return load_predictor(uri, device)
+    def begin(self, stage: str) -> None:
+        if stage != "replay":   # the replay stage loads the models first; "replaying" comes with its progress
+            self.prog.stage(self.LABELS.get(stage, stage))
 
-    return load
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        if stage == "replay":
+            if self.prog.state.stage != "replaying":
+                self.prog.stage("replaying")
+            self.prog(done, total or done)
