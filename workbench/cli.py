@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable
 
 from workbench import WorkbenchError
@@ -103,10 +103,37 @@ def cmd_labels(args) -> None:
                                         f"unmatched, {d['quarantined']} quarantined")
 
 
+class _ReplayEvents:
+    """The replay command's view of the flow: a progress bar per stage, and the run's progress file (which lets
+    the app follow this replay while it holds the database's write lock)."""
+
+    def __init__(self, pfile):
+        self.pfile, self.bars, self.bar = pfile, ExitStack(), None
+
+    def begin(self, stage: str) -> None:
+        self.pfile.stage({"ingest": "ingesting", "replay": "replaying"}.get(stage, stage))
+        self.bar = self.bars.enter_context(progress_bar(stage))
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        self.bar(done, total)
+        if stage == "replay":
+            self.pfile(done, total)
+
+    def end(self, stage: str, summary: dict, seconds: float) -> None:
+        self.bars.close()
+        if stage == "ingest":
+            log.info("ingested %s rows into %s (%s quarantined)", summary["rows"], summary["traffic"],
+                     summary["quarantined"])
+
+    def skip(self, stage: str, reason: str) -> None:
+        self.bars.close()
+
+
 def cmd_replay(args) -> None:
-    from workbench.replay.models import load_predictor
+    from workbench.ops.flow import Flow, TrafficSource, run_flow
     from workbench.ops.progress import ProgressFile
-    from workbench.replay.pipeline import ReplayOptions, new_run_id, replay
+    from workbench.replay.models import load_predictor
+    from workbench.replay.pipeline import ReplayOptions, new_run_id
 
     settings = settings_for(args)
     use_mlflow(settings)
@@ -123,34 +150,24 @@ def cmd_replay(args) -> None:
         _ray()   # a clear error before any work when Ray is missing
         executor = RayExecutor(address=args.ray_address, actors=args.ray_actors, device=args.device)
     run_id = args.run_id or new_run_id()
-    # the progress file lets the app follow this replay while it holds the database's write lock
+    source = None
+    if args.source:
+        source = TrafficSource(paths=args.source, id_col=args.id_col, time_col=args.time_col,
+                               entity_col=args.entity_col, nullable=tuple(args.nullable or ()))
+    flow = Flow(traffic=args.traffic, baseline=args.baseline, candidate=args.candidate, run_id=run_id, source=source,
+                replay=options, device=args.device, executor=executor, evaluate=False, drift=False)
     pfile = ProgressFile(settings.home, run_id, source="cli replay", traffic=args.traffic, baseline=args.baseline,
                          candidate=args.candidate)
+    events = _ReplayEvents(pfile)
     try:
         pfile.stage("loading models")
-        baseline = load_predictor(args.baseline, args.device)
-        candidate = load_predictor(args.candidate, args.device)
-        with open_store(settings) as store:
-            if args.source:
-                from workbench.ingest.traffic import ingest
-
-                pfile.stage("ingesting")
-                with progress_bar("ingest") as prog:
-                    res = ingest(store, args.source, args.traffic, id_col=args.id_col, time_col=args.time_col,
-                                 entity_col=args.entity_col, nullable=args.nullable, progress=prog)
-                log.info("ingested %s rows into %s (%s quarantined)", res.rows, args.traffic, res.quarantined)
-            pfile.stage("replaying")
-            with progress_bar("replay") as prog:
-                def both(done: int, total: int) -> None:
-                    prog(done, total)
-                    pfile(done, total)
-
-                res = replay(store, args.traffic, baseline, candidate, run_id=run_id, options=options,
-                             progress=both, executor=executor)
+        result = run_flow(settings, flow, store=lambda: open_store(settings), load=load_predictor, events=events)
     except BaseException as e:
+        events.bars.close()
         pfile.finish(error=str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     pfile.finish()
+    res = result.outputs["replay"]
     if res.status == "already_complete":
         log.info("run %s is already complete; nothing to do", res.run_id)
     emit(args, res.to_dict(), lambda d: f"run {d['run_id']} ({d['status']}): {d['rows']} rows in {d['seconds']} s; "

@@ -286,11 +286,8 @@ class _ProgressEvents(FlowEvents):
         self.prog = prog
 
     def begin(self, stage: str) -> None:
-        if stage != "replay":   # the replay stage loads the models first; "replaying" comes with its progress
-            self.prog.stage(self.LABELS.get(stage, stage))
+        self.prog.stage(self.LABELS.get(stage, stage))
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
         if stage == "replay":
-            if self.prog.state.stage != "replaying":
-                self.prog.stage("replaying")
             self.prog(done, total or done)

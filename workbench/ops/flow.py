@@ -117,9 +117,9 @@ class _Ctx:
     settings: Settings
     flow: Flow
     store: StoreOpener
-    load: Loader
     events: FlowEvents
     result: FlowResult
+    models: tuple[Any, Any] = (None, None)
 
 
 def run_flow(settings: Settings, flow: Flow, *, store: StoreOpener, load: Loader | None = None,
@@ -127,13 +127,16 @@ def run_flow(settings: Settings, flow: Flow, *, store: StoreOpener, load: Loader
     """Run the flow's stages in order and return what each produced.
 
     ``store()`` opens the store for a stage (a context manager); ``load(uri, device)`` loads a model
-    (default: through MLflow); stages named in ``done`` finished earlier (a resumed job) and are not redone.
+    (default: through MLflow), both before the first stage; stages named in ``done`` finished earlier (a
+    resumed job) and are not redone.
     A stage that is off is skipped with its reason and the flow goes on; a stage that finds nothing to do
     (:class:`StageSkipped`) ends the flow there (``FlowResult.stopped``); a stage that raises anything else
     stops the flow and the exception propagates.
     """
-    ctx = _Ctx(settings, flow, store, load or _load_with_mlflow(settings), events or FlowEvents(),
-               FlowResult(flow.run_id))
+    ctx = _Ctx(settings, flow, store, events or FlowEvents(), FlowResult(flow.run_id))
+    if "replay" not in done:   # models load first: one that does not load fails the flow before any ingest
+        load = load or _load_with_mlflow(settings)
+        ctx.models = (load(flow.baseline, flow.device), load(flow.candidate, flow.device))
     for stage in STAGES:
         if stage in done:
             continue
@@ -204,8 +207,7 @@ def _replay(ctx: _Ctx) -> dict:
     from workbench.replay.pipeline import replay
 
     f = ctx.flow
-    baseline = ctx.load(f.baseline, f.device)
-    candidate = ctx.load(f.candidate, f.device)
+    baseline, candidate = ctx.models
     with ctx.store() as store:
         res = replay(store, f.traffic, baseline, candidate, run_id=f.run_id, options=f.replay,
                      progress=lambda done, total: ctx.events.progress("replay", done, total), executor=f.executor)
