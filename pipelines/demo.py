@@ -7,16 +7,16 @@ decision is not decided again (the ramp advances only on new evidence).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from contextlib import nullcontext
 from typing import Callable
 
-from workbench import WorkbenchError
 from workbench.config import Settings
+from workbench.ops.flow import Flow, FlowEvents, FlowResult, TrafficSource, run_flow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAFFIC = "flights"
@@ -37,6 +37,20 @@ def _registered(settings: Settings) -> dict | None:
         return None
 
 
+class _DemoEvents(FlowEvents):
+    """Number the flow's stages after the demo's own two steps, and say what each produced."""
+    STEPS = {"ingest": 3, "replay": 4, "evaluate": 5, "drift": 6, "decide": 7}
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def end(self, stage: str, summary: dict, seconds: float) -> None:
+        self.log(f"[{self.STEPS[stage]}/7] {stage}: {summary} ({seconds:.1f} s)")
+
+    def skip(self, stage: str, reason: str) -> None:
+        self.log(f"[{self.STEPS[stage]}/7] {stage}: skipped ({reason})")
+
+
 def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: int | None = None,
              app: bool = True, port: int = 8501, log: Callable[[str], None] = print) -> dict:
     """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end."""
@@ -44,14 +58,8 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
 
     from pipelines.prepare_flights import NULLABLE, write
     from pipelines.train_models import register
-    from workbench.decide.decisions import decide
-    from workbench.drift.report import drift_run
-    from workbench.evaluate.evaluation import evaluate_run
     from workbench.decide.signing import PRIVATE_FILE, init_keys
-    from workbench.replay.models import load_predictor
-    from workbench.replay.pipeline import replay
     from workbench.store import Store
-    from workbench.ingest.traffic import file_sha256, ingest, ingest_labels
 
     timings: dict[str, float] = {}
     data = Path(data_dir)
@@ -66,71 +74,80 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
     timings["register"] = time.perf_counter() - t
     log(f"[2/7] models: baseline v{models['baseline']['version']}, candidate v{models['candidate']['version']}")
 
-    summary: dict = {"home": str(settings.home), "data": counts, "models": models}
+    if not (settings.keys_dir / PRIVATE_FILE).exists():
+        init_keys(settings.keys_dir)
+    run_id = f"demo_v{models['baseline']['version']}_v{models['candidate']['version']}"
+    source = TrafficSource(paths=data / "traffic.parquet", entity_col="tail_number", nullable=tuple(NULLABLE),
+                           labels=data / "labels.parquet", if_exists="check")
+    flow = Flow(traffic=TRAFFIC, baseline=models["baseline"]["uri"], candidate=models["candidate"]["uri"],
+                run_id=run_id, source=source, drift_html=settings.reports_dir / f"drift_{run_id}.html",
+                decide="apply")
     with Store(settings.db_path) as store:
-        t = time.perf_counter()
-        info = store.traffic_info(TRAFFIC)
-        traffic_file = data / "traffic.parquet"
-        expected = hashlib.sha256(file_sha256([traffic_file]).encode()).hexdigest()
-        if info is None:
-            res = ingest(store, traffic_file, TRAFFIC, entity_col="tail_number", nullable=NULLABLE)
-            summary["ingest"] = res.to_dict()
-            summary["labels"] = ingest_labels(store, data / "labels.parquet", TRAFFIC).to_dict()
-        elif info["fingerprint"] != expected:
-            raise WorkbenchError(f"traffic {TRAFFIC!r} in {settings.home} holds other data; use a fresh "
-                                 "WORKBENCH_HOME for a demo of another size")
-        else:
-            summary["ingest"] = {"traffic": TRAFFIC, "rows": info["rows"], "quarantined": info["quarantined"],
-                                 "reasons": store.quarantine_summary(TRAFFIC), "reused": True}
-        timings["ingest"] = time.perf_counter() - t
-        log(f"[3/7] ingested: {summary['ingest']}")
-
-        t = time.perf_counter()
-        baseline = load_predictor(models["baseline"]["uri"])
-        candidate = load_predictor(models["candidate"]["uri"])
-        run_id = f"demo_v{baseline.ref.version}_v{candidate.ref.version}"
-        res = replay(store, TRAFFIC, baseline, candidate, run_id=run_id)
-        summary["replay"] = res.to_dict()
-        timings["replay"] = time.perf_counter() - t
-        log(f"[4/7] replayed: {summary['replay']}")
-
-        t = time.perf_counter()
-        summary["evaluation"] = evaluate_run(store, run_id).to_dict()
-        timings["evaluate"] = time.perf_counter() - t
-        log(f"[5/7] evaluated {summary['evaluation']['labeled_rows']} labelled rows")
-
-        t = time.perf_counter()
-        html = settings.reports_dir / f"drift_{run_id}.html"
-        drift = drift_run(store, run_id, html=html).to_dict()
-        summary["drift"] = {k: drift[k] for k in ("share_drifted", "dataset_drift")} | {
-            "concept_drift": drift["concept_drift"]["detected"], "html": str(html)}
-        timings["drift"] = time.perf_counter() - t
-        log(f"[6/7] drift: {summary['drift']}")
-
-        t = time.perf_counter()
-        if not (settings.keys_dir / PRIVATE_FILE).exists():
-            init_keys(settings.keys_dir)
-        earlier = [d for d in store.list_decisions() if d["run_id"] == run_id]
-        if earlier:
-            summary["decision"] = {k: earlier[0][k] for k in ("decision_id", "verdict", "weight_before",
-                                                                "weight_after")} | {"reused": True}
-        else:
-            out = decide(settings, store, run_id)
-            summary["decision"] = {k: out[k] for k in ("decision_id", "verdict", "reason", "weight_before",
-                                                         "weight_after", "mlflow_run_id", "pending_sync")}
-        timings["decide"] = time.perf_counter() - t
-        log(f"[7/7] decision: {summary['decision']}")
-    summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+        res = run_flow(settings, flow, store=lambda: nullcontext(store), events=_DemoEvents(log))
+    summary = _summary(settings, models, counts, res)
+    summary["seconds"] = {k: round(v, 2) for k, v in (timings | res.seconds).items()}
+    for line in findings(summary, res, port):
+        log(line)
     if app:
         serve_app(settings, port, log)
     return summary
+
+
+def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) -> dict:
+    """The demo's JSON: each stage's result as the stage commands print it."""
+    out: dict = {"home": str(settings.home), "data": counts, "models": models}
+    ingest, labels = res.outputs.get("ingest"), res.outputs.get("labels")
+    out["ingest"] = ingest.to_dict() if ingest else res.summaries["ingest"]
+    if labels:
+        out["labels"] = labels.to_dict()
+    out["replay"] = res.outputs["replay"].to_dict()
+    out["evaluation"] = res.outputs["evaluate"]
+    out["drift"] = {k: v for k, v in res.summaries["drift"].items()}
+    decision = res.summaries["decide"]
+    keep = ("decision_id", "verdict", "reason", "weight_before", "weight_after", "mlflow_run_id", "pending_sync",
+            "reused")
+    out["decision"] = {k: decision[k] for k in keep if k in decision}
+    return out
+
+
+QUALITY = ("accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier")
+
+
+def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
+    """What the demo found, in words: the quality table, the verdict with the checks that decided it, and
+    where to look in the app."""
+    ev, d = summary["evaluation"], summary["decision"]
+    lines = ["", f"What the demo found ({ev['labeled_rows']:,} labelled rows of {summary['replay']['rows']:,} "
+             "replayed):", f"  {'metric':<10} {'baseline':>9} {'candidate':>9} {'delta':>9}  95% interval"]
+    for m in QUALITY:
+        b, c, dm = ev["baseline"].get(m), ev["candidate"].get(m), ev.get("delta", {}).get(m)
+        if not (b and c and dm):
+            continue
+        lines.append(f"  {m:<10} {b['value']:>9.4f} {c['value']:>9.4f} {dm['value']:>+9.4f}  "
+                     f"[{dm['ci_low']:+.4f}, {dm['ci_high']:+.4f}]")
+    record = res.outputs["decide"].record
+    lines.append(f"Verdict: {d['verdict']}, weight {d['weight_before']}% -> {d['weight_after']}% ({d['reason']})"
+                 + (" [decided earlier; reused]" if d.get("reused") else ""))
+    checks = record["scorecard"]["checks"]
+    deciding = [c for c in checks if c["outcome"] != "pass"] or checks
+    lines.append("Checks that decided it:" if deciding is not checks else "Checks (all passed):")
+    lines += [f"  {c['outcome'].upper():<5} {c['gate']}: {c['reason']}" for c in deciding]
+    run = summary["replay"]["run_id"]
+    base = f"http://127.0.0.1:{port}"
+    lines += ["Where to look in the app:",
+              f"  Compare (quality, segments, latency): {base}/compare?run={run}",
+              f"  Drift (features, predictions, concept): {base}/drift?run={run}",
+              f"  Decide (the scorecard, sign as an approver): {base}/decide?run={run}",
+              f"  Audit (the signed chain): {base}/audit", ""]
+    return lines
 
 
 def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None:
     """Serve the Streamlit app on 127.0.0.1 until interrupted."""
     env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]   # a served app: no source watching (and no inotify flood)
     from workbench.ops.access import approvers_path, load_approvers
     from workbench.decide.signing import PRIVATE_FILE
 
