@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # canary-workbench: the library, the CLI, the Streamlit app, the HTTP service and the job scheduler.
 #
-# The install steps are the README's `make install` (see README, "Container"): torch==2.13.0 first, then
+# The install steps are the README's `make install` (see docs/operations/container.md): torch==2.13.0 first, then
 # the project under constraints.txt; here the project is installed non-editable and without test extras.
 # CPU torch by default. For CUDA, pick the PyTorch wheel index of your CUDA version (the wheels bring the
 # CUDA runtime; the host's driver comes in through the NVIDIA container toolkit, `docker run --gpus all`):

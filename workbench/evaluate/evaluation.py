@@ -3,7 +3,7 @@ paired test and its minimum detectable effect, latency, error rates, segments an
 
 :func:`evaluate_run` reads from the store and persists the result in the ``evaluations`` table;
 :func:`evaluate_quality`, :func:`compare`, :func:`latency_summary` and :func:`error_rates` compute on
-arrays (pure), :func:`evaluate_samples` runs all of them. Methods (README, "Evaluation"):
+arrays (pure), :func:`evaluate_samples` runs all of them. Methods (docs/concepts/evaluation.md):
 
 * each model's metrics use the labelled rows it scored without error; deltas use the rows both scored;
 * proportions (accuracy, precision, recall, fpr, fnr, error rates) get Wilson intervals; f1 and the
