@@ -15,6 +15,7 @@ The build needs more than the store's default 512 MB DuckDB buffer for the 10M-l
 
     python benchmarks/app_pages.py                      # 10M rows under ./.bench/app_pages (built once, ~5 min)
     python benchmarks/app_pages.py --rows 1000000 --home /tmp/wb_app_1m
+    python benchmarks/app_pages.py --rows 2000 --home /tmp/wb_app_2k --no-renders   # seconds: data functions only
 """
 from __future__ import annotations
 
@@ -80,15 +81,15 @@ def chunk(off: int, n: int, rows: int) -> tuple[pa.Table, dict]:
     return traffic, preds
 
 
-def paired(ids: pa.Array, preds: dict) -> pa.Table:
-    cols = {"request_id": ids}
-    for role in ("baseline", "candidate"):
-        s = preds[role]["score"]
-        cols[f"{role}_score"] = pa.array(s)
-        cols[f"{role}_class"] = pa.array((s >= 0.5).astype(np.int32))
-        cols[f"{role}_latency_ms"] = pa.array(preds[role]["latency"])
-        cols[f"{role}_error"] = pa.nulls(len(ids), pa.string())
-    return pa.table(cols)
+def paired(off: int, preds: dict) -> pa.Table:
+    """The replay's wide result rows for traffic rows ``off ..``, keyed by ``_row`` (the ingest order: the files
+    are ingested in name order, so ``_row`` is the row's position in the generated traffic)."""
+    from workbench.replay.pipeline import paired_table
+    from workbench.replay.scoring import Scored
+
+    n = len(preds["baseline"]["score"])
+    scored = {role: Scored(p["score"], None, p["latency"]) for role, p in preds.items()}
+    return paired_table(pa.array(np.arange(off, off + n)), scored, {"baseline": 0.5, "candidate": 0.5})
 
 
 def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
@@ -129,8 +130,8 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
             t = time.perf_counter()
             for b, off in enumerate(range(0, rows, step)):
                 n = min(step, rows - off)
-                traffic, preds = chunk(off, n, rows)
-                store.commit_batch(run_id, b, off, off + n - 1, n, 0.0, paired(traffic.column("request_id"), preds))
+                _, preds = chunk(off, n, rows)
+                store.commit_batch(run_id, b, off, off + n - 1, n, 0.0, paired(off, preds))
             store.finish_run(run_id)
             log(f"stored {rows:,} paired predictions in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
@@ -161,7 +162,7 @@ def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     from workbench.decide.canary import preview_decision
     from workbench.config import load_settings
     from workbench.decide.policy import load_policy
-    from workbench.review import audit, trusted
+    from workbench.decide.decisions import audit, trusted
     from workbench.store import Store
 
     settings = load_settings(home)
@@ -229,6 +230,8 @@ def main() -> None:
     p.add_argument("--home", default=str(ROOT / ".bench" / "app_pages"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--build-only", action="store_true")
+    p.add_argument("--no-renders", action="store_true",
+                   help="time the data functions only, not the AppTest renders (a quick check of the benchmark)")
     a = p.parse_args()
     from workbench.config import configure_runtime
 
@@ -241,17 +244,18 @@ def main() -> None:
     if a.build_only:
         return
     queries = time_queries(home, run_id)
-    renders = time_renders(home, a.repeats)
+    renders = [] if a.no_renders else time_renders(home, a.repeats)
     print(f"\n{a.rows:,}-row run, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, app reads with "
           f"DuckDB memory_limit {read_memory_limit()}: data functions, uncached")
     print(f"{'page':<12} {'call':<44} {'seconds':>8}")
     for page, name, sec in queries:
         print(f"{page:<12} {name:<44} {sec:>8.3f}")
-    print(f"\nAppTest renders (first: cold caches; later: median of {a.repeats}, what a reviewer sees after the "
-          "first load)")
-    print(f"{'page':<30} {'first s':>8} {'later s':>8} {'under 2 s':>10}")
-    for name, first, later in renders:
-        print(f"{name:<30} {first:>8.2f} {later:>8.2f} {'yes' if later < 2 else 'NO':>10}")
+    if renders:
+        print(f"\nAppTest renders (first: cold caches; later: median of {a.repeats}, what a reviewer sees after the "
+              "first load)")
+        print(f"{'page':<30} {'first s':>8} {'later s':>8} {'under 2 s':>10}")
+        for name, first, later in renders:
+            print(f"{name:<30} {first:>8.2f} {later:>8.2f} {'yes' if later < 2 else 'NO':>10}")
     print(f"\npeak RSS {peak_rss_mb():,.0f} MB")
 
 

@@ -12,7 +12,7 @@ if ! python3 -c "import duckdb" 2>/dev/null; then
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 python3 -c "import torch, duckdb; print('torch', torch.__version__, 'duckdb', duckdb.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_replay_faults.py tests/test_replay.py -k "gpu or timeout or online or resume" --deselect tests/test_replay_faults.py::test_sigkill_mid_run_then_resume_holds_each_request_once --deselect tests/test_replay_faults.py::test_replay_from_source_files_ingests_then_replays 2>&1 | tee "$OUT/pytest.txt" | tail -3
+python3 -m pytest -q -p no:cacheprovider tests/replay/test_replay_faults.py tests/replay/test_replay.py -k "gpu or timeout or online or resume" --deselect tests/replay/test_replay_faults.py::test_sigkill_mid_run_then_resume_holds_each_request_once --deselect tests/replay/test_replay_faults.py::test_replay_from_source_files_ingests_then_replays 2>&1 | tee "$OUT/pytest.txt" | tail -3
 # WRITERS, DUCKDB_MEMORY and DUCKDB_THREADS (space-separated lists) vary the replay's writer threads and
 # DuckDB's memory limit and threads ("auto": the replay sizes DuckDB itself: 8 threads, 256 MiB here);
 # the default matrix (4 replays) shows which of them keeps >= 10M rows/s within 2 GiB

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUITE = ["tests/test_crash_safety.py", "tests/test_bad_traffic.py", "tests/test_bad_models.py",
-         "tests/test_bad_services.py", "tests/test_security.py", "tests/test_load.py"]
+SUITE = ["tests/replay/test_crash_safety.py", "tests/ingest/test_bad_traffic.py", "tests/replay/test_bad_models.py",
+         "tests/live/test_bad_services.py", "tests/test_security.py", "tests/live/test_load.py"]
 AREAS = [("crash", "Crash safety: SIGKILL at seeded random points"),
          ("bad traffic", "Bad traffic"), ("bad models", "Bad models"), ("bad services", "Bad services"),
          ("security", "Security"), ("load", "Load (loopback)")]
