@@ -29,7 +29,7 @@ class PageHinkley:
 
     river's defaults (delta 0.005, alpha 0.9999) alarm every few thousand rows on a stationary 0/1 error
     stream: with forgetting, the cumulative sum settles around -delta / (1 - alpha) and its fluctuations
-    there cross the threshold. These defaults keep the false-alarm rate low (tests/test_concept.py).
+    there cross the threshold. These defaults keep the false-alarm rate low (tests/drift/test_concept.py).
     """
     delta: float = 0.02
     threshold: float = 50.0
