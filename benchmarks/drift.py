@@ -30,7 +30,7 @@ def frames(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
 
     def make(shift: float) -> pd.DataFrame:
-        cols = {}
+        cols: dict[str, np.ndarray] = {}
         for i in range(20):
             s = shift if i % 3 == 0 else 0.0
             kind = i % 5
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up (Evidently seconds / ours): {ev['seconds'] / ours['seconds']:.1f}x")
     diff = [c for c in ours["columns"] if ours["columns"][c]["drifted"] != ev["columns"][c]["drifted"]]
     worst = max(abs(ours["columns"][c]["statistic"] - ev["columns"][c]["statistic"]) for c in ours["columns"])
-    methods = {}
+    methods: dict[str, int] = {}
     for c in ours["columns"].values():
         methods[c["method"]] = methods.get(c["method"], 0) + 1
     print(f"columns whose drift flag differs: {', '.join(diff) or 'none'} "

@@ -181,7 +181,7 @@ def phase_build(n: int, db: Path) -> dict:
             scored = {}
             for role in THRESHOLDS:
                 s = d["scores"][role][sl]
-                errors = np.where(np.isnan(s), "ValueError: benchmark", None).tolist()
+                errors = ["ValueError: benchmark" if bad else None for bad in np.isnan(s).tolist()]
                 scored[role] = Scored(s, errors, d["latency"][role][sl])
             table = paired_table(pa.array(np.arange(sl.start, sl.stop)), scored, THRESHOLDS)   # ingest order
             store.commit_batch("bench", b, sl.start, sl.stop - 1, sl.stop - sl.start, 0.0, table)

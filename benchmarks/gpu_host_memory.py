@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,15 +48,20 @@ def stub_cuda_onto_cpu() -> None:
 
     to, module_to, script_to, tensor = (torch.Tensor.to, torch.nn.Module.to, torch.jit.ScriptModule.to,
                                         torch.tensor)
-    torch.Tensor.pin_memory = lambda self: self.clone()
-    torch.Tensor.to = lambda self, *a, **k: to(self, *cpu(a), **{n: v for n, v in k.items() if n != "non_blocking"})
-    torch.nn.Module.to = lambda self, *a, **k: module_to(self, *cpu(a), **k)
-    torch.jit.ScriptModule.to = lambda self, *a, **k: script_to(self, *cpu(a), **k)
-    torch.tensor = lambda *a, **k: tensor(*a, **({**k, "device": "cpu"} if "device" in k else k))
-    torch.cuda.is_available = lambda: True
-    torch.cuda.Event = Event
-    torch.cuda.synchronize = lambda *a: None
-    torch.cuda.get_device_name = lambda *a: "none (CUDA calls run on the CPU)"
+    patches: list[tuple[Any, str, Any]] = [   # (owner, attribute, replacement), set at run time
+        (torch.Tensor, "pin_memory", lambda self: self.clone()),
+        (torch.Tensor, "to",
+         lambda self, *a, **k: to(self, *cpu(a), **{n: v for n, v in k.items() if n != "non_blocking"})),
+        (torch.nn.Module, "to", lambda self, *a, **k: module_to(self, *cpu(a), **k)),
+        (torch.jit.ScriptModule, "to", lambda self, *a, **k: script_to(self, *cpu(a), **k)),
+        (torch, "tensor", lambda *a, **k: tensor(*a, **({**k, "device": "cpu"} if "device" in k else k))),
+        (torch.cuda, "is_available", lambda: True),
+        (torch.cuda, "Event", Event),
+        (torch.cuda, "synchronize", lambda *a: None),
+        (torch.cuda, "get_device_name", lambda *a: "none (CUDA calls run on the CPU)"),
+    ]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
 
 
 def one_replay(db: str, writers: int, batch: int) -> dict:
@@ -72,10 +78,11 @@ def one_replay(db: str, writers: int, batch: int) -> dict:
         def forward(self, x):
             return torch.sigmoid(x[:, 0:1] * 0.5)
 
-    models = [TorchPredictor(ModelRef(f"emul:{r}", r, "1", None, "pytorch", tuple(f"f{j}" for j in range(F)), 0.5),
-                             torch.jit.script(Tiny()), "cuda") for r in ("baseline", "candidate")]
+    baseline, candidate = [
+        TorchPredictor(ModelRef(f"emul:{r}", r, "1", None, "pytorch", tuple(f"f{j}" for j in range(F)), 0.5),
+                       torch.jit.script(Tiny()), "cuda") for r in ("baseline", "candidate")]
     with Store(db) as store, RssSampler() as rss:
-        res = replay(store, "bench", *models, run_id=f"emul_{time.time_ns()}",
+        res = replay(store, "bench", baseline, candidate, run_id=f"emul_{time.time_ns()}",
                      options=ReplayOptions(batch_size=batch, writers=writers))
     assert res.rows and res.stages, res
     return {"rows": res.rows, "duckdb": res.stages["duckdb"], "before_mb": rss.before, "peak_mb": rss.peak,

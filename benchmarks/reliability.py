@@ -72,7 +72,7 @@ def junit_tests(path: Path) -> list[dict]:
     for case in ET.parse(path).getroot().iter("testcase"):
         failure = case.find("failure") if case.find("failure") is not None else case.find("error")
         skipped = case.find("skipped")
-        out.append({"name": f"{case.get('classname').rsplit('.', 1)[-1]}::{case.get('name')}",
+        out.append({"name": f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}",
                     "outcome": "failed" if failure is not None else "skipped" if skipped is not None else "passed",
                     "time": float(case.get("time") or 0), "message": failure.get("message", "") if failure is not None
                     else ""})

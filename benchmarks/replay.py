@@ -52,7 +52,8 @@ class RssSampler:
     def __init__(self, every_s: float = 0.005):
         import threading
 
-        self.every_s, self.peak, self.at_peak = every_s, 0.0, {}
+        self.every_s, self.peak = every_s, 0.0
+        self.at_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -91,6 +92,8 @@ def write_traffic(path: Path, rows: int, models: str, home: Path | None, chunk: 
     rng = np.random.default_rng(0)
     source = None
     if models == "demo":
+        if home is None:
+            raise ValueError("the demo models' traffic needs a workbench home with the demo data")
         source = pq.read_table(home / "data" / "traffic.parquet")
     writer = None
     start = np.datetime64("2013-07-01T00:00:00")
@@ -107,6 +110,8 @@ def write_traffic(path: Path, rows: int, models: str, home: Path | None, chunk: 
         if writer is None:
             writer = pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=chunk)
+    if writer is None:
+        raise ValueError(f"write at least one request, not {rows}")
     writer.close()
 
 
@@ -292,8 +297,8 @@ def main() -> None:
         res["rss_end_mb"] = rss_parts_mb()
         print(json.dumps(res))
         return
-    with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp_dir:
+        tmp = Path(tmp_dir)
         a.home = Path(a.home) if a.home else tmp / "home"
         if a.models == "demo":
             ensure_demo_home(a.home)

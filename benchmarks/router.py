@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -150,7 +151,8 @@ async def measure(targets: dict[str, str], pids: dict[str, int], n: int, rounds:
                   rate: float | None = None) -> dict[str, dict]:
     """Latencies (and request ids), wall seconds, the CPU seconds of the process behind each target (``pids``)
     and of this process (the load generator)."""
-    out = {name: {"lat": [], "ids": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets}
+    out: dict[str, dict[str, Any]] = {
+        name: {"lat": [], "ids": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets}
     clients = {name: Pool(url) for name, url in targets.items()}
     for client in clients.values():   # warm the connections and the servers
         await closed_loop(client, 200, inflight)

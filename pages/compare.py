@@ -91,18 +91,18 @@ if run is not None:
                 st.dataframe(pd.DataFrame(seg_rows), hide_index=True)
             if win_rows:
                 st.dataframe(pd.DataFrame(win_rows), hide_index=True)
-        b = data.breakdowns(run)
-        if b:
+        breakdowns = data.breakdowns(run)
+        if breakdowns:
             st.subheader("Accuracy per time window")
             period = st.radio("Window", ["day", "week", "month"], index=1, horizontal=True, key="wb_period")
-            windows = views.breakdown_rows(views.rollup(b["day"], period))
+            windows = views.breakdown_rows(views.rollup(breakdowns["day"], period))
             st.plotly_chart(charts.by_group(windows, "accuracy", f"Accuracy per {period}", time_axis=True),
                             key="by_time")
-            cols = [c for c in b if c != "day"]
+            cols = [c for c in breakdowns if c != "day"]
             if cols:
                 st.subheader("Accuracy per segment")
                 col = st.selectbox("Segment by", cols, key="wb_segment")
-                segs = views.breakdown_rows(views.largest(b[col], 40))
+                segs = views.breakdown_rows(views.largest(breakdowns[col], 40))
                 st.plotly_chart(charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)"),
                                 key="by_segment")
                 st.dataframe(pd.DataFrame(segs), hide_index=True)

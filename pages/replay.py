@@ -26,9 +26,9 @@ def model_refs(m: dict) -> list[str]:
     return refs + [f"models:/{m['name']}/{v['version']}" for v in m["versions"]]
 
 
-def ref_label(ref: str, m: dict) -> str:
+def ref_label(ref: str, m: dict | None) -> str:
     alias = ref.partition("@")[2]
-    return f"{ref}  (v{m['aliases'][alias]})" if alias else ref
+    return f"{ref}  (v{m['aliases'][alias]})" if alias and m else ref
 
 
 with st.container(border=True):
@@ -67,7 +67,8 @@ with st.container(border=True):
     timeout = p2.number_input("Model timeout (s, 0: none)", min_value=0.0, value=0.0, step=1.0)
     evaluate = p3.checkbox("Evaluate when done", value=True)
     drift = p4.checkbox("Drift report when done (with Evidently HTML)", value=True)
-    if st.button("Start replay", type="primary", disabled=not (baseline and candidate and source)):
+    clicked = st.button("Start replay", type="primary", disabled=not (baseline and candidate and source))
+    if clicked and baseline and candidate and source:   # (a disabled button is never clicked)
         try:
             job = data.jobs().submit_replay(ReplayJob(
                 traffic=source, baseline=baseline, candidate=candidate, run_id=run_id.strip() or None,

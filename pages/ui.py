@@ -125,7 +125,8 @@ def pick_run(finished_only: bool = False) -> dict | None:
     wanted = st.query_params.get("run") or st.session_state.get("_wb_run")
     index = ids.index(wanted) if wanted in ids else 0
     labels = {r["run_id"]: _label(r) for r in runs}
-    chosen = st.sidebar.selectbox("Replay run", ids, index=index, format_func=labels.get, key="wb_run")
+    chosen = st.sidebar.selectbox("Replay run", ids, index=index, format_func=lambda run_id: labels[run_id],
+                                  key="wb_run")
     st.session_state["_wb_run"] = chosen
     st.query_params["run"] = chosen
     return next(r for r in runs if r["run_id"] == chosen)

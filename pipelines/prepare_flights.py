@@ -41,8 +41,8 @@ def data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def build(limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (all flights with features, event_time, label_time and label, request metadata)."""
+def build(limit: int | None = None) -> pd.DataFrame:
+    """Return all flights with request_id, features, event_time, label and label_time."""
     d = data_dir()
     flights = pd.read_csv(d / "flights.csv.zip")
     weather = pd.read_csv(d / "weather.csv").drop(columns=["year", "month", "day", "hour", "wind_gust"])

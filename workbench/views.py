@@ -151,8 +151,8 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
     for m in dict.fromkeys(names):
         b, c = interval(base.get(m)), interval(cand.get(m))
         d = delta.get(m)
-        dv, dl, dh = interval(d) if d is not None else ((c[0] - b[0]) if None not in (b[0], c[0]) else None,
-                                                         None, None)
+        dv, dl, dh = interval(d) if d is not None else (
+            (c[0] - b[0]) if b[0] is not None and c[0] is not None else None, None, None)
         better = METRICS[m].higher_is_better if m in METRICS else None
         rows.append({"metric": m, "baseline": b[0], "baseline_ci_low": b[1], "baseline_ci_high": b[2],
                      "candidate": c[0], "candidate_ci_low": c[1], "candidate_ci_high": c[2],

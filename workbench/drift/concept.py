@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import signal, stats
@@ -95,20 +96,20 @@ def calibration_drift(ref_score: np.ndarray, ref_label: np.ndarray, cur_score: n
         return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, nb - 1)
 
     rb, cb = assign(ref_score), assign(cur_score)
-    bins, stat, df = [], 0.0, 0
+    bins, diffs, stat, df = [], [], 0.0, 0
     for b in range(nb):
         r, c = ref_label[rb == b], cur_label[cb == b]
         nr, nc = len(r), len(c)
         pr, pc = (float(r.mean()) if nr else None), (float(c.mean()) if nc else None)
         bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "reference_rows": nr, "reference_rate": pr,
                      "current_rows": nc, "current_rate": pc})
-        if nr and nc:
+        if pr is not None and pc is not None:  # rows in both windows
+            diffs.append(abs(pr - pc))
             pooled = (r.sum() + c.sum()) / (nr + nc)
             if 0 < pooled < 1:
                 stat += (pr - pc) ** 2 / (pooled * (1 - pooled) * (1 / nr + 1 / nc))
                 df += 1
     p = float(stats.chi2.sf(stat, df)) if df else None
-    diffs = [abs(b["reference_rate"] - b["current_rate"]) for b in bins if b["reference_rows"] and b["current_rows"]]
     return {"detected": bool(p is not None and p < alpha), "test": "chi2_label_rate_per_score_bin",
             "statistic": float(stat), "df": df, "p_value": p, "alpha": alpha,
             "max_abs_rate_diff": max(diffs) if diffs else None, "bins": bins}
@@ -125,7 +126,7 @@ class Calibrator:
     y: np.ndarray | None = None
 
     def __call__(self, score: np.ndarray) -> np.ndarray:
-        if self.x is None:
+        if self.x is None or self.y is None:
             return np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
         return np.interp(score, self.x, self.y)
 
@@ -195,7 +196,8 @@ def cbpe(calibrator: Calibrator, score: np.ndarray, label: np.ndarray, known: np
     has = ~np.isnan(label)
 
     def section(mask) -> dict:
-        out = {"rows": int(mask.sum()), "estimated": estimated_metrics(score[mask], p[mask], threshold)}
+        out: dict[str, Any] = {"rows": int(mask.sum()),
+                               "estimated": estimated_metrics(score[mask], p[mask], threshold)}
         lab = mask & has
         if lab.sum():
             real = realized(label[lab].astype(np.int64), score[lab])
@@ -206,8 +208,8 @@ def cbpe(calibrator: Calibrator, score: np.ndarray, label: np.ndarray, known: np
                                     else None) for m in CBPE_METRICS}
         return out
 
-    out = {"calibrator": calibrator.kind, "calibration_rows": calibrator.rows, "threshold": threshold,
-           "unlabelled": section(~known), "labelled": section(known)}
+    out: dict[str, Any] = {"calibrator": calibrator.kind, "calibration_rows": calibrator.rows,
+                           "threshold": threshold, "unlabelled": section(~known), "labelled": section(known)}
     if landed:
         out["landed"] = section(~known & has)
     if times is not None and len(score):

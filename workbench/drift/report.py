@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 import pyarrow as pa
@@ -244,11 +245,13 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
             from workbench.replay.models import download_reference
 
             store.drift_import_table(table, pq.read_table(download_reference(mlflow_run)))
+        table_columns = store.drift_table_columns(table)
+        if table_columns is None:
+            raise WorkbenchError(f"the training reference of MLflow run {mlflow_run} was not stored (table {table})")
         ref = RowSet(table, "table", score_key=_digest(table, models))
         desc = {"kind": "training", "spec": spec, "mlflow_run_id": mlflow_run, "table": table,
                 "description": "the training sample logged with the baseline model (reference/reference.parquet)"}
-        return _Resolved(ref, cur, desc, "mlflow:" + mlflow_run,
-                         _common(columns, store.drift_table_columns(table), desc))
+        return _Resolved(ref, cur, desc, "mlflow:" + mlflow_run, _common(columns, table_columns, desc))
     if ".." in spec:
         start, end = parse_window(spec)
         lo, hi = _window_range(start, end)
@@ -270,7 +273,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
     return _Resolved(ref, cur, desc, other["fingerprint"], _common(columns, set(other["columns"]), desc))
 
 
-def _common(columns: list[str], have: Mapping, desc: dict) -> list[str]:
+def _common(columns: list[str], have: Collection[str], desc: dict) -> list[str]:
     missing = [c for c in columns if c not in have]
     if missing:
         desc["missing_columns"] = missing
@@ -280,18 +283,23 @@ def _common(columns: list[str], have: Mapping, desc: dict) -> list[str]:
     return common
 
 
-def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: dict | None) -> dict[str, str]:
+def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: Mapping | None) -> dict[str, str]:
     """Score a reference that the run did not replay (once; stored). Returns role -> reason for roles that
     cannot be scored (the reference lacks the model's features)."""
     from workbench.replay.scoring import ModelRunner, score_throughput
 
+    score_key = ref.score_key
+    if score_key is None:
+        raise ValueError(f"reference {ref.source!r} was not replayed by the run, so it needs a score key")
     skipped = {}
     for role in ROLES:
-        if store.drift_ref_scores_count(ref.score_key, role):
+        if store.drift_ref_scores_count(score_key, role):
             continue
         features = list(run[role]["features"])
         have = store.drift_table_columns(ref.source) if ref.kind == "table" else \
             {c: "" for c in store.require_traffic(ref.source)["columns"]}
+        if have is None:
+            raise WorkbenchError(f"the reference table {ref.source} does not exist")
         lacking = [f for f in features if f not in have]
         if lacking:
             skipped[role] = f"the reference lacks the {role}'s feature(s) {', '.join(lacking)}"
@@ -309,7 +317,7 @@ def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: d
         data = pa.concat_tables(parts) if parts else pa.table({"_row": pa.array([], pa.int64()),
                                                                "score": pa.array([], pa.float64())})
         log.info("scored the reference with the %s model (%d rows)", role, data.num_rows)
-        store.drift_save_ref_scores(ref.score_key, role, data)
+        store.drift_save_ref_scores(score_key, role, data)
     return skipped
 
 
@@ -348,11 +356,12 @@ def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
     err = ((stream["score"][known] >= threshold).astype(np.int64) != y).astype(np.float64)
     times = stream["time"][known]
     alarms = page_hinkley(err, detector)
-    out = {"detected": bool(alarms), "change_point": iso(times[alarms[0].change_index]) if alarms else None,
-           "detector": "page_hinkley", "stream": "per-request error (1 = misclassified) in event-time order",
-           "params": {"delta": detector.delta, "threshold": detector.threshold, "alpha": detector.alpha,
-                      "min_instances": detector.min_instances},
-           "rows": int(len(err)), "error_rate": float(err.mean()) if len(err) else None}
+    out: dict[str, Any] = {
+        "detected": bool(alarms), "change_point": iso(times[alarms[0].change_index]) if alarms else None,
+        "detector": "page_hinkley", "stream": "per-request error (1 = misclassified) in event-time order",
+        "params": {"delta": detector.delta, "threshold": detector.threshold, "alpha": detector.alpha,
+                   "min_instances": detector.min_instances},
+        "rows": int(len(err)), "error_rate": float(err.mean()) if len(err) else None}
     if alarms:
         a = alarms[0]
         out |= {"detected_at": iso(times[a.alarm_index]), "delay_rows": a.alarm_index - a.change_index,
@@ -407,7 +416,8 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     sketches = ensure_sketches(store, res.reference, res.columns, ref_key)
     types = store.drift_column_types(res.current, res.columns)
     domains = {c: domain_of(types[c]) or "str" for c in res.columns}
-    bounds = {c: (s.min, s.max) for c, s in sketches.items() if s.domain == "num" and s.rows}
+    bounds = {c: (s.min, s.max) for c, s in sketches.items()
+              if s.domain == "num" and s.rows and s.min is not None and s.max is not None}
     cur_rows, profile = store.drift_profile(res.current, domains, bounds)
     data = compare_columns(store, res.reference, res.current, res.columns, reference_key=ref_key, tests=tests,
                            thresholds=thresholds, drift_share=drift_share, sketches=sketches, current_profile=profile)
@@ -448,7 +458,8 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     params = {"reference": reference, "current": current, "tests": tests, "thresholds": thresholds,
               "drift_share": drift_share, "as_of": iso(as_of), "calibration_alpha": calibration_alpha,
               "detector": concept["params"]}
-    report = DriftReport(run_id, iso(utc_now()), ref_desc, cur_desc, data,
+    created_at = cast(str, iso(utc_now()))  # iso returns None only for None
+    report = DriftReport(run_id, created_at, ref_desc, cur_desc, data,
                          prediction, concept, calibration, estimated, quality, params,
                          sources=(res.reference, res.current))
     if html is not None:

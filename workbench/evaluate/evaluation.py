@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from workbench import WorkbenchError
 from workbench.evaluate import stats
-from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, confusion, grouping
+from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
 from workbench.store import Store
 from workbench.roles import ROLES
 
@@ -215,11 +215,17 @@ def _influence_distribution(s: _Sample, influence: tuple[np.ndarray, np.ndarray]
     when the scores have many ties, else one per row (``in_score_order``: the rows' influences in
     score order, sorted here in place; computed from ``influence`` when not given)."""
     if _few_scores(s):
+        if influence is None:
+            raise ValueError("the per-group influence is needed when the scores have many ties")
         g = s.groups
         values = np.concatenate(influence)
         order = np.argsort(values, kind="stable")
         return values[order], np.concatenate([g.pos, g.neg])[order]
-    rows = s.sorted_influence(influence) if in_score_order is None else in_score_order
+    if in_score_order is None:
+        if influence is None:
+            raise ValueError("give the per-group influence or the rows' influences in score order")
+        in_score_order = s.sorted_influence(influence)
+    rows = in_score_order
     rows.sort()
     return rows, None
 
@@ -253,7 +259,7 @@ def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | N
         k, n = m.proportion(conf)
         lo, hi = _clip(stats.wilson(k, n, opts.confidence), *m.bounds)
     else:
-        lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), *m.bounds)
+        lo, hi = _clip(None if reps is None else stats.percentile_interval(reps, opts.confidence), *m.bounds)
     return Estimate(value, lo, hi)
 
 
@@ -272,6 +278,13 @@ def _cell_confusions(cells: np.ndarray) -> tuple[Confusion, Confusion]:
     c = cells.T
     return (Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
             Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]))
+
+
+def _influence(m: Metric, groups: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """The per-group influence of a positive and of a negative row, for the linearised bootstrap."""
+    if m.influence is None:
+        raise WorkbenchError(f"score metric {m.name!r} has no influence function for the linearised bootstrap")
+    return m.influence(groups)
 
 
 def _score_replicates(g: Grouping, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -345,7 +358,7 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
                 for n in score_names:
                     if values[r][n] is not None:
                         m = METRICS[n]
-                        sorted_psi, weights = _influence_distribution(own[r], m.influence(own[r].groups), None)
+                        sorted_psi, weights = _influence_distribution(own[r], _influence(m, own[r].groups), None)
                         reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
                 own[r] = _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
         paired = own
@@ -355,10 +368,10 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
         for n in score_names:  # one metric at a time: a few row-length arrays in memory
             m = METRICS[n]
             psi: dict[str, np.ndarray] = {}
-            infl: dict[str, tuple] = {}
+            infl: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             if n in paired_defined:
                 for r in ROLES:
-                    influence = m.influence(paired[r].groups)
+                    influence = _influence(m, paired[r].groups)
                     psi[r] = paired[r].sorted_influence(influence)
                     if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
                         infl[r] = influence
@@ -371,14 +384,14 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
                 del d
             for r in ROLES:
                 if own_is_paired[r] and values[r][n] is not None:
-                    known, influence = psi.pop(r, None), infl.get(r)
-                    if influence is None and known is None:
-                        influence = m.influence(paired[r].groups)
-                    sorted_psi, weights = _influence_distribution(paired[r], influence, known)
+                    known, per_group = psi.pop(r, None), infl.get(r)
+                    if per_group is None and known is None:
+                        per_group = _influence(m, paired[r].groups)
+                    sorted_psi, weights = _influence_distribution(paired[r], per_group, known)
                     reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
             del psi, infl
 
-    undefined: dict[str, str] = {}
+    undefined: dict[str, str | None] = {}
     out: dict[str, dict] = {r: {} for r in (*ROLES, "delta")}
     for n, m in METRICS.items():
         for r in ROLES:
@@ -395,12 +408,12 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
             undefined[f"delta.{n}"] = ("no labelled row scored by both models" if rows["paired"] == 0 and len(y)
                                        else m.undefined(paired_conf["baseline" if vb is None else "candidate"]))
             continue
-        d = _delta_estimate(m, vc - vb, reps["delta"][n], opts, mcnemar_p if n == "accuracy" else None)
-        out["delta"][n] = d
-        if d.mde is None:
+        delta = _delta_estimate(m, vc - vb, reps["delta"][n], opts, mcnemar_p if n == "accuracy" else None)
+        out["delta"][n] = delta
+        if delta.mde is None:
             undefined[f"delta.{n}.mde"] = "the delta does not vary across bootstrap replicates, so there " \
                                           "is no variance to size an effect with"
-        if d.ci_low is None:
+        if delta.ci_low is None:
             undefined[f"delta.{n}.ci"] = "fewer than two bootstrap replicates are defined"
     return Comparison(rows, out["baseline"], out["candidate"], out["delta"], undefined,
                       "rows" if exact else "linear")
@@ -427,13 +440,14 @@ def latency_summary(samples: dict[str, np.ndarray], opts: Options) -> tuple[Late
     undefined: dict[str, str] = {}
     delta = {}
     for k, q in PERCENTILES.items():
-        if any(len(samples[r]) == 0 for r in ROLES):
+        p_base, p_cand = pct["baseline"][k], pct["candidate"][k]  # None exactly when that sample is empty
+        if p_base is None or p_cand is None:
             delta[k] = Estimate(None, None, None)
             continue
         reps = stats.quantile_bootstrap(samples["candidate"], q, opts.n_boot, rng) - \
             stats.quantile_bootstrap(samples["baseline"], q, opts.n_boot, rng)
         lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -np.inf, np.inf)
-        delta[k] = Estimate(pct["candidate"][k] - pct["baseline"][k], lo, hi)
+        delta[k] = Estimate(p_cand - p_base, lo, hi)
     for r in ROLES:
         if len(samples[r]) == 0:
             undefined[f"latency.{r}"] = "no row scored without error"

@@ -177,16 +177,24 @@ def check_column_names(names: list[str], source) -> None:
 
 
 # -- typing ---------------------------------------------------------------------------------------
+def _query(view: ArrowView, sql: str) -> list[tuple]:
+    """The rows of a query over the view."""
+    rel = view.execute(sql)
+    if rel is None:
+        raise ValueError(f"not a query: {sql}")
+    return rel.fetchall()
+
+
 def _column_types(view: ArrowView) -> dict[str, str]:
-    return {r[0]: r[1] for r in view.execute(f"DESCRIBE SELECT * FROM {view.name}").fetchall()}
+    return {r[0]: r[1] for r in _query(view, f"DESCRIBE SELECT * FROM {view.name}")}
 
 
 def _infer_text_type(view: ArrowView, col: str) -> str:
     """Type of a text column: numeric when at least 90% of its values read as numbers."""
     q = qident(col)
-    n, as_int, as_num = view.execute(
-        f"SELECT count({q}), count({_strict_int(q, 'VARCHAR', 'BIGINT')}), count(TRY_CAST({q} AS DOUBLE)) "
-        f"FROM {view.name}").fetchall()[0]
+    n, as_int, as_num = _query(
+        view, f"SELECT count({q}), count({_strict_int(q, 'VARCHAR', 'BIGINT')}), count(TRY_CAST({q} AS DOUBLE)) "
+        f"FROM {view.name}")[0]
     if n == 0:
         return "VARCHAR"
     if as_int >= 0.9 * n and as_int == as_num:
@@ -301,6 +309,8 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
         read += _quarantine_malformed(cur, name, ingest_id, "traffic", malformed, reasons)
         quarantined = read - ingested
         fingerprint = chain_fingerprint((info or {}).get("fingerprint", ""), sha)
+        if features is None:  # no batch was read: only an append gets here, and it keeps the set's columns
+            features = list(info["columns"]) if info else []
         store.upsert_traffic_set(cur, name, id_col=id_col, time_col=time_col, entity_col=entity_col,
                                  columns=features, fingerprint=fingerprint, added_rows=ingested,
                                  added_quarantined=quarantined)
@@ -454,17 +464,18 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
             if missing:
                 raise WorkbenchError(f"labels file lacks column(s) {', '.join(missing)}; it has: "
                                      f"{', '.join(repr(c) for c in list(src_types)[:30])}")
-            has_time = bool(time_col) and time_col in src_types
+            time_name = time_col if time_col and time_col in src_types else None
             lab = f"_wb_src.{qident(label_col)}"
             lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
                         f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
-            t_expr = _cast_expr(time_col, src_types[time_col], "TIMESTAMP") if has_time else "CAST(NULL AS TIMESTAMP)"
+            t_expr = _cast_expr(time_name, src_types[time_name], "TIMESTAMP") if time_name is not None \
+                else "CAST(NULL AS TIMESTAMP)"
             checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {sql_literal('null:' + id_col)}",
                       f"WHEN {lab} IS NULL THEN {sql_literal('null:' + label_col)}",
                       f"WHEN {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}"]
-            if has_time:
-                checks.append(f"WHEN _wb_src.{qident(time_col)} IS NOT NULL AND {t_expr} IS NULL "
-                              f"THEN {sql_literal('type:' + time_col)}")
+            if time_name is not None:
+                checks.append(f"WHEN _wb_src.{qident(time_name)} IS NOT NULL AND {t_expr} IS NULL "
+                              f"THEN {sql_literal('type:' + time_name)}")
             view.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
                 SELECT {read} + (row_number() OVER () - 1) AS _row,
                        CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id, {lab_expr} AS label,

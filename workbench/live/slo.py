@@ -114,6 +114,8 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
     if cand.requests < live.min_requests:
         return SloReport(False, f"candidate has {cand.requests} requests in the last {live.window_s:g} s, "
                                 f"fewer than min_requests {live.min_requests}: not judged", (), stats, live.window_s)
+    if cand.error_ci_low is None or cand.p99_ms is None:
+        raise ValueError(f"candidate stats with {cand.requests} requests lack the error interval or p99 latency")
     checks = []
     rate = Interval(cand.error_rate, cand.error_ci_low, cand.error_ci_high)
     failed = cand.error_ci_low > live.max_error_rate
@@ -131,7 +133,7 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
             threshold=live.max_p99_ms, baseline=base.p99_ms, candidate=cand.p99_ms, delta=None,
             outcome=FAIL if failed else PASS, critical=True,
             reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ms:g} ms"))
-    if live.max_p99_ratio is not None and base.requests >= live.min_requests:
+    if live.max_p99_ratio is not None and base.requests >= live.min_requests and base.p99_ms is not None:
         bound = live.max_p99_ratio * base.p99_ms
         failed = cand.p99_ms > bound
         checks.append(Check(

@@ -175,12 +175,11 @@ def to_table(records: list[LiveRecord]) -> pa.Table:
                          ("weight", rec.weight), ("decision_id", rec.decision_id), ("mirrored", rec.mirrored)):
                 live[PREFIX + k].append(v)
             for a in ARMS:
-                o = rec.outcomes.get(a)
-                scores, err = per_arm.get(a, (None, None))
+                o, answer = rec.outcomes.get(a), per_arm.get(a)   # answer: present exactly when o is
                 arms[f"{PREFIX}{a}_status"].append(o.status if o else None)
-                arms[f"{PREFIX}{a}_score"].append(scores[i] if o else None)
+                arms[f"{PREFIX}{a}_score"].append(answer[0][i] if answer else None)
                 arms[f"{PREFIX}{a}_latency_ms"].append(o.latency_ms if o else None)
-                arms[f"{PREFIX}{a}_error"].append(err if o else None)
+                arms[f"{PREFIX}{a}_error"].append(answer[1] if answer else None)
             for name, v in row.items():
                 col = features.setdefault(_feature_name(str(name)), [None] * n_rows)
                 col.append(v)
@@ -262,14 +261,16 @@ class TrafficLog:
     def _write(self, records: list[LiveRecord]) -> None:
         try:
             table = to_table(records)
-            if self._writer is not None and not table.schema.equals(self._writer.schema):
+            writer = self._writer
+            if writer is not None and not table.schema.equals(writer.schema):
                 try:
-                    table = table.cast(self._writer.schema)
+                    table = table.cast(writer.schema)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
                     self._close_file()   # the request fields changed: a new file with the new schema
-            if self._writer is None:
-                self._open_file(table.schema)
-            self._writer.write_table(table)
+                    writer = None
+            if writer is None:
+                writer = self._open_file(table.schema)
+            writer.write_table(table)
             self._file_rows += table.num_rows
             self.rows_written += table.num_rows
             self.requests_written += len(records)
@@ -277,16 +278,19 @@ class TrafficLog:
             self.failed += len(records)
             log.exception("traffic log: %d requests could not be written", len(records))
 
-    def _open_file(self, schema: pa.Schema) -> None:
+    def _open_file(self, schema: pa.Schema) -> pq.ParquetWriter:
         self._seq += 1
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self._path = self.dir / f"{self.prefix}-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
         self._writer = pq.ParquetWriter(str(self._path) + PARTIAL, schema)
         self._opened = time.monotonic()
         self._file_rows = 0
+        return self._writer
 
     def _close_file(self) -> None:
         writer, path = self._writer, self._path
+        if writer is None or path is None:
+            raise RuntimeError("traffic log: no file is open")
         self._writer = self._path = None
         try:
             writer.close()

@@ -152,11 +152,14 @@ class _Connection(asyncio.Protocol):
     async def request(self, data: bytes) -> Response:
         if self.closed:   # the server closed it before we wrote anything
             raise RemoteProtocolError("server closed the connection without an answer")
+        loop, transport = self.pool.loop, self.transport
+        if loop is None or transport is None:
+            raise RuntimeError("request on a connection that was never opened")
         self._reset_message()
         self.got_bytes = False
         self.uses += 1
-        self.waiter = self.pool.loop.create_future()
-        self.transport.write(data)
+        self.waiter = loop.create_future()
+        transport.write(data)
         return await self.waiter
 
 

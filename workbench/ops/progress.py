@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 from workbench.clock import iso, parse_time
 from workbench.store import check_name
@@ -25,7 +25,7 @@ RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "inter
 
 
 def _iso(t: float) -> str:
-    return iso(datetime.fromtimestamp(t, timezone.utc))
+    return cast(str, iso(datetime.fromtimestamp(t, timezone.utc)))  # iso returns None only for None
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class ProgressFile:
         with self._lock:
             now = self._clock()
             first = self._first is None
-            if first:
+            if self._first is None:
                 self._first = (now, done)
             t0, d0 = self._first
             rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None

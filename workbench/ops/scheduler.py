@@ -44,24 +44,25 @@ class Scheduler:
                                      "triggers.aliases = [] in one of them")
             self.by_model[s.spec.model] = s
         start = clock()
-        self.next = {s.name: next_fire(s.spec.schedule, start) for s in specs if s.spec.schedule}
+        self._schedules = {s.name: s.spec.schedule for s in specs if s.spec.schedule}
+        self.next = {name: next_fire(cron, start) for name, cron in self._schedules.items()}
         self._refusals: dict[str, str] = {}
         self._stop = threading.Event()   # set by run_forever's caller: no new job starts after it
 
     # -- one pass ------------------------------------------------------------------------------------
     def due(self, now: datetime) -> list[tuple[LoadedSpec, datetime]]:
         """Specs whose next fire time has come, each with its latest fire time at or before ``now``."""
-        return [(self.specs[name], last_fire(self.specs[name].spec.schedule, now))
+        return [(self.specs[name], last_fire(self._schedules[name], now))
                 for name, at in sorted(self.next.items(), key=lambda kv: kv[1]) if at <= now]
 
     def tick(self) -> list[dict]:
         """Run the due specs, then the queued registry events; return one outcome per job touched."""
         now = self.clock()
-        outcomes = []
+        outcomes: list[dict] = []
         for loaded, fire in self.due(now):
             if self._stop.is_set():
                 return outcomes
-            self.next[loaded.name] = next_fire(loaded.spec.schedule, now)
+            self.next[loaded.name] = next_fire(self._schedules[loaded.name], now)
             log.info("schedule fired", extra={"event": "schedule_fired", "spec": loaded.name, "fire_time": iso(fire),
                                               "next_fire": iso(self.next[loaded.name])})
             outcomes.append(self._run(loaded, job_id=slot_job_id(loaded.name, fire), as_of=fire,

@@ -101,6 +101,7 @@ def _worker(conn: Connection, model: Predictor, device: str) -> None:
         except (EOFError, OSError):
             return
         t0 = time.perf_counter()
+        msg: tuple[Any, ...]
         try:
             msg = ("ok", np.asarray(model.predict(batch)), time.perf_counter() - t0)
         except Exception as e:  # the model's failure is data: it goes back as the row's reason
@@ -316,12 +317,16 @@ class IsolatedPredictor:
 
     def _over_limit(self) -> float | None:
         limit = self.options.memory_limit_mb
-        rss = _rss_mb(self.pid) if limit is not None and self.pid is not None else None
+        if limit is None or self.pid is None:
+            return None
+        rss = _rss_mb(self.pid)
         return rss if rss is not None and rss > limit else None
 
     def _end(self, kill: bool) -> str:
         """Stop the current worker (killing it, or after it died) and return how it ended."""
         pid, conn = self.pid, self.conn
+        if pid is None:
+            raise RuntimeError(f"{self.role} model: no worker is running")
         self.pid = self.conn = None
         if conn is not None:
             conn.close()

@@ -244,10 +244,11 @@ class _SharedGpuInput:
     @staticmethod
     def applicable(models: dict[str, Predictor], options: ScoringOptions) -> "_SharedGpuInput | None":
         devices = {getattr(m, "device", "cpu") for m in models.values()}
+        torch_models = {r: m for r, m in models.items() if isinstance(m, TorchPredictor)}
         if (options.mode == "throughput" and options.model_timeout is None
-                and all(isinstance(m, TorchPredictor) for m in models.values())
+                and len(torch_models) == len(models)
                 and len(devices) == 1 and devices.pop().startswith("cuda")):
-            return _SharedGpuInput(models)
+            return _SharedGpuInput(torch_models)
         return None
 
     def _buffer(self, n: int):
@@ -303,7 +304,7 @@ class _SharedGpuInput:
             scores = both[k].numpy()   # float32: DuckDB widens it to DOUBLE in the writer threads
             if scores.shape != (n,):
                 raise ValueError("wrong output shape")
-            errors = None
+            errors: list[str | None] | None = None
             bad = ~np.isfinite(scores)
             if bad.any():
                 errors = [None] * n
