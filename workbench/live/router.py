@@ -37,7 +37,8 @@ from typing import Callable, Protocol
 from workbench import WorkbenchError
 from workbench.decide.canary import bucket_of, in_canary
 from workbench.decide.policy import LiveSegment, Policy
-from workbench.live.slo import ARMS, ArmWindow, SloReport, judge
+from workbench.live.slo import ArmWindow, SloReport, judge
+from workbench.roles import ROLES as ARMS
 from workbench.live.trafficlog import LiveRecord, Outcome, TrafficLog, request_rows
 from workbench.live.upstream import Pool, UpstreamError, UpstreamTimeout
 
