@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -41,6 +41,10 @@ def db_time(t: Any) -> datetime:
     return to_utc(t).replace(tzinfo=None)
 
 
+@overload
+def iso(t: None) -> None: ...
+@overload
+def iso(t: datetime | np.datetime64) -> str: ...
 def iso(t: Any) -> str | None:
     """ISO-8601 UTC text with a ``Z`` (None stays None)."""
     if t is None:

@@ -21,7 +21,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, cast
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -458,7 +458,7 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     params = {"reference": reference, "current": current, "tests": tests, "thresholds": thresholds,
               "drift_share": drift_share, "as_of": iso(as_of), "calibration_alpha": calibration_alpha,
               "detector": concept["params"]}
-    created_at = cast(str, iso(utc_now()))  # iso returns None only for None
+    created_at = iso(utc_now())
     report = DriftReport(run_id, created_at, ref_desc, cur_desc, data,
                          prediction, concept, calibration, estimated, quality, params,
                          sources=(res.reference, res.current))

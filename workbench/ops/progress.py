@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, cast
+from typing import Callable
 
 from workbench.clock import iso, parse_time
 from workbench.store import check_name
@@ -25,7 +25,7 @@ RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "inter
 
 
 def _iso(t: float) -> str:
-    return cast(str, iso(datetime.fromtimestamp(t, timezone.utc)))  # iso returns None only for None
+    return iso(datetime.fromtimestamp(t, timezone.utc))
 
 
 @dataclass(frozen=True)
