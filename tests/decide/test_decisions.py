@@ -7,7 +7,7 @@ from conftest import make_evaluation, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, build_decision, preview_decision, verify_chain
 from workbench.config import load_settings
-from workbench.decide.policy import HOLD, PROMOTE, load_policy
+from workbench.decide.policy import Verdict, load_policy
 from workbench.decide.decisions import audit, decide, trusted
 from workbench.decide.signing import SignatureError
 from workbench.store import Store
@@ -28,7 +28,7 @@ def test_preview_is_what_a_signed_decision_says(env):
     settings, store, signer = env
     policy = load_policy()
     p = preview_decision(store, "run_a", policy)
-    assert (p.verdict, p.model, p.weight_before, p.weight_after) == (PROMOTE, "fraud", 0, 1)
+    assert (p.verdict, p.model, p.weight_before, p.weight_after) == (Verdict.PROMOTE, "fraud", 0, 1)
     assert store.list_decisions() == []   # a preview signs and stores nothing
     signed, card = build_decision(store, "run_a", policy, signer)
     assert (signed.record["verdict"], signed.record["weight_after"]) == (p.verdict, p.weight_after)
@@ -39,7 +39,7 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     settings, store, signer = env
     policy = load_policy()
     out = decide(settings, store, "run_a", policy, signer)
-    assert out["applied"] and (out["verdict"], out["weight_before"], out["weight_after"]) == (PROMOTE, 0, 1)
+    assert out["applied"] and (out["verdict"], out["weight_before"], out["weight_after"]) == (Verdict.PROMOTE, 0, 1)
     assert out["record"]["signer"] == "alice@example.com"
     # MLflow is down: the record is applied and stays stored locally, pending sync
     assert out["pending_sync"] is True and out["mlflow_run_id"] is None and "unreachable" in out["sync_error"]
@@ -48,7 +48,7 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     assert (second["weight_before"], second["weight_after"]) == (1, 5)
     seed_run(store, "run_c", make_evaluation("run_c", labeled_rows=10))
     unapplied = decide(settings, store, "run_c", policy, signer, apply=False)
-    assert unapplied["verdict"] == HOLD and not unapplied["applied"]
+    assert unapplied["verdict"] == Verdict.HOLD and not unapplied["applied"]
     entries = audit(store, "fraud", trusted(settings))
     by_id = {e.decision_id: e for e in entries}
     assert [by_id[d["decision_id"]].sequence for d in (out, second, unapplied)] == [1, 2, None]

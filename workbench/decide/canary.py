@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench import WorkbenchError
-from workbench.decide.policy import HOLD, ROLLBACK, VERDICTS, Policy, Scorecard, score
+from workbench.decide.policy import Policy, Scorecard, Verdict, score
 from workbench.decide.signing import (SignatureError, canonical_bytes, clean, content_hash, key_fingerprint, load_private_key,
                       record_hash, sign, verify_signature)
 from workbench.store import Store
@@ -55,16 +55,17 @@ def parse_iso(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def next_weight(verdict: str, weight_before: int, ramp: tuple[int, ...] | list[int], killed: bool = False) -> int:
+def next_weight(verdict: Verdict | str, weight_before: int, ramp: tuple[int, ...] | list[int],
+                killed: bool = False) -> int:
     """The weight after a verdict: PROMOTE -> the next ramp step, HOLD -> unchanged, ROLLBACK -> 0.
 
     A killed candidate stays at 0 whatever the verdict.
     """
-    if verdict not in VERDICTS:
+    if verdict not in tuple(Verdict):
         raise WorkbenchError(f"unknown verdict {verdict!r}")
-    if killed or verdict == ROLLBACK:
+    if killed or verdict == Verdict.ROLLBACK:
         return 0
-    if verdict == HOLD:
+    if verdict == Verdict.HOLD:
         return weight_before
     return next((w for w in ramp if w > weight_before), max(ramp[-1], weight_before))
 
@@ -179,7 +180,7 @@ class DecisionPreview:
     reason: str
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
         return self.scorecard.verdict
 
 
@@ -235,7 +236,7 @@ def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Po
     record = _record(store, model, now, signer, policy, kind="kill", baseline=head["baseline"],
                      candidate=head["candidate"], run_id=None, traffic=head["traffic"],
                      traffic_fingerprint=head["traffic_fingerprint"], evaluation_hash=None, drift_hash=None,
-                     scorecard=scorecard, verdict=ROLLBACK, reason=f"{source}: {reason.strip()}",
+                     scorecard=scorecard, verdict=Verdict.ROLLBACK, reason=f"{source}: {reason.strip()}",
                      weight_before=int(state["weight"]), weight_after=0,
                      registry=head.get("registry"), ramp=head.get("ramp"))
     signed = signer.sign(record)
@@ -279,7 +280,8 @@ def _check_shape(record: dict) -> None:
     if missing:
         raise SignatureError(f"decision {record.get('decision_id')}: not a decision record (missing "
                              f"{', '.join(missing)})")
-    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or record["verdict"] not in VERDICTS:
+    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or \
+            record["verdict"] not in tuple(Verdict):
         raise SignatureError(f"decision {record['decision_id']}: unknown schema, kind or verdict")
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,10 @@ class SignatureError(WorkbenchError):
 
 # -- canonical JSON ---------------------------------------------------------------------------------
 def clean(obj: Any) -> Any:
-    """``obj`` with non-finite floats replaced by None and tuples by lists (JSON has neither)."""
+    """``obj`` with non-finite floats replaced by None, tuples by lists (JSON has neither) and enum members
+    (verdicts, outcomes) by their values, which are what their JSON is: a record holds plain JSON values."""
+    if isinstance(obj, Enum):
+        return obj.value
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
