@@ -96,8 +96,8 @@ class SloReport:
     def scorecard(self) -> dict:
         """The checks as a scorecard dict (as :meth:`workbench.decide.policy.Scorecard.to_dict`), for the signed record."""
         counts = {o: sum(c.outcome == o for c in self.checks) for o in Outcome}
-        return {"verdict": Verdict.ROLLBACK if self.breached else Verdict.PROMOTE, "reason": self.reason, "counts": counts,
-                "checks": [c.to_dict() for c in self.checks], "skipped": [],
+        return {"verdict": Verdict.ROLLBACK if self.breached else Verdict.PROMOTE, "reason": self.reason,
+                "counts": counts, "checks": [c.to_dict() for c in self.checks], "skipped": [],
                 "live": {"window_s": self.window_s, "arms": {a: s.to_dict() for a, s in self.stats.items()}}}
 
     def to_dict(self) -> dict:
