@@ -7,9 +7,9 @@ import streamlit as st
 
 from pages import charts, data, ui
 from workbench import WorkbenchError
-from workbench.decide.canary import Signer
 from workbench.decide.policy import Outcome, Verdict, load_policy
 from workbench.decide.decisions import decide
+from workbench.decide.signing import KeyRing
 from workbench.views import ramp_position
 
 OUTCOME_COLORS = {Outcome.PASS: "color: #1a7f37", Outcome.FAIL: "color: #cf222e; font-weight: bold",
@@ -89,9 +89,10 @@ if run is not None:
                     else:
                         settings = data.settings()
                         try:
-                            signer = Signer.from_keys_dir(settings.keys_dir, who.signer)
+                            keys = KeyRing.from_settings(settings)
+                            signer = keys.signer_as(who.signer)
                             with data.database().write() as store:
-                                out = decide(settings, store, run["run_id"], policy, signer)
+                                out = decide(settings, store, keys, run["run_id"], policy, signer)
                         except WorkbenchError as e:
                             st.error(str(e))
                         else:

@@ -47,7 +47,7 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
     from workbench.decide.decisions import decide
     from workbench.drift.report import drift_run
     from workbench.evaluate.evaluation import evaluate_run
-    from workbench.decide.signing import PRIVATE_FILE, init_keys
+    from workbench.decide.signing import PRIVATE_FILE, KeyRing, init_keys
     from workbench.replay.models import load_predictor
     from workbench.replay.pipeline import replay
     from workbench.store import Store
@@ -115,7 +115,7 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
             summary["decision"] = {k: earlier[0][k] for k in ("decision_id", "verdict", "weight_before",
                                                                 "weight_after")} | {"reused": True}
         else:
-            out = decide(settings, store, run_id)
+            out = decide(settings, store, KeyRing.from_settings(settings, sign=True), run_id)
             summary["decision"] = {k: out[k] for k in ("decision_id", "verdict", "reason", "weight_before",
                                                          "weight_after", "mlflow_run_id", "pending_sync")}
         timings["decide"] = time.perf_counter() - t

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from workbench import WorkbenchError
 from workbench.decide.canary import SignedDecision, sync
@@ -305,7 +305,7 @@ class SyncResult:
         return {"synced": self.synced, "failed": self.failed, "pending": len(self.failed)}
 
 
-def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted: dict) -> SyncResult:
+def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted: Mapping) -> SyncResult:
     """Publish every applied decision still marked ``pending_sync``, per model in chain order.
 
     Each stored record is verified first (a tampered one is never pushed); publishing is idempotent on

@@ -38,6 +38,7 @@ from workbench import WorkbenchError
 from workbench.config import Settings
 from workbench.ops.observability import log_context
 from workbench.decide.policy import _format_errors
+from workbench.decide.signing import KeyRing
 from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
@@ -394,6 +395,7 @@ class _Job:
     loaded: LoadedSpec
     job_id: str
     params: dict
+    keys: KeyRing
     results: dict = field(default_factory=dict)
 
     @property
@@ -630,7 +632,7 @@ def _stage_decide(job: _Job) -> dict:
     """Judge the run under the policy and sign the record; with ``verdict = "apply"`` also move the weight and
     publish to MLflow. A record this run already has (an attempt that died after signing) is reused."""
     from workbench.decide.canary import apply_decision, build_decision, load_signed
-    from workbench.decide.decisions import publish, signer, trusted
+    from workbench.decide.decisions import publish
     from workbench.decide.policy import load_policy
 
     s, run_id = job.settings, job.plan["run_id"]
@@ -641,13 +643,13 @@ def _stage_decide(job: _Job) -> dict:
             signed = load_signed(store, mine[0]["decision_id"])
             applied = mine[0]["applied_sequence"] is not None
         else:
-            signed, _ = build_decision(store, run_id, policy, signer(s))
+            signed, _ = build_decision(store, run_id, policy, job.keys.signer)
             applied = False
         r = signed.record
         out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
                "weight_before": r["weight_before"], "weight_after": r["weight_after"], "applied": applied}
         if job.spec.verdict == "apply" and not applied:
-            apply_decision(store, signed, trusted(s))
+            apply_decision(store, signed, job.keys.trusted)
             out["applied"] = True
             out.update(publish(s, store, signed))
     return out
@@ -659,16 +661,15 @@ STAGE_FUNCS: dict[str, Callable[[_Job], dict]] = {
 
 
 # -- the runner -------------------------------------------------------------------------------------
-def preflight(settings: Settings, loaded: LoadedSpec) -> None:
+def preflight(settings: Settings, loaded: LoadedSpec) -> KeyRing:
     """Check what a job needs before it starts: the policy, the signing key, the traffic and labels files.
-    Raises :class:`JobRefused` naming the problem."""
-    from workbench.decide.canary import Signer
+    Returns the job's key ring (with its signer); raises :class:`JobRefused` naming the problem."""
     from workbench.decide.policy import load_policy
 
     spec = loaded.spec
     try:
         load_policy(loaded.resolve(spec.policy) if spec.policy else None)
-        Signer.from_keys_dir(settings.keys_dir, settings.signer)
+        keys = KeyRing.from_settings(settings, sign=True)
         if spec.traffic.path:
             _files(loaded, spec.traffic.path)
         if spec.labels:
@@ -677,6 +678,7 @@ def preflight(settings: Settings, loaded: LoadedSpec) -> None:
         raise
     except WorkbenchError as e:
         raise JobRefused(f"cannot start job spec {spec.name}: {e}") from None
+    return keys
 
 
 def _choose(store: Store, spec: JobSpec, job_id: str | None, as_of: datetime | None, new: bool,
@@ -715,7 +717,7 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
     import mlflow
 
     spec = loaded.spec
-    preflight(settings, loaded)
+    keys = preflight(settings, loaded)
     lock = SpecLock(settings.ensure().home, spec.name)
     lock.acquire()
     try:
@@ -734,7 +736,7 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
             done = {k: v for k, v in store.job_stages(job_id).items() if v["status"] in DONE}
         lock.describe(job_id)
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        job = _Job(settings, loaded, job_id, params, {k: v["result"] for k, v in done.items()})
+        job = _Job(settings, loaded, job_id, params, keys, {k: v["result"] for k, v in done.items()})
         with log_context(job_id=job_id, spec=spec.name):
             if stale:
                 log.warning("found interrupted job(s) of this spec", extra={"event": "job_interrupted",
