@@ -162,7 +162,8 @@ def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     from workbench.decide.canary import preview_decision
     from workbench.config import load_settings
     from workbench.decide.policy import load_policy
-    from workbench.decide.decisions import audit, trusted
+    from workbench.decide.decisions import audit
+    from workbench.decide.signing import KeyRing
     from workbench.store import Store
 
     settings = load_settings(home)
@@ -183,7 +184,7 @@ def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
             ("Compare", "disagreements (LIMIT 100)", lambda: s.app_disagreements(run_id, 100)),
             ("Drift", "drift report", lambda: s.latest_drift(run_id)),
             ("Decide", "preview (scorecard, weights)", lambda: preview_decision(s, run_id, load_policy())),
-            ("Audit", "audit", lambda: audit(s, MODEL, trusted(settings))),
+            ("Audit", "audit", lambda: audit(s, MODEL, KeyRing.from_settings(settings).trusted)),
         ]
         for page, name, fn in calls:
             t = time.perf_counter()

@@ -253,9 +253,9 @@ def _canary_states(store, settings_: Settings) -> list[dict]:
     import json
 
     from workbench.decide.canary import status
-    from workbench.decide.decisions import trusted
+    from workbench.decide.signing import KeyRing
 
-    keys = trusted(settings_)
+    keys = KeyRing.from_settings(settings_).trusted
     out = []
     for state in store.app_canary_states():
         head = store.get_decision(state["decision_id"])
@@ -296,9 +296,10 @@ def decided_models() -> list[str]:
 
 @st.cache_data(ttl=SHORT_TTL, show_spinner=False)
 def _audit(home_: str, model: str) -> Fetched:
-    from workbench.decide.decisions import audit, trusted
+    from workbench.decide.decisions import audit
+    from workbench.decide.signing import KeyRing
 
-    keys = trusted(load_settings(home_))
+    keys = KeyRing.from_settings(load_settings(home_)).trusted
     return _read(home_, lambda s: [e.to_dict() for e in audit(s, model, keys)])
 
 

@@ -7,15 +7,15 @@ import streamlit as st
 
 from pages import charts, data, ui
 from workbench import WorkbenchError
-from workbench.decide.canary import Signer
-from workbench.decide.policy import load_policy
+from workbench.decide.policy import Outcome, Verdict, load_policy
 from workbench.decide.decisions import decide
+from workbench.decide.signing import KeyRing
 from workbench.views import ramp_position
 
-OUTCOME_COLORS = {"pass": "color: #1a7f37", "fail": "color: #cf222e; font-weight: bold",
-                  "inconclusive": "color: #9a6700"}
-VERDICT_ICONS = {"PROMOTE": ":material/trending_up:", "HOLD": ":material/pause_circle:",
-                 "ROLLBACK": ":material/undo:"}
+OUTCOME_COLORS = {Outcome.PASS: "color: #1a7f37", Outcome.FAIL: "color: #cf222e; font-weight: bold",
+                  Outcome.INCONCLUSIVE: "color: #9a6700"}
+VERDICT_ICONS = {Verdict.PROMOTE: ":material/trending_up:", Verdict.HOLD: ":material/pause_circle:",
+                 Verdict.ROLLBACK: ":material/undo:"}
 
 ui.ensure_navigation()
 st.title("Decide")
@@ -51,7 +51,7 @@ if run is not None:
                     f"{pos['step']} of {pos['steps']}")
         v3.plotly_chart(charts.ramp(pos), key="decide_ramp", config={"displayModeBar": False})
         counts = card.to_dict()["counts"]
-        st.subheader(f"Checks: {counts['pass']} pass, {counts['fail']} fail, {counts['inconclusive']} inconclusive")
+        st.subheader("Checks: " + ", ".join(f"{counts[o]} {o}" for o in Outcome))
         checks = pd.DataFrame([{
             "gate": c.gate, "outcome": c.outcome, "critical": c.critical,
             "reason": c.reason, "baseline": c.baseline, "candidate": c.candidate,
@@ -89,9 +89,10 @@ if run is not None:
                     else:
                         settings = data.settings()
                         try:
-                            signer = Signer.from_keys_dir(settings.keys_dir, who.signer)
+                            keys = KeyRing.from_settings(settings)
+                            signer = keys.signer_as(who.signer)
                             with data.database().write() as store:
-                                out = decide(settings, store, run["run_id"], policy, signer)
+                                out = decide(settings, store, keys, run["run_id"], policy, signer)
                         except WorkbenchError as e:
                             st.error(str(e))
                         else:

@@ -208,10 +208,12 @@ def _scorecard_text(d: dict) -> str:
 
 def cmd_decide(args) -> None:
     from workbench.decide.decisions import decide
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
     with open_store(settings) as store:
-        out = decide(settings, store, args.run_id, args.policy, apply=args.apply)
+        out = decide(settings, store, keys, args.run_id, args.policy, apply=args.apply)
     emit(args, out, _scorecard_text)
 
 
@@ -235,11 +237,12 @@ def cmd_keys_export(args) -> None:
 
 def cmd_decision_verify(args) -> None:
     from workbench.decide.canary import load_signed, verify_decision
-    from workbench.decide.decisions import trusted
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        res = verify_decision(store, load_signed(store, args.path_or_id), trusted(settings))
+        res = verify_decision(store, load_signed(store, args.path_or_id), keys.trusted)
     emit(args, res.to_dict(), lambda d: f"decision {d['decision_id']} ({d['model']}, {d['verdict']}): signature valid "
                                         f"({d['key_fingerprint']}, {d['signer']}), chain valid; {d['note']}")
 
@@ -252,33 +255,38 @@ def _status_text(d: dict) -> str:
 
 def cmd_canary_status(args) -> None:
     from workbench.decide.canary import status
-    from workbench.decide.decisions import trusted
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        emit(args, status(store, args.model, trusted(settings)).to_dict(), _status_text)
+        emit(args, status(store, args.model, keys.trusted).to_dict(), _status_text)
 
 
 def cmd_canary_kill(args) -> None:
     from workbench.decide.canary import build_kill
     from workbench.decide.policy import load_policy
 
-    from workbench.decide.decisions import apply_and_publish, signer
+    from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
     with open_store(settings) as store:
-        out = apply_and_publish(settings, store, build_kill(store, args.model, args.reason, signer(settings),
-                                                            load_policy()))
+        out = apply_and_publish(settings, store, keys, build_kill(store, args.model, args.reason, keys.signer,
+                                                                  load_policy()))
     emit(args, out, _status_text)
 
 
 def cmd_canary_apply(args) -> None:
     from workbench.decide.canary import load_signed
     from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        out = apply_and_publish(settings, store, load_signed(store, args.path_or_id))
+        out = apply_and_publish(settings, store, keys, load_signed(store, args.path_or_id))
     emit(args, out, _status_text)
 
 
@@ -305,10 +313,12 @@ def cmd_webhook_register(args) -> None:
 # -- reliability (issue 10): decisions recorded while MLflow was down ------------------------------------
 def cmd_sync(args) -> None:
     from workbench.decide.decisions import sync_pending
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        res = sync_pending(settings, store)
+        res = sync_pending(settings, store, keys)
     for d in res["synced"]:
         log.info("decision %s (%s) is in MLflow: run %s", d["decision_id"], d["model"], d["mlflow_run_id"])
     if res["failed"]:
@@ -378,8 +388,8 @@ def cmd_route(args) -> None:
 
     import uvicorn
 
-    from workbench.decide.canary import Signer
     from workbench.decide.policy import load_policy
+    from workbench.decide.signing import KeyRing
     from workbench.live.router import Router, RouterConfig, StoreWeights
     from workbench.live.trafficlog import TrafficLog
 
@@ -393,11 +403,11 @@ def cmd_route(args) -> None:
                           entity_header=args.entity_header or None, entity_field=args.entity_field,
                           mirror_percent=args.mirror, timeout_s=args.timeout, mirror_timeout_s=args.mirror_timeout,
                           poll_s=args.poll, auto_rollback=args.auto_rollback)
-    # no key: refused now, not at the first breach
-    signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if args.auto_rollback else None
+    # the key ring, once; with automated rollback the signing key too (no key: refused now, not at a breach)
+    keys = KeyRing.from_settings(settings, sign=args.auto_rollback)
     if args.auto_rollback and args.mlflow:
         importlib.import_module("mlflow")   # now, not in a rollback's worker thread while traffic flows
-    weights = StoreWeights(settings, args.model, policy, signer=signer, publish=args.mlflow)
+    weights = StoreWeights(settings, args.model, policy, keys=keys, publish=args.mlflow)
     traffic_log = None if args.no_log else TrafficLog(args.log_dir or settings.home / "live" / args.model,
                                                       rotate_rows=args.rotate_rows, rotate_s=args.rotate_s)
     router = Router(config, policy, weights, traffic_log=traffic_log)
@@ -432,12 +442,12 @@ def cmd_route(args) -> None:
 def cmd_canary_render(args) -> None:
     from workbench.decide.canary import live_view
     from workbench.live.mesh import MeshOptions, render, to_yaml
-    from workbench.decide.signing import trusted_keys
+    from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        view = live_view(store, args.model, trusted_keys(settings.keys_dir, settings.trusted_keys_dir,
-                                                         settings.trusted_keys))
+        view = live_view(store, args.model, keys.trusted)
     opts = MeshOptions(namespace=args.namespace, service=args.service,
                        api_url=args.api_url or f"http://canary-workbench.{args.namespace}.svc:8000")
     objects = render(args.target, view, view["ramp"] or [], opts)

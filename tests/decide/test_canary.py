@@ -10,7 +10,7 @@ from conftest import free_port, make_evaluation, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import (Signer, apply_decision, build_decision, build_kill, load_signed, next_weight, status,
                               verify_decision)
-from workbench.decide.policy import HOLD, PROMOTE, ROLLBACK, VERDICTS, load_policy, parse_policy
+from workbench.decide.policy import Verdict, load_policy, parse_policy
 from workbench.decide.signing import SignatureError, init_keys, trusted_keys
 from workbench.store import Store
 
@@ -36,15 +36,16 @@ def decide(store, signer, trusted, run_id="run_a", policy=None):
 
 
 @pytest.mark.parametrize("verdict, before, after", [
-    (PROMOTE, 0, 1), (PROMOTE, 1, 5), (PROMOTE, 50, 100), (PROMOTE, 100, 100), (PROMOTE, 10, 25),
-    (HOLD, 25, 25), (HOLD, 0, 0), (ROLLBACK, 50, 0), (ROLLBACK, 0, 0)],
+    (Verdict.PROMOTE, 0, 1), (Verdict.PROMOTE, 1, 5), (Verdict.PROMOTE, 50, 100), (Verdict.PROMOTE, 100, 100),
+    (Verdict.PROMOTE, 10, 25),
+    (Verdict.HOLD, 25, 25), (Verdict.HOLD, 0, 0), (Verdict.ROLLBACK, 50, 0), (Verdict.ROLLBACK, 0, 0)],
     ids=["start", "step", "last", "done", "off-ramp", "hold", "hold-0", "rollback", "rollback-0"])
 def test_next_weight(verdict, before, after):
     assert next_weight(verdict, before, (1, 5, 25, 50, 100)) == after
 
 
 def test_killed_candidate_stays_at_zero():
-    assert next_weight(PROMOTE, 0, (1, 100), killed=True) == 0
+    assert next_weight(Verdict.PROMOTE, 0, (1, 100), killed=True) == 0
 
 
 def test_promote_ramps_step_by_step_to_100(ctx):
@@ -65,10 +66,10 @@ def test_hold_keeps_and_rollback_zeroes(ctx):
     decide(store, signer, trusted)
     seed_run(store, "run_unsure", UNSURE)
     signed, st = decide(store, signer, trusted, "run_unsure")
-    assert signed.record["verdict"] == HOLD and st.weight == 5
+    assert signed.record["verdict"] == Verdict.HOLD and st.weight == 5
     seed_run(store, "run_bad", BAD)
     signed, st = decide(store, signer, trusted, "run_bad")
-    assert signed.record["verdict"] == ROLLBACK and (signed.record["weight_before"], st.weight) == (5, 0)
+    assert signed.record["verdict"] == Verdict.ROLLBACK and (signed.record["weight_before"], st.weight) == (5, 0)
     assert "metric.roc_auc.min_absolute_change" in signed.record["reason"]
 
 
@@ -81,7 +82,7 @@ def test_the_record_binds_the_evidence(ctx):
     assert (r["baseline"]["run_id"], r["candidate"]["run_id"]) == ("mlrun1", "mlrun2")
     assert r["run_id"] == "run_a" and r["model"] == "fraud" and r["previous_hash"] is None
     assert r["policy_hash"] == load_policy().hash and len(r["evaluation_hash"]) == 64 and r["drift_hash"] is None
-    assert r["scorecard"]["verdict"] == r["verdict"] == PROMOTE and r["signer"] == "tester"
+    assert r["scorecard"]["verdict"] == r["verdict"] == Verdict.PROMOTE and r["signer"] == "tester"
     assert r["key_fingerprint"] == signer.fingerprint
     assert r["created_at"] == "2026-11-02T09:00:00Z" and r["expires_at"] == "2026-11-03T09:00:00Z"
 
@@ -105,9 +106,9 @@ def test_kill_switch(ctx):
     kill = build_kill(store, "fraud", "p99 alarms in prod", signer, load_policy(), now=T0)
     st = apply_decision(store, kill, trusted, now=T0)
     assert st.weight == 0 and st.verified and kill.record["kind"] == "kill"
-    assert kill.record["verdict"] == ROLLBACK and kill.record["reason"] == "kill switch: p99 alarms in prod"
+    assert kill.record["verdict"] == Verdict.ROLLBACK and kill.record["reason"] == "kill switch: p99 alarms in prod"
     signed, st = decide(store, signer, trusted)  # the gates still pass, but the killed candidate stays at 0
-    assert signed.record["verdict"] == PROMOTE and st.weight == 0 and "kill switch" in signed.record["reason"]
+    assert signed.record["verdict"] == Verdict.PROMOTE and st.weight == 0 and "kill switch" in signed.record["reason"]
     with pytest.raises(WorkbenchError, match="--reason is required"):
         build_kill(store, "fraud", " ", signer, load_policy())
     with pytest.raises(WorkbenchError, match="nothing to kill"):
@@ -157,7 +158,7 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
     assert len(proc.stdout.strip().splitlines()) == 1
     out = json.loads(proc.stdout)
     assert set(out) >= {"verdict", "weight_before", "weight_after", "checks", "record", "signature", "decision_id"}
-    assert (out["verdict"], out["weight_before"], out["weight_after"]) == (PROMOTE, 0, 1)
+    assert (out["verdict"], out["weight_before"], out["weight_after"]) == (Verdict.PROMOTE, 0, 1)
     assert out["applied"] and out["pending_sync"] and "unreachable" in out["sync_error"]
     assert "not yet in MLflow" in proc.stderr
     with Store(seeded_home / "workbench.duckdb") as store:
@@ -195,7 +196,8 @@ def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
     assert again.returncode == 2 and "already applied" in again.stderr
     killed = json.loads(run_cli("canary", "kill", "fraud", "--reason", "pager", "--json", home=seeded_home,
                                 env=env).stdout)
-    assert killed["weight"] == 0 and killed["verified"] and killed["verdict"] == ROLLBACK and killed["signature"]
+    assert killed["weight"] == 0 and killed["verified"] and killed["signature"]
+    assert killed["verdict"] == Verdict.ROLLBACK
     v = json.loads(run_cli("decision", "verify", killed["decision_id"], "--json", home=seeded_home).stdout)
     assert v["verified"] and v["sequence"] == 2
 
@@ -212,7 +214,7 @@ def test_cli_decide_with_a_policy_file(seeded_home, tmp_path):
     pol = tmp_path / "strict.yaml"
     pol.write_text("min_labeled_rows: 100000\n")
     out = json.loads(run_cli("decide", "run_a", "--policy", str(pol), "--no-apply", "--json", home=seeded_home).stdout)
-    assert out["verdict"] == HOLD and "evidence.labeled_rows" in out["record"]["reason"]
+    assert out["verdict"] == Verdict.HOLD and "evidence.labeled_rows" in out["record"]["reason"]
     pol.write_text("min_labeled_rows: 100000\nmax_age_hour: 3\n")
     bad = run_cli("decide", "run_a", "--policy", str(pol), home=seeded_home, check=False)
     assert bad.returncode == 2 and "max_age_hour: unknown key" in bad.stderr
@@ -231,7 +233,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert demo["decision"]["weight_before"] == 0   # the demo made the first decision with the key it created
     proc = run_cli("decide", run_id, "--json", home=home)
     out = json.loads(proc.stdout)
-    assert out["verdict"] in VERDICTS and out["weight_before"] == demo["decision"]["weight_after"]
+    assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
     assert out["weight_after"] == next_weight(out["verdict"], out["weight_before"], (1, 5, 25, 50, 100))
     assert out["pending_sync"] is False and out["mlflow_run_id"]
     assert out["record"]["model"] == "flight-delay"

@@ -5,11 +5,11 @@ import pytest
 
 from conftest import make_evaluation, seed_run
 from workbench import WorkbenchError
-from workbench.decide.canary import Signer, build_decision, preview_decision, verify_chain
+from workbench.decide.canary import build_decision, preview_decision, verify_chain
 from workbench.config import load_settings
-from workbench.decide.policy import HOLD, PROMOTE, load_policy
-from workbench.decide.decisions import audit, decide, trusted
-from workbench.decide.signing import SignatureError
+from workbench.decide.policy import Verdict, load_policy
+from workbench.decide.decisions import audit, decide
+from workbench.decide.signing import KeyRing, SignatureError
 from workbench.store import Store
 
 
@@ -18,38 +18,40 @@ def env(seeded_home, monkeypatch):
     from conftest import free_port
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")   # nothing listens: MLflow is down
+    monkeypatch.setenv("WORKBENCH_SIGNER", "alice@example.com")
     settings = load_settings(seeded_home)
     store = Store(settings.db_path)
-    yield settings, store, Signer.from_keys_dir(settings.keys_dir, "alice@example.com")
+    yield settings, store, KeyRing.from_settings(settings)
     store.close()
 
 
 def test_preview_is_what_a_signed_decision_says(env):
-    settings, store, signer = env
+    settings, store, keys = env
     policy = load_policy()
     p = preview_decision(store, "run_a", policy)
-    assert (p.verdict, p.model, p.weight_before, p.weight_after) == (PROMOTE, "fraud", 0, 1)
+    assert (p.verdict, p.model, p.weight_before, p.weight_after) == (Verdict.PROMOTE, "fraud", 0, 1)
     assert store.list_decisions() == []   # a preview signs and stores nothing
-    signed, card = build_decision(store, "run_a", policy, signer)
+    signed, card = build_decision(store, "run_a", policy, keys.signer)
     assert (signed.record["verdict"], signed.record["weight_after"]) == (p.verdict, p.weight_after)
     assert card.to_dict() == p.scorecard.to_dict()
 
 
 def test_decide_signs_applies_and_audit_verifies_each_record(env):
-    settings, store, signer = env
+    settings, store, keys = env
     policy = load_policy()
-    out = decide(settings, store, "run_a", policy, signer)
-    assert out["applied"] and (out["verdict"], out["weight_before"], out["weight_after"]) == (PROMOTE, 0, 1)
-    assert out["record"]["signer"] == "alice@example.com"
+    out = decide(settings, store, keys, "run_a", policy)
+    assert out["applied"] and (out["verdict"], out["weight_before"], out["weight_after"]) == (Verdict.PROMOTE, 0, 1)
+    assert out["record"]["signer"] == "alice@example.com"   # the ring's signer: WORKBENCH_SIGNER
     # MLflow is down: the record is applied and stays stored locally, pending sync
     assert out["pending_sync"] is True and out["mlflow_run_id"] is None and "unreachable" in out["sync_error"]
     seed_run(store, "run_b", make_evaluation("run_b"))
-    second = decide(settings, store, "run_b", policy, signer)
+    second = decide(settings, store, keys, "run_b", policy, keys.signer_as("bob@example.com"))   # an approver
     assert (second["weight_before"], second["weight_after"]) == (1, 5)
+    assert second["record"]["signer"] == "bob@example.com"
     seed_run(store, "run_c", make_evaluation("run_c", labeled_rows=10))
-    unapplied = decide(settings, store, "run_c", policy, signer, apply=False)
-    assert unapplied["verdict"] == HOLD and not unapplied["applied"]
-    entries = audit(store, "fraud", trusted(settings))
+    unapplied = decide(settings, store, keys, "run_c", policy, apply=False)
+    assert unapplied["verdict"] == Verdict.HOLD and not unapplied["applied"]
+    entries = audit(store, "fraud", keys.trusted)
     by_id = {e.decision_id: e for e in entries}
     assert [by_id[d["decision_id"]].sequence for d in (out, second, unapplied)] == [1, 2, None]
     assert all(e.verified and e.problem is None for e in entries)
@@ -60,25 +62,25 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     row = store.get_decision(out["decision_id"])
     text = row["record"].replace('"verdict":"PROMOTE"', '"verdict":"HOLD"')
     store.cursor().execute("UPDATE decisions SET record = ? WHERE decision_id = ?", [text, out["decision_id"]])
-    entries = {e.decision_id: e for e in audit(store, "fraud", trusted(settings))}
+    entries = {e.decision_id: e for e in audit(store, "fraud", keys.trusted)}
     assert not entries[out["decision_id"]].verified and "altered" in entries[out["decision_id"]].problem
     assert entries[second["decision_id"]].verified and entries[unapplied["decision_id"]].verified
     with pytest.raises(SignatureError, match="altered"):
-        verify_chain(store, "fraud", trusted(settings))   # the all-or-nothing check agrees
+        verify_chain(store, "fraud", keys.trusted)   # the all-or-nothing check agrees
 
 
 def test_unapplied_record_with_a_bad_signature_is_flagged(env):
-    settings, store, signer = env
-    out = decide(settings, store, "run_a", load_policy(), signer, apply=False)
+    settings, store, keys = env
+    out = decide(settings, store, keys, "run_a", load_policy(), apply=False)
     store.cursor().execute("UPDATE decisions SET signature = ? WHERE decision_id = ?",
                            ["AAAA" + out["signature"][4:], out["decision_id"]])
-    [entry] = audit(store, "fraud", trusted(settings))
+    [entry] = audit(store, "fraud", keys.trusted)
     assert entry.sequence is None and not entry.verified and "does not match" in entry.problem
     assert json.loads(json.dumps(entry.to_dict()))["decision_id"] == out["decision_id"]
 
 
 def test_preview_refuses_unfinished_runs(env):
-    settings, store, signer = env
+    settings, store, keys = env
     store.create_run(run_id="run_live", traffic="syn_traffic", baseline={"uri": "models:/fraud/1", "name": "fraud",
                                                                           "version": "1"},
                      candidate={"uri": "models:/fraud/2", "name": "fraud", "version": "2"}, rows_total=10,

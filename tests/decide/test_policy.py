@@ -12,8 +12,8 @@ from mlflow.models.evaluation.validation import validate_evaluation_results
 
 from conftest import REPO, make_evaluation
 from workbench import WorkbenchError
-from workbench.decide.policy import (FAIL, HOLD, INCONCLUSIVE, PASS, PROMOTE, ROLLBACK, Policy, load_policy, parse_policy,
-                              score)
+from workbench.decide.policy import Outcome, Policy, Verdict, load_policy, parse_policy, score
+from workbench.decide.signing import canonical_bytes, clean, content_hash
 
 
 def policy(**kw) -> Policy:
@@ -99,7 +99,8 @@ def test_unreadable_policy_files(tmp_path):
 
 # -- gates on interval bounds -----------------------------------------------------------------------
 @pytest.mark.parametrize("delta_ci, outcome", [
-    ((0.001, 0.02), PASS), ((-0.009, 0.02), PASS), ((-0.03, -0.011), FAIL), ((-0.02, 0.01), INCONCLUSIVE)],
+    ((0.001, 0.02), Outcome.PASS), ((-0.009, 0.02), Outcome.PASS), ((-0.03, -0.011), Outcome.FAIL),
+    ((-0.02, 0.01), Outcome.INCONCLUSIVE)],
     ids=["above", "above-margin", "below", "straddles"])
 def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
     p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": -0.01, "critical": True}])
@@ -112,7 +113,8 @@ def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
 
 
 @pytest.mark.parametrize("delta_ci, outcome", [
-    ((-0.03, -0.01), PASS), ((0.01, 0.02), PASS), ((0.03, 0.05), FAIL), ((0.0, 0.04), INCONCLUSIVE)],
+    ((-0.03, -0.01), Outcome.PASS), ((0.01, 0.02), Outcome.PASS), ((0.03, 0.05), Outcome.FAIL),
+    ((0.0, 0.04), Outcome.INCONCLUSIVE)],
     ids=["better", "within-5pct", "worse", "straddles"])
 def test_lower_is_better_relative_change(delta_ci, outcome):
     # log_loss is lower-is-better: it may rise by at most 5 % of the baseline's 0.5 = 0.025
@@ -121,7 +123,7 @@ def test_lower_is_better_relative_change(delta_ci, outcome):
     assert check(score(p, ev), "metric.log_loss.min_relative_change").outcome == outcome
 
 
-@pytest.mark.parametrize("cand, outcome", [(0.80, PASS), (0.70, FAIL), (0.755, INCONCLUSIVE)],
+@pytest.mark.parametrize("cand, outcome", [(0.80, Outcome.PASS), (0.70, Outcome.FAIL), (0.755, Outcome.INCONCLUSIVE)],
                          ids=["above", "below", "straddles"])
 def test_threshold_is_judged_on_the_candidate_interval(cand, outcome):
     p = policy(metrics=[{"metric": "accuracy", "threshold": 0.75}])
@@ -133,7 +135,7 @@ def test_threshold_is_judged_on_the_candidate_interval(cand, outcome):
 def test_higher_is_better_can_be_overridden():
     p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": 0.0, "higher_is_better": False}])
     ev = make_evaluation(metrics={"roc_auc": (0.7, 0.72, 0.01, 0.03)})
-    assert check(score(p, ev), "metric.roc_auc.min_absolute_change").outcome == FAIL
+    assert check(score(p, ev), "metric.roc_auc.min_absolute_change").outcome == Outcome.FAIL
 
 
 def test_point_estimates_are_never_enough():
@@ -142,8 +144,9 @@ def test_point_estimates_are_never_enough():
             "baseline": {"roc_auc": 0.6, "f1": 0.3}, "candidate": {"roc_auc": 0.9, "f1": 0.6}}
     card = score(load_policy(), flat)
     c = check(card, "metric.roc_auc.min_absolute_change")
-    assert c.outcome == INCONCLUSIVE and "no confidence interval" in c.reason and c.delta.value == pytest.approx(0.3)
-    assert card.verdict == HOLD
+    assert c.outcome == Outcome.INCONCLUSIVE and "no confidence interval" in c.reason
+    assert c.delta.value == pytest.approx(0.3)
+    assert card.verdict == Verdict.HOLD
 
 
 def test_undefined_metric_is_inconclusive():
@@ -151,7 +154,7 @@ def test_undefined_metric_is_inconclusive():
     ev["candidate"]["roc_auc"] = {"value": None, "ci_low": None, "ci_high": None}
     ev["delta"]["roc_auc"] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "mde": None}
     c = check(score(load_policy(), ev), "metric.roc_auc.min_absolute_change")
-    assert c.outcome == INCONCLUSIVE and "undefined" in c.reason
+    assert c.outcome == Outcome.INCONCLUSIVE and "undefined" in c.reason
 
 
 def _mlflow_passes(thresholds: dict, cand: dict, base: dict) -> bool:
@@ -182,15 +185,16 @@ def test_zero_width_intervals_agree_with_mlflow_validation():
         ours = check(score(p, ev), f"metric.{metric}.{kind}").outcome
         theirs = _mlflow_passes({metric: MetricThreshold(**{kind: value}, greater_is_better=up)},
                                 {metric: c}, {metric: b})
-        assert ours == (PASS if theirs else FAIL), (metric, kind, value, b, c)
+        assert ours == (Outcome.PASS if theirs else Outcome.FAIL), (metric, kind, value, b, c)
         agreed += 1
     assert agreed > 250
 
 
 # -- latency, errors, evidence --------------------------------------------------------------------------
 @pytest.mark.parametrize("lat, ratio, ms", [
-    ((10.0, 11.0, 0.5, 1.5), PASS, PASS), ((10.0, 18.0, 6.0, 9.0), FAIL, PASS),
-    ((10.0, 14.0, 2.0, 7.0), INCONCLUSIVE, PASS), ((400.0, 520.0, 100.0, 140.0), PASS, FAIL)],
+    ((10.0, 11.0, 0.5, 1.5), Outcome.PASS, Outcome.PASS), ((10.0, 18.0, 6.0, 9.0), Outcome.FAIL, Outcome.PASS),
+    ((10.0, 14.0, 2.0, 7.0), Outcome.INCONCLUSIVE, Outcome.PASS),
+    ((400.0, 520.0, 100.0, 140.0), Outcome.PASS, Outcome.FAIL)],
     ids=["fine", "slower", "unsure", "over-500ms"])
 def test_latency_gates(lat, ratio, ms):
     p = policy(latency=[{"percentile": "p99", "max_ratio": 1.5, "max_ms": 500.0}])
@@ -201,7 +205,8 @@ def test_latency_gates(lat, ratio, ms):
 
 
 @pytest.mark.parametrize("errors, outcome, verdict", [
-    ((0, 50_000), PASS, PROMOTE), ((400, 50_000), FAIL, ROLLBACK), ((2, 1000), INCONCLUSIVE, HOLD)],
+    ((0, 50_000), Outcome.PASS, Verdict.PROMOTE), ((400, 50_000), Outcome.FAIL, Verdict.ROLLBACK),
+    ((2, 1000), Outcome.INCONCLUSIVE, Verdict.HOLD)],
     ids=["none", "0.8pct", "too-few-rows"])
 def test_error_rate_gate_is_critical(errors, outcome, verdict):
     p = policy(errors={"max_rate": 0.001})
@@ -212,13 +217,13 @@ def test_error_rate_gate_is_critical(errors, outcome, verdict):
 def test_too_few_rows_holds():
     card = score(load_policy(), make_evaluation(labeled_rows=120))
     c = check(card, "evidence.labeled_rows")
-    assert c.outcome == INCONCLUSIVE and "120 < 1000" in c.reason
-    assert card.verdict == HOLD and "evidence.labeled_rows" in card.reason
+    assert c.outcome == Outcome.INCONCLUSIVE and "120 < 1000" in c.reason
+    assert card.verdict == Verdict.HOLD and "evidence.labeled_rows" in card.reason
 
 
 def test_lower_confidence_than_policy_holds():
     card = score(load_policy(), make_evaluation(confidence=0.8))
-    assert check(card, "evidence.confidence").outcome == INCONCLUSIVE and card.verdict == HOLD
+    assert check(card, "evidence.confidence").outcome == Outcome.INCONCLUSIVE and card.verdict == Verdict.HOLD
 
 
 # -- segments ----------------------------------------------------------------------------------------
@@ -226,23 +231,23 @@ def test_segment_gate_finds_the_segment_that_drops():
     segs = {"origin": {"JFK": {"f1": (0.40, 0.41, -0.01, 0.03)}, "LGA": {"f1": (0.45, 0.40, -0.08, -0.03)},
                        "EWR": {"rows": 40, "small": True, "f1": (0.5, 0.2, -0.6, 0.1)}}}
     card = score(load_policy(), make_evaluation(segments=segs))
-    assert check(card, "segment.origin=JFK.f1.min_absolute_change").outcome == PASS
+    assert check(card, "segment.origin=JFK.f1.min_absolute_change").outcome == Outcome.PASS
     lga = check(card, "segment.origin=LGA.f1.min_absolute_change")
-    assert lga.outcome == FAIL and lga.segment == "origin=LGA" and "segment origin=LGA" in lga.reason
+    assert lga.outcome == Outcome.FAIL and lga.segment == "origin=LGA" and "segment origin=LGA" in lga.reason
     assert any(s.gate == "segment.origin=EWR.f1" and "small" in s.reason for s in card.skipped)
-    assert card.verdict == HOLD and "segment.origin=LGA" in card.reason
+    assert card.verdict == Verdict.HOLD and "segment.origin=LGA" in card.reason
 
 
 def test_named_segment_column_missing_is_inconclusive():
     p = policy(segments=[{"column": "carrier", "metric": "f1", "min_absolute_change": -0.02}])
     c = check(score(p, make_evaluation()), "segment.carrier.f1")
-    assert c.outcome == INCONCLUSIVE and "--segment carrier" in c.reason
+    assert c.outcome == Outcome.INCONCLUSIVE and "--segment carrier" in c.reason
 
 
 def test_critical_segment_gate_rolls_back():
     p = policy(segments=[{"column": "origin", "metric": "f1", "min_absolute_change": -0.02, "critical": True}])
     segs = {"origin": {"LGA": {"f1": (0.45, 0.40, -0.08, -0.03)}}}
-    assert score(p, make_evaluation(segments=segs)).verdict == ROLLBACK
+    assert score(p, make_evaluation(segments=segs)).verdict == Verdict.ROLLBACK
 
 
 # -- drift -------------------------------------------------------------------------------------------
@@ -256,25 +261,26 @@ DRIFT = {"features": {"temp": {"test": "wasserstein", "statistic": 0.3, "thresho
 def test_no_drift_report_skips_drift_gates_unless_required():
     card = score(load_policy(), make_evaluation(), None)
     assert {s.gate for s in card.skipped} >= {"drift.share_drifted", "drift.prediction", "drift.concept"}
-    assert card.verdict == PROMOTE
+    assert card.verdict == Verdict.PROMOTE
     p = policy(drift={"required": True})
     c = check(score(p, make_evaluation(), None), "drift.report")
-    assert c.outcome == INCONCLUSIVE and "workbench drift" in c.reason
+    assert c.outcome == Outcome.INCONCLUSIVE and "workbench drift" in c.reason
 
 
 @pytest.mark.parametrize("change, gate, outcome", [
-    ({}, "drift.share_drifted", PASS),
-    ({"share_drifted": 0.75}, "drift.share_drifted", FAIL),
-    ({"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}}, "drift.concept", FAIL),
-    ({}, "drift.concept", PASS),
-    ({"prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": True}}}, "drift.prediction", FAIL),
-    ({"prediction_drift": {"drifted": False}}, "drift.prediction", PASS),
-    ({"prediction_drift": {}}, "drift.prediction", INCONCLUSIVE),
+    ({}, "drift.share_drifted", Outcome.PASS),
+    ({"share_drifted": 0.75}, "drift.share_drifted", Outcome.FAIL),
+    ({"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}}, "drift.concept", Outcome.FAIL),
+    ({}, "drift.concept", Outcome.PASS),
+    ({"prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": True}}}, "drift.prediction",
+     Outcome.FAIL),
+    ({"prediction_drift": {"drifted": False}}, "drift.prediction", Outcome.PASS),
+    ({"prediction_drift": {}}, "drift.prediction", Outcome.INCONCLUSIVE),
 ], ids=["share-ok", "share-high", "concept", "no-concept", "pred-candidate", "pred-flat", "pred-missing"])
 def test_drift_gates(change, gate, outcome):
     c = check(score(load_policy(), make_evaluation(), DRIFT | change), gate)
     assert c.outcome == outcome and c.kind == "drift"
-    if gate == "drift.concept" and outcome == FAIL:
+    if gate == "drift.concept" and outcome == Outcome.FAIL:
         assert "2013-09-01" in c.reason
     if gate == "drift.share_drifted":
         assert "temp" in c.reason
@@ -283,19 +289,32 @@ def test_drift_gates(change, gate, outcome):
 # -- verdict -----------------------------------------------------------------------------------------
 def test_verdicts_and_scorecard_dict():
     good = score(load_policy(), make_evaluation())
-    assert good.verdict == PROMOTE and good.count(FAIL) == 0 and good.count(INCONCLUSIVE) == 0
+    assert good.verdict == Verdict.PROMOTE and good.count(Outcome.FAIL) == 0 and good.count(Outcome.INCONCLUSIVE) == 0
     d = json.loads(json.dumps(good.to_dict()))
-    assert d["counts"][PASS] == len(d["checks"]) and d["verdict"] == PROMOTE
+    assert d["counts"]["pass"] == len(d["checks"]) and d["verdict"] == "PROMOTE"   # the JSON holds the strings
     assert set(d["checks"][0]) == {"gate", "kind", "metric", "criterion", "threshold", "baseline", "candidate",
                                    "delta", "outcome", "critical", "reason", "segment"}
     bad = score(load_policy(), make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08),
                                                         "f1": (0.4, 0.42, 0.0, 0.04),
                                                         "log_loss": (0.5, 0.49, -0.02, 0.0)}))
-    assert bad.verdict == ROLLBACK and "metric.roc_auc.min_absolute_change" in bad.reason
+    assert bad.verdict == Verdict.ROLLBACK and "metric.roc_auc.min_absolute_change" in bad.reason
     marginal = score(load_policy(), make_evaluation(metrics={"roc_auc": (0.7, 0.71, 0.0, 0.02),
                                                              "f1": (0.4, 0.35, -0.08, -0.03),
                                                              "log_loss": (0.5, 0.49, -0.02, 0.0)}))
-    assert marginal.verdict == HOLD and "non-critical" in marginal.reason
+    assert marginal.verdict == Verdict.HOLD and "non-critical" in marginal.reason
+
+
+def test_verdicts_and_outcomes_sign_and_hash_as_their_strings():
+    card = score(load_policy(), make_evaluation(labeled_rows=10)).to_dict()   # HOLD: passes and an inconclusive
+    plain = json.loads(json.dumps(card))
+    assert canonical_bytes(card) == canonical_bytes(plain) and content_hash(card) == content_hash(plain)
+    assert re.search(rb'"counts":\{"fail":0,"inconclusive":[1-9][0-9]*,"pass":[1-9][0-9]*\}', canonical_bytes(card))
+    assert b'"verdict":"HOLD"' in canonical_bytes(card) and b'"outcome":"inconclusive"' in canonical_bytes(card)
+    cleaned = clean(card)   # what a record holds: plain JSON values, as it reads back from its stored text
+    assert cleaned == plain and type(cleaned["verdict"]) is str and {type(k) for k in cleaned["counts"]} == {str}
+    assert {type(c["outcome"]) for c in cleaned["checks"]} == {str}
+    assert [str(o) for o in Outcome] == ["pass", "fail", "inconclusive"]
+    assert [str(v) for v in Verdict] == ["PROMOTE", "HOLD", "ROLLBACK"]
 
 
 def test_default_policy_file_is_shipped_in_the_package():

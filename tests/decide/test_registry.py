@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from conftest import free_port, make_evaluation, register_model, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, apply_decision, build_decision, build_kill, sync
-from workbench.decide.policy import PROMOTE, ROLLBACK, load_policy, parse_policy
+from workbench.decide.policy import Verdict, load_policy, parse_policy
 from workbench.decide.registry import WEBHOOK_EVENTS, Registry
 from workbench.decide.signing import canonical_bytes, init_keys, trusted_keys
 from workbench.store import Store
@@ -50,7 +50,7 @@ def test_decision_run_and_version_tags(env, tmp_path):
     signed, run_id = decide_and_publish(env, "run_a", make_evaluation("run_a"))
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["canary.decision_id"] == signed.decision_id
-    assert run.data.params["verdict"] == PROMOTE and run.data.params["candidate_version"] == "2"
+    assert run.data.params["verdict"] == Verdict.PROMOTE and run.data.params["candidate_version"] == "2"
     assert run.data.params["policy_hash"] == signed.record["policy_hash"]
     assert run.data.metrics["weight_after"] == 1 and run.data.metrics["checks_fail"] == 0
     assert run.data.metrics["roc_auc_delta_ci_low"] == pytest.approx(0.01)
@@ -62,7 +62,7 @@ def test_decision_run_and_version_tags(env, tmp_path):
     assert open(f"{local}/record.bin", "rb").read() == canonical_bytes(signed.record)
 
     tags = client.get_model_version(name, "2").tags
-    assert tags["canary.verdict"] == PROMOTE and tags["canary.weight"] == "1"
+    assert tags["canary.verdict"] == Verdict.PROMOTE and tags["canary.weight"] == "1"
     assert tags["canary.decision_id"] == signed.decision_id and tags["canary.signature"] == signed.signature
     assert tags["canary.decision_run_id"] == run_id
     model_tags = client.get_registered_model(name).tags
@@ -80,10 +80,10 @@ def test_full_promotion_moves_champion_and_rollback_hands_it_back(env):
     assert client.get_model_version_by_alias(name, "previous").version == "1"
 
     signed, _ = decide_and_publish(env, "run_bad", BAD)
-    assert signed.record["verdict"] == ROLLBACK and signed.record["weight_after"] == 0
+    assert signed.record["verdict"] == Verdict.ROLLBACK and signed.record["weight_after"] == 0
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     tags = client.get_model_version(name, "2").tags
-    assert tags["canary.weight"] == "0" and tags["canary.verdict"] == ROLLBACK
+    assert tags["canary.weight"] == "0" and tags["canary.verdict"] == Verdict.ROLLBACK
     assert "metric.roc_auc.min_absolute_change" in tags["canary.reason"]
 
 

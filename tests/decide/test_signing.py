@@ -12,8 +12,9 @@ from conftest import make_evaluation, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, apply_decision, build_decision, status, verify_chain
 from workbench.decide.policy import load_policy
-from workbench.decide.signing import (SignatureError, canonical_bytes, init_keys, key_fingerprint, load_private_key,
-                               record_hash, sign, trusted_keys, verify_signature)
+from workbench.config import Settings
+from workbench.decide.signing import (KeyRing, SignatureError, canonical_bytes, init_keys, key_fingerprint,
+                                      load_private_key, record_hash, sign, trusted_keys, verify_signature)
 from workbench.store import Store
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
@@ -107,6 +108,49 @@ def test_unsigned_records_are_refused(keys, signature, match):
     rec = {"decision_id": "d1", "key_fingerprint": key_fingerprint(load_private_key(keys).public_key())}
     with pytest.raises(SignatureError, match=match):
         verify_signature(rec, signature, trusted_keys(keys, keys / "trusted"))
+
+
+# -- the key ring -----------------------------------------------------------------------------------
+def test_the_key_ring_holds_the_trusted_keys_read_once_and_the_signer(tmp_path):
+    home = tmp_path / "home"
+    own, extra, later = (init_keys(d) for d in (home / "keys", tmp_path / "extra", tmp_path / "later"))
+    settings = Settings(home=home, mlflow_tracking_uri="unused", signer="ring@test",
+                        trusted_keys=(tmp_path / "extra" / "ed25519.pub.pem",))
+    ring = KeyRing.from_settings(settings)
+    assert set(ring.trusted) == {own.fingerprint, extra.fingerprint}
+    assert ring.trusted == trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
+    with pytest.raises(TypeError):
+        ring.trusted["ed25519:forged"] = ring.trusted[own.fingerprint]   # read-only
+    (home / "keys" / "trusted").mkdir()
+    shutil.copy(later.public_key_path, home / "keys" / "trusted" / "later.pem")
+    assert later.fingerprint not in ring.trusted                          # read when the ring was made
+    assert later.fingerprint in KeyRing.from_settings(settings).trusted   # a new ring (a restart) reads it
+    signer = ring.signer
+    assert (signer.name, signer.fingerprint) == ("ring@test", own.fingerprint) and ring.signer is signer
+    approver = ring.signer_as("alice")
+    assert (approver.name, approver.fingerprint) == ("alice", own.fingerprint)
+    record = {"decision_id": "d1", "key_fingerprint": own.fingerprint}
+    assert verify_signature(record, approver.sign(record).signature, ring.trusted) == own.fingerprint
+    assert "PRIVATE" not in repr(ring) and own.fingerprint in repr(ring)
+
+
+def test_the_key_ring_reads_the_private_key_only_to_sign(tmp_path):
+    settings = Settings(home=tmp_path / "home", mlflow_tracking_uri="unused")
+    empty = KeyRing.from_settings(settings)   # no key pair: nothing trusted, verifying still works
+    assert dict(empty.trusted) == {}
+    with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
+        empty.signer
+    with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
+        KeyRing.from_settings(settings, sign=True)
+    init_keys(settings.keys_dir)
+    (settings.keys_dir / "ed25519.pem").chmod(0o644)
+    ring = KeyRing.from_settings(settings)   # verifying does not read the private key
+    with pytest.raises(WorkbenchError, match="must be 0600"):
+        ring.signer
+    with pytest.raises(WorkbenchError, match="must be 0600"):
+        KeyRing.from_settings(settings, sign=True)
+    with pytest.raises(WorkbenchError, match="only verifies"):
+        KeyRing(ring.trusted).signer
 
 
 # -- refusals when a record would move the weight -----------------------------------------------------

@@ -25,7 +25,7 @@ from workbench.decide.canary import Signer, apply_decision, bucket_of, build_dec
 from workbench.config import Settings
 from workbench.decide.policy import load_policy, parse_policy
 from workbench.live.router import LiveState, Router, RouterConfig, StoreWeights, choose_arm
-from workbench.decide.signing import init_keys, trusted_keys
+from workbench.decide.signing import KeyRing, init_keys, trusted_keys
 from workbench.live.slo import ArmStats, judge
 from workbench.store import Store
 from workbench.live.trafficlog import TrafficLog
@@ -407,7 +407,7 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
         for _ in range(3):
             signed, _ = build_decision(store, "run_a", load_policy(), signer)
             apply_decision(store, signed, trusted)
-    weights = StoreWeights(settings, "fraud", POLICY, signer=signer)
+    weights = StoreWeights(settings, "fraud", POLICY, keys=KeyRing(trusted, signer))
     st = weights.read()
     assert (st.weight, st.verified, st.killed, weights.changed()) == (25, True, False, False)
     stats = {"baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
@@ -437,15 +437,15 @@ def test_a_live_rollback_tags_the_mlflow_version(mlflow_server, tmp_path):
     home = tmp_path / "home"
     init_keys(home / "keys")
     settings = Settings(home=home, mlflow_tracking_uri=mlflow_server).ensure()
-    signer = Signer.from_keys_dir(settings.keys_dir, "router@test")
+    keys = KeyRing.from_settings(settings)   # the router's ring: its signer signs the rollback
     with Store(settings.db_path) as store:
         seed_run(store, "run_a", make_evaluation("run_a"), model=name)
-        signed, _ = build_decision(store, "run_a", load_policy(), signer)
-        apply_decision(store, signed, trusted_keys(settings.keys_dir, settings.trusted_keys_dir))
+        signed, _ = build_decision(store, "run_a", load_policy(), keys.signer)
+        apply_decision(store, signed, keys.trusted)
     stats = {"baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
              "candidate": ArmStats("candidate", 40, 40, 1.0, 0.91, 1.0, 2.0, 5.0)}
-    decision_id = StoreWeights(settings, name, POLICY, signer=signer).rollback(("1", "2"),
-                                                                                judge(POLICY.live, stats, 0.95))
+    decision_id = StoreWeights(settings, name, POLICY, keys=keys).rollback(("1", "2"),
+                                                                            judge(POLICY.live, stats, 0.95))
     tags = client.get_model_version(name, "2").tags
     assert tags["canary.decision_id"] == decision_id and tags["canary.verdict"] == "ROLLBACK"
     assert tags["canary.weight"] == "0" and tags["canary.reason"].startswith("live SLO: candidate error rate 1")

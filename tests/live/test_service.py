@@ -274,6 +274,29 @@ def test_apply_a_signed_record_over_the_api(weights_api):
         assert store.get_decision(pending.decision_id)["pending_sync"]
 
 
+def test_the_service_reads_its_key_ring_at_start(weights_api, tmp_path):
+    """Trusted keys are read once, when the app is made: a key trusted later counts after a restart."""
+    import shutil
+
+    from workbench.decide.canary import Signer, build_decision
+    from workbench.decide.policy import load_policy
+    from workbench.decide.signing import init_keys
+
+    client, settings, _ = weights_api
+    other = init_keys(tmp_path / "ci-keys")
+    with Store(settings.db_path) as store:
+        pending, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(tmp_path / "ci-keys", "ci"))
+    settings.trusted_keys_dir.mkdir(exist_ok=True)
+    shutil.copy(other.public_key_path, settings.trusted_keys_dir / "ci.pem")
+    auth = {"Authorization": "Bearer " + TOKEN}
+    r = client.post("/v1/decisions", json=pending.to_dict(), headers=auth)
+    assert r.status_code == 409 and "not trusted" in r.json()["error"]
+    assert client.get("/v1/canary/fraud").json()["weight"] == 5
+    restarted = TestClient(create_app(settings))
+    r = restarted.post("/v1/decisions", json=pending.to_dict(), headers=auth)
+    assert r.status_code == 200 and r.json()["weight"] == 25 and r.json()["verified"]
+
+
 def test_openapi_spec_describes_the_weight_api(weights_api):
     client, _, _ = weights_api
     spec = client.get("/openapi.json").json()

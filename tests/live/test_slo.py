@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from workbench.decide.policy import FAIL, PASS, parse_policy
+from workbench.decide.policy import Outcome, parse_policy
 from workbench.live.slo import ArmStats, ArmWindow, judge, wilson
 
 LIVE = parse_policy({"live": {"window_s": 10, "min_requests": 20, "max_error_rate": 0.05, "max_p99_ms": 100.0,
@@ -52,12 +52,12 @@ def stats(arm, n, errors, p99, p50=1.0):
 def test_judge(cand, base, breached, failing):
     report = judge(LIVE, {"candidate": cand, "baseline": base}, 0.95)
     assert report.breached is breached
-    assert [c.gate for c in report.checks if c.outcome == FAIL] == failing
+    assert [c.gate for c in report.checks if c.outcome == Outcome.FAIL] == failing
     if breached:
         assert report.reason.endswith(f"over the last 10 s (candidate {cand.requests} requests, baseline "
                                       f"{base.requests})")
         card = report.scorecard()
-        assert card["verdict"] == "ROLLBACK" and card["counts"][FAIL] == len(failing)
+        assert card["verdict"] == "ROLLBACK" and card["counts"][Outcome.FAIL] == len(failing)
         assert card["live"]["arms"]["candidate"]["requests"] == cand.requests
 
 
@@ -66,4 +66,4 @@ def test_breach_reason_carries_the_numbers():
     report = judge(LIVE, arms, 0.95)
     assert report.reason.startswith("candidate error rate 0.3 [0.1807, 0.4543] (12 errors in 40 requests, 95% Wilson)"
                                     " whole interval > 0.05")
-    assert [c.outcome for c in report.checks] == [FAIL, PASS, PASS]
+    assert [c.outcome for c in report.checks] == [Outcome.FAIL, Outcome.PASS, Outcome.PASS]

@@ -19,13 +19,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Mapping
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, utc_now
-from workbench.decide.policy import HOLD, ROLLBACK, VERDICTS, Policy, Scorecard, score
-from workbench.decide.signing import (SignatureError, canonical_bytes, clean, content_hash, key_fingerprint, load_private_key,
-                      record_hash, sign, verify_signature)
+from workbench.decide.policy import Policy, Scorecard, Verdict, score
+from workbench.decide.signing import (SignatureError, SignedDecision, Signer, canonical_bytes, clean, content_hash,
+                                      record_hash, verify_signature)
 from workbench.store import Store
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,17 @@ def _record_time(text: str) -> datetime:
         raise SignatureError(f"bad timestamp {text!r} in the record") from None
 
 
-def next_weight(verdict: str, weight_before: int, ramp: tuple[int, ...] | list[int], killed: bool = False) -> int:
+def next_weight(verdict: Verdict | str, weight_before: int, ramp: tuple[int, ...] | list[int],
+                killed: bool = False) -> int:
     """The weight after a verdict: PROMOTE -> the next ramp step, HOLD -> unchanged, ROLLBACK -> 0.
 
     A killed candidate stays at 0 whatever the verdict.
     """
-    if verdict not in VERDICTS:
+    if verdict not in tuple(Verdict):
         raise WorkbenchError(f"unknown verdict {verdict!r}")
-    if killed or verdict == ROLLBACK:
+    if killed or verdict == Verdict.ROLLBACK:
         return 0
-    if verdict == HOLD:
+    if verdict == Verdict.HOLD:
         return weight_before
     return next((w for w in ramp if w > weight_before), max(ramp[-1], weight_before))
 
@@ -82,42 +83,6 @@ def load_drift(store: Store, run_id: str) -> dict | None:
 
 
 # -- records ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SignedDecision:
-    record: dict
-    signature: str
-
-    @property
-    def decision_id(self) -> str:
-        return self.record.get("decision_id")
-
-    @property
-    def model(self) -> str:
-        return self.record.get("model")
-
-    def to_dict(self) -> dict:
-        return {"decision_id": self.decision_id, "record": self.record, "signature": self.signature}
-
-
-@dataclass(frozen=True)
-class Signer:
-    """The private key and the name that signs records (the key never leaves this object)."""
-    name: str
-    fingerprint: str
-    _key: Any
-
-    @classmethod
-    def from_keys_dir(cls, keys_dir: Path, name: str) -> "Signer":
-        key = load_private_key(keys_dir)
-        return cls(name, key_fingerprint(key.public_key()), key)
-
-    def sign(self, record: dict) -> SignedDecision:
-        return SignedDecision(record, sign(self._key, record))
-
-    def __repr__(self) -> str:
-        return f"Signer({self.name!r}, {self.fingerprint!r})"
-
-
 def new_decision_id(now: datetime) -> str:
     return "dec_" + now.strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:8]
 
@@ -170,7 +135,7 @@ class DecisionPreview:
     reason: str
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
         return self.scorecard.verdict
 
 
@@ -226,7 +191,7 @@ def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Po
     record = _record(store, model, now, signer, policy, kind="kill", baseline=head["baseline"],
                      candidate=head["candidate"], run_id=None, traffic=head["traffic"],
                      traffic_fingerprint=head["traffic_fingerprint"], evaluation_hash=None, drift_hash=None,
-                     scorecard=scorecard, verdict=ROLLBACK, reason=f"{source}: {reason.strip()}",
+                     scorecard=scorecard, verdict=Verdict.ROLLBACK, reason=f"{source}: {reason.strip()}",
                      weight_before=int(state["weight"]), weight_after=0,
                      registry=head.get("registry"), ramp=head.get("ramp"))
     signed = signer.sign(record)
@@ -270,7 +235,8 @@ def _check_shape(record: dict) -> None:
     if missing:
         raise SignatureError(f"decision {record.get('decision_id')}: not a decision record (missing "
                              f"{', '.join(missing)})")
-    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or record["verdict"] not in VERDICTS:
+    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or \
+            record["verdict"] not in tuple(Verdict):
         raise SignatureError(f"decision {record['decision_id']}: unknown schema, kind or verdict")
 
 
@@ -281,7 +247,8 @@ def _check_stored_copy(store: Store, signed: SignedDecision) -> dict | None:
     return stored
 
 
-def chain_report(store: Store, model: str, trusted: dict, upto: int | None = None) -> list[tuple[dict, str | None]]:
+def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = None
+                 ) -> list[tuple[dict, str | None]]:
     """Every applied record of ``model`` (up to sequence ``upto``) in chain order, each with the first problem
     found in it (stored bytes, hashes, link, signature), or None when it verifies."""
     prev, n, out = None, 0, []
@@ -299,7 +266,7 @@ def chain_report(store: Store, model: str, trusted: dict, upto: int | None = Non
     return out
 
 
-def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, trusted: dict) -> str:
+def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, trusted: Mapping) -> str:
     """The record's hash, after checking it extends ``prev``; raises :class:`SignatureError` otherwise."""
     where = f"chain of {model} at sequence {seq} (decision {row['decision_id']})"
     if seq != n:
@@ -317,7 +284,7 @@ def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, 
     return text_hash
 
 
-def verify_chain(store: Store, model: str, trusted: dict, upto: int | None = None) -> int:
+def verify_chain(store: Store, model: str, trusted: Mapping, upto: int | None = None) -> int:
     """Check every applied record of ``model`` (up to sequence ``upto``): stored bytes, hashes, links and
     signatures. Returns the number of records checked; raises :class:`SignatureError` at the first break."""
     report = chain_report(store, model, trusted, upto)
@@ -346,7 +313,7 @@ class CanaryStatus:
         return d
 
 
-def status(store: Store, model: str, trusted: dict) -> CanaryStatus:
+def status(store: Store, model: str, trusted: Mapping) -> CanaryStatus:
     """The model's canary state; ``verified`` when the whole chain verifies and its head is the state."""
     state = store.canary_state(model)
     if state is None:
@@ -365,7 +332,7 @@ def status(store: Store, model: str, trusted: dict) -> CanaryStatus:
                         state["decision_id"], problem is None, problem)
 
 
-def apply_decision(store: Store, signed: SignedDecision, trusted: dict, *, now: datetime | None = None
+def apply_decision(store: Store, signed: SignedDecision, trusted: Mapping, *, now: datetime | None = None
                    ) -> CanaryStatus:
     """Move the canary weight by a signed record, after checking everything; otherwise the weight stays.
 
@@ -437,7 +404,7 @@ class Verification:
                 "chain_length": self.chain_length, "note": self.note}
 
 
-def verify_decision(store: Store, signed: SignedDecision, trusted: dict) -> Verification:
+def verify_decision(store: Store, signed: SignedDecision, trusted: Mapping) -> Verification:
     """Check a record's signature and its place in the chain (staleness does not matter here:
     an old record stays verifiable). Raises :class:`SignatureError` naming the problem."""
     record = signed.record
@@ -479,7 +446,7 @@ def load_signed(store: Store, path_or_id: str) -> SignedDecision:
     return SignedDecision(json.loads(stored["record"]), stored["signature"])
 
 
-def live_view(store: Store, model: str, trusted: dict) -> dict:
+def live_view(store: Store, model: str, trusted: Mapping) -> dict:
     """What the weight API serves for a model: :func:`status` plus the head record's signature, ramp and
     verdict. ``verdict`` is the lower-case verdict of the latest decision ("promote", "hold", "rollback")
     when the chain verifies, else "unverified" (so a gate on ``verdict == "promote"`` never opens on it)."""

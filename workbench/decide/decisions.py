@@ -2,32 +2,22 @@
 
 The entry points (CLI, demo, jobs, app) use these so that the wiring of settings, keys, the canary chain
 and the MLflow registry exists once. The rules themselves live in :mod:`workbench.decide.canary` and
-:mod:`workbench.decide.policy`. The private key never leaves the server: signing loads it from the home's
-``keys/`` folder in this process and returns only the signed record.
+:mod:`workbench.decide.policy`. Each caller hands in its :class:`~workbench.decide.signing.KeyRing` (made once
+from the settings). The private key never leaves the server: the ring reads it from the home's ``keys/``
+folder in this process, and only the signed record is returned.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Mapping
 
 from workbench.clock import EPOCH, parse_time
-from workbench.decide.canary import Signer, chain_report
+from workbench.decide.canary import chain_report
 from workbench.config import Settings
 from workbench.decide.policy import Policy
-from workbench.decide.signing import SignatureError, record_hash, verify_signature
+from workbench.decide.signing import KeyRing, SignatureError, Signer, record_hash, verify_signature
 from workbench.store import Store
-
-
-def trusted(settings: Settings) -> dict:
-    """The public keys whose signatures may move a weight."""
-    from workbench.decide.signing import trusted_keys
-
-    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
-
-
-def signer(settings: Settings) -> Signer:
-    """The home's signer (its private key stays in the key file)."""
-    return Signer.from_keys_dir(settings.keys_dir, settings.signer)
 
 
 def publish(settings: Settings, store: Store, signed) -> dict:
@@ -40,43 +30,44 @@ def publish(settings: Settings, store: Store, signed) -> dict:
     return publish_applied(store, signed, settings.mlflow_tracking_uri, settings.artifacts_dir)
 
 
-def decide(settings: Settings, store: Store, run_id: str, policy: Policy | str | None = None,
+def decide(settings: Settings, store: Store, keys: KeyRing, run_id: str, policy: Policy | str | None = None,
            signed_by: Signer | None = None, apply: bool = True) -> dict:
     """Judge a run under a policy (a Policy, a policy file, or the shipped default when None), sign the
-    decision (with the home's key; ``signed_by`` names another signer, e.g. the approver in the app), and
-    with ``apply`` move the weight and publish it. Returns the ``decide --json`` object."""
+    decision (as the ring's signer; ``signed_by`` names another, e.g. the approver in the app), and with
+    ``apply`` move the weight (if the ring trusts the signature) and publish it. Returns the ``decide --json``
+    object."""
     from workbench.decide.canary import apply_decision, build_decision
     from workbench.decide.policy import load_policy
 
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
-    signed, card = build_decision(store, run_id, policy, signed_by or signer(settings))
+    signed, card = build_decision(store, run_id, policy, signed_by or keys.signer)
     r = signed.record
     card_d = card.to_dict()
     out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
            "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
            "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
     if apply:
-        apply_decision(store, signed, trusted(settings))
+        apply_decision(store, signed, keys.trusted)
         out["applied"] = True
         out.update(publish(settings, store, signed))
     return out
 
 
-def sync_pending(settings: Settings, store: Store) -> dict:
+def sync_pending(settings: Settings, store: Store, keys: KeyRing) -> dict:
     """Publish the applied decisions still marked ``pending_sync`` (MLflow was down), in chain order, each
     once; returns ``{"synced", "failed", "pending"}`` (see :func:`workbench.decide.registry.sync_pending`)."""
     from workbench.decide.registry import publisher, sync_pending as push
 
     return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir),
-                trusted(settings)).to_dict()
+                keys.trusted).to_dict()
 
 
-def apply_and_publish(settings: Settings, store: Store, signed) -> dict:
+def apply_and_publish(settings: Settings, store: Store, keys: KeyRing, signed) -> dict:
     """Apply a signed record to the canary state and publish it; returns the new status."""
     from workbench.decide.canary import apply_decision
 
-    out = apply_decision(store, signed, trusted(settings)).to_dict()
+    out = apply_decision(store, signed, keys.trusted).to_dict()
     out.update(publish(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
     return out
 
@@ -106,7 +97,7 @@ class AuditEntry:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def audit(store: Store, model: str, keys: dict, limit: int = 500) -> list[AuditEntry]:
+def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[AuditEntry]:
     """Every decision on ``model``, newest first: applied records with their chain verification (stored
     bytes, hash, link, signature) and records signed but never applied with their signature check."""
     decisions = {d["decision_id"]: d for d in store.list_decisions(model, limit)}

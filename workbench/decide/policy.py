@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -27,10 +28,22 @@ from workbench import WorkbenchError
 from workbench.evaluate.metrics import METRICS
 from workbench.decide.signing import content_hash
 
-PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-PROMOTE, HOLD, ROLLBACK = "PROMOTE", "HOLD", "ROLLBACK"
-VERDICTS = (PROMOTE, HOLD, ROLLBACK)
 DEFAULT_POLICY = "default_policy.toml"
+
+
+class Outcome(StrEnum):
+    """A check's outcome; JSON, records and reports carry its value (``"pass"``, ``"fail"``, ``"inconclusive"``)."""
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Verdict(StrEnum):
+    """A decision's verdict; JSON, records and MLflow tags carry its value. PROMOTE moves the canary one ramp
+    step up, HOLD keeps its weight, ROLLBACK sets it to 0 (:func:`workbench.decide.canary.next_weight`)."""
+    PROMOTE = "PROMOTE"
+    HOLD = "HOLD"
+    ROLLBACK = "ROLLBACK"
 
 
 # -- the policy file --------------------------------------------------------------------------------
@@ -254,7 +267,7 @@ class Check:
     baseline: float | None
     candidate: float | None
     delta: Interval | None
-    outcome: str
+    outcome: Outcome
     critical: bool
     reason: str
     segment: str | None = None
@@ -279,15 +292,15 @@ class Skipped:
 class Scorecard:
     checks: tuple[Check, ...]
     skipped: tuple[Skipped, ...]
-    verdict: str
+    verdict: Verdict
     reason: str
 
-    def count(self, outcome: str) -> int:
+    def count(self, outcome: Outcome) -> int:
         return sum(c.outcome == outcome for c in self.checks)
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "reason": self.reason,
-                "counts": {o: self.count(o) for o in (PASS, FAIL, INCONCLUSIVE)},
+                "counts": {o: self.count(o) for o in Outcome},
                 "checks": [c.to_dict() for c in self.checks], "skipped": [s.to_dict() for s in self.skipped]}
 
 
@@ -318,12 +331,12 @@ def _sfmt(x: float | None) -> str:
     return "undefined" if x is None else f"{x:+.4g}"
 
 
-def _at_least(iv: Interval, bound: float) -> str:
-    return PASS if iv.ci_low >= bound else FAIL if iv.ci_high < bound else INCONCLUSIVE
+def _at_least(iv: Interval, bound: float) -> Outcome:
+    return Outcome.PASS if iv.ci_low >= bound else Outcome.FAIL if iv.ci_high < bound else Outcome.INCONCLUSIVE
 
 
-def _at_most(iv: Interval, bound: float) -> str:
-    return PASS if iv.ci_high <= bound else FAIL if iv.ci_low > bound else INCONCLUSIVE
+def _at_most(iv: Interval, bound: float) -> Outcome:
+    return Outcome.PASS if iv.ci_high <= bound else Outcome.FAIL if iv.ci_low > bound else Outcome.INCONCLUSIVE
 
 
 class _Judge:
@@ -347,20 +360,21 @@ class _Judge:
         p = self.policy
         n = _num(self.ev.get("labeled_rows"))
         if n is None:
-            outcome, reason = INCONCLUSIVE, "the evaluation reports no labelled row count"
+            outcome, reason = Outcome.INCONCLUSIVE, "the evaluation reports no labelled row count"
         elif n >= p.min_labeled_rows:
-            outcome, reason = PASS, f"{int(n)} labelled rows >= {p.min_labeled_rows} required"
+            outcome, reason = Outcome.PASS, f"{int(n)} labelled rows >= {p.min_labeled_rows} required"
         else:
-            outcome, reason = INCONCLUSIVE, f"too few labelled rows: {int(n)} < {p.min_labeled_rows} required"
+            outcome, reason = Outcome.INCONCLUSIVE, f"too few labelled rows: {int(n)} < {p.min_labeled_rows} required"
         self.add(gate="evidence.labeled_rows", kind="evidence", metric="labeled_rows", criterion="min_rows",
                  threshold=float(p.min_labeled_rows), candidate=n, outcome=outcome, critical=False, reason=reason)
         c = _num(self.ev.get("confidence"))
         if c is None:
-            outcome, reason = INCONCLUSIVE, "the evaluation reports no confidence level (no intervals to judge on)"
+            outcome, reason = Outcome.INCONCLUSIVE, ("the evaluation reports no confidence level (no intervals to "
+                                                     "judge on)")
         elif c + 1e-12 >= p.confidence:
-            outcome, reason = PASS, f"intervals at {c:.0%} confidence >= {p.confidence:.0%} required"
+            outcome, reason = Outcome.PASS, f"intervals at {c:.0%} confidence >= {p.confidence:.0%} required"
         else:
-            outcome, reason = INCONCLUSIVE, (f"intervals at {c:.0%} confidence < {p.confidence:.0%} required: "
+            outcome, reason = Outcome.INCONCLUSIVE, (f"intervals at {c:.0%} confidence < {p.confidence:.0%} required: "
                                              "re-evaluate at the policy's confidence")
         self.add(gate="evidence.confidence", kind="evidence", metric="confidence", criterion="min_confidence",
                  threshold=p.confidence, candidate=c, outcome=outcome, critical=False, reason=reason)
@@ -390,7 +404,7 @@ class _Judge:
                 iv, bound, what = delta, (value if up else -value), f"change in {where}"
             else:
                 if base is None or base.value is None:
-                    self.add(gate=gate, criterion=criterion, threshold=value, outcome=INCONCLUSIVE,
+                    self.add(gate=gate, criterion=criterion, threshold=value, outcome=Outcome.INCONCLUSIVE,
                              reason=f"baseline {where} is undefined: no relative change", **common)
                     continue
                 scale = abs(base.value) * value
@@ -402,16 +416,16 @@ class _Judge:
                mde: float | None) -> dict:
         rel = ">=" if up else "<="
         if iv is None or iv.value is None:
-            return {"outcome": INCONCLUSIVE, "reason": f"{what} is undefined in the evaluation"}
+            return {"outcome": Outcome.INCONCLUSIVE, "reason": f"{what} is undefined in the evaluation"}
         text = iv.text(signed=not absolute)
         if not iv.bounded:
-            return {"outcome": INCONCLUSIVE,
+            return {"outcome": Outcome.INCONCLUSIVE,
                     "reason": f"{what} {text} has no confidence interval: cannot judge on bounds"}
         outcome = (_at_least if up else _at_most)(iv, bound)
         shown = _fmt(bound) if absolute else _sfmt(bound)
-        if outcome == PASS:
+        if outcome == Outcome.PASS:
             reason = f"{what} {text}: whole interval {rel} {shown}"
-        elif outcome == FAIL:
+        elif outcome == Outcome.FAIL:
             reason = f"{what} {text}: whole interval misses {rel} {shown} at {self.conf_text} confidence"
         else:
             power = f"; detectable effect at these rows {mde:.3g}" if mde is not None else ""
@@ -432,7 +446,7 @@ class _Judge:
                 values = segs.get(col)
                 if not values:
                     self.add(gate=f"segment.{col}.{g.metric}", kind="segment", metric=g.metric,
-                             criterion="segments", threshold=None, outcome=INCONCLUSIVE, critical=g.critical,
+                             criterion="segments", threshold=None, outcome=Outcome.INCONCLUSIVE, critical=g.critical,
                              reason=f"the evaluation has no segments for column {col!r}: evaluate with "
                                     f"--segment {col}", segment=col)
                     continue
@@ -458,7 +472,7 @@ class _Judge:
             if g.max_ratio is not None:
                 gate = f"latency.{p}.max_ratio"
                 if base is None:
-                    self.add(gate=gate, criterion="max_ratio", threshold=g.max_ratio, outcome=INCONCLUSIVE,
+                    self.add(gate=gate, criterion="max_ratio", threshold=g.max_ratio, outcome=Outcome.INCONCLUSIVE,
                              reason=f"the evaluation reports no baseline {p} latency", **common)
                 else:
                     bound = (g.max_ratio - 1.0) * base
@@ -468,7 +482,7 @@ class _Judge:
             if g.max_ms is not None:
                 gate = f"latency.{p}.max_ms"
                 if cand_iv is None:
-                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms, outcome=INCONCLUSIVE,
+                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms, outcome=Outcome.INCONCLUSIVE,
                              reason=f"the evaluation reports no candidate {p} latency", **common)
                 elif cand_iv.bounded:
                     self.add(gate=gate, criterion="max_ms", threshold=g.max_ms,
@@ -476,7 +490,8 @@ class _Judge:
                              **common)
                 else:  # a percentile of the whole sample: the evaluation gives it without an interval
                     ok = cand_iv.value <= g.max_ms
-                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms, outcome=PASS if ok else FAIL,
+                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms,
+                             outcome=Outcome.PASS if ok else Outcome.FAIL,
                              reason=f"candidate {p} latency {cand_iv.value:.4g} ms {'<=' if ok else '>'} "
                                     f"{g.max_ms:g} ms (sample percentile, no interval reported)", **common)
 
@@ -487,7 +502,7 @@ class _Judge:
         iv = Interval(_num(cand.get("rate")), _num(cand.get("ci_low")), _num(cand.get("ci_high"))) \
             if _num(cand.get("rate")) is not None else None
         if iv is None:
-            judged = {"outcome": INCONCLUSIVE, "reason": "the evaluation reports no candidate error rate"}
+            judged = {"outcome": Outcome.INCONCLUSIVE, "reason": "the evaluation reports no candidate error rate"}
         else:
             judged = self._judge(iv, g.max_rate, False, "candidate error rate", True, None)
         if iv is not None and cand.get("count") is not None:
@@ -506,7 +521,7 @@ class _Judge:
         if self.drift is None:
             if g.required:
                 self.add(gate="drift.report", kind="drift", metric="drift", criterion="required", threshold=None,
-                         outcome=INCONCLUSIVE, critical=False,
+                         outcome=Outcome.INCONCLUSIVE, critical=False,
                          reason="the policy requires a drift report and this run has none: run `workbench drift`")
             else:
                 self.skipped.extend(Skipped(f"drift.{w}", "no drift report for this run") for w in wanted)
@@ -519,32 +534,32 @@ class _Judge:
             drifted = sorted(k for k, v in features.items() if isinstance(v, dict) and v.get("drifted"))
             names = (": " + ", ".join(drifted[:5]) + (", ..." if len(drifted) > 5 else "")) if drifted else ""
             if share is None:
-                outcome, reason = INCONCLUSIVE, "the drift report has no share_drifted"
+                outcome, reason = Outcome.INCONCLUSIVE, "the drift report has no share_drifted"
             else:
-                outcome = PASS if share <= g.max_share_drifted else FAIL
-                reason = (f"{share:.0%} of features drifted {'<=' if outcome == PASS else '>'} "
+                outcome = Outcome.PASS if share <= g.max_share_drifted else Outcome.FAIL
+                reason = (f"{share:.0%} of features drifted {'<=' if outcome == Outcome.PASS else '>'} "
                           f"{g.max_share_drifted:.0%} allowed{names}")
             self.add(gate="drift.share_drifted", metric="share_drifted", criterion="max_share",
                      threshold=g.max_share_drifted, candidate=share, outcome=outcome, reason=reason, **common)
         if g.prediction_drift:
             flags = _drift_flags(d.get("prediction_drift"))
             if not flags:
-                outcome, reason = INCONCLUSIVE, "the drift report has no prediction drift flags"
+                outcome, reason = Outcome.INCONCLUSIVE, "the drift report has no prediction drift flags"
             elif any(flags.values()):
-                outcome, reason = FAIL, "prediction drift: " + ", ".join(k for k, v in flags.items() if v)
+                outcome, reason = Outcome.FAIL, "prediction drift: " + ", ".join(k for k, v in flags.items() if v)
             else:
-                outcome, reason = PASS, "no prediction drift (" + ", ".join(flags) + ")"
+                outcome, reason = Outcome.PASS, "no prediction drift (" + ", ".join(flags) + ")"
             self.add(gate="drift.prediction", metric="prediction_drift", criterion="flag", threshold=None,
                      outcome=outcome, reason=reason, **common)
         if g.concept_drift:
             cd = d.get("concept_drift") or {}
             detected = cd.get("detected")
             if not isinstance(detected, bool):
-                outcome, reason = INCONCLUSIVE, "the drift report has no concept_drift.detected"
+                outcome, reason = Outcome.INCONCLUSIVE, "the drift report has no concept_drift.detected"
             elif detected:
-                outcome, reason = FAIL, f"concept drift detected (change point {cd.get('change_point')})"
+                outcome, reason = Outcome.FAIL, f"concept drift detected (change point {cd.get('change_point')})"
             else:
-                outcome, reason = PASS, "no concept drift detected"
+                outcome, reason = Outcome.PASS, "no concept drift detected"
             self.add(gate="drift.concept", metric="concept_drift", criterion="flag", threshold=None,
                      outcome=outcome, reason=reason, **common)
 
@@ -558,21 +573,21 @@ def _drift_flags(pd: Any) -> dict[str, bool]:
     return {k: v["drifted"] for k, v in pd.items() if isinstance(v, dict) and isinstance(v.get("drifted"), bool)}
 
 
-def verdict_of(checks: tuple[Check, ...] | list[Check]) -> tuple[str, str]:
+def verdict_of(checks: tuple[Check, ...] | list[Check]) -> tuple[Verdict, str]:
     """ROLLBACK on a failing critical check, HOLD on any other failure or inconclusive check, else PROMOTE."""
     def names(cs):
         return ", ".join(c.gate for c in cs)
 
-    critical = [c for c in checks if c.outcome == FAIL and c.critical]
+    critical = [c for c in checks if c.outcome == Outcome.FAIL and c.critical]
     if critical:
-        return ROLLBACK, f"critical gate failed: {names(critical)}"
-    failed = [c for c in checks if c.outcome == FAIL]
+        return Verdict.ROLLBACK, f"critical gate failed: {names(critical)}"
+    failed = [c for c in checks if c.outcome == Outcome.FAIL]
     if failed:
-        return HOLD, f"non-critical gate failed: {names(failed)}"
-    unsure = [c for c in checks if c.outcome == INCONCLUSIVE]
+        return Verdict.HOLD, f"non-critical gate failed: {names(failed)}"
+    unsure = [c for c in checks if c.outcome == Outcome.INCONCLUSIVE]
     if unsure:
-        return HOLD, f"inconclusive: {names(unsure)}"
-    return PROMOTE, f"all {len(checks)} checks passed"
+        return Verdict.HOLD, f"inconclusive: {names(unsure)}"
+    return Verdict.PROMOTE, f"all {len(checks)} checks passed"
 
 
 def score(policy: Policy, evaluation: dict, drift: dict | None = None) -> Scorecard:

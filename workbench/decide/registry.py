@@ -20,12 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from workbench import WorkbenchError
 from workbench.decide.canary import SignedDecision, sync
 from workbench.paths import within
-from workbench.decide.policy import ROLLBACK, RegistryOptions
+from workbench.decide.policy import RegistryOptions, Verdict
 from workbench.decide.signing import SignatureError, canonical_bytes, record_hash, verify_signature
 from workbench.store import Store
 from workbench.roles import ROLES
@@ -196,7 +196,7 @@ class Registry:
             self.client.set_registered_model_alias(name, opts.champion_alias, cand)
             log.info("%s v%s is now %s (v%s kept as %s)", name, cand, opts.champion_alias, champion,
                      opts.previous_alias)
-        elif r["verdict"] == ROLLBACK and champion == cand and base and base != cand:
+        elif r["verdict"] == Verdict.ROLLBACK and champion == cand and base and base != cand:
             self.client.set_registered_model_alias(name, opts.champion_alias, base)
             self.client.set_model_version_tag(name, cand, TAG_PREFIX + "rolled_back_from",
                                               opts.champion_alias)
@@ -209,7 +209,7 @@ class Registry:
             self.client.transition_model_version_stage(name, cand, "Production", archive_existing_versions=True)
         elif after > 0 and before == 0:
             self.client.transition_model_version_stage(name, cand, "Staging")
-        elif r["verdict"] == ROLLBACK:
+        elif r["verdict"] == Verdict.ROLLBACK:
             self.client.transition_model_version_stage(name, cand, "Archived")
 
     # -- webhooks -------------------------------------------------------------------------------
@@ -306,7 +306,7 @@ class SyncResult:
         return {"synced": self.synced, "failed": self.failed, "pending": len(self.failed)}
 
 
-def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted: dict) -> SyncResult:
+def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted: Mapping) -> SyncResult:
     """Publish every applied decision still marked ``pending_sync``, per model in chain order.
 
     Each stored record is verified first (a tampered one is never pushed); publishing is idempotent on

@@ -7,6 +7,7 @@ Canonical bytes of a record (binding, see CONTRACT.md)::
 The signature is raw Ed25519 over exactly those bytes, base64-encoded, so
 ``openssl pkeyutl -verify -pubin -inkey pub.pem -rawin -in record.bin -sigfile sig.bin`` verifies it.
 The private key lives only in ``<keys_dir>/ed25519.pem`` (mode 0600); it is never stored elsewhere.
+A process holds its keys in one :class:`KeyRing`, made once from its settings.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from workbench import WorkbenchError
 from workbench.paths import within
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
 
 PRIVATE_FILE = "ed25519.pem"
 PUBLIC_FILE = "ed25519.pub.pem"
@@ -37,7 +43,10 @@ class SignatureError(WorkbenchError):
 
 # -- canonical JSON ---------------------------------------------------------------------------------
 def clean(obj: Any) -> Any:
-    """``obj`` with non-finite floats replaced by None and tuples by lists (JSON has neither)."""
+    """``obj`` with non-finite floats replaced by None, tuples by lists (JSON has neither) and enum members
+    (verdicts, outcomes) by their values, which are what their JSON is: a record holds plain JSON values."""
+    if isinstance(obj, Enum):
+        return obj.value
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -163,7 +172,83 @@ def sign(private_key: Ed25519PrivateKey, record: dict) -> str:
     return base64.b64encode(private_key.sign(canonical_bytes(record))).decode("ascii")
 
 
-def verify_signature(record: dict, signature: str | None, trusted: dict[str, Ed25519PublicKey]) -> str:
+@dataclass(frozen=True)
+class SignedDecision:
+    record: dict
+    signature: str
+
+    @property
+    def decision_id(self) -> str:
+        return self.record.get("decision_id")
+
+    @property
+    def model(self) -> str:
+        return self.record.get("model")
+
+    def to_dict(self) -> dict:
+        return {"decision_id": self.decision_id, "record": self.record, "signature": self.signature}
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The private key and the name that signs records (the key never leaves this object)."""
+    name: str
+    fingerprint: str
+    _key: Any
+
+    @classmethod
+    def from_keys_dir(cls, keys_dir: Path, name: str) -> "Signer":
+        key = load_private_key(keys_dir)
+        return cls(name, key_fingerprint(key.public_key()), key)
+
+    def sign(self, record: dict) -> SignedDecision:
+        return SignedDecision(record, sign(self._key, record))
+
+    def __repr__(self) -> str:
+        return f"Signer({self.name!r}, {self.fingerprint!r})"
+
+
+class KeyRing:
+    """A process's keys: the public keys trusted to move a weight, by fingerprint, and its signer.
+
+    A process makes its ring once (:meth:`from_settings`: the CLI per command, the service and the router at
+    start) and hands it to what verifies (``ring.trusted``) or signs (``ring.signer``). The trusted keys are
+    read when the ring is made, so a key added to ``keys/trusted/`` (or a new key pair) counts from the next
+    start. The private key is read when the ring first signs (at once with ``sign=True``) and then kept: a
+    process that never signs never reads it, and one whose home has no key pair still verifies.
+    """
+
+    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], signer: Signer | None = None, *,
+                 keys_dir: Path | None = None, signer_name: str | None = None):
+        self.trusted: Mapping[str, Ed25519PublicKey] = MappingProxyType(dict(trusted))
+        self._signer, self._keys_dir, self._signer_name = signer, keys_dir, signer_name
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, sign: bool = False) -> "KeyRing":
+        """The home's ring: its own public key, ``keys/trusted/*.pem`` and ``WORKBENCH_TRUSTED_KEYS``; the
+        signer is ``WORKBENCH_SIGNER`` with the home's private key (read now with ``sign``, else when needed)."""
+        signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if sign else None
+        return cls(trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys), signer,
+                   keys_dir=settings.keys_dir, signer_name=settings.signer)
+
+    @property
+    def signer(self) -> Signer:
+        """The signer (its key read on first use); :class:`WorkbenchError` when there is no key to sign with."""
+        if self._signer is None:
+            if self._keys_dir is None:
+                raise WorkbenchError("no signing key: this key ring only verifies")
+            self._signer = Signer.from_keys_dir(self._keys_dir, self._signer_name)
+        return self._signer
+
+    def signer_as(self, name: str) -> Signer:
+        """The ring's signing key under another signer name (an approver who signs in the app)."""
+        return replace(self.signer, name=name)
+
+    def __repr__(self) -> str:
+        return f"KeyRing(trusted={sorted(self.trusted)}, signer={self._signer!r})"
+
+
+def verify_signature(record: dict, signature: str | None, trusted: Mapping[str, Ed25519PublicKey]) -> str:
     """Check that a trusted key signed exactly this record; returns the key fingerprint.
 
     Raises :class:`SignatureError` naming the problem: unsigned, malformed signature, unknown or

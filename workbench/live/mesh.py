@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import yaml
 
 from workbench import WorkbenchError
+from workbench.decide.policy import Verdict
 
 TARGETS = ("istio", "argo", "flagger", "kserve")
 ANNOTATION = "canary-workbench.io"
@@ -77,8 +78,8 @@ def argo(state: dict, ramp: list[int], opts: MeshOptions) -> list[dict]:
                 "metadata": _meta(template, opts, state),
                 "spec": {"metrics": [{
                     "name": "canary-workbench-verdict", "interval": "1m", "count": 1, "failureLimit": 0,
-                    "successCondition": 'result.verdict == "promote"',
-                    "failureCondition": 'result.verdict == "rollback"',
+                    "successCondition": f'result.verdict == "{Verdict.PROMOTE.lower()}"',
+                    "failureCondition": f'result.verdict == "{Verdict.ROLLBACK.lower()}"',
                     "provider": {"web": {"url": _api(opts, f"/v1/canary/{state['model']}"), "jsonPath": "{$}",
                                          "timeoutSeconds": 10}}}]}}
     return [rollout, analysis]
@@ -135,13 +136,13 @@ def flagger_gate(view: dict, hook: str) -> tuple[bool, str]:
     """
     if hook not in FLAGGER_HOOKS:
         raise WorkbenchError(f"unknown Flagger webhook {hook!r}: use one of {', '.join(FLAGGER_HOOKS)}")
-    w, verdict = int(view["weight"]), view.get("verdict")
+    w, verdict = int(view["weight"]), str(view.get("verdict")).upper()   # the view's verdict is lower case
     if not view.get("verified"):
         why = f"the canary state does not verify: {view.get('problem')}"
         return hook == "rollback", why
-    at = f"latest decision {view['decision_id']}: {str(verdict).upper()} at {w}%"
+    at = f"latest decision {view['decision_id']}: {verdict} at {w}%"
     if hook == "confirm-traffic-increase":
-        return verdict == "promote" and w > 0 and not view.get("killed"), at
+        return verdict == Verdict.PROMOTE and w > 0 and not view.get("killed"), at
     if hook == "confirm-promotion":
-        return verdict == "promote" and w == 100, at
-    return verdict == "rollback" or bool(view.get("killed")), at
+        return verdict == Verdict.PROMOTE and w == 100, at
+    return verdict == Verdict.ROLLBACK or bool(view.get("killed")), at

@@ -37,6 +37,7 @@ from typing import Callable, Protocol
 from workbench import WorkbenchError
 from workbench.decide.canary import bucket_of, in_canary
 from workbench.decide.policy import LiveSegment, Policy
+from workbench.decide.signing import KeyRing
 from workbench.live.slo import ArmWindow, SloReport, judge
 from workbench.roles import ROLES as ARMS
 from workbench.live.trafficlog import LiveRecord, Outcome, TrafficLog, request_rows
@@ -86,26 +87,22 @@ class StoreWeights:
 
     ``rollback`` signs and applies a ROLLBACK record (``build_kill`` with source ``live SLO`` and the SLO's
     checks as the scorecard), then publishes it to MLflow; MLflow being down leaves it ``pending_sync``.
+    ``keys`` is the router's key ring, made once at its start: the state verifies against its trusted keys and
+    the rollback is signed by its signer.
     """
 
-    def __init__(self, settings, model: str, policy: Policy, *, signer=None, publish: bool = True,
+    def __init__(self, settings, model: str, policy: Policy, *, keys: KeyRing, publish: bool = True,
                  read_wait_s: float = 0.0):
         from workbench.store import Store
 
         self.settings, self.model, self.policy = settings, model, policy
-        self.signer, self.publish, self.read_wait_s = signer, publish, read_wait_s
+        self.keys, self.publish, self.read_wait_s = keys, publish, read_wait_s
         self._sig: tuple | None = None
         # DuckDB refuses a read-only and a read-write connection to one file in one process: the poller's
         # reads and the rollback's writes take turns
         self._lock = threading.Lock()
         with Store(settings.db_path):   # creates the file and schema, so read-only opens work from now on
             pass
-
-    def _trusted(self) -> dict:
-        from workbench.decide.signing import trusted_keys
-
-        s = self.settings
-        return trusted_keys(s.keys_dir, s.trusted_keys_dir, s.trusted_keys)
 
     def _signature(self) -> tuple:
         out = []
@@ -126,7 +123,7 @@ class StoreWeights:
 
         sig = self._signature()   # taken before reading: a write during the read triggers another read
         with self._lock, Store(self.settings.db_path, read_only=True, wait_s=self.read_wait_s) as store:
-            st = status(store, self.model, self._trusted())
+            st = status(store, self.model, self.keys.trusted)
             row = store.canary_state(self.model)
         self._sig = sig
         if row is None:
@@ -139,14 +136,12 @@ class StoreWeights:
         from workbench.decide.canary import apply_decision, build_kill, record_sync, status, try_publish
         from workbench.store import Store
 
-        if self.signer is None:
-            raise WorkbenchError("no signing key: the router cannot record a signed rollback")
-        trusted = self._trusted()
+        signer, trusted = self.keys.signer, self.keys.trusted
         with self._lock, Store(self.settings.db_path, wait_s=60) as store:
             st = status(store, self.model, trusted)
             if (st.baseline_version, st.candidate_version) != tuple(pair) or st.weight == 0:
                 return None
-            signed = build_kill(store, self.model, report.reason, self.signer, self.policy, source="live SLO",
+            signed = build_kill(store, self.model, report.reason, signer, self.policy, source="live SLO",
                                 scorecard=report.scorecard())
             apply_decision(store, signed, trusted)
         if self.publish:   # MLflow outside the store: a slow or dead MLflow never holds DuckDB's lock

@@ -33,13 +33,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from workbench import WorkbenchError
-from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_kill, live_view, record_sync, try_publish,
-                     verify_decision)
+from workbench.decide.canary import (SignedDecision, apply_decision, build_kill, live_view, record_sync, try_publish,
+                                     verify_decision)
 from workbench.config import Settings
 from workbench.live.mesh import FLAGGER_HOOKS, flagger_gate
 from workbench.ops.observability import metrics_router
 from workbench.decide.policy import load_policy
-from workbench.decide.signing import SignatureError, trusted_keys
+from workbench.decide.signing import KeyRing, SignatureError
 from workbench.store import Store
 from workbench.ops.jobs import JOB_KIND
 
@@ -186,19 +186,15 @@ class SignedRecord(BaseModel):
     signature: str
 
 
-def _trusted(settings: Settings) -> dict:
-    return trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
-
-
-def _view(settings: Settings, model: str) -> dict:
+def _view(settings: Settings, keys: KeyRing, model: str) -> dict:
     with Store(settings.db_path) as store:   # read-write like every request here: DuckDB refuses mixed modes
-        view = live_view(store, model, _trusted(settings))
+        view = live_view(store, model, keys.trusted)
     if view["decision_id"] is None:
         raise HTTPException(404, f"model {model} has no canary decision")
     return view
 
 
-def _decision(settings: Settings, decision_id: str) -> dict:
+def _decision(settings: Settings, keys: KeyRing, decision_id: str) -> dict:
     with Store(settings.db_path) as store:
         row = store.get_decision(decision_id)
         if row is None:
@@ -209,7 +205,7 @@ def _decision(settings: Settings, decision_id: str) -> dict:
                "created_at": signed.record.get("created_at"), "record": signed.record, "signature": row["signature"],
                "applied": row["applied_sequence"] is not None, "sequence": row["applied_sequence"]}
         try:
-            out |= {"verified": True, "note": verify_decision(store, signed, _trusted(settings)).note}
+            out |= {"verified": True, "note": verify_decision(store, signed, keys.trusted).note}
         except SignatureError as e:
             out |= {"verified": False, "problem": str(e)}
     return out
@@ -225,12 +221,13 @@ def _publish(settings: Settings, signed: SignedDecision) -> None:
         record_sync(store, signed.decision_id, run_id, err)
 
 
-def _apply(settings: Settings, make: Callable[[Store], SignedDecision]) -> tuple[dict, SignedDecision]:
+def _apply(settings: Settings, keys: KeyRing, make: Callable[[Store], SignedDecision]
+           ) -> tuple[dict, SignedDecision]:
     try:
         with Store(settings.db_path) as store:
             signed = make(store)
-            apply_decision(store, signed, _trusted(settings))
-            return live_view(store, signed.model, _trusted(settings)), signed
+            apply_decision(store, signed, keys.trusted)
+            return live_view(store, signed.model, keys.trusted), signed
     except WorkbenchError as e:   # refused records, no key, no state: the client can act on the message
         raise HTTPException(409, str(e)) from None
 
@@ -248,20 +245,21 @@ def _bearer(settings: Settings):
     return require_token
 
 
-def weights_router(settings: Settings) -> APIRouter:
-    """``/v1/canary``, ``/v1/decisions`` and ``/v1/flagger``: reads are open, state changes need the token."""
+def weights_router(settings: Settings, keys: KeyRing) -> APIRouter:
+    """``/v1/canary``, ``/v1/decisions`` and ``/v1/flagger``: reads are open, state changes need the token.
+    Records verify against ``keys`` (the service's ring); the kill switch signs with its signer."""
     router = APIRouter(prefix="/v1")
     auth = [Depends(_bearer(settings))]
 
     @router.get("/canary/{model}", response_model=CanaryView, tags=["canary"])
     async def canary(model: str):
         """The model's canary weight, versions and latest decision (Argo Rollouts' web metric reads this)."""
-        return await run_in_threadpool(_view, settings, model)
+        return await run_in_threadpool(_view, settings, keys, model)
 
     @router.get("/decisions/{decision_id}", response_model=DecisionView, tags=["canary"])
     async def decision(decision_id: str):
         """A stored decision record, its signature, and whether it verifies in its chain."""
-        return await run_in_threadpool(_decision, settings, decision_id)
+        return await run_in_threadpool(_decision, settings, keys, decision_id)
 
     @router.post("/flagger/{model}/{hook}", response_model=GateAnswer, tags=["flagger"],
                  responses={412: {"model": GateAnswer, "description": "the gate is closed"}})
@@ -269,7 +267,7 @@ def weights_router(settings: Settings) -> APIRouter:
         """Flagger webhooks: ``confirm-traffic-increase``, ``confirm-promotion``, ``rollback``."""
         if hook not in FLAGGER_HOOKS:
             raise HTTPException(404, f"unknown Flagger webhook {hook!r}: use one of {', '.join(FLAGGER_HOOKS)}")
-        view = await run_in_threadpool(_view, settings, model)
+        view = await run_in_threadpool(_view, settings, keys, model)
         allowed, reason = flagger_gate(view, hook)
         answer = {"model": model, "hook": hook, "allowed": allowed, "reason": reason, "weight": view["weight"],
                   "verdict": view["verdict"], "decision_id": view["decision_id"]}
@@ -279,18 +277,17 @@ def weights_router(settings: Settings) -> APIRouter:
     async def kill(model: str, body: KillRequest, background: BackgroundTasks):
         """The kill switch: a signed ROLLBACK record (the service's key) sets the weight to 0 at once."""
         def make(store: Store) -> SignedDecision:
-            signer = Signer.from_keys_dir(settings.keys_dir, settings.signer)
-            return build_kill(store, model, body.reason, signer, load_policy())
+            return build_kill(store, model, body.reason, keys.signer, load_policy())
 
-        view, signed = await run_in_threadpool(_apply, settings, make)
+        view, signed = await run_in_threadpool(_apply, settings, keys, make)
         background.add_task(run_in_threadpool, _publish, settings, signed)
         return view
 
     @router.post("/decisions", response_model=CanaryView, tags=["canary"], dependencies=auth)
     async def apply(body: SignedRecord, background: BackgroundTasks):
         """Apply a signed record made elsewhere (``decide --no-apply``); refused records answer 409."""
-        view, signed = await run_in_threadpool(_apply, settings, lambda _s: SignedDecision(body.record,
-                                                                                           body.signature))
+        view, signed = await run_in_threadpool(_apply, settings, keys, lambda _s: SignedDecision(body.record,
+                                                                                                 body.signature))
         background.add_task(run_in_threadpool, _publish, settings, signed)
         return view
 
@@ -299,8 +296,10 @@ def weights_router(settings: Settings) -> APIRouter:
 
 def create_app(settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S,
                clock: Callable[[], float] = time.time) -> FastAPI:
-    """The service app; add routers with ``app.include_router`` to extend it."""
+    """The service app; add routers with ``app.include_router`` to extend it. The key ring is made here, once:
+    a key added or rotated later counts after a restart."""
     settings.ensure()
+    keys = KeyRing.from_settings(settings)
     app = FastAPI(title="canary-workbench", version="1",
                   description="Signed canary decisions: weights for routers, meshes, Argo Rollouts and Flagger; "
                               "MLflow webhooks in.")
@@ -308,7 +307,7 @@ def create_app(settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S,
     app.include_router(health_router())
     app.include_router(webhook_router(settings, tolerance_s, clock))
     app.include_router(metrics_router(settings.db_path))
-    app.include_router(weights_router(settings))
+    app.include_router(weights_router(settings, keys))
 
     @app.exception_handler(HTTPException)
     async def _errors(request: Request, exc: HTTPException):

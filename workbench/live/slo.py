@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm
 
-from workbench.decide.policy import FAIL, PASS, Check, Interval, LiveOptions
+from workbench.decide.policy import Check, Interval, LiveOptions, Outcome, Verdict
 
 
 
@@ -94,9 +94,9 @@ class SloReport:
 
     def scorecard(self) -> dict:
         """The checks as a scorecard dict (as :meth:`workbench.decide.policy.Scorecard.to_dict`), for the signed record."""
-        counts = {o: sum(c.outcome == o for c in self.checks) for o in (PASS, FAIL, "inconclusive")}
-        return {"verdict": "ROLLBACK" if self.breached else "PROMOTE", "reason": self.reason, "counts": counts,
-                "checks": [c.to_dict() for c in self.checks], "skipped": [],
+        counts = {o: sum(c.outcome == o for c in self.checks) for o in Outcome}
+        return {"verdict": Verdict.ROLLBACK if self.breached else Verdict.PROMOTE, "reason": self.reason,
+                "counts": counts, "checks": [c.to_dict() for c in self.checks], "skipped": [],
                 "live": {"window_s": self.window_s, "arms": {a: s.to_dict() for a, s in self.stats.items()}}}
 
     def to_dict(self) -> dict:
@@ -122,7 +122,7 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
     checks.append(Check(
         gate="live.errors.max_rate", kind="errors", metric="error_rate", criterion="max_rate",
         threshold=live.max_error_rate, baseline=base.error_rate, candidate=cand.error_rate, delta=rate,
-        outcome=FAIL if failed else PASS, critical=True,
+        outcome=Outcome.FAIL if failed else Outcome.PASS, critical=True,
         reason=f"candidate error rate {rate.text()} ({cand.errors} errors in {cand.requests} requests, "
                f"{confidence:.0%} Wilson) " + ("whole interval > " if failed else "not surely > ")
                + f"{live.max_error_rate:g}"))
@@ -131,7 +131,7 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
         checks.append(Check(
             gate="live.latency.p99.max_ms", kind="latency", metric="latency_p99_ms", criterion="max_ms",
             threshold=live.max_p99_ms, baseline=base.p99_ms, candidate=cand.p99_ms, delta=None,
-            outcome=FAIL if failed else PASS, critical=True,
+            outcome=Outcome.FAIL if failed else Outcome.PASS, critical=True,
             reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ms:g} ms"))
     if live.max_p99_ratio is not None and base.requests >= live.min_requests and base.p99_ms is not None:
         bound = live.max_p99_ratio * base.p99_ms
@@ -139,10 +139,10 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
         checks.append(Check(
             gate="live.latency.p99.max_ratio", kind="latency", metric="latency_p99_ms", criterion="max_ratio",
             threshold=live.max_p99_ratio, baseline=base.p99_ms, candidate=cand.p99_ms,
-            delta=Interval(cand.p99_ms - base.p99_ms), outcome=FAIL if failed else PASS, critical=True,
+            delta=Interval(cand.p99_ms - base.p99_ms), outcome=Outcome.FAIL if failed else Outcome.PASS, critical=True,
             reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ratio:g}x baseline "
                    f"p99 {_ms(base.p99_ms)}"))
-    bad = [c for c in checks if c.outcome == FAIL]
+    bad = [c for c in checks if c.outcome == Outcome.FAIL]
     head = f"over the last {live.window_s:g} s (candidate {cand.requests} requests, baseline {base.requests})"
     if bad:
         return SloReport(True, f"{'; '.join(c.reason for c in bad)} {head}", tuple(checks), stats, live.window_s)

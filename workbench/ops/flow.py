@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from workbench import WorkbenchError
 from workbench.config import Settings
+from workbench.decide.signing import KeyRing
 from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store
 
@@ -119,21 +120,24 @@ class _Ctx:
     store: StoreOpener
     events: FlowEvents
     result: FlowResult
+    keys: KeyRing | None
     models: tuple[Any, Any] = (None, None)
 
 
 def run_flow(settings: Settings, flow: Flow, *, store: StoreOpener, load: Loader | None = None,
-             events: FlowEvents | None = None, done: tuple[str, ...] | frozenset = ()) -> FlowResult:
+             keys: KeyRing | None = None, events: FlowEvents | None = None,
+             done: tuple[str, ...] | frozenset = ()) -> FlowResult:
     """Run the flow's stages in order and return what each produced.
 
     ``store()`` opens the store for a stage (a context manager); ``load(uri, device)`` loads a model
-    (default: through MLflow), both before the first stage; stages named in ``done`` finished earlier (a
-    resumed job) and are not redone.
+    (default: through MLflow), both before the first stage; ``keys`` is the key ring that signs and trusts
+    decisions (default: the home's, read when the decide stage starts); stages named in ``done`` finished
+    earlier (a resumed job) and are not redone.
     A stage that is off is skipped with its reason and the flow goes on; a stage that finds nothing to do
     (:class:`StageSkipped`) ends the flow there (``FlowResult.stopped``); a stage that raises anything else
     stops the flow and the exception propagates.
     """
-    ctx = _Ctx(settings, flow, store, events or FlowEvents(), FlowResult(flow.run_id))
+    ctx = _Ctx(settings, flow, store, events or FlowEvents(), FlowResult(flow.run_id), keys)
     if "replay" not in done:   # models load first: one that does not load fails the flow before any ingest
         load = load or _load_with_mlflow(settings)
         ctx.models = (load(flow.baseline, flow.device), load(flow.candidate, flow.device))
@@ -246,17 +250,18 @@ def _decide(ctx: _Ctx) -> dict:
     """Judge the run under the policy and sign the record; with ``decide="apply"`` also move the weight and
     publish to MLflow. A record this run already has is reused: the ramp moves only on new evidence."""
     from workbench.decide.canary import apply_decision, build_decision, load_signed
-    from workbench.decide.decisions import publish, signer, trusted
+    from workbench.decide.decisions import publish
     from workbench.decide.policy import load_policy
 
     s, f = ctx.settings, ctx.flow
+    keys = ctx.keys or KeyRing.from_settings(s, sign=True)
     with ctx.store() as store:
         mine = [d for d in store.list_decisions() if d["run_id"] == f.run_id and d["kind"] == "decision"]
         if mine:
             signed = load_signed(store, mine[0]["decision_id"])
             applied = mine[0]["applied_sequence"] is not None
         else:
-            signed, _ = build_decision(store, f.run_id, load_policy(f.policy), signer(s))
+            signed, _ = build_decision(store, f.run_id, load_policy(f.policy), keys.signer)
             applied = False
         r = signed.record
         out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
@@ -264,7 +269,7 @@ def _decide(ctx: _Ctx) -> dict:
         if mine:
             out["reused"] = True
         if f.decide == "apply" and not applied:
-            apply_decision(store, signed, trusted(s))
+            apply_decision(store, signed, keys.trusted)
             out["applied"] = True
             out.update(publish(s, store, signed))
     ctx.result.outputs["decide"] = signed

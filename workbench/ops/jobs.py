@@ -42,6 +42,7 @@ from workbench.ops.flow import STAGES as FLOW_STAGES, Flow, FlowEvents, StageSki
 from workbench.ops.observability import log_context
 from workbench.replay.pipeline import ReplayOptions
 from workbench.decide.policy import _format_errors
+from workbench.decide.signing import KeyRing
 from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
@@ -362,6 +363,7 @@ class _Job:
     loaded: LoadedSpec
     job_id: str
     params: dict
+    keys: KeyRing
     results: dict = field(default_factory=dict)
 
     @property
@@ -599,16 +601,15 @@ class _JobEvents(FlowEvents):
 
 
 # -- the runner -------------------------------------------------------------------------------------
-def preflight(settings: Settings, loaded: LoadedSpec) -> None:
+def preflight(settings: Settings, loaded: LoadedSpec) -> KeyRing:
     """Check what a job needs before it starts: the policy, the signing key, the traffic and labels files.
-    Raises :class:`JobRefused` naming the problem."""
-    from workbench.decide.canary import Signer
+    Returns the job's key ring (with its signer); raises :class:`JobRefused` naming the problem."""
     from workbench.decide.policy import load_policy
 
     spec = loaded.spec
     try:
         load_policy(loaded.resolve(spec.policy) if spec.policy else None)
-        Signer.from_keys_dir(settings.keys_dir, settings.signer)
+        keys = KeyRing.from_settings(settings, sign=True)
         if spec.traffic.path:
             _files(loaded, spec.traffic.path)
         if spec.labels:
@@ -617,6 +618,7 @@ def preflight(settings: Settings, loaded: LoadedSpec) -> None:
         raise
     except WorkbenchError as e:
         raise JobRefused(f"cannot start job spec {spec.name}: {e}") from None
+    return keys
 
 
 def _choose(store: Store, spec: JobSpec, job_id: str | None, as_of: datetime | None, new: bool,
@@ -655,7 +657,7 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
     import mlflow
 
     spec = loaded.spec
-    preflight(settings, loaded)
+    keys = preflight(settings, loaded)
     lock = SpecLock(settings.ensure().home, spec.name)
     lock.acquire()
     try:
@@ -674,7 +676,7 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
             done = {k: v for k, v in store.job_stages(job_id).items() if v["status"] in DONE}
         lock.describe(job_id)
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        job = _Job(settings, loaded, job_id, params, {k: v["result"] for k, v in done.items()})
+        job = _Job(settings, loaded, job_id, params, keys, {k: v["result"] for k, v in done.items()})
         with log_context(job_id=job_id, spec=spec.name):
             if stale:
                 log.warning("found interrupted job(s) of this spec", extra={"event": "job_interrupted",
@@ -719,7 +721,8 @@ def _run_stages(job: _Job, done: dict) -> None:
                      extra={"event": "stage_skipped", "stage": stage})
     events = _JobEvents(job)
     try:
-        res = run_flow(job.settings, _flow(job), store=job.store, events=events, done=frozenset(done))
+        res = run_flow(job.settings, _flow(job), store=job.store, keys=job.keys, events=events,
+                       done=frozenset(done))
     except BaseException as e:
         stage = events.stage or "ingest"
         events.close()

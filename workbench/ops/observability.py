@@ -31,8 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
 from workbench import WorkbenchError
+from workbench.decide.policy import Verdict
 
-VERDICTS = ("PROMOTE", "HOLD", "ROLLBACK")
 ERROR_RATE_WINDOW = 1000          # requests per arm behind workbench_arm_error_rate
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -173,8 +173,8 @@ def _families(snap: dict[str, list[tuple]]):
     when = GaugeMetricFamily("workbench_canary_last_decision_timestamp_seconds", "When the latest decision was made",
                              labels=["model"])
     for model, v, at in snap["verdicts"]:
-        for name in VERDICTS:
-            verdict.add_metric([model, name], 1 if v == name else 0)
+        for name in Verdict:
+            verdict.add_metric([model, name.value], 1 if v == name else 0)
         when.add_metric([model], at)
     yield from (jobs, dur, last, ok, stages, rate, rows, weight, killed, verdict, when)
 
