@@ -3,7 +3,8 @@
 A RowSet (:mod:`workbench.drift.sketch`) names the rows drift reads: a traffic set (optionally only the rows a
 run replayed, within ranges of (event_time, _row)) or a stored reference table; with ``role`` set it names
 those rows' scores by that model. A ColumnSource names one column of a RowSet (raw rows) or the stored
-value counts of a lossless sketch; both are read as a weighted relation (v, w).
+value counts of a lossless sketch; both are read as a weighted relation (v, w). The store answers with
+counts, sums and cumulative sums; the statistics built from them live in :mod:`workbench.drift`.
 """
 from __future__ import annotations
 
@@ -196,18 +197,22 @@ class DriftStore(StoreBase):
         return int(self.cursor().execute(f"SELECT count(*) FROM (SELECT v FROM ({ra}) UNION SELECT v FROM ({rb}))",
                                          pa_ + pb).fetchall()[0][0])
 
-    def drift_ecdf(self, ref, cur, n_ref: int, n_cur: int) -> tuple[float, float, float]:
-        """Exact distances between the empirical CDFs of two numeric ColumnSources, in one sort:
-        (max |F_r - F_c|, integral |F_r - F_c| dx, integral (F_r - F_c)^2 dx)."""
+    def drift_cdf_gap(self, ref, cur, n_ref: int, n_cur: int) -> tuple[float, float, float]:
+        """Aggregates of the gap between the cumulative counts of two numeric ColumnSources, in one sort.
+
+        Over the sorted values x of both, with R(x) and C(x) the weight of each source's values up to x and
+        ``n_ref``, ``n_cur`` their totals, the gap G(x) = n_cur * R(x) - n_ref * C(x) is a step function
+        (exact in integers); returned: (max |G|, integral |G| dx, integral G^2 dx).
+        """
         rr, pr = self._drift_weighted(ref)
         rc, pc = self._drift_weighted(cur)
         row = self.cursor().execute(
             f"""WITH u AS (SELECT v, w * ? AS w FROM ({rr}) UNION ALL SELECT v, -w * ? FROM ({rc})),
-                s AS (SELECT v, sum(w) OVER o AS cw, lead(v) OVER o AS nv FROM u
+                s AS (SELECT v, sum(w) OVER o AS g, lead(v) OVER o AS nv FROM u
                       WINDOW o AS (ORDER BY v ROWS UNBOUNDED PRECEDING)),
-                d AS (SELECT cw / ? AS d, nv - v AS dx FROM s WHERE nv IS NULL OR nv <> v)
-                SELECT max(abs(d)), sum(abs(d) * dx), sum(d * d * dx) FROM d""",
-            [n_cur] + pr + [n_ref] + pc + [float(n_ref) * float(n_cur)]).fetchall()[0]
+                d AS (SELECT CAST(g AS DOUBLE) AS g, nv - v AS dx FROM s WHERE nv IS NULL OR nv <> v)
+                SELECT max(abs(g)), sum(abs(g) * dx), sum(g * g * dx) FROM d""",
+            [n_cur] + pr + [n_ref] + pc).fetchall()[0]
         return float(row[0]), float(row[1] or 0.0), float(row[2] or 0.0)
 
     def drift_histogram(self, src, edges: list[float]) -> list[int]:
