@@ -170,9 +170,7 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
     if not run.created:
         _check_same_run(run, traffic, refs)
         if run.finished:
-            counts = store.run_counts(run_id)
-            return ReplayResult(run_id, counts.rows, counts.baseline_errors, counts.candidate_errors, 0.0,
-                                "already_complete")
+            return ReplayResult(**store.run_counts(run_id).to_dict(), seconds=0.0, status="already_complete")
         log.info("resuming run %s after %s committed rows", run_id, run.rows_done)
     if progress:
         progress(run.rows_done, run.rows_total)
@@ -183,8 +181,7 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
         if stages:
             stages["finish_s"] = round(time.perf_counter() - t0, 3)
             stages["duckdb"] = store.settings("threads", "memory_limit")
-    return ReplayResult(run_id, counts.rows, counts.baseline_errors, counts.candidate_errors,
-                        time.perf_counter() - started, "finished", stages)
+    return ReplayResult(**counts.to_dict(), seconds=time.perf_counter() - started, status="finished", stages=stages)
 
 
 class LocalExecutor:

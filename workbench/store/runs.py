@@ -8,7 +8,7 @@ one transaction, so a resume skips exactly what was committed) and is finished
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -38,13 +38,11 @@ class RunState:
 
     @property
     def finished(self) -> bool:
+        """The run is finished, and so immutable."""
         return self.status == "finished"
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "traffic": self.traffic, "baseline": self.baseline,
-                "candidate": self.candidate, "status": self.status, "created": self.created,
-                "rows_total": self.rows_total, "rows_done": self.rows_done,
-                "committed": [list(r) for r in self.committed], "next_batch": self.next_batch}
+        return asdict(self) | {"committed": [list(r) for r in self.committed]}
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,7 @@ class RunCounts:
     candidate_errors: int
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "rows": self.rows, "baseline_errors": self.baseline_errors,
-                "candidate_errors": self.candidate_errors}
+        return asdict(self)
 
 
 class RunStore(StoreBase):
@@ -106,14 +103,15 @@ class RunStore(StoreBase):
         created = run is None
         if created:
             self.require_traffic(traffic)
+            rows_total = self.traffic_count(traffic)
             self.create_run(run_id=run_id, traffic=traffic, baseline=baseline, candidate=candidate,
-                            rows_total=self.traffic_count(traffic), batch_size=batch_size, device=device, mode=mode,
-                            meta=meta)
+                            rows_total=rows_total, batch_size=batch_size, device=device, mode=mode, meta=meta)
             run = self.require_run(run_id)
+        else:
+            rows_total = self.traffic_count(run["traffic"])
         return RunState(run_id=run_id, traffic=run["traffic"], baseline=run["baseline"], candidate=run["candidate"],
-                        status=run["status"], created=created, rows_total=self.traffic_count(run["traffic"]),
-                        rows_done=int(run["rows_done"]), committed=tuple(self.committed_ranges(run_id)),
-                        next_batch=self._next_batch_no(run_id))
+                        status=run["status"], created=created, rows_total=rows_total, rows_done=int(run["rows_done"]),
+                        committed=tuple(self.committed_ranges(run_id)), next_batch=self._next_batch_no(run_id))
 
     def committed_ranges(self, run_id: str) -> list[tuple[int, int]]:
         """The traffic ``_row`` ranges a run has committed, merged; every row in them is scored exactly once."""
