@@ -1,6 +1,7 @@
 """Evaluation of real replay runs (tiny in-process models, in-memory DuckDB) and of the CLI on the demo."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -329,17 +330,19 @@ def test_mde_shrinks_with_more_rows():
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
-def test_cli_evaluate_segments_and_windows(demo_home):
-    run_id = json.loads((demo_home / "demo.json").read_text())["replay"]["run_id"]
+def test_cli_evaluate_segments_and_windows(demo_home, tmp_path):
+    home = tmp_path / "home"   # a copy: the evaluation it stores (confidence 0.9) must not reach other tests
+    shutil.copytree(demo_home, home)
+    run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
     proc = run_cli("evaluate", run_id, "--segment", "carrier", "--window", "week", "--confidence", "0.9",
-                   "--json", home=demo_home)
+                   "--json", home=home)
     assert len(proc.stdout.strip().splitlines()) == 1
     d = json.loads(proc.stdout)
     assert d["confidence"] == 0.9 and d["run_id"] == run_id
     assert sum(s["rows"] for s in d["segments"]["carrier"].values()) == d["labeled_rows"]
     assert sum(w["rows"] for w in d["windows"]["week"].values()) == d["labeled_rows"]
     assert all(k.endswith("T00:00:00Z") for k in d["windows"]["week"])
-    text = run_cli("evaluate", run_id, home=demo_home).stdout
+    text = run_cli("evaluate", run_id, home=home).stdout
     assert "roc_auc" in text and "p50" in text
-    bad = run_cli("evaluate", run_id, "--segment", "nope", home=demo_home, check=False)
+    bad = run_cli("evaluate", run_id, "--segment", "nope", home=home, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: traffic 'flights' has no column 'nope'")

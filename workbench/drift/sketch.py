@@ -11,8 +11,8 @@ instead of the reference rows.
 A continuous column has no such counts; a quantile sketch would change the statistic (and so possibly the
 verdict), so tests on it read the raw reference rows in DuckDB instead, and say so (``method: "exact"``).
 
-:class:`SqlPair` answers the tests' questions (value counts, histograms, ECDF distances) with SQL over the
-current rows, so a large current window is never loaded into Python.
+:class:`SqlPair` answers the tests' questions (value counts, histograms, ECDF distances) from aggregates
+that DuckDB computes over the current rows, so a large current window is never loaded into Python.
 """
 from __future__ import annotations
 
@@ -239,9 +239,13 @@ class SqlPair:
                 np.array(self.store.drift_histogram(self._cur(), e), dtype=np.int64))
 
     def ecdf(self) -> tuple[float, float, float]:
-        """(max |F_r - F_c|, integral |F_r - F_c|, integral (F_r - F_c)^2) over the real line."""
+        """(max |F_r - F_c|, integral |F_r - F_c|, integral (F_r - F_c)^2) over the real line, for the empirical
+        CDFs F_r and F_c: the Kolmogorov-Smirnov distance and what the Wasserstein and energy distances are
+        computed from. The store's gap of cumulative counts is n_r * n_c * (F_r - F_c)."""
         if self._ecdf is None:
-            self._ecdf = self.store.drift_ecdf(self._ref(), self._cur(), self.ref_n, self.cur_n)
+            sup, l1, l2 = self.store.drift_cdf_gap(self._ref(), self._cur(), self.ref_n, self.cur_n)
+            scale = float(self.ref_n) * float(self.cur_n)
+            self._ecdf = (sup / scale, l1 / scale, l2 / (scale * scale))
         return self._ecdf
 
     def samples(self) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,8 @@ import pyarrow as pa
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor
 from workbench.replay.scoring import PairScorer, Scored, ScoringOptions
-from workbench.store import Store, check_name
 from workbench.roles import ROLES
+from workbench.store import RunState, Store, check_name
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -144,9 +144,10 @@ def duckdb_limits(columns: int, writers: int, cores: int | None = None) -> dict:
 class Executor(Protocol):
     """Runs the scoring of a run's remaining traffic and commits it batch by batch."""
 
-    def run(self, store: Store, run_id: str, traffic: str, models: dict[str, Predictor],
-            options: ReplayOptions, done: int, total: int, progress) -> dict | None:
-        """Score and commit; may return the stages' busy seconds (see ``ReplayResult.stages``)."""
+    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions,
+            progress) -> dict | None:
+        """Score the traffic outside ``run.committed`` and commit it, numbering units from ``run.next_batch``;
+        may return the stages' busy seconds (see ``ReplayResult.stages``)."""
 
 
 def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor, run_id: str | None = None,
@@ -162,35 +163,25 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
     models = {"baseline": baseline, "candidate": candidate}
     refs = {r: m.ref.to_dict() for r, m in models.items()}
     _check_features(info["columns"], models)
-    run = store.get_run(run_id)
     started = time.perf_counter()
-    if run is not None:
+    run = store.open_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
+                         batch_size=options.batch_size, device=",".join(sorted({m.device for m in models.values()})),
+                         mode=options.mode, meta={"environment": _environment(models, options)})
+    if not run.created:
         _check_same_run(run, traffic, refs)
-        if run["status"] == "finished":
-            errs = store.run_error_counts(run_id)
-            return ReplayResult(run_id, int(run["rows_done"]), errs["baseline"], errs["candidate"], 0.0,
-                                "already_complete")
-        log.info("resuming run %s after %s committed rows", run_id, run["rows_done"])
-    else:
-        store.create_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
-                         rows_total=store.traffic_count(traffic), batch_size=options.batch_size,
-                         device=",".join(sorted({m.device for m in models.values()})), mode=options.mode,
-                         meta={"environment": _environment(models, options)})
-    total = store.traffic_count(traffic)
-    done = int(store.require_run(run_id)["rows_done"])
+        if run.finished:
+            return ReplayResult(**store.run_counts(run_id).to_dict(), seconds=0.0, status="already_complete")
+        log.info("resuming run %s after %s committed rows", run_id, run.rows_done)
     if progress:
-        progress(done, total)
+        progress(run.rows_done, run.rows_total)
     with store.limits(**duckdb_limits(len({f for m in models.values() for f in m.ref.features}), options.writers)):
-        stages = (executor or LocalExecutor()).run(store, run_id, traffic, models, options, done, total,
-                                                   progress) or {}
+        stages = (executor or LocalExecutor()).run(store, run, models, options, progress) or {}
         t0 = time.perf_counter()
-        store.finish_run(run_id)
+        counts = store.finish_run(run_id)
         if stages:
             stages["finish_s"] = round(time.perf_counter() - t0, 3)
             stages["duckdb"] = store.settings("threads", "memory_limit")
-    errs = store.run_error_counts(run_id)
-    return ReplayResult(run_id, int(store.require_run(run_id)["rows_done"]), errs["baseline"], errs["candidate"],
-                        time.perf_counter() - started, "finished", stages)
+    return ReplayResult(**counts.to_dict(), seconds=time.perf_counter() - started, status="finished", stages=stages)
 
 
 class LocalExecutor:
@@ -198,17 +189,17 @@ class LocalExecutor:
 
     With ``options.isolate`` the models score in worker processes (:mod:`workbench.replay.isolation`)."""
 
-    def run(self, store: Store, run_id: str, traffic: str, models: dict[str, Predictor], options: ReplayOptions,
-            done: int, total: int, progress) -> dict:
+    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions,
+            progress) -> dict:
         thresholds = {r: m.ref.threshold for r, m in models.items()}
         if not options.isolate:
             scorer = PairScorer(models, options.scoring())
-            return _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
+            return _run_pipeline(store, run, scorer, thresholds, options, progress)
         from workbench.replay.isolation import IsolationOptions, isolated
 
         with isolated(models, IsolationOptions(memory_limit_mb=options.worker_memory_mb)) as workers:
             scorer = PairScorer(workers, options.scoring())
-            return _run_pipeline(store, run_id, traffic, scorer, thresholds, options, done, total, progress)
+            return _run_pipeline(store, run, scorer, thresholds, options, progress)
 
 
 ROW_GROUP = 122_880   # DuckDB's row group: commits in whole row groups need no rewrite at checkpoint
@@ -310,8 +301,8 @@ class _Stages:
                 "writers": writers, "bound": bound}
 
 
-def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, thresholds: dict,
-                  options: ReplayOptions, done: int, total: int, progress) -> dict:
+def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: dict, options: ReplayOptions,
+                  progress) -> dict:
     """Reader -> preparer -> scoring on this thread -> builder -> writers: threads with bounded queues between.
 
     The builder turns scores into paired result tables and packs them into commit units of whole row
@@ -319,11 +310,11 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
     ``_row`` range it covers with its results in one transaction, so a resume skips exactly the committed
     ranges even when they were committed out of order. Returns the stages' busy seconds.
     """
-    skip = store.committed_ranges(run_id)
+    run_id, done, total = run.run_id, run.rows_done, run.rows_total
     # DuckDB hands out at most a row group per Arrow batch anyway, and each scan thread holds buffers for
     # the batch size it is asked for: asking for more costs memory and speed (measured: 262,144 rows
     # against 122,880: +20 MB at 8 threads, 16.5M rather than 20M rows/s); ``rebatch`` cuts the batches
-    reader = store.traffic_batches(traffic, scorer.features, min(options.batch_size, ROW_GROUP), skip)
+    reader = store.traffic_batches(run.traffic, scorer.features, min(options.batch_size, ROW_GROUP), run.committed)
     fetched: queue.Queue = queue.Queue(maxsize=options.prefetch)
     inbox: queue.Queue = queue.Queue(maxsize=options.prefetch)
     built: queue.Queue = queue.Queue(maxsize=4)
@@ -448,7 +439,7 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
             while outbox.get() is not _END:   # unblock the builder
                 pass
 
-    next_no = [store.next_batch_no(run_id)]
+    next_no = [run.next_batch]
     threads = [threading.Thread(target=read, name="replay-reader", daemon=True),
                threading.Thread(target=prepare, name="replay-prepare", daemon=True),
                threading.Thread(target=build, name="replay-builder", daemon=True)]
@@ -487,13 +478,13 @@ def _run_pipeline(store: Store, run_id: str, traffic: str, scorer: PairScorer, t
     return stages.report(time.perf_counter() - started, options.writers)
 
 
-def _check_same_run(run: dict, traffic: str, refs: dict) -> None:
-    if run["traffic"] != traffic:
-        raise WorkbenchError(f"run {run['run_id']} replays traffic {run['traffic']!r}, not {traffic!r}")
+def _check_same_run(run: RunState, traffic: str, refs: dict) -> None:
+    if run.traffic != traffic:
+        raise WorkbenchError(f"run {run.run_id} replays traffic {run.traffic!r}, not {traffic!r}")
     for role in ROLES:
-        was, now = run[role], refs[role]
+        was, now = getattr(run, role), refs[role]
         if (was.get("uri"), was.get("version")) != (now["uri"], now["version"]):
-            raise WorkbenchError(f"run {run['run_id']} was started with {role} {was.get('uri')} version "
+            raise WorkbenchError(f"run {run.run_id} was started with {role} {was.get('uri')} version "
                                  f"{was.get('version')}; now it resolves to version {now['version']}. "
                                  "Use a new --run-id or pin the version")
 

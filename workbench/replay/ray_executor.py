@@ -18,7 +18,7 @@ from workbench import WorkbenchError
 from workbench.replay.models import Predictor
 from workbench.replay.pipeline import ReplayOptions, paired_table
 from workbench.replay.scoring import PairScorer
-from workbench.store import Store
+from workbench.store import RunState, Store
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class RayExecutor:
                  staging_dir: str | None = None):
         self.address, self.actors, self.device, self.staging_dir = address, actors, device, staging_dir
 
-    def run(self, store: Store, run_id: str, traffic: str, models: dict[str, Predictor], options: ReplayOptions,
-            done: int, total: int, progress) -> None:
+    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions,
+            progress) -> None:
         ray = _ray()
         import mlflow
 
@@ -78,22 +78,22 @@ class RayExecutor:
         actors = self.actors or (gpus if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) - 1))
         uris = {role: m.ref.uri for role, m in models.items()}
         features = sorted({f for m in models.values() for f in m.ref.features})
+        run_id, done = run.run_id, run.rows_done
         with tempfile.TemporaryDirectory(prefix=f"workbench-{run_id}-", dir=self.staging_dir) as staging:
             path = Path(staging) / "traffic.parquet"
-            store.export_traffic_parquet(traffic, features, store.committed_ranges(run_id), path,
-                                         row_group_rows=options.batch_size)
+            store.export_traffic_parquet(run.traffic, features, run.committed, path, row_group_rows=options.batch_size)
             ds = ray.data.read_parquet(str(path)).map_batches(
                 PairActor, batch_size=options.batch_size, batch_format="pyarrow",
                 fn_constructor_args=(uris, mlflow.get_tracking_uri(), "cuda" if use_gpu else "cpu", options),
                 concurrency=actors, num_gpus=1 if use_gpu else 0)
-            batch_no = store.next_batch_no(run_id)
+            batch_no = run.next_batch
             for table in ds.iter_batches(batch_size=options.batch_size, batch_format="pyarrow"):
                 rows = table.column("_row")
                 store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, 0.0, table)
                 batch_no += 1
                 done += table.num_rows
                 if progress:
-                    progress(done, total)
+                    progress(done, run.rows_total)
         log.info("ray replay of %s used %d actor(s)%s", run_id, actors, " on GPUs" if use_gpu else "")
         if self.address is None:
             ray.shutdown()

@@ -1,0 +1,205 @@
+"""Runs: the run lifecycle, commit units, paired predictions and what evaluation reads from them.
+
+A run is opened (:meth:`RunStore.open_run`: created, or found with what it has committed), fills with
+commit units (:meth:`RunStore.commit_batch`: a unit's paired rows and the ``_row`` range they cover, in
+one transaction, so a resume skips exactly what was committed) and is finished
+(:meth:`RunStore.finish_run`), after which it is immutable.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from workbench.clock import db_time, utc_now
+from workbench.errors import WorkbenchError
+from workbench.store.base import StoreBase, check_role, qident, traffic_table
+
+#: every run with ``rows_done``, the rows of its committed units
+RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
+              LEFT JOIN (SELECT run_id, sum(rows) AS rows FROM run_batches GROUP BY run_id) b USING (run_id)"""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run as :meth:`RunStore.open_run` found or created it, and what it has done."""
+    run_id: str
+    traffic: str
+    baseline: dict                          # the models' references the run was started with
+    candidate: dict
+    status: str                             # "running" or "finished"
+    created: bool                           # this call created the run (False: it existed, to resume or finished)
+    rows_total: int                         # rows of its traffic set now: what a replay of the run covers
+    rows_done: int                          # rows of its committed units
+    committed: tuple[tuple[int, int], ...]  # the ``_row`` ranges committed, merged (see ``committed_ranges``)
+    next_batch: int                         # the number its next commit unit takes
+
+    @property
+    def finished(self) -> bool:
+        """The run is finished, and so immutable."""
+        return self.status == "finished"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"committed": [list(r) for r in self.committed]}
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's committed rows and the rows each model failed on."""
+    run_id: str
+    rows: int
+    baseline_errors: int
+    candidate_errors: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RunStore(StoreBase):
+    """Runs, their commit units (``run_batches``) and paired predictions (one row per request, both models).
+
+    Reads traffic sets through :class:`~workbench.store.traffic.TrafficStore`, composed with it in ``Store``.
+    """
+
+    EVALUATION_MEMORY_LIMIT = "768MB"
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """A run with its model refs, metadata and ``rows_done`` (the rows of its committed batches)."""
+        rows = self._rows(RUNS_SQL + " WHERE r.run_id = ?", [run_id])
+        if not rows:
+            return None
+        run = rows[0]
+        for k in ("baseline", "candidate", "meta"):
+            run[k] = json.loads(run[k]) if run[k] else {}
+        return run
+
+    def require_run(self, run_id: str) -> dict[str, Any]:
+        """:meth:`get_run`, or an error when the run is unknown."""
+        run = self.get_run(run_id)
+        if run is None:
+            raise WorkbenchError(f"unknown run {run_id!r}")
+        return run
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first, with ``rows_done``."""
+        return self._rows("SELECT run_id, traffic, status, rows_total, rows_done, device, mode, started_at, "
+                          f"finished_at FROM ({RUNS_SQL}) ORDER BY started_at DESC")
+
+    def create_run(self, *, run_id, traffic, baseline: dict, candidate: dict, rows_total, batch_size, device,
+                   mode, meta: dict) -> None:
+        """Register a new run, status ``running``."""
+        self.cursor().execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, NULL)",
+            [run_id, traffic, json.dumps(baseline), json.dumps(candidate), rows_total, batch_size, device, mode,
+             json.dumps(meta), db_time(utc_now())])
+
+    def open_run(self, *, run_id: str, traffic: str, baseline: dict, candidate: dict, batch_size: int,
+                 device: str, mode: str, meta: dict) -> RunState:
+        """Open a run: create it when ``run_id`` is new, else find it as it was left (the arguments then
+        only describe what the caller expects: compare them with the state's ``traffic`` and models)."""
+        run = self.get_run(run_id)
+        created = run is None
+        if created:
+            self.require_traffic(traffic)
+            rows_total = self.traffic_count(traffic)
+            self.create_run(run_id=run_id, traffic=traffic, baseline=baseline, candidate=candidate,
+                            rows_total=rows_total, batch_size=batch_size, device=device, mode=mode, meta=meta)
+            run = self.require_run(run_id)
+        else:
+            rows_total = self.traffic_count(run["traffic"])
+        return RunState(run_id=run_id, traffic=run["traffic"], baseline=run["baseline"], candidate=run["candidate"],
+                        status=run["status"], created=created, rows_total=rows_total, rows_done=int(run["rows_done"]),
+                        committed=tuple(self.committed_ranges(run_id)), next_batch=self._next_batch_no(run_id))
+
+    def committed_ranges(self, run_id: str) -> list[tuple[int, int]]:
+        """The traffic ``_row`` ranges a run has committed, merged; every row in them is scored exactly once."""
+        rows = self.cursor().execute("SELECT first_row, first_row + span - 1 FROM run_batches WHERE run_id = ? "
+                                     "ORDER BY first_row", [run_id]).fetchall()
+        merged: list[tuple[int, int]] = []
+        for a, b in rows:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((int(a), int(b)))
+        return merged
+
+    def _next_batch_no(self, run_id: str) -> int:
+        r = self.cursor().execute("SELECT coalesce(max(batch_no) + 1, 0) FROM run_batches WHERE run_id = ?",
+                                  [run_id]).fetchall()[0]
+        return int(r[0])
+
+    def commit_batch(self, run_id: str, batch_no: int, first_row: int, last_row: int, rows: int, seconds: float,
+                     paired: pa.Table) -> None:
+        """Store one batch's paired results and mark the batch committed, atomically."""
+        with self.transaction() as cur:
+            cur.register("_wb_paired", paired)
+            cols = ", ".join(qident(c) for c in paired.column_names)
+            cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
+            cur.unregister("_wb_paired")
+            cur.execute("INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, db_time(utc_now())])
+
+    def finish_run(self, run_id: str) -> RunCounts:
+        """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL;
+        returns its counts."""
+        self.cursor().execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?",
+                              [db_time(utc_now()), run_id])
+        self.checkpoint()
+        return self.run_counts(run_id)
+
+    def run_counts(self, run_id: str) -> RunCounts:
+        """A run's committed rows and each model's failed rows."""
+        rows = self.require_run(run_id)["rows_done"]
+        _, baseline, candidate = self._prediction_counts(run_id)
+        return RunCounts(run_id, int(rows), baseline, candidate)
+
+    def prediction_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Rows replayed and rows failed per role: ``{role: {"rows", "errors"}}``."""
+        n, b, c = self._prediction_counts(run_id)
+        if not n:
+            return {}
+        return {"baseline": {"rows": n, "errors": b}, "candidate": {"rows": n, "errors": c}}
+
+    def _prediction_counts(self, run_id: str) -> tuple[int, int, int]:
+        """Rows of a run's predictions, and the rows the baseline and the candidate failed on."""
+        row = self.cursor().execute("SELECT count(*), count(baseline_error), count(candidate_error) "
+                                    "FROM predictions WHERE run_id = ?", [run_id]).fetchall()[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
+        """One row per labelled request of a run, in no particular order: ``label``, ``baseline_score``
+        and ``candidate_score`` (null where that model failed), plus ``segment`` (the traffic column
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request."""
+        run = self.require_run(run_id)
+        info = self.require_traffic(run["traffic"])
+        select = ["l.label",
+                  "CASE WHEN p.baseline_error IS NULL THEN p.baseline_score END AS baseline_score",
+                  "CASE WHEN p.candidate_error IS NULL THEN p.candidate_score END AS candidate_score"]
+        params: list = []
+        if segment is not None:
+            column = "entity_key" if segment == info["entity_col"] else segment
+            if column != "entity_key" and segment not in info["columns"]:
+                known = ", ".join(sorted([*info["columns"], *([info["entity_col"]] if info["entity_col"] else [])]))
+                raise WorkbenchError(f"traffic {run['traffic']!r} has no column {segment!r} to segment by "
+                                     f"(columns: {known})")
+            select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS segment")
+        if window is not None:
+            select.append("date_trunc(?, t.event_time) AS window_start")
+            params.append(window)
+        sql = f"""SELECT {', '.join(select)}
+                  FROM predictions p
+                  JOIN {traffic_table(run['traffic'])} t USING (_row)
+                  JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                  WHERE p.run_id = ?"""
+        # a bounded buffer: the joins spill to disk rather than grow
+        with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
+            return self.cursor().sql(sql, params=[*params, run["traffic"], run_id]).to_arrow_table()
+
+    def latency_sample(self, run_id: str, role: str) -> pa.ChunkedArray:
+        """Latencies (ms) of the rows ``role`` scored without error."""
+        check_role(role)
+        return self.cursor().sql(
+            f"SELECT {role}_latency_ms FROM predictions WHERE run_id = ? AND {role}_error IS NULL "
+            f"AND {role}_latency_ms IS NOT NULL", params=[run_id]).to_arrow_table().column(0)
