@@ -9,6 +9,6 @@ if [ "$#" -eq 0 ] || [ "$1" = "app" ]; then
         shift
     fi
     exec streamlit run "${WORKBENCH_APP:-/app/app.py}" --server.address 0.0.0.0 --server.port "${PORT:-8501}" \
-        --server.headless true --browser.gatherUsageStats false --server.fileWatcherType none "$@"
+        --server.headless true --browser.gatherUsageStats false "$@"
 fi
 exec workbench "$@"
