@@ -1,5 +1,5 @@
-# Set-up and entry points. `make demo` runs the full demo, `make test` builds the docs and runs the test
-# suite, `make docs` builds the documentation site into build/site; all create the virtualenv if missing and
+# Set-up and entry points. `make demo` runs the full demo, `make test` runs the lint, builds the docs and runs
+# the test suite, `make docs` builds the documentation site into build/site; all create the virtualenv if missing and
 # install torch==2.13.0 (CPU) before the project.
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,6 +30,13 @@ demo: install
 docs: install
 	@out=$$(NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict 2>&1) || { printf '%s\n' "$$out" >&2; exit 1; }
 
-test: install system-deps docs
+# Lint and types (settings in pyproject.toml): ruff's rules and its formatter's check, then mypy.
+LINT_PATHS := workbench pages pipelines benchmarks tests app.py docs/hooks
+lint: install
+	$(BIN)/ruff check -q $(LINT_PATHS)
+	$(BIN)/ruff format -q --check $(LINT_PATHS)
+	$(BIN)/mypy workbench pages pipelines benchmarks
+
+test: install system-deps lint docs
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
