@@ -137,7 +137,7 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
 
 def test_tampering_with_the_stored_chain_is_detected(keyring):
     signer, trusted = keyring["signer"], keyring["trusted"]
-    for attack in ("edit record", "edit signature", "delete link", "swap state"):
+    for attack in ("edit record", "edit signature", "delete link", "delete chain", "swap state"):
         store = fresh_store()
         for _ in range(2):
             signed, _ = build_decision(store, "run_a", load_policy(), signer)
@@ -153,12 +153,14 @@ def test_tampering_with_the_stored_chain_is_detected(keyring):
                         [base64.b64encode(b"\0" * 64).decode(), first[0]])
         elif attack == "delete link":
             cur.execute("DELETE FROM canary_chain WHERE sequence = 1")
+        elif attack == "delete chain":   # the state is left with no signed record behind it
+            cur.execute("DELETE FROM canary_chain")
         else:
             cur.execute("UPDATE canary_state SET weight = 100")
         st = status(store, "fraud", trusted)
         assert not st.verified and st.problem, attack
         record("security", f"stored chain: {attack}", f"canary status unverified ({st.problem[:90]})")
-        if attack != "swap state":
+        if attack not in ("swap state", "delete chain"):   # (an empty chain has nothing to verify)
             with pytest.raises(SignatureError):
                 verify_chain(store, "fraud", trusted)
 

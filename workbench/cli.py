@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from workbench import WorkbenchError
 from workbench.config import Settings, configure_runtime, load_settings
+from workbench.ops.events import FlowEvents
 
 log = logging.getLogger("workbench")
 
@@ -103,7 +104,7 @@ def cmd_labels(args) -> None:
                                         f"unmatched, {d['quarantined']} quarantined")
 
 
-class _ReplayEvents:
+class _ReplayEvents(FlowEvents):
     """The replay command's view of the flow: a progress bar per stage, and the run's progress file (which lets
     the app follow this replay while it holds the database's write lock)."""
 

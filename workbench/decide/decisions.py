@@ -112,13 +112,14 @@ def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[Aud
             continue
         problem = None
         stored = store.get_decision(did)
-        record = json.loads(stored["record"])
-        try:
-            if record_hash(record) != stored["record_hash"]:
-                raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
-            verify_signature(record, stored["signature"], keys)
-        except SignatureError as e:
-            problem = str(e)
+        if stored is not None:   # (one listed a moment ago and gone now: _entry reports the record missing)
+            record = json.loads(stored["record"])
+            try:
+                if record_hash(record) != stored["record_hash"]:
+                    raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
+                verify_signature(record, stored["signature"], keys)
+            except SignatureError as e:
+                problem = str(e)
         entries.append(_entry(store, d, did, model, None, problem))
     return sorted(entries, key=lambda e: (parse_time(e.created_at) if e.created_at else EPOCH, e.sequence or 0),
                   reverse=True)

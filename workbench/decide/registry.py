@@ -323,6 +323,7 @@ def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted
                                   "error": "waiting: an earlier decision of this model is still pending"})
             continue
         signed = SignedDecision(json.loads(row["record"]), row["signature"])
+        err: str | None
         try:
             verify_signature(signed.record, signed.signature, trusted)
             if signed.decision_id != did:

@@ -296,7 +296,7 @@ class _Stages:
 
     def report(self, wall: float, writers: int) -> dict:
         per_thread = dict(self.busy, write=self.busy["write"] / writers)
-        bound = max(per_thread, key=per_thread.get)
+        bound = max(per_thread, key=per_thread.__getitem__)
         return {"wall_s": round(wall, 3), "busy_s": {k: round(v, 3) for k, v in self.busy.items()},
                 "writers": writers, "bound": bound}
 

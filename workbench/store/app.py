@@ -12,14 +12,14 @@ from typing import Any
 import pyarrow as pa
 
 from workbench.errors import WorkbenchError
-from workbench.store.base import StoreBase, qident, traffic_table
-from workbench.store.runs import RUNS_SQL
+from workbench.store.base import qident, traffic_table
+from workbench.store.runs import RUNS_SQL, RunStore
 
 
-class AppStore(StoreBase):
+class AppStore(RunStore):
     """Read-only aggregates over runs, traffic, labels, decisions and jobs.
 
-    Finds runs and traffic sets through ``RunStore`` and ``TrafficStore``, composed with it in ``Store``.
+    Builds on :class:`~workbench.store.runs.RunStore` (and so ``TrafficStore``) to find runs and traffic sets.
     """
 
     _APP_DISCRETE = {"VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",

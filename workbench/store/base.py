@@ -168,8 +168,9 @@ class StoreBase:
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
         # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
-        self._limits = {"memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
-                        "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None}   # None: per core
+        self._limits: dict[str, str | int | None] = {
+            "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+            "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None}   # None: per core
         for k, v in self._limits.items():
             if v is not None:
                 self.con.execute(f"SET {k} = ?", [v])
@@ -250,7 +251,7 @@ class StoreBase:
 
         Both are settings of the whole database instance: other cursors of this store see them too."""
         cur = self.cursor()
-        wanted = {k: v for k, v in (("memory_limit", memory), ("threads", threads)) if v is not None}
+        wanted: dict[str, str | int | None] = {k: v for k, v in (("memory_limit", memory), ("threads", threads)) if v is not None}
         before = dict(self._limits)
         if before["threads"] is None:
             before["threads"] = self.settings("threads")["threads"]
