@@ -97,8 +97,8 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
     from workbench.config import load_settings
     from workbench.drift.report import drift_run
     from workbench.evaluate.evaluation import evaluate_run
-    from workbench.store import Store
     from workbench.ingest.traffic import ingest
+    from workbench.store import Store
 
     settings = load_settings(home).ensure()
     run_id = run_id_for(rows)
@@ -159,10 +159,10 @@ def read_memory_limit() -> str:
 def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     """Each page's data functions straight against DuckDB (no cache): (page, call, seconds)."""
     from pages.data import LATENCY_PER_DECADE, LATENCY_PROBS, SCORE_BINS
-    from workbench.decide.canary import preview_decision
     from workbench.config import load_settings
-    from workbench.decide.policy import load_policy
+    from workbench.decide.canary import preview_decision
     from workbench.decide.decisions import audit
+    from workbench.decide.policy import load_policy
     from workbench.decide.signing import KeyRing
     from workbench.store import Store
 

@@ -150,8 +150,8 @@ def load_pair(a) -> dict:
 
 # -- phases (each runs in a subprocess) --------------------------------------------------------------
 def phase_ingest(a) -> dict:
-    from workbench.store import Store
     from workbench.ingest.traffic import ingest
+    from workbench.store import Store
 
     t = time.perf_counter()
     demo = a.models == "demo"

@@ -11,7 +11,6 @@ from pages import data
 from workbench import WorkbenchError
 from workbench.ops.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
 
-
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 

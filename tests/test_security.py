@@ -31,22 +31,21 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
-from workbench.clock import utc_now
-from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_decision, status, sync,
-                                     verify_chain)
 from workbench.cli import build_parser
+from workbench.clock import utc_now
 from workbench.config import Settings, load_settings
-from workbench.drift.report import drift_run
-from workbench.evaluate.evaluation import evaluate_run
-from workbench.replay.models import ModelRef
-from workbench.paths import within
+from workbench.decide.canary import SignedDecision, Signer, apply_decision, build_decision, status, sync, verify_chain
 from workbench.decide.policy import load_policy, parse_policy
 from workbench.decide.registry import Registry
-from workbench.replay.pipeline import replay
-from workbench.live.service import create_app
 from workbench.decide.signing import SignatureError, init_keys, load_private_key, sign, trusted_keys
-from workbench.store import Store
+from workbench.drift.report import drift_run
+from workbench.evaluate.evaluation import evaluate_run
 from workbench.ingest.traffic import ingest, ingest_labels
+from workbench.live.service import create_app
+from workbench.paths import within
+from workbench.replay.models import ModelRef
+from workbench.replay.pipeline import replay
+from workbench.store import Store
 
 HOSTILE = ['x"; DROP TABLE runs; --', "x'); DROP TABLE predictions; --", "1 OR 1=1", "名前 \"quoted\"",
            "a`b", "../../etc/passwd", "x\\y"]

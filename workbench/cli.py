@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable
+from typing import Any
 
 from workbench import WorkbenchError
 from workbench.config import Settings, configure_runtime, load_settings
@@ -266,9 +267,8 @@ def cmd_canary_status(args) -> None:
 
 def cmd_canary_kill(args) -> None:
     from workbench.decide.canary import build_kill
-    from workbench.decide.policy import load_policy
-
     from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.policy import load_policy
     from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
@@ -442,8 +442,8 @@ def cmd_route(args) -> None:
 
 def cmd_canary_render(args) -> None:
     from workbench.decide.canary import live_view
-    from workbench.live.mesh import MeshOptions, render, to_yaml
     from workbench.decide.signing import KeyRing
+    from workbench.live.mesh import MeshOptions, render, to_yaml
 
     settings = settings_for(args)
     keys = KeyRing.from_settings(settings)

@@ -4,20 +4,30 @@ import json
 import shutil
 import stat
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from conftest import make_evaluation, run_cli, seed_run
 from workbench import WorkbenchError
+from workbench.config import Settings
 from workbench.decide.canary import Signer, apply_decision, build_decision, status, verify_chain
 from workbench.decide.policy import load_policy
-from workbench.config import Settings
-from workbench.decide.signing import (KeyRing, SignatureError, canonical_bytes, init_keys, key_fingerprint,
-                                      load_private_key, record_hash, sign, trusted_keys, verify_signature)
+from workbench.decide.signing import (
+    KeyRing,
+    SignatureError,
+    canonical_bytes,
+    init_keys,
+    key_fingerprint,
+    load_private_key,
+    record_hash,
+    sign,
+    trusted_keys,
+    verify_signature,
+)
 from workbench.store import Store
 
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture

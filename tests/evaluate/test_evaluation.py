@@ -15,9 +15,9 @@ from conftest import TinyModel, run_cli
 from workbench import WorkbenchError
 from workbench.evaluate.evaluation import Options, compare, evaluate_run
 from workbench.evaluate.metrics import METRICS
+from workbench.ingest.traffic import ingest, ingest_labels
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store
-from workbench.ingest.traffic import ingest, ingest_labels
 
 N = 3000
 CARRIERS = {"AA": 0.4, "UA": 0.3, "DL": 0.2, "B6": 0.07, "HA": 0.03}

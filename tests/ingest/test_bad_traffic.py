@@ -15,9 +15,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,9 @@ from conftest import REPO, TinyModel
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.cli import main
+from workbench.ingest.traffic import RAW_MAX_CHARS, ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store, traffic_table
-from workbench.ingest.traffic import RAW_MAX_CHARS, ingest
 
 REASON = re.compile(r"^(null|type|nonfinite):.+$|^duplicate_id$|^malformed_row$")
 MB = 1 << 20

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from workbench import WorkbenchError
-from workbench.store import Store
 from workbench.ingest.traffic import ingest, ingest_labels
+from workbench.store import Store
 
 
 @pytest.fixture

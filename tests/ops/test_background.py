@@ -16,12 +16,12 @@ import pytest
 
 from conftest import REPO, TinyModel
 from workbench import WorkbenchError
-from workbench.ops.background import BackgroundJobs, DatabaseBusy, ReplayJob, SharedDatabase
 from workbench.config import load_settings
+from workbench.ingest.traffic import ingest
+from workbench.ops.background import BackgroundJobs, DatabaseBusy, ReplayJob, SharedDatabase
 from workbench.ops.progress import ProgressFile, read_progress
 from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 N = 3000
 

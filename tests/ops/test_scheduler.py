@@ -2,7 +2,7 @@
 import json
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -10,14 +10,13 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from conftest import write_spec
 from workbench import WorkbenchError
-from workbench.config import Settings, load_settings
 from workbench.clock import iso
+from workbench.config import Settings, load_settings
+from workbench.live.service import create_app
 from workbench.ops.jobs import JOB_KIND, JobRefused, JobResult, load_spec
 from workbench.ops.scheduler import Scheduler
-from workbench.live.service import create_app
 from workbench.store import Store
 
-UTC = timezone.utc
 SECRET = "whsec-jobs"
 NOW = 1_800_000_000
 

@@ -25,11 +25,11 @@ import pytest
 from conftest import REPO, TinyModel
 from reliability_log import record
 from workbench import WorkbenchError
+from workbench.ingest.traffic import ingest
 from workbench.replay.isolation import MAX_CONSECUTIVE_CRASHES
 from workbench.replay.models import load_predictor
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 N = 400

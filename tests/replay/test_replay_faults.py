@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TinyModel, run_cli
+from workbench.ingest.traffic import ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.replay.scoring import MAX_CONSECUTIVE_TIMEOUTS
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

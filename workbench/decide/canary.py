@@ -16,16 +16,24 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Mapping
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, utc_now
 from workbench.decide.policy import Policy, Scorecard, Verdict, score
-from workbench.decide.signing import (SignatureError, SignedDecision, Signer, canonical_bytes, clean, content_hash,
-                                      record_hash, verify_signature)
+from workbench.decide.signing import (
+    SignatureError,
+    SignedDecision,
+    Signer,
+    canonical_bytes,
+    clean,
+    content_hash,
+    record_hash,
+    verify_signature,
+)
 from workbench.store import Store
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ folder in this process, and only the signed record is returned.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from workbench.clock import EPOCH, parse_time
-from workbench.decide.canary import chain_report
 from workbench.config import Settings
+from workbench.decide.canary import chain_report
 from workbench.decide.policy import Policy
 from workbench.decide.signing import KeyRing, SignatureError, Signer, record_hash, verify_signature
 from workbench.store import Store
@@ -57,7 +57,8 @@ def decide(settings: Settings, store: Store, keys: KeyRing, run_id: str, policy:
 def sync_pending(settings: Settings, store: Store, keys: KeyRing) -> dict:
     """Publish the applied decisions still marked ``pending_sync`` (MLflow was down), in chain order, each
     once; returns ``{"synced", "failed", "pending"}`` (see :func:`workbench.decide.registry.sync_pending`)."""
-    from workbench.decide.registry import publisher, sync_pending as push
+    from workbench.decide.registry import publisher
+    from workbench.decide.registry import sync_pending as push
 
     return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir),
                 keys.trusted).to_dict()

@@ -25,8 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench import WorkbenchError
-from workbench.evaluate.metrics import METRICS
 from workbench.decide.signing import content_hash
+from workbench.evaluate.metrics import METRICS
 
 DEFAULT_POLICY = "default_policy.toml"
 

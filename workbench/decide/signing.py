@@ -17,11 +17,12 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -207,7 +208,7 @@ class Signer:
     _key: Any
 
     @classmethod
-    def from_keys_dir(cls, keys_dir: Path, name: str) -> "Signer":
+    def from_keys_dir(cls, keys_dir: Path, name: str) -> Signer:
         key = load_private_key(keys_dir)
         return cls(name, key_fingerprint(key.public_key()), key)
 
@@ -234,7 +235,7 @@ class KeyRing:
         self._signer, self._keys_dir, self._signer_name = signer, keys_dir, signer_name
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, sign: bool = False) -> "KeyRing":
+    def from_settings(cls, settings: Settings, *, sign: bool = False) -> KeyRing:
         """The home's ring: its own public key, ``keys/trusted/*.pem`` and ``WORKBENCH_TRUSTED_KEYS``; the
         signer is ``WORKBENCH_SIGNER`` with the home's private key (read now with ``sign``, else when needed)."""
         signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if sign else None

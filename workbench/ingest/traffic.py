@@ -16,9 +16,9 @@ import fnmatch
 import glob
 import hashlib
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv

@@ -22,26 +22,27 @@ connections of its own lean HTTP/1.1 client (:mod:`workbench.live.upstream`):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import threading
-import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from workbench import WorkbenchError
 from workbench.decide.canary import bucket_of, in_canary
 from workbench.decide.policy import LiveSegment, Policy
 from workbench.decide.signing import KeyRing
 from workbench.live.slo import ArmWindow, SloReport, judge
-from workbench.roles import ROLES as ARMS
 from workbench.live.trafficlog import LiveRecord, Outcome, TrafficLog, request_rows
 from workbench.live.upstream import Pool, UpstreamError, UpstreamTimeout
+from workbench.roles import ROLES as ARMS
 
 log = logging.getLogger(__name__)
 CANARY_HEADER = b"x-canary"
@@ -61,7 +62,7 @@ class LiveState:
     problem: str | None = None
 
     @classmethod
-    def empty(cls, model: str, problem: str = "no decision has been applied to this model") -> "LiveState":
+    def empty(cls, model: str, problem: str = "no decision has been applied to this model") -> LiveState:
         return cls(model, 0, None, None, None, False, False, problem)
 
     @property
@@ -442,7 +443,7 @@ class Router:
         return arm, reason, entity
 
     async def _invocations(self, scope, receive, send) -> None:
-        arrived = datetime.now(timezone.utc)
+        arrived = datetime.now(UTC)
         body = await _read_body(receive)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"application/json").decode("latin-1")

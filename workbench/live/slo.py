@@ -16,7 +16,6 @@ from scipy.stats import norm
 from workbench.decide.policy import Check, Interval, LiveOptions, Outcome, Verdict
 
 
-
 def wilson(errors: int, n: int, confidence: float) -> tuple[float, float]:
     """Wilson score interval of a proportion (as statsmodels' ``proportion_confint(method="wilson")``)."""
     if n == 0:

@@ -24,11 +24,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from workbench.roles import ROLES as ARMS  # the live arms are the two model roles
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class TrafficLog:
 
     def _open_file(self, schema: pa.Schema) -> pq.ParquetWriter:
         self._seq += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self._path = self.dir / f"{self.prefix}-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
         self._writer = pq.ParquetWriter(str(self._path) + PARTIAL, schema)
         self._opened = time.monotonic()

@@ -13,10 +13,11 @@ each stage's full result for callers that show more (the demo, the CLI).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from workbench import WorkbenchError
 from workbench.config import Settings

@@ -26,11 +26,12 @@ import time
 import tomllib
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,11 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_duration, parse_time, to_utc, utc_now
 from workbench.config import Settings
-from workbench.ops.flow import STAGES as FLOW_STAGES, Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
-from workbench.ops.observability import log_context
-from workbench.replay.pipeline import ReplayOptions
 from workbench.decide.policy import _format_errors
 from workbench.decide.signing import KeyRing
+from workbench.ops.flow import STAGES as FLOW_STAGES
+from workbench.ops.flow import Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
+from workbench.ops.observability import log_context
+from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
@@ -249,11 +251,11 @@ def next_fire(schedule: str, after: datetime) -> datetime:
 
 def slot_job_id(spec: str, fire: datetime) -> str:
     """The job id of a schedule slot: running one slot twice resumes (or reports) the same job."""
-    return f"job_{spec.replace('-', '_')}_{fire.astimezone(timezone.utc):%Y%m%dT%H%M}"
+    return f"job_{spec.replace('-', '_')}_{fire.astimezone(UTC):%Y%m%dT%H%M}"
 
 
 def _manual_job_id(spec: str, at: datetime) -> str:
-    return f"job_{spec.replace('-', '_')}_{at.astimezone(timezone.utc):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:4]}"
+    return f"job_{spec.replace('-', '_')}_{at.astimezone(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:4]}"
 
 
 # -- the lock ---------------------------------------------------------------------------------------

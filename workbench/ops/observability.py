@@ -19,11 +19,11 @@ import json
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -56,7 +56,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (ISO-8601 UTC), level, logger, message, bound ids, extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
                .replace("+00:00", "Z"), "level": record.levelname, "logger": record.name,
                "message": record.getMessage()}
         out.update(_CONTEXT.get())

@@ -13,13 +13,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from workbench import WorkbenchError
-from workbench.config import Settings
 from workbench.clock import iso, utc_now
-from workbench.ops.jobs import JOB_KIND, STORE_WAIT_S, JobRefused, LoadedSpec, last_fire, next_fire, run_job, slot_job_id
+from workbench.config import Settings
+from workbench.ops.jobs import (
+    JOB_KIND,
+    STORE_WAIT_S,
+    JobRefused,
+    LoadedSpec,
+    last_fire,
+    next_fire,
+    run_job,
+    slot_job_id,
+)
 from workbench.ops.observability import log_context
 from workbench.store import Store
 

@@ -29,17 +29,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from workbench import WorkbenchError
-from workbench.replay.models import PyfuncPredictor, Predictor, SklearnPredictor, TorchPredictor
+from workbench.replay.models import Predictor, PyfuncPredictor, SklearnPredictor, TorchPredictor
 from workbench.replay.scoring import ModelDisabled, ModelTimeout, RowFailure, error_text
 
 log = logging.getLogger(__name__)

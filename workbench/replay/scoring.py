@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -242,7 +243,7 @@ class _SharedGpuInput:
         self._lock = threading.Lock()
 
     @staticmethod
-    def applicable(models: Mapping[str, Predictor], options: ScoringOptions) -> "_SharedGpuInput | None":
+    def applicable(models: Mapping[str, Predictor], options: ScoringOptions) -> _SharedGpuInput | None:
         devices = {getattr(m, "device", "cpu") for m in models.values()}
         torch_models = {r: m for r, m in models.items() if isinstance(m, TorchPredictor)}
         if (options.mode == "throughput" and options.model_timeout is None
