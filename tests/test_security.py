@@ -320,14 +320,14 @@ def test_hostile_names_cannot_inject_sql(tmp_path):
             assert list(segments) == [col] and sum(v["rows"] for v in segments[col].values()) == n
         refused = []
         for h in HOSTILE:
-            for call, what in ((lambda: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
-                               (lambda: replay(store, h, model, model), "traffic name"),
-                               (lambda: replay(store, "t", model, model, run_id=h), "run id"),
-                               (lambda: drift_run(store, "r", reference=h), "drift reference"),
-                               (lambda: evaluate_run(store, h), "run id (evaluate)"),
-                               (lambda: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
-                               (lambda: evaluate_run(store, "r", window=h), "evaluation window"),
-                               (lambda: drift_run(store, "r", tests={h + "'": "ks"}), "drift column")):
+            for call, what in ((lambda h=h: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
+                               (lambda h=h: replay(store, h, model, model), "traffic name"),
+                               (lambda h=h: replay(store, "t", model, model, run_id=h), "run id"),
+                               (lambda h=h: drift_run(store, "r", reference=h), "drift reference"),
+                               (lambda h=h: evaluate_run(store, h), "run id (evaluate)"),
+                               (lambda h=h: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
+                               (lambda h=h: evaluate_run(store, "r", window=h), "evaluation window"),
+                               (lambda h=h: drift_run(store, "r", tests={h + "'": "ks"}), "drift column")):
                 with pytest.raises(WorkbenchError):
                     call()
                 refused.append(what)

@@ -77,7 +77,7 @@ def _table(rows: list[tuple], header: tuple) -> str:
     cells = [tuple("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r)
              for r in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -301,7 +301,7 @@ def test_cohorts_are_monotone_along_the_ramp():
     buckets = [bucket_of(f"user-{i}", "fraud") for i in range(20_000)]
     cohorts = {w: {i for i, b in enumerate(buckets) if in_canary(b, w)} for w in (0, 1, 5, 25, 50, 100)}
     weights = sorted(cohorts)
-    assert all(cohorts[a] <= cohorts[b] for a, b in zip(weights, weights[1:]))
+    assert all(cohorts[a] <= cohorts[b] for a, b in zip(weights, weights[1:], strict=False))
     assert cohorts[0] == set() and len(cohorts[100]) == 20_000
 
 

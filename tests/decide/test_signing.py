@@ -149,18 +149,18 @@ def test_the_key_ring_reads_the_private_key_only_to_sign(tmp_path):
     empty = KeyRing.from_settings(settings)   # no key pair: nothing trusted, verifying still works
     assert dict(empty.trusted) == {}
     with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
-        empty.signer
+        _ = empty.signer
     with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
         KeyRing.from_settings(settings, sign=True)
     init_keys(settings.keys_dir)
     (settings.keys_dir / "ed25519.pem").chmod(0o644)
     ring = KeyRing.from_settings(settings)   # verifying does not read the private key
     with pytest.raises(WorkbenchError, match="must be 0600"):
-        ring.signer
+        _ = ring.signer
     with pytest.raises(WorkbenchError, match="must be 0600"):
         KeyRing.from_settings(settings, sign=True)
     with pytest.raises(WorkbenchError, match="only verifies"):
-        KeyRing(ring.trusted).signer
+        _ = KeyRing(ring.trusted).signer
 
 
 # -- refusals when a record would move the weight -----------------------------------------------------

@@ -80,7 +80,7 @@ def stored(store, role, both=False):
         sql += """ AND request_id NOT IN (SELECT request_id FROM lp WHERE run_id = 'run1'
                                           AND error IS NOT NULL)"""
     rows = store.con.execute(sql + " ORDER BY request_id", [role]).fetchall()
-    y, s = map(np.array, zip(*rows))
+    y, s = map(np.array, zip(*rows, strict=True))
     return y, s
 
 
@@ -312,7 +312,7 @@ def test_linearised_bootstrap_agrees_with_the_row_bootstrap():
     rows = compare(y, s, THR, Options(exact_max_rows=10**6, n_boot=2000))
     linear = compare(y, s, THR, Options(exact_max_rows=0, n_boot=2000))
     assert (rows.method, linear.method) == ("rows", "linear")
-    for name, m in METRICS.items():
+    for name in METRICS:
         for who in ("baseline", "candidate", "delta"):
             a, b = getattr(rows, who)[name], getattr(linear, who)[name]
             width = a.ci_high - a.ci_low

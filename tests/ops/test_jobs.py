@@ -31,7 +31,6 @@ from workbench.ops.jobs import (
 from workbench.store import Store
 
 
-
 # -- specs -----------------------------------------------------------------------------------------------
 def test_shipped_spec_is_valid():
     [loaded] = load_specs([REPO / "pipelines" / "jobs"])

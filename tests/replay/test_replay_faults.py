@@ -139,7 +139,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     assert n == distinct == 3000
     batches = con.execute("SELECT first_row, span FROM run_batches WHERE run_id = 'killed' "
                           "ORDER BY first_row").fetchall()
-    assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:]))
+    assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:], strict=False))
     con.close()
     again = run_cli(*args[3:], home=home)
     assert json.loads(again.stdout)["status"] == "already_complete"

@@ -99,7 +99,8 @@ def _json_rows(data) -> list[dict]:
     split = data.get("dataframe_split")
     if isinstance(split, dict) and isinstance(split.get("columns"), list) and isinstance(split.get("data"), list):
         cols = split["columns"]
-        return [dict(zip(cols, r)) for r in split["data"] if isinstance(r, list)]
+        # a row longer or shorter than the columns is read as far as both go (these rows only route and log)
+        return [dict(zip(cols, r, strict=False)) for r in split["data"] if isinstance(r, list)]
     for key in ("instances", "inputs"):
         v = data.get(key)
         if isinstance(v, list):

@@ -145,7 +145,7 @@ class AppStore(RunStore):
             for i, n in enumerate(names):
                 if g == full ^ (1 << (len(dims) - 1 - i)):
                     vals = row[1 + len(dims):]
-                    out[n].append({"key": row[1 + i], **{k: (v or 0) for k, v in zip(self._APP_SUMS, vals)}})
+                    out[n].append({"key": row[1 + i], **{k: (v or 0) for k, v in zip(self._APP_SUMS, vals, strict=True)}})
         for n in names:
             out[n].sort(key=lambda r: (r["key"] is None, r["key"]))
         return out
@@ -177,7 +177,7 @@ class AppStore(RunStore):
             return []
         sel = ", ".join(f"approx_count_distinct({qident(c)})" for c in cands)
         counts = self.cursor().execute(f"SELECT {sel} FROM {traffic_table(traffic)}").fetchall()[0]
-        return [c for c, n in zip(cands, counts) if n is not None and n <= max_values]
+        return [c for c, n in zip(cands, counts, strict=True) if n is not None and n <= max_values]
 
     def metrics_snapshot(self) -> dict[str, list[tuple]]:
         """What /metrics exports, read in one go: jobs per spec and status, durations of finished jobs and

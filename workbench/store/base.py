@@ -269,7 +269,7 @@ class StoreBase:
     def _rows(self, sql: str, params: list | tuple = ()) -> list[dict[str, Any]]:
         cur = self.cursor().execute(sql, params)
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def _table_columns(self, table_name: str) -> dict[str, str]:
         """Column types of a table (unquoted name), in column order; empty when it does not exist."""
