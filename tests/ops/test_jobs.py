@@ -95,7 +95,8 @@ def test_cron_slots():
 def test_paths_expand_variables_and_resolve_against_the_spec(tmp_path, monkeypatch):
     spec = tmp_path / "jobs" / "s.toml"
     spec.parent.mkdir()
-    spec.write_text('name = "s"\nmodel = "m"\n[traffic]\npath = "${LOGS_ROOT}/t.parquet"\n[labels]\npath = "l.parquet"\n')
+    spec.write_text('name = "s"\nmodel = "m"\n[traffic]\npath = "${LOGS_ROOT}/t.parquet"\n'
+                    '[labels]\npath = "l.parquet"\n')
     loaded = load_spec(spec)
     monkeypatch.setenv("LOGS_ROOT", "/srv/logs")
     assert loaded.resolve(loaded.spec.traffic.path) == "/srv/logs/t.parquet"

@@ -195,7 +195,8 @@ def test_registry_events_enqueue_one_job_each_and_run_the_models_spec(job_home, 
     assert {alias["status"], staging["status"], other["status"]} == {"queued"}
     outcomes = {o["job_id"]: o for o in sched.tick()}
     assert {o["status"] for o in outcomes.values()} == {"skipped"}
-    assert outcomes[alias["job_id"]]["reason"] == f"version 2 of flight-delay is already evaluated by job {first['job_id']}"
+    assert outcomes[alias["job_id"]]["reason"] == \
+        f"version 2 of flight-delay is already evaluated by job {first['job_id']}"
     assert outcomes[staging["job_id"]]["reason"] == "job spec fd-events follows aliases ['challenger'], not 'staging'"
     assert outcomes[other["job_id"]]["reason"] == "no job spec runs on registry events of model 'fraud'"
     with Store(settings.db_path) as store:

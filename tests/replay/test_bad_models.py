@@ -67,7 +67,8 @@ def model_dir(tmp_path_factory) -> Path:
                                  code_paths=[str(FIXTURES / "bad_model.py")], signature=sig,
                                  pip_requirements=["mlflow"])
     pd.DataFrame({"request_id": [f"q{i:04d}" for i in range(N)],
-                  "event_time": pd.date_range("2024-03-01", periods=N, freq="s"), "x": XS}).to_parquet(root / "t.parquet")
+                  "event_time": pd.date_range("2024-03-01", periods=N, freq="s"), "x": XS}
+                 ).to_parquet(root / "t.parquet")
     return root
 
 

@@ -161,7 +161,8 @@ def test_ray_executor_stores_identical_results(demo_home):
             "--batch-size", "1000", "--json", home=demo_home, timeout=600)
     con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
     n, b_diff, c_diff, cls_diff, err_diff = con.execute(
-        """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)), max(abs(a.candidate_score - b.candidate_score)),
+        """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
+                  max(abs(a.candidate_score - b.candidate_score)),
                   sum((a.baseline_class <> b.baseline_class OR a.candidate_class <> b.candidate_class)::INT),
                   sum((coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))::INT)
            FROM predictions a JOIN predictions b USING (_row)

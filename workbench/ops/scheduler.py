@@ -125,7 +125,8 @@ class Scheduler:
         with Store(self.settings.db_path, wait_s=STORE_WAIT_S) as store:
             seen = store.jobs_for_candidate(loaded.name, str(p.get("version")))
         if seen:
-            return None, f"version {p.get('version')} of {p.get('model')} is already evaluated by job {seen[0]['job_id']}"
+            return None, (f"version {p.get('version')} of {p.get('model')} is already evaluated by job "
+                          f"{seen[0]['job_id']}")
         return loaded, None
 
     def _run(self, loaded: LoadedSpec, **kwargs) -> dict:

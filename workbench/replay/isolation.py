@@ -2,8 +2,8 @@
 leaks memory costs its own rows and nothing else.
 
 A *zygote* process, started once per replay as a fresh interpreter (``python -m workbench.replay.isolation``),
-loads both models and never scores. Each worker is ``os.fork``-ed from it and serves one model, so replacing a dead worker
-costs milliseconds, not a model load. The parent talks to a worker over a socket of its own (the zygote
+loads both models and never scores. Each worker is ``os.fork``-ed from it and serves one model, so replacing a dead
+worker costs milliseconds, not a model load. The parent talks to a worker over a socket of its own (the zygote
 hands it over) and watches the call:
 
 - the worker dies (``os.abort``, a segfault, the OOM killer): the call raises :class:`WorkerDied` naming

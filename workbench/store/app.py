@@ -63,7 +63,8 @@ class AppStore(RunStore):
             f"""WITH p AS (
                     SELECT l.label, p.baseline_class AS bc, p.candidate_class AS cc,
                            p.baseline_score AS bs, p.candidate_score AS cs,
-                           {self._app_bin("p.baseline_score", nb)} AS bb, {self._app_bin("p.candidate_score", nb)} AS cb,
+                           {self._app_bin("p.baseline_score", nb)} AS bb,
+                           {self._app_bin("p.candidate_score", nb)} AS cb,
                            {self._app_log_bin("p.baseline_latency_ms", kl)} AS bl,
                            {self._app_log_bin("p.candidate_latency_ms", kl)} AS cl
                     FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
@@ -145,7 +146,8 @@ class AppStore(RunStore):
             for i, n in enumerate(names):
                 if g == full ^ (1 << (len(dims) - 1 - i)):
                     vals = row[1 + len(dims):]
-                    out[n].append({"key": row[1 + i], **{k: (v or 0) for k, v in zip(self._APP_SUMS, vals, strict=True)}})
+                    totals = {k: (v or 0) for k, v in zip(self._APP_SUMS, vals, strict=True)}
+                    out[n].append({"key": row[1 + i], **totals})
         for n in names:
             out[n].sort(key=lambda r: (r["key"] is None, r["key"]))
         return out

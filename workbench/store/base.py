@@ -252,7 +252,8 @@ class StoreBase:
 
         Both are settings of the whole database instance: other cursors of this store see them too."""
         cur = self.cursor()
-        wanted: dict[str, str | int | None] = {k: v for k, v in (("memory_limit", memory), ("threads", threads)) if v is not None}
+        wanted: dict[str, str | int | None] = {k: v for k, v in (("memory_limit", memory), ("threads", threads))
+                                               if v is not None}
         before = dict(self._limits)
         if before["threads"] is None:
             before["threads"] = self.settings("threads")["threads"]
