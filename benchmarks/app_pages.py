@@ -97,8 +97,8 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
     from workbench.config import load_settings
     from workbench.drift.report import drift_run
     from workbench.evaluate.evaluation import evaluate_run
-    from workbench.store import Store
     from workbench.ingest.traffic import ingest
+    from workbench.store import Store
 
     settings = load_settings(home).ensure()
     run_id = run_id_for(rows)
@@ -159,10 +159,10 @@ def read_memory_limit() -> str:
 def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     """Each page's data functions straight against DuckDB (no cache): (page, call, seconds)."""
     from pages.data import LATENCY_PER_DECADE, LATENCY_PROBS, SCORE_BINS
-    from workbench.decide.canary import preview_decision
     from workbench.config import load_settings
-    from workbench.decide.policy import load_policy
+    from workbench.decide.canary import preview_decision
     from workbench.decide.decisions import audit
+    from workbench.decide.policy import load_policy
     from workbench.decide.signing import KeyRing
     from workbench.store import Store
 
@@ -193,6 +193,20 @@ def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     return out
 
 
+def _render(at, name: str, page: str, section: str | None, first: bool = False) -> float:
+    """Seconds of one render of ``page`` (its ``section`` of the compare page) in the AppTest ``at``."""
+    t = time.perf_counter()
+    if section is not None:
+        at.segmented_control(key="wb_compare_section").set_value(section).run()
+    elif first and page == "candidates":
+        at.run()   # the default page
+    else:
+        at.switch_page(f"pages/{page}.py").run()
+    if at.exception:
+        raise SystemExit(f"{name}: {at.exception[0].value}")
+    return time.perf_counter() - t
+
+
 def time_renders(home: Path, repeats: int) -> list[tuple[str, float, float]]:
     """(page, first render s, median of ``repeats`` later renders s) with AppTest, in one process."""
     from streamlit.testing.v1 import AppTest
@@ -202,25 +216,12 @@ def time_renders(home: Path, repeats: int) -> list[tuple[str, float, float]]:
     out = []
     for name, page, section in PAGES:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-
-        def render(first: bool = False) -> float:
-            t = time.perf_counter()
-            if section is not None:
-                at.segmented_control(key="wb_compare_section").set_value(section).run()
-            elif first and page == "candidates":
-                at.run()   # the default page
-            else:
-                at.switch_page(f"pages/{page}.py").run()
-            if at.exception:
-                raise SystemExit(f"{name}: {at.exception[0].value}")
-            return time.perf_counter() - t
-
         if page != "candidates":
             at.run()   # the app's default page first, as a reviewer arrives
         if section is not None:
             at.switch_page(f"pages/{page}.py").run()
-        first = render(first=True)
-        later = [render() for _ in range(repeats)]
+        first = _render(at, name, page, section, first=True)
+        later = [_render(at, name, page, section) for _ in range(repeats)]
         out.append((name, first, statistics.median(later)))
     return out
 

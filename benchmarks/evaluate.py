@@ -150,8 +150,8 @@ def phase_build(n: int, db: Path) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from workbench.store import Store
     from workbench.ingest.traffic import ingest, ingest_labels
+    from workbench.store import Store
 
     d = synthetic(n)
     t = time.perf_counter()

@@ -102,9 +102,8 @@ def main() -> None:
         print(json.dumps(one_replay(a.db, a.writers, a.batch_size)))
         return
     from replay import write_traffic
-
-    from workbench.store import Store
     from workbench.ingest.traffic import ingest
+    from workbench.store import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-gpumem-") as tmp:
         src, base = Path(tmp) / "traffic.parquet", Path(tmp) / "base.duckdb"

@@ -150,8 +150,8 @@ def load_pair(a) -> dict:
 
 # -- phases (each runs in a subprocess) --------------------------------------------------------------
 def phase_ingest(a) -> dict:
-    from workbench.store import Store
     from workbench.ingest.traffic import ingest
+    from workbench.store import Store
 
     t = time.perf_counter()
     demo = a.models == "demo"
@@ -331,9 +331,9 @@ def main() -> None:
           f"cores={os.cpu_count()}")
     print("read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage "
           "path alone)")
-    print(f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'read rows/s':>12} | {'io rows/s':>11} | "
-          f"{'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | {'(b) seconds':>11} | "
-          f"{'(b) peak MB':>11} | {'b/a':>5}")
+    print(f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'read rows/s':>12} | "
+          f"{'io rows/s':>11} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | "
+          f"{'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}")
     for r in results:
         n = r["rows"]
         print(f"{n:>11,} | {r['writers']:>7} | {r['duckdb']:>14} | {n / r['ingest']['seconds']:>13,.0f} | "
@@ -345,9 +345,10 @@ def main() -> None:
     for r in results:
         st, rss = r["replay"].get("stages") or {}, r["replay"].get("rss", {})
         busy = ", ".join(f"{k} {v:.2f}" for k, v in st.get("busy_s", {}).items())
-        print(f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['duckdb']}: wall {st.get('wall_s', 0):.2f} s, finish "
-              f"{st.get('finish_s', 0):.2f} s, busy {busy}; bound: {st.get('bound')}; RSS before the replay "
-              f"{rss.get('before_mb', 0):,.0f} MB (models loaded), peak during it {rss.get('peak_mb', 0):,.0f} MB ("
+        print(f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['duckdb']}: "
+              f"wall {st.get('wall_s', 0):.2f} s, finish {st.get('finish_s', 0):.2f} s, busy {busy}; "
+              f"bound: {st.get('bound')}; RSS before the replay {rss.get('before_mb', 0):,.0f} MB (models loaded), "
+              f"peak during it {rss.get('peak_mb', 0):,.0f} MB ("
               + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items()) + ")")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))

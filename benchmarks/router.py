@@ -272,7 +272,7 @@ def main() -> None:
     for load, res in results.items():
         for name, ms in upstream.items():
             r = res[name]
-            own = np.array([lat - ms[rid] for rid, lat in zip(r["ids"], r["lat"])])
+            own = np.array([lat - ms[rid] for rid, lat in zip(r["ids"], r["lat"], strict=True)])
             q = np.percentile(own, [50, 90, 99, 99.9])
             print(f"{load:<22} | {name:<20} | {q[0]:>7.2f} | {q[1]:>7.2f} | {q[2]:>7.2f} | {q[3]:>8.2f}")
 
@@ -286,7 +286,7 @@ def upstream_ms(log_dir: Path) -> dict[str, float]:
         t = pq.read_table(f, columns=["request_id", "live_baseline_latency_ms"])
         ids += t.column("request_id").to_pylist()
         ms += t.column("live_baseline_latency_ms").to_pylist()
-    return dict(zip(ids, ms))
+    return dict(zip(ids, ms, strict=True))
 
 
 if __name__ == "__main__":

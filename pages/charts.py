@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+
 from workbench.roles import ROLES
 
 COLORS = {"baseline": "#636EFA", "candidate": "#EF553B"}

@@ -59,7 +59,7 @@ if run is not None:
             agree = views.agreement(s["pairs"])
             c2.plotly_chart(charts.paired(agree["paired"]), key="paired")
             c1, c2 = st.columns(2)
-            for col, role in zip((c1, c2), views.ROLES):
+            for col, role in zip((c1, c2), views.ROLES, strict=True):
                 col.plotly_chart(charts.confusion(views.confusion(s["pairs"], role), role), key=f"cm_{role}")
             st.caption(f"Curves at {bins + 1} thresholds (k/{bins}) from score histograms per label; classes at "
                        f"each model's own threshold ({(ev.get('thresholds') or {}).get('baseline', '?')} / "

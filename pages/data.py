@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import streamlit as st
 
 from workbench import WorkbenchError
-from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabase
 from workbench.config import Settings, load_settings
+from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabase
 
 SCORE_BINS = 200          # score histogram bins (ROC/PR thresholds at k/200)
 CALIBRATION_BINS = 10
@@ -39,7 +40,7 @@ class Fetched:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def settings() -> Settings:

@@ -7,8 +7,8 @@ import streamlit as st
 
 from pages import charts, data, ui
 from workbench import WorkbenchError
-from workbench.decide.policy import Outcome, Verdict, load_policy
 from workbench.decide.decisions import decide
+from workbench.decide.policy import Outcome, Verdict, load_policy
 from workbench.decide.signing import KeyRing
 from workbench.views import ramp_position
 

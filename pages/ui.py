@@ -11,7 +11,6 @@ from pages import data
 from workbench import WorkbenchError
 from workbench.ops.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
 
-
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
@@ -139,7 +138,7 @@ def run_caption(r: dict) -> None:
                f"{r['rows_total'] or 0:,} rows, {r['status']}.")
 
 
-# -- notes and formatting ------------------------------------------------------------------------------------------------
+# -- notes and formatting ----------------------------------------------------------------------------------------------
 def start(page_slot) -> None:
     """Per run of the app: forget the busy state and keep a slot above the page for the busy note."""
     data.start_run(page_slot)

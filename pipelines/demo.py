@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
+from pathlib import Path
 
 from workbench.config import Settings
 from workbench.ops.flow import Flow, FlowEvents, FlowResult, TrafficSource, run_flow
@@ -148,8 +148,8 @@ def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]   # a served app: no source watching (and no inotify flood)
-    from workbench.ops.access import approvers_path, load_approvers
     from workbench.decide.signing import PRIVATE_FILE
+    from workbench.ops.access import approvers_path, load_approvers
 
     log(f"serving the workbench app on http://127.0.0.1:{port} (Ctrl-C stops it)")
     if not (settings.keys_dir / PRIVATE_FILE).exists() or not load_approvers(approvers_path(settings.home)):

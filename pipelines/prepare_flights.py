@@ -67,7 +67,8 @@ def build(limit: int | None = None) -> pd.DataFrame:
                        + pd.to_timedelta(df["sched_arr_time"] % 100, unit="m"))
     label_time = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]")
     for zone, idx in df.groupby(df["dest_tz"].fillna("America/New_York")).groups.items():
-        label_time.loc[idx] = (arr_local_naive.loc[idx].dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
+        label_time.loc[idx] = (arr_local_naive.loc[idx]
+                               .dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
                                .dt.tz_convert("UTC").dt.tz_localize(None))
     overnight = label_time < df["event_time"]
     label_time = label_time.where(~overnight, label_time + pd.Timedelta(days=1))

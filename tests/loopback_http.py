@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 
 @dataclass
@@ -54,7 +54,7 @@ class LoopbackServer:
         self._tasks: set[asyncio.Task] = set()
         self.port = 0
 
-    async def start(self) -> "LoopbackServer":
+    async def start(self) -> LoopbackServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

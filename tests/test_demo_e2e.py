@@ -28,7 +28,7 @@ def test_cli_evaluate_matches_sklearn(demo_home):
         y, s = map(np.array, zip(*con.execute(
             f"SELECT l.label, p.{role}_score FROM predictions p JOIN traffic_flights t USING (_row) "
             "JOIN labels l USING (request_id) "
-            f"WHERE p.run_id = ? AND p.{role}_error IS NULL", [run_id]).fetchall()))
+            f"WHERE p.run_id = ? AND p.{role}_error IS NULL", [run_id]).fetchall(), strict=True))
         t = out["thresholds"][role]
         assert out[role]["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)
         assert out[role]["f1"]["value"] == pytest.approx(skm.f1_score(y, s >= t), abs=1e-9)

@@ -31,22 +31,21 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
-from workbench.clock import utc_now
-from workbench.decide.canary import (SignedDecision, Signer, apply_decision, build_decision, status, sync,
-                                     verify_chain)
 from workbench.cli import build_parser
+from workbench.clock import utc_now
 from workbench.config import Settings, load_settings
-from workbench.drift.report import drift_run
-from workbench.evaluate.evaluation import evaluate_run
-from workbench.replay.models import ModelRef
-from workbench.paths import within
+from workbench.decide.canary import SignedDecision, Signer, apply_decision, build_decision, status, sync, verify_chain
 from workbench.decide.policy import load_policy, parse_policy
 from workbench.decide.registry import Registry
-from workbench.replay.pipeline import replay
-from workbench.live.service import create_app
 from workbench.decide.signing import SignatureError, init_keys, load_private_key, sign, trusted_keys
-from workbench.store import Store
+from workbench.drift.report import drift_run
+from workbench.evaluate.evaluation import evaluate_run
 from workbench.ingest.traffic import ingest, ingest_labels
+from workbench.live.service import create_app
+from workbench.paths import within
+from workbench.replay.models import ModelRef
+from workbench.replay.pipeline import replay
+from workbench.store import Store
 
 HOSTILE = ['x"; DROP TABLE runs; --', "x'); DROP TABLE predictions; --", "1 OR 1=1", "名前 \"quoted\"",
            "a`b", "../../etc/passwd", "x\\y"]
@@ -137,7 +136,7 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
 
 def test_tampering_with_the_stored_chain_is_detected(keyring):
     signer, trusted = keyring["signer"], keyring["trusted"]
-    for attack in ("edit record", "edit signature", "delete link", "swap state"):
+    for attack in ("edit record", "edit signature", "delete link", "delete chain", "swap state"):
         store = fresh_store()
         for _ in range(2):
             signed, _ = build_decision(store, "run_a", load_policy(), signer)
@@ -153,12 +152,14 @@ def test_tampering_with_the_stored_chain_is_detected(keyring):
                         [base64.b64encode(b"\0" * 64).decode(), first[0]])
         elif attack == "delete link":
             cur.execute("DELETE FROM canary_chain WHERE sequence = 1")
+        elif attack == "delete chain":   # the state is left with no signed record behind it
+            cur.execute("DELETE FROM canary_chain")
         else:
             cur.execute("UPDATE canary_state SET weight = 100")
         st = status(store, "fraud", trusted)
         assert not st.verified and st.problem, attack
         record("security", f"stored chain: {attack}", f"canary status unverified ({st.problem[:90]})")
-        if attack != "swap state":
+        if attack not in ("swap state", "delete chain"):   # (an empty chain has nothing to verify)
             with pytest.raises(SignatureError):
                 verify_chain(store, "fraud", trusted)
 
@@ -319,14 +320,14 @@ def test_hostile_names_cannot_inject_sql(tmp_path):
             assert list(segments) == [col] and sum(v["rows"] for v in segments[col].values()) == n
         refused = []
         for h in HOSTILE:
-            for call, what in ((lambda: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
-                               (lambda: replay(store, h, model, model), "traffic name"),
-                               (lambda: replay(store, "t", model, model, run_id=h), "run id"),
-                               (lambda: drift_run(store, "r", reference=h), "drift reference"),
-                               (lambda: evaluate_run(store, h), "run id (evaluate)"),
-                               (lambda: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
-                               (lambda: evaluate_run(store, "r", window=h), "evaluation window"),
-                               (lambda: drift_run(store, "r", tests={h + "'": "ks"}), "drift column")):
+            for call, what in ((lambda h=h: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
+                               (lambda h=h: replay(store, h, model, model), "traffic name"),
+                               (lambda h=h: replay(store, "t", model, model, run_id=h), "run id"),
+                               (lambda h=h: drift_run(store, "r", reference=h), "drift reference"),
+                               (lambda h=h: evaluate_run(store, h), "run id (evaluate)"),
+                               (lambda h=h: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
+                               (lambda h=h: evaluate_run(store, "r", window=h), "evaluation window"),
+                               (lambda h=h: drift_run(store, "r", tests={h + "'": "ks"}), "drift column")):
                 with pytest.raises(WorkbenchError):
                     call()
                 refused.append(what)

@@ -14,11 +14,13 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable
+from typing import Any
 
 from workbench import WorkbenchError
 from workbench.config import Settings, configure_runtime, load_settings
+from workbench.ops.events import FlowEvents
 
 log = logging.getLogger("workbench")
 
@@ -75,7 +77,7 @@ def _table(rows: list[tuple], header: tuple) -> str:
     cells = [tuple("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r)
              for r in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -103,7 +105,7 @@ def cmd_labels(args) -> None:
                                         f"unmatched, {d['quarantined']} quarantined")
 
 
-class _ReplayEvents:
+class _ReplayEvents(FlowEvents):
     """The replay command's view of the flow: a progress bar per stage, and the run's progress file (which lets
     the app follow this replay while it holds the database's write lock)."""
 
@@ -265,9 +267,8 @@ def cmd_canary_status(args) -> None:
 
 def cmd_canary_kill(args) -> None:
     from workbench.decide.canary import build_kill
-    from workbench.decide.policy import load_policy
-
     from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.policy import load_policy
     from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
@@ -441,8 +442,8 @@ def cmd_route(args) -> None:
 
 def cmd_canary_render(args) -> None:
     from workbench.decide.canary import live_view
-    from workbench.live.mesh import MeshOptions, render, to_yaml
     from workbench.decide.signing import KeyRing
+    from workbench.live.mesh import MeshOptions, render, to_yaml
 
     settings = settings_for(args)
     keys = KeyRing.from_settings(settings)

@@ -8,7 +8,7 @@ DuckDB's TIMESTAMP columns hold naive UTC; :func:`db_time` converts at that boun
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import numpy as np
@@ -17,12 +17,12 @@ from workbench.errors import WorkbenchError
 
 DURATION_RE = re.compile(r"^\s*(?:last\s+)?(\d+)\s*(m|mins?|minutes?|h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
 DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
     """Now, as an aware UTC datetime."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def to_utc(t: Any) -> datetime:
@@ -33,7 +33,7 @@ def to_utc(t: Any) -> datetime:
         t = t.astype("datetime64[us]").astype(datetime)
     if not isinstance(t, datetime):
         raise TypeError(f"not a time: {t!r}")
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def db_time(t: Any) -> datetime:

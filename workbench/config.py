@@ -46,7 +46,7 @@ class Settings:
     def reports_dir(self) -> Path:
         return self.home / "reports"
 
-    def ensure(self) -> "Settings":
+    def ensure(self) -> Settings:
         """Create the home folder (and its sub-folders) if missing; a sub-folder that is a symlink out of
         the home is refused (keys, artifacts and reports stay in it)."""
         from workbench.paths import within

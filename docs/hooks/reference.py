@@ -279,7 +279,7 @@ def policy_markdown() -> str:
     for model, key, array in sections:
         title = "top-level keys" if not key else (f"`[[{key}]]`" if array else f"`[{key}]`")
         out += [f"## {title} {{#{key.replace('.', '-') or 'top-level'}}}", "",
-                f"Model `{model.__name__}`" + (f" (a list: one table per entry)" if array else "") + ".", ""]
+                f"Model `{model.__name__}`" + (" (a list: one table per entry)" if array else "") + ".", ""]
         doc = inspect.getdoc(model)
         if doc and model.__doc__ and "__doc__" in vars(model):
             out += [doc, ""]

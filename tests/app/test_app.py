@@ -26,8 +26,8 @@ concept_drift = false
 
 @pytest.fixture(scope="module")
 def app_home(demo_home, tmp_path_factory):
-    """The demo home (with the signing key the demo created) plus approvers (alice: password; bob: OIDC e-mail), a lenient policy
-    file, and the demo run's drift report with Evidently's HTML."""
+    """The demo home (with the signing key the demo created) plus approvers (alice: password; bob: OIDC e-mail),
+    a lenient policy file, and the demo run's drift report with Evidently's HTML."""
     from workbench.config import load_settings
     from workbench.drift.report import drift_run
     from workbench.store import Store

@@ -12,8 +12,8 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from conftest import make_evaluation
 from workbench import WorkbenchError, views
-from workbench.store import Store
 from workbench.ingest.traffic import ingest
+from workbench.store import Store
 
 N = 4000
 BINS = 200

@@ -2,19 +2,27 @@
 import json
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from conftest import free_port, make_evaluation, run_cli, seed_run
 from workbench import WorkbenchError
-from workbench.decide.canary import (Signer, apply_decision, build_decision, build_kill, load_signed, next_weight, status,
-                              verify_decision)
+from workbench.decide.canary import (
+    Signer,
+    apply_decision,
+    build_decision,
+    build_kill,
+    load_signed,
+    next_weight,
+    status,
+    verify_decision,
+)
 from workbench.decide.policy import Verdict, load_policy, parse_policy
 from workbench.decide.signing import SignatureError, init_keys, trusted_keys
 from workbench.store import Store
 
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 BAD = make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04),
                                "log_loss": (0.5, 0.49, -0.02, 0.0)})
 UNSURE = make_evaluation(labeled_rows=100)
@@ -293,7 +301,7 @@ def test_cohorts_are_monotone_along_the_ramp():
     buckets = [bucket_of(f"user-{i}", "fraud") for i in range(20_000)]
     cohorts = {w: {i for i, b in enumerate(buckets) if in_canary(b, w)} for w in (0, 1, 5, 25, 50, 100)}
     weights = sorted(cohorts)
-    assert all(cohorts[a] <= cohorts[b] for a, b in zip(weights, weights[1:]))
+    assert all(cohorts[a] <= cohorts[b] for a, b in zip(weights, weights[1:], strict=False))
     assert cohorts[0] == set() and len(cohorts[100]) == 20_000
 
 

@@ -5,10 +5,10 @@ import pytest
 
 from conftest import make_evaluation, seed_run
 from workbench import WorkbenchError
-from workbench.decide.canary import build_decision, preview_decision, verify_chain
 from workbench.config import load_settings
-from workbench.decide.policy import Verdict, load_policy
+from workbench.decide.canary import build_decision, preview_decision, verify_chain
 from workbench.decide.decisions import audit, decide
+from workbench.decide.policy import Verdict, load_policy
 from workbench.decide.signing import KeyRing, SignatureError
 from workbench.store import Store
 

@@ -3,7 +3,7 @@ import json
 import time
 import uuid
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from mlflow import MlflowClient
@@ -143,4 +143,4 @@ def test_webhook_registration_is_idempotent(mlflow_server):
 def test_timestamps_are_utc_iso(env):
     signed, _ = decide_and_publish(env, "run_a", make_evaluation("run_a"))
     created = datetime.fromisoformat(signed.record["created_at"].replace("Z", "+00:00"))
-    assert created.tzinfo == timezone.utc and signed.record["created_at"].endswith("Z")
+    assert created.tzinfo == UTC and signed.record["created_at"].endswith("Z")

@@ -4,20 +4,30 @@ import json
 import shutil
 import stat
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from conftest import make_evaluation, run_cli, seed_run
 from workbench import WorkbenchError
+from workbench.config import Settings
 from workbench.decide.canary import Signer, apply_decision, build_decision, status, verify_chain
 from workbench.decide.policy import load_policy
-from workbench.config import Settings
-from workbench.decide.signing import (KeyRing, SignatureError, canonical_bytes, init_keys, key_fingerprint,
-                                      load_private_key, record_hash, sign, trusted_keys, verify_signature)
+from workbench.decide.signing import (
+    KeyRing,
+    SignatureError,
+    canonical_bytes,
+    init_keys,
+    key_fingerprint,
+    load_private_key,
+    record_hash,
+    sign,
+    trusted_keys,
+    verify_signature,
+)
 from workbench.store import Store
 
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -139,18 +149,18 @@ def test_the_key_ring_reads_the_private_key_only_to_sign(tmp_path):
     empty = KeyRing.from_settings(settings)   # no key pair: nothing trusted, verifying still works
     assert dict(empty.trusted) == {}
     with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
-        empty.signer
+        _ = empty.signer
     with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
         KeyRing.from_settings(settings, sign=True)
     init_keys(settings.keys_dir)
     (settings.keys_dir / "ed25519.pem").chmod(0o644)
     ring = KeyRing.from_settings(settings)   # verifying does not read the private key
     with pytest.raises(WorkbenchError, match="must be 0600"):
-        ring.signer
+        _ = ring.signer
     with pytest.raises(WorkbenchError, match="must be 0600"):
         KeyRing.from_settings(settings, sign=True)
     with pytest.raises(WorkbenchError, match="only verifies"):
-        KeyRing(ring.trusted).signer
+        _ = KeyRing(ring.trusted).signer
 
 
 # -- refusals when a record would move the weight -----------------------------------------------------

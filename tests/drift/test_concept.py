@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from workbench.drift.concept import (PageHinkley, calibration_drift, cbpe, estimated_metrics, fit_calibrator,
-                               page_hinkley, soft_roc_auc)
+from workbench.drift.concept import (
+    PageHinkley,
+    calibration_drift,
+    cbpe,
+    estimated_metrics,
+    fit_calibrator,
+    page_hinkley,
+    soft_roc_auc,
+)
 from workbench.evaluate.metrics import binary_metrics
 
 CHANGE_AT = 5000

@@ -7,8 +7,8 @@ import pytest
 from workbench import WorkbenchError
 from workbench.drift import sketch as sketch_mod
 from workbench.drift.report import compare_columns, compare_frames
-from workbench.drift.stattests import STAT_TESTS, stat_test, sturges_edges
 from workbench.drift.sketch import ColumnSource, RowSet
+from workbench.drift.stattests import STAT_TESTS, stat_test, sturges_edges
 from workbench.store import Store
 
 
@@ -172,8 +172,8 @@ def synthetic_run(tmp_path, store: Store, concept_change: bool, run_id: str) -> 
     from dataclasses import replace as dc_replace
 
     from conftest import TinyModel
-    from workbench.replay.pipeline import replay
     from workbench.ingest.traffic import ingest, ingest_labels
+    from workbench.replay.pipeline import replay
 
     rng = np.random.default_rng(21)
     i = np.arange(N_ROWS)

@@ -15,9 +15,9 @@ from conftest import TinyModel, run_cli
 from workbench import WorkbenchError
 from workbench.evaluate.evaluation import Options, compare, evaluate_run
 from workbench.evaluate.metrics import METRICS
+from workbench.ingest.traffic import ingest, ingest_labels
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store
-from workbench.ingest.traffic import ingest, ingest_labels
 
 N = 3000
 CARRIERS = {"AA": 0.4, "UA": 0.3, "DL": 0.2, "B6": 0.07, "HA": 0.03}
@@ -80,7 +80,7 @@ def stored(store, role, both=False):
         sql += """ AND request_id NOT IN (SELECT request_id FROM lp WHERE run_id = 'run1'
                                           AND error IS NOT NULL)"""
     rows = store.con.execute(sql + " ORDER BY request_id", [role]).fetchall()
-    y, s = map(np.array, zip(*rows))
+    y, s = map(np.array, zip(*rows, strict=True))
     return y, s
 
 
@@ -312,7 +312,7 @@ def test_linearised_bootstrap_agrees_with_the_row_bootstrap():
     rows = compare(y, s, THR, Options(exact_max_rows=10**6, n_boot=2000))
     linear = compare(y, s, THR, Options(exact_max_rows=0, n_boot=2000))
     assert (rows.method, linear.method) == ("rows", "linear")
-    for name, m in METRICS.items():
+    for name in METRICS:
         for who in ("baseline", "candidate", "delta"):
             a, b = getattr(rows, who)[name], getattr(linear, who)[name]
             width = a.ci_high - a.ci_low

@@ -6,8 +6,17 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from workbench.evaluate.metrics import (METRICS, Confusion, binary_metrics, confusion, grouping, multiclass_confusion,
-                               multiclass_metrics, score_groups, undefined_reason)
+from workbench.evaluate.metrics import (
+    METRICS,
+    Confusion,
+    binary_metrics,
+    confusion,
+    grouping,
+    multiclass_confusion,
+    multiclass_metrics,
+    score_groups,
+    undefined_reason,
+)
 
 CASES = {
     "random": lambda r: (r.integers(0, 2, 500), r.random(500)),

@@ -15,9 +15,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,9 @@ from conftest import REPO, TinyModel
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.cli import main
+from workbench.ingest.traffic import RAW_MAX_CHARS, ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store, traffic_table
-from workbench.ingest.traffic import RAW_MAX_CHARS, ingest
 
 REASON = re.compile(r"^(null|type|nonfinite):.+$|^duplicate_id$|^malformed_row$")
 MB = 1 << 20
@@ -176,7 +176,8 @@ CORPUS = [
         "NA,2024-03-01,1,NA", "null,2024-03-01,2,null", "N/A,2024-03-01,3,None"])), reasons={}, rows=3),
     Case("quoted_newlines_and_quotes_csv", ".csv", _text(csv_text("request_id,event_time,x,seg", [
         'r1,2024-03-01,1,"line one\nline two"', 'r2,2024-03-01,2,"say ""hi"", ok"'])), reasons={}, rows=2),
-    Case("malformed_jsonl", ".jsonl", _text('{"request_id": "a", "event_time": "2024-03-01", "x": 1}\n{"request_id":\n'),
+    Case("malformed_jsonl", ".jsonl",
+         _text('{"request_id": "a", "event_time": "2024-03-01", "x": 1}\n{"request_id":\n'),
          refuse=r"^cannot read .*JSON"),
     Case("unsupported_extension", ".xlsx", _text("PK\x03\x04"), refuse=r"unsupported file type"),
 ]

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from workbench import WorkbenchError
-from workbench.store import Store
 from workbench.ingest.traffic import ingest, ingest_labels
+from workbench.store import Store
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_parquet_reader_holds_about_one_row_group(tmp_path):
     group_bytes = table.nbytes // groups
     del table
     base, peak = pa.total_allocated_bytes(), 0
-    for batch in read_batches([tmp_path / "big.parquet"], batch_rows=25_000):
+    for _ in read_batches([tmp_path / "big.parquet"], batch_rows=25_000):
         peak = max(peak, pa.total_allocated_bytes() - base)
     assert peak < 3 * group_bytes, (peak, group_bytes)   # was the whole file: 12 row groups
 

@@ -7,9 +7,9 @@ import yaml
 from conftest import run_cli
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, apply_decision, build_decision, build_kill, live_view
-from workbench.live.mesh import FLAGGER_HOOKS, MeshOptions, flagger_gate, render, to_yaml
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import trusted_keys
+from workbench.live.mesh import FLAGGER_HOOKS, MeshOptions, flagger_gate, render, to_yaml
 from workbench.store import Store
 
 RAMP = [1, 5, 25, 50, 100]

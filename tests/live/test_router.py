@@ -21,14 +21,14 @@ import pytest
 
 from conftest import REPO, free_port, make_evaluation, register_model, run_cli, seed_run
 from loopback_http import LoopbackServer, json_reply
-from workbench.decide.canary import Signer, apply_decision, bucket_of, build_decision, in_canary, status
 from workbench.config import Settings
+from workbench.decide.canary import Signer, apply_decision, bucket_of, build_decision, in_canary, status
 from workbench.decide.policy import load_policy, parse_policy
-from workbench.live.router import LiveState, Router, RouterConfig, StoreWeights, choose_arm
 from workbench.decide.signing import KeyRing, init_keys, trusted_keys
+from workbench.live.router import LiveState, Router, RouterConfig, StoreWeights, choose_arm
 from workbench.live.slo import ArmStats, judge
-from workbench.store import Store
 from workbench.live.trafficlog import TrafficLog
+from workbench.store import Store
 
 BASE, CAND = "http://baseline.test", "http://candidate.test"   # configuration only: nothing is called
 LIVE = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.05, "check_interval_s": 0.1,
@@ -77,7 +77,7 @@ class Upstreams:
         self.calls = {"baseline": 0, "candidate": 0}
         self.servers = {arm: LoopbackServer(lambda req, arm=arm: self.answer(arm, req)) for arm in self.calls}
 
-    async def start(self) -> "Upstreams":
+    async def start(self) -> Upstreams:
         for server in self.servers.values():
             await server.start()
         return self

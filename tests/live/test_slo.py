@@ -24,7 +24,7 @@ def test_window_keeps_only_the_last_seconds_and_matches_numpy():
     lat = rng.lognormal(1.0, 0.6, 500)
     err = rng.random(500) < 0.1
     times = np.linspace(0, 20, 500)
-    for t, ms, e in zip(times, lat, err):
+    for t, ms, e in zip(times, lat, err, strict=True):
         w.add(float(t), float(ms), bool(e))
     s = w.stats(now=20.0, confidence=0.95)
     keep = times >= 10.0

@@ -1,17 +1,17 @@
 """The live traffic log: scoring-protocol parsing, rows per request, rotation, and ingest of the files."""
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import TinyModel
-from workbench.replay.pipeline import replay
-from workbench.store import Store
 from workbench.ingest.traffic import ingest
 from workbench.live.trafficlog import LiveRecord, Outcome, TrafficLog, request_rows, response_scores, to_table
+from workbench.replay.pipeline import replay
+from workbench.store import Store
 
-T0 = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("body, ctype, rows", [

@@ -11,8 +11,17 @@ import pytest
 
 from conftest import REPO
 from workbench import WorkbenchError
-from workbench.ops.access import (add_approver, approvers_path, authenticate, hash_password, load_approvers,
-                              oidc_identity, oidc_provider, remove_approver, verify_password)
+from workbench.ops.access import (
+    add_approver,
+    approvers_path,
+    authenticate,
+    hash_password,
+    load_approvers,
+    oidc_identity,
+    oidc_provider,
+    remove_approver,
+    verify_password,
+)
 
 
 def test_hash_is_scrypt_with_a_random_salt():

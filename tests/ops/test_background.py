@@ -16,12 +16,12 @@ import pytest
 
 from conftest import REPO, TinyModel
 from workbench import WorkbenchError
-from workbench.ops.background import BackgroundJobs, DatabaseBusy, ReplayJob, SharedDatabase
 from workbench.config import load_settings
+from workbench.ingest.traffic import ingest
+from workbench.ops.background import BackgroundJobs, DatabaseBusy, ReplayJob, SharedDatabase
 from workbench.ops.progress import ProgressFile, read_progress
 from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 N = 3000
 
@@ -44,7 +44,8 @@ def home(tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, N)
     pq.write_table(pa.table({"request_id": np.char.add("r", np.arange(N).astype(str)),
-                             "event_time": np.datetime64("2013-07-01T00:00:00") + (np.arange(N) * 60).astype("timedelta64[s]"),
+                             "event_time": np.datetime64("2013-07-01T00:00:00")
+                                           + (np.arange(N) * 60).astype("timedelta64[s]"),
                              "x": x, "label": (rng.random(N) < 1 / (1 + np.exp(-x))).astype(np.int32)}),
                    tmp_path / "t.parquet")
     settings = load_settings(tmp_path / "home").ensure()

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -14,13 +14,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, run_cli, write_spec
 from workbench import WorkbenchError
-from workbench.config import load_settings
 from workbench.clock import parse_duration
-from workbench.ops.jobs import (STAGES, JobFailed, JobRefused, SpecLock, last_fire, load_spec, load_specs, parse_spec,
-                                run_job, slot_job_id)
+from workbench.config import load_settings
+from workbench.ops.jobs import (
+    STAGES,
+    JobFailed,
+    JobRefused,
+    SpecLock,
+    last_fire,
+    load_spec,
+    load_specs,
+    parse_spec,
+    run_job,
+    slot_job_id,
+)
 from workbench.store import Store
-
-UTC = timezone.utc
 
 
 # -- specs -----------------------------------------------------------------------------------------------
@@ -87,7 +95,8 @@ def test_cron_slots():
 def test_paths_expand_variables_and_resolve_against_the_spec(tmp_path, monkeypatch):
     spec = tmp_path / "jobs" / "s.toml"
     spec.parent.mkdir()
-    spec.write_text('name = "s"\nmodel = "m"\n[traffic]\npath = "${LOGS_ROOT}/t.parquet"\n[labels]\npath = "l.parquet"\n')
+    spec.write_text('name = "s"\nmodel = "m"\n[traffic]\npath = "${LOGS_ROOT}/t.parquet"\n'
+                    '[labels]\npath = "l.parquet"\n')
     loaded = load_spec(spec)
     monkeypatch.setenv("LOGS_ROOT", "/srv/logs")
     assert loaded.resolve(loaded.spec.traffic.path) == "/srv/logs/t.parquet"

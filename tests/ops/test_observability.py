@@ -8,11 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from workbench.ops import observability
 from workbench.config import Settings
+from workbench.live.service import create_app
+from workbench.ops import observability
 from workbench.ops.jobs import JOB_KIND
 from workbench.ops.observability import JsonFormatter, log_context, observe_arm
-from workbench.live.service import create_app
 from workbench.store import Store
 
 

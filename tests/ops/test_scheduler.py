@@ -2,7 +2,7 @@
 import json
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -10,14 +10,13 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from conftest import write_spec
 from workbench import WorkbenchError
-from workbench.config import Settings, load_settings
 from workbench.clock import iso
+from workbench.config import Settings, load_settings
+from workbench.live.service import create_app
 from workbench.ops.jobs import JOB_KIND, JobRefused, JobResult, load_spec
 from workbench.ops.scheduler import Scheduler
-from workbench.live.service import create_app
 from workbench.store import Store
 
-UTC = timezone.utc
 SECRET = "whsec-jobs"
 NOW = 1_800_000_000
 
@@ -196,7 +195,8 @@ def test_registry_events_enqueue_one_job_each_and_run_the_models_spec(job_home, 
     assert {alias["status"], staging["status"], other["status"]} == {"queued"}
     outcomes = {o["job_id"]: o for o in sched.tick()}
     assert {o["status"] for o in outcomes.values()} == {"skipped"}
-    assert outcomes[alias["job_id"]]["reason"] == f"version 2 of flight-delay is already evaluated by job {first['job_id']}"
+    assert outcomes[alias["job_id"]]["reason"] == \
+        f"version 2 of flight-delay is already evaluated by job {first['job_id']}"
     assert outcomes[staging["job_id"]]["reason"] == "job spec fd-events follows aliases ['challenger'], not 'staging'"
     assert outcomes[other["job_id"]]["reason"] == "no job spec runs on registry events of model 'fraud'"
     with Store(settings.db_path) as store:

@@ -25,11 +25,11 @@ import pytest
 from conftest import REPO, TinyModel
 from reliability_log import record
 from workbench import WorkbenchError
+from workbench.ingest.traffic import ingest
 from workbench.replay.isolation import MAX_CONSECUTIVE_CRASHES
 from workbench.replay.models import load_predictor
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 N = 400
@@ -67,7 +67,8 @@ def model_dir(tmp_path_factory) -> Path:
                                  code_paths=[str(FIXTURES / "bad_model.py")], signature=sig,
                                  pip_requirements=["mlflow"])
     pd.DataFrame({"request_id": [f"q{i:04d}" for i in range(N)],
-                  "event_time": pd.date_range("2024-03-01", periods=N, freq="s"), "x": XS}).to_parquet(root / "t.parquet")
+                  "event_time": pd.date_range("2024-03-01", periods=N, freq="s"), "x": XS}
+                 ).to_parquet(root / "t.parquet")
     return root
 
 

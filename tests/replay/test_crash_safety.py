@@ -196,7 +196,8 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
         diff = store.cursor().execute(
             """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
                       max(abs(a.candidate_score - b.candidate_score)),
-                      count(*) FILTER (WHERE a.baseline_class <> b.baseline_class OR a.candidate_class <> b.candidate_class
+                      count(*) FILTER (WHERE a.baseline_class <> b.baseline_class
+                                       OR a.candidate_class <> b.candidate_class
                                        OR coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))
                FROM predictions a JOIN predictions b USING (_row) WHERE a.run_id = 'crash_run' AND b.run_id = ?""",
             [ref_run]).fetchall()[0]

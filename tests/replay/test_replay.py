@@ -5,9 +5,9 @@ import pytest
 
 from conftest import TinyModel
 from workbench import WorkbenchError
+from workbench.ingest.traffic import ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 
 @pytest.fixture
@@ -147,6 +147,7 @@ def test_rebatch_gives_exact_sizes_in_order(sizes, size):
 
 def test_commit_packer_cuts_whole_row_groups_and_shares_seconds():
     import pyarrow as pa
+
     from workbench.replay.pipeline import CommitPacker
 
     packer = CommitPacker(row_group=10, groups=2)
@@ -164,6 +165,7 @@ def test_commit_packer_cuts_whole_row_groups_and_shares_seconds():
 def test_commit_packer_joins_float32_gpu_scores_with_float64_fallback_scores():
     """A GPU batch keeps float32 scores; one that fell back to model-by-model scoring has float64 ones."""
     import pyarrow as pa
+
     from workbench.replay.pipeline import CommitPacker
 
     packer = CommitPacker(row_group=4, groups=1)

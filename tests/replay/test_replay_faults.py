@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TinyModel, run_cli
+from workbench.ingest.traffic import ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.replay.scoring import MAX_CONSECUTIVE_TIMEOUTS
 from workbench.store import Store
-from workbench.ingest.traffic import ingest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -139,7 +139,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     assert n == distinct == 3000
     batches = con.execute("SELECT first_row, span FROM run_batches WHERE run_id = 'killed' "
                           "ORDER BY first_row").fetchall()
-    assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:]))
+    assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:], strict=False))
     con.close()
     again = run_cli(*args[3:], home=home)
     assert json.loads(again.stdout)["status"] == "already_complete"
@@ -161,7 +161,8 @@ def test_ray_executor_stores_identical_results(demo_home):
             "--batch-size", "1000", "--json", home=demo_home, timeout=600)
     con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
     n, b_diff, c_diff, cls_diff, err_diff = con.execute(
-        """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)), max(abs(a.candidate_score - b.candidate_score)),
+        """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
+                  max(abs(a.candidate_score - b.candidate_score)),
                   sum((a.baseline_class <> b.baseline_class OR a.candidate_class <> b.candidate_class)::INT),
                   sum((coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))::INT)
            FROM predictions a JOIN predictions b USING (_row)

@@ -16,16 +16,24 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Mapping
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, utc_now
 from workbench.decide.policy import Policy, Scorecard, Verdict, score
-from workbench.decide.signing import (SignatureError, SignedDecision, Signer, canonical_bytes, clean, content_hash,
-                                      record_hash, verify_signature)
+from workbench.decide.signing import (
+    SignatureError,
+    SignedDecision,
+    Signer,
+    canonical_bytes,
+    clean,
+    content_hash,
+    record_hash,
+    verify_signature,
+)
 from workbench.store import Store
 
 log = logging.getLogger(__name__)
@@ -187,7 +195,7 @@ def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Po
     state = store.canary_state(model)
     if state is None:
         raise WorkbenchError(f"model {model} has no canary state: nothing to kill")
-    head = json.loads(store.get_decision(state["decision_id"])["record"])
+    head = json.loads(store.require_decision(state["decision_id"])["record"])
     record = _record(store, model, now, signer, policy, kind="kill", baseline=head["baseline"],
                      candidate=head["candidate"], run_id=None, traffic=head["traffic"],
                      traffic_fingerprint=head["traffic_fingerprint"], evaluation_hash=None, drift_hash=None,
@@ -222,6 +230,8 @@ def _record(store: Store, model: str, now: datetime, signer: Signer, policy: Pol
 
 def save_record(store: Store, signed: SignedDecision, cur=None) -> None:
     r = signed.record
+    if signed.signature is None:
+        raise SignatureError(f"decision {r.get('decision_id')} is unsigned: only signed records are stored")
     store.save_decision(cur or store.cursor(), decision_id=r["decision_id"], model=r["model"], kind=r["kind"],
                         run_id=r["run_id"], verdict=r["verdict"], weight_before=int(r["weight_before"]),
                         weight_after=int(r["weight_after"]), record_text=canonical_bytes(r).decode("utf-8"),
@@ -251,7 +261,9 @@ def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = 
                  ) -> list[tuple[dict, str | None]]:
     """Every applied record of ``model`` (up to sequence ``upto``) in chain order, each with the first problem
     found in it (stored bytes, hashes, link, signature), or None when it verifies."""
-    prev, n, out = None, 0, []
+    prev: str | None = None
+    n = 0
+    out: list[tuple[dict, str | None]] = []
     for row in store.chain(model):
         seq = int(row["sequence"])
         if upto is not None and seq > upto:
@@ -322,7 +334,9 @@ def status(store: Store, model: str, trusted: Mapping) -> CanaryStatus:
     try:
         verify_chain(store, model, trusted)
         head = store.chain_head(model)
-        record = json.loads(store.get_decision(head["decision_id"])["record"])
+        if head is None:   # a state with no chain: verify_chain found nothing to check
+            raise SignatureError("the stored canary state has no signed chain behind it")
+        record = json.loads(store.require_decision(head["decision_id"])["record"])
         if (head["decision_id"], head["record_hash"]) != (state["decision_id"], state["record_hash"]) or \
                 int(record["weight_after"]) != int(state["weight"]) or _pair(record) != _pair(state):
             problem = "the stored canary state does not match the head of the signed chain"
@@ -457,7 +471,7 @@ def live_view(store: Store, model: str, trusted: Mapping) -> dict:
     row = store.get_decision(st.decision_id)
     state = store.canary_state(model)
     record = json.loads(row["record"]) if row else {}
-    view.update(signature=row["signature"] if row else None, killed=bool(state["killed"]),
+    view.update(signature=row["signature"] if row else None, killed=bool(state and state["killed"]),
                 sequence=record.get("sequence"), ramp=record.get("ramp"),
                 verdict=str(record.get("verdict")).lower() if st.verified else "unverified")
     return view

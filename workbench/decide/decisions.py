@@ -9,12 +9,12 @@ folder in this process, and only the signed record is returned.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from workbench.clock import EPOCH, parse_time
-from workbench.decide.canary import chain_report
 from workbench.config import Settings
+from workbench.decide.canary import chain_report
 from workbench.decide.policy import Policy
 from workbench.decide.signing import KeyRing, SignatureError, Signer, record_hash, verify_signature
 from workbench.store import Store
@@ -57,7 +57,8 @@ def decide(settings: Settings, store: Store, keys: KeyRing, run_id: str, policy:
 def sync_pending(settings: Settings, store: Store, keys: KeyRing) -> dict:
     """Publish the applied decisions still marked ``pending_sync`` (MLflow was down), in chain order, each
     once; returns ``{"synced", "failed", "pending"}`` (see :func:`workbench.decide.registry.sync_pending`)."""
-    from workbench.decide.registry import publisher, sync_pending as push
+    from workbench.decide.registry import publisher
+    from workbench.decide.registry import sync_pending as push
 
     return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir),
                 keys.trusted).to_dict()
@@ -112,13 +113,14 @@ def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[Aud
             continue
         problem = None
         stored = store.get_decision(did)
-        record = json.loads(stored["record"])
-        try:
-            if record_hash(record) != stored["record_hash"]:
-                raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
-            verify_signature(record, stored["signature"], keys)
-        except SignatureError as e:
-            problem = str(e)
+        if stored is not None:   # (one listed a moment ago and gone now: _entry reports the record missing)
+            record = json.loads(stored["record"])
+            try:
+                if record_hash(record) != stored["record_hash"]:
+                    raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
+                verify_signature(record, stored["signature"], keys)
+            except SignatureError as e:
+                problem = str(e)
         entries.append(_entry(store, d, did, model, None, problem))
     return sorted(entries, key=lambda e: (parse_time(e.created_at) if e.created_at else EPOCH, e.sequence or 0),
                   reverse=True)

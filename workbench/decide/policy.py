@@ -25,8 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench import WorkbenchError
-from workbench.evaluate.metrics import METRICS
 from workbench.decide.signing import content_hash
+from workbench.evaluate.metrics import METRICS
 
 DEFAULT_POLICY = "default_policy.toml"
 
@@ -331,12 +331,12 @@ def _sfmt(x: float | None) -> str:
     return "undefined" if x is None else f"{x:+.4g}"
 
 
-def _at_least(iv: Interval, bound: float) -> Outcome:
-    return Outcome.PASS if iv.ci_low >= bound else Outcome.FAIL if iv.ci_high < bound else Outcome.INCONCLUSIVE
+def _at_least(low: float, high: float, bound: float) -> Outcome:
+    return Outcome.PASS if low >= bound else Outcome.FAIL if high < bound else Outcome.INCONCLUSIVE
 
 
-def _at_most(iv: Interval, bound: float) -> Outcome:
-    return Outcome.PASS if iv.ci_high <= bound else Outcome.FAIL if iv.ci_low > bound else Outcome.INCONCLUSIVE
+def _at_most(low: float, high: float, bound: float) -> Outcome:
+    return Outcome.PASS if high <= bound else Outcome.FAIL if low > bound else Outcome.INCONCLUSIVE
 
 
 class _Judge:
@@ -385,7 +385,8 @@ class _Judge:
         base = _interval((source.get("baseline") or {}).get(m))
         cand = _interval((source.get("candidate") or {}).get(m))
         delta = _interval((source.get("delta") or {}).get(m))
-        if delta is None and base is not None and cand is not None:
+        if delta is None and base is not None and cand is not None and base.value is not None \
+                and cand.value is not None:
             delta = Interval(cand.value - base.value)
         raw_delta = (source.get("delta") or {}).get(m)
         mde = _num(raw_delta.get("mde")) if isinstance(raw_delta, dict) else None
@@ -418,10 +419,10 @@ class _Judge:
         if iv is None or iv.value is None:
             return {"outcome": Outcome.INCONCLUSIVE, "reason": f"{what} is undefined in the evaluation"}
         text = iv.text(signed=not absolute)
-        if not iv.bounded:
+        if iv.ci_low is None or iv.ci_high is None:
             return {"outcome": Outcome.INCONCLUSIVE,
                     "reason": f"{what} {text} has no confidence interval: cannot judge on bounds"}
-        outcome = (_at_least if up else _at_most)(iv, bound)
+        outcome = (_at_least if up else _at_most)(iv.ci_low, iv.ci_high, bound)
         shown = _fmt(bound) if absolute else _sfmt(bound)
         if outcome == Outcome.PASS:
             reason = f"{what} {text}: whole interval {rel} {shown}"
@@ -481,7 +482,7 @@ class _Judge:
                     self.add(gate=gate, criterion="max_ratio", threshold=g.max_ratio, **judged, **common)
             if g.max_ms is not None:
                 gate = f"latency.{p}.max_ms"
-                if cand_iv is None:
+                if cand_iv is None or cand_iv.value is None:
                     self.add(gate=gate, criterion="max_ms", threshold=g.max_ms, outcome=Outcome.INCONCLUSIVE,
                              reason=f"the evaluation reports no candidate {p} latency", **common)
                 elif cand_iv.bounded:

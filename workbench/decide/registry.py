@@ -18,17 +18,17 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 from workbench import WorkbenchError
 from workbench.decide.canary import SignedDecision, sync
-from workbench.paths import within
 from workbench.decide.policy import RegistryOptions, Verdict
 from workbench.decide.signing import SignatureError, canonical_bytes, record_hash, verify_signature
-from workbench.store import Store
+from workbench.paths import within
 from workbench.roles import ROLES
+from workbench.store import Store
 
 log = logging.getLogger(__name__)
 WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created")
@@ -323,6 +323,7 @@ def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted
                                   "error": "waiting: an earlier decision of this model is still pending"})
             continue
         signed = SignedDecision(json.loads(row["record"]), row["signature"])
+        err: str | None
         try:
             verify_signature(signed.record, signed.signature, trusted)
             if signed.decision_id != did:

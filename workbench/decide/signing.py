@@ -17,11 +17,12 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, overload
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -69,6 +70,10 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@overload
+def content_hash(obj: None) -> None: ...
+@overload
+def content_hash(obj: dict | list) -> str: ...
 def content_hash(obj: Any) -> str | None:
     """SHA-256 of the canonical JSON of ``obj`` (None for None): evaluation, drift and policy hashes."""
     return None if obj is None else sha256_hex(canonical_bytes(clean(obj)))
@@ -175,15 +180,21 @@ def sign(private_key: Ed25519PrivateKey, record: dict) -> str:
 @dataclass(frozen=True)
 class SignedDecision:
     record: dict
-    signature: str
+    signature: str | None   # None: unsigned (refused by :func:`verify_signature`)
 
     @property
     def decision_id(self) -> str:
-        return self.record.get("decision_id")
+        return self._text("decision_id")
 
     @property
     def model(self) -> str:
-        return self.record.get("model")
+        return self._text("model")
+
+    def _text(self, name: str) -> str:
+        value = self.record.get(name)
+        if not isinstance(value, str):
+            raise SignatureError(f"not a decision record: {name} is {value!r}, not text")
+        return value
 
     def to_dict(self) -> dict:
         return {"decision_id": self.decision_id, "record": self.record, "signature": self.signature}
@@ -197,7 +208,7 @@ class Signer:
     _key: Any
 
     @classmethod
-    def from_keys_dir(cls, keys_dir: Path, name: str) -> "Signer":
+    def from_keys_dir(cls, keys_dir: Path, name: str) -> Signer:
         key = load_private_key(keys_dir)
         return cls(name, key_fingerprint(key.public_key()), key)
 
@@ -224,7 +235,7 @@ class KeyRing:
         self._signer, self._keys_dir, self._signer_name = signer, keys_dir, signer_name
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, sign: bool = False) -> "KeyRing":
+    def from_settings(cls, settings: Settings, *, sign: bool = False) -> KeyRing:
         """The home's ring: its own public key, ``keys/trusted/*.pem`` and ``WORKBENCH_TRUSTED_KEYS``; the
         signer is ``WORKBENCH_SIGNER`` with the home's private key (read now with ``sign``, else when needed)."""
         signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if sign else None
@@ -235,7 +246,7 @@ class KeyRing:
     def signer(self) -> Signer:
         """The signer (its key read on first use); :class:`WorkbenchError` when there is no key to sign with."""
         if self._signer is None:
-            if self._keys_dir is None:
+            if self._keys_dir is None or self._signer_name is None:
                 raise WorkbenchError("no signing key: this key ring only verifies")
             self._signer = Signer.from_keys_dir(self._keys_dir, self._signer_name)
         return self._signer

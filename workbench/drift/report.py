@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,12 +29,12 @@ import pyarrow as pa
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, parse_window, utc_now
 from workbench.drift.concept import PageHinkley, calibration_drift, cbpe, fit_calibrator, page_hinkley
-from workbench.evaluate.metrics import binary_metrics
 from workbench.drift.quality import column_quality
-from workbench.drift.stattests import default_test, stat_test
 from workbench.drift.sketch import ColumnSketch, ColumnSource, RowSet, SqlPair, domain_of, ensure_sketches, is_integer
-from workbench.store import Store, check_name
+from workbench.drift.stattests import default_test, stat_test
+from workbench.evaluate.metrics import binary_metrics
 from workbench.roles import ROLES
+from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
 DEFAULT_REFERENCE_SHARE = 0.2

@@ -20,6 +20,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+
 import numpy as np
 
 from workbench import WorkbenchError
@@ -46,7 +47,7 @@ class RowSet:
     score_key: str | None = None          # ... or from stored reference scores under this key
     role: str | None = None               # set: the rows' scores by this model, as column "score"
 
-    def scores(self, role: str) -> "RowSet":
+    def scores(self, role: str) -> RowSet:
         """The scores of ``role`` on these rows."""
         if self.run_id is None and self.score_key is None:
             raise WorkbenchError(f"no scores are known for {self.source!r}")
@@ -91,7 +92,7 @@ class ColumnSketch:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ColumnSketch":
+    def from_dict(cls, d: dict) -> ColumnSketch:
         return cls(**(d | {"quantiles": tuple(d["quantiles"]) if d.get("quantiles") is not None else None}))
 
 

@@ -7,8 +7,8 @@ follow those. :func:`default_test` picks a column's test as Evidently's ``DataDr
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import stats

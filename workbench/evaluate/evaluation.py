@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 from workbench import WorkbenchError
 from workbench.evaluate import stats
 from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
-from workbench.store import Store
 from workbench.roles import ROLES
+from workbench.store import Store
 
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 WINDOWS = ("hour", "day", "week")
@@ -191,7 +191,7 @@ class _Sample:
         self.groups = grouping.weigh()
 
     @classmethod
-    def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> "_Sample":
+    def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> _Sample:
         return cls(grouping(y, score), confusion(y, score >= threshold))
 
     def sorted_influence(self, influence: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

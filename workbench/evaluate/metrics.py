@@ -16,8 +16,9 @@ recall and f1 work from a confusion matrix. Every metric has a parity test again
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

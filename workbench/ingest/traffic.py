@@ -16,9 +16,9 @@ import fnmatch
 import glob
 import hashlib
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -485,7 +485,8 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
             cur.execute("""UPDATE _wb_checked SET _reason = 'duplicate_id' WHERE _reason IS NULL AND _row IN (
                 SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
                 FROM _wb_checked WHERE _reason IS NULL) WHERE k > 1)""")
-            good = cur.sql("SELECT request_id, label, label_time FROM _wb_checked WHERE _reason IS NULL").to_arrow_table()
+            good = cur.sql("SELECT request_id, label, label_time FROM _wb_checked "
+                           "WHERE _reason IS NULL").to_arrow_table()
             store.upsert_labels(cur, traffic, good)
             unmatched += store.count_unmatched_labels(cur, traffic, good.column("request_id"))
             cur.execute("""INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw

@@ -22,26 +22,27 @@ connections of its own lean HTTP/1.1 client (:mod:`workbench.live.upstream`):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import threading
-import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from workbench import WorkbenchError
 from workbench.decide.canary import bucket_of, in_canary
 from workbench.decide.policy import LiveSegment, Policy
 from workbench.decide.signing import KeyRing
 from workbench.live.slo import ArmWindow, SloReport, judge
-from workbench.roles import ROLES as ARMS
 from workbench.live.trafficlog import LiveRecord, Outcome, TrafficLog, request_rows
 from workbench.live.upstream import Pool, UpstreamError, UpstreamTimeout
+from workbench.roles import ROLES as ARMS
 
 log = logging.getLogger(__name__)
 CANARY_HEADER = b"x-canary"
@@ -61,7 +62,7 @@ class LiveState:
     problem: str | None = None
 
     @classmethod
-    def empty(cls, model: str, problem: str = "no decision has been applied to this model") -> "LiveState":
+    def empty(cls, model: str, problem: str = "no decision has been applied to this model") -> LiveState:
         return cls(model, 0, None, None, None, False, False, problem)
 
     @property
@@ -105,7 +106,7 @@ class StoreWeights:
             pass
 
     def _signature(self) -> tuple:
-        out = []
+        out: list[tuple[int, int] | None] = []
         for p in (self.settings.db_path, Path(str(self.settings.db_path) + ".wal")):
             try:
                 st = os.stat(p)
@@ -358,23 +359,24 @@ class Router:
     def trip(self, report: SloReport) -> None:
         st = self.state
         self.held_pair = st.pair
-        self.rollback = {"candidate_version": st.candidate_version, "weight_before": st.weight,
-                         "reason": report.reason, "decision_id": None, "error": None, "at": time.time()}
+        self.rollback = rollback = {"candidate_version": st.candidate_version, "weight_before": st.weight,
+                                    "reason": report.reason, "decision_id": None, "error": None, "at": time.time()}
         log.warning("%s: live SLO breached, candidate v%s to 0%% now: %s", st.model, st.candidate_version,
                     report.reason)
-        self._rollback_task = asyncio.create_task(self._record_rollback(st.pair, report))
+        self._rollback_task = asyncio.create_task(self._record_rollback(st.pair, report, rollback))
 
-    async def _record_rollback(self, pair: tuple, report: SloReport) -> None:
+    async def _record_rollback(self, pair: tuple, report: SloReport, rollback: dict) -> None:
+        """Sign and apply the rollback in a worker thread, noting the outcome in ``rollback`` (shown in status)."""
         t0 = time.monotonic()
         try:
-            self.rollback["decision_id"] = await asyncio.to_thread(self.weights.rollback, pair, report)
-            self.rollback["recorded_s"] = round(time.monotonic() - t0, 3)
-            log.warning("%s: rollback recorded as decision %s in %.2f s", self.cfg.model, self.rollback["decision_id"],
-                        self.rollback["recorded_s"])
+            rollback["decision_id"] = await asyncio.to_thread(self.weights.rollback, pair, report)
+            rollback["recorded_s"] = round(time.monotonic() - t0, 3)
+            log.warning("%s: rollback recorded as decision %s in %.2f s", self.cfg.model, rollback["decision_id"],
+                        rollback["recorded_s"])
         except Exception as e:  # the local hold stays: routing is already at 0 for this pair
-            self.rollback["error"] = f"{type(e).__name__}: {e}"
+            rollback["error"] = f"{type(e).__name__}: {e}"
             log.error("%s: the rollback could not be recorded (%s); the candidate stays at 0%% in this router",
-                      self.cfg.model, self.rollback["error"])
+                      self.cfg.model, rollback["error"])
         await self.refresh()
 
     # -- ASGI ------------------------------------------------------------------------------------
@@ -415,12 +417,12 @@ class Router:
 
     def _decide(self, headers: dict, body: bytes, ctype: str, rid: str) -> tuple[str, str, str | None]:
         """(arm, reason, entity key) of a request."""
-        rows = request_rows(body, ctype) if self._needs_rows else None
+        row = request_rows(body, ctype)[0] if self._needs_rows else {}   # never empty: [{}] when unreadable
         entity = None
         if self._entity_header is not None and self._entity_header in headers:
             entity = headers[self._entity_header].decode("utf-8", "replace")
         elif self.cfg.entity_field:
-            v = rows[0].get(self.cfg.entity_field)
+            v = row.get(self.cfg.entity_field)
             entity = None if v is None else str(v)
         off = self.off_reason()
         if off:
@@ -430,7 +432,7 @@ class Router:
             if header is not None:
                 value = headers[header].decode("utf-8", "replace") if header in headers else None
             else:
-                v = rows[0].get(seg.field)
+                v = row.get(seg.field)
                 value = None if v is None else str(v)
             if value is not None and value in seg.values:
                 segment = seg
@@ -441,7 +443,7 @@ class Router:
         return arm, reason, entity
 
     async def _invocations(self, scope, receive, send) -> None:
-        arrived = datetime.now(timezone.utc)
+        arrived = datetime.now(UTC)
         body = await _read_body(receive)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"application/json").decode("latin-1")

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -33,15 +33,22 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from workbench import WorkbenchError
-from workbench.decide.canary import (SignedDecision, apply_decision, build_kill, live_view, record_sync, try_publish,
-                                     verify_decision)
 from workbench.config import Settings
-from workbench.live.mesh import FLAGGER_HOOKS, flagger_gate
-from workbench.ops.observability import metrics_router
+from workbench.decide.canary import (
+    SignedDecision,
+    apply_decision,
+    build_kill,
+    live_view,
+    record_sync,
+    try_publish,
+    verify_decision,
+)
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import KeyRing, SignatureError
-from workbench.store import Store
+from workbench.live.mesh import FLAGGER_HOOKS, flagger_gate
 from workbench.ops.jobs import JOB_KIND
+from workbench.ops.observability import metrics_router
+from workbench.store import Store
 
 log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE_S = 300
@@ -51,7 +58,7 @@ WORKBENCH_ALIASES = ("champion", "previous")  # set by the workbench itself: nev
 
 def signature_of(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
     """The ``X-MLflow-Signature`` value MLflow sends for a delivery."""
-    mac = hmac.new(secret.encode("utf-8"), f"{delivery_id}.{timestamp}.".encode("utf-8") + body, hashlib.sha256)
+    mac = hmac.new(secret.encode("utf-8"), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode("ascii")
 
 

@@ -2,8 +2,8 @@
 
 Pure computation: the router feeds :class:`ArmWindow` with (time, latency, error) per answered request and
 calls :func:`judge` every ``check_interval_s``; the thresholds come from the policy's ``[live]`` section
-(:class:`workbench.decide.policy.LiveOptions`). Checks use the policy's vocabulary (:class:`workbench.decide.policy.Check`)
-so a live rollback's record carries them like an offline scorecard.
+(:class:`workbench.decide.policy.LiveOptions`). Checks use the policy's vocabulary
+(:class:`workbench.decide.policy.Check`) so a live rollback's record carries them like an offline scorecard.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import numpy as np
 from scipy.stats import norm
 
 from workbench.decide.policy import Check, Interval, LiveOptions, Outcome, Verdict
-
 
 
 def wilson(errors: int, n: int, confidence: float) -> tuple[float, float]:
@@ -93,7 +92,8 @@ class SloReport:
     window_s: float
 
     def scorecard(self) -> dict:
-        """The checks as a scorecard dict (as :meth:`workbench.decide.policy.Scorecard.to_dict`), for the signed record."""
+        """The checks as a scorecard dict (as :meth:`workbench.decide.policy.Scorecard.to_dict`), for the signed
+        record."""
         counts = {o: sum(c.outcome == o for c in self.checks) for o in Outcome}
         return {"verdict": Verdict.ROLLBACK if self.breached else Verdict.PROMOTE, "reason": self.reason,
                 "counts": counts, "checks": [c.to_dict() for c in self.checks], "skipped": [],

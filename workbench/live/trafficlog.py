@@ -24,11 +24,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from workbench.roles import ROLES as ARMS  # the live arms are the two model roles
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ def _json_rows(data) -> list[dict]:
     split = data.get("dataframe_split")
     if isinstance(split, dict) and isinstance(split.get("columns"), list) and isinstance(split.get("data"), list):
         cols = split["columns"]
-        return [dict(zip(cols, r)) for r in split["data"] if isinstance(r, list)]
+        # a row longer or shorter than the columns is read as far as both go (these rows only route and log)
+        return [dict(zip(cols, r, strict=False)) for r in split["data"] if isinstance(r, list)]
     for key in ("instances", "inputs"):
         v = data.get(key)
         if isinstance(v, list):
@@ -280,7 +282,7 @@ class TrafficLog:
 
     def _open_file(self, schema: pa.Schema) -> pq.ParquetWriter:
         self._seq += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self._path = self.dir / f"{self.prefix}-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
         self._writer = pq.ParquetWriter(str(self._path) + PARTIAL, schema)
         self._opened = time.monotonic()

@@ -55,7 +55,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "parser", "waiter", "status", "chunks", "ctype", "framed", "got_bytes",
                  "closed", "reusable", "uses", "idle_since", "close_exc")
 
-    def __init__(self, pool: "Pool"):
+    def __init__(self, pool: Pool):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)

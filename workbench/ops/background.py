@@ -21,10 +21,10 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 from workbench import WorkbenchError
 from workbench.config import Settings

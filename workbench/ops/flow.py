@@ -13,14 +13,16 @@ each stage's full result for callers that show more (the demo, the CLI).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from workbench import WorkbenchError
 from workbench.config import Settings
 from workbench.decide.signing import KeyRing
+from workbench.ops.events import FlowEvents
 from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store
 
@@ -38,7 +40,7 @@ class TrafficSource:
     resumed after its ingest), ``"check"`` keeps it only when it was ingested from these very files (the
     demo) and refuses other data.
     """
-    paths: str | Path | list[Path] | None = None     # None: the traffic set is already stored
+    paths: str | Path | None = None     # a file or glob; None: the traffic set is already stored
     id_col: str = "request_id"
     time_col: str = "event_time"
     entity_col: str | None = None
@@ -80,22 +82,6 @@ class Flow:
                 "evaluate": None if self.evaluate else "evaluation is off",
                 "drift": None if self.drift else "drift is disabled",
                 "decide": None if self.decide != "off" else "deciding is off"}[stage]
-
-
-class FlowEvents:
-    """What a caller hears while the flow runs; the defaults do nothing."""
-
-    def begin(self, stage: str) -> None:
-        """A stage starts."""
-
-    def progress(self, stage: str, done: int, total: int | None) -> None:
-        """Rows done of a stage (ingest: rows read, total unknown; replay: rows replayed of the traffic's)."""
-
-    def end(self, stage: str, summary: dict, seconds: float) -> None:
-        """A stage finished with this summary."""
-
-    def skip(self, stage: str, reason: str) -> None:
-        """A stage does not run, for this reason."""
 
 
 @dataclass

@@ -26,11 +26,12 @@ import time
 import tomllib
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,11 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_duration, parse_time, to_utc, utc_now
 from workbench.config import Settings
-from workbench.ops.flow import STAGES as FLOW_STAGES, Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
-from workbench.ops.observability import log_context
-from workbench.replay.pipeline import ReplayOptions
 from workbench.decide.policy import _format_errors
 from workbench.decide.signing import KeyRing
+from workbench.ops.flow import STAGES as FLOW_STAGES
+from workbench.ops.flow import Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
+from workbench.ops.observability import log_context
+from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
@@ -249,11 +251,11 @@ def next_fire(schedule: str, after: datetime) -> datetime:
 
 def slot_job_id(spec: str, fire: datetime) -> str:
     """The job id of a schedule slot: running one slot twice resumes (or reports) the same job."""
-    return f"job_{spec.replace('-', '_')}_{fire.astimezone(timezone.utc):%Y%m%dT%H%M}"
+    return f"job_{spec.replace('-', '_')}_{fire.astimezone(UTC):%Y%m%dT%H%M}"
 
 
 def _manual_job_id(spec: str, at: datetime) -> str:
-    return f"job_{spec.replace('-', '_')}_{at.astimezone(timezone.utc):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:4]}"
+    return f"job_{spec.replace('-', '_')}_{at.astimezone(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:4]}"
 
 
 # -- the lock ---------------------------------------------------------------------------------------
@@ -293,6 +295,8 @@ class SpecLock:
 
     def describe(self, job_id: str | None) -> None:
         """Write who holds the lock (read by a refused run)."""
+        if self._fd is None:
+            raise WorkbenchError(f"the lock of job spec {self.spec} is not held: acquire it first")
         info = json.dumps({"job_id": job_id, "pid": os.getpid(), "host": platform.node(), "since": iso(utc_now())})
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, info.encode(), 0)
@@ -395,8 +399,12 @@ def _stage_resolve(job: _Job) -> dict:
                             "run_id": "run_" + job.job_id.removeprefix("job_"),
                             "traffic": spec.traffic.table or job.job_id, "window": None}
     if spec.traffic.window:
-        end = parse_time(p["as_of"]) if spec.traffic.anchor == "now" else \
-            _latest_event(_files(job.loaded, spec.traffic.path), spec.traffic.time_col)
+        if spec.traffic.anchor == "now":
+            end = parse_time(p["as_of"])
+        elif spec.traffic.path is None:   # TrafficSpec refuses a window without path
+            raise WorkbenchError("a window cuts files by event time: it needs path, not table")
+        else:
+            end = _latest_event(_files(job.loaded, spec.traffic.path), spec.traffic.time_col)
         plan["window"] = {"start": iso(end - parse_duration(spec.traffic.window)), "end": iso(end),
                           "anchor": spec.traffic.anchor}
     if baseline["version"] == candidate["version"]:
@@ -542,12 +550,14 @@ def _flow(job: _Job) -> Flow:
     """The flow a job runs, from its spec and its pinned plan."""
     spec, plan, t, r = job.spec, job.plan, job.spec.traffic, job.spec.replay
     lab = spec.labels
+    label_columns: dict[str, Any] = \
+        {"label_id_col": lab.id_col, "label_col": lab.label_col, "label_time_col": lab.time_col} if lab else {}
     source = _JobSource(
         paths=job.loaded.resolve(t.path) if t.path else None, id_col=t.id_col, time_col=t.time_col,
         entity_col=t.entity_col, nullable=t.nullable, if_exists="reuse",
         labels=job.loaded.resolve(lab.path) if lab else None,
         label_files=tuple(_files(job.loaded, lab.path)) if lab else (),
-        **({"label_id_col": lab.id_col, "label_col": lab.label_col, "label_time_col": lab.time_col} if lab else {}),
+        **label_columns,
         window=plan["window"], work=job.settings.home / "jobs" / job.job_id)
     return Flow(traffic=plan["traffic"], baseline=plan["baseline"]["uri"], candidate=plan["candidate"]["uri"],
                 run_id=plan["run_id"], source=source, device=r.device,
@@ -561,7 +571,8 @@ class _JobEvents(FlowEvents):
     """Persist each flow stage of a job in ``job_stages`` and log it with the job's ids."""
 
     def __init__(self, job: _Job):
-        self.job, self.stage, self._log = job, None, ExitStack()
+        self.job, self._log = job, ExitStack()
+        self.stage: str | None = None
         self.started = self._last_progress = 0.0
 
     def begin(self, stage: str) -> None:

@@ -19,11 +19,13 @@ import json
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
+from types import MappingProxyType
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -38,14 +40,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 # -- structured logs -------------------------------------------------------------------------------
-_CONTEXT: ContextVar[dict] = ContextVar("workbench_log_context", default={})
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar("workbench_log_context", default=MappingProxyType({}))
 _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
 @contextmanager
 def log_context(**ids) -> Iterator[None]:
     """Bind ids (``job_id``, ``run_id``, ``spec``, ``stage``...) to every log line written inside the block."""
-    token = _CONTEXT.set(_CONTEXT.get() | {k: v for k, v in ids.items() if v is not None})
+    token = _CONTEXT.set({**_CONTEXT.get(), **{k: v for k, v in ids.items() if v is not None}})
     try:
         yield
     finally:
@@ -56,7 +58,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (ISO-8601 UTC), level, logger, message, bound ids, extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
                .replace("+00:00", "Z"), "level": record.levelname, "logger": record.name,
                "message": record.getMessage()}
         out.update(_CONTEXT.get())

@@ -12,10 +12,10 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from workbench.clock import iso, parse_time
 from workbench.store import check_name
@@ -25,7 +25,7 @@ RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "inter
 
 
 def _iso(t: float) -> str:
-    return iso(datetime.fromtimestamp(t, timezone.utc))
+    return iso(datetime.fromtimestamp(t, UTC))
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from workbench import WorkbenchError
-from workbench.config import Settings
 from workbench.clock import iso, utc_now
-from workbench.ops.jobs import JOB_KIND, STORE_WAIT_S, JobRefused, LoadedSpec, last_fire, next_fire, run_job, slot_job_id
+from workbench.config import Settings
+from workbench.ops.jobs import (
+    JOB_KIND,
+    STORE_WAIT_S,
+    JobRefused,
+    LoadedSpec,
+    last_fire,
+    next_fire,
+    run_job,
+    slot_job_id,
+)
 from workbench.ops.observability import log_context
 from workbench.store import Store
 
@@ -116,7 +125,8 @@ class Scheduler:
         with Store(self.settings.db_path, wait_s=STORE_WAIT_S) as store:
             seen = store.jobs_for_candidate(loaded.name, str(p.get("version")))
         if seen:
-            return None, f"version {p.get('version')} of {p.get('model')} is already evaluated by job {seen[0]['job_id']}"
+            return None, (f"version {p.get('version')} of {p.get('model')} is already evaluated by job "
+                          f"{seen[0]['job_id']}")
         return loaded, None
 
     def _run(self, loaded: LoadedSpec, **kwargs) -> dict:

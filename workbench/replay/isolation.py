@@ -2,8 +2,8 @@
 leaks memory costs its own rows and nothing else.
 
 A *zygote* process, started once per replay as a fresh interpreter (``python -m workbench.replay.isolation``),
-loads both models and never scores. Each worker is ``os.fork``-ed from it and serves one model, so replacing a dead worker
-costs milliseconds, not a model load. The parent talks to a worker over a socket of its own (the zygote
+loads both models and never scores. Each worker is ``os.fork``-ed from it and serves one model, so replacing a dead
+worker costs milliseconds, not a model load. The parent talks to a worker over a socket of its own (the zygote
 hands it over) and watches the call:
 
 - the worker dies (``os.abort``, a segfault, the OOM killer): the call raises :class:`WorkerDied` naming
@@ -29,17 +29,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from workbench import WorkbenchError
-from workbench.replay.models import PyfuncPredictor, Predictor, SklearnPredictor, TorchPredictor
+from workbench.replay.models import Predictor, PyfuncPredictor, SklearnPredictor, TorchPredictor
 from workbench.replay.scoring import ModelDisabled, ModelTimeout, RowFailure, error_text
 
 log = logging.getLogger(__name__)

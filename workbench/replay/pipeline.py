@@ -17,9 +17,10 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
 
 import numpy as np
 import pandas  # noqa: F401  pyarrow imports it at its first numpy conversion: not in a pipeline thread, GIL held
@@ -76,7 +77,7 @@ class ReplayResult:
 
 
 def new_run_id() -> str:
-    return "run_" + datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
+    return "run_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
 def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: dict[str, float]) -> pa.Table:
@@ -152,7 +153,7 @@ class Executor(Protocol):
 
 def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor, run_id: str | None = None,
            options: ReplayOptions = ReplayOptions(),
-           progress: Callable[[int, int], None] | None = None, executor: "Executor | None" = None) -> ReplayResult:
+           progress: Callable[[int, int], None] | None = None, executor: Executor | None = None) -> ReplayResult:
     """Replay traffic through both models; resume an interrupted run; a finished run is left untouched.
 
     ``progress(done_rows, total_rows)`` is called after each committed batch (from the writer thread).
@@ -296,7 +297,7 @@ class _Stages:
 
     def report(self, wall: float, writers: int) -> dict:
         per_thread = dict(self.busy, write=self.busy["write"] / writers)
-        bound = max(per_thread, key=per_thread.get)
+        bound = max(per_thread, key=per_thread.__getitem__)
         return {"wall_s": round(wall, 3), "busy_s": {k: round(v, 3) for k, v in self.busy.items()},
                 "writers": writers, "bound": bound}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +191,7 @@ def score_online(runner: ModelRunner, batch: pa.Table, micro: int) -> Scored:
 class PairScorer:
     """Scores batches with both models; ``prepare`` may run on a reader thread, ``score`` on the main one."""
 
-    def __init__(self, models: dict[str, Predictor], options: ScoringOptions = ScoringOptions()):
+    def __init__(self, models: Mapping[str, Predictor], options: ScoringOptions = ScoringOptions()):
         self.models = models
         self.options = options
         self.runners = {r: ModelRunner(m, options.model_timeout) for r, m in models.items()}
@@ -242,7 +243,7 @@ class _SharedGpuInput:
         self._lock = threading.Lock()
 
     @staticmethod
-    def applicable(models: dict[str, Predictor], options: ScoringOptions) -> "_SharedGpuInput | None":
+    def applicable(models: Mapping[str, Predictor], options: ScoringOptions) -> _SharedGpuInput | None:
         devices = {getattr(m, "device", "cpu") for m in models.values()}
         torch_models = {r: m for r, m in models.items() if isinstance(m, TorchPredictor)}
         if (options.mode == "throughput" and options.model_timeout is None

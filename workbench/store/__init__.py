@@ -16,12 +16,14 @@ from workbench.store.decisions import DecisionStore
 from workbench.store.drift import DriftStore
 from workbench.store.evaluations import EvaluationStore
 from workbench.store.jobs import JobStore
-from workbench.store.runs import RunCounts, RunState, RunStore
-from workbench.store.traffic import TrafficStore
+from workbench.store.runs import RunCounts, RunState
 
 __all__ = ["ArrowView", "DatabaseLocked", "RunCounts", "RunState", "Store", "check_name", "qident", "sql_literal",
            "traffic_table"]
 
 
-class Store(TrafficStore, RunStore, EvaluationStore, DriftStore, DecisionStore, JobStore, AppStore):
-    """The workbench's DuckDB database. Use as a context manager or call :meth:`close`."""
+class Store(AppStore, EvaluationStore, DriftStore, DecisionStore, JobStore):
+    """The workbench's DuckDB database. Use as a context manager or call :meth:`close`.
+
+    ``AppStore`` builds on ``RunStore``, which builds on ``TrafficStore`` (they read each other's tables);
+    the other concerns stand alone on the connection."""

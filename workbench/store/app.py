@@ -12,14 +12,14 @@ from typing import Any
 import pyarrow as pa
 
 from workbench.errors import WorkbenchError
-from workbench.store.base import StoreBase, qident, traffic_table
-from workbench.store.runs import RUNS_SQL
+from workbench.store.base import qident, traffic_table
+from workbench.store.runs import RUNS_SQL, RunStore
 
 
-class AppStore(StoreBase):
+class AppStore(RunStore):
     """Read-only aggregates over runs, traffic, labels, decisions and jobs.
 
-    Finds runs and traffic sets through ``RunStore`` and ``TrafficStore``, composed with it in ``Store``.
+    Builds on :class:`~workbench.store.runs.RunStore` (and so ``TrafficStore``) to find runs and traffic sets.
     """
 
     _APP_DISCRETE = {"VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
@@ -63,7 +63,8 @@ class AppStore(StoreBase):
             f"""WITH p AS (
                     SELECT l.label, p.baseline_class AS bc, p.candidate_class AS cc,
                            p.baseline_score AS bs, p.candidate_score AS cs,
-                           {self._app_bin("p.baseline_score", nb)} AS bb, {self._app_bin("p.candidate_score", nb)} AS cb,
+                           {self._app_bin("p.baseline_score", nb)} AS bb,
+                           {self._app_bin("p.candidate_score", nb)} AS cb,
                            {self._app_log_bin("p.baseline_latency_ms", kl)} AS bl,
                            {self._app_log_bin("p.candidate_latency_ms", kl)} AS cl
                     FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
@@ -145,7 +146,8 @@ class AppStore(StoreBase):
             for i, n in enumerate(names):
                 if g == full ^ (1 << (len(dims) - 1 - i)):
                     vals = row[1 + len(dims):]
-                    out[n].append({"key": row[1 + i], **{k: (v or 0) for k, v in zip(self._APP_SUMS, vals)}})
+                    totals = {k: (v or 0) for k, v in zip(self._APP_SUMS, vals, strict=True)}
+                    out[n].append({"key": row[1 + i], **totals})
         for n in names:
             out[n].sort(key=lambda r: (r["key"] is None, r["key"]))
         return out
@@ -177,7 +179,7 @@ class AppStore(StoreBase):
             return []
         sel = ", ".join(f"approx_count_distinct({qident(c)})" for c in cands)
         counts = self.cursor().execute(f"SELECT {sel} FROM {traffic_table(traffic)}").fetchall()[0]
-        return [c for c, n in zip(cands, counts) if n is not None and n <= max_values]
+        return [c for c, n in zip(cands, counts, strict=True) if n is not None and n <= max_values]
 
     def metrics_snapshot(self) -> dict[str, list[tuple]]:
         """What /metrics exports, read in one go: jobs per spec and status, durations of finished jobs and

@@ -10,9 +10,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -168,8 +169,9 @@ class StoreBase:
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
         # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
-        self._limits = {"memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
-                        "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None}   # None: per core
+        self._limits: dict[str, str | int | None] = {
+            "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+            "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None}   # None: per core
         for k, v in self._limits.items():
             if v is not None:
                 self.con.execute(f"SET {k} = ?", [v])
@@ -250,7 +252,8 @@ class StoreBase:
 
         Both are settings of the whole database instance: other cursors of this store see them too."""
         cur = self.cursor()
-        wanted = {k: v for k, v in (("memory_limit", memory), ("threads", threads)) if v is not None}
+        wanted: dict[str, str | int | None] = {k: v for k, v in (("memory_limit", memory), ("threads", threads))
+                                               if v is not None}
         before = dict(self._limits)
         if before["threads"] is None:
             before["threads"] = self.settings("threads")["threads"]
@@ -267,7 +270,7 @@ class StoreBase:
     def _rows(self, sql: str, params: list | tuple = ()) -> list[dict[str, Any]]:
         cur = self.cursor().execute(sql, params)
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def _table_columns(self, table_name: str) -> dict[str, str]:
         """Column types of a table (unquoted name), in column order; empty when it does not exist."""

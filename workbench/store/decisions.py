@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from workbench.clock import db_time, utc_now
+from workbench.errors import WorkbenchError
 from workbench.store.base import StoreBase
 
 
@@ -27,6 +28,13 @@ class DecisionStore(StoreBase):
             """SELECT d.*, c.sequence AS applied_sequence, c.applied_at FROM decisions d
                LEFT JOIN canary_chain c USING (decision_id) WHERE d.decision_id = ?""", [decision_id])
         return rows[0] if rows else None
+
+    def require_decision(self, decision_id: str) -> dict[str, Any]:
+        """:meth:`get_decision`, or an error when no decision has that id."""
+        row = self.get_decision(decision_id)
+        if row is None:
+            raise WorkbenchError(f"unknown decision {decision_id!r}")
+        return row
 
     def list_decisions(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Decisions (of ``model``, or all), newest first, without their record text."""

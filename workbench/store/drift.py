@@ -126,7 +126,7 @@ class DriftStore(StoreBase):
         row = self.cursor().execute(f"SELECT {', '.join(sel)} FROM (SELECT {', '.join(inner) or '1'} {frm})",
                                     bparams + params).fetchall()[0]
         keys = ("n", "missing", "nonfinite", "min", "max", "mean", "std", "approx_unique", "out_of_range")
-        return int(row[0]), {c: dict(zip(keys, row[1 + 9 * i: 10 + 9 * i])) for i, c in enumerate(domains)}
+        return int(row[0]), {c: dict(zip(keys, row[1 + 9 * i: 10 + 9 * i], strict=True)) for i, c in enumerate(domains)}
 
     def drift_approx_quantiles(self, rs, columns: list[str], probs: list[float]) -> dict[str, list[float]]:
         """Approximate quantiles (DuckDB's t-digest ``approx_quantile``) of the finite values of numeric columns,
@@ -139,7 +139,7 @@ class DriftStore(StoreBase):
         sel = [f"approx_quantile(f{i}, CAST(? AS FLOAT[]))" for i in range(len(columns))]
         row = self.cursor().execute(f"SELECT {', '.join(sel)} FROM (SELECT {', '.join(inner)} {frm})",
                                     [list(probs)] * len(columns) + params).fetchall()[0]
-        return dict(zip(columns, row))
+        return dict(zip(columns, row, strict=True))
 
     def drift_sketch_load(self, key: str) -> dict[str, dict]:
         """The stored sketches under ``key``, by column."""

@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 
 from workbench.clock import db_time, utc_now
+from workbench.errors import WorkbenchError
 from workbench.store.base import StoreBase
 
 
@@ -41,7 +42,10 @@ class JobStore(StoreBase):
         stored = job_id
         if delivery_id is not None:
             stored = cur.execute("SELECT job_id FROM jobs WHERE delivery_id = ?", [delivery_id]).fetchall()[0][0]
-        return self.get_job(stored), stored == job_id
+        job = self.get_job(stored)
+        if job is None:
+            raise WorkbenchError(f"job {stored} is not in the jobs table right after it was queued")
+        return job, stored == job_id
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """A job with its params and result, or None."""

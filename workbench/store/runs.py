@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import StoreBase, check_role, qident, traffic_table
+from workbench.store.base import check_role, qident, traffic_table
+from workbench.store.traffic import TrafficStore
 
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
@@ -57,10 +58,10 @@ class RunCounts:
         return asdict(self)
 
 
-class RunStore(StoreBase):
+class RunStore(TrafficStore):
     """Runs, their commit units (``run_batches``) and paired predictions (one row per request, both models).
 
-    Reads traffic sets through :class:`~workbench.store.traffic.TrafficStore`, composed with it in ``Store``.
+    Builds on :class:`~workbench.store.traffic.TrafficStore`: a run replays a traffic set.
     """
 
     EVALUATION_MEMORY_LIMIT = "768MB"
@@ -101,7 +102,7 @@ class RunStore(StoreBase):
         only describe what the caller expects: compare them with the state's ``traffic`` and models)."""
         run = self.get_run(run_id)
         created = run is None
-        if created:
+        if run is None:
             self.require_traffic(traffic)
             rows_total = self.traffic_count(traffic)
             self.create_run(run_id=run_id, traffic=traffic, baseline=baseline, candidate=candidate,

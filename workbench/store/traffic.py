@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -103,5 +104,7 @@ class TrafficStore(StoreBase):
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
         """How many of the request ``ids`` the traffic set does not hold (in ``cur``'s transaction)."""
         view = ArrowView(cur, "_wb_ids", pa.table({"request_id": ids}))
-        return int(view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t "
-                                "USING (request_id)").fetchall()[0][0])
+        rel = view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t USING (request_id)")
+        if rel is None:
+            raise WorkbenchError("counting unmatched labels returned no result")
+        return int(rel.fetchall()[0][0])
