@@ -17,6 +17,7 @@ The build needs more than the store's default 512 MB DuckDB buffer for the 10M-l
     python benchmarks/app_pages.py --rows 1000000 --home /tmp/wb_app_1m
     python benchmarks/app_pages.py --rows 2000 --home /tmp/wb_app_2k --no-renders   # seconds: data functions only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,21 +59,38 @@ def chunk(off: int, n: int, rows: int) -> tuple[pa.Table, dict]:
     times = start + (frac * 183 * 86400).astype("timedelta64[s]")
     hour = rng.integers(5, 23, n)
     carrier = rng.integers(0, len(CARRIERS), n)
-    temp = rng.normal(75 - 35 * frac, 12, n)            # summer to winter: drifts
+    temp = rng.normal(75 - 35 * frac, 12, n)  # summer to winter: drifts
     humid = rng.uniform(20, 100, n)
     wind = rng.gamma(2.0, 5.0, n)
     visib = np.minimum(10, rng.exponential(8, n))
     distance = rng.uniform(80, 2500, n)
-    logit = (-1.4 + 0.08 * (hour - 14) + 0.02 * (humid - 60) + 0.05 * (wind - 10) - 0.15 * (visib - 8)
-             + 0.3 * (carrier % 3 == 0) + 0.9 * (frac > 0.7) * (humid > 80))   # concept change late in the run
+    logit = (
+        -1.4
+        + 0.08 * (hour - 14)
+        + 0.02 * (humid - 60)
+        + 0.05 * (wind - 10)
+        - 0.15 * (visib - 8)
+        + 0.3 * (carrier % 3 == 0)
+        + 0.9 * (frac > 0.7) * (humid > 80)
+    )  # concept change late in the run
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int32)
-    traffic = pa.table({
-        "request_id": pa.array(np.char.add("r", idx.astype(str))), "event_time": pa.array(times),
-        "carrier": pa.array(CARRIERS[carrier]), "origin": pa.array(ORIGINS[rng.integers(0, 3, n)]),
-        "dest": pa.array(DESTS[rng.integers(0, len(DESTS), n)]), "month": pa.array(7 + (frac * 6).astype(np.int32)),
-        "hour": pa.array(hour.astype(np.int32)), "distance": pa.array(distance), "temp": pa.array(temp),
-        "humid": pa.array(humid), "wind_speed": pa.array(wind), "visib": pa.array(visib),
-        "label": pa.array(label)})
+    traffic = pa.table(
+        {
+            "request_id": pa.array(np.char.add("r", idx.astype(str))),
+            "event_time": pa.array(times),
+            "carrier": pa.array(CARRIERS[carrier]),
+            "origin": pa.array(ORIGINS[rng.integers(0, 3, n)]),
+            "dest": pa.array(DESTS[rng.integers(0, len(DESTS), n)]),
+            "month": pa.array(7 + (frac * 6).astype(np.int32)),
+            "hour": pa.array(hour.astype(np.int32)),
+            "distance": pa.array(distance),
+            "temp": pa.array(temp),
+            "humid": pa.array(humid),
+            "wind_speed": pa.array(wind),
+            "visib": pa.array(visib),
+            "label": pa.array(label),
+        }
+    )
     preds = {}
     for role, noise, ms in (("baseline", 1.1, 1.2), ("candidate", 0.8, 1.5)):
         z = logit + rng.normal(0, noise, n)
@@ -120,13 +138,40 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
             for f in files.glob("*.parquet"):
                 f.unlink()
         if run is None:
-            refs = {role: {"uri": f"models:/{MODEL}/{v}", "name": MODEL, "version": v, "run_id": None,
-                           "flavor": "synthetic", "threshold": 0.5,
-                           "features": ["carrier", "origin", "dest", "month", "hour", "distance", "temp", "humid",
-                                        "wind_speed", "visib"]}
-                    for role, v in (("baseline", "1"), ("candidate", "2"))}
-            store.create_run(run_id=run_id, traffic=TRAFFIC, baseline=refs["baseline"], candidate=refs["candidate"],
-                             rows_total=rows, batch_size=step, device="cpu", mode="throughput", meta={})
+            refs = {
+                role: {
+                    "uri": f"models:/{MODEL}/{v}",
+                    "name": MODEL,
+                    "version": v,
+                    "run_id": None,
+                    "flavor": "synthetic",
+                    "threshold": 0.5,
+                    "features": [
+                        "carrier",
+                        "origin",
+                        "dest",
+                        "month",
+                        "hour",
+                        "distance",
+                        "temp",
+                        "humid",
+                        "wind_speed",
+                        "visib",
+                    ],
+                }
+                for role, v in (("baseline", "1"), ("candidate", "2"))
+            }
+            store.create_run(
+                run_id=run_id,
+                traffic=TRAFFIC,
+                baseline=refs["baseline"],
+                candidate=refs["candidate"],
+                rows_total=rows,
+                batch_size=step,
+                device="cpu",
+                mode="throughput",
+                meta={},
+            )
             t = time.perf_counter()
             for b, off in enumerate(range(0, rows, step)):
                 n = min(step, rows - off)
@@ -144,10 +189,14 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
 
 
 # -- timing -----------------------------------------------------------------------------------------------
-PAGES = [("Candidates", "candidates", None), ("Replay", "replay", None)] + \
-    [(f"Compare: {s}", "compare", s) for s in ("Scorecard", "Curves", "Latency", "Segments & windows",
-                                               "Disagreements")] + \
-    [("Drift", "drift", None), ("Decide", "decide", None), ("Audit", "audit", None)]
+PAGES = (
+    [("Candidates", "candidates", None), ("Replay", "replay", None)]
+    + [
+        (f"Compare: {s}", "compare", s)
+        for s in ("Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements")
+    ]
+    + [("Drift", "drift", None), ("Decide", "decide", None), ("Audit", "audit", None)]
+)
 
 
 def read_memory_limit() -> str:
@@ -169,15 +218,18 @@ def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     settings = load_settings(home)
     out = []
     with Store(settings.db_path, read_only=True) as s:
-        s.con.execute("SET memory_limit = ?", [read_memory_limit()])   # as the app's reads do
+        s.con.execute("SET memory_limit = ?", [read_memory_limit()])  # as the app's reads do
         run = s.get_run(run_id)
         cols = s.app_segment_columns(run["traffic"])
         calls = [
             ("Candidates", "canary states", lambda: s.app_canary_states()),
             ("Replay", "runs + traffic", lambda: (s.app_runs(), s.list_traffic())),
             ("Compare", "evaluation", lambda: s.latest_evaluation(run_id)),
-            ("Compare", "score/confusion/latency histograms", lambda: s.app_score_summary(run_id, SCORE_BINS,
-                                                                                         LATENCY_PER_DECADE)),
+            (
+                "Compare",
+                "score/confusion/latency histograms",
+                lambda: s.app_score_summary(run_id, SCORE_BINS, LATENCY_PER_DECADE),
+            ),
             ("Compare", "latency percentiles (exact)", lambda: s.app_latency_quantiles(run_id, list(LATENCY_PROBS))),
             ("Compare", "segment columns", lambda: s.app_segment_columns(run["traffic"])),
             ("Compare", f"breakdowns (day + {len(cols)} columns, one pass)", lambda: s.app_breakdowns(run_id, cols)),
@@ -199,7 +251,7 @@ def _render(at, name: str, page: str, section: str | None, first: bool = False) 
     if section is not None:
         at.segmented_control(key="wb_compare_section").set_value(section).run()
     elif first and page == "candidates":
-        at.run()   # the default page
+        at.run()  # the default page
     else:
         at.switch_page(f"pages/{page}.py").run()
     if at.exception:
@@ -217,7 +269,7 @@ def time_renders(home: Path, repeats: int) -> list[tuple[str, float, float]]:
     for name, page, section in PAGES:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
         if page != "candidates":
-            at.run()   # the app's default page first, as a reviewer arrives
+            at.run()  # the app's default page first, as a reviewer arrives
         if section is not None:
             at.switch_page(f"pages/{page}.py").run()
         first = _render(at, name, page, section, first=True)
@@ -232,8 +284,11 @@ def main() -> None:
     p.add_argument("--home", default=str(ROOT / ".bench" / "app_pages"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--build-only", action="store_true")
-    p.add_argument("--no-renders", action="store_true",
-                   help="time the data functions only, not the AppTest renders (a quick check of the benchmark)")
+    p.add_argument(
+        "--no-renders",
+        action="store_true",
+        help="time the data functions only, not the AppTest renders (a quick check of the benchmark)",
+    )
     a = p.parse_args()
     from workbench.config import configure_runtime
 
@@ -241,20 +296,26 @@ def main() -> None:
     home = Path(a.home)
     t = time.perf_counter()
     run_id = build(home, a.rows, log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"home {home}: run {run_id} ({a.rows:,} paired predictions), ready in {time.perf_counter() - t:.1f} s",
-          file=sys.stderr)
+    print(
+        f"home {home}: run {run_id} ({a.rows:,} paired predictions), ready in {time.perf_counter() - t:.1f} s",
+        file=sys.stderr,
+    )
     if a.build_only:
         return
     queries = time_queries(home, run_id)
     renders = [] if a.no_renders else time_renders(home, a.repeats)
-    print(f"\n{a.rows:,}-row run, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, app reads with "
-          f"DuckDB memory_limit {read_memory_limit()}: data functions, uncached")
+    print(
+        f"\n{a.rows:,}-row run, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, app reads with "
+        f"DuckDB memory_limit {read_memory_limit()}: data functions, uncached"
+    )
     print(f"{'page':<12} {'call':<44} {'seconds':>8}")
     for page, name, sec in queries:
         print(f"{page:<12} {name:<44} {sec:>8.3f}")
     if renders:
-        print(f"\nAppTest renders (first: cold caches; later: median of {a.repeats}, what a reviewer sees after the "
-              "first load)")
+        print(
+            f"\nAppTest renders (first: cold caches; later: median of {a.repeats}, what a reviewer sees after the "
+            "first load)"
+        )
         print(f"{'page':<30} {'first s':>8} {'later s':>8} {'under 2 s':>10}")
         for name, first, later in renders:
             print(f"{name:<30} {first:>8.2f} {later:>8.2f} {'yes' if later < 2 else 'NO':>10}")

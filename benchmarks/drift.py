@@ -9,6 +9,7 @@ summarizes the reference (sketches) and tests every column there; Evidently runs
     python benchmarks/drift.py                 # 1M + 1M rows (Evidently takes minutes there)
     python benchmarks/drift.py --rows 100000   # quicker
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,21 +72,35 @@ def run_side(side: str, rows: int, seed: int) -> dict:
             store.drift_import_table("ref", pa.Table.from_pandas(ref, preserve_index=False))
             store.drift_import_table("cur", pa.Table.from_pandas(cur, preserve_index=False))
             out["load_s"] = time.perf_counter() - t0
-            res = compare_columns(store, RowSet("ref", "table"), RowSet("cur", "table"), list(ref.columns),
-                                  reference_key="bench")
-        out["columns"] = {c: {"drifted": f.drifted, "statistic": f.statistic, "test": f.test, "method": f.method}
-                          for c, f in res.features.items()}
+            res = compare_columns(
+                store, RowSet("ref", "table"), RowSet("cur", "table"), list(ref.columns), reference_key="bench"
+            )
+        out["columns"] = {
+            c: {"drifted": f.drifted, "statistic": f.statistic, "test": f.test, "method": f.method}
+            for c, f in res.features.items()
+        }
     else:
         from evidently import Dataset, Report
         from evidently.presets import DataDriftPreset
 
-        snap = Report([DataDriftPreset()], include_tests=True).run(Dataset.from_pandas(cur),
-                                                                    Dataset.from_pandas(ref)).dict()
-        values = {m["config"]["column"]: float(m["value"]) for m in snap["metrics"]
-                  if m["config"]["type"].endswith("ValueDrift")}
-        out["columns"] = {t["name"].removeprefix("Value Drift for column "): {
-            "drifted": t["status"] == "FAIL", "statistic": values[t["name"].removeprefix("Value Drift for column ")]}
-            for t in snap["tests"] if t["name"].startswith("Value Drift for column ")}
+        snap = (
+            Report([DataDriftPreset()], include_tests=True)
+            .run(Dataset.from_pandas(cur), Dataset.from_pandas(ref))
+            .dict()
+        )
+        values = {
+            m["config"]["column"]: float(m["value"])
+            for m in snap["metrics"]
+            if m["config"]["type"].endswith("ValueDrift")
+        }
+        out["columns"] = {
+            t["name"].removeprefix("Value Drift for column "): {
+                "drifted": t["status"] == "FAIL",
+                "statistic": values[t["name"].removeprefix("Value Drift for column ")],
+            }
+            for t in snap["tests"]
+            if t["name"].startswith("Value Drift for column ")
+        }
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["data_rss_mb"] = rss_data / 1024
@@ -104,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     res = {}
     for side in ("ours", "evidently"):
         print(f"running {side} on {a.rows:,} + {a.rows:,} rows x 25 columns ...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--side", side, "--rows", str(a.rows), "--seed", str(a.seed)],
-                              cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO)} | dict(
-                                  __import__("os").environ))
+        proc = subprocess.run(
+            [sys.executable, __file__, "--side", side, "--rows", str(a.rows), "--seed", str(a.seed)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO)} | dict(__import__("os").environ),
+        )
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
@@ -115,19 +134,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'side':<10} {'seconds':>9} {'rows/s':>12} {'peak RSS MB':>12} {'RSS of frames MB':>17}")
     for side in ("ours", "evidently"):
         r = res[side]
-        print(f"{side:<10} {r['seconds']:>9.2f} {2 * a.rows / r['seconds']:>12,.0f} {r['peak_rss_mb']:>12,.0f} "
-              f"{r['data_rss_mb']:>17,.0f}")
-    print(f"\nours: {ours['load_s']:.2f} s loading the frames into DuckDB, "
-          f"{ours['seconds'] - ours['load_s']:.2f} s sketching the reference and testing")
+        print(
+            f"{side:<10} {r['seconds']:>9.2f} {2 * a.rows / r['seconds']:>12,.0f} {r['peak_rss_mb']:>12,.0f} "
+            f"{r['data_rss_mb']:>17,.0f}"
+        )
+    print(
+        f"\nours: {ours['load_s']:.2f} s loading the frames into DuckDB, "
+        f"{ours['seconds'] - ours['load_s']:.2f} s sketching the reference and testing"
+    )
     print(f"speed-up (Evidently seconds / ours): {ev['seconds'] / ours['seconds']:.1f}x")
     diff = [c for c in ours["columns"] if ours["columns"][c]["drifted"] != ev["columns"][c]["drifted"]]
     worst = max(abs(ours["columns"][c]["statistic"] - ev["columns"][c]["statistic"]) for c in ours["columns"])
     methods: dict[str, int] = {}
     for c in ours["columns"].values():
         methods[c["method"]] = methods.get(c["method"], 0) + 1
-    print(f"columns whose drift flag differs: {', '.join(diff) or 'none'} "
-          f"(drifted: ours {sum(c['drifted'] for c in ours['columns'].values())}, "
-          f"Evidently {sum(c['drifted'] for c in ev['columns'].values())} of {len(ours['columns'])})")
+    print(
+        f"columns whose drift flag differs: {', '.join(diff) or 'none'} "
+        f"(drifted: ours {sum(c['drifted'] for c in ours['columns'].values())}, "
+        f"Evidently {sum(c['drifted'] for c in ev['columns'].values())} of {len(ours['columns'])})"
+    )
     print(f"largest statistic difference: {worst:.2e}; methods: {methods}")
     return 1 if diff else 0
 

@@ -21,6 +21,7 @@ with 20% prevalence, a tree-like baseline (scores with 4 decimals, so many ties)
 candidate (continuous scores) sharing part of their signal, log-normal per-request latencies in
 microsecond resolution, and 0.05% candidate errors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 THRESHOLDS = {"baseline": 0.35, "candidate": 0.4}
-SHARED = {"accuracy": "accuracy_score", "precision": "precision_score", "recall": "recall_score",
-          "f1": "f1_score", "log_loss": "log_loss", "roc_auc": "roc_auc", "pr_auc": "precision_recall_auc"}
+SHARED = {
+    "accuracy": "accuracy_score",
+    "precision": "precision_score",
+    "recall": "recall_score",
+    "f1": "f1_score",
+    "log_loss": "log_loss",
+    "roc_auc": "roc_auc",
+    "pr_auc": "precision_recall_auc",
+}
 
 
 def synthetic(n: int, seed: int = 42) -> dict:
@@ -53,8 +61,10 @@ def synthetic(n: int, seed: int = 42) -> dict:
     baseline = np.round(1 / (1 + np.exp(-(0.9 * shared - 1.5))), 4)
     candidate = 1 / (1 + np.exp(-(1.1 * shared + 0.5 * signal - 1.6 + 0.3 * rng.standard_normal(n))))
     candidate[rng.random(n) < 0.0005] = np.nan
-    latency = {"baseline": np.round(rng.lognormal(np.log(4.0), 0.35, n), 3),
-               "candidate": np.round(rng.lognormal(np.log(4.6), 0.45, n), 3)}
+    latency = {
+        "baseline": np.round(rng.lognormal(np.log(4.0), 0.35, n), 3),
+        "candidate": np.round(rng.lognormal(np.log(4.6), 0.45, n), 3),
+    }
     return {"y": y, "scores": {"baseline": baseline, "candidate": candidate}, "latency": latency}
 
 
@@ -75,9 +85,13 @@ def phase_ours(n: int) -> dict:
         walls.append(time.perf_counter() - t)
         cpus.append(time.process_time() - c)
     out = res.to_dict()
-    return {"seconds": min(walls), "cpu": min(cpus), "rss": peak_rss_mib(),
-            "values": {r: {m: out[r][m]["value"] for m in SHARED} for r in THRESHOLDS},
-            "method": res.overall.method}
+    return {
+        "seconds": min(walls),
+        "cpu": min(cpus),
+        "rss": peak_rss_mib(),
+        "values": {r: {m: out[r][m]["value"] for m in SHARED} for r in THRESHOLDS},
+        "method": res.overall.method,
+    }
 
 
 def phase_mlflow(n: int, workdir: Path) -> dict:
@@ -122,17 +136,23 @@ def phase_mlflow(n: int, workdir: Path) -> dict:
         models[role] = mlflow.pyfunc.load_model(str(path))
     with mlflow.start_run():  # warm the tracking store before the clock starts
         pass
-    thresholds = {name: MetricThreshold(min_absolute_change=0.001, greater_is_better=name != "log_loss")
-                  for name in SHARED.values()}
+    thresholds = {
+        name: MetricThreshold(min_absolute_change=0.001, greater_is_better=name != "log_loss")
+        for name in SHARED.values()
+    }
     walls, cpus = [], []
     for _ in range(2):  # best of 2
         t, c = time.perf_counter(), time.process_time()
         results = {}
         for role in THRESHOLDS:
             with mlflow.start_run(run_name=role):
-                results[role] = mlflow.evaluate(models[role], data=frames[role], targets="label",
-                                                model_type="classifier",
-                                                evaluator_config={"log_model_explainability": False})
+                results[role] = mlflow.evaluate(
+                    models[role],
+                    data=frames[role],
+                    targets="label",
+                    model_type="classifier",
+                    evaluator_config={"log_model_explainability": False},
+                )
         try:
             mlflow.validate_evaluation_results(thresholds, results["candidate"], results["baseline"])
             verdict = "passed"
@@ -140,8 +160,13 @@ def phase_mlflow(n: int, workdir: Path) -> dict:
             verdict = "failed (" + str(e).splitlines()[0][:60] + "...)"
         walls.append(time.perf_counter() - t)
         cpus.append(time.process_time() - c)
-    return {"seconds": min(walls), "cpu": min(cpus), "rss": peak_rss_mib(), "verdict": verdict,
-            "values": {r: {m: float(results[r].metrics[k]) for m, k in SHARED.items()} for r in THRESHOLDS}}
+    return {
+        "seconds": min(walls),
+        "cpu": min(cpus),
+        "rss": peak_rss_mib(),
+        "verdict": verdict,
+        "values": {r: {m: float(results[r].metrics[k]) for m, k in SHARED.items()} for r in THRESHOLDS},
+    }
 
 
 def phase_build(n: int, db: Path) -> dict:
@@ -158,11 +183,14 @@ def phase_build(n: int, db: Path) -> dict:
     ids = pc.binary_join_element_wise("r", pc.utf8_lpad(pa.array(np.arange(n)).cast(pa.string()), 9, "0"), "")
     tmp = db.parent
     carriers = np.array(["AA", "UA", "DL", "B6", "EV", "9E", "MQ", "WN", "US", "VX", "FL", "AS", "F9", "HA"])
-    traffic = pa.table({"request_id": ids,
-                        "event_time": pa.array(np.datetime64("2024-01-01T00:00:00") + np.arange(n) * 2 // 1,
-                                               pa.timestamp("s")),
-                        "carrier": carriers[np.random.default_rng(1).zipf(1.6, n) % len(carriers)],
-                        "x": np.zeros(n)})
+    traffic = pa.table(
+        {
+            "request_id": ids,
+            "event_time": pa.array(np.datetime64("2024-01-01T00:00:00") + np.arange(n) * 2 // 1, pa.timestamp("s")),
+            "carrier": carriers[np.random.default_rng(1).zipf(1.6, n) % len(carriers)],
+            "x": np.zeros(n),
+        }
+    )
     pq.write_table(traffic, tmp / "traffic.parquet")
     pq.write_table(pa.table({"request_id": ids, "label": d["y"].astype(np.int32)}), tmp / "labels.parquet")
     del traffic
@@ -170,8 +198,17 @@ def phase_build(n: int, db: Path) -> dict:
         ingest(store, tmp / "traffic.parquet", "bench")
         ingest_labels(store, tmp / "labels.parquet", "bench", time_col=None)
         refs = {r: {"uri": f"bench:{r}", "name": r, "version": "1", "threshold": t} for r, t in THRESHOLDS.items()}
-        store.create_run(run_id="bench", traffic="bench", baseline=refs["baseline"], candidate=refs["candidate"],
-                         rows_total=n, batch_size=1_000_000, device="cpu", mode="benchmark", meta={})
+        store.create_run(
+            run_id="bench",
+            traffic="bench",
+            baseline=refs["baseline"],
+            candidate=refs["candidate"],
+            rows_total=n,
+            batch_size=1_000_000,
+            device="cpu",
+            mode="benchmark",
+            meta={},
+        )
         step = 1_000_000
         from workbench.replay.pipeline import paired_table
         from workbench.replay.scoring import Scored
@@ -183,7 +220,7 @@ def phase_build(n: int, db: Path) -> dict:
                 s = d["scores"][role][sl]
                 errors = ["ValueError: benchmark" if bad else None for bad in np.isnan(s).tolist()]
                 scored[role] = Scored(s, errors, d["latency"][role][sl])
-            table = paired_table(pa.array(np.arange(sl.start, sl.stop)), scored, THRESHOLDS)   # ingest order
+            table = paired_table(pa.array(np.arange(sl.start, sl.stop)), scored, THRESHOLDS)  # ingest order
             store.commit_batch("bench", b, sl.start, sl.stop - 1, sl.stop - sl.start, 0.0, table)
         store.finish_run("bench")
     os.remove(tmp / "traffic.parquet")
@@ -199,14 +236,24 @@ def phase_store(db: Path) -> dict:
         t, c = time.perf_counter(), time.process_time()
         res = evaluate_run(store, "bench", segment="carrier")
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
-    return {"seconds": seconds, "cpu": cpu, "rss": peak_rss_mib(), "labeled_rows": res.labeled_rows,
-            "method": res.overall.method,
-            "values": {r: {m: getattr(res.overall, r)[m].value for m in SHARED} for r in THRESHOLDS}}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "rss": peak_rss_mib(),
+        "labeled_rows": res.labeled_rows,
+        "method": res.overall.method,
+        "values": {r: {m: getattr(res.overall, r)[m].value for m in SHARED} for r in THRESHOLDS},
+    }
 
 
 def run_phase(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--phase", *args], capture_output=True, text=True, cwd=REPO,
-                          env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--phase", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet"},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"phase {args} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -221,10 +268,12 @@ def main() -> None:
     args = p.parse_args()
     if args.phase:
         kind, rest = args.phase[0], args.phase[1:]
-        phases = {"ours": lambda: phase_ours(int(rest[0])),
-                  "mlflow": lambda: phase_mlflow(int(rest[0]), Path(rest[1])),
-                  "build": lambda: phase_build(int(rest[0]), Path(rest[1])),
-                  "store": lambda: phase_store(Path(rest[0]))}
+        phases = {
+            "ours": lambda: phase_ours(int(rest[0])),
+            "mlflow": lambda: phase_mlflow(int(rest[0]), Path(rest[1])),
+            "build": lambda: phase_build(int(rest[0]), Path(rest[1])),
+            "store": lambda: phase_store(Path(rest[0])),
+        }
         out = phases[kind]()
         print(json.dumps(out))
         return
@@ -249,18 +298,26 @@ def main() -> None:
 
     diff = max(abs(ours["values"][r][m] - mlf["values"][r][m]) for r in THRESHOLDS for m in SHARED)
     store_diff = max(abs(runs[0][1]["values"][r][m] - mlf["values"][r][m]) for r in THRESHOLDS for m in SHARED)
-    table = [("ours: evaluate_samples (arrays, best of 3)", n, ours),
-             ("mlflow.evaluate x2 + validate_evaluation_results (best of 2)", n, mlf)]
+    table = [
+        ("ours: evaluate_samples (arrays, best of 3)", n, ours),
+        ("mlflow.evaluate x2 + validate_evaluation_results (best of 2)", n, mlf),
+    ]
     table += [("ours: evaluate_run from DuckDB (+ segments)", rows, r) for rows, r in runs]
     print(f"{'what':62s} {'rows':>11s} {'seconds':>8s} {'cpu s':>7s} {'peak RSS MiB':>13s} {'rows/s':>12s}")
     for what, rows, r in table:
-        print(f"{what:62s} {rows:>11,} {r['seconds']:>8.2f} {r['cpu']:>7.2f} {r['rss']:>13.0f} "
-              f"{rows / r['seconds']:>12,.0f}")
-    print(f"ratio mlflow / ours (arrays): {mlf['seconds'] / ours['seconds']:.1f}x wall, "
-          f"{mlf['cpu'] / ours['cpu']:.1f}x cpu; mlflow / ours (from DuckDB, {n:,} rows): "
-          f"{mlf['seconds'] / runs[0][1]['seconds']:.1f}x wall")
-    print(f"largest |ours - mlflow| over {', '.join(SHARED)} of both models: {diff:.2e} (arrays), "
-          f"{store_diff:.2e} (from DuckDB)")
+        print(
+            f"{what:62s} {rows:>11,} {r['seconds']:>8.2f} {r['cpu']:>7.2f} {r['rss']:>13.0f} "
+            f"{rows / r['seconds']:>12,.0f}"
+        )
+    print(
+        f"ratio mlflow / ours (arrays): {mlf['seconds'] / ours['seconds']:.1f}x wall, "
+        f"{mlf['cpu'] / ours['cpu']:.1f}x cpu; mlflow / ours (from DuckDB, {n:,} rows): "
+        f"{mlf['seconds'] / runs[0][1]['seconds']:.1f}x wall"
+    )
+    print(
+        f"largest |ours - mlflow| over {', '.join(SHARED)} of both models: {diff:.2e} (arrays), "
+        f"{store_diff:.2e} (from DuckDB)"
+    )
     print(f"bootstrap: {ours['method']} at {n:,} rows; mlflow validation {mlf['verdict']}")
 
 

@@ -8,6 +8,7 @@ The tests record what they checked (``tests/reliability_log.py``) into a JSON-li
 ``WORKBENCH_RELIABILITY_LOG``; this script runs them with it set, reads pytest's JUnit XML for each test's
 outcome and time, and renders the markdown. It exits non-zero when a test failed (the report says which).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUITE = ["tests/replay/test_crash_safety.py", "tests/ingest/test_bad_traffic.py", "tests/replay/test_bad_models.py",
-         "tests/live/test_bad_services.py", "tests/test_security.py", "tests/live/test_load.py"]
-AREAS = [("crash", "Crash safety: SIGKILL at seeded random points"),
-         ("bad traffic", "Bad traffic"), ("bad models", "Bad models"), ("bad services", "Bad services"),
-         ("security", "Security"), ("load", "Load (loopback)")]
+SUITE = [
+    "tests/replay/test_crash_safety.py",
+    "tests/ingest/test_bad_traffic.py",
+    "tests/replay/test_bad_models.py",
+    "tests/live/test_bad_services.py",
+    "tests/test_security.py",
+    "tests/live/test_load.py",
+]
+AREAS = [
+    ("crash", "Crash safety: SIGKILL at seeded random points"),
+    ("bad traffic", "Bad traffic"),
+    ("bad models", "Bad models"),
+    ("bad services", "Bad services"),
+    ("security", "Security"),
+    ("load", "Load (loopback)"),
+]
 
 
 def cell(text) -> str:
@@ -72,10 +84,14 @@ def junit_tests(path: Path) -> list[dict]:
     for case in ET.parse(path).getroot().iter("testcase"):
         failure = case.find("failure") if case.find("failure") is not None else case.find("error")
         skipped = case.find("skipped")
-        out.append({"name": f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}",
-                    "outcome": "failed" if failure is not None else "skipped" if skipped is not None else "passed",
-                    "time": float(case.get("time") or 0), "message": failure.get("message", "") if failure is not None
-                    else ""})
+        out.append(
+            {
+                "name": f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}",
+                "outcome": "failed" if failure is not None else "skipped" if skipped is not None else "passed",
+                "time": float(case.get("time") or 0),
+                "message": failure.get("message", "") if failure is not None else "",
+            }
+        )
     return out
 
 
@@ -88,8 +104,11 @@ def main() -> int:
         log, xml = Path(tmp) / "records.jsonl", Path(tmp) / "junit.xml"
         env = os.environ | {"WORKBENCH_RELIABILITY_LOG": str(log), "WORKBENCH_LOAD_SECONDS": str(args.load_seconds)}
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                               *SUITE], cwd=REPO, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *SUITE],
+            cwd=REPO,
+            env=env,
+        )
         seconds = time.monotonic() - t0
         records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         tests = junit_tests(xml) if xml.exists() else []

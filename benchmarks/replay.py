@@ -15,6 +15,7 @@ on 25 float features (the GPU target), built in-process (no MLflow needed).
     python benchmarks/replay.py --models demo --rows 1000000 10000000
     python benchmarks/replay.py --models mlp --device cuda --rows 1000000 10000000 --batch-size 1048576
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,10 +126,23 @@ def mlp_pair(device: str):
     out = {}
     for role, seed in (("baseline", 1), ("candidate", 2)):
         torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(F, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                  torch.nn.ReLU(), torch.nn.Linear(256, 1), torch.nn.Sigmoid())
-        ref = ModelRef(uri=f"bench:mlp-{role}", name="mlp", version=str(seed), run_id=None, flavor="pytorch",
-                       features=tuple(f"f{j}" for j in range(F)), threshold=0.5)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(F, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 256),
+            torch.nn.ReLU(),
+            torch.nn.Linear(256, 1),
+            torch.nn.Sigmoid(),
+        )
+        ref = ModelRef(
+            uri=f"bench:mlp-{role}",
+            name="mlp",
+            version=str(seed),
+            run_id=None,
+            flavor="pytorch",
+            features=tuple(f"f{j}" for j in range(F)),
+            threshold=0.5,
+        )
         out[role] = TorchPredictor(ref, torch.jit.script(net.eval()), dev)
     return out
 
@@ -140,8 +154,10 @@ def demo_pair(home: Path, device: str):
     from workbench.replay.models import load_predictor
 
     mlflow.set_tracking_uri(load_settings(home).mlflow_tracking_uri)
-    return {"baseline": load_predictor("models:/flight-delay@champion", device),
-            "candidate": load_predictor("models:/flight-delay@challenger", device)}
+    return {
+        "baseline": load_predictor("models:/flight-delay@champion", device),
+        "candidate": load_predictor("models:/flight-delay@challenger", device),
+    }
 
 
 def load_pair(a) -> dict:
@@ -156,9 +172,13 @@ def phase_ingest(a) -> dict:
     t = time.perf_counter()
     demo = a.models == "demo"
     with Store(a.db) as store:
-        res = ingest(store, a.traffic, "bench", entity_col="tail_number" if demo else None,
-                     nullable=["wind_dir", "pressure", "temp", "dewp", "humid", "wind_speed", "precip", "visib"]
-                     if demo else ())
+        res = ingest(
+            store,
+            a.traffic,
+            "bench",
+            entity_col="tail_number" if demo else None,
+            nullable=["wind_dir", "pressure", "temp", "dewp", "humid", "wind_speed", "precip", "visib"] if demo else (),
+        )
         assert res.quarantined == 0, res.reasons
     return {"seconds": time.perf_counter() - t, "rows": res.rows}
 
@@ -176,7 +196,7 @@ def phase_raw(a) -> dict:
         batches.append(pa.Table.from_batches([rb]))
         if len(batches) >= 4:
             break
-    scorer.score(scorer.prepare(batches[0].slice(0, min(1024, batches[0].num_rows))))   # warm-up
+    scorer.score(scorer.prepare(batches[0].slice(0, min(1024, batches[0].num_rows))))  # warm-up
     done, i = 0, 0
     t = time.perf_counter()
     while done < a.rows:
@@ -185,8 +205,7 @@ def phase_raw(a) -> dict:
         scorer.score(scorer.prepare(b))
         done += b.num_rows
         i += 1
-    return {"seconds": time.perf_counter() - t, "rows": done,
-            "devices": sorted({m.device for m in models.values()})}
+    return {"seconds": time.perf_counter() - t, "rows": done, "devices": sorted({m.device for m in models.values()})}
 
 
 class ConstantModel:
@@ -223,12 +242,17 @@ def phase_replay(a, constant: bool = False) -> dict:
         models = {r: ConstantModel(m.ref) for r, m in models.items()}
     with Store(a.db) as store, RssSampler() as rss:
         t = time.perf_counter()
-        res = replay(store, "bench", models["baseline"], models["candidate"],
-                     run_id=f"bench_{'io' if constant else 'replay'}_{time.time_ns()}",   # one per configuration
-                     options=ReplayOptions(batch_size=a.batch_size, writers=a.writers))
+        res = replay(
+            store,
+            "bench",
+            models["baseline"],
+            models["candidate"],
+            run_id=f"bench_{'io' if constant else 'replay'}_{time.time_ns()}",  # one per configuration
+            options=ReplayOptions(batch_size=a.batch_size, writers=a.writers),
+        )
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
-    assert n == res.rows == a.rows, (n, res.rows, a.rows)   # every request scored exactly once
+    assert n == res.rows == a.rows, (n, res.rows, a.rows)  # every request scored exactly once
     return {"seconds": seconds, "rows": res.rows, "stages": res.stages, "rss": rss.to_dict()}
 
 
@@ -243,14 +267,30 @@ PHASES = {"ingest": phase_ingest, "read": phase_read, "raw": phase_raw, "io": ph
 def run_phase(name: str, a, memory: str | None = None, threads: int | None = None, **extra) -> dict:
     """Run one phase in a subprocess; ``memory``, ``threads``: DuckDB's memory limit and threads there (None:
     the workbench's own)."""
-    args = [sys.executable, __file__, "--phase", name, "--models", a.models, "--device", a.device,
-            "--batch-size", str(a.batch_size), "--home", str(a.home)]
+    args = [
+        sys.executable,
+        __file__,
+        "--phase",
+        name,
+        "--models",
+        a.models,
+        "--device",
+        a.device,
+        "--batch-size",
+        str(a.batch_size),
+        "--home",
+        str(a.home),
+    ]
     if name not in ("replay", "io"):
         args += ["--writers", "1"]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    env = os.environ | {"PYTHONWARNINGS": "ignore"} | ({"WORKBENCH_DUCKDB_MEMORY_LIMIT": memory} if memory else {}) \
+    env = (
+        os.environ
+        | {"PYTHONWARNINGS": "ignore"}
+        | ({"WORKBENCH_DUCKDB_MEMORY_LIMIT": memory} if memory else {})
         | ({"WORKBENCH_DUCKDB_THREADS": str(threads)} if threads else {})
+    )
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
@@ -276,12 +316,25 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=65536)
     p.add_argument("--home", default=None, help="a workbench home with the demo models (default: a temporary one)")
-    p.add_argument("--writers", type=int, nargs="+", default=None,
-                   help="replay writer threads to compare (default: the replay's own default)")
-    p.add_argument("--duckdb-memory", nargs="+", default=[None],
-                   help="DuckDB memory limits to compare, e.g. auto 512MB (auto, the default: the replay sizes it)")
-    p.add_argument("--duckdb-threads", nargs="+", default=[None],
-                   help="DuckDB thread counts to compare, e.g. auto 4 (auto, the default: the replay sizes it)")
+    p.add_argument(
+        "--writers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="replay writer threads to compare (default: the replay's own default)",
+    )
+    p.add_argument(
+        "--duckdb-memory",
+        nargs="+",
+        default=[None],
+        help="DuckDB memory limits to compare, e.g. auto 512MB (auto, the default: the replay sizes it)",
+    )
+    p.add_argument(
+        "--duckdb-threads",
+        nargs="+",
+        default=[None],
+        help="DuckDB thread counts to compare, e.g. auto 4 (auto, the default: the replay sizes it)",
+    )
     p.add_argument("--json-out", default=None, help="also write the results as JSON here")
     p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -289,7 +342,7 @@ def main() -> None:
     a = p.parse_args()
     from workbench.config import configure_runtime
 
-    configure_runtime()   # as the workbench command does; subprocesses inherit it
+    configure_runtime()  # as the workbench command does; subprocesses inherit it
     if a.phase:
         a.rows, a.writers = a.rows[0], a.writers[0]
         res = PHASES[a.phase](a)
@@ -313,43 +366,66 @@ def main() -> None:
             read = run_phase("read", a, rows=rows, traffic=traffic, db=db)
             raw = run_phase("raw", a, rows=rows, traffic=traffic, db=db)
             for w in writers:
-                for mem, th in [(None if m in (None, "auto") else m, None if t in (None, "auto") else int(t))
-                                for m in a.duckdb_memory for t in a.duckdb_threads]:
+                for mem, th in [
+                    (None if m in (None, "auto") else m, None if t in (None, "auto") else int(t))
+                    for m in a.duckdb_memory
+                    for t in a.duckdb_threads
+                ]:
                     io = run_phase("io", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w)
                     rep = run_phase("replay", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w)
-                    duck = rep["stages"].get("duckdb", {})   # what the replay ran under (its own sizing by default)
-                    results.append({"rows": rows, "writers": w, "memory": mem or "auto",
-                                    "duckdb": f"{duck.get('threads')}t {duck.get('memory_limit')}", "ingest": ing,
-                                    "read": read, "raw": raw, "io": io, "replay": rep,
-                                    "ratio": raw["seconds"] / rep["seconds"]})
+                    duck = rep["stages"].get("duckdb", {})  # what the replay ran under (its own sizing by default)
+                    results.append(
+                        {
+                            "rows": rows,
+                            "writers": w,
+                            "memory": mem or "auto",
+                            "duckdb": f"{duck.get('threads')}t {duck.get('memory_limit')}",
+                            "ingest": ing,
+                            "read": read,
+                            "raw": raw,
+                            "io": io,
+                            "replay": rep,
+                            "ratio": raw["seconds"] / rep["seconds"],
+                        }
+                    )
             traffic.unlink()
             db.unlink()
     import platform
 
     dev = results[0]["raw"].get("devices")
-    print(f"\nreplay benchmark: models={a.models}, devices={dev}, batch={a.batch_size}, host={platform.node()}, "
-          f"cores={os.cpu_count()}")
-    print("read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage "
-          "path alone)")
-    print(f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'read rows/s':>12} | "
-          f"{'io rows/s':>11} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | "
-          f"{'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}")
+    print(
+        f"\nreplay benchmark: models={a.models}, devices={dev}, batch={a.batch_size}, host={platform.node()}, "
+        f"cores={os.cpu_count()}"
+    )
+    print(
+        "read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage path alone)"
+    )
+    print(
+        f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'read rows/s':>12} | "
+        f"{'io rows/s':>11} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | "
+        f"{'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}"
+    )
     for r in results:
         n = r["rows"]
-        print(f"{n:>11,} | {r['writers']:>7} | {r['duckdb']:>14} | {n / r['ingest']['seconds']:>13,.0f} | "
-              f"{n / r['read']['seconds']:>12,.0f} | {n / r['io']['seconds']:>11,.0f} | "
-              f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
-              f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
-              f"{r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}")
+        print(
+            f"{n:>11,} | {r['writers']:>7} | {r['duckdb']:>14} | {n / r['ingest']['seconds']:>13,.0f} | "
+            f"{n / r['read']['seconds']:>12,.0f} | {n / r['io']['seconds']:>11,.0f} | "
+            f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
+            f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
+            f"{r['replay']['peak_rss_mb']:>11,.0f} | {r['ratio']:>5.2f}"
+        )
     print("what bounds each full replay (busy seconds per stage; the write stage's is per writer thread):")
     for r in results:
         st, rss = r["replay"].get("stages") or {}, r["replay"].get("rss", {})
         busy = ", ".join(f"{k} {v:.2f}" for k, v in st.get("busy_s", {}).items())
-        print(f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['duckdb']}: "
-              f"wall {st.get('wall_s', 0):.2f} s, finish {st.get('finish_s', 0):.2f} s, busy {busy}; "
-              f"bound: {st.get('bound')}; RSS before the replay {rss.get('before_mb', 0):,.0f} MB (models loaded), "
-              f"peak during it {rss.get('peak_mb', 0):,.0f} MB ("
-              + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items()) + ")")
+        print(
+            f"  {r['rows']:,} rows, {r['writers']} writers, DuckDB {r['duckdb']}: "
+            f"wall {st.get('wall_s', 0):.2f} s, finish {st.get('finish_s', 0):.2f} s, busy {busy}; "
+            f"bound: {st.get('bound')}; RSS before the replay {rss.get('before_mb', 0):,.0f} MB (models loaded), "
+            f"peak during it {rss.get('peak_mb', 0):,.0f} MB ("
+            + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items())
+            + ")"
+        )
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))
 

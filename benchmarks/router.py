@@ -19,6 +19,7 @@ router's traffic log, the time each routed request spent outside the router's ca
 
     python benchmarks/router.py [--requests 3000] [--rounds 3] [--rate R]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,9 @@ def free_port() -> int:
 
 
 def spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -104,8 +106,9 @@ REQUEST_IDS = itertools.count()
 async def post(client: Pool, i: int) -> str:
     """One scoring request; its request id (unique in this run: the routers log it)."""
     rid = f"bench-{next(REQUEST_IDS)}"
-    r = await client.post(BODY, {"content-type": "application/json", "x-entity-id": f"u{i % 1000}",
-                                 "x-request-id": rid}, timeout=30)
+    r = await client.post(
+        BODY, {"content-type": "application/json", "x-entity-id": f"u{i % 1000}", "x-request-id": rid}, timeout=30
+    )
     if r.status != 200:
         raise RuntimeError(f"{client.url}: HTTP {r.status} {r.body[:200]!r}")
     return rid
@@ -147,14 +150,16 @@ async def open_loop(client: Pool, n: int, rate: float) -> tuple[list[tuple[str, 
     return lat, time.perf_counter() - start
 
 
-async def measure(targets: dict[str, str], pids: dict[str, int], n: int, rounds: int, inflight: int = 1,
-                  rate: float | None = None) -> dict[str, dict]:
+async def measure(
+    targets: dict[str, str], pids: dict[str, int], n: int, rounds: int, inflight: int = 1, rate: float | None = None
+) -> dict[str, dict]:
     """Latencies (and request ids), wall seconds, the CPU seconds of the process behind each target (``pids``)
     and of this process (the load generator)."""
     out: dict[str, dict[str, Any]] = {
-        name: {"lat": [], "ids": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets}
+        name: {"lat": [], "ids": [], "seconds": 0.0, "n": 0, "cpu": 0.0, "client_cpu": 0.0} for name in targets
+    }
     clients = {name: Pool(url) for name, url in targets.items()}
-    for client in clients.values():   # warm the connections and the servers
+    for client in clients.values():  # warm the connections and the servers
         await closed_loop(client, 200, inflight)
     for _ in range(rounds):
         for name, client in clients.items():
@@ -185,38 +190,84 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=3000, help="requests per target and load")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--rate", type=float, default=None,
-                   help="open-loop rate (default: a third of the direct capacity, headroom on a shared machine)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open-loop rate (default: a third of the direct capacity, headroom on a shared machine)",
+    )
     a = p.parse_args()
 
     import tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    env = os.environ | {"WORKBENCH_HOME": str(tmp / "home"), "MLFLOW_DISABLE_TELEMETRY": "true",
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = os.environ | {
+        "WORKBENCH_HOME": str(tmp / "home"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     ports = {k: free_port() for k in ("baseline", "candidate", "router", "router_mirror")}
     procs: dict[str, subprocess.Popen] = {}
     try:
         for arm, shift in (("baseline", 0.0), ("candidate", 1.0)):
             model = tiny_model.save(tmp / arm, shift=shift)
-            procs[arm] = spawn([sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
-                                "local", "-h", "127.0.0.1", "-p", str(ports[arm])], tmp / f"{arm}.log", env)
+            procs[arm] = spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "models",
+                    "serve",
+                    "-m",
+                    model,
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(ports[arm]),
+                ],
+                tmp / f"{arm}.log",
+                env,
+            )
         for name, mirror in (("router", "0"), ("router_mirror", "100")):
-            procs[name] = spawn([sys.executable, "-m", "workbench.cli", "route", "bench", "--port", str(ports[name]),
-                                 "--baseline", f"http://127.0.0.1:{ports['baseline']}",
-                                 "--candidate", f"http://127.0.0.1:{ports['candidate']}", "--mirror", mirror,
-                                 "--no-auto-rollback", "--log-dir", str(tmp / f"log_{name}")],
-                                tmp / f"{name}.log", env)
+            procs[name] = spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "workbench.cli",
+                    "route",
+                    "bench",
+                    "--port",
+                    str(ports[name]),
+                    "--baseline",
+                    f"http://127.0.0.1:{ports['baseline']}",
+                    "--candidate",
+                    f"http://127.0.0.1:{ports['candidate']}",
+                    "--mirror",
+                    mirror,
+                    "--no-auto-rollback",
+                    "--log-dir",
+                    str(tmp / f"log_{name}"),
+                ],
+                tmp / f"{name}.log",
+                env,
+            )
         for arm in ("baseline", "candidate"):
             wait_ready(f"http://127.0.0.1:{ports[arm]}/ping", procs[arm], tmp / f"{arm}.log")
         for name in ("router", "router_mirror"):
             wait_ready(f"http://127.0.0.1:{ports[name]}/healthz", procs[name], tmp / f"{name}.log")
 
-        targets = {"direct": f"http://127.0.0.1:{ports['baseline']}/invocations",
-                   "router, mirror off": f"http://127.0.0.1:{ports['router']}/invocations",
-                   "router, mirror 100%": f"http://127.0.0.1:{ports['router_mirror']}/invocations"}
-        pids = {"direct": procs["baseline"].pid, "router, mirror off": procs["router"].pid,
-                "router, mirror 100%": procs["router_mirror"].pid}
+        targets = {
+            "direct": f"http://127.0.0.1:{ports['baseline']}/invocations",
+            "router, mirror off": f"http://127.0.0.1:{ports['router']}/invocations",
+            "router, mirror 100%": f"http://127.0.0.1:{ports['router_mirror']}/invocations",
+        }
+        pids = {
+            "direct": procs["baseline"].pid,
+            "router, mirror off": procs["router"].pid,
+            "router, mirror 100%": procs["router_mirror"].pid,
+        }
         n, rounds = a.requests, a.rounds
         load_before = os.getloadavg()[0]
         results = {}
@@ -237,17 +288,23 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    print(f"\nrouter benchmark: tiny pyfunc behind `mlflow models serve` (1 worker), {n} requests per target and "
-          f"load in {rounds} interleaved rounds, host={platform.node()}, cores={os.cpu_count()}, load average "
-          f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    print(
+        f"\nrouter benchmark: tiny pyfunc behind `mlflow models serve` (1 worker), {n} requests per target and "
+        f"load in {rounds} interleaved rounds, host={platform.node()}, cores={os.cpu_count()}, load average "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
+    )
     client_cpu = sum(r["client_cpu"] for res in results.values() for r in res.values())
     client_n = sum(r["n"] for res in results.values() for r in res.values())
-    print(f"direct capacity with 4 in flight: {capacity:,.0f} requests/s; router peak RSS: mirror off "
-          f"{rss['router']:.0f} MB, mirror on {rss['router_mirror']:.0f} MB; CPU ms/req: of the model server for "
-          f"direct, of the router process otherwise (its traffic log writer included); the load generator "
-          f"used {1000 * client_cpu / client_n:.3f} ms CPU per request")
-    head = f"{'load':<22} | {'target':<20} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'added p50':>9} | " \
-           f"{'added p99':>9} | {'req/s vs direct':>15} | {'CPU ms/req':>10}"
+    print(
+        f"direct capacity with 4 in flight: {capacity:,.0f} requests/s; router peak RSS: mirror off "
+        f"{rss['router']:.0f} MB, mirror on {rss['router_mirror']:.0f} MB; CPU ms/req: of the model server for "
+        f"direct, of the router process otherwise (its traffic log writer included); the load generator "
+        f"used {1000 * client_cpu / client_n:.3f} ms CPU per request"
+    )
+    head = (
+        f"{'load':<22} | {'target':<20} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'added p50':>9} | "
+        f"{'added p99':>9} | {'req/s vs direct':>15} | {'CPU ms/req':>10}"
+    )
     print(head)
     print("-" * len(head))
     for load, res in results.items():
@@ -257,15 +314,21 @@ def main() -> None:
             p50, p99 = np.percentile(r["lat"], [50, 99])
             rps = r["n"] / r["seconds"]
             added = ("", "") if name == "direct" else (f"{p50 - b50:+.2f}", f"{p99 - b99:+.2f}")
-            print(f"{load:<22} | {name:<20} | {rps:>7,.0f} | {p50:>7.2f} | {p99:>7.2f} | {added[0]:>9} | "
-                  f"{added[1]:>9} | {rps / (base['n'] / base['seconds']):>15.2f} | {1000 * r['cpu'] / r['n']:>10.3f}")
+            print(
+                f"{load:<22} | {name:<20} | {rps:>7,.0f} | {p50:>7.2f} | {p99:>7.2f} | {added[0]:>9} | "
+                f"{added[1]:>9} | {rps / (base['n'] / base['seconds']):>15.2f} | {1000 * r['cpu'] / r['n']:>10.3f}"
+            )
 
     # The same requests, paired: what each one spent outside the model server's call as the router timed it
-    upstream = {name: upstream_ms(tmp / f"log_{key}") for name, key in (("router, mirror off", "router"),
-                                                                        ("router, mirror 100%", "router_mirror"))}
-    print("\nper request, paired by request id with the router's traffic log: client latency minus the router's "
-          "own timing of its baseline call (the two loopback hops, uvicorn and the router's code, and any wait "
-          "for a core; model-server stalls cancel out)")
+    upstream = {
+        name: upstream_ms(tmp / f"log_{key}")
+        for name, key in (("router, mirror off", "router"), ("router, mirror 100%", "router_mirror"))
+    }
+    print(
+        "\nper request, paired by request id with the router's traffic log: client latency minus the router's "
+        "own timing of its baseline call (the two loopback hops, uvicorn and the router's code, and any wait "
+        "for a core; model-server stalls cancel out)"
+    )
     head = f"{'load':<22} | {'target':<20} | {'p50 ms':>7} | {'p90 ms':>7} | {'p99 ms':>7} | {'p99.9 ms':>8}"
     print(head)
     print("-" * len(head))

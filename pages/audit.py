@@ -1,5 +1,6 @@
 """Audit: every signed decision on a model, the applied ones in chain order, each with its verification
 status (stored bytes, hash, link to the previous record, signature by a trusted key) and its MLflow run."""
+
 import json
 import os
 
@@ -26,28 +27,47 @@ else:
     if broken:
         st.error(f"The chain of {model} does not verify: {broken[-1]['problem']}", icon=":material/gpp_bad:")
     elif chained:
-        st.success(f"All {len(chained)} applied records of {model} verify: signatures by trusted keys, stored bytes "
-                   "unaltered, each linked to the one before.", icon=":material/verified_user:")
+        st.success(
+            f"All {len(chained)} applied records of {model} verify: signatures by trusted keys, stored bytes "
+            "unaltered, each linked to the one before.",
+            icon=":material/verified_user:",
+        )
     tracking = data.settings().mlflow_tracking_uri
-    ui_base = os.environ.get("WORKBENCH_MLFLOW_UI") or (tracking if tracking.startswith(("http://", "https://"))
-                                                       else None)
+    ui_base = os.environ.get("WORKBENCH_MLFLOW_UI") or (
+        tracking if tracking.startswith(("http://", "https://")) else None
+    )
     experiments = data.run_experiments([e["mlflow_run_id"] for e in entries if e["mlflow_run_id"]]) if ui_base else {}
-    rows = [{"seq": e["sequence"], "status": "verified" if e["verified"] else "NOT VERIFIED",
-             "decision": e["decision_id"], "kind": e["kind"], "verdict": e["verdict"],
-             "weight": f"{e['weight_before']}% → {e['weight_after']}%", "signer": e["signer"],
-             "created": e["created_at"], "replay run": e["run_id"],
-             "MLflow run": run_url(ui_base, experiments.get(e["mlflow_run_id"]), e["mlflow_run_id"])
-             if e["mlflow_run_id"] else None,
-             "MLflow run id": e["mlflow_run_id"] or ("pending sync" if e["pending_sync"] else None),
-             "problem": e["problem"]} for e in entries]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-        "MLflow run": st.column_config.LinkColumn(display_text="open in MLflow")})
+    rows = [
+        {
+            "seq": e["sequence"],
+            "status": "verified" if e["verified"] else "NOT VERIFIED",
+            "decision": e["decision_id"],
+            "kind": e["kind"],
+            "verdict": e["verdict"],
+            "weight": f"{e['weight_before']}% → {e['weight_after']}%",
+            "signer": e["signer"],
+            "created": e["created_at"],
+            "replay run": e["run_id"],
+            "MLflow run": run_url(ui_base, experiments.get(e["mlflow_run_id"]), e["mlflow_run_id"])
+            if e["mlflow_run_id"]
+            else None,
+            "MLflow run id": e["mlflow_run_id"] or ("pending sync" if e["pending_sync"] else None),
+            "problem": e["problem"],
+        }
+        for e in entries
+    ]
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={"MLflow run": st.column_config.LinkColumn(display_text="open in MLflow")},
+    )
     if not ui_base:
-        st.caption(f"MLflow runs are in the local store {tracking}; set WORKBENCH_MLFLOW_UI to the MLflow UI's "
-                   "address (e.g. http://127.0.0.1:5000 for `mlflow ui --backend-store-uri ...`) for links.")
+        st.caption(
+            f"MLflow runs are in the local store {tracking}; set WORKBENCH_MLFLOW_UI to the MLflow UI's "
+            "address (e.g. http://127.0.0.1:5000 for `mlflow ui --backend-store-uri ...`) for links."
+        )
     for e in entries:
-        with st.expander(f"{e['decision_id']} · {e['verdict']} · "
-                         + ("verified" if e["verified"] else "NOT VERIFIED")):
+        with st.expander(f"{e['decision_id']} · {e['verdict']} · " + ("verified" if e["verified"] else "NOT VERIFIED")):
             if e["problem"]:
                 st.error(e["problem"])
             st.caption(f"key {e['key_fingerprint']} · signature {e['signature']}")

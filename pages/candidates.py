@@ -1,4 +1,5 @@
 """Candidates: registered models, their versions and aliases (MLflow), and each model's live canary weight."""
+
 import pandas as pd
 import streamlit as st
 
@@ -29,24 +30,41 @@ for name in names:
                 head.caption(m["description"])
         if s:
             pos = ramp_position(int(s["weight"]), s.get("ramp") or default_ramp)
-            weight_col.metric("Canary weight", f"{s['weight']}%",
-                              help="percent of live traffic on the candidate, moved only by signed decisions")
-            weight_col.progress(int(s["weight"]) / 100,
-                                text=f"candidate v{s['candidate_version']} vs baseline v{s['baseline_version']}: "
-                                     f"step {pos['step']} of {pos['steps']}"
-                                     + (f", next {pos['next']}%" if pos["next"] else " (fully rolled out)"))
+            weight_col.metric(
+                "Canary weight",
+                f"{s['weight']}%",
+                help="percent of live traffic on the candidate, moved only by signed decisions",
+            )
+            weight_col.progress(
+                int(s["weight"]) / 100,
+                text=f"candidate v{s['candidate_version']} vs baseline v{s['baseline_version']}: "
+                f"step {pos['step']} of {pos['steps']}"
+                + (f", next {pos['next']}%" if pos["next"] else " (fully rolled out)"),
+            )
             weight_col.plotly_chart(charts.ramp(pos), key=f"ramp_{name}", config={"displayModeBar": False})
-            verified = ":material/verified: chain verified" if s["verified"] else \
-                f":material/error: NOT verified: {s.get('problem')}"
-            weight_col.caption(f"{verified} · decision `{s['decision_id']}`"
-                               + (" · **killed**" if s.get("killed") else ""))
+            verified = (
+                ":material/verified: chain verified"
+                if s["verified"]
+                else f":material/error: NOT verified: {s.get('problem')}"
+            )
+            weight_col.caption(
+                f"{verified} · decision `{s['decision_id']}`" + (" · **killed**" if s.get("killed") else "")
+            )
         else:
             weight_col.metric("Canary weight", "0%", help="no decision has been applied to this model")
             weight_col.caption("No canary yet: decide on a replay run of this model.")
         if m and m["versions"]:
-            rows = [{"version": v["version"], "aliases": ", ".join(v["aliases"]), "status": v["status"],
-                     "created": pd.to_datetime(v["created_at"], unit="ms", utc=True) if v["created_at"] else None,
-                     "canary verdict": v["tags"].get("canary.verdict"),
-                     "canary weight": v["tags"].get("canary.weight"), "decision": v["tags"].get("canary.decision_id"),
-                     "run": v["run_id"]} for v in m["versions"]]
+            rows = [
+                {
+                    "version": v["version"],
+                    "aliases": ", ".join(v["aliases"]),
+                    "status": v["status"],
+                    "created": pd.to_datetime(v["created_at"], unit="ms", utc=True) if v["created_at"] else None,
+                    "canary verdict": v["tags"].get("canary.verdict"),
+                    "canary weight": v["tags"].get("canary.weight"),
+                    "decision": v["tags"].get("canary.decision_id"),
+                    "run": v["run_id"],
+                }
+                for v in m["versions"]
+            ]
             st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"versions_{name}")

@@ -1,4 +1,5 @@
 """Plotly figures over the view data of :mod:`workbench.views` (drawing only, no computation)."""
+
 from __future__ import annotations
 
 import plotly.graph_objects as go
@@ -9,20 +10,35 @@ COLORS = {"baseline": "#636EFA", "candidate": "#EF553B"}
 
 
 def _layout(fig: go.Figure, height: int = 340, **kw) -> go.Figure:
-    fig.update_layout(height=height, margin=dict(t=36, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.18),
-                      **kw)
+    fig.update_layout(height=height, margin=dict(t=36, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.18), **kw)
     return fig
 
 
 def roc(curves: dict, aucs: dict) -> go.Figure:
-    fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"),
-                                showlegend=False, hoverinfo="skip")])
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                line=dict(dash="dot", color="#aaa"),
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        ]
+    )
     for role in ROLES:
         c = curves[role]
         auc = aucs.get(role)
-        fig.add_scatter(x=c.fpr, y=c.tpr, mode="lines", name=f"{role}" + (f" (AUC {auc:.3f})" if auc else ""),
-                        line=dict(color=COLORS[role]), customdata=c.thresholds,
-                        hovertemplate="threshold %{customdata:.3f}<br>FPR %{x:.3f}<br>TPR %{y:.3f}")
+        fig.add_scatter(
+            x=c.fpr,
+            y=c.tpr,
+            mode="lines",
+            name=f"{role}" + (f" (AUC {auc:.3f})" if auc else ""),
+            line=dict(color=COLORS[role]),
+            customdata=c.thresholds,
+            hovertemplate="threshold %{customdata:.3f}<br>FPR %{x:.3f}<br>TPR %{y:.3f}",
+        )
     return _layout(fig, title="ROC", xaxis_title="false positive rate", yaxis_title="true positive rate")
 
 
@@ -30,38 +46,68 @@ def pr(curves: dict) -> go.Figure:
     fig = go.Figure()
     for role in ROLES:
         c = curves[role]
-        fig.add_scatter(x=c.tpr, y=c.precision, mode="lines", name=role, line=dict(color=COLORS[role]),
-                        customdata=c.thresholds,
-                        hovertemplate="threshold %{customdata:.3f}<br>recall %{x:.3f}<br>precision %{y:.3f}")
-    return _layout(fig, title="Precision-recall", xaxis_title="recall", yaxis_title="precision",
-                   yaxis_range=[0, 1.02])
+        fig.add_scatter(
+            x=c.tpr,
+            y=c.precision,
+            mode="lines",
+            name=role,
+            line=dict(color=COLORS[role]),
+            customdata=c.thresholds,
+            hovertemplate="threshold %{customdata:.3f}<br>recall %{x:.3f}<br>precision %{y:.3f}",
+        )
+    return _layout(fig, title="Precision-recall", xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02])
 
 
 def calibration(cal: dict) -> go.Figure:
-    fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"),
-                                name="perfectly calibrated")])
+    fig = go.Figure(
+        [go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"), name="perfectly calibrated")]
+    )
     for role in ROLES:
         c = cal[role]
-        fig.add_scatter(x=c.mean_score, y=c.positive_rate, mode="lines+markers", name=role,
-                        line=dict(color=COLORS[role]), customdata=c.rows,
-                        hovertemplate="mean score %{x:.3f}<br>positive rate %{y:.3f}<br>%{customdata:,} rows")
-    return _layout(fig, title="Calibration (reliability)", xaxis_title="mean predicted score",
-                   yaxis_title="observed positive rate")
+        fig.add_scatter(
+            x=c.mean_score,
+            y=c.positive_rate,
+            mode="lines+markers",
+            name=role,
+            line=dict(color=COLORS[role]),
+            customdata=c.rows,
+            hovertemplate="mean score %{x:.3f}<br>positive rate %{y:.3f}<br>%{customdata:,} rows",
+        )
+    return _layout(
+        fig, title="Calibration (reliability)", xaxis_title="mean predicted score", yaxis_title="observed positive rate"
+    )
 
 
 def confusion(matrix, role: str) -> go.Figure:
     total = matrix.sum() or 1
     text = [[f"{v:,}<br>{v / total:.1%}" for v in row] for row in matrix]
-    fig = go.Figure(go.Heatmap(z=matrix, x=["predicted 0", "predicted 1"], y=["label 0", "label 1"], text=text,
-                               texttemplate="%{text}", colorscale="Blues", showscale=False))
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=["predicted 0", "predicted 1"],
+            y=["label 0", "label 1"],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
     return _layout(fig, height=280, title=f"{role} confusion", yaxis_autorange="reversed")
 
 
 def paired(table) -> go.Figure:
     text = [[f"{v:,}" for v in row] for row in table]
-    fig = go.Figure(go.Heatmap(z=table, x=["candidate wrong", "candidate right"],
-                               y=["baseline wrong", "baseline right"], text=text, texttemplate="%{text}",
-                               colorscale="Greens", showscale=False))
+    fig = go.Figure(
+        go.Heatmap(
+            z=table,
+            x=["candidate wrong", "candidate right"],
+            y=["baseline wrong", "baseline right"],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Greens",
+            showscale=False,
+        )
+    )
     return _layout(fig, height=280, title="paired outcomes (labelled rows)", yaxis_autorange="reversed")
 
 
@@ -69,19 +115,33 @@ def latency(hists: dict) -> go.Figure:
     fig = go.Figure()
     for role in ROLES:
         h = hists[role]
-        fig.add_bar(x=(h["lo"] * h["hi"]) ** 0.5, y=h["share"], width=h["hi"] - h["lo"], name=role, opacity=0.6,
-                    marker_color=COLORS[role], customdata=h["rows"],
-                    hovertemplate="%{x:.3g} ms<br>%{y:.2%} of rows (%{customdata:,})")
-    return _layout(fig, title="Latency distribution", barmode="overlay", xaxis_type="log",
-                   xaxis_title="latency per request (ms, log scale)", yaxis_title="share of rows",
-                   yaxis_tickformat=".0%")
+        fig.add_bar(
+            x=(h["lo"] * h["hi"]) ** 0.5,
+            y=h["share"],
+            width=h["hi"] - h["lo"],
+            name=role,
+            opacity=0.6,
+            marker_color=COLORS[role],
+            customdata=h["rows"],
+            hovertemplate="%{x:.3g} ms<br>%{y:.2%} of rows (%{customdata:,})",
+        )
+    return _layout(
+        fig,
+        title="Latency distribution",
+        barmode="overlay",
+        xaxis_type="log",
+        xaxis_title="latency per request (ms, log scale)",
+        yaxis_title="share of rows",
+        yaxis_tickformat=".0%",
+    )
 
 
 def percentiles(rows: list[dict]) -> go.Figure:
     fig = go.Figure()
     for role in ROLES:
-        fig.add_bar(x=[r["percentile"] for r in rows], y=[r[f"{role}_ms"] for r in rows], name=role,
-                    marker_color=COLORS[role])
+        fig.add_bar(
+            x=[r["percentile"] for r in rows], y=[r[f"{role}_ms"] for r in rows], name=role, marker_color=COLORS[role]
+        )
     return _layout(fig, title="Latency percentiles", barmode="group", yaxis_title="ms")
 
 
@@ -93,12 +153,23 @@ def deltas(rows: list[dict]) -> go.Figure:
     lo = [r["delta"] - r["delta_ci_low"] if r["delta_ci_low"] is not None else 0 for r in rows]
     hi = [r["delta_ci_high"] - r["delta"] if r["delta_ci_high"] is not None else 0 for r in rows]
     color = ["#2ca02c" if r["improved"] else "#d62728" if r["improved"] is False else "#888" for r in rows]
-    fig = go.Figure(go.Scatter(x=x, y=y, mode="markers", marker=dict(size=10, color=color),
-                               error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
-                               hovertemplate="%{y}: %{x:+.4f}<extra></extra>"))
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=y,
+            mode="markers",
+            marker=dict(size=10, color=color),
+            error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+            hovertemplate="%{y}: %{x:+.4f}<extra></extra>",
+        )
+    )
     fig.add_vline(x=0, line_dash="dot", line_color="#888")
-    return _layout(fig, height=60 + 34 * max(1, len(rows)), title="Candidate − baseline (with intervals)",
-                   yaxis_autorange="reversed")
+    return _layout(
+        fig,
+        height=60 + 34 * max(1, len(rows)),
+        title="Candidate − baseline (with intervals)",
+        yaxis_autorange="reversed",
+    )
 
 
 def by_group(rows: list[dict], metric: str, title: str, time_axis: bool = False) -> go.Figure:
@@ -111,22 +182,38 @@ def by_group(rows: list[dict], metric: str, title: str, time_axis: bool = False)
         else:
             fig.add_bar(x=x, y=y, name=role, marker_color=COLORS[role])
     fig.add_bar(x=x, y=[r["rows"] for r in rows], name="rows", yaxis="y2", marker_color="#ccc", opacity=0.35)
-    return _layout(fig, title=title, barmode="group", yaxis_title=metric.replace("_", " "),
-                   yaxis2=dict(overlaying="y", side="right", showgrid=False, title="rows"))
+    return _layout(
+        fig,
+        title=title,
+        barmode="group",
+        yaxis_title=metric.replace("_", " "),
+        yaxis2=dict(overlaying="y", side="right", showgrid=False, title="rows"),
+    )
 
 
 def feature_drift(rows: list[dict]) -> go.Figure:
     rows = [r for r in rows if r["score"] is not None]
-    fig = go.Figure(go.Bar(
-        y=[r["feature"] for r in rows], x=[min(max(r["score"], 1e-3), 50) for r in rows], orientation="h",
-        marker_color=["#d62728" if r["drifted"] else "#1f77b4" for r in rows],
-        customdata=[[r["test"], r["statistic"], r["threshold"]] for r in rows],
-        hovertemplate="%{y}: %{customdata[0]} statistic %{customdata[1]:.4g} (threshold %{customdata[2]})"
-                      "<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            y=[r["feature"] for r in rows],
+            x=[min(max(r["score"], 1e-3), 50) for r in rows],
+            orientation="h",
+            marker_color=["#d62728" if r["drifted"] else "#1f77b4" for r in rows],
+            customdata=[[r["test"], r["statistic"], r["threshold"]] for r in rows],
+            hovertemplate="%{y}: %{customdata[0]} statistic %{customdata[1]:.4g} (threshold %{customdata[2]})"
+            "<extra></extra>",
+        )
+    )
     fig.add_vline(x=1, line_dash="dash", line_color="#444", annotation_text="threshold")
-    return _layout(fig, height=80 + 26 * max(1, len(rows)), title="Drift per feature (red: drifted)",
-                   xaxis_title="statistic against its threshold (distance / threshold, or log p / log threshold; "
-                               "> 1 drifts; log scale)", xaxis_type="log", yaxis_autorange="reversed")
+    return _layout(
+        fig,
+        height=80 + 26 * max(1, len(rows)),
+        title="Drift per feature (red: drifted)",
+        xaxis_title="statistic against its threshold (distance / threshold, or log p / log threshold; "
+        "> 1 drifts; log scale)",
+        xaxis_type="log",
+        yaxis_autorange="reversed",
+    )
 
 
 def concept_timeline(rows: list[dict], concept: dict) -> go.Figure:
@@ -135,11 +222,21 @@ def concept_timeline(rows: list[dict], concept: dict) -> go.Figure:
     marks = [("baseline", concept)] + ([("candidate", concept.get("candidate"))] if concept.get("candidate") else [])
     for role, c in marks:
         if c and c.get("change_point"):
-            fig.add_vline(x=_ms(c["change_point"]), line_dash="dash", line_color=COLORS[role],
-                          annotation_text=f"{role} change point", annotation_position="top left")
+            fig.add_vline(
+                x=_ms(c["change_point"]),
+                line_dash="dash",
+                line_color=COLORS[role],
+                annotation_text=f"{role} change point",
+                annotation_position="top left",
+            )
         if c and c.get("detected_at"):
-            fig.add_vline(x=_ms(c["detected_at"]), line_dash="dot", line_color=COLORS[role],
-                          annotation_text=f"{role} alarm", annotation_position="bottom right")
+            fig.add_vline(
+                x=_ms(c["detected_at"]),
+                line_dash="dot",
+                line_color=COLORS[role],
+                annotation_text=f"{role} alarm",
+                annotation_position="bottom right",
+            )
     return fig
 
 
@@ -153,9 +250,14 @@ def _ms(iso: str):
 def ramp(position: dict) -> go.Figure:
     steps = [0] + position["ramp"]
     w = position["weight"]
-    fig = go.Figure(go.Bar(x=[f"{s}%" for s in steps], y=[1] * len(steps),
-                           marker_color=["#EF553B" if s == w else "#ddd" if s > w else "#f4a99b" for s in steps],
-                           hoverinfo="skip"))
+    fig = go.Figure(
+        go.Bar(
+            x=[f"{s}%" for s in steps],
+            y=[1] * len(steps),
+            marker_color=["#EF553B" if s == w else "#ddd" if s > w else "#f4a99b" for s in steps],
+            hoverinfo="skip",
+        )
+    )
     fig.update_yaxes(visible=False)
     fig.update_xaxes(type="category")
     fig.update_layout(height=110, margin=dict(t=4, b=4, l=4, r=4), showlegend=False, bargap=0.15)

@@ -1,6 +1,7 @@
 """Compare: the scorecard with intervals, paired deltas, curves, confusion, calibration, latency, segments,
 time windows and the requests where the two models disagree. Every chart is drawn from aggregates computed
 in DuckDB (pages/data.py), never from the run's rows."""
+
 import pandas as pd
 import streamlit as st
 
@@ -13,14 +14,23 @@ run = ui.pick_run()
 if run is not None:
     ui.run_caption(run)
     ev = data.evaluation(run["run_id"]) or {}
-    section = st.segmented_control("Section", ["Scorecard", "Curves", "Latency", "Segments & windows",
-                                               "Disagreements"], default="Scorecard", key="wb_compare_section",
-                                   label_visibility="collapsed") or "Scorecard"
+    section = (
+        st.segmented_control(
+            "Section",
+            ["Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements"],
+            default="Scorecard",
+            key="wb_compare_section",
+            label_visibility="collapsed",
+        )
+        or "Scorecard"
+    )
 
     if section == "Scorecard":
         if not ev:
-            st.info("This run has no evaluation yet: `workbench evaluate RUN_ID` (or tick *Evaluate when done* on "
-                    "the Replay page).")
+            st.info(
+                "This run has no evaluation yet: `workbench evaluate RUN_ID` (or tick *Evaluate when done* on "
+                "the Replay page)."
+            )
         else:
             conf = ev.get("confidence")
             a, b, c = st.columns(3)
@@ -29,17 +39,33 @@ if run is not None:
             c.metric("Confidence", f"{conf:.0%}" if conf else "no intervals")
             rows = views.metric_rows(ev)
             st.subheader("Scorecard")
-            st.table(pd.DataFrame([{
-                "metric": r["metric"], "baseline": ui.num(r["baseline"]) + " " + ui.ci(r["baseline_ci_low"],
-                                                                                       r["baseline_ci_high"]),
-                "candidate": ui.num(r["candidate"]) + " " + ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
-                "delta": ui.num(r["delta"], "{:+.4f}") + " " + ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
-                "p-value": ui.num(r["p_value"], "{:.3g}"), "MDE": ui.num(r["mde"]),
-                "better": {True: "candidate", False: "baseline", None: ""}[r["improved"]]}
-                for r in rows]).set_index("metric"))
+            st.table(
+                pd.DataFrame(
+                    [
+                        {
+                            "metric": r["metric"],
+                            "baseline": ui.num(r["baseline"])
+                            + " "
+                            + ui.ci(r["baseline_ci_low"], r["baseline_ci_high"]),
+                            "candidate": ui.num(r["candidate"])
+                            + " "
+                            + ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
+                            "delta": ui.num(r["delta"], "{:+.4f}")
+                            + " "
+                            + ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
+                            "p-value": ui.num(r["p_value"], "{:.3g}"),
+                            "MDE": ui.num(r["mde"]),
+                            "better": {True: "candidate", False: "baseline", None: ""}[r["improved"]],
+                        }
+                        for r in rows
+                    ]
+                ).set_index("metric")
+            )
             if not conf:
-                st.caption("This evaluation has point values only (no intervals or p-values): re-evaluate with "
-                           "the interval engine to judge on bounds.")
+                st.caption(
+                    "This evaluation has point values only (no intervals or p-values): re-evaluate with "
+                    "the interval engine to judge on bounds."
+                )
             st.plotly_chart(charts.deltas(rows), key="deltas")
             st.subheader("Errors")
             st.dataframe(pd.DataFrame(views.error_rows(ev)), hide_index=True)
@@ -61,10 +87,12 @@ if run is not None:
             c1, c2 = st.columns(2)
             for col, role in zip((c1, c2), views.ROLES, strict=True):
                 col.plotly_chart(charts.confusion(views.confusion(s["pairs"], role), role), key=f"cm_{role}")
-            st.caption(f"Curves at {bins + 1} thresholds (k/{bins}) from score histograms per label; classes at "
-                       f"each model's own threshold ({(ev.get('thresholds') or {}).get('baseline', '?')} / "
-                       f"{(ev.get('thresholds') or {}).get('candidate', '?')}). AUC in the legend is the "
-                       "evaluation's exact value when it has one.")
+            st.caption(
+                f"Curves at {bins + 1} thresholds (k/{bins}) from score histograms per label; classes at "
+                f"each model's own threshold ({(ev.get('thresholds') or {}).get('baseline', '?')} / "
+                f"{(ev.get('thresholds') or {}).get('candidate', '?')}). AUC in the legend is the "
+                "evaluation's exact value when it has one."
+            )
 
     elif section == "Latency":
         s = data.summary(run)
@@ -75,9 +103,14 @@ if run is not None:
             hists = {r: views.latency_histogram(s["latency"], r, data.LATENCY_PER_DECADE) for r in views.ROLES}
             c1.plotly_chart(charts.latency(hists), key="latency")
             c2.plotly_chart(charts.percentiles(rows), key="percentiles")
-            st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-                k: st.column_config.NumberColumn(format="%.3f") for k in
-                ("baseline_ms", "candidate_ms", "delta_ms", "delta_ci_low", "delta_ci_high", "ratio")})
+            st.dataframe(
+                pd.DataFrame(rows),
+                hide_index=True,
+                column_config={
+                    k: st.column_config.NumberColumn(format="%.3f")
+                    for k in ("baseline_ms", "candidate_ms", "delta_ms", "delta_ci_low", "delta_ci_high", "ratio")
+                },
+            )
             p = (ev.get("latency") or {}).get("mann_whitney_p")
             if p is not None:
                 st.caption(f"Mann-Whitney U p-value (candidate vs baseline latency): {p:.4g}")
@@ -96,15 +129,17 @@ if run is not None:
             st.subheader("Accuracy per time window")
             period = st.radio("Window", ["day", "week", "month"], index=1, horizontal=True, key="wb_period")
             windows = views.breakdown_rows(views.rollup(breakdowns["day"], period))
-            st.plotly_chart(charts.by_group(windows, "accuracy", f"Accuracy per {period}", time_axis=True),
-                            key="by_time")
+            st.plotly_chart(
+                charts.by_group(windows, "accuracy", f"Accuracy per {period}", time_axis=True), key="by_time"
+            )
             cols = [c for c in breakdowns if c != "day"]
             if cols:
                 st.subheader("Accuracy per segment")
                 col = st.selectbox("Segment by", cols, key="wb_segment")
                 segs = views.breakdown_rows(views.largest(breakdowns[col], 40))
-                st.plotly_chart(charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)"),
-                                key="by_segment")
+                st.plotly_chart(
+                    charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)"), key="by_segment"
+                )
                 st.dataframe(pd.DataFrame(segs), hide_index=True)
 
     elif section == "Disagreements":
@@ -115,8 +150,9 @@ if run is not None:
             a.metric("Rows both scored", f"{agree['rows']:,}")
             b_.metric("Classes differ", f"{agree['disagree']:,}")
             c.metric("Disagreement rate", ui.num(agree["disagree_rate"], "{:.2%}"))
-        limit = st.select_slider("Rows to show (largest score gaps first)", [50, 100, 200, 500], value=100,
-                                 key="wb_dis_limit")
+        limit = st.select_slider(
+            "Rows to show (largest score gaps first)", [50, 100, 200, 500], value=100, key="wb_dis_limit"
+        )
         df = data.disagreements(run, limit)
         if df is not None:
             st.dataframe(df, hide_index=True)

@@ -7,6 +7,7 @@ question, and :func:`busy_since` tells the page to say so. Every cached function
 first argument, so two homes never share entries. Run aggregates are keyed by a token that changes when
 the run or its traffic's labels do (:func:`run_token`), so they are computed once per state of a run.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,12 @@ from workbench import WorkbenchError
 from workbench.config import Settings, load_settings
 from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabase
 
-SCORE_BINS = 200          # score histogram bins (ROC/PR thresholds at k/200)
+SCORE_BINS = 200  # score histogram bins (ROC/PR thresholds at k/200)
 CALIBRATION_BINS = 10
-LATENCY_PER_DECADE = 20   # log-spaced latency bins
+LATENCY_PER_DECADE = 20  # log-spaced latency bins
 LATENCY_PROBS = (0.5, 0.95, 0.99)
-SHORT_TTL = 3             # seconds: lists that change while jobs run
-RUN_TTL = 3600            # aggregates keyed by a run token
+SHORT_TTL = 3  # seconds: lists that change while jobs run
+RUN_TTL = 3600  # aggregates keyed by a run token
 AGGREGATING = "Aggregating the run in DuckDB (once per run state)…"
 READ_MEMORY_LIMIT = "2GB"  # DuckDB buffer of the app's read-only connections (WORKBENCH_APP_READ_MEMORY_LIMIT)
 
@@ -54,8 +55,10 @@ def home() -> str:
 # -- process-wide objects (one per home) --------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _database(home_: str) -> SharedDatabase:
-    return SharedDatabase(load_settings(home_).db_path,
-                          read_memory_limit=os.environ.get("WORKBENCH_APP_READ_MEMORY_LIMIT", READ_MEMORY_LIMIT))
+    return SharedDatabase(
+        load_settings(home_).db_path,
+        read_memory_limit=os.environ.get("WORKBENCH_APP_READ_MEMORY_LIMIT", READ_MEMORY_LIMIT),
+    )
 
 
 @st.cache_resource(show_spinner=False)
@@ -110,8 +113,11 @@ def _mark_busy(at: datetime | None) -> None:
     if oldest is not None:
         text += f": showing data from {oldest.astimezone():%H:%M:%S}"
     if missing:
-        text += ("; parts never read before stay empty" if oldest is not None else
-                 ", and nothing was read before: this page fills in when the writer has finished")
+        text += (
+            "; parts never read before stay empty"
+            if oldest is not None
+            else ", and nothing was read before: this page fills in when the writer has finished"
+        )
     slot = st.session_state.get("_wb_slot")
     (slot or st).warning(text + ".", icon=":material/hourglass_top:")
 
@@ -261,8 +267,10 @@ def _canary_states(store, settings_: Settings) -> list[dict]:
     for state in store.app_canary_states():
         head = store.get_decision(state["decision_id"])
         record = json.loads(head["record"]) if head else {}
-        out.append(status(store, state["model"], keys).to_dict() | {
-            "updated_at": state["updated_at"], "killed": state["killed"], "ramp": record.get("ramp")})
+        out.append(
+            status(store, state["model"], keys).to_dict()
+            | {"updated_at": state["updated_at"], "killed": state["killed"], "ramp": record.get("ramp")}
+        )
     return out
 
 

@@ -1,5 +1,6 @@
 """Decide: the policy, the verdict it gives this run with every check's numbers, and the ramp step it moves
 to. Only an approver may sign and record the decision; the key stays on the server (the library signs)."""
+
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +13,16 @@ from workbench.decide.policy import Outcome, Verdict, load_policy
 from workbench.decide.signing import KeyRing
 from workbench.views import ramp_position
 
-OUTCOME_COLORS = {Outcome.PASS: "color: #1a7f37", Outcome.FAIL: "color: #cf222e; font-weight: bold",
-                  Outcome.INCONCLUSIVE: "color: #9a6700"}
-VERDICT_ICONS = {Verdict.PROMOTE: ":material/trending_up:", Verdict.HOLD: ":material/pause_circle:",
-                 Verdict.ROLLBACK: ":material/undo:"}
+OUTCOME_COLORS = {
+    Outcome.PASS: "color: #1a7f37",
+    Outcome.FAIL: "color: #cf222e; font-weight: bold",
+    Outcome.INCONCLUSIVE: "color: #9a6700",
+}
+VERDICT_ICONS = {
+    Verdict.PROMOTE: ":material/trending_up:",
+    Verdict.HOLD: ":material/pause_circle:",
+    Verdict.ROLLBACK: ":material/undo:",
+}
 
 ui.ensure_navigation()
 st.title("Decide")
@@ -23,12 +30,19 @@ run = ui.pick_run(finished_only=True)
 if run is not None:
     ui.run_caption(run)
     home = data.settings().home
-    files = sorted(p for p in (home / "policies").glob("*") if p.suffix in (".toml", ".yaml", ".yml", ".json")) \
-        if (home / "policies").is_dir() else []
+    files = (
+        sorted(p for p in (home / "policies").glob("*") if p.suffix in (".toml", ".yaml", ".yml", ".json"))
+        if (home / "policies").is_dir()
+        else []
+    )
     options = [None] + [str(p) for p in files]
-    policy_path = st.selectbox("Policy", options, format_func=lambda p: "shipped default policy" if p is None else
-                               Path(p).name, key="wb_policy",
-                               help=f"policy files live in {home / 'policies'} (TOML, YAML or JSON)")
+    policy_path = st.selectbox(
+        "Policy",
+        options,
+        format_func=lambda p: "shipped default policy" if p is None else Path(p).name,
+        key="wb_policy",
+        help=f"policy files live in {home / 'policies'} (TOML, YAML or JSON)",
+    )
     try:
         policy = load_policy(policy_path)
         with st.expander(f"Policy **{policy.name}** · sha256 {policy.hash[:12]}…"):
@@ -43,45 +57,82 @@ if run is not None:
         v1, v2, v3 = st.columns([1, 1, 2])
         v1.metric("Verdict", preview.verdict)
         moved = preview.weight_after - preview.weight_before
-        v2.metric("Canary weight", f"{preview.weight_after}%",
-                  delta=f"{moved:+d} pts from {preview.weight_before}%" if moved else None,
-                  help=f"now {preview.weight_before}%; a signed decision moves it to {preview.weight_after}%")
-        v3.markdown(f"{VERDICT_ICONS.get(preview.verdict, '')} **{preview.reason}**  \n{preview.model}: candidate "
-                    f"v{preview.candidate['version']} against baseline v{preview.baseline['version']}; ramp step "
-                    f"{pos['step']} of {pos['steps']}")
+        v2.metric(
+            "Canary weight",
+            f"{preview.weight_after}%",
+            delta=f"{moved:+d} pts from {preview.weight_before}%" if moved else None,
+            help=f"now {preview.weight_before}%; a signed decision moves it to {preview.weight_after}%",
+        )
+        v3.markdown(
+            f"{VERDICT_ICONS.get(preview.verdict, '')} **{preview.reason}**  \n{preview.model}: candidate "
+            f"v{preview.candidate['version']} against baseline v{preview.baseline['version']}; ramp step "
+            f"{pos['step']} of {pos['steps']}"
+        )
         v3.plotly_chart(charts.ramp(pos), key="decide_ramp", config={"displayModeBar": False})
         counts = card.to_dict()["counts"]
         st.subheader("Checks: " + ", ".join(f"{counts[o]} {o}" for o in Outcome))
-        checks = pd.DataFrame([{
-            "gate": c.gate, "outcome": c.outcome, "critical": c.critical,
-            "reason": c.reason, "baseline": c.baseline, "candidate": c.candidate,
-            "delta": c.delta.value if c.delta else None,
-            "delta CI": ui.ci(c.delta.ci_low, c.delta.ci_high, "{:+.4g}") if c.delta else "",
-            "criterion": c.criterion, "threshold": c.threshold} for c in card.checks])
-        st.dataframe(checks.style.map(lambda v: OUTCOME_COLORS.get(v, ""), subset=["outcome"]), hide_index=True,
-                     column_config={
-            "reason": st.column_config.TextColumn(width="large"),
-            **{k: st.column_config.NumberColumn(format="%.4g") for k in ("baseline", "candidate", "delta",
-                                                                          "threshold")}})
+        checks = pd.DataFrame(
+            [
+                {
+                    "gate": c.gate,
+                    "outcome": c.outcome,
+                    "critical": c.critical,
+                    "reason": c.reason,
+                    "baseline": c.baseline,
+                    "candidate": c.candidate,
+                    "delta": c.delta.value if c.delta else None,
+                    "delta CI": ui.ci(c.delta.ci_low, c.delta.ci_high, "{:+.4g}") if c.delta else "",
+                    "criterion": c.criterion,
+                    "threshold": c.threshold,
+                }
+                for c in card.checks
+            ]
+        )
+        st.dataframe(
+            checks.style.map(lambda v: OUTCOME_COLORS.get(v, ""), subset=["outcome"]),
+            hide_index=True,
+            column_config={
+                "reason": st.column_config.TextColumn(width="large"),
+                **{
+                    k: st.column_config.NumberColumn(format="%.4g")
+                    for k in ("baseline", "candidate", "delta", "threshold")
+                },
+            },
+        )
         if card.skipped:
             st.caption("Skipped: " + "; ".join(f"{s.gate} ({s.reason})" for s in card.skipped))
 
         st.subheader("Sign and record")
         out = st.session_state.get("_wb_signed")
         if out and out["record"]["run_id"] == run["run_id"]:
-            st.success(f"Signed decision **{out['decision_id']}**: {out['verdict']}, weight "
-                       f"{out['weight_before']}% → {out['weight_after']}%"
-                       + (f"; MLflow run `{out['mlflow_run_id']}`." if out.get("mlflow_run_id") else
-                          f"; not yet in MLflow ({out.get('sync_error')}), stored locally."), icon=":material/check:")
+            st.success(
+                f"Signed decision **{out['decision_id']}**: {out['verdict']}, weight "
+                f"{out['weight_before']}% → {out['weight_after']}%"
+                + (
+                    f"; MLflow run `{out['mlflow_run_id']}`."
+                    if out.get("mlflow_run_id")
+                    else f"; not yet in MLflow ({out.get('sync_error')}), stored locally."
+                ),
+                icon=":material/check:",
+            )
         who = ui.identity()
         if who is None or not who.can_approve:
-            st.info("Only an approver can sign decisions. " + ("Sign in from the sidebar." if who is None else
-                    f"{who.email or who.name} is signed in but is not an approver."), icon=":material/lock:")
+            st.info(
+                "Only an approver can sign decisions. "
+                + (
+                    "Sign in from the sidebar."
+                    if who is None
+                    else f"{who.email or who.name} is signed in but is not an approver."
+                ),
+                icon=":material/lock:",
+            )
         else:
             with st.form("wb_sign", clear_on_submit=True):
-                st.markdown(f"Sign as **{who.signer}** with the workbench key: verdict **{preview.verdict}**, "
-                            f"weight {preview.weight_before}% → {preview.weight_after}%. The record is chained, "
-                            "applied to the canary weight and published to MLflow.")
+                st.markdown(
+                    f"Sign as **{who.signer}** with the workbench key: verdict **{preview.verdict}**, "
+                    f"weight {preview.weight_before}% → {preview.weight_after}%. The record is chained, "
+                    "applied to the canary weight and published to MLflow."
+                )
                 confirmed = st.checkbox("I have reviewed the evidence", key="wb_confirm")
                 if st.form_submit_button("Sign and apply", type="primary"):
                     if not confirmed:

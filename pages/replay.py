@@ -4,6 +4,7 @@ Jobs run in threads of the app's process (they share its database connection, so
 while they write); progress, rows/s and ETA come from the progress files that every replay writes, also
 replays started from the command line or a scheduled job in another process.
 """
+
 from datetime import timedelta
 
 import pandas as pd
@@ -47,10 +48,20 @@ with st.container(border=True):
         want = f"models:/{name}@{alias}"
         return refs.index(want) if want in refs else min(fallback, max(0, len(refs) - 1))
 
-    baseline = c2.selectbox("Baseline (alias or version)", refs, index=default("champion", 0),
-                            format_func=lambda r: ref_label(r, m), disabled=not refs)
-    candidate = c3.selectbox("Candidate (alias or version)", refs, index=default("challenger", 1),
-                             format_func=lambda r: ref_label(r, m), disabled=not refs)
+    baseline = c2.selectbox(
+        "Baseline (alias or version)",
+        refs,
+        index=default("champion", 0),
+        format_func=lambda r: ref_label(r, m),
+        disabled=not refs,
+    )
+    candidate = c3.selectbox(
+        "Candidate (alias or version)",
+        refs,
+        index=default("challenger", 1),
+        format_func=lambda r: ref_label(r, m),
+        disabled=not refs,
+    )
     with st.expander("Other model URIs (runs:/..., a model folder)"):
         u1, u2 = st.columns(2)
         baseline = u1.text_input("Baseline URI", value="") or baseline
@@ -58,22 +69,37 @@ with st.container(border=True):
     o1, o2, o3, o4 = st.columns(4)
     source = o1.selectbox("Traffic", traffic, disabled=not traffic)
     batch = o2.number_input("Batch size", min_value=1, max_value=1 << 22, value=8192, step=1024)
-    mode = o3.radio("Timing", ["throughput", "online"], horizontal=True,
-                    help="online: one request at a time, as a server would see them")
+    mode = o3.radio(
+        "Timing",
+        ["throughput", "online"],
+        horizontal=True,
+        help="online: one request at a time, as a server would see them",
+    )
     device = o4.selectbox("Device", ["auto", "cpu", "cuda"])
     p1, p2, p3, p4 = st.columns(4)
-    run_id = p1.text_input("Run id (optional)", help="letters, digits and _; a new id is made when empty; an "
-                                                     "interrupted run's id resumes it")
+    run_id = p1.text_input(
+        "Run id (optional)",
+        help="letters, digits and _; a new id is made when empty; an interrupted run's id resumes it",
+    )
     timeout = p2.number_input("Model timeout (s, 0: none)", min_value=0.0, value=0.0, step=1.0)
     evaluate = p3.checkbox("Evaluate when done", value=True)
     drift = p4.checkbox("Drift report when done (with Evidently HTML)", value=True)
     clicked = st.button("Start replay", type="primary", disabled=not (baseline and candidate and source))
-    if clicked and baseline and candidate and source:   # (a disabled button is never clicked)
+    if clicked and baseline and candidate and source:  # (a disabled button is never clicked)
         try:
-            job = data.jobs().submit_replay(ReplayJob(
-                traffic=source, baseline=baseline, candidate=candidate, run_id=run_id.strip() or None,
-                options=ReplayOptions(batch_size=int(batch), mode=mode, model_timeout=timeout or None),
-                device=device, evaluate=evaluate, drift=drift, drift_html=drift))
+            job = data.jobs().submit_replay(
+                ReplayJob(
+                    traffic=source,
+                    baseline=baseline,
+                    candidate=candidate,
+                    run_id=run_id.strip() or None,
+                    options=ReplayOptions(batch_size=int(batch), mode=mode, model_timeout=timeout or None),
+                    device=device,
+                    evaluate=evaluate,
+                    drift=drift,
+                    drift_html=drift,
+                )
+            )
             st.success(f"Started run **{job.run_id}** in the background.")
         except WorkbenchError as e:
             st.error(str(e))
@@ -105,8 +131,10 @@ def live() -> None:
             a.metric("Rows/s", f"{p.rows_per_s:,.0f}" if p.rows_per_s else "–")
             b.metric("ETA", fmt_eta(p.eta_s))
             c.metric("Done", f"{p.fraction:.0%}")
-            d.caption(f"{p.baseline or ''} vs {p.candidate or ''}  \ntraffic {p.traffic or '?'} · {p.source} "
-                      f"(pid {p.pid} on {p.host}) · started {p.started_at}")
+            d.caption(
+                f"{p.baseline or ''} vs {p.candidate or ''}  \ntraffic {p.traffic or '?'} · {p.source} "
+                f"(pid {p.pid} on {p.host}) · started {p.started_at}"
+            )
 
 
 live()
@@ -116,16 +144,40 @@ progress = {p.run_id: p for p in data.progress()}
 rows = []
 for r in data.runs():
     p = progress.pop(r["run_id"], None)
-    rows.append({"run": r["run_id"], "status": p.status if p and p.status != "finished" else r["status"],
-                 "traffic": r["traffic"], "baseline": r["baseline"].get("uri"), "candidate": r["candidate"].get("uri"),
-                 "rows": r["rows_done"], "of": r["rows_total"], "started": r["started_at"],
-                 "finished": r["finished_at"], "rows/s": round(p.rows_per_s) if p and p.rows_per_s else None,
-                 "source": p.source if p else None, "error": p.error if p else None})
-for p in progress.values():   # jobs that failed before their run existed (e.g. a model that would not load)
+    rows.append(
+        {
+            "run": r["run_id"],
+            "status": p.status if p and p.status != "finished" else r["status"],
+            "traffic": r["traffic"],
+            "baseline": r["baseline"].get("uri"),
+            "candidate": r["candidate"].get("uri"),
+            "rows": r["rows_done"],
+            "of": r["rows_total"],
+            "started": r["started_at"],
+            "finished": r["finished_at"],
+            "rows/s": round(p.rows_per_s) if p and p.rows_per_s else None,
+            "source": p.source if p else None,
+            "error": p.error if p else None,
+        }
+    )
+for p in progress.values():  # jobs that failed before their run existed (e.g. a model that would not load)
     if p.status != RUNNING:
-        rows.append({"run": p.run_id, "status": p.status, "traffic": p.traffic, "baseline": p.baseline,
-                     "candidate": p.candidate, "rows": p.rows_done, "of": p.rows_total, "started": p.started_at,
-                     "finished": p.updated_at, "rows/s": None, "source": p.source, "error": p.error})
+        rows.append(
+            {
+                "run": p.run_id,
+                "status": p.status,
+                "traffic": p.traffic,
+                "baseline": p.baseline,
+                "candidate": p.candidate,
+                "rows": p.rows_done,
+                "of": p.rows_total,
+                "started": p.started_at,
+                "finished": p.updated_at,
+                "rows/s": None,
+                "source": p.source,
+                "error": p.error,
+            }
+        )
 if rows:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 else:

@@ -1,4 +1,5 @@
 """Widgets the pages share: the sign-in box, the run picker, the busy note, number formatting."""
+
 from __future__ import annotations
 
 import runpy
@@ -91,7 +92,7 @@ def sidebar_identity() -> None:
         if st.form_submit_button("Sign in"):
             who = authenticate(approvers, name.strip(), password)
             if who is None:
-                time.sleep(0.5)   # slows down guessing
+                time.sleep(0.5)  # slows down guessing
                 st.session_state["_wb_signin_error"] = True
             else:
                 st.session_state["_wb_identity"] = who
@@ -124,8 +125,9 @@ def pick_run(finished_only: bool = False) -> dict | None:
     wanted = st.query_params.get("run") or st.session_state.get("_wb_run")
     index = ids.index(wanted) if wanted in ids else 0
     labels = {r["run_id"]: _label(r) for r in runs}
-    chosen = st.sidebar.selectbox("Replay run", ids, index=index, format_func=lambda run_id: labels[run_id],
-                                  key="wb_run")
+    chosen = st.sidebar.selectbox(
+        "Replay run", ids, index=index, format_func=lambda run_id: labels[run_id], key="wb_run"
+    )
     st.session_state["_wb_run"] = chosen
     st.query_params["run"] = chosen
     return next(r for r in runs if r["run_id"] == chosen)
@@ -133,9 +135,11 @@ def pick_run(finished_only: bool = False) -> dict | None:
 
 def run_caption(r: dict) -> None:
     b, c = r["baseline"], r["candidate"]
-    st.caption(f"Run **{r['run_id']}** on traffic **{r['traffic']}**: baseline `{b.get('uri')}` (v{b.get('version')})"
-               f" vs candidate `{c.get('uri')}` (v{c.get('version')}); {r['rows_done']:,} of "
-               f"{r['rows_total'] or 0:,} rows, {r['status']}.")
+    st.caption(
+        f"Run **{r['run_id']}** on traffic **{r['traffic']}**: baseline `{b.get('uri')}` (v{b.get('version')})"
+        f" vs candidate `{c.get('uri')}` (v{c.get('version')}); {r['rows_done']:,} of "
+        f"{r['rows_total'] or 0:,} rows, {r['status']}."
+    )
 
 
 # -- notes and formatting ----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Idempotent on one home: registered models and ingested traffic are reused, the r
 from the two model versions (a second ``workbench demo`` reuses the run), and a run that already has a
 decision is not decided again (the ramp advances only on new evidence).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,15 +31,20 @@ def _registered(settings: Settings) -> dict | None:
 
     client = mlflow.MlflowClient()
     try:
-        return {role: {"version": client.get_model_version_by_alias(MODEL_NAME, alias).version,
-                       "uri": f"models:/{MODEL_NAME}@{alias}"}
-                for role, alias in (("baseline", "champion"), ("candidate", "challenger"))}
+        return {
+            role: {
+                "version": client.get_model_version_by_alias(MODEL_NAME, alias).version,
+                "uri": f"models:/{MODEL_NAME}@{alias}",
+            }
+            for role, alias in (("baseline", "champion"), ("candidate", "challenger"))
+        }
     except MlflowException:
         return None
 
 
 class _DemoEvents(FlowEvents):
     """Number the flow's stages after the demo's own two steps, and say what each produced."""
+
     STEPS = {"ingest": 3, "replay": 4, "evaluate": 5, "drift": 6, "decide": 7}
 
     def __init__(self, log: Callable[[str], None]):
@@ -51,8 +57,14 @@ class _DemoEvents(FlowEvents):
         self.log(f"[{self.STEPS[stage]}/7] {stage}: skipped ({reason})")
 
 
-def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: int | None = None,
-             app: bool = True, port: int = 8501, log: Callable[[str], None] = print) -> dict:
+def run_demo(
+    settings: Settings,
+    data_dir: str | os.PathLike = "data",
+    limit: int | None = None,
+    app: bool = True,
+    port: int = 8501,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end."""
     import mlflow
 
@@ -77,11 +89,22 @@ def run_demo(settings: Settings, data_dir: str | os.PathLike = "data", limit: in
     if not (settings.keys_dir / PRIVATE_FILE).exists():
         init_keys(settings.keys_dir)
     run_id = f"demo_v{models['baseline']['version']}_v{models['candidate']['version']}"
-    source = TrafficSource(paths=data / "traffic.parquet", entity_col="tail_number", nullable=tuple(NULLABLE),
-                           labels=data / "labels.parquet", if_exists="check")
-    flow = Flow(traffic=TRAFFIC, baseline=models["baseline"]["uri"], candidate=models["candidate"]["uri"],
-                run_id=run_id, source=source, drift_html=settings.reports_dir / f"drift_{run_id}.html",
-                decide="apply")
+    source = TrafficSource(
+        paths=data / "traffic.parquet",
+        entity_col="tail_number",
+        nullable=tuple(NULLABLE),
+        labels=data / "labels.parquet",
+        if_exists="check",
+    )
+    flow = Flow(
+        traffic=TRAFFIC,
+        baseline=models["baseline"]["uri"],
+        candidate=models["candidate"]["uri"],
+        run_id=run_id,
+        source=source,
+        drift_html=settings.reports_dir / f"drift_{run_id}.html",
+        decide="apply",
+    )
     with Store(settings.db_path) as store:
         res = run_flow(settings, flow, store=lambda: nullcontext(store), events=_DemoEvents(log))
     summary = _summary(settings, models, counts, res)
@@ -104,8 +127,16 @@ def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) ->
     out["evaluation"] = res.outputs["evaluate"]
     out["drift"] = {k: v for k, v in res.summaries["drift"].items()}
     decision = res.summaries["decide"]
-    keep = ("decision_id", "verdict", "reason", "weight_before", "weight_after", "mlflow_run_id", "pending_sync",
-            "reused")
+    keep = (
+        "decision_id",
+        "verdict",
+        "reason",
+        "weight_before",
+        "weight_after",
+        "mlflow_run_id",
+        "pending_sync",
+        "reused",
+    )
     out["decision"] = {k: decision[k] for k in keep if k in decision}
     return out
 
@@ -117,45 +148,71 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
     """What the demo found, in words: the quality table, the verdict with the checks that decided it, and
     where to look in the app."""
     ev, d = summary["evaluation"], summary["decision"]
-    lines = ["", f"What the demo found ({ev['labeled_rows']:,} labelled rows of {summary['replay']['rows']:,} "
-             "replayed):", f"  {'metric':<10} {'baseline':>9} {'candidate':>9} {'delta':>9}  95% interval"]
+    lines = [
+        "",
+        f"What the demo found ({ev['labeled_rows']:,} labelled rows of {summary['replay']['rows']:,} replayed):",
+        f"  {'metric':<10} {'baseline':>9} {'candidate':>9} {'delta':>9}  95% interval",
+    ]
     for m in QUALITY:
         b, c, dm = ev["baseline"].get(m), ev["candidate"].get(m), ev.get("delta", {}).get(m)
         if not (b and c and dm):
             continue
-        lines.append(f"  {m:<10} {b['value']:>9.4f} {c['value']:>9.4f} {dm['value']:>+9.4f}  "
-                     f"[{dm['ci_low']:+.4f}, {dm['ci_high']:+.4f}]")
+        lines.append(
+            f"  {m:<10} {b['value']:>9.4f} {c['value']:>9.4f} {dm['value']:>+9.4f}  "
+            f"[{dm['ci_low']:+.4f}, {dm['ci_high']:+.4f}]"
+        )
     record = res.outputs["decide"].record
-    lines.append(f"Verdict: {d['verdict']}, weight {d['weight_before']}% -> {d['weight_after']}% ({d['reason']})"
-                 + (" [decided earlier; reused]" if d.get("reused") else ""))
+    lines.append(
+        f"Verdict: {d['verdict']}, weight {d['weight_before']}% -> {d['weight_after']}% ({d['reason']})"
+        + (" [decided earlier; reused]" if d.get("reused") else "")
+    )
     checks = record["scorecard"]["checks"]
     deciding = [c for c in checks if c["outcome"] != "pass"] or checks
     lines.append("Checks that decided it:" if deciding is not checks else "Checks (all passed):")
     lines += [f"  {c['outcome'].upper():<5} {c['gate']}: {c['reason']}" for c in deciding]
     run = summary["replay"]["run_id"]
     base = f"http://127.0.0.1:{port}"
-    lines += ["Where to look in the app:",
-              f"  Compare (quality, segments, latency): {base}/compare?run={run}",
-              f"  Drift (features, predictions, concept): {base}/drift?run={run}",
-              f"  Decide (the scorecard, sign as an approver): {base}/decide?run={run}",
-              f"  Audit (the signed chain): {base}/audit", ""]
+    lines += [
+        "Where to look in the app:",
+        f"  Compare (quality, segments, latency): {base}/compare?run={run}",
+        f"  Drift (features, predictions, concept): {base}/drift?run={run}",
+        f"  Decide (the scorecard, sign as an approver): {base}/decide?run={run}",
+        f"  Audit (the signed chain): {base}/audit",
+        "",
+    ]
     return lines
 
 
 def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None:
     """Serve the Streamlit app on 127.0.0.1 until interrupted."""
     env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "app.py"), "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]   # a served app: no source watching (and no inotify flood)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO_ROOT / "app.py"),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]  # a served app: no source watching (and no inotify flood)
     from workbench.decide.signing import PRIVATE_FILE
     from workbench.ops.access import approvers_path, load_approvers
 
     log(f"serving the workbench app on http://127.0.0.1:{port} (Ctrl-C stops it)")
     if not (settings.keys_dir / PRIVATE_FILE).exists() or not load_approvers(approvers_path(settings.home)):
-        log("to sign decisions in the app: `workbench keys init` (once) and `workbench approver add NAME`; "
-            "everyone else reviews read-only")
+        log(
+            "to sign decisions in the app: `workbench keys init` (once) and `workbench approver add NAME`; "
+            "everyone else reviews read-only"
+        )
     try:
-        subprocess.run(cmd, env=env, check=False, cwd=REPO_ROOT)   # the repository's .streamlit/config.toml
+        subprocess.run(cmd, env=env, check=False, cwd=REPO_ROOT)  # the repository's .streamlit/config.toml
     except KeyboardInterrupt:
         pass

@@ -12,6 +12,7 @@ arr_delay, air_time) are dropped so they cannot leak the label. Writes, under ``
 
 The package's files are located with ``importlib.util.find_spec``; the package itself is not imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,16 +23,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-NUMERIC_FEATURES = ["month", "day_of_week", "hour", "minute", "distance", "dest_lat", "dest_lon", "temp", "dewp",
-                    "humid", "wind_dir", "wind_speed", "precip", "pressure", "visib"]
+NUMERIC_FEATURES = [
+    "month",
+    "day_of_week",
+    "hour",
+    "minute",
+    "distance",
+    "dest_lat",
+    "dest_lon",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "precip",
+    "pressure",
+    "visib",
+]
 CATEGORICAL_FEATURES = ["carrier", "origin", "dest"]
 SEGMENTS = ["carrier", "origin"]
 LEAKY = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
 #: weather columns a flight may lack (sensor gaps); everything else is required by the traffic contract
 NULLABLE = ["wind_dir", "pressure"]
 #: destinations missing from airports.csv: (IANA zone, latitude, longitude)
-EXTRA_AIRPORTS = {"SJU": ("America/Puerto_Rico", 18.4394, -66.0018), "BQN": ("America/Puerto_Rico", 18.4949, -67.1294),
-                  "PSE": ("America/Puerto_Rico", 18.0083, -66.5630), "STT": ("America/St_Thomas", 18.3373, -64.9734)}
+EXTRA_AIRPORTS = {
+    "SJU": ("America/Puerto_Rico", 18.4394, -66.0018),
+    "BQN": ("America/Puerto_Rico", 18.4949, -67.1294),
+    "PSE": ("America/Puerto_Rico", 18.0083, -66.5630),
+    "STT": ("America/St_Thomas", 18.3373, -64.9734),
+}
 
 
 def data_dir() -> Path:
@@ -54,34 +74,50 @@ def build(limit: int | None = None) -> pd.DataFrame:
         flights = flights.iloc[::step].head(limit)
 
     df = flights.merge(weather, on=["origin", "time_hour"], how="left")
-    df = df.merge(airports.rename(columns={"faa": "dest", "lat": "dest_lat", "lon": "dest_lon", "tzone": "dest_tz"}),
-                  on="dest", how="left")
+    df = df.merge(
+        airports.rename(columns={"faa": "dest", "lat": "dest_lat", "lon": "dest_lon", "tzone": "dest_tz"}),
+        on="dest",
+        how="left",
+    )
     dep_hour_utc = pd.to_datetime(df["time_hour"], utc=True)
     df["event_time"] = (dep_hour_utc + pd.to_timedelta(df["minute"], unit="m")).dt.tz_localize(None)
     local_dep = df["event_time"].dt.tz_localize("UTC").dt.tz_convert("America/New_York")
     df["day_of_week"] = local_dep.dt.dayofweek
 
     # scheduled arrival: the local clock time at the destination, turned into UTC
-    arr_local_naive = (local_dep.dt.tz_localize(None).dt.normalize()
-                       + pd.to_timedelta(df["sched_arr_time"] // 100, unit="h")
-                       + pd.to_timedelta(df["sched_arr_time"] % 100, unit="m"))
+    arr_local_naive = (
+        local_dep.dt.tz_localize(None).dt.normalize()
+        + pd.to_timedelta(df["sched_arr_time"] // 100, unit="h")
+        + pd.to_timedelta(df["sched_arr_time"] % 100, unit="m")
+    )
     label_time = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]")
     for zone, idx in df.groupby(df["dest_tz"].fillna("America/New_York")).groups.items():
-        label_time.loc[idx] = (arr_local_naive.loc[idx]
-                               .dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
-                               .dt.tz_convert("UTC").dt.tz_localize(None))
+        label_time.loc[idx] = (
+            arr_local_naive.loc[idx]
+            .dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
+            .dt.tz_convert("UTC")
+            .dt.tz_localize(None)
+        )
     overnight = label_time < df["event_time"]
     label_time = label_time.where(~overnight, label_time + pd.Timedelta(days=1))
     df["label_time"] = label_time.fillna(df["event_time"] + pd.Timedelta(hours=6))
 
     df["label"] = np.where(df["arr_delay"].isna(), np.nan, (df["arr_delay"] > 15).astype(float))
-    df["request_id"] = (df["year"].astype(str) + df["month"].astype(str).str.zfill(2)
-                        + df["day"].astype(str).str.zfill(2) + "-" + df["carrier"] + df["flight"].astype(str)
-                        + "-" + df["origin"])
+    df["request_id"] = (
+        df["year"].astype(str)
+        + df["month"].astype(str).str.zfill(2)
+        + df["day"].astype(str).str.zfill(2)
+        + "-"
+        + df["carrier"]
+        + df["flight"].astype(str)
+        + "-"
+        + df["origin"]
+    )
     df = df.rename(columns={"tailnum": "tail_number"}).drop(columns=LEAKY)
     df = df.sort_values(["event_time", "request_id"], kind="stable").reset_index(drop=True)
-    cols = (["request_id", "event_time", "tail_number"] + CATEGORICAL_FEATURES + NUMERIC_FEATURES
-            + ["label", "label_time"])
+    cols = (
+        ["request_id", "event_time", "tail_number"] + CATEGORICAL_FEATURES + NUMERIC_FEATURES + ["label", "label_time"]
+    )
     df = df[cols]
     df["distance"] = df["distance"].astype("float64")
     for c in ("month", "day_of_week", "hour", "minute"):

@@ -7,6 +7,7 @@
 Each model's decision threshold is the F1-optimal cut on its own training window, stored in the model's
 metadata; a 20k-row sample of its training features is logged with it as the drift reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,31 @@ def train_baseline(train: pd.DataFrame, seed: int = 0):
     from sklearn.preprocessing import OrdinalEncoder
 
     features = CATEGORICAL_FEATURES + NUMERIC_FEATURES
-    enc = ColumnTransformer([("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
-                                                    encoded_missing_value=-1), CATEGORICAL_FEATURES)],
-                            remainder="passthrough", verbose_feature_names_out=False)
-    model = Pipeline([("encode", enc), ("gbm", HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.1, categorical_features=list(range(len(CATEGORICAL_FEATURES))),
-        random_state=seed))])
+    enc = ColumnTransformer(
+        [
+            (
+                "cat",
+                OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1),
+                CATEGORICAL_FEATURES,
+            )
+        ],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    )
+    model = Pipeline(
+        [
+            ("encode", enc),
+            (
+                "gbm",
+                HistGradientBoostingClassifier(
+                    max_iter=200,
+                    learning_rate=0.1,
+                    categorical_features=list(range(len(CATEGORICAL_FEATURES))),
+                    random_state=seed,
+                ),
+            ),
+        ]
+    )
     model.fit(train[features], train["label"])
     return model, features
 
@@ -70,8 +90,13 @@ def train_candidate(train: pd.DataFrame, epochs: int = 6, seed: int = 0):
             self.register_buffer("mean", torch.tensor(mean))
             self.register_buffer("std", torch.tensor(std))
             f = len(mean)
-            self.net = torch.nn.Sequential(torch.nn.Linear(f, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
-                                           torch.nn.ReLU(), torch.nn.Linear(64, 1))
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(f, 64),
+                torch.nn.ReLU(),
+                torch.nn.Linear(64, 64),
+                torch.nn.ReLU(),
+                torch.nn.Linear(64, 1),
+            )
 
         def forward(self, x):
             z = (x - self.mean) / self.std
@@ -85,7 +110,7 @@ def train_candidate(train: pd.DataFrame, epochs: int = 6, seed: int = 0):
     for _ in range(epochs):
         perm = torch.randperm(len(Xt), generator=gen)
         for i in range(0, len(Xt), 1024):
-            idx = perm[i:i + 1024]
+            idx = perm[i : i + 1024]
             p = model(Xt[idx]).squeeze(1)
             loss = torch.nn.functional.binary_cross_entropy(p, yt[idx])
             opt.zero_grad()
@@ -113,8 +138,11 @@ def register(settings: Settings, train_path: Path, seed: int = 0, log=print) -> 
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
-        EXPERIMENT, artifact_location=settings.artifacts_dir.resolve().as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else mlflow.create_experiment(EXPERIMENT, artifact_location=settings.artifacts_dir.resolve().as_uri())
+    )
     data = pd.read_parquet(train_path)
     out = {}
     for role, alias, months in (("baseline", "champion", (1, 2)), ("candidate", "challenger", (1, 6))):
@@ -130,22 +158,32 @@ def register(settings: Settings, train_path: Path, seed: int = 0, log=print) -> 
         example = train[features].head(5)
         signature = infer_signature(example, scores[:5])
         with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{role}") as run:
-            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train),
-                               "threshold": threshold})
+            mlflow.log_params(
+                {"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), "threshold": threshold}
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 ref = Path(tmp) / "reference.parquet"
                 train[features + ["label"]].sample(min(20_000, len(train)), random_state=seed).to_parquet(ref)
                 mlflow.log_artifact(str(ref), artifact_path="reference")
-            common = dict(name="model", signature=signature, registered_model_name=MODEL_NAME,
-                          metadata={"threshold": threshold}, pip_requirements=PIP_REQUIREMENTS)
+            common = dict(
+                name="model",
+                signature=signature,
+                registered_model_name=MODEL_NAME,
+                metadata={"threshold": threshold},
+                pip_requirements=PIP_REQUIREMENTS,
+            )
             if role == "baseline":
                 info = mlflow.sklearn.log_model(sk_model=model, serialization_format="cloudpickle", **common)
             else:
                 info = mlflow.pytorch.log_model(pytorch_model=model, serialization_format="pickle", **common)
         version = str(info.registered_model_version)
         mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
-        out[role] = {"version": version, "run_id": run.info.run_id, "threshold": threshold,
-                     "uri": f"models:/{MODEL_NAME}@{alias}"}
+        out[role] = {
+            "version": version,
+            "run_id": run.info.run_id,
+            "threshold": threshold,
+            "uri": f"models:/{MODEL_NAME}@{alias}",
+        }
         log(f"registered {MODEL_NAME} version {version} as @{alias} (threshold {threshold})")
     return out
 

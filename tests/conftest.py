@@ -1,4 +1,5 @@
 """Shared fixtures: a small real demo (NYC flights sample, real MLflow sqlite store) built once per session."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,25 @@ def demo_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("demo_home")
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "demo", "--no-app", "--json", "--limit",
-                           str(DEMO_LIMIT), "--data-dir", str(home / "data")],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "demo",
+            "--no-app",
+            "--json",
+            "--limit",
+            str(DEMO_LIMIT),
+            "--data-dir",
+            str(home / "data"),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (home / "demo.json").write_text(proc.stdout)
     return home
@@ -47,15 +64,22 @@ def workbench_env(demo_home, monkeypatch):
     return settings
 
 
-def run_cli(*args: str, home: Path, check: bool = True, timeout: float = 300,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, home: Path, check: bool = True, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the CLI on ``home``; ``env`` adds variables (MLFLOW_TRACKING_URI is dropped unless given there)."""
     extra = env or {}
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env |= extra
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -67,8 +91,9 @@ class TinyModel:
     def __init__(self, name="tiny", raise_on=None, nan_on=None, threshold=0.5, wrong_shape=False):
         from workbench.replay.models import ModelRef
 
-        self.ref = ModelRef(uri=f"test:{name}", name=name, version="1", run_id=None, flavor="test",
-                            features=("x",), threshold=threshold)
+        self.ref = ModelRef(
+            uri=f"test:{name}", name=name, version="1", run_id=None, flavor="test", features=("x",), threshold=threshold
+        )
         self.device = "cpu"
         self.raise_on, self.nan_on, self.wrong_shape = raise_on or set(), nan_on or set(), wrong_shape
         self.calls = 0
@@ -84,62 +109,134 @@ class TinyModel:
 
 
 # -- decisions: synthetic evaluations of the binding shape, seeded runs, a real MLflow server -------------
-def make_evaluation(run_id: str = "run_syn", *, labeled_rows: int = 5000, confidence: float | None = 0.95,
-                    metrics: dict | None = None, latency: dict | None = None, errors: tuple | None = (0, 5000),
-                    segments: dict | None = None) -> dict:
+def make_evaluation(
+    run_id: str = "run_syn",
+    *,
+    labeled_rows: int = 5000,
+    confidence: float | None = 0.95,
+    metrics: dict | None = None,
+    latency: dict | None = None,
+    errors: tuple | None = (0, 5000),
+    segments: dict | None = None,
+) -> dict:
     """An evaluation dict of the binding shape (``workbench evaluate --json``).
 
     ``metrics``: {name: (baseline, candidate, delta_ci_low, delta_ci_high)}; intervals of the two values are
     +-0.01 around them. ``latency``: {"p99": (baseline_ms, candidate_ms, delta_ci_low, delta_ci_high)}.
     ``errors``: candidate (count, rows); ``segments``: {col: {value: {"rows", "small", metric: tuple}}}.
     """
-    metrics = metrics if metrics is not None else {
-        "roc_auc": (0.70, 0.72, 0.01, 0.03), "f1": (0.40, 0.42, 0.005, 0.035), "log_loss": (0.50, 0.49, -0.02, 0.0)}
+    metrics = (
+        metrics
+        if metrics is not None
+        else {
+            "roc_auc": (0.70, 0.72, 0.01, 0.03),
+            "f1": (0.40, 0.42, 0.005, 0.035),
+            "log_loss": (0.50, 0.49, -0.02, 0.0),
+        }
+    )
     latency = latency if latency is not None else {"p99": (2.0, 2.2, 0.1, 0.3)}
 
     def side(i: int, ms: dict) -> dict:
         return {m: {"value": v[i], "ci_low": v[i] - 0.01, "ci_high": v[i] + 0.01} for m, v in ms.items()}
 
     def delta(ms: dict) -> dict:
-        return {m: {"value": v[1] - v[0], "ci_low": v[2], "ci_high": v[3], "p_value": 0.01, "mde": 0.012}
-                for m, v in ms.items()}
+        return {
+            m: {"value": v[1] - v[0], "ci_low": v[2], "ci_high": v[3], "p_value": 0.01, "mde": 0.012}
+            for m, v in ms.items()
+        }
 
-    ev = {"run_id": run_id, "labeled_rows": labeled_rows, "label_coverage": 0.97, "confidence": confidence,
-          "rows": {"baseline": labeled_rows, "candidate": labeled_rows, "paired": labeled_rows},
-          "thresholds": {"baseline": 0.5, "candidate": 0.5},
-          "baseline": side(0, metrics), "candidate": side(1, metrics), "delta": delta(metrics),
-          "latency": {"baseline": {p: v[0] for p, v in latency.items()},
-                      "candidate": {p: v[1] for p, v in latency.items()},
-                      "delta": {p: {"value": v[1] - v[0], "ci_low": v[2], "ci_high": v[3]} for p, v in latency.items()},
-                      "mann_whitney_p": 0.2},
-          "segments": {}, "undefined": {}}
+    ev = {
+        "run_id": run_id,
+        "labeled_rows": labeled_rows,
+        "label_coverage": 0.97,
+        "confidence": confidence,
+        "rows": {"baseline": labeled_rows, "candidate": labeled_rows, "paired": labeled_rows},
+        "thresholds": {"baseline": 0.5, "candidate": 0.5},
+        "baseline": side(0, metrics),
+        "candidate": side(1, metrics),
+        "delta": delta(metrics),
+        "latency": {
+            "baseline": {p: v[0] for p, v in latency.items()},
+            "candidate": {p: v[1] for p, v in latency.items()},
+            "delta": {p: {"value": v[1] - v[0], "ci_low": v[2], "ci_high": v[3]} for p, v in latency.items()},
+            "mann_whitney_p": 0.2,
+        },
+        "segments": {},
+        "undefined": {},
+    }
     if errors is not None:
         n_err, n = errors
         rate = n_err / n
         half = 2 * (rate / n) ** 0.5  # a rough interval: enough for the gate's bound logic
-        ev["errors"] = {"baseline": {"count": 0, "rows": n, "rate": 0.0, "ci_low": 0.0, "ci_high": 3.84 / (n + 3.84)},
-                        "candidate": {"count": n_err, "rows": n, "rate": rate, "ci_low": max(0.0, rate - half),
-                                      "ci_high": rate + half + 3.84 / (n + 3.84)}}
+        ev["errors"] = {
+            "baseline": {"count": 0, "rows": n, "rate": 0.0, "ci_low": 0.0, "ci_high": 3.84 / (n + 3.84)},
+            "candidate": {
+                "count": n_err,
+                "rows": n,
+                "rate": rate,
+                "ci_low": max(0.0, rate - half),
+                "ci_high": rate + half + 3.84 / (n + 3.84),
+            },
+        }
     for col, values in (segments or {}).items():
         for value, seg in values.items():
             ms = {m: v for m, v in seg.items() if isinstance(v, tuple)}
-            ev["segments"].setdefault(col, {})[value] = {"rows": seg.get("rows", 500), "small": seg.get("small", False),
-                                                        "baseline": side(0, ms), "candidate": side(1, ms),
-                                                        "delta": delta(ms)}
+            ev["segments"].setdefault(col, {})[value] = {
+                "rows": seg.get("rows", 500),
+                "small": seg.get("small", False),
+                "baseline": side(0, ms),
+                "candidate": side(1, ms),
+                "delta": delta(ms),
+            }
     return ev
 
 
-def seed_run(store, run_id: str, evaluation: dict, *, model: str = "fraud", baseline_version: str = "1",
-             candidate_version: str = "2", traffic: str = "syn_traffic") -> None:
+def seed_run(
+    store,
+    run_id: str,
+    evaluation: dict,
+    *,
+    model: str = "fraud",
+    baseline_version: str = "1",
+    candidate_version: str = "2",
+    traffic: str = "syn_traffic",
+) -> None:
     """A finished replay run of a registered baseline/candidate pair, with ``evaluation`` stored for it."""
     if store.traffic_info(traffic) is None:
-        store.upsert_traffic_set(store.cursor(), traffic, id_col="request_id", time_col="event_time", entity_col=None,
-                                 columns=["x"], fingerprint="f" * 64, added_rows=5000, added_quarantined=0)
-    refs = {role: {"uri": f"models:/{model}/{v}", "name": model, "version": v, "run_id": f"mlrun{v}",
-                   "flavor": "sklearn", "features": ["x"], "threshold": 0.5}
-            for role, v in (("baseline", baseline_version), ("candidate", candidate_version))}
-    store.create_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
-                     rows_total=5000, batch_size=1000, device="cpu", mode="throughput", meta={})
+        store.upsert_traffic_set(
+            store.cursor(),
+            traffic,
+            id_col="request_id",
+            time_col="event_time",
+            entity_col=None,
+            columns=["x"],
+            fingerprint="f" * 64,
+            added_rows=5000,
+            added_quarantined=0,
+        )
+    refs = {
+        role: {
+            "uri": f"models:/{model}/{v}",
+            "name": model,
+            "version": v,
+            "run_id": f"mlrun{v}",
+            "flavor": "sklearn",
+            "features": ["x"],
+            "threshold": 0.5,
+        }
+        for role, v in (("baseline", baseline_version), ("candidate", candidate_version))
+    }
+    store.create_run(
+        run_id=run_id,
+        traffic=traffic,
+        baseline=refs["baseline"],
+        candidate=refs["candidate"],
+        rows_total=5000,
+        batch_size=1000,
+        device="cpu",
+        mode="throughput",
+        meta={},
+    )
     store.finish_run(run_id)
     store.save_evaluation(run_id, {}, evaluation)
 
@@ -161,15 +258,38 @@ def mlflow_server(tmp_path_factory) -> str:
 
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
-    env = os.environ | {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-                        "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0",
-                        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+    env = os.environ | {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -182,8 +302,9 @@ def mlflow_server(tmp_path_factory) -> str:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not answer /health in 120 s: "
-                                   + (root / "server.log").read_text()[-3000:])
+                raise RuntimeError(
+                    "mlflow server did not answer /health in 120 s: " + (root / "server.log").read_text()[-3000:]
+                )
             time.sleep(0.3)
         yield url
     finally:
@@ -227,7 +348,7 @@ def seeded_home(tmp_path) -> Path:
     return home
 
 
-# -- scheduled jobs (issue 9): a private copy of the demo home with a signing key, and job specs ---------
+# -- scheduled jobs: a private copy of the demo home with a signing key, and job specs ---------
 @pytest.fixture
 def job_home(demo_home, tmp_path) -> Path:
     """A copy of the demo home (data, DuckDB, MLflow store, and the signing key the demo created), for tests
@@ -244,9 +365,18 @@ def write_spec(path: Path, home: Path, **fields) -> Path:
     the newest flight (about 950 requests of the 6000-flight sample); ``fields`` override top-level keys."""
     import yaml
 
-    spec = {"name": "fd", "model": "flight-delay", "verdict": "record",
-            "traffic": {"path": str(home / "data" / "traffic.parquet"), "window": "60d", "anchor": "latest",
-                        "entity_col": "tail_number", "nullable": ["wind_dir", "pressure"]},
-            "labels": {"path": str(home / "data" / "labels.parquet")}} | fields
+    spec = {
+        "name": "fd",
+        "model": "flight-delay",
+        "verdict": "record",
+        "traffic": {
+            "path": str(home / "data" / "traffic.parquet"),
+            "window": "60d",
+            "anchor": "latest",
+            "entity_col": "tail_number",
+            "nullable": ["wind_dir", "pressure"],
+        },
+        "labels": {"path": str(home / "data" / "labels.parquet")},
+    } | fields
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

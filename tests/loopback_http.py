@@ -2,6 +2,7 @@
 
 ``handler(request)`` returns the raw answer (see :func:`reply`), or None to close the connection without one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,15 @@ class Request:
     body: bytes
 
 
-def reply(status: int = 200, body: bytes = b"", *, content_type: str | None = "application/json",
-          chunks: int = 0, close: bool = False, length: bool = True) -> bytes:
+def reply(
+    status: int = 200,
+    body: bytes = b"",
+    *,
+    content_type: str | None = "application/json",
+    chunks: int = 0,
+    close: bool = False,
+    length: bool = True,
+) -> bytes:
     """An HTTP/1.1 answer: ``Content-Length`` framing, or ``chunks`` chunks, or (``length=False``) to EOF."""
     head = [f"HTTP/1.1 {status} X"]
     if content_type:
@@ -29,7 +37,7 @@ def reply(status: int = 200, body: bytes = b"", *, content_type: str | None = "a
     if chunks:
         head.append("transfer-encoding: chunked")
         step = max(1, -(-len(body) // chunks))
-        parts = [body[i:i + step] for i in range(0, len(body), step)]
+        parts = [body[i : i + step] for i in range(0, len(body), step)]
         payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
     else:
         if length:

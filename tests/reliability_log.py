@@ -6,6 +6,7 @@ the area, what was tried, what happened, and the counts that show nothing was lo
 run in one process, or in subprocesses that append whole lines); ``benchmarks/reliability.py`` runs the
 suite with it set and renders the markdown. Without it, recording does nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,15 @@ def record(area: str, fault: str, outcome: str, **counts) -> None:
     path = os.environ.get("WORKBENCH_RELIABILITY_LOG")
     if not path:
         return
-    line = json.dumps({"area": area, "fault": fault, "outcome": outcome, "counts": counts,
-                       "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]}, default=str)
+    line = json.dumps(
+        {
+            "area": area,
+            "fault": fault,
+            "outcome": outcome,
+            "counts": counts,
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+        },
+        default=str,
+    )
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")

@@ -1,4 +1,5 @@
 """The package layout: imports point down the data flow only, and no module imports itself in a cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -10,9 +11,22 @@ from conftest import REPO
 
 # Each part of `workbench` with its layer: a module may import only its own layer or earlier ones.
 LAYERS = {
-    "errors": 0, "clock": 0, "paths": 0, "config": 0, "roles": 0, "__init__": 0,
-    "store": 1, "ingest": 2, "replay": 3, "evaluate": 4, "drift": 5, "decide": 6, "ops": 7, "live": 8,
-    "cli": 9, "views": 9,
+    "errors": 0,
+    "clock": 0,
+    "paths": 0,
+    "config": 0,
+    "roles": 0,
+    "__init__": 0,
+    "store": 1,
+    "ingest": 2,
+    "replay": 3,
+    "evaluate": 4,
+    "drift": 5,
+    "decide": 6,
+    "ops": 7,
+    "live": 8,
+    "cli": 9,
+    "views": 9,
 }
 PACKAGE = REPO / "workbench"
 
@@ -55,8 +69,9 @@ def test_every_part_has_a_layer():
 @pytest.mark.parametrize("module", sorted(MODULES), ids=str)
 def test_imports_point_down_the_flow(module):
     mine = LAYERS[_part(module)]
-    later = sorted(n for n in _imports(MODULES[module], top_level_only=False)
-                   if n in MODULES and LAYERS[_part(n)] > mine)
+    later = sorted(
+        n for n in _imports(MODULES[module], top_level_only=False) if n in MODULES and LAYERS[_part(n)] > mine
+    )
     assert not later, f"{module} (layer {mine}) imports later stages: {later}"
 
 
@@ -69,7 +84,7 @@ def test_no_import_cycles_at_module_level():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycles.append(stack[stack.index(n):] + [n] if n in stack else [m, n])
+                cycles.append(stack[stack.index(n) :] + [n] if n in stack else [m, n])
             elif n not in state:
                 visit(n, stack + [n])
         state[m] = 2

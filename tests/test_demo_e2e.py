@@ -1,4 +1,5 @@
 """End to end on a small real slice: the CLI contract from traffic to metrics, against sklearn."""
+
 import json
 
 import numpy as np
@@ -25,10 +26,18 @@ def test_cli_evaluate_matches_sklearn(demo_home):
 
     con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
     for role in ("baseline", "candidate"):
-        y, s = map(np.array, zip(*con.execute(
-            f"SELECT l.label, p.{role}_score FROM predictions p JOIN traffic_flights t USING (_row) "
-            "JOIN labels l USING (request_id) "
-            f"WHERE p.run_id = ? AND p.{role}_error IS NULL", [run_id]).fetchall(), strict=True))
+        y, s = map(
+            np.array,
+            zip(
+                *con.execute(
+                    f"SELECT l.label, p.{role}_score FROM predictions p JOIN traffic_flights t USING (_row) "
+                    "JOIN labels l USING (request_id) "
+                    f"WHERE p.run_id = ? AND p.{role}_error IS NULL",
+                    [run_id],
+                ).fetchall(),
+                strict=True,
+            ),
+        )
         t = out["thresholds"][role]
         assert out[role]["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)
         assert out[role]["f1"]["value"] == pytest.approx(skm.f1_score(y, s >= t), abs=1e-9)
@@ -43,9 +52,19 @@ def test_cli_evaluate_matches_sklearn(demo_home):
 
 def test_cli_json_is_one_object_and_rerun_is_noop(demo_home):
     d = json.loads((demo_home / "demo.json").read_text())
-    proc = run_cli("replay", "--baseline", "models:/flight-delay@champion", "--candidate",
-                   "models:/flight-delay@challenger", "--traffic", "flights", "--run-id", d["replay"]["run_id"],
-                   "--json", home=demo_home)
+    proc = run_cli(
+        "replay",
+        "--baseline",
+        "models:/flight-delay@champion",
+        "--candidate",
+        "models:/flight-delay@challenger",
+        "--traffic",
+        "flights",
+        "--run-id",
+        d["replay"]["run_id"],
+        "--json",
+        home=demo_home,
+    )
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
     out = json.loads(lines[0])

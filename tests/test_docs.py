@@ -1,4 +1,5 @@
 """The documentation: the generated CLI and policy references cover the code; README and docs stay in the repo."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def test_cli_reference_covers_every_command(hook):
     page, missing = hook.cli_markdown(parser, hook.load_outputs())
     assert missing == [], f"describe the output of these commands in docs/hooks/cli_output.toml: {missing}"
     for words in commands:
-        heading = re.compile(rf"^#+ workbench {re.escape(' '.join(words))} \{{#{re.escape('-'.join(words))}\}}$",
-                             re.MULTILINE)
+        heading = re.compile(
+            rf"^#+ workbench {re.escape(' '.join(words))} \{{#{re.escape('-'.join(words))}\}}$", re.MULTILINE
+        )
         assert heading.search(page), f"workbench {' '.join(words)} has no section in the CLI reference"
         for action in (a for a in _parser_of(parser, words)._actions if a.option_strings):
             if action.help != argparse.SUPPRESS and action.option_strings[0] not in ("-h", "--json", "--home"):
@@ -59,9 +61,14 @@ def test_policy_reference_covers_every_field(hook):
     from workbench.decide import policy as pm
 
     page = hook.policy_markdown()
-    models = [m for m in vars(pm).values()
-              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == pm.__name__
-              and not m.__name__.startswith("_")]
+    models = [
+        m
+        for m in vars(pm).values()
+        if isinstance(m, type)
+        and issubclass(m, BaseModel)
+        and m.__module__ == pm.__name__
+        and not m.__name__.startswith("_")
+    ]
     assert pm.Policy in models and pm.LiveSegment in models
     for model in models:
         assert f"Model `{model.__name__}`" in page, f"{model.__name__} has no section in the policy reference"
@@ -106,8 +113,11 @@ def check_links(md: Path) -> list[str]:
 
 
 def test_link_checker_catches_what_it_should(tmp_path):
-    assert links("see [a](docs/x.md#y), `[b](http://no)`, ![c](img.png)\n```\n[d](http://no)\n```\n[e]: ../f.md") == \
-        ["docs/x.md#y", "img.png", "../f.md"]
+    assert links("see [a](docs/x.md#y), `[b](http://no)`, ![c](img.png)\n```\n[d](http://no)\n```\n[e]: ../f.md") == [
+        "docs/x.md#y",
+        "img.png",
+        "../f.md",
+    ]
     assert "://" not in prose("text `http://127.0.0.1:8501` more\n```bash\ncurl http://x\n```\n")
 
 

@@ -4,6 +4,7 @@ Signed records (tampered, wrong keys, replayed, reordered, stale), webhook signa
 state-changing endpoints and bind address, hostile names in SQL, paths that try to leave the home, and
 the private key, which must never appear in logs, DuckDB, MLflow or error messages.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,14 +48,22 @@ from workbench.replay.models import ModelRef
 from workbench.replay.pipeline import replay
 from workbench.store import Store
 
-HOSTILE = ['x"; DROP TABLE runs; --', "x'); DROP TABLE predictions; --", "1 OR 1=1", "名前 \"quoted\"",
-           "a`b", "../../etc/passwd", "x\\y"]
+HOSTILE = [
+    'x"; DROP TABLE runs; --',
+    "x'); DROP TABLE predictions; --",
+    "1 OR 1=1",
+    '名前 "quoted"',
+    "a`b",
+    "../../etc/passwd",
+    "x\\y",
+]
 
 
 def db_digest(cur) -> dict:
     """Every table of a DuckDB database with its row count and a hash of its content."""
-    tables = [r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary "
-                                        "ORDER BY 1").fetchall()]
+    tables = [
+        r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary ORDER BY 1").fetchall()
+    ]
     return {t: cur.execute(f'SELECT count(*), bit_xor(hash(x)) FROM "{t}" x').fetchall()[0] for t in tables}
 
 
@@ -63,9 +72,12 @@ def db_digest(cur) -> dict:
 def keyring(tmp_path):
     init_keys(tmp_path / "keys")
     other = Ed25519PrivateKey.generate()
-    return {"signer": Signer.from_keys_dir(tmp_path / "keys", "tester"),
-            "trusted": trusted_keys(tmp_path / "keys", tmp_path / "none"),
-            "intruder": Signer("intruder", "ed25519:" + "0" * 64, other), "other_key": other}
+    return {
+        "signer": Signer.from_keys_dir(tmp_path / "keys", "tester"),
+        "trusted": trusted_keys(tmp_path / "keys", tmp_path / "none"),
+        "intruder": Signer("intruder", "ed25519:" + "0" * 64, other),
+        "other_key": other,
+    }
 
 
 def fresh_store() -> Store:
@@ -84,11 +96,11 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
     policy = load_policy()
     store = fresh_store()
     d1, _ = build_decision(store, "run_a", policy, signer)
-    twin, _ = build_decision(store, "run_a", policy, signer)       # the same step, made twice
+    twin, _ = build_decision(store, "run_a", policy, signer)  # the same step, made twice
     stale, _ = build_decision(store, "run_a", policy, signer, now=utc_now() - timedelta(hours=25))
     future, _ = build_decision(store, "run_a", policy, signer, now=utc_now() + timedelta(hours=1))
     foreign = resign(d1, keyring["other_key"], key_fingerprint="ed25519:" + "f" * 64)
-    forged = resign(d1, keyring["other_key"])   # claims the trusted key's fingerprint
+    forged = resign(d1, keyring["other_key"])  # claims the trusted key's fingerprint
     raw = bytearray(base64.b64decode(d1.signature))
     raw[0] ^= 1
     cases = {
@@ -102,11 +114,17 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
         "stale (older than max_age_hours)": stale,
         "dated in the future": future,
     }
-    expect = {"tampered weight": "does not match", "tampered verdict": "does not match",
-              "flipped signature bit": "does not match", "unsigned": "unsigned",
-              "signature not base64": "not valid base64", "signed by an untrusted key": "not trusted",
-              "another key claiming the trusted fingerprint": "does not match", "stale (older than max_age_hours)":
-              "is stale", "dated in the future": "dated in the future"}
+    expect = {
+        "tampered weight": "does not match",
+        "tampered verdict": "does not match",
+        "flipped signature bit": "does not match",
+        "unsigned": "unsigned",
+        "signature not base64": "not valid base64",
+        "signed by an untrusted key": "not trusted",
+        "another key claiming the trusted fingerprint": "does not match",
+        "stale (older than max_age_hours)": "is stale",
+        "dated in the future": "dated in the future",
+    }
     before = db_digest(store.cursor())
     for name, signed in cases.items():
         with pytest.raises(SignatureError, match=expect[name]):
@@ -118,7 +136,7 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
     with pytest.raises(SignatureError, match="already applied"):
         apply_decision(store, d1, trusted)
     with pytest.raises(SignatureError, match="out of chain"):
-        apply_decision(store, twin, trusted)     # a second record for the same step: the chain moved on
+        apply_decision(store, twin, trusted)  # a second record for the same step: the chain moved on
     record("security", "decision record: applied twice (replayed)", "refused (already applied)")
     record("security", "decision record: a second record for a step already taken", "refused (out of chain)")
     # reordered: a chain's second record offered to a store whose chain is empty
@@ -128,10 +146,13 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
     with pytest.raises(SignatureError, match="out of chain"):
         apply_decision(other, d2, trusted)
     apply_decision(other, d1, trusted)
-    apply_decision(other, d2, trusted)      # in order it is accepted
+    apply_decision(other, d2, trusted)  # in order it is accepted
     assert status(other, "fraud", trusted).weight == status(store, "fraud", trusted).weight == 5
-    record("security", "decision records replayed out of order into another store",
-           "refused until its predecessor is applied; then accepted in order")
+    record(
+        "security",
+        "decision records replayed out of order into another store",
+        "refused until its predecessor is applied; then accepted in order",
+    )
 
 
 def test_tampering_with_the_stored_chain_is_detected(keyring):
@@ -142,24 +163,29 @@ def test_tampering_with_the_stored_chain_is_detected(keyring):
             signed, _ = build_decision(store, "run_a", load_policy(), signer)
             apply_decision(store, signed, trusted)
         cur = store.cursor()
-        first = cur.execute("SELECT decision_id, record FROM canary_chain JOIN decisions USING (decision_id) "
-                            "WHERE sequence = 1").fetchall()[0]
+        first = cur.execute(
+            "SELECT decision_id, record FROM canary_chain JOIN decisions USING (decision_id) WHERE sequence = 1"
+        ).fetchall()[0]
         if attack == "edit record":
-            cur.execute("UPDATE decisions SET record = ? WHERE decision_id = ?",
-                        [first[1].replace('"weight_after":1', '"weight_after":50'), first[0]])
+            cur.execute(
+                "UPDATE decisions SET record = ? WHERE decision_id = ?",
+                [first[1].replace('"weight_after":1', '"weight_after":50'), first[0]],
+            )
         elif attack == "edit signature":
-            cur.execute("UPDATE decisions SET signature = ? WHERE decision_id = ?",
-                        [base64.b64encode(b"\0" * 64).decode(), first[0]])
+            cur.execute(
+                "UPDATE decisions SET signature = ? WHERE decision_id = ?",
+                [base64.b64encode(b"\0" * 64).decode(), first[0]],
+            )
         elif attack == "delete link":
             cur.execute("DELETE FROM canary_chain WHERE sequence = 1")
-        elif attack == "delete chain":   # the state is left with no signed record behind it
+        elif attack == "delete chain":  # the state is left with no signed record behind it
             cur.execute("DELETE FROM canary_chain")
         else:
             cur.execute("UPDATE canary_state SET weight = 100")
         st = status(store, "fraud", trusted)
         assert not st.verified and st.problem, attack
         record("security", f"stored chain: {attack}", f"canary status unverified ({st.problem[:90]})")
-        if attack not in ("swap state", "delete chain"):   # (an empty chain has nothing to verify)
+        if attack not in ("swap state", "delete chain"):  # (an empty chain has nothing to verify)
             with pytest.raises(SignatureError):
                 verify_chain(store, "fraud", trusted)
 
@@ -170,11 +196,21 @@ NOW = 1_800_000_000
 
 
 def delivery(*, ts=NOW, secret=SECRET, delivery_id=None, body=None, model="fraud"):
-    body = body or json.dumps({"entity": "model_version", "action": "created", "timestamp": "2027-01-15T08:00:00Z",
-                               "data": {"name": model, "version": "7", "source": "models:/x", "run_id": "r"}})
+    body = body or json.dumps(
+        {
+            "entity": "model_version",
+            "action": "created",
+            "timestamp": "2027-01-15T08:00:00Z",
+            "data": {"name": model, "version": "7", "source": "models:/x", "run_id": "r"},
+        }
+    )
     did = delivery_id or str(uuid.uuid4())
-    return body, {"Content-Type": "application/json", "X-MLflow-Delivery-Id": did, "X-MLflow-Timestamp": str(ts),
-                  "X-MLflow-Signature": _generate_hmac_signature(secret, did, str(ts), body)}
+    return body, {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": str(ts),
+        "X-MLflow-Signature": _generate_hmac_signature(secret, did, str(ts), body),
+    }
 
 
 @pytest.fixture
@@ -210,15 +246,19 @@ def test_webhooks_with_bad_or_old_signatures_get_401_and_change_nothing(service)
         record("security", f"webhook: {name}", "401, nothing queued")
     r = client.post("/webhooks/mlflow", content=body, headers=good)
     assert r.status_code == 202 and r.json()["status"] == "queued"
-    again = client.post("/webhooks/mlflow", content=body, headers=good)     # the same delivery, replayed in time
+    again = client.post("/webhooks/mlflow", content=body, headers=good)  # the same delivery, replayed in time
     assert again.status_code == 202 and again.json()["status"] == "duplicate"
     with Store(settings.db_path) as store:
         assert len(store.list_jobs()) == 1
-    record("security", "webhook: a valid delivery, then the same delivery again", "202 queued once; the replay "
-           "is answered 'duplicate' and queues nothing", jobs=1)
+    record(
+        "security",
+        "webhook: a valid delivery, then the same delivery again",
+        "202 queued once; the replay is answered 'duplicate' and queues nothing",
+        jobs=1,
+    )
 
 
-READ_ONLY_POSTS = {"/v1/flagger/{model}/{hook}"}   # Flagger's gate webhooks: POST by protocol, change nothing
+READ_ONLY_POSTS = {"/v1/flagger/{model}/{hook}"}  # Flagger's gate webhooks: POST by protocol, change nothing
 
 
 def test_every_state_changing_endpoint_refuses_an_unauthenticated_request(tmp_path, monkeypatch):
@@ -228,15 +268,20 @@ def test_every_state_changing_endpoint_refuses_an_unauthenticated_request(tmp_pa
     settings = load_settings()
     client = TestClient(create_app(settings))
     client.get("/healthz")
-    routes = [(m.upper(), path) for path, ops in client.app.openapi()["paths"].items() for m in sorted(ops)
-              if m.upper() not in ("GET", "HEAD", "OPTIONS")]
+    routes = [
+        (m.upper(), path)
+        for path, ops in client.app.openapi()["paths"].items()
+        for m in sorted(ops)
+        if m.upper() not in ("GET", "HEAD", "OPTIONS")
+    ]
     assert ("POST", "/webhooks/mlflow") in routes
     with Store(settings.db_path) as store:
         before = db_digest(store.cursor())
     for method, path in routes:
-        url = path.replace("{", "").replace("}", "")   # every path parameter gets its own name as value
-        r = client.request(method, url, json={"reason": "x", "record": {}, "signature": "x"},
-                           headers={"Authorization": "Bearer wrong"})
+        url = path.replace("{", "").replace("}", "")  # every path parameter gets its own name as value
+        r = client.request(
+            method, url, json={"reason": "x", "record": {}, "signature": "x"}, headers={"Authorization": "Bearer wrong"}
+        )
         if path in READ_ONLY_POSTS:
             assert r.status_code < 500
         else:
@@ -265,8 +310,13 @@ def test_the_service_binds_loopback_unless_told_otherwise(tmp_path):
     assert args.host == "127.0.0.1"
     port = free_port()
     env = os.environ | {"WORKBENCH_HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "serve", "--port", str(port)], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -288,8 +338,9 @@ class Hostile:
     """A predictor whose features have hostile names."""
 
     def __init__(self, name: str, features: tuple[str, ...]):
-        self.ref = ModelRef(uri=f"test:{name}", name=name, version="1", run_id=None, flavor="test",
-                            features=features, threshold=0.5)
+        self.ref = ModelRef(
+            uri=f"test:{name}", name=name, version="1", run_id=None, flavor="test", features=features, threshold=0.5
+        )
         self.device = "cpu"
 
     def predict(self, batch):
@@ -300,12 +351,18 @@ def test_hostile_names_cannot_inject_sql(tmp_path):
     num, cat = HOSTILE[0], HOSTILE[1]
     n = 300
     rng = np.random.default_rng(7)
-    pd.DataFrame({"request_id": [f"r{i}" for i in range(n)],
-                  "event_time": pd.date_range("2024-01-01", periods=n, freq="h"),
-                  num: rng.normal(size=n), cat: rng.choice(["a", "b"], n),
-                  **{h: rng.normal(size=n) for h in HOSTILE[2:]}}).to_parquet(tmp_path / "t.parquet")
+    pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(n)],
+            "event_time": pd.date_range("2024-01-01", periods=n, freq="h"),
+            num: rng.normal(size=n),
+            cat: rng.choice(["a", "b"], n),
+            **{h: rng.normal(size=n) for h in HOSTILE[2:]},
+        }
+    ).to_parquet(tmp_path / "t.parquet")
     pd.DataFrame({"request_id": [f"r{i}" for i in range(n)], "label": rng.integers(0, 2, n)}).to_parquet(
-        tmp_path / "labels.parquet")
+        tmp_path / "labels.parquet"
+    )
     with Store(":memory:") as store:
         ingest(store, tmp_path / "t.parquet", "t", nullable=HOSTILE[2:])
         ingest_labels(store, tmp_path / "labels.parquet", "t")
@@ -315,32 +372,43 @@ def test_hostile_names_cannot_inject_sql(tmp_path):
         assert store.require_traffic("t")["columns"] == [num, cat, *HOSTILE[2:]]
         rep = drift_run(store, "r", tests={num: "ks", cat: "chisquare"}, thresholds={num: 0.5}).to_dict()
         assert set(rep["features"]) >= {num, cat} and rep["features"][num]["test"] == "ks"
-        for col in HOSTILE:   # evaluation segments by each hostile column: its values, not its name, are the keys
+        for col in HOSTILE:  # evaluation segments by each hostile column: its values, not its name, are the keys
             segments = evaluate_run(store, "r", segment=col).to_dict()["segments"]
             assert list(segments) == [col] and sum(v["rows"] for v in segments[col].values()) == n
         refused = []
         for h in HOSTILE:
-            for call, what in ((lambda h=h: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
-                               (lambda h=h: replay(store, h, model, model), "traffic name"),
-                               (lambda h=h: replay(store, "t", model, model, run_id=h), "run id"),
-                               (lambda h=h: drift_run(store, "r", reference=h), "drift reference"),
-                               (lambda h=h: evaluate_run(store, h), "run id (evaluate)"),
-                               (lambda h=h: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
-                               (lambda h=h: evaluate_run(store, "r", window=h), "evaluation window"),
-                               (lambda h=h: drift_run(store, "r", tests={h + "'": "ks"}), "drift column")):
+            for call, what in (
+                (lambda h=h: ingest(store, tmp_path / "t.parquet", h), "traffic name"),
+                (lambda h=h: replay(store, h, model, model), "traffic name"),
+                (lambda h=h: replay(store, "t", model, model, run_id=h), "run id"),
+                (lambda h=h: drift_run(store, "r", reference=h), "drift reference"),
+                (lambda h=h: evaluate_run(store, h), "run id (evaluate)"),
+                (lambda h=h: evaluate_run(store, "r", segment=h + "'"), "evaluation segment"),
+                (lambda h=h: evaluate_run(store, "r", window=h), "evaluation window"),
+                (lambda h=h: drift_run(store, "r", tests={h + "'": "ks"}), "drift column"),
+            ):
                 with pytest.raises(WorkbenchError):
                     call()
                 refused.append(what)
-            assert status(store, h, {}).decision_id is None   # a hostile model name is only ever a parameter
-        after = db_digest(store.cursor())   # drift reports and evaluations were added; nothing else moved
-        assert {t: v for t, v in after.items() if not t.startswith("drift") and t != "evaluations"} == \
-            {t: v for t, v in before.items() if not t.startswith("drift") and t != "evaluations"}
-    record("security", f"{len(HOSTILE)} hostile names ({', '.join(repr(h) for h in HOSTILE[:3])}, ...) as column "
-           "names through ingest, replay, drift and evaluation segments", "stored, compared and segmented by "
-           "verbatim as quoted identifiers; no statement injected", columns=len(HOSTILE))
-    record("security", "the same names as traffic names, run ids, drift references, drift columns, evaluation "
-           "segments (unknown columns) and windows",
-           "each refused with a one-line error; every table unchanged", refusals=len(refused))
+            assert status(store, h, {}).decision_id is None  # a hostile model name is only ever a parameter
+        after = db_digest(store.cursor())  # drift reports and evaluations were added; nothing else moved
+        assert {t: v for t, v in after.items() if not t.startswith("drift") and t != "evaluations"} == {
+            t: v for t, v in before.items() if not t.startswith("drift") and t != "evaluations"
+        }
+    record(
+        "security",
+        f"{len(HOSTILE)} hostile names ({', '.join(repr(h) for h in HOSTILE[:3])}, ...) as column "
+        "names through ingest, replay, drift and evaluation segments",
+        "stored, compared and segmented by verbatim as quoted identifiers; no statement injected",
+        columns=len(HOSTILE),
+    )
+    record(
+        "security",
+        "the same names as traffic names, run ids, drift references, drift columns, evaluation "
+        "segments (unknown columns) and windows",
+        "each refused with a one-line error; every table unchanged",
+        refusals=len(refused),
+    )
 
 
 def test_hostile_names_through_the_webhook_are_only_data(service):
@@ -352,8 +420,12 @@ def test_hostile_names_through_the_webhook_are_only_data(service):
     with Store(settings.db_path) as store:
         assert sorted(j["params"]["model"] for j in store.list_jobs()) == sorted(HOSTILE)
         assert {"runs", "predictions", "jobs"} <= set(db_digest(store.cursor()))
-    record("security", "hostile model names in signed webhook payloads", "queued as data (JSON parameters); "
-           "tables intact", jobs=len(HOSTILE))
+    record(
+        "security",
+        "hostile model names in signed webhook payloads",
+        "queued as data (JSON parameters); tables intact",
+        jobs=len(HOSTILE),
+    )
 
 
 # -- paths ---------------------------------------------------------------------------------------------------
@@ -384,8 +456,11 @@ def test_home_folders_that_are_symlinks_out_are_refused(tmp_path, folder):
     proc = run_cli("keys", "init", home=home, check=False)
     assert proc.returncode == 2 and "leads outside" in proc.stderr and proc.stderr.count("\n") == 1
     assert list((tmp_path / "elsewhere").iterdir()) == []
-    record("security", f"$WORKBENCH_HOME/{folder} is a symlink out of the home", "every command refuses it; "
-           "nothing written there")
+    record(
+        "security",
+        f"$WORKBENCH_HOME/{folder} is a symlink out of the home",
+        "every command refuses it; nothing written there",
+    )
 
 
 def test_keys_that_are_symlinks_out_are_refused(tmp_path):
@@ -403,8 +478,11 @@ def test_keys_that_are_symlinks_out_are_refused(tmp_path):
     (keys / "trusted" / "planted.pem").symlink_to(planted)
     with pytest.raises(WorkbenchError, match="leads outside"):
         trusted_keys(keys, keys / "trusted")
-    record("security", "private key file, and a trusted public key, symlinked from outside the keys folder",
-           "refused: neither used to sign nor trusted")
+    record(
+        "security",
+        "private key file, and a trusted public key, symlinked from outside the keys folder",
+        "refused: neither used to sign nor trusted",
+    )
 
 
 def test_a_policy_cannot_send_decision_artifacts_outside_the_home(tmp_path):
@@ -421,8 +499,11 @@ def test_a_policy_cannot_send_decision_artifacts_outside_the_home(tmp_path):
         run_id, err = sync(store, signed, registry.publish)
         assert run_id is None and "leads outside" in err and store.get_decision(signed.decision_id)["pending_sync"]
     assert not (tmp_path / "escaped").exists()
-    record("security", "policy with registry.experiment = '../../escaped'", "publishing refused (kept pending); "
-           "nothing written outside the artifacts folder")
+    record(
+        "security",
+        "policy with registry.experiment = '../../escaped'",
+        "publishing refused (kept pending); nothing written outside the artifacts folder",
+    )
 
 
 # -- the private key never leaves its file -------------------------------------------------------------------
@@ -431,21 +512,34 @@ def secret_forms(key_file: Path) -> list[bytes]:
     raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     body = b"".join(key_file.read_bytes().splitlines()[1:-1])
-    return [raw, der, body, raw.hex().encode(), raw.hex().upper().encode(), base64.b64encode(raw),
-            base64.urlsafe_b64encode(raw).rstrip(b"="), base64.b64encode(raw).rstrip(b"=")]
+    return [
+        raw,
+        der,
+        body,
+        raw.hex().encode(),
+        raw.hex().upper().encode(),
+        base64.b64encode(raw),
+        base64.urlsafe_b64encode(raw).rstrip(b"="),
+        base64.b64encode(raw).rstrip(b"="),
+    ]
 
 
 def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     home = tmp_path / "home"
-    shutil.copytree(demo_home, home)   # the demo made the key pair and signed its first decision with it
+    shutil.copytree(demo_home, home)  # the demo made the key pair and signed its first decision with it
     outputs = [run_cli("keys", "export", "--json", home=home)]
     with Store(home / "workbench.duckdb") as store:
         seed_run(store, "run_syn", make_evaluation("run_syn"), model="flight-delay", traffic="flights")
     outputs.append(run_cli("decide", "run_syn", "--json", home=home))
     decision = json.loads(outputs[-1].stdout)
     assert decision["mlflow_run_id"] and not decision["pending_sync"]
-    for args in (["canary", "status", "flight-delay", "--json"], ["decision", "verify", decision["decision_id"]],
-                 ["sync", "--json"], ["keys", "export"], ["runs"]):
+    for args in (
+        ["canary", "status", "flight-delay", "--json"],
+        ["decision", "verify", decision["decision_id"]],
+        ["sync", "--json"],
+        ["keys", "export"],
+        ["runs"],
+    ):
         outputs.append(run_cli(*args, home=home))
     key_file = home / "keys" / "ed25519.pem"
     secrets = secret_forms(key_file)
@@ -458,12 +552,12 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     outputs.append(run_cli("decide", "run_syn", home=home, check=False))
     key_file.write_bytes(good_pem)
     tampered = tmp_path / "tampered.json"
-    tampered.write_text(json.dumps({"record": decision["record"] | {"weight_after": 100},
-                                    "signature": decision["signature"]}))
+    tampered.write_text(
+        json.dumps({"record": decision["record"] | {"weight_after": 100}, "signature": decision["signature"]})
+    )
     outputs.append(run_cli("decision", "verify", str(tampered), home=home, check=False))
     failures = [p for p in outputs if p.returncode != 0]
-    assert len(failures) == 3 and all(p.stderr.startswith("error: ") and "Traceback" not in p.stderr
-                                      for p in failures)
+    assert len(failures) == 3 and all(p.stderr.startswith("error: ") and "Traceback" not in p.stderr for p in failures)
     text = "".join(p.stdout + p.stderr for p in outputs).encode()
     assert not any(s in text for s in secrets), "the key is in a command's output"
     # every file of the home but the key itself: DuckDB, its WAL, MLflow's database and artifacts, reports
@@ -484,12 +578,21 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     run = client.get_run(decision["mlflow_run_id"])
     artifacts = Path(client.download_artifacts(run.info.run_id, "decision", str(tmp_path / "artifacts")))
-    blobs = [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(run.data.metrics),
-             json.dumps(client.get_model_version("flight-delay", "2").tags),
-             json.dumps(client.get_registered_model("flight-delay").tags)]
+    blobs = [
+        json.dumps(run.data.params),
+        json.dumps(run.data.tags),
+        json.dumps(run.data.metrics),
+        json.dumps(client.get_model_version("flight-delay", "2").tags),
+        json.dumps(client.get_registered_model("flight-delay").tags),
+    ]
     mlflow_text = "".join(blobs).encode() + b"".join(p.read_bytes() for p in artifacts.rglob("*") if p.is_file())
     assert not any(s in mlflow_text for s in secrets)
-    assert decision["signature"] in "".join(blobs)   # the signature is published, the key is not
-    record("security", "private key searched (raw, hex, base64, PEM body, PKCS#8 DER) after demo + decide + sync",
-           "found only in keys/ed25519.pem: not in command output or error messages, files, DuckDB rows or "
-           "MLflow params/tags/artifacts", files_scanned=scanned, commands=len(outputs))
+    assert decision["signature"] in "".join(blobs)  # the signature is published, the key is not
+    record(
+        "security",
+        "private key searched (raw, hex, base64, PEM body, PKCS#8 DER) after demo + decide + sync",
+        "found only in keys/ed25519.pem: not in command output or error messages, files, DuckDB rows or "
+        "MLflow params/tags/artifacts",
+        files_scanned=scanned,
+        commands=len(outputs),
+    )

@@ -5,6 +5,7 @@ precision of DuckDB's TIMESTAMP), so an event time survives a round trip through
 length varies with the precision: order times by :func:`parse_time`, never as strings.
 DuckDB's TIMESTAMP columns hold naive UTC; :func:`db_time` converts at that boundary only.
 """
+
 from __future__ import annotations
 
 import re

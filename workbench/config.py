@@ -8,6 +8,7 @@ Environment variables: ``WORKBENCH_HOME`` (default ``./.workbench``) and ``MLFLO
 secret the service checks ``X-MLflow-Signature`` with). ``WORKBENCH_API_TOKEN``: the bearer token the
 service's state-changing endpoints require.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -77,9 +78,14 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
     h = Path(home or os.environ.get("WORKBENCH_HOME") or ".workbench").resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(h)
     trusted = tuple(Path(p).resolve() for p in os.environ.get("WORKBENCH_TRUSTED_KEYS", "").split(os.pathsep) if p)
-    return Settings(home=h, mlflow_tracking_uri=uri, signer=os.environ.get("WORKBENCH_SIGNER") or _default_signer(),
-                    trusted_keys=trusted, webhook_secret=os.environ.get("WORKBENCH_WEBHOOK_SECRET") or None,
-                    api_token=os.environ.get("WORKBENCH_API_TOKEN") or None)
+    return Settings(
+        home=h,
+        mlflow_tracking_uri=uri,
+        signer=os.environ.get("WORKBENCH_SIGNER") or _default_signer(),
+        trusted_keys=trusted,
+        webhook_secret=os.environ.get("WORKBENCH_WEBHOOK_SECRET") or None,
+        api_token=os.environ.get("WORKBENCH_API_TOKEN") or None,
+    )
 
 
 def _default_signer() -> str:

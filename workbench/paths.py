@@ -4,6 +4,7 @@ Keys, artifacts and reports live in folders of the home; a name that comes from 
 experiment name) or a file found in one of them (a trusted key) is resolved with :func:`within` before
 it is read or written.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The two models of every comparison, in the order results list them."""
+
 from typing import Final
 
 BASELINE: Final = "baseline"

@@ -6,6 +6,7 @@ edges, reliability bins, confusion matrices, latency histograms, scorecard rows 
 interval shape of ``workbench evaluate --json`` and bare numbers, breakdown rows, drift rows, the ramp
 position. Charts themselves live in ``pages/``.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,17 +19,18 @@ import numpy as np
 from workbench.evaluate.metrics import METRICS
 from workbench.roles import ROLES
 
-P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})   # drift when the p-value falls below the threshold
+P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})  # drift when the p-value falls below the threshold
 
 
 # -- curves from score histograms --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Curves:
     """One model's curves at thresholds ``k / bins`` (k = 0 .. bins): predicted positive when score >= t."""
+
     thresholds: np.ndarray
     tpr: np.ndarray
     fpr: np.ndarray
-    precision: np.ndarray      # NaN where nothing is predicted positive
+    precision: np.ndarray  # NaN where nothing is predicted positive
     positives: int
     negatives: int
 
@@ -69,6 +71,7 @@ def curves(scores: list[tuple], role: str, bins: int) -> Curves:
 @dataclass(frozen=True)
 class Calibration:
     """Reliability bins: mean score and observed positive rate per bin, with the bin's row count."""
+
     edges: np.ndarray
     mean_score: np.ndarray
     positive_rate: np.ndarray
@@ -151,20 +154,36 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
     for m in dict.fromkeys(names):
         b, c = interval(base.get(m)), interval(cand.get(m))
         d = delta.get(m)
-        dv, dl, dh = interval(d) if d is not None else (
-            (c[0] - b[0]) if b[0] is not None and c[0] is not None else None, None, None)
+        dv, dl, dh = (
+            interval(d)
+            if d is not None
+            else ((c[0] - b[0]) if b[0] is not None and c[0] is not None else None, None, None)
+        )
         better = METRICS[m].higher_is_better if m in METRICS else None
-        rows.append({"metric": m, "baseline": b[0], "baseline_ci_low": b[1], "baseline_ci_high": b[2],
-                     "candidate": c[0], "candidate_ci_low": c[1], "candidate_ci_high": c[2],
-                     "delta": dv, "delta_ci_low": dl, "delta_ci_high": dh,
-                     "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
-                     "mde": _f(d.get("mde")) if isinstance(d, dict) else None, "higher_is_better": better,
-                     "improved": None if dv is None or better is None else (dv > 0) == better and dv != 0})
+        rows.append(
+            {
+                "metric": m,
+                "baseline": b[0],
+                "baseline_ci_low": b[1],
+                "baseline_ci_high": b[2],
+                "candidate": c[0],
+                "candidate_ci_low": c[1],
+                "candidate_ci_high": c[2],
+                "delta": dv,
+                "delta_ci_low": dl,
+                "delta_ci_high": dh,
+                "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
+                "mde": _f(d.get("mde")) if isinstance(d, dict) else None,
+                "higher_is_better": better,
+                "improved": None if dv is None or better is None else (dv > 0) == better and dv != 0,
+            }
+        )
     return rows
 
 
-def latency_rows(ev: dict, quantiles: dict[str, list[float | None]] | None = None,
-                 probs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> list[dict[str, Any]]:
+def latency_rows(
+    ev: dict, quantiles: dict[str, list[float | None]] | None = None, probs: tuple[float, ...] = (0.5, 0.95, 0.99)
+) -> list[dict[str, Any]]:
     """Latency percentiles side by side: the evaluation's (with the delta's interval) where it has them, else
     the ``quantiles`` computed over the run's rows."""
     lat = ev.get("latency") or {}
@@ -178,8 +197,18 @@ def latency_rows(ev: dict, quantiles: dict[str, list[float | None]] | None = Non
         dv, dl, dh = interval((lat.get("delta") or {}).get(key)) if source == "evaluation" else (None, None, None)
         if dv is None and b is not None and c is not None:
             dv = c - b
-        rows.append({"percentile": key, "baseline_ms": b, "candidate_ms": c, "delta_ms": dv, "delta_ci_low": dl,
-                     "delta_ci_high": dh, "ratio": c / b if b and c is not None else None, "source": source})
+        rows.append(
+            {
+                "percentile": key,
+                "baseline_ms": b,
+                "candidate_ms": c,
+                "delta_ms": dv,
+                "delta_ci_low": dl,
+                "delta_ci_high": dh,
+                "ratio": c / b if b and c is not None else None,
+                "source": source,
+            }
+        )
     return rows
 
 
@@ -189,8 +218,16 @@ def error_rows(ev: dict, counts: dict[str, int] | None = None) -> list[dict[str,
     rows = []
     for role in ROLES:
         e = errs.get(role) or {}
-        rows.append({"model": role, "errors": e.get("count", (counts or {}).get(role)), "rows": e.get("rows"),
-                     "rate": _f(e.get("rate")), "ci_low": _f(e.get("ci_low")), "ci_high": _f(e.get("ci_high"))})
+        rows.append(
+            {
+                "model": role,
+                "errors": e.get("count", (counts or {}).get(role)),
+                "rows": e.get("rows"),
+                "rate": _f(e.get("rate")),
+                "ci_low": _f(e.get("ci_low")),
+                "ci_high": _f(e.get("ci_high")),
+            }
+        )
     return rows
 
 
@@ -209,8 +246,11 @@ def segment_rows(ev: dict) -> list[dict[str, Any]]:
 def window_rows(ev: dict) -> list[dict[str, Any]]:
     """The evaluation's per-window results (``windows``: a list of windows or {name: {...}}) as flat rows."""
     windows = ev.get("windows") or {}
-    items = windows.items() if isinstance(windows, dict) else \
-        ((w.get("start") or w.get("window") or str(i), w) for i, w in enumerate(windows) if isinstance(w, dict))
+    items = (
+        windows.items()
+        if isinstance(windows, dict)
+        else ((w.get("start") or w.get("window") or str(i), w) for i, w in enumerate(windows) if isinstance(w, dict))
+    )
     rows = []
     for name, w in items:
         if not isinstance(w, dict):
@@ -249,6 +289,7 @@ def breakdown_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per group of sums (:meth:`Store.app_breakdowns`): each model's accuracy and error rate on the labelled
     rows, the accuracy difference, label rate, disagreement rate, failures, mean score and mean latency
     (None where a group has no labelled or scored rows)."""
+
     def ratio(a, b):
         return a / b if b else None
 
@@ -256,16 +297,26 @@ def breakdown_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for g in groups:
         lab = g["labelled"]
         ba, ca = ratio(g["baseline_correct"], lab), ratio(g["candidate_correct"], lab)
-        out.append({"key": g["key"], "rows": g["rows"], "labelled": lab, "label_rate": ratio(g["positives"], lab),
-                    "baseline_accuracy": ba, "candidate_accuracy": ca,
-                    "accuracy_delta": ca - ba if lab else None,
-                    "baseline_error_rate": 1 - ba if lab else None, "candidate_error_rate": 1 - ca if lab else None,
-                    "disagree_rate": ratio(g["disagree"], g["rows"]),
-                    "baseline_failures": g["baseline_errors"], "candidate_failures": g["candidate_errors"],
-                    "baseline_mean_score": ratio(g["baseline_score_sum"], g["baseline_scored"]),
-                    "candidate_mean_score": ratio(g["candidate_score_sum"], g["candidate_scored"]),
-                    "baseline_mean_latency_ms": ratio(g["baseline_latency_sum"], g["baseline_latency_n"]),
-                    "candidate_mean_latency_ms": ratio(g["candidate_latency_sum"], g["candidate_latency_n"])})
+        out.append(
+            {
+                "key": g["key"],
+                "rows": g["rows"],
+                "labelled": lab,
+                "label_rate": ratio(g["positives"], lab),
+                "baseline_accuracy": ba,
+                "candidate_accuracy": ca,
+                "accuracy_delta": ca - ba if lab else None,
+                "baseline_error_rate": 1 - ba if lab else None,
+                "candidate_error_rate": 1 - ca if lab else None,
+                "disagree_rate": ratio(g["disagree"], g["rows"]),
+                "baseline_failures": g["baseline_errors"],
+                "candidate_failures": g["candidate_errors"],
+                "baseline_mean_score": ratio(g["baseline_score_sum"], g["baseline_scored"]),
+                "candidate_mean_score": ratio(g["candidate_score_sum"], g["candidate_scored"]),
+                "baseline_mean_latency_ms": ratio(g["baseline_latency_sum"], g["baseline_latency_n"]),
+                "candidate_mean_latency_ms": ratio(g["candidate_latency_sum"], g["candidate_latency_n"]),
+            }
+        )
     return out
 
 
@@ -290,10 +341,20 @@ def drift_score(test: str | None, statistic: float | None, threshold: float | No
 def feature_drift_rows(report: dict) -> list[dict[str, Any]]:
     """Per feature of a drift report: test, statistic, threshold, drift flag and :func:`drift_score`,
     most drifted first."""
-    rows = [{"feature": c, "kind": f.get("kind"), "test": f.get("test"), "statistic": f.get("statistic"),
-             "threshold": f.get("threshold"), "drifted": bool(f.get("drifted")), "method": f.get("method"),
-             "score": drift_score(f.get("test"), f.get("statistic"), f.get("threshold")), "note": f.get("note")}
-            for c, f in (report.get("features") or {}).items()]
+    rows = [
+        {
+            "feature": c,
+            "kind": f.get("kind"),
+            "test": f.get("test"),
+            "statistic": f.get("statistic"),
+            "threshold": f.get("threshold"),
+            "drifted": bool(f.get("drifted")),
+            "method": f.get("method"),
+            "score": drift_score(f.get("test"), f.get("statistic"), f.get("threshold")),
+            "note": f.get("note"),
+        }
+        for c, f in (report.get("features") or {}).items()
+    ]
     return sorted(rows, key=lambda r: (-(r["score"] or 0), r["feature"]))
 
 
@@ -303,11 +364,20 @@ def prediction_drift_rows(report: dict) -> list[dict[str, Any]]:
     for name, d in (report.get("prediction_drift") or {}).items():
         if not isinstance(d, dict):
             continue
-        rows.append({"comparison": name.replace("_", " "), "available": d.get("available", True),
-                     "test": d.get("test"), "statistic": d.get("statistic"), "threshold": d.get("threshold"),
-                     "drifted": d.get("drifted"), "mean_abs_score_diff": d.get("mean_abs_score_diff"),
-                     "class_disagreement": d.get("class_disagreement"), "reason": d.get("reason"),
-                     "score": drift_score(d.get("test"), d.get("statistic"), d.get("threshold"))})
+        rows.append(
+            {
+                "comparison": name.replace("_", " "),
+                "available": d.get("available", True),
+                "test": d.get("test"),
+                "statistic": d.get("statistic"),
+                "threshold": d.get("threshold"),
+                "drifted": d.get("drifted"),
+                "mean_abs_score_diff": d.get("mean_abs_score_diff"),
+                "class_disagreement": d.get("class_disagreement"),
+                "reason": d.get("reason"),
+                "score": drift_score(d.get("test"), d.get("statistic"), d.get("threshold")),
+            }
+        )
     return rows
 
 
@@ -328,5 +398,11 @@ def ramp_position(weight: int, ramp: tuple[int, ...] | list[int]) -> dict[str, A
     ramp = list(ramp)
     step = sum(1 for w in ramp if w <= weight)
     nxt = next((w for w in ramp if w > weight), None)
-    return {"weight": weight, "step": step, "steps": len(ramp), "next": nxt, "ramp": ramp,
-            "text": " → ".join(f"[{w}%]" if w == weight else f"{w}%" for w in [0] + ramp)}
+    return {
+        "weight": weight,
+        "step": step,
+        "steps": len(ramp),
+        "next": nxt,
+        "ramp": ramp,
+        "text": " → ".join(f"[{w}%]" if w == weight else f"{w}%" for w in [0] + ramp),
+    }

@@ -9,6 +9,7 @@
 Nothing heavy is imported at module import: the workbench is imported inside the functions (its CLI
 module imports lazily; the policy module brings numpy, pydantic and cryptography).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,7 @@ def _sentence(text: str) -> str:
 
 
 def _usage(p: argparse.ArgumentParser) -> str:
-    formatter = p.formatter_class(prog=p.prog, width=100)   # fixed width: the page does not depend on a terminal
+    formatter = p.formatter_class(prog=p.prog, width=100)  # fixed width: the page does not depend on a terminal
     formatter.add_usage(p.usage, p._actions, p._mutually_exclusive_groups)
     return formatter.format_help().strip()
 
@@ -101,8 +102,10 @@ def _argument_rows(p: argparse.ArgumentParser) -> list[tuple[str, str, str, str]
         else:
             need = "optional"
         default = ""
-        if not (a.default is None or a.default is False or a.default == [] or a.default == argparse.SUPPRESS) \
-                and a.nargs != 0:
+        if (
+            not (a.default is None or a.default is False or a.default == [] or a.default == argparse.SUPPRESS)
+            and a.nargs != 0
+        ):
             default = f"`{a.default}`"
         elif isinstance(a, argparse.BooleanOptionalAction) and a.default is not None:
             default = f"`{a.option_strings[0] if a.default else a.option_strings[1]}`"
@@ -148,8 +151,17 @@ def cli_markdown(parser: argparse.ArgumentParser, outputs: dict[str, str]) -> tu
             shown_groups.add(words[0])
             out += ["", f"## workbench {words[0]} {{#{words[0]}}}", "", _sentence(groups.get(words[0], ""))]
         level = "###" if len(words) > 1 else "##"
-        out += ["", f"{level} workbench {' '.join(words)} {{#{anchor(words)}}}", "", _sentence(help_), "",
-                "```text", _usage(p), "```", ""]
+        out += [
+            "",
+            f"{level} workbench {' '.join(words)} {{#{anchor(words)}}}",
+            "",
+            _sentence(help_),
+            "",
+            "```text",
+            _usage(p),
+            "```",
+            "",
+        ]
         rows = _argument_rows(p)
         if rows:
             out += ["| argument | | default | meaning |", "|---|---|---|---|"]
@@ -278,31 +290,50 @@ def policy_markdown() -> str:
     ]
     for model, key, array in sections:
         title = "top-level keys" if not key else (f"`[[{key}]]`" if array else f"`[{key}]`")
-        out += [f"## {title} {{#{key.replace('.', '-') or 'top-level'}}}", "",
-                f"Model `{model.__name__}`" + (" (a list: one table per entry)" if array else "") + ".", ""]
+        out += [
+            f"## {title} {{#{key.replace('.', '-') or 'top-level'}}}",
+            "",
+            f"Model `{model.__name__}`" + (" (a list: one table per entry)" if array else "") + ".",
+            "",
+        ]
         doc = inspect.getdoc(model)
         if doc and model.__doc__ and "__doc__" in vars(model):
             out += [doc, ""]
         out += ["| key | type | default | constraint |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
             child = f"{key}.{name}" if key else name
-            out.append(f"| `{name}` | {_cell(_type_text(field.annotation))} | {_default_text(field, child)} | "
-                       f"{_cell(_constraints(field))} |")
+            out.append(
+                f"| `{name}` | {_cell(_type_text(field.annotation))} | {_default_text(field, child)} | "
+                f"{_cell(_constraints(field))} |"
+            )
         checks = _validator_messages(model)
         if checks:
             out += ["", "Also checked: " + "; ".join(f"*{_cell(m)}*" for m in checks) + "."]
         out.append("")
-    out += ["## Metric names {#metric-names}", "",
-            "The names a `metric` key accepts (the evaluation's metric registry) and their direction, which "
-            "`higher_is_better` may override:", "",
-            "| metric | higher is better |", "|---|---|"]
+    out += [
+        "## Metric names {#metric-names}",
+        "",
+        "The names a `metric` key accepts (the evaluation's metric registry) and their direction, which "
+        "`higher_is_better` may override:",
+        "",
+        "| metric | higher is better |",
+        "|---|---|",
+    ]
     out += [f"| `{name}` | {'yes' if m.higher_is_better else 'no'} |" for name, m in METRICS.items()]
     text = resources.files("workbench.decide").joinpath(pol.DEFAULT_POLICY).read_text("utf-8")
     shipped = pol.load_policy()
-    out += ["", "## Shipped default {#shipped-default}", "",
-            f"`workbench/decide/{pol.DEFAULT_POLICY}`, as shipped with this version; its `policy_hash` (SHA-256 of "
-            f"the validated policy's canonical JSON, the value a signed record carries) is `{shipped.hash}`.", "",
-            "```toml", text.rstrip("\n"), "```", ""]
+    out += [
+        "",
+        "## Shipped default {#shipped-default}",
+        "",
+        f"`workbench/decide/{pol.DEFAULT_POLICY}`, as shipped with this version; its `policy_hash` (SHA-256 of "
+        f"the validated policy's canonical JSON, the value a signed record carries) is `{shipped.hash}`.",
+        "",
+        "```toml",
+        text.rstrip("\n"),
+        "```",
+        "",
+    ]
     return "\n".join(out)
 
 

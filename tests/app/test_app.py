@@ -1,6 +1,7 @@
 """The Streamlit workbench, rendered headless with AppTest over a copy of the demo home: every page, the
 sign-in (local approvers and OIDC), signing a decision, a replay launched from the app, and the database-busy
 fallback while another process holds the write lock."""
+
 import shutil
 import subprocess
 import sys
@@ -81,8 +82,11 @@ def sign_in(at: AppTest, name: str, password: str) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
-    parts = [x.value for kind in ("markdown", "caption", "info", "success", "warning", "error", "subheader", "title")
-             for x in getattr(at, kind)]
+    parts = [
+        x.value
+        for kind in ("markdown", "caption", "info", "success", "warning", "error", "subheader", "title")
+        for x in getattr(at, kind)
+    ]
     return "\n".join(str(p) for p in parts)
 
 
@@ -94,7 +98,7 @@ def test_candidates_page_lists_models_versions_and_weights(home):
     versions = at.dataframe[0].value
     assert versions["version"].tolist() == ["2", "1"] and versions["aliases"].tolist() == ["challenger", "champion"]
     assert at.metric[0].label == "Canary weight" and at.metric[0].value == "0%"
-    assert "Reviewing read-only" in texts(at)   # nobody signed in
+    assert "Reviewing read-only" in texts(at)  # nobody signed in
 
 
 @pytest.mark.parametrize("section", ["Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements"])
@@ -107,9 +111,9 @@ def test_compare_page_sections(home, section):
     if section == "Scorecard":
         table = at.table[0].value
         assert {"accuracy", "roc_auc", "log_loss"} <= set(table.index)
-        assert at.metric[0].value.replace(",", "").isdigit()   # labelled rows
+        assert at.metric[0].value.replace(",", "").isdigit()  # labelled rows
     elif section == "Curves":
-        assert len(charts) == 6   # ROC, PR, calibration, paired outcomes, two confusion matrices
+        assert len(charts) == 6  # ROC, PR, calibration, paired outcomes, two confusion matrices
     elif section == "Latency":
         assert len(charts) == 2 and at.dataframe[0].value["percentile"].tolist() == ["p50", "p95", "p99"]
     elif section == "Segments & windows":
@@ -119,7 +123,7 @@ def test_compare_page_sections(home, section):
         assert not at.exception
         assert sorted(at.dataframe[0].value["key"]) == ["EWR", "JFK", "LGA"]
     else:
-        assert int(at.metric[1].value.replace(",", "")) > 0   # classes differ somewhere
+        assert int(at.metric[1].value.replace(",", "")) > 0  # classes differ somewhere
         df = at.dataframe[0].value
         assert 0 < len(df) <= 100 and (df.baseline_class != df.candidate_class).all() and "carrier" in df
 
@@ -143,7 +147,7 @@ def test_drift_page_with_the_evidently_report(home):
     features = at.dataframe[0].value
     assert "temp" in set(features["feature"]) and features["drifted"].dtype == bool
     assert "Concept drift" in texts(at) and "Data quality (current rows)" in texts(at)
-    assert len(at.get("plotly_chart")) >= 3   # per feature, mean score over time, concept timeline
+    assert len(at.get("plotly_chart")) >= 3  # per feature, mean score over time, concept timeline
     at.toggle(key="wb_evidently").set_value(True).run()
     assert not at.exception
     [frame] = at.get("iframe")
@@ -155,7 +159,7 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     from workbench.store import Store
 
     run_id = run_id_of(home)
-    with Store(home / "workbench.duckdb") as store:   # an evaluation with intervals that passes every gate
+    with Store(home / "workbench.duckdb") as store:  # an evaluation with intervals that passes every gate
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
     at = open_page("decide")
     assert "Only an approver can sign decisions" in texts(at) and not at.checkbox
@@ -186,12 +190,19 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     assert audit["MLflow run id"].iloc[0]
 
 
-@pytest.mark.parametrize("email,can_sign", [("bob@example.com", True), ("eve@example.com", False)],
-                         ids=["approver", "reviewer"])
+@pytest.mark.parametrize(
+    "email,can_sign", [("bob@example.com", True), ("eve@example.com", False)], ids=["approver", "reviewer"]
+)
 def test_oidc_login_decides_who_may_sign(home, email, can_sign):
-    auth = {"auth": {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
-                     "client_id": "workbench", "client_secret": "s",
-                     "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration"}}
+    auth = {
+        "auth": {
+            "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+            "cookie_secret": "x" * 32,
+            "client_id": "workbench",
+            "client_secret": "s",
+            "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration",
+        }
+    }
     at = open_page("decide", secrets=auth, user={"is_logged_in": True, "email": email})
     assert ("Sign and apply" in [b.label for b in at.button]) is can_sign
     if not can_sign:
@@ -218,7 +229,7 @@ def test_replay_page_starts_a_job_and_lists_it(home):
             break
         time.sleep(0.2)
     assert got.status == "finished", got.error
-    time.sleep(3.5)   # the runs list is cached for 3 s
+    time.sleep(3.5)  # the runs list is cached for 3 s
     at.run()
     past = at.dataframe[0].value.set_index("run")
     assert past.loc["app_run", "status"] == "finished" and past.loc["app_run", "source"] == "app replay"
@@ -233,18 +244,27 @@ def test_database_busy_shows_the_last_data_read(home):
 
     at = open_page("compare")
     before = at.table[0].value
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.store import Store; "
-                             "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
-                             str(home / "workbench.duckdb")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from workbench.store import Store; "
+            "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
+            str(home / "workbench.duckdb"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
-        st.cache_data.clear()   # as if the cache had expired: every read goes to the locked database
+        st.cache_data.clear()  # as if the cache had expired: every read goes to the locked database
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         [note] = at.warning
         assert note.value.startswith("Database busy (another process is writing to it): showing data from")
-        assert at.table[0].value.equals(before)   # the page still shows what it read before
-        at.switch_page("pages/audit.py").run()       # never read there before: says so, does not fail
+        assert at.table[0].value.equals(before)  # the page still shows what it read before
+        at.switch_page("pages/audit.py").run()  # never read there before: says so, does not fail
         assert not at.exception and "parts never read before stay empty" in at.warning[0].value
     finally:
         proc.kill()

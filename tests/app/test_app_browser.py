@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): `streamlit run app.py` on
 127.0.0.1 over a copy of the demo home; open the demo run, read the scorecard, sign a decision as an approver,
 see the canary weight move on Candidates. Screenshots go to test-artifacts/browser/."""
+
 import json
 import os
 import shutil
@@ -16,8 +17,15 @@ import pytest
 from conftest import REPO, free_port, make_evaluation
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 PASSWORD = "browser-pw"
 
@@ -32,17 +40,35 @@ def served(demo_home, tmp_path):
     shutil.copytree(demo_home, home)
     add_approver(approvers_path(home), "alice", password=PASSWORD)
     run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
-    with Store(home / "workbench.duckdb") as store:   # evidence that passes every gate of the default policy
+    with Store(home / "workbench.duckdb") as store:  # evidence that passes every gate of the default policy
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
-        store.con.execute("DELETE FROM drift_reports")   # the demo's real drift (seasons) would hold it
+        store.con.execute("DELETE FROM drift_reports")  # the demo's real drift (seasons) would hold it
     port = free_port()
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.address",
-                             "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -79,10 +105,10 @@ def test_review_and_sign_in_the_browser(served):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)   # the first page load imports MLflow
+            expect.set_options(timeout=60_000)  # the first page load imports MLflow
 
             def shot(name: str) -> None:
-                page.wait_for_timeout(500)   # let plotly finish drawing
+                page.wait_for_timeout(500)  # let plotly finish drawing
                 page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
             def visit(link: str, ready) -> None:
@@ -135,6 +161,6 @@ def test_review_and_sign_in_the_browser(served):
     from workbench.store import Store
 
     with Store(home / "workbench.duckdb", read_only=True) as store:
-        decision = store.list_decisions("flight-delay")[0]   # newest first; the demo made the first
+        decision = store.list_decisions("flight-delay")[0]  # newest first; the demo made the first
         assert decision["verdict"] == "PROMOTE" and decision["weight_after"] == 1
         assert json.loads(store.get_decision(decision["decision_id"])["record"])["signer"] == "alice"

@@ -1,5 +1,6 @@
 """The app's aggregates (Store.app_*, computed in DuckDB) and the pure views over them, against sklearn,
 numpy and pandas on the same rows."""
+
 from datetime import datetime
 
 import numpy as np
@@ -32,8 +33,10 @@ def scored(tmp_path_factory):
     x = rng.normal(0, 1, N)
     label = (rng.random(N) < 1 / (1 + np.exp(-(x + 0.1 * (hour - 14))))).astype(np.int32)
     labelled = rng.random(N) < 0.9
-    pq.write_table(pa.table({"request_id": ids, "event_time": times, "carrier": carrier, "hour": hour, "x": x}),
-                   tmp / "traffic.parquet")
+    pq.write_table(
+        pa.table({"request_id": ids, "event_time": times, "carrier": carrier, "hour": hour, "x": x}),
+        tmp / "traffic.parquet",
+    )
     pq.write_table(pa.table({"request_id": ids[labelled], "label": label[labelled]}), tmp / "labels.parquet")
     store = Store(tmp / "wb.duckdb")
     ingest(store, tmp / "traffic.parquet", "t")
@@ -45,21 +48,49 @@ def scored(tmp_path_factory):
     cerr = rng.random(N) < 0.02
     cs_stored = np.where(cerr, np.nan, cs)
     bl, cl = rng.lognormal(0.2, 0.5, N), rng.lognormal(0.5, 0.4, N)
-    paired = pa.table({
-        "_row": np.arange(N), "baseline_score": bs, "baseline_class": (bs >= 0.5).astype(np.int32),
-        "baseline_latency_ms": bl, "baseline_error": pa.nulls(N, pa.string()),
-        "candidate_score": pa.array(cs_stored, from_pandas=True),
-        "candidate_class": pa.array((cs >= 0.4).astype(np.int32), mask=cerr), "candidate_latency_ms": cl,
-        "candidate_error": pa.array(np.where(cerr, "ValueError: bad", None), pa.string())})
+    paired = pa.table(
+        {
+            "_row": np.arange(N),
+            "baseline_score": bs,
+            "baseline_class": (bs >= 0.5).astype(np.int32),
+            "baseline_latency_ms": bl,
+            "baseline_error": pa.nulls(N, pa.string()),
+            "candidate_score": pa.array(cs_stored, from_pandas=True),
+            "candidate_class": pa.array((cs >= 0.4).astype(np.int32), mask=cerr),
+            "candidate_latency_ms": cl,
+            "candidate_error": pa.array(np.where(cerr, "ValueError: bad", None), pa.string()),
+        }
+    )
     refs = {"uri": "test:m", "name": "m", "version": "1", "features": ["x"], "threshold": 0.5}
-    store.create_run(run_id="r1", traffic="t", baseline=refs, candidate=refs | {"version": "2", "threshold": 0.4},
-                     rows_total=N, batch_size=N, device="cpu", mode="throughput", meta={})
+    store.create_run(
+        run_id="r1",
+        traffic="t",
+        baseline=refs,
+        candidate=refs | {"version": "2", "threshold": 0.4},
+        rows_total=N,
+        batch_size=N,
+        device="cpu",
+        mode="throughput",
+        meta={},
+    )
     store.commit_batch("r1", 0, 0, N - 1, N, 0.1, paired)
     store.finish_run("r1")
-    df = pd.DataFrame({"request_id": ids, "event_time": times, "carrier": carrier, "hour": hour, "x": x,
-                       "label": np.where(labelled, label, -1), "bs": bs, "cs": cs_stored,
-                       "bc": (bs >= 0.5).astype(int), "cc": np.where(cerr, -1, (cs >= 0.4).astype(int)),
-                       "bl": bl, "cl": cl})
+    df = pd.DataFrame(
+        {
+            "request_id": ids,
+            "event_time": times,
+            "carrier": carrier,
+            "hour": hour,
+            "x": x,
+            "label": np.where(labelled, label, -1),
+            "bs": bs,
+            "cs": cs_stored,
+            "bc": (bs >= 0.5).astype(int),
+            "cc": np.where(cerr, -1, (cs >= 0.4).astype(int)),
+            "bl": bl,
+            "cl": cl,
+        }
+    )
     yield store, df
     store.close()
 
@@ -78,7 +109,7 @@ def test_roc_pr_points_and_auc_match_sklearn(scored, role):
     c = views.curves(s["scores"], role, BINS)
     y, score = _role(df, role)
     for k in (0, 1, 37, 100, 150, 199, 200):
-        pred = score * BINS >= k   # the histogram's bin floor(score * bins) >= k
+        pred = score * BINS >= k  # the histogram's bin floor(score * bins) >= k
         tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
         assert c.tpr[k] == pytest.approx(tp / (y == 1).sum())
         assert c.fpr[k] == pytest.approx(fp / (y == 0).sum())
@@ -135,7 +166,7 @@ def test_latency_histogram_and_exact_percentiles(scored):
 
 def test_breakdowns_per_day_week_month_and_segment_match_pandas(scored):
     store, df = scored
-    assert store.app_segment_columns("t") == ["carrier", "hour"]   # text and integers, not the float x
+    assert store.app_segment_columns("t") == ["carrier", "hour"]  # text and integers, not the float x
     b = store.app_breakdowns("r1", ["carrier", "hour"])
     lab = df[df.label >= 0]
     by_carrier = {r["key"]: r for r in views.breakdown_rows(b["carrier"])}
@@ -148,8 +179,11 @@ def test_breakdowns_per_day_week_month_and_segment_match_pandas(scored):
         assert r["candidate_failures"] == int(((df.carrier == carrier) & df.cs.isna()).sum())
     assert len(b["hour"]) == df.hour.nunique()
     day = df.event_time.dt.normalize()
-    keys = {"day": day, "week": day - pd.to_timedelta(day.dt.weekday, unit="D"),
-            "month": df.event_time.dt.to_period("M").dt.start_time}
+    keys = {
+        "day": day,
+        "week": day - pd.to_timedelta(day.dt.weekday, unit="D"),
+        "month": df.event_time.dt.to_period("M").dt.start_time,
+    }
     for period, key in keys.items():
         got = views.breakdown_rows(views.rollup(b["day"], period))
         rows = df.groupby(key).size()
@@ -176,12 +210,13 @@ def test_disagreements_are_limited_and_ordered_with_features(scored):
 def test_metric_rows_take_intervals_or_bare_numbers():
     ev = make_evaluation("r", metrics={"roc_auc": (0.70, 0.72, 0.01, 0.03), "log_loss": (0.5, 0.49, -0.02, 0.0)})
     rows = {r["metric"]: r for r in views.metric_rows(ev)}
-    assert list(rows) == ["roc_auc", "log_loss"]   # registry order
+    assert list(rows) == ["roc_auc", "log_loss"]  # registry order
     r = rows["roc_auc"]
     assert (r["baseline"], r["baseline_ci_low"], r["candidate_ci_high"]) == pytest.approx((0.70, 0.69, 0.73))
-    assert (r["delta"], r["delta_ci_low"], r["delta_ci_high"], r["p_value"], r["mde"]) == \
-        pytest.approx((0.02, 0.01, 0.03, 0.01, 0.012))
-    assert r["improved"] is True and rows["log_loss"]["improved"] is True   # lower log loss is better
+    assert (r["delta"], r["delta_ci_low"], r["delta_ci_high"], r["p_value"], r["mde"]) == pytest.approx(
+        (0.02, 0.01, 0.03, 0.01, 0.012)
+    )
+    assert r["improved"] is True and rows["log_loss"]["improved"] is True  # lower log loss is better
     flat = {"baseline": {"accuracy": 0.7, "f1": 0.4, "pr_auc": 0.3}, "candidate": {"accuracy": 0.72, "f1": 0.38}}
     rows = {r["metric"]: r for r in views.metric_rows(flat)}
     assert list(rows) == ["accuracy", "f1", "pr_auc"]
@@ -192,30 +227,45 @@ def test_metric_rows_take_intervals_or_bare_numbers():
     assert views.error_rows(make_evaluation(errors=(5, 5000)))[1]["rate"] == pytest.approx(0.001)
 
 
-@pytest.mark.parametrize("test,statistic,threshold,expected", [
-    ("wasserstein", 0.2, 0.1, 2.0), ("jensenshannon", 0.05, 0.1, 0.5), ("ks", 0.05, 0.05, 1.0),
-    ("ks", 0.0025, 0.05, 2.0), ("chisquare", 1.0, 0.05, 0.0), ("ks", 0.0, 0.05, np.log(1e-300) / np.log(0.05)),
-    ("ks", 0.5, None, None),
-], ids=["distance-over", "distance-under", "p-at-threshold", "p-squared", "p-one", "p-zero", "no-threshold"])
+@pytest.mark.parametrize(
+    "test,statistic,threshold,expected",
+    [
+        ("wasserstein", 0.2, 0.1, 2.0),
+        ("jensenshannon", 0.05, 0.1, 0.5),
+        ("ks", 0.05, 0.05, 1.0),
+        ("ks", 0.0025, 0.05, 2.0),
+        ("chisquare", 1.0, 0.05, 0.0),
+        ("ks", 0.0, 0.05, np.log(1e-300) / np.log(0.05)),
+        ("ks", 0.5, None, None),
+    ],
+    ids=["distance-over", "distance-under", "p-at-threshold", "p-squared", "p-one", "p-zero", "no-threshold"],
+)
 def test_drift_score(test, statistic, threshold, expected):
     got = views.drift_score(test, statistic, threshold)
     assert got == (None if expected is None else pytest.approx(expected))
 
 
 def test_drift_rows_most_drifted_first():
-    report = {"features": {"a": {"test": "ks", "statistic": 0.5, "threshold": 0.05, "drifted": False},
-                           "b": {"test": "wasserstein", "statistic": 0.3, "threshold": 0.1, "drifted": True}},
-              "prediction_drift": {"baseline": {"test": "ks", "statistic": 0.01, "threshold": 0.05, "drifted": True},
-                                   "candidate": {"available": False, "reason": "no scores"}},
-              "quality": {"a": {"missing_share": 0.1, "unseen_categories": ["x", "y"]}}}
+    report = {
+        "features": {
+            "a": {"test": "ks", "statistic": 0.5, "threshold": 0.05, "drifted": False},
+            "b": {"test": "wasserstein", "statistic": 0.3, "threshold": 0.1, "drifted": True},
+        },
+        "prediction_drift": {
+            "baseline": {"test": "ks", "statistic": 0.01, "threshold": 0.05, "drifted": True},
+            "candidate": {"available": False, "reason": "no scores"},
+        },
+        "quality": {"a": {"missing_share": 0.1, "unseen_categories": ["x", "y"]}},
+    }
     assert [r["feature"] for r in views.feature_drift_rows(report)] == ["b", "a"]
     pd_rows = views.prediction_drift_rows(report)
     assert pd_rows[0]["drifted"] and pd_rows[1]["available"] is False
     assert views.quality_rows(report) == [{"feature": "a", "missing_share": 0.1, "unseen_categories": "x, y"}]
 
 
-@pytest.mark.parametrize("weight,step,nxt", [(0, 0, 1), (1, 1, 5), (25, 3, 50), (100, 5, None)],
-                         ids=["before", "first", "middle", "done"])
+@pytest.mark.parametrize(
+    "weight,step,nxt", [(0, 0, 1), (1, 1, 5), (25, 3, 50), (100, 5, None)], ids=["before", "first", "middle", "done"]
+)
 def test_ramp_position(weight, step, nxt):
     pos = views.ramp_position(weight, (1, 5, 25, 50, 100))
     assert (pos["step"], pos["steps"], pos["next"]) == (step, 5, nxt)

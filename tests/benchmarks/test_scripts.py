@@ -8,6 +8,7 @@ Shell scripts (they need a GPU or a quiet host) get ``bash -n`` and the path che
 Scripts are found by a glob: a new one fails here until it has an entry in ``SCRIPTS``. The quick variants
 that take tens of seconds or more on a 2-core machine are skipped unless ``WORKBENCH_BENCH_SMOKE=all``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,27 +30,43 @@ RUN_ALL = os.environ.get("WORKBENCH_BENCH_SMOKE") == "all"
 
 @dataclass(frozen=True)
 class Entry:
-    quick: tuple[str, ...] | None = None   # the quick variant's arguments; "{tmp}" is the test's tmp_path
-    prints: str | None = None              # a line of the table the quick variant prints
-    slow: str | None = None                # why the quick variant is opt-in (it takes more than a few seconds)
-    no_quick: str | None = None            # why there is no quick variant at all
+    quick: tuple[str, ...] | None = None  # the quick variant's arguments; "{tmp}" is the test's tmp_path
+    prints: str | None = None  # a line of the table the quick variant prints
+    slow: str | None = None  # why the quick variant is opt-in (it takes more than a few seconds)
+    no_quick: str | None = None  # why there is no quick variant at all
 
 
 SCRIPTS = {
-    "app_pages.py": Entry(("--rows", "2000", "--home", "{tmp}/home", "--no-renders"),
-                          prints="data functions, uncached"),
-    "drift.py": Entry(("--rows", "2000"), prints="speed-up (Evidently seconds / ours)",
-                      slow="~17 s: Evidently's import and report"),
-    "evaluate.py": Entry(("--rows", "2000", "--big-rows", "0", "--workdir", "{tmp}/work"),
-                         prints="ratio mlflow / ours", slow="~45 s: four phase processes, mlflow.evaluate"),
-    "gpu_host_memory.py": Entry(("--rows", "2000", "--writers", "1", "--batch-size", "1024", "--configs", "1:auto"),
-                                prints="GPU replay path, host memory emulated without a GPU"),
-    "reliability.py": Entry(("--load-seconds", "1", "--out", "{tmp}/reliability.md"), prints="## Tests",
-                            slow="minutes: it runs the whole reliability suite"),
-    "replay.py": Entry(("--models", "mlp", "--device", "cpu", "--rows", "2000", "--batch-size", "1024",
-                        "--writers", "1"), prints="(b) replay rows/s", slow="~15 s: five phase processes load torch"),
-    "router.py": Entry(("--requests", "30", "--rounds", "1"), prints="added p50",
-                       slow="~25 s: starts two model servers and two routers"),
+    "app_pages.py": Entry(
+        ("--rows", "2000", "--home", "{tmp}/home", "--no-renders"), prints="data functions, uncached"
+    ),
+    "drift.py": Entry(
+        ("--rows", "2000"), prints="speed-up (Evidently seconds / ours)", slow="~17 s: Evidently's import and report"
+    ),
+    "evaluate.py": Entry(
+        ("--rows", "2000", "--big-rows", "0", "--workdir", "{tmp}/work"),
+        prints="ratio mlflow / ours",
+        slow="~45 s: four phase processes, mlflow.evaluate",
+    ),
+    "gpu_host_memory.py": Entry(
+        ("--rows", "2000", "--writers", "1", "--batch-size", "1024", "--configs", "1:auto"),
+        prints="GPU replay path, host memory emulated without a GPU",
+    ),
+    "reliability.py": Entry(
+        ("--load-seconds", "1", "--out", "{tmp}/reliability.md"),
+        prints="## Tests",
+        slow="minutes: it runs the whole reliability suite",
+    ),
+    "replay.py": Entry(
+        ("--models", "mlp", "--device", "cpu", "--rows", "2000", "--batch-size", "1024", "--writers", "1"),
+        prints="(b) replay rows/s",
+        slow="~15 s: five phase processes load torch",
+    ),
+    "router.py": Entry(
+        ("--requests", "30", "--rounds", "1"),
+        prints="added p50",
+        slow="~25 s: starts two model servers and two routers",
+    ),
     "gpu_check.sh": Entry(no_quick="needs a CUDA device"),
     "device_router.sh": Entry(no_quick="installs carried wheels on the lent quiet host"),
 }
@@ -66,8 +83,12 @@ def entry(name: str) -> Entry:
 
 def env(tmp: Path | None = None) -> dict:
     """The subprocess environment: this checkout's code first; temporary files and the home under ``tmp``."""
-    out = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                        "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet", "PYTHONWARNINGS": "ignore"}
+    out = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_PYTHON_REFRESH": "quiet",
+        "PYTHONWARNINGS": "ignore",
+    }
     out.pop("MLFLOW_TRACKING_URI", None)
     if tmp is not None:
         out |= {"TMPDIR": str(tmp), "WORKBENCH_HOME": str(tmp / "default_home")}
@@ -75,8 +96,7 @@ def env(tmp: Path | None = None) -> dict:
 
 
 def run(args: list[str], timeout: float, tmp: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, env=env(tmp), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(args, cwd=ROOT, env=env(tmp), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_every_entry_names_a_script():
@@ -139,8 +159,10 @@ def test_first_party_imports_resolve(name):
     imports = first_party_imports(BENCH / name)
     if not imports:
         pytest.skip("no first-party imports")
-    proc = run([sys.executable, "-c", RESOLVE, json.dumps(imports), str(ROOT), str(BENCH),
-                str(ROOT / "tests" / "fixtures")], timeout=120)
+    proc = run(
+        [sys.executable, "-c", RESOLVE, json.dumps(imports), str(ROOT), str(BENCH), str(ROOT / "tests" / "fixtures")],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     missing = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not missing, f"benchmarks/{name} imports what does not exist: {missing}"
@@ -174,8 +196,10 @@ def quick_params():
             continue
         marks = []
         if e.slow:
-            marks = [pytest.mark.timeout(900),
-                     pytest.mark.skipif(not RUN_ALL, reason=f"{e.slow}; WORKBENCH_BENCH_SMOKE=all runs it")]
+            marks = [
+                pytest.mark.timeout(900),
+                pytest.mark.skipif(not RUN_ALL, reason=f"{e.slow}; WORKBENCH_BENCH_SMOKE=all runs it"),
+            ]
         yield pytest.param(name, marks=marks, id=name)
 
 
@@ -186,5 +210,5 @@ def test_quick_run_prints_its_table(name, tmp_path):
     proc = run([sys.executable, f"benchmarks/{name}", *args], timeout=800 if e.slow else 240, tmp=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     report = tmp_path / "reliability.md"
-    table = report.read_text() if name == "reliability.py" else proc.stdout   # that one's table is its report
+    table = report.read_text() if name == "reliability.py" else proc.stdout  # that one's table is its report
     assert e.prints in table, (proc.stdout + proc.stderr)[-4000:]

@@ -1,4 +1,5 @@
 """The canary ramp: only verified, chained records move the weight; the kill switch; the CLI contract."""
+
 import json
 import os
 import shutil
@@ -23,8 +24,9 @@ from workbench.decide.signing import SignatureError, init_keys, trusted_keys
 from workbench.store import Store
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-BAD = make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04),
-                               "log_loss": (0.5, 0.49, -0.02, 0.0)})
+BAD = make_evaluation(
+    metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04), "log_loss": (0.5, 0.49, -0.02, 0.0)}
+)
 UNSURE = make_evaluation(labeled_rows=100)
 DEAD = "http://127.0.0.1:{}"  # an MLflow URI where nothing listens
 
@@ -43,11 +45,21 @@ def decide(store, signer, trusted, run_id="run_a", policy=None):
     return signed, apply_decision(store, signed, trusted, now=T0)
 
 
-@pytest.mark.parametrize("verdict, before, after", [
-    (Verdict.PROMOTE, 0, 1), (Verdict.PROMOTE, 1, 5), (Verdict.PROMOTE, 50, 100), (Verdict.PROMOTE, 100, 100),
-    (Verdict.PROMOTE, 10, 25),
-    (Verdict.HOLD, 25, 25), (Verdict.HOLD, 0, 0), (Verdict.ROLLBACK, 50, 0), (Verdict.ROLLBACK, 0, 0)],
-    ids=["start", "step", "last", "done", "off-ramp", "hold", "hold-0", "rollback", "rollback-0"])
+@pytest.mark.parametrize(
+    "verdict, before, after",
+    [
+        (Verdict.PROMOTE, 0, 1),
+        (Verdict.PROMOTE, 1, 5),
+        (Verdict.PROMOTE, 50, 100),
+        (Verdict.PROMOTE, 100, 100),
+        (Verdict.PROMOTE, 10, 25),
+        (Verdict.HOLD, 25, 25),
+        (Verdict.HOLD, 0, 0),
+        (Verdict.ROLLBACK, 50, 0),
+        (Verdict.ROLLBACK, 0, 0),
+    ],
+    ids=["start", "step", "last", "done", "off-ramp", "hold", "hold-0", "rollback", "rollback-0"],
+)
 def test_next_weight(verdict, before, after):
     assert next_weight(verdict, before, (1, 5, 25, 50, 100)) == after
 
@@ -102,7 +114,7 @@ def test_another_pair_cannot_start_while_a_canary_ramps(ctx):
     with pytest.raises(WorkbenchError, match="canary in progress: candidate v2 at 1%"):
         build_decision(store, "run_v3", load_policy(), signer, now=T0)
     fast = parse_policy({"ramp": [100]})
-    decide(store, signer, trusted, policy=fast)            # v2 reaches 100 %
+    decide(store, signer, trusted, policy=fast)  # v2 reaches 100 %
     signed, st = decide(store, signer, trusted, "run_v3")  # now v3 may start
     assert signed.record["weight_before"] == 0 and (st.candidate_version, st.weight) == ("3", 1)
 
@@ -155,8 +167,14 @@ def test_verify_reports_unapplied_and_superseded_records(ctx):
 def test_status_of_an_unknown_model(ctx):
     store, _, trusted = ctx
     assert status(store, "nobody", trusted).to_dict() == {
-        "model": "nobody", "baseline_version": None, "candidate_version": None, "weight": 0, "decision_id": None,
-        "verified": False, "problem": "no decision has been applied to this model"}
+        "model": "nobody",
+        "baseline_version": None,
+        "candidate_version": None,
+        "weight": 0,
+        "decision_id": None,
+        "verified": False,
+        "problem": "no decision has been applied to this model",
+    }
 
 
 # -- the CLI ------------------------------------------------------------------------------------------
@@ -174,8 +192,14 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
         assert row["pending_sync"] and row["applied_sequence"] == 1 and row["signature"] == out["signature"]
 
     st = json.loads(run_cli("canary", "status", "fraud", "--json", home=seeded_home).stdout)
-    assert st == {"model": "fraud", "baseline_version": "1", "candidate_version": "2", "weight": 1,
-                  "decision_id": out["decision_id"], "verified": True}
+    assert st == {
+        "model": "fraud",
+        "baseline_version": "1",
+        "candidate_version": "2",
+        "weight": 1,
+        "decision_id": out["decision_id"],
+        "verified": True,
+    }
 
     saved = tmp_path / "decision.json"
     saved.write_text(proc.stdout)
@@ -202,8 +226,9 @@ def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
     assert applied["weight"] == 1 and applied["verified"] and applied["decision_id"] == out["decision_id"]
     again = run_cli("canary", "apply", out["decision_id"], home=seeded_home, check=False, env=env)
     assert again.returncode == 2 and "already applied" in again.stderr
-    killed = json.loads(run_cli("canary", "kill", "fraud", "--reason", "pager", "--json", home=seeded_home,
-                                env=env).stdout)
+    killed = json.loads(
+        run_cli("canary", "kill", "fraud", "--reason", "pager", "--json", home=seeded_home, env=env).stdout
+    )
     assert killed["weight"] == 0 and killed["verified"] and killed["signature"]
     assert killed["verdict"] == Verdict.ROLLBACK
     v = json.loads(run_cli("decision", "verify", killed["decision_id"], "--json", home=seeded_home).stdout)
@@ -238,7 +263,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     shutil.copytree(demo_home, home)
     demo = json.loads((home / "demo.json").read_text())
     run_id = demo["replay"]["run_id"]
-    assert demo["decision"]["weight_before"] == 0   # the demo made the first decision with the key it created
+    assert demo["decision"]["weight_before"] == 0  # the demo made the first decision with the key it created
     proc = run_cli("decide", run_id, "--json", home=home)
     out = json.loads(proc.stdout)
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
@@ -260,8 +285,9 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert tags["canary.verdict"] == out["verdict"] and tags["canary.weight"] == str(out["weight_after"])
     run = client.get_run(out["mlflow_run_id"])
     assert run.data.params["policy_hash"] == out["record"]["policy_hash"]
-    assert {"decision/decision.json", "decision/scorecard.json", "decision/record.bin"} <= \
-        {f.path for f in client.list_artifacts(run.info.run_id, "decision")}
+    assert {"decision/decision.json", "decision/scorecard.json", "decision/record.bin"} <= {
+        f.path for f in client.list_artifacts(run.info.run_id, "decision")
+    }
 
     # the private key is never written anywhere else: not to DuckDB, MLflow, artifacts or the output
     from cryptography.hazmat.primitives import serialization
@@ -282,7 +308,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert not any(s.decode("latin-1") in proc.stdout + proc.stderr for s in secrets)
 
 
-# -- sticky bucketing (issue 7) -----------------------------------------------------------------------------
+# -- sticky bucketing -----------------------------------------------------------------------------
 def test_bucket_is_a_stable_sha256_and_salted_by_model():
     import hashlib
 
@@ -331,8 +357,9 @@ def test_live_rollback_record_via_build_kill(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
     card = {"verdict": "ROLLBACK", "reason": "r", "counts": {"fail": 1}, "checks": [], "skipped": []}
-    signed = build_kill(store, "fraud", "candidate error rate 0.3", signer, load_policy(), now=T0,
-                        source="live SLO", scorecard=card)
+    signed = build_kill(
+        store, "fraud", "candidate error rate 0.3", signer, load_policy(), now=T0, source="live SLO", scorecard=card
+    )
     st = apply_decision(store, signed, trusted, now=T0)
     assert st.weight == 0 and st.verified and signed.record["reason"] == "live SLO: candidate error rate 0.3"
     assert signed.record["scorecard"] == card and signed.record["kind"] == "kill"

@@ -1,4 +1,5 @@
 """Deciding and auditing as the app does it: preview, sign and apply, per-record chain verification."""
+
 import json
 
 import pytest
@@ -17,7 +18,7 @@ from workbench.store import Store
 def env(seeded_home, monkeypatch):
     from conftest import free_port
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")   # nothing listens: MLflow is down
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens: MLflow is down
     monkeypatch.setenv("WORKBENCH_SIGNER", "alice@example.com")
     settings = load_settings(seeded_home)
     store = Store(settings.db_path)
@@ -30,7 +31,7 @@ def test_preview_is_what_a_signed_decision_says(env):
     policy = load_policy()
     p = preview_decision(store, "run_a", policy)
     assert (p.verdict, p.model, p.weight_before, p.weight_after) == (Verdict.PROMOTE, "fraud", 0, 1)
-    assert store.list_decisions() == []   # a preview signs and stores nothing
+    assert store.list_decisions() == []  # a preview signs and stores nothing
     signed, card = build_decision(store, "run_a", policy, keys.signer)
     assert (signed.record["verdict"], signed.record["weight_after"]) == (p.verdict, p.weight_after)
     assert card.to_dict() == p.scorecard.to_dict()
@@ -41,11 +42,11 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     policy = load_policy()
     out = decide(settings, store, keys, "run_a", policy)
     assert out["applied"] and (out["verdict"], out["weight_before"], out["weight_after"]) == (Verdict.PROMOTE, 0, 1)
-    assert out["record"]["signer"] == "alice@example.com"   # the ring's signer: WORKBENCH_SIGNER
+    assert out["record"]["signer"] == "alice@example.com"  # the ring's signer: WORKBENCH_SIGNER
     # MLflow is down: the record is applied and stays stored locally, pending sync
     assert out["pending_sync"] is True and out["mlflow_run_id"] is None and "unreachable" in out["sync_error"]
     seed_run(store, "run_b", make_evaluation("run_b"))
-    second = decide(settings, store, keys, "run_b", policy, keys.signer_as("bob@example.com"))   # an approver
+    second = decide(settings, store, keys, "run_b", policy, keys.signer_as("bob@example.com"))  # an approver
     assert (second["weight_before"], second["weight_after"]) == (1, 5)
     assert second["record"]["signer"] == "bob@example.com"
     seed_run(store, "run_c", make_evaluation("run_c", labeled_rows=10))
@@ -55,7 +56,7 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     by_id = {e.decision_id: e for e in entries}
     assert [by_id[d["decision_id"]].sequence for d in (out, second, unapplied)] == [1, 2, None]
     assert all(e.verified and e.problem is None for e in entries)
-    assert entries[0].decision_id == unapplied["decision_id"]   # newest first
+    assert entries[0].decision_id == unapplied["decision_id"]  # newest first
     assert by_id[out["decision_id"]].pending_sync and by_id[out["decision_id"]].record == out["record"]
 
     # tamper with the first applied record's stored text: that record breaks, the one after still verifies
@@ -66,14 +67,15 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     assert not entries[out["decision_id"]].verified and "altered" in entries[out["decision_id"]].problem
     assert entries[second["decision_id"]].verified and entries[unapplied["decision_id"]].verified
     with pytest.raises(SignatureError, match="altered"):
-        verify_chain(store, "fraud", keys.trusted)   # the all-or-nothing check agrees
+        verify_chain(store, "fraud", keys.trusted)  # the all-or-nothing check agrees
 
 
 def test_unapplied_record_with_a_bad_signature_is_flagged(env):
     settings, store, keys = env
     out = decide(settings, store, keys, "run_a", load_policy(), apply=False)
-    store.cursor().execute("UPDATE decisions SET signature = ? WHERE decision_id = ?",
-                           ["AAAA" + out["signature"][4:], out["decision_id"]])
+    store.cursor().execute(
+        "UPDATE decisions SET signature = ? WHERE decision_id = ?", ["AAAA" + out["signature"][4:], out["decision_id"]]
+    )
     [entry] = audit(store, "fraud", keys.trusted)
     assert entry.sequence is None and not entry.verified and "does not match" in entry.problem
     assert json.loads(json.dumps(entry.to_dict()))["decision_id"] == out["decision_id"]
@@ -81,9 +83,16 @@ def test_unapplied_record_with_a_bad_signature_is_flagged(env):
 
 def test_preview_refuses_unfinished_runs(env):
     settings, store, keys = env
-    store.create_run(run_id="run_live", traffic="syn_traffic", baseline={"uri": "models:/fraud/1", "name": "fraud",
-                                                                          "version": "1"},
-                     candidate={"uri": "models:/fraud/2", "name": "fraud", "version": "2"}, rows_total=10,
-                     batch_size=10, device="cpu", mode="throughput", meta={})
+    store.create_run(
+        run_id="run_live",
+        traffic="syn_traffic",
+        baseline={"uri": "models:/fraud/1", "name": "fraud", "version": "1"},
+        candidate={"uri": "models:/fraud/2", "name": "fraud", "version": "2"},
+        rows_total=10,
+        batch_size=10,
+        device="cpu",
+        mode="throughput",
+        meta={},
+    )
     with pytest.raises(WorkbenchError, match="not finished"):
         preview_decision(store, "run_live", load_policy())

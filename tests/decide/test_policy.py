@@ -1,4 +1,5 @@
 """The policy file (strict), the gates (judged on interval bounds), the scorecard and the verdict."""
+
 import json
 import re
 from pathlib import Path
@@ -39,30 +40,52 @@ def test_shipped_default_policy():
 
 def test_readme_documents_every_policy_field():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Decision policy"):]
-    section = section[:section.index("\n## ", 5)]
+    section = readme[readme.index("## Decision policy") :]
+    section = section[: section.index("\n## ", 5)]
     from workbench.decide import policy as pm
 
-    for model in (pm.Policy, pm.MetricGate, pm.SegmentGate, pm.LatencyGate, pm.ErrorGate, pm.DriftGates,
-                  pm.RegistryOptions):
+    for model in (
+        pm.Policy,
+        pm.MetricGate,
+        pm.SegmentGate,
+        pm.LatencyGate,
+        pm.ErrorGate,
+        pm.DriftGates,
+        pm.RegistryOptions,
+    ):
         for field in model.model_fields:
             assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"
 
 
-@pytest.mark.parametrize("data, named", [
-    ({"min_labelled_rows": 10}, "min_labelled_rows: unknown key"),
-    ({"metrics": [{"metric": "f1", "thresold": 0.5}]}, "metrics[0].thresold: unknown key"),
-    ({"errors": {"max_rat": 0.01}}, "errors.max_rat: unknown key"),
-    ({"registry": {"stage_transition": True}}, "registry.stage_transition: unknown key"),
-    ({"latency": [{"percentile": "p99", "max_ratio": 1.2, "critical": True, "crtical": 1}]}, "latency[0].crtical"),
-    ({"metrics": [{"metric": "f11", "threshold": 0.5}]}, "metrics[0].metric: unknown metric 'f11'"),
-    ({"metrics": [{"metric": "f1"}]}, "set at least one of threshold"),
-    ({"ramp": [1, 5, 5, 100]}, "ramp must be strictly increasing"),
-    ({"ramp": [1, 50]}, "ramp must be strictly increasing"),
-    ({"ramp": [0, 100]}, "ramp must be strictly increasing"),
-    ({"latency": [{"percentile": "p42", "max_ms": 3}]}, "latency[0].percentile"),
-], ids=["typo-top", "typo-gate", "typo-errors", "typo-registry", "typo-latency", "unknown-metric", "no-criterion",
-        "ramp-dup", "ramp-end", "ramp-zero", "bad-percentile"])
+@pytest.mark.parametrize(
+    "data, named",
+    [
+        ({"min_labelled_rows": 10}, "min_labelled_rows: unknown key"),
+        ({"metrics": [{"metric": "f1", "thresold": 0.5}]}, "metrics[0].thresold: unknown key"),
+        ({"errors": {"max_rat": 0.01}}, "errors.max_rat: unknown key"),
+        ({"registry": {"stage_transition": True}}, "registry.stage_transition: unknown key"),
+        ({"latency": [{"percentile": "p99", "max_ratio": 1.2, "critical": True, "crtical": 1}]}, "latency[0].crtical"),
+        ({"metrics": [{"metric": "f11", "threshold": 0.5}]}, "metrics[0].metric: unknown metric 'f11'"),
+        ({"metrics": [{"metric": "f1"}]}, "set at least one of threshold"),
+        ({"ramp": [1, 5, 5, 100]}, "ramp must be strictly increasing"),
+        ({"ramp": [1, 50]}, "ramp must be strictly increasing"),
+        ({"ramp": [0, 100]}, "ramp must be strictly increasing"),
+        ({"latency": [{"percentile": "p42", "max_ms": 3}]}, "latency[0].percentile"),
+    ],
+    ids=[
+        "typo-top",
+        "typo-gate",
+        "typo-errors",
+        "typo-registry",
+        "typo-latency",
+        "unknown-metric",
+        "no-criterion",
+        "ramp-dup",
+        "ramp-end",
+        "ramp-zero",
+        "bad-percentile",
+    ],
+)
 def test_policy_errors_name_the_problem(data, named):
     with pytest.raises(WorkbenchError) as e:
         parse_policy(data, "policy p.toml")
@@ -71,13 +94,18 @@ def test_policy_errors_name_the_problem(data, named):
 
 
 def test_toml_yaml_json_give_the_same_policy(tmp_path):
-    data = {"name": "strict", "min_labeled_rows": 200, "ramp": [10, 50, 100],
-            "metrics": [{"metric": "roc_auc", "min_absolute_change": -0.005, "critical": True}],
-            "latency": [{"percentile": "p95", "max_ms": 20.0}]}
+    data = {
+        "name": "strict",
+        "min_labeled_rows": 200,
+        "ramp": [10, 50, 100],
+        "metrics": [{"metric": "roc_auc", "min_absolute_change": -0.005, "critical": True}],
+        "latency": [{"percentile": "p95", "max_ms": 20.0}],
+    }
     (tmp_path / "p.toml").write_text(
         'name = "strict"\nmin_labeled_rows = 200\nramp = [10, 50, 100]\n'
         '[[metrics]]\nmetric = "roc_auc"\nmin_absolute_change = -0.005\ncritical = true\n'
-        '[[latency]]\npercentile = "p95"\nmax_ms = 20.0\n')
+        '[[latency]]\npercentile = "p95"\nmax_ms = 20.0\n'
+    )
     import yaml
 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
@@ -98,10 +126,16 @@ def test_unreadable_policy_files(tmp_path):
 
 
 # -- gates on interval bounds -----------------------------------------------------------------------
-@pytest.mark.parametrize("delta_ci, outcome", [
-    ((0.001, 0.02), Outcome.PASS), ((-0.009, 0.02), Outcome.PASS), ((-0.03, -0.011), Outcome.FAIL),
-    ((-0.02, 0.01), Outcome.INCONCLUSIVE)],
-    ids=["above", "above-margin", "below", "straddles"])
+@pytest.mark.parametrize(
+    "delta_ci, outcome",
+    [
+        ((0.001, 0.02), Outcome.PASS),
+        ((-0.009, 0.02), Outcome.PASS),
+        ((-0.03, -0.011), Outcome.FAIL),
+        ((-0.02, 0.01), Outcome.INCONCLUSIVE),
+    ],
+    ids=["above", "above-margin", "below", "straddles"],
+)
 def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
     p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": -0.01, "critical": True}])
     ev = make_evaluation(metrics={"roc_auc": (0.70, 0.70 + sum(delta_ci) / 2, *delta_ci)})
@@ -112,10 +146,16 @@ def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
     assert c.reason and "\n" not in c.reason and "roc_auc" in c.reason
 
 
-@pytest.mark.parametrize("delta_ci, outcome", [
-    ((-0.03, -0.01), Outcome.PASS), ((0.01, 0.02), Outcome.PASS), ((0.03, 0.05), Outcome.FAIL),
-    ((0.0, 0.04), Outcome.INCONCLUSIVE)],
-    ids=["better", "within-5pct", "worse", "straddles"])
+@pytest.mark.parametrize(
+    "delta_ci, outcome",
+    [
+        ((-0.03, -0.01), Outcome.PASS),
+        ((0.01, 0.02), Outcome.PASS),
+        ((0.03, 0.05), Outcome.FAIL),
+        ((0.0, 0.04), Outcome.INCONCLUSIVE),
+    ],
+    ids=["better", "within-5pct", "worse", "straddles"],
+)
 def test_lower_is_better_relative_change(delta_ci, outcome):
     # log_loss is lower-is-better: it may rise by at most 5 % of the baseline's 0.5 = 0.025
     p = policy(metrics=[{"metric": "log_loss", "min_relative_change": -0.05}])
@@ -123,11 +163,14 @@ def test_lower_is_better_relative_change(delta_ci, outcome):
     assert check(score(p, ev), "metric.log_loss.min_relative_change").outcome == outcome
 
 
-@pytest.mark.parametrize("cand, outcome", [(0.80, Outcome.PASS), (0.70, Outcome.FAIL), (0.755, Outcome.INCONCLUSIVE)],
-                         ids=["above", "below", "straddles"])
+@pytest.mark.parametrize(
+    "cand, outcome",
+    [(0.80, Outcome.PASS), (0.70, Outcome.FAIL), (0.755, Outcome.INCONCLUSIVE)],
+    ids=["above", "below", "straddles"],
+)
 def test_threshold_is_judged_on_the_candidate_interval(cand, outcome):
     p = policy(metrics=[{"metric": "accuracy", "threshold": 0.75}])
-    ev = make_evaluation(metrics={"accuracy": (0.7, cand, 0.0, 0.1)})   # candidate interval +-0.01
+    ev = make_evaluation(metrics={"accuracy": (0.7, cand, 0.0, 0.1)})  # candidate interval +-0.01
     c = check(score(p, ev), "metric.accuracy.threshold")
     assert c.outcome == outcome and c.candidate == cand
 
@@ -140,8 +183,13 @@ def test_higher_is_better_can_be_overridden():
 
 def test_point_estimates_are_never_enough():
     """The foundation's flat evaluation (values without intervals) cannot promote."""
-    flat = {"run_id": "r", "labeled_rows": 5000, "label_coverage": 1.0,
-            "baseline": {"roc_auc": 0.6, "f1": 0.3}, "candidate": {"roc_auc": 0.9, "f1": 0.6}}
+    flat = {
+        "run_id": "r",
+        "labeled_rows": 5000,
+        "label_coverage": 1.0,
+        "baseline": {"roc_auc": 0.6, "f1": 0.3},
+        "candidate": {"roc_auc": 0.9, "f1": 0.6},
+    }
     card = score(load_policy(), flat)
     c = check(card, "metric.roc_auc.min_absolute_change")
     assert c.outcome == Outcome.INCONCLUSIVE and "no confidence interval" in c.reason
@@ -175,27 +223,36 @@ def test_zero_width_intervals_agree_with_mlflow_validation():
         b, c = (float(x) for x in rng.uniform(0.2, 0.9, 2))
         kind = ["threshold", "min_absolute_change", "min_relative_change"][rng.integers(3)]
         value = float(rng.uniform(0.2, 0.9) if kind == "threshold" else rng.uniform(0.001, 0.3))
-        margin = {"threshold": c - value, "min_absolute_change": (c - b) - (value if up else -value),
-                  "min_relative_change": (c - b) - (value if up else -value) * abs(b)}[kind]
+        margin = {
+            "threshold": c - value,
+            "min_absolute_change": (c - b) - (value if up else -value),
+            "min_relative_change": (c - b) - (value if up else -value) * abs(b),
+        }[kind]
         if abs(margin) < 1e-9:
             continue
         ev = make_evaluation(metrics={metric: (b, c, c - b, c - b)})
         ev["candidate"][metric] = {"value": c, "ci_low": c, "ci_high": c}
         p = policy(metrics=[{"metric": metric, kind: value}])
         ours = check(score(p, ev), f"metric.{metric}.{kind}").outcome
-        theirs = _mlflow_passes({metric: MetricThreshold(**{kind: value}, greater_is_better=up)},
-                                {metric: c}, {metric: b})
+        theirs = _mlflow_passes(
+            {metric: MetricThreshold(**{kind: value}, greater_is_better=up)}, {metric: c}, {metric: b}
+        )
         assert ours == (Outcome.PASS if theirs else Outcome.FAIL), (metric, kind, value, b, c)
         agreed += 1
     assert agreed > 250
 
 
 # -- latency, errors, evidence --------------------------------------------------------------------------
-@pytest.mark.parametrize("lat, ratio, ms", [
-    ((10.0, 11.0, 0.5, 1.5), Outcome.PASS, Outcome.PASS), ((10.0, 18.0, 6.0, 9.0), Outcome.FAIL, Outcome.PASS),
-    ((10.0, 14.0, 2.0, 7.0), Outcome.INCONCLUSIVE, Outcome.PASS),
-    ((400.0, 520.0, 100.0, 140.0), Outcome.PASS, Outcome.FAIL)],
-    ids=["fine", "slower", "unsure", "over-500ms"])
+@pytest.mark.parametrize(
+    "lat, ratio, ms",
+    [
+        ((10.0, 11.0, 0.5, 1.5), Outcome.PASS, Outcome.PASS),
+        ((10.0, 18.0, 6.0, 9.0), Outcome.FAIL, Outcome.PASS),
+        ((10.0, 14.0, 2.0, 7.0), Outcome.INCONCLUSIVE, Outcome.PASS),
+        ((400.0, 520.0, 100.0, 140.0), Outcome.PASS, Outcome.FAIL),
+    ],
+    ids=["fine", "slower", "unsure", "over-500ms"],
+)
 def test_latency_gates(lat, ratio, ms):
     p = policy(latency=[{"percentile": "p99", "max_ratio": 1.5, "max_ms": 500.0}])
     card = score(p, make_evaluation(latency={"p99": lat}))
@@ -204,10 +261,15 @@ def test_latency_gates(lat, ratio, ms):
     assert check(card, "latency.p99.max_ratio").baseline == lat[0]
 
 
-@pytest.mark.parametrize("errors, outcome, verdict", [
-    ((0, 50_000), Outcome.PASS, Verdict.PROMOTE), ((400, 50_000), Outcome.FAIL, Verdict.ROLLBACK),
-    ((2, 1000), Outcome.INCONCLUSIVE, Verdict.HOLD)],
-    ids=["none", "0.8pct", "too-few-rows"])
+@pytest.mark.parametrize(
+    "errors, outcome, verdict",
+    [
+        ((0, 50_000), Outcome.PASS, Verdict.PROMOTE),
+        ((400, 50_000), Outcome.FAIL, Verdict.ROLLBACK),
+        ((2, 1000), Outcome.INCONCLUSIVE, Verdict.HOLD),
+    ],
+    ids=["none", "0.8pct", "too-few-rows"],
+)
 def test_error_rate_gate_is_critical(errors, outcome, verdict):
     p = policy(errors={"max_rate": 0.001})
     card = score(p, make_evaluation(errors=errors))
@@ -228,8 +290,13 @@ def test_lower_confidence_than_policy_holds():
 
 # -- segments ----------------------------------------------------------------------------------------
 def test_segment_gate_finds_the_segment_that_drops():
-    segs = {"origin": {"JFK": {"f1": (0.40, 0.41, -0.01, 0.03)}, "LGA": {"f1": (0.45, 0.40, -0.08, -0.03)},
-                       "EWR": {"rows": 40, "small": True, "f1": (0.5, 0.2, -0.6, 0.1)}}}
+    segs = {
+        "origin": {
+            "JFK": {"f1": (0.40, 0.41, -0.01, 0.03)},
+            "LGA": {"f1": (0.45, 0.40, -0.08, -0.03)},
+            "EWR": {"rows": 40, "small": True, "f1": (0.5, 0.2, -0.6, 0.1)},
+        }
+    }
     card = score(load_policy(), make_evaluation(segments=segs))
     assert check(card, "segment.origin=JFK.f1.min_absolute_change").outcome == Outcome.PASS
     lga = check(card, "segment.origin=LGA.f1.min_absolute_change")
@@ -251,11 +318,17 @@ def test_critical_segment_gate_rolls_back():
 
 
 # -- drift -------------------------------------------------------------------------------------------
-DRIFT = {"features": {"temp": {"test": "wasserstein", "statistic": 0.3, "threshold": 0.1, "drifted": True},
-                      "dist": {"test": "wasserstein", "statistic": 0.01, "threshold": 0.1, "drifted": False}},
-         "share_drifted": 0.5, "dataset_drift": True,
-         "prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": False}},
-         "concept_drift": {"detected": False, "change_point": None}, "quality": {}}
+DRIFT = {
+    "features": {
+        "temp": {"test": "wasserstein", "statistic": 0.3, "threshold": 0.1, "drifted": True},
+        "dist": {"test": "wasserstein", "statistic": 0.01, "threshold": 0.1, "drifted": False},
+    },
+    "share_drifted": 0.5,
+    "dataset_drift": True,
+    "prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": False}},
+    "concept_drift": {"detected": False, "change_point": None},
+    "quality": {},
+}
 
 
 def test_no_drift_report_skips_drift_gates_unless_required():
@@ -267,16 +340,23 @@ def test_no_drift_report_skips_drift_gates_unless_required():
     assert c.outcome == Outcome.INCONCLUSIVE and "workbench drift" in c.reason
 
 
-@pytest.mark.parametrize("change, gate, outcome", [
-    ({}, "drift.share_drifted", Outcome.PASS),
-    ({"share_drifted": 0.75}, "drift.share_drifted", Outcome.FAIL),
-    ({"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}}, "drift.concept", Outcome.FAIL),
-    ({}, "drift.concept", Outcome.PASS),
-    ({"prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": True}}}, "drift.prediction",
-     Outcome.FAIL),
-    ({"prediction_drift": {"drifted": False}}, "drift.prediction", Outcome.PASS),
-    ({"prediction_drift": {}}, "drift.prediction", Outcome.INCONCLUSIVE),
-], ids=["share-ok", "share-high", "concept", "no-concept", "pred-candidate", "pred-flat", "pred-missing"])
+@pytest.mark.parametrize(
+    "change, gate, outcome",
+    [
+        ({}, "drift.share_drifted", Outcome.PASS),
+        ({"share_drifted": 0.75}, "drift.share_drifted", Outcome.FAIL),
+        ({"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}}, "drift.concept", Outcome.FAIL),
+        ({}, "drift.concept", Outcome.PASS),
+        (
+            {"prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": True}}},
+            "drift.prediction",
+            Outcome.FAIL,
+        ),
+        ({"prediction_drift": {"drifted": False}}, "drift.prediction", Outcome.PASS),
+        ({"prediction_drift": {}}, "drift.prediction", Outcome.INCONCLUSIVE),
+    ],
+    ids=["share-ok", "share-high", "concept", "no-concept", "pred-candidate", "pred-flat", "pred-missing"],
+)
 def test_drift_gates(change, gate, outcome):
     c = check(score(load_policy(), make_evaluation(), DRIFT | change), gate)
     assert c.outcome == outcome and c.kind == "drift"
@@ -291,26 +371,52 @@ def test_verdicts_and_scorecard_dict():
     good = score(load_policy(), make_evaluation())
     assert good.verdict == Verdict.PROMOTE and good.count(Outcome.FAIL) == 0 and good.count(Outcome.INCONCLUSIVE) == 0
     d = json.loads(json.dumps(good.to_dict()))
-    assert d["counts"]["pass"] == len(d["checks"]) and d["verdict"] == "PROMOTE"   # the JSON holds the strings
-    assert set(d["checks"][0]) == {"gate", "kind", "metric", "criterion", "threshold", "baseline", "candidate",
-                                   "delta", "outcome", "critical", "reason", "segment"}
-    bad = score(load_policy(), make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08),
-                                                        "f1": (0.4, 0.42, 0.0, 0.04),
-                                                        "log_loss": (0.5, 0.49, -0.02, 0.0)}))
+    assert d["counts"]["pass"] == len(d["checks"]) and d["verdict"] == "PROMOTE"  # the JSON holds the strings
+    assert set(d["checks"][0]) == {
+        "gate",
+        "kind",
+        "metric",
+        "criterion",
+        "threshold",
+        "baseline",
+        "candidate",
+        "delta",
+        "outcome",
+        "critical",
+        "reason",
+        "segment",
+    }
+    bad = score(
+        load_policy(),
+        make_evaluation(
+            metrics={
+                "roc_auc": (0.7, 0.6, -0.12, -0.08),
+                "f1": (0.4, 0.42, 0.0, 0.04),
+                "log_loss": (0.5, 0.49, -0.02, 0.0),
+            }
+        ),
+    )
     assert bad.verdict == Verdict.ROLLBACK and "metric.roc_auc.min_absolute_change" in bad.reason
-    marginal = score(load_policy(), make_evaluation(metrics={"roc_auc": (0.7, 0.71, 0.0, 0.02),
-                                                             "f1": (0.4, 0.35, -0.08, -0.03),
-                                                             "log_loss": (0.5, 0.49, -0.02, 0.0)}))
+    marginal = score(
+        load_policy(),
+        make_evaluation(
+            metrics={
+                "roc_auc": (0.7, 0.71, 0.0, 0.02),
+                "f1": (0.4, 0.35, -0.08, -0.03),
+                "log_loss": (0.5, 0.49, -0.02, 0.0),
+            }
+        ),
+    )
     assert marginal.verdict == Verdict.HOLD and "non-critical" in marginal.reason
 
 
 def test_verdicts_and_outcomes_sign_and_hash_as_their_strings():
-    card = score(load_policy(), make_evaluation(labeled_rows=10)).to_dict()   # HOLD: passes and an inconclusive
+    card = score(load_policy(), make_evaluation(labeled_rows=10)).to_dict()  # HOLD: passes and an inconclusive
     plain = json.loads(json.dumps(card))
     assert canonical_bytes(card) == canonical_bytes(plain) and content_hash(card) == content_hash(plain)
     assert re.search(rb'"counts":\{"fail":0,"inconclusive":[1-9][0-9]*,"pass":[1-9][0-9]*\}', canonical_bytes(card))
     assert b'"verdict":"HOLD"' in canonical_bytes(card) and b'"outcome":"inconclusive"' in canonical_bytes(card)
-    cleaned = clean(card)   # what a record holds: plain JSON values, as it reads back from its stored text
+    cleaned = clean(card)  # what a record holds: plain JSON values, as it reads back from its stored text
     assert cleaned == plain and type(cleaned["verdict"]) is str and {type(k) for k in cleaned["counts"]} == {str}
     assert {type(c["outcome"]) for c in cleaned["checks"]} == {str}
     assert [str(o) for o in Outcome] == ["pass", "fail", "inconclusive"]
@@ -321,7 +427,7 @@ def test_default_policy_file_is_shipped_in_the_package():
     assert (Path(__import__("workbench.decide").decide.__file__).parent / "default_policy.toml").is_file()
 
 
-# -- the live section (issue 7) ---------------------------------------------------------------------------
+# -- the live section ---------------------------------------------------------------------------
 def test_live_section_is_optional_and_keeps_old_hashes():
     from workbench.decide.signing import content_hash
 
@@ -334,15 +440,19 @@ def test_live_section_is_optional_and_keeps_old_hashes():
     assert shipped.segments[0].name == "internal" and shipped.segments[0].arm == "candidate"
 
 
-@pytest.mark.parametrize("live, message", [
-    ({"window": 3}, "live.window: unknown key"),
-    ({"window_s": 0}, "live.window_s: Input should be greater than 0"),
-    ({"max_error_rate": 1.5}, "live.max_error_rate"),
-    ({"segments": [{"name": "x", "values": ["a"]}]}, "live.segments[0]: set exactly one of header, field"),
-    ({"segments": [{"name": "x", "header": "H", "field": "f", "values": ["a"]}]}, "exactly one of header, field"),
-    ({"segments": [{"name": "x", "header": "H", "values": []}]}, "live.segments[0].values"),
-    ({"segments": [{"name": "x", "header": "H", "values": ["a"], "arm": "both"}]}, "live.segments[0].arm"),
-], ids=["typo", "zero-window", "rate-above-1", "no-source", "two-sources", "no-values", "bad-arm"])
+@pytest.mark.parametrize(
+    "live, message",
+    [
+        ({"window": 3}, "live.window: unknown key"),
+        ({"window_s": 0}, "live.window_s: Input should be greater than 0"),
+        ({"max_error_rate": 1.5}, "live.max_error_rate"),
+        ({"segments": [{"name": "x", "values": ["a"]}]}, "live.segments[0]: set exactly one of header, field"),
+        ({"segments": [{"name": "x", "header": "H", "field": "f", "values": ["a"]}]}, "exactly one of header, field"),
+        ({"segments": [{"name": "x", "header": "H", "values": []}]}, "live.segments[0].values"),
+        ({"segments": [{"name": "x", "header": "H", "values": ["a"], "arm": "both"}]}, "live.segments[0].arm"),
+    ],
+    ids=["typo", "zero-window", "rate-above-1", "no-source", "two-sources", "no-values", "bad-arm"],
+)
 def test_live_section_is_strict(live, message):
     with pytest.raises(WorkbenchError, match=re.escape(message)):
         parse_policy({"live": live})
@@ -350,8 +460,8 @@ def test_live_section_is_strict(live, message):
 
 def test_readme_documents_every_live_field():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Live canary"):]
-    section = section[:section.index("\n## ", 5)]
+    section = readme[readme.index("## Live canary") :]
+    section = section[: section.index("\n## ", 5)]
     from workbench.decide import policy as pm
 
     for model in (pm.LiveOptions, pm.LiveSegment):

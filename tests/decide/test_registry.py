@@ -1,4 +1,5 @@
 """MLflow as the system of record, against a real `mlflow server` on 127.0.0.1 (sqlite backend)."""
+
 import json
 import time
 import uuid
@@ -16,8 +17,9 @@ from workbench.decide.registry import WEBHOOK_EVENTS, Registry
 from workbench.decide.signing import canonical_bytes, init_keys, trusted_keys
 from workbench.store import Store
 
-BAD = make_evaluation(metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04),
-                               "log_loss": (0.5, 0.49, -0.02, 0.0)})
+BAD = make_evaluation(
+    metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04), "log_loss": (0.5, 0.49, -0.02, 0.0)}
+)
 
 
 @pytest.fixture
@@ -28,9 +30,14 @@ def env(mlflow_server, tmp_path):
     client.set_registered_model_alias(name, "champion", "1")
     init_keys(tmp_path / "keys")
     store = Store()
-    yield {"client": client, "name": name, "store": store, "registry": Registry(mlflow_server),
-           "signer": Signer.from_keys_dir(tmp_path / "keys", "tester"),
-           "trusted": trusted_keys(tmp_path / "keys", tmp_path / "none")}
+    yield {
+        "client": client,
+        "name": name,
+        "store": store,
+        "registry": Registry(mlflow_server),
+        "signer": Signer.from_keys_dir(tmp_path / "keys", "tester"),
+        "trusted": trusted_keys(tmp_path / "keys", tmp_path / "none"),
+    }
     store.close()
 
 
@@ -55,8 +62,9 @@ def test_decision_run_and_version_tags(env, tmp_path):
     assert run.data.metrics["weight_after"] == 1 and run.data.metrics["checks_fail"] == 0
     assert run.data.metrics["roc_auc_delta_ci_low"] == pytest.approx(0.01)
     files = {f.path for f in client.list_artifacts(run_id, "decision")}
-    assert files == {f"decision/{f}" for f in ("decision.json", "record.bin", "record.sig", "scorecard.json",
-                                                 "evaluation.json")}
+    assert files == {
+        f"decision/{f}" for f in ("decision.json", "record.bin", "record.sig", "scorecard.json", "evaluation.json")
+    }
     local = client.download_artifacts(run_id, "decision", str(tmp_path))
     assert json.loads(open(f"{local}/decision.json").read()) == signed.to_dict()
     assert open(f"{local}/record.bin", "rb").read() == canonical_bytes(signed.record)

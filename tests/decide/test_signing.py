@@ -1,4 +1,5 @@
 """Keys, canonical JSON, Ed25519 signatures (checked by the real openssl) and refusals of bad records."""
+
 import base64
 import json
 import shutil
@@ -81,13 +82,20 @@ def test_sign_and_verify(keys):
     assert verify_signature(dict(reversed(list(record.items()))), sig, trusted)
 
 
-@pytest.mark.parametrize("change", [
-    {"weight_after": 100}, {"verdict": "PROMOTE"}, {"previous_hash": "0" * 64}, {"extra": 1}],
-    ids=["weight", "verdict", "previous-hash", "added-field"])
+@pytest.mark.parametrize(
+    "change",
+    [{"weight_after": 100}, {"verdict": "PROMOTE"}, {"previous_hash": "0" * 64}, {"extra": 1}],
+    ids=["weight", "verdict", "previous-hash", "added-field"],
+)
 def test_tampered_records_are_refused(keys, change):
     key = load_private_key(keys)
-    record = {"decision_id": "d1", "key_fingerprint": key_fingerprint(key.public_key()), "weight_after": 5,
-              "verdict": "HOLD", "previous_hash": None}
+    record = {
+        "decision_id": "d1",
+        "key_fingerprint": key_fingerprint(key.public_key()),
+        "weight_after": 5,
+        "verdict": "HOLD",
+        "previous_hash": None,
+    }
     sig = sign(key, record)
     with pytest.raises(SignatureError, match="does not match the record"):
         verify_signature(record | change, sig, trusted_keys(keys, keys / "trusted"))
@@ -112,8 +120,11 @@ def test_wrong_and_untrusted_keys_are_refused(keys, tmp_path):
     assert verify_signature(rec, sign(other_key, rec), trusted_keys(keys, keys / "trusted")) == other.fingerprint
 
 
-@pytest.mark.parametrize("signature, match", [(None, "unsigned"), ("", "unsigned"), ("%%%", "not valid base64")],
-                         ids=["none", "empty", "garbage"])
+@pytest.mark.parametrize(
+    "signature, match",
+    [(None, "unsigned"), ("", "unsigned"), ("%%%", "not valid base64")],
+    ids=["none", "empty", "garbage"],
+)
 def test_unsigned_records_are_refused(keys, signature, match):
     rec = {"decision_id": "d1", "key_fingerprint": key_fingerprint(load_private_key(keys).public_key())}
     with pytest.raises(SignatureError, match=match):
@@ -124,17 +135,21 @@ def test_unsigned_records_are_refused(keys, signature, match):
 def test_the_key_ring_holds_the_trusted_keys_read_once_and_the_signer(tmp_path):
     home = tmp_path / "home"
     own, extra, later = (init_keys(d) for d in (home / "keys", tmp_path / "extra", tmp_path / "later"))
-    settings = Settings(home=home, mlflow_tracking_uri="unused", signer="ring@test",
-                        trusted_keys=(tmp_path / "extra" / "ed25519.pub.pem",))
+    settings = Settings(
+        home=home,
+        mlflow_tracking_uri="unused",
+        signer="ring@test",
+        trusted_keys=(tmp_path / "extra" / "ed25519.pub.pem",),
+    )
     ring = KeyRing.from_settings(settings)
     assert set(ring.trusted) == {own.fingerprint, extra.fingerprint}
     assert ring.trusted == trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys)
     with pytest.raises(TypeError):
-        ring.trusted["ed25519:forged"] = ring.trusted[own.fingerprint]   # read-only
+        ring.trusted["ed25519:forged"] = ring.trusted[own.fingerprint]  # read-only
     (home / "keys" / "trusted").mkdir()
     shutil.copy(later.public_key_path, home / "keys" / "trusted" / "later.pem")
-    assert later.fingerprint not in ring.trusted                          # read when the ring was made
-    assert later.fingerprint in KeyRing.from_settings(settings).trusted   # a new ring (a restart) reads it
+    assert later.fingerprint not in ring.trusted  # read when the ring was made
+    assert later.fingerprint in KeyRing.from_settings(settings).trusted  # a new ring (a restart) reads it
     signer = ring.signer
     assert (signer.name, signer.fingerprint) == ("ring@test", own.fingerprint) and ring.signer is signer
     approver = ring.signer_as("alice")
@@ -146,7 +161,7 @@ def test_the_key_ring_holds_the_trusted_keys_read_once_and_the_signer(tmp_path):
 
 def test_the_key_ring_reads_the_private_key_only_to_sign(tmp_path):
     settings = Settings(home=tmp_path / "home", mlflow_tracking_uri="unused")
-    empty = KeyRing.from_settings(settings)   # no key pair: nothing trusted, verifying still works
+    empty = KeyRing.from_settings(settings)  # no key pair: nothing trusted, verifying still works
     assert dict(empty.trusted) == {}
     with pytest.raises(WorkbenchError, match="no signing key in .*workbench keys init"):
         _ = empty.signer
@@ -154,7 +169,7 @@ def test_the_key_ring_reads_the_private_key_only_to_sign(tmp_path):
         KeyRing.from_settings(settings, sign=True)
     init_keys(settings.keys_dir)
     (settings.keys_dir / "ed25519.pem").chmod(0o644)
-    ring = KeyRing.from_settings(settings)   # verifying does not read the private key
+    ring = KeyRing.from_settings(settings)  # verifying does not read the private key
     with pytest.raises(WorkbenchError, match="must be 0600"):
         _ = ring.signer
     with pytest.raises(WorkbenchError, match="must be 0600"):
@@ -186,7 +201,7 @@ def test_records_applied_out_of_order_are_refused(ctx):
     d1, _ = build_decision(store, "run_a", policy, signer, now=T0)
     apply_decision(store, d1, trusted, now=T0)
     d2, _ = build_decision(store, "run_a", policy, signer, now=T0)
-    d3, _ = build_decision(store, "run_a", policy, signer, now=T0)   # also claims sequence 2
+    d3, _ = build_decision(store, "run_a", policy, signer, now=T0)  # also claims sequence 2
     assert d2.record["previous_hash"] == d3.record["previous_hash"] == record_hash(d1.record)
     apply_decision(store, d3, trusted, now=T0)
     with pytest.raises(SignatureError, match="out of chain"):
@@ -223,15 +238,28 @@ def test_openssl_verifies_the_cli_signature(seeded_home, tmp_path):
     out = json.loads(run_cli("decide", "run_a", "--no-apply", "--json", home=seeded_home).stdout)
     (tmp_path / "pub.pem").write_text(run_cli("keys", "export", home=seeded_home).stdout)
     (tmp_path / "record.bin").write_bytes(
-        json.dumps(out["record"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        json.dumps(out["record"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    )
     (tmp_path / "sig.bin").write_bytes(base64.b64decode(out["signature"]))
-    cmd = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "record.bin",
-           "-sigfile", "sig.bin"]
+    cmd = [
+        "openssl",
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        "pub.pem",
+        "-rawin",
+        "-in",
+        "record.bin",
+        "-sigfile",
+        "sig.bin",
+    ]
     ok = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert ok.returncode == 0 and "Signature Verified Successfully" in ok.stdout
     tampered = out["record"] | {"weight_after": 100}
     (tmp_path / "record.bin").write_bytes(
-        json.dumps(tampered, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        json.dumps(tampered, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    )
     bad = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "Signature Verification Failure" in bad.stdout
 

@@ -1,4 +1,5 @@
 """Concept drift (Page-Hinkley, calibration drift) on planted change points, and CBPE estimates."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -41,10 +42,13 @@ def error_stream(seed: int, n: int, change_at: int | None, before=0.20, after=0.
     return (rng.random(n) < rate).astype(float)
 
 
-@pytest.mark.parametrize("params", [
-    pytest.param(PageHinkley(), id="defaults"),
-    pytest.param(PageHinkley(delta=0.005, threshold=20, alpha=0.999), id="sensitive-forgetting"),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param(PageHinkley(), id="defaults"),
+        pytest.param(PageHinkley(delta=0.005, threshold=20, alpha=0.999), id="sensitive-forgetting"),
+    ],
+)
 def test_page_hinkley_equals_the_sequential_algorithm(params):
     x = error_stream(1, 30_000, 10_000)
     assert [a.alarm_index for a in page_hinkley(x, params)] == river_page_hinkley(x, params)
@@ -95,7 +99,7 @@ def test_cbpe_estimates_match_realized_on_calibrated_scores():
     rng = np.random.default_rng(8)
     n = 40_000
     true_p = rng.beta(2, 5, n)
-    raw = true_p ** 0.5  # a monotone distortion: calibration must undo it
+    raw = true_p**0.5  # a monotone distortion: calibration must undo it
     y = (rng.random(n) < true_p).astype(float)
     ref, cur = slice(0, n // 2), slice(n // 2, n)
     cal = fit_calibrator(raw[ref], y[ref].astype(np.int64))

@@ -1,4 +1,5 @@
 """Data drift against Evidently 0.7.23's own Report, the stat-test registry, sketches and histograms."""
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -15,20 +16,22 @@ from workbench.store import Store
 def frame(rng: np.random.Generator, n: int, shift: float) -> pd.DataFrame:
     """Columns covering every default branch: continuous, few-valued and binary numbers, small and large
     integers, text, booleans, and missing values."""
-    return pd.DataFrame({
-        "cont_shift": rng.normal(shift, 1, n),
-        "cont_same": rng.normal(0, 1, n),
-        "expo": rng.exponential(1 + shift, n),
-        "rounded": rng.normal(0, 1, n).round(1),
-        "four_values": rng.integers(0, 4, n).astype(float),
-        "two_values": rng.integers(0, 2, n).astype(float),
-        "int_wide": rng.integers(0, 40, n),
-        "int_three": rng.integers(0, 3, n),
-        "text": rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2 - shift / 4, 0.1 + shift / 4]),
-        "text_two": rng.choice(["yes", "no"], n),
-        "flag": rng.choice([True, False], n),
-        "with_nan": np.where(rng.random(n) < 0.1, np.nan, rng.normal(shift / 2, 1, n)),
-    })
+    return pd.DataFrame(
+        {
+            "cont_shift": rng.normal(shift, 1, n),
+            "cont_same": rng.normal(0, 1, n),
+            "expo": rng.exponential(1 + shift, n),
+            "rounded": rng.normal(0, 1, n).round(1),
+            "four_values": rng.integers(0, 4, n).astype(float),
+            "two_values": rng.integers(0, 2, n).astype(float),
+            "int_wide": rng.integers(0, 40, n),
+            "int_three": rng.integers(0, 3, n),
+            "text": rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2 - shift / 4, 0.1 + shift / 4]),
+            "text_two": rng.choice(["yes", "no"], n),
+            "flag": rng.choice([True, False], n),
+            "with_nan": np.where(rng.random(n) < 0.1, np.nan, rng.normal(shift / 2, 1, n)),
+        }
+    )
 
 
 def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, **preset) -> tuple[dict, dict, float]:
@@ -36,21 +39,33 @@ def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, **preset) -> tuple[di
     from evidently import Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    snap = Report([DataDriftPreset(**preset)], include_tests=True).run(Dataset.from_pandas(cur),
-                                                                        Dataset.from_pandas(ref)).dict()
-    scores = {m["config"]["column"]: (m["config"]["method"], float(m["value"])) for m in snap["metrics"]
-              if m["config"]["type"].endswith("ValueDrift")}
-    flags = {t["name"].removeprefix("Value Drift for column "): t["status"] == "FAIL" for t in snap["tests"]
-             if t["name"].startswith("Value Drift for column ")}
+    snap = (
+        Report([DataDriftPreset(**preset)], include_tests=True)
+        .run(Dataset.from_pandas(cur), Dataset.from_pandas(ref))
+        .dict()
+    )
+    scores = {
+        m["config"]["column"]: (m["config"]["method"], float(m["value"]))
+        for m in snap["metrics"]
+        if m["config"]["type"].endswith("ValueDrift")
+    }
+    flags = {
+        t["name"].removeprefix("Value Drift for column "): t["status"] == "FAIL"
+        for t in snap["tests"]
+        if t["name"].startswith("Value Drift for column ")
+    }
     share = next(m["value"]["share"] for m in snap["metrics"] if m["config"]["type"].endswith("DriftedColumnsCount"))
     return scores, flags, share
 
 
-@pytest.mark.parametrize("n_ref, n_cur, value_cap", [
-    pytest.param(600, 900, sketch_mod.VALUE_CAP, id="small-reference"),
-    pytest.param(3000, 4000, sketch_mod.VALUE_CAP, id="large-reference-sketch"),
-    pytest.param(3000, 4000, 50, id="large-reference-exact"),
-])
+@pytest.mark.parametrize(
+    "n_ref, n_cur, value_cap",
+    [
+        pytest.param(600, 900, sketch_mod.VALUE_CAP, id="small-reference"),
+        pytest.param(3000, 4000, sketch_mod.VALUE_CAP, id="large-reference-sketch"),
+        pytest.param(3000, 4000, 50, id="large-reference-exact"),
+    ],
+)
 def test_default_tests_match_evidently_report(n_ref, n_cur, value_cap, monkeypatch):
     monkeypatch.setattr(sketch_mod, "VALUE_CAP", value_cap)
     rng = np.random.default_rng(7)
@@ -79,8 +94,15 @@ def test_each_registered_test_matches_evidently(name, monkeypatch):
     rng = np.random.default_rng(11)
     ref, cur = frame(rng, 2500, 0.0), frame(rng, 2000, 0.1)
     test = STAT_TESTS[name]
-    kinds = {"cont_shift": "numerical", "expo": "numerical", "int_wide": "numerical", "rounded": "numerical",
-             "text": "categorical", "int_three": "categorical", "text_two": "categorical"}
+    kinds = {
+        "cont_shift": "numerical",
+        "expo": "numerical",
+        "int_wide": "numerical",
+        "rounded": "numerical",
+        "text": "categorical",
+        "int_three": "categorical",
+        "text_two": "categorical",
+    }
     cols = [c for c, k in kinds.items() if k in test.kinds]
     ours = compare_frames(ref[cols], cur[cols], tests={"*": name})
     scores, flags, _ = evidently_report(ref[cols], cur[cols], method=name)
@@ -92,19 +114,26 @@ def test_each_registered_test_matches_evidently(name, monkeypatch):
 def test_overrides_per_column_and_thresholds():
     rng = np.random.default_rng(3)
     ref, cur = frame(rng, 2000, 0.0), frame(rng, 2000, 0.3)
-    out = compare_frames(ref, cur, ["cont_shift", "text"], tests={"cont_shift": "psi"},
-                         thresholds={"cont_shift": 10.0, "text": 0.0})
+    out = compare_frames(
+        ref, cur, ["cont_shift", "text"], tests={"cont_shift": "psi"}, thresholds={"cont_shift": 10.0, "text": 0.0}
+    )
     assert out.features["cont_shift"].test == "psi" and out.features["cont_shift"].threshold == 10.0
     assert not out.features["cont_shift"].drifted
     assert out.features["text"].test == "jensenshannon" and out.features["text"].drifted
 
 
-@pytest.mark.parametrize("tests, message", [
-    pytest.param({"cont_shift": "kolmogorov"}, "unknown drift test 'kolmogorov'; valid tests: chisquare, ed,",
-                 id="unknown-name-lists-valid"),
-    pytest.param({"text": "ks"}, "does not apply to categorical column 'text'", id="wrong-kind"),
-    pytest.param({"no_such_column": "ks"}, "--test for unknown column(s) no_such_column", id="unknown-column"),
-])
+@pytest.mark.parametrize(
+    "tests, message",
+    [
+        pytest.param(
+            {"cont_shift": "kolmogorov"},
+            "unknown drift test 'kolmogorov'; valid tests: chisquare, ed,",
+            id="unknown-name-lists-valid",
+        ),
+        pytest.param({"text": "ks"}, "does not apply to categorical column 'text'", id="wrong-kind"),
+        pytest.param({"no_such_column": "ks"}, "--test for unknown column(s) no_such_column", id="unknown-column"),
+    ],
+)
 def test_invalid_overrides_are_errors(tests, message):
     rng = np.random.default_rng(0)
     ref = frame(rng, 100, 0.0)[["cont_shift", "text"]]
@@ -114,12 +143,15 @@ def test_invalid_overrides_are_errors(tests, message):
         stat_test("nope")
 
 
-@pytest.mark.parametrize("values", [
-    pytest.param(np.random.default_rng(0).normal(size=1000), id="floats"),
-    pytest.param(np.random.default_rng(1).integers(0, 7, 50), id="small-integers"),
-    pytest.param(np.random.default_rng(2).integers(-500, 500, 5000), id="wide-integers"),
-    pytest.param(np.full(10, 3.0), id="constant"),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(np.random.default_rng(0).normal(size=1000), id="floats"),
+        pytest.param(np.random.default_rng(1).integers(0, 7, 50), id="small-integers"),
+        pytest.param(np.random.default_rng(2).integers(-500, 500, 5000), id="wide-integers"),
+        pytest.param(np.full(10, 3.0), id="constant"),
+    ],
+)
 def test_sturges_edges_match_numpy(values):
     got = sturges_edges(float(values.min()), float(values.max()), len(values), values.dtype.kind == "i")
     np.testing.assert_array_equal(got, np.histogram_bin_edges(values, bins="sturges"))
@@ -190,11 +222,13 @@ def synthetic_run(tmp_path, store: Store, concept_change: bool, run_id: str) -> 
     times = T0 + pd.to_timedelta(i, unit="h")
     ids = [f"q{k:05d}" for k in i]
     pd.DataFrame({"request_id": ids, "event_time": times, "x": x, "cat": cat, "n": n, "z": z}).to_parquet(
-        tmp_path / "t.parquet")
+        tmp_path / "t.parquet"
+    )
     y = (rng.random(N_ROWS) < p).astype(int)
     keep = rng.random(N_ROWS) > 0.03
     pd.DataFrame({"request_id": ids, "label": y, "label_time": times + pd.Timedelta(hours=6)})[keep].to_parquet(
-        tmp_path / "labels.parquet")
+        tmp_path / "labels.parquet"
+    )
     ingest(store, tmp_path / "t.parquet", "syn", nullable=["n"])
     ingest_labels(store, tmp_path / "labels.parquet", "syn")
     models = []
@@ -222,19 +256,40 @@ def test_drift_run_default_reference(run_store):
     assert d["reference"]["last_event"] < d["current"]["first_event"]
     assert set(d["features"]) == {"x", "cat", "n", "z"}
     assert d["features"]["x"]["drifted"] and d["features"]["x"]["test"] == "wasserstein"
-    assert set(d) >= {"reference", "features", "share_drifted", "dataset_drift", "prediction_drift", "concept_drift",
-                      "calibration_drift", "estimated_performance", "quality"}
+    assert set(d) >= {
+        "reference",
+        "features",
+        "share_drifted",
+        "dataset_drift",
+        "prediction_drift",
+        "concept_drift",
+        "calibration_drift",
+        "estimated_performance",
+        "quality",
+    }
 
     q = d["quality"]  # the current window is rows N_ROWS // 5 .. of the traffic
     assert q["cat"]["unseen_categories"] == 1 and q["cat"]["unseen_examples"] == ["d"]
-    rows = np.arange(N_ROWS)[N_ROWS // 5:]
+    rows = np.arange(N_ROWS)[N_ROWS // 5 :]
     assert q["cat"]["unseen_share"] == pytest.approx(np.sum(rows[rows >= SHIFT_AT] % 97 == SHIFT_AT % 97) / len(rows))
-    missing = run_store.cursor().execute("SELECT avg(CASE WHEN n IS NULL OR isnan(n) THEN 1.0 ELSE 0 END) FROM "
-                                         "traffic_syn WHERE _row >= ?", [N_ROWS // 5]).fetchall()[0][0]
+    missing = (
+        run_store.cursor()
+        .execute(
+            "SELECT avg(CASE WHEN n IS NULL OR isnan(n) THEN 1.0 ELSE 0 END) FROM traffic_syn WHERE _row >= ?",
+            [N_ROWS // 5],
+        )
+        .fetchall()[0][0]
+    )
     assert q["n"]["missing_share"] == pytest.approx(missing) and q["n"]["missing_share"] > 0.03
-    outside = run_store.cursor().execute(
-        "WITH r AS (SELECT min(z) lo, max(z) hi FROM traffic_syn WHERE _row < ?) SELECT avg(CASE WHEN z < lo OR "
-        "z > hi THEN 1.0 ELSE 0 END) FROM traffic_syn, r WHERE _row >= ?", [N_ROWS // 5, N_ROWS // 5]).fetchall()[0][0]
+    outside = (
+        run_store.cursor()
+        .execute(
+            "WITH r AS (SELECT min(z) lo, max(z) hi FROM traffic_syn WHERE _row < ?) SELECT avg(CASE WHEN z < lo OR "
+            "z > hi THEN 1.0 ELSE 0 END) FROM traffic_syn, r WHERE _row >= ?",
+            [N_ROWS // 5, N_ROWS // 5],
+        )
+        .fetchall()[0][0]
+    )
     assert q["z"]["out_of_range_share"] == pytest.approx(outside)
     assert q["z"]["out_of_range_share"] >= len(range(SHIFT_AT, N_ROWS, 50)) / len(rows)
     assert q["x"]["type_violations"] == 0
@@ -243,9 +298,15 @@ def test_drift_run_default_reference(run_store):
     assert pdrift["baseline"]["drifted"] and pdrift["candidate"]["drifted"]
     assert not pdrift["baseline_vs_candidate"]["drifted"]  # both models score sigmoid(x)
     assert pdrift["baseline_vs_candidate"]["mean_abs_score_diff"] == 0.0
-    between = run_store.cursor().execute(  # the thresholds differ: 0.5 and 0.6
-        "SELECT avg(CASE WHEN x >= 0 AND 1 / (1 + exp(-x)) < 0.6 THEN 1.0 ELSE 0 END) FROM traffic_syn "
-        "WHERE _row >= ?", [N_ROWS // 5]).fetchall()[0][0]
+    between = (
+        run_store.cursor()
+        .execute(  # the thresholds differ: 0.5 and 0.6
+            "SELECT avg(CASE WHEN x >= 0 AND 1 / (1 + exp(-x)) < 0.6 THEN 1.0 ELSE 0 END) FROM traffic_syn "
+            "WHERE _row >= ?",
+            [N_ROWS // 5],
+        )
+        .fetchall()[0][0]
+    )
     assert pdrift["baseline_vs_candidate"]["class_disagreement"] == pytest.approx(between)
 
     cd = d["concept_drift"]
@@ -280,11 +341,17 @@ def test_drift_run_without_concept_change_stays_quiet(tmp_path):
 def test_drift_run_windows_and_label_delay(run_store):
     from workbench.drift.report import drift_run
 
-    d = drift_run(run_store, "syn_run", "2024-01-01..2024-02-01", current="2024-07-01..2024-08-01",
-                  as_of="2024-07-20").to_dict()
-    count = run_store.cursor().execute(
-        "SELECT count(*) FILTER (WHERE event_time < '2024-02-01'), count(*) FILTER (WHERE event_time >= "
-        "'2024-07-01' AND event_time < '2024-08-01') FROM traffic_syn").fetchall()[0]
+    d = drift_run(
+        run_store, "syn_run", "2024-01-01..2024-02-01", current="2024-07-01..2024-08-01", as_of="2024-07-20"
+    ).to_dict()
+    count = (
+        run_store.cursor()
+        .execute(
+            "SELECT count(*) FILTER (WHERE event_time < '2024-02-01'), count(*) FILTER (WHERE event_time >= "
+            "'2024-07-01' AND event_time < '2024-08-01') FROM traffic_syn"
+        )
+        .fetchall()[0]
+    )
     assert (d["reference"]["rows"], d["current"]["rows"]) == count
     assert d["reference"]["kind"] == "window" and d["current"]["window"] == "2024-07-01..2024-08-01"
     base = d["estimated_performance"]["baseline"]
@@ -304,13 +371,16 @@ def test_drift_run_writes_evidentlys_html_report(run_store, tmp_path):
     assert "Dataset Drift" in text and all(f'"{c}"' in text for c in d["features"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    pytest.param({"run_id": "nope"}, "unknown run 'nope'", id="unknown-run"),
-    pytest.param({"reference": "2024-02-01..2024-01-01"}, "empty time window", id="backwards-window"),
-    pytest.param({"reference": "2024-13-01.."}, "invalid time '2024-13-01'", id="bad-time"),
-    pytest.param({"reference": "elsewhere"}, r"unknown traffic 'elsewhere' \(known: syn\)", id="unknown-traffic"),
-    pytest.param({"tests": {"x": "ks2"}}, "unknown drift test 'ks2'", id="unknown-test"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        pytest.param({"run_id": "nope"}, "unknown run 'nope'", id="unknown-run"),
+        pytest.param({"reference": "2024-02-01..2024-01-01"}, "empty time window", id="backwards-window"),
+        pytest.param({"reference": "2024-13-01.."}, "invalid time '2024-13-01'", id="bad-time"),
+        pytest.param({"reference": "elsewhere"}, r"unknown traffic 'elsewhere' \(known: syn\)", id="unknown-traffic"),
+        pytest.param({"tests": {"x": "ks2"}}, "unknown drift test 'ks2'", id="unknown-test"),
+    ],
+)
 def test_drift_run_errors_name_the_problem(run_store, kwargs, message):
     from workbench.drift.report import drift_run
 
@@ -334,8 +404,12 @@ def test_cli_drift_default_reference(demo_home):
         assert set(f) >= {"test", "statistic", "threshold", "drifted", "method"} and f["method"] in ("exact", "sketch")
     assert d["features"]["temp"]["drifted"]  # July-August against the autumn: the weather moved
     assert set(d["concept_drift"]) >= {"detected", "change_point", "detector"}
-    assert set(d["quality"]["carrier"]) >= {"missing_share", "out_of_range_share", "unseen_categories",
-                                            "type_violations"}
+    assert set(d["quality"]["carrier"]) >= {
+        "missing_share",
+        "out_of_range_share",
+        "unseen_categories",
+        "type_violations",
+    }
     with Store(demo_home / "workbench.duckdb", read_only=True) as store:
         assert store.latest_drift(run_id) == d
 

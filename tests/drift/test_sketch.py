@@ -1,4 +1,5 @@
 """SqlPair's ECDF distances against scipy, for raw and sketched references."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,7 +13,7 @@ from workbench.store import Store
 def test_ecdf_distances_match_scipy(monkeypatch, ref_rows):
     import workbench.drift.sketch as sketch_mod
 
-    monkeypatch.setattr(sketch_mod, "VALUE_CAP", 1000)   # above it, the continuous reference is read raw
+    monkeypatch.setattr(sketch_mod, "VALUE_CAP", 1000)  # above it, the continuous reference is read raw
     rng = np.random.default_rng(3)
     ref, cur = rng.normal(0, 1, ref_rows), np.round(rng.normal(0.3, 1.4, 1500), 2)
     with Store() as s:

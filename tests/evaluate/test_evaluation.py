@@ -1,4 +1,5 @@
 """Evaluation of real replay runs (tiny in-process models, in-memory DuckDB) and of the CLI on the demo."""
+
 import dataclasses
 import json
 import shutil
@@ -45,21 +46,32 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluation")
     rng = np.random.default_rng(0)
     x, x2 = rng.standard_normal(N).round(6), rng.standard_normal(N).round(6)
-    df = pd.DataFrame({"request_id": [f"r{i:05d}" for i in range(N)],
-                       "event_time": pd.Timestamp("2024-03-01") + pd.to_timedelta(np.arange(N) * 144, unit="s"),
-                       "x": x, "x2": x2, "carrier": rng.choice(list(CARRIERS), N, p=list(CARRIERS.values()))})
+    df = pd.DataFrame(
+        {
+            "request_id": [f"r{i:05d}" for i in range(N)],
+            "event_time": pd.Timestamp("2024-03-01") + pd.to_timedelta(np.arange(N) * 144, unit="s"),
+            "x": x,
+            "x2": x2,
+            "carrier": rng.choice(list(CARRIERS), N, p=list(CARRIERS.values())),
+        }
+    )
     df.to_parquet(tmp / "traffic.parquet")
     y = (rng.random(N) < 1 / (1 + np.exp(-(1.5 * x + x2 - 0.5)))).astype(int)
     labelled = rng.random(N) < 0.8
-    labelled[[5, 77]] = True   # the rows the candidate fails on
+    labelled[[5, 77]] = True  # the rows the candidate fails on
     pd.DataFrame({"request_id": df.request_id[labelled], "label": y[labelled]}).to_parquet(tmp / "labels.parquet")
     store = Store(":memory:")
     ingest(store, tmp / "traffic.parquet", "t")
     ingest_labels(store, tmp / "labels.parquet", "t")
     bad = {float(x[5]), float(x[77])}
-    replay(store, "t", Linear("base", 1.0, threshold=0.4),
-           Linear("cand", 1.4, 0.9, -0.2, threshold=0.55, raise_on=bad),
-           run_id="run1", options=ReplayOptions(batch_size=500))
+    replay(
+        store,
+        "t",
+        Linear("base", 1.0, threshold=0.4),
+        Linear("cand", 1.4, 0.9, -0.2, threshold=0.55, raise_on=bad),
+        run_id="run1",
+        options=ReplayOptions(batch_size=500),
+    )
     # the paired table in long form with request ids, for the reference computations below
     store.con.execute("""CREATE TEMP VIEW lp AS
         SELECT p.run_id, t.request_id, 'baseline' AS role, p.baseline_score AS score,
@@ -90,8 +102,20 @@ def result(run):
 
 
 def test_json_shape(result):
-    assert list(result) == ["run_id", "labeled_rows", "label_coverage", "confidence", "rows", "thresholds",
-                            "baseline", "candidate", "delta", "latency", "errors", "undefined"]
+    assert list(result) == [
+        "run_id",
+        "labeled_rows",
+        "label_coverage",
+        "confidence",
+        "rows",
+        "thresholds",
+        "baseline",
+        "candidate",
+        "delta",
+        "latency",
+        "errors",
+        "undefined",
+    ]
     names = ["accuracy", "precision", "recall", "f1", "fpr", "fnr", "roc_auc", "pr_auc", "log_loss", "brier", "ece"]
     for role in ("baseline", "candidate"):
         assert list(result[role]) == names
@@ -117,17 +141,24 @@ def test_each_model_metric_equals_sklearn_on_its_own_rows(run, result):
         y, s = stored(run, role)
         t = result["thresholds"][role]
         pred = s >= t
-        ref = {"accuracy": skm.accuracy_score(y, pred), "precision": skm.precision_score(y, pred),
-               "recall": skm.recall_score(y, pred), "f1": skm.f1_score(y, pred),
-               "roc_auc": skm.roc_auc_score(y, s), "pr_auc": skm.average_precision_score(y, s),
-               "log_loss": skm.log_loss(y, s), "brier": skm.brier_score_loss(y, s)}
+        ref = {
+            "accuracy": skm.accuracy_score(y, pred),
+            "precision": skm.precision_score(y, pred),
+            "recall": skm.recall_score(y, pred),
+            "f1": skm.f1_score(y, pred),
+            "roc_auc": skm.roc_auc_score(y, s),
+            "pr_auc": skm.average_precision_score(y, s),
+            "log_loss": skm.log_loss(y, s),
+            "brier": skm.brier_score_loss(y, s),
+        }
         for name, value in ref.items():
             got = result[role][name]
             assert got["value"] == pytest.approx(value, abs=1e-9), (role, name)
             assert got["ci_low"] <= got["value"] <= got["ci_high"], (role, name)
         k = int(((y == 1) & pred).sum())
         assert (result[role]["recall"]["ci_low"], result[role]["recall"]["ci_high"]) == pytest.approx(
-            proportion_confint(k, int(y.sum()), alpha=0.05, method="wilson"), abs=1e-12)
+            proportion_confint(k, int(y.sum()), alpha=0.05, method="wilson"), abs=1e-12
+        )
 
 
 def test_deltas_use_the_paired_rows_with_mcnemar_for_accuracy(run, result):
@@ -135,7 +166,8 @@ def test_deltas_use_the_paired_rows_with_mcnemar_for_accuracy(run, result):
     yc, sc = stored(run, "candidate", both=True)
     assert (yb == yc).all() and len(yb) == result["rows"]["paired"]
     assert result["delta"]["roc_auc"]["value"] == pytest.approx(
-        skm.roc_auc_score(yc, sc) - skm.roc_auc_score(yb, sb), abs=1e-9)
+        skm.roc_auc_score(yc, sc) - skm.roc_auc_score(yb, sb), abs=1e-9
+    )
     ok_b, ok_c = (sb >= 0.4) == yb, (sc >= 0.55) == yc
     table = [[np.sum(ok_b & ok_c), np.sum(ok_b & ~ok_c)], [np.sum(~ok_b & ok_c), np.sum(~ok_b & ~ok_c)]]
     assert result["delta"]["accuracy"]["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue, abs=1e-12)
@@ -146,9 +178,17 @@ def test_deltas_use_the_paired_rows_with_mcnemar_for_accuracy(run, result):
 
 
 def test_latency_and_errors(run, result):
-    lat = {r: np.array([v for (v,) in run.con.execute(
-        "SELECT latency_ms FROM lp WHERE run_id = 'run1' AND role = ? AND error IS NULL", [r]).fetchall()])
-        for r in ("baseline", "candidate")}
+    lat = {
+        r: np.array(
+            [
+                v
+                for (v,) in run.con.execute(
+                    "SELECT latency_ms FROM lp WHERE run_id = 'run1' AND role = ? AND error IS NULL", [r]
+                ).fetchall()
+            ]
+        )
+        for r in ("baseline", "candidate")
+    }
     for role in ("baseline", "candidate"):
         for k, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
             assert result["latency"][role][k] == np.quantile(lat[role], q)
@@ -156,7 +196,8 @@ def test_latency_and_errors(run, result):
     assert d["value"] == pytest.approx(result["latency"]["candidate"]["p95"] - result["latency"]["baseline"]["p95"])
     assert d["ci_low"] <= d["ci_high"]
     assert result["latency"]["mann_whitney_p"] == pytest.approx(
-        mannwhitneyu(lat["baseline"], lat["candidate"], method="asymptotic").pvalue, abs=1e-12)
+        mannwhitneyu(lat["baseline"], lat["candidate"], method="asymptotic").pvalue, abs=1e-12
+    )
     e = result["errors"]["candidate"]
     assert (e["count"], e["rows"], e["rate"]) == (2, N, 2 / N)
     assert (e["ci_low"], e["ci_high"]) == pytest.approx(proportion_confint(2, N, method="wilson"), abs=1e-12)
@@ -180,8 +221,9 @@ def test_seeded_reproducible_and_confidence_is_a_parameter(run, result):
 def test_result_is_persisted(run):
     res = evaluate_run(run, "run1", segment="carrier", top_k=2)
     assert run.latest_evaluation("run1") == json.loads(json.dumps(res.to_dict()))
-    params = json.loads(run.con.execute("SELECT params FROM evaluations ORDER BY created_at DESC LIMIT 1")
-                        .fetchall()[0][0])
+    params = json.loads(
+        run.con.execute("SELECT params FROM evaluations ORDER BY created_at DESC LIMIT 1").fetchall()[0][0]
+    )
     assert params["segment"] == "carrier" and params["bootstrap"] == "rows" and params["power"] == 0.8
 
 
@@ -190,16 +232,22 @@ def test_segments_top_k_plus_other_with_small_flag(run):
     seg = d["segments"]["carrier"]
     assert list(seg) == ["AA", "UA", "DL", "other"]
     assert sum(s["rows"] for s in seg.values()) == d["labeled_rows"]
-    counts = dict(run.con.execute("""SELECT t.carrier, count(*) FROM traffic_t t JOIN labels l USING (request_id)
-                                     GROUP BY 1""").fetchall())
+    counts = dict(
+        run.con.execute("""SELECT t.carrier, count(*) FROM traffic_t t JOIN labels l USING (request_id)
+                                     GROUP BY 1""").fetchall()
+    )
     assert seg["DL"]["rows"] == counts["DL"] and seg["other"]["rows"] == counts["B6"] + counts["HA"]
     assert [s["small"] for s in seg.values()] == [s["rows"] < 300 for s in seg.values()]
     # a segment's numbers are those of its rows
     ids = [r for (r,) in run.con.execute("SELECT request_id FROM traffic_t WHERE carrier = 'UA'").fetchall()]
     y, s = stored(run, "baseline")
-    yid = [r for (r,) in run.con.execute(
-        """SELECT request_id FROM lp p JOIN labels l USING (request_id) WHERE p.run_id = 'run1'
-           AND p.role = 'baseline' ORDER BY request_id""").fetchall()]
+    yid = [
+        r
+        for (r,) in run.con.execute(
+            """SELECT request_id FROM lp p JOIN labels l USING (request_id) WHERE p.run_id = 'run1'
+           AND p.role = 'baseline' ORDER BY request_id"""
+        ).fetchall()
+    ]
     mask = np.isin(yid, ids)
     assert seg["UA"]["baseline"]["roc_auc"]["value"] == pytest.approx(skm.roc_auc_score(y[mask], s[mask]), abs=1e-9)
     assert set(seg["UA"]) == {"rows", "small", "baseline", "candidate", "delta"}
@@ -218,7 +266,7 @@ def test_undefined_values_are_null_with_a_reason(run):
     assert d["baseline"]["precision"] == {"value": None, "ci_low": None, "ci_high": None}
     assert d["undefined"]["baseline.precision"] == "no positive predictions"
     assert d["delta"]["precision"]["value"] is None and d["undefined"]["delta.precision"] == "no positive predictions"
-    assert d["baseline"]["recall"]["value"] == 0.0   # defined, and truly 0
+    assert d["baseline"]["recall"]["value"] == 0.0  # defined, and truly 0
 
 
 def test_a_run_without_labels_does_not_crash(run):
@@ -235,12 +283,16 @@ def test_a_run_without_labels_does_not_crash(run):
     assert d["latency"]["baseline"]["p50"] is not None
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"segment": "nope"}, "has no column 'nope' to segment by (columns: carrier, x, x2)"),
-    ({"window": "month"}, "unknown window 'month'"),
-    ({"confidence": 1.0}, "--confidence must be between 0 and 1"),
-    ({"n_boot": 10}, "at least 100 bootstrap replicates"),
-], ids=["segment", "window", "confidence", "replicates"])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"segment": "nope"}, "has no column 'nope' to segment by (columns: carrier, x, x2)"),
+        ({"window": "month"}, "unknown window 'month'"),
+        ({"confidence": 1.0}, "--confidence must be between 0 and 1"),
+        ({"n_boot": 10}, "at least 100 bootstrap replicates"),
+    ],
+    ids=["segment", "window", "confidence", "replicates"],
+)
 def test_bad_arguments_are_errors_that_name_the_problem(run, kwargs, message):
     with pytest.raises(WorkbenchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         evaluate_run(run, "run1", **kwargs)
@@ -260,8 +312,10 @@ def sample(n, seed=0):
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.3).astype(np.int8)
     z = rng.standard_normal(n)
-    return y, {"baseline": 1 / (1 + np.exp(-(1.5 * y + z - 1))),
-               "candidate": 1 / (1 + np.exp(-(1.8 * y + 0.9 * z + 0.4 * rng.standard_normal(n) - 1)))}
+    return y, {
+        "baseline": 1 / (1 + np.exp(-(1.5 * y + z - 1))),
+        "candidate": 1 / (1 + np.exp(-(1.8 * y + 0.9 * z + 0.4 * rng.standard_normal(n) - 1))),
+    }
 
 
 THR = {"baseline": 0.5, "candidate": 0.5}
@@ -275,13 +329,18 @@ def test_failures_of_both_models_each_metric_on_own_rows_delta_on_shared(exact_m
     c = compare(y, s, THR, Options(exact_max_rows=exact_max_rows))
     ok = {r: np.isfinite(v) for r, v in s.items()}
     both = ok["baseline"] & ok["candidate"]
-    assert c.rows == {"baseline": int(ok["baseline"].sum()), "candidate": int(ok["candidate"].sum()),
-                      "paired": int(both.sum())}
+    assert c.rows == {
+        "baseline": int(ok["baseline"].sum()),
+        "candidate": int(ok["candidate"].sum()),
+        "paired": int(both.sum()),
+    }
     for r in ("baseline", "candidate"):
         assert getattr(c, r)["pr_auc"].value == pytest.approx(
-            skm.average_precision_score(y[ok[r]], s[r][ok[r]]), abs=1e-12)
+            skm.average_precision_score(y[ok[r]], s[r][ok[r]]), abs=1e-12
+        )
     assert c.delta["roc_auc"].value == pytest.approx(
-        skm.roc_auc_score(y[both], s["candidate"][both]) - skm.roc_auc_score(y[both], s["baseline"][both]), abs=1e-12)
+        skm.roc_auc_score(y[both], s["candidate"][both]) - skm.roc_auc_score(y[both], s["baseline"][both]), abs=1e-12
+    )
     for name in METRICS:
         d = c.delta[name]
         assert d.ci_low <= d.value <= d.ci_high and d.mde > 0, name
@@ -326,16 +385,17 @@ def test_mde_shrinks_with_more_rows():
     large = compare(*sample(16000, seed=4), THR, Options(exact_max_rows=2000))
     for name in ("accuracy", "f1", "roc_auc", "log_loss"):
         ratio = large.delta[name].mde / small.delta[name].mde
-        assert 0.17 < ratio < 0.35, name   # about 1 / sqrt(16)
+        assert 0.17 < ratio < 0.35, name  # about 1 / sqrt(16)
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
 def test_cli_evaluate_segments_and_windows(demo_home, tmp_path):
-    home = tmp_path / "home"   # a copy: the evaluation it stores (confidence 0.9) must not reach other tests
+    home = tmp_path / "home"  # a copy: the evaluation it stores (confidence 0.9) must not reach other tests
     shutil.copytree(demo_home, home)
     run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
-    proc = run_cli("evaluate", run_id, "--segment", "carrier", "--window", "week", "--confidence", "0.9",
-                   "--json", home=home)
+    proc = run_cli(
+        "evaluate", run_id, "--segment", "carrier", "--window", "week", "--confidence", "0.9", "--json", home=home
+    )
     assert len(proc.stdout.strip().splitlines()) == 1
     d = json.loads(proc.stdout)
     assert d["confidence"] == 0.9 and d["run_id"] == run_id

@@ -1,4 +1,5 @@
 """Metric parity with sklearn.metrics on random and edge-case inputs, weighted and multi-class too."""
+
 import warnings
 
 import numpy as np
@@ -33,7 +34,7 @@ CASES = {
 def ece_reference(y, s, w=None):
     """Expected calibration error from sklearn's calibration_curve (10 uniform bins); weighted bin means
     with the same binning when ``w`` is given (calibration_curve takes no weights)."""
-    bins = np.searchsorted(np.linspace(0, 1, 11)[1:-1], s)   # calibration_curve's own binning
+    bins = np.searchsorted(np.linspace(0, 1, 11)[1:-1], s)  # calibration_curve's own binning
     if w is None:
         prob_true, prob_pred = calibration_curve(y, s, n_bins=10, strategy="uniform")
         total = np.bincount(bins, minlength=10).astype(float)
@@ -73,8 +74,19 @@ def sk_value(name, y, s, t, w=None):
 def test_parity_with_sklearn(case, threshold):
     y, s = CASES[case](np.random.default_rng(7))
     ours = binary_metrics(y, s, threshold)
-    assert list(ours) == ["accuracy", "precision", "recall", "f1", "fpr", "fnr", "roc_auc", "pr_auc", "log_loss",
-                          "brier", "ece"]
+    assert list(ours) == [
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "fpr",
+        "fnr",
+        "roc_auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "ece",
+    ]
     for name in METRICS:
         ref = sk_value(name, y, s, threshold)
         if np.isnan(ref):
@@ -139,7 +151,7 @@ def test_restricted_grouping_equals_a_fresh_one(case):
     a, b = fresh.weigh(), restricted.weigh()
     np.testing.assert_array_equal(a.pos, b.pos)
     np.testing.assert_array_equal(a.neg, b.neg)
-    w = rng.poisson(1.0, size=(3, keep.sum())).astype(np.float32)   # row weights follow the row order
+    w = rng.poisson(1.0, size=(3, keep.sum())).astype(np.float32)  # row weights follow the row order
     np.testing.assert_array_equal(fresh.weigh(w).pos, restricted.weigh(w).pos)
     assert np.array_equal(np.sort(restricted.order), np.arange(keep.sum()))
 
@@ -167,15 +179,28 @@ def test_confusion_counts():
 
 def test_every_metric_declares_direction():
     assert {m.name: m.higher_is_better for m in METRICS.values()} == {
-        "accuracy": True, "precision": True, "recall": True, "f1": True, "fpr": False, "fnr": False,
-        "roc_auc": True, "pr_auc": True, "log_loss": False, "brier": False, "ece": False}
+        "accuracy": True,
+        "precision": True,
+        "recall": True,
+        "f1": True,
+        "fpr": False,
+        "fnr": False,
+        "roc_auc": True,
+        "pr_auc": True,
+        "log_loss": False,
+        "brier": False,
+        "ece": False,
+    }
 
 
 MULTI = {
     "three_classes": lambda r: (r.integers(0, 3, 400), r.integers(0, 3, 400)),
     "class_never_predicted": lambda r: (r.integers(0, 4, 300), r.integers(0, 3, 300)),
     "class_never_true": lambda r: (r.integers(0, 3, 300), r.integers(0, 4, 300)),
-    "skewed_five": lambda r: (r.choice(5, 500, p=[.6, .2, .1, .07, .03]), r.choice(5, 500, p=[.5, .3, .1, .05, .05])),
+    "skewed_five": lambda r: (
+        r.choice(5, 500, p=[0.6, 0.2, 0.1, 0.07, 0.03]),
+        r.choice(5, 500, p=[0.5, 0.3, 0.1, 0.05, 0.05]),
+    ),
     "binary": lambda r: (r.integers(0, 2, 200), r.integers(0, 2, 200)),
 }
 

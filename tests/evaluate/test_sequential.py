@@ -1,6 +1,7 @@
 """Anytime-valid intervals: the boundary against confseq's reference implementation and the mixture it
 comes from, time-uniform coverage by simulation (against the fixed-horizon interval judged at every
 look), and the influence functions against finite differences, statsmodels and the bootstrap."""
+
 import math
 
 import numpy as np
@@ -82,11 +83,17 @@ def test_boundary_is_where_the_mixture_martingale_reaches_one_over_alpha(one_sid
     s = t * float(cs_radius(t, alpha, rho, one_sided=one_sided))
     density = (lambda lam: 2 * norm.pdf(lam, scale=rho)) if one_sided else (lambda lam: norm.pdf(lam, scale=rho))
     shift = s * s / (2 * t)  # the exponent's maximum, taken out for accuracy
-    mode = s / (t + 1 / rho ** 2)  # of the integrand
+    mode = s / (t + 1 / rho**2)  # of the integrand
     reach = 30 * (rho + 1 / math.sqrt(t))
-    value, _ = integrate.quad(lambda lam: math.exp(lam * s - lam * lam * t / 2 - shift) * density(lam),
-                              0 if one_sided else mode - reach, mode + reach, points=[mode], limit=200,
-                              epsabs=0, epsrel=1e-12)
+    value, _ = integrate.quad(
+        lambda lam: math.exp(lam * s - lam * lam * t / 2 - shift) * density(lam),
+        0 if one_sided else mode - reach,
+        mode + reach,
+        points=[mode],
+        limit=200,
+        epsabs=0,
+        epsrel=1e-12,
+    )
     assert math.log(value) + shift == pytest.approx(math.log(1 / alpha), abs=1e-8)
 
 
@@ -109,14 +116,29 @@ def test_one_sided_bound_is_tighter_than_the_two_sided_one():
     assert one.radius > float(x.std()) * float(cs_radius(2000, 0.1, optimal_rho(2000, 0.1)))
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: optimal_rho(1000, 0.0), lambda: optimal_rho(0, 0.05), lambda: cs_radius(10, 1.5, 0.1),
-    lambda: cs_radius(10, 0.05, 0.0), lambda: paired_delta_cs("f2", [0, 1], [0, 1], [0, 1], alpha=0.05, t_star=10),
-    lambda: paired_delta_cs("f1", [0, 2], [0, 1], [0, 1], alpha=0.05, t_star=10),
-    lambda: paired_delta_cs("f1", [0, 1], [0, np.nan], [0, 1], alpha=0.05, t_star=10),
-    lambda: confusion_influence("roc_auc", metrics.Confusion(1, 1, 1, 1)),
-], ids=["alpha_zero", "no_planned_rows", "alpha_above_one", "rho_zero", "unknown_metric", "label_2",
-        "nan_score", "not_a_confusion_metric"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: optimal_rho(1000, 0.0),
+        lambda: optimal_rho(0, 0.05),
+        lambda: cs_radius(10, 1.5, 0.1),
+        lambda: cs_radius(10, 0.05, 0.0),
+        lambda: paired_delta_cs("f2", [0, 1], [0, 1], [0, 1], alpha=0.05, t_star=10),
+        lambda: paired_delta_cs("f1", [0, 2], [0, 1], [0, 1], alpha=0.05, t_star=10),
+        lambda: paired_delta_cs("f1", [0, 1], [0, np.nan], [0, 1], alpha=0.05, t_star=10),
+        lambda: confusion_influence("roc_auc", metrics.Confusion(1, 1, 1, 1)),
+    ],
+    ids=[
+        "alpha_zero",
+        "no_planned_rows",
+        "alpha_above_one",
+        "rho_zero",
+        "unknown_metric",
+        "label_2",
+        "nan_score",
+        "not_a_confusion_metric",
+    ],
+)
 def test_bad_input_is_an_error(bad):
     with pytest.raises(ValueError):
         bad()
@@ -155,8 +177,11 @@ def _misses_at_any_look(draw, true_mean, trials, seed, chunk=100):
     return cs, fixed
 
 
-@pytest.mark.parametrize("draw,true_mean,trials", [(_ternary, 0.02, 2000), (_skewed, 0.0, 1000)],
-                         ids=["ternary_differences", "lognormal_differences"])
+@pytest.mark.parametrize(
+    "draw,true_mean,trials",
+    [(_ternary, 0.02, 2000), (_skewed, 0.0, 1000)],
+    ids=["ternary_differences", "lognormal_differences"],
+)
 def test_cs_misses_at_any_look_at_most_alpha_while_fixed_intervals_miss_often(draw, true_mean, trials):
     cs, fixed = _misses_at_any_look(draw, true_mean, trials, seed=11)
     # at most alpha: the share's 99 % Wilson interval must reach down to alpha
@@ -202,8 +227,10 @@ def _population():
 def _confusions(cells):
     """Baseline and candidate confusion from paired cell counts (last axis, 8 cells)."""
     c = np.moveaxis(np.asarray(cells, dtype=np.float64), -1, 0)
-    return (metrics.Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
-            metrics.Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]))
+    return (
+        metrics.Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
+        metrics.Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]),
+    )
 
 
 def _rows(cell):
@@ -246,8 +273,7 @@ def test_score_metric_row_influence_matches_the_row_bootstrap(name):
     assert abs(psi.mean()) < 1e-9
     m = metrics.METRICS[name]
     gb, gc = metrics.grouping(y, base), metrics.grouping(y, cand)
-    reps = np.concatenate([m.compute(gc.weigh(w)) - m.compute(gb.weigh(w))
-                           for w in stats.poisson_weights(n, 800, rng)])
+    reps = np.concatenate([m.compute(gc.weigh(w)) - m.compute(gb.weigh(w)) for w in stats.poisson_weights(n, 800, rng)])
     assert psi.var() / n == pytest.approx(reps.var(), rel=0.15)
 
 

@@ -1,4 +1,5 @@
 """Statistics: parity with statsmodels/scipy/numpy, exactness of the fast bootstraps, and interval coverage."""
+
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp, mannwhitneyu
@@ -90,14 +91,18 @@ def test_poisson_weights_come_in_bounded_chunks():
 def test_linear_bootstrap_has_the_row_level_moments(shape):
     """sum_i (w_i - 1) v_i over Poisson(1) weights has mean 0, variance sum v^2, third cumulant sum v^3."""
     rng = np.random.default_rng(6)
-    v = {"normal": rng.standard_normal(5000), "skewed": rng.exponential(size=5000) ** 2,
-         "constant": np.full(5000, 0.3), "two_values": rng.choice([0.0, 5.0], 5000, p=[0.99, 0.01])}[shape]
+    v = {
+        "normal": rng.standard_normal(5000),
+        "skewed": rng.exponential(size=5000) ** 2,
+        "constant": np.full(5000, 0.3),
+        "two_values": rng.choice([0.0, 5.0], 5000, p=[0.99, 0.01]),
+    }[shape]
     reps = stats.linear_bootstrap(np.sort(v), 40000, rng)
-    sd = np.sqrt(np.sum(v ** 2))
+    sd = np.sqrt(np.sum(v**2))
     assert reps.mean() == pytest.approx(0, abs=0.03 * sd)
     assert reps.std() == pytest.approx(sd, rel=0.02)
-    skew = np.sum(v ** 3) / sd ** 3
-    assert np.mean(reps ** 3) / reps.std() ** 3 == pytest.approx(skew, abs=0.05 + 0.1 * abs(skew))
+    skew = np.sum(v**3) / sd**3
+    assert np.mean(reps**3) / reps.std() ** 3 == pytest.approx(skew, abs=0.05 + 0.1 * abs(skew))
 
 
 def test_linear_bootstrap_of_counted_values_equals_the_expanded_rows():

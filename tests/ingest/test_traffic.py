@@ -1,4 +1,5 @@
 """Ingest: the traffic contract, the quarantine and reconciled counts."""
+
 import json
 
 import pandas as pd
@@ -16,10 +17,15 @@ def store():
 
 
 def good_frame(n=10):
-    return pd.DataFrame({"request_id": [f"r{i}" for i in range(n)],
-                         "event_time": pd.date_range("2024-01-01", periods=n, freq="min"),
-                         "user": [f"u{i % 3}" for i in range(n)], "x": [float(i) for i in range(n)],
-                         "seg": ["a", "b"] * (n // 2)})
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(n)],
+            "event_time": pd.date_range("2024-01-01", periods=n, freq="min"),
+            "user": [f"u{i % 3}" for i in range(n)],
+            "x": [float(i) for i in range(n)],
+            "seg": ["a", "b"] * (n // 2),
+        }
+    )
 
 
 def test_parquet_ingest_reconciles(store, tmp_path):
@@ -34,25 +40,39 @@ def test_parquet_ingest_reconciles(store, tmp_path):
 
 def test_csv_bad_rows_are_quarantined_with_reasons(store, tmp_path):
     p = tmp_path / "t.csv"
-    p.write_text("request_id,event_time,x,seg\n"
-                 "r1,2024-01-01T00:00:00Z,1.5,a\n"
-                 "r2,2024-01-01T00:01:00Z,oops,a\n"       # text in a numeric column
-                 ",2024-01-01T00:02:00Z,2.0,b\n"          # null id
-                 "r4,not-a-time,2.0,b\n"                  # bad time
-                 "r5,2024-01-01T00:04:00Z,,b\n"           # null feature
-                 "r1,2024-01-01T00:05:00Z,3.0,b\n"        # duplicate id, later copy
-                 "r7,2024-01-01T00:06:00Z,inf,a\n"        # non-finite
-                 "r8,2024-01-01T00:07:00Z,4,a\n"
-                 "r9,2024-01-01T00:08:00Z,5,a\n"
-                 "r10,2024-01-01T00:09:00Z,6,a\n"
-                 "r11,2024-01-01T00:10:00Z,7,a\n")
+    p.write_text(
+        "request_id,event_time,x,seg\n"
+        "r1,2024-01-01T00:00:00Z,1.5,a\n"
+        "r2,2024-01-01T00:01:00Z,oops,a\n"  # text in a numeric column
+        ",2024-01-01T00:02:00Z,2.0,b\n"  # null id
+        "r4,not-a-time,2.0,b\n"  # bad time
+        "r5,2024-01-01T00:04:00Z,,b\n"  # null feature
+        "r1,2024-01-01T00:05:00Z,3.0,b\n"  # duplicate id, later copy
+        "r7,2024-01-01T00:06:00Z,inf,a\n"  # non-finite
+        "r8,2024-01-01T00:07:00Z,4,a\n"
+        "r9,2024-01-01T00:08:00Z,5,a\n"
+        "r10,2024-01-01T00:09:00Z,6,a\n"
+        "r11,2024-01-01T00:10:00Z,7,a\n"
+    )
     r = ingest(store, p, "t")
     assert r.rows_read == 11 and r.rows + r.quarantined == r.rows_read
-    assert r.reasons == {"duplicate_id": 1, "nonfinite:x": 1, "null:request_id": 1, "null:x": 1,
-                         "type:event_time": 1, "type:x": 1}
+    assert r.reasons == {
+        "duplicate_id": 1,
+        "nonfinite:x": 1,
+        "null:request_id": 1,
+        "null:x": 1,
+        "type:event_time": 1,
+        "type:x": 1,
+    }
     rows = store.con.execute("SELECT source_row, reason, raw FROM quarantine ORDER BY source_row").fetchall()
-    assert [(r[0], r[1]) for r in rows] == [(1, "type:x"), (2, "null:request_id"), (3, "type:event_time"),
-                                            (4, "null:x"), (5, "duplicate_id"), (6, "nonfinite:x")]
+    assert [(r[0], r[1]) for r in rows] == [
+        (1, "type:x"),
+        (2, "null:request_id"),
+        (3, "type:event_time"),
+        (4, "null:x"),
+        (5, "duplicate_id"),
+        (6, "nonfinite:x"),
+    ]
     assert json.loads(rows[0][2])["x"] == "oops"
     # the first copy of r1 is the one kept
     assert store.con.execute("SELECT x FROM traffic_t WHERE request_id = 'r1'").fetchall() == [(1.5,)]
@@ -88,7 +108,7 @@ def test_unreadable_file_is_refused_and_changes_nothing(store, tmp_path, content
 
 def test_missing_required_column_names_it(store, tmp_path):
     p = tmp_path / "t.csv"
-    p.write_text("id;event_time;x\nr1;2024-01-01;1\n")   # wrong delimiter: one column
+    p.write_text("id;event_time;x\nr1;2024-01-01;1\n")  # wrong delimiter: one column
     with pytest.raises(WorkbenchError, match="missing required column"):
         ingest(store, p, "t")
 
@@ -106,8 +126,10 @@ def test_labels_join_by_request_id(store, tmp_path):
     good_frame().to_parquet(p)
     ingest(store, p, "t")
     lp = tmp_path / "l.csv"
-    lp.write_text("request_id,label,label_time\nr1,1,2024-01-02\nr2,0,2024-01-02\nzz,1,2024-01-02\n"
-                  "r3,maybe,2024-01-02\nr2,1,2024-01-03\n")
+    lp.write_text(
+        "request_id,label,label_time\nr1,1,2024-01-02\nr2,0,2024-01-02\nzz,1,2024-01-02\n"
+        "r3,maybe,2024-01-02\nr2,1,2024-01-03\n"
+    )
     r = ingest_labels(store, lp, "t")
     assert (r.rows_read, r.labels, r.unmatched, r.quarantined) == (5, 3, 1, 2)
     assert r.reasons == {"duplicate_id": 1, "type:label": 1}
@@ -139,7 +161,7 @@ def test_parquet_reader_holds_about_one_row_group(tmp_path):
     base, peak = pa.total_allocated_bytes(), 0
     for _ in read_batches([tmp_path / "big.parquet"], batch_rows=25_000):
         peak = max(peak, pa.total_allocated_bytes() - base)
-    assert peak < 3 * group_bytes, (peak, group_bytes)   # was the whole file: 12 row groups
+    assert peak < 3 * group_bytes, (peak, group_bytes)  # was the whole file: 12 row groups
 
 
 def test_arrow_view_frees_each_batch_inside_a_transaction(store):
@@ -154,7 +176,7 @@ def test_arrow_view_frees_each_batch_inside_a_transaction(store):
     base = pa.total_allocated_bytes()
     with store.transaction() as cur:
         for k in range(5):
-            data = pa.table({"x": pc.add(pa.array(np.zeros(200_000)), float(k))})   # 1.6 MB in Arrow's pool
+            data = pa.table({"x": pc.add(pa.array(np.zeros(200_000)), float(k))})  # 1.6 MB in Arrow's pool
             view = ArrowView(cur, "_wb_b", data)
             view.execute("INSERT INTO sink SELECT x FROM _wb_b")
             del data, view

@@ -5,6 +5,7 @@ A decision made while MLflow cannot be reached is applied and stored locally, si
 (a retry after a crash reuses the finished MLflow run and replaces an unfinished one). A DuckDB file
 locked by another process gives a clear error after a bounded wait, and nothing is corrupted.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,31 +92,33 @@ def decision_runs(client: MlflowClient, decision_id: str, view=ViewType.ACTIVE_O
     exp = client.get_experiment_by_name("canary-decisions")
     if exp is None:
         return []
-    return client.search_runs([exp.experiment_id], f"tags.`canary.decision_id` = '{decision_id}'",
-                              run_view_type=view)
+    return client.search_runs([exp.experiment_id], f"tags.`canary.decision_id` = '{decision_id}'", run_view_type=view)
 
 
 def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_once(setup):
     client, name, home, url = setup["client"], setup["name"], setup["home"], setup["url"]
-    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}   # nothing listens there
+    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
     t0 = time.monotonic()
     first = json.loads(run_cli("decide", "run_a", "--json", home=home, env=down).stdout)
     assert first["applied"] and first["pending_sync"] and "unreachable" in first["sync_error"]
     assert (first["weight_before"], first["weight_after"]) == (0, 1)
     down_s = time.monotonic() - t0
 
-    proxy = SlowProxy(int(url.rsplit(":", 1)[1]), delay=6.0)   # answers, but after the 3 s health timeout
+    proxy = SlowProxy(int(url.rsplit(":", 1)[1]), delay=6.0)  # answers, but after the 3 s health timeout
     try:
         t0 = time.monotonic()
-        second = json.loads(run_cli("decide", "run_a", "--json", home=home,
-                                    env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"}).stdout)
+        second = json.loads(
+            run_cli(
+                "decide", "run_a", "--json", home=home, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"}
+            ).stdout
+        )
         slow_s = time.monotonic() - t0
     finally:
         proxy.close()
     assert second["applied"] and second["pending_sync"] and "ReadTimeout" in second["sync_error"]
     assert (second["weight_before"], second["weight_after"]) == (1, 5)
     ids = [first["decision_id"], second["decision_id"]]
-    assert all(decision_runs(client, d) == [] for d in ids)   # nothing reached MLflow
+    assert all(decision_runs(client, d) == [] for d in ids)  # nothing reached MLflow
 
     out = json.loads(run_cli("sync", "--json", home=home, env={"MLFLOW_TRACKING_URI": url}).stdout)
     assert [d["decision_id"] for d in out["synced"]] == ids and out["failed"] == [] and out["pending"] == 0
@@ -124,20 +127,33 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
     runs = {d: decision_runs(client, d) for d in ids}
     assert all(len(r) == 1 and r[0].info.status == "FINISHED" for r in runs.values())
     tags = client.get_model_version(name, "2").tags
-    assert tags["canary.decision_id"] == ids[1] and tags["canary.weight"] == "5"   # applied in chain order
+    assert tags["canary.decision_id"] == ids[1] and tags["canary.weight"] == "5"  # applied in chain order
     with Store(home / "workbench.duckdb", read_only=True) as store:
         assert store.pending_sync_records() == []
         assert [store.get_decision(d)["mlflow_run_id"] for d in ids] == [runs[d][0].info.run_id for d in ids]
     third = run_cli("decide", "run_a", "--json", home=home, env={"MLFLOW_TRACKING_URI": url})
-    assert third.stdout.count("\n") == 1 and "View run" in third.stderr   # MLflow's run links go to stderr
+    assert third.stdout.count("\n") == 1 and "View run" in third.stderr  # MLflow's run links go to stderr
     assert json.loads(third.stdout)["pending_sync"] is False
-    record("bad services", "MLflow down (closed port) while deciding", "applied, signed record stored with "
-           f"pending_sync (decide took {down_s:.1f} s)", decisions=1)
-    record("bad services", "MLflow slow (every connection held 6 s) while deciding",
-           f"applied, pending_sync after the 3 s health timeout (decide took {slow_s:.1f} s)", decisions=1)
-    record("bad services", "`workbench sync` once MLflow answers, then again",
-           "both decisions pushed in chain order; second sync found nothing; one MLflow run per decision",
-           synced=2, mlflow_runs=sum(len(r) for r in runs.values()), pending=0)
+    record(
+        "bad services",
+        "MLflow down (closed port) while deciding",
+        f"applied, signed record stored with pending_sync (decide took {down_s:.1f} s)",
+        decisions=1,
+    )
+    record(
+        "bad services",
+        "MLflow slow (every connection held 6 s) while deciding",
+        f"applied, pending_sync after the 3 s health timeout (decide took {slow_s:.1f} s)",
+        decisions=1,
+    )
+    record(
+        "bad services",
+        "`workbench sync` once MLflow answers, then again",
+        "both decisions pushed in chain order; second sync found nothing; one MLflow run per decision",
+        synced=2,
+        mlflow_runs=sum(len(r) for r in runs.values()),
+        pending=0,
+    )
 
 
 def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
@@ -149,7 +165,7 @@ def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
         signed = []
         for _ in range(2):
             s, _ = build_decision(store, "run_a", load_policy(), signer)
-            apply_decision(store, s, trusted)   # applied; MLflow not told yet: pending_sync
+            apply_decision(store, s, trusted)  # applied; MLflow not told yet: pending_sync
             signed.append(s)
         # 1: published, then the process died before it marked the decision synced
         done = registry.publish(signed[0])
@@ -158,15 +174,19 @@ def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
         partial = client.create_run(exp.experiment_id, tags={"canary.decision_id": signed[1].decision_id}).info.run_id
         res = sync_pending(store, registry.publish, trusted)
         assert [d["decision_id"] for d in res.synced] == [s.decision_id for s in signed] and res.failed == []
-        assert res.synced[0]["mlflow_run_id"] == done                     # reused, not logged again
+        assert res.synced[0]["mlflow_run_id"] == done  # reused, not logged again
         assert res.synced[1]["mlflow_run_id"] != partial
         assert client.get_run(partial).info.lifecycle_stage == "deleted"
         for s in signed:
             assert len(decision_runs(client, s.decision_id)) == 1
         assert store.pending_sync_records() == []
-    record("bad services", "sync after a publish that finished but was not marked, and after one that died mid-run",
-           "finished MLflow run reused; unfinished run deleted and logged again; one active run per decision",
-           decisions=2, mlflow_runs=2)
+    record(
+        "bad services",
+        "sync after a publish that finished but was not marked, and after one that died mid-run",
+        "finished MLflow run reused; unfinished run deleted and logged again; one active run per decision",
+        decisions=2,
+        mlflow_runs=2,
+    )
 
 
 def test_sync_never_pushes_a_tampered_record(setup):
@@ -175,14 +195,20 @@ def test_sync_never_pushes_a_tampered_record(setup):
     out = json.loads(run_cli("decide", "run_a", "--json", home=home, env=down).stdout)
     with Store(home / "workbench.duckdb") as store:
         record_text = store.get_decision(out["decision_id"])["record"]
-        store.cursor().execute("UPDATE decisions SET record = ? WHERE decision_id = ?",
-                               [record_text.replace('"weight_after":1', '"weight_after":100'), out["decision_id"]])
+        store.cursor().execute(
+            "UPDATE decisions SET record = ? WHERE decision_id = ?",
+            [record_text.replace('"weight_after":1', '"weight_after":100'), out["decision_id"]],
+        )
     proc = run_cli("sync", "--json", home=home, env={"MLFLOW_TRACKING_URI": url}, check=False)
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
     assert "1 decision(s) still pending" in proc.stderr and "signature does not match" in proc.stderr
     assert decision_runs(client, out["decision_id"]) == []
-    record("bad services", "a pending record altered in DuckDB before `workbench sync`",
-           "refused (signature does not match); nothing pushed to MLflow", mlflow_runs=0)
+    record(
+        "bad services",
+        "a pending record altered in DuckDB before `workbench sync`",
+        "refused (signature does not match); nothing pushed to MLflow",
+        mlflow_runs=0,
+    )
 
 
 # -- DuckDB locked by another process --------------------------------------------------------------------------
@@ -199,8 +225,9 @@ sys.stdin.read()
 
 
 def hold_lock(path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -236,11 +263,18 @@ def test_a_locked_database_waits_then_fails_clearly_and_is_never_corrupted(tmp_p
     holder.wait()
     con = duckdb.connect(str(db))
     assert con.execute("SELECT count(*) FROM held").fetchall() == [(2,)]
-    con.execute("CHECKPOINT")   # and it is writable
+    con.execute("CHECKPOINT")  # and it is writable
     con.close()
     with Store(db) as store:
         assert store.require_run("run_a")["status"] == "finished"
-    record("bad services", "DuckDB file locked by another process (library and CLI, 1 s wait)",
-           f"clear one-line error after {waited:.1f} s; opened once the holder let go")
-    record("bad services", "lock holder SIGKILLed inside an open transaction",
-           "file opens; committed rows kept, uncommitted ones gone", committed_rows=2)
+    record(
+        "bad services",
+        "DuckDB file locked by another process (library and CLI, 1 s wait)",
+        f"clear one-line error after {waited:.1f} s; opened once the holder let go",
+    )
+    record(
+        "bad services",
+        "lock holder SIGKILLed inside an open transaction",
+        "file opens; committed rows kept, uncommitted ones gone",
+        committed_rows=2,
+    )

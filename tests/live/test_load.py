@@ -9,6 +9,7 @@
 ``WORKBENCH_LOAD_SECONDS`` sets the duration (10 s by default; ``benchmarks/reliability.py --load-seconds 30``
 for the benchmark). Client, server and model servers share this machine's cores.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,7 @@ from workbench.store import Store
 CLIENTS = 50
 SECRET = "whsec-load"
 SECONDS = float(os.environ.get("WORKBENCH_LOAD_SECONDS", "10"))
-Call = Callable[[httpx.AsyncClient, int], Awaitable[str | None]]   # returns None, or why it failed
+Call = Callable[[httpx.AsyncClient, int], Awaitable[str | None]]  # returns None, or why it failed
 
 
 def canary_home(home: Path, steps: int) -> str:
@@ -56,8 +57,14 @@ def canary_home(home: Path, steps: int) -> str:
 
 def start(args: list[str], env: dict, log: Path, ready: str) -> subprocess.Popen:
     """A server process (stdout to ``log``.out, stderr to ``log``), once ``ready`` answers 200."""
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=open(log.with_suffix(".out"), "wb"),
-                            stderr=open(log, "wb"), start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        cwd=REPO,
+        stdout=open(log.with_suffix(".out"), "wb"),
+        stderr=open(log, "wb"),
+        start_new_session=True,
+    )
     proc.log = log
     deadline = time.monotonic() + 90
     while True:
@@ -91,6 +98,7 @@ async def hammer(base: str, calls: dict[str, Call], seconds: float) -> tuple[dic
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     t0 = time.monotonic()
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits, trust_env=False) as client:
+
         async def one(k: int) -> None:
             i = k
             while time.monotonic() < stop_at:
@@ -113,15 +121,31 @@ def report(what: str, latencies: dict, wall: float, extra: str, **counts) -> dic
     everything = np.concatenate([np.array(v) for v in latencies.values()]) * 1000
     total = len(everything)
     p50, p99 = np.percentile(everything, [50, 99])
-    print(f"\n{what}: {CLIENTS} clients, {wall:.1f} s, {total} requests, {total / wall:.0f} req/s, 0 failed, "
-          f"P50 {p50:.1f} ms, P99 {p99:.1f} ms")
+    print(
+        f"\n{what}: {CLIENTS} clients, {wall:.1f} s, {total} requests, {total / wall:.0f} req/s, 0 failed, "
+        f"P50 {p50:.1f} ms, P99 {p99:.1f} ms"
+    )
     for k, v in latencies.items():
         a, b = np.percentile(np.array(v) * 1000, [50, 99])
         print(f"  {k}: {len(v)} requests, P50 {a:.1f} ms, P99 {b:.1f} ms")
-        record("load", f"{what}: {CLIENTS} clients for {SECONDS:g} s, {k}", "0 failed", requests=len(v),
-               p50_ms=round(a, 1), p99_ms=round(b, 1))
-    record("load", f"{what}: {CLIENTS} clients for {SECONDS:g} s, all requests", f"0 failed of {total}; {extra}",
-           requests=total, req_per_s=round(total / wall), p50_ms=round(p50, 1), p99_ms=round(p99, 1), **counts)
+        record(
+            "load",
+            f"{what}: {CLIENTS} clients for {SECONDS:g} s, {k}",
+            "0 failed",
+            requests=len(v),
+            p50_ms=round(a, 1),
+            p99_ms=round(b, 1),
+        )
+    record(
+        "load",
+        f"{what}: {CLIENTS} clients for {SECONDS:g} s, all requests",
+        f"0 failed of {total}; {extra}",
+        requests=total,
+        req_per_s=round(total / wall),
+        p50_ms=round(p50, 1),
+        p99_ms=round(p99, 1),
+        **counts,
+    )
     return {"requests": total, "p50": p50, "p99": p99}
 
 
@@ -141,16 +165,30 @@ def get(path: str) -> Call:
     async def call(client: httpx.AsyncClient, i: int) -> str | None:
         r = await client.get(path)
         return None if r.status_code == 200 else f"{r.status_code} {r.text[:200]}"
+
     return call
 
 
 async def deliver(client: httpx.AsyncClient, i: int) -> str | None:
-    body = json.dumps({"entity": "model_version", "action": "created", "timestamp": "2027-01-15T08:00:00Z",
-                       "data": {"name": "fraud", "version": "9", "source": "models:/x", "run_id": "r"}})
+    body = json.dumps(
+        {
+            "entity": "model_version",
+            "action": "created",
+            "timestamp": "2027-01-15T08:00:00Z",
+            "data": {"name": "fraud", "version": "9", "source": "models:/x", "run_id": "r"},
+        }
+    )
     did, ts = str(uuid.uuid4()), str(int(time.time()))
-    r = await client.post("/webhooks/mlflow", content=body, headers={
-        "Content-Type": "application/json", "X-MLflow-Delivery-Id": did, "X-MLflow-Timestamp": ts,
-        "X-MLflow-Signature": _generate_hmac_signature(SECRET, did, ts, body)})
+    r = await client.post(
+        "/webhooks/mlflow",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-MLflow-Delivery-Id": did,
+            "X-MLflow-Timestamp": ts,
+            "X-MLflow-Signature": _generate_hmac_signature(SECRET, did, ts, body),
+        },
+    )
     ok = r.status_code == 202 and r.json()["status"] == "queued"
     return None if ok else f"{r.status_code} {r.text[:200]}"
 
@@ -161,8 +199,12 @@ def test_the_service_answers_fifty_concurrent_clients(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = os.environ | {"WORKBENCH_HOME": str(home), "WORKBENCH_WEBHOOK_SECRET": SECRET}
-    proc = start([sys.executable, "-m", "workbench.cli", "serve", "--port", str(port)], env, tmp_path / "serve.log",
-                 base + "/healthz")
+    proc = start(
+        [sys.executable, "-m", "workbench.cli", "serve", "--port", str(port)],
+        env,
+        tmp_path / "serve.log",
+        base + "/healthz",
+    )
     try:
         targets = read_targets(base, {"model": "fraud", "decision_id": decision_id})
         assert "/healthz" in targets
@@ -174,14 +216,17 @@ def test_the_service_answers_fifty_concurrent_clients(tmp_path):
     assert failures == [], failures[:5]
     with Store(home / "workbench.duckdb", read_only=True) as store:
         jobs = len(store.list_jobs())
-    assert jobs == len(latencies["POST /webhooks/mlflow"])   # every accepted delivery is one job: nothing lost
+    assert jobs == len(latencies["POST /webhooks/mlflow"])  # every accepted delivery is one job: nothing lost
     report("`workbench serve`", latencies, wall, "every webhook delivery queued exactly one job", jobs=jobs)
 
 
 # -- the router ------------------------------------------------------------------------------------------------
 async def invoke(client: httpx.AsyncClient, i: int) -> str | None:
-    r = await client.post("/invocations", json={"dataframe_records": [{"x": 0.5}]},
-                          headers={"X-Entity-Id": f"user-{i % 997}", "X-Request-Id": f"req-{i}"})
+    r = await client.post(
+        "/invocations",
+        json={"dataframe_records": [{"x": 0.5}]},
+        headers={"X-Entity-Id": f"user-{i % 997}", "X-Request-Id": f"req-{i}"},
+    )
     if r.status_code != 200:
         return f"{r.status_code} {r.text[:200]}"
     return None if r.json()["predictions"] in ([0.25], [0.75]) else f"unexpected answer {r.text[:200]}"
@@ -189,21 +234,60 @@ async def invoke(client: httpx.AsyncClient, i: int) -> str | None:
 
 def test_the_router_answers_fifty_concurrent_clients(tmp_path):
     home = tmp_path / "home"
-    canary_home(home, steps=3)   # fraud v2 at 25 %
+    canary_home(home, steps=3)  # fraud v2 at 25 %
     ports = {name: free_port() for name in ("baseline", "candidate", "router")}
     env = os.environ | {"WORKBENCH_HOME": str(home), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     procs = []
     try:
         for name, score in (("baseline", "0.25"), ("candidate", "0.75")):
-            procs.append(start([sys.executable, "-m", "uvicorn", "stub_model_server:app", "--app-dir",
-                                str(REPO / "tests" / "fixtures"), "--lifespan", "off", "--log-level", "warning",
-                                "--host", "127.0.0.1", "--port", str(ports[name])], env | {"STUB_SCORE": score},
-                               tmp_path / f"{name}.log", f"http://127.0.0.1:{ports[name]}/ping"))
+            procs.append(
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "stub_model_server:app",
+                        "--app-dir",
+                        str(REPO / "tests" / "fixtures"),
+                        "--lifespan",
+                        "off",
+                        "--log-level",
+                        "warning",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(ports[name]),
+                    ],
+                    env | {"STUB_SCORE": score},
+                    tmp_path / f"{name}.log",
+                    f"http://127.0.0.1:{ports[name]}/ping",
+                )
+            )
         base = f"http://127.0.0.1:{ports['router']}"
-        router = start([sys.executable, "-m", "workbench.cli", "route", "fraud", "--json", "--port",
-                        str(ports["router"]), "--baseline", f"http://127.0.0.1:{ports['baseline']}", "--candidate",
-                        f"http://127.0.0.1:{ports['candidate']}", "--mirror", "10", "--no-auto-rollback",
-                        "--log-dir", str(tmp_path / "live")], env, tmp_path / "router.log", base + "/healthz")
+        router = start(
+            [
+                sys.executable,
+                "-m",
+                "workbench.cli",
+                "route",
+                "fraud",
+                "--json",
+                "--port",
+                str(ports["router"]),
+                "--baseline",
+                f"http://127.0.0.1:{ports['baseline']}",
+                "--candidate",
+                f"http://127.0.0.1:{ports['candidate']}",
+                "--mirror",
+                "10",
+                "--no-auto-rollback",
+                "--log-dir",
+                str(tmp_path / "live"),
+            ],
+            env,
+            tmp_path / "router.log",
+            base + "/healthz",
+        )
         procs.append(router)
         assert httpx.get(base + "/healthz", trust_env=False).json()["effective_weight"] == 25
         latencies, failures, wall = asyncio.run(hammer(base, {"POST /invocations": invoke}, SECONDS))
@@ -215,10 +299,15 @@ def test_the_router_answers_fifty_concurrent_clients(tmp_path):
     sent = len(latencies["POST /invocations"])
     log = pa.concat_tables([pq.read_table(f) for f in sorted((tmp_path / "live").glob("*.parquet"))])
     ids = log.column("request_id").to_pylist()
-    assert summary["requests"] == sent and len(ids) == len(set(ids)) == sent   # each request logged once
+    assert summary["requests"] == sent and len(ids) == len(set(ids)) == sent  # each request logged once
     served = log.column("live_served_arm").to_pylist()
     share = served.count("candidate") / sent
-    assert 0.1 < share < 0.4   # sticky buckets of ~1000 users at a 25 % weight
-    report("`workbench route` (25 % canary, 10 % mirrored, stub model servers)", latencies, wall,
-           f"every request answered by a model and logged once; {share:.0%} served by the candidate",
-           logged=len(ids), mirrored=int(pc.sum(log.column("live_mirrored")).as_py() or 0))
+    assert 0.1 < share < 0.4  # sticky buckets of ~1000 users at a 25 % weight
+    report(
+        "`workbench route` (25 % canary, 10 % mirrored, stub model servers)",
+        latencies,
+        wall,
+        f"every request answered by a model and logged once; {share:.0%} served by the candidate",
+        logged=len(ids),
+        mirrored=int(pc.sum(log.column("live_mirrored")).as_py() or 0),
+    )

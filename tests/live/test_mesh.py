@@ -1,4 +1,5 @@
 """Mesh and delivery-tool manifests from the live canary state, and the Flagger webhook semantics."""
+
 import json
 
 import pytest
@@ -17,9 +18,20 @@ OPTS = MeshOptions(namespace="ml", api_url="http://wb.ml.svc:8000")
 
 
 def view(weight=25, verdict="promote", verified=True, killed=False):
-    return {"model": "fraud", "weight": weight, "baseline_version": "1", "candidate_version": "2",
-            "decision_id": "dec_x", "signature": "c2ln", "verified": verified, "verdict": verdict,
-            "killed": killed, "sequence": 3, "ramp": RAMP, "problem": None if verified else "tampered"}
+    return {
+        "model": "fraud",
+        "weight": weight,
+        "baseline_version": "1",
+        "candidate_version": "2",
+        "decision_id": "dec_x",
+        "signature": "c2ln",
+        "verified": verified,
+        "verdict": verdict,
+        "killed": killed,
+        "sequence": 3,
+        "ramp": RAMP,
+        "problem": None if verified else "tampered",
+    }
 
 
 def parsed(target, v=None):
@@ -51,7 +63,8 @@ def test_flagger_canary_webhooks():
     analysis = canary["spec"]["analysis"]
     assert analysis["stepWeights"] == [1, 5, 25, 50]
     assert {h["type"]: h["url"] for h in analysis["webhooks"]} == {
-        h: f"http://wb.ml.svc:8000/v1/flagger/fraud/{h}" for h in FLAGGER_HOOKS}
+        h: f"http://wb.ml.svc:8000/v1/flagger/fraud/{h}" for h in FLAGGER_HOOKS
+    }
 
 
 @pytest.mark.parametrize("weight", [0, 5, 100], ids=["rolled-back", "step", "full"])
@@ -69,16 +82,24 @@ def test_unverified_or_unknown_state_is_not_rendered():
         render("istio", view() | {"decision_id": None}, RAMP, OPTS)
 
 
-@pytest.mark.parametrize("v, expected", [
-    (view(5, "promote"), {"confirm-traffic-increase": True, "confirm-promotion": False, "rollback": False}),
-    (view(100, "promote"), {"confirm-traffic-increase": True, "confirm-promotion": True, "rollback": False}),
-    (view(25, "hold"), {"confirm-traffic-increase": False, "confirm-promotion": False, "rollback": False}),
-    (view(0, "rollback"), {"confirm-traffic-increase": False, "confirm-promotion": False, "rollback": True}),
-    (view(0, "promote", killed=True), {"confirm-traffic-increase": False, "confirm-promotion": False,
-                                       "rollback": True}),
-    (view(100, "unverified", verified=False), {"confirm-traffic-increase": False, "confirm-promotion": False,
-                                               "rollback": True}),
-], ids=["ramping", "at-100", "hold", "rollback", "killed-then-promote", "unverified"])
+@pytest.mark.parametrize(
+    "v, expected",
+    [
+        (view(5, "promote"), {"confirm-traffic-increase": True, "confirm-promotion": False, "rollback": False}),
+        (view(100, "promote"), {"confirm-traffic-increase": True, "confirm-promotion": True, "rollback": False}),
+        (view(25, "hold"), {"confirm-traffic-increase": False, "confirm-promotion": False, "rollback": False}),
+        (view(0, "rollback"), {"confirm-traffic-increase": False, "confirm-promotion": False, "rollback": True}),
+        (
+            view(0, "promote", killed=True),
+            {"confirm-traffic-increase": False, "confirm-promotion": False, "rollback": True},
+        ),
+        (
+            view(100, "unverified", verified=False),
+            {"confirm-traffic-increase": False, "confirm-promotion": False, "rollback": True},
+        ),
+    ],
+    ids=["ramping", "at-100", "hold", "rollback", "killed-then-promote", "unverified"],
+)
 def test_flagger_gates(v, expected):
     assert {h: flagger_gate(v, h)[0] for h in FLAGGER_HOOKS} == expected
 

@@ -1,5 +1,6 @@
 """The reference router: routing and overrides, retries, shadow mirroring, the SLO rollback, and the whole
 loop on loopback with two real `mlflow models serve` processes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,10 +31,17 @@ from workbench.live.slo import ArmStats, judge
 from workbench.live.trafficlog import TrafficLog
 from workbench.store import Store
 
-BASE, CAND = "http://baseline.test", "http://candidate.test"   # configuration only: nothing is called
-LIVE = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.05, "check_interval_s": 0.1,
-        "segments": [{"name": "internal", "header": "X-User-Segment", "values": ["internal"]},
-                     {"name": "vip", "field": "tier", "values": ["vip"], "arm": "baseline"}]}
+BASE, CAND = "http://baseline.test", "http://candidate.test"  # configuration only: nothing is called
+LIVE = {
+    "window_s": 30,
+    "min_requests": 10,
+    "max_error_rate": 0.05,
+    "check_interval_s": 0.1,
+    "segments": [
+        {"name": "internal", "header": "X-User-Segment", "values": ["internal"]},
+        {"name": "vip", "field": "tier", "values": ["vip"], "arm": "baseline"},
+    ],
+}
 POLICY = parse_policy({"live": LIVE})
 
 
@@ -115,8 +123,9 @@ async def running(weights, *, policy=POLICY, log_dir=None, clock=time.monotonic,
     """A started router on two loopback model servers and an ASGI client to it; stopped (log closed) at the
     end."""
     ups = await Upstreams().start()
-    config = RouterConfig(model="fraud", baseline_url=ups.url("baseline"), candidate_url=ups.url("candidate"),
-                          **({"poll_s": 0.05} | cfg))
+    config = RouterConfig(
+        model="fraud", baseline_url=ups.url("baseline"), candidate_url=ups.url("candidate"), **({"poll_s": 0.05} | cfg)
+    )
     log = TrafficLog(log_dir, flush_s=0.05) if log_dir else None
     router = Router(config, policy, weights, traffic_log=log, clock=clock)
     await router.start()
@@ -147,17 +156,29 @@ def read_log(log_dir) -> pa.Table:
 INTERNAL = POLICY.live.segments[0]
 
 
-@pytest.mark.parametrize("weight, bucket, header, segment, expected", [
-    (0, 0, "always", INTERNAL, ("baseline", "weight 0")),
-    (25, 100, None, None, ("candidate", "bucket")),
-    (25, 2500, None, None, ("baseline", "bucket")),
-    (25, 9999, "always", None, ("candidate", "header")),
-    (25, 0, "never", INTERNAL, ("baseline", "header")),
-    (1, 9999, None, INTERNAL, ("candidate", "segment:internal")),
-    (100, 9999, None, None, ("candidate", "bucket")),
-    (100, 0, " Never ", None, ("baseline", "header")),
-], ids=["weight-0-wins", "in-cohort", "just-outside", "header-always", "header-beats-segment", "segment",
-        "full-weight", "header-case"])
+@pytest.mark.parametrize(
+    "weight, bucket, header, segment, expected",
+    [
+        (0, 0, "always", INTERNAL, ("baseline", "weight 0")),
+        (25, 100, None, None, ("candidate", "bucket")),
+        (25, 2500, None, None, ("baseline", "bucket")),
+        (25, 9999, "always", None, ("candidate", "header")),
+        (25, 0, "never", INTERNAL, ("baseline", "header")),
+        (1, 9999, None, INTERNAL, ("candidate", "segment:internal")),
+        (100, 9999, None, None, ("candidate", "bucket")),
+        (100, 0, " Never ", None, ("baseline", "header")),
+    ],
+    ids=[
+        "weight-0-wins",
+        "in-cohort",
+        "just-outside",
+        "header-always",
+        "header-beats-segment",
+        "segment",
+        "full-weight",
+        "header-case",
+    ],
+)
 def test_choose_arm(weight, bucket, header, segment, expected):
     assert choose_arm(weight, bucket, header, segment) == expected
 
@@ -178,11 +199,12 @@ def test_routing_is_sticky_and_follows_the_weight():
                 assert r.status_code == 200
                 arms[u] = r.headers["x-canary-arm"]
             again = {u: (await invoke(client, u)).headers["x-canary-arm"] for u in users[:50]}
-            assert again == {u: arms[u] for u in users[:50]}          # sticky
+            assert again == {u: arms[u] for u in users[:50]}  # sticky
             expected = {u: "candidate" if in_canary(bucket_of(u, "fraud"), 25) else "baseline" for u in users}
             assert arms == expected
             assert 0.18 < sum(a == "candidate" for a in arms.values()) / len(users) < 0.32
             assert r.json() == {"predictions": [0.25 if arms[users[-1]] == "baseline" else 0.75]}
+
     asyncio.run(main())
 
 
@@ -203,6 +225,7 @@ def test_overrides_headers_segments_and_body_fields():
             assert arm(r) == "candidate"
             bad = await invoke(client, insider, {"X-Canary": "maybe"})
             assert bad.status_code == 400 and "always" in bad.json()["error"]
+
     asyncio.run(main())
 
 
@@ -221,6 +244,7 @@ def test_kill_switch_and_unverified_state_send_everyone_to_the_baseline():
             await router.refresh()
             assert router.effective_weight() == 0 and router.off_reason() == "unverified"
             assert {(await invoke(client, u)).headers["x-canary-arm"] for u in canaries} == {"baseline"}
+
     asyncio.run(main())
 
 
@@ -234,6 +258,7 @@ def test_a_new_decision_is_picked_up_by_the_poller():
                     break
                 await asyncio.sleep(0.02)
             assert router.effective_weight() == 50 and router.state.decision_id == "dec_2"
+
     asyncio.run(main())
 
 
@@ -248,6 +273,7 @@ def test_a_failed_candidate_request_is_retried_on_the_baseline(mode, tmp_path):
             assert r.status_code == 200 and r.headers["x-canary-arm"] == "baseline"
             assert r.json() == {"predictions": [0.25]} and router.counts["retried"] == 1
             assert router.windows["candidate"].stats(time.monotonic(), 0.95).errors == 1
+
     asyncio.run(main())
     row = read_log(tmp_path).to_pylist()[0]
     assert (row["live_routed_arm"], row["live_served_arm"]) == ("candidate", "baseline")
@@ -279,10 +305,14 @@ def test_a_client_error_both_arms_give_is_not_the_candidates():
 def test_mirroring_a_hanging_candidate_does_not_delay_the_answer(tmp_path):
     """The stated bound: the mirror adds no wait to the routed answer (here: answers within 1 s while the
     mirror hangs 5 s, timing out at 0.5 s); the log still gets each request once, with the mirror's error."""
+
     async def main():
         weights = FakeWeights(state(weight=0, decision="dec_0"))
-        async with running(weights, log_dir=tmp_path, mirror_percent=100, mirror_timeout_s=0.5) as (router, client,
-                                                                                                   ups):
+        async with running(weights, log_dir=tmp_path, mirror_percent=100, mirror_timeout_s=0.5) as (
+            router,
+            client,
+            ups,
+        ):
             ups.mode = "hang"
             t0 = time.perf_counter()
             answers = await asyncio.gather(*(invoke(client, f"u{i}", rid=f"r{i}") for i in range(20)))
@@ -290,6 +320,7 @@ def test_mirroring_a_hanging_candidate_does_not_delay_the_answer(tmp_path):
             assert elapsed < 1.0, elapsed
             assert all(a.status_code == 200 and a.headers["x-canary-arm"] == "baseline" for a in answers)
             assert ups.calls["candidate"] == 20
+
     asyncio.run(main())
     rows = read_log(tmp_path).to_pylist()
     assert sorted(r["request_id"] for r in rows) == sorted(f"r{i}" for i in range(20))
@@ -306,6 +337,7 @@ def test_a_failing_mirror_never_drops_the_routed_request(mode, tmp_path):
             answers = [await invoke(client, f"u{i}", rid=f"r{i}") for i in range(10)]
             assert [a.status_code for a in answers] == [200] * 10
             assert all(a.json() == {"predictions": [0.25]} for a in answers)
+
     asyncio.run(main())
     rows = read_log(tmp_path).to_pylist()
     assert len(rows) == 10 and all(r["live_candidate_error"] and r["live_baseline_error"] is None for r in rows)
@@ -317,7 +349,8 @@ def test_mirror_percentage_samples_requests(tmp_path):
         async with running(weights, mirror_percent=30) as (router, client, ups):
             for i in range(300):
                 await invoke(client, rid=f"r{i}")
-        return router.counts["mirrored"], ups.calls["candidate"]   # after stop: every mirror has ended
+        return router.counts["mirrored"], ups.calls["candidate"]  # after stop: every mirror has ended
+
     mirrored, calls = asyncio.run(main())
     assert mirrored == calls == sum(bucket_of(f"r{i}", "mirror") < 3000 for i in range(300))
     assert 60 < mirrored < 120
@@ -328,6 +361,7 @@ def test_multi_row_requests_log_one_row_per_input_row(tmp_path):
         async with running(FakeWeights(state(weight=0)), log_dir=tmp_path) as (router, client, ups):
             r = await invoke(client, "u1", rid="batch", records=[{"x": 1.0, "c": "a"}, {"x": 2.0, "c": "b"}])
             assert r.json() == {"predictions": [0.25, 0.25]}
+
     asyncio.run(main())
     t = read_log(tmp_path)
     assert t.column("request_id").to_pylist() == ["batch:0", "batch:1"]
@@ -347,7 +381,7 @@ class Clock:
 def test_a_breaching_candidate_goes_to_zero_at_once_and_a_rollback_is_recorded():
     async def main():
         weights = FakeWeights(state(weight=100))
-        weights.release = threading.Event()   # the record lands late: routing must not wait for it
+        weights.release = threading.Event()  # the record lands late: routing must not wait for it
         clock = Clock()
         async with running(weights, clock=clock, mirror_percent=100) as (router, client, ups):
             for i in range(10):
@@ -356,7 +390,7 @@ def test_a_breaching_candidate_goes_to_zero_at_once_and_a_rollback_is_recorded()
             ups.mode = "500"
             for i in range(10):
                 r = await invoke(client, f"u{i}")
-                assert r.status_code == 200 and r.headers["x-canary-arm"] == "baseline"   # retried
+                assert r.status_code == 200 and r.headers["x-canary-arm"] == "baseline"  # retried
             report = router.check_slo()
             assert report.breached and "10 errors in 20 requests" in report.reason
             assert router.effective_weight() == 0 and router.off_reason() == "rolled back"
@@ -374,7 +408,8 @@ def test_a_breaching_candidate_goes_to_zero_at_once_and_a_rollback_is_recorded()
             [(pair, rep)] = weights.rollbacks
             assert pair == ("1", "2") and rep is report
             assert router.rollback["decision_id"] == "dec_rollback" and router.state.killed
-            assert router.check_slo() is None   # nothing live any more
+            assert router.check_slo() is None  # nothing live any more
+
     asyncio.run(main())
 
 
@@ -385,13 +420,14 @@ def test_old_outcomes_leave_the_window():
             ups.mode = "500"
             for i in range(12):
                 await invoke(client, f"u{i}")
-            clock.t += 31    # the window is 30 s: the failures are forgotten
+            clock.t += 31  # the window is 30 s: the failures are forgotten
             ups.mode = "ok"
             for i in range(12):
                 await invoke(client, f"u{i}")
             report = router.check_slo()
             assert not report.breached and report.stats["candidate"].requests == 12
             assert router.effective_weight() == 100
+
     asyncio.run(main())
 
 
@@ -410,8 +446,10 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
     weights = StoreWeights(settings, "fraud", POLICY, keys=KeyRing(trusted, signer))
     st = weights.read()
     assert (st.weight, st.verified, st.killed, weights.changed()) == (25, True, False, False)
-    stats = {"baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
-             "candidate": ArmStats("candidate", 40, 12, 0.3, 0.18, 0.45, 2.0, 5.0)}
+    stats = {
+        "baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
+        "candidate": ArmStats("candidate", 40, 12, 0.3, 0.18, 0.45, 2.0, 5.0),
+    }
     report = judge(POLICY.live, stats, 0.95)
     decision_id = weights.rollback(("1", "2"), report)
     assert weights.changed()
@@ -426,7 +464,7 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
         assert record["policy_hash"] == POLICY.hash
         assert row["pending_sync"] and "unreachable" in row["sync_error"]
         assert status(store, "fraud", trusted).verified
-    assert weights.rollback(("1", "2"), report) is None   # already at 0: nothing more to record
+    assert weights.rollback(("1", "2"), report) is None  # already at 0: nothing more to record
 
 
 def test_a_live_rollback_tags_the_mlflow_version(mlflow_server, tmp_path):
@@ -437,15 +475,16 @@ def test_a_live_rollback_tags_the_mlflow_version(mlflow_server, tmp_path):
     home = tmp_path / "home"
     init_keys(home / "keys")
     settings = Settings(home=home, mlflow_tracking_uri=mlflow_server).ensure()
-    keys = KeyRing.from_settings(settings)   # the router's ring: its signer signs the rollback
+    keys = KeyRing.from_settings(settings)  # the router's ring: its signer signs the rollback
     with Store(settings.db_path) as store:
         seed_run(store, "run_a", make_evaluation("run_a"), model=name)
         signed, _ = build_decision(store, "run_a", load_policy(), keys.signer)
         apply_decision(store, signed, keys.trusted)
-    stats = {"baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
-             "candidate": ArmStats("candidate", 40, 40, 1.0, 0.91, 1.0, 2.0, 5.0)}
-    decision_id = StoreWeights(settings, name, POLICY, keys=keys).rollback(("1", "2"),
-                                                                            judge(POLICY.live, stats, 0.95))
+    stats = {
+        "baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
+        "candidate": ArmStats("candidate", 40, 40, 1.0, 0.91, 1.0, 2.0, 5.0),
+    }
+    decision_id = StoreWeights(settings, name, POLICY, keys=keys).rollback(("1", "2"), judge(POLICY.live, stats, 0.95))
     tags = client.get_model_version(name, "2").tags
     assert tags["canary.decision_id"] == decision_id and tags["canary.verdict"] == "ROLLBACK"
     assert tags["canary.weight"] == "0" and tags["canary.reason"].startswith("live SLO: candidate error rate 1")
@@ -469,8 +508,9 @@ def save_models(root: Path, flag: Path) -> tuple[str, str]:
 
 
 def spawn(args, log_path, env) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout=15) -> None:
@@ -516,29 +556,76 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
     base_dir, cand_dir = save_models(tmp_path, flag)
     policy_path = tmp_path / "live.toml"
     policy_path.write_text(E2E_POLICY)
-    with Store(seeded_home / "workbench.duckdb") as store:   # fraud v1 -> v2 at 1, 5, 25 %
+    with Store(seeded_home / "workbench.duckdb") as store:  # fraud v1 -> v2 at 1, 5, 25 %
         signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
         trusted = trusted_keys(seeded_home / "keys", seeded_home / "keys" / "trusted")
         for _ in range(3):
             signed, _ = build_decision(store, "run_a", load_policy(), signer)
             apply_decision(store, signed, trusted)
-    env = os.environ | {"WORKBENCH_HOME": str(seeded_home),
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}   # MLflow down: never blocks
+    env = os.environ | {
+        "WORKBENCH_HOME": str(seeded_home),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+    }  # MLflow down: never blocks
     ports = {name: free_port() for name in ("baseline", "candidate", "router")}
     log_dir = tmp_path / "live"
     procs = []
     try:
         for name, model_dir in (("baseline", base_dir), ("candidate", cand_dir)):
-            procs.append((spawn([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir),
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ports[name])],
-                                tmp_path / f"{name}.log", env), tmp_path / f"{name}.log"))
-        router_cmd = [sys.executable, "-m", "workbench.cli", "route", "fraud", "--json",
-                      "--baseline", f"http://127.0.0.1:{ports['baseline']}",
-                      "--candidate", f"http://127.0.0.1:{ports['candidate']}", "--port", str(ports["router"]),
-                      "--mirror", "100", "--policy", str(policy_path), "--log-dir", str(log_dir), "--poll", "0.2"]
-        router = subprocess.Popen(router_cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=open(tmp_path / "router.log", "wb"), start_new_session=True)
+            procs.append(
+                (
+                    spawn(
+                        [
+                            sys.executable,
+                            "-m",
+                            "mlflow",
+                            "models",
+                            "serve",
+                            "-m",
+                            str(model_dir),
+                            "--env-manager",
+                            "local",
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            str(ports[name]),
+                        ],
+                        tmp_path / f"{name}.log",
+                        env,
+                    ),
+                    tmp_path / f"{name}.log",
+                )
+            )
+        router_cmd = [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "route",
+            "fraud",
+            "--json",
+            "--baseline",
+            f"http://127.0.0.1:{ports['baseline']}",
+            "--candidate",
+            f"http://127.0.0.1:{ports['candidate']}",
+            "--port",
+            str(ports["router"]),
+            "--mirror",
+            "100",
+            "--policy",
+            str(policy_path),
+            "--log-dir",
+            str(log_dir),
+            "--poll",
+            "0.2",
+        ]
+        router = subprocess.Popen(
+            router_cmd,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=open(tmp_path / "router.log", "wb"),
+            start_new_session=True,
+        )
         procs.append((router, tmp_path / "router.log"))
         for name in ("baseline", "candidate"):
             wait_ready(f"http://127.0.0.1:{ports[name]}/ping", procs)
@@ -553,22 +640,28 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
         async def load():
             nonlocal t_fail
             async with httpx.AsyncClient(base_url=url, timeout=20, trust_env=False) as client:
+
                 async def one(i):
-                    r = await client.post("/invocations", json={"dataframe_records": [{"x": (i % 7) / 7}]},
-                                          headers={"X-Entity-Id": f"user-{i % 60}", "X-Request-Id": f"req-{i:04d}"})
+                    r = await client.post(
+                        "/invocations",
+                        json={"dataframe_records": [{"x": (i % 7) / 7}]},
+                        headers={"X-Entity-Id": f"user-{i % 60}", "X-Request-Id": f"req-{i:04d}"},
+                    )
                     results.append((f"req-{i:04d}", r.status_code, r.json()))
-                for start in range(0, n, 4):     # bounded: 4 in flight, n requests in all
+
+                for start in range(0, n, 4):  # bounded: 4 in flight, n requests in all
                     if start == fail_at:
                         flag.write_text("fail")
                         t_fail = time.time()
                     await asyncio.gather(*(one(i) for i in range(start, start + 4)))
                     await asyncio.sleep(0.01)
+
         asyncio.run(asyncio.wait_for(load(), 120))
 
         assert len(results) == n and all(code == 200 and len(body["predictions"]) == 1 for _, code, body in results)
         rollback = httpx.get(url + "/v1/router").json()["rollback"]
-        assert rollback and rollback["at"] - t_fail < 10   # weight 0 within the 10 s window
-        deadline = time.monotonic() + 30                    # the signed record lands in a worker thread
+        assert rollback and rollback["at"] - t_fail < 10  # weight 0 within the 10 s window
+        deadline = time.monotonic() + 30  # the signed record lands in a worker thread
         while not rollback["decision_id"] and not rollback["error"] and time.monotonic() < deadline:
             time.sleep(0.1)
             rollback = httpx.get(url + "/v1/router").json()["rollback"]
@@ -582,7 +675,7 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
 
     table = read_log(log_dir)
     ids = table.column("request_id").to_pylist()
-    assert len(ids) == n and sorted(ids) == sorted(r for r, _, _ in results)   # each request exactly once
+    assert len(ids) == n and sorted(ids) == sorted(r for r, _, _ in results)  # each request exactly once
     rows = table.to_pylist()
     assert any(r["live_routed_arm"] == "candidate" and r["live_candidate_score"] is not None for r in rows)
     assert any(r["live_candidate_error"] and r["live_candidate_error"].startswith("HTTP 400") for r in rows)
@@ -597,6 +690,18 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
         dec = store.get_decision(st["decision_id"])
         assert json.loads(dec["record"])["reason"].startswith("live SLO: candidate error rate")
         assert dec["pending_sync"] and dec["sync_error"]
-    ing = json.loads(run_cli("ingest", str(log_dir / "*.parquet"), "--name", "live", "--entity-col", "entity_key",
-                             "--nullable", "live_*", "--json", home=seeded_home).stdout)
+    ing = json.loads(
+        run_cli(
+            "ingest",
+            str(log_dir / "*.parquet"),
+            "--name",
+            "live",
+            "--entity-col",
+            "entity_key",
+            "--nullable",
+            "live_*",
+            "--json",
+            home=seeded_home,
+        ).stdout
+    )
     assert (ing["rows"], ing["quarantined"]) == (n, 0)

@@ -1,4 +1,5 @@
 """The HTTP service: MLflow webhook signatures, replay protection, the idempotent job queue, health."""
+
 import json
 import threading
 import time
@@ -32,12 +33,22 @@ def client(settings):
 def delivery(event="model_version.created", data=None, *, ts=NOW, delivery_id=None, secret=SECRET):
     """Body and headers exactly as MLflow's sender builds them (its own signing function)."""
     entity, action = event.rsplit(".", 1)
-    body = json.dumps({"entity": entity, "action": action, "timestamp": "2027-01-15T08:00:00+00:00",
-                       "data": data or {"name": "fraud", "version": "7", "source": "models:/x", "run_id": "r",
-                                        "tags": {}, "description": None}})
+    body = json.dumps(
+        {
+            "entity": entity,
+            "action": action,
+            "timestamp": "2027-01-15T08:00:00+00:00",
+            "data": data
+            or {"name": "fraud", "version": "7", "source": "models:/x", "run_id": "r", "tags": {}, "description": None},
+        }
+    )
     did = delivery_id or str(uuid.uuid4())
-    headers = {"Content-Type": "application/json", "X-MLflow-Delivery-Id": did, "X-MLflow-Timestamp": str(ts),
-               "X-MLflow-Signature": _generate_hmac_signature(secret, did, str(ts), body)}
+    headers = {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": str(ts),
+        "X-MLflow-Signature": _generate_hmac_signature(secret, did, str(ts), body),
+    }
     return body, headers
 
 
@@ -57,8 +68,13 @@ def test_valid_delivery_queues_one_job(client, settings):
     [job] = jobs(settings)
     assert job["kind"] == JOB_KIND and job["status"] == "queued" and job["job_id"] == r.json()["job_id"]
     assert job["delivery_id"] == headers["X-MLflow-Delivery-Id"] and job["event"] == "model_version.created"
-    assert job["params"] == {"model": "fraud", "version": "7", "alias": None, "candidate_uri": "models:/fraud/7",
-                             "baseline_uri": "models:/fraud@champion"}
+    assert job["params"] == {
+        "model": "fraud",
+        "version": "7",
+        "alias": None,
+        "candidate_uri": "models:/fraud/7",
+        "baseline_uri": "models:/fraud@champion",
+    }
 
 
 def test_the_same_delivery_twice_is_one_job(client, settings):
@@ -80,8 +96,9 @@ def test_alias_created_queues_and_workbench_aliases_are_ignored(client, settings
     assert job["params"]["alias"] == "challenger" and job["params"]["version"] == "8"
 
 
-@pytest.mark.parametrize("tamper", ["body", "secret", "delivery-id", "timestamp-old", "timestamp-future",
-                                    "missing-signature", "not-a-time"])
+@pytest.mark.parametrize(
+    "tamper", ["body", "secret", "delivery-id", "timestamp-old", "timestamp-future", "missing-signature", "not-a-time"]
+)
 def test_bad_deliveries_get_401_and_change_nothing(client, settings, tamper):
     body, headers = delivery()
     if tamper == "body":
@@ -116,8 +133,11 @@ def test_no_secret_configured_refuses(tmp_path):
 
 def test_signed_garbage_is_400(client, settings):
     did = "d1"
-    headers = {"X-MLflow-Delivery-Id": did, "X-MLflow-Timestamp": str(NOW),
-               "X-MLflow-Signature": _generate_hmac_signature(SECRET, did, str(NOW), "not json")}
+    headers = {
+        "X-MLflow-Delivery-Id": did,
+        "X-MLflow-Timestamp": str(NOW),
+        "X-MLflow-Signature": _generate_hmac_signature(SECRET, did, str(NOW), "not json"),
+    }
     assert client.post("/webhooks/mlflow", content="not json", headers=headers).status_code == 400
     assert jobs(settings) == []
 
@@ -172,7 +192,7 @@ def test_mlflow_server_delivers_new_versions(mlflow_server, live_service, settin
         registry.client.delete_webhook(hook_id)
 
 
-# -- the weight API (issue 7) ----------------------------------------------------------------------------
+# -- the weight API ----------------------------------------------------------------------------
 TOKEN = "tok-" + "x" * 20
 
 
@@ -193,19 +213,32 @@ def weights_api(seeded_home):
 
 
 def hooks(client, model="fraud"):
-    return {h: client.post(f"/v1/flagger/{model}/{h}", json={"name": model, "namespace": "ml",
-                                                              "phase": "Progressing"}).status_code
-            for h in ("confirm-traffic-increase", "confirm-promotion", "rollback")}
+    return {
+        h: client.post(
+            f"/v1/flagger/{model}/{h}", json={"name": model, "namespace": "ml", "phase": "Progressing"}
+        ).status_code
+        for h in ("confirm-traffic-increase", "confirm-promotion", "rollback")
+    }
 
 
 def test_canary_view_for_argo_and_routers(weights_api):
     client, _, signed = weights_api
     r = client.get("/v1/canary/fraud")
     assert r.status_code == 200
-    assert r.json() == {"model": "fraud", "weight": 5, "baseline_version": "1", "candidate_version": "2",
-                        "decision_id": signed.decision_id, "signature": signed.signature, "verified": True,
-                        "verdict": "promote", "killed": False, "sequence": 2, "ramp": [1, 5, 25, 50, 100],
-                        "problem": None}
+    assert r.json() == {
+        "model": "fraud",
+        "weight": 5,
+        "baseline_version": "1",
+        "candidate_version": "2",
+        "decision_id": signed.decision_id,
+        "signature": signed.signature,
+        "verified": True,
+        "verdict": "promote",
+        "killed": False,
+        "sequence": 2,
+        "ramp": [1, 5, 25, 50, 100],
+        "problem": None,
+    }
     assert client.get("/v1/canary/nobody").status_code == 404
 
 
@@ -231,13 +264,14 @@ def test_flagger_webhooks_follow_the_latest_verified_decision(weights_api):
     assert hooks(client) == {"confirm-traffic-increase": 412, "confirm-promotion": 412, "rollback": 200}
 
 
-@pytest.mark.parametrize("auth, code", [(None, 401), ("Bearer wrong", 401), ("Basic " + TOKEN, 401),
-                                        ("Bearer " + TOKEN, 200)],
-                         ids=["no-token", "wrong-token", "not-bearer", "token"])
+@pytest.mark.parametrize(
+    "auth, code",
+    [(None, 401), ("Bearer wrong", 401), ("Basic " + TOKEN, 401), ("Bearer " + TOKEN, 200)],
+    ids=["no-token", "wrong-token", "not-bearer", "token"],
+)
 def test_kill_needs_the_token(weights_api, auth, code):
     client, _, _ = weights_api
-    r = client.post("/v1/canary/fraud/kill", json={"reason": "pager"},
-                    headers={"Authorization": auth} if auth else {})
+    r = client.post("/v1/canary/fraud/kill", json={"reason": "pager"}, headers={"Authorization": auth} if auth else {})
     assert r.status_code == code
     after = client.get("/v1/canary/fraud").json()
     if code == 401:
@@ -263,14 +297,15 @@ def test_apply_a_signed_record_over_the_api(weights_api):
         pending, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(settings.keys_dir, "ci"))
     body = pending.to_dict()
     assert client.post("/v1/decisions", json=body).status_code == 401
-    tampered = client.post("/v1/decisions", json=body | {"record": body["record"] | {"weight_after": 100}},
-                           headers=auth)
+    tampered = client.post(
+        "/v1/decisions", json=body | {"record": body["record"] | {"weight_after": 100}}, headers=auth
+    )
     assert tampered.status_code == 409 and "does not match" in tampered.json()["error"]
     r = client.post("/v1/decisions", json=body, headers=auth)
     assert r.status_code == 200 and r.json()["weight"] == 25 and r.json()["decision_id"] == pending.decision_id
     again = client.post("/v1/decisions", json=body, headers=auth)
     assert again.status_code == 409 and "already applied" in again.json()["error"]
-    with Store(settings.db_path) as store:   # MLflow was down: applied, kept for a later sync
+    with Store(settings.db_path) as store:  # MLflow was down: applied, kept for a later sync
         assert store.get_decision(pending.decision_id)["pending_sync"]
 
 
@@ -300,8 +335,14 @@ def test_the_service_reads_its_key_ring_at_start(weights_api, tmp_path):
 def test_openapi_spec_describes_the_weight_api(weights_api):
     client, _, _ = weights_api
     spec = client.get("/openapi.json").json()
-    assert {"/v1/canary/{model}", "/v1/decisions/{decision_id}", "/v1/flagger/{model}/{hook}",
-            "/v1/canary/{model}/kill", "/v1/decisions", "/healthz"} <= set(spec["paths"])
+    assert {
+        "/v1/canary/{model}",
+        "/v1/decisions/{decision_id}",
+        "/v1/flagger/{model}/{hook}",
+        "/v1/canary/{model}/kill",
+        "/v1/decisions",
+        "/healthz",
+    } <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert spec["paths"]["/v1/canary/{model}/kill"]["post"]["security"] == [{"HTTPBearer": []}]
     assert "security" not in spec["paths"]["/v1/canary/{model}"]["get"]

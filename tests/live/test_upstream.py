@@ -1,5 +1,6 @@
 """The router's upstream HTTP/1.1 client against real loopback servers: keep-alive reuse, framing (length,
 chunked, EOF), servers closing connections, deadlines, refused connections and large bodies."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +27,7 @@ def run(request):
     def go(coro):
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(asyncio.wait_for(coro, 20))
+
     return go
 
 
@@ -34,8 +36,9 @@ def test_keep_alive_connections_are_reused_and_headers_sent(run):
         server = await LoopbackServer(echo).start()
         pool = Pool(server.url + "/invocations")
         for i in range(20):
-            r = await pool.post(b'{"i": %d}' % i, {"content-type": "application/json", "x-request-id": f"r{i}"},
-                                timeout=5)
+            r = await pool.post(
+                b'{"i": %d}' % i, {"content-type": "application/json", "x-request-id": f"r{i}"}, timeout=5
+            )
             assert (r.status, r.body, r.content_type) == (200, b'{"i": %d}' % i, "application/json")
         answers = await asyncio.gather(*(pool.post(b"x" * i, timeout=5) for i in range(8)))
         assert [a.body for a in answers] == [b"x" * i for i in range(8)]
@@ -44,15 +47,16 @@ def test_keep_alive_connections_are_reused_and_headers_sent(run):
         return server, pool
 
     server, pool = run(main())
-    assert pool.connections_opened == server.connections == 8   # 1 for the sequential calls, reused, +7 in parallel
+    assert pool.connections_opened == server.connections == 8  # 1 for the sequential calls, reused, +7 in parallel
     req = server.requests[3]
     assert (req.method, req.path) == ("POST", "/invocations")
     assert req.headers["host"] == f"127.0.0.1:{server.port}" and req.headers["x-request-id"] == "r3"
     assert req.headers["content-length"] == str(len(req.body))
 
 
-@pytest.mark.parametrize("framing", [{"chunks": 5}, {"length": False}, {"close": True}],
-                         ids=["chunked", "to-eof", "connection-close"])
+@pytest.mark.parametrize(
+    "framing", [{"chunks": 5}, {"length": False}, {"close": True}], ids=["chunked", "to-eof", "connection-close"]
+)
 def test_answer_framings(framing, run):
     body = bytes(range(256)) * 40
 
@@ -74,7 +78,7 @@ def test_answer_framings(framing, run):
 
 
 def test_large_bodies_both_ways(run):
-    big = bytes(range(251)) * 40_000   # ~10 MB
+    big = bytes(range(251)) * 40_000  # ~10 MB
 
     async def main():
         async def handler(req):
@@ -94,7 +98,7 @@ def test_an_idle_connection_the_server_closed_is_not_used(run):
         server = await LoopbackServer(echo).start()
         pool = Pool(server.url)
         assert (await pool.post(b"a", timeout=5)).body == b"a"
-        await server.drop_connections()     # the server's keep-alive timeout
+        await server.drop_connections()  # the server's keep-alive timeout
         assert (await pool.post(b"b", timeout=5)).body == b"b"
         await server.close()
         return server, pool
@@ -193,7 +197,7 @@ def test_the_deadline_covers_the_whole_call_and_drops_the_connection(run):
             await pool.post(b"x", timeout=0.2)
         elapsed = time.perf_counter() - t0
         slow["on"] = False
-        r = await pool.post(b"x", timeout=5)    # never the late answer of the abandoned call
+        r = await pool.post(b"x", timeout=5)  # never the late answer of the abandoned call
         await server.close()
         return elapsed, r, pool
 

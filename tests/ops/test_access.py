@@ -1,4 +1,5 @@
 """Approvers: scrypt password hashes, the approvers file, identities, and `workbench approver`."""
+
 import base64
 import hashlib
 import json
@@ -30,13 +31,15 @@ def test_hash_is_scrypt_with_a_random_salt():
     assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
     want = hashlib.scrypt(b"correct horse", salt=base64.b64decode(salt), n=16384, r=8, p=1, dklen=32)
     assert base64.b64decode(digest) == want and len(base64.b64decode(salt)) == 16
-    assert hash_password("correct horse") != h   # a new salt every time
+    assert hash_password("correct horse") != h  # a new salt every time
     assert verify_password("correct horse", h) and not verify_password("correct horsE", h)
 
 
-@pytest.mark.parametrize("stored", ["", "plain", "pbkdf2$1$2$3$AA==$AA==", "scrypt$16384$8$1$!!$AA==",
-                                    "scrypt$x$8$1$AA==$AA=="], ids=["empty", "no-fields", "other-scheme",
-                                                                    "bad-base64", "bad-number"])
+@pytest.mark.parametrize(
+    "stored",
+    ["", "plain", "pbkdf2$1$2$3$AA==$AA==", "scrypt$16384$8$1$!!$AA==", "scrypt$x$8$1$AA==$AA=="],
+    ids=["empty", "no-fields", "other-scheme", "bad-base64", "bad-number"],
+)
 def test_malformed_hashes_never_verify(stored):
     assert verify_password("anything", stored) is False
 
@@ -75,13 +78,14 @@ def test_authenticate_and_oidc_identities(tmp_path):
     assert who.can_approve and who.method == "password" and who.signer == "Alice@Example.com"
     assert authenticate(approvers, "alice", "wrong") is None
     assert authenticate(approvers, "mallory", "pw-a") is None
-    assert authenticate(approvers, "bob", "") is None   # an OIDC-only approver has no password
+    assert authenticate(approvers, "bob", "") is None  # an OIDC-only approver has no password
     who = oidc_identity({"is_logged_in": True, "email": "alice@example.com", "name": "Alice"}, approvers)
     assert who.can_approve and who.name == "alice" and who.method == "oidc"
     who = oidc_identity({"is_logged_in": True, "email": "eve@example.com"}, approvers)
     assert not who.can_approve and who.name == "eve@example.com"
-    assert not oidc_identity({"is_logged_in": True, "email": "bob@example.com", "email_verified": False},
-                             approvers).can_approve
+    assert not oidc_identity(
+        {"is_logged_in": True, "email": "bob@example.com", "email_verified": False}, approvers
+    ).can_approve
     assert oidc_identity({"is_logged_in": False}, approvers) is None
     assert oidc_provider({"client_id": "x"}) is None and oidc_provider({"redirect_uri": "u", "okta": {}}) == "okta"
 
@@ -90,18 +94,29 @@ def test_cli_approver_add_list_remove(tmp_path):
     env = os.environ | {"WORKBENCH_HOME": str(tmp_path)}
 
     def cli(*args, stdin=None):
-        return subprocess.run([sys.executable, "-m", "workbench.cli", "approver", *args], cwd=REPO, env=env,
-                              input=stdin, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "approver", *args],
+            cwd=REPO,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     out = cli("add", "alice", "--password-stdin", "--json", stdin="s3cret\n")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"name": "alice", "email": None, "password": True,
-                                      "file": str(tmp_path / "approvers.toml")}
+    assert json.loads(out.stdout) == {
+        "name": "alice",
+        "email": None,
+        "password": True,
+        "file": str(tmp_path / "approvers.toml"),
+    }
     assert verify_password("s3cret", load_approvers(approvers_path(tmp_path))["alice"].password)
     assert cli("add", "oidc_bob", "--email", "bob@example.com", "--no-password").returncode == 0
     listed = json.loads(cli("list", "--json").stdout)["approvers"]
     assert [a["name"] for a in listed] == ["alice", "oidc_bob"] and "s3cret" not in json.dumps(listed)
-    bad = cli("add", "carol", stdin="")   # no terminal, no --password-stdin
+    bad = cli("add", "carol", stdin="")  # no terminal, no --password-stdin
     assert bad.returncode == 2 and "--password-stdin" in bad.stderr
     assert cli("remove", "alice").returncode == 0
     assert [a["name"] for a in json.loads(cli("list", "--json").stdout)["approvers"]] == ["oidc_bob"]

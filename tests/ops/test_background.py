@@ -1,5 +1,6 @@
 """The app process's DuckDB access and background jobs: reads while an in-process job writes, "busy" while
 another process writes, progress visible without DuckDB, failures recorded."""
+
 import json
 import os
 import shutil
@@ -43,11 +44,17 @@ def home(tmp_path):
     """A workbench home with traffic ``t`` (N rows of x, labelled)."""
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, N)
-    pq.write_table(pa.table({"request_id": np.char.add("r", np.arange(N).astype(str)),
-                             "event_time": np.datetime64("2013-07-01T00:00:00")
-                                           + (np.arange(N) * 60).astype("timedelta64[s]"),
-                             "x": x, "label": (rng.random(N) < 1 / (1 + np.exp(-x))).astype(np.int32)}),
-                   tmp_path / "t.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "request_id": np.char.add("r", np.arange(N).astype(str)),
+                "event_time": np.datetime64("2013-07-01T00:00:00") + (np.arange(N) * 60).astype("timedelta64[s]"),
+                "x": x,
+                "label": (rng.random(N) < 1 / (1 + np.exp(-x))).astype(np.int32),
+            }
+        ),
+        tmp_path / "t.parquet",
+    )
     settings = load_settings(tmp_path / "home").ensure()
     with Store(settings.db_path) as store:
         ingest(store, tmp_path / "t.parquet", "t", label_col="label")
@@ -56,9 +63,18 @@ def home(tmp_path):
 
 def hold_lock_in_subprocess(db_path):
     """A process that holds the database's write lock until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; from workbench.store import Store; "
-                             "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)", str(db_path)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from workbench.store import Store; "
+            "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
+            str(db_path),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -67,12 +83,20 @@ def test_pages_read_while_an_in_process_replay_writes(home):
     db = SharedDatabase(home.db_path)
     loads = []
     jobs = BackgroundJobs(home, db, load_predictor=lambda uri, device: loads.append(uri) or SlowModel(uri))
-    job = jobs.submit_replay(ReplayJob(traffic="t", baseline="test:b", candidate="test:c", run_id="run_bg",
-                                       options=ReplayOptions(batch_size=100, writers=1), drift=False))
+    job = jobs.submit_replay(
+        ReplayJob(
+            traffic="t",
+            baseline="test:b",
+            candidate="test:c",
+            run_id="run_bg",
+            options=ReplayOptions(batch_size=100, writers=1),
+            drift=False,
+        )
+    )
     seen_running = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and seen_running is None:
-        with db.read() as store:   # the shared read-write store: no lock conflict, no "busy"
+        with db.read() as store:  # the shared read-write store: no lock conflict, no "busy"
             run = store.get_run("run_bg")
         if run is not None and 0 < run["rows_done"] < N:
             seen_running = run
@@ -84,13 +108,22 @@ def test_pages_read_while_an_in_process_replay_writes(home):
     done = jobs.wait(job.job_id, 120)
     assert done.status == "finished", done.error
     assert loads == ["test:b", "test:c"] and not db.writing
-    with db.read() as store:   # read-only again: the write lock is released between jobs
+    with db.read() as store:  # read-only again: the write lock is released between jobs
         assert store.get_run("run_bg")["rows_done"] == N
         assert store.latest_evaluation("run_bg")["labeled_rows"] == N
     [p] = [p for p in read_progress(home.home) if p.run_id == "run_bg"]
     assert (p.status, p.rows_done, p.rows_total) == ("finished", N, N) and p.rows_per_s > 0
-    subprocess.run([sys.executable, "-c", "import sys; from workbench.store import Store; Store(sys.argv[1]).close()",
-                    str(home.db_path)], cwd=REPO, check=True, timeout=60)   # another process can write now
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from workbench.store import Store; Store(sys.argv[1]).close()",
+            str(home.db_path),
+        ],
+        cwd=REPO,
+        check=True,
+        timeout=60,
+    )  # another process can write now
 
 
 def test_two_jobs_and_readers_share_the_write_lock(home):
@@ -98,8 +131,9 @@ def test_two_jobs_and_readers_share_the_write_lock(home):
     jobs = BackgroundJobs(home, db, load_predictor=lambda uri, device: SlowModel(uri, 0.005))
     opts = ReplayOptions(batch_size=250, writers=1)
     a = jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_1", options=opts, drift=False))
-    b = jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_2", options=opts, evaluate=False,
-                                     drift=False))
+    b = jobs.submit_replay(
+        ReplayJob("t", "test:b", "test:c", run_id="run_2", options=opts, evaluate=False, drift=False)
+    )
     with pytest.raises(WorkbenchError, match="already has a job running"):
         jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_1", options=opts))
     errors = []
@@ -160,7 +194,7 @@ def test_failures_are_recorded_and_running_runs_refused(home):
     done = jobs.wait(jobs.submit_replay(ReplayJob("t", "models:/nope/1", "test:c", run_id="run_f")).job_id, 60)
     assert done.status == "failed" and done.error == "no model at models:/nope/1"
     assert jobs.jobs()[0].to_dict()["error"] == done.error and not jobs.running()
-    ProgressFile(home.home, "run_other", source="cli replay")   # a live replay elsewhere (this pid)
+    ProgressFile(home.home, "run_other", source="cli replay")  # a live replay elsewhere (this pid)
     with pytest.raises(WorkbenchError, match="is being replayed by process"):
         jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_other"))
     with pytest.raises(WorkbenchError, match="invalid run id"):
@@ -174,19 +208,41 @@ def test_cli_replay_progress_is_visible_without_duckdb(demo_home, tmp_path):
     shutil.copytree(demo_home, home)
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "replay", "--baseline",
-                             "models:/flight-delay@champion", "--candidate", "models:/flight-delay@challenger",
-                             "--traffic", "flights", "--run-id", "cli_slow", "--online", "--online-batch", "8",
-                             "--batch-size", "500", "--json"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "replay",
+            "--baseline",
+            "models:/flight-delay@champion",
+            "--candidate",
+            "models:/flight-delay@challenger",
+            "--traffic",
+            "flights",
+            "--run-id",
+            "cli_slow",
+            "--online",
+            "--online-batch",
+            "8",
+            "--batch-size",
+            "500",
+            "--json",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     db = SharedDatabase(home / "workbench.duckdb", read_wait_s=0.1)
     seen = busy = False
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
             got = {p.run_id: p for p in read_progress(home)}.get("cli_slow")
-            if got is not None and got.stage == "replaying":   # from here to the end it holds the write lock
+            if got is not None and got.stage == "replaying":  # from here to the end it holds the write lock
                 seen = True
                 assert got.status == "running" and got.pid == proc.pid and got.source == "cli replay"
                 try:

@@ -1,4 +1,5 @@
 """Job specs, the resumable runner and the per-spec lock, on the demo's real models and data."""
+
 import json
 import os
 import signal
@@ -35,8 +36,12 @@ from workbench.store import Store
 def test_shipped_spec_is_valid():
     [loaded] = load_specs([REPO / "pipelines" / "jobs"])
     spec = loaded.spec
-    assert (spec.name, spec.model, spec.baseline, spec.candidate) == ("flight-delay", "flight-delay", "champion",
-                                                                      "challenger")
+    assert (spec.name, spec.model, spec.baseline, spec.candidate) == (
+        "flight-delay",
+        "flight-delay",
+        "champion",
+        "challenger",
+    )
     assert spec.schedule == "0 * * * *" and spec.verdict == "record"
     assert parse_duration(spec.traffic.window) == timedelta(days=7)
     assert loaded.resolve(spec.traffic.path) == str(REPO / "data" / "traffic.parquet")
@@ -45,20 +50,35 @@ def test_shipped_spec_is_valid():
 BASE = {"name": "x", "model": "m", "traffic": {"path": "t.parquet"}}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"traffic": {"path": "t.parquet", "windw": "1h"}}, "traffic.windw: unknown key"),
-    ({"shedule": "0 * * * *"}, "shedule: unknown key"),
-    ({"schedule": "61 * * * *"}, "schedule: '61 * * * *' is not a cron expression"),
-    ({"traffic": {"path": "t.parquet", "window": "yesterday"}}, "traffic.window: window 'yesterday'"),
-    ({"traffic": {"path": "t.parquet", "table": "t"}}, "traffic: give exactly one of path"),
-    ({"traffic": {"table": "t", "window": "1h"}}, "traffic: a window cuts files by event time"),
-    ({"traffic": {"path": "t.parquet", "anchor": "latest"}}, "anchor = 'latest' places a window"),
-    ({"candidate": "@challenger"}, "candidate: '@challenger': use an alias"),
-    ({"verdict": "promote"}, "verdict: Input should be 'record' or 'apply'"),
-    ({"name": "has space"}, "name: 'has space'"),
-    ({"replay": {"batch_size": 0}}, "replay.batch_size"),
-], ids=["unknown-nested-key", "unknown-top-key", "bad-cron", "bad-window", "two-sources", "window-on-table",
-        "anchor-without-window", "bad-selector", "bad-verdict", "bad-name", "zero-batch"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"traffic": {"path": "t.parquet", "windw": "1h"}}, "traffic.windw: unknown key"),
+        ({"shedule": "0 * * * *"}, "shedule: unknown key"),
+        ({"schedule": "61 * * * *"}, "schedule: '61 * * * *' is not a cron expression"),
+        ({"traffic": {"path": "t.parquet", "window": "yesterday"}}, "traffic.window: window 'yesterday'"),
+        ({"traffic": {"path": "t.parquet", "table": "t"}}, "traffic: give exactly one of path"),
+        ({"traffic": {"table": "t", "window": "1h"}}, "traffic: a window cuts files by event time"),
+        ({"traffic": {"path": "t.parquet", "anchor": "latest"}}, "anchor = 'latest' places a window"),
+        ({"candidate": "@challenger"}, "candidate: '@challenger': use an alias"),
+        ({"verdict": "promote"}, "verdict: Input should be 'record' or 'apply'"),
+        ({"name": "has space"}, "name: 'has space'"),
+        ({"replay": {"batch_size": 0}}, "replay.batch_size"),
+    ],
+    ids=[
+        "unknown-nested-key",
+        "unknown-top-key",
+        "bad-cron",
+        "bad-window",
+        "two-sources",
+        "window-on-table",
+        "anchor-without-window",
+        "bad-selector",
+        "bad-verdict",
+        "bad-name",
+        "zero-batch",
+    ],
+)
 def test_invalid_specs_name_the_problem(change, message):
     with pytest.raises(WorkbenchError, match="job spec spec.toml: .*" + _re(message)):
         parse_spec(BASE | change, Path("spec.toml"))
@@ -76,17 +96,25 @@ def test_missing_required_key_and_version_selector():
     assert parse_spec(BASE | {"candidate": 3}, Path("s.toml")).spec.candidate == "3"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("24h", timedelta(hours=24)), ("last 24 h", timedelta(hours=24)), ("90 minutes", timedelta(minutes=90)),
-    ("7d", timedelta(days=7)), ("2w", timedelta(weeks=2)), ("Last 1 hour", timedelta(hours=1))],
-    ids=["24h", "last-24-h", "90-minutes", "7d", "2w", "last-1-hour"])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("24h", timedelta(hours=24)),
+        ("last 24 h", timedelta(hours=24)),
+        ("90 minutes", timedelta(minutes=90)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        ("Last 1 hour", timedelta(hours=1)),
+    ],
+    ids=["24h", "last-24-h", "90-minutes", "7d", "2w", "last-1-hour"],
+)
 def test_parse_duration(text, expected):
     assert parse_duration(text) == expected
 
 
 def test_cron_slots():
     nine = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
-    assert last_fire("0 * * * *", nine) == nine                           # a fire time is its own slot
+    assert last_fire("0 * * * *", nine) == nine  # a fire time is its own slot
     assert last_fire("0 * * * *", nine + timedelta(minutes=59)) == nine
     assert last_fire("0 9 * * *", nine - timedelta(seconds=1)) == nine - timedelta(days=1)
     assert slot_job_id("flight-delay", nine) == "job_flight_delay_20261126T0900"
@@ -95,8 +123,9 @@ def test_cron_slots():
 def test_paths_expand_variables_and_resolve_against_the_spec(tmp_path, monkeypatch):
     spec = tmp_path / "jobs" / "s.toml"
     spec.parent.mkdir()
-    spec.write_text('name = "s"\nmodel = "m"\n[traffic]\npath = "${LOGS_ROOT}/t.parquet"\n'
-                    '[labels]\npath = "l.parquet"\n')
+    spec.write_text(
+        'name = "s"\nmodel = "m"\n[traffic]\npath = "${LOGS_ROOT}/t.parquet"\n[labels]\npath = "l.parquet"\n'
+    )
     loaded = load_spec(spec)
     monkeypatch.setenv("LOGS_ROOT", "/srv/logs")
     assert loaded.resolve(loaded.spec.traffic.path) == "/srv/logs/t.parquet"
@@ -120,17 +149,21 @@ def test_job_end_to_end_on_the_demo(job_home):
     """`workbench jobs run` on the demo: one job id through every stage, JSON logs, a signed and applied decision,
     rerun is a no-op, the history and /metrics show it."""
     spec = job_home / "fd.toml"
-    spec.write_text('name = "fd-hourly"\nmodel = "flight-delay"\nschedule = "0 * * * *"\nverdict = "apply"\n'
-                    '[traffic]\npath = "${WORKBENCH_HOME}/data/traffic.parquet"\nwindow = "last 60 d"\n'
-                    'anchor = "latest"\nentity_col = "tail_number"\nnullable = ["wind_dir", "pressure"]\n'
-                    '[labels]\npath = "data/labels.parquet"\n')
+    spec.write_text(
+        'name = "fd-hourly"\nmodel = "flight-delay"\nschedule = "0 * * * *"\nverdict = "apply"\n'
+        '[traffic]\npath = "${WORKBENCH_HOME}/data/traffic.parquet"\nwindow = "last 60 d"\n'
+        'anchor = "latest"\nentity_col = "tail_number"\nnullable = ["wind_dir", "pressure"]\n'
+        '[labels]\npath = "data/labels.parquet"\n'
+    )
     proc = run_cli("jobs", "run", str(spec), "--json", home=job_home)
     out = json.loads(proc.stdout)
     rows_read, labels = window_truth(job_home)
     now = datetime.now(UTC)
     assert out["status"] == "finished" and not out["already_complete"] and out["triggered_by"] == "manual"
-    assert out["job_id"] in (slot_job_id("fd-hourly", last_fire("0 * * * *", now)),
-                             slot_job_id("fd-hourly", last_fire("0 * * * *", now - timedelta(minutes=2))))
+    assert out["job_id"] in (
+        slot_job_id("fd-hourly", last_fire("0 * * * *", now)),
+        slot_job_id("fd-hourly", last_fire("0 * * * *", now - timedelta(minutes=2))),
+    )
     assert list(out["stages"]) == list(STAGES)
     assert all(s["status"] == "finished" and s["attempts"] == 1 for s in out["stages"].values())
     ingest = out["stages"]["ingest"]["result"]
@@ -173,8 +206,11 @@ def test_job_end_to_end_on_the_demo(job_home):
     from workbench.live.service import create_app
 
     text = TestClient(create_app(load_settings(job_home))).get("/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
     assert samples[("workbench_jobs", (("spec", "fd-hourly"), ("status", "finished")))] == 1
     assert samples[("workbench_job_duration_seconds_count", (("spec", "fd-hourly"),))] == 1
     assert samples[("workbench_replay_rows", (("model", "flight-delay"),))] == out["rows"]
@@ -204,29 +240,42 @@ def test_a_failed_stage_is_recorded_and_a_rerun_resumes_after_the_finished_stage
     assert (job["status"], job["stage"]) == ("failed", "drift")
     assert "Traceback" in job["error"] and "RuntimeError: drift backend unavailable" in job["error"]
     assert job["stages"]["drift"]["status"] == "failed" and "Traceback" in job["stages"]["drift"]["error"]
-    assert [s for s, v in job["stages"].items() if v["status"] == "finished"] == ["resolve", "ingest", "replay",
-                                                                                 "evaluate"]
+    assert [s for s, v in job["stages"].items() if v["status"] == "finished"] == [
+        "resolve",
+        "ingest",
+        "replay",
+        "evaluate",
+    ]
     first = stage_states(job_home, job["job_id"])
 
     monkeypatch.undo()
-    res = run_job(settings, loaded)     # an unscheduled spec resumes its pending job
+    res = run_job(settings, loaded)  # an unscheduled spec resumes its pending job
     assert res.job_id == job["job_id"] and res.status == "finished"
     after = stage_states(job_home, res.job_id)
     for stage in ("resolve", "ingest", "replay", "evaluate"):
         assert after[stage]["attempts"] == 1 and after[stage]["finished_at"] == first[stage]["finished_at"]
     assert after["drift"]["attempts"] == 2 and after["decide"]["attempts"] == 1
     with Store(settings.db_path) as store:
-        n, distinct = store.con.execute("SELECT count(*), count(DISTINCT _row) FROM predictions "
-                                        "WHERE run_id = ?", [res.summary["run_id"]]).fetchall()[0]
+        n, distinct = store.con.execute(
+            "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = ?", [res.summary["run_id"]]
+        ).fetchall()[0]
         assert n == distinct == res.summary["rows"]
         assert len([d for d in store.list_decisions("flight-delay") if d["run_id"] == res.summary["run_id"]]) == 1
 
 
 def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
     """A real `workbench jobs run` killed during its replay; the rerun takes the stale lock and row over."""
-    spec = write_spec(tmp_path / "fd.yaml", job_home, replay={"batch_size": 16, "mode": "online"},
-                      traffic={"path": str(job_home / "data" / "traffic.parquet"), "window": "15d",
-                               "anchor": "latest", "nullable": ["wind_dir", "pressure"]})
+    spec = write_spec(
+        tmp_path / "fd.yaml",
+        job_home,
+        replay={"batch_size": 16, "mode": "online"},
+        traffic={
+            "path": str(job_home / "data" / "traffic.parquet"),
+            "window": "15d",
+            "anchor": "latest",
+            "nullable": ["wind_dir", "pressure"],
+        },
+    )
     args = [sys.executable, "-m", "workbench.cli", "jobs", "run", str(spec), "--json"]
     env = os.environ | {"WORKBENCH_HOME": str(job_home)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -236,7 +285,7 @@ def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
     for line in proc.stderr:
         entry = json.loads(line)
         job_id = job_id or entry.get("job_id")
-        if entry.get("event") == "replay_progress":   # models loaded, the replay pipeline is running
+        if entry.get("event") == "replay_progress":  # models loaded, the replay pipeline is running
             break
         assert time.monotonic() < deadline, "the job never reached its replay"
     time.sleep(0.5)
@@ -244,7 +293,7 @@ def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     with Store(job_home / "workbench.duckdb") as store:
-        assert store.get_job(job_id)["status"] == "running"      # left behind by the dead process
+        assert store.get_job(job_id)["status"] == "running"  # left behind by the dead process
         assert store.job_stages(job_id)["replay"]["status"] == "running"
 
     out = run_cli("jobs", "run", str(spec), "--json", home=job_home)
@@ -253,8 +302,9 @@ def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
     assert res["stages"]["ingest"]["attempts"] == 1 and res["stages"]["replay"]["attempts"] == 2
     assert any(json.loads(line).get("event") == "job_interrupted" for line in out.stderr.splitlines())
     with Store(job_home / "workbench.duckdb") as store:
-        n, distinct = store.con.execute("SELECT count(*), count(DISTINCT _row) FROM predictions "
-                                        "WHERE run_id = ?", [res["run_id"]]).fetchall()[0]
+        n, distinct = store.con.execute(
+            "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = ?", [res["run_id"]]
+        ).fetchall()[0]
         traffic_rows = store.require_traffic(res["traffic"])["rows"]
     assert n == distinct == traffic_rows == res["rows"]
 
@@ -267,20 +317,28 @@ def test_overlapping_runs_are_refused_and_say_why(job_home, tmp_path):
         lock.describe("job_fd_holder")
         proc = run_cli("jobs", "run", str(spec), "--json", home=job_home, check=False)
         assert proc.returncode == 2 and proc.stdout == ""
-        assert (f"error: cannot start job spec fd: it is already running: job job_fd_holder (pid {os.getpid()}"
-                in proc.stderr)
+        assert (
+            f"error: cannot start job spec fd: it is already running: job job_fd_holder (pid {os.getpid()}"
+            in proc.stderr
+        )
         with pytest.raises(JobRefused, match="already running: job job_fd_holder"):
-            run_job(load_settings(job_home), load_spec(spec))     # another lock in this process is refused too
+            run_job(load_settings(job_home), load_spec(spec))  # another lock in this process is refused too
     finally:
         lock.release()
     with Store(job_home / "workbench.duckdb") as store:
-        assert store.job_history("fd") == []                     # a refused run leaves no job behind
+        assert store.job_history("fd") == []  # a refused run leaves no job behind
 
 
 def test_empty_window_skips_the_job_with_the_reason(job_home, tmp_path):
     settings = load_settings(job_home)
-    loaded = load_spec(write_spec(tmp_path / "fd.yaml", job_home, schedule="0 9 * * *",
-                                  traffic={"path": str(job_home / "data" / "traffic.parquet"), "window": "24h"}))
+    loaded = load_spec(
+        write_spec(
+            tmp_path / "fd.yaml",
+            job_home,
+            schedule="0 9 * * *",
+            traffic={"path": str(job_home / "data" / "traffic.parquet"), "window": "24h"},
+        )
+    )
     res = run_job(settings, loaded, as_of=datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
     assert res.status == "skipped" and res.job_id == "job_fd_20261126T0900"
     assert res.summary["reason"].startswith("no traffic between 2026-11-25T09:00:00Z and 2026-11-26T09:00:00Z")

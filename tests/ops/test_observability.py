@@ -1,4 +1,5 @@
 """Structured JSON logs and the Prometheus endpoint of the service."""
+
 import json
 import logging
 import subprocess
@@ -18,8 +19,11 @@ from workbench.store import Store
 
 def scrape(home) -> dict:
     text = TestClient(create_app(Settings(home=home, mlflow_tracking_uri="unused"))).get("/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +37,7 @@ def test_json_log_lines_carry_the_bound_ids_and_extra_fields():
     logger = logging.getLogger("workbench.test_json")
     records = []
     handler = logging.Handler()
-    handler.emit = lambda record: records.append(JsonFormatter().format(record))   # as a StreamHandler does
+    handler.emit = lambda record: records.append(JsonFormatter().format(record))  # as a StreamHandler does
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -48,9 +52,18 @@ def test_json_log_lines_carry_the_bound_ids_and_extra_fields():
     finally:
         logger.removeHandler(handler)
     first, second, third = map(json.loads, records)
-    assert first | {"time": None} == {"time": None, "level": "WARNING", "logger": "workbench.test_json",
-                                      "message": "stage replay started", "job_id": "job_1", "spec": "fd",
-                                      "stage": "replay", "run_id": "run_1", "event": "stage_started", "rows": 3}
+    assert first | {"time": None} == {
+        "time": None,
+        "level": "WARNING",
+        "logger": "workbench.test_json",
+        "message": "stage replay started",
+        "job_id": "job_1",
+        "spec": "fd",
+        "stage": "replay",
+        "run_id": "run_1",
+        "event": "stage_started",
+        "rows": 3,
+    }
     assert first["time"].endswith("Z") and "stage" not in second and second["job_id"] == "job_1"
     assert third["level"] == "ERROR" and "ValueError: boom" in third["traceback"]
 
@@ -65,13 +78,19 @@ def test_metrics_expose_the_named_series(seeded_home):
         signed, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(seeded_home / "keys", "t"))
         apply_decision(store, signed, trusted_keys(seeded_home / "keys", seeded_home / "keys" / "trusted"))
         for job_id, status in (("job_a", "finished"), ("job_b", "failed")):
-            store.job_begin(job_id=job_id, kind=JOB_KIND, spec="fraud-hourly", triggered_by="schedule", params={},
-                            pid=1, host="h")
+            store.job_begin(
+                job_id=job_id, kind=JOB_KIND, spec="fraud-hourly", triggered_by="schedule", params={}, pid=1, host="h"
+            )
             store.stage_begin(job_id, "replay")
             store.stage_end(job_id, "replay", "finished", 2.5, result={"rows": 5000})
             store.job_end(job_id, status, error="Traceback ..." if status == "failed" else None)
-        store.enqueue_job(job_id="job_q", kind=JOB_KIND, delivery_id="d1", event="model_version.created",
-                          params={"model": "fraud", "version": "3"})
+        store.enqueue_job(
+            job_id="job_q",
+            kind=JOB_KIND,
+            delivery_id="d1",
+            event="model_version.created",
+            params={"model": "fraud", "version": "3"},
+        )
     observe_arm("fraud", "candidate", 0.004, error=True)
     observe_arm("fraud", "candidate", 0.012)
     observe_arm("fraud", "baseline", 0.003)
@@ -89,8 +108,10 @@ def test_metrics_expose_the_named_series(seeded_home):
     assert ("workbench_replay_rows", (("model", "fraud"),)) in m
     assert m[("workbench_canary_weight_percent", (("model", "fraud"),))] == signed.record["weight_after"]
     assert m[("workbench_canary_killed", (("model", "fraud"),))] == 0
-    verdicts = {v: m[("workbench_canary_last_verdict", (("model", "fraud"), ("verdict", v)))]
-                for v in ("PROMOTE", "HOLD", "ROLLBACK")}
+    verdicts = {
+        v: m[("workbench_canary_last_verdict", (("model", "fraud"), ("verdict", v)))]
+        for v in ("PROMOTE", "HOLD", "ROLLBACK")
+    }
     assert verdicts == {v: int(v == signed.record["verdict"]) for v in verdicts}
     cand = (("arm", "candidate"), ("model", "fraud"))
     assert m[("workbench_arm_requests_total", cand)] == 2 and m[("workbench_arm_errors_total", cand)] == 1
@@ -107,14 +128,24 @@ def test_replay_rate_is_rows_over_the_runs_wall_time(tmp_path):
 
     home = tmp_path / "home"
     with Store(home / "workbench.duckdb") as store:
-        store.create_run(run_id="r1", traffic="t", baseline={"name": "m", "version": "1"},
-                         candidate={"name": "m", "version": "2"}, rows_total=4000, batch_size=2000, device="cpu",
-                         mode="throughput", meta={})
+        store.create_run(
+            run_id="r1",
+            traffic="t",
+            baseline={"name": "m", "version": "1"},
+            candidate={"name": "m", "version": "2"},
+            rows_total=4000,
+            batch_size=2000,
+            device="cpu",
+            mode="throughput",
+            meta={},
+        )
         for i in range(2):
             store.commit_batch("r1", i, 2000 * i, 2000 * i + 1999, 2000, 0.1, pa.table({"_row": [2000 * i]}))
         store.finish_run("r1")
-        store.con.execute("UPDATE runs SET started_at = ?, finished_at = ? WHERE run_id = 'r1'",
-                          [datetime(2026, 1, 1, 9, 0, 0), datetime(2026, 1, 1, 9, 0, 2)])
+        store.con.execute(
+            "UPDATE runs SET started_at = ?, finished_at = ? WHERE run_id = 'r1'",
+            [datetime(2026, 1, 1, 9, 0, 0), datetime(2026, 1, 1, 9, 0, 2)],
+        )
     m = scrape(home)
     assert m[("workbench_replay_rows", (("model", "m"),))] == 4000
     assert m[("workbench_replay_rows_per_second", (("model", "m"),))] == 2000
@@ -134,9 +165,16 @@ def test_a_locked_store_reports_down_instead_of_failing(tmp_path):
     home = tmp_path / "home"
     with Store(home / "workbench.duckdb"):
         pass
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('locked', flush=True); time.sleep(60)", str(home / "workbench.duckdb")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            str(home / "workbench.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         m = scrape(home)

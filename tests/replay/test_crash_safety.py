@@ -7,6 +7,7 @@ committed batch rows, each ``_row`` once), every stored decision verifies and th
 and the canary weight is the old or the new one. Then the interrupted command (or, after an applied
 decision, ``workbench sync``) runs again and ends where an uninterrupted run ends.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,25 +37,32 @@ MODEL = "flight-delay"
 @dataclass(frozen=True)
 class Shot:
     """One CLI process, killed after ``delay`` seconds (from its start, or from an anchor in its stderr)."""
+
     killed: bool
     returncode: int
-    seconds: float              # from the start of the process
-    anchored: float | None      # when the anchor showed up, from the start
+    seconds: float  # from the start of the process
+    anchored: float | None  # when the anchor showed up, from the start
     stdout: str
     stderr: str
 
 
-def shoot(args: list[str], home: Path, delay: float, *, anchor: str | None = None, env: dict | None = None,
-          timeout: float = 300) -> Shot:
+def shoot(
+    args: list[str],
+    home: Path,
+    delay: float,
+    *,
+    anchor: str | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> Shot:
     env = os.environ | {"WORKBENCH_HOME": str(home)} | (env or {})
     env.pop("MLFLOW_TRACKING_URI", None)
     out, err = home.parent / "shot.out", home.parent / "shot.err"
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO, stdout=fo,
-                                stderr=fe)
+        proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO, stdout=fo, stderr=fe)
         t0 = start = time.monotonic()
         anchored = None
-        if anchor is not None:   # a progress bar: the command's real work has begun
+        if anchor is not None:  # a progress bar: the command's real work has begun
             while proc.poll() is None and anchor not in err.read_text(errors="replace"):
                 if time.monotonic() - t0 > timeout:
                     break
@@ -66,8 +74,14 @@ def shoot(args: list[str], home: Path, delay: float, *, anchor: str | None = Non
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-    return Shot(proc.returncode == -signal.SIGKILL, proc.returncode, time.monotonic() - t0, anchored,
-                out.read_text(), err.read_text(errors="replace"))
+    return Shot(
+        proc.returncode == -signal.SIGKILL,
+        proc.returncode,
+        time.monotonic() - t0,
+        anchored,
+        out.read_text(),
+        err.read_text(errors="replace"),
+    )
 
 
 def complete(args: list[str], home: Path, anchor: str | None = None) -> Shot:
@@ -85,10 +99,14 @@ def copy_demo(demo_home: Path, dest: Path) -> Path:
 def write_big_csv(path: Path, n: int = 300_000) -> int:
     """A traffic CSV large enough to take seconds to ingest, with bad rows (types, duplicates) to quarantine."""
     rng = np.random.default_rng(10)
-    df = pd.DataFrame({"request_id": [f"b{i:07d}" for i in range(n)],
-                       "event_time": pd.date_range("2024-07-01", periods=n, freq="s").strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       **{f"x{j}": rng.normal(size=n).round(6).astype(str) for j in range(4)},
-                       "seg": rng.choice(["a", "b", "c"], n)})
+    df = pd.DataFrame(
+        {
+            "request_id": [f"b{i:07d}" for i in range(n)],
+            "event_time": pd.date_range("2024-07-01", periods=n, freq="s").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **{f"x{j}": rng.normal(size=n).round(6).astype(str) for j in range(4)},
+            "seg": rng.choice(["a", "b", "c"], n),
+        }
+    )
     bad = rng.choice(n, n // 100, replace=False)
     df.loc[bad, "x1"] = "oops"
     df.loc[bad[: len(bad) // 2] + 1, "request_id"] = df.loc[bad[: len(bad) // 2], "request_id"].to_numpy()
@@ -99,17 +117,19 @@ def write_big_csv(path: Path, n: int = 300_000) -> int:
 def ingest_state(store: Store, name: str, file_rows: int) -> dict:
     """Counts of a traffic set, checked: the set holds each id once, and what ingests read = kept + quarantined."""
     cur = store.cursor()
-    ingests = cur.execute("SELECT rows_read, rows_ingested, rows_quarantined FROM ingests WHERE traffic = ? "
-                          "AND kind = 'traffic'", [name]).fetchall()
+    ingests = cur.execute(
+        "SELECT rows_read, rows_ingested, rows_quarantined FROM ingests WHERE traffic = ? AND kind = 'traffic'", [name]
+    ).fetchall()
     quarantined = cur.execute("SELECT count(*) FROM quarantine WHERE traffic = ?", [name]).fetchall()[0][0]
     info = store.traffic_info(name)
     if info is None:
         assert ingests == [] and quarantined == 0
         return {"ingests": 0, "rows": 0, "quarantined": 0, "digest": None}
-    n, ids, digest = cur.execute(f"SELECT count(*), count(DISTINCT request_id), bit_xor(hash(t)) "
-                                 f"FROM {traffic_table(name)} t").fetchall()[0]
+    n, ids, digest = cur.execute(
+        f"SELECT count(*), count(DISTINCT request_id), bit_xor(hash(t)) FROM {traffic_table(name)} t"
+    ).fetchall()[0]
     assert n == ids == info["rows"] and quarantined == info["quarantined"]
-    assert all(r == file_rows and r == k + q for r, k, q in ingests)   # each ingest: the whole file or nothing
+    assert all(r == file_rows and r == k + q for r, k, q in ingests)  # each ingest: the whole file or nothing
     assert n + quarantined == sum(r for r, _, _ in ingests)
     return {"ingests": len(ingests), "rows": n, "quarantined": quarantined, "digest": digest}
 
@@ -120,49 +140,61 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
     file_rows = write_big_csv(src)
     args = ["ingest", str(src), "--name", "big", "--json"]
     ref_home = copy_demo(demo_home, tmp_path / "ref" / "home")
-    ref = complete(args, ref_home, anchor="ingest")   # the progress bar: the file is being read
+    ref = complete(args, ref_home, anchor="ingest")  # the progress bar: the file is being read
     work = ref.seconds - ref.anchored
     with Store(ref_home / "workbench.duckdb") as store:
         want = ingest_state(store, "big", file_rows)
     home = copy_demo(demo_home, tmp_path / "crash" / "home")
     kills = 0
     while kills < 9:
-        if kills < 2:   # while the command starts (imports, opening the database)
+        if kills < 2:  # while the command starts (imports, opening the database)
             shot = shoot(args, home, rng.uniform(0.1, 1.0) * ref.anchored)
-        else:           # while it reads, stages, commits and checkpoints
+        else:  # while it reads, stages, commits and checkpoints
             shot = shoot(args, home, rng.uniform(0.0, 1.0) * work, anchor="ingest")
         assert shot.killed or shot.returncode == 0, shot.stderr[-2000:]
-        with Store(home / "workbench.duckdb") as store:   # opens: the WAL is replayed or discarded
+        with Store(home / "workbench.duckdb") as store:  # opens: the WAL is replayed or discarded
             got = ingest_state(store, "big", file_rows)
-            assert store.traffic_count("flights") > 0       # what was there before is untouched
+            assert store.traffic_count("flights") > 0  # what was there before is untouched
         assert got["digest"] in (None, want["digest"])
         if shot.killed:
             kills += 1
-            record("crash", f"ingest 300k-row CSV, SIGKILL at {shot.seconds:.2f} s (reading began at "
-                   f"{shot.anchored if shot.anchored is not None else ref.anchored:.2f} s)",
-                   "committed before the kill" if got["ingests"] else "nothing written (one transaction)",
-                   traffic_rows=got["rows"], quarantined=got["quarantined"],
-                   rows_read=got["rows"] + got["quarantined"])
+            record(
+                "crash",
+                f"ingest 300k-row CSV, SIGKILL at {shot.seconds:.2f} s (reading began at "
+                f"{shot.anchored if shot.anchored is not None else ref.anchored:.2f} s)",
+                "committed before the kill" if got["ingests"] else "nothing written (one transaction)",
+                traffic_rows=got["rows"],
+                quarantined=got["quarantined"],
+                rows_read=got["rows"] + got["quarantined"],
+            )
     if got["ingests"] == 0:
         complete(args, home)
     with Store(home / "workbench.duckdb") as store:
         final = ingest_state(store, "big", file_rows)
     assert (final["rows"], final["digest"]) == (want["rows"], want["digest"])
-    record("crash", "ingest rerun after 9 kills", "traffic table identical to an uninterrupted ingest",
-           traffic_rows=final["rows"], quarantined=final["quarantined"],
-           rows_read=final["rows"] + final["quarantined"], file_rows=file_rows)
+    record(
+        "crash",
+        "ingest rerun after 9 kills",
+        "traffic table identical to an uninterrupted ingest",
+        traffic_rows=final["rows"],
+        quarantined=final["quarantined"],
+        rows_read=final["rows"] + final["quarantined"],
+        file_rows=file_rows,
+    )
 
 
 # -- replay --------------------------------------------------------------------------------------------------
 def replay_state(store: Store, run_id: str, traffic_rows: int) -> dict:
     cur = store.cursor()
-    committed = cur.execute("SELECT coalesce(sum(rows), 0), count(*) FROM run_batches WHERE run_id = ?",
-                            [run_id]).fetchall()[0]
+    committed = cur.execute(
+        "SELECT coalesce(sum(rows), 0), count(*) FROM run_batches WHERE run_id = ?", [run_id]
+    ).fetchall()[0]
     n, distinct, outside = cur.execute(
         f"""SELECT count(*), count(DISTINCT p._row), count(*) FILTER (WHERE t._row IS NULL)
-            FROM predictions p LEFT JOIN {traffic_table('flights')} t USING (_row) WHERE p.run_id = ?""",
-        [run_id]).fetchall()[0]
-    assert n == distinct == committed[0] and outside == 0      # each committed row once, nothing else
+            FROM predictions p LEFT JOIN {traffic_table("flights")} t USING (_row) WHERE p.run_id = ?""",
+        [run_id],
+    ).fetchall()[0]
+    assert n == distinct == committed[0] and outside == 0  # each committed row once, nothing else
     covered = sum(b - a + 1 for a, b in store.committed_ranges(run_id))
     assert covered >= n and n <= traffic_rows
     run = store.get_run(run_id)
@@ -174,8 +206,22 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
     home = copy_demo(demo_home, tmp_path / "crash" / "home")
     demo = json.loads((home / "demo.json").read_text())
     ref_run, total = demo["replay"]["run_id"], demo["replay"]["rows"]
-    args = ["replay", "--baseline", f"models:/{MODEL}/1", "--candidate", f"models:/{MODEL}/2", "--traffic",
-            "flights", "--run-id", "crash_run", "--batch-size", "4", "--writers", "2", "--json"]
+    args = [
+        "replay",
+        "--baseline",
+        f"models:/{MODEL}/1",
+        "--candidate",
+        f"models:/{MODEL}/2",
+        "--traffic",
+        "flights",
+        "--run-id",
+        "crash_run",
+        "--batch-size",
+        "4",
+        "--writers",
+        "2",
+        "--json",
+    ]
     kills, seen = 0, []
     while kills < 4:
         shot = shoot(args, home, rng.uniform(0.0, 1.5), anchor="replay")
@@ -185,27 +231,42 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
             st = replay_state(store, "crash_run", total)
         assert st["status"] in (None, "running") and st["rows"] >= (seen[-1] if seen else 0)
         seen.append(st["rows"])
-        record("crash", f"replay (batch 4, 2 writers), SIGKILL at {shot.seconds:.2f} s (replay began at "
-               f"{shot.anchored:.2f} s)",
-               f"{st['rows']} of {total} rows committed in {st['batches']} batches; resumed by the next run",
-               predictions=st["rows"], distinct_rows=st["rows"], traffic_rows=total)
+        record(
+            "crash",
+            f"replay (batch 4, 2 writers), SIGKILL at {shot.seconds:.2f} s (replay began at {shot.anchored:.2f} s)",
+            f"{st['rows']} of {total} rows committed in {st['batches']} batches; resumed by the next run",
+            predictions=st["rows"],
+            distinct_rows=st["rows"],
+            traffic_rows=total,
+        )
     out = json.loads(complete(args, home).stdout)
     assert out["rows"] == total and out["status"] == "finished"
     with Store(home / "workbench.duckdb") as store:
         st = replay_state(store, "crash_run", total)
-        diff = store.cursor().execute(
-            """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
+        diff = (
+            store.cursor()
+            .execute(
+                """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
                       max(abs(a.candidate_score - b.candidate_score)),
                       count(*) FILTER (WHERE a.baseline_class <> b.baseline_class
                                        OR a.candidate_class <> b.candidate_class
                                        OR coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))
                FROM predictions a JOIN predictions b USING (_row) WHERE a.run_id = 'crash_run' AND b.run_id = ?""",
-            [ref_run]).fetchall()[0]
+                [ref_run],
+            )
+            .fetchall()[0]
+        )
     assert st["rows"] == total and st["status"] == "finished"
     assert diff[0] == total and diff[1] < 1e-9 and diff[2] < 1e-5 and diff[3] == 0
-    record("crash", "replay resumed after 4 kills", "every request exactly once; scores equal the demo's "
-           "uninterrupted run", predictions=st["rows"], distinct_rows=st["rows"], traffic_rows=total,
-           committed_before_final_run=seen[-1])
+    record(
+        "crash",
+        "replay resumed after 4 kills",
+        "every request exactly once; scores equal the demo's uninterrupted run",
+        predictions=st["rows"],
+        distinct_rows=st["rows"],
+        traffic_rows=total,
+        committed_before_final_run=seen[-1],
+    )
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------
@@ -220,13 +281,19 @@ def test_evaluate_killed_at_random_points_reruns_to_the_same_result(tmp_path, de
     while kills < 4:
         shot = shoot(args, home, rng.uniform(0.1, 1.0) * ref.seconds)
         with Store(home / "workbench.duckdb") as store:
-            stored = [json.loads(r[0]) for r in store.cursor().execute(
-                "SELECT result FROM evaluations WHERE run_id = ?", [run_id]).fetchall()]
-            assert stored and all(s == want for s in stored)   # whole results only, each the same
+            stored = [
+                json.loads(r[0])
+                for r in store.cursor().execute("SELECT result FROM evaluations WHERE run_id = ?", [run_id]).fetchall()
+            ]
+            assert stored and all(s == want for s in stored)  # whole results only, each the same
         if shot.killed:
             kills += 1
-            record("crash", f"evaluate, SIGKILL at {shot.seconds:.2f} s", "stored evaluations all complete and "
-                   "identical", evaluations=len(stored))
+            record(
+                "crash",
+                f"evaluate, SIGKILL at {shot.seconds:.2f} s",
+                "stored evaluations all complete and identical",
+                evaluations=len(stored),
+            )
         else:
             assert json.loads(shot.stdout) == want
     assert json.loads(complete(args, home).stdout) == want
@@ -239,17 +306,32 @@ def decision_state(home: Path, run_id: str) -> dict:
     trusted = trusted_keys(home / "keys", home / "keys" / "trusted")
     with Store(home / "workbench.duckdb") as store:
         for row in store.cursor().execute("SELECT record, signature FROM decisions").fetchall():
-            verify_signature(json.loads(row[0]), row[1], trusted)   # no half-written record
+            verify_signature(json.loads(row[0]), row[1], trusted)  # no half-written record
         verify_chain(store, MODEL, trusted)
         st = canary_status(store, MODEL, trusted)
-        applied = store.cursor().execute(
-            "SELECT d.decision_id, d.pending_sync FROM decisions d JOIN canary_chain c USING (decision_id) "
-            "WHERE d.run_id = ?", [run_id]).fetchall()
-        unapplied = store.cursor().execute(
-            "SELECT count(*) FROM decisions d ANTI JOIN canary_chain c USING (decision_id) WHERE d.run_id = ?",
-            [run_id]).fetchall()[0][0]
-    return {"weight": st.weight, "verified": st.verified or st.decision_id is None, "applied": applied,
-            "unapplied": unapplied}
+        applied = (
+            store.cursor()
+            .execute(
+                "SELECT d.decision_id, d.pending_sync FROM decisions d JOIN canary_chain c USING (decision_id) "
+                "WHERE d.run_id = ?",
+                [run_id],
+            )
+            .fetchall()
+        )
+        unapplied = (
+            store.cursor()
+            .execute(
+                "SELECT count(*) FROM decisions d ANTI JOIN canary_chain c USING (decision_id) WHERE d.run_id = ?",
+                [run_id],
+            )
+            .fetchall()[0][0]
+        )
+    return {
+        "weight": st.weight,
+        "verified": st.verified or st.decision_id is None,
+        "applied": applied,
+        "unapplied": unapplied,
+    }
 
 
 def mlflow_runs(home: Path, decision_id: str) -> list:
@@ -258,8 +340,13 @@ def mlflow_runs(home: Path, decision_id: str) -> list:
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("canary-decisions")
-    return [] if exp is None else client.search_runs(
-        [exp.experiment_id], f"tags.`canary.decision_id` = '{decision_id}'", run_view_type=ViewType.ACTIVE_ONLY)
+    return (
+        []
+        if exp is None
+        else client.search_runs(
+            [exp.experiment_id], f"tags.`canary.decision_id` = '{decision_id}'", run_view_type=ViewType.ACTIVE_ONLY
+        )
+    )
 
 
 def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path, demo_home):
@@ -269,7 +356,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
     homes = {}
     for name in ("ref", "crash"):
         home = copy_demo(demo_home, tmp_path / name / "home")
-        if not (home / "keys" / PRIVATE_FILE).exists():   # the demo makes the key pair for its own decision
+        if not (home / "keys" / PRIVATE_FILE).exists():  # the demo makes the key pair for its own decision
             init_keys(home / "keys")
         with Store(home / "workbench.duckdb") as store:
             seed_run(store, "run_syn", make_evaluation("run_syn"), model=MODEL, traffic="flights")
@@ -277,15 +364,15 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
     ref = complete(["decide", "run_syn", "--json"], homes["ref"])
     want = json.loads(ref.stdout)
     ramp = [0, *want["record"]["ramp"]]
-    base = ramp.index(want["weight_before"])   # the weight the demo's own decision left
+    base = ramp.index(want["weight_before"])  # the weight the demo's own decision left
     assert (want["verdict"], want["weight_after"], want["pending_sync"]) == ("PROMOTE", ramp[base + 1], False)
     ramp = ramp[base:]
     home = homes["crash"]
-    kills = cycle = 0   # cycle: decisions applied and in MLflow
+    kills = cycle = 0  # cycle: decisions applied and in MLflow
     while kills < 4:
         st = decision_state(home, "run_syn")
         if len(st["applied"]) > cycle and not st["applied"][-1][1]:
-            cycle += 1   # this step is complete: the next kills hit the next step
+            cycle += 1  # this step is complete: the next kills hit the next step
             continue
         command = ["sync", "--json"] if len(st["applied"]) > cycle else ["decide", "run_syn", "--json"]
         shot = shoot(command, home, rng.uniform(0.1, 1.0) * ref.seconds)
@@ -296,11 +383,21 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
         assert all(len(mlflow_runs(home, d)) <= 1 for d, _ in st["applied"])
         if shot.killed:
             kills += 1
-            phase = ("not applied" if len(st["applied"]) == cycle else
-                     "applied, pending sync" if st["applied"][-1][1] else "applied and in MLflow")
-            record("crash", f"{command[0]} (step {ramp[cycle]}% -> {ramp[cycle + 1]}%), SIGKILL at "
-                   f"{shot.seconds:.2f} s", f"{phase}; weight {st['weight']}%", applied=len(st["applied"]),
-                   unapplied_records=st["unapplied"], weight=st["weight"])
+            phase = (
+                "not applied"
+                if len(st["applied"]) == cycle
+                else "applied, pending sync"
+                if st["applied"][-1][1]
+                else "applied and in MLflow"
+            )
+            record(
+                "crash",
+                f"{command[0]} (step {ramp[cycle]}% -> {ramp[cycle + 1]}%), SIGKILL at {shot.seconds:.2f} s",
+                f"{phase}; weight {st['weight']}%",
+                applied=len(st["applied"]),
+                unapplied_records=st["unapplied"],
+                weight=st["weight"],
+            )
     st = decision_state(home, "run_syn")
     if len(st["applied"]) == cycle:
         complete(["decide", "run_syn", "--json"], home)
@@ -316,6 +413,12 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
 
     tags = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_model_version(MODEL, "2").tags
     assert tags["canary.decision_id"] == st["applied"][-1][0] and tags["canary.weight"] == str(ramp[steps])
-    record("crash", "decide/sync completed after 4 kills", f"{steps} applied decision(s), weight {ramp[0]}% -> "
-           f"{ramp[steps]}% one ramp step each, one MLflow run each, chain verified", applied=steps,
-           mlflow_runs=steps, unapplied_records=st["unapplied"])
+    record(
+        "crash",
+        "decide/sync completed after 4 kills",
+        f"{steps} applied decision(s), weight {ramp[0]}% -> "
+        f"{ramp[steps]}% one ramp step each, one MLflow run each, chain verified",
+        applied=steps,
+        mlflow_runs=steps,
+        unapplied_records=st["unapplied"],
+    )

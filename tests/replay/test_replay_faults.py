@@ -1,6 +1,8 @@
 """Replay under faults: timeouts, online latency, SIGKILL mid-run and resume, Ray, GPU parity."""
+
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +24,13 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def make_traffic(path: Path, n: int) -> Path:
-    pd.DataFrame({"request_id": [f"q{i:05d}" for i in range(n)],
-                  "event_time": pd.date_range("2024-03-01", periods=n, freq="s"),
-                  "x": np.random.default_rng(3).normal(size=n)}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "request_id": [f"q{i:05d}" for i in range(n)],
+            "event_time": pd.date_range("2024-03-01", periods=n, freq="s"),
+            "x": np.random.default_rng(3).normal(size=n),
+        }
+    ).to_parquet(path)
     return path
 
 
@@ -48,14 +54,17 @@ def store(tmp_path):
 
 
 def errors(store, run_id, role):
-    return [r[0] for r in store.con.execute(f"SELECT {role}_error FROM predictions WHERE run_id = ? "
-                                            "ORDER BY _row", [run_id]).fetchall()]
+    return [
+        r[0]
+        for r in store.con.execute(
+            f"SELECT {role}_error FROM predictions WHERE run_id = ? ORDER BY _row", [run_id]
+        ).fetchall()
+    ]
 
 
 def test_timeout_marks_only_that_batch_and_model(store):
-    slow = Sleepy({2}, 1.0)   # the second call hangs past the timeout
-    r = replay(store, "t", TinyModel("ok"), slow, run_id="to",
-               options=ReplayOptions(batch_size=50, model_timeout=0.2))
+    slow = Sleepy({2}, 1.0)  # the second call hangs past the timeout
+    r = replay(store, "t", TinyModel("ok"), slow, run_id="to", options=ReplayOptions(batch_size=50, model_timeout=0.2))
     assert (r.rows, r.baseline_errors, r.candidate_errors) == (200, 0, 50)
     errs = errors(store, "to", "candidate")
     assert errs[50:100] == ["timeout: no answer within 0.2 s"] * 50 and set(errs[:50] + errs[100:]) == {None}
@@ -64,8 +73,9 @@ def test_timeout_marks_only_that_batch_and_model(store):
 def test_model_that_keeps_hanging_is_disabled_not_waited_for(store):
     hang = Sleepy(set(range(1, 100)), 0.5)
     t0 = time.perf_counter()
-    r = replay(store, "t", TinyModel("ok"), hang, run_id="hang",
-               options=ReplayOptions(batch_size=20, model_timeout=0.1))
+    r = replay(
+        store, "t", TinyModel("ok"), hang, run_id="hang", options=ReplayOptions(batch_size=20, model_timeout=0.1)
+    )
     assert r.candidate_errors == 200 and r.baseline_errors == 0
     assert time.perf_counter() - t0 < 0.1 * MAX_CONSECUTIVE_TIMEOUTS + 3
     errs = errors(store, "hang", "candidate")
@@ -73,17 +83,33 @@ def test_model_that_keeps_hanging_is_disabled_not_waited_for(store):
 
 
 def test_online_mode_times_each_micro_batch(store):
-    slow = Sleepy({1, 5}, 0.05)   # two slow requests stand out in the latency distribution
+    slow = Sleepy({1, 5}, 0.05)  # two slow requests stand out in the latency distribution
     replay(store, "t", TinyModel("ok"), slow, run_id="on", options=ReplayOptions(batch_size=64, mode="online"))
-    lat = np.array([r[0] for r in store.con.execute(
-        "SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on' ORDER BY _row").fetchall()])
+    lat = np.array(
+        [
+            r[0]
+            for r in store.con.execute(
+                "SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on' ORDER BY _row"
+            ).fetchall()
+        ]
+    )
     assert (lat[[0, 4]] >= 50).all() and np.median(lat) < 5
     assert store.require_run("on")["mode"] == "online"
-    replay(store, "t", TinyModel("ok"), TinyModel("b"), run_id="on8",
-           options=ReplayOptions(batch_size=64, mode="online", online_batch=8))
-    lat8 = [r[0] for r in store.con.execute("SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on8' "
-                                            "ORDER BY _row LIMIT 8").fetchall()]
-    assert len(set(lat8)) == 1   # one micro-batch, one latency
+    replay(
+        store,
+        "t",
+        TinyModel("ok"),
+        TinyModel("b"),
+        run_id="on8",
+        options=ReplayOptions(batch_size=64, mode="online", online_batch=8),
+    )
+    lat8 = [
+        r[0]
+        for r in store.con.execute(
+            "SELECT candidate_latency_ms FROM predictions WHERE run_id = 'on8' ORDER BY _row LIMIT 8"
+        ).fetchall()
+    ]
+    assert len(set(lat8)) == 1  # one micro-batch, one latency
 
 
 def test_run_records_environment(store):
@@ -105,9 +131,13 @@ def slow_model_dir(tmp_path):
     finally:
         sys.path.remove(str(FIXTURES))
     path = tmp_path / "slow_model"
-    mlflow.pyfunc.save_model(str(path), python_model=SlowModel(), code_paths=[str(FIXTURES / "slow_model.py")],
-                             signature=infer_signature(pd.DataFrame({"x": [0.1]}), np.array([0.5])),
-                             pip_requirements=["mlflow"])
+    mlflow.pyfunc.save_model(
+        str(path),
+        python_model=SlowModel(),
+        code_paths=[str(FIXTURES / "slow_model.py")],
+        signature=infer_signature(pd.DataFrame({"x": [0.1]}), np.array([0.5])),
+        pip_requirements=["mlflow"],
+    )
     return path
 
 
@@ -115,8 +145,23 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     home = tmp_path / "home"
     run_cli("ingest", str(make_traffic(tmp_path / "t.parquet", 3000)), "--name", "t", "--json", home=home)
     marker = tmp_path / "calls"
-    args = [sys.executable, "-m", "workbench.cli", "replay", "--baseline", str(slow_model_dir), "--candidate",
-            str(slow_model_dir), "--traffic", "t", "--run-id", "killed", "--batch-size", "100", "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "replay",
+        "--baseline",
+        str(slow_model_dir),
+        "--candidate",
+        str(slow_model_dir),
+        "--traffic",
+        "t",
+        "--run-id",
+        "killed",
+        "--batch-size",
+        "100",
+        "--json",
+    ]
     env = os.environ | {"WORKBENCH_HOME": str(home), "SLOW_MODEL_MARKER": str(marker), "SLOW_MODEL_DELAY": "0.05"}
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -134,11 +179,13 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["rows"] == 3000
     con = duckdb.connect(str(home / "workbench.duckdb"), read_only=True)
-    n, distinct = con.execute("SELECT count(*), count(DISTINCT _row) FROM predictions "
-                              "WHERE run_id = 'killed'").fetchall()[0]
+    n, distinct = con.execute(
+        "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = 'killed'"
+    ).fetchall()[0]
     assert n == distinct == 3000
-    batches = con.execute("SELECT first_row, span FROM run_batches WHERE run_id = 'killed' "
-                          "ORDER BY first_row").fetchall()
+    batches = con.execute(
+        "SELECT first_row, span FROM run_batches WHERE run_id = 'killed' ORDER BY first_row"
+    ).fetchall()
     assert batches[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in zip(batches, batches[1:], strict=False))
     con.close()
     again = run_cli(*args[3:], home=home)
@@ -148,25 +195,57 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
 def test_replay_from_source_files_ingests_then_replays(tmp_path, slow_model_dir):
     home = tmp_path / "home"
     src = make_traffic(tmp_path / "t.parquet", 120)
-    out = run_cli("replay", "--baseline", str(slow_model_dir), "--candidate", str(slow_model_dir), "--traffic",
-                  "fresh", "--source", str(src), "--json", home=home)
+    out = run_cli(
+        "replay",
+        "--baseline",
+        str(slow_model_dir),
+        "--candidate",
+        str(slow_model_dir),
+        "--traffic",
+        "fresh",
+        "--source",
+        str(src),
+        "--json",
+        home=home,
+    )
     assert json.loads(out.stdout)["rows"] == 120
 
 
-def test_ray_executor_stores_identical_results(demo_home):
+def test_ray_executor_stores_identical_results(demo_home, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra")
-    d = json.loads((demo_home / "demo.json").read_text())
-    run_cli("replay", "--baseline", "models:/flight-delay/1", "--candidate", "models:/flight-delay/2",
-            "--traffic", "flights", "--run-id", "ray_run", "--executor", "ray", "--ray-actors", "1",
-            "--batch-size", "1000", "--json", home=demo_home, timeout=600)
-    con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
+    home = tmp_path / "home"  # a copy: the run it adds must not show up in the app tests' demo home
+    shutil.copytree(demo_home, home)
+    d = json.loads((home / "demo.json").read_text())
+    run_cli(
+        "replay",
+        "--baseline",
+        "models:/flight-delay/1",
+        "--candidate",
+        "models:/flight-delay/2",
+        "--traffic",
+        "flights",
+        "--run-id",
+        "ray_run",
+        "--executor",
+        "ray",
+        "--ray-actors",
+        "1",
+        "--batch-size",
+        "1000",
+        "--json",
+        home=home,
+        timeout=600,
+    )
+    con = duckdb.connect(str(home / "workbench.duckdb"), read_only=True)
     n, b_diff, c_diff, cls_diff, err_diff = con.execute(
         """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
                   max(abs(a.candidate_score - b.candidate_score)),
                   sum((a.baseline_class <> b.baseline_class OR a.candidate_class <> b.candidate_class)::INT),
                   sum((coalesce(a.candidate_error, '') <> coalesce(b.candidate_error, ''))::INT)
            FROM predictions a JOIN predictions b USING (_row)
-           WHERE a.run_id = 'ray_run' AND b.run_id = ?""", [d["replay"]["run_id"]]).fetchall()[0]
+           WHERE a.run_id = 'ray_run' AND b.run_id = ?""",
+        [d["replay"]["run_id"]],
+    ).fetchall()[0]
     con.close()
     assert n == d["replay"]["rows"] and cls_diff == 0 and err_diff == 0
     assert b_diff == 0 and c_diff < 1e-6
@@ -189,16 +268,19 @@ def test_gpu_and_cpu_scores_agree(tmp_path):
 
     n, feats = 50_000, [f"f{j}" for j in range(25)]
     rng = np.random.default_rng(5)
-    df = pd.DataFrame({"request_id": [f"g{i}" for i in range(n)],
-                       "event_time": pd.date_range("2024-01-01", periods=n, freq="s")}
-                      | {f: rng.standard_normal(n).astype(np.float32) for f in feats})
+    df = pd.DataFrame(
+        {"request_id": [f"g{i}" for i in range(n)], "event_time": pd.date_range("2024-01-01", periods=n, freq="s")}
+        | {f: rng.standard_normal(n).astype(np.float32) for f in feats}
+    )
     df.to_parquet(tmp_path / "g.parquet")
     cand_feats = tuple(reversed(feats[5:]))
     nets = {"baseline": (scripted_mlp(25, 1), tuple(feats)), "candidate": (scripted_mlp(20, 2), cand_feats)}
 
     def pair(device):
-        return [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", f, 0.5), net, device)
-                for r, (net, f) in nets.items()]
+        return [
+            TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", f, 0.5), net, device)
+            for r, (net, f) in nets.items()
+        ]
 
     with Store(":memory:") as store:
         ingest(store, tmp_path / "g.parquet", "g")
@@ -237,14 +319,17 @@ def test_gpu_shared_batch_failure_falls_back_model_by_model(tmp_path):
     cols = {f: rng.standard_normal(n).astype(np.float32) for f in feats}
     poison = [123, 17_000]
     cols["f0"][poison] = 500.0
-    pd.DataFrame({"request_id": [f"p{i}" for i in range(n)],
-                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols
-                 ).to_parquet(tmp_path / "p.parquet")
+    pd.DataFrame(
+        {"request_id": [f"p{i}" for i in range(n)], "event_time": pd.date_range("2024-01-01", periods=n, freq="s")}
+        | cols
+    ).to_parquet(tmp_path / "p.parquet")
     nets = {"baseline": scripted_mlp(25, 1), "candidate": torch.jit.script(RaisesOnMarker(scripted_mlp(25, 2)))}
 
     def pair(device):
-        return [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, device)
-                for r, net in nets.items()]
+        return [
+            TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, device)
+            for r, net in nets.items()
+        ]
 
     with Store(":memory:") as store:
         ingest(store, tmp_path / "p.parquet", "p")
@@ -269,12 +354,15 @@ def test_torchscript_error_reason_names_the_models_own_error(tmp_path):
     n, feats = 300, [f"f{j}" for j in range(25)]
     cols = {f: np.zeros(n, dtype=np.float32) for f in feats}
     cols["f0"][7] = 500.0
-    pd.DataFrame({"request_id": [f"q{i}" for i in range(n)],
-                  "event_time": pd.date_range("2024-01-01", periods=n, freq="s")} | cols
-                 ).to_parquet(tmp_path / "q.parquet")
+    pd.DataFrame(
+        {"request_id": [f"q{i}" for i in range(n)], "event_time": pd.date_range("2024-01-01", periods=n, freq="s")}
+        | cols
+    ).to_parquet(tmp_path / "q.parquet")
     bad = torch.jit.script(RaisesOnMarker(scripted_mlp(25, 2)))
-    pair = [TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, "cpu")
-            for r, net in (("baseline", scripted_mlp(25, 1)), ("candidate", bad))]
+    pair = [
+        TorchPredictor(ModelRef(f"t:{r}", r, "1", None, "pytorch", tuple(feats), 0.5), net, "cpu")
+        for r, net in (("baseline", scripted_mlp(25, 1)), ("candidate", bad))
+    ]
     with Store(":memory:") as store:
         ingest(store, tmp_path / "q.parquet", "q")
         r = replay(store, "q", *pair, run_id="ts", options=ReplayOptions(batch_size=64))

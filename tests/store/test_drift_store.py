@@ -1,4 +1,5 @@
 """Drift's aggregates in the store: the gap between two samples' cumulative counts, raw or from a sketch."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -20,10 +21,10 @@ def expected_gap(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]
 @pytest.mark.parametrize("sketched", [False, True], ids=["raw_reference", "sketched_reference"])
 def test_cdf_gap_matches_numpy(sketched):
     rng = np.random.default_rng(11)
-    ref = rng.integers(0, 40, 3000).astype(np.float64) / 4       # ties: many rows share a value
+    ref = rng.integers(0, 40, 3000).astype(np.float64) / 4  # ties: many rows share a value
     cur = rng.integers(5, 50, 2000).astype(np.float64) / 4
     with Store() as s:
-        s.drift_import_table("ref", pa.table({"v": np.append(ref, [np.nan, np.inf])}))   # non-finite: left out
+        s.drift_import_table("ref", pa.table({"v": np.append(ref, [np.nan, np.inf])}))  # non-finite: left out
         s.drift_import_table("cur", pa.table({"v": cur}))
         ref_src = ColumnSource("v", "num", rows=RowSet("ref", kind="table"))
         if sketched:

@@ -1,4 +1,5 @@
 """The run lifecycle: open a run (created, or found with what it committed), commit units, finish and count."""
+
 import json
 
 import numpy as np
@@ -16,9 +17,13 @@ REFS = {role: {"uri": f"test:{role}", "name": role, "version": "1"} for role in 
 
 @pytest.fixture
 def store(tmp_path):
-    df = pd.DataFrame({"request_id": [f"r{i:03d}" for i in range(ROWS)],
-                       "event_time": pd.date_range("2024-01-01", periods=ROWS, freq="min"),
-                       "x": np.linspace(-3, 3, ROWS)})
+    df = pd.DataFrame(
+        {
+            "request_id": [f"r{i:03d}" for i in range(ROWS)],
+            "event_time": pd.date_range("2024-01-01", periods=ROWS, freq="min"),
+            "x": np.linspace(-3, 3, ROWS),
+        }
+    )
     df.to_parquet(tmp_path / "t.parquet")
     with Store(":memory:") as s:
         ingest(s, tmp_path / "t.parquet", "t")
@@ -26,8 +31,16 @@ def store(tmp_path):
 
 
 def open_run(store, run_id="r", **changes) -> RunState:
-    args = dict(run_id=run_id, traffic="t", baseline=REFS["baseline"], candidate=REFS["candidate"], batch_size=10,
-                device="cpu", mode="throughput", meta={"environment": {"host": "test"}})
+    args = dict(
+        run_id=run_id,
+        traffic="t",
+        baseline=REFS["baseline"],
+        candidate=REFS["candidate"],
+        batch_size=10,
+        device="cpu",
+        mode="throughput",
+        meta={"environment": {"host": "test"}},
+    )
     return store.open_run(**(args | changes))
 
 
@@ -50,12 +63,26 @@ def commit(store, run_id, batch_no, first, last, failed=None):
 
 def test_new_run_is_created_with_nothing_done(store):
     run = open_run(store)
-    assert run == RunState(run_id="r", traffic="t", baseline=REFS["baseline"], candidate=REFS["candidate"],
-                           status="running", created=True, rows_total=ROWS, rows_done=0, committed=(), next_batch=0)
+    assert run == RunState(
+        run_id="r",
+        traffic="t",
+        baseline=REFS["baseline"],
+        candidate=REFS["candidate"],
+        status="running",
+        created=True,
+        rows_total=ROWS,
+        rows_done=0,
+        committed=(),
+        next_batch=0,
+    )
     assert not run.finished
     stored = store.require_run("r")
-    assert (stored["rows_total"], stored["batch_size"], stored["device"], stored["mode"]) == (ROWS, 10, "cpu",
-                                                                                             "throughput")
+    assert (stored["rows_total"], stored["batch_size"], stored["device"], stored["mode"]) == (
+        ROWS,
+        10,
+        "cpu",
+        "throughput",
+    )
     assert stored["meta"] == {"environment": {"host": "test"}}
     assert json.loads(json.dumps(run.to_dict())) == run.to_dict()
 
@@ -63,13 +90,13 @@ def test_new_run_is_created_with_nothing_done(store):
 def test_reopened_run_resumes_after_partial_commits(store):
     open_run(store)
     commit(store, "r", 0, 0, 9)
-    commit(store, "r", 2, 20, 29)   # writers may commit out of order: the hole 10..19 stays to be replayed
+    commit(store, "r", 2, 20, 29)  # writers may commit out of order: the hole 10..19 stays to be replayed
     commit(store, "r", 1, 30, 34)
     run = open_run(store, batch_size=99, device="cuda", meta={})
     assert (run.created, run.status, run.rows_done, run.rows_total) == (False, "running", 25, ROWS)
     assert run.committed == ((0, 9), (20, 34)) and run.next_batch == 3
     assert run.to_dict()["committed"] == [[0, 9], [20, 34]]
-    stored = store.require_run("r")   # reopening changes nothing that was stored
+    stored = store.require_run("r")  # reopening changes nothing that was stored
     assert (stored["batch_size"], stored["device"], stored["meta"]) == (10, "cpu", {"environment": {"host": "test"}})
 
 
@@ -79,12 +106,15 @@ def test_finish_counts_reconcile_with_predictions(store):
     commit(store, "r", 1, 50, ROWS - 1, {"baseline": {77}, "candidate": {90}})
     counts = store.finish_run("r")
     assert counts == RunCounts(run_id="r", rows=ROWS, baseline_errors=1, candidate_errors=4)
-    n, b, c = store.con.execute("SELECT count(*), count(baseline_error), count(candidate_error) FROM predictions "
-                                "WHERE run_id = 'r'").fetchall()[0]
+    n, b, c = store.con.execute(
+        "SELECT count(*), count(baseline_error), count(candidate_error) FROM predictions WHERE run_id = 'r'"
+    ).fetchall()[0]
     assert (counts.rows, counts.baseline_errors, counts.candidate_errors) == (n, b, c)
     assert counts.to_dict() == {"run_id": "r", "rows": ROWS, "baseline_errors": 1, "candidate_errors": 4}
-    assert store.prediction_counts("r") == {"baseline": {"rows": ROWS, "errors": 1},
-                                            "candidate": {"rows": ROWS, "errors": 4}}
+    assert store.prediction_counts("r") == {
+        "baseline": {"rows": ROWS, "errors": 1},
+        "candidate": {"rows": ROWS, "errors": 4},
+    }
     run = store.require_run("r")
     assert run["status"] == "finished" and run["finished_at"] is not None and run["rows_done"] == ROWS
 

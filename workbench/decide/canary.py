@@ -10,6 +10,7 @@ the policy's ``max_age_hours``), it extends the chain's head, and its weights fo
 For live traffic: :func:`live_view` is what the weight API serves, and :func:`bucket_of` /
 :func:`in_canary` put an entity in a fixed bucket whose canary membership only grows with the weight.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,10 +41,33 @@ log = logging.getLogger(__name__)
 RECORD_SCHEMA = "canary-workbench/decision/v1"
 KINDS = ("decision", "kill")
 CLOCK_SKEW = timedelta(minutes=5)
-REQUIRED_FIELDS = ("schema", "kind", "decision_id", "sequence", "previous_hash", "model", "baseline", "candidate",
-                   "run_id", "traffic", "traffic_fingerprint", "policy_hash", "evaluation_hash", "drift_hash",
-                   "scorecard", "verdict", "reason", "ramp", "weight_before", "weight_after", "registry", "signer",
-                   "key_fingerprint", "created_at", "expires_at")
+REQUIRED_FIELDS = (
+    "schema",
+    "kind",
+    "decision_id",
+    "sequence",
+    "previous_hash",
+    "model",
+    "baseline",
+    "candidate",
+    "run_id",
+    "traffic",
+    "traffic_fingerprint",
+    "policy_hash",
+    "evaluation_hash",
+    "drift_hash",
+    "scorecard",
+    "verdict",
+    "reason",
+    "ramp",
+    "weight_before",
+    "weight_after",
+    "registry",
+    "signer",
+    "key_fingerprint",
+    "created_at",
+    "expires_at",
+)
 
 
 def _record_time(text: str) -> datetime:
@@ -54,8 +78,9 @@ def _record_time(text: str) -> datetime:
         raise SignatureError(f"bad timestamp {text!r} in the record") from None
 
 
-def next_weight(verdict: Verdict | str, weight_before: int, ramp: tuple[int, ...] | list[int],
-                killed: bool = False) -> int:
+def next_weight(
+    verdict: Verdict | str, weight_before: int, ramp: tuple[int, ...] | list[int], killed: bool = False
+) -> int:
     """The weight after a verdict: PROMOTE -> the next ramp step, HOLD -> unchanged, ROLLBACK -> 0.
 
     A killed candidate stays at 0 whatever the verdict.
@@ -98,14 +123,20 @@ def new_decision_id(now: datetime) -> str:
 def _model_of(run: dict) -> str:
     cand = run["candidate"]
     if not cand.get("name") or not cand.get("version"):
-        raise WorkbenchError(f"run {run['run_id']}: the candidate ({cand.get('uri')}) is not a registered model "
-                             "version; canary decisions need models:/ URIs")
+        raise WorkbenchError(
+            f"run {run['run_id']}: the candidate ({cand.get('uri')}) is not a registered model "
+            "version; canary decisions need models:/ URIs"
+        )
     return cand["name"]
 
 
 def _ref(ref: dict) -> dict:
-    return {"name": ref.get("name"), "version": None if ref.get("version") is None else str(ref["version"]),
-            "run_id": ref.get("run_id"), "uri": ref.get("uri")}
+    return {
+        "name": ref.get("name"),
+        "version": None if ref.get("version") is None else str(ref["version"]),
+        "run_id": ref.get("run_id"),
+        "uri": ref.get("uri"),
+    }
 
 
 def _pair(record_or_state: dict) -> tuple:
@@ -121,14 +152,17 @@ def _current(state: dict | None, pair: tuple, kind: str, model: str) -> tuple[in
     if kind == "kill" or _pair(state) == pair:
         return int(state["weight"]), bool(state["killed"])
     if 0 < state["weight"] < 100:
-        raise WorkbenchError(f"model {model} has a canary in progress: candidate v{state['candidate_version']} at "
-                             f"{state['weight']}%; finish it or `workbench canary kill {model}` first")
+        raise WorkbenchError(
+            f"model {model} has a canary in progress: candidate v{state['candidate_version']} at "
+            f"{state['weight']}%; finish it or `workbench canary kill {model}` first"
+        )
     return 0, False
 
 
 @dataclass(frozen=True)
 class DecisionPreview:
     """What a decision on a run would say, before anything is signed: the scorecard and the weight move."""
+
     run: dict
     model: str
     baseline: dict
@@ -158,33 +192,68 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
     drift = load_drift(store, run_id)
     card = score(policy, evaluation, drift)
     base, cand = _ref(run["baseline"]), _ref(run["candidate"])
-    weight_before, killed = _current(store.canary_state(model), (base["version"], cand["version"]), "decision",
-                                     model)
+    weight_before, killed = _current(store.canary_state(model), (base["version"], cand["version"]), "decision", model)
     reason = card.reason
     if killed:
         reason += f"; the kill switch holds candidate v{cand['version']} at 0%"
-    return DecisionPreview(run, model, base, cand, traffic, evaluation, drift, card, weight_before,
-                           next_weight(card.verdict, weight_before, policy.ramp, killed), killed, reason)
+    return DecisionPreview(
+        run,
+        model,
+        base,
+        cand,
+        traffic,
+        evaluation,
+        drift,
+        card,
+        weight_before,
+        next_weight(card.verdict, weight_before, policy.ramp, killed),
+        killed,
+        reason,
+    )
 
 
-def build_decision(store: Store, run_id: str, policy: Policy, signer: Signer, *, now: datetime | None = None
-                   ) -> tuple[SignedDecision, Scorecard]:
+def build_decision(
+    store: Store, run_id: str, policy: Policy, signer: Signer, *, now: datetime | None = None
+) -> tuple[SignedDecision, Scorecard]:
     """Judge a finished replay run under ``policy``; sign and store the record (not yet applied)."""
     now = now or utc_now()
     p = preview_decision(store, run_id, policy)
-    record = _record(store, p.model, now, signer, policy, kind="decision", baseline=p.baseline,
-                     candidate=p.candidate, run_id=run_id, traffic=p.traffic["name"],
-                     traffic_fingerprint=p.traffic["fingerprint"], evaluation_hash=content_hash(p.evaluation),
-                     drift_hash=content_hash(p.drift), scorecard=p.scorecard.to_dict(), verdict=p.verdict,
-                     reason=p.reason, weight_before=p.weight_before, weight_after=p.weight_after)
+    record = _record(
+        store,
+        p.model,
+        now,
+        signer,
+        policy,
+        kind="decision",
+        baseline=p.baseline,
+        candidate=p.candidate,
+        run_id=run_id,
+        traffic=p.traffic["name"],
+        traffic_fingerprint=p.traffic["fingerprint"],
+        evaluation_hash=content_hash(p.evaluation),
+        drift_hash=content_hash(p.drift),
+        scorecard=p.scorecard.to_dict(),
+        verdict=p.verdict,
+        reason=p.reason,
+        weight_before=p.weight_before,
+        weight_after=p.weight_after,
+    )
     signed = signer.sign(record)
     save_record(store, signed)
     return signed, p.scorecard
 
 
-def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Policy, *,
-               now: datetime | None = None, source: str = "kill switch",
-               scorecard: dict | None = None) -> SignedDecision:
+def build_kill(
+    store: Store,
+    model: str,
+    reason: str,
+    signer: Signer,
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+    source: str = "kill switch",
+    scorecard: dict | None = None,
+) -> SignedDecision:
     """A signed ROLLBACK record that sets ``model``'s canary weight to 0 (the kill switch).
 
     ``source`` prefixes the reason (``"kill switch"``, ``"live SLO"``); ``scorecard`` carries the checks
@@ -196,12 +265,28 @@ def build_kill(store: Store, model: str, reason: str, signer: Signer, policy: Po
     if state is None:
         raise WorkbenchError(f"model {model} has no canary state: nothing to kill")
     head = json.loads(store.require_decision(state["decision_id"])["record"])
-    record = _record(store, model, now, signer, policy, kind="kill", baseline=head["baseline"],
-                     candidate=head["candidate"], run_id=None, traffic=head["traffic"],
-                     traffic_fingerprint=head["traffic_fingerprint"], evaluation_hash=None, drift_hash=None,
-                     scorecard=scorecard, verdict=Verdict.ROLLBACK, reason=f"{source}: {reason.strip()}",
-                     weight_before=int(state["weight"]), weight_after=0,
-                     registry=head.get("registry"), ramp=head.get("ramp"))
+    record = _record(
+        store,
+        model,
+        now,
+        signer,
+        policy,
+        kind="kill",
+        baseline=head["baseline"],
+        candidate=head["candidate"],
+        run_id=None,
+        traffic=head["traffic"],
+        traffic_fingerprint=head["traffic_fingerprint"],
+        evaluation_hash=None,
+        drift_hash=None,
+        scorecard=scorecard,
+        verdict=Verdict.ROLLBACK,
+        reason=f"{source}: {reason.strip()}",
+        weight_before=int(state["weight"]),
+        weight_after=0,
+        registry=head.get("registry"),
+        ramp=head.get("ramp"),
+    )
     signed = signer.sign(record)
     save_record(store, signed)
     return signed
@@ -232,21 +317,30 @@ def save_record(store: Store, signed: SignedDecision, cur=None) -> None:
     r = signed.record
     if signed.signature is None:
         raise SignatureError(f"decision {r.get('decision_id')} is unsigned: only signed records are stored")
-    store.save_decision(cur or store.cursor(), decision_id=r["decision_id"], model=r["model"], kind=r["kind"],
-                        run_id=r["run_id"], verdict=r["verdict"], weight_before=int(r["weight_before"]),
-                        weight_after=int(r["weight_after"]), record_text=canonical_bytes(r).decode("utf-8"),
-                        record_hash=record_hash(r), signature=signed.signature,
-                        created_at=db_time(_record_time(r["created_at"])))
+    store.save_decision(
+        cur or store.cursor(),
+        decision_id=r["decision_id"],
+        model=r["model"],
+        kind=r["kind"],
+        run_id=r["run_id"],
+        verdict=r["verdict"],
+        weight_before=int(r["weight_before"]),
+        weight_after=int(r["weight_after"]),
+        record_text=canonical_bytes(r).decode("utf-8"),
+        record_hash=record_hash(r),
+        signature=signed.signature,
+        created_at=db_time(_record_time(r["created_at"])),
+    )
 
 
 # -- verification and applying ----------------------------------------------------------------------
 def _check_shape(record: dict) -> None:
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
-        raise SignatureError(f"decision {record.get('decision_id')}: not a decision record (missing "
-                             f"{', '.join(missing)})")
-    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or \
-            record["verdict"] not in tuple(Verdict):
+        raise SignatureError(
+            f"decision {record.get('decision_id')}: not a decision record (missing {', '.join(missing)})"
+        )
+    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or record["verdict"] not in tuple(Verdict):
         raise SignatureError(f"decision {record['decision_id']}: unknown schema, kind or verdict")
 
 
@@ -257,8 +351,7 @@ def _check_stored_copy(store: Store, signed: SignedDecision) -> dict | None:
     return stored
 
 
-def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = None
-                 ) -> list[tuple[dict, str | None]]:
+def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = None) -> list[tuple[dict, str | None]]:
     """Every applied record of ``model`` (up to sequence ``upto``) in chain order, each with the first problem
     found in it (stored bytes, hashes, link, signature), or None when it verifies."""
     prev: str | None = None
@@ -274,7 +367,7 @@ def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = 
             out.append((row, None))
         except SignatureError as e:
             out.append((row, str(e)))
-            prev = row["chain_hash"]   # later records are judged against the hash the chain recorded
+            prev = row["chain_hash"]  # later records are judged against the hash the chain recorded
     return out
 
 
@@ -286,8 +379,9 @@ def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, 
     if row["record"] is None:
         raise SignatureError(f"{where}: the record is missing")
     text_hash = record_hash(json.loads(row["record"]))
-    if not (text_hash == row["record_hash"] == row["chain_hash"]) or \
-            canonical_bytes(json.loads(row["record"])) != row["record"].encode("utf-8"):
+    if not (text_hash == row["record_hash"] == row["chain_hash"]) or canonical_bytes(json.loads(row["record"])) != row[
+        "record"
+    ].encode("utf-8"):
         raise SignatureError(f"{where}: the stored record was altered (hash mismatch)")
     record = json.loads(row["record"])
     verify_signature(record, row["signature"], trusted)
@@ -317,9 +411,14 @@ class CanaryStatus:
     problem: str | None = None
 
     def to_dict(self) -> dict:
-        d = {"model": self.model, "baseline_version": self.baseline_version,
-             "candidate_version": self.candidate_version, "weight": self.weight, "decision_id": self.decision_id,
-             "verified": self.verified}
+        d = {
+            "model": self.model,
+            "baseline_version": self.baseline_version,
+            "candidate_version": self.candidate_version,
+            "weight": self.weight,
+            "decision_id": self.decision_id,
+            "verified": self.verified,
+        }
         if self.problem:
             d["problem"] = self.problem
         return d
@@ -334,20 +433,31 @@ def status(store: Store, model: str, trusted: Mapping) -> CanaryStatus:
     try:
         verify_chain(store, model, trusted)
         head = store.chain_head(model)
-        if head is None:   # a state with no chain: verify_chain found nothing to check
+        if head is None:  # a state with no chain: verify_chain found nothing to check
             raise SignatureError("the stored canary state has no signed chain behind it")
         record = json.loads(store.require_decision(head["decision_id"])["record"])
-        if (head["decision_id"], head["record_hash"]) != (state["decision_id"], state["record_hash"]) or \
-                int(record["weight_after"]) != int(state["weight"]) or _pair(record) != _pair(state):
+        if (
+            (head["decision_id"], head["record_hash"]) != (state["decision_id"], state["record_hash"])
+            or int(record["weight_after"]) != int(state["weight"])
+            or _pair(record) != _pair(state)
+        ):
             problem = "the stored canary state does not match the head of the signed chain"
     except SignatureError as e:
         problem = str(e)
-    return CanaryStatus(model, state["baseline_version"], state["candidate_version"], int(state["weight"]),
-                        state["decision_id"], problem is None, problem)
+    return CanaryStatus(
+        model,
+        state["baseline_version"],
+        state["candidate_version"],
+        int(state["weight"]),
+        state["decision_id"],
+        problem is None,
+        problem,
+    )
 
 
-def apply_decision(store: Store, signed: SignedDecision, trusted: Mapping, *, now: datetime | None = None
-                   ) -> CanaryStatus:
+def apply_decision(
+    store: Store, signed: SignedDecision, trusted: Mapping, *, now: datetime | None = None
+) -> CanaryStatus:
     """Move the canary weight by a signed record, after checking everything; otherwise the weight stays.
 
     Refused (:class:`SignatureError`): unsigned, tampered, untrusted key, not a record, already applied,
@@ -363,8 +473,10 @@ def apply_decision(store: Store, signed: SignedDecision, trusted: Mapping, *, no
         raise SignatureError(f"decision {did} is already applied (sequence {stored['applied_sequence']} of {model})")
     created, expires = _record_time(record["created_at"]), _record_time(record["expires_at"])
     if now > expires:
-        raise SignatureError(f"decision {did} is stale: made {record['created_at']}, expired {record['expires_at']} "
-                             "(the policy's max_age_hours); make a new decision")
+        raise SignatureError(
+            f"decision {did} is stale: made {record['created_at']}, expired {record['expires_at']} "
+            "(the policy's max_age_hours); make a new decision"
+        )
     if created > now + CLOCK_SKEW:
         raise SignatureError(f"decision {did} is dated in the future ({record['created_at']})")
     head = store.chain_head(model)
@@ -374,28 +486,38 @@ def apply_decision(store: Store, signed: SignedDecision, trusted: Mapping, *, no
         raise SignatureError(
             f"decision {did} is out of chain: it follows {str(record['previous_hash'])[:12]} (sequence "
             f"{record['sequence']}), but the chain of {model} is at {str(want_prev)[:12]} (next sequence {want_seq}); "
-            "make a new decision")
+            "make a new decision"
+        )
     state = store.canary_state(model)
     try:
         weight_now, killed = _current(state, _pair(record), record["kind"], model)
     except WorkbenchError as e:
         raise SignatureError(str(e)) from None
     if int(record["weight_before"]) != weight_now:
-        raise SignatureError(f"decision {did} was made at weight {record['weight_before']}%, the canary is at "
-                             f"{weight_now}%")
-    expected = 0 if record["kind"] == "kill" else \
-        next_weight(record["verdict"], weight_now, record["ramp"], killed)
+        raise SignatureError(
+            f"decision {did} was made at weight {record['weight_before']}%, the canary is at {weight_now}%"
+        )
+    expected = 0 if record["kind"] == "kill" else next_weight(record["verdict"], weight_now, record["ramp"], killed)
     if int(record["weight_after"]) != expected:
-        raise SignatureError(f"decision {did}: {record['verdict']} from {weight_now}% must give {expected}%, "
-                             f"the record says {record['weight_after']}%")
+        raise SignatureError(
+            f"decision {did}: {record['verdict']} from {weight_now}% must give {expected}%, "
+            f"the record says {record['weight_after']}%"
+        )
     killed = killed or record["kind"] == "kill"
     with store.transaction() as cur:
         if stored is None:
             save_record(store, signed, cur)
-        store.append_chain(cur, model=model, sequence=want_seq, decision_id=did, record_hash=record_hash(record),
-                           baseline_version=record["baseline"]["version"],
-                           candidate_version=record["candidate"]["version"], weight=int(record["weight_after"]),
-                           killed=killed)
+        store.append_chain(
+            cur,
+            model=model,
+            sequence=want_seq,
+            decision_id=did,
+            record_hash=record_hash(record),
+            baseline_version=record["baseline"]["version"],
+            candidate_version=record["candidate"]["version"],
+            weight=int(record["weight_after"]),
+            killed=killed,
+        )
     return status(store, model, trusted)
 
 
@@ -412,10 +534,20 @@ class Verification:
     note: str
 
     def to_dict(self) -> dict:
-        return {"decision_id": self.decision_id, "model": self.model, "verdict": self.verdict,
-                "signature": "valid", "chain": "valid", "verified": True, "key_fingerprint": self.key_fingerprint,
-                "signer": self.signer, "sequence": self.sequence, "applied": self.applied,
-                "chain_length": self.chain_length, "note": self.note}
+        return {
+            "decision_id": self.decision_id,
+            "model": self.model,
+            "verdict": self.verdict,
+            "signature": "valid",
+            "chain": "valid",
+            "verified": True,
+            "key_fingerprint": self.key_fingerprint,
+            "signer": self.signer,
+            "sequence": self.sequence,
+            "applied": self.applied,
+            "chain_length": self.chain_length,
+            "note": self.note,
+        }
 
 
 def verify_decision(store: Store, signed: SignedDecision, trusted: Mapping) -> Verification:
@@ -434,11 +566,16 @@ def verify_decision(store: Store, signed: SignedDecision, trusted: Mapping) -> V
     chain = store.chain(model)
     prev = chain[seq - 2]["chain_hash"] if seq >= 2 and len(chain) >= seq - 1 else None
     if n != seq - 1 or record["previous_hash"] != prev:
-        raise SignatureError(f"decision {record['decision_id']} is out of chain: its previous hash "
-                             f"{str(record['previous_hash'])[:12]} (sequence {seq}) is not in the chain of {model}")
+        raise SignatureError(
+            f"decision {record['decision_id']} is out of chain: its previous hash "
+            f"{str(record['previous_hash'])[:12]} (sequence {seq}) is not in the chain of {model}"
+        )
     holder = chain[seq - 1]["decision_id"] if len(chain) >= seq else None
-    note = (f"not applied: sequence {seq} of {model} is held by decision {holder}" if holder else
-            f"not applied yet: it extends the head of the chain of {model}")
+    note = (
+        f"not applied: sequence {seq} of {model} is held by decision {holder}"
+        if holder
+        else f"not applied yet: it extends the head of the chain of {model}"
+    )
     return Verification(record["decision_id"], model, record["verdict"], fp, record["signer"], seq, False, n, note)
 
 
@@ -451,8 +588,10 @@ def load_signed(store: Store, path_or_id: str) -> SignedDecision:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise WorkbenchError(f"cannot read decision file {p}: {e}") from None
         if not isinstance(data, dict) or not isinstance(data.get("record"), dict):
-            raise WorkbenchError(f"{p} holds no decision record (expected the JSON that `workbench decide --json` "
-                                 "prints, with 'record' and 'signature')")
+            raise WorkbenchError(
+                f"{p} holds no decision record (expected the JSON that `workbench decide --json` "
+                "prints, with 'record' and 'signature')"
+            )
         return SignedDecision(data["record"], data.get("signature"))
     stored = store.get_decision(path_or_id)
     if stored is None:
@@ -471,15 +610,18 @@ def live_view(store: Store, model: str, trusted: Mapping) -> dict:
     row = store.get_decision(st.decision_id)
     state = store.canary_state(model)
     record = json.loads(row["record"]) if row else {}
-    view.update(signature=row["signature"] if row else None, killed=bool(state and state["killed"]),
-                sequence=record.get("sequence"), ramp=record.get("ramp"),
-                verdict=str(record.get("verdict")).lower() if st.verified else "unverified")
+    view.update(
+        signature=row["signature"] if row else None,
+        killed=bool(state and state["killed"]),
+        sequence=record.get("sequence"),
+        ramp=record.get("ramp"),
+        verdict=str(record.get("verdict")).lower() if st.verified else "unverified",
+    )
     return view
 
 
 # -- MLflow sync ------------------------------------------------------------------------------------
-def try_publish(signed: SignedDecision,
-                publish: Callable[[SignedDecision], str]) -> tuple[str | None, str | None]:
+def try_publish(signed: SignedDecision, publish: Callable[[SignedDecision], str]) -> tuple[str | None, str | None]:
     """Publish an applied record to MLflow: (MLflow run id, None), or (None, error) when MLflow is down
     or refuses (nothing raised: the signed decision is kept locally for a later sync)."""
     try:
@@ -497,8 +639,9 @@ def record_sync(store: Store, decision_id: str, run_id: str | None, err: str | N
         store.mark_synced(decision_id, run_id)
 
 
-def sync(store: Store, signed: SignedDecision,
-         publish: Callable[[SignedDecision], str]) -> tuple[str | None, str | None]:
+def sync(
+    store: Store, signed: SignedDecision, publish: Callable[[SignedDecision], str]
+) -> tuple[str | None, str | None]:
     """Publish an applied record to MLflow; on failure it stays stored with ``pending_sync`` set.
 
     Returns (MLflow run id, None) or (None, error).

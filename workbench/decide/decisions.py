@@ -6,6 +6,7 @@ and the MLflow registry exists once. The rules themselves live in :mod:`workbenc
 from the settings). The private key never leaves the server: the ring reads it from the home's ``keys/``
 folder in this process, and only the signed record is returned.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,15 @@ def publish(settings: Settings, store: Store, signed) -> dict:
     return publish_applied(store, signed, settings.mlflow_tracking_uri, settings.artifacts_dir)
 
 
-def decide(settings: Settings, store: Store, keys: KeyRing, run_id: str, policy: Policy | str | None = None,
-           signed_by: Signer | None = None, apply: bool = True) -> dict:
+def decide(
+    settings: Settings,
+    store: Store,
+    keys: KeyRing,
+    run_id: str,
+    policy: Policy | str | None = None,
+    signed_by: Signer | None = None,
+    apply: bool = True,
+) -> dict:
     """Judge a run under a policy (a Policy, a policy file, or the shipped default when None), sign the
     decision (as the ring's signer; ``signed_by`` names another, e.g. the approver in the app), and with
     ``apply`` move the weight (if the ring trusts the signature) and publish it. Returns the ``decide --json``
@@ -44,9 +52,18 @@ def decide(settings: Settings, store: Store, keys: KeyRing, run_id: str, policy:
     signed, card = build_decision(store, run_id, policy, signed_by or keys.signer)
     r = signed.record
     card_d = card.to_dict()
-    out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
-           "weight_before": r["weight_before"], "weight_after": r["weight_after"], "checks": card_d["checks"],
-           "skipped": card_d["skipped"], "record": r, "signature": signed.signature, "applied": False}
+    out = {
+        "decision_id": signed.decision_id,
+        "verdict": r["verdict"],
+        "reason": r["reason"],
+        "weight_before": r["weight_before"],
+        "weight_after": r["weight_after"],
+        "checks": card_d["checks"],
+        "skipped": card_d["skipped"],
+        "record": r,
+        "signature": signed.signature,
+        "applied": False,
+    }
     if apply:
         apply_decision(store, signed, keys.trusted)
         out["applied"] = True
@@ -60,8 +77,7 @@ def sync_pending(settings: Settings, store: Store, keys: KeyRing) -> dict:
     from workbench.decide.registry import publisher
     from workbench.decide.registry import sync_pending as push
 
-    return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir),
-                keys.trusted).to_dict()
+    return push(store, publisher(store, settings.mlflow_tracking_uri, settings.artifacts_dir), keys.trusted).to_dict()
 
 
 def apply_and_publish(settings: Settings, store: Store, keys: KeyRing, signed) -> dict:
@@ -76,6 +92,7 @@ def apply_and_publish(settings: Settings, store: Store, keys: KeyRing, signed) -
 @dataclass(frozen=True)
 class AuditEntry:
     """One signed record as the audit shows it: applied (with its place in the chain) or only signed."""
+
     decision_id: str
     model: str
     kind: str
@@ -106,14 +123,15 @@ def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[Aud
     chained = set()
     for row, problem in chain_report(store, model, keys):
         chained.add(row["decision_id"])
-        entries.append(_entry(store, decisions.get(row["decision_id"]), row["decision_id"], model,
-                              int(row["sequence"]), problem))
+        entries.append(
+            _entry(store, decisions.get(row["decision_id"]), row["decision_id"], model, int(row["sequence"]), problem)
+        )
     for did, d in decisions.items():
         if did in chained:
             continue
         problem = None
         stored = store.get_decision(did)
-        if stored is not None:   # (one listed a moment ago and gone now: _entry reports the record missing)
+        if stored is not None:  # (one listed a moment ago and gone now: _entry reports the record missing)
             record = json.loads(stored["record"])
             try:
                 if record_hash(record) != stored["record_hash"]:
@@ -122,21 +140,33 @@ def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[Aud
             except SignatureError as e:
                 problem = str(e)
         entries.append(_entry(store, d, did, model, None, problem))
-    return sorted(entries, key=lambda e: (parse_time(e.created_at) if e.created_at else EPOCH, e.sequence or 0),
-                  reverse=True)
+    return sorted(
+        entries, key=lambda e: (parse_time(e.created_at) if e.created_at else EPOCH, e.sequence or 0), reverse=True
+    )
 
 
-def _entry(store: Store, listed: dict | None, did: str, model: str, sequence: int | None,
-           problem: str | None) -> AuditEntry:
+def _entry(
+    store: Store, listed: dict | None, did: str, model: str, sequence: int | None, problem: str | None
+) -> AuditEntry:
     stored = store.get_decision(did)
     record = json.loads(stored["record"]) if stored and stored["record"] else None
     r = record or {}
     return AuditEntry(
-        decision_id=did, model=model, kind=r.get("kind", "?"), verdict=r.get("verdict", "?"),
-        weight_before=int(r.get("weight_before", 0)), weight_after=int(r.get("weight_after", 0)),
-        signer=r.get("signer"), key_fingerprint=r.get("key_fingerprint"), created_at=r.get("created_at"),
-        run_id=r.get("run_id"), sequence=sequence, verified=problem is None and record is not None,
+        decision_id=did,
+        model=model,
+        kind=r.get("kind", "?"),
+        verdict=r.get("verdict", "?"),
+        weight_before=int(r.get("weight_before", 0)),
+        weight_after=int(r.get("weight_after", 0)),
+        signer=r.get("signer"),
+        key_fingerprint=r.get("key_fingerprint"),
+        created_at=r.get("created_at"),
+        run_id=r.get("run_id"),
+        sequence=sequence,
+        verified=problem is None and record is not None,
         problem=problem if record is not None else (problem or "the record is missing"),
         mlflow_run_id=(listed or stored or {}).get("mlflow_run_id"),
-        pending_sync=bool((listed or stored or {}).get("pending_sync")), record=record,
-        signature=stored["signature"] if stored else None)
+        pending_sync=bool((listed or stored or {}).get("pending_sync")),
+        record=record,
+        signature=stored["signature"] if stored else None,
+    )

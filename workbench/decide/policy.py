@@ -11,6 +11,7 @@ The policy reads these fields of the evaluation dict (``workbench evaluate --jso
 and of the drift dict (``workbench drift --json``): ``share_drifted``, ``features.*.drifted``,
 ``prediction_drift`` (``drifted`` flags), ``concept_drift.detected``/``change_point``.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ DEFAULT_POLICY = "default_policy.toml"
 
 class Outcome(StrEnum):
     """A check's outcome; JSON, records and reports carry its value (``"pass"``, ``"fail"``, ``"inconclusive"``)."""
+
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
@@ -41,6 +43,7 @@ class Outcome(StrEnum):
 class Verdict(StrEnum):
     """A decision's verdict; JSON, records and MLflow tags carry its value. PROMOTE moves the canary one ramp
     step up, HOLD keeps its weight, ROLLBACK sets it to 0 (:func:`workbench.decide.canary.next_weight`)."""
+
     PROMOTE = "PROMOTE"
     HOLD = "HOLD"
     ROLLBACK = "ROLLBACK"
@@ -57,6 +60,7 @@ class MetricGate(_Strict):
     ``min_absolute_change``/``min_relative_change`` are the change the candidate must reach in the
     better direction; a negative value is the largest tolerated degradation (non-inferiority margin).
     """
+
     metric: str
     threshold: float | None = None
     min_absolute_change: float | None = None
@@ -84,11 +88,13 @@ class MetricGate(_Strict):
 
 class SegmentGate(MetricGate):
     """A metric gate applied to every segment of ``column`` (``"*"``: every segmented column)."""
+
     column: str = "*"
 
 
 class LatencyGate(_Strict):
     """Candidate latency at ``percentile``: at most ``max_ratio`` x the baseline's and/or ``max_ms``."""
+
     percentile: Literal["p50", "p95", "p99"] = "p99"
     max_ratio: float | None = Field(default=None, gt=0)
     max_ms: float | None = Field(default=None, gt=0)
@@ -103,12 +109,14 @@ class LatencyGate(_Strict):
 
 class ErrorGate(_Strict):
     """The candidate's error rate (exceptions, non-finite scores) must stay at or below ``max_rate``."""
+
     max_rate: float = Field(default=0.001, ge=0, le=1)
     critical: bool = True
 
 
 class DriftGates(_Strict):
     """Gates on the run's drift report; without a report they are skipped unless ``required``."""
+
     required: bool = False
     max_share_drifted: float | None = Field(default=0.5, ge=0, le=1)
     prediction_drift: bool = True
@@ -126,6 +134,7 @@ class RegistryOptions(_Strict):
 class LiveSegment(_Strict):
     """Live requests whose header (or body field) has one of ``values`` go to ``arm`` while the canary is live
     (e.g. internal users first); the first matching segment wins."""
+
     name: str
     header: str | None = None
     field: str | None = None
@@ -146,6 +155,7 @@ class LiveOptions(_Strict):
     above ``max_error_rate`` (the Wilson interval's lower bound at the policy's confidence), or its P99
     latency exceeds ``max_p99_ms``, or ``max_p99_ratio`` x the baseline's P99 in the same window.
     """
+
     window_s: float = Field(default=30.0, gt=0)
     min_requests: int = Field(default=20, ge=1)
     max_error_rate: float = Field(default=0.01, ge=0, lt=1)
@@ -167,20 +177,21 @@ class Policy(_Strict):
     errors: ErrorGate = ErrorGate()
     drift: DriftGates = DriftGates()
     registry: RegistryOptions = RegistryOptions()
-    live: LiveOptions | None = None   # optional: the router then uses LiveOptions' defaults
+    live: LiveOptions | None = None  # optional: the router then uses LiveOptions' defaults
 
     @field_validator("ramp")
     @classmethod
     def _valid_ramp(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v or any(not 1 <= w <= 100 for w in v) or list(v) != sorted(set(v)) or v[-1] != 100:
-            raise ValueError("ramp must be strictly increasing percents in 1..100 ending at 100, "
-                             "e.g. [1, 5, 25, 50, 100]")
+            raise ValueError(
+                "ramp must be strictly increasing percents in 1..100 ending at 100, e.g. [1, 5, 25, 50, 100]"
+            )
         return v
 
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")
         if self.live is None:
-            del d["live"]   # a policy without the optional section hashes as it did before the section existed
+            del d["live"]  # a policy without the optional section hashes as it did before the section existed
         return d
 
     @property
@@ -197,8 +208,7 @@ class Policy(_Strict):
 def _format_errors(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
-                      for i, p in enumerate(err["loc"]))
+        loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(err["loc"]))
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
@@ -259,6 +269,7 @@ class Interval:
 @dataclass(frozen=True)
 class Check:
     """One judged criterion: the numbers behind it, its outcome and a one-line reason."""
+
     gate: str
     kind: str
     metric: str
@@ -281,6 +292,7 @@ class Check:
 @dataclass(frozen=True)
 class Skipped:
     """A gate that was not judged, and why (no drift report, a segment too small)."""
+
     gate: str
     reason: str
 
@@ -299,9 +311,13 @@ class Scorecard:
         return sum(c.outcome == outcome for c in self.checks)
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "reason": self.reason,
-                "counts": {o: self.count(o) for o in Outcome},
-                "checks": [c.to_dict() for c in self.checks], "skipped": [s.to_dict() for s in self.skipped]}
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "counts": {o: self.count(o) for o in Outcome},
+            "checks": [c.to_dict() for c in self.checks],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
 
 
 def _num(x: Any) -> float | None:
@@ -365,19 +381,44 @@ class _Judge:
             outcome, reason = Outcome.PASS, f"{int(n)} labelled rows >= {p.min_labeled_rows} required"
         else:
             outcome, reason = Outcome.INCONCLUSIVE, f"too few labelled rows: {int(n)} < {p.min_labeled_rows} required"
-        self.add(gate="evidence.labeled_rows", kind="evidence", metric="labeled_rows", criterion="min_rows",
-                 threshold=float(p.min_labeled_rows), candidate=n, outcome=outcome, critical=False, reason=reason)
+        self.add(
+            gate="evidence.labeled_rows",
+            kind="evidence",
+            metric="labeled_rows",
+            criterion="min_rows",
+            threshold=float(p.min_labeled_rows),
+            candidate=n,
+            outcome=outcome,
+            critical=False,
+            reason=reason,
+        )
         c = _num(self.ev.get("confidence"))
         if c is None:
-            outcome, reason = Outcome.INCONCLUSIVE, ("the evaluation reports no confidence level (no intervals to "
-                                                     "judge on)")
+            outcome, reason = (
+                Outcome.INCONCLUSIVE,
+                ("the evaluation reports no confidence level (no intervals to judge on)"),
+            )
         elif c + 1e-12 >= p.confidence:
             outcome, reason = Outcome.PASS, f"intervals at {c:.0%} confidence >= {p.confidence:.0%} required"
         else:
-            outcome, reason = Outcome.INCONCLUSIVE, (f"intervals at {c:.0%} confidence < {p.confidence:.0%} required: "
-                                             "re-evaluate at the policy's confidence")
-        self.add(gate="evidence.confidence", kind="evidence", metric="confidence", criterion="min_confidence",
-                 threshold=p.confidence, candidate=c, outcome=outcome, critical=False, reason=reason)
+            outcome, reason = (
+                Outcome.INCONCLUSIVE,
+                (
+                    f"intervals at {c:.0%} confidence < {p.confidence:.0%} required: "
+                    "re-evaluate at the policy's confidence"
+                ),
+            )
+        self.add(
+            gate="evidence.confidence",
+            kind="evidence",
+            metric="confidence",
+            criterion="min_confidence",
+            threshold=p.confidence,
+            candidate=c,
+            outcome=outcome,
+            critical=False,
+            reason=reason,
+        )
 
     # metric and segment gates ------------------------------------------------------------------
     def metric_gate(self, g: MetricGate, source: dict, kind: str, prefix: str, segment: str | None) -> None:
@@ -385,17 +426,32 @@ class _Judge:
         base = _interval((source.get("baseline") or {}).get(m))
         cand = _interval((source.get("candidate") or {}).get(m))
         delta = _interval((source.get("delta") or {}).get(m))
-        if delta is None and base is not None and cand is not None and base.value is not None \
-                and cand.value is not None:
+        if (
+            delta is None
+            and base is not None
+            and cand is not None
+            and base.value is not None
+            and cand.value is not None
+        ):
             delta = Interval(cand.value - base.value)
         raw_delta = (source.get("delta") or {}).get(m)
         mde = _num(raw_delta.get("mde")) if isinstance(raw_delta, dict) else None
         where = f"{m}" + (f" in segment {segment}" if segment else "")
         up = g.better_up
-        common = dict(kind=kind, metric=m, baseline=base.value if base else None,
-                      candidate=cand.value if cand else None, delta=delta, critical=g.critical, segment=segment)
-        for criterion, value in (("threshold", g.threshold), ("min_absolute_change", g.min_absolute_change),
-                                 ("min_relative_change", g.min_relative_change)):
+        common = dict(
+            kind=kind,
+            metric=m,
+            baseline=base.value if base else None,
+            candidate=cand.value if cand else None,
+            delta=delta,
+            critical=g.critical,
+            segment=segment,
+        )
+        for criterion, value in (
+            ("threshold", g.threshold),
+            ("min_absolute_change", g.min_absolute_change),
+            ("min_relative_change", g.min_relative_change),
+        ):
             if value is None:
                 continue
             gate = f"{prefix}.{m}.{criterion}"
@@ -405,23 +461,35 @@ class _Judge:
                 iv, bound, what = delta, (value if up else -value), f"change in {where}"
             else:
                 if base is None or base.value is None:
-                    self.add(gate=gate, criterion=criterion, threshold=value, outcome=Outcome.INCONCLUSIVE,
-                             reason=f"baseline {where} is undefined: no relative change", **common)
+                    self.add(
+                        gate=gate,
+                        criterion=criterion,
+                        threshold=value,
+                        outcome=Outcome.INCONCLUSIVE,
+                        reason=f"baseline {where} is undefined: no relative change",
+                        **common,
+                    )
                     continue
                 scale = abs(base.value) * value
                 iv, bound, what = delta, (scale if up else -scale), f"change in {where}"
-            self.add(gate=gate, criterion=criterion, threshold=value,
-                     **self._judge(iv, bound, up, what, criterion == "threshold", mde), **common)
+            self.add(
+                gate=gate,
+                criterion=criterion,
+                threshold=value,
+                **self._judge(iv, bound, up, what, criterion == "threshold", mde),
+                **common,
+            )
 
-    def _judge(self, iv: Interval | None, bound: float, up: bool, what: str, absolute: bool,
-               mde: float | None) -> dict:
+    def _judge(self, iv: Interval | None, bound: float, up: bool, what: str, absolute: bool, mde: float | None) -> dict:
         rel = ">=" if up else "<="
         if iv is None or iv.value is None:
             return {"outcome": Outcome.INCONCLUSIVE, "reason": f"{what} is undefined in the evaluation"}
         text = iv.text(signed=not absolute)
         if iv.ci_low is None or iv.ci_high is None:
-            return {"outcome": Outcome.INCONCLUSIVE,
-                    "reason": f"{what} {text} has no confidence interval: cannot judge on bounds"}
+            return {
+                "outcome": Outcome.INCONCLUSIVE,
+                "reason": f"{what} {text} has no confidence interval: cannot judge on bounds",
+            }
         outcome = (_at_least if up else _at_most)(iv.ci_low, iv.ci_high, bound)
         shown = _fmt(bound) if absolute else _sfmt(bound)
         if outcome == Outcome.PASS:
@@ -446,17 +514,28 @@ class _Judge:
             for col in cols:
                 values = segs.get(col)
                 if not values:
-                    self.add(gate=f"segment.{col}.{g.metric}", kind="segment", metric=g.metric,
-                             criterion="segments", threshold=None, outcome=Outcome.INCONCLUSIVE, critical=g.critical,
-                             reason=f"the evaluation has no segments for column {col!r}: evaluate with "
-                                    f"--segment {col}", segment=col)
+                    self.add(
+                        gate=f"segment.{col}.{g.metric}",
+                        kind="segment",
+                        metric=g.metric,
+                        criterion="segments",
+                        threshold=None,
+                        outcome=Outcome.INCONCLUSIVE,
+                        critical=g.critical,
+                        reason=f"the evaluation has no segments for column {col!r}: evaluate with --segment {col}",
+                        segment=col,
+                    )
                     continue
                 for value, seg in values.items():
                     name = f"{col}={value}"
                     if not isinstance(seg, dict) or seg.get("small"):
                         rows = seg.get("rows") if isinstance(seg, dict) else None
-                        self.skipped.append(Skipped(f"segment.{name}.{g.metric}",
-                                                    f"segment {name} is small ({rows} rows): flagged, not judged"))
+                        self.skipped.append(
+                            Skipped(
+                                f"segment.{name}.{g.metric}",
+                                f"segment {name} is small ({rows} rows): flagged, not judged",
+                            )
+                        )
                         continue
                     self.metric_gate(g, seg, "segment", f"segment.{name}", name)
 
@@ -468,13 +547,25 @@ class _Judge:
             base = _num((lat.get("baseline") or {}).get(p))
             cand_iv = _interval((lat.get("candidate") or {}).get(p))
             delta = _interval((lat.get("delta") or {}).get(p))
-            common = dict(kind="latency", metric=f"latency_{p}_ms", baseline=base,
-                          candidate=cand_iv.value if cand_iv else None, delta=delta, critical=g.critical)
+            common = dict(
+                kind="latency",
+                metric=f"latency_{p}_ms",
+                baseline=base,
+                candidate=cand_iv.value if cand_iv else None,
+                delta=delta,
+                critical=g.critical,
+            )
             if g.max_ratio is not None:
                 gate = f"latency.{p}.max_ratio"
                 if base is None:
-                    self.add(gate=gate, criterion="max_ratio", threshold=g.max_ratio, outcome=Outcome.INCONCLUSIVE,
-                             reason=f"the evaluation reports no baseline {p} latency", **common)
+                    self.add(
+                        gate=gate,
+                        criterion="max_ratio",
+                        threshold=g.max_ratio,
+                        outcome=Outcome.INCONCLUSIVE,
+                        reason=f"the evaluation reports no baseline {p} latency",
+                        **common,
+                    )
                 else:
                     bound = (g.max_ratio - 1.0) * base
                     judged = self._judge(delta, bound, False, f"{p} latency change (ms)", False, None)
@@ -483,47 +574,88 @@ class _Judge:
             if g.max_ms is not None:
                 gate = f"latency.{p}.max_ms"
                 if cand_iv is None or cand_iv.value is None:
-                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms, outcome=Outcome.INCONCLUSIVE,
-                             reason=f"the evaluation reports no candidate {p} latency", **common)
+                    self.add(
+                        gate=gate,
+                        criterion="max_ms",
+                        threshold=g.max_ms,
+                        outcome=Outcome.INCONCLUSIVE,
+                        reason=f"the evaluation reports no candidate {p} latency",
+                        **common,
+                    )
                 elif cand_iv.bounded:
-                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms,
-                             **self._judge(cand_iv, g.max_ms, False, f"candidate {p} latency (ms)", True, None),
-                             **common)
+                    self.add(
+                        gate=gate,
+                        criterion="max_ms",
+                        threshold=g.max_ms,
+                        **self._judge(cand_iv, g.max_ms, False, f"candidate {p} latency (ms)", True, None),
+                        **common,
+                    )
                 else:  # a percentile of the whole sample: the evaluation gives it without an interval
                     ok = cand_iv.value <= g.max_ms
-                    self.add(gate=gate, criterion="max_ms", threshold=g.max_ms,
-                             outcome=Outcome.PASS if ok else Outcome.FAIL,
-                             reason=f"candidate {p} latency {cand_iv.value:.4g} ms {'<=' if ok else '>'} "
-                                    f"{g.max_ms:g} ms (sample percentile, no interval reported)", **common)
+                    self.add(
+                        gate=gate,
+                        criterion="max_ms",
+                        threshold=g.max_ms,
+                        outcome=Outcome.PASS if ok else Outcome.FAIL,
+                        reason=f"candidate {p} latency {cand_iv.value:.4g} ms {'<=' if ok else '>'} "
+                        f"{g.max_ms:g} ms (sample percentile, no interval reported)",
+                        **common,
+                    )
 
     def errors(self) -> None:
         g = self.policy.errors
         errs = self.ev.get("errors") or {}
         cand, base = errs.get("candidate") or {}, errs.get("baseline") or {}
-        iv = Interval(_num(cand.get("rate")), _num(cand.get("ci_low")), _num(cand.get("ci_high"))) \
-            if _num(cand.get("rate")) is not None else None
+        iv = (
+            Interval(_num(cand.get("rate")), _num(cand.get("ci_low")), _num(cand.get("ci_high")))
+            if _num(cand.get("rate")) is not None
+            else None
+        )
         if iv is None:
             judged = {"outcome": Outcome.INCONCLUSIVE, "reason": "the evaluation reports no candidate error rate"}
         else:
             judged = self._judge(iv, g.max_rate, False, "candidate error rate", True, None)
         if iv is not None and cand.get("count") is not None:
             judged["reason"] += f" ({cand.get('count')} errors in {cand.get('rows')} rows)"
-        self.add(gate="errors.rate", kind="errors", metric="error_rate", criterion="max_rate",
-                 threshold=g.max_rate, baseline=_num(base.get("rate")), candidate=iv.value if iv else None,
-                 delta=iv, critical=g.critical, **judged)
+        self.add(
+            gate="errors.rate",
+            kind="errors",
+            metric="error_rate",
+            criterion="max_rate",
+            threshold=g.max_rate,
+            baseline=_num(base.get("rate")),
+            candidate=iv.value if iv else None,
+            delta=iv,
+            critical=g.critical,
+            **judged,
+        )
 
     # drift -------------------------------------------------------------------------------------
     def drift_gates(self) -> None:
         g = self.policy.drift
-        wanted = [name for name, on in (("share_drifted", g.max_share_drifted is not None),
-                                        ("prediction", g.prediction_drift), ("concept", g.concept_drift)) if on]
+        wanted = [
+            name
+            for name, on in (
+                ("share_drifted", g.max_share_drifted is not None),
+                ("prediction", g.prediction_drift),
+                ("concept", g.concept_drift),
+            )
+            if on
+        ]
         if not wanted:
             return
         if self.drift is None:
             if g.required:
-                self.add(gate="drift.report", kind="drift", metric="drift", criterion="required", threshold=None,
-                         outcome=Outcome.INCONCLUSIVE, critical=False,
-                         reason="the policy requires a drift report and this run has none: run `workbench drift`")
+                self.add(
+                    gate="drift.report",
+                    kind="drift",
+                    metric="drift",
+                    criterion="required",
+                    threshold=None,
+                    outcome=Outcome.INCONCLUSIVE,
+                    critical=False,
+                    reason="the policy requires a drift report and this run has none: run `workbench drift`",
+                )
             else:
                 self.skipped.extend(Skipped(f"drift.{w}", "no drift report for this run") for w in wanted)
             return
@@ -538,10 +670,20 @@ class _Judge:
                 outcome, reason = Outcome.INCONCLUSIVE, "the drift report has no share_drifted"
             else:
                 outcome = Outcome.PASS if share <= g.max_share_drifted else Outcome.FAIL
-                reason = (f"{share:.0%} of features drifted {'<=' if outcome == Outcome.PASS else '>'} "
-                          f"{g.max_share_drifted:.0%} allowed{names}")
-            self.add(gate="drift.share_drifted", metric="share_drifted", criterion="max_share",
-                     threshold=g.max_share_drifted, candidate=share, outcome=outcome, reason=reason, **common)
+                reason = (
+                    f"{share:.0%} of features drifted {'<=' if outcome == Outcome.PASS else '>'} "
+                    f"{g.max_share_drifted:.0%} allowed{names}"
+                )
+            self.add(
+                gate="drift.share_drifted",
+                metric="share_drifted",
+                criterion="max_share",
+                threshold=g.max_share_drifted,
+                candidate=share,
+                outcome=outcome,
+                reason=reason,
+                **common,
+            )
         if g.prediction_drift:
             flags = _drift_flags(d.get("prediction_drift"))
             if not flags:
@@ -550,8 +692,15 @@ class _Judge:
                 outcome, reason = Outcome.FAIL, "prediction drift: " + ", ".join(k for k, v in flags.items() if v)
             else:
                 outcome, reason = Outcome.PASS, "no prediction drift (" + ", ".join(flags) + ")"
-            self.add(gate="drift.prediction", metric="prediction_drift", criterion="flag", threshold=None,
-                     outcome=outcome, reason=reason, **common)
+            self.add(
+                gate="drift.prediction",
+                metric="prediction_drift",
+                criterion="flag",
+                threshold=None,
+                outcome=outcome,
+                reason=reason,
+                **common,
+            )
         if g.concept_drift:
             cd = d.get("concept_drift") or {}
             detected = cd.get("detected")
@@ -561,8 +710,15 @@ class _Judge:
                 outcome, reason = Outcome.FAIL, f"concept drift detected (change point {cd.get('change_point')})"
             else:
                 outcome, reason = Outcome.PASS, "no concept drift detected"
-            self.add(gate="drift.concept", metric="concept_drift", criterion="flag", threshold=None,
-                     outcome=outcome, reason=reason, **common)
+            self.add(
+                gate="drift.concept",
+                metric="concept_drift",
+                criterion="flag",
+                threshold=None,
+                outcome=outcome,
+                reason=reason,
+                **common,
+            )
 
 
 def _drift_flags(pd: Any) -> dict[str, bool]:
@@ -576,6 +732,7 @@ def _drift_flags(pd: Any) -> dict[str, bool]:
 
 def verdict_of(checks: tuple[Check, ...] | list[Check]) -> tuple[Verdict, str]:
     """ROLLBACK on a failing critical check, HOLD on any other failure or inconclusive check, else PROMOTE."""
+
     def names(cs):
         return ", ".join(c.gate for c in cs)
 

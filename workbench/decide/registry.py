@@ -8,6 +8,7 @@ champion keeps the previous alias; a ROLLBACK (or the kill switch) after a promo
 alias back to the baseline. Decisions applied while MLflow was down are pushed later by
 :func:`sync_pending` (``workbench sync``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -86,8 +87,9 @@ class Registry:
         opts = RegistryOptions.model_validate(r.get("registry") or {})
         # MLflow prints run links on stdout for a tracking server: stdout is the CLI's JSON
         with contextlib.redirect_stdout(sys.stderr):
-            run_id = self.decision_run(r["decision_id"], opts.experiment) or \
-                self._log_run(signed, opts, evaluation, drift)
+            run_id = self.decision_run(r["decision_id"], opts.experiment) or self._log_run(
+                signed, opts, evaluation, drift
+            )
             self._tag_versions(signed, run_id)
             self._move_aliases(r, opts)
             if opts.stage_transitions:
@@ -100,14 +102,18 @@ class Registry:
         interrupted publish, is deleted (it is logged again in full)."""
         from mlflow.entities import ViewType
 
-        if not _DECISION_ID.match(decision_id):   # it goes into a filter string: nothing but id characters
+        if not _DECISION_ID.match(decision_id):  # it goes into a filter string: nothing but id characters
             raise WorkbenchError(f"invalid decision id {decision_id!r}")
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             return None
         finished = None
-        for run in self.client.search_runs([exp.experiment_id], f"tags.`canary.decision_id` = '{decision_id}'",
-                                           run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time"]):
+        for run in self.client.search_runs(
+            [exp.experiment_id],
+            f"tags.`canary.decision_id` = '{decision_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            order_by=["attributes.start_time"],
+        ):
             if run.info.status == "FINISHED" and finished is None:
                 finished = run.info.run_id
             else:
@@ -122,19 +128,40 @@ class Registry:
         if exp is not None:
             exp_id = exp.experiment_id
         else:
-            location = None if self.remote or self.artifact_root is None else \
-                within(self.artifact_root, opts.experiment, "decision experiment folder").as_uri()
+            location = (
+                None
+                if self.remote or self.artifact_root is None
+                else within(self.artifact_root, opts.experiment, "decision experiment folder").as_uri()
+            )
             exp_id = self.client.create_experiment(opts.experiment, artifact_location=location)
-        run = self.client.create_run(exp_id, run_name=r["decision_id"], tags={
-            "canary.decision_id": r["decision_id"], "canary.model": r["model"], "canary.kind": r["kind"],
-            "canary.verdict": r["verdict"]})
+        run = self.client.create_run(
+            exp_id,
+            run_name=r["decision_id"],
+            tags={
+                "canary.decision_id": r["decision_id"],
+                "canary.model": r["model"],
+                "canary.kind": r["kind"],
+                "canary.verdict": r["verdict"],
+            },
+        )
         run_id = run.info.run_id
-        params = {"model": r["model"], "kind": r["kind"], "verdict": r["verdict"], "sequence": r["sequence"],
-                  "baseline_version": r["baseline"]["version"], "candidate_version": r["candidate"]["version"],
-                  "replay_run_id": r["run_id"], "traffic": r["traffic"],
-                  "traffic_fingerprint": r["traffic_fingerprint"], "policy_hash": r["policy_hash"],
-                  "evaluation_hash": r["evaluation_hash"], "drift_hash": r["drift_hash"],
-                  "key_fingerprint": r["key_fingerprint"], "signer": r["signer"], "created_at": r["created_at"]}
+        params = {
+            "model": r["model"],
+            "kind": r["kind"],
+            "verdict": r["verdict"],
+            "sequence": r["sequence"],
+            "baseline_version": r["baseline"]["version"],
+            "candidate_version": r["candidate"]["version"],
+            "replay_run_id": r["run_id"],
+            "traffic": r["traffic"],
+            "traffic_fingerprint": r["traffic_fingerprint"],
+            "policy_hash": r["policy_hash"],
+            "evaluation_hash": r["evaluation_hash"],
+            "drift_hash": r["drift_hash"],
+            "key_fingerprint": r["key_fingerprint"],
+            "signer": r["signer"],
+            "created_at": r["created_at"],
+        }
         now = int(time.time() * 1000)
         metrics = {"weight_before": r["weight_before"], "weight_after": r["weight_after"]}
         card = r.get("scorecard") or {}
@@ -150,8 +177,10 @@ class Registry:
                 if v is not None and c["kind"] != "errors":
                     metrics[_metric_key(f"{c['metric']}_delta" + ("" if part == "value" else f"_{part}"))] = v
         self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, "" if v is None else str(v)) for k, v in params.items()],
+        )
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             (d / "decision.json").write_text(json.dumps(signed.to_dict(), indent=2, ensure_ascii=False))
@@ -169,13 +198,23 @@ class Registry:
     def _tag_versions(self, signed, run_id: str) -> None:
         r = signed.record
         name, version = r["model"], r["candidate"]["version"]
-        tags = {"verdict": r["verdict"], "weight": str(r["weight_after"]), "decision_id": r["decision_id"],
-                "signature": signed.signature, "record_sha256": record_hash(r), "decision_run_id": run_id,
-                "reason": r["reason"][:4000]}
+        tags = {
+            "verdict": r["verdict"],
+            "weight": str(r["weight_after"]),
+            "decision_id": r["decision_id"],
+            "signature": signed.signature,
+            "record_sha256": record_hash(r),
+            "decision_run_id": run_id,
+            "reason": r["reason"][:4000],
+        }
         for k, v in tags.items():
             self.client.set_model_version_tag(name, version, TAG_PREFIX + k, v)
-        model_tags = {"weight": str(r["weight_after"]), "decision_id": r["decision_id"],
-                      "candidate_version": version, "baseline_version": r["baseline"]["version"] or ""}
+        model_tags = {
+            "weight": str(r["weight_after"]),
+            "decision_id": r["decision_id"],
+            "candidate_version": version,
+            "baseline_version": r["baseline"]["version"] or "",
+        }
         for k, v in model_tags.items():
             self.client.set_registered_model_tag(name, TAG_PREFIX + k, v)
 
@@ -194,12 +233,12 @@ class Registry:
             if champion is not None:
                 self.client.set_registered_model_alias(name, opts.previous_alias, champion)
             self.client.set_registered_model_alias(name, opts.champion_alias, cand)
-            log.info("%s v%s is now %s (v%s kept as %s)", name, cand, opts.champion_alias, champion,
-                     opts.previous_alias)
+            log.info(
+                "%s v%s is now %s (v%s kept as %s)", name, cand, opts.champion_alias, champion, opts.previous_alias
+            )
         elif r["verdict"] == Verdict.ROLLBACK and champion == cand and base and base != cand:
             self.client.set_registered_model_alias(name, opts.champion_alias, base)
-            self.client.set_model_version_tag(name, cand, TAG_PREFIX + "rolled_back_from",
-                                              opts.champion_alias)
+            self.client.set_model_version_tag(name, cand, TAG_PREFIX + "rolled_back_from", opts.champion_alias)
             log.info("%s: %s handed back to v%s after rollback", name, opts.champion_alias, base)
 
     def _move_stages(self, r: dict) -> None:
@@ -217,30 +256,44 @@ class Registry:
         """Create (or update, by name) the webhook that sends new versions and aliases to ``url``."""
         for hook in self.client.list_webhooks():
             if hook.name == name:
-                return self.client.update_webhook(hook.webhook_id, url=url, events=list(WEBHOOK_EVENTS),
-                                                   secret=secret, status="ACTIVE").webhook_id
+                return self.client.update_webhook(
+                    hook.webhook_id, url=url, events=list(WEBHOOK_EVENTS), secret=secret, status="ACTIVE"
+                ).webhook_id
         return self.client.create_webhook(name=name, url=url, events=list(WEBHOOK_EVENTS), secret=secret).webhook_id
 
-    # -- browsing (issue 8: the app's Candidates and Audit pages) ----------------------------------------
+    # -- browsing (the app's Candidates and Audit pages) ----------------------------------------
     def list_models(self, max_versions: int = 50) -> list[dict]:
         """Registered models with their aliases, ``canary.*`` tags and newest versions (each with its aliases,
         status, source run and ``canary.*`` tags)."""
         self.check_reachable()
         out = []
         for m in self.client.search_registered_models(max_results=200):
-            versions = self.client.search_model_versions(f"name = '{_quote(m.name)}'", max_results=max_versions,
-                                                         order_by=["version_number DESC"])
+            versions = self.client.search_model_versions(
+                f"name = '{_quote(m.name)}'", max_results=max_versions, order_by=["version_number DESC"]
+            )
             aliases = {a: str(v) for a, v in (m.aliases or {}).items()}
             by_version: dict[str, list[str]] = {}
             for a, v in aliases.items():
                 by_version.setdefault(v, []).append(a)
-            out.append({
-                "name": m.name, "description": m.description, "aliases": aliases,
-                "tags": {k: v for k, v in (m.tags or {}).items() if k.startswith(TAG_PREFIX)},
-                "versions": [{"version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
-                              "status": v.status, "run_id": v.run_id, "created_at": v.creation_timestamp,
-                              "tags": {k: v2 for k, v2 in (v.tags or {}).items() if k.startswith(TAG_PREFIX)}}
-                             for v in versions]})
+            out.append(
+                {
+                    "name": m.name,
+                    "description": m.description,
+                    "aliases": aliases,
+                    "tags": {k: v for k, v in (m.tags or {}).items() if k.startswith(TAG_PREFIX)},
+                    "versions": [
+                        {
+                            "version": str(v.version),
+                            "aliases": sorted(by_version.get(str(v.version), [])),
+                            "status": v.status,
+                            "run_id": v.run_id,
+                            "created_at": v.creation_timestamp,
+                            "tags": {k: v2 for k, v2 in (v.tags or {}).items() if k.startswith(TAG_PREFIX)},
+                        }
+                        for v in versions
+                    ],
+                }
+            )
         return sorted(out, key=lambda m: m["name"])
 
     def run_experiments(self, run_ids: list[str]) -> dict[str, str]:
@@ -266,6 +319,7 @@ def run_url(ui_base: str | None, experiment_id: str | None, run_id: str) -> str 
     if not ui_base or experiment_id is None:
         return None
     return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
 
 def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:
     """``publish(signed) -> MLflow run id``: an applied record with the evaluation and drift report it was
@@ -296,11 +350,11 @@ def publish_applied(store, signed, tracking_uri: str, artifact_root: Path | None
     return {"mlflow_run_id": run_id, "pending_sync": err is not None, "sync_error": err}
 
 
-# -- pending decisions (issue 10): decisions applied while MLflow was down, pushed later ------------------
+# -- pending decisions: decisions applied while MLflow was down, pushed later ------------------
 @dataclass(frozen=True)
 class SyncResult:
-    synced: list = field(default_factory=list)    # [{"decision_id", "model", "mlflow_run_id"}]
-    failed: list = field(default_factory=list)    # [{"decision_id", "model", "error"}], still pending
+    synced: list = field(default_factory=list)  # [{"decision_id", "model", "mlflow_run_id"}]
+    failed: list = field(default_factory=list)  # [{"decision_id", "model", "error"}], still pending
 
     def to_dict(self) -> dict:
         return {"synced": self.synced, "failed": self.failed, "pending": len(self.failed)}
@@ -319,8 +373,13 @@ def sync_pending(store: Store, publish: Callable[[SignedDecision], str], trusted
     for row in store.pending_sync_records():
         did, model = row["decision_id"], row["model"]
         if model in blocked:
-            result.failed.append({"decision_id": did, "model": model,
-                                  "error": "waiting: an earlier decision of this model is still pending"})
+            result.failed.append(
+                {
+                    "decision_id": did,
+                    "model": model,
+                    "error": "waiting: an earlier decision of this model is still pending",
+                }
+            )
             continue
         signed = SignedDecision(json.loads(row["record"]), row["signature"])
         err: str | None

@@ -9,6 +9,7 @@ The signature is raw Ed25519 over exactly those bytes, base64-encoded, so
 The private key lives only in ``<keys_dir>/ed25519.pem`` (mode 0600); it is never stored elsewhere.
 A process holds its keys in one :class:`KeyRing`, made once from its settings.
 """
+
 from __future__ import annotations
 
 import base64
@@ -92,8 +93,9 @@ def key_fingerprint(public_key: Ed25519PublicKey) -> str:
 
 
 def public_pem(public_key: Ed25519PublicKey) -> str:
-    return public_key.public_bytes(serialization.Encoding.PEM,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(
+        "ascii"
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,11 @@ class KeyInfo:
     fingerprint: str
 
     def to_dict(self) -> dict:
-        return {"private_key_path": self.private_key_path, "public_key_path": self.public_key_path,
-                "fingerprint": self.fingerprint}
+        return {
+            "private_key_path": self.private_key_path,
+            "public_key_path": self.public_key_path,
+            "fingerprint": self.fingerprint,
+        }
 
 
 def init_keys(keys_dir: Path) -> KeyInfo:
@@ -113,11 +118,12 @@ def init_keys(keys_dir: Path) -> KeyInfo:
     os.chmod(keys_dir, 0o700)
     priv_path, pub_path = keys_dir / PRIVATE_FILE, keys_dir / PUBLIC_FILE
     if priv_path.exists() or pub_path.exists():
-        raise WorkbenchError(f"a key pair already exists in {keys_dir}; keys are never overwritten (move them "
-                             "away first, and keep the old public key under keys/trusted/ so old records verify)")
+        raise WorkbenchError(
+            f"a key pair already exists in {keys_dir}; keys are never overwritten (move them "
+            "away first, and keep the old public key under keys/trusted/ so old records verify)"
+        )
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -136,9 +142,10 @@ def load_private_key(keys_dir: Path) -> Ed25519PrivateKey:
         raise WorkbenchError(f"signing key {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:   # the message never quotes the file's bytes
-        raise WorkbenchError(f"cannot read signing key {path}: not an unencrypted PEM private key "
-                             f"({type(e).__name__})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # the message never quotes the file's bytes
+        raise WorkbenchError(
+            f"cannot read signing key {path}: not an unencrypted PEM private key ({type(e).__name__})"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise WorkbenchError(f"{path} is not an Ed25519 private key")
     return key
@@ -164,7 +171,7 @@ def own_public_key(keys_dir: Path) -> Ed25519PublicKey:
 def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: tuple[Path, ...] = ()) -> dict[str, Ed25519PublicKey]:
     """Trusted public keys by fingerprint: the home's own key, ``trusted_dir/*.pem`` and ``extra`` files."""
     paths = [within(keys_dir, PUBLIC_FILE, "public key")] if (keys_dir / PUBLIC_FILE).exists() else []
-    if trusted_dir.is_dir():   # a file here that is a symlink out of the folder is refused, not trusted
+    if trusted_dir.is_dir():  # a file here that is a symlink out of the folder is refused, not trusted
         paths += [within(trusted_dir, p.name, "trusted key") for p in sorted(trusted_dir.glob("*.pem"))]
     paths += list(extra)
     keys = [load_public_key(p) for p in paths]
@@ -180,7 +187,7 @@ def sign(private_key: Ed25519PrivateKey, record: dict) -> str:
 @dataclass(frozen=True)
 class SignedDecision:
     record: dict
-    signature: str | None   # None: unsigned (refused by :func:`verify_signature`)
+    signature: str | None  # None: unsigned (refused by :func:`verify_signature`)
 
     @property
     def decision_id(self) -> str:
@@ -203,6 +210,7 @@ class SignedDecision:
 @dataclass(frozen=True)
 class Signer:
     """The private key and the name that signs records (the key never leaves this object)."""
+
     name: str
     fingerprint: str
     _key: Any
@@ -229,8 +237,14 @@ class KeyRing:
     process that never signs never reads it, and one whose home has no key pair still verifies.
     """
 
-    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], signer: Signer | None = None, *,
-                 keys_dir: Path | None = None, signer_name: str | None = None):
+    def __init__(
+        self,
+        trusted: Mapping[str, Ed25519PublicKey],
+        signer: Signer | None = None,
+        *,
+        keys_dir: Path | None = None,
+        signer_name: str | None = None,
+    ):
         self.trusted: Mapping[str, Ed25519PublicKey] = MappingProxyType(dict(trusted))
         self._signer, self._keys_dir, self._signer_name = signer, keys_dir, signer_name
 
@@ -239,8 +253,12 @@ class KeyRing:
         """The home's ring: its own public key, ``keys/trusted/*.pem`` and ``WORKBENCH_TRUSTED_KEYS``; the
         signer is ``WORKBENCH_SIGNER`` with the home's private key (read now with ``sign``, else when needed)."""
         signer = Signer.from_keys_dir(settings.keys_dir, settings.signer) if sign else None
-        return cls(trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys), signer,
-                   keys_dir=settings.keys_dir, signer_name=settings.signer)
+        return cls(
+            trusted_keys(settings.keys_dir, settings.trusted_keys_dir, settings.trusted_keys),
+            signer,
+            keys_dir=settings.keys_dir,
+            signer_name=settings.signer,
+        )
 
     @property
     def signer(self) -> Signer:
@@ -278,11 +296,15 @@ def verify_signature(record: dict, signature: str | None, trusted: Mapping[str, 
         raise SignatureError(f"decision {record.get('decision_id')} names no key_fingerprint")
     key = trusted.get(fp)
     if key is None:
-        raise SignatureError(f"decision {record.get('decision_id')} is signed by key {fp}, which is not trusted "
-                             f"(trusted: {', '.join(sorted(trusted)) or 'none'})")
+        raise SignatureError(
+            f"decision {record.get('decision_id')} is signed by key {fp}, which is not trusted "
+            f"(trusted: {', '.join(sorted(trusted)) or 'none'})"
+        )
     try:
         key.verify(raw, canonical_bytes(record))
     except InvalidSignature:
-        raise SignatureError(f"decision {record.get('decision_id')}: signature does not match the record "
-                             "(the record was altered or signed by another key)") from None
+        raise SignatureError(
+            f"decision {record.get('decision_id')}: signature does not match the record "
+            "(the record was altered or signed by another key)"
+        ) from None
     return fp

@@ -10,6 +10,7 @@
   positive, hence an expected confusion matrix, hence estimated accuracy, precision, recall, F1 and an
   approximate ROC AUC (each row counts as a positive with weight p and a negative with weight 1 - p).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class PageHinkley:
     stream: with forgetting, the cumulative sum settles around -delta / (1 - alpha) and its fluctuations
     there cross the threshold. These defaults keep the false-alarm rate low (tests/drift/test_concept.py).
     """
+
     delta: float = 0.02
     threshold: float = 50.0
     alpha: float = 1.0
@@ -44,8 +46,8 @@ class PageHinkley:
 
 @dataclass(frozen=True)
 class Alarm:
-    change_index: int      # the estimated first row of the change
-    alarm_index: int       # the row at which the alarm fired
+    change_index: int  # the estimated first row of the change
+    alarm_index: int  # the row at which the alarm fired
 
 
 def page_hinkley(x: np.ndarray, params: PageHinkley = PageHinkley()) -> list[Alarm]:
@@ -71,15 +73,21 @@ def page_hinkley(x: np.ndarray, params: PageHinkley = PageHinkley()) -> list[Ala
     alarms = []
     for i, k in enumerate(fired):
         lo = fired[i - 1] + 1 if i else 0
-        seg = x[lo: fired[i + 1] if i + 1 < len(fired) else len(x)]
+        seg = x[lo : fired[i + 1] if i + 1 < len(fired) else len(x)]
         cusum = np.cumsum(seg - seg.mean())[: k - lo + 1]
         alarms.append(Alarm(lo + int(np.argmin(cusum)) + 1 if len(cusum) else k, k))
     return alarms
 
 
 # -- calibration drift ---------------------------------------------------------------------------
-def calibration_drift(ref_score: np.ndarray, ref_label: np.ndarray, cur_score: np.ndarray, cur_label: np.ndarray,
-                      edges: np.ndarray, alpha: float = 0.05) -> dict:
+def calibration_drift(
+    ref_score: np.ndarray,
+    ref_label: np.ndarray,
+    cur_score: np.ndarray,
+    cur_label: np.ndarray,
+    edges: np.ndarray,
+    alpha: float = 0.05,
+) -> dict:
     """Test whether the label rate per score bin moved between reference and current.
 
     Bins are ``[e_i, e_i+1)`` over ``edges`` (the last one closed, scores outside go to the nearest bin).
@@ -101,8 +109,16 @@ def calibration_drift(ref_score: np.ndarray, ref_label: np.ndarray, cur_score: n
         r, c = ref_label[rb == b], cur_label[cb == b]
         nr, nc = len(r), len(c)
         pr, pc = (float(r.mean()) if nr else None), (float(c.mean()) if nc else None)
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "reference_rows": nr, "reference_rate": pr,
-                     "current_rows": nc, "current_rate": pc})
+        bins.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "reference_rows": nr,
+                "reference_rate": pr,
+                "current_rows": nc,
+                "current_rate": pc,
+            }
+        )
         if pr is not None and pc is not None:  # rows in both windows
             diffs.append(abs(pr - pc))
             pooled = (r.sum() + c.sum()) / (nr + nc)
@@ -110,9 +126,16 @@ def calibration_drift(ref_score: np.ndarray, ref_label: np.ndarray, cur_score: n
                 stat += (pr - pc) ** 2 / (pooled * (1 - pooled) * (1 / nr + 1 / nc))
                 df += 1
     p = float(stats.chi2.sf(stat, df)) if df else None
-    return {"detected": bool(p is not None and p < alpha), "test": "chi2_label_rate_per_score_bin",
-            "statistic": float(stat), "df": df, "p_value": p, "alpha": alpha,
-            "max_abs_rate_diff": max(diffs) if diffs else None, "bins": bins}
+    return {
+        "detected": bool(p is not None and p < alpha),
+        "test": "chi2_label_rate_per_score_bin",
+        "statistic": float(stat),
+        "df": df,
+        "p_value": p,
+        "alpha": alpha,
+        "max_abs_rate_diff": max(diffs) if diffs else None,
+        "bins": bins,
+    }
 
 
 # -- CBPE ----------------------------------------------------------------------------------------
@@ -120,6 +143,7 @@ def calibration_drift(ref_score: np.ndarray, ref_label: np.ndarray, cur_score: n
 class Calibrator:
     """Maps scores to calibrated probabilities (isotonic regression fitted on reference labels), or the
     identity where the reference has too few labels of both classes."""
+
     kind: str
     rows: int
     x: np.ndarray | None = None
@@ -140,8 +164,9 @@ def fit_calibrator(score: np.ndarray, label: np.ndarray) -> Calibrator:
 
     label = np.asarray(label)
     if len(label) < MIN_CALIBRATION_ROWS or label.min(initial=0) == label.max(initial=0):
-        return Calibrator("none (too few labelled reference rows of both classes: scores used as probabilities)",
-                          int(len(label)))
+        return Calibrator(
+            "none (too few labelled reference rows of both classes: scores used as probabilities)", int(len(label))
+        )
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(score, label)
     return Calibrator("isotonic", int(len(label)), np.asarray(iso.X_thresholds_), np.asarray(iso.y_thresholds_))
 
@@ -174,15 +199,29 @@ def estimated_metrics(score: np.ndarray, p: np.ndarray, threshold: float) -> dic
     def ratio(a, b):
         return a / b if b > 0 else None
 
-    return {"accuracy": ratio(tp + tn, n), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
-            "f1": ratio(2 * tp, 2 * tp + fp + fn), "roc_auc": soft_roc_auc(score, p)}
+    return {
+        "accuracy": ratio(tp + tn, n),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "roc_auc": soft_roc_auc(score, p),
+    }
 
 
 CBPE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
-def cbpe(calibrator: Calibrator, score: np.ndarray, label: np.ndarray, known: np.ndarray, threshold: float,
-         realized, times: np.ndarray | None = None, chunks: int = 10, landed: bool = False) -> dict:
+def cbpe(
+    calibrator: Calibrator,
+    score: np.ndarray,
+    label: np.ndarray,
+    known: np.ndarray,
+    threshold: float,
+    realized,
+    times: np.ndarray | None = None,
+    chunks: int = 10,
+    landed: bool = False,
+) -> dict:
     """Estimated performance of one model on the current rows, compared with realized values where labels exist.
 
     ``label`` holds each row's label now (NaN when none exists); ``known`` says whether it had arrived by the
@@ -196,20 +235,26 @@ def cbpe(calibrator: Calibrator, score: np.ndarray, label: np.ndarray, known: np
     has = ~np.isnan(label)
 
     def section(mask) -> dict:
-        out: dict[str, Any] = {"rows": int(mask.sum()),
-                               "estimated": estimated_metrics(score[mask], p[mask], threshold)}
+        out: dict[str, Any] = {"rows": int(mask.sum()), "estimated": estimated_metrics(score[mask], p[mask], threshold)}
         lab = mask & has
         if lab.sum():
             real = realized(label[lab].astype(np.int64), score[lab])
             out["realized_rows"] = int(lab.sum())
             out["realized"] = {m: real.get(m) for m in CBPE_METRICS}
             est = estimated_metrics(score[lab], p[lab], threshold) if lab.sum() != mask.sum() else out["estimated"]
-            out["abs_error"] = {m: (abs(est[m] - real[m]) if est[m] is not None and real.get(m) is not None
-                                    else None) for m in CBPE_METRICS}
+            out["abs_error"] = {
+                m: (abs(est[m] - real[m]) if est[m] is not None and real.get(m) is not None else None)
+                for m in CBPE_METRICS
+            }
         return out
 
-    out: dict[str, Any] = {"calibrator": calibrator.kind, "calibration_rows": calibrator.rows,
-                           "threshold": threshold, "unlabelled": section(~known), "labelled": section(known)}
+    out: dict[str, Any] = {
+        "calibrator": calibrator.kind,
+        "calibration_rows": calibrator.rows,
+        "threshold": threshold,
+        "unlabelled": section(~known),
+        "labelled": section(known),
+    }
     if landed:
         out["landed"] = section(~known & has)
     if times is not None and len(score):

@@ -8,6 +8,7 @@
 - ``type_violations``: rows of the traffic quarantined at ingest because this column's value could not be
   read as its type or was infinite, plus infinite values in the window itself.
 """
+
 from __future__ import annotations
 
 from workbench.drift.sketch import ColumnSketch
@@ -15,15 +16,22 @@ from workbench.drift.sketch import ColumnSketch
 UNSEEN_EXAMPLES = 5
 
 
-def column_quality(sketch: ColumnSketch, kind: str, profile: dict, rows: int, quarantined: int,
-                   unseen: list[tuple] | None) -> dict:
+def column_quality(
+    sketch: ColumnSketch, kind: str, profile: dict, rows: int, quarantined: int, unseen: list[tuple] | None
+) -> dict:
     """One column's quality record for the current window (``profile`` from ``Store.drift_profile``)."""
     n = int(profile["n"])
-    out = {"missing_share": profile["missing"] / rows if rows else None,
-           "out_of_range_share": None, "unseen_categories": None,
-           "type_violations": int(quarantined) + int(profile["nonfinite"] or 0),
-           "reference_missing_share": (sketch.missing / (sketch.rows + sketch.missing + sketch.nonfinite)
-                                       if sketch.rows + sketch.missing + sketch.nonfinite else None)}
+    out = {
+        "missing_share": profile["missing"] / rows if rows else None,
+        "out_of_range_share": None,
+        "unseen_categories": None,
+        "type_violations": int(quarantined) + int(profile["nonfinite"] or 0),
+        "reference_missing_share": (
+            sketch.missing / (sketch.rows + sketch.missing + sketch.nonfinite)
+            if sketch.rows + sketch.missing + sketch.nonfinite
+            else None
+        ),
+    }
     if sketch.domain == "num" and kind == "numerical":
         out["out_of_range_share"] = (profile["out_of_range"] or 0) / n if n else None
         out["reference_range"] = [sketch.min, sketch.max]

@@ -13,6 +13,7 @@ The reference is summarized once in DuckDB (:mod:`workbench.drift.sketch`); stat
 over the current rows. Concept drift, calibration drift and label-delay estimates live in
 :mod:`workbench.drift.concept`, data quality in :mod:`workbench.drift.quality`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ from workbench.store import Store, check_name
 
 log = logging.getLogger(__name__)
 DEFAULT_REFERENCE_SHARE = 0.2
-SCORE = "score"                 # the key of prediction-drift overrides in ``tests`` / ``thresholds``
+SCORE = "score"  # the key of prediction-drift overrides in ``tests`` / ``thresholds``
 
 
 # -- data drift over columns -----------------------------------------------------------------------
@@ -50,15 +51,22 @@ class FeatureDrift:
     statistic: float | None
     threshold: float | None
     drifted: bool
-    method: str | None          # "sketch": from the stored reference summary; "exact": read the reference rows
+    method: str | None  # "sketch": from the stored reference summary; "exact": read the reference rows
     reference_rows: int
     current_rows: int
     note: str | None = None
 
     def to_dict(self) -> dict:
-        d = {"test": self.test, "statistic": self.statistic, "threshold": self.threshold, "drifted": self.drifted,
-             "method": self.method, "kind": self.kind, "reference_rows": self.reference_rows,
-             "current_rows": self.current_rows}
+        d = {
+            "test": self.test,
+            "statistic": self.statistic,
+            "threshold": self.threshold,
+            "drifted": self.drifted,
+            "method": self.method,
+            "kind": self.kind,
+            "reference_rows": self.reference_rows,
+            "current_rows": self.current_rows,
+        }
         if self.note:
             d["note"] = self.note
         return d
@@ -72,9 +80,12 @@ class DataDrift:
     drift_share: float
 
     def to_dict(self) -> dict:
-        return {"features": {c: f.to_dict() for c, f in self.features.items()},
-                "share_drifted": self.share_drifted, "dataset_drift": self.dataset_drift,
-                "drift_share": self.drift_share}
+        return {
+            "features": {c: f.to_dict() for c, f in self.features.items()},
+            "share_drifted": self.share_drifted,
+            "dataset_drift": self.dataset_drift,
+            "drift_share": self.drift_share,
+        }
 
 
 def infer_kind(store: Store, current: RowSet, column: str, dtype: str, profile: dict) -> str:
@@ -96,10 +107,19 @@ def _check_overrides(overrides: Mapping, columns: list[str], what: str) -> None:
         raise WorkbenchError(f"{what} for unknown column(s) {', '.join(unknown)}; columns: {', '.join(columns)}")
 
 
-def compare_columns(store: Store, reference: RowSet, current: RowSet, columns: list[str], *, reference_key: str,
-                    tests: Mapping[str, str] | None = None, thresholds: Mapping[str, float] | None = None,
-                    drift_share: float = 0.5, sketches: dict[str, ColumnSketch] | None = None,
-                    current_profile: dict | None = None) -> DataDrift:
+def compare_columns(
+    store: Store,
+    reference: RowSet,
+    current: RowSet,
+    columns: list[str],
+    *,
+    reference_key: str,
+    tests: Mapping[str, str] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    drift_share: float = 0.5,
+    sketches: dict[str, ColumnSketch] | None = None,
+    current_profile: dict | None = None,
+) -> DataDrift:
     """Drift of each column of ``current`` against ``reference`` (summarized under ``reference_key``).
 
     ``tests`` and ``thresholds`` override the default test and its threshold per column (``"*"``: all).
@@ -119,23 +139,37 @@ def compare_columns(store: Store, reference: RowSet, current: RowSet, columns: l
         if domain_of(types[c]) != sk.domain:
             raise WorkbenchError(f"column {c!r} is {sk.dtype} in the reference but {types[c]} in the current rows")
         kind = infer_kind(store, current, c, types[c], prof)
-        pair = SqlPair(store, c, kind, sk, reference_key, reference, current, prof,
-                       is_integer(types[c]) and is_integer(sk.dtype))
+        pair = SqlPair(
+            store, c, kind, sk, reference_key, reference, current, prof, is_integer(types[c]) and is_integer(sk.dtype)
+        )
         if pair.ref_n == 0 or pair.cur_n == 0:
             side = "reference" if pair.ref_n == 0 else "current rows"
-            features[c] = FeatureDrift(c, kind, None, None, None, False, None, pair.ref_n, pair.cur_n,
-                                       note=f"no values in the {side}: not compared")
+            features[c] = FeatureDrift(
+                c,
+                kind,
+                None,
+                None,
+                None,
+                False,
+                None,
+                pair.ref_n,
+                pair.cur_n,
+                note=f"no values in the {side}: not compared",
+            )
             continue
         chosen = tests.get(c) or tests.get("*")
         name = chosen or default_test(pair)
         test = stat_test(name)
         if chosen and kind not in test.kinds:
-            raise WorkbenchError(f"drift test {name!r} does not apply to {kind} column {c!r} "
-                                 f"(it takes {', '.join(sorted(test.kinds))} columns)")
+            raise WorkbenchError(
+                f"drift test {name!r} does not apply to {kind} column {c!r} "
+                f"(it takes {', '.join(sorted(test.kinds))} columns)"
+            )
         threshold = float(thresholds.get(c, thresholds.get("*", test.default_threshold)))
         statistic, drifted = test.func(pair, threshold)
-        features[c] = FeatureDrift(c, kind, name, float(statistic), threshold, bool(drifted), pair.method,
-                                   pair.ref_n, pair.cur_n)
+        features[c] = FeatureDrift(
+            c, kind, name, float(statistic), threshold, bool(drifted), pair.method, pair.ref_n, pair.cur_n
+        )
     compared = [f for f in features.values() if f.test]
     share = sum(f.drifted for f in compared) / len(compared) if compared else 0.0
     return DataDrift(features, share, bool(compared) and share >= drift_share, drift_share)
@@ -149,8 +183,14 @@ def compare_frames(reference, current, columns: list[str] | None = None, **optio
     with Store(":memory:") as store:
         store.drift_import_table("frame_reference", ref)
         store.drift_import_table("frame_current", cur)
-        return compare_columns(store, RowSet("frame_reference", "table"), RowSet("frame_current", "table"), columns,
-                               reference_key="frames", **options)
+        return compare_columns(
+            store,
+            RowSet("frame_reference", "table"),
+            RowSet("frame_current", "table"),
+            columns,
+            reference_key="frames",
+            **options,
+        )
 
 
 # -- the report of a run ---------------------------------------------------------------------------
@@ -172,12 +212,23 @@ class DriftReport:
 
     def to_dict(self) -> dict:
         d = self.data.to_dict()
-        return {"run_id": self.run_id, "created_at": self.created_at, "reference": self.reference,
-                "current": self.current, "features": d["features"], "share_drifted": d["share_drifted"],
-                "dataset_drift": d["dataset_drift"], "drift_share": d["drift_share"],
-                "prediction_drift": self.prediction_drift, "concept_drift": self.concept_drift,
-                "calibration_drift": self.calibration_drift, "estimated_performance": self.estimated_performance,
-                "quality": self.quality, "params": self.params, "html": self.html}
+        return {
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "reference": self.reference,
+            "current": self.current,
+            "features": d["features"],
+            "share_drifted": d["share_drifted"],
+            "dataset_drift": d["dataset_drift"],
+            "drift_share": d["drift_share"],
+            "prediction_drift": self.prediction_drift,
+            "concept_drift": self.concept_drift,
+            "calibration_drift": self.calibration_drift,
+            "estimated_performance": self.estimated_performance,
+            "quality": self.quality,
+            "params": self.params,
+            "html": self.html,
+        }
 
 
 def _window_range(start, end) -> tuple:
@@ -225,14 +276,19 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
         n = store.drift_describe(run_rows)["rows"]
         k = int(n * DEFAULT_REFERENCE_SHARE)
         if k < 1 or k >= n:
-            raise WorkbenchError(f"run {run['run_id']} has {n} rows: too few to split off a reference; "
-                                 "pass --reference")
+            raise WorkbenchError(
+                f"run {run['run_id']} has {n} rows: too few to split off a reference; pass --reference"
+            )
         cut = store.drift_rank_bound(traffic, max_row, k)
         ref = replace(run_rows, ranges=((None, cut),))
         if not current_window:
             cur = replace(run_rows, ranges=((cut, None),))
-        desc = {"kind": "default", "spec": None, "traffic": traffic,
-                "description": f"the earliest {DEFAULT_REFERENCE_SHARE:.0%} of the run's traffic by event time"}
+        desc = {
+            "kind": "default",
+            "spec": None,
+            "traffic": traffic,
+            "description": f"the earliest {DEFAULT_REFERENCE_SHARE:.0%} of the run's traffic by event time",
+        }
         return _Resolved(ref, cur, desc, info["fingerprint"], columns)
     if spec == "training":
         mlflow_run = run["baseline"].get("run_id")
@@ -249,8 +305,13 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
         if table_columns is None:
             raise WorkbenchError(f"the training reference of MLflow run {mlflow_run} was not stored (table {table})")
         ref = RowSet(table, "table", score_key=_digest(table, models))
-        desc = {"kind": "training", "spec": spec, "mlflow_run_id": mlflow_run, "table": table,
-                "description": "the training sample logged with the baseline model (reference/reference.parquet)"}
+        desc = {
+            "kind": "training",
+            "spec": spec,
+            "mlflow_run_id": mlflow_run,
+            "table": table,
+            "description": "the training sample logged with the baseline model (reference/reference.parquet)",
+        }
         return _Resolved(ref, cur, desc, "mlflow:" + mlflow_run, _common(columns, table_columns, desc))
     if ".." in spec:
         start, end = parse_window(spec)
@@ -261,13 +322,21 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
         if not current_window:
             rest = ([(None, lo)] if lo is not None else []) + ([(hi, None)] if hi is not None else [])
             cur = replace(run_rows, ranges=tuple(rest))
-        desc = {"kind": "window", "spec": spec, "traffic": traffic, "start": iso(start), "end": iso(end),
-                "description": f"the run's traffic from {iso(start) or 'its start'} to {iso(end) or 'its end'}"}
+        desc = {
+            "kind": "window",
+            "spec": spec,
+            "traffic": traffic,
+            "start": iso(start),
+            "end": iso(end),
+            "description": f"the run's traffic from {iso(start) or 'its start'} to {iso(end) or 'its end'}",
+        }
         return _Resolved(ref, cur, desc, info["fingerprint"], columns)
     other = store.require_traffic(check_name(spec, "traffic name"))
     if spec == traffic:
-        raise WorkbenchError(f"traffic {spec!r} is the run's own traffic: compare a time window of it instead "
-                             "(--reference START..END), or leave --reference out")
+        raise WorkbenchError(
+            f"traffic {spec!r} is the run's own traffic: compare a time window of it instead "
+            "(--reference START..END), or leave --reference out"
+        )
     ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models))
     desc = {"kind": "traffic", "spec": spec, "traffic": spec, "description": f"all of traffic {spec!r}"}
     return _Resolved(ref, cur, desc, other["fingerprint"], _common(columns, set(other["columns"]), desc))
@@ -296,8 +365,11 @@ def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: M
         if store.drift_ref_scores_count(score_key, role):
             continue
         features = list(run[role]["features"])
-        have = store.drift_table_columns(ref.source) if ref.kind == "table" else \
-            {c: "" for c in store.require_traffic(ref.source)["columns"]}
+        have = (
+            store.drift_table_columns(ref.source)
+            if ref.kind == "table"
+            else {c: "" for c in store.require_traffic(ref.source)["columns"]}
+        )
         if have is None:
             raise WorkbenchError(f"the reference table {ref.source} does not exist")
         lacking = [f for f in features if f not in have]
@@ -314,8 +386,11 @@ def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: M
             batch = pa.Table.from_batches([rb])
             s = score_throughput(ModelRunner(model), batch).scores
             parts.append(pa.table({"_row": batch.column("_row"), "score": pa.array(s, from_pandas=True)}))
-        data = pa.concat_tables(parts) if parts else pa.table({"_row": pa.array([], pa.int64()),
-                                                               "score": pa.array([], pa.float64())})
+        data = (
+            pa.concat_tables(parts)
+            if parts
+            else pa.table({"_row": pa.array([], pa.int64()), "score": pa.array([], pa.float64())})
+        )
         log.info("scored the reference with the %s model (%d rows)", role, data.num_rows)
         store.drift_save_ref_scores(score_key, role, data)
     return skipped
@@ -334,8 +409,9 @@ def _prediction_drift(store: Store, res: _Resolved, run: dict, skipped: dict, te
         dd = compare_columns(store, ref, cur, [SCORE], reference_key=key, tests=over_t, thresholds=over_h)
         out[role] = dd.features[SCORE].to_dict() | {"available": True}
     ref, cur = res.current.scores("baseline"), res.current.scores("candidate")
-    dd = compare_columns(store, ref, cur, [SCORE], reference_key=ref.key(res.fingerprint), tests=over_t,
-                         thresholds=over_h)
+    dd = compare_columns(
+        store, ref, cur, [SCORE], reference_key=ref.key(res.fingerprint), tests=over_t, thresholds=over_h
+    )
     thr = {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
     out["baseline_vs_candidate"] = dd.features[SCORE].to_dict() | store.drift_paired(res.current, thr)
     return out
@@ -344,10 +420,12 @@ def _prediction_drift(store: Store, res: _Resolved, run: dict, skipped: dict, te
 def _scored(store: Store, rows: RowSet, as_of) -> dict[str, np.ndarray]:
     t = store.drift_scored(rows, as_of)
     label = t.column("label").to_numpy(zero_copy_only=False)
-    return {"time": t.column("event_time").to_numpy(zero_copy_only=False),
-            "score": t.column("score").to_numpy(zero_copy_only=False).astype(np.float64),
-            "label": np.asarray(label, dtype=np.float64),
-            "known": t.column("label_known").to_numpy(zero_copy_only=False).astype(bool)}
+    return {
+        "time": t.column("event_time").to_numpy(zero_copy_only=False),
+        "score": t.column("score").to_numpy(zero_copy_only=False).astype(np.float64),
+        "label": np.asarray(label, dtype=np.float64),
+        "known": t.column("label_known").to_numpy(zero_copy_only=False).astype(bool),
+    }
 
 
 def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
@@ -357,23 +435,36 @@ def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
     times = stream["time"][known]
     alarms = page_hinkley(err, detector)
     out: dict[str, Any] = {
-        "detected": bool(alarms), "change_point": iso(times[alarms[0].change_index]) if alarms else None,
-        "detector": "page_hinkley", "stream": "per-request error (1 = misclassified) in event-time order",
-        "params": {"delta": detector.delta, "threshold": detector.threshold, "alpha": detector.alpha,
-                   "min_instances": detector.min_instances},
-        "rows": int(len(err)), "error_rate": float(err.mean()) if len(err) else None}
+        "detected": bool(alarms),
+        "change_point": iso(times[alarms[0].change_index]) if alarms else None,
+        "detector": "page_hinkley",
+        "stream": "per-request error (1 = misclassified) in event-time order",
+        "params": {
+            "delta": detector.delta,
+            "threshold": detector.threshold,
+            "alpha": detector.alpha,
+            "min_instances": detector.min_instances,
+        },
+        "rows": int(len(err)),
+        "error_rate": float(err.mean()) if len(err) else None,
+    }
     if alarms:
         a = alarms[0]
-        out |= {"detected_at": iso(times[a.alarm_index]), "delay_rows": a.alarm_index - a.change_index,
-                "error_rate_before": float(err[:a.change_index].mean()) if a.change_index else None,
-                "error_rate_after": float(err[a.change_index:a.alarm_index + 1].mean()),
-                "alarms": [{"change_point": iso(times[x.change_index]), "detected_at": iso(times[x.alarm_index])}
-                           for x in alarms[:20]], "alarm_count": len(alarms)}
+        out |= {
+            "detected_at": iso(times[a.alarm_index]),
+            "delay_rows": a.alarm_index - a.change_index,
+            "error_rate_before": float(err[: a.change_index].mean()) if a.change_index else None,
+            "error_rate_after": float(err[a.change_index : a.alarm_index + 1].mean()),
+            "alarms": [
+                {"change_point": iso(times[x.change_index]), "detected_at": iso(times[x.alarm_index])}
+                for x in alarms[:20]
+            ],
+            "alarm_count": len(alarms),
+        }
     return out
 
 
-def _label_checks(store: Store, res: _Resolved, role: str, threshold: float, as_of, alpha: float
-                  ) -> tuple[dict, dict]:
+def _label_checks(store: Store, res: _Resolved, role: str, threshold: float, as_of, alpha: float) -> tuple[dict, dict]:
     """Calibration drift (label rate per reference score decile) and CBPE estimates for one model."""
     ref_rows = res.reference.scores(role)
     ref, cur = _scored(store, ref_rows, as_of), _scored(store, res.current.scores(role), as_of)
@@ -382,22 +473,41 @@ def _label_checks(store: Store, res: _Resolved, role: str, threshold: float, as_
     rk, ck = ref["known"], cur["known"]
     cal = calibration_drift(ref["score"][rk], ref["label"][rk], cur["score"][ck], cur["label"][ck], edges, alpha)
     cal["bins_from"] = "deciles of the reference's scores (stored sketch)"
-    est = cbpe(fit_calibrator(ref["score"][rk], ref["label"][rk].astype(np.int64)), cur["score"], cur["label"],
-               cur["known"], threshold, lambda y, s: binary_metrics(y, s, threshold), times=cur["time"],
-               landed=as_of is not None)
+    est = cbpe(
+        fit_calibrator(ref["score"][rk], ref["label"][rk].astype(np.int64)),
+        cur["score"],
+        cur["label"],
+        cur["known"],
+        threshold,
+        lambda y, s: binary_metrics(y, s, threshold),
+        times=cur["time"],
+        landed=as_of is not None,
+    )
     for chunk in est.get("chunks", []):
         chunk["start"], chunk["end"] = iso(chunk["start"]), iso(chunk["end"])
     if cal["detected"]:
-        est["warning"] = ("calibration drift: the label rate per score bin moved since the reference, and CBPE "
-                          "assumes it did not, so these estimates are biased")
+        est["warning"] = (
+            "calibration drift: the label rate per score bin moved since the reference, and CBPE "
+            "assumes it did not, so these estimates are biased"
+        )
     return cal, est
 
 
-def drift_run(store: Store, run_id: str, reference: str | None = None, *, current: str | None = None,
-              tests: Mapping[str, str] | None = None, thresholds: Mapping[str, float] | None = None,
-              drift_share: float = 0.5, as_of: datetime | str | None = None, detector: PageHinkley = PageHinkley(),
-              calibration_alpha: float = 0.05, predictors: Mapping | None = None,
-              html: str | Path | None = None) -> DriftReport:
+def drift_run(
+    store: Store,
+    run_id: str,
+    reference: str | None = None,
+    *,
+    current: str | None = None,
+    tests: Mapping[str, str] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    drift_share: float = 0.5,
+    as_of: datetime | str | None = None,
+    detector: PageHinkley = PageHinkley(),
+    calibration_alpha: float = 0.05,
+    predictors: Mapping | None = None,
+    html: str | Path | None = None,
+) -> DriftReport:
     """The drift report of replay run ``run_id``, stored in DuckDB and returned.
 
     ``reference``: None (the earliest 20% of the run's traffic by event time; the rest is current), a
@@ -416,18 +526,34 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     sketches = ensure_sketches(store, res.reference, res.columns, ref_key)
     types = store.drift_column_types(res.current, res.columns)
     domains = {c: domain_of(types[c]) or "str" for c in res.columns}
-    bounds = {c: (s.min, s.max) for c, s in sketches.items()
-              if s.domain == "num" and s.rows and s.min is not None and s.max is not None}
+    bounds = {
+        c: (s.min, s.max)
+        for c, s in sketches.items()
+        if s.domain == "num" and s.rows and s.min is not None and s.max is not None
+    }
     cur_rows, profile = store.drift_profile(res.current, domains, bounds)
-    data = compare_columns(store, res.reference, res.current, res.columns, reference_key=ref_key, tests=tests,
-                           thresholds=thresholds, drift_share=drift_share, sketches=sketches, current_profile=profile)
+    data = compare_columns(
+        store,
+        res.reference,
+        res.current,
+        res.columns,
+        reference_key=ref_key,
+        tests=tests,
+        thresholds=thresholds,
+        drift_share=drift_share,
+        sketches=sketches,
+        current_profile=profile,
+    )
 
     quarantined = store.drift_quarantine_counts(run["traffic"])
     quality = {}
     for c in res.columns:
         f, sk = data.features[c], sketches[c]
-        unseen = store.drift_unseen(ColumnSource(c, sk.domain, rows=res.current), ref_key) \
-            if f.kind == "categorical" and sk.lossless else None
+        unseen = (
+            store.drift_unseen(ColumnSource(c, sk.domain, rows=res.current), ref_key)
+            if f.kind == "categorical" and sk.lossless
+            else None
+        )
         quality[c] = column_quality(sk, f.kind, profile[c], cur_rows, quarantined.get(c, 0), unseen)
 
     skipped = {} if res.reference.run_id else _ensure_reference_scores(store, res.reference, run, predictors)
@@ -436,8 +562,11 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
     stream = res.current if current else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id)
     concept: dict = {}
     calibration: dict = {}
-    estimated: dict = {"estimated": True, "method": "CBPE (confidence-based performance estimation)",
-                       "as_of": iso(as_of)}
+    estimated: dict = {
+        "estimated": True,
+        "method": "CBPE (confidence-based performance estimation)",
+        "as_of": iso(as_of),
+    }
     for role in ROLES:
         thr = float(run[role].get("threshold", 0.5))
         c = _concept(_scored(store, stream.scores(role), as_of), thr, detector)
@@ -451,17 +580,36 @@ def drift_run(store: Store, run_id: str, reference: str | None = None, *, curren
         else:
             concept["candidate"], calibration["candidate"], estimated["candidate"] = c, cal, est
 
-    ref_desc = res.description | {k: (iso(v) if isinstance(v, datetime) else v)
-                                  for k, v in store.drift_describe(res.reference).items()}
+    ref_desc = res.description | {
+        k: (iso(v) if isinstance(v, datetime) else v) for k, v in store.drift_describe(res.reference).items()
+    }
     cur_desc = {k: (iso(v) if isinstance(v, datetime) else v) for k, v in store.drift_describe(res.current).items()}
     cur_desc["window"] = current
-    params = {"reference": reference, "current": current, "tests": tests, "thresholds": thresholds,
-              "drift_share": drift_share, "as_of": iso(as_of), "calibration_alpha": calibration_alpha,
-              "detector": concept["params"]}
+    params = {
+        "reference": reference,
+        "current": current,
+        "tests": tests,
+        "thresholds": thresholds,
+        "drift_share": drift_share,
+        "as_of": iso(as_of),
+        "calibration_alpha": calibration_alpha,
+        "detector": concept["params"],
+    }
     created_at = iso(utc_now())
-    report = DriftReport(run_id, created_at, ref_desc, cur_desc, data,
-                         prediction, concept, calibration, estimated, quality, params,
-                         sources=(res.reference, res.current))
+    report = DriftReport(
+        run_id,
+        created_at,
+        ref_desc,
+        cur_desc,
+        data,
+        prediction,
+        concept,
+        calibration,
+        estimated,
+        quality,
+        params,
+        sources=(res.reference, res.current),
+    )
     if html is not None:
         report = replace(report, html=str(write_html(store, report, html)))
     store.save_drift(run_id, params, report.to_dict())
@@ -478,16 +626,22 @@ def write_html(store: Store, report: DriftReport, path: str | Path) -> Path:
     cols = list(feats)
     ref = store.drift_frame(ref_rows, cols).to_pandas()
     cur = store.drift_frame(cur_rows, cols).to_pandas()
-    definition = DataDefinition(numerical_columns=[c for c in cols if feats[c].kind == "numerical"],
-                                categorical_columns=[c for c in cols if feats[c].kind == "categorical"])
+    definition = DataDefinition(
+        numerical_columns=[c for c in cols if feats[c].kind == "numerical"],
+        categorical_columns=[c for c in cols if feats[c].kind == "categorical"],
+    )
     tests, thresholds = report.params.get("tests") or {}, report.params.get("thresholds") or {}
     preset = DataDriftPreset(
-        columns=cols, drift_share=report.data.drift_share,
-        method=tests.get("*"), threshold=thresholds.get("*"),
+        columns=cols,
+        drift_share=report.data.drift_share,
+        method=tests.get("*"),
+        threshold=thresholds.get("*"),
         per_column_method={c: t for c, t in tests.items() if c in feats} or None,
-        per_column_threshold={c: float(t) for c, t in thresholds.items() if c in feats} or None)
-    snapshot = Report([preset]).run(Dataset.from_pandas(cur, data_definition=definition),
-                                    Dataset.from_pandas(ref, data_definition=definition))
+        per_column_threshold={c: float(t) for c, t in thresholds.items() if c in feats} or None,
+    )
+    snapshot = Report([preset]).run(
+        Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition)
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))

@@ -14,6 +14,7 @@ verdict), so tests on it read the raw reference rows in DuckDB instead, and say 
 :class:`SqlPair` answers the tests' questions (value counts, histograms, ECDF distances) from aggregates
 that DuckDB computes over the current rows, so a large current window is never loaded into Python.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,13 +40,14 @@ Bound = tuple[datetime, int]
 @dataclass(frozen=True)
 class RowSet:
     """Rows drift reads. ``ranges`` is a union of ``(lo, hi]`` ranges on ``(event_time, _row)`` (None: open)."""
+
     source: str
-    kind: str = "traffic"                 # "traffic" (a traffic set) or "table" (a stored reference table)
-    max_row: int | None = None            # only rows with _row <= max_row (those a run replayed)
+    kind: str = "traffic"  # "traffic" (a traffic set) or "table" (a stored reference table)
+    max_row: int | None = None  # only rows with _row <= max_row (those a run replayed)
     ranges: tuple[tuple[Bound | None, Bound | None], ...] = ()
-    run_id: str | None = None             # scores come from this run's predictions ...
-    score_key: str | None = None          # ... or from stored reference scores under this key
-    role: str | None = None               # set: the rows' scores by this model, as column "score"
+    run_id: str | None = None  # scores come from this run's predictions ...
+    score_key: str | None = None  # ... or from stored reference scores under this key
+    role: str | None = None  # set: the rows' scores by this model, as column "score"
 
     def scores(self, role: str) -> RowSet:
         """The scores of ``role`` on these rows."""
@@ -61,8 +63,9 @@ class RowSet:
 @dataclass(frozen=True)
 class ColumnSource:
     """One column read as values with weights: raw rows of a RowSet, or the value counts of a stored sketch."""
+
     column: str
-    domain: str                           # "num" (compared as DOUBLE) or "str" (compared as VARCHAR)
+    domain: str  # "num" (compared as DOUBLE) or "str" (compared as VARCHAR)
     rows: RowSet | None = None
     key: str | None = None
 
@@ -70,20 +73,21 @@ class ColumnSource:
 @dataclass(frozen=True)
 class ColumnSketch:
     """The stored summary of one reference column."""
+
     column: str
     domain: str
     dtype: str
-    rows: int                             # finite, non-null values
-    missing: int                          # null or NaN
-    nonfinite: int                        # +-inf
+    rows: int  # finite, non-null values
+    missing: int  # null or NaN
+    nonfinite: int  # +-inf
     min: float | None
     max: float | None
     mean: float | None
-    std: float | None                     # population standard deviation (numpy's default)
-    n_unique: int                         # exact when lossless, else approximate
-    lossless: bool                        # every value's count is stored
-    quantiles: tuple | None = None        # values at PERCENTILES (numeric columns) ...
-    quantiles_exact: bool = False         # ... as quantile_cont (lossless) or t-digest approximations
+    std: float | None  # population standard deviation (numpy's default)
+    n_unique: int  # exact when lossless, else approximate
+    lossless: bool  # every value's count is stored
+    quantiles: tuple | None = None  # values at PERCENTILES (numeric columns) ...
+    quantiles_exact: bool = False  # ... as quantile_cont (lossless) or t-digest approximations
     value_cap: int = VALUE_CAP
 
     def to_dict(self) -> dict:
@@ -96,12 +100,22 @@ class ColumnSketch:
         return cls(**(d | {"quantiles": tuple(d["quantiles"]) if d.get("quantiles") is not None else None}))
 
 
-_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                  "UBIGINT", "UHUGEINT"}
+_INTEGER_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+}
 
 
 def domain_of(dtype: str) -> str | None:
-    """"num" for numeric DuckDB types, "str" for text and booleans, None for types drift does not compare."""
+    """ "num" for numeric DuckDB types, "str" for text and booleans, None for types drift does not compare."""
     base = dtype.split("(")[0].upper()
     if base in _INTEGER_TYPES or base in ("FLOAT", "DOUBLE", "DECIMAL", "REAL"):
         return "num"
@@ -145,17 +159,32 @@ def ensure_sketches(store: Store, rows: RowSet, columns: list[str], key: str) ->
         p = prof[c]
         cap = VALUE_CAP if domains[c] == "num" else max(VALUE_CAP, int(p["n"]))
         # HyperLogLog errs by a few percent: past 1.25x the cap the counts would not be kept anyway
-        n_unique = store.drift_store_values(key, c, ColumnSource(c, domains[c], rows=rows), cap) \
-            if p["n"] and (p["approx_unique"] or 0) <= 1.25 * cap else None
+        n_unique = (
+            store.drift_store_values(key, c, ColumnSource(c, domains[c], rows=rows), cap)
+            if p["n"] and (p["approx_unique"] or 0) <= 1.25 * cap
+            else None
+        )
         quantiles = None
         if n_unique is not None and domains[c] == "num":
             v, w = store.drift_weights(ColumnSource(c, "num", key=key))
             quantiles = tuple(weighted_quantiles(np.asarray(v, dtype=np.float64), np.asarray(w), PERCENTILES))
-        built[c] = ColumnSketch(column=c, domain=domains[c], dtype=types[c], rows=int(p["n"]),
-                                missing=int(p["missing"]), nonfinite=int(p["nonfinite"]), min=p["min"], max=p["max"],
-                                mean=p["mean"], std=p["std"], n_unique=int(n_unique or p["approx_unique"] or 0),
-                                lossless=n_unique is not None, quantiles=quantiles, quantiles_exact=bool(quantiles),
-                                value_cap=cap)
+        built[c] = ColumnSketch(
+            column=c,
+            domain=domains[c],
+            dtype=types[c],
+            rows=int(p["n"]),
+            missing=int(p["missing"]),
+            nonfinite=int(p["nonfinite"]),
+            min=p["min"],
+            max=p["max"],
+            mean=p["mean"],
+            std=p["std"],
+            n_unique=int(n_unique or p["approx_unique"] or 0),
+            lossless=n_unique is not None,
+            quantiles=quantiles,
+            quantiles_exact=bool(quantiles),
+            value_cap=cap,
+        )
     continuous = [c for c, sk in built.items() if sk.domain == "num" and not sk.lossless and sk.rows]
     for c, q in store.drift_approx_quantiles(rows, continuous, list(PERCENTILES)).items():
         built[c] = replace(built[c], quantiles=tuple(q))
@@ -171,6 +200,7 @@ class SqlPair:
     ``kind`` is the column's kind for the tests ("numerical" or "categorical"); ``raw_reference`` turns true
     once a question needed the reference rows themselves (the sketch was not lossless for it).
     """
+
     store: Store
     column: str
     kind: str
@@ -230,14 +260,19 @@ class SqlPair:
         ref = dict(self.store.drift_counts(self._ref()))
         cur = dict(self.store.drift_counts(self._cur()))
         keys = sorted(set(ref) | set(cur))
-        return (keys, np.array([ref.get(k, 0) for k in keys], dtype=np.int64),
-                np.array([cur.get(k, 0) for k in keys], dtype=np.int64))
+        return (
+            keys,
+            np.array([ref.get(k, 0) for k in keys], dtype=np.int64),
+            np.array([cur.get(k, 0) for k in keys], dtype=np.int64),
+        )
 
     def histogram(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each sample's counts in numpy-histogram bins over ``edges``."""
         e = [float(x) for x in edges]
-        return (np.array(self.store.drift_histogram(self._ref(), e), dtype=np.int64),
-                np.array(self.store.drift_histogram(self._cur(), e), dtype=np.int64))
+        return (
+            np.array(self.store.drift_histogram(self._ref(), e), dtype=np.int64),
+            np.array(self.store.drift_histogram(self._cur(), e), dtype=np.int64),
+        )
 
     def ecdf(self) -> tuple[float, float, float]:
         """(max |F_r - F_c|, integral |F_r - F_c|, integral (F_r - F_c)^2) over the real line, for the empirical
@@ -256,4 +291,3 @@ class SqlPair:
             v, w = self.store.drift_weights(src)
             out.append(np.repeat(np.asarray(v, dtype=np.float64), np.asarray(w, dtype=np.int64)))
         return out[0], out[1]
-

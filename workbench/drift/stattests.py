@@ -5,6 +5,7 @@ statistic and whether it drifted, plus a small frozen descriptor (:class:`StatTe
 threshold, column kinds), as Evidently 0.7 registers its legacy stat tests; names, defaults and results
 follow those. :func:`default_test` picks a column's test as Evidently's ``DataDriftPreset`` does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,8 @@ from scipy.spatial import distance
 from workbench import WorkbenchError
 from workbench.drift.sketch import SqlPair
 
-SMALL_REFERENCE = 1000          # Evidently: p-value tests up to this many reference values
-KS_EXACT_MAX_N = 10_000         # scipy's ks_2samp 'auto': exact distribution up to this sample size
+SMALL_REFERENCE = 1000  # Evidently: p-value tests up to this many reference values
+KS_EXACT_MAX_N = 10_000  # scipy's ks_2samp 'auto': exact distribution up to this sample size
 
 
 def sturges_edges(lo: float, hi: float, size: int, integer: bool) -> np.ndarray:
@@ -49,7 +50,7 @@ def binned_shares(pair: SqlPair, fill_zeroes: bool) -> tuple[np.ndarray, np.ndar
     if fill_zeroes:
         for p in (rp, cp):
             low = p[p != 0].min()
-            p[p == 0] = low / 10 ** 6 if low <= 0.0001 else 0.0001
+            p[p == 0] = low / 10**6 if low <= 0.0001 else 0.0001
     return rp, cp
 
 
@@ -139,6 +140,7 @@ def energy(pair: SqlPair, threshold: float) -> tuple[float, bool]:
 @dataclass(frozen=True)
 class StatTest:
     """A registered drift test: its function, default threshold and the column kinds it applies to."""
+
     name: str
     func: Callable[[SqlPair, float], tuple[float, bool]]
     default_threshold: float
@@ -147,17 +149,20 @@ class StatTest:
 
 
 _BOTH = frozenset({"numerical", "categorical"})
-STAT_TESTS: dict[str, StatTest] = {t.name: t for t in [
-    StatTest("ks", ks, 0.05, frozenset({"numerical"}), "K-S p_value"),
-    StatTest("chisquare", chisquare, 0.05, frozenset({"categorical"}), "chi-square p_value"),
-    StatTest("z", z_test, 0.05, frozenset({"categorical"}), "Z-test p_value"),
-    StatTest("wasserstein", wasserstein, 0.1, frozenset({"numerical"}), "Wasserstein distance (normed)"),
-    StatTest("jensenshannon", jensenshannon, 0.1, _BOTH, "Jensen-Shannon distance"),
-    StatTest("psi", psi, 0.1, _BOTH, "PSI"),
-    StatTest("kl_div", kl_div, 0.1, _BOTH, "Kullback-Leibler divergence"),
-    StatTest("hellinger", hellinger, 0.1, _BOTH, "Hellinger distance"),
-    StatTest("ed", energy, 0.1, frozenset({"numerical"}), "Energy-distance"),
-]}
+STAT_TESTS: dict[str, StatTest] = {
+    t.name: t
+    for t in [
+        StatTest("ks", ks, 0.05, frozenset({"numerical"}), "K-S p_value"),
+        StatTest("chisquare", chisquare, 0.05, frozenset({"categorical"}), "chi-square p_value"),
+        StatTest("z", z_test, 0.05, frozenset({"categorical"}), "Z-test p_value"),
+        StatTest("wasserstein", wasserstein, 0.1, frozenset({"numerical"}), "Wasserstein distance (normed)"),
+        StatTest("jensenshannon", jensenshannon, 0.1, _BOTH, "Jensen-Shannon distance"),
+        StatTest("psi", psi, 0.1, _BOTH, "PSI"),
+        StatTest("kl_div", kl_div, 0.1, _BOTH, "Kullback-Leibler divergence"),
+        StatTest("hellinger", hellinger, 0.1, _BOTH, "Hellinger distance"),
+        StatTest("ed", energy, 0.1, frozenset({"numerical"}), "Energy-distance"),
+    ]
+}
 
 
 def stat_test(name: str) -> StatTest:

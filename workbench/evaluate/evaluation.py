@@ -18,6 +18,7 @@ arrays (pure), :func:`evaluate_samples` runs all of them. Methods (docs/concepts
   intervals on the differences (the two samples resampled independently, which is conservative for
   positively correlated paired timings), and the Mann-Whitney test on the two samples.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -44,6 +45,7 @@ NULL_VALUE = "(null)"
 @dataclass(frozen=True)
 class Options:
     """Statistical settings of one evaluation (validated; every one is recorded with the result)."""
+
     confidence: float = 0.95
     seed: int = 0
     n_boot: int = 1000
@@ -87,29 +89,38 @@ class DeltaEstimate:
     mde: float | None
 
     def to_dict(self) -> dict:
-        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high),
-                "p_value": _num(self.p_value), "mde": _num(self.mde)}
+        return {
+            "value": _num(self.value),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "p_value": _num(self.p_value),
+            "mde": _num(self.mde),
+        }
 
 
 @dataclass(frozen=True)
 class Comparison:
     """Both models' metrics and their deltas on one set of labelled rows."""
+
     rows: dict
     baseline: dict
     candidate: dict
     delta: dict
     undefined: dict  # "baseline.fpr" -> reason, for every null value
-    method: str      # bootstrap of the score metrics: "rows" (Poisson row weights) or "linear"
+    method: str  # bootstrap of the score metrics: "rows" (Poisson row weights) or "linear"
 
     def metrics_dict(self) -> dict:
-        return {"baseline": {k: v.to_dict() for k, v in self.baseline.items()},
-                "candidate": {k: v.to_dict() for k, v in self.candidate.items()},
-                "delta": {k: v.to_dict() for k, v in self.delta.items()}}
+        return {
+            "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
+            "candidate": {k: v.to_dict() for k, v in self.candidate.items()},
+            "delta": {k: v.to_dict() for k, v in self.delta.items()},
+        }
 
 
 @dataclass(frozen=True)
 class Slice:
     """One segment value or time window: its labelled rows, whether they are few, its comparison."""
+
     rows: int
     small: bool
     comparison: Comparison
@@ -121,16 +132,19 @@ class Slice:
 @dataclass(frozen=True)
 class LatencyResult:
     """Milliseconds: percentiles per model, their differences with intervals, Mann-Whitney p-value."""
+
     baseline: dict
     candidate: dict
     delta: dict
     mann_whitney_p: float | None
 
     def to_dict(self) -> dict:
-        return {"baseline": {k: _num(v) for k, v in self.baseline.items()},
-                "candidate": {k: _num(v) for k, v in self.candidate.items()},
-                "delta": {k: v.to_dict() for k, v in self.delta.items()},
-                "mann_whitney_p": _num(self.mann_whitney_p)}
+        return {
+            "baseline": {k: _num(v) for k, v in self.baseline.items()},
+            "candidate": {k: _num(v) for k, v in self.candidate.items()},
+            "delta": {k: v.to_dict() for k, v in self.delta.items()},
+            "mann_whitney_p": _num(self.mann_whitney_p),
+        }
 
 
 @dataclass(frozen=True)
@@ -142,8 +156,13 @@ class ErrorRate:
     ci_high: float | None
 
     def to_dict(self) -> dict:
-        return {"count": self.count, "rows": self.rows, "rate": _num(self.rate), "ci_low": _num(self.ci_low),
-                "ci_high": _num(self.ci_high)}
+        return {
+            "count": self.count,
+            "rows": self.rows,
+            "rate": _num(self.rate),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+        }
 
 
 @dataclass(frozen=True)
@@ -157,14 +176,21 @@ class EvaluationResult:
     latency: LatencyResult
     errors: dict
     segments: dict | None = None  # {column: {value: Slice}}
-    windows: dict | None = None   # {"day": {iso start: Slice}}
+    windows: dict | None = None  # {"day": {iso start: Slice}}
     undefined: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        out = {"run_id": self.run_id, "labeled_rows": self.labeled_rows, "label_coverage": self.label_coverage,
-               "confidence": self.confidence, "rows": dict(self.overall.rows), "thresholds": dict(self.thresholds),
-               **self.overall.metrics_dict(), "latency": self.latency.to_dict(),
-               "errors": {r: e.to_dict() for r, e in self.errors.items()}}
+        out = {
+            "run_id": self.run_id,
+            "labeled_rows": self.labeled_rows,
+            "label_coverage": self.label_coverage,
+            "confidence": self.confidence,
+            "rows": dict(self.overall.rows),
+            "thresholds": dict(self.thresholds),
+            **self.overall.metrics_dict(),
+            "latency": self.latency.to_dict(),
+            "errors": {r: e.to_dict() for r, e in self.errors.items()},
+        }
         if self.segments is not None:
             out["segments"] = {col: {v: s.to_dict() for v, s in vals.items()} for col, vals in self.segments.items()}
         if self.windows is not None:
@@ -209,8 +235,9 @@ def _few_scores(s: _Sample) -> bool:
     return 4 * len(s.groups.score) <= s.grouping.rows
 
 
-def _influence_distribution(s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None,
-                            in_score_order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _influence_distribution(
+    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, in_score_order: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows' influences as sorted values and counts: per (score group, label) from ``influence``
     when the scores have many ties, else one per row (``in_score_order``: the rows' influences in
     score order, sorted here in place; computed from ``influence`` when not given)."""
@@ -232,15 +259,18 @@ def _influence_distribution(s: _Sample, influence: tuple[np.ndarray, np.ndarray]
 
 def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict[str, bool]) -> dict:
     """Each model's metric values on the paired rows (its own values where those are the same rows)."""
-    return {r: values[r] if own_is_paired[r] else
-            {n: m.compute(paired[r].groups if m.from_scores else paired[r].conf) for n, m in METRICS.items()}
-            for r in ROLES}
+    return {
+        r: values[r]
+        if own_is_paired[r]
+        else {n: m.compute(paired[r].groups if m.from_scores else paired[r].conf) for n, m in METRICS.items()}
+        for r in ROLES
+    }
 
 
 def _alignment(base: _Sample, other: _Sample) -> np.ndarray:
     """Positions in ``other``'s score order of the rows of ``base``'s score order (same rows)."""
     n = other.grouping.rows
-    position = np.empty(n, dtype=np.int64 if n >= 2 ** 31 else np.int32)
+    position = np.empty(n, dtype=np.int64 if n >= 2**31 else np.int32)
     position[other.grouping.order] = np.arange(n, dtype=position.dtype)
     return position[base.grouping.order]
 
@@ -251,8 +281,7 @@ def _clip(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[float |
     return float(np.clip(ci[0], lo, hi)), float(np.clip(ci[1], lo, hi))
 
 
-def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | None,
-                    opts: Options) -> Estimate:
+def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | None, opts: Options) -> Estimate:
     if value is None:
         return Estimate(None, None, None)
     if m.proportion is not None:
@@ -263,21 +292,29 @@ def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | N
     return Estimate(value, lo, hi)
 
 
-def _delta_estimate(m: Metric, value: float, reps: np.ndarray, opts: Options,
-                    p_value: float | None = None) -> DeltaEstimate:
+def _delta_estimate(
+    m: Metric, value: float, reps: np.ndarray, opts: Options, p_value: float | None = None
+) -> DeltaEstimate:
     span = m.bounds[1] - m.bounds[0]
     lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -span, span)
     finite = reps[np.isfinite(reps)]
     se = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return DeltaEstimate(value, lo, hi, stats.bootstrap_p_value(reps) if p_value is None else p_value,
-                         stats.mde(se, opts.confidence, opts.power) if se > 0 else None)
+    return DeltaEstimate(
+        value,
+        lo,
+        hi,
+        stats.bootstrap_p_value(reps) if p_value is None else p_value,
+        stats.mde(se, opts.confidence, opts.power) if se > 0 else None,
+    )
 
 
 def _cell_confusions(cells: np.ndarray) -> tuple[Confusion, Confusion]:
     """Baseline and candidate confusion from paired cells indexed label*4 + baseline*2 + candidate."""
     c = cells.T
-    return (Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
-            Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]))
+    return (
+        Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
+        Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]),
+    )
 
 
 def _influence(m: Metric, groups: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -292,8 +329,14 @@ def _score_replicates(g: Grouping, weights: np.ndarray) -> dict[str, np.ndarray]
     return {name: m.compute(groups) for name, m in METRICS.items() if m.from_scores}
 
 
-def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float], opts: Options,
-            key: str = "overall", row_weights: bool | None = None) -> Comparison:
+def compare(
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    opts: Options,
+    key: str = "overall",
+    row_weights: bool | None = None,
+) -> Comparison:
     """Metrics of both models with intervals and paired deltas on labelled rows ``y`` (0/1); a score is
     NaN where the model failed on that row. ``key`` seeds this comparison's random generator;
     ``row_weights`` picks the bootstrap of the score metrics (default: row weights up to
@@ -311,11 +354,13 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
     # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
     # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
     own_is_paired = {r: bool((ok[r] == both).all()) for r in ROLES}
-    paired_conf = {r: own_conf[r] if own_is_paired[r] else confusion(y[both], (scores[r] >= thresholds[r])[both])
-                   for r in ROLES}
+    paired_conf = {
+        r: own_conf[r] if own_is_paired[r] else confusion(y[both], (scores[r] >= thresholds[r])[both]) for r in ROLES
+    }
     score_names = [n for n, m in METRICS.items() if m.from_scores]
-    values = {r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()}
-              for r in ROLES}
+    values = {
+        r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()} for r in ROLES
+    }
     reps: dict[str, dict[str, np.ndarray]] = {r: {} for r in (*ROLES, "delta")}
 
     # confusion metrics: exact Poisson bootstrap of the contingency cells
@@ -336,14 +381,18 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
 
     # score metrics: row-level Poisson weights for small samples, the linearised bootstrap above
     if exact:
-        paired = {r: own[r] if own_is_paired[r] else _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
-                  for r in ROLES}
+        paired = {
+            r: own[r] if own_is_paired[r] else _Sample(own[r].grouping.restrict(both[ok[r]]), paired_conf[r])
+            for r in ROLES
+        }
         pvalues = _paired_values(values, paired, own_is_paired)
         chunks: dict[str, dict[str, list]] = {r: {n: [] for n in score_names} for r in (*ROLES, "delta")}
         for w in stats.poisson_weights(len(y), opts.n_boot, rng):
             own_reps = {r: _score_replicates(own[r].grouping, _take_cols(w, ok[r])) for r in ROLES}
-            pair_reps = {r: own_reps[r] if own_is_paired[r] else
-                         _score_replicates(paired[r].grouping, _take_cols(w, both)) for r in ROLES}
+            pair_reps = {
+                r: own_reps[r] if own_is_paired[r] else _score_replicates(paired[r].grouping, _take_cols(w, both))
+                for r in ROLES
+            }
             for n in score_names:
                 for r in ROLES:
                     chunks[r][n].append(own_reps[r][n])
@@ -379,8 +428,9 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
                 d = psi["candidate"][align]
                 d -= psi["baseline"]
                 d.sort()
-                reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + \
-                    stats.linear_bootstrap(d, opts.n_boot, rng)
+                reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + stats.linear_bootstrap(
+                    d, opts.n_boot, rng
+                )
                 del d
             for r in ROLES:
                 if own_is_paired[r] and values[r][n] is not None:
@@ -398,25 +448,29 @@ def compare(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, 
             est = _model_estimate(m, values[r][n], own_conf[r], reps[r].get(n), opts)
             out[r][n] = est
             if est.value is None:
-                undefined[f"{r}.{n}"] = ("no labelled row scored without error" if rows[r] == 0 and len(y)
-                                         else m.undefined(own_conf[r]))
+                undefined[f"{r}.{n}"] = (
+                    "no labelled row scored without error" if rows[r] == 0 and len(y) else m.undefined(own_conf[r])
+                )
             elif est.ci_low is None:
                 undefined[f"{r}.{n}.ci"] = "fewer than two bootstrap replicates are defined"
         vb, vc = pvalues["baseline"][n], pvalues["candidate"][n]
         if vb is None or vc is None:
             out["delta"][n] = DeltaEstimate(None, None, None, None, None)
-            undefined[f"delta.{n}"] = ("no labelled row scored by both models" if rows["paired"] == 0 and len(y)
-                                       else m.undefined(paired_conf["baseline" if vb is None else "candidate"]))
+            undefined[f"delta.{n}"] = (
+                "no labelled row scored by both models"
+                if rows["paired"] == 0 and len(y)
+                else m.undefined(paired_conf["baseline" if vb is None else "candidate"])
+            )
             continue
         delta = _delta_estimate(m, vc - vb, reps["delta"][n], opts, mcnemar_p if n == "accuracy" else None)
         out["delta"][n] = delta
         if delta.mde is None:
-            undefined[f"delta.{n}.mde"] = "the delta does not vary across bootstrap replicates, so there " \
-                                          "is no variance to size an effect with"
+            undefined[f"delta.{n}.mde"] = (
+                "the delta does not vary across bootstrap replicates, so there is no variance to size an effect with"
+            )
         if delta.ci_low is None:
             undefined[f"delta.{n}.ci"] = "fewer than two bootstrap replicates are defined"
-    return Comparison(rows, out["baseline"], out["candidate"], out["delta"], undefined,
-                      "rows" if exact else "linear")
+    return Comparison(rows, out["baseline"], out["candidate"], out["delta"], undefined, "rows" if exact else "linear")
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -435,8 +489,10 @@ def latency_summary(samples: dict[str, np.ndarray], opts: Options) -> tuple[Late
     rng = _rng(opts.seed, "latency")
     for x in samples.values():
         x.sort()
-    pct = {r: {k: stats.sorted_quantile(x, q) if len(x) else None for k, q in PERCENTILES.items()}
-           for r, x in samples.items()}
+    pct = {
+        r: {k: stats.sorted_quantile(x, q) if len(x) else None for k, q in PERCENTILES.items()}
+        for r, x in samples.items()
+    }
     undefined: dict[str, str] = {}
     delta = {}
     for k, q in PERCENTILES.items():
@@ -444,8 +500,9 @@ def latency_summary(samples: dict[str, np.ndarray], opts: Options) -> tuple[Late
         if p_base is None or p_cand is None:
             delta[k] = Estimate(None, None, None)
             continue
-        reps = stats.quantile_bootstrap(samples["candidate"], q, opts.n_boot, rng) - \
-            stats.quantile_bootstrap(samples["baseline"], q, opts.n_boot, rng)
+        reps = stats.quantile_bootstrap(samples["candidate"], q, opts.n_boot, rng) - stats.quantile_bootstrap(
+            samples["baseline"], q, opts.n_boot, rng
+        )
         lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -np.inf, np.inf)
         delta[k] = Estimate(p_cand - p_base, lo, hi)
     for r in ROLES:
@@ -487,15 +544,24 @@ def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[st
     return slot[codes], labels
 
 
-def _slices(ids: np.ndarray, labels: list[str], y: np.ndarray, scores: dict, thresholds: dict, opts: Options,
-            prefix: str, row_weights: bool) -> tuple[dict[str, Slice], dict[str, str]]:
+def _slices(
+    ids: np.ndarray,
+    labels: list[str],
+    y: np.ndarray,
+    scores: dict,
+    thresholds: dict,
+    opts: Options,
+    prefix: str,
+    row_weights: bool,
+) -> tuple[dict[str, Slice], dict[str, str]]:
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(len(labels) + 1))
     out, undefined = {}, {}
     for j, name in enumerate(labels):
-        idx = order[bounds[j]:bounds[j + 1]]
-        comp = compare(y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}",
-                       row_weights)
+        idx = order[bounds[j] : bounds[j + 1]]
+        comp = compare(
+            y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}", row_weights
+        )
         out[name] = Slice(len(idx), len(idx) < opts.small_rows, comp)
         undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
     return out, undefined
@@ -505,6 +571,7 @@ def _slices(ids: np.ndarray, labels: list[str], y: np.ndarray, scores: dict, thr
 @dataclass(frozen=True)
 class Quality:
     """The model-quality part of an evaluation: overall comparison, slices, reasons for nulls."""
+
     labeled_rows: int
     overall: Comparison
     segments: dict | None
@@ -512,15 +579,23 @@ class Quality:
     undefined: dict
 
 
-def evaluate_quality(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
-                     opts: Options = Options(), segment: tuple[str, pa.Array] | None = None,
-                     window: tuple[str, pa.Array] | None = None) -> Quality:
+def evaluate_quality(
+    run_id: str,
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    opts: Options = Options(),
+    segment: tuple[str, pa.Array] | None = None,
+    window: tuple[str, pa.Array] | None = None,
+) -> Quality:
     """Metrics, intervals and paired deltas on labels (0/1) and scores (NaN where a model failed) of the
     labelled rows, overall and per segment value (``(column, values)``) or window (``(unit, starts)``)."""
     y = np.asarray(y)
     if len(y) and (y.min() < 0 or y.max() > 1):
-        raise WorkbenchError(f"labels of run {run_id} hold classes {np.unique(y).tolist()}: the replay stores "
-                             "binary scores, so labels must be 0/1")
+        raise WorkbenchError(
+            f"labels of run {run_id} hold classes {np.unique(y).tolist()}: the replay stores "
+            "binary scores, so labels must be 0/1"
+        )
     y = y.astype(np.int8, copy=False)
     row_weights = len(y) <= opts.exact_max_rows  # one method for the overall rows and every slice
     overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
@@ -542,31 +617,67 @@ def evaluate_quality(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], 
     return Quality(len(y), overall, segments, windows, undefined)
 
 
-def _result(run_id: str, quality: Quality, thresholds: dict, latency: dict[str, np.ndarray],
-            error_counts: dict[str, dict], rows_done: int, opts: Options) -> EvaluationResult:
+def _result(
+    run_id: str,
+    quality: Quality,
+    thresholds: dict,
+    latency: dict[str, np.ndarray],
+    error_counts: dict[str, dict],
+    rows_done: int,
+    opts: Options,
+) -> EvaluationResult:
     lat, undefined = latency_summary(latency, opts)
     errors = error_rates(error_counts, opts)
     undefined |= {f"errors.{r}": "no rows replayed" for r, e in errors.items() if e.rate is None}
     n = quality.labeled_rows
-    return EvaluationResult(run_id, n, round(n / rows_done, 6) if rows_done else 0.0, opts.confidence,
-                            dict(thresholds), quality.overall, lat, errors, quality.segments, quality.windows,
-                            quality.undefined | undefined)
+    return EvaluationResult(
+        run_id,
+        n,
+        round(n / rows_done, 6) if rows_done else 0.0,
+        opts.confidence,
+        dict(thresholds),
+        quality.overall,
+        lat,
+        errors,
+        quality.segments,
+        quality.windows,
+        quality.undefined | undefined,
+    )
 
 
-def evaluate_samples(run_id: str, y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float],
-                     latency: dict[str, np.ndarray], error_counts: dict[str, dict], rows_done: int,
-                     opts: Options = Options(), segment: tuple[str, pa.Array] | None = None,
-                     window: tuple[str, pa.Array] | None = None) -> EvaluationResult:
+def evaluate_samples(
+    run_id: str,
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    latency: dict[str, np.ndarray],
+    error_counts: dict[str, dict],
+    rows_done: int,
+    opts: Options = Options(),
+    segment: tuple[str, pa.Array] | None = None,
+    window: tuple[str, pa.Array] | None = None,
+) -> EvaluationResult:
     """The whole evaluation on arrays (see :func:`evaluate_quality`), with latency samples per model
     (sorted in place) and error counts ``{role: {"rows", "errors"}}``."""
     quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
     return _result(run_id, quality, thresholds, latency, error_counts, rows_done, opts)
 
 
-def evaluate_run(store: Store, run_id: str, *, segment: str | None = None, window: str | None = None,
-                 confidence: float = 0.95, seed: int = 0, n_boot: int = 1000, power: float = 0.8,
-                 top_k: int = 10, small_rows: int = 100, exact_max_rows: int = 10_000,
-                 thresholds: dict[str, float] | None = None) -> EvaluationResult:
+def evaluate_run(
+    store: Store,
+    run_id: str,
+    *,
+    segment: str | None = None,
+    window: str | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_boot: int = 1000,
+    power: float = 0.8,
+    top_k: int = 10,
+    small_rows: int = 100,
+    exact_max_rows: int = 10_000,
+    thresholds: dict[str, float] | None = None,
+) -> EvaluationResult:
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
     Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
@@ -580,18 +691,28 @@ def evaluate_run(store: Store, run_id: str, *, segment: str | None = None, windo
     thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
     table = store.evaluation_rows(run_id, segment=segment, window=window)
     y = table.column("label").to_numpy()
-    scores = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-              for r in ROLES}
+    scores = {
+        r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
+    }
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
     del table
     quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
     del y, scores, seg, win
     latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
-    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0),
-                     opts)
-    params = {"segment": segment, "window": window, "confidence": confidence, "seed": seed, "n_boot": n_boot,
-              "power": power, "top_k": top_k, "small_rows": small_rows, "exact_max_rows": exact_max_rows,
-              "thresholds": thr, "bootstrap": result.overall.method}
+    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
+    params = {
+        "segment": segment,
+        "window": window,
+        "confidence": confidence,
+        "seed": seed,
+        "n_boot": n_boot,
+        "power": power,
+        "top_k": top_k,
+        "small_rows": small_rows,
+        "exact_max_rows": exact_max_rows,
+        "thresholds": thr,
+        "bootstrap": result.overall.method,
+    }
     store.save_evaluation(run_id, params, result.to_dict())
     return result

@@ -14,6 +14,7 @@ An undefined value (fpr without negative labels, ...) is ``None`` (NaN inside re
 :func:`undefined_reason` says why: never a silent 0. Multi-class accuracy and macro/micro precision,
 recall and f1 work from a confusion matrix. Every metric has a parity test against sklearn.metrics.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,6 +46,7 @@ def _div(a: Any, b: Any) -> np.ndarray:
 @dataclass(frozen=True)
 class Confusion:
     """Binary confusion counts (positive class 1): numbers, or arrays of one count per replicate."""
+
     tp: Any
     fp: Any
     tn: Any
@@ -105,6 +107,7 @@ class ScoreGroups:
     ``pos[..., g]``/``neg[..., g]`` are the weights of positive/negative labels whose score is
     ``score[g]``; leading axes hold several weightings (bootstrap replicates) at once.
     """
+
     score: np.ndarray
     pos: np.ndarray
     neg: np.ndarray
@@ -121,9 +124,10 @@ class ScoreGroups:
 @dataclass(frozen=True)
 class Grouping:
     """How the rows of one sample fall into distinct-score groups; built once, weighed many times."""
-    score: np.ndarray     # distinct scores, ascending
-    order: np.ndarray     # row indices sorted by score
-    starts: np.ndarray    # first sorted position of each group
+
+    score: np.ndarray  # distinct scores, ascending
+    order: np.ndarray  # row indices sorted by score
+    starts: np.ndarray  # first sorted position of each group
     y_sorted: np.ndarray  # labels (0/1, int8) in sorted order
 
     @property
@@ -159,7 +163,7 @@ class Grouping:
 
 def _index(a: np.ndarray) -> np.ndarray:
     """Row indices in the smallest integer type that holds them (halves the memory of large samples)."""
-    return a.astype(np.int32) if len(a) < 2 ** 31 else a
+    return a.astype(np.int32) if len(a) < 2**31 else a
 
 
 def grouping(y: np.ndarray, score: np.ndarray) -> Grouping:
@@ -220,7 +224,7 @@ def log_loss(g: ScoreGroups) -> Any:
 def brier(g: ScoreGroups) -> Any:
     """Mean squared difference between score and label."""
     s = g.score
-    return _finish(_div((g.pos * (1 - s) ** 2 + g.neg * s ** 2).sum(axis=-1), g.total_pos + g.total_neg))
+    return _finish(_div((g.pos * (1 - s) ** 2 + g.neg * s**2).sum(axis=-1), g.total_pos + g.total_neg))
 
 
 def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +289,7 @@ def log_loss_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
 
 def brier_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     n, value = g.total_pos + g.total_neg, brier(g)
-    return ((1 - g.score) ** 2 - value) / n, (g.score ** 2 - value) / n
+    return ((1 - g.score) ** 2 - value) / n, (g.score**2 - value) / n
 
 
 def ece_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -297,8 +301,9 @@ def ece_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- registry --------------------------------------------------------------------------------------
-def _reason(need_rows: bool = True, pos: bool = False, neg: bool = False, pred_pos: bool = False,
-            any_pos: bool = False) -> Callable[[Confusion], str | None]:
+def _reason(
+    need_rows: bool = True, pos: bool = False, neg: bool = False, pred_pos: bool = False, any_pos: bool = False
+) -> Callable[[Confusion], str | None]:
     def reason(c: Confusion) -> str | None:
         if need_rows and c.n == 0:
             return "no labelled rows"
@@ -311,6 +316,7 @@ def _reason(need_rows: bool = True, pos: bool = False, neg: bool = False, pred_p
         if pred_pos and c.predicted_positives == 0:
             return "no positive predictions"
         return None
+
     return reason
 
 
@@ -322,6 +328,7 @@ class Metric:
     ``proportion`` gives (successes, trials) for metrics that are a proportion (Wilson interval);
     ``influence`` is the linearisation used by the bootstrap of large samples.
     """
+
     name: str
     higher_is_better: bool
     compute: Callable[[Any], Any]
@@ -332,20 +339,24 @@ class Metric:
     bounds: tuple[float, float] = (0.0, 1.0)
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in [
-    Metric("accuracy", True, accuracy, _reason(), proportion=lambda c: (c.tp + c.tn, c.n)),
-    Metric("precision", True, precision, _reason(pred_pos=True), proportion=lambda c: (c.tp, c.tp + c.fp)),
-    Metric("recall", True, recall, _reason(pos=True), proportion=lambda c: (c.tp, c.tp + c.fn)),
-    Metric("f1", True, f1, _reason(any_pos=True)),
-    Metric("fpr", False, fpr, _reason(neg=True), proportion=lambda c: (c.fp, c.fp + c.tn)),
-    Metric("fnr", False, fnr, _reason(pos=True), proportion=lambda c: (c.fn, c.fn + c.tp)),
-    Metric("roc_auc", True, roc_auc, _reason(pos=True, neg=True), from_scores=True, influence=roc_auc_influence),
-    Metric("pr_auc", True, pr_auc, _reason(pos=True), from_scores=True, influence=pr_auc_influence),
-    Metric("log_loss", False, log_loss, _reason(), from_scores=True, influence=log_loss_influence,
-           bounds=(0.0, np.inf)),
-    Metric("brier", False, brier, _reason(), from_scores=True, influence=brier_influence),
-    Metric("ece", False, ece, _reason(), from_scores=True, influence=ece_influence),
-]}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("accuracy", True, accuracy, _reason(), proportion=lambda c: (c.tp + c.tn, c.n)),
+        Metric("precision", True, precision, _reason(pred_pos=True), proportion=lambda c: (c.tp, c.tp + c.fp)),
+        Metric("recall", True, recall, _reason(pos=True), proportion=lambda c: (c.tp, c.tp + c.fn)),
+        Metric("f1", True, f1, _reason(any_pos=True)),
+        Metric("fpr", False, fpr, _reason(neg=True), proportion=lambda c: (c.fp, c.fp + c.tn)),
+        Metric("fnr", False, fnr, _reason(pos=True), proportion=lambda c: (c.fn, c.fn + c.tp)),
+        Metric("roc_auc", True, roc_auc, _reason(pos=True, neg=True), from_scores=True, influence=roc_auc_influence),
+        Metric("pr_auc", True, pr_auc, _reason(pos=True), from_scores=True, influence=pr_auc_influence),
+        Metric(
+            "log_loss", False, log_loss, _reason(), from_scores=True, influence=log_loss_influence, bounds=(0.0, np.inf)
+        ),
+        Metric("brier", False, brier, _reason(), from_scores=True, influence=brier_influence),
+        Metric("ece", False, ece, _reason(), from_scores=True, influence=ece_influence),
+    ]
+}
 
 
 def undefined_reason(name: str, c: Confusion) -> str | None:
@@ -389,7 +400,12 @@ def multiclass_metrics(cm: np.ndarray) -> dict[str, Any]:
         return _finish(_div(np.where(ok, per_class, 0.0).sum(axis=-1), ok.sum(axis=-1)))
 
     micro = _finish(_div(tp.sum(axis=-1), n))
-    return {"accuracy": micro,
-            "precision_macro": macro(_div(tp, predicted)), "recall_macro": macro(_div(tp, actual)),
-            "f1_macro": macro(_div(2 * tp, actual + predicted)),
-            "precision_micro": micro, "recall_micro": micro, "f1_micro": micro}
+    return {
+        "accuracy": micro,
+        "precision_macro": macro(_div(tp, predicted)),
+        "recall_macro": macro(_div(tp, actual)),
+        "f1_macro": macro(_div(2 * tp, actual + predicted)),
+        "precision_micro": micro,
+        "recall_micro": micro,
+        "f1_micro": micro,
+    }

@@ -44,6 +44,7 @@ Functions:
 * :func:`row_influence` — each row's influence on any registered binary metric.
 * :func:`paired_delta_cs` — the CS of a paired metric delta candidate - baseline.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,8 +118,9 @@ def cs_radius(t: Any, alpha: float, rho: float, *, one_sided: bool = False) -> n
 
 
 # -- means -----------------------------------------------------------------------------------------
-def running_cs(x: np.ndarray, alpha: float, t_star: float, *, one_sided: bool = False,
-               rho: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def running_cs(
+    x: np.ndarray, alpha: float, t_star: float, *, one_sided: bool = False, rho: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Running mean and CS half-width after each prefix of ``x`` along its last axis (one row per
     column; leading axes are independent sequences, e.g. simulation trials).
 
@@ -146,6 +148,7 @@ class SequentialInterval:
     alpha, P(true < lower at any look) <= alpha and P(true > upper at any look) <= alpha; use the one the
     question needs (a non-inferiority gate: the bound on the bad side), not both as an interval.
     """
+
     estimate: float
     lower: float
     upper: float
@@ -160,8 +163,9 @@ class SequentialInterval:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
 
 
-def _interval(estimate: float, sd: float, rows: int, alpha: float, t_star: float, one_sided: bool,
-              span: float = math.inf) -> SequentialInterval:
+def _interval(
+    estimate: float, sd: float, rows: int, alpha: float, t_star: float, one_sided: bool, span: float = math.inf
+) -> SequentialInterval:
     rho = optimal_rho(t_star, alpha, one_sided=one_sided)
     radius = float(sd * cs_radius(rows, alpha, rho, one_sided=one_sided)) if rows >= 2 else math.inf
     lower, upper = max(estimate - radius, -span), min(estimate + radius, span)
@@ -246,8 +250,7 @@ def row_influence(name: str, y: np.ndarray, score: np.ndarray, threshold: float 
     return _value_and_influence(m, y, score, threshold)[1]
 
 
-def _value_and_influence(m: Any, y: np.ndarray, score: np.ndarray, threshold: float
-                         ) -> tuple[float | None, np.ndarray]:
+def _value_and_influence(m: Any, y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float | None, np.ndarray]:
     """The metric's plug-in value (``None`` when undefined) and each row's influence."""
     if not m.from_scores:
         pred = (score >= threshold).astype(np.int64)
@@ -272,9 +275,17 @@ def _value_and_influence(m: Any, y: np.ndarray, score: np.ndarray, threshold: fl
     return value, out
 
 
-def paired_delta_cs(name: str, y: np.ndarray, baseline_score: np.ndarray, candidate_score: np.ndarray, *,
-                    alpha: float, t_star: float, thresholds: tuple[float, float] = (0.5, 0.5),
-                    one_sided: bool = False) -> SequentialInterval | None:
+def paired_delta_cs(
+    name: str,
+    y: np.ndarray,
+    baseline_score: np.ndarray,
+    candidate_score: np.ndarray,
+    *,
+    alpha: float,
+    t_star: float,
+    thresholds: tuple[float, float] = (0.5, 0.5),
+    one_sided: bool = False,
+) -> SequentialInterval | None:
     """Anytime-valid interval for metric(candidate) - metric(baseline) on the same labelled rows.
 
     Centre: the plug-in delta. Half-width: the CS of the paired influence differences
@@ -297,5 +308,4 @@ def paired_delta_cs(name: str, y: np.ndarray, baseline_score: np.ndarray, candid
         return None
     psi_cand -= psi_base
     span = m.bounds[1] - m.bounds[0]
-    return _interval(float(value_cand - value_base), float(psi_cand.std()), len(y), alpha, t_star, one_sided,
-                     span)
+    return _interval(float(value_cand - value_base), float(psi_cand.std()), len(y), alpha, t_star, one_sided, span)

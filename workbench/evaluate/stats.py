@@ -14,6 +14,7 @@
 * :func:`quantile_bootstrap` — the exact bootstrap distribution of a sample quantile from order
   statistics (the k-th smallest of n resampled rows is x[ceil(n U) - 1] with U ~ Beta(k, n - k + 1)).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,7 @@ def mann_whitney(x: np.ndarray, y: np.ndarray, *, presorted: bool = False) -> tu
     _, cy = _runs(ys)
     t_x = (cx + tied_y).astype(np.float64)
     t_y, shared = cy.astype(np.float64), tied_y.astype(np.float64)
-    ties = float(np.sum(t_x ** 3 - t_x) + np.sum(t_y ** 3 - t_y) - np.sum(shared ** 3 - shared))
+    ties = float(np.sum(t_x**3 - t_x) + np.sum(t_y**3 - t_y) - np.sum(shared**3 - shared))
     n = n1 + n2
     mu = n1 * n2 / 2
     s = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))) if n > 1 else 0.0
@@ -114,12 +115,14 @@ def poisson_cells(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> 
 
 _POISSON_MAX = 12
 #: P(Poisson(1) <= k) * 2**32 for k = 0..11: inverse-CDF thresholds on 32-bit uniforms
-_POISSON_CDF = np.floor(np.cumsum([math.exp(-1) / math.factorial(k) for k in range(_POISSON_MAX)]) * 2.0 ** 32
-                        ).astype(np.uint64).astype(np.uint32)
+_POISSON_CDF = (
+    np.floor(np.cumsum([math.exp(-1) / math.factorial(k) for k in range(_POISSON_MAX)]) * 2.0**32)
+    .astype(np.uint64)
+    .astype(np.uint32)
+)
 
 
-def poisson_weights(rows: int, n_boot: int, rng: np.random.Generator,
-                    max_cells: int = 1 << 22) -> Iterator[np.ndarray]:
+def poisson_weights(rows: int, n_boot: int, rng: np.random.Generator, max_cells: int = 1 << 22) -> Iterator[np.ndarray]:
     """Row-level Poisson(1) weights (float32) for ``n_boot`` replicates, in chunks of at most ``max_cells``.
 
     Drawn by inverse CDF from 32-bit uniforms, capped at 12 (P(Poisson(1) > 12) < 1e-10): the
@@ -127,15 +130,16 @@ def poisson_weights(rows: int, n_boot: int, rng: np.random.Generator,
     """
     per_chunk = max(1, max_cells // max(rows, 1))
     for start in range(0, n_boot, per_chunk):
-        u = rng.integers(0, 2 ** 32, size=(min(per_chunk, n_boot - start), rows), dtype=np.uint32)
+        u = rng.integers(0, 2**32, size=(min(per_chunk, n_boot - start), rows), dtype=np.uint32)
         w = np.zeros(u.shape, dtype=np.uint8)
         for threshold in _POISSON_CDF:
             w += u >= threshold
         yield w.astype(np.float32)
 
 
-def linear_bootstrap(sorted_values: np.ndarray, n_boot: int, rng: np.random.Generator,
-                     counts: np.ndarray | None = None, bins: int = 128) -> np.ndarray:
+def linear_bootstrap(
+    sorted_values: np.ndarray, n_boot: int, rng: np.random.Generator, counts: np.ndarray | None = None, bins: int = 128
+) -> np.ndarray:
     """Replicates of sum_i (w_i - 1) v_i for Poisson(1) row weights w_i, from the rows' sorted values
     (value ``sorted_values[j]`` held by ``counts[j]`` rows; one row each without ``counts``).
 
@@ -165,8 +169,9 @@ def linear_bootstrap(sorted_values: np.ndarray, n_boot: int, rng: np.random.Gene
     small = rows < 10
     poisson = rng.poisson(rows[small], size=(n_boot, int(small.sum()))) - rows[small]
     z = rng.standard_normal((n_boot, int((~small).sum())))
-    out = np.einsum("ij,j->i", poisson, means[small]) + \
-        np.einsum("ij,j->i", z * np.sqrt(rows[~small]) + (z * z - 1) / 6, means[~small])
+    out = np.einsum("ij,j->i", poisson, means[small]) + np.einsum(
+        "ij,j->i", z * np.sqrt(rows[~small]) + (z * z - 1) / 6, means[~small]
+    )
     return out + math.sqrt(within) * rng.standard_normal(n_boot)
 
 

@@ -9,6 +9,7 @@ or whose column names are empty, duplicated (DuckDB names are case-insensitive) 
 :class:`WorkbenchError` and changes nothing (one transaction per ingest). In CSV files only an empty cell
 is null: text such as ``NA`` or ``null`` is a value.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -31,9 +32,19 @@ from workbench.store import ArrowView, Store, check_name, qident, sql_literal, t
 BATCH_ROWS = 262_144
 RAW_MAX_CHARS = 4096
 NUMERIC_TYPES = ("BIGINT", "DOUBLE")
-INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                 "UBIGINT", "UHUGEINT")
-RESERVED_PREFIX = "_wb_"   # staging columns and views of the ingest; a source column may not use it
+INTEGER_TYPES = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+)
+RESERVED_PREFIX = "_wb_"  # staging columns and views of the ingest; a source column may not use it
 
 
 @dataclass(frozen=True)
@@ -46,8 +57,14 @@ class IngestResult:
     fingerprint: str
 
     def to_dict(self) -> dict:
-        return {"traffic": self.traffic, "rows": self.rows, "quarantined": self.quarantined,
-                "rows_read": self.rows_read, "reasons": self.reasons, "fingerprint": self.fingerprint}
+        return {
+            "traffic": self.traffic,
+            "rows": self.rows,
+            "quarantined": self.quarantined,
+            "rows_read": self.rows_read,
+            "reasons": self.reasons,
+            "fingerprint": self.fingerprint,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,8 +98,11 @@ def file_sha256(files: Iterable[Path], *, check_text: bool = False) -> str:
     in the same pass): the CSV reader cannot report a malformed line that is not."""
     h = hashlib.sha256()
     for f in files:
-        decoder = codecs.getincrementaldecoder("utf-8")() if check_text and _format(f) == "csv" and \
-            not f.name.lower().endswith(".gz") else None
+        decoder = (
+            codecs.getincrementaldecoder("utf-8")()
+            if check_text and _format(f) == "csv" and not f.name.lower().endswith(".gz")
+            else None
+        )
         offset = 0
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -91,8 +111,10 @@ def file_sha256(files: Iterable[Path], *, check_text: bool = False) -> str:
                     try:
                         decoder.decode(chunk, final=len(chunk) < 1 << 20)
                     except UnicodeDecodeError as e:
-                        raise WorkbenchError(f"cannot read {f}: not UTF-8 text (byte 0x{chunk[e.start]:02x} at "
-                                             f"offset {offset + e.start}); convert it to UTF-8") from None
+                        raise WorkbenchError(
+                            f"cannot read {f}: not UTF-8 text (byte 0x{chunk[e.start]:02x} at "
+                            f"offset {offset + e.start}); convert it to UTF-8"
+                        ) from None
                 offset += len(chunk)
         if decoder is not None:
             try:
@@ -113,8 +135,9 @@ def _format(f: Path) -> str:
     raise WorkbenchError(f"unsupported file type {f.name}: use .parquet, .csv or .jsonl")
 
 
-def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS,
-                 on_malformed: Callable[[str], None] | None = None) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    files: list[Path], batch_rows: int = BATCH_ROWS, on_malformed: Callable[[str], None] | None = None
+) -> Iterator[pa.RecordBatch]:
     """Stream record batches from Parquet, CSV (every column read as text) or JSON-lines files.
 
     A CSV line with the wrong number of cells is skipped and handed to ``on_malformed`` (its text); without
@@ -133,20 +156,23 @@ def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS,
             elif kind == "csv":
                 delim = "\t" if f.suffix.lower() == ".tsv" else ","
                 handler = None if on_malformed is None else (lambda row: on_malformed(row.text) or "skip")
-                probe = pacsv.ParseOptions(delimiter=delim, newlines_in_values=True,
-                                           invalid_row_handler=lambda row: "skip")
+                probe = pacsv.ParseOptions(
+                    delimiter=delim, newlines_in_values=True, invalid_row_handler=lambda row: "skip"
+                )
                 names = pacsv.open_csv(f, parse_options=probe).schema.names
                 check_column_names(names, f)
-                conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=[""],
-                                            strings_can_be_null=True)
+                conv = pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in names}, null_values=[""], strings_can_be_null=True
+                )
                 parse = pacsv.ParseOptions(delimiter=delim, newlines_in_values=True, invalid_row_handler=handler)
-                reader = pacsv.open_csv(f, parse_options=parse,
-                                        convert_options=conv, read_options=pacsv.ReadOptions(block_size=16 << 20))
+                reader = pacsv.open_csv(
+                    f, parse_options=parse, convert_options=conv, read_options=pacsv.ReadOptions(block_size=16 << 20)
+                )
                 empty = True
                 for batch in reader:
                     empty = False
                     yield batch
-                if empty:   # a header without rows: its names are still checked against the contract
+                if empty:  # a header without rows: its names are still checked against the contract
                     yield pa.RecordBatch.from_pylist([], schema=pa.schema([(n, pa.string()) for n in names]))
             else:
                 yield from pajson.read_json(f).to_batches(batch_rows)
@@ -154,7 +180,7 @@ def read_batches(files: list[Path], batch_rows: int = BATCH_ROWS,
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            msg = "".join(c if c.isprintable() else "?" for c in msg)[:300]   # parse errors quote raw bytes
+            msg = "".join(c if c.isprintable() else "?" for c in msg)[:300]  # parse errors quote raw bytes
             raise WorkbenchError(f"cannot read {f}: {msg}") from None
 
 
@@ -167,12 +193,15 @@ def check_column_names(names: list[str], source) -> None:
             raise WorkbenchError(f"{source}: column {i + 1} has no name")
         key = n.casefold()
         if key in seen:
-            raise WorkbenchError(f"{source}: duplicate column name {n!r}" +
-                                 (f" (same as {seen[key]!r}: column names are case-insensitive)" if seen[key] != n
-                                  else ""))
+            raise WorkbenchError(
+                f"{source}: duplicate column name {n!r}"
+                + (f" (same as {seen[key]!r}: column names are case-insensitive)" if seen[key] != n else "")
+            )
         if key.startswith(RESERVED_PREFIX):
-            raise WorkbenchError(f"{source}: column name {n!r} is reserved (names starting with "
-                                 f"{RESERVED_PREFIX!r} are the workbench's own)")
+            raise WorkbenchError(
+                f"{source}: column name {n!r} is reserved (names starting with "
+                f"{RESERVED_PREFIX!r} are the workbench's own)"
+            )
         seen[key] = n
 
 
@@ -193,8 +222,10 @@ def _infer_text_type(view: ArrowView, col: str) -> str:
     """Type of a text column: numeric when at least 90% of its values read as numbers."""
     q = qident(col)
     n, as_int, as_num = _query(
-        view, f"SELECT count({q}), count({_strict_int(q, 'VARCHAR', 'BIGINT')}), count(TRY_CAST({q} AS DOUBLE)) "
-        f"FROM {view.name}")[0]
+        view,
+        f"SELECT count({q}), count({_strict_int(q, 'VARCHAR', 'BIGINT')}), count(TRY_CAST({q} AS DOUBLE)) "
+        f"FROM {view.name}",
+    )[0]
     if n == 0:
         return "VARCHAR"
     if as_int >= 0.9 * n and as_int == as_num:
@@ -247,9 +278,18 @@ def files_fingerprint(path: str | Path) -> str:
     return chain_fingerprint("", file_sha256(resolve_paths(path), check_text=True))
 
 
-def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_id",
-           time_col: str = "event_time", entity_col: str | None = None, label_col: str | None = None,
-           nullable: Iterable[str] = (), progress: Callable[[int], None] | None = None) -> IngestResult:
+def ingest(
+    store: Store,
+    path: str | Path,
+    name: str,
+    *,
+    id_col: str = "request_id",
+    time_col: str = "event_time",
+    entity_col: str | None = None,
+    label_col: str | None = None,
+    nullable: Iterable[str] = (),
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
     """Ingest a traffic file (or glob) into traffic set ``name``; return the reconciled counts.
 
     ``progress(rows_read)`` is called after each batch.
@@ -260,8 +300,10 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
     nullable = set(nullable)
     info = store.traffic_info(name)
     if info and (info["id_col"], info["time_col"]) != (id_col, time_col):
-        raise WorkbenchError(f"traffic {name!r} was ingested with id column {info['id_col']!r} and time column "
-                             f"{info['time_col']!r}; use the same columns to append")
+        raise WorkbenchError(
+            f"traffic {name!r} was ingested with id column {info['id_col']!r} and time column "
+            f"{info['time_col']!r}; use the same columns to append"
+        )
     ingest_id = uuid.uuid4().hex[:12]
     read = 0
     reasons: dict[str, int] = {}
@@ -273,64 +315,105 @@ def ingest(store: Store, path: str | Path, name: str, *, id_col: str = "request_
         for batch in read_batches(files, on_malformed=malformed.append):
             check_column_names(batch.schema.names, path)
             if features is None:
-                features = _check_columns(batch.schema.names, id_col, time_col, entity_col, label_col,
-                                          existing_types)
+                features = _check_columns(batch.schema.names, id_col, time_col, entity_col, label_col, existing_types)
             else:
                 _check_same_columns(batch.schema.names, features, id_col, time_col, entity_col, label_col)
             if len(batch) == 0:
-                continue   # column types come from rows: an empty file or batch only has its names checked
+                continue  # column types come from rows: an empty file or batch only has its names checked
             view = ArrowView(cur, "_wb_batch", pa.Table.from_batches([batch]))
             src_types = _column_types(view)
             if not _staged(cur):
                 targets = _target_types(view, {c: src_types[c] for c in features}, existing_types)
                 if info is None:
                     _create_table(cur, name, features, targets)
-            _stage_batch(cur, view, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
-                         row_offset + read)
+            _stage_batch(
+                cur,
+                view,
+                src_types,
+                features,
+                targets,
+                id_col,
+                time_col,
+                entity_col,
+                label_col,
+                nullable,
+                row_offset + read,
+            )
             read += len(batch)
             if progress:
                 progress(read)
         if not _staged(cur):
             if info is None and not malformed:
-                raise WorkbenchError(f"{path} holds no rows: nothing to ingest (a new traffic set takes its "
-                                     "column types from its rows)")
+                raise WorkbenchError(
+                    f"{path} holds no rows: nothing to ingest (a new traffic set takes its column types from its rows)"
+                )
             if info is None:
-                raise WorkbenchError(f"{path} holds no readable rows ({len(malformed)} malformed line(s)): "
-                                     "nothing to ingest")
+                raise WorkbenchError(
+                    f"{path} holds no readable rows ({len(malformed)} malformed line(s)): nothing to ingest"
+                )
             ingested = 0
         else:
-            ingested = _commit_stage(cur, name, ingest_id, features, row_offset, appending=info is not None,
-                                     reasons=reasons)
+            ingested = _commit_stage(
+                cur, name, ingest_id, features, row_offset, appending=info is not None, reasons=reasons
+            )
             if label_col:
-                store.upsert_labels(cur, name, cur.sql(
-                    "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_stage "
-                    "WHERE _wb_reason IS NULL AND _wb_label IS NOT NULL").to_arrow_table())
+                store.upsert_labels(
+                    cur,
+                    name,
+                    cur.sql(
+                        "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_stage "
+                        "WHERE _wb_reason IS NULL AND _wb_label IS NOT NULL"
+                    ).to_arrow_table(),
+                )
             cur.execute("DROP TABLE _wb_stage")
         read += _quarantine_malformed(cur, name, ingest_id, "traffic", malformed, reasons)
         quarantined = read - ingested
         fingerprint = chain_fingerprint((info or {}).get("fingerprint", ""), sha)
         if features is None:  # no batch was read: only an append gets here, and it keeps the set's columns
             features = list(info["columns"]) if info else []
-        store.upsert_traffic_set(cur, name, id_col=id_col, time_col=time_col, entity_col=entity_col,
-                                 columns=features, fingerprint=fingerprint, added_rows=ingested,
-                                 added_quarantined=quarantined)
-        store.record_ingest(cur, ingest_id=ingest_id, traffic=name, kind="traffic", source=str(path),
-                            file_sha256=sha, rows_read=read, rows_ingested=ingested, rows_quarantined=quarantined)
+        store.upsert_traffic_set(
+            cur,
+            name,
+            id_col=id_col,
+            time_col=time_col,
+            entity_col=entity_col,
+            columns=features,
+            fingerprint=fingerprint,
+            added_rows=ingested,
+            added_quarantined=quarantined,
+        )
+        store.record_ingest(
+            cur,
+            ingest_id=ingest_id,
+            traffic=name,
+            kind="traffic",
+            source=str(path),
+            file_sha256=sha,
+            rows_read=read,
+            rows_ingested=ingested,
+            rows_quarantined=quarantined,
+        )
     store.checkpoint()
     return IngestResult(name, read, ingested, quarantined, dict(sorted(reasons.items())), fingerprint)
 
 
 def _staged(cur) -> bool:
     """Whether this ingest has staged rows yet (its temporary ``_wb_stage`` table exists)."""
-    return cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_wb_stage' AND temporary"
-                       ).fetchall()[0][0] > 0
+    return (
+        cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_wb_stage' AND temporary").fetchall()[0][
+            0
+        ]
+        > 0
+    )
 
 
 def _quarantine_malformed(cur, traffic: str, ingest_id: str, kind: str, lines: list[str], reasons: dict) -> int:
     """Quarantine CSV lines that could not be split into the header's cells; returns their number."""
     if lines:
-        cur.executemany("INSERT INTO quarantine VALUES (?, ?, ?, NULL, NULL, 'malformed_row', ?)",
-                        [[traffic, ingest_id, kind, text[:RAW_MAX_CHARS]] for text in lines])
+        cur.executemany(
+            "INSERT INTO quarantine VALUES (?, ?, ?, NULL, NULL, 'malformed_row', ?)",
+            [[traffic, ingest_id, kind, text[:RAW_MAX_CHARS]] for text in lines],
+        )
         reasons["malformed_row"] = reasons.get("malformed_row", 0) + len(lines)
     return len(lines)
 
@@ -347,10 +430,12 @@ def _next_row(cur, name: str) -> int:
 def _check_columns(cols, id_col, time_col, entity_col, label_col, existing_types) -> list[str]:
     missing = [c for c in (id_col, time_col, entity_col, label_col) if c and c not in cols]
     if missing:
-        raise WorkbenchError(f"missing required column(s) {', '.join(missing)}; the file has: "
-                             f"{', '.join(repr(c) for c in cols[:30])}")
-    reserved = {"_row", "request_id", "event_time", "entity_key"} - {c.casefold() for c in (id_col, time_col,
-                                                                                          entity_col) if c}
+        raise WorkbenchError(
+            f"missing required column(s) {', '.join(missing)}; the file has: {', '.join(repr(c) for c in cols[:30])}"
+        )
+    reserved = {"_row", "request_id", "event_time", "entity_key"} - {
+        c.casefold() for c in (id_col, time_col, entity_col) if c
+    }
     clash = sorted(c for c in cols if c.casefold() in reserved and c not in (id_col, time_col, entity_col))
     if clash:
         raise WorkbenchError(f"column name(s) {', '.join(clash)} are reserved by the workbench; rename them")
@@ -375,27 +460,31 @@ def _create_table(cur, name: str, features: list[str], targets: dict[str, str]) 
     cur.execute(f"CREATE TABLE {traffic_table(name)} ({', '.join(cols)})")
 
 
-def _stage_batch(cur, view: ArrowView, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable,
-                 row_offset) -> None:
+def _stage_batch(
+    cur, view: ArrowView, src_types, features, targets, id_col, time_col, entity_col, label_col, nullable, row_offset
+) -> None:
     """Type-check one batch in SQL and append it, with each row's first failing reason, to ``_wb_stage``."""
-    sel = [f"{row_offset} + (row_number() OVER () - 1) AS _row",
-           f"CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id",
-           f"{_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} AS event_time",
-           (f"CAST(_wb_src.{qident(entity_col)} AS VARCHAR)" if entity_col else "CAST(NULL AS VARCHAR)")
-           + " AS entity_key"]
+    sel = [
+        f"{row_offset} + (row_number() OVER () - 1) AS _row",
+        f"CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id",
+        f"{_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} AS event_time",
+        (f"CAST(_wb_src.{qident(entity_col)} AS VARCHAR)" if entity_col else "CAST(NULL AS VARCHAR)")
+        + " AS entity_key",
+    ]
     id_nan = f" OR isnan(_wb_src.{qident(id_col)})" if src_types[id_col] in ("DOUBLE", "FLOAT") else ""
-    checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL OR CAST(_wb_src.{qident(id_col)} AS VARCHAR) = ''{id_nan} "
-              f"THEN {sql_literal('null:' + id_col)}",
-              f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {sql_literal('null:' + time_col)}",
-              f"WHEN {_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} IS NULL "
-              f"THEN {sql_literal('type:' + time_col)}"]
+    checks = [
+        f"WHEN _wb_src.{qident(id_col)} IS NULL OR CAST(_wb_src.{qident(id_col)} AS VARCHAR) = ''{id_nan} "
+        f"THEN {sql_literal('null:' + id_col)}",
+        f"WHEN _wb_src.{qident(time_col)} IS NULL THEN {sql_literal('null:' + time_col)}",
+        f"WHEN {_cast_expr(time_col, src_types[time_col], 'TIMESTAMP')} IS NULL THEN {sql_literal('type:' + time_col)}",
+    ]
     for c in features:
         expr = _cast_expr(c, src_types[c], targets[c])
         sel.append(f"{expr} AS {qident(c)}")
         src = f"_wb_src.{qident(c)}"
         if not any(fnmatch.fnmatchcase(c, pat) for pat in nullable):
             null_test = f"{src} IS NULL"
-            if targets[c] in ("DOUBLE", "FLOAT"):   # NaN is missing, whether it came as a float or as text
+            if targets[c] in ("DOUBLE", "FLOAT"):  # NaN is missing, whether it came as a float or as text
                 null_test += f" OR isnan({expr})"
             checks.append(f"WHEN {null_test} THEN {sql_literal('null:' + c)}")
         checks.append(f"WHEN {src} IS NOT NULL AND {expr} IS NULL THEN {sql_literal('type:' + c)}")
@@ -403,14 +492,16 @@ def _stage_batch(cur, view: ArrowView, src_types, features, targets, id_col, tim
             checks.append(f"WHEN isinf({expr}) THEN {sql_literal('nonfinite:' + c)}")
     if label_col:
         lab = f"_wb_src.{qident(label_col)}"
-        lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
-                    f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
+        lab_expr = (
+            f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
+            f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
+        )
         sel.append(f"{lab_expr} AS _wb_label")
         checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}")
     reason = "CASE " + " ".join(checks) + " END"
     # the raw row (as it came in) is kept only for rows that fail here; duplicates get theirs at commit
     raw = f"CASE WHEN _wb_reason IS NOT NULL THEN left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) END"
-    query = f"""SELECT *, {raw} AS _wb_raw FROM (SELECT {', '.join(sel)}, {reason} AS _wb_reason, _wb_src
+    query = f"""SELECT *, {raw} AS _wb_raw FROM (SELECT {", ".join(sel)}, {reason} AS _wb_reason, _wb_src
                 FROM {view.name} AS _wb_src)"""
     query = f"SELECT * EXCLUDE (_wb_src) FROM ({query})"
     if not _staged(cur):
@@ -431,22 +522,38 @@ def _commit_stage(cur, name, ingest_id, features, row_offset, *, appending: bool
     # ORDER BY (the stage is in _row order already) makes DuckDB write full row groups: a plain insert keeps
     # the source's partial ones, and the next checkpoint of any later write (a replay's) merges and rewrites
     # them, about 0.1 s per million rows
-    cur.execute(f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_stage "
-                "WHERE _wb_reason IS NULL ORDER BY _row")
-    typed = "struct_pack(" + ", ".join(f"{qident(c)} := {qident(c)}" for c in
-                                       ["request_id", "event_time", "entity_key", *features]) + ")"
-    cur.execute(f"""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ?, request_id, _wb_reason,
+    cur.execute(
+        f"INSERT INTO {traffic_table(name)} ({cols}) SELECT {cols} FROM _wb_stage "
+        "WHERE _wb_reason IS NULL ORDER BY _row"
+    )
+    typed = (
+        "struct_pack("
+        + ", ".join(f"{qident(c)} := {qident(c)}" for c in ["request_id", "event_time", "entity_key", *features])
+        + ")"
+    )
+    cur.execute(
+        f"""INSERT INTO quarantine SELECT ?, ?, 'traffic', _row - ?, request_id, _wb_reason,
                         coalesce(_wb_raw, left(CAST(to_json({typed}) AS VARCHAR), {RAW_MAX_CHARS}))
-                    FROM _wb_stage WHERE _wb_reason IS NOT NULL ORDER BY _row""", [name, ingest_id, row_offset])
-    for r, n in cur.execute("SELECT _wb_reason, count(*) FROM _wb_stage WHERE _wb_reason IS NOT NULL "
-                            "GROUP BY 1").fetchall():
+                    FROM _wb_stage WHERE _wb_reason IS NOT NULL ORDER BY _row""",
+        [name, ingest_id, row_offset],
+    )
+    for r, n in cur.execute(
+        "SELECT _wb_reason, count(*) FROM _wb_stage WHERE _wb_reason IS NOT NULL GROUP BY 1"
+    ).fetchall():
         reasons[r] = reasons.get(r, 0) + int(n)
     return int(cur.execute("SELECT count(*) FROM _wb_stage WHERE _wb_reason IS NULL").fetchall()[0][0])
 
 
 # -- labels ---------------------------------------------------------------------------------------
-def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str = "request_id",
-                  label_col: str = "label", time_col: str | None = "label_time") -> LabelsResult:
+def ingest_labels(
+    store: Store,
+    path: str | Path,
+    traffic: str,
+    *,
+    id_col: str = "request_id",
+    label_col: str = "label",
+    time_col: str | None = "label_time",
+) -> LabelsResult:
     """Ingest labels for a traffic set; a later file's label for the same id replaces the earlier one."""
     store.require_traffic(traffic)
     files = resolve_paths(path)
@@ -462,42 +569,67 @@ def ingest_labels(store: Store, path: str | Path, traffic: str, *, id_col: str =
             src_types = _column_types(view)
             missing = [c for c in (id_col, label_col) if c not in src_types]
             if missing:
-                raise WorkbenchError(f"labels file lacks column(s) {', '.join(missing)}; it has: "
-                                     f"{', '.join(repr(c) for c in list(src_types)[:30])}")
+                raise WorkbenchError(
+                    f"labels file lacks column(s) {', '.join(missing)}; it has: "
+                    f"{', '.join(repr(c) for c in list(src_types)[:30])}"
+                )
             time_name = time_col if time_col and time_col in src_types else None
             lab = f"_wb_src.{qident(label_col)}"
-            lab_expr = (f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
-                        f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))")
-            t_expr = _cast_expr(time_name, src_types[time_name], "TIMESTAMP") if time_name is not None \
+            lab_expr = (
+                f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
+                f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
+            )
+            t_expr = (
+                _cast_expr(time_name, src_types[time_name], "TIMESTAMP")
+                if time_name is not None
                 else "CAST(NULL AS TIMESTAMP)"
-            checks = [f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {sql_literal('null:' + id_col)}",
-                      f"WHEN {lab} IS NULL THEN {sql_literal('null:' + label_col)}",
-                      f"WHEN {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}"]
+            )
+            checks = [
+                f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {sql_literal('null:' + id_col)}",
+                f"WHEN {lab} IS NULL THEN {sql_literal('null:' + label_col)}",
+                f"WHEN {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}",
+            ]
             if time_name is not None:
-                checks.append(f"WHEN _wb_src.{qident(time_name)} IS NOT NULL AND {t_expr} IS NULL "
-                              f"THEN {sql_literal('type:' + time_name)}")
+                checks.append(
+                    f"WHEN _wb_src.{qident(time_name)} IS NOT NULL AND {t_expr} IS NULL "
+                    f"THEN {sql_literal('type:' + time_name)}"
+                )
             view.execute(f"""CREATE OR REPLACE TEMP TABLE _wb_checked AS
                 SELECT {read} + (row_number() OVER () - 1) AS _row,
                        CAST(_wb_src.{qident(id_col)} AS VARCHAR) AS request_id, {lab_expr} AS label,
-                       {t_expr} AS label_time, CASE {' '.join(checks)} END AS _reason,
+                       {t_expr} AS label_time, CASE {" ".join(checks)} END AS _reason,
                        left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) AS _raw
                 FROM {view.name} AS _wb_src""")
             cur.execute("""UPDATE _wb_checked SET _reason = 'duplicate_id' WHERE _reason IS NULL AND _row IN (
                 SELECT _row FROM (SELECT _row, row_number() OVER (PARTITION BY request_id ORDER BY _row) AS k
                 FROM _wb_checked WHERE _reason IS NULL) WHERE k > 1)""")
-            good = cur.sql("SELECT request_id, label, label_time FROM _wb_checked "
-                           "WHERE _reason IS NULL").to_arrow_table()
+            good = cur.sql(
+                "SELECT request_id, label, label_time FROM _wb_checked WHERE _reason IS NULL"
+            ).to_arrow_table()
             store.upsert_labels(cur, traffic, good)
             unmatched += store.count_unmatched_labels(cur, traffic, good.column("request_id"))
-            cur.execute("""INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw
-                           FROM _wb_checked WHERE _reason IS NOT NULL""", [traffic, ingest_id])
-            for r, n in cur.execute("SELECT _reason, count(*) FROM _wb_checked WHERE _reason IS NOT NULL "
-                                    "GROUP BY 1").fetchall():
+            cur.execute(
+                """INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw
+                           FROM _wb_checked WHERE _reason IS NOT NULL""",
+                [traffic, ingest_id],
+            )
+            for r, n in cur.execute(
+                "SELECT _reason, count(*) FROM _wb_checked WHERE _reason IS NOT NULL GROUP BY 1"
+            ).fetchall():
                 reasons[r] = reasons.get(r, 0) + int(n)
             cur.execute("DROP TABLE _wb_checked")
             read += len(batch)
             stored += good.num_rows
         read += _quarantine_malformed(cur, traffic, ingest_id, "labels", malformed, reasons)
-        store.record_ingest(cur, ingest_id=ingest_id, traffic=traffic, kind="labels", source=str(path),
-                            file_sha256=sha, rows_read=read, rows_ingested=stored, rows_quarantined=read - stored)
+        store.record_ingest(
+            cur,
+            ingest_id=ingest_id,
+            traffic=traffic,
+            kind="labels",
+            source=str(path),
+            file_sha256=sha,
+            rows_read=read,
+            rows_ingested=stored,
+            rows_quarantined=read - stored,
+        )
     return LabelsResult(traffic, read, stored, unmatched, read - stored, dict(sorted(reasons.items())))

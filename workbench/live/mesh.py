@@ -11,6 +11,7 @@ head record) to Kubernetes objects, printed as YAML by ``workbench canary render
   (``confirm-traffic-increase``, ``confirm-promotion``, ``rollback``) ask the workbench service.
 - ``kserve``: an InferenceService patch setting ``canaryTrafficPercent`` to the weight.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ ANNOTATION = "canary-workbench.io"
 @dataclass(frozen=True)
 class MeshOptions:
     namespace: str = "default"
-    service: str | None = None          # the Kubernetes service / host of the model (default: the model name)
-    api_url: str = "http://canary-workbench.default.svc:8000"   # the workbench service, as the cluster sees it
+    service: str | None = None  # the Kubernetes service / host of the model (default: the model name)
+    api_url: str = "http://canary-workbench.default.svc:8000"  # the workbench service, as the cluster sees it
 
 
 def _k8s_name(model: str) -> str:
@@ -37,9 +38,12 @@ def _k8s_name(model: str) -> str:
 
 
 def _annotations(state: dict) -> dict:
-    return {f"{ANNOTATION}/decision-id": str(state["decision_id"]), f"{ANNOTATION}/weight": str(state["weight"]),
-            f"{ANNOTATION}/baseline-version": str(state["baseline_version"]),
-            f"{ANNOTATION}/candidate-version": str(state["candidate_version"])}
+    return {
+        f"{ANNOTATION}/decision-id": str(state["decision_id"]),
+        f"{ANNOTATION}/weight": str(state["weight"]),
+        f"{ANNOTATION}/baseline-version": str(state["baseline_version"]),
+        f"{ANNOTATION}/candidate-version": str(state["candidate_version"]),
+    }
 
 
 def _meta(name: str, opts: MeshOptions, state: dict) -> dict:
@@ -49,14 +53,34 @@ def _meta(name: str, opts: MeshOptions, state: dict) -> dict:
 def istio(state: dict, ramp: list[int], opts: MeshOptions) -> list[dict]:
     host = opts.service or _k8s_name(state["model"])
     w = int(state["weight"])
-    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": _meta(host, opts, state),
-          "spec": {"hosts": [host], "http": [{"route": [
-              {"destination": {"host": host, "subset": "baseline"}, "weight": 100 - w},
-              {"destination": {"host": host, "subset": "candidate"}, "weight": w}]}]}}
-    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": _meta(host, opts, state),
-          "spec": {"host": host, "subsets": [
-              {"name": "baseline", "labels": {"version": str(state["baseline_version"])}},
-              {"name": "candidate", "labels": {"version": str(state["candidate_version"])}}]}}
+    vs = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": _meta(host, opts, state),
+        "spec": {
+            "hosts": [host],
+            "http": [
+                {
+                    "route": [
+                        {"destination": {"host": host, "subset": "baseline"}, "weight": 100 - w},
+                        {"destination": {"host": host, "subset": "candidate"}, "weight": w},
+                    ]
+                }
+            ],
+        },
+    }
+    dr = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": _meta(host, opts, state),
+        "spec": {
+            "host": host,
+            "subsets": [
+                {"name": "baseline", "labels": {"version": str(state["baseline_version"])}},
+                {"name": "candidate", "labels": {"version": str(state["candidate_version"])}},
+            ],
+        },
+    }
     return [vs, dr]
 
 
@@ -70,38 +94,74 @@ def argo(state: dict, ramp: list[int], opts: MeshOptions) -> list[dict]:
     steps = []
     for w in ramp:
         if w >= 100:
-            break   # after the last step Argo promotes the Rollout to 100 % itself
+            break  # after the last step Argo promotes the Rollout to 100 % itself
         steps += [{"setWeight": int(w)}, {"analysis": {"templates": [{"templateName": template}]}}]
-    rollout = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": _meta(name, opts, state),
-               "spec": {"strategy": {"canary": {"steps": steps}}}}
-    analysis = {"apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
-                "metadata": _meta(template, opts, state),
-                "spec": {"metrics": [{
-                    "name": "canary-workbench-verdict", "interval": "1m", "count": 1, "failureLimit": 0,
+    rollout = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": _meta(name, opts, state),
+        "spec": {"strategy": {"canary": {"steps": steps}}},
+    }
+    analysis = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AnalysisTemplate",
+        "metadata": _meta(template, opts, state),
+        "spec": {
+            "metrics": [
+                {
+                    "name": "canary-workbench-verdict",
+                    "interval": "1m",
+                    "count": 1,
+                    "failureLimit": 0,
                     "successCondition": f'result.verdict == "{Verdict.PROMOTE.lower()}"',
                     "failureCondition": f'result.verdict == "{Verdict.ROLLBACK.lower()}"',
-                    "provider": {"web": {"url": _api(opts, f"/v1/canary/{state['model']}"), "jsonPath": "{$}",
-                                         "timeoutSeconds": 10}}}]}}
+                    "provider": {
+                        "web": {
+                            "url": _api(opts, f"/v1/canary/{state['model']}"),
+                            "jsonPath": "{$}",
+                            "timeoutSeconds": 10,
+                        }
+                    },
+                }
+            ]
+        },
+    }
     return [rollout, analysis]
 
 
 def flagger(state: dict, ramp: list[int], opts: MeshOptions) -> list[dict]:
     name = opts.service or _k8s_name(state["model"])
-    hooks = [{"name": hook, "type": hook, "url": _api(opts, f"/v1/flagger/{state['model']}/{hook}"),
-              "timeout": "10s"} for hook in ("confirm-traffic-increase", "confirm-promotion", "rollback")]
-    canary = {"apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": _meta(name, opts, state),
-              "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                       "analysis": {"interval": "1m", "threshold": 1,
-                                    "stepWeights": [int(w) for w in ramp if w < 100],
-                                    "webhooks": hooks}}}
+    hooks = [
+        {"name": hook, "type": hook, "url": _api(opts, f"/v1/flagger/{state['model']}/{hook}"), "timeout": "10s"}
+        for hook in ("confirm-traffic-increase", "confirm-promotion", "rollback")
+    ]
+    canary = {
+        "apiVersion": "flagger.app/v1beta1",
+        "kind": "Canary",
+        "metadata": _meta(name, opts, state),
+        "spec": {
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "analysis": {
+                "interval": "1m",
+                "threshold": 1,
+                "stepWeights": [int(w) for w in ramp if w < 100],
+                "webhooks": hooks,
+            },
+        },
+    }
     return [canary]
 
 
 def kserve(state: dict, ramp: list[int], opts: MeshOptions) -> list[dict]:
     name = opts.service or _k8s_name(state["model"])
-    return [{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-             "metadata": _meta(name, opts, state),
-             "spec": {"predictor": {"canaryTrafficPercent": int(state["weight"])}}}]
+    return [
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": _meta(name, opts, state),
+            "spec": {"predictor": {"canaryTrafficPercent": int(state["weight"])}},
+        }
+    ]
 
 
 RENDERERS = {"istio": istio, "argo": argo, "flagger": flagger, "kserve": kserve}
@@ -114,8 +174,10 @@ def render(target: str, state: dict, ramp: list[int], opts: MeshOptions = MeshOp
     if state.get("decision_id") is None:
         raise WorkbenchError(f"model {state.get('model')} has no canary decision: nothing to render")
     if not state.get("verified"):
-        raise WorkbenchError(f"the canary state of {state.get('model')} does not verify "
-                             f"({state.get('problem')}); not rendering weights from it")
+        raise WorkbenchError(
+            f"the canary state of {state.get('model')} does not verify "
+            f"({state.get('problem')}); not rendering weights from it"
+        )
     return RENDERERS[target](state, list(ramp), opts)
 
 
@@ -136,7 +198,7 @@ def flagger_gate(view: dict, hook: str) -> tuple[bool, str]:
     """
     if hook not in FLAGGER_HOOKS:
         raise WorkbenchError(f"unknown Flagger webhook {hook!r}: use one of {', '.join(FLAGGER_HOOKS)}")
-    w, verdict = int(view["weight"]), str(view.get("verdict")).upper()   # the view's verdict is lower case
+    w, verdict = int(view["weight"]), str(view.get("verdict")).upper()  # the view's verdict is lower case
     if not view.get("verified"):
         why = f"the canary state does not verify: {view.get('problem')}"
         return hook == "rollback", why

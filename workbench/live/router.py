@@ -19,6 +19,7 @@ connections of its own lean HTTP/1.1 client (:mod:`workbench.live.upstream`):
   on a breach the candidate goes to weight 0 at once (locally), and a signed ROLLBACK record is applied and
   published to MLflow in a worker thread, so neither DuckDB nor MLflow can hold up routing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,6 +53,7 @@ CANARY_HEADER = b"x-canary"
 @dataclass(frozen=True)
 class LiveState:
     """The model's canary state as the router uses it."""
+
     model: str
     weight: int
     baseline_version: str | None
@@ -92,8 +94,9 @@ class StoreWeights:
     the rollback is signed by its signer.
     """
 
-    def __init__(self, settings, model: str, policy: Policy, *, keys: KeyRing, publish: bool = True,
-                 read_wait_s: float = 0.0):
+    def __init__(
+        self, settings, model: str, policy: Policy, *, keys: KeyRing, publish: bool = True, read_wait_s: float = 0.0
+    ):
         from workbench.store import Store
 
         self.settings, self.model, self.policy = settings, model, policy
@@ -102,7 +105,7 @@ class StoreWeights:
         # DuckDB refuses a read-only and a read-write connection to one file in one process: the poller's
         # reads and the rollback's writes take turns
         self._lock = threading.Lock()
-        with Store(settings.db_path):   # creates the file and schema, so read-only opens work from now on
+        with Store(settings.db_path):  # creates the file and schema, so read-only opens work from now on
             pass
 
     def _signature(self) -> tuple:
@@ -122,15 +125,23 @@ class StoreWeights:
         from workbench.decide.canary import status
         from workbench.store import Store
 
-        sig = self._signature()   # taken before reading: a write during the read triggers another read
+        sig = self._signature()  # taken before reading: a write during the read triggers another read
         with self._lock, Store(self.settings.db_path, read_only=True, wait_s=self.read_wait_s) as store:
             st = status(store, self.model, self.keys.trusted)
             row = store.canary_state(self.model)
         self._sig = sig
         if row is None:
             return LiveState.empty(self.model)
-        return LiveState(self.model, st.weight, st.baseline_version, st.candidate_version, st.decision_id,
-                         st.verified, bool(row["killed"]), st.problem)
+        return LiveState(
+            self.model,
+            st.weight,
+            st.baseline_version,
+            st.candidate_version,
+            st.decision_id,
+            st.verified,
+            bool(row["killed"]),
+            st.problem,
+        )
 
     def rollback(self, pair: tuple, report: SloReport) -> str | None:
         """Record the live rollback of ``pair``; None when the state has moved on (another pair, already 0)."""
@@ -142,10 +153,11 @@ class StoreWeights:
             st = status(store, self.model, trusted)
             if (st.baseline_version, st.candidate_version) != tuple(pair) or st.weight == 0:
                 return None
-            signed = build_kill(store, self.model, report.reason, signer, self.policy, source="live SLO",
-                                scorecard=report.scorecard())
+            signed = build_kill(
+                store, self.model, report.reason, signer, self.policy, source="live SLO", scorecard=report.scorecard()
+            )
             apply_decision(store, signed, trusted)
-        if self.publish:   # MLflow outside the store: a slow or dead MLflow never holds DuckDB's lock
+        if self.publish:  # MLflow outside the store: a slow or dead MLflow never holds DuckDB's lock
             from workbench.decide.registry import Registry
 
             s = self.settings
@@ -156,8 +168,13 @@ class StoreWeights:
 
 
 # -- routing ---------------------------------------------------------------------------------------
-def choose_arm(weight: int, bucket: int, x_canary: str | None = None, segment: LiveSegment | None = None,
-               off_reason: str = "weight 0") -> tuple[str, str]:
+def choose_arm(
+    weight: int,
+    bucket: int,
+    x_canary: str | None = None,
+    segment: LiveSegment | None = None,
+    off_reason: str = "weight 0",
+) -> tuple[str, str]:
     """(arm, reason) of one request. Weight 0 wins over everything (kill switch, rollback, no verified
     decision); then ``X-Canary``; then the first matching segment rule; then the sticky bucket."""
     if weight <= 0:
@@ -177,6 +194,7 @@ def choose_arm(weight: int, bucket: int, x_canary: str | None = None, segment: L
 @dataclass(frozen=True)
 class RouterConfig:
     """What ``workbench route`` is told: the model, its two servers, the entity key, mirroring, timeouts."""
+
     model: str
     baseline_url: str
     candidate_url: str
@@ -212,8 +230,13 @@ async def _read_body(receive) -> bytes:
 
 
 async def _send(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -224,16 +247,25 @@ async def _send_json(send, status: int, obj: dict) -> None:
 class Router:
     """The ASGI app; ``clock`` is the monotonic clock of the SLO windows."""
 
-    def __init__(self, config: RouterConfig, policy: Policy, weights: WeightSource, *,
-                 traffic_log: TrafficLog | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: RouterConfig,
+        policy: Policy,
+        weights: WeightSource,
+        *,
+        traffic_log: TrafficLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.cfg, self.policy, self.weights, self.traffic_log = config, policy, weights, traffic_log
         self.live = policy.live_options
         self.clock = clock
-        self.urls = {"baseline": _invocations_url(config.baseline_url),
-                     "candidate": _invocations_url(config.candidate_url)}
+        self.urls = {
+            "baseline": _invocations_url(config.baseline_url),
+            "candidate": _invocations_url(config.candidate_url),
+        }
         self.windows = {a: ArmWindow(a, self.live.window_s) for a in ARMS}
         self.state = LiveState.empty(config.model, "not read yet")
-        self.held_pair: tuple | None = None      # a pair rolled back here: weight 0 before the record lands
+        self.held_pair: tuple | None = None  # a pair rolled back here: weight 0 before the record lands
         self.last_report: SloReport | None = None
         self.rollback: dict | None = None
         self.counts: Counter = Counter()
@@ -275,7 +307,7 @@ class Router:
             _, late = await asyncio.wait(set(self._mirrors), timeout=self.cfg.mirror_timeout_s + 1)
             for t in late:
                 t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)   # their requests are logged as they end
+            await asyncio.gather(*late, return_exceptions=True)  # their requests are logged as they end
         if self._rollback_task is not None:
             await asyncio.wait({self._rollback_task}, timeout=120)
         for pool in self._pools.values():
@@ -308,9 +340,14 @@ class Router:
             for w in self.windows.values():
                 w.clear()
         if (state.weight, state.decision_id, state.verified) != (old.weight, old.decision_id, old.verified):
-            log.warning("%s: candidate v%s at %d%% (decision %s)%s", state.model, state.candidate_version,
-                        state.weight, state.decision_id,
-                        "" if state.verified else f"; NOT verified, routing 0%: {state.problem}")
+            log.warning(
+                "%s: candidate v%s at %d%% (decision %s)%s",
+                state.model,
+                state.candidate_version,
+                state.weight,
+                state.decision_id,
+                "" if state.verified else f"; NOT verified, routing 0%: {state.problem}",
+            )
         self.state = state
 
     async def _monitor_loop(self) -> None:
@@ -359,10 +396,17 @@ class Router:
     def trip(self, report: SloReport) -> None:
         st = self.state
         self.held_pair = st.pair
-        self.rollback = rollback = {"candidate_version": st.candidate_version, "weight_before": st.weight,
-                                    "reason": report.reason, "decision_id": None, "error": None, "at": time.time()}
-        log.warning("%s: live SLO breached, candidate v%s to 0%% now: %s", st.model, st.candidate_version,
-                    report.reason)
+        self.rollback = rollback = {
+            "candidate_version": st.candidate_version,
+            "weight_before": st.weight,
+            "reason": report.reason,
+            "decision_id": None,
+            "error": None,
+            "at": time.time(),
+        }
+        log.warning(
+            "%s: live SLO breached, candidate v%s to 0%% now: %s", st.model, st.candidate_version, report.reason
+        )
         self._rollback_task = asyncio.create_task(self._record_rollback(st.pair, report, rollback))
 
     async def _record_rollback(self, pair: tuple, report: SloReport, rollback: dict) -> None:
@@ -371,12 +415,19 @@ class Router:
         try:
             rollback["decision_id"] = await asyncio.to_thread(self.weights.rollback, pair, report)
             rollback["recorded_s"] = round(time.monotonic() - t0, 3)
-            log.warning("%s: rollback recorded as decision %s in %.2f s", self.cfg.model, rollback["decision_id"],
-                        rollback["recorded_s"])
+            log.warning(
+                "%s: rollback recorded as decision %s in %.2f s",
+                self.cfg.model,
+                rollback["decision_id"],
+                rollback["recorded_s"],
+            )
         except Exception as e:  # the local hold stays: routing is already at 0 for this pair
             rollback["error"] = f"{type(e).__name__}: {e}"
-            log.error("%s: the rollback could not be recorded (%s); the candidate stays at 0%% in this router",
-                      self.cfg.model, rollback["error"])
+            log.error(
+                "%s: the rollback could not be recorded (%s); the candidate stays at 0%% in this router",
+                self.cfg.model,
+                rollback["error"],
+            )
         await self.refresh()
 
     # -- ASGI ------------------------------------------------------------------------------------
@@ -392,13 +443,22 @@ class Router:
                 else:
                     await self._invocations(scope, receive, send)
             elif path in ("/healthz", "/health", "/ping"):
-                await _send_json(send, 200, {"status": "ok", "model": self.cfg.model, "weight": self.state.weight,
-                                             "effective_weight": self.effective_weight()})
+                await _send_json(
+                    send,
+                    200,
+                    {
+                        "status": "ok",
+                        "model": self.cfg.model,
+                        "weight": self.state.weight,
+                        "effective_weight": self.effective_weight(),
+                    },
+                )
             elif path == "/v1/router":
                 await _send_json(send, 200, self.status())
             else:
-                await _send_json(send, 404, {"error": f"no route {path}: POST /invocations, GET /healthz, "
-                                                      "GET /v1/router"})
+                await _send_json(
+                    send, 404, {"error": f"no route {path}: POST /invocations, GET /healthz, GET /v1/router"}
+                )
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -417,7 +477,7 @@ class Router:
 
     def _decide(self, headers: dict, body: bytes, ctype: str, rid: str) -> tuple[str, str, str | None]:
         """(arm, reason, entity key) of a request."""
-        row = request_rows(body, ctype)[0] if self._needs_rows else {}   # never empty: [{}] when unreadable
+        row = request_rows(body, ctype)[0] if self._needs_rows else {}  # never empty: [{}] when unreadable
         entity = None
         if self._entity_header is not None and self._entity_header in headers:
             entity = headers[self._entity_header].decode("utf-8", "replace")
@@ -447,8 +507,11 @@ class Router:
         body = await _read_body(receive)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"application/json").decode("latin-1")
-        rid = headers[b"x-request-id"].decode("latin-1") if b"x-request-id" in headers else \
-            f"{self._rid_prefix}{next(self._rid_seq):016x}"
+        rid = (
+            headers[b"x-request-id"].decode("latin-1")
+            if b"x-request-id" in headers
+            else f"{self._rid_prefix}{next(self._rid_seq):016x}"
+        )
         try:
             arm, reason, entity = self._decide(headers, body, ctype, rid)
         except ValueError as e:
@@ -456,8 +519,17 @@ class Router:
             await _send_json(send, 400, {"error": str(e)})
             return
         st = self.state
-        rec = LiveRecord(request_id=rid, event_time=arrived, entity=entity, routed=arm, reason=reason,
-                         weight=self.effective_weight(), decision_id=st.decision_id, body=body, content_type=ctype)
+        rec = LiveRecord(
+            request_id=rid,
+            event_time=arrived,
+            entity=entity,
+            routed=arm,
+            reason=reason,
+            weight=self.effective_weight(),
+            decision_id=st.decision_id,
+            body=body,
+            content_type=ctype,
+        )
         mirror = None
         if arm == "baseline" and self.mirroring() and self._mirror_sampled(rid):
             if len(self._mirrors) < self.cfg.max_mirrors:
@@ -470,15 +542,19 @@ class Router:
         out = await self._call(arm, body, ctype, rid, self.cfg.timeout_s)
         rec.outcomes[arm] = out
         served = arm
-        if arm == "candidate" and not out.ok:   # the user still gets an answer: the baseline's
+        if arm == "candidate" and not out.ok:  # the user still gets an answer: the baseline's
             served = "baseline"
             out = rec.outcomes["baseline"] = await self._call("baseline", body, ctype, rid, self.cfg.timeout_s)
             self.counts["retried"] += 1
         rec.served = served
         hdrs = [(b"x-canary-arm", served.encode()), (b"x-request-id", rid.encode("latin-1"))]
         if out.status is None:
-            await _send(send, 502, json.dumps({"error": f"{served} model server: {out.error}"}).encode(),
-                        [(b"content-type", b"application/json"), *hdrs])
+            await _send(
+                send,
+                502,
+                json.dumps({"error": f"{served} model server: {out.error}"}).encode(),
+                [(b"content-type", b"application/json"), *hdrs],
+            )
         else:
             await _send(send, out.status, out.body, [(b"content-type", out.content_type.encode("latin-1")), *hdrs])
         if mirror is None:
@@ -493,15 +569,16 @@ class Router:
     async def _mirror(self, rec: LiveRecord) -> None:
         t0 = time.perf_counter()
         try:
-            rec.outcomes["candidate"] = await self._call("candidate", rec.body, rec.content_type, rec.request_id,
-                                                         self.cfg.mirror_timeout_s)
-        except asyncio.CancelledError:   # shutdown: the request is still logged, with the mirror's fate
+            rec.outcomes["candidate"] = await self._call(
+                "candidate", rec.body, rec.content_type, rec.request_id, self.cfg.mirror_timeout_s
+            )
+        except asyncio.CancelledError:  # shutdown: the request is still logged, with the mirror's fate
             rec.outcomes["candidate"] = Outcome(None, b"", (time.perf_counter() - t0) * 1000, "cancelled at shutdown")
             raise
 
     async def _call(self, arm: str, body: bytes, ctype: str, rid: str, timeout: float) -> Outcome:
         t0 = time.perf_counter()
-        try:   # one deadline for the whole call, connecting included
+        try:  # one deadline for the whole call, connecting included
             r = await self._pools[arm].post(body, {"content-type": ctype, "x-request-id": rid}, timeout=timeout)
         except UpstreamTimeout as e:
             return Outcome(None, b"", (time.perf_counter() - t0) * 1000, str(e))
@@ -515,9 +592,15 @@ class Router:
         base = rec.outcomes.get("baseline")
         for arm, o in rec.outcomes.items():
             failed = not o.ok
-            if failed and arm == "candidate" and base is not None and o.status is not None and \
-                    400 <= o.status < 500 and base.status == o.status:
-                failed = False   # both arms refuse the request: the client's error, not the candidate's
+            if (
+                failed
+                and arm == "candidate"
+                and base is not None
+                and o.status is not None
+                and 400 <= o.status < 500
+                and base.status == o.status
+            ):
+                failed = False  # both arms refuse the request: the client's error, not the candidate's
             self.windows[arm].add(now, o.latency_ms, failed)
             self.counts[f"{arm}_calls"] += 1
             self.counts[f"{arm}_errors"] += failed
@@ -532,9 +615,23 @@ class Router:
         now = self.clock()
         windows = {a: w.stats(now, self.policy.confidence).to_dict() for a, w in self.windows.items()}
         tl = self.traffic_log
-        return {"model": self.cfg.model, "state": self.state.to_dict(), "effective_weight": self.effective_weight(),
-                "off_reason": self.off_reason(), "mirror_percent": self.cfg.mirror_percent,
-                "mirroring": self.mirroring(), "counts": dict(self.counts), "windows": windows,
-                "last_check": self.last_report.to_dict() if self.last_report else None, "rollback": self.rollback,
-                "traffic_log": None if tl is None else {"dir": str(tl.dir), "requests_written": tl.requests_written,
-                                                        "failed": tl.failed, "files": list(tl.files)}}
+        return {
+            "model": self.cfg.model,
+            "state": self.state.to_dict(),
+            "effective_weight": self.effective_weight(),
+            "off_reason": self.off_reason(),
+            "mirror_percent": self.cfg.mirror_percent,
+            "mirroring": self.mirroring(),
+            "counts": dict(self.counts),
+            "windows": windows,
+            "last_check": self.last_report.to_dict() if self.last_report else None,
+            "rollback": self.rollback,
+            "traffic_log": None
+            if tl is None
+            else {
+                "dir": str(tl.dir),
+                "requests_written": tl.requests_written,
+                "failed": tl.failed,
+                "files": list(tl.files),
+            },
+        }

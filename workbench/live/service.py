@@ -15,6 +15,7 @@ Argo Rollouts' web metric gates on), ``GET /v1/decisions/{id}``, ``POST /v1/flag
 verified decision). State changes (``POST /v1/canary/{model}/kill``, ``POST /v1/decisions``) need
 ``Authorization: Bearer $WORKBENCH_API_TOKEN``. FastAPI serves the OpenAPI spec at ``/openapi.json``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -89,14 +90,20 @@ def job_params(event: str, data: dict) -> dict | None:
     alias = data.get("alias") if event == "model_version_alias.created" else None
     if alias in WORKBENCH_ALIASES:
         return None
-    return {"model": name, "version": str(version), "alias": alias,
-            "candidate_uri": f"models:/{name}/{version}", "baseline_uri": f"models:/{name}@champion"}
+    return {
+        "model": name,
+        "version": str(version),
+        "alias": alias,
+        "candidate_uri": f"models:/{name}/{version}",
+        "baseline_uri": f"models:/{name}@champion",
+    }
 
 
 def _enqueue(settings: Settings, delivery_id: str, event: str, params: dict) -> tuple[dict, bool]:
     with Store(settings.db_path) as store:
-        return store.enqueue_job(job_id="job_" + uuid.uuid4().hex[:12], kind=JOB_KIND, delivery_id=delivery_id,
-                                 event=event, params=params)
+        return store.enqueue_job(
+            job_id="job_" + uuid.uuid4().hex[:12], kind=JOB_KIND, delivery_id=delivery_id, event=event, params=params
+        )
 
 
 def webhook_router(settings: Settings, tolerance_s: float, clock: Callable[[], float]) -> APIRouter:
@@ -119,8 +126,12 @@ def webhook_router(settings: Settings, tolerance_s: float, clock: Callable[[], f
             return {"status": "ignored", "event": event, "delivery_id": delivery_id}
         job, created = await run_in_threadpool(_enqueue, settings, delivery_id, event, params)
         log.info("webhook %s %s: job %s %s", event, delivery_id, job["job_id"], "queued" if created else "duplicate")
-        return {"status": "queued" if created else "duplicate", "job_id": job["job_id"], "event": event,
-                "delivery_id": delivery_id}
+        return {
+            "status": "queued" if created else "duplicate",
+            "job_id": job["job_id"],
+            "event": event,
+            "delivery_id": delivery_id,
+        }
 
     return router
 
@@ -129,15 +140,16 @@ def health_router() -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz")
-    async def healthz():   # on the event loop: answers at once while database work fills the thread pool
+    async def healthz():  # on the event loop: answers at once while database work fills the thread pool
         return {"status": "ok"}
 
     return router
 
 
-# -- the weight API (issue 7): canary state for routers, Argo Rollouts and Flagger -----------------------
+# -- the weight API: canary state for routers, Argo Rollouts and Flagger -----------------------
 class CanaryView(BaseModel):
     """The live canary state of a model, from the head of its signed decision chain."""
+
     model: str
     weight: int = Field(description="percent of traffic on the candidate (0-100)")
     baseline_version: str | None
@@ -145,9 +157,11 @@ class CanaryView(BaseModel):
     decision_id: str | None
     signature: str | None = Field(description="base64 Ed25519 signature of the head record")
     verified: bool = Field(description="the whole chain verifies and its head is the stored state")
-    verdict: str | None = Field(description='latest decision\'s verdict in lower case ("promote", "hold", '
-                                            '"rollback") when verified, else "unverified"; Argo Rollouts: '
-                                            'successCondition: result.verdict == "promote"')
+    verdict: str | None = Field(
+        description='latest decision\'s verdict in lower case ("promote", "hold", '
+        '"rollback") when verified, else "unverified"; Argo Rollouts: '
+        'successCondition: result.verdict == "promote"'
+    )
     killed: bool
     sequence: int | None
     ramp: list[int] | None
@@ -156,6 +170,7 @@ class CanaryView(BaseModel):
 
 class DecisionView(BaseModel):
     """A stored signed decision record and whether it verifies now."""
+
     decision_id: str
     model: str
     kind: str
@@ -174,6 +189,7 @@ class DecisionView(BaseModel):
 
 class GateAnswer(BaseModel):
     """A Flagger webhook's answer: HTTP 200 when ``allowed``, 412 otherwise."""
+
     model: str
     hook: str
     allowed: bool
@@ -189,12 +205,13 @@ class KillRequest(BaseModel):
 
 class SignedRecord(BaseModel):
     """What ``workbench decide --no-apply --json`` printed (other keys are ignored)."""
+
     record: dict
     signature: str
 
 
 def _view(settings: Settings, keys: KeyRing, model: str) -> dict:
-    with Store(settings.db_path) as store:   # read-write like every request here: DuckDB refuses mixed modes
+    with Store(settings.db_path) as store:  # read-write like every request here: DuckDB refuses mixed modes
         view = live_view(store, model, keys.trusted)
     if view["decision_id"] is None:
         raise HTTPException(404, f"model {model} has no canary decision")
@@ -207,10 +224,19 @@ def _decision(settings: Settings, keys: KeyRing, decision_id: str) -> dict:
         if row is None:
             raise HTTPException(404, f"no decision {decision_id}")
         signed = SignedDecision(json.loads(row["record"]), row["signature"])
-        out = {"decision_id": decision_id, "model": row["model"], "kind": row["kind"], "verdict": row["verdict"],
-               "weight_before": row["weight_before"], "weight_after": row["weight_after"],
-               "created_at": signed.record.get("created_at"), "record": signed.record, "signature": row["signature"],
-               "applied": row["applied_sequence"] is not None, "sequence": row["applied_sequence"]}
+        out = {
+            "decision_id": decision_id,
+            "model": row["model"],
+            "kind": row["kind"],
+            "verdict": row["verdict"],
+            "weight_before": row["weight_before"],
+            "weight_after": row["weight_after"],
+            "created_at": signed.record.get("created_at"),
+            "record": signed.record,
+            "signature": row["signature"],
+            "applied": row["applied_sequence"] is not None,
+            "sequence": row["applied_sequence"],
+        }
         try:
             out |= {"verified": True, "note": verify_decision(store, signed, keys.trusted).note}
         except SignatureError as e:
@@ -222,20 +248,20 @@ def _publish(settings: Settings, signed: SignedDecision) -> None:
     """Publish an applied record to MLflow after the answer went out (a down MLflow leaves pending_sync)."""
     from workbench.decide.registry import Registry
 
-    run_id, err = try_publish(signed, lambda d: Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
-                              .publish(d))
+    run_id, err = try_publish(
+        signed, lambda d: Registry(settings.mlflow_tracking_uri, settings.artifacts_dir).publish(d)
+    )
     with Store(settings.db_path) as store:
         record_sync(store, signed.decision_id, run_id, err)
 
 
-def _apply(settings: Settings, keys: KeyRing, make: Callable[[Store], SignedDecision]
-           ) -> tuple[dict, SignedDecision]:
+def _apply(settings: Settings, keys: KeyRing, make: Callable[[Store], SignedDecision]) -> tuple[dict, SignedDecision]:
     try:
         with Store(settings.db_path) as store:
             signed = make(store)
             apply_decision(store, signed, keys.trusted)
             return live_view(store, signed.model, keys.trusted), signed
-    except WorkbenchError as e:   # refused records, no key, no state: the client can act on the message
+    except WorkbenchError as e:  # refused records, no key, no state: the client can act on the message
         raise HTTPException(409, str(e)) from None
 
 
@@ -246,8 +272,11 @@ def _bearer(settings: Settings):
         if not settings.api_token:
             raise HTTPException(503, "no API token configured (WORKBENCH_API_TOKEN): state changes are disabled")
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), settings.api_token.encode()):
-            raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return require_token
 
@@ -268,21 +297,33 @@ def weights_router(settings: Settings, keys: KeyRing) -> APIRouter:
         """A stored decision record, its signature, and whether it verifies in its chain."""
         return await run_in_threadpool(_decision, settings, keys, decision_id)
 
-    @router.post("/flagger/{model}/{hook}", response_model=GateAnswer, tags=["flagger"],
-                 responses={412: {"model": GateAnswer, "description": "the gate is closed"}})
+    @router.post(
+        "/flagger/{model}/{hook}",
+        response_model=GateAnswer,
+        tags=["flagger"],
+        responses={412: {"model": GateAnswer, "description": "the gate is closed"}},
+    )
     async def flagger(model: str, hook: str, request: Request):
         """Flagger webhooks: ``confirm-traffic-increase``, ``confirm-promotion``, ``rollback``."""
         if hook not in FLAGGER_HOOKS:
             raise HTTPException(404, f"unknown Flagger webhook {hook!r}: use one of {', '.join(FLAGGER_HOOKS)}")
         view = await run_in_threadpool(_view, settings, keys, model)
         allowed, reason = flagger_gate(view, hook)
-        answer = {"model": model, "hook": hook, "allowed": allowed, "reason": reason, "weight": view["weight"],
-                  "verdict": view["verdict"], "decision_id": view["decision_id"]}
+        answer = {
+            "model": model,
+            "hook": hook,
+            "allowed": allowed,
+            "reason": reason,
+            "weight": view["weight"],
+            "verdict": view["verdict"],
+            "decision_id": view["decision_id"],
+        }
         return JSONResponse(answer, status_code=200 if allowed else 412)
 
     @router.post("/canary/{model}/kill", response_model=CanaryView, tags=["canary"], dependencies=auth)
     async def kill(model: str, body: KillRequest, background: BackgroundTasks):
         """The kill switch: a signed ROLLBACK record (the service's key) sets the weight to 0 at once."""
+
         def make(store: Store) -> SignedDecision:
             return build_kill(store, model, body.reason, keys.signer, load_policy())
 
@@ -293,23 +334,28 @@ def weights_router(settings: Settings, keys: KeyRing) -> APIRouter:
     @router.post("/decisions", response_model=CanaryView, tags=["canary"], dependencies=auth)
     async def apply(body: SignedRecord, background: BackgroundTasks):
         """Apply a signed record made elsewhere (``decide --no-apply``); refused records answer 409."""
-        view, signed = await run_in_threadpool(_apply, settings, keys, lambda _s: SignedDecision(body.record,
-                                                                                                 body.signature))
+        view, signed = await run_in_threadpool(
+            _apply, settings, keys, lambda _s: SignedDecision(body.record, body.signature)
+        )
         background.add_task(run_in_threadpool, _publish, settings, signed)
         return view
 
     return router
 
 
-def create_app(settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+def create_app(
+    settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S, clock: Callable[[], float] = time.time
+) -> FastAPI:
     """The service app; add routers with ``app.include_router`` to extend it. The key ring is made here, once:
     a key added or rotated later counts after a restart."""
     settings.ensure()
     keys = KeyRing.from_settings(settings)
-    app = FastAPI(title="canary-workbench", version="1",
-                  description="Signed canary decisions: weights for routers, meshes, Argo Rollouts and Flagger; "
-                              "MLflow webhooks in.")
+    app = FastAPI(
+        title="canary-workbench",
+        version="1",
+        description="Signed canary decisions: weights for routers, meshes, Argo Rollouts and Flagger; "
+        "MLflow webhooks in.",
+    )
     app.state.settings = settings
     app.include_router(health_router())
     app.include_router(webhook_router(settings, tolerance_s, clock))

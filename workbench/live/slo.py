@@ -5,6 +5,7 @@ calls :func:`judge` every ``check_interval_s``; the thresholds come from the pol
 (:class:`workbench.decide.policy.LiveOptions`). Checks use the policy's vocabulary
 (:class:`workbench.decide.policy.Check`) so a live rollback's record carries them like an offline scorecard.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -31,6 +32,7 @@ def wilson(errors: int, n: int, confidence: float) -> tuple[float, float]:
 @dataclass(frozen=True)
 class ArmStats:
     """One arm's outcomes over the window (latency percentiles in ms; None without requests)."""
+
     arm: str
     requests: int
     errors: int
@@ -85,6 +87,7 @@ class ArmWindow:
 @dataclass(frozen=True)
 class SloReport:
     """The judgement of one check: whether the candidate breached, the checks and the numbers behind it."""
+
     breached: bool
     reason: str
     checks: tuple[Check, ...]
@@ -95,13 +98,23 @@ class SloReport:
         """The checks as a scorecard dict (as :meth:`workbench.decide.policy.Scorecard.to_dict`), for the signed
         record."""
         counts = {o: sum(c.outcome == o for c in self.checks) for o in Outcome}
-        return {"verdict": Verdict.ROLLBACK if self.breached else Verdict.PROMOTE, "reason": self.reason,
-                "counts": counts, "checks": [c.to_dict() for c in self.checks], "skipped": [],
-                "live": {"window_s": self.window_s, "arms": {a: s.to_dict() for a, s in self.stats.items()}}}
+        return {
+            "verdict": Verdict.ROLLBACK if self.breached else Verdict.PROMOTE,
+            "reason": self.reason,
+            "counts": counts,
+            "checks": [c.to_dict() for c in self.checks],
+            "skipped": [],
+            "live": {"window_s": self.window_s, "arms": {a: s.to_dict() for a, s in self.stats.items()}},
+        }
 
     def to_dict(self) -> dict:
-        return {"breached": self.breached, "reason": self.reason, "window_s": self.window_s,
-                "checks": [c.to_dict() for c in self.checks], "arms": {a: s.to_dict() for a, s in self.stats.items()}}
+        return {
+            "breached": self.breached,
+            "reason": self.reason,
+            "window_s": self.window_s,
+            "checks": [c.to_dict() for c in self.checks],
+            "arms": {a: s.to_dict() for a, s in self.stats.items()},
+        }
 
 
 def _ms(x: float | None) -> str:
@@ -112,36 +125,73 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
     """Judge the candidate's window against the live SLO; too few requests is never a breach."""
     cand, base = stats["candidate"], stats["baseline"]
     if cand.requests < live.min_requests:
-        return SloReport(False, f"candidate has {cand.requests} requests in the last {live.window_s:g} s, "
-                                f"fewer than min_requests {live.min_requests}: not judged", (), stats, live.window_s)
+        return SloReport(
+            False,
+            f"candidate has {cand.requests} requests in the last {live.window_s:g} s, "
+            f"fewer than min_requests {live.min_requests}: not judged",
+            (),
+            stats,
+            live.window_s,
+        )
     if cand.error_ci_low is None or cand.p99_ms is None:
         raise ValueError(f"candidate stats with {cand.requests} requests lack the error interval or p99 latency")
     checks = []
     rate = Interval(cand.error_rate, cand.error_ci_low, cand.error_ci_high)
     failed = cand.error_ci_low > live.max_error_rate
-    checks.append(Check(
-        gate="live.errors.max_rate", kind="errors", metric="error_rate", criterion="max_rate",
-        threshold=live.max_error_rate, baseline=base.error_rate, candidate=cand.error_rate, delta=rate,
-        outcome=Outcome.FAIL if failed else Outcome.PASS, critical=True,
-        reason=f"candidate error rate {rate.text()} ({cand.errors} errors in {cand.requests} requests, "
-               f"{confidence:.0%} Wilson) " + ("whole interval > " if failed else "not surely > ")
-               + f"{live.max_error_rate:g}"))
+    checks.append(
+        Check(
+            gate="live.errors.max_rate",
+            kind="errors",
+            metric="error_rate",
+            criterion="max_rate",
+            threshold=live.max_error_rate,
+            baseline=base.error_rate,
+            candidate=cand.error_rate,
+            delta=rate,
+            outcome=Outcome.FAIL if failed else Outcome.PASS,
+            critical=True,
+            reason=f"candidate error rate {rate.text()} ({cand.errors} errors in {cand.requests} requests, "
+            f"{confidence:.0%} Wilson) "
+            + ("whole interval > " if failed else "not surely > ")
+            + f"{live.max_error_rate:g}",
+        )
+    )
     if live.max_p99_ms is not None:
         failed = cand.p99_ms > live.max_p99_ms
-        checks.append(Check(
-            gate="live.latency.p99.max_ms", kind="latency", metric="latency_p99_ms", criterion="max_ms",
-            threshold=live.max_p99_ms, baseline=base.p99_ms, candidate=cand.p99_ms, delta=None,
-            outcome=Outcome.FAIL if failed else Outcome.PASS, critical=True,
-            reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ms:g} ms"))
+        checks.append(
+            Check(
+                gate="live.latency.p99.max_ms",
+                kind="latency",
+                metric="latency_p99_ms",
+                criterion="max_ms",
+                threshold=live.max_p99_ms,
+                baseline=base.p99_ms,
+                candidate=cand.p99_ms,
+                delta=None,
+                outcome=Outcome.FAIL if failed else Outcome.PASS,
+                critical=True,
+                reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ms:g} ms",
+            )
+        )
     if live.max_p99_ratio is not None and base.requests >= live.min_requests and base.p99_ms is not None:
         bound = live.max_p99_ratio * base.p99_ms
         failed = cand.p99_ms > bound
-        checks.append(Check(
-            gate="live.latency.p99.max_ratio", kind="latency", metric="latency_p99_ms", criterion="max_ratio",
-            threshold=live.max_p99_ratio, baseline=base.p99_ms, candidate=cand.p99_ms,
-            delta=Interval(cand.p99_ms - base.p99_ms), outcome=Outcome.FAIL if failed else Outcome.PASS, critical=True,
-            reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ratio:g}x baseline "
-                   f"p99 {_ms(base.p99_ms)}"))
+        checks.append(
+            Check(
+                gate="live.latency.p99.max_ratio",
+                kind="latency",
+                metric="latency_p99_ms",
+                criterion="max_ratio",
+                threshold=live.max_p99_ratio,
+                baseline=base.p99_ms,
+                candidate=cand.p99_ms,
+                delta=Interval(cand.p99_ms - base.p99_ms),
+                outcome=Outcome.FAIL if failed else Outcome.PASS,
+                critical=True,
+                reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ratio:g}x baseline "
+                f"p99 {_ms(base.p99_ms)}",
+            )
+        )
     bad = [c for c in checks if c.outcome == Outcome.FAIL]
     head = f"over the last {live.window_s:g} s (candidate {cand.requests} requests, baseline {base.requests})"
     if bad:

@@ -13,6 +13,7 @@ the router's columns, all named ``live_*`` so one ``--nullable 'live_*'`` covers
 ``live_reason``, ``live_weight``, ``live_decision_id``, ``live_mirrored`` and per arm ``live_<arm>_status``,
 ``live_<arm>_score``, ``live_<arm>_latency_ms``, ``live_<arm>_error`` (null when that arm did not get it).
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,6 +43,7 @@ ERROR_MAX_CHARS = 500
 @dataclass(frozen=True)
 class Outcome:
     """One upstream call: HTTP status (None when no answer came), body, latency and transport error."""
+
     status: int | None
     body: bytes
     latency_ms: float
@@ -63,6 +65,7 @@ class Outcome:
 @dataclass
 class LiveRecord:
     """A routed request as the router saw it; ``outcomes`` fill in as the arms answer."""
+
     request_id: str
     event_time: datetime
     entity: str | None
@@ -117,7 +120,7 @@ def _score(p) -> float | None:
     if isinstance(p, (int, float)):
         return float(p)
     if isinstance(p, list) and len(p) in (1, 2) and all(isinstance(x, (int, float)) for x in p):
-        return float(p[-1])   # [p] or [p0, p1]: the positive class, as predict_proba[:, 1]
+        return float(p[-1])  # [p] or [p0, p1]: the positive class, as predict_proba[:, 1]
     return None
 
 
@@ -153,15 +156,15 @@ def _column(values: list) -> pa.Array:
         return pa.array([None if v is None else float(v) for v in values], pa.float64())
     if all(isinstance(v, str) for v in present):
         return pa.array(values, pa.string())
-    return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values],
-                    pa.string())
+    return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string())
 
 
 def to_table(records: list[LiveRecord]) -> pa.Table:
     """The log rows of finished requests (see the module docstring for the columns)."""
     meta: dict[str, list] = {k: [] for k in ("request_id", "event_time", "entity_key")}
-    live: dict[str, list] = {f"{PREFIX}{k}": [] for k in (
-        "routed_arm", "served_arm", "reason", "weight", "decision_id", "mirrored")}
+    live: dict[str, list] = {
+        f"{PREFIX}{k}": [] for k in ("routed_arm", "served_arm", "reason", "weight", "decision_id", "mirrored")
+    }
     arms: dict[str, list] = {f"{PREFIX}{a}_{k}": [] for a in ARMS for k in ("status", "score", "latency_ms", "error")}
     features: dict[str, list] = {}
     n_rows = 0
@@ -173,11 +176,17 @@ def to_table(records: list[LiveRecord]) -> pa.Table:
             meta["request_id"].append(rec.request_id if n == 1 else f"{rec.request_id}:{i}")
             meta["event_time"].append(rec.event_time.replace(tzinfo=None))
             meta["entity_key"].append(rec.entity)
-            for k, v in (("routed_arm", rec.routed), ("served_arm", rec.served), ("reason", rec.reason),
-                         ("weight", rec.weight), ("decision_id", rec.decision_id), ("mirrored", rec.mirrored)):
+            for k, v in (
+                ("routed_arm", rec.routed),
+                ("served_arm", rec.served),
+                ("reason", rec.reason),
+                ("weight", rec.weight),
+                ("decision_id", rec.decision_id),
+                ("mirrored", rec.mirrored),
+            ):
                 live[PREFIX + k].append(v)
             for a in ARMS:
-                o, answer = rec.outcomes.get(a), per_arm.get(a)   # answer: present exactly when o is
+                o, answer = rec.outcomes.get(a), per_arm.get(a)  # answer: present exactly when o is
                 arms[f"{PREFIX}{a}_status"].append(o.status if o else None)
                 arms[f"{PREFIX}{a}_score"].append(answer[0][i] if answer else None)
                 arms[f"{PREFIX}{a}_latency_ms"].append(o.latency_ms if o else None)
@@ -189,12 +198,24 @@ def to_table(records: list[LiveRecord]) -> pa.Table:
             for col in features.values():
                 if len(col) < n_rows:
                     col.append(None)
-    types = {"request_id": pa.string(), "event_time": pa.timestamp("us"), "entity_key": pa.string(),
-             f"{PREFIX}routed_arm": pa.string(), f"{PREFIX}served_arm": pa.string(), f"{PREFIX}reason": pa.string(),
-             f"{PREFIX}weight": pa.int32(), f"{PREFIX}decision_id": pa.string(), f"{PREFIX}mirrored": pa.bool_()}
+    types = {
+        "request_id": pa.string(),
+        "event_time": pa.timestamp("us"),
+        "entity_key": pa.string(),
+        f"{PREFIX}routed_arm": pa.string(),
+        f"{PREFIX}served_arm": pa.string(),
+        f"{PREFIX}reason": pa.string(),
+        f"{PREFIX}weight": pa.int32(),
+        f"{PREFIX}decision_id": pa.string(),
+        f"{PREFIX}mirrored": pa.bool_(),
+    }
     for a in ARMS:
-        types |= {f"{PREFIX}{a}_status": pa.int32(), f"{PREFIX}{a}_score": pa.float64(),
-                  f"{PREFIX}{a}_latency_ms": pa.float64(), f"{PREFIX}{a}_error": pa.string()}
+        types |= {
+            f"{PREFIX}{a}_status": pa.int32(),
+            f"{PREFIX}{a}_score": pa.float64(),
+            f"{PREFIX}{a}_latency_ms": pa.float64(),
+            f"{PREFIX}{a}_error": pa.string(),
+        }
     cols = {k: pa.array(v, types[k]) for k, v in meta.items()}
     cols |= {k: _column(v) for k, v in features.items()}
     cols |= {k: pa.array(v, types[k]) for k, v in (live | arms).items()}
@@ -212,8 +233,16 @@ class TrafficLog:
     :meth:`close`.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, prefix: str = "live", flush_s: float = 1.0,
-                 flush_rows: int = 5000, rotate_rows: int = 200_000, rotate_s: float = 600.0):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        prefix: str = "live",
+        flush_s: float = 1.0,
+        flush_rows: int = 5000,
+        rotate_rows: int = 200_000,
+        rotate_s: float = 600.0,
+    ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefix, self.flush_s, self.flush_rows = prefix, flush_s, flush_rows
@@ -256,8 +285,9 @@ class TrafficLog:
             self._maybe_rotate()
 
     def _maybe_rotate(self) -> None:
-        if self._writer is not None and (self._file_rows >= self.rotate_rows
-                                         or time.monotonic() - self._opened >= self.rotate_s):
+        if self._writer is not None and (
+            self._file_rows >= self.rotate_rows or time.monotonic() - self._opened >= self.rotate_s
+        ):
             self._close_file()
 
     def _write(self, records: list[LiveRecord]) -> None:
@@ -268,7 +298,7 @@ class TrafficLog:
                 try:
                     table = table.cast(writer.schema)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
-                    self._close_file()   # the request fields changed: a new file with the new schema
+                    self._close_file()  # the request fields changed: a new file with the new schema
                     writer = None
             if writer is None:
                 writer = self._open_file(table.schema)

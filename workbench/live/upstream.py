@@ -12,6 +12,7 @@ one call is a write and a parse. It does what the router needs and nothing more:
   failure is never retried (the request may have reached the model).
 - One deadline for the whole call, connecting included (:func:`asyncio.timeout`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,6 +45,7 @@ class UpstreamTimeout(UpstreamError):
 @dataclass(frozen=True)
 class Response:
     """An upstream's answer."""
+
     status: int
     body: bytes
     content_type: str | None
@@ -52,8 +54,22 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: ``request`` writes a request and waits for ``on_message_complete``."""
 
-    __slots__ = ("pool", "transport", "parser", "waiter", "status", "chunks", "ctype", "framed", "got_bytes",
-                 "closed", "reusable", "uses", "idle_since", "close_exc")
+    __slots__ = (
+        "pool",
+        "transport",
+        "parser",
+        "waiter",
+        "status",
+        "chunks",
+        "ctype",
+        "framed",
+        "got_bytes",
+        "closed",
+        "reusable",
+        "uses",
+        "idle_since",
+        "close_exc",
+    )
 
     def __init__(self, pool: Pool):
         self.pool = pool
@@ -63,8 +79,8 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.chunks: list[bytes] = []
         self.ctype: str | None = None
-        self.framed = False       # the answer has Content-Length or is chunked (else its body ends at EOF)
-        self.got_bytes = False    # any byte of the current answer arrived
+        self.framed = False  # the answer has Content-Length or is chunked (else its body ends at EOF)
+        self.got_bytes = False  # any byte of the current answer arrived
         self.closed = False
         self.reusable = True
         self.uses = 0
@@ -76,7 +92,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:   # bytes nobody asked for: the connection is out of step, drop it
+        if self.waiter is None:  # bytes nobody asked for: the connection is out of step, drop it
             self._abort()
             return
         self.got_bytes = True
@@ -87,7 +103,7 @@ class _Connection(asyncio.Protocol):
             self._abort()
 
     def eof_received(self) -> bool:
-        return False   # close our side too
+        return False  # close our side too
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -95,12 +111,15 @@ class _Connection(asyncio.Protocol):
         w = self.waiter
         if w is None or w.done():
             return
-        if self.got_bytes and self.status and not self.framed:   # the body ran to EOF: a whole answer
+        if self.got_bytes and self.status and not self.framed:  # the body ran to EOF: a whole answer
             self._deliver()
             return
         if exc is None:
-            what = "server closed the connection without a whole answer" if self.got_bytes \
+            what = (
+                "server closed the connection without a whole answer"
+                if self.got_bytes
                 else "server closed the connection without an answer"
+            )
             self._fail(RemoteProtocolError(what))
         else:
             self._fail(RemoteProtocolError(f"connection lost: {type(exc).__name__}: {exc}"))
@@ -120,7 +139,7 @@ class _Connection(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        if self.status < 200:   # an interim answer (100 Continue): the real one follows
+        if self.status < 200:  # an interim answer (100 Continue): the real one follows
             self._reset_message()
             return
         if not self.parser.should_keep_alive():
@@ -150,7 +169,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     async def request(self, data: bytes) -> Response:
-        if self.closed:   # the server closed it before we wrote anything
+        if self.closed:  # the server closed it before we wrote anything
             raise RemoteProtocolError("server closed the connection without an answer")
         loop, transport = self.pool.loop, self.transport
         if loop is None or transport is None:
@@ -179,7 +198,7 @@ class Pool:
         self.ssl = ssl.create_default_context() if u.scheme == "https" else None
         self.path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         netloc = self.host if u.port is None else f"{self.host}:{u.port}"
-        if ":" in self.host:   # IPv6 literal
+        if ":" in self.host:  # IPv6 literal
             netloc = f"[{self.host}]" + ("" if u.port is None else f":{u.port}")
         self._head = f"POST {self.path} HTTP/1.1\r\nhost: {netloc}\r\n".encode("latin-1")
         self.max_idle, self.idle_s = max_idle, idle_s
@@ -251,7 +270,7 @@ class Pool:
             ok = True
             return r
         finally:
-            if not ok:   # an error, a timeout or a cancellation mid-call: the connection is out of step
+            if not ok:  # an error, a timeout or a cancellation mid-call: the connection is out of step
                 conn._abort()
             self._release(conn)
 
@@ -261,4 +280,4 @@ class Pool:
             conn._abort()
         self._idle.clear()
         self._busy.clear()
-        await asyncio.sleep(0)   # let the transports run connection_lost
+        await asyncio.sleep(0)  # let the transports run connection_lost

@@ -11,6 +11,7 @@ people in with ``st.login`` and an identity may approve when its e-mail is an ap
 approver signs in with name and password. Everyone else reviews read-only. Passwords are hashed with
 scrypt (N=2^14, r=8, p=1) and a random salt, and compared in constant time.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,7 +28,7 @@ from workbench import WorkbenchError
 from workbench.store import check_name
 
 APPROVERS_FILE = "approvers.toml"
-_N, _R, _P, _SALT, _LEN = 2 ** 14, 8, 1, 16, 32
+_N, _R, _P, _SALT, _LEN = 2**14, 8, 1, 16, 32
 
 
 def approvers_path(home: Path) -> Path:
@@ -40,8 +41,9 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
         raise WorkbenchError("the password must not be empty")
     salt = salt if salt is not None else secrets.token_bytes(_SALT)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=_LEN)
-    return "$".join(["scrypt", str(_N), str(_R), str(_P), base64.b64encode(salt).decode(),
-                     base64.b64encode(digest).decode()])
+    return "$".join(
+        ["scrypt", str(_N), str(_R), str(_P), base64.b64encode(salt).decode(), base64.b64encode(digest).decode()]
+    )
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -51,8 +53,15 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         want = base64.b64decode(digest, validate=True)
-        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt, validate=True), n=int(n),
-                             r=int(r), p=int(p), dklen=len(want), maxmem=2 ** 26)
+        got = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+            maxmem=2**26,
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
@@ -62,7 +71,7 @@ def verify_password(password: str, stored: str) -> bool:
 class Approver:
     name: str
     email: str | None = None
-    password: str | None = None   # the hash
+    password: str | None = None  # the hash
 
     def to_dict(self) -> dict:
         """What ``approver list`` shows (never the hash)."""
@@ -96,7 +105,7 @@ def save_approvers(path: Path, approvers: dict[str, Approver]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# canary-workbench approvers: `workbench approver add NAME`. Passwords are scrypt hashes.", ""]
     for a in sorted(approvers.values(), key=lambda a: a.name):
-        lines.append(f"[approvers.{json.dumps(a.name)}]")   # JSON string escapes are valid TOML basic strings
+        lines.append(f"[approvers.{json.dumps(a.name)}]")  # JSON string escapes are valid TOML basic strings
         if a.email:
             lines.append(f"email = {json.dumps(a.email)}")
         if a.password:
@@ -133,6 +142,7 @@ def remove_approver(path: Path, name: str) -> None:
 @dataclass(frozen=True)
 class Identity:
     """Who is using the app: ``method`` is ``oidc`` or ``password``; only approvers may sign."""
+
     name: str
     method: str
     can_approve: bool

@@ -14,6 +14,7 @@ process reaches the file through one :class:`SharedDatabase`:
 :class:`BackgroundJobs` runs replays (then the evaluation and the drift report) and drift reports in
 threads of this process, writing a progress file per run (:mod:`workbench.ops.progress`) as they go.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,17 +45,18 @@ class SharedDatabase:
     """The process's way to the DuckDB file: a shared read-write store while a job writes, else short
     read-only connections (see the module docstring)."""
 
-    def __init__(self, path: Path, *, read_wait_s: float = 0.3, write_wait_s: float = 10.0,
-                 read_memory_limit: str | None = None):
+    def __init__(
+        self, path: Path, *, read_wait_s: float = 0.3, write_wait_s: float = 10.0, read_memory_limit: str | None = None
+    ):
         """``read_memory_limit``: DuckDB's buffer for the short read-only connections (their own instances;
         large aggregations spill less with more), e.g. ``"2GB"``; None keeps the store's default."""
         self.path = Path(path)
         self.read_wait_s, self.write_wait_s = read_wait_s, write_wait_s
         self.read_memory_limit = read_memory_limit
         self._cond = threading.Condition()
-        self._readers = 0            # read-only connections open now
+        self._readers = 0  # read-only connections open now
         self._shared: Store | None = None
-        self._holders = 0            # users of the shared read-write store
+        self._holders = 0  # users of the shared read-write store
         self._opening = False
 
     @property
@@ -117,8 +119,10 @@ class SharedDatabase:
                         self._shared = Store(self.path, wait_s=0)
                     except DatabaseLocked:
                         if time.monotonic() >= deadline:
-                            raise DatabaseBusy(f"database {self.path} is busy: another process is writing; "
-                                               "try again when it has finished") from None
+                            raise DatabaseBusy(
+                                f"database {self.path} is busy: another process is writing; "
+                                "try again when it has finished"
+                            ) from None
                 finally:
                     self._opening = False
                     self._cond.notify_all()
@@ -149,6 +153,7 @@ class SharedDatabase:
 @dataclass(frozen=True)
 class ReplayJob:
     """A replay to run in the background, then (optionally) its evaluation and drift report."""
+
     traffic: str
     baseline: str
     candidate: str
@@ -171,8 +176,15 @@ class JobState:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"job_id": self.job_id, "kind": self.kind, "run_id": self.run_id, "status": self.status,
-                "started": self.started, "finished": self.finished, "error": self.error}
+        return {
+            "job_id": self.job_id,
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+        }
 
 
 def drift_html_path(settings: Settings, run_id: str) -> Path:
@@ -187,8 +199,9 @@ class BackgroundJobs:
     in tiny models. Model loading happens before the job takes the write lock.
     """
 
-    def __init__(self, settings: Settings, db: SharedDatabase,
-                 load_predictor: Callable[[str, str], object] | None = None):
+    def __init__(
+        self, settings: Settings, db: SharedDatabase, load_predictor: Callable[[str, str], object] | None = None
+    ):
         self.settings, self.db = settings, db
         self._load = load_predictor
         self._lock = threading.Lock()
@@ -202,8 +215,12 @@ class BackgroundJobs:
         run_id = check_name(job.run_id, "run id") if job.run_id else new_run_id()
         job = replace(job, run_id=run_id)
         check_name(job.traffic, "traffic name")
-        return self._start("replay", run_id, lambda prog: self._replay(job, prog),
-                           dict(traffic=job.traffic, baseline=job.baseline, candidate=job.candidate))
+        return self._start(
+            "replay",
+            run_id,
+            lambda prog: self._replay(job, prog),
+            dict(traffic=job.traffic, baseline=job.baseline, candidate=job.candidate),
+        )
 
     def submit_drift(self, run_id: str, html: bool = True) -> JobState:
         """Compute a run's drift report (and Evidently's HTML report) in the background."""
@@ -215,14 +232,15 @@ class BackgroundJobs:
                 raise WorkbenchError(f"run {run_id} already has a job running in this app")
             for p in read_progress(self.settings.home):
                 if p.run_id == run_id and p.status == RUNNING:
-                    raise WorkbenchError(f"run {run_id} is being replayed by process {p.pid} on {p.host} "
-                                         f"({p.source}); wait for it to finish")
+                    raise WorkbenchError(
+                        f"run {run_id} is being replayed by process {p.pid} on {p.host} "
+                        f"({p.source}); wait for it to finish"
+                    )
             job_id = f"{kind}_{uuid.uuid4().hex[:8]}"
             state = JobState(job_id, kind, run_id, RUNNING, time.time())
             self._jobs[job_id] = state
             prog = ProgressFile(self.settings.home, run_id, source=f"app {kind}", **meta)
-            t = threading.Thread(target=self._run, args=(job_id, body, prog), name=f"workbench-{job_id}",
-                                 daemon=True)
+            t = threading.Thread(target=self._run, args=(job_id, body, prog), name=f"workbench-{job_id}", daemon=True)
             self._threads[job_id] = t
         t.start()
         return state
@@ -238,15 +256,24 @@ class BackgroundJobs:
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         prog.finish(error)
         with self._lock:
-            self._jobs[job_id] = replace(self._jobs[job_id], status="failed" if error else "finished",
-                                         finished=time.time(), error=error)
+            self._jobs[job_id] = replace(
+                self._jobs[job_id], status="failed" if error else "finished", finished=time.time(), error=error
+            )
 
     # -- job bodies -----------------------------------------------------------------------------------
     def _replay(self, job: ReplayJob, prog: ProgressFile) -> None:
-        assert job.run_id is not None   # submit_replay names the run
-        flow = Flow(traffic=job.traffic, baseline=job.baseline, candidate=job.candidate, run_id=job.run_id,
-                    replay=job.options, device=job.device, evaluate=job.evaluate, drift=job.drift,
-                    drift_html=drift_html_path(self.settings, job.run_id) if job.drift_html else None)
+        assert job.run_id is not None  # submit_replay names the run
+        flow = Flow(
+            traffic=job.traffic,
+            baseline=job.baseline,
+            candidate=job.candidate,
+            run_id=job.run_id,
+            replay=job.options,
+            device=job.device,
+            evaluate=job.evaluate,
+            drift=job.drift,
+            drift_html=drift_html_path(self.settings, job.run_id) if job.drift_html else None,
+        )
         prog.stage("loading models")
         run_flow(self.settings, flow, store=self.db.write, load=self._load, events=_ProgressEvents(prog))
 
@@ -280,6 +307,7 @@ class BackgroundJobs:
 
 class _ProgressEvents(FlowEvents):
     """Report a background flow's stages and replay progress in the run's progress file."""
+
     LABELS = {"replay": "replaying", "evaluate": "evaluating", "drift": "drift"}
 
     def __init__(self, prog: ProgressFile):

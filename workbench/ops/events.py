@@ -1,5 +1,6 @@
 """What a caller of the flow hears while it runs (kept apart from :mod:`workbench.ops.flow`, which imports
 the stages, so the CLI can subclass it without loading them)."""
+
 from __future__ import annotations
 
 

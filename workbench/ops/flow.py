@@ -10,6 +10,7 @@ the CLI draws progress bars.
 Each stage returns a small JSON-able summary (what jobs store and logs show); :class:`FlowResult` also keeps
 each stage's full result for callers that show more (the demo, the CLI).
 """
+
 from __future__ import annotations
 
 import time
@@ -40,7 +41,8 @@ class TrafficSource:
     resumed after its ingest), ``"check"`` keeps it only when it was ingested from these very files (the
     demo) and refuses other data.
     """
-    paths: str | Path | None = None     # a file or glob; None: the traffic set is already stored
+
+    paths: str | Path | None = None  # a file or glob; None: the traffic set is already stored
     id_col: str = "request_id"
     time_col: str = "event_time"
     entity_col: str | None = None
@@ -60,39 +62,43 @@ class TrafficSource:
 @dataclass(frozen=True)
 class Flow:
     """What one run of the flow does: which models replay which traffic, and which stages run."""
+
     traffic: str
-    baseline: str                       # model URIs (models:/name@alias, models:/name/3, a folder, ...)
+    baseline: str  # model URIs (models:/name@alias, models:/name/3, a folder, ...)
     candidate: str
     run_id: str
-    source: TrafficSource | None = None   # None: no ingest, the traffic set is already stored
+    source: TrafficSource | None = None  # None: no ingest, the traffic set is already stored
     replay: ReplayOptions = ReplayOptions()
     device: str = "auto"
-    executor: Any = None                # None: the local executor; a RayExecutor spreads the replay
+    executor: Any = None  # None: the local executor; a RayExecutor spreads the replay
     evaluate: bool = True
     drift: bool = True
     drift_reference: str | None = None
     drift_html: Path | None = None
     decide: Literal["off", "sign", "apply"] = "off"
-    policy: str | Path | None = None    # a policy file; None: the shipped default
+    policy: str | Path | None = None  # a policy file; None: the shipped default
 
     def reason_off(self, stage: str) -> str | None:
         """Why ``stage`` does not run in this flow (None when it runs)."""
-        return {"ingest": None if self.source else "no traffic files to ingest: the traffic set is stored",
-                "replay": None,
-                "evaluate": None if self.evaluate else "evaluation is off",
-                "drift": None if self.drift else "drift is disabled",
-                "decide": None if self.decide != "off" else "deciding is off"}[stage]
+        return {
+            "ingest": None if self.source else "no traffic files to ingest: the traffic set is stored",
+            "replay": None,
+            "evaluate": None if self.evaluate else "evaluation is off",
+            "drift": None if self.drift else "drift is disabled",
+            "decide": None if self.decide != "off" else "deciding is off",
+        }[stage]
 
 
 @dataclass
 class FlowResult:
     """Each stage's summary (JSON-able), full result, and the stages skipped with their reasons."""
+
     run_id: str
     summaries: dict[str, dict] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    stopped: str | None = None          # why the flow ended early (a stage found nothing to do)
+    stopped: str | None = None  # why the flow ended early (a stage found nothing to do)
 
 
 class StageSkipped(WorkbenchError):
@@ -110,9 +116,16 @@ class _Ctx:
     models: tuple[Any, Any] = (None, None)
 
 
-def run_flow(settings: Settings, flow: Flow, *, store: StoreOpener, load: Loader | None = None,
-             keys: KeyRing | None = None, events: FlowEvents | None = None,
-             done: tuple[str, ...] | frozenset = ()) -> FlowResult:
+def run_flow(
+    settings: Settings,
+    flow: Flow,
+    *,
+    store: StoreOpener,
+    load: Loader | None = None,
+    keys: KeyRing | None = None,
+    events: FlowEvents | None = None,
+    done: tuple[str, ...] | frozenset = (),
+) -> FlowResult:
     """Run the flow's stages in order and return what each produced.
 
     ``store()`` opens the store for a stage (a context manager); ``load(uri, device)`` loads a model
@@ -124,7 +137,7 @@ def run_flow(settings: Settings, flow: Flow, *, store: StoreOpener, load: Loader
     stops the flow and the exception propagates.
     """
     ctx = _Ctx(settings, flow, store, events or FlowEvents(), FlowResult(flow.run_id), keys)
-    if "replay" not in done:   # models load first: one that does not load fails the flow before any ingest
+    if "replay" not in done:  # models load first: one that does not load fails the flow before any ingest
         load = load or _load_with_mlflow(settings)
         ctx.models = (load(flow.baseline, flow.device), load(flow.candidate, flow.device))
     for stage in STAGES:
@@ -165,7 +178,7 @@ def _ingest(ctx: _Ctx) -> dict:
     from workbench.ingest.traffic import files_fingerprint, ingest, ingest_labels
 
     src, name = ctx.flow.source, ctx.flow.traffic
-    assert src is not None   # reason_off("ingest") keeps this stage off without a source
+    assert src is not None  # reason_off("ingest") keeps this stage off without a source
     out: dict[str, Any] = {"traffic": name}
     with src.files() as (traffic_files, labels_file), ctx.store() as store:
         info = store.traffic_info(name)
@@ -174,20 +187,31 @@ def _ingest(ctx: _Ctx) -> dict:
             out["rows"] = store.require_traffic(name)["rows"]
         elif info is not None and src.if_exists != "append":
             if src.if_exists == "check" and info["fingerprint"] != files_fingerprint(traffic_files):
-                raise WorkbenchError(f"traffic {name!r} in this home holds other data than {traffic_files}; "
-                                     "use a fresh WORKBENCH_HOME or another traffic name")
-            out.update(rows=info["rows"], quarantined=info["quarantined"],
-                       reasons=store.quarantine_summary(name), reused=True)
+                raise WorkbenchError(
+                    f"traffic {name!r} in this home holds other data than {traffic_files}; "
+                    "use a fresh WORKBENCH_HOME or another traffic name"
+                )
+            out.update(
+                rows=info["rows"], quarantined=info["quarantined"], reasons=store.quarantine_summary(name), reused=True
+            )
             refresh_labels = src.if_exists == "reuse"
         else:
-            res = ingest(store, traffic_files, name, id_col=src.id_col, time_col=src.time_col,
-                         entity_col=src.entity_col, nullable=src.nullable,
-                         progress=lambda n: ctx.events.progress("ingest", n, None))
+            res = ingest(
+                store,
+                traffic_files,
+                name,
+                id_col=src.id_col,
+                time_col=src.time_col,
+                entity_col=src.entity_col,
+                nullable=src.nullable,
+                progress=lambda n: ctx.events.progress("ingest", n, None),
+            )
             ctx.result.outputs["ingest"] = res
             out.update(rows=res.rows, quarantined=res.quarantined, rows_read=res.rows_read, reasons=res.reasons)
         if labels_file is not None and refresh_labels:
-            lab = ingest_labels(store, labels_file, name, id_col=src.label_id_col, label_col=src.label_col,
-                                time_col=src.label_time_col)
+            lab = ingest_labels(
+                store, labels_file, name, id_col=src.label_id_col, label_col=src.label_col, time_col=src.label_time_col
+            )
             ctx.result.outputs["labels"] = lab
             out["labels"] = lab.labels
     return out
@@ -199,8 +223,16 @@ def _replay(ctx: _Ctx) -> dict:
     f = ctx.flow
     baseline, candidate = ctx.models
     with ctx.store() as store:
-        res = replay(store, f.traffic, baseline, candidate, run_id=f.run_id, options=f.replay,
-                     progress=lambda done, total: ctx.events.progress("replay", done, total), executor=f.executor)
+        res = replay(
+            store,
+            f.traffic,
+            baseline,
+            candidate,
+            run_id=f.run_id,
+            options=f.replay,
+            progress=lambda done, total: ctx.events.progress("replay", done, total),
+            executor=f.executor,
+        )
     ctx.result.outputs["replay"] = res
     out = res.to_dict()
     out["rows_per_s"] = round(res.rows / res.seconds, 1) if res.seconds > 0 else None
@@ -225,8 +257,11 @@ def _drift(ctx: _Ctx) -> dict:
     with ctx.store() as store:
         d = drift_run(store, f.run_id, f.drift_reference, html=f.drift_html).to_dict()
     ctx.result.outputs["drift"] = d
-    out = {"dataset_drift": d["dataset_drift"], "share_drifted": d["share_drifted"],
-           "concept_drift": d["concept_drift"]["detected"]}
+    out = {
+        "dataset_drift": d["dataset_drift"],
+        "share_drifted": d["share_drifted"],
+        "concept_drift": d["concept_drift"]["detected"],
+    }
     if f.drift_html is not None:
         out["html"] = str(f.drift_html)
     return out
@@ -250,8 +285,14 @@ def _decide(ctx: _Ctx) -> dict:
             signed, _ = build_decision(store, f.run_id, load_policy(f.policy), keys.signer)
             applied = False
         r = signed.record
-        out = {"decision_id": signed.decision_id, "verdict": r["verdict"], "reason": r["reason"],
-               "weight_before": r["weight_before"], "weight_after": r["weight_after"], "applied": applied}
+        out = {
+            "decision_id": signed.decision_id,
+            "verdict": r["verdict"],
+            "reason": r["reason"],
+            "weight_before": r["weight_before"],
+            "weight_after": r["weight_after"],
+            "applied": applied,
+        }
         if mine:
             out["reused"] = True
         if f.decide == "apply" and not applied:
@@ -262,5 +303,10 @@ def _decide(ctx: _Ctx) -> dict:
     return out
 
 
-STAGE_FUNCS: dict[str, Callable[[_Ctx], dict]] = {"ingest": _ingest, "replay": _replay, "evaluate": _evaluate,
-                                               "drift": _drift, "decide": _decide}
+STAGE_FUNCS: dict[str, Callable[[_Ctx], dict]] = {
+    "ingest": _ingest,
+    "replay": _replay,
+    "evaluate": _evaluate,
+    "drift": _drift,
+    "decide": _decide,
+}

@@ -13,6 +13,7 @@ schedule slot (``job_<spec>_<YYYYmmddTHHMM>``), so running the same slot again r
 complete. A ``flock`` on ``$WORKBENCH_HOME/locks/<spec>.lock`` keeps two runs of one spec from overlapping
 across processes; the lock file names the holder, so a refused run says which job holds it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -54,7 +55,7 @@ DONE = ("finished", "skipped")
 SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
 SPEC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 SELECTOR_RE = re.compile(r"^(?:\d+|[A-Za-z][A-Za-z0-9_-]{0,63})$")
-STORE_WAIT_S = 60.0   # a job waits this long for another process's DuckDB write lock
+STORE_WAIT_S = 60.0  # a job waits this long for another process's DuckDB write lock
 
 
 class JobRefused(WorkbenchError):
@@ -70,10 +71,10 @@ class _Strict(BaseModel):
 
 
 class TrafficSpec(_Strict):
-    path: str | None = None            # file or glob (Parquet, CSV, JSON lines); a window needs Parquet
-    table: str | None = None           # or a traffic set already in the store
-    window: str | None = None          # rolling event-time window, e.g. "last 24 h"
-    anchor: Literal["now", "latest"] = "now"   # the window ends at the job's time, or at the newest event
+    path: str | None = None  # file or glob (Parquet, CSV, JSON lines); a window needs Parquet
+    table: str | None = None  # or a traffic set already in the store
+    window: str | None = None  # rolling event-time window, e.g. "last 24 h"
+    anchor: Literal["now", "latest"] = "now"  # the window ends at the job's time, or at the newest event
     id_col: str = "request_id"
     time_col: str = "event_time"
     entity_col: str | None = None
@@ -120,12 +121,12 @@ class ReplaySpec(_Strict):
 
 class DriftSpec(_Strict):
     enabled: bool = True
-    reference: str | None = None       # as `workbench drift --reference`; default: the run's earliest 20 %
+    reference: str | None = None  # as `workbench drift --reference`; default: the run's earliest 20 %
 
 
 class TriggerSpec(_Strict):
-    new_versions: bool = True                      # a new model version (webhook) runs the job on it
-    aliases: tuple[str, ...] = ("challenger",)     # so does one of these aliases moving to a version
+    new_versions: bool = True  # a new model version (webhook) runs the job on it
+    aliases: tuple[str, ...] = ("challenger",)  # so does one of these aliases moving to a version
 
 
 class JobSpec(_Strict):
@@ -133,10 +134,10 @@ class JobSpec(_Strict):
     model: str
     baseline: str = "champion"
     candidate: str = "challenger"
-    schedule: str | None = None        # cron expression, UTC
+    schedule: str | None = None  # cron expression, UTC
     traffic: TrafficSpec
     labels: LabelsSpec | None = None
-    policy: str | None = None          # policy file; default: the shipped policy
+    policy: str | None = None  # policy file; default: the shipped policy
     verdict: Literal["record", "apply"] = "record"
     replay: ReplaySpec = ReplaySpec()
     drift: DriftSpec = DriftSpec()
@@ -170,6 +171,7 @@ class JobSpec(_Strict):
 @dataclass(frozen=True)
 class LoadedSpec:
     """A validated spec and the file it came from (relative paths in it resolve against that file's folder)."""
+
     spec: JobSpec
     path: Path
 
@@ -182,8 +184,9 @@ class LoadedSpec:
         relative paths against the spec's folder."""
         missing = [m[0] or m[1] for m in re.findall(r"\$\{(\w+)\}|\$(\w+)", text) if (m[0] or m[1]) not in os.environ]
         if missing:
-            raise WorkbenchError(f"job spec {self.path}: {text!r} uses unset environment variable(s) "
-                                 f"{', '.join(missing)}")
+            raise WorkbenchError(
+                f"job spec {self.path}: {text!r} uses unset environment variable(s) {', '.join(missing)}"
+            )
         p = Path(os.path.expanduser(os.path.expandvars(text)))
         return str(p if p.is_absolute() else (self.path.parent / p).resolve())
 
@@ -279,10 +282,17 @@ class SpecLock:
         except BlockingIOError:
             holder = self._holder(fd)
             os.close(fd)
-            who = (f"job {holder.get('job_id') or '(starting)'} (pid {holder.get('pid')} on {holder.get('host')}, "
-                   f"since {holder.get('since')})") if holder else "another process"
-            raise JobRefused(f"cannot start job spec {self.spec}: it is already running: {who}; two runs of one "
-                             "spec never overlap") from None
+            who = (
+                (
+                    f"job {holder.get('job_id') or '(starting)'} (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"since {holder.get('since')})"
+                )
+                if holder
+                else "another process"
+            )
+            raise JobRefused(
+                f"cannot start job spec {self.spec}: it is already running: {who}; two runs of one spec never overlap"
+            ) from None
         self._fd = fd
         self.describe(None)
 
@@ -325,20 +335,41 @@ class JobResult:
     already_complete: bool = False
 
     def to_dict(self) -> dict:
-        return {"job_id": self.job_id, "spec": self.spec, "status": self.status, "triggered_by": self.triggered_by,
-                "as_of": self.as_of, "already_complete": self.already_complete, "started_at": iso(self.started_at),
-                "finished_at": iso(self.finished_at), "error": self.error, **self.summary,
-                "stages": {k: {"status": v["status"], "attempts": v["attempts"], "seconds": v["seconds"],
-                               "result": v["result"]} for k, v in self.stages.items()}}
+        return {
+            "job_id": self.job_id,
+            "spec": self.spec,
+            "status": self.status,
+            "triggered_by": self.triggered_by,
+            "as_of": self.as_of,
+            "already_complete": self.already_complete,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "error": self.error,
+            **self.summary,
+            "stages": {
+                k: {"status": v["status"], "attempts": v["attempts"], "seconds": v["seconds"], "result": v["result"]}
+                for k, v in self.stages.items()
+            },
+        }
 
 
 def job_result(store: Store, job_id: str, already_complete: bool = False) -> JobResult:
     job = store.get_job(job_id)
     if job is None:
         raise WorkbenchError(f"unknown job {job_id!r}")
-    return JobResult(job_id, job["spec"], job["status"], job["triggered_by"], job["params"].get("as_of"),
-                     store.job_stages(job_id), job["result"] or {}, job["error"], job["started_at"],
-                     job["finished_at"], already_complete)
+    return JobResult(
+        job_id,
+        job["spec"],
+        job["status"],
+        job["triggered_by"],
+        job["params"].get("as_of"),
+        store.job_stages(job_id),
+        job["result"] or {},
+        job["error"],
+        job["started_at"],
+        job["finished_at"],
+        already_complete,
+    )
 
 
 def job_history(store: Store, spec: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
@@ -347,16 +378,38 @@ def job_history(store: Store, spec: str | None = None, status: str | None = None
     out = []
     for job in store.job_history(spec, status, limit):
         start, end = job["started_at"], job["finished_at"]
-        out.append({"job_id": job["job_id"], "kind": job["kind"], "spec": job["spec"],
-                    "triggered_by": job["triggered_by"] or ("webhook" if job["delivery_id"] else None),
-                    "event": job["event"], "status": job["status"], "stage": job["stage"],
-                    "created_at": iso(job["created_at"]), "started_at": iso(start), "finished_at": iso(end),
-                    "seconds": round((end - start).total_seconds(), 3) if start and end else None,
-                    "error": job["error"], "result": job["result"], "params": job["params"],
-                    "pid": job["pid"], "host": job["host"],
-                    "stages": {k: {"status": v["status"], "attempts": v["attempts"], "seconds": v["seconds"],
-                                   "started_at": iso(v["started_at"]), "finished_at": iso(v["finished_at"]),
-                                   "result": v["result"], "error": v["error"]} for k, v in job["stages"].items()}})
+        out.append(
+            {
+                "job_id": job["job_id"],
+                "kind": job["kind"],
+                "spec": job["spec"],
+                "triggered_by": job["triggered_by"] or ("webhook" if job["delivery_id"] else None),
+                "event": job["event"],
+                "status": job["status"],
+                "stage": job["stage"],
+                "created_at": iso(job["created_at"]),
+                "started_at": iso(start),
+                "finished_at": iso(end),
+                "seconds": round((end - start).total_seconds(), 3) if start and end else None,
+                "error": job["error"],
+                "result": job["result"],
+                "params": job["params"],
+                "pid": job["pid"],
+                "host": job["host"],
+                "stages": {
+                    k: {
+                        "status": v["status"],
+                        "attempts": v["attempts"],
+                        "seconds": v["seconds"],
+                        "started_at": iso(v["started_at"]),
+                        "finished_at": iso(v["finished_at"]),
+                        "result": v["result"],
+                        "error": v["error"],
+                    }
+                    for k, v in job["stages"].items()
+                },
+            }
+        )
     return out
 
 
@@ -395,21 +448,31 @@ def _stage_resolve(job: _Job) -> dict:
     spec, p = job.spec, job.params
     baseline = _resolve_model(spec.model, spec.baseline)
     candidate = _resolve_model(spec.model, str(p.get("candidate_version") or spec.candidate))
-    plan: dict[str, Any] = {"model": spec.model, "baseline": baseline, "candidate": candidate,
-                            "run_id": "run_" + job.job_id.removeprefix("job_"),
-                            "traffic": spec.traffic.table or job.job_id, "window": None}
+    plan: dict[str, Any] = {
+        "model": spec.model,
+        "baseline": baseline,
+        "candidate": candidate,
+        "run_id": "run_" + job.job_id.removeprefix("job_"),
+        "traffic": spec.traffic.table or job.job_id,
+        "window": None,
+    }
     if spec.traffic.window:
         if spec.traffic.anchor == "now":
             end = parse_time(p["as_of"])
-        elif spec.traffic.path is None:   # TrafficSpec refuses a window without path
+        elif spec.traffic.path is None:  # TrafficSpec refuses a window without path
             raise WorkbenchError("a window cuts files by event time: it needs path, not table")
         else:
             end = _latest_event(_files(job.loaded, spec.traffic.path), spec.traffic.time_col)
-        plan["window"] = {"start": iso(end - parse_duration(spec.traffic.window)), "end": iso(end),
-                          "anchor": spec.traffic.anchor}
+        plan["window"] = {
+            "start": iso(end - parse_duration(spec.traffic.window)),
+            "end": iso(end),
+            "anchor": spec.traffic.anchor,
+        }
     if baseline["version"] == candidate["version"]:
-        raise StageSkipped(f"baseline ({spec.baseline}) and candidate ({candidate['selector']}) are both version "
-                    f"{baseline['version']} of {spec.model}: nothing to compare")
+        raise StageSkipped(
+            f"baseline ({spec.baseline}) and candidate ({candidate['selector']}) are both version "
+            f"{baseline['version']} of {spec.model}: nothing to compare"
+        )
     return plan
 
 
@@ -514,27 +577,30 @@ def _traffic_ids(files: list[Path], id_col: str):
 class _JobSource(TrafficSource):
     """A job's traffic: the spec's files, cut to the job's event-time window when it has one, and the labels
     of exactly those requests; staged under the job's folder for the ingest and removed after it."""
+
     window: dict | None = None
     label_files: tuple[Path, ...] = ()
     work: Path | None = None
 
     @contextmanager
     def files(self) -> Iterator[tuple[Any, Any]]:
-        assert self.work is not None   # _source() always sets it
+        assert self.work is not None  # _source() always sets it
         self.work.mkdir(parents=True, exist_ok=True)
         try:
             traffic = self.paths
             if self.window and traffic is not None:
                 staged = self.work / "traffic.parquet"
                 if _stage_window(_files_of(traffic), self.time_col, self.window, staged) == 0:
-                    raise StageSkipped(f"no traffic between {self.window['start']} and {self.window['end']} in "
-                                       f"{traffic}")
+                    raise StageSkipped(
+                        f"no traffic between {self.window['start']} and {self.window['end']} in {traffic}"
+                    )
                 traffic = staged
             labels = self.labels
             if labels is not None and traffic is not None:
                 labels = self.work / "labels.parquet"
-                _stage_labels(list(self.label_files), self.label_id_col,
-                              _traffic_ids(_files_of(traffic), self.id_col), labels)
+                _stage_labels(
+                    list(self.label_files), self.label_id_col, _traffic_ids(_files_of(traffic), self.id_col), labels
+                )
             yield traffic, labels
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -550,21 +616,35 @@ def _flow(job: _Job) -> Flow:
     """The flow a job runs, from its spec and its pinned plan."""
     spec, plan, t, r = job.spec, job.plan, job.spec.traffic, job.spec.replay
     lab = spec.labels
-    label_columns: dict[str, Any] = \
+    label_columns: dict[str, Any] = (
         {"label_id_col": lab.id_col, "label_col": lab.label_col, "label_time_col": lab.time_col} if lab else {}
+    )
     source = _JobSource(
-        paths=job.loaded.resolve(t.path) if t.path else None, id_col=t.id_col, time_col=t.time_col,
-        entity_col=t.entity_col, nullable=t.nullable, if_exists="reuse",
+        paths=job.loaded.resolve(t.path) if t.path else None,
+        id_col=t.id_col,
+        time_col=t.time_col,
+        entity_col=t.entity_col,
+        nullable=t.nullable,
+        if_exists="reuse",
         labels=job.loaded.resolve(lab.path) if lab else None,
         label_files=tuple(_files(job.loaded, lab.path)) if lab else (),
         **label_columns,
-        window=plan["window"], work=job.settings.home / "jobs" / job.job_id)
-    return Flow(traffic=plan["traffic"], baseline=plan["baseline"]["uri"], candidate=plan["candidate"]["uri"],
-                run_id=plan["run_id"], source=source, device=r.device,
-                replay=ReplayOptions(batch_size=r.batch_size, mode=r.mode, model_timeout=r.model_timeout),
-                drift=spec.drift.enabled, drift_reference=spec.drift.reference,
-                decide="apply" if spec.verdict == "apply" else "sign",
-                policy=job.loaded.resolve(spec.policy) if spec.policy else None)
+        window=plan["window"],
+        work=job.settings.home / "jobs" / job.job_id,
+    )
+    return Flow(
+        traffic=plan["traffic"],
+        baseline=plan["baseline"]["uri"],
+        candidate=plan["candidate"]["uri"],
+        run_id=plan["run_id"],
+        source=source,
+        device=r.device,
+        replay=ReplayOptions(batch_size=r.batch_size, mode=r.mode, model_timeout=r.model_timeout),
+        drift=spec.drift.enabled,
+        drift_reference=spec.drift.reference,
+        decide="apply" if spec.verdict == "apply" else "sign",
+        policy=job.loaded.resolve(spec.policy) if spec.policy else None,
+    )
 
 
 class _JobEvents(FlowEvents):
@@ -582,20 +662,30 @@ class _JobEvents(FlowEvents):
             store.stage_begin(self.job.job_id, stage)
         log.info("stage %s started", stage, extra={"event": "stage_started"})
 
-    def progress(self, stage: str, done: int, total: int | None) -> None:   # called from the replay's writers
+    def progress(self, stage: str, done: int, total: int | None) -> None:  # called from the replay's writers
         now = time.monotonic()
         if stage == "replay" and (now - self._last_progress >= 5 or done == total):
             self._last_progress = now
-            log.info("replay progress", extra={"event": "replay_progress", "job_id": self.job.job_id,
-                                               "run_id": self.job.plan["run_id"], "rows_done": done,
-                                               "rows_total": total})
+            log.info(
+                "replay progress",
+                extra={
+                    "event": "replay_progress",
+                    "job_id": self.job.job_id,
+                    "run_id": self.job.plan["run_id"],
+                    "rows_done": done,
+                    "rows_total": total,
+                },
+            )
 
     def end(self, stage: str, summary: dict, seconds: float) -> None:
         self.job.results[stage] = summary
         with self.job.store() as store:
             store.stage_end(self.job.job_id, stage, "finished", seconds, result=summary)
-        log.info("stage %s finished", stage, extra={"event": "stage_finished", "seconds": round(seconds, 3),
-                                                     "result": summary})
+        log.info(
+            "stage %s finished",
+            stage,
+            extra={"event": "stage_finished", "seconds": round(seconds, 3), "result": summary},
+        )
         self.close()
 
     def skip(self, stage: str, reason: str) -> None:
@@ -632,8 +722,9 @@ def preflight(settings: Settings, loaded: LoadedSpec) -> KeyRing:
     return keys
 
 
-def _choose(store: Store, spec: JobSpec, job_id: str | None, as_of: datetime | None, new: bool,
-            clock: Callable[[], datetime]) -> tuple[str, datetime, dict | None]:
+def _choose(
+    store: Store, spec: JobSpec, job_id: str | None, as_of: datetime | None, new: bool, clock: Callable[[], datetime]
+) -> tuple[str, datetime, dict | None]:
     """(job id, as-of time, existing row or None) of the job to run."""
     if job_id is None and not new:
         if spec.schedule:
@@ -656,9 +747,17 @@ def _choose(store: Store, spec: JobSpec, job_id: str | None, as_of: datetime | N
     return job_id, as_of or clock(), existing
 
 
-def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None, as_of: datetime | None = None,
-            new: bool = False, triggered_by: str = "manual", candidate_version: str | None = None,
-            clock: Callable[[], datetime] = utc_now) -> JobResult:
+def run_job(
+    settings: Settings,
+    loaded: LoadedSpec,
+    *,
+    job_id: str | None = None,
+    as_of: datetime | None = None,
+    new: bool = False,
+    triggered_by: str = "manual",
+    candidate_version: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> JobResult:
     """Run (or resume) one job of a spec; see the module docstring for which job that is.
 
     Raises :class:`JobRefused` when it cannot start (the spec is running elsewhere, a precondition fails)
@@ -682,19 +781,34 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
             params.update(spec=spec.name, spec_path=str(loaded.path), as_of=iso(as_of))
             if version:
                 params["candidate_version"] = str(version)
-            store.job_begin(job_id=job_id, kind=JOB_KIND, spec=spec.name, triggered_by=triggered_by, params=params,
-                            pid=os.getpid(), host=platform.node())
+            store.job_begin(
+                job_id=job_id,
+                kind=JOB_KIND,
+                spec=spec.name,
+                triggered_by=triggered_by,
+                params=params,
+                pid=os.getpid(),
+                host=platform.node(),
+            )
             done = {k: v for k, v in store.job_stages(job_id).items() if v["status"] in DONE}
         lock.describe(job_id)
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         job = _Job(settings, loaded, job_id, params, keys, {k: v["result"] for k, v in done.items()})
         with log_context(job_id=job_id, spec=spec.name):
             if stale:
-                log.warning("found interrupted job(s) of this spec", extra={"event": "job_interrupted",
-                                                                           "interrupted": stale})
-            log.info("job %s", "resumed" if existing and existing["status"] != "queued" else "started",
-                     extra={"event": "job_started", "triggered_by": triggered_by, "as_of": iso(as_of),
-                            "resumed_after": sorted(done)})
+                log.warning(
+                    "found interrupted job(s) of this spec", extra={"event": "job_interrupted", "interrupted": stale}
+                )
+            log.info(
+                "job %s",
+                "resumed" if existing and existing["status"] != "queued" else "started",
+                extra={
+                    "event": "job_started",
+                    "triggered_by": triggered_by,
+                    "as_of": iso(as_of),
+                    "resumed_after": sorted(done),
+                },
+            )
             _run_stages(job, done)
         with job.store() as store:
             return job_result(store, job_id)
@@ -705,8 +819,11 @@ def run_job(settings: Settings, loaded: LoadedSpec, *, job_id: str | None = None
 def _run_stages(job: _Job, done: dict) -> None:
     t_job = time.monotonic()
     if "resolve" in done:
-        log.info("stage resolve already %s: not redone", done["resolve"]["status"],
-                 extra={"event": "stage_skipped", "stage": "resolve"})
+        log.info(
+            "stage resolve already %s: not redone",
+            done["resolve"]["status"],
+            extra={"event": "stage_skipped", "stage": "resolve"},
+        )
     else:
         with log_context(stage="resolve"):
             with job.store() as store:
@@ -724,16 +841,21 @@ def _run_stages(job: _Job, done: dict) -> None:
             job.results["resolve"] = plan
             with job.store() as store:
                 store.stage_end(job.job_id, "resolve", "finished", seconds, result=plan)
-            log.info("stage resolve finished", extra={"event": "stage_finished", "seconds": round(seconds, 3),
-                                                      "result": plan})
+            log.info(
+                "stage resolve finished",
+                extra={"event": "stage_finished", "seconds": round(seconds, 3), "result": plan},
+            )
     for stage in STAGES[1:]:
         if stage in done:
-            log.info("stage %s already %s: not redone", stage, done[stage]["status"],
-                     extra={"event": "stage_skipped", "stage": stage})
+            log.info(
+                "stage %s already %s: not redone",
+                stage,
+                done[stage]["status"],
+                extra={"event": "stage_skipped", "stage": stage},
+            )
     events = _JobEvents(job)
     try:
-        res = run_flow(job.settings, _flow(job), store=job.store, keys=job.keys, events=events,
-                       done=frozenset(done))
+        res = run_flow(job.settings, _flow(job), store=job.store, keys=job.keys, events=events, done=frozenset(done))
     except BaseException as e:
         stage = events.stage or "ingest"
         events.close()
@@ -745,8 +867,9 @@ def _run_stages(job: _Job, done: dict) -> None:
         return
     with job.store() as store:
         store.job_end(job.job_id, "finished", result=_summary(job))
-    log.info("job finished", extra={"event": "job_finished", "seconds": round(time.monotonic() - t_job, 3),
-                                    **_summary(job)})
+    log.info(
+        "job finished", extra={"event": "job_finished", "seconds": round(time.monotonic() - t_job, 3), **_summary(job)}
+    )
 
 
 def _end_skipped(job: _Job, stage: str, reason: str, seconds: float) -> None:
@@ -763,13 +886,20 @@ def _fail(job: _Job, stage: str, e: BaseException, seconds: float) -> NoReturn:
     with job.store() as store:
         store.stage_end(job.job_id, stage, status, seconds, error=tb)
         store.job_end(job.job_id, status, error=tb, result=_summary(job))
-    log.error("stage %s %s: %s", stage, status, e, extra={"event": f"stage_{status}", "stage": stage,
-                                                            "seconds": round(seconds, 3)})
+    log.error(
+        "stage %s %s: %s",
+        stage,
+        status,
+        e,
+        extra={"event": f"stage_{status}", "stage": stage, "seconds": round(seconds, 3)},
+    )
     if not isinstance(e, Exception):
         raise e
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise JobFailed(f"job {job.job_id} failed at stage {stage}: {first} (a rerun resumes it; "
-                    "`workbench jobs list` shows the traceback)") from e
+    raise JobFailed(
+        f"job {job.job_id} failed at stage {stage}: {first} (a rerun resumes it; "
+        "`workbench jobs list` shows the traceback)"
+    ) from e
 
 
 def _summary(job: _Job) -> dict:

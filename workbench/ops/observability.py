@@ -13,6 +13,7 @@ Metrics: ``GET /metrics`` (:func:`metrics_router`) exports two kinds of series.
 - Updated in-process by the router that serves live traffic (:func:`observe_arm`): requests, errors,
   latency and the rolling error rate of each arm (baseline or candidate) of each model.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from workbench import WorkbenchError
 from workbench.decide.policy import Verdict
 
-ERROR_RATE_WINDOW = 1000          # requests per arm behind workbench_arm_error_rate
+ERROR_RATE_WINDOW = 1000  # requests per arm behind workbench_arm_error_rate
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -58,9 +59,14 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (ISO-8601 UTC), level, logger, message, bound ids, extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-               .replace("+00:00", "Z"), "level": record.levelname, "logger": record.name,
-               "message": record.getMessage()}
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         out.update(_CONTEXT.get())
         out.update({k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS and not k.startswith("_")})
         if record.exc_info:
@@ -79,13 +85,23 @@ def use_json_logs(level: int = logging.INFO) -> None:
 
 
 # -- live arm metrics (updated by the router) -----------------------------------------------------
-ARM_REQUESTS = Counter("workbench_arm_requests", "Requests served by each arm of a model's canary",
-                       ["model", "arm"], registry=None)
+ARM_REQUESTS = Counter(
+    "workbench_arm_requests", "Requests served by each arm of a model's canary", ["model", "arm"], registry=None
+)
 ARM_ERRORS = Counter("workbench_arm_errors", "Requests that failed, per arm", ["model", "arm"], registry=None)
-ARM_LATENCY = Histogram("workbench_arm_latency_seconds", "Latency of requests served by each arm",
-                        ["model", "arm"], buckets=LATENCY_BUCKETS, registry=None)
-ARM_ERROR_RATE = Gauge("workbench_arm_error_rate", f"Share of failed requests among the last {ERROR_RATE_WINDOW} "
-                       "of each arm", ["model", "arm"], registry=None)
+ARM_LATENCY = Histogram(
+    "workbench_arm_latency_seconds",
+    "Latency of requests served by each arm",
+    ["model", "arm"],
+    buckets=LATENCY_BUCKETS,
+    registry=None,
+)
+ARM_ERROR_RATE = Gauge(
+    "workbench_arm_error_rate",
+    f"Share of failed requests among the last {ERROR_RATE_WINDOW} of each arm",
+    ["model", "arm"],
+    registry=None,
+)
 _windows: dict[tuple[str, str], deque] = {}
 _windows_lock = threading.Lock()
 
@@ -120,7 +136,7 @@ class StoreCollector:
         self.wait_s = wait_s
 
     def describe(self):
-        return []   # the series depend on the data: no describe-time registration checks
+        return []  # the series depend on the data: no describe-time registration checks
 
     def collect(self):
         from workbench.store import Store
@@ -142,38 +158,51 @@ def _families(snap: dict[str, list[tuple]]):
     jobs = GaugeMetricFamily("workbench_jobs", "Jobs in the history, by spec and status", labels=["spec", "status"])
     for spec, status, n in snap["jobs"]:
         jobs.add_metric([spec, status], n)
-    dur = SummaryMetricFamily("workbench_job_duration_seconds", "Wall time of finished jobs (first start to end)",
-                              labels=["spec"])
-    last = GaugeMetricFamily("workbench_job_last_duration_seconds", "Wall time of the latest finished job",
-                             labels=["spec"])
-    ok = GaugeMetricFamily("workbench_job_last_success_timestamp_seconds", "When the latest job finished",
-                           labels=["spec"])
+    dur = SummaryMetricFamily(
+        "workbench_job_duration_seconds", "Wall time of finished jobs (first start to end)", labels=["spec"]
+    )
+    last = GaugeMetricFamily(
+        "workbench_job_last_duration_seconds", "Wall time of the latest finished job", labels=["spec"]
+    )
+    ok = GaugeMetricFamily(
+        "workbench_job_last_success_timestamp_seconds", "When the latest job finished", labels=["spec"]
+    )
     for spec, n, total, latest, at in snap["job_durations"]:
         dur.add_metric([spec], n, total or 0.0)
         last.add_metric([spec], latest or 0.0)
         ok.add_metric([spec], at or 0.0)
-    stages = SummaryMetricFamily("workbench_job_stage_duration_seconds", "Time spent in finished job stages",
-                                 labels=["spec", "stage"])
+    stages = SummaryMetricFamily(
+        "workbench_job_stage_duration_seconds", "Time spent in finished job stages", labels=["spec", "stage"]
+    )
     for spec, stage, n, total in snap["stage_durations"]:
         stages.add_metric([spec, stage], n, total or 0.0)
-    rate = GaugeMetricFamily("workbench_replay_rows_per_second", "Rows/s of the latest finished replay of a model "
-                             "(rows over its wall time)", labels=["model"])
+    rate = GaugeMetricFamily(
+        "workbench_replay_rows_per_second",
+        "Rows/s of the latest finished replay of a model (rows over its wall time)",
+        labels=["model"],
+    )
     rows = GaugeMetricFamily("workbench_replay_rows", "Rows of the latest finished replay of a model", labels=["model"])
     for model, n, seconds in snap["replays"]:
         rows.add_metric([model], n)
         if seconds and seconds > 0:
             rate.add_metric([model], n / seconds)
-    weight = GaugeMetricFamily("workbench_canary_weight_percent", "Percent of live traffic on the candidate",
-                               labels=["model"])
-    killed = GaugeMetricFamily("workbench_canary_killed", "1 when the kill switch holds the candidate at 0",
-                               labels=["model"])
+    weight = GaugeMetricFamily(
+        "workbench_canary_weight_percent", "Percent of live traffic on the candidate", labels=["model"]
+    )
+    killed = GaugeMetricFamily(
+        "workbench_canary_killed", "1 when the kill switch holds the candidate at 0", labels=["model"]
+    )
     for model, w, k in snap["weights"]:
         weight.add_metric([model], w)
         killed.add_metric([model], 1 if k else 0)
-    verdict = GaugeMetricFamily("workbench_canary_last_verdict", "1 for the verdict of the latest signed decision "
-                                "of a model, 0 for the others", labels=["model", "verdict"])
-    when = GaugeMetricFamily("workbench_canary_last_decision_timestamp_seconds", "When the latest decision was made",
-                             labels=["model"])
+    verdict = GaugeMetricFamily(
+        "workbench_canary_last_verdict",
+        "1 for the verdict of the latest signed decision of a model, 0 for the others",
+        labels=["model", "verdict"],
+    )
+    when = GaugeMetricFamily(
+        "workbench_canary_last_decision_timestamp_seconds", "When the latest decision was made", labels=["model"]
+    )
     for model, v, at in snap["verdicts"]:
         for name in Verdict:
             verdict.add_metric([model, name.value], 1 if v == name else 0)

@@ -5,6 +5,7 @@ writes its progress there from the replay's progress callback, so a reader (the 
 run is, its rate and ETA without opening DuckDB, whose file a writing process holds locked. Files are
 replaced atomically (write, then rename), so a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def _iso(t: float) -> str:
 class Progress:
     """What a progress file holds. ``rows_per_s`` counts the rows this process replayed (a resumed run's
     earlier rows do not inflate it); ``eta_s`` is the time left at that rate."""
+
     run_id: str
     status: str
     stage: str
@@ -68,20 +70,42 @@ class ProgressFile:
     ``min_interval_s`` seconds and the last batch, and always on :meth:`stage` and :meth:`finish`.
     """
 
-    def __init__(self, home: Path, run_id: str, *, source: str, traffic: str | None = None,
-                 baseline: str | None = None, candidate: str | None = None, min_interval_s: float = 0.5,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        home: Path,
+        run_id: str,
+        *,
+        source: str,
+        traffic: str | None = None,
+        baseline: str | None = None,
+        candidate: str | None = None,
+        min_interval_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ):
         self.path = progress_dir(home) / f"{check_name(run_id, 'run id')}.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock, self._min_interval = clock, min_interval_s
         self._lock = threading.Lock()
         now = clock()
-        self._first: tuple[float, int] | None = None   # (time, rows) of the first report: the rate's origin
+        self._first: tuple[float, int] | None = None  # (time, rows) of the first report: the rate's origin
         self._written = 0.0
-        self.state = Progress(run_id=run_id, status=RUNNING, stage="starting", rows_done=0, rows_total=None,
-                              rows_per_s=None, eta_s=None, started_at=_iso(now), updated_at=_iso(now), source=source,
-                              pid=os.getpid(), host=platform.node(), traffic=traffic, baseline=baseline,
-                              candidate=candidate)
+        self.state = Progress(
+            run_id=run_id,
+            status=RUNNING,
+            stage="starting",
+            rows_done=0,
+            rows_total=None,
+            rows_per_s=None,
+            eta_s=None,
+            started_at=_iso(now),
+            updated_at=_iso(now),
+            source=source,
+            pid=os.getpid(),
+            host=platform.node(),
+            traffic=traffic,
+            baseline=baseline,
+            candidate=candidate,
+        )
         self._write()
 
     def __call__(self, done: int, total: int | None = None) -> None:
@@ -93,8 +117,9 @@ class ProgressFile:
             t0, d0 = self._first
             rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None
             left = (total - done) / rate if rate and total is not None else None
-            self.state = replace(self.state, rows_done=int(done), rows_total=total, rows_per_s=rate, eta_s=left,
-                                 updated_at=_iso(now))
+            self.state = replace(
+                self.state, rows_done=int(done), rows_total=total, rows_per_s=rate, eta_s=left, updated_at=_iso(now)
+            )
             if first or now - self._written >= self._min_interval or (total is not None and done >= total):
                 self._write()
 
@@ -107,8 +132,14 @@ class ProgressFile:
     def finish(self, error: str | None = None) -> None:
         """Mark the job finished, or failed with ``error``."""
         with self._lock:
-            self.state = replace(self.state, status=FAILED if error else FINISHED, stage="done", error=error,
-                                 eta_s=None if error else 0.0, updated_at=_iso(self._clock()))
+            self.state = replace(
+                self.state,
+                status=FAILED if error else FINISHED,
+                stage="done",
+                error=error,
+                eta_s=None if error else 0.0,
+                updated_at=_iso(self._clock()),
+            )
             self._write()
 
     def _write(self) -> None:

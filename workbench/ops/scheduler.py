@@ -8,6 +8,7 @@ pinned to the event's version; events of a model without a spec, of an alias the
 of a version the spec already evaluated are marked ``skipped`` with the reason. At start the scheduler
 resumes jobs that a dead process left running. The clock is injected, so tests drive it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,14 @@ log = logging.getLogger(__name__)
 class Scheduler:
     """Runs ``specs`` on their schedules and the queued registry events, through ``run`` (:func:`run_job`)."""
 
-    def __init__(self, settings: Settings, specs: list[LoadedSpec], *, clock: Callable[[], datetime] = utc_now,
-                 run: Callable = run_job):
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[LoadedSpec],
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        run: Callable = run_job,
+    ):
         self.settings, self.clock, self.run = settings, clock, run
         self.specs = {s.name: s for s in specs}
         self.by_model: dict[str, LoadedSpec] = {}
@@ -48,21 +55,26 @@ class Scheduler:
             if not (t.new_versions or t.aliases):
                 continue
             if s.spec.model in self.by_model:
-                raise WorkbenchError(f"job specs {self.by_model[s.spec.model].path} and {s.path} both run on registry "
-                                     f"events of model {s.spec.model}: set triggers.new_versions = false and "
-                                     "triggers.aliases = [] in one of them")
+                raise WorkbenchError(
+                    f"job specs {self.by_model[s.spec.model].path} and {s.path} both run on registry "
+                    f"events of model {s.spec.model}: set triggers.new_versions = false and "
+                    "triggers.aliases = [] in one of them"
+                )
             self.by_model[s.spec.model] = s
         start = clock()
         self._schedules = {s.name: s.spec.schedule for s in specs if s.spec.schedule}
         self.next = {name: next_fire(cron, start) for name, cron in self._schedules.items()}
         self._refusals: dict[str, str] = {}
-        self._stop = threading.Event()   # set by run_forever's caller: no new job starts after it
+        self._stop = threading.Event()  # set by run_forever's caller: no new job starts after it
 
     # -- one pass ------------------------------------------------------------------------------------
     def due(self, now: datetime) -> list[tuple[LoadedSpec, datetime]]:
         """Specs whose next fire time has come, each with its latest fire time at or before ``now``."""
-        return [(self.specs[name], last_fire(self._schedules[name], now))
-                for name, at in sorted(self.next.items(), key=lambda kv: kv[1]) if at <= now]
+        return [
+            (self.specs[name], last_fire(self._schedules[name], now))
+            for name, at in sorted(self.next.items(), key=lambda kv: kv[1])
+            if at <= now
+        ]
 
     def tick(self) -> list[dict]:
         """Run the due specs, then the queued registry events; return one outcome per job touched."""
@@ -72,10 +84,18 @@ class Scheduler:
             if self._stop.is_set():
                 return outcomes
             self.next[loaded.name] = next_fire(self._schedules[loaded.name], now)
-            log.info("schedule fired", extra={"event": "schedule_fired", "spec": loaded.name, "fire_time": iso(fire),
-                                              "next_fire": iso(self.next[loaded.name])})
-            outcomes.append(self._run(loaded, job_id=slot_job_id(loaded.name, fire), as_of=fire,
-                                      triggered_by="schedule"))
+            log.info(
+                "schedule fired",
+                extra={
+                    "event": "schedule_fired",
+                    "spec": loaded.name,
+                    "fire_time": iso(fire),
+                    "next_fire": iso(self.next[loaded.name]),
+                },
+            )
+            outcomes.append(
+                self._run(loaded, job_id=slot_job_id(loaded.name, fire), as_of=fire, triggered_by="schedule")
+            )
         return outcomes + self.process_queue()
 
     def recover(self) -> list[dict]:
@@ -87,8 +107,10 @@ class Scheduler:
             with Store(self.settings.db_path, wait_s=STORE_WAIT_S) as store:
                 job = store.latest_job(loaded.name, ("running", "interrupted"))
             if job is not None:
-                log.info("resuming an interrupted job", extra={"event": "job_recover", "job_id": job["job_id"],
-                                                               "spec": loaded.name})
+                log.info(
+                    "resuming an interrupted job",
+                    extra={"event": "job_recover", "job_id": job["job_id"], "spec": loaded.name},
+                )
                 outcomes.append(self._run(loaded, job_id=job["job_id"], triggered_by=job["triggered_by"] or "schedule"))
         return outcomes
 
@@ -108,8 +130,14 @@ class Scheduler:
                     log.info("registry event skipped: %s", reason, extra={"event": "event_skipped"})
                     outcomes.append({"job_id": job["job_id"], "spec": None, "status": "skipped", "reason": reason})
                     continue
-                outcomes.append(self._run(loaded, job_id=job["job_id"], triggered_by="webhook",
-                                          candidate_version=str(job["params"]["version"])))
+                outcomes.append(
+                    self._run(
+                        loaded,
+                        job_id=job["job_id"],
+                        triggered_by="webhook",
+                        candidate_version=str(job["params"]["version"]),
+                    )
+                )
         return outcomes
 
     def _route(self, job: dict) -> tuple[LoadedSpec | None, str | None]:
@@ -125,8 +153,9 @@ class Scheduler:
         with Store(self.settings.db_path, wait_s=STORE_WAIT_S) as store:
             seen = store.jobs_for_candidate(loaded.name, str(p.get("version")))
         if seen:
-            return None, (f"version {p.get('version')} of {p.get('model')} is already evaluated by job "
-                          f"{seen[0]['job_id']}")
+            return None, (
+                f"version {p.get('version')} of {p.get('model')} is already evaluated by job {seen[0]['job_id']}"
+            )
         return loaded, None
 
     def _run(self, loaded: LoadedSpec, **kwargs) -> dict:
@@ -135,14 +164,14 @@ class Scheduler:
             res = self.run(self.settings, loaded, **kwargs)
         except JobRefused as e:
             key = f"{loaded.name}:{kwargs.get('job_id')}"
-            if self._refusals.get(key) != str(e):   # say it once, not at every poll
+            if self._refusals.get(key) != str(e):  # say it once, not at every poll
                 log.warning("%s", e, extra={"event": "job_refused", "spec": loaded.name})
                 self._refusals[key] = str(e)
             return out | {"status": "refused", "reason": str(e)}
         except WorkbenchError as e:
             log.error("%s", e, extra={"event": "job_failed", "spec": loaded.name})
             return out | {"status": "failed", "error": str(e)}
-        except Exception as e:   # a scheduler outlives any one job; the job's row holds its traceback
+        except Exception as e:  # a scheduler outlives any one job; the job's row holds its traceback
             log.exception("job crashed: %s", e, extra={"event": "job_failed", "spec": loaded.name})
             return out | {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         return out | {"job_id": res.job_id, "status": res.status, "already_complete": res.already_complete}
@@ -151,8 +180,14 @@ class Scheduler:
     def run_forever(self, stop: threading.Event, poll_s: float = 30.0) -> dict[str, int]:
         """Recover, then tick until ``stop`` is set, sleeping until the next fire time or ``poll_s`` (for queued
         events), whichever comes first. Returns the number of jobs per outcome."""
-        log.info("scheduler started", extra={"event": "scheduler_started", "specs": sorted(self.specs),
-                                             "next_fire": {k: iso(v) for k, v in self.next.items()}})
+        log.info(
+            "scheduler started",
+            extra={
+                "event": "scheduler_started",
+                "specs": sorted(self.specs),
+                "next_fire": {k: iso(v) for k, v in self.next.items()},
+            },
+        )
         self._stop = stop
         counts: Counter = Counter(o["status"] for o in self.recover())
         while not stop.is_set():

@@ -20,6 +20,7 @@ The model's exceptions come back as their text, so errors read the same as in-pr
 only (``/proc`` for memory, ``fork``, descriptor passing); torch models on CUDA move to the device in
 the worker, after the fork.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,8 @@ POLL_S = 0.05
 
 @dataclass(frozen=True)
 class IsolationOptions:
-    memory_limit_mb: float | None = 4096.0   # a worker above this resident size is replaced (None: no limit)
-    start_timeout_s: float = 600.0           # loading both models in the zygote
+    memory_limit_mb: float | None = 4096.0  # a worker above this resident size is replaced (None: no limit)
+    start_timeout_s: float = 600.0  # loading both models in the zygote
 
 
 class WorkerDied(RowFailure):
@@ -72,7 +73,7 @@ def _die_with_parent() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -93,7 +94,7 @@ def _load(spec: tuple, tracking_uri: str | None) -> Predictor:
 
 def _worker(conn: Connection, model: Predictor, device: str) -> None:
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if isinstance(model, TorchPredictor) and device != model.device:
         model = TorchPredictor(model.ref, model.module, device)
     while True:
@@ -140,7 +141,7 @@ def _zygote(conn: Connection, specs: dict[str, tuple], tracking_uri: str | None)
             try:
                 op, arg = conn.recv()
             except (EOFError, OSError):
-                return   # the parent is gone
+                return  # the parent is gone
             if op == "fork":
                 ours, theirs = socket.socketpair()
                 pid = os.fork()
@@ -194,11 +195,14 @@ class Zygote:
         import mlflow
 
         ours, theirs = socket.socketpair()
-        self._proc = subprocess.Popen([sys.executable, "-m", "workbench.replay.isolation", str(theirs.fileno())],
-                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench.replay.isolation", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send(sys.path)   # first, so that pickled models import as they do here
+        self._conn.send(sys.path)  # first, so that pickled models import as they do here
         self._conn.send(({r: _spec(m) for r, m in models.items()}, mlflow.get_tracking_uri()))
         if not self._conn.poll(options.start_timeout_s):
             self.close()
@@ -250,7 +254,7 @@ class IsolatedPredictor:
         self.zygote, self.role, self.options = zygote, role, options
         self.conn: Connection | None = None
         self.pid: int | None = None
-        self.served = 0   # calls the current worker has answered
+        self.served = 0  # calls the current worker has answered
         self.consecutive_crashes = 0
         self.disabled: str | None = None
         self.stats = {"calls": 0, "crashes": 0, "timeouts": 0, "memory_kills": 0, "recycled": 0}
@@ -295,10 +299,11 @@ class IsolatedPredictor:
                 if rss is not None:
                     fresh = self.served == 0
                     self._end(kill=True)
-                    raise _OverMemory(f"worker exceeded the memory limit ({rss:.0f} MB > "
-                                      f"{self.options.memory_limit_mb:g} MB)", fresh)
+                    raise _OverMemory(
+                        f"worker exceeded the memory limit ({rss:.0f} MB > {self.options.memory_limit_mb:g} MB)", fresh
+                    )
             kind, *rest = self.conn.recv()
-        except (EOFError, OSError):   # the worker died: the exit status says how
+        except (EOFError, OSError):  # the worker died: the exit status says how
             how = self._end(kill=False)
             self.stats["crashes"] += 1
             if batch.num_rows == 1:
@@ -309,7 +314,7 @@ class IsolatedPredictor:
             raise WorkerDied(f"model worker died: {how}") from None
         self.consecutive_crashes = 0
         self.served += 1
-        if self._over_limit() is not None:   # grew past the limit (a leak): a fresh worker for the next call
+        if self._over_limit() is not None:  # grew past the limit (a leak): a fresh worker for the next call
             self._end(kill=True)
             self.stats["recycled"] += 1
         if kind == "error":
@@ -344,8 +349,9 @@ class IsolatedPredictor:
 
 
 @contextmanager
-def isolated(models: dict[str, Predictor], options: IsolationOptions = IsolationOptions()
-             ) -> Iterator[dict[str, IsolatedPredictor]]:
+def isolated(
+    models: dict[str, Predictor], options: IsolationOptions = IsolationOptions()
+) -> Iterator[dict[str, IsolatedPredictor]]:
     """The models, each served by worker processes of one zygote; everything is stopped on exit."""
     zygote = Zygote(models, options)
     wrapped = {role: IsolatedPredictor(zygote, role, m, options) for role, m in models.items()}

@@ -7,6 +7,7 @@ The decision threshold comes from the model's metadata (``threshold``), else 0.5
 
 MLflow and torch are imported lazily: only where a model is actually loaded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,6 +28,7 @@ _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<
 @dataclass(frozen=True)
 class ModelRef:
     """What a run records about one model: where it came from and how it scores."""
+
     uri: str
     name: str | None
     version: str | None
@@ -43,6 +45,7 @@ class ModelRef:
 
 class Predictor(Protocol):
     """Scores a batch of traffic: one positive-class score per row, in row order."""
+
     ref: ModelRef
     device: str
 
@@ -73,8 +76,9 @@ def choose_device(requested: str = "auto") -> str:
 
 def _features(signature) -> tuple[str, ...]:
     if signature is None or signature.inputs is None:
-        raise WorkbenchError("the model has no input signature: log it with a signature so the workbench "
-                             "knows its feature columns")
+        raise WorkbenchError(
+            "the model has no input signature: log it with a signature so the workbench knows its feature columns"
+        )
     names = signature.inputs.input_names()
     if not names or any(not isinstance(n, str) for n in names):
         raise WorkbenchError("the model's input signature has unnamed inputs; log it with named columns")
@@ -100,8 +104,15 @@ def describe(uri: str) -> ModelRef:
     flavors = info.flavors
     flavor = "pytorch" if "pytorch" in flavors else "sklearn" if "sklearn" in flavors else "pyfunc"
     threshold = float((info.metadata or {}).get("threshold", DEFAULT_THRESHOLD))
-    return ModelRef(uri=uri, name=name, version=version, run_id=info.run_id, flavor=flavor,
-                    features=_features(info.signature), threshold=threshold)
+    return ModelRef(
+        uri=uri,
+        name=name,
+        version=version,
+        run_id=info.run_id,
+        flavor=flavor,
+        features=_features(info.signature),
+        threshold=threshold,
+    )
 
 
 def load_predictor(uri: str, device: str = "auto") -> Predictor:
@@ -137,8 +148,11 @@ def feature_matrix(batch: pa.Table, features: tuple[str, ...]) -> np.ndarray:
     out = np.empty((batch.num_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
         col = batch.column(name)
-        out[:, j] = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False) if col.null_count == 0 \
+        out[:, j] = (
+            col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            if col.null_count == 0
             else np.asarray(col.to_pandas(), dtype=np.float32)
+        )
     return out
 
 
@@ -217,5 +231,7 @@ def download_reference(run_id: str) -> str:
     try:
         return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
     except (MlflowException, OSError) as e:
-        raise WorkbenchError(f"no training reference for MLflow run {run_id}: log the reference sample as the "
-                             f"artifact {REFERENCE_ARTIFACT} ({str(e).splitlines()[0]})") from None
+        raise WorkbenchError(
+            f"no training reference for MLflow run {run_id}: log the reference sample as the "
+            f"artifact {REFERENCE_ARTIFACT} ({str(e).splitlines()[0]})"
+        ) from None

@@ -7,6 +7,7 @@ commit units of whole row groups) and writers that commit each unit together wit
 covers in one transaction. An interrupted run therefore resumes after its committed ranges and holds
 each request exactly once; a finished run is immutable.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -44,8 +45,8 @@ class ReplayOptions:
     model_timeout: float | None = None
     prefetch: int = 2
     writers: int = field(default_factory=lambda: min(8, max(1, (os.cpu_count() or 1) // 2)))
-    isolate: bool = False                     # each model in worker processes (workbench.replay.isolation)
-    worker_memory_mb: float | None = 4096.0   # an isolated worker above this resident size is replaced
+    isolate: bool = False  # each model in worker processes (workbench.replay.isolation)
+    worker_memory_mb: float | None = 4096.0  # an isolated worker above this resident size is replaced
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -54,7 +55,7 @@ class ReplayOptions:
             raise WorkbenchError("--writers must be at least 1")
         if self.worker_memory_mb is not None and self.worker_memory_mb <= 0:
             raise WorkbenchError("--worker-memory must be positive")
-        self.scoring()   # validates the scoring fields
+        self.scoring()  # validates the scoring fields
 
     def scoring(self) -> ScoringOptions:
         return ScoringOptions(self.mode, self.online_batch, self.model_timeout)
@@ -68,12 +69,18 @@ class ReplayResult:
     candidate_errors: int
     seconds: float
     status: str
-    stages: dict = field(default_factory=dict)   # busy seconds per pipeline stage and which one bounds the run
+    stages: dict = field(default_factory=dict)  # busy seconds per pipeline stage and which one bounds the run
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "rows": self.rows, "baseline_errors": self.baseline_errors,
-                "candidate_errors": self.candidate_errors, "seconds": round(self.seconds, 3), "status": self.status,
-                "stages": self.stages}
+        return {
+            "run_id": self.run_id,
+            "rows": self.rows,
+            "baseline_errors": self.baseline_errors,
+            "candidate_errors": self.candidate_errors,
+            "seconds": round(self.seconds, 3),
+            "status": self.status,
+            "stages": self.stages,
+        }
 
 
 def new_run_id() -> str:
@@ -89,7 +96,7 @@ def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: dict[str
         ok = np.isfinite(s.scores)
         all_ok = bool(ok.all())
         classes = (s.scores >= thresholds[role]).astype(np.int32)
-        cols[f"{role}_score"] = pa.array(s.scores) if all_ok else pa.array(s.scores, mask=~ok)   # errors: null
+        cols[f"{role}_score"] = pa.array(s.scores) if all_ok else pa.array(s.scores, mask=~ok)  # errors: null
         cols[f"{role}_class"] = pa.array(classes) if all_ok else pa.array(classes, mask=~ok)
         cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
         cols[f"{role}_error"] = pa.nulls(n, pa.string()) if all_ok else pa.array(s.errors, pa.string())
@@ -99,10 +106,16 @@ def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: dict[str
 def _environment(models: dict[str, Predictor], options: ReplayOptions) -> dict:
     """Host, library versions, devices and options of a run. Versions come from the installed packages'
     metadata: importing scikit-learn just to read its version would cost the replay about a second."""
-    env = {"host": platform.node(), "python": platform.python_version(),
-           **{name: _version(dist) for name, dist in (("duckdb", "duckdb"), ("sklearn", "scikit-learn"),
-                                                      ("torch", "torch"))},
-           "devices": {r: m.device for r, m in models.items()}, "options": asdict(options)}
+    env = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        **{
+            name: _version(dist)
+            for name, dist in (("duckdb", "duckdb"), ("sklearn", "scikit-learn"), ("torch", "torch"))
+        },
+        "devices": {r: m.device for r, m in models.items()},
+        "options": asdict(options),
+    }
     if any(m.device.startswith("cuda") for m in models.values()):
         import torch
 
@@ -118,10 +131,10 @@ def _version(dist: str) -> str | None:
 
 
 MB = 1 << 20
-REPLAY_THREADS = 8                 # DuckDB threads during a replay (the scan needs few; each one costs memory)
-REPLAY_MEMORY_FLOOR = 256 * MB     # DuckDB's buffer pool during a replay, unless the traffic is wide
-SCAN_MB_PER_COLUMN_THREAD = 0.5    # measured ~0.4 MB: what one scan thread pins per column read
-WRITER_MB = 16                     # one writer's uncommitted unit (2 row groups of paired rows) in DuckDB
+REPLAY_THREADS = 8  # DuckDB threads during a replay (the scan needs few; each one costs memory)
+REPLAY_MEMORY_FLOOR = 256 * MB  # DuckDB's buffer pool during a replay, unless the traffic is wide
+SCAN_MB_PER_COLUMN_THREAD = 0.5  # measured ~0.4 MB: what one scan thread pins per column read
+WRITER_MB = 16  # one writer's uncommitted unit (2 row groups of paired rows) in DuckDB
 
 
 def duckdb_limits(columns: int, writers: int, cores: int | None = None) -> dict:
@@ -145,15 +158,23 @@ def duckdb_limits(columns: int, writers: int, cores: int | None = None) -> dict:
 class Executor(Protocol):
     """Runs the scoring of a run's remaining traffic and commits it batch by batch."""
 
-    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions,
-            progress) -> dict | None:
+    def run(
+        self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress
+    ) -> dict | None:
         """Score the traffic outside ``run.committed`` and commit it, numbering units from ``run.next_batch``;
         may return the stages' busy seconds (see ``ReplayResult.stages``)."""
 
 
-def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor, run_id: str | None = None,
-           options: ReplayOptions = ReplayOptions(),
-           progress: Callable[[int, int], None] | None = None, executor: Executor | None = None) -> ReplayResult:
+def replay(
+    store: Store,
+    traffic: str,
+    baseline: Predictor,
+    candidate: Predictor,
+    run_id: str | None = None,
+    options: ReplayOptions = ReplayOptions(),
+    progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
+) -> ReplayResult:
     """Replay traffic through both models; resume an interrupted run; a finished run is left untouched.
 
     ``progress(done_rows, total_rows)`` is called after each committed batch (from the writer thread).
@@ -165,9 +186,16 @@ def replay(store: Store, traffic: str, baseline: Predictor, candidate: Predictor
     refs = {r: m.ref.to_dict() for r, m in models.items()}
     _check_features(info["columns"], models)
     started = time.perf_counter()
-    run = store.open_run(run_id=run_id, traffic=traffic, baseline=refs["baseline"], candidate=refs["candidate"],
-                         batch_size=options.batch_size, device=",".join(sorted({m.device for m in models.values()})),
-                         mode=options.mode, meta={"environment": _environment(models, options)})
+    run = store.open_run(
+        run_id=run_id,
+        traffic=traffic,
+        baseline=refs["baseline"],
+        candidate=refs["candidate"],
+        batch_size=options.batch_size,
+        device=",".join(sorted({m.device for m in models.values()})),
+        mode=options.mode,
+        meta={"environment": _environment(models, options)},
+    )
     if not run.created:
         _check_same_run(run, traffic, refs)
         if run.finished:
@@ -190,8 +218,7 @@ class LocalExecutor:
 
     With ``options.isolate`` the models score in worker processes (:mod:`workbench.replay.isolation`)."""
 
-    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions,
-            progress) -> dict:
+    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress) -> dict:
         thresholds = {r: m.ref.threshold for r, m in models.items()}
         if not options.isolate:
             scorer = PairScorer(models, options.scoring())
@@ -203,8 +230,8 @@ class LocalExecutor:
             return _run_pipeline(store, run, scorer, thresholds, options, progress)
 
 
-ROW_GROUP = 122_880   # DuckDB's row group: commits in whole row groups need no rewrite at checkpoint
-FLUSH_S = 1.0         # a partial unit waits at most this long for more rows (slow models, resumable progress)
+ROW_GROUP = 122_880  # DuckDB's row group: commits in whole row groups need no rewrite at checkpoint
+FLUSH_S = 1.0  # a partial unit waits at most this long for more rows (slow models, resumable progress)
 
 
 class CommitPacker:
@@ -218,8 +245,8 @@ class CommitPacker:
 
     def __init__(self, row_group: int = ROW_GROUP, groups: int = 2):
         self.row_group = row_group
-        self.unit = groups * row_group   # big units: DuckDB writes one insert's row groups in parallel
-        self.pending: list[tuple[pa.Table, float]] = []   # (table, scoring seconds of its rows)
+        self.unit = groups * row_group  # big units: DuckDB writes one insert's row groups in parallel
+        self.pending: list[tuple[pa.Table, float]] = []  # (table, scoring seconds of its rows)
         self.rows = 0
         self.since: float | None = None
 
@@ -252,7 +279,7 @@ class CommitPacker:
                 parts.append(table)
                 seconds += sec
                 left -= table.num_rows
-            else:   # split the batch: its scoring time is shared by rows
+            else:  # split the batch: its scoring time is shared by rows
                 share = left / table.num_rows
                 parts.append(table.slice(0, left))
                 seconds += sec * share
@@ -298,12 +325,17 @@ class _Stages:
     def report(self, wall: float, writers: int) -> dict:
         per_thread = dict(self.busy, write=self.busy["write"] / writers)
         bound = max(per_thread, key=per_thread.__getitem__)
-        return {"wall_s": round(wall, 3), "busy_s": {k: round(v, 3) for k, v in self.busy.items()},
-                "writers": writers, "bound": bound}
+        return {
+            "wall_s": round(wall, 3),
+            "busy_s": {k: round(v, 3) for k, v in self.busy.items()},
+            "writers": writers,
+            "bound": bound,
+        }
 
 
-def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: dict, options: ReplayOptions,
-                  progress) -> dict:
+def _run_pipeline(
+    store: Store, run: RunState, scorer: PairScorer, thresholds: dict, options: ReplayOptions, progress
+) -> dict:
     """Reader -> preparer -> scoring on this thread -> builder -> writers: threads with bounded queues between.
 
     The builder turns scores into paired result tables and packs them into commit units of whole row
@@ -319,7 +351,7 @@ def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: d
     fetched: queue.Queue = queue.Queue(maxsize=options.prefetch)
     inbox: queue.Queue = queue.Queue(maxsize=options.prefetch)
     built: queue.Queue = queue.Queue(maxsize=4)
-    outbox: queue.Queue = queue.Queue(maxsize=2)   # units wait here only while every writer is busy
+    outbox: queue.Queue = queue.Queue(maxsize=2)  # units wait here only while every writer is busy
     stop = threading.Event()
     failure: list[BaseException] = []
     lock = threading.Lock()
@@ -368,11 +400,11 @@ def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: d
             return
         put(fetched, _END)
 
-    def prepare():   # its own thread: laying out a batch for the GPU costs as much as reading it
+    def prepare():  # its own thread: laying out a batch for the GPU costs as much as reading it
         while (item := get(fetched)) is not _END and not isinstance(item, BaseException):
             t0 = time.perf_counter()
             try:
-                item = (item[1], scorer.prepare(item[0]))   # (rows, prepared): a GPU layout drops the batch
+                item = (item[1], scorer.prepare(item[0]))  # (rows, prepared): a GPU layout drops the batch
             except BaseException as e:
                 item = e
             stages.add("prepare", time.perf_counter() - t0)
@@ -417,19 +449,18 @@ def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: d
         try:
             while (item := outbox.get()) is not _END:
                 if failure:
-                    continue   # drain: the run stops, nothing more is committed
+                    continue  # drain: the run stops, nothing more is committed
                 table, seconds = item
                 t0 = time.perf_counter()
                 # contiguous columns: DuckDB cuts row groups at chunk boundaries, and partial ones cost a
                 # rewrite at the next checkpoint (done here, in parallel, rather than in the builder)
-                item = None   # the chunked unit is freed as soon as it is combined
+                item = None  # the chunked unit is freed as soon as it is combined
                 table = table.combine_chunks()
                 rows = table.column("_row")
                 with lock:
                     batch_no = next_no[0]
                     next_no[0] += 1
-                store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, seconds,
-                                   table)
+                store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, seconds, table)
                 stages.add("write", time.perf_counter() - t0)
                 with lock:
                     done += table.num_rows
@@ -437,13 +468,15 @@ def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: d
                         progress(done, total)
         except BaseException as e:
             fail(e)
-            while outbox.get() is not _END:   # unblock the builder
+            while outbox.get() is not _END:  # unblock the builder
                 pass
 
     next_no = [run.next_batch]
-    threads = [threading.Thread(target=read, name="replay-reader", daemon=True),
-               threading.Thread(target=prepare, name="replay-prepare", daemon=True),
-               threading.Thread(target=build, name="replay-builder", daemon=True)]
+    threads = [
+        threading.Thread(target=read, name="replay-reader", daemon=True),
+        threading.Thread(target=prepare, name="replay-prepare", daemon=True),
+        threading.Thread(target=build, name="replay-builder", daemon=True),
+    ]
     builder = threads[2]
     writers = [threading.Thread(target=write, name=f"replay-writer-{i}", daemon=True) for i in range(options.writers)]
     for t in threads + writers:
@@ -464,14 +497,14 @@ def _run_pipeline(store: Store, run: RunState, scorer: PairScorer, thresholds: d
             seconds = time.perf_counter() - t0
             stages.add("score", seconds)
             put(built, (rows, scored, seconds))
-    finally:   # on an interruption here (Ctrl-C) what was scored is still committed; a failure of the builder
+    finally:  # on an interruption here (Ctrl-C) what was scored is still committed; a failure of the builder
         # or a writer has set ``stop``, and the builder then stops by itself
         if not stop.is_set():
             put(built, _END)
         builder.join()
         for t in writers:
             t.join()
-        stop.set()   # the reader and the preparer see it within 0.1 s
+        stop.set()  # the reader and the preparer see it within 0.1 s
         for t in threads[:2]:
             t.join()
     if failure:
@@ -485,9 +518,11 @@ def _check_same_run(run: RunState, traffic: str, refs: dict) -> None:
     for role in ROLES:
         was, now = getattr(run, role), refs[role]
         if (was.get("uri"), was.get("version")) != (now["uri"], now["version"]):
-            raise WorkbenchError(f"run {run.run_id} was started with {role} {was.get('uri')} version "
-                                 f"{was.get('version')}; now it resolves to version {now['version']}. "
-                                 "Use a new --run-id or pin the version")
+            raise WorkbenchError(
+                f"run {run.run_id} was started with {role} {was.get('uri')} version "
+                f"{was.get('version')}; now it resolves to version {now['version']}. "
+                "Use a new --run-id or pin the version"
+            )
 
 
 def _check_features(columns: list[str], models: dict[str, Predictor]) -> None:

@@ -6,6 +6,7 @@ and the driver commits the paired rows batch by batch in ``_row`` order, so resu
 hold as for the local executor. Scores, classes and
 errors are identical to a local replay; latencies are measured inside the actors.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,18 +59,27 @@ class RayExecutor:
     driver batch by batch, in ``_row`` order.
     """
 
-    def __init__(self, address: str | None = None, actors: int | None = None, device: str = "auto",
-                 staging_dir: str | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        actors: int | None = None,
+        device: str = "auto",
+        staging_dir: str | None = None,
+    ):
         self.address, self.actors, self.device, self.staging_dir = address, actors, device, staging_dir
 
-    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions,
-            progress) -> None:
+    def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress) -> None:
         ray = _ray()
         import mlflow
 
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}})
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}},
+            )
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
@@ -83,9 +93,13 @@ class RayExecutor:
             path = Path(staging) / "traffic.parquet"
             store.export_traffic_parquet(run.traffic, features, run.committed, path, row_group_rows=options.batch_size)
             ds = ray.data.read_parquet(str(path)).map_batches(
-                PairActor, batch_size=options.batch_size, batch_format="pyarrow",
+                PairActor,
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
                 fn_constructor_args=(uris, mlflow.get_tracking_uri(), "cuda" if use_gpu else "cpu", options),
-                concurrency=actors, num_gpus=1 if use_gpu else 0)
+                concurrency=actors,
+                num_gpus=1 if use_gpu else 0,
+            )
             batch_no = run.next_batch
             for table in ds.iter_batches(batch_size=options.batch_size, batch_format="pyarrow"):
                 rows = table.column("_row")

@@ -14,6 +14,7 @@
   (column-major, pinned host memory, filled off the main thread), copied once, transposed on the GPU
   and fed to both models; timing uses CUDA events.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,6 +53,7 @@ class ScoringOptions:
 class Scored:
     """One model's output for one batch: scores (NaN on error), per-row error reasons (None: no row
     failed), latency in ms."""
+
     scores: np.ndarray
     errors: list | None
     latency_ms: np.ndarray
@@ -78,7 +80,7 @@ def error_text(e: BaseException) -> str:
     if isinstance(e, (ModelTimeout, ModelDisabled, RowFailure)):
         return str(e)[:500]
     lines = [line for line in str(e).splitlines() if line.strip()]
-    if lines and lines[0].startswith(TORCHSCRIPT_HEADER):   # the cause is the traceback's last line
+    if lines and lines[0].startswith(TORCHSCRIPT_HEADER):  # the cause is the traceback's last line
         return f"TorchScript {lines[-1].removeprefix('builtins.')}"[:500]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]
 
@@ -86,6 +88,7 @@ def error_text(e: BaseException) -> str:
 @dataclass
 class ModelRunner:
     """Calls one predictor with an optional timeout and disables it after repeated timeouts."""
+
     model: Predictor
     timeout: float | None = None
     consecutive_timeouts: int = 0
@@ -95,7 +98,7 @@ class ModelRunner:
         """Scores and the call's own duration in seconds; raises what the model raises."""
         if self.disabled:
             raise ModelTimeout(self.disabled)
-        timed = getattr(self.model, "predict_timed", None)   # an isolated model enforces the timeout itself
+        timed = getattr(self.model, "predict_timed", None)  # an isolated model enforces the timeout itself
         if timed is not None:
             try:
                 out, seconds = timed(batch, self.timeout)
@@ -121,7 +124,7 @@ class ModelRunner:
         t = threading.Thread(target=work, daemon=True, name="model-call")
         t.start()
         t.join(self.timeout)
-        if t.is_alive():   # the call is abandoned; the daemon thread ends with the process at the latest
+        if t.is_alive():  # the call is abandoned; the daemon thread ends with the process at the latest
             self._timed_out()
             raise ModelTimeout(f"timeout: no answer within {self.timeout:g} s")
         self.consecutive_timeouts = 0
@@ -148,7 +151,7 @@ def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray,
     try:
         out, seconds = runner.call(batch)
         out = _check_shape(out, n)
-    except (ModelTimeout, ModelDisabled) as e:   # bisecting a hanging or disabled model would multiply the hang
+    except (ModelTimeout, ModelDisabled) as e:  # bisecting a hanging or disabled model would multiply the hang
         return np.full(n, np.nan), [str(e)] * n, 0.0
     except Exception as e:  # the model's failure is data: isolate it to the rows that cause it
         if n == 1:
@@ -182,8 +185,8 @@ def score_online(runner: ModelRunner, batch: pa.Table, micro: int) -> Scored:
     for i in range(0, n, micro):
         part = batch.slice(i, micro)
         s, e, seconds = _predict_isolated(runner, part)
-        scores[i:i + part.num_rows] = s
-        latency[i:i + part.num_rows] = seconds * 1000.0
+        scores[i : i + part.num_rows] = s
+        latency[i : i + part.num_rows] = seconds * 1000.0
         errors.extend(e)
     return Scored(scores, errors, latency)
 
@@ -236,8 +239,7 @@ class _SharedGpuInput:
         self.index = {}
         for role, m in models.items():
             idx = [pos[f] for f in m.ref.features]
-            self.index[role] = None if idx == list(range(len(self.features))) else \
-                torch.tensor(idx, device=self.device)
+            self.index[role] = None if idx == list(range(len(self.features))) else torch.tensor(idx, device=self.device)
         self._free: list = []
         self._cap = 0
         self._lock = threading.Lock()
@@ -246,9 +248,13 @@ class _SharedGpuInput:
     def applicable(models: Mapping[str, Predictor], options: ScoringOptions) -> _SharedGpuInput | None:
         devices = {getattr(m, "device", "cpu") for m in models.values()}
         torch_models = {r: m for r, m in models.items() if isinstance(m, TorchPredictor)}
-        if (options.mode == "throughput" and options.model_timeout is None
-                and len(torch_models) == len(models)
-                and len(devices) == 1 and devices.pop().startswith("cuda")):
+        if (
+            options.mode == "throughput"
+            and options.model_timeout is None
+            and len(torch_models) == len(models)
+            and len(devices) == 1
+            and devices.pop().startswith("cuda")
+        ):
             return _SharedGpuInput(torch_models)
         return None
 
@@ -276,10 +282,10 @@ class _SharedGpuInput:
                 view[j, :n] = np.asarray(col.to_pandas(), dtype=np.float32)
                 continue
             at = 0
-            for chunk in col.chunks:   # chunk by chunk into the pinned buffer: no intermediate copy
-                view[j, at:at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+            for chunk in col.chunks:  # chunk by chunk into the pinned buffer: no intermediate copy
+                view[j, at : at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
                 at += len(chunk)
-        return host, n   # not the batch: it would stay in memory until scored, while the buffer has it all
+        return host, n  # not the batch: it would stay in memory until scored, while the buffer has it all
 
     def table(self, host, n: int) -> pa.Table:
         """The features of a prepared batch as a table (a copy: the buffer goes back to the ring)."""
@@ -299,10 +305,10 @@ class _SharedGpuInput:
                 outs[role] = m.module(xm).reshape(-1).float()
                 end.record()
                 events[role] = (start, end)
-            both = torch.stack([outs[r] for r in self.models]).cpu()   # one device-to-host copy, synchronizes
+            both = torch.stack([outs[r] for r in self.models]).cpu()  # one device-to-host copy, synchronizes
         result = {}
         for k, role in enumerate(self.models):
-            scores = both[k].numpy()   # float32: DuckDB widens it to DOUBLE in the writer threads
+            scores = both[k].numpy()  # float32: DuckDB widens it to DOUBLE in the writer threads
             if scores.shape != (n,):
                 raise ValueError("wrong output shape")
             errors: list[str | None] | None = None

@@ -8,6 +8,7 @@ lifecycle: :meth:`Store.open_run`, :meth:`Store.finish_run`), :mod:`~workbench.s
 :mod:`~workbench.store.app`. Values always travel as parameters; identifiers (traffic tables, column
 names) are validated and quoted with :func:`qident`, never formatted raw into SQL.
 """
+
 from __future__ import annotations
 
 from workbench.store.app import AppStore
@@ -18,8 +19,17 @@ from workbench.store.evaluations import EvaluationStore
 from workbench.store.jobs import JobStore
 from workbench.store.runs import RunCounts, RunState
 
-__all__ = ["ArrowView", "DatabaseLocked", "RunCounts", "RunState", "Store", "check_name", "qident", "sql_literal",
-           "traffic_table"]
+__all__ = [
+    "ArrowView",
+    "DatabaseLocked",
+    "RunCounts",
+    "RunState",
+    "Store",
+    "check_name",
+    "qident",
+    "sql_literal",
+    "traffic_table",
+]
 
 
 class Store(AppStore, EvaluationStore, DriftStore, DecisionStore, JobStore):

@@ -4,6 +4,7 @@ Large runs are reduced here, in DuckDB, to at most a few thousand numbers before
 browser: score histograms per label, confusion counts, latency histograms and percentiles, breakdowns per
 segment or time window, and a LIMITed sample of the rows where the two models disagree.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,18 @@ class AppStore(RunStore):
     Builds on :class:`~workbench.store.runs.RunStore` (and so ``TrafficStore``) to find runs and traffic sets.
     """
 
-    _APP_DISCRETE = {"VARCHAR", "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
-                     "UINTEGER", "UBIGINT"}
+    _APP_DISCRETE = {
+        "VARCHAR",
+        "BOOLEAN",
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+    }
 
     def app_runs(self) -> list[dict[str, Any]]:
         """Every run with its models, ``rows_done`` and ``data_at``, when its traffic or labels last changed."""
@@ -32,7 +43,8 @@ class AppStore(RunStore):
                        r.finished_at, r.baseline, r.candidate, i.data_at
                 FROM ({RUNS_SQL}) r
                 LEFT JOIN (SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic) i USING (traffic)
-                ORDER BY r.started_at DESC""")
+                ORDER BY r.started_at DESC"""
+        )
         for r in rows:
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
@@ -59,8 +71,10 @@ class AppStore(RunStore):
         """
         run = self._app_run(run_id)
         nb, kl = int(score_bins), int(latency_bins_per_decade)
-        rows = self.cursor().execute(
-            f"""WITH p AS (
+        rows = (
+            self.cursor()
+            .execute(
+                f"""WITH p AS (
                     SELECT l.label, p.baseline_class AS bc, p.candidate_class AS cc,
                            p.baseline_score AS bs, p.candidate_score AS cs,
                            {self._app_bin("p.baseline_score", nb)} AS bb,
@@ -73,7 +87,10 @@ class AppStore(RunStore):
                 SELECT grouping(label, bb, cb, bc, cc, bl, cl) AS g, label, bb, cb, bc, cc, bl, cl, count(*) AS n,
                        sum(bs) AS sb, sum(cs) AS sc
                 FROM p GROUP BY GROUPING SETS ((label, bb), (label, cb), (label, bc, cc), (bl), (cl))""",
-            [run["traffic"], run_id]).fetchall()
+                [run["traffic"], run_id],
+            )
+            .fetchall()
+        )
         out: dict[str, list] = {"scores": [], "pairs": [], "latency": []}
         for g, label, bb, cb, bc, cc, bl, cl, n, sb, sc in rows:
             n = int(n)
@@ -92,33 +109,49 @@ class AppStore(RunStore):
     @staticmethod
     def _app_bin(x: str, bins: int) -> str:
         """floor(x * bins) clamped to [0, bins - 1]; NULL stays NULL (least/greatest would skip it)."""
-        return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} >= 1 THEN {bins - 1} WHEN {x} < 0 THEN 0 " \
-               f"ELSE CAST(floor({x} * {bins}) AS INTEGER) END"
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} >= 1 THEN {bins - 1} WHEN {x} < 0 THEN 0 "
+            f"ELSE CAST(floor({x} * {bins}) AS INTEGER) END"
+        )
 
     @staticmethod
     def _app_log_bin(x: str, per_decade: int) -> str:
         """floor(log10(x) * per_decade) for x >= 1e-6 ms (smaller values share the lowest bin); NULL stays NULL."""
-        return f"CASE WHEN {x} IS NULL THEN NULL ELSE CAST(floor(log10(greatest({x}, 1e-6)) * {per_decade}) " \
-               "AS INTEGER) END"
+        return (
+            f"CASE WHEN {x} IS NULL THEN NULL ELSE CAST(floor(log10(greatest({x}, 1e-6)) * {per_decade}) "
+            "AS INTEGER) END"
+        )
 
     def app_latency_quantiles(self, run_id: str, probs: list[float]) -> dict[str, list[float | None]]:
         """Exact latency percentiles (ms) of each model over a run's rows."""
-        row = self.cursor().execute(
-            "SELECT quantile_cont(baseline_latency_ms, CAST(? AS DOUBLE[])), "
-            "quantile_cont(candidate_latency_ms, CAST(? AS DOUBLE[])) FROM predictions WHERE run_id = ?",
-            [list(probs), list(probs), run_id]).fetchall()[0]
+        row = (
+            self.cursor()
+            .execute(
+                "SELECT quantile_cont(baseline_latency_ms, CAST(? AS DOUBLE[])), "
+                "quantile_cont(candidate_latency_ms, CAST(? AS DOUBLE[])) FROM predictions WHERE run_id = ?",
+                [list(probs), list(probs), run_id],
+            )
+            .fetchall()[0]
+        )
         return {"baseline": list(row[0] or [None] * len(probs)), "candidate": list(row[1] or [None] * len(probs))}
 
     _APP_SUMS = {
-        "rows": "count(*)", "labelled": "count(l.label)", "positives": "sum(l.label)",
+        "rows": "count(*)",
+        "labelled": "count(l.label)",
+        "positives": "sum(l.label)",
         "baseline_correct": "sum(CASE WHEN p.baseline_class = l.label THEN 1 ELSE 0 END)",
         "candidate_correct": "sum(CASE WHEN p.candidate_class = l.label THEN 1 ELSE 0 END)",
-        "baseline_errors": "count(p.baseline_error)", "candidate_errors": "count(p.candidate_error)",
+        "baseline_errors": "count(p.baseline_error)",
+        "candidate_errors": "count(p.candidate_error)",
         "disagree": "sum(CASE WHEN p.baseline_class <> p.candidate_class THEN 1 ELSE 0 END)",
-        "baseline_scored": "count(p.baseline_score)", "candidate_scored": "count(p.candidate_score)",
-        "baseline_score_sum": "sum(p.baseline_score)", "candidate_score_sum": "sum(p.candidate_score)",
-        "baseline_latency_n": "count(p.baseline_latency_ms)", "candidate_latency_n": "count(p.candidate_latency_ms)",
-        "baseline_latency_sum": "sum(p.baseline_latency_ms)", "candidate_latency_sum": "sum(p.candidate_latency_ms)",
+        "baseline_scored": "count(p.baseline_score)",
+        "candidate_scored": "count(p.candidate_score)",
+        "baseline_score_sum": "sum(p.baseline_score)",
+        "candidate_score_sum": "sum(p.candidate_score)",
+        "baseline_latency_n": "count(p.baseline_latency_ms)",
+        "candidate_latency_n": "count(p.candidate_latency_ms)",
+        "baseline_latency_sum": "sum(p.baseline_latency_ms)",
+        "candidate_latency_sum": "sum(p.candidate_latency_ms)",
     }
 
     def app_breakdowns(self, run_id: str, columns: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -133,19 +166,24 @@ class AppStore(RunStore):
         dims = ["date_trunc('day', t.event_time)"] + [f"t.{qident(c)}" for c in columns]
         names = ["day"] + list(columns)
         sums = ", ".join(f"{v} AS {k}" for k, v in self._APP_SUMS.items())
-        rows = self.cursor().execute(
-            f"""SELECT grouping({', '.join(dims)}) AS g, {', '.join(dims)}, {sums}
+        rows = (
+            self.cursor()
+            .execute(
+                f"""SELECT grouping({", ".join(dims)}) AS g, {", ".join(dims)}, {sums}
                 FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
                 LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
-                WHERE p.run_id = ? GROUP BY GROUPING SETS ({', '.join(f'({d})' for d in dims)})""",
-            [run["traffic"], run_id]).fetchall()
+                WHERE p.run_id = ? GROUP BY GROUPING SETS ({", ".join(f"({d})" for d in dims)})""",
+                [run["traffic"], run_id],
+            )
+            .fetchall()
+        )
         full = (1 << len(dims)) - 1
         out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for row in rows:
             g = row[0]
             for i, n in enumerate(names):
                 if g == full ^ (1 << (len(dims) - 1 - i)):
-                    vals = row[1 + len(dims):]
+                    vals = row[1 + len(dims) :]
                     totals = {k: (v or 0) for k, v in zip(self._APP_SUMS, vals, strict=True)}
                     out[n].append({"key": row[1 + i], **totals})
         for n in names:
@@ -158,8 +196,10 @@ class AppStore(RunStore):
         run = self._app_run(run_id)
         info = self.require_traffic(run["traffic"])
         feats = ", ".join(f"t.{qident(c)}" for c in info["columns"])
-        return self.cursor().sql(
-            f"""WITH d AS (SELECT _row, baseline_score, candidate_score, baseline_class, candidate_class
+        return (
+            self.cursor()
+            .sql(
+                f"""WITH d AS (SELECT _row, baseline_score, candidate_score, baseline_class, candidate_class
                            FROM predictions WHERE run_id = ? AND baseline_class <> candidate_class
                            ORDER BY abs(candidate_score - baseline_score) DESC, _row LIMIT ?)
                 SELECT t.request_id, t.event_time, l.label, d.baseline_class, d.candidate_class, d.baseline_score,
@@ -167,7 +207,10 @@ class AppStore(RunStore):
                 FROM d JOIN {traffic_table(run["traffic"])} t USING (_row)
                 LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
                 ORDER BY abs(d.candidate_score - d.baseline_score) DESC, d._row""",
-            params=[run_id, int(limit), run["traffic"]]).to_arrow_table()
+                params=[run_id, int(limit), run["traffic"]],
+            )
+            .to_arrow_table()
+        )
 
     def app_segment_columns(self, traffic: str, max_values: int = 60) -> list[str]:
         """Traffic columns worth segmenting by: text, booleans and integers (with at most ``max_values``

@@ -3,6 +3,7 @@
 Values always travel as parameters; identifiers (traffic tables, column names) are validated and quoted
 with :func:`qident`, never formatted raw into SQL.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
 
-DEFAULT_MEMORY_LIMIT = "512MB"   # DuckDB buffer pool (override: $WORKBENCH_DUCKDB_MEMORY_LIMIT); it spills beyond
+DEFAULT_MEMORY_LIMIT = "512MB"  # DuckDB buffer pool (override: $WORKBENCH_DUCKDB_MEMORY_LIMIT); it spills beyond
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
 # Tables in data-flow order: traffic and labels, runs and their paired results, evaluations, drift, decisions
@@ -115,8 +116,7 @@ def qident(name: str) -> str:
 def check_name(name: str, what: str = "name") -> str:
     """Validate a user-chosen object name (traffic name, run id)."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise WorkbenchError(
-            f"invalid {what} {name!r}: use a letter followed by letters, digits or '_' (at most 63)")
+        raise WorkbenchError(f"invalid {what} {name!r}: use a letter followed by letters, digits or '_' (at most 63)")
     return name
 
 
@@ -163,15 +163,17 @@ class StoreBase:
         ``$WORKBENCH_DB_WAIT_S`` or 10 s), then fail with a clear error."""
         self.path = str(path)
         self._local = threading.local()
-        self.con = self._connect(read_only, float(os.environ.get("WORKBENCH_DB_WAIT_S", "10")) if wait_s is None
-                                 else wait_s)
+        self.con = self._connect(
+            read_only, float(os.environ.get("WORKBENCH_DB_WAIT_S", "10")) if wait_s is None else wait_s
+        )
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
         # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
         # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
         self._limits: dict[str, str | int | None] = {
             "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
-            "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None}   # None: per core
+            "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None,
+        }  # None: per core
         for k, v in self._limits.items():
             if v is not None:
                 self.con.execute(f"SET {k} = ?", [v])
@@ -194,7 +196,8 @@ class StoreBase:
                 if time.monotonic() >= deadline:
                     raise DatabaseLocked(
                         f"database {self.path} is locked by another process; waited {wait_s:g} s "
-                        "(DuckDB allows one writing process per file)") from None
+                        "(DuckDB allows one writing process per file)"
+                    ) from None
                 time.sleep(0.2)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -252,8 +255,9 @@ class StoreBase:
 
         Both are settings of the whole database instance: other cursors of this store see them too."""
         cur = self.cursor()
-        wanted: dict[str, str | int | None] = {k: v for k, v in (("memory_limit", memory), ("threads", threads))
-                                               if v is not None}
+        wanted: dict[str, str | int | None] = {
+            k: v for k, v in (("memory_limit", memory), ("threads", threads)) if v is not None
+        }
         before = dict(self._limits)
         if before["threads"] is None:
             before["threads"] = self.settings("threads")["threads"]
@@ -274,20 +278,32 @@ class StoreBase:
 
     def _table_columns(self, table_name: str) -> dict[str, str]:
         """Column types of a table (unquoted name), in column order; empty when it does not exist."""
-        rows = self.cursor().execute("SELECT column_name, data_type FROM information_schema.columns "
-                                     "WHERE table_name = ? ORDER BY ordinal_position", [table_name]).fetchall()
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = ? ORDER BY ordinal_position",
+                [table_name],
+            )
+            .fetchall()
+        )
         return dict(rows)
 
-    def _save_report(self, table: str, run_id: str, params: dict, result: dict,
-                     default: Callable[[Any], Any] | None = None) -> None:
+    def _save_report(
+        self, table: str, run_id: str, params: dict, result: dict, default: Callable[[Any], Any] | None = None
+    ) -> None:
         """Append a run's report to ``table`` (evaluations, drift reports): ``params`` and ``result`` as JSON,
         with ``default`` for values JSON has no form for."""
-        self.cursor().execute(f"INSERT INTO {qident(table)} VALUES (?, ?, ?, ?)",
-                              [run_id, db_time(utc_now()), json.dumps(params, default=default),
-                               json.dumps(result, default=default)])
+        self.cursor().execute(
+            f"INSERT INTO {qident(table)} VALUES (?, ?, ?, ?)",
+            [run_id, db_time(utc_now()), json.dumps(params, default=default), json.dumps(result, default=default)],
+        )
 
     def _latest_report(self, table: str, run_id: str) -> dict[str, Any] | None:
         """The result of a run's latest report in ``table``."""
-        rows = self.cursor().execute(f"SELECT result FROM {qident(table)} WHERE run_id = ? "
-                                     "ORDER BY created_at DESC LIMIT 1", [run_id]).fetchall()
+        rows = (
+            self.cursor()
+            .execute(f"SELECT result FROM {qident(table)} WHERE run_id = ? ORDER BY created_at DESC LIMIT 1", [run_id])
+            .fetchall()
+        )
         return json.loads(rows[0][0]) if rows else None

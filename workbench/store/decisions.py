@@ -1,4 +1,5 @@
 """Decisions: signed records, each model's hash chain of applied records, its canary state, MLflow sync state."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -12,21 +13,49 @@ from workbench.store.base import StoreBase
 class DecisionStore(StoreBase):
     """Signed decision records (their canonical text, byte for byte), the canary chain and canary state."""
 
-    def save_decision(self, cur, *, decision_id: str, model: str, kind: str, run_id: str | None, verdict: str,
-                      weight_before: int, weight_after: int, record_text: str, record_hash: str, signature: str,
-                      created_at: datetime) -> None:
+    def save_decision(
+        self,
+        cur,
+        *,
+        decision_id: str,
+        model: str,
+        kind: str,
+        run_id: str | None,
+        verdict: str,
+        weight_before: int,
+        weight_after: int,
+        record_text: str,
+        record_hash: str,
+        signature: str,
+        created_at: datetime,
+    ) -> None:
         """Store a signed record (its canonical text, byte for byte); a known decision id is left as is."""
-        cur.execute("INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, "
-                    "record, record_hash, signature, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (decision_id) DO NOTHING",
-                    [decision_id, model, kind, run_id, verdict, weight_before, weight_after, record_text,
-                     record_hash, signature, created_at])
+        cur.execute(
+            "INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, "
+            "record, record_hash, signature, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (decision_id) DO NOTHING",
+            [
+                decision_id,
+                model,
+                kind,
+                run_id,
+                verdict,
+                weight_before,
+                weight_after,
+                record_text,
+                record_hash,
+                signature,
+                created_at,
+            ],
+        )
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         """A stored decision with its place in the chain (``applied_sequence``, ``applied_at``) once applied."""
         rows = self._rows(
             """SELECT d.*, c.sequence AS applied_sequence, c.applied_at FROM decisions d
-               LEFT JOIN canary_chain c USING (decision_id) WHERE d.decision_id = ?""", [decision_id])
+               LEFT JOIN canary_chain c USING (decision_id) WHERE d.decision_id = ?""",
+            [decision_id],
+        )
         return rows[0] if rows else None
 
     def require_decision(self, decision_id: str) -> dict[str, Any]:
@@ -42,7 +71,9 @@ class DecisionStore(StoreBase):
             """SELECT d.decision_id, d.model, d.kind, d.run_id, d.verdict, d.weight_before, d.weight_after,
                       d.created_at, c.sequence AS applied_sequence, d.mlflow_run_id, d.pending_sync
                FROM decisions d LEFT JOIN canary_chain c USING (decision_id)
-               WHERE ? IS NULL OR d.model = ? ORDER BY d.created_at DESC LIMIT ?""", [model, model, limit])
+               WHERE ? IS NULL OR d.model = ? ORDER BY d.created_at DESC LIMIT ?""",
+            [model, model, limit],
+        )
 
     def chain(self, model: str) -> list[dict[str, Any]]:
         """The applied records of ``model`` in chain order, with their stored text and signature."""
@@ -50,12 +81,17 @@ class DecisionStore(StoreBase):
             """SELECT c.sequence, c.decision_id, c.record_hash AS chain_hash, c.applied_at, d.record,
                       d.record_hash, d.signature
                FROM canary_chain c LEFT JOIN decisions d USING (decision_id)
-               WHERE c.model = ? ORDER BY c.sequence""", [model])
+               WHERE c.model = ? ORDER BY c.sequence""",
+            [model],
+        )
 
     def chain_head(self, model: str) -> dict[str, Any] | None:
         """The last link of ``model``'s chain (sequence, decision id, record hash), or None."""
-        rows = self._rows("SELECT sequence, decision_id, record_hash FROM canary_chain WHERE model = ? "
-                          "ORDER BY sequence DESC LIMIT 1", [model])
+        rows = self._rows(
+            "SELECT sequence, decision_id, record_hash FROM canary_chain WHERE model = ? "
+            "ORDER BY sequence DESC LIMIT 1",
+            [model],
+        )
         return rows[0] if rows else None
 
     def canary_state(self, model: str) -> dict[str, Any] | None:
@@ -63,34 +99,51 @@ class DecisionStore(StoreBase):
         rows = self._rows("SELECT * FROM canary_state WHERE model = ?", [model])
         return rows[0] if rows else None
 
-    def append_chain(self, cur, *, model: str, sequence: int, decision_id: str, record_hash: str,
-                     baseline_version: str | None, candidate_version: str | None, weight: int,
-                     killed: bool) -> None:
+    def append_chain(
+        self,
+        cur,
+        *,
+        model: str,
+        sequence: int,
+        decision_id: str,
+        record_hash: str,
+        baseline_version: str | None,
+        candidate_version: str | None,
+        weight: int,
+        killed: bool,
+    ) -> None:
         """Link an applied record to its model's chain and move the model's canary state (in ``cur``'s transaction)."""
         now = db_time(utc_now())
         cur.execute("INSERT INTO canary_chain VALUES (?, ?, ?, ?, ?)", [model, sequence, decision_id, record_hash, now])
-        cur.execute("""INSERT INTO canary_state VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET
+        cur.execute(
+            """INSERT INTO canary_state VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET
                        baseline_version = excluded.baseline_version, candidate_version = excluded.candidate_version,
                        weight = excluded.weight, decision_id = excluded.decision_id,
                        record_hash = excluded.record_hash, killed = excluded.killed,
                        updated_at = excluded.updated_at""",
-                    [model, baseline_version, candidate_version, weight, decision_id, record_hash, killed, now])
+            [model, baseline_version, candidate_version, weight, decision_id, record_hash, killed, now],
+        )
         cur.execute("UPDATE decisions SET pending_sync = TRUE WHERE decision_id = ?", [decision_id])
 
     def mark_synced(self, decision_id: str, mlflow_run_id: str | None) -> None:
         """Record that a decision reached MLflow (as run ``mlflow_run_id``)."""
-        self.cursor().execute("UPDATE decisions SET pending_sync = FALSE, mlflow_run_id = ?, sync_error = NULL "
-                              "WHERE decision_id = ?", [mlflow_run_id, decision_id])
+        self.cursor().execute(
+            "UPDATE decisions SET pending_sync = FALSE, mlflow_run_id = ?, sync_error = NULL WHERE decision_id = ?",
+            [mlflow_run_id, decision_id],
+        )
 
     def mark_sync_failed(self, decision_id: str, error: str) -> None:
         """Keep a decision waiting for MLflow, with the error of the last try."""
-        self.cursor().execute("UPDATE decisions SET pending_sync = TRUE, sync_error = ? WHERE decision_id = ?",
-                              [error[:2000], decision_id])
+        self.cursor().execute(
+            "UPDATE decisions SET pending_sync = TRUE, sync_error = ? WHERE decision_id = ?",
+            [error[:2000], decision_id],
+        )
 
     def pending_sync(self) -> list[dict[str, Any]]:
         """Decisions waiting for MLflow, oldest first."""
-        return self._rows("SELECT decision_id, model, created_at, sync_error FROM decisions "
-                          "WHERE pending_sync ORDER BY created_at")
+        return self._rows(
+            "SELECT decision_id, model, created_at, sync_error FROM decisions WHERE pending_sync ORDER BY created_at"
+        )
 
     def pending_sync_records(self) -> list[dict[str, Any]]:
         """Applied decisions not yet in MLflow, with their stored record and signature, per model in chain order."""

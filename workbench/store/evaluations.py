@@ -1,4 +1,5 @@
 """Evaluations: each evaluation of a run, its parameters and result, kept as JSON."""
+
 from __future__ import annotations
 
 from typing import Any

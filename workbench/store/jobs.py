@@ -3,6 +3,7 @@
 A job row is queued by the webhook endpoint or created by the runner; the runner marks it
 running/finished/failed/skipped/interrupted and records its spec, trigger, current stage and process.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,17 @@ def _decoded(job: dict[str, Any]) -> dict[str, Any]:
 class JobStore(StoreBase):
     """Jobs (``jobs``: queue and history) and their stages (``job_stages``), so a rerun skips finished stages."""
 
-    def enqueue_job(self, *, job_id: str, kind: str, delivery_id: str | None, event: str | None,
-                    params: dict) -> tuple[dict[str, Any], bool]:
+    def enqueue_job(
+        self, *, job_id: str, kind: str, delivery_id: str | None, event: str | None, params: dict
+    ) -> tuple[dict[str, Any], bool]:
         """Queue a job; a delivery id seen before returns the existing job and False (idempotent)."""
         cur = self.cursor()
         try:
-            cur.execute("INSERT INTO jobs (job_id, kind, delivery_id, event, params, status, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, 'queued', ?) ON CONFLICT DO NOTHING",
-                        [job_id, kind, delivery_id, event, json.dumps(params), db_time(utc_now())])
+            cur.execute(
+                "INSERT INTO jobs (job_id, kind, delivery_id, event, params, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?) ON CONFLICT DO NOTHING",
+                [job_id, kind, delivery_id, event, json.dumps(params), db_time(utc_now())],
+            )
         except (duckdb.ConstraintException, duckdb.TransactionException):
             pass  # a concurrent insert of the same delivery won: it is read back below
         stored = job_id
@@ -54,8 +58,9 @@ class JobStore(StoreBase):
 
     def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         """Jobs (in ``status``, or all) in the order they were queued."""
-        rows = self._rows("SELECT * FROM jobs WHERE ? IS NULL OR status = ? ORDER BY created_at, job_id",
-                          [status, status])
+        rows = self._rows(
+            "SELECT * FROM jobs WHERE ? IS NULL OR status = ? ORDER BY created_at, job_id", [status, status]
+        )
         return [_decoded(job) for job in rows]
 
     def _job_rows(self, where: str, params: list, limit: int | None = None) -> list[dict[str, Any]]:
@@ -63,32 +68,45 @@ class JobStore(StoreBase):
         rows = self._rows(sql + (" LIMIT ?" if limit else ""), params + ([limit] if limit else []))
         return [_decoded(job) for job in rows]
 
-    def job_begin(self, *, job_id: str, kind: str, spec: str, triggered_by: str, params: dict, pid: int,
-                  host: str) -> None:
+    def job_begin(
+        self, *, job_id: str, kind: str, spec: str, triggered_by: str, params: dict, pid: int, host: str
+    ) -> None:
         """Mark a job running, creating its row when new (a queued or interrupted row is taken over)."""
         now = db_time(utc_now())
         with self.transaction() as cur:
             if cur.execute("SELECT count(*) FROM jobs WHERE job_id = ?", [job_id]).fetchall()[0][0]:
-                cur.execute("""UPDATE jobs SET params = ?, status = 'running', started_at = coalesce(started_at, ?),
+                cur.execute(
+                    """UPDATE jobs SET params = ?, status = 'running', started_at = coalesce(started_at, ?),
                                finished_at = NULL, error = NULL, spec = ?, triggered_by = coalesce(triggered_by, ?),
                                pid = ?, host = ? WHERE job_id = ?""",
-                            [json.dumps(params, default=str), now, spec, triggered_by, pid, host, job_id])
+                    [json.dumps(params, default=str), now, spec, triggered_by, pid, host, job_id],
+                )
             else:
-                cur.execute("""INSERT INTO jobs (job_id, kind, params, status, created_at, started_at, spec,
+                cur.execute(
+                    """INSERT INTO jobs (job_id, kind, params, status, created_at, started_at, spec,
                                triggered_by, pid, host) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)""",
-                            [job_id, kind, json.dumps(params, default=str), now, now, spec, triggered_by, pid, host])
+                    [job_id, kind, json.dumps(params, default=str), now, now, spec, triggered_by, pid, host],
+                )
 
-    def job_end(self, job_id: str, status: str, *, error: str | None = None, result: dict | None = None,
-                spec: str | None = None) -> None:
+    def job_end(
+        self, job_id: str, status: str, *, error: str | None = None, result: dict | None = None, spec: str | None = None
+    ) -> None:
         """Close a job: finished, failed (with the traceback), skipped (with the reason) or interrupted."""
         self.cursor().execute(
             "UPDATE jobs SET status = ?, finished_at = ?, error = ?, result = ?, spec = coalesce(spec, ?) "
-            "WHERE job_id = ?", [status, db_time(utc_now()), error, _result_json(result), spec, job_id])
+            "WHERE job_id = ?",
+            [status, db_time(utc_now()), error, _result_json(result), spec, job_id],
+        )
 
     def mark_interrupted(self, spec: str) -> list[str]:
         """Running jobs of ``spec`` left behind by a process that died (the caller holds the spec's lock)."""
-        rows = self.cursor().execute("UPDATE jobs SET status = 'interrupted' WHERE spec = ? AND status = 'running' "
-                                     "RETURNING job_id", [spec]).fetchall()
+        rows = (
+            self.cursor()
+            .execute(
+                "UPDATE jobs SET status = 'interrupted' WHERE spec = ? AND status = 'running' RETURNING job_id", [spec]
+            )
+            .fetchall()
+        )
         return [r[0] for r in rows]
 
     def latest_job(self, spec: str, statuses: tuple[str, ...]) -> dict[str, Any] | None:
@@ -98,26 +116,40 @@ class JobStore(StoreBase):
 
     def jobs_for_candidate(self, spec: str, candidate_version: str) -> list[dict[str, Any]]:
         """Jobs of ``spec`` that evaluated (or are evaluating) ``candidate_version``."""
-        return self._job_rows("spec = ? AND status IN ('running', 'finished') AND job_id IN (SELECT job_id FROM "
-                              "job_stages WHERE stage = 'resolve' AND status = 'finished' AND "
-                              "json_extract_string(result, '$.candidate.version') = ?)", [spec, candidate_version])
+        return self._job_rows(
+            "spec = ? AND status IN ('running', 'finished') AND job_id IN (SELECT job_id FROM "
+            "job_stages WHERE stage = 'resolve' AND status = 'finished' AND "
+            "json_extract_string(result, '$.candidate.version') = ?)",
+            [spec, candidate_version],
+        )
 
     def stage_begin(self, job_id: str, stage: str) -> None:
         """Mark a job's stage running (one more attempt when it ran before) and make it the job's stage."""
         with self.transaction() as cur:
             cur.execute("UPDATE jobs SET stage = ? WHERE job_id = ?", [stage, job_id])
-            cur.execute("""INSERT INTO job_stages VALUES (?, ?, 'running', 1, ?, NULL, NULL, NULL, NULL)
+            cur.execute(
+                """INSERT INTO job_stages VALUES (?, ?, 'running', 1, ?, NULL, NULL, NULL, NULL)
                            ON CONFLICT (job_id, stage) DO UPDATE SET status = 'running', attempts = attempts + 1,
                            started_at = excluded.started_at, finished_at = NULL, error = NULL""",
-                        [job_id, stage, db_time(utc_now())])
+                [job_id, stage, db_time(utc_now())],
+            )
 
-    def stage_end(self, job_id: str, stage: str, status: str, seconds: float, *, result: dict | None = None,
-                  error: str | None = None) -> None:
+    def stage_end(
+        self,
+        job_id: str,
+        stage: str,
+        status: str,
+        seconds: float,
+        *,
+        result: dict | None = None,
+        error: str | None = None,
+    ) -> None:
         """Close a job's stage with its status, duration and result or error."""
         self.cursor().execute(
             "UPDATE job_stages SET status = ?, finished_at = ?, seconds = ?, result = ?, error = ? "
             "WHERE job_id = ? AND stage = ?",
-            [status, db_time(utc_now()), seconds, _result_json(result), error, job_id, stage])
+            [status, db_time(utc_now()), seconds, _result_json(result), error, job_id, stage],
+        )
 
     def job_stages(self, job_id: str) -> dict[str, dict[str, Any]]:
         """Each stage of a job by name, in the order they first started."""
@@ -128,11 +160,11 @@ class JobStore(StoreBase):
             out[r.pop("stage")] = r
         return out
 
-    def job_history(self, spec: str | None = None, status: str | None = None, limit: int = 100
-                    ) -> list[dict[str, Any]]:
+    def job_history(self, spec: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Jobs, newest first, each with its stages (``stages``: {stage: {status, attempts, seconds, ...}})."""
-        jobs = self._job_rows("(? IS NULL OR spec = ?) AND (? IS NULL OR status = ?)",
-                              [spec, spec, status, status], limit=limit)
+        jobs = self._job_rows(
+            "(? IS NULL OR spec = ?) AND (? IS NULL OR status = ?)", [spec, spec, status, status], limit=limit
+        )
         for job in jobs:
             job["stages"] = self.job_stages(job["job_id"])
         return jobs

@@ -5,6 +5,7 @@ commit units (:meth:`RunStore.commit_batch`: a unit's paired rows and the ``_row
 one transaction, so a resume skips exactly what was committed) and is finished
 (:meth:`RunStore.finish_run`), after which it is immutable.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,17 @@ RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
 @dataclass(frozen=True)
 class RunState:
     """A run as :meth:`RunStore.open_run` found or created it, and what it has done."""
+
     run_id: str
     traffic: str
-    baseline: dict                          # the models' references the run was started with
+    baseline: dict  # the models' references the run was started with
     candidate: dict
-    status: str                             # "running" or "finished"
-    created: bool                           # this call created the run (False: it existed, to resume or finished)
-    rows_total: int                         # rows of its traffic set now: what a replay of the run covers
-    rows_done: int                          # rows of its committed units
+    status: str  # "running" or "finished"
+    created: bool  # this call created the run (False: it existed, to resume or finished)
+    rows_total: int  # rows of its traffic set now: what a replay of the run covers
+    rows_done: int  # rows of its committed units
     committed: tuple[tuple[int, int], ...]  # the ``_row`` ranges committed, merged (see ``committed_ranges``)
-    next_batch: int                         # the number its next commit unit takes
+    next_batch: int  # the number its next commit unit takes
 
     @property
     def finished(self) -> bool:
@@ -49,6 +51,7 @@ class RunState:
 @dataclass(frozen=True)
 class RunCounts:
     """A run's committed rows and the rows each model failed on."""
+
     run_id: str
     rows: int
     baseline_errors: int
@@ -85,19 +88,43 @@ class RunStore(TrafficStore):
 
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, with ``rows_done``."""
-        return self._rows("SELECT run_id, traffic, status, rows_total, rows_done, device, mode, started_at, "
-                          f"finished_at FROM ({RUNS_SQL}) ORDER BY started_at DESC")
+        return self._rows(
+            "SELECT run_id, traffic, status, rows_total, rows_done, device, mode, started_at, "
+            f"finished_at FROM ({RUNS_SQL}) ORDER BY started_at DESC"
+        )
 
-    def create_run(self, *, run_id, traffic, baseline: dict, candidate: dict, rows_total, batch_size, device,
-                   mode, meta: dict) -> None:
+    def create_run(
+        self, *, run_id, traffic, baseline: dict, candidate: dict, rows_total, batch_size, device, mode, meta: dict
+    ) -> None:
         """Register a new run, status ``running``."""
         self.cursor().execute(
             "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, NULL)",
-            [run_id, traffic, json.dumps(baseline), json.dumps(candidate), rows_total, batch_size, device, mode,
-             json.dumps(meta), db_time(utc_now())])
+            [
+                run_id,
+                traffic,
+                json.dumps(baseline),
+                json.dumps(candidate),
+                rows_total,
+                batch_size,
+                device,
+                mode,
+                json.dumps(meta),
+                db_time(utc_now()),
+            ],
+        )
 
-    def open_run(self, *, run_id: str, traffic: str, baseline: dict, candidate: dict, batch_size: int,
-                 device: str, mode: str, meta: dict) -> RunState:
+    def open_run(
+        self,
+        *,
+        run_id: str,
+        traffic: str,
+        baseline: dict,
+        candidate: dict,
+        batch_size: int,
+        device: str,
+        mode: str,
+        meta: dict,
+    ) -> RunState:
         """Open a run: create it when ``run_id`` is new, else find it as it was left (the arguments then
         only describe what the caller expects: compare them with the state's ``traffic`` and models)."""
         run = self.get_run(run_id)
@@ -105,19 +132,42 @@ class RunStore(TrafficStore):
         if run is None:
             self.require_traffic(traffic)
             rows_total = self.traffic_count(traffic)
-            self.create_run(run_id=run_id, traffic=traffic, baseline=baseline, candidate=candidate,
-                            rows_total=rows_total, batch_size=batch_size, device=device, mode=mode, meta=meta)
+            self.create_run(
+                run_id=run_id,
+                traffic=traffic,
+                baseline=baseline,
+                candidate=candidate,
+                rows_total=rows_total,
+                batch_size=batch_size,
+                device=device,
+                mode=mode,
+                meta=meta,
+            )
             run = self.require_run(run_id)
         else:
             rows_total = self.traffic_count(run["traffic"])
-        return RunState(run_id=run_id, traffic=run["traffic"], baseline=run["baseline"], candidate=run["candidate"],
-                        status=run["status"], created=created, rows_total=rows_total, rows_done=int(run["rows_done"]),
-                        committed=tuple(self.committed_ranges(run_id)), next_batch=self._next_batch_no(run_id))
+        return RunState(
+            run_id=run_id,
+            traffic=run["traffic"],
+            baseline=run["baseline"],
+            candidate=run["candidate"],
+            status=run["status"],
+            created=created,
+            rows_total=rows_total,
+            rows_done=int(run["rows_done"]),
+            committed=tuple(self.committed_ranges(run_id)),
+            next_batch=self._next_batch_no(run_id),
+        )
 
     def committed_ranges(self, run_id: str) -> list[tuple[int, int]]:
         """The traffic ``_row`` ranges a run has committed, merged; every row in them is scored exactly once."""
-        rows = self.cursor().execute("SELECT first_row, first_row + span - 1 FROM run_batches WHERE run_id = ? "
-                                     "ORDER BY first_row", [run_id]).fetchall()
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT first_row, first_row + span - 1 FROM run_batches WHERE run_id = ? ORDER BY first_row", [run_id]
+            )
+            .fetchall()
+        )
         merged: list[tuple[int, int]] = []
         for a, b in rows:
             if merged and a <= merged[-1][1] + 1:
@@ -127,26 +177,33 @@ class RunStore(TrafficStore):
         return merged
 
     def _next_batch_no(self, run_id: str) -> int:
-        r = self.cursor().execute("SELECT coalesce(max(batch_no) + 1, 0) FROM run_batches WHERE run_id = ?",
-                                  [run_id]).fetchall()[0]
+        r = (
+            self.cursor()
+            .execute("SELECT coalesce(max(batch_no) + 1, 0) FROM run_batches WHERE run_id = ?", [run_id])
+            .fetchall()[0]
+        )
         return int(r[0])
 
-    def commit_batch(self, run_id: str, batch_no: int, first_row: int, last_row: int, rows: int, seconds: float,
-                     paired: pa.Table) -> None:
+    def commit_batch(
+        self, run_id: str, batch_no: int, first_row: int, last_row: int, rows: int, seconds: float, paired: pa.Table
+    ) -> None:
         """Store one batch's paired results and mark the batch committed, atomically."""
         with self.transaction() as cur:
             cur.register("_wb_paired", paired)
             cols = ", ".join(qident(c) for c in paired.column_names)
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
             cur.unregister("_wb_paired")
-            cur.execute("INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, db_time(utc_now())])
+            cur.execute(
+                "INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, db_time(utc_now())],
+            )
 
     def finish_run(self, run_id: str) -> RunCounts:
         """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL;
         returns its counts."""
-        self.cursor().execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?",
-                              [db_time(utc_now()), run_id])
+        self.cursor().execute(
+            "UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?", [db_time(utc_now()), run_id]
+        )
         self.checkpoint()
         return self.run_counts(run_id)
 
@@ -165,8 +222,14 @@ class RunStore(TrafficStore):
 
     def _prediction_counts(self, run_id: str) -> tuple[int, int, int]:
         """Rows of a run's predictions, and the rows the baseline and the candidate failed on."""
-        row = self.cursor().execute("SELECT count(*), count(baseline_error), count(candidate_error) "
-                                    "FROM predictions WHERE run_id = ?", [run_id]).fetchall()[0]
+        row = (
+            self.cursor()
+            .execute(
+                "SELECT count(*), count(baseline_error), count(candidate_error) FROM predictions WHERE run_id = ?",
+                [run_id],
+            )
+            .fetchall()[0]
+        )
         return int(row[0]), int(row[1]), int(row[2])
 
     def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
@@ -175,23 +238,26 @@ class RunStore(TrafficStore):
         ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
-        select = ["l.label",
-                  "CASE WHEN p.baseline_error IS NULL THEN p.baseline_score END AS baseline_score",
-                  "CASE WHEN p.candidate_error IS NULL THEN p.candidate_score END AS candidate_score"]
+        select = [
+            "l.label",
+            "CASE WHEN p.baseline_error IS NULL THEN p.baseline_score END AS baseline_score",
+            "CASE WHEN p.candidate_error IS NULL THEN p.candidate_score END AS candidate_score",
+        ]
         params: list = []
         if segment is not None:
             column = "entity_key" if segment == info["entity_col"] else segment
             if column != "entity_key" and segment not in info["columns"]:
                 known = ", ".join(sorted([*info["columns"], *([info["entity_col"]] if info["entity_col"] else [])]))
-                raise WorkbenchError(f"traffic {run['traffic']!r} has no column {segment!r} to segment by "
-                                     f"(columns: {known})")
+                raise WorkbenchError(
+                    f"traffic {run['traffic']!r} has no column {segment!r} to segment by (columns: {known})"
+                )
             select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS segment")
         if window is not None:
             select.append("date_trunc(?, t.event_time) AS window_start")
             params.append(window)
-        sql = f"""SELECT {', '.join(select)}
+        sql = f"""SELECT {", ".join(select)}
                   FROM predictions p
-                  JOIN {traffic_table(run['traffic'])} t USING (_row)
+                  JOIN {traffic_table(run["traffic"])} t USING (_row)
                   JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
                   WHERE p.run_id = ?"""
         # a bounded buffer: the joins spill to disk rather than grow
@@ -201,6 +267,13 @@ class RunStore(TrafficStore):
     def latency_sample(self, run_id: str, role: str) -> pa.ChunkedArray:
         """Latencies (ms) of the rows ``role`` scored without error."""
         check_role(role)
-        return self.cursor().sql(
-            f"SELECT {role}_latency_ms FROM predictions WHERE run_id = ? AND {role}_error IS NULL "
-            f"AND {role}_latency_ms IS NOT NULL", params=[run_id]).to_arrow_table().column(0)
+        return (
+            self.cursor()
+            .sql(
+                f"SELECT {role}_latency_ms FROM predictions WHERE run_id = ? AND {role}_error IS NULL "
+                f"AND {role}_latency_ms IS NOT NULL",
+                params=[run_id],
+            )
+            .to_arrow_table()
+            .column(0)
+        )

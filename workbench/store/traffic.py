@@ -1,4 +1,5 @@
 """Traffic: traffic sets and their rows, ingest records, quarantine and labels."""
+
 from __future__ import annotations
 
 import json
@@ -42,41 +43,83 @@ class TrafficStore(StoreBase):
         """Every traffic set with its rows, quarantined rows, fingerprint and last update."""
         return self._rows("SELECT name, rows, quarantined, fingerprint, updated_at FROM traffic_sets ORDER BY name")
 
-    def upsert_traffic_set(self, cur, name: str, *, id_col, time_col, entity_col, columns: list[str],
-                           fingerprint: str, added_rows: int, added_quarantined: int) -> None:
+    def upsert_traffic_set(
+        self,
+        cur,
+        name: str,
+        *,
+        id_col,
+        time_col,
+        entity_col,
+        columns: list[str],
+        fingerprint: str,
+        added_rows: int,
+        added_quarantined: int,
+    ) -> None:
         """Register a traffic set or add an ingest's rows to it (in ``cur``'s transaction)."""
         now = db_time(utc_now())
         existing = cur.execute("SELECT rows FROM traffic_sets WHERE name = ?", [name]).fetchall()
         if not existing:
             cur.execute(
                 "INSERT INTO traffic_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [name, "traffic_" + name, id_col, time_col, entity_col, json.dumps(columns), fingerprint,
-                 added_rows, added_quarantined, now, now])
+                [
+                    name,
+                    "traffic_" + name,
+                    id_col,
+                    time_col,
+                    entity_col,
+                    json.dumps(columns),
+                    fingerprint,
+                    added_rows,
+                    added_quarantined,
+                    now,
+                    now,
+                ],
+            )
         else:
             cur.execute(
                 "UPDATE traffic_sets SET fingerprint = ?, rows = rows + ?, quarantined = quarantined + ?, "
-                "updated_at = ? WHERE name = ?", [fingerprint, added_rows, added_quarantined, now, name])
+                "updated_at = ? WHERE name = ?",
+                [fingerprint, added_rows, added_quarantined, now, name],
+            )
 
-    def record_ingest(self, cur, *, ingest_id, traffic, kind, source, file_sha256, rows_read, rows_ingested,
-                      rows_quarantined) -> None:
+    def record_ingest(
+        self, cur, *, ingest_id, traffic, kind, source, file_sha256, rows_read, rows_ingested, rows_quarantined
+    ) -> None:
         """Record one ingest of a file (in ``cur``'s transaction)."""
-        cur.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [ingest_id, traffic, kind, source, file_sha256, rows_read, rows_ingested, rows_quarantined,
-                     db_time(utc_now())])
+        cur.execute(
+            "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                ingest_id,
+                traffic,
+                kind,
+                source,
+                file_sha256,
+                rows_read,
+                rows_ingested,
+                rows_quarantined,
+                db_time(utc_now()),
+            ],
+        )
 
     def quarantine_summary(self, traffic: str) -> dict[str, int]:
         """Quarantined rows of a traffic set per reason, most frequent first."""
-        rows = self.cursor().execute(
-            "SELECT reason, count(*) FROM quarantine WHERE traffic = ? GROUP BY reason ORDER BY 2 DESC",
-            [traffic]).fetchall()
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT reason, count(*) FROM quarantine WHERE traffic = ? GROUP BY reason ORDER BY 2 DESC", [traffic]
+            )
+            .fetchall()
+        )
         return {r: int(n) for r, n in rows}
 
     def traffic_count(self, name: str) -> int:
         """Rows of a traffic set."""
         return int(self.cursor().execute(f"SELECT count(*) FROM {traffic_table(name)}").fetchall()[0][0])
 
-    def traffic_batches(self, name: str, columns: list[str], batch_size: int,
-                        skip: Sequence[tuple[int, int]] = ()) -> pa.RecordBatchReader:
+    def traffic_batches(
+        self, name: str, columns: list[str], batch_size: int, skip: Sequence[tuple[int, int]] = ()
+    ) -> pa.RecordBatchReader:
         """Stream ``columns`` of a traffic set in ingest order, leaving out the ``_row`` ranges in ``skip``.
 
         Relies on DuckDB's ``preserve_insertion_order`` (on by default; ingest inserts in ``_row`` order)
@@ -86,19 +129,23 @@ class TrafficStore(StoreBase):
         cur = self.con.cursor()
         return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)}").to_arrow_reader(batch_size)
 
-    def export_traffic_parquet(self, name: str, columns: list[str], skip: Sequence[tuple[int, int]], path: Path,
-                               row_group_rows: int) -> None:
+    def export_traffic_parquet(
+        self, name: str, columns: list[str], skip: Sequence[tuple[int, int]], path: Path, row_group_rows: int
+    ) -> None:
         """Write ``_row`` and ``columns`` of rows outside ``skip`` to one Parquet file, in order."""
         cols = ", ".join(["_row"] + [qident(c) for c in columns])
         self.cursor().execute(
             f"COPY (SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)} ORDER BY _row) "
-            f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})")
+            f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})"
+        )
 
     def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
         """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
         view = ArrowView(cur, "_wb_labels", data)
-        view.execute(f"DELETE FROM labels WHERE traffic = {sql_literal(traffic)} "
-                     "AND request_id IN (SELECT request_id FROM _wb_labels)")
+        view.execute(
+            f"DELETE FROM labels WHERE traffic = {sql_literal(traffic)} "
+            "AND request_id IN (SELECT request_id FROM _wb_labels)"
+        )
         view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
 
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
