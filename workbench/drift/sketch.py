@@ -25,6 +25,7 @@ from datetime import datetime
 import numpy as np
 
 from workbench import WorkbenchError
+from workbench.ingest.traffic import INTEGER_TYPES
 from workbench.store import Store
 
 #: distinct values up to which a numeric column's sketch keeps every value's count (lossless)
@@ -100,24 +101,10 @@ class ColumnSketch:
         return cls(**(d | {"quantiles": tuple(d["quantiles"]) if d.get("quantiles") is not None else None}))
 
 
-_INTEGER_TYPES = {
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "BIGINT",
-    "HUGEINT",
-    "UTINYINT",
-    "USMALLINT",
-    "UINTEGER",
-    "UBIGINT",
-    "UHUGEINT",
-}
-
-
 def domain_of(dtype: str) -> str | None:
     """ "num" for numeric DuckDB types, "str" for text and booleans, None for types drift does not compare."""
     base = dtype.split("(")[0].upper()
-    if base in _INTEGER_TYPES or base in ("FLOAT", "DOUBLE", "DECIMAL", "REAL"):
+    if base in INTEGER_TYPES or base in ("FLOAT", "DOUBLE", "DECIMAL", "REAL"):
         return "num"
     if base in ("VARCHAR", "BOOLEAN"):
         return "str"
@@ -125,7 +112,7 @@ def domain_of(dtype: str) -> str | None:
 
 
 def is_integer(dtype: str) -> bool:
-    return dtype.split("(")[0].upper() in _INTEGER_TYPES
+    return dtype.split("(")[0].upper() in INTEGER_TYPES
 
 
 def weighted_quantiles(values: np.ndarray, counts: np.ndarray, probs) -> list[float]:
