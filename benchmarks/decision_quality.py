@@ -1,7 +1,7 @@
 """Benchmark: the verdict's error rates across the whole canary ramp, on synthetic paired traffic with known truth.
 
-    python benchmarks/decision_quality.py [--trials 200] [--quick] [--scenarios a,b] [--seed 0] [--json PATH]
-                                          [--workers 2] [--store-trials 1] [--segments] [--rule NAME=SPEC]
+    python benchmarks/decision_quality.py [--trials 200] [--context-trials N] [--trials-for SCENARIO=N] [--quick]
+        [--scenarios a,b] [--seed 0] [--json PATH] [--workers 2] [--store-trials 1] [--segments] [--rule NAME=SPEC]
 
 What it does, per scenario and trial:
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -55,15 +56,16 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # entry points set it before numerical libraries load
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")                   # one thread per worker: the workers are the parallelism
 
-import numpy as np
+import numpy as np  # noqa: E402  (after the thread settings above)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -178,10 +180,10 @@ class Paired:
     def __len__(self) -> int:
         return len(self.y)
 
-    def head(self, n: int) -> "Paired":
+    def head(self, n: int) -> Paired:
         return Paired(*(getattr(self, f)[:n] for f in self.__dataclass_fields__))
 
-    def part(self, lo: int, hi: int) -> "Paired":
+    def part(self, lo: int, hi: int) -> Paired:
         return Paired(*(getattr(self, f)[lo:hi] for f in self.__dataclass_fields__))
 
 
@@ -210,7 +212,7 @@ def trial_rng(seed: int, sc: Scenario, trial: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(sc.name.encode()), trial])
 
 
-def trial_data(sc: Scenario, cfg: "Config", trial: int) -> Paired:
+def trial_data(sc: Scenario, cfg: Config, trial: int) -> Paired:
     rows = cfg.looks * cfg.slice_rows
     return generate(sc, (np.arange(rows) + 0.5) / rows, trial_rng(cfg.seed, sc, trial))
 
@@ -237,7 +239,7 @@ def truth(sc: Scenario, rows: int, seed: int = 12345) -> dict:
     """True deltas on ``rows`` rows spread uniformly over the horizon's time (a huge sample)."""
     rng = np.random.default_rng([seed, zlib.crc32(sc.name.encode())])
     d = generate(sc, rng.random(rows), rng)
-    out = {"rows": rows, "overall": deltas(d),
+    out: dict[str, Any] = {"rows": rows, "overall": deltas(d),
            "segments": {str(s): deltas(d, d.segment == i) for i, s in enumerate(SEGMENTS)},
            "recent": deltas(d, d.pos >= 1 - RECENT_SHARE),
            "error_rate": float(np.mean(~np.isfinite(d.candidate)))}
@@ -302,9 +304,9 @@ def violations(policy: Policy, t: dict) -> list[str]:
             out.append(f"segment {worse[0][1]} {g.metric} {worse[0][0]:+.4f} past {bound:+g}{more}")
     if t["error_rate"] > policy.errors.max_rate:
         out.append(f"error rate {t['error_rate']:.2%} > {policy.errors.max_rate:g}")
-    for g in policy.latency:
-        if g.percentile == "p99" and g.max_ratio is not None and t["p99_ratio"] > g.max_ratio:
-            out.append(f"p99 latency {t['p99_ratio']:.2f}x > {g.max_ratio:g}x")
+    for lat in policy.latency:
+        if lat.percentile == "p99" and lat.max_ratio is not None and t["p99_ratio"] > lat.max_ratio:
+            out.append(f"p99 latency {t['p99_ratio']:.2f}x > {lat.max_ratio:g}x")
     return out
 
 
@@ -339,7 +341,7 @@ class Look:
     evaluation: dict
     drift: dict | None
     labeled_rows: int
-    history: tuple["Step", ...]
+    history: tuple[Step, ...]
     sample: Paired
     ramp: tuple[int, ...]
 
@@ -348,8 +350,11 @@ class Rule(Protocol):
     """A decision rule. ``policy``: when set, the store path signs and applies the rule's decisions with
     ``build_decision``/``apply_decision`` under that policy (so ``decide`` must equal ``score(policy, ...)``
     on the stored evaluation and drift); when None, the store path calls ``decide`` on the stored dicts."""
-    name: str
-    policy: Policy | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def policy(self) -> Policy | None: ...
 
     def decide(self, look: Look) -> Decided: ...
 
@@ -401,7 +406,10 @@ class PointThresholdRule:
     """The policy's gates on point estimates: MLflow-style thresholds (no interval, no inconclusive)."""
     name: str
     judge: Policy
-    policy: None = None
+
+    @property
+    def policy(self) -> None:
+        return None   # not signed on the store path: judged there on the stored evaluation and drift
 
     def decide(self, look: Look) -> Decided:
         return _decided(score(self.judge, point_estimates(look.evaluation), look.drift))
@@ -412,7 +420,10 @@ class CallableRule:
     """A rule from a callable ``f(look) -> Verdict | Decided`` (the slot for rules that are not a policy file)."""
     name: str
     func: Callable[[Look], Any]
-    policy: None = None
+
+    @property
+    def policy(self) -> None:
+        return None
 
     def decide(self, look: Look) -> Decided:
         out = self.func(look)
@@ -642,16 +653,17 @@ def walk_store(sc: Scenario, trial: int, cfg: Config, rules: list[Rule], ramp: t
         def evidence(n: int) -> tuple[dict, dict]:
             k = n // cfg.slice_rows
             ingest_slice(k - 1)
-            out = None
             for i in run_rules:
                 run_id = f"look{k:02d}_rule{i}"
                 replay_run(run_id, _model_of(i), k)
                 evaluate_run(store, run_id, segment="segment" if cfg.segments else None)
                 drift_run(store, run_id)
-                if out is None:
-                    out = (store.latest_evaluation(run_id), store.latest_drift(run_id))
-            seen[n] = out
-            return out
+            first = f"look{k:02d}_rule{run_rules[0]}"   # what build_decision reads: the run's stored reports
+            ev, dr = store.latest_evaluation(first), store.latest_drift(first)
+            if ev is None or dr is None:
+                raise RuntimeError(f"run {first} has no stored evaluation or drift report")
+            seen[n] = (ev, dr)
+            return ev, dr
 
         def decide_signed(k: int, rule: Rule, weight: int) -> Decided | None:
             i = rules.index(rule)
@@ -726,15 +738,15 @@ def check_parity(sc: Scenario, trial: int, cfg: Config, rules: list[Rule], ramp:
                 worst = max(worst, diff)
                 if diff > tolerance * max(1.0, abs(x)):
                     raise AssertionError(f"{sc.name} trial {trial}, {n} rows: {key} = {x!r} (fast) vs {y!r} (store)")
-    for rule, f, s in zip(rules, fast, slow):
+    for rule, f, s in zip(rules, fast, slow, strict=True):
         if [_steps_key(x) for x in f] != [_steps_key(x) for x in s]:
             raise AssertionError(f"{sc.name} trial {trial}, rule {rule.name}: the paths disagree\n fast:  "
                                  f"{[(x.look, x.verdict, x.weight_after) for x in f]}\n store: "
                                  f"{[(x.look, x.verdict, x.weight_after) for x in s]}")
     return {"scenario": sc.name, "trial": trial, "looks": len(fast_seen), "max_abs_diff": worst,
             "fast_s": round(t1 - t0, 2), "store_s": round(t2 - t1, 2),
-            "verdicts": {r.name: [x.verdict for x in f] for r, f in zip(rules, fast)},
-            "weights": {r.name: [x.weight_after for x in f] for r, f in zip(rules, fast)}}
+            "verdicts": {r.name: [x.verdict for x in f] for r, f in zip(rules, fast, strict=True)},
+            "weights": {r.name: [x.weight_after for x in f] for r, f in zip(rules, fast, strict=True)}}
 
 
 # -- trials and their summary ----------------------------------------------------------------------------
@@ -783,6 +795,7 @@ def run_trials(scenarios: list[Scenario], trials: dict[str, int], cfg: Config, r
              for lo in range(0, trials[sc.name], chunk)]
     results: dict[str, list] = {sc.name: [] for sc in scenarios}
     looks = 0
+    it: Iterator[tuple[str, list[list[TrialOutcome]], int]]
     if workers <= 1:
         it = map(_run_chunk, tasks)
         pool = None
@@ -946,33 +959,32 @@ def calibrate(rows: int = 4_000_000) -> None:
             lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
         return round((lo + hi) / 2, 4)
 
-    def world(sc: Scenario) -> Callable[[np.ndarray | float, np.ndarray | None], float]:
+    def world(sc: Scenario) -> tuple[Callable[..., float], Paired]:
         d = generate(sc, np.random.default_rng(7).random(rows), np.random.default_rng(8))
         logit_c = np.log(d.candidate) - np.log1p(-d.candidate)   # the candidate's logit without any offset
+        f1 = METRICS["f1"].compute
 
-        def f1_delta(shift, mask=None) -> float:
+        def f1_delta(shift: np.ndarray | float, mask: np.ndarray | None = None) -> float:
             m = np.ones(rows, bool) if mask is None else mask
-            f1 = METRICS["f1"].compute
             return float(f1(confusion(d.y[m], (logit_c + shift)[m] >= 0)) -
                          f1(confusion(d.y[m], d.baseline[m] >= THRESHOLD)))
-        f1_delta.data = d
-        return f1_delta
+        return f1_delta, d
 
-    same, better = world(Scenario("cal", "", {})), world(Scenario("cal", "", {}, sigma_c=BETTER_SIGMA))
+    same, _ = world(Scenario("cal", "", {}))
+    better, d = world(Scenario("cal", "", {}, sigma_c=BETTER_SIGMA))
     for name, tgt in (("worse_3pt", -0.03), ("worse_edge", -0.021), ("inside_margin", -0.01)):
         print(name, "shift", solve(lambda s: same(s), tgt))
     print("better_1pt / errors_1pct / slower", "shift", solve(lambda s: better(s), 0.01))
-    d = better.data
     in_d = d.segment == int(np.flatnonzero(SEGMENTS == "D")[0])
     d_shift = solve(lambda s: better(s, in_d), -0.05)
     print("segment_worse", "D", d_shift, "shift",
           solve(lambda s: better(np.where(in_d, d_shift, s)), 0.01))
-    recent = world(Scenario("cal", "", {}, sigma_c=RECENT_SIGMA, late_sigma=SIGMA_BASELINE, late_shift=0.0))
-    late = recent.data.pos >= 0.75
+    recent, r = world(Scenario("cal", "", {}, sigma_c=RECENT_SIGMA, late_sigma=SIGMA_BASELINE, late_shift=0.0))
+    late = r.pos >= 0.75
     late_shift = solve(lambda s: recent(s, late), -0.04)
     print("recent_worse", "late_shift", late_shift, "shift",
           solve(lambda s: recent(np.where(late, late_shift, s)), 0.01))
-    drift = world(Scenario("cal", "", {}, sigma_c=BETTER_SIGMA, drift_from=0.125, drift_size=0.8))
+    drift, _ = world(Scenario("cal", "", {}, sigma_c=BETTER_SIGMA, drift_from=0.125, drift_size=0.8))
     print("drift_both", "shift", solve(lambda s: drift(s), 0.01))
 
 
@@ -985,6 +997,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--quick)")
     p.add_argument("--context-trials", type=int, default=None,
                    help="trials for scenarios whose share is no targeted error rate (default: --trials)")
+    p.add_argument("--trials-for", action="append", default=[], metavar="SCENARIO=N",
+                   help="trials for one scenario (e.g. errors_1pct=400: its trials end at the first look)")
     p.add_argument("--quick", action="store_true", help="a few trials and a smaller truth sample: seconds, for CI")
     p.add_argument("--scenarios", default=None, help=f"comma-separated subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seed", type=int, default=0)
@@ -1024,8 +1038,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.store_scenarios = "better_1pt,errors_1pct" + ("" if args.quick else ",drift_both")
     if args.truth_rows is None:
         args.truth_rows = 400_000 if args.quick else 2_000_000
-    if args.trials < 1 or args.looks < 1 or args.context_trials < 0:
-        p.error("--trials and --looks must be at least 1")
+    if min(args.trials, args.context_trials, args.looks) < 1:
+        p.error("--trials, --context-trials and --looks must be at least 1")
     if args.slice_rows * 0.2 <= 1000:
         p.error("--slice-rows must exceed 5,000: drift's default reference (20 %) needs over 1,000 rows for the "
                 "test the fast path reproduces")
@@ -1055,10 +1069,11 @@ def build_rules(args: argparse.Namespace, extra: tuple[Rule, ...] = ()) -> list[
     return rules
 
 
-def _renamed(rule: Rule, name: str) -> Rule:
-    with contextlib.suppress(Exception):
-        return replace(rule, name=name)   # the dataclass rules
-    rule.name = name
+def _renamed(rule: Any, name: str) -> Rule:
+    if dataclasses.is_dataclass(rule) and not isinstance(rule, type):
+        rule = dataclasses.replace(rule, name=name)
+    else:
+        rule.name = name
     return rule
 
 
@@ -1080,12 +1095,21 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
         return {}
     t_start, cpu_start = time.perf_counter(), time.process_time()
     mach = machine()
-    scenarios = list(SCENARIOS) if not args.scenarios else [BY_NAME[s] for s in args.scenarios.split(",")]
+    unknown = [s for s in (args.scenarios or "").split(",") if s and s not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    scenarios = list(SCENARIOS) if not args.scenarios else [BY_NAME[s] for s in args.scenarios.split(",") if s]
+    trials = {sc.name: args.trials if sc.error_rate_scenario else args.context_trials for sc in scenarios}
+    for item in args.trials_for:
+        name, _, n = item.partition("=")
+        if name not in trials or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--trials-for {item}: use SCENARIO=N with a selected scenario and N >= 1")
+        trials[name] = int(n)
     rules = build_rules(args, extra_rules)
     sequential = any(r.name == SEQUENTIAL for r in rules)
-    ramp = tuple(rules[0].judge.ramp)
+    base_policy = load_policy(args.policy)   # the margins that say which candidate is worse; the ramp
+    ramp = tuple(base_policy.ramp)
     cfg = Config(looks=args.looks, slice_rows=args.slice_rows, seed=args.seed, segments=args.segments)
-    base_policy = rules[0].judge
 
     print(f"# Decision quality across the ramp {' -> '.join(map(str, (0,) + ramp))} %\n")
     print(f"machine: {mach['host']}, {mach['cores']} cores ({mach['cpu'] or 'cpu unknown'}), load average "
@@ -1093,6 +1117,7 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
     print(f"walk: {cfg.looks} looks of {cfg.slice_rows:,} labelled rows ({cfg.looks * cfg.slice_rows:,} in all), "
           f"a decision after each; evaluation {'with' if cfg.segments else 'without'} segments "
           f"({'--segment segment' if cfg.segments else 'as the flow runs it'}), drift with its default reference")
+    print("trials per scenario (fast path): " + ", ".join(f"{k} {v}" for k, v in trials.items()))
     print("rules: " + "; ".join(r.name for r in rules) + ("" if sequential else "; (c) sequential: slot empty "
                                                            "(--rule sequential=SPEC)"))
 
@@ -1124,7 +1149,6 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
             print(f"| {p['scenario']} | {p['trial']} | {p['looks']} | {v} | yes, all rules | {p['max_abs_diff']:.1e} | "
                   f"{p['fast_s']} | {p['store_s']} |")
 
-    trials = {sc.name: args.trials if sc.error_rate_scenario else args.context_trials for sc in scenarios}
     t = time.perf_counter()
     results, looks_done = run_trials(scenarios, trials, cfg, rules, ramp, bad_from, args.workers,
                                      progress=lambda s: print(f"  fast path: {s}", file=sys.stderr, flush=True))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_evaluation
+
 from workbench.decide.policy import Verdict, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
