@@ -147,9 +147,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              error_rate_scenario=True),
     Scenario("segment_worse", "f1 +0.01 overall, f1 -0.05 on segment D (10 % of traffic)",
              {"f1": 0.01, "f1@D": -0.05}, sigma_c=BETTER_SIGMA, shift=0.156, segment_shift={"D": -0.5288}),
-    Scenario("recent_worse", "f1 +0.01 overall, f1 -0.04 in the latest quarter of the time",
-             {"f1": 0.01, "f1@late": -0.04}, sigma_c=RECENT_SIGMA, shift=-0.0085, late_sigma=SIGMA_BASELINE,
-             late_shift=-0.3887),
+    Scenario("recent_worse", "f1 +0.03 in the first half of the time, -0.03 in the second: from look 5 on the "
+             "cumulative delta is still >= 0, the latest window worse than the margin",
+             {"f1@early": 0.03, "f1@late": -0.03}, sigma_c=RECENT_SIGMA, shift=0.0361, late_sigma=SIGMA_BASELINE,
+             late_shift=-0.3109, late_from=0.5),
     Scenario("drift_both", "f1 +0.01; features f0, f1 shift by +0.8 sd for both models from 1/8 of the time",
              {"f1": 0.01}, sigma_c=BETTER_SIGMA, shift=0.0932, drift_from=0.125, drift_size=0.8,
              error_rate_scenario=True),
@@ -261,8 +262,8 @@ def truth(sc: Scenario, rows: int, seed: int = 12345) -> dict:
 
 
 def target_value(sc: Scenario, d: Paired, key: str) -> float:
-    """The true value that a ``target`` key names: ``f1`` (overall), ``f1@D`` (segment D), ``f1@late`` (from
-    ``late_from`` on), ``error_rate``, ``p99_ratio``."""
+    """The true value that a ``target`` key names: ``f1`` (overall), ``f1@D`` (segment D), ``f1@early`` /
+    ``f1@late`` (before / from ``late_from``), ``error_rate``, ``p99_ratio``."""
     if key == "error_rate":
         return float(np.mean(~np.isfinite(d.candidate)))
     if key == "p99_ratio":
@@ -270,8 +271,8 @@ def target_value(sc: Scenario, d: Paired, key: str) -> float:
     metric, _, where = key.partition("@")
     if not where:
         return deltas(d)[metric]
-    if where == "late":
-        return deltas(d, d.pos >= sc.late_from)[metric]
+    if where in ("early", "late"):
+        return deltas(d, (d.pos >= sc.late_from) == (where == "late"))[metric]
     return deltas(d, d.segment == int(np.flatnonzero(SEGMENTS == where)[0]))[metric]
 
 
@@ -979,11 +980,11 @@ def calibrate(rows: int = 4_000_000) -> None:
     d_shift = solve(lambda s: better(s, in_d), -0.05)
     print("segment_worse", "D", d_shift, "shift",
           solve(lambda s: better(np.where(in_d, d_shift, s)), 0.01))
-    recent, r = world(Scenario("cal", "", {}, sigma_c=RECENT_SIGMA, late_sigma=SIGMA_BASELINE, late_shift=0.0))
-    late = r.pos >= 0.75
-    late_shift = solve(lambda s: recent(s, late), -0.04)
-    print("recent_worse", "late_shift", late_shift, "shift",
-          solve(lambda s: recent(np.where(late, late_shift, s)), 0.01))
+    recent, r = world(Scenario("cal", "", {}, sigma_c=RECENT_SIGMA, late_sigma=SIGMA_BASELINE, late_shift=0.0,
+                               late_from=0.5))
+    late = r.pos >= 0.5
+    print("recent_worse", "shift", solve(lambda s: recent(s, ~late), 0.03), "late_shift",
+          solve(lambda s: recent(s, late), -0.03))
     drift, _ = world(Scenario("cal", "", {}, sigma_c=BETTER_SIGMA, drift_from=0.125, drift_size=0.8))
     print("drift_both", "shift", solve(lambda s: drift(s), 0.01))
 

@@ -56,7 +56,7 @@ def test_the_generator_hits_what_each_scenario_was_built_for(quick):
     assert bad["identical"] is None and bad["better_1pt"] is None and bad["drift_both"] is None
     assert bad["inside_margin"] is None
     assert bad["worse_3pt"] == bad["errors_1pct"] == bad["slower"] == bad["segment_worse"] == 1
-    assert bad["recent_worse"] == 7   # the latest quarter of 8 looks: slices 7 and 8
+    assert bad["recent_worse"] == 5   # the second half of 8 looks: slices 5 to 8
 
 
 def test_the_fast_and_the_store_path_agree(quick):
