@@ -40,6 +40,11 @@ SCRIPTS = {
     "app_pages.py": Entry(
         ("--rows", "2000", "--home", "{tmp}/home", "--no-renders"), prints="data functions, uncached"
     ),
+    "decision_quality.py": Entry(
+        ("--quick", "--workers", "1"),
+        prints="## Summary against the targets",
+        slow="~20 s: evaluations of 60 looks; tests/benchmarks/test_decision_quality.py runs it in-process",
+    ),
     "drift.py": Entry(
         ("--rows", "2000"), prints="speed-up (Evidently seconds / ours)", slow="~17 s: Evidently's import and report"
     ),

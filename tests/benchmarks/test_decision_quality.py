@@ -1,0 +1,166 @@
+"""The decision-quality benchmark: its known-truth generator, its two paths, its accounting, its plug-in slot.
+
+The quick mode runs in-process (one worker, about 20 s on the 2-core machine): the truth of every scenario is
+within tolerance of what the scenario was built for, the fast and the store path give identical verdicts on
+identical data (the harness raises otherwise) and the tables print.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_evaluation
+from workbench.decide.policy import Verdict, load_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    if "decision_quality" in sys.modules:
+        return sys.modules["decision_quality"]
+    spec = importlib.util.spec_from_file_location("decision_quality", ROOT / "benchmarks" / "decision_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["decision_quality"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+dq = _load()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dq") / "quick.json"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        result = dq.main(["--quick", "--workers", "1", "--json", str(out)])
+    return result, buf.getvalue(), out
+
+
+def test_the_generator_hits_what_each_scenario_was_built_for(quick):
+    result, _, _ = quick
+    assert set(result["truth"]) == set(dq.BY_NAME)
+    for name, t in result["truth"].items():
+        for key, v in t["targets"].items():
+            tolerance = 4 * v["se"] + 0.001  # 4 standard errors of the quick truth sample, plus the calibration's
+            assert abs(v["value"] - v["target"]) <= tolerance, (name, key, v)
+    bad = result["bad_from_look"]
+    assert bad["identical"] is None and bad["better_1pt"] is None and bad["drift_both"] is None
+    assert bad["inside_margin"] is None
+    assert bad["worse_3pt"] == bad["errors_1pct"] == bad["slower"] == bad["segment_worse"] == 1
+    assert bad["recent_worse"] == 5  # the second half of 8 looks: slices 5 to 8
+
+
+def test_the_fast_and_the_store_path_agree(quick):
+    result, _, _ = quick
+    assert {p["scenario"] for p in result["parity"]} == {"better_1pt", "errors_1pct"}
+    for p in result["parity"]:
+        assert p["looks"] >= 1 and p["max_abs_diff"] < 1e-9
+    verdicts = {p["scenario"]: p["verdicts"]["(a) fixed-horizon"] for p in result["parity"]}
+    assert verdicts["errors_1pct"] == ["ROLLBACK"]  # 1 % errors: the critical error gate, at the first look
+
+
+def test_the_tables_print(quick):
+    result, text, path = quick
+    assert "## Known truth" in text and "## Fast path against the store path" in text
+    assert "### worse_edge:" in text and "| (a) fixed-horizon | 1 |" in text
+    assert "## Summary against the targets" in text and "| 1 % errors: rolled back | >= 99 % |" in text
+    assert "slot empty" in text  # no sequential rule given: slot (c) says so
+    assert "wall" in text and "load average" in text
+    saved = json.loads(path.read_text())
+    assert saved["summary"]["(a) fixed-horizon"]["errors_rolled_back"]["n"] == 1
+    assert saved["rules"][:2] == ["(a) fixed-horizon", "(b) point-thresholds"]
+
+
+def test_point_thresholds_judge_the_estimate_not_the_interval():
+    policy = load_policy()
+    # f1 delta +0.005 whose interval straddles the -0.02 margin: the interval rule waits, the point rule passes
+    ev = make_evaluation(
+        metrics={
+            "roc_auc": (0.70, 0.72, 0.01, 0.03),
+            "f1": (0.40, 0.405, -0.03, 0.04),
+            "log_loss": (0.50, 0.49, -0.02, 0.0),
+        }
+    )
+    look = dq.Look(1, 0, ev, None, 5000, (), None, policy.ramp)
+    assert dq.PolicyRule("a", policy).decide(look).verdict == Verdict.HOLD
+    assert dq.PointThresholdRule("b", policy).decide(look).verdict == Verdict.PROMOTE
+    collapsed = dq.point_estimates(ev)
+    assert collapsed["delta"]["f1"]["ci_low"] == collapsed["delta"]["f1"]["ci_high"] == pytest.approx(0.005)
+    assert collapsed["errors"]["candidate"]["ci_high"] == collapsed["errors"]["candidate"]["rate"]
+    # the drift-gates-off variant judges the same gates otherwise
+    quiet = dq.without_drift_gates(policy)
+    assert not quiet.drift.prediction_drift and quiet.metrics == policy.metrics
+
+
+def _step(look, before, after, verdict, blocking=()):
+    return dq.Step(look, look * 100, before, after, verdict, blocking, ())
+
+
+@pytest.mark.parametrize(
+    "steps, bad_from, expected",
+    [
+        ([_step(1, 0, 1, "PROMOTE"), _step(2, 1, 1, "HOLD", ("drift.prediction",))], 1, (1, "HOLD", True, True)),
+        ([_step(1, 0, 1, "PROMOTE"), _step(2, 1, 5, "PROMOTE")], 3, (5, "HOLD", False, False)),
+        ([_step(1, 0, 0, "HOLD", ("metric.f1.min_absolute_change", "drift.concept"))], None, (0, "HOLD", False, False)),
+        ([_step(1, 0, 1, "PROMOTE"), _step(2, 1, 0, "ROLLBACK")], None, (1, "ROLLBACK", False, False)),
+        (
+            [_step(k, w, n, "PROMOTE") for k, (w, n) in enumerate([(0, 1), (1, 5), (5, 25), (25, 50), (50, 100)], 1)],
+            5,
+            (100, "PROMOTE", True, False),
+        ),
+    ],
+    ids=["promote-then-drift-hold", "promotes-before-bad", "not-drift-alone", "rollback", "to-100-late-bad"],
+)
+def test_a_trial_is_summarised(steps, bad_from, expected):
+    o = dq.summarise(steps, (1, 5, 25, 50, 100), bad_from)
+    assert (o.max_weight, o.final, o.false_promote, o.drift_alone) == expected
+    assert o.rows == steps[-1].rows
+
+
+def always_hold(look):
+    """A stand-in for the sequential rule: it sees the look and holds."""
+    assert look.sample is not None and len(look.sample) == look.labeled_rows
+    return Verdict.HOLD
+
+
+def test_a_rule_plugs_into_slot_c():
+    policy = load_policy()
+    rule = dq.load_rule(dq.SEQUENTIAL, f"{__name__}:always_hold")
+    assert isinstance(rule, dq.CallableRule) and rule.policy is None
+    assert dq.load_rule("file", str(ROOT / "workbench" / "decide" / "default_policy.toml")).policy == policy
+    # the walk hands each rule its own weight and history; canned evidence keeps this fast
+    cfg = dq.Config(looks=3, slice_rows=100)
+    sample = dq.trial_data(dq.BY_NAME["identical"], cfg, 0)
+    ev = make_evaluation(labeled_rows=100)
+    seen = []
+
+    def evidence(n):
+        ev["labeled_rows"] = n
+        return dict(ev), None
+
+    def recording(look):
+        seen.append((look.index, look.weight, len(look.history)))
+        return Verdict.PROMOTE
+
+    steps = dq.walk([rule, dq.CallableRule("rec", recording)], evidence, sample, cfg, policy.ramp)
+    assert [s.verdict for s in steps[0]] == ["HOLD"] * 3
+    assert [s.weight_after for s in steps[1]] == [1, 5, 25] and seen == [(1, 0, 0), (2, 1, 1), (3, 5, 2)]
+
+
+def test_drift_fast_refuses_a_reference_it_cannot_reproduce():
+    d = dq.trial_data(dq.BY_NAME["identical"], dq.Config(looks=1, slice_rows=4000), 0)
+    with pytest.raises(ValueError, match="reference values"):
+        dq.drift_fast(d)
+    assert np.isfinite(
+        dq.drift_fast(dq.trial_data(dq.BY_NAME["identical"], dq.Config(looks=1, slice_rows=6000), 0))["share_drifted"]
+    )
