@@ -6,7 +6,8 @@ repository paths it names exist; and where a quick variant finishes in seconds, 
 Shell scripts (they need a GPU or a quiet host) get ``bash -n`` and the path check.
 
 Scripts are found by a glob: a new one fails here until it has an entry in ``SCRIPTS``. The quick variants
-that take tens of seconds or more on a 2-core machine are skipped unless ``WORKBENCH_BENCH_SMOKE=all``.
+that take tens of seconds or more on a 2-core machine are collected only with ``WORKBENCH_BENCH_SMOKE=all``
+(their ``--help``, imports and paths are always checked).
 """
 
 from __future__ import annotations
@@ -158,12 +159,10 @@ print(json.dumps(missing))
 """
 
 
-@pytest.mark.parametrize("name", PYTHON)
+@pytest.mark.parametrize("name", [n for n in PYTHON if first_party_imports(BENCH / n)])
 def test_first_party_imports_resolve(name):
     """``--help`` stops before the imports inside functions (where most of them are): resolve them all."""
     imports = first_party_imports(BENCH / name)
-    if not imports:
-        pytest.skip("no first-party imports")
     proc = run(
         [sys.executable, "-c", RESOLVE, json.dumps(imports), str(ROOT), str(BENCH), str(ROOT / "tests" / "fixtures")],
         timeout=120,
@@ -197,15 +196,9 @@ def test_shell_syntax(name):
 def quick_params():
     for name in PYTHON:
         e = SCRIPTS.get(name)
-        if e is None or e.quick is None:
+        if e is None or e.quick is None or (e.slow and not RUN_ALL):
             continue
-        marks = []
-        if e.slow:
-            marks = [
-                pytest.mark.timeout(900),
-                pytest.mark.skipif(not RUN_ALL, reason=f"{e.slow}; WORKBENCH_BENCH_SMOKE=all runs it"),
-            ]
-        yield pytest.param(name, marks=marks, id=name)
+        yield pytest.param(name, marks=[pytest.mark.timeout(900)] if e.slow else [], id=name)
 
 
 @pytest.mark.parametrize("name", list(quick_params()))
