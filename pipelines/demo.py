@@ -125,7 +125,7 @@ def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) ->
         out["labels"] = labels.to_dict()
     out["replay"] = res.outputs["replay"].to_dict()
     out["evaluation"] = res.outputs["evaluate"]
-    out["drift"] = {k: v for k, v in res.summaries["drift"].items()}
+    out["drift"] = dict(res.summaries["drift"])
     decision = res.summaries["decide"]
     keep = (
         "decision_id",

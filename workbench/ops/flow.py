@@ -277,7 +277,8 @@ def _decide(ctx: _Ctx) -> dict:
     s, f = ctx.settings, ctx.flow
     keys = ctx.keys or KeyRing.from_settings(s, sign=True)
     with ctx.store() as store:
-        mine = [d for d in store.list_decisions() if d["run_id"] == f.run_id and d["kind"] == "decision"]
+        # the run's own decisions, however many other runs were decided since
+        mine = [d for d in store.list_decisions(run_id=f.run_id) if d["kind"] == "decision"]
         if mine:
             signed = load_signed(store, mine[0]["decision_id"])
             applied = mine[0]["applied_sequence"] is not None

@@ -65,14 +65,17 @@ class DecisionStore(StoreBase):
             raise WorkbenchError(f"unknown decision {decision_id!r}")
         return row
 
-    def list_decisions(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Decisions (of ``model``, or all), newest first, without their record text."""
+    def list_decisions(
+        self, model: str | None = None, limit: int = 100, *, run_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Decisions (of ``model`` and/or ``run_id``, or all), newest first, without their record text."""
         return self._rows(
             """SELECT d.decision_id, d.model, d.kind, d.run_id, d.verdict, d.weight_before, d.weight_after,
                       d.created_at, c.sequence AS applied_sequence, d.mlflow_run_id, d.pending_sync
                FROM decisions d LEFT JOIN canary_chain c USING (decision_id)
-               WHERE ? IS NULL OR d.model = ? ORDER BY d.created_at DESC LIMIT ?""",
-            [model, model, limit],
+               WHERE (? IS NULL OR d.model = ?) AND (? IS NULL OR d.run_id = ?)
+               ORDER BY d.created_at DESC LIMIT ?""",
+            [model, model, run_id, run_id, limit],
         )
 
     def chain(self, model: str) -> list[dict[str, Any]]:
