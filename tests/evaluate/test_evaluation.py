@@ -14,8 +14,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 from conftest import TinyModel, run_cli
 from workbench import WorkbenchError
-from workbench.evaluate.evaluation import Options, compare, evaluate_run
+from workbench.evaluate.evaluation import compare, evaluate_run
 from workbench.evaluate.metrics import METRICS
+from workbench.evaluate.results import Options
 from workbench.ingest.traffic import ingest, ingest_labels
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store

@@ -7,8 +7,9 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from workbench.evaluate import stats
-from workbench.evaluate.evaluation import Options, compare
+from workbench.evaluate.evaluation import compare
 from workbench.evaluate.metrics import binary_metrics
+from workbench.evaluate.results import Options
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (1, 1), (517, 1000), (5, 100000)])

@@ -2,8 +2,9 @@
 paired test and its minimum detectable effect, latency, error rates, segments and time windows.
 
 :func:`evaluate_run` reads from the store and persists the result in the ``evaluations`` table;
-:func:`evaluate_quality`, :func:`compare`, :func:`latency_summary` and :func:`error_rates` compute on
-arrays (pure), :func:`evaluate_samples` runs all of them. Methods (docs/concepts/evaluation.md):
+:func:`evaluate_quality` and :func:`compare` compute on arrays (pure), as do ``latency_summary`` and
+``error_rates`` (:mod:`workbench.evaluate.latency`); :func:`evaluate_samples` runs all of them. The
+result types live in :mod:`workbench.evaluate.results`. Methods (docs/concepts/evaluation.md):
 
 * each model's metrics use the labelled rows it scored without error; deltas use the rows both scored;
 * proportions (accuracy, precision, recall, fpr, fnr, error rates) get Wilson intervals; f1 and the
@@ -21,8 +22,7 @@ arrays (pure), :func:`evaluate_samples` runs all of them. Methods (docs/concepts
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,180 +31,26 @@ import pyarrow.compute as pc
 
 from workbench import WorkbenchError
 from workbench.evaluate import stats
+from workbench.evaluate.latency import error_rates, latency_summary
 from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
+from workbench.evaluate.results import (
+    Comparison,
+    DeltaEstimate,
+    Estimate,
+    EvaluationResult,
+    Options,
+    Slice,
+)
 from workbench.roles import ROLES
 from workbench.store import Store
 
-PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 WINDOWS = ("hour", "day", "week")
 DEFAULT_THRESHOLD = 0.5
 OTHER = "other"
 NULL_VALUE = "(null)"
 
 
-@dataclass(frozen=True)
-class Options:
-    """Statistical settings of one evaluation (validated; every one is recorded with the result)."""
-
-    confidence: float = 0.95
-    seed: int = 0
-    n_boot: int = 1000
-    power: float = 0.8
-    exact_max_rows: int = 10_000
-    top_k: int = 10
-    small_rows: int = 100
-
-    def __post_init__(self) -> None:
-        if not 0 < self.confidence < 1:
-            raise WorkbenchError(f"--confidence must be between 0 and 1 (exclusive), not {self.confidence}")
-        if not 0 < self.power < 1:
-            raise WorkbenchError(f"power must be between 0 and 1 (exclusive), not {self.power}")
-        if self.n_boot < 100:
-            raise WorkbenchError(f"use at least 100 bootstrap replicates, not {self.n_boot}")
-        if self.top_k < 1:
-            raise WorkbenchError(f"top_k must be at least 1, not {self.top_k}")
-
-
-# -- result types ------------------------------------------------------------------------------------
-def _num(x: float | None) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-    def to_dict(self) -> dict:
-        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high)}
-
-
-@dataclass(frozen=True)
-class DeltaEstimate:
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-    mde: float | None
-
-    def to_dict(self) -> dict:
-        return {
-            "value": _num(self.value),
-            "ci_low": _num(self.ci_low),
-            "ci_high": _num(self.ci_high),
-            "p_value": _num(self.p_value),
-            "mde": _num(self.mde),
-        }
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Both models' metrics and their deltas on one set of labelled rows."""
-
-    rows: dict
-    baseline: dict
-    candidate: dict
-    delta: dict
-    undefined: dict  # "baseline.fpr" -> reason, for every null value
-    method: str  # bootstrap of the score metrics: "rows" (Poisson row weights) or "linear"
-
-    def metrics_dict(self) -> dict:
-        return {
-            "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
-            "candidate": {k: v.to_dict() for k, v in self.candidate.items()},
-            "delta": {k: v.to_dict() for k, v in self.delta.items()},
-        }
-
-
-@dataclass(frozen=True)
-class Slice:
-    """One segment value or time window: its labelled rows, whether they are few, its comparison."""
-
-    rows: int
-    small: bool
-    comparison: Comparison
-
-    def to_dict(self) -> dict:
-        return {"rows": self.rows, "small": self.small, **self.comparison.metrics_dict()}
-
-
-@dataclass(frozen=True)
-class LatencyResult:
-    """Milliseconds: percentiles per model, their differences with intervals, Mann-Whitney p-value."""
-
-    baseline: dict
-    candidate: dict
-    delta: dict
-    mann_whitney_p: float | None
-
-    def to_dict(self) -> dict:
-        return {
-            "baseline": {k: _num(v) for k, v in self.baseline.items()},
-            "candidate": {k: _num(v) for k, v in self.candidate.items()},
-            "delta": {k: v.to_dict() for k, v in self.delta.items()},
-            "mann_whitney_p": _num(self.mann_whitney_p),
-        }
-
-
-@dataclass(frozen=True)
-class ErrorRate:
-    count: int
-    rows: int
-    rate: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-    def to_dict(self) -> dict:
-        return {
-            "count": self.count,
-            "rows": self.rows,
-            "rate": _num(self.rate),
-            "ci_low": _num(self.ci_low),
-            "ci_high": _num(self.ci_high),
-        }
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    run_id: str
-    labeled_rows: int
-    label_coverage: float
-    confidence: float
-    thresholds: dict
-    overall: Comparison
-    latency: LatencyResult
-    errors: dict
-    segments: dict | None = None  # {column: {value: Slice}}
-    windows: dict | None = None  # {"day": {iso start: Slice}}
-    undefined: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        out = {
-            "run_id": self.run_id,
-            "labeled_rows": self.labeled_rows,
-            "label_coverage": self.label_coverage,
-            "confidence": self.confidence,
-            "rows": dict(self.overall.rows),
-            "thresholds": dict(self.thresholds),
-            **self.overall.metrics_dict(),
-            "latency": self.latency.to_dict(),
-            "errors": {r: e.to_dict() for r, e in self.errors.items()},
-        }
-        if self.segments is not None:
-            out["segments"] = {col: {v: s.to_dict() for v, s in vals.items()} for col, vals in self.segments.items()}
-        if self.windows is not None:
-            out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
-        out["undefined"] = dict(self.undefined)
-        return out
-
-
 # -- one comparison ----------------------------------------------------------------------------------
-def _rng(seed: int, key: str) -> np.random.Generator:
-    """A generator per (seed, slice): results do not depend on the order slices are computed in."""
-    return np.random.default_rng([seed, zlib.crc32(key.encode())])
-
-
 def _take(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return a if mask.all() else a[mask]
 
@@ -275,20 +121,16 @@ def _alignment(base: _Sample, other: _Sample) -> np.ndarray:
     return position[base.grouping.order]
 
 
-def _clip(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[float | None, float | None]:
-    if ci is None:
-        return None, None
-    return float(np.clip(ci[0], lo, hi)), float(np.clip(ci[1], lo, hi))
-
-
 def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | None, opts: Options) -> Estimate:
     if value is None:
         return Estimate(None, None, None)
     if m.proportion is not None:
         k, n = m.proportion(conf)
-        lo, hi = _clip(stats.wilson(k, n, opts.confidence), *m.bounds)
+        lo, hi = stats.clip_interval(stats.wilson(k, n, opts.confidence), *m.bounds)
     else:
-        lo, hi = _clip(None if reps is None else stats.percentile_interval(reps, opts.confidence), *m.bounds)
+        lo, hi = stats.clip_interval(
+            None if reps is None else stats.percentile_interval(reps, opts.confidence), *m.bounds
+        )
     return Estimate(value, lo, hi)
 
 
@@ -296,7 +138,7 @@ def _delta_estimate(
     m: Metric, value: float, reps: np.ndarray, opts: Options, p_value: float | None = None
 ) -> DeltaEstimate:
     span = m.bounds[1] - m.bounds[0]
-    lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -span, span)
+    lo, hi = stats.clip_interval(stats.percentile_interval(reps, opts.confidence), -span, span)
     finite = reps[np.isfinite(reps)]
     se = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
     return DeltaEstimate(
@@ -341,7 +183,7 @@ def compare(
     NaN where the model failed on that row. ``key`` seeds this comparison's random generator;
     ``row_weights`` picks the bootstrap of the score metrics (default: row weights up to
     ``opts.exact_max_rows`` rows, the linearised bootstrap above)."""
-    rng = _rng(opts.seed, key)
+    rng = stats.seeded_rng(opts.seed, key)
     exact = len(y) <= opts.exact_max_rows if row_weights is None else row_weights
     if exact:  # row weights follow row order: put rows in a canonical order for reproducibility
         order = np.lexsort((scores["candidate"], scores["baseline"], y))
@@ -480,46 +322,6 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 def _take_cols(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return w if mask.all() else w[:, mask]
-
-
-# -- latency and errors ------------------------------------------------------------------------------
-def latency_summary(samples: dict[str, np.ndarray], opts: Options) -> tuple[LatencyResult, dict]:
-    """Percentiles (ms) per model, bootstrap intervals on their differences, Mann-Whitney p-value.
-    Sorts the samples in place."""
-    rng = _rng(opts.seed, "latency")
-    for x in samples.values():
-        x.sort()
-    pct = {
-        r: {k: stats.sorted_quantile(x, q) if len(x) else None for k, q in PERCENTILES.items()}
-        for r, x in samples.items()
-    }
-    undefined: dict[str, str] = {}
-    delta = {}
-    for k, q in PERCENTILES.items():
-        p_base, p_cand = pct["baseline"][k], pct["candidate"][k]  # None exactly when that sample is empty
-        if p_base is None or p_cand is None:
-            delta[k] = Estimate(None, None, None)
-            continue
-        reps = stats.quantile_bootstrap(samples["candidate"], q, opts.n_boot, rng) - stats.quantile_bootstrap(
-            samples["baseline"], q, opts.n_boot, rng
-        )
-        lo, hi = _clip(stats.percentile_interval(reps, opts.confidence), -np.inf, np.inf)
-        delta[k] = Estimate(p_cand - p_base, lo, hi)
-    for r in ROLES:
-        if len(samples[r]) == 0:
-            undefined[f"latency.{r}"] = "no row scored without error"
-    mw = stats.mann_whitney(samples["baseline"], samples["candidate"], presorted=True)
-    return LatencyResult(pct["baseline"], pct["candidate"], delta, None if mw is None else mw[1]), undefined
-
-
-def error_rates(counts: dict[str, dict], opts: Options) -> dict[str, ErrorRate]:
-    """Error rate per model with its Wilson interval, from ``{role: {"rows", "errors"}}``."""
-    out = {}
-    for r in ROLES:
-        n, k = int(counts.get(r, {}).get("rows", 0)), int(counts.get(r, {}).get("errors", 0))
-        ci = stats.wilson(k, n, opts.confidence)
-        out[r] = ErrorRate(k, n, k / n if n else None, *(ci if ci else (None, None)))
-    return out
 
 
 # -- slices ------------------------------------------------------------------------------------------

@@ -18,10 +18,23 @@
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
 from scipy.stats import binom, norm
+
+
+def seeded_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator per (seed, slice): results do not depend on the order slices are computed in."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def clip_interval(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple[float | None, float | None]:
+    """An interval's ends clipped to ``[lo, hi]``; ``(None, None)`` without an interval."""
+    if ci is None:
+        return None, None
+    return float(np.clip(ci[0], lo, hi)), float(np.clip(ci[1], lo, hi))
 
 
 def z_value(confidence: float) -> float:

@@ -1,0 +1,166 @@
+"""The results of an evaluation: its statistical :class:`Options` and the frozen result types, each with
+``to_dict`` giving the JSON stored in the ``evaluations`` table (non-finite numbers become null)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workbench import WorkbenchError
+
+
+@dataclass(frozen=True)
+class Options:
+    """Statistical settings of one evaluation (validated; every one is recorded with the result)."""
+
+    confidence: float = 0.95
+    seed: int = 0
+    n_boot: int = 1000
+    power: float = 0.8
+    exact_max_rows: int = 10_000
+    top_k: int = 10
+    small_rows: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise WorkbenchError(f"--confidence must be between 0 and 1 (exclusive), not {self.confidence}")
+        if not 0 < self.power < 1:
+            raise WorkbenchError(f"power must be between 0 and 1 (exclusive), not {self.power}")
+        if self.n_boot < 100:
+            raise WorkbenchError(f"use at least 100 bootstrap replicates, not {self.n_boot}")
+        if self.top_k < 1:
+            raise WorkbenchError(f"top_k must be at least 1, not {self.top_k}")
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def to_dict(self) -> dict:
+        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high)}
+
+
+@dataclass(frozen=True)
+class DeltaEstimate:
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    mde: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "value": _num(self.value),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "p_value": _num(self.p_value),
+            "mde": _num(self.mde),
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both models' metrics and their deltas on one set of labelled rows."""
+
+    rows: dict
+    baseline: dict
+    candidate: dict
+    delta: dict
+    undefined: dict  # "baseline.fpr" -> reason, for every null value
+    method: str  # bootstrap of the score metrics: "rows" (Poisson row weights) or "linear"
+
+    def metrics_dict(self) -> dict:
+        return {
+            "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
+            "candidate": {k: v.to_dict() for k, v in self.candidate.items()},
+            "delta": {k: v.to_dict() for k, v in self.delta.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One segment value or time window: its labelled rows, whether they are few, its comparison."""
+
+    rows: int
+    small: bool
+    comparison: Comparison
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "small": self.small, **self.comparison.metrics_dict()}
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Milliseconds: percentiles per model, their differences with intervals, Mann-Whitney p-value."""
+
+    baseline: dict
+    candidate: dict
+    delta: dict
+    mann_whitney_p: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "baseline": {k: _num(v) for k, v in self.baseline.items()},
+            "candidate": {k: _num(v) for k, v in self.candidate.items()},
+            "delta": {k: v.to_dict() for k, v in self.delta.items()},
+            "mann_whitney_p": _num(self.mann_whitney_p),
+        }
+
+
+@dataclass(frozen=True)
+class ErrorRate:
+    count: int
+    rows: int
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "rows": self.rows,
+            "rate": _num(self.rate),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+        }
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    run_id: str
+    labeled_rows: int
+    label_coverage: float
+    confidence: float
+    thresholds: dict
+    overall: Comparison
+    latency: LatencyResult
+    errors: dict
+    segments: dict | None = None  # {column: {value: Slice}}
+    windows: dict | None = None  # {"day": {iso start: Slice}}
+    undefined: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {
+            "run_id": self.run_id,
+            "labeled_rows": self.labeled_rows,
+            "label_coverage": self.label_coverage,
+            "confidence": self.confidence,
+            "rows": dict(self.overall.rows),
+            "thresholds": dict(self.thresholds),
+            **self.overall.metrics_dict(),
+            "latency": self.latency.to_dict(),
+            "errors": {r: e.to_dict() for r, e in self.errors.items()},
+        }
+        if self.segments is not None:
+            out["segments"] = {col: {v: s.to_dict() for v, s in vals.items()} for col, vals in self.segments.items()}
+        if self.windows is not None:
+            out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
+        out["undefined"] = dict(self.undefined)
+        return out
