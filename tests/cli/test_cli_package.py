@@ -1,0 +1,38 @@
+"""The ``workbench.cli`` package: its entry points, its module sizes and its light start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+from workbench.cli import build_parser, main
+
+COMMANDS = {
+    "ingest", "labels", "replay", "evaluate", "drift", "runs", "demo", "decide", "keys", "decision",
+    "canary", "sync", "serve", "webhook", "route", "jobs", "app", "approver",
+}  # fmt: skip
+
+
+def test_every_command_is_in_the_parser():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == COMMANDS
+    assert callable(main)
+
+
+def test_modules_stay_small():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (REPO / "workbench" / "cli").glob("*.py")}
+    assert max(sizes.values()) < 700, sizes
+
+
+def test_python_dash_m_and_lazy_imports():
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "--help"], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: workbench")
+    heavy = ("pandas", "duckdb", "mlflow", "pyarrow", "uvicorn", "torch")
+    code = f"import sys, workbench.cli; print(' '.join(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "", loaded.stdout + loaded.stderr

@@ -1,0 +1,90 @@
+"""The Streamlit app command and its approvers (``app``, ``approver add/list/remove``)."""
+
+from __future__ import annotations
+
+import sys
+
+from workbench import WorkbenchError
+from workbench.cli.common import _table, emit, settings_for
+
+
+# -- the app and its approvers -----------------------------------------------------------
+def _read_password(args) -> str | None:
+    if args.no_password:
+        return None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise WorkbenchError("the passwords differ")
+    else:
+        raise WorkbenchError(
+            "no terminal to ask for the password: pipe it with --password-stdin, or use "
+            "--no-password with --email for an OIDC-only approver"
+        )
+    if not password:
+        raise WorkbenchError("the password must not be empty")
+    return password
+
+
+def cmd_approver_add(args) -> None:
+    from workbench.ops.access import add_approver, approvers_path
+
+    settings = settings_for(args)
+    approver = add_approver(approvers_path(settings.home), args.name, password=_read_password(args), email=args.email)
+    emit(
+        args,
+        approver.to_dict() | {"file": str(approvers_path(settings.home))},
+        lambda d: f"approver {d['name']} saved in {d['file']}" + (f" (e-mail {d['email']})" if d["email"] else ""),
+    )
+
+
+def cmd_approver_list(args) -> None:
+    from workbench.ops.access import approvers_path, load_approvers
+
+    approvers = load_approvers(approvers_path(settings_for(args).home))
+    emit(
+        args,
+        {"approvers": [a.to_dict() for a in approvers.values()]},
+        lambda d: _table(
+            [(a["name"], a["email"] or "", "yes" if a["password"] else "no") for a in d["approvers"]],
+            ("name", "email", "password"),
+        ),
+    )
+
+
+def cmd_approver_remove(args) -> None:
+    from workbench.ops.access import approvers_path, remove_approver
+
+    remove_approver(approvers_path(settings_for(args).home), args.name)
+    emit(args, {"removed": args.name}, lambda d: f"approver {d['removed']} removed")
+
+
+def cmd_app(args) -> None:
+    from pipelines.demo import serve_app
+
+    serve_app(settings_for(args), args.port, lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def add_app_commands(sub, common) -> None:
+    """Parser entries of the app and approver commands."""
+    s = sub.add_parser("app", parents=[common], help="serve the Streamlit workbench on 127.0.0.1")
+    s.add_argument("--port", type=int, default=8501)
+    s.set_defaults(fn=cmd_app)
+    appr = sub.add_parser("approver", help="who may sign decisions in the app").add_subparsers(
+        dest="approver_command", required=True, metavar="ACTION"
+    )
+    s = appr.add_parser("add", parents=[common], help="add (or replace) an approver")
+    s.add_argument("name")
+    s.add_argument("--email", default=None, help="the approver's OIDC e-mail (when the app uses st.login)")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    s.add_argument("--no-password", action="store_true", help="no local password (OIDC sign-in only)")
+    s.set_defaults(fn=cmd_approver_add)
+    s = appr.add_parser("list", parents=[common], help="list approvers (never their hashes)")
+    s.set_defaults(fn=cmd_approver_list)
+    s = appr.add_parser("remove", parents=[common], help="remove an approver")
+    s.add_argument("name")
+    s.set_defaults(fn=cmd_approver_remove)

@@ -1,0 +1,238 @@
+"""Decision, key, canary weight, service, webhook and sync commands, with their parser entries."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from workbench import WorkbenchError
+from workbench.cli.common import _table, emit, log, open_store, settings_for
+
+
+# -- decisions, keys, canary weight, service (policy / signing / canary / registry / service) -------
+def _scorecard_text(d: dict) -> str:
+    rows = [
+        (
+            c["gate"],
+            c["outcome"].upper() if c["outcome"] == "fail" else c["outcome"],
+            "yes" if c["critical"] else "",
+            c["reason"],
+        )
+        for c in d["checks"]
+    ]
+    lines = [_table(rows, ("gate", "outcome", "critical", "reason"))]
+    lines += [f"skipped {s['gate']}: {s['reason']}" for s in d.get("skipped", [])]
+    lines.append(
+        f"verdict {d['verdict']} ({d['reason']}); weight {d['weight_before']}% -> {d['weight_after']}%"
+        + ("" if d.get("applied", True) else " (not applied)")
+    )
+    lines.append(f"decision {d['decision_id']} signed by {d['record']['signer']}")
+    if d.get("pending_sync"):
+        lines.append(f"not yet in MLflow ({d['sync_error']}); stored locally with pending_sync")
+    return "\n".join(lines)
+
+
+def cmd_decide(args) -> None:
+    from workbench.decide.decisions import decide
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
+    with open_store(settings) as store:
+        out = decide(settings, store, keys, args.run_id, args.policy, apply=args.apply)
+    emit(args, out, _scorecard_text)
+
+
+def cmd_keys_init(args) -> None:
+    from workbench.decide.signing import init_keys
+
+    info = init_keys(settings_for(args).keys_dir)
+    emit(
+        args,
+        info.to_dict(),
+        lambda d: (
+            f"key pair created: {d['fingerprint']}\n  private {d['private_key_path']} "
+            f"(mode 0600)\n  public  {d['public_key_path']}"
+        ),
+    )
+
+
+def cmd_keys_export(args) -> None:
+    from workbench.decide.signing import key_fingerprint, own_public_key, public_pem
+
+    key = own_public_key(settings_for(args).keys_dir)
+    if args.json:
+        emit(args, {"fingerprint": key_fingerprint(key), "public_key_pem": public_pem(key)})
+    else:
+        sys.stdout.write(public_pem(key))
+
+
+def cmd_decision_verify(args) -> None:
+    from workbench.decide.canary import load_signed, verify_decision
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
+    with open_store(settings) as store:
+        res = verify_decision(store, load_signed(store, args.path_or_id), keys.trusted)
+    emit(
+        args,
+        res.to_dict(),
+        lambda d: (
+            f"decision {d['decision_id']} ({d['model']}, {d['verdict']}): signature valid "
+            f"({d['key_fingerprint']}, {d['signer']}), chain valid; {d['note']}"
+        ),
+    )
+
+
+def _status_text(d: dict) -> str:
+    return (
+        f"{d['model']}: candidate v{d['candidate_version']} at {d['weight']}% against baseline "
+        f"v{d['baseline_version']} (decision {d['decision_id']}, "
+        + ("verified)" if d["verified"] else f"NOT verified: {d.get('problem')})")
+    )
+
+
+def cmd_canary_status(args) -> None:
+    from workbench.decide.canary import status
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
+    with open_store(settings) as store:
+        emit(args, status(store, args.model, keys.trusted).to_dict(), _status_text)
+
+
+def cmd_canary_kill(args) -> None:
+    from workbench.decide.canary import build_kill
+    from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.policy import load_policy
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
+    with open_store(settings) as store:
+        out = apply_and_publish(
+            settings, store, keys, build_kill(store, args.model, args.reason, keys.signer, load_policy())
+        )
+    emit(args, out, _status_text)
+
+
+def cmd_canary_apply(args) -> None:
+    from workbench.decide.canary import load_signed
+    from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
+    with open_store(settings) as store:
+        out = apply_and_publish(settings, store, keys, load_signed(store, args.path_or_id))
+    emit(args, out, _status_text)
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from workbench.live.service import create_app
+
+    settings = settings_for(args)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+
+
+def cmd_webhook_register(args) -> None:
+    from workbench.decide.registry import WEBHOOK_EVENTS, Registry
+
+    settings = settings_for(args)
+    if not settings.webhook_secret:
+        raise WorkbenchError("set WORKBENCH_WEBHOOK_SECRET: MLflow signs deliveries with it, the service checks them")
+    webhook_id = Registry(settings.mlflow_tracking_uri).ensure_webhook(args.url, settings.webhook_secret)
+    emit(
+        args,
+        {"webhook_id": webhook_id, "url": args.url, "events": list(WEBHOOK_EVENTS)},
+        lambda d: f"webhook {d['webhook_id']} -> {d['url']} ({', '.join(d['events'])})",
+    )
+
+
+# -- reliability: decisions recorded while MLflow was down ------------------------------------
+def cmd_sync(args) -> None:
+    from workbench.decide.decisions import sync_pending
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings)
+    with open_store(settings) as store:
+        res = sync_pending(settings, store, keys)
+    for d in res["synced"]:
+        log.info("decision %s (%s) is in MLflow: run %s", d["decision_id"], d["model"], d["mlflow_run_id"])
+    if res["failed"]:
+        first = res["failed"][0]
+        raise WorkbenchError(
+            f"{len(res['failed'])} decision(s) still pending after syncing {len(res['synced'])}: "
+            f"{first['decision_id']} ({first['model']}): {first['error']}"
+        )
+    emit(args, res, lambda d: f"synced {len(d['synced'])} decision(s) to MLflow; none pending")
+
+
+def add_decision_commands(sub, common):
+    """Parser entries of the decision, key, canary and service commands; returns the ``canary`` actions."""
+    s = sub.add_parser("decide", parents=[common], help="judge a replay run under a policy; sign and apply")
+    s.add_argument("run_id")
+    s.add_argument("--policy", default=None, help="policy file (.toml/.yaml/.json); default: the shipped policy")
+    s.add_argument(
+        "--apply",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="move the canary weight and publish to MLflow (default); --no-apply only signs and stores",
+    )
+    s.set_defaults(fn=cmd_decide)
+
+    keys = sub.add_parser("keys", help="the Ed25519 signing key pair").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
+    s = keys.add_parser("init", parents=[common], help="create the key pair (private key mode 0600)")
+    s.set_defaults(fn=cmd_keys_init)
+    s = keys.add_parser("export", parents=[common], help="print the PEM public key")
+    s.set_defaults(fn=cmd_keys_export)
+
+    dec = sub.add_parser("decision", help="signed decision records").add_subparsers(
+        dest="decision_command", required=True, metavar="ACTION"
+    )
+    s = dec.add_parser("verify", parents=[common], help="check a record's signature and chain")
+    s.add_argument("path_or_id", metavar="PATH_OR_ID", help="the JSON `decide --json` printed, or a decision id")
+    s.set_defaults(fn=cmd_decision_verify)
+
+    can = sub.add_parser("canary", help="the canary weight of a registered model").add_subparsers(
+        dest="canary_command", required=True, metavar="ACTION"
+    )
+    s = can.add_parser("status", parents=[common], help="weight, versions and whether the chain verifies")
+    s.add_argument("model")
+    s.set_defaults(fn=cmd_canary_status)
+    s = can.add_parser("kill", parents=[common], help="set the weight to 0 at once (a signed record)")
+    s.add_argument("model")
+    s.add_argument("--reason", required=True)
+    s.set_defaults(fn=cmd_canary_kill)
+    s = can.add_parser("apply", parents=[common], help="apply a signed decision made with --no-apply")
+    s.add_argument("path_or_id", metavar="PATH_OR_ID")
+    s.set_defaults(fn=cmd_canary_apply)
+
+    s = sub.add_parser(
+        "sync",
+        parents=[common],
+        help="push decisions recorded while MLflow was unreachable (each exactly once, in chain order)",
+    )
+    s.set_defaults(fn=cmd_sync)
+
+    s = sub.add_parser(
+        "serve", parents=[common], help="the HTTP service (weight API, Flagger webhooks, MLflow webhooks, health)"
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(fn=cmd_serve)
+
+    hook = sub.add_parser("webhook", help="MLflow webhooks").add_subparsers(
+        dest="webhook_command", required=True, metavar="ACTION"
+    )
+    s = hook.add_parser("register", parents=[common], help="make MLflow send new versions and aliases to URL")
+    s.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/webhooks/mlflow")
+    s.set_defaults(fn=cmd_webhook_register)
+    return can

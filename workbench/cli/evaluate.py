@@ -1,0 +1,203 @@
+"""The ``evaluate`` and ``drift`` commands: their parser entries and text output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from workbench import WorkbenchError
+from workbench.cli.common import _table, emit, open_store, settings_for, use_mlflow
+
+
+# -- drift -------------------------------------------------------------------------------
+def _overrides(items: list[str], cast: Callable[[str], Any], what: str) -> dict:
+    """``[COL=]VALUE`` options as {column or "*": value}."""
+    out = {}
+    for item in items:
+        col, sep, value = item.rpartition("=")
+        try:
+            out[col if sep else "*"] = cast(value)
+        except ValueError:
+            raise WorkbenchError(f"invalid {what} {item!r}: use [COLUMN=]VALUE") from None
+    return out
+
+
+def cmd_drift(args) -> None:
+    from workbench.drift.report import drift_run
+
+    settings = settings_for(args)
+    if args.reference and ".." not in args.reference:
+        use_mlflow(settings)  # the reference may need MLflow: its artifact, the models that score it
+    with open_store(settings) as store:
+        res = drift_run(
+            store,
+            args.run_id,
+            args.reference,
+            current=args.current,
+            tests=_overrides(args.test, str, "--test"),
+            thresholds=_overrides(args.threshold, float, "--threshold"),
+            drift_share=args.drift_share,
+            as_of=args.as_of,
+            html=args.html,
+        ).to_dict()
+
+    def human(d: dict) -> str:
+        rows = [
+            (c, f["kind"], f["test"], f["statistic"], f["threshold"], "DRIFT" if f["drifted"] else "", f["method"])
+            for c, f in d["features"].items()
+        ]
+        cd, cal = d["concept_drift"], d["calibration_drift"]
+        lines = [
+            f"run {d['run_id']}: reference {d['reference']['description']} ({d['reference']['rows']} rows), "
+            f"current {d['current']['rows']} rows",
+            _table(rows, ("feature", "kind", "test", "statistic", "threshold", "drift", "method")),
+            f"drifted share {d['share_drifted']:.2f} -> dataset drift: {d['dataset_drift']}",
+            f"concept drift (baseline errors, Page-Hinkley): {cd['detected']}"
+            + (f", change point {cd['change_point']}" if cd["detected"] else ""),
+            f"calibration drift (baseline): {cal['detected']}",
+        ]
+        if d.get("html"):
+            lines.append(f"Evidently report: {d['html']}")
+        return "\n".join(lines)
+
+    emit(args, res, human)
+
+
+# -- evaluation: metrics with intervals, paired deltas, latency, slices -------------------
+def cmd_evaluate(args) -> None:
+    from workbench.evaluate.evaluation import evaluate_run
+
+    settings = settings_for(args)
+    with open_store(settings) as store:
+        res = evaluate_run(
+            store,
+            args.run_id,
+            segment=args.segment,
+            window=args.window,
+            confidence=args.confidence,
+            seed=args.seed,
+            top_k=args.top_k,
+        ).to_dict()
+    emit(args, res, _evaluation_text)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _ci(e: dict) -> str:
+    return "-" if e["ci_low"] is None else f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]"
+
+
+def _evaluation_text(d: dict) -> str:
+    lines = [
+        f"run {d['run_id']}: {d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
+        f"rows scored baseline {d['rows']['baseline']}, candidate {d['rows']['candidate']}, "
+        f"both {d['rows']['paired']}; {d['confidence']:.0%} intervals",
+        _table(
+            [
+                (
+                    m,
+                    _f(d["baseline"][m]["value"]),
+                    _ci(d["baseline"][m]),
+                    _f(d["candidate"][m]["value"]),
+                    _ci(d["candidate"][m]),
+                    _f(dl["value"]),
+                    _ci(dl),
+                    _f(dl["p_value"]),
+                    _f(dl["mde"]),
+                )
+                for m, dl in d["delta"].items()
+            ],
+            ("metric", "baseline", "ci", "candidate", "ci", "delta", "ci", "p", "mde"),
+        ),
+        "",
+        _table(
+            [
+                (k, _f(d["latency"]["baseline"][k]), _f(d["latency"]["candidate"][k]), _f(v["value"]), _ci(v))
+                for k, v in d["latency"]["delta"].items()
+            ],
+            ("latency ms", "baseline", "candidate", "delta", "ci"),
+        ),
+        f"Mann-Whitney p = {_f(d['latency']['mann_whitney_p'])}; errors: "
+        + ", ".join(f"{r} {e['count']}/{e['rows']}" for r, e in d["errors"].items()),
+    ]
+    for kind in ("segments", "windows"):
+        for col, slices in d.get(kind, {}).items():
+            lines += [
+                "",
+                _table(
+                    [
+                        (
+                            v,
+                            s["rows"],
+                            "yes" if s["small"] else "",
+                            _f(s["delta"]["accuracy"]["value"]),
+                            _f(s["delta"]["accuracy"]["p_value"]),
+                            _f(s["delta"]["roc_auc"]["value"]),
+                            _f(s["delta"]["roc_auc"]["p_value"]),
+                        )
+                        for v, s in slices.items()
+                    ],
+                    (col, "rows", "small", "d accuracy", "p", "d roc_auc", "p"),
+                ),
+            ]
+    if d["undefined"]:
+        lines += ["", "undefined: " + "; ".join(f"{k}: {v}" for k, v in d["undefined"].items())]
+    return "\n".join(lines)
+
+
+def add_evaluate_parser(sub, common) -> None:
+    s = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="metrics with intervals, paired deltas, latency and slices of a run's labelled rows",
+    )
+    s.add_argument("run_id")
+    s.add_argument(
+        "--segment",
+        default=None,
+        metavar="COL",
+        help="also evaluate per value of this traffic column (top --top-k by volume plus 'other')",
+    )
+    s.add_argument(
+        "--window",
+        default=None,
+        choices=["hour", "day", "week"],
+        help="also evaluate per time window of the event time",
+    )
+    s.add_argument("--confidence", type=float, default=0.95, help="confidence level of every interval")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    s.add_argument("--top-k", type=int, default=10, help="segment values to keep before 'other'")
+    s.set_defaults(fn=cmd_evaluate)
+
+
+def add_drift_parser(sub, common) -> None:
+    s = sub.add_parser("drift", parents=[common], help="data, prediction and concept drift of a run")
+    s.add_argument("run_id")
+    s.add_argument(
+        "--reference",
+        default=None,
+        metavar="SPEC",
+        help="a traffic name, a time window START..END of the run, or 'training' (the sample logged "
+        "with the baseline model); default: the earliest 20%% of the run's traffic by event time",
+    )
+    s.add_argument("--current", default=None, metavar="START..END", help="only this time window of the run")
+    s.add_argument(
+        "--test",
+        action="append",
+        default=[],
+        metavar="[COL=]NAME",
+        help="drift test for a column, or for all (repeatable; 'score=' for prediction drift)",
+    )
+    s.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="[COL=]X",
+        help="threshold for a column, or for all (repeatable)",
+    )
+    s.add_argument("--drift-share", type=float, default=0.5, help="dataset drift when this share of features drift")
+    s.add_argument("--as-of", default=None, metavar="TIME", help="labels arriving after TIME count as not yet known")
+    s.add_argument("--html", default=None, metavar="PATH", help="also write Evidently's HTML report there")
+    s.set_defaults(fn=cmd_drift)
