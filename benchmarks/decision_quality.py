@@ -79,7 +79,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from workbench.decide.canary import next_weight  # noqa: E402
-from workbench.decide.policy import Outcome, Policy, Verdict, load_policy, score  # noqa: E402
+from workbench.decide.policy import Outcome, Policy, Verdict, load_policy  # noqa: E402
+from workbench.decide.scorecard import score  # noqa: E402
 from workbench.evaluate.metrics import METRICS, confusion, grouping  # noqa: E402
 from workbench.evaluate.stats import wilson  # noqa: E402
 

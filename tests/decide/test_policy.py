@@ -13,7 +13,8 @@ from mlflow.models.evaluation.validation import validate_evaluation_results
 
 from conftest import REPO, make_evaluation
 from workbench import WorkbenchError
-from workbench.decide.policy import Outcome, Policy, Verdict, load_policy, parse_policy, score
+from workbench.decide.policy import Outcome, Policy, Verdict, load_policy, parse_policy
+from workbench.decide.scorecard import score
 from workbench.decide.signing import canonical_bytes, clean, content_hash
 
 

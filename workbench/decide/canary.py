@@ -24,7 +24,8 @@ from pathlib import Path
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, utc_now
-from workbench.decide.policy import Policy, Scorecard, Verdict, score
+from workbench.decide.policy import Policy, Verdict
+from workbench.decide.scorecard import Scorecard, score
 from workbench.decide.signing import (
     SignatureError,
     SignedDecision,
@@ -99,7 +100,7 @@ def load_evaluation(store: Store, run_id: str) -> dict:
     """The evaluation dict a decision judges: the run's latest stored evaluation, else a fresh one.
 
     This is the one boundary between the evaluation engine and the policy: the policy reads the
-    fields of ``workbench evaluate --json`` (see :mod:`workbench.decide.policy`).
+    fields of ``workbench evaluate --json`` (see :mod:`workbench.decide.scorecard`).
     """
     ev = store.latest_evaluation(run_id)
     if ev is None:

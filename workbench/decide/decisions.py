@@ -1,10 +1,11 @@
 """Decisions for a configured workbench: sign with the home's key, apply, publish to MLflow, audit.
 
 The entry points (CLI, demo, jobs, app) use these so that the wiring of settings, keys, the canary chain
-and the MLflow registry exists once. The rules themselves live in :mod:`workbench.decide.canary` and
-:mod:`workbench.decide.policy`. Each caller hands in its :class:`~workbench.decide.signing.KeyRing` (made once
-from the settings). The private key never leaves the server: the ring reads it from the home's ``keys/``
-folder in this process, and only the signed record is returned.
+and the MLflow registry exists once. The rules themselves live in :mod:`workbench.decide.canary`,
+:mod:`workbench.decide.policy` and :mod:`workbench.decide.scorecard`. Each caller hands in its
+:class:`~workbench.decide.signing.KeyRing` (made once from the settings). The private key never leaves the
+server: the ring reads it from the home's ``keys/`` folder in this process, and only the signed record is
+returned.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pure computation: the router feeds :class:`ArmWindow` with (time, latency, error) per answered request and
 calls :func:`judge` every ``check_interval_s``; the thresholds come from the policy's ``[live]`` section
 (:class:`workbench.decide.policy.LiveOptions`). Checks use the policy's vocabulary
-(:class:`workbench.decide.policy.Check`) so a live rollback's record carries them like an offline scorecard.
+(:class:`workbench.decide.scorecard.Check`) so a live rollback's record carries them like an offline scorecard.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm
 
-from workbench.decide.policy import Check, Interval, LiveOptions, Outcome, Verdict
+from workbench.decide.policy import LiveOptions, Outcome, Verdict
+from workbench.decide.scorecard import Check, Interval
 
 
 def wilson(errors: int, n: int, confidence: float) -> tuple[float, float]:
@@ -95,7 +96,7 @@ class SloReport:
     window_s: float
 
     def scorecard(self) -> dict:
-        """The checks as a scorecard dict (as :meth:`workbench.decide.policy.Scorecard.to_dict`), for the signed
+        """The checks as a scorecard dict (as :meth:`workbench.decide.scorecard.Scorecard.to_dict`), for the signed
         record."""
         counts = {o: sum(c.outcome == o for c in self.checks) for o in Outcome}
         return {
