@@ -17,18 +17,8 @@ from conftest import REPO, run_cli, write_spec
 from workbench import WorkbenchError
 from workbench.clock import parse_duration
 from workbench.config import load_settings
-from workbench.ops.jobs import (
-    STAGES,
-    JobFailed,
-    JobRefused,
-    SpecLock,
-    last_fire,
-    load_spec,
-    load_specs,
-    parse_spec,
-    run_job,
-    slot_job_id,
-)
+from workbench.ops.jobs import STAGES, JobFailed, JobRefused, SpecLock, run_job
+from workbench.ops.jobspec import last_fire, load_spec, load_specs, parse_spec, slot_job_id
 from workbench.store import Store
 
 

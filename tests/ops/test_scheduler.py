@@ -14,7 +14,8 @@ from workbench import WorkbenchError
 from workbench.clock import iso
 from workbench.config import Settings, load_settings
 from workbench.live.service import create_app
-from workbench.ops.jobs import JOB_KIND, JobRefused, JobResult, load_spec
+from workbench.ops.jobs import JOB_KIND, JobRefused, JobResult
+from workbench.ops.jobspec import load_spec
 from workbench.ops.scheduler import Scheduler
 from workbench.store import Store
 

@@ -35,7 +35,8 @@ def _job_text(d: dict) -> str:
 
 def cmd_jobs_run(args) -> None:
     from workbench.clock import parse_time
-    from workbench.ops.jobs import load_spec, run_job
+    from workbench.ops.jobs import run_job
+    from workbench.ops.jobspec import load_spec
 
     _job_logs(args)
     res = run_job(
@@ -52,7 +53,7 @@ def cmd_jobs_scheduler(args) -> None:
     import signal
     import threading
 
-    from workbench.ops.jobs import load_specs
+    from workbench.ops.jobspec import load_specs
     from workbench.ops.scheduler import Scheduler
 
     _job_logs(args)
@@ -107,7 +108,7 @@ def cmd_jobs_list(args) -> None:
 
 def cmd_jobs_validate(args) -> None:
     from workbench.clock import iso, utc_now
-    from workbench.ops.jobs import load_specs, next_fire
+    from workbench.ops.jobspec import load_specs, next_fire
 
     now = utc_now()
     specs = [

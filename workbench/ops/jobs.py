@@ -1,10 +1,4 @@
-"""Scheduled replay jobs: the job spec, the lock, and a resumable runner.
-
-A job spec (TOML or YAML, e.g. ``pipelines/jobs/flight-delay.toml``; validated strictly: an unknown key is
-an error naming it) names a registered model, its baseline and candidate selectors (aliases or versions),
-where traffic comes from (a file glob, optionally cut to a rolling event-time window, or a named traffic
-set), the labels, the policy, a cron schedule (UTC) and what to do with the verdict (record, or also apply
-the weight).
+"""Scheduled replay jobs: the lock and a resumable runner of a job spec (:mod:`workbench.ops.jobspec`).
 
 :func:`run_job` runs ``resolve -> ingest -> replay -> evaluate -> drift -> decide`` as one job with one job
 id. Each stage's state lives in DuckDB (``job_stages``): a rerun skips finished stages and a crashed job
@@ -21,29 +15,23 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import time
-import tomllib
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Any, NoReturn
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_duration, parse_time, to_utc, utc_now
 from workbench.config import Settings
-from workbench.decide.policy import _format_errors
 from workbench.decide.signing import KeyRing
 from workbench.ops.flow import STAGES as FLOW_STAGES
 from workbench.ops.flow import Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
+from workbench.ops.jobspec import JobSpec, LoadedSpec, last_fire, manual_job_id, slot_job_id
 from workbench.ops.observability import log_context
 from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store, check_name
@@ -52,9 +40,6 @@ log = logging.getLogger(__name__)
 JOB_KIND = "replay_evaluate_decide"
 STAGES = ("resolve", *FLOW_STAGES)
 DONE = ("finished", "skipped")
-SPEC_SUFFIXES = (".toml", ".yaml", ".yml")
-SPEC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-SELECTOR_RE = re.compile(r"^(?:\d+|[A-Za-z][A-Za-z0-9_-]{0,63})$")
 STORE_WAIT_S = 60.0  # a job waits this long for another process's DuckDB write lock
 
 
@@ -64,201 +49,6 @@ class JobRefused(WorkbenchError):
 
 class JobFailed(WorkbenchError):
     """A stage of a job raised; the job's history row holds the traceback."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TrafficSpec(_Strict):
-    path: str | None = None  # file or glob (Parquet, CSV, JSON lines); a window needs Parquet
-    table: str | None = None  # or a traffic set already in the store
-    window: str | None = None  # rolling event-time window, e.g. "last 24 h"
-    anchor: Literal["now", "latest"] = "now"  # the window ends at the job's time, or at the newest event
-    id_col: str = "request_id"
-    time_col: str = "event_time"
-    entity_col: str | None = None
-    nullable: tuple[str, ...] = ()
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,62}$", v):
-            raise ValueError(f"{v!r} is not a traffic name (a letter, then letters, digits or '_')")
-        return v
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.path is None) == (self.table is None):
-            raise ValueError("give exactly one of path (files) or table (a traffic set in the store)")
-        if self.window and self.path is None:
-            raise ValueError("a window cuts files by event time: it needs path, not table")
-        if self.anchor == "latest" and not self.window:
-            raise ValueError("anchor = 'latest' places a window: set window too")
-        return self
-
-
-class LabelsSpec(_Strict):
-    path: str
-    id_col: str = "request_id"
-    label_col: str = "label"
-    time_col: str | None = "label_time"
-
-
-class ReplaySpec(_Strict):
-    batch_size: int = Field(default=8192, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mode: Literal["throughput", "online"] = "throughput"
-    model_timeout: float | None = Field(default=None, gt=0)
-
-
-class DriftSpec(_Strict):
-    enabled: bool = True
-    reference: str | None = None  # as `workbench drift --reference`; default: the run's earliest 20 %
-
-
-class TriggerSpec(_Strict):
-    new_versions: bool = True  # a new model version (webhook) runs the job on it
-    aliases: tuple[str, ...] = ("challenger",)  # so does one of these aliases moving to a version
-
-
-class JobSpec(_Strict):
-    name: str
-    model: str
-    baseline: str = "champion"
-    candidate: str = "challenger"
-    schedule: str | None = None  # cron expression, UTC
-    traffic: TrafficSpec
-    labels: LabelsSpec | None = None
-    policy: str | None = None  # policy file; default: the shipped policy
-    verdict: Literal["record", "apply"] = "record"
-    replay: ReplaySpec = ReplaySpec()
-    drift: DriftSpec = DriftSpec()
-    triggers: TriggerSpec = TriggerSpec()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not SPEC_NAME_RE.match(v):
-            raise ValueError(f"{v!r}: use a letter, then letters, digits, '-' or '_' (at most 32)")
-        return v
-
-    @field_validator("baseline", "candidate", mode="before")
-    @classmethod
-    def _selector(cls, v: Any) -> str:
-        v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-        if not isinstance(v, str) or not SELECTOR_RE.match(v):
-            raise ValueError(f"{v!r}: use an alias (e.g. champion, challenger) or a version number")
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, v: str | None) -> str | None:
-        from croniter import croniter
-
-        if v is not None and not croniter.is_valid(v):
-            raise ValueError(f"{v!r} is not a cron expression (e.g. '0 * * * *' for every hour)")
-        return v
-
-
-@dataclass(frozen=True)
-class LoadedSpec:
-    """A validated spec and the file it came from (relative paths in it resolve against that file's folder)."""
-
-    spec: JobSpec
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def resolve(self, text: str) -> str:
-        """A path of the spec: ``$VAR``/``${VAR}`` expanded (an unset variable is an error), ``~`` expanded,
-        relative paths against the spec's folder."""
-        missing = [m[0] or m[1] for m in re.findall(r"\$\{(\w+)\}|\$(\w+)", text) if (m[0] or m[1]) not in os.environ]
-        if missing:
-            raise WorkbenchError(
-                f"job spec {self.path}: {text!r} uses unset environment variable(s) {', '.join(missing)}"
-            )
-        p = Path(os.path.expanduser(os.path.expandvars(text)))
-        return str(p if p.is_absolute() else (self.path.parent / p).resolve())
-
-
-def parse_spec(data: Any, path: Path) -> LoadedSpec:
-    """Validate a spec mapping; an unknown key or a bad value is an error naming it."""
-    if not isinstance(data, dict):
-        raise WorkbenchError(f"job spec {path}: a spec must be a mapping of keys to values")
-    try:
-        return LoadedSpec(JobSpec.model_validate(data), path.resolve())
-    except ValidationError as e:
-        raise WorkbenchError(f"job spec {path}: {_format_errors(e)}") from None
-
-
-def load_spec(path: str | Path) -> LoadedSpec:
-    """Read a TOML or YAML job spec."""
-    p = Path(path)
-    if p.suffix.lower() not in SPEC_SUFFIXES:
-        raise WorkbenchError(f"job spec {p}: use a .toml, .yaml or .yml file")
-    try:
-        text = p.read_text("utf-8")
-    except OSError as e:
-        raise WorkbenchError(f"cannot read job spec {p}: {e.strerror or e}") from None
-    try:
-        data = tomllib.loads(text) if p.suffix.lower() == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise WorkbenchError(f"job spec {p} is not valid {p.suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
-    return parse_spec(data, p)
-
-
-def load_specs(paths: list[str | Path]) -> list[LoadedSpec]:
-    """Specs from files and folders (every .toml/.yaml/.yml in a folder); names must be unique."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in SPEC_SUFFIXES)
-        else:
-            files.append(p)
-    if not files:
-        raise WorkbenchError(f"no job spec in {', '.join(map(str, paths))}")
-    specs = [load_spec(f) for f in files]
-    seen: dict[str, Path] = {}
-    for s in specs:
-        if s.name in seen:
-            raise WorkbenchError(f"job specs {seen[s.name]} and {s.path} have the same name {s.name!r}")
-        seen[s.name] = s.path
-    return specs
-
-
-def last_fire(schedule: str, now: datetime) -> datetime:
-    """The latest time at or before ``now`` that the cron ``schedule`` fires (UTC)."""
-    from croniter import croniter
-
-    prev = croniter(schedule, now).get_prev(datetime)
-    at = croniter(schedule, prev).get_next(datetime)
-    return at if at <= now else prev
-
-
-def next_fire(schedule: str, after: datetime) -> datetime:
-    """The first time strictly after ``after`` that the cron ``schedule`` fires (UTC)."""
-    from croniter import croniter
-
-    return croniter(schedule, after).get_next(datetime)
-
-
-def slot_job_id(spec: str, fire: datetime) -> str:
-    """The job id of a schedule slot: running one slot twice resumes (or reports) the same job."""
-    return f"job_{spec.replace('-', '_')}_{fire.astimezone(UTC):%Y%m%dT%H%M}"
-
-
-def _manual_job_id(spec: str, at: datetime) -> str:
-    return f"job_{spec.replace('-', '_')}_{at.astimezone(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:4]}"
 
 
 # -- the lock ---------------------------------------------------------------------------------------
@@ -462,7 +252,7 @@ def _stage_resolve(job: _Job) -> dict:
         elif spec.traffic.path is None:  # TrafficSpec refuses a window without path
             raise WorkbenchError("a window cuts files by event time: it needs path, not table")
         else:
-            end = _latest_event(_files(job.loaded, spec.traffic.path), spec.traffic.time_col)
+            end = _latest_event(job.loaded.files(spec.traffic.path), spec.traffic.time_col)
         plan["window"] = {
             "start": iso(end - parse_duration(spec.traffic.window)),
             "end": iso(end),
@@ -474,12 +264,6 @@ def _stage_resolve(job: _Job) -> dict:
             f"{baseline['version']} of {spec.model}: nothing to compare"
         )
     return plan
-
-
-def _files(loaded: LoadedSpec, path: str) -> list[Path]:
-    from workbench.ingest.traffic import resolve_paths
-
-    return resolve_paths(loaded.resolve(path))
 
 
 def _time_bound(t: datetime, typ):
@@ -627,7 +411,7 @@ def _flow(job: _Job) -> Flow:
         nullable=t.nullable,
         if_exists="reuse",
         labels=job.loaded.resolve(lab.path) if lab else None,
-        label_files=tuple(_files(job.loaded, lab.path)) if lab else (),
+        label_files=tuple(job.loaded.files(lab.path)) if lab else (),
         **label_columns,
         window=plan["window"],
         work=job.settings.home / "jobs" / job.job_id,
@@ -712,9 +496,9 @@ def preflight(settings: Settings, loaded: LoadedSpec) -> KeyRing:
         load_policy(loaded.resolve(spec.policy) if spec.policy else None)
         keys = KeyRing.from_settings(settings, sign=True)
         if spec.traffic.path:
-            _files(loaded, spec.traffic.path)
+            loaded.files(spec.traffic.path)
         if spec.labels:
-            _files(loaded, spec.labels.path)
+            loaded.files(spec.labels.path)
     except JobRefused:
         raise
     except WorkbenchError as e:
@@ -736,7 +520,7 @@ def _choose(
                 job_id = pending["job_id"]
     if job_id is None:
         as_of = as_of or clock()
-        job_id = _manual_job_id(spec.name, as_of)
+        job_id = manual_job_id(spec.name, as_of)
     check_name(job_id, "job id")
     existing = store.get_job(job_id)
     if existing is not None:

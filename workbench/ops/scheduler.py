@@ -1,7 +1,7 @@
 """The job scheduler: one long-lived process that runs job specs on their cron schedules (UTC) and the jobs
 that registry events queued (the webhook endpoint's ``jobs`` rows), one job at a time.
 
-Each schedule slot is one job (:func:`workbench.ops.jobs.slot_job_id`); a slot missed while another job ran
+Each schedule slot is one job (:func:`workbench.ops.jobspec.slot_job_id`); a slot missed while another job ran
 is run once, late, for the latest missed time (no backfill, as ``cron`` and Kubernetes CronJobs without
 ``startingDeadlineSeconds`` do). A queued registry event runs the spec of its model with the candidate
 pinned to the event's version; events of a model without a spec, of an alias the spec does not follow, or
@@ -20,16 +20,8 @@ from datetime import datetime
 from workbench import WorkbenchError
 from workbench.clock import iso, utc_now
 from workbench.config import Settings
-from workbench.ops.jobs import (
-    JOB_KIND,
-    STORE_WAIT_S,
-    JobRefused,
-    LoadedSpec,
-    last_fire,
-    next_fire,
-    run_job,
-    slot_job_id,
-)
+from workbench.ops.jobs import JOB_KIND, STORE_WAIT_S, JobRefused, run_job
+from workbench.ops.jobspec import LoadedSpec, last_fire, next_fire, slot_job_id
 from workbench.ops.observability import log_context
 from workbench.store import Store
 
