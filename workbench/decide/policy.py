@@ -52,7 +52,7 @@ class Verdict(StrEnum):
 
 # -- the policy file --------------------------------------------------------------------------------
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MetricGate(_Strict):
@@ -94,11 +94,18 @@ class SegmentGate(MetricGate):
 
 
 class LatencyGate(_Strict):
-    """Candidate latency at ``percentile``: at most ``max_ratio`` x the baseline's and/or ``max_ms``."""
+    """Candidate per-request latency at ``percentile``: at most ``max_ratio`` x the baseline's and/or ``max_ms``.
+
+    Judged on anytime-valid bounds of each model's percentile, from online replays (one request at a time);
+    a difference below ``min_ms_change`` never fails the ratio. Throughput replays amortize a batch's time over
+    its rows, which says nothing about a request's latency: they are not judged unless ``judge_batch``.
+    """
 
     percentile: Literal["p50", "p95", "p99"] = "p99"
     max_ratio: float | None = Field(default=None, gt=0)
     max_ms: float | None = Field(default=None, gt=0)
+    min_ms_change: float = Field(default=1.0, ge=0)
+    judge_batch: bool = False
     critical: bool = False
 
     @model_validator(mode="after")
@@ -115,14 +122,33 @@ class ErrorGate(_Strict):
     critical: bool = True
 
 
-class DriftGates(_Strict):
-    """Gates on the run's drift report; without a report they are skipped unless ``required``."""
+_RETIRED_DRIFT_KEYS = ("max_share_drifted", "prediction_drift", "concept_drift")
+
+
+class WhereMoved(_Strict):
+    """Where the data moved: the metric gates are judged again on the most recent labelled time and after the
+    latest change point the drift report found. Drift itself is context in the scorecard, never a failure.
+
+    ``recent_share``: the latest share of the evidence's labelled time span (None: no recent-window gates);
+    ``after_change_point``: judge the rows after the report's latest change point; ``required``: hold while the
+    run has no drift report.
+    """
 
     required: bool = False
-    max_share_drifted: float | None = Field(default=0.5, ge=0, le=1)
-    prediction_drift: bool = True
-    concept_drift: bool = True
-    critical: bool = False
+    recent_share: float | None = Field(default=0.2, gt=0, lt=1)
+    after_change_point: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _RETIRED_DRIFT_KEYS:
+                if key in data:
+                    raise ValueError(
+                        f"{key} is no longer a gate: drift that both models see is context in the scorecard; "
+                        "the candidate is gated where the data moved (recent_share, after_change_point)"
+                    )
+        return data
 
 
 class RegistryOptions(_Strict):
@@ -168,17 +194,25 @@ class LiveOptions(_Strict):
 
 class Policy(_Strict):
     name: str = "default"
-    confidence: float = Field(default=0.95, gt=0, lt=1)
+    confidence: float = Field(default=0.99, gt=0, lt=1)
+    planned_rows: int = Field(default=100_000, ge=1)
     min_labeled_rows: int = Field(default=1000, ge=0)
-    max_age_hours: float = Field(default=24.0, gt=0)
+    min_segment_rows: int = Field(default=1000, ge=1)
+    segment_columns: tuple[str, ...] = ()
+    max_age_hours: float = Field(default=24.0, gt=0, le=24 * 365)
     ramp: tuple[int, ...] = (1, 5, 25, 50, 100)
     metrics: tuple[MetricGate, ...] = ()
     segments: tuple[SegmentGate, ...] = ()
     latency: tuple[LatencyGate, ...] = ()
     errors: ErrorGate = ErrorGate()
-    drift: DriftGates = DriftGates()
+    drift: WhereMoved = WhereMoved()
     registry: RegistryOptions = RegistryOptions()
     live: LiveOptions | None = None  # optional: the router then uses LiveOptions' defaults
+
+    @property
+    def alpha(self) -> float:
+        """The error rate each one-sided decision bound allows: 1 - ``confidence``."""
+        return 1.0 - self.confidence
 
     @field_validator("ramp")
     @classmethod

@@ -34,6 +34,9 @@ SCHEMA = [
         name VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, id_col VARCHAR, time_col VARCHAR,
         entity_col VARCHAR, columns JSON NOT NULL, fingerprint VARCHAR NOT NULL, rows BIGINT NOT NULL,
         quarantined BIGINT NOT NULL, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)""",
+    # the columns a traffic set declares as segments: decisions gate the candidate on each of their values
+    """CREATE TABLE IF NOT EXISTS traffic_segments (
+        traffic VARCHAR NOT NULL, column_name VARCHAR NOT NULL, PRIMARY KEY (traffic, column_name))""",
     """CREATE TABLE IF NOT EXISTS ingests (
         ingest_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, kind VARCHAR NOT NULL, source VARCHAR,
         file_sha256 VARCHAR, rows_read BIGINT, rows_ingested BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)""",
