@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="let a feature column hold nulls (repeatable; a pattern such as 'live_*' names several)",
     )
+    s.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="declare a column a segment (repeatable): decisions gate the candidate on each of its values",
+    )
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("labels", parents=[common], help="ingest labels that arrived for a traffic set")
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-col", default="event_time")
     s.add_argument("--entity-col", default=None)
     s.add_argument("--nullable", action="append", default=[], metavar="COL")
+    s.add_argument(
+        "--segment", action="append", default=[], metavar="COL", help="declare a segment column (with --source)"
+    )
     s.set_defaults(fn=cmd_replay)
 
     add_evaluate_parser(sub, common)
