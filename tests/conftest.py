@@ -192,6 +192,23 @@ def make_evaluation(
     return ev
 
 
+def make_evidence(*, latency: dict | None = None, online: bool = False, **kw) -> dict:
+    """A decision's evidence dict (:func:`workbench.decide.evidence.build_evidence`'s shape) built on
+    :func:`make_evaluation` (its metric, error and segment arguments); ``latency``:
+    {"p99": ((baseline, low, high), (candidate, low, high))} in ms, from an ``online`` replay or not."""
+    ev = make_evaluation(**kw)
+    latency = latency if latency is not None else {"p99": ((2.0, 1.9, 2.1), (2.2, 2.1, 2.3))}
+    ev["latency"] = {
+        "online": online,
+        **{
+            role: {p: dict(zip(("value", "ci_low", "ci_high"), v[i], strict=True)) for p, v in latency.items()}
+            for i, role in enumerate(("baseline", "candidate"))
+        },
+    }
+    ev["bound"] = "sequential"
+    return ev
+
+
 #: seeded run qualities: the candidate's own score noise (the baseline's is 1.0) and its error share
 QUALITIES = {"better": (0.4, 0.0), "bad": (4.0, 0.0), "same": (1.0, 0.0), "failing": (0.4, 0.02)}
 

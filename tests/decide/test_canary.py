@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import free_port, make_evaluation, run_cli, seed_run
+from conftest import free_port, fresh_run, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import (
     Signer,
@@ -24,10 +24,6 @@ from workbench.decide.signing import SignatureError, init_keys, trusted_keys
 from workbench.store import Store
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-BAD = make_evaluation(
-    metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04), "log_loss": (0.5, 0.49, -0.02, 0.0)}
-)
-UNSURE = make_evaluation(labeled_rows=100)
 DEAD = "http://127.0.0.1:{}"  # an MLflow URI where nothing listens
 
 
@@ -35,7 +31,7 @@ DEAD = "http://127.0.0.1:{}"  # an MLflow URI where nothing listens
 def ctx(tmp_path):
     init_keys(tmp_path / "keys")
     store = Store()
-    seed_run(store, "run_a", make_evaluation("run_a"))
+    seed_run(store, "run_a")
     yield store, Signer.from_keys_dir(tmp_path / "keys", "tester"), trusted_keys(tmp_path / "keys", tmp_path / "none")
     store.close()
 
@@ -71,8 +67,8 @@ def test_killed_candidate_stays_at_zero():
 def test_promote_ramps_step_by_step_to_100(ctx):
     store, signer, trusted = ctx
     weights = []
-    for _ in range(6):
-        signed, st = decide(store, signer, trusted)
+    for step in range(6):  # each step judges a new run: a PROMOTE needs labelled rows no earlier PROMOTE used
+        signed, st = decide(store, signer, trusted, "run_a" if step == 0 else fresh_run(store, step))
         assert st.verified and st.decision_id == signed.decision_id
         weights.append(st.weight)
     assert weights == [1, 5, 25, 50, 100, 100]
@@ -80,15 +76,48 @@ def test_promote_ramps_step_by_step_to_100(ctx):
     assert [r["sequence"] for r in chain] == [1, 2, 3, 4, 5, 6]
 
 
+def test_deciding_again_on_the_same_evidence_holds(ctx):
+    store, signer, trusted = ctx
+    first, st = decide(store, signer, trusted)
+    assert first.record["verdict"] == "PROMOTE" and st.weight == 1
+    again, st = decide(store, signer, trusted)
+    assert again.record["verdict"] == "HOLD" and st.weight == 1
+    check = next(c for c in again.record["scorecard"]["checks"] if c["gate"] == "evidence.new_rows")
+    assert check["reason"].startswith(f"no new evidence since decision {first.decision_id}")
+    assert "evidence.new_rows" in again.record["reason"]
+    newer, st = decide(store, signer, trusted, fresh_run(store, 1))  # newer traffic: the ramp moves on
+    assert newer.record["verdict"] == "PROMOTE" and st.weight == 5
+    assert (
+        newer.record["evidence"]["runs"] == ["run_a", "run_a1"] and newer.record["evidence"]["labelled_rows"] == 40_000
+    )
+
+
+def test_a_rollback_needs_no_new_evidence(ctx):
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    seed_run(store, "run_err", quality="failing")  # 2 % errors: the pooled rate is surely above 0.1 %
+    signed, st = decide(store, signer, trusted, "run_err")
+    assert signed.record["verdict"] == "ROLLBACK" and st.weight == 0 and "errors.rate" in signed.record["reason"]
+
+
+def test_same_version_on_both_sides_is_refused(ctx):
+    store, signer, _ = ctx
+    seed_run(store, "run_same", baseline_version="2", candidate_version="2")
+    with pytest.raises(WorkbenchError, match="the same version"):
+        build_decision(store, "run_same", load_policy(), signer, now=T0)
+
+
 def test_hold_keeps_and_rollback_zeroes(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
-    decide(store, signer, trusted)
-    seed_run(store, "run_unsure", UNSURE)
-    signed, st = decide(store, signer, trusted, "run_unsure")
+    decide(store, signer, trusted, fresh_run(store, 1))
+    signed, st = decide(store, signer, trusted, "run_a1")  # the same evidence again
     assert signed.record["verdict"] == Verdict.HOLD and st.weight == 5
-    seed_run(store, "run_bad", BAD)
-    signed, st = decide(store, signer, trusted, "run_bad")
+    seed_run(store, "run_bad", quality="bad", candidate_version="3")
+    with pytest.raises(WorkbenchError, match="canary in progress"):
+        decide(store, signer, trusted, "run_bad")
+    seed_run(store, "run_worse", quality="bad", seed=9)  # the same pair: its rows pull the pooled sample down
+    signed, st = decide(store, signer, trusted, "run_worse")
     assert signed.record["verdict"] == Verdict.ROLLBACK and (signed.record["weight_before"], st.weight) == (5, 0)
     assert "metric.roc_auc.min_absolute_change" in signed.record["reason"]
 
@@ -97,7 +126,9 @@ def test_the_record_binds_the_evidence(ctx):
     store, signer, trusted = ctx
     signed, _ = decide(store, signer, trusted)
     r = signed.record
-    assert r["traffic_fingerprint"] == store.require_traffic("syn_traffic")["fingerprint"]
+    assert r["traffic_fingerprint"] == store.require_traffic("syn_run_a")["fingerprint"]
+    assert r["evidence"]["runs"] == ["run_a"] and r["evidence"]["labelled_rows"] == 20_000
+    assert r["evidence"]["first_event"] == "2026-11-01T00:00:00Z" and len(r["evidence"]["labels_digest"]) == 64
     assert (r["baseline"]["version"], r["candidate"]["version"]) == ("1", "2")
     assert (r["baseline"]["run_id"], r["candidate"]["run_id"]) == ("mlrun1", "mlrun2")
     assert r["run_id"] == "run_a" and r["model"] == "fraud" and r["previous_hash"] is None
@@ -110,11 +141,11 @@ def test_the_record_binds_the_evidence(ctx):
 def test_another_pair_cannot_start_while_a_canary_ramps(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
-    seed_run(store, "run_v3", make_evaluation("run_v3"), candidate_version="3")
+    seed_run(store, "run_v3", candidate_version="3")
     with pytest.raises(WorkbenchError, match="canary in progress: candidate v2 at 1%"):
         build_decision(store, "run_v3", load_policy(), signer, now=T0)
     fast = parse_policy({"ramp": [100]})
-    decide(store, signer, trusted, policy=fast)  # v2 reaches 100 %
+    decide(store, signer, trusted, fresh_run(store, 1), policy=fast)  # v2 reaches 100 %
     signed, st = decide(store, signer, trusted, "run_v3")  # now v3 may start
     assert signed.record["weight_before"] == 0 and (st.candidate_version, st.weight) == ("3", 1)
 
@@ -122,12 +153,13 @@ def test_another_pair_cannot_start_while_a_canary_ramps(ctx):
 def test_kill_switch(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
-    decide(store, signer, trusted)
+    decide(store, signer, trusted, fresh_run(store, 1))
     kill = build_kill(store, "fraud", "p99 alarms in prod", signer, load_policy(), now=T0)
     st = apply_decision(store, kill, trusted, now=T0)
     assert st.weight == 0 and st.verified and kill.record["kind"] == "kill"
     assert kill.record["verdict"] == Verdict.ROLLBACK and kill.record["reason"] == "kill switch: p99 alarms in prod"
-    signed, st = decide(store, signer, trusted)  # the gates still pass, but the killed candidate stays at 0
+    # the gates still pass on new evidence, but the killed candidate stays at 0
+    signed, st = decide(store, signer, trusted, fresh_run(store, 2))
     assert signed.record["verdict"] == Verdict.PROMOTE and st.weight == 0 and "kill switch" in signed.record["reason"]
     with pytest.raises(WorkbenchError, match="--reason is required"):
         build_kill(store, "fraud", " ", signer, load_policy())
@@ -238,7 +270,7 @@ def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
 def test_cli_decide_needs_a_key(tmp_path):
     home = tmp_path / "home"
     with Store(home / "workbench.duckdb") as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
+        seed_run(store, "run_a")
     proc = run_cli("decide", "run_a", "--json", home=home, check=False)
     assert proc.returncode == 2 and "workbench keys init" in proc.stderr and proc.stdout == ""
 
