@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import zlib
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
