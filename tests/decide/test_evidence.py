@@ -162,7 +162,11 @@ def test_rows_to_settle_is_where_the_bound_clears():
     sd, gap, alpha, t_star = 0.8, 0.02, 0.01, 100_000
     need = rows_to_settle(gap, sd, alpha, t_star)
     rho = optimal_rho(t_star, alpha, one_sided=True)
-    assert sd * cs_radius(need, alpha, rho, one_sided=True) < gap <= sd * cs_radius(need * 0.99, alpha, rho, one_sided=True)
+    assert (
+        sd * cs_radius(need, alpha, rho, one_sided=True)
+        < gap
+        <= sd * cs_radius(need * 0.99, alpha, rho, one_sided=True)
+    )
     lo, _ = one_sided_bounds(0.0, sd, need, alpha, t_star)
     assert -gap < lo
     assert rows_to_settle(0.0, sd, alpha, t_star) is None

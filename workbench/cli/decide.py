@@ -22,6 +22,9 @@ def _scorecard_text(d: dict) -> str:
     ]
     lines = [_table(rows, ("gate", "outcome", "critical", "reason"))]
     lines += [f"skipped {s['gate']}: {s['reason']}" for s in d.get("skipped", [])]
+    lines += [f"context {c['name']}: {c['detail']}" for c in d.get("context", [])]
+    if d.get("summary"):
+        lines.append(d["summary"])
     lines.append(
         f"verdict {d['verdict']} ({d['reason']}); weight {d['weight_before']}% -> {d['weight_after']}%"
         + ("" if d.get("applied", True) else " (not applied)")

@@ -305,7 +305,7 @@ class _Judge:
         """The metric gates again where the data moved: the recent window and after the change point."""
         d = self.policy.drift
         wanted = [("recent", "the recent window", d.recent_share is not None)]
-        wanted.append(("after_change", "after the change point", d.after_change_point))
+        wanted.append(("after_change", "the rows after the change point", d.after_change_point))
         for key, label, on in wanted:
             if not on or not self.policy.metrics:
                 continue
@@ -526,8 +526,10 @@ def summary_of(checks: tuple[Check, ...] | list[Check], verdict: Verdict) -> str
         return f"Every one of the {len(checks)} checks passed."
     order = [c for c in checks if c.outcome == Outcome.FAIL and c.critical]
     order += [c for c in checks if c.outcome == Outcome.FAIL and not c.critical]
+    # the open check that needs the most rows blocks longest (one that no row count settles, first)
     order += sorted(
-        (c for c in checks if c.outcome == Outcome.INCONCLUSIVE), key=lambda c: (c.settle_rows is None, c.settle_rows)
+        (c for c in checks if c.outcome == Outcome.INCONCLUSIVE),
+        key=lambda c: -math.inf if c.settle_rows is None else -c.settle_rows,
     )
     first = order[0]
     others = len(order) - 1
@@ -536,11 +538,10 @@ def summary_of(checks: tuple[Check, ...] | list[Check], verdict: Verdict) -> str
         return f"Rolled back: {first.gate}{more} failed and is critical: {first.reason}."
     if first.outcome == Outcome.FAIL:
         return f"Held: {first.gate}{more} failed: {first.reason}. Fix the candidate; more rows will not change this."
-    slowest = max((c.settle_rows for c in order if c.settle_rows is not None), default=None)
     settle = (
-        f" About {slowest:,} more labelled rows would settle every open check at the observed effects."
-        if slowest is not None and all(c.settle_rows is not None for c in order)
-        else ""
+        " No other open check needs more rows."
+        if first.settle_rows is not None
+        else " Its estimate sits on the margin: more rows alone may not settle it."
     )
     return f"Held: {first.gate}{more} is not settled yet: {first.reason}.{settle}"
 
