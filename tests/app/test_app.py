@@ -2,6 +2,7 @@
 sign-in (local approvers and OIDC), signing a decision, a replay launched from the app, and the database-busy
 fallback while another process holds the write lock."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -177,10 +178,12 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     assert versions.loc["2", "canary verdict"] == "PROMOTE" and versions.loc["2", "canary weight"] == "1"
     at.switch_page("pages/audit.py").run()
     assert not at.exception
-    # the demo's own first decision (HOLD, signed with the workbench key) and alice's PROMOTE
-    assert at.metric[0].value == "2" and "All 2 applied records of flight-delay verify" in texts(at)
+    # the demo's own decisions (one per month of its walk, signed with the workbench key) and alice's PROMOTE
+    months = len(json.loads((home / "demo.json").read_text())["walk"])
+    n = months + 1
+    assert at.metric[0].value == str(n) and f"All {n} applied records of flight-delay verify" in texts(at)
     audit = at.dataframe[0].value
-    assert audit["status"].tolist() == ["verified", "verified"] and audit["signer"].tolist()[0] == "alice"
+    assert audit["status"].tolist() == ["verified"] * n and audit["signer"].tolist()[0] == "alice"
     assert audit["MLflow run id"].iloc[0]
 
 

@@ -138,10 +138,11 @@ def test_review_and_sign_in_the_browser(served):
 
             # sign in as an approver, then sign the decision
             visit("Decide", page.get_by_text("Only an approver can sign decisions"))
-            expect(page.get_by_text("HOLD").first).to_be_visible()  # the default policy: too few rows to tell
+            verdict = page.get_by_test_id("stMetricValue").first
+            expect(verdict).to_have_text("HOLD")  # the default policy: too few rows to tell
             page.locator("[data-testid='stSelectbox']").filter(has_text="Policy").click()
             page.get_by_role("option", name="lenient.toml").click()
-            expect(page.get_by_text("PROMOTE").first).to_be_visible()
+            expect(verdict).to_have_text("PROMOTE")
             sidebar = page.locator("[data-testid='stSidebar']")
             sidebar.get_by_role("textbox", name="Approver").fill("alice")
             sidebar.get_by_role("textbox", name="Password").fill(PASSWORD)
