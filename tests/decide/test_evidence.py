@@ -17,6 +17,7 @@ from workbench.evaluate.sequential import (
     optimal_rho,
     paired_delta_cs,
     proportion_bounds,
+    proportion_rows_to_settle,
     quantile_bounds,
     rows_to_settle,
 )
@@ -151,6 +152,8 @@ def test_error_and_latency_bounds():
     assert hi > 0.001  # too few requests to tell
     lo, hi = proportion_bounds(200, 20_000, 0.01, 100_000)
     assert lo > 0.001 and lo < 0.01 < hi
+    n = proportion_rows_to_settle(0.0, 0.001, 0.01, 100_000)  # no errors: how many requests show < 0.1 %
+    assert proportion_bounds(0, n, 0.01, 100_000)[1] <= 0.001 < proportion_bounds(0, int(n * 0.99), 0.01, 100_000)[1]
     x = np.random.default_rng(3).lognormal(1.0, 0.5, 20_000)
     est, lo, hi = quantile_bounds(x, 0.99, 0.01, 100_000)
     assert lo < est < hi and est == pytest.approx(np.quantile(x, 0.99))

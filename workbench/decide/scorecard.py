@@ -23,7 +23,7 @@ from typing import Any
 
 from workbench.decide.context import drift_context
 from workbench.decide.policy import LatencyGate, MetricGate, Outcome, Policy, Verdict
-from workbench.evaluate.sequential import rows_to_settle
+from workbench.evaluate.sequential import proportion_rows_to_settle, rows_to_settle
 
 
 @dataclass(frozen=True)
@@ -461,12 +461,19 @@ class _Judge:
         cand, base = errs.get("candidate") or {}, errs.get("baseline") or {}
         rate = _num(cand.get("rate"))
         iv = None if rate is None else Interval(rate, _num(cand.get("ci_low")), _num(cand.get("ci_high")))
-        if iv is None:
+        judged: dict[str, Any]
+        if rate is None or iv is None:
             judged = {"outcome": Outcome.INCONCLUSIVE, "reason": "the evidence reports no candidate error rate"}
         else:
             judged = self._judge(iv, g.max_rate, False, "candidate error rate", True)
             if cand.get("count") is not None:
                 judged["reason"] += f" ({cand['count']:,} errors in {cand.get('rows'):,} requests)"
+            rows = _num(cand.get("rows"))
+            if judged["outcome"] == Outcome.INCONCLUSIVE and rows:
+                need = proportion_rows_to_settle(rate, g.max_rate, self.policy.alpha, float(self.policy.planned_rows))
+                if need is not None and need > rows:
+                    judged["settle_rows"] = int(need - rows)
+                    judged["reason"] += f"; about {need - rows:,.0f} more requests would settle it"
         self.add(
             gate="errors.rate",
             kind="errors",

@@ -401,3 +401,26 @@ def quantile_bounds(x: np.ndarray, q: float, alpha: float, t_star: float) -> tup
     lower = float(x[lo_i]) if lo_i >= 0 else -math.inf
     upper = float(x[hi_i]) if hi_i < n else math.inf
     return estimate, lower, upper
+
+
+def proportion_rows_to_settle(rate: float, bound: float, alpha: float, t_star: float, limit: float = 1e9) -> int | None:
+    """The fewest rows at which :func:`proportion_bounds` puts a proportion observed at ``rate`` wholly on one
+    side of ``bound`` (below it when ``rate < bound``, above it otherwise); ``None`` past ``limit`` rows or
+    when ``rate`` equals ``bound``."""
+    if rate == bound:
+        return None
+
+    def settled(n: float) -> bool:
+        lo, hi = proportion_bounds(int(round(rate * n)), int(n), alpha, t_star)
+        return hi <= bound if rate < bound else lo > bound
+
+    hi = 2.0
+    while not settled(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi / 2
+    while hi - lo > max(1.0, 0.001 * hi):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if settled(mid) else (mid, hi)
+    return int(math.ceil(hi))
