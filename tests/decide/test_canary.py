@@ -5,6 +5,7 @@ import os
 import shutil
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from conftest import free_port, fresh_run, run_cli, seed_run
@@ -287,18 +288,56 @@ def test_cli_decide_with_a_policy_file(seeded_home, tmp_path):
 
 # -- end to end on the demo run ------------------------------------------------------------------------
 def test_decide_on_the_demo_run(demo_home, tmp_path):
-    """The real demo: replayed NYC flights, the evaluation as `workbench evaluate` stores it, MLflow sqlite.
+    """The real demo: the default policy on the monthly runs of NYC flights, MLflow sqlite. The verdict is
+    asserted from the evidence: the judged values are sklearn's on every labelled row of the pair's runs, each
+    outcome follows from its bounds, and the verdict from the outcomes."""
+    import duckdb
+    from sklearn import metrics as skm
 
-    Robust to the evaluation's shape: with intervals the gates judge them; without, they hold.
-    """
+    from workbench.decide.scorecard import Check, Interval, verdict_of
+
     home = tmp_path / "demo"
     shutil.copytree(demo_home, home)
     demo = json.loads((home / "demo.json").read_text())
     run_id = demo["replay"]["run_id"]
-    assert demo["decision"]["weight_before"] == 0  # the demo made the first decision with the key it created
+    assert demo["walk"][0]["weight_before"] == 0 and [s["month"] for s in demo["walk"]][-1] == "12"
     proc = run_cli("decide", run_id, "--json", home=home)
     out = json.loads(proc.stdout)
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
+    cited = out["record"]["evidence"]
+    assert cited["runs"] == [s["run_id"] for s in demo["walk"]]  # every month's run, oldest first
+    with duckdb.connect(str(home / "workbench.duckdb"), read_only=True) as con:
+        y, b, c = map(
+            np.array,
+            zip(
+                *con.execute(
+                    "SELECT l.label, p.baseline_score, p.candidate_score FROM predictions p "
+                    "JOIN traffic_flights t USING (_row) JOIN labels l ON l.traffic = 'flights' "
+                    "AND l.request_id = t.request_id WHERE p.run_id = ? "
+                    "AND p.baseline_error IS NULL AND p.candidate_error IS NULL",
+                    [run_id],  # the last month's run replayed every month: the pooled sample's rows
+                ).fetchall(),
+                strict=True,
+            ),
+        )
+    assert cited["labelled_rows"] == len(y)
+    by_gate = {ch["gate"]: ch for ch in out["checks"]}
+    auc = by_gate["metric.roc_auc.min_absolute_change"]
+    assert auc["baseline"] == pytest.approx(skm.roc_auc_score(y, b), abs=1e-9)
+    assert auc["candidate"] == pytest.approx(skm.roc_auc_score(y, c), abs=1e-9)
+    f1 = by_gate["metric.f1.min_absolute_change"]
+    thr = json.loads(run_cli("evaluate", run_id, "--json", home=home).stdout)["thresholds"]
+    assert f1["baseline"] == pytest.approx(skm.f1_score(y, b >= thr["baseline"]), abs=1e-9)
+    assert f1["candidate"] == pytest.approx(skm.f1_score(y, c >= thr["candidate"]), abs=1e-9)
+    for ch in out["checks"]:
+        d = ch["delta"]
+        if ch["kind"] in ("metric", "segment", "recent", "after_change") and ch["criterion"] == "min_absolute_change":
+            low = d["ci_low"] if d["ci_low"] is not None else -np.inf
+            high = d["fail_high"] if d.get("fail_high") is not None else d["ci_high"]
+            expected = "pass" if low >= ch["threshold"] else "fail" if high < ch["threshold"] else "inconclusive"
+            assert ch["outcome"] == expected, ch["gate"]
+    checks = [Check(**(ch | {"delta": Interval(**ch["delta"]) if ch["delta"] else None})) for ch in out["checks"]]
+    assert verdict_of(checks)[0] == out["verdict"]
     assert out["weight_after"] == next_weight(out["verdict"], out["weight_before"], (1, 5, 25, 50, 100))
     assert out["pending_sync"] is False and out["mlflow_run_id"]
     assert out["record"]["model"] == "flight-delay"
