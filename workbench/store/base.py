@@ -102,6 +102,11 @@ SCHEMA = [
 ]
 
 
+# what a write transaction raises when a concurrent one of this process changed the same rows first (a
+# duplicate chain sequence, a write-write conflict): the loser rolled back and may retry on fresh state
+WRITE_CONFLICTS: tuple[type[Exception], ...] = (duckdb.ConstraintException, duckdb.TransactionException)
+
+
 class DatabaseLocked(WorkbenchError):
     """Another process holds the database file's write lock (DuckDB allows one writing process per file)."""
 
