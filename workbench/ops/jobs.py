@@ -51,6 +51,23 @@ class JobFailed(WorkbenchError):
     """A stage of a job raised; the job's history row holds the traceback."""
 
 
+class JobIncomplete(WorkbenchError):
+    """A job ended without reaching every stage its spec turns on (it was skipped); the CLI exits 3."""
+
+    exit_code = 3
+
+
+def check_complete(res: JobResult) -> JobResult:
+    """``res`` when the job finished; raises :class:`JobIncomplete` naming the stages it did not reach."""
+    if res.status == "finished":
+        return res
+    unreached = res.summary.get("unreached") or []
+    raise JobIncomplete(
+        f"job {res.job_id} ended {res.status} without reaching stage(s) {', '.join(unreached) or 'all'}: "
+        f"{res.summary.get('reason') or 'no reason recorded'}"
+    )
+
+
 # -- the lock ---------------------------------------------------------------------------------------
 class SpecLock:
     """An exclusive ``flock`` on ``$WORKBENCH_HOME/locks/<spec>.lock``, held for a whole job.
@@ -509,15 +526,20 @@ def _run_stages(job: _Job, done: dict) -> None:
             )
     events = _JobEvents(job)
     try:
-        res = run_flow(job.settings, _flow(job), store=job.store, keys=job.keys, events=events, done=frozenset(done))
+        flow = _flow(job)
+        res = run_flow(job.settings, flow, store=job.store, keys=job.keys, events=events, done=frozenset(done))
     except BaseException as e:
         stage = events.stage or "ingest"
         events.close()
         _fail(job, stage, e, time.monotonic() - events.started)
-    if res.stopped is not None:
+    # a stage the spec turns off is skipped with its reason and the others run; every other stage must have
+    # run now or in an earlier attempt, or the job is not finished, whatever stopped it
+    unreached = [s for s in FLOW_STAGES if s not in done and s not in res.summaries and flow.reason_off(s) is None]
+    if res.stopped is not None or unreached:
+        reason = res.stopped or f"the flow ended before stage(s) {', '.join(unreached)}"
         with job.store() as store:
-            store.job_end(job.job_id, "skipped", result={"reason": res.stopped, **_summary(job)})
-        log.info("job skipped: %s", res.stopped, extra={"event": "job_skipped"})
+            store.job_end(job.job_id, "skipped", result={"reason": reason, "unreached": unreached, **_summary(job)})
+        log.info("job skipped: %s", reason, extra={"event": "job_skipped", "unreached": unreached})
         return
     with job.store() as store:
         store.job_end(job.job_id, "finished", result=_summary(job))
@@ -529,7 +551,7 @@ def _run_stages(job: _Job, done: dict) -> None:
 def _end_skipped(job: _Job, stage: str, reason: str, seconds: float) -> None:
     with job.store() as store:
         store.stage_end(job.job_id, stage, "skipped", seconds, result={"reason": reason})
-        store.job_end(job.job_id, "skipped", result={"reason": reason, **_summary(job)})
+        store.job_end(job.job_id, "skipped", result={"reason": reason, "unreached": list(FLOW_STAGES), **_summary(job)})
     log.info("job skipped at stage %s: %s", stage, reason, extra={"event": "job_skipped"})
 
 
