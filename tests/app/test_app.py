@@ -17,7 +17,7 @@ from workbench.ops.access import add_approver, approvers_path
 from workbench.ops.progress import read_progress
 
 APP = str(REPO / "app.py")
-PASSWORD = "alice-pw"
+PASSWORD = "alice-pw-long-enough"
 LENIENT = """name = "lenient"
 min_labeled_rows = 100
 [errors]
@@ -188,9 +188,11 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
 
 
 @pytest.mark.parametrize(
-    "email,can_sign", [("bob@example.com", True), ("eve@example.com", False)], ids=["approver", "reviewer"]
+    "email,verified,can_sign",
+    [("bob@example.com", True, True), ("bob@example.com", "false", False), ("eve@example.com", True, False)],
+    ids=["approver", "approver-unverified", "reviewer"],
 )
-def test_oidc_login_decides_who_may_sign(home, email, can_sign):
+def test_oidc_login_decides_who_may_sign(home, email, verified, can_sign):
     auth = {
         "auth": {
             "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
@@ -200,10 +202,10 @@ def test_oidc_login_decides_who_may_sign(home, email, can_sign):
             "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration",
         }
     }
-    at = open_page("decide", secrets=auth, user={"is_logged_in": True, "email": email})
+    at = open_page("decide", secrets=auth, user={"is_logged_in": True, "email": email, "email_verified": verified})
     assert ("Sign and apply" in [b.label for b in at.button]) is can_sign
     if not can_sign:
-        assert "eve@example.com is signed in but is not an approver" in texts(at)
+        assert f"{email} is signed in but is not an approver" in texts(at)
     at = open_page("decide", secrets=auth, user={"is_logged_in": False})
     assert "Log in" in [b.label for b in at.sidebar.button] and "Only an approver" in texts(at)
 

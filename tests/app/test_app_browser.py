@@ -27,7 +27,7 @@ ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-PASSWORD = "browser-pw"
+PASSWORD = "browser-pw-long-enough"
 
 
 @pytest.fixture

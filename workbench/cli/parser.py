@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except WorkbenchError as e:
         print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one line, whatever the message
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
