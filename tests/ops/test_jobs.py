@@ -348,7 +348,8 @@ def test_a_job_needs_a_signing_key(demo_home, tmp_path):
 # -- disabled stages and jobs that stop early -----------------------------------------------------------------
 def test_a_disabled_drift_stage_is_skipped_and_the_job_still_decides(job_home, tmp_path):
     """A real `workbench jobs run` with drift off: drift is skipped with its reason, decide runs without a drift
-    report (the policy's drift gates are skipped, not failed), the job finishes and exits 0."""
+    report (the gates after a change point are skipped, not failed; no drift context), the job finishes and exits
+    0."""
     spec = write_spec(tmp_path / "fd.yaml", job_home, drift={"enabled": False})
     proc = run_cli("jobs", "run", str(spec), "--json", home=job_home)
     out = json.loads(proc.stdout)
@@ -363,10 +364,9 @@ def test_a_disabled_drift_stage_is_skipped_and_the_job_still_decides(job_home, t
         record = json.loads(store.get_decision(out["decision_id"])["record"])
     assert record["drift_hash"] is None
     skipped = {s["gate"]: s["reason"] for s in record["scorecard"]["skipped"]}
-    assert {g for g in skipped if g.startswith("drift.")} and all(
-        r == "no drift report for this run" for g, r in skipped.items() if g.startswith("drift.")
-    )
-    assert not any(c["gate"].startswith("drift.") for c in record["scorecard"]["checks"])
+    assert skipped["after_change.*"] == "the rows after the change point: no drift report for this run"
+    assert record["scorecard"]["context"] == []
+    assert not any(c["kind"] == "drift" for c in record["scorecard"]["checks"])
 
 
 def test_a_job_that_stops_before_its_stages_does_not_exit_0(job_home, tmp_path):
