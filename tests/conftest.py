@@ -20,6 +20,29 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LIMIT = 6000
 
+# The longest test files (a minute or more of subprocesses each), collected first: `make test` runs the suite
+# on two pytest-xdist workers a file at a time (--dist loadfile), and a long file handed out last would leave
+# one worker running it alone. Only the order changes; every test is independent of it.
+LONG_FILES = (
+    "replay/test_crash_safety.py",
+    "replay/test_replay_faults.py",
+    "ops/test_jobs.py",
+    "replay/test_bad_models.py",
+    "live/test_router.py",
+    "live/test_load.py",
+    "app/test_app.py",
+    "app/test_app_browser.py",
+    "ingest/test_bad_traffic.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, f in enumerate(LONG_FILES) if path.endswith("/tests/" + f)), len(LONG_FILES))
+
+    items.sort(key=rank)  # stable: the files' own order, and the tests' within each file, are kept
+
 
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory) -> Path:
