@@ -501,3 +501,34 @@ def test_readme_documents_every_live_field():
     for model in (pm.LiveOptions, pm.LiveSegment):
         for field in model.model_fields:
             assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"
+
+
+@pytest.mark.parametrize(
+    "name, text, named",
+    [
+        ("dup.json", '{"confidence": 0.9, "confidence": 0.5}', "the key 'confidence' is given twice"),
+        ("dup.yaml", "confidence: 0.9\nconfidence: 0.5\n", "the key 'confidence' is given twice"),
+        ("dup.toml", "confidence = 0.9\nconfidence = 0.5\n", "is not valid TOML"),
+        ("nan.toml", "confidence = nan\n", "confidence: Input should be a finite number"),
+        ("inf.json", '{"max_age_hours": Infinity}', "max_age_hours"),
+        ("huge.toml", "min_labeled_rows = " + "9" * 40 + "\n", "min_labeled_rows: 9999999999999999999"),
+        ("deep.json", '{"live": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ("deep2.yaml", "live: " + "[" * 20 + "]" * 20 + "\n", "nested more than 8 levels deep"),
+        ("exp.toml", '[registry]\nexperiment = ""\n', "registry.experiment"),
+        ("exp2.json", '{"registry": {"experiment": "a\\nb"}}', "registry.experiment"),
+    ],
+    ids=["json-dup", "yaml-dup", "toml-dup", "nan", "inf", "huge", "deep", "deep-yaml", "empty-exp", "newline-exp"],
+)
+def test_hostile_policy_files_are_refused_with_the_key_named(tmp_path, name, text, named):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(WorkbenchError) as e:
+        load_policy(tmp_path / name)
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_finite_values_never_share_a_hash():
+    with pytest.raises(WorkbenchError):
+        parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": float("-inf")}]})
+    a = parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": -0.02}]})
+    b = parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": -0.03}]})
+    assert a.hash != b.hash

@@ -152,7 +152,7 @@ class WhereMoved(_Strict):
 
 
 class RegistryOptions(_Strict):
-    experiment: str = "canary-decisions"
+    experiment: str = Field(default="canary-decisions", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     champion_alias: str = "champion"
     previous_alias: str = "previous"
     stage_transitions: bool = False
@@ -249,10 +249,32 @@ def _format_errors(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+MAX_DEPTH = 8  # a policy is a few levels deep (live.segments[0].values[0]): anything deeper is not a policy
+MAX_INT = 2**53  # integers beyond a float's exact range are no sensible count, weight or hour
+
+
+def _check_values(data: Any, where: str = "", depth: int = 0) -> None:
+    """Refuse what the models would choke on before they see it, naming the key: deep nesting, huge integers."""
+    if depth > MAX_DEPTH:
+        raise WorkbenchError(f"{where or 'policy'}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_values(v, f"{where}.{k}" if where else str(k), depth + 1)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_values(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INT:
+        raise WorkbenchError(f"{where}: {str(data)[:20]}... is too large a number")
+
+
 def parse_policy(data: Any, source: str = "policy") -> Policy:
     """Validate a policy mapping; an unknown key or a bad value is an error naming it."""
     if not isinstance(data, dict):
         raise WorkbenchError(f"{source}: a policy must be a mapping of keys to values")
+    try:
+        _check_values(data)
+    except WorkbenchError as e:
+        raise WorkbenchError(f"{source}: {e}") from None
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
@@ -272,13 +294,37 @@ def load_policy(path: str | Path | None = None) -> Policy:
     suffix = p.suffix.lower()
     try:
         if suffix == ".toml":
-            data = tomllib.loads(text)
+            data = tomllib.loads(text)  # TOML itself refuses a key given twice
         elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
         else:
             raise WorkbenchError(f"policy {p}: use a .toml, .yaml/.yml or .json file")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, ValueError) as e:
         raise WorkbenchError(f"policy {p} is not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise WorkbenchError(f"policy {p}: nested too deeply to be a policy") from None
     return parse_policy(data, f"policy {p}")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"the key {dup!r} is given twice")
+    return dict(pairs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                where = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", where)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
