@@ -87,10 +87,17 @@ class MetricGate(_Strict):
         return METRICS[self.metric].higher_is_better if self.higher_is_better is None else self.higher_is_better
 
 
+#: what a slice gate (a segment, the recent window, the rows after a change point) requires: ``"no_harm"``
+#: blocks only when the slice is surely worse than the margin (a harm test, Bonferroni-corrected across
+#: segments); ``"non_inferiority"`` also holds while the slice is not yet shown non-inferior.
+SliceRule = Literal["no_harm", "non_inferiority"]
+
+
 class SegmentGate(MetricGate):
-    """A metric gate applied to every segment of ``column`` (``"*"``: every segmented column)."""
+    """A metric gate applied to every segment of ``column`` (``"*"``: every declared segment column)."""
 
     column: str = "*"
+    require: SliceRule = "no_harm"
 
 
 class LatencyGate(_Strict):
@@ -131,12 +138,13 @@ class WhereMoved(_Strict):
 
     ``recent_share``: the latest share of the evidence's labelled time span (None: no recent-window gates);
     ``after_change_point``: judge the rows after the report's latest change point; ``required``: hold while the
-    run has no drift report.
+    run has no drift report; ``require``: what these gates demand (see :data:`SliceRule`).
     """
 
     required: bool = False
     recent_share: float | None = Field(default=0.2, gt=0, lt=1)
     after_change_point: bool = True
+    require: SliceRule = "no_harm"
 
     @model_validator(mode="before")
     @classmethod

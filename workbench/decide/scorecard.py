@@ -205,7 +205,11 @@ class _Judge:
         )
 
     # metric gates on the whole sample and on slices ----------------------------------------------
-    def metric_gate(self, g: MetricGate, source: dict, kind: str, prefix: str, segment: str | None) -> None:
+    def metric_gate(
+        self, g: MetricGate, source: dict, kind: str, prefix: str, segment: str | None, harm_only: bool = False
+    ) -> None:
+        """Judge ``g`` on ``source``; ``harm_only``: a slice's harm test, which blocks only when the slice is
+        surely worse than the margin (an open bound passes, saying so)."""
         m = g.metric
         base = _interval((source.get("baseline") or {}).get(m))
         cand = _interval((source.get("candidate") or {}).get(m))
@@ -252,6 +256,10 @@ class _Judge:
                 scale = abs(base.value) * value
                 iv, bound, what, sd = delta, (scale if up else -scale), f"change in {where}", raw
             judged = self._judge(iv, bound, up, what, criterion == "threshold")
+            if harm_only and judged["outcome"] == Outcome.INCONCLUSIVE:
+                judged["outcome"] = Outcome.PASS
+                open_bounds = judged["reason"].replace(", not yet settled", "")
+                judged["reason"] = open_bounds + ": not surely worse (a harm test)"
             judged["settle_rows"] = self._settle(judged["outcome"], iv, bound, up, sd, source)
             if judged["settle_rows"] is not None:
                 judged["reason"] += f"; about {_rows_text(judged['settle_rows'])} more labelled rows would settle it"
@@ -330,7 +338,7 @@ class _Judge:
                 )
                 continue
             for g in self.policy.metrics:
-                self.metric_gate(g, sl, key, key, f"{label} (from {sl.get('from')})")
+                self.metric_gate(g, sl, key, key, f"{label} (from {sl.get('from')})", d.require == "no_harm")
 
     def segments(self) -> None:
         segs = self.ev.get("segments") or {}
@@ -372,7 +380,7 @@ class _Judge:
                             )
                         )
                         continue
-                    self.metric_gate(g, seg, "segment", f"segment.{name}", name)
+                    self.metric_gate(g, seg, "segment", f"segment.{name}", name, g.require == "no_harm")
 
     # latency and errors ------------------------------------------------------------------------
     def latency(self) -> None:
