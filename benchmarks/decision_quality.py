@@ -1,7 +1,8 @@
 """Benchmark: the verdict's error rates across the whole canary ramp, on synthetic paired traffic with known truth.
 
-    python benchmarks/decision_quality.py [--trials 200] [--context-trials N] [--trials-for SCENARIO=N] [--quick]
-        [--scenarios a,b] [--seed 0] [--json PATH] [--workers 2] [--store-trials 1] [--segments] [--rule NAME=SPEC]
+    python benchmarks/decision_quality.py [--trials 1000] [--context-trials N] [--comparison-trials 50]
+        [--trials-for SCENARIO=N] [--quick] [--scenarios a,b] [--seed 0] [--json PATH] [--workers 2]
+        [--store-trials 1] [--no-segments] [--policy FILE] [--rule NAME=SPEC]
 
 What it does, per scenario and trial:
 
@@ -9,43 +10,58 @@ What it does, per scenario and trial:
    column (A/B/C/D), event times, a label drawn from a logistic model of the features, a baseline and a
    candidate score (the true logit plus shared and own noise; the candidate's own noise ``sigma_c`` and logit
    offset ``shift`` set its quality, per segment and per period of time where a scenario says so), per-request
-   latencies and errors. The scenario constants were set by construction (bisection on a large sample:
+   (online) latencies and errors. The scenario constants were set by construction (bisection on a large sample:
    ``--calibrate`` re-derives them); each run re-measures every scenario's true deltas on a huge sample
    (``--truth-rows``) and prints them, with the policy margins the truth violates.
 2. **The ramp, walked as a scheduled job walks it.** A trial's traffic arrives in ``--looks`` slices of
-   ``--slice-rows`` labelled rows. After each slice the cumulative labelled rows are evaluated, drift is
-   checked and every decision rule decides: PROMOTE moves its canary weight one ramp step
-   (:func:`workbench.decide.canary.next_weight`), HOLD keeps it, ROLLBACK ends the trial at 0; reaching 100 %
-   ends it too. Replay is shadow (both models score every request), so the evidence at a look does not depend
-   on the weight and all rules judge the same evidence; each rule keeps its own weight.
-3. **Two paths, one answer.** The fast path calls the library's pure functions on arrays
-   (:func:`workbench.evaluate.evaluation.evaluate_samples`, the policy's ``score`` and ``next_weight``; drift on
-   arrays as described in :func:`drift_fast`). The store path goes through the real library: the slice's traffic
-   and labels through :mod:`workbench.ingest.traffic`, a replay run per look written with the store's run API
-   (``open_run``, ``commit_batch`` of :func:`workbench.replay.pipeline.paired_table` rows, ``finish_run``), then
-   ``evaluate_run``, ``drift_run`` and, for rules that carry a policy, ``build_decision`` + ``apply_decision``
-   signed with a throwaway key. Many trials run on the fast path; ``--store-trials`` trials per
-   ``--store-scenarios`` scenario run on both, and the harness asserts that every look's verdict, weight and
-   per-gate outcome are identical and that the judged numbers agree.
+   ``--slice-rows`` labelled rows. After each slice every live decision rule decides on the cumulative rows:
+   PROMOTE moves its canary weight one ramp step (:func:`workbench.decide.canary.next_weight`), HOLD keeps it,
+   ROLLBACK ends that rule's walk at 0, and so does reaching 100 %; the trial stops once every rule has ended.
+   Replay is shadow (both models score every request), so the evidence at a look does not depend on the weight
+   and all rules see the same rows; each rule keeps its own weight.
+3. **Two paths, one answer.** The fast path calls the library's pure functions on arrays. The store path goes
+   through the real library: the slice's traffic and labels through :mod:`workbench.ingest.traffic` (the traffic
+   set declares its ``segment`` column, ``store.declare_segments``), a replay run per look (mode ``online``)
+   that replays all the traffic so far, written with the store's run API (``open_run``, ``commit_batch`` of
+   :func:`workbench.replay.pipeline.paired_table` rows, ``finish_run``), then ``evaluate_run``, ``drift_run`` and
+   ``build_decision`` + ``apply_decision`` signed with a throwaway key (``judge_run`` gathers the pair's finished
+   runs, each request once, the latest run's copy: the fast path's cumulative rows). ``--store-trials`` trials
+   per ``--store-scenarios`` scenario run on both paths; the harness asserts that every look's verdict, weight
+   and per-gate outcome are identical and that every number the checks judged (baseline, candidate, the delta
+   and its bounds) and the evaluation and drift numbers agree within 1e-9.
 
-Decision rules (each keeps its own ramp): (a) ``fixed-horizon``: the policy (default: the shipped one) as it is,
-judged on the evaluation's fixed-horizon 95 % intervals; (b) ``point-thresholds``: the same gates with MLflow's
-``validate_evaluation_results`` semantics (the point estimate against the threshold, no interval: every
-interval of the evaluation collapsed onto its value before scoring); (a-) and (b-): both with the policy's drift
-gates off (``--no-ablations`` leaves them out), which shows what the quality gates do on their own; (c) the
-sequential policy, plugged in with ``--rule sequential=SPEC`` where SPEC is a policy file (scored by ``score``
-and signed on the store path) or ``module:attr`` naming a :class:`Rule` object or a callable
-``f(look: Look) -> Verdict | Decided`` (:func:`main` also takes rules as objects).
+Decision rules (each keeps its own ramp):
 
-Cost: the evaluation dominates (about 0.1-0.3 s per look on the 2-core machine). The default slices keep every
-look above the evaluation's ``exact_max_rows`` (10,000), where it uses the linearised bootstrap; below it, its
-row-weight bootstrap takes about 2 s per look.
+* **(c) sequential**: the policy (default: the shipped one) as the library now judges a run: at each look a
+  :class:`~workbench.decide.evidence.Sample` of the cumulative rows (request ids, event times, labels, scores with
+  NaN where a model failed, failures, online latencies, the ``segment`` column), the change point of the look's
+  drift report (``latest_change_point``), ``build_evidence`` (anytime-valid one-sided bounds overall, per
+  segment, on the recent window and after the change point), ``score``, then the new-evidence rule as
+  ``judge_run`` applies it (a PROMOTE needs labelled rows the rule's last PROMOTE that moved the weight did not
+  use). Drift is context: the fast path computes only the report's concept-drift part, all a decision reads.
+* **(a) fixed-horizon**: the same gates judged by ``score`` on the cumulative evaluation's fixed-horizon 95 %
+  intervals (:func:`workbench.evaluate.evaluation.evaluate_samples`, with ``--segment segment`` unless
+  ``--no-segments``) through :func:`fixed_horizon_evidence`, a fresh test at every look and no new-evidence rule,
+  as the previous release decided (it has no recent window and no change point: those gates are skipped).
+* **(b) point-thresholds**: the same evidence with every interval collapsed onto its point estimate: MLflow's
+  ``validate_evaluation_results`` semantics.
+
+``--rule NAME=SPEC`` adds a rule (a policy file, judged as (c) is, or ``module:attr`` naming a :class:`Rule` or a
+callable ``f(look: Look) -> Verdict | Decided``); NAME ``sequential`` replaces (c).
+
+Cost: rule (c) costs about 0.05-0.1 s per look on the 2-core machine (``build_evidence`` on up to 100,000 rows);
+the evaluation that (a) and (b) read costs 0.2-0.8 s per look with segments, so they run on the first
+``--comparison-trials`` trials of each scenario only (the tables give each rule's number of trials). Rule (c)
+runs ``--trials`` trials per scenario whose share is a targeted error rate and ``--context-trials`` for the
+others.
 
 Output: the truth table; per scenario and rule the share of trials reaching each ramp step, ending PROMOTE at
-100 %, HOLD or ROLLBACK (Wilson 95 % intervals) and the median labelled rows used; the summary metrics of the
-decision-quality targets (false promote = any PROMOTE of a candidate that is worse than a margin at that look;
-power = reaching 100 % for the +1 f1 point candidate within the horizon's labelled rows; drift-for-both trials
-held for drift alone at some look; 1 %-error candidates rolled back); the machine, its load and the time taken.
+100 %, HOLD or ROLLBACK (Wilson 95 % intervals), the median labelled rows used and the gates not passing at the
+last look of the trials that ended held; the targets with pass/fail for rule (c) (false promote = any PROMOTE
+that moves the weight at or after the look where the candidate is worse than a margin; power = reaching 100 %
+for the +1 f1 point candidate within the walk's labelled rows; drift-for-both trials held for drift alone, i.e.
+by drift.* or after_change.* gates only, at some look; 1 %-error candidates rolled back); the machine, its load
+and the time taken.
 """
 
 from __future__ import annotations
