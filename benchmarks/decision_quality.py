@@ -690,8 +690,8 @@ def load_rule(name: str, spec: str) -> Rule:
 # -- the walk --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
-    looks: int = 8
-    slice_rows: int = 12_500
+    looks: int = 16
+    slice_rows: int = 6_250
     seed: int = 0
     segments: bool = True  # rules (a), (b): evaluate with --segment segment (the traffic declares the column)
 
@@ -1548,12 +1548,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=None, help=f"comma-separated subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
-    p.add_argument("--looks", type=int, default=8, help="slices of traffic, a decision after each (default 8)")
+    p.add_argument("--looks", type=int, default=16, help="slices of traffic, a decision after each (default 16)")
     p.add_argument(
         "--slice-rows",
         type=int,
-        default=12_500,
-        help="labelled rows per slice (default 12,500: 8 looks cover 100,000 rows)",
+        default=6_250,
+        help="labelled rows per slice (default 6,250: 16 looks cover 100,000 rows; a ramp of 5 steps needs 5 looks)",
     )
     p.add_argument(
         "--no-segments",

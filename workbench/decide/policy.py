@@ -144,7 +144,7 @@ class WhereMoved(_Strict):
     required: bool = False
     recent_share: float | None = Field(default=0.2, gt=0, lt=1)
     after_change_point: bool = True
-    require: SliceRule = "no_harm"
+    require: SliceRule = "non_inferiority"
 
     @model_validator(mode="before")
     @classmethod
