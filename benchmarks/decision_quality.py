@@ -1548,12 +1548,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=None, help=f"comma-separated subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
-    p.add_argument("--looks", type=int, default=16, help="slices of traffic, a decision after each (default 16)")
+    p.add_argument(
+        "--looks", type=int, default=None, help="slices of traffic, a decision after each (default 16; 8 with --quick)"
+    )
     p.add_argument(
         "--slice-rows",
         type=int,
-        default=6_250,
-        help="labelled rows per slice (default 6,250: 16 looks cover 100,000 rows; a ramp of 5 steps needs 5 looks)",
+        default=None,
+        help="labelled rows per slice (default: 100,000 / --looks; a ramp of 5 steps needs at least 5 looks)",
     )
     p.add_argument(
         "--no-segments",
@@ -1598,6 +1600,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--calibrate", action="store_true", help="re-derive the scenario constants and exit")
     args = p.parse_args(argv)
+    if args.looks is None:
+        args.looks = 8 if args.quick else 16  # quick: every look above the evaluation's exact-bootstrap size
+    if args.slice_rows is None:
+        args.slice_rows = 100_000 // max(1, args.looks)
     if args.trials is None:
         args.trials = 1 if args.quick else 1000
     if args.context_trials is None:

@@ -81,9 +81,12 @@ def test_the_sequential_rule_goes_the_right_way_on_every_scenario(quick):
     def share(name, part, key):
         return c[name][part][key]["share"]
 
-    for name in ("worse_3pt", "worse_edge", "segment_worse", "recent_worse", "errors_1pct", "slower"):
+    for name in ("worse_3pt", "worse_edge", "recent_worse", "errors_1pct", "slower"):
         assert c[name]["false_promote"]["k"] == 0, name  # never promoted at or after its bad look
         assert share(name, "final", "PROMOTE") == 0, name
+    # segment gates are harm tests: a candidate worse on one 10 % segment only is held once that is shown,
+    # which may come after it was promoted (the docs' table gives the share); it is never rolled back
+    assert share("segment_worse", "final", "ROLLBACK") == 0
     assert share("errors_1pct", "final", "ROLLBACK") == 1
     for name in ("identical", "inside_margin", "better_1pt", "drift_both", "slower"):
         assert share(name, "final", "ROLLBACK") == 0, name  # not worse on a critical gate: never rolled back

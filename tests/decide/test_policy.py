@@ -532,3 +532,31 @@ def test_non_finite_values_never_share_a_hash():
     a = parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": -0.02}]})
     b = parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": -0.03}]})
     assert a.hash != b.hash
+
+
+def test_segment_gates_are_harm_tests_unless_non_inferiority_is_required():
+    segs = {"origin": {"EWR": {"rows": 2000, "f1": (0.45, 0.44, -0.05, 0.03)}}}  # straddles the -0.02 margin
+    gate = {"column": "origin", "metric": "f1", "min_absolute_change": -0.02}
+    harm = check(
+        score(policy(segments=[gate]), make_evidence(segments=segs)), "segment.origin=EWR.f1.min_absolute_change"
+    )
+    assert harm.outcome == Outcome.PASS and "not surely worse (a harm test)" in harm.reason
+    strict = policy(segments=[gate | {"require": "non_inferiority"}])
+    c = check(score(strict, make_evidence(segments=segs)), "segment.origin=EWR.f1.min_absolute_change")
+    assert c.outcome == Outcome.INCONCLUSIVE and score(strict, make_evidence(segments=segs)).verdict == Verdict.HOLD
+
+
+def test_the_recent_window_must_be_shown_non_inferior_by_default():
+    ev = make_evidence()
+    ev["recent"] = {
+        "from": "2026-11-20T00:00:00Z",
+        "rows": 4000,
+        "small": False,
+        **make_evidence(metrics={"f1": (0.4, 0.39, -0.04, 0.02)}),
+    }
+    p = policy(metrics=[{"metric": "f1", "min_absolute_change": -0.02}])
+    c = check(score(p, ev), "recent.f1.min_absolute_change")
+    assert c.outcome == Outcome.INCONCLUSIVE and "the recent window (from 2026-11-20T00:00:00Z)" in c.reason
+    assert load_policy().drift.require == "non_inferiority"
+    relaxed = policy(metrics=[{"metric": "f1", "min_absolute_change": -0.02}], drift={"require": "no_harm"})
+    assert check(score(relaxed, ev), "recent.f1.min_absolute_change").outcome == Outcome.PASS
