@@ -335,6 +335,8 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
             low = d["ci_low"] if d["ci_low"] is not None else -np.inf
             high = d["fail_high"] if d.get("fail_high") is not None else d["ci_high"]
             expected = "pass" if low >= ch["threshold"] else "fail" if high < ch["threshold"] else "inconclusive"
+            if ch["kind"] == "segment" and expected == "inconclusive":
+                expected = "pass"  # the shipped segment gates are harm tests: only a surely-worse segment blocks
             assert ch["outcome"] == expected, ch["gate"]
     checks = [Check(**(ch | {"delta": Interval(**ch["delta"]) if ch["delta"] else None})) for ch in out["checks"]]
     assert verdict_of(checks)[0] == out["verdict"]
