@@ -151,6 +151,21 @@ def test_another_pair_cannot_start_while_a_canary_ramps(ctx):
     assert signed.record["weight_before"] == 0 and (st.candidate_version, st.weight) == ("3", 1)
 
 
+def test_nothing_applies_on_a_chain_that_does_not_verify(ctx, tmp_path):
+    """A swapped public key: the chain's records no longer verify, so a record signed with the new key (trusted
+    now) is refused and the weight stays."""
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    init_keys(tmp_path / "intruder")
+    intruder = Signer.from_keys_dir(tmp_path / "intruder", "mallory")
+    swapped = trusted_keys(tmp_path / "intruder", tmp_path / "none")  # the old key is no longer trusted
+    assert not status(store, "fraud", swapped).verified
+    signed, _ = build_decision(store, fresh_run(store, 1), load_policy(), intruder, now=T0)
+    with pytest.raises(SignatureError, match="cannot apply: the chain of fraud does not verify"):
+        apply_decision(store, signed, swapped, now=T0)
+    assert status(store, "fraud", trusted).weight == 1 and status(store, "fraud", trusted).verified
+
+
 def test_kill_switch(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)

@@ -451,7 +451,8 @@ def apply_decision(
     """Move the canary weight by a signed record, after checking everything; otherwise the weight stays.
 
     Refused (:class:`SignatureError`): unsigned, tampered, untrusted key, not a record, already applied,
-    stale or from the future, out of chain, weights that do not match the state or the ramp.
+    stale or from the future, out of chain, weights that do not match the state or the ramp, or a chain so far
+    that does not verify under the trusted keys.
     """
     now = now or utc_now()
     record = signed.record
@@ -469,6 +470,10 @@ def apply_decision(
         )
     if created > now + CLOCK_SKEW:
         raise SignatureError(f"decision {did} is dated in the future ({record['created_at']})")
+    try:  # nothing applies on top of a chain that does not verify under the trusted keys (a swapped key, an edit)
+        verify_chain(store, model, trusted)
+    except SignatureError as e:
+        raise SignatureError(f"decision {did} cannot apply: the chain of {model} does not verify ({e})") from None
     head = store.chain_head(model)
     want_seq = 1 if head is None else int(head["sequence"]) + 1
     want_prev = None if head is None else head["record_hash"]
