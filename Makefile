@@ -37,6 +37,11 @@ lint: install
 	$(BIN)/ruff format -q --check $(LINT_PATHS)
 	$(BIN)/mypy workbench pages pipelines benchmarks
 
+# The suite on TEST_WORKERS processes (pytest-xdist; 0: in this process), a test file per worker at a time
+# (--dist loadfile: a file's module fixtures are built once), handed out in collection order
+# (--no-loadscope-reorder: tests/conftest.py collects the longest files first); each worker builds its own
+# session demo home and MLflow server.
+TEST_WORKERS ?= 2
 test: install system-deps lint docs
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc

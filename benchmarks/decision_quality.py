@@ -1,7 +1,8 @@
 """Benchmark: the verdict's error rates across the whole canary ramp, on synthetic paired traffic with known truth.
 
-    python benchmarks/decision_quality.py [--trials 200] [--context-trials N] [--trials-for SCENARIO=N] [--quick]
-        [--scenarios a,b] [--seed 0] [--json PATH] [--workers 2] [--store-trials 1] [--segments] [--rule NAME=SPEC]
+    python benchmarks/decision_quality.py [--trials 1000] [--context-trials N] [--comparison-trials 50]
+        [--trials-for SCENARIO=N] [--quick] [--scenarios a,b] [--seed 0] [--json PATH] [--workers 2]
+        [--store-trials 1] [--no-segments] [--policy FILE] [--rule NAME=SPEC]
 
 What it does, per scenario and trial:
 
@@ -9,43 +10,58 @@ What it does, per scenario and trial:
    column (A/B/C/D), event times, a label drawn from a logistic model of the features, a baseline and a
    candidate score (the true logit plus shared and own noise; the candidate's own noise ``sigma_c`` and logit
    offset ``shift`` set its quality, per segment and per period of time where a scenario says so), per-request
-   latencies and errors. The scenario constants were set by construction (bisection on a large sample:
+   (online) latencies and errors. The scenario constants were set by construction (bisection on a large sample:
    ``--calibrate`` re-derives them); each run re-measures every scenario's true deltas on a huge sample
    (``--truth-rows``) and prints them, with the policy margins the truth violates.
 2. **The ramp, walked as a scheduled job walks it.** A trial's traffic arrives in ``--looks`` slices of
-   ``--slice-rows`` labelled rows. After each slice the cumulative labelled rows are evaluated, drift is
-   checked and every decision rule decides: PROMOTE moves its canary weight one ramp step
-   (:func:`workbench.decide.canary.next_weight`), HOLD keeps it, ROLLBACK ends the trial at 0; reaching 100 %
-   ends it too. Replay is shadow (both models score every request), so the evidence at a look does not depend
-   on the weight and all rules judge the same evidence; each rule keeps its own weight.
-3. **Two paths, one answer.** The fast path calls the library's pure functions on arrays
-   (:func:`workbench.evaluate.evaluation.evaluate_samples`, the policy's ``score`` and ``next_weight``; drift on
-   arrays as described in :func:`drift_fast`). The store path goes through the real library: the slice's traffic
-   and labels through :mod:`workbench.ingest.traffic`, a replay run per look written with the store's run API
-   (``open_run``, ``commit_batch`` of :func:`workbench.replay.pipeline.paired_table` rows, ``finish_run``), then
-   ``evaluate_run``, ``drift_run`` and, for rules that carry a policy, ``build_decision`` + ``apply_decision``
-   signed with a throwaway key. Many trials run on the fast path; ``--store-trials`` trials per
-   ``--store-scenarios`` scenario run on both, and the harness asserts that every look's verdict, weight and
-   per-gate outcome are identical and that the judged numbers agree.
+   ``--slice-rows`` labelled rows. After each slice every live decision rule decides on the cumulative rows:
+   PROMOTE moves its canary weight one ramp step (:func:`workbench.decide.canary.next_weight`), HOLD keeps it,
+   ROLLBACK ends that rule's walk at 0, and so does reaching 100 %; the trial stops once every rule has ended.
+   Replay is shadow (both models score every request), so the evidence at a look does not depend on the weight
+   and all rules see the same rows; each rule keeps its own weight.
+3. **Two paths, one answer.** The fast path calls the library's pure functions on arrays. The store path goes
+   through the real library: the slice's traffic and labels through :mod:`workbench.ingest.traffic` (the traffic
+   set declares its ``segment`` column, ``store.declare_segments``), a replay run per look (mode ``online``)
+   that replays all the traffic so far, written with the store's run API (``open_run``, ``commit_batch`` of
+   :func:`workbench.replay.pipeline.paired_table` rows, ``finish_run``), then ``evaluate_run``, ``drift_run`` and
+   ``build_decision`` + ``apply_decision`` signed with a throwaway key (``judge_run`` gathers the pair's finished
+   runs, each request once, the latest run's copy: the fast path's cumulative rows). ``--store-trials`` trials
+   per ``--store-scenarios`` scenario run on both paths; the harness asserts that every look's verdict, weight
+   and per-gate outcome are identical and that every number the checks judged (baseline, candidate, the delta
+   and its bounds) and the evaluation and drift numbers agree within 1e-9.
 
-Decision rules (each keeps its own ramp): (a) ``fixed-horizon``: the policy (default: the shipped one) as it is,
-judged on the evaluation's fixed-horizon 95 % intervals; (b) ``point-thresholds``: the same gates with MLflow's
-``validate_evaluation_results`` semantics (the point estimate against the threshold, no interval: every
-interval of the evaluation collapsed onto its value before scoring); (a-) and (b-): both with the policy's drift
-gates off (``--no-ablations`` leaves them out), which shows what the quality gates do on their own; (c) the
-sequential policy, plugged in with ``--rule sequential=SPEC`` where SPEC is a policy file (scored by ``score``
-and signed on the store path) or ``module:attr`` naming a :class:`Rule` object or a callable
-``f(look: Look) -> Verdict | Decided`` (:func:`main` also takes rules as objects).
+Decision rules (each keeps its own ramp):
 
-Cost: the evaluation dominates (about 0.1-0.3 s per look on the 2-core machine). The default slices keep every
-look above the evaluation's ``exact_max_rows`` (10,000), where it uses the linearised bootstrap; below it, its
-row-weight bootstrap takes about 2 s per look.
+* **(c) sequential**: the policy (default: the shipped one) as the library now judges a run: at each look a
+  :class:`~workbench.decide.evidence.Sample` of the cumulative rows (request ids, event times, labels, scores with
+  NaN where a model failed, failures, online latencies, the ``segment`` column), the change point of the look's
+  drift report (``latest_change_point``), ``build_evidence`` (anytime-valid one-sided bounds overall, per
+  segment, on the recent window and after the change point), ``score``, then the new-evidence rule as
+  ``judge_run`` applies it (a PROMOTE needs labelled rows the rule's last PROMOTE that moved the weight did not
+  use). Drift is context: the fast path computes only the report's concept-drift part, all a decision reads.
+* **(a) fixed-horizon**: the same gates judged by ``score`` on the cumulative evaluation's fixed-horizon 95 %
+  intervals (:func:`workbench.evaluate.evaluation.evaluate_samples`, with ``--segment segment`` unless
+  ``--no-segments``) through :func:`fixed_horizon_evidence`, a fresh test at every look and no new-evidence rule,
+  as the previous release decided (it has no recent window and no change point: those gates are skipped).
+* **(b) point-thresholds**: the same evidence with every interval collapsed onto its point estimate: MLflow's
+  ``validate_evaluation_results`` semantics.
+
+``--rule NAME=SPEC`` adds a rule (a policy file, judged as (c) is, or ``module:attr`` naming a :class:`Rule` or a
+callable ``f(look: Look) -> Verdict | Decided``); NAME ``sequential`` replaces (c).
+
+Cost: rule (c) costs about 0.05-0.1 s per look on the 2-core machine (``build_evidence`` on up to 100,000 rows);
+the evaluation that (a) and (b) read costs 0.2-0.8 s per look with segments, so they run on the first
+``--comparison-trials`` trials of each scenario only (the tables give each rule's number of trials). Rule (c)
+runs ``--trials`` trials per scenario whose share is a targeted error rate and ``--context-trials`` for the
+others.
 
 Output: the truth table; per scenario and rule the share of trials reaching each ramp step, ending PROMOTE at
-100 %, HOLD or ROLLBACK (Wilson 95 % intervals) and the median labelled rows used; the summary metrics of the
-decision-quality targets (false promote = any PROMOTE of a candidate that is worse than a margin at that look;
-power = reaching 100 % for the +1 f1 point candidate within the horizon's labelled rows; drift-for-both trials
-held for drift alone at some look; 1 %-error candidates rolled back); the machine, its load and the time taken.
+100 %, HOLD or ROLLBACK (Wilson 95 % intervals), the median labelled rows used and the gates not passing at the
+last look of the trials that ended held; the targets with pass/fail for rule (c) (false promote = any PROMOTE
+that moves the weight at or after the look where the candidate is worse than a margin; power = reaching 100 %
+for the +1 f1 point candidate within the walk's labelled rows; drift-for-both trials held for drift alone, i.e.
+by drift.* or after_change.* gates only, at some look; 1 %-error candidates rolled back); the machine, its load
+and the time taken.
 """
 
 from __future__ import annotations
@@ -53,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -79,8 +96,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from workbench.decide.canary import next_weight  # noqa: E402
+from workbench.decide.context import latest_change_point  # noqa: E402
+from workbench.decide.evidence import Sample, build_evidence  # noqa: E402
+from workbench.decide.judge import new_evidence_check  # noqa: E402
 from workbench.decide.policy import Outcome, Policy, Verdict, load_policy  # noqa: E402
-from workbench.decide.scorecard import score  # noqa: E402
+from workbench.decide.scorecard import Scorecard, score, with_check  # noqa: E402
 from workbench.evaluate.metrics import METRICS, confusion, grouping  # noqa: E402
 from workbench.evaluate.stats import wilson  # noqa: E402
 
@@ -380,35 +400,76 @@ def bad_from_look(sc: Scenario, violated: list[str], looks: int) -> int | None:
 # -- decision rules ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Decided:
-    """A rule's verdict at one look: the gates that did not pass, each gate's outcome, a one-line reason."""
+    """A rule's verdict at one look: the gates that did not pass, each gate's outcome, a one-line reason, the
+    labelled rows it judged (None: the look's) and the judged numbers per check (for the parity check)."""
 
     verdict: Verdict
     blocking: tuple[str, ...] = ()
     outcomes: tuple[tuple[str, str], ...] = ()
     reason: str = ""
+    rows: int | None = None
+    numbers: tuple[tuple[str, float | None], ...] = ()
+
+
+class Evidence:
+    """What the walk knows at one look, each part computed on first use (a rule that does not read the
+    fixed-horizon evaluation does not pay for it): ``evaluation`` (``workbench evaluate --json``), ``drift``
+    (``workbench drift --json``, or its concept-drift part alone on the fast path's trials: drift is context,
+    and the sequential rule reads only its change point) and the labelled rows."""
+
+    def __init__(self, rows: int, evaluation: Callable[[], dict], drift: Callable[[], dict | None]):
+        self.rows = rows
+        self._make = {"evaluation": evaluation, "drift": drift}
+        self._done: dict[str, Any] = {}
+
+    def get(self, part: str) -> Any:
+        if part not in self._done:
+            self._done[part] = self._make[part]()
+        return self._done[part]
+
+    @property
+    def evaluation(self) -> dict:
+        return self.get("evaluation")
+
+    @property
+    def drift(self) -> dict | None:
+        return self.get("drift")
+
+    def computed(self, part: str) -> bool:
+        return part in self._done
 
 
 @dataclass(frozen=True)
 class Look:
     """What a rule sees at one look: the look's number (1-based), its canary weight before deciding, the
-    evaluation and drift dicts (``workbench evaluate --json`` / ``drift --json`` fields), the labelled rows, the
-    rule's earlier decisions in this trial, the cumulative labelled rows themselves (arrays, in time order:
-    a sequential rule may need per-row values) and the ramp."""
+    evidence (evaluation and drift dicts, computed on first use), the rule's earlier decisions in this trial,
+    the cumulative labelled rows themselves (arrays, in time order: a sequential rule needs per-row values)
+    and the ramp."""
 
     index: int
     weight: int
-    evaluation: dict
-    drift: dict | None
-    labeled_rows: int
+    evidence: Evidence
     history: tuple[Step, ...]
     sample: Paired
     ramp: tuple[int, ...]
 
+    @property
+    def evaluation(self) -> dict:
+        return self.evidence.evaluation
+
+    @property
+    def drift(self) -> dict | None:
+        return self.evidence.drift
+
+    @property
+    def labeled_rows(self) -> int:
+        return self.evidence.rows
+
 
 class Rule(Protocol):
     """A decision rule. ``policy``: when set, the store path signs and applies the rule's decisions with
-    ``build_decision``/``apply_decision`` under that policy (so ``decide`` must equal ``score(policy, ...)``
-    on the stored evaluation and drift); when None, the store path calls ``decide`` on the stored dicts."""
+    ``build_decision``/``apply_decision`` under that policy (so ``decide`` must equal what ``judge_run`` decides
+    on the pair's stored runs); when None, the store path calls ``decide`` on the stored evaluation and drift."""
 
     @property
     def name(self) -> str: ...
@@ -419,45 +480,87 @@ class Rule(Protocol):
     def decide(self, look: Look) -> Decided: ...
 
 
-def _decided(card) -> Decided:
+def card_numbers(card: Scorecard) -> tuple[tuple[str, float | None], ...]:
+    """The numbers each check judged (baseline, candidate, the delta's value and bounds), flattened."""
+    out: list[tuple[str, float | None]] = []
+    for c in card.checks:
+        out += [(f"{c.gate}.baseline", c.baseline), (f"{c.gate}.candidate", c.candidate)]
+        if c.delta is not None:
+            for k in ("value", "ci_low", "ci_high", "fail_low", "fail_high"):
+                out.append((f"{c.gate}.delta.{k}", getattr(c.delta, k)))
+    return tuple(out)
+
+
+def _decided(card: Scorecard, rows: int | None = None) -> Decided:
     return Decided(
         card.verdict,
         tuple(c.gate for c in card.checks if c.outcome != Outcome.PASS),
         tuple((c.gate, str(c.outcome)) for c in card.checks),
         card.reason,
+        rows,
+        card_numbers(card),
     )
+
+
+def fixed_horizon_evidence(ev: dict, policy: Policy, online: bool = True) -> dict:
+    """The evidence shape :func:`~workbench.decide.scorecard.score` reads, from a fixed-horizon evaluation dict
+    (``workbench evaluate --json``, 95 % intervals): metrics and segments as they are (a segment with fewer than
+    the policy's ``min_segment_rows`` is listed, not judged, as the sequential evidence does); latency per model
+    with bounds, the baseline's percentile taken at its point estimate and the candidate's bounds from the
+    evaluation's interval on the difference; no recent window and no after-change slice (the evaluation has
+    neither: those gates are skipped, as the previous release had no such gates)."""
+    out: dict[str, Any] = {
+        "bound": f"fixed-horizon {ev.get('confidence') or 0.95:.0%}",
+        "labeled_rows": ev.get("labeled_rows"),
+        "baseline": ev.get("baseline") or {},
+        "candidate": ev.get("candidate") or {},
+        "delta": ev.get("delta") or {},
+        "errors": ev.get("errors") or {},
+    }
+    segs: dict[str, Any] = {}
+    for col, values in (ev.get("segments") or {}).items():
+        segs[col] = {}
+        for v, seg in values.items():
+            small = bool(seg.get("small")) or int(seg.get("rows") or 0) < policy.min_segment_rows
+            segs[col][v] = {"rows": int(seg.get("rows") or 0), "small": True} if small else dict(seg, small=False)
+    out["segments"] = segs
+    lat = ev.get("latency") or {}
+    latency: dict[str, Any] = {"online": online, "baseline": {}, "candidate": {}}
+    for p, b in (lat.get("baseline") or {}).items():
+        c = (lat.get("candidate") or {}).get(p)
+        d = (lat.get("delta") or {}).get(p) or {}
+        if not isinstance(b, (int, float)) or not isinstance(c, (int, float)):
+            continue
+        latency["baseline"][p] = {"value": b, "ci_low": b, "ci_high": b}
+        lo, hi = d.get("ci_low"), d.get("ci_high")
+        latency["candidate"][p] = {
+            "value": c,
+            "ci_low": None if lo is None else b + lo,
+            "ci_high": None if hi is None else b + hi,
+        }
+    out["latency"] = latency
+    return out
 
 
 @dataclass(frozen=True)
 class PolicyRule:
-    """A policy as the workbench judges it: ``score(policy, evaluation, drift)``; ``signed``: the store path
-    decides it through signed records (a variant that only informs, such as an ablation, need not)."""
+    """Rule (a): the policy's gates judged by ``score`` on the cumulative evaluation's fixed-horizon 95 %
+    intervals (:func:`fixed_horizon_evidence`), a fresh test at every look and no new-evidence rule, as the
+    previous release decided. Not signed on the store path (``build_decision`` now judges the sequential way)."""
 
     name: str
     judge: Policy
-    signed: bool = True
 
     @property
-    def policy(self) -> Policy | None:
-        return self.judge if self.signed else None
+    def policy(self) -> None:
+        return None
 
     def decide(self, look: Look) -> Decided:
-        return _decided(score(self.judge, look.evaluation, look.drift))
-
-
-def without_drift_gates(policy: Policy) -> Policy:
-    """The policy with its drift gates off: what its quality, latency and error gates do on their own."""
-    return policy.model_copy(
-        update={
-            "drift": policy.drift.model_copy(
-                update={"max_share_drifted": None, "prediction_drift": False, "concept_drift": False}
-            )
-        }
-    )
+        return _decided(score(self.judge, fixed_horizon_evidence(look.evaluation, self.judge), look.drift))
 
 
 def point_estimates(obj: Any) -> Any:
-    """The evaluation with every interval collapsed onto its point estimate (``value``, or ``rate`` for error
+    """The evidence with every interval collapsed onto its point estimate (``value``, or ``rate`` for error
     rates): scoring that judges the estimate against the threshold, as MLflow's ``validate_evaluation_results``."""
     if isinstance(obj, dict):
         out = {k: point_estimates(v) for k, v in obj.items()}
@@ -473,7 +576,7 @@ def point_estimates(obj: Any) -> Any:
 
 @dataclass(frozen=True)
 class PointThresholdRule:
-    """The policy's gates on point estimates: MLflow-style thresholds (no interval, no inconclusive)."""
+    """Rule (b): the policy's gates on point estimates: MLflow-style thresholds (no interval, no inconclusive)."""
 
     name: str
     judge: Policy
@@ -483,7 +586,73 @@ class PointThresholdRule:
         return None  # not signed on the store path: judged there on the stored evaluation and drift
 
     def decide(self, look: Look) -> Decided:
-        return _decided(score(self.judge, point_estimates(look.evaluation), look.drift))
+        ev = point_estimates(fixed_horizon_evidence(look.evaluation, self.judge))
+        return _decided(score(self.judge, ev, look.drift))
+
+
+class _FastSample(Sample):
+    """A :class:`Sample` whose record citation skips the per-row label digest (a Python loop over every row):
+    the citation goes into a signed record, never into a judged number, and the fast path signs nothing."""
+
+    def cite(self) -> dict[str, Any]:
+        ok = self.labelled()
+        t = self.time[ok]
+        return {
+            "runs": list(self.runs),
+            "rows": len(self),
+            "labelled_rows": int(ok.sum()),
+            "first_event": str(t.min()) if len(t) else None,
+            "last_event": str(t.max()) if len(t) else None,
+            "labels_digest": "not computed on the fast path",
+        }
+
+
+def sample_of(d: Paired) -> Sample:
+    """The pair's growing sample as :meth:`Sample.from_tables` gathers it from the store, on the trial's arrays:
+    every request once, in event-time order (row i at T0 + i x SECONDS_PER_ROW), NaN scores where a model failed,
+    per-request (online) latencies, the declared segment column."""
+    n = len(d)
+    return _FastSample(
+        np.arange(n),
+        (T0 + np.arange(n) * np.timedelta64(SECONDS_PER_ROW, "s")).astype("datetime64[us]"),
+        d.y.astype(np.float64),
+        d.baseline,
+        d.candidate,
+        ~np.isfinite(d.baseline),
+        ~np.isfinite(d.candidate),
+        d.latency_b,
+        d.latency_c,
+        {"segment": SEGMENTS[d.segment]},
+        online=True,
+        thresholds=(THRESHOLD, THRESHOLD),
+    )
+
+
+@dataclass(frozen=True)
+class SequentialRule:
+    """Rule (c): the policy as the library now judges a run (:func:`workbench.decide.judge.judge_run`), on
+    arrays: the pair's growing sample (:func:`sample_of`), the change point of the look's drift report,
+    ``build_evidence``, ``score`` and the new-evidence rule against the labelled rows of this rule's last
+    PROMOTE that moved the weight in this trial. Signed on the store path (``build_decision`` +
+    ``apply_decision``, which call ``judge_run``)."""
+
+    name: str
+    judge: Policy
+
+    @property
+    def policy(self) -> Policy:
+        return self.judge
+
+    def decide(self, look: Look) -> Decided:
+        evidence = build_evidence(sample_of(look.sample), self.judge, change_point=latest_change_point(look.drift))
+        card = score(self.judge, evidence, look.drift)
+        earlier = None
+        for s in reversed(look.history):
+            if s.verdict == Verdict.PROMOTE and s.weight_after > s.weight_before:
+                earlier = {"decision_id": f"look {s.look}", "evidence": {"labelled_rows": s.rows}}
+                break
+        rows = int(evidence["labeled_rows"])
+        return _decided(with_check(card, new_evidence_check(rows, earlier)), rows)
 
 
 @dataclass(frozen=True)
@@ -503,9 +672,10 @@ class CallableRule:
 
 
 def load_rule(name: str, spec: str) -> Rule:
-    """``spec``: a policy file (.toml/.yaml/.yml/.json), or ``module:attr`` naming a rule or a callable."""
+    """``spec``: a policy file (.toml/.yaml/.yml/.json: judged as rule (c) judges the shipped one), or
+    ``module:attr`` naming a rule or a callable."""
     if Path(spec).suffix.lower() in (".toml", ".yaml", ".yml", ".json"):
-        return PolicyRule(name, load_policy(spec))
+        return SequentialRule(name, load_policy(spec))
     module, sep, attr = spec.partition(":")
     if not sep:
         raise SystemExit(f"--rule {name}={spec}: give a policy file or module:attr")
@@ -520,10 +690,10 @@ def load_rule(name: str, spec: str) -> Rule:
 # -- the walk --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
-    looks: int = 8
-    slice_rows: int = 12_500
+    looks: int = 16
+    slice_rows: int = 6_250
     seed: int = 0
-    segments: bool = False  # evaluate with --segment segment (the flow does not: its evaluation has no segments)
+    segments: bool = True  # rules (a), (b): evaluate with --segment segment (the traffic declares the column)
 
 
 @dataclass(frozen=True)
@@ -535,6 +705,7 @@ class Step:
     verdict: str
     blocking: tuple[str, ...]
     outcomes: tuple[tuple[str, str], ...]
+    numbers: tuple[tuple[str, float | None], ...] = ()  # what the checks judged (compared within a tolerance)
 
 
 def _steps_key(s: Step) -> tuple:
@@ -564,15 +735,16 @@ def evaluate_fast(d: Paired, segments: bool) -> dict:
     ).to_dict()
 
 
-def drift_fast(d: Paired) -> dict:
+def drift_fast(d: Paired, concept_only: bool = False) -> dict:
     """The fields of ``workbench drift --json`` that the policy reads, on arrays, as ``drift_run`` computes them
     with its default reference (the earliest 20 % of the run's rows by event time; the rest is current):
     normed Wasserstein per feature and per score (Evidently's default test above 1,000 reference values, which
     the harness requires), prediction drift of each model (reference against current) and of baseline against
-    candidate (current rows), Page-Hinkley concept drift on each model's per-request error stream."""
+    candidate (current rows), Page-Hinkley concept drift on each model's per-request error stream.
+    ``concept_only``: only the concept-drift part (the change point the sequential rule slices at; the rest of
+    the report is context in the scorecard, never a failure)."""
     from scipy import stats as sps
 
-    from workbench.drift.concept import PageHinkley, page_hinkley
     from workbench.drift.report import DEFAULT_REFERENCE_SHARE
     from workbench.drift.stattests import SMALL_REFERENCE, stat_test
 
@@ -597,6 +769,8 @@ def drift_fast(d: Paired) -> dict:
             "current_rows": len(cur),
         }
 
+    if concept_only:
+        return {"concept_drift": concept_drift(d)}
     features = {c: compare(d.features[:k, i], d.features[k:, i]) for i, c in enumerate(FEATURES)}
     share = sum(f["drifted"] for f in features.values()) / len(features)
     pred = {
@@ -604,6 +778,19 @@ def drift_fast(d: Paired) -> dict:
         for r, s in (("baseline", d.baseline), ("candidate", d.candidate))
     }
     pred["baseline_vs_candidate"] = compare(d.baseline[k:], d.candidate[k:])
+    return {
+        "share_drifted": share,
+        "dataset_drift": share >= 0.5,
+        "features": features,
+        "prediction_drift": pred,
+        "concept_drift": concept_drift(d),
+    }
+
+
+def concept_drift(d: Paired) -> dict:
+    """``concept_drift`` of ``workbench drift --json``: Page-Hinkley on each model's per-request error stream."""
+    from workbench.drift.concept import PageHinkley, page_hinkley
+
     concept: dict = {}
     for role, s in (("baseline", d.baseline), ("candidate", d.candidate)):
         ok = np.isfinite(s)
@@ -619,27 +806,21 @@ def drift_fast(d: Paired) -> dict:
             concept = c
         else:
             concept["candidate"] = c
-    return {
-        "share_drifted": share,
-        "dataset_drift": share >= 0.5,
-        "features": features,
-        "prediction_drift": pred,
-        "concept_drift": concept,
-    }
+    return concept
 
 
 def walk(
     rules: list[Rule],
-    evidence: Callable[[int], tuple[dict, dict]],
+    evidence: Callable[[int], Evidence],
     sample: Paired,
     cfg: Config,
     ramp: tuple[int, ...],
     decide_signed: Callable[[int, Rule, int], Decided | None] | None = None,
     stop: int | None = None,
 ) -> list[list[Step]]:
-    """Walk the ramp: after each slice, the evidence on the cumulative rows and each live rule's decision.
-    ``decide_signed(look, rule, weight)`` (the store path) decides a rule through the signed records instead;
-    ``stop``: walk only the first looks of the horizon."""
+    """Walk the ramp: after each slice, the evidence on the cumulative rows and each live rule's decision; the
+    walk ends when every rule has ended (ROLLBACK or 100 %). ``decide_signed(look, rule, weight)`` (the store
+    path) decides a rule through the signed records instead; ``stop``: walk only the first looks."""
     steps: list[list[Step]] = [[] for _ in rules]
     weight = [0] * len(rules)
     live = [True] * len(rules)
@@ -647,25 +828,25 @@ def walk(
         if not any(live):
             break
         n = k * cfg.slice_rows
-        ev, dr = evidence(n)
+        ev = evidence(n)
+        head = sample.head(n)
         for i, rule in enumerate(rules):
             if not live[i]:
                 continue
             decided = decide_signed(k, rule, weight[i]) if decide_signed else None
             if decided is None:
-                decided = rule.decide(
-                    Look(k, weight[i], ev, dr, int(ev["labeled_rows"]), tuple(steps[i]), sample.head(n), ramp)
-                )
+                decided = rule.decide(Look(k, weight[i], ev, tuple(steps[i]), head, ramp))
             after = next_weight(decided.verdict, weight[i], ramp)
             steps[i].append(
                 Step(
                     k,
-                    int(ev["labeled_rows"]),
+                    ev.rows if decided.rows is None else decided.rows,
                     weight[i],
                     after,
                     str(decided.verdict),
                     decided.blocking,
                     decided.outcomes,
+                    decided.numbers,
                 )
             )
             weight[i] = after
@@ -675,13 +856,22 @@ def walk(
 
 
 def walk_fast(
-    sc: Scenario, trial: int, cfg: Config, rules: list[Rule], ramp: tuple[int, ...], stop: int | None = None
-) -> tuple[list[list[Step]], dict]:
+    sc: Scenario,
+    trial: int,
+    cfg: Config,
+    rules: list[Rule],
+    ramp: tuple[int, ...],
+    stop: int | None = None,
+    full_drift: bool = False,
+) -> tuple[list[list[Step]], dict[int, Evidence]]:
+    """One trial on arrays. ``full_drift``: the whole drift report at each look (the parity check compares it
+    with ``drift_run``'s); otherwise only its concept-drift part, all that a decision reads from it."""
     data = trial_data(sc, cfg, trial)
-    seen: dict[int, tuple[dict, dict]] = {}
+    seen: dict[int, Evidence] = {}
 
-    def evidence(n: int) -> tuple[dict, dict]:
-        seen[n] = (evaluate_fast(data.head(n), cfg.segments), drift_fast(data.head(n)))
+    def evidence(n: int) -> Evidence:
+        head = data.head(n)
+        seen[n] = Evidence(n, lambda: evaluate_fast(head, cfg.segments), lambda: drift_fast(head, not full_drift))
         return seen[n]
 
     return walk(rules, evidence, data, cfg, ramp, stop=stop), seen
@@ -717,7 +907,9 @@ def walk_store(
     stop: int | None = None,
 ) -> tuple[list[list[Step]], dict]:
     """The same trial through ingest, the store's run API, ``evaluate_run``, ``drift_run`` and the signed
-    decisions. Each rule with a policy ramps its own registered model (its own run per look)."""
+    decisions. Each rule with a policy ramps its own registered model (its own run per look, a replay of all
+    the traffic so far: the pair's runs pooled, each request once, are the fast path's cumulative rows); the
+    traffic set declares its segment column, as ``ingest --segment segment`` does."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -737,7 +929,7 @@ def walk_store(
     trusted = trusted_keys(workdir / "keys", workdir / "no-trusted")
     signed_rules = [i for i, r in enumerate(rules) if r.policy is not None]
     run_rules = signed_rules or [0]  # the rules with a run of their own per look (the first serves the others)
-    seen: dict[int, tuple[dict, dict]] = {}
+    seen: dict[int, Evidence] = {}
     traffic = "dq"
     thresholds = {"baseline": THRESHOLD, "candidate": THRESHOLD}
 
@@ -762,6 +954,8 @@ def walk_store(
             if res.quarantined:
                 raise RuntimeError(f"ingest quarantined {res.quarantined} rows: {res.reasons}")
             ingest_labels(store, workdir / "labels.parquet", traffic, time_col=None)
+            if j == 0:
+                store.declare_segments(traffic, ["segment"])
 
         def replay_run(run_id: str, model: str, slices: int) -> None:
             refs = _refs(model)
@@ -795,7 +989,7 @@ def walk_store(
                 )
             store.finish_run(run_id)
 
-        def evidence(n: int) -> tuple[dict, dict]:
+        def evidence(n: int) -> Evidence:
             k = n // cfg.slice_rows
             ingest_slice(k - 1)
             for i in run_rules:
@@ -807,8 +1001,8 @@ def walk_store(
             ev, dr = store.latest_evaluation(first), store.latest_drift(first)
             if ev is None or dr is None:
                 raise RuntimeError(f"run {first} has no stored evaluation or drift report")
-            seen[n] = (ev, dr)
-            return ev, dr
+            seen[n] = Evidence(n, lambda: ev, lambda: dr)
+            return seen[n]
 
         def decide_signed(k: int, rule: Rule, weight: int) -> Decided | None:
             i = rules.index(rule)
@@ -824,7 +1018,7 @@ def walk_store(
                 raise AssertionError(
                     f"applying {signed.decision_id} left the canary at {st.weight} % (verified {st.verified})"
                 )
-            return _decided(card)
+            return _decided(card, int(signed.record["evidence"]["labelled_rows"]))
 
         steps = walk(rules, evidence, data, cfg, ramp, decide_signed, stop)
         for i in signed_rules:  # the signed chain holds exactly the walk's decisions
@@ -836,8 +1030,10 @@ def walk_store(
     return steps, seen
 
 
-def _numbers(ev: dict, dr: dict) -> dict[str, float]:
+def _numbers(ev: dict, dr: dict | None) -> dict[str, float]:
     """The judged numbers of an evaluation and a drift dict, flattened (for the parity check)."""
+    if dr is None:
+        raise AssertionError("the parity check needs the drift report of every look")
     out: dict[str, float] = {"labeled_rows": ev["labeled_rows"]}
     for who in ("baseline", "candidate", "delta"):
         for m in ("f1", "roc_auc", "log_loss"):
@@ -862,6 +1058,24 @@ def _numbers(ev: dict, dr: dict) -> dict[str, float]:
     return out
 
 
+def _agree(where: str, a: dict[str, Any], b: dict[str, Any], tolerance: float) -> float:
+    """The largest absolute difference between two flattened number dicts; AssertionError past ``tolerance``
+    (relative to the larger of 1 and the number) or when their fields differ."""
+    if a.keys() != b.keys():
+        raise AssertionError(f"{where}: judged fields differ: {sorted(a.keys() ^ b.keys())}")
+    worst = 0.0
+    for key in a:
+        x, y = a[key], b[key]
+        if (x is None) != (y is None):
+            raise AssertionError(f"{where}: {key} is {x} (fast) vs {y} (store)")
+        if x is not None:
+            diff = abs(x - y)
+            worst = max(worst, diff)
+            if diff > tolerance * max(1.0, abs(x)):
+                raise AssertionError(f"{where}: {key} = {x!r} (fast) vs {y!r} (store)")
+    return worst
+
+
 def check_parity(
     sc: Scenario,
     trial: int,
@@ -873,38 +1087,42 @@ def check_parity(
     tolerance: float = 1e-9,
 ) -> dict:
     """Run one trial (its first ``stop`` looks) on both paths; raise AssertionError unless every look's verdict,
-    weight and gate outcomes are identical and every judged number agrees within ``tolerance``."""
+    weight and gate outcomes are identical, every number the checks judged agrees within ``tolerance`` (the
+    sequential rule's: baseline, candidate, delta and bounds per check) and so do the evaluation and drift
+    reports the fixed-horizon rules read."""
     t0 = time.perf_counter()
-    fast, fast_seen = walk_fast(sc, trial, cfg, rules, ramp, stop)
+    fast, fast_seen = walk_fast(sc, trial, cfg, rules, ramp, stop, full_drift=True)
     t1 = time.perf_counter()
     slow, slow_seen = walk_store(sc, trial, cfg, rules, ramp, workdir, stop)
     t2 = time.perf_counter()
-    worst = 0.0
+    worst = {"evaluation": 0.0, "checks": 0.0}
     for n in sorted(fast_seen):
-        a, b = _numbers(*fast_seen[n]), _numbers(*slow_seen[n])
-        if a.keys() != b.keys():
-            raise AssertionError(f"{sc.name} trial {trial}, {n} rows: judged fields differ: {a.keys() ^ b.keys()}")
-        for key in a:
-            x, y = a[key], b[key]
-            if (x is None) != (y is None):
-                raise AssertionError(f"{sc.name} trial {trial}, {n} rows: {key} is {x} (fast) vs {y} (store)")
-            if x is not None:
-                diff = abs(x - y)
-                worst = max(worst, diff)
-                if diff > tolerance * max(1.0, abs(x)):
-                    raise AssertionError(f"{sc.name} trial {trial}, {n} rows: {key} = {x!r} (fast) vs {y!r} (store)")
-    for rule, f, s in zip(rules, fast, slow, strict=True):
-        if [_steps_key(x) for x in f] != [_steps_key(x) for x in s]:
+        f, s = fast_seen[n], slow_seen[n]
+        if f.computed("evaluation"):  # a fixed-horizon rule read it at this look
+            where = f"{sc.name} trial {trial}, {n} rows"
+            diff = _agree(where, _numbers(f.evaluation, f.drift), _numbers(s.evaluation, s.drift), tolerance)
+            worst["evaluation"] = max(worst["evaluation"], diff)
+        if latest_change_point(f.drift) != latest_change_point(s.drift):
+            raise AssertionError(
+                f"{sc.name} trial {trial}, {n} rows: change point {latest_change_point(f.drift)} (fast) vs "
+                f"{latest_change_point(s.drift)} (store)"
+            )
+    for rule, fs, ss in zip(rules, fast, slow, strict=True):
+        if [_steps_key(x) for x in fs] != [_steps_key(x) for x in ss]:
             raise AssertionError(
                 f"{sc.name} trial {trial}, rule {rule.name}: the paths disagree\n fast:  "
-                f"{[(x.look, x.verdict, x.weight_after) for x in f]}\n store: "
-                f"{[(x.look, x.verdict, x.weight_after) for x in s]}"
+                f"{[(x.look, x.rows, x.verdict, x.weight_after, x.blocking) for x in fs]}\n store: "
+                f"{[(x.look, x.rows, x.verdict, x.weight_after, x.blocking) for x in ss]}"
             )
+        for x, y in zip(fs, ss, strict=True):
+            where = f"{sc.name} trial {trial}, rule {rule.name}, look {x.look}"
+            worst["checks"] = max(worst["checks"], _agree(where, dict(x.numbers), dict(y.numbers), tolerance))
     return {
         "scenario": sc.name,
         "trial": trial,
         "looks": len(fast_seen),
-        "max_abs_diff": worst,
+        "max_abs_diff": max(worst.values()),
+        "max_abs_diff_by": worst,
         "fast_s": round(t1 - t0, 2),
         "store_s": round(t2 - t1, 2),
         "verdicts": {r.name: [x.verdict for x in f] for r, f in zip(rules, fast, strict=True)},
@@ -920,13 +1138,19 @@ class TrialOutcome:
     max_weight: int
     final: str  # "PROMOTE" (reached 100 %), "ROLLBACK" or "HOLD" (the horizon ended first)
     rows: int  # labelled rows at the last decision
-    false_promote: bool  # a PROMOTE at or after the scenario's bad_from_look
-    drift_alone: bool  # some HOLD whose only non-passing gates were drift gates
+    false_promote: bool  # a PROMOTE that moved the weight at or after the scenario's bad_from_look
+    drift_alone: bool  # some HOLD whose only non-passing gates were drift gates (drift.*, after_change.*)
+    held_by: tuple[str, ...] = ()  # every gate that did not pass at some HOLD of the trial
+    last_held_by: tuple[str, ...] = ()  # the gates that did not pass at the last look, when it held
+
+
+DRIFT_GATES = ("drift.", "after_change.")  # checks that exist because of a drift report
 
 
 def summarise(steps: list[Step], ramp: tuple[int, ...], bad_from: int | None) -> TrialOutcome:
     last = steps[-1]
     final = "PROMOTE" if last.weight_after == ramp[-1] else "ROLLBACK" if last.verdict == Verdict.ROLLBACK else "HOLD"
+    holds = [s for s in steps if s.verdict == Verdict.HOLD]
     return TrialOutcome(
         max(s.weight_after for s in steps),
         final,
@@ -935,24 +1159,31 @@ def summarise(steps: list[Step], ramp: tuple[int, ...], bad_from: int | None) ->
         and any(
             s.verdict == Verdict.PROMOTE and s.look >= bad_from and s.weight_after > s.weight_before for s in steps
         ),
-        any(
-            s.verdict == Verdict.HOLD and s.blocking and all(g.startswith("drift.") for g in s.blocking) for s in steps
-        ),
+        any(s.blocking and all(g.startswith(DRIFT_GATES) for g in s.blocking) for s in holds),
+        tuple(sorted({g for s in holds for g in s.blocking})),
+        last.blocking if final == "HOLD" else (),
     )
 
 
-_WORKER: dict = {}  # set before the worker pool forks: rules, config, ramp, bad_from per scenario
+_WORKER: dict = {}  # set before the worker pool forks: rules, config, ramp, bad_from, comparison trials
 
 
-def _run_chunk(task: tuple[str, int, int]) -> tuple[str, list[list[TrialOutcome]], int]:
+def _run_chunk(task: tuple[str, int, int]) -> tuple[str, list[list[TrialOutcome | None]], int]:
+    """Trials ``lo`` to ``hi`` of a scenario; a rule outside ``always`` runs only in the first ``comparison``
+    trials (None in its slot otherwise)."""
     name, lo, hi = task
     w = _WORKER
     sc = BY_NAME[name]
-    out, looks = [], 0
+    out: list[list[TrialOutcome | None]] = []
+    looks = 0
     for trial in range(lo, hi):
-        steps, seen = walk_fast(sc, trial, w["cfg"], w["rules"], w["ramp"])
+        keep = [i for i, r in enumerate(w["rules"]) if r.name in w["always"] or trial < w["comparison"]]
+        steps, seen = walk_fast(sc, trial, w["cfg"], [w["rules"][i] for i in keep], w["ramp"])
         looks += len(seen)
-        out.append([summarise(s, w["ramp"], w["bad_from"][name]) for s in steps])
+        row: list[TrialOutcome | None] = [None] * len(w["rules"])
+        for i, st in zip(keep, steps, strict=True):
+            row[i] = summarise(st, w["ramp"], w["bad_from"][name])
+        out.append(row)
     return name, out, looks
 
 
@@ -965,16 +1196,30 @@ def run_trials(
     bad_from: dict[str, int | None],
     workers: int,
     progress: Callable[[str], None] = lambda s: None,
-) -> tuple[dict[str, list[list[TrialOutcome]]], int]:
-    """Fast-path trials; returns per scenario a list of trials, each a list of per-rule outcomes."""
-    _WORKER.update(rules=rules, cfg=cfg, ramp=ramp, bad_from=bad_from)
+    comparison: int | None = None,
+    always: tuple[str, ...] = (),
+    start: dict[str, int] | None = None,
+) -> tuple[dict[str, list[list[TrialOutcome | None]]], int]:
+    """Fast-path trials; returns per scenario a list of trials, each a list of per-rule outcomes (None where
+    the rule did not run: rules not in ``always`` run in the first ``comparison`` trials only)."""
+    _WORKER.update(
+        rules=rules,
+        cfg=cfg,
+        ramp=ramp,
+        bad_from=bad_from,
+        always=always,
+        comparison=10**9 if comparison is None else comparison,
+    )
     chunk = 5
+    first = start or {}
     tasks = [
-        (sc.name, lo, min(lo + chunk, trials[sc.name])) for sc in scenarios for lo in range(0, trials[sc.name], chunk)
+        (sc.name, lo, min(lo + chunk, first.get(sc.name, 0) + trials[sc.name]))
+        for sc in scenarios
+        for lo in range(first.get(sc.name, 0), first.get(sc.name, 0) + trials[sc.name], chunk)
     ]
     results: dict[str, list] = {sc.name: [] for sc in scenarios}
     looks = 0
-    it: Iterator[tuple[str, list[list[TrialOutcome]], int]]
+    it: Iterator[tuple[str, list[list[TrialOutcome | None]], int]]
     if workers <= 1:
         it = map(_run_chunk, tasks)
         pool = None
@@ -1009,10 +1254,23 @@ def fmt_share(s: dict) -> str:
     return f"{100 * s['share']:.1f} [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]"
 
 
-def aggregate(outcomes: list[list[TrialOutcome]], rule_index: int, ramp: tuple[int, ...]) -> dict:
-    rows = [t[rule_index] for t in outcomes]
+def _top(counts: dict[str, int], n: int, k: int = 4) -> list[dict]:
+    return [{"gate": g, "trials": c, "share": c / n} for g, c in sorted(counts.items(), key=lambda kv: -kv[1])[:k]]
+
+
+def aggregate(outcomes: list[list[TrialOutcome | None]], rule_index: int, ramp: tuple[int, ...]) -> dict:
+    rows = [o for t in outcomes if (o := t[rule_index]) is not None]
     n = len(rows)
+    held: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for o in rows:
+        for g in o.held_by:
+            held[g] = held.get(g, 0) + 1
+        for g in o.last_held_by:
+            last[g] = last.get(g, 0) + 1
     return {
+        "held_by": _top(held, max(n, 1)),
+        "last_held_by": _top(last, max(n, 1)),
         "trials": n,
         "reach": {str(w): share(sum(o.max_weight >= w for o in rows), n) for w in ramp},
         "final": {f: share(sum(o.final == f for o in rows), n) for f in ("PROMOTE", "HOLD", "ROLLBACK")},
@@ -1088,10 +1346,17 @@ def print_tables(
         print("|---|---|" + "---|" * (len(ramp) - 1) + "---|---|---|---|---|")
         for r in rules:
             a = agg[sc.name][r.name]
+            if not a["trials"]:
+                continue
             cells = [fmt_share(a["reach"][str(w)]) for w in ramp[:-1]]
             cells += [fmt_share(a["final"][f]) for f in ("PROMOTE", "HOLD", "ROLLBACK")]
             fp = fmt_share(a["false_promote"]) if bad else "-"
             print(f"| {r.name} | {a['trials']} | " + " | ".join(cells) + f" | {a['median_rows']:,.0f} | {fp} |")
+        for r in rules:
+            a = agg[sc.name][r.name]
+            if a["last_held_by"]:
+                gates = ", ".join(f"{x['gate']} {100 * x['share']:.0f} %" for x in a["last_held_by"])
+                print(f"\n{r.name}: not passing at the last look of the trials that ended held: {gates}")
 
 
 def summary_metrics(agg: dict, scenarios: list[Scenario], rules: list[Rule], bad_from: dict, cfg: Config) -> dict:
@@ -1099,9 +1364,10 @@ def summary_metrics(agg: dict, scenarios: list[Scenario], rules: list[Rule], bad
     out: dict[str, dict] = {}
     for r in rules:
         m: dict[str, Any] = {}
-        bad = [s for s in scenarios if bad_from[s.name]]
+        bad = [s for s in scenarios if bad_from[s.name] and agg[s.name][r.name]["trials"]]
         if bad:
             m["false_promote"] = {s.name: agg[s.name][r.name]["false_promote"] for s in bad}
+            m["to_100"] = {s.name: agg[s.name][r.name]["final"]["PROMOTE"] for s in bad}
             worst = max(bad, key=lambda s: agg[s.name][r.name]["false_promote"]["share"] or 0)
             m["false_promote_worst"] = {"scenario": worst.name} | agg[worst.name][r.name]["false_promote"]
         if "better_1pt" in names:
@@ -1114,38 +1380,90 @@ def summary_metrics(agg: dict, scenarios: list[Scenario], rules: list[Rule], bad
     return out
 
 
-def print_summary(summary: dict, rules: list[Rule], cfg: Config, sequential_slot: bool) -> None:
+#: the decision-quality targets: (label, key, sub-key, target text, test on a share)
+def targets(summary: dict, rule: str, horizon: int) -> list[tuple[str, str, str | None, str, Callable[[dict], bool]]]:
+    out: list[tuple[str, str, str | None, str, Callable[[dict], bool]]] = []
+    m = summary[rule]
+    for name in m.get("false_promote") or {}:
+        if BY_NAME[name].error_rate_scenario:
+            out.append(
+                (
+                    f"false promote (any PROMOTE from the bad look on): {name}",
+                    "false_promote",
+                    name,
+                    "<= 1 %",
+                    lambda s: s["share"] <= 0.01,
+                )
+            )
+    if "power" in m:
+        out.append(
+            (
+                f"power: +1 f1 point reaches 100 % within {horizon:,} labelled rows",
+                "power",
+                None,
+                ">= 90 %",
+                lambda s: s["share"] >= 0.90,
+            )
+        )
+    if "drift_alone" in m:
+        out.append(
+            (
+                "drift for both: held for drift alone (drift.* / after_change.* gates only) at some look",
+                "drift_alone",
+                None,
+                "0 %",
+                lambda s: s["k"] == 0,
+            )
+        )
+    if "errors_rolled_back" in m:
+        out.append(("1 % errors: rolled back", "errors_rolled_back", None, ">= 99 %", lambda s: s["share"] >= 0.99))
+    return out
+
+
+def print_summary(summary: dict, rules: list[Rule], cfg: Config, judged: str | None) -> dict:
+    """The targets table (every rule's share; pass/fail for rule ``judged``) and the other worse-than-a-margin
+    scenarios; returns {target label: {"pass": bool, ...share}} for ``judged``."""
     horizon = cfg.looks * cfg.slice_rows
     print("\n## Summary against the targets (% of trials [Wilson 95 %])\n")
-    names = [r.name for r in rules] + ([] if sequential_slot else ["(c) sequential"])
-    print("| metric | target | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
+    names = [r.name for r in rules]
+    verdict_col = [f"{judged}: target met?"] if judged else []
+    print("| metric | target | " + " | ".join(names + verdict_col) + " |")
+    print("|---|---|" + "---|" * (len(names) + len(verdict_col)))
 
-    def row(label: str, target: str, key: str, sub: str | None = None) -> None:
+    def value(rule: str, key: str, sub: str | None) -> dict | None:
+        v = summary[rule].get(key)
+        if v is not None and sub is not None:
+            v = v.get(sub)
+        return v if v and v.get("n") else None
+
+    first = judged or names[0]
+    met: dict[str, dict] = {}
+    for label, key, sub, target, ok in targets(summary, first, horizon):
         cells = []
-        for r in rules:
-            v = summary[r.name].get(key)
-            if v is not None and sub is not None:
-                v = v.get(sub)
-            cell = fmt_share(v) if v else "-"
-            if v and key == "false_promote_worst":
-                cell += f" ({v['scenario']})"
-            cells.append(cell)
-        if not sequential_slot:
-            cells.append("slot empty")
+        for r in names:
+            v = value(r, key, sub)
+            cells.append(f"{fmt_share(v)} (n={v['n']})" if v else "-")
+        if judged:
+            v = value(judged, key, sub)
+            passed = v is not None and ok(v)
+            met[label] = {"pass": passed} | (v or {})
+            cells.append("**pass**" if passed else "**FAIL**")
         print(f"| {label} | {target} | " + " | ".join(cells) + " |")
-
-    any_rule = summary[rules[0].name]
-    for name in any_rule.get("false_promote") or {}:
-        row(f"false promote: {name}", "<= 1 %", "false_promote", name)
-    if "false_promote_worst" in any_rule:
-        row("false promote, worst scenario", "<= 1 %", "false_promote_worst")
-    if "power" in any_rule:
-        row(f"power: +1 f1 point reaches 100 % within {horizon:,} labelled rows", ">= 90 %", "power")
-    if "drift_alone" in any_rule:
-        row("drift for both: held for drift alone at some look", "0 %", "drift_alone")
-    if "errors_rolled_back" in any_rule:
-        row("1 % errors: rolled back", ">= 99 %", "errors_rolled_back")
+    other = [n for n in summary[first].get("to_100") or {} if not BY_NAME[n].error_rate_scenario]
+    if other:
+        print(
+            "\nOther candidates worse than a margin (should rarely get far): share of trials promoted to 100 % / "
+            "any false promote\n"
+        )
+        print("| scenario | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for n in other:
+            cells = []
+            for r in names:
+                a, f = value(r, "to_100", n), value(r, "false_promote", n)
+                cells.append(f"{fmt_share(a)} / {fmt_share(f)} (n={a['n']})" if a and f else "-")
+            print(f"| {n} | " + " | ".join(cells) + " |")
+    return met
 
 
 # -- calibration (how the scenario constants were set) -----------------------------------------------------
@@ -1204,49 +1522,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trials",
         type=int,
         default=None,
-        help="fast-path trials per scenario whose share is a targeted error rate (default 200; 1 with --quick)",
+        help="trials of rule (c) per scenario whose share is a targeted error rate (default 1000; 1 with --quick)",
     )
     p.add_argument(
         "--context-trials",
         type=int,
         default=None,
-        help="trials for scenarios whose share is no targeted error rate (default: --trials)",
+        help="trials of rule (c) for scenarios whose share is no targeted error rate (default: --trials)",
+    )
+    p.add_argument(
+        "--comparison-trials",
+        type=int,
+        default=None,
+        help="trials of the comparison rules (a) and (b) per scenario: the first N trials (default 50; 0 with "
+        "--quick, where the parity check still runs them)",
     )
     p.add_argument(
         "--trials-for",
         action="append",
         default=[],
         metavar="SCENARIO=N",
-        help="trials for one scenario (e.g. errors_1pct=400: its trials end at the first look)",
+        help="trials of rule (c) for one scenario (e.g. errors_1pct=400: its trials end at the first look)",
     )
     p.add_argument("--quick", action="store_true", help="a few trials and a smaller truth sample: seconds, for CI")
     p.add_argument("--scenarios", default=None, help=f"comma-separated subset of: {', '.join(BY_NAME)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
-    p.add_argument("--looks", type=int, default=8, help="slices of traffic, a decision after each (default 8)")
+    p.add_argument(
+        "--looks", type=int, default=None, help="slices of traffic, a decision after each (default 16; 8 with --quick)"
+    )
     p.add_argument(
         "--slice-rows",
         type=int,
-        default=12_500,
-        help="labelled rows per slice (default 12,500: 8 looks cover 100,000 rows)",
+        default=None,
+        help="labelled rows per slice (default: 100,000 / --looks; a ramp of 5 steps needs at least 5 looks)",
     )
     p.add_argument(
-        "--segments",
+        "--no-segments",
         action="store_true",
-        help="evaluate with --segment segment (the flow does not, so its segment gate is skipped)",
+        help="rules (a), (b): evaluate without --segment segment (as the previous release's flow did)",
     )
-    p.add_argument("--policy", type=Path, default=None, help="the policy of rules (a) and (b) (default: shipped)")
     p.add_argument(
-        "--no-ablations",
-        action="store_true",
-        help="leave out (a-) and (b-): rules (a) and (b) with the policy's drift gates off",
+        "--policy",
+        type=Path,
+        default=None,
+        help="the policy of every rule (default: the shipped one); e.g. a modified copy for an experiment",
     )
     p.add_argument(
         "--rule",
         action="append",
         default=[],
         metavar="NAME=SPEC",
-        help="another rule: a policy file or module:attr (a Rule or a callable); NAME 'sequential' fills slot (c)",
+        help="another rule: a policy file (judged as rule (c)) or module:attr (a Rule or a callable); NAME "
+        "'sequential' replaces rule (c)",
     )
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument(
@@ -1272,20 +1600,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--calibrate", action="store_true", help="re-derive the scenario constants and exit")
     args = p.parse_args(argv)
+    if args.looks is None:
+        args.looks = 8 if args.quick else 16  # quick: every look above the evaluation's exact-bootstrap size
+    if args.slice_rows is None:
+        args.slice_rows = 100_000 // max(1, args.looks)
     if args.trials is None:
-        args.trials = 1 if args.quick else 200
+        args.trials = 1 if args.quick else 1000
     if args.context_trials is None:
         args.context_trials = args.trials
+    if args.comparison_trials is None:
+        args.comparison_trials = 0 if args.quick else 50
     if args.store_trials is None:
         args.store_trials = 1
     if args.store_looks is None:
-        args.store_looks = 2 if args.quick else args.looks
+        args.store_looks = 3 if args.quick else args.looks
     if args.store_scenarios is None:
         args.store_scenarios = "better_1pt,errors_1pct" + ("" if args.quick else ",drift_both")
     if args.truth_rows is None:
         args.truth_rows = 400_000 if args.quick else 2_000_000
-    if min(args.trials, args.context_trials, args.looks) < 1:
-        p.error("--trials, --context-trials and --looks must be at least 1")
+    if min(args.trials, args.context_trials, args.looks) < 1 or args.comparison_trials < 0:
+        p.error("--trials, --context-trials and --looks must be at least 1, --comparison-trials at least 0")
     if args.slice_rows * 0.2 <= 1000:
         p.error(
             "--slice-rows must exceed 5,000: drift's default reference (20 %) needs over 1,000 rows for the "
@@ -1295,15 +1629,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_rules(args: argparse.Namespace, extra: tuple[Rule, ...] = ()) -> list[Rule]:
-    """(a), (b), their drift-gates-off variants unless ``--no-ablations``, then ``--rule`` rules and ``extra``."""
+    """(a), (b), (c) under ``--policy`` (default: the shipped one), then ``--rule`` rules and ``extra`` (one
+    named ``(c) sequential``, or ``--rule sequential=SPEC``, replaces rule (c))."""
     policy = load_policy(args.policy)
-    rules: list[Rule] = [PolicyRule("(a) fixed-horizon", policy), PointThresholdRule("(b) point-thresholds", policy)]
-    if not args.no_ablations:
-        quiet = without_drift_gates(policy)
-        rules += [
-            PolicyRule("(a-) fixed-horizon, drift gates off", quiet, signed=False),
-            PointThresholdRule("(b-) point-thresholds, drift gates off", quiet),
-        ]
+    rules: list[Rule] = [
+        PolicyRule("(a) fixed-horizon", policy),
+        PointThresholdRule("(b) point-thresholds", policy),
+        SequentialRule(SEQUENTIAL, policy),
+    ]
+    added: list[Rule] = []
     for item in args.rule:
         name, sep, spec = item.partition("=")
         if not sep:
@@ -1311,12 +1645,19 @@ def build_rules(args: argparse.Namespace, extra: tuple[Rule, ...] = ()) -> list[
         if name == "sequential":
             name = SEQUENTIAL
         rule = load_rule(name, spec)
-        rules.append(rule if getattr(rule, "name", None) == name else _renamed(rule, name))
-    rules += list(extra)
+        added.append(rule if getattr(rule, "name", None) == name else _renamed(rule, name))
+    for rule in [*added, *extra]:
+        if rule.name == SEQUENTIAL:
+            rules[2] = rule
+        else:
+            rules.append(rule)
     names = [r.name for r in rules]
     if len(set(names)) != len(names):
         raise SystemExit(f"two rules share a name: {names}")
     return rules
+
+
+COMPARISON = ("(a) fixed-horizon", "(b) point-thresholds")
 
 
 def _renamed(rule: Any, name: str) -> Rule:
@@ -1328,7 +1669,7 @@ def _renamed(rule: Any, name: str) -> Rule:
 
 
 def main(argv: list[str] | None = None, extra_rules: tuple[Rule, ...] = ()) -> dict:
-    """Run the benchmark; ``extra_rules`` join the command line's (a rule named ``(c) sequential`` fills slot
+    """Run the benchmark; ``extra_rules`` join the command line's (a rule named ``(c) sequential`` replaces rule
     (c)). Returns every number that ``--json`` writes."""
     args = parse_args(argv)
     try:  # one BLAS thread per worker, also where numpy was loaded before this module set the environment
@@ -1337,6 +1678,10 @@ def main(argv: list[str] | None = None, extra_rules: tuple[Rule, ...] = ()) -> d
         return _main(args, extra_rules)
     with threadpool_limits(1):
         return _main(args, extra_rules)
+
+
+def _progress(part: str, text: str) -> None:
+    print(f"  fast path ({part}): {text}", file=sys.stderr, flush=True)
 
 
 def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
@@ -1356,10 +1701,11 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
             raise SystemExit(f"--trials-for {item}: use SCENARIO=N with a selected scenario and N >= 1")
         trials[name] = int(n)
     rules = build_rules(args, extra_rules)
-    sequential = any(r.name == SEQUENTIAL for r in rules)
-    base_policy = load_policy(args.policy)  # the margins that say which candidate is worse; the ramp
-    ramp = tuple(base_policy.ramp)
-    cfg = Config(looks=args.looks, slice_rows=args.slice_rows, seed=args.seed, segments=args.segments)
+    always = tuple(r.name for r in rules if r.name not in COMPARISON)
+    comparison = {name: min(args.comparison_trials, n) for name, n in trials.items()}
+    policy = load_policy(args.policy)  # the margins that say which candidate is worse; the ramp
+    ramp = tuple(policy.ramp)
+    cfg = Config(looks=args.looks, slice_rows=args.slice_rows, seed=args.seed, segments=not args.no_segments)
 
     print(f"# Decision quality across the ramp {' -> '.join(map(str, (0,) + ramp))} %\n")
     print(
@@ -1367,20 +1713,24 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
         f"{' '.join(map(str, mach['load_avg']))} at the start; Python {mach['python']}, numpy {mach['numpy']}"
     )
     print(
-        f"walk: {cfg.looks} looks of {cfg.slice_rows:,} labelled rows ({cfg.looks * cfg.slice_rows:,} in all), "
-        f"a decision after each; evaluation {'with' if cfg.segments else 'without'} segments "
-        f"({'--segment segment' if cfg.segments else 'as the flow runs it'}), drift with its default reference"
+        f"policy: {args.policy or 'the shipped default'} (confidence {policy.confidence:g}, planned_rows "
+        f"{policy.planned_rows:,}, min_segment_rows {policy.min_segment_rows:,}, recent_share "
+        f"{policy.drift.recent_share})"
     )
-    print("trials per scenario (fast path): " + ", ".join(f"{k} {v}" for k, v in trials.items()))
     print(
-        "rules: "
-        + "; ".join(r.name for r in rules)
-        + ("" if sequential else "; (c) sequential: slot empty (--rule sequential=SPEC)")
+        f"walk: {cfg.looks} looks of {cfg.slice_rows:,} labelled rows ({cfg.looks * cfg.slice_rows:,} in all), "
+        f"a decision after each; rules (a), (b) on the cumulative evaluation "
+        f"{'with' if cfg.segments else 'without'} segments; rule (c) on the pair's growing sample"
     )
+    print(
+        "trials per scenario, rule (c) [rules (a), (b)]: "
+        + ", ".join(f"{k} {v:,} [{comparison[k]:,}]" for k, v in trials.items())
+    )
+    print("rules: " + "; ".join(r.name for r in rules))
 
     t = time.perf_counter()
     truths = {sc.name: truth(sc, args.truth_rows) for sc in scenarios}
-    viol = {sc.name: violations(base_policy, truths[sc.name]) for sc in scenarios}
+    viol = {sc.name: violations(policy, truths[sc.name]) for sc in scenarios}
     bad_from = {sc.name: bad_from_look(sc, viol[sc.name], cfg.looks) for sc in scenarios}
     truth_s = time.perf_counter() - t
     print_truth(truths, scenarios, bad_from, viol)
@@ -1400,33 +1750,45 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
     if parity:
         print("\n## Fast path against the store path (same trial, same data)\n")
         print(
-            "| scenario | trial | looks | verdicts per look (first rule) | identical | largest number difference |"
-            " fast s | store s |"
+            f"| scenario | trial | looks | verdicts per look ({SEQUENTIAL}) | identical | largest number difference "
+            "(checks / evaluation) | fast s | store s |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for p in parity:
-            v = " ".join(x[0] for x in p["verdicts"][rules[0].name])
+            v = " ".join(x[0] for x in p["verdicts"][SEQUENTIAL])
+            d = p["max_abs_diff_by"]
             print(
-                f"| {p['scenario']} | {p['trial']} | {p['looks']} | {v} | yes, all rules | {p['max_abs_diff']:.1e} | "
-                f"{p['fast_s']} | {p['store_s']} |"
+                f"| {p['scenario']} | {p['trial']} | {p['looks']} | {v} | yes, all rules | {d['checks']:.1e} / "
+                f"{d['evaluation']:.1e} | {p['fast_s']} | {p['store_s']} |"
             )
 
     t = time.perf_counter()
-    results, looks_done = run_trials(
-        scenarios,
-        trials,
-        cfg,
-        rules,
-        ramp,
-        bad_from,
-        args.workers,
-        progress=lambda s: print(f"  fast path: {s}", file=sys.stderr, flush=True),
-    )
+    results: dict[str, list] = {}
+    looks_done = 0
+    for part in ("comparison", "rest"):  # the trials with every rule first, then rule (c)'s other trials
+        todo = {n: (comparison[n] if part == "comparison" else trials[n] - comparison[n]) for n in trials}
+        start = {n: 0 if part == "comparison" else comparison[n] for n in trials}
+        res, done = run_trials(
+            scenarios,
+            todo,
+            cfg,
+            rules,
+            ramp,
+            bad_from,
+            args.workers,
+            progress=functools.partial(_progress, part),
+            comparison=max(comparison.values(), default=0) if part == "comparison" else 0,
+            always=always,
+            start=start,
+        )
+        looks_done += done
+        for n, rows in res.items():
+            results.setdefault(n, []).extend(rows)
     fast_s = time.perf_counter() - t
     agg = {sc.name: {r.name: aggregate(results[sc.name], i, ramp) for i, r in enumerate(rules)} for sc in scenarios}
     print_tables(agg, scenarios, rules, ramp, bad_from)
     summary = summary_metrics(agg, scenarios, rules, bad_from, cfg)
-    print_summary(summary, rules, cfg, sequential)
+    met = print_summary(summary, rules, cfg, SEQUENTIAL)
 
     wall = time.perf_counter() - t_start
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1434,10 +1796,11 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
     load_end = [round(x, 2) for x in os.getloadavg()]
     n_trials = sum(trials.values())
     print(
-        f"\n{n_trials:,} fast-path trials ({looks_done:,} looks evaluated) with {args.workers} worker(s); "
+        f"\n{n_trials:,} fast-path trials of rule (c), {sum(comparison.values()):,} of them with rules (a) and (b) "
+        f"({looks_done:,} looks) with {args.workers} worker(s); "
         f"{len(parity)} store-path trial(s) compared; wall {wall:.0f} s (truth {truth_s:.0f} s, store path "
-        f"{store_s:.0f} s, fast path {fast_s:.0f} s, {fast_s / max(looks_done, 1) * args.workers * 1000:.0f} ms "
-        f"per look per worker), CPU {cpu:.0f} s; load average at the end {' '.join(map(str, load_end))}"
+        f"{store_s:.0f} s, fast path {fast_s:.0f} s), CPU {cpu:.0f} s; load average at the end "
+        f"{' '.join(map(str, load_end))}"
     )
     out = {
         "machine": mach | {"load_avg_end": load_end},
@@ -1449,13 +1812,16 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
             "segments": cfg.segments,
             "ramp": list(ramp),
         },
+        "policy": policy.to_dict(),
         "rules": [r.name for r in rules],
+        "trials": {"sequential": trials, "comparison": comparison},
         "truth": truths,
         "violations": viol,
         "bad_from_look": bad_from,
         "parity": parity,
         "results": agg,
         "summary": summary,
+        "targets": met,
         "seconds": {"wall": wall, "cpu": cpu, "truth": truth_s, "store": store_s, "fast": fast_s},
         "looks_evaluated": looks_done,
     }

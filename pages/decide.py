@@ -69,8 +69,15 @@ if run is not None:
             f"{pos['step']} of {pos['steps']}"
         )
         v3.plotly_chart(charts.ramp(pos), key="decide_ramp", config={"displayModeBar": False})
+        cited = preview.evidence.get("evidence") or {}
+        st.markdown(
+            f"**{card.summary}**  \nJudged on {cited.get('labelled_rows', 0):,} labelled rows of "
+            f"{len(cited.get('runs') or [])} run(s) of this pair ({cited.get('first_event')} to "
+            f"{cited.get('last_event')}), with anytime-valid bounds at {policy.confidence:.0%}."
+        )
         counts = card.to_dict()["counts"]
         st.subheader("Checks: " + ", ".join(f"{counts[o]} {o}" for o in Outcome))
+        order = {Outcome.FAIL: 0, Outcome.INCONCLUSIVE: 1, Outcome.PASS: 2}
         checks = pd.DataFrame(
             [
                 {
@@ -84,8 +91,10 @@ if run is not None:
                     "delta CI": ui.ci(c.delta.ci_low, c.delta.ci_high, "{:+.4g}") if c.delta else "",
                     "criterion": c.criterion,
                     "threshold": c.threshold,
+                    "rows": c.rows,
+                    "more rows to settle": c.settle_rows,
                 }
-                for c in card.checks
+                for c in sorted(card.checks, key=lambda c: order[c.outcome])
             ]
         )
         st.dataframe(
@@ -101,6 +110,10 @@ if run is not None:
         )
         if card.skipped:
             st.caption("Skipped: " + "; ".join(f"{s.gate} ({s.reason})" for s in card.skipped))
+        if card.context:
+            st.subheader("Context (never a failure by itself)")
+            for item in card.context:
+                st.markdown(f"- **{item['name']}**: {item['detail']}")
 
         st.subheader("Sign and record")
         out = st.session_state.get("_wb_signed")

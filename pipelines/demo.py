@@ -1,9 +1,11 @@
-"""The full demo: prepare NYC flights traffic, register two models, replay, evaluate, check drift,
-decide (signed, applied to the canary weight, recorded in MLflow), open the app.
+"""The full demo: prepare NYC flights traffic, register two models, then walk the canary ramp month by
+month as a scheduled job would: each month's traffic is ingested and replayed (shadow: both models score
+every request so far), drift is checked and a signed decision on the pair's growing sample moves the canary
+weight; the last month is also evaluated for the app. Then the app opens.
 
-Idempotent on one home: registered models and ingested traffic are reused, the replay run id is derived
-from the two model versions (a second ``workbench demo`` reuses the run), and a run that already has a
-decision is not decided again (the ramp advances only on new evidence).
+Idempotent on one home: registered models are reused, each month's run id is derived from the two model
+versions and the month (a second ``workbench demo`` finds every month's run finished and reuses it), and a
+run that already has a decision is not decided again (the ramp advances only on new evidence).
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ class _DemoEvents(FlowEvents):
 
     STEPS = {"ingest": 3, "replay": 4, "evaluate": 5, "drift": 6, "decide": 7}
 
-    def __init__(self, log: Callable[[str], None]):
-        self.log = log
+    def __init__(self, log: Callable[[str], None], prefix: str = ""):
+        self.log, self.prefix = log, prefix
 
     def end(self, stage: str, summary: dict, seconds: float) -> None:
-        self.log(f"[{self.STEPS[stage]}/7] {stage}: {summary} ({seconds:.1f} s)")
+        shown = {k: v for k, v in summary.items() if k not in ("reasons",)} if stage != "decide" else summary
+        self.log(f"[{self.STEPS[stage]}/7] {self.prefix}{stage}: {shown} ({seconds:.1f} s)")
 
     def skip(self, stage: str, reason: str) -> None:
-        self.log(f"[{self.STEPS[stage]}/7] {stage}: skipped ({reason})")
+        self.log(f"[{self.STEPS[stage]}/7] {self.prefix}{stage}: skipped ({reason})")
 
 
 def run_demo(
@@ -68,10 +71,9 @@ def run_demo(
     """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end."""
     import mlflow
 
-    from pipelines.prepare_flights import NULLABLE, write
+    from pipelines.prepare_flights import write
     from pipelines.train_models import register
     from workbench.decide.signing import PRIVATE_FILE, init_keys
-    from workbench.store import Store
 
     timings: dict[str, float] = {}
     data = Path(data_dir)
@@ -89,25 +91,9 @@ def run_demo(
     if not (settings.keys_dir / PRIVATE_FILE).exists():
         init_keys(settings.keys_dir)
     run_id = f"demo_v{models['baseline']['version']}_v{models['candidate']['version']}"
-    source = TrafficSource(
-        paths=data / "traffic.parquet",
-        entity_col="tail_number",
-        nullable=tuple(NULLABLE),
-        labels=data / "labels.parquet",
-        if_exists="check",
-    )
-    flow = Flow(
-        traffic=TRAFFIC,
-        baseline=models["baseline"]["uri"],
-        candidate=models["candidate"]["uri"],
-        run_id=run_id,
-        source=source,
-        drift_html=settings.reports_dir / f"drift_{run_id}.html",
-        decide="apply",
-    )
-    with Store(settings.db_path) as store:
-        res = run_flow(settings, flow, store=lambda: nullcontext(store), events=_DemoEvents(log))
+    res, walk, traffic = _walk(settings, models, data, run_id, log)
     summary = _summary(settings, models, counts, res)
+    summary["ingest"], summary["walk"] = traffic, walk
     summary["seconds"] = {k: round(v, 2) for k, v in (timings | res.seconds).items()}
     for line in findings(summary, res, port):
         log(line)
@@ -116,13 +102,88 @@ def run_demo(
     return summary
 
 
+def _walk(
+    settings: Settings, models: dict, data: Path, run_id: str, log: Callable[[str], None]
+) -> tuple[FlowResult, list[dict], dict]:
+    """One flow per month of traffic, each deciding on everything replayed so far; the last month's run is
+    ``run_id`` and is also evaluated. Returns the last flow's result, one line of the walk per month and the
+    traffic set's counts."""
+    from pipelines.prepare_flights import NULLABLE, SEGMENTS, slice_files
+    from pipelines.train_models import MODEL_NAME
+    from workbench.store import Store
+
+    slices = slice_files(data)
+    walk: list[dict] = []
+    res: FlowResult | None = None
+    with Store(settings.db_path) as store:
+        for i, (month, traffic_file, labels_file) in enumerate(slices):
+            last = i == len(slices) - 1
+            rid = run_id if last else f"{run_id}_m{month}"
+            done = store.get_run(rid)
+            source = TrafficSource(
+                paths=traffic_file,
+                entity_col="tail_number",
+                nullable=tuple(NULLABLE),
+                segments=tuple(SEGMENTS),
+                labels=labels_file,
+                if_exists="append",
+            )
+            flow = Flow(
+                traffic=TRAFFIC,
+                baseline=f"models:/{MODEL_NAME}/{models['baseline']['version']}",
+                candidate=f"models:/{MODEL_NAME}/{models['candidate']['version']}",
+                run_id=rid,
+                source=None if done is not None else source,  # a month already ingested is not appended again
+                evaluate=last,
+                drift_html=settings.reports_dir / f"drift_{run_id}.html" if last else None,
+                decide="apply",
+            )
+            events = _DemoEvents(log, f"month {month}: ")
+            res = run_flow(settings, flow, store=lambda: nullcontext(store), events=events)
+            walk.append(_step(month, rid, res))
+            log(_walk_line(walk[-1]))
+        info = store.require_traffic(TRAFFIC)
+        traffic = {
+            "traffic": TRAFFIC,
+            "rows_read": int(info["rows"]) + int(info["quarantined"]),
+            "rows": int(info["rows"]),
+            "quarantined": int(info["quarantined"]),
+            "reasons": store.quarantine_summary(TRAFFIC),
+            "segments": store.declared_segments(TRAFFIC),
+        }
+    if res is None:
+        raise RuntimeError(f"no monthly traffic slices under {data / 'slices'}: run the data preparation first")
+    return res, walk, traffic
+
+
+def _step(month: str, run_id: str, res: FlowResult) -> dict:
+    """One month of the walk: the labelled rows judged, the verdict, the weight and what blocked it."""
+    signed = res.outputs["decide"]
+    record = signed.record
+    card = record["scorecard"]
+    return {
+        "month": month,
+        "run_id": run_id,
+        "labelled_rows": (record.get("evidence") or {}).get("labelled_rows"),
+        "verdict": record["verdict"],
+        "weight_before": record["weight_before"],
+        "weight_after": record["weight_after"],
+        "summary": card.get("summary") or record["reason"],
+        "reused": bool(res.summaries["decide"].get("reused")),
+    }
+
+
+def _walk_line(s: dict) -> str:
+    rows = f"{s['labelled_rows']:,}" if isinstance(s["labelled_rows"], int) else "?"
+    return (
+        f"    month {s['month']}: {rows} labelled rows so far -> {s['verdict']}, weight "
+        f"{s['weight_before']}% -> {s['weight_after']}%{' (decided earlier)' if s['reused'] else ''}. {s['summary']}"
+    )
+
+
 def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) -> dict:
     """The demo's JSON: each stage's result as the stage commands print it."""
     out: dict = {"home": str(settings.home), "data": counts, "models": models}
-    ingest, labels = res.outputs.get("ingest"), res.outputs.get("labels")
-    out["ingest"] = ingest.to_dict() if ingest else res.summaries["ingest"]
-    if labels:
-        out["labels"] = labels.to_dict()
     out["replay"] = res.outputs["replay"].to_dict()
     out["evaluation"] = res.outputs["evaluate"]
     out["drift"] = dict(res.summaries["drift"])
@@ -162,6 +223,8 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
             f"[{dm['ci_low']:+.4f}, {dm['ci_high']:+.4f}]"
         )
     record = res.outputs["decide"].record
+    lines.append("The ramp, month by month (each decision judges every labelled row replayed so far):")
+    lines += [_walk_line(s) for s in summary.get("walk", [])]
     lines.append(
         f"Verdict: {d['verdict']}, weight {d['weight_before']}% -> {d['weight_after']}% ({d['reason']})"
         + (" [decided earlier; reused]" if d.get("reused") else "")

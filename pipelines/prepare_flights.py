@@ -8,7 +8,9 @@ arr_delay, air_time) are dropped so they cannot leak the label. Writes, under ``
 - ``traffic.parquet``: July-December, the logged requests to replay (no label column);
 - ``labels.parquet``: their labels, each with its own label time (the scheduled arrival, UTC),
   because in production the outcome is known only after the flight lands. Cancelled flights
-  (no arrival delay) never get a label.
+  (no arrival delay) never get a label;
+- ``slices/traffic_MM.parquet`` and ``slices/labels_MM.parquet``: the same traffic and labels cut by month
+  (July-December), which the demo replays one after another as a scheduled job would.
 
 The package's files are located with ``importlib.util.find_spec``; the package itself is not imported.
 """
@@ -41,7 +43,7 @@ NUMERIC_FEATURES = [
     "visib",
 ]
 CATEGORICAL_FEATURES = ["carrier", "origin", "dest"]
-SEGMENTS = ["carrier", "origin"]
+SEGMENTS = ["carrier", "origin"]  # declared segment columns: decisions gate the candidate on each value
 LEAKY = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
 #: weather columns a flight may lack (sensor gaps); everything else is required by the traffic contract
 NULLABLE = ["wind_dir", "pressure"]
@@ -138,7 +140,25 @@ def write(out: Path, limit: int | None = None) -> dict:
     train.drop(columns=["label_time"]).to_parquet(out / "flights_train.parquet", index=False)
     traffic.to_parquet(out / "traffic.parquet", index=False, row_group_size=100_000)
     labels.to_parquet(out / "labels.parquet", index=False)
+    slices = out / "slices"
+    slices.mkdir(exist_ok=True)
+    for old in slices.glob("*.parquet"):
+        old.unlink()
+    months = later["month"].to_numpy()
+    for month in sorted(set(months.tolist())):
+        traffic[months == month].to_parquet(slices / f"traffic_{month:02d}.parquet", index=False)
+        labels[later.loc[labels.index, "month"].to_numpy() == month].to_parquet(
+            slices / f"labels_{month:02d}.parquet", index=False
+        )
     return {"train": len(train), "traffic": len(traffic), "labels": len(labels)}
+
+
+def slice_files(out: Path) -> list[tuple[str, Path, Path]]:
+    """The monthly (name, traffic file, labels file) slices :func:`write` made, in time order."""
+    return [
+        (p.stem.removeprefix("traffic_"), p, p.with_name(p.name.replace("traffic_", "labels_")))
+        for p in sorted((out / "slices").glob("traffic_*.parquet"))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

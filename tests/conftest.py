@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,29 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LIMIT = 6000
+
+# The longest test files (a minute or more of subprocesses each), collected first: `make test` runs the suite
+# on two pytest-xdist workers a file at a time (--dist loadfile), and a long file handed out last would leave
+# one worker running it alone. Only the order changes; every test is independent of it.
+LONG_FILES = (
+    "replay/test_crash_safety.py",
+    "replay/test_replay_faults.py",
+    "ops/test_jobs.py",
+    "replay/test_bad_models.py",
+    "live/test_router.py",
+    "live/test_load.py",
+    "app/test_app.py",
+    "app/test_app_browser.py",
+    "ingest/test_bad_traffic.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, f in enumerate(LONG_FILES) if path.endswith("/tests/" + f)), len(LONG_FILES))
+
+    items.sort(key=rank)  # stable: the files' own order, and the tests' within each file, are kept
 
 
 @pytest.fixture(scope="session")
@@ -191,29 +215,102 @@ def make_evaluation(
     return ev
 
 
+def make_evidence(*, latency: dict | None = None, online: bool = False, **kw) -> dict:
+    """A decision's evidence dict (:func:`workbench.decide.evidence.build_evidence`'s shape) built on
+    :func:`make_evaluation` (its metric, error and segment arguments); ``latency``:
+    {"p99": ((baseline, low, high), (candidate, low, high))} in ms, from an ``online`` replay or not."""
+    ev = make_evaluation(**kw)
+    latency = latency if latency is not None else {"p99": ((2.0, 1.9, 2.1), (2.2, 2.1, 2.3))}
+    ev["latency"] = {
+        "online": online,
+        **{
+            role: {p: dict(zip(("value", "ci_low", "ci_high"), v[i], strict=True)) for p, v in latency.items()}
+            for i, role in enumerate(("baseline", "candidate"))
+        },
+    }
+    ev["bound"] = "sequential"
+    return ev
+
+
+#: seeded run qualities: the candidate's own score noise (the baseline's is 1.0) and its error share
+QUALITIES = {"better": (0.4, 0.0), "bad": (4.0, 0.0), "same": (1.0, 0.0), "failing": (0.4, 0.02)}
+
+
 def seed_run(
     store,
     run_id: str,
-    evaluation: dict,
+    evaluation: dict | None = None,
     *,
+    quality: str = "better",
+    rows: int = 20_000,
+    labelled: float = 1.0,
     model: str = "fraud",
     baseline_version: str = "1",
     candidate_version: str = "2",
-    traffic: str = "syn_traffic",
+    traffic: str | None = None,
+    mode: str = "throughput",
+    seed: int | None = None,
 ) -> None:
-    """A finished replay run of a registered baseline/candidate pair, with ``evaluation`` stored for it."""
-    if store.traffic_info(traffic) is None:
-        store.upsert_traffic_set(
-            store.cursor(),
-            traffic,
-            id_col="request_id",
-            time_col="event_time",
-            entity_col=None,
-            columns=["x"],
-            fingerprint="f" * 64,
-            added_rows=5000,
-            added_quarantined=0,
-        )
+    """A finished replay run of a registered baseline/candidate pair over its own synthetic traffic set
+    (``syn_<run_id>`` unless ``traffic`` names a new one): ``rows`` requests with a ``region`` column, labels on
+    the first ``labelled`` share, and paired scores of ``quality`` (:data:`QUALITIES`: ``better`` passes the
+    default policy at 20,000 rows, ``bad`` fails its critical AUC gate, ``same`` stays inconclusive,
+    ``failing`` has 2 % candidate errors). ``evaluation``, when given, is stored as the run's evaluation."""
+    from workbench.replay.pipeline import paired_table
+    from workbench.replay.scoring import Scored
+    from workbench.store import traffic_table
+
+    traffic = traffic or f"syn_{run_id}"
+    if store.traffic_info(traffic) is not None:
+        raise ValueError(f"seed_run makes its own traffic set; {traffic!r} exists")
+    rng = np.random.default_rng(seed if seed is not None else zlib.crc32(run_id.encode()))
+    sigma, error_share = QUALITIES[quality]
+    ids = [f"{run_id}-{i:06d}" for i in range(rows)]
+    times = np.datetime64("2026-11-01T00:00:00", "s") + (np.arange(rows) * 30).astype("timedelta64[s]")
+    region = np.array(["north", "south"])[rng.integers(0, 2, rows)]
+    x = rng.standard_normal(rows)
+    logit = 1.5 * x - 0.5
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int32)
+    seen = logit + 0.5 * rng.standard_normal(rows)
+    base = 1 / (1 + np.exp(-(seen + rng.standard_normal(rows))))
+    cand = 1 / (1 + np.exp(-(seen + sigma * rng.standard_normal(rows))))
+    failed = rng.random(rows) < error_share
+    cand[failed] = np.nan
+    cur = store.cursor()
+    store.upsert_traffic_set(
+        cur,
+        traffic,
+        id_col="request_id",
+        time_col="event_time",
+        entity_col=None,
+        columns=["x", "region"],
+        fingerprint="f" * 64,
+        added_rows=rows,
+        added_quarantined=0,
+    )
+    table = pa.table(
+        {
+            "_row": pa.array(np.arange(rows, dtype=np.int64)),
+            "request_id": pa.array(ids),
+            "event_time": pa.array(times, pa.timestamp("us")),
+            "entity_key": pa.nulls(rows, pa.string()),
+            "x": pa.array(x),
+            "region": pa.array(region),
+        }
+    )
+    cur.register("_seed_traffic", table)
+    cur.execute(f"CREATE TABLE {traffic_table(traffic)} AS SELECT * FROM _seed_traffic")
+    cur.unregister("_seed_traffic")
+    n_lab = int(rows * labelled)
+    labels = pa.table(
+        {
+            "request_id": pa.array(ids[:n_lab]),
+            "label": pa.array(y[:n_lab]),
+            "label_time": pa.nulls(n_lab, pa.timestamp("us")),
+        }
+    )
+    store.upsert_labels(cur, traffic, labels)
+    store.declare_segments(traffic, ["region"])
     refs = {
         role: {
             "uri": f"models:/{model}/{v}",
@@ -231,14 +328,38 @@ def seed_run(
         traffic=traffic,
         baseline=refs["baseline"],
         candidate=refs["candidate"],
-        rows_total=5000,
-        batch_size=1000,
+        rows_total=rows,
+        batch_size=rows,
         device="cpu",
-        mode="throughput",
+        mode=mode,
         meta={},
     )
+    latency = rng.lognormal(np.log(2.0), 0.3, (2, rows))
+    errors = [f"RuntimeError: synthetic failure {i}" if f else None for i, f in enumerate(failed.tolist())]
+    scored = {
+        "baseline": Scored(base, None, latency[0]),
+        "candidate": Scored(cand, errors if failed.any() else None, latency[1]),
+    }
+    store.commit_batch(
+        run_id,
+        0,
+        0,
+        rows - 1,
+        rows,
+        0.0,
+        paired_table(pa.array(np.arange(rows)), scored, {"baseline": 0.5, "candidate": 0.5}),
+    )
     store.finish_run(run_id)
-    store.save_evaluation(run_id, {}, evaluation)
+    if evaluation is not None:
+        store.save_evaluation(run_id, {}, evaluation)
+
+
+def fresh_run(store, i: int, **kw) -> str:
+    """Seed ``run_a{i}``: a new finished run of the same pair over new requests (``seed_run``'s defaults unless
+    ``kw`` says otherwise); returns its id. Each PROMOTE needs labelled rows no earlier PROMOTE used."""
+    run_id = f"run_a{i}"
+    seed_run(store, run_id, **kw)
+    return run_id
 
 
 def free_port() -> int:

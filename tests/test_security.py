@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from conftest import REPO, free_port, make_evaluation, run_cli, seed_run
+from conftest import REPO, free_port, fresh_run, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.cli import build_parser
@@ -82,7 +82,7 @@ def keyring(tmp_path):
 
 def fresh_store() -> Store:
     store = Store()
-    seed_run(store, "run_a", make_evaluation("run_a"))
+    seed_run(store, "run_a")
     return store
 
 
@@ -140,7 +140,7 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
     record("security", "decision record: applied twice (replayed)", "refused (already applied)")
     record("security", "decision record: a second record for a step already taken", "refused (out of chain)")
     # reordered: a chain's second record offered to a store whose chain is empty
-    d2, _ = build_decision(store, "run_a", policy, signer)
+    d2, _ = build_decision(store, fresh_run(store, 1), policy, signer)  # new evidence: the next step
     apply_decision(store, d2, trusted)
     other = fresh_store()
     with pytest.raises(SignatureError, match="out of chain"):
@@ -492,7 +492,7 @@ def test_a_policy_cannot_send_decision_artifacts_outside_the_home(tmp_path):
     policy = parse_policy({"registry": {"experiment": "../../escaped"}})
     trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
     with Store(settings.db_path) as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
+        seed_run(store, "run_a")
         signed, _ = build_decision(store, "run_a", policy, Signer.from_keys_dir(settings.keys_dir, "t"))
         apply_decision(store, signed, trusted)
         registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
@@ -529,7 +529,7 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     shutil.copytree(demo_home, home)  # the demo made the key pair and signed its first decision with it
     outputs = [run_cli("keys", "export", "--json", home=home)]
     with Store(home / "workbench.duckdb") as store:
-        seed_run(store, "run_syn", make_evaluation("run_syn"), model="flight-delay", traffic="flights")
+        seed_run(store, "run_syn", model="flight-delay")
     outputs.append(run_cli("decide", "run_syn", "--json", home=home))
     decision = json.loads(outputs[-1].stdout)
     assert decision["mlflow_run_id"] and not decision["pending_sync"]

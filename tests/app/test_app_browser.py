@@ -27,7 +27,7 @@ ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-PASSWORD = "browser-pw"
+PASSWORD = "browser-pw-long-enough"
 
 
 @pytest.fixture
@@ -40,9 +40,12 @@ def served(demo_home, tmp_path):
     shutil.copytree(demo_home, home)
     add_approver(approvers_path(home), "alice", password=PASSWORD)
     run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
-    with Store(home / "workbench.duckdb") as store:  # evidence that passes every gate of the default policy
+    with Store(home / "workbench.duckdb") as store:  # an evaluation with intervals, for the Compare page
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
-        store.con.execute("DELETE FROM drift_reports")  # the demo's real drift (seasons) would hold it
+    (home / "policies").mkdir()  # the demo sample's few thousand rows cannot settle the default policy's gates
+    (home / "policies" / "lenient.toml").write_text(
+        'name = "lenient"\nmin_labeled_rows = 100\n[errors]\nmax_rate = 0.05\n'
+    )
     port = free_port()
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -134,8 +137,12 @@ def test_review_and_sign_in_the_browser(served):
             shot("3-compare-curves")
 
             # sign in as an approver, then sign the decision
-            visit("Decide", page.get_by_text("PROMOTE").first)
-            expect(page.get_by_text("Only an approver can sign decisions")).to_be_visible()
+            visit("Decide", page.get_by_text("Only an approver can sign decisions"))
+            verdict = page.get_by_test_id("stMetricValue").first
+            expect(verdict).to_have_text("HOLD")  # the default policy: too few rows to tell
+            page.locator("[data-testid='stSelectbox']").filter(has_text="Policy").click()
+            page.get_by_role("option", name="lenient.toml").click()
+            expect(verdict).to_have_text("PROMOTE")
             sidebar = page.locator("[data-testid='stSidebar']")
             sidebar.get_by_role("textbox", name="Approver").fill("alice")
             sidebar.get_by_role("textbox", name="Password").fill(PASSWORD)

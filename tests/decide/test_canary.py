@@ -5,9 +5,10 @@ import os
 import shutil
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
-from conftest import free_port, make_evaluation, run_cli, seed_run
+from conftest import free_port, fresh_run, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import (
     Signer,
@@ -24,10 +25,6 @@ from workbench.decide.signing import SignatureError, init_keys, trusted_keys
 from workbench.store import Store
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-BAD = make_evaluation(
-    metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04), "log_loss": (0.5, 0.49, -0.02, 0.0)}
-)
-UNSURE = make_evaluation(labeled_rows=100)
 DEAD = "http://127.0.0.1:{}"  # an MLflow URI where nothing listens
 
 
@@ -35,7 +32,7 @@ DEAD = "http://127.0.0.1:{}"  # an MLflow URI where nothing listens
 def ctx(tmp_path):
     init_keys(tmp_path / "keys")
     store = Store()
-    seed_run(store, "run_a", make_evaluation("run_a"))
+    seed_run(store, "run_a")
     yield store, Signer.from_keys_dir(tmp_path / "keys", "tester"), trusted_keys(tmp_path / "keys", tmp_path / "none")
     store.close()
 
@@ -71,8 +68,8 @@ def test_killed_candidate_stays_at_zero():
 def test_promote_ramps_step_by_step_to_100(ctx):
     store, signer, trusted = ctx
     weights = []
-    for _ in range(6):
-        signed, st = decide(store, signer, trusted)
+    for step in range(6):  # each step judges a new run: a PROMOTE needs labelled rows no earlier PROMOTE used
+        signed, st = decide(store, signer, trusted, "run_a" if step == 0 else fresh_run(store, step))
         assert st.verified and st.decision_id == signed.decision_id
         weights.append(st.weight)
     assert weights == [1, 5, 25, 50, 100, 100]
@@ -80,15 +77,48 @@ def test_promote_ramps_step_by_step_to_100(ctx):
     assert [r["sequence"] for r in chain] == [1, 2, 3, 4, 5, 6]
 
 
+def test_deciding_again_on_the_same_evidence_holds(ctx):
+    store, signer, trusted = ctx
+    first, st = decide(store, signer, trusted)
+    assert first.record["verdict"] == "PROMOTE" and st.weight == 1
+    again, st = decide(store, signer, trusted)
+    assert again.record["verdict"] == "HOLD" and st.weight == 1
+    check = next(c for c in again.record["scorecard"]["checks"] if c["gate"] == "evidence.new_rows")
+    assert check["reason"].startswith(f"no new evidence since decision {first.decision_id}")
+    assert "evidence.new_rows" in again.record["reason"]
+    newer, st = decide(store, signer, trusted, fresh_run(store, 1))  # newer traffic: the ramp moves on
+    assert newer.record["verdict"] == "PROMOTE" and st.weight == 5
+    assert (
+        newer.record["evidence"]["runs"] == ["run_a", "run_a1"] and newer.record["evidence"]["labelled_rows"] == 40_000
+    )
+
+
+def test_a_rollback_needs_no_new_evidence(ctx):
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    seed_run(store, "run_err", quality="failing")  # 2 % errors: the pooled rate is surely above 0.1 %
+    signed, st = decide(store, signer, trusted, "run_err")
+    assert signed.record["verdict"] == "ROLLBACK" and st.weight == 0 and "errors.rate" in signed.record["reason"]
+
+
+def test_same_version_on_both_sides_is_refused(ctx):
+    store, signer, _ = ctx
+    seed_run(store, "run_same", baseline_version="2", candidate_version="2")
+    with pytest.raises(WorkbenchError, match="the same version"):
+        build_decision(store, "run_same", load_policy(), signer, now=T0)
+
+
 def test_hold_keeps_and_rollback_zeroes(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
-    decide(store, signer, trusted)
-    seed_run(store, "run_unsure", UNSURE)
-    signed, st = decide(store, signer, trusted, "run_unsure")
+    decide(store, signer, trusted, fresh_run(store, 1))
+    signed, st = decide(store, signer, trusted, "run_a1")  # the same evidence again
     assert signed.record["verdict"] == Verdict.HOLD and st.weight == 5
-    seed_run(store, "run_bad", BAD)
-    signed, st = decide(store, signer, trusted, "run_bad")
+    seed_run(store, "run_bad", quality="bad", candidate_version="3")
+    with pytest.raises(WorkbenchError, match="canary in progress"):
+        decide(store, signer, trusted, "run_bad")
+    seed_run(store, "run_worse", quality="bad", seed=9)  # the same pair: its rows pull the pooled sample down
+    signed, st = decide(store, signer, trusted, "run_worse")
     assert signed.record["verdict"] == Verdict.ROLLBACK and (signed.record["weight_before"], st.weight) == (5, 0)
     assert "metric.roc_auc.min_absolute_change" in signed.record["reason"]
 
@@ -97,7 +127,9 @@ def test_the_record_binds_the_evidence(ctx):
     store, signer, trusted = ctx
     signed, _ = decide(store, signer, trusted)
     r = signed.record
-    assert r["traffic_fingerprint"] == store.require_traffic("syn_traffic")["fingerprint"]
+    assert r["traffic_fingerprint"] == store.require_traffic("syn_run_a")["fingerprint"]
+    assert r["evidence"]["runs"] == ["run_a"] and r["evidence"]["labelled_rows"] == 20_000
+    assert r["evidence"]["first_event"] == "2026-11-01T00:00:00Z" and len(r["evidence"]["labels_digest"]) == 64
     assert (r["baseline"]["version"], r["candidate"]["version"]) == ("1", "2")
     assert (r["baseline"]["run_id"], r["candidate"]["run_id"]) == ("mlrun1", "mlrun2")
     assert r["run_id"] == "run_a" and r["model"] == "fraud" and r["previous_hash"] is None
@@ -110,24 +142,40 @@ def test_the_record_binds_the_evidence(ctx):
 def test_another_pair_cannot_start_while_a_canary_ramps(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
-    seed_run(store, "run_v3", make_evaluation("run_v3"), candidate_version="3")
+    seed_run(store, "run_v3", candidate_version="3")
     with pytest.raises(WorkbenchError, match="canary in progress: candidate v2 at 1%"):
         build_decision(store, "run_v3", load_policy(), signer, now=T0)
     fast = parse_policy({"ramp": [100]})
-    decide(store, signer, trusted, policy=fast)  # v2 reaches 100 %
+    decide(store, signer, trusted, fresh_run(store, 1), policy=fast)  # v2 reaches 100 %
     signed, st = decide(store, signer, trusted, "run_v3")  # now v3 may start
     assert signed.record["weight_before"] == 0 and (st.candidate_version, st.weight) == ("3", 1)
+
+
+def test_nothing_applies_on_a_chain_that_does_not_verify(ctx, tmp_path):
+    """A swapped public key: the chain's records no longer verify, so a record signed with the new key (trusted
+    now) is refused and the weight stays."""
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    init_keys(tmp_path / "intruder")
+    intruder = Signer.from_keys_dir(tmp_path / "intruder", "mallory")
+    swapped = trusted_keys(tmp_path / "intruder", tmp_path / "none")  # the old key is no longer trusted
+    assert not status(store, "fraud", swapped).verified
+    signed, _ = build_decision(store, fresh_run(store, 1), load_policy(), intruder, now=T0)
+    with pytest.raises(SignatureError, match="cannot apply: the chain of fraud does not verify"):
+        apply_decision(store, signed, swapped, now=T0)
+    assert status(store, "fraud", trusted).weight == 1 and status(store, "fraud", trusted).verified
 
 
 def test_kill_switch(ctx):
     store, signer, trusted = ctx
     decide(store, signer, trusted)
-    decide(store, signer, trusted)
+    decide(store, signer, trusted, fresh_run(store, 1))
     kill = build_kill(store, "fraud", "p99 alarms in prod", signer, load_policy(), now=T0)
     st = apply_decision(store, kill, trusted, now=T0)
     assert st.weight == 0 and st.verified and kill.record["kind"] == "kill"
     assert kill.record["verdict"] == Verdict.ROLLBACK and kill.record["reason"] == "kill switch: p99 alarms in prod"
-    signed, st = decide(store, signer, trusted)  # the gates still pass, but the killed candidate stays at 0
+    # the gates still pass on new evidence, but the killed candidate stays at 0
+    signed, st = decide(store, signer, trusted, fresh_run(store, 2))
     assert signed.record["verdict"] == Verdict.PROMOTE and st.weight == 0 and "kill switch" in signed.record["reason"]
     with pytest.raises(WorkbenchError, match="--reason is required"):
         build_kill(store, "fraud", " ", signer, load_policy())
@@ -238,7 +286,7 @@ def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
 def test_cli_decide_needs_a_key(tmp_path):
     home = tmp_path / "home"
     with Store(home / "workbench.duckdb") as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
+        seed_run(store, "run_a")
     proc = run_cli("decide", "run_a", "--json", home=home, check=False)
     assert proc.returncode == 2 and "workbench keys init" in proc.stderr and proc.stdout == ""
 
@@ -255,18 +303,58 @@ def test_cli_decide_with_a_policy_file(seeded_home, tmp_path):
 
 # -- end to end on the demo run ------------------------------------------------------------------------
 def test_decide_on_the_demo_run(demo_home, tmp_path):
-    """The real demo: replayed NYC flights, the evaluation as `workbench evaluate` stores it, MLflow sqlite.
+    """The real demo: the default policy on the monthly runs of NYC flights, MLflow sqlite. The verdict is
+    asserted from the evidence: the judged values are sklearn's on every labelled row of the pair's runs, each
+    outcome follows from its bounds, and the verdict from the outcomes."""
+    import duckdb
+    from sklearn import metrics as skm
 
-    Robust to the evaluation's shape: with intervals the gates judge them; without, they hold.
-    """
+    from workbench.decide.scorecard import Check, Interval, verdict_of
+
     home = tmp_path / "demo"
     shutil.copytree(demo_home, home)
     demo = json.loads((home / "demo.json").read_text())
     run_id = demo["replay"]["run_id"]
-    assert demo["decision"]["weight_before"] == 0  # the demo made the first decision with the key it created
+    assert demo["walk"][0]["weight_before"] == 0 and [s["month"] for s in demo["walk"]][-1] == "12"
     proc = run_cli("decide", run_id, "--json", home=home)
     out = json.loads(proc.stdout)
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
+    cited = out["record"]["evidence"]
+    assert cited["runs"] == [s["run_id"] for s in demo["walk"]]  # every month's run, oldest first
+    with duckdb.connect(str(home / "workbench.duckdb"), read_only=True) as con:
+        y, b, c = map(
+            np.array,
+            zip(
+                *con.execute(
+                    "SELECT l.label, p.baseline_score, p.candidate_score FROM predictions p "
+                    "JOIN traffic_flights t USING (_row) JOIN labels l ON l.traffic = 'flights' "
+                    "AND l.request_id = t.request_id WHERE p.run_id = ? "
+                    "AND p.baseline_error IS NULL AND p.candidate_error IS NULL",
+                    [run_id],  # the last month's run replayed every month: the pooled sample's rows
+                ).fetchall(),
+                strict=True,
+            ),
+        )
+    assert cited["labelled_rows"] == len(y)
+    by_gate = {ch["gate"]: ch for ch in out["checks"]}
+    auc = by_gate["metric.roc_auc.min_absolute_change"]
+    assert auc["baseline"] == pytest.approx(skm.roc_auc_score(y, b), abs=1e-9)
+    assert auc["candidate"] == pytest.approx(skm.roc_auc_score(y, c), abs=1e-9)
+    f1 = by_gate["metric.f1.min_absolute_change"]
+    thr = json.loads(run_cli("evaluate", run_id, "--json", home=home).stdout)["thresholds"]
+    assert f1["baseline"] == pytest.approx(skm.f1_score(y, b >= thr["baseline"]), abs=1e-9)
+    assert f1["candidate"] == pytest.approx(skm.f1_score(y, c >= thr["candidate"]), abs=1e-9)
+    for ch in out["checks"]:
+        d = ch["delta"]
+        if ch["kind"] in ("metric", "segment", "recent", "after_change") and ch["criterion"] == "min_absolute_change":
+            low = d["ci_low"] if d["ci_low"] is not None else -np.inf
+            high = d["fail_high"] if d.get("fail_high") is not None else d["ci_high"]
+            expected = "pass" if low >= ch["threshold"] else "fail" if high < ch["threshold"] else "inconclusive"
+            if ch["kind"] == "segment" and expected == "inconclusive":
+                expected = "pass"  # the shipped segment gates are harm tests: only a surely-worse segment blocks
+            assert ch["outcome"] == expected, ch["gate"]
+    checks = [Check(**(ch | {"delta": Interval(**ch["delta"]) if ch["delta"] else None})) for ch in out["checks"]]
+    assert verdict_of(checks)[0] == out["verdict"]
     assert out["weight_after"] == next_weight(out["verdict"], out["weight_before"], (1, 5, 25, 50, 100))
     assert out["pending_sync"] is False and out["mlflow_run_id"]
     assert out["record"]["model"] == "flight-delay"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import make_evaluation, seed_run
+from conftest import seed_run
 from workbench import WorkbenchError
 from workbench.config import load_settings
 from workbench.decide.canary import build_decision, preview_decision, verify_chain
@@ -45,11 +45,11 @@ def test_decide_signs_applies_and_audit_verifies_each_record(env):
     assert out["record"]["signer"] == "alice@example.com"  # the ring's signer: WORKBENCH_SIGNER
     # MLflow is down: the record is applied and stays stored locally, pending sync
     assert out["pending_sync"] is True and out["mlflow_run_id"] is None and "unreachable" in out["sync_error"]
-    seed_run(store, "run_b", make_evaluation("run_b"))
+    seed_run(store, "run_b")
     second = decide(settings, store, keys, "run_b", policy, keys.signer_as("bob@example.com"))  # an approver
     assert (second["weight_before"], second["weight_after"]) == (1, 5)
     assert second["record"]["signer"] == "bob@example.com"
-    seed_run(store, "run_c", make_evaluation("run_c", labeled_rows=10))
+    seed_run(store, "run_c", labelled=0.0)  # new requests, no labels yet: no new evidence
     unapplied = decide(settings, store, keys, "run_c", policy, apply=False)
     assert unapplied["verdict"] == Verdict.HOLD and not unapplied["applied"]
     entries = audit(store, "fraud", keys.trusted)

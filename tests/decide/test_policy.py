@@ -11,7 +11,7 @@ from mlflow.models import MetricThreshold
 from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import validate_evaluation_results
 
-from conftest import REPO, make_evaluation
+from conftest import REPO, make_evidence
 from workbench import WorkbenchError
 from workbench.decide.policy import Outcome, Policy, Verdict, load_policy, parse_policy
 from workbench.decide.scorecard import score
@@ -51,7 +51,7 @@ def test_readme_documents_every_policy_field():
         pm.SegmentGate,
         pm.LatencyGate,
         pm.ErrorGate,
-        pm.DriftGates,
+        pm.WhereMoved,
         pm.RegistryOptions,
     ):
         for field in model.model_fields:
@@ -139,7 +139,7 @@ def test_unreadable_policy_files(tmp_path):
 )
 def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
     p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": -0.01, "critical": True}])
-    ev = make_evaluation(metrics={"roc_auc": (0.70, 0.70 + sum(delta_ci) / 2, *delta_ci)})
+    ev = make_evidence(metrics={"roc_auc": (0.70, 0.70 + sum(delta_ci) / 2, *delta_ci)})
     c = check(score(p, ev), "metric.roc_auc.min_absolute_change")
     assert c.outcome == outcome
     assert (c.metric, c.criterion, c.threshold, c.critical) == ("roc_auc", "min_absolute_change", -0.01, True)
@@ -160,7 +160,7 @@ def test_absolute_change_is_judged_on_the_interval(delta_ci, outcome):
 def test_lower_is_better_relative_change(delta_ci, outcome):
     # log_loss is lower-is-better: it may rise by at most 5 % of the baseline's 0.5 = 0.025
     p = policy(metrics=[{"metric": "log_loss", "min_relative_change": -0.05}])
-    ev = make_evaluation(metrics={"log_loss": (0.5, 0.5 + sum(delta_ci) / 2, *delta_ci)})
+    ev = make_evidence(metrics={"log_loss": (0.5, 0.5 + sum(delta_ci) / 2, *delta_ci)})
     assert check(score(p, ev), "metric.log_loss.min_relative_change").outcome == outcome
 
 
@@ -171,14 +171,14 @@ def test_lower_is_better_relative_change(delta_ci, outcome):
 )
 def test_threshold_is_judged_on_the_candidate_interval(cand, outcome):
     p = policy(metrics=[{"metric": "accuracy", "threshold": 0.75}])
-    ev = make_evaluation(metrics={"accuracy": (0.7, cand, 0.0, 0.1)})  # candidate interval +-0.01
+    ev = make_evidence(metrics={"accuracy": (0.7, cand, 0.0, 0.1)})  # candidate interval +-0.01
     c = check(score(p, ev), "metric.accuracy.threshold")
     assert c.outcome == outcome and c.candidate == cand
 
 
 def test_higher_is_better_can_be_overridden():
     p = policy(metrics=[{"metric": "roc_auc", "min_absolute_change": 0.0, "higher_is_better": False}])
-    ev = make_evaluation(metrics={"roc_auc": (0.7, 0.72, 0.01, 0.03)})
+    ev = make_evidence(metrics={"roc_auc": (0.7, 0.72, 0.01, 0.03)})
     assert check(score(p, ev), "metric.roc_auc.min_absolute_change").outcome == Outcome.FAIL
 
 
@@ -193,13 +193,13 @@ def test_point_estimates_are_never_enough():
     }
     card = score(load_policy(), flat)
     c = check(card, "metric.roc_auc.min_absolute_change")
-    assert c.outcome == Outcome.INCONCLUSIVE and "no confidence interval" in c.reason
+    assert c.outcome == Outcome.INCONCLUSIVE and "no bounds" in c.reason
     assert c.delta.value == pytest.approx(0.3)
     assert card.verdict == Verdict.HOLD
 
 
 def test_undefined_metric_is_inconclusive():
-    ev = make_evaluation()
+    ev = make_evidence()
     ev["candidate"]["roc_auc"] = {"value": None, "ci_low": None, "ci_high": None}
     ev["delta"]["roc_auc"] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None, "mde": None}
     c = check(score(load_policy(), ev), "metric.roc_auc.min_absolute_change")
@@ -231,7 +231,7 @@ def test_zero_width_intervals_agree_with_mlflow_validation():
         }[kind]
         if abs(margin) < 1e-9:
             continue
-        ev = make_evaluation(metrics={metric: (b, c, c - b, c - b)})
+        ev = make_evidence(metrics={metric: (b, c, c - b, c - b)})
         ev["candidate"][metric] = {"value": c, "ci_low": c, "ci_high": c}
         p = policy(metrics=[{"metric": metric, kind: value}])
         ours = check(score(p, ev), f"metric.{metric}.{kind}").outcome
@@ -247,19 +247,31 @@ def test_zero_width_intervals_agree_with_mlflow_validation():
 @pytest.mark.parametrize(
     "lat, ratio, ms",
     [
-        ((10.0, 11.0, 0.5, 1.5), Outcome.PASS, Outcome.PASS),
-        ((10.0, 18.0, 6.0, 9.0), Outcome.FAIL, Outcome.PASS),
-        ((10.0, 14.0, 2.0, 7.0), Outcome.INCONCLUSIVE, Outcome.PASS),
-        ((400.0, 520.0, 100.0, 140.0), Outcome.PASS, Outcome.FAIL),
+        (((10.0, 9.5, 10.5), (11.0, 10.5, 11.5)), Outcome.PASS, Outcome.PASS),
+        (((10.0, 9.5, 10.5), (18.0, 17.0, 19.0)), Outcome.FAIL, Outcome.PASS),
+        (((10.0, 9.5, 10.5), (14.0, 12.0, 17.0)), Outcome.INCONCLUSIVE, Outcome.PASS),
+        (((400.0, 390.0, 410.0), (520.0, 510.0, 530.0)), Outcome.PASS, Outcome.FAIL),
+        (((0.002, 0.0019, 0.0021), (0.006, 0.0055, 0.0065)), Outcome.PASS, Outcome.PASS),
     ],
-    ids=["fine", "slower", "unsure", "over-500ms"],
+    ids=["fine", "slower", "unsure", "over-500ms", "microseconds"],
 )
-def test_latency_gates(lat, ratio, ms):
+def test_latency_gates_judge_online_per_request_bounds(lat, ratio, ms):
     p = policy(latency=[{"percentile": "p99", "max_ratio": 1.5, "max_ms": 500.0}])
-    card = score(p, make_evaluation(latency={"p99": lat}))
+    card = score(p, make_evidence(latency={"p99": lat}, online=True))
     assert check(card, "latency.p99.max_ratio").outcome == ratio
     assert check(card, "latency.p99.max_ms").outcome == ms
-    assert check(card, "latency.p99.max_ratio").baseline == lat[0]
+    assert check(card, "latency.p99.max_ratio").baseline == lat[0][0]
+
+
+def test_batch_amortized_latency_is_not_judged_unless_asked():
+    lat = {"p99": ((0.0021, 0.002, 0.0022), (0.0055, 0.0054, 0.0056))}  # the weather data set's numbers
+    p = policy(latency=[{"percentile": "p99", "max_ratio": 1.5}])
+    card = score(p, make_evidence(latency=lat, online=False))
+    assert not [c for c in card.checks if c.kind == "latency"]
+    (skip,) = [s for s in card.skipped if s.gate == "latency.p99"]
+    assert "not judged: batch-amortized latency" in skip.reason and "5.5 µs" in skip.reason
+    p = policy(latency=[{"percentile": "p99", "max_ratio": 1.5, "judge_batch": True, "min_ms_change": 0.0}])
+    assert check(score(p, make_evidence(latency=lat, online=False)), "latency.p99.max_ratio").outcome == Outcome.FAIL
 
 
 @pytest.mark.parametrize(
@@ -273,20 +285,15 @@ def test_latency_gates(lat, ratio, ms):
 )
 def test_error_rate_gate_is_critical(errors, outcome, verdict):
     p = policy(errors={"max_rate": 0.001})
-    card = score(p, make_evaluation(errors=errors))
+    card = score(p, make_evidence(errors=errors))
     assert check(card, "errors.rate").outcome == outcome and card.verdict == verdict
 
 
 def test_too_few_rows_holds():
-    card = score(load_policy(), make_evaluation(labeled_rows=120))
+    card = score(load_policy(), make_evidence(labeled_rows=120))
     c = check(card, "evidence.labeled_rows")
-    assert c.outcome == Outcome.INCONCLUSIVE and "120 < 1000" in c.reason
+    assert c.outcome == Outcome.INCONCLUSIVE and "120 < 1,000" in c.reason and c.settle_rows == 880
     assert card.verdict == Verdict.HOLD and "evidence.labeled_rows" in card.reason
-
-
-def test_lower_confidence_than_policy_holds():
-    card = score(load_policy(), make_evaluation(confidence=0.8))
-    assert check(card, "evidence.confidence").outcome == Outcome.INCONCLUSIVE and card.verdict == Verdict.HOLD
 
 
 # -- segments ----------------------------------------------------------------------------------------
@@ -298,24 +305,24 @@ def test_segment_gate_finds_the_segment_that_drops():
             "EWR": {"rows": 40, "small": True, "f1": (0.5, 0.2, -0.6, 0.1)},
         }
     }
-    card = score(load_policy(), make_evaluation(segments=segs))
+    card = score(load_policy(), make_evidence(segments=segs))
     assert check(card, "segment.origin=JFK.f1.min_absolute_change").outcome == Outcome.PASS
     lga = check(card, "segment.origin=LGA.f1.min_absolute_change")
-    assert lga.outcome == Outcome.FAIL and lga.segment == "origin=LGA" and "segment origin=LGA" in lga.reason
-    assert any(s.gate == "segment.origin=EWR.f1" and "small" in s.reason for s in card.skipped)
+    assert lga.outcome == Outcome.FAIL and lga.segment == "origin=LGA" and "in origin=LGA" in lga.reason
+    assert any(s.gate == "segment.origin=EWR.f1" and "listed, not judged" in s.reason for s in card.skipped)
     assert card.verdict == Verdict.HOLD and "segment.origin=LGA" in card.reason
 
 
 def test_named_segment_column_missing_is_inconclusive():
     p = policy(segments=[{"column": "carrier", "metric": "f1", "min_absolute_change": -0.02}])
-    c = check(score(p, make_evaluation()), "segment.carrier.f1")
-    assert c.outcome == Outcome.INCONCLUSIVE and "--segment carrier" in c.reason
+    c = check(score(p, make_evidence()), "segment.carrier.f1")
+    assert c.outcome == Outcome.INCONCLUSIVE and "declare it a segment column" in c.reason
 
 
 def test_critical_segment_gate_rolls_back():
     p = policy(segments=[{"column": "origin", "metric": "f1", "min_absolute_change": -0.02, "critical": True}])
     segs = {"origin": {"LGA": {"f1": (0.45, 0.40, -0.08, -0.03)}}}
-    assert score(p, make_evaluation(segments=segs)).verdict == Verdict.ROLLBACK
+    assert score(p, make_evidence(segments=segs)).verdict == Verdict.ROLLBACK
 
 
 # -- drift -------------------------------------------------------------------------------------------
@@ -332,44 +339,66 @@ DRIFT = {
 }
 
 
-def test_no_drift_report_skips_drift_gates_unless_required():
-    card = score(load_policy(), make_evaluation(), None)
-    assert {s.gate for s in card.skipped} >= {"drift.share_drifted", "drift.prediction", "drift.concept"}
-    assert card.verdict == Verdict.PROMOTE
+def test_no_drift_report_skips_the_after_change_gates_unless_required():
+    card = score(load_policy(), make_evidence(), None)
+    assert any(s.gate == "after_change.*" and "no drift report" in s.reason for s in card.skipped)
+    assert card.verdict == Verdict.PROMOTE and card.context == ()
     p = policy(drift={"required": True})
-    c = check(score(p, make_evaluation(), None), "drift.report")
+    c = check(score(p, make_evidence(), None), "drift.report")
     assert c.outcome == Outcome.INCONCLUSIVE and "workbench drift" in c.reason
 
 
 @pytest.mark.parametrize(
-    "change, gate, outcome",
+    "change",
     [
-        ({}, "drift.share_drifted", Outcome.PASS),
-        ({"share_drifted": 0.75}, "drift.share_drifted", Outcome.FAIL),
-        ({"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}}, "drift.concept", Outcome.FAIL),
-        ({}, "drift.concept", Outcome.PASS),
-        (
-            {"prediction_drift": {"baseline": {"drifted": False}, "candidate": {"drifted": True}}},
-            "drift.prediction",
-            Outcome.FAIL,
-        ),
-        ({"prediction_drift": {"drifted": False}}, "drift.prediction", Outcome.PASS),
-        ({"prediction_drift": {}}, "drift.prediction", Outcome.INCONCLUSIVE),
+        {},
+        {"share_drifted": 0.75},
+        {"concept_drift": {"detected": True, "change_point": "2013-09-01T00:00:00Z"}},
+        {"prediction_drift": {"baseline_vs_candidate": {"test": "wasserstein", "statistic": 0.4, "drifted": True}}},
     ],
-    ids=["share-ok", "share-high", "concept", "no-concept", "pred-candidate", "pred-flat", "pred-missing"],
+    ids=["some", "most-features", "concept", "baseline-vs-candidate"],
 )
-def test_drift_gates(change, gate, outcome):
-    c = check(score(load_policy(), make_evaluation(), DRIFT | change), gate)
-    assert c.outcome == outcome and c.kind == "drift"
-    if gate == "drift.concept" and outcome == Outcome.FAIL:
-        assert "2013-09-01" in c.reason
-    if gate == "drift.share_drifted":
-        assert "temp" in c.reason
+def test_drift_is_context_never_a_failure(change):
+    card = score(load_policy(), make_evidence(), DRIFT | change)
+    assert card.verdict == Verdict.PROMOTE and not [c for c in card.checks if c.kind == "drift"]
+    ctx = {c["name"]: c for c in card.context}
+    assert "temp" in ctx["data_drift"]["detail"] and ctx["data_drift"]["value"] == (DRIFT | change)["share_drifted"]
+    if "concept_drift" in change:
+        assert ctx["concept_drift.baseline"]["detected"] and "2013-09-01" in ctx["concept_drift.baseline"]["detail"]
+    if "prediction_drift" in change:
+        pd = ctx["prediction_drift.baseline_vs_candidate"]
+        assert pd["value"] == 0.4 and "differ by design" in pd["detail"]
+
+
+def test_retired_drift_gate_keys_say_why():
+    for key in ("max_share_drifted", "prediction_drift", "concept_drift"):
+        with pytest.raises(WorkbenchError, match=f"drift: {key} is no longer a gate"):
+            parse_policy({"drift": {key: 0.5}})
+
+
+@pytest.mark.parametrize(
+    "data, named",
+    [
+        ({"confidence": 1.2}, "confidence: Input should be less than 1"),
+        ({"confidence": 0}, "confidence: Input should be greater than 0"),
+        ({"planned_rows": 0}, "planned_rows: Input should be greater than or equal to 1"),
+        ({"min_segment_rows": -5}, "min_segment_rows"),
+        ({"drift": {"recent_share": 1.5}}, "drift.recent_share"),
+        ({"latency": [{"max_ms": 5, "min_ms_change": -1}]}, "latency[0].min_ms_change"),
+        ({"metrics": [{"metric": "f1", "min_absolute_change": float("nan")}]}, "metrics[0].min_absolute_change"),
+        ({"errors": {"max_rate": float("inf")}}, "errors.max_rate"),
+        ({"max_age_hours": float("inf")}, "max_age_hours"),
+    ],
+    ids=["confidence-high", "confidence-zero", "rows", "segment-rows", "recent", "ms-change", "nan", "inf", "age"],
+)
+def test_new_policy_keys_are_strict(data, named):
+    with pytest.raises(WorkbenchError, match=re.escape(named)):
+        parse_policy(data, "policy p.toml")
 
 
 # -- verdict -----------------------------------------------------------------------------------------
 def test_verdicts_and_scorecard_dict():
-    good = score(load_policy(), make_evaluation())
+    good = score(load_policy(), make_evidence())
     assert good.verdict == Verdict.PROMOTE and good.count(Outcome.FAIL) == 0 and good.count(Outcome.INCONCLUSIVE) == 0
     d = json.loads(json.dumps(good.to_dict()))
     assert d["counts"]["pass"] == len(d["checks"]) and d["verdict"] == "PROMOTE"  # the JSON holds the strings
@@ -386,10 +415,13 @@ def test_verdicts_and_scorecard_dict():
         "critical",
         "reason",
         "segment",
+        "rows",
+        "bound",
+        "settle_rows",
     }
     bad = score(
         load_policy(),
-        make_evaluation(
+        make_evidence(
             metrics={
                 "roc_auc": (0.7, 0.6, -0.12, -0.08),
                 "f1": (0.4, 0.42, 0.0, 0.04),
@@ -400,19 +432,20 @@ def test_verdicts_and_scorecard_dict():
     assert bad.verdict == Verdict.ROLLBACK and "metric.roc_auc.min_absolute_change" in bad.reason
     marginal = score(
         load_policy(),
-        make_evaluation(
+        make_evidence(
             metrics={
                 "roc_auc": (0.7, 0.71, 0.0, 0.02),
-                "f1": (0.4, 0.35, -0.08, -0.03),
-                "log_loss": (0.5, 0.49, -0.02, 0.0),
+                "f1": (0.4, 0.41, 0.0, 0.02),
+                "log_loss": (0.5, 0.56, 0.04, 0.08),
             }
         ),
     )
     assert marginal.verdict == Verdict.HOLD and "non-critical" in marginal.reason
+    assert marginal.summary.startswith("Held: metric.log_loss.min_relative_change failed")
 
 
 def test_verdicts_and_outcomes_sign_and_hash_as_their_strings():
-    card = score(load_policy(), make_evaluation(labeled_rows=10)).to_dict()  # HOLD: passes and an inconclusive
+    card = score(load_policy(), make_evidence(labeled_rows=10)).to_dict()  # HOLD: passes and an inconclusive
     plain = json.loads(json.dumps(card))
     assert canonical_bytes(card) == canonical_bytes(plain) and content_hash(card) == content_hash(plain)
     assert re.search(rb'"counts":\{"fail":0,"inconclusive":[1-9][0-9]*,"pass":[1-9][0-9]*\}', canonical_bytes(card))
@@ -468,3 +501,62 @@ def test_readme_documents_every_live_field():
     for model in (pm.LiveOptions, pm.LiveSegment):
         for field in model.model_fields:
             assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"
+
+
+@pytest.mark.parametrize(
+    "name, text, named",
+    [
+        ("dup.json", '{"confidence": 0.9, "confidence": 0.5}', "the key 'confidence' is given twice"),
+        ("dup.yaml", "confidence: 0.9\nconfidence: 0.5\n", "the key 'confidence' is given twice"),
+        ("dup.toml", "confidence = 0.9\nconfidence = 0.5\n", "is not valid TOML"),
+        ("nan.toml", "confidence = nan\n", "confidence: Input should be a finite number"),
+        ("inf.json", '{"max_age_hours": Infinity}', "max_age_hours"),
+        ("huge.toml", "min_labeled_rows = " + "9" * 40 + "\n", "min_labeled_rows: 9999999999999999999"),
+        ("deep.json", '{"live": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ("deep2.yaml", "live: " + "[" * 20 + "]" * 20 + "\n", "nested more than 8 levels deep"),
+        ("exp.toml", '[registry]\nexperiment = ""\n', "registry.experiment"),
+        ("exp2.json", '{"registry": {"experiment": "a\\nb"}}', "registry.experiment"),
+    ],
+    ids=["json-dup", "yaml-dup", "toml-dup", "nan", "inf", "huge", "deep", "deep-yaml", "empty-exp", "newline-exp"],
+)
+def test_hostile_policy_files_are_refused_with_the_key_named(tmp_path, name, text, named):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(WorkbenchError) as e:
+        load_policy(tmp_path / name)
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_finite_values_never_share_a_hash():
+    with pytest.raises(WorkbenchError):
+        parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": float("-inf")}]})
+    a = parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": -0.02}]})
+    b = parse_policy({"metrics": [{"metric": "f1", "min_absolute_change": -0.03}]})
+    assert a.hash != b.hash
+
+
+def test_segment_gates_are_harm_tests_unless_non_inferiority_is_required():
+    segs = {"origin": {"EWR": {"rows": 2000, "f1": (0.45, 0.44, -0.05, 0.03)}}}  # straddles the -0.02 margin
+    gate = {"column": "origin", "metric": "f1", "min_absolute_change": -0.02}
+    harm = check(
+        score(policy(segments=[gate]), make_evidence(segments=segs)), "segment.origin=EWR.f1.min_absolute_change"
+    )
+    assert harm.outcome == Outcome.PASS and "not surely worse (a harm test)" in harm.reason
+    strict = policy(segments=[gate | {"require": "non_inferiority"}])
+    c = check(score(strict, make_evidence(segments=segs)), "segment.origin=EWR.f1.min_absolute_change")
+    assert c.outcome == Outcome.INCONCLUSIVE and score(strict, make_evidence(segments=segs)).verdict == Verdict.HOLD
+
+
+def test_the_recent_window_must_be_shown_non_inferior_by_default():
+    ev = make_evidence()
+    ev["recent"] = {
+        "from": "2026-11-20T00:00:00Z",
+        "rows": 4000,
+        "small": False,
+        **make_evidence(metrics={"f1": (0.4, 0.39, -0.04, 0.02)}),
+    }
+    p = policy(metrics=[{"metric": "f1", "min_absolute_change": -0.02}])
+    c = check(score(p, ev), "recent.f1.min_absolute_change")
+    assert c.outcome == Outcome.INCONCLUSIVE and "the recent window (from 2026-11-20T00:00:00Z)" in c.reason
+    assert load_policy().drift.require == "non_inferiority"
+    relaxed = policy(metrics=[{"metric": "f1", "min_absolute_change": -0.02}], drift={"require": "no_harm"})
+    assert check(score(relaxed, ev), "recent.f1.min_absolute_change").outcome == Outcome.PASS

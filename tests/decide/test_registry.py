@@ -9,17 +9,13 @@ from datetime import UTC, datetime
 import pytest
 from mlflow import MlflowClient
 
-from conftest import free_port, make_evaluation, register_model, seed_run
+from conftest import free_port, register_model, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, apply_decision, build_decision, build_kill, sync
 from workbench.decide.policy import Verdict, load_policy, parse_policy
 from workbench.decide.registry import WEBHOOK_EVENTS, Registry
 from workbench.decide.signing import canonical_bytes, init_keys, trusted_keys
 from workbench.store import Store
-
-BAD = make_evaluation(
-    metrics={"roc_auc": (0.7, 0.6, -0.12, -0.08), "f1": (0.4, 0.42, 0.0, 0.04), "log_loss": (0.5, 0.49, -0.02, 0.0)}
-)
 
 
 @pytest.fixture
@@ -41,30 +37,30 @@ def env(mlflow_server, tmp_path):
     store.close()
 
 
-def decide_and_publish(env, run_id, evaluation, policy=None):
+def decide_and_publish(env, run_id, policy=None, quality="better"):
+    """Seed ``run_id`` (a new run of the pair, unless it exists) of ``quality``, decide, apply and publish."""
     store = env["store"]
     if store.get_run(run_id) is None:
-        seed_run(store, run_id, evaluation, model=env["name"])
+        seed_run(store, run_id, quality=quality, model=env["name"])
     signed, _ = build_decision(store, run_id, policy or load_policy(), env["signer"])
     apply_decision(store, signed, env["trusted"])
-    run_id_ml, err = sync(store, signed, lambda s: env["registry"].publish(s, evaluation, None))
+    run_id_ml, err = sync(store, signed, lambda s: env["registry"].publish(s, None, None))
     assert err is None, err
     return signed, run_id_ml
 
 
 def test_decision_run_and_version_tags(env, tmp_path):
     client, name = env["client"], env["name"]
-    signed, run_id = decide_and_publish(env, "run_a", make_evaluation("run_a"))
+    signed, run_id = decide_and_publish(env, "run_a")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["canary.decision_id"] == signed.decision_id
     assert run.data.params["verdict"] == Verdict.PROMOTE and run.data.params["candidate_version"] == "2"
     assert run.data.params["policy_hash"] == signed.record["policy_hash"]
     assert run.data.metrics["weight_after"] == 1 and run.data.metrics["checks_fail"] == 0
-    assert run.data.metrics["roc_auc_delta_ci_low"] == pytest.approx(0.01)
+    auc = next(c for c in signed.record["scorecard"]["checks"] if c["gate"] == "metric.roc_auc.min_absolute_change")
+    assert run.data.metrics["roc_auc_delta_ci_low"] == pytest.approx(auc["delta"]["ci_low"])
     files = {f.path for f in client.list_artifacts(run_id, "decision")}
-    assert files == {
-        f"decision/{f}" for f in ("decision.json", "record.bin", "record.sig", "scorecard.json", "evaluation.json")
-    }
+    assert files == {f"decision/{f}" for f in ("decision.json", "record.bin", "record.sig", "scorecard.json")}
     local = client.download_artifacts(run_id, "decision", str(tmp_path))
     assert json.loads(open(f"{local}/decision.json").read()) == signed.to_dict()
     assert open(f"{local}/record.bin", "rb").read() == canonical_bytes(signed.record)
@@ -81,13 +77,13 @@ def test_decision_run_and_version_tags(env, tmp_path):
 
 def test_full_promotion_moves_champion_and_rollback_hands_it_back(env):
     client, name = env["client"], env["name"]
-    decide_and_publish(env, "run_a", make_evaluation("run_a"), parse_policy({"ramp": [50, 100]}))
+    decide_and_publish(env, "run_a", parse_policy({"ramp": [50, 100]}))
     assert client.get_model_version_by_alias(name, "champion").version == "1"
-    decide_and_publish(env, "run_a", make_evaluation("run_a"), parse_policy({"ramp": [50, 100]}))
+    decide_and_publish(env, "run_b", parse_policy({"ramp": [50, 100]}))  # new evidence moves the ramp on
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert client.get_model_version_by_alias(name, "previous").version == "1"
 
-    signed, _ = decide_and_publish(env, "run_bad", BAD)
+    signed, _ = decide_and_publish(env, "run_bad", quality="bad")
     assert signed.record["verdict"] == Verdict.ROLLBACK and signed.record["weight_after"] == 0
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     tags = client.get_model_version(name, "2").tags
@@ -97,7 +93,7 @@ def test_full_promotion_moves_champion_and_rollback_hands_it_back(env):
 
 def test_kill_switch_tags_the_version(env):
     client, name = env["client"], env["name"]
-    decide_and_publish(env, "run_a", make_evaluation("run_a"))
+    decide_and_publish(env, "run_a")
     kill = build_kill(env["store"], name, "error budget burnt", env["signer"], load_policy())
     apply_decision(env["store"], kill, env["trusted"])
     assert sync(env["store"], kill, env["registry"].publish)[1] is None
@@ -112,9 +108,9 @@ def test_optional_stage_transitions(env):
         warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated in MLflow 3, kept for teams using them
         client.transition_model_version_stage(name, "1", "Production")
         policy = parse_policy({"ramp": [50, 100], "registry": {"stage_transitions": True}})
-        decide_and_publish(env, "run_a", make_evaluation("run_a"), policy)
+        decide_and_publish(env, "run_a", policy)
         assert client.get_model_version(name, "2").current_stage == "Staging"
-        decide_and_publish(env, "run_a", make_evaluation("run_a"), policy)
+        decide_and_publish(env, "run_b", policy)
         assert client.get_model_version(name, "2").current_stage == "Production"
         assert client.get_model_version(name, "1").current_stage == "Archived"
 
@@ -123,7 +119,7 @@ def test_unreachable_mlflow_keeps_the_signed_decision_pending(tmp_path):
     init_keys(tmp_path / "keys")
     signer = Signer.from_keys_dir(tmp_path / "keys", "tester")
     with Store() as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
+        seed_run(store, "run_a")
         signed, _ = build_decision(store, "run_a", load_policy(), signer)
         apply_decision(store, signed, trusted_keys(tmp_path / "keys", tmp_path / "none"))
         registry = Registry(f"http://127.0.0.1:{free_port()}")
@@ -149,6 +145,6 @@ def test_webhook_registration_is_idempotent(mlflow_server):
 
 
 def test_timestamps_are_utc_iso(env):
-    signed, _ = decide_and_publish(env, "run_a", make_evaluation("run_a"))
+    signed, _ = decide_and_publish(env, "run_a")
     created = datetime.fromisoformat(signed.record["created_at"].replace("Z", "+00:00"))
     assert created.tzinfo == UTC and signed.record["created_at"].endswith("Z")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import make_evaluation, run_cli, seed_run
+from conftest import fresh_run, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.config import Settings
 from workbench.decide.canary import Signer, apply_decision, build_decision, status, verify_chain
@@ -40,7 +40,7 @@ def keys(tmp_path):
 @pytest.fixture
 def ctx(keys):
     store = Store()
-    seed_run(store, "run_a", make_evaluation("run_a"))
+    seed_run(store, "run_a")
     yield store, Signer.from_keys_dir(keys, "tester"), trusted_keys(keys, keys / "trusted")
     store.close()
 
@@ -200,8 +200,9 @@ def test_records_applied_out_of_order_are_refused(ctx):
     policy = load_policy()
     d1, _ = build_decision(store, "run_a", policy, signer, now=T0)
     apply_decision(store, d1, trusted, now=T0)
-    d2, _ = build_decision(store, "run_a", policy, signer, now=T0)
-    d3, _ = build_decision(store, "run_a", policy, signer, now=T0)  # also claims sequence 2
+    newer = fresh_run(store, 1)  # new evidence: both later records PROMOTE
+    d2, _ = build_decision(store, newer, policy, signer, now=T0)
+    d3, _ = build_decision(store, newer, policy, signer, now=T0)  # also claims sequence 2
     assert d2.record["previous_hash"] == d3.record["previous_hash"] == record_hash(d1.record)
     apply_decision(store, d3, trusted, now=T0)
     with pytest.raises(SignatureError, match="out of chain"):

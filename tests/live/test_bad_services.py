@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import free_port, make_evaluation, register_model, run_cli, seed_run
+from conftest import free_port, fresh_run, register_model, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, apply_decision, build_decision
@@ -84,7 +84,7 @@ def setup(mlflow_server, tmp_path):
     home = tmp_path / "home"
     init_keys(home / "keys")
     with Store(home / "workbench.duckdb") as store:
-        seed_run(store, "run_a", make_evaluation("run_a"), model=name)
+        seed_run(store, "run_a", model=name)
     return {"client": client, "name": name, "home": home, "url": mlflow_server}
 
 
@@ -104,12 +104,14 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
     assert (first["weight_before"], first["weight_after"]) == (0, 1)
     down_s = time.monotonic() - t0
 
+    with Store(home / "workbench.duckdb") as store:
+        newer = fresh_run(store, 1, model=setup["name"])  # new evidence for the next step
     proxy = SlowProxy(int(url.rsplit(":", 1)[1]), delay=6.0)  # answers, but after the 3 s health timeout
     try:
         t0 = time.monotonic()
         second = json.loads(
             run_cli(
-                "decide", "run_a", "--json", home=home, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"}
+                "decide", newer, "--json", home=home, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"}
             ).stdout
         )
         slow_s = time.monotonic() - t0
@@ -163,8 +165,9 @@ def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
     registry = Registry(url)
     with Store(home / "workbench.duckdb") as store:
         signed = []
-        for _ in range(2):
-            s, _ = build_decision(store, "run_a", load_policy(), signer)
+        for step in range(2):  # each step on new evidence
+            run_id = "run_a" if step == 0 else fresh_run(store, step, model=setup["name"])
+            s, _ = build_decision(store, run_id, load_policy(), signer)
             apply_decision(store, s, trusted)  # applied; MLflow not told yet: pending_sync
             signed.append(s)
         # 1: published, then the process died before it marked the decision synced
@@ -236,7 +239,7 @@ def test_a_locked_database_waits_then_fails_clearly_and_is_never_corrupted(tmp_p
     home = tmp_path / "home"
     db = home / "workbench.duckdb"
     with Store(db) as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
+        seed_run(store, "run_a")
     holder = hold_lock(db)
     try:
         t0 = time.monotonic()

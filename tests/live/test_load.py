@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from conftest import REPO, free_port, make_evaluation, seed_run
+from conftest import REPO, free_port, fresh_run, seed_run
 from reliability_log import record
 from workbench.decide.canary import Signer, apply_decision, build_decision
 from workbench.decide.policy import load_policy
@@ -48,9 +48,9 @@ def canary_home(home: Path, steps: int) -> str:
     init_keys(home / "keys")
     signer = Signer.from_keys_dir(home / "keys", "load")
     with Store(home / "workbench.duckdb") as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
-        for _ in range(steps):
-            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+        seed_run(store, "run_a")
+        for step in range(steps):  # each step on new evidence
+            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
             apply_decision(store, signed, trusted_keys(home / "keys", home / "keys" / "trusted"))
     return signed.decision_id
 

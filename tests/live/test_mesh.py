@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import fresh_run, run_cli
 from workbench import WorkbenchError
 from workbench.decide.canary import Signer, apply_decision, build_decision, build_kill, live_view
 from workbench.decide.policy import load_policy
@@ -108,8 +108,8 @@ def test_render_from_the_store_and_the_cli(seeded_home):
     signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
     trusted = trusted_keys(seeded_home / "keys", seeded_home / "none")
     with Store(seeded_home / "workbench.duckdb") as store:
-        for _ in range(2):
-            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+        for step in range(2):  # each step on new evidence
+            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
             apply_decision(store, signed, trusted)
         v = live_view(store, "fraud", trusted)
         assert (v["weight"], v["verdict"], v["ramp"], v["signature"]) == (5, "promote", RAMP, signed.signature)

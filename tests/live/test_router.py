@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, free_port, make_evaluation, register_model, run_cli, seed_run
+from conftest import REPO, free_port, fresh_run, register_model, run_cli, seed_run
 from loopback_http import LoopbackServer, json_reply
 from workbench.config import Settings
 from workbench.decide.canary import Signer, apply_decision, bucket_of, build_decision, in_canary, status
@@ -439,9 +439,9 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
     signer = Signer.from_keys_dir(settings.keys_dir, "router@test")
     trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
     with Store(settings.db_path) as store:
-        seed_run(store, "run_a", make_evaluation("run_a"))
-        for _ in range(3):
-            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+        seed_run(store, "run_a")
+        for step in range(3):  # each step on new evidence
+            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
             apply_decision(store, signed, trusted)
     weights = StoreWeights(settings, "fraud", POLICY, keys=KeyRing(trusted, signer))
     st = weights.read()
@@ -477,7 +477,7 @@ def test_a_live_rollback_tags_the_mlflow_version(mlflow_server, tmp_path):
     settings = Settings(home=home, mlflow_tracking_uri=mlflow_server).ensure()
     keys = KeyRing.from_settings(settings)  # the router's ring: its signer signs the rollback
     with Store(settings.db_path) as store:
-        seed_run(store, "run_a", make_evaluation("run_a"), model=name)
+        seed_run(store, "run_a", model=name)
         signed, _ = build_decision(store, "run_a", load_policy(), keys.signer)
         apply_decision(store, signed, keys.trusted)
     stats = {
@@ -559,8 +559,8 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
     with Store(seeded_home / "workbench.duckdb") as store:  # fraud v1 -> v2 at 1, 5, 25 %
         signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
         trusted = trusted_keys(seeded_home / "keys", seeded_home / "keys" / "trusted")
-        for _ in range(3):
-            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+        for step in range(3):  # each step on new evidence
+            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
             apply_decision(store, signed, trusted)
     env = os.environ | {
         "WORKBENCH_HOME": str(seeded_home),

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from conftest import free_port, register_model
+from conftest import free_port, fresh_run, register_model
 from workbench.config import Settings
 from workbench.decide.registry import Registry
 from workbench.live.service import JOB_KIND, create_app
@@ -205,8 +205,8 @@ def weights_api(seeded_home):
 
     signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
     with Store(seeded_home / "workbench.duckdb") as store:
-        for _ in range(2):
-            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+        for step in range(2):  # each step on new evidence
+            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
             apply_decision(store, signed, trusted_keys(seeded_home / "keys", seeded_home / "none"))
     settings = Settings(home=seeded_home, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", api_token=TOKEN)
     return TestClient(create_app(settings)), settings, signed
@@ -294,7 +294,9 @@ def test_apply_a_signed_record_over_the_api(weights_api):
     client, settings, _ = weights_api
     auth = {"Authorization": "Bearer " + TOKEN}
     with Store(settings.db_path) as store:
-        pending, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(settings.keys_dir, "ci"))
+        pending, _ = build_decision(
+            store, fresh_run(store, 5), load_policy(), Signer.from_keys_dir(settings.keys_dir, "ci")
+        )
     body = pending.to_dict()
     assert client.post("/v1/decisions", json=body).status_code == 401
     tampered = client.post(
@@ -320,7 +322,9 @@ def test_the_service_reads_its_key_ring_at_start(weights_api, tmp_path):
     client, settings, _ = weights_api
     other = init_keys(tmp_path / "ci-keys")
     with Store(settings.db_path) as store:
-        pending, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(tmp_path / "ci-keys", "ci"))
+        pending, _ = build_decision(
+            store, fresh_run(store, 5), load_policy(), Signer.from_keys_dir(tmp_path / "ci-keys", "ci")
+        )
     settings.trusted_keys_dir.mkdir(exist_ok=True)
     shutil.copy(other.public_key_path, settings.trusted_keys_dir / "ci.pem")
     auth = {"Authorization": "Bearer " + TOKEN}

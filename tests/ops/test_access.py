@@ -46,7 +46,7 @@ def test_malformed_hashes_never_verify(stored):
 
 def test_approvers_file_roundtrip_mode_and_errors(tmp_path):
     path = approvers_path(tmp_path)
-    add_approver(path, "alice", password="pw-a", email="alice@example.com")
+    add_approver(path, "alice", password="pw-a-long-enough", email="alice@example.com")
     add_approver(path, "bob", email="bob@example.com")
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert "pw-a" not in path.read_text()
@@ -69,17 +69,22 @@ def test_approvers_file_roundtrip_mode_and_errors(tmp_path):
     assert load_approvers(tmp_path / "missing.toml") == {}
 
 
+PW_A = "pw-a-long-enough"
+
+
 def test_authenticate_and_oidc_identities(tmp_path):
     path = approvers_path(tmp_path)
-    add_approver(path, "alice", password="pw-a", email="Alice@Example.com")
+    add_approver(path, "alice", password=PW_A, email="Alice@Example.com")
     add_approver(path, "bob", email="bob@example.com")
     approvers = load_approvers(path)
-    who = authenticate(approvers, "alice", "pw-a")
+    who = authenticate(approvers, "alice", PW_A)
     assert who.can_approve and who.method == "password" and who.signer == "Alice@Example.com"
     assert authenticate(approvers, "alice", "wrong") is None
-    assert authenticate(approvers, "mallory", "pw-a") is None
+    assert authenticate(approvers, "mallory", PW_A) is None
     assert authenticate(approvers, "bob", "") is None  # an OIDC-only approver has no password
-    who = oidc_identity({"is_logged_in": True, "email": "alice@example.com", "name": "Alice"}, approvers)
+    who = oidc_identity(
+        {"is_logged_in": True, "email": "alice@example.com", "name": "Alice", "email_verified": True}, approvers
+    )
     assert who.can_approve and who.name == "alice" and who.method == "oidc"
     who = oidc_identity({"is_logged_in": True, "email": "eve@example.com"}, approvers)
     assert not who.can_approve and who.name == "eve@example.com"
@@ -104,7 +109,7 @@ def test_cli_approver_add_list_remove(tmp_path):
             timeout=60,
         )
 
-    out = cli("add", "alice", "--password-stdin", "--json", stdin="s3cret\n")
+    out = cli("add", "alice", "--password-stdin", "--json", stdin="s3cret-and-long\n")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {
         "name": "alice",
@@ -112,11 +117,74 @@ def test_cli_approver_add_list_remove(tmp_path):
         "password": True,
         "file": str(tmp_path / "approvers.toml"),
     }
-    assert verify_password("s3cret", load_approvers(approvers_path(tmp_path))["alice"].password)
+    assert verify_password("s3cret-and-long", load_approvers(approvers_path(tmp_path))["alice"].password)
     assert cli("add", "oidc_bob", "--email", "bob@example.com", "--no-password").returncode == 0
     listed = json.loads(cli("list", "--json").stdout)["approvers"]
-    assert [a["name"] for a in listed] == ["alice", "oidc_bob"] and "s3cret" not in json.dumps(listed)
+    assert [a["name"] for a in listed] == ["alice", "oidc_bob"] and "s3cret-and-long" not in json.dumps(listed)
     bad = cli("add", "carol", stdin="")  # no terminal, no --password-stdin
     assert bad.returncode == 2 and "--password-stdin" in bad.stderr
     assert cli("remove", "alice").returncode == 0
     assert [a["name"] for a in json.loads(cli("list", "--json").stdout)["approvers"]] == ["oidc_bob"]
+
+
+@pytest.mark.parametrize(
+    "claim, can_approve",
+    [
+        (True, True),
+        ("true", True),
+        ("TRUE", True),
+        (None, False),
+        (False, False),
+        ("false", False),
+        ("False", False),
+        ("", False),
+        ("yes", False),
+        (1, False),
+        ([True], False),
+    ],
+    ids=[
+        "bool-true",
+        "string-true",
+        "string-TRUE",
+        "missing",
+        "bool-false",
+        "string-false",
+        "string-False",
+        "empty",
+        "yes",
+        "one",
+        "list",
+    ],
+)
+def test_only_a_verified_email_grants_approver(tmp_path, claim, can_approve):
+    path = approvers_path(tmp_path)
+    add_approver(path, "bob", email="bob@example.com")
+    user = {"is_logged_in": True, "email": "bob@example.com"}
+    if claim is not None:
+        user["email_verified"] = claim
+    who = oidc_identity(user, load_approvers(path))
+    assert who.can_approve is can_approve and who.method == "oidc"
+    assert (who.name == "bob") is can_approve  # an unverified login keeps its own name, never the approver's
+
+
+@pytest.mark.parametrize("password", ["x", "short-pw", "eleven-char"], ids=["1-char", "8-chars", "11-chars"])
+def test_short_approver_passwords_are_refused(tmp_path, password):
+    path = approvers_path(tmp_path)
+    with pytest.raises(WorkbenchError, match=r"at least 12 characters long \(this one has \d+\)"):
+        add_approver(path, "alice", password=password)
+    assert load_approvers(path) == {}
+    assert add_approver(path, "alice", password="twelve-chars").password
+
+
+def test_cli_refuses_a_short_password(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "approver", "add", "alice", "--password-stdin"],
+        cwd=REPO,
+        env=os.environ | {"WORKBENCH_HOME": str(tmp_path)},
+        input="a\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert "at least 12 characters" in proc.stderr and not (tmp_path / "approvers.toml").exists()

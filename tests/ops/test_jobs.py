@@ -343,3 +343,73 @@ def test_a_job_needs_a_signing_key(demo_home, tmp_path):
     home = tmp_path / "empty_home"
     with pytest.raises(JobRefused, match="cannot start job spec fd: no signing key .*workbench keys init"):
         run_job(load_settings(home), load_spec(spec))
+
+
+# -- disabled stages and jobs that stop early -----------------------------------------------------------------
+def test_a_disabled_drift_stage_is_skipped_and_the_job_still_decides(job_home, tmp_path):
+    """A real `workbench jobs run` with drift off: drift is skipped with its reason, decide runs without a drift
+    report (the gates after a change point are skipped, not failed; no drift context), the job finishes and exits
+    0."""
+    spec = write_spec(tmp_path / "fd.yaml", job_home, drift={"enabled": False})
+    proc = run_cli("jobs", "run", str(spec), "--json", home=job_home)
+    out = json.loads(proc.stdout)
+    assert out["status"] == "finished" and list(out["stages"]) == list(STAGES)
+    assert out["stages"]["drift"]["status"] == "skipped"
+    assert out["stages"]["drift"]["result"] == {"reason": "drift is disabled"}
+    decide = out["stages"]["decide"]
+    assert decide["status"] == "finished" and decide["result"]["decision_id"] == out["decision_id"]
+    assert out["verdict"] in ("PROMOTE", "HOLD", "ROLLBACK") and "unreached" not in out
+    with Store(job_home / "workbench.duckdb") as store:
+        assert store.latest_drift(out["run_id"]) is None  # no report was made
+        record = json.loads(store.get_decision(out["decision_id"])["record"])
+    assert record["drift_hash"] is None
+    skipped = {s["gate"]: s["reason"] for s in record["scorecard"]["skipped"]}
+    assert skipped["after_change.*"] == "the rows after the change point: no drift report for this run"
+    assert record["scorecard"]["context"] == []
+    assert not any(c["kind"] == "drift" for c in record["scorecard"]["checks"])
+
+
+def test_a_job_that_stops_before_its_stages_does_not_exit_0(job_home, tmp_path):
+    """An empty window ends the job `skipped`: the CLI prints its result, names the stages it did not reach on
+    stderr in one line and exits 3; rerunning the slot reports the same."""
+    spec = write_spec(
+        tmp_path / "fd.yaml",
+        job_home,
+        schedule="0 9 * * *",
+        traffic={"path": str(job_home / "data" / "traffic.parquet"), "window": "24h"},
+    )
+    for _ in range(2):
+        proc = run_cli(
+            "jobs", "run", str(spec), "--as-of", "2026-11-26T09:00:00Z", "--json", home=job_home, check=False
+        )
+        assert proc.returncode == 3, proc.stderr[-2000:]
+        out = json.loads(proc.stdout)
+        assert out["status"] == "skipped" and out["unreached"] == ["ingest", "replay", "evaluate", "drift", "decide"]
+        assert out["reason"].startswith("no traffic between")
+        [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert "without reaching stage(s) ingest, replay, evaluate, drift, decide: no traffic between" in error
+        assert "Traceback" not in proc.stderr
+    assert out["already_complete"]
+
+
+def test_a_flow_that_ends_without_deciding_is_not_finished(job_home, tmp_path, monkeypatch):
+    """Whatever makes the flow return early (here, a flow that forgets decide), a configured stage that did not
+    run leaves the job `skipped` with the stages it did not reach, never `finished`."""
+    from workbench.ops import jobs
+    from workbench.ops.jobs import JobIncomplete, check_complete
+
+    real = jobs.run_flow
+
+    def without_decide(settings, flow, **kw):
+        res = real(settings, flow, **kw)
+        res.summaries.pop("decide", None)
+        return res
+
+    monkeypatch.setattr(jobs, "run_flow", without_decide)
+    loaded = load_spec(write_spec(tmp_path / "fd.yaml", job_home, drift={"enabled": False}))
+    res = run_job(load_settings(job_home), loaded)
+    assert res.status == "skipped" and res.summary["unreached"] == ["decide"]
+    assert "before stage(s) decide" in res.summary["reason"]
+    with pytest.raises(JobIncomplete, match="without reaching stage\\(s\\) decide") as e:
+        check_complete(res)
+    assert e.value.exit_code == 3

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from conftest import REPO, make_evaluation, seed_run
+from conftest import REPO, seed_run
 from reliability_log import record
 from workbench.decide.canary import status as canary_status
 from workbench.decide.canary import verify_chain
@@ -301,8 +301,9 @@ def test_evaluate_killed_at_random_points_reruns_to_the_same_result(tmp_path, de
 
 
 # -- decide (and the MLflow sync that completes it) ----------------------------------------------------------
-def decision_state(home: Path, run_id: str) -> dict:
-    """The canary of the model after a kill, checked: every stored record verifies, the chain is intact."""
+def decision_state(home: Path, run_prefix: str) -> dict:
+    """The canary of the model after a kill, checked: every stored record verifies, the chain is intact; the
+    decisions on runs whose id starts with ``run_prefix``, applied ones in chain order."""
     trusted = trusted_keys(home / "keys", home / "keys" / "trusted")
     with Store(home / "workbench.duckdb") as store:
         for row in store.cursor().execute("SELECT record, signature FROM decisions").fetchall():
@@ -313,16 +314,16 @@ def decision_state(home: Path, run_id: str) -> dict:
             store.cursor()
             .execute(
                 "SELECT d.decision_id, d.pending_sync FROM decisions d JOIN canary_chain c USING (decision_id) "
-                "WHERE d.run_id = ?",
-                [run_id],
+                "WHERE d.run_id LIKE ? ORDER BY c.sequence",
+                [run_prefix + "%"],
             )
             .fetchall()
         )
         unapplied = (
             store.cursor()
             .execute(
-                "SELECT count(*) FROM decisions d ANTI JOIN canary_chain c USING (decision_id) WHERE d.run_id = ?",
-                [run_id],
+                "SELECT count(*) FROM decisions d ANTI JOIN canary_chain c USING (decision_id) WHERE d.run_id LIKE ?",
+                [run_prefix + "%"],
             )
             .fetchall()[0][0]
         )
@@ -350,8 +351,9 @@ def mlflow_runs(home: Path, decision_id: str) -> list:
 
 
 def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path, demo_home):
-    """Each cycle moves the weight one ramp step: decide (applied locally, then published), and after a kill
-    the documented recovery: ``workbench sync`` when the decision was applied, else decide again."""
+    """Each cycle moves the weight one ramp step on a new run of the pair (a PROMOTE needs new evidence):
+    decide (applied locally, then published), and after a kill the documented recovery: ``workbench sync``
+    when the decision was applied, else decide again."""
     rng = random.Random(1004)
     homes = {}
     for name in ("ref", "crash"):
@@ -359,7 +361,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
         if not (home / "keys" / PRIVATE_FILE).exists():  # the demo makes the key pair for its own decision
             init_keys(home / "keys")
         with Store(home / "workbench.duckdb") as store:
-            seed_run(store, "run_syn", make_evaluation("run_syn"), model=MODEL, traffic="flights")
+            seed_run(store, "run_syn", model=MODEL)  # synthetic evidence for the demo's pair
         homes[name] = home
     ref = complete(["decide", "run_syn", "--json"], homes["ref"])
     want = json.loads(ref.stdout)
@@ -369,12 +371,16 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
     ramp = ramp[base:]
     home = homes["crash"]
     kills = cycle = 0  # cycle: decisions applied and in MLflow
+    current = "run_syn"  # the run this cycle decides on
     while kills < 4:
         st = decision_state(home, "run_syn")
         if len(st["applied"]) > cycle and not st["applied"][-1][1]:
-            cycle += 1  # this step is complete: the next kills hit the next step
+            cycle += 1  # this step is complete: the next kills hit the next step, on new evidence
+            current = f"run_syn{cycle}"
+            with Store(home / "workbench.duckdb") as store:
+                seed_run(store, current, model=MODEL)
             continue
-        command = ["sync", "--json"] if len(st["applied"]) > cycle else ["decide", "run_syn", "--json"]
+        command = ["sync", "--json"] if len(st["applied"]) > cycle else ["decide", current, "--json"]
         shot = shoot(command, home, rng.uniform(0.1, 1.0) * ref.seconds)
         assert shot.killed or shot.returncode == 0, shot.stderr[-2000:]
         st = decision_state(home, "run_syn")
@@ -400,7 +406,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
             )
     st = decision_state(home, "run_syn")
     if len(st["applied"]) == cycle:
-        complete(["decide", "run_syn", "--json"], home)
+        complete(["decide", current, "--json"], home)
     complete(["sync", "--json"], home)
     st = decision_state(home, "run_syn")
     steps = len(st["applied"])

@@ -27,6 +27,8 @@ def cmd_ingest(args) -> None:
             nullable=args.nullable,
             progress=prog,
         )
+        if args.segment:
+            store.declare_segments(args.name, args.segment)
     emit(
         args,
         res.to_dict(),
@@ -116,7 +118,10 @@ def cmd_replay(args) -> None:
             time_col=args.time_col,
             entity_col=args.entity_col,
             nullable=tuple(args.nullable or ()),
+            segments=tuple(args.segment or ()),
         )
+    elif args.segment:
+        raise WorkbenchError("--segment declares columns of the traffic --source ingests: add --source")
     flow = Flow(
         traffic=args.traffic,
         baseline=args.baseline,

@@ -22,6 +22,9 @@ def _scorecard_text(d: dict) -> str:
     ]
     lines = [_table(rows, ("gate", "outcome", "critical", "reason"))]
     lines += [f"skipped {s['gate']}: {s['reason']}" for s in d.get("skipped", [])]
+    lines += [f"context {c['name']}: {c['detail']}" for c in d.get("context", [])]
+    if d.get("summary"):
+        lines.append(d["summary"])
     lines.append(
         f"verdict {d['verdict']} ({d['reason']}); weight {d['weight_before']}% -> {d['weight_after']}%"
         + ("" if d.get("applied", True) else " (not applied)")
@@ -131,12 +134,16 @@ def cmd_canary_apply(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    import uvicorn
-
+    from workbench.live.limits import ServiceLimits, serve
     from workbench.live.service import create_app
 
     settings = settings_for(args)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    given = {"max_body_bytes": args.max_body, "header_timeout_s": args.header_timeout}
+    try:
+        limits = ServiceLimits(**{k: v for k, v in given.items() if v is not None})
+    except ValueError:
+        raise WorkbenchError("--max-body must be >= 0 and --header-timeout > 0") from None
+    serve(create_app(settings, limits=limits), args.host, args.port, limits)
 
 
 def cmd_webhook_register(args) -> None:
@@ -227,6 +234,20 @@ def add_decision_commands(sub, common):
     )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--max-body",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="request bodies over BYTES get 413 before they are read (default: 1 MiB)",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a connection that has not sent a complete request header within S seconds is closed (default: 5)",
+    )
     s.set_defaults(fn=cmd_serve)
 
     hook = sub.add_parser("webhook", help="MLflow webhooks").add_subparsers(

@@ -35,7 +35,7 @@ def _job_text(d: dict) -> str:
 
 def cmd_jobs_run(args) -> None:
     from workbench.clock import parse_time
-    from workbench.ops.jobs import run_job
+    from workbench.ops.jobs import check_complete, run_job
     from workbench.ops.jobspec import load_spec
 
     _job_logs(args)
@@ -47,6 +47,7 @@ def cmd_jobs_run(args) -> None:
         as_of=parse_time(args.as_of) if args.as_of else None,
     )
     emit(args, res.to_dict(), _job_text)
+    check_complete(res)  # a skipped job printed its result; it exits 3, not 0
 
 
 def cmd_jobs_scheduler(args) -> None:

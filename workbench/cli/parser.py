@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="let a feature column hold nulls (repeatable; a pattern such as 'live_*' names several)",
     )
+    s.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="declare a column a segment (repeatable): decisions gate the candidate on each of its values",
+    )
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("labels", parents=[common], help="ingest labels that arrived for a traffic set")
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-col", default="event_time")
     s.add_argument("--entity-col", default=None)
     s.add_argument("--nullable", action="append", default=[], metavar="COL")
+    s.add_argument(
+        "--segment", action="append", default=[], metavar="COL", help="declare a segment column (with --source)"
+    )
     s.set_defaults(fn=cmd_replay)
 
     add_evaluate_parser(sub, common)
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except WorkbenchError as e:
         print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one line, whatever the message
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, utc_now
+from workbench.decide.judge import judge_run
 from workbench.decide.policy import Policy, Verdict
-from workbench.decide.scorecard import Scorecard, score
+from workbench.decide.scorecard import Scorecard
 from workbench.decide.signing import (
     SignatureError,
     SignedDecision,
@@ -96,24 +97,9 @@ def next_weight(
 
 
 # -- inputs -----------------------------------------------------------------------------------------
-def load_evaluation(store: Store, run_id: str) -> dict:
-    """The evaluation dict a decision judges: the run's latest stored evaluation, else a fresh one.
-
-    This is the one boundary between the evaluation engine and the policy: the policy reads the
-    fields of ``workbench evaluate --json`` (see :mod:`workbench.decide.scorecard`).
-    """
-    ev = store.latest_evaluation(run_id)
-    if ev is None:
-        from workbench.evaluate.evaluation import evaluate_run
-
-        ev = evaluate_run(store, run_id).to_dict()
-    return ev
-
-
 def load_drift(store: Store, run_id: str) -> dict | None:
     """The run's latest drift report (``workbench drift --json``), or None when there is none."""
-    latest = getattr(store, "latest_drift", None)  # the drift engine's store method; absent before it exists
-    return latest(run_id) if latest is not None else None
+    return store.latest_drift(run_id)
 
 
 # -- records ----------------------------------------------------------------------------------------
@@ -169,7 +155,7 @@ class DecisionPreview:
     baseline: dict
     candidate: dict
     traffic: dict
-    evaluation: dict
+    evidence: dict  # what the scorecard judged (:func:`workbench.decide.evidence.build_evidence`)
     drift: dict | None
     scorecard: Scorecard
     weight_before: int
@@ -183,17 +169,19 @@ class DecisionPreview:
 
 
 def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPreview:
-    """Judge a finished replay run under ``policy`` and work out the weight it would move to (signs nothing)."""
+    """Judge a finished replay run under ``policy`` (the pair's growing sample, see
+    :mod:`workbench.decide.judge`) and work out the weight it would move to (signs nothing)."""
     run = store.require_run(run_id)
     if run["status"] != "finished":
         raise WorkbenchError(f"run {run_id} is {run['status']}, not finished: finish the replay first")
     model = _model_of(run)
     traffic = store.require_traffic(run["traffic"])
-    evaluation = load_evaluation(store, run_id)
-    drift = load_drift(store, run_id)
-    card = score(policy, evaluation, drift)
     base, cand = _ref(run["baseline"]), _ref(run["candidate"])
+    if base["version"] == cand["version"] and run["baseline"].get("name") == run["candidate"].get("name"):
+        raise WorkbenchError(f"run {run_id}: the baseline and the candidate are the same version: nothing to decide")
     weight_before, killed = _current(store.canary_state(model), (base["version"], cand["version"]), "decision", model)
+    judged = judge_run(store, run, policy, load_drift(store, run_id))
+    card = judged.scorecard
     reason = card.reason
     if killed:
         reason += f"; the kill switch holds candidate v{cand['version']} at 0%"
@@ -203,8 +191,8 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
         base,
         cand,
         traffic,
-        evaluation,
-        drift,
+        judged.evidence,
+        judged.drift,
         card,
         weight_before,
         next_weight(card.verdict, weight_before, policy.ramp, killed),
@@ -231,8 +219,9 @@ def build_decision(
         run_id=run_id,
         traffic=p.traffic["name"],
         traffic_fingerprint=p.traffic["fingerprint"],
-        evaluation_hash=content_hash(p.evaluation),
+        evaluation_hash=content_hash(p.evidence),
         drift_hash=content_hash(p.drift),
+        evidence=p.evidence["evidence"],
         scorecard=p.scorecard.to_dict(),
         verdict=p.verdict,
         reason=p.reason,
@@ -462,7 +451,8 @@ def apply_decision(
     """Move the canary weight by a signed record, after checking everything; otherwise the weight stays.
 
     Refused (:class:`SignatureError`): unsigned, tampered, untrusted key, not a record, already applied,
-    stale or from the future, out of chain, weights that do not match the state or the ramp.
+    stale or from the future, out of chain, weights that do not match the state or the ramp, or a chain so far
+    that does not verify under the trusted keys.
     """
     now = now or utc_now()
     record = signed.record
@@ -480,6 +470,10 @@ def apply_decision(
         )
     if created > now + CLOCK_SKEW:
         raise SignatureError(f"decision {did} is dated in the future ({record['created_at']})")
+    try:  # nothing applies on top of a chain that does not verify under the trusted keys (a swapped key, an edit)
+        verify_chain(store, model, trusted)
+    except SignatureError as e:
+        raise SignatureError(f"decision {did} cannot apply: the chain of {model} does not verify ({e})") from None
     head = store.chain_head(model)
     want_seq = 1 if head is None else int(head["sequence"]) + 1
     want_prev = None if head is None else head["record_hash"]

@@ -61,6 +61,8 @@ def decide(
         "weight_after": r["weight_after"],
         "checks": card_d["checks"],
         "skipped": card_d["skipped"],
+        "context": card_d["context"],
+        "summary": card_d["summary"],
         "record": r,
         "signature": signed.signature,
         "applied": False,

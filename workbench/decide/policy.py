@@ -52,7 +52,7 @@ class Verdict(StrEnum):
 
 # -- the policy file --------------------------------------------------------------------------------
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MetricGate(_Strict):
@@ -87,18 +87,32 @@ class MetricGate(_Strict):
         return METRICS[self.metric].higher_is_better if self.higher_is_better is None else self.higher_is_better
 
 
+#: what a slice gate (a segment, the recent window, the rows after a change point) requires: ``"no_harm"``
+#: blocks only when the slice is surely worse than the margin (a harm test, Bonferroni-corrected across
+#: segments); ``"non_inferiority"`` also holds while the slice is not yet shown non-inferior.
+SliceRule = Literal["no_harm", "non_inferiority"]
+
+
 class SegmentGate(MetricGate):
-    """A metric gate applied to every segment of ``column`` (``"*"``: every segmented column)."""
+    """A metric gate applied to every segment of ``column`` (``"*"``: every declared segment column)."""
 
     column: str = "*"
+    require: SliceRule = "no_harm"
 
 
 class LatencyGate(_Strict):
-    """Candidate latency at ``percentile``: at most ``max_ratio`` x the baseline's and/or ``max_ms``."""
+    """Candidate per-request latency at ``percentile``: at most ``max_ratio`` x the baseline's and/or ``max_ms``.
+
+    Judged on anytime-valid bounds of each model's percentile, from online replays (one request at a time);
+    a difference below ``min_ms_change`` never fails the ratio. Throughput replays amortize a batch's time over
+    its rows, which says nothing about a request's latency: they are not judged unless ``judge_batch``.
+    """
 
     percentile: Literal["p50", "p95", "p99"] = "p99"
     max_ratio: float | None = Field(default=None, gt=0)
     max_ms: float | None = Field(default=None, gt=0)
+    min_ms_change: float = Field(default=1.0, ge=0)
+    judge_batch: bool = False
     critical: bool = False
 
     @model_validator(mode="after")
@@ -115,18 +129,38 @@ class ErrorGate(_Strict):
     critical: bool = True
 
 
-class DriftGates(_Strict):
-    """Gates on the run's drift report; without a report they are skipped unless ``required``."""
+_RETIRED_DRIFT_KEYS = ("max_share_drifted", "prediction_drift", "concept_drift")
+
+
+class WhereMoved(_Strict):
+    """Where the data moved: the metric gates are judged again on the most recent labelled time and after the
+    latest change point the drift report found. Drift itself is context in the scorecard, never a failure.
+
+    ``recent_share``: the latest share of the evidence's labelled time span (None: no recent-window gates);
+    ``after_change_point``: judge the rows after the report's latest change point; ``required``: hold while the
+    run has no drift report; ``require``: what these gates demand (see :data:`SliceRule`).
+    """
 
     required: bool = False
-    max_share_drifted: float | None = Field(default=0.5, ge=0, le=1)
-    prediction_drift: bool = True
-    concept_drift: bool = True
-    critical: bool = False
+    recent_share: float | None = Field(default=0.2, gt=0, lt=1)
+    after_change_point: bool = True
+    require: SliceRule = "non_inferiority"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _RETIRED_DRIFT_KEYS:
+                if key in data:
+                    raise ValueError(
+                        f"{key} is no longer a gate: drift that both models see is context in the scorecard; "
+                        "the candidate is gated where the data moved (recent_share, after_change_point)"
+                    )
+        return data
 
 
 class RegistryOptions(_Strict):
-    experiment: str = "canary-decisions"
+    experiment: str = Field(default="canary-decisions", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     champion_alias: str = "champion"
     previous_alias: str = "previous"
     stage_transitions: bool = False
@@ -168,17 +202,25 @@ class LiveOptions(_Strict):
 
 class Policy(_Strict):
     name: str = "default"
-    confidence: float = Field(default=0.95, gt=0, lt=1)
+    confidence: float = Field(default=0.99, gt=0, lt=1)
+    planned_rows: int = Field(default=100_000, ge=1)
     min_labeled_rows: int = Field(default=1000, ge=0)
-    max_age_hours: float = Field(default=24.0, gt=0)
+    min_segment_rows: int = Field(default=1000, ge=1)
+    segment_columns: tuple[str, ...] = ()
+    max_age_hours: float = Field(default=24.0, gt=0, le=24 * 365)
     ramp: tuple[int, ...] = (1, 5, 25, 50, 100)
     metrics: tuple[MetricGate, ...] = ()
     segments: tuple[SegmentGate, ...] = ()
     latency: tuple[LatencyGate, ...] = ()
     errors: ErrorGate = ErrorGate()
-    drift: DriftGates = DriftGates()
+    drift: WhereMoved = WhereMoved()
     registry: RegistryOptions = RegistryOptions()
     live: LiveOptions | None = None  # optional: the router then uses LiveOptions' defaults
+
+    @property
+    def alpha(self) -> float:
+        """The error rate each one-sided decision bound allows: 1 - ``confidence``."""
+        return 1.0 - self.confidence
 
     @field_validator("ramp")
     @classmethod
@@ -215,10 +257,32 @@ def _format_errors(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+MAX_DEPTH = 8  # a policy is a few levels deep (live.segments[0].values[0]): anything deeper is not a policy
+MAX_INT = 2**53  # integers beyond a float's exact range are no sensible count, weight or hour
+
+
+def _check_values(data: Any, where: str = "", depth: int = 0) -> None:
+    """Refuse what the models would choke on before they see it, naming the key: deep nesting, huge integers."""
+    if depth > MAX_DEPTH:
+        raise WorkbenchError(f"{where or 'policy'}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_values(v, f"{where}.{k}" if where else str(k), depth + 1)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_values(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INT:
+        raise WorkbenchError(f"{where}: {str(data)[:20]}... is too large a number")
+
+
 def parse_policy(data: Any, source: str = "policy") -> Policy:
     """Validate a policy mapping; an unknown key or a bad value is an error naming it."""
     if not isinstance(data, dict):
         raise WorkbenchError(f"{source}: a policy must be a mapping of keys to values")
+    try:
+        _check_values(data)
+    except WorkbenchError as e:
+        raise WorkbenchError(f"{source}: {e}") from None
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
@@ -238,13 +302,37 @@ def load_policy(path: str | Path | None = None) -> Policy:
     suffix = p.suffix.lower()
     try:
         if suffix == ".toml":
-            data = tomllib.loads(text)
+            data = tomllib.loads(text)  # TOML itself refuses a key given twice
         elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
         else:
             raise WorkbenchError(f"policy {p}: use a .toml, .yaml/.yml or .json file")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError, ValueError) as e:
         raise WorkbenchError(f"policy {p} is not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise WorkbenchError(f"policy {p}: nested too deeply to be a policy") from None
     return parse_policy(data, f"policy {p}")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"the key {dup!r} is given twice")
+    return dict(pairs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                where = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", where)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

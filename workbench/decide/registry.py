@@ -322,8 +322,9 @@ def run_url(ui_base: str | None, experiment_id: str | None, run_id: str) -> str 
 
 
 def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:
-    """``publish(signed) -> MLflow run id``: an applied record with the evaluation and drift report it was
-    judged on (each only when it is the one the record's hash names)."""
+    """``publish(signed) -> MLflow run id``: an applied record with its run's latest evaluation (the
+    fixed-horizon numbers people read; the judged numbers are in the record's scorecard) and the drift report
+    it was judged with (only when it is the one the record's hash names)."""
     from workbench.decide.canary import load_drift
     from workbench.decide.signing import content_hash
 
@@ -333,8 +334,7 @@ def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Ca
         r = signed.record
         evaluation = drift = None
         if r.get("run_id"):
-            ev = store.latest_evaluation(r["run_id"])
-            evaluation = ev if content_hash(ev) == r.get("evaluation_hash") else None
+            evaluation = store.latest_evaluation(r["run_id"])
             dr = load_drift(store, r["run_id"])
             drift = dr if content_hash(dr) == r.get("drift_hash") else None
         return registry.publish(signed, evaluation, drift)

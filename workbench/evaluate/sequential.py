@@ -297,6 +297,35 @@ def paired_delta_cs(
     Bounds are clipped to the range a delta of the metric can take. ``None`` when the metric is
     undefined for either model on these rows (see :func:`~workbench.evaluate.metrics.undefined_reason`).
     """
+    parts = paired_parts(name, y, baseline_score, candidate_score, thresholds)
+    if parts is None:
+        return None
+    sd = float(parts.psi_delta.std())
+    return _interval(parts.delta, sd, len(parts.psi_delta), alpha, t_star, one_sided, parts.span)
+
+
+# -- what a decision judges ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairedParts:
+    """Both models' plug-in values of one metric on the same rows and each row's paired influence
+    difference psi_cand_i - psi_base_i (the delta's linearisation); its sd sets the bounds' width."""
+
+    baseline: float
+    candidate: float
+    psi_candidate: np.ndarray
+    psi_delta: np.ndarray
+    span: float  # the range a delta of the metric can take (bounds are clipped to it)
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.baseline
+
+
+def paired_parts(
+    name: str, y: np.ndarray, baseline_score: np.ndarray, candidate_score: np.ndarray, thresholds: tuple[float, float]
+) -> PairedParts | None:
+    """:class:`PairedParts` of metric ``name`` on labelled rows both models scored; ``None`` when the metric
+    is undefined for either model on these rows (or there are none)."""
     m = _metric(name)
     y, base = _binary(y, baseline_score)
     _, cand = _binary(y, candidate_score)
@@ -306,6 +335,92 @@ def paired_delta_cs(
     value_cand, psi_cand = _value_and_influence(m, y, cand, thresholds[1])
     if value_base is None or value_cand is None:
         return None
-    psi_cand -= psi_base
-    span = m.bounds[1] - m.bounds[0]
-    return _interval(float(value_cand - value_base), float(psi_cand.std()), len(y), alpha, t_star, one_sided, span)
+    lo, hi = m.bounds
+    return PairedParts(float(value_base), float(value_cand), psi_cand, psi_cand - psi_base, hi - lo)
+
+
+def one_sided_bounds(
+    estimate: float, sd: float, rows: int, alpha: float, t_star: float, span: float = math.inf
+) -> tuple[float, float]:
+    """(lower, upper): each an anytime-valid one-sided bound at level ``alpha`` for a mean (or a linearised
+    metric) with per-row standard deviation ``sd`` after ``rows`` rows; infinite below 2 rows."""
+    s = _interval(estimate, sd, rows, alpha, t_star, True, span)
+    return s.lower, s.upper
+
+
+def rows_to_settle(gap: float, sd: float, alpha: float, t_star: float, limit: float = 1e9) -> int | None:
+    """The fewest rows at which a one-sided level-``alpha`` bound is narrower than ``gap`` (the distance
+    between the estimate and the bound a gate asks for), if the estimate and sd stayed as they are;
+    ``None`` when ``gap`` is not positive or more than ``limit`` rows would be needed."""
+    if not gap > 0 or not sd > 0 or not math.isfinite(sd):
+        return None if not gap > 0 else 2
+    rho = optimal_rho(t_star, alpha, one_sided=True)
+
+    def narrow(t: float) -> bool:
+        return bool(sd * cs_radius(t, alpha, rho, one_sided=True) < gap)
+
+    hi = 2.0
+    while not narrow(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi / 2
+    while hi - lo > max(1.0, 0.001 * hi):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if narrow(mid) else (mid, hi)
+    return int(math.ceil(hi))
+
+
+def proportion_bounds(count: int, rows: int, alpha: float, t_star: float) -> tuple[float, float]:
+    """Anytime-valid one-sided bounds (each at level ``alpha``) for a proportion: the Wilson score form with
+    z replaced by sqrt(t) x :func:`cs_radius` (t), so no errors in t rows still gives a positive upper bound."""
+    if rows <= 0:
+        return 0.0, 1.0
+    rho = optimal_rho(t_star, alpha, one_sided=True)
+    z = math.sqrt(rows) * float(cs_radius(rows, alpha, rho, one_sided=True))
+    p, z2 = count / rows, z * z
+    centre = (p + z2 / (2 * rows)) / (1 + z2 / rows)
+    half = z * math.sqrt(p * (1 - p) / rows + z2 / (4 * rows * rows)) / (1 + z2 / rows)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def quantile_bounds(x: np.ndarray, q: float, alpha: float, t_star: float) -> tuple[float, float, float]:
+    """(estimate, lower, upper) of the ``q`` quantile of ``x``: the order statistics at q -+ eps, eps the
+    anytime-valid one-sided bound on the proportion of rows at or below the quantile (sd sqrt(q (1 - q)));
+    an end beyond the sample is infinite."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        return math.nan, -math.inf, math.inf
+    estimate = float(np.quantile(x, q))
+    if n < 2:
+        return estimate, -math.inf, math.inf
+    rho = optimal_rho(t_star, alpha, one_sided=True)
+    eps = math.sqrt(q * (1 - q)) * float(cs_radius(n, alpha, rho, one_sided=True))
+    lo_i, hi_i = math.floor((q - eps) * n), math.ceil((q + eps) * n) - 1
+    lower = float(x[lo_i]) if lo_i >= 0 else -math.inf
+    upper = float(x[hi_i]) if hi_i < n else math.inf
+    return estimate, lower, upper
+
+
+def proportion_rows_to_settle(rate: float, bound: float, alpha: float, t_star: float, limit: float = 1e9) -> int | None:
+    """The fewest rows at which :func:`proportion_bounds` puts a proportion observed at ``rate`` wholly on one
+    side of ``bound`` (below it when ``rate < bound``, above it otherwise); ``None`` past ``limit`` rows or
+    when ``rate`` equals ``bound``."""
+    if rate == bound:
+        return None
+
+    def settled(n: float) -> bool:
+        lo, hi = proportion_bounds(int(round(rate * n)), int(n), alpha, t_star)
+        return hi <= bound if rate < bound else lo > bound
+
+    hi = 2.0
+    while not settled(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi / 2
+    while hi - lo > max(1.0, 0.001 * hi):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if settled(mid) else (mid, hi)
+    return int(math.ceil(hi))

@@ -27,7 +27,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from workbench import WorkbenchError
-from workbench.store import ArrowView, Store, check_name, qident, sql_literal, traffic_table
+from workbench.store import ArrowView, Store, check_name, name_problem, qident, sql_literal, traffic_table
 
 BATCH_ROWS = 262_144
 RAW_MAX_CHARS = 4096
@@ -186,11 +186,16 @@ def read_batches(
 
 def check_column_names(names: list[str], source) -> None:
     """Refuse column names DuckDB would rename or that clash with the ingest's own: empty names, names
-    equal up to case (DuckDB identifiers are case-insensitive) and names starting with ``_wb_``."""
+    equal up to case (DuckDB identifiers are case-insensitive), names starting with ``_wb_``, and names
+    with whitespace or a control character at either end or a control character anywhere (``x`` and
+    ``x\\n`` would otherwise be two columns that print alike)."""
     seen: dict[str, str] = {}
     for i, n in enumerate(names):
         if not n or not n.strip():
             raise WorkbenchError(f"{source}: column {i + 1} has no name")
+        problem = name_problem(n)
+        if problem is not None:
+            raise WorkbenchError(f"{source}: column name {n!r} is refused: {problem}")
         key = n.casefold()
         if key in seen:
             raise WorkbenchError(
@@ -256,6 +261,26 @@ def _cast_expr(col: str, src_type: str, target: str) -> str:
     if target in INTEGER_TYPES:
         return _strict_int(q, src_type, target)
     return f"TRY_CAST({q} AS {target})"
+
+
+def _label_expr(q: str, src_type: str) -> str:
+    """A binary label as 0 or 1, NULL for any other value: numbers equal to 0 or 1, booleans, and text
+    ``0``/``1`` or a boolean word DuckDB reads (``true``, ``false``, ``t``, ``f``, ``yes``, ``no``, ``y``,
+    ``n``, any case). ``0.5``, ``2`` or ``1e300`` is not a label (never rounded or read as true)."""
+    if src_type == "BOOLEAN":
+        return f"CAST({q} AS INTEGER)"
+    if src_type == "VARCHAR":
+        # DuckDB reads text as a boolean only from those words and '0'/'1': '2', '0.5', '1e300' give NULL
+        word = f"CAST(TRY_CAST({q} AS BOOLEAN) AS INTEGER)"
+        return f"CASE WHEN trim({q}) IN ('0', '1') THEN CAST(trim({q}) AS INTEGER) ELSE {word} END"
+    if src_type in INTEGER_TYPES or src_type in ("DOUBLE", "FLOAT") or src_type.startswith("DECIMAL"):
+        return f"CASE WHEN {q} = 0 THEN 0 WHEN {q} = 1 THEN 1 END"
+    return "CAST(NULL AS INTEGER)"
+
+
+def _label_missing(q: str, src_type: str) -> str:
+    """SQL that is true where a label is missing: NULL, or NaN in a float column."""
+    return f"({q} IS NULL OR isnan({q}))" if src_type in ("DOUBLE", "FLOAT") else f"{q} IS NULL"
 
 
 def _strict_int(q: str, src_type: str, target: str) -> str:
@@ -492,12 +517,12 @@ def _stage_batch(
             checks.append(f"WHEN isinf({expr}) THEN {sql_literal('nonfinite:' + c)}")
     if label_col:
         lab = f"_wb_src.{qident(label_col)}"
-        lab_expr = (
-            f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
-            f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
-        )
+        lab_expr = _label_expr(lab, src_types[label_col])
         sel.append(f"{lab_expr} AS _wb_label")
-        checks.append(f"WHEN {lab} IS NOT NULL AND {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}")
+        checks.append(
+            f"WHEN NOT {_label_missing(lab, src_types[label_col])} AND {lab_expr} IS NULL "
+            f"THEN {sql_literal('type:' + label_col)}"
+        )
     reason = "CASE " + " ".join(checks) + " END"
     # the raw row (as it came in) is kept only for rows that fail here; duplicates get theirs at commit
     raw = f"CASE WHEN _wb_reason IS NOT NULL THEN left(CAST(to_json(_wb_src) AS VARCHAR), {RAW_MAX_CHARS}) END"
@@ -575,10 +600,7 @@ def ingest_labels(
                 )
             time_name = time_col if time_col and time_col in src_types else None
             lab = f"_wb_src.{qident(label_col)}"
-            lab_expr = (
-                f"coalesce({_strict_int(lab, src_types[label_col], 'INTEGER')}, "
-                f"CAST(TRY_CAST({lab} AS BOOLEAN) AS INTEGER))"
-            )
+            lab_expr = _label_expr(lab, src_types[label_col])
             t_expr = (
                 _cast_expr(time_name, src_types[time_name], "TIMESTAMP")
                 if time_name is not None
@@ -586,7 +608,7 @@ def ingest_labels(
             )
             checks = [
                 f"WHEN _wb_src.{qident(id_col)} IS NULL THEN {sql_literal('null:' + id_col)}",
-                f"WHEN {lab} IS NULL THEN {sql_literal('null:' + label_col)}",
+                f"WHEN {_label_missing(lab, src_types[label_col])} THEN {sql_literal('null:' + label_col)}",
                 f"WHEN {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}",
             ]
             if time_name is not None:

@@ -14,6 +14,11 @@ Argo Rollouts' web metric gates on), ``GET /v1/decisions/{id}``, ``POST /v1/flag
 (Flagger's confirm-traffic-increase, confirm-promotion and rollback webhooks: 200 or 412 from the latest
 verified decision). State changes (``POST /v1/canary/{model}/kill``, ``POST /v1/decisions``) need
 ``Authorization: Bearer $WORKBENCH_API_TOKEN``. FastAPI serves the OpenAPI spec at ``/openapi.json``.
+
+Hostile clients (see :mod:`workbench.live.limits`): bodies over the limit get 413 before they are read;
+credentials (the bearer token, the webhook's signature headers and timestamp) are checked before a body is
+read; error answers never repeat the request's body; a malformed payload (wrong shapes, nesting too deep
+to parse) gets 400 or 422; a write that loses a race with another one (two kills at once) gets 409.
 """
 
 from __future__ import annotations
@@ -23,15 +28,20 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workbench import WorkbenchError
 from workbench.config import Settings
@@ -46,15 +56,17 @@ from workbench.decide.canary import (
 )
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import KeyRing, SignatureError
+from workbench.live.limits import BodyLimit, ServiceLimits
 from workbench.live.mesh import FLAGGER_HOOKS, flagger_gate
 from workbench.ops.jobs import JOB_KIND
 from workbench.ops.observability import metrics_router
-from workbench.store import Store
+from workbench.store import WRITE_CONFLICTS, Store
 
 log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE_S = 300
 HANDLED_EVENTS = ("model_version.created", "model_version_alias.created")
 WORKBENCH_ALIASES = ("champion", "previous")  # set by the workbench itself: never a new candidate
+EVENT_PART_RE = re.compile(r"[a-z][a-z_]{0,63}")
 
 
 def signature_of(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
@@ -63,8 +75,8 @@ def signature_of(secret: str, delivery_id: str, timestamp: str, body: bytes) -> 
     return "v1," + base64.b64encode(mac.digest()).decode("ascii")
 
 
-def check_signature(secret: str, headers, body: bytes, now: float, tolerance_s: float) -> str:
-    """The delivery id of an authentic, fresh delivery; raises 401 otherwise."""
+def check_delivery_headers(headers, now: float, tolerance_s: float) -> tuple[str, str, str]:
+    """(delivery id, timestamp, signature) of a fresh delivery, checked before its body is read; 401 otherwise."""
     delivery_id = headers.get("x-mlflow-delivery-id")
     timestamp = headers.get("x-mlflow-timestamp")
     given = headers.get("x-mlflow-signature")
@@ -76,18 +88,49 @@ def check_signature(secret: str, headers, body: bytes, now: float, tolerance_s: 
         raise HTTPException(401, "X-MLflow-Timestamp is not a unix time") from None
     if abs(now - ts) > tolerance_s:
         raise HTTPException(401, f"timestamp outside the {tolerance_s:g} s tolerance (replayed or clock skew)")
+    return delivery_id, timestamp, given
+
+
+def check_signature(secret: str, headers, body: bytes, now: float, tolerance_s: float) -> str:
+    """The delivery id of an authentic, fresh delivery; raises 401 otherwise."""
+    delivery_id, timestamp, given = check_delivery_headers(headers, now, tolerance_s)
     expected = signature_of(secret, delivery_id, timestamp, body)
     if not any(hmac.compare_digest(expected, part.strip()) for part in given.split(" ") if part.strip()):
         raise HTTPException(401, "X-MLflow-Signature does not match")
     return delivery_id
 
 
+def parse_event(body: bytes) -> tuple[str, dict]:
+    """(event, data) of an MLflow webhook payload; 400 for anything else (never echoing the body)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        raise HTTPException(400, "the payload is not JSON (or is nested too deeply)") from None
+    if not isinstance(payload, dict):
+        raise HTTPException(400, "the payload is not an MLflow webhook event (not a JSON object)")
+    entity, action, data = payload.get("entity"), payload.get("action"), payload.get("data")
+    if not all(isinstance(v, str) and EVENT_PART_RE.fullmatch(v) for v in (entity, action)):
+        raise HTTPException(400, "the payload is not an MLflow webhook event (entity and action must be names)")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HTTPException(400, "the payload's data must be a JSON object")
+    return f"{entity}.{action}", data
+
+
 def job_params(event: str, data: dict) -> dict | None:
-    """What a replay-evaluate-decide job needs from a webhook payload; None when the event is not a candidate."""
-    name, version = data.get("name"), data.get("version")
+    """What a replay-evaluate-decide job needs from a webhook payload; None when the event is not a candidate.
+    A name, version or alias of the wrong type is a 400."""
+    name, version, alias = data.get("name"), data.get("version"), data.get("alias")
+    if name is not None and not isinstance(name, str):
+        raise HTTPException(400, "data.name must be a string")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, str | int)):
+        raise HTTPException(400, "data.version must be a string or an integer")
+    if alias is not None and not isinstance(alias, str):
+        raise HTTPException(400, "data.alias must be a string")
     if not name or version is None:
         return None
-    alias = data.get("alias") if event == "model_version_alias.created" else None
+    alias = alias if event == "model_version_alias.created" else None
     if alias in WORKBENCH_ALIASES:
         return None
     return {
@@ -113,14 +156,10 @@ def webhook_router(settings: Settings, tolerance_s: float, clock: Callable[[], f
     async def mlflow_webhook(request: Request):
         if not settings.webhook_secret:
             raise HTTPException(503, "no webhook secret configured (WORKBENCH_WEBHOOK_SECRET)")
-        body = await request.body()
+        check_delivery_headers(request.headers, clock(), tolerance_s)  # before a byte of the body is read
+        body = await request.body()  # bounded by BodyLimit
         delivery_id = check_signature(settings.webhook_secret, request.headers, body, clock(), tolerance_s)
-        try:
-            payload = json.loads(body)
-            event = f"{payload['entity']}.{payload['action']}"
-            data = payload.get("data") or {}
-        except (ValueError, KeyError, TypeError):
-            raise HTTPException(400, "the payload is not an MLflow webhook event") from None
+        event, data = parse_event(body)
         params = job_params(event, data) if event in HANDLED_EVENTS else None
         if params is None:
             return {"status": "ignored", "event": event, "delivery_id": delivery_id}
@@ -255,7 +294,9 @@ def _publish(settings: Settings, signed: SignedDecision) -> None:
         record_sync(store, signed.decision_id, run_id, err)
 
 
-def _apply(settings: Settings, keys: KeyRing, make: Callable[[Store], SignedDecision]) -> tuple[dict, SignedDecision]:
+def _apply(
+    settings: Settings, keys: KeyRing, make: Callable[[Store], SignedDecision], model: str | None = None
+) -> tuple[dict, SignedDecision]:
     try:
         with Store(settings.db_path) as store:
             signed = make(store)
@@ -263,29 +304,67 @@ def _apply(settings: Settings, keys: KeyRing, make: Callable[[Store], SignedDeci
             return live_view(store, signed.model, keys.trusted), signed
     except WorkbenchError as e:  # refused records, no key, no state: the client can act on the message
         raise HTTPException(409, str(e)) from None
+    except WRITE_CONFLICTS:  # another request moved the same chain at the same moment; it won, this one rolled back
+        log.info("concurrent canary write refused (%s)", model or "a signed record")
+        where = f"GET /v1/canary/{model}" if model else "GET /v1/canary/MODEL"
+        raise HTTPException(
+            409,
+            "another decision for this model was applied at the same moment; this request changed nothing "
+            f"(read {where} and retry if it is still needed)",
+        ) from None
+
+
+def token_problem(settings: Settings, authorization: str | None) -> HTTPException | None:
+    """Why a request's ``Authorization`` header does not carry the API token (None when it does)."""
+    if not settings.api_token:
+        return HTTPException(503, "no API token configured (WORKBENCH_API_TOKEN): state changes are disabled")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_token.encode()):
+        return HTTPException(
+            401,
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return None
 
 
 def _bearer(settings: Settings):
     scheme = HTTPBearer(auto_error=False, description="WORKBENCH_API_TOKEN")
 
     def require_token(creds: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
-        if not settings.api_token:
-            raise HTTPException(503, "no API token configured (WORKBENCH_API_TOKEN): state changes are disabled")
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), settings.api_token.encode()):
-            raise HTTPException(
-                401,
-                "a valid bearer token is required (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        header = f"{creds.scheme} {creds.credentials}" if creds is not None else None
+        problem = token_problem(settings, header)
+        if problem is not None:
+            raise problem
 
     return require_token
 
 
-def weights_router(settings: Settings, keys: KeyRing) -> APIRouter:
+class _TokenFirst:
+    """Check the API token of the routes that need it before their body is read (FastAPI reads a route's body
+    before it runs the route's dependencies)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, routes: list[APIRoute]):
+        self.app, self.settings, self.routes = app, settings, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(
+            scope["method"] in (r.methods or ()) and r.path_regex.match(scope["path"]) for r in self.routes
+        ):
+            problem = token_problem(self.settings, Headers(scope=scope).get("authorization"))
+            if problem is not None:
+                headers = {**(problem.headers or {}), "connection": "close"}  # the body is never read
+                response = JSONResponse({"error": problem.detail}, status_code=problem.status_code, headers=headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def weights_router(settings: Settings, keys: KeyRing, require_token: Callable | None = None) -> APIRouter:
     """``/v1/canary``, ``/v1/decisions`` and ``/v1/flagger``: reads are open, state changes need the token.
     Records verify against ``keys`` (the service's ring); the kill switch signs with its signer."""
     router = APIRouter(prefix="/v1")
-    auth = [Depends(_bearer(settings))]
+    auth = [Depends(require_token or _bearer(settings))]
 
     @router.get("/canary/{model}", response_model=CanaryView, tags=["canary"])
     async def canary(model: str):
@@ -327,7 +406,7 @@ def weights_router(settings: Settings, keys: KeyRing) -> APIRouter:
         def make(store: Store) -> SignedDecision:
             return build_kill(store, model, body.reason, keys.signer, load_policy())
 
-        view, signed = await run_in_threadpool(_apply, settings, keys, make)
+        view, signed = await run_in_threadpool(_apply, settings, keys, make, model)
         background.add_task(run_in_threadpool, _publish, settings, signed)
         return view
 
@@ -343,11 +422,28 @@ def weights_router(settings: Settings, keys: KeyRing) -> APIRouter:
     return router
 
 
+def _validation_error(errors: list) -> list[dict]:
+    """Where and why a body failed validation, without the offending input (never echo a body)."""
+    return [
+        {
+            "loc": [str(part)[:64] for part in e.get("loc", ())][:8],
+            "msg": str(e.get("msg", ""))[:200],
+            "type": str(e.get("type", ""))[:64],
+        }
+        for e in errors[:10]
+    ]
+
+
 def create_app(
-    settings: Settings, *, tolerance_s: float = DEFAULT_TOLERANCE_S, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    clock: Callable[[], float] = time.time,
+    limits: ServiceLimits | None = None,
 ) -> FastAPI:
     """The service app; add routers with ``app.include_router`` to extend it. The key ring is made here, once:
-    a key added or rotated later counts after a restart."""
+    a key added or rotated later counts after a restart. Bodies over ``limits.max_body_bytes`` get 413."""
+    limits = limits or ServiceLimits()
     settings.ensure()
     keys = KeyRing.from_settings(settings)
     app = FastAPI(
@@ -357,13 +453,31 @@ def create_app(
         "MLflow webhooks in.",
     )
     app.state.settings = settings
+    require_token = _bearer(settings)
     app.include_router(health_router())
     app.include_router(webhook_router(settings, tolerance_s, clock))
     app.include_router(metrics_router(settings.db_path))
-    app.include_router(weights_router(settings, keys))
+    weights = weights_router(settings, keys, require_token)
+    app.include_router(weights)
+    guarded = [
+        r
+        for r in weights.routes
+        if isinstance(r, APIRoute) and any(d.dependency is require_token for d in r.dependencies)
+    ]
+    if not guarded:
+        raise RuntimeError("no route needs the API token: the check before the body would guard nothing")
+    app.add_middleware(_TokenFirst, settings=settings, routes=guarded)
+    app.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes)
 
     @app.exception_handler(HTTPException)
     async def _errors(request: Request, exc: HTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse(
+            {"error": "the request body is not valid", "problems": _validation_error(list(exc.errors()))},
+            status_code=422,
+        )
 
     return app

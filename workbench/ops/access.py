@@ -9,7 +9,13 @@ Approvers live in ``$WORKBENCH_HOME/approvers.toml`` (mode 0600), written by ``w
 With OIDC configured for Streamlit (an ``[auth]`` section in ``.streamlit/secrets.toml``) the app signs
 people in with ``st.login`` and an identity may approve when its e-mail is an approver's; without OIDC an
 approver signs in with name and password. Everyone else reviews read-only. Passwords are hashed with
-scrypt (N=2^14, r=8, p=1) and a random salt, and compared in constant time.
+scrypt (N=2^14, r=8, p=1) and a random salt, and compared in constant time; an approver's password has at
+least :data:`MIN_PASSWORD_LENGTH` characters.
+
+An OIDC login counts as its e-mail's approver only when the provider says the e-mail is verified: the
+``email_verified`` claim is the boolean ``true``, or the string ``"true"`` in any case (some providers, such
+as Amazon Cognito, send the claim as a string). A missing claim, ``false``, ``"false"`` or anything else
+leaves the login read-only: whoever controls an unverified address must not sign as its owner.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from workbench.store import check_name
 
 APPROVERS_FILE = "approvers.toml"
 _N, _R, _P, _SALT, _LEN = 2**14, 8, 1, 16, 32
+MIN_PASSWORD_LENGTH = 12
 
 
 def approvers_path(home: Path) -> Path:
@@ -118,11 +125,29 @@ def save_approvers(path: Path, approvers: dict[str, Approver]) -> None:
     os.replace(tmp, path)
 
 
+def check_password(password: str) -> str:
+    """Refuse an approver password shorter than :data:`MIN_PASSWORD_LENGTH` characters."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise WorkbenchError(
+            f"an approver's password must be at least {MIN_PASSWORD_LENGTH} characters long "
+            f"(this one has {len(password)})"
+        )
+    return password
+
+
+def email_verified(user: dict) -> bool:
+    """Whether an OIDC login's ``email_verified`` claim says yes: ``true``, or ``"true"`` in any case."""
+    claim = user.get("email_verified")
+    return claim is True or (isinstance(claim, str) and claim.strip().lower() == "true")
+
+
 def add_approver(path: Path, name: str, *, password: str | None = None, email: str | None = None) -> Approver:
     """Add or replace an approver; at least one of a password (local sign-in) or an e-mail (OIDC)."""
     check_name(name, "approver name")
     if password is None and not email:
         raise WorkbenchError("an approver needs a password (local sign-in) or an --email (OIDC sign-in)")
+    if password is not None:
+        check_password(password)
     approvers = load_approvers(path)
     approver = Approver(name, email or None, hash_password(password) if password is not None else None)
     approvers[name] = approver
@@ -163,13 +188,14 @@ def authenticate(approvers: dict[str, Approver], name: str, password: str) -> Id
 
 
 def oidc_identity(user: dict, approvers: dict[str, Approver]) -> Identity | None:
-    """The identity of an OIDC login (Streamlit's ``st.user``): an approver when its e-mail is one's."""
+    """The identity of an OIDC login (Streamlit's ``st.user``): an approver when its e-mail is one's and the
+    provider says that e-mail is verified (see the module's docstring)."""
     if not user.get("is_logged_in"):
         return None
     email = user.get("email")
     name = user.get("name") or email or user.get("sub") or "unknown"
     by_email = {a.email.lower(): a for a in approvers.values() if a.email}
-    approver = by_email.get(email.lower()) if email and user.get("email_verified", True) is not False else None
+    approver = by_email.get(email.lower()) if isinstance(email, str) and email and email_verified(user) else None
     return Identity(approver.name if approver else name, "oidc", approver is not None, email)
 
 

@@ -47,6 +47,7 @@ class TrafficSource:
     time_col: str = "event_time"
     entity_col: str | None = None
     nullable: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()  # columns declared as segments: decisions gate the candidate on each value
     labels: str | Path | None = None
     label_id_col: str = "request_id"
     label_col: str = "label"
@@ -208,6 +209,9 @@ def _ingest(ctx: _Ctx) -> dict:
             )
             ctx.result.outputs["ingest"] = res
             out.update(rows=res.rows, quarantined=res.quarantined, rows_read=res.rows_read, reasons=res.reasons)
+        if src.segments:
+            store.declare_segments(name, src.segments)
+            out["segments"] = store.declared_segments(name)
         if labels_file is not None and refresh_labels:
             lab = ingest_labels(
                 store, labels_file, name, id_col=src.label_id_col, label_col=src.label_col, time_col=src.label_time_col

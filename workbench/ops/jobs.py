@@ -15,22 +15,22 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from workbench import WorkbenchError
-from workbench.clock import db_time, iso, parse_duration, parse_time, to_utc, utc_now
+from workbench.clock import iso, parse_duration, parse_time, utc_now
 from workbench.config import Settings
 from workbench.decide.signing import KeyRing
 from workbench.ops.flow import STAGES as FLOW_STAGES
-from workbench.ops.flow import Flow, FlowEvents, StageSkipped, TrafficSource, run_flow
+from workbench.ops.flow import Flow, FlowEvents, StageSkipped, run_flow
+from workbench.ops.jobsource import JobSource, latest_event
 from workbench.ops.jobspec import JobSpec, LoadedSpec, last_fire, manual_job_id, slot_job_id
 from workbench.ops.observability import log_context
 from workbench.replay.pipeline import ReplayOptions
@@ -49,6 +49,23 @@ class JobRefused(WorkbenchError):
 
 class JobFailed(WorkbenchError):
     """A stage of a job raised; the job's history row holds the traceback."""
+
+
+class JobIncomplete(WorkbenchError):
+    """A job ended without reaching every stage its spec turns on (it was skipped); the CLI exits 3."""
+
+    exit_code = 3
+
+
+def check_complete(res: JobResult) -> JobResult:
+    """``res`` when the job finished; raises :class:`JobIncomplete` naming the stages it did not reach."""
+    if res.status == "finished":
+        return res
+    unreached = res.summary.get("unreached") or []
+    raise JobIncomplete(
+        f"job {res.job_id} ended {res.status} without reaching stage(s) {', '.join(unreached) or 'all'}: "
+        f"{res.summary.get('reason') or 'no reason recorded'}"
+    )
 
 
 # -- the lock ---------------------------------------------------------------------------------------
@@ -252,7 +269,7 @@ def _stage_resolve(job: _Job) -> dict:
         elif spec.traffic.path is None:  # TrafficSpec refuses a window without path
             raise WorkbenchError("a window cuts files by event time: it needs path, not table")
         else:
-            end = _latest_event(job.loaded.files(spec.traffic.path), spec.traffic.time_col)
+            end = latest_event(job.loaded.files(spec.traffic.path), spec.traffic.time_col)
         plan["window"] = {
             "start": iso(end - parse_duration(spec.traffic.window)),
             "end": iso(end),
@@ -266,136 +283,6 @@ def _stage_resolve(job: _Job) -> dict:
     return plan
 
 
-def _time_bound(t: datetime, typ):
-    import pyarrow as pa
-
-    if not pa.types.is_timestamp(typ):
-        raise WorkbenchError(f"a window needs a timestamp event-time column; it is {typ}")
-    return pa.scalar(to_utc(t)).cast(typ) if typ.tz else pa.scalar(db_time(t)).cast(typ)
-
-
-def _parquet_only(files: list[Path]) -> None:
-    bad = [f.name for f in files if not f.name.lower().endswith((".parquet", ".pq"))]
-    if bad:
-        raise WorkbenchError(f"a window reads typed event times from Parquet files; not: {', '.join(bad[:5])}")
-
-
-def _latest_event(files: list[Path], time_col: str) -> datetime:
-    import pyarrow.compute as pc
-
-    from workbench.ingest.traffic import read_batches
-
-    _parquet_only(files)
-    latest = None
-    for batch in read_batches(files):
-        if time_col not in batch.schema.names:
-            raise WorkbenchError(f"traffic files lack the event-time column {time_col!r}")
-        m = pc.max(batch.column(time_col)).as_py()
-        if m is not None and (latest is None or m > latest):
-            latest = m
-    if latest is None:
-        raise StageSkipped(f"the traffic files hold no event times in {time_col!r}")
-    return to_utc(latest)
-
-
-def _write_filtered(batches, out: Path, keep: Callable) -> int:
-    """Write the rows of ``batches`` that ``keep(batch)`` selects to one Parquet file; return their number."""
-    import pyarrow.parquet as pq
-
-    writer, n = None, 0
-    try:
-        for batch in batches:
-            part = batch.filter(keep(batch))
-            if writer is None:
-                writer = pq.ParquetWriter(out, part.schema)
-            if part.num_rows:
-                writer.write_batch(part)
-                n += part.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    return n
-
-
-def _stage_window(files: list[Path], time_col: str, window: dict, out: Path) -> int:
-    """Copy the rows with ``start < event time <= end`` to ``out`` (streamed)."""
-    import pyarrow.compute as pc
-
-    from workbench.ingest.traffic import read_batches
-
-    _parquet_only(files)
-    start, end = parse_time(window["start"]), parse_time(window["end"])
-
-    def keep(batch):
-        col = batch.column(time_col)
-        return pc.and_(pc.greater(col, _time_bound(start, col.type)), pc.less_equal(col, _time_bound(end, col.type)))
-
-    return _write_filtered(read_batches(files), out, keep)
-
-
-def _stage_labels(files: list[Path], id_col: str, ids, out: Path) -> int:
-    """Copy the labels whose request id is in ``ids`` to ``out`` (a job keeps only its own labels)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from workbench.ingest.traffic import read_batches
-
-    def keep(batch):
-        if id_col not in batch.schema.names:
-            raise WorkbenchError(f"labels file lacks column {id_col!r}")
-        return pc.fill_null(pc.is_in(pc.cast(batch.column(id_col), pa.string()), value_set=ids), False)
-
-    return _write_filtered(read_batches(files), out, keep)
-
-
-def _traffic_ids(files: list[Path], id_col: str):
-    import pyarrow as pa
-
-    from workbench.ingest.traffic import read_batches
-
-    chunks = [b.column(id_col).cast(pa.string()) for b in read_batches(files) if id_col in b.schema.names]
-    return pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
-
-
-@dataclass(frozen=True)
-class _JobSource(TrafficSource):
-    """A job's traffic: the spec's files, cut to the job's event-time window when it has one, and the labels
-    of exactly those requests; staged under the job's folder for the ingest and removed after it."""
-
-    window: dict | None = None
-    label_files: tuple[Path, ...] = ()
-    work: Path | None = None
-
-    @contextmanager
-    def files(self) -> Iterator[tuple[Any, Any]]:
-        assert self.work is not None  # _source() always sets it
-        self.work.mkdir(parents=True, exist_ok=True)
-        try:
-            traffic = self.paths
-            if self.window and traffic is not None:
-                staged = self.work / "traffic.parquet"
-                if _stage_window(_files_of(traffic), self.time_col, self.window, staged) == 0:
-                    raise StageSkipped(
-                        f"no traffic between {self.window['start']} and {self.window['end']} in {traffic}"
-                    )
-                traffic = staged
-            labels = self.labels
-            if labels is not None and traffic is not None:
-                labels = self.work / "labels.parquet"
-                _stage_labels(
-                    list(self.label_files), self.label_id_col, _traffic_ids(_files_of(traffic), self.id_col), labels
-                )
-            yield traffic, labels
-        finally:
-            shutil.rmtree(self.work, ignore_errors=True)
-
-
-def _files_of(path: str | Path) -> list[Path]:
-    from workbench.ingest.traffic import resolve_paths
-
-    return resolve_paths(path)
-
-
 def _flow(job: _Job) -> Flow:
     """The flow a job runs, from its spec and its pinned plan."""
     spec, plan, t, r = job.spec, job.plan, job.spec.traffic, job.spec.replay
@@ -403,7 +290,7 @@ def _flow(job: _Job) -> Flow:
     label_columns: dict[str, Any] = (
         {"label_id_col": lab.id_col, "label_col": lab.label_col, "label_time_col": lab.time_col} if lab else {}
     )
-    source = _JobSource(
+    source = JobSource(
         paths=job.loaded.resolve(t.path) if t.path else None,
         id_col=t.id_col,
         time_col=t.time_col,
@@ -639,15 +526,20 @@ def _run_stages(job: _Job, done: dict) -> None:
             )
     events = _JobEvents(job)
     try:
-        res = run_flow(job.settings, _flow(job), store=job.store, keys=job.keys, events=events, done=frozenset(done))
+        flow = _flow(job)
+        res = run_flow(job.settings, flow, store=job.store, keys=job.keys, events=events, done=frozenset(done))
     except BaseException as e:
         stage = events.stage or "ingest"
         events.close()
         _fail(job, stage, e, time.monotonic() - events.started)
-    if res.stopped is not None:
+    # a stage the spec turns off is skipped with its reason and the others run; every other stage must have
+    # run now or in an earlier attempt, or the job is not finished, whatever stopped it
+    unreached = [s for s in FLOW_STAGES if s not in done and s not in res.summaries and flow.reason_off(s) is None]
+    if res.stopped is not None or unreached:
+        reason = res.stopped or f"the flow ended before stage(s) {', '.join(unreached)}"
         with job.store() as store:
-            store.job_end(job.job_id, "skipped", result={"reason": res.stopped, **_summary(job)})
-        log.info("job skipped: %s", res.stopped, extra={"event": "job_skipped"})
+            store.job_end(job.job_id, "skipped", result={"reason": reason, "unreached": unreached, **_summary(job)})
+        log.info("job skipped: %s", reason, extra={"event": "job_skipped", "unreached": unreached})
         return
     with job.store() as store:
         store.job_end(job.job_id, "finished", result=_summary(job))
@@ -659,7 +551,7 @@ def _run_stages(job: _Job, done: dict) -> None:
 def _end_skipped(job: _Job, stage: str, reason: str, seconds: float) -> None:
     with job.store() as store:
         store.stage_end(job.job_id, stage, "skipped", seconds, result={"reason": reason})
-        store.job_end(job.job_id, "skipped", result={"reason": reason, **_summary(job)})
+        store.job_end(job.job_id, "skipped", result={"reason": reason, "unreached": list(FLOW_STAGES), **_summary(job)})
     log.info("job skipped at stage %s: %s", stage, reason, extra={"event": "job_skipped"})
 
 

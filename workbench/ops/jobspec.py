@@ -55,7 +55,7 @@ class TrafficSpec(_Strict):
     @field_validator("table")
     @classmethod
     def _table(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,62}$", v):
+        if v is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,62}", v):
             raise ValueError(f"{v!r} is not a traffic name (a letter, then letters, digits or '_')")
         return v
 
@@ -111,7 +111,7 @@ class JobSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not SPEC_NAME_RE.match(v):
+        if not SPEC_NAME_RE.fullmatch(v):
             raise ValueError(f"{v!r}: use a letter, then letters, digits, '-' or '_' (at most 32)")
         return v
 
@@ -119,7 +119,7 @@ class JobSpec(_Strict):
     @classmethod
     def _selector(cls, v: Any) -> str:
         v = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-        if not isinstance(v, str) or not SELECTOR_RE.match(v):
+        if not isinstance(v, str) or not SELECTOR_RE.fullmatch(v):
             raise ValueError(f"{v!r}: use an alias (e.g. champion, challenger) or a version number")
         return v
 

@@ -517,6 +517,9 @@ def _check_same_run(run: RunState, traffic: str, refs: dict) -> None:
         raise WorkbenchError(f"run {run.run_id} replays traffic {run.traffic!r}, not {traffic!r}")
     for role in ROLES:
         was, now = getattr(run, role), refs[role]
+        registered = was.get("version") is not None and now.get("version") is not None
+        if registered and (was.get("name"), str(was["version"])) == (now.get("name"), str(now["version"])):
+            continue  # the same registered version, however it is addressed (an alias or a version URI)
         if (was.get("uri"), was.get("version")) != (now["uri"], now["version"]):
             raise WorkbenchError(
                 f"run {run.run_id} was started with {role} {was.get('uri')} version "

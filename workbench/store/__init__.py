@@ -12,7 +12,16 @@ names) are validated and quoted with :func:`qident`, never formatted raw into SQ
 from __future__ import annotations
 
 from workbench.store.app import AppStore
-from workbench.store.base import ArrowView, DatabaseLocked, check_name, qident, sql_literal, traffic_table
+from workbench.store.base import (
+    WRITE_CONFLICTS,
+    ArrowView,
+    DatabaseLocked,
+    check_name,
+    name_problem,
+    qident,
+    sql_literal,
+    traffic_table,
+)
 from workbench.store.decisions import DecisionStore
 from workbench.store.drift import DriftStore
 from workbench.store.evaluations import EvaluationStore
@@ -20,12 +29,14 @@ from workbench.store.jobs import JobStore
 from workbench.store.runs import RunCounts, RunState
 
 __all__ = [
+    "WRITE_CONFLICTS",
     "ArrowView",
     "DatabaseLocked",
     "RunCounts",
     "RunState",
     "Store",
     "check_name",
+    "name_problem",
     "qident",
     "sql_literal",
     "traffic_table",

@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,9 @@ SCHEMA = [
         name VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, id_col VARCHAR, time_col VARCHAR,
         entity_col VARCHAR, columns JSON NOT NULL, fingerprint VARCHAR NOT NULL, rows BIGINT NOT NULL,
         quarantined BIGINT NOT NULL, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)""",
+    # the columns a traffic set declares as segments: decisions gate the candidate on each of their values
+    """CREATE TABLE IF NOT EXISTS traffic_segments (
+        traffic VARCHAR NOT NULL, column_name VARCHAR NOT NULL, PRIMARY KEY (traffic, column_name))""",
     """CREATE TABLE IF NOT EXISTS ingests (
         ingest_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, kind VARCHAR NOT NULL, source VARCHAR,
         file_sha256 VARCHAR, rows_read BIGINT, rows_ingested BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)""",
@@ -102,6 +106,11 @@ SCHEMA = [
 ]
 
 
+# what a write transaction raises when a concurrent one of this process changed the same rows first (a
+# duplicate chain sequence, a write-write conflict): the loser rolled back and may retry on fresh state
+WRITE_CONFLICTS: tuple[type[Exception], ...] = (duckdb.ConstraintException, duckdb.TransactionException)
+
+
 class DatabaseLocked(WorkbenchError):
     """Another process holds the database file's write lock (DuckDB allows one writing process per file)."""
 
@@ -113,10 +122,30 @@ def qident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit as a name, whatever else it may hold: whitespace or a control character at
+    either end, or a control character (a line break included) anywhere; None when there is none."""
+    if not name:
+        return "it is empty"
+    for where, ch in (("starts", name[0]), ("ends", name[-1])):
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            return f"it {where} with whitespace or a control character (U+{ord(ch):04X})"
+    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"it holds a control character (U+{ord(bad):04X})"
+    return None
+
+
 def check_name(name: str, what: str = "name") -> str:
-    """Validate a user-chosen object name (traffic name, run id)."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise WorkbenchError(f"invalid {what} {name!r}: use a letter followed by letters, digits or '_' (at most 63)")
+    """Validate a user-chosen object name (traffic name, run id): the whole name must match, so a trailing
+    line break is refused, not ignored."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        problem = name_problem(name) if isinstance(name, str) else None
+        raise WorkbenchError(
+            f"invalid {what} {name!r}: "
+            + (f"{problem}; " if problem else "")
+            + "use a letter followed by letters, digits or '_' (at most 63)"
+        )
     return name
 
 

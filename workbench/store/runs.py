@@ -264,6 +264,44 @@ class RunStore(TrafficStore):
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
             return self.cursor().sql(sql, params=[*params, run["traffic"], run_id]).to_arrow_table()
 
+    def pair_runs(self, model: str, baseline_version: str, candidate_version: str) -> list[dict[str, Any]]:
+        """The finished runs of one registered baseline/candidate pair of ``model``, oldest first (id, traffic,
+        mode): the growing sample a decision on that pair judges."""
+        rows = self._rows(
+            "SELECT run_id, traffic, mode, started_at FROM runs WHERE status = 'finished' "
+            "AND json_extract_string(candidate, '$.name') = ? "
+            "AND json_extract_string(baseline, '$.version') = ? AND json_extract_string(candidate, '$.version') = ? "
+            "ORDER BY started_at, run_id",
+            [model, str(baseline_version), str(candidate_version)],
+        )
+        return rows
+
+    def decision_rows(self, run_id: str, segments: list[str]) -> pa.Table:
+        """Every replayed request of a run with what a decision judges: ``request_id``, ``event_time``,
+        ``label`` (null when unlabelled), per model ``*_score`` (null where it failed), ``*_failed`` and
+        ``*_latency_ms``, and each of ``segments`` as text (columns named ``segment:<column>``)."""
+        run = self.require_run(run_id)
+        info = self.require_traffic(run["traffic"])
+        select = ["t.request_id", "t.event_time", "l.label"]
+        for r in ("baseline", "candidate"):
+            select += [
+                f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_score END AS {r}_score",
+                f"p.{r}_error IS NOT NULL AS {r}_failed",
+                f"p.{r}_latency_ms AS {r}_latency_ms",
+            ]
+        for col in segments:
+            column = "entity_key" if col == info["entity_col"] else col
+            if column != "entity_key" and col not in info["columns"]:
+                raise WorkbenchError(f"traffic {run['traffic']!r} has no segment column {col!r}")
+            select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS {qident('segment:' + col)}")
+        sql = f"""SELECT {", ".join(select)}
+                  FROM predictions p
+                  JOIN {traffic_table(run["traffic"])} t USING (_row)
+                  LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                  WHERE p.run_id = ?"""
+        with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
+            return self.cursor().sql(sql, params=[run["traffic"], run_id]).to_arrow_table()
+
     def latency_sample(self, run_id: str, role: str) -> pa.ChunkedArray:
         """Latencies (ms) of the rows ``role`` scored without error."""
         check_role(role)

@@ -102,6 +102,26 @@ class TrafficStore(StoreBase):
             ],
         )
 
+    def declare_segments(self, name: str, columns: Sequence[str]) -> None:
+        """Declare ``columns`` of traffic set ``name`` as its segments (added to those declared before)."""
+        info = self.require_traffic(name)
+        known = set(info["columns"]) | ({info["entity_col"]} if info["entity_col"] else set())
+        unknown = [c for c in columns if c not in known]
+        if unknown:
+            raise WorkbenchError(
+                f"traffic {name!r} has no column {', '.join(map(repr, unknown))} to declare as a segment "
+                f"(columns: {', '.join(sorted(known))})"
+            )
+        for c in columns:
+            self.cursor().execute("INSERT OR IGNORE INTO traffic_segments VALUES (?, ?)", [name, c])
+
+    def declared_segments(self, name: str) -> list[str]:
+        """The segment columns traffic set ``name`` declares, in name order."""
+        rows = self.cursor().execute(
+            "SELECT column_name FROM traffic_segments WHERE traffic = ? ORDER BY column_name", [name]
+        )
+        return [r[0] for r in rows.fetchall()]
+
     def quarantine_summary(self, traffic: str) -> dict[str, int]:
         """Quarantined rows of a traffic set per reason, most frequent first."""
         rows = (

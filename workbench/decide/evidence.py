@@ -1,0 +1,296 @@
+"""The evidence a decision judges: the growing paired sample of a baseline/candidate pair, and its bounds.
+
+A decision on a run judges every finished run of the same registered pair (the growing sample a scheduled
+job builds slice by slice), each request once (the latest run's copy of a request id). On those rows it
+computes, for every metric a gate names, both models' values and the delta's *anytime-valid* one-sided
+bounds at the policy's level (:mod:`workbench.evaluate.sequential`), overall, per declared segment, on the
+most recent window and after the latest change point; the candidate's error rate and both models' latency
+percentiles with bounds of the same kind. The result is a dict of the ``evaluate --json`` shape
+(``baseline``/``candidate``/``delta`` per metric, ``segments``, ``errors``, ``latency``) plus ``recent``,
+``after_change`` and what the record cites (runs, rows, time range, a digest of the labels), which
+:func:`workbench.decide.scorecard.score` judges.
+
+Bounds: ``ci_low`` and ``ci_high`` are each one-sided at alpha = 1 - confidence, valid however often the
+sample is judged as it grows. A gate passes only when every bound it needs clears its margin (an
+intersection-union test: no correction is needed for the false-promote rate across gates). Declaring a
+*segment* surely worse uses a Bonferroni-corrected bound (``fail_low``/``fail_high`` at alpha / segments
+judged), so many segments do not multiply the chance of a false alarm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from workbench.clock import iso, to_utc
+from workbench.decide.policy import Policy
+from workbench.evaluate.sequential import (
+    one_sided_bounds,
+    paired_parts,
+    proportion_bounds,
+    quantile_bounds,
+)
+
+PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Every replayed request of the pair's runs once, in event-time order (arrays of one length).
+
+    ``label`` is NaN where unlabelled; a score is NaN where its model failed; ``segments`` maps each declared
+    column to its values as text.
+    """
+
+    request_id: np.ndarray
+    time: np.ndarray  # datetime64[us], UTC
+    label: np.ndarray
+    baseline: np.ndarray
+    candidate: np.ndarray
+    baseline_failed: np.ndarray
+    candidate_failed: np.ndarray
+    latency_baseline: np.ndarray
+    latency_candidate: np.ndarray
+    segments: dict[str, np.ndarray] = field(default_factory=dict)
+    runs: tuple[str, ...] = ()
+    online: bool = False
+    thresholds: tuple[float, float] = (0.5, 0.5)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @classmethod
+    def from_tables(
+        cls, tables: list[tuple[str, pa.Table]], *, online: bool, thresholds: tuple[float, float]
+    ) -> Sample:
+        """The sample of runs' :meth:`~workbench.store.Store.decision_rows` tables (oldest run first): a request
+        id seen in several runs counts once, from the latest run."""
+        runs = tuple(r for r, _ in tables)
+        table = pa.concat_tables([t for _, t in tables], promote_options="default") if tables else None
+        if table is None or table.num_rows == 0:
+            empty = np.array([], dtype=np.float64)
+            return cls(
+                np.array([], dtype=object),
+                np.array([], dtype="datetime64[us]"),
+                *(empty,) * 3,
+                *(np.array([], dtype=bool),) * 2,
+                empty,
+                empty,
+                runs=runs,
+                online=online,
+                thresholds=thresholds,
+            )
+        ids = table.column("request_id").to_numpy(zero_copy_only=False).astype(object)
+        times = table.column("event_time").cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")
+        if len(tables) > 1:  # the latest run's copy of each request: unique over the reversed rows
+            _, first = np.unique(ids[::-1], return_index=True)
+            keep = len(ids) - 1 - first
+        else:
+            keep = np.arange(len(ids))
+        keep = keep[np.lexsort((ids[keep], times[keep]))]  # event-time order, ties by id: deterministic
+
+        def col(name: str, dtype: Any = np.float64) -> np.ndarray:
+            a = table.column(name)
+            if dtype is bool:
+                return a.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)[keep]
+            return a.cast(pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)[keep]
+
+        segments = {
+            name.removeprefix("segment:"): table.column(name).fill_null("(null)").to_numpy(zero_copy_only=False)[keep]
+            for name in table.column_names
+            if name.startswith("segment:")
+        }
+        return cls(
+            ids[keep],
+            times[keep],
+            col("label"),
+            col("baseline_score"),
+            col("candidate_score"),
+            col("baseline_failed", bool),
+            col("candidate_failed", bool),
+            col("baseline_latency_ms"),
+            col("candidate_latency_ms"),
+            segments,
+            runs,
+            online,
+            thresholds,
+        )
+
+    def labelled(self) -> np.ndarray:
+        """Rows with a label that both models scored: the paired quality sample."""
+        return np.isfinite(self.label) & np.isfinite(self.baseline) & np.isfinite(self.candidate)
+
+    def cite(self) -> dict[str, Any]:
+        """What a signed record cites: the runs, the labelled rows, their time range and a digest of them."""
+        ok = self.labelled()
+        h = hashlib.sha256()
+        for rid, lab in zip(self.request_id[ok].tolist(), self.label[ok].tolist(), strict=True):
+            h.update(f"{rid}\x1f{int(lab)}\x1e".encode())
+        t = self.time[ok]
+        return {
+            "runs": list(self.runs),
+            "rows": len(self),
+            "labelled_rows": int(ok.sum()),
+            "first_event": _iso(t.min()) if len(t) else None,
+            "last_event": _iso(t.max()) if len(t) else None,
+            "labels_digest": h.hexdigest(),
+        }
+
+
+def _iso(t: np.datetime64) -> str:
+    return iso(to_utc(t.astype("datetime64[us]").astype(datetime)))
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _metric_block(
+    metrics: list[str],
+    y: np.ndarray,
+    base: np.ndarray,
+    cand: np.ndarray,
+    thresholds: tuple[float, float],
+    alpha: float,
+    t_star: float,
+    fail_alpha: float | None = None,
+) -> dict[str, Any]:
+    """``baseline``/``candidate``/``delta`` per metric on these rows, with anytime-valid one-sided bounds."""
+    out: dict[str, Any] = {"rows": int(len(y)), "baseline": {}, "candidate": {}, "delta": {}}
+    for m in metrics:
+        parts = paired_parts(m, y, base, cand, thresholds) if len(y) else None
+        if parts is None:
+            out["baseline"][m] = out["candidate"][m] = out["delta"][m] = None
+            continue
+        n = len(parts.psi_delta)
+        sd = float(parts.psi_delta.std())
+        lo, hi = one_sided_bounds(parts.delta, sd, n, alpha, t_star, parts.span)
+        delta = {"value": parts.delta, "ci_low": _num(lo), "ci_high": _num(hi), "sd": sd, "rows": n}
+        if fail_alpha is not None:
+            flo, fhi = one_sided_bounds(parts.delta, sd, n, fail_alpha, t_star, parts.span)
+            delta |= {"fail_low": _num(flo), "fail_high": _num(fhi), "fail_alpha": fail_alpha}
+        csd = float(parts.psi_candidate.std())
+        clo, chi = one_sided_bounds(parts.candidate, csd, n, alpha, t_star)
+        out["baseline"][m] = {"value": parts.baseline}
+        out["candidate"][m] = {"value": parts.candidate, "ci_low": _num(clo), "ci_high": _num(chi), "sd": csd}
+        out["delta"][m] = delta
+    return out
+
+
+def gated_metrics(policy: Policy) -> list[str]:
+    """Every metric a metric or segment gate of ``policy`` names, in first-mention order."""
+    return list(dict.fromkeys([g.metric for g in policy.metrics] + [g.metric for g in policy.segments]))
+
+
+def build_evidence(sample: Sample, policy: Policy, *, change_point: datetime | None = None) -> dict[str, Any]:
+    """The dict :func:`~workbench.decide.scorecard.score` judges, from ``sample`` under ``policy``."""
+    alpha, t_star = policy.alpha, float(policy.planned_rows)
+    ok = sample.labelled()
+    y = sample.label[ok].astype(np.int64)
+    base, cand, times = sample.baseline[ok], sample.candidate[ok], sample.time[ok]
+    overall_metrics = [g.metric for g in policy.metrics]
+    thr = sample.thresholds
+    ev: dict[str, Any] = {
+        "bound": "sequential",
+        "confidence": policy.confidence,
+        "alpha": alpha,
+        "planned_rows": policy.planned_rows,
+        "labeled_rows": int(ok.sum()),
+        "evidence": sample.cite(),
+        "thresholds": {"baseline": thr[0], "candidate": thr[1]},
+    }
+    ev |= _metric_block(overall_metrics, y, base, cand, thr, alpha, t_star)
+    ev["segments"] = _segments(sample, ok, policy, y, base, cand)
+    if policy.drift.recent_share is not None and len(times):
+        first, last = times.min(), times.max()
+        start = last - (last - first) * policy.drift.recent_share
+        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy)
+    if policy.drift.after_change_point and change_point is not None:
+        cp = np.datetime64(to_utc(change_point).replace(tzinfo=None), "us")
+        ev["after_change"] = _slice(times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy)
+    ev["errors"] = _errors(sample, alpha, t_star)
+    ev["latency"] = _latency(sample, alpha, t_star)
+    return ev
+
+
+def _slice(
+    mask: np.ndarray,
+    start: str,
+    metrics: list[str],
+    y: np.ndarray,
+    base: np.ndarray,
+    cand: np.ndarray,
+    thr: tuple[float, float],
+    policy: Policy,
+) -> dict[str, Any]:
+    rows = int(mask.sum())
+    out: dict[str, Any] = {"from": start, "rows": rows, "small": rows < policy.min_segment_rows}
+    if not out["small"]:
+        out |= _metric_block(metrics, y[mask], base[mask], cand[mask], thr, policy.alpha, float(policy.planned_rows))
+    return out
+
+
+def _segments(
+    sample: Sample, ok: np.ndarray, policy: Policy, y: np.ndarray, base: np.ndarray, cand: np.ndarray
+) -> dict[str, Any]:
+    metrics = list(dict.fromkeys(g.metric for g in policy.segments))
+    t_star = float(policy.planned_rows)
+    if not metrics:
+        return {}
+    values = {col: v[ok] for col, v in sample.segments.items()}
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for col, v in values.items():
+        names, inverse = np.unique(v.astype(str), return_inverse=True)
+        groups[col] = {str(name): inverse == i for i, name in enumerate(names)}
+    judged = sum(int(m.sum()) >= policy.min_segment_rows for g in groups.values() for m in g.values())
+    fail_alpha = policy.alpha / max(1, judged)  # Bonferroni across the segments judged
+    out: dict[str, Any] = {}
+    for col, g in groups.items():
+        out[col] = {}
+        for name, mask in sorted(g.items(), key=lambda kv: -int(kv[1].sum())):
+            rows = int(mask.sum())
+            if rows < policy.min_segment_rows:
+                out[col][name] = {"rows": rows, "small": True}
+                continue
+            block = _metric_block(
+                metrics,
+                y[mask],
+                base[mask],
+                cand[mask],
+                sample.thresholds,
+                policy.alpha,
+                t_star,
+                fail_alpha,
+            )
+            out[col][name] = {"small": False, "share": rows / max(1, len(y))} | block
+    return out
+
+
+def _errors(sample: Sample, alpha: float, t_star: float) -> dict[str, Any]:
+    n = len(sample)
+    out = {}
+    for role, failed in (("baseline", sample.baseline_failed), ("candidate", sample.candidate_failed)):
+        k = int(failed.sum())
+        lo, hi = proportion_bounds(k, n, alpha, t_star)
+        out[role] = {"count": k, "rows": n, "rate": k / n if n else None, "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def _latency(sample: Sample, alpha: float, t_star: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"online": sample.online, "baseline": {}, "candidate": {}}
+    for role, lat, failed in (
+        ("baseline", sample.latency_baseline, sample.baseline_failed),
+        ("candidate", sample.latency_candidate, sample.candidate_failed),
+    ):
+        x = lat[~failed & np.isfinite(lat)]
+        out[role]["rows"] = int(len(x))
+        for p, q in PERCENTILES.items():
+            est, lo, hi = quantile_bounds(x, q, alpha, t_star)
+            out[role][p] = {"value": _num(est), "ci_low": _num(lo), "ci_high": _num(hi)}
+    return out
