@@ -34,7 +34,7 @@ from workbench.store import Store
 log = logging.getLogger(__name__)
 WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created")
 TAG_PREFIX = "canary."
-_DECISION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_DECISION_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # whole-string matches only (fullmatch: no trailing newline)
 
 
 def _metric_key(text: str) -> str:
@@ -102,7 +102,7 @@ class Registry:
         interrupted publish, is deleted (it is logged again in full)."""
         from mlflow.entities import ViewType
 
-        if not _DECISION_ID.match(decision_id):  # it goes into a filter string: nothing but id characters
+        if not _DECISION_ID.fullmatch(decision_id):  # it goes into a filter string: nothing but id characters
             raise WorkbenchError(f"invalid decision id {decision_id!r}")
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:

@@ -22,7 +22,7 @@ from workbench import WorkbenchError
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@\s]+)(?:@(?P<alias>[^/\s]+)|/(?P<version>\d+))")  # fullmatch only
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Predictor(Protocol):
 
 def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None] | None:
     """(name, alias, version) of a ``models:/`` URI, or None for other URIs."""
-    m = _REGISTRY_URI.match(uri)
+    m = _REGISTRY_URI.fullmatch(uri)
     return (m["name"], m["alias"], m["version"]) if m else None
 
 
