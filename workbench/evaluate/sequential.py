@@ -48,6 +48,7 @@ Functions:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -355,19 +356,21 @@ def rows_to_settle(gap: float, sd: float, alpha: float, t_star: float, limit: fl
     if not gap > 0 or not sd > 0 or not math.isfinite(sd):
         return None if not gap > 0 else 2
     rho = optimal_rho(t_star, alpha, one_sided=True)
+    return _fewest_rows(lambda t: bool(sd * cs_radius(t, alpha, rho, one_sided=True) < gap), limit)
 
-    def narrow(t: float) -> bool:
-        return bool(sd * cs_radius(t, alpha, rho, one_sided=True) < gap)
 
+def _fewest_rows(settled: Callable[[float], bool], limit: float) -> int | None:
+    """The fewest rows (to 0.1 %) at which ``settled`` turns true, by doubling then bisection; ``settled`` must
+    stay true once it is; ``None`` past ``limit``."""
     hi = 2.0
-    while not narrow(hi):
+    while not settled(hi):
         hi *= 2
         if hi > limit:
             return None
     lo = hi / 2
     while hi - lo > max(1.0, 0.001 * hi):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if narrow(mid) else (mid, hi)
+        lo, hi = (lo, mid) if settled(mid) else (mid, hi)
     return int(math.ceil(hi))
 
 
@@ -414,13 +417,4 @@ def proportion_rows_to_settle(rate: float, bound: float, alpha: float, t_star: f
         lo, hi = proportion_bounds(int(round(rate * n)), int(n), alpha, t_star)
         return hi <= bound if rate < bound else lo > bound
 
-    hi = 2.0
-    while not settled(hi):
-        hi *= 2
-        if hi > limit:
-            return None
-    lo = hi / 2
-    while hi - lo > max(1.0, 0.001 * hi):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if settled(mid) else (mid, hi)
-    return int(math.ceil(hi))
+    return _fewest_rows(settled, limit)
