@@ -38,7 +38,8 @@ Decision rules (each keeps its own ramp):
   drift report (``latest_change_point``), ``build_evidence`` (anytime-valid one-sided bounds overall, per
   segment, on the recent window and after the change point), ``score``, then the new-evidence rule as
   ``judge_run`` applies it (a PROMOTE needs labelled rows the rule's last PROMOTE that moved the weight did not
-  use). Drift is context: the fast path computes only the report's concept-drift part, all a decision reads.
+  use). Drift is context: the fast path computes only the report's drifted features and concept-drift part, all
+  a decision reads (it slices the drifted features' bins and the rows after the change point).
 * **(a) fixed-horizon**: the same gates judged by ``score`` on the cumulative evaluation's fixed-horizon 95 %
   intervals (:func:`workbench.evaluate.evaluation.evaluate_samples`, with ``--segment segment`` unless
   ``--no-segments``) through :func:`fixed_horizon_evidence`, a fresh test at every look and no new-evidence rule,
@@ -60,8 +61,8 @@ Output: the truth table; per scenario and rule the share of trials reaching each
 last look of the trials that ended held; the targets with pass/fail for rule (c) (false promote = any PROMOTE
 that moves the weight at or after the look where the candidate is worse than a margin; power = reaching 100 %
 for the +1 f1 point candidate within the walk's labelled rows; drift-for-both trials held for drift alone, i.e.
-by drift.* or after_change.* gates only, at some look; 1 %-error candidates rolled back); the machine, its load
-and the time taken.
+by drift.*, after_change.* or drifted.* gates only, at some look; 1 %-error candidates rolled back); the
+machine, its load and the time taken.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from workbench.decide.canary import next_weight  # noqa: E402
-from workbench.decide.context import latest_change_point  # noqa: E402
+from workbench.decide.context import drifted_features, latest_change_point  # noqa: E402
 from workbench.decide.evidence import Sample, build_evidence  # noqa: E402
 from workbench.decide.judge import new_evidence_check  # noqa: E402
 from workbench.decide.policy import Outcome, Policy, Verdict, load_policy  # noqa: E402
@@ -625,6 +626,7 @@ def sample_of(d: Paired) -> Sample:
         {"segment": SEGMENTS[d.segment]},
         online=True,
         thresholds=(THRESHOLD, THRESHOLD),
+        features={c: d.features[:, i] for i, c in enumerate(FEATURES)},
     )
 
 
@@ -644,7 +646,12 @@ class SequentialRule:
         return self.judge
 
     def decide(self, look: Look) -> Decided:
-        evidence = build_evidence(sample_of(look.sample), self.judge, change_point=latest_change_point(look.drift))
+        evidence = build_evidence(
+            sample_of(look.sample),
+            self.judge,
+            change_point=latest_change_point(look.drift),
+            drifted=drifted_features(look.drift) if self.judge.drift.drifted_slices else {},
+        )
         card = score(self.judge, evidence, look.drift)
         earlier = None
         for s in reversed(look.history):
@@ -735,14 +742,14 @@ def evaluate_fast(d: Paired, segments: bool) -> dict:
     ).to_dict()
 
 
-def drift_fast(d: Paired, concept_only: bool = False) -> dict:
+def drift_fast(d: Paired, decision_part: bool = False) -> dict:
     """The fields of ``workbench drift --json`` that the policy reads, on arrays, as ``drift_run`` computes them
     with its default reference (the earliest 20 % of the run's rows by event time; the rest is current):
     normed Wasserstein per feature and per score (Evidently's default test above 1,000 reference values, which
     the harness requires), prediction drift of each model (reference against current) and of baseline against
     candidate (current rows), Page-Hinkley concept drift on each model's per-request error stream.
-    ``concept_only``: only the concept-drift part (the change point the sequential rule slices at; the rest of
-    the report is context in the scorecard, never a failure)."""
+    ``decision_part``: only what the sequential rule slices by, the drifted features and the change point (the
+    rest of the report is context in the scorecard, never a failure)."""
     from scipy import stats as sps
 
     from workbench.drift.report import DEFAULT_REFERENCE_SHARE
@@ -769,9 +776,11 @@ def drift_fast(d: Paired, concept_only: bool = False) -> dict:
             "current_rows": len(cur),
         }
 
-    if concept_only:
-        return {"concept_drift": concept_drift(d)}
-    features = {c: compare(d.features[:k, i], d.features[k:, i]) for i, c in enumerate(FEATURES)}
+    features = {
+        c: compare(d.features[:k, i], d.features[k:, i]) | {"kind": "numerical"} for i, c in enumerate(FEATURES)
+    }
+    if decision_part:
+        return {"features": features, "concept_drift": concept_drift(d)}
     share = sum(f["drifted"] for f in features.values()) / len(features)
     pred = {
         r: compare(s[:k], s[k:]) | {"available": True}
@@ -865,7 +874,8 @@ def walk_fast(
     full_drift: bool = False,
 ) -> tuple[list[list[Step]], dict[int, Evidence]]:
     """One trial on arrays. ``full_drift``: the whole drift report at each look (the parity check compares it
-    with ``drift_run``'s); otherwise only its concept-drift part, all that a decision reads from it."""
+    with ``drift_run``'s); otherwise only its drifted features and concept-drift part, all that a decision
+    reads from it."""
     data = trial_data(sc, cfg, trial)
     seen: dict[int, Evidence] = {}
 
@@ -1139,12 +1149,12 @@ class TrialOutcome:
     final: str  # "PROMOTE" (reached 100 %), "ROLLBACK" or "HOLD" (the horizon ended first)
     rows: int  # labelled rows at the last decision
     false_promote: bool  # a PROMOTE that moved the weight at or after the scenario's bad_from_look
-    drift_alone: bool  # some HOLD whose only non-passing gates were drift gates (drift.*, after_change.*)
+    drift_alone: bool  # some HOLD whose only non-passing gates were drift gates (:data:`DRIFT_GATES`)
     held_by: tuple[str, ...] = ()  # every gate that did not pass at some HOLD of the trial
     last_held_by: tuple[str, ...] = ()  # the gates that did not pass at the last look, when it held
 
 
-DRIFT_GATES = ("drift.", "after_change.")  # checks that exist because of a drift report
+DRIFT_GATES = ("drift.", "after_change.", "drifted.")  # checks that exist because of a drift report
 
 
 def summarise(steps: list[Step], ramp: tuple[int, ...], bad_from: int | None) -> TrialOutcome:
@@ -1408,7 +1418,7 @@ def targets(summary: dict, rule: str, horizon: int) -> list[tuple[str, str, str 
     if "drift_alone" in m:
         out.append(
             (
-                "drift for both: held for drift alone (drift.* / after_change.* gates only) at some look",
+                "drift for both: held for drift alone (drift.* / after_change.* / drifted.* gates only) at some look",
                 "drift_alone",
                 None,
                 "0 %",

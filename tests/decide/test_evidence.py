@@ -106,6 +106,92 @@ def test_recent_window_and_after_change_point():
     assert "after_change" not in build_evidence(s, POLICY)
 
 
+def drifted_sample(n: int = 20_000, seed: int = 1, worse_top: bool = True) -> Sample:
+    """A candidate about the baseline; ``worse_top``: much worse on the top quartile of a drifted feature ``x``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    logit = 1.2 * x - 0.4
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    seen = logit + rng.standard_normal(n)
+    base = 1 / (1 + np.exp(-seen))
+    shift = np.where((x > np.quantile(x, 0.75)) & worse_top, -1.5, 0.0)  # many false negatives there
+    cand = 1 / (1 + np.exp(-(seen + shift + 0.2 * rng.standard_normal(n))))  # else about the baseline
+    x[:50] = np.nan  # missing values are a bin of their own
+    t = np.datetime64("2026-01-01T00:00:00", "us") + (np.arange(n) * 60_000_000).astype("timedelta64[us]")
+    kind = np.where(rng.random(n) < 0.5, "web", "app").astype(object)
+    kind[:20] = "kiosk"
+    s = synthetic(n, seed, segments=False)
+    return Sample(
+        s.request_id,
+        t,
+        y,
+        base,
+        cand,
+        *(np.zeros(n, bool),) * 2,
+        s.latency_baseline,
+        s.latency_candidate,
+        features={"x": x, "kind": kind},
+    )
+
+
+def test_drifted_slices_are_quantile_bins_and_categories_with_bonferroni_fail_bounds():
+    from workbench.decide.scorecard import score
+
+    s = drifted_sample()
+    drift = {
+        "features": {"x": {"drifted": True, "kind": "numerical"}, "kind": {"drifted": True, "kind": "categorical"}}
+    }
+    ev = build_evidence(s, POLICY, drifted={"x": "numerical", "kind": "categorical"})
+    x, kind = ev["drifted_slices"]["x"], ev["drifted_slices"]["kind"]
+    assert x["(missing)"] == {"rows": 50, "small": True} and kind["kiosk"] == {"rows": 20, "small": True}
+    quartiles = {k: v for k, v in x.items() if k != "(missing)"}
+    assert len(quartiles) == 4 and all(abs(v["rows"] - (len(s) - 50) / 4) <= 1 for v in quartiles.values())
+    edges = np.nanquantile(s.features["x"], [0.25, 0.5, 0.75])
+    top = x[f">= {edges[2]:.4g}"]
+    ok = s.features["x"] >= edges[2]
+    y = s.label[ok].astype(int)
+    want = skm.f1_score(y, s.candidate[ok] >= 0.5) - skm.f1_score(y, s.baseline[ok] >= 0.5)
+    assert top["delta"]["f1"]["value"] == pytest.approx(want, abs=1e-12)
+    judged = 4 + 2  # four quartiles of x, web and app of kind
+    assert top["delta"]["f1"]["fail_alpha"] == pytest.approx(0.01 / judged)
+    card = score(POLICY, ev, drift)
+    failed = [c for c in card.checks if c.kind == "drifted_slice" and c.outcome == "fail"]
+    on_x = {c.gate for c in failed if c.gate.startswith("drifted.x ")}
+    assert on_x == {
+        f"drifted.x >= {edges[2]:.4g}.{m}" for m in ("f1.min_absolute_change", "log_loss.min_relative_change")
+    }
+    assert not any(c.critical for c in failed)  # a bin surely worse holds for review; it never rolls back alone
+    assert {sk.gate for sk in card.skipped} >= {"drifted.x (missing)", "drifted.kind kiosk"}
+
+
+def test_drifted_slices_are_harm_tests_by_default():
+    from workbench.decide.scorecard import score
+
+    s = drifted_sample(worse_top=False)
+    drift = {"features": {"x": {"drifted": True, "kind": "numerical"}}}
+    card = score(POLICY, build_evidence(s, POLICY, drifted={"x": "numerical"}), drift)
+    sliced = [c for c in card.checks if c.kind == "drifted_slice"]
+    assert len(sliced) == 4 * 3 and all(c.outcome == "pass" for c in sliced)  # 4 bins x 3 metric gates
+    strict = parse_policy(POLICY.to_dict() | {"drift": {"slices_require": "non_inferiority"}})
+    card = score(strict, build_evidence(s, strict, drifted={"x": "numerical"}), drift)
+    assert {c.outcome for c in card.checks if c.kind == "drifted_slice"} >= {"inconclusive"}
+    off = parse_policy(POLICY.to_dict() | {"drift": {"drifted_slices": False}})
+    assert "drifted_slices" not in build_evidence(s, off, drifted={"x": "numerical"})
+
+
+def test_judge_run_slices_the_features_the_drift_report_found_drifted():
+    from workbench.decide.judge import judge_run
+
+    drift = {"features": {"x": {"drifted": True, "kind": "numerical"}, "region": {"drifted": False}}}
+    with Store() as store:
+        seed_run(store, "run_d", rows=8000)
+        judged = judge_run(store, store.require_run("run_d"), POLICY, drift)
+    assert list(judged.evidence["drifted_slices"]) == ["x"]
+    bins = judged.evidence["drifted_slices"]["x"]
+    assert len(bins) == 4 and sum(b["rows"] for b in bins.values()) == judged.evidence["labeled_rows"]
+    assert any(c.gate.startswith("drifted.x ") for c in judged.scorecard.checks)
+
+
 def test_sample_counts_each_request_once_from_the_latest_run():
     def table(ids, score):
         n = len(ids)

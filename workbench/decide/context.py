@@ -3,7 +3,8 @@
 Data drift moves both models' inputs alike; prediction drift between the baseline and the candidate is
 expected when they differ (that is why there is a candidate); a change point in the label relationship
 hits both. The scorecard shows each with its size, and the gates judge the candidate where the data moved
-(:mod:`workbench.decide.evidence`: the recent window, after the change point, each declared segment).
+(:mod:`workbench.decide.evidence`: the recent window, after the change point, the bins of each drifted
+feature, each declared segment).
 """
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ def drift_context(drift: dict | None) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def drifted_features(drift: dict | None) -> dict[str, str]:
+    """The features a drift report found drifted, each with its kind (``numerical`` or ``categorical``)."""
+    features = drift.get("features") if isinstance(drift, dict) else None
+    return {
+        name: "categorical" if f.get("kind") == "categorical" else "numerical"
+        for name, f in sorted((features or {}).items())
+        if isinstance(f, dict) and f.get("drifted")
+    }
 
 
 def latest_change_point(drift: dict | None) -> datetime | None:

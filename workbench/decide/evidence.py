@@ -1,26 +1,27 @@
 """The evidence a decision judges: the growing paired sample of a baseline/candidate pair, and its bounds.
 
-A decision on a run judges every finished run of the same registered pair (the growing sample a scheduled
-job builds slice by slice), each request once (the latest run's copy of a request id). On those rows it
-computes, for every metric a gate names, both models' values and the delta's *anytime-valid* one-sided
-bounds at the policy's level (:mod:`workbench.evaluate.sequential`), overall, per declared segment, on the
-most recent window and after the latest change point; the candidate's error rate and both models' latency
-percentiles with bounds of the same kind. The result is a dict of the ``evaluate --json`` shape
-(``baseline``/``candidate``/``delta`` per metric, ``segments``, ``errors``, ``latency``) plus ``recent``,
-``after_change`` and what the record cites (runs, rows, time range, a digest of the labels), which
-:func:`workbench.decide.scorecard.score` judges.
+A decision on a run judges every finished run of the same registered pair (the growing sample a scheduled job
+builds slice by slice), each request once (the latest run's copy of a request id). On those rows it computes,
+for every metric a gate names, both models' values and the delta's *anytime-valid* one-sided bounds at the
+policy's level (:mod:`workbench.evaluate.sequential`), overall, per declared segment, on the most recent
+window, after the latest change point and on the bins of each drifted feature; the candidate's error rate and
+both models' latency percentiles with bounds of the same kind. The result is a dict of the ``evaluate --json``
+shape (``baseline``/``candidate``/``delta`` per metric, ``segments``, ``errors``, ``latency``) plus
+``recent``, ``after_change``, ``drifted_slices`` and what the record cites (runs, rows, time range, a digest
+of the labels), which :func:`workbench.decide.scorecard.score` judges.
 
 Bounds: ``ci_low`` and ``ci_high`` are each one-sided at alpha = 1 - confidence, valid however often the
 sample is judged as it grows. A gate passes only when every bound it needs clears its margin (an
 intersection-union test: no correction is needed for the false-promote rate across gates). Declaring a
-*segment* surely worse uses a Bonferroni-corrected bound (``fail_low``/``fail_high`` at alpha / segments
-judged), so many segments do not multiply the chance of a false alarm.
+*segment* (or a drifted feature's bin) surely worse uses a Bonferroni-corrected bound (``fail_low``/``fail_high``
+at alpha / slices judged), so many slices do not multiply the chance of a false alarm.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,7 +46,8 @@ class Sample:
     """Every replayed request of the pair's runs once, in event-time order (arrays of one length).
 
     ``label`` is NaN where unlabelled; a score is NaN where its model failed; ``segments`` maps each declared
-    column to its values as text.
+    column to its values as text; ``features`` maps each drifted feature to its values (float, NaN where
+    missing, or text for a categorical one).
     """
 
     request_id: np.ndarray
@@ -61,6 +63,7 @@ class Sample:
     runs: tuple[str, ...] = ()
     online: bool = False
     thresholds: tuple[float, float] = (0.5, 0.5)
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -106,6 +109,11 @@ class Sample:
             for name in table.column_names
             if name.startswith("segment:")
         }
+        features = {
+            name.removeprefix("feature:"): _feature_values(table.column(name))[keep]
+            for name in table.column_names
+            if name.startswith("feature:")
+        }
         return cls(
             ids[keep],
             times[keep],
@@ -120,6 +128,7 @@ class Sample:
             runs,
             online,
             thresholds,
+            features,
         )
 
     def labelled(self) -> np.ndarray:
@@ -141,6 +150,14 @@ class Sample:
             "last_event": _iso(t.max()) if len(t) else None,
             "labels_digest": h.hexdigest(),
         }
+
+
+def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A feature's values: float64 (NaN where missing) for numbers and booleans, else text."""
+    t = column.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
+        return column.cast(pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
+    return column.cast(pa.string()).fill_null("(null)").to_numpy(zero_copy_only=False).astype(object)
 
 
 def _iso(t: np.datetime64) -> str:
@@ -188,8 +205,15 @@ def gated_metrics(policy: Policy) -> list[str]:
     return list(dict.fromkeys([g.metric for g in policy.metrics] + [g.metric for g in policy.segments]))
 
 
-def build_evidence(sample: Sample, policy: Policy, *, change_point: datetime | None = None) -> dict[str, Any]:
-    """The dict :func:`~workbench.decide.scorecard.score` judges, from ``sample`` under ``policy``."""
+def build_evidence(
+    sample: Sample,
+    policy: Policy,
+    *,
+    change_point: datetime | None = None,
+    drifted: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The dict :func:`~workbench.decide.scorecard.score` judges, from ``sample`` under ``policy``;
+    ``drifted``: the features the drift report found drifted, with their kinds (their values in ``sample``)."""
     alpha, t_star = policy.alpha, float(policy.planned_rows)
     ok = sample.labelled()
     y = sample.label[ok].astype(np.int64)
@@ -214,9 +238,37 @@ def build_evidence(sample: Sample, policy: Policy, *, change_point: datetime | N
     if policy.drift.after_change_point and change_point is not None:
         cp = np.datetime64(to_utc(change_point).replace(tzinfo=None), "us")
         ev["after_change"] = _slice(times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy)
+    if policy.drift.drifted_slices and drifted:
+        bins = {
+            f: _bins(sample.features[f][ok], kind, policy.drift.slice_bins)
+            for f, kind in drifted.items()
+            if f in sample.features
+        }
+        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy)
     ev["errors"] = _errors(sample, alpha, t_star)
     ev["latency"] = _latency(sample, alpha, t_star)
     return ev
+
+
+def _bins(values: np.ndarray, kind: str, bins: int) -> dict[str, np.ndarray]:
+    """Masks of a feature's slices: ``bins`` quantile bins of a numeric feature (edges from these rows, ties
+    merged) and its missing values, or each value of a categorical one."""
+    if kind == "categorical" or values.dtype == object:
+        names, inverse = np.unique(values.astype(str), return_inverse=True)
+        return {str(name): inverse == i for i, name in enumerate(names)}
+    finite = np.isfinite(values)
+    out: dict[str, np.ndarray] = {}
+    if finite.any():
+        edges = np.unique(np.quantile(values[finite], np.linspace(0, 1, bins + 1)[1:-1]))
+        index = np.searchsorted(edges, values, side="right")
+        labels = [f"< {edges[0]:.4g}"] if len(edges) else ["all values"]
+        labels += [f"[{lo:.4g}, {hi:.4g})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        labels += [f">= {edges[-1]:.4g}"] if len(edges) else []
+        for i, label in enumerate(labels):
+            out[label] = finite & (index == i)
+    if not finite.all():
+        out["(missing)"] = ~finite
+    return out
 
 
 def _slice(
@@ -240,16 +292,29 @@ def _segments(
     sample: Sample, ok: np.ndarray, policy: Policy, y: np.ndarray, base: np.ndarray, cand: np.ndarray
 ) -> dict[str, Any]:
     metrics = list(dict.fromkeys(g.metric for g in policy.segments))
-    t_star = float(policy.planned_rows)
     if not metrics:
         return {}
-    values = {col: v[ok] for col, v in sample.segments.items()}
-    groups: dict[str, dict[str, np.ndarray]] = {}
-    for col, v in values.items():
-        names, inverse = np.unique(v.astype(str), return_inverse=True)
+    groups = {}
+    for col, v in sample.segments.items():
+        names, inverse = np.unique(v[ok].astype(str), return_inverse=True)
         groups[col] = {str(name): inverse == i for i, name in enumerate(names)}
+    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy)
+
+
+def _judge_groups(
+    groups: dict[str, dict[str, np.ndarray]],
+    metrics: list[str],
+    y: np.ndarray,
+    base: np.ndarray,
+    cand: np.ndarray,
+    thresholds: tuple[float, float],
+    policy: Policy,
+) -> dict[str, Any]:
+    """Each slice (a mask of the labelled rows) of each column, largest first: too small (fewer than the
+    policy's ``min_segment_rows``) or its metric block, whose fail bounds are Bonferroni-corrected across the
+    slices judged."""
     judged = sum(int(m.sum()) >= policy.min_segment_rows for g in groups.values() for m in g.values())
-    fail_alpha = policy.alpha / max(1, judged)  # Bonferroni across the segments judged
+    fail_alpha = policy.alpha / max(1, judged)
     out: dict[str, Any] = {}
     for col, g in groups.items():
         out[col] = {}
@@ -263,9 +328,9 @@ def _segments(
                 y[mask],
                 base[mask],
                 cand[mask],
-                sample.thresholds,
+                thresholds,
                 policy.alpha,
-                t_star,
+                float(policy.planned_rows),
                 fail_alpha,
             )
             out[col][name] = {"small": False, "share": rows / max(1, len(y))} | block

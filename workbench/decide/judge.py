@@ -10,10 +10,11 @@ false-promote rate at the policy's level; judging the *same* rows again adds not
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.decide.context import latest_change_point
+from workbench.decide.context import drifted_features, latest_change_point
 from workbench.decide.evidence import Sample, build_evidence
 from workbench.decide.policy import Outcome, Policy, Verdict
 from workbench.decide.scorecard import Check, Scorecard, score, with_check
@@ -44,15 +45,17 @@ def segment_columns(store: Store, runs: list[dict], policy: Policy) -> tuple[lis
     return keep, [c for c in declared if c not in keep]
 
 
-def gather(store: Store, run: dict, policy: Policy) -> tuple[Sample, list[str]]:
-    """The pair's growing sample (every finished run of the run's baseline/candidate versions) and the
-    declared segment columns some of its traffic sets lack."""
+def gather(store: Store, run: dict, policy: Policy, features: Sequence[str] = ()) -> tuple[Sample, list[str]]:
+    """The pair's growing sample (every finished run of the run's baseline/candidate versions) with the values
+    of ``features`` where every run's traffic has them, and the declared segment columns some of its traffic
+    sets lack."""
     base, cand = run["baseline"], run["candidate"]
     runs = store.pair_runs(cand["name"], str(base["version"]), str(cand["version"]))
     if run["run_id"] not in {r["run_id"] for r in runs}:
         runs.append({"run_id": run["run_id"], "traffic": run["traffic"], "mode": run["mode"]})
     columns, missing = segment_columns(store, runs, policy)
-    tables = [(r["run_id"], store.decision_rows(r["run_id"], columns)) for r in runs]
+    features = [f for f in features if all(f in store.require_traffic(r["traffic"])["columns"] for r in runs)]
+    tables = [(r["run_id"], store.decision_rows(r["run_id"], columns, features)) for r in runs]
     thresholds = (
         float(base.get("threshold", DEFAULT_THRESHOLD)),
         float(cand.get("threshold", DEFAULT_THRESHOLD)),
@@ -108,8 +111,9 @@ def new_evidence_check(labelled_rows: int, earlier: dict | None) -> Check:
 
 def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Judged:
     """Gather, build the evidence and score it under ``policy``, with the new-evidence rule."""
-    sample, missing = gather(store, run, policy)
-    evidence = build_evidence(sample, policy, change_point=latest_change_point(drift))
+    drifted = drifted_features(drift) if policy.drift.drifted_slices else {}
+    sample, missing = gather(store, run, policy, list(drifted))
+    evidence = build_evidence(sample, policy, change_point=latest_change_point(drift), drifted=drifted)
     if missing:
         evidence["segments_missing"] = missing
     card = score(policy, evidence, drift)

@@ -133,18 +133,26 @@ _RETIRED_DRIFT_KEYS = ("max_share_drifted", "prediction_drift", "concept_drift")
 
 
 class WhereMoved(_Strict):
-    """Where the data moved: the metric gates are judged again on the most recent labelled time and after the
-    latest change point the drift report found. Drift itself is context in the scorecard, never a failure.
+    """Where the data moved: the metric gates are judged again on the most recent labelled time, after the
+    latest change point the drift report found, and on the bins of each feature the report found drifted.
+    Drift itself is context in the scorecard, never a failure.
 
     ``recent_share``: the latest share of the evidence's labelled time span (None: no recent-window gates);
-    ``after_change_point``: judge the rows after the report's latest change point; ``required``: hold while the
-    run has no drift report; ``require``: what these gates demand (see :data:`SliceRule`).
+    ``require``: what the recent-window gates demand (see :data:`SliceRule`); ``after_change_point``: judge
+    the rows after the report's latest change point; ``drifted_slices``: judge each bin of every drifted
+    feature (``slice_bins`` quantile bins of a numeric feature, each value of a categorical one);
+    ``slices_require``: what the change-point and drifted-feature gates demand (those slices can be
+    arbitrarily small, so the default is a harm test, Bonferroni-corrected across the bins judged);
+    ``required``: hold while the run has no drift report.
     """
 
     required: bool = False
     recent_share: float | None = Field(default=0.2, gt=0, lt=1)
-    after_change_point: bool = True
     require: SliceRule = "non_inferiority"
+    after_change_point: bool = True
+    drifted_slices: bool = True
+    slice_bins: int = Field(default=4, ge=2, le=20)
+    slices_require: SliceRule = "no_harm"
 
     @model_validator(mode="before")
     @classmethod

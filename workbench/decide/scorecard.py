@@ -5,14 +5,15 @@ Gates use MLflow's ``MetricThreshold`` vocabulary (``threshold``, ``min_absolute
 (:func:`workbench.decide.evidence.build_evidence`) gives each delta anytime-valid one-sided bounds at the
 policy's level: a gate passes when the bound on its bad side clears the margin (``ci_low`` for a metric where
 higher is better), fails when the bound on its good side misses it (a *deterioration*: the candidate is surely
-worse than tolerated; segments use the Bonferroni-corrected ``fail_*`` bounds) and is inconclusive otherwise.
-As in Kayenta, a failing ``critical`` gate forces ROLLBACK; any other failure or an inconclusive check holds
-the ramp; all passing promotes.
+worse than tolerated; segments and drifted bins use the Bonferroni-corrected ``fail_*`` bounds) and is
+inconclusive otherwise. As in Kayenta, a failing ``critical`` gate forces ROLLBACK; any other failure or an
+inconclusive check holds the ramp; all passing promotes.
 
 The judge reads these fields of the evidence dict: ``labeled_rows``, ``alpha``, ``baseline``/``candidate``/
 ``delta`` per metric (``value``, ``ci_low``, ``ci_high``, ``sd``, ``rows``), ``segments``, ``recent``,
-``after_change``, ``errors`` and ``latency`` (``online``, per model ``p50``/``p95``/``p99`` with bounds). The
-drift report (``workbench drift --json``) is context (:mod:`workbench.decide.context`), never a failure.
+``after_change``, ``drifted_slices``, ``errors`` and ``latency`` (``online``, per model
+``p50``/``p95``/``p99`` with bounds). The drift report (``workbench drift --json``) is context
+(:mod:`workbench.decide.context`), never a failure.
 """
 
 from __future__ import annotations
@@ -337,8 +338,44 @@ class _Judge:
                     )
                 )
                 continue
+            rule = d.require if key == "recent" else d.slices_require
             for g in self.policy.metrics:
-                self.metric_gate(g, sl, key, key, f"{label} (from {sl.get('from')})", d.require == "no_harm")
+                self.metric_gate(g, sl, key, key, f"{label} (from {sl.get('from')})", rule == "no_harm")
+
+    def drifted_slices(self) -> None:
+        """The metric gates on each bin of every feature the drift report found drifted."""
+        d = self.policy.drift
+        if not d.drifted_slices or not self.policy.metrics:
+            return
+        features = self.ev.get("drifted_slices")
+        if not isinstance(features, dict):
+            if self.drift is not None and any(
+                isinstance(f, dict) and f.get("drifted") for f in (self.drift.get("features") or {}).values()
+            ):
+                self.skipped.append(Skipped("drifted.*", "the evidence has no values of the drifted features"))
+            return
+        for feature, bins in features.items():
+            for label, sl in bins.items():
+                name = f"{feature} {label}"
+                if not isinstance(sl, dict) or sl.get("small"):
+                    rows = sl.get("rows") if isinstance(sl, dict) else None
+                    self.skipped.append(
+                        Skipped(
+                            f"drifted.{name}",
+                            f"drifted feature {name} has {_rows_text(int(rows or 0))} labelled rows < "
+                            f"{self.policy.min_segment_rows:,}: listed, not judged",
+                        )
+                    )
+                    continue
+                for g in self.policy.metrics:  # a bin surely worse holds for review, as a segment does
+                    self.metric_gate(
+                        g.model_copy(update={"critical": False}),
+                        sl,
+                        "drifted_slice",
+                        f"drifted.{name}",
+                        f"drifted feature {name}",
+                        d.slices_require == "no_harm",
+                    )
 
     def segments(self) -> None:
         segs = self.ev.get("segments") or {}
@@ -575,6 +612,7 @@ def score(policy: Policy, evidence: dict, drift: dict | None = None) -> Scorecar
     j.evidence()
     j.metrics()
     j.slices()
+    j.drifted_slices()
     j.segments()
     j.latency()
     j.errors()

@@ -9,6 +9,7 @@ one transaction, so a resume skips exactly what was committed) and is finished
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -276,10 +277,11 @@ class RunStore(TrafficStore):
         )
         return rows
 
-    def decision_rows(self, run_id: str, segments: list[str]) -> pa.Table:
+    def decision_rows(self, run_id: str, segments: list[str], features: Sequence[str] = ()) -> pa.Table:
         """Every replayed request of a run with what a decision judges: ``request_id``, ``event_time``,
         ``label`` (null when unlabelled), per model ``*_score`` (null where it failed), ``*_failed`` and
-        ``*_latency_ms``, and each of ``segments`` as text (columns named ``segment:<column>``)."""
+        ``*_latency_ms``, each of ``segments`` as text (columns named ``segment:<column>``) and each of
+        ``features`` as stored (``feature:<column>``)."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
         select = ["t.request_id", "t.event_time", "l.label"]
@@ -294,6 +296,10 @@ class RunStore(TrafficStore):
             if column != "entity_key" and col not in info["columns"]:
                 raise WorkbenchError(f"traffic {run['traffic']!r} has no segment column {col!r}")
             select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS {qident('segment:' + col)}")
+        for col in features:
+            if col not in info["columns"]:
+                raise WorkbenchError(f"traffic {run['traffic']!r} has no feature column {col!r}")
+            select.append(f"t.{qident(col)} AS {qident('feature:' + col)}")
         sql = f"""SELECT {", ".join(select)}
                   FROM predictions p
                   JOIN {traffic_table(run["traffic"])} t USING (_row)
