@@ -32,6 +32,11 @@ if run is not None:
                 "the Replay page)."
             )
         else:
+            if ev.get("stale"):
+                st.warning(
+                    f"This evaluation is out of date: {ev['stale']}. Evaluate the run again: "
+                    f"`workbench evaluate {run['run_id']}`."
+                )
             conf = ev.get("confidence")
             a, b, c = st.columns(3)
             a.metric("Labelled rows", f"{ev.get('labeled_rows', 0):,}")

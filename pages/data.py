@@ -183,10 +183,17 @@ def progress() -> list:
 # -- one run ---------------------------------------------------------------------------------------------------
 @st.cache_data(ttl=10, show_spinner=False)
 def _evaluation(home_: str, run_id: str) -> Fetched:
-    return _read(home_, lambda s: s.latest_evaluation(run_id))
+    def read(s) -> dict | None:
+        from workbench.evaluate.evaluation import evaluation_is_current
+
+        ev = s.latest_evaluation(run_id)
+        return None if ev is None else ev | {"stale": evaluation_is_current(s, ev)}
+
+    return _read(home_, read)
 
 
 def evaluation(run_id: str) -> dict | None:
+    """The run's latest evaluation, with ``stale``: why it no longer covers the run as it is now, or None."""
     return _get(_evaluation, run_id)
 
 

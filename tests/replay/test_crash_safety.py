@@ -29,6 +29,7 @@ from reliability_log import record
 from workbench.decide.canary import status as canary_status
 from workbench.decide.canary import verify_chain
 from workbench.decide.signing import PRIVATE_FILE, init_keys, trusted_keys, verify_signature
+from workbench.evaluate.evaluation import evaluation_is_current
 from workbench.store import Store, traffic_table
 
 MODEL = "flight-delay"
@@ -266,6 +267,59 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
         distinct_rows=st["rows"],
         traffic_rows=total,
         committed_before_final_run=seen[-1],
+    )
+
+
+def test_an_interrupted_run_is_evaluated_only_when_asked_and_marked_partial(tmp_path, demo_home):
+    home = copy_demo(demo_home, tmp_path / "crash" / "home")
+    total = json.loads((home / "demo.json").read_text())["replay"]["rows"]
+    replay = [
+        "replay",
+        *("--baseline", f"models:/{MODEL}/1", "--candidate", f"models:/{MODEL}/2", "--traffic", "flights"),
+        *("--run-id", "cut_run", "--batch-size", "4", "--json"),
+    ]
+    done, delay = 0, 1.0
+    while done == 0:  # killed after its first committed batches (a busy machine may need a longer delay)
+        assert shoot(replay, home, delay, anchor="replay").killed, "the replay finished before its kill"
+        with Store(home / "workbench.duckdb") as store:
+            done = replay_state(store, "cut_run", total)["rows"]
+        delay += 1.0
+    assert done < total
+    refused = shoot(["evaluate", "cut_run", "--json"], home, 600)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert f"cut_run is running with {done:,} of {total:,} rows replayed" in refused.stderr
+    assert "--partial" in refused.stderr and "Traceback" not in refused.stderr
+    partial = json.loads(complete(["evaluate", "cut_run", "--partial", "--json"], home).stdout)
+    cov = partial["coverage"]
+    assert cov["complete"] is False and cov["rows_done"] == done and cov["rows_total"] == total
+    assert "PARTIAL: run cut_run was running" in complete(["evaluate", "cut_run", "--partial"], home).stdout
+    refused_decide = shoot(["decide", "cut_run", "--json"], home, 600)
+    assert refused_decide.returncode == 2 and "not finished" in refused_decide.stderr
+
+    assert json.loads(complete(replay, home).stdout)["status"] == "finished"
+    with Store(home / "workbench.duckdb") as store:  # the partial evaluation no longer stands for the run
+        stale = evaluation_is_current(store, store.latest_evaluation("cut_run"))
+    assert stale == f"it covers {done:,} of {total:,} rows of a run that was running (a partial evaluation)"
+    full = json.loads(complete(["evaluate", "cut_run", "--json"], home).stdout)
+    assert full["coverage"]["complete"] and full["coverage"]["rows_done"] == total
+    decided = json.loads(complete(["decide", "cut_run", "--no-apply", "--json"], home).stdout)
+    cited = decided["record"]["evidence"]
+    assert (
+        cited["rows"] == total and cited["labelled_rows"] == full["labeled_rows"] and len(cited["labels_digest"]) == 64
+    )
+    with Store(home / "workbench.duckdb") as store:
+        assert evaluation_is_current(store, store.latest_evaluation("cut_run")) is None
+        store.cursor().execute("DELETE FROM labels WHERE request_id = (SELECT min(request_id) FROM labels)")
+        assert evaluation_is_current(store, store.latest_evaluation("cut_run")) == (
+            "the run's labels changed since it was evaluated"
+        )
+    record(
+        "crash",
+        f"evaluate a replay run SIGKILLed at {done:,} of {total:,} rows",
+        "refused (exit 2, names --partial); --partial marks coverage incomplete; stale once the run is resumed "
+        "or its labels change; decide refuses the unfinished run and, once finished, cites every row",
+        rows_done=done,
+        traffic_rows=total,
     )
 
 

@@ -77,6 +77,7 @@ def cmd_evaluate(args) -> None:
             confidence=args.confidence,
             seed=args.seed,
             top_k=args.top_k,
+            partial=args.partial,
         ).to_dict()
     emit(args, res, _evaluation_text)
 
@@ -90,7 +91,16 @@ def _ci(e: dict) -> str:
 
 
 def _evaluation_text(d: dict) -> str:
-    lines = [
+    cov = d.get("coverage") or {}
+    lines = (
+        [
+            f"PARTIAL: run {d['run_id']} was {cov.get('status')} with {cov.get('rows_done', 0):,} of "
+            f"{cov.get('rows_total', 0):,} rows replayed; evaluate it again once it is finished"
+        ]
+        if cov and not cov.get("complete")
+        else []
+    )
+    lines += [
         f"run {d['run_id']}: {d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
         f"rows scored baseline {d['rows']['baseline']}, candidate {d['rows']['candidate']}, "
         f"both {d['rows']['paired']}; {d['confidence']:.0%} intervals",
@@ -169,6 +179,12 @@ def add_evaluate_parser(sub, common) -> None:
     s.add_argument("--confidence", type=float, default=0.95, help="confidence level of every interval")
     s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     s.add_argument("--top-k", type=int, default=10, help="segment values to keep before 'other'")
+    s.add_argument(
+        "--partial",
+        action="store_true",
+        help="evaluate a run that is not finished (interrupted or still replaying) on its rows so far; "
+        "the result's coverage says so",
+    )
     s.set_defaults(fn=cmd_evaluate)
 
 

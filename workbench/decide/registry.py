@@ -322,11 +322,13 @@ def run_url(ui_base: str | None, experiment_id: str | None, run_id: str) -> str 
 
 
 def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:
-    """``publish(signed) -> MLflow run id``: an applied record with its run's latest evaluation (the
-    fixed-horizon numbers people read; the judged numbers are in the record's scorecard) and the drift report
-    it was judged with (only when it is the one the record's hash names)."""
+    """``publish(signed) -> MLflow run id``: an applied record with its run's latest evaluation when it covers
+    the finished run and its labels as they are now (the fixed-horizon numbers people read; the judged numbers
+    are in the record's scorecard) and the drift report it was judged with (only when it is the one the
+    record's hash names)."""
     from workbench.decide.canary import load_drift
     from workbench.decide.signing import content_hash
+    from workbench.evaluate.evaluation import evaluation_is_current
 
     registry = Registry(tracking_uri, artifact_root)
 
@@ -335,6 +337,8 @@ def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Ca
         evaluation = drift = None
         if r.get("run_id"):
             evaluation = store.latest_evaluation(r["run_id"])
+            if evaluation is not None and evaluation_is_current(store, evaluation) is not None:
+                evaluation = None  # a partial or out-of-date evaluation is not published beside the decision
             dr = load_drift(store, r["run_id"])
             drift = dr if content_hash(dr) == r.get("drift_hash") else None
         return registry.publish(signed, evaluation, drift)

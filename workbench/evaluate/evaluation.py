@@ -22,7 +22,7 @@ result types live in :mod:`workbench.evaluate.results`. Methods (docs/concepts/e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -479,17 +479,27 @@ def evaluate_run(
     small_rows: int = 100,
     exact_max_rows: int = 10_000,
     thresholds: dict[str, float] | None = None,
+    partial: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
     Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
     unless ``thresholds`` (e.g. from a policy) overrides them per role. The labelled rows are released
-    before the latency samples are read, which keeps the peak memory of large runs down.
+    before the latency samples are read, which keeps the peak memory of large runs down. A run that is not
+    finished (interrupted, or still replaying) is refused unless ``partial``; the result's ``coverage`` says
+    what it covered (the run's status and rows, the labels' state: see :func:`evaluation_is_current`).
     """
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
         raise WorkbenchError(f"unknown window {window!r}: use one of {', '.join(WINDOWS)}")
     run = store.require_run(run_id)
+    coverage = _coverage(store, run)
+    if not coverage["complete"] and not partial:
+        raise WorkbenchError(
+            f"run {run_id} is {run['status']} with {coverage['rows_done']:,} of {coverage['rows_total']:,} rows "
+            f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
+            "pass --partial to evaluate the rows so far (the result is marked partial)"
+        )
     thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
     table = store.evaluation_rows(run_id, segment=segment, window=window)
     y = table.column("label").to_numpy()
@@ -503,6 +513,7 @@ def evaluate_run(
     del y, scores, seg, win
     latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
     result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
+    result = replace(result, coverage=coverage)
     params = {
         "segment": segment,
         "window": window,
@@ -515,6 +526,37 @@ def evaluate_run(
         "exact_max_rows": exact_max_rows,
         "thresholds": thr,
         "bootstrap": result.overall.method,
+        "partial": partial,
     }
     store.save_evaluation(run_id, params, result.to_dict())
     return result
+
+
+def _coverage(store: Store, run: dict) -> dict[str, Any]:
+    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+    return {
+        "status": run["status"],
+        "rows_done": rows_done,
+        "rows_total": rows_total,
+        "complete": run["status"] == "finished",
+        "labels": store.labels_state(run["traffic"]),
+    }
+
+
+def evaluation_is_current(store: Store, evaluation: dict) -> str | None:
+    """None when a stored evaluation covers its run as it is now (finished, the same rows, the same labels);
+    otherwise why it does not, in words."""
+    cov = evaluation.get("coverage") or {}
+    run = store.require_run(evaluation["run_id"])
+    if not cov:
+        return "it does not record what it covered (made by an older release): evaluate the run again"
+    if not cov.get("complete"):
+        return (
+            f"it covers {cov.get('rows_done', 0):,} of {cov.get('rows_total', 0):,} rows of a run that was "
+            f"{cov.get('status')} (a partial evaluation)"
+        )
+    if int(run["rows_done"] or 0) != cov.get("rows_done"):
+        return f"the run has {int(run['rows_done'] or 0):,} rows now, the evaluation covers {cov.get('rows_done'):,}"
+    if store.labels_state(run["traffic"]) != cov.get("labels"):
+        return "the run's labels changed since it was evaluated"
+    return None

@@ -145,6 +145,7 @@ class EvaluationResult:
     segments: dict | None = None  # {column: {value: Slice}}
     windows: dict | None = None  # {"day": {iso start: Slice}}
     undefined: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)  # the run's status, rows done and the labels' state evaluated
 
     def to_dict(self) -> dict:
         out = {
@@ -163,4 +164,5 @@ class EvaluationResult:
         if self.windows is not None:
             out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
         out["undefined"] = dict(self.undefined)
+        out["coverage"] = dict(self.coverage)
         return out
