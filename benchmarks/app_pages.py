@@ -207,7 +207,7 @@ def read_memory_limit() -> str:
 
 def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
     """Each page's data functions straight against DuckDB (no cache): (page, call, seconds)."""
-    from pages.data import LATENCY_PER_DECADE, LATENCY_PROBS, SCORE_BINS
+    from pages.data import LATENCY_PER_DECADE, LATENCY_PROBS, SCORE_BINS, canary_states_of
     from workbench.config import load_settings
     from workbench.decide.canary import preview_decision
     from workbench.decide.decisions import audit
@@ -222,7 +222,7 @@ def time_queries(home: Path, run_id: str) -> list[tuple[str, str, float]]:
         run = s.get_run(run_id)
         cols = s.app_segment_columns(run["traffic"])
         calls = [
-            ("Candidates", "canary states", lambda: s.app_canary_states()),
+            ("Candidates", "canary states (verified chains)", lambda: canary_states_of(s, settings)),
             ("Replay", "runs + traffic", lambda: (s.app_runs(), s.list_traffic())),
             ("Compare", "evaluation", lambda: s.latest_evaluation(run_id)),
             (

@@ -30,6 +30,7 @@ SUITE = [
     "tests/replay/test_bad_models.py",
     "tests/live/test_bad_services.py",
     "tests/test_security.py",
+    "tests/test_integrity.py",
     "tests/live/test_load.py",
 ]
 AREAS = [
@@ -38,6 +39,7 @@ AREAS = [
     ("bad models", "Bad models"),
     ("bad services", "Bad services"),
     ("security", "Security"),
+    ("integrity", "Decision integrity: tampering with what moves or shows a weight, and what detected it"),
     ("load", "Load (loopback)"),
 ]
 

@@ -4,8 +4,35 @@ import pandas as pd
 import streamlit as st
 
 from pages import charts, data, ui
+from workbench import WorkbenchError
+from workbench.decide.canary import build_resume
+from workbench.decide.decisions import apply_and_publish
 from workbench.decide.policy import load_policy
+from workbench.decide.signing import KeyRing
 from workbench.views import ramp_position
+
+
+def resume_form(model: str, version: str) -> None:
+    """Release a killed candidate version: a signed ``resume`` record, for approvers only (as signing)."""
+    who = ui.identity()
+    if who is None or not who.can_approve:
+        st.caption(f"v{version} is held at 0 by the kill switch; only an approver can resume it.")
+        return
+    with st.form(f"wb_resume_{model}", clear_on_submit=True):
+        reason = st.text_input(f"Resume v{version} (signed as {who.signer}): reason", key=f"wb_resume_reason_{model}")
+        if st.form_submit_button("Resume (weight stays 0)"):
+            settings = data.settings()
+            try:
+                keys = KeyRing.from_settings(settings)
+                with data.database().write() as store:
+                    signed = build_resume(store, model, version, reason, keys.signer_as(who.signer), load_policy())
+                    apply_and_publish(settings, store, keys, signed)
+            except WorkbenchError as e:
+                st.error(str(e))
+            else:
+                data.refresh()
+                st.rerun()
+
 
 ui.ensure_navigation()
 st.title("Candidates")
@@ -50,6 +77,8 @@ for name in names:
             weight_col.caption(
                 f"{verified} · decision `{s['decision_id']}`" + (" · **killed**" if s.get("killed") else "")
             )
+            if s.get("killed") and s["verified"]:
+                resume_form(name, str(s["candidate_version"]))
         else:
             weight_col.metric("Canary weight", "0%", help="no decision has been applied to this model")
             weight_col.caption("No canary yet: decide on a replay run of this model.")

@@ -260,25 +260,18 @@ def _canary(home_: str) -> Fetched:
     decision that set it."""
     if not _database(home_).exists:
         return Fetched([], _now())
-    return _read(home_, lambda s: _canary_states(s, load_settings(home_)))
+    return _read(home_, lambda s: canary_states_of(s, load_settings(home_)))
 
 
-def _canary_states(store, settings_: Settings) -> list[dict]:
-    import json
-
-    from workbench.decide.canary import status
+def canary_states_of(store, settings_: Settings) -> list[dict]:
+    """Each model's canary from its verified chain (never from the ``canary_state`` cache's columns)."""
+    from workbench.decide.chain import live_view
+    from workbench.decide.decisions import witnesses
     from workbench.decide.signing import KeyRing
 
     keys = KeyRing.from_settings(settings_).trusted
-    out = []
-    for state in store.app_canary_states():
-        head = store.get_decision(state["decision_id"])
-        record = json.loads(head["record"]) if head else {}
-        out.append(
-            status(store, state["model"], keys).to_dict()
-            | {"updated_at": state["updated_at"], "killed": state["killed"], "ramp": record.get("ramp")}
-        )
-    return out
+    witness = witnesses(settings_)
+    return [live_view(store, model, keys, witness) for model in store.chain_models()]
 
 
 def canary() -> list[dict]:

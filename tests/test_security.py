@@ -35,7 +35,8 @@ from workbench import WorkbenchError
 from workbench.cli import build_parser
 from workbench.clock import utc_now
 from workbench.config import Settings, load_settings
-from workbench.decide.canary import SignedDecision, Signer, apply_decision, build_decision, status, sync, verify_chain
+from workbench.decide.canary import SignedDecision, Signer, apply_decision, build_decision, sync
+from workbench.decide.chain import status, verify_chain
 from workbench.decide.policy import load_policy, parse_policy
 from workbench.decide.registry import Registry
 from workbench.decide.signing import SignatureError, init_keys, load_private_key, sign, trusted_keys

@@ -6,7 +6,8 @@ Environment variables: ``WORKBENCH_HOME`` (default ``./.workbench``) and ``MLFLO
 (extra trusted public-key PEM files, separated by ``os.pathsep``; the home's own key and every PEM in
 ``$WORKBENCH_HOME/keys/trusted/`` are trusted too) and ``WORKBENCH_WEBHOOK_SECRET`` (the MLflow webhook
 secret the service checks ``X-MLflow-Signature`` with). ``WORKBENCH_API_TOKEN``: the bearer token the
-service's state-changing endpoints require.
+service's state-changing endpoints require. ``WORKBENCH_PUBLISHED_DIR``: where each model's published weight
+document (the chain head's witness outside the database) is written, by default ``$WORKBENCH_HOME/published``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Settings:
     trusted_keys: tuple[Path, ...] = ()
     webhook_secret: str | None = None
     api_token: str | None = None
+    published: Path | None = None  # where the weight documents go (another volume); default: home/published
 
     @property
     def db_path(self) -> Path:
@@ -42,6 +44,11 @@ class Settings:
     @property
     def trusted_keys_dir(self) -> Path:
         return self.keys_dir / "trusted"
+
+    @property
+    def published_dir(self) -> Path:
+        """The weight documents' folder: ``WORKBENCH_PUBLISHED_DIR``, by default ``$WORKBENCH_HOME/published``."""
+        return self.published or self.home / "published"
 
     @property
     def reports_dir(self) -> Path:
@@ -85,6 +92,9 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
         trusted_keys=trusted,
         webhook_secret=os.environ.get("WORKBENCH_WEBHOOK_SECRET") or None,
         api_token=os.environ.get("WORKBENCH_API_TOKEN") or None,
+        published=Path(os.environ["WORKBENCH_PUBLISHED_DIR"]).resolve()
+        if os.environ.get("WORKBENCH_PUBLISHED_DIR")
+        else None,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_evaluation
+from conftest import REPO, make_evaluation, run_cli
 from workbench.ops.access import add_approver, approvers_path
 from workbench.ops.progress import read_progress
 
@@ -185,6 +185,21 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     audit = at.dataframe[0].value
     assert audit["status"].tolist() == ["verified"] * n and audit["signer"].tolist()[0] == "alice"
     assert audit["MLflow run id"].iloc[0]
+
+
+def test_only_an_approver_resumes_a_killed_version_on_the_candidates_page(home):
+    run_cli("canary", "kill", "flight-delay", "--reason", "pager", home=home)
+    at = open_page()
+    assert "**killed**" in texts(at) and "only an approver can resume it" in texts(at)
+    sign_in(at, "alice", PASSWORD)
+    at.text_input(key="wb_resume_reason_flight-delay").input("root cause fixed")
+    next(b for b in at.button if b.label == "Resume (weight stays 0)").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "**killed**" not in texts(at) and "chain verified" in texts(at) and at.metric[0].value == "0%"
+    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    assert status["verified"] and not status["killed"]
+    audit = json.loads(run_cli("decision", "verify", status["decision_id"], "--json", home=home).stdout)
+    assert audit["verified"] and audit["signer"] == "alice"
 
 
 @pytest.mark.parametrize(

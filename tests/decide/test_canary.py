@@ -15,11 +15,11 @@ from workbench.decide.canary import (
     apply_decision,
     build_decision,
     build_kill,
+    build_resume,
     load_signed,
     next_weight,
-    status,
-    verify_decision,
 )
+from workbench.decide.chain import status, verify_decision
 from workbench.decide.policy import Verdict, load_policy, parse_policy
 from workbench.decide.signing import SignatureError, init_keys, trusted_keys
 from workbench.store import Store
@@ -183,6 +183,42 @@ def test_kill_switch(ctx):
         build_kill(store, "other", "x", signer, load_policy())
 
 
+def test_a_kill_holds_the_candidate_version_through_any_run_and_baseline(ctx):
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    apply_decision(store, build_kill(store, "fraud", "bad canary", signer, load_policy(), now=T0), trusted, now=T0)
+    seed_run(store, "run_v0", baseline_version="0")  # the same candidate v2 against another baseline
+    for run_id in ("run_v0", fresh_run(store, 1)):  # ...and the same pair on a new run
+        signed, st = decide(store, signer, trusted, run_id)
+        assert signed.record["weight_after"] == 0 and st.weight == 0 and st.killed and st.verified, run_id
+        assert "kill switch holds candidate v2" in signed.record["reason"]
+    # a record signed by hand claiming 1 % for the killed version is refused
+    forged, _ = build_decision(store, fresh_run(store, 2), load_policy(), signer, now=T0)
+    record = forged.record | {"weight_after": 1, "decision_id": "dec_forged"}
+    with pytest.raises(SignatureError, match="must give 0%"):
+        apply_decision(store, signer.sign(record), trusted, now=T0)
+
+
+def test_resume_is_a_signed_record_that_releases_the_version(ctx):
+    store, signer, trusted = ctx
+    decide(store, signer, trusted)
+    with pytest.raises(WorkbenchError, match="is not killed"):
+        build_resume(store, "fraud", "2", "fixed", signer, load_policy(), now=T0)
+    apply_decision(store, build_kill(store, "fraud", "bad canary", signer, load_policy(), now=T0), trusted, now=T0)
+    with pytest.raises(WorkbenchError, match="--reason is required"):
+        build_resume(store, "fraud", "2", "  ", signer, load_policy(), now=T0)
+    resume = build_resume(store, "fraud", "2", "root cause fixed", signer, load_policy(), now=T0)
+    assert (resume.record["kind"], resume.record["verdict"]) == ("resume", Verdict.HOLD)
+    assert resume.record["weight_before"] == resume.record["weight_after"] == 0
+    st = apply_decision(store, resume, trusted, now=T0)
+    assert st.verified and not st.killed and st.weight == 0 and st.sequence == 3
+    assert store.canary_state("fraud")["killed"] is False
+    with pytest.raises(WorkbenchError, match="is not killed"):
+        build_resume(store, "fraud", "2", "again", signer, load_policy(), now=T0)
+    signed, st = decide(store, signer, trusted, fresh_run(store, 1))  # new evidence ramps it again
+    assert (signed.record["verdict"], st.weight) == (Verdict.PROMOTE, 1)
+
+
 def test_untrusted_signer_cannot_move_the_weight(ctx, tmp_path):
     store, signer, trusted = ctx
     init_keys(tmp_path / "mallory")
@@ -198,7 +234,7 @@ def test_editing_the_state_table_is_detected(ctx):
     decide(store, signer, trusted)
     store.cursor().execute("UPDATE canary_state SET weight = 100 WHERE model = 'fraud'")
     st = status(store, "fraud", trusted)
-    assert st.weight == 100 and not st.verified and "does not match" in st.problem
+    assert st.weight == 0 and not st.verified and "does not match" in st.problem  # served weight: 0
 
 
 def test_verify_reports_unapplied_and_superseded_records(ctx):
@@ -221,6 +257,9 @@ def test_status_of_an_unknown_model(ctx):
         "weight": 0,
         "decision_id": None,
         "verified": False,
+        "killed": False,
+        "sequence": None,
+        "witnesses": {},
         "problem": "no decision has been applied to this model",
     }
 
@@ -247,6 +286,9 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
         "weight": 1,
         "decision_id": out["decision_id"],
         "verified": True,
+        "killed": False,
+        "sequence": 1,
+        "witnesses": {"published document": "sequence 1 (the head)"},
     }
 
     saved = tmp_path / "decision.json"

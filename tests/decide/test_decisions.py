@@ -7,7 +7,8 @@ import pytest
 from conftest import seed_run
 from workbench import WorkbenchError
 from workbench.config import load_settings
-from workbench.decide.canary import build_decision, preview_decision, verify_chain
+from workbench.decide.canary import build_decision, preview_decision
+from workbench.decide.chain import verify_chain
 from workbench.decide.decisions import audit, decide
 from workbench.decide.policy import Verdict, load_policy
 from workbench.decide.signing import KeyRing, SignatureError

@@ -12,7 +12,8 @@ import pytest
 from conftest import fresh_run, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.config import Settings
-from workbench.decide.canary import Signer, apply_decision, build_decision, status, verify_chain
+from workbench.decide.canary import Signer, apply_decision, build_decision
+from workbench.decide.chain import status, verify_chain
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import (
     KeyRing,

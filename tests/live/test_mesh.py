@@ -7,7 +7,8 @@ import yaml
 
 from conftest import fresh_run, run_cli
 from workbench import WorkbenchError
-from workbench.decide.canary import Signer, apply_decision, build_decision, build_kill, live_view
+from workbench.decide.canary import Signer, apply_decision, build_decision, build_kill
+from workbench.decide.chain import live_view
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import trusted_keys
 from workbench.live.mesh import FLAGGER_HOOKS, MeshOptions, flagger_gate, render, to_yaml

@@ -23,7 +23,8 @@ import pytest
 from conftest import REPO, free_port, fresh_run, register_model, run_cli, seed_run
 from loopback_http import LoopbackServer, json_reply
 from workbench.config import Settings
-from workbench.decide.canary import Signer, apply_decision, bucket_of, build_decision, in_canary, status
+from workbench.decide.canary import Signer, apply_decision, bucket_of, build_decision, in_canary
+from workbench.decide.chain import status
 from workbench.decide.policy import load_policy, parse_policy
 from workbench.decide.signing import KeyRing, init_keys, trusted_keys
 from workbench.live.router import LiveState, Router, RouterConfig, StoreWeights, choose_arm

@@ -237,6 +237,7 @@ def test_canary_view_for_argo_and_routers(weights_api):
         "killed": False,
         "sequence": 2,
         "ramp": [1, 5, 25, 50, 100],
+        "witnesses": {"published document": "none yet"},  # applied in-process here, without the document
         "problem": None,
     }
     assert client.get("/v1/canary/nobody").status_code == 404

@@ -171,7 +171,8 @@ def test_job_end_to_end_on_the_demo(job_home):
     assert all(e["run_id"] == out["run_id"] for e in finished[1:])
 
     # the decision is a verified link of the model's chain, and the canary state is its weight
-    from workbench.decide.canary import load_signed, status, verify_decision
+    from workbench.decide.canary import load_signed
+    from workbench.decide.chain import status, verify_decision
     from workbench.decide.signing import trusted_keys
 
     settings = load_settings(job_home)

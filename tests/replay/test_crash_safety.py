@@ -26,8 +26,8 @@ import pandas as pd
 
 from conftest import REPO, seed_run
 from reliability_log import record
-from workbench.decide.canary import status as canary_status
-from workbench.decide.canary import verify_chain
+from workbench.decide.chain import status as canary_status
+from workbench.decide.chain import verify_chain
 from workbench.decide.signing import PRIVATE_FILE, init_keys, trusted_keys, verify_signature
 from workbench.evaluate.evaluation import evaluation_is_current
 from workbench.store import Store, traffic_table

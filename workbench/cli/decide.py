@@ -71,7 +71,8 @@ def cmd_keys_export(args) -> None:
 
 
 def cmd_decision_verify(args) -> None:
-    from workbench.decide.canary import load_signed, verify_decision
+    from workbench.decide.canary import load_signed
+    from workbench.decide.chain import verify_decision
     from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
@@ -97,13 +98,14 @@ def _status_text(d: dict) -> str:
 
 
 def cmd_canary_status(args) -> None:
-    from workbench.decide.canary import status
+    from workbench.decide.chain import status
+    from workbench.decide.decisions import witnesses
     from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
     keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        emit(args, status(store, args.model, keys.trusted).to_dict(), _status_text)
+        emit(args, status(store, args.model, keys.trusted, witnesses(settings, mlflow=True)).to_dict(), _status_text)
 
 
 def cmd_canary_kill(args) -> None:
@@ -118,6 +120,20 @@ def cmd_canary_kill(args) -> None:
         out = apply_and_publish(
             settings, store, keys, build_kill(store, args.model, args.reason, keys.signer, load_policy())
         )
+    emit(args, out, _status_text)
+
+
+def cmd_canary_resume(args) -> None:
+    from workbench.decide.canary import build_resume
+    from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.policy import load_policy
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
+    with open_store(settings) as store:
+        signed = build_resume(store, args.model, args.version, args.reason, keys.signer, load_policy())
+        out = apply_and_publish(settings, store, keys, signed)
     emit(args, out, _status_text)
 
 
@@ -214,10 +230,23 @@ def add_decision_commands(sub, common):
     s = can.add_parser("status", parents=[common], help="weight, versions and whether the chain verifies")
     s.add_argument("model")
     s.set_defaults(fn=cmd_canary_status)
-    s = can.add_parser("kill", parents=[common], help="set the weight to 0 at once (a signed record)")
+    s = can.add_parser(
+        "kill",
+        parents=[common],
+        help="set the weight to 0 at once and hold the candidate version there until resumed (a signed record)",
+    )
     s.add_argument("model")
     s.add_argument("--reason", required=True)
     s.set_defaults(fn=cmd_canary_kill)
+    s = can.add_parser(
+        "resume",
+        parents=[common],
+        help="release a killed candidate version (a signed record; the weight stays 0 until new decisions)",
+    )
+    s.add_argument("model")
+    s.add_argument("--version", required=True, help="the killed candidate version")
+    s.add_argument("--reason", required=True)
+    s.set_defaults(fn=cmd_canary_resume)
     s = can.add_parser("apply", parents=[common], help="apply a signed decision made with --no-apply")
     s.add_argument("path_or_id", metavar="PATH_OR_ID")
     s.set_defaults(fn=cmd_canary_apply)

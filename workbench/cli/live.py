@@ -113,14 +113,15 @@ def cmd_route(args) -> None:
 
 
 def cmd_canary_render(args) -> None:
-    from workbench.decide.canary import live_view
+    from workbench.decide.chain import live_view
+    from workbench.decide.decisions import witnesses
     from workbench.decide.signing import KeyRing
     from workbench.live.mesh import MeshOptions, render, to_yaml
 
     settings = settings_for(args)
     keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        view = live_view(store, args.model, keys.trusted)
+        view = live_view(store, args.model, keys.trusted, witnesses(settings, mlflow=True))
     opts = MeshOptions(
         namespace=args.namespace,
         service=args.service,

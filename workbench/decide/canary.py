@@ -3,12 +3,16 @@
 Per registered model the weight (percent of traffic on the candidate) follows the policy's ramp,
 e.g. ``0 -> 1 -> 5 -> 25 -> 50 -> 100``: PROMOTE advances one step, HOLD stays, ROLLBACK (and the
 kill switch) sets 0. Each applied record links to the previous applied record of its model by hash
-(``previous_hash``, ``sequence``); the state in DuckDB (``canary_state``) is the chain's head. A
-record is applied only when its signature verifies against a trusted key, it is not stale (older than
-the policy's ``max_age_hours``), it extends the chain's head, and its weights follow the ramp.
+(``previous_hash``, ``sequence``); :mod:`workbench.decide.chain` verifies the chain and derives the state
+from it (``canary_state`` in DuckDB is only a cache of its head). A record is applied only when its signature
+verifies against a trusted key, it is not stale (older than the policy's ``max_age_hours``), it extends the
+verified chain's head, no witness outside the database shows a later head, and its weights follow the ramp.
 
-For live traffic: :func:`live_view` is what the weight API serves, and :func:`bucket_of` /
-:func:`in_canary` put an entity in a fixed bucket whose canary membership only grows with the weight.
+The kill switch holds a candidate *version* at 0 through every path (any run, any baseline) until a signed
+``resume`` record of that version, with a reason, releases it.
+
+For live traffic: :func:`bucket_of` / :func:`in_canary` put an entity in a fixed bucket whose canary
+membership only grows with the weight.
 """
 
 from __future__ import annotations
@@ -23,7 +27,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from workbench import WorkbenchError
-from workbench.clock import db_time, iso, parse_time, utc_now
+from workbench.clock import db_time, iso, utc_now
+from workbench.decide.chain import (
+    RECORD_SCHEMA,
+    CanaryStatus,
+    ChainState,
+    check_shape,
+    check_stored_copy,
+    check_witnesses,
+    derive,
+    killed_after,
+    pair_of,
+    record_time,
+    status,
+    verified_rows,
+)
 from workbench.decide.judge import judge_run
 from workbench.decide.policy import Policy, Verdict
 from workbench.decide.scorecard import Scorecard
@@ -37,47 +55,11 @@ from workbench.decide.signing import (
     record_hash,
     verify_signature,
 )
+from workbench.decide.witness import Witnesses
 from workbench.store import Store
 
 log = logging.getLogger(__name__)
-RECORD_SCHEMA = "canary-workbench/decision/v1"
-KINDS = ("decision", "kill")
 CLOCK_SKEW = timedelta(minutes=5)
-REQUIRED_FIELDS = (
-    "schema",
-    "kind",
-    "decision_id",
-    "sequence",
-    "previous_hash",
-    "model",
-    "baseline",
-    "candidate",
-    "run_id",
-    "traffic",
-    "traffic_fingerprint",
-    "policy_hash",
-    "evaluation_hash",
-    "drift_hash",
-    "scorecard",
-    "verdict",
-    "reason",
-    "ramp",
-    "weight_before",
-    "weight_after",
-    "registry",
-    "signer",
-    "key_fingerprint",
-    "created_at",
-    "expires_at",
-)
-
-
-def _record_time(text: str) -> datetime:
-    """A record's timestamp; a malformed one makes the record invalid."""
-    try:
-        return parse_time(text)
-    except WorkbenchError:
-        raise SignatureError(f"bad timestamp {text!r} in the record") from None
 
 
 def next_weight(
@@ -126,24 +108,25 @@ def _ref(ref: dict) -> dict:
     }
 
 
-def _pair(record_or_state: dict) -> tuple:
-    if "candidate_version" in record_or_state:
-        return record_or_state["baseline_version"], record_or_state["candidate_version"]
-    return record_or_state["baseline"]["version"], record_or_state["candidate"]["version"]
-
-
-def _current(state: dict | None, pair: tuple, kind: str, model: str) -> tuple[int, bool]:
-    """(weight of ``pair`` now, killed) for a new record; refuses to start a pair while another ramps."""
-    if state is None:
-        return 0, False
-    if kind == "kill" or _pair(state) == pair:
-        return int(state["weight"]), bool(state["killed"])
-    if 0 < state["weight"] < 100:
+def _current(head: ChainState | None, pair: tuple, kind: str, model: str) -> tuple[int, bool]:
+    """(weight of ``pair`` now, whether the kill switch holds its candidate) for a new record, from the verified
+    chain; refuses to start a pair while another ramps."""
+    killed = head is not None and pair[1] in head.killed_versions
+    if head is None:
+        return 0, killed
+    if kind == "kill" or head.pair == pair:
+        return head.weight, killed
+    if 0 < head.weight < 100:
         raise WorkbenchError(
-            f"model {model} has a canary in progress: candidate v{state['candidate_version']} at "
-            f"{state['weight']}%; finish it or `workbench canary kill {model}` first"
+            f"model {model} has a canary in progress: candidate v{head.pair[1]} at "
+            f"{head.weight}%; finish it or `workbench canary kill {model}` first"
         )
-    return 0, False
+    return 0, killed
+
+
+def verified_head(store: Store, model: str, trusted: Mapping) -> ChainState | None:
+    """The head of ``model``'s chain when the whole chain verifies; raises :class:`SignatureError` otherwise."""
+    return derive(verified_rows(store, model, trusted))
 
 
 @dataclass(frozen=True)
@@ -179,7 +162,7 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
     base, cand = _ref(run["baseline"]), _ref(run["candidate"])
     if base["version"] == cand["version"] and run["baseline"].get("name") == run["candidate"].get("name"):
         raise WorkbenchError(f"run {run_id}: the baseline and the candidate are the same version: nothing to decide")
-    weight_before, killed = _current(store.canary_state(model), (base["version"], cand["version"]), "decision", model)
+    weight_before, killed = _current(claimed_head(store, model), (base["version"], cand["version"]), "decision", model)
     judged = judge_run(store, run, policy, load_drift(store, run_id))
     card = judged.scorecard
     reason = card.reason
@@ -251,10 +234,10 @@ def build_kill(
     now = now or utc_now()
     if not reason or not reason.strip():
         raise WorkbenchError("--reason is required: say why the canary is killed")
-    state = store.canary_state(model)
+    state = claimed_head(store, model)
     if state is None:
         raise WorkbenchError(f"model {model} has no canary state: nothing to kill")
-    head = json.loads(store.require_decision(state["decision_id"])["record"])
+    head = state.record
     record = _record(
         store,
         model,
@@ -272,7 +255,7 @@ def build_kill(
         scorecard=scorecard,
         verdict=Verdict.ROLLBACK,
         reason=f"{source}: {reason.strip()}",
-        weight_before=int(state["weight"]),
+        weight_before=state.weight,
         weight_after=0,
         registry=head.get("registry"),
         ramp=head.get("ramp"),
@@ -280,6 +263,70 @@ def build_kill(
     signed = signer.sign(record)
     save_record(store, signed)
     return signed
+
+
+def build_resume(
+    store: Store,
+    model: str,
+    version: str,
+    reason: str,
+    signer: Signer,
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+) -> SignedDecision:
+    """A signed ``resume`` record that releases candidate ``version`` of ``model`` from the kill switch.
+
+    The weight stays 0 (HOLD): the candidate ramps again only through new decisions. Refused without a reason
+    or when the version is not killed."""
+    now = now or utc_now()
+    if not reason or not reason.strip():
+        raise WorkbenchError("--reason is required: say why the killed candidate may ramp again")
+    head = claimed_head(store, model)
+    version = str(version)
+    if head is None or version not in head.killed_versions:
+        raise WorkbenchError(f"candidate v{version} of {model} is not killed: nothing to resume")
+    kill = next(
+        r
+        for r in reversed([json.loads(row["record"]) for row in store.chain(model)])
+        if r["kind"] == "kill" and r["candidate"]["version"] == version
+    )
+    pair = pair_of(kill)
+    weight_now, _ = _current(head, pair, "resume", model)
+    record = _record(
+        store,
+        model,
+        now,
+        signer,
+        policy,
+        kind="resume",
+        baseline=kill["baseline"],
+        candidate=kill["candidate"],
+        run_id=None,
+        traffic=kill["traffic"],
+        traffic_fingerprint=kill["traffic_fingerprint"],
+        evaluation_hash=None,
+        drift_hash=None,
+        scorecard=None,
+        verdict=Verdict.HOLD,
+        reason=f"resume: {reason.strip()}",
+        weight_before=weight_now,
+        weight_after=weight_now,
+        registry=kill.get("registry"),
+        ramp=kill.get("ramp"),
+    )
+    signed = signer.sign(record)
+    save_record(store, signed)
+    return signed
+
+
+def claimed_head(store: Store, model: str) -> ChainState | None:
+    """The head the stored chain claims, for building a record (not verified here: :func:`apply_decision`
+    verifies the whole chain before anything moves). A chain with a missing record is refused."""
+    rows = store.chain(model)
+    if any(r["record"] is None for r in rows):
+        raise SignatureError(f"the chain of {model} has a missing record: it does not verify")
+    return derive(rows)
 
 
 def _record(store: Store, model: str, now: datetime, signer: Signer, policy: Policy, **fields) -> dict:
@@ -319,150 +366,37 @@ def save_record(store: Store, signed: SignedDecision, cur=None) -> None:
         record_text=canonical_bytes(r).decode("utf-8"),
         record_hash=record_hash(r),
         signature=signed.signature,
-        created_at=db_time(_record_time(r["created_at"])),
+        created_at=db_time(record_time(r["created_at"])),
     )
 
 
 # -- verification and applying ----------------------------------------------------------------------
-def _check_shape(record: dict) -> None:
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
-    if missing:
-        raise SignatureError(
-            f"decision {record.get('decision_id')}: not a decision record (missing {', '.join(missing)})"
-        )
-    if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or record["verdict"] not in tuple(Verdict):
-        raise SignatureError(f"decision {record['decision_id']}: unknown schema, kind or verdict")
-
-
-def _check_stored_copy(store: Store, signed: SignedDecision) -> dict | None:
-    stored = store.get_decision(signed.decision_id)
-    if stored is not None and stored["record_hash"] != record_hash(signed.record):
-        raise SignatureError(f"decision {signed.decision_id} differs from the stored record with that id")
-    return stored
-
-
-def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = None) -> list[tuple[dict, str | None]]:
-    """Every applied record of ``model`` (up to sequence ``upto``) in chain order, each with the first problem
-    found in it (stored bytes, hashes, link, signature), or None when it verifies."""
-    prev: str | None = None
-    n = 0
-    out: list[tuple[dict, str | None]] = []
-    for row in store.chain(model):
-        seq = int(row["sequence"])
-        if upto is not None and seq > upto:
-            break
-        n += 1
-        try:
-            prev = _check_chain_row(row, model, seq, n, prev, trusted)
-            out.append((row, None))
-        except SignatureError as e:
-            out.append((row, str(e)))
-            prev = row["chain_hash"]  # later records are judged against the hash the chain recorded
-    return out
-
-
-def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, trusted: Mapping) -> str:
-    """The record's hash, after checking it extends ``prev``; raises :class:`SignatureError` otherwise."""
-    where = f"chain of {model} at sequence {seq} (decision {row['decision_id']})"
-    if seq != n:
-        raise SignatureError(f"{where}: sequence gap, expected {n}")
-    if row["record"] is None:
-        raise SignatureError(f"{where}: the record is missing")
-    text_hash = record_hash(json.loads(row["record"]))
-    if not (text_hash == row["record_hash"] == row["chain_hash"]) or canonical_bytes(json.loads(row["record"])) != row[
-        "record"
-    ].encode("utf-8"):
-        raise SignatureError(f"{where}: the stored record was altered (hash mismatch)")
-    record = json.loads(row["record"])
-    verify_signature(record, row["signature"], trusted)
-    if record.get("previous_hash") != prev or record.get("sequence") != seq or record.get("model") != model:
-        raise SignatureError(f"{where}: does not link to the previous record")
-    return text_hash
-
-
-def verify_chain(store: Store, model: str, trusted: Mapping, upto: int | None = None) -> int:
-    """Check every applied record of ``model`` (up to sequence ``upto``): stored bytes, hashes, links and
-    signatures. Returns the number of records checked; raises :class:`SignatureError` at the first break."""
-    report = chain_report(store, model, trusted, upto)
-    for _, problem in report:
-        if problem is not None:
-            raise SignatureError(problem)
-    return len(report)
-
-
-@dataclass(frozen=True)
-class CanaryStatus:
-    model: str
-    baseline_version: str | None
-    candidate_version: str | None
-    weight: int
-    decision_id: str | None
-    verified: bool
-    problem: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {
-            "model": self.model,
-            "baseline_version": self.baseline_version,
-            "candidate_version": self.candidate_version,
-            "weight": self.weight,
-            "decision_id": self.decision_id,
-            "verified": self.verified,
-        }
-        if self.problem:
-            d["problem"] = self.problem
-        return d
-
-
-def status(store: Store, model: str, trusted: Mapping) -> CanaryStatus:
-    """The model's canary state; ``verified`` when the whole chain verifies and its head is the state."""
-    state = store.canary_state(model)
-    if state is None:
-        return CanaryStatus(model, None, None, 0, None, False, "no decision has been applied to this model")
-    problem = None
-    try:
-        verify_chain(store, model, trusted)
-        head = store.chain_head(model)
-        if head is None:  # a state with no chain: verify_chain found nothing to check
-            raise SignatureError("the stored canary state has no signed chain behind it")
-        record = json.loads(store.require_decision(head["decision_id"])["record"])
-        if (
-            (head["decision_id"], head["record_hash"]) != (state["decision_id"], state["record_hash"])
-            or int(record["weight_after"]) != int(state["weight"])
-            or _pair(record) != _pair(state)
-        ):
-            problem = "the stored canary state does not match the head of the signed chain"
-    except SignatureError as e:
-        problem = str(e)
-    return CanaryStatus(
-        model,
-        state["baseline_version"],
-        state["candidate_version"],
-        int(state["weight"]),
-        state["decision_id"],
-        problem is None,
-        problem,
-    )
-
-
 def apply_decision(
-    store: Store, signed: SignedDecision, trusted: Mapping, *, now: datetime | None = None
+    store: Store,
+    signed: SignedDecision,
+    trusted: Mapping,
+    *,
+    now: datetime | None = None,
+    witnesses: Witnesses | None = None,
 ) -> CanaryStatus:
     """Move the canary weight by a signed record, after checking everything; otherwise the weight stays.
 
     Refused (:class:`SignatureError`): unsigned, tampered, untrusted key, not a record, already applied,
-    stale or from the future, out of chain, weights that do not match the state or the ramp, or a chain so far
-    that does not verify under the trusted keys.
+    stale or from the future, out of chain, weights that do not match the verified chain or the ramp, a chain
+    so far that does not verify under the trusted keys, a witness showing a later or another head (a rewound
+    chain), or a resume of a version the kill switch does not hold. Once applied, the weight document is
+    written (``witnesses.document``).
     """
     now = now or utc_now()
+    witnesses = witnesses or Witnesses()
     record = signed.record
     verify_signature(record, signed.signature, trusted)
-    _check_shape(record)
+    check_shape(record)
     did, model = record["decision_id"], record["model"]
-    stored = _check_stored_copy(store, signed)
+    stored = check_stored_copy(store, signed)
     if stored is not None and stored["applied_sequence"] is not None:
         raise SignatureError(f"decision {did} is already applied (sequence {stored['applied_sequence']} of {model})")
-    created, expires = _record_time(record["created_at"]), _record_time(record["expires_at"])
+    created, expires = record_time(record["created_at"]), record_time(record["expires_at"])
     if now > expires:
         raise SignatureError(
             f"decision {did} is stale: made {record['created_at']}, expired {record['expires_at']} "
@@ -471,34 +405,23 @@ def apply_decision(
     if created > now + CLOCK_SKEW:
         raise SignatureError(f"decision {did} is dated in the future ({record['created_at']})")
     try:  # nothing applies on top of a chain that does not verify under the trusted keys (a swapped key, an edit)
-        verify_chain(store, model, trusted)
+        rows = verified_rows(store, model, trusted)
     except SignatureError as e:
         raise SignatureError(f"decision {did} cannot apply: the chain of {model} does not verify ({e})") from None
-    head = store.chain_head(model)
-    want_seq = 1 if head is None else int(head["sequence"]) + 1
-    want_prev = None if head is None else head["record_hash"]
+    rewound, _ = check_witnesses(rows, model, trusted, witnesses)
+    if rewound:
+        raise SignatureError(f"decision {did} cannot apply: {rewound}")
+    head = derive(rows)
+    want_seq = len(rows) + 1
+    want_prev = None if head is None else head.record_hash
     if record["sequence"] != want_seq or record["previous_hash"] != want_prev:
         raise SignatureError(
             f"decision {did} is out of chain: it follows {str(record['previous_hash'])[:12]} (sequence "
             f"{record['sequence']}), but the chain of {model} is at {str(want_prev)[:12]} (next sequence {want_seq}); "
             "make a new decision"
         )
-    state = store.canary_state(model)
-    try:
-        weight_now, killed = _current(state, _pair(record), record["kind"], model)
-    except WorkbenchError as e:
-        raise SignatureError(str(e)) from None
-    if int(record["weight_before"]) != weight_now:
-        raise SignatureError(
-            f"decision {did} was made at weight {record['weight_before']}%, the canary is at {weight_now}%"
-        )
-    expected = 0 if record["kind"] == "kill" else next_weight(record["verdict"], weight_now, record["ramp"], killed)
-    if int(record["weight_after"]) != expected:
-        raise SignatureError(
-            f"decision {did}: {record['verdict']} from {weight_now}% must give {expected}%, "
-            f"the record says {record['weight_after']}%"
-        )
-    killed = killed or record["kind"] == "kill"
+    _check_weights(record, head)
+    killed = killed_after(frozenset() if head is None else head.killed_versions, record)
     with store.transaction() as cur:
         if stored is None:
             save_record(store, signed, cur)
@@ -511,67 +434,38 @@ def apply_decision(
             baseline_version=record["baseline"]["version"],
             candidate_version=record["candidate"]["version"],
             weight=int(record["weight_after"]),
-            killed=killed,
+            killed=record["candidate"]["version"] in killed,
         )
-    return status(store, model, trusted)
+    witnesses.publish(signed, int(record["weight_after"]), sorted(killed), trusted)
+    return status(store, model, trusted, witnesses)
 
 
-@dataclass(frozen=True)
-class Verification:
-    decision_id: str
-    model: str
-    verdict: str
-    key_fingerprint: str
-    signer: str
-    sequence: int
-    applied: bool
-    chain_length: int
-    note: str
-
-    def to_dict(self) -> dict:
-        return {
-            "decision_id": self.decision_id,
-            "model": self.model,
-            "verdict": self.verdict,
-            "signature": "valid",
-            "chain": "valid",
-            "verified": True,
-            "key_fingerprint": self.key_fingerprint,
-            "signer": self.signer,
-            "sequence": self.sequence,
-            "applied": self.applied,
-            "chain_length": self.chain_length,
-            "note": self.note,
-        }
-
-
-def verify_decision(store: Store, signed: SignedDecision, trusted: Mapping) -> Verification:
-    """Check a record's signature and its place in the chain (staleness does not matter here:
-    an old record stays verifiable). Raises :class:`SignatureError` naming the problem."""
-    record = signed.record
-    fp = verify_signature(record, signed.signature, trusted)
-    _check_shape(record)
-    model, seq = record["model"], int(record["sequence"])
-    stored = _check_stored_copy(store, signed)
-    if stored is not None and stored["applied_sequence"] is not None:
-        n = verify_chain(store, model, trusted)
-        note = f"applied as sequence {seq} of {n} in the chain of {model}"
-        return Verification(record["decision_id"], model, record["verdict"], fp, record["signer"], seq, True, n, note)
-    n = verify_chain(store, model, trusted, upto=seq - 1)
-    chain = store.chain(model)
-    prev = chain[seq - 2]["chain_hash"] if seq >= 2 and len(chain) >= seq - 1 else None
-    if n != seq - 1 or record["previous_hash"] != prev:
+def _check_weights(record: dict, head: ChainState | None) -> None:
+    """Refuse a record whose weights do not follow from the verified head (the ramp, the kill switch)."""
+    did, model, kind = record["decision_id"], record["model"], record["kind"]
+    try:
+        weight_now, killed = _current(head, pair_of(record), kind, model)
+    except WorkbenchError as e:
+        raise SignatureError(str(e)) from None
+    if kind == "resume" and not killed:
+        raise SignatureError(f"decision {did}: candidate v{record['candidate']['version']} of {model} is not killed")
+    if kind == "resume" and not str(record["reason"]).removeprefix("resume:").strip():
+        raise SignatureError(f"decision {did}: a resume needs a reason")
+    if int(record["weight_before"]) != weight_now:
         raise SignatureError(
-            f"decision {record['decision_id']} is out of chain: its previous hash "
-            f"{str(record['previous_hash'])[:12]} (sequence {seq}) is not in the chain of {model}"
+            f"decision {did} was made at weight {record['weight_before']}%, the canary is at {weight_now}%"
         )
-    holder = chain[seq - 1]["decision_id"] if len(chain) >= seq else None
-    note = (
-        f"not applied: sequence {seq} of {model} is held by decision {holder}"
-        if holder
-        else f"not applied yet: it extends the head of the chain of {model}"
-    )
-    return Verification(record["decision_id"], model, record["verdict"], fp, record["signer"], seq, False, n, note)
+    if kind == "kill":
+        expected = 0
+    elif kind == "resume":
+        expected = weight_now
+    else:
+        expected = next_weight(record["verdict"], weight_now, record["ramp"], killed)
+    if int(record["weight_after"]) != expected:
+        raise SignatureError(
+            f"decision {did}: {record['verdict']} from {weight_now}% must give {expected}%, "
+            f"the record says {record['weight_after']}%"
+        )
 
 
 def load_signed(store: Store, path_or_id: str) -> SignedDecision:
@@ -592,27 +486,6 @@ def load_signed(store: Store, path_or_id: str) -> SignedDecision:
     if stored is None:
         raise WorkbenchError(f"no decision file or stored decision named {path_or_id!r}")
     return SignedDecision(json.loads(stored["record"]), stored["signature"])
-
-
-def live_view(store: Store, model: str, trusted: Mapping) -> dict:
-    """What the weight API serves for a model: :func:`status` plus the head record's signature, ramp and
-    verdict. ``verdict`` is the lower-case verdict of the latest decision ("promote", "hold", "rollback")
-    when the chain verifies, else "unverified" (so a gate on ``verdict == "promote"`` never opens on it)."""
-    st = status(store, model, trusted)
-    view = st.to_dict() | {"signature": None, "verdict": None, "killed": False, "sequence": None, "ramp": None}
-    if st.decision_id is None:
-        return view
-    row = store.get_decision(st.decision_id)
-    state = store.canary_state(model)
-    record = json.loads(row["record"]) if row else {}
-    view.update(
-        signature=row["signature"] if row else None,
-        killed=bool(state and state["killed"]),
-        sequence=record.get("sequence"),
-        ramp=record.get("ramp"),
-        verdict=str(record.get("verdict")).lower() if st.verified else "unverified",
-    )
-    return view
 
 
 # -- MLflow sync ------------------------------------------------------------------------------------

@@ -13,13 +13,36 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from workbench.clock import EPOCH, parse_time
 from workbench.config import Settings
-from workbench.decide.canary import chain_report
+from workbench.decide.chain import chain_report
 from workbench.decide.policy import Policy
 from workbench.decide.signing import KeyRing, SignatureError, Signer, record_hash, verify_signature
+from workbench.decide.witness import WeightDocuments, Witness, Witnesses
 from workbench.store import Store
+
+
+def mlflow_configured(settings: Settings) -> bool:
+    """Whether the tracking URI names an MLflow that exists: a server, or a local store already created."""
+    uri = settings.mlflow_tracking_uri
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            return Path(uri.removeprefix(scheme)).exists()
+    return True
+
+
+def witnesses(settings: Settings, *, mlflow: bool = False) -> Witnesses:
+    """The chain-head witnesses of this workbench: its weight documents (``settings.published_dir``), and with
+    ``mlflow`` the registered models' tags where MLflow is configured (a network call: the CLI and jobs ask
+    for it; routers, scrapes and the app read the documents only)."""
+    others: tuple[Witness, ...] = ()
+    if mlflow and mlflow_configured(settings):
+        from workbench.decide.registry import Registry, RegistryWitness
+
+        others = (RegistryWitness(Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)),)
+    return Witnesses(WeightDocuments(settings.published_dir), others)
 
 
 def publish(settings: Settings, store: Store, signed) -> dict:
@@ -68,7 +91,7 @@ def decide(
         "applied": False,
     }
     if apply:
-        apply_decision(store, signed, keys.trusted)
+        apply_decision(store, signed, keys.trusted, witnesses=witnesses(settings, mlflow=True))
         out["applied"] = True
         out.update(publish(settings, store, signed))
     return out
@@ -87,7 +110,7 @@ def apply_and_publish(settings: Settings, store: Store, keys: KeyRing, signed) -
     """Apply a signed record to the canary state and publish it; returns the new status."""
     from workbench.decide.canary import apply_decision
 
-    out = apply_decision(store, signed, keys.trusted).to_dict()
+    out = apply_decision(store, signed, keys.trusted, witnesses=witnesses(settings, mlflow=True)).to_dict()
     out.update(publish(settings, store, signed), verdict=signed.record["verdict"], signature=signed.signature)
     return out
 

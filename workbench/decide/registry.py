@@ -3,8 +3,10 @@
 Each applied decision logs an MLflow run (params, metrics, and the signed record, its canonical bytes
 and signature, the scorecard, the evaluation and the drift report as artifacts; one run per decision id,
 however often it is published) and tags the candidate version with ``canary.verdict``, ``canary.weight``,
-``canary.decision_id``, ``canary.signature``. At 100 % the candidate takes the champion alias and the old
-champion keeps the previous alias; a ROLLBACK (or the kill switch) after a promotion hands the champion
+``canary.decision_id``, ``canary.signature``, and the registered model with the chain head
+(``canary.sequence``, ``canary.record_hash``, ``canary.decision_id``: a witness, see
+:class:`RegistryWitness`). At 100 % the candidate takes the champion alias and the old champion keeps the
+previous alias; a ROLLBACK (or the kill switch) after a promotion hands the champion
 alias back to the baseline. Decisions applied while MLflow was down are pushed later by
 :func:`sync_pending` (``workbench sync``).
 """
@@ -27,6 +29,7 @@ from workbench import WorkbenchError
 from workbench.decide.canary import SignedDecision, sync
 from workbench.decide.policy import RegistryOptions, Verdict
 from workbench.decide.signing import SignatureError, canonical_bytes, record_hash, verify_signature
+from workbench.decide.witness import WitnessHead, WitnessUnavailable
 from workbench.paths import within
 from workbench.roles import ROLES
 from workbench.store import Store
@@ -209,11 +212,17 @@ class Registry:
         }
         for k, v in tags.items():
             self.client.set_model_version_tag(name, version, TAG_PREFIX + k, v)
+        published = self.client.get_registered_model(name).tags.get(TAG_PREFIX + "sequence")
+        if published is not None and published.isdigit() and int(published) > int(r["sequence"]):
+            return  # a later record is already the model's head in MLflow (published out of order)
         model_tags = {
             "weight": str(r["weight_after"]),
             "decision_id": r["decision_id"],
             "candidate_version": version,
             "baseline_version": r["baseline"]["version"] or "",
+            "kind": r["kind"],
+            "record_hash": record_hash(r),
+            "sequence": str(r["sequence"]),  # last: a reader seeing it sees the tags above (the chain head witness)
         }
         for k, v in model_tags.items():
             self.client.set_registered_model_tag(name, TAG_PREFIX + k, v)
@@ -307,6 +316,38 @@ class Registry:
             except MlflowException:
                 continue
         return out
+
+
+class RegistryWitness:
+    """The registered model's ``canary.sequence`` / ``canary.record_hash`` / ``canary.decision_id`` tags as a
+    witness of the chain head outside the database (:mod:`workbench.decide.witness`). They lag while a record
+    waits for ``workbench sync``; MLflow being down makes the witness unavailable, never agreeing."""
+
+    name = "MLflow"
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def head(self, model: str, trusted) -> WitnessHead | None:
+        """The head MLflow names for ``model`` (None when it names none: no such model, no decision published)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.registry.check_reachable()
+            with contextlib.redirect_stdout(sys.stderr):
+                tags = self.registry.client.get_registered_model(model).tags or {}
+        except WorkbenchError as e:
+            raise WitnessUnavailable(str(e)) from None
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise WitnessUnavailable(f"MLflow: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        seq, digest = tags.get(TAG_PREFIX + "sequence"), tags.get(TAG_PREFIX + "record_hash")
+        if seq is None or digest is None:
+            return None
+        if not seq.isdigit() or int(seq) < 1:
+            raise SignatureError(f"MLflow's canary.sequence tag of {model} is not a sequence number: {seq!r}")
+        return WitnessHead(self.name, int(seq), digest, tags.get(TAG_PREFIX + "decision_id"))
 
 
 def _quote(text: str) -> str:

@@ -3,7 +3,8 @@
 An ASGI app (run on uvicorn) that proxies MLflow scoring requests (``POST /invocations``) over keep-alive
 connections of its own lean HTTP/1.1 client (:mod:`workbench.live.upstream`):
 
-- **Weight**: the model's canary state, re-read when the DuckDB file changes (a ``stat`` every ``poll_s``);
+- **Weight**: the model's canary state from its verified chain, cross-checked against the published weight
+  document, re-read when the DuckDB file or the document changes (a ``stat`` every ``poll_s``);
   only a verified state routes anything to the candidate.
 - **Sticky, monotone**: the entity key (a header, else a field of the first input row, else the request id)
   hashes to a bucket in [0, 10000); the candidate serves it iff ``bucket < weight * 100``
@@ -110,7 +111,10 @@ class StoreWeights:
 
     def _signature(self) -> tuple:
         out: list[tuple[int, int] | None] = []
-        for p in (self.settings.db_path, Path(str(self.settings.db_path) + ".wal")):
+        from workbench.decide.witness import WeightDocuments
+
+        document = WeightDocuments(self.settings.published_dir).path(self.model)
+        for p in (self.settings.db_path, Path(str(self.settings.db_path) + ".wal"), document):
             try:
                 st = os.stat(p)
                 out.append((st.st_mtime_ns, st.st_size))
@@ -122,16 +126,16 @@ class StoreWeights:
         return self._signature() != self._sig
 
     def read(self) -> LiveState:
-        from workbench.decide.canary import status
+        from workbench.decide.chain import status
+        from workbench.decide.decisions import witnesses
         from workbench.store import Store
 
         sig = self._signature()  # taken before reading: a write during the read triggers another read
         with self._lock, Store(self.settings.db_path, read_only=True, wait_s=self.read_wait_s) as store:
-            st = status(store, self.model, self.keys.trusted)
-            row = store.canary_state(self.model)
+            st = status(store, self.model, self.keys.trusted, witnesses(self.settings))
         self._sig = sig
-        if row is None:
-            return LiveState.empty(self.model)
+        if st.decision_id is None:
+            return LiveState.empty(self.model, st.problem or "no decision has been applied to this model")
         return LiveState(
             self.model,
             st.weight,
@@ -139,24 +143,26 @@ class StoreWeights:
             st.candidate_version,
             st.decision_id,
             st.verified,
-            bool(row["killed"]),
+            st.killed,
             st.problem,
         )
 
     def rollback(self, pair: tuple, report: SloReport) -> str | None:
         """Record the live rollback of ``pair``; None when the state has moved on (another pair, already 0)."""
-        from workbench.decide.canary import apply_decision, build_kill, record_sync, status, try_publish
+        from workbench.decide.canary import apply_decision, build_kill, record_sync, try_publish
+        from workbench.decide.chain import status
+        from workbench.decide.decisions import witnesses
         from workbench.store import Store
 
-        signer, trusted = self.keys.signer, self.keys.trusted
+        signer, trusted, witness = self.keys.signer, self.keys.trusted, witnesses(self.settings)
         with self._lock, Store(self.settings.db_path, wait_s=60) as store:
-            st = status(store, self.model, trusted)
+            st = status(store, self.model, trusted, witness)
             if (st.baseline_version, st.candidate_version) != tuple(pair) or st.weight == 0:
                 return None
             signed = build_kill(
                 store, self.model, report.reason, signer, self.policy, source="live SLO", scorecard=report.scorecard()
             )
-            apply_decision(store, signed, trusted)
+            apply_decision(store, signed, trusted, witnesses=witness)
         if self.publish:  # MLflow outside the store: a slow or dead MLflow never holds DuckDB's lock
             from workbench.decide.registry import Registry
 

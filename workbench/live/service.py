@@ -12,8 +12,11 @@ tolerance (replays); a bad or old delivery gets 401 and changes nothing. ``model
 Weight API: ``GET /v1/canary/{model}`` (weight, versions, decision id, signature, verified, verdict: what
 Argo Rollouts' web metric gates on), ``GET /v1/decisions/{id}``, ``POST /v1/flagger/{model}/{hook}``
 (Flagger's confirm-traffic-increase, confirm-promotion and rollback webhooks: 200 or 412 from the latest
-verified decision). State changes (``POST /v1/canary/{model}/kill``, ``POST /v1/decisions``) need
-``Authorization: Bearer $WORKBENCH_API_TOKEN``. FastAPI serves the OpenAPI spec at ``/openapi.json``.
+verified decision). State changes (``POST /v1/canary/{model}/kill``, ``POST /v1/canary/{model}/resume``,
+``POST /v1/decisions``) need ``Authorization: Bearer $WORKBENCH_API_TOKEN``. Everything served about a weight
+or a decision comes from the verified signed records (:mod:`workbench.decide.chain`), cross-checked against the
+published weight documents; anything that disagrees is served as unverified with weight 0. FastAPI serves the
+OpenAPI spec at ``/openapi.json``.
 
 Hostile clients (see :mod:`workbench.live.limits`): bodies over the limit get 413 before they are read;
 credentials (the bearer token, the webhook's signature headers and timestamp) are checked before a body is
@@ -45,15 +48,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workbench import WorkbenchError
 from workbench.config import Settings
-from workbench.decide.canary import (
-    SignedDecision,
-    apply_decision,
-    build_kill,
-    live_view,
-    record_sync,
-    try_publish,
-    verify_decision,
-)
+from workbench.decide.canary import SignedDecision, apply_decision, build_kill, build_resume, record_sync, try_publish
+from workbench.decide.chain import COLUMNS, live_view, verify_decision
+from workbench.decide.decisions import witnesses
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import KeyRing, SignatureError
 from workbench.live.limits import BodyLimit, ServiceLimits
@@ -195,15 +192,19 @@ class CanaryView(BaseModel):
     candidate_version: str | None
     decision_id: str | None
     signature: str | None = Field(description="base64 Ed25519 signature of the head record")
-    verified: bool = Field(description="the whole chain verifies and its head is the stored state")
+    verified: bool = Field(
+        description="the whole chain verifies, the cached state is its head and no witness (the published weight "
+        "document) shows a later or another head; weight is 0 otherwise"
+    )
     verdict: str | None = Field(
         description='latest decision\'s verdict in lower case ("promote", "hold", '
         '"rollback") when verified, else "unverified"; Argo Rollouts: '
         'successCondition: result.verdict == "promote"'
     )
-    killed: bool
+    killed: bool = Field(description="the kill switch holds this candidate version at 0 until a signed resume")
     sequence: int | None
     ramp: list[int] | None
+    witnesses: dict[str, str] = Field(default_factory=dict, description="what each witness of the head said")
     problem: str | None = None
 
 
@@ -242,6 +243,11 @@ class KillRequest(BaseModel):
     reason: str
 
 
+class ResumeRequest(BaseModel):
+    version: str
+    reason: str
+
+
 class SignedRecord(BaseModel):
     """What ``workbench decide --no-apply --json`` printed (other keys are ignored)."""
 
@@ -251,7 +257,7 @@ class SignedRecord(BaseModel):
 
 def _view(settings: Settings, keys: KeyRing, model: str) -> dict:
     with Store(settings.db_path) as store:  # read-write like every request here: DuckDB refuses mixed modes
-        view = live_view(store, model, keys.trusted)
+        view = live_view(store, model, keys.trusted, witnesses(settings))
     if view["decision_id"] is None:
         raise HTTPException(404, f"model {model} has no canary decision")
     return view
@@ -263,21 +269,29 @@ def _decision(settings: Settings, keys: KeyRing, decision_id: str) -> dict:
         if row is None:
             raise HTTPException(404, f"no decision {decision_id}")
         signed = SignedDecision(json.loads(row["record"]), row["signature"])
+        r = signed.record  # what is shown comes from the signed record, never from the table's copies
         out = {
             "decision_id": decision_id,
-            "model": row["model"],
-            "kind": row["kind"],
-            "verdict": row["verdict"],
-            "weight_before": row["weight_before"],
-            "weight_after": row["weight_after"],
-            "created_at": signed.record.get("created_at"),
-            "record": signed.record,
+            "model": r.get("model", row["model"]),
+            "kind": r.get("kind", "?"),
+            "verdict": r.get("verdict", "?"),
+            "weight_before": r.get("weight_before", 0),
+            "weight_after": r.get("weight_after", 0),
+            "created_at": r.get("created_at"),
+            "record": r,
             "signature": row["signature"],
             "applied": row["applied_sequence"] is not None,
             "sequence": row["applied_sequence"],
         }
         try:
-            out |= {"verified": True, "note": verify_decision(store, signed, keys.trusted).note}
+            note = verify_decision(store, signed, keys.trusted).note
+            edited = [c for c in (*COLUMNS, "model") if row[c] != r.get(c)]
+            if edited:
+                raise SignatureError(
+                    f"decision {decision_id}: the decisions table's {', '.join(edited)} disagree with the signed "
+                    "record (edited columns)"
+                )
+            out |= {"verified": True, "note": note}
         except SignatureError as e:
             out |= {"verified": False, "problem": str(e)}
     return out
@@ -300,8 +314,9 @@ def _apply(
     try:
         with Store(settings.db_path) as store:
             signed = make(store)
-            apply_decision(store, signed, keys.trusted)
-            return live_view(store, signed.model, keys.trusted), signed
+            witness = witnesses(settings)
+            apply_decision(store, signed, keys.trusted, witnesses=witness)
+            return live_view(store, signed.model, keys.trusted, witness), signed
     except WorkbenchError as e:  # refused records, no key, no state: the client can act on the message
         raise HTTPException(409, str(e)) from None
     except WRITE_CONFLICTS:  # another request moved the same chain at the same moment; it won, this one rolled back
@@ -410,6 +425,18 @@ def weights_router(settings: Settings, keys: KeyRing, require_token: Callable | 
         background.add_task(run_in_threadpool, _publish, settings, signed)
         return view
 
+    @router.post("/canary/{model}/resume", response_model=CanaryView, tags=["canary"], dependencies=auth)
+    async def resume(model: str, body: ResumeRequest, background: BackgroundTasks):
+        """Release a killed candidate version (a signed ``resume`` record; the weight stays 0 until new
+        decisions ramp it). Needs the same token as the kill switch and a non-empty reason."""
+
+        def make(store: Store) -> SignedDecision:
+            return build_resume(store, model, body.version, body.reason, keys.signer, load_policy())
+
+        view, signed = await run_in_threadpool(_apply, settings, keys, make, model)
+        background.add_task(run_in_threadpool, _publish, settings, signed)
+        return view
+
     @router.post("/decisions", response_model=CanaryView, tags=["canary"], dependencies=auth)
     async def apply(body: SignedRecord, background: BackgroundTasks):
         """Apply a signed record made elsewhere (``decide --no-apply``); refused records answer 409."""
@@ -456,7 +483,7 @@ def create_app(
     require_token = _bearer(settings)
     app.include_router(health_router())
     app.include_router(webhook_router(settings, tolerance_s, clock))
-    app.include_router(metrics_router(settings.db_path))
+    app.include_router(metrics_router(settings, keys.trusted))
     weights = weights_router(settings, keys, require_token)
     app.include_router(weights)
     guarded = [

@@ -275,7 +275,7 @@ def _decide(ctx: _Ctx) -> dict:
     """Judge the run under the policy and sign the record; with ``decide="apply"`` also move the weight and
     publish to MLflow. A record this run already has is reused: the ramp moves only on new evidence."""
     from workbench.decide.canary import apply_decision, build_decision, load_signed
-    from workbench.decide.decisions import publish
+    from workbench.decide.decisions import publish, witnesses
     from workbench.decide.policy import load_policy
 
     s, f = ctx.settings, ctx.flow
@@ -301,7 +301,7 @@ def _decide(ctx: _Ctx) -> dict:
         if mine:
             out["reused"] = True
         if f.decide == "apply" and not applied:
-            apply_decision(store, signed, keys.trusted)
+            apply_decision(store, signed, keys.trusted, witnesses=witnesses(s, mlflow=True))
             out["applied"] = True
             out.update(publish(s, store, signed))
     ctx.result.outputs["decide"] = signed

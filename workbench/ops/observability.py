@@ -8,7 +8,8 @@ Metrics: ``GET /metrics`` (:func:`metrics_router`) exports two kinds of series.
 
 - Read from DuckDB at each scrape (:class:`StoreCollector`), so they are right whichever process ran the
   job: job counts by spec and status, job and stage durations, the last success per spec, the latest replay's
-  rows/s per model, the canary weight and the latest verdict per model. When another process holds the
+  rows/s per model, and per model the canary weight, killed flag, verification and head verdict, all derived
+  from the verified signed chain (:mod:`workbench.decide.chain`). When another process holds the
   database's write lock the scrape reports ``workbench_store_up 0`` instead of failing.
 - Updated in-process by the router that serves live traffic (:func:`observe_arm`): requests, errors,
   latency and the rolling error rate of each arm (baseline or candidate) of each model.
@@ -24,7 +25,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -34,6 +34,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
 from workbench import WorkbenchError
+from workbench.clock import parse_time
+from workbench.config import Settings
 from workbench.decide.policy import Verdict
 
 ERROR_RATE_WINDOW = 1000  # requests per arm behind workbench_arm_error_rate
@@ -131,8 +133,8 @@ def reset_arms() -> None:
 class StoreCollector:
     """Prometheus collector over the workbench's DuckDB (opened briefly at each scrape)."""
 
-    def __init__(self, db_path: str | Path, wait_s: float = 1.0):
-        self.db_path = db_path
+    def __init__(self, settings: Settings, trusted: Mapping, wait_s: float = 1.0):
+        self.settings, self.trusted = settings, trusted
         self.wait_s = wait_s
 
     def describe(self):
@@ -143,8 +145,8 @@ class StoreCollector:
 
         up = GaugeMetricFamily("workbench_store_up", "1 when the DuckDB store could be read for this scrape")
         try:
-            with Store(self.db_path, wait_s=self.wait_s) as store:
-                snap = store.metrics_snapshot()
+            with Store(self.settings.db_path, wait_s=self.wait_s) as store:
+                snap: dict[str, list] = {**store.metrics_snapshot(), "canaries": self._canaries(store)}
         except WorkbenchError:
             up.add_metric([], 0)
             yield up
@@ -153,8 +155,16 @@ class StoreCollector:
         yield up
         yield from _families(snap)
 
+    def _canaries(self, store) -> list[dict]:
+        """Each model's canary from its verified chain (never from the ``canary_state`` cache's columns)."""
+        from workbench.decide.chain import live_view
+        from workbench.decide.decisions import witnesses
 
-def _families(snap: dict[str, list[tuple]]):
+        witness = witnesses(self.settings)
+        return [live_view(store, model, self.trusted, witness) for model in store.chain_models()]
+
+
+def _families(snap: dict[str, list]):
     jobs = GaugeMetricFamily("workbench_jobs", "Jobs in the history, by spec and status", labels=["spec", "status"])
     for spec, status, n in snap["jobs"]:
         jobs.add_metric([spec, status], n)
@@ -192,37 +202,46 @@ def _families(snap: dict[str, list[tuple]]):
     killed = GaugeMetricFamily(
         "workbench_canary_killed", "1 when the kill switch holds the candidate at 0", labels=["model"]
     )
-    for model, w, k in snap["weights"]:
-        weight.add_metric([model], w)
-        killed.add_metric([model], 1 if k else 0)
+    verified = GaugeMetricFamily(
+        "workbench_canary_verified",
+        "1 when the model's signed chain verifies, its cached state is the head and no witness contradicts it",
+        labels=["model"],
+    )
     verdict = GaugeMetricFamily(
         "workbench_canary_last_verdict",
-        "1 for the verdict of the latest signed decision of a model, 0 for the others",
+        "1 for the verdict of the head of the model's verified chain, 0 for the others (all 0 when unverified)",
         labels=["model", "verdict"],
     )
     when = GaugeMetricFamily(
-        "workbench_canary_last_decision_timestamp_seconds", "When the latest decision was made", labels=["model"]
+        "workbench_canary_last_decision_timestamp_seconds",
+        "When the head of the model's verified chain was made",
+        labels=["model"],
     )
-    for model, v, at in snap["verdicts"]:
+    for view in snap["canaries"]:
+        model = view["model"]
+        weight.add_metric([model], view["weight"])
+        killed.add_metric([model], 1 if view["killed"] else 0)
+        verified.add_metric([model], 1 if view["verified"] else 0)
         for name in Verdict:
-            verdict.add_metric([model, name.value], 1 if v == name else 0)
-        when.add_metric([model], at)
-    yield from (jobs, dur, last, ok, stages, rate, rows, weight, killed, verdict, when)
+            verdict.add_metric([model, name.value], 1 if view["verified"] and view["verdict"] == name.lower() else 0)
+        if view["verified"] and view.get("created_at"):
+            when.add_metric([model], parse_time(view["created_at"]).timestamp())
+    yield from (jobs, dur, last, ok, stages, rate, rows, weight, killed, verified, verdict, when)
 
 
-def metrics_registry(db_path: str | Path) -> CollectorRegistry:
-    """A registry with the store's series and the live arm metrics."""
+def metrics_registry(settings: Settings, trusted: Mapping) -> CollectorRegistry:
+    """A registry with the store's series (canaries verified under ``trusted``) and the live arm metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(db_path))
+    registry.register(StoreCollector(settings, trusted))
     for metric in (ARM_REQUESTS, ARM_ERRORS, ARM_LATENCY, ARM_ERROR_RATE):
         registry.register(metric)
     return registry
 
 
-def metrics_router(db_path: str | Path) -> APIRouter:
+def metrics_router(settings: Settings, trusted: Mapping) -> APIRouter:
     """``GET /metrics`` in the Prometheus text format."""
     router = APIRouter()
-    registry = metrics_registry(db_path)
+    registry = metrics_registry(settings, trusted)
 
     @router.get("/metrics", include_in_schema=False)
     def metrics():

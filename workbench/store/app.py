@@ -49,10 +49,6 @@ class AppStore(RunStore):
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
 
-    def app_canary_states(self) -> list[dict[str, Any]]:
-        """The canary state of every model."""
-        return self._rows("SELECT * FROM canary_state ORDER BY model")
-
     def app_decided_models(self) -> list[str]:
         """Models with at least one decision."""
         return [r[0] for r in self.cursor().execute("SELECT DISTINCT model FROM decisions ORDER BY 1").fetchall()]
@@ -226,8 +222,8 @@ class AppStore(RunStore):
 
     def metrics_snapshot(self) -> dict[str, list[tuple]]:
         """What /metrics exports, read in one go: jobs per spec and status, durations of finished jobs and
-        stages, the last success per spec, the latest finished replay per model, canary weights and the
-        latest verdict per model."""
+        stages, the last success per spec, the latest finished replay per model (canary weights and verdicts
+        come from the verified chain, not from here)."""
         cur = self.cursor()
         q = {
             "jobs": """SELECT coalesce(spec, 'unassigned'), status, count(*) FROM jobs GROUP BY 1, 2""",
@@ -246,8 +242,5 @@ class AppStore(RunStore):
                                FROM ({RUNS_SQL}) r
                                WHERE r.status = 'finished' AND json_extract_string(r.candidate, '$.name') IS NOT NULL)
                            WHERE k = 1""",
-            "weights": "SELECT model, weight, killed FROM canary_state",
-            "verdicts": """SELECT model, arg_max(verdict, created_at), max(epoch(created_at)) FROM decisions
-                           GROUP BY model""",
         }
         return {k: cur.execute(sql).fetchall() for k, sql in q.items()}

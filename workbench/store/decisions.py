@@ -79,14 +79,25 @@ class DecisionStore(StoreBase):
         )
 
     def chain(self, model: str) -> list[dict[str, Any]]:
-        """The applied records of ``model`` in chain order, with their stored text and signature."""
+        """The applied records of ``model`` in chain order, with their stored text, signature and the columns
+        that copy record fields (``row_model``, kind, verdict, weights, run id)."""
         return self._rows(
             """SELECT c.sequence, c.decision_id, c.record_hash AS chain_hash, c.applied_at, d.record,
-                      d.record_hash, d.signature
+                      d.record_hash, d.signature, d.model AS row_model, d.kind, d.verdict, d.weight_before,
+                      d.weight_after, d.run_id
                FROM canary_chain c LEFT JOIN decisions d USING (decision_id)
                WHERE c.model = ? ORDER BY c.sequence""",
             [model],
         )
+
+    def chain_models(self) -> list[str]:
+        """Every model with an applied record or a canary state row."""
+        return [
+            r[0]
+            for r in self.cursor()
+            .execute("SELECT model FROM canary_chain UNION SELECT model FROM canary_state ORDER BY 1")
+            .fetchall()
+        ]
 
     def chain_head(self, model: str) -> dict[str, Any] | None:
         """The last link of ``model``'s chain (sequence, decision id, record hash), or None."""
