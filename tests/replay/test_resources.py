@@ -74,6 +74,24 @@ def test_heavy_sklearn_candidate_costs_more_memory_cpu_and_cold_start(store, mod
     assert c["cpu_scope"] == b["cpu_scope"] == "thread"
     assert c["cpu_s_per_1k"] > 2 * b["cpu_s_per_1k"] > 0
     assert b["artifact_mb"] > 0 and "gpu_peak_mb" not in c
+    # the decision judges the run's measurements: the heavy candidate trips the memory, CPU and cold-start gates
+    from workbench.decide.judge import judge_run
+    from workbench.decide.policy import Outcome, Verdict, parse_policy
+
+    policy = parse_policy(
+        {
+            "resources": [
+                {"metric": m, "max_ratio": 2.0, "critical": True}
+                for m in ("rss_mb", "cpu_s_per_1k", "cold_start_s", "cost_per_million")
+            ]
+        }
+    )
+    judged = judge_run(store, store.require_run("sk"), policy, None)
+    got = {c.gate: c.outcome for c in judged.scorecard.checks if c.kind == "resources"}
+    assert got == {f"resources.{m}.max_ratio": Outcome.FAIL for m in ("rss_mb", "cpu_s_per_1k", "cold_start_s")} | {
+        "resources.cost_per_million.max_ratio": Outcome.FAIL
+    }
+    assert judged.scorecard.verdict == Verdict.ROLLBACK
 
 
 def test_heavy_torch_candidate_online_throughput_and_cpu(store, models):
