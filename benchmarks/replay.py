@@ -5,7 +5,8 @@ models (the storage path alone: what bounds the replay when the models are fast)
   (a) raw inference: both models on the same in-memory batches, no I/O (features laid out and, on a GPU,
       copied to the device as the replay does it);
   (b) full replay: traffic streamed from DuckDB, scored by both models, paired results stored in DuckDB;
-and the ratio b/a. Each phase runs in its own subprocess so peak RSS is its own. Ingest (Parquet -> DuckDB
+and the ratio b/a; then what measuring each model's resources costs (raw scoring and the full replay, with
+measurements on and off). Each phase runs in its own subprocess so peak RSS is its own. Ingest (Parquet -> DuckDB
 under the traffic contract) is timed too, as context.
 
 Models: ``--models demo`` uses the demo's registered models (gradient boosting + torch MLP on NYC flights
@@ -184,28 +185,41 @@ def phase_ingest(a) -> dict:
 
 
 def phase_raw(a) -> dict:
-    """Both models on in-memory batches (the first few row groups, cycled to reach the row count)."""
+    """Both models on in-memory batches (the first few row groups, cycled to reach the row count), scored twice
+    over, batch by batch alternately with resource measurements on and off (``unmeasured_seconds``): the same
+    batches, the same process, so the difference is what measuring costs."""
     from workbench.replay.pipeline import ReplayOptions
     from workbench.replay.scoring import PairScorer
 
     models = load_pair(a)
-    scorer = PairScorer(models, ReplayOptions(batch_size=a.batch_size).scoring())
+    options = ReplayOptions(batch_size=a.batch_size).scoring()
+    scorers = {True: PairScorer(models, options, measure=True), False: PairScorer(models, options, measure=False)}
+    features = scorers[True].features
     pf = pq.ParquetFile(a.traffic)
     batches = []
-    for rb in pf.iter_batches(batch_size=a.batch_size, columns=scorer.features):
+    for rb in pf.iter_batches(batch_size=a.batch_size, columns=features):
         batches.append(pa.Table.from_batches([rb]))
         if len(batches) >= 4:
             break
-    scorer.score(scorer.prepare(batches[0].slice(0, min(1024, batches[0].num_rows))))  # warm-up
+    for scorer in scorers.values():
+        scorer.score(scorer.prepare(batches[0].slice(0, min(1024, batches[0].num_rows))))  # warm-up
+    seconds = {True: 0.0, False: 0.0}
     done, i = 0, 0
-    t = time.perf_counter()
     while done < a.rows:
         b = batches[i % len(batches)]
         b = b.slice(0, min(b.num_rows, a.rows - done))
-        scorer.score(scorer.prepare(b))
+        for measure in (True, False) if i % 2 else (False, True):  # alternate which goes first
+            t = time.perf_counter()
+            scorers[measure].score(scorers[measure].prepare(b))
+            seconds[measure] += time.perf_counter() - t
         done += b.num_rows
         i += 1
-    return {"seconds": time.perf_counter() - t, "rows": done, "devices": sorted({m.device for m in models.values()})}
+    return {
+        "seconds": seconds[True],
+        "unmeasured_seconds": seconds[False],
+        "rows": done,
+        "devices": sorted({m.device for m in models.values()}),
+    }
 
 
 class ConstantModel:
@@ -248,12 +262,12 @@ def phase_replay(a, constant: bool = False) -> dict:
             models["baseline"],
             models["candidate"],
             run_id=f"bench_{'io' if constant else 'replay'}_{time.time_ns()}",  # one per configuration
-            options=ReplayOptions(batch_size=a.batch_size, writers=a.writers),
+            options=ReplayOptions(batch_size=a.batch_size, writers=a.writers, measure=not a.no_measure),
         )
         seconds = time.perf_counter() - t
         n = store.con.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [res.run_id]).fetchall()[0][0]
     assert n == res.rows == a.rows, (n, res.rows, a.rows)  # every request scored exactly once
-    return {"seconds": seconds, "rows": res.rows, "stages": res.stages, "rss": rss.to_dict()}
+    return {"seconds": seconds, "rows": res.rows, "stages": res.stages, "rss": rss.to_dict(), "res": res.resources}
 
 
 def phase_io(a) -> dict:
@@ -284,7 +298,8 @@ def run_phase(name: str, a, memory: str | None = None, threads: int | None = Non
     if name not in ("replay", "io"):
         args += ["--writers", "1"]
     for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        flag = f"--{k.replace('_', '-')}"
+        args += [flag] if v is True else [flag, str(v)]  # True: a switch
     env = (
         os.environ
         | {"PYTHONWARNINGS": "ignore"}
@@ -339,6 +354,7 @@ def main() -> None:
     p.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
     p.add_argument("--traffic", help=argparse.SUPPRESS)
+    p.add_argument("--no-measure", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     from workbench.config import configure_runtime
 
@@ -373,6 +389,7 @@ def main() -> None:
                 ]:
                     io = run_phase("io", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w)
                     rep = run_phase("replay", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w)
+                    off = run_phase("replay", a, mem, th, rows=rows, traffic=traffic, db=db, writers=w, no_measure=True)
                     duck = rep["stages"].get("duckdb", {})  # what the replay ran under (its own sizing by default)
                     results.append(
                         {
@@ -385,6 +402,7 @@ def main() -> None:
                             "raw": raw,
                             "io": io,
                             "replay": rep,
+                            "unmeasured": off,
                             "ratio": raw["seconds"] / rep["seconds"],
                         }
                     )
@@ -425,6 +443,21 @@ def main() -> None:
             f"peak during it {rss.get('peak_mb', 0):,.0f} MB ("
             + ", ".join(f"{k} {v:,.0f}" for k, v in rss.get("at_peak_mb", {}).items())
             + ")"
+        )
+    print(
+        "cost of measuring each model's resources (CPU, calls, GPU counters): (a) raw scoring, batches alternately "
+        "measured and not in one process; (b) the full replay with measurements off (a subprocess of its own)"
+    )
+    print(
+        f"{'rows':>11} | {'(a) on rows/s':>13} | {'(a) off rows/s':>14} | {'(a) overhead':>12} | "
+        f"{'(b) on rows/s':>13} | {'(b) off rows/s':>14} | {'(b) overhead':>12}"
+    )
+    for r in results:
+        n, raw, on, off = r["rows"], r["raw"], r["replay"]["seconds"], r["unmeasured"]["seconds"]
+        print(
+            f"{n:>11,} | {n / raw['seconds']:>13,.0f} | {n / raw['unmeasured_seconds']:>14,.0f} | "
+            f"{raw['seconds'] / raw['unmeasured_seconds'] - 1:>+12.2%} | {n / on:>13,.0f} | {n / off:>14,.0f} | "
+            f"{on / off - 1:>+12.2%}"
         )
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))

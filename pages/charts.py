@@ -145,6 +145,28 @@ def percentiles(rows: list[dict]) -> go.Figure:
     return _layout(fig, title="Latency percentiles", barmode="group", yaxis_title="ms")
 
 
+def resource_ratios(rows: list[dict]) -> go.Figure:
+    """Candidate / baseline for each measured resource, on a log axis (1 = the same cost)."""
+    rows = [r for r in rows if r["ratio"] is not None and r["ratio"] > 0]
+    color = ["#d62728" if r["ratio"] > 1 and r["metric"] != "throughput_rps" else "#2ca02c" for r in rows]
+    fig = go.Figure(
+        go.Bar(
+            x=[r["ratio"] for r in rows],
+            y=[r["resource"] for r in rows],
+            orientation="h",
+            marker_color=color,
+            hovertemplate="%{y}: %{x:.3g}x the baseline<extra></extra>",
+        )
+    )
+    fig.add_vline(x=1, line_dash="dot", line_color="#888")
+    return _layout(
+        fig,
+        title="Candidate / baseline (log scale)",
+        height=80 + 34 * max(1, len(rows)),
+        xaxis_type="log",
+    )
+
+
 def deltas(rows: list[dict]) -> go.Figure:
     """Forest plot: each metric's paired delta with its interval."""
     rows = [r for r in rows if r["delta"] is not None]

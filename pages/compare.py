@@ -1,6 +1,6 @@
-"""Compare: the scorecard with intervals, paired deltas, curves, confusion, calibration, latency, segments,
-time windows and the requests where the two models disagree. Every chart is drawn from aggregates computed
-in DuckDB (pages/data.py), never from the run's rows."""
+"""Compare: the scorecard with intervals, paired deltas, curves, confusion, calibration, latency and what each
+model costs to run, segments, time windows and the requests where the two models disagree. Every chart is drawn
+from aggregates computed in DuckDB (pages/data.py), never from the run's rows."""
 
 import pandas as pd
 import streamlit as st
@@ -119,6 +119,35 @@ if run is not None:
             p = (ev.get("latency") or {}).get("mann_whitney_p")
             if p is not None:
                 st.caption(f"Mann-Whitney U p-value (candidate vs baseline latency): {p:.4g}")
+        st.subheader("Resources")
+        res = ev.get("resources")
+        if not res:
+            st.info("No resource measurements in this run's evaluation: replay and evaluate the run again.")
+        else:
+            c1, c2 = st.columns([3, 2])
+            res_rows = views.resource_rows(res)
+            c1.plotly_chart(charts.resource_ratios(res_rows), key="resource_ratios")
+            c2.dataframe(
+                pd.DataFrame(res_rows).drop(columns="metric").set_index("resource"),
+                column_config={
+                    k: st.column_config.NumberColumn(format="%.4g") for k in ("baseline", "candidate", "ratio")
+                },
+            )
+            cost = res["cost"]
+            st.dataframe(
+                pd.DataFrame(views.cost_rows(res)),
+                hide_index=True,
+                column_config={r: st.column_config.NumberColumn(format="$%.4g") for r in views.ROLES},
+            )
+            st.caption(
+                "Cost per million requests: "
+                + ", ".join(f"{k.replace('_', ' ')} ${v:g}" for k, v in cost["prices"].items())
+                + f". Assumptions: {cost['assumptions']}. Measured in a {res.get('mode')} replay"
+                + (f" at concurrency {res['concurrency']}" if res.get("concurrency") else "")
+                + "; CPU scope: "
+                + ", ".join(f"{r} {s}" for r, s in (res.get("cpu_scope") or {}).items())
+                + "."
+            )
 
     elif section == "Segments & windows":
         seg_rows = views.segment_rows(ev)

@@ -8,14 +8,18 @@ Environment variables: ``WORKBENCH_HOME`` (default ``./.workbench``) and ``MLFLO
 secret the service checks ``X-MLflow-Signature`` with). ``WORKBENCH_API_TOKEN``: the bearer token the
 service's state-changing endpoints require. ``WORKBENCH_PUBLISHED_DIR``: where each model's published weight
 document (the chain head's witness outside the database) is written, by default ``$WORKBENCH_HOME/published``.
+service's state-changing endpoints require. Prices that turn each model's measured resources into a cost per
+million requests (USD, non-negative): ``WORKBENCH_PRICE_CPU_HOUR``, ``WORKBENCH_PRICE_GPU_HOUR`` and
+``WORKBENCH_PRICE_MEMORY_GB_HOUR`` (unset: the defaults in ``workbench.evaluate.resources``).
 """
 
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -28,6 +32,7 @@ class Settings:
     webhook_secret: str | None = None
     api_token: str | None = None
     published: Path | None = None  # where the weight documents go (another volume); default: home/published
+    prices: dict[str, float] = field(default_factory=dict)  # the prices set in the environment (USD)
 
     @property
     def db_path(self) -> Path:
@@ -95,7 +100,35 @@ def load_settings(home: str | os.PathLike | None = None) -> Settings:
         published=Path(os.environ["WORKBENCH_PUBLISHED_DIR"]).resolve()
         if os.environ.get("WORKBENCH_PUBLISHED_DIR")
         else None,
+        prices=_prices(),
     )
+
+
+PRICE_VARIABLES = {
+    "cpu_hour": "WORKBENCH_PRICE_CPU_HOUR",
+    "gpu_hour": "WORKBENCH_PRICE_GPU_HOUR",
+    "memory_gb_hour": "WORKBENCH_PRICE_MEMORY_GB_HOUR",
+}
+
+
+def _prices() -> dict[str, float]:
+    """The prices set in the environment; a value that is not a finite, non-negative number is an error naming
+    its variable."""
+    from workbench.errors import WorkbenchError
+
+    out = {}
+    for key, var in PRICE_VARIABLES.items():
+        raw = os.environ.get(var)
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise WorkbenchError(f"{var} must be a finite, non-negative price in USD, not {raw!r}")
+        out[key] = value
+    return out
 
 
 def _default_signer() -> str:

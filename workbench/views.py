@@ -181,6 +181,43 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
     return rows
 
 
+RESOURCE_LABELS = {
+    "load_s": "load (s)",
+    "cold_start_s": "cold start: load + first call (s)",
+    "artifact_mb": "artifact (MB)",
+    "rss_mb": "resident memory added by loading (MB)",
+    "cpu_s_per_1k": "CPU s per 1,000 requests",
+    "throughput_rps": "throughput (requests/s of busy time)",
+    "gpu_peak_mb": "GPU peak memory (MB)",
+    "gpu_busy_share": "GPU busy share",
+    "cost_per_million": "cost per million requests (USD)",
+}
+
+
+def resource_rows(resources: dict | None) -> list[dict[str, Any]]:
+    """What each model cost to run, side by side with candidate / baseline (an evaluation's ``resources``)."""
+    metrics = (resources or {}).get("metrics") or {}
+    return [
+        {
+            "resource": RESOURCE_LABELS.get(m, m),
+            "metric": m,
+            **{k: v.get(k) for k in ("baseline", "candidate", "ratio")},
+        }
+        for m, v in metrics.items()
+    ]
+
+
+def cost_rows(resources: dict | None) -> list[dict[str, Any]]:
+    """The cost per million requests by part (``cpu``, ``gpu``, ``memory``, ``total``) for each model."""
+    cost = (resources or {}).get("cost") or {}
+    if not cost:
+        return []
+    return [
+        {"part": part, **{r: (cost.get(r) or {}).get(part) for r in ROLES}}
+        for part in ("cpu", "gpu", "memory", "total")
+    ]
+
+
 def latency_rows(
     ev: dict, quantiles: dict[str, list[float | None]] | None = None, probs: tuple[float, ...] = (0.5, 0.95, 0.99)
 ) -> list[dict[str, Any]]:

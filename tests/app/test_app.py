@@ -114,8 +114,13 @@ def test_compare_page_sections(home, section):
         assert at.metric[0].value.replace(",", "").isdigit()  # labelled rows
     elif section == "Curves":
         assert len(charts) == 6  # ROC, PR, calibration, paired outcomes, two confusion matrices
-    elif section == "Latency":
-        assert len(charts) == 2 and at.dataframe[0].value["percentile"].tolist() == ["p50", "p95", "p99"]
+    elif section == "Latency":  # latency, its percentiles and what each model costs to run
+        assert len(charts) == 3 and at.dataframe[0].value["percentile"].tolist() == ["p50", "p95", "p99"]
+        resources = at.dataframe[1].value
+        assert resources.loc["artifact (MB)", "baseline"] > 0 and resources.loc["load (s)", "candidate"] > 0
+        assert resources.loc["CPU s per 1,000 requests", "candidate"] > 0
+        assert at.dataframe[2].value["part"].tolist() == ["cpu", "gpu", "memory", "total"]
+        assert "Cost per million requests: cpu hour $0.04" in texts(at)
     elif section == "Segments & windows":
         assert len(charts) == 2 and at.selectbox(key="wb_segment").value == "carrier"
         at.radio(key="wb_period").set_value("month").run()

@@ -117,6 +117,7 @@ def test_json_shape(result):
         "errors",
         "undefined",
         "coverage",
+        "resources",
     ]
     names = ["accuracy", "precision", "recall", "f1", "fpr", "fnr", "roc_auc", "pr_auc", "log_loss", "brier", "ece"]
     for role in ("baseline", "candidate"):

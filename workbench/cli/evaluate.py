@@ -78,6 +78,7 @@ def cmd_evaluate(args) -> None:
             seed=args.seed,
             top_k=args.top_k,
             partial=args.partial,
+            prices=settings.prices,
         ).to_dict()
     emit(args, res, _evaluation_text)
 
@@ -132,6 +133,7 @@ def _evaluation_text(d: dict) -> str:
         f"Mann-Whitney p = {_f(d['latency']['mann_whitney_p'])}; errors: "
         + ", ".join(f"{r} {e['count']}/{e['rows']}" for r, e in d["errors"].items()),
     ]
+    lines += _resources_text(d.get("resources"))
     for kind in ("segments", "windows"):
         for col, slices in d.get(kind, {}).items():
             lines += [
@@ -217,3 +219,23 @@ def add_drift_parser(sub, common) -> None:
     s.add_argument("--as-of", default=None, metavar="TIME", help="labels arriving after TIME count as not yet known")
     s.add_argument("--html", default=None, metavar="PATH", help="also write Evidently's HTML report there")
     s.set_defaults(fn=cmd_drift)
+
+
+def _resources_text(res: dict | None) -> list[str]:
+    """The resources table and the cost line of an evaluation (nothing when the replay measured none)."""
+    if not res:
+        return []
+    cost = res["cost"]
+    prices = ", ".join(f"{k} ${v:g}" for k, v in cost["prices"].items())
+    rows = [(m, _g(v["baseline"]), _g(v["candidate"]), _g(v["ratio"])) for m, v in res["metrics"].items()]
+    return [
+        "",
+        _table(rows, ("resources", "baseline", "candidate", "ratio")),
+        f"cost per million requests (USD): baseline {_g(cost['baseline']['total'])}, candidate "
+        f"{_g(cost['candidate']['total'])}, difference {_g(cost['difference'])}; prices {prices}; "
+        f"{cost['assumptions']}",
+    ]
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"

@@ -5,7 +5,8 @@ builds slice by slice), each request once (the latest run's copy of a request id
 for every metric a gate names, both models' values and the delta's *anytime-valid* one-sided bounds at the
 policy's level (:mod:`workbench.evaluate.sequential`), overall, per declared segment, on the most recent
 window, after the latest change point and on the bins of each drifted feature; the candidate's error rate and
-both models' latency percentiles with bounds of the same kind. The result is a dict of the ``evaluate --json``
+both models' latency percentiles with bounds of the same kind; what each model cost to run, from the runs'
+measurements. The result is a dict of the ``evaluate --json``
 shape (``baseline``/``candidate``/``delta`` per metric, ``segments``, ``errors``, ``latency``) plus
 ``recent``, ``after_change``, ``drifted_slices`` and what the record cites (runs, rows, time range, a digest
 of the labels), which :func:`workbench.decide.scorecard.score` judges.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ import pyarrow as pa
 
 from workbench.clock import iso, to_utc
 from workbench.decide.policy import Policy
+from workbench.evaluate.resources import combine_runs, compare_resources
 from workbench.evaluate.sequential import (
     one_sided_bounds,
     paired_parts,
@@ -211,9 +213,12 @@ def build_evidence(
     *,
     change_point: datetime | None = None,
     drifted: Mapping[str, str] | None = None,
+    resources: Sequence[tuple[str, dict | None]] = (),
 ) -> dict[str, Any]:
     """The dict :func:`~workbench.decide.scorecard.score` judges, from ``sample`` under ``policy``;
-    ``drifted``: the features the drift report found drifted, with their kinds (their values in ``sample``)."""
+    ``drifted``: the features the drift report found drifted, with their kinds (their values in ``sample``);
+    ``resources``: each run's measured resources (run id, ``meta.resources`` or None), oldest first, combined
+    into one comparison (each measurement's median over the runs that have it) priced at the policy's prices."""
     alpha, t_star = policy.alpha, float(policy.planned_rows)
     ok = sample.labelled()
     y = sample.label[ok].astype(np.int64)
@@ -247,6 +252,10 @@ def build_evidence(
         ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy)
     ev["errors"] = _errors(sample, alpha, t_star)
     ev["latency"] = _latency(sample, alpha, t_star)
+    measured = [(run, m) for run, m in resources if m]
+    ev["resources"] = compare_resources(
+        combine_runs([m for _, m in measured]), policy.price_list, [run for run, _ in measured]
+    )
     return ev
 
 

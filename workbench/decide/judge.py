@@ -113,7 +113,10 @@ def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Ju
     """Gather, build the evidence and score it under ``policy``, with the new-evidence rule."""
     drifted = drifted_features(drift) if policy.drift.drifted_slices else {}
     sample, missing = gather(store, run, policy, list(drifted))
-    evidence = build_evidence(sample, policy, change_point=latest_change_point(drift), drifted=drifted)
+    measured = [(r, store.run_resources(r)) for r in sample.runs]
+    evidence = build_evidence(
+        sample, policy, change_point=latest_change_point(drift), drifted=drifted, resources=measured
+    )
     if missing:
         evidence["segments_missing"] = missing
     card = score(policy, evidence, drift)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench import WorkbenchError
 from workbench.decide.signing import content_hash
 from workbench.evaluate.metrics import METRICS
+from workbench.evaluate.resources import DEFAULT_PRICES
 
 DEFAULT_POLICY = "default_policy.toml"
 
@@ -129,6 +130,37 @@ class ErrorGate(_Strict):
     critical: bool = True
 
 
+class ResourceGate(_Strict):
+    """What the candidate may cost to run, as the replays measured it (:mod:`workbench.replay.resources`): at most
+    ``max_ratio`` x the baseline's ``metric`` (a difference of at most ``min_change`` never fails it) and/or at most
+    ``max_value`` in the metric's unit. Judged on the pair's runs' measurements (the median over the runs that have
+    them): a measurement, not a statistical bound. ``gpu_*`` gates are skipped when no model ran on a GPU."""
+
+    metric: Literal[
+        "load_s", "cold_start_s", "artifact_mb", "rss_mb", "cpu_s_per_1k", "gpu_peak_mb", "gpu_busy_share",
+        "cost_per_million",
+    ]  # fmt: skip
+    max_ratio: float | None = Field(default=None, gt=0)
+    max_value: float | None = Field(default=None, ge=0)
+    min_change: float = Field(default=0.0, ge=0)
+    critical: bool = False
+
+    @model_validator(mode="after")
+    def _has_criterion(self):
+        if self.max_ratio is None and self.max_value is None:
+            raise ValueError("set max_ratio and/or max_value")
+        return self
+
+
+class Prices(_Strict):
+    """USD per CPU-hour, GPU-hour and GB-hour of memory: what turns the measured resources into a cost per million
+    requests (:mod:`workbench.evaluate.resources`)."""
+
+    cpu_hour: float = Field(default=DEFAULT_PRICES["cpu_hour"], ge=0)
+    gpu_hour: float = Field(default=DEFAULT_PRICES["gpu_hour"], ge=0)
+    memory_gb_hour: float = Field(default=DEFAULT_PRICES["memory_gb_hour"], ge=0)
+
+
 _RETIRED_DRIFT_KEYS = ("max_share_drifted", "prediction_drift", "concept_drift")
 
 
@@ -220,6 +252,8 @@ class Policy(_Strict):
     metrics: tuple[MetricGate, ...] = ()
     segments: tuple[SegmentGate, ...] = ()
     latency: tuple[LatencyGate, ...] = ()
+    resources: tuple[ResourceGate, ...] = ()
+    prices: Prices | None = None  # optional: DEFAULT_PRICES when absent
     errors: ErrorGate = ErrorGate()
     drift: WhereMoved = WhereMoved()
     registry: RegistryOptions = RegistryOptions()
@@ -241,9 +275,18 @@ class Policy(_Strict):
 
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")
-        if self.live is None:
-            del d["live"]  # a policy without the optional section hashes as it did before the section existed
+        # a policy without the optional sections hashes as it did before the sections existed
+        for key in ("live", "prices"):
+            if getattr(self, key) is None:
+                del d[key]
+        if not self.resources:
+            del d["resources"]
         return d
+
+    @property
+    def price_list(self) -> dict[str, float]:
+        """The prices resource costs are computed with (the defaults when the policy has no ``[prices]``)."""
+        return (self.prices or Prices()).model_dump()
 
     @property
     def live_options(self) -> LiveOptions:

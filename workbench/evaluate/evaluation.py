@@ -22,6 +22,7 @@ result types live in :mod:`workbench.evaluate.results`. Methods (docs/concepts/e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from workbench import WorkbenchError
 from workbench.evaluate import stats
 from workbench.evaluate.latency import error_rates, latency_summary
 from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
+from workbench.evaluate.resources import compare_resources
 from workbench.evaluate.results import (
     Comparison,
     DeltaEstimate,
@@ -480,6 +482,7 @@ def evaluate_run(
     exact_max_rows: int = 10_000,
     thresholds: dict[str, float] | None = None,
     partial: bool = False,
+    prices: Mapping[str, float] | None = None,
 ) -> EvaluationResult:
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
@@ -488,6 +491,8 @@ def evaluate_run(
     before the latency samples are read, which keeps the peak memory of large runs down. A run that is not
     finished (interrupted, or still replaying) is refused unless ``partial``; the result's ``coverage`` says
     what it covered (the run's status and rows, the labels' state: see :func:`evaluation_is_current`).
+    ``resources`` compares what each model cost to run in the replay, priced at ``prices`` (USD per CPU-hour,
+    GPU-hour, memory GB-hour; :data:`~workbench.evaluate.resources.DEFAULT_PRICES` for those not given).
     """
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
@@ -513,7 +518,7 @@ def evaluate_run(
     del y, scores, seg, win
     latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
     result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
-    result = replace(result, coverage=coverage)
+    result = replace(result, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
     params = {
         "segment": segment,
         "window": window,

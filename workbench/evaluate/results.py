@@ -146,6 +146,7 @@ class EvaluationResult:
     windows: dict | None = None  # {"day": {iso start: Slice}}
     undefined: dict = field(default_factory=dict)
     coverage: dict = field(default_factory=dict)  # the run's status, rows done and the labels' state evaluated
+    resources: dict | None = None  # what each model cost to run (workbench.evaluate.resources.compare_resources)
 
     def to_dict(self) -> dict:
         out = {
@@ -165,4 +166,5 @@ class EvaluationResult:
             out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
         out["undefined"] = dict(self.undefined)
         out["coverage"] = dict(self.coverage)
+        out["resources"] = self.resources
         return out

@@ -247,7 +247,7 @@ def _evaluate(ctx: _Ctx) -> dict:
     from workbench.evaluate.evaluation import evaluate_run
 
     with ctx.store() as store:
-        ev = evaluate_run(store, ctx.flow.run_id).to_dict()
+        ev = evaluate_run(store, ctx.flow.run_id, prices=ctx.settings.prices).to_dict()
     ctx.result.outputs["evaluate"] = ev
     return {"labeled_rows": ev["labeled_rows"], "label_coverage": ev["label_coverage"]}
 

@@ -102,10 +102,11 @@ def _worker(conn: Connection, model: Predictor, device: str) -> None:
             batch = conn.recv()
         except (EOFError, OSError):
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()  # the worker serves one model: its CPU is the model's
         msg: tuple[Any, ...]
         try:
-            msg = ("ok", np.asarray(model.predict(batch)), time.perf_counter() - t0)
+            out = np.asarray(model.predict(batch))
+            msg = ("ok", out, time.perf_counter() - t0, time.process_time() - c0)
         except Exception as e:  # the model's failure is data: it goes back as the row's reason
             msg = ("error", error_text(e))
         try:
@@ -262,8 +263,9 @@ class IsolatedPredictor:
     def predict(self, batch: pa.Table) -> np.ndarray:
         return self.predict_timed(batch, None)[0]
 
-    def predict_timed(self, batch: pa.Table, timeout: float | None) -> tuple[np.ndarray, float]:
-        """The model's output and its own call time (in the worker); enforces ``timeout`` by killing.
+    def predict_timed(self, batch: pa.Table, timeout: float | None) -> tuple[np.ndarray, float, float]:
+        """The model's output, its own call time and the CPU seconds its worker process spent on the call;
+        enforces ``timeout`` by killing.
 
         A worker that passes the memory limit during a call after serving earlier calls (a leak) is
         replaced and the call tried once more; a fresh worker passing it fails the call's rows."""
@@ -282,7 +284,7 @@ class IsolatedPredictor:
             self.stats["memory_kills"] += 1
             raise RowFailure(str(e)) from None
 
-    def _call(self, batch: pa.Table, timeout: float | None) -> tuple[np.ndarray, float]:
+    def _call(self, batch: pa.Table, timeout: float | None) -> tuple[np.ndarray, float, float]:
         if self.conn is None:
             self.conn, self.pid = self.zygote.fork(self.role)
             self.served = 0
@@ -319,7 +321,7 @@ class IsolatedPredictor:
             self.stats["recycled"] += 1
         if kind == "error":
             raise RowFailure(rest[0])
-        return rest[0], rest[1]
+        return rest[0], rest[1], rest[2]
 
     def _over_limit(self) -> float | None:
         limit = self.options.memory_limit_mb

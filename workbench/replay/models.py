@@ -11,6 +11,7 @@ MLflow and torch are imported lazily: only where a model is actually loaded.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from workbench import WorkbenchError
+from workbench.replay.resources import LoadStats, measure_load
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
@@ -44,7 +46,8 @@ class ModelRef:
 
 
 class Predictor(Protocol):
-    """Scores a batch of traffic: one positive-class score per row, in row order."""
+    """Scores a batch of traffic: one positive-class score per row, in row order. ``load_stats`` (optional, set by
+    :func:`load_predictor`): what loading it cost."""
 
     ref: ModelRef
     device: str
@@ -116,20 +119,36 @@ def describe(uri: str) -> ModelRef:
 
 
 def load_predictor(uri: str, device: str = "auto") -> Predictor:
-    """Load a model through its most specific flavor; torch models go to ``device``."""
+    """Load a model through its most specific flavor; torch models go to ``device``. The predictor's
+    ``load_stats`` say what loading it cost (:func:`workbench.replay.resources.measure_load`)."""
     ref = describe(uri)
     import mlflow
 
-    try:
+    # the flavor's library is imported (and the device chosen) before the load is measured: it is not the model's
+    if ref.flavor == "pytorch":
+        import mlflow.pytorch
+
+        device = choose_device(device)
+    elif ref.flavor == "sklearn":
+        import mlflow.sklearn
+        import sklearn  # noqa: F401
+
+    def load() -> tuple[SklearnPredictor | PyfuncPredictor | TorchPredictor, str]:
+        local = uri if os.path.isdir(uri) else mlflow.artifacts.download_artifacts(artifact_uri=uri)
         if ref.flavor == "pytorch":
-            return TorchPredictor(ref, mlflow.pytorch.load_model(uri, map_location="cpu"), choose_device(device))
+            return TorchPredictor(ref, mlflow.pytorch.load_model(local, map_location="cpu"), device), local
         if ref.flavor == "sklearn":
-            return SklearnPredictor(ref, mlflow.sklearn.load_model(uri))
-        return PyfuncPredictor(ref, mlflow.pyfunc.load_model(uri))
+            return SklearnPredictor(ref, mlflow.sklearn.load_model(local)), local
+        return PyfuncPredictor(ref, mlflow.pyfunc.load_model(local)), local
+
+    try:
+        predictor, stats = measure_load(load)
     except WorkbenchError:
         raise
     except Exception as e:  # a model that cannot load is a user-facing error, whatever the flavor raised
         raise WorkbenchError(f"cannot load model {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    predictor.load_stats = stats
+    return predictor
 
 
 def _positive_scores(out) -> np.ndarray:
@@ -161,6 +180,7 @@ class SklearnPredictor:
 
     def __init__(self, ref: ModelRef, model):
         self.ref, self.model, self.device = ref, model, "cpu"
+        self.load_stats: LoadStats | None = None
 
     def predict(self, batch: pa.Table) -> np.ndarray:
         X = batch.select(list(self.ref.features)).to_pandas()
@@ -174,6 +194,7 @@ class PyfuncPredictor:
 
     def __init__(self, ref: ModelRef, model):
         self.ref, self.model, self.device = ref, model, "cpu"
+        self.load_stats: LoadStats | None = None
 
     def predict(self, batch: pa.Table) -> np.ndarray:
         return _positive_scores(self.model.predict(batch.select(list(self.ref.features)).to_pandas()))
@@ -186,6 +207,7 @@ class TorchPredictor:
         import torch
 
         self.ref, self.device = ref, device
+        self.load_stats: LoadStats | None = None
         self.module = module.to(device).eval()
         self._torch = torch
         self._warm_up()

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor
+from workbench.replay.resources import run_resources
 from workbench.replay.scoring import PairScorer, Scored, ScoringOptions
 from workbench.roles import ROLES
 from workbench.store import RunState, Store, check_name
@@ -47,6 +48,7 @@ class ReplayOptions:
     writers: int = field(default_factory=lambda: min(8, max(1, (os.cpu_count() or 1) // 2)))
     isolate: bool = False  # each model in worker processes (workbench.replay.isolation)
     worker_memory_mb: float | None = 4096.0  # an isolated worker above this resident size is replaced
+    measure: bool = True  # each model's CPU, GPU and throughput (workbench.replay.resources); off: load costs only
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -70,6 +72,7 @@ class ReplayResult:
     seconds: float
     status: str
     stages: dict = field(default_factory=dict)  # busy seconds per pipeline stage and which one bounds the run
+    resources: dict = field(default_factory=dict)  # what each model cost to run (workbench.replay.resources)
 
     def to_dict(self) -> dict:
         return {
@@ -80,6 +83,7 @@ class ReplayResult:
             "seconds": round(self.seconds, 3),
             "status": self.status,
             "stages": self.stages,
+            "resources": self.resources,
         }
 
 
@@ -162,7 +166,8 @@ class Executor(Protocol):
         self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress
     ) -> dict | None:
         """Score the traffic outside ``run.committed`` and commit it, numbering units from ``run.next_batch``;
-        may return the stages' busy seconds (see ``ReplayResult.stages``)."""
+        may return the stages' busy seconds (see ``ReplayResult.stages``) and, under ``meters``, each model's
+        :class:`~workbench.replay.resources.ModelMeter`."""
 
 
 def replay(
@@ -204,13 +209,24 @@ def replay(
     if progress:
         progress(run.rows_done, run.rows_total)
     with store.limits(**duckdb_limits(len({f for m in models.values() for f in m.ref.features}), options.writers)):
+        t0 = time.perf_counter()
         stages = (executor or LocalExecutor()).run(store, run, models, options, progress) or {}
+        loads = {r: getattr(m, "load_stats", None) for r, m in models.items()}
+        devices = {r: m.device for r, m in models.items()}
+        measured = run_resources(loads, stages.pop("meters", None), devices, options.mode, time.perf_counter() - t0)
+        store.save_run_resources(run_id, measured)
         t0 = time.perf_counter()
         counts = store.finish_run(run_id)
         if stages:
             stages["finish_s"] = round(time.perf_counter() - t0, 3)
             stages["duckdb"] = store.settings("threads", "memory_limit")
-    return ReplayResult(**counts.to_dict(), seconds=time.perf_counter() - started, status="finished", stages=stages)
+    return ReplayResult(
+        **counts.to_dict(),
+        seconds=time.perf_counter() - started,
+        status="finished",
+        stages=stages,
+        resources=measured,
+    )
 
 
 class LocalExecutor:
@@ -221,13 +237,13 @@ class LocalExecutor:
     def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress) -> dict:
         thresholds = {r: m.ref.threshold for r, m in models.items()}
         if not options.isolate:
-            scorer = PairScorer(models, options.scoring())
-            return _run_pipeline(store, run, scorer, thresholds, options, progress)
+            scorer = PairScorer(models, options.scoring(), options.measure)
+            return _run_pipeline(store, run, scorer, thresholds, options, progress) | {"meters": scorer.meters}
         from workbench.replay.isolation import IsolationOptions, isolated
 
         with isolated(models, IsolationOptions(memory_limit_mb=options.worker_memory_mb)) as workers:
-            scorer = PairScorer(workers, options.scoring())
-            return _run_pipeline(store, run, scorer, thresholds, options, progress)
+            scorer = PairScorer(workers, options.scoring(), options.measure)
+            return _run_pipeline(store, run, scorer, thresholds, options, progress) | {"meters": scorer.meters}
 
 
 ROW_GROUP = 122_880  # DuckDB's row group: commits in whole row groups need no rewrite at checkpoint

@@ -43,7 +43,7 @@ class PairActor:
 
         mlflow.set_tracking_uri(tracking_uri)
         models = {role: load_predictor(uri, device) for role, uri in uris.items()}
-        self.scorer = PairScorer(models, options.scoring())
+        self.scorer = PairScorer(models, options.scoring(), measure=False)  # only load costs are measured here
         self.thresholds = {r: m.ref.threshold for r, m in models.items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:

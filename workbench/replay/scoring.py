@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor, TorchPredictor
+from workbench.replay.resources import ModelMeter
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_TIMEOUTS = 3
@@ -93,6 +94,7 @@ class ModelRunner:
     timeout: float | None = None
     consecutive_timeouts: int = 0
     disabled: str | None = None
+    meter: ModelMeter | None = None  # counts each successful call (None: resources are not measured)
 
     def call(self, batch: pa.Table) -> tuple[np.ndarray, float]:
         """Scores and the call's own duration in seconds; raises what the model raises."""
@@ -101,25 +103,38 @@ class ModelRunner:
         timed = getattr(self.model, "predict_timed", None)  # an isolated model enforces the timeout itself
         if timed is not None:
             try:
-                out, seconds = timed(batch, self.timeout)
+                out, seconds, cpu = timed(batch, self.timeout)
             except ModelTimeout:
                 self._timed_out()
                 raise
             self.consecutive_timeouts = 0
+            if self.meter is not None:
+                self.meter.add(batch.num_rows, seconds, cpu, "process")
             return out, seconds
         if self.timeout is None:
-            t0 = time.perf_counter()
+            if self.meter is None:
+                t0 = time.perf_counter()
+                out = self.model.predict(batch)
+                return out, time.perf_counter() - t0
+            self.meter.gpu_start()
+            c0, t0 = time.thread_time(), time.perf_counter()
             out = self.model.predict(batch)
-            return out, time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            self.meter.gpu_stop(seconds)
+            self.meter.add(batch.num_rows, seconds, cpu)
+            return out, seconds
         box: dict[str, Any] = {}
+        meter = self.meter
 
         def work():
-            t0 = time.perf_counter()
+            if meter is not None:
+                meter.gpu_start()
+            c0, t0 = time.thread_time(), time.perf_counter()
             try:
                 box["out"] = self.model.predict(batch)
             except BaseException as e:  # handed to the caller's thread below
                 box["exc"] = e
-            box["seconds"] = time.perf_counter() - t0
+            box["seconds"], box["cpu"] = time.perf_counter() - t0, time.thread_time() - c0
 
         t = threading.Thread(target=work, daemon=True, name="model-call")
         t.start()
@@ -130,6 +145,9 @@ class ModelRunner:
         self.consecutive_timeouts = 0
         if "exc" in box:
             raise box["exc"]
+        if meter is not None:
+            meter.gpu_stop(box["seconds"])
+            meter.add(batch.num_rows, box["seconds"], box["cpu"])
         return box["out"], box["seconds"]
 
     def _timed_out(self) -> None:
@@ -194,10 +212,16 @@ def score_online(runner: ModelRunner, batch: pa.Table, micro: int) -> Scored:
 class PairScorer:
     """Scores batches with both models; ``prepare`` may run on a reader thread, ``score`` on the main one."""
 
-    def __init__(self, models: Mapping[str, Predictor], options: ScoringOptions = ScoringOptions()):
+    def __init__(
+        self, models: Mapping[str, Predictor], options: ScoringOptions = ScoringOptions(), measure: bool = True
+    ):
         self.models = models
         self.options = options
-        self.runners = {r: ModelRunner(m, options.model_timeout) for r, m in models.items()}
+        self.meters = {r: ModelMeter(m.device) for r, m in models.items()} if measure else None
+        self.runners = {
+            r: ModelRunner(m, options.model_timeout, meter=self.meters[r] if self.meters else None)
+            for r, m in models.items()
+        }
         self.gpu = _SharedGpuInput.applicable(models, options)
 
     @property
@@ -211,7 +235,7 @@ class PairScorer:
         if self.gpu:
             host, n = prepared
             try:
-                return self.gpu.score(host, n)
+                return self.gpu.score(host, n, self.meters)
             except Exception as e:  # fall back to per-model isolation for this batch
                 log.warning("shared GPU scoring failed (%s); scoring this batch model by model", error_text(e))
                 prepared = self.gpu.table(host, n)
@@ -292,18 +316,25 @@ class _SharedGpuInput:
         view = host.numpy()
         return pa.table({f: view[j, :n].copy() for j, f in enumerate(self.features)})
 
-    def score(self, host, n: int) -> dict[str, Scored]:
+    def score(self, host, n: int, meters: Mapping[str, ModelMeter] | None = None) -> dict[str, Scored]:
+        """Both models' scores of a prepared batch; ``meters`` count each model's call, GPU peak and busy time."""
         torch = self.torch
         with torch.inference_mode():
             x = host[:, :n].to(self.device, non_blocking=True).t()
-            outs, events = {}, {}
+            outs, events, cpu = {}, {}, {}
             for role, m in self.models.items():
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 idx = self.index[role]
+                if meters:
+                    meters[role].gpu_start()
+                c0 = time.thread_time()  # the host's share: launching the model's kernels
                 start.record()
                 xm = x if idx is None else x.index_select(1, idx)
                 outs[role] = m.module(xm).reshape(-1).float()
                 end.record()
+                cpu[role] = time.thread_time() - c0
+                if meters:  # allocations are counted when launched: no synchronization needed
+                    meters[role].gpu_stop(0.0)
                 events[role] = (start, end)
             both = torch.stack([outs[r] for r in self.models]).cpu()  # one device-to-host copy, synchronizes
         result = {}
@@ -319,5 +350,8 @@ class _SharedGpuInput:
                     errors[i] = f"non-finite score: {scores[i]}"
                 scores[bad] = np.nan
             ms = events[role][0].elapsed_time(events[role][1])
+            if meters:
+                meters[role].gpu_busy_s += ms / 1000.0
+                meters[role].add(n, ms / 1000.0, cpu[role])
             result[role] = Scored(scores, errors, np.full(n, ms / max(1, n)))
         return result

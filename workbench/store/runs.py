@@ -199,6 +199,15 @@ class RunStore(TrafficStore):
                 [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, db_time(utc_now())],
             )
 
+    def save_run_resources(self, run_id: str, resources: dict) -> None:
+        """Keep what the replay measured about each model's costs in the run's ``meta.resources``."""
+        meta = self.require_run(run_id)["meta"] | {"resources": resources}
+        self.cursor().execute("UPDATE runs SET meta = ? WHERE run_id = ?", [json.dumps(meta), run_id])
+
+    def run_resources(self, run_id: str) -> dict | None:
+        """The resources a run's replay measured (:meth:`save_run_resources`), or None."""
+        return self.require_run(run_id)["meta"].get("resources")
+
     def finish_run(self, run_id: str) -> RunCounts:
         """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL;
         returns its counts."""
