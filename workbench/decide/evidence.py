@@ -260,18 +260,20 @@ def build_evidence(
 
 
 def _bins(values: np.ndarray, kind: str, bins: int) -> dict[str, np.ndarray]:
-    """Masks of a feature's slices: ``bins`` quantile bins of a numeric feature (edges from these rows, ties
-    merged) and its missing values, or each value of a categorical one."""
+    """Masks of a feature's slices, by label: ``bins`` quantile bins of a numeric feature (edges from these
+    rows, ties merged; ``< a``, ``in [a, b)``, ``>= b``) and its ``(missing)`` values, or each value ``= v``
+    of a categorical one."""
     if kind == "categorical" or values.dtype == object:
-        names, inverse = np.unique(values.astype(str), return_inverse=True)
-        return {str(name): inverse == i for i, name in enumerate(names)}
+        text = values.astype(str) if values.dtype == object else np.array([f"{v:g}" for v in values.tolist()])
+        names, inverse = np.unique(text, return_inverse=True)
+        return {f"= {name}": inverse == i for i, name in enumerate(names)}
     finite = np.isfinite(values)
     out: dict[str, np.ndarray] = {}
     if finite.any():
         edges = np.unique(np.quantile(values[finite], np.linspace(0, 1, bins + 1)[1:-1]))
         index = np.searchsorted(edges, values, side="right")
         labels = [f"< {edges[0]:.4g}"] if len(edges) else ["all values"]
-        labels += [f"[{lo:.4g}, {hi:.4g})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        labels += [f"in [{lo:.4g}, {hi:.4g})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
         labels += [f">= {edges[-1]:.4g}"] if len(edges) else []
         for i, label in enumerate(labels):
             out[label] = finite & (index == i)
