@@ -112,6 +112,28 @@ def test_online_mode_times_each_micro_batch(store):
     assert len(set(lat8)) == 1  # one micro-batch, one latency
 
 
+def test_online_progress_moves_within_a_batch(store):
+    """An online replay of one 200-request batch at 15 ms a request (3 s): committed progress arrives in
+    slices as it goes, not once at the end of the batch."""
+    slow = Sleepy(set(range(1, 1000)), 0.015)
+    calls: list[tuple[float, int]] = []
+    t0 = time.perf_counter()
+    r = replay(
+        store,
+        "t",
+        TinyModel("ok"),
+        slow,
+        run_id="slowon",
+        options=ReplayOptions(batch_size=8192, mode="online"),
+        progress=lambda done, total: calls.append((time.perf_counter() - t0, done)),
+    )
+    assert r.rows == 200 and calls[-1][1] == 200
+    done = [d for _, d in calls]
+    assert done == sorted(done) and len([d for d in done if 0 < d < 200]) >= 2  # partial progress, in order
+    gaps = np.diff([0.0] + [t for t, d in calls if d > 0])
+    assert gaps.max() < 2.5, f"progress gaps {gaps.round(2).tolist()} s"
+
+
 def test_run_records_environment(store):
     replay(store, "t", TinyModel("a"), TinyModel("b"), run_id="env", options=ReplayOptions(batch_size=7))
     run = store.require_run("env")

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas  # noqa: F401  pyarrow imports it at its first numpy conversion: not in a pipeline thread, GIL held
@@ -508,11 +508,14 @@ def _run_pipeline(
             if isinstance(item, BaseException):
                 raise item
             rows, prepared = item
-            t0 = time.perf_counter()
-            scored = scorer.score(prepared)
-            seconds = time.perf_counter() - t0
-            stages.add("score", seconds)
-            put(built, (rows, scored, seconds))
+            for part_rows, part in _score_parts(rows, prepared, options.mode == "online"):
+                t0 = time.perf_counter()
+                scored = scorer.score(part)
+                seconds = time.perf_counter() - t0
+                stages.add("score", seconds)
+                put(built, (part_rows, scored, seconds))
+                if stop.is_set():
+                    break
     finally:  # on an interruption here (Ctrl-C) what was scored is still committed; a failure of the builder
         # or a writer has set ``stop``, and the builder then stops by itself
         if not stop.is_set():
@@ -526,6 +529,25 @@ def _run_pipeline(
     if failure:
         raise failure[0]
     return stages.report(time.perf_counter() - started, options.writers)
+
+
+ONLINE_SLICE_S = 0.25  # an online batch is scored in slices of about this many seconds, so progress moves
+
+
+def _score_parts(rows: pa.Array, prepared: Any, online: bool):
+    """``(rows, prepared)`` itself, or for an online replay (one request at a time: a batch can take minutes)
+    slices of it sized to about :data:`ONLINE_SLICE_S` of scoring at the rate measured so far, so committed
+    units, and the progress they report, follow at least every :data:`FLUSH_S` plus a slice."""
+    if not online or not isinstance(prepared, pa.Table):
+        yield rows, prepared
+        return
+    start, size, n = 0, 16, prepared.num_rows
+    while start < n:
+        t0 = time.perf_counter()
+        yield rows.slice(start, size), prepared.slice(start, size)
+        took = time.perf_counter() - t0  # the consumer scored the slice before asking for the next
+        start += size
+        size = int(min(max(16, size * ONLINE_SLICE_S / max(took, 1e-6)), 4 * size, 65_536))
 
 
 def _check_same_run(run: RunState, traffic: str, refs: dict) -> None:
