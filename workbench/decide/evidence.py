@@ -245,7 +245,7 @@ def build_evidence(
         ev["after_change"] = _slice(times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy)
     if policy.drift.drifted_slices and drifted:
         bins = {
-            f: _bins(sample.features[f][ok], kind, policy.drift.slice_bins)
+            f: _bins(sample.features[f][ok], kind, policy.drift.slice_bins, policy.min_segment_rows)
             for f, kind in drifted.items()
             if f in sample.features
         }
@@ -259,14 +259,18 @@ def build_evidence(
     return ev
 
 
-def _bins(values: np.ndarray, kind: str, bins: int) -> dict[str, np.ndarray]:
+def _bins(values: np.ndarray, kind: str, bins: int, min_rows: int) -> dict[str, np.ndarray]:
     """Masks of a feature's slices, by label: ``bins`` quantile bins of a numeric feature (edges from these
     rows, ties merged; ``< a``, ``in [a, b)``, ``>= b``) and its ``(missing)`` values, or each value ``= v``
-    of a categorical one."""
+    of a categorical one with at least ``min_rows`` rows, the rarer values together as one slice."""
     if kind == "categorical" or values.dtype == object:
         text = values.astype(str) if values.dtype == object else np.array([f"{v:g}" for v in values.tolist()])
-        names, inverse = np.unique(text, return_inverse=True)
-        return {f"= {name}": inverse == i for i, name in enumerate(names)}
+        names, inverse, counts = np.unique(text, return_inverse=True, return_counts=True)
+        out = {f"= {name}": inverse == i for i, name in enumerate(names) if counts[i] >= min_rows}
+        rare = np.flatnonzero(counts < min_rows)
+        if len(rare):
+            out[f"(rarer values: {len(rare)})"] = np.isin(inverse, rare)
+        return out
     finite = np.isfinite(values)
     out: dict[str, np.ndarray] = {}
     if finite.any():
