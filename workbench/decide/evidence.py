@@ -263,16 +263,16 @@ def _bins(values: np.ndarray, kind: str, bins: int, min_rows: int) -> dict[str, 
     """Masks of a feature's slices, by label: ``bins`` quantile bins of a numeric feature (edges from these
     rows, ties merged; ``< a``, ``in [a, b)``, ``>= b``) and its ``(missing)`` values, or each value ``= v``
     of a categorical one with at least ``min_rows`` rows, the rarer values together as one slice."""
+    out: dict[str, np.ndarray] = {}
     if kind == "categorical" or values.dtype == object:
         text = values.astype(str) if values.dtype == object else np.array([f"{v:g}" for v in values.tolist()])
         names, inverse, counts = np.unique(text, return_inverse=True, return_counts=True)
-        out = {f"= {name}": inverse == i for i, name in enumerate(names) if counts[i] >= min_rows}
+        out |= {f"= {name}": inverse == i for i, name in enumerate(names) if counts[i] >= min_rows}
         rare = np.flatnonzero(counts < min_rows)
         if len(rare):
             out[f"(rarer values: {len(rare)})"] = np.isin(inverse, rare)
         return out
     finite = np.isfinite(values)
-    out: dict[str, np.ndarray] = {}
     if finite.any():
         edges = np.unique(np.quantile(values[finite], np.linspace(0, 1, bins + 1)[1:-1]))
         index = np.searchsorted(edges, values, side="right")
