@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -231,6 +232,41 @@ def test_replay_from_source_files_ingests_then_replays(tmp_path, slow_model_dir)
         home=home,
     )
     assert json.loads(out.stdout)["rows"] == 120
+
+
+def test_ray_refuses_actors_the_cluster_cannot_place(demo_home, tmp_path):
+    """More CPU actors than the cluster has CPUs to spare for reading: refused at once with what fits, not a
+    replay that waits for ever."""
+    pytest.importorskip("ray", reason="Ray is an optional extra")
+    from workbench import WorkbenchError
+    from workbench.replay.ray_executor import _check_placement
+
+    _check_placement(1, False, 2, 0)
+    for args, message in (
+        (
+            (2, False, 2, 0),
+            "--ray-actors 2 needs 3 CPUs on the cluster (one per actor, one for reading the traffic); "
+            "it has 2: use --ray-actors 1 or fewer",
+        ),
+        ((1, False, 1, 0), "it has 1: add a CPU to the cluster"),
+        ((2, True, 16, 1), "--ray-actors 2 needs 2 GPUs (one per actor); the cluster has 1"),
+        ((-1, False, 8, 0), "--ray-actors must be at least 1, not -1"),
+    ):
+        with pytest.raises(WorkbenchError, match=re.escape(message)):
+            _check_placement(*args)
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    cpus = os.cpu_count() or 1
+    t0 = time.monotonic()
+    out = run_cli(
+        *("replay", "--baseline", "models:/flight-delay/1", "--candidate", "models:/flight-delay/2"),
+        *("--traffic", "flights", "--run-id", "ray_big", "--executor", "ray", "--ray-actors", str(cpus)),
+        home=home,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 2 and f"--ray-actors {cpus} needs {cpus + 1} CPUs" in out.stderr, out.stderr[-2000:]
+    assert time.monotonic() - t0 < 120  # refused once Ray started, not after a wait
 
 
 def test_ray_executor_stores_identical_results(demo_home, tmp_path):

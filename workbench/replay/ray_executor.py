@@ -33,6 +33,21 @@ def _ray():
     return ray
 
 
+def _check_placement(actors: int, use_gpu: bool, cpus: int, gpus: int) -> None:
+    """Refuse, before anything starts, a request the cluster cannot place: each CPU actor holds a CPU for
+    the whole run, and the tasks that read the traffic need one more, or the replay waits for ever."""
+    if actors < 1:
+        raise WorkbenchError(f"--ray-actors must be at least 1, not {actors}")
+    if use_gpu and actors > gpus:
+        raise WorkbenchError(f"--ray-actors {actors} needs {actors} GPUs (one per actor); the cluster has {gpus}")
+    if not use_gpu and actors > cpus - 1:
+        fits = f"use --ray-actors {cpus - 1} or fewer" if cpus > 1 else "add a CPU to the cluster"
+        raise WorkbenchError(
+            f"--ray-actors {actors} needs {actors + 1} CPUs on the cluster (one per actor, one for reading the "
+            f"traffic); it has {cpus}: {fits}"
+        )
+
+
 class PairActor:
     """A Ray actor holding both models; maps an Arrow batch of traffic to its paired result rows."""
 
@@ -84,8 +99,10 @@ class RayExecutor:
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         gpus = int(ray.cluster_resources().get("GPU", 0))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
         use_gpu = gpus > 0 and any(m.ref.flavor == "pytorch" for m in models.values()) and self.device != "cpu"
-        actors = self.actors or (gpus if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) - 1))
+        actors = self.actors or (gpus if use_gpu else max(1, cpus - 1))
+        _check_placement(actors, use_gpu, cpus, gpus)
         uris = {role: m.ref.uri for role, m in models.items()}
         features = sorted({f for m in models.values() for f in m.ref.features})
         run_id, done = run.run_id, run.rows_done
