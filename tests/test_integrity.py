@@ -10,13 +10,16 @@ weight source, and a real ``mlflow server`` where the registry is the witness.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, fresh_run, register_model, run_cli, seed_run
+from conftest import REPO, free_port, fresh_run, register_model, run_cli, seed_run
 from reliability_log import record
 from workbench.config import Settings, load_settings
 from workbench.decide.policy import load_policy
@@ -311,3 +314,50 @@ def test_editing_a_record_text_is_detected(home):
     _, st, _ = cli(home, "canary", "status", "fraud")
     assert not st["verified"] and st["weight"] == 0 and "hash mismatch" in st["problem"]
     record(AREA, "the stored record's JSON edited (weight 1 -> 50)", "unverified (hash mismatch), weight 0")
+
+
+# -- concurrent writers on one model -------------------------------------------------------------------------
+def test_two_concurrent_decides_and_a_kill_never_fork_the_chain(home):
+    """Two ``decide`` processes on runs of the same model and a ``canary kill``, started together: each one
+    either extends the chain's head as it finds it or fails with a one-line error; the chain verifies after."""
+    seed(home, fresh_run, 1)
+    seed(home, fresh_run, 2)
+    env = {"WORKBENCH_HOME": str(home)} | dead_mlflow()
+    commands = [
+        ["decide", "run_a1", "--json"],
+        ["decide", "run_a2", "--json"],
+        ["canary", "kill", "fraud", "--reason", "race", "--json"],
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "workbench.cli", *c],
+            env=os.environ | env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in commands
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    applied = []
+    for (rc, out, err), c in zip(results, commands, strict=True):
+        if rc == 0:
+            applied.append(json.loads(out)["decision_id"])
+        else:  # refused whole: a clear error, nothing half-applied
+            assert rc == 2 and "Traceback" not in err and err.strip().count("\n") == 0, (c, err)
+    assert applied, [r[2][-500:] for r in results]
+    rows = sql(home, "SELECT sequence, decision_id FROM canary_chain WHERE model = 'fraud' ORDER BY sequence")
+    assert [s for s, _ in rows] == list(range(1, len(rows) + 1))  # no sequence twice: no fork
+    assert {d for _, d in rows} >= set(applied)
+    rc, st, _ = cli(home, "canary", "status", "fraud")
+    assert st["verified"] and st["sequence"] == len(rows)
+    for did in applied:
+        rc, v, _ = cli(home, "decision", "verify", did)
+        assert rc == 0 and v["verified"] and v["applied"]
+    record(
+        AREA,
+        "two decide processes and a kill on one model at once",
+        f"{len(applied)} of 3 applied in turn (the others refused with a one-line error); the chain has "
+        f"sequences 1..{len(rows)} once each and verifies",
+    )
