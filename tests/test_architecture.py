@@ -99,3 +99,9 @@ def test_tests_mirror_the_packages():
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     test_dirs = {p.name for p in (REPO / "tests").iterdir() if p.is_dir()}
     assert packages <= test_dirs, f"no tests folder for {sorted(packages - test_dirs)}"
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports test modules by basename (no packages under tests/): two with one name cannot both run."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
