@@ -306,7 +306,7 @@ def test_candidates_link_each_run_to_compare_and_decide(home):
     at = open_page()
     links = {(p.proto.page, p.proto.query_string) for p in at.page_link}
     assert {("compare", f"run={run_id_of(home)}"), ("decide", f"run={run_id_of(home)}")} <= links
-    assert ("audit", "model=flight-delay") in links and ("candidates", "model=flight-delay") in links
+    assert ("audit", "model=flight-delay") in links and ("", "model=flight-delay") in links  # "": the default page
     at = open_page(address={"model": "flight-delay"})
     assert [s.value for s in at.subheader] == ["flight-delay"] and "All models" in [p.label for p in at.page_link]
     at = open_page(address={"model": "no-such-model"})
@@ -315,7 +315,7 @@ def test_candidates_link_each_run_to_compare_and_decide(home):
 
 def test_a_model_in_the_address_is_the_audited_model(home):
     at = open_page("audit", address={"model": "flight-delay"})
-    assert at.selectbox(key="wb_model").value == "flight-delay" and at.query_params["model"] == ["flight-delay"]
+    assert at.selectbox(key="wb_model").value == "flight-delay" and at.query_params["model"] == "flight-delay"
     assert all(u.startswith("compare?run=") for u in at.dataframe[0].value["replay run"].dropna())
 
 
