@@ -1,5 +1,6 @@
 """Audit: every signed decision on a model, the applied ones in chain order, each with its verification
-status (stored bytes, hash, link to the previous record, signature by a trusted key) and its MLflow run."""
+status (stored bytes, hash, link to the previous record, signature by a trusted key), its replay run's evidence
+and its MLflow run. ``?model=`` in the address picks the model."""
 
 import json
 import os
@@ -16,7 +17,7 @@ models = sorted(set(data.decided_models()) | {s["model"] for s in data.canary()}
 if not models:
     st.info("No decision has been signed yet.")
 else:
-    model = st.selectbox("Model", models, key="wb_audit_model")
+    model = ui.pick_model(models)
     entries = data.audit(model)
     chained = [e for e in entries if e["sequence"] is not None]
     broken = [e for e in chained if not e["verified"]]
@@ -47,7 +48,7 @@ else:
             "weight": f"{e['weight_before']}% → {e['weight_after']}%",
             "signer": e["signer"],
             "created": e["created_at"],
-            "replay run": e["run_id"],
+            "replay run": ui.run_url(e["run_id"]) if e["run_id"] else None,
             "MLflow run": run_url(ui_base, experiments.get(e["mlflow_run_id"]), e["mlflow_run_id"])
             if e["mlflow_run_id"]
             else None,
@@ -59,7 +60,10 @@ else:
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
-        column_config={"MLflow run": st.column_config.LinkColumn(display_text="open in MLflow")},
+        column_config={
+            "replay run": st.column_config.LinkColumn(display_text=r"run=(.*)$"),
+            "MLflow run": st.column_config.LinkColumn(display_text="open in MLflow"),
+        },
     )
     if not ui_base:
         st.caption(

@@ -1,4 +1,5 @@
-"""Candidates: registered models, their versions and aliases (MLflow), and each model's live canary weight."""
+"""Candidates: registered models, their versions and aliases (MLflow), each model's live canary weight, and
+links to its runs' evidence and its audit trail. ``?model=`` in the address shows one model."""
 
 import pandas as pd
 import streamlit as st
@@ -9,7 +10,10 @@ from workbench.decide.canary import build_resume
 from workbench.decide.decisions import apply_and_publish
 from workbench.decide.policy import load_policy
 from workbench.decide.signing import KeyRing
-from workbench.views import ramp_position
+from workbench.ops.access import signer_for
+from workbench.views import ramp_position, runs_of_model
+
+SHOWN_RUNS = 5  # the latest runs of a model linked from its card
 
 
 def resume_form(model: str, version: str) -> None:
@@ -25,7 +29,8 @@ def resume_form(model: str, version: str) -> None:
             try:
                 keys = KeyRing.from_settings(settings)
                 with data.database().write() as store:
-                    signed = build_resume(store, model, version, reason, keys.signer_as(who.signer), load_policy())
+                    signer = signer_for(who, keys, "resume a killed version")
+                    signed = build_resume(store, model, version, reason, signer, load_policy())
                     apply_and_publish(settings, store, keys, signed)
             except WorkbenchError as e:
                 st.error(str(e))
@@ -45,6 +50,11 @@ if not names:
     st.info("No registered model and no canary yet. Register models in MLflow (`workbench demo` registers two).")
 default_ramp = load_policy().ramp
 by_name = {m["name"]: m for m in models}
+wanted = st.query_params.get("model")
+if wanted in names:
+    names = [wanted]
+    st.page_link("pages/candidates.py", label="All models", icon=":material/arrow_back:")
+runs = data.runs()
 for name in names:
     m, s = by_name.get(name), states.get(name)
     with st.container(border=True):
@@ -97,3 +107,13 @@ for name in names:
                 for v in m["versions"]
             ]
             st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"versions_{name}")
+        links, here = st.container(horizontal=True), {"model": name}
+        links.page_link("pages/candidates.py", label="Link to this model", icon=":material/link:", query_params=here)
+        links.page_link("pages/audit.py", label="Audit trail", icon=":material/verified:", query_params=here)
+        model_runs = runs_of_model(runs, name)
+        for r in model_runs[:SHOWN_RUNS]:
+            b, c = r["baseline"].get("uri"), r["candidate"].get("uri")
+            st.caption(f"Run **{r['run_id']}** · {b} vs {c} · {r['status']}")
+            ui.run_links(r["run_id"], ("compare", "decide"))
+        if len(model_runs) > SHOWN_RUNS:
+            st.caption(f"{len(model_runs) - SHOWN_RUNS} older runs: pick them on the Compare page.")

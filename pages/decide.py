@@ -1,5 +1,6 @@
 """Decide: the policy, the verdict it gives this run with every check's numbers, and the ramp step it moves
-to. Only an approver may sign and record the decision; the key stays on the server (the library signs)."""
+to. Only an approver may sign and record the decision (the library refuses anyone else); the key stays on the
+server (the library signs)."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from workbench import WorkbenchError
 from workbench.decide.decisions import decide
 from workbench.decide.policy import Outcome, Verdict, load_policy
 from workbench.decide.signing import KeyRing
+from workbench.ops.access import signer_for
 from workbench.views import ramp_position
 
 OUTCOME_COLORS = {
@@ -154,7 +156,7 @@ if run is not None:
                         settings = data.settings()
                         try:
                             keys = KeyRing.from_settings(settings)
-                            signer = keys.signer_as(who.signer)
+                            signer = signer_for(who, keys, "sign a decision")
                             with data.database().write() as store:
                                 out = decide(settings, store, keys, run["run_id"], policy, signer)
                         except WorkbenchError as e:

@@ -23,7 +23,7 @@ if run is not None:
         "also writes Evidently's HTML report",
     ):
         try:
-            data.jobs().submit_drift(run["run_id"])
+            data.jobs().submit_drift(run["run_id"], by=ui.identity())
             st.success("Drift report started in the background: see the Replay page for its progress.")
         except WorkbenchError as e:
             st.error(str(e))

@@ -2,7 +2,8 @@
 
 Jobs run in threads of the app's process (they share its database connection, so every page keeps working
 while they write); progress, rows/s and ETA come from the progress files that every replay writes, also
-replays started from the command line or a scheduled job in another process.
+replays started from the command line or a scheduled job in another process. Starting one takes an operator or
+an approver (the library refuses a viewer); every run links to its evidence.
 """
 
 from datetime import timedelta
@@ -85,6 +86,8 @@ with st.container(border=True):
     evaluate = p3.checkbox("Evaluate when done", value=True)
     drift = p4.checkbox("Drift report when done (with Evidently HTML)", value=True)
     clicked = st.button("Start replay", type="primary", disabled=not (baseline and candidate and source))
+    if ui.identity() is None:
+        st.caption("Starting a replay takes an operator or an approver: sign in from the sidebar.")
     if clicked and baseline and candidate and source:  # (a disabled button is never clicked)
         try:
             job = data.jobs().submit_replay(
@@ -98,11 +101,17 @@ with st.container(border=True):
                     evaluate=evaluate,
                     drift=drift,
                     drift_html=drift,
-                )
+                ),
+                by=ui.identity(),
             )
+            st.session_state["_wb_started"] = job.run_id
             st.success(f"Started run **{job.run_id}** in the background.")
         except WorkbenchError as e:
             st.error(str(e))
+    started = next((r for r in data.runs() if r["run_id"] == st.session_state.get("_wb_started")), None)
+    if started is not None and started["status"] == "finished":
+        st.markdown(f"Run **{started['run_id']}**, started here, has finished: its evidence")
+        ui.run_links(started["run_id"])
 
 
 def fmt_eta(seconds) -> str:
@@ -147,6 +156,7 @@ for r in data.runs():
     rows.append(
         {
             "run": r["run_id"],
+            "evidence": ui.run_url(r["run_id"]),
             "status": p.status if p and p.status != "finished" else r["status"],
             "traffic": r["traffic"],
             "baseline": r["baseline"].get("uri"),
@@ -165,6 +175,7 @@ for p in progress.values():  # jobs that failed before their run existed (e.g. a
         rows.append(
             {
                 "run": p.run_id,
+                "evidence": None,
                 "status": p.status,
                 "traffic": p.traffic,
                 "baseline": p.baseline,
@@ -179,6 +190,10 @@ for p in progress.values():  # jobs that failed before their run existed (e.g. a
             }
         )
 if rows:
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={"evidence": st.column_config.LinkColumn(display_text="compare, drift, decide")},
+    )
 else:
     st.caption("No replay yet.")

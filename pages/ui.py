@@ -1,4 +1,5 @@
-"""Widgets the pages share: the sign-in box, the run picker, the busy note, number formatting."""
+"""Widgets the pages share: the sign-in box, the run and model pickers that follow the address (``?run=``,
+``?model=``), links to a run's evidence, the busy note, number formatting."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import streamlit as st
 
 from pages import data
 from workbench import WorkbenchError
-from workbench.ops.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
+from workbench.ops.access import (
+    Identity,
+    Role,
+    approvers_path,
+    authenticate,
+    load_approvers,
+    oidc_identity,
+    oidc_provider,
+)
+from workbench.views import page_url
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -53,14 +63,16 @@ def _approvers() -> dict:
 
 
 def identity() -> Identity | None:
-    """Who uses this session: the OIDC login when OIDC is configured, else the approver signed in here."""
+    """Who uses this session: the OIDC login when OIDC is configured, else whoever signed in here (None: a
+    visitor, who is a viewer)."""
     if _auth_section() is not None:
         return oidc_identity(st.user.to_dict(), _approvers())
     return st.session_state.get("_wb_identity")
 
 
 def sidebar_identity() -> None:
-    """The sign-in box: ``st.login`` with OIDC, else an approver's name and password; reviewers read only."""
+    """The sign-in box: ``st.login`` with OIDC, else an operator's or approver's name and password; viewers read
+    only."""
     box = st.sidebar.container(border=True)
     auth = _auth_section()
     who = identity()
@@ -70,24 +82,24 @@ def sidebar_identity() -> None:
             if box.button("Log in", key="wb_login"):
                 st.login(oidc_provider(auth))
         else:
-            role = "approver" if who.can_approve else "reviewer (read-only: not an approver)"
+            role = "viewer (read-only)" if who.role == Role.VIEWER else who.role
             box.markdown(f"**{who.email or who.name}**  \n{role}")
             if box.button("Log out", key="wb_logout"):
                 st.logout()
         return
     if who is not None:
-        box.markdown(f"**{who.name}**  \napprover (password)")
+        box.markdown(f"**{who.name}**  \n{who.role} (password)")
         if box.button("Sign out", key="wb_signout"):
             st.session_state.pop("_wb_identity", None)
             st.rerun()
         return
-    box.caption("Reviewing read-only. Approvers sign in to sign decisions.")
+    box.caption("Reviewing read-only. Operators sign in to start replays, approvers to sign decisions.")
     approvers = _approvers()
     if not approvers:
-        box.caption("No approvers yet: `workbench approver add NAME`.")
+        box.caption("No operators or approvers yet: `workbench approver add NAME [--role operator]`.")
         return
     with box.form("wb_signin", clear_on_submit=True, border=False):
-        name = st.text_input("Approver", key="wb_signin_name")
+        name = st.text_input("Name", key="wb_signin_name")
         password = st.text_input("Password", type="password", key="wb_signin_password")
         if st.form_submit_button("Sign in"):
             who = authenticate(approvers, name.strip(), password)
@@ -99,7 +111,7 @@ def sidebar_identity() -> None:
                 st.session_state.pop("_wb_signin_error", None)
                 st.rerun()
     if st.session_state.get("_wb_signin_error"):
-        box.error("Unknown approver or wrong password.")
+        box.error("Unknown name or wrong password.")
 
 
 # -- the run picker ---------------------------------------------------------------------------------------------------
@@ -112,6 +124,21 @@ def _label(r: dict) -> str:
     return f"{r['run_id']} · {ref(b)} vs {ref(c)} · {r['rows_done']:,} rows · {r['status']}"
 
 
+def _follow_address(param: str, key: str, options: list[str]) -> None:
+    """Point the widget ``key`` at the option the address names (``?param=``) when the address changed (a link
+    or a shared address); else keep the widget's choice, or the session's last one."""
+    wanted, last = st.query_params.get(param), st.session_state.get(f"_{key}")
+    if wanted in options and wanted != last:
+        st.session_state[key] = wanted
+    elif st.session_state.get(key) not in options:
+        st.session_state[key] = last if last in options else options[0]
+
+
+def _to_address(param: str, key: str, chosen: str) -> None:
+    st.session_state[f"_{key}"] = chosen
+    st.query_params[param] = chosen
+
+
 def pick_run(finished_only: bool = False) -> dict | None:
     """A run chosen in the sidebar (shared by the pages, and by ``?run=`` in the address); None when there is
     none yet (the page then says so)."""
@@ -122,15 +149,39 @@ def pick_run(finished_only: bool = False) -> dict | None:
         st.info("No replay run yet: start one on the Replay page, or run `workbench demo` / `workbench replay`.")
         return None
     ids = [r["run_id"] for r in runs]
-    wanted = st.query_params.get("run") or st.session_state.get("_wb_run")
-    index = ids.index(wanted) if wanted in ids else 0
+    _follow_address("run", "wb_run", ids)
     labels = {r["run_id"]: _label(r) for r in runs}
-    chosen = st.sidebar.selectbox(
-        "Replay run", ids, index=index, format_func=lambda run_id: labels[run_id], key="wb_run"
-    )
-    st.session_state["_wb_run"] = chosen
-    st.query_params["run"] = chosen
+    chosen = st.sidebar.selectbox("Replay run", ids, format_func=lambda run_id: labels[run_id], key="wb_run")
+    _to_address("run", "wb_run", chosen)
     return next(r for r in runs if r["run_id"] == chosen)
+
+
+def pick_model(models: list[str]) -> str:
+    """A model chosen on the page (``?model=`` in the address names one); ``models`` is not empty."""
+    _follow_address("model", "wb_model", models)
+    chosen = st.selectbox("Model", models, key="wb_model")
+    _to_address("model", "wb_model", chosen)
+    return chosen
+
+
+EVIDENCE_PAGES = {
+    "compare": ("Compare", ":material/compare_arrows:"),
+    "drift": ("Drift", ":material/timeline:"),
+    "decide": ("Decide", ":material/gavel:"),
+}
+
+
+def run_links(run_id: str, pages: tuple[str, ...] = tuple(EVIDENCE_PAGES), where=st) -> None:
+    """Links to a run's evidence pages, with ``?run=`` so the address can be shared."""
+    row = where.container(horizontal=True)
+    for page in pages:
+        label, icon = EVIDENCE_PAGES[page]
+        row.page_link(f"pages/{page}.py", label=label, icon=icon, query_params={"run": run_id})
+
+
+def run_url(run_id: str) -> str:
+    """The shareable address of a run's evidence (its Compare page), for link columns of tables."""
+    return page_url("compare", run=run_id)
 
 
 def run_caption(r: dict) -> None:
@@ -140,6 +191,7 @@ def run_caption(r: dict) -> None:
         f" vs candidate `{c.get('uri')}` (v{c.get('version')}); {r['rows_done']:,} of "
         f"{r['rows_total'] or 0:,} rows, {r['status']}."
     )
+    run_links(r["run_id"])
 
 
 # -- notes and formatting ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The store reduces a run to histograms and counts in DuckDB (:meth:`Store.app_sco
 these functions turn them into curves, matrices and tables: ROC and PR points at the histogram's bin
 edges, reliability bins, confusion matrices, latency histograms, scorecard rows that accept both the
 interval shape of ``workbench evaluate --json`` and bare numbers, breakdown rows, drift rows, the ramp
-position. Charts themselves live in ``pages/``.
+position, the addresses that link one page's run or model to another page. Charts themselves live in
+``pages/``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 
@@ -443,3 +445,14 @@ def ramp_position(weight: int, ramp: tuple[int, ...] | list[int]) -> dict[str, A
         "ramp": ramp,
         "text": " → ".join(f"[{w}%]" if w == weight else f"{w}%" for w in [0] + ramp),
     }
+
+
+# -- links between pages ---------------------------------------------------------------------------------------
+def page_url(page: str, **params: str) -> str:
+    """A page's address relative to the app's, e.g. ``compare?run=r1``: what a reviewer shares."""
+    return page + ("?" + urlencode(params) if params else "")
+
+
+def runs_of_model(runs: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """The runs that replay ``model`` as baseline or candidate, in the order given (the store's: newest first)."""
+    return [r for r in runs if model in {(r.get("baseline") or {}).get("name"), (r.get("candidate") or {}).get("name")}]

@@ -18,6 +18,7 @@ from workbench.ops.progress import read_progress
 
 APP = str(REPO / "app.py")
 PASSWORD = "alice-pw-long-enough"
+OPERATOR_PASSWORD = "olga-pw-long-enough"
 LENIENT = """name = "lenient"
 min_labeled_rows = 100
 [errors]
@@ -28,7 +29,7 @@ max_rate = 0.05
 @pytest.fixture(scope="module")
 def app_home(demo_home, tmp_path_factory):
     """The demo home (with the signing key the demo created) plus approvers (alice: password; bob: OIDC e-mail),
-    a lenient policy file, and the demo run's drift report with Evidently's HTML."""
+    an operator (olga: password), a lenient policy file, and the demo run's drift report with Evidently's HTML."""
     from workbench.config import load_settings
     from workbench.drift.report import drift_run
     from workbench.store import Store
@@ -37,6 +38,7 @@ def app_home(demo_home, tmp_path_factory):
     shutil.copytree(demo_home, home)
     add_approver(approvers_path(home), "alice", password=PASSWORD)
     add_approver(approvers_path(home), "bob", email="bob@example.com")
+    add_approver(approvers_path(home), "olga", password=OPERATOR_PASSWORD, role="operator")
     (home / "policies").mkdir()
     (home / "policies" / "lenient.toml").write_text(LENIENT)
     settings = load_settings(home)
@@ -56,10 +58,12 @@ def home(app_home, tmp_path, monkeypatch):
     return h
 
 
-def open_page(page: str | None = None, **state) -> AppTest:
+def open_page(page: str | None = None, address: dict | None = None, **state) -> AppTest:
+    """The app on ``page`` (default: Candidates), opened at an address with the query ``address``."""
     at = AppTest.from_file(APP, default_timeout=90)
     for k, v in state.items():
         setattr(at, k, v)
+    at.query_params.update(address or {})
     at.run()
     if page:
         at.switch_page(f"pages/{page}.py").run()
@@ -158,13 +162,15 @@ def test_drift_page_with_the_evidently_report(home):
     [frame] = at.get("iframe")
     html = home / "reports" / f"{run_id_of(home)}_drift.html"
     assert frame.proto.srcdoc == html.read_text(encoding="utf-8") and "root_metric_" in frame.proto.srcdoc
+    at.button(key="wb_drift_run").click().run()
+    assert "viewers cannot recompute drift: sign in as an operator or approver" in at.error[0].value
 
 
 def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     at = open_page("decide")
     assert "Only an approver can sign decisions" in texts(at) and not at.checkbox
     sign_in(at, "alice", "wrong")
-    assert "Unknown approver or wrong password." in texts(at)
+    assert "Unknown name or wrong password." in texts(at)
     sign_in(at, "alice", PASSWORD)
     assert "approver (password)" in texts(at)
     at.selectbox(key="wb_policy").set_value(str(home / "policies" / "lenient.toml")).run()
@@ -230,8 +236,25 @@ def test_oidc_login_decides_who_may_sign(home, email, verified, can_sign):
     assert "Log in" in [b.label for b in at.sidebar.button] and "Only an approver" in texts(at)
 
 
+def test_a_viewer_cannot_start_a_replay(home):
+    at = open_page("replay")
+    assert "Starting a replay takes an operator or an approver" in texts(at)
+    next(b for b in at.button if b.label == "Start replay").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.success and "viewers cannot start a replay: sign in as an operator or approver" in at.error[0].value
+    assert read_progress(home) == []
+
+
+def test_an_operator_starts_replays_but_cannot_sign(home):
+    at = open_page("decide")
+    sign_in(at, "olga", OPERATOR_PASSWORD)
+    assert "operator (password)" in texts(at) and "olga is signed in but is not an approver" in texts(at)
+    assert "Sign and apply" not in [b.label for b in at.button]
+
+
 def test_replay_page_starts_a_job_and_lists_it(home):
     at = open_page("replay")
+    sign_in(at, "olga", OPERATOR_PASSWORD)
     assert at.selectbox[0].value == "flight-delay"
     assert at.selectbox[1].value == "models:/flight-delay@champion"
     assert at.selectbox[2].value == "models:/flight-delay@challenger"
@@ -253,9 +276,47 @@ def test_replay_page_starts_a_job_and_lists_it(home):
     past = at.dataframe[0].value.set_index("run")
     assert past.loc["app_run", "status"] == "finished" and past.loc["app_run", "source"] == "app replay"
     assert past.loc["app_run", "rows"] == past.loc[run_id_of(home), "rows"]
+    assert past.loc["app_run", "evidence"] == "compare?run=app_run"
+    links = {(p.proto.page, p.proto.query_string) for p in at.page_link}
+    assert {("compare", "run=app_run"), ("drift", "run=app_run"), ("decide", "run=app_run")} <= links
     at.switch_page("pages/compare.py").run()
     at.sidebar.selectbox(key="wb_run").set_value("app_run").run()
     assert not at.exception and at.table[0].value.index[0] == "accuracy"
+
+
+def other_run(home: Path) -> str:
+    """A finished run of the demo other than the one the pages pick by default (the newest)."""
+    from workbench.store import Store
+
+    with Store(home / "workbench.duckdb") as store:
+        runs = [r["run_id"] for r in store.list_runs() if r["status"] == "finished"]
+    assert len(runs) > 1
+    return runs[-1]
+
+
+@pytest.mark.parametrize("page", ["compare", "drift", "decide"])
+def test_a_run_in_the_address_is_the_run_shown(home, page):
+    run = other_run(home)
+    at = open_page(page, address={"run": run})
+    assert at.sidebar.selectbox(key="wb_run").value == run and f"Run **{run}**" in texts(at)
+    assert ("compare", f"run={run}") in {(p.proto.page, p.proto.query_string) for p in at.page_link}
+
+
+def test_candidates_link_each_run_to_compare_and_decide(home):
+    at = open_page()
+    links = {(p.proto.page, p.proto.query_string) for p in at.page_link}
+    assert {("compare", f"run={run_id_of(home)}"), ("decide", f"run={run_id_of(home)}")} <= links
+    assert ("audit", "model=flight-delay") in links and ("", "model=flight-delay") in links  # "": the default page
+    at = open_page(address={"model": "flight-delay"})
+    assert [s.value for s in at.subheader] == ["flight-delay"] and "All models" in [p.label for p in at.page_link]
+    at = open_page(address={"model": "no-such-model"})
+    assert at.subheader[0].value == "flight-delay"
+
+
+def test_a_model_in_the_address_is_the_audited_model(home):
+    at = open_page("audit", address={"model": "flight-delay"})
+    assert at.selectbox(key="wb_model").value == "flight-delay" and at.query_params["model"] == "flight-delay"
+    assert all(u.startswith("compare?run=") for u in at.dataframe[0].value["replay run"].dropna())
 
 
 def test_database_busy_shows_the_last_data_read(home):

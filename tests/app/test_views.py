@@ -275,3 +275,15 @@ def test_ramp_position(weight, step, nxt):
 def test_rollup_rejects_unknown_period():
     with pytest.raises(ValueError, match="unknown period"):
         views.rollup([{"key": datetime(2013, 7, 1), "rows": 1}], "year")
+
+
+def test_page_urls_and_the_runs_of_a_model():
+    assert views.page_url("compare", run="r1") == "compare?run=r1"
+    assert views.page_url("audit", model="a b&c") == "audit?model=a+b%26c" and views.page_url("drift") == "drift"
+    runs = [
+        {"run_id": "r3", "baseline": {"name": "m"}, "candidate": {"name": "m"}},
+        {"run_id": "r2", "baseline": {"uri": "runs:/x/model"}, "candidate": {"name": "other"}},
+        {"run_id": "r1", "baseline": {"name": "other"}, "candidate": {"name": "m"}},
+    ]
+    assert [r["run_id"] for r in views.runs_of_model(runs, "m")] == ["r3", "r1"]
+    assert views.runs_of_model(runs, "none") == []

@@ -19,10 +19,13 @@ from conftest import REPO, TinyModel
 from workbench import WorkbenchError
 from workbench.config import load_settings
 from workbench.ingest.traffic import ingest
+from workbench.ops.access import AccessDenied, Identity, Role
 from workbench.ops.background import BackgroundJobs, DatabaseBusy, ReplayJob, SharedDatabase
 from workbench.ops.progress import ProgressFile, read_progress
 from workbench.replay.pipeline import ReplayOptions
 from workbench.store import Store
+
+OPERATOR = Identity("olga", "password", Role.OPERATOR)
 
 N = 3000
 
@@ -91,7 +94,8 @@ def test_pages_read_while_an_in_process_replay_writes(home):
             run_id="run_bg",
             options=ReplayOptions(batch_size=100, writers=1),
             drift=False,
-        )
+        ),
+        by=OPERATOR,
     )
     seen_running = None
     deadline = time.monotonic() + 60
@@ -130,12 +134,12 @@ def test_two_jobs_and_readers_share_the_write_lock(home):
     db = SharedDatabase(home.db_path)
     jobs = BackgroundJobs(home, db, load_predictor=lambda uri, device: SlowModel(uri, 0.005))
     opts = ReplayOptions(batch_size=250, writers=1)
-    a = jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_1", options=opts, drift=False))
+    a = jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_1", options=opts, drift=False), by=OPERATOR)
     b = jobs.submit_replay(
-        ReplayJob("t", "test:b", "test:c", run_id="run_2", options=opts, evaluate=False, drift=False)
+        ReplayJob("t", "test:b", "test:c", run_id="run_2", options=opts, evaluate=False, drift=False), by=OPERATOR
     )
     with pytest.raises(WorkbenchError, match="already has a job running"):
-        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_1", options=opts))
+        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_1", options=opts), by=OPERATOR)
     errors = []
 
     def reader():
@@ -172,7 +176,7 @@ def test_busy_while_another_process_writes(home):
         assert not db.writing
         jobs = BackgroundJobs(home, db, load_predictor=lambda uri, device: TinyModel(uri))
         db.write_wait_s = 0.5
-        job = jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_busy", drift=False))
+        job = jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_busy", drift=False), by=OPERATOR)
         done = jobs.wait(job.job_id, 60)
         assert done.status == "failed" and "busy" in done.error
         [p] = [p for p in read_progress(home.home) if p.run_id == "run_busy"]
@@ -191,14 +195,25 @@ def test_failures_are_recorded_and_running_runs_refused(home):
         raise WorkbenchError(f"no model at {uri}")
 
     jobs = BackgroundJobs(home, db, load_predictor=load)
-    done = jobs.wait(jobs.submit_replay(ReplayJob("t", "models:/nope/1", "test:c", run_id="run_f")).job_id, 60)
+    job = jobs.submit_replay(ReplayJob("t", "models:/nope/1", "test:c", run_id="run_f"), by=OPERATOR)
+    done = jobs.wait(job.job_id, 60)
     assert done.status == "failed" and done.error == "no model at models:/nope/1"
     assert jobs.jobs()[0].to_dict()["error"] == done.error and not jobs.running()
     ProgressFile(home.home, "run_other", source="cli replay")  # a live replay elsewhere (this pid)
     with pytest.raises(WorkbenchError, match="is being replayed by process"):
-        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_other"))
+        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_other"), by=OPERATOR)
     with pytest.raises(WorkbenchError, match="invalid run id"):
-        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="bad id"))
+        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="bad id"), by=OPERATOR)
+
+
+@pytest.mark.parametrize("who", [None, Identity("eve", "oidc", Role.VIEWER)], ids=["visitor", "viewer"])
+def test_viewers_cannot_start_jobs(home, who):
+    jobs = BackgroundJobs(home, SharedDatabase(home.db_path), load_predictor=lambda uri, device: TinyModel(uri))
+    with pytest.raises(AccessDenied, match="viewers cannot start a replay: sign in as an operator or approver"):
+        jobs.submit_replay(ReplayJob("t", "test:b", "test:c", run_id="run_v"), by=who)
+    with pytest.raises(AccessDenied, match="viewers cannot recompute drift"):
+        jobs.submit_drift("run_v", by=who)
+    assert jobs.jobs() == [] and read_progress(home.home) == []
 
 
 def test_cli_replay_progress_is_visible_without_duckdb(demo_home, tmp_path):

@@ -34,11 +34,12 @@ def cmd_approver_add(args) -> None:
     from workbench.ops.access import add_approver, approvers_path
 
     settings = settings_for(args)
-    approver = add_approver(approvers_path(settings.home), args.name, password=_read_password(args), email=args.email)
+    path = approvers_path(settings.home)
+    approver = add_approver(path, args.name, password=_read_password(args), email=args.email, role=args.role)
     emit(
         args,
-        approver.to_dict() | {"file": str(approvers_path(settings.home))},
-        lambda d: f"approver {d['name']} saved in {d['file']}" + (f" (e-mail {d['email']})" if d["email"] else ""),
+        approver.to_dict() | {"file": str(path)},
+        lambda d: f"{d['role']} {d['name']} saved in {d['file']}" + (f" (e-mail {d['email']})" if d["email"] else ""),
     )
 
 
@@ -50,8 +51,8 @@ def cmd_approver_list(args) -> None:
         args,
         {"approvers": [a.to_dict() for a in approvers.values()]},
         lambda d: _table(
-            [(a["name"], a["email"] or "", "yes" if a["password"] else "no") for a in d["approvers"]],
-            ("name", "email", "password"),
+            [(a["name"], a["role"], a["email"] or "", "yes" if a["password"] else "no") for a in d["approvers"]],
+            ("name", "role", "email", "password"),
         ),
     )
 
@@ -74,17 +75,23 @@ def add_app_commands(sub, common) -> None:
     s = sub.add_parser("app", parents=[common], help="serve the Streamlit workbench on 127.0.0.1")
     s.add_argument("--port", type=int, default=8501)
     s.set_defaults(fn=cmd_app)
-    appr = sub.add_parser("approver", help="who may sign decisions in the app").add_subparsers(
+    appr = sub.add_parser("approver", help="who may start jobs or sign decisions in the app").add_subparsers(
         dest="approver_command", required=True, metavar="ACTION"
     )
-    s = appr.add_parser("add", parents=[common], help="add (or replace) an approver")
+    s = appr.add_parser("add", parents=[common], help="add (or replace) an approver or an operator")
     s.add_argument("name")
-    s.add_argument("--email", default=None, help="the approver's OIDC e-mail (when the app uses st.login)")
+    s.add_argument("--email", default=None, help="the person's OIDC e-mail (when the app uses st.login)")
+    s.add_argument(
+        "--role",
+        choices=["operator", "approver"],
+        default="approver",
+        help="operator: starts replays, jobs and drift; approver: also signs decisions (default)",
+    )
     s.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     s.add_argument("--no-password", action="store_true", help="no local password (OIDC sign-in only)")
     s.set_defaults(fn=cmd_approver_add)
-    s = appr.add_parser("list", parents=[common], help="list approvers (never their hashes)")
+    s = appr.add_parser("list", parents=[common], help="list approvers and operators (never their hashes)")
     s.set_defaults(fn=cmd_approver_list)
-    s = appr.add_parser("remove", parents=[common], help="remove an approver")
+    s = appr.add_parser("remove", parents=[common], help="remove an approver or an operator")
     s.add_argument("name")
     s.set_defaults(fn=cmd_approver_remove)

@@ -1,21 +1,30 @@
-"""Who may sign decisions in the app: approvers, their password hashes, and the identity of a session.
+"""Who may do what in the app: roles, the approvers store with its password hashes, and a session's identity.
 
-Approvers live in ``$WORKBENCH_HOME/approvers.toml`` (mode 0600), written by ``workbench approver add``::
+Three roles, each allowed what the one before it is: a **viewer** reads (anyone not signed in), an
+**operator** also starts replays, jobs and drift recomputations, an **approver** also signs decisions
+(promote, hold, roll back, kill, resume). The page actions call :func:`require_role` (and take a signer
+from :func:`signer_for`), so a role is enforced by the library, not only by hidden buttons.
+
+Operators and approvers live in ``$WORKBENCH_HOME/approvers.toml`` (mode 0600), written by
+``workbench approver add``::
 
     [approvers.alice]
     email = "alice@example.com"                   # optional: matched against an OIDC login's e-mail
     password = "scrypt$16384$8$1$<salt>$<hash>"   # optional: for the local sign-in (base64, 16-byte salt)
+    role = "approver"                             # or "operator"; an entry without a role is an approver
 
 With OIDC configured for Streamlit (an ``[auth]`` section in ``.streamlit/secrets.toml``) the app signs
-people in with ``st.login`` and an identity may approve when its e-mail is an approver's; without OIDC an
-approver signs in with name and password. Everyone else reviews read-only. Passwords are hashed with
-scrypt (N=2^14, r=8, p=1) and a random salt, and compared in constant time; an approver's password has at
-least :data:`MIN_PASSWORD_LENGTH` characters.
+people in with ``st.login``; a login has the role of the entry with its e-mail, or the role its
+:data:`ROLE_CLAIM` claim names (a role's name, or a list of names), whichever allows more. Without OIDC
+an operator or approver signs in with name and password. Passwords are hashed with scrypt (N=2^14, r=8,
+p=1) and a random salt, and compared in constant time; a password has at least
+:data:`MIN_PASSWORD_LENGTH` characters.
 
-An OIDC login counts as its e-mail's approver only when the provider says the e-mail is verified: the
+An OIDC login matches an entry's e-mail only when the provider says the e-mail is verified: the
 ``email_verified`` claim is the boolean ``true``, or the string ``"true"`` in any case (some providers, such
 as Amazon Cognito, send the claim as a string). A missing claim, ``false``, ``"false"`` or anything else
-leaves the login read-only: whoever controls an unverified address must not sign as its owner.
+leaves the login without that entry's role: whoever controls an unverified address must not sign as its
+owner.
 """
 
 from __future__ import annotations
@@ -28,12 +37,43 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from workbench import WorkbenchError
+from workbench.decide.signing import KeyRing, Signer
 from workbench.store import check_name
 
 APPROVERS_FILE = "approvers.toml"
+ROLE_CLAIM = "workbench_role"
+
+
+class Role(StrEnum):
+    """What a person may do in the app; each role may do what the ones before it may."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    APPROVER = "approver"
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+STORED_ROLES = (Role.OPERATOR, Role.APPROVER)  # a viewer needs no entry
+
+
+class AccessDenied(WorkbenchError):
+    """An action the identity's role does not allow."""
+
+
+def parse_role(value: object, where: str) -> Role:
+    """A stored role (operator or approver); anything else is an error naming ``where`` and the valid ones."""
+    if value not in STORED_ROLES:
+        raise WorkbenchError(f"{where}: role must be one of {', '.join(STORED_ROLES)}, not {value!r}")
+    return Role(str(value))
+
+
 _N, _R, _P, _SALT, _LEN = 2**14, 8, 1, 16, 32
 MIN_PASSWORD_LENGTH = 12
 
@@ -79,10 +119,11 @@ class Approver:
     name: str
     email: str | None = None
     password: str | None = None  # the hash
+    role: Role = Role.APPROVER
 
     def to_dict(self) -> dict:
         """What ``approver list`` shows (never the hash)."""
-        return {"name": self.name, "email": self.email, "password": self.password is not None}
+        return {"name": self.name, "email": self.email, "password": self.password is not None, "role": self.role}
 
 
 def load_approvers(path: Path) -> dict[str, Approver]:
@@ -100,9 +141,10 @@ def load_approvers(path: Path) -> dict[str, Approver]:
         raise WorkbenchError(f"approvers file {path}: expected only [approvers.NAME] tables")
     out = {}
     for name, entry in table.items():
-        if not isinstance(entry, dict) or set(entry) - {"email", "password"}:
-            raise WorkbenchError(f"approvers file {path}: [approvers.{name}] takes only email and password")
-        out[name] = Approver(name, entry.get("email"), entry.get("password"))
+        if not isinstance(entry, dict) or set(entry) - {"email", "password", "role"}:
+            raise WorkbenchError(f"approvers file {path}: [approvers.{name}] takes only email, password and role")
+        role = parse_role(entry.get("role", Role.APPROVER), f"approvers file {path}: [approvers.{name}]")
+        out[name] = Approver(name, entry.get("email"), entry.get("password"), role)
     return out
 
 
@@ -117,6 +159,7 @@ def save_approvers(path: Path, approvers: dict[str, Approver]) -> None:
             lines.append(f"email = {json.dumps(a.email)}")
         if a.password:
             lines.append(f"password = {json.dumps(a.password)}")
+        lines.append(f"role = {json.dumps(a.role.value)}")
         lines.append("")
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -126,11 +169,10 @@ def save_approvers(path: Path, approvers: dict[str, Approver]) -> None:
 
 
 def check_password(password: str) -> str:
-    """Refuse an approver password shorter than :data:`MIN_PASSWORD_LENGTH` characters."""
+    """Refuse a password shorter than :data:`MIN_PASSWORD_LENGTH` characters."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise WorkbenchError(
-            f"an approver's password must be at least {MIN_PASSWORD_LENGTH} characters long "
-            f"(this one has {len(password)})"
+            f"a password must be at least {MIN_PASSWORD_LENGTH} characters long (this one has {len(password)})"
         )
     return password
 
@@ -141,15 +183,19 @@ def email_verified(user: dict) -> bool:
     return claim is True or (isinstance(claim, str) and claim.strip().lower() == "true")
 
 
-def add_approver(path: Path, name: str, *, password: str | None = None, email: str | None = None) -> Approver:
-    """Add or replace an approver; at least one of a password (local sign-in) or an e-mail (OIDC)."""
+def add_approver(
+    path: Path, name: str, *, password: str | None = None, email: str | None = None, role: str = Role.APPROVER
+) -> Approver:
+    """Add or replace an approver (or an operator, by ``role``); at least one of a password (local sign-in)
+    or an e-mail (OIDC)."""
     check_name(name, "approver name")
+    checked = parse_role(role, f"approver {name}")
     if password is None and not email:
-        raise WorkbenchError("an approver needs a password (local sign-in) or an --email (OIDC sign-in)")
+        raise WorkbenchError(f"an {checked} needs a password (local sign-in) or an --email (OIDC sign-in)")
     if password is not None:
         check_password(password)
     approvers = load_approvers(path)
-    approver = Approver(name, email or None, hash_password(password) if password is not None else None)
+    approver = Approver(name, email or None, hash_password(password) if password is not None else None, checked)
     approvers[name] = approver
     save_approvers(path, approvers)
     return approver
@@ -166,12 +212,16 @@ def remove_approver(path: Path, name: str) -> None:
 # -- the identity of an app session ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Identity:
-    """Who is using the app: ``method`` is ``oidc`` or ``password``; only approvers may sign."""
+    """Who is using the app: ``method`` is ``oidc`` or ``password``; the role says what they may do."""
 
     name: str
     method: str
-    can_approve: bool
+    role: Role
     email: str | None = None
+
+    @property
+    def can_approve(self) -> bool:
+        return self.role.allows(Role.APPROVER)
 
     @property
     def signer(self) -> str:
@@ -179,24 +229,54 @@ class Identity:
         return self.email or self.name
 
 
+def role_of(identity: Identity | None) -> Role:
+    """The role of a session: a visitor who is not signed in is a viewer."""
+    return Role.VIEWER if identity is None else identity.role
+
+
+def require_role(identity: Identity | None, needed: Role, action: str) -> Identity:
+    """The identity when its role allows ``action`` (e.g. "start a replay"), else :class:`AccessDenied`."""
+    have = role_of(identity)
+    if identity is None or not have.allows(needed):
+        allowed = " or ".join(r.value for r in Role if r.allows(needed))
+        raise AccessDenied(f"{have}s cannot {action}: sign in as an {allowed}")
+    return identity
+
+
+def signer_for(identity: Identity | None, keys: KeyRing, action: str) -> Signer:
+    """The workbench key signing as ``identity``, for an approver only (signing is what approvers do)."""
+    return keys.signer_as(require_role(identity, Role.APPROVER, action).signer)
+
+
 def authenticate(approvers: dict[str, Approver], name: str, password: str) -> Identity | None:
-    """The approver's identity when name and password match, else None (same cost either way)."""
+    """The entry's identity when name and password match, else None (same cost either way)."""
     a = approvers.get(name)
     stored = a.password if a is not None and a.password else hash_password("x" * 12)
     ok = verify_password(password, stored)
-    return Identity(name, "password", True, a.email) if ok and a is not None and a.password else None
+    return Identity(name, "password", a.role, a.email) if ok and a is not None and a.password else None
+
+
+def claimed_role(user: dict) -> Role:
+    """The highest role an OIDC login's :data:`ROLE_CLAIM` claim names (a name or a list); else viewer."""
+    claim = user.get(ROLE_CLAIM)
+    names = claim if isinstance(claim, list) else [claim]
+    roles = [Role(n.strip().lower()) for n in names if isinstance(n, str) and n.strip().lower() in set(Role)]
+    return max(roles, key=list(Role).index, default=Role.VIEWER)
 
 
 def oidc_identity(user: dict, approvers: dict[str, Approver]) -> Identity | None:
-    """The identity of an OIDC login (Streamlit's ``st.user``): an approver when its e-mail is one's and the
-    provider says that e-mail is verified (see the module's docstring)."""
+    """The identity of an OIDC login (Streamlit's ``st.user``): the role of the entry with its e-mail when the
+    provider says that e-mail is verified, or the role its claim names, whichever allows more (see the
+    module's docstring)."""
     if not user.get("is_logged_in"):
         return None
     email = user.get("email")
     name = user.get("name") or email or user.get("sub") or "unknown"
     by_email = {a.email.lower(): a for a in approvers.values() if a.email}
-    approver = by_email.get(email.lower()) if isinstance(email, str) and email and email_verified(user) else None
-    return Identity(approver.name if approver else name, "oidc", approver is not None, email)
+    entry = by_email.get(email.lower()) if isinstance(email, str) and email and email_verified(user) else None
+    claimed = claimed_role(user)
+    role = entry.role if entry is not None and entry.role.allows(claimed) else claimed
+    return Identity(entry.name if entry else name, "oidc", role, email)
 
 
 def oidc_provider(auth: dict) -> str | None:

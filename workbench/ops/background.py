@@ -29,6 +29,7 @@ from pathlib import Path
 
 from workbench import WorkbenchError
 from workbench.config import Settings
+from workbench.ops.access import Identity, Role, require_role
 from workbench.ops.flow import Flow, FlowEvents, run_flow
 from workbench.ops.progress import RUNNING, ProgressFile, read_progress
 from workbench.replay.pipeline import ReplayOptions, new_run_id
@@ -209,9 +210,10 @@ class BackgroundJobs:
         self._threads: dict[str, threading.Thread] = {}
 
     # -- submit ---------------------------------------------------------------------------------------
-    def submit_replay(self, job: ReplayJob) -> JobState:
-        """Start a replay job; returns its state at once. A run already running (here or, by its progress
-        file, in another process) is refused."""
+    def submit_replay(self, job: ReplayJob, *, by: Identity | None) -> JobState:
+        """Start a replay job for ``by`` (an operator or approver); returns its state at once. A run already
+        running (here or, by its progress file, in another process) is refused."""
+        require_role(by, Role.OPERATOR, "start a replay")
         run_id = check_name(job.run_id, "run id") if job.run_id else new_run_id()
         job = replace(job, run_id=run_id)
         check_name(job.traffic, "traffic name")
@@ -222,8 +224,10 @@ class BackgroundJobs:
             dict(traffic=job.traffic, baseline=job.baseline, candidate=job.candidate),
         )
 
-    def submit_drift(self, run_id: str, html: bool = True) -> JobState:
-        """Compute a run's drift report (and Evidently's HTML report) in the background."""
+    def submit_drift(self, run_id: str, *, by: Identity | None, html: bool = True) -> JobState:
+        """Compute a run's drift report (and Evidently's HTML report) in the background, for an operator or
+        approver."""
+        require_role(by, Role.OPERATOR, "recompute drift")
         return self._start("drift", check_name(run_id, "run id"), lambda prog: self._drift(run_id, html, prog), {})
 
     def _start(self, kind: str, run_id: str, body: Callable[[ProgressFile], None], meta: dict) -> JobState:
