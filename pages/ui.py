@@ -6,13 +6,20 @@ import runpy
 import time
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from pages import data
-from workbench import WorkbenchError
+from workbench import WorkbenchError, views
 from workbench.ops.access import Identity, approvers_path, authenticate, load_approvers, oidc_identity, oidc_provider
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+OUTCOME_STYLES = {
+    views.OUTCOME_LABELS["fail"]: "color: #cf222e; font-weight: bold",
+    views.OUTCOME_LABELS["inconclusive"]: "color: #9a6700; font-weight: bold",
+    views.OUTCOME_LABELS["pass"]: "color: #1a7f37",
+    "yes": "font-weight: bold",
+}
 
 
 def ensure_navigation() -> None:
@@ -102,6 +109,17 @@ def sidebar_identity() -> None:
         box.error("Unknown approver or wrong password.")
 
 
+def lock_note(who: Identity | None) -> str:
+    """Why this session cannot sign, and what would let it."""
+    if who is not None:
+        return f"{who.email or who.name} is signed in but is not an approver."
+    if _auth_section() is not None:
+        return "Log in from the sidebar."
+    if not _approvers():
+        return "No approvers are configured yet: add one with `workbench approver add NAME`, then sign in."
+    return "Sign in from the sidebar."
+
+
 # -- the run picker ---------------------------------------------------------------------------------------------------
 def _label(r: dict) -> str:
     b, c = r["baseline"], r["candidate"]
@@ -146,6 +164,31 @@ def run_caption(r: dict) -> None:
 def start(page_slot) -> None:
     """Per run of the app: forget the busy state and keep a slot above the page for the busy note."""
     data.start_run(page_slot)
+
+
+def checks(card: dict, note: str = "") -> None:
+    """A scorecard (``Scorecard.to_dict()``): its summary (``note`` under it), the checks failing first in a
+    table that shows every row and wraps its text, then the gates skipped and the context in their own tables."""
+    summary = card.get("summary") or card.get("reason") or ""
+    callout = {"PROMOTE": st.success, "ROLLBACK": st.error}.get(str(card.get("verdict")), st.warning)
+    callout(f"**{summary}**", icon=":material/gavel:")
+    if note:
+        st.caption(note)
+    counts = card.get("counts") or {}
+    st.subheader("Checks: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
+    rows = views.check_rows(card.get("checks") or [])
+    if rows:
+        styled = pd.DataFrame(rows).style.map(lambda v: OUTCOME_STYLES.get(v, ""), subset=["Outcome", "Critical"])
+        st.table(styled, hide_index=True)
+    if card.get("skipped"):
+        st.subheader("Gates not judged")
+        st.table(
+            pd.DataFrame([{"Gate": s["gate"], "Why it was not judged": s["reason"]} for s in card["skipped"]]),
+            hide_index=True,
+        )
+    if card.get("context"):
+        st.subheader("Context (never a failure by itself)")
+        st.table(pd.DataFrame(views.context_rows(card["context"])), hide_index=True)
 
 
 def num(x, fmt: str = "{:.4f}") -> str:
