@@ -494,7 +494,7 @@ OUTCOME_LABELS = {"fail": "✗ fail", "inconclusive": "? inconclusive", "pass": 
 
 def _requirement(c: dict[str, Any]) -> str:
     """The check's criterion and threshold in words ("≥ 1,000 labelled rows", "≤ 1.2 × baseline")."""
-    t, crit, metric = c.get("threshold"), c.get("criterion"), c.get("metric") or ""
+    t, crit, metric = _f(c.get("threshold")), c.get("criterion"), c.get("metric") or ""
     up = METRICS[metric].higher_is_better if metric in METRICS else True
     if crit == "min_rows":
         return f"≥ {number(t)} labelled rows"
@@ -506,9 +506,9 @@ def _requirement(c: dict[str, Any]) -> str:
         return f"≤ {number(t)}"
     if crit == "threshold":
         return f"{'≥' if up else '≤'} {number(t)}"
-    if crit == "min_absolute_change" and _f(t) is not None:
+    if crit == "min_absolute_change" and t is not None:
         return f"change {'≥' if up else '≤'} {number(t if up else -t, True)}"
-    if crit == "min_relative_change" and _f(t) is not None:
+    if crit == "min_relative_change" and t is not None:
         return f"change {'≥' if up else '≤'} {(t if up else -t) * 100:+.3g}% of baseline"
     return " ".join(x for x in ((crit or "").replace("_", " "), number(t)) if x)
 
