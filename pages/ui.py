@@ -18,7 +18,6 @@ OUTCOME_STYLES = {
     views.OUTCOME_LABELS["fail"]: "color: #cf222e; font-weight: bold",
     views.OUTCOME_LABELS["inconclusive"]: "color: #9a6700; font-weight: bold",
     views.OUTCOME_LABELS["pass"]: "color: #1a7f37",
-    "yes": "font-weight: bold",
 }
 
 
@@ -166,6 +165,17 @@ def start(page_slot) -> None:
     data.start_run(page_slot)
 
 
+def _check_table(rows: list[dict]) -> None:
+    """Check rows in a table that shows every row and wraps the reasons."""
+    if rows:
+        styled = (
+            pd.DataFrame(rows)
+            .style.map(lambda v: OUTCOME_STYLES.get(v.split(" (")[0], ""), subset=["Outcome"])
+            .set_properties(subset=["Why"], **{"min-width": "20em"})
+        )
+        st.table(styled, hide_index=True)
+
+
 def checks(card: dict, note: str = "") -> None:
     """A scorecard (``Scorecard.to_dict()``): its summary (``note`` under it), the checks failing first in a
     table that shows every row and wraps its text, then the gates skipped and the context in their own tables."""
@@ -177,9 +187,11 @@ def checks(card: dict, note: str = "") -> None:
     counts = card.get("counts") or {}
     st.subheader("Checks: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
     rows = views.check_rows(card.get("checks") or [])
-    if rows:
-        styled = pd.DataFrame(rows).style.map(lambda v: OUTCOME_STYLES.get(v, ""), subset=["Outcome", "Critical"])
-        st.table(styled, hide_index=True)
+    passed = [r for r in rows if r["Outcome"].startswith(views.OUTCOME_LABELS["pass"])]
+    _check_table([r for r in rows if r not in passed])
+    if passed:
+        with st.expander(f"{len(passed)} passing checks", expanded=len(passed) == len(rows)):
+            _check_table(passed)
     if card.get("skipped"):
         st.subheader("Gates not judged")
         st.table(

@@ -513,10 +513,14 @@ def _requirement(c: dict[str, Any]) -> str:
     return " ".join(x for x in ((crit or "").replace("_", " "), number(t)) if x)
 
 
+def _plain(x: Any, signed: bool = False) -> str:
+    return number(x)
+
+
 def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A scorecard's checks (``Check.to_dict()``) as rows people read: failing first (critical before the
     others), then inconclusive (those needing most rows first), then passing; numbers formatted, latencies in
-    µs/ms/s, an error rate with its interval, empty cells where a check has no number."""
+    µs/ms/s, an error rate with its interval, critical checks marked, empty cells where a check has no number."""
 
     def order(c: dict[str, Any]) -> tuple:
         rank = {"fail": 0, "inconclusive": 1, "pass": 2}.get(str(c.get("outcome")), 3)
@@ -529,12 +533,14 @@ def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         candidate, diff = fmt(c.get("candidate")), fmt(d.get("value"), True)
         spread = bounds(d.get("ci_low"), d.get("ci_high"), fmt)
         if c.get("kind") == "errors":  # its interval is the candidate's rate, not a difference
-            candidate, diff = " ".join(x for x in (candidate, bounds(d.get("ci_low"), d.get("ci_high"))) if x), ""
+            rate = bounds(d.get("ci_low"), d.get("ci_high"), _plain)
+            candidate, diff = " ".join(x for x in (candidate, rate) if x), ""
         elif spread:
             diff = f"{diff} {spread}"
         rows.append(
             {
-                "Outcome": OUTCOME_LABELS.get(str(c.get("outcome")), str(c.get("outcome"))),
+                "Outcome": OUTCOME_LABELS.get(str(c.get("outcome")), str(c.get("outcome")))
+                + (" (critical)" if c.get("critical") else ""),
                 "Gate": c.get("gate"),
                 "Why": c.get("reason"),
                 "Baseline": fmt(c.get("baseline")),
@@ -543,7 +549,6 @@ def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "Requirement": _requirement(c),
                 "Rows judged": number(c.get("rows")),
                 "More rows to settle": number(c.get("settle_rows")),
-                "Critical": "yes" if c.get("critical") else "",
             }
         )
     return rows

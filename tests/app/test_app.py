@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -171,7 +172,8 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     assert at.metric[0].value == "PROMOTE" and at.metric[1].value == "1%"
     checks = at.table[0].value
     assert checks["Gate"].tolist() == ["evidence.labeled_rows", "errors.rate", "evidence.new_rows"]
-    assert (checks["Outcome"] == "✓ pass").all() and at.success[0].value == "**Every one of the 3 checks passed.**"
+    assert checks["Outcome"].str.startswith("✓ pass").all()
+    assert at.success[0].value == "**Every one of the 3 checks passed.**"
     at.checkbox(key="wb_confirm").check()
     next(b for b in at.button if b.label == "Sign and apply").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -197,8 +199,8 @@ def test_decide_states_the_blocking_gate_then_lists_failing_and_open_checks_firs
     at = open_page("decide")
     assert at.metric[0].value == "HOLD"
     [summary] = at.warning
-    checks = at.table[0].value
-    ranks = checks["Outcome"].map({"✗ fail": 0, "? inconclusive": 1, "✓ pass": 2})
+    checks = pd.concat([at.table[0].value, at.table[1].value])  # open checks, then the passing ones
+    ranks = checks["Outcome"].str.replace(" (critical)", "").map({"✗ fail": 0, "? inconclusive": 1, "✓ pass": 2})
     assert ranks.notna().all() and ranks.is_monotonic_increasing and ranks.iloc[0] < 2
     blocking = checks["Gate"].iloc[0]
     assert summary.value.startswith(f"**Held: {blocking}") and "settle" in summary.value

@@ -351,14 +351,15 @@ def test_check_rows_failing_first_with_readable_numbers():
         "evidence.labeled_rows",
     ]
     lat, f1, auc, err, ev = rows
-    assert (lat["Outcome"], lat["Critical"], lat["Baseline"], lat["Candidate"]) == ("✗ fail", "yes", "850 µs", "2.4 ms")
+    assert (lat["Outcome"], lat["Baseline"], lat["Candidate"]) == ("✗ fail (critical)", "850 µs", "2.4 ms")
     assert lat["Candidate − baseline [interval]"] == "+1.55 ms [+1.2 ms, +1.9 ms]"
     assert lat["Requirement"] == "≤ 1.2 × baseline" and f1["Requirement"] == "≥ 0.4"
     assert f1["Baseline"] == "" and f1["Rows judged"] == "" and f1["Candidate − baseline [interval]"] == ""
     assert auc["Outcome"] == "? inconclusive" and auc["More rows to settle"] == "165,200"
     assert auc["Baseline"] == "0.7123" and auc["Candidate − baseline [interval]"] == "+0.0123 [-0.004, +0.0291]"
     assert auc["Requirement"] == "change ≥ -0.01" and auc["Rows judged"] == "4,321"
-    assert err["Candidate"] == "0 [+0, +0.002414]" and err["Candidate − baseline [interval]"] == ""
+    assert f1["Outcome"] == "✗ fail" and err["Candidate"] == "0 [0, 0.002414]"
+    assert err["Candidate − baseline [interval]"] == ""
     assert ev["Outcome"] == "✓ pass" and ev["Candidate"] == "165,184" and ev["Requirement"] == "≥ 1,000 labelled rows"
     ctx = views.context_rows([{"name": "prediction_drift.baseline_vs_candidate", "detail": "scores differ"}])
     assert ctx == [{"Context": "prediction drift: baseline vs candidate", "What it says": "scores differ"}]
