@@ -60,6 +60,7 @@ else:
     st.dataframe(
         pd.DataFrame(rows),
         hide_index=True,
+        placeholder="",
         column_config={
             "replay run": st.column_config.LinkColumn(display_text=r"run=(.*)$"),
             "MLflow run": st.column_config.LinkColumn(display_text="open in MLflow"),
@@ -74,5 +75,7 @@ else:
         with st.expander(f"{e['decision_id']} · {e['verdict']} · " + ("verified" if e["verified"] else "NOT VERIFIED")):
             if e["problem"]:
                 st.error(e["problem"])
+            if (e["record"].get("scorecard") or {}).get("checks"):
+                ui.checks(e["record"]["scorecard"])
             st.caption(f"key {e['key_fingerprint']} · signature {e['signature']}")
             st.code(json.dumps(e["record"], indent=2, ensure_ascii=False), language="json")

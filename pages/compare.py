@@ -8,6 +8,12 @@ import streamlit as st
 from pages import charts, data, ui
 from workbench import views
 
+DIFFERENCE_STYLES = {
+    "candidate better": "color: #1a7f37; font-weight: bold",
+    "baseline better": "color: #cf222e; font-weight: bold",
+    "no significant difference": "color: #6e7781",
+}
+
 ui.ensure_navigation()
 st.title("Compare")
 run = ui.pick_run()
@@ -44,28 +50,25 @@ if run is not None:
             c.metric("Confidence", f"{conf:.0%}" if conf else "no intervals")
             rows = views.metric_rows(ev)
             st.subheader("Scorecard")
-            st.table(
-                pd.DataFrame(
-                    [
-                        {
-                            "metric": r["metric"],
-                            "baseline": ui.num(r["baseline"])
-                            + " "
-                            + ui.ci(r["baseline_ci_low"], r["baseline_ci_high"]),
-                            "candidate": ui.num(r["candidate"])
-                            + " "
-                            + ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
-                            "delta": ui.num(r["delta"], "{:+.4f}")
-                            + " "
-                            + ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
-                            "p-value": ui.num(r["p_value"], "{:.3g}"),
-                            "MDE": ui.num(r["mde"]),
-                            "better": {True: "candidate", False: "baseline", None: ""}[r["improved"]],
-                        }
-                        for r in rows
-                    ]
-                ).set_index("metric")
-            )
+            table = pd.DataFrame(
+                [
+                    {
+                        "metric": r["metric"],
+                        "baseline": ui.num(r["baseline"]) + " " + ui.ci(r["baseline_ci_low"], r["baseline_ci_high"]),
+                        "candidate": ui.num(r["candidate"])
+                        + " "
+                        + ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
+                        "delta": ui.num(r["delta"], "{:+.4f}")
+                        + " "
+                        + ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
+                        "p-value": ui.num(r["p_value"], "{:.3g}"),
+                        "MDE": ui.num(r["mde"]),
+                        "difference": views.difference_text(r),
+                    }
+                    for r in rows
+                ]
+            ).set_index("metric")
+            st.table(table.style.map(lambda v: DIFFERENCE_STYLES.get(v, ""), subset=["difference"]))
             if not conf:
                 st.caption(
                     "This evaluation has point values only (no intervals or p-values): re-evaluate with "
@@ -73,7 +76,7 @@ if run is not None:
                 )
             st.plotly_chart(charts.deltas(rows), key="deltas")
             st.subheader("Errors")
-            st.dataframe(pd.DataFrame(views.error_rows(ev)), hide_index=True)
+            st.dataframe(pd.DataFrame(views.labelled(views.error_rows(ev))), hide_index=True, placeholder="")
 
     elif section == "Curves":
         s = data.summary(run)
@@ -109,10 +112,11 @@ if run is not None:
             c1.plotly_chart(charts.latency(hists), key="latency")
             c2.plotly_chart(charts.percentiles(rows), key="percentiles")
             st.dataframe(
-                pd.DataFrame(rows),
+                pd.DataFrame(views.labelled(rows)),
                 hide_index=True,
+                placeholder="",
                 column_config={
-                    k: st.column_config.NumberColumn(format="%.3f")
+                    views.label(k): st.column_config.NumberColumn(format="%.3f")
                     for k in ("baseline_ms", "candidate_ms", "delta_ms", "delta_ci_low", "delta_ci_high", "ratio")
                 },
             )
@@ -154,10 +158,13 @@ if run is not None:
         win_rows = views.window_rows(ev)
         if seg_rows or win_rows:
             st.subheader("From the evaluation (with intervals)")
-            if seg_rows:
-                st.dataframe(pd.DataFrame(seg_rows), hide_index=True)
-            if win_rows:
-                st.dataframe(pd.DataFrame(win_rows), hide_index=True)
+            for got in (seg_rows, win_rows):
+                if got:
+                    st.dataframe(
+                        pd.DataFrame(views.labelled(got, drop=("higher_is_better", "significant"))),
+                        hide_index=True,
+                        placeholder="",
+                    )
         breakdowns = data.breakdowns(run)
         if breakdowns:
             st.subheader("Accuracy per time window")
@@ -174,7 +181,7 @@ if run is not None:
                 st.plotly_chart(
                     charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)"), key="by_segment"
                 )
-                st.dataframe(pd.DataFrame(segs), hide_index=True)
+                st.dataframe(pd.DataFrame(views.labelled(segs)), hide_index=True, placeholder="")
 
     elif section == "Disagreements":
         s = data.summary(run)

@@ -4,22 +4,16 @@ server (the library signs)."""
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from pages import charts, data, ui
 from workbench import WorkbenchError
 from workbench.decide.decisions import decide
-from workbench.decide.policy import Outcome, Verdict, load_policy
+from workbench.decide.policy import Verdict, load_policy
 from workbench.decide.signing import KeyRing
 from workbench.ops.access import signer_for
 from workbench.views import ramp_position
 
-OUTCOME_COLORS = {
-    Outcome.PASS: "color: #1a7f37",
-    Outcome.FAIL: "color: #cf222e; font-weight: bold",
-    Outcome.INCONCLUSIVE: "color: #9a6700",
-}
 VERDICT_ICONS = {
     Verdict.PROMOTE: ":material/trending_up:",
     Verdict.HOLD: ":material/pause_circle:",
@@ -72,50 +66,12 @@ if run is not None:
         )
         v3.plotly_chart(charts.ramp(pos), key="decide_ramp", config={"displayModeBar": False})
         cited = preview.evidence.get("evidence") or {}
-        st.markdown(
-            f"**{card.summary}**  \nJudged on {cited.get('labelled_rows', 0):,} labelled rows of "
-            f"{len(cited.get('runs') or [])} run(s) of this pair ({cited.get('first_event')} to "
-            f"{cited.get('last_event')}), with anytime-valid bounds at {policy.confidence:.0%}."
+        ui.checks(
+            card.to_dict(),
+            f"Judged on {cited.get('labelled_rows', 0):,} labelled rows of {len(cited.get('runs') or [])} run(s) "
+            f"of this pair ({cited.get('first_event')} to {cited.get('last_event')}), with anytime-valid bounds "
+            f"at {policy.confidence:.0%}.",
         )
-        counts = card.to_dict()["counts"]
-        st.subheader("Checks: " + ", ".join(f"{counts[o]} {o}" for o in Outcome))
-        order = {Outcome.FAIL: 0, Outcome.INCONCLUSIVE: 1, Outcome.PASS: 2}
-        checks = pd.DataFrame(
-            [
-                {
-                    "gate": c.gate,
-                    "outcome": c.outcome,
-                    "critical": c.critical,
-                    "reason": c.reason,
-                    "baseline": c.baseline,
-                    "candidate": c.candidate,
-                    "delta": c.delta.value if c.delta else None,
-                    "delta CI": ui.ci(c.delta.ci_low, c.delta.ci_high, "{:+.4g}") if c.delta else "",
-                    "criterion": c.criterion,
-                    "threshold": c.threshold,
-                    "rows": c.rows,
-                    "more rows to settle": c.settle_rows,
-                }
-                for c in sorted(card.checks, key=lambda c: order[c.outcome])
-            ]
-        )
-        st.dataframe(
-            checks.style.map(lambda v: OUTCOME_COLORS.get(v, ""), subset=["outcome"]),
-            hide_index=True,
-            column_config={
-                "reason": st.column_config.TextColumn(width="large"),
-                **{
-                    k: st.column_config.NumberColumn(format="%.4g")
-                    for k in ("baseline", "candidate", "delta", "threshold")
-                },
-            },
-        )
-        if card.skipped:
-            st.caption("Skipped: " + "; ".join(f"{s.gate} ({s.reason})" for s in card.skipped))
-        if card.context:
-            st.subheader("Context (never a failure by itself)")
-            for item in card.context:
-                st.markdown(f"- **{item['name']}**: {item['detail']}")
 
         st.subheader("Sign and record")
         out = st.session_state.get("_wb_signed")
@@ -133,12 +89,7 @@ if run is not None:
         who = ui.identity()
         if who is None or not who.can_approve:
             st.info(
-                "Only an approver can sign decisions. "
-                + (
-                    "Sign in from the sidebar."
-                    if who is None
-                    else f"{who.email or who.name} is signed in but is not an approver."
-                ),
+                "Only an approver can sign decisions. " + ui.lock_note(who),
                 icon=":material/lock:",
             )
         else:

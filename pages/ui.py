@@ -7,10 +7,11 @@ import runpy
 import time
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from pages import data
-from workbench import WorkbenchError
+from workbench import WorkbenchError, views
 from workbench.ops.access import (
     Identity,
     Role,
@@ -23,6 +24,11 @@ from workbench.ops.access import (
 from workbench.views import page_url
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+OUTCOME_STYLES = {
+    views.OUTCOME_LABELS["fail"]: "color: #cf222e; font-weight: bold",
+    views.OUTCOME_LABELS["inconclusive"]: "color: #9a6700; font-weight: bold",
+    views.OUTCOME_LABELS["pass"]: "color: #1a7f37",
+}
 
 
 def ensure_navigation() -> None:
@@ -114,6 +120,17 @@ def sidebar_identity() -> None:
         box.error("Unknown name or wrong password.")
 
 
+def lock_note(who: Identity | None) -> str:
+    """Why this session cannot sign, and what would let it."""
+    if who is not None:
+        return f"{who.email or who.name} is signed in but is not an approver."
+    if _auth_section() is not None:
+        return "Log in from the sidebar."
+    if not _approvers():
+        return "No approvers are configured yet: add one with `workbench approver add NAME`, then sign in."
+    return "Sign in from the sidebar."
+
+
 # -- the run picker ---------------------------------------------------------------------------------------------------
 def _label(r: dict) -> str:
     b, c = r["baseline"], r["candidate"]
@@ -198,6 +215,44 @@ def run_caption(r: dict) -> None:
 def start(page_slot) -> None:
     """Per run of the app: forget the busy state and keep a slot above the page for the busy note."""
     data.start_run(page_slot)
+
+
+def _check_table(rows: list[dict]) -> None:
+    """Check rows in a table that shows every row and wraps the reasons."""
+    if rows:
+        styled = (
+            pd.DataFrame(rows)
+            .style.map(lambda v: OUTCOME_STYLES.get(v.split(" (")[0], ""), subset=["Outcome"])
+            .set_properties(subset=["Why"], **{"min-width": "20em"})
+        )
+        st.table(styled, hide_index=True)
+
+
+def checks(card: dict, note: str = "") -> None:
+    """A scorecard (``Scorecard.to_dict()``): its summary (``note`` under it), the checks failing first in a
+    table that shows every row and wraps its text, then the gates skipped and the context in their own tables."""
+    summary = card.get("summary") or card.get("reason") or ""
+    callout = {"PROMOTE": st.success, "ROLLBACK": st.error}.get(str(card.get("verdict")), st.warning)
+    callout(f"**{summary}**", icon=":material/gavel:")
+    if note:
+        st.caption(note)
+    counts = card.get("counts") or {}
+    st.subheader("Checks: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
+    rows = views.check_rows(card.get("checks") or [])
+    passed = [r for r in rows if r["Outcome"].startswith(views.OUTCOME_LABELS["pass"])]
+    _check_table([r for r in rows if r not in passed])
+    if passed:
+        with st.expander(f"{len(passed)} passing checks", expanded=len(passed) == len(rows)):
+            _check_table(passed)
+    if card.get("skipped"):
+        st.subheader("Gates not judged")
+        st.table(
+            pd.DataFrame([{"Gate": s["gate"], "Why it was not judged": s["reason"]} for s in card["skipped"]]),
+            hide_index=True,
+        )
+    if card.get("context"):
+        st.subheader("Context (never a failure by itself)")
+        st.table(pd.DataFrame(views.context_rows(card["context"])), hide_index=True)
 
 
 def num(x, fmt: str = "{:.4f}") -> str:

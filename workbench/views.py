@@ -162,6 +162,7 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
             else ((c[0] - b[0]) if b[0] is not None and c[0] is not None else None, None, None)
         )
         better = METRICS[m].higher_is_better if m in METRICS else None
+        significant = None if dl is None or dh is None else not dl <= 0 <= dh
         rows.append(
             {
                 "metric": m,
@@ -177,10 +178,19 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
                 "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
                 "mde": _f(d.get("mde")) if isinstance(d, dict) else None,
                 "higher_is_better": better,
-                "improved": None if dv is None or better is None else (dv > 0) == better and dv != 0,
+                "significant": significant,
+                "improved": None if not significant or dv is None or better is None else (dv > 0) == better,
             }
         )
     return rows
+
+
+def difference_text(row: dict[str, Any]) -> str:
+    """What a :func:`metric_rows` row supports saying: which model is better only when the delta's interval
+    excludes zero, "no significant difference" when it covers zero, nothing without an interval."""
+    if row["improved"] is not None:
+        return "candidate better" if row["improved"] else "baseline better"
+    return "no significant difference" if row["significant"] is not None else ""
 
 
 RESOURCE_LABELS = {
@@ -429,6 +439,129 @@ def quality_rows(report: dict) -> list[dict[str, Any]]:
             row[k] = ", ".join(map(str, v[:5])) if isinstance(v, list) else v
         rows.append(row)
     return rows
+
+
+# -- numbers for people ---------------------------------------------------------------------------------------------
+def number(x: Any, signed: bool = False, digits: int = 4) -> str:
+    """A number as people read it: empty when missing, whole numbers with thousands separators (165,184),
+    others to ``digits`` significant digits (0.8123, 1,235)."""
+    v = _f(x)
+    if v is None:
+        return ""
+    sign = "+" if signed else ""
+    if v == round(v) and abs(v) < 1e15:
+        return f"{int(v):{sign},}"
+    if abs(v) >= 10**digits:
+        return f"{v:{sign},.0f}"
+    return f"{v:{sign},.{digits}g}"
+
+
+def duration(ms: Any, signed: bool = False) -> str:
+    """A latency in milliseconds in the unit that reads best: µs under 1 ms, s from 1,000 ms."""
+    v = _f(ms)
+    if v is None:
+        return ""
+    if abs(v) < 1 and v != 0:
+        return f"{number(v * 1000, signed, 3)} µs"
+    if abs(v) >= 1000:
+        return f"{number(v / 1000, signed, 3)} s"
+    return f"{number(v, signed, 3)} ms"
+
+
+def bounds(lo: Any, hi: Any, fmt: Any = number) -> str:
+    """An interval ``[lo, hi]`` (an open side as ∞), empty when it has neither bound."""
+    lo, hi = _f(lo), _f(hi)
+    if lo is None and hi is None:
+        return ""
+    low = "−∞" if lo is None else fmt(lo, True)
+    return f"[{low}, {'+∞' if hi is None else fmt(hi, True)}]"
+
+
+def label(key: str) -> str:
+    """A column header from a field name: ``baseline_ms`` reads "baseline (ms)", ``ci_low`` "interval low"."""
+    for suffix, unit in (("_ms", " (ms)"), ("_mb", " (MB)"), ("_s", " (s)")):
+        if key.endswith(suffix):
+            return key[: -len(suffix)].replace("_", " ") + unit
+    return key.replace("ci_low", "interval low").replace("ci_high", "interval high").replace("_", " ")
+
+
+def labelled(rows: list[dict[str, Any]], drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """``rows`` with :func:`label` headers, without the ``drop`` fields."""
+    return [{label(k): v for k, v in r.items() if k not in drop} for r in rows]
+
+
+# -- a decision's checks ------------------------------------------------------------------------------------------
+OUTCOME_LABELS = {"fail": "✗ fail", "inconclusive": "? inconclusive", "pass": "✓ pass"}
+
+
+def _requirement(c: dict[str, Any]) -> str:
+    """The check's criterion and threshold in words ("≥ 1,000 labelled rows", "≤ 1.2 × baseline")."""
+    t, crit, metric = _f(c.get("threshold")), c.get("criterion"), c.get("metric") or ""
+    up = METRICS[metric].higher_is_better if metric in METRICS else True
+    if crit == "min_rows":
+        return f"≥ {number(t)} labelled rows"
+    if crit == "max_ratio":
+        return f"≤ {number(t)} × baseline"
+    if crit == "max_ms":
+        return f"≤ {duration(t)}"
+    if crit == "max_rate":
+        return f"≤ {number(t)}"
+    if crit == "threshold":
+        return f"{'≥' if up else '≤'} {number(t)}"
+    if crit == "min_absolute_change" and t is not None:
+        return f"change {'≥' if up else '≤'} {number(t if up else -t, True)}"
+    if crit == "min_relative_change" and t is not None:
+        return f"change {'≥' if up else '≤'} {(t if up else -t) * 100:+.3g}% of baseline"
+    return " ".join(x for x in ((crit or "").replace("_", " "), number(t)) if x)
+
+
+def _plain(x: Any, signed: bool = False) -> str:
+    return number(x)
+
+
+def check_rows(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A scorecard's checks (``Check.to_dict()``) as rows people read: failing first (critical before the
+    others), then inconclusive (those needing most rows first), then passing; numbers formatted, latencies in
+    µs/ms/s, an error rate with its interval, critical checks marked, empty cells where a check has no number."""
+
+    def order(c: dict[str, Any]) -> tuple:
+        rank = {"fail": 0, "inconclusive": 1, "pass": 2}.get(str(c.get("outcome")), 3)
+        return rank, rank == 0 and not c.get("critical"), -(c.get("settle_rows") or 0) if rank == 1 else 0
+
+    rows = []
+    for c in sorted(checks, key=order):
+        fmt = duration if str(c.get("metric") or "").endswith("_ms") else number
+        d = c.get("delta") or {}
+        candidate, diff = fmt(c.get("candidate")), fmt(d.get("value"), True)
+        spread = bounds(d.get("ci_low"), d.get("ci_high"), fmt)
+        if c.get("kind") == "errors":  # its interval is the candidate's rate, not a difference
+            rate = bounds(d.get("ci_low"), d.get("ci_high"), _plain)
+            candidate, diff = " ".join(x for x in (candidate, rate) if x), ""
+        elif spread:
+            diff = f"{diff} {spread}"
+        rows.append(
+            {
+                "Outcome": OUTCOME_LABELS.get(str(c.get("outcome")), str(c.get("outcome")))
+                + (" (critical)" if c.get("critical") else ""),
+                "Gate": c.get("gate"),
+                "Why": c.get("reason"),
+                "Baseline": fmt(c.get("baseline")),
+                "Candidate": candidate,
+                "Candidate − baseline [interval]": diff,
+                "Requirement": _requirement(c),
+                "Rows judged": number(c.get("rows")),
+                "More rows to settle": number(c.get("settle_rows")),
+            }
+        )
+    return rows
+
+
+def context_rows(context: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A scorecard's context entries (drift both models see) as rows: what it is and what it says."""
+    return [
+        {"Context": str(item.get("name", "")).replace(".", ": ").replace("_", " "), "What it says": item.get("detail")}
+        for item in context
+    ]
 
 
 # -- the canary ramp -----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -175,9 +176,10 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     assert "approver (password)" in texts(at)
     at.selectbox(key="wb_policy").set_value(str(home / "policies" / "lenient.toml")).run()
     assert at.metric[0].value == "PROMOTE" and at.metric[1].value == "1%"
-    checks = at.dataframe[0].value
-    assert checks["gate"].tolist() == ["evidence.labeled_rows", "errors.rate", "evidence.new_rows"]
-    assert (checks["outcome"] == "pass").all()
+    checks = at.table[0].value
+    assert checks["Gate"].tolist() == ["evidence.labeled_rows", "errors.rate", "evidence.new_rows"]
+    assert checks["Outcome"].str.startswith("✓ pass").all()
+    assert at.success[0].value == "**Every one of the 3 checks passed.**"
     at.checkbox(key="wb_confirm").check()
     next(b for b in at.button if b.label == "Sign and apply").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -196,6 +198,37 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     audit = at.dataframe[0].value
     assert audit["status"].tolist() == ["verified"] * n and audit["signer"].tolist()[0] == "alice"
     assert audit["MLflow run id"].iloc[0]
+
+
+def test_decide_states_the_blocking_gate_then_lists_failing_and_open_checks_first(home):
+    approvers_path(home).unlink()
+    at = open_page("decide")
+    assert at.metric[0].value == "HOLD"
+    [summary] = at.warning
+    checks = pd.concat([at.table[0].value, at.table[1].value])  # open checks, then the passing ones
+    ranks = checks["Outcome"].str.replace(" (critical)", "").map({"✗ fail": 0, "? inconclusive": 1, "✓ pass": 2})
+    assert ranks.notna().all() and ranks.is_monotonic_increasing and ranks.iloc[0] < 2
+    blocking = checks["Gate"].iloc[0]
+    assert summary.value.startswith(f"**Held: {blocking}") and "settle" in summary.value
+    assert "labelled rows" in at.caption[1].value  # what the checks were judged on, under the summary
+    assert not checks.isna().any().any() and "None" not in checks.to_string()
+    rows = checks.set_index("Gate").loc["evidence.labeled_rows", "Rows judged"]
+    assert "," in rows  # thousands separators
+    assert "`workbench approver add NAME`" in texts(at) and "Sign in from the sidebar" not in texts(at)
+
+
+def test_compare_says_better_only_where_the_interval_excludes_zero(home):
+    from workbench.store import Store
+
+    run_id = run_id_of(home)
+    ev = make_evaluation(run_id, metrics={"roc_auc": (0.70, 0.72, 0.01, 0.03), "fpr": (0.10, 0.101, -0.01, 0.012)})
+    ev["delta"]["fpr"]["p_value"] = 0.91
+    with Store(home / "workbench.duckdb") as store:
+        store.save_evaluation(run_id, {}, ev)
+    at = open_page("compare")
+    table = at.table[0].value
+    assert table.loc["roc_auc", "difference"] == "candidate better"
+    assert table.loc["fpr", "difference"] == "no significant difference" and table.loc["fpr", "p-value"] == "0.91"
 
 
 def test_only_an_approver_resumes_a_killed_version_on_the_candidates_page(home):

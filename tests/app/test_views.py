@@ -208,7 +208,7 @@ def test_disagreements_are_limited_and_ordered_with_features(scored):
 
 
 def test_metric_rows_take_intervals_or_bare_numbers():
-    ev = make_evaluation("r", metrics={"roc_auc": (0.70, 0.72, 0.01, 0.03), "log_loss": (0.5, 0.49, -0.02, 0.0)})
+    ev = make_evaluation("r", metrics={"roc_auc": (0.70, 0.72, 0.01, 0.03), "log_loss": (0.5, 0.49, -0.02, -0.005)})
     rows = {r["metric"]: r for r in views.metric_rows(ev)}
     assert list(rows) == ["roc_auc", "log_loss"]  # registry order
     r = rows["roc_auc"]
@@ -221,10 +221,161 @@ def test_metric_rows_take_intervals_or_bare_numbers():
     rows = {r["metric"]: r for r in views.metric_rows(flat)}
     assert list(rows) == ["accuracy", "f1", "pr_auc"]
     assert rows["accuracy"]["delta"] == pytest.approx(0.02) and rows["accuracy"]["delta_ci_low"] is None
-    assert rows["f1"]["improved"] is False and rows["pr_auc"]["delta"] is None
+    assert rows["f1"]["improved"] is None and rows["pr_auc"]["delta"] is None  # no interval: no emphasis
+    assert views.difference_text(rows["f1"]) == ""
     seg = views.segment_rows(make_evaluation(segments={"carrier": {"AA": {"rows": 900, "f1": (0.4, 0.5, 0.05, 0.15)}}}))
     assert seg[0]["column"] == "carrier" and seg[0]["value"] == "AA" and seg[0]["delta"] == pytest.approx(0.1)
     assert views.error_rows(make_evaluation(errors=(5, 5000)))[1]["rate"] == pytest.approx(0.001)
+
+
+def test_better_or_worse_only_when_the_interval_excludes_zero():
+    ev = make_evaluation(
+        metrics={"roc_auc": (0.70, 0.72, 0.01, 0.03), "fpr": (0.10, 0.12, 0.01, 0.03), "f1": (0.40, 0.39, -0.03, 0.01)}
+    )
+    ev["delta"]["f1"]["p_value"] = 0.91
+    rows = {r["metric"]: r for r in views.metric_rows(ev)}
+    assert [views.difference_text(rows[m]) for m in ("roc_auc", "fpr", "f1")] == [
+        "candidate better",
+        "baseline better",  # a higher false-positive rate, surely
+        "no significant difference",
+    ]
+    assert rows["f1"]["improved"] is None and rows["f1"]["significant"] is False
+
+
+@pytest.mark.parametrize(
+    "x,signed,want",
+    [
+        (165184, False, "165,184"),
+        (165184.0, False, "165,184"),
+        (0.81234567, False, "0.8123"),
+        (-0.0123456, True, "-0.01235"),
+        (0.02, True, "+0.02"),
+        (12345.67, False, "12,346"),
+        (1234.5, False, "1,234"),
+        (None, False, ""),
+        (float("nan"), False, ""),
+    ],
+    ids=["count", "count-float", "fraction", "signed-delta", "signed-plus", "large", "thousands", "none", "nan"],
+)
+def test_number_reads_like_people_write_it(x, signed, want):
+    assert views.number(x, signed) == want
+
+
+@pytest.mark.parametrize(
+    "ms,signed,want",
+    [
+        (0.0421, False, "42.1 µs"),
+        (2.2, False, "2.2 ms"),
+        (123.456, False, "123 ms"),
+        (1530.0, False, "1.53 s"),
+        (-0.25, True, "-250 µs"),
+        (None, False, ""),
+    ],
+    ids=["micro", "milli", "milli-3-digits", "seconds", "signed-micro", "none"],
+)
+def test_duration_picks_the_unit(ms, signed, want):
+    assert views.duration(ms, signed) == want
+
+
+def test_check_rows_failing_first_with_readable_numbers():
+    def check(gate, outcome, **kw):
+        base = dict(
+            kind="quality",
+            metric="roc_auc",
+            criterion="min_absolute_change",
+            threshold=-0.01,
+            baseline=None,
+            candidate=None,
+            delta=None,
+            critical=False,
+            reason=f"{gate} because",
+            rows=None,
+            settle_rows=None,
+        )
+        return base | {"gate": gate, "outcome": outcome} | kw
+
+    delta = {"value": 0.0123, "ci_low": -0.004, "ci_high": 0.0291, "fail_low": None, "fail_high": None}
+    checks = [
+        check(
+            "evidence.labeled_rows",
+            "pass",
+            kind="evidence",
+            metric="labeled_rows",
+            criterion="min_rows",
+            threshold=1000.0,
+            candidate=165184,
+            rows=165184,
+        ),
+        check(
+            "recent.roc_auc.min_absolute_change",
+            "inconclusive",
+            baseline=0.71234,
+            candidate=0.72464,
+            delta=delta,
+            rows=4321,
+            settle_rows=165200,
+        ),
+        check(
+            "latency.p99.max_ratio",
+            "fail",
+            kind="latency",
+            metric="latency_p99_ms",
+            criterion="max_ratio",
+            threshold=1.2,
+            baseline=0.85,
+            candidate=2.4,
+            critical=True,
+            delta={"value": 1.55, "ci_low": 1.2, "ci_high": 1.9},
+        ),
+        check(
+            "errors.rate",
+            "inconclusive",
+            kind="errors",
+            metric="error_rate",
+            criterion="max_rate",
+            threshold=0.001,
+            baseline=0.0,
+            candidate=0.0,
+            rows=7820,
+            delta={"value": 0.0, "ci_low": 0.0, "ci_high": 0.002414},
+            settle_rows=6764,
+        ),
+        check("quality.f1.threshold", "fail", metric="f1", criterion="threshold", threshold=0.4, candidate=0.38),
+    ]
+    rows = views.check_rows(checks)
+    assert [r["Gate"] for r in rows] == [
+        "latency.p99.max_ratio",  # critical failures first
+        "quality.f1.threshold",
+        "recent.roc_auc.min_absolute_change",  # the open check needing most rows first
+        "errors.rate",
+        "evidence.labeled_rows",
+    ]
+    lat, f1, auc, err, ev = rows
+    assert (lat["Outcome"], lat["Baseline"], lat["Candidate"]) == ("✗ fail (critical)", "850 µs", "2.4 ms")
+    assert lat["Candidate − baseline [interval]"] == "+1.55 ms [+1.2 ms, +1.9 ms]"
+    assert lat["Requirement"] == "≤ 1.2 × baseline" and f1["Requirement"] == "≥ 0.4"
+    assert f1["Baseline"] == "" and f1["Rows judged"] == "" and f1["Candidate − baseline [interval]"] == ""
+    assert auc["Outcome"] == "? inconclusive" and auc["More rows to settle"] == "165,200"
+    assert auc["Baseline"] == "0.7123" and auc["Candidate − baseline [interval]"] == "+0.0123 [-0.004, +0.0291]"
+    assert auc["Requirement"] == "change ≥ -0.01" and auc["Rows judged"] == "4,321"
+    assert f1["Outcome"] == "✗ fail" and err["Candidate"] == "0 [0, 0.002414]"
+    assert err["Candidate − baseline [interval]"] == ""
+    assert ev["Outcome"] == "✓ pass" and ev["Candidate"] == "165,184" and ev["Requirement"] == "≥ 1,000 labelled rows"
+    ctx = views.context_rows([{"name": "prediction_drift.baseline_vs_candidate", "detail": "scores differ"}])
+    assert ctx == [{"Context": "prediction drift: baseline vs candidate", "What it says": "scores differ"}]
+
+
+def test_labels_for_headers():
+    rows = views.labelled(views.latency_rows(make_evaluation()), drop=("source",))
+    assert list(rows[0]) == [
+        "percentile",
+        "baseline (ms)",
+        "candidate (ms)",
+        "delta (ms)",
+        "delta interval low",
+        "delta interval high",
+        "ratio",
+    ]
 
 
 @pytest.mark.parametrize(
