@@ -116,7 +116,7 @@ def test_review_and_sign_in_the_browser(served):
 
             def visit(link: str, ready) -> None:
                 t = time.perf_counter()
-                page.get_by_role("link", name=link).click()
+                page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=link).click()
                 expect(ready).to_be_visible()
                 timings[link] = time.perf_counter() - t
 
@@ -144,7 +144,7 @@ def test_review_and_sign_in_the_browser(served):
             page.get_by_role("option", name="lenient.toml").click()
             expect(verdict).to_have_text("PROMOTE")
             sidebar = page.locator("[data-testid='stSidebar']")
-            sidebar.get_by_role("textbox", name="Approver").fill("alice")
+            sidebar.get_by_role("textbox", name="Name").fill("alice")
             sidebar.get_by_role("textbox", name="Password").fill(PASSWORD)
             sidebar.get_by_role("button", name="Sign in").click()
             expect(sidebar.get_by_text("approver (password)")).to_be_visible()

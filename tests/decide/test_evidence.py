@@ -259,3 +259,17 @@ def test_rows_to_settle_is_where_the_bound_clears():
     lo, _ = one_sided_bounds(0.0, sd, need, alpha, t_star)
     assert -gap < lo
     assert rows_to_settle(0.0, sd, alpha, t_star) is None
+
+
+def test_drift_context_reads_p_values_as_p_values():
+    from workbench.decide.context import drift_context
+
+    pred = {
+        "baseline": {"test": "ks", "statistic": 1e-57, "threshold": 0.05, "drifted": True},
+        "candidate": {"test": "wasserstein", "statistic": 0.5, "threshold": 0.1, "drifted": True},
+    }
+    details = [c["detail"] for c in drift_context({"prediction_drift": pred})]
+    assert details == [
+        "baseline scores, reference vs current: ks p-value 1e-57 (below its threshold)",
+        "candidate scores, reference vs current: wasserstein 0.5 (above its threshold)",
+    ]

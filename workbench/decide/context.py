@@ -13,12 +13,28 @@ from datetime import datetime
 from typing import Any
 
 from workbench.clock import parse_time
+from workbench.drift.stattests import STAT_TESTS
 
 
 def _drifted(features: Any) -> list[str]:
     if not isinstance(features, dict):
         return []
     return sorted(k for k, v in features.items() if isinstance(v, dict) and v.get("drifted"))
+
+
+def _is_p_value(test: Any) -> bool:
+    t = STAT_TESTS.get(str(test))
+    return t is not None and t.display.endswith("p_value")
+
+
+def _measure(test: Any) -> str:
+    """How a drift test's statistic reads: its name, and "p-value" for the tests whose statistic is one."""
+    return f"{test} p-value" if _is_p_value(test) else str(test)
+
+
+def _beyond(test: Any) -> str:
+    """Which side of its threshold a drifted statistic is on: a p-value below, a distance above."""
+    return "below" if _is_p_value(test) else "above"
 
 
 def drift_context(drift: dict | None) -> list[dict[str, Any]]:
@@ -57,8 +73,8 @@ def drift_context(drift: dict | None) -> list[dict[str, Any]]:
                     "test": sec.get("test"),
                     "threshold": sec.get("threshold"),
                     "drifted": sec.get("drifted"),
-                    "detail": f"{what}: {sec.get('test')} {stat:.3g}"
-                    + (" (above its threshold)" if sec.get("drifted") else "")
+                    "detail": f"{what}: {_measure(sec.get('test'))} {stat:.3g}"
+                    + (f" ({_beyond(sec.get('test'))} its threshold)" if sec.get("drifted") else "")
                     if isinstance(stat, (int, float))
                     else what,
                 }
