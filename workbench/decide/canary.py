@@ -237,32 +237,20 @@ def build_kill(
     state = claimed_head(store, model)
     if state is None:
         raise WorkbenchError(f"model {model} has no canary state: nothing to kill")
-    head = state.record
-    record = _record(
+    return _control_record(
         store,
         model,
         now,
         signer,
         policy,
-        kind="kill",
-        baseline=head["baseline"],
-        candidate=head["candidate"],
-        run_id=None,
-        traffic=head["traffic"],
-        traffic_fingerprint=head["traffic_fingerprint"],
-        evaluation_hash=None,
-        drift_hash=None,
-        scorecard=scorecard,
-        verdict=Verdict.ROLLBACK,
-        reason=f"{source}: {reason.strip()}",
-        weight_before=state.weight,
-        weight_after=0,
-        registry=head.get("registry"),
-        ramp=head.get("ramp"),
+        "kill",
+        state.record,
+        Verdict.ROLLBACK,
+        f"{source}: {reason.strip()}",
+        state.weight,
+        0,
+        scorecard,
     )
-    signed = signer.sign(record)
-    save_record(store, signed)
-    return signed
 
 
 def build_resume(
@@ -293,27 +281,58 @@ def build_resume(
     )
     pair = pair_of(kill)
     weight_now, _ = _current(head, pair, "resume", model)
+    return _control_record(
+        store,
+        model,
+        now,
+        signer,
+        policy,
+        "resume",
+        kill,
+        Verdict.HOLD,
+        f"resume: {reason.strip()}",
+        weight_now,
+        weight_now,
+        None,
+    )
+
+
+def _control_record(
+    store: Store,
+    model: str,
+    now: datetime,
+    signer: Signer,
+    policy: Policy,
+    kind: str,
+    source: dict,
+    verdict: Verdict,
+    reason: str,
+    weight_before: int,
+    weight_after: int,
+    scorecard: dict | None,
+) -> SignedDecision:
+    """Sign and store a kill or resume record about the pair, traffic, ramp and registry of ``source``."""
     record = _record(
         store,
         model,
         now,
         signer,
         policy,
-        kind="resume",
-        baseline=kill["baseline"],
-        candidate=kill["candidate"],
+        kind=kind,
+        baseline=source["baseline"],
+        candidate=source["candidate"],
         run_id=None,
-        traffic=kill["traffic"],
-        traffic_fingerprint=kill["traffic_fingerprint"],
+        traffic=source["traffic"],
+        traffic_fingerprint=source["traffic_fingerprint"],
         evaluation_hash=None,
         drift_hash=None,
-        scorecard=None,
-        verdict=Verdict.HOLD,
-        reason=f"resume: {reason.strip()}",
-        weight_before=weight_now,
-        weight_after=weight_now,
-        registry=kill.get("registry"),
-        ramp=kill.get("ramp"),
+        scorecard=scorecard,
+        verdict=verdict,
+        reason=reason,
+        weight_before=weight_before,
+        weight_after=weight_after,
+        registry=source.get("registry"),
+        ramp=source.get("ramp"),
     )
     signed = signer.sign(record)
     save_record(store, signed)
