@@ -23,7 +23,8 @@ HOLD_WRITER = """
 import sys, time
 from workbench.store import Store
 with Store(sys.argv[1]) as s, s.transaction() as cur:
-    cur.execute("INSERT INTO jobs (job_id, kind, params, status, created_at) VALUES ('held', 'x', '{}', 'queued', now())")
+    cur.execute("INSERT INTO jobs (job_id, kind, params, status, created_at) "
+                "VALUES ('held', 'x', '{}', 'queued', now())")
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))
 """
@@ -147,9 +148,9 @@ def test_retention_drops_old_job_data_and_keeps_what_a_decision_cites(tmp_path):
         _job_traffic(s, "job_cited", ["run_cited"])
         with s.transaction() as cur:
             cur.execute(
-                "INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, record, "
-                "record_hash, signature, created_at) VALUES ('d1', 'm', 'decision', 'run_cited', 'HOLD', 0, 0, '{}', "
-                "'h', 's', now())"
+                "INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, "
+                "record, record_hash, signature, created_at) VALUES ('d1', 'm', 'decision', 'run_cited', 'HOLD', "
+                "0, 0, '{}', 'h', 's', now())"
             )
         dry = collect(s, 30, dry_run=True)
         assert dry.traffic_sets == ["job_old"] and dry.runs == ["run_old"]
@@ -171,8 +172,10 @@ def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tm
         "from workbench.store.base import SCHEMA\n"
         "con = duckdb.connect(sys.argv[1])\n"
         "[con.execute(ddl) for ddl in SCHEMA]\n"
-        "con.execute(\"INSERT INTO runs VALUES ('r1', 't', '{}', '{}', 'finished', 3, 8, 'cpu', 'batch', '{}', now(), now())\")\n"
-        "con.execute(\"INSERT INTO predictions (run_id, _row, baseline_score) SELECT 'r1', range, 0.1 FROM range(3)\")\n"
+        "con.execute(\"INSERT INTO runs VALUES ('r1', 't', '{}', '{}', 'finished', 3, 8, 'cpu', 'batch', '{}', \"\n"
+        '            "now(), now())")\n'
+        'con.execute("INSERT INTO predictions (run_id, _row, baseline_score) "\n'
+        "            \"SELECT 'r1', range, 0.1 FROM range(3)\")\n"
         'con.execute("CREATE TABLE traffic_t AS SELECT range AS _row, range::VARCHAR AS request_id FROM range(5)")\n'
     )
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(LEGACY), str(ROOT)])}

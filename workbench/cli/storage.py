@@ -40,7 +40,8 @@ def _gc_text(d: dict) -> str:
     if not d["dry_run"]:
         lines.append(
             f"expired {d['snapshots_expired']} snapshot(s); data files {d['files_before']} -> {d['files_after']}; "
-            f"freed {d['bytes_freed'] / 1e6:,.1f} MB ({d['bytes_before'] / 1e6:,.1f} -> {d['bytes_after'] / 1e6:,.1f} MB)"
+            f"freed {d['bytes_freed'] / 1e6:,.1f} MB "
+            f"({d['bytes_before'] / 1e6:,.1f} -> {d['bytes_after'] / 1e6:,.1f} MB)"
         )
     return "\n".join(lines)
 
