@@ -223,6 +223,93 @@ class ArrowView:
         self._cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(self.name)}")
 
 
+def _configure(con: duckdb.DuckDBPyConnection, spill: str) -> dict[str, str | int | None]:
+    """Session settings of a new DuckDB instance; the memory and thread limits as configured."""
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
+    con.execute("SET temp_directory = ?", [spill])  # per instance: in-memory spill files would collide
+    # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
+    # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
+    limits: dict[str, str | int | None] = {
+        "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+        "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None,
+    }  # None: per core
+    for k, v in limits.items():
+        if v is not None:
+            con.execute(f"SET {k} = ?", [v])
+    return limits
+
+
+def _check_lake(lake: Path, read_only: bool) -> None:
+    """Refuse an old single-file home (naming ``workbench migrate``) and a read of a lake not made yet."""
+    if lake.is_file():
+        raise LegacyDatabase(
+            f"{lake} is a workbench database in the old single-file format; "
+            "move it into the shared storage with `workbench migrate`"
+        )
+    catalog, legacy = lake / CATALOG_FILE, lake.parent / LEGACY_FILE
+    if not catalog.exists() and legacy.is_file():
+        raise LegacyDatabase(
+            f"this home keeps its data in {legacy}, the old single-file format; "
+            "move it into the shared storage with `workbench migrate`"
+        )
+    if read_only and not catalog.exists():
+        raise WorkbenchError(f"no workbench storage at {lake} yet")
+
+
+class _LakeInstance:
+    """One in-memory DuckDB per process and lake with the lake attached, shared by the process's stores:
+    loading the extensions and attaching costs most of a short command's time, so it is done once."""
+
+    _open: dict[tuple[int, str], _LakeInstance] = {}
+    _guard = threading.Lock()
+    KEEP_IDLE = 4  # lakes kept attached with no store open on them
+
+    def __init__(self, lake: Path, writer: Callable[[], Any]):
+        self.root = duckdb.connect()
+        self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
+        self.limits = _configure(self.root, self.spill)
+        self.users, self.schema_ready, self.used_at = 0, False, time.monotonic()
+        for name in ("ducklake", "sqlite_scanner"):
+            self.root.execute(f"LOAD {sql_literal(extension_file(name))}")
+        catalog = lake / CATALOG_FILE
+        options = (
+            f"DATA_PATH {sql_literal(str(lake / 'data') + os.sep)}, META_JOURNAL_MODE 'WAL', "
+            f"META_BUSY_TIMEOUT 10000, DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
+        )
+        sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({options})"
+        if catalog.exists():
+            self.root.execute(sql)
+        else:
+            lake.mkdir(parents=True, exist_ok=True)
+            with writer():  # the first attach creates the catalog: one process at a time
+                self.root.execute(sql)
+
+    @classmethod
+    def acquire(cls, lake: Path, writer: Callable[[], Any]) -> _LakeInstance:
+        """The process's instance for ``lake`` (attached now when there is none), with one more user."""
+        key = (os.getpid(), str(lake.resolve()))  # a forked child attaches its own
+        with cls._guard:
+            inst = cls._open.get(key)
+            if inst is None:
+                inst = cls._open[key] = cls(lake, writer)
+            inst.users += 1
+            return inst
+
+    def release(self) -> None:
+        """One user fewer; instances idle beyond ``KEEP_IDLE`` are closed, the least recently used first."""
+        with self._guard:
+            self.users -= 1
+            self.used_at = time.monotonic()
+            idle = sorted((i.used_at, k) for k, i in self._open.items() if i.users == 0)
+            for _, key in idle[: max(0, len(idle) - self.KEEP_IDLE)]:
+                self._open.pop(key).close()
+
+    def close(self) -> None:
+        self.root.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
+
+
 class StoreBase:
     """One DuckDB connection with the workbench's schema; the concerns of :class:`~workbench.store.Store`
     build on it. Use as a context manager or call :meth:`close`."""
@@ -237,58 +324,26 @@ class StoreBase:
         self.wait_s = float(os.environ.get("WORKBENCH_DB_WAIT_S", DEFAULT_WRITE_WAIT_S)) if wait_s is None else wait_s
         self._local = threading.local()
         self._memory_lock = threading.Lock()
-        self._spill = tempfile.mkdtemp(prefix="workbench-spill-")
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
-        self.con.execute("SET temp_directory = ?", [self._spill])  # per process: in-memory spill files collide
-        # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
-        # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
-        self._limits: dict[str, str | int | None] = {
-            "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
-            "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None,
-        }  # None: per core
-        for k, v in self._limits.items():
-            if v is not None:
-                self.con.execute(f"SET {k} = ?", [v])
-        try:
-            if self.lake is not None:
-                self._attach(self.lake, read_only)
+        self._instance: _LakeInstance | None = None
+        if self.lake is None:
+            self.con = duckdb.connect()
+            self._spill = tempfile.mkdtemp(prefix="workbench-spill-")
+            self._limits = _configure(self.con, self._spill)
             if not read_only:
                 self._create_schema()
+            return
+        _check_lake(self.lake, read_only)
+        self._instance = _LakeInstance.acquire(self.lake, self._writer)
+        self._limits = self._instance.limits
+        try:
+            self.con = self._instance.root.cursor()
+            self.con.execute("USE lake")
+            if not read_only and not self._instance.schema_ready:
+                self._create_schema()
+                self._instance.schema_ready = True
         except BaseException:
-            self.close()
+            self._instance.release()
             raise
-
-    def _attach(self, lake: Path, read_only: bool) -> None:
-        if lake.is_file():
-            raise LegacyDatabase(
-                f"{lake} is a workbench database in the old single-file format; "
-                "move it into the shared storage with `workbench migrate`"
-            )
-        catalog = lake / CATALOG_FILE
-        legacy = lake.parent / LEGACY_FILE
-        if not catalog.exists() and legacy.is_file():
-            raise LegacyDatabase(
-                f"this home keeps its data in {legacy}, the old single-file format; "
-                "move it into the shared storage with `workbench migrate`"
-            )
-        if read_only and not catalog.exists():
-            raise WorkbenchError(f"no workbench storage at {lake} yet")
-        for name in ("ducklake", "sqlite_scanner"):
-            self.con.execute(f"LOAD {sql_literal(extension_file(name))}")
-        options = (
-            f"DATA_PATH {sql_literal(str(lake / 'data') + os.sep)}, META_JOURNAL_MODE 'WAL', "
-            f"META_BUSY_TIMEOUT 10000, DATA_INLINING_ROW_LIMIT {INLINE_ROWS}" + (", READ_ONLY" if read_only else "")
-        )
-        sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({options})"
-        if catalog.exists():
-            self.con.execute(sql)
-        else:
-            lake.mkdir(parents=True, exist_ok=True)
-            with self._writer():  # the first attach creates the catalog: one process at a time
-                self.con.execute(sql)
-        self.con.execute("USE lake")
 
     def _create_schema(self) -> None:
         have = {
@@ -373,6 +428,8 @@ class StoreBase:
         if getattr(self._local, "in_transaction", False):
             yield self.cursor()
             return
+        if self.read_only:
+            raise WorkbenchError(f"the store at {self.path} was opened read-only; it cannot write")
         with self._writer():
             cur = self.cursor()
             cur.execute("BEGIN TRANSACTION")
@@ -393,9 +450,13 @@ class StoreBase:
             return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
-        """Close the connection and remove this process's spill folder."""
+        """Close this store's connection (the process keeps its lake instance for the next store)."""
         self.con.close()
-        shutil.rmtree(self._spill, ignore_errors=True)
+        if self._instance is not None:
+            self._instance.release()
+            self._instance = None
+        else:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self):
         return self
