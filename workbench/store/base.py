@@ -223,6 +223,11 @@ class ArrowView:
         self._cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(self.name)}")
 
 
+def change_marks(lake: Path) -> tuple[Path, ...]:
+    """Files whose size or modification time changes with every commit to ``lake`` (and not with reads)."""
+    return (lake / CATALOG_FILE, lake / (CATALOG_FILE + "-wal"))
+
+
 def _configure(con: duckdb.DuckDBPyConnection, spill: str) -> dict[str, str | int | None]:
     """Session settings of a new DuckDB instance; the memory and thread limits as configured."""
     con.execute("SET TimeZone = 'UTC'")
@@ -275,8 +280,8 @@ class _LakeInstance:
         catalog = lake / CATALOG_FILE
         options = (
             f"DATA_PATH {sql_literal(str(lake / 'data') + os.sep)}, META_JOURNAL_MODE 'WAL', "
-            f"META_BUSY_TIMEOUT 10000, DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
-        )
+            f"META_BUSY_TIMEOUT 10000, DATA_INLINING_ROW_LIMIT {INLINE_ROWS}, OVERRIDE_DATA_PATH true"
+        )  # data paths are kept relative to DATA_PATH: a moved or copied home works from its new place
         sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({options})"
         if catalog.exists():
             self.root.execute(sql)
