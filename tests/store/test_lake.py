@@ -117,11 +117,11 @@ def test_a_batch_is_committed_once(tmp_path):
             )
 
 
-def _job_traffic(s: Store, name: str, runs: list[str]) -> None:
+def _job_traffic(s: Store, name: str, runs: list[str], rows: int = 100) -> None:
     """A traffic set a job ingested for itself, with runs on it."""
     with s.transaction() as cur:
         cur.execute(
-            f'CREATE TABLE "traffic_{name}" AS SELECT range AS _row, range::VARCHAR AS request_id FROM range(100)'
+            f'CREATE TABLE "traffic_{name}" AS SELECT range AS _row, range::VARCHAR AS request_id FROM range(?)', [rows]
         )
         cur.execute(
             "INSERT INTO traffic_sets VALUES (?, ?, 'request_id', NULL, NULL, '[]', 'f', 100, 0, "
@@ -202,3 +202,23 @@ def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tm
     assert runs.returncode == 0 and "r1" in runs.stdout
     again = cli("migrate")
     assert again.returncode == 2 and "nothing to migrate" in again.stderr
+
+
+def test_a_data_file_deleted_under_the_catalog_is_named_in_one_line(tmp_path):
+    lake = tmp_path / "lake"
+    with Store(lake) as s:
+        _job_traffic(s, "job_a", ["run_a"], rows=5_000)
+    victim = next((lake / "data" / "main" / "traffic_job_a").glob("*.parquet"))
+    victim.unlink()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "evaluate", "run_a", "--home", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: the storage's data file {victim} is missing (deleted or moved under the catalog); "
+        "restore it from a backup of the home"
+    ]

@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # last line of defence: one line for the user, the traceback on request
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
+        from workbench.store.base import storage_problem
+
+        if (problem := storage_problem(e)) is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         first = str(e).splitlines()[0] if str(e) else ""
         print(
             f"error: internal error {type(e).__name__}: {first} (set WORKBENCH_DEBUG=1 for the traceback)",

@@ -223,6 +223,19 @@ class ArrowView:
         self._cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(self.name)}")
 
 
+def storage_problem(exc: BaseException) -> str | None:
+    """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
+    the catalog); None for anything else."""
+    text = str(exc)
+    m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
+    if m is None:
+        return None
+    return (
+        f"the storage's data file {m.group(1)} is missing (deleted or moved under the catalog); restore it "
+        "from a backup of the home"
+    )
+
+
 def change_marks(lake: Path) -> tuple[Path, ...]:
     """Files whose size or modification time changes with every commit to ``lake`` (and not with reads)."""
     return (lake / CATALOG_FILE, lake / (CATALOG_FILE + "-wal"))
