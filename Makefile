@@ -1,6 +1,7 @@
 # Set-up and entry points. `make demo` runs the full demo, `make test` runs the lint, builds the docs and runs
 # the test suite, `make docs` builds the documentation site into build/site; all create the virtualenv if missing and
-# install torch==2.13.0 (CPU) before the project.
+# install torch==2.13.0 (CPU) before the project, and beside it the DuckDB that wrote the old single-file homes
+# (`workbench migrate` reads them with it).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q --no-deps --target $(VENV)/legacy-duckdb duckdb==2.0.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -943,7 +943,7 @@ def walk_store(
     traffic = "dq"
     thresholds = {"baseline": THRESHOLD, "candidate": THRESHOLD}
 
-    store = Store(workdir / "workbench.duckdb")
+    store = Store(workdir / "lake")
     try:
 
         def ingest_slice(j: int) -> None:

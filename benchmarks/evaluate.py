@@ -287,7 +287,7 @@ def main() -> None:
         mlf = run_phase("mlflow", str(n), str(work))
         runs = []
         for rows in [n] + ([args.big_rows] if args.big_rows else []):
-            db = work / f"store_{rows}" / "bench.duckdb"
+            db = work / f"store_{rows}" / "lake"
             db.parent.mkdir(exist_ok=True)
             run_phase("build", str(rows), str(db))
             runs.append((rows, run_phase("store", str(db))))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,15 +130,16 @@ def main() -> None:
     from workbench.store import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-gpumem-") as tmp:
-        src, base = Path(tmp) / "traffic.parquet", Path(tmp) / "base.duckdb"
+        src, base = Path(tmp) / "traffic.parquet", Path(tmp) / "base_lake"
         write_traffic(src, a.rows, "mlp", None)
         with Store(base) as store:
             ingest(store, src, "bench")
         rows = []
         for config in a.configs:
             threads, memory = config.split(":")
-            db = Path(tmp) / "run.duckdb"
-            db.write_bytes(base.read_bytes())  # every configuration replays the same fresh database
+            db = Path(tmp) / "run_lake"
+            shutil.rmtree(db, ignore_errors=True)
+            shutil.copytree(base, db)  # every configuration replays the same fresh storage
             env = os.environ | {"WORKBENCH_DUCKDB_THREADS": threads, "PYTHONWARNINGS": "ignore"}
             env.pop("WORKBENCH_DUCKDB_MEMORY_LIMIT", None)
             if memory != "auto":

@@ -376,7 +376,7 @@ def main() -> None:
         writers = a.writers or [ReplayOptions().writers]
         results = []
         for rows in a.rows:
-            traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}.duckdb"
+            traffic, db = tmp / f"traffic_{rows}.parquet", tmp / f"bench_{rows}_lake"
             write_traffic(traffic, rows, a.models, a.home)
             ing = run_phase("ingest", a, rows=rows, traffic=traffic, db=db)
             read = run_phase("read", a, rows=rows, traffic=traffic, db=db)

@@ -464,7 +464,7 @@ def seeded_home(tmp_path) -> Path:
 
     home = tmp_path / "home"
     init_keys(home / "keys")
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         seed_run(store, "run_a", make_evaluation("run_a"))
     return home
 

@@ -24,7 +24,7 @@ def test_cli_evaluate_matches_sklearn(demo_home):
     assert set(out) >= {"run_id", "labeled_rows", "baseline", "candidate", "delta", "latency", "errors"}
     import duckdb
 
-    con = duckdb.connect(str(demo_home / "workbench.duckdb"), read_only=True)
+    con = duckdb.connect(str(demo_home / "lake"), read_only=True)
     for role in ("baseline", "candidate"):
         y, s = map(
             np.array,

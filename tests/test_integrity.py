@@ -44,12 +44,12 @@ def cli(home, *args, env=None, check=True):
 
 
 def sql(home, statement: str, params=None) -> list:
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         return store.cursor().execute(statement, params or []).fetchall()
 
 
 def seed(home, fn, *args, **kw):
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         return fn(store, *args, **kw)
 
 
@@ -260,7 +260,7 @@ def test_a_rewind_of_the_database_and_the_document_is_caught_by_mlflow(seeded_ho
     docs = WeightDocuments(settings.published_dir)
     rewind(home, name)
     docs.path(name).unlink()  # the attacker rewinds the document too: it names sequence 1 again
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         row = store.chain(name)[0]
         docs.publish(
             SignedDecision(json.loads(row["record"]), row["signature"]), 1, [], KeyRing.from_settings(settings).trusted

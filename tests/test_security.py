@@ -537,7 +537,7 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(demo_home, home)  # the demo made the key pair and signed its first decision with it
     outputs = [run_cli("keys", "export", "--json", home=home)]
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         seed_run(store, "run_syn", model="flight-delay")
     outputs.append(run_cli("decide", "run_syn", "--justification", "reviewed", "--json", home=home))
     decision = json.loads(outputs[-1].stdout)
@@ -577,7 +577,7 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
             assert not any(s in data for s in secrets), path
             scanned += 1
     # DuckDB, row by row as text
-    con = duckdb.connect(str(home / "workbench.duckdb"), read_only=True)
+    con = duckdb.connect(str(home / "lake"), read_only=True)
     dumped = "".join(str(con.execute(f'SELECT * FROM "{t}"').fetchall()) for t in db_digest(con)).encode()
     con.close()
     assert not any(s in dumped for s in secrets)

@@ -36,7 +36,8 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.home / "workbench.duckdb"
+        """The home's storage: a DuckLake (catalog and Parquet data files) in this folder."""
+        return self.home / "lake"
 
     @property
     def artifacts_dir(self) -> Path:

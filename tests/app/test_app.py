@@ -142,7 +142,7 @@ def test_compare_scorecard_shows_intervals_and_p_values(home):
     from workbench.store import Store
 
     run_id = run_id_of(home)
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
     at = open_page("compare")
     table = at.table[0].value
@@ -304,7 +304,7 @@ def test_compare_says_better_only_where_the_interval_excludes_zero(home):
     run_id = run_id_of(home)
     ev = make_evaluation(run_id, metrics={"roc_auc": (0.70, 0.72, 0.01, 0.03), "fpr": (0.10, 0.101, -0.01, 0.012)})
     ev["delta"]["fpr"]["p_value"] = 0.91
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         store.save_evaluation(run_id, {}, ev)
     at = open_page("compare")
     table = at.table[0].value
@@ -402,7 +402,7 @@ def other_run(home: Path) -> str:
     """A finished run of the demo other than the one the pages pick by default (the newest)."""
     from workbench.store import Store
 
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         runs = [r["run_id"] for r in store.list_runs() if r["status"] == "finished"]
     assert len(runs) > 1
     return runs[-1]
@@ -444,7 +444,7 @@ def test_database_busy_shows_the_last_data_read(home):
             "-c",
             "import sys, time; from workbench.store import Store; "
             "s = Store(sys.argv[1]); print('ready', flush=True); time.sleep(120)",
-            str(home / "workbench.duckdb"),
+            str(home / "lake"),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -40,7 +40,7 @@ def served(demo_home, tmp_path):
     shutil.copytree(demo_home, home)
     add_approver(approvers_path(home), "alice", password=PASSWORD)
     run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
-    with Store(home / "workbench.duckdb") as store:  # an evaluation with intervals, for the Compare page
+    with Store(home / "lake") as store:  # an evaluation with intervals, for the Compare page
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
     (home / "policies").mkdir()  # the demo sample's few thousand rows cannot settle the default policy's gates
     (home / "policies" / "lenient.toml").write_text(
@@ -169,7 +169,7 @@ def test_review_and_sign_in_the_browser(served):
     (ARTIFACTS / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2))
     from workbench.store import Store
 
-    with Store(home / "workbench.duckdb", read_only=True) as store:
+    with Store(home / "lake", read_only=True) as store:
         decision = store.list_decisions("flight-delay")[0]  # newest first; the demo made the first
         assert decision["verdict"] == "PROMOTE" and decision["weight_after"] == 1
         record = json.loads(store.get_decision(decision["decision_id"])["record"])

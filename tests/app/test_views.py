@@ -38,7 +38,7 @@ def scored(tmp_path_factory):
         tmp / "traffic.parquet",
     )
     pq.write_table(pa.table({"request_id": ids[labelled], "label": label[labelled]}), tmp / "labels.parquet")
-    store = Store(tmp / "wb.duckdb")
+    store = Store(tmp / "lake")
     ingest(store, tmp / "traffic.parquet", "t")
     from workbench.ingest.traffic import ingest_labels
 

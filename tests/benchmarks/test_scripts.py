@@ -41,6 +41,11 @@ SCRIPTS = {
     "app_pages.py": Entry(
         ("--rows", "2000", "--home", "{tmp}/home", "--no-renders"), prints="data functions, uncached"
     ),
+    "concurrency.py": Entry(
+        ("--rows", "20000", "--reads", "2", "--models", "constant", "--batch-size", "4096"),
+        prints="combined:",
+        slow="~40 s: four replay processes load torch",
+    ),
     "decision_quality.py": Entry(
         ("--quick", "--workers", "1"),
         prints="## Summary against the targets",

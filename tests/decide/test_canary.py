@@ -274,7 +274,7 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
     assert (out["verdict"], out["weight_before"], out["weight_after"]) == (Verdict.PROMOTE, 0, 1)
     assert out["applied"] and out["pending_sync"] and "unreachable" in out["sync_error"]
     assert "not yet in MLflow" in proc.stderr
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         row = store.get_decision(out["decision_id"])
         assert row["pending_sync"] and row["applied_sequence"] == 1 and row["signature"] == out["signature"]
 
@@ -330,7 +330,7 @@ def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
 
 def test_cli_decide_needs_a_key(tmp_path):
     home = tmp_path / "home"
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         seed_run(store, "run_a")
     proc = run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=home, check=False)
     assert proc.returncode == 2 and "workbench keys init" in proc.stderr and proc.stdout == ""
@@ -378,7 +378,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
     cited = out["record"]["evidence"]
     assert cited["runs"] == [s["run_id"] for s in demo["walk"]]  # every month's run, oldest first
-    with duckdb.connect(str(home / "workbench.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(home / "lake"), read_only=True) as con:
         y, b, c = map(
             np.array,
             zip(
@@ -416,7 +416,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert out["pending_sync"] is False and out["mlflow_run_id"]
     assert out["record"]["model"] == "flight-delay"
     assert (out["record"]["baseline"]["version"], out["record"]["candidate"]["version"]) == ("1", "2")
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         assert out["record"]["traffic_fingerprint"] == store.require_traffic("flights")["fingerprint"]
     assert json.loads(run_cli("decision", "verify", out["decision_id"], "--json", home=home).stdout)["verified"]
     st = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)

@@ -114,7 +114,7 @@ def test_unmeasured_runs_hold_and_gpu_gates_judge_gpu_runs():
 
 def test_judge_run_combines_the_pairs_runs_measurements(tmp_path):
     policy = parse_policy(GATES | {"prices": {"cpu_hour": 1.0}})
-    with Store(tmp_path / "wb.duckdb") as store:
+    with Store(tmp_path / "lake") as store:
         seed_run(store, "run_a", rows=2000)
         seed_run(store, "run_b", rows=2000)
         seed_run(store, "run_c", rows=2000)

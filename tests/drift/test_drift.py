@@ -410,7 +410,7 @@ def test_cli_drift_default_reference(demo_home):
         "unseen_categories",
         "type_violations",
     }
-    with Store(demo_home / "workbench.duckdb", read_only=True) as store:
+    with Store(demo_home / "lake", read_only=True) as store:
         assert store.latest_drift(run_id) == d
 
 

@@ -68,7 +68,7 @@ def test_combining_runs_takes_each_measurement_median():
 
 
 def test_evaluation_carries_the_runs_resources(tmp_path):
-    with Store(tmp_path / "wb.duckdb") as store:
+    with Store(tmp_path / "lake") as store:
         seed_run(store, "run_r", rows=3000)
         assert evaluate_run(store, "run_r", n_boot=100).to_dict()["resources"] is None
         store.save_run_resources("run_r", measured())

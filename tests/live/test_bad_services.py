@@ -83,7 +83,7 @@ def setup(mlflow_server, tmp_path):
     name = register_model(mlflow_server, "svc_")
     home = tmp_path / "home"
     init_keys(home / "keys")
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         seed_run(store, "run_a", model=name)
     return {"client": client, "name": name, "home": home, "url": mlflow_server}
 
@@ -104,7 +104,7 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
     assert (first["weight_before"], first["weight_after"]) == (0, 1)
     down_s = time.monotonic() - t0
 
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         newer = fresh_run(store, 1, model=setup["name"])  # new evidence for the next step
     proxy = SlowProxy(int(url.rsplit(":", 1)[1]), delay=6.0)  # answers, but after the 3 s health timeout
     try:
@@ -136,7 +136,7 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
     assert all(len(r) == 1 and r[0].info.status == "FINISHED" for r in runs.values())
     tags = client.get_model_version(name, "2").tags
     assert tags["canary.decision_id"] == ids[1] and tags["canary.weight"] == "5"  # applied in chain order
-    with Store(home / "workbench.duckdb", read_only=True) as store:
+    with Store(home / "lake", read_only=True) as store:
         assert store.pending_sync_records() == []
         assert [store.get_decision(d)["mlflow_run_id"] for d in ids] == [runs[d][0].info.run_id for d in ids]
     third = run_cli(
@@ -171,7 +171,7 @@ def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
     trusted = trusted_keys(home / "keys", home / "keys" / "trusted")
     signer = Signer.from_keys_dir(home / "keys", "tester")
     registry = Registry(url)
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         signed = []
         for step in range(2):  # each step on new evidence
             run_id = "run_a" if step == 0 else fresh_run(store, step, model=setup["name"])
@@ -204,7 +204,7 @@ def test_sync_never_pushes_a_tampered_record(setup):
     client, home, url = setup["client"], setup["home"], setup["url"]
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     out = json.loads(run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=home, env=down).stdout)
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         record_text = store.get_decision(out["decision_id"])["record"]
         store.cursor().execute(
             "UPDATE decisions SET record = ? WHERE decision_id = ?",
@@ -245,7 +245,7 @@ def hold_lock(path: Path) -> subprocess.Popen:
 
 def test_a_locked_database_waits_then_fails_clearly_and_is_never_corrupted(tmp_path):
     home = tmp_path / "home"
-    db = home / "workbench.duckdb"
+    db = home / "lake"
     with Store(db) as store:
         seed_run(store, "run_a")
     holder = hold_lock(db)

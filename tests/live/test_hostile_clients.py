@@ -47,7 +47,7 @@ def service(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("hostile") / "home"
     init_keys(home / "keys")
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         seed_run(store, "run_a", make_evaluation("run_a"))
         signed, _ = build_decision(
             store, "run_a", load_policy(), Signer.from_keys_dir(home / "keys", "tester"), justification="reviewed"
@@ -145,7 +145,7 @@ def push_until_closed(s: socket.socket, total: int, chunked: bool = False) -> in
 
 
 def jobs(home: Path) -> list:
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         return store.list_jobs()
 
 

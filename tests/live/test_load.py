@@ -47,7 +47,7 @@ def canary_home(home: Path, steps: int) -> str:
     """A home with a key and ``steps`` applied decisions for fraud v1 -> v2; returns the last decision id."""
     init_keys(home / "keys")
     signer = Signer.from_keys_dir(home / "keys", "load")
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         seed_run(store, "run_a")
         for step in range(steps):  # each step on new evidence
             signed, _ = build_decision(
@@ -216,7 +216,7 @@ def test_the_service_answers_fifty_concurrent_clients(tmp_path):
     finally:
         stop(proc)
     assert failures == [], failures[:5]
-    with Store(home / "workbench.duckdb", read_only=True) as store:
+    with Store(home / "lake", read_only=True) as store:
         jobs = len(store.list_jobs())
     assert jobs == len(latencies["POST /webhooks/mlflow"])  # every accepted delivery is one job: nothing lost
     report("`workbench serve`", latencies, wall, "every webhook delivery queued exactly one job", jobs=jobs)

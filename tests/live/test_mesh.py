@@ -108,7 +108,7 @@ def test_flagger_gates(v, expected):
 def test_render_from_the_store_and_the_cli(seeded_home):
     signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
     trusted = trusted_keys(seeded_home / "keys", seeded_home / "none")
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         for step in range(2):  # each step on new evidence
             signed, _ = build_decision(
                 store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"
@@ -119,12 +119,12 @@ def test_render_from_the_store_and_the_cli(seeded_home):
     out = run_cli("canary", "render", "fraud", "--target", "istio", "--namespace", "ml", home=seeded_home).stdout
     vs, _ = yaml.safe_load_all(out)
     assert [r["weight"] for r in vs["spec"]["http"][0]["route"]] == [95, 5]
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         apply_decision(store, build_kill(store, "fraud", "pager", signer, load_policy()), trusted)
     d = json.loads(run_cli("canary", "render", "fraud", "--target", "kserve", "--json", home=seeded_home).stdout)
     assert d["weight"] == 0 and d["objects"][0]["spec"]["predictor"]["canaryTrafficPercent"] == 0
     assert yaml.safe_load(d["yaml"]) == d["objects"][0]
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         store.cursor().execute("UPDATE canary_state SET weight = 50")
     bad = run_cli("canary", "render", "fraud", "--target", "argo", home=seeded_home, check=False)
     assert bad.returncode == 2 and "does not verify" in bad.stderr and bad.stdout == ""

@@ -559,7 +559,7 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
     base_dir, cand_dir = save_models(tmp_path, flag)
     policy_path = tmp_path / "live.toml"
     policy_path.write_text(E2E_POLICY)
-    with Store(seeded_home / "workbench.duckdb") as store:  # fraud v1 -> v2 at 1, 5, 25 %
+    with Store(seeded_home / "lake") as store:  # fraud v1 -> v2 at 1, 5, 25 %
         signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
         trusted = trusted_keys(seeded_home / "keys", seeded_home / "keys" / "trusted")
         for step in range(3):  # each step on new evidence
@@ -691,7 +691,7 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
 
     st = json.loads(run_cli("canary", "status", "fraud", "--json", home=seeded_home).stdout)
     assert (st["weight"], st["verified"], st["decision_id"]) == (0, True, out["rollback"]["decision_id"])
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         dec = store.get_decision(st["decision_id"])
         assert json.loads(dec["record"])["reason"].startswith("live SLO: candidate error rate")
         assert dec["pending_sync"] and dec["sync_error"]

@@ -204,7 +204,7 @@ def weights_api(seeded_home):
     from workbench.decide.signing import trusted_keys
 
     signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         for step in range(2):  # each step on new evidence
             signed, _ = build_decision(
                 store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"

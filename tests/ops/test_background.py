@@ -251,7 +251,7 @@ def test_cli_replay_progress_is_visible_without_duckdb(demo_home, tmp_path):
         text=True,
         start_new_session=True,
     )
-    db = SharedDatabase(home / "workbench.duckdb", read_wait_s=0.1)
+    db = SharedDatabase(home / "lake", read_wait_s=0.1)
     seen = busy = False
     try:
         deadline = time.monotonic() + 120

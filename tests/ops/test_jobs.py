@@ -210,7 +210,7 @@ def test_job_end_to_end_on_the_demo(job_home):
 
 
 def stage_states(home: Path, job_id: str) -> dict:
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         return store.job_stages(job_id)
 
 
@@ -283,7 +283,7 @@ def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    with Store(job_home / "workbench.duckdb") as store:
+    with Store(job_home / "lake") as store:
         assert store.get_job(job_id)["status"] == "running"  # left behind by the dead process
         assert store.job_stages(job_id)["replay"]["status"] == "running"
 
@@ -292,7 +292,7 @@ def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
     assert res["job_id"] == job_id and res["status"] == "finished"
     assert res["stages"]["ingest"]["attempts"] == 1 and res["stages"]["replay"]["attempts"] == 2
     assert any(json.loads(line).get("event") == "job_interrupted" for line in out.stderr.splitlines())
-    with Store(job_home / "workbench.duckdb") as store:
+    with Store(job_home / "lake") as store:
         n, distinct = store.con.execute(
             "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = ?", [res["run_id"]]
         ).fetchall()[0]
@@ -316,7 +316,7 @@ def test_overlapping_runs_are_refused_and_say_why(job_home, tmp_path):
             run_job(load_settings(job_home), load_spec(spec))  # another lock in this process is refused too
     finally:
         lock.release()
-    with Store(job_home / "workbench.duckdb") as store:
+    with Store(job_home / "lake") as store:
         assert store.job_history("fd") == []  # a refused run leaves no job behind
 
 
@@ -360,7 +360,7 @@ def test_a_disabled_drift_stage_is_skipped_and_the_job_still_decides(job_home, t
     decide = out["stages"]["decide"]
     assert decide["status"] == "finished" and decide["result"]["decision_id"] == out["decision_id"]
     assert out["verdict"] in ("PROMOTE", "HOLD", "ROLLBACK") and "unreached" not in out
-    with Store(job_home / "workbench.duckdb") as store:
+    with Store(job_home / "lake") as store:
         assert store.latest_drift(out["run_id"]) is None  # no report was made
         record = json.loads(store.get_decision(out["decision_id"])["record"])
     assert record["drift_hash"] is None

@@ -74,7 +74,7 @@ def test_metrics_expose_the_named_series(seeded_home):
     from workbench.decide.policy import load_policy
     from workbench.decide.signing import trusted_keys
 
-    with Store(seeded_home / "workbench.duckdb") as store:
+    with Store(seeded_home / "lake") as store:
         signed, _ = build_decision(
             store, "run_a", load_policy(), Signer.from_keys_dir(seeded_home / "keys", "t"), justification="reviewed"
         )
@@ -129,7 +129,7 @@ def test_replay_rate_is_rows_over_the_runs_wall_time(tmp_path):
     import pyarrow as pa
 
     home = tmp_path / "home"
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         store.create_run(
             run_id="r1",
             traffic="t",
@@ -165,14 +165,14 @@ def test_error_rate_covers_the_latest_requests_only(monkeypatch):
 def test_a_locked_store_reports_down_instead_of_failing(tmp_path):
     """Another process holding DuckDB's write lock: the scrape still answers, with workbench_store_up 0."""
     home = tmp_path / "home"
-    with Store(home / "workbench.duckdb"):
+    with Store(home / "lake"):
         pass
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
-            str(home / "workbench.duckdb"),
+            str(home / "lake"),
         ],
         stdout=subprocess.PIPE,
         text=True,

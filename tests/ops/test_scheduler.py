@@ -184,7 +184,7 @@ def test_a_scheduled_job_runs_at_its_slot_on_the_demo(job_home, tmp_path):
     clock.t = datetime(2014, 1, 1, 0, 0, 3, tzinfo=UTC)
     [outcome] = sched.tick()
     assert outcome["job_id"] == "job_fd_daily_20140101T0000" and outcome["status"] == "finished"
-    with Store(job_home / "workbench.duckdb") as store:
+    with Store(job_home / "lake") as store:
         job = store.get_job(outcome["job_id"])
         stages = store.job_stages(outcome["job_id"])
     assert job["triggered_by"] == "schedule" and job["params"]["as_of"] == "2014-01-01T00:00:00Z"

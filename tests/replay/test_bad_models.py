@@ -285,7 +285,7 @@ def test_abort_without_isolation_stops_and_resumes_with_isolation(model_dir, tmp
     ]
     died = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert died.returncode == -signal.SIGABRT and died.stdout == ""
-    con = duckdb.connect(str(home / "workbench.duckdb"))  # opens (WAL replayed); the committed batches hold
+    con = duckdb.connect(str(home / "lake"))  # opens (WAL replayed); the committed batches hold
     done, n, distinct = con.execute("""SELECT (SELECT coalesce(sum(rows), 0) FROM run_batches WHERE run_id = 'r'),
         count(*), count(DISTINCT _row) FROM predictions WHERE run_id = 'r'""").fetchall()[0]
     con.close()
@@ -294,7 +294,7 @@ def test_abort_without_isolation_stops_and_resumes_with_isolation(model_dir, tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     out = json.loads(resumed.stdout)
     assert (out["rows"], out["candidate_errors"], out["baseline_errors"]) == (N, len(ABORT), 0)
-    with Store(home / "workbench.duckdb", read_only=True) as store:
+    with Store(home / "lake", read_only=True) as store:
         check_complete(store, "r")
         assert errors_by_row(store, "r") == {i: TEXTS["abort"] for i in ABORT}
     record(

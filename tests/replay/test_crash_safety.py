@@ -143,7 +143,7 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
     ref_home = copy_demo(demo_home, tmp_path / "ref" / "home")
     ref = complete(args, ref_home, anchor="ingest")  # the progress bar: the file is being read
     work = ref.seconds - ref.anchored
-    with Store(ref_home / "workbench.duckdb") as store:
+    with Store(ref_home / "lake") as store:
         want = ingest_state(store, "big", file_rows)
     home = copy_demo(demo_home, tmp_path / "crash" / "home")
     kills = 0
@@ -153,7 +153,7 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
         else:  # while it reads, stages, commits and checkpoints
             shot = shoot(args, home, rng.uniform(0.0, 1.0) * work, anchor="ingest")
         assert shot.killed or shot.returncode == 0, shot.stderr[-2000:]
-        with Store(home / "workbench.duckdb") as store:  # opens: the WAL is replayed or discarded
+        with Store(home / "lake") as store:  # opens: the WAL is replayed or discarded
             got = ingest_state(store, "big", file_rows)
             assert store.traffic_count("flights") > 0  # what was there before is untouched
         assert got["digest"] in (None, want["digest"])
@@ -170,7 +170,7 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
             )
     if got["ingests"] == 0:
         complete(args, home)
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         final = ingest_state(store, "big", file_rows)
     assert (final["rows"], final["digest"]) == (want["rows"], want["digest"])
     record(
@@ -228,7 +228,7 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
         shot = shoot(args, home, rng.uniform(0.0, 1.5), anchor="replay")
         assert shot.killed, f"the replay finished before its kill: {shot.stdout}"
         kills += 1
-        with Store(home / "workbench.duckdb") as store:
+        with Store(home / "lake") as store:
             st = replay_state(store, "crash_run", total)
         assert st["status"] in (None, "running") and st["rows"] >= (seen[-1] if seen else 0)
         seen.append(st["rows"])
@@ -242,7 +242,7 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
         )
     out = json.loads(complete(args, home).stdout)
     assert out["rows"] == total and out["status"] == "finished"
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         st = replay_state(store, "crash_run", total)
         diff = (
             store.cursor()
@@ -281,7 +281,7 @@ def test_an_interrupted_run_is_evaluated_only_when_asked_and_marked_partial(tmp_
     done, delay = 0, 1.0
     while done == 0:  # killed after its first committed batches (a busy machine may need a longer delay)
         assert shoot(replay, home, delay, anchor="replay").killed, "the replay finished before its kill"
-        with Store(home / "workbench.duckdb") as store:
+        with Store(home / "lake") as store:
             done = replay_state(store, "cut_run", total)["rows"]
         delay += 1.0
     assert done < total
@@ -298,7 +298,7 @@ def test_an_interrupted_run_is_evaluated_only_when_asked_and_marked_partial(tmp_
 
     resume = [a if a != "4" else "1024" for a in replay]  # the rest in large batches: the kill is what matters
     assert json.loads(complete(resume, home).stdout)["status"] == "finished"
-    with Store(home / "workbench.duckdb") as store:  # the partial evaluation no longer stands for the run
+    with Store(home / "lake") as store:  # the partial evaluation no longer stands for the run
         stale = evaluation_is_current(store, store.latest_evaluation("cut_run"))
     assert stale == f"it covers {done:,} of {total:,} rows of a run that was running (a partial evaluation)"
     full = json.loads(complete(["evaluate", "cut_run", "--json"], home).stdout)
@@ -310,7 +310,7 @@ def test_an_interrupted_run_is_evaluated_only_when_asked_and_marked_partial(tmp_
     assert (
         cited["rows"] == total and cited["labelled_rows"] == full["labeled_rows"] and len(cited["labels_digest"]) == 64
     )
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         assert evaluation_is_current(store, store.latest_evaluation("cut_run")) is None
         store.cursor().execute("DELETE FROM labels WHERE request_id = (SELECT min(request_id) FROM labels)")
         assert evaluation_is_current(store, store.latest_evaluation("cut_run")) == (
@@ -337,7 +337,7 @@ def test_evaluate_killed_at_random_points_reruns_to_the_same_result(tmp_path, de
     kills = 0
     while kills < 4:
         shot = shoot(args, home, rng.uniform(0.1, 1.0) * ref.seconds)
-        with Store(home / "workbench.duckdb") as store:
+        with Store(home / "lake") as store:
             stored = [
                 json.loads(r[0])
                 for r in store.cursor().execute("SELECT result FROM evaluations WHERE run_id = ?", [run_id]).fetchall()
@@ -362,7 +362,7 @@ def decision_state(home: Path, run_prefix: str) -> dict:
     """The canary of the model after a kill, checked: every stored record verifies, the chain is intact; the
     decisions on runs whose id starts with ``run_prefix``, applied ones in chain order."""
     trusted = trusted_keys(home / "keys", home / "keys" / "trusted")
-    with Store(home / "workbench.duckdb") as store:
+    with Store(home / "lake") as store:
         for row in store.cursor().execute("SELECT record, signature FROM decisions").fetchall():
             verify_signature(json.loads(row[0]), row[1], trusted)  # no half-written record
         verify_chain(store, MODEL, trusted)
@@ -417,7 +417,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
         home = copy_demo(demo_home, tmp_path / name / "home")
         if not (home / "keys" / PRIVATE_FILE).exists():  # the demo makes the key pair for its own decision
             init_keys(home / "keys")
-        with Store(home / "workbench.duckdb") as store:
+        with Store(home / "lake") as store:
             seed_run(store, "run_syn", model=MODEL)  # synthetic evidence for the demo's pair
         homes[name] = home
     ref = complete(["decide", "run_syn", "--justification", "reviewed", "--json"], homes["ref"])
@@ -434,7 +434,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
         if len(st["applied"]) > cycle and not st["applied"][-1][1]:
             cycle += 1  # this step is complete: the next kills hit the next step, on new evidence
             current = f"run_syn{cycle}"
-            with Store(home / "workbench.duckdb") as store:
+            with Store(home / "lake") as store:
                 seed_run(store, current, model=MODEL)
             continue
         command = (

@@ -15,6 +15,7 @@ from workbench.cli.decide import add_decision_commands
 from workbench.cli.evaluate import add_drift_parser, add_evaluate_parser
 from workbench.cli.jobs import add_job_commands
 from workbench.cli.live import add_live_commands
+from workbench.cli.storage import add_storage_commands
 from workbench.config import configure_runtime
 
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_commands(sub, common, canary)
     add_job_commands(sub, common)
     add_app_commands(sub, common)
+    add_storage_commands(sub, common)
     return p
 
 
@@ -161,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # last line of defence: one line for the user, the traceback on request
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
+        from workbench.store.base import storage_problem
+
+        if (problem := storage_problem(e)) is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         first = str(e).splitlines()[0] if str(e) else ""
         print(
             f"error: internal error {type(e).__name__}: {first} (set WORKBENCH_DEBUG=1 for the traceback)",

@@ -418,7 +418,6 @@ def ingest(
             rows_ingested=ingested,
             rows_quarantined=quarantined,
         )
-    store.checkpoint()
     return IngestResult(name, read, ingested, quarantined, dict(sorted(reasons.items())), fingerprint)
 
 

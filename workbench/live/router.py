@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
 from workbench import WorkbenchError
@@ -103,18 +102,18 @@ class StoreWeights:
         self.settings, self.model, self.policy = settings, model, policy
         self.keys, self.publish, self.read_wait_s = keys, publish, read_wait_s
         self._sig: tuple | None = None
-        # DuckDB refuses a read-only and a read-write connection to one file in one process: the poller's
-        # reads and the rollback's writes take turns
+        # the poller's reads and the rollback's writes take turns
         self._lock = threading.Lock()
-        with Store(settings.db_path):  # creates the file and schema, so read-only opens work from now on
+        with Store(settings.db_path):  # creates the storage and schema, so read-only opens work from now on
             pass
 
     def _signature(self) -> tuple:
         out: list[tuple[int, int] | None] = []
         from workbench.decide.witness import WeightDocuments
+        from workbench.store import change_marks
 
         document = WeightDocuments(self.settings.published_dir).path(self.model)
-        for p in (self.settings.db_path, Path(str(self.settings.db_path) + ".wal"), document):
+        for p in (*change_marks(self.settings.db_path), document):
             try:
                 st = os.stat(p)
                 out.append((st.st_mtime_ns, st.st_size))

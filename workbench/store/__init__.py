@@ -1,12 +1,13 @@
-"""DuckDB storage: the schema and every SQL statement of the workbench.
+"""Storage (a DuckLake, through DuckDB): the schema and every SQL statement of the workbench.
 
 One :class:`Store` owns one connection; threads take their own cursor with :meth:`Store.cursor`. Its methods
 come from one module per concern, in data-flow order: :mod:`~workbench.store.base` (connection, schema,
 transactions, settings), :mod:`~workbench.store.traffic`, :mod:`~workbench.store.runs` (with the run
 lifecycle: :meth:`Store.open_run`, :meth:`Store.finish_run`), :mod:`~workbench.store.evaluations`,
 :mod:`~workbench.store.drift`, :mod:`~workbench.store.decisions`, :mod:`~workbench.store.approvals`,
-:mod:`~workbench.store.jobs` and :mod:`~workbench.store.app`. Values always travel as parameters; identifiers
-(traffic tables, column names) are validated and quoted with :func:`qident`, never formatted raw into SQL.
+:mod:`~workbench.store.jobs` and :mod:`~workbench.store.app`; :mod:`~workbench.store.maintenance` keeps the lake
+small and migrates old homes. Values always travel as parameters; identifiers (traffic tables, column names)
+are validated and quoted with :func:`qident`, never formatted raw into SQL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from workbench.store.base import (
     WRITE_CONFLICTS,
     ArrowView,
     DatabaseLocked,
+    LegacyDatabase,
+    change_marks,
     check_name,
     name_problem,
     qident,
@@ -33,9 +36,11 @@ __all__ = [
     "WRITE_CONFLICTS",
     "ArrowView",
     "DatabaseLocked",
+    "LegacyDatabase",
     "RunCounts",
     "RunState",
     "Store",
+    "change_marks",
     "check_name",
     "name_problem",
     "qident",
@@ -45,7 +50,7 @@ __all__ = [
 
 
 class Store(AppStore, EvaluationStore, DriftStore, DecisionStore, ApprovalStore, JobStore):
-    """The workbench's DuckDB database. Use as a context manager or call :meth:`close`.
+    """The workbench's storage. Use as a context manager or call :meth:`close`.
 
     ``AppStore`` builds on ``RunStore``, which builds on ``TrafficStore`` (they read each other's tables);
     the other concerns stand alone on the connection."""

@@ -1,4 +1,11 @@
-"""The database itself: connection, schema, transactions, cursors, DuckDB settings and the SQL helpers.
+"""The storage itself: connection, schema, transactions, cursors, DuckDB settings and the SQL helpers.
+
+A home's storage is a DuckLake: a catalog database (SQLite, embedded) plus Parquet data files. Every process
+attaches it through its own in-memory DuckDB; readers see the latest committed snapshot and never wait. Write
+transactions take the lake's writer lock (a file lock), so writers of different runs interleave commit by
+commit: DuckLake 0.x on an SQLite catalog fails the second of two overlapping write transactions
+("database is locked"), and serialized commits also make check-then-insert safe where DuckLake has no keys.
+``:memory:`` is a plain in-memory DuckDB with the same schema (tests, scratch work).
 
 Values always travel as parameters; identifiers (traffic tables, column names) are validated and quoted
 with :func:`qident`, never formatted raw into SQL.
@@ -6,9 +13,13 @@ with :func:`qident`, never formatted raw into SQL.
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import unicodedata
@@ -27,34 +38,37 @@ from workbench.roles import ROLES
 DEFAULT_MEMORY_LIMIT = "512MB"  # DuckDB buffer pool (override: $WORKBENCH_DUCKDB_MEMORY_LIMIT); it spills beyond
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
+LEGACY_FILE = "workbench.duckdb"  # a home's single DuckDB file before the lake; `workbench migrate` moves it
+CATALOG_FILE = "catalog.sqlite"
+DEFAULT_WRITE_WAIT_S = 120.0  # how long a writer waits for the lake's writer lock ($WORKBENCH_DB_WAIT_S)
+INLINE_ROWS = 1000  # inserts up to this many rows stay in the catalog (jobs, decisions), not in a Parquet file
+
 # Tables in data-flow order: traffic and labels, runs and their paired results, evaluations, drift, decisions
-# and the canary, jobs. Columns added to a table after its first release follow as ALTERs, so older
-# database files gain them when opened.
+# and the canary, jobs. DuckLake has no keys: uniqueness is checked inside the writer's transaction.
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS traffic_sets (
-        name VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, id_col VARCHAR, time_col VARCHAR,
+        name VARCHAR NOT NULL, table_name VARCHAR NOT NULL, id_col VARCHAR, time_col VARCHAR,
         entity_col VARCHAR, columns JSON NOT NULL, fingerprint VARCHAR NOT NULL, rows BIGINT NOT NULL,
         quarantined BIGINT NOT NULL, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)""",
     # the columns a traffic set declares as segments: decisions gate the candidate on each of their values
     """CREATE TABLE IF NOT EXISTS traffic_segments (
-        traffic VARCHAR NOT NULL, column_name VARCHAR NOT NULL, PRIMARY KEY (traffic, column_name))""",
+        traffic VARCHAR NOT NULL, column_name VARCHAR NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS ingests (
-        ingest_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, kind VARCHAR NOT NULL, source VARCHAR,
+        ingest_id VARCHAR NOT NULL, traffic VARCHAR NOT NULL, kind VARCHAR NOT NULL, source VARCHAR,
         file_sha256 VARCHAR, rows_read BIGINT, rows_ingested BIGINT, rows_quarantined BIGINT, ingested_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS quarantine (
         traffic VARCHAR NOT NULL, ingest_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, source_row BIGINT,
         request_id VARCHAR, reason VARCHAR NOT NULL, raw VARCHAR)""",
-    # one label per (traffic, request_id), kept by upsert_labels: no primary key, whose in-memory index
-    # would not fit DuckDB's memory limit at 10M labels
+    # one label per (traffic, request_id), kept by upsert_labels
     """CREATE TABLE IF NOT EXISTS labels (
         traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS runs (
-        run_id VARCHAR PRIMARY KEY, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
+        run_id VARCHAR NOT NULL, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
         status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
         mode VARCHAR, meta JSON, started_at TIMESTAMP, finished_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS run_batches (
         run_id VARCHAR NOT NULL, batch_no INTEGER NOT NULL, first_row BIGINT NOT NULL, span INTEGER NOT NULL,
-        rows INTEGER NOT NULL, seconds DOUBLE, committed_at TIMESTAMP, PRIMARY KEY (run_id, batch_no))""",
+        rows INTEGER NOT NULL, seconds DOUBLE, committed_at TIMESTAMP)""",
     # paired results: one row per request, both models side by side; ``_row`` is the request's row in its
     # traffic table (join it for request_id and features: a number is 3x cheaper to write than the id)
     """CREATE TABLE IF NOT EXISTS predictions (
@@ -66,8 +80,7 @@ SCHEMA = [
     # drift: reference sketches (one row per reference and column, value counts when lossless), stored
     # scores of references that a run did not replay, and the reports
     """CREATE TABLE IF NOT EXISTS drift_sketches (
-        key VARCHAR NOT NULL, column_name VARCHAR NOT NULL, sketch JSON NOT NULL, created_at TIMESTAMP NOT NULL,
-        PRIMARY KEY (key, column_name))""",
+        key VARCHAR NOT NULL, column_name VARCHAR NOT NULL, sketch JSON NOT NULL, created_at TIMESTAMP NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS drift_sketch_values (
         key VARCHAR NOT NULL, column_name VARCHAR NOT NULL, num_value DOUBLE, str_value VARCHAR, n BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS drift_ref_scores (
@@ -76,16 +89,16 @@ SCHEMA = [
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
     # signed decisions, each model's hash chain of applied records and its canary state
     """CREATE TABLE IF NOT EXISTS decisions (
-        decision_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, kind VARCHAR NOT NULL, run_id VARCHAR,
+        decision_id VARCHAR NOT NULL, model VARCHAR NOT NULL, kind VARCHAR NOT NULL, run_id VARCHAR,
         verdict VARCHAR NOT NULL, weight_before INTEGER NOT NULL, weight_after INTEGER NOT NULL,
         record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, signature VARCHAR NOT NULL,
         created_at TIMESTAMP NOT NULL, mlflow_run_id VARCHAR, pending_sync BOOLEAN NOT NULL DEFAULT FALSE,
         sync_error VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS canary_chain (
-        model VARCHAR NOT NULL, sequence INTEGER NOT NULL, decision_id VARCHAR NOT NULL UNIQUE,
-        record_hash VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL, PRIMARY KEY (model, sequence))""",
+        model VARCHAR NOT NULL, sequence INTEGER NOT NULL, decision_id VARCHAR NOT NULL,
+        record_hash VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS canary_state (
-        model VARCHAR PRIMARY KEY, baseline_version VARCHAR, candidate_version VARCHAR, weight INTEGER NOT NULL,
+        model VARCHAR NOT NULL, baseline_version VARCHAR, candidate_version VARCHAR, weight INTEGER NOT NULL,
         decision_id VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, killed BOOLEAN NOT NULL,
         updated_at TIMESTAMP NOT NULL)""",
     # signed approvals of stored decisions: one per approver and decision, checked by the writer (no constraint)
@@ -95,28 +108,46 @@ SCHEMA = [
     # jobs: the queue and the job history (spec, trigger, current stage, the process that runs it);
     # job_stages keeps each stage's state so a rerun skips finished stages
     """CREATE TABLE IF NOT EXISTS jobs (
-        job_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, delivery_id VARCHAR UNIQUE, event VARCHAR,
+        job_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, delivery_id VARCHAR, event VARCHAR,
         params JSON NOT NULL, status VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, started_at TIMESTAMP,
-        finished_at TIMESTAMP, error VARCHAR, result JSON)""",
-    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS spec VARCHAR",
-    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS triggered_by VARCHAR",
-    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS stage VARCHAR",
-    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pid INTEGER",
-    "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS host VARCHAR",
+        finished_at TIMESTAMP, error VARCHAR, result JSON, spec VARCHAR, triggered_by VARCHAR, stage VARCHAR,
+        pid INTEGER, host VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS job_stages (
         job_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR NOT NULL, attempts INTEGER NOT NULL,
-        started_at TIMESTAMP, finished_at TIMESTAMP, seconds DOUBLE, result JSON, error VARCHAR,
-        PRIMARY KEY (job_id, stage))""",
+        started_at TIMESTAMP, finished_at TIMESTAMP, seconds DOUBLE, result JSON, error VARCHAR)""",
 ]
 
 
-# what a write transaction raises when a concurrent one of this process changed the same rows first (a
-# duplicate chain sequence, a write-write conflict): the loser rolled back and may retry on fresh state
+# what a write transaction raises when the engine refuses its commit (a write-write conflict): it rolled back
 WRITE_CONFLICTS: tuple[type[Exception], ...] = (duckdb.ConstraintException, duckdb.TransactionException)
 
 
 class DatabaseLocked(WorkbenchError):
-    """Another process holds the database file's write lock (DuckDB allows one writing process per file)."""
+    """Another writer held the storage's writer lock for longer than this writer would wait."""
+
+
+class LegacyDatabase(WorkbenchError):
+    """The home holds a database in the old single-file format; ``workbench migrate`` moves it."""
+
+
+def extension_file(name: str) -> str:
+    """The DuckDB extension ``name`` from its PyPI package (``duckdb-extension-<name>``), built for the
+    installed DuckDB; ``INSTALL`` by name would try DuckDB's download server."""
+    package = "duckdb_extension_" + name
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkbenchError(
+            f"the DuckDB extension {name!r} is missing: pip install "
+            f"duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "extensions" / f"v{duckdb.__version__}"
+    path = path / f"{name}.duckdb_extension"
+    if not path.is_file():
+        raise WorkbenchError(
+            f"the installed {package} has no build for DuckDB {duckdb.__version__} (looked for {path}); "
+            f"install duckdb-extension-{name.replace('_', '-')}=={duckdb.__version__}"
+        )
+    return str(path)
 
 
 def qident(name: str) -> str:
@@ -173,18 +204,132 @@ def sql_literal(value: str) -> str:
 class ArrowView:
     """An Arrow table that statements on a cursor see as table ``name``, for use inside long transactions.
 
-    ``cursor.register`` would keep every table registered in a transaction alive until the transaction
-    ends: an ingest staging 10M rows batch by batch held all of them (1.2 GB) until its commit. A
-    relation's ``query`` binds the name for one statement only. Statements take no parameters here.
+    The batch is copied into a temporary table of that name (the previous one of the name is dropped), so
+    DuckDB keeps no reference to the Arrow data: ``cursor.register`` and relation queries keep every table
+    alive until the transaction ends (an ingest staging 10M rows batch by batch held 1.2 GB until its
+    commit). Statements take no parameters here.
     """
 
     def __init__(self, cur: duckdb.DuckDBPyConnection, name: str, data: pa.Table):
-        self.name = name
-        self._rel = cur.from_arrow(data)
+        self.name, self._cur = name, cur
+        rel = cur.from_arrow(data)
+        cols = ", ".join(f"{qident(c)} {t}" for c, t in zip(rel.columns, rel.types, strict=True))
+        cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(name)}")
+        cur.execute(f"CREATE TEMP TABLE {qident(name)} ({cols})")
+        rel.insert_into(f"temp.main.{qident(name)}")
 
-    def execute(self, sql: str) -> duckdb.DuckDBPyRelation | None:
-        """Run ``sql`` (it may reference ``name``); a query's relation, or None for other statements."""
-        return self._rel.query(self.name, sql)
+    def execute(self, sql: str) -> duckdb.DuckDBPyConnection:
+        """Run ``sql`` (it may reference ``name``) on the cursor."""
+        return self._cur.execute(sql)
+
+    def close(self) -> None:
+        """Drop the copy."""
+        self._cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(self.name)}")
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
+    the catalog); None for anything else."""
+    text = str(exc)
+    m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
+    if m is None:
+        return None
+    return (
+        f"the storage's data file {m.group(1)} is missing (deleted or moved under the catalog); restore it "
+        "from a backup of the home"
+    )
+
+
+def change_marks(lake: Path) -> tuple[Path, ...]:
+    """Files whose size or modification time changes with every commit to ``lake`` (and not with reads)."""
+    return (lake / CATALOG_FILE, lake / (CATALOG_FILE + "-wal"))
+
+
+def _configure(con: duckdb.DuckDBPyConnection, spill: str) -> dict[str, str | int | None]:
+    """Session settings of a new DuckDB instance; the memory and thread limits as configured."""
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
+    con.execute("SET temp_directory = ?", [spill])  # per instance: in-memory spill files would collide
+    # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
+    # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
+    limits: dict[str, str | int | None] = {
+        "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+        "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None,
+    }  # None: per core
+    for k, v in limits.items():
+        if v is not None:
+            con.execute(f"SET {k} = ?", [v])
+    return limits
+
+
+def _check_lake(lake: Path, read_only: bool) -> None:
+    """Refuse an old single-file home (naming ``workbench migrate``) and a read of a lake not made yet."""
+    if lake.is_file():
+        raise LegacyDatabase(
+            f"{lake} is a workbench database in the old single-file format; "
+            "move it into the shared storage with `workbench migrate`"
+        )
+    catalog, legacy = lake / CATALOG_FILE, lake.parent / LEGACY_FILE
+    if not catalog.exists() and legacy.is_file():
+        raise LegacyDatabase(
+            f"this home keeps its data in {legacy}, the old single-file format; "
+            "move it into the shared storage with `workbench migrate`"
+        )
+    if read_only and not catalog.exists():
+        raise WorkbenchError(f"no workbench storage at {lake} yet")
+
+
+class _LakeInstance:
+    """One in-memory DuckDB per process and lake with the lake attached, shared by the process's stores:
+    loading the extensions and attaching costs most of a short command's time, so it is done once."""
+
+    _open: dict[tuple[int, str], _LakeInstance] = {}
+    _guard = threading.Lock()
+    KEEP_IDLE = 4  # lakes kept attached with no store open on them
+
+    def __init__(self, lake: Path, writer: Callable[[], Any]):
+        self.root = duckdb.connect()
+        self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
+        self.limits = _configure(self.root, self.spill)
+        self.users, self.schema_ready, self.used_at = 0, False, time.monotonic()
+        for name in ("ducklake", "sqlite_scanner"):
+            self.root.execute(f"LOAD {sql_literal(extension_file(name))}")
+        catalog = lake / CATALOG_FILE
+        options = (
+            f"DATA_PATH {sql_literal(str(lake / 'data') + os.sep)}, META_JOURNAL_MODE 'WAL', "
+            f"META_BUSY_TIMEOUT 10000, DATA_INLINING_ROW_LIMIT {INLINE_ROWS}, OVERRIDE_DATA_PATH true"
+        )  # data paths are kept relative to DATA_PATH: a moved or copied home works from its new place
+        sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({options})"
+        if catalog.exists():
+            self.root.execute(sql)
+        else:
+            lake.mkdir(parents=True, exist_ok=True)
+            with writer():  # the first attach creates the catalog: one process at a time
+                self.root.execute(sql)
+
+    @classmethod
+    def acquire(cls, lake: Path, writer: Callable[[], Any]) -> _LakeInstance:
+        """The process's instance for ``lake`` (attached now when there is none), with one more user."""
+        key = (os.getpid(), str(lake.resolve()))  # a forked child attaches its own
+        with cls._guard:
+            inst = cls._open.get(key)
+            if inst is None:
+                inst = cls._open[key] = cls(lake, writer)
+            inst.users += 1
+            return inst
+
+    def release(self) -> None:
+        """One user fewer; instances idle beyond ``KEEP_IDLE`` are closed, the least recently used first."""
+        with self._guard:
+            self.users -= 1
+            self.used_at = time.monotonic()
+            idle = sorted((i.used_at, k) for k, i in self._open.items() if i.users == 0)
+            for _, key in idle[: max(0, len(idle) - self.KEEP_IDLE)]:
+                self._open.pop(key).close()
+
+    def close(self) -> None:
+        self.root.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
 
 
 class StoreBase:
@@ -192,46 +337,95 @@ class StoreBase:
     build on it. Use as a context manager or call :meth:`close`."""
 
     def __init__(self, path: str | Path = ":memory:", read_only: bool = False, wait_s: float | None = None):
-        """``wait_s``: how long to wait for another process's lock on the file (default
-        ``$WORKBENCH_DB_WAIT_S`` or 10 s), then fail with a clear error."""
+        """``path``: the lake's folder (created with its catalog when missing), or ``:memory:``. ``wait_s``:
+        how long a write waits for another writer's lock (default ``$WORKBENCH_DB_WAIT_S`` or 120 s), then
+        fails with a clear error; reads never wait."""
         self.path = str(path)
+        self.lake = None if self.path == ":memory:" else Path(path)
+        self.read_only = read_only
+        self.wait_s = float(os.environ.get("WORKBENCH_DB_WAIT_S", DEFAULT_WRITE_WAIT_S)) if wait_s is None else wait_s
         self._local = threading.local()
-        self.con = self._connect(
-            read_only, float(os.environ.get("WORKBENCH_DB_WAIT_S", "10")) if wait_s is None else wait_s
-        )
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute("SET enable_progress_bar = false")  # DuckDB's bar would print into logs and pipes
-        # a bounded buffer pool keeps long replays and big evaluations in constant memory (DuckDB spills)
-        # (kept as configured, not as DuckDB prints them back: "488.2 MiB" would be set back as 488.1 MiB)
-        self._limits: dict[str, str | int | None] = {
-            "memory_limit": os.environ.get("WORKBENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
-            "threads": int(os.environ.get("WORKBENCH_DUCKDB_THREADS") or 0) or None,
-        }  # None: per core
-        for k, v in self._limits.items():
-            if v is not None:
-                self.con.execute(f"SET {k} = ?", [v])
-        # checkpoint in large steps: frequent checkpoints during a replay cost up to 3x its write rate
-        self.con.execute("SET checkpoint_threshold = ?", [os.environ.get("WORKBENCH_DUCKDB_CHECKPOINT", "1GB")])
-        if not read_only:
-            for ddl in SCHEMA:
-                self.con.execute(ddl)
+        self._memory_lock = threading.Lock()
+        self._instance: _LakeInstance | None = None
+        if self.lake is None:
+            self.con = duckdb.connect()
+            self._spill = tempfile.mkdtemp(prefix="workbench-spill-")
+            self._limits = _configure(self.con, self._spill)
+            if not read_only:
+                self._create_schema()
+            return
+        _check_lake(self.lake, read_only)
+        self._instance = _LakeInstance.acquire(self.lake, self._writer)
+        self._limits = self._instance.limits
+        try:
+            self.con = self._instance.root.cursor()
+            self.con.execute("USE lake")
+            if not read_only and not self._instance.schema_ready:
+                self._create_schema()
+                self._instance.schema_ready = True
+        except BaseException:
+            self._instance.release()
+            raise
 
-    def _connect(self, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + wait_s
+    def _create_schema(self) -> None:
+        have = {
+            r[0]
+            for r in self.con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+            ).fetchall()
+        }
+        missing = [ddl for ddl in SCHEMA if ddl.split("EXISTS", 1)[1].split("(", 1)[0].strip() not in have]
+        if missing:
+            with self._writer():
+                for ddl in missing:
+                    self.con.execute(ddl)
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Hold the storage's writer lock for the block (reentrant in a thread; other threads and processes
+        wait up to ``wait_s``)."""
+        if getattr(self._local, "writing", 0):
+            self._local.writing += 1
+            try:
+                yield
+            finally:
+                self._local.writing -= 1
+            return
+        release = self._lock_writer()
+        self._local.writing = 1
+        try:
+            yield
+        finally:
+            self._local.writing = 0
+            release()
+
+    def _lock_writer(self) -> Callable[[], None]:
+        if self.lake is None:
+            if not self._memory_lock.acquire(timeout=self.wait_s):
+                raise DatabaseLocked(f"another thread held the in-memory store's writer lock for {self.wait_s:g} s")
+            return self._memory_lock.release
+        self.lake.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lake / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_s
         while True:
             try:
-                return duckdb.connect(self.path, read_only=read_only)
-            except duckdb.IOException as e:
-                if "lock" not in str(e).lower():
-                    raise WorkbenchError(f"cannot open database {self.path}: {e}") from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
                 if time.monotonic() >= deadline:
+                    os.close(fd)
                     raise DatabaseLocked(
-                        f"database {self.path} is locked by another process; waited {wait_s:g} s "
-                        "(DuckDB allows one writing process per file)"
+                        f"the workbench storage at {self.lake} is being written by another job; waited "
+                        f"{self.wait_s:g} s for its writer lock (reads do not wait; set $WORKBENCH_DB_WAIT_S "
+                        "to wait longer)"
                     ) from None
-                time.sleep(0.2)
+                time.sleep(0.05)
+
+        def release() -> None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+        return release
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
@@ -239,43 +433,58 @@ class StoreBase:
             return self.con
         cur = getattr(self._local, "cur", None)
         if cur is None:
-            cur = self._local.cur = self.con.cursor()
+            cur = self._local.cur = self.new_cursor()
+        return cur
+
+    def new_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to this store's database (for a reader streaming beside other work)."""
+        cur = self.con.cursor()
+        if self.lake is not None:
+            cur.execute("USE lake")  # the default catalog is a setting of each connection
         return cur
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The calling thread's cursor inside one transaction, committed at the end, rolled back on error."""
-        cur = self.cursor()
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
+        """The calling thread's cursor inside one write transaction under the writer lock, committed at the
+        end, rolled back on error. A transaction inside another of the same thread joins it."""
+        if getattr(self._local, "in_transaction", False):
+            yield self.cursor()
+            return
+        if self.read_only:
+            raise WorkbenchError(f"the store at {self.path} was opened read-only; it cannot write")
+        with self._writer():
+            cur = self.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            self._local.in_transaction = True
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.in_transaction = False
+            cur.execute("COMMIT")
+
+    def write(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        """One write statement in its own transaction (under the writer lock); the rows it returns."""
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close this store's connection (the process keeps its lake instance for the next store)."""
         self.con.close()
+        if self._instance is not None:
+            self._instance.release()
+            self._instance = None
+        else:
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def checkpoint(self) -> None:
-        """Write the WAL into the database file (the threshold is large, so big loads end with this).
-
-        Best effort: while another write transaction of this process is active, DuckDB refuses, and the
-        data stays safe in the WAL until a later checkpoint.
-        """
-        if self.path == ":memory:":
-            return
-        try:
-            self.cursor().execute("CHECKPOINT")
-        except duckdb.TransactionException:
-            pass
 
     def settings(self, *names: str) -> dict:
         """Current values of DuckDB settings, as DuckDB reports them."""
@@ -315,7 +524,7 @@ class StoreBase:
             self.cursor()
             .execute(
                 "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_name = ? ORDER BY ordinal_position",
+                "WHERE table_catalog = current_database() AND table_name = ? ORDER BY ordinal_position",
                 [table_name],
             )
             .fetchall()
@@ -327,7 +536,7 @@ class StoreBase:
     ) -> None:
         """Append a run's report to ``table`` (evaluations, drift reports): ``params`` and ``result`` as JSON,
         with ``default`` for values JSON has no form for."""
-        self.cursor().execute(
+        self.write(
             f"INSERT INTO {qident(table)} VALUES (?, ?, ?, ?)",
             [run_id, db_time(utc_now()), json.dumps(params, default=default), json.dumps(result, default=default)],
         )

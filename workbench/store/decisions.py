@@ -32,8 +32,8 @@ class DecisionStore(StoreBase):
         """Store a signed record (its canonical text, byte for byte); a known decision id is left as is."""
         cur.execute(
             "INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, "
-            "record, record_hash, signature, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (decision_id) DO NOTHING",
+            "record, record_hash, signature, created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE NOT EXISTS (SELECT 1 FROM decisions WHERE decision_id = $1)",
             [
                 decision_id,
                 model,
@@ -127,28 +127,34 @@ class DecisionStore(StoreBase):
         killed: bool,
     ) -> None:
         """Link an applied record to its model's chain and move the model's canary state (in ``cur``'s transaction)."""
+        head, chained = cur.execute(
+            "SELECT max(sequence) FILTER (WHERE model = ?), count(*) FILTER (WHERE decision_id = ?) FROM canary_chain",
+            [model, decision_id],
+        ).fetchall()[0]
+        if chained or (head or 0) != sequence - 1:
+            raise WorkbenchError(
+                f"the chain of {model} moved while decision {decision_id} was made (it is at sequence {head or 0}, "
+                f"this record would be {sequence}); nothing was applied: make a new decision"
+            )
         now = db_time(utc_now())
         cur.execute("INSERT INTO canary_chain VALUES (?, ?, ?, ?, ?)", [model, sequence, decision_id, record_hash, now])
+        cur.execute("DELETE FROM canary_state WHERE model = ?", [model])
         cur.execute(
-            """INSERT INTO canary_state VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET
-                       baseline_version = excluded.baseline_version, candidate_version = excluded.candidate_version,
-                       weight = excluded.weight, decision_id = excluded.decision_id,
-                       record_hash = excluded.record_hash, killed = excluded.killed,
-                       updated_at = excluded.updated_at""",
+            "INSERT INTO canary_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [model, baseline_version, candidate_version, weight, decision_id, record_hash, killed, now],
         )
         cur.execute("UPDATE decisions SET pending_sync = TRUE WHERE decision_id = ?", [decision_id])
 
     def mark_synced(self, decision_id: str, mlflow_run_id: str | None) -> None:
         """Record that a decision reached MLflow (as run ``mlflow_run_id``)."""
-        self.cursor().execute(
+        self.write(
             "UPDATE decisions SET pending_sync = FALSE, mlflow_run_id = ?, sync_error = NULL WHERE decision_id = ?",
             [mlflow_run_id, decision_id],
         )
 
     def mark_sync_failed(self, decision_id: str, error: str) -> None:
         """Keep a decision waiting for MLflow, with the error of the last try."""
-        self.cursor().execute(
+        self.write(
             "UPDATE decisions SET pending_sync = TRUE, sync_error = ? WHERE decision_id = ?",
             [error[:2000], decision_id],
         )

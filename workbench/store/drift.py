@@ -331,7 +331,7 @@ class DriftStore(StoreBase):
         """Stream ``_row`` and ``columns`` of a RowSet in ``_row`` order."""
         frm, params = self._drift_from(rs)
         cols = ", ".join(["t._row"] + [f"t.{qident(c)}" for c in columns])
-        return self.con.cursor().sql(f"SELECT {cols} {frm} ORDER BY t._row", params=params).to_arrow_reader(batch_size)
+        return self.new_cursor().sql(f"SELECT {cols} {frm} ORDER BY t._row", params=params).to_arrow_reader(batch_size)
 
     def drift_frame(self, rs, columns: list[str]) -> pa.Table:
         """``columns`` of a RowSet as one Arrow table (for reports that need the rows themselves)."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import duckdb
-
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import StoreBase
@@ -34,18 +32,19 @@ class JobStore(StoreBase):
         self, *, job_id: str, kind: str, delivery_id: str | None, event: str | None, params: dict
     ) -> tuple[dict[str, Any], bool]:
         """Queue a job; a delivery id seen before returns the existing job and False (idempotent)."""
-        cur = self.cursor()
-        try:
-            cur.execute(
-                "INSERT INTO jobs (job_id, kind, delivery_id, event, params, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?) ON CONFLICT DO NOTHING",
-                [job_id, kind, delivery_id, event, json.dumps(params), db_time(utc_now())],
+        with self.transaction() as cur:
+            seen = (
+                cur.execute("SELECT job_id FROM jobs WHERE delivery_id = ?", [delivery_id]).fetchall()
+                if delivery_id is not None
+                else []
             )
-        except (duckdb.ConstraintException, duckdb.TransactionException):
-            pass  # a concurrent insert of the same delivery won: it is read back below
-        stored = job_id
-        if delivery_id is not None:
-            stored = cur.execute("SELECT job_id FROM jobs WHERE delivery_id = ?", [delivery_id]).fetchall()[0][0]
+            stored = seen[0][0] if seen else job_id
+            if not seen:
+                cur.execute(
+                    "INSERT INTO jobs (job_id, kind, delivery_id, event, params, status, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
+                    [job_id, kind, delivery_id, event, json.dumps(params), db_time(utc_now())],
+                )
         job = self.get_job(stored)
         if job is None:
             raise WorkbenchError(f"job {stored} is not in the jobs table right after it was queued")
@@ -92,7 +91,7 @@ class JobStore(StoreBase):
         self, job_id: str, status: str, *, error: str | None = None, result: dict | None = None, spec: str | None = None
     ) -> None:
         """Close a job: finished, failed (with the traceback), skipped (with the reason) or interrupted."""
-        self.cursor().execute(
+        self.write(
             "UPDATE jobs SET status = ?, finished_at = ?, error = ?, result = ?, spec = coalesce(spec, ?) "
             "WHERE job_id = ?",
             [status, db_time(utc_now()), error, _result_json(result), spec, job_id],
@@ -100,14 +99,13 @@ class JobStore(StoreBase):
 
     def mark_interrupted(self, spec: str) -> list[str]:
         """Running jobs of ``spec`` left behind by a process that died (the caller holds the spec's lock)."""
-        rows = (
-            self.cursor()
-            .execute(
-                "UPDATE jobs SET status = 'interrupted' WHERE spec = ? AND status = 'running' RETURNING job_id", [spec]
-            )
-            .fetchall()
-        )
-        return [r[0] for r in rows]
+        with self.transaction() as cur:
+            ids = [
+                r[0]
+                for r in cur.execute("SELECT job_id FROM jobs WHERE spec = ? AND status = 'running'", [spec]).fetchall()
+            ]
+            cur.execute("UPDATE jobs SET status = 'interrupted' WHERE spec = ? AND status = 'running'", [spec])
+        return ids
 
     def latest_job(self, spec: str, statuses: tuple[str, ...]) -> dict[str, Any] | None:
         """The most recent job of ``spec`` in one of ``statuses``."""
@@ -127,12 +125,20 @@ class JobStore(StoreBase):
         """Mark a job's stage running (one more attempt when it ran before) and make it the job's stage."""
         with self.transaction() as cur:
             cur.execute("UPDATE jobs SET stage = ? WHERE job_id = ?", [stage, job_id])
-            cur.execute(
-                """INSERT INTO job_stages VALUES (?, ?, 'running', 1, ?, NULL, NULL, NULL, NULL)
-                           ON CONFLICT (job_id, stage) DO UPDATE SET status = 'running', attempts = attempts + 1,
-                           started_at = excluded.started_at, finished_at = NULL, error = NULL""",
-                [job_id, stage, db_time(utc_now())],
-            )
+            now = db_time(utc_now())
+            if cur.execute(
+                "SELECT count(*) FROM job_stages WHERE job_id = ? AND stage = ?", [job_id, stage]
+            ).fetchall()[0][0]:
+                cur.execute(
+                    """UPDATE job_stages SET status = 'running', attempts = attempts + 1, started_at = ?,
+                               finished_at = NULL, error = NULL WHERE job_id = ? AND stage = ?""",
+                    [now, job_id, stage],
+                )
+            else:
+                cur.execute(
+                    "INSERT INTO job_stages VALUES (?, ?, 'running', 1, ?, NULL, NULL, NULL, NULL)",
+                    [job_id, stage, now],
+                )
 
     def stage_end(
         self,
@@ -145,7 +151,7 @@ class JobStore(StoreBase):
         error: str | None = None,
     ) -> None:
         """Close a job's stage with its status, duration and result or error."""
-        self.cursor().execute(
+        self.write(
             "UPDATE job_stages SET status = ?, finished_at = ?, seconds = ?, result = ?, error = ? "
             "WHERE job_id = ? AND stage = ?",
             [status, db_time(utc_now()), seconds, _result_json(result), error, job_id, stage],

@@ -98,21 +98,24 @@ class RunStore(TrafficStore):
         self, *, run_id, traffic, baseline: dict, candidate: dict, rows_total, batch_size, device, mode, meta: dict
     ) -> None:
         """Register a new run, status ``running``."""
-        self.cursor().execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, NULL)",
-            [
-                run_id,
-                traffic,
-                json.dumps(baseline),
-                json.dumps(candidate),
-                rows_total,
-                batch_size,
-                device,
-                mode,
-                json.dumps(meta),
-                db_time(utc_now()),
-            ],
-        )
+        with self.transaction() as cur:
+            if cur.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
+                raise WorkbenchError(f"run {run_id!r} already exists; choose another run id")
+            cur.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, NULL)",
+                [
+                    run_id,
+                    traffic,
+                    json.dumps(baseline),
+                    json.dumps(candidate),
+                    rows_total,
+                    batch_size,
+                    device,
+                    mode,
+                    json.dumps(meta),
+                    db_time(utc_now()),
+                ],
+            )
 
     def open_run(
         self,
@@ -190,6 +193,10 @@ class RunStore(TrafficStore):
     ) -> None:
         """Store one batch's paired results and mark the batch committed, atomically."""
         with self.transaction() as cur:
+            if cur.execute(
+                "SELECT count(*) FROM run_batches WHERE run_id = ? AND batch_no = ?", [run_id, batch_no]
+            ).fetchall()[0][0]:
+                raise WorkbenchError(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
             cur.register("_wb_paired", paired)
             cols = ", ".join(qident(c) for c in paired.column_names)
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
@@ -202,19 +209,17 @@ class RunStore(TrafficStore):
     def save_run_resources(self, run_id: str, resources: dict) -> None:
         """Keep what the replay measured about each model's costs in the run's ``meta.resources``."""
         meta = self.require_run(run_id)["meta"] | {"resources": resources}
-        self.cursor().execute("UPDATE runs SET meta = ? WHERE run_id = ?", [json.dumps(meta), run_id])
+        self.write("UPDATE runs SET meta = ? WHERE run_id = ?", [json.dumps(meta), run_id])
 
     def run_resources(self, run_id: str) -> dict | None:
         """The resources a run's replay measured (:meth:`save_run_resources`), or None."""
         return self.require_run(run_id)["meta"].get("resources")
 
     def finish_run(self, run_id: str) -> RunCounts:
-        """Mark a run finished and checkpoint, so its results are in the database file, not only the WAL;
-        returns its counts."""
-        self.cursor().execute(
+        """Mark a run finished; returns its counts."""
+        self.write(
             "UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?", [db_time(utc_now()), run_id]
         )
-        self.checkpoint()
         return self.run_counts(run_id)
 
     def run_counts(self, run_id: str) -> RunCounts:

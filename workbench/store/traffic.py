@@ -112,8 +112,13 @@ class TrafficStore(StoreBase):
                 f"traffic {name!r} has no column {', '.join(map(repr, unknown))} to declare as a segment "
                 f"(columns: {', '.join(sorted(known))})"
             )
-        for c in columns:
-            self.cursor().execute("INSERT OR IGNORE INTO traffic_segments VALUES (?, ?)", [name, c])
+        with self.transaction() as cur:
+            for c in columns:
+                cur.execute(
+                    "INSERT INTO traffic_segments SELECT ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM traffic_segments WHERE traffic = $1 AND column_name = $2)",
+                    [name, c],
+                )
 
     def declared_segments(self, name: str) -> list[str]:
         """The segment columns traffic set ``name`` declares, in name order."""
@@ -146,7 +151,7 @@ class TrafficStore(StoreBase):
         instead of an ORDER BY, which would cost a full sort; the replay checks the order as it reads.
         """
         cols = ", ".join(["_row"] + [qident(c) for c in columns if c != "_row"])
-        cur = self.con.cursor()
+        cur = self.new_cursor()
         return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)}").to_arrow_reader(batch_size)
 
     def export_traffic_parquet(
@@ -167,11 +172,12 @@ class TrafficStore(StoreBase):
             "AND request_id IN (SELECT request_id FROM _wb_labels)"
         )
         view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
+        view.close()
 
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
         """How many of the request ``ids`` the traffic set does not hold (in ``cur``'s transaction)."""
         view = ArrowView(cur, "_wb_ids", pa.table({"request_id": ids}))
-        rel = view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t USING (request_id)")
-        if rel is None:
-            raise WorkbenchError("counting unmatched labels returned no result")
-        return int(rel.fetchall()[0][0])
+        n = view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t USING (request_id)")
+        count = int(n.fetchall()[0][0])
+        view.close()
+        return count

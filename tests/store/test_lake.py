@@ -1,0 +1,224 @@
+"""The shared storage with real processes: readers never wait for a writer, writers of different runs proceed
+together and lose nothing, retention keeps what decisions cite, and an old single-file home migrates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from workbench.store import Store
+from workbench.store.maintenance import collect
+
+ROOT = Path(__file__).resolve().parents[2]
+LEGACY = Path(sys.prefix) / "legacy-duckdb"
+
+HOLD_WRITER = """
+import sys, time
+from workbench.store import Store
+with Store(sys.argv[1]) as s, s.transaction() as cur:
+    cur.execute("INSERT INTO jobs (job_id, kind, params, status, created_at) "
+                "VALUES ('held', 'x', '{}', 'queued', now())")
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+WRITE_RUN = """
+import sys
+import pyarrow as pa
+from workbench.store import Store
+lake, run, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with Store(lake) as s:
+    s.create_run(run_id=run, traffic="t", baseline={}, candidate={}, rows_total=batches * rows, batch_size=rows,
+                 device="cpu", mode="batch", meta={})
+    for b in range(batches):
+        first = b * rows
+        paired = pa.table({"_row": pa.array(range(first, first + rows), pa.int64()),
+                           "baseline_score": pa.array([0.5] * rows), "candidate_score": pa.array([0.25] * rows)})
+        s.commit_batch(run, b, first, first + rows - 1, rows, 0.0, paired)
+    s.finish_run(run)
+"""
+
+
+def _python(code: str, *args, **kw) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, text=True, **kw)
+
+
+def test_reads_answer_while_another_process_holds_a_write_transaction(tmp_path):
+    lake = tmp_path / "lake"
+    Store(lake).close()
+    writer = _python(HOLD_WRITER, lake, 20, stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "holding"
+        t0 = time.monotonic()
+        with Store(lake, read_only=True) as reader:
+            assert reader.list_jobs() == []  # the uncommitted row is not visible
+        with Store(lake) as other:  # a read-write open (the app, a CLI command) answers reads as well
+            assert other.list_runs() == []
+        assert time.monotonic() - t0 < 10.0  # did not wait for the writer (it holds for 20 s); speed: benchmarks
+        with Store(lake, wait_s=0.3) as blocked, pytest.raises(Exception, match="being written by another job"):
+            blocked.write("DELETE FROM jobs")
+    finally:
+        writer.kill()
+        writer.wait()
+    with Store(lake, read_only=True) as reader:  # the killed writer's transaction left nothing behind
+        assert reader.list_jobs() == []
+
+
+def test_two_processes_write_different_runs_at_once_and_every_row_is_kept(tmp_path):
+    lake = tmp_path / "lake"
+    Store(lake).close()
+    procs = [_python(WRITE_RUN, lake, run, 12, 5_000) for run in ("run_a", "run_b")]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    with Store(lake, read_only=True) as s:
+        for run in ("run_a", "run_b"):
+            assert s.cursor().execute(
+                "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = ?", [run]
+            ).fetchall() == [(60_000, 60_000)]
+            assert s.run_counts(run).rows == 60_000
+
+
+def test_a_batch_is_committed_once(tmp_path):
+    with Store(tmp_path / "lake") as s:
+        s.create_run(
+            run_id="r",
+            traffic="t",
+            baseline={},
+            candidate={},
+            rows_total=2,
+            batch_size=2,
+            device="cpu",
+            mode="batch",
+            meta={},
+        )
+        paired = pa.table({"_row": pa.array([0, 1], pa.int64()), "baseline_score": [0.1, 0.2]})
+        s.commit_batch("r", 0, 0, 1, 2, 0.0, paired)
+        with pytest.raises(Exception, match="batch 0 of run r is already committed"):
+            s.commit_batch("r", 0, 0, 1, 2, 0.0, paired)
+        assert s.cursor().execute("SELECT count(*) FROM predictions").fetchall() == [(2,)]
+        with pytest.raises(Exception, match="run 'r' already exists"):
+            s.create_run(
+                run_id="r",
+                traffic="t",
+                baseline={},
+                candidate={},
+                rows_total=2,
+                batch_size=2,
+                device="cpu",
+                mode="batch",
+                meta={},
+            )
+
+
+def _job_traffic(s: Store, name: str, runs: list[str], rows: int = 100) -> None:
+    """A traffic set a job ingested for itself, with runs on it."""
+    with s.transaction() as cur:
+        cur.execute(
+            f'CREATE TABLE "traffic_{name}" AS SELECT range AS _row, range::VARCHAR AS request_id FROM range(?)', [rows]
+        )
+        cur.execute(
+            "INSERT INTO traffic_sets VALUES (?, ?, 'request_id', NULL, NULL, '[]', 'f', 100, 0, "
+            "now() - INTERVAL 40 DAY, now() - INTERVAL 40 DAY)",
+            [name, "traffic_" + name],
+        )
+        cur.execute(
+            "INSERT INTO jobs (job_id, kind, params, status, created_at) VALUES (?, 'x', '{}', 'finished', now())",
+            [name],
+        )
+        for run in runs:
+            cur.execute(
+                "INSERT INTO runs VALUES (?, ?, '{}', '{}', 'finished', 100, 100, 'cpu', 'batch', '{}', now(), now())",
+                [run, name],
+            )
+            cur.execute(
+                "INSERT INTO predictions (run_id, _row, baseline_score) SELECT ?, range, 0.5 FROM range(100)", [run]
+            )
+
+
+def test_retention_drops_old_job_data_and_keeps_what_a_decision_cites(tmp_path):
+    with Store(tmp_path / "lake") as s:
+        _job_traffic(s, "job_old", ["run_old"])
+        _job_traffic(s, "job_cited", ["run_cited"])
+        with s.transaction() as cur:
+            cur.execute(
+                "INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, "
+                "record, record_hash, signature, created_at) VALUES ('d1', 'm', 'decision', 'run_cited', 'HOLD', "
+                "0, 0, '{}', 'h', 's', now())"
+            )
+        dry = collect(s, 30, dry_run=True)
+        assert dry.traffic_sets == ["job_old"] and dry.runs == ["run_old"]
+        assert dry.rows["predictions"] == 100 and dry.rows["traffic rows"] == 100
+        assert s.cursor().execute("SELECT count(*) FROM predictions").fetchall() == [(200,)]  # dry run: unchanged
+        assert collect(s, 50).traffic_sets == []  # newer than the retention: kept
+        rep = collect(s, 30).to_dict()
+        assert rep["runs"] == ["run_old"] and rep["snapshots_expired"] >= 0
+        assert s.cursor().execute("SELECT DISTINCT run_id FROM predictions").fetchall() == [("run_cited",)]
+        assert [t["name"] for t in s.list_traffic()] == ["job_cited"]
+        assert s.drift_table_columns("traffic_job_old") is None
+        assert s.get_decision("d1") is not None
+
+
+@pytest.mark.skipif(not LEGACY.is_dir(), reason="the DuckDB of old homes is installed by `make install`")
+def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tmp_path):
+    make_old = (
+        "import sys, duckdb\n"
+        "from workbench.store.base import SCHEMA\n"
+        "con = duckdb.connect(sys.argv[1])\n"
+        "[con.execute(ddl) for ddl in SCHEMA]\n"
+        "con.execute(\"INSERT INTO runs VALUES ('r1', 't', '{}', '{}', 'finished', 3, 8, 'cpu', 'batch', '{}', \"\n"
+        '            "now(), now())")\n'
+        'con.execute("INSERT INTO predictions (run_id, _row, baseline_score) "\n'
+        "            \"SELECT 'r1', range, 0.1 FROM range(3)\")\n"
+        'con.execute("CREATE TABLE traffic_t AS SELECT range AS _row, range::VARCHAR AS request_id FROM range(5)")\n'
+    )
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(LEGACY), str(ROOT)])}
+    subprocess.run([sys.executable, "-c", make_old, str(tmp_path / "workbench.duckdb")], env=env, check=True)
+
+    def cli(*args):
+        env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        return subprocess.run(
+            [sys.executable, "-m", "workbench.cli", *args, "--home", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    refused = cli("runs")
+    assert refused.returncode == 2 and "workbench migrate" in refused.stderr and "old single-file" in refused.stderr
+    moved = cli("migrate", "--json")
+    assert moved.returncode == 0, moved.stderr
+    out = json.loads(moved.stdout)
+    assert out["tables"]["predictions"] == {"rows": 3} and out["tables"]["traffic_t"] == {"rows": 5}
+    assert out["read_with"] == "2.0.1"
+    assert (tmp_path / "workbench.duckdb.migrated").is_file() and not (tmp_path / "workbench.duckdb").exists()
+    runs = cli("runs", "--json")
+    assert runs.returncode == 0 and "r1" in runs.stdout
+    again = cli("migrate")
+    assert again.returncode == 2 and "nothing to migrate" in again.stderr
+
+
+def test_a_data_file_deleted_under_the_catalog_is_named_in_one_line(tmp_path):
+    lake = tmp_path / "lake"
+    with Store(lake) as s:
+        _job_traffic(s, "job_a", ["run_a"], rows=5_000)
+    victim = next((lake / "data" / "main" / "traffic_job_a").glob("*.parquet"))
+    victim.unlink()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "evaluate", "run_a", "--home", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: the storage's data file {victim} is missing (deleted or moved under the catalog); "
+        "restore it from a backup of the home"
+    ]
