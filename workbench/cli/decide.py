@@ -42,12 +42,16 @@ def _scorecard_text(d: dict) -> str:
     return "\n".join(lines)
 
 
+def _unreviewed(settings, run_id: str) -> str:
+    """The justification of a decision signed without one (``decide`` without ``--justification``, kept
+    working for scripts): the record says so, in the signed text."""
+    return f"unreviewed: {settings.signer} signed the policy's verdict on run {run_id} without a justification"
+
+
 def cmd_decide(args) -> None:
     from workbench.decide.decisions import decide
     from workbench.decide.signing import KeyRing
 
-    if args.justification is None:
-        raise WorkbenchError("--justification TEXT is required: say why you sign this decision (it is signed into it)")
     if (args.override is None) != (args.reason is None):
         raise WorkbenchError("--override VERDICT and --reason TEXT go together: say why the verdict is overridden")
     settings = settings_for(args)
@@ -60,7 +64,7 @@ def cmd_decide(args) -> None:
             args.run_id,
             args.policy,
             apply=args.apply,
-            justification=args.justification,
+            justification=args.justification or _unreviewed(settings, args.run_id),
             override=args.override,
             override_reason=args.reason,
         )
@@ -252,7 +256,10 @@ def add_decision_commands(sub, common):
     s.add_argument("run_id")
     s.add_argument("--policy", default=None, help="policy file (.toml/.yaml/.json); default: the shipped policy")
     s.add_argument(
-        "--justification", metavar="TEXT", default=None, help="required: why you sign it (signed into the record)"
+        "--justification",
+        metavar="TEXT",
+        default=None,
+        help="why you sign it (signed into the record); without it the record says it was signed unreviewed",
     )
     s.add_argument(
         "--override",
