@@ -237,6 +237,7 @@ def test_canary_view_for_argo_and_routers(weights_api):
         "verified": True,
         "verdict": "promote",
         "killed": False,
+        "paused": False,
         "sequence": 2,
         "ramp": [1, 5, 25, 50, 100],
         "witnesses": {"published document": "none yet"},  # applied in-process here, without the document

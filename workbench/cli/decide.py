@@ -140,6 +140,8 @@ def _status_text(d: dict) -> str:
         f"{d['model']}: candidate v{d['candidate_version']} at {d['weight']}% against baseline "
         f"v{d['baseline_version']} (decision {d['decision_id']}, "
         + ("verified)" if d["verified"] else f"NOT verified: {d.get('problem')})")
+        + (", killed" if d.get("killed") else "")
+        + (", paused" if d.get("paused") else "")
         + "".join(
             f"\ndecision {a['decision_id']} ({a['verdict']} to {a['weight_after']}%) awaits approval: "
             f"{len(a['signed_by'])} of {a['quorum']} signed ({', '.join(a['signed_by'])})"
@@ -173,6 +175,21 @@ def cmd_canary_kill(args) -> None:
     with open_store(settings) as store:
         out = apply_and_publish(
             settings, store, keys, build_kill(store, args.model, args.reason, keys.signer, load_policy())
+        )
+    emit(args, out, _status_text)
+
+
+def cmd_canary_pause(args) -> None:
+    from workbench.decide.canary import build_pause
+    from workbench.decide.decisions import apply_and_publish
+    from workbench.decide.policy import load_policy
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
+    with open_store(settings) as store:
+        out = apply_and_publish(
+            settings, store, keys, build_pause(store, args.model, args.reason, keys.signer, load_policy())
         )
     emit(args, out, _status_text)
 
@@ -314,12 +331,20 @@ def add_decision_commands(sub, common):
     s.add_argument("--reason", required=True)
     s.set_defaults(fn=cmd_canary_kill)
     s = can.add_parser(
-        "resume",
+        "pause",
         parents=[common],
-        help="release a killed candidate version (a signed record; the weight stays 0 until new decisions)",
+        help="hold the canary at its current weight until resumed: decisions no longer move it up (a signed record)",
     )
     s.add_argument("model")
-    s.add_argument("--version", required=True, help="the killed candidate version")
+    s.add_argument("--reason", required=True)
+    s.set_defaults(fn=cmd_canary_pause)
+    s = can.add_parser(
+        "resume",
+        parents=[common],
+        help="release a killed or paused candidate version (a signed record; the weight stays until new decisions)",
+    )
+    s.add_argument("model")
+    s.add_argument("--version", required=True, help="the killed or paused candidate version")
     s.add_argument("--reason", required=True)
     s.set_defaults(fn=cmd_canary_resume)
     s = can.add_parser("apply", parents=[common], help="apply a signed decision made with --no-apply")

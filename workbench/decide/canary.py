@@ -9,7 +9,9 @@ verifies against a trusted key, it is not stale (older than the policy's ``max_a
 verified chain's head, no witness outside the database shows a later head, and its weights follow the ramp.
 
 The kill switch holds a candidate *version* at 0 through every path (any run, any baseline) until a signed
-``resume`` record of that version, with a reason, releases it.
+``resume`` record of that version, with a reason, releases it. A signed ``pause`` record (with a reason) holds
+the pair at its current weight: until a ``resume`` of it, a PROMOTE moves nothing (a rollback or a kill still
+sets 0), so routers, which follow the weight, stay where they are.
 
 For live traffic: :func:`bucket_of` / :func:`in_canary` put an entity in a fixed bucket whose canary
 membership only grows with the weight.
@@ -64,17 +66,21 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 
 def next_weight(
-    verdict: Verdict | str, weight_before: int, ramp: tuple[int, ...] | list[int], killed: bool = False
+    verdict: Verdict | str,
+    weight_before: int,
+    ramp: tuple[int, ...] | list[int],
+    killed: bool = False,
+    paused: bool = False,
 ) -> int:
     """The weight after a verdict: PROMOTE -> the next ramp step, HOLD -> unchanged, ROLLBACK -> 0.
 
-    A killed candidate stays at 0 whatever the verdict.
+    A killed candidate stays at 0 whatever the verdict; a paused one keeps its weight unless rolled back.
     """
     if verdict not in tuple(Verdict):
         raise WorkbenchError(f"unknown verdict {verdict!r}")
     if killed or verdict == Verdict.ROLLBACK:
         return 0
-    if verdict == Verdict.HOLD:
+    if verdict == Verdict.HOLD or paused:
         return weight_before
     return next((w for w in ramp if w > weight_before), max(ramp[-1], weight_before))
 
@@ -146,6 +152,7 @@ class DecisionPreview:
     weight_after: int
     killed: bool
     reason: str
+    paused: bool = False
 
     @property
     def verdict(self) -> Verdict:
@@ -163,12 +170,16 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
     base, cand = _ref(run["baseline"]), _ref(run["candidate"])
     if base["version"] == cand["version"] and run["baseline"].get("name") == run["candidate"].get("name"):
         raise WorkbenchError(f"run {run_id}: the baseline and the candidate are the same version: nothing to decide")
-    weight_before, killed = _current(claimed_head(store, model), (base["version"], cand["version"]), "decision", model)
+    head, pair = claimed_head(store, model), (base["version"], cand["version"])
+    weight_before, killed = _current(head, pair, "decision", model)
+    paused = head is not None and head.paused and head.pair == pair
     judged = judge_run(store, run, policy, load_drift(store, run_id))
     card = judged.scorecard
     reason = card.reason
     if killed:
         reason += f"; the kill switch holds candidate v{cand['version']} at 0%"
+    if paused and head is not None and head.pause is not None:
+        reason += f"; paused at {weight_before}% by {head.pause['signer']} ({head.pause['justification']})"
     return DecisionPreview(
         run,
         model,
@@ -179,9 +190,10 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
         judged.drift,
         card,
         weight_before,
-        next_weight(card.verdict, weight_before, policy.ramp, killed),
+        next_weight(card.verdict, weight_before, policy.ramp, killed, paused),
         killed,
         reason,
+        paused,
     )
 
 
@@ -211,7 +223,7 @@ def build_decision(
         why = required_text(override_reason, "reason for the override")
         if verdict == p.verdict:
             raise WorkbenchError(f"the policy's verdict is already {verdict}: there is nothing to override")
-        weight_after = next_weight(verdict, p.weight_before, policy.ramp, p.killed)
+        weight_after = next_weight(verdict, p.weight_before, policy.ramp, p.killed, p.paused)
         overridden = {"verdict": p.verdict, "reason": why}
         reason = f"override of {p.verdict} by {signer.name}: {why} (the policy: {p.reason})"
     elif override_reason is not None:
@@ -284,6 +296,44 @@ def build_kill(
     )
 
 
+def build_pause(
+    store: Store,
+    model: str,
+    reason: str,
+    signer: Signer,
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+) -> SignedDecision:
+    """A signed ``pause`` record (HOLD) that keeps ``model``'s canary at its current weight until a ``resume``.
+
+    Refused without a reason, without a canary, or when the candidate is already paused or killed."""
+    now = now or utc_now()
+    if not reason or not reason.strip():
+        raise WorkbenchError("--reason is required: say why the canary is paused")
+    head = claimed_head(store, model)
+    if head is None:
+        raise WorkbenchError(f"model {model} has no canary state: nothing to pause")
+    if head.killed or head.paused:
+        what = "killed (held at 0%)" if head.killed else f"already paused at {head.weight}%"
+        raise WorkbenchError(f"candidate v{head.pair[1]} of {model} is {what}: nothing to pause")
+    return _control_record(
+        store,
+        model,
+        now,
+        signer,
+        policy,
+        "pause",
+        head.record,
+        Verdict.HOLD,
+        f"pause: {reason.strip()}",
+        head.weight,
+        head.weight,
+        None,
+        reason.strip(),
+    )
+
+
 def build_resume(
     store: Store,
     model: str,
@@ -294,23 +344,28 @@ def build_resume(
     *,
     now: datetime | None = None,
 ) -> SignedDecision:
-    """A signed ``resume`` record that releases candidate ``version`` of ``model`` from the kill switch.
+    """A signed ``resume`` record that releases candidate ``version`` of ``model`` from the kill switch or a pause.
 
-    The weight stays 0 (HOLD): the candidate ramps again only through new decisions. Refused without a reason
-    or when the version is not killed."""
+    The weight stays where it is (HOLD; 0 after a kill): the candidate ramps again only through new decisions.
+    Refused without a reason or when the version is not killed or paused."""
     now = now or utc_now()
     if not reason or not reason.strip():
-        raise WorkbenchError("--reason is required: say why the killed candidate may ramp again")
+        raise WorkbenchError("--reason is required: say why the candidate may ramp again")
     head = claimed_head(store, model)
     version = str(version)
-    if head is None or version not in head.killed_versions:
-        raise WorkbenchError(f"candidate v{version} of {model} is not killed: nothing to resume")
-    kill = next(
-        r
-        for r in reversed([json.loads(row["record"]) for row in store.chain(model)])
-        if r["kind"] == "kill" and r["candidate"]["version"] == version
+    paused = head is not None and head.paused and head.pair[1] == version
+    if head is None or not (version in head.killed_versions or paused):
+        raise WorkbenchError(f"candidate v{version} of {model} is not killed or paused: nothing to resume")
+    held = (  # the record that holds the version: the pause in force, else its latest kill
+        head.pause
+        if paused and head.pause is not None
+        else next(
+            r
+            for r in reversed([json.loads(row["record"]) for row in store.chain(model)])
+            if r["kind"] == "kill" and r["candidate"]["version"] == version
+        )
     )
-    pair = pair_of(kill)
+    pair = pair_of(held)
     weight_now, _ = _current(head, pair, "resume", model)
     return _control_record(
         store,
@@ -319,7 +374,7 @@ def build_resume(
         signer,
         policy,
         "resume",
-        kill,
+        held,
         Verdict.HOLD,
         f"resume: {reason.strip()}",
         weight_now,
@@ -344,7 +399,7 @@ def _control_record(
     scorecard: dict | None,
     justification: str,
 ) -> SignedDecision:
-    """Sign and store a kill or resume record about the pair, traffic, ramp and registry of ``source``; its
+    """Sign and store a kill, resume or pause record about the pair, traffic, ramp and registry of ``source``; its
     reason is its justification."""
     record = _record(
         store,
@@ -504,20 +559,25 @@ def _check_weights(record: dict, head: ChainState | None) -> None:
         weight_now, killed = _current(head, pair_of(record), kind, model)
     except WorkbenchError as e:
         raise SignatureError(str(e)) from None
-    if kind == "resume" and not killed:
-        raise SignatureError(f"decision {did}: candidate v{record['candidate']['version']} of {model} is not killed")
-    if kind == "resume" and not str(record["reason"]).removeprefix("resume:").strip():
-        raise SignatureError(f"decision {did}: a resume needs a reason")
+    paused = head is not None and head.paused and head.pair == pair_of(record)
+    if kind == "resume" and not (killed or paused):
+        raise SignatureError(
+            f"decision {did}: candidate v{record['candidate']['version']} of {model} is not killed or paused"
+        )
+    if kind == "pause" and (killed or paused):
+        raise SignatureError(f"decision {did}: candidate v{record['candidate']['version']} of {model} is already held")
+    if kind in ("resume", "pause") and not str(record["reason"]).removeprefix(f"{kind}:").strip():
+        raise SignatureError(f"decision {did}: a {kind} needs a reason")
     if int(record["weight_before"]) != weight_now:
         raise SignatureError(
             f"decision {did} was made at weight {record['weight_before']}%, the canary is at {weight_now}%"
         )
     if kind == "kill":
         expected = 0
-    elif kind == "resume":
+    elif kind in ("resume", "pause"):
         expected = weight_now
     else:
-        expected = next_weight(record["verdict"], weight_now, record["ramp"], killed)
+        expected = next_weight(record["verdict"], weight_now, record["ramp"], killed, paused)
     if int(record["weight_after"]) != expected:
         raise SignatureError(
             f"decision {did}: {record['verdict']} from {weight_now}% must give {expected}%, "

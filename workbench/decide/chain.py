@@ -4,10 +4,12 @@ The chain (``canary_chain`` joined to the stored record text in ``decisions``) i
 the stored bytes are canonical, their hash is the one the chain and the row recorded, the signature verifies
 under a trusted key, each record links to the previous one, and the row's convenience columns (kind, verdict,
 weights, run) say what the record says. From the verified records alone follow the weight, the pair, the
-head and the candidate versions the kill switch holds (a ``kill`` record of a version with no later
-``resume`` of it). ``canary_state`` is a cache of that head: :func:`status` reports any disagreement with it,
-and with the witnesses outside the database (:mod:`workbench.decide.witness`), as ``verified: false`` with the
-problem named, and then serves weight 0.
+head, the candidate versions the kill switch holds (a ``kill`` record of a version with no later
+``resume`` of it) and whether an approver paused the head's pair at its weight (a ``pause`` record of the pair
+with no later ``resume`` or ``kill``: decisions then hold the weight; a rollback or a kill still sets 0).
+``canary_state`` is a cache of that head: :func:`status` reports any disagreement with it, and with the
+witnesses outside the database (:mod:`workbench.decide.witness`), as ``verified: false`` with the problem
+named, and then serves weight 0.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from workbench.decide.witness import Witnesses, WitnessHead, WitnessUnavailable
 from workbench.store import Store
 
 RECORD_SCHEMA = "canary-workbench/decision/v1"
-KINDS = ("decision", "kill", "resume")
+KINDS = ("decision", "kill", "resume", "pause")
 REQUIRED_FIELDS = (
     "schema",
     "kind",
@@ -169,13 +171,15 @@ def verified_rows(store: Store, model: str, trusted: Mapping, upto: int | None =
 # -- the state the verified chain says ------------------------------------------------------------------
 @dataclass(frozen=True)
 class ChainState:
-    """The head of a verified chain and the candidate versions the kill switch holds at 0."""
+    """The head of a verified chain, the candidate versions the kill switch holds at 0, and the pause in force
+    (the ``pause`` record, or None)."""
 
     record: dict
     signature: str
     sequence: int
     record_hash: str
     killed_versions: frozenset[str]
+    pause: dict | None = None
 
     @property
     def decision_id(self) -> str:
@@ -189,6 +193,11 @@ class ChainState:
     def killed(self) -> bool:
         """Whether the head's candidate is held at 0 by the kill switch."""
         return self.record["candidate"]["version"] in self.killed_versions
+
+    @property
+    def paused(self) -> bool:
+        """Whether an approver paused the head's pair at its weight (no decision moves it up until a resume)."""
+        return self.pause is not None and pair_of(self.pause) == self.pair and not self.killed
 
     @property
     def weight(self) -> int:
@@ -205,17 +214,27 @@ def killed_after(killed: frozenset[str], record: dict) -> frozenset[str]:
     return killed
 
 
+def pause_after(pause: dict | None, record: dict) -> dict | None:
+    """The pause in force once ``record`` applies: a pause starts one, a resume or kill of its pair ends it."""
+    if record["kind"] == "pause":
+        return record
+    if pause is not None and record["kind"] in ("resume", "kill") and pair_of(record) == pair_of(pause):
+        return None
+    return pause
+
+
 def derive(rows: list[dict]) -> ChainState | None:
     """The state of a chain whose ``rows`` all verified (None for an empty chain)."""
     if not rows:
         return None
     killed: frozenset[str] = frozenset()
+    pause: dict | None = None
     record: dict = {}
     for row in rows:
         record = json.loads(row["record"])
-        killed = killed_after(killed, record)
+        killed, pause = killed_after(killed, record), pause_after(pause, record)
     head = rows[-1]
-    return ChainState(record, head["signature"], int(head["sequence"]), head["record_hash"], killed)
+    return ChainState(record, head["signature"], int(head["sequence"]), head["record_hash"], killed, pause)
 
 
 def witness_problem(rows: list[dict], head: WitnessHead) -> str | None:
@@ -278,6 +297,7 @@ class CanaryStatus:
     killed: bool = False
     sequence: int | None = None
     witnesses: dict = field(default_factory=dict)
+    paused: bool = False
 
     def to_dict(self) -> dict:
         d = {
@@ -288,6 +308,7 @@ class CanaryStatus:
             "decision_id": self.decision_id,
             "verified": self.verified,
             "killed": self.killed,
+            "paused": self.paused,
             "sequence": self.sequence,
             "witnesses": dict(self.witnesses),
         }
@@ -358,6 +379,7 @@ def chain_status(
                 head.killed,
                 head.sequence,
                 notes,
+                head.paused,
             ),
             head,
         )

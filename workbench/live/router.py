@@ -62,6 +62,7 @@ class LiveState:
     verified: bool
     killed: bool
     problem: str | None = None
+    paused: bool = False  # held at its weight by an approver: the weight (which the router follows) stays
 
     @classmethod
     def empty(cls, model: str, problem: str = "no decision has been applied to this model") -> LiveState:
@@ -144,6 +145,7 @@ class StoreWeights:
             st.verified,
             st.killed,
             st.problem,
+            st.paused,
         )
 
     def rollback(self, pair: tuple, report: SloReport) -> str | None:

@@ -202,6 +202,9 @@ class CanaryView(BaseModel):
         'successCondition: result.verdict == "promote"'
     )
     killed: bool = Field(description="the kill switch holds this candidate version at 0 until a signed resume")
+    paused: bool = Field(
+        default=False, description="an approver paused the canary at its weight: no decision moves it up until a resume"
+    )
     sequence: int | None
     ramp: list[int] | None
     witnesses: dict[str, str] = Field(default_factory=dict, description="what each witness of the head said")
