@@ -11,6 +11,7 @@ nav = st.navigation(
         "Models": [
             st.Page("pages/candidates.py", title="Candidates", icon=":material/model_training:", default=True),
             st.Page("pages/replay.py", title="Replay", icon=":material/play_circle:"),
+            st.Page("pages/live.py", title="Live canary", icon=":material/monitor_heart:"),
         ],
         "Evidence": [
             st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),

@@ -116,6 +116,8 @@ for name in names:
         links, here = st.container(horizontal=True), {"model": name}
         links.page_link("pages/candidates.py", label="Link to this model", icon=":material/link:", query_params=here)
         links.page_link("pages/audit.py", label="Audit trail", icon=":material/verified:", query_params=here)
+        if s:
+            links.page_link("pages/live.py", label="Live canary", icon=":material/monitor_heart:", query_params=here)
         model_runs = runs_of_model(runs, name)
         for r in model_runs[:SHOWN_RUNS]:
             b, c = r["baseline"].get("uri"), r["candidate"].get("uri")

@@ -284,3 +284,70 @@ def ramp(position: dict) -> go.Figure:
     fig.update_xaxes(type="category")
     fig.update_layout(height=110, margin=dict(t=4, b=4, l=4, r=4), showlegend=False, bargap=0.15)
     return fig
+
+
+MARKS = {
+    "kill": ("x", "#cf222e", "kill"),
+    "pause": ("line-ns-open", "#9a6700", "pause"),
+    "resume": ("circle", "#1a7f37", "resume"),
+}
+
+
+def weight_history(rows: list[dict], now) -> go.Figure:
+    """The canary weight after each applied record as a step line up to ``now``; kills, pauses and resumes marked."""
+    times = [r["time"] for r in rows] + [now]
+    weights = [r["weight"] for r in rows] + [rows[-1]["weight"]]
+    hover = [f"{r['kind']} · {r['verdict']} → {r['weight']}%<br>{r['signer']}: {r['reason']}" for r in rows] + ["now"]
+    fig = go.Figure(
+        go.Scatter(
+            x=times,
+            y=weights,
+            mode="lines+markers",
+            line=dict(shape="hv", color=COLORS["candidate"]),
+            marker=dict(size=5),
+            name="weight",
+            hovertext=hover,
+            hoverinfo="text+x",
+        )
+    )
+    for kind, (symbol, color, label) in MARKS.items():
+        marked = [r for r in rows if r["kind"] == kind]
+        if marked:
+            fig.add_scatter(
+                x=[r["time"] for r in marked],
+                y=[r["weight"] for r in marked],
+                mode="markers",
+                marker=dict(symbol=symbol, size=13, color=color, line=dict(width=2, color=color)),
+                name=label,
+                hovertext=[f"{r['kind']} by {r['signer']}: {r['reason']}" for r in marked],
+                hoverinfo="text+x",
+            )
+    fig.update_yaxes(title="candidate weight (%)", range=[-5, 105])
+    return _layout(fig, height=300)
+
+
+def live_series(series: list[dict]) -> go.Figure:
+    """Requests per second of each arm over the window (bars, top) and each arm's error rate (bottom)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
+    for arm in ROLES:
+        rows = [s for s in series if s["arm"] == arm]
+        x = [s["time"] for s in rows]
+        fig.add_bar(x=x, y=[s["per_s"] for s in rows], name=arm, marker_color=COLORS[arm], row=1, col=1)
+        fig.add_scatter(
+            x=x,
+            y=[s["error_rate"] for s in rows],
+            name=f"{arm} errors",
+            mode="lines+markers",
+            line=dict(color=COLORS[arm]),
+            marker=dict(size=4),
+            connectgaps=False,
+            showlegend=False,
+            row=2,
+            col=1,
+        )
+    fig.update_layout(barmode="group", bargap=0.1)
+    fig.update_yaxes(title_text="requests/s", row=1, col=1)
+    fig.update_yaxes(title_text="error rate", tickformat=".0%", rangemode="tozero", row=2, col=1)
+    return _layout(fig, height=380)

@@ -346,6 +346,23 @@ def sign_offs(run_id: str) -> list[dict]:
     return _get(_sign_offs, run_id, default=[])
 
 
+# -- the live canary ------------------------------------------------------------------------------------------------
+@st.cache_data(ttl=RUN_TTL, max_entries=16, show_spinner=False)
+def _live_window(home_: str, model: str, window_s: float, token: tuple) -> dict:
+    from workbench.live.window import live_window, log_dir, read_log
+
+    return live_window(read_log(log_dir(load_settings(home_).home, model), window_s), window_s).to_dict()
+
+
+def live_window(model: str, window_s: float) -> tuple[dict, str]:
+    """Per-arm rates over the last ``window_s`` seconds of the router's traffic log of ``model``, and the log's
+    folder (computed once per state of the log's complete files)."""
+    from workbench.live.window import log_dir, log_token
+
+    folder = log_dir(settings().home, model)
+    return _live_window(home(), model, window_s, log_token(folder)), str(folder)
+
+
 # -- MLflow ------------------------------------------------------------------------------------------------------
 @st.cache_data(ttl=10, show_spinner=False)
 def _registered_models(home_: str) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -501,3 +502,22 @@ def write_spec(path: Path, home: Path, **fields) -> Path:
     } | fields
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def write_live_log(home: Path, model: str = "flight-delay", n: int = 200) -> None:
+    """A traffic log as the router writes it: the last n seconds, a request a second, every tenth on the
+    candidate (one of those a 500)."""
+    from datetime import UTC, datetime, timedelta
+
+    from workbench.live.trafficlog import LiveRecord, Outcome, TrafficLog
+
+    now = datetime.now(UTC)
+    log = TrafficLog(home / "live" / model, flush_s=0.02)
+    for i in range(n):
+        arm = "candidate" if i % 10 == 0 else "baseline"
+        body = json.dumps({"dataframe_records": [{"distance": i}]}).encode()
+        rec = LiveRecord(f"r{i}", now - timedelta(seconds=n - i), f"u{i}", arm, "bucket", 1, None, body, "x/json")
+        failed = i == 100
+        rec.outcomes[arm] = Outcome(500 if failed else 200, b"boom" if failed else b"[0.5]", 20.0 + i % 7)
+        log.append(rec)
+    log.close()

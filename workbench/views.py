@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
+from workbench.clock import parse_time
 from workbench.evaluate.metrics import METRICS
 from workbench.roles import ROLES
 
@@ -578,6 +579,42 @@ def ramp_position(weight: int, ramp: tuple[int, ...] | list[int]) -> dict[str, A
         "ramp": ramp,
         "text": " → ".join(f"[{w}%]" if w == weight else f"{w}%" for w in [0] + ramp),
     }
+
+
+def weight_history(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The canary weight after each applied record (audit entries, any order) in chain order, for a step chart:
+    time, weight, kind (``decision``, ``kill``, ``pause``, ``resume``), verdict, signer, reason, verified."""
+    applied = sorted((e for e in entries if e.get("sequence") is not None), key=lambda e: e["sequence"])
+    return [
+        {
+            "time": parse_time(e["created_at"]),
+            "weight": int(e["weight_after"]),
+            "kind": e["kind"],
+            "verdict": e["verdict"],
+            "signer": e.get("signer"),
+            "reason": (e.get("record") or {}).get("reason"),
+            "decision_id": e["decision_id"],
+            "sequence": e["sequence"],
+            "verified": e.get("verified", False),
+        }
+        for e in applied
+    ]
+
+
+def live_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-arm rows of a live window (:meth:`workbench.live.window.LiveWindow.to_dict`'s ``arms``) for a table."""
+    return [
+        {
+            "arm": a["arm"],
+            "requests": a["requests"],
+            "req/s": round(a["per_s"], 2),
+            "errors": a["errors"],
+            "error rate": None if a["error_rate"] is None else f"{a['error_rate']:.2%}",
+            "P50": duration(a["p50_ms"]) if a["p50_ms"] is not None else None,
+            "P99": duration(a["p99_ms"]) if a["p99_ms"] is not None else None,
+        }
+        for a in arms
+    ]
 
 
 # -- links between pages ---------------------------------------------------------------------------------------

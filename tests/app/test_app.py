@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_evaluation, run_cli
+from conftest import REPO, make_evaluation, run_cli, write_live_log
 from workbench.ops.access import add_approver, approvers_path
 from workbench.ops.progress import read_progress
 
@@ -466,3 +466,57 @@ def test_database_busy_shows_the_last_data_read(home):
     st.cache_data.clear()
     at.switch_page("pages/compare.py").run()
     assert not at.warning
+
+
+def test_live_page_shows_the_window_and_the_weight_history_but_no_actions_to_a_viewer(home):
+    at = open_page("live", address={"model": "flight-delay"})
+    assert at.title[0].value == "Live canary" and at.selectbox(key="wb_model").value == "flight-delay"
+    assert "No traffic log under" in texts(at)
+    assert "Only an approver can pause or abort" in texts(at) and not actions(at)
+    write_live_log(home)
+    at.segmented_control(key="wb_live_window").set_value("15 min").run()
+    assert not at.exception, [e.value for e in at.exception]
+    arms = at.dataframe[0].value.set_index("arm")
+    assert arms.loc["baseline", "requests"] == 180 and arms.loc["candidate", "requests"] == 20
+    assert arms.loc["candidate", "errors"] == 1 and arms.loc["candidate", "error rate"] == "5.00%"
+    assert len(at.get("plotly_chart")) == 2
+    history = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
+    assert history["line"]["shape"] == "hv" and history["y"][-1] == 0
+    assert "Only an approver can pause or abort" in texts(at) and not actions(at)
+
+
+def actions(at: AppTest) -> list[str]:
+    return [b.label for b in at.button if b.label in ("Pause", "Resume", "Abort")]
+
+
+def test_an_approver_pauses_then_aborts_the_canary_on_the_live_page(home):
+    lenient = str(home / "policies" / "lenient.toml")
+    run_cli("decide", run_id_of(home), "--policy", lenient, "--justification", "errors flat", home=home)
+    at = open_page("live", address={"model": "flight-delay"})
+    assert at.metric[0].value == "1%"
+    sign_in(at, "olga", OPERATOR_PASSWORD)
+    assert "olga is signed in but is not an approver" in texts(at)
+    at.sidebar.button(key="wb_signout").click().run()
+    sign_in(at, "alice", PASSWORD)
+    next(b for b in at.button if b.label == "Pause").click().run()
+    assert "a reason is required" in texts(at) and at.metric[0].value == "1%"
+    at.text_input(key="wb_live_pause_reason").input("waiting for the on-call")
+    next(b for b in at.button if b.label == "Pause").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "**paused**" in texts(at) and at.metric[0].value == "1%" and actions(at) == ["Resume", "Abort"]
+    at.text_input(key="wb_live_abort_reason").input("error budget burnt")
+    next(b for b in at.button if b.label == "Abort").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Abort: weight 0%" in texts(at) and "**killed**" in texts(at) and at.metric[0].value == "0%"
+    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    assert status["weight"] == 0 and status["killed"] and status["verified"] and not status["paused"]
+    assert "killed" in run_cli("canary", "status", "flight-delay", home=home).stdout
+    from workbench.store import Store
+
+    with Store(home / "lake", read_only=True) as store:
+        assert store.canary_state("flight-delay")["weight"] == 0
+        kinds = [json.loads(r["record"])["kind"] for r in store.chain("flight-delay")[-2:]]
+        head = json.loads(store.chain("flight-delay")[-1]["record"])
+    assert kinds == ["pause", "kill"] and (head["signer"], head["justification"]) == ("alice", "error budget burnt")
+    history = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
+    assert [d["name"] for d in history] == ["weight", "kill", "pause"] and history[0]["y"][-1] == 0

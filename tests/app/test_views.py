@@ -1,7 +1,7 @@
 """The app's aggregates (Store.app_*, computed in DuckDB) and the pure views over them, against sklearn,
 numpy and pandas on the same rows."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -438,3 +438,68 @@ def test_page_urls_and_the_runs_of_a_model():
     ]
     assert [r["run_id"] for r in views.runs_of_model(runs, "m")] == ["r3", "r1"]
     assert views.runs_of_model(runs, "none") == []
+
+
+def test_weight_history_is_the_applied_records_in_chain_order():
+    def entry(seq, kind, after, when, record=True):
+        return {
+            "sequence": seq,
+            "kind": kind,
+            "verdict": "ROLLBACK" if kind == "kill" else "PROMOTE",
+            "weight_before": 0,
+            "weight_after": after,
+            "signer": "alice",
+            "created_at": when,
+            "decision_id": f"dec_{seq}",
+            "verified": True,
+            "record": {"reason": f"{kind} {seq}"} if record else None,
+        }
+
+    entries = [
+        entry(3, "kill", 0, "2026-11-02T11:00:00Z"),
+        entry(None, "decision", 5, "2026-11-02T12:00:00Z"),  # signed, never applied
+        entry(1, "decision", 1, "2026-11-02T09:00:00Z"),
+        entry(2, "pause", 1, "2026-11-02T10:00:00Z", record=False),
+    ]
+    rows = views.weight_history(entries)
+    assert [(r["sequence"], r["kind"], r["weight"]) for r in rows] == [
+        (1, "decision", 1),
+        (2, "pause", 1),
+        (3, "kill", 0),
+    ]
+    assert rows[0]["time"] == datetime(2026, 11, 2, 9, tzinfo=UTC) and rows[2]["reason"] == "kill 3"
+    assert rows[1]["reason"] is None and views.weight_history([]) == []
+
+
+def test_live_rows_format_each_arm():
+    arms = [
+        {
+            "arm": "baseline",
+            "requests": 90,
+            "per_s": 1.5,
+            "errors": 0,
+            "error_rate": 0.0,
+            "p50_ms": 12.0,
+            "p99_ms": 1500.0,
+        },
+        {
+            "arm": "candidate",
+            "requests": 0,
+            "per_s": 0.0,
+            "errors": 0,
+            "error_rate": None,
+            "p50_ms": None,
+            "p99_ms": None,
+        },
+    ]
+    rows = views.live_rows(arms)
+    assert rows[0] == {
+        "arm": "baseline",
+        "requests": 90,
+        "req/s": 1.5,
+        "errors": 0,
+        "error rate": "0.00%",
+        "P50": "12 ms",
+        "P99": "1.5 s",
+    }
+    assert (rows[1]["error rate"], rows[1]["P50"], rows[1]["P99"]) == (None, None, None)
