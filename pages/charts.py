@@ -322,7 +322,8 @@ def weight_history(rows: list[dict], now) -> go.Figure:
                 hovertext=[f"{r['kind']} by {r['signer']}: {r['reason']}" for r in marked],
                 hoverinfo="text+x",
             )
-    fig.update_yaxes(title="candidate weight (%)", range=[-5, 105])
+    top = max(max(weights), 5)  # a 1 % step stays visible; the axis grows with the ramp
+    fig.update_yaxes(title="candidate weight (%)", range=[-top * 0.05, top * 1.05])
     return _layout(fig, height=300)
 
 

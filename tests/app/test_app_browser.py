@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO, free_port, make_evaluation
+from conftest import REPO, free_port, make_evaluation, run_cli, write_live_log
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -174,3 +174,47 @@ def test_review_and_sign_in_the_browser(served):
         assert decision["verdict"] == "PROMOTE" and decision["weight_after"] == 1
         record = json.loads(store.get_decision(decision["decision_id"])["record"])
         assert (record["signer"], record["justification"]) == ("alice", "error rate flat")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make system-deps)")
+def test_abort_a_live_canary_in_the_browser(served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, run_id, home = served
+    lenient = str(home / "policies" / "lenient.toml")
+    run_cli("decide", run_id, "--policy", lenient, "--justification", "errors flat", home=home)
+    write_live_log(home)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
+            page.goto(f"{url}/live?model=flight-delay")
+            expect(page.get_by_role("heading", name="Live canary")).to_be_visible()
+            weight = page.locator("[data-testid='stMetric']").filter(has_text="Canary weight")
+            expect(weight).to_contain_text("1%")
+            expect(page.get_by_text("Only an approver can pause or abort")).to_be_visible()
+            sidebar = page.locator("[data-testid='stSidebar']")
+            sidebar.get_by_role("textbox", name="Name").fill("alice")
+            sidebar.get_by_role("textbox", name="Password").fill(PASSWORD)
+            sidebar.get_by_role("button", name="Sign in").click()
+            expect(sidebar.get_by_text("approver (password)")).to_be_visible()
+            expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the live window and the weight history
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "8-live-canary.png"))
+            page.get_by_label("Abort: reason (signed into the record)").fill("error budget burnt")
+            page.get_by_role("button", name="Abort").click()
+            expect(page.get_by_text("Abort: weight 0%")).to_be_visible()
+            expect(weight).to_contain_text("0%")
+            expect(page.get_by_text("Killed: held at 0%.")).to_be_visible()
+            expect(page.locator(".js-plotly-plot")).to_have_count(2)
+            page.get_by_role("heading", name="Weight history").scroll_into_view_if_needed()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "9-live-canary-aborted.png"))
+        finally:
+            browser.close()
+    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    assert status["weight"] == 0 and status["killed"] and status["verified"]
