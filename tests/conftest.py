@@ -501,3 +501,25 @@ def write_spec(path: Path, home: Path, **fields) -> Path:
     } | fields
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+class LakeConnection:
+    """A connection to a home's storage for tests that query its tables directly (a store's cursor)."""
+
+    def __init__(self, path: Path, read_only: bool = True):
+        from workbench.store import Store
+
+        self.store = Store(path, read_only=read_only)
+        self.cur = self.store.cursor()
+
+    def execute(self, sql: str, params: list | tuple = ()):
+        return self.cur.execute(sql, params)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -22,9 +22,10 @@ def test_cli_evaluate_matches_sklearn(demo_home):
     run_id = json.loads((demo_home / "demo.json").read_text())["replay"]["run_id"]
     out = json.loads(run_cli("evaluate", run_id, "--json", home=demo_home).stdout)
     assert set(out) >= {"run_id", "labeled_rows", "baseline", "candidate", "delta", "latency", "errors"}
-    import duckdb
+    from workbench.store import Store
 
-    con = duckdb.connect(str(demo_home / "lake"), read_only=True)
+    store = Store(demo_home / "lake", read_only=True)
+    con = store.cursor()
     for role in ("baseline", "candidate"):
         y, s = map(
             np.array,
@@ -47,7 +48,7 @@ def test_cli_evaluate_matches_sklearn(demo_home):
             assert out[role][m]["ci_low"] <= out[role][m]["value"] <= out[role][m]["ci_high"]
     assert set(out["delta"]["roc_auc"]) == {"value", "ci_low", "ci_high", "p_value", "mde"}
     assert set(out["latency"]) == {"baseline", "candidate", "delta", "mann_whitney_p"}
-    con.close()
+    store.close()
 
 
 def test_cli_json_is_one_object_and_rerun_is_noop(demo_home):
