@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.stats import ks_2samp, mannwhitneyu
+from scipy.stats import ks_2samp, mannwhitneyu, ttest_1samp, wilcoxon
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
@@ -38,6 +38,34 @@ MW_CASES = {
     "tiny": lambda r: (np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.0, 4.0, 5.0])),
     "shared_values_only_in_y": lambda r: (np.array([1.0, 1.0, 4.0]), np.array([2.0, 2.0, 2.0, 4.0, 7.0])),
 }
+
+
+T_CASES = {
+    "normal": lambda r: r.normal(0.3, 1.0, 200),
+    "skewed": lambda r: r.exponential(1.0, 50) - 0.8,
+    "two_rows": lambda r: np.array([0.5, 1.5]),
+}
+
+
+@pytest.mark.parametrize("case", list(T_CASES))
+@pytest.mark.parametrize("confidence", [0.9, 0.95])
+def test_t_test_matches_scipy_ttest(case, confidence):
+    x = T_CASES[case](np.random.default_rng(3))
+    ref = ttest_1samp(x, 0.0)
+    (lo, hi), p = stats.t_test(float(x.mean()), float(x.std(ddof=1)) / np.sqrt(len(x)), len(x), confidence)
+    assert (lo, hi) == pytest.approx(tuple(ref.confidence_interval(confidence)), abs=1e-12)
+    assert p == pytest.approx(ref.pvalue, abs=1e-12)
+
+
+def test_t_test_without_variation_has_no_p_value():
+    assert stats.t_test(0.2, 0.0, 10, 0.95) == ((0.2, 0.2), None)
+
+
+@pytest.mark.parametrize("n", [20, 300], ids=["exact", "normal_approximation"])
+def test_wilcoxon_p_matches_scipy(n):
+    d = np.random.default_rng(4).normal(0.2, 1.0, n)
+    assert stats.wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue, abs=1e-12)
+    assert stats.wilcoxon_p(np.zeros(5)) is None
 
 
 @pytest.mark.parametrize("case", list(MW_CASES))

@@ -2,6 +2,8 @@
 
 * :func:`wilson` — score interval of a proportion (as statsmodels' ``proportion_confint(method="wilson")``).
 * :func:`mcnemar_exact` — exact McNemar test on discordant pairs (as statsmodels' ``mcnemar(exact=True)``).
+* :func:`t_test` — Student-t interval and p-value of an estimate with a standard error (as scipy's
+  ``ttest_1samp``/``ttest_rel`` for a mean); :func:`wilcoxon_p` — the signed-rank test of paired differences.
 * :func:`mann_whitney` — two-sided Mann-Whitney U test with tie and continuity correction (as scipy's
   ``mannwhitneyu(method="asymptotic")``), from two sorted samples without ranking their union.
 * :func:`poisson_cells` — Poisson bootstrap of a contingency table: the count of a cell under the
@@ -22,7 +24,8 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from scipy.stats import binom, norm
+from scipy.stats import binom, norm, wilcoxon
+from scipy.stats import t as student_t
 
 
 def seeded_rng(seed: int, key: str) -> np.random.Generator:
@@ -57,6 +60,23 @@ def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts ``b`` and ``c``."""
     return float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def t_test(estimate: float, se: float, rows: int, confidence: float) -> tuple[tuple[float, float], float | None]:
+    """Student-t interval (``rows - 1`` degrees of freedom) around ``estimate`` with standard error ``se``, and
+    the two-sided p-value of "the true value is 0" (``None`` when ``se`` is 0: the rows do not vary)."""
+    half = float(student_t.ppf(0.5 + confidence / 2, rows - 1)) * se
+    p = float(2 * student_t.sf(abs(estimate) / se, rows - 1)) if se > 0 else None
+    return (estimate - half, estimate + half), p
+
+
+def wilcoxon_p(differences: np.ndarray) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (scipy's defaults: zero differences are
+    dropped); ``None`` when no difference is non-zero."""
+    d = np.asarray(differences, dtype=np.float64)
+    if not np.any(d != 0):
+        return None
+    return float(wilcoxon(d).pvalue)
 
 
 def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
