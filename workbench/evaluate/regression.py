@@ -12,8 +12,11 @@ Metrics (:data:`REGRESSION_METRICS`, each with its direction) and how their inte
 * coverage (share of y inside the given [lower, upper]): a Wilson interval; its delta a paired-t interval
   with the exact McNemar test of the rows covered by one model only;
 * median_ae: the exact bootstrap of the median from order statistics (:func:`stats.quantile_bootstrap`);
-  r2 and both of their deltas: percentile intervals of a seeded row-level Poisson bootstrap, the two models
-  resampled together for a delta (cost O(n_boot x rows)).
+  its delta: the paired row-level Poisson bootstrap (:func:`stats.paired_median_bootstrap`);
+* r2 and its delta: the seeded Poisson bootstrap of their linearisation (each row's influence on
+  1 - mse / var(y), :func:`stats.linear_bootstrap`), as the binary score metrics of large runs.
+
+Bootstrap intervals are percentile intervals with a generator seeded by ``opts.seed``.
 
 mape is |prediction - y| / |y| (a fraction, as scikit-learn's) and smape 2 |prediction - y| / (|y| +
 |prediction|) (in [0, 2]). Rows where a metric is undefined (y not finite, a prediction not finite, y = 0
@@ -301,38 +304,31 @@ def _rmse(out: _Metrics, squared: dict[str, np.ndarray], use: Usable) -> None:
     out.delta["rmse"] = linearised_delta(rc - rb, rb, psi_c - psi_b, out.opts, use, span, method="delta method (t)")
 
 
-def _r2(y: np.ndarray, squared: np.ndarray) -> tuple[float | None, str | None]:
-    """R² of rows with targets ``y`` and squared errors ``squared`` (as scikit-learn's ``r2_score``), or why
-    it is undefined (no reason without rows: the rows' own reasons say why)."""
+def _r2(y: np.ndarray, squared: np.ndarray) -> tuple[float | None, np.ndarray, str | None]:
+    """R² of rows with targets ``y`` and squared errors ``squared`` (as scikit-learn's ``r2_score``), each row's
+    influence on it (the derivative with respect to the row's weight), or why it is undefined (no reason
+    without rows: the rows' own reasons say why).
+
+    With R² = 1 - mse / v, v the variance of y: influence_i = -((e_i^2 - mse) - (1 - R²) ((y_i - mean)^2 - v))
+    / (n v)."""
     if len(y) == 0:
-        return None, None
-    total = float(np.sum((y - y.mean()) ** 2))
+        return None, np.zeros(0), None
+    centred = (y - y.mean()) ** 2
+    total = float(centred.sum())
     if total == 0:
-        return None, "y does not vary on these rows: r2 is undefined"
-    return 1 - float(squared.sum()) / total, None
+        return None, np.zeros(0), "y does not vary on these rows: r2 is undefined"
+    n = len(y)
+    mse, variance = float(squared.mean()), total / n
+    value = 1 - mse / variance
+    return value, -((squared - mse) - (1 - value) * (centred - variance)) / (n * variance), None
 
 
-def _weighted_sums(y: np.ndarray, squared: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per replicate (rows of ``w``), the weighted residual and total sums of squares."""
-    yc = y - y.mean()
-    sw = w.sum(axis=1, dtype=np.float64)
-    sy = w @ yc
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total = w @ (yc * yc) - sy * sy / sw
-    return w @ squared, total
-
-
-def _resampled_medians(sorted_x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``np.median`` of each resample holding row j of ``sorted_x`` ``w[i, j]`` times (NaN when empty)."""
-    cum = np.cumsum(w, axis=1, dtype=np.float64)
-    half = (cum[:, -1] - 1) / 2
-    low = np.floor(half)
-    last = len(sorted_x) - 1
-    i = np.minimum((cum <= low[:, None]).sum(axis=1), last)
-    j = np.minimum((cum <= low[:, None] + 1).sum(axis=1), last)
-    out = np.where(half == low, sorted_x[i], (sorted_x[i] + sorted_x[j]) / 2)
-    out[cum[:, -1] == 0] = np.nan
-    return out
+def _linear_replicates(value: float | None, influence: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Replicates of a statistic from the Poisson bootstrap of its linearisation (:func:`stats.linear_bootstrap`)
+    given each row's influence; none when the statistic is undefined."""
+    if value is None:
+        return np.zeros(0)
+    return value + stats.linear_bootstrap(np.sort(influence), n_boot, rng)
 
 
 def _bootstrapped(
@@ -342,56 +338,35 @@ def _bootstrapped(
     squared: dict[str, np.ndarray],
     rows: dict[str, Usable],
 ) -> None:
-    """median_ae and r2 with bootstrap intervals, and their deltas from a paired row-level Poisson bootstrap."""
+    """median_ae (the exact bootstrap of each model's median; the paired row-level bootstrap of the delta) and
+    r2 (the bootstrap of its linearisation, each model's and the delta's)."""
     opts = out.opts
     rng = stats.seeded_rng(opts.seed, "regression")
     use = rows["paired"]
-    bounds = {n: REGRESSION_METRICS[n].bounds for n in ("median_ae", "r2")}
-    own = {r: (y[rows[r].ok], absolute[r][rows[r].ok], squared[r][rows[r].ok]) for r in ROLES}
-    pair = {r: (y[use.ok], absolute[r][use.ok], squared[r][use.ok]) for r in ROLES}
+    metric = {n: REGRESSION_METRICS[n] for n in ("median_ae", "r2")}
     for r in ROLES:
-        x = np.sort(own[r][1])
+        ok = rows[r].ok
+        x = np.sort(absolute[r][ok])
         median = float(np.median(x)) if len(x) else None
         exact = stats.quantile_bootstrap(x, 0.5, opts.n_boot, rng) if len(x) else np.zeros(0)
-        out.model[r]["median_ae"] = replicate_estimate(median, exact, rows[r], opts, bounds["median_ae"])
-    order = {r: np.argsort(pair[r][1], kind="stable") for r in ROLES}
-    sorted_ae = {r: pair[r][1][order[r]] for r in ROLES}
-    r2 = {r: _r2(own[r][0], own[r][2]) for r in ROLES}
-    r2_paired = {r: _r2(pair[r][0], pair[r][2]) for r in ROLES}
-    reps: dict[str, list[np.ndarray]] = {"r2.baseline": [], "r2.candidate": [], "r2.delta": [], "median_ae.delta": []}
-    for w in stats.poisson_weights(len(y), opts.n_boot, rng):
-        for r in ROLES:
-            if r2[r][0] is not None:
-                res, total = _weighted_sums(own[r][0], own[r][2], w[:, rows[r].ok])
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    reps[f"r2.{r}"].append(1 - res / np.where(total > 0, total, np.nan))
-        if use.rows:
-            wp = w[:, use.ok]
-            res_b, total = _weighted_sums(pair[BASELINE][0], pair[BASELINE][2], wp)
-            res_c, _ = _weighted_sums(pair[CANDIDATE][0], pair[CANDIDATE][2], wp)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                reps["r2.delta"].append((res_b - res_c) / np.where(total > 0, total, np.nan))
-            reps["median_ae.delta"].append(
-                _resampled_medians(sorted_ae[CANDIDATE], wp[:, order[CANDIDATE]])
-                - _resampled_medians(sorted_ae[BASELINE], wp[:, order[BASELINE]])
-            )
-    drawn = {k: np.concatenate(v) if v else np.zeros(0) for k, v in reps.items()}
-    for r in ROLES:
-        out.model[r]["r2"] = replicate_estimate(r2[r][0], drawn[f"r2.{r}"], rows[r], opts, bounds["r2"], r2[r][1])
-    medians = {r: float(np.median(sorted_ae[r])) if use.rows else None for r in ROLES}
+        out.model[r]["median_ae"] = replicate_estimate(median, exact, rows[r], opts, metric["median_ae"].bounds)
+        value, influence, why = _r2(y[ok], squared[r][ok])
+        reps = _linear_replicates(value, influence, opts.n_boot, rng)
+        out.model[r]["r2"] = replicate_estimate(value, reps, rows[r], opts, metric["r2"].bounds, why)
+    pair = {r: (absolute[r][use.ok], squared[r][use.ok]) for r in ROLES}
+    medians = {r: float(np.median(pair[r][0])) if use.rows else None for r in ROLES}
+    reps = (
+        stats.paired_median_bootstrap(pair[BASELINE][0], pair[CANDIDATE][0], opts.n_boot, rng)
+        if use.rows
+        else np.zeros(0)
+    )
     out.delta["median_ae"] = replicate_delta(
-        medians[BASELINE], medians[CANDIDATE], drawn["median_ae.delta"], use, opts, REGRESSION_METRICS["median_ae"].span
+        medians[BASELINE], medians[CANDIDATE], reps, use, opts, metric["median_ae"].span
     )
-    why = next((reason for _, reason in r2_paired.values() if reason is not None), None)
-    out.delta["r2"] = replicate_delta(
-        r2_paired[BASELINE][0],
-        r2_paired[CANDIDATE][0],
-        drawn["r2.delta"],
-        use,
-        opts,
-        REGRESSION_METRICS["r2"].span,
-        undefined=why,
-    )
+    (vb, ib, why), (vc, ic, _) = (_r2(y[use.ok], pair[r][1]) for r in ROLES)
+    delta = None if vb is None or vc is None else vc - vb
+    reps = _linear_replicates(delta, ic - ib, opts.n_boot, rng)
+    out.delta["r2"] = replicate_delta(vb, vc, reps, use, opts, metric["r2"].span, undefined=why)
 
 
 def _intervals(
