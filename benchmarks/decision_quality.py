@@ -1018,7 +1018,9 @@ def walk_store(
             i = rules.index(rule)
             if rule.policy is None:
                 return None
-            signed, card = build_decision(store, f"look{k:02d}_rule{i}", rule.policy, signer)
+            signed, card = build_decision(
+                store, f"look{k:02d}_rule{i}", rule.policy, signer, justification="benchmark: the rule's verdict"
+            )
             if signed.record["weight_before"] != weight:
                 raise AssertionError(
                     f"the signed record starts at {signed.record['weight_before']} %, the walk at {weight} %"

@@ -1,6 +1,7 @@
 """Audit: every signed decision on a model, the applied ones in chain order, each with its verification
-status (stored bytes, hash, link to the previous record, signature by a trusted key), its replay run's evidence
-and its MLflow run. ``?model=`` in the address picks the model."""
+status (stored bytes, hash, link to the previous record, signature by a trusted key, approvals), who signed it
+off with which justification, overrides of the policy's verdict, its replay run's evidence and its MLflow run.
+``?model=`` in the address picks the model."""
 
 import json
 import os
@@ -44,9 +45,12 @@ else:
             "status": "verified" if e["verified"] else "NOT VERIFIED",
             "decision": e["decision_id"],
             "kind": e["kind"],
-            "verdict": e["verdict"],
+            "verdict": e["verdict"] + (f" (override of {e['override_of']})" if e.get("override_of") else ""),
             "weight": f"{e['weight_before']}% → {e['weight_after']}%",
             "signer": e["signer"],
+            "signed off by": ", ".join(e.get("signed_by") or ())
+            + f" ({len(e.get('signed_by') or ())} of {e['quorum']})",
+            "justification": e.get("justification"),
             "created": e["created_at"],
             "replay run": ui.run_url(e["run_id"]) if e["run_id"] else None,
             "MLflow run": run_url(ui_base, experiments.get(e["mlflow_run_id"]), e["mlflow_run_id"])
@@ -72,9 +76,17 @@ else:
             "address (e.g. http://127.0.0.1:5000 for `mlflow ui --backend-store-uri ...`) for links."
         )
     for e in entries:
-        with st.expander(f"{e['decision_id']} · {e['verdict']} · " + ("verified" if e["verified"] else "NOT VERIFIED")):
+        override = f" · override of {e['override_of']}" if e.get("override_of") else ""
+        with st.expander(
+            f"{e['decision_id']} · {e['verdict']}{override} · " + ("verified" if e["verified"] else "NOT VERIFIED")
+        ):
             if e["problem"]:
                 st.error(e["problem"])
+            if override:
+                st.warning(
+                    f"Override: the policy said {e['override_of']}, {e['signer']} signed {e['verdict']}: "
+                    f"{e['record']['override']['reason']}"
+                )
             if (e["record"].get("scorecard") or {}).get("checks"):
                 ui.checks(e["record"]["scorecard"])
             st.caption(f"key {e['key_fingerprint']} · signature {e['signature']}")

@@ -92,6 +92,12 @@ for name in names:
         else:
             weight_col.metric("Canary weight", "0%", help="no decision has been applied to this model")
             weight_col.caption("No canary yet: decide on a replay run of this model.")
+        for a in data.awaiting(name):
+            weight_col.warning(
+                f"Decision `{a['decision_id']}` ({a['verdict']} to {a['weight_after']}%) awaits approval: "
+                f"{len(a['signed_by'])} of {a['quorum']} approvers signed ({', '.join(a['signed_by'])}).",
+                icon=":material/how_to_reg:",
+            )
         if m and m["versions"]:
             rows = [
                 {

@@ -316,6 +316,36 @@ def audit(model: str) -> list[dict]:
     return _get(_audit, model, default=[])
 
 
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _awaiting(home_: str, model: str) -> Fetched:
+    from workbench.decide.approvals import awaiting
+    from workbench.decide.signing import KeyRing
+
+    if not _database(home_).exists:
+        return Fetched([], _now())
+    keys = KeyRing.from_settings(load_settings(home_)).trusted
+    return _read(home_, lambda s: awaiting(s, model, keys))
+
+
+def awaiting(model: str) -> list[dict]:
+    """The decisions of ``model`` that await approval (``canary status``'s ``awaiting_approval``)."""
+    return _get(_awaiting, model, default=[])
+
+
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+def _sign_offs(home_: str, run_id: str) -> Fetched:
+    from workbench.decide.approvals import sign_offs
+    from workbench.decide.signing import KeyRing
+
+    keys = KeyRing.from_settings(load_settings(home_)).trusted
+    return _read(home_, lambda s: [o.to_dict() for o in sign_offs(s, keys, run_id=run_id)])
+
+
+def sign_offs(run_id: str) -> list[dict]:
+    """The run's decision records, newest first, with who signed them off and whether they await approval."""
+    return _get(_sign_offs, run_id, default=[])
+
+
 # -- MLflow ------------------------------------------------------------------------------------------------------
 @st.cache_data(ttl=10, show_spinner=False)
 def _registered_models(home_: str) -> list[dict]:
@@ -348,5 +378,16 @@ def run_experiments(run_ids: list[str]) -> dict[str, str]:
 
 def refresh() -> None:
     """Forget cached lists and states after this app wrote something (a decision, a finished job)."""
-    for fn in (_runs, _evaluation, _drift, _canary, _preview, _decided_models, _audit, _registered_models):
+    for fn in (
+        _runs,
+        _evaluation,
+        _drift,
+        _canary,
+        _preview,
+        _decided_models,
+        _audit,
+        _awaiting,
+        _sign_offs,
+        _registered_models,
+    ):
         fn.clear()

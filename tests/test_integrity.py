@@ -69,7 +69,7 @@ def scrape(settings: Settings) -> dict:
 @pytest.fixture
 def home(seeded_home):
     """A home whose fraud canary (v1 -> v2) is at 1 % after one decision made by the CLI."""
-    rc, out, err = cli(seeded_home, "decide", "run_a", env=dead_mlflow())
+    rc, out, err = cli(seeded_home, "decide", "run_a", "--justification", "reviewed", env=dead_mlflow())
     assert rc == 0 and out["weight_after"] == 1, err
     return seeded_home
 
@@ -82,7 +82,7 @@ def test_a_kill_holds_through_other_runs_and_pairings_until_a_signed_resume(home
     seed(home, seed_run, "run_b0", baseline_version="0")  # the same candidate v2 against baseline v0
     seed(home, fresh_run, 1)  # the same pair on a new run with new evidence
     for run_id, path in (("run_b0", "another baseline (v0 -> v2)"), ("run_a1", "another run of v1 -> v2")):
-        rc, out, err = cli(home, "decide", run_id, env=env)
+        rc, out, err = cli(home, "decide", run_id, "--justification", "reviewed", env=env)
         assert rc == 0 and out["verdict"] == "PROMOTE" and out["weight_after"] == 0, err
         _, st, _ = cli(home, "canary", "status", "fraud")
         assert st["weight"] == 0 and st["killed"] and st["verified"] and st["candidate_version"] == "2"
@@ -98,7 +98,7 @@ def test_a_kill_holds_through_other_runs_and_pairings_until_a_signed_resume(home
     rc, v, _ = cli(home, "decision", "verify", resumed["decision_id"])
     assert rc == 0 and v["verified"] and v["applied"]
     seed(home, fresh_run, 2)
-    rc, out, _ = cli(home, "decide", "run_a2", env=env)
+    rc, out, _ = cli(home, "decide", "run_a2", "--justification", "reviewed", env=env)
     assert out["weight_after"] == 1  # released: new evidence ramps it again
     record(AREA, "resume without a reason, or of a version not killed", "refused (exit 2)")
     record(AREA, "signed resume by the signer", "a chained 'resume' record; weight 0, then new decisions ramp it")
@@ -127,7 +127,7 @@ def test_editing_the_killed_flag_is_reported_and_moves_nothing(home):
     _, st, _ = cli(home, "canary", "status", "fraud")
     assert not st["verified"] and st["weight"] == 0 and "killed differs" in st["problem"]
     seed(home, fresh_run, 1)
-    rc, out, _ = cli(home, "decide", "run_a1", env=env)
+    rc, out, _ = cli(home, "decide", "run_a1", "--justification", "reviewed", env=env)
     assert rc == 0 and out["weight_after"] == 0  # the kill is in the signed chain, not in the flag
     _, st, _ = cli(home, "canary", "status", "fraud")
     assert st["verified"] and st["weight"] == 0 and st["killed"]
@@ -188,7 +188,7 @@ def rewind(home, model="fraud") -> str:
 def test_deleting_the_head_and_rewinding_the_state_is_caught_by_the_document(home):
     env = dead_mlflow()
     seed(home, fresh_run, 1)
-    cli(home, "decide", "run_a1", env=env)  # 5 %
+    cli(home, "decide", "run_a1", "--justification", "reviewed", env=env)  # 5 %
     settings = load_settings(home)
     doc = json.loads(WeightDocuments(settings.published_dir).path("fraud").read_text())
     assert (doc["sequence"], doc["weight"]) == (2, 5) and doc["signature"]
@@ -202,7 +202,7 @@ def test_deleting_the_head_and_rewinding_the_state_is_caught_by_the_document(hom
     view = TestClient(create_app(settings)).get("/v1/canary/fraud").json()
     assert view["weight"] == 0 and not view["verified"]
     seed(home, fresh_run, 2)
-    rc, _, err = cli(home, "decide", "run_a2", env=env, check=False)
+    rc, _, err = cli(home, "decide", "run_a2", "--justification", "reviewed", env=env, check=False)
     assert rc != 0 and "cannot apply: the chain was rewound" in err
     assert chain_length(home) == 1  # no fork at sequence 2
     record(
@@ -233,7 +233,7 @@ def test_forged_and_deleted_weight_documents(home):
     _, st, _ = cli(home, "canary", "status", "fraud")
     assert st["verified"] and st["witnesses"]["published document"] == "none yet"
     seed(home, fresh_run, 1)
-    cli(home, "decide", "run_a1", env=dead_mlflow())
+    cli(home, "decide", "run_a1", "--justification", "reviewed", env=dead_mlflow())
     assert json.loads(path.read_text())["sequence"] == 2
     record(
         AREA,
@@ -249,7 +249,7 @@ def test_a_rewind_of_the_database_and_the_document_is_caught_by_mlflow(seeded_ho
     seed(home, seed_run, "run_m1", model=name)
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     for run_id in ("run_m", "run_m1"):
-        rc, out, err = cli(home, "decide", run_id, env=env)
+        rc, out, err = cli(home, "decide", run_id, "--justification", "reviewed", env=env)
         assert rc == 0 and not out["pending_sync"], err
     _, st, _ = cli(home, "canary", "status", name, env=env)
     assert st["verified"] and st["witnesses"] == {
@@ -269,7 +269,7 @@ def test_a_rewind_of_the_database_and_the_document_is_caught_by_mlflow(seeded_ho
     assert not st["verified"] and st["weight"] == 0
     assert st["problem"].startswith("the chain was rewound: the MLflow head is sequence 2")
     seed(home, seed_run, "run_m2", model=name)
-    rc, _, err = cli(home, "decide", "run_m2", env=env, check=False)
+    rc, _, err = cli(home, "decide", "run_m2", "--justification", "reviewed", env=env, check=False)
     assert rc != 0 and "rewound" in err and chain_length(home, name) == 1
     record(
         AREA,
@@ -286,14 +286,14 @@ def test_a_swapped_key_pair_verifies_nothing_and_signs_nothing_that_applies(home
     _, st, _ = cli(home, "canary", "status", "fraud")
     assert not st["verified"] and st["weight"] == 0
     seed(home, fresh_run, 1)
-    rc, _, err = cli(home, "decide", "run_a1", env=dead_mlflow(), check=False)
+    rc, _, err = cli(home, "decide", "run_a1", "--justification", "reviewed", env=dead_mlflow(), check=False)
     assert rc != 0 and "does not verify" in err
     record(AREA, "the home's key pair replaced by the attacker's", "status unverified, weight 0; new records refused")
 
 
 def test_a_replayed_record_is_refused(home, tmp_path):
     seed(home, fresh_run, 1)
-    _, out, _ = cli(home, "decide", "run_a1", "--no-apply")
+    _, out, _ = cli(home, "decide", "run_a1", "--justification", "reviewed", "--no-apply")
     saved = tmp_path / "decision.json"
     saved.write_text(json.dumps(out))
     env = dead_mlflow()
@@ -324,8 +324,8 @@ def test_two_concurrent_decides_and_a_kill_never_fork_the_chain(home):
     seed(home, fresh_run, 2)
     env = {"WORKBENCH_HOME": str(home)} | dead_mlflow()
     commands = [
-        ["decide", "run_a1", "--json"],
-        ["decide", "run_a2", "--json"],
+        ["decide", "run_a1", "--justification", "reviewed", "--json"],
+        ["decide", "run_a2", "--justification", "reviewed", "--json"],
         ["canary", "kill", "fraud", "--reason", "race", "--json"],
     ]
     procs = [

@@ -99,10 +99,14 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
     signer, trusted = keyring["signer"], keyring["trusted"]
     policy = load_policy()
     store = fresh_store()
-    d1, _ = build_decision(store, "run_a", policy, signer)
-    twin, _ = build_decision(store, "run_a", policy, signer)  # the same step, made twice
-    stale, _ = build_decision(store, "run_a", policy, signer, now=utc_now() - timedelta(hours=25))
-    future, _ = build_decision(store, "run_a", policy, signer, now=utc_now() + timedelta(hours=1))
+    d1, _ = build_decision(store, "run_a", policy, signer, justification="reviewed")
+    twin, _ = build_decision(store, "run_a", policy, signer, justification="reviewed")  # the same step, made twice
+    stale, _ = build_decision(
+        store, "run_a", policy, signer, now=utc_now() - timedelta(hours=25), justification="reviewed"
+    )
+    future, _ = build_decision(
+        store, "run_a", policy, signer, now=utc_now() + timedelta(hours=1), justification="reviewed"
+    )
     foreign = resign(d1, keyring["other_key"], key_fingerprint="ed25519:" + "f" * 64)
     forged = resign(d1, keyring["other_key"])  # claims the trusted key's fingerprint
     raw = bytearray(base64.b64decode(d1.signature))
@@ -144,7 +148,9 @@ def test_untrustworthy_records_are_refused_and_change_nothing(keyring):
     record("security", "decision record: applied twice (replayed)", "refused (already applied)")
     record("security", "decision record: a second record for a step already taken", "refused (out of chain)")
     # reordered: a chain's second record offered to a store whose chain is empty
-    d2, _ = build_decision(store, fresh_run(store, 1), policy, signer)  # new evidence: the next step
+    d2, _ = build_decision(
+        store, fresh_run(store, 1), policy, signer, justification="reviewed"
+    )  # new evidence: the next step
     apply_decision(store, d2, trusted)
     other = fresh_store()
     with pytest.raises(SignatureError, match="out of chain"):
@@ -164,7 +170,7 @@ def test_tampering_with_the_stored_chain_is_detected(keyring):
     for attack in ("edit record", "edit signature", "delete link", "delete chain", "swap state"):
         store = fresh_store()
         for _ in range(2):
-            signed, _ = build_decision(store, "run_a", load_policy(), signer)
+            signed, _ = build_decision(store, "run_a", load_policy(), signer, justification="reviewed")
             apply_decision(store, signed, trusted)
         cur = store.cursor()
         first = cur.execute(
@@ -497,7 +503,9 @@ def test_a_policy_cannot_send_decision_artifacts_outside_the_home(tmp_path):
     trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
     with Store(settings.db_path) as store:
         seed_run(store, "run_a")
-        signed, _ = build_decision(store, "run_a", policy, Signer.from_keys_dir(settings.keys_dir, "t"))
+        signed, _ = build_decision(
+            store, "run_a", policy, Signer.from_keys_dir(settings.keys_dir, "t"), justification="reviewed"
+        )
         apply_decision(store, signed, trusted)
         registry = Registry(settings.mlflow_tracking_uri, settings.artifacts_dir)
         run_id, err = sync(store, signed, registry.publish)
@@ -534,7 +542,7 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     outputs = [run_cli("keys", "export", "--json", home=home)]
     with Store(home / "lake") as store:
         seed_run(store, "run_syn", model="flight-delay")
-    outputs.append(run_cli("decide", "run_syn", "--json", home=home))
+    outputs.append(run_cli("decide", "run_syn", "--justification", "reviewed", "--json", home=home))
     decision = json.loads(outputs[-1].stdout)
     assert decision["mlflow_run_id"] and not decision["pending_sync"]
     for args in (
@@ -549,11 +557,11 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
     secrets = secret_forms(key_file)
     # error messages: a key readable by others, a corrupted key, a tampered record
     os.chmod(key_file, 0o644)
-    outputs.append(run_cli("decide", "run_syn", home=home, check=False))
+    outputs.append(run_cli("decide", "run_syn", "--justification", "reviewed", home=home, check=False))
     os.chmod(key_file, 0o600)
     good_pem = key_file.read_bytes()
     key_file.write_bytes(good_pem[:-40] + b"garbage\n-----END PRIVATE KEY-----\n")
-    outputs.append(run_cli("decide", "run_syn", home=home, check=False))
+    outputs.append(run_cli("decide", "run_syn", "--justification", "reviewed", home=home, check=False))
     key_file.write_bytes(good_pem)
     tampered = tmp_path / "tampered.json"
     tampered.write_text(

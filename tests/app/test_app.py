@@ -180,6 +180,7 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     assert checks["Gate"].tolist() == ["evidence.labeled_rows", "errors.rate", "evidence.new_rows"]
     assert checks["Outcome"].str.startswith("✓ pass").all()
     assert at.success[0].value == "**Every one of the 3 checks passed.**"
+    at.text_area(key="wb_justification").input("errors flat over the sample")
     at.checkbox(key="wb_confirm").check()
     next(b for b in at.button if b.label == "Sign and apply").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -198,6 +199,86 @@ def test_decide_is_read_only_until_an_approver_signs_in_then_weight_moves(home):
     audit = at.dataframe[0].value
     assert audit["status"].tolist() == ["verified"] * n and audit["signer"].tolist()[0] == "alice"
     assert audit["MLflow run id"].iloc[0]
+
+
+def sign_button(at: AppTest, label: str = "Sign and apply"):
+    return next(b for b in at.button if b.label == label)
+
+
+def signed_table(at: AppTest) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "justification" in d.value.columns)
+
+
+def test_decide_form_refuses_a_blank_justification_then_shows_what_was_signed(home):
+    at = sign_in(open_page("decide"), "alice", PASSWORD)
+    at.selectbox(key="wb_policy").set_value(str(home / "policies" / "lenient.toml")).run()
+    at.checkbox(key="wb_confirm").check()
+    sign_button(at).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "a justification is required" in at.error[0].value and "Signed decision" not in texts(at)
+    at.text_area(key="wb_justification").input("error rate flat; lenient policy for the demo")
+    at.checkbox(key="wb_confirm").check()
+    sign_button(at).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("PROMOTE, weight 0% → 1%" in x.value for x in at.success)
+    # signed: the page shows what alice signed, not the form again
+    assert "Sign and apply" not in [b.label for b in at.button] and not at.text_area
+    assert "You (alice) have signed this record" in texts(at)
+    signed = signed_table(at)
+    assert signed["who"].tolist() == ["alice"] and signed["as"].tolist() == ["signer"]
+    assert signed["justification"].tolist() == ["error rate flat; lenient policy for the demo"]
+    assert signed["when"].iloc[0].endswith("Z") and "**PROMOTE**" in texts(at)
+
+
+def test_decide_with_a_quorum_of_two_waits_for_a_second_approver(home):
+    (home / "policies" / "two.toml").write_text(LENIENT.replace('"lenient"', '"two"') + "[approvals]\nquorum = 2\n")
+    add_approver(approvers_path(home), "carol", password=PASSWORD)
+    at = sign_in(open_page("decide"), "alice", PASSWORD)
+    at.selectbox(key="wb_policy").set_value(str(home / "policies" / "two.toml")).run()
+    at.text_area(key="wb_justification").input("looks fine")
+    at.checkbox(key="wb_confirm").check()
+    sign_button(at).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "; awaiting approval." in texts(at) and "awaits approval" in texts(at)
+    assert "1 of 2 approvers signed" in texts(at) and "Approve" not in [b.label for b in at.button]
+    at.switch_page("pages/candidates.py").run()
+    assert at.metric[0].value == "0%" and "awaits approval: 1 of 2 approvers signed (alice)" in texts(at)
+
+    at = sign_in(open_page("decide"), "carol", PASSWORD)
+    assert "Sign and apply" not in [b.label for b in at.button]  # the open record takes approvals, not a new one
+    sign_button(at, "Approve").click().run()
+    assert "a justification is required" in at.error[0].value
+    at.text_area(key="wb_approve_justification").input("checked the segments too")
+    sign_button(at, "Approve").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "You (carol) have signed this record" in texts(at) and "2 of 2 approvers signed" in texts(at)
+    signed = signed_table(at)
+    assert signed["who"].tolist() == ["alice", "carol"] and signed["as"].tolist() == ["signer", "approver"]
+    at.switch_page("pages/candidates.py").run()
+    assert at.metric[0].value == "1%" and "awaits approval" not in texts(at)
+
+
+def test_decide_override_needs_a_reason_and_the_audit_shows_it(home):
+    at = sign_in(open_page("decide"), "alice", PASSWORD)
+    assert at.metric[0].value == "HOLD"  # the shipped policy holds the demo run
+    at.text_area(key="wb_justification").input("the business wants the ramp started")
+    at.selectbox(key="wb_override").set_value("PROMOTE")
+    at.checkbox(key="wb_confirm").check()
+    sign_button(at).click().run()
+    assert "a reason for the override is required" in at.error[0].value
+    at.text_area(key="wb_justification").input("the business wants the ramp started")
+    at.selectbox(key="wb_override").set_value("PROMOTE")
+    at.text_input(key="wb_override_reason").input("the held gates are the recent window, known seasonal")
+    at.checkbox(key="wb_confirm").check()
+    sign_button(at).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "PROMOTE, weight 0% → 1%" in texts(at) and "(override of HOLD)" in texts(at)
+    at.switch_page("pages/audit.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    audit = at.dataframe[0].value
+    assert audit["verdict"].iloc[0] == "PROMOTE (override of HOLD)" and audit["status"].iloc[0] == "verified"
+    assert audit["justification"].iloc[0] == "the business wants the ramp started"
+    assert "Override: the policy said HOLD, alice signed PROMOTE" in texts(at)
 
 
 def test_decide_states_the_blocking_gate_then_lists_failing_and_open_checks_first(home):

@@ -148,11 +148,13 @@ def test_review_and_sign_in_the_browser(served):
             sidebar.get_by_role("textbox", name="Password").fill(PASSWORD)
             sidebar.get_by_role("button", name="Sign in").click()
             expect(sidebar.get_by_text("approver (password)")).to_be_visible()
+            page.get_by_label("Justification (required, signed into the record)").fill("error rate flat")
             page.get_by_text("I have reviewed the evidence").click()
             shot("4-decide-before-signing")
             page.get_by_role("button", name="Sign and apply").click()
             expect(page.get_by_text("Signed decision")).to_be_visible()
-            expect(page.get_by_text("weight 0% → 1%")).to_be_visible()
+            expect(page.get_by_text("weight 0% → 1%").first).to_be_visible()
+            expect(page.get_by_text("You (alice) have signed this record")).to_be_visible()  # not the form again
             shot("5-decide-signed")
 
             # the weight moved, and the chain verifies
@@ -170,4 +172,5 @@ def test_review_and_sign_in_the_browser(served):
     with Store(home / "lake", read_only=True) as store:
         decision = store.list_decisions("flight-delay")[0]  # newest first; the demo made the first
         assert decision["verdict"] == "PROMOTE" and decision["weight_after"] == 1
-        assert json.loads(store.get_decision(decision["decision_id"])["record"])["signer"] == "alice"
+        record = json.loads(store.get_decision(decision["decision_id"])["record"])
+        assert (record["signer"], record["justification"]) == ("alice", "error rate flat")

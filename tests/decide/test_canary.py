@@ -38,7 +38,7 @@ def ctx(tmp_path):
 
 
 def decide(store, signer, trusted, run_id="run_a", policy=None):
-    signed, card = build_decision(store, run_id, policy or load_policy(), signer, now=T0)
+    signed, card = build_decision(store, run_id, policy or load_policy(), signer, now=T0, justification="reviewed")
     return signed, apply_decision(store, signed, trusted, now=T0)
 
 
@@ -105,7 +105,7 @@ def test_same_version_on_both_sides_is_refused(ctx):
     store, signer, _ = ctx
     seed_run(store, "run_same", baseline_version="2", candidate_version="2")
     with pytest.raises(WorkbenchError, match="the same version"):
-        build_decision(store, "run_same", load_policy(), signer, now=T0)
+        build_decision(store, "run_same", load_policy(), signer, now=T0, justification="reviewed")
 
 
 def test_hold_keeps_and_rollback_zeroes(ctx):
@@ -144,7 +144,7 @@ def test_another_pair_cannot_start_while_a_canary_ramps(ctx):
     decide(store, signer, trusted)
     seed_run(store, "run_v3", candidate_version="3")
     with pytest.raises(WorkbenchError, match="canary in progress: candidate v2 at 1%"):
-        build_decision(store, "run_v3", load_policy(), signer, now=T0)
+        build_decision(store, "run_v3", load_policy(), signer, now=T0, justification="reviewed")
     fast = parse_policy({"ramp": [100]})
     decide(store, signer, trusted, fresh_run(store, 1), policy=fast)  # v2 reaches 100 %
     signed, st = decide(store, signer, trusted, "run_v3")  # now v3 may start
@@ -160,7 +160,7 @@ def test_nothing_applies_on_a_chain_that_does_not_verify(ctx, tmp_path):
     intruder = Signer.from_keys_dir(tmp_path / "intruder", "mallory")
     swapped = trusted_keys(tmp_path / "intruder", tmp_path / "none")  # the old key is no longer trusted
     assert not status(store, "fraud", swapped).verified
-    signed, _ = build_decision(store, fresh_run(store, 1), load_policy(), intruder, now=T0)
+    signed, _ = build_decision(store, fresh_run(store, 1), load_policy(), intruder, now=T0, justification="reviewed")
     with pytest.raises(SignatureError, match="cannot apply: the chain of fraud does not verify"):
         apply_decision(store, signed, swapped, now=T0)
     assert status(store, "fraud", trusted).weight == 1 and status(store, "fraud", trusted).verified
@@ -193,7 +193,7 @@ def test_a_kill_holds_the_candidate_version_through_any_run_and_baseline(ctx):
         assert signed.record["weight_after"] == 0 and st.weight == 0 and st.killed and st.verified, run_id
         assert "kill switch holds candidate v2" in signed.record["reason"]
     # a record signed by hand claiming 1 % for the killed version is refused
-    forged, _ = build_decision(store, fresh_run(store, 2), load_policy(), signer, now=T0)
+    forged, _ = build_decision(store, fresh_run(store, 2), load_policy(), signer, now=T0, justification="reviewed")
     record = forged.record | {"weight_after": 1, "decision_id": "dec_forged"}
     with pytest.raises(SignatureError, match="must give 0%"):
         apply_decision(store, signer.sign(record), trusted, now=T0)
@@ -223,7 +223,7 @@ def test_untrusted_signer_cannot_move_the_weight(ctx, tmp_path):
     store, signer, trusted = ctx
     init_keys(tmp_path / "mallory")
     mallory = Signer.from_keys_dir(tmp_path / "mallory", "mallory")
-    signed, _ = build_decision(store, "run_a", load_policy(), mallory, now=T0)
+    signed, _ = build_decision(store, "run_a", load_policy(), mallory, now=T0, justification="reviewed")
     with pytest.raises(SignatureError, match="not trusted"):
         apply_decision(store, signed, trusted, now=T0)
     assert status(store, "fraud", trusted).weight == 0 and store.canary_state("fraud") is None
@@ -239,7 +239,7 @@ def test_editing_the_state_table_is_detected(ctx):
 
 def test_verify_reports_unapplied_and_superseded_records(ctx):
     store, signer, trusted = ctx
-    pending, _ = build_decision(store, "run_a", load_policy(), signer, now=T0)
+    pending, _ = build_decision(store, "run_a", load_policy(), signer, now=T0, justification="reviewed")
     v = verify_decision(store, pending, trusted)
     assert not v.applied and "extends the head" in v.note
     decide(store, signer, trusted)
@@ -267,7 +267,7 @@ def test_status_of_an_unknown_model(ctx):
 # -- the CLI ------------------------------------------------------------------------------------------
 def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
     env = {"MLFLOW_TRACKING_URI": DEAD.format(free_port())}
-    proc = run_cli("decide", "run_a", "--json", home=seeded_home, env=env)
+    proc = run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=seeded_home, env=env)
     assert len(proc.stdout.strip().splitlines()) == 1
     out = json.loads(proc.stdout)
     assert set(out) >= {"verdict", "weight_before", "weight_after", "checks", "record", "signature", "decision_id"}
@@ -289,6 +289,7 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
         "killed": False,
         "sequence": 1,
         "witnesses": {"published document": "sequence 1 (the head)"},
+        "awaiting_approval": [],
     }
 
     saved = tmp_path / "decision.json"
@@ -309,7 +310,9 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
 
 def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
     env = {"MLFLOW_TRACKING_URI": DEAD.format(free_port())}
-    out = json.loads(run_cli("decide", "run_a", "--no-apply", "--json", home=seeded_home).stdout)
+    out = json.loads(
+        run_cli("decide", "run_a", "--justification", "reviewed", "--no-apply", "--json", home=seeded_home).stdout
+    )
     assert not out["applied"] and "pending_sync" not in out
     assert json.loads(run_cli("canary", "status", "fraud", "--json", home=seeded_home).stdout)["weight"] == 0
     applied = json.loads(run_cli("canary", "apply", out["decision_id"], "--json", home=seeded_home, env=env).stdout)
@@ -329,17 +332,29 @@ def test_cli_decide_needs_a_key(tmp_path):
     home = tmp_path / "home"
     with Store(home / "lake") as store:
         seed_run(store, "run_a")
-    proc = run_cli("decide", "run_a", "--json", home=home, check=False)
+    proc = run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=home, check=False)
     assert proc.returncode == 2 and "workbench keys init" in proc.stderr and proc.stdout == ""
 
 
 def test_cli_decide_with_a_policy_file(seeded_home, tmp_path):
     pol = tmp_path / "strict.yaml"
     pol.write_text("min_labeled_rows: 100000\n")
-    out = json.loads(run_cli("decide", "run_a", "--policy", str(pol), "--no-apply", "--json", home=seeded_home).stdout)
+    out = json.loads(
+        run_cli(
+            "decide",
+            "run_a",
+            "--justification",
+            "reviewed",
+            "--policy",
+            str(pol),
+            "--no-apply",
+            "--json",
+            home=seeded_home,
+        ).stdout
+    )
     assert out["verdict"] == Verdict.HOLD and "evidence.labeled_rows" in out["record"]["reason"]
     pol.write_text("min_labeled_rows: 100000\nmax_age_hour: 3\n")
-    bad = run_cli("decide", "run_a", "--policy", str(pol), home=seeded_home, check=False)
+    bad = run_cli("decide", "run_a", "--justification", "reviewed", "--policy", str(pol), home=seeded_home, check=False)
     assert bad.returncode == 2 and "max_age_hour: unknown key" in bad.stderr
 
 
@@ -357,7 +372,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     demo = json.loads((home / "demo.json").read_text())
     run_id = demo["replay"]["run_id"]
     assert demo["walk"][0]["weight_before"] == 0 and [s["month"] for s in demo["walk"]][-1] == "12"
-    proc = run_cli("decide", run_id, "--json", home=home)
+    proc = run_cli("decide", run_id, "--justification", "reviewed", "--json", home=home)
     out = json.loads(proc.stdout)
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
     cited = out["record"]["evidence"]

@@ -55,6 +55,7 @@ def test_readme_documents_every_policy_field():
         pm.ErrorGate,
         pm.WhereMoved,
         pm.RegistryOptions,
+        pm.Approvals,
     ):
         for field in model.model_fields:
             assert f"`{field}`" in section, f"{model.__name__}.{field} is not documented in the README"
@@ -469,7 +470,12 @@ def test_live_section_is_optional_and_keeps_old_hashes():
 
     plain = parse_policy({})
     assert plain.live is None and plain.live_options.window_s == 30 and "live" not in plain.to_dict()
-    optional = ("live", "resources", "prices")  # optional sections: a policy without them keeps its old hash
+    optional = (
+        "live",
+        "resources",
+        "prices",
+        "approvals",
+    )  # optional sections: a policy without them keeps its old hash
     assert plain.hash == content_hash({k: v for k, v in plain.model_dump(mode="json").items() if k not in optional})
     with_live = parse_policy({"live": {"window_s": 10}})
     assert with_live.hash != plain.hash and with_live.live_options.window_s == 10

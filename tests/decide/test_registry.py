@@ -42,7 +42,7 @@ def decide_and_publish(env, run_id, policy=None, quality="better"):
     store = env["store"]
     if store.get_run(run_id) is None:
         seed_run(store, run_id, quality=quality, model=env["name"])
-    signed, _ = build_decision(store, run_id, policy or load_policy(), env["signer"])
+    signed, _ = build_decision(store, run_id, policy or load_policy(), env["signer"], justification="reviewed")
     apply_decision(store, signed, env["trusted"])
     run_id_ml, err = sync(store, signed, lambda s: env["registry"].publish(s, None, None))
     assert err is None, err
@@ -120,7 +120,7 @@ def test_unreachable_mlflow_keeps_the_signed_decision_pending(tmp_path):
     signer = Signer.from_keys_dir(tmp_path / "keys", "tester")
     with Store() as store:
         seed_run(store, "run_a")
-        signed, _ = build_decision(store, "run_a", load_policy(), signer)
+        signed, _ = build_decision(store, "run_a", load_policy(), signer, justification="reviewed")
         apply_decision(store, signed, trusted_keys(tmp_path / "keys", tmp_path / "none"))
         registry = Registry(f"http://127.0.0.1:{free_port()}")
         t = time.perf_counter()

@@ -182,7 +182,7 @@ def test_the_key_ring_reads_the_private_key_only_to_sign(tmp_path):
 # -- refusals when a record would move the weight -----------------------------------------------------
 def test_stale_record_is_refused_and_the_weight_stays(ctx):
     store, signer, trusted = ctx
-    signed, _ = build_decision(store, "run_a", load_policy(), signer, now=T0)
+    signed, _ = build_decision(store, "run_a", load_policy(), signer, now=T0, justification="reviewed")
     with pytest.raises(SignatureError, match="stale"):
         apply_decision(store, signed, trusted, now=T0 + timedelta(hours=24, seconds=1))
     assert status(store, "fraud", trusted).weight == 0 and store.chain_head("fraud") is None
@@ -191,7 +191,9 @@ def test_stale_record_is_refused_and_the_weight_stays(ctx):
 
 def test_future_dated_record_is_refused(ctx):
     store, signer, trusted = ctx
-    signed, _ = build_decision(store, "run_a", load_policy(), signer, now=T0 + timedelta(hours=1))
+    signed, _ = build_decision(
+        store, "run_a", load_policy(), signer, now=T0 + timedelta(hours=1), justification="reviewed"
+    )
     with pytest.raises(SignatureError, match="future"):
         apply_decision(store, signed, trusted, now=T0)
 
@@ -199,11 +201,11 @@ def test_future_dated_record_is_refused(ctx):
 def test_records_applied_out_of_order_are_refused(ctx):
     store, signer, trusted = ctx
     policy = load_policy()
-    d1, _ = build_decision(store, "run_a", policy, signer, now=T0)
+    d1, _ = build_decision(store, "run_a", policy, signer, now=T0, justification="reviewed")
     apply_decision(store, d1, trusted, now=T0)
     newer = fresh_run(store, 1)  # new evidence: both later records PROMOTE
-    d2, _ = build_decision(store, newer, policy, signer, now=T0)
-    d3, _ = build_decision(store, newer, policy, signer, now=T0)  # also claims sequence 2
+    d2, _ = build_decision(store, newer, policy, signer, now=T0, justification="reviewed")
+    d3, _ = build_decision(store, newer, policy, signer, now=T0, justification="reviewed")  # also claims sequence 2
     assert d2.record["previous_hash"] == d3.record["previous_hash"] == record_hash(d1.record)
     apply_decision(store, d3, trusted, now=T0)
     with pytest.raises(SignatureError, match="out of chain"):
@@ -216,7 +218,7 @@ def test_records_applied_out_of_order_are_refused(ctx):
 def test_reordering_the_stored_chain_breaks_verification(ctx):
     store, signer, trusted = ctx
     for _ in range(2):
-        d, _ = build_decision(store, "run_a", load_policy(), signer, now=T0)
+        d, _ = build_decision(store, "run_a", load_policy(), signer, now=T0, justification="reviewed")
         apply_decision(store, d, trusted, now=T0)
     assert verify_chain(store, "fraud", trusted) == 2 and status(store, "fraud", trusted).verified
     store.cursor().execute("UPDATE canary_chain SET sequence = 3 - sequence WHERE model = 'fraud'")
@@ -228,7 +230,7 @@ def test_reordering_the_stored_chain_breaks_verification(ctx):
 
 def test_a_signed_record_must_still_follow_the_ramp(ctx):
     store, signer, trusted = ctx
-    signed, _ = build_decision(store, "run_a", load_policy(), signer, now=T0)
+    signed, _ = build_decision(store, "run_a", load_policy(), signer, now=T0, justification="reviewed")
     forged = signer.sign(signed.record | {"weight_after": 100, "decision_id": "dec_forged"})
     with pytest.raises(SignatureError, match="must give 1%"):
         apply_decision(store, forged, trusted, now=T0)
@@ -237,7 +239,9 @@ def test_a_signed_record_must_still_follow_the_ramp(ctx):
 
 # -- the real openssl --------------------------------------------------------------------------------
 def test_openssl_verifies_the_cli_signature(seeded_home, tmp_path):
-    out = json.loads(run_cli("decide", "run_a", "--no-apply", "--json", home=seeded_home).stdout)
+    out = json.loads(
+        run_cli("decide", "run_a", "--justification", "reviewed", "--no-apply", "--json", home=seeded_home).stdout
+    )
     (tmp_path / "pub.pem").write_text(run_cli("keys", "export", home=seeded_home).stdout)
     (tmp_path / "record.bin").write_bytes(
         json.dumps(out["record"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -99,7 +99,7 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
     client, name, home, url = setup["client"], setup["name"], setup["home"], setup["url"]
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
     t0 = time.monotonic()
-    first = json.loads(run_cli("decide", "run_a", "--json", home=home, env=down).stdout)
+    first = json.loads(run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=home, env=down).stdout)
     assert first["applied"] and first["pending_sync"] and "unreachable" in first["sync_error"]
     assert (first["weight_before"], first["weight_after"]) == (0, 1)
     down_s = time.monotonic() - t0
@@ -111,7 +111,13 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
         t0 = time.monotonic()
         second = json.loads(
             run_cli(
-                "decide", newer, "--json", home=home, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"}
+                "decide",
+                newer,
+                "--justification",
+                "reviewed",
+                "--json",
+                home=home,
+                env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}"},
             ).stdout
         )
         slow_s = time.monotonic() - t0
@@ -133,7 +139,9 @@ def test_decisions_made_while_mlflow_is_down_or_slow_are_pushed_later_exactly_on
     with Store(home / "lake", read_only=True) as store:
         assert store.pending_sync_records() == []
         assert [store.get_decision(d)["mlflow_run_id"] for d in ids] == [runs[d][0].info.run_id for d in ids]
-    third = run_cli("decide", "run_a", "--json", home=home, env={"MLFLOW_TRACKING_URI": url})
+    third = run_cli(
+        "decide", "run_a", "--justification", "reviewed", "--json", home=home, env={"MLFLOW_TRACKING_URI": url}
+    )
     assert third.stdout.count("\n") == 1 and "View run" in third.stderr  # MLflow's run links go to stderr
     assert json.loads(third.stdout)["pending_sync"] is False
     record(
@@ -167,7 +175,7 @@ def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
         signed = []
         for step in range(2):  # each step on new evidence
             run_id = "run_a" if step == 0 else fresh_run(store, step, model=setup["name"])
-            s, _ = build_decision(store, run_id, load_policy(), signer)
+            s, _ = build_decision(store, run_id, load_policy(), signer, justification="reviewed")
             apply_decision(store, s, trusted)  # applied; MLflow not told yet: pending_sync
             signed.append(s)
         # 1: published, then the process died before it marked the decision synced
@@ -195,7 +203,7 @@ def test_sync_after_an_interrupted_publish_logs_nothing_twice(setup):
 def test_sync_never_pushes_a_tampered_record(setup):
     client, home, url = setup["client"], setup["home"], setup["url"]
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
-    out = json.loads(run_cli("decide", "run_a", "--json", home=home, env=down).stdout)
+    out = json.loads(run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=home, env=down).stdout)
     with Store(home / "lake") as store:
         record_text = store.get_decision(out["decision_id"])["record"]
         store.cursor().execute(

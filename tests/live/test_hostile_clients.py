@@ -49,7 +49,9 @@ def service(tmp_path_factory):
     init_keys(home / "keys")
     with Store(home / "lake") as store:
         seed_run(store, "run_a", make_evaluation("run_a"))
-        signed, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(home / "keys", "tester"))
+        signed, _ = build_decision(
+            store, "run_a", load_policy(), Signer.from_keys_dir(home / "keys", "tester"), justification="reviewed"
+        )
         apply_decision(store, signed, trusted_keys(home / "keys", home / "none"))
     port = free_port()
     env = os.environ | {

@@ -50,7 +50,9 @@ def canary_home(home: Path, steps: int) -> str:
     with Store(home / "lake") as store:
         seed_run(store, "run_a")
         for step in range(steps):  # each step on new evidence
-            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
+            signed, _ = build_decision(
+                store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"
+            )
             apply_decision(store, signed, trusted_keys(home / "keys", home / "keys" / "trusted"))
     return signed.decision_id
 

@@ -110,7 +110,9 @@ def test_render_from_the_store_and_the_cli(seeded_home):
     trusted = trusted_keys(seeded_home / "keys", seeded_home / "none")
     with Store(seeded_home / "lake") as store:
         for step in range(2):  # each step on new evidence
-            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
+            signed, _ = build_decision(
+                store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"
+            )
             apply_decision(store, signed, trusted)
         v = live_view(store, "fraud", trusted)
         assert (v["weight"], v["verdict"], v["ramp"], v["signature"]) == (5, "promote", RAMP, signed.signature)

@@ -442,7 +442,9 @@ def test_store_weights_records_a_signed_rollback_with_mlflow_down(tmp_path):
     with Store(settings.db_path) as store:
         seed_run(store, "run_a")
         for step in range(3):  # each step on new evidence
-            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
+            signed, _ = build_decision(
+                store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"
+            )
             apply_decision(store, signed, trusted)
     weights = StoreWeights(settings, "fraud", POLICY, keys=KeyRing(trusted, signer))
     st = weights.read()
@@ -479,7 +481,7 @@ def test_a_live_rollback_tags_the_mlflow_version(mlflow_server, tmp_path):
     keys = KeyRing.from_settings(settings)  # the router's ring: its signer signs the rollback
     with Store(settings.db_path) as store:
         seed_run(store, "run_a", model=name)
-        signed, _ = build_decision(store, "run_a", load_policy(), keys.signer)
+        signed, _ = build_decision(store, "run_a", load_policy(), keys.signer, justification="reviewed")
         apply_decision(store, signed, keys.trusted)
     stats = {
         "baseline": ArmStats("baseline", 40, 0, 0.0, 0.0, 0.09, 2.0, 4.0),
@@ -561,7 +563,9 @@ def test_end_to_end_rollback_on_loopback(seeded_home, tmp_path):
         signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
         trusted = trusted_keys(seeded_home / "keys", seeded_home / "keys" / "trusted")
         for step in range(3):  # each step on new evidence
-            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
+            signed, _ = build_decision(
+                store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"
+            )
             apply_decision(store, signed, trusted)
     env = os.environ | {
         "WORKBENCH_HOME": str(seeded_home),

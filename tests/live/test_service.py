@@ -206,7 +206,9 @@ def weights_api(seeded_home):
     signer = Signer.from_keys_dir(seeded_home / "keys", "tester")
     with Store(seeded_home / "lake") as store:
         for step in range(2):  # each step on new evidence
-            signed, _ = build_decision(store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer)
+            signed, _ = build_decision(
+                store, "run_a" if step == 0 else fresh_run(store, step), load_policy(), signer, justification="reviewed"
+            )
             apply_decision(store, signed, trusted_keys(seeded_home / "keys", seeded_home / "none"))
     settings = Settings(home=seeded_home, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}", api_token=TOKEN)
     return TestClient(create_app(settings)), settings, signed
@@ -296,7 +298,11 @@ def test_apply_a_signed_record_over_the_api(weights_api):
     auth = {"Authorization": "Bearer " + TOKEN}
     with Store(settings.db_path) as store:
         pending, _ = build_decision(
-            store, fresh_run(store, 5), load_policy(), Signer.from_keys_dir(settings.keys_dir, "ci")
+            store,
+            fresh_run(store, 5),
+            load_policy(),
+            Signer.from_keys_dir(settings.keys_dir, "ci"),
+            justification="reviewed",
         )
     body = pending.to_dict()
     assert client.post("/v1/decisions", json=body).status_code == 401
@@ -324,7 +330,11 @@ def test_the_service_reads_its_key_ring_at_start(weights_api, tmp_path):
     other = init_keys(tmp_path / "ci-keys")
     with Store(settings.db_path) as store:
         pending, _ = build_decision(
-            store, fresh_run(store, 5), load_policy(), Signer.from_keys_dir(tmp_path / "ci-keys", "ci")
+            store,
+            fresh_run(store, 5),
+            load_policy(),
+            Signer.from_keys_dir(tmp_path / "ci-keys", "ci"),
+            justification="reviewed",
         )
     settings.trusted_keys_dir.mkdir(exist_ok=True)
     shutil.copy(other.public_key_path, settings.trusted_keys_dir / "ci.pem")

@@ -77,7 +77,9 @@ def test_metrics_expose_the_named_series(seeded_home):
     from workbench.decide.signing import trusted_keys
 
     with Store(seeded_home / "lake") as store:
-        signed, _ = build_decision(store, "run_a", load_policy(), Signer.from_keys_dir(seeded_home / "keys", "t"))
+        signed, _ = build_decision(
+            store, "run_a", load_policy(), Signer.from_keys_dir(seeded_home / "keys", "t"), justification="reviewed"
+        )
         apply_decision(store, signed, trusted_keys(seeded_home / "keys", seeded_home / "keys" / "trusted"))
         for job_id, status in (("job_a", "finished"), ("job_b", "failed")):
             store.job_begin(

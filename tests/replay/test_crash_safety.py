@@ -293,7 +293,7 @@ def test_an_interrupted_run_is_evaluated_only_when_asked_and_marked_partial(tmp_
     cov = partial["coverage"]
     assert cov["complete"] is False and cov["rows_done"] == done and cov["rows_total"] == total
     assert "PARTIAL: run cut_run was running" in complete(["evaluate", "cut_run", "--partial"], home).stdout
-    refused_decide = shoot(["decide", "cut_run", "--json"], home, 600)
+    refused_decide = shoot(["decide", "cut_run", "--justification", "reviewed", "--json"], home, 600)
     assert refused_decide.returncode == 2 and "not finished" in refused_decide.stderr
 
     resume = [a if a != "4" else "1024" for a in replay]  # the rest in large batches: the kill is what matters
@@ -303,7 +303,9 @@ def test_an_interrupted_run_is_evaluated_only_when_asked_and_marked_partial(tmp_
     assert stale == f"it covers {done:,} of {total:,} rows of a run that was running (a partial evaluation)"
     full = json.loads(complete(["evaluate", "cut_run", "--json"], home).stdout)
     assert full["coverage"]["complete"] and full["coverage"]["rows_done"] == total
-    decided = json.loads(complete(["decide", "cut_run", "--no-apply", "--json"], home).stdout)
+    decided = json.loads(
+        complete(["decide", "cut_run", "--justification", "reviewed", "--no-apply", "--json"], home).stdout
+    )
     cited = decided["record"]["evidence"]
     assert (
         cited["rows"] == total and cited["labelled_rows"] == full["labeled_rows"] and len(cited["labels_digest"]) == 64
@@ -418,7 +420,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
         with Store(home / "lake") as store:
             seed_run(store, "run_syn", model=MODEL)  # synthetic evidence for the demo's pair
         homes[name] = home
-    ref = complete(["decide", "run_syn", "--json"], homes["ref"])
+    ref = complete(["decide", "run_syn", "--justification", "reviewed", "--json"], homes["ref"])
     want = json.loads(ref.stdout)
     ramp = [0, *want["record"]["ramp"]]
     base = ramp.index(want["weight_before"])  # the weight the demo's own decision left
@@ -435,7 +437,11 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
             with Store(home / "lake") as store:
                 seed_run(store, current, model=MODEL)
             continue
-        command = ["sync", "--json"] if len(st["applied"]) > cycle else ["decide", current, "--json"]
+        command = (
+            ["sync", "--json"]
+            if len(st["applied"]) > cycle
+            else ["decide", current, "--justification", "reviewed", "--json"]
+        )
         shot = shoot(command, home, rng.uniform(0.1, 1.0) * ref.seconds)
         assert shot.killed or shot.returncode == 0, shot.stderr[-2000:]
         st = decision_state(home, "run_syn")
@@ -461,7 +467,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
             )
     st = decision_state(home, "run_syn")
     if len(st["applied"]) == cycle:
-        complete(["decide", current, "--json"], home)
+        complete(["decide", current, "--justification", "reviewed", "--json"], home)
     complete(["sync", "--json"], home)
     st = decision_state(home, "run_syn")
     steps = len(st["applied"])

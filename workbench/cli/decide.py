@@ -29,21 +29,64 @@ def _scorecard_text(d: dict) -> str:
         f"verdict {d['verdict']} ({d['reason']}); weight {d['weight_before']}% -> {d['weight_after']}%"
         + ("" if d.get("applied", True) else " (not applied)")
     )
-    lines.append(f"decision {d['decision_id']} signed by {d['record']['signer']}")
+    if d.get("override"):
+        lines.append(f"override: the policy said {d['override']['verdict']}; {d['override']['reason']}")
+    lines.append(f"decision {d['decision_id']} signed by {d['record']['signer']}: {d['record'].get('justification')}")
+    if d.get("awaiting_approval"):
+        lines.append(
+            f"awaiting approval: {len(d['signed_by'])} of {d['quorum']} distinct approvers signed; another approver "
+            f"runs `workbench decision approve {d['decision_id']} --justification TEXT`"
+        )
     if d.get("pending_sync"):
         lines.append(f"not yet in MLflow ({d['sync_error']}); stored locally with pending_sync")
     return "\n".join(lines)
+
+
+def _unreviewed(settings, run_id: str) -> str:
+    """The justification of a decision signed without one (``decide`` without ``--justification``, kept
+    working for scripts): the record says so, in the signed text."""
+    return f"unreviewed: {settings.signer} signed the policy's verdict on run {run_id} without a justification"
 
 
 def cmd_decide(args) -> None:
     from workbench.decide.decisions import decide
     from workbench.decide.signing import KeyRing
 
+    if (args.override is None) != (args.reason is None):
+        raise WorkbenchError("--override VERDICT and --reason TEXT go together: say why the verdict is overridden")
     settings = settings_for(args)
     keys = KeyRing.from_settings(settings, sign=True)
     with open_store(settings) as store:
-        out = decide(settings, store, keys, args.run_id, args.policy, apply=args.apply)
+        out = decide(
+            settings,
+            store,
+            keys,
+            args.run_id,
+            args.policy,
+            apply=args.apply,
+            justification=args.justification or _unreviewed(settings, args.run_id),
+            override=args.override,
+            override_reason=args.reason,
+        )
     emit(args, out, _scorecard_text)
+
+
+def _approval_text(d: dict) -> str:
+    line = f"{d['approver']} approved decision {d['decision_id']}: {len(d['signed_by'])} of {d['quorum']} signed"
+    if d["applied"]:
+        return line + f"; applied: weight {d['weight']}%"
+    return line + " (awaiting more approvals)" if d["awaiting_approval"] else line
+
+
+def cmd_decision_approve(args) -> None:
+    from workbench.decide.decisions import approve
+    from workbench.decide.signing import KeyRing
+
+    settings = settings_for(args)
+    keys = KeyRing.from_settings(settings, sign=True)
+    with open_store(settings) as store:
+        out = approve(settings, store, keys, args.decision_id, args.justification, keys.signer)
+    emit(args, out, _approval_text)
 
 
 def cmd_keys_init(args) -> None:
@@ -83,8 +126,11 @@ def cmd_decision_verify(args) -> None:
         args,
         res.to_dict(),
         lambda d: (
-            f"decision {d['decision_id']} ({d['model']}, {d['verdict']}): signature valid "
-            f"({d['key_fingerprint']}, {d['signer']}), chain valid; {d['note']}"
+            f"decision {d['decision_id']} ({d['model']}, {d['verdict']}"
+            + (f", override of {d['override']['verdict']}" if d.get("override") else "")
+            + f"): signature valid ({d['key_fingerprint']}, {d['signer']}), chain valid; "
+            + (f"signed off by {', '.join(d['signed_by'])} ({len(d['approvals'])} approvals verified); ")
+            + d["note"]
         ),
     )
 
@@ -94,10 +140,16 @@ def _status_text(d: dict) -> str:
         f"{d['model']}: candidate v{d['candidate_version']} at {d['weight']}% against baseline "
         f"v{d['baseline_version']} (decision {d['decision_id']}, "
         + ("verified)" if d["verified"] else f"NOT verified: {d.get('problem')})")
+        + "".join(
+            f"\ndecision {a['decision_id']} ({a['verdict']} to {a['weight_after']}%) awaits approval: "
+            f"{len(a['signed_by'])} of {a['quorum']} signed ({', '.join(a['signed_by'])})"
+            for a in d.get("awaiting_approval", [])
+        )
     )
 
 
 def cmd_canary_status(args) -> None:
+    from workbench.decide.approvals import awaiting
     from workbench.decide.chain import status
     from workbench.decide.decisions import witnesses
     from workbench.decide.signing import KeyRing
@@ -105,7 +157,9 @@ def cmd_canary_status(args) -> None:
     settings = settings_for(args)
     keys = KeyRing.from_settings(settings)
     with open_store(settings) as store:
-        emit(args, status(store, args.model, keys.trusted, witnesses(settings, mlflow=True)).to_dict(), _status_text)
+        out = status(store, args.model, keys.trusted, witnesses(settings, mlflow=True)).to_dict()
+        out["awaiting_approval"] = awaiting(store, args.model, keys.trusted)
+    emit(args, out, _status_text)
 
 
 def cmd_canary_kill(args) -> None:
@@ -202,6 +256,19 @@ def add_decision_commands(sub, common):
     s.add_argument("run_id")
     s.add_argument("--policy", default=None, help="policy file (.toml/.yaml/.json); default: the shipped policy")
     s.add_argument(
+        "--justification",
+        metavar="TEXT",
+        default=None,
+        help="why you sign it (signed into the record); without it the record says it was signed unreviewed",
+    )
+    s.add_argument(
+        "--override",
+        metavar="VERDICT",
+        default=None,
+        help="sign this verdict (PROMOTE, HOLD, ROLLBACK) instead of the policy's; the record keeps both",
+    )
+    s.add_argument("--reason", metavar="TEXT", default=None, help="why the verdict is overridden (with --override)")
+    s.add_argument(
         "--apply",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -223,6 +290,14 @@ def add_decision_commands(sub, common):
     s = dec.add_parser("verify", parents=[common], help="check a record's signature and chain")
     s.add_argument("path_or_id", metavar="PATH_OR_ID", help="the JSON `decide --json` printed, or a decision id")
     s.set_defaults(fn=cmd_decision_verify)
+    s = dec.add_parser(
+        "approve",
+        parents=[common],
+        help="sign your approval of a decision that awaits approval; its quorum reached, it applies",
+    )
+    s.add_argument("decision_id", metavar="ID")
+    s.add_argument("--justification", metavar="TEXT", required=True, help="why you approve it (signed)")
+    s.set_defaults(fn=cmd_decision_approve)
 
     can = sub.add_parser("canary", help="the canary weight of a registered model").add_subparsers(
         dest="canary_command", required=True, metavar="ACTION"

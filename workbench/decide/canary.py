@@ -55,6 +55,7 @@ from workbench.decide.signing import (
     record_hash,
     verify_signature,
 )
+from workbench.decide.signoff import awaiting_text, parse_verdict, required_text, sign_off
 from workbench.decide.witness import Witnesses
 from workbench.store import Store
 
@@ -185,11 +186,37 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
 
 
 def build_decision(
-    store: Store, run_id: str, policy: Policy, signer: Signer, *, now: datetime | None = None
+    store: Store,
+    run_id: str,
+    policy: Policy,
+    signer: Signer,
+    *,
+    justification: str | None,
+    override: Verdict | str | None = None,
+    override_reason: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[SignedDecision, Scorecard]:
-    """Judge a finished replay run under ``policy``; sign and store the record (not yet applied)."""
+    """Judge a finished replay run under ``policy``; sign and store the record (not yet applied).
+
+    ``justification`` (required, non-blank) is the signer's word on why, signed into the record. ``override``
+    replaces the policy's verdict (with a required ``override_reason``); the record keeps the policy's verdict
+    next to the signed one. A PROMOTE that moves the weight records the quorum of distinct approvers the
+    policy asks for at its step (:mod:`workbench.decide.signoff`)."""
     now = now or utc_now()
+    justification = required_text(justification, "justification")
     p = preview_decision(store, run_id, policy)
+    verdict, weight_after, reason, overridden = p.verdict, p.weight_after, p.reason, None
+    if override is not None:
+        verdict = parse_verdict(str(override))
+        why = required_text(override_reason, "reason for the override")
+        if verdict == p.verdict:
+            raise WorkbenchError(f"the policy's verdict is already {verdict}: there is nothing to override")
+        weight_after = next_weight(verdict, p.weight_before, policy.ramp, p.killed)
+        overridden = {"verdict": p.verdict, "reason": why}
+        reason = f"override of {p.verdict} by {signer.name}: {why} (the policy: {p.reason})"
+    elif override_reason is not None:
+        raise WorkbenchError("a reason for an override needs the verdict it overrides with (--override VERDICT)")
+    moves = verdict == Verdict.PROMOTE and weight_after > p.weight_before
     record = _record(
         store,
         p.model,
@@ -206,10 +233,13 @@ def build_decision(
         drift_hash=content_hash(p.drift),
         evidence=p.evidence["evidence"],
         scorecard=p.scorecard.to_dict(),
-        verdict=p.verdict,
-        reason=p.reason,
+        verdict=verdict,
+        reason=reason,
         weight_before=p.weight_before,
-        weight_after=p.weight_after,
+        weight_after=weight_after,
+        justification=justification,
+        quorum=policy.approvals.quorum_for(weight_after) if moves else 1,
+        override=overridden,
     )
     signed = signer.sign(record)
     save_record(store, signed)
@@ -250,6 +280,7 @@ def build_kill(
         state.weight,
         0,
         scorecard,
+        reason.strip(),
     )
 
 
@@ -294,6 +325,7 @@ def build_resume(
         weight_now,
         weight_now,
         None,
+        reason.strip(),
     )
 
 
@@ -310,8 +342,10 @@ def _control_record(
     weight_before: int,
     weight_after: int,
     scorecard: dict | None,
+    justification: str,
 ) -> SignedDecision:
-    """Sign and store a kill or resume record about the pair, traffic, ramp and registry of ``source``."""
+    """Sign and store a kill or resume record about the pair, traffic, ramp and registry of ``source``; its
+    reason is its justification."""
     record = _record(
         store,
         model,
@@ -333,6 +367,7 @@ def _control_record(
         weight_after=weight_after,
         registry=source.get("registry"),
         ramp=source.get("ramp"),
+        justification=justification,
     )
     signed = signer.sign(record)
     save_record(store, signed)
@@ -365,7 +400,7 @@ def _record(store: Store, model: str, now: datetime, signer: Signer, policy: Pol
         "expires_at": iso(now + timedelta(hours=policy.max_age_hours)),
     }
     # a kill record carries the ramp and registry options of the decision it stops (when it has them)
-    record.update({k: v for k, v in fields.items() if v is not None or k not in ("registry", "ramp")})
+    record.update({k: v for k, v in fields.items() if v is not None or k not in ("registry", "ramp", "override")})
     return clean(record)
 
 
@@ -415,6 +450,9 @@ def apply_decision(
     stored = check_stored_copy(store, signed)
     if stored is not None and stored["applied_sequence"] is not None:
         raise SignatureError(f"decision {did} is already applied (sequence {stored['applied_sequence']} of {model})")
+    off = sign_off(record, store.approvals(did), trusted)
+    if not off.met:
+        raise SignatureError(awaiting_text(off))
     created, expires = record_time(record["created_at"]), record_time(record["expires_at"])
     if now > expires:
         raise SignatureError(

@@ -27,6 +27,7 @@ from workbench.decide.signing import (
     record_hash,
     verify_signature,
 )
+from workbench.decide.signoff import SignOff, awaiting_text, check_record, quorum_of, sign_off
 from workbench.decide.witness import Witnesses, WitnessHead, WitnessUnavailable
 from workbench.store import Store
 
@@ -79,6 +80,7 @@ def check_shape(record: dict) -> None:
         )
     if record["schema"] != RECORD_SCHEMA or record["kind"] not in KINDS or record["verdict"] not in tuple(Verdict):
         raise SignatureError(f"decision {record['decision_id']}: unknown schema, kind or verdict")
+    check_record(record)
 
 
 def pair_of(record_or_state: dict) -> tuple:
@@ -102,6 +104,7 @@ def chain_report(store: Store, model: str, trusted: Mapping, upto: int | None = 
         n += 1
         try:
             prev = _check_chain_row(row, model, seq, n, prev, trusted)
+            _check_quorum(store, row, trusted)
             out.append((row, None))
         except SignatureError as e:
             out.append((row, str(e)))
@@ -131,6 +134,21 @@ def _check_chain_row(row: dict, model: str, seq: int, n: int, prev: str | None, 
             f"{where}: the decisions table's {', '.join(edited)} disagree with the signed record (edited columns)"
         )
     return text_hash
+
+
+def _check_quorum(store: Store, row: dict, trusted: Mapping) -> None:
+    """Refuse an applied record whose approvals do not verify or fall short of its quorum (one removed)."""
+    record = json.loads(row["record"])
+    check_record(record)
+    rows = store.approvals(row["decision_id"])
+    if quorum_of(record) == 1 and not rows:
+        return
+    off = sign_off(record, rows, trusted)
+    if not off.met:
+        raise SignatureError(
+            f"chain of {record['model']} at sequence {row['sequence']} (decision {row['decision_id']}): applied "
+            f"with {len(off.signers)} of the {off.quorum} distinct approvers it needs ({', '.join(off.signers)})"
+        )
 
 
 def verify_chain(store: Store, model: str, trusted: Mapping, upto: int | None = None) -> int:
@@ -403,8 +421,12 @@ class Verification:
     applied: bool
     chain_length: int
     note: str
+    sign_off: SignOff | None = None
+    justification: str | None = None
+    override: dict | None = None
 
     def to_dict(self) -> dict:
+        off = self.sign_off.to_dict() if self.sign_off is not None else {}
         return {
             "decision_id": self.decision_id,
             "model": self.model,
@@ -418,6 +440,12 @@ class Verification:
             "applied": self.applied,
             "chain_length": self.chain_length,
             "note": self.note,
+            "justification": self.justification,
+            "override": self.override,
+            "quorum": off.get("quorum", 1),
+            "signed_by": off.get("signed_by", [self.signer]),
+            "approvals": off.get("approvals", []),
+            "awaiting_approval": not off.get("met", True),
         }
 
 
@@ -429,10 +457,14 @@ def verify_decision(store: Store, signed: SignedDecision, trusted: Mapping) -> V
     check_shape(record)
     model, seq = record["model"], int(record["sequence"])
     stored = check_stored_copy(store, signed)
+    off = sign_off(record, store.approvals(record["decision_id"]) if stored is not None else [], trusted)
+    extra = {"justification": record.get("justification"), "override": record.get("override")}
     if stored is not None and stored["applied_sequence"] is not None:
         n = verify_chain(store, model, trusted)
         note = f"applied as sequence {seq} of {n} in the chain of {model}"
-        return Verification(record["decision_id"], model, record["verdict"], fp, record["signer"], seq, True, n, note)
+        return Verification(
+            record["decision_id"], model, record["verdict"], fp, record["signer"], seq, True, n, note, off, **extra
+        )
     n = verify_chain(store, model, trusted, upto=seq - 1)
     chain = store.chain(model)
     prev = chain[seq - 2]["chain_hash"] if seq >= 2 and len(chain) >= seq - 1 else None
@@ -446,5 +478,8 @@ def verify_decision(store: Store, signed: SignedDecision, trusted: Mapping) -> V
         f"not applied: sequence {seq} of {model} is held by decision {holder}"
         if holder
         else f"not applied yet: it extends the head of the chain of {model}"
+        + (f"; {awaiting_text(off)}" if not off.met else "")
     )
-    return Verification(record["decision_id"], model, record["verdict"], fp, record["signer"], seq, False, n, note)
+    return Verification(
+        record["decision_id"], model, record["verdict"], fp, record["signer"], seq, False, n, note, off, **extra
+    )

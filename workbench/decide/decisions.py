@@ -20,6 +20,7 @@ from workbench.config import Settings
 from workbench.decide.chain import chain_report
 from workbench.decide.policy import Policy
 from workbench.decide.signing import KeyRing, SignatureError, Signer, record_hash, verify_signature
+from workbench.decide.signoff import quorum_of, sign_off
 from workbench.decide.witness import WeightDocuments, Witness, Witnesses
 from workbench.store import Store
 
@@ -63,17 +64,30 @@ def decide(
     policy: Policy | str | None = None,
     signed_by: Signer | None = None,
     apply: bool = True,
+    *,
+    justification: str | None,
+    override: str | None = None,
+    override_reason: str | None = None,
 ) -> dict:
     """Judge a run under a policy (a Policy, a policy file, or the shipped default when None), sign the
-    decision (as the ring's signer; ``signed_by`` names another, e.g. the approver in the app), and with
-    ``apply`` move the weight (if the ring trusts the signature) and publish it. Returns the ``decide --json``
-    object."""
+    decision with its ``justification`` (as the ring's signer; ``signed_by`` names another, e.g. the approver
+    in the app; ``override`` replaces the policy's verdict, with ``override_reason``), and with ``apply`` move
+    the weight (if the ring trusts the signature and the policy's quorum of approvers has signed: else it
+    awaits approval) and publish it. Returns the ``decide --json`` object."""
     from workbench.decide.canary import apply_decision, build_decision
     from workbench.decide.policy import load_policy
 
     if not isinstance(policy, Policy):
         policy = load_policy(policy)
-    signed, card = build_decision(store, run_id, policy, signed_by or keys.signer)
+    signed, card = build_decision(
+        store,
+        run_id,
+        policy,
+        signed_by or keys.signer,
+        justification=justification,
+        override=override,
+        override_reason=override_reason,
+    )
     r = signed.record
     card_d = card.to_dict()
     out = {
@@ -89,11 +103,40 @@ def decide(
         "record": r,
         "signature": signed.signature,
         "applied": False,
+        "justification": r["justification"],
+        "override": r.get("override"),
+        "quorum": quorum_of(r),
+        "signed_by": [r["signer"]],
+        "awaiting_approval": quorum_of(r) > 1,
     }
-    if apply:
+    if apply and quorum_of(r) == 1:
         apply_decision(store, signed, keys.trusted, witnesses=witnesses(settings, mlflow=True))
         out["applied"] = True
         out.update(publish(settings, store, signed))
+    return out
+
+
+def approve(
+    settings: Settings, store: Store, keys: KeyRing, decision_id: str, justification: str | None, signer: Signer
+) -> dict:
+    """Sign ``signer``'s approval of a decision that awaits approval; once its quorum has signed, apply it and
+    publish it. Returns the ``decision approve --json`` object."""
+    from workbench.decide.approvals import approve as sign_approval
+    from workbench.decide.approvals import stored_signed
+
+    approval, off = sign_approval(store, decision_id, signer, justification, keys.trusted)
+    out = {
+        "decision_id": decision_id,
+        "approval_id": approval.statement["approval_id"],
+        "approver": approval.approver,
+        "justification": approval.statement["justification"],
+        "signature": approval.signature,
+        **off.to_dict(),
+        "awaiting_approval": not off.met,
+        "applied": False,
+    }
+    if off.met:
+        out.update(apply_and_publish(settings, store, keys, stored_signed(store, decision_id)[0]), applied=True)
     return out
 
 
@@ -136,6 +179,10 @@ class AuditEntry:
     pending_sync: bool
     record: dict | None
     signature: str | None
+    justification: str | None = None
+    override_of: str | None = None  # the policy's verdict when an approver overrode it
+    signed_by: tuple[str, ...] = ()  # the signer and the approvers whose approvals verify
+    quorum: int = 1
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -150,7 +197,9 @@ def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[Aud
     for row, problem in chain_report(store, model, keys):
         chained.add(row["decision_id"])
         entries.append(
-            _entry(store, decisions.get(row["decision_id"]), row["decision_id"], model, int(row["sequence"]), problem)
+            _entry(
+                store, decisions.get(row["decision_id"]), row["decision_id"], model, int(row["sequence"]), problem, keys
+            )
         )
     for did, d in decisions.items():
         if did in chained:
@@ -163,16 +212,23 @@ def audit(store: Store, model: str, keys: Mapping, limit: int = 500) -> list[Aud
                 if record_hash(record) != stored["record_hash"]:
                     raise SignatureError(f"decision {did}: the stored record was altered (hash mismatch)")
                 verify_signature(record, stored["signature"], keys)
+                sign_off(record, store.approvals(did), keys)
             except SignatureError as e:
                 problem = str(e)
-        entries.append(_entry(store, d, did, model, None, problem))
+        entries.append(_entry(store, d, did, model, None, problem, keys))
     return sorted(
         entries, key=lambda e: (parse_time(e.created_at) if e.created_at else EPOCH, e.sequence or 0), reverse=True
     )
 
 
 def _entry(
-    store: Store, listed: dict | None, did: str, model: str, sequence: int | None, problem: str | None
+    store: Store,
+    listed: dict | None,
+    did: str,
+    model: str,
+    sequence: int | None,
+    problem: str | None,
+    keys: Mapping,
 ) -> AuditEntry:
     stored = store.get_decision(did)
     record = json.loads(stored["record"]) if stored and stored["record"] else None
@@ -195,4 +251,18 @@ def _entry(
         pending_sync=bool((listed or stored or {}).get("pending_sync")),
         record=record,
         signature=stored["signature"] if stored else None,
+        justification=r.get("justification"),
+        override_of=(r.get("override") or {}).get("verdict"),
+        signed_by=_signers(store, record, did, keys),
+        quorum=quorum_of(r),
     )
+
+
+def _signers(store: Store, record: dict | None, did: str, keys: Mapping) -> tuple[str, ...]:
+    """Who signed ``record`` off (its signer, then approvers), as far as their approvals verify."""
+    if record is None:
+        return ()
+    try:
+        return sign_off(record, store.approvals(did), keys).signers
+    except (SignatureError, KeyError):
+        return (str(record.get("signer")),)

@@ -240,6 +240,31 @@ class LiveOptions(_Strict):
     segments: tuple[LiveSegment, ...] = ()
 
 
+class Approvals(_Strict):
+    """How many distinct approvers a PROMOTE that moves the weight needs, the signer of the decision included:
+    ``quorum`` for every step, ``quorum_at`` for the steps that need another number (e.g. ``{100 = 2}``: the
+    step to 100 % takes a second approver). Until the quorum has signed, the decision awaits approval and the
+    weight stays."""
+
+    quorum: int = Field(default=1, ge=1, le=20)
+    quorum_at: dict[int, int] = Field(default_factory=dict)
+
+    @field_validator("quorum_at")
+    @classmethod
+    def _valid_steps(cls, v: dict[int, int]) -> dict[int, int]:
+        bad = [w for w in v if not 1 <= w <= 100]
+        if bad:
+            raise ValueError(f"quorum_at keys are weights in 1..100, not {bad[0]}")
+        low = [n for n in v.values() if not 1 <= n <= 20]
+        if low:
+            raise ValueError(f"quorum_at values are approver counts in 1..20, not {low[0]}")
+        return dict(sorted(v.items()))
+
+    def quorum_for(self, weight: int) -> int:
+        """The approvers a PROMOTE to ``weight`` percent needs."""
+        return self.quorum_at.get(int(weight), self.quorum)
+
+
 class Policy(_Strict):
     name: str = "default"
     confidence: float = Field(default=0.99, gt=0, lt=1)
@@ -258,6 +283,7 @@ class Policy(_Strict):
     drift: WhereMoved = WhereMoved()
     registry: RegistryOptions = RegistryOptions()
     live: LiveOptions | None = None  # optional: the router then uses LiveOptions' defaults
+    approvals: Approvals = Approvals()
 
     @property
     def alpha(self) -> float:
@@ -273,6 +299,15 @@ class Policy(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _quorum_on_the_ramp(self):
+        off = [w for w in self.approvals.quorum_at if w not in self.ramp]
+        if off:
+            raise ValueError(
+                f"approvals.quorum_at names weight {off[0]}, which is not a step of the ramp {list(self.ramp)}"
+            )
+        return self
+
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")
         # a policy without the optional sections hashes as it did before the sections existed
@@ -281,6 +316,8 @@ class Policy(_Strict):
                 del d[key]
         if not self.resources:
             del d["resources"]
+        if self.approvals == Approvals():
+            del d["approvals"]
         return d
 
     @property

@@ -78,6 +78,7 @@ class Flow:
     drift_html: Path | None = None
     decide: Literal["off", "sign", "apply"] = "off"
     policy: str | Path | None = None  # a policy file; None: the shipped default
+    justification: str | None = None  # signed into the decision; None: says the flow signed the policy's verdict
 
     def reason_off(self, stage: str) -> str | None:
         """Why ``stage`` does not run in this flow (None when it runs)."""
@@ -277,6 +278,7 @@ def _decide(ctx: _Ctx) -> dict:
     from workbench.decide.canary import apply_decision, build_decision, load_signed
     from workbench.decide.decisions import publish, witnesses
     from workbench.decide.policy import load_policy
+    from workbench.decide.signoff import quorum_of
 
     s, f = ctx.settings, ctx.flow
     keys = ctx.keys or KeyRing.from_settings(s, sign=True)
@@ -287,7 +289,8 @@ def _decide(ctx: _Ctx) -> dict:
             signed = load_signed(store, mine[0]["decision_id"])
             applied = mine[0]["applied_sequence"] is not None
         else:
-            signed, _ = build_decision(store, f.run_id, load_policy(f.policy), keys.signer)
+            why = f.justification or f"automated: the flow signed the policy's verdict on run {f.run_id} unreviewed"
+            signed, _ = build_decision(store, f.run_id, load_policy(f.policy), keys.signer, justification=why)
             applied = False
         r = signed.record
         out = {
@@ -300,7 +303,9 @@ def _decide(ctx: _Ctx) -> dict:
         }
         if mine:
             out["reused"] = True
-        if f.decide == "apply" and not applied:
+        if quorum_of(r) > 1 and not applied:  # a person's approval moves it: `workbench decision approve`
+            out["awaiting_approval"] = True
+        elif f.decide == "apply" and not applied:
             apply_decision(store, signed, keys.trusted, witnesses=witnesses(s, mlflow=True))
             out["applied"] = True
             out.update(publish(s, store, signed))

@@ -4,15 +4,16 @@ One :class:`Store` owns one connection; threads take their own cursor with :meth
 come from one module per concern, in data-flow order: :mod:`~workbench.store.base` (connection, schema,
 transactions, settings), :mod:`~workbench.store.traffic`, :mod:`~workbench.store.runs` (with the run
 lifecycle: :meth:`Store.open_run`, :meth:`Store.finish_run`), :mod:`~workbench.store.evaluations`,
-:mod:`~workbench.store.drift`, :mod:`~workbench.store.decisions`, :mod:`~workbench.store.jobs` and
-:mod:`~workbench.store.app`; :mod:`~workbench.store.maintenance` keeps the lake small and migrates old
-homes. Values always travel as parameters; identifiers (traffic tables, column
-names) are validated and quoted with :func:`qident`, never formatted raw into SQL.
+:mod:`~workbench.store.drift`, :mod:`~workbench.store.decisions`, :mod:`~workbench.store.approvals`,
+:mod:`~workbench.store.jobs` and :mod:`~workbench.store.app`; :mod:`~workbench.store.maintenance` keeps the lake
+small and migrates old homes. Values always travel as parameters; identifiers (traffic tables, column names)
+are validated and quoted with :func:`qident`, never formatted raw into SQL.
 """
 
 from __future__ import annotations
 
 from workbench.store.app import AppStore
+from workbench.store.approvals import ApprovalStore
 from workbench.store.base import (
     WRITE_CONFLICTS,
     ArrowView,
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-class Store(AppStore, EvaluationStore, DriftStore, DecisionStore, JobStore):
+class Store(AppStore, EvaluationStore, DriftStore, DecisionStore, ApprovalStore, JobStore):
     """The workbench's storage. Use as a context manager or call :meth:`close`.
 
     ``AppStore`` builds on ``RunStore``, which builds on ``TrafficStore`` (they read each other's tables);

@@ -101,6 +101,10 @@ SCHEMA = [
         model VARCHAR NOT NULL, baseline_version VARCHAR, candidate_version VARCHAR, weight INTEGER NOT NULL,
         decision_id VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, killed BOOLEAN NOT NULL,
         updated_at TIMESTAMP NOT NULL)""",
+    # signed approvals of stored decisions: one per approver and decision, checked by the writer (no constraint)
+    """CREATE TABLE IF NOT EXISTS approvals (
+        approval_id VARCHAR NOT NULL, decision_id VARCHAR NOT NULL, approver VARCHAR NOT NULL,
+        statement VARCHAR NOT NULL, signature VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)""",
     # jobs: the queue and the job history (spec, trigger, current stage, the process that runs it);
     # job_stages keeps each stage's state so a rerun skips finished stages
     """CREATE TABLE IF NOT EXISTS jobs (
