@@ -276,7 +276,7 @@ def _decide(ctx: _Ctx) -> dict:
     publish to MLflow. A record this run already has is reused: the ramp moves only on new evidence."""
     from workbench.decide.canary import apply_decision, build_decision, load_signed
     from workbench.decide.decisions import publish, witnesses
-    from workbench.decide.policy import load_policy
+    from workbench.decide.policy import policy_for_run
 
     s, f = ctx.settings, ctx.flow
     keys = ctx.keys or KeyRing.from_settings(s, sign=True)
@@ -287,7 +287,8 @@ def _decide(ctx: _Ctx) -> dict:
             signed = load_signed(store, mine[0]["decision_id"])
             applied = mine[0]["applied_sequence"] is not None
         else:
-            signed, _ = build_decision(store, f.run_id, load_policy(f.policy), keys.signer)
+            policy = policy_for_run(f.policy, store.require_run(f.run_id))
+            signed, _ = build_decision(store, f.run_id, policy, keys.signer)
             applied = False
         r = signed.record
         out = {
