@@ -52,6 +52,7 @@ class TrafficSource:
     label_id_col: str = "request_id"
     label_col: str = "label"
     label_time_col: str | None = "label_time"
+    label_task: str = "binary"  # what the label column holds: 0/1 classes, or numbers ("regression")
     if_exists: Literal["append", "reuse", "check"] = "append"
 
     @contextmanager
@@ -214,7 +215,13 @@ def _ingest(ctx: _Ctx) -> dict:
             out["segments"] = store.declared_segments(name)
         if labels_file is not None and refresh_labels:
             lab = ingest_labels(
-                store, labels_file, name, id_col=src.label_id_col, label_col=src.label_col, time_col=src.label_time_col
+                store,
+                labels_file,
+                name,
+                id_col=src.label_id_col,
+                label_col=src.label_col,
+                time_col=src.label_time_col,
+                task=src.label_task,
             )
             ctx.result.outputs["labels"] = lab
             out["labels"] = lab.labels
