@@ -92,7 +92,8 @@ def _undefined(prefix: str, comp: RegressionComparison) -> dict[str, str]:
 def _slices(
     ids: np.ndarray, labels: list[str], y: np.ndarray, preds: dict[str, np.ndarray], opts: Options, prefix: str
 ) -> tuple[dict[str, RegressionSlice], dict[str, str]]:
-    out, undefined = {}, {}
+    out: dict[str, RegressionSlice] = {}
+    undefined: dict[str, str] = {}
     for j, name in enumerate(labels):
         idx = np.flatnonzero(ids == j)
         comp = compare_regression(y[idx], preds[BASELINE][idx], preds[CANDIDATE][idx], opts=opts)

@@ -239,8 +239,8 @@ def replay(
         if was != task:
             raise WorkbenchError(f"run {run_id} was replayed as a {was} run, not {task}: use a new --run-id")
         if run.finished:
-            counts = store.run_counts(run_id).to_dict()
-            return ReplayResult(**counts, seconds=0.0, status="already_complete", task=task)
+            done = store.run_counts(run_id).to_dict()
+            return ReplayResult(**done, seconds=0.0, status="already_complete", task=task)
         log.info("resuming run %s after %s committed rows", run_id, run.rows_done)
     if progress:
         progress(run.rows_done, run.rows_total)
