@@ -54,6 +54,7 @@ from workbench.evaluate.paired import (
     usable,
 )
 from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate
+from workbench.evaluate.sequential import PairedParts
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 
 _INF = math.inf
@@ -147,6 +148,38 @@ def paired_losses(y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray) ->
         np.flatnonzero(use.ok),
         use.excluded,
     )
+
+
+#: the regression metrics a decision gate may name: means of per-request losses (and the root of one), whose
+#: deltas have anytime-valid bounds from the per-request loss differences
+GATE_METRICS: tuple[str, ...] = ("mae", "mse", "rmse")
+
+
+def sequential_parts(name: str, y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray) -> PairedParts | None:
+    """Both models' values of gate metric ``name`` (:data:`GATE_METRICS`) on the rows both predicted and each
+    row's influence, as :func:`workbench.evaluate.sequential.paired_parts` gives them for the binary metrics: the
+    input of the decision layer's one-sided bounds. None when no row is usable (or the rmse is 0)."""
+    if name not in GATE_METRICS:
+        raise WorkbenchError(
+            f"no decision bounds for regression metric {name!r} (use one of {', '.join(GATE_METRICS)})"
+        )
+    y = _floats("y", check_rows(y, {BASELINE: baseline, CANDIDATE: candidate}))
+    preds = {BASELINE: _floats(BASELINE, baseline), CANDIDATE: _floats(CANDIDATE, candidate)}
+    use = paired_usable(_point_rules(y, preds[BASELINE]), _point_rules(y, preds[CANDIDATE]), len(y))
+    if use.rows == 0:
+        return None
+    err = {r: _errors(y[use.ok], p[use.ok]) for r, p in preds.items()}
+    loss = {r: np.abs(e) if name == "mae" else e * e for r, e in err.items()}
+    mean = {r: float(v.mean()) for r, v in loss.items()}
+    psi = {r: loss[r] - mean[r] for r in ROLES}
+    value = dict(mean)
+    if name == "rmse":
+        if min(mean.values()) <= 0:
+            return None
+        value = {r: math.sqrt(mean[r]) for r in ROLES}
+        psi = {r: psi[r] / (2 * value[r]) for r in ROLES}
+    span = REGRESSION_METRICS[name].span
+    return PairedParts(value[BASELINE], value[CANDIDATE], psi[CANDIDATE], psi[CANDIDATE] - psi[BASELINE], span)
 
 
 def _point_rules(y: np.ndarray, pred: np.ndarray) -> list[Rule]:
