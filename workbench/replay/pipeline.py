@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -117,7 +117,7 @@ def new_run_id() -> str:
     return "run_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
-def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: dict[str, float | None]) -> pa.Table:
+def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: Mapping[str, float | None]) -> pa.Table:
     """The wide, paired result rows of one batch (one row per request, both models side by side). A role
     without a threshold (a regression model) has no class: its score is the prediction."""
     n = len(rows)
