@@ -230,12 +230,15 @@ def phase_build(n: int, db: Path) -> dict:
 
 def phase_store(db: Path) -> dict:
     from workbench.evaluate.evaluation import evaluate_run
+    from workbench.evaluate.results import Comparison
     from workbench.store import Store
 
     with Store(db) as store:
         t, c = time.perf_counter(), time.process_time()
         res = evaluate_run(store, "bench", segment="carrier")
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
+    if not isinstance(res.overall, Comparison):
+        raise SystemExit("the benchmark's run evaluated as a regression run")
     return {
         "seconds": seconds,
         "cpu": cpu,

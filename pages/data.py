@@ -281,10 +281,9 @@ def canary() -> list[dict]:
 @st.cache_data(ttl=SHORT_TTL, show_spinner=False)
 def _preview(home_: str, run_id: str, policy_path: str | None, token: str):
     from workbench.decide.canary import preview_decision
-    from workbench.decide.policy import load_policy
+    from workbench.decide.policy import policy_for_run
 
-    policy = load_policy(policy_path)
-    return _read(home_, lambda s: preview_decision(s, run_id, policy))
+    return _read(home_, lambda s: preview_decision(s, run_id, policy_for_run(policy_path, s.require_run(run_id))))
 
 
 def preview(r: dict, policy_path: str | None):

@@ -132,7 +132,7 @@ if run is not None:
         help=f"policy files live in {home / 'policies'} (TOML, YAML or JSON)",
     )
     try:
-        policy = load_policy(policy_path)
+        policy = load_policy(policy_path, run.get("task") or "binary")
         with st.expander(f"Policy **{policy.name}** · sha256 {policy.hash[:12]}…"):
             st.json(policy.to_dict())
         preview = data.preview(run, policy_path)

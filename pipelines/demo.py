@@ -1,7 +1,8 @@
 """The full demo: prepare NYC flights traffic, register two models, then walk the canary ramp month by
 month as a scheduled job would: each month's traffic is ingested and replayed (shadow: both models score
 every request so far), drift is checked and a signed decision on the pair's growing sample moves the canary
-weight; the last month is also evaluated for the app. Then the app opens.
+weight; the last month is also evaluated for the app. A regression pair (the arrival delay in minutes) is then
+replayed once over the same traffic, evaluated and decided on its own ramp. Then the app opens.
 
 Idempotent on one home: registered models are reused, each month's run id is derived from the two model
 versions and the month (a second ``workbench demo`` finds every month's run finished and reuses it), and a
@@ -25,18 +26,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAFFIC = "flights"
 
 
-def _registered(settings: Settings) -> dict | None:
+def _registered(settings: Settings, name: str | None = None) -> dict | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipelines.train_models import MODEL_NAME
 
+    name = name or MODEL_NAME
     client = mlflow.MlflowClient()
     try:
         return {
             role: {
-                "version": client.get_model_version_by_alias(MODEL_NAME, alias).version,
-                "uri": f"models:/{MODEL_NAME}@{alias}",
+                "version": client.get_model_version_by_alias(name, alias).version,
+                "uri": f"models:/{name}@{alias}",
             }
             for role, alias in (("baseline", "champion"), ("candidate", "challenger"))
         }
@@ -94,6 +96,9 @@ def run_demo(
     res, walk, traffic = _walk(settings, models, data, run_id, log)
     summary = _summary(settings, models, counts, res)
     summary["ingest"], summary["walk"] = traffic, walk
+    t = time.perf_counter()
+    summary["regression"] = _regression(settings, data, log)
+    timings["regression"] = time.perf_counter() - t
     summary["seconds"] = {k: round(v, 2) for k, v in (timings | res.seconds).items()}
     for line in findings(summary, res, port):
         log(line)
@@ -156,6 +161,52 @@ def _walk(
     return res, walk, traffic
 
 
+def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> dict:
+    """Register the regression pair (once), replay it over the flights traffic the walk ingested, with the arrival
+    delays in minutes as its labels, evaluate it and decide under the shipped regression policy."""
+    from pipelines.prepare_flights import TARGET
+    from pipelines.train_models import REGRESSION_MODEL, register_regression
+
+    models = _registered(settings, REGRESSION_MODEL) or register_regression(
+        settings, data / "flights_train.parquet", log=log
+    )
+    b, c = models["baseline"]["version"], models["candidate"]["version"]
+    flow = Flow(
+        traffic=TRAFFIC,
+        baseline=f"models:/{REGRESSION_MODEL}/{b}",
+        candidate=f"models:/{REGRESSION_MODEL}/{c}",
+        run_id=f"demo_minutes_v{b}_v{c}",
+        source=TrafficSource(labels=data / "labels.parquet", label_col=TARGET, label_task="regression"),
+        drift=False,
+        decide="apply",
+    )
+    res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, "regression pair: "))
+    ev, signed = res.outputs["evaluate"], res.outputs["decide"]
+    out = {
+        "model": REGRESSION_MODEL,
+        "models": models,
+        "run_id": flow.run_id,
+        "labeled_rows": ev["labeled_rows"],
+        "metrics": {
+            m: {
+                "baseline": ev["baseline"][m]["value"],
+                "candidate": ev["candidate"][m]["value"],
+                "delta": ev["delta"][m],
+            }
+            for m in REGRESSION_QUALITY
+        },
+        "decision": {k: res.summaries["decide"].get(k) for k in ("decision_id", "verdict", "reason", "weight_after")},
+    }
+    out["decision"]["weight_before"] = signed.record["weight_before"]
+    return out
+
+
+def _store(settings: Settings):
+    from workbench.store import Store
+
+    return Store(settings.db_path)
+
+
 def _step(month: str, run_id: str, res: FlowResult) -> dict:
     """One month of the walk: the labelled rows judged, the verdict, the weight and what blocked it."""
     signed = res.outputs["decide"]
@@ -203,6 +254,7 @@ def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) ->
 
 
 QUALITY = ("accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier")
+REGRESSION_QUALITY = ("mae", "rmse", "median_ae", "r2")
 
 
 def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
@@ -233,6 +285,7 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
     deciding = [c for c in checks if c["outcome"] != "pass"] or checks
     lines.append("Checks that decided it:" if deciding is not checks else "Checks (all passed):")
     lines += [f"  {c['outcome'].upper():<5} {c['gate']}: {c['reason']}" for c in deciding]
+    lines += _regression_lines(summary.get("regression"))
     run = summary["replay"]["run_id"]
     base = f"http://127.0.0.1:{port}"
     lines += [
@@ -243,6 +296,29 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
         f"  Audit (the signed chain): {base}/audit",
         "",
     ]
+    return lines
+
+
+def _regression_lines(reg: dict | None) -> list[str]:
+    """The regression pair's metrics (minutes of arrival delay) and its verdict, in words."""
+    if not reg:
+        return []
+    lines = [
+        f"The regression pair {reg['model']} (arrival delay in minutes, {reg['labeled_rows']:,} labelled rows):",
+        f"  {'metric':<10} {'baseline':>9} {'candidate':>9} {'delta':>9}  95% interval",
+    ]
+    for m, v in reg["metrics"].items():
+        d = v["delta"]
+        if v["baseline"] is None or v["candidate"] is None or d["value"] is None or d["ci_low"] is None:
+            continue
+        lines.append(
+            f"  {m:<10} {v['baseline']:>9.3f} {v['candidate']:>9.3f} {d['value']:>+9.3f}  "
+            f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        )
+    dec = reg["decision"]
+    lines.append(
+        f"  Verdict: {dec['verdict']}, weight {dec['weight_before']}% -> {dec['weight_after']}% ({dec['reason']})"
+    )
     return lines
 
 

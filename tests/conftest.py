@@ -521,3 +521,25 @@ def write_live_log(home: Path, model: str = "flight-delay", n: int = 200) -> Non
         rec.outcomes[arm] = Outcome(500 if failed else 200, b"boom" if failed else b"[0.5]", 20.0 + i % 7)
         log.append(rec)
     log.close()
+
+
+class LakeConnection:
+    """A connection to a home's storage for tests that query its tables directly (a store's cursor)."""
+
+    def __init__(self, path: Path, read_only: bool = True):
+        from workbench.store import Store
+
+        self.store = Store(path, read_only=read_only)
+        self.cur = self.store.cursor()
+
+    def execute(self, sql: str, params: list | tuple = ()):
+        return self.cur.execute(sql, params)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -16,6 +16,7 @@ LAYERS = {
     "paths": 0,
     "config": 0,
     "roles": 0,
+    "tasks": 0,
     "__init__": 0,
     "store": 1,
     "ingest": 2,

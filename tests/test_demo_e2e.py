@@ -22,9 +22,10 @@ def test_cli_evaluate_matches_sklearn(demo_home):
     run_id = json.loads((demo_home / "demo.json").read_text())["replay"]["run_id"]
     out = json.loads(run_cli("evaluate", run_id, "--json", home=demo_home).stdout)
     assert set(out) >= {"run_id", "labeled_rows", "baseline", "candidate", "delta", "latency", "errors"}
-    import duckdb
+    from workbench.store import Store
 
-    con = duckdb.connect(str(demo_home / "lake"), read_only=True)
+    store = Store(demo_home / "lake", read_only=True)
+    con = store.cursor()
     for role in ("baseline", "candidate"):
         y, s = map(
             np.array,
@@ -47,7 +48,7 @@ def test_cli_evaluate_matches_sklearn(demo_home):
             assert out[role][m]["ci_low"] <= out[role][m]["value"] <= out[role][m]["ci_high"]
     assert set(out["delta"]["roc_auc"]) == {"value", "ci_low", "ci_high", "p_value", "mde"}
     assert set(out["latency"]) == {"baseline", "candidate", "delta", "mann_whitney_p"}
-    con.close()
+    store.close()
 
 
 def test_cli_json_is_one_object_and_rerun_is_noop(demo_home):
@@ -88,3 +89,22 @@ def test_registry_uris_resolve_to_versions(workbench_env):
     assert champ.flavor == "sklearn" and champ.version == "1" and 0 < champ.threshold < 1
     chall = describe("models:/flight-delay/2")
     assert chall.flavor == "pytorch" and "temp" in chall.features
+
+
+def test_demo_regression_pair_is_replayed_evaluated_and_decided(demo_home):
+    d = json.loads((demo_home / "demo.json").read_text())["regression"]
+    run_id = d["run_id"]
+    assert d["model"] == "flight-delay-minutes" and d["labeled_rows"] > 0
+    assert d["decision"]["verdict"] in ("PROMOTE", "HOLD", "ROLLBACK")
+    out = json.loads(run_cli("evaluate", run_id, "--json", home=demo_home).stdout)
+    assert out["task"] == "regression" and out["labeled_rows"] > 0
+    for role in ("baseline", "candidate"):
+        m = out[role]
+        assert m["mae"]["ci_low"] <= m["mae"]["value"] <= m["mae"]["ci_high"]
+        assert m["rmse"]["value"] ** 2 == pytest.approx(m["mse"]["value"], rel=1e-9)
+    assert {"value", "ci_low", "ci_high", "p_value", "mde"} <= set(out["delta"]["mae"])
+    text = run_cli("evaluate", run_id, home=demo_home).stdout
+    assert "(regression)" in text and "mae" in text and "roc_auc" not in text
+    runs = json.loads(run_cli("runs", "--json", home=demo_home).stdout)["runs"]
+    assert any(r["run_id"] == run_id and r["status"] == "finished" for r in runs)
+    assert out["labeled_rows"] == d["labeled_rows"]

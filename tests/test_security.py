@@ -19,7 +19,6 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
 import httpx
 import numpy as np
 import pandas as pd
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from conftest import REPO, free_port, fresh_run, run_cli, seed_run
+from conftest import REPO, LakeConnection, free_port, fresh_run, run_cli, seed_run
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.cli import build_parser
@@ -63,7 +62,11 @@ HOSTILE = [
 def db_digest(cur) -> dict:
     """Every table of a DuckDB database with its row count and a hash of its content."""
     tables = [
-        r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary ORDER BY 1").fetchall()
+        r[0]
+        for r in cur.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database() "
+            "ORDER BY 1"
+        ).fetchall()
     ]
     return {t: cur.execute(f'SELECT count(*), bit_xor(hash(x)) FROM "{t}" x').fetchall()[0] for t in tables}
 
@@ -577,7 +580,7 @@ def test_the_private_key_appears_nowhere(demo_home, tmp_path):
             assert not any(s in data for s in secrets), path
             scanned += 1
     # DuckDB, row by row as text
-    con = duckdb.connect(str(home / "lake"), read_only=True)
+    con = LakeConnection(home / "lake")
     dumped = "".join(str(con.execute(f'SELECT * FROM "{t}"').fetchall()) for t in db_digest(con)).encode()
     con.close()
     assert not any(s in dumped for s in secrets)

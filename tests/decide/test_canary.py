@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from conftest import free_port, fresh_run, run_cli, seed_run
+from conftest import LakeConnection, free_port, fresh_run, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import (
     Signer,
@@ -365,7 +365,6 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     """The real demo: the default policy on the monthly runs of NYC flights, MLflow sqlite. The verdict is
     asserted from the evidence: the judged values are sklearn's on every labelled row of the pair's runs, each
     outcome follows from its bounds, and the verdict from the outcomes."""
-    import duckdb
     from sklearn import metrics as skm
 
     from workbench.decide.scorecard import Check, Interval, verdict_of
@@ -380,7 +379,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
     cited = out["record"]["evidence"]
     assert cited["runs"] == [s["run_id"] for s in demo["walk"]]  # every month's run, oldest first
-    with duckdb.connect(str(home / "lake"), read_only=True) as con:
+    with LakeConnection(home / "lake") as con:
         y, b, c = map(
             np.array,
             zip(

@@ -1,4 +1,4 @@
-"""Metric parity with sklearn.metrics on random and edge-case inputs, weighted and multi-class too."""
+"""Metric parity with sklearn.metrics on random and edge-case inputs, weighted too."""
 
 import warnings
 
@@ -13,8 +13,6 @@ from workbench.evaluate.metrics import (
     binary_metrics,
     confusion,
     grouping,
-    multiclass_confusion,
-    multiclass_metrics,
     score_groups,
     undefined_reason,
 )
@@ -191,36 +189,3 @@ def test_every_metric_declares_direction():
         "brier": False,
         "ece": False,
     }
-
-
-MULTI = {
-    "three_classes": lambda r: (r.integers(0, 3, 400), r.integers(0, 3, 400)),
-    "class_never_predicted": lambda r: (r.integers(0, 4, 300), r.integers(0, 3, 300)),
-    "class_never_true": lambda r: (r.integers(0, 3, 300), r.integers(0, 4, 300)),
-    "skewed_five": lambda r: (
-        r.choice(5, 500, p=[0.6, 0.2, 0.1, 0.07, 0.03]),
-        r.choice(5, 500, p=[0.5, 0.3, 0.1, 0.05, 0.05]),
-    ),
-    "binary": lambda r: (r.integers(0, 2, 200), r.integers(0, 2, 200)),
-}
-
-
-@pytest.mark.parametrize("case", list(MULTI))
-def test_multiclass_parity_with_sklearn(case):
-    y, pred = MULTI[case](np.random.default_rng(5))
-    ours = multiclass_metrics(multiclass_confusion(y, pred))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
-        for avg in ("macro", "micro"):
-            for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
-                ref = fn(y, pred, average=avg, zero_division=np.nan)
-                assert ours[f"{name}_{avg}"] == pytest.approx(ref, abs=1e-12), (name, avg)
-
-
-def test_multiclass_metrics_vectorise_over_confusion_matrices():
-    rng = np.random.default_rng(2)
-    cms = np.stack([multiclass_confusion(*MULTI["three_classes"](rng), n_classes=3) for _ in range(4)])
-    batch = multiclass_metrics(cms)
-    for i in range(4):
-        assert batch["f1_macro"][i] == pytest.approx(multiclass_metrics(cms[i])["f1_macro"])

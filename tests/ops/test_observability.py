@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import REPO
 from workbench.config import Settings
 from workbench.live.service import create_app
 from workbench.ops import observability
@@ -162,8 +164,8 @@ def test_error_rate_covers_the_latest_requests_only(monkeypatch):
     assert observability.ARM_ERROR_RATE.labels("m", "candidate")._value.get() == 0.25
 
 
-def test_a_locked_store_reports_down_instead_of_failing(tmp_path):
-    """Another process holding DuckDB's write lock: the scrape still answers, with workbench_store_up 0."""
+def test_another_process_writing_does_not_take_the_store_down(tmp_path):
+    """Another process inside a write transaction: the scrape still reads the last commit (store_up 1)."""
     home = tmp_path / "home"
     with Store(home / "lake"):
         pass
@@ -171,16 +173,24 @@ def test_a_locked_store_reports_down_instead_of_failing(tmp_path):
         [
             sys.executable,
             "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            "import sys, time\n"
+            "from workbench.store import Store\n"
+            "s = Store(sys.argv[1])\n"
+            "with s.transaction() as cur:\n"
+            '    cur.execute("INSERT INTO jobs (job_id, kind, params, status, created_at) '
+            "VALUES ('j', 'x', '{}', 'running', now())\")\n"
+            "    print('writing', flush=True)\n"
+            "    time.sleep(60)\n",
             str(home / "lake"),
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
     )
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert holder.stdout.readline().strip() == "writing"
         m = scrape(home)
-        assert m[("workbench_store_up", ())] == 0 and not any(k[0] == "workbench_jobs" for k in m)
+        assert m[("workbench_store_up", ())] == 1
     finally:
         holder.kill()
         holder.wait()

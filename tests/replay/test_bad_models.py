@@ -18,12 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, TinyModel
+from conftest import REPO, LakeConnection, TinyModel
 from reliability_log import record
 from workbench import WorkbenchError
 from workbench.ingest.traffic import ingest
@@ -285,7 +284,7 @@ def test_abort_without_isolation_stops_and_resumes_with_isolation(model_dir, tmp
     ]
     died = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert died.returncode == -signal.SIGABRT and died.stdout == ""
-    con = duckdb.connect(str(home / "lake"))  # opens (WAL replayed); the committed batches hold
+    con = LakeConnection(home / "lake", read_only=False)  # opens (WAL replayed); the committed batches hold
     done, n, distinct = con.execute("""SELECT (SELECT coalesce(sum(rows), 0) FROM run_batches WHERE run_id = 'r'),
         count(*), count(DISTINCT _row) FROM predictions WHERE run_id = 'r'""").fetchall()[0]
     con.close()

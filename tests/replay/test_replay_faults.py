@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, TinyModel, run_cli
+from conftest import REPO, LakeConnection, TinyModel, run_cli
 from workbench.ingest.traffic import ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.replay.scoring import MAX_CONSECUTIVE_TIMEOUTS
@@ -193,7 +193,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    con = duckdb.connect(str(home / "lake"))
+    con = LakeConnection(home / "lake", read_only=False)
     done_before = con.execute("SELECT sum(rows) FROM run_batches WHERE run_id = 'killed'").fetchall()[0][0]
     con.close()
     assert 0 < done_before < 3000
@@ -201,7 +201,7 @@ def test_sigkill_mid_run_then_resume_holds_each_request_once(tmp_path, slow_mode
     out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["rows"] == 3000
-    con = duckdb.connect(str(home / "lake"), read_only=True)
+    con = LakeConnection(home / "lake")
     n, distinct = con.execute(
         "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = 'killed'"
     ).fetchall()[0]
@@ -294,7 +294,7 @@ def test_ray_executor_stores_identical_results(demo_home, tmp_path):
         home=home,
         timeout=600,
     )
-    con = duckdb.connect(str(home / "lake"), read_only=True)
+    con = LakeConnection(home / "lake")
     n, b_diff, c_diff, cls_diff, err_diff = con.execute(
         """SELECT count(*), max(abs(a.baseline_score - b.baseline_score)),
                   max(abs(a.candidate_score - b.candidate_score)),

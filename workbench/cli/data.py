@@ -45,7 +45,13 @@ def cmd_labels(args) -> None:
     settings = settings_for(args)
     with open_store(settings) as store:
         res = ingest_labels(
-            store, args.path, args.traffic, id_col=args.id_col, label_col=args.label_col, time_col=args.time_col
+            store,
+            args.path,
+            args.traffic,
+            id_col=args.id_col,
+            label_col=args.label_col,
+            time_col=args.time_col,
+            task=args.task,
         )
     emit(
         args,
@@ -99,6 +105,7 @@ def cmd_replay(args) -> None:
         model_timeout=args.model_timeout,
         isolate=args.isolate,
         worker_memory_mb=args.worker_memory,
+        task=args.task,
         **({"writers": args.writers} if args.writers else {}),
     )
     executor = None

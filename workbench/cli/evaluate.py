@@ -102,7 +102,8 @@ def _evaluation_text(d: dict) -> str:
         else []
     )
     lines += [
-        f"run {d['run_id']}: {d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
+        f"run {d['run_id']}{' (regression)' if d.get('task') == 'regression' else ''}: "
+        f"{d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
         f"rows scored baseline {d['rows']['baseline']}, candidate {d['rows']['candidate']}, "
         f"both {d['rows']['paired']}; {d['confidence']:.0%} intervals",
         _table(
@@ -134,6 +135,7 @@ def _evaluation_text(d: dict) -> str:
         + ", ".join(f"{r} {e['count']}/{e['rows']}" for r, e in d["errors"].items()),
     ]
     lines += _resources_text(d.get("resources"))
+    first, second = ("mae", "rmse") if d.get("task") == "regression" else ("accuracy", "roc_auc")
     for kind in ("segments", "windows"):
         for col, slices in d.get(kind, {}).items():
             lines += [
@@ -144,14 +146,14 @@ def _evaluation_text(d: dict) -> str:
                             v,
                             s["rows"],
                             "yes" if s["small"] else "",
-                            _f(s["delta"]["accuracy"]["value"]),
-                            _f(s["delta"]["accuracy"]["p_value"]),
-                            _f(s["delta"]["roc_auc"]["value"]),
-                            _f(s["delta"]["roc_auc"]["p_value"]),
+                            _f(s["delta"][first]["value"]),
+                            _f(s["delta"][first]["p_value"]),
+                            _f(s["delta"][second]["value"]),
+                            _f(s["delta"][second]["p_value"]),
                         )
                         for v, s in slices.items()
                     ],
-                    (col, "rows", "small", "d accuracy", "p", "d roc_auc", "p"),
+                    (col, "rows", "small", f"d {first}", "p", f"d {second}", "p"),
                 ),
             ]
     if d["undefined"]:

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id-col", default="request_id")
     s.add_argument("--label-col", default="label")
     s.add_argument("--time-col", default="label_time")
+    s.add_argument(
+        "--task",
+        default="binary",
+        choices=["binary", "regression"],
+        help="what the label column holds: 0/1 classes (binary) or numbers, the targets of regression runs",
+    )
     s.set_defaults(fn=cmd_labels)
 
     s = sub.add_parser("replay", parents=[common], help="shadow-replay traffic through baseline and candidate")
@@ -73,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time requests one at a time (or in --online-batch micro-batches), as a server would",
     )
     s.add_argument("--online-batch", type=int, default=1, metavar="N")
+    s.add_argument(
+        "--task",
+        default=None,
+        choices=["binary", "regression", "multiclass"],
+        help="what both models predict (default: inferred from each model: its metadata's task, else its API)",
+    )
     s.add_argument(
         "--model-timeout",
         type=float,

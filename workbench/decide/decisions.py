@@ -75,10 +75,10 @@ def decide(
     the weight (if the ring trusts the signature and the policy's quorum of approvers has signed: else it
     awaits approval) and publish it. Returns the ``decide --json`` object."""
     from workbench.decide.canary import apply_decision, build_decision
-    from workbench.decide.policy import load_policy
+    from workbench.decide.policy import policy_for_run
 
     if not isinstance(policy, Policy):
-        policy = load_policy(policy)
+        policy = policy_for_run(policy, store.require_run(run_id))
     signed, card = build_decision(
         store,
         run_id,

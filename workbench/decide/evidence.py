@@ -32,13 +32,16 @@ import pyarrow as pa
 
 from workbench.clock import iso, to_utc
 from workbench.decide.policy import Policy
+from workbench.evaluate.regression import GATE_METRICS, sequential_parts
 from workbench.evaluate.resources import combine_runs, compare_resources
 from workbench.evaluate.sequential import (
+    PairedParts,
     one_sided_bounds,
     paired_parts,
     proportion_bounds,
     quantile_bounds,
 )
+from workbench.tasks import BINARY, REGRESSION
 
 PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
@@ -47,7 +50,8 @@ PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 class Sample:
     """Every replayed request of the pair's runs once, in event-time order (arrays of one length).
 
-    ``label`` is NaN where unlabelled; a score is NaN where its model failed; ``segments`` maps each declared
+    ``label`` is NaN where unlabelled (0/1, or a number for a regression ``task``, whose scores are the models'
+    predictions); a score is NaN where its model failed; ``segments`` maps each declared
     column to its values as text; ``features`` maps each drifted feature to its values (float, NaN where
     missing, or text for a categorical one).
     """
@@ -66,13 +70,19 @@ class Sample:
     online: bool = False
     thresholds: tuple[float, float] = (0.5, 0.5)
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    task: str = BINARY
 
     def __len__(self) -> int:
         return len(self.label)
 
     @classmethod
     def from_tables(
-        cls, tables: list[tuple[str, pa.Table]], *, online: bool, thresholds: tuple[float, float]
+        cls,
+        tables: list[tuple[str, pa.Table]],
+        *,
+        online: bool,
+        thresholds: tuple[float, float],
+        task: str = BINARY,
     ) -> Sample:
         """The sample of runs' :meth:`~workbench.store.Store.decision_rows` tables (oldest run first): a request
         id seen in several runs counts once, from the latest run."""
@@ -90,6 +100,7 @@ class Sample:
                 runs=runs,
                 online=online,
                 thresholds=thresholds,
+                task=task,
             )
         ids = table.column("request_id").to_numpy(zero_copy_only=False).astype(object)
         times = table.column("event_time").cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")
@@ -131,6 +142,7 @@ class Sample:
             online,
             thresholds,
             features,
+            task,
         )
 
     def labelled(self) -> np.ndarray:
@@ -141,8 +153,9 @@ class Sample:
         """What a signed record cites: the runs, the labelled rows, their time range and a digest of them."""
         ok = self.labelled()
         h = hashlib.sha256()
+        regression = self.task == REGRESSION
         for rid, lab in zip(self.request_id[ok].tolist(), self.label[ok].tolist(), strict=True):
-            h.update(f"{rid}\x1f{int(lab)}\x1e".encode())
+            h.update(f"{rid}\x1f{float(lab).hex() if regression else int(lab)}\x1e".encode())
         t = self.time[ok]
         return {
             "runs": list(self.runs),
@@ -183,7 +196,7 @@ def _metric_block(
     """``baseline``/``candidate``/``delta`` per metric on these rows, with anytime-valid one-sided bounds."""
     out: dict[str, Any] = {"rows": int(len(y)), "baseline": {}, "candidate": {}, "delta": {}}
     for m in metrics:
-        parts = paired_parts(m, y, base, cand, thresholds) if len(y) else None
+        parts = _parts(m, y, base, cand, thresholds) if len(y) else None
         if parts is None:
             out["baseline"][m] = out["candidate"][m] = out["delta"][m] = None
             continue
@@ -200,6 +213,16 @@ def _metric_block(
         out["candidate"][m] = {"value": parts.candidate, "ci_low": _num(clo), "ci_high": _num(chi), "sd": csd}
         out["delta"][m] = delta
     return out
+
+
+def _parts(
+    metric: str, y: np.ndarray, base: np.ndarray, cand: np.ndarray, thresholds: tuple[float, float]
+) -> PairedParts | None:
+    """A gate metric's paired parts: from per-request losses for a regression metric (``y`` numbers, the scores
+    predictions), from the scores and 0/1 labels for a binary one."""
+    if metric in GATE_METRICS:
+        return sequential_parts(metric, y, base, cand)
+    return paired_parts(metric, y, base, cand, thresholds)
 
 
 def gated_metrics(policy: Policy) -> list[str]:
@@ -221,7 +244,7 @@ def build_evidence(
     into one comparison (each measurement's median over the runs that have it) priced at the policy's prices."""
     alpha, t_star = policy.alpha, float(policy.planned_rows)
     ok = sample.labelled()
-    y = sample.label[ok].astype(np.int64)
+    y = sample.label[ok] if sample.task == REGRESSION else sample.label[ok].astype(np.int64)
     base, cand, times = sample.baseline[ok], sample.candidate[ok], sample.time[ok]
     overall_metrics = [g.metric for g in policy.metrics]
     thr = sample.thresholds
@@ -234,6 +257,8 @@ def build_evidence(
         "evidence": sample.cite(),
         "thresholds": {"baseline": thr[0], "candidate": thr[1]},
     }
+    if sample.task != BINARY:
+        ev["task"] = sample.task
     ev |= _metric_block(overall_metrics, y, base, cand, thr, alpha, t_star)
     ev["segments"] = _segments(sample, ok, policy, y, base, cand)
     if policy.drift.recent_share is not None and len(times):

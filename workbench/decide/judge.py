@@ -19,6 +19,7 @@ from workbench.decide.evidence import Sample, build_evidence
 from workbench.decide.policy import Outcome, Policy, Verdict
 from workbench.decide.scorecard import Check, Scorecard, score, with_check
 from workbench.store import Store
+from workbench.tasks import run_task
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -61,7 +62,7 @@ def gather(store: Store, run: dict, policy: Policy, features: Sequence[str] = ()
         float(cand.get("threshold", DEFAULT_THRESHOLD)),
     )
     online = all(r.get("mode") == "online" for r in runs)
-    return Sample.from_tables(tables, online=online, thresholds=thresholds), missing
+    return Sample.from_tables(tables, online=online, thresholds=thresholds, task=run_task(run)), missing
 
 
 def last_promote(store: Store, model: str, baseline_version: str, candidate_version: str) -> dict | None:
@@ -110,7 +111,9 @@ def new_evidence_check(labelled_rows: int, earlier: dict | None) -> Check:
 
 
 def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Judged:
-    """Gather, build the evidence and score it under ``policy``, with the new-evidence rule."""
+    """Gather, build the evidence and score it under ``policy``, with the new-evidence rule. A policy whose gates
+    name another task's metrics than the run's is refused."""
+    policy.check_task(run_task(run), run["run_id"])
     drifted = drifted_features(drift) if policy.drift.drifted_slices else {}
     sample, missing = gather(store, run, policy, list(drifted))
     measured = [(r, store.run_resources(r)) for r in sample.runs]

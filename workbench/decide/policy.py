@@ -29,9 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench import WorkbenchError
 from workbench.decide.signing import content_hash
 from workbench.evaluate.metrics import METRICS
+from workbench.evaluate.regression import GATE_METRICS, REGRESSION_METRICS
 from workbench.evaluate.resources import DEFAULT_PRICES
 
 DEFAULT_POLICY = "default_policy.toml"
+DEFAULT_POLICIES = {"binary": DEFAULT_POLICY, "regression": "default_regression_policy.toml"}  # shipped, per task
 
 
 class Outcome(StrEnum):
@@ -61,6 +63,8 @@ class MetricGate(_Strict):
 
     ``min_absolute_change``/``min_relative_change`` are the change the candidate must reach in the
     better direction; a negative value is the largest tolerated degradation (non-inferiority margin).
+    A binary classifier's metric (accuracy, roc_auc, ...) gates binary runs; ``mae``, ``mse`` and ``rmse``
+    (lower is better: ``min_relative_change = -0.02`` lets the MAE rise by at most 2 %) gate regression runs.
     """
 
     metric: str
@@ -73,8 +77,8 @@ class MetricGate(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric {v!r} (known: {', '.join(METRICS)})")
+        if v not in METRICS and v not in GATE_METRICS:
+            raise ValueError(f"unknown metric {v!r} (known: {', '.join([*METRICS, *GATE_METRICS])})")
         return v
 
     @model_validator(mode="after")
@@ -85,7 +89,16 @@ class MetricGate(_Strict):
 
     @property
     def better_up(self) -> bool:
-        return METRICS[self.metric].higher_is_better if self.higher_is_better is None else self.higher_is_better
+        if self.higher_is_better is not None:
+            return self.higher_is_better
+        if self.metric in GATE_METRICS:
+            return bool(REGRESSION_METRICS[self.metric].higher_is_better)
+        return METRICS[self.metric].higher_is_better
+
+    @property
+    def task(self) -> str:
+        """The task whose runs this gate's metric judges (``binary`` or ``regression``)."""
+        return "regression" if self.metric in GATE_METRICS else "binary"
 
 
 #: what a slice gate (a segment, the recent window, the rows after a change point) requires: ``"no_harm"``
@@ -290,6 +303,31 @@ class Policy(_Strict):
         """The error rate each one-sided decision bound allows: 1 - ``confidence``."""
         return 1.0 - self.confidence
 
+    @model_validator(mode="after")
+    def _one_task(self):
+        if len(self.tasks) > 1:
+            raise ValueError(
+                "metric and segment gates name metrics of binary classifiers and of regression models: "
+                "a policy judges runs of one task"
+            )
+        return self
+
+    @property
+    def tasks(self) -> set[str]:
+        """The tasks its metric and segment gates judge (empty: it has none, and judges any run)."""
+        return {g.task for g in (*self.metrics, *self.segments)}
+
+    def check_task(self, task: str, run_id: str) -> None:
+        """Refuse to judge a run of ``task`` with gates on another task's metrics."""
+        other = self.tasks - {task}
+        if other:
+            names = ", ".join(dict.fromkeys(g.metric for g in (*self.metrics, *self.segments)))
+            raise WorkbenchError(
+                f"policy {self.name!r} gates {other.pop()} metrics ({names}) but run {run_id} is a {task} run: "
+                f"decide it under a policy with {task} gates, e.g. the shipped {DEFAULT_POLICIES.get(task, '?')} "
+                "(the default for such runs without --policy)"
+            )
+
     @field_validator("ramp")
     @classmethod
     def _valid_ramp(cls, v: tuple[int, ...]) -> tuple[int, ...]:
@@ -377,11 +415,15 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
         raise WorkbenchError(f"{source}: {_format_errors(e)}") from None
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Read a TOML, YAML or JSON policy file; None loads the policy shipped with the package."""
+def load_policy(path: str | Path | None = None, task: str = "binary") -> Policy:
+    """Read a TOML, YAML or JSON policy file; None loads the policy shipped with the package for runs of
+    ``task`` (:data:`DEFAULT_POLICIES`)."""
     if path is None:
-        text = resources.files("workbench.decide").joinpath(DEFAULT_POLICY).read_text("utf-8")
-        return parse_policy(tomllib.loads(text), f"shipped {DEFAULT_POLICY}")
+        if task not in DEFAULT_POLICIES:
+            raise WorkbenchError(f"no shipped policy for {task} runs (shipped: {', '.join(DEFAULT_POLICIES)})")
+        name = DEFAULT_POLICIES[task]
+        text = resources.files("workbench.decide").joinpath(name).read_text("utf-8")
+        return parse_policy(tomllib.loads(text), f"shipped {name}")
     p = Path(path)
     try:
         text = p.read_text("utf-8")
@@ -402,6 +444,13 @@ def load_policy(path: str | Path | None = None) -> Policy:
     except RecursionError:
         raise WorkbenchError(f"policy {p}: nested too deeply to be a policy") from None
     return parse_policy(data, f"policy {p}")
+
+
+def policy_for_run(path: str | Path | None, run: dict) -> Policy:
+    """The policy a run is decided under: the file at ``path``, else the shipped default for the run's task."""
+    from workbench.tasks import run_task
+
+    return load_policy(path, run_task(run))
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:

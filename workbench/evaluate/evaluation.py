@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,10 @@ from workbench.evaluate.results import (
 )
 from workbench.roles import ROLES
 from workbench.store import Store
+from workbench.tasks import REGRESSION, run_task
+
+if TYPE_CHECKING:
+    from workbench.evaluate.regression_run import RegressionEvaluation
 
 WINDOWS = ("hour", "day", "week")
 DEFAULT_THRESHOLD = 0.5
@@ -483,7 +487,7 @@ def evaluate_run(
     thresholds: dict[str, float] | None = None,
     partial: bool = False,
     prices: Mapping[str, float] | None = None,
-) -> EvaluationResult:
+) -> EvaluationResult | RegressionEvaluation:
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
     Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
@@ -493,6 +497,8 @@ def evaluate_run(
     what it covered (the run's status and rows, the labels' state: see :func:`evaluation_is_current`).
     ``resources`` compares what each model cost to run in the replay, priced at ``prices`` (USD per CPU-hour,
     GPU-hour, memory GB-hour; :data:`~workbench.evaluate.resources.DEFAULT_PRICES` for those not given).
+    A regression run (its task in its ``meta``) is compared on its numeric labels
+    (:mod:`workbench.evaluate.regression_run`; ``thresholds`` do not apply).
     """
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
@@ -505,21 +511,10 @@ def evaluate_run(
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
-    thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
     table = store.evaluation_rows(run_id, segment=segment, window=window)
-    y = table.column("label").to_numpy()
-    scores = {
-        r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
-    }
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
-    del table
-    quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
-    del y, scores, seg, win
-    latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
-    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
-    result = replace(result, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
-    params = {
+    params: dict[str, Any] = {
         "segment": segment,
         "window": window,
         "confidence": confidence,
@@ -529,10 +524,32 @@ def evaluate_run(
         "top_k": top_k,
         "small_rows": small_rows,
         "exact_max_rows": exact_max_rows,
-        "thresholds": thr,
-        "bootstrap": result.overall.method,
-        "partial": partial,
     }
+    if run_task(run) == REGRESSION:
+        from workbench.evaluate.regression_run import evaluate_regression_samples
+
+        y = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
+        preds = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
+        del table
+        latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
+        rows_done = int(run["rows_done"] or 0)
+        counts = store.prediction_counts(run_id)
+        reg = evaluate_regression_samples(run_id, y, preds, latency, counts, rows_done, opts, seg, win)
+        reg = replace(reg, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+        store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
+        return reg
+    thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
+    y = table.column("label").to_numpy()
+    scores = {
+        r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
+    }
+    del table
+    quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
+    del y, scores, seg, win
+    latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
+    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
+    result = replace(result, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+    params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
     store.save_evaluation(run_id, params, result.to_dict())
     return result
 
@@ -544,7 +561,7 @@ def _coverage(store: Store, run: dict) -> dict[str, Any]:
         "rows_done": rows_done,
         "rows_total": rows_total,
         "complete": run["status"] == "finished",
-        "labels": store.labels_state(run["traffic"]),
+        "labels": store.labels_state(run["traffic"], run_task(run)),
     }
 
 
@@ -562,6 +579,6 @@ def evaluation_is_current(store: Store, evaluation: dict) -> str | None:
         )
     if int(run["rows_done"] or 0) != cov.get("rows_done"):
         return f"the run has {int(run['rows_done'] or 0):,} rows now, the evaluation covers {cov.get('rows_done'):,}"
-    if store.labels_state(run["traffic"]) != cov.get("labels"):
+    if store.labels_state(run["traffic"], run_task(run)) != cov.get("labels"):
         return "the run's labels changed since it was evaluated"
     return None

@@ -11,8 +11,9 @@ One registry, :data:`METRICS`, holds every binary metric with whether higher is 
   weight), which the linearised bootstrap of large samples uses.
 
 An undefined value (fpr without negative labels, ...) is ``None`` (NaN inside replicate arrays) and
-:func:`undefined_reason` says why: never a silent 0. Multi-class accuracy and macro/micro precision,
-recall and f1 work from a confusion matrix. Every metric has a parity test against sklearn.metrics.
+:func:`undefined_reason` says why: never a silent 0. Every metric has a parity test against sklearn.metrics;
+multi-class metrics (built on these per class, one class against the rest) live in
+:mod:`workbench.evaluate.multiclass`, regression metrics in :mod:`workbench.evaluate.regression`.
 """
 
 from __future__ import annotations
@@ -371,41 +372,3 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[s
     c = confusion(y, score >= threshold)
     g = score_groups(y, score)
     return {name: m.compute(g if m.from_scores else c) for name, m in METRICS.items()}
-
-
-# -- multi-class -----------------------------------------------------------------------------------
-def multiclass_confusion(y: np.ndarray, pred: np.ndarray, n_classes: int | None = None) -> np.ndarray:
-    """Confusion matrix (rows: true class, columns: predicted class) of integer classes 0..C-1."""
-    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-    if n_classes is None:
-        n_classes = int(max(y.max(initial=-1), pred.max(initial=-1))) + 1
-    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def multiclass_metrics(cm: np.ndarray) -> dict[str, Any]:
-    """Accuracy and macro/micro precision, recall and f1 from confusion matrices ``(..., C, C)``.
-
-    Macro averages run over the classes present in labels or predictions and skip a class whose value
-    is undefined (sklearn's ``zero_division=np.nan``); micro averages pool the counts (for single-label
-    data all three equal accuracy).
-    """
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diagonal(cm, axis1=-2, axis2=-1)
-    actual, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
-    present = (actual + predicted) > 0
-    n = actual.sum(axis=-1)
-
-    def macro(per_class: np.ndarray) -> Any:
-        ok = present & ~np.isnan(per_class)
-        return _finish(_div(np.where(ok, per_class, 0.0).sum(axis=-1), ok.sum(axis=-1)))
-
-    micro = _finish(_div(tp.sum(axis=-1), n))
-    return {
-        "accuracy": micro,
-        "precision_macro": macro(_div(tp, predicted)),
-        "recall_macro": macro(_div(tp, actual)),
-        "f1_macro": macro(_div(2 * tp, actual + predicted)),
-        "precision_micro": micro,
-        "recall_micro": micro,
-        "f1_micro": micro,
-    }

@@ -66,6 +66,69 @@ class DeltaEstimate:
 
 
 @dataclass(frozen=True)
+class MetricEstimate:
+    """One model's value of a regression or multi-class metric: its interval and the interval's method, the
+    rows it used, the rows left out by reason (never dropped silently), and why a value or interval is
+    missing (``undefined``)."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    rows: int
+    excluded: dict[str, int] = field(default_factory=dict)
+    method: str | None = None
+    undefined: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "value": _num(self.value),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "rows": self.rows,
+            "excluded": dict(self.excluded),
+            "method": self.method,
+            "undefined": self.undefined,
+        }
+
+
+@dataclass(frozen=True)
+class PairedEstimate:
+    """candidate - baseline of one metric on the rows both models have: the delta with its interval, the
+    relative change (delta / the baseline's value on those rows), the p-value of "no difference" and its
+    ``test``, the minimum detectable effect, the Wilcoxon signed-rank p-value where one applies, and the
+    rows used and left out as in :class:`MetricEstimate`."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    rows: int
+    excluded: dict[str, int] = field(default_factory=dict)
+    method: str | None = None
+    relative: float | None = None
+    p_value: float | None = None
+    test: str | None = None
+    mde: float | None = None
+    wilcoxon_p: float | None = None
+    undefined: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "value": _num(self.value),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "rows": self.rows,
+            "excluded": dict(self.excluded),
+            "method": self.method,
+            "relative": _num(self.relative),
+            "p_value": _num(self.p_value),
+            "test": self.test,
+            "mde": _num(self.mde),
+            "wilcoxon_p": _num(self.wilcoxon_p),
+            "undefined": self.undefined,
+        }
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Both models' metrics and their deltas on one set of labelled rows."""
 

@@ -2,6 +2,8 @@
 
 * :func:`wilson` — score interval of a proportion (as statsmodels' ``proportion_confint(method="wilson")``).
 * :func:`mcnemar_exact` — exact McNemar test on discordant pairs (as statsmodels' ``mcnemar(exact=True)``).
+* :func:`t_test` — Student-t interval and p-value of an estimate with a standard error (as scipy's
+  ``ttest_1samp``/``ttest_rel`` for a mean); :func:`wilcoxon_p` — the signed-rank test of paired differences.
 * :func:`mann_whitney` — two-sided Mann-Whitney U test with tie and continuity correction (as scipy's
   ``mannwhitneyu(method="asymptotic")``), from two sorted samples without ranking their union.
 * :func:`poisson_cells` — Poisson bootstrap of a contingency table: the count of a cell under the
@@ -13,6 +15,8 @@
   instead of O(rows), for samples too large for row weights.
 * :func:`quantile_bootstrap` — the exact bootstrap distribution of a sample quantile from order
   statistics (the k-th smallest of n resampled rows is x[ceil(n U) - 1] with U ~ Beta(k, n - k + 1)).
+* :func:`paired_median_bootstrap` — the paired row-level Poisson bootstrap of a difference of medians,
+  drawing weights only for the rows near either median (O(sqrt(rows)) per replicate).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from scipy.stats import binom, norm
+from scipy.stats import binom, norm, wilcoxon
+from scipy.stats import t as student_t
 
 
 def seeded_rng(seed: int, key: str) -> np.random.Generator:
@@ -57,6 +62,23 @@ def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts ``b`` and ``c``."""
     return float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def t_test(estimate: float, se: float, rows: int, confidence: float) -> tuple[tuple[float, float], float | None]:
+    """Student-t interval (``rows - 1`` degrees of freedom) around ``estimate`` with standard error ``se``, and
+    the two-sided p-value of "the true value is 0" (``None`` when ``se`` is 0: the rows do not vary)."""
+    half = float(student_t.ppf(0.5 + confidence / 2, rows - 1)) * se
+    p = float(2 * student_t.sf(abs(estimate) / se, rows - 1)) if se > 0 else None
+    return (estimate - half, estimate + half), p
+
+
+def wilcoxon_p(differences: np.ndarray) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (scipy's defaults: zero differences are
+    dropped); ``None`` when no difference is non-zero."""
+    d = np.asarray(differences, dtype=np.float64)
+    if not np.any(d != 0):
+        return None
+    return float(wilcoxon(d).pvalue)
 
 
 def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,3 +250,59 @@ def quantile_bootstrap(sorted_x: np.ndarray, q: float, n_boot: int, rng: np.rand
         return low
     u2 = u1 + (1 - u1) * rng.beta(1, n - k - 1, size=n_boot)
     return _lerp(low, at(u2), frac)
+
+
+def _resampled_medians(sorted_x: np.ndarray, w: np.ndarray, below: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """``np.median`` of each resample (a row of ``w``) that holds ``below`` rows under the sorted window
+    ``sorted_x``, ``w[i, j]`` copies of ``sorted_x[j]`` and ``total`` rows in all; NaN when the resample is
+    empty or its median falls outside the window."""
+    cum = below[:, None] + np.cumsum(w, axis=1, dtype=np.float64)
+    half = (total - 1) / 2
+    low = np.floor(half)
+    last = len(sorted_x) - 1
+    i = (cum <= low[:, None]).sum(axis=1)  # window positions of the order statistics low and low + 1
+    j = (cum <= low[:, None] + 1).sum(axis=1)
+    odd = half == low
+    out = np.where(
+        odd, sorted_x[np.minimum(i, last)], (sorted_x[np.minimum(i, last)] + sorted_x[np.minimum(j, last)]) / 2
+    )
+    out[(total == 0) | (low < below) | (i > last) | (~odd & (j > last))] = np.nan
+    return out
+
+
+def paired_median_bootstrap(base: np.ndarray, cand: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Replicates of median(cand) - median(base) under the row-level Poisson(1) bootstrap of paired rows (one
+    weight for a row's two values).
+
+    A resample's median lies within 8 sqrt(n) ranks of the sample's (its rank varies by about sqrt(n) / 2), so
+    only rows within that window of either median get a weight of their own; the others enter through four
+    Poisson counts (below or above each window). The replicates are the row-level bootstrap's, at
+    O(sqrt(n)) per replicate; one whose median leaves a window (probability far below 1e-12) is NaN."""
+    n = len(base)
+    width = math.ceil(8 * math.sqrt(n))
+    zone = {}
+    for name, x in (("base", base), ("cand", cand)):
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.argsort(x, kind="stable")] = np.arange(n)
+        zone[name] = np.where(rank < n // 2 - width, -1, np.where(rank > n // 2 + width, 1, 0))
+    own = (zone["base"] == 0) | (zone["cand"] == 0)
+    # rows outside both windows, by side: (below, below), (below, above), (above, below), (above, above)
+    corners = [
+        int(np.count_nonzero(~own & (zone["base"] == zb) & (zone["cand"] == zc))) for zb in (-1, 1) for zc in (-1, 1)
+    ]
+    # per sample: its window rows in value order, the own-weight rows below its window, the corners below it
+    parts = {}
+    for name, x, corners_below in (("base", base, [0, 1]), ("cand", cand, [0, 2])):
+        inside = np.flatnonzero(zone[name][own] == 0)
+        inside = inside[np.argsort(x[own][inside], kind="stable")]
+        parts[name] = (x[own][inside], inside, zone[name][own] == -1, corners_below)
+    out = []
+    for w in poisson_weights(int(own.sum()), n_boot, rng):
+        counts = rng.poisson(np.asarray(corners, dtype=np.float64), size=(len(w), 4))
+        total = w.sum(axis=1, dtype=np.float64) + counts.sum(axis=1)
+        medians = {}
+        for name, (sorted_x, inside, lower, below_corners) in parts.items():
+            below = w[:, lower].sum(axis=1, dtype=np.float64) + counts[:, below_corners].sum(axis=1)
+            medians[name] = _resampled_medians(sorted_x, w[:, inside], below, total)
+        out.append(medians["cand"] - medians["base"])
+    return np.concatenate(out) if out else np.zeros(0)

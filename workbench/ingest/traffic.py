@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from workbench import WorkbenchError
 from workbench.store import ArrowView, Store, check_name, name_problem, qident, sql_literal, traffic_table
+from workbench.tasks import BINARY, REGRESSION, check_task
 
 BATCH_ROWS = 262_144
 RAW_MAX_CHARS = 4096
@@ -276,6 +277,18 @@ def _label_expr(q: str, src_type: str) -> str:
     if src_type in INTEGER_TYPES or src_type in ("DOUBLE", "FLOAT") or src_type.startswith("DECIMAL"):
         return f"CASE WHEN {q} = 0 THEN 0 WHEN {q} = 1 THEN 1 END"
     return "CAST(NULL AS INTEGER)"
+
+
+def _value_expr(q: str, src_type: str) -> str:
+    """A numeric label (a regression target) as a finite DOUBLE, NULL for anything else: numbers, and text that
+    reads as a number. Infinities, booleans and other text are not targets."""
+    if src_type == "VARCHAR":
+        value = f"TRY_CAST(trim({q}) AS DOUBLE)"
+    elif src_type in INTEGER_TYPES or src_type in ("DOUBLE", "FLOAT") or src_type.startswith("DECIMAL"):
+        value = f"CAST({q} AS DOUBLE)"
+    else:
+        return "CAST(NULL AS DOUBLE)"
+    return f"CASE WHEN isfinite({value}) THEN {value} END"
 
 
 def _label_missing(q: str, src_type: str) -> str:
@@ -577,8 +590,14 @@ def ingest_labels(
     id_col: str = "request_id",
     label_col: str = "label",
     time_col: str | None = "label_time",
+    task: str = BINARY,
 ) -> LabelsResult:
-    """Ingest labels for a traffic set; a later file's label for the same id replaces the earlier one."""
+    """Ingest labels for a traffic set; a later file's label for the same id replaces the earlier one.
+
+    ``task`` says what the label column holds: 0/1 classes (``binary``) or numbers, the targets of regression
+    runs (``regression``, kept apart, so one traffic set can hold both for the same requests)."""
+    check_task(task)
+    numeric = task == REGRESSION
     store.require_traffic(traffic)
     files = resolve_paths(path)
     sha = file_sha256(files, check_text=True)
@@ -599,7 +618,7 @@ def ingest_labels(
                 )
             time_name = time_col if time_col and time_col in src_types else None
             lab = f"_wb_src.{qident(label_col)}"
-            lab_expr = _label_expr(lab, src_types[label_col])
+            lab_expr = (_value_expr if numeric else _label_expr)(lab, src_types[label_col])
             t_expr = (
                 _cast_expr(time_name, src_types[time_name], "TIMESTAMP")
                 if time_name is not None
@@ -627,7 +646,10 @@ def ingest_labels(
             good = cur.sql(
                 "SELECT request_id, label, label_time FROM _wb_checked WHERE _reason IS NULL"
             ).to_arrow_table()
-            store.upsert_labels(cur, traffic, good)
+            if numeric:
+                store.upsert_label_values(cur, traffic, good.rename_columns(["request_id", "value", "label_time"]))
+            else:
+                store.upsert_labels(cur, traffic, good)
             unmatched += store.count_unmatched_labels(cur, traffic, good.column("request_id"))
             cur.execute(
                 """INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw

@@ -52,6 +52,7 @@ class TrafficSource:
     label_id_col: str = "request_id"
     label_col: str = "label"
     label_time_col: str | None = "label_time"
+    label_task: str = "binary"  # what the label column holds: 0/1 classes, or numbers ("regression")
     if_exists: Literal["append", "reuse", "check"] = "append"
 
     @contextmanager
@@ -215,7 +216,13 @@ def _ingest(ctx: _Ctx) -> dict:
             out["segments"] = store.declared_segments(name)
         if labels_file is not None and refresh_labels:
             lab = ingest_labels(
-                store, labels_file, name, id_col=src.label_id_col, label_col=src.label_col, time_col=src.label_time_col
+                store,
+                labels_file,
+                name,
+                id_col=src.label_id_col,
+                label_col=src.label_col,
+                time_col=src.label_time_col,
+                task=src.label_task,
             )
             ctx.result.outputs["labels"] = lab
             out["labels"] = lab.labels
@@ -277,7 +284,7 @@ def _decide(ctx: _Ctx) -> dict:
     publish to MLflow. A record this run already has is reused: the ramp moves only on new evidence."""
     from workbench.decide.canary import apply_decision, build_decision, load_signed
     from workbench.decide.decisions import publish, witnesses
-    from workbench.decide.policy import load_policy
+    from workbench.decide.policy import policy_for_run
     from workbench.decide.signoff import quorum_of
 
     s, f = ctx.settings, ctx.flow
@@ -290,7 +297,8 @@ def _decide(ctx: _Ctx) -> dict:
             applied = mine[0]["applied_sequence"] is not None
         else:
             why = f.justification or f"automated: the flow signed the policy's verdict on run {f.run_id} unreviewed"
-            signed, _ = build_decision(store, f.run_id, load_policy(f.policy), keys.signer, justification=why)
+            policy = policy_for_run(f.policy, store.require_run(f.run_id))
+            signed, _ = build_decision(store, f.run_id, policy, keys.signer, justification=why)
             applied = False
         r = signed.record
         out = {

@@ -5,6 +5,11 @@ A model URI is anything ``mlflow.pyfunc.load_model`` accepts (``models:/name@ali
 positive class (``predict_proba[:, 1]`` for sklearn, a torch module's output, a pyfunc's numeric output).
 The decision threshold comes from the model's metadata (``threshold``), else 0.5.
 
+Each model's task (:mod:`workbench.tasks`) is its metadata's ``task`` when it sets one; otherwise an sklearn
+estimator with ``predict_proba`` is a classifier (binary, or multi-class with more than two classes) and one
+without it that scikit-learn calls a regressor is a regression model (its ``predict`` is the prediction); any
+other model is taken as a binary classifier (``replay --task`` overrides this).
+
 MLflow and torch are imported lazily: only where a model is actually loaded.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -21,6 +26,7 @@ import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.replay.resources import LoadStats, measure_load
+from workbench.tasks import BINARY, MULTICLASS, REGRESSION, check_task
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.5
@@ -38,6 +44,8 @@ class ModelRef:
     flavor: str
     features: tuple[str, ...]
     threshold: float
+    task: str = BINARY  # what it predicts (workbench.tasks); set from the metadata or the loaded model
+    task_source: str = "default"  # where ``task`` came from: "metadata", "model" or "default"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,6 +115,9 @@ def describe(uri: str) -> ModelRef:
     flavors = info.flavors
     flavor = "pytorch" if "pytorch" in flavors else "sklearn" if "sklearn" in flavors else "pyfunc"
     threshold = float((info.metadata or {}).get("threshold", DEFAULT_THRESHOLD))
+    task = (info.metadata or {}).get("task")
+    if task is not None:
+        check_task(str(task), supported=False)
     return ModelRef(
         uri=uri,
         name=name,
@@ -115,7 +126,23 @@ def describe(uri: str) -> ModelRef:
         flavor=flavor,
         features=_features(info.signature),
         threshold=threshold,
+        **({"task": str(task), "task_source": "metadata"} if task is not None else {}),
     )
+
+
+def estimator_task(model) -> str | None:
+    """What an sklearn estimator (or pipeline) predicts, from its API: None when it does not say."""
+    if hasattr(model, "predict_proba"):
+        classes = getattr(model, "classes_", None)
+        return MULTICLASS if classes is not None and len(classes) > 2 else BINARY
+    if getattr(model, "_estimator_type", None) == "regressor":
+        return REGRESSION
+    try:
+        from sklearn.base import is_regressor
+
+        return REGRESSION if is_regressor(model) else None
+    except Exception:  # not an sklearn object: its API says nothing
+        return None
 
 
 def load_predictor(uri: str, device: str = "auto") -> Predictor:
@@ -148,6 +175,10 @@ def load_predictor(uri: str, device: str = "auto") -> Predictor:
     except Exception as e:  # a model that cannot load is a user-facing error, whatever the flavor raised
         raise WorkbenchError(f"cannot load model {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     predictor.load_stats = stats
+    if ref.task_source == "default" and isinstance(predictor, SklearnPredictor):
+        task = estimator_task(predictor.model)
+        if task is not None:
+            predictor.ref = replace(ref, task=task, task_source="model")
     return predictor
 
 
@@ -176,7 +207,8 @@ def feature_matrix(batch: pa.Table, features: tuple[str, ...]) -> np.ndarray:
 
 
 class SklearnPredictor:
-    """An sklearn estimator or pipeline; scores with ``predict_proba[:, 1]`` when it has one."""
+    """An sklearn estimator or pipeline; scores with ``predict_proba[:, 1]`` when it has one (a regressor: with
+    ``predict``)."""
 
     def __init__(self, ref: ModelRef, model):
         self.ref, self.model, self.device = ref, model, "cpu"
@@ -184,7 +216,7 @@ class SklearnPredictor:
 
     def predict(self, batch: pa.Table) -> np.ndarray:
         X = batch.select(list(self.ref.features)).to_pandas()
-        if hasattr(self.model, "predict_proba"):
+        if self.ref.task != REGRESSION and hasattr(self.model, "predict_proba"):
             return _positive_scores(self.model.predict_proba(X))
         return _positive_scores(self.model.predict(X))
 

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ from workbench.replay.resources import run_resources
 from workbench.replay.scoring import PairScorer, Scored, ScoringOptions
 from workbench.roles import ROLES
 from workbench.store import RunState, Store, check_name
+from workbench.tasks import DESCRIBED, REGRESSION, check_task, run_task
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -49,6 +50,7 @@ class ReplayOptions:
     isolate: bool = False  # each model in worker processes (workbench.replay.isolation)
     worker_memory_mb: float | None = 4096.0  # an isolated worker above this resident size is replaced
     measure: bool = True  # each model's CPU, GPU and throughput (workbench.replay.resources); off: load costs only
+    task: str | None = None  # what both models predict (workbench.tasks); None: inferred from the models
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -57,6 +59,8 @@ class ReplayOptions:
             raise WorkbenchError("--writers must be at least 1")
         if self.worker_memory_mb is not None and self.worker_memory_mb <= 0:
             raise WorkbenchError("--worker-memory must be positive")
+        if self.task is not None:
+            check_task(self.task)
         self.scoring()  # validates the scoring fields
 
     def scoring(self) -> ScoringOptions:
@@ -73,10 +77,12 @@ class ReplayResult:
     status: str
     stages: dict = field(default_factory=dict)  # busy seconds per pipeline stage and which one bounds the run
     resources: dict = field(default_factory=dict)  # what each model cost to run (workbench.replay.resources)
+    task: str = "binary"  # what both models predict (workbench.tasks)
 
     def to_dict(self) -> dict:
         return {
             "run_id": self.run_id,
+            "task": self.task,
             "rows": self.rows,
             "baseline_errors": self.baseline_errors,
             "candidate_errors": self.candidate_errors,
@@ -87,21 +93,46 @@ class ReplayResult:
         }
 
 
+def resolve_task(models: dict[str, Predictor], override: str | None = None) -> str:
+    """The task of a run of ``models``: ``override`` when given, else the models' own, which must agree;
+    a task not supported end to end is refused."""
+    if override is not None:
+        return check_task(override)
+    tasks = {r: getattr(m.ref, "task", None) or "binary" for r, m in models.items()}
+    if len(set(tasks.values())) > 1:
+        described = "; ".join(f"the {r} {models[r].ref.uri} is {DESCRIBED[t]}" for r, t in tasks.items())
+        raise WorkbenchError(
+            f"the two models predict different things ({described}): a run compares two models of one task; "
+            "pass --task to say what both predict when a model's task was guessed wrongly"
+        )
+    return check_task(next(iter(tasks.values())))
+
+
+def class_thresholds(models: dict[str, Predictor], task: str) -> dict[str, float | None]:
+    """Each role's decision threshold: None for a regression run (its scores are predictions, not classes)."""
+    return {r: None if task == REGRESSION else m.ref.threshold for r, m in models.items()}
+
+
 def new_run_id() -> str:
     return "run_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
-def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: dict[str, float]) -> pa.Table:
-    """The wide, paired result rows of one batch (one row per request, both models side by side)."""
+def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: Mapping[str, float | None]) -> pa.Table:
+    """The wide, paired result rows of one batch (one row per request, both models side by side). A role
+    without a threshold (a regression model) has no class: its score is the prediction."""
     n = len(rows)
     cols: dict[str, pa.Array] = {"_row": rows}
     for role in ROLES:
         s = scored[role]
         ok = np.isfinite(s.scores)
         all_ok = bool(ok.all())
-        classes = (s.scores >= thresholds[role]).astype(np.int32)
+        threshold = thresholds[role]
         cols[f"{role}_score"] = pa.array(s.scores) if all_ok else pa.array(s.scores, mask=~ok)  # errors: null
-        cols[f"{role}_class"] = pa.array(classes) if all_ok else pa.array(classes, mask=~ok)
+        if threshold is None:
+            cols[f"{role}_class"] = pa.nulls(n, pa.int32())
+        else:
+            classes = (s.scores >= threshold).astype(np.int32)
+            cols[f"{role}_class"] = pa.array(classes) if all_ok else pa.array(classes, mask=~ok)
         cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
         cols[f"{role}_error"] = pa.nulls(n, pa.string()) if all_ok else pa.array(s.errors, pa.string())
     return pa.table(cols)
@@ -188,6 +219,7 @@ def replay(
     run_id = check_name(run_id, "run id") if run_id else new_run_id()
     info = store.require_traffic(traffic)
     models = {"baseline": baseline, "candidate": candidate}
+    task = resolve_task(models, options.task)
     refs = {r: m.ref.to_dict() for r, m in models.items()}
     _check_features(info["columns"], models)
     started = time.perf_counter()
@@ -199,12 +231,16 @@ def replay(
         batch_size=options.batch_size,
         device=",".join(sorted({m.device for m in models.values()})),
         mode=options.mode,
-        meta={"environment": _environment(models, options)},
+        meta={"environment": _environment(models, options), "task": task},
     )
     if not run.created:
         _check_same_run(run, traffic, refs)
+        was = run_task(store.require_run(run_id))
+        if was != task:
+            raise WorkbenchError(f"run {run_id} was replayed as a {was} run, not {task}: use a new --run-id")
         if run.finished:
-            return ReplayResult(**store.run_counts(run_id).to_dict(), seconds=0.0, status="already_complete")
+            done = store.run_counts(run_id).to_dict()
+            return ReplayResult(**done, seconds=0.0, status="already_complete", task=task)
         log.info("resuming run %s after %s committed rows", run_id, run.rows_done)
     if progress:
         progress(run.rows_done, run.rows_total)
@@ -226,6 +262,7 @@ def replay(
         status="finished",
         stages=stages,
         resources=measured,
+        task=task,
     )
 
 
@@ -235,7 +272,7 @@ class LocalExecutor:
     With ``options.isolate`` the models score in worker processes (:mod:`workbench.replay.isolation`)."""
 
     def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress) -> dict:
-        thresholds = {r: m.ref.threshold for r, m in models.items()}
+        thresholds = class_thresholds(models, resolve_task(models, options.task))
         if not options.isolate:
             scorer = PairScorer(models, options.scoring(), options.measure)
             return _run_pipeline(store, run, scorer, thresholds, options, progress) | {"meters": scorer.meters}

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor
-from workbench.replay.pipeline import ReplayOptions, paired_table
+from workbench.replay.pipeline import ReplayOptions, class_thresholds, paired_table, resolve_task
 from workbench.replay.scoring import PairScorer
 from workbench.store import RunState, Store
 
@@ -59,7 +59,7 @@ class PairActor:
         mlflow.set_tracking_uri(tracking_uri)
         models = {role: load_predictor(uri, device) for role, uri in uris.items()}
         self.scorer = PairScorer(models, options.scoring(), measure=False)  # only load costs are measured here
-        self.thresholds = {r: m.ref.threshold for r, m in models.items()}
+        self.thresholds = class_thresholds(models, resolve_task(models, options.task))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         scored = self.scorer.score(self.scorer.prepare(batch))

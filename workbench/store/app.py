@@ -37,10 +37,12 @@ class AppStore(RunStore):
     }
 
     def app_runs(self) -> list[dict[str, Any]]:
-        """Every run with its models, ``rows_done`` and ``data_at``, when its traffic or labels last changed."""
+        """Every run with its models, ``rows_done``, ``data_at`` (when its traffic or labels last changed) and
+        ``task``."""
         rows = self._rows(
             f"""SELECT r.run_id, r.traffic, r.status, r.rows_total, r.rows_done, r.device, r.mode, r.started_at,
-                       r.finished_at, r.baseline, r.candidate, i.data_at
+                       r.finished_at, r.baseline, r.candidate, i.data_at,
+                       coalesce(json_extract_string(r.meta, '$.task'), 'binary') AS task
                 FROM ({RUNS_SQL}) r
                 LEFT JOIN (SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic) i USING (traffic)
                 ORDER BY r.started_at DESC"""

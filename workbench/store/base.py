@@ -34,6 +34,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
+from workbench.tasks import REGRESSION
 
 DEFAULT_MEMORY_LIMIT = "512MB"  # DuckDB buffer pool (override: $WORKBENCH_DUCKDB_MEMORY_LIMIT); it spills beyond
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -62,6 +63,9 @@ SCHEMA = [
     # one label per (traffic, request_id), kept by upsert_labels
     """CREATE TABLE IF NOT EXISTS labels (
         traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP)""",
+    # numeric labels (the targets of regression runs): one per (traffic, request_id), kept by upsert_label_values
+    """CREATE TABLE IF NOT EXISTS label_values (
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, value DOUBLE NOT NULL, label_time TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR NOT NULL, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
         status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
@@ -189,6 +193,12 @@ def check_role(role: str) -> str:
     if role not in ROLES:
         raise WorkbenchError(f"unknown model role {role!r}")
     return role
+
+
+def label_source(task: str) -> tuple[str, str]:
+    """(table, column) holding the labels a run of ``task`` is judged on: the 0/1 labels of a binary run, the
+    numeric labels of a regression run."""
+    return ("label_values", "value") if task == REGRESSION else ("labels", "label")
 
 
 def traffic_table(name: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.store.base import StoreBase
+from workbench.store.base import StoreBase, label_source
+from workbench.tasks import BINARY
 
 
 class EvaluationStore(StoreBase):
@@ -14,11 +15,13 @@ class EvaluationStore(StoreBase):
         """Append an evaluation of a run."""
         self._save_report("evaluations", run_id, params, result)
 
-    def labels_state(self, traffic: str) -> dict[str, Any]:
-        """The labels of a traffic set as they are now: their count and an order-free digest of (request id,
-        label) pairs, which changes when a label is added, removed or changed."""
+    def labels_state(self, traffic: str, task: str = BINARY) -> dict[str, Any]:
+        """The labels of a traffic set as they are now (the numeric ones for a regression ``task``): their count
+        and an order-free digest of (request id, label) pairs, which changes when a label is added, removed or
+        changed."""
+        table, column = label_source(task)
         row = self._rows(
-            "SELECT count(*) AS n, coalesce(bit_xor(hash(request_id, label)), 0) AS digest FROM labels "
+            f"SELECT count(*) AS n, coalesce(bit_xor(hash(request_id, {column})), 0) AS digest FROM {table} "
             "WHERE traffic = ?",
             [traffic],
         )[0]

@@ -25,7 +25,7 @@ from workbench.store.base import LEGACY_FILE, SCHEMA, qident, sql_literal, traff
 
 # tables whose rows belong to one run, and to one traffic set
 RUN_TABLES = ("predictions", "run_batches", "evaluations", "drift_reports")
-TRAFFIC_TABLES = ("labels", "quarantine", "ingests", "traffic_segments")
+TRAFFIC_TABLES = ("labels", "label_values", "quarantine", "ingests", "traffic_segments")
 
 
 def folder_bytes(path: Path) -> int:

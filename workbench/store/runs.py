@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import check_role, qident, traffic_table
+from workbench.store.base import check_role, label_source, qident, traffic_table
 from workbench.store.traffic import TrafficStore
+from workbench.tasks import run_task
 
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
@@ -250,11 +251,13 @@ class RunStore(TrafficStore):
     def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
         """One row per labelled request of a run, in no particular order: ``label``, ``baseline_score``
         and ``candidate_score`` (null where that model failed), plus ``segment`` (the traffic column
-        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request."""
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request. The
+        labels are the run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
+        labels, column = label_source(run_task(run))
         select = [
-            "l.label",
+            f"l.{column} AS label",
             "CASE WHEN p.baseline_error IS NULL THEN p.baseline_score END AS baseline_score",
             "CASE WHEN p.candidate_error IS NULL THEN p.candidate_score END AS candidate_score",
         ]
@@ -273,7 +276,7 @@ class RunStore(TrafficStore):
         sql = f"""SELECT {", ".join(select)}
                   FROM predictions p
                   JOIN {traffic_table(run["traffic"])} t USING (_row)
-                  JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                  JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
                   WHERE p.run_id = ?"""
         # a bounded buffer: the joins spill to disk rather than grow
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
@@ -295,10 +298,11 @@ class RunStore(TrafficStore):
         """Every replayed request of a run with what a decision judges: ``request_id``, ``event_time``,
         ``label`` (null when unlabelled), per model ``*_score`` (null where it failed), ``*_failed`` and
         ``*_latency_ms``, each of ``segments`` as text (columns named ``segment:<column>``) and each of
-        ``features`` as stored (``feature:<column>``)."""
+        ``features`` as stored (``feature:<column>``); ``label`` is a number for a regression run."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
-        select = ["t.request_id", "t.event_time", "l.label"]
+        labels, column = label_source(run_task(run))
+        select = ["t.request_id", "t.event_time", f"l.{column} AS label"]
         for r in ("baseline", "candidate"):
             select += [
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_score END AS {r}_score",
@@ -317,7 +321,7 @@ class RunStore(TrafficStore):
         sql = f"""SELECT {", ".join(select)}
                   FROM predictions p
                   JOIN {traffic_table(run["traffic"])} t USING (_row)
-                  LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                  LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
                   WHERE p.run_id = ?"""
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
             return self.cursor().sql(sql, params=[run["traffic"], run_id]).to_arrow_table()

@@ -174,6 +174,18 @@ class TrafficStore(StoreBase):
         view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
         view.close()
 
+    def upsert_label_values(self, cur, traffic: str, data: pa.Table) -> None:
+        """Insert numeric labels (traffic, request_id, value, label_time); a later value for an id replaces it."""
+        view = ArrowView(cur, "_wb_values", data)
+        view.execute(
+            f"DELETE FROM label_values WHERE traffic = {sql_literal(traffic)} "
+            "AND request_id IN (SELECT request_id FROM _wb_values)"
+        )
+        view.execute(
+            f"INSERT INTO label_values SELECT {sql_literal(traffic)}, request_id, value, label_time FROM _wb_values"
+        )
+        view.close()
+
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
         """How many of the request ``ids`` the traffic set does not hold (in ``cur``'s transaction)."""
         view = ArrowView(cur, "_wb_ids", pa.table({"request_id": ids}))

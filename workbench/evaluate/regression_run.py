@@ -1,0 +1,151 @@
+"""Evaluate a regression run: both models' regression metrics with intervals and their paired deltas
+(:func:`workbench.evaluate.regression.compare_regression`), overall and per segment value or time window, with
+the latency, error rates, coverage and resources a binary evaluation reports.
+
+:func:`evaluate_regression_samples` computes on arrays (pure); :func:`evaluate_regression_run` reads the run's
+rows (their numeric labels) from the store and saves the result, as :func:`~workbench.evaluate.evaluation.
+evaluate_run` does for binary runs (which hands regression runs to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workbench.evaluate.latency import error_rates, latency_summary
+from workbench.evaluate.regression import RegressionComparison, compare_regression
+from workbench.evaluate.results import ErrorRate, LatencyResult, Options
+from workbench.roles import BASELINE, CANDIDATE, ROLES
+from workbench.tasks import REGRESSION
+
+
+@dataclass(frozen=True)
+class RegressionSlice:
+    """One segment value or time window of a regression run: its labelled rows, whether they are few, and the
+    comparison on them."""
+
+    rows: int
+    small: bool
+    comparison: RegressionComparison
+
+    def to_dict(self) -> dict:
+        d = self.comparison.to_dict()
+        return {"rows": self.rows, "small": self.small, **{k: d[k] for k in ROLES}, "delta": d["delta"]}
+
+
+@dataclass(frozen=True)
+class RegressionEvaluation:
+    """A regression run's evaluation; ``to_dict`` has the ``evaluate --json`` shape of a binary run where the two
+    share fields (``labeled_rows``, ``baseline``/``candidate``/``delta`` per metric, ``latency``, ``errors``)."""
+
+    run_id: str
+    labeled_rows: int
+    label_coverage: float
+    overall: RegressionComparison
+    latency: LatencyResult
+    errors: dict[str, ErrorRate]
+    segments: dict | None = None  # {column: {value: RegressionSlice}}
+    windows: dict | None = None  # {"day": {iso start: RegressionSlice}}
+    undefined: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)
+    resources: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.overall.to_dict()
+        out = {
+            "run_id": self.run_id,
+            "task": REGRESSION,
+            "labeled_rows": self.labeled_rows,
+            "label_coverage": self.label_coverage,
+            "confidence": self.overall.confidence,
+            "rows": d["rows"],
+            "baseline": d["baseline"],
+            "candidate": d["candidate"],
+            "delta": d["delta"],
+            "latency": self.latency.to_dict(),
+            "errors": {r: e.to_dict() for r, e in self.errors.items()},
+        }
+        if self.segments is not None:
+            out["segments"] = {c: {v: s.to_dict() for v, s in vals.items()} for c, vals in self.segments.items()}
+        if self.windows is not None:
+            out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
+        out["undefined"] = dict(self.undefined)
+        out["coverage"] = dict(self.coverage)
+        out["resources"] = self.resources
+        return out
+
+
+def _undefined(prefix: str, comp: RegressionComparison) -> dict[str, str]:
+    """Why each null value of a comparison is null, keyed like a binary evaluation's ``undefined``."""
+    out = {}
+    for side, metrics in ((BASELINE, comp.baseline), (CANDIDATE, comp.candidate), ("delta", comp.delta)):
+        for name, est in metrics.items():
+            if est.undefined:
+                out[f"{prefix}{side}.{name}"] = est.undefined
+    return out
+
+
+def _slices(
+    ids: np.ndarray, labels: list[str], y: np.ndarray, preds: dict[str, np.ndarray], opts: Options, prefix: str
+) -> tuple[dict[str, RegressionSlice], dict[str, str]]:
+    out: dict[str, RegressionSlice] = {}
+    undefined: dict[str, str] = {}
+    for j, name in enumerate(labels):
+        idx = np.flatnonzero(ids == j)
+        comp = compare_regression(y[idx], preds[BASELINE][idx], preds[CANDIDATE][idx], opts=opts)
+        out[name] = RegressionSlice(len(idx), len(idx) < opts.small_rows, comp)
+        undefined |= _undefined(f"{prefix}.{name}.", comp)
+    return out, undefined
+
+
+def evaluate_regression_samples(
+    run_id: str,
+    y: np.ndarray,
+    preds: dict[str, np.ndarray],
+    latency: dict[str, np.ndarray],
+    error_counts: dict[str, dict],
+    rows_done: int,
+    opts: Options = Options(),
+    segment: tuple[str, pa.Array] | None = None,
+    window: tuple[str, pa.Array] | None = None,
+) -> RegressionEvaluation:
+    """The whole evaluation of a regression run on arrays: numeric labels ``y``, each model's predictions (NaN
+    where it failed), latency samples per model (sorted in place) and error counts ``{role: {"rows", "errors"}}``;
+    per segment value (``(column, values)``, the ``opts.top_k`` most frequent and "other") or time window
+    (``(unit, starts)``) on request."""
+    from workbench.evaluate.evaluation import _slice_ids
+
+    y = np.asarray(y, dtype=np.float64)
+    overall = compare_regression(y, preds[BASELINE], preds[CANDIDATE], opts=opts)
+    undefined = _undefined("", overall)
+    segments = windows = None
+    if segment is not None:
+        col, values = segment
+        ids, labels = _slice_ids(values, opts.top_k)
+        slices, und = _slices(ids, labels, y, preds, opts, f"segments.{col}")
+        segments, undefined = {col: slices}, undefined | und
+    if window is not None:
+        unit, starts = window
+        iso = pc.strftime(starts.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")
+        ids, labels = _slice_ids(iso, None)
+        slices, und = _slices(ids, labels, y, preds, opts, f"windows.{unit}")
+        windows, undefined = {unit: slices}, undefined | und
+    lat, lat_undefined = latency_summary(latency, opts)
+    errors = error_rates(error_counts, opts)
+    undefined |= lat_undefined | {f"errors.{r}": "no rows replayed" for r, e in errors.items() if e.rate is None}
+    n = len(y)
+    return RegressionEvaluation(
+        run_id,
+        n,
+        round(n / rows_done, 6) if rows_done else 0.0,
+        overall,
+        lat,
+        errors,
+        segments,
+        windows,
+        undefined,
+    )

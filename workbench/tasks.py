@@ -1,0 +1,40 @@
+"""What the models of a run predict: its task, recorded in the run's ``meta`` when it is replayed.
+
+``binary``: a score (the positive class's probability) per request, judged against 0/1 labels;
+``regression``: a number per request, judged against numeric labels (stored apart from the binary ones);
+``multiclass`` is recognised but not yet replayed end to end.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from workbench.errors import WorkbenchError
+
+BINARY: Final = "binary"
+REGRESSION: Final = "regression"
+MULTICLASS: Final = "multiclass"
+TASKS: Final = (BINARY, REGRESSION, MULTICLASS)
+SUPPORTED: Final = (BINARY, REGRESSION)
+DESCRIBED: Final = {
+    BINARY: "a binary classifier",
+    REGRESSION: "a regression model",
+    MULTICLASS: "a multi-class classifier",
+}
+
+
+def check_task(task: str, *, supported: bool = True) -> str:
+    """``task`` when it is known (and replayable with ``supported``), else an error naming the choices."""
+    if task not in TASKS:
+        raise WorkbenchError(f"unknown task {task!r}: use one of {', '.join(SUPPORTED)}")
+    if supported and task not in SUPPORTED:
+        raise WorkbenchError(
+            f"{task} models are not supported end to end yet: replay binary classifiers or regression models "
+            f"(use one of {', '.join(SUPPORTED)})"
+        )
+    return task
+
+
+def run_task(run: dict[str, Any]) -> str:
+    """The task a stored run recorded (runs replayed before tasks were recorded are binary)."""
+    return str((run.get("meta") or {}).get("task") or BINARY)
