@@ -11,7 +11,7 @@ from workbench.cli import build_parser, main
 
 COMMANDS = {
     "ingest", "labels", "replay", "evaluate", "drift", "runs", "demo", "decide", "keys", "decision",
-    "canary", "sync", "serve", "webhook", "route", "jobs", "app", "approver",
+    "canary", "sync", "serve", "webhook", "route", "jobs", "app", "approver", "gc", "migrate",
 }  # fmt: skip
 
 

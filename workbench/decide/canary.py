@@ -459,12 +459,19 @@ def _record(store: Store, model: str, now: datetime, signer: Signer, policy: Pol
     return clean(record)
 
 
-def save_record(store: Store, signed: SignedDecision, cur=None) -> None:
+def save_record(store: Store, signed: SignedDecision) -> None:
+    """Store a signed record (inside the caller's write transaction when there is one)."""
     r = signed.record
     if signed.signature is None:
         raise SignatureError(f"decision {r.get('decision_id')} is unsigned: only signed records are stored")
+    with store.transaction() as cur:
+        _save_decision(store, cur, signed)
+
+
+def _save_decision(store: Store, cur, signed: SignedDecision) -> None:
+    r = signed.record
     store.save_decision(
-        cur or store.cursor(),
+        cur,
         decision_id=r["decision_id"],
         model=r["model"],
         kind=r["kind"],
@@ -536,7 +543,7 @@ def apply_decision(
     killed = killed_after(frozenset() if head is None else head.killed_versions, record)
     with store.transaction() as cur:
         if stored is None:
-            save_record(store, signed, cur)
+            save_record(store, signed)
         store.append_chain(
             cur,
             model=model,

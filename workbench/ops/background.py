@@ -117,7 +117,7 @@ class SharedDatabase:
                     while self._readers:
                         self._cond.wait()
                     try:
-                        self._shared = Store(self.path, wait_s=0)
+                        self._shared = Store(self.path)  # its writes wait for the writer lock
                     except DatabaseLocked:
                         if time.monotonic() >= deadline:
                             raise DatabaseBusy(

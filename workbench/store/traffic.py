@@ -169,7 +169,7 @@ class TrafficStore(StoreBase):
         view = ArrowView(cur, "_wb_labels", data)
         view.execute(
             f"DELETE FROM labels WHERE traffic = {sql_literal(traffic)} "
-            "AND request_id IN (SELECT request_id FROM _wb_labels)"
+            "AND request_id IN (SELECT CAST(request_id AS VARCHAR) FROM _wb_labels)"
         )
         view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
         view.close()
