@@ -3,7 +3,7 @@
 Prints two tables:
   1. while one replay of ``--rows`` requests writes into the home's storage (a subprocess), the latency of
      repeated reads of each kind, each in a fresh connection as a CLI command, the app or a scrape makes it:
-     ``runs`` (list runs), ``evaluate`` (evaluate another, finished run: it writes its result too),
+     ``runs`` (list runs), ``evaluate`` (evaluate another, finished run of 100,000 labelled rows: it writes its result too),
      ``canary status`` (the verified head of a model's chain), ``/metrics`` (the Prometheus collector);
      P50, P99 and the worst, and how many reads failed;
   2. the same replay alone, then two replays of different runs at the same time (two subprocesses): rows/s
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay import ConstantModel, mlp_pair, write_traffic  # noqa: E402
 
 
-def replay_once(home: Path, run_id: str, models: str, batch_size: int) -> dict:
-    """One replay of traffic set ``bench`` into ``home``'s storage (run in its own process)."""
+def replay_once(home: Path, run_id: str, models: str, batch_size: int, traffic: str = "bench") -> dict:
+    """One replay of traffic set ``traffic`` into ``home``'s storage (run in its own process)."""
     from workbench.config import load_settings
     from workbench.replay.pipeline import ReplayOptions, replay
     from workbench.store import Store
@@ -48,7 +48,7 @@ def replay_once(home: Path, run_id: str, models: str, batch_size: int) -> dict:
         t = time.perf_counter()
         res = replay(
             store,
-            "bench",
+            traffic,
             pair["baseline"],
             pair["candidate"],
             run_id=run_id,
@@ -82,19 +82,21 @@ def prepare(a) -> None:
     from workbench.ingest.traffic import ingest
     from workbench.store import Store
 
-    traffic = Path(a.home) / "traffic.parquet"
+    traffic, small = Path(a.home) / "traffic.parquet", Path(a.home) / "small.parquet"
     write_traffic(traffic, a.rows, "mlp", None)
+    n = min(a.rows, 100_000)
+    write_traffic(small, n, "mlp", None)
     settings = load_settings(a.home).ensure()
     with Store(settings.db_path) as store:
         t = time.perf_counter()
         ingest(store, traffic, "bench")
         print(f"ingest of {a.rows:,} rows: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        ingest(store, small, "small")
         rng = np.random.default_rng(0)
-        n = min(a.rows, 100_000)
         with store.transaction() as cur:
             store.upsert_labels(
                 cur,
-                "bench",
+                "small",
                 pa.table(
                     {
                         "request_id": pa.array([f"r{i}" for i in range(n)]),
@@ -103,7 +105,7 @@ def prepare(a) -> None:
                     }
                 ),
             )
-    print(json.dumps(replay_once(Path(a.home), "finished", "constant", a.batch_size)), file=sys.stderr)
+    print(json.dumps(replay_once(Path(a.home), "finished", "constant", a.batch_size, "small")), file=sys.stderr)
 
 
 def read_kinds(home: Path):
