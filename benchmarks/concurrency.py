@@ -3,7 +3,8 @@
 Prints two tables:
   1. while one replay of ``--rows`` requests writes into the home's storage (a subprocess), the latency of
      repeated reads of each kind, each in a fresh connection as a CLI command, the app or a scrape makes it:
-     ``runs`` (list runs), ``evaluate`` (evaluate another, finished run of 100,000 labelled rows: it writes its result too),
+     ``runs`` (list runs), ``evaluate`` (evaluate another, finished run of 100,000 labelled rows; it writes
+     its result too),
      ``canary status`` (the verified head of a model's chain), ``/metrics`` (the Prometheus collector);
      P50, P99 and the worst, and how many reads failed;
   2. the same replay alone, then two replays of different runs at the same time (two subprocesses): rows/s
