@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import ArrowView, StoreBase, check_name, qident, sql_literal, traffic_table
+
+SCAN_ROWS = 1 << 20  # rows per sorted range when streaming a traffic set in ingest order
 
 
 def _skip_sql(skip: Sequence[tuple[int, int]]) -> str:
@@ -147,12 +149,26 @@ class TrafficStore(StoreBase):
     ) -> pa.RecordBatchReader:
         """Stream ``columns`` of a traffic set in ingest order, leaving out the ``_row`` ranges in ``skip``.
 
-        Relies on DuckDB's ``preserve_insertion_order`` (on by default; ingest inserts in ``_row`` order)
-        instead of an ORDER BY, which would cost a full sort; the replay checks the order as it reads.
+        A table spread over several data files is not scanned in insertion order, and one ORDER BY over the
+        whole table would sort it all at once; so it is read in ``_row`` ranges of :data:`SCAN_ROWS`, each
+        sorted (each range touches the few files whose ``_row`` statistics overlap it). The replay checks the
+        order as it reads.
         """
         cols = ", ".join(["_row"] + [qident(c) for c in columns if c != "_row"])
+        table, keep = traffic_table(name), _skip_sql(skip)
         cur = self.new_cursor()
-        return cur.sql(f"SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)}").to_arrow_reader(batch_size)
+        lo, hi = cur.execute(f"SELECT min(_row), max(_row) FROM {table} WHERE {keep}").fetchall()[0]
+        schema = cur.sql(f"SELECT {cols} FROM {table} LIMIT 0").to_arrow_table().schema
+
+        def ranges() -> Iterator[pa.RecordBatch]:
+            for start in range(int(lo), int(hi) + 1, SCAN_ROWS) if lo is not None else ():
+                rel = cur.sql(
+                    f"SELECT {cols} FROM {table} WHERE _row >= {start} AND _row < {start + SCAN_ROWS} AND {keep} "
+                    "ORDER BY _row"
+                )
+                yield from rel.to_arrow_reader(batch_size)
+
+        return pa.RecordBatchReader.from_batches(schema, ranges())
 
     def export_traffic_parquet(
         self, name: str, columns: list[str], skip: Sequence[tuple[int, int]], path: Path, row_group_rows: int
