@@ -461,29 +461,24 @@ def _record(store: Store, model: str, now: datetime, signer: Signer, policy: Pol
 
 def save_record(store: Store, signed: SignedDecision) -> None:
     """Store a signed record (inside the caller's write transaction when there is one)."""
-    r = signed.record
-    if signed.signature is None:
+    r, signature = signed.record, signed.signature
+    if signature is None:
         raise SignatureError(f"decision {r.get('decision_id')} is unsigned: only signed records are stored")
     with store.transaction() as cur:
-        _save_decision(store, cur, signed)
-
-
-def _save_decision(store: Store, cur, signed: SignedDecision) -> None:
-    r = signed.record
-    store.save_decision(
-        cur,
-        decision_id=r["decision_id"],
-        model=r["model"],
-        kind=r["kind"],
-        run_id=r["run_id"],
-        verdict=r["verdict"],
-        weight_before=int(r["weight_before"]),
-        weight_after=int(r["weight_after"]),
-        record_text=canonical_bytes(r).decode("utf-8"),
-        record_hash=record_hash(r),
-        signature=signed.signature,
-        created_at=db_time(record_time(r["created_at"])),
-    )
+        store.save_decision(
+            cur,
+            decision_id=r["decision_id"],
+            model=r["model"],
+            kind=r["kind"],
+            run_id=r["run_id"],
+            verdict=r["verdict"],
+            weight_before=int(r["weight_before"]),
+            weight_after=int(r["weight_after"]),
+            record_text=canonical_bytes(r).decode("utf-8"),
+            record_hash=record_hash(r),
+            signature=signature,
+            created_at=db_time(record_time(r["created_at"])),
+        )
 
 
 # -- verification and applying ----------------------------------------------------------------------
