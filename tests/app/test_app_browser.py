@@ -33,6 +33,8 @@ PASSWORD = "browser-pw-long-enough"
 @pytest.fixture
 def served(demo_home, tmp_path):
     """The app serving a copy of the demo home (with its key, an approver and an evaluation with intervals)."""
+    if not Path(CHROMIUM).exists():  # `make test` installs it (system-deps): fail, do not skip
+        pytest.fail(f"no chromium at {CHROMIUM}: run `make system-deps`")
     from workbench.ops.access import add_approver, approvers_path
     from workbench.store import Store
 
@@ -96,7 +98,6 @@ def served(demo_home, tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make system-deps)")
 def test_review_and_sign_in_the_browser(served):
     from playwright.sync_api import expect, sync_playwright
 
@@ -179,7 +180,6 @@ def test_review_and_sign_in_the_browser(served):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make system-deps)")
 def test_abort_a_live_canary_in_the_browser(served):
     from playwright.sync_api import expect, sync_playwright
 

@@ -165,8 +165,9 @@ def test_retention_drops_old_job_data_and_keeps_what_a_decision_cites(tmp_path):
         assert s.get_decision("d1") is not None
 
 
-@pytest.mark.skipif(not LEGACY.is_dir(), reason="the DuckDB of old homes is installed by `make install`")
 def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tmp_path):
+    if not LEGACY.is_dir():
+        pytest.fail(f"the DuckDB that wrote old homes is missing at {LEGACY}: run `make install`")
     make_old = (
         "import sys, duckdb\n"
         "from workbench.store.base import SCHEMA\n"
