@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from workbench.evaluate.latency import error_rates, latency_summary
 from workbench.evaluate.regression import RegressionComparison, compare_regression
-from workbench.evaluate.results import ErrorRate, LatencyResult, Options
+from workbench.evaluate.results import ErrorRate, LatencyResult, Options, evaluation_tail
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 from workbench.tasks import REGRESSION
 
@@ -69,14 +69,7 @@ class RegressionEvaluation:
             "latency": self.latency.to_dict(),
             "errors": {r: e.to_dict() for r, e in self.errors.items()},
         }
-        if self.segments is not None:
-            out["segments"] = {c: {v: s.to_dict() for v, s in vals.items()} for c, vals in self.segments.items()}
-        if self.windows is not None:
-            out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
-        out["undefined"] = dict(self.undefined)
-        out["coverage"] = dict(self.coverage)
-        out["resources"] = self.resources
-        return out
+        return out | evaluation_tail(self)
 
 
 def _undefined(prefix: str, comp: RegressionComparison) -> dict[str, str]:

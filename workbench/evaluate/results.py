@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -223,11 +224,15 @@ class EvaluationResult:
             "latency": self.latency.to_dict(),
             "errors": {r: e.to_dict() for r, e in self.errors.items()},
         }
-        if self.segments is not None:
-            out["segments"] = {col: {v: s.to_dict() for v, s in vals.items()} for col, vals in self.segments.items()}
-        if self.windows is not None:
-            out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in self.windows.items()}
-        out["undefined"] = dict(self.undefined)
-        out["coverage"] = dict(self.coverage)
-        out["resources"] = self.resources
-        return out
+        return out | evaluation_tail(self)
+
+
+def evaluation_tail(result: Any) -> dict:
+    """The keys every stored evaluation ends with, whatever its task: ``segments`` and ``windows`` (when
+    evaluated), ``undefined``, ``coverage`` and ``resources``."""
+    out: dict[str, Any] = {}
+    if result.segments is not None:
+        out["segments"] = {c: {v: s.to_dict() for v, s in vals.items()} for c, vals in result.segments.items()}
+    if result.windows is not None:
+        out["windows"] = {w: {k: s.to_dict() for k, s in vals.items()} for w, vals in result.windows.items()}
+    return out | {"undefined": dict(result.undefined), "coverage": dict(result.coverage), "resources": result.resources}
