@@ -142,18 +142,23 @@ def _scores_torch(model, df, features):
         return model(torch.from_numpy(df[features].to_numpy(np.float32))).squeeze(1).numpy()
 
 
+def _experiment(settings: Settings) -> str:
+    """The demo models' MLflow experiment (created with its artifacts in the home when missing)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp:
+        return exp.experiment_id
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=settings.artifacts_dir.resolve().as_uri())
+
+
 def register(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
     """Train both models, log them with signatures and register them as ``flight-delay`` versions."""
     import mlflow
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else mlflow.create_experiment(EXPERIMENT, artifact_location=settings.artifacts_dir.resolve().as_uri())
-    )
+    exp_id = _experiment(settings)
     data = pd.read_parquet(train_path)
     out = {}
     for role, alias, months in (("baseline", "champion", (1, 2)), ("candidate", "challenger", (1, 6))):
@@ -223,13 +228,7 @@ def register_regression(settings: Settings, train_path: Path, seed: int = 0, log
     import mlflow
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else mlflow.create_experiment(EXPERIMENT, artifact_location=settings.artifacts_dir.resolve().as_uri())
-    )
+    exp_id = _experiment(settings)
     data = pd.read_parquet(train_path)
     data = data[data[TARGET].notna()]
     out = {}
