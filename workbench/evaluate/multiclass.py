@@ -50,7 +50,7 @@ from workbench.evaluate.paired import (
     replicate_estimate,
     usable,
 )
-from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate
+from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate, TaskMetric
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 
 PER_CLASS = ("precision", "recall", "f1", "fpr")
@@ -60,33 +60,19 @@ SUM_TOLERANCE = 1e-3
 _EPS = np.finfo(np.float64).eps
 
 
-@dataclass(frozen=True)
-class MulticlassMetric:
-    """A multi-class metric's direction and the range its values can take."""
-
-    name: str
-    higher_is_better: bool
-    bounds: tuple[float, float] = (0.0, 1.0)
-
-    @property
-    def span(self) -> float:
-        """The range a delta of the metric can take."""
-        return self.bounds[1] - self.bounds[0]
-
-
-MULTICLASS_METRICS: dict[str, MulticlassMetric] = {
+MULTICLASS_METRICS: dict[str, TaskMetric] = {
     m.name: m
     for m in [
-        MulticlassMetric("accuracy", True),
-        MulticlassMetric("top_k_accuracy", True),  # reported per k as "top_2_accuracy", ...
-        MulticlassMetric("log_loss", False, (0.0, math.inf)),
-        MulticlassMetric("brier", False, (0.0, 2.0)),
-        *(MulticlassMetric(name, name != "fpr") for name in PER_CLASS),  # per class and "f1_macro", ...
+        TaskMetric("accuracy", True),
+        TaskMetric("top_k_accuracy", True),  # reported per k as "top_2_accuracy", ...
+        TaskMetric("log_loss", False, (0.0, math.inf)),
+        TaskMetric("brier", False, (0.0, 2.0)),
+        *(TaskMetric(name, name != "fpr") for name in PER_CLASS),  # per class and "f1_macro", ...
     ]
 }
 
 
-def _metric(name: str) -> MulticlassMetric:
+def _metric(name: str) -> TaskMetric:
     """The registry entry of a reported name ("f1_macro", "top_3_accuracy", ...)."""
     if name.startswith("top_"):
         return MULTICLASS_METRICS["top_k_accuracy"]

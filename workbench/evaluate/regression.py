@@ -53,42 +53,27 @@ from workbench.evaluate.paired import (
     replicate_estimate,
     usable,
 )
-from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate
+from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate, TaskMetric
 from workbench.evaluate.sequential import PairedParts
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 
 _INF = math.inf
 
 
-@dataclass(frozen=True)
-class RegressionMetric:
-    """A regression metric's direction (``None``: nearest a target is best, 0 for bias and the intervals'
-    nominal level for coverage) and the range its values can take."""
-
-    name: str
-    higher_is_better: bool | None
-    bounds: tuple[float, float] = (0.0, _INF)
-
-    @property
-    def span(self) -> float:
-        """The range a delta of the metric can take."""
-        return self.bounds[1] - self.bounds[0]
-
-
-REGRESSION_METRICS: dict[str, RegressionMetric] = {
+REGRESSION_METRICS: dict[str, TaskMetric] = {
     m.name: m
     for m in [
-        RegressionMetric("mae", False),
-        RegressionMetric("mse", False),
-        RegressionMetric("rmse", False),
-        RegressionMetric("median_ae", False),
-        RegressionMetric("mape", False),
-        RegressionMetric("smape", False, (0.0, 2.0)),
-        RegressionMetric("r2", True, (-_INF, 1.0)),
-        RegressionMetric("bias", None, (-_INF, _INF)),
-        RegressionMetric("pinball", False),  # reported per quantile level q as "pinball@q"
-        RegressionMetric("coverage", None, (0.0, 1.0)),
-        RegressionMetric("interval_width", False),
+        TaskMetric("mae", False, (0.0, _INF)),
+        TaskMetric("mse", False, (0.0, _INF)),
+        TaskMetric("rmse", False, (0.0, _INF)),
+        TaskMetric("median_ae", False, (0.0, _INF)),
+        TaskMetric("mape", False, (0.0, _INF)),
+        TaskMetric("smape", False, (0.0, 2.0)),
+        TaskMetric("r2", True, (-_INF, 1.0)),
+        TaskMetric("bias", None, (-_INF, _INF)),
+        TaskMetric("pinball", False, (0.0, _INF)),  # reported per quantile level q as "pinball@q"
+        TaskMetric("coverage", None, (0.0, 1.0)),
+        TaskMetric("interval_width", False, (0.0, _INF)),
     ]
 }
 

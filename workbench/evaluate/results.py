@@ -67,6 +67,21 @@ class DeltaEstimate:
 
 
 @dataclass(frozen=True)
+class TaskMetric:
+    """A regression or multi-class metric's direction (``None``: nearest a target is best, e.g. 0 for bias)
+    and the range its values can take."""
+
+    name: str
+    higher_is_better: bool | None
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def span(self) -> float:
+        """The range a delta of the metric can take."""
+        return self.bounds[1] - self.bounds[0]
+
+
+@dataclass(frozen=True)
 class MetricEstimate:
     """One model's value of a regression or multi-class metric: its interval and the interval's method, the
     rows it used, the rows left out by reason (never dropped silently), and why a value or interval is
