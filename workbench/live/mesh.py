@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import yaml
 
 from workbench import WorkbenchError
-from workbench.decide.policy import Verdict
 
 TARGETS = ("istio", "argo", "flagger", "kserve")
 ANNOTATION = "canary-workbench.io"
@@ -102,6 +101,8 @@ def argo(state: dict, ramp: list[int], opts: MeshOptions) -> list[dict]:
         "metadata": _meta(name, opts, state),
         "spec": {"strategy": {"canary": {"steps": steps}}},
     }
+    from workbench.decide.policy import Verdict  # at use: the parser imports this module for TARGETS
+
     analysis = {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
@@ -196,6 +197,8 @@ def flagger_gate(view: dict, hook: str) -> tuple[bool, str]:
     ``confirm-promotion``: PROMOTE and the weight reached 100. ``rollback`` (200 means "roll back now"):
     the latest decision is a ROLLBACK (or the kill switch), or the chain does not verify.
     """
+    from workbench.decide.policy import Verdict  # at use: the parser imports this module for TARGETS
+
     if hook not in FLAGGER_HOOKS:
         raise WorkbenchError(f"unknown Flagger webhook {hook!r}: use one of {', '.join(FLAGGER_HOOKS)}")
     w, verdict = int(view["weight"]), str(view.get("verdict")).upper()  # the view's verdict is lower case
