@@ -1328,10 +1328,10 @@ REG_BY_NAME = {s.name: s for s in REGRESSION_SCENARIOS}
 
 def mae_margin(policy: Policy) -> float:
     """The relative MAE rise a regression policy's ``mae`` gate tolerates (0.02: 2 %)."""
-    gate = next((g for g in policy.metrics if g.metric == "mae" and g.min_relative_change is not None), None)
-    if gate is None:
+    change = next((g.min_relative_change for g in policy.metrics if g.metric == "mae"), None)
+    if change is None:
         raise SystemExit("the regression policy has no mae gate with min_relative_change")
-    return -float(gate.min_relative_change)
+    return -float(change)
 
 
 def regression_data(sc: RegressionScenario, cfg: Config, trial: int) -> Sample:
