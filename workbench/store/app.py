@@ -210,6 +210,78 @@ class AppStore(RunStore):
             .to_arrow_table()
         )
 
+    def app_regression_summary(self, run_id: str, bins: int, columns: list[str]) -> dict[str, Any]:
+        """A regression run's labelled rows (numeric labels joined) reduced in DuckDB, whatever their number:
+
+        ``range``: (low, high), the approximate 0.5 % and 99.5 % quantiles of the targets and both models'
+        predictions (outliers fall in the edge bins); ``cells``: (role, actual bin, predicted bin, rows) with
+        ``bins`` equal bins over the range (predicted vs actual); ``segments``: {column: [(value, rows, baseline
+        |residual| sum, candidate |residual| sum, baseline residual sum, candidate residual sum)]}, residual =
+        prediction - y, per value of each of ``columns``, over the rows both models predicted."""
+        run = self._app_run(run_id)
+        known = self.require_traffic(run["traffic"])["columns"]
+        bad = [c for c in columns if c not in known]
+        if bad:
+            raise WorkbenchError(f"traffic {run['traffic']!r} has no column(s) {', '.join(bad)}")
+        frm = f"""FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
+                  JOIN label_values l ON l.traffic = ? AND l.request_id = t.request_id
+                  WHERE p.run_id = ? AND isfinite(l.value)"""
+        params = [run["traffic"], run_id]
+        qs = (
+            self.cursor()
+            .execute(
+                "SELECT approx_quantile(l.value, [0.005, 0.995]), approx_quantile(p.baseline_score, [0.005, 0.995]), "
+                f"approx_quantile(p.candidate_score, [0.005, 0.995]) {frm} "
+                "AND isfinite(p.baseline_score) AND isfinite(p.candidate_score)",
+                params,
+            )
+            .fetchall()[0]
+        )
+        if qs[0] is None:
+            return {"range": None, "cells": [], "segments": {c: [] for c in columns}}
+        lo, hi = min(float(q[0]) for q in qs), max(float(q[1]) for q in qs)
+        width = (hi - lo) / bins if hi > lo else 1.0
+
+        def cell(x: str) -> str:
+            return f"least(greatest(CAST(floor(({x} - ?) / ?) AS INTEGER), 0), {bins - 1})"
+
+        cells = (
+            self.cursor()
+            .execute(
+                f"""WITH b AS (SELECT {cell("l.value")} AS a, {cell("p.baseline_score")} AS pb,
+                                      {cell("p.candidate_score")} AS pc {frm})
+                SELECT 'baseline', a, pb, count(*) FROM b WHERE pb IS NOT NULL GROUP BY a, pb
+                UNION ALL SELECT 'candidate', a, pc, count(*) FROM b WHERE pc IS NOT NULL GROUP BY a, pc""",
+                [lo, width] * 3 + params,
+            )
+            .fetchall()
+        )
+        segments: dict[str, list[tuple]] = {c: [] for c in columns}
+        if columns:
+            dims = [f"CAST(t.{qident(c)} AS VARCHAR)" for c in columns]
+            rows = (
+                self.cursor()
+                .execute(
+                    f"""SELECT grouping({", ".join(dims)}) AS g, {", ".join(dims)}, count(*),
+                           sum(abs(p.baseline_score - l.value)), sum(abs(p.candidate_score - l.value)),
+                           sum(p.baseline_score - l.value), sum(p.candidate_score - l.value)
+                    {frm} AND isfinite(p.baseline_score) AND isfinite(p.candidate_score)
+                    GROUP BY GROUPING SETS ({", ".join(f"({d})" for d in dims)})""",
+                    params,
+                )
+                .fetchall()
+            )
+            full = (1 << len(dims)) - 1
+            for row in rows:
+                for i, c in enumerate(columns):
+                    if row[0] == full ^ (1 << (len(dims) - 1 - i)):
+                        segments[c].append((row[1 + i], int(row[-5]), *(float(v) for v in row[-4:])))
+        return {
+            "range": (lo, hi),
+            "cells": [(r, int(a), int(b), int(n)) for r, a, b, n in cells],
+            "segments": segments,
+        }
+
     def app_segment_columns(self, traffic: str, max_values: int = 60) -> list[str]:
         """Traffic columns worth segmenting by: text, booleans and integers (with at most ``max_values``
         distinct values, approximately)."""
