@@ -1238,28 +1238,29 @@ def run_trials(
     ]
     results: dict[str, list] = {sc.name: [] for sc in scenarios}
     looks = 0
-    it: Iterator[tuple[str, list[list[TrialOutcome | None]], int]]
-    if workers <= 1:
-        it = map(_run_chunk, tasks)
-        pool = None
-    else:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(workers)
-        it = pool.imap(_run_chunk, tasks)
-    try:
-        done = 0
-        for name, out, n in it:
+    with chunks(_run_chunk, tasks, workers) as it:
+        for done, (name, out, n) in enumerate(it, 1):
             results[name].extend(out)
             looks += n
-            done += 1
             if done % max(1, len(tasks) // 20) == 0:
                 progress(f"{done}/{len(tasks)} chunks")
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
     return results, looks
+
+
+@contextlib.contextmanager
+def chunks(func: Callable[[Any], Any], tasks: list, workers: int) -> Iterator[Iterator[Any]]:
+    """``func`` over ``tasks`` in order: in this process with one worker, else in a forked pool of ``workers``."""
+    if workers <= 1:
+        yield map(func, tasks)
+        return
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        yield pool.imap(func, tasks)
+    finally:
+        pool.close()
+        pool.join()
 
 
 def share(k: int, n: int) -> dict:
@@ -1415,21 +1416,11 @@ def run_regression(
     counts = {s.name: trials if s.error_rate_scenario else max(1, trials // 5) for s in REGRESSION_SCENARIOS}
     tasks = [(n, lo, min(lo + 5, c)) for n, c in counts.items() for lo in range(0, c, 5)]
     results: dict[str, list[list[TrialOutcome | None]]] = {n: [] for n in counts}
-    pool = None
-    if workers > 1:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(workers)
-    try:
-        it = pool.imap(_regression_chunk, tasks) if pool else map(_regression_chunk, tasks)
+    with chunks(_regression_chunk, tasks, workers) as it:
         for done, (name, out) in enumerate(it, 1):
             results[name] += [[o] for o in out]
             if done % max(1, len(tasks) // 10) == 0:
                 progress(f"{done}/{len(tasks)} chunks")
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
     return {n: aggregate(r, 0, ramp) for n, r in results.items()}
 
 
