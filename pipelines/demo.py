@@ -177,7 +177,6 @@ def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> d
         candidate=f"models:/{REGRESSION_MODEL}/{c}",
         run_id=f"demo_minutes_v{b}_v{c}",
         source=TrafficSource(labels=data / "labels.parquet", label_col=TARGET, label_task="regression"),
-        drift=False,
         decide="apply",
     )
     res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, "regression pair: "))
@@ -196,8 +195,25 @@ def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> d
             for m in REGRESSION_QUALITY
         },
         "decision": {k: res.summaries["decide"].get(k) for k in ("decision_id", "verdict", "reason", "weight_after")},
+        "drift": _regression_drift(res.outputs["drift"]),
     }
     out["decision"]["weight_before"] = signed.record["weight_before"]
+    return out
+
+
+def _regression_drift(d: dict) -> dict:
+    """A regression run's drift in brief: dataset drift, and per model residual drift and the concept detector's
+    change point on its absolute errors."""
+    out: dict = {"dataset_drift": d["dataset_drift"], "share_drifted": d["share_drifted"]}
+    concept = {"baseline": d["concept_drift"], "candidate": d["concept_drift"].get("candidate") or {}}
+    for role, c in concept.items():
+        r = d["residual_drift"].get(role) or {}
+        out[role] = {
+            "residual_drift": r.get("drifted"),
+            "residual_test": r.get("test"),
+            "residual_statistic": r.get("statistic"),
+            "concept_change_point": c.get("change_point"),
+        }
     return out
 
 
@@ -315,6 +331,16 @@ def _regression_lines(reg: dict | None) -> list[str]:
             f"  {m:<10} {v['baseline']:>9.3f} {v['candidate']:>9.3f} {d['value']:>+9.3f}  "
             f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
         )
+    drift = reg.get("drift") or {}
+    for role in ("baseline", "candidate"):
+        r = drift.get(role) or {}
+        if r.get("residual_test"):
+            cp = r.get("concept_change_point")
+            lines.append(
+                f"  {role} residuals: {'drifted' if r['residual_drift'] else 'no drift'} "
+                f"({r['residual_test']} {r['residual_statistic']:.3g}); absolute errors: "
+                + (f"a rise from {cp}" if cp else "no rise detected")
+            )
     dec = reg["decision"]
     lines.append(
         f"  Verdict: {dec['verdict']}, weight {dec['weight_before']}% -> {dec['weight_after']}% ({dec['reason']})"

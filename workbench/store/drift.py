@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import StoreBase, check_name, check_role, qident, traffic_table
+from workbench.store.base import StoreBase, check_name, check_role, label_source, qident, traffic_table
+from workbench.tasks import BINARY, REGRESSION
 
 
 class DriftStore(StoreBase):
@@ -355,13 +356,15 @@ class DriftStore(StoreBase):
             cur.execute("INSERT INTO drift_ref_scores SELECT ?, ?, _row, score FROM _wb_scores", [key, role])
             cur.unregister("_wb_scores")
 
-    def drift_scored(self, rs, as_of: datetime | None = None) -> pa.Table:
+    def drift_scored(self, rs, as_of: datetime | None = None, task: str = BINARY) -> pa.Table:
         """Scored rows of a RowSet with a role, in event-time order: ``event_time``, ``score``, ``label`` (null
-        when none exists) and ``label_known`` (the label had arrived by ``as_of``; always, without it)."""
+        when none exists; the numeric label of a regression ``task``) and ``label_known`` (the label had arrived
+        by ``as_of``; always, without it)."""
+        kind = "DOUBLE" if task == REGRESSION else "INTEGER"
         if rs.kind == "table":
             has_label = "label" in (self.drift_table_columns(rs.source) or {})
             frm, params = self._drift_from(rs)
-            lab = "CAST(t.label AS INTEGER)" if has_label else "CAST(NULL AS INTEGER)"
+            lab = f"CAST(t.label AS {kind})" if has_label else f"CAST(NULL AS {kind})"
             return (
                 self.cursor()
                 .sql(
@@ -371,14 +374,15 @@ class DriftStore(StoreBase):
                 )
                 .to_arrow_table()
             )
+        table, column = label_source(task)
         frm, params = self._drift_from(
-            rs, " LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id", [rs.source]
+            rs, f" LEFT JOIN {table} l ON l.traffic = ? AND l.request_id = t.request_id", [rs.source]
         )
         return (
             self.cursor()
             .sql(
-                f"""SELECT t.event_time, s.score, l.label,
-                       l.label IS NOT NULL AND (CAST(? AS TIMESTAMP) IS NULL OR l.label_time IS NULL
+                f"""SELECT t.event_time, s.score, CAST(l.{column} AS {kind}) AS label,
+                       l.{column} IS NOT NULL AND (CAST(? AS TIMESTAMP) IS NULL OR l.label_time IS NULL
                                                 OR l.label_time <= CAST(? AS TIMESTAMP)) AS label_known
                 {frm} ORDER BY t.event_time, t._row""",
                 params=[as_of, as_of] + params,
@@ -386,26 +390,28 @@ class DriftStore(StoreBase):
             .to_arrow_table()
         )
 
-    def drift_paired(self, rs, thresholds: dict[str, float]) -> dict[str, Any]:
-        """Baseline against candidate on the same rows of a run: rows both scored, mean |score difference|,
-        share of rows whose predicted classes differ."""
+    def drift_paired(self, rs, thresholds: dict[str, float] | None) -> dict[str, Any]:
+        """Baseline against candidate on the same rows of a run: rows both scored, mean |score difference|, and
+        with the models' ``thresholds`` (classifiers) the share of rows whose predicted classes differ."""
         frm, params = self._drift_from(
             rs,
             " JOIN predictions p ON p.run_id = ? AND p._row = t._row "
             "AND p.baseline_error IS NULL AND p.candidate_error IS NULL",
             [rs.run_id],
         )
+        thr = [thresholds["baseline"], thresholds["candidate"]] if thresholds else [None, None]
         row = (
             self.cursor()
             .execute(
                 f"""SELECT count(*), avg(abs(p.baseline_score - p.candidate_score)),
                        avg(CASE WHEN (p.baseline_score >= ?) <> (p.candidate_score >= ?) THEN 1.0 ELSE 0.0 END)
                 {frm}""",
-                [thresholds["baseline"], thresholds["candidate"]] + params,
+                thr + params,
             )
             .fetchall()[0]
         )
-        return {"rows": int(row[0]), "mean_abs_score_diff": row[1], "class_disagreement": row[2]}
+        out = {"rows": int(row[0]), "mean_abs_score_diff": row[1]}
+        return out if thresholds is None else out | {"class_disagreement": row[2]}
 
     def drift_quarantine_counts(self, traffic: str) -> dict[str, int]:
         """Quarantined rows of a traffic set per column whose value broke its type (``type:``, ``nonfinite:``)."""
