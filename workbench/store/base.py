@@ -503,10 +503,17 @@ class StoreBase:
     """One DuckDB connection with the workbench's schema; the concerns of :class:`~workbench.store.Store`
     build on it. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | Path = ":memory:", read_only: bool = False, wait_s: float | None = None):
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        read_only: bool = False,
+        wait_s: float | None = None,
+        target: LakeTarget | None = None,
+    ):
         """``path``: the lake's folder (created with its catalog when missing), or ``:memory:``. ``wait_s``:
         how long a write waits for another writer's lock (default ``$WORKBENCH_DB_WAIT_S`` or 120 s), then
-        fails with a clear error; reads never wait."""
+        fails with a clear error; reads never wait. ``target``: where the lake's catalog and data are
+        (default: as this process's environment says, :meth:`LakeTarget.of`)."""
         self.path = str(path)
         self.lake = None if self.path == ":memory:" else Path(path)
         self.read_only = read_only
@@ -514,6 +521,7 @@ class StoreBase:
         self._local = threading.local()
         self._memory_lock = threading.Lock()
         self._instance: _LakeInstance | None = None
+        self.target: LakeTarget | None = None
         if self.lake is None:
             self.con = duckdb.connect()
             self._spill = tempfile.mkdtemp(prefix="workbench-spill-")
@@ -521,7 +529,7 @@ class StoreBase:
             if not read_only:
                 self._create_schema()
             return
-        self.target = LakeTarget.of(self.lake)
+        self.target = target or LakeTarget.of(self.lake)
         _check_lake(self.target, read_only)
         self._instance = _LakeInstance.acquire(self.target, self._writer)
         self._limits = self._instance.limits
@@ -574,7 +582,7 @@ class StoreBase:
             if not self._memory_lock.acquire(timeout=self.wait_s):
                 raise DatabaseLocked(f"another thread held the in-memory store's writer lock for {self.wait_s:g} s")
             return self._memory_lock.release
-        if self.target.postgres is not None and self._instance is not None:
+        if self.target is not None and self.target.postgres is not None and self._instance is not None:
             return self._instance.advisory_lock(self.wait_s)
         self.lake.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lake / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
