@@ -309,6 +309,8 @@ def storage_problem(exc: BaseException) -> str | None:
     down = re.search(r'Unable to connect to Postgres at "([^"]*)": ([^\n]*)', text)
     if down is not None and isinstance(exc, duckdb.Error):
         return catalog_unreachable(down.group(1), down.group(2))
+    if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
+        return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
     m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
     if m is None:
         return None
@@ -316,6 +318,28 @@ def storage_problem(exc: BaseException) -> str | None:
         f"the storage's data file {m.group(1)} is missing (deleted or moved under the catalog); restore it "
         "from a backup of the home"
     )
+
+
+def _probe_catalog() -> str | None:
+    """Why this process's PostgreSQL catalog (``$WORKBENCH_CATALOG``) does not answer now; None when it
+    answers or the catalog is SQLite. Only asked after a storage error, so it costs nothing otherwise."""
+    try:
+        postgres = LakeTarget.of(Path(".")).postgres
+    except WorkbenchError:
+        return None
+    if postgres is None:
+        return None
+    con = duckdb.connect()
+    try:
+        con.execute(f"LOAD {sql_literal(extension_file('postgres_scanner'))}")
+        con.execute(f"ATTACH {sql_literal(postgres)} AS probe (TYPE postgres, READ_ONLY)")
+        con.execute("SELECT * FROM postgres_query('probe', 'SELECT 1')").fetchall()
+    except duckdb.Error as e:
+        down = re.search(r'Unable to connect to Postgres at "[^"]*": ([^\n]*)', str(e))
+        return catalog_unreachable(postgres, down.group(1) if down else str(e).splitlines()[0])
+    finally:
+        con.close()
+    return None
 
 
 def catalog_unreachable(conn: str, reason: str) -> str:
