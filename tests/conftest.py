@@ -27,6 +27,8 @@ DEMO_LIMIT = 6000
 # one worker running it alone. Only the order changes; every test is independent of it.
 LONG_FILES = (
     "replay/test_crash_safety.py",
+    "replay/test_crash_two_writers.py",
+    "replay/test_ray_postgres.py",
     "replay/test_replay_faults.py",
     "ops/test_jobs.py",
     "replay/test_bad_models.py",
