@@ -63,6 +63,10 @@ class RunCounts:
         return asdict(self)
 
 
+class AlreadyCommitted(WorkbenchError):
+    """A commit unit's batch number or rows are committed already: nothing was written."""
+
+
 class RunStore(TrafficStore):
     """Runs, their commit units (``run_batches``) and paired predictions (one row per request, both models).
 
@@ -190,14 +194,37 @@ class RunStore(TrafficStore):
         return int(r[0])
 
     def commit_batch(
-        self, run_id: str, batch_no: int, first_row: int, last_row: int, rows: int, seconds: float, paired: pa.Table
-    ) -> None:
-        """Store one batch's paired results and mark the batch committed, atomically."""
+        self,
+        run_id: str,
+        batch_no: int | None,
+        first_row: int,
+        last_row: int,
+        rows: int,
+        seconds: float,
+        paired: pa.Table,
+    ) -> int:
+        """Store one batch's paired results and mark the batch committed, atomically; returns its number.
+
+        ``batch_no`` None (writers that commit out of order, such as Ray's actors): the next free number, and
+        the unit is refused when a committed unit covers any row from ``first_row`` to ``last_row``."""
         with self.transaction() as cur:
-            if cur.execute(
+            if batch_no is None:
+                if cur.execute(
+                    "SELECT count(*) FROM run_batches WHERE run_id = ? AND first_row <= ? AND first_row + span > ?",
+                    [run_id, last_row, first_row],
+                ).fetchall()[0][0]:
+                    raise AlreadyCommitted(
+                        f"rows {first_row}-{last_row} of run {run_id} are already committed; nothing was written"
+                    )
+                batch_no = int(
+                    cur.execute(
+                        "SELECT coalesce(max(batch_no) + 1, 0) FROM run_batches WHERE run_id = ?", [run_id]
+                    ).fetchall()[0][0]
+                )
+            elif cur.execute(
                 "SELECT count(*) FROM run_batches WHERE run_id = ? AND batch_no = ?", [run_id, batch_no]
             ).fetchall()[0][0]:
-                raise WorkbenchError(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
+                raise AlreadyCommitted(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
             cur.register("_wb_paired", paired)
             cols = ", ".join(qident(c) for c in paired.column_names)
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
@@ -206,6 +233,7 @@ class RunStore(TrafficStore):
                 "INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, db_time(utc_now())],
             )
+            return batch_no
 
     def save_run_resources(self, run_id: str, resources: dict) -> None:
         """Keep what the replay measured about each model's costs in the run's ``meta.resources``."""
