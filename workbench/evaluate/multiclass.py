@@ -29,6 +29,7 @@ probabilities are a distribution); a delta uses the rows both can. Rows left out
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ from workbench.evaluate.paired import (
     usable,
 )
 from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate, TaskMetric
+from workbench.evaluate.sequential import PairedParts
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 
 PER_CLASS = ("precision", "recall", "f1", "fpr")
@@ -458,3 +460,84 @@ def _probability_metrics(
         for r in ROLES:
             model[r][name] = mean_estimate(per_row[r], own[r], opts, m.bounds)
         delta[name] = mean_delta(per_row[BASELINE], per_row[CANDIDATE], use, opts, m.span)
+
+
+# -- decision bounds ---------------------------------------------------------------------------------
+#: the multi-class metrics a decision gate may name besides ``accuracy`` and ``log_loss`` (shared with binary
+#: runs): the macro averages and, for one class, ``precision[CLASS]``, ``recall[CLASS]`` or ``f1[CLASS]``
+GATE_AVERAGES: tuple[str, ...] = ("macro_precision", "macro_recall", "macro_f1")
+GATE_PER_CLASS: tuple[str, ...] = ("precision", "recall", "f1")
+_PER_CLASS_GATE = re.compile(r"(?P<metric>precision|recall|f1)\[(?P<cls>[^\[\]]+)\]")
+
+
+def per_class_gate(name: str) -> tuple[str, str] | None:
+    """(metric, class) of a per-class gate name such as ``recall[late]``; None for any other name."""
+    m = _PER_CLASS_GATE.fullmatch(name)
+    return (m["metric"], m["cls"]) if m else None
+
+
+def is_gate_metric(name: str) -> bool:
+    """Whether ``name`` is a metric a gate may name on multi-class runs."""
+    return name in ("accuracy", "log_loss", *GATE_AVERAGES) or per_class_gate(name) is not None
+
+
+def _class_parts(name: str, y: np.ndarray, pred: np.ndarray, k: int) -> tuple[float, np.ndarray] | None:
+    """Value and per-row influence of class ``k``'s precision, recall or f1 (ratios of per-row means)."""
+    hit = ((y == k) & (pred == k)).astype(np.float64)
+    if name == "f1":
+        num, den = 2 * hit, (y == k).astype(np.float64) + (pred == k)
+    else:
+        num, den = hit, ((pred if name == "precision" else y) == k).astype(np.float64)
+    d = den.mean()
+    if d == 0:
+        return None
+    value = num.mean() / d
+    return float(value), (num - value * den) / d
+
+
+def _model_parts(name: str, y: np.ndarray, pred: np.ndarray, true_p: np.ndarray, classes: Sequence[str]):
+    """One model's value and per-row influence of gate metric ``name`` (None where it is undefined)."""
+    if name == "accuracy":
+        hit = (y == pred).astype(np.float64)
+        return float(hit.mean()), hit - hit.mean()
+    if name == "log_loss":
+        loss = -np.log(np.clip(true_p, _EPS, 1 - _EPS))
+        return float(loss.mean()), loss - loss.mean()
+    one = per_class_gate(name)
+    if one is not None:
+        metric, cls = one
+        if cls not in classes:
+            raise WorkbenchError(f"no class {cls!r} for gate {name!r}: the run's classes are {', '.join(classes)}")
+        return _class_parts(metric, y, pred, list(classes).index(cls))
+    metric = name.removeprefix("macro_")
+    parts = [p for k in range(len(classes)) if (p := _class_parts(metric, y, pred, k)) is not None]
+    if not parts:
+        return None
+    return float(np.mean([v for v, _ in parts])), np.mean([psi for _, psi in parts], axis=0)
+
+
+def multiclass_sequential_parts(
+    name: str, y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray, classes: Sequence[str]
+) -> PairedParts | None:
+    """Both models' values of multi-class gate metric ``name`` on these rows and each row's influence, the input
+    of the decision layer's anytime-valid bounds (as :func:`workbench.evaluate.sequential.paired_parts` gives
+    them for binary metrics). ``y``: class indices; ``baseline``/``candidate``: n x 2 arrays of (predicted class
+    index, the probability the model gave the true class). None when undefined for either model (or no rows);
+    log loss needs every row's probability. Macro averages run over the classes with a value (as
+    :func:`multiclass_metrics`)."""
+    if not is_gate_metric(name):
+        raise WorkbenchError(f"no decision bounds for multi-class metric {name!r}")
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return None
+    got = {}
+    for r, a in ((BASELINE, baseline), (CANDIDATE, candidate)):
+        a = np.asarray(a, dtype=np.float64)
+        if name == "log_loss" and not np.isfinite(a[:, 1]).all():
+            return None
+        got[r] = _model_parts(name, y, a[:, 0].astype(np.int64), a[:, 1], classes)
+        if got[r] is None:
+            return None
+    (vb, psi_b), (vc, psi_c) = got[BASELINE], got[CANDIDATE]
+    span = math.inf if name == "log_loss" else 1.0
+    return PairedParts(vb, vc, psi_c, psi_c - psi_b, span)
