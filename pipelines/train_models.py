@@ -11,6 +11,12 @@ The regression pair (:func:`register_regression`, model ``flight-delay-minutes``
 minutes from the same features: a gradient-boosting baseline on January-February (squared error) and a
 gradient-boosting candidate on January-June with the absolute-error loss (it targets the median delay, which
 lowers the MAE of a heavy-tailed target), both sklearn, each with ``task = "regression"`` in its metadata.
+
+The multi-class pair (:func:`register_multiclass`, model ``flight-delay-band``) predicts the arrival delay's band
+(on time, 15-60 minutes late, over 60 minutes late; cancelled flights have no band and are left out) from the same
+features: a multinomial logistic regression baseline on January-February (one-hot carriers and airports,
+standardized numbers) and a gradient-boosting candidate on January-June, both sklearn (``predict_proba`` gives the
+class probabilities), each with ``task = "multiclass"`` in its metadata.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.prepare_flights import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
+from pipelines.prepare_flights import BAND, CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
 from workbench.config import Settings, load_settings
 
 MODEL_NAME = "flight-delay"
 REGRESSION_MODEL = "flight-delay-minutes"
+MULTICLASS_MODEL = "flight-delay-band"
 EXPERIMENT = "canary-workbench-demo"
 PIP_REQUIREMENTS = ["scikit-learn", "pandas", "numpy", "torch==2.13.0"]
 
@@ -258,6 +265,73 @@ def register_regression(settings: Settings, train_path: Path, seed: int = 0, log
     return out
 
 
+def train_band_classifier(train: pd.DataFrame, kind: str, seed: int = 0):
+    """A classifier of the arrival delay's band: ``logistic`` (multinomial logistic regression on one-hot
+    categories and standardized, imputed numbers) or ``gbm`` (gradient boosting on ordinal codes)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    features = CATEGORICAL_FEATURES + NUMERIC_FEATURES
+    if kind == "logistic":
+        encode = ColumnTransformer(
+            [
+                ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=20), CATEGORICAL_FEATURES),
+                ("num", make_pipeline(SimpleImputer(), StandardScaler()), NUMERIC_FEATURES),
+            ]
+        )
+        model = Pipeline([("encode", encode), ("logistic", LogisticRegression(max_iter=300))])
+    else:
+        gbm = HistGradientBoostingClassifier(
+            max_iter=100,
+            learning_rate=0.1,
+            categorical_features=list(range(len(CATEGORICAL_FEATURES))),
+            random_state=seed,
+        )
+        model = Pipeline([("encode", _encoder()), ("gbm", gbm)])
+    model.fit(train[features], train[BAND])
+    return model, features
+
+
+def register_multiclass(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
+    """Train the multi-class pair and register it as ``flight-delay-band`` versions (aliases as the
+    classifiers'); returns each role's version and URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    exp_id = _experiment(settings)
+    data = pd.read_parquet(train_path)
+    data = data[data[BAND].notna()]
+    out = {}
+    for role, alias, months, kind in (
+        ("baseline", "champion", (1, 2), "logistic"),
+        ("candidate", "challenger", (1, 6), "gbm"),
+    ):
+        train = data[(data["month"] >= months[0]) & (data["month"] <= months[1])].reset_index(drop=True)
+        log(f"training multi-class {role} on months {months[0]}-{months[1]} ({len(train)} rows, {kind})")
+        model, features = train_band_classifier(train, kind, seed)
+        example = train[features].head(5)
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"train-multiclass-{role}") as run:
+            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), "kind": kind})
+            info = mlflow.sklearn.log_model(
+                sk_model=model,
+                name="model",
+                signature=infer_signature(example, model.predict_proba(example)),
+                registered_model_name=MULTICLASS_MODEL,
+                metadata={"task": "multiclass"},
+                pip_requirements=["scikit-learn", "pandas", "numpy"],
+                serialization_format="cloudpickle",
+            )
+        version = str(info.registered_model_version)
+        mlflow.MlflowClient().set_registered_model_alias(MULTICLASS_MODEL, alias, version)
+        out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{MULTICLASS_MODEL}@{alias}"}
+        log(f"registered {MULTICLASS_MODEL} version {version} as @{alias}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", default="data/flights_train.parquet")
@@ -265,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings().ensure()
     register(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
     register_regression(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
+    register_multiclass(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
     return 0
 
 
