@@ -36,6 +36,7 @@ from workbench.drift.stattests import default_test, stat_test
 from workbench.evaluate.metrics import binary_metrics
 from workbench.roles import ROLES
 from workbench.store import Store, check_name
+from workbench.tasks import run_classes
 
 log = logging.getLogger(__name__)
 DEFAULT_REFERENCE_SHARE = 0.2
@@ -266,7 +267,8 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
     max_row = committed[-1][1] if committed else -1
     if max_row < 0:
         raise WorkbenchError(f"run {run['run_id']} has no replayed rows yet")
-    run_rows = RowSet(traffic, max_row=max_row, run_id=run["run_id"])
+    classes = tuple(run_classes(run))
+    run_rows = RowSet(traffic, max_row=max_row, run_id=run["run_id"], classes=classes)
     cur = run_rows
     if current_window:
         cur = replace(run_rows, ranges=(_window_range(*parse_window(current_window)),))
@@ -304,7 +306,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
         table_columns = store.drift_table_columns(table)
         if table_columns is None:
             raise WorkbenchError(f"the training reference of MLflow run {mlflow_run} was not stored (table {table})")
-        ref = RowSet(table, "table", score_key=_digest(table, models))
+        ref = RowSet(table, "table", score_key=_digest(table, models), classes=classes)
         desc = {
             "kind": "training",
             "spec": spec,
@@ -337,7 +339,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
             f"traffic {spec!r} is the run's own traffic: compare a time window of it instead "
             "(--reference START..END), or leave --reference out"
         )
-    ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models))
+    ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models), classes=classes)
     desc = {"kind": "traffic", "spec": spec, "traffic": spec, "description": f"all of traffic {spec!r}"}
     return _Resolved(ref, cur, desc, other["fingerprint"], _common(columns, set(other["columns"]), desc))
 
@@ -385,6 +387,8 @@ def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: M
         for rb in store.drift_batches(ref, features, 8192):
             batch = pa.Table.from_batches([rb])
             s = score_throughput(ModelRunner(model), batch).scores
+            if s.ndim == 2:  # a multi-class model: its predicted class's index
+                s = np.where(np.isfinite(s).all(axis=1), np.nan_to_num(s).argmax(axis=1), np.nan)
             parts.append(pa.table({"_row": batch.column("_row"), "score": pa.array(s, from_pandas=True)}))
         data = (
             pa.concat_tables(parts)
@@ -412,7 +416,7 @@ def _prediction_drift(store: Store, res: _Resolved, run: dict, skipped: dict, te
     dd = compare_columns(
         store, ref, cur, [SCORE], reference_key=ref.key(res.fingerprint), tests=over_t, thresholds=over_h
     )
-    thr = {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
+    thr = None if res.current.classes else {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
     out["baseline_vs_candidate"] = dd.features[SCORE].to_dict() | store.drift_paired(res.current, thr)
     return out
 
@@ -428,10 +432,13 @@ def _scored(store: Store, rows: RowSet, as_of) -> dict[str, np.ndarray]:
     }
 
 
-def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
+def _concept(stream: dict, threshold: float | None, detector: PageHinkley) -> dict:
+    """Page-Hinkley on the per-request error stream (a multi-class run's, without ``threshold``: its scores are
+    the predicted classes)."""
     known = stream["known"]
     y = stream["label"][known].astype(np.int64)
-    err = ((stream["score"][known] >= threshold).astype(np.int64) != y).astype(np.float64)
+    predicted = stream["score"][known] if threshold is None else stream["score"][known] >= threshold
+    err = (predicted.astype(np.int64) != y).astype(np.float64)
     times = stream["time"][known]
     alarms = page_hinkley(err, detector)
     out: dict[str, Any] = {
@@ -559,7 +566,11 @@ def drift_run(
     skipped = {} if res.reference.run_id else _ensure_reference_scores(store, res.reference, run, predictors)
     prediction = _prediction_drift(store, res, run, skipped, tests, thresholds)
 
-    stream = res.current if current else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id)
+    stream = (
+        res.current
+        if current
+        else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id, classes=res.current.classes)
+    )
     concept: dict = {}
     calibration: dict = {}
     estimated: dict = {
@@ -568,9 +579,12 @@ def drift_run(
         "as_of": iso(as_of),
     }
     for role in ROLES:
-        thr = float(run[role].get("threshold", 0.5))
+        thr = None if stream.classes else float(run[role].get("threshold", 0.5))
         c = _concept(_scored(store, stream.scores(role), as_of), thr, detector)
-        if role in skipped:
+        if thr is None:
+            why = "calibration and CBPE estimates are computed for binary classifiers only"
+            cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
+        elif role in skipped:
             cal = {"detected": False, "available": False, "reason": skipped[role]}
             est = {"available": False, "reason": skipped[role]}
         else:
