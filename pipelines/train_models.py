@@ -229,40 +229,69 @@ def train_regressor(train: pd.DataFrame, loss: str, seed: int = 0):
     return model, features
 
 
-def register_regression(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
-    """Train the regression pair and register it as ``flight-delay-minutes`` versions (aliases as the
-    classifiers'); returns each role's version and URI."""
+def _register_pair(
+    settings: Settings,
+    train_path: Path,
+    *,
+    task: str,
+    model_name: str,
+    target: str,
+    variants: tuple[tuple[str, str], tuple[str, str]],
+    fit,
+    predict,
+    log,
+) -> dict:
+    """Train an sklearn pair of ``task`` on the rows with a ``target`` (the baseline on January-February, the
+    candidate on January-June; ``variants``: (parameter name, value) of each, handed to ``fit(train, value)``,
+    which returns the model and its features) and register it as ``model_name`` versions with
+    ``task`` in their metadata (aliases as the classifiers'); ``predict(model, X)`` gives the signature's output.
+    Returns each role's version and URI."""
     import mlflow
     from mlflow.models import infer_signature
 
     exp_id = _experiment(settings)
     data = pd.read_parquet(train_path)
-    data = data[data[TARGET].notna()]
+    data = data[data[target].notna()]
     out = {}
-    for role, alias, months, loss in (
-        ("baseline", "champion", (1, 2), "squared_error"),
-        ("candidate", "challenger", (1, 6), "absolute_error"),
+    for (role, alias, months), (param, value) in zip(
+        (("baseline", "champion", (1, 2)), ("candidate", "challenger", (1, 6))), variants, strict=True
     ):
         train = data[(data["month"] >= months[0]) & (data["month"] <= months[1])].reset_index(drop=True)
-        log(f"training regression {role} on months {months[0]}-{months[1]} ({len(train)} rows, {loss})")
-        model, features = train_regressor(train, loss, seed)
+        log(f"training {task} {role} on months {months[0]}-{months[1]} ({len(train)} rows, {value})")
+        model, features = fit(train, value)
         example = train[features].head(5)
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"train-regression-{role}") as run:
-            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), "loss": loss})
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{task}-{role}") as run:
+            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), param: value})
             info = mlflow.sklearn.log_model(
                 sk_model=model,
                 name="model",
-                signature=infer_signature(example, model.predict(example)),
-                registered_model_name=REGRESSION_MODEL,
-                metadata={"task": "regression"},
+                signature=infer_signature(example, predict(model, example)),
+                registered_model_name=model_name,
+                metadata={"task": task},
                 pip_requirements=["scikit-learn", "pandas", "numpy"],
                 serialization_format="cloudpickle",
             )
         version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(REGRESSION_MODEL, alias, version)
-        out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{REGRESSION_MODEL}@{alias}"}
-        log(f"registered {REGRESSION_MODEL} version {version} as @{alias}")
+        mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
+        out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{model_name}@{alias}"}
+        log(f"registered {model_name} version {version} as @{alias}")
     return out
+
+
+def register_regression(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
+    """Train the regression pair and register it as ``flight-delay-minutes`` versions; returns each role's
+    version and URI."""
+    return _register_pair(
+        settings,
+        train_path,
+        task="regression",
+        model_name=REGRESSION_MODEL,
+        target=TARGET,
+        variants=(("loss", "squared_error"), ("loss", "absolute_error")),
+        fit=lambda train, loss: train_regressor(train, loss, seed),
+        predict=lambda model, X: model.predict(X),
+        log=log,
+    )
 
 
 def train_band_classifier(train: pd.DataFrame, kind: str, seed: int = 0):
@@ -297,39 +326,19 @@ def train_band_classifier(train: pd.DataFrame, kind: str, seed: int = 0):
 
 
 def register_multiclass(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
-    """Train the multi-class pair and register it as ``flight-delay-band`` versions (aliases as the
-    classifiers'); returns each role's version and URI."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    exp_id = _experiment(settings)
-    data = pd.read_parquet(train_path)
-    data = data[data[BAND].notna()]
-    out = {}
-    for role, alias, months, kind in (
-        ("baseline", "champion", (1, 2), "logistic"),
-        ("candidate", "challenger", (1, 6), "gbm"),
-    ):
-        train = data[(data["month"] >= months[0]) & (data["month"] <= months[1])].reset_index(drop=True)
-        log(f"training multi-class {role} on months {months[0]}-{months[1]} ({len(train)} rows, {kind})")
-        model, features = train_band_classifier(train, kind, seed)
-        example = train[features].head(5)
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"train-multiclass-{role}") as run:
-            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), "kind": kind})
-            info = mlflow.sklearn.log_model(
-                sk_model=model,
-                name="model",
-                signature=infer_signature(example, model.predict_proba(example)),
-                registered_model_name=MULTICLASS_MODEL,
-                metadata={"task": "multiclass"},
-                pip_requirements=["scikit-learn", "pandas", "numpy"],
-                serialization_format="cloudpickle",
-            )
-        version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(MULTICLASS_MODEL, alias, version)
-        out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{MULTICLASS_MODEL}@{alias}"}
-        log(f"registered {MULTICLASS_MODEL} version {version} as @{alias}")
-    return out
+    """Train the multi-class pair and register it as ``flight-delay-band`` versions; returns each role's version
+    and URI."""
+    return _register_pair(
+        settings,
+        train_path,
+        task="multiclass",
+        model_name=MULTICLASS_MODEL,
+        target=BAND,
+        variants=(("kind", "logistic"), ("kind", "gbm")),
+        fit=lambda train, kind: train_band_classifier(train, kind, seed),
+        predict=lambda model, X: model.predict_proba(X),
+        log=log,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
