@@ -352,3 +352,50 @@ def live_series(series: list[dict]) -> go.Figure:
     fig.update_yaxes(title_text="requests/s", row=1, col=1)
     fig.update_yaxes(title_text="error rate", tickformat=".0%", rangemode="tozero", row=2, col=1)
     return _layout(fig, height=380)
+
+
+def predicted_vs_actual(heat: dict, role: str) -> go.Figure:
+    """One model's predictions against the targets as a binned heat map (log-scaled counts, so sparse tails
+    show), with the diagonal where prediction = target."""
+    centers, counts = heat["centers"], heat["counts"]
+    fig = go.Figure(
+        go.Heatmap(
+            z=heat["log_counts"],
+            x=centers,
+            y=centers,
+            customdata=counts,
+            hovertemplate="actual %{x:.4g}<br>predicted %{y:.4g}<br>rows %{customdata:,}<extra></extra>",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    lo, hi = float(centers[0]), float(centers[-1])
+    fig.add_trace(
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"color": COLORS[role], "dash": "dash"}, name="y = x")
+    )
+    return _layout(
+        fig,
+        height=360,
+        title=f"{role}: predicted vs actual ({heat['rows']:,} labelled rows)",
+        xaxis_title="actual",
+        yaxis_title="predicted",
+        showlegend=False,
+    )
+
+
+def residuals_by_segment(rows: list[dict], column: str) -> go.Figure:
+    """Each model's MAE per value of a segment column (bars) and its mean residual, the bias (markers)."""
+    x = [str(r["value"]) for r in rows]
+    fig = go.Figure()
+    for role in ROLES:
+        fig.add_trace(go.Bar(x=x, y=[r[f"{role}_mae"] for r in rows], name=f"{role} MAE", marker_color=COLORS[role]))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[r[f"{role}_bias"] for r in rows],
+                mode="markers",
+                name=f"{role} bias",
+                marker={"color": COLORS[role], "symbol": "diamond-open", "size": 9},
+            )
+        )
+    return _layout(fig, height=360, title=f"Residuals per {column} (MAE and bias)", barmode="group")

@@ -191,7 +191,7 @@ def _task_pair(settings: Settings, data: Path, task: str, log: Callable[[str], N
         candidate=f"models:/{name}/{c}",
         run_id=f"demo_{label_col.split('_')[1]}_v{b}_v{c}",
         source=TrafficSource(labels=data / "labels.parquet", label_col=label_col, label_task=task),
-        drift=False,
+        drift=task == "regression",  # the multi-class pair's drift is left to `workbench drift` (demo time)
         decide="apply",
     )
     res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, f"{task} pair: "))
@@ -211,7 +211,25 @@ def _task_pair(settings: Settings, data: Path, task: str, log: Callable[[str], N
         },
         "decision": {k: res.summaries["decide"].get(k) for k in ("decision_id", "verdict", "reason", "weight_after")},
     }
+    if task == "regression":
+        out["drift"] = _regression_drift(res.outputs["drift"])
     out["decision"]["weight_before"] = signed.record["weight_before"]
+    return out
+
+
+def _regression_drift(d: dict) -> dict:
+    """A regression run's drift in brief: dataset drift, and per model residual drift and the concept detector's
+    change point on its absolute errors."""
+    out: dict = {"dataset_drift": d["dataset_drift"], "share_drifted": d["share_drifted"]}
+    concept = {"baseline": d["concept_drift"], "candidate": d["concept_drift"].get("candidate") or {}}
+    for role, c in concept.items():
+        r = d["residual_drift"].get(role) or {}
+        out[role] = {
+            "residual_drift": r.get("drifted"),
+            "residual_test": r.get("test"),
+            "residual_statistic": r.get("statistic"),
+            "concept_change_point": c.get("change_point"),
+        }
     return out
 
 
@@ -329,6 +347,16 @@ def _pair_lines(reg: dict | None, what: str) -> list[str]:
             f"  {m:<10} {v['baseline']:>9.3f} {v['candidate']:>9.3f} {d['value']:>+9.3f}  "
             f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
         )
+    drift = reg.get("drift") or {}
+    for role in ("baseline", "candidate"):
+        r = drift.get(role) or {}
+        if r.get("residual_test"):
+            cp = r.get("concept_change_point")
+            lines.append(
+                f"  {role} residuals: {'drifted' if r['residual_drift'] else 'no drift'} "
+                f"({r['residual_test']} {r['residual_statistic']:.3g}); absolute errors: "
+                + (f"a rise from {cp}" if cp else "no rise detected")
+            )
     dec = reg["decision"]
     lines.append(
         f"  Verdict: {dec['verdict']}, weight {dec['weight_before']}% -> {dec['weight_after']}% ({dec['reason']})"

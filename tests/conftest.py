@@ -47,8 +47,30 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory) -> Path:
-    """A workbench home after `workbench demo --no-app` on a 6000-flight sample (runs the real CLI)."""
+    """A workbench home after `workbench demo --no-app` on a 6000-flight sample (runs the real CLI).
+
+    Under pytest-xdist the first worker that needs it builds it once in the session's shared folder and
+    every worker gets its own copy (a copied home works from its new place), so the workers do not all
+    spend the demo's minutes building the same home."""
+    import fcntl
+    import shutil
+
     home = tmp_path_factory.mktemp("demo_home")
+    shared = tmp_path_factory.getbasetemp().parent / "shared_demo_home"
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        _build_demo(home)
+        return home
+    with open(tmp_path_factory.getbasetemp().parent / "shared_demo_home.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes: the others wait for the build
+        if not (shared / "demo.json").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed half-way is redone
+            shared.mkdir()
+            _build_demo(shared)
+    shutil.copytree(shared, home, dirs_exist_ok=True)
+    return home
+
+
+def _build_demo(home: Path) -> None:
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
@@ -72,7 +94,6 @@ def demo_home(tmp_path_factory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (home / "demo.json").write_text(proc.stdout)
-    return home
 
 
 @pytest.fixture

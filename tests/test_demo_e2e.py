@@ -108,6 +108,12 @@ def test_demo_regression_pair_is_replayed_evaluated_and_decided(demo_home):
     runs = json.loads(run_cli("runs", "--json", home=demo_home).stdout)["runs"]
     assert any(r["run_id"] == run_id and r["status"] == "finished" for r in runs)
     assert out["labeled_rows"] == d["labeled_rows"]
+    assert set(d["drift"]) >= {"dataset_drift", "baseline", "candidate"}  # the demo checks its drift too
+    drift = json.loads(run_cli("drift", run_id, "--json", home=demo_home).stdout)
+    for role in ("baseline", "candidate"):
+        assert drift["residual_drift"][role]["available"] and drift["residual_drift"][role]["current_rows"] > 0
+    assert "absolute error" in drift["concept_drift"]["stream"] and drift["calibration_drift"]["available"] is False
+    assert "residual drift (baseline)" in run_cli("drift", run_id, home=demo_home).stdout
 
 
 def test_demo_multiclass_pair_is_replayed_evaluated_and_decided(demo_home):

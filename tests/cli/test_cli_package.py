@@ -32,7 +32,27 @@ def test_python_dash_m_and_lazy_imports():
         [sys.executable, "-m", "workbench.cli", "--help"], env=env, cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: workbench")
-    heavy = ("pandas", "duckdb", "mlflow", "pyarrow", "uvicorn", "torch")
-    code = f"import sys, workbench.cli; print(' '.join(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    heavy = ("pandas", "duckdb", "mlflow", "pyarrow", "uvicorn", "torch", "scipy")
+    code = (
+        "import sys, workbench.cli; workbench.cli.build_parser(); "
+        f"print(' '.join(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "", loaded.stdout + loaded.stderr
+
+
+def test_read_commands_start_without_statistics_or_mlflow(tmp_path):
+    """Status and listing commands (run by routers, scripts and the suite hundreds of times) load neither
+    scipy nor MLflow: each costs about a second of start-up."""
+    env = os.environ | {"PYTHONPATH": str(REPO), "WORKBENCH_HOME": str(tmp_path)}
+    for args in (["runs"], ["canary", "status", "m"], ["decision", "verify", "d1"]):
+        code = (
+            "import sys, runpy; sys.argv = ['workbench', *sys.argv[1:], '--json']\n"
+            "try:\n    runpy.run_module('workbench.cli', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('loaded:', *sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'mlflow'}), file=sys.stderr)"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert proc.stderr.strip().splitlines()[-1] == "loaded:", (args, proc.stderr[-2000:])

@@ -54,8 +54,12 @@ def cmd_drift(args) -> None:
             f"drifted share {d['share_drifted']:.2f} -> dataset drift: {d['dataset_drift']}",
             f"concept drift (baseline errors, Page-Hinkley): {cd['detected']}"
             + (f", change point {cd['change_point']}" if cd["detected"] else ""),
-            f"calibration drift (baseline): {cal['detected']}",
         ]
+        res_b = (d.get("residual_drift") or {}).get("baseline") or {}
+        if res_b.get("available"):
+            lines.append(f"residual drift (baseline): {res_b['drifted']} ({res_b['test']} {res_b['statistic']:.4g})")
+        else:
+            lines.append(f"calibration drift (baseline): {cal['detected']}")
         if d.get("html"):
             lines.append(f"Evidently report: {d['html']}")
         return "\n".join(lines)

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
-from scipy.spatial import distance
 
 from workbench import WorkbenchError
 from workbench.drift.sketch import SqlPair
@@ -56,6 +54,8 @@ def binned_shares(pair: SqlPair, fill_zeroes: bool) -> tuple[np.ndarray, np.ndar
 
 def ks(pair: SqlPair, threshold: float) -> tuple[float, bool]:
     """Two-sample Kolmogorov-Smirnov p-value (scipy's ``ks_2samp``, method 'auto'); drift when p <= threshold."""
+    from scipy import stats  # at use: scipy takes about a second to import
+
     n1, n2 = pair.ref_n, pair.cur_n
     if max(n1, n2) <= KS_EXACT_MAX_N:
         p = float(stats.ks_2samp(*pair.samples()).pvalue)
@@ -69,6 +69,8 @@ def ks(pair: SqlPair, threshold: float) -> tuple[float, bool]:
 def chisquare(pair: SqlPair, threshold: float) -> tuple[float, bool]:
     """Chi-squared goodness of fit of current counts to reference shares; drift when p < threshold (a value
     the reference never had gives p = 0, as in Evidently and scipy)."""
+    from scipy import stats  # at use: scipy takes about a second to import
+
     _, ref, cur = pair.counts()
     with np.errstate(divide="ignore", invalid="ignore"):
         p = float(stats.chisquare(cur, ref * (pair.cur_n / pair.ref_n))[1])
@@ -77,6 +79,8 @@ def chisquare(pair: SqlPair, threshold: float) -> tuple[float, bool]:
 
 def z_test(pair: SqlPair, threshold: float) -> tuple[float, bool]:
     """Two-proportion z-test on the share of the values other than the first (sorted); drift when p < threshold."""
+    from scipy import stats  # at use: scipy takes about a second to import
+
     keys, ref, cur = pair.counts()
     if len(keys) == 1:
         return 1.0, False
@@ -96,6 +100,8 @@ def wasserstein(pair: SqlPair, threshold: float) -> tuple[float, bool]:
 
 def jensenshannon(pair: SqlPair, threshold: float) -> tuple[float, bool]:
     """Jensen-Shannon distance (natural log) between binned shares."""
+    from scipy.spatial import distance  # at use: scipy takes about a second to import
+
     rp, cp = binned_shares(pair, fill_zeroes=False)
     d = float(distance.jensenshannon(rp, cp))
     return d, d >= threshold
@@ -110,6 +116,8 @@ def psi(pair: SqlPair, threshold: float) -> tuple[float, bool]:
 
 def kl_div(pair: SqlPair, threshold: float) -> tuple[float, bool]:
     """Kullback-Leibler divergence of reference from current binned shares."""
+    from scipy import stats  # at use: scipy takes about a second to import
+
     rp, cp = binned_shares(pair, fill_zeroes=True)
     v = float(stats.entropy(rp, cp))
     return v, v >= threshold

@@ -53,7 +53,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import lambertw, log_ndtr
 
 from workbench.evaluate.metrics import METRICS, Confusion, grouping
 
@@ -81,6 +80,8 @@ def optimal_rho(t_star: float, alpha: float, *, one_sided: bool = False) -> floa
     if not t_star > 0:
         raise ValueError(f"t_star must be positive, got {t_star}")
     a = min(2 * alpha, 1 - 1e-12) if one_sided else alpha
+    from scipy.special import lambertw  # at use: see stats._scipy_stats
+
     x = -lambertw(-a * a / math.e, k=-1).real
     return math.sqrt((x - 1) / t_star)
 
@@ -106,6 +107,8 @@ def cs_radius(t: Any, alpha: float, rho: float, *, one_sided: bool = False) -> n
     if not one_sided:
         with np.errstate(divide="ignore"):
             return np.sqrt(2 * x / (t * t * rho * rho) * (0.5 * np.log(x) - math.log(alpha)))
+    from scipy.special import log_ndtr  # at use: see stats._scipy_stats
+
     c = 0.5 * np.log(x) - math.log(2 * alpha)
     u = np.sqrt(2 * (c + math.log(2)))  # g(u) >= c here, since log Phi(u) >= -log 2 for u >= 0
     for _ in range(100):

@@ -26,8 +26,14 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from scipy.stats import binom, norm, wilcoxon
-from scipy.stats import t as student_t
+
+
+def _scipy_stats():
+    """scipy.stats, imported at first use: the import takes about a second, and short commands (status,
+    verify, listing runs) load this module through the policy without computing a statistic."""
+    import scipy.stats
+
+    return scipy.stats
 
 
 def seeded_rng(seed: int, key: str) -> np.random.Generator:
@@ -44,7 +50,7 @@ def clip_interval(ci: tuple[float, float] | None, lo: float, hi: float) -> tuple
 
 def z_value(confidence: float) -> float:
     """Two-sided standard normal quantile for a confidence level."""
-    return float(norm.ppf(0.5 + confidence / 2))
+    return float(_scipy_stats().norm.ppf(0.5 + confidence / 2))
 
 
 def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float] | None:
@@ -61,14 +67,14 @@ def wilson(successes: int, trials: int, confidence: float) -> tuple[float, float
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts ``b`` and ``c``."""
-    return float(min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)))
+    return float(min(1.0, 2 * _scipy_stats().binom.cdf(min(b, c), b + c, 0.5)))
 
 
 def t_test(estimate: float, se: float, rows: int, confidence: float) -> tuple[tuple[float, float], float | None]:
     """Student-t interval (``rows - 1`` degrees of freedom) around ``estimate`` with standard error ``se``, and
     the two-sided p-value of "the true value is 0" (``None`` when ``se`` is 0: the rows do not vary)."""
-    half = float(student_t.ppf(0.5 + confidence / 2, rows - 1)) * se
-    p = float(2 * student_t.sf(abs(estimate) / se, rows - 1)) if se > 0 else None
+    half = float(_scipy_stats().t.ppf(0.5 + confidence / 2, rows - 1)) * se
+    p = float(2 * _scipy_stats().t.sf(abs(estimate) / se, rows - 1)) if se > 0 else None
     return (estimate - half, estimate + half), p
 
 
@@ -78,7 +84,7 @@ def wilcoxon_p(differences: np.ndarray) -> float | None:
     d = np.asarray(differences, dtype=np.float64)
     if not np.any(d != 0):
         return None
-    return float(wilcoxon(d).pvalue)
+    return float(_scipy_stats().wilcoxon(d).pvalue)
 
 
 def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +119,7 @@ def mann_whitney(x: np.ndarray, y: np.ndarray, *, presorted: bool = False) -> tu
     if s == 0:
         return u1, 1.0
     z = (u - mu - 0.5) / s
-    return u1, float(np.clip(2 * norm.sf(z), 0.0, 1.0))
+    return u1, float(np.clip(2 * _scipy_stats().norm.sf(z), 0.0, 1.0))
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float] | None:
@@ -140,7 +146,7 @@ def bootstrap_p_value(replicates: np.ndarray) -> float | None:
 
 def mde(standard_error: float, confidence: float, power: float) -> float:
     """Minimum detectable effect of a two-sided test at level 1 - confidence with the given power."""
-    return float((z_value(confidence) + norm.ppf(power)) * standard_error)
+    return float((z_value(confidence) + _scipy_stats().norm.ppf(power)) * standard_error)
 
 
 def poisson_cells(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:

@@ -387,18 +387,32 @@ class StoreBase:
             self._instance.release()
             raise
 
-    def _create_schema(self) -> None:
+    def _missing_tables(self) -> list[str]:
         have = {
             r[0]
             for r in self.con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
             ).fetchall()
         }
-        missing = [ddl for ddl in SCHEMA if ddl.split("EXISTS", 1)[1].split("(", 1)[0].strip() not in have]
-        if missing:
-            with self._writer():
+        return [ddl for ddl in SCHEMA if ddl.split("EXISTS", 1)[1].split("(", 1)[0].strip() not in have]
+
+    def _create_schema(self) -> None:
+        """Create the tables a new (or older) storage lacks, in one commit: a DuckLake commit per table
+        would cost a catalog transaction each (a new home's 20 tables took 1.8 s, one commit 0.2 s)."""
+        if not self._missing_tables():
+            return
+        with self._writer():
+            missing = self._missing_tables()  # another process may have created them meanwhile
+            if not missing:
+                return
+            self.con.execute("BEGIN")
+            try:
                 for ddl in missing:
                     self.con.execute(ddl)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _writer(self) -> Iterator[None]:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import StoreBase, check_name, check_role, label_source, qident, traffic_table
-from workbench.tasks import BINARY, MULTICLASS
+from workbench.tasks import BINARY, REGRESSION
 
 
 class DriftStore(StoreBase):
@@ -360,18 +360,20 @@ class DriftStore(StoreBase):
             cur.execute("INSERT INTO drift_ref_scores SELECT ?, ?, _row, score FROM _wb_scores", [key, role])
             cur.unregister("_wb_scores")
 
-    def drift_scored(self, rs, as_of: datetime | None = None) -> pa.Table:
+    def drift_scored(self, rs, as_of: datetime | None = None, task: str = BINARY) -> pa.Table:
         """Scored rows of a RowSet with a role, in event-time order: ``event_time``, ``score``, ``label`` (null
-        when none exists) and ``label_known`` (the label had arrived by ``as_of``; always, without it). For a
-        multi-class run's rows ``score`` and ``label`` are class indices (a label of another class is null)."""
+        when none exists; the numeric label of a regression ``task``) and ``label_known`` (the label had arrived
+        by ``as_of``; always, without it). For a multi-class run's rows (``rs.classes``) ``score`` and ``label``
+        are class indices (a label of another class is null)."""
+        kind = "DOUBLE" if task == REGRESSION else "INTEGER"
         classes = [list(rs.classes)] if rs.classes else []
         index = "(list_position(?::VARCHAR[], CAST({} AS VARCHAR)) - 1)" if rs.classes else "{}"
         score = index.format("s.score")
         if rs.kind == "table":
             has_label = "label" in (self.drift_table_columns(rs.source) or {})
             frm, params = self._drift_from(rs)
-            lab = index.format("t.label") if rs.classes else "CAST(t.label AS INTEGER)"
-            lab, lab_params = (lab, classes) if has_label else ("CAST(NULL AS INTEGER)", [])
+            lab = index.format("t.label") if rs.classes else f"CAST(t.label AS {kind})"
+            lab, lab_params = (lab, classes) if has_label else (f"CAST(NULL AS {kind})", [])
             return (
                 self.cursor()
                 .sql(
@@ -381,8 +383,8 @@ class DriftStore(StoreBase):
                 )
                 .to_arrow_table()
             )
-        table, column = label_source(MULTICLASS if rs.classes else BINARY)
-        lab = index.format(f"l.{column}")
+        table, column = label_source(task)
+        lab = index.format(f"l.{column}") if rs.classes else f"CAST(l.{column} AS {kind})"
         frm, params = self._drift_from(
             rs, f" LEFT JOIN {table} l ON l.traffic = ? AND l.request_id = t.request_id", [rs.source]
         )
@@ -399,19 +401,21 @@ class DriftStore(StoreBase):
         )
 
     def drift_paired(self, rs, thresholds: dict[str, float] | None) -> dict[str, Any]:
-        """Baseline against candidate on the same rows of a run: rows both scored, mean |score difference|,
-        share of rows whose predicted classes differ (a multi-class run's, without ``thresholds``)."""
+        """Baseline against candidate on the same rows of a run: rows both scored, mean |score difference|, and
+        for classifiers the share of rows whose predicted classes differ (at the models' ``thresholds``, or a
+        multi-class run's classes, ``rs.classes``)."""
         frm, params = self._drift_from(
             rs,
             " JOIN predictions p ON p.run_id = ? AND p._row = t._row "
             "AND p.baseline_error IS NULL AND p.candidate_error IS NULL",
             [rs.run_id],
         )
-        if thresholds is None:
-            differ, cut = "p.baseline_class <> p.candidate_class", []
+        cut: list[float | None] = []
+        if rs.classes:
+            differ = "p.baseline_class <> p.candidate_class"
         else:
             differ = "(p.baseline_score >= ?) <> (p.candidate_score >= ?)"
-            cut = [thresholds["baseline"], thresholds["candidate"]]
+            cut = [thresholds["baseline"], thresholds["candidate"]] if thresholds else [None, None]
         row = (
             self.cursor()
             .execute(
@@ -422,7 +426,8 @@ class DriftStore(StoreBase):
             )
             .fetchall()[0]
         )
-        return {"rows": int(row[0]), "mean_abs_score_diff": row[1], "class_disagreement": row[2]}
+        out = {"rows": int(row[0]), "mean_abs_score_diff": row[1]}
+        return out if thresholds is None and not rs.classes else out | {"class_disagreement": row[2]}
 
     def drift_quarantine_counts(self, traffic: str) -> dict[str, int]:
         """Quarantined rows of a traffic set per column whose value broke its type (``type:``, ``nonfinite:``)."""
