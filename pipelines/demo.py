@@ -1,8 +1,9 @@
 """The full demo: prepare NYC flights traffic, register two models, then walk the canary ramp month by
 month as a scheduled job would: each month's traffic is ingested and replayed (shadow: both models score
 every request so far), drift is checked and a signed decision on the pair's growing sample moves the canary
-weight; the last month is also evaluated for the app. A regression pair (the arrival delay in minutes) is then
-replayed once over the same traffic, evaluated and decided on its own ramp. Then the app opens.
+weight; the last month is also evaluated for the app. A regression pair (the arrival delay in minutes) and a
+multi-class pair (the arrival delay's band) are then each replayed once over the same traffic, evaluated and
+decided on their own ramps. Then the app opens.
 
 Idempotent on one home: registered models are reused, each month's run id is derived from the two model
 versions and the month (a second ``workbench demo`` finds every month's run finished and reuses it), and a
@@ -96,9 +97,10 @@ def run_demo(
     res, walk, traffic = _walk(settings, models, data, run_id, log)
     summary = _summary(settings, models, counts, res)
     summary["ingest"], summary["walk"] = traffic, walk
-    t = time.perf_counter()
-    summary["regression"] = _regression(settings, data, log)
-    timings["regression"] = time.perf_counter() - t
+    for task in TASK_PAIRS:
+        t = time.perf_counter()
+        summary[task] = _task_pair(settings, data, task, log)
+        timings[task] = time.perf_counter() - t
     summary["seconds"] = {k: round(v, 2) for k, v in (timings | res.seconds).items()}
     for line in findings(summary, res, port):
         log(line)
@@ -161,28 +163,41 @@ def _walk(
     return res, walk, traffic
 
 
-def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> dict:
-    """Register the regression pair (once), replay it over the flights traffic the walk ingested, with the arrival
-    delays in minutes as its labels, evaluate it and decide under the shipped regression policy."""
-    from pipelines.prepare_flights import TARGET
-    from pipelines.train_models import REGRESSION_MODEL, register_regression
+#: the demo's pairs of other tasks than the binary classifier, and the metrics the demo reports for each
+TASK_PAIRS = {
+    "regression": ("mae", "rmse", "median_ae", "r2"),
+    "multiclass": ("accuracy", "macro_f1", "log_loss", "brier"),
+}
 
-    models = _registered(settings, REGRESSION_MODEL) or register_regression(
-        settings, data / "flights_train.parquet", log=log
+
+def _task_pair(settings: Settings, data: Path, task: str, log: Callable[[str], None]) -> dict:
+    """Register the pair of ``task`` (once): the arrival delay in minutes (regression) or its band (multiclass);
+    replay it over the flights traffic the walk ingested with those labels, evaluate it and decide under the
+    shipped policy of its task."""
+    from pipelines.prepare_flights import BAND, TARGET
+    from pipelines.train_models import MULTICLASS_MODEL, REGRESSION_MODEL, register_multiclass, register_regression
+
+    name, label_col, register = (
+        (REGRESSION_MODEL, TARGET, register_regression)
+        if task == "regression"
+        else (MULTICLASS_MODEL, BAND, register_multiclass)
     )
+    metrics = TASK_PAIRS[task]
+    models = _registered(settings, name) or register(settings, data / "flights_train.parquet", log=log)
     b, c = models["baseline"]["version"], models["candidate"]["version"]
     flow = Flow(
         traffic=TRAFFIC,
-        baseline=f"models:/{REGRESSION_MODEL}/{b}",
-        candidate=f"models:/{REGRESSION_MODEL}/{c}",
-        run_id=f"demo_minutes_v{b}_v{c}",
-        source=TrafficSource(labels=data / "labels.parquet", label_col=TARGET, label_task="regression"),
+        baseline=f"models:/{name}/{b}",
+        candidate=f"models:/{name}/{c}",
+        run_id=f"demo_{label_col.split('_')[1]}_v{b}_v{c}",
+        source=TrafficSource(labels=data / "labels.parquet", label_col=label_col, label_task=task),
+        drift=task == "regression",  # the multi-class pair's drift is left to `workbench drift` (demo time)
         decide="apply",
     )
-    res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, "regression pair: "))
+    res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, f"{task} pair: "))
     ev, signed = res.outputs["evaluate"], res.outputs["decide"]
     out = {
-        "model": REGRESSION_MODEL,
+        "model": name,
         "models": models,
         "run_id": flow.run_id,
         "labeled_rows": ev["labeled_rows"],
@@ -192,11 +207,12 @@ def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> d
                 "candidate": ev["candidate"][m]["value"],
                 "delta": ev["delta"][m],
             }
-            for m in REGRESSION_QUALITY
+            for m in metrics
         },
         "decision": {k: res.summaries["decide"].get(k) for k in ("decision_id", "verdict", "reason", "weight_after")},
-        "drift": _regression_drift(res.outputs["drift"]),
     }
+    if task == "regression":
+        out["drift"] = _regression_drift(res.outputs["drift"])
     out["decision"]["weight_before"] = signed.record["weight_before"]
     return out
 
@@ -270,7 +286,6 @@ def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) ->
 
 
 QUALITY = ("accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier")
-REGRESSION_QUALITY = ("mae", "rmse", "median_ae", "r2")
 
 
 def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
@@ -301,7 +316,8 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
     deciding = [c for c in checks if c["outcome"] != "pass"] or checks
     lines.append("Checks that decided it:" if deciding is not checks else "Checks (all passed):")
     lines += [f"  {c['outcome'].upper():<5} {c['gate']}: {c['reason']}" for c in deciding]
-    lines += _regression_lines(summary.get("regression"))
+    lines += _pair_lines(summary.get("regression"), "arrival delay in minutes")
+    lines += _pair_lines(summary.get("multiclass"), "arrival delay band: on time, 15-60 or over 60 minutes late")
     run = summary["replay"]["run_id"]
     base = f"http://127.0.0.1:{port}"
     lines += [
@@ -315,12 +331,12 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
     return lines
 
 
-def _regression_lines(reg: dict | None) -> list[str]:
-    """The regression pair's metrics (minutes of arrival delay) and its verdict, in words."""
+def _pair_lines(reg: dict | None, what: str) -> list[str]:
+    """A pair's metrics (``what`` it predicts) and its verdict, in words."""
     if not reg:
         return []
     lines = [
-        f"The regression pair {reg['model']} (arrival delay in minutes, {reg['labeled_rows']:,} labelled rows):",
+        f"The pair {reg['model']} ({what}, {reg['labeled_rows']:,} labelled rows):",
         f"  {'metric':<10} {'baseline':>9} {'candidate':>9} {'delta':>9}  95% interval",
     ]
     for m, v in reg["metrics"].items():

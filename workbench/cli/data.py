@@ -52,6 +52,7 @@ def cmd_labels(args) -> None:
             label_col=args.label_col,
             time_col=args.time_col,
             task=args.task,
+            classes=args.classes.split(",") if args.classes is not None else None,
         )
     emit(
         args,

@@ -61,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--task",
         default="binary",
-        choices=["binary", "regression"],
-        help="what the label column holds: 0/1 classes (binary) or numbers, the targets of regression runs",
+        choices=["binary", "regression", "multiclass"],
+        help="what the label column holds: 0/1 classes (binary), numbers, the targets of regression runs, or "
+        "class names or numbers, the targets of multi-class runs",
+    )
+    s.add_argument(
+        "--classes",
+        default=None,
+        metavar="A,B,...",
+        help="multi-class labels: the classes a label may name (comma-separated); others are quarantined",
     )
     s.set_defaults(fn=cmd_labels)
 

@@ -38,7 +38,7 @@ from workbench.drift.stattests import default_test, stat_test
 from workbench.evaluate.metrics import binary_metrics
 from workbench.roles import ROLES
 from workbench.store import Store, check_name
-from workbench.tasks import BINARY, REGRESSION, run_task
+from workbench.tasks import BINARY, MULTICLASS, REGRESSION, run_classes, run_task
 
 log = logging.getLogger(__name__)
 DEFAULT_REFERENCE_SHARE = 0.2
@@ -272,7 +272,8 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
     max_row = committed[-1][1] if committed else -1
     if max_row < 0:
         raise WorkbenchError(f"run {run['run_id']} has no replayed rows yet")
-    run_rows = RowSet(traffic, max_row=max_row, run_id=run["run_id"])
+    classes = tuple(run_classes(run))
+    run_rows = RowSet(traffic, max_row=max_row, run_id=run["run_id"], classes=classes)
     cur = run_rows
     if current_window:
         cur = replace(run_rows, ranges=(_window_range(*parse_window(current_window)),))
@@ -310,7 +311,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
         table_columns = store.drift_table_columns(table)
         if table_columns is None:
             raise WorkbenchError(f"the training reference of MLflow run {mlflow_run} was not stored (table {table})")
-        ref = RowSet(table, "table", score_key=_digest(table, models))
+        ref = RowSet(table, "table", score_key=_digest(table, models), classes=classes)
         desc = {
             "kind": "training",
             "spec": spec,
@@ -343,7 +344,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
             f"traffic {spec!r} is the run's own traffic: compare a time window of it instead "
             "(--reference START..END), or leave --reference out"
         )
-    ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models))
+    ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models), classes=classes)
     desc = {"kind": "traffic", "spec": spec, "traffic": spec, "description": f"all of traffic {spec!r}"}
     return _Resolved(ref, cur, desc, other["fingerprint"], _common(columns, set(other["columns"]), desc))
 
@@ -391,6 +392,8 @@ def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: M
         for rb in store.drift_batches(ref, features, 8192):
             batch = pa.Table.from_batches([rb])
             s = score_throughput(ModelRunner(model), batch).scores
+            if s.ndim == 2:  # a multi-class model: its predicted class's index
+                s = np.where(np.isfinite(s).all(axis=1), np.nan_to_num(s).argmax(axis=1), np.nan)
             parts.append(pa.table({"_row": batch.column("_row"), "score": pa.array(s, from_pandas=True)}))
         data = (
             pa.concat_tables(parts)
@@ -418,7 +421,7 @@ def _prediction_drift(store: Store, res: _Resolved, run: dict, skipped: dict, te
     dd = compare_columns(
         store, ref, cur, [SCORE], reference_key=ref.key(res.fingerprint), tests=over_t, thresholds=over_h
     )
-    thr = None if run_task(run) == REGRESSION else {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
+    thr = None if run_task(run) != BINARY else {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
     out["baseline_vs_candidate"] = dd.features[SCORE].to_dict() | store.drift_paired(res.current, thr)
     return out
 
@@ -434,10 +437,13 @@ def _scored(store: Store, rows: RowSet, as_of, task: str) -> dict[str, np.ndarra
     }
 
 
-def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
+def _concept(stream: dict, threshold: float | None, detector: PageHinkley) -> dict:
+    """Page-Hinkley on the per-request error stream (a multi-class run's, without ``threshold``: its scores are
+    the predicted classes)."""
     known = stream["known"]
     y = stream["label"][known].astype(np.int64)
-    err = ((stream["score"][known] >= threshold).astype(np.int64) != y).astype(np.float64)
+    predicted = stream["score"][known] if threshold is None else stream["score"][known] >= threshold
+    err = (predicted.astype(np.int64) != y).astype(np.float64)
     out = _alarms(err, stream["time"][known], err, detector, "error_rate")
     return {"stream": "per-request error (1 = misclassified) in event-time order"} | out
 
@@ -625,7 +631,11 @@ def drift_run(
     skipped = {} if res.reference.run_id else _ensure_reference_scores(store, res.reference, run, predictors)
     prediction = _prediction_drift(store, res, run, skipped, tests, thresholds)
 
-    stream = res.current if current else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id)
+    stream = (
+        res.current
+        if current
+        else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id, classes=res.current.classes)
+    )
     task = run_task(run)
     concept: dict = {}
     calibration: dict = {}
@@ -646,6 +656,10 @@ def drift_run(
                 residual[role] = _residual_drift(resid, tests, thresholds)
             c = _concept_regression(scored, np.abs(resid["reference"]), detector)
             why = "calibration drift and CBPE apply to classifiers' scores: a regression run has residual drift"
+            cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
+        elif task == MULTICLASS:
+            c = _concept(scored, None, detector)
+            why = "calibration drift and CBPE estimates are computed for binary classifiers only"
             cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
         else:
             c = _concept(scored, float(run[role].get("threshold", 0.5)), detector)

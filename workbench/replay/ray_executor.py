@@ -21,7 +21,14 @@ import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor
-from workbench.replay.pipeline import ReplayOptions, class_thresholds, paired_table, resolve_task
+from workbench.replay.pipeline import (
+    ReplayOptions,
+    class_thresholds,
+    model_classes,
+    paired_table,
+    resolve_task,
+    with_task,
+)
 from workbench.replay.scoring import PairScorer
 from workbench.store import AlreadyCommitted, RunState, Store
 from workbench.store.base import LakeTarget
@@ -80,8 +87,12 @@ class PairActor:
 
         mlflow.set_tracking_uri(tracking_uri)
         models = {role: load_predictor(uri, device) for role, uri in uris.items()}
+        task = resolve_task(models, options.task)
+        with_task(models, task)
         self.scorer = PairScorer(models, options.scoring(), measure=False)  # only load costs are measured here
-        self.thresholds = class_thresholds(models, resolve_task(models, options.task))
+        self.thresholds = class_thresholds(models, task)
+        classes = model_classes(models, task)
+        self.classes = len(classes) if classes is not None else None
         self.sink: tuple[str, Store] | None = None
         if commit is not None:
             run_id, folder, target = commit
@@ -90,7 +101,7 @@ class PairActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
         scored = self.scorer.score(self.scorer.prepare(batch))
-        paired = paired_table(batch.column("_row").combine_chunks(), scored, self.thresholds)
+        paired = paired_table(batch.column("_row").combine_chunks(), scored, self.thresholds, self.classes)
         if self.sink is None:
             return paired
         run_id, store = self.sink

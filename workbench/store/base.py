@@ -40,7 +40,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
-from workbench.tasks import REGRESSION
+from workbench.tasks import MULTICLASS, REGRESSION
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ SCHEMA = [
     # numeric labels (the targets of regression runs): one per (traffic, request_id), kept by upsert_label_values
     """CREATE TABLE IF NOT EXISTS label_values (
         traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, value DOUBLE NOT NULL, label_time TIMESTAMP)""",
+    # class labels (the targets of multi-class runs) as text: one per (traffic, request_id), kept by
+    # upsert_label_classes
+    """CREATE TABLE IF NOT EXISTS label_classes (
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label VARCHAR NOT NULL, label_time TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR NOT NULL, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
         status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
@@ -91,6 +95,10 @@ SCHEMA = [
         run_id VARCHAR NOT NULL, _row BIGINT NOT NULL,
         baseline_score DOUBLE, baseline_class INTEGER, baseline_latency_ms DOUBLE, baseline_error VARCHAR,
         candidate_score DOUBLE, candidate_class INTEGER, candidate_latency_ms DOUBLE, candidate_error VARCHAR)""",
+    # each model's class probabilities of a multi-class run (in the order of the run's ``meta.classes``), one
+    # row per request beside its row in ``predictions`` (null where the model failed)
+    """CREATE TABLE IF NOT EXISTS prediction_probabilities (
+        run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_proba DOUBLE[], candidate_proba DOUBLE[])""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
     # drift: reference sketches (one row per reference and column, value counts when lossless), stored
@@ -213,7 +221,9 @@ def check_role(role: str) -> str:
 
 def label_source(task: str) -> tuple[str, str]:
     """(table, column) holding the labels a run of ``task`` is judged on: the 0/1 labels of a binary run, the
-    numeric labels of a regression run."""
+    numeric labels of a regression run, the class labels (text) of a multi-class run."""
+    if task == MULTICLASS:
+        return ("label_classes", "label")
     return ("label_values", "value") if task == REGRESSION else ("labels", "label")
 
 

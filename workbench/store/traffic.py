@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import ArrowView, StoreBase, check_name, qident, sql_literal, traffic_table
+from workbench.store.base import ArrowView, StoreBase, check_name, label_source, qident, sql_literal, traffic_table
+from workbench.tasks import BINARY
 
 SCAN_ROWS = 1 << 20  # rows per sorted range when streaming a traffic set in ingest order
 
@@ -180,26 +181,17 @@ class TrafficStore(StoreBase):
             f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})"
         )
 
-    def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
-        """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
+    def upsert_labels(self, cur, traffic: str, data: pa.Table, task: str = BINARY) -> None:
+        """Insert labels (request_id, label, label_time) into the table of ``task``'s labels
+        (:func:`~workbench.store.base.label_source`); a later label for an id replaces it."""
+        table, _ = label_source(task)
         view = ArrowView(cur, "_wb_labels", data)
         view.execute(
-            f"DELETE FROM labels WHERE traffic = {sql_literal(traffic)} "
+            f"DELETE FROM {table} WHERE traffic = {sql_literal(traffic)} "
             "AND request_id IN (SELECT CAST(request_id AS VARCHAR) FROM _wb_labels)"
         )
-        view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
-        view.close()
-
-    def upsert_label_values(self, cur, traffic: str, data: pa.Table) -> None:
-        """Insert numeric labels (traffic, request_id, value, label_time); a later value for an id replaces it."""
-        view = ArrowView(cur, "_wb_values", data)
-        view.execute(
-            f"DELETE FROM label_values WHERE traffic = {sql_literal(traffic)} "
-            "AND request_id IN (SELECT request_id FROM _wb_values)"
-        )
-        view.execute(
-            f"INSERT INTO label_values SELECT {sql_literal(traffic)}, request_id, value, label_time FROM _wb_values"
-        )
+        names = ", ".join(qident(c) for c in data.column_names[:3])
+        view.execute(f"INSERT INTO {table} SELECT {sql_literal(traffic)}, {names} FROM _wb_labels")
         view.close()
 
     def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
