@@ -119,7 +119,7 @@ for name in names:
                 for v in m["versions"]
             ]
             st.dataframe(
-                pd.DataFrame(rows),
+                pd.DataFrame(rows).drop(columns=[] if ui_base else ["in MLflow"]),
                 hide_index=True,
                 placeholder="",
                 key=f"versions_{name}",

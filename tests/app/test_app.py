@@ -123,7 +123,10 @@ def test_compare_page_sections(home, section):
     elif section == "Curves":
         assert len(charts) == 6  # ROC, PR, calibration, paired outcomes, two confusion matrices
     elif section == "Latency":  # latency, its percentiles and what each model costs to run
-        assert len(charts) == 3 and at.dataframe[0].value["percentile"].tolist() == ["p50", "p95", "p99"]
+        latency = at.dataframe[0].value
+        assert len(charts) == 3 and latency["percentile"].tolist() == ["P50", "P95", "P99"]
+        for role in ("baseline", "candidate"):  # microsecond latencies in µs, never "0.000"
+            assert latency[role].str.fullmatch(r"[1-9][\d,]*(\.\d+)? (µs|ms|s)").all(), latency[role].tolist()
         resources = at.dataframe[1].value
         assert resources.loc["artifact (MB)", "baseline"] > 0 and resources.loc["load (s)", "candidate"] > 0
         assert resources.loc["CPU s per 1,000 requests", "candidate"] > 0
