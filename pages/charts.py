@@ -15,10 +15,12 @@ COLORS = {"baseline": "#636EFA", "candidate": "#EF553B"}
 
 def _layout(fig: go.Figure, height: int = 340, **kw) -> go.Figure:
     """Common layout: the legend above the plot on the right (clear of the axis titles), titles on the left."""
+    if isinstance(kw.get("title"), str):  # the title on a line of its own, above the legend
+        kw["title"] = dict(text=kw["title"], x=0, xanchor="left", yref="container", y=1, yanchor="top", pad=dict(t=8))
     fig.update_layout(
         height=height,
-        margin=dict(t=64, b=10, l=10, r=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        margin=dict(t=80, b=10, l=10, r=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="right", x=1),
     )
     fig.update_layout(**kw)
     return fig
@@ -116,15 +118,17 @@ def confusion(matrix, role: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=["predicted 0", "predicted 1"],
-            y=["label 0", "label 1"],
+            x=["0", "1"],
+            y=["0", "1"],
             text=text,
             texttemplate="%{text}",
             colorscale="Blues",
             showscale=False,
         )
     )
-    return _layout(fig, height=280, title=f"{role} confusion", yaxis_autorange="reversed")
+    fig.update_xaxes(type="category", title="predicted class")
+    fig.update_yaxes(type="category", title="label", autorange="reversed")
+    return _layout(fig, height=300, title=f"{role} confusion")
 
 
 def paired(table) -> go.Figure:
@@ -132,15 +136,17 @@ def paired(table) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=table,
-            x=["candidate wrong", "candidate right"],
-            y=["baseline wrong", "baseline right"],
+            x=["wrong", "right"],
+            y=["wrong", "right"],
             text=text,
             texttemplate="%{text}",
             colorscale="Greens",
             showscale=False,
         )
     )
-    return _layout(fig, height=280, title="paired outcomes (labelled rows)", yaxis_autorange="reversed")
+    fig.update_xaxes(title="candidate")
+    fig.update_yaxes(title="baseline", autorange="reversed")
+    return _layout(fig, height=300, title="Paired outcomes (labelled rows)")
 
 
 def latency(hists: dict) -> go.Figure:
