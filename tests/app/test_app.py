@@ -433,6 +433,19 @@ def test_candidates_link_each_run_to_compare_and_decide(home):
     assert at.subheader[0].value == "flight-delay"
 
 
+def test_candidates_link_each_version_and_its_training_run_to_the_mlflow_ui(home, monkeypatch):
+    at = open_page()
+    assert "in MLflow" not in at.dataframe[0].value and "No MLflow UI address" in texts(at)
+    monkeypatch.setenv("WORKBENCH_MLFLOW_UI", "http://127.0.0.1:5999/")
+    at = open_page()
+    versions = at.dataframe[0].value.set_index("version")
+    ui = "http://127.0.0.1:5999/#/"
+    assert versions.loc["2", "in MLflow"] == f"{ui}models/flight-delay/versions/2"
+    assert versions["training run"].str.fullmatch(ui + r"experiments/\d+/runs/[0-9a-f]{32}").all()
+    at.switch_page("pages/audit.py").run()
+    assert at.dataframe[0].value["MLflow run"].dropna().str.startswith(ui + "experiments/").all()
+
+
 def test_a_model_in_the_address_is_the_audited_model(home):
     at = open_page("audit", address={"model": "flight-delay"})
     assert at.selectbox(key="wb_model").value == "flight-delay" and at.query_params["model"] == "flight-delay"
