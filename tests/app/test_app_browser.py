@@ -292,7 +292,7 @@ def test_a_viewer_cannot_start_a_replay_and_an_operators_replay_links_to_its_evi
         page.screenshot(path=str(ARTIFACTS / "10-replay-viewer-refused.png"))
 
         sign_in(page, "olga", OPERATOR_PASSWORD, role="operator")
-        page.get_by_label("Run id (optional)").fill("browser_run")
+        page.get_by_role("textbox", name="Run id (optional)").fill("browser_run")
         page.get_by_text("Drift report when done (with Evidently HTML)").click()  # off: a shorter job
         page.get_by_role("button", name="Start replay").click()
         expect(page.get_by_text("Started run browser_run in the background.")).to_be_visible()
