@@ -155,13 +155,21 @@ if run is not None:
             c1.plotly_chart(charts.latency(hists), key="latency")
             c2.plotly_chart(charts.percentiles(rows), key="percentiles")
             st.dataframe(
-                pd.DataFrame(views.labelled(rows)),
+                pd.DataFrame(
+                    [
+                        {
+                            "percentile": r["percentile"].upper(),
+                            "baseline": views.duration(r["baseline_ms"]),
+                            "candidate": views.duration(r["candidate_ms"]),
+                            "candidate − baseline": views.duration(r["delta_ms"], signed=True),
+                            "interval": views.bounds(r["delta_ci_low"], r["delta_ci_high"], views.duration),
+                            "candidate / baseline": f"{views.number(r['ratio'], digits=3)}×" if r["ratio"] else "",
+                            "from": r["source"],
+                        }
+                        for r in rows
+                    ]
+                ),
                 hide_index=True,
-                placeholder="",
-                column_config={
-                    views.label(k): st.column_config.NumberColumn(format="%.3f")
-                    for k in ("baseline_ms", "candidate_ms", "delta_ms", "delta_ci_low", "delta_ci_high", "ratio")
-                },
             )
             p = (ev.get("latency") or {}).get("mann_whitney_p")
             if p is not None:
@@ -222,7 +230,8 @@ if run is not None:
                 col = st.selectbox("Segment by", cols, key="wb_segment")
                 segs = views.breakdown_rows(views.largest(breakdowns[col], 40))
                 st.plotly_chart(
-                    charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)"), key="by_segment"
+                    charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)", x_title=col),
+                    key="by_segment",
                 )
                 st.dataframe(pd.DataFrame(views.labelled(segs)), hide_index=True, placeholder="")
 

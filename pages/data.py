@@ -396,6 +396,13 @@ def _run_experiments(home_: str, run_ids: tuple[str, ...]) -> dict[str, str]:
     return Registry(load_settings(home_).mlflow_tracking_uri).run_experiments(list(run_ids))
 
 
+def mlflow_ui() -> str | None:
+    """The MLflow UI's address for links (``workbench app``/``demo`` serve one over a local store), or None."""
+    from workbench.decide.registry import mlflow_ui_base
+
+    return mlflow_ui_base(settings().mlflow_tracking_uri)
+
+
 def run_experiments(run_ids: list[str]) -> dict[str, str]:
     try:
         return _run_experiments(home(), tuple(sorted(set(run_ids))))

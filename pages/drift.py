@@ -49,15 +49,17 @@ if run is not None:
         c2.dataframe(
             pd.DataFrame(rows)[["feature", "drifted", "test", "statistic", "threshold", "kind", "method"]],
             hide_index=True,
+            placeholder="",
             column_config={"statistic": st.column_config.NumberColumn(format="%.4g")},
         )
 
         st.subheader("Prediction drift")
         st.dataframe(
-            pd.DataFrame(views.prediction_drift_rows(report)),
+            pd.DataFrame(views.labelled(views.prediction_drift_rows(report))),
             hide_index=True,
+            placeholder="",
             column_config={
-                k: st.column_config.NumberColumn(format="%.4g")
+                views.label(k): st.column_config.NumberColumn(format="%.4g")
                 for k in ("statistic", "mean_abs_score_diff", "class_disagreement", "score")
             },
         )
@@ -101,7 +103,7 @@ if run is not None:
         )
 
         st.subheader("Data quality (current rows)")
-        st.dataframe(pd.DataFrame(views.quality_rows(report)), hide_index=True)
+        st.dataframe(pd.DataFrame(views.labelled(views.quality_rows(report))), hide_index=True, placeholder="")
 
         st.subheader("Evidently report")
         html = report.get("html")

@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from workbench.config import Settings
@@ -70,8 +70,10 @@ def run_demo(
     app: bool = True,
     port: int = 8501,
     log: Callable[[str], None] = print,
+    with_mlflow_ui: bool = True,
 ) -> dict:
-    """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end."""
+    """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end (and
+    the MLflow UI beside it with ``with_mlflow_ui``)."""
     import mlflow
 
     from pipelines.prepare_flights import write
@@ -105,7 +107,7 @@ def run_demo(
     for line in findings(summary, res, port):
         log(line)
     if app:
-        serve_app(settings, port, log)
+        serve_app(settings, port, log, with_mlflow_ui)
     return summary
 
 
@@ -364,9 +366,98 @@ def _pair_lines(reg: dict | None, what: str) -> list[str]:
     return lines
 
 
-def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None:
-    """Serve the Streamlit app on 127.0.0.1 until interrupted."""
+MLFLOW_UI_WAIT_S = 90  # `mlflow server` took 12-31 s to answer /health on a loaded 2-core machine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_ui(settings: Settings, log: Callable[[str], None]) -> Iterator[str | None]:
+    """Serve the MLflow UI over the home's local tracking store on a free 127.0.0.1 port while the block runs,
+    and yield its address; yield the known address instead when there is one (:func:`mlflow_ui_base`), and None
+    when the UI does not answer in time (the app then shows run ids without links)."""
+    from workbench.decide.registry import mlflow_ui_base
+
+    known = mlflow_ui_base(settings.mlflow_tracking_uri)
+    if known:
+        yield known
+        return
+    import httpx
+
+    port = _free_port()
+    url: str | None = f"http://127.0.0.1:{port}"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    out = open(settings.home / "mlflow-ui.log", "ab")  # noqa: SIM115 (closed with the server)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri]
+        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers stop with it
+    )
+    try:
+        deadline = time.monotonic() + MLFLOW_UI_WAIT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            log(f"the MLflow UI did not start (see {settings.home / 'mlflow-ui.log'}): the app shows no MLflow links")
+            url = None
+        if url:
+            log(f"serving the MLflow UI on {url} (model versions and runs; it stops with the app)")
+        yield url
+    finally:
+        _stop(proc)
+        out.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own session, and its workers (SIGTERM, then SIGKILL after 10 s)."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def serve_app(settings: Settings, port: int, log: Callable[[str], None], with_mlflow_ui: bool = True) -> None:
+    """Serve the Streamlit app on 127.0.0.1 until interrupted; with ``with_mlflow_ui`` the MLflow UI too, over a
+    local tracking store, so the app's model-version and run links resolve."""
+    import signal
+
+    from workbench.decide.registry import mlflow_ui_base
+
+    def interrupt(*_) -> None:
+        raise KeyboardInterrupt  # `kill` stops the app and the MLflow UI as Ctrl-C does
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        known = mlflow_ui_base(settings.mlflow_tracking_uri)
+        with mlflow_ui(settings, log) if with_mlflow_ui else nullcontext(known) as ui_url:
+            _serve_streamlit(settings, port, log, ui_url)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_streamlit(settings: Settings, port: int, log: Callable[[str], None], mlflow_ui_url: str | None) -> None:
     env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    if mlflow_ui_url:
+        env["WORKBENCH_MLFLOW_UI"] = mlflow_ui_url
     cmd = [
         sys.executable,
         "-m",

@@ -197,5 +197,6 @@ def cmd_demo(args) -> None:
         app=not args.no_app,
         port=args.port,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        with_mlflow_ui=not args.no_mlflow_ui,
     )
     emit(args, summary)

@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from workbench import WorkbenchError
-from workbench.cli.app import add_app_commands
+from workbench.cli.app import NO_MLFLOW_UI_HELP, add_app_commands
 from workbench.cli.data import cmd_demo, cmd_ingest, cmd_labels, cmd_replay, cmd_runs
 from workbench.cli.decide import add_decision_commands
 from workbench.cli.evaluate import add_drift_parser, add_evaluate_parser
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default="data")
     s.add_argument("--limit", type=int, default=None, help="use a sample of this many flights")
     s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--no-mlflow-ui", action="store_true", help=NO_MLFLOW_UI_HELP)
     s.set_defaults(fn=cmd_demo)
 
     canary = add_decision_commands(sub, common)
