@@ -131,6 +131,31 @@ def confusion(matrix, role: str) -> go.Figure:
     return _layout(fig, height=300, title=f"{role} confusion")
 
 
+def class_confusion(cm: dict, role: str) -> go.Figure:
+    """One model's multi-class confusion matrix as a heat map of each true class's shares (rows sum to 1), with
+    the counts in the cells and the hover."""
+    classes, counts, shares = cm["classes"], cm["counts"], cm["shares"]
+    fig = go.Figure(
+        go.Heatmap(
+            z=shares,
+            x=classes,
+            y=classes,
+            zmin=0,
+            zmax=1,
+            customdata=counts,
+            text=[[f"{s:.0%}" if s == s else "" for s in row] for row in shares],
+            texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}<br>%{z:.1%} of the true class<br>%{customdata:,} rows"
+            "<extra></extra>",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    fig.update_xaxes(type="category", title="predicted class")
+    fig.update_yaxes(type="category", title="true class", autorange="reversed")
+    return _layout(fig, height=200 + 40 * len(classes), title=f"{role} confusion ({cm['rows']:,} labelled rows)")
+
+
 def paired(table) -> go.Figure:
     text = [[f"{v:,}" for v in row] for row in table]
     fig = go.Figure(
@@ -211,10 +236,15 @@ def resource_ratios(rows: list[dict]) -> go.Figure:
     return _layout(fig, title="What the candidate costs, relative to the baseline", height=110 + 34 * max(1, len(rows)))
 
 
-def deltas(rows: list[dict]) -> go.Figure:
-    """Forest plot: each metric's paired delta with its interval."""
+def deltas(
+    rows: list[dict],
+    y_key: str = "metric",
+    title: str = "Candidate − baseline (with intervals)",
+    x_title: str = "candidate − baseline, in each metric's units",
+) -> go.Figure:
+    """Forest plot: each row's paired delta with its interval (one row per metric, or per ``y_key``)."""
     rows = [r for r in rows if r["delta"] is not None]
-    y = [r["metric"] for r in rows]
+    y = [str(r[y_key]) for r in rows]
     x = [r["delta"] for r in rows]
     lo = [r["delta"] - r["delta_ci_low"] if r["delta_ci_low"] is not None else 0 for r in rows]
     hi = [r["delta_ci_high"] - r["delta"] if r["delta_ci_high"] is not None else 0 for r in rows]
@@ -233,9 +263,8 @@ def deltas(rows: list[dict]) -> go.Figure:
     return _layout(
         fig,
         height=100 + 34 * max(1, len(rows)),
-        title="Candidate − baseline (with intervals)",
-        xaxis_title="candidate − baseline, in each metric's units (green: better, red: worse, grey: no significant "
-        "difference)",
+        title=title,
+        xaxis_title=f"{x_title} (green: better, red: worse, grey: no significant difference)",
         yaxis_autorange="reversed",
     )
 

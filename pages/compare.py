@@ -1,6 +1,7 @@
 """Compare: the scorecard with intervals, paired deltas, curves, confusion, calibration, latency and what each
 model costs to run, segments, time windows and the requests where the two models disagree; for a regression run,
-predicted vs actual and the residuals per segment instead of the classifier's curves and disagreements. Every
+predicted vs actual and the residuals per segment instead of the classifier's curves and disagreements; for a
+multi-class run, each model's confusion matrix and the per-class deltas instead of the binary curves. Every
 chart is drawn from aggregates computed in DuckDB (pages/data.py), never from the run's rows."""
 
 import pandas as pd
@@ -8,7 +9,7 @@ import streamlit as st
 
 from pages import charts, data, ui
 from workbench import views
-from workbench.tasks import REGRESSION
+from workbench.tasks import MULTICLASS, REGRESSION
 
 DIFFERENCE_STYLES = {
     "candidate better": "color: #1a7f37; font-weight: bold",
@@ -18,6 +19,8 @@ DIFFERENCE_STYLES = {
 
 SECTIONS = ["Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements"]
 REGRESSION_SECTIONS = ["Scorecard", "Predicted vs actual", "Latency", "Segments & windows"]
+MULTICLASS_SECTIONS = ["Scorecard", "Classes", "Latency", "Segments & windows"]
+CLASS_DELTAS = ("recall", "f1")  # drawn per class; the table has every per-class metric
 
 
 def regression_view(run: dict) -> None:
@@ -53,6 +56,55 @@ def regression_view(run: dict) -> None:
         )
 
 
+def multiclass_view(ev: dict) -> None:
+    """Each model's confusion matrix (shares of each true class) and the per-class deltas with their intervals."""
+    got = {r: views.class_confusion(ev, r) for r in views.ROLES}
+    cms = {r: cm for r, cm in got.items() if cm is not None}
+    if len(cms) < len(views.ROLES):
+        st.info("No confusion matrices in this run's evaluation: ingest the class labels and evaluate the run.")
+        return
+    c1, c2 = st.columns(2)
+    for col, role in zip((c1, c2), views.ROLES, strict=True):
+        col.plotly_chart(charts.class_confusion(cms[role], role), key=f"mc_cm_{role}")
+    excluded = sum((ev.get("excluded_labels") or {}).values())
+    st.caption(
+        "Each row is a true class: the share of its rows each model predicted as each class (counts in the hover)."
+        + (f" {excluded:,} labels that are not one of the run's classes are left out." if excluded else "")
+    )
+    st.subheader("Per-class differences")
+    c1, c2 = st.columns(2)
+    for col, metric in zip((c1, c2), CLASS_DELTAS, strict=True):
+        col.plotly_chart(
+            charts.deltas(
+                views.class_rows(ev, metric),
+                y_key="class",
+                title=f"{metric} per class: candidate − baseline",
+                x_title="candidate − baseline",
+            ),
+            key=f"mc_delta_{metric}",
+        )
+    rows = [r for m in ev.get("per_class_delta") or {} for r in views.class_rows(ev, m)]
+    table = pd.DataFrame(
+        [
+            {
+                "class": r["class"],
+                "metric": r["metric"],
+                "baseline": ui.num(r["baseline"]) + " " + ui.ci(r["baseline_ci_low"], r["baseline_ci_high"]),
+                "candidate": ui.num(r["candidate"]) + " " + ui.ci(r["candidate_ci_low"], r["candidate_ci_high"]),
+                "delta": ui.num(r["delta"], "{:+.4f}") + " " + ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4f}"),
+                "p-value": ui.num(r["p_value"], "{:.3g}"),
+                "difference": views.difference_text(r),
+            }
+            for r in rows
+        ]
+    )
+    st.dataframe(
+        table.style.map(lambda v: DIFFERENCE_STYLES.get(v, ""), subset=["difference"]),
+        hide_index=True,
+        key="mc_class_table",
+    )
+
+
 ui.ensure_navigation()
 st.title("Compare")
 run = ui.pick_run()
@@ -60,10 +112,11 @@ if run is not None:
     ui.run_caption(run)
     ev = data.evaluation(run["run_id"]) or {}
     regression = run.get("task") == REGRESSION
+    multiclass = run.get("task") == MULTICLASS
     section = (
         st.segmented_control(
             "Section",
-            REGRESSION_SECTIONS if regression else SECTIONS,
+            REGRESSION_SECTIONS if regression else MULTICLASS_SECTIONS if multiclass else SECTIONS,
             default="Scorecard",
             key="wb_compare_section",
             label_visibility="collapsed",
@@ -145,6 +198,9 @@ if run is not None:
     elif section == "Predicted vs actual":
         regression_view(run)
 
+    elif section == "Classes":
+        multiclass_view(ev)
+
     elif section == "Latency":
         s = data.summary(run)
         q = data.latency_quantiles(run)
@@ -216,7 +272,7 @@ if run is not None:
                         hide_index=True,
                         placeholder="",
                     )
-        breakdowns = None if regression else data.breakdowns(run)  # accuracy: a classifier's
+        breakdowns = None if regression or multiclass else data.breakdowns(run)  # a binary classifier's accuracy
         if breakdowns:
             st.subheader("Accuracy per time window")
             period = st.radio("Window", ["day", "week", "month"], index=1, horizontal=True, key="wb_period")

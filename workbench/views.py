@@ -163,7 +163,6 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
             else ((c[0] - b[0]) if b[0] is not None and c[0] is not None else None, None, None)
         )
         better = _higher_is_better(m)
-        significant = None if dl is None or dh is None else not dl <= 0 <= dh
         rows.append(
             {
                 "metric": m,
@@ -178,22 +177,32 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
                 "delta_ci_high": dh,
                 "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
                 "mde": _f(d.get("mde")) if isinstance(d, dict) else None,
-                "higher_is_better": better,
-                "significant": significant,
-                "improved": None if not significant or dv is None or better is None else (dv > 0) == better,
+                **_emphasis(dv, dl, dh, better),
             }
         )
     return rows
+
+
+def _emphasis(dv: float | None, dl: float | None, dh: float | None, better: bool | None) -> dict[str, Any]:
+    """Whether a delta's interval excludes zero (None without an interval) and, when it does and the metric has a
+    direction, whether the candidate improved."""
+    significant = None if dl is None or dh is None else not dl <= 0 <= dh
+    return {
+        "higher_is_better": better,
+        "significant": significant,
+        "improved": None if not significant or dv is None or better is None else (dv > 0) == better,
+    }
 
 
 def _higher_is_better(metric: str) -> bool | None:
     """A metric's direction (None: none, as a regression's bias or coverage, or an unknown metric)."""
     if metric in METRICS:
         return METRICS[metric].higher_is_better
-    from workbench.evaluate.regression import REGRESSION_METRICS  # only for runs that have these metrics
+    from workbench.evaluate.multiclass import higher_is_better  # only for runs that have these metrics
+    from workbench.evaluate.regression import REGRESSION_METRICS
 
     reg = REGRESSION_METRICS.get(metric.split("@")[0])
-    return None if reg is None else reg.higher_is_better
+    return higher_is_better(metric) if reg is None else reg.higher_is_better
 
 
 def difference_text(row: dict[str, Any]) -> str:
@@ -363,6 +372,52 @@ def residual_rows(summary: dict, column: str, limit: int = 40) -> list[dict[str,
             }
         )
     return out[:limit]
+
+
+# -- multi-class runs --------------------------------------------------------------------------------------------
+def class_confusion(ev: dict, role: str) -> dict[str, Any] | None:
+    """One model's confusion matrix from a multi-class evaluation: ``classes``, ``counts[i][j]`` the rows of true
+    class i predicted as class j, ``shares`` each row's counts over its total (NaN for a class with no rows) and
+    ``rows``. None when the evaluation has no matrix for ``role``."""
+    matrix, classes = (ev.get("confusion") or {}).get(role), ev.get("classes")
+    if matrix is None or not classes:
+        return None
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(classes), len(classes))
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals > 0, counts / totals, np.nan)
+    return {"classes": list(classes), "counts": counts, "shares": shares, "rows": int(counts.sum())}
+
+
+def class_rows(ev: dict, metric: str) -> list[dict[str, Any]]:
+    """Per class of a multi-class evaluation, per-class ``metric`` (precision, recall, f1 or fpr): each model's
+    value and interval and the paired delta with its interval and p-value, emphasised as :func:`metric_rows`."""
+    per, delta = ev.get("per_class") or {}, (ev.get("per_class_delta") or {}).get(metric) or {}
+    better = _higher_is_better(metric)
+    rows = []
+    for cls in ev.get("classes") or []:
+        b = interval(((per.get("baseline") or {}).get(metric) or {}).get(cls))
+        c = interval(((per.get("candidate") or {}).get(metric) or {}).get(cls))
+        d = delta.get(cls)
+        dv, dl, dh = interval(d)
+        rows.append(
+            {
+                "class": cls,
+                "metric": metric,
+                "baseline": b[0],
+                "baseline_ci_low": b[1],
+                "baseline_ci_high": b[2],
+                "candidate": c[0],
+                "candidate_ci_low": c[1],
+                "candidate_ci_high": c[2],
+                "delta": dv,
+                "delta_ci_low": dl,
+                "delta_ci_high": dh,
+                "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
+                **_emphasis(dv, dl, dh, better),
+            }
+        )
+    return rows
 
 
 # -- breakdowns -------------------------------------------------------------------------------------------------

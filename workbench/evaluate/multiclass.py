@@ -81,6 +81,15 @@ def _metric(name: str) -> TaskMetric:
     return MULTICLASS_METRICS[name.split("_", 1)[1] if name.startswith(AVERAGES) else name]
 
 
+def higher_is_better(name: str) -> bool | None:
+    """The direction of a reported multi-class metric ("macro_f1", "top_2_accuracy", "recall", ...); None for a
+    name that is not one."""
+    try:
+        return _metric(name).higher_is_better
+    except (KeyError, IndexError):
+        return None
+
+
 # -- from confusion matrices -----------------------------------------------------------------------
 def multiclass_confusion(y: np.ndarray, pred: np.ndarray, n_classes: int | None = None) -> np.ndarray:
     """Confusion matrix (rows: true class, columns: predicted class) of integer classes 0..C-1."""
