@@ -180,32 +180,55 @@ class TrafficStore(StoreBase):
             f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})"
         )
 
-    def upsert_labels(self, cur, traffic: str, data: pa.Table) -> None:
-        """Insert labels (traffic, request_id, label, label_time); a later label for an id replaces it."""
+    def upsert_labels(self, cur, traffic: str, data: pa.Table) -> int:
+        """Insert labels (request_id, label, label_time, and the request's ``_row`` where the caller has it); a
+        later label for an id replaces it. Returns how many the traffic set does not hold (yet)."""
+        return self._upsert_labels(cur, "labels", "label", traffic, data)
+
+    def upsert_label_values(self, cur, traffic: str, data: pa.Table) -> int:
+        """Insert numeric labels (request_id, value, label_time, ``_row`` optional); a later value for an id
+        replaces it. Returns how many the traffic set does not hold (yet)."""
+        return self._upsert_labels(cur, "label_values", "value", traffic, data)
+
+    def _upsert_labels(self, cur, table: str, column: str, traffic: str, data: pa.Table) -> int:
+        """Upsert into a label table, each label with the ``_row`` of its request (looked up by id unless given)."""
         view = ArrowView(cur, "_wb_labels", data)
+        name = sql_literal(traffic)
         view.execute(
-            f"DELETE FROM labels WHERE traffic = {sql_literal(traffic)} "
+            f"DELETE FROM {table} WHERE traffic = {name} "
             "AND request_id IN (SELECT CAST(request_id AS VARCHAR) FROM _wb_labels)"
         )
-        view.execute(f"INSERT INTO labels SELECT {sql_literal(traffic)}, request_id, label, label_time FROM _wb_labels")
-        view.close()
-
-    def upsert_label_values(self, cur, traffic: str, data: pa.Table) -> None:
-        """Insert numeric labels (traffic, request_id, value, label_time); a later value for an id replaces it."""
-        view = ArrowView(cur, "_wb_values", data)
+        if "_row" in data.column_names:
+            rows = f"SELECT request_id, {column}, label_time, _row FROM _wb_labels"
+        else:
+            rows = (
+                f"SELECT l.request_id, l.{column}, l.label_time, t._row FROM _wb_labels l "
+                f"LEFT JOIN {traffic_table(traffic)} t ON t.request_id = CAST(l.request_id AS VARCHAR)"
+            )
+        view.execute(f"CREATE OR REPLACE TEMP TABLE _wb_label_rows AS {rows}")
         view.execute(
-            f"DELETE FROM label_values WHERE traffic = {sql_literal(traffic)} "
-            "AND request_id IN (SELECT request_id FROM _wb_values)"
+            f"INSERT INTO {table} (traffic, request_id, {column}, label_time, _row) "
+            f"SELECT {name}, * FROM _wb_label_rows"
         )
-        view.execute(
-            f"INSERT INTO label_values SELECT {sql_literal(traffic)}, request_id, value, label_time FROM _wb_values"
-        )
+        unmatched = view.execute("SELECT count(*) - count(_row) FROM _wb_label_rows").fetchall()[0][0]
+        view.execute("DROP TABLE _wb_label_rows")
         view.close()
+        return int(unmatched)
 
-    def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
-        """How many of the request ``ids`` the traffic set does not hold (in ``cur``'s transaction)."""
-        view = ArrowView(cur, "_wb_ids", pa.table({"request_id": ids}))
-        n = view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t USING (request_id)")
-        count = int(n.fetchall()[0][0])
-        view.close()
-        return count
+    def fill_label_rows(self, cur, traffic: str | None = None) -> None:
+        """Give the labels of ``traffic`` (default: every traffic set) that came before their requests the
+        requests' ``_row`` (in ``cur``'s transaction): after traffic is appended, or a storage upgraded."""
+        names = [traffic] if traffic else [r[0] for r in cur.execute("SELECT name FROM traffic_sets").fetchall()]
+        for name in names:
+            for table in ("labels", "label_values"):
+                pending = f"FROM {table} WHERE traffic = ? AND _row IS NULL"
+                if not cur.execute(f"SELECT count(*) {pending}", [name]).fetchall()[0][0]:
+                    continue
+                cur.execute(
+                    f"UPDATE {table} SET _row = t._row FROM {traffic_table(name)} t "
+                    f"WHERE {table}.traffic = ? AND {table}._row IS NULL AND {table}.request_id = t.request_id",
+                    [name],
+                )
+
+    def _fill_added_columns(self, cur) -> None:
+        self.fill_label_rows(cur)
