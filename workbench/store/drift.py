@@ -331,13 +331,13 @@ class DriftStore(StoreBase):
         """Stream ``_row`` and ``columns`` of a RowSet in ``_row`` order."""
         frm, params = self._drift_from(rs)
         cols = ", ".join(["t._row"] + [f"t.{qident(c)}" for c in columns])
-        return self.new_cursor().sql(f"SELECT {cols} {frm} ORDER BY t._row", params=params).to_arrow_reader(batch_size)
+        return self.new_cursor().execute(f"SELECT {cols} {frm} ORDER BY t._row", params).to_arrow_reader(batch_size)
 
     def drift_frame(self, rs, columns: list[str]) -> pa.Table:
         """``columns`` of a RowSet as one Arrow table (for reports that need the rows themselves)."""
         frm, params = self._drift_from(rs)
         cols = ", ".join(f"{self._drift_col(rs, c)} AS {qident(c)}" for c in columns)
-        return self.cursor().sql(f"SELECT {cols} {frm} ORDER BY t._row", params=params).to_arrow_table()
+        return self.cursor().execute(f"SELECT {cols} {frm} ORDER BY t._row", params).to_arrow_table()
 
     def drift_ref_scores_count(self, key: str, role: str) -> int:
         """How many scores by ``role`` are stored for the reference ``key``."""
@@ -364,10 +364,10 @@ class DriftStore(StoreBase):
             lab = "CAST(t.label AS INTEGER)" if has_label else "CAST(NULL AS INTEGER)"
             return (
                 self.cursor()
-                .sql(
+                .execute(
                     f"SELECT CAST(NULL AS TIMESTAMP) AS event_time, s.score, {lab} AS label, "
                     f"{lab} IS NOT NULL AS label_known {frm} ORDER BY t._row",
-                    params=params,
+                    params,
                 )
                 .to_arrow_table()
             )
@@ -376,12 +376,12 @@ class DriftStore(StoreBase):
         )
         return (
             self.cursor()
-            .sql(
+            .execute(
                 f"""SELECT t.event_time, s.score, l.label,
                        l.label IS NOT NULL AND (CAST(? AS TIMESTAMP) IS NULL OR l.label_time IS NULL
                                                 OR l.label_time <= CAST(? AS TIMESTAMP)) AS label_known
                 {frm} ORDER BY t.event_time, t._row""",
-                params=[as_of, as_of] + params,
+                [as_of, as_of] + params,
             )
             .to_arrow_table()
         )
