@@ -278,7 +278,7 @@ class RunStore(TrafficStore):
         sliced = segment is not None or window is not None
         traffic = f"JOIN {traffic_table(run['traffic'])} t USING (_row)" if sliced else ""
         sql = f"SELECT {', '.join(select)} FROM predictions p {traffic} WHERE p.run_id = ?"
-        # a bounded buffer: the joins spill to disk rather than grow
+        # a bounded buffer: the traffic join (for a segment or window) spills to disk rather than grow
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
             # execute, not sql(params=...): a relation built with parameters is materialized first, which
             # took 6x the time of the query itself
