@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Debian's chromium for the browser tests (Playwright's own browser download does not work offline).
+# Debian's chromium for the browser tests (Playwright's own browser download does not work offline), and
+# Debian's postgresql for the tests that run a throwaway PostgreSQL server as the lake's catalog.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 demo: install
 	$(BIN)/workbench demo

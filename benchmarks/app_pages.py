@@ -190,7 +190,7 @@ def build(home: Path, rows: int, step: int = 1 << 20, log=print) -> str:
 
 # -- timing -----------------------------------------------------------------------------------------------
 PAGES = (
-    [("Candidates", "candidates", None), ("Replay", "replay", None)]
+    [("Candidates", "candidates", None), ("Replay", "replay", None), ("Live canary", "live", None)]
     + [
         (f"Compare: {s}", "compare", s)
         for s in ("Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements")

@@ -3,6 +3,7 @@
     python benchmarks/decision_quality.py [--trials 1000] [--context-trials N] [--comparison-trials 50]
         [--trials-for SCENARIO=N] [--quick] [--scenarios a,b] [--seed 0] [--json PATH] [--workers 2]
         [--store-trials 1] [--no-segments] [--policy FILE] [--rule NAME=SPEC]
+        [--regression-trials 200] [--regression-only]
 
 What it does, per scenario and trial:
 
@@ -63,6 +64,12 @@ that moves the weight at or after the look where the candidate is worse than a m
 for the +1 f1 point candidate within the walk's labelled rows; drift-for-both trials held for drift alone, i.e.
 by drift.*, after_change.* or drifted.* gates only, at some look; 1 %-error candidates rolled back); the
 machine, its load and the time taken.
+
+**Regression.** Four regression candidates (:data:`REGRESSION_SCENARIOS`: MAE the same, +3 %, +2.1 % and -5 %
+against the baseline's, in closed form from normal errors) walk the same ramp under rule (c) with the shipped
+regression policy (anytime-valid bounds on the per-request absolute- and squared-error differences, per segment
+and on the recent window): false promote of the two worse than the 2 % MAE margin <= 1 %, power of the better one
+>= 90 % (``--regression-trials`` each; ``--regression-only`` runs these alone).
 """
 
 from __future__ import annotations
@@ -1231,28 +1238,29 @@ def run_trials(
     ]
     results: dict[str, list] = {sc.name: [] for sc in scenarios}
     looks = 0
-    it: Iterator[tuple[str, list[list[TrialOutcome | None]], int]]
-    if workers <= 1:
-        it = map(_run_chunk, tasks)
-        pool = None
-    else:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(workers)
-        it = pool.imap(_run_chunk, tasks)
-    try:
-        done = 0
-        for name, out, n in it:
+    with chunks(_run_chunk, tasks, workers) as it:
+        for done, (name, out, n) in enumerate(it, 1):
             results[name].extend(out)
             looks += n
-            done += 1
             if done % max(1, len(tasks) // 20) == 0:
                 progress(f"{done}/{len(tasks)} chunks")
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
     return results, looks
+
+
+@contextlib.contextmanager
+def chunks(func: Callable[[Any], Any], tasks: list, workers: int) -> Iterator[Iterator[Any]]:
+    """``func`` over ``tasks`` in order: in this process with one worker, else in a forked pool of ``workers``."""
+    if workers <= 1:
+        yield map(func, tasks)
+        return
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        yield pool.imap(func, tasks)
+    finally:
+        pool.close()
+        pool.join()
 
 
 def share(k: int, n: int) -> dict:
@@ -1290,6 +1298,168 @@ def aggregate(outcomes: list[list[TrialOutcome | None]], rule_index: int, ramp: 
         "false_promote": share(sum(o.false_promote for o in rows), n),
         "drift_alone": share(sum(o.drift_alone for o in rows), n),
     }
+
+
+# -- regression: the same ramp and targets for a model judged on its MAE ---------------------------------------
+@dataclass(frozen=True)
+class RegressionScenario:
+    """A regression candidate with known truth. y = s + N(0, 1) with s ~ N(0, 4) (what both models know); the
+    baseline predicts s + N(0, 1), the candidate s + N(0, ``sigma_c``^2). Errors are normal, so each model's MAE is
+    sqrt(2 / pi) sqrt(1 + sigma^2) and the candidate's relative MAE change is sqrt((1 + sigma_c^2) / 2) - 1
+    exactly (the RMSE's too): ``sigma_c`` is set from the ``target`` change in closed form."""
+
+    name: str
+    title: str
+    mae_change: float  # relative change of the candidate's MAE against the baseline's (+0.03: 3 % worse)
+    error_rate_scenario: bool = True
+
+    @property
+    def sigma_c(self) -> float:
+        return math.sqrt(2 * (1 + self.mae_change) ** 2 - 1)
+
+
+REGRESSION_SCENARIOS: tuple[RegressionScenario, ...] = (
+    RegressionScenario("reg_same", "MAE the same as the baseline's (independent errors)", 0.0, False),
+    RegressionScenario("reg_worse_3pct", "MAE +3 %: worse than the 2 % margin", 0.03),
+    RegressionScenario("reg_worse_edge", "MAE +2.1 %: just past the 2 % margin", 0.021),
+    RegressionScenario("reg_better_5pct", "MAE -5 %: better", -0.05),
+)
+REG_BY_NAME = {s.name: s for s in REGRESSION_SCENARIOS}
+
+
+def mae_margin(policy: Policy) -> float:
+    """The relative MAE rise a regression policy's ``mae`` gate tolerates (0.02: 2 %)."""
+    change = next((g.min_relative_change for g in policy.metrics if g.metric == "mae"), None)
+    if change is None:
+        raise SystemExit("the regression policy has no mae gate with min_relative_change")
+    return -float(change)
+
+
+def regression_data(sc: RegressionScenario, cfg: Config, trial: int) -> Sample:
+    """A trial's labelled paired regression rows as the pair's growing sample (segments, event times, online
+    latencies), in event-time order."""
+    from workbench.tasks import REGRESSION
+
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(sc.name.encode()), trial])
+    n = cfg.looks * cfg.slice_rows
+    known = 2.0 * rng.standard_normal(n)
+    z = rng.standard_normal((3, n))
+    lat = np.round(rng.lognormal(math.log(LATENCY_MS), LATENCY_SIGMA, (2, n)), 3)
+    none = np.zeros(n, dtype=bool)
+    return _FastSample(
+        np.arange(n),
+        (T0 + np.arange(n) * np.timedelta64(SECONDS_PER_ROW, "s")).astype("datetime64[us]"),
+        known + z[0],
+        known + z[1],
+        known + sc.sigma_c * z[2],
+        none,
+        none,
+        lat[0],
+        lat[1],
+        {"segment": SEGMENTS[rng.choice(len(SEGMENTS), size=n, p=SEGMENT_SHARE)]},
+        online=True,
+        task=REGRESSION,
+    )
+
+
+def _head(sample: Sample, n: int) -> Sample:
+    """The first ``n`` rows of a sample (the cumulative rows at a look)."""
+    cut = {
+        f.name: getattr(sample, f.name)[:n]
+        for f in dataclasses.fields(sample)
+        if isinstance(getattr(sample, f.name), np.ndarray)
+    }
+    return dataclasses.replace(sample, **cut, segments={k: v[:n] for k, v in sample.segments.items()})
+
+
+def regression_walk(sc: RegressionScenario, trial: int, cfg: Config, policy: Policy) -> list[Step]:
+    """Rule (c) on a regression trial: at each look ``build_evidence`` on the cumulative rows (anytime-valid MAE
+    and RMSE bounds overall, per segment and on the recent window), ``score`` and the new-evidence rule; the walk
+    moves the weight as :func:`walk` does and ends at ROLLBACK or 100 %."""
+    sample, ramp = regression_data(sc, cfg, trial), tuple(policy.ramp)
+    steps: list[Step] = []
+    weight = 0
+    for k in range(1, cfg.looks + 1):
+        evidence = build_evidence(_head(sample, k * cfg.slice_rows), policy)
+        earlier = next(
+            (
+                {"decision_id": f"look {s.look}", "evidence": {"labelled_rows": s.rows}}
+                for s in reversed(steps)
+                if s.verdict == Verdict.PROMOTE and s.weight_after > s.weight_before
+            ),
+            None,
+        )
+        rows = int(evidence["labeled_rows"])
+        d = _decided(with_check(score(policy, evidence), new_evidence_check(rows, earlier)), rows)
+        after = next_weight(d.verdict, weight, ramp)
+        steps.append(Step(k, rows, weight, after, str(d.verdict), d.blocking, d.outcomes))
+        weight = after
+        if d.verdict == Verdict.ROLLBACK or after == ramp[-1]:
+            break
+    return steps
+
+
+def _regression_chunk(task: tuple[str, int, int]) -> tuple[str, list[TrialOutcome]]:
+    name, lo, hi = task
+    sc, w = REG_BY_NAME[name], _WORKER
+    bad = 1 if sc.mae_change > mae_margin(w["policy"]) else None
+    return name, [summarise(regression_walk(sc, t, w["cfg"], w["policy"]), w["ramp"], bad) for t in range(lo, hi)]
+
+
+def run_regression(
+    trials: int, cfg: Config, policy: Policy, workers: int, progress: Callable[[str], None] = lambda s: None
+) -> dict[str, dict]:
+    """Rule (c) on every regression scenario (``trials`` each; the context scenario a fifth of them, at least
+    one), aggregated as the classifier scenarios' tables are."""
+    ramp = tuple(policy.ramp)
+    _WORKER.update(cfg=cfg, policy=policy, ramp=ramp)
+    counts = {s.name: trials if s.error_rate_scenario else max(1, trials // 5) for s in REGRESSION_SCENARIOS}
+    tasks = [(n, lo, min(lo + 5, c)) for n, c in counts.items() for lo in range(0, c, 5)]
+    results: dict[str, list[list[TrialOutcome | None]]] = {n: [] for n in counts}
+    with chunks(_regression_chunk, tasks, workers) as it:
+        for done, (name, out) in enumerate(it, 1):
+            results[name] += [[o] for o in out]
+            if done % max(1, len(tasks) // 10) == 0:
+                progress(f"{done}/{len(tasks)} chunks")
+    return {n: aggregate(r, 0, ramp) for n, r in results.items()}
+
+
+def print_regression(agg: dict[str, dict], policy: Policy, cfg: Config) -> dict[str, dict]:
+    """The regression scenarios' ramp table and their targets (as the classifier scenarios': false promote of a
+    candidate worse than the MAE margin <= 1 %, power of the better one >= 90 %); returns the targets met."""
+    ramp = tuple(policy.ramp)
+    margin = mae_margin(policy)
+    print(
+        f"\n## Regression: rule (c) under the shipped regression policy (MAE margin {margin:.0%}, confidence "
+        f"{policy.confidence:g}; % of trials [Wilson 95 %])\n"
+    )
+    head = " | ".join(f"reach {w} %" for w in ramp[:-1])
+    print(f"| scenario | trials | {head} | PROMOTE at 100 % | HOLD | ROLLBACK | median labelled rows | false promote |")
+    print("|---|---|" + "---|" * (len(ramp) - 1) + "---|---|---|---|---|")
+    for sc in REGRESSION_SCENARIOS:
+        a = agg[sc.name]
+        cells = [fmt_share(a["reach"][str(w)]) for w in ramp[:-1]]
+        cells += [fmt_share(a["final"][f]) for f in ("PROMOTE", "HOLD", "ROLLBACK")]
+        fp = fmt_share(a["false_promote"]) if sc.mae_change > margin else "-"
+        print(
+            f"| {sc.name}: {sc.title} | {a['trials']} | " + " | ".join(cells) + f" | {a['median_rows']:,.0f} | {fp} |"
+        )
+    horizon = cfg.looks * cfg.slice_rows
+    met: dict[str, dict] = {}
+    print("\n| metric | target | rule (c) | target met? |\n|---|---|---|---|")
+    for sc in REGRESSION_SCENARIOS:
+        if sc.mae_change > margin:
+            label, v, ok, target = f"false promote: {sc.name}", agg[sc.name]["false_promote"], None, "<= 1 %"
+            ok = v["share"] <= 0.01
+        elif sc.mae_change < 0:
+            label, v, target = f"power: {sc.name} reaches 100 % within {horizon:,} labelled rows", None, ">= 90 %"
+            v = agg[sc.name]["final"]["PROMOTE"]
+            ok = v["share"] >= 0.90
+        else:
+            continue
+        met[label] = {"pass": ok} | v
+        print(f"| {label} | {target} | {fmt_share(v)} (n={v['n']}) | {'**pass**' if ok else '**FAIL**'} |")
+    return met
 
 
 # -- output ------------------------------------------------------------------------------------------------
@@ -1610,6 +1780,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="rows of the truth simulation per scenario (default 2,000,000; 400,000 with --quick)",
     )
+    p.add_argument(
+        "--regression-trials",
+        type=int,
+        default=None,
+        help="trials of rule (c) per regression scenario whose share is a targeted error rate, under the shipped "
+        "regression policy (default 200; 1 with --quick; 0: none)",
+    )
+    p.add_argument(
+        "--regression-only", action="store_true", help="run the regression scenarios alone (not the classifier ones)"
+    )
     p.add_argument("--calibrate", action="store_true", help="re-derive the scenario constants and exit")
     args = p.parse_args(argv)
     if args.looks is None:
@@ -1630,6 +1810,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.store_scenarios = "better_1pt,errors_1pct" + ("" if args.quick else ",drift_both")
     if args.truth_rows is None:
         args.truth_rows = 400_000 if args.quick else 2_000_000
+    if args.regression_trials is None:
+        args.regression_trials = 1 if args.quick else 200
     if min(args.trials, args.context_trials, args.looks) < 1 or args.comparison_trials < 0:
         p.error("--trials, --context-trials and --looks must be at least 1, --comparison-trials at least 0")
     if args.slice_rows * 0.2 <= 1000:
@@ -1696,10 +1878,42 @@ def _progress(part: str, text: str) -> None:
     print(f"  fast path ({part}): {text}", file=sys.stderr, flush=True)
 
 
+def regression_part(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """The regression scenarios under the shipped regression policy (``--regression-trials``), printed; their
+    numbers for the JSON (empty when off)."""
+    if args.regression_trials < 1:
+        return {}
+    policy = load_policy(None, "regression")
+    reg = run_regression(args.regression_trials, cfg, policy, args.workers, functools.partial(_progress, "regression"))
+    return {
+        "policy": policy.to_dict(),
+        "scenarios": {
+            s.name: {"title": s.title, "mae_change": s.mae_change, "sigma_c": s.sigma_c} for s in REGRESSION_SCENARIOS
+        },
+        "trials": args.regression_trials,
+        "results": reg,
+        "targets": print_regression(reg, policy, cfg),
+    }
+
+
 def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
     if args.calibrate:
         calibrate()
         return {}
+    if args.regression_only:
+        t, mach = time.perf_counter(), machine()
+        cfg = Config(looks=args.looks, slice_rows=args.slice_rows, seed=args.seed)
+        print(
+            f"machine: {mach['host']}, {mach['cores']} cores ({mach['cpu'] or 'cpu unknown'}), load average "
+            f"{' '.join(map(str, mach['load_avg']))} at the start; walk: {cfg.looks} looks of {cfg.slice_rows:,} "
+            f"labelled rows; {args.workers} worker(s)"
+        )
+        out = {"machine": mach, "regression": regression_part(args, cfg), "seconds": time.perf_counter() - t}
+        print(f"\nwall {out['seconds']:.0f} s; load average at the end {' '.join(map(str, os.getloadavg()))}")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=1, default=str))
+        return out
     t_start, cpu_start = time.perf_counter(), time.process_time()
     mach = machine()
     unknown = [s for s in (args.scenarios or "").split(",") if s and s not in BY_NAME]
@@ -1802,6 +2016,10 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
     summary = summary_metrics(agg, scenarios, rules, bad_from, cfg)
     met = print_summary(summary, rules, cfg, SEQUENTIAL)
 
+    t = time.perf_counter()
+    regression = regression_part(args, cfg)
+    regression_s = time.perf_counter() - t
+
     wall = time.perf_counter() - t_start
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() - cpu_start + children.ru_utime + children.ru_stime
@@ -1811,7 +2029,8 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
         f"\n{n_trials:,} fast-path trials of rule (c), {sum(comparison.values()):,} of them with rules (a) and (b) "
         f"({looks_done:,} looks) with {args.workers} worker(s); "
         f"{len(parity)} store-path trial(s) compared; wall {wall:.0f} s (truth {truth_s:.0f} s, store path "
-        f"{store_s:.0f} s, fast path {fast_s:.0f} s), CPU {cpu:.0f} s; load average at the end "
+        f"{store_s:.0f} s, fast path {fast_s:.0f} s, regression {regression_s:.0f} s), CPU {cpu:.0f} s; load "
+        "average at the end "
         f"{' '.join(map(str, load_end))}"
     )
     out = {
@@ -1834,7 +2053,15 @@ def _main(args: argparse.Namespace, extra_rules: tuple[Rule, ...]) -> dict:
         "results": agg,
         "summary": summary,
         "targets": met,
-        "seconds": {"wall": wall, "cpu": cpu, "truth": truth_s, "store": store_s, "fast": fast_s},
+        "regression": regression,
+        "seconds": {
+            "wall": wall,
+            "cpu": cpu,
+            "truth": truth_s,
+            "store": store_s,
+            "fast": fast_s,
+            "regression": regression_s,
+        },
         "looks_evaluated": looks_done,
     }
     if args.json:

@@ -4,7 +4,6 @@ off with which justification, overrides of the policy's verdict, its replay run'
 ``?model=`` in the address picks the model."""
 
 import json
-import os
 
 import pandas as pd
 import streamlit as st
@@ -34,10 +33,7 @@ else:
             "unaltered, each linked to the one before.",
             icon=":material/verified_user:",
         )
-    tracking = data.settings().mlflow_tracking_uri
-    ui_base = os.environ.get("WORKBENCH_MLFLOW_UI") or (
-        tracking if tracking.startswith(("http://", "https://")) else None
-    )
+    ui_base = data.mlflow_ui()
     experiments = data.run_experiments([e["mlflow_run_id"] for e in entries if e["mlflow_run_id"]]) if ui_base else {}
     rows = [
         {
@@ -72,8 +68,8 @@ else:
     )
     if not ui_base:
         st.caption(
-            f"MLflow runs are in the local store {tracking}; set WORKBENCH_MLFLOW_UI to the MLflow UI's "
-            "address (e.g. http://127.0.0.1:5000 for `mlflow ui --backend-store-uri ...`) for links."
+            f"MLflow runs are in the local store {data.settings().mlflow_tracking_uri}: `workbench app` serves "
+            "the MLflow UI beside the app, or set WORKBENCH_MLFLOW_UI to its address for links."
         )
     for e in entries:
         override = f" · override of {e['override_of']}" if e.get("override_of") else ""

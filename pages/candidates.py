@@ -9,6 +9,7 @@ from workbench import WorkbenchError
 from workbench.decide.canary import build_resume
 from workbench.decide.decisions import apply_and_publish
 from workbench.decide.policy import load_policy
+from workbench.decide.registry import model_version_url, run_url
 from workbench.decide.signing import KeyRing
 from workbench.ops.access import signer_for
 from workbench.views import ramp_position, runs_of_model
@@ -99,20 +100,41 @@ for name in names:
                 icon=":material/how_to_reg:",
             )
         if m and m["versions"]:
+            ui_base = data.mlflow_ui()
+            experiments = data.run_experiments([v["run_id"] for v in m["versions"] if v["run_id"]]) if ui_base else {}
             rows = [
                 {
                     "version": v["version"],
+                    "in MLflow": model_version_url(ui_base, name, v["version"]),
                     "aliases": ", ".join(v["aliases"]),
                     "status": v["status"],
                     "created": pd.to_datetime(v["created_at"], unit="ms", utc=True) if v["created_at"] else None,
                     "canary verdict": v["tags"].get("canary.verdict"),
                     "canary weight": v["tags"].get("canary.weight"),
                     "decision": v["tags"].get("canary.decision_id"),
-                    "run": v["run_id"],
+                    "training run": run_url(ui_base, experiments.get(v["run_id"]), v["run_id"]) or v["run_id"]
+                    if v["run_id"]
+                    else None,
                 }
                 for v in m["versions"]
             ]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"versions_{name}")
+            st.dataframe(
+                pd.DataFrame(rows).drop(columns=[] if ui_base else ["in MLflow"]),
+                hide_index=True,
+                placeholder="",
+                key=f"versions_{name}",
+                column_config={
+                    "in MLflow": st.column_config.LinkColumn(display_text=r"versions/(\d+)$"),
+                    "training run": st.column_config.LinkColumn(display_text=r"([0-9a-f]{32})$")
+                    if ui_base
+                    else st.column_config.TextColumn(),
+                },
+            )
+            if not ui_base:
+                st.caption(
+                    "No MLflow UI address (WORKBENCH_MLFLOW_UI): `workbench app` serves one beside the app over "
+                    "a local tracking store."
+                )
         links, here = st.container(horizontal=True), {"model": name}
         links.page_link("pages/candidates.py", label="Link to this model", icon=":material/link:", query_params=here)
         links.page_link("pages/audit.py", label="Audit trail", icon=":material/verified:", query_params=here)

@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import plotly.graph_objects as go
 
 from workbench.roles import ROLES
+from workbench.views import duration
 
 COLORS = {"baseline": "#636EFA", "candidate": "#EF553B"}
 
 
 def _layout(fig: go.Figure, height: int = 340, **kw) -> go.Figure:
-    fig.update_layout(height=height, margin=dict(t=36, b=10, l=10, r=10), legend=dict(orientation="h", y=-0.18), **kw)
+    """Common layout: the legend above the plot on the right (clear of the axis titles), titles on the left."""
+    if isinstance(kw.get("title"), str):  # the title on a line of its own, above the legend
+        kw["title"] = dict(text=kw["title"], x=0, xanchor="left", yref="container", y=1, yanchor="top", pad=dict(t=8))
+    fig.update_layout(
+        height=height,
+        margin=dict(t=80, b=10, l=10, r=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="right", x=1),
+    )
+    fig.update_layout(**kw)
     return fig
+
+
+def log_ticks(values, fmt: Callable[[float], str] = lambda v: f"{v:g}") -> dict:
+    """Axis settings for a log axis with a readable label at each tick: powers of ten, and 2 and 5 between them
+    when the values span two decades or less (plotly's own minor labels read "2 5 1 2 5 10 2")."""
+    vals = [float(v) for v in values if v is not None and v > 0]
+    if not vals:
+        return {"type": "log"}
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    hi = max(hi, lo + 1)
+    steps = (1, 2, 5) if hi - lo <= 2 else (1,)
+    ticks = [m * 10.0**e for e in range(lo, hi + 1) for m in steps if m * 10.0**e <= 10.0**hi]
+    return {"type": "log", "tickvals": ticks, "ticktext": [fmt(t) for t in ticks]}
+
+
+def time_unit(max_ms: float | None) -> tuple[float, str]:
+    """(factor, unit) that shows milliseconds up to ``max_ms`` in µs, ms or s (as ``workbench.views.duration``)."""
+    if max_ms is not None and 0 < max_ms < 1:
+        return 1000.0, "µs"
+    if max_ms is not None and max_ms >= 1000:
+        return 0.001, "s"
+    return 1.0, "ms"
 
 
 def roc(curves: dict, aucs: dict) -> go.Figure:
@@ -84,15 +118,17 @@ def confusion(matrix, role: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=["predicted 0", "predicted 1"],
-            y=["label 0", "label 1"],
+            x=["0", "1"],
+            y=["0", "1"],
             text=text,
             texttemplate="%{text}",
             colorscale="Blues",
             showscale=False,
         )
     )
-    return _layout(fig, height=280, title=f"{role} confusion", yaxis_autorange="reversed")
+    fig.update_xaxes(type="category", title="predicted class")
+    fig.update_yaxes(type="category", title="label", autorange="reversed")
+    return _layout(fig, height=300, title=f"{role} confusion")
 
 
 def paired(table) -> go.Figure:
@@ -100,15 +136,17 @@ def paired(table) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=table,
-            x=["candidate wrong", "candidate right"],
-            y=["baseline wrong", "baseline right"],
+            x=["wrong", "right"],
+            y=["wrong", "right"],
             text=text,
             texttemplate="%{text}",
             colorscale="Greens",
             showscale=False,
         )
     )
-    return _layout(fig, height=280, title="paired outcomes (labelled rows)", yaxis_autorange="reversed")
+    fig.update_xaxes(title="candidate")
+    fig.update_yaxes(title="baseline", autorange="reversed")
+    return _layout(fig, height=300, title="Paired outcomes (labelled rows)")
 
 
 def latency(hists: dict) -> go.Figure:
@@ -122,27 +160,32 @@ def latency(hists: dict) -> go.Figure:
             name=role,
             opacity=0.6,
             marker_color=COLORS[role],
-            customdata=h["rows"],
-            hovertemplate="%{x:.3g} ms<br>%{y:.2%} of rows (%{customdata:,})",
+            customdata=[[n, duration(a), duration(b)] for n, a, b in zip(h["rows"], h["lo"], h["hi"], strict=True)],
+            hovertemplate="%{customdata[1]} to %{customdata[2]}<br>%{y:.2%} of rows (%{customdata[0]:,})"
+            "<extra>%{fullData.name}</extra>",
         )
+    edges = [x for role in ROLES for x in (*hists[role]["lo"], *hists[role]["hi"])]
+    fig.update_xaxes(title="latency per request (log scale)", **log_ticks(edges, duration))
     return _layout(
-        fig,
-        title="Latency distribution",
-        barmode="overlay",
-        xaxis_type="log",
-        xaxis_title="latency per request (ms, log scale)",
-        yaxis_title="share of rows",
-        yaxis_tickformat=".0%",
+        fig, title="Latency distribution", barmode="overlay", yaxis_title="share of rows", yaxis_tickformat=".0%"
     )
 
 
 def percentiles(rows: list[dict]) -> go.Figure:
+    """Each model's latency percentiles, in the unit that reads best (µs, ms or s)."""
+    factor, unit = time_unit(max((r[f"{role}_ms"] or 0 for r in rows for role in ROLES), default=None))
     fig = go.Figure()
     for role in ROLES:
         fig.add_bar(
-            x=[r["percentile"] for r in rows], y=[r[f"{role}_ms"] for r in rows], name=role, marker_color=COLORS[role]
+            x=[r["percentile"].upper() for r in rows],
+            y=[None if r[f"{role}_ms"] is None else r[f"{role}_ms"] * factor for r in rows],
+            name=role,
+            marker_color=COLORS[role],
+            hovertemplate=f"%{{x}}: %{{y:.3g}} {unit}<extra>{role}</extra>",
         )
-    return _layout(fig, title="Latency percentiles", barmode="group", yaxis_title="ms")
+    return _layout(
+        fig, title="Latency percentiles", barmode="group", yaxis_title=f"latency ({unit})", xaxis_title="percentile"
+    )
 
 
 def resource_ratios(rows: list[dict]) -> go.Figure:
@@ -151,20 +194,21 @@ def resource_ratios(rows: list[dict]) -> go.Figure:
     color = ["#d62728" if r["ratio"] > 1 and r["metric"] != "throughput_rps" else "#2ca02c" for r in rows]
     fig = go.Figure(
         go.Bar(
-            x=[r["ratio"] for r in rows],
+            x=[r["ratio"] - 1 for r in rows],  # drawn from 1 (the same cost), left when cheaper, right when dearer
+            base=1,
             y=[r["resource"] for r in rows],
             orientation="h",
             marker_color=color,
-            hovertemplate="%{y}: %{x:.3g}x the baseline<extra></extra>",
+            customdata=[r["ratio"] for r in rows],
+            hovertemplate="%{y}: %{customdata:.3g}× the baseline<extra></extra>",
         )
     )
     fig.add_vline(x=1, line_dash="dot", line_color="#888")
-    return _layout(
-        fig,
-        title="Candidate / baseline (log scale)",
-        height=80 + 34 * max(1, len(rows)),
-        xaxis_type="log",
+    fig.update_xaxes(
+        title="candidate / baseline (log scale; 1 = the same)",
+        **log_ticks([1, *(r["ratio"] for r in rows)], lambda v: f"{v:g}×"),
     )
+    return _layout(fig, title="What the candidate costs, relative to the baseline", height=110 + 34 * max(1, len(rows)))
 
 
 def deltas(rows: list[dict]) -> go.Figure:
@@ -188,37 +232,50 @@ def deltas(rows: list[dict]) -> go.Figure:
     fig.add_vline(x=0, line_dash="dot", line_color="#888")
     return _layout(
         fig,
-        height=60 + 34 * max(1, len(rows)),
+        height=100 + 34 * max(1, len(rows)),
         title="Candidate − baseline (with intervals)",
+        xaxis_title="candidate − baseline, in each metric's units (green: better, red: worse, grey: no significant "
+        "difference)",
         yaxis_autorange="reversed",
     )
 
 
-def by_group(rows: list[dict], metric: str, title: str, time_axis: bool = False) -> go.Figure:
-    fig = go.Figure()
+def by_group(rows: list[dict], metric: str, title: str, time_axis: bool = False, x_title: str = "") -> go.Figure:
+    """Each model's ``metric`` per group (lines over time, else bars), with the rows of each group in a panel of
+    its own underneath (never drawn over the metric)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.04)
     x = [r["key"] if time_axis else str(r["key"]) for r in rows]
     for role in ROLES:
         y = [r[f"{role}_{metric}"] for r in rows]
         if time_axis:
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=role, line=dict(color=COLORS[role]))
+            fig.add_scatter(x=x, y=y, mode="lines+markers", name=role, line=dict(color=COLORS[role]), row=1, col=1)
         else:
-            fig.add_bar(x=x, y=y, name=role, marker_color=COLORS[role])
-    fig.add_bar(x=x, y=[r["rows"] for r in rows], name="rows", yaxis="y2", marker_color="#ccc", opacity=0.35)
-    return _layout(
-        fig,
-        title=title,
-        barmode="group",
-        yaxis_title=metric.replace("_", " "),
-        yaxis2=dict(overlaying="y", side="right", showgrid=False, title="rows"),
+            fig.add_bar(x=x, y=y, name=role, marker_color=COLORS[role], row=1, col=1)
+    fig.add_bar(
+        x=x,
+        y=[r["rows"] for r in rows],
+        name="rows",
+        marker_color="#bbb",
+        showlegend=False,
+        hovertemplate="%{x}: %{y:,} rows<extra></extra>",
+        row=2,
+        col=1,
     )
+    fig.update_yaxes(title_text=metric.replace("_", " "), row=1, col=1)
+    fig.update_yaxes(title_text="rows", tickformat="~s", rangemode="tozero", nticks=3, row=2, col=1)
+    fig.update_xaxes(title_text=x_title or ("time (UTC)" if time_axis else ""), row=2, col=1)
+    return _layout(fig, height=420, title=title, barmode="group")
 
 
 def feature_drift(rows: list[dict]) -> go.Figure:
     rows = [r for r in rows if r["score"] is not None]
+    scores = [min(max(r["score"], 1e-3), 50) for r in rows]
     fig = go.Figure(
         go.Bar(
             y=[r["feature"] for r in rows],
-            x=[min(max(r["score"], 1e-3), 50) for r in rows],
+            x=scores,
             orientation="h",
             marker_color=["#d62728" if r["drifted"] else "#1f77b4" for r in rows],
             customdata=[[r["test"], r["statistic"], r["threshold"]] for r in rows],
@@ -226,39 +283,38 @@ def feature_drift(rows: list[dict]) -> go.Figure:
             "<extra></extra>",
         )
     )
-    fig.add_vline(x=1, line_dash="dash", line_color="#444", annotation_text="threshold")
+    fig.add_vline(x=1, line_dash="dash", line_color="#444")
+    fig.add_annotation(x=0, y=1, xref="x", yref="paper", yanchor="bottom", text="threshold", showarrow=False)
+    fig.update_xaxes(title="statistic / its threshold (log scale; > 1 drifts)", **log_ticks([1e-3, *scores]))
     return _layout(
         fig,
-        height=80 + 26 * max(1, len(rows)),
+        height=110 + 26 * max(1, len(rows)),
         title="Drift per feature (red: drifted)",
-        xaxis_title="statistic against its threshold (distance / threshold, or log p / log threshold; "
-        "> 1 drifts; log scale)",
-        xaxis_type="log",
         yaxis_autorange="reversed",
     )
 
 
 def concept_timeline(rows: list[dict], concept: dict) -> go.Figure:
-    """Error rate per window of each model, with the detected change points and alarms."""
+    """Error rate per window of each model, with each model's detected change point (dashed) and first alarm
+    (dotted) as vertical lines named in the legend and the hover, never as text over each other."""
     fig = by_group(rows, "error_rate", "Error rate over time (labelled rows)", time_axis=True)
+    ys = [r[f"{role}_error_rate"] for r in rows for role in ROLES if r[f"{role}_error_rate"] is not None]
+    lo, hi = (min(ys), max(ys)) if ys else (0, 1)
     marks = [("baseline", concept)] + ([("candidate", concept.get("candidate"))] if concept.get("candidate") else [])
     for role, c in marks:
-        if c and c.get("change_point"):
-            fig.add_vline(
-                x=_ms(c["change_point"]),
-                line_dash="dash",
-                line_color=COLORS[role],
-                annotation_text=f"{role} change point",
-                annotation_position="top left",
-            )
-        if c and c.get("detected_at"):
-            fig.add_vline(
-                x=_ms(c["detected_at"]),
-                line_dash="dot",
-                line_color=COLORS[role],
-                annotation_text=f"{role} alarm",
-                annotation_position="bottom right",
-            )
+        for key, what, dash in (("change_point", "change point", "dash"), ("detected_at", "alarm", "dot")):
+            if c and c.get(key):
+                at = _ms(c[key])
+                fig.add_scatter(
+                    x=[at, at],
+                    y=[lo, hi],
+                    mode="lines",
+                    line=dict(color=COLORS[role], dash=dash, width=2),
+                    name=f"{role} {what}",
+                    hovertemplate=f"{role} {what}: {c[key][:16]}<extra></extra>",
+                    row=1,
+                    col=1,
+                )
     return fig
 
 
@@ -324,7 +380,8 @@ def weight_history(rows: list[dict], now) -> go.Figure:
             )
     top = max(max(weights), 5)  # a 1 % step stays visible; the axis grows with the ramp
     fig.update_yaxes(title="candidate weight (%)", range=[-top * 0.05, top * 1.05])
-    return _layout(fig, height=300)
+    fig.update_xaxes(title="time (UTC)")
+    return _layout(fig, height=320)
 
 
 def live_series(series: list[dict]) -> go.Figure:
@@ -351,4 +408,59 @@ def live_series(series: list[dict]) -> go.Figure:
     fig.update_layout(barmode="group", bargap=0.1)
     fig.update_yaxes(title_text="requests/s", row=1, col=1)
     fig.update_yaxes(title_text="error rate", tickformat=".0%", rangemode="tozero", row=2, col=1)
-    return _layout(fig, height=380)
+    fig.update_xaxes(title_text="time (UTC)", row=2, col=1)
+    return _layout(fig, height=400)
+
+
+def predicted_vs_actual(heat: dict, role: str) -> go.Figure:
+    """One model's predictions against the targets as a binned heat map (log-scaled counts, so sparse tails
+    show), with the diagonal where prediction = target."""
+    centers, counts = heat["centers"], heat["counts"]
+    fig = go.Figure(
+        go.Heatmap(
+            z=heat["log_counts"],
+            x=centers,
+            y=centers,
+            customdata=counts,
+            hovertemplate="actual %{x:.4g}<br>predicted %{y:.4g}<br>rows %{customdata:,}<extra></extra>",
+            colorscale="Blues",
+            showscale=False,
+        )
+    )
+    lo, hi = float(centers[0]), float(centers[-1])
+    fig.add_trace(
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"color": COLORS[role], "dash": "dash"}, name="y = x")
+    )
+    return _layout(
+        fig,
+        height=360,
+        title=f"{role}: predicted vs actual ({heat['rows']:,} labelled rows)",
+        xaxis_title="actual",
+        yaxis_title="predicted",
+        showlegend=False,
+    )
+
+
+def residuals_by_segment(rows: list[dict], column: str) -> go.Figure:
+    """Each model's MAE per value of a segment column (bars) and its mean residual, the bias (markers)."""
+    x = [str(r["value"]) for r in rows]
+    fig = go.Figure()
+    for role in ROLES:
+        fig.add_trace(go.Bar(x=x, y=[r[f"{role}_mae"] for r in rows], name=f"{role} MAE", marker_color=COLORS[role]))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[r[f"{role}_bias"] for r in rows],
+                mode="markers",
+                name=f"{role} bias",
+                marker={"color": COLORS[role], "symbol": "diamond-open", "size": 9},
+            )
+        )
+    return _layout(
+        fig,
+        height=360,
+        title=f"Residuals per {column} (MAE and bias)",
+        barmode="group",
+        xaxis_title=column,
+        yaxis_title="error (the target's unit)",
+    )

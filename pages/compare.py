@@ -1,12 +1,14 @@
 """Compare: the scorecard with intervals, paired deltas, curves, confusion, calibration, latency and what each
-model costs to run, segments, time windows and the requests where the two models disagree. Every chart is drawn
-from aggregates computed in DuckDB (pages/data.py), never from the run's rows."""
+model costs to run, segments, time windows and the requests where the two models disagree; for a regression run,
+predicted vs actual and the residuals per segment instead of the classifier's curves and disagreements. Every
+chart is drawn from aggregates computed in DuckDB (pages/data.py), never from the run's rows."""
 
 import pandas as pd
 import streamlit as st
 
 from pages import charts, data, ui
 from workbench import views
+from workbench.tasks import REGRESSION
 
 DIFFERENCE_STYLES = {
     "candidate better": "color: #1a7f37; font-weight: bold",
@@ -14,16 +16,54 @@ DIFFERENCE_STYLES = {
     "no significant difference": "color: #6e7781",
 }
 
+SECTIONS = ["Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements"]
+REGRESSION_SECTIONS = ["Scorecard", "Predicted vs actual", "Latency", "Segments & windows"]
+
+
+def regression_view(run: dict) -> None:
+    """Predicted vs actual per model (binned heat maps) and the residuals per value of a segment column."""
+    s = data.regression_summary(run)
+    maps = {r: views.predicted_vs_actual(s, r, data.REGRESSION_BINS) for r in views.ROLES} if s is not None else {}
+    heat = {r: h for r, h in maps.items() if h is not None}
+    if s is None or len(heat) < len(views.ROLES):
+        st.info("No labelled rows that both models predicted yet: ingest the numeric labels (`workbench labels`).")
+        return
+    c1, c2 = st.columns(2)
+    for col, role in zip((c1, c2), views.ROLES, strict=True):
+        col.plotly_chart(charts.predicted_vs_actual(heat[role], role), key=f"pva_{role}")
+    lo, hi = s["range"]
+    st.caption(
+        f"{data.REGRESSION_BINS} x {data.REGRESSION_BINS} bins from {lo:.4g} to {hi:.4g} (the 0.5 % to 99.5 % "
+        "quantiles of targets and predictions; values beyond fall in the edge bins); colour: log10 of the rows."
+    )
+    cols = [c for c, groups in s["segments"].items() if groups]
+    if cols:
+        st.subheader("Residuals per segment")
+        col = st.selectbox("Segment by", cols, key="wb_reg_segment")
+        rows = views.residual_rows(s, col)
+        st.plotly_chart(charts.residuals_by_segment(rows, col), key="residuals_by_segment")
+        st.dataframe(
+            pd.DataFrame(views.labelled(rows)),
+            hide_index=True,
+            placeholder="",
+            column_config={
+                views.label(k): st.column_config.NumberColumn(format="%.4g")
+                for k in ("baseline_mae", "candidate_mae", "delta_mae", "baseline_bias", "candidate_bias")
+            },
+        )
+
+
 ui.ensure_navigation()
 st.title("Compare")
 run = ui.pick_run()
 if run is not None:
     ui.run_caption(run)
     ev = data.evaluation(run["run_id"]) or {}
+    regression = run.get("task") == REGRESSION
     section = (
         st.segmented_control(
             "Section",
-            ["Scorecard", "Curves", "Latency", "Segments & windows", "Disagreements"],
+            REGRESSION_SECTIONS if regression else SECTIONS,
             default="Scorecard",
             key="wb_compare_section",
             label_visibility="collapsed",
@@ -102,6 +142,9 @@ if run is not None:
                 "evaluation's exact value when it has one."
             )
 
+    elif section == "Predicted vs actual":
+        regression_view(run)
+
     elif section == "Latency":
         s = data.summary(run)
         q = data.latency_quantiles(run)
@@ -112,13 +155,21 @@ if run is not None:
             c1.plotly_chart(charts.latency(hists), key="latency")
             c2.plotly_chart(charts.percentiles(rows), key="percentiles")
             st.dataframe(
-                pd.DataFrame(views.labelled(rows)),
+                pd.DataFrame(
+                    [
+                        {
+                            "percentile": r["percentile"].upper(),
+                            "baseline": views.duration(r["baseline_ms"]),
+                            "candidate": views.duration(r["candidate_ms"]),
+                            "candidate − baseline": views.duration(r["delta_ms"], signed=True),
+                            "interval": views.bounds(r["delta_ci_low"], r["delta_ci_high"], views.duration),
+                            "candidate / baseline": f"{views.number(r['ratio'], digits=3)}×" if r["ratio"] else "",
+                            "from": r["source"],
+                        }
+                        for r in rows
+                    ]
+                ),
                 hide_index=True,
-                placeholder="",
-                column_config={
-                    views.label(k): st.column_config.NumberColumn(format="%.3f")
-                    for k in ("baseline_ms", "candidate_ms", "delta_ms", "delta_ci_low", "delta_ci_high", "ratio")
-                },
             )
             p = (ev.get("latency") or {}).get("mann_whitney_p")
             if p is not None:
@@ -165,7 +216,7 @@ if run is not None:
                         hide_index=True,
                         placeholder="",
                     )
-        breakdowns = data.breakdowns(run)
+        breakdowns = None if regression else data.breakdowns(run)  # accuracy: a classifier's
         if breakdowns:
             st.subheader("Accuracy per time window")
             period = st.radio("Window", ["day", "week", "month"], index=1, horizontal=True, key="wb_period")
@@ -179,7 +230,8 @@ if run is not None:
                 col = st.selectbox("Segment by", cols, key="wb_segment")
                 segs = views.breakdown_rows(views.largest(breakdowns[col], 40))
                 st.plotly_chart(
-                    charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)"), key="by_segment"
+                    charts.by_group(segs, "accuracy", f"Accuracy per {col} (largest 40 groups)", x_title=col),
+                    key="by_segment",
                 )
                 st.dataframe(pd.DataFrame(views.labelled(segs)), hide_index=True, placeholder="")
 

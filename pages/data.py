@@ -25,6 +25,7 @@ from workbench.config import Settings, load_settings
 from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabase
 
 SCORE_BINS = 200  # score histogram bins (ROC/PR thresholds at k/200)
+REGRESSION_BINS = 40  # predicted-vs-actual heat map: bins per axis
 CALIBRATION_BINS = 10
 LATENCY_PER_DECADE = 20  # log-spaced latency bins
 LATENCY_PROBS = (0.5, 0.95, 0.99)
@@ -245,6 +246,16 @@ def breakdowns(r: dict) -> dict | None:
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _regression_summary(home_: str, run_id: str, token: str, columns: tuple[str, ...]) -> Fetched:
+    return _read(home_, lambda s: s.app_regression_summary(run_id, REGRESSION_BINS, list(columns)))
+
+
+def regression_summary(r: dict) -> dict | None:
+    """A regression run's predicted-vs-actual counts and residual sums per segment value, computed in DuckDB."""
+    return _get(_regression_summary, r["run_id"], run_token(r), tuple(segment_columns(r)))
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _disagreements(home_: str, run_id: str, token: str, limit: int) -> Fetched:
     return _read(home_, lambda s: s.app_disagreements(run_id, limit).to_pandas())
 
@@ -383,6 +394,13 @@ def _run_experiments(home_: str, run_ids: tuple[str, ...]) -> dict[str, str]:
     from workbench.decide.registry import Registry
 
     return Registry(load_settings(home_).mlflow_tracking_uri).run_experiments(list(run_ids))
+
+
+def mlflow_ui() -> str | None:
+    """The MLflow UI's address for links (``workbench app``/``demo`` serve one over a local store), or None."""
+    from workbench.decide.registry import mlflow_ui_base
+
+    return mlflow_ui_base(settings().mlflow_tracking_uri)
 
 
 def run_experiments(run_ids: list[str]) -> dict[str, str]:

@@ -49,18 +49,31 @@ if run is not None:
         c2.dataframe(
             pd.DataFrame(rows)[["feature", "drifted", "test", "statistic", "threshold", "kind", "method"]],
             hide_index=True,
+            placeholder="",
             column_config={"statistic": st.column_config.NumberColumn(format="%.4g")},
         )
 
         st.subheader("Prediction drift")
         st.dataframe(
-            pd.DataFrame(views.prediction_drift_rows(report)),
+            pd.DataFrame(views.labelled(views.prediction_drift_rows(report))),
             hide_index=True,
+            placeholder="",
             column_config={
-                k: st.column_config.NumberColumn(format="%.4g")
+                views.label(k): st.column_config.NumberColumn(format="%.4g")
                 for k in ("statistic", "mean_abs_score_diff", "class_disagreement", "score")
             },
         )
+        residual = views.residual_drift_rows(report)
+        if residual:
+            st.subheader("Residual drift (prediction - y, reference against current)")
+            st.dataframe(
+                pd.DataFrame(residual),
+                hide_index=True,
+                column_config={
+                    k: st.column_config.NumberColumn(format="%.4g")
+                    for k in ("statistic", "reference_bias", "current_bias", "reference_mae", "current_mae")
+                },
+            )
         b_ = data.breakdowns(run)
         period = st.radio("Window", ["day", "week", "month"], index=1, horizontal=True, key="wb_drift_period")
         windows = views.breakdown_rows(views.rollup(b_["day"], period)) if b_ else []
@@ -80,7 +93,7 @@ if run is not None:
         )
         k2.metric("Candidate", "detected" if cand.get("detected") else "none")
         k3.metric("Baseline change point", (concept.get("change_point") or "–")[:16])
-        if windows:
+        if windows and not residual:  # the error-rate timeline is a classifier's
             st.plotly_chart(charts.concept_timeline(windows, concept), key="concept")
         cal = report.get("calibration_drift") or {}
         st.caption(
@@ -90,7 +103,7 @@ if run is not None:
         )
 
         st.subheader("Data quality (current rows)")
-        st.dataframe(pd.DataFrame(views.quality_rows(report)), hide_index=True)
+        st.dataframe(pd.DataFrame(views.labelled(views.quality_rows(report))), hide_index=True, placeholder="")
 
         st.subheader("Evidently report")
         html = report.get("html")

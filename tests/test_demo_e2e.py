@@ -108,3 +108,43 @@ def test_demo_regression_pair_is_replayed_evaluated_and_decided(demo_home):
     runs = json.loads(run_cli("runs", "--json", home=demo_home).stdout)["runs"]
     assert any(r["run_id"] == run_id and r["status"] == "finished" for r in runs)
     assert out["labeled_rows"] == d["labeled_rows"]
+    assert set(d["drift"]) >= {"dataset_drift", "baseline", "candidate"}  # the demo checks its drift too
+    drift = json.loads(run_cli("drift", run_id, "--json", home=demo_home).stdout)
+    for role in ("baseline", "candidate"):
+        assert drift["residual_drift"][role]["available"] and drift["residual_drift"][role]["current_rows"] > 0
+    assert "absolute error" in drift["concept_drift"]["stream"] and drift["calibration_drift"]["available"] is False
+    assert "residual drift (baseline)" in run_cli("drift", run_id, home=demo_home).stdout
+
+
+def test_demo_multiclass_pair_is_replayed_evaluated_and_decided(demo_home):
+    d = json.loads((demo_home / "demo.json").read_text())["multiclass"]
+    run_id = d["run_id"]
+    assert d["model"] == "flight-delay-band" and d["labeled_rows"] > 0
+    assert d["decision"]["verdict"] in ("PROMOTE", "HOLD", "ROLLBACK")
+    out = json.loads(run_cli("evaluate", run_id, "--json", home=demo_home).stdout)
+    assert out["task"] == "multiclass" and out["classes"] == ["late_15_60", "late_over_60", "on_time"]
+    from workbench.store import Store
+
+    store = Store(demo_home / "lake", read_only=True)
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT l.label, p.candidate_class, pp.candidate_proba FROM predictions p "
+            "JOIN traffic_flights t USING (_row) JOIN label_classes l ON l.traffic = 'flights' AND l.request_id = "
+            "t.request_id JOIN prediction_probabilities pp ON pp.run_id = p.run_id AND pp._row = p._row "
+            "WHERE p.run_id = ? AND p.candidate_error IS NULL",
+            [run_id],
+        )
+        .fetchall()
+    )
+    store.close()
+    y = np.array([out["classes"].index(r[0]) for r in rows])
+    pred, proba = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    c = out["candidate"]
+    assert c["accuracy"]["value"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-9)
+    assert c["macro_f1"]["value"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-9)
+    assert c["log_loss"]["value"] == pytest.approx(skm.log_loss(y, proba, labels=[0, 1, 2]), abs=1e-9)
+    assert out["confusion"]["candidate"] == skm.confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+    assert out["labeled_rows"] == d["labeled_rows"]
+    text = run_cli("evaluate", run_id, home=demo_home).stdout
+    assert "(multiclass)" in text and "macro_f1" in text and "confusion" in text

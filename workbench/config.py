@@ -10,7 +10,9 @@ service's state-changing endpoints require. ``WORKBENCH_PUBLISHED_DIR``: where e
 document (the chain head's witness outside the database) is written, by default ``$WORKBENCH_HOME/published``.
 service's state-changing endpoints require. Prices that turn each model's measured resources into a cost per
 million requests (USD, non-negative): ``WORKBENCH_PRICE_CPU_HOUR``, ``WORKBENCH_PRICE_GPU_HOUR`` and
-``WORKBENCH_PRICE_MEMORY_GB_HOUR`` (unset: the defaults in ``workbench.evaluate.resources``).
+``WORKBENCH_PRICE_MEMORY_GB_HOUR`` (unset: the defaults in ``workbench.evaluate.resources``). Where the lake's
+catalog and data files are (``WORKBENCH_CATALOG``, ``WORKBENCH_DATA_PATH``) is read by the storage itself:
+``workbench.store.base.LakeTarget``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``binary``: a score (the positive class's probability) per request, judged against 0/1 labels;
 ``regression``: a number per request, judged against numeric labels (stored apart from the binary ones);
-``multiclass`` is recognised but not yet replayed end to end.
+``multiclass``: a predicted class and the class probabilities per request (the run's ``meta.classes`` names the
+classes, in the models' order), judged against class labels stored as text.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ BINARY: Final = "binary"
 REGRESSION: Final = "regression"
 MULTICLASS: Final = "multiclass"
 TASKS: Final = (BINARY, REGRESSION, MULTICLASS)
-SUPPORTED: Final = (BINARY, REGRESSION)
+SUPPORTED: Final = (BINARY, REGRESSION, MULTICLASS)
 DESCRIBED: Final = {
     BINARY: "a binary classifier",
     REGRESSION: "a regression model",
@@ -28,13 +29,15 @@ def check_task(task: str, *, supported: bool = True) -> str:
     if task not in TASKS:
         raise WorkbenchError(f"unknown task {task!r}: use one of {', '.join(SUPPORTED)}")
     if supported and task not in SUPPORTED:
-        raise WorkbenchError(
-            f"{task} models are not supported end to end yet: replay binary classifiers or regression models "
-            f"(use one of {', '.join(SUPPORTED)})"
-        )
+        raise WorkbenchError(f"{task} models are not supported end to end yet (use one of {', '.join(SUPPORTED)})")
     return task
 
 
 def run_task(run: dict[str, Any]) -> str:
     """The task a stored run recorded (runs replayed before tasks were recorded are binary)."""
     return str((run.get("meta") or {}).get("task") or BINARY)
+
+
+def run_classes(run: dict[str, Any]) -> list[str]:
+    """The classes of a multi-class run, in the order of its models' probabilities (empty for other tasks)."""
+    return [str(c) for c in (run.get("meta") or {}).get("classes") or []]

@@ -162,7 +162,7 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
             if d is not None
             else ((c[0] - b[0]) if b[0] is not None and c[0] is not None else None, None, None)
         )
-        better = METRICS[m].higher_is_better if m in METRICS else None
+        better = _higher_is_better(m)
         significant = None if dl is None or dh is None else not dl <= 0 <= dh
         rows.append(
             {
@@ -186,11 +186,23 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def _higher_is_better(metric: str) -> bool | None:
+    """A metric's direction (None: none, as a regression's bias or coverage, or an unknown metric)."""
+    if metric in METRICS:
+        return METRICS[metric].higher_is_better
+    from workbench.evaluate.regression import REGRESSION_METRICS  # only for runs that have these metrics
+
+    reg = REGRESSION_METRICS.get(metric.split("@")[0])
+    return None if reg is None else reg.higher_is_better
+
+
 def difference_text(row: dict[str, Any]) -> str:
     """What a :func:`metric_rows` row supports saying: which model is better only when the delta's interval
     excludes zero, "no significant difference" when it covers zero, nothing without an interval."""
     if row["improved"] is not None:
         return "candidate better" if row["improved"] else "baseline better"
+    if row["significant"] and row["higher_is_better"] is None:
+        return "differs (neither direction is better)"
     return "no significant difference" if row["significant"] is not None else ""
 
 
@@ -308,6 +320,49 @@ def window_rows(ev: dict) -> list[dict[str, Any]]:
         for r in metric_rows(w):
             rows.append({"window": name, "rows": w.get("rows"), **r})
     return rows
+
+
+# -- regression runs ---------------------------------------------------------------------------------------------
+def predicted_vs_actual(summary: dict, role: str, bins: int) -> dict[str, Any] | None:
+    """One model's predicted-vs-actual counts from :meth:`Store.app_regression_summary`: ``centers`` of the
+    ``bins`` equal bins over the summary's range (both axes), ``counts[i][j]`` the rows predicted in bin i whose
+    target fell in bin j, ``log_counts`` their log10 (NaN where empty: sparse tails stay visible) and ``rows``.
+    None when the run has no labelled predicted rows."""
+    if not summary or summary.get("range") is None:
+        return None
+    lo, hi = summary["range"]
+    width = (hi - lo) / bins if hi > lo else 1.0
+    counts = np.zeros((bins, bins), dtype=np.int64)
+    for r, actual, predicted, n in summary["cells"]:
+        if r == role:
+            counts[predicted, actual] += n
+    with np.errstate(divide="ignore"):
+        log_counts = np.where(counts > 0, np.log10(counts), np.nan)
+    return {
+        "centers": lo + width * (np.arange(bins) + 0.5),
+        "counts": counts,
+        "log_counts": log_counts,
+        "rows": int(counts.sum()),
+    }
+
+
+def residual_rows(summary: dict, column: str, limit: int = 40) -> list[dict[str, Any]]:
+    """Per value of segment ``column`` (the ``limit`` largest): rows, each model's MAE and mean residual
+    (prediction - y: the bias) and the MAE delta candidate - baseline, from :meth:`Store.app_regression_summary`."""
+    out = []
+    for value, n, abs_b, abs_c, sum_b, sum_c in sorted(summary["segments"].get(column) or [], key=lambda g: -g[1]):
+        out.append(
+            {
+                "value": value,
+                "rows": n,
+                "baseline_mae": abs_b / n,
+                "candidate_mae": abs_c / n,
+                "delta_mae": (abs_c - abs_b) / n,
+                "baseline_bias": sum_b / n,
+                "candidate_bias": sum_c / n,
+            }
+        )
+    return out[:limit]
 
 
 # -- breakdowns -------------------------------------------------------------------------------------------------
@@ -428,6 +483,19 @@ def prediction_drift_rows(report: dict) -> list[dict[str, Any]]:
                 "score": drift_score(d.get("test"), d.get("statistic"), d.get("threshold")),
             }
         )
+    return rows
+
+
+def residual_drift_rows(report: dict) -> list[dict[str, Any]]:
+    """A regression run's residual drift per model (reference against current residuals): the test, statistic,
+    threshold, whether it drifted, and the residuals' mean (bias) and MAE on each side; none for a classifier."""
+    rows = []
+    for role in ROLES:
+        d = (report.get("residual_drift") or {}).get(role)
+        if not isinstance(d, dict):
+            continue
+        keys = ("test", "statistic", "threshold", "drifted", "reference_bias", "current_bias", "reference_mae")
+        rows.append({"model": role, **{k: d.get(k) for k in (*keys, "current_mae", "reason")}})
     return rows
 
 

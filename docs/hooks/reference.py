@@ -272,6 +272,7 @@ def policy_markdown() -> str:
 
     from workbench.decide import policy as pol
     from workbench.evaluate.metrics import METRICS
+    from workbench.evaluate.multiclass import GATE_AVERAGES, GATE_PER_CLASS
 
     sections: list = []
     _model_sections(pol.Policy, "", False, sections)
@@ -320,6 +321,19 @@ def policy_markdown() -> str:
         "|---|---|",
     ]
     out += [f"| `{name}` | {'yes' if m.higher_is_better else 'no'} |" for name, m in METRICS.items()]
+    out += [
+        "",
+        "### Multi-class runs {#multiclass-metrics}",
+        "",
+        "A multi-class run (`replay --task multiclass`, or a classifier with more than two classes) is gated on "
+        "`accuracy` and `log_loss` (as binary runs are), on the macro averages "
+        + ", ".join(f"`{m}`" for m in GATE_AVERAGES)
+        + " (higher is better; the mean over the classes with a value), and on one class's "
+        + ", ".join(f"`{m}[CLASS]`" for m in GATE_PER_CLASS)
+        + " (`recall[late]`: the recall of class `late`, named as in the run's classes; a class the run lacks is "
+        "an error that lists them). Each is judged on anytime-valid bounds of its per-request influence, like "
+        f"every other gate. Runs without `--policy` use the shipped `{pol.DEFAULT_POLICIES['multiclass']}`.",
+    ]
     text = resources.files("workbench.decide").joinpath(pol.DEFAULT_POLICY).read_text("utf-8")
     shipped = pol.load_policy()
     out += [

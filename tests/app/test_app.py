@@ -123,7 +123,10 @@ def test_compare_page_sections(home, section):
     elif section == "Curves":
         assert len(charts) == 6  # ROC, PR, calibration, paired outcomes, two confusion matrices
     elif section == "Latency":  # latency, its percentiles and what each model costs to run
-        assert len(charts) == 3 and at.dataframe[0].value["percentile"].tolist() == ["p50", "p95", "p99"]
+        latency = at.dataframe[0].value
+        assert len(charts) == 3 and latency["percentile"].tolist() == ["P50", "P95", "P99"]
+        for role in ("baseline", "candidate"):  # microsecond latencies in µs, never "0.000"
+            assert latency[role].str.fullmatch(r"[1-9][\d,]*(\.\d+)? (µs|ms|s)").all(), latency[role].tolist()
         resources = at.dataframe[1].value
         assert resources.loc["artifact (MB)", "baseline"] > 0 and resources.loc["load (s)", "candidate"] > 0
         assert resources.loc["CPU s per 1,000 requests", "candidate"] > 0
@@ -428,6 +431,19 @@ def test_candidates_link_each_run_to_compare_and_decide(home):
     assert [s.value for s in at.subheader] == ["flight-delay"] and "All models" in [p.label for p in at.page_link]
     at = open_page(address={"model": "no-such-model"})
     assert at.subheader[0].value == "flight-delay"
+
+
+def test_candidates_link_each_version_and_its_training_run_to_the_mlflow_ui(home, monkeypatch):
+    at = open_page()
+    assert "in MLflow" not in at.dataframe[0].value and "No MLflow UI address" in texts(at)
+    monkeypatch.setenv("WORKBENCH_MLFLOW_UI", "http://127.0.0.1:5999/")
+    at = open_page()
+    versions = at.dataframe[0].value.set_index("version")
+    ui = "http://127.0.0.1:5999/#/"
+    assert versions.loc["2", "in MLflow"] == f"{ui}models/flight-delay/versions/2"
+    assert versions["training run"].str.fullmatch(ui + r"experiments/\d+/runs/[0-9a-f]{32}").all()
+    at.switch_page("pages/audit.py").run()
+    assert at.dataframe[0].value["MLflow run"].dropna().str.startswith(ui + "experiments/").all()
 
 
 def test_a_model_in_the_address_is_the_audited_model(home):

@@ -1,9 +1,13 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): `streamlit run app.py` on
 127.0.0.1 over a copy of the demo home; open the demo run, read the scorecard, sign a decision as an approver,
-see the canary weight move on Candidates. Screenshots go to test-artifacts/browser/."""
+see the canary weight move on Candidates; a viewer refused a replay, an operator's replay linked to its
+evidence, a shared link, two approvers and a quorum, an override in the audit, Abort, and every chart checked
+in a screenshot. Screenshots go to test-artifacts/browser/."""
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +32,8 @@ ARGS = [
 ]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 PASSWORD = "browser-pw-long-enough"
+OPERATOR_PASSWORD = "olga-browser-pw-long-enough"
+LENIENT = 'name = "lenient"\nmin_labeled_rows = 100\n[errors]\nmax_rate = 0.05\n'
 
 
 @pytest.fixture
@@ -40,14 +46,15 @@ def served(demo_home, tmp_path):
 
     home = tmp_path / "home"
     shutil.copytree(demo_home, home)
-    add_approver(approvers_path(home), "alice", password=PASSWORD)
+    for name, role, password in (("alice", "approver", PASSWORD), ("bob", "approver", PASSWORD)) + (
+        ("olga", "operator", OPERATOR_PASSWORD),
+    ):
+        add_approver(approvers_path(home), name, password=password, role=role)
     run_id = json.loads((home / "demo.json").read_text())["replay"]["run_id"]
     with Store(home / "lake") as store:  # an evaluation with intervals, for the Compare page
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
     (home / "policies").mkdir()  # the demo sample's few thousand rows cannot settle the default policy's gates
-    (home / "policies" / "lenient.toml").write_text(
-        'name = "lenient"\nmin_labeled_rows = 100\n[errors]\nmax_rate = 0.05\n'
-    )
+    (home / "policies" / "lenient.toml").write_text(LENIENT)
     port = free_port()
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -95,6 +102,51 @@ def served(demo_home, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def chromium():
+    """A new page (1440x900) in headless Chromium; ``new_page()`` on the yielded browser opens another session."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=60_000)  # the first page load imports MLflow
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(60_000)
+    return page
+
+
+def sign_in(page, name: str, password: str, role: str = "approver") -> None:
+    from playwright.sync_api import expect
+
+    sidebar = page.locator("[data-testid='stSidebar']")
+    sidebar.get_by_role("textbox", name="Name").fill(name)
+    sidebar.get_by_role("textbox", name="Password").fill(password)
+    sidebar.get_by_role("button", name="Sign in").click()
+    expect(sidebar.get_by_text(f"{role} (password)")).to_be_visible()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box labelled ``label``."""
+    page.locator("[data-testid='stSelectbox']").filter(has_text=label).click()
+    page.get_by_role("option", name=option).click()
+
+
+def canary_weight(page, url: str):
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/?model=flight-delay")
+    expect(page.get_by_role("heading", name="Candidates")).to_be_visible()
+    return page.locator("[data-testid='stMetric']").filter(has_text="Canary weight")
 
 
 @pytest.mark.browser
@@ -220,3 +272,217 @@ def test_abort_a_live_canary_in_the_browser(served):
             browser.close()
     status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert status["weight"] == 0 and status["killed"] and status["verified"]
+
+
+@pytest.mark.browser
+def test_a_viewer_cannot_start_a_replay_and_an_operators_replay_links_to_its_evidence(served):
+    from playwright.sync_api import expect
+
+    from workbench.ops.progress import read_progress
+
+    url, run_id, home = served
+    with chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/replay")
+        expect(page.get_by_role("heading", name="New replay")).to_be_visible()
+        expect(page.get_by_text("Starting a replay takes an operator or an approver")).to_be_visible()
+        page.get_by_role("button", name="Start replay").click()  # shown to a viewer: the library refuses
+        expect(page.get_by_text("viewers cannot start a replay: sign in as an operator or approver")).to_be_visible()
+        assert read_progress(home) == []
+        page.screenshot(path=str(ARTIFACTS / "10-replay-viewer-refused.png"))
+
+        sign_in(page, "olga", OPERATOR_PASSWORD, role="operator")
+        page.get_by_role("textbox", name="Run id (optional)").fill("browser_run")
+        page.get_by_text("Drift report when done (with Evidently HTML)").click()  # off: a shorter job
+        page.get_by_role("button", name="Start replay").click()
+        expect(page.get_by_text("Started run browser_run in the background.")).to_be_visible()
+        finished = page.get_by_text("Run browser_run, started here, has finished: its evidence")
+        expect(finished).to_be_visible(timeout=240_000)
+        page.screenshot(path=str(ARTIFACTS / "11-replay-finished.png"))
+        page.get_by_test_id("stPageLink").filter(has_text="Compare").first.click()
+        page.wait_for_url("**/compare?run=browser_run")
+        expect(page.get_by_text("Run browser_run on traffic flights")).to_be_visible()
+        expect(page.locator("[data-testid='stTable']")).to_contain_text("accuracy")  # evaluated when done
+    [progress] = read_progress(home)
+    assert (progress.run_id, progress.status, progress.source) == ("browser_run", "finished", "app replay")
+
+
+@pytest.mark.browser
+def test_a_shared_link_opens_the_right_run(served):
+    from playwright.sync_api import expect
+
+    from workbench.store import Store
+
+    url, run_id, home = served
+    with Store(home / "lake", read_only=True) as store:
+        runs = [r["run_id"] for r in store.list_runs() if r["status"] == "finished"]
+    other = runs[-1]  # the oldest: never the one a page picks by itself
+    assert other != run_id
+    with chromium() as browser:
+        for page_name in ("compare", "drift", "decide"):
+            page = new_page(browser)  # a new session, as a colleague opening the shared address
+            page.goto(f"{url}/{page_name}?run={other}")
+            expect(page.get_by_text(f"Run {other} on traffic flights")).to_be_visible()
+            picker = page.locator("[data-testid='stSidebar']").get_by_role("combobox", name="Replay run")
+            expect(picker).to_have_value(re.compile(f"^{re.escape(other)} · flight-delay"))
+            page.close()
+
+        page = new_page(browser)
+        page.goto(f"{url}/?model=flight-delay")  # Candidates, one model
+        expect(page.get_by_role("heading", name="flight-delay")).to_be_visible()
+        expect(page.get_by_text("All models")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "12-candidates-one-model.png"))
+        run_row = page.get_by_text(f"Run {run_id} ·").locator("xpath=ancestor::div[@data-testid='stElementContainer']")
+        run_row.locator("xpath=following-sibling::*[1]").get_by_role("link", name="Decide").click()
+        page.wait_for_url(f"**/decide?run={run_id}")
+        expect(page.get_by_text(f"Run {run_id} on traffic flights")).to_be_visible()
+        expect(page.get_by_test_id("stMetricValue").first).to_have_text("HOLD")
+        shared = page.url
+        other_page = new_page(browser)
+        other_page.goto(shared)
+        expect(other_page.get_by_text(f"Run {run_id} on traffic flights")).to_be_visible()
+
+
+@pytest.mark.browser
+def test_two_approvers_move_the_weight_and_one_cannot(served):
+    from playwright.sync_api import expect
+
+    url, run_id, home = served
+    (home / "policies" / "two.toml").write_text(LENIENT.replace('"lenient"', '"two"') + "[approvals]\nquorum = 2\n")
+    with chromium() as browser:
+        alice = new_page(browser)
+        alice.goto(f"{url}/decide?run={run_id}")
+        sign_in(alice, "alice", PASSWORD)
+        choose(alice, "Policy", "two.toml")
+        expect(alice.get_by_test_id("stMetricValue").first).to_have_text("PROMOTE")
+        alice.get_by_label("Justification (required, signed into the record)").fill("errors flat")
+        alice.get_by_text("I have reviewed the evidence").click()
+        alice.get_by_role("button", name="Sign and apply").click()
+        expect(alice.get_by_text("awaiting approval").first).to_be_visible()
+        expect(alice.get_by_text("1 of 2 approvers signed").first).to_be_visible()
+        expect(alice.get_by_text("You (alice) have signed this record")).to_be_visible()
+        expect(alice.get_by_role("button", name="Approve")).to_have_count(0)  # no second signature by alice
+        expect(alice.get_by_role("button", name="Sign and apply")).to_have_count(0)
+        alice.screenshot(path=str(ARTIFACTS / "13-quorum-one-of-two.png"), full_page=True)
+        expect(canary_weight(alice, url)).to_contain_text("0%")  # one approver cannot move it
+        expect(alice.get_by_text("awaits approval: 1 of 2 approvers signed (alice)")).to_be_visible()
+
+        bob = new_page(browser)
+        bob.goto(f"{url}/decide?run={run_id}")
+        sign_in(bob, "bob", PASSWORD)
+        expect(bob.get_by_text("1 of 2 approvers signed").first).to_be_visible()
+        bob.get_by_label("Justification (required, signed)").fill("checked the segments too")
+        bob.get_by_role("button", name="Approve").click()
+        expect(bob.get_by_text("You (bob) have signed this record")).to_be_visible()
+        expect(bob.get_by_text("2 of 2 approvers signed").first).to_be_visible()
+        bob.screenshot(path=str(ARTIFACTS / "14-quorum-two-of-two.png"), full_page=True)
+        expect(canary_weight(bob, url)).to_contain_text("1%")
+    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    assert status["weight"] == 1 and status["verified"] and status["awaiting_approval"] == []
+
+
+@pytest.mark.browser
+def test_an_override_shows_in_the_audit(served):
+    from playwright.sync_api import expect
+
+    url, run_id, home = served
+    with chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/decide?run={run_id}")
+        sign_in(page, "alice", PASSWORD)
+        expect(page.get_by_test_id("stMetricValue").first).to_have_text("HOLD")  # the shipped policy
+        page.get_by_label("Justification (required, signed into the record)").fill("start the ramp")
+        choose(page, "Verdict to sign", "override: PROMOTE")
+        page.get_by_label("Reason for the override (required with one)").fill("the open gates are seasonal")
+        page.get_by_text("I have reviewed the evidence").click()
+        page.get_by_role("button", name="Sign and apply").click()
+        expect(page.get_by_text("(override of HOLD)").first).to_be_visible()
+        expect(page.get_by_text("Override reason: the open gates are seasonal")).to_be_visible()
+
+        page.goto(f"{url}/audit?model=flight-delay")
+        record = page.get_by_test_id("stExpander").filter(has_text="PROMOTE · override of HOLD")
+        expect(record).to_have_count(1)
+        record.get_by_text("override of HOLD").click()
+        override = "Override: the policy said HOLD, alice signed PROMOTE: the open gates are seasonal"
+        expect(page.get_by_text(override)).to_be_visible()
+        expect(record).to_contain_text("the open gates are seasonal")
+        record.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "15-audit-override.png"))
+
+
+LAYOUT_BOXES = """plot => {
+    const box = sel => [...plot.querySelectorAll(sel)].map(e => e.getBoundingClientRect())
+        .filter(r => r.width > 0 && r.height > 0).map(r => [r.left, r.top, r.right, r.bottom]);
+    return {
+        title: box('.gtitle'), legend: box('.legend .bg'), xtitle: box('.g-xtitle text, .g-x2title text'),
+        ytitle: box('.g-ytitle text, .g-y2title text'), annotations: box('.annotation'),
+        log_ticks: Object.keys(plot._fullLayout).filter(k => /^[xy]axis\\d*$/.test(k))
+            .filter(k => plot._fullLayout[k].type === 'log')
+            .flatMap(k => [...plot.querySelectorAll('.' + plot._fullLayout[k]._id + 'tick text')])
+            .map(e => e.textContent),
+        legend_text: [...plot.querySelectorAll('.legendtext')].map(e => e.textContent),
+    };
+}"""
+
+
+def overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.browser
+def test_every_chart_reads_in_a_screenshot(served):
+    """Each chart of Compare, Drift and the live canary at 1440x900: an axis title, ticks that are numbers a
+    reviewer reads (no bare "2"/"5" minor labels on log axes), titles, legends, axis titles and annotations
+    clear of each other, and the concept-drift marks in the legend (not as labels written over each other)."""
+    from playwright.sync_api import expect
+
+    from workbench.store import Store
+
+    url, run_id, home = served
+    run_cli("evaluate", run_id, home=home)  # the real evaluation: with the models' resources
+    with Store(home / "lake") as store:  # change points and alarms of both models a few days apart
+        report = store.latest_drift(run_id)
+        report["concept_drift"] |= {"detected": True, "change_point": "2013-10-01T00:00:00+00:00"}
+        report["concept_drift"] |= {"detected_at": "2013-10-06T00:00:00+00:00"}
+        report["concept_drift"]["candidate"] = {
+            "detected": True,
+            "change_point": "2013-10-03T00:00:00+00:00",
+            "detected_at": "2013-10-07T00:00:00+00:00",
+        }
+        store.save_drift(run_id, {}, report)
+    write_live_log(home)
+    shots = [(f"compare?run={run_id}", s, n) for s, n in (("Scorecard", 1), ("Curves", 6), ("Latency", 3))]
+    shots += [(f"compare?run={run_id}", "Segments & windows", 2), (f"drift?run={run_id}", None, 3)]
+    shots += [("live?model=flight-delay", None, 2)]
+    seen = {}
+    with chromium() as browser:
+        page = new_page(browser)
+        for address, section, count in shots:
+            page.goto(f"{url}/{address}")
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+            if section:
+                page.get_by_test_id("stButtonGroup").get_by_text(section, exact=True).click()
+            plots = page.locator(".js-plotly-plot")
+            expect(plots).to_have_count(count)
+            page.wait_for_timeout(1000)
+            expect(plots).to_have_count(count)  # settled: not a count met while the page was replacing its charts
+            name = address.split("?")[0] + (f"-{section.split()[0].lower()}" if section else "")
+            for i in range(count):
+                plot = plots.nth(i)
+                plot.scroll_into_view_if_needed()
+                page.wait_for_timeout(400)  # plotly finishes drawing
+                plot.screenshot(path=str(ARTIFACTS / f"chart-{name}-{i}.png"))
+                got = plot.evaluate(LAYOUT_BOXES)
+                seen[f"{name}-{i}"] = got
+                assert got["xtitle"] or got["ytitle"], f"{name}-{i} has no axis title"
+                assert not {"2", "5", "20", "50"} & set(got["log_ticks"]), f"{name}-{i}: {got['log_ticks']}"
+                kinds = ("title", "legend", "xtitle", "ytitle", "annotations")
+                boxes = [(k, b) for k in kinds for b in got[k]]
+                clashes = [(a, b) for n, (a, ra) in enumerate(boxes) for b, rb in boxes[n + 1 :] if overlaps(ra, rb)]
+                assert not clashes, f"{name}-{i}: {clashes} overlap"
+    concept = next(v for v in seen.values() if "baseline change point" in v["legend_text"])
+    assert {"candidate change point", "baseline alarm", "candidate alarm"} <= set(concept["legend_text"])
+    assert not concept["annotations"]
+    latency, resources = seen["compare-latency-0"], seen["compare-latency-2"]
+    assert latency["log_ticks"] and all(t.endswith((" µs", " ms", " s")) for t in latency["log_ticks"])
+    assert "1×" in resources["log_ticks"] and all(t.endswith("×") for t in resources["log_ticks"])

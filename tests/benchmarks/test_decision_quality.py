@@ -237,3 +237,29 @@ def test_drift_fast_refuses_a_reference_it_cannot_reproduce():
     assert np.isfinite(
         dq.drift_fast(dq.trial_data(dq.BY_NAME["identical"], dq.Config(looks=1, slice_rows=6000), 0))["share_drifted"]
     )
+
+
+def test_regression_scenarios_have_the_mae_change_they_were_built_for():
+    from sklearn.metrics import mean_absolute_error, root_mean_squared_error
+
+    cfg = dq.Config(looks=8, slice_rows=50_000)
+    for sc in dq.REGRESSION_SCENARIOS:
+        s = dq.regression_data(sc, cfg, 0)
+        assert s.task == "regression" and len(s) == 400_000 and set(s.segments["segment"]) == set(dq.SEGMENTS)
+        mae = [mean_absolute_error(s.label, p) for p in (s.baseline, s.candidate)]
+        rmse = [root_mean_squared_error(s.label, p) for p in (s.baseline, s.candidate)]
+        assert mae[1] / mae[0] - 1 == pytest.approx(sc.mae_change, abs=0.006), sc.name  # ~4 standard errors
+        assert rmse[1] / rmse[0] - 1 == pytest.approx(sc.mae_change, abs=0.006), sc.name
+    assert dq.mae_margin(load_policy(None, "regression")) == pytest.approx(0.02)
+
+
+def test_regression_rule_goes_the_right_way(quick):
+    result, text, path = quick
+    reg = result["regression"]["results"]
+    assert {n: a["trials"] for n, a in reg.items()} == {n: 1 for n in dq.REG_BY_NAME}
+    for name in ("reg_worse_3pct", "reg_worse_edge"):
+        assert reg[name]["false_promote"]["k"] == 0 and reg[name]["final"]["PROMOTE"]["k"] == 0, name
+    assert reg["reg_better_5pct"]["reach"]["1"]["k"] == 1 and reg["reg_better_5pct"]["final"]["ROLLBACK"]["k"] == 0
+    assert "## Regression: rule (c) under the shipped regression policy" in text
+    assert "| false promote: reg_worse_3pct | <= 1 % |" in text
+    assert json.loads(path.read_text())["regression"]["targets"] == result["regression"]["targets"]

@@ -51,6 +51,7 @@ SCRIPTS = {
         prints="## Summary against the targets",
         slow="~20 s: evaluations of 60 looks; tests/benchmarks/test_decision_quality.py runs it in-process",
     ),
+    "decision_quality_multiclass.py": Entry(("--quick",), prints="## Summary against the targets"),
     "drift.py": Entry(
         ("--rows", "2000"), prints="speed-up (Evidently seconds / ours)", slow="~17 s: Evidently's import and report"
     ),

@@ -70,4 +70,4 @@ def test_policies_judge_runs_of_their_own_task(tmp_path):
     with pytest.raises(WorkbenchError, match="a policy judges runs of one task"):
         parse_policy({"metrics": [{"metric": "mae", "min_relative_change": -0.02}, {"metric": "f1", "threshold": 0.5}]})
     gate = parse_policy({"metrics": [{"metric": "rmse", "min_relative_change": -0.05}]}).metrics[0]
-    assert gate.better_up is False and gate.task == "regression"
+    assert gate.better_up is False and gate.tasks == {"regression"}

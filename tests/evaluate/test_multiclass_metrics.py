@@ -50,7 +50,7 @@ def sk_values(y, pred):
         warnings.simplefilter("ignore")
         for avg in AVERAGES:
             p, r, f, _ = skm.precision_recall_fscore_support(y, pred, average=avg, zero_division=np.nan)
-            out |= {f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f}
+            out |= {f"{avg}_precision": p, f"{avg}_recall": r, f"{avg}_f1": f}
         p, r, f, support = skm.precision_recall_fscore_support(
             y, pred, labels=labels, average=None, zero_division=np.nan
         )
@@ -59,9 +59,9 @@ def sk_values(y, pred):
     fpr = np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), np.nan)
     ok = ~np.isnan(fpr)
     out |= {
-        "fpr_macro": np.nanmean(fpr) if ok.any() else np.nan,
-        "fpr_micro": fp.sum() / (fp + tn).sum() if (fp + tn).sum() else np.nan,
-        "fpr_weighted": np.average(fpr[ok], weights=support[ok]) if support[ok].sum() else np.nan,
+        "macro_fpr": np.nanmean(fpr) if ok.any() else np.nan,
+        "micro_fpr": fp.sum() / (fp + tn).sum() if (fp + tn).sum() else np.nan,
+        "weighted_fpr": np.average(fpr[ok], weights=support[ok]) if support[ok].sum() else np.nan,
     }
     per_class = {"precision": p, "recall": r, "f1": f, "fpr": fpr}
     return out, labels, per_class
@@ -92,7 +92,7 @@ def test_confusion_metrics_vectorise_over_confusion_matrices():
     batch = multiclass_metrics(cms)
     for i in range(4):
         one = multiclass_metrics(cms[i])
-        assert batch["f1_macro"][i] == pytest.approx(one["f1_macro"])
+        assert batch["macro_f1"][i] == pytest.approx(one["macro_f1"])
         assert batch["recall"][i] == pytest.approx(one["recall"])
 
 
@@ -102,7 +102,7 @@ def test_weighted_average_without_supported_classes_is_undefined_where_sklearn_f
         warnings.simplefilter("ignore")
         sk = skm.precision_score(y, pred, average="weighted", zero_division=np.nan)
     assert sk == 0.0  # scikit-learn drops the zero weights and averages the rest unweighted
-    assert multiclass_metrics(multiclass_confusion(y, pred))["precision_weighted"] is None
+    assert multiclass_metrics(multiclass_confusion(y, pred))["weighted_precision"] is None
 
 
 def _probabilities(r, y, sharpness):
@@ -197,9 +197,9 @@ def test_bootstrap_intervals_cover_the_truth():
     vb, vc = (multiclass_metrics(multiclass_confusion(y, p)) for p in (b, c))
     truth = {
         "accuracy": vc["accuracy"] - vb["accuracy"],
-        "f1_macro": vc["f1_macro"] - vb["f1_macro"],
+        "macro_f1": vc["macro_f1"] - vb["macro_f1"],
         "recall[2]": vc["recall"][2] - vb["recall"][2],
-        "baseline.f1_macro": vb["f1_macro"],
+        "baseline.f1_macro": vb["macro_f1"],
     }
     hits = dict.fromkeys(truth, 0)
     trials = 200
@@ -207,9 +207,9 @@ def test_bootstrap_intervals_cover_the_truth():
         result = compare_multiclass(*draw(300), opts=OPTS)
         found = {
             "accuracy": result.delta["accuracy"],
-            "f1_macro": result.delta["f1_macro"],
+            "macro_f1": result.delta["macro_f1"],
             "recall[2]": result.per_class_delta["recall"][2],
-            "baseline.f1_macro": result.baseline["f1_macro"],
+            "baseline.f1_macro": result.baseline["macro_f1"],
         }
         for key, est in found.items():
             hits[key] += est.ci_low <= truth[key] <= est.ci_high
@@ -245,7 +245,7 @@ def test_missing_predictions_and_bad_probabilities_are_counted():
     result = compare_multiclass(y, b, c, probabilities=probs, opts=OPTS)
     assert result.rows == {"total": 100, "baseline": 98, "candidate": 97, "paired": 96}
     assert result.baseline["accuracy"].excluded == {"prediction is missing": 2}
-    assert result.delta["f1_macro"].excluded == {
+    assert result.delta["macro_f1"].excluded == {
         "baseline: prediction is missing": 1,
         "prediction is missing": 1,
         "candidate: prediction is missing": 2,
@@ -264,7 +264,7 @@ def test_a_model_with_no_predictions_has_no_values_and_says_why():
     result = compare_multiclass(y, np.full(50, np.nan), c, opts=OPTS)
     assert result.baseline["accuracy"].value is None
     assert result.baseline["accuracy"].undefined == "no usable rows (prediction is missing: 50)"
-    assert result.baseline["f1_macro"].undefined == "no usable rows (prediction is missing: 50)"
+    assert result.baseline["macro_f1"].undefined == "no usable rows (prediction is missing: 50)"
     assert result.delta["accuracy"].value is None and result.delta["accuracy"].undefined.startswith("no usable rows")
     assert result.per_class["baseline"]["recall"][0].undefined == "no usable rows"
     assert result.candidate["accuracy"].value is not None
@@ -320,7 +320,7 @@ def test_every_metric_has_a_direction_and_the_result_is_plain_json():
     names = list(result.baseline)
     assert names == list(result.delta)
     assert names[:5] == ["accuracy", "top_2_accuracy", "top_3_accuracy", "log_loss", "brier"]
-    assert names[5:] == [f"{m}_{a}" for a in AVERAGES for m in PER_CLASS]
+    assert names[5:] == [f"{a}_{m}" for a in AVERAGES for m in PER_CLASS]
     assert MULTICLASS_METRICS["f1"].higher_is_better and not MULTICLASS_METRICS["fpr"].higher_is_better
     assert not MULTICLASS_METRICS["log_loss"].higher_is_better
     out = json.loads(json.dumps(result.to_dict(), allow_nan=False))

@@ -78,12 +78,11 @@ def test_models_of_different_tasks_are_refused_naming_both(model_dirs):
     assert resolve_task(models, "regression") == "regression"  # --task says what both predict
 
 
-def test_multiclass_is_refused_clearly(model_dirs):
+def test_a_multiclass_model_names_its_classes_and_unknown_tasks_are_refused(model_dirs):
     m = load_predictor(model_dirs["multiclass"], "cpu")
-    with pytest.raises(WorkbenchError, match="multiclass models are not supported end to end yet"):
-        resolve_task({"baseline": m, "candidate": m})
-    with pytest.raises(WorkbenchError, match="not supported end to end"):
-        ReplayOptions(task="multiclass")
+    assert resolve_task({"baseline": m, "candidate": m}) == "multiclass"
+    assert m.ref.classes == ("0", "1", "2")
+    assert ReplayOptions(task="multiclass").task == "multiclass"
     with pytest.raises(WorkbenchError, match="unknown task 'ranking'"):
         ReplayOptions(task="ranking")
 

@@ -7,6 +7,11 @@ import sys
 from workbench import WorkbenchError
 from workbench.cli.common import _table, emit, settings_for
 
+NO_MLFLOW_UI_HELP = (
+    "do not serve the MLflow UI beside the app (by default it serves on a free 127.0.0.1 port when the tracking "
+    "URI is a local store and WORKBENCH_MLFLOW_UI is unset, so the app's MLflow links resolve)"
+)
+
 
 # -- the app and its approvers -----------------------------------------------------------
 def _read_password(args) -> str | None:
@@ -67,13 +72,14 @@ def cmd_approver_remove(args) -> None:
 def cmd_app(args) -> None:
     from pipelines.demo import serve_app
 
-    serve_app(settings_for(args), args.port, lambda m: print(m, file=sys.stderr, flush=True))
+    serve_app(settings_for(args), args.port, lambda m: print(m, file=sys.stderr, flush=True), not args.no_mlflow_ui)
 
 
 def add_app_commands(sub, common) -> None:
     """Parser entries of the app and approver commands."""
     s = sub.add_parser("app", parents=[common], help="serve the Streamlit workbench on 127.0.0.1")
     s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--no-mlflow-ui", action="store_true", help=NO_MLFLOW_UI_HELP)
     s.set_defaults(fn=cmd_app)
     appr = sub.add_parser("approver", help="who may start jobs or sign decisions in the app").add_subparsers(
         dest="approver_command", required=True, metavar="ACTION"

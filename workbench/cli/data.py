@@ -52,6 +52,7 @@ def cmd_labels(args) -> None:
             label_col=args.label_col,
             time_col=args.time_col,
             task=args.task,
+            classes=args.classes.split(",") if args.classes is not None else None,
         )
     emit(
         args,
@@ -196,5 +197,6 @@ def cmd_demo(args) -> None:
         app=not args.no_app,
         port=args.port,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        with_mlflow_ui=not args.no_mlflow_ui,
     )
     emit(args, summary)

@@ -54,8 +54,12 @@ def cmd_drift(args) -> None:
             f"drifted share {d['share_drifted']:.2f} -> dataset drift: {d['dataset_drift']}",
             f"concept drift (baseline errors, Page-Hinkley): {cd['detected']}"
             + (f", change point {cd['change_point']}" if cd["detected"] else ""),
-            f"calibration drift (baseline): {cal['detected']}",
         ]
+        res_b = (d.get("residual_drift") or {}).get("baseline") or {}
+        if res_b.get("available"):
+            lines.append(f"residual drift (baseline): {res_b['drifted']} ({res_b['test']} {res_b['statistic']:.4g})")
+        else:
+            lines.append(f"calibration drift (baseline): {cal['detected']}")
         if d.get("html"):
             lines.append(f"Evidently report: {d['html']}")
         return "\n".join(lines)
@@ -102,7 +106,7 @@ def _evaluation_text(d: dict) -> str:
         else []
     )
     lines += [
-        f"run {d['run_id']}{' (regression)' if d.get('task') == 'regression' else ''}: "
+        f"run {d['run_id']}{f' ({task})' if (task := d.get('task', 'binary')) != 'binary' else ''}: "
         f"{d['labeled_rows']} labelled rows (coverage {d['label_coverage']:.1%}), "
         f"rows scored baseline {d['rows']['baseline']}, candidate {d['rows']['candidate']}, "
         f"both {d['rows']['paired']}; {d['confidence']:.0%} intervals",
@@ -135,7 +139,9 @@ def _evaluation_text(d: dict) -> str:
         + ", ".join(f"{r} {e['count']}/{e['rows']}" for r, e in d["errors"].items()),
     ]
     lines += _resources_text(d.get("resources"))
-    first, second = ("mae", "rmse") if d.get("task") == "regression" else ("accuracy", "roc_auc")
+    first, second = {"regression": ("mae", "rmse"), "multiclass": ("accuracy", "macro_f1")}.get(
+        d.get("task", "binary"), ("accuracy", "roc_auc")
+    )
     for kind in ("segments", "windows"):
         for col, slices in d.get(kind, {}).items():
             lines += [
@@ -156,6 +162,10 @@ def _evaluation_text(d: dict) -> str:
                     (col, "rows", "small", f"d {first}", "p", f"d {second}", "p"),
                 ),
             ]
+    if "confusion" in d:
+        lines += ["", f"confusion matrices (rows: true class, columns: predicted class; {', '.join(d['classes'])})"]
+        for r, cm in d["confusion"].items():
+            lines += [_table([(c, *row) for c, row in zip(d["classes"], cm, strict=True)], (r, *d["classes"]))]
     if d["undefined"]:
         lines += ["", "undefined: " + "; ".join(f"{k}: {v}" for k, v in d["undefined"].items())]
     return "\n".join(lines)

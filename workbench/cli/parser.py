@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from workbench import WorkbenchError
-from workbench.cli.app import add_app_commands
+from workbench.cli.app import NO_MLFLOW_UI_HELP, add_app_commands
 from workbench.cli.data import cmd_demo, cmd_ingest, cmd_labels, cmd_replay, cmd_runs
 from workbench.cli.decide import add_decision_commands
 from workbench.cli.evaluate import add_drift_parser, add_evaluate_parser
@@ -61,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--task",
         default="binary",
-        choices=["binary", "regression"],
-        help="what the label column holds: 0/1 classes (binary) or numbers, the targets of regression runs",
+        choices=["binary", "regression", "multiclass"],
+        help="what the label column holds: 0/1 classes (binary), numbers, the targets of regression runs, or "
+        "class names or numbers, the targets of multi-class runs",
+    )
+    s.add_argument(
+        "--classes",
+        default=None,
+        metavar="A,B,...",
+        help="multi-class labels: the classes a label may name (comma-separated); others are quarantined",
     )
     s.set_defaults(fn=cmd_labels)
 
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default="data")
     s.add_argument("--limit", type=int, default=None, help="use a sample of this many flights")
     s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--no-mlflow-ui", action="store_true", help=NO_MLFLOW_UI_HELP)
     s.set_defaults(fn=cmd_demo)
 
     canary = add_decision_commands(sub, common)

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from workbench.clock import iso, to_utc
 from workbench.decide.policy import Policy
+from workbench.evaluate.multiclass import multiclass_sequential_parts
 from workbench.evaluate.regression import GATE_METRICS, sequential_parts
 from workbench.evaluate.resources import combine_runs, compare_resources
 from workbench.evaluate.sequential import (
@@ -41,7 +42,7 @@ from workbench.evaluate.sequential import (
     proportion_bounds,
     quantile_bounds,
 )
-from workbench.tasks import BINARY, REGRESSION
+from workbench.tasks import BINARY, MULTICLASS, REGRESSION
 
 PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
@@ -51,7 +52,9 @@ class Sample:
     """Every replayed request of the pair's runs once, in event-time order (arrays of one length).
 
     ``label`` is NaN where unlabelled (0/1, or a number for a regression ``task``, whose scores are the models'
-    predictions); a score is NaN where its model failed; ``segments`` maps each declared
+    predictions); a score is NaN where its model failed. For a multi-class ``task`` the label is the index of its
+    class in ``classes`` and each model's scores are n x 2: (the predicted class's index, the probability the
+    model gave the label's class); ``segments`` maps each declared
     column to its values as text; ``features`` maps each drifted feature to its values (float, NaN where
     missing, or text for a categorical one).
     """
@@ -71,6 +74,7 @@ class Sample:
     thresholds: tuple[float, float] = (0.5, 0.5)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     task: str = BINARY
+    classes: tuple[str, ...] = ()  # a multi-class run's classes
 
     def __len__(self) -> int:
         return len(self.label)
@@ -83,6 +87,7 @@ class Sample:
         online: bool,
         thresholds: tuple[float, float],
         task: str = BINARY,
+        classes: tuple[str, ...] = (),
     ) -> Sample:
         """The sample of runs' :meth:`~workbench.store.Store.decision_rows` tables (oldest run first): a request
         id seen in several runs counts once, from the latest run."""
@@ -101,6 +106,7 @@ class Sample:
                 online=online,
                 thresholds=thresholds,
                 task=task,
+                classes=classes,
             )
         ids = table.column("request_id").to_numpy(zero_copy_only=False).astype(object)
         times = table.column("event_time").cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")
@@ -127,12 +133,16 @@ class Sample:
             for name in table.column_names
             if name.startswith("feature:")
         }
+        if task == MULTICLASS:
+            base, cand = (np.column_stack([col(f"{r}_score"), col(f"{r}_true_p")]) for r in ("baseline", "candidate"))
+        else:
+            base, cand = col("baseline_score"), col("candidate_score")
         return cls(
             ids[keep],
             times[keep],
             col("label"),
-            col("baseline_score"),
-            col("candidate_score"),
+            base,
+            cand,
             col("baseline_failed", bool),
             col("candidate_failed", bool),
             col("baseline_latency_ms"),
@@ -143,11 +153,13 @@ class Sample:
             thresholds,
             features,
             task,
+            classes,
         )
 
     def labelled(self) -> np.ndarray:
         """Rows with a label that both models scored: the paired quality sample."""
-        return np.isfinite(self.label) & np.isfinite(self.baseline) & np.isfinite(self.candidate)
+        base, cand = (s if s.ndim == 1 else s[:, 0] for s in (self.baseline, self.candidate))
+        return np.isfinite(self.label) & np.isfinite(base) & np.isfinite(cand)
 
     def cite(self) -> dict[str, Any]:
         """What a signed record cites: the runs, the labelled rows, their time range and a digest of them."""
@@ -192,11 +204,13 @@ def _metric_block(
     alpha: float,
     t_star: float,
     fail_alpha: float | None = None,
+    classes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """``baseline``/``candidate``/``delta`` per metric on these rows, with anytime-valid one-sided bounds."""
+    """``baseline``/``candidate``/``delta`` per metric on these rows, with anytime-valid one-sided bounds
+    (``classes``: a multi-class run's)."""
     out: dict[str, Any] = {"rows": int(len(y)), "baseline": {}, "candidate": {}, "delta": {}}
     for m in metrics:
-        parts = _parts(m, y, base, cand, thresholds) if len(y) else None
+        parts = _parts(m, y, base, cand, thresholds, classes) if len(y) else None
         if parts is None:
             out["baseline"][m] = out["candidate"][m] = out["delta"][m] = None
             continue
@@ -216,10 +230,18 @@ def _metric_block(
 
 
 def _parts(
-    metric: str, y: np.ndarray, base: np.ndarray, cand: np.ndarray, thresholds: tuple[float, float]
+    metric: str,
+    y: np.ndarray,
+    base: np.ndarray,
+    cand: np.ndarray,
+    thresholds: tuple[float, float],
+    classes: tuple[str, ...] = (),
 ) -> PairedParts | None:
     """A gate metric's paired parts: from per-request losses for a regression metric (``y`` numbers, the scores
-    predictions), from the scores and 0/1 labels for a binary one."""
+    predictions), from classes and the true class's probabilities for a multi-class run (``classes`` given; the
+    scores n x 2), from the scores and 0/1 labels for a binary one."""
+    if classes:
+        return multiclass_sequential_parts(metric, y, base, cand, classes)
     if metric in GATE_METRICS:
         return sequential_parts(metric, y, base, cand)
     return paired_parts(metric, y, base, cand, thresholds)
@@ -259,22 +281,26 @@ def build_evidence(
     }
     if sample.task != BINARY:
         ev["task"] = sample.task
-    ev |= _metric_block(overall_metrics, y, base, cand, thr, alpha, t_star)
+    if sample.task == MULTICLASS:
+        ev["classes"] = list(sample.classes)
+    ev |= _metric_block(overall_metrics, y, base, cand, thr, alpha, t_star, classes=sample.classes)
     ev["segments"] = _segments(sample, ok, policy, y, base, cand)
     if policy.drift.recent_share is not None and len(times):
         first, last = times.min(), times.max()
         start = last - (last - first) * policy.drift.recent_share
-        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy)
+        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy, sample.classes)
     if policy.drift.after_change_point and change_point is not None:
         cp = np.datetime64(to_utc(change_point).replace(tzinfo=None), "us")
-        ev["after_change"] = _slice(times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy)
+        ev["after_change"] = _slice(
+            times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy, sample.classes
+        )
     if policy.drift.drifted_slices and drifted:
         bins = {
             f: _bins(sample.features[f][ok], kind, policy.drift.slice_bins, policy.min_segment_rows)
             for f, kind in drifted.items()
             if f in sample.features
         }
-        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy)
+        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy, sample.classes)
     ev["errors"] = _errors(sample, alpha, t_star)
     ev["latency"] = _latency(sample, alpha, t_star)
     measured = [(run, m) for run, m in resources if m]
@@ -320,11 +346,13 @@ def _slice(
     cand: np.ndarray,
     thr: tuple[float, float],
     policy: Policy,
+    classes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     rows = int(mask.sum())
     out: dict[str, Any] = {"from": start, "rows": rows, "small": rows < policy.min_segment_rows}
     if not out["small"]:
-        out |= _metric_block(metrics, y[mask], base[mask], cand[mask], thr, policy.alpha, float(policy.planned_rows))
+        t_star = float(policy.planned_rows)
+        out |= _metric_block(metrics, y[mask], base[mask], cand[mask], thr, policy.alpha, t_star, classes=classes)
     return out
 
 
@@ -338,7 +366,7 @@ def _segments(
     for col, v in sample.segments.items():
         names, inverse = np.unique(v[ok].astype(str), return_inverse=True)
         groups[col] = {str(name): inverse == i for i, name in enumerate(names)}
-    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy)
+    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy, sample.classes)
 
 
 def _judge_groups(
@@ -349,6 +377,7 @@ def _judge_groups(
     cand: np.ndarray,
     thresholds: tuple[float, float],
     policy: Policy,
+    classes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Each slice (a mask of the labelled rows) of each column, largest first: too small (fewer than the
     policy's ``min_segment_rows``) or its metric block, whose fail bounds are Bonferroni-corrected across the
@@ -372,6 +401,7 @@ def _judge_groups(
                 policy.alpha,
                 float(policy.planned_rows),
                 fail_alpha,
+                classes,
             )
             out[col][name] = {"small": False, "share": rows / max(1, len(y))} | block
     return out

@@ -29,11 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench import WorkbenchError
 from workbench.decide.signing import content_hash
 from workbench.evaluate.metrics import METRICS
+from workbench.evaluate.multiclass import GATE_AVERAGES, GATE_PER_CLASS
+from workbench.evaluate.multiclass import is_gate_metric as is_multiclass_gate
 from workbench.evaluate.regression import GATE_METRICS, REGRESSION_METRICS
 from workbench.evaluate.resources import DEFAULT_PRICES
 
 DEFAULT_POLICY = "default_policy.toml"
-DEFAULT_POLICIES = {"binary": DEFAULT_POLICY, "regression": "default_regression_policy.toml"}  # shipped, per task
+DEFAULT_POLICIES = {
+    "binary": DEFAULT_POLICY,
+    "regression": "default_regression_policy.toml",
+    "multiclass": "default_multiclass_policy.toml",
+}  # shipped, per task
 
 
 class Outcome(StrEnum):
@@ -64,7 +70,10 @@ class MetricGate(_Strict):
     ``min_absolute_change``/``min_relative_change`` are the change the candidate must reach in the
     better direction; a negative value is the largest tolerated degradation (non-inferiority margin).
     A binary classifier's metric (accuracy, roc_auc, ...) gates binary runs; ``mae``, ``mse`` and ``rmse``
-    (lower is better: ``min_relative_change = -0.02`` lets the MAE rise by at most 2 %) gate regression runs.
+    (lower is better: ``min_relative_change = -0.02`` lets the MAE rise by at most 2 %) gate regression runs;
+    ``accuracy``, ``log_loss``, ``macro_precision``, ``macro_recall``, ``macro_f1`` and one class's
+    ``precision[CLASS]``, ``recall[CLASS]`` or ``f1[CLASS]`` (``recall[late]``: the recall of class ``late``)
+    gate multi-class runs.
     """
 
     metric: str
@@ -77,8 +86,9 @@ class MetricGate(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v not in METRICS and v not in GATE_METRICS:
-            raise ValueError(f"unknown metric {v!r} (known: {', '.join([*METRICS, *GATE_METRICS])})")
+        if v not in METRICS and v not in GATE_METRICS and not is_multiclass_gate(v):
+            known = [*METRICS, *GATE_METRICS, *GATE_AVERAGES, *(f"{m}[CLASS]" for m in GATE_PER_CLASS)]
+            raise ValueError(f"unknown metric {v!r} (known: {', '.join(dict.fromkeys(known))})")
         return v
 
     @model_validator(mode="after")
@@ -93,12 +103,18 @@ class MetricGate(_Strict):
             return self.higher_is_better
         if self.metric in GATE_METRICS:
             return bool(REGRESSION_METRICS[self.metric].higher_is_better)
-        return METRICS[self.metric].higher_is_better
+        if self.metric in METRICS:
+            return METRICS[self.metric].higher_is_better
+        return True  # the multi-class averages and per-class metrics
 
     @property
-    def task(self) -> str:
-        """The task whose runs this gate's metric judges (``binary`` or ``regression``)."""
-        return "regression" if self.metric in GATE_METRICS else "binary"
+    def tasks(self) -> set[str]:
+        """The tasks whose runs this gate's metric judges (accuracy and log loss: binary and multi-class runs)."""
+        if self.metric in GATE_METRICS:
+            return {"regression"}
+        return ({"binary"} if self.metric in METRICS else set()) | (
+            {"multiclass"} if is_multiclass_gate(self.metric) else set()
+        )
 
 
 #: what a slice gate (a segment, the recent window, the rows after a change point) requires: ``"no_harm"``
@@ -305,25 +321,28 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _one_task(self):
-        if len(self.tasks) > 1:
+        if not self.tasks:
             raise ValueError(
-                "metric and segment gates name metrics of binary classifiers and of regression models: "
-                "a policy judges runs of one task"
+                "metric and segment gates name metrics of different tasks (binary classifiers, regression "
+                "models, multi-class classifiers): a policy judges runs of one task"
             )
         return self
 
     @property
     def tasks(self) -> set[str]:
-        """The tasks its metric and segment gates judge (empty: it has none, and judges any run)."""
-        return {g.task for g in (*self.metrics, *self.segments)}
+        """The tasks whose runs every metric and segment gate can judge (all three when it has none)."""
+        out = {"binary", "regression", "multiclass"}
+        for g in (*self.metrics, *self.segments):
+            out &= g.tasks
+        return out
 
     def check_task(self, task: str, run_id: str) -> None:
         """Refuse to judge a run of ``task`` with gates on another task's metrics."""
-        other = self.tasks - {task}
-        if other:
+        if task not in self.tasks:
             names = ", ".join(dict.fromkeys(g.metric for g in (*self.metrics, *self.segments)))
             raise WorkbenchError(
-                f"policy {self.name!r} gates {other.pop()} metrics ({names}) but run {run_id} is a {task} run: "
+                f"policy {self.name!r} gates {' or '.join(sorted(self.tasks))} metrics ({names}) but run {run_id} "
+                f"is a {task} run: "
                 f"decide it under a policy with {task} gates, e.g. the shipped {DEFAULT_POLICIES.get(task, '?')} "
                 "(the default for such runs without --policy)"
             )

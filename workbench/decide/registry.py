@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from workbench import WorkbenchError
 from workbench.decide.canary import SignedDecision, sync
@@ -355,11 +356,28 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
+def mlflow_ui_base(tracking_uri: str) -> str | None:
+    """The MLflow UI's address for links: ``WORKBENCH_MLFLOW_UI``, else the tracking URI when it is an HTTP(S)
+    server, else None (a local store has no UI of its own)."""
+    import os
+
+    if os.environ.get("WORKBENCH_MLFLOW_UI"):
+        return os.environ["WORKBENCH_MLFLOW_UI"].rstrip("/")
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
+
+
 def run_url(ui_base: str | None, experiment_id: str | None, run_id: str) -> str | None:
     """The MLflow UI page of a run, when the UI's address is known."""
     if not ui_base or experiment_id is None:
         return None
     return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_version_url(ui_base: str | None, model: str, version: str) -> str | None:
+    """The MLflow UI page of a registered model's version, when the UI's address is known."""
+    if not ui_base:
+        return None
+    return f"{ui_base.rstrip('/')}/#/models/{quote(model, safe='')}/versions/{version}"
 
 
 def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Callable[[SignedDecision], str]:

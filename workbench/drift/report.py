@@ -1,5 +1,7 @@
 """Drift of a replay run against a reference: data drift per feature, prediction drift, concept and
-calibration drift, performance estimated while labels are delayed, and data quality.
+calibration drift, performance estimated while labels are delayed, and data quality. A regression run gets
+residual drift (each model's prediction - y, reference against current, with the same stat tests) instead of
+calibration drift and CBPE, and its concept detector watches the absolute-error stream.
 
 Stat tests live in :mod:`workbench.drift.stattests`; the default choice follows Evidently 0.7's
 ``DataDriftPreset``: with at most 1000 reference values, KS for numeric
@@ -36,10 +38,12 @@ from workbench.drift.stattests import default_test, stat_test
 from workbench.evaluate.metrics import binary_metrics
 from workbench.roles import ROLES
 from workbench.store import Store, check_name
+from workbench.tasks import BINARY, MULTICLASS, REGRESSION, run_classes, run_task
 
 log = logging.getLogger(__name__)
 DEFAULT_REFERENCE_SHARE = 0.2
 SCORE = "score"  # the key of prediction-drift overrides in ``tests`` / ``thresholds``
+RESIDUAL = "residual"  # the key of residual-drift overrides (regression runs)
 
 
 # -- data drift over columns -----------------------------------------------------------------------
@@ -102,7 +106,7 @@ def infer_kind(store: Store, current: RowSet, column: str, dtype: str, profile: 
 
 
 def _check_overrides(overrides: Mapping, columns: list[str], what: str) -> None:
-    unknown = sorted(set(overrides) - set(columns) - {"*", SCORE})
+    unknown = sorted(set(overrides) - set(columns) - {"*", SCORE, RESIDUAL})
     if unknown:
         raise WorkbenchError(f"{what} for unknown column(s) {', '.join(unknown)}; columns: {', '.join(columns)}")
 
@@ -202,6 +206,7 @@ class DriftReport:
     current: dict
     data: DataDrift
     prediction_drift: dict
+    residual_drift: dict
     concept_drift: dict
     calibration_drift: dict
     estimated_performance: dict
@@ -222,6 +227,7 @@ class DriftReport:
             "dataset_drift": d["dataset_drift"],
             "drift_share": d["drift_share"],
             "prediction_drift": self.prediction_drift,
+            "residual_drift": self.residual_drift,
             "concept_drift": self.concept_drift,
             "calibration_drift": self.calibration_drift,
             "estimated_performance": self.estimated_performance,
@@ -266,7 +272,8 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
     max_row = committed[-1][1] if committed else -1
     if max_row < 0:
         raise WorkbenchError(f"run {run['run_id']} has no replayed rows yet")
-    run_rows = RowSet(traffic, max_row=max_row, run_id=run["run_id"])
+    classes = tuple(run_classes(run))
+    run_rows = RowSet(traffic, max_row=max_row, run_id=run["run_id"], classes=classes)
     cur = run_rows
     if current_window:
         cur = replace(run_rows, ranges=(_window_range(*parse_window(current_window)),))
@@ -304,7 +311,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
         table_columns = store.drift_table_columns(table)
         if table_columns is None:
             raise WorkbenchError(f"the training reference of MLflow run {mlflow_run} was not stored (table {table})")
-        ref = RowSet(table, "table", score_key=_digest(table, models))
+        ref = RowSet(table, "table", score_key=_digest(table, models), classes=classes)
         desc = {
             "kind": "training",
             "spec": spec,
@@ -337,7 +344,7 @@ def _resolve(store: Store, run: dict, spec: str | None, current_window: str | No
             f"traffic {spec!r} is the run's own traffic: compare a time window of it instead "
             "(--reference START..END), or leave --reference out"
         )
-    ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models))
+    ref = RowSet(spec, score_key=_digest(spec, other["fingerprint"], models), classes=classes)
     desc = {"kind": "traffic", "spec": spec, "traffic": spec, "description": f"all of traffic {spec!r}"}
     return _Resolved(ref, cur, desc, other["fingerprint"], _common(columns, set(other["columns"]), desc))
 
@@ -385,6 +392,8 @@ def _ensure_reference_scores(store: Store, ref: RowSet, run: dict, predictors: M
         for rb in store.drift_batches(ref, features, 8192):
             batch = pa.Table.from_batches([rb])
             s = score_throughput(ModelRunner(model), batch).scores
+            if s.ndim == 2:  # a multi-class model: its predicted class's index
+                s = np.where(np.isfinite(s).all(axis=1), np.nan_to_num(s).argmax(axis=1), np.nan)
             parts.append(pa.table({"_row": batch.column("_row"), "score": pa.array(s, from_pandas=True)}))
         data = (
             pa.concat_tables(parts)
@@ -412,13 +421,13 @@ def _prediction_drift(store: Store, res: _Resolved, run: dict, skipped: dict, te
     dd = compare_columns(
         store, ref, cur, [SCORE], reference_key=ref.key(res.fingerprint), tests=over_t, thresholds=over_h
     )
-    thr = {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
+    thr = None if run_task(run) != BINARY else {r: float(run[r].get("threshold", 0.5)) for r in ROLES}
     out["baseline_vs_candidate"] = dd.features[SCORE].to_dict() | store.drift_paired(res.current, thr)
     return out
 
 
-def _scored(store: Store, rows: RowSet, as_of) -> dict[str, np.ndarray]:
-    t = store.drift_scored(rows, as_of)
+def _scored(store: Store, rows: RowSet, as_of, task: str) -> dict[str, np.ndarray]:
+    t = store.drift_scored(rows, as_of, task)
     label = t.column("label").to_numpy(zero_copy_only=False)
     return {
         "time": t.column("event_time").to_numpy(zero_copy_only=False),
@@ -428,33 +437,61 @@ def _scored(store: Store, rows: RowSet, as_of) -> dict[str, np.ndarray]:
     }
 
 
-def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
+def _concept(stream: dict, threshold: float | None, detector: PageHinkley) -> dict:
+    """Page-Hinkley on the per-request error stream (a multi-class run's, without ``threshold``: its scores are
+    the predicted classes)."""
     known = stream["known"]
     y = stream["label"][known].astype(np.int64)
-    err = ((stream["score"][known] >= threshold).astype(np.int64) != y).astype(np.float64)
-    times = stream["time"][known]
-    alarms = page_hinkley(err, detector)
+    predicted = stream["score"][known] if threshold is None else stream["score"][known] >= threshold
+    err = (predicted.astype(np.int64) != y).astype(np.float64)
+    out = _alarms(err, stream["time"][known], err, detector, "error_rate")
+    return {"stream": "per-request error (1 = misclassified) in event-time order"} | out
+
+
+def _concept_regression(stream: dict, reference: np.ndarray, detector: PageHinkley) -> dict:
+    """Page-Hinkley on a regression model's absolute errors |prediction - y| in event-time order, each mapped to
+    its percentile among the ``reference`` absolute errors (mid-rank for ties; the stream's own earliest 20% when
+    the reference has no labelled rows). The mapped stream lies in [0, 1] with mean 1/2 while nothing changes,
+    whatever the errors' scale or tails, so the detector's parameters mean what they mean on a 0/1 error stream."""
+    known = stream["known"]
+    err = np.abs(stream["score"][known] - stream["label"][known])
+    ok = np.isfinite(err)
+    err, times = err[ok], stream["time"][known][ok]
+    scale, source = np.sort(reference[np.isfinite(reference)]), "reference"
+    if not len(scale):
+        scale, source = np.sort(err[: max(1, int(len(err) * DEFAULT_REFERENCE_SHARE))]), "stream's earliest 20%"
+    pit = (np.searchsorted(scale, err, "left") + np.searchsorted(scale, err, "right")) / (2 * max(len(scale), 1))
+    out = _alarms(pit, times, err, detector, "mae")
+    return {
+        "stream": "per-request absolute error |prediction - y| in event-time order, as its reference percentile",
+        "percentiles_of": {"rows": int(len(scale)), "from": source},
+    } | out
+
+
+def _alarms(x: np.ndarray, times: np.ndarray, level: np.ndarray, detector: PageHinkley, name: str) -> dict:
+    """Page-Hinkley's alarms on stream ``x`` with their times, and the mean of ``level`` (the stream in its own
+    units, as ``name``) overall, before the first change point and from it to its alarm."""
+    alarms = page_hinkley(x, detector)
     out: dict[str, Any] = {
         "detected": bool(alarms),
         "change_point": iso(times[alarms[0].change_index]) if alarms else None,
         "detector": "page_hinkley",
-        "stream": "per-request error (1 = misclassified) in event-time order",
         "params": {
             "delta": detector.delta,
             "threshold": detector.threshold,
             "alpha": detector.alpha,
             "min_instances": detector.min_instances,
         },
-        "rows": int(len(err)),
-        "error_rate": float(err.mean()) if len(err) else None,
+        "rows": int(len(x)),
+        name: float(level.mean()) if len(level) else None,
     }
     if alarms:
         a = alarms[0]
         out |= {
             "detected_at": iso(times[a.alarm_index]),
             "delay_rows": a.alarm_index - a.change_index,
-            "error_rate_before": float(err[: a.change_index].mean()) if a.change_index else None,
-            "error_rate_after": float(err[a.change_index : a.alarm_index + 1].mean()),
+            f"{name}_before": float(level[: a.change_index].mean()) if a.change_index else None,
+            f"{name}_after": float(level[a.change_index : a.alarm_index + 1].mean()),
             "alarms": [
                 {"change_point": iso(times[x.change_index]), "detected_at": iso(times[x.alarm_index])}
                 for x in alarms[:20]
@@ -464,10 +501,42 @@ def _concept(stream: dict, threshold: float, detector: PageHinkley) -> dict:
     return out
 
 
+def _residuals(store: Store, res: _Resolved, role: str, as_of) -> dict[str, np.ndarray]:
+    """A regression model's finite residuals (prediction - y) on the labelled rows of the reference and the
+    current window."""
+    out = {}
+    for side, rows in (("reference", res.reference), ("current", res.current)):
+        s = _scored(store, rows.scores(role), as_of, REGRESSION)
+        r = (s["score"] - s["label"])[s["known"]]
+        out[side] = r[np.isfinite(r)]
+    return out
+
+
+def _residual_drift(residuals: dict[str, np.ndarray], tests: dict, thresholds: dict) -> dict:
+    """A regression model's residuals on the reference's labelled rows against the current window's, with the
+    stat test data drift would choose for them (or ``tests["residual"]``), and their mean (the bias) and mean
+    absolute value (the MAE) on each side."""
+    empty = [side for side, r in residuals.items() if not len(r)]
+    if empty:
+        return {"available": False, "reason": f"no labelled rows in the {empty[0]}"}
+    dd = compare_frames(
+        pa.table({RESIDUAL: residuals["reference"]}),
+        pa.table({RESIDUAL: residuals["current"]}),
+        tests={RESIDUAL: tests[RESIDUAL]} if RESIDUAL in tests else None,
+        thresholds={RESIDUAL: thresholds[RESIDUAL]} if RESIDUAL in thresholds else None,
+    )
+    return (
+        dd.features[RESIDUAL].to_dict()
+        | {"available": True}
+        | {f"{side}_bias": float(r.mean()) for side, r in residuals.items()}
+        | {f"{side}_mae": float(np.abs(r).mean()) for side, r in residuals.items()}
+    )
+
+
 def _label_checks(store: Store, res: _Resolved, role: str, threshold: float, as_of, alpha: float) -> tuple[dict, dict]:
     """Calibration drift (label rate per reference score decile) and CBPE estimates for one model."""
     ref_rows = res.reference.scores(role)
-    ref, cur = _scored(store, ref_rows, as_of), _scored(store, res.current.scores(role), as_of)
+    ref, cur = _scored(store, ref_rows, as_of, BINARY), _scored(store, res.current.scores(role), as_of, BINARY)
     sketch = store.drift_sketch_load(ref_rows.key(res.fingerprint)).get(SCORE) or {}
     edges = np.asarray((sketch.get("quantiles") or [0.0, 1.0])[::10], dtype=np.float64)
     rk, ck = ref["known"], cur["known"]
@@ -516,6 +585,9 @@ def drift_run(
     the run's rows outside the reference). ``as_of``: labels that arrived later count as not yet known.
     ``predictors`` score a reference the run did not replay (loaded from MLflow when needed and not given).
     ``html``: also write Evidently's HTML report of the same data there.
+    A regression run also gets residual drift (each model's residuals, reference against current), its concept
+    detector watches the absolute errors (as reference percentiles), and calibration drift and CBPE are marked
+    unavailable.
     """
     run = store.require_run(run_id)
     as_of = None if as_of is None else db_time(parse_time(as_of) if isinstance(as_of, str) else as_of)
@@ -559,26 +631,51 @@ def drift_run(
     skipped = {} if res.reference.run_id else _ensure_reference_scores(store, res.reference, run, predictors)
     prediction = _prediction_drift(store, res, run, skipped, tests, thresholds)
 
-    stream = res.current if current else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id)
+    stream = (
+        res.current
+        if current
+        else RowSet(run["traffic"], max_row=res.current.max_row, run_id=run_id, classes=res.current.classes)
+    )
+    task = run_task(run)
     concept: dict = {}
     calibration: dict = {}
+    residual: dict = {}
     estimated: dict = {
         "estimated": True,
         "method": "CBPE (confidence-based performance estimation)",
         "as_of": iso(as_of),
     }
     for role in ROLES:
-        thr = float(run[role].get("threshold", 0.5))
-        c = _concept(_scored(store, stream.scores(role), as_of), thr, detector)
-        if role in skipped:
-            cal = {"detected": False, "available": False, "reason": skipped[role]}
-            est = {"available": False, "reason": skipped[role]}
+        scored = _scored(store, stream.scores(role), as_of, task)
+        if task == REGRESSION:
+            resid = {"reference": np.zeros(0), "current": np.zeros(0)}
+            if role in skipped:
+                residual[role] = {"available": False, "reason": skipped[role]}
+            else:
+                resid = _residuals(store, res, role, as_of)
+                residual[role] = _residual_drift(resid, tests, thresholds)
+            c = _concept_regression(scored, np.abs(resid["reference"]), detector)
+            why = "calibration drift and CBPE apply to classifiers' scores: a regression run has residual drift"
+            cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
+        elif task == MULTICLASS:
+            c = _concept(scored, None, detector)
+            why = "calibration drift and CBPE estimates are computed for binary classifiers only"
+            cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
         else:
-            cal, est = _label_checks(store, res, role, thr, as_of, calibration_alpha)
+            c = _concept(scored, float(run[role].get("threshold", 0.5)), detector)
+            if role in skipped:
+                cal = {"detected": False, "available": False, "reason": skipped[role]}
+                est = {"available": False, "reason": skipped[role]}
+            else:
+                cal, est = _label_checks(
+                    store, res, role, float(run[role].get("threshold", 0.5)), as_of, calibration_alpha
+                )
         if role == "baseline":
             concept, calibration, estimated["baseline"] = c, cal, est
         else:
             concept["candidate"], calibration["candidate"], estimated["candidate"] = c, cal, est
+    if task != REGRESSION:
+        residual = {"available": False, "reason": "residual drift applies to regression runs"}
 
     ref_desc = res.description | {
         k: (iso(v) if isinstance(v, datetime) else v) for k, v in store.drift_describe(res.reference).items()
@@ -603,6 +700,7 @@ def drift_run(
         cur_desc,
         data,
         prediction,
+        residual,
         concept,
         calibration,
         estimated,

@@ -49,6 +49,7 @@ class RowSet:
     run_id: str | None = None  # scores come from this run's predictions ...
     score_key: str | None = None  # ... or from stored reference scores under this key
     role: str | None = None  # set: the rows' scores by this model, as column "score"
+    classes: tuple[str, ...] = ()  # a multi-class run's classes: "score" is then the predicted class's name
 
     def scores(self, role: str) -> RowSet:
         """The scores of ``role`` on these rows."""

@@ -45,9 +45,10 @@ from workbench.evaluate.results import (
 )
 from workbench.roles import ROLES
 from workbench.store import Store
-from workbench.tasks import REGRESSION, run_task
+from workbench.tasks import MULTICLASS, REGRESSION, run_classes, run_task
 
 if TYPE_CHECKING:
+    from workbench.evaluate.multiclass_run import MulticlassEvaluation
     from workbench.evaluate.regression_run import RegressionEvaluation
 
 WINDOWS = ("hour", "day", "week")
@@ -494,7 +495,7 @@ def evaluate_run(
     thresholds: dict[str, float] | None = None,
     partial: bool = False,
     prices: Mapping[str, float] | None = None,
-) -> EvaluationResult | RegressionEvaluation:
+) -> EvaluationResult | RegressionEvaluation | MulticlassEvaluation:
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
     Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
@@ -505,7 +506,8 @@ def evaluate_run(
     ``resources`` compares what each model cost to run in the replay, priced at ``prices`` (USD per CPU-hour,
     GPU-hour, memory GB-hour; :data:`~workbench.evaluate.resources.DEFAULT_PRICES` for those not given).
     A regression run (its task in its ``meta``) is compared on its numeric labels
-    (:mod:`workbench.evaluate.regression_run`; ``thresholds`` do not apply).
+    (:mod:`workbench.evaluate.regression_run`), a multi-class run on its class labels
+    (:mod:`workbench.evaluate.multiclass_run`); ``thresholds`` do not apply to either.
     """
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
@@ -534,6 +536,22 @@ def evaluate_run(
         "small_rows": small_rows,
         "exact_max_rows": exact_max_rows,
     }
+    if run_task(run) == MULTICLASS:
+        from workbench.evaluate.multiclass_run import evaluate_multiclass_samples, probability_matrix
+
+        classes = run_classes(run)
+        labels = table.column("label")
+        preds = {r: table.column(f"{r}_class").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
+        probs = {r: probability_matrix(table.column(f"{r}_proba"), len(classes)) for r in ROLES}
+        del table
+        rows_done = int(run["rows_done"] or 0)
+        counts = store.prediction_counts(run_id)
+        mc = evaluate_multiclass_samples(
+            run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
+        )
+        mc = replace(mc, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+        store.save_evaluation(run_id, params | {"task": MULTICLASS, "partial": partial}, mc.to_dict())
+        return mc
     if run_task(run) == REGRESSION:
         from workbench.evaluate.regression_run import evaluate_regression_samples
 

@@ -18,7 +18,7 @@ Student-t interval for the means of per-row losses (log loss, Brier); for f1 and
 percentile interval of a seeded Poisson bootstrap of the confusion cells (a cell's count under row-level
 Poisson(1) weights is Poisson(count), so a replicate costs O(cells), not O(rows)). Deltas: the paired
 bootstrap of the (y, baseline class, candidate class) cells for accuracy (with the exact McNemar test of
-the rows one model alone gets right), every average and the per-class recall; the paired t-test on the
+the rows one model alone gets right), every average and each per-class metric; the paired t-test on the
 per-row differences of log loss and Brier, and a paired-t interval with the McNemar test for top-k
 accuracy.
 
@@ -29,6 +29,7 @@ probabilities are a distribution); a delta uses the rows both can. Rows left out
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ from workbench.evaluate.paired import (
     usable,
 )
 from workbench.evaluate.results import MetricEstimate, Options, PairedEstimate, TaskMetric
+from workbench.evaluate.sequential import PairedParts
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 
 PER_CLASS = ("precision", "recall", "f1", "fpr")
@@ -67,16 +69,16 @@ MULTICLASS_METRICS: dict[str, TaskMetric] = {
         TaskMetric("top_k_accuracy", True),  # reported per k as "top_2_accuracy", ...
         TaskMetric("log_loss", False, (0.0, math.inf)),
         TaskMetric("brier", False, (0.0, 2.0)),
-        *(TaskMetric(name, name != "fpr") for name in PER_CLASS),  # per class and "f1_macro", ...
+        *(TaskMetric(name, name != "fpr") for name in PER_CLASS),  # per class and "macro_f1", ...
     ]
 }
 
 
 def _metric(name: str) -> TaskMetric:
-    """The registry entry of a reported name ("f1_macro", "top_3_accuracy", ...)."""
+    """The registry entry of a reported name ("macro_f1", "top_3_accuracy", ...)."""
     if name.startswith("top_"):
         return MULTICLASS_METRICS["top_k_accuracy"]
-    return MULTICLASS_METRICS[name.rsplit("_", 1)[0] if name.endswith(AVERAGES) else name]
+    return MULTICLASS_METRICS[name.split("_", 1)[1] if name.startswith(AVERAGES) else name]
 
 
 # -- from confusion matrices -----------------------------------------------------------------------
@@ -118,9 +120,9 @@ def multiclass_metrics(cm: np.ndarray) -> dict[str, Any]:
         values = np.where(ok, per_class, 0.0)
         weights = np.where(ok, actual, 0.0)
         out[name] = per_class
-        out[f"{name}_macro"] = _finish(_div(values.sum(axis=-1), ok.sum(axis=-1)))
-        out[f"{name}_micro"] = METRICS[name].compute(pooled)
-        out[f"{name}_weighted"] = _finish(_div((weights * values).sum(axis=-1), weights.sum(axis=-1)))
+        out[f"macro_{name}"] = _finish(_div(values.sum(axis=-1), ok.sum(axis=-1)))
+        out[f"micro_{name}"] = METRICS[name].compute(pooled)
+        out[f"weighted_{name}"] = _finish(_div((weights * values).sum(axis=-1), weights.sum(axis=-1)))
     return out
 
 
@@ -143,7 +145,7 @@ def class_undefined_reason(name: str, cm: np.ndarray, k: int) -> str | None:
 
 
 def _average_reason(name: str) -> str:
-    if name.endswith("_weighted"):
+    if name.startswith("weighted_"):
         return "no class with a value has rows in y"
     return "undefined for every class"
 
@@ -176,7 +178,7 @@ def brier_scores(y: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class MulticlassComparison:
     """Both models' multi-class metrics and their paired deltas; per-class values (a list over classes
-    0..C-1) for each model and the per-class recall delta; each model's confusion matrix on its rows.
+    0..C-1) for each model and their per-class deltas; each model's confusion matrix on its rows.
     ``rows``: all rows, those each model predicted (a label and a class) and those both did."""
 
     rows: dict[str, int]
@@ -279,11 +281,11 @@ def compare_multiclass(
         confusion[r] = cm
         reps = _replicates(cm.ravel(), classes, opts.n_boot, rng)
         model[r], per_class[r] = _model_metrics(cm, reps, yi == pi[r], own[r], opts)
-    delta, recall_delta = _paired(yi, pi, use, classes, opts, rng)
+    delta, per_class_delta = _paired(yi, pi, use, classes, opts, rng)
     if probs:
         _probability_metrics(model, delta, yi, probs, rules, top_k, opts)
     order = ["accuracy", *(k for k in model[BASELINE] if k.startswith("top_")), "log_loss", "brier"]
-    order += [f"{m}_{a}" for a in AVERAGES for m in PER_CLASS]
+    order += [f"{a}_{m}" for a in AVERAGES for m in PER_CLASS]
     keep = [k for k in order if k in model[BASELINE]]
     return MulticlassComparison(
         {"total": n, **{r: own[r].rows for r in ROLES}, "paired": use.rows},
@@ -293,7 +295,7 @@ def compare_multiclass(
         {k: model[CANDIDATE][k] for k in keep},
         {k: delta[k] for k in keep},
         per_class,
-        {"recall": recall_delta},
+        per_class_delta,
         confusion,
     )
 
@@ -323,7 +325,7 @@ def _model_metrics(
     """One model's accuracy (Wilson), averages (bootstrap) and per-class values (Wilson; f1 bootstrap)."""
     values = multiclass_metrics(cm)
     out = {"accuracy": proportion_estimate(correct, use, opts)}
-    for key in (f"{name}_{avg}" for avg in AVERAGES for name in PER_CLASS):
+    for key in (f"{avg}_{name}" for avg in AVERAGES for name in PER_CLASS):
         reason = _average_reason(key) if use.rows else use.why_none()
         out[key] = replicate_estimate(values[key], reps[key], use, opts, _metric(key).bounds, reason)
     c = one_vs_rest(cm)
@@ -364,14 +366,15 @@ def _optional(x: Any) -> float | None:
 
 def _paired(
     y: np.ndarray, pred: dict[str, np.ndarray], use: Usable, classes: int, opts: Options, rng: np.random.Generator
-) -> tuple[dict[str, PairedEstimate], list[PairedEstimate]]:
-    """Deltas of accuracy, every average and each class's recall from the paired bootstrap of the cells
-    (y, baseline class, candidate class): a replicate of the cells gives both models' confusion matrices."""
+) -> tuple[dict[str, PairedEstimate], dict[str, list[PairedEstimate]]]:
+    """Deltas of accuracy, every average and each class's precision, recall, f1 and fpr from the paired
+    bootstrap of the cells (y, baseline class, candidate class): a replicate of the cells gives both models'
+    confusion matrices."""
     yb, b, c = y[use.ok], pred[BASELINE][use.ok], pred[CANDIDATE][use.ok]
     cm = {BASELINE: multiclass_confusion(yb, b, classes), CANDIDATE: multiclass_confusion(yb, c, classes)}
     values = {r: multiclass_metrics(m) for r, m in cm.items()}
-    keys = ["accuracy", *(f"{name}_{avg}" for avg in AVERAGES for name in PER_CLASS)]
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in [*keys, "recall"]}
+    keys = ["accuracy", *(f"{avg}_{name}" for avg in AVERAGES for name in PER_CLASS)]
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in [*keys, *PER_CLASS]}
     if use.rows:
         cells, counts = np.unique((yb * classes + b) * classes + c, return_counts=True)
         size = classes * classes
@@ -384,7 +387,7 @@ def _paired(
             for key, got in parts.items():
                 got.append(np.asarray(rc[key], dtype=np.float64) - np.asarray(rb[key], dtype=np.float64))
     reps = {
-        key: np.concatenate(v) if v else np.zeros((0, classes) if key == "recall" else 0) for key, v in parts.items()
+        key: np.concatenate(v) if v else np.zeros((0, classes) if key in PER_CLASS else 0) for key, v in parts.items()
     }
     wins = {r: (yb == p) for r, p in ((BASELINE, b), (CANDIDATE, c))}
     mcnemar = stats.mcnemar_exact(
@@ -397,13 +400,16 @@ def _paired(
         vb, vc = (_optional(values[r][key]) for r in ROLES)
         test = (mcnemar, "mcnemar exact") if key == "accuracy" else None
         delta[key] = replicate_delta(vb, vc, reps[key], use, opts, _metric(key).span, p_value=test, undefined=why)
-    recall = []
-    for k in range(classes):
-        vb, vc = (_optional(values[r]["recall"][k]) for r in ROLES)
-        why = class_undefined_reason("recall", cm[BASELINE], k) if use.rows else None
-        span = _metric("recall").span
-        recall.append(replicate_delta(vb, vc, reps["recall"][:, k], use, opts, span, undefined=why))
-    return delta, recall
+    per_class: dict[str, list[PairedEstimate]] = {name: [] for name in PER_CLASS}
+    for name in PER_CLASS:
+        for k in range(classes):
+            vb, vc = (_optional(values[r][name][k]) for r in ROLES)
+            why = None
+            if use.rows:
+                why = class_undefined_reason(name, cm[BASELINE], k) or class_undefined_reason(name, cm[CANDIDATE], k)
+            span = _metric(name).span
+            per_class[name].append(replicate_delta(vb, vc, reps[name][:, k], use, opts, span, undefined=why))
+    return delta, per_class
 
 
 def _probability_metrics(
@@ -454,3 +460,84 @@ def _probability_metrics(
         for r in ROLES:
             model[r][name] = mean_estimate(per_row[r], own[r], opts, m.bounds)
         delta[name] = mean_delta(per_row[BASELINE], per_row[CANDIDATE], use, opts, m.span)
+
+
+# -- decision bounds ---------------------------------------------------------------------------------
+#: the multi-class metrics a decision gate may name besides ``accuracy`` and ``log_loss`` (shared with binary
+#: runs): the macro averages and, for one class, ``precision[CLASS]``, ``recall[CLASS]`` or ``f1[CLASS]``
+GATE_AVERAGES: tuple[str, ...] = ("macro_precision", "macro_recall", "macro_f1")
+GATE_PER_CLASS: tuple[str, ...] = ("precision", "recall", "f1")
+_PER_CLASS_GATE = re.compile(r"(?P<metric>precision|recall|f1)\[(?P<cls>[^\[\]]+)\]")
+
+
+def per_class_gate(name: str) -> tuple[str, str] | None:
+    """(metric, class) of a per-class gate name such as ``recall[late]``; None for any other name."""
+    m = _PER_CLASS_GATE.fullmatch(name)
+    return (m["metric"], m["cls"]) if m else None
+
+
+def is_gate_metric(name: str) -> bool:
+    """Whether ``name`` is a metric a gate may name on multi-class runs."""
+    return name in ("accuracy", "log_loss", *GATE_AVERAGES) or per_class_gate(name) is not None
+
+
+def _class_parts(name: str, y: np.ndarray, pred: np.ndarray, k: int) -> tuple[float, np.ndarray] | None:
+    """Value and per-row influence of class ``k``'s precision, recall or f1 (ratios of per-row means)."""
+    hit = ((y == k) & (pred == k)).astype(np.float64)
+    if name == "f1":
+        num, den = 2 * hit, (y == k).astype(np.float64) + (pred == k)
+    else:
+        num, den = hit, ((pred if name == "precision" else y) == k).astype(np.float64)
+    d = den.mean()
+    if d == 0:
+        return None
+    value = num.mean() / d
+    return float(value), (num - value * den) / d
+
+
+def _model_parts(name: str, y: np.ndarray, pred: np.ndarray, true_p: np.ndarray, classes: Sequence[str]):
+    """One model's value and per-row influence of gate metric ``name`` (None where it is undefined)."""
+    if name == "accuracy":
+        hit = (y == pred).astype(np.float64)
+        return float(hit.mean()), hit - hit.mean()
+    if name == "log_loss":
+        loss = -np.log(np.clip(true_p, _EPS, 1 - _EPS))
+        return float(loss.mean()), loss - loss.mean()
+    one = per_class_gate(name)
+    if one is not None:
+        metric, cls = one
+        if cls not in classes:
+            raise WorkbenchError(f"no class {cls!r} for gate {name!r}: the run's classes are {', '.join(classes)}")
+        return _class_parts(metric, y, pred, list(classes).index(cls))
+    metric = name.removeprefix("macro_")
+    parts = [p for k in range(len(classes)) if (p := _class_parts(metric, y, pred, k)) is not None]
+    if not parts:
+        return None
+    return float(np.mean([v for v, _ in parts])), np.mean([psi for _, psi in parts], axis=0)
+
+
+def multiclass_sequential_parts(
+    name: str, y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray, classes: Sequence[str]
+) -> PairedParts | None:
+    """Both models' values of multi-class gate metric ``name`` on these rows and each row's influence, the input
+    of the decision layer's anytime-valid bounds (as :func:`workbench.evaluate.sequential.paired_parts` gives
+    them for binary metrics). ``y``: class indices; ``baseline``/``candidate``: n x 2 arrays of (predicted class
+    index, the probability the model gave the true class). None when undefined for either model (or no rows);
+    log loss needs every row's probability. Macro averages run over the classes with a value (as
+    :func:`multiclass_metrics`)."""
+    if not is_gate_metric(name):
+        raise WorkbenchError(f"no decision bounds for multi-class metric {name!r}")
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return None
+    got = {}
+    for r, a in ((BASELINE, baseline), (CANDIDATE, candidate)):
+        a = np.asarray(a, dtype=np.float64)
+        if name == "log_loss" and not np.isfinite(a[:, 1]).all():
+            return None
+        got[r] = _model_parts(name, y, a[:, 0].astype(np.int64), a[:, 1], classes)
+        if got[r] is None:
+            return None
+    (vb, psi_b), (vc, psi_c) = got[BASELINE], got[CANDIDATE]
+    span = math.inf if name == "log_loss" else 1.0
+    return PairedParts(vb, vc, psi_c, psi_c - psi_b, span)

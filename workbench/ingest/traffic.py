@@ -17,7 +17,7 @@ import fnmatch
 import glob
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from workbench import WorkbenchError
 from workbench.store import ArrowView, Store, check_name, name_problem, qident, sql_literal, traffic_table
-from workbench.tasks import BINARY, REGRESSION, check_task
+from workbench.tasks import BINARY, MULTICLASS, REGRESSION, check_task
 
 BATCH_ROWS = 262_144
 RAW_MAX_CHARS = 4096
@@ -289,6 +289,18 @@ def _value_expr(q: str, src_type: str) -> str:
     else:
         return "CAST(NULL AS DOUBLE)"
     return f"CASE WHEN isfinite({value}) THEN {value} END"
+
+
+def _class_expr(q: str, src_type: str) -> str:
+    """A class label (a multi-class target) as text, NULL for anything else: text (trimmed, not empty),
+    integers, and floats that hold an integer (``2.0`` is class ``2``, ``2.5`` is no class)."""
+    if src_type == "VARCHAR":
+        return f"NULLIF(trim({q}), '')"
+    if src_type in INTEGER_TYPES:
+        return f"CAST({q} AS VARCHAR)"
+    if src_type in ("DOUBLE", "FLOAT") or src_type.startswith("DECIMAL"):
+        return f"CASE WHEN isfinite({q}) AND {q} = floor({q}) THEN CAST(CAST({q} AS HUGEINT) AS VARCHAR) END"
+    return "CAST(NULL AS VARCHAR)"
 
 
 def _label_missing(q: str, src_type: str) -> str:
@@ -593,13 +605,21 @@ def ingest_labels(
     label_col: str = "label",
     time_col: str | None = "label_time",
     task: str = BINARY,
+    classes: Sequence[str] | None = None,
 ) -> LabelsResult:
     """Ingest labels for a traffic set; a later file's label for the same id replaces the earlier one.
 
-    ``task`` says what the label column holds: 0/1 classes (``binary``) or numbers, the targets of regression
-    runs (``regression``, kept apart, so one traffic set can hold both for the same requests)."""
+    ``task`` says what the label column holds: 0/1 classes (``binary``), numbers, the targets of regression
+    runs (``regression``), or class names or numbers, the targets of multi-class runs (``multiclass``), each
+    kept apart, so one traffic set can hold all three for the same requests. ``classes`` (multi-class only):
+    the classes a label may name; any other is quarantined (``unknown_class:<column>``)."""
     check_task(task)
-    numeric = task == REGRESSION
+    if classes is not None and task != MULTICLASS:
+        raise WorkbenchError("--classes applies to multi-class labels only (--task multiclass)")
+    known = sorted({str(c).strip() for c in classes or ()} - {""}) if classes is not None else None
+    if known == []:
+        raise WorkbenchError("--classes names no class")
+    expr = {BINARY: _label_expr, REGRESSION: _value_expr, MULTICLASS: _class_expr}[task]
     store.require_traffic(traffic)
     files = resolve_paths(path)
     sha = file_sha256(files, check_text=True)
@@ -620,7 +640,7 @@ def ingest_labels(
                 )
             time_name = time_col if time_col and time_col in src_types else None
             lab = f"_wb_src.{qident(label_col)}"
-            lab_expr = (_value_expr if numeric else _label_expr)(lab, src_types[label_col])
+            lab_expr = expr(lab, src_types[label_col])
             t_expr = (
                 _cast_expr(time_name, src_types[time_name], "TIMESTAMP")
                 if time_name is not None
@@ -631,6 +651,9 @@ def ingest_labels(
                 f"WHEN {_label_missing(lab, src_types[label_col])} THEN {sql_literal('null:' + label_col)}",
                 f"WHEN {lab_expr} IS NULL THEN {sql_literal('type:' + label_col)}",
             ]
+            if known is not None:
+                listed = ", ".join(sql_literal(c) for c in known)
+                checks.append(f"WHEN {lab_expr} NOT IN ({listed}) THEN {sql_literal('unknown_class:' + label_col)}")
             if time_name is not None:
                 checks.append(
                     f"WHEN _wb_src.{qident(time_name)} IS NOT NULL AND {t_expr} IS NULL "
@@ -648,12 +671,7 @@ def ingest_labels(
             good = cur.sql(
                 "SELECT request_id, label, label_time FROM _wb_checked WHERE _reason IS NULL"
             ).to_arrow_table()
-            if numeric:
-                unmatched += store.upsert_label_values(
-                    cur, traffic, good.rename_columns(["request_id", "value", "label_time"])
-                )
-            else:
-                unmatched += store.upsert_labels(cur, traffic, good)
+            unmatched += store.upsert_labels(cur, traffic, good, task)
             cur.execute(
                 """INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw
                            FROM _wb_checked WHERE _reason IS NOT NULL""",

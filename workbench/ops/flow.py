@@ -52,7 +52,7 @@ class TrafficSource:
     label_id_col: str = "request_id"
     label_col: str = "label"
     label_time_col: str | None = "label_time"
-    label_task: str = "binary"  # what the label column holds: 0/1 classes, or numbers ("regression")
+    label_task: str = "binary"  # what the label column holds: 0/1, numbers ("regression"), classes ("multiclass")
     if_exists: Literal["append", "reuse", "check"] = "append"
 
     @contextmanager

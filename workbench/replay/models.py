@@ -2,7 +2,9 @@
 
 A model URI is anything ``mlflow.pyfunc.load_model`` accepts (``models:/name@alias``, ``models:/name/3``,
 ``runs:/<id>/model``, a local model folder). The score of a binary classifier is the probability of the
-positive class (``predict_proba[:, 1]`` for sklearn, a torch module's output, a pyfunc's numeric output).
+positive class (``predict_proba[:, 1]`` for sklearn, a torch module's output, a pyfunc's numeric output); a
+multi-class classifier gives an n x C matrix of class probabilities (``predict_proba``, or a pyfunc's output of
+one column per class) for its classes (the estimator's ``classes_``, else the metadata's ``classes``).
 The decision threshold comes from the model's metadata (``threshold``), else 0.5.
 
 Each model's task (:mod:`workbench.tasks`) is its metadata's ``task`` when it sets one; otherwise an sklearn
@@ -45,11 +47,13 @@ class ModelRef:
     features: tuple[str, ...]
     threshold: float
     task: str = BINARY  # what it predicts (workbench.tasks); set from the metadata or the loaded model
-    task_source: str = "default"  # where ``task`` came from: "metadata", "model" or "default"
+    task_source: str = "default"  # where ``task`` came from: "metadata", "model", "default" or "option"
+    classes: tuple[str, ...] | None = None  # a classifier's classes as text, in its probabilities' order
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["features"] = list(self.features)
+        d["classes"] = None if self.classes is None else list(self.classes)
         return d
 
 
@@ -118,6 +122,7 @@ def describe(uri: str) -> ModelRef:
     task = (info.metadata or {}).get("task")
     if task is not None:
         check_task(str(task), supported=False)
+    classes = (info.metadata or {}).get("classes")
     return ModelRef(
         uri=uri,
         name=name,
@@ -127,6 +132,7 @@ def describe(uri: str) -> ModelRef:
         features=_features(info.signature),
         threshold=threshold,
         **({"task": str(task), "task_source": "metadata"} if task is not None else {}),
+        classes=tuple(str(c) for c in classes) if isinstance(classes, list | tuple) else None,
     )
 
 
@@ -175,10 +181,13 @@ def load_predictor(uri: str, device: str = "auto") -> Predictor:
     except Exception as e:  # a model that cannot load is a user-facing error, whatever the flavor raised
         raise WorkbenchError(f"cannot load model {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     predictor.load_stats = stats
-    if ref.task_source == "default" and isinstance(predictor, SklearnPredictor):
-        task = estimator_task(predictor.model)
+    if isinstance(predictor, SklearnPredictor):
+        task = estimator_task(predictor.model) if ref.task_source == "default" else None
+        found = getattr(predictor.model, "classes_", None)
+        classes = tuple(str(c) for c in found) if found is not None else ref.classes
+        predictor.ref = replace(ref, classes=classes)
         if task is not None:
-            predictor.ref = replace(ref, task=task, task_source="model")
+            predictor.ref = replace(predictor.ref, task=task, task_source="model")
     return predictor
 
 
@@ -216,20 +225,24 @@ class SklearnPredictor:
 
     def predict(self, batch: pa.Table) -> np.ndarray:
         X = batch.select(list(self.ref.features)).to_pandas()
+        if self.ref.task == MULTICLASS:
+            return np.asarray(self.model.predict_proba(X), dtype=np.float64)
         if self.ref.task != REGRESSION and hasattr(self.model, "predict_proba"):
             return _positive_scores(self.model.predict_proba(X))
         return _positive_scores(self.model.predict(X))
 
 
 class PyfuncPredictor:
-    """Any other MLflow model: its pyfunc's numeric output is the score."""
+    """Any other MLflow model: its pyfunc's numeric output is the score (a multi-class classifier's: one column
+    per class)."""
 
     def __init__(self, ref: ModelRef, model):
         self.ref, self.model, self.device = ref, model, "cpu"
         self.load_stats: LoadStats | None = None
 
     def predict(self, batch: pa.Table) -> np.ndarray:
-        return _positive_scores(self.model.predict(batch.select(list(self.ref.features)).to_pandas()))
+        out = self.model.predict(batch.select(list(self.ref.features)).to_pandas())
+        return np.asarray(out, dtype=np.float64) if self.ref.task == MULTICLASS else _positive_scores(out)
 
 
 class TorchPredictor:
@@ -271,7 +284,8 @@ class TorchPredictor:
             out = self.module(x)
             if self.device != "cpu":
                 torch.cuda.synchronize()
-            return _positive_scores(out.float().cpu().numpy())
+            arr = out.float().cpu().numpy()
+            return arr.astype(np.float64) if self.ref.task == MULTICLASS else _positive_scores(arr)
 
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from workbench.replay.resources import run_resources
 from workbench.replay.scoring import PairScorer, Scored, ScoringOptions
 from workbench.roles import ROLES
 from workbench.store import RunState, Store, check_name
-from workbench.tasks import DESCRIBED, REGRESSION, check_task, run_task
+from workbench.tasks import BINARY, DESCRIBED, MULTICLASS, check_task, run_classes, run_task
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -108,18 +108,53 @@ def resolve_task(models: dict[str, Predictor], override: str | None = None) -> s
     return check_task(next(iter(tasks.values())))
 
 
+def model_classes(models: dict[str, Predictor], task: str) -> list[str] | None:
+    """The classes of a multi-class run (None for another task): both models must name the same classes in the
+    same order (their probabilities' columns)."""
+    if task != MULTICLASS:
+        return None
+    classes = {r: m.ref.classes for r, m in models.items()}
+    for r, c in classes.items():
+        if not c or len(c) < 2:
+            raise WorkbenchError(
+                f"the {r} {models[r].ref.uri} does not name its classes: a multi-class model needs them (an sklearn "
+                "classifier's classes_, or the model metadata's 'classes' in the order of its probabilities)"
+            )
+    base, cand = (list(classes[r] or ()) for r in ROLES)
+    if base != cand:
+        how = "in another order" if sorted(base) == sorted(cand) else "different classes"
+        raise WorkbenchError(
+            f"the two models name {how} (baseline {base}, candidate {cand}): a multi-class run compares two models "
+            "of one class set"
+        )
+    return base
+
+
+def with_task(models: dict[str, Predictor], task: str) -> None:
+    """Record ``task`` on each model whose own task differs (set with ``--task``): it says how they score."""
+    for m in models.values():
+        if getattr(m.ref, "task", BINARY) != task:
+            m.ref = replace(m.ref, task=task, task_source="option")
+
+
 def class_thresholds(models: dict[str, Predictor], task: str) -> dict[str, float | None]:
-    """Each role's decision threshold: None for a regression run (its scores are predictions, not classes)."""
-    return {r: None if task == REGRESSION else m.ref.threshold for r, m in models.items()}
+    """Each role's decision threshold: None for a regression or multi-class run (a regression model's scores are
+    predictions; a multi-class model's class is its most probable)."""
+    return {r: m.ref.threshold if task == BINARY else None for r, m in models.items()}
 
 
 def new_run_id() -> str:
     return "run_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S") + "_" + uuid.uuid4().hex[:6]
 
 
-def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: Mapping[str, float | None]) -> pa.Table:
+def paired_table(
+    rows: pa.Array, scored: dict[str, Scored], thresholds: Mapping[str, float | None], n_classes: int | None = None
+) -> pa.Table:
     """The wide, paired result rows of one batch (one row per request, both models side by side). A role
-    without a threshold (a regression model) has no class: its score is the prediction."""
+    without a threshold (a regression model) has no class: its score is the prediction. With ``classes`` (a
+    multi-class run) see :func:`multiclass_columns`."""
+    if n_classes is not None:
+        return multiclass_columns(rows, scored, n_classes)
     n = len(rows)
     cols: dict[str, pa.Array] = {"_row": rows}
     for role in ROLES:
@@ -135,6 +170,33 @@ def paired_table(rows: pa.Array, scored: dict[str, Scored], thresholds: Mapping[
             cols[f"{role}_class"] = pa.array(classes) if all_ok else pa.array(classes, mask=~ok)
         cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
         cols[f"{role}_error"] = pa.nulls(n, pa.string()) if all_ok else pa.array(s.errors, pa.string())
+    return pa.table(cols)
+
+
+def multiclass_columns(rows: pa.Array, scored: dict[str, Scored], classes: int) -> pa.Table:
+    """Paired rows of a multi-class run: per model the class (the index of its most probable class, the lowest
+    on a tie), its probability as the score, and ``*_proba`` (the row of class probabilities, stored apart in
+    ``prediction_probabilities``); a row the model failed has none of them (its error says why)."""
+    n = len(rows)
+    cols: dict[str, pa.Array] = {"_row": rows}
+    for role in ROLES:
+        s = scored[role]
+        p = s.scores if s.scores.ndim == 2 else np.full((n, classes), np.nan)
+        ok = np.isfinite(p).all(axis=1)
+        safe = np.where(ok[:, None], p, 0.0)
+        best = safe.argmax(axis=1).astype(np.int32)
+        top = safe[np.arange(n), best]
+        failed = None if ok.all() else ~ok
+        cols[f"{role}_score"] = pa.array(top, mask=failed)
+        cols[f"{role}_class"] = pa.array(best, mask=failed)
+        cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
+        cols[f"{role}_error"] = pa.nulls(n, pa.string()) if s.errors is None else pa.array(s.errors, pa.string())
+        flat = pa.array(safe.reshape(-1))
+        cols[f"{role}_proba"] = pa.ListArray.from_arrays(
+            pa.array(np.arange(n + 1, dtype=np.int32) * classes),
+            flat,
+            mask=pa.array(failed) if failed is not None else None,
+        )
     return pa.table(cols)
 
 
@@ -220,6 +282,8 @@ def replay(
     info = store.require_traffic(traffic)
     models = {"baseline": baseline, "candidate": candidate}
     task = resolve_task(models, options.task)
+    with_task(models, task)
+    classes = model_classes(models, task)
     refs = {r: m.ref.to_dict() for r, m in models.items()}
     _check_features(info["columns"], models)
     started = time.perf_counter()
@@ -231,13 +295,16 @@ def replay(
         batch_size=options.batch_size,
         device=",".join(sorted({m.device for m in models.values()})),
         mode=options.mode,
-        meta={"environment": _environment(models, options), "task": task},
+        meta={"environment": _environment(models, options), "task": task}
+        | ({"classes": classes} if classes is not None else {}),
     )
     if not run.created:
         _check_same_run(run, traffic, refs)
         was = run_task(store.require_run(run_id))
         if was != task:
             raise WorkbenchError(f"run {run_id} was replayed as a {was} run, not {task}: use a new --run-id")
+        if classes is not None and run_classes(store.require_run(run_id)) != classes:
+            raise WorkbenchError(f"run {run_id} was replayed with other classes than {classes}: use a new --run-id")
         if run.finished:
             done = store.run_counts(run_id).to_dict()
             return ReplayResult(**done, seconds=0.0, status="already_complete", task=task)
@@ -272,7 +339,8 @@ class LocalExecutor:
     With ``options.isolate`` the models score in worker processes (:mod:`workbench.replay.isolation`)."""
 
     def run(self, store: Store, run: RunState, models: dict[str, Predictor], options: ReplayOptions, progress) -> dict:
-        thresholds = class_thresholds(models, resolve_task(models, options.task))
+        task = resolve_task(models, options.task)
+        thresholds = class_thresholds(models, task)
         if not options.isolate:
             scorer = PairScorer(models, options.scoring(), options.measure)
             return _run_pipeline(store, run, scorer, thresholds, options, progress) | {"meters": scorer.meters}
@@ -397,6 +465,8 @@ def _run_pipeline(
     ranges even when they were committed out of order. Returns the stages' busy seconds.
     """
     run_id, done, total = run.run_id, run.rows_done, run.rows_total
+    classes = model_classes(dict(scorer.models), resolve_task(dict(scorer.models)))
+    n_classes = len(classes) if classes is not None else None
     # DuckDB hands out at most a row group per Arrow batch anyway, and each scan thread holds buffers for
     # the batch size it is asked for: asking for more costs memory and speed (measured: 262,144 rows
     # against 122,880: +20 MB at 8 threads, 16.5M rather than 20M rows/s); ``rebatch`` cuts the batches
@@ -477,7 +547,7 @@ def _run_pipeline(
                 t0 = time.perf_counter()
                 if item is not None and item is not _END:
                     rows, scored, seconds = item
-                    units = packer.add(paired_table(rows, scored, thresholds), seconds, t0)
+                    units = packer.add(paired_table(rows, scored, thresholds, n_classes), seconds, t0)
                 else:
                     units = []
                 # idle writers get what is whole now, and a partial unit once it waited (slow models); busy

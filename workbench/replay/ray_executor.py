@@ -1,25 +1,37 @@
 """Replay on Ray: the same run as Ray Data batch inference, one model-pair actor per GPU or CPU slot.
 
 The run's remaining traffic is staged as one Parquet file, Ray Data maps it through :class:`PairActor`
-(which loads both models from MLflow itself, so the tracking URI must be reachable from the workers),
-and the driver commits the paired rows batch by batch in ``_row`` order, so resume and exactly-once
-hold as for the local executor. Scores, classes and
-errors are identical to a local replay; latencies are measured inside the actors.
+(which loads both models from MLflow itself, so the tracking URI must be reachable from the workers).
+With a PostgreSQL catalog each actor commits its paired rows straight into the lake, unit by unit (a
+contiguous ``_row`` range each, refused when already committed), and the driver only counts them; with the
+SQLite catalog (one machine's file) the driver commits them batch by batch in ``_row`` order. Either way a
+resume skips exactly what was committed and every row is committed once. Scores, classes and errors are
+identical to a local replay; latencies are measured inside the actors.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor
-from workbench.replay.pipeline import ReplayOptions, class_thresholds, paired_table, resolve_task
+from workbench.replay.pipeline import (
+    ReplayOptions,
+    class_thresholds,
+    model_classes,
+    paired_table,
+    resolve_task,
+    with_task,
+)
 from workbench.replay.scoring import PairScorer
-from workbench.store import RunState, Store
+from workbench.store import AlreadyCommitted, RunState, Store
+from workbench.store.base import LakeTarget
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +60,72 @@ def _check_placement(actors: int, use_gpu: bool, cpus: int, gpus: int) -> None:
         )
 
 
-class PairActor:
-    """A Ray actor holding both models; maps an Arrow batch of traffic to its paired result rows."""
+def contiguous_units(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` offsets of the runs of consecutive ``_row`` values in ``rows`` (ascending): the
+    commit units of a batch that straddles rows a resumed run committed before."""
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    bounds = [0, *cuts.tolist(), len(rows)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
-    def __init__(self, uris: dict, tracking_uri: str, device: str, options: ReplayOptions):
+
+class PairActor:
+    """A Ray actor holding both models; maps an Arrow batch of traffic to its paired result rows, or, given
+    the run's lake (``commit``: the run id and its lake's folder and target), commits them itself and
+    returns one row per batch with the rows it committed."""
+
+    def __init__(
+        self,
+        uris: dict,
+        tracking_uri: str,
+        device: str,
+        options: ReplayOptions,
+        commit: tuple[str, str, LakeTarget] | None = None,
+    ):
         import mlflow
 
         from workbench.replay.models import load_predictor
 
         mlflow.set_tracking_uri(tracking_uri)
         models = {role: load_predictor(uri, device) for role, uri in uris.items()}
+        task = resolve_task(models, options.task)
+        with_task(models, task)
         self.scorer = PairScorer(models, options.scoring(), measure=False)  # only load costs are measured here
-        self.thresholds = class_thresholds(models, resolve_task(models, options.task))
+        self.thresholds = class_thresholds(models, task)
+        classes = model_classes(models, task)
+        self.classes = len(classes) if classes is not None else None
+        self.sink: tuple[str, Store] | None = None
+        if commit is not None:
+            run_id, folder, target = commit
+            self.sink = (run_id, Store(folder, target=target))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
         scored = self.scorer.score(self.scorer.prepare(batch))
-        return paired_table(batch.column("_row").combine_chunks(), scored, self.thresholds)
+        paired = paired_table(batch.column("_row").combine_chunks(), scored, self.thresholds, self.classes)
+        if self.sink is None:
+            return paired
+        run_id, store = self.sink
+        seconds = time.perf_counter() - t0
+        rows = paired.column("_row").to_numpy()
+        done = 0
+        for a, b in contiguous_units(rows):
+            unit = paired.slice(a, b - a).combine_chunks()
+            try:
+                store.commit_batch(
+                    run_id, None, int(rows[a]), int(rows[b - 1]), b - a, seconds * (b - a) / len(rows), unit
+                )
+                done += b - a
+            except AlreadyCommitted:  # a retried task: its rows are in the lake once already
+                log.info("rows %d-%d of %s were committed before", rows[a], rows[b - 1], run_id)
+        return pa.table({"rows": pa.array([done], pa.int64())})
 
 
 class RayExecutor:
     """Runs a replay's scoring on a Ray cluster (``address`` None starts a local one).
 
     The remaining traffic is staged once as a Parquet file (``staging_dir``: shared storage when the
-    cluster is remote), read by Ray Data in order, mapped through model-pair actors and committed by the
-    driver batch by batch, in ``_row`` order.
+    cluster is remote), read by Ray Data and mapped through model-pair actors, which commit into the lake
+    themselves when its catalog is PostgreSQL; otherwise the driver commits batch by batch, in ``_row`` order.
     """
 
     def __init__(
@@ -95,8 +149,9 @@ class RayExecutor:
                 configure_logging=False,
                 runtime_env={"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}},
             )
+        direct = store.target is not None and store.target.postgres is not None  # actors write into the lake
         ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
+        ctx.execution_options.preserve_order = not direct
         ctx.enable_progress_bars = False
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -106,6 +161,7 @@ class RayExecutor:
         uris = {role: m.ref.uri for role, m in models.items()}
         features = sorted({f for m in models.values() for f in m.ref.features})
         run_id, done = run.run_id, run.rows_done
+        commit = (run_id, str(store.lake), store.target) if direct else None
         with tempfile.TemporaryDirectory(prefix=f"workbench-{run_id}-", dir=self.staging_dir) as staging:
             path = Path(staging) / "traffic.parquet"
             store.export_traffic_parquet(run.traffic, features, run.committed, path, row_group_rows=options.batch_size)
@@ -113,18 +169,27 @@ class RayExecutor:
                 PairActor,
                 batch_size=options.batch_size,
                 batch_format="pyarrow",
-                fn_constructor_args=(uris, mlflow.get_tracking_uri(), "cuda" if use_gpu else "cpu", options),
+                fn_constructor_args=(uris, mlflow.get_tracking_uri(), "cuda" if use_gpu else "cpu", options, commit),
                 concurrency=actors,
                 num_gpus=1 if use_gpu else 0,
             )
             batch_no = run.next_batch
-            for table in ds.iter_batches(batch_size=options.batch_size, batch_format="pyarrow"):
-                rows = table.column("_row")
-                store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, 0.0, table)
-                batch_no += 1
-                done += table.num_rows
+            for table in ds.iter_batches(batch_size=None if direct else options.batch_size, batch_format="pyarrow"):
+                if direct:  # the actors committed; the driver counts
+                    done += sum(table.column("rows").to_pylist())
+                else:
+                    rows = table.column("_row")
+                    store.commit_batch(run_id, batch_no, rows[0].as_py(), rows[-1].as_py(), table.num_rows, 0.0, table)
+                    batch_no += 1
+                    done += table.num_rows
                 if progress:
                     progress(done, run.rows_total)
-        log.info("ray replay of %s used %d actor(s)%s", run_id, actors, " on GPUs" if use_gpu else "")
+        log.info(
+            "ray replay of %s used %d actor(s)%s%s",
+            run_id,
+            actors,
+            " on GPUs" if use_gpu else "",
+            ", each committing into the lake" if direct else "",
+        )
         if self.address is None:
             ray.shutdown()

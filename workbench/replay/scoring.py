@@ -30,6 +30,7 @@ import pyarrow as pa
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor, TorchPredictor
 from workbench.replay.resources import ModelMeter
+from workbench.tasks import MULTICLASS
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_TIMEOUTS = 3
@@ -52,8 +53,8 @@ class ScoringOptions:
 
 @dataclass(frozen=True)
 class Scored:
-    """One model's output for one batch: scores (NaN on error), per-row error reasons (None: no row
-    failed), latency in ms."""
+    """One model's output for one batch: scores (NaN on error; for a multi-class classifier an n x C matrix of
+    class probabilities, a row of NaN on error), per-row error reasons (None: no row failed), latency in ms."""
 
     scores: np.ndarray
     errors: list | None
@@ -95,6 +96,12 @@ class ModelRunner:
     consecutive_timeouts: int = 0
     disabled: str | None = None
     meter: ModelMeter | None = None  # counts each successful call (None: resources are not measured)
+    width: int | None = None  # a multi-class classifier's classes: the columns of its output
+
+    def __post_init__(self) -> None:
+        ref = getattr(self.model, "ref", None)
+        if ref is not None and ref.task == MULTICLASS and self.width is None:
+            self.width = len(ref.classes or ())
 
     def call(self, batch: pa.Table) -> tuple[np.ndarray, float]:
         """Scores and the call's own duration in seconds; raises what the model raises."""
@@ -156,11 +163,22 @@ class ModelRunner:
             self.disabled = f"model disabled after {MAX_CONSECUTIVE_TIMEOUTS} consecutive timeouts"
 
 
-def _check_shape(out, n: int) -> np.ndarray:
+def _check_shape(out, n: int, width: int | None = None) -> np.ndarray:
+    """One score per row, or (``width``: a multi-class classifier's classes) a row of class probabilities."""
     arr = np.asarray(out)
-    if arr.shape != (n,):
+    if arr.shape != ((n,) if width is None else (n, width)):
+        if width is not None:
+            raise ValueError(f"model returned output of shape {arr.shape} for {n} rows and {width} classes")
         raise ValueError(f"model returned output of shape {arr.shape} for {n} rows")
     return arr.astype(np.float64, copy=False)
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """Row blocks of one model's output: a failed block (NaN scores) takes the width of the others."""
+    width = next((p.shape[1] for p in parts if p.ndim == 2), None)
+    if width is None:
+        return np.concatenate(parts)
+    return np.concatenate([p if p.ndim == 2 else np.repeat(p[:, None], width, axis=1) for p in parts])
 
 
 def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray, list, float]:
@@ -168,7 +186,7 @@ def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray,
     n = batch.num_rows
     try:
         out, seconds = runner.call(batch)
-        out = _check_shape(out, n)
+        out = _check_shape(out, n, runner.width)
     except (ModelTimeout, ModelDisabled) as e:  # bisecting a hanging or disabled model would multiply the hang
         return np.full(n, np.nan), [str(e)] * n, 0.0
     except Exception as e:  # the model's failure is data: isolate it to the rows that cause it
@@ -177,13 +195,14 @@ def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray,
         half = n // 2
         s1, e1, t1 = _predict_isolated(runner, batch.slice(0, half))
         s2, e2, t2 = _predict_isolated(runner, batch.slice(half))
-        return np.concatenate([s1, s2]), e1 + e2, t1 + t2
+        return _stack([s1, s2]), e1 + e2, t1 + t2
     errors: list = [None] * n
-    bad = ~np.isfinite(out)
+    bad = ~np.isfinite(out) if out.ndim == 1 else ~np.isfinite(out).all(axis=1)
     if bad.any():
         out = out.copy()
+        what = "score" if out.ndim == 1 else "class probability"
         for i in np.flatnonzero(bad):
-            errors[i] = f"non-finite score: {out[i]}"
+            errors[i] = f"non-finite {what}: {out[i] if out.ndim == 1 else out[i][~np.isfinite(out[i])][0]}"
         out[bad] = np.nan
     return out, errors, seconds
 
@@ -197,16 +216,16 @@ def score_throughput(runner: ModelRunner, batch: pa.Table) -> Scored:
 def score_online(runner: ModelRunner, batch: pa.Table, micro: int) -> Scored:
     """Requests in micro-batches of ``micro``; each request's latency is its micro-batch's call time."""
     n = batch.num_rows
-    scores = np.empty(n)
+    parts: list[np.ndarray] = []
     latency = np.empty(n)
     errors: list = []
     for i in range(0, n, micro):
         part = batch.slice(i, micro)
         s, e, seconds = _predict_isolated(runner, part)
-        scores[i : i + part.num_rows] = s
+        parts.append(s)
         latency[i : i + part.num_rows] = seconds * 1000.0
         errors.extend(e)
-    return Scored(scores, errors, latency)
+    return Scored(_stack(parts) if parts else np.empty(0), errors, latency)
 
 
 class PairScorer:
@@ -274,6 +293,7 @@ class _SharedGpuInput:
         torch_models = {r: m for r, m in models.items() if isinstance(m, TorchPredictor)}
         if (
             options.mode == "throughput"
+            and all(m.ref.task != MULTICLASS for m in models.values())
             and options.model_timeout is None
             and len(torch_models) == len(models)
             and len(devices) == 1

@@ -30,10 +30,11 @@ from workbench.store.decisions import DecisionStore
 from workbench.store.drift import DriftStore
 from workbench.store.evaluations import EvaluationStore
 from workbench.store.jobs import JobStore
-from workbench.store.runs import RunCounts, RunState
+from workbench.store.runs import AlreadyCommitted, RunCounts, RunState
 
 __all__ = [
     "WRITE_CONFLICTS",
+    "AlreadyCommitted",
     "ArrowView",
     "DatabaseLocked",
     "LegacyDatabase",

@@ -210,6 +210,76 @@ class AppStore(RunStore):
             .to_arrow_table()
         )
 
+    def app_regression_summary(self, run_id: str, bins: int, columns: list[str]) -> dict[str, Any]:
+        """A regression run's labelled rows (numeric labels joined) reduced in DuckDB in one pass over the join,
+        whatever their number:
+
+        ``range``: (low, high), the approximate 0.5 % and 99.5 % quantiles of the targets and both models'
+        predictions (outliers fall in the edge bins); ``cells``: (role, actual bin, predicted bin, rows) with
+        ``bins`` equal bins over the range (predicted vs actual); ``segments``: {column: [(value, rows, baseline
+        |residual| sum, candidate |residual| sum, baseline residual sum, candidate residual sum)]}, residual =
+        prediction - y, per value of each of ``columns``, over the rows both models predicted."""
+        run = self._app_run(run_id)
+        known = self.require_traffic(run["traffic"])["columns"]
+        bad = [c for c in columns if c not in known]
+        if bad:
+            raise WorkbenchError(f"traffic {run['traffic']!r} has no column(s) {', '.join(bad)}")
+        segs = [f"s{i}" for i in range(len(columns))]
+        dims = "".join(", " + n for n in segs)
+        picked = "".join(f", CAST(t.{qident(c)} AS VARCHAR) AS {n}" for c, n in zip(columns, segs, strict=True))
+
+        def cell(x: str) -> str:
+            return (
+                f"CASE WHEN isfinite({x}) THEN least(greatest(CAST(floor(({x} - lo) / w) AS INTEGER), 0), "
+                f"{bins - 1}) END"
+            )
+
+        sums = ", ".join(
+            f"{f} FILTER (WHERE ok)"
+            for f in ("count(*)", "sum(abs(pb - y))", "sum(abs(pc - y))", "sum(pb - y)", "sum(pc - y)")
+        )
+        rows = (
+            self.cursor()
+            .execute(
+                f"""WITH j AS MATERIALIZED (
+                    SELECT l.value AS y, p.baseline_score AS pb, p.candidate_score AS pc{picked}
+                    FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
+                    JOIN label_values l ON l.traffic = ? AND l.request_id = t.request_id
+                    WHERE p.run_id = ? AND isfinite(l.value)),
+                r AS (SELECT least(approx_quantile(y, 0.005), approx_quantile(pb, 0.005), approx_quantile(pc, 0.005))
+                             AS lo,
+                             greatest(approx_quantile(y, 0.995), approx_quantile(pb, 0.995),
+                                      approx_quantile(pc, 0.995)) AS hi
+                      FROM j WHERE isfinite(pb) AND isfinite(pc)),
+                b AS (SELECT j.*, lo, hi, CASE WHEN hi > lo THEN (hi - lo) / {bins} ELSE 1.0 END AS w FROM j, r),
+                c AS (SELECT *, {cell("y")} AS a, {cell("pb")} AS bb, {cell("pc")} AS cb,
+                             isfinite(pb) AND isfinite(pc) AS ok FROM b)
+                SELECT grouping(a, bb, cb{dims}) AS g, a, bb, cb{dims},
+                       count(*), {sums}, any_value(lo), any_value(hi)
+                FROM c GROUP BY GROUPING SETS ((a, bb), (a, cb){"".join(f", ({n})" for n in segs)})""",
+                [run["traffic"], run_id],
+            )
+            .fetchall()
+        )
+        k = len(segs)
+        full = (1 << (3 + k)) - 1
+        out: dict[str, Any] = {"range": None, "cells": [], "segments": {c: [] for c in columns}}
+        for row in rows:
+            g, a, bb, cb, values = row[0], row[1], row[2], row[3], row[4 : 4 + k]
+            n, ok, abs_b, abs_c, sum_b, sum_c, lo, hi = row[4 + k :]
+            if lo is not None:
+                out["range"] = (float(lo), float(hi))
+            if g == full ^ 0b110 << k and a is not None and bb is not None:  # grouped by (a, bb)
+                out["cells"].append(("baseline", int(a), int(bb), int(n)))
+            elif g == full ^ 0b101 << k and a is not None and cb is not None:  # grouped by (a, cb)
+                out["cells"].append(("candidate", int(a), int(cb), int(n)))
+            for i, c in enumerate(columns):
+                if g == full ^ (1 << (k - 1 - i)) and ok:
+                    out["segments"][c].append((values[i], int(ok), *(float(v) for v in (abs_b, abs_c, sum_b, sum_c))))
+        if out["range"] is None:
+            out["cells"] = []
+        return out
+
     def app_segment_columns(self, traffic: str, max_values: int = 60) -> list[str]:
         """Traffic columns worth segmenting by: text, booleans and integers (with at most ``max_values``
         distinct values, approximately)."""

@@ -1,11 +1,15 @@
 """The storage itself: connection, schema, transactions, cursors, DuckDB settings and the SQL helpers.
 
-A home's storage is a DuckLake: a catalog database (SQLite, embedded) plus Parquet data files. Every process
-attaches it through its own in-memory DuckDB; readers see the latest committed snapshot and never wait. Write
-transactions take the lake's writer lock (a file lock), so writers of different runs interleave commit by
-commit: DuckLake 0.x on an SQLite catalog fails the second of two overlapping write transactions
-("database is locked"), and serialized commits also make check-then-insert safe where DuckLake has no keys.
-``:memory:`` is a plain in-memory DuckDB with the same schema (tests, scratch work).
+A home's storage is a DuckLake: a catalog database plus Parquet data files. The catalog is SQLite, embedded
+in the lake folder, unless ``$WORKBENCH_CATALOG`` names a PostgreSQL database (several machines then share
+one lake; ``$WORKBENCH_DATA_PATH`` puts the data files on a shared folder or an object store). Every process
+attaches the lake through its own in-memory DuckDB; readers see the latest committed snapshot and never
+wait. Write transactions take the lake's writer lock, so writers of different runs interleave commit by
+commit: a file lock beside an SQLite catalog (DuckLake on SQLite fails the second of two overlapping write
+transactions, "database is locked"), a PostgreSQL advisory lock with a PostgreSQL catalog (DuckLake on
+PostgreSQL commits overlapping inserts, but two check-then-insert transactions both pass their check and a
+delete or update conflicts with any other commit). Serialized commits make check-then-insert safe where
+DuckLake has no keys. ``:memory:`` is a plain in-memory DuckDB with the same schema (tests, scratch work).
 
 Values always travel as parameters; identifiers (traffic tables, column names) are validated and quoted
 with :func:`qident`, never formatted raw into SQL.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,7 +29,8 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,9 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
-from workbench.tasks import REGRESSION
+from workbench.tasks import MULTICLASS, REGRESSION
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_LIMIT = "512MB"  # DuckDB buffer pool (override: $WORKBENCH_DUCKDB_MEMORY_LIMIT); it spills beyond
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -43,6 +51,10 @@ LEGACY_FILE = "workbench.duckdb"  # a home's single DuckDB file before the lake;
 CATALOG_FILE = "catalog.sqlite"
 DEFAULT_WRITE_WAIT_S = 120.0  # how long a writer waits for the lake's writer lock ($WORKBENCH_DB_WAIT_S)
 INLINE_ROWS = 1000  # inserts up to this many rows stay in the catalog (jobs, decisions), not in a Parquet file
+CATALOG_VAR = "WORKBENCH_CATALOG"  # a PostgreSQL catalog for the lake (unset: SQLite in the lake folder)
+DATA_PATH_VAR = "WORKBENCH_DATA_PATH"  # where the lake's Parquet files go (unset: <lake>/data/)
+# the writer lock with a PostgreSQL catalog: an advisory lock (its key spells "workbenc") of a transaction
+TRY_LOCK_SQL = "SELECT * FROM postgres_query('workbench_pg', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
 
 # Tables in data-flow order: traffic and labels, runs and their paired results, evaluations, drift, decisions
 # and the canary, jobs. DuckLake has no keys: uniqueness is checked inside the writer's transaction.
@@ -61,14 +73,18 @@ SCHEMA = [
         traffic VARCHAR NOT NULL, ingest_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, source_row BIGINT,
         request_id VARCHAR, reason VARCHAR NOT NULL, raw VARCHAR)""",
     # one label per (traffic, request_id), kept by upsert_labels; ``_row`` is the request's row in its traffic
-    # table (evaluations join on it: a join on it costs a third of one on the id), null while the traffic
-    # set does not hold the request
+    # table, null while the traffic set does not hold the request (evaluations look labels up by it, at a third
+    # of the cost of a join on the id); the same in the two label tables below
     """CREATE TABLE IF NOT EXISTS labels (
         traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP,
         _row BIGINT)""",
-    # numeric labels (the targets of regression runs): one per (traffic, request_id), kept by upsert_label_values
+    # numeric labels (the targets of regression runs): one per (traffic, request_id), kept by upsert_labels
     """CREATE TABLE IF NOT EXISTS label_values (
         traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, value DOUBLE NOT NULL, label_time TIMESTAMP,
+        _row BIGINT)""",
+    # class labels (the targets of multi-class runs) as text: one per (traffic, request_id), kept by upsert_labels
+    """CREATE TABLE IF NOT EXISTS label_classes (
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label VARCHAR NOT NULL, label_time TIMESTAMP,
         _row BIGINT)""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR NOT NULL, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
@@ -83,6 +99,10 @@ SCHEMA = [
         run_id VARCHAR NOT NULL, _row BIGINT NOT NULL,
         baseline_score DOUBLE, baseline_class INTEGER, baseline_latency_ms DOUBLE, baseline_error VARCHAR,
         candidate_score DOUBLE, candidate_class INTEGER, candidate_latency_ms DOUBLE, candidate_error VARCHAR)""",
+    # each model's class probabilities of a multi-class run (in the order of the run's ``meta.classes``), one
+    # row per request beside its row in ``predictions`` (null where the model failed)
+    """CREATE TABLE IF NOT EXISTS prediction_probabilities (
+        run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_proba DOUBLE[], candidate_proba DOUBLE[])""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
     # drift: reference sketches (one row per reference and column, value counts when lossless), stored
@@ -128,7 +148,7 @@ SCHEMA = [
 
 # columns added to the schema's tables after storages were made without them, (table, column, type): a storage
 # that lacks one gets it when it is first opened for writing, and the store fills it in the same commit
-ADDED_COLUMNS = [("labels", "_row", "BIGINT"), ("label_values", "_row", "BIGINT")]
+ADDED_COLUMNS = [("labels", "_row", "BIGINT"), ("label_values", "_row", "BIGINT"), ("label_classes", "_row", "BIGINT")]
 
 # what a write transaction raises when the engine refuses its commit (a write-write conflict): it rolled back
 WRITE_CONFLICTS: tuple[type[Exception], ...] = (duckdb.ConstraintException, duckdb.TransactionException)
@@ -136,6 +156,10 @@ WRITE_CONFLICTS: tuple[type[Exception], ...] = (duckdb.ConstraintException, duck
 
 class DatabaseLocked(WorkbenchError):
     """Another writer held the storage's writer lock for longer than this writer would wait."""
+
+
+class CatalogUnreachable(WorkbenchError):
+    """The lake's PostgreSQL catalog does not answer (stopped, unreachable, refusing the connection)."""
 
 
 class LegacyDatabase(WorkbenchError):
@@ -205,7 +229,9 @@ def check_role(role: str) -> str:
 
 def label_source(task: str) -> tuple[str, str]:
     """(table, column) holding the labels a run of ``task`` is judged on: the 0/1 labels of a binary run, the
-    numeric labels of a regression run."""
+    numeric labels of a regression run, the class labels (text) of a multi-class run."""
+    if task == MULTICLASS:
+        return ("label_classes", "label")
     return ("label_values", "value") if task == REGRESSION else ("labels", "label")
 
 
@@ -245,10 +271,64 @@ class ArrowView:
         self._cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(self.name)}")
 
 
+@dataclass(frozen=True)
+class LakeTarget:
+    """Where a lake lives: its folder (local state: the SQLite catalog and its writer lock), the PostgreSQL
+    catalog's libpq connection string (None: SQLite) and the data files' path (a folder or URL; None: the one
+    a PostgreSQL catalog recorded when it was made, ``<folder>/data/`` of the home that made it)."""
+
+    folder: Path
+    postgres: str | None
+    data_path: str | None
+
+    @classmethod
+    def of(cls, folder: Path) -> LakeTarget:
+        """The target of the lake in ``folder`` as ``$WORKBENCH_CATALOG`` and ``$WORKBENCH_DATA_PATH`` set it."""
+        raw = os.environ.get(CATALOG_VAR, "").strip()
+        if raw in ("", "sqlite"):
+            postgres = None
+        elif raw.startswith(("postgresql://", "postgres://")):
+            postgres = raw  # a libpq URI
+        elif raw.startswith("postgres:"):
+            postgres = raw.removeprefix("postgres:").strip()  # a libpq key=value string, as DuckLake writes it
+        else:
+            raise WorkbenchError(
+                f"${CATALOG_VAR} must be 'sqlite', 'postgres:<libpq key=value string>' or a postgresql:// URI, "
+                f"not {redact(raw)!r}"
+            )
+        data = os.environ.get(DATA_PATH_VAR, "").strip()
+        if not data:
+            return cls(folder, postgres, None if postgres else str(folder / "data") + os.sep)
+        return cls(folder, postgres, (data if is_url(data) else str(Path(data).resolve())).rstrip("/") + "/")
+
+    @property
+    def label(self) -> str:
+        """How errors name the catalog (a password left out)."""
+        if self.postgres is None:
+            return f"the SQLite catalog {self.folder / CATALOG_FILE}"
+        return f"the PostgreSQL catalog {redact(self.postgres)!r} (${CATALOG_VAR})"
+
+
+def is_url(path: str) -> bool:
+    """``path`` names an object store (``s3://``, ``gs://``, ``az://``, ...) rather than a folder."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
+def redact(conn: str) -> str:
+    """A connection string with its password (``password=...`` or ``user:password@``) replaced by ``***``."""
+    conn = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conn, flags=re.I)
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", conn)
+
+
 def storage_problem(exc: BaseException) -> str | None:
     """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
-    the catalog); None for anything else."""
+    the catalog) or its PostgreSQL catalog cannot be reached; None for anything else."""
     text = str(exc)
+    down = re.search(r'Unable to connect to Postgres at "([^"]*)": ([^\n]*)', text)
+    if down is not None and isinstance(exc, duckdb.Error):
+        return catalog_unreachable(down.group(1), down.group(2))
+    if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
+        return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
     m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
     if m is None:
         return None
@@ -258,8 +338,42 @@ def storage_problem(exc: BaseException) -> str | None:
     )
 
 
+def _probe_catalog() -> str | None:
+    """Why this process's PostgreSQL catalog (``$WORKBENCH_CATALOG``) does not answer now; None when it
+    answers or the catalog is SQLite. Only asked after a storage error, so it costs nothing otherwise."""
+    try:
+        postgres = LakeTarget.of(Path(".")).postgres
+    except WorkbenchError:
+        return None
+    if postgres is None:
+        return None
+    con = duckdb.connect()
+    try:
+        con.execute(f"LOAD {sql_literal(extension_file('postgres_scanner'))}")
+        con.execute(f"ATTACH {sql_literal(postgres)} AS probe (TYPE postgres, READ_ONLY)")
+        con.execute("SELECT * FROM postgres_query('probe', 'SELECT 1')").fetchall()
+    except duckdb.Error as e:
+        down = re.search(r'Unable to connect to Postgres at "[^"]*": ([^\n]*)', str(e))
+        return catalog_unreachable(postgres, down.group(1) if down else str(e).splitlines()[0])
+    finally:
+        con.close()
+    return None
+
+
+def catalog_unreachable(conn: str, reason: str) -> str:
+    """The one-line error for a PostgreSQL catalog that does not answer."""
+    return (
+        f"the workbench's PostgreSQL catalog {redact(conn)!r} (${CATALOG_VAR}) cannot be reached "
+        f"({reason.strip().rstrip('.')}); start it or fix ${CATALOG_VAR}, then run the command again: "
+        "an interrupted job or replay resumes where its last commit ended"
+    )
+
+
 def change_marks(lake: Path) -> tuple[Path, ...]:
-    """Files whose size or modification time changes with every commit to ``lake`` (and not with reads)."""
+    """Files whose size or modification time changes with every commit to ``lake`` (and not with reads);
+    none with a PostgreSQL catalog (its commits change no local file)."""
+    if LakeTarget.of(lake).postgres is not None:
+        return ()
     return (lake / CATALOG_FILE, lake / (CATALOG_FILE + "-wal"))
 
 
@@ -280,13 +394,16 @@ def _configure(con: duckdb.DuckDBPyConnection, spill: str) -> dict[str, str | in
     return limits
 
 
-def _check_lake(lake: Path, read_only: bool) -> None:
+def _check_lake(target: LakeTarget, read_only: bool) -> None:
     """Refuse an old single-file home (naming ``workbench migrate``) and a read of a lake not made yet."""
+    lake = target.folder
     if lake.is_file():
         raise LegacyDatabase(
             f"{lake} is a workbench database in the old single-file format; "
             "move it into the shared storage with `workbench migrate`"
         )
+    if target.postgres is not None:
+        return  # the catalog is elsewhere: whether it holds a lake is known once attached
     catalog, legacy = lake / CATALOG_FILE, lake.parent / LEGACY_FILE
     if not catalog.exists() and legacy.is_file():
         raise LegacyDatabase(
@@ -297,42 +414,116 @@ def _check_lake(lake: Path, read_only: bool) -> None:
         raise WorkbenchError(f"no workbench storage at {lake} yet")
 
 
+def _lake_options(data: str | None) -> str:
+    """The DuckLake ATTACH options: inlining, and the data path when one is given (made when it is a folder)."""
+    options = f"DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
+    if data is None:
+        return options
+    if not is_url(data):
+        Path(data).mkdir(parents=True, exist_ok=True)
+    # data paths are kept relative to DATA_PATH: a moved or copied home works from its new place
+    return f"{options}, DATA_PATH {sql_literal(data)}, OVERRIDE_DATA_PATH true"
+
+
 class _LakeInstance:
     """One in-memory DuckDB per process and lake with the lake attached, shared by the process's stores:
     loading the extensions and attaching costs most of a short command's time, so it is done once."""
 
-    _open: dict[tuple[int, str], _LakeInstance] = {}
+    _open: dict[tuple[int, LakeTarget], _LakeInstance] = {}
     _guard = threading.Lock()
     KEEP_IDLE = 4  # lakes kept attached with no store open on them
 
-    def __init__(self, lake: Path, writer: Callable[[], Any]):
+    def __init__(self, target: LakeTarget, writer: Callable[[], Any]):
+        self.target = target
         self.root = duckdb.connect()
         self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
         self.limits = _configure(self.root, self.spill)
         self.users, self.schema_ready, self.used_at = 0, False, time.monotonic()
-        for name in ("ducklake", "sqlite_scanner"):
+        try:
+            self._attach(target, writer)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, target: LakeTarget, writer: Callable[[], Any]) -> None:
+        lake, postgres, data = target.folder, target.postgres, target.data_path
+        extensions = ["ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"]
+        if data is not None and is_url(data):  # an object store's credentials: DuckDB's persistent secrets
+            extensions.append("httpfs")
+        for name in extensions:
             self.root.execute(f"LOAD {sql_literal(extension_file(name))}")
-        catalog = lake / CATALOG_FILE
-        options = (
-            f"DATA_PATH {sql_literal(str(lake / 'data') + os.sep)}, META_JOURNAL_MODE 'WAL', "
-            f"META_BUSY_TIMEOUT 10000, DATA_INLINING_ROW_LIMIT {INLINE_ROWS}, OVERRIDE_DATA_PATH true"
-        )  # data paths are kept relative to DATA_PATH: a moved or copied home works from its new place
-        sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({options})"
-        if catalog.exists():
-            self.root.execute(sql)
-        else:
-            lake.mkdir(parents=True, exist_ok=True)
-            with writer():  # the first attach creates the catalog: one process at a time
+        lake.mkdir(parents=True, exist_ok=True)
+        if postgres is None:
+            catalog = lake / CATALOG_FILE
+            sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({_lake_options(data)}, "
+            sql += "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 10000)"
+            if catalog.exists():
                 self.root.execute(sql)
+            else:
+                with writer():  # the first attach creates the catalog: one process at a time
+                    self.root.execute(sql)
+            return
+        try:
+            # the writer lock's own connection (a plain PostgreSQL attach: advisory locks, no DuckLake)
+            self.root.execute(f"ATTACH {sql_literal(postgres)} AS workbench_pg (TYPE postgres)")
+            made = (
+                "SELECT * FROM postgres_query('workbench_pg', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
+            )
+            sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS lake "
+            if self.root.execute(made).fetchall()[0][0]:
+                self.root.execute(sql + f"({_lake_options(data)})")
+            else:  # the first attach creates the catalog's tables: one process at a time
+                release = self.advisory_lock(DEFAULT_WRITE_WAIT_S)
+                try:
+                    self.root.execute(sql + f"({_lake_options(data or str(lake / 'data') + os.sep)})")
+                finally:
+                    release()
+        except duckdb.Error as e:
+            problem = storage_problem(e)
+            if problem is None:
+                m = re.search(r"(?:failed|error)[^\n]*", str(e), flags=re.I)
+                problem = catalog_unreachable(postgres, m.group(0) if m else type(e).__name__)
+            raise CatalogUnreachable(problem) from None
+
+    def advisory_lock(self, wait_s: float) -> Callable[[], None]:
+        """Take the PostgreSQL catalog's writer lock, waiting up to ``wait_s``; returns its release. It is an
+        advisory lock of a transaction on this instance's PostgreSQL connection: a process that dies releases
+        it with its connection, so a killed writer never leaves the lake locked."""
+        cur = self.root.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        deadline = time.monotonic() + wait_s
+        try:
+            while not cur.execute(TRY_LOCK_SQL).fetchall()[0][0]:
+                if time.monotonic() >= deadline:
+                    raise DatabaseLocked(
+                        f"the workbench storage ({self.target.label}) is being written by another job; waited "
+                        f"{wait_s:g} s for its writer lock (reads do not wait; set $WORKBENCH_DB_WAIT_S to wait longer)"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            with suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            cur.close()
+            raise
+
+        def release() -> None:
+            try:
+                cur.execute("COMMIT")  # ends the transaction, and the lock with it
+            except duckdb.Error as e:  # the connection is gone, and the lock with it
+                log.warning("releasing the writer lock of %s: %s", self.target.label, str(e).splitlines()[0])
+            finally:
+                cur.close()
+
+        return release
 
     @classmethod
-    def acquire(cls, lake: Path, writer: Callable[[], Any]) -> _LakeInstance:
-        """The process's instance for ``lake`` (attached now when there is none), with one more user."""
-        key = (os.getpid(), str(lake.resolve()))  # a forked child attaches its own
+    def acquire(cls, target: LakeTarget, writer: Callable[[], Any]) -> _LakeInstance:
+        """The process's instance for ``target`` (attached now when there is none), with one more user."""
+        key = (os.getpid(), target)  # a forked child attaches its own
         with cls._guard:
             inst = cls._open.get(key)
             if inst is None:
-                inst = cls._open[key] = cls(lake, writer)
+                inst = cls._open[key] = cls(target, writer)
             inst.users += 1
             return inst
 
@@ -341,7 +532,7 @@ class _LakeInstance:
         with self._guard:
             self.users -= 1
             self.used_at = time.monotonic()
-            idle = sorted((i.used_at, k) for k, i in self._open.items() if i.users == 0)
+            idle = sorted(((i.used_at, k) for k, i in self._open.items() if i.users == 0), key=lambda t: t[0])
             for _, key in idle[: max(0, len(idle) - self.KEEP_IDLE)]:
                 self._open.pop(key).close()
 
@@ -354,10 +545,17 @@ class StoreBase:
     """One DuckDB connection with the workbench's schema; the concerns of :class:`~workbench.store.Store`
     build on it. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | Path = ":memory:", read_only: bool = False, wait_s: float | None = None):
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        read_only: bool = False,
+        wait_s: float | None = None,
+        target: LakeTarget | None = None,
+    ):
         """``path``: the lake's folder (created with its catalog when missing), or ``:memory:``. ``wait_s``:
         how long a write waits for another writer's lock (default ``$WORKBENCH_DB_WAIT_S`` or 120 s), then
-        fails with a clear error; reads never wait."""
+        fails with a clear error; reads never wait. ``target``: where the lake's catalog and data are
+        (default: as this process's environment says, :meth:`LakeTarget.of`)."""
         self.path = str(path)
         self.lake = None if self.path == ":memory:" else Path(path)
         self.read_only = read_only
@@ -365,6 +563,7 @@ class StoreBase:
         self._local = threading.local()
         self._memory_lock = threading.Lock()
         self._instance: _LakeInstance | None = None
+        self.target: LakeTarget | None = None
         if self.lake is None:
             self.con = duckdb.connect()
             self._spill = tempfile.mkdtemp(prefix="workbench-spill-")
@@ -372,8 +571,9 @@ class StoreBase:
             if not read_only:
                 self._create_schema()
             return
-        _check_lake(self.lake, read_only)
-        self._instance = _LakeInstance.acquire(self.lake, self._writer)
+        self.target = target or LakeTarget.of(self.lake)
+        _check_lake(self.target, read_only)
+        self._instance = _LakeInstance.acquire(self.target, self._writer)
         self._limits = self._instance.limits
         try:
             self.con = self._instance.root.cursor()
@@ -381,6 +581,8 @@ class StoreBase:
             if not read_only and not self._instance.schema_ready:
                 self._create_schema()
                 self._instance.schema_ready = True
+            elif read_only and not self._instance.schema_ready and not self._table_columns("runs"):
+                raise WorkbenchError(f"no workbench storage in {self.target.label} yet")
         except BaseException:
             self._instance.release()
             raise
@@ -447,6 +649,8 @@ class StoreBase:
             if not self._memory_lock.acquire(timeout=self.wait_s):
                 raise DatabaseLocked(f"another thread held the in-memory store's writer lock for {self.wait_s:g} s")
             return self._memory_lock.release
+        if self.target is not None and self.target.postgres is not None and self._instance is not None:
+            return self._instance.advisory_lock(self.wait_s)
         self.lake.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lake / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.wait_s

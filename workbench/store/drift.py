@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import StoreBase, check_name, check_role, qident, traffic_table
+from workbench.store.base import StoreBase, check_name, check_role, label_source, qident, traffic_table
+from workbench.tasks import BINARY, REGRESSION
 
 
 class DriftStore(StoreBase):
@@ -33,17 +34,21 @@ class DriftStore(StoreBase):
             src = traffic_table(rs.source)
         sql = f"FROM {src} t"
         if rs.role is not None:
+            # a multi-class run's score is its predicted class, by name (stored references keep its index)
+            named = "(?::VARCHAR[])[CAST({} AS INTEGER) + 1]" if rs.classes else "{}"
+            params += [list(rs.classes)] if rs.classes else []
             if rs.run_id is not None:
                 check_role(rs.role)
+                score = named.format(f"{rs.role}_class" if rs.classes else f"{rs.role}_score")
                 sql += (
-                    f" JOIN (SELECT _row, {rs.role}_score AS score FROM predictions WHERE run_id = ? "
+                    f" JOIN (SELECT _row, {score} AS score FROM predictions WHERE run_id = ? "
                     f"AND {rs.role}_error IS NULL) s ON s._row = t._row"
                 )
                 params += [rs.run_id]
             else:
                 sql += (
-                    " JOIN (SELECT _row, score FROM drift_ref_scores WHERE key = ? AND role = ? "
-                    "AND score IS NOT NULL) s ON s._row = t._row"
+                    f" JOIN (SELECT _row, {named.format('score')} AS score FROM drift_ref_scores WHERE key = ? "
+                    "AND role = ? AND score IS NOT NULL) s ON s._row = t._row"
                 )
                 params += [rs.score_key, rs.role]
         sql += joins
@@ -355,57 +360,74 @@ class DriftStore(StoreBase):
             cur.execute("INSERT INTO drift_ref_scores SELECT ?, ?, _row, score FROM _wb_scores", [key, role])
             cur.unregister("_wb_scores")
 
-    def drift_scored(self, rs, as_of: datetime | None = None) -> pa.Table:
+    def drift_scored(self, rs, as_of: datetime | None = None, task: str = BINARY) -> pa.Table:
         """Scored rows of a RowSet with a role, in event-time order: ``event_time``, ``score``, ``label`` (null
-        when none exists) and ``label_known`` (the label had arrived by ``as_of``; always, without it)."""
+        when none exists; the numeric label of a regression ``task``) and ``label_known`` (the label had arrived
+        by ``as_of``; always, without it). For a multi-class run's rows (``rs.classes``) ``score`` and ``label``
+        are class indices (a label of another class is null)."""
+        kind = "DOUBLE" if task == REGRESSION else "INTEGER"
+        classes = [list(rs.classes)] if rs.classes else []
+        index = "(list_position(?::VARCHAR[], CAST({} AS VARCHAR)) - 1)" if rs.classes else "{}"
+        score = index.format("s.score")
         if rs.kind == "table":
             has_label = "label" in (self.drift_table_columns(rs.source) or {})
             frm, params = self._drift_from(rs)
-            lab = "CAST(t.label AS INTEGER)" if has_label else "CAST(NULL AS INTEGER)"
+            lab = index.format("t.label") if rs.classes else f"CAST(t.label AS {kind})"
+            lab, lab_params = (lab, classes) if has_label else (f"CAST(NULL AS {kind})", [])
             return (
                 self.cursor()
                 .execute(
-                    f"SELECT CAST(NULL AS TIMESTAMP) AS event_time, s.score, {lab} AS label, "
+                    f"SELECT CAST(NULL AS TIMESTAMP) AS event_time, {score} AS score, {lab} AS label, "
                     f"{lab} IS NOT NULL AS label_known {frm} ORDER BY t._row",
-                    params,
+                    classes + lab_params * 2 + params,
                 )
                 .to_arrow_table()
             )
+        table, column = label_source(task)
+        lab = index.format(f"l.{column}") if rs.classes else f"CAST(l.{column} AS {kind})"
         frm, params = self._drift_from(
-            rs, " LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id", [rs.source]
+            rs, f" LEFT JOIN {table} l ON l.traffic = ? AND l.request_id = t.request_id", [rs.source]
         )
         return (
             self.cursor()
             .execute(
-                f"""SELECT t.event_time, s.score, l.label,
-                       l.label IS NOT NULL AND (CAST(? AS TIMESTAMP) IS NULL OR l.label_time IS NULL
-                                                OR l.label_time <= CAST(? AS TIMESTAMP)) AS label_known
+                f"""SELECT t.event_time, {score} AS score, {lab} AS label,
+                       {lab} IS NOT NULL AND (CAST(? AS TIMESTAMP) IS NULL OR l.label_time IS NULL
+                                              OR l.label_time <= CAST(? AS TIMESTAMP)) AS label_known
                 {frm} ORDER BY t.event_time, t._row""",
-                [as_of, as_of] + params,
+                classes * 3 + [as_of, as_of] + params,
             )
             .to_arrow_table()
         )
 
-    def drift_paired(self, rs, thresholds: dict[str, float]) -> dict[str, Any]:
-        """Baseline against candidate on the same rows of a run: rows both scored, mean |score difference|,
-        share of rows whose predicted classes differ."""
+    def drift_paired(self, rs, thresholds: dict[str, float] | None) -> dict[str, Any]:
+        """Baseline against candidate on the same rows of a run: rows both scored, mean |score difference|, and
+        for classifiers the share of rows whose predicted classes differ (at the models' ``thresholds``, or a
+        multi-class run's classes, ``rs.classes``)."""
         frm, params = self._drift_from(
             rs,
             " JOIN predictions p ON p.run_id = ? AND p._row = t._row "
             "AND p.baseline_error IS NULL AND p.candidate_error IS NULL",
             [rs.run_id],
         )
+        cut: list[float | None] = []
+        if rs.classes:
+            differ = "p.baseline_class <> p.candidate_class"
+        else:
+            differ = "(p.baseline_score >= ?) <> (p.candidate_score >= ?)"
+            cut = [thresholds["baseline"], thresholds["candidate"]] if thresholds else [None, None]
         row = (
             self.cursor()
             .execute(
                 f"""SELECT count(*), avg(abs(p.baseline_score - p.candidate_score)),
-                       avg(CASE WHEN (p.baseline_score >= ?) <> (p.candidate_score >= ?) THEN 1.0 ELSE 0.0 END)
+                       avg(CASE WHEN {differ} THEN 1.0 ELSE 0.0 END)
                 {frm}""",
-                [thresholds["baseline"], thresholds["candidate"]] + params,
+                cut + params,
             )
             .fetchall()[0]
         )
-        return {"rows": int(row[0]), "mean_abs_score_diff": row[1], "class_disagreement": row[2]}
+        out = {"rows": int(row[0]), "mean_abs_score_diff": row[1]}
+        return out if thresholds is None and not rs.classes else out | {"class_disagreement": row[2]}
 
     def drift_quarantine_counts(self, traffic: str) -> dict[str, int]:
         """Quarantined rows of a traffic set per column whose value broke its type (``type:``, ``nonfinite:``)."""

@@ -24,8 +24,8 @@ from workbench.errors import WorkbenchError
 from workbench.store.base import LEGACY_FILE, SCHEMA, qident, sql_literal, traffic_table
 
 # tables whose rows belong to one run, and to one traffic set
-RUN_TABLES = ("predictions", "run_batches", "evaluations", "drift_reports")
-TRAFFIC_TABLES = ("labels", "label_values", "quarantine", "ingests", "traffic_segments")
+RUN_TABLES = ("predictions", "prediction_probabilities", "run_batches", "evaluations", "drift_reports")
+TRAFFIC_TABLES = ("labels", "label_values", "label_classes", "quarantine", "ingests", "traffic_segments")
 
 
 def folder_bytes(path: Path) -> int:

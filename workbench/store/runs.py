@@ -20,7 +20,10 @@ from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import label_source, qident, traffic_table
 from workbench.store.traffic import TrafficStore
-from workbench.tasks import run_task
+from workbench.tasks import MULTICLASS, run_classes, run_task
+
+#: a multi-class run's class probabilities beside its paired rows ``p``
+_PROBABILITIES = "LEFT JOIN prediction_probabilities pp ON pp.run_id = p.run_id AND pp._row = p._row"
 
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
@@ -62,6 +65,10 @@ class RunCounts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class AlreadyCommitted(WorkbenchError):
+    """A commit unit's batch number or rows are committed already: nothing was written."""
 
 
 class RunStore(TrafficStore):
@@ -191,22 +198,51 @@ class RunStore(TrafficStore):
         return int(r[0])
 
     def commit_batch(
-        self, run_id: str, batch_no: int, first_row: int, last_row: int, rows: int, seconds: float, paired: pa.Table
-    ) -> None:
-        """Store one batch's paired results and mark the batch committed, atomically."""
+        self,
+        run_id: str,
+        batch_no: int | None,
+        first_row: int,
+        last_row: int,
+        rows: int,
+        seconds: float,
+        paired: pa.Table,
+    ) -> int:
+        """Store one batch's paired results and mark the batch committed, atomically (a multi-class run's
+        ``*_proba`` columns go to ``prediction_probabilities``); returns its number.
+
+        ``batch_no`` None (writers that commit out of order, such as Ray's actors): the next free number, and
+        the unit is refused when a committed unit covers any row from ``first_row`` to ``last_row``."""
         with self.transaction() as cur:
-            if cur.execute(
+            if batch_no is None:
+                if cur.execute(
+                    "SELECT count(*) FROM run_batches WHERE run_id = ? AND first_row <= ? AND first_row + span > ?",
+                    [run_id, last_row, first_row],
+                ).fetchall()[0][0]:
+                    raise AlreadyCommitted(
+                        f"rows {first_row}-{last_row} of run {run_id} are already committed; nothing was written"
+                    )
+                batch_no = int(
+                    cur.execute(
+                        "SELECT coalesce(max(batch_no) + 1, 0) FROM run_batches WHERE run_id = ?", [run_id]
+                    ).fetchall()[0][0]
+                )
+            elif cur.execute(
                 "SELECT count(*) FROM run_batches WHERE run_id = ? AND batch_no = ?", [run_id, batch_no]
             ).fetchall()[0][0]:
-                raise WorkbenchError(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
+                raise AlreadyCommitted(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
             cur.register("_wb_paired", paired)
-            cols = ", ".join(qident(c) for c in paired.column_names)
+            names = paired.column_names
+            cols = ", ".join(qident(c) for c in names if not c.endswith("_proba"))
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
+            if "baseline_proba" in names:  # a multi-class run: the class probabilities beside the rows
+                probabilities = "_row, baseline_proba, candidate_proba"
+                cur.execute(f"INSERT INTO prediction_probabilities SELECT ?, {probabilities} FROM _wb_paired", [run_id])
             cur.unregister("_wb_paired")
             cur.execute(
                 "INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [run_id, batch_no, first_row, last_row - first_row + 1, rows, seconds, db_time(utc_now())],
             )
+            return batch_no
 
     def save_run_resources(self, run_id: str, resources: dict) -> None:
         """Keep what the replay measured about each model's costs in the run's ``meta.resources``."""
@@ -254,13 +290,22 @@ class RunStore(TrafficStore):
         request has none), per model ``*_score`` and ``*_latency_ms`` (null where that model failed), plus
         ``segment`` (the traffic column ``segment`` as text) and ``window_start`` (the event time truncated to
         ``window``) on request. The labels are the run's task's (:func:`~workbench.store.base.label_source`):
-        numbers for a regression run."""
+        numbers for a regression run, class names for a multi-class run, which also has per model ``*_class``
+        (the index of the predicted class in ``meta.classes``) and ``*_proba`` (the class probabilities), null
+        where the model failed."""
         run = self.require_run(run_id)
+        task = run_task(run)
         select = ["p._row"]
         for r in ("baseline", "candidate"):
             select += [
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_score END AS {r}_score",
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_latency_ms END AS {r}_latency_ms",
+            ]
+        if task == MULTICLASS:
+            select += [
+                f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_class END AS {r}_class, "
+                f"CASE WHEN p.{r}_error IS NULL THEN pp.{r}_proba END AS {r}_proba"
+                for r in ("baseline", "candidate")
             ]
         params: list = []
         if segment is not None:
@@ -277,14 +322,15 @@ class RunStore(TrafficStore):
             params.append(window)
         sliced = segment is not None or window is not None
         traffic = f"JOIN {traffic_table(run['traffic'])} t USING (_row)" if sliced else ""
-        sql = f"SELECT {', '.join(select)} FROM predictions p {traffic} WHERE p.run_id = ?"
+        probabilities = _PROBABILITIES if task == MULTICLASS else ""
+        sql = f"SELECT {', '.join(select)} FROM predictions p {traffic} {probabilities} WHERE p.run_id = ?"
         # a bounded buffer: the traffic join (for a segment or window) spills to disk rather than grow
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
             # execute, not sql(params=...): a relation built with parameters is materialized first, which
             # took 6x the time of the query itself
             table = self.cursor().execute(sql, [*params, run_id]).to_arrow_table()
         rows = table.column("_row").to_numpy()
-        label = self._labels_at(run["traffic"], run_task(run), rows)
+        label = self._labels_at(run["traffic"], task, rows)
         return table.drop_columns(["_row"]).add_column(0, "label", label)
 
     def _labels_at(self, traffic: str, task: str, rows: np.ndarray) -> pa.ChunkedArray:
@@ -320,17 +366,30 @@ class RunStore(TrafficStore):
         """Every replayed request of a run with what a decision judges: ``request_id``, ``event_time``,
         ``label`` (null when unlabelled), per model ``*_score`` (null where it failed), ``*_failed`` and
         ``*_latency_ms``, each of ``segments`` as text (columns named ``segment:<column>``) and each of
-        ``features`` as stored (``feature:<column>``); ``label`` is a number for a regression run."""
+        ``features`` as stored (``feature:<column>``); ``label`` is a number for a regression run. For a
+        multi-class run ``label`` is the index of the label's class in ``meta.classes`` (null when unlabelled or
+        another class), ``*_score`` the index of the predicted class and ``*_true_p`` the probability the model
+        gave the label's class."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
-        labels, column = label_source(run_task(run))
-        select = ["t.request_id", "t.event_time", f"l.{column} AS label"]
+        task = run_task(run)
+        labels, column = label_source(task)
+        params: list = []
+        if task == MULTICLASS:
+            select = ["t.request_id", "t.event_time", f"list_position(?::VARCHAR[], l.{column}) - 1 AS label"]
+            params.append(run_classes(run))
+        else:
+            select = ["t.request_id", "t.event_time", f"l.{column} AS label"]
         for r in ("baseline", "candidate"):
+            predicted = f"p.{r}_class" if task == MULTICLASS else f"p.{r}_score"
             select += [
-                f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_score END AS {r}_score",
+                f"CASE WHEN p.{r}_error IS NULL THEN {predicted} END AS {r}_score",
                 f"p.{r}_error IS NOT NULL AS {r}_failed",
                 f"p.{r}_latency_ms AS {r}_latency_ms",
             ]
+            if task == MULTICLASS:
+                select.append(f"list_extract(pp.{r}_proba, list_position(?::VARCHAR[], l.{column})) AS {r}_true_p")
+                params.append(run_classes(run))
         for col in segments:
             column = "entity_key" if col == info["entity_col"] else col
             if column != "entity_key" and col not in info["columns"]:
@@ -344,6 +403,7 @@ class RunStore(TrafficStore):
                   FROM predictions p
                   JOIN {traffic_table(run["traffic"])} t USING (_row)
                   LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
+                  {_PROBABILITIES if task == MULTICLASS else ""}
                   WHERE p.run_id = ?"""
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
-            return self.cursor().execute(sql, [run["traffic"], run_id]).to_arrow_table()
+            return self.cursor().execute(sql, [*params, run["traffic"], run_id]).to_arrow_table()

@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import ArrowView, StoreBase, check_name, qident, sql_literal, traffic_table
+from workbench.store.base import ArrowView, StoreBase, check_name, label_source, qident, sql_literal, traffic_table
+from workbench.tasks import BINARY, TASKS
 
 SCAN_ROWS = 1 << 20  # rows per sorted range when streaming a traffic set in ingest order
 
@@ -180,30 +181,24 @@ class TrafficStore(StoreBase):
             f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})"
         )
 
-    def upsert_labels(self, cur, traffic: str, data: pa.Table) -> int:
-        """Insert labels (request_id, label, label_time, and the request's ``_row`` where the caller has it); a
-        later label for an id replaces it. Returns how many the traffic set does not hold (yet)."""
-        return self._upsert_labels(cur, "labels", "label", traffic, data)
-
-    def upsert_label_values(self, cur, traffic: str, data: pa.Table) -> int:
-        """Insert numeric labels (request_id, value, label_time, ``_row`` optional); a later value for an id
-        replaces it. Returns how many the traffic set does not hold (yet)."""
-        return self._upsert_labels(cur, "label_values", "value", traffic, data)
-
-    def _upsert_labels(self, cur, table: str, column: str, traffic: str, data: pa.Table) -> int:
-        """Upsert into a label table, each label with the ``_row`` of its request (looked up by id unless given)."""
+    def upsert_labels(self, cur, traffic: str, data: pa.Table, task: str = BINARY) -> int:
+        """Insert labels (request_id, label, label_time, and the request's ``_row`` where the caller has it)
+        into the table of ``task``'s labels (:func:`~workbench.store.base.label_source`); a later label for an
+        id replaces it. Returns how many of them the traffic set does not hold (yet)."""
+        table, column = label_source(task)
         view = ArrowView(cur, "_wb_labels", data)
         name = sql_literal(traffic)
         view.execute(
             f"DELETE FROM {table} WHERE traffic = {name} "
             "AND request_id IN (SELECT CAST(request_id AS VARCHAR) FROM _wb_labels)"
         )
+        request_id, label, label_time = (qident(c) for c in data.column_names[:3])
         if "_row" in data.column_names:
-            rows = f"SELECT request_id, {column}, label_time, _row FROM _wb_labels"
-        else:
+            rows = f"SELECT {request_id}, {label}, {label_time}, _row FROM _wb_labels"
+        else:  # each label with the _row of its request
             rows = (
-                f"SELECT l.request_id, l.{column}, l.label_time, t._row FROM _wb_labels l "
-                f"LEFT JOIN {traffic_table(traffic)} t ON t.request_id = CAST(l.request_id AS VARCHAR)"
+                f"SELECT l.{request_id}, l.{label}, l.{label_time}, t._row FROM _wb_labels l "
+                f"LEFT JOIN {traffic_table(traffic)} t ON t.request_id = CAST(l.{request_id} AS VARCHAR)"
             )
         view.execute(f"CREATE OR REPLACE TEMP TABLE _wb_label_rows AS {rows}")
         view.execute(
@@ -219,8 +214,9 @@ class TrafficStore(StoreBase):
         """Give the labels of ``traffic`` (default: every traffic set) that came before their requests the
         requests' ``_row`` (in ``cur``'s transaction): after traffic is appended, or a storage upgraded."""
         names = [traffic] if traffic else [r[0] for r in cur.execute("SELECT name FROM traffic_sets").fetchall()]
+        tables = sorted({label_source(task)[0] for task in TASKS})
         for name in names:
-            for table in ("labels", "label_values"):
+            for table in tables:
                 pending = f"FROM {table} WHERE traffic = ? AND _row IS NULL"
                 if not cur.execute(f"SELECT count(*) {pending}", [name]).fetchall()[0][0]:
                     continue

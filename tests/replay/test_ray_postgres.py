@@ -1,0 +1,177 @@
+"""Ray replays on a PostgreSQL catalog: the actors commit their units straight into the lake (the driver only
+counts them), a replay killed at seeded points resumes with every request exactly once, and the progress bar
+moves as a local replay's does. Against a real PostgreSQL server and a local Ray cluster of three logical CPUs
+(two actors and one for reading the traffic)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_crash_safety import shoot
+
+from conftest import REPO, free_port, run_cli
+from workbench.store import Store
+from workbench.store.base import LakeTarget
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra")
+MODEL = "flight-delay"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with 3 logical CPUs in its own temp folder; its address. Stopped (its process
+    group) at the end."""
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="wbray")  # short: Ray's socket paths must fit 107 characters
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+         "--node-ip-address", "127.0.0.1", "--num-cpus", "3", "--num-gpus", "0", "--temp-dir", temp,
+         "--include-dashboard", "false", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},  # Ray 2.60's `ray start` turns token auth on by default
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "ray start exited"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the Ray head did not open its port in 120 s"
+            time.sleep(0.5)
+        time.sleep(3)  # the raylet registers after the GCS opens its port
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def scores(store: Store, traffic: str, run_id: str) -> dict[str, tuple]:
+    """request id -> (baseline score, candidate score, baseline class, candidate class, candidate error)."""
+    rows = (
+        store.cursor()
+        .execute(
+            f"""SELECT t.request_id, p.baseline_score, p.candidate_score, p.baseline_class, p.candidate_class,
+                       p.candidate_error
+                FROM predictions p JOIN traffic_{traffic} t USING (_row) WHERE p.run_id = ?""",
+            [run_id],
+        )
+        .fetchall()
+    )
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_ray_actors_write_into_a_postgres_lake_and_a_killed_replay_resumes_exactly_once(
+    pg_catalog, demo_home, ray_cluster, tmp_path
+):
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    demo = json.loads((home / "demo.json").read_text())
+    out = run_cli("ingest", str(home / "data" / "traffic.parquet"), "--name", "pgflights", "--json", home=home)
+    total = json.loads(out.stdout)["rows"]
+    args = [
+        *("replay", "--baseline", f"models:/{MODEL}/1", "--candidate", f"models:/{MODEL}/2"),
+        *("--traffic", "pgflights", "--run-id", "ray_pg", "--batch-size", "50", "--json"),
+        *("--executor", "ray", "--ray-actors", "2", "--ray-address", ray_cluster),
+    ]
+    rng, seen = random.Random(3003), [0]
+    env = os.environ | {"WORKBENCH_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with Store(home / "lake", read_only=True) as s:
+        for _ in range(2):  # SIGKILLed at a seeded point after the actors' first commits
+            err = tmp_path / "replay.err"
+            with open(err, "w") as fe:
+                proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=fe)  # fmt: skip
+            sql = "SELECT coalesce(sum(rows), 0) FROM run_batches WHERE run_id = 'ray_pg'"
+            deadline = time.monotonic() + 300
+            while s.cursor().execute(sql).fetchall()[0][0] <= seen[-1]:
+                assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.0, 0.5))
+            proc.kill()
+            proc.wait()
+            n, distinct, committed = (
+                s.cursor()
+                .execute(
+                    "SELECT count(*), count(DISTINCT _row), (SELECT sum(rows) FROM run_batches WHERE run_id = "
+                    "'ray_pg') FROM predictions WHERE run_id = 'ray_pg'"
+                )
+                .fetchall()[0]
+            )
+            assert n == distinct == committed > seen[-1] and n < total  # each committed unit once, whole
+            seen.append(n)
+    done = shoot(args, home, 600, env={"WORKBENCH_CATALOG": pg_catalog})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["rows"] == total
+    assert "each committing into the lake" in done.stderr  # the actors wrote, not the driver
+    assert "replay: " in done.stderr and "rows/s]" in done.stderr  # the progress bar of a local replay
+    with Store(home / "lake", read_only=True) as s:
+        assert s.cursor().execute(
+            "SELECT count(*), count(DISTINCT _row), min(seconds) > 0 FROM predictions p "
+            "JOIN run_batches b ON b.run_id = p.run_id AND p._row BETWEEN b.first_row AND b.first_row + b.span - 1 "
+            "WHERE p.run_id = 'ray_pg'"
+        ).fetchall() == [(total, total, True)]  # every row in exactly one unit, each unit timed by its actor
+        got = scores(s, "pgflights", "ray_pg")
+    sqlite = home / "lake"
+    with Store(sqlite, read_only=True, target=LakeTarget(sqlite, None, str(sqlite / "data") + os.sep)) as s:
+        want = scores(s, "flights", demo["replay"]["run_id"])  # the demo's local replay, in its SQLite lake
+    common = got.keys() & want.keys()  # the demo replayed its own traffic set: the requests both hold
+    assert len(got) == total and len(common) >= total // 2, (len(got), len(common))
+    for rid in common:
+        (bs, cs, bc, cc, ce), g = want[rid], got[rid]
+        assert abs(g[0] - bs) < 1e-9 and abs(g[1] - cs) < 1e-5 and g[2:] == (bc, cc, ce), rid
+
+
+def test_a_replay_cut_off_by_a_stopped_catalog_names_it_and_resumes(pg_catalog, postgres_server, demo_home, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    out = run_cli("ingest", str(home / "data" / "traffic.parquet"), "--name", "pgflights", "--json", home=home)
+    total = json.loads(out.stdout)["rows"]
+    args = [
+        *("replay", "--baseline", f"models:/{MODEL}/1", "--candidate", f"models:/{MODEL}/2"),
+        *("--traffic", "pgflights", "--run-id", "cut", "--batch-size", "8", "--json"),
+    ]
+    env = os.environ | {"WORKBENCH_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    err = tmp_path / "replay.err"
+    with open(err, "w") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=fe)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "replay: " not in err.read_text(errors="replace"):  # rows are being committed
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-2000:]
+            time.sleep(0.05)
+        postgres_server.stop()
+        rc = proc.wait(timeout=120)  # fails, rather than hanging on the catalog
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        postgres_server.start()
+    last = err.read_text(errors="replace").strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err.read_text(), err.read_text()[-2000:]
+    assert last.startswith("error: the workbench's PostgreSQL catalog 'dbname=") and "cannot be reached" in last
+    done = run_cli(*args, home=home, timeout=600)  # the catalog is back: the run resumes
+    assert json.loads(done.stdout)["rows"] == total
+    with Store(home / "lake", read_only=True) as s:
+        assert s.cursor().execute(
+            "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = 'cut'"
+        ).fetchall() == [(total, total)]
