@@ -48,17 +48,21 @@ def test_a_label_gets_its_request_row_whether_it_comes_before_or_after_the_reque
     pd.DataFrame({"request_id": [f"r{i}" for i in range(8, 14)], "label": 2.5}).to_parquet(tmp_path / "v.parquet")
     assert ingest_labels(store, tmp_path / "l.parquet", "t").unmatched == 5
     assert ingest_labels(store, tmp_path / "v.parquet", "t", task="regression").unmatched == 4
+    pd.DataFrame({"request_id": ["r1", "r12"], "label": ["cat", "dog"]}).to_parquet(tmp_path / "c.parquet")
+    assert ingest_labels(store, tmp_path / "c.parquet", "t", task="multiclass").unmatched == 1
     rows = _traffic_rows(store)
     assert _label_rows(store, "labels") == {f"r{i}": rows.get(f"r{i}") for i in range(5, 15)}
     assert _label_rows(store, "label_values") == {f"r{i}": rows.get(f"r{i}") for i in range(8, 14)}
+    assert _label_rows(store, "label_classes") == {"r1": rows["r1"], "r12": None}
 
     ingest(store, _traffic(tmp_path / "b.parquet", range(10, 14)), "t")  # the requests of 4 labels come later
     rows = _traffic_rows(store)
     assert _label_rows(store, "labels") == {f"r{i}": rows.get(f"r{i}") for i in range(5, 15)}
     assert _label_rows(store, "label_values") == {f"r{i}": rows[f"r{i}"] for i in range(8, 14)}
+    assert _label_rows(store, "label_classes") == {"r1": rows["r1"], "r12": rows["r12"]}
     assert _label_rows(store, "labels")["r14"] is None  # still no such request
 
-    ingest(store, _traffic(tmp_path / "c.parquet", range(20, 25), label=True), "t", label_col="label")
+    ingest(store, _traffic(tmp_path / "d.parquet", range(20, 25), label=True), "t", label_col="label")
     rows = _traffic_rows(store)
     assert _label_rows(store, "labels") == {f"r{i}": rows.get(f"r{i}") for i in [*range(5, 15), *range(20, 25)]}
 
