@@ -178,6 +178,10 @@ def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tm
         'con.execute("INSERT INTO predictions (run_id, _row, baseline_score) "\n'
         "            \"SELECT 'r1', range, 0.1 FROM range(3)\")\n"
         'con.execute("CREATE TABLE traffic_t AS SELECT range AS _row, range::VARCHAR AS request_id FROM range(5)")\n'
+        "con.execute(\"INSERT INTO traffic_sets VALUES ('t', 'traffic_t', 'request_id', NULL, NULL, '[]', 'f', 5, \"\n"
+        '            "0, now(), now())")\n'
+        'con.execute("ALTER TABLE labels DROP COLUMN _row")\n'  # labels as old homes kept them
+        "con.execute(\"INSERT INTO labels VALUES ('t', '3', 1, NULL), ('t', 'gone', 0, NULL)\")\n"
     )
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(LEGACY), str(ROOT)])}
     subprocess.run([sys.executable, "-c", make_old, str(tmp_path / "workbench.duckdb")], env=env, check=True)
@@ -201,6 +205,9 @@ def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tm
     assert (tmp_path / "workbench.duckdb.migrated").is_file() and not (tmp_path / "workbench.duckdb").exists()
     runs = cli("runs", "--json")
     assert runs.returncode == 0 and "r1" in runs.stdout
+    with Store(tmp_path / "lake") as s:
+        rows = s.cursor().execute("SELECT request_id, _row FROM labels ORDER BY request_id").fetchall()
+    assert rows == [("3", 3), ("gone", None)]  # each label with its request's row, where there is one
     again = cli("migrate")
     assert again.returncode == 2 and "nothing to migrate" in again.stderr
 
@@ -209,7 +216,10 @@ def test_a_data_file_deleted_under_the_catalog_is_named_in_one_line(tmp_path):
     lake = tmp_path / "lake"
     with Store(lake) as s:
         _job_traffic(s, "job_a", ["run_a"], rows=5_000)
-    victim = next((lake / "data" / "main" / "traffic_job_a").glob("*.parquet"))
+        s.write(
+            "INSERT INTO predictions (run_id, _row, baseline_score) SELECT 'run_a', range, 0.5 FROM range(100, 5000)"
+        )
+    victim = next((lake / "data" / "main" / "predictions").glob("*.parquet"))  # evaluate reads it
     victim.unlink()
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(

@@ -322,9 +322,16 @@ def compare(
     return Comparison(rows, out["baseline"], out["candidate"], out["delta"], undefined, "rows" if exact else "linear")
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64, copy=False)
-    return a if a.flags.writeable else a.copy()
+def _latencies(column: pa.ChunkedArray) -> np.ndarray:
+    """The known latencies of a column (null where the model failed), as a new array (sorted in place later)."""
+    a = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return a[~np.isnan(a)]
+
+
+def _labelled(table: pa.Table) -> pa.Table:
+    """The rows of ``table`` that have a ``label``."""
+    label = table.column("label")
+    return table if label.null_count == 0 else table.filter(label.is_valid())
 
 
 def _take_cols(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -492,8 +499,8 @@ def evaluate_run(
     """Evaluate ``run_id`` on its labelled rows; the result is stored in DuckDB and returned.
 
     Thresholds come from the run's model references (``threshold`` in the model's metadata, else 0.5)
-    unless ``thresholds`` (e.g. from a policy) overrides them per role. The labelled rows are released
-    before the latency samples are read, which keeps the peak memory of large runs down. A run that is not
+    unless ``thresholds`` (e.g. from a policy) overrides them per role. One scan of the store reads the
+    labels, scores and latencies (of every replayed row: latency does not need a label). A run that is not
     finished (interrupted, or still replaying) is refused unless ``partial``; the result's ``coverage`` says
     what it covered (the run's status and rows, the labels' state: see :func:`evaluation_is_current`).
     ``resources`` compares what each model cost to run in the replay, priced at ``prices`` (USD per CPU-hour,
@@ -514,6 +521,8 @@ def evaluate_run(
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
     table = store.evaluation_rows(run_id, segment=segment, window=window)
+    latency = {r: _latencies(table.column(f"{r}_latency_ms")) for r in ROLES}
+    table = _labelled(table.drop_columns([f"{r}_latency_ms" for r in ROLES]))
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
     params: dict[str, Any] = {
@@ -535,7 +544,6 @@ def evaluate_run(
         preds = {r: table.column(f"{r}_class").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
         probs = {r: probability_matrix(table.column(f"{r}_proba"), len(classes)) for r in ROLES}
         del table
-        latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
         rows_done = int(run["rows_done"] or 0)
         counts = store.prediction_counts(run_id)
         mc = evaluate_multiclass_samples(
@@ -550,7 +558,6 @@ def evaluate_run(
         y = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
         preds = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
         del table
-        latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
         rows_done = int(run["rows_done"] or 0)
         counts = store.prediction_counts(run_id)
         reg = evaluate_regression_samples(run_id, y, preds, latency, counts, rows_done, opts, seg, win)
@@ -565,7 +572,6 @@ def evaluate_run(
     del table
     quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
     del y, scores, seg, win
-    latency = {r: _writable(store.latency_sample(run_id, r).to_numpy()) for r in ROLES}
     result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
     result = replace(result, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
     params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}

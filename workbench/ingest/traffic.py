@@ -406,13 +406,15 @@ def ingest(
             ingested = _commit_stage(
                 cur, name, ingest_id, features, row_offset, appending=info is not None, reasons=reasons
             )
+            if info is not None:
+                store.fill_label_rows(cur, name)  # labels that came before these requests
             if label_col:
                 store.upsert_labels(
                     cur,
                     name,
                     cur.sql(
-                        "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time FROM _wb_stage "
-                        "WHERE _wb_reason IS NULL AND _wb_label IS NOT NULL"
+                        "SELECT request_id, _wb_label AS label, CAST(NULL AS TIMESTAMP) AS label_time, _row "
+                        "FROM _wb_stage WHERE _wb_reason IS NULL AND _wb_label IS NOT NULL"
                     ).to_arrow_table(),
                 )
             cur.execute("DROP TABLE _wb_stage")
@@ -669,8 +671,7 @@ def ingest_labels(
             good = cur.sql(
                 "SELECT request_id, label, label_time FROM _wb_checked WHERE _reason IS NULL"
             ).to_arrow_table()
-            store.upsert_labels(cur, traffic, good, task)
-            unmatched += store.count_unmatched_labels(cur, traffic, good.column("request_id"))
+            unmatched += store.upsert_labels(cur, traffic, good, task)
             cur.execute(
                 """INSERT INTO quarantine SELECT ?, ?, 'labels', _row, request_id, _reason, _raw
                            FROM _wb_checked WHERE _reason IS NOT NULL""",

@@ -72,16 +72,20 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS quarantine (
         traffic VARCHAR NOT NULL, ingest_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, source_row BIGINT,
         request_id VARCHAR, reason VARCHAR NOT NULL, raw VARCHAR)""",
-    # one label per (traffic, request_id), kept by upsert_labels
+    # one label per (traffic, request_id), kept by upsert_labels; ``_row`` is the request's row in its traffic
+    # table, null while the traffic set does not hold the request (evaluations look labels up by it, at a third
+    # of the cost of a join on the id); the same in the two label tables below
     """CREATE TABLE IF NOT EXISTS labels (
-        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP)""",
-    # numeric labels (the targets of regression runs): one per (traffic, request_id), kept by upsert_label_values
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label INTEGER NOT NULL, label_time TIMESTAMP,
+        _row BIGINT)""",
+    # numeric labels (the targets of regression runs): one per (traffic, request_id), kept by upsert_labels
     """CREATE TABLE IF NOT EXISTS label_values (
-        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, value DOUBLE NOT NULL, label_time TIMESTAMP)""",
-    # class labels (the targets of multi-class runs) as text: one per (traffic, request_id), kept by
-    # upsert_label_classes
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, value DOUBLE NOT NULL, label_time TIMESTAMP,
+        _row BIGINT)""",
+    # class labels (the targets of multi-class runs) as text: one per (traffic, request_id), kept by upsert_labels
     """CREATE TABLE IF NOT EXISTS label_classes (
-        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label VARCHAR NOT NULL, label_time TIMESTAMP)""",
+        traffic VARCHAR NOT NULL, request_id VARCHAR NOT NULL, label VARCHAR NOT NULL, label_time TIMESTAMP,
+        _row BIGINT)""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR NOT NULL, traffic VARCHAR NOT NULL, baseline JSON NOT NULL, candidate JSON NOT NULL,
         status VARCHAR NOT NULL, rows_total BIGINT, batch_size INTEGER, device VARCHAR,
@@ -141,6 +145,10 @@ SCHEMA = [
         started_at TIMESTAMP, finished_at TIMESTAMP, seconds DOUBLE, result JSON, error VARCHAR)""",
 ]
 
+
+# columns added to the schema's tables after storages were made without them, (table, column, type): a storage
+# that lacks one gets it when it is first opened for writing, and the store fills it in the same commit
+ADDED_COLUMNS = [("labels", "_row", "BIGINT"), ("label_values", "_row", "BIGINT"), ("label_classes", "_row", "BIGINT")]
 
 # what a write transaction raises when the engine refuses its commit (a write-write conflict): it rolled back
 WRITE_CONFLICTS: tuple[type[Exception], ...] = (duckdb.ConstraintException, duckdb.TransactionException)
@@ -579,32 +587,43 @@ class StoreBase:
             self._instance.release()
             raise
 
-    def _missing_tables(self) -> list[str]:
-        have = {
-            r[0]
-            for r in self.con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
-            ).fetchall()
-        }
-        return [ddl for ddl in SCHEMA if ddl.split("EXISTS", 1)[1].split("(", 1)[0].strip() not in have]
+    def _missing_schema(self) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """The schema's tables (their DDL) and :data:`ADDED_COLUMNS` the storage lacks."""
+        have: dict[str, set[str]] = {}
+        for table, column in self.con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_catalog = current_database()"
+        ).fetchall():
+            have.setdefault(table, set()).add(column)
+        tables = [ddl for ddl in SCHEMA if ddl.split("EXISTS", 1)[1].split("(", 1)[0].strip() not in have]
+        columns = [a for a in ADDED_COLUMNS if a[0] in have and a[1] not in have[a[0]]]
+        return tables, columns
 
     def _create_schema(self) -> None:
-        """Create the tables a new (or older) storage lacks, in one commit: a DuckLake commit per table
-        would cost a catalog transaction each (a new home's 20 tables took 1.8 s, one commit 0.2 s)."""
-        if not self._missing_tables():
+        """Create the tables a new (or older) storage lacks, and add the columns an older one lacks (filled by
+        :meth:`_fill_added_columns`), in one commit: a DuckLake commit per table would cost a catalog
+        transaction each (a new home's 20 tables took 1.8 s, one commit 0.2 s)."""
+        if not any(self._missing_schema()):
             return
         with self._writer():
-            missing = self._missing_tables()  # another process may have created them meanwhile
-            if not missing:
+            tables, columns = self._missing_schema()  # another process may have created them meanwhile
+            if not tables and not columns:
                 return
             self.con.execute("BEGIN")
             try:
-                for ddl in missing:
+                for ddl in tables:
                     self.con.execute(ddl)
+                for table, column, kind in columns:
+                    self.con.execute(f"ALTER TABLE {qident(table)} ADD COLUMN {qident(column)} {kind}")
+                if columns:
+                    self._fill_added_columns(self.con)
                 self.con.execute("COMMIT")
             except BaseException:
                 self.con.execute("ROLLBACK")
                 raise
+
+    def _fill_added_columns(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Fill the :data:`ADDED_COLUMNS` just added to an older storage (inside the upgrade's transaction)."""
+        raise NotImplementedError("the store that owns the tables fills their added columns")
 
     @contextmanager
     def _writer(self) -> Iterator[None]:

@@ -336,13 +336,13 @@ class DriftStore(StoreBase):
         """Stream ``_row`` and ``columns`` of a RowSet in ``_row`` order."""
         frm, params = self._drift_from(rs)
         cols = ", ".join(["t._row"] + [f"t.{qident(c)}" for c in columns])
-        return self.new_cursor().sql(f"SELECT {cols} {frm} ORDER BY t._row", params=params).to_arrow_reader(batch_size)
+        return self.new_cursor().execute(f"SELECT {cols} {frm} ORDER BY t._row", params).to_arrow_reader(batch_size)
 
     def drift_frame(self, rs, columns: list[str]) -> pa.Table:
         """``columns`` of a RowSet as one Arrow table (for reports that need the rows themselves)."""
         frm, params = self._drift_from(rs)
         cols = ", ".join(f"{self._drift_col(rs, c)} AS {qident(c)}" for c in columns)
-        return self.cursor().sql(f"SELECT {cols} {frm} ORDER BY t._row", params=params).to_arrow_table()
+        return self.cursor().execute(f"SELECT {cols} {frm} ORDER BY t._row", params).to_arrow_table()
 
     def drift_ref_scores_count(self, key: str, role: str) -> int:
         """How many scores by ``role`` are stored for the reference ``key``."""
@@ -376,10 +376,10 @@ class DriftStore(StoreBase):
             lab, lab_params = (lab, classes) if has_label else (f"CAST(NULL AS {kind})", [])
             return (
                 self.cursor()
-                .sql(
+                .execute(
                     f"SELECT CAST(NULL AS TIMESTAMP) AS event_time, {score} AS score, {lab} AS label, "
                     f"{lab} IS NOT NULL AS label_known {frm} ORDER BY t._row",
-                    params=classes + lab_params * 2 + params,
+                    classes + lab_params * 2 + params,
                 )
                 .to_arrow_table()
             )
@@ -390,12 +390,12 @@ class DriftStore(StoreBase):
         )
         return (
             self.cursor()
-            .sql(
+            .execute(
                 f"""SELECT t.event_time, {score} AS score, {lab} AS label,
                        {lab} IS NOT NULL AND (CAST(? AS TIMESTAMP) IS NULL OR l.label_time IS NULL
                                               OR l.label_time <= CAST(? AS TIMESTAMP)) AS label_known
                 {frm} ORDER BY t.event_time, t._row""",
-                params=classes * 3 + [as_of, as_of] + params,
+                classes * 3 + [as_of, as_of] + params,
             )
             .to_arrow_table()
         )

@@ -178,9 +178,10 @@ def migrate(home: Path, open_lake: Callable[[Path], Any], progress: Callable[[st
         with open_lake(lake) as store, store.transaction() as cur:
             for name, n in exported["tables"].items():
                 src = sql_literal(str(export / f"{name}.parquet"))
-                if name in known:
-                    cols = ", ".join(qident(c) for c in store._table_columns(name))
-                    cur.execute(f"INSERT INTO {qident(name)} SELECT {cols} FROM read_parquet({src})")
+                if name in known:  # columns added since (ADDED_COLUMNS) are filled below
+                    have = {r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM read_parquet({src})").fetchall()}
+                    cols = ", ".join(qident(c) for c in store._table_columns(name) if c in have)
+                    cur.execute(f"INSERT INTO {qident(name)} ({cols}) SELECT {cols} FROM read_parquet({src})")
                 else:
                     cur.execute(f"CREATE TABLE {qident(name)} AS SELECT * FROM read_parquet({src})")
                 got = _count(cur, f"SELECT count(*) FROM {qident(name)}", [])
@@ -188,6 +189,7 @@ def migrate(home: Path, open_lake: Callable[[Path], Any], progress: Callable[[st
                     raise WorkbenchError(f"table {name}: {n} rows in {legacy}, {got} in the lake; nothing was moved")
                 tables[name] = {"rows": n}
                 progress(f"  {name}: {n:,} rows")
+            store.fill_label_rows(cur)
     except BaseException:
         os.replace(legacy.with_name(LEGACY_FILE + ".migrating"), legacy)
         shutil.rmtree(lake, ignore_errors=True)

@@ -12,7 +12,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import ArrowView, StoreBase, check_name, label_source, qident, sql_literal, traffic_table
-from workbench.tasks import BINARY
+from workbench.tasks import BINARY, TASKS
 
 SCAN_ROWS = 1 << 20  # rows per sorted range when streaming a traffic set in ingest order
 
@@ -181,23 +181,50 @@ class TrafficStore(StoreBase):
             f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})"
         )
 
-    def upsert_labels(self, cur, traffic: str, data: pa.Table, task: str = BINARY) -> None:
-        """Insert labels (request_id, label, label_time) into the table of ``task``'s labels
-        (:func:`~workbench.store.base.label_source`); a later label for an id replaces it."""
-        table, _ = label_source(task)
+    def upsert_labels(self, cur, traffic: str, data: pa.Table, task: str = BINARY) -> int:
+        """Insert labels (request_id, label, label_time, and the request's ``_row`` where the caller has it)
+        into the table of ``task``'s labels (:func:`~workbench.store.base.label_source`); a later label for an
+        id replaces it. Returns how many of them the traffic set does not hold (yet)."""
+        table, column = label_source(task)
         view = ArrowView(cur, "_wb_labels", data)
+        name = sql_literal(traffic)
         view.execute(
-            f"DELETE FROM {table} WHERE traffic = {sql_literal(traffic)} "
+            f"DELETE FROM {table} WHERE traffic = {name} "
             "AND request_id IN (SELECT CAST(request_id AS VARCHAR) FROM _wb_labels)"
         )
-        names = ", ".join(qident(c) for c in data.column_names[:3])
-        view.execute(f"INSERT INTO {table} SELECT {sql_literal(traffic)}, {names} FROM _wb_labels")
+        request_id, label, label_time = (qident(c) for c in data.column_names[:3])
+        if "_row" in data.column_names:
+            rows = f"SELECT {request_id}, {label}, {label_time}, _row FROM _wb_labels"
+        else:  # each label with the _row of its request
+            rows = (
+                f"SELECT l.{request_id}, l.{label}, l.{label_time}, t._row FROM _wb_labels l "
+                f"LEFT JOIN {traffic_table(traffic)} t ON t.request_id = CAST(l.{request_id} AS VARCHAR)"
+            )
+        view.execute(f"CREATE OR REPLACE TEMP TABLE _wb_label_rows AS {rows}")
+        view.execute(
+            f"INSERT INTO {table} (traffic, request_id, {column}, label_time, _row) "
+            f"SELECT {name}, * FROM _wb_label_rows"
+        )
+        unmatched = view.execute("SELECT count(*) - count(_row) FROM _wb_label_rows").fetchall()[0][0]
+        view.execute("DROP TABLE _wb_label_rows")
         view.close()
+        return int(unmatched)
 
-    def count_unmatched_labels(self, cur, traffic: str, ids: pa.Array) -> int:
-        """How many of the request ``ids`` the traffic set does not hold (in ``cur``'s transaction)."""
-        view = ArrowView(cur, "_wb_ids", pa.table({"request_id": ids}))
-        n = view.execute(f"SELECT count(*) FROM _wb_ids i ANTI JOIN {traffic_table(traffic)} t USING (request_id)")
-        count = int(n.fetchall()[0][0])
-        view.close()
-        return count
+    def fill_label_rows(self, cur, traffic: str | None = None) -> None:
+        """Give the labels of ``traffic`` (default: every traffic set) that came before their requests the
+        requests' ``_row`` (in ``cur``'s transaction): after traffic is appended, or a storage upgraded."""
+        names = [traffic] if traffic else [r[0] for r in cur.execute("SELECT name FROM traffic_sets").fetchall()]
+        tables = sorted({label_source(task)[0] for task in TASKS})
+        for name in names:
+            for table in tables:
+                pending = f"FROM {table} WHERE traffic = ? AND _row IS NULL"
+                if not cur.execute(f"SELECT count(*) {pending}", [name]).fetchall()[0][0]:
+                    continue
+                cur.execute(
+                    f"UPDATE {table} SET _row = t._row FROM {traffic_table(name)} t "
+                    f"WHERE {table}.traffic = ? AND {table}._row IS NULL AND {table}.request_id = t.request_id",
+                    [name],
+                )
+
+    def _fill_added_columns(self, cur) -> None:
+        self.fill_label_rows(cur)
