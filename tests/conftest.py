@@ -402,6 +402,8 @@ def mlflow_server(tmp_path_factory) -> str:
     import httpx
     from cryptography.fernet import Fernet
 
+    from pipelines.demo import UI_ONLY
+
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     env = os.environ | {
@@ -410,6 +412,7 @@ def mlflow_server(tmp_path_factory) -> str:
         "MLFLOW_WEBHOOK_CACHE_TTL": "1",
         "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        **UI_ONLY,  # no job runner: webhooks are delivered without it
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "server.log", "wb")
