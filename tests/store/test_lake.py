@@ -30,13 +30,20 @@ with Store(sys.argv[1]) as s, s.transaction() as cur:
 """
 
 WRITE_RUN = """
-import sys
+import sys, time
+from pathlib import Path
 import pyarrow as pa
 from workbench.store import Store
 lake, run, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+barrier = Path(sys.argv[5]) if len(sys.argv) > 5 else None  # writers that start committing together
 with Store(lake) as s:
     s.create_run(run_id=run, traffic="t", baseline={}, candidate={}, rows_total=batches * rows, batch_size=rows,
                  device="cpu", mode="batch", meta={})
+    if barrier is not None:
+        (barrier / run).touch()
+        deadline = time.monotonic() + 120
+        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
     for b in range(batches):
         first = b * rows
         paired = pa.table({"_row": pa.array(range(first, first + rows), pa.int64()),

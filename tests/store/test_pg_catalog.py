@@ -12,27 +12,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from test_lake import WRITE_RUN
 
 from conftest import REPO, free_port, fresh_run, make_evaluation, run_cli, seed_run
 from workbench.errors import WorkbenchError
 from workbench.store import Store
 from workbench.store.base import CATALOG_FILE, LakeTarget, redact
-
-WRITE_RUN = """
-import sys
-import pyarrow as pa
-from workbench.store import Store
-lake, run, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-with Store(lake) as s:
-    s.create_run(run_id=run, traffic="t", baseline={}, candidate={}, rows_total=batches * rows, batch_size=rows,
-                 device="cpu", mode="batch", meta={})
-    for b in range(batches):
-        first = b * rows
-        paired = pa.table({"_row": pa.array(range(first, first + rows), pa.int64()),
-                           "baseline_score": pa.array([0.5] * rows), "candidate_score": pa.array([0.25] * rows)})
-        s.commit_batch(run, b, first, first + rows - 1, rows, 0.0, paired)
-    s.finish_run(run)
-"""
 
 
 def dead_mlflow() -> dict:
@@ -89,7 +74,11 @@ def test_round_trip_on_a_postgres_catalog_with_a_shared_data_path(pg_catalog, tm
 def test_two_processes_write_different_runs_at_once_on_postgres(pg_catalog, tmp_path):
     lake = tmp_path / "lake"
     Store(lake).close()
-    procs = [_python(WRITE_RUN, tmp_path / f"host_{run}" / "lake", run, 10, 3_000) for run in ("run_a", "run_b")]
+    barrier = tmp_path / "ready"
+    barrier.mkdir()  # a loaded machine may start one process seconds after the other: they begin together
+    procs = [
+        _python(WRITE_RUN, tmp_path / f"host_{run}" / "lake", run, 10, 3_000, barrier) for run in ("run_a", "run_b")
+    ]
     results = [(p.wait(timeout=240), p.stderr.read() if p.stderr else "") for p in procs]
     assert [rc for rc, _ in results] == [0, 0], results
     with Store(lake, read_only=True) as s:
