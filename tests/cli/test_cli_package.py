@@ -45,6 +45,7 @@ def test_read_commands_start_without_statistics_or_mlflow(tmp_path):
     """Status and listing commands (run by routers, scripts and the suite hundreds of times) load neither
     scipy nor MLflow: each costs about a second of start-up."""
     env = os.environ | {"PYTHONPATH": str(REPO), "WORKBENCH_HOME": str(tmp_path)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # a tracking server is consulted (mlflow.set_tracking_uri sets this)
     for args in (["runs"], ["canary", "status", "m"], ["decision", "verify", "d1"]):
         code = (
             "import sys, runpy; sys.argv = ['workbench', *sys.argv[1:], '--json']\n"
