@@ -24,19 +24,16 @@ DEMO_LIMIT = 6000
 
 # The longest test files (a minute or more of subprocesses each), collected first: `make test` runs the suite
 # on two pytest-xdist workers a file at a time (--dist loadfile), and a long file handed out last would leave
-# one worker running it alone. The files handed out first alternate between ones that need the demo home and
-# ones that do not, so one worker has work while the other builds the demo. Only the order changes; every
-# test is independent of it.
+# one worker running it alone. Only the order changes; every test is independent of it.
 LONG_FILES = (
     "replay/test_crash_safety.py",
-    "benchmarks/test_decision_quality.py",
     "replay/test_crash_two_writers.py",
-    "live/test_router.py",
     "replay/test_ray_postgres.py",
-    "live/test_load.py",
     "replay/test_replay_faults.py",
     "ops/test_jobs.py",
     "replay/test_bad_models.py",
+    "live/test_router.py",
+    "live/test_load.py",
     "app/test_app.py",
     "app/test_app_browser.py",
     "ingest/test_bad_traffic.py",
