@@ -40,7 +40,9 @@ def log_ticks(values, fmt: Callable[[float], str] = lambda v: f"{v:g}") -> dict:
 
 
 def time_unit(max_ms: float | None) -> tuple[float, str]:
-    """(factor, unit) that shows milliseconds up to ``max_ms`` in µs, ms or s (as ``workbench.views.duration``)."""
+    """(factor, unit) that shows milliseconds up to ``max_ms`` in ns, µs, ms or s (as ``workbench.views.duration``)."""
+    if max_ms is not None and 0 < max_ms < 0.001:
+        return 1e6, "ns"
     if max_ms is not None and 0 < max_ms < 1:
         return 1000.0, "µs"
     if max_ms is not None and max_ms >= 1000:

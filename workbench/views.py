@@ -148,6 +148,22 @@ def _f(x: Any) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _paired_columns(b: tuple, c: tuple, delta: tuple, d: Any) -> dict[str, Any]:
+    """The columns a comparison row shows: each model's value and interval, the delta's, and its p-value."""
+    return {
+        "baseline": b[0],
+        "baseline_ci_low": b[1],
+        "baseline_ci_high": b[2],
+        "candidate": c[0],
+        "candidate_ci_low": c[1],
+        "candidate_ci_high": c[2],
+        "delta": delta[0],
+        "delta_ci_low": delta[1],
+        "delta_ci_high": delta[2],
+        "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
+    }
+
+
 def metric_rows(ev: dict) -> list[dict[str, Any]]:
     """One row per metric of an evaluation: each model's value and interval, the paired delta with its
     interval, p-value and minimum detectable effect (None where the evaluation has none)."""
@@ -166,16 +182,7 @@ def metric_rows(ev: dict) -> list[dict[str, Any]]:
         rows.append(
             {
                 "metric": m,
-                "baseline": b[0],
-                "baseline_ci_low": b[1],
-                "baseline_ci_high": b[2],
-                "candidate": c[0],
-                "candidate_ci_low": c[1],
-                "candidate_ci_high": c[2],
-                "delta": dv,
-                "delta_ci_low": dl,
-                "delta_ci_high": dh,
-                "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
+                **_paired_columns(b, c, (dv, dl, dh), d),
                 "mde": _f(d.get("mde")) if isinstance(d, dict) else None,
                 **_emphasis(dv, dl, dh, better),
             }
@@ -404,16 +411,7 @@ def class_rows(ev: dict, metric: str) -> list[dict[str, Any]]:
             {
                 "class": cls,
                 "metric": metric,
-                "baseline": b[0],
-                "baseline_ci_low": b[1],
-                "baseline_ci_high": b[2],
-                "candidate": c[0],
-                "candidate_ci_low": c[1],
-                "candidate_ci_high": c[2],
-                "delta": dv,
-                "delta_ci_low": dl,
-                "delta_ci_high": dh,
-                "p_value": _f(d.get("p_value")) if isinstance(d, dict) else None,
+                **_paired_columns(b, c, (dv, dl, dh), d),
                 **_emphasis(dv, dl, dh, better),
             }
         )
@@ -581,10 +579,12 @@ def number(x: Any, signed: bool = False, digits: int = 4) -> str:
 
 
 def duration(ms: Any, signed: bool = False) -> str:
-    """A latency in milliseconds in the unit that reads best: µs under 1 ms, s from 1,000 ms."""
+    """A latency in milliseconds in the unit that reads best: ns under 1 µs, µs under 1 ms, s from 1,000 ms."""
     v = _f(ms)
     if v is None:
         return ""
+    if abs(v) < 0.001 and v != 0:
+        return f"{number(v * 1e6, signed, 3)} ns"
     if abs(v) < 1 and v != 0:
         return f"{number(v * 1000, signed, 3)} µs"
     if abs(v) >= 1000:

@@ -126,7 +126,7 @@ def test_compare_page_sections(home, section):
         latency = at.dataframe[0].value
         assert len(charts) == 3 and latency["percentile"].tolist() == ["P50", "P95", "P99"]
         for role in ("baseline", "candidate"):  # microsecond latencies in µs, never "0.000"
-            assert latency[role].str.fullmatch(r"[1-9][\d,]*(\.\d+)? (µs|ms|s)").all(), latency[role].tolist()
+            assert latency[role].str.fullmatch(r"[1-9][\d,]*(\.\d+)? (ns|µs|ms|s)").all(), latency[role].tolist()
         resources = at.dataframe[1].value
         assert resources.loc["artifact (MB)", "baseline"] > 0 and resources.loc["load (s)", "candidate"] > 0
         assert resources.loc["CPU s per 1,000 requests", "candidate"] > 0

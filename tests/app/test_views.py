@@ -264,6 +264,7 @@ def test_number_reads_like_people_write_it(x, signed, want):
 @pytest.mark.parametrize(
     "ms,signed,want",
     [
+        (0.000867, False, "867 ns"),
         (0.0421, False, "42.1 µs"),
         (2.2, False, "2.2 ms"),
         (123.456, False, "123 ms"),
@@ -271,7 +272,7 @@ def test_number_reads_like_people_write_it(x, signed, want):
         (-0.25, True, "-250 µs"),
         (None, False, ""),
     ],
-    ids=["micro", "milli", "milli-3-digits", "seconds", "signed-micro", "none"],
+    ids=["nano", "micro", "milli", "milli-3-digits", "seconds", "signed-micro", "none"],
 )
 def test_duration_picks_the_unit(ms, signed, want):
     assert views.duration(ms, signed) == want
