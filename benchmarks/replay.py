@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -407,7 +408,7 @@ def main() -> None:
                         }
                     )
             traffic.unlink()
-            db.unlink()
+            shutil.rmtree(db)  # the storage is a folder (a DuckLake catalog and its data files)
     import platform
 
     dev = results[0]["raw"].get("devices")
