@@ -35,20 +35,22 @@ from pathlib import Path
 import pyarrow as pa
 from workbench.store import Store
 lake, run, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-barrier = Path(sys.argv[5]) if len(sys.argv) > 5 else None  # writers that start committing together
+barrier = Path(sys.argv[5]) if len(sys.argv) > 5 else None  # writers that wait for each other's first commit
 with Store(lake) as s:
     s.create_run(run_id=run, traffic="t", baseline={}, candidate={}, rows_total=batches * rows, batch_size=rows,
                  device="cpu", mode="batch", meta={})
-    if barrier is not None:
-        (barrier / run).touch()
-        deadline = time.monotonic() + 120
-        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
     for b in range(batches):
         first = b * rows
         paired = pa.table({"_row": pa.array(range(first, first + rows), pa.int64()),
                            "baseline_score": pa.array([0.5] * rows), "candidate_score": pa.array([0.25] * rows)})
         s.commit_batch(run, b, first, first + rows - 1, rows, 0.0, paired)
+        if barrier is not None and b == 0:
+            (barrier / run).touch()
+            deadline = time.monotonic() + 120
+            while len(list(barrier.iterdir())) < 2:
+                if time.monotonic() > deadline:
+                    sys.exit("the other writer never committed its first batch while this one was mid-run")
+                time.sleep(0.01)
     s.finish_run(run)
 """
 

@@ -75,7 +75,7 @@ def test_two_processes_write_different_runs_at_once_on_postgres(pg_catalog, tmp_
     lake = tmp_path / "lake"
     Store(lake).close()
     barrier = tmp_path / "ready"
-    barrier.mkdir()  # a loaded machine may start one process seconds after the other: they begin together
+    barrier.mkdir()  # each writer commits its first batch, then waits for the other's: a per-run lock would hang here
     procs = [
         _python(WRITE_RUN, tmp_path / f"host_{run}" / "lake", run, 10, 3_000, barrier) for run in ("run_a", "run_b")
     ]
