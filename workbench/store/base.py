@@ -54,7 +54,7 @@ INLINE_ROWS = 1000  # inserts up to this many rows stay in the catalog (jobs, de
 CATALOG_VAR = "WORKBENCH_CATALOG"  # a PostgreSQL catalog for the lake (unset: SQLite in the lake folder)
 DATA_PATH_VAR = "WORKBENCH_DATA_PATH"  # where the lake's Parquet files go (unset: <lake>/data/)
 # the writer lock with a PostgreSQL catalog: an advisory lock (its key spells "workbenc") of a transaction
-TRY_LOCK_SQL = "SELECT * FROM postgres_query('workbench_pg', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
+TRY_LOCK_SQL = "SELECT * FROM postgres_query('{pg}', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
 
 # Tables in data-flow order: traffic and labels, runs and their paired results, evaluations, drift, decisions
 # and the canary, jobs. DuckLake has no keys: uniqueness is checked inside the writer's transaction.
@@ -425,19 +425,51 @@ def _lake_options(data: str | None) -> str:
     return f"{options}, DATA_PATH {sql_literal(data)}, OVERRIDE_DATA_PATH true"
 
 
+class _Root:
+    """The process's in-memory DuckDB: its extensions are loaded once (a load verifies tens of MB of
+    signed code, most of a short command's time), and every lake the process opens is attached to it."""
+
+    _by_pid: dict[int, _Root] = {}
+
+    def __init__(self) -> None:
+        self.con = duckdb.connect()
+        self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
+        self.limits = _configure(self.con, self.spill)
+        self.loaded: set[str] = set()
+        self.attached = 0  # aliases made so far: lake_1, lake_2, ...
+
+    @classmethod
+    def of_process(cls) -> _Root:
+        """This process's root (a forked child makes its own)."""
+        root = cls._by_pid.get(os.getpid())
+        if root is None:
+            root = cls._by_pid[os.getpid()] = cls()
+        return root
+
+    def load(self, name: str) -> None:
+        """Load a DuckDB extension from its PyPI package, once per process."""
+        if name not in self.loaded:
+            self.con.execute(f"LOAD {sql_literal(extension_file(name))}")
+            self.loaded.add(name)
+
+
 class _LakeInstance:
-    """One in-memory DuckDB per process and lake with the lake attached, shared by the process's stores:
-    loading the extensions and attaching costs most of a short command's time, so it is done once."""
+    """A lake attached to the process's DuckDB (:class:`_Root`) under its own alias, shared by the process's
+    stores on that lake: attaching costs most of a short command's time, so it is done once."""
 
     _open: dict[tuple[int, LakeTarget], _LakeInstance] = {}
     _guard = threading.Lock()
     KEEP_IDLE = 4  # lakes kept attached with no store open on them
+    users: int  # stores open on it now
 
     def __init__(self, target: LakeTarget, writer: Callable[[], Any]):
         self.target = target
-        self.root = duckdb.connect()
-        self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
-        self.limits = _configure(self.root, self.spill)
+        base = _Root.of_process()
+        if not any(i.users for k, i in self._open.items() if k[0] == os.getpid()):
+            base.limits = _configure(base.con, base.spill)  # nothing open: take this environment's limits
+        base.attached += 1
+        self.base, self.root, self.limits = base, base.con, base.limits
+        self.alias, self.pg = f"lake_{base.attached}", f"workbench_pg_{base.attached}"
         self.users, self.schema_ready, self.used_at = 0, False, time.monotonic()
         try:
             self._attach(target, writer)
@@ -451,11 +483,11 @@ class _LakeInstance:
         if data is not None and is_url(data):  # an object store's credentials: DuckDB's persistent secrets
             extensions.append("httpfs")
         for name in extensions:
-            self.root.execute(f"LOAD {sql_literal(extension_file(name))}")
+            self.base.load(name)
         lake.mkdir(parents=True, exist_ok=True)
         if postgres is None:
             catalog = lake / CATALOG_FILE
-            sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({_lake_options(data)}, "
+            sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {self.alias} ({_lake_options(data)}, "
             sql += "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 10000)"
             if catalog.exists():
                 self.root.execute(sql)
@@ -465,11 +497,9 @@ class _LakeInstance:
             return
         try:
             # the writer lock's own connection (a plain PostgreSQL attach: advisory locks, no DuckLake)
-            self.root.execute(f"ATTACH {sql_literal(postgres)} AS workbench_pg (TYPE postgres)")
-            made = (
-                "SELECT * FROM postgres_query('workbench_pg', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
-            )
-            sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS lake "
+            self.root.execute(f"ATTACH {sql_literal(postgres)} AS {self.pg} (TYPE postgres)")
+            made = f"SELECT * FROM postgres_query('{self.pg}', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
+            sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS {self.alias} "
             if self.root.execute(made).fetchall()[0][0]:
                 self.root.execute(sql + f"({_lake_options(data)})")
             else:  # the first attach creates the catalog's tables: one process at a time
@@ -493,7 +523,7 @@ class _LakeInstance:
         cur.execute("BEGIN TRANSACTION")
         deadline = time.monotonic() + wait_s
         try:
-            while not cur.execute(TRY_LOCK_SQL).fetchall()[0][0]:
+            while not cur.execute(TRY_LOCK_SQL.format(pg=self.pg)).fetchall()[0][0]:
                 if time.monotonic() >= deadline:
                     raise DatabaseLocked(
                         f"the workbench storage ({self.target.label}) is being written by another job; waited "
@@ -537,8 +567,10 @@ class _LakeInstance:
                 self._open.pop(key).close()
 
     def close(self) -> None:
-        self.root.close()
-        shutil.rmtree(self.spill, ignore_errors=True)
+        """Detach the lake (and its lock connection) from the process's DuckDB."""
+        for alias in (self.alias, self.pg):
+            with suppress(duckdb.Error):
+                self.root.execute(f"DETACH DATABASE IF EXISTS {alias}")
 
 
 class StoreBase:
@@ -577,7 +609,7 @@ class StoreBase:
         self._limits = self._instance.limits
         try:
             self.con = self._instance.root.cursor()
-            self.con.execute("USE lake")
+            self.con.execute(f"USE {self._instance.alias}")
             if not read_only and not self._instance.schema_ready:
                 self._create_schema()
                 self._instance.schema_ready = True
@@ -674,6 +706,11 @@ class StoreBase:
 
         return release
 
+    @property
+    def catalog(self) -> str:
+        """The name this store's lake is attached under in the process's DuckDB (``memory`` in memory)."""
+        return "memory" if self._instance is None else self._instance.alias
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
         if threading.current_thread() is threading.main_thread():
@@ -686,8 +723,8 @@ class StoreBase:
     def new_cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to this store's database (for a reader streaming beside other work)."""
         cur = self.con.cursor()
-        if self.lake is not None:
-            cur.execute("USE lake")  # the default catalog is a setting of each connection
+        if self._instance is not None:
+            cur.execute(f"USE {self._instance.alias}")  # the default catalog is a setting of each connection
         return cur
 
     @contextmanager

@@ -104,15 +104,15 @@ def collect(store, older_than_days: float, dry_run: bool = False) -> GcReport:
                 cur.execute(f"DELETE FROM {t} WHERE key IN ({old_keys})", [cutoff])
     if not dry_run:
         with store._writer():
-            cur = store.cursor()
-            before = _count(cur, "SELECT count(*) FROM ducklake_snapshots('lake')", [])
+            cur, lake = store.cursor(), store.catalog
+            before = _count(cur, f"SELECT count(*) FROM ducklake_snapshots('{lake}')", [])
             cur.execute(
-                "CALL ducklake_expire_snapshots('lake', older_than => CAST(? AS TIMESTAMPTZ))", [cutoff.isoformat()]
+                f"CALL ducklake_expire_snapshots('{lake}', older_than => CAST(? AS TIMESTAMPTZ))", [cutoff.isoformat()]
             )
-            rep.snapshots_expired = before - _count(cur, "SELECT count(*) FROM ducklake_snapshots('lake')", [])
-            cur.execute("CALL ducklake_flush_inlined_data('lake')")
-            cur.execute("CALL ducklake_merge_adjacent_files('lake')")
-            cur.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
+            rep.snapshots_expired = before - _count(cur, f"SELECT count(*) FROM ducklake_snapshots('{lake}')", [])
+            cur.execute(f"CALL ducklake_flush_inlined_data('{lake}')")
+            cur.execute(f"CALL ducklake_merge_adjacent_files('{lake}')")
+            cur.execute(f"CALL ducklake_cleanup_old_files('{lake}', cleanup_all => true)")
     rep.files_after, rep.bytes_after = _files(data), folder_bytes(store.lake)
     return rep
 
