@@ -387,6 +387,12 @@ def fresh_run(store, i: int, **kw) -> str:
     return run_id
 
 
+def kills(full: int, quick: int) -> int:
+    """How many seeded SIGKILLs a crash test makes: ``full`` for the reliability report (``benchmarks/reliability.py``
+    sets ``WORKBENCH_SOAK=1``), else the first ``quick`` of the same seeded sequence, to keep the suite short."""
+    return full if os.environ.get("WORKBENCH_SOAK") == "1" else quick
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
