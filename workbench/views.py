@@ -339,6 +339,25 @@ def window_rows(ev: dict) -> list[dict[str, Any]]:
 
 
 # -- regression runs ---------------------------------------------------------------------------------------------
+def quantile_rows(ev: dict) -> list[dict[str, Any]]:
+    """One row per quantile level of a regression evaluation with quantiles: the level and each model's pinball
+    loss with its interval and the paired delta (as :func:`metric_rows`); empty when the run has none."""
+    by_name = {r["metric"]: r for r in metric_rows(ev)}
+    return [{"level": q} | by_name[f"pinball@{q:g}"] for q in ev.get("quantiles") or [] if f"pinball@{q:g}" in by_name]
+
+
+def interval_coverage(ev: dict) -> dict[str, Any] | None:
+    """The central interval of a regression evaluation with quantiles: its levels and nominal coverage, each
+    model's coverage and width (value, ci_low, ci_high) and the paired deltas; None when it has none."""
+    spec = ev.get("interval")
+    if not spec:
+        return None
+    out: dict[str, Any] = dict(spec)
+    for m in ("coverage", "interval_width"):
+        out[m] = {side: interval((ev.get(side) or {}).get(m)) for side in ("baseline", "candidate", "delta")}
+    return out
+
+
 def predicted_vs_actual(summary: dict, role: str, bins: int) -> dict[str, Any] | None:
     """One model's predicted-vs-actual counts from :meth:`Store.app_regression_summary`: ``centers`` of the
     ``bins`` equal bins over the summary's range (both axes), ``counts[i][j]`` the rows predicted in bin i whose
