@@ -66,6 +66,31 @@ class QuantileModel(LinearModel):
         return out[:, : self.columns] if self.columns else out
 
 
+def save_quantile_model(path: Path, models: dict, features: list[str], example, metadata: dict) -> str:
+    """Save sklearn regressors of quantiles (``{level: fitted model}``, 0.5 among them) as one MLflow pyfunc whose
+    output is the median as ``prediction`` and each level's ``q<level>`` column (the workbench's convention);
+    returns the model folder."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    class QuantileRegressors(mlflow.pyfunc.PythonModel):
+        def __init__(self, models: dict, features: list[str]):
+            self.models, self.features = models, features
+
+        def predict(self, context, model_input, params=None):
+            X = model_input[self.features]
+            out = {f"q{q:g}": m.predict(X) for q, m in sorted(self.models.items())}
+            return pd.DataFrame({"prediction": out["q0.5"], **out})
+
+    wrapper = QuantileRegressors(models, features)
+    signature = infer_signature(example[features], wrapper.predict(None, example))
+    mlflow.pyfunc.save_model(
+        str(path), python_model=wrapper, signature=signature, metadata=metadata, pip_requirements=["scikit-learn"]
+    )
+    return str(path)
+
+
 def write_traffic(folder: Path, rows: int, seed: int = 0, unlabelled: int = 0) -> tuple[Path, Path]:
     """Traffic (x, two error columns, a segment) and its numeric labels y = 3 x + N(0, 1); the last
     ``unlabelled`` labels are null (quarantined as ``null:y``). Returns (traffic file, labels file)."""
