@@ -443,6 +443,25 @@ def live_series(series: list[dict]) -> go.Figure:
     return _layout(fig, height=400)
 
 
+def class_shares(shares: dict, role: str) -> go.Figure:
+    """One model's predicted-class distribution per window (from :func:`workbench.views.class_shares`), stacked."""
+    fig = go.Figure()
+    for j, name in enumerate(shares["classes"]):
+        fig.add_bar(
+            x=shares["keys"],
+            y=[row[j] for row in shares["shares"]],
+            name=str(name),
+            customdata=shares["rows"],
+            hovertemplate=f"{name}: %{{y:.1%}} of %{{customdata:,}} rows<extra></extra>",
+        )
+    return _layout(
+        fig,
+        title=f"{role.capitalize()}: predicted classes per window",
+        barmode="stack",
+        yaxis=dict(tickformat=".0%", range=[0, 1]),
+    )
+
+
 def pinball_by_level(rows: list[dict]) -> go.Figure:
     """Each model's pinball loss per quantile level (from :func:`workbench.views.quantile_rows`), with intervals."""
     fig = go.Figure()

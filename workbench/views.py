@@ -462,6 +462,24 @@ def rollup(days: list[dict[str, Any]], period: str) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
+def class_shares(counts: dict[str, Any], period: str) -> dict[str, dict[str, Any]]:
+    """Each model's predicted-class distribution per ``period`` (day, week, month) from
+    :meth:`Store.app_class_counts`: ``{role: {"keys", "classes", "rows", "shares"}}``, ``shares[i][j]`` the share of
+    period i's predicted rows given class j (each row of shares sums to 1)."""
+    classes = list(counts.get("classes") or [])
+    out: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        acc: dict[Any, list[int]] = {}
+        for r, day, cls, n in counts.get("counts") or []:
+            if r == role and 0 <= cls < len(classes):
+                acc.setdefault(_period(day, period), [0] * len(classes))[cls] += n
+        keys = sorted(acc)
+        rows = [sum(acc[k]) for k in keys]
+        shares = [[v / total for v in acc[k]] for k, total in zip(keys, rows, strict=True)]
+        out[role] = {"keys": keys, "classes": classes, "rows": rows, "shares": shares}
+    return out
+
+
 def breakdown_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per group of sums (:meth:`Store.app_breakdowns`): each model's accuracy and error rate on the labelled
     rows, the accuracy difference, label rate, disagreement rate, failures, mean score and mean latency
