@@ -458,7 +458,8 @@ def class_shares(shares: dict, role: str) -> go.Figure:
         fig,
         title=f"{role.capitalize()}: predicted classes per window",
         barmode="stack",
-        yaxis=dict(tickformat=".0%", range=[0, 1]),
+        xaxis_title="window start (event time)",
+        yaxis=dict(tickformat=".0%", range=[0, 1], title="share of the model's predictions"),
     )
 
 
