@@ -33,7 +33,7 @@ import pyarrow as pa
 from workbench.clock import iso, to_utc
 from workbench.decide.policy import Policy
 from workbench.evaluate.multiclass import multiclass_sequential_parts
-from workbench.evaluate.multiclass_run import probability_matrix as list_matrix
+from workbench.evaluate.multiclass_run import probability_matrix
 from workbench.evaluate.regression import is_gate_metric, sequential_parts
 from workbench.evaluate.resources import combine_runs, compare_resources
 from workbench.evaluate.sequential import (
@@ -148,7 +148,7 @@ class Sample:
                 if pa.types.is_null(column.type):  # no run of the sample stored them
                     q = np.full((table.num_rows, len(quantiles)), math.nan)
                 else:
-                    q = list_matrix(column, len(quantiles))
+                    q = probability_matrix(column, len(quantiles))
                 return np.column_stack([col(f"{role}_score"), q[keep]])
 
             base, cand = with_quantiles("baseline"), with_quantiles("candidate")
