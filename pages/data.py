@@ -246,6 +246,16 @@ def breakdowns(r: dict) -> dict | None:
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _class_counts(home_: str, run_id: str, token: str) -> Fetched:
+    return _read(home_, lambda s: s.app_class_counts(run_id))
+
+
+def class_counts(r: dict) -> dict | None:
+    """A multi-class run's predicted classes per model and event-time day, counted in DuckDB."""
+    return _get(_class_counts, r["run_id"], run_token(r))
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _regression_summary(home_: str, run_id: str, token: str, columns: tuple[str, ...]) -> Fetched:
     return _read(home_, lambda s: s.app_regression_summary(run_id, REGRESSION_BINS, list(columns)))
 

@@ -33,7 +33,8 @@ import pyarrow as pa
 from workbench.clock import iso, to_utc
 from workbench.decide.policy import Policy
 from workbench.evaluate.multiclass import multiclass_sequential_parts
-from workbench.evaluate.regression import GATE_METRICS, sequential_parts
+from workbench.evaluate.multiclass_run import probability_matrix
+from workbench.evaluate.regression import is_gate_metric, sequential_parts
 from workbench.evaluate.resources import combine_runs, compare_resources
 from workbench.evaluate.sequential import (
     PairedParts,
@@ -54,7 +55,9 @@ class Sample:
     ``label`` is NaN where unlabelled (0/1, or a number for a regression ``task``, whose scores are the models'
     predictions); a score is NaN where its model failed. For a multi-class ``task`` the label is the index of its
     class in ``classes`` and each model's scores are n x 2: (the predicted class's index, the probability the
-    model gave the label's class); ``segments`` maps each declared
+    model gave the label's class); for a regression ``task`` with ``quantiles`` (levels, ascending) each model's
+    scores are n x (1 + levels): the prediction, then its quantiles (NaN where it gave none); ``segments`` maps
+    each declared
     column to its values as text; ``features`` maps each drifted feature to its values (float, NaN where
     missing, or text for a categorical one).
     """
@@ -75,6 +78,7 @@ class Sample:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     task: str = BINARY
     classes: tuple[str, ...] = ()  # a multi-class run's classes
+    quantiles: tuple[float, ...] = ()  # a regression run's quantile levels
 
     def __len__(self) -> int:
         return len(self.label)
@@ -88,6 +92,7 @@ class Sample:
         thresholds: tuple[float, float],
         task: str = BINARY,
         classes: tuple[str, ...] = (),
+        quantiles: tuple[float, ...] = (),
     ) -> Sample:
         """The sample of runs' :meth:`~workbench.store.Store.decision_rows` tables (oldest run first): a request
         id seen in several runs counts once, from the latest run."""
@@ -107,6 +112,7 @@ class Sample:
                 thresholds=thresholds,
                 task=task,
                 classes=classes,
+                quantiles=quantiles,
             )
         ids = table.column("request_id").to_numpy(zero_copy_only=False).astype(object)
         times = table.column("event_time").cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")
@@ -135,6 +141,17 @@ class Sample:
         }
         if task == MULTICLASS:
             base, cand = (np.column_stack([col(f"{r}_score"), col(f"{r}_true_p")]) for r in ("baseline", "candidate"))
+        elif quantiles:
+
+            def with_quantiles(role: str) -> np.ndarray:
+                column = table.column(f"{role}_quantiles")
+                if pa.types.is_null(column.type):  # no run of the sample stored them
+                    q = np.full((table.num_rows, len(quantiles)), math.nan)
+                else:
+                    q = probability_matrix(column, len(quantiles))
+                return np.column_stack([col(f"{role}_score"), q[keep]])
+
+            base, cand = with_quantiles("baseline"), with_quantiles("candidate")
         else:
             base, cand = col("baseline_score"), col("candidate_score")
         return cls(
@@ -154,6 +171,7 @@ class Sample:
             features,
             task,
             classes,
+            quantiles,
         )
 
     def labelled(self) -> np.ndarray:
@@ -205,12 +223,13 @@ def _metric_block(
     t_star: float,
     fail_alpha: float | None = None,
     classes: tuple[str, ...] = (),
+    levels: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """``baseline``/``candidate``/``delta`` per metric on these rows, with anytime-valid one-sided bounds
-    (``classes``: a multi-class run's)."""
+    (``classes``: a multi-class run's; ``levels``: a regression run's quantile levels)."""
     out: dict[str, Any] = {"rows": int(len(y)), "baseline": {}, "candidate": {}, "delta": {}}
     for m in metrics:
-        parts = _parts(m, y, base, cand, thresholds, classes) if len(y) else None
+        parts = _parts(m, y, base, cand, thresholds, classes, levels) if len(y) else None
         if parts is None:
             out["baseline"][m] = out["candidate"][m] = out["delta"][m] = None
             continue
@@ -236,14 +255,15 @@ def _parts(
     cand: np.ndarray,
     thresholds: tuple[float, float],
     classes: tuple[str, ...] = (),
+    levels: tuple[float, ...] = (),
 ) -> PairedParts | None:
     """A gate metric's paired parts: from per-request losses for a regression metric (``y`` numbers, the scores
     predictions), from classes and the true class's probabilities for a multi-class run (``classes`` given; the
     scores n x 2), from the scores and 0/1 labels for a binary one."""
     if classes:
         return multiclass_sequential_parts(metric, y, base, cand, classes)
-    if metric in GATE_METRICS:
-        return sequential_parts(metric, y, base, cand)
+    if is_gate_metric(metric):
+        return sequential_parts(metric, y, base, cand, levels)
     return paired_parts(metric, y, base, cand, thresholds)
 
 
@@ -283,16 +303,18 @@ def build_evidence(
         ev["task"] = sample.task
     if sample.task == MULTICLASS:
         ev["classes"] = list(sample.classes)
-    ev |= _metric_block(overall_metrics, y, base, cand, thr, alpha, t_star, classes=sample.classes)
+    ev |= _metric_block(
+        overall_metrics, y, base, cand, thr, alpha, t_star, classes=sample.classes, levels=sample.quantiles
+    )
     ev["segments"] = _segments(sample, ok, policy, y, base, cand)
     if policy.drift.recent_share is not None and len(times):
         first, last = times.min(), times.max()
         start = last - (last - first) * policy.drift.recent_share
-        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy, sample.classes)
+        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy, sample)
     if policy.drift.after_change_point and change_point is not None:
         cp = np.datetime64(to_utc(change_point).replace(tzinfo=None), "us")
         ev["after_change"] = _slice(
-            times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy, sample.classes
+            times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy, sample
         )
     if policy.drift.drifted_slices and drifted:
         bins = {
@@ -300,7 +322,7 @@ def build_evidence(
             for f, kind in drifted.items()
             if f in sample.features
         }
-        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy, sample.classes)
+        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy, sample)
     ev["errors"] = _errors(sample, alpha, t_star)
     ev["latency"] = _latency(sample, alpha, t_star)
     measured = [(run, m) for run, m in resources if m]
@@ -346,13 +368,23 @@ def _slice(
     cand: np.ndarray,
     thr: tuple[float, float],
     policy: Policy,
-    classes: tuple[str, ...] = (),
+    sample: Sample,
 ) -> dict[str, Any]:
     rows = int(mask.sum())
     out: dict[str, Any] = {"from": start, "rows": rows, "small": rows < policy.min_segment_rows}
     if not out["small"]:
         t_star = float(policy.planned_rows)
-        out |= _metric_block(metrics, y[mask], base[mask], cand[mask], thr, policy.alpha, t_star, classes=classes)
+        out |= _metric_block(
+            metrics,
+            y[mask],
+            base[mask],
+            cand[mask],
+            thr,
+            policy.alpha,
+            t_star,
+            classes=sample.classes,
+            levels=sample.quantiles,
+        )
     return out
 
 
@@ -366,7 +398,7 @@ def _segments(
     for col, v in sample.segments.items():
         names, inverse = np.unique(v[ok].astype(str), return_inverse=True)
         groups[col] = {str(name): inverse == i for i, name in enumerate(names)}
-    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy, sample.classes)
+    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy, sample)
 
 
 def _judge_groups(
@@ -377,7 +409,7 @@ def _judge_groups(
     cand: np.ndarray,
     thresholds: tuple[float, float],
     policy: Policy,
-    classes: tuple[str, ...] = (),
+    sample: Sample,
 ) -> dict[str, Any]:
     """Each slice (a mask of the labelled rows) of each column, largest first: too small (fewer than the
     policy's ``min_segment_rows``) or its metric block, whose fail bounds are Bonferroni-corrected across the
@@ -401,7 +433,8 @@ def _judge_groups(
                 policy.alpha,
                 float(policy.planned_rows),
                 fail_alpha,
-                classes,
+                sample.classes,
+                sample.quantiles,
             )
             out[col][name] = {"small": False, "share": rows / max(1, len(y))} | block
     return out

@@ -19,7 +19,7 @@ from workbench.decide.evidence import Sample, build_evidence
 from workbench.decide.policy import Outcome, Policy, Verdict
 from workbench.decide.scorecard import Check, Scorecard, score, with_check
 from workbench.store import Store
-from workbench.tasks import run_classes, run_task
+from workbench.tasks import run_classes, run_quantiles, run_task
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -62,8 +62,11 @@ def gather(store: Store, run: dict, policy: Policy, features: Sequence[str] = ()
         float(cand.get("threshold", DEFAULT_THRESHOLD)),
     )
     online = all(r.get("mode") == "online" for r in runs)
-    task, classes = run_task(run), tuple(run_classes(run))
-    return Sample.from_tables(tables, online=online, thresholds=thresholds, task=task, classes=classes), missing
+    task, classes, quantiles = run_task(run), tuple(run_classes(run)), tuple(run_quantiles(run))
+    sample = Sample.from_tables(
+        tables, online=online, thresholds=thresholds, task=task, classes=classes, quantiles=quantiles
+    )
+    return sample, missing
 
 
 def last_promote(store: Store, model: str, baseline_version: str, candidate_version: str) -> dict | None:

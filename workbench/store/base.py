@@ -103,6 +103,10 @@ SCHEMA = [
     # row per request beside its row in ``predictions`` (null where the model failed)
     """CREATE TABLE IF NOT EXISTS prediction_probabilities (
         run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_proba DOUBLE[], candidate_proba DOUBLE[])""",
+    # each model's quantiles of a regression run whose models predict them (at the levels of the run's
+    # ``meta.quantiles``, ascending), one row per request beside its row in ``predictions`` (null where it failed)
+    """CREATE TABLE IF NOT EXISTS prediction_quantiles (
+        run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_quantiles DOUBLE[], candidate_quantiles DOUBLE[])""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
     # drift: reference sketches (one row per reference and column, value counts when lossless), stored

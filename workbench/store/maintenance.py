@@ -24,7 +24,14 @@ from workbench.errors import WorkbenchError
 from workbench.store.base import LEGACY_FILE, SCHEMA, qident, sql_literal, traffic_table
 
 # tables whose rows belong to one run, and to one traffic set
-RUN_TABLES = ("predictions", "prediction_probabilities", "run_batches", "evaluations", "drift_reports")
+RUN_TABLES = (
+    "predictions",
+    "prediction_probabilities",
+    "prediction_quantiles",
+    "run_batches",
+    "evaluations",
+    "drift_reports",
+)
 TRAFFIC_TABLES = ("labels", "label_values", "label_classes", "quarantine", "ingests", "traffic_segments")
 
 

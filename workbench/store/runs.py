@@ -18,12 +18,16 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
+from workbench.roles import ROLES
 from workbench.store.base import label_source, qident, traffic_table
 from workbench.store.traffic import TrafficStore
-from workbench.tasks import MULTICLASS, run_classes, run_task
+from workbench.tasks import MULTICLASS, run_classes, run_quantiles, run_task
 
 #: a multi-class run's class probabilities beside its paired rows ``p``
 _PROBABILITIES = "LEFT JOIN prediction_probabilities pp ON pp.run_id = p.run_id AND pp._row = p._row"
+
+#: a regression run's quantiles beside its paired rows ``p``
+_QUANTILES = "LEFT JOIN prediction_quantiles pq ON pq.run_id = p.run_id AND pq._row = p._row"
 
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
@@ -208,7 +212,8 @@ class RunStore(TrafficStore):
         paired: pa.Table,
     ) -> int:
         """Store one batch's paired results and mark the batch committed, atomically (a multi-class run's
-        ``*_proba`` columns go to ``prediction_probabilities``); returns its number.
+        ``*_proba`` columns go to ``prediction_probabilities``, a regression run's ``*_quantiles`` to
+        ``prediction_quantiles``); returns its number.
 
         ``batch_no`` None (writers that commit out of order, such as Ray's actors): the next free number, and
         the unit is refused when a committed unit covers any row from ``first_row`` to ``last_row``."""
@@ -232,11 +237,14 @@ class RunStore(TrafficStore):
                 raise AlreadyCommitted(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
             cur.register("_wb_paired", paired)
             names = paired.column_names
-            cols = ", ".join(qident(c) for c in names if not c.endswith("_proba"))
+            cols = ", ".join(qident(c) for c in names if not c.endswith(("_proba", "_quantiles")))
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
             if "baseline_proba" in names:  # a multi-class run: the class probabilities beside the rows
                 probabilities = "_row, baseline_proba, candidate_proba"
                 cur.execute(f"INSERT INTO prediction_probabilities SELECT ?, {probabilities} FROM _wb_paired", [run_id])
+            if "baseline_quantiles" in names:  # a regression run with quantiles: them beside the rows
+                quantiles = "_row, baseline_quantiles, candidate_quantiles"
+                cur.execute(f"INSERT INTO prediction_quantiles SELECT ?, {quantiles} FROM _wb_paired", [run_id])
             cur.unregister("_wb_paired")
             cur.execute(
                 "INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -292,9 +300,11 @@ class RunStore(TrafficStore):
         ``window``) on request. The labels are the run's task's (:func:`~workbench.store.base.label_source`):
         numbers for a regression run, class names for a multi-class run, which also has per model ``*_class``
         (the index of the predicted class in ``meta.classes``) and ``*_proba`` (the class probabilities), null
-        where the model failed."""
+        where the model failed; a regression run with quantiles has per model ``*_quantiles`` (at the levels of
+        ``meta.quantiles``), null where the model failed."""
         run = self.require_run(run_id)
         task = run_task(run)
+        quantiles = bool(run_quantiles(run))
         select = ["p._row"]
         for r in ("baseline", "candidate"):
             select += [
@@ -307,6 +317,8 @@ class RunStore(TrafficStore):
                 f"CASE WHEN p.{r}_error IS NULL THEN pp.{r}_proba END AS {r}_proba"
                 for r in ("baseline", "candidate")
             ]
+        if quantiles:
+            select += [f"CASE WHEN p.{r}_error IS NULL THEN pq.{r}_quantiles END AS {r}_quantiles" for r in ROLES]
         params: list = []
         if segment is not None:
             info = self.require_traffic(run["traffic"])
@@ -322,8 +334,8 @@ class RunStore(TrafficStore):
             params.append(window)
         sliced = segment is not None or window is not None
         traffic = f"JOIN {traffic_table(run['traffic'])} t USING (_row)" if sliced else ""
-        probabilities = _PROBABILITIES if task == MULTICLASS else ""
-        sql = f"SELECT {', '.join(select)} FROM predictions p {traffic} {probabilities} WHERE p.run_id = ?"
+        extra = _PROBABILITIES if task == MULTICLASS else _QUANTILES if quantiles else ""
+        sql = f"SELECT {', '.join(select)} FROM predictions p {traffic} {extra} WHERE p.run_id = ?"
         # a bounded buffer: the traffic join (for a segment or window) spills to disk rather than grow
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
             # execute, not sql(params=...): a relation built with parameters is materialized first, which
@@ -369,10 +381,12 @@ class RunStore(TrafficStore):
         ``features`` as stored (``feature:<column>``); ``label`` is a number for a regression run. For a
         multi-class run ``label`` is the index of the label's class in ``meta.classes`` (null when unlabelled or
         another class), ``*_score`` the index of the predicted class and ``*_true_p`` the probability the model
-        gave the label's class."""
+        gave the label's class. A regression run with quantiles has per model ``*_quantiles`` too (a list at the
+        levels of ``meta.quantiles``, null where the model failed)."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
         task = run_task(run)
+        quantiles = bool(run_quantiles(run))
         labels, column = label_source(task)
         params: list = []
         if task == MULTICLASS:
@@ -390,6 +404,8 @@ class RunStore(TrafficStore):
             if task == MULTICLASS:
                 select.append(f"list_extract(pp.{r}_proba, list_position(?::VARCHAR[], l.{column})) AS {r}_true_p")
                 params.append(run_classes(run))
+            if quantiles:
+                select.append(f"CASE WHEN p.{r}_error IS NULL THEN pq.{r}_quantiles END AS {r}_quantiles")
         for col in segments:
             column = "entity_key" if col == info["entity_col"] else col
             if column != "entity_key" and col not in info["columns"]:
@@ -403,7 +419,7 @@ class RunStore(TrafficStore):
                   FROM predictions p
                   JOIN {traffic_table(run["traffic"])} t USING (_row)
                   LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
-                  {_PROBABILITIES if task == MULTICLASS else ""}
+                  {_PROBABILITIES if task == MULTICLASS else _QUANTILES if quantiles else ""}
                   WHERE p.run_id = ?"""
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
             return self.cursor().execute(sql, [*params, run["traffic"], run_id]).to_arrow_table()
