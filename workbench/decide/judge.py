@@ -55,7 +55,8 @@ def gather(store: Store, run: dict, policy: Policy, features: Sequence[str] = ()
     if run["run_id"] not in {r["run_id"] for r in runs}:
         runs.append({"run_id": run["run_id"], "traffic": run["traffic"], "mode": run["mode"]})
     columns, missing = segment_columns(store, runs, policy)
-    features = [f for f in features if all(f in store.require_traffic(r["traffic"])["columns"] for r in runs)]
+    have = [set(store.require_traffic(t)["columns"]) for t in {r["traffic"] for r in runs}]
+    features = [f for f in features if all(f in cols for cols in have)]
     tables = [(r["run_id"], store.decision_rows(r["run_id"], columns, features)) for r in runs]
     thresholds = (
         float(base.get("threshold", DEFAULT_THRESHOLD)),

@@ -469,7 +469,7 @@ class _LakeInstance:
     def __init__(self, target: LakeTarget, writer: Callable[[], Any]):
         self.target = target
         base = _Root.of_process()
-        if not any(i.users for k, i in self._open.items() if k[0] == os.getpid()):
+        if base.attached and not any(i.users for k, i in self._open.items() if k[0] == os.getpid()):
             base.limits = _configure(base.con, base.spill)  # nothing open: take this environment's limits
         base.attached += 1
         self.base, self.root, self.limits = base, base.con, base.limits
