@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import qident, traffic_table
 from workbench.store.runs import RUNS_SQL, RunStore
@@ -50,6 +51,31 @@ class AppStore(RunStore):
         for r in rows:
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
+
+    def stored_summary(self, run_id: str, name: str, key: str, token: str) -> str | None:
+        """The stored summary ``name`` (with ``key``) of a run, as text, when it was stored under ``token`` (the
+        state of the data it summarizes); None when it is missing, stale, or the storage predates the table."""
+        if not self._table_columns("run_summaries"):
+            return None
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT value FROM run_summaries WHERE run_id = ? AND name = ? AND key = ? AND token = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                [run_id, name, key, token],
+            )
+            .fetchall()
+        )
+        return rows[0][0] if rows else None
+
+    def save_summary(self, run_id: str, name: str, key: str, token: str, value: str) -> None:
+        """Store a summary of a run (text), replacing what was stored for the same run, name and key."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM run_summaries WHERE run_id = ? AND name = ? AND key = ?", [run_id, name, key])
+            cur.execute(
+                "INSERT INTO run_summaries VALUES (?, ?, ?, ?, ?, ?)",
+                [run_id, name, key, token, value, db_time(utc_now())],
+            )
 
     def app_decided_models(self) -> list[str]:
         """Models with at least one decision."""
