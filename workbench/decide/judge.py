@@ -115,9 +115,10 @@ def new_evidence_check(labelled_rows: int, earlier: dict | None) -> Check:
     )
 
 
-def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Judged:
-    """Gather, build the evidence and score it under ``policy``, with the new-evidence rule. A policy whose gates
-    name another task's metrics than the run's is refused."""
+def run_evidence(store: Store, run: dict, policy: Policy, drift: dict | None) -> dict[str, Any]:
+    """Gather the pair's growing sample and build the evidence a decision on ``run`` judges under ``policy``
+    (``drift``: the run's drift report, context). A policy whose gates name another task's metrics than the run's
+    is refused."""
     policy.check_task(run_task(run), run["run_id"])
     drifted = drifted_features(drift) if policy.drift.drifted_slices else {}
     sample, missing = gather(store, run, policy, list(drifted))
@@ -127,6 +128,14 @@ def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Ju
     )
     if missing:
         evidence["segments_missing"] = missing
+    return evidence
+
+
+def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None, evidence: dict | None = None) -> Judged:
+    """Score the evidence (:func:`run_evidence`, unless the caller has it for this run, policy and drift report)
+    under ``policy``, with the new-evidence rule."""
+    policy.check_task(run_task(run), run["run_id"])
+    evidence = run_evidence(store, run, policy, drift) if evidence is None else evidence
     card = score(policy, evidence, drift)
     base, cand = run["baseline"], run["candidate"]
     earlier = last_promote(store, cand["name"], str(base["version"]), str(cand["version"]))

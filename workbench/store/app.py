@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import qident, traffic_table
 from workbench.store.runs import RUNS_SQL, RunStore
@@ -53,6 +54,31 @@ class AppStore(RunStore):
         for r in rows:
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
+
+    def stored_summary(self, run_id: str, name: str, key: str, token: str) -> str | None:
+        """The stored summary ``name`` (with ``key``) of a run, as text, when it was stored under ``token`` (the
+        state of the data it summarizes); None when it is missing, stale, or the storage predates the table."""
+        if not self._table_columns("run_summaries"):
+            return None
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT value FROM run_summaries WHERE run_id = ? AND name = ? AND key = ? AND token = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                [run_id, name, key, token],
+            )
+            .fetchall()
+        )
+        return rows[0][0] if rows else None
+
+    def save_summary(self, run_id: str, name: str, key: str, token: str, value: str) -> None:
+        """Store a summary of a run (text), replacing what was stored for the same run, name and key."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM run_summaries WHERE run_id = ? AND name = ? AND key = ?", [run_id, name, key])
+            cur.execute(
+                "INSERT INTO run_summaries VALUES (?, ?, ?, ?, ?, ?)",
+                [run_id, name, key, token, value, db_time(utc_now())],
+            )
 
     def app_decided_models(self) -> list[str]:
         """Models with at least one decision."""
@@ -100,7 +126,8 @@ class AppStore(RunStore):
                     WHERE p.run_id = ?)
                 SELECT grouping(label, bb, cb, bc, cc, bl, cl) AS g, label, bb, cb, bc, cc, bl, cl, count(*) AS n,
                        sum(bs) AS sb, sum(cs) AS sc
-                FROM p GROUP BY GROUPING SETS ((label, bb), (label, cb), (label, bc, cc), (bl), (cl))""",
+                FROM p GROUP BY GROUPING SETS ((label, bb), (label, cb), (label, bc, cc), (bl), (cl))
+                ORDER BY ALL""",
                 [*params, run_id],
             )
             .fetchall()
@@ -189,7 +216,7 @@ class AppStore(RunStore):
                 f"""SELECT grouping({", ".join(dims)}) AS g, {", ".join(dims)}, {sums}
                 FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
                 {labels}
-                WHERE p.run_id = ? GROUP BY GROUPING SETS ({", ".join(f"({d})" for d in dims)})""",
+                WHERE p.run_id = ? GROUP BY GROUPING SETS ({", ".join(f"({d})" for d in dims)}) ORDER BY ALL""",
                 [*params, run_id],
             )
             .fetchall()
@@ -218,7 +245,7 @@ class AppStore(RunStore):
                 f"""SELECT grouping(day, bc, cc) AS g, day, bc, cc, count(*) AS n
                 FROM (SELECT date_trunc('day', t.event_time) AS day, p.baseline_class AS bc, p.candidate_class AS cc
                       FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row) WHERE p.run_id = ?)
-                GROUP BY GROUPING SETS ((day, bc), (day, cc))""",
+                GROUP BY GROUPING SETS ((day, bc), (day, cc)) ORDER BY ALL""",
                 [run_id],
             )
             .fetchall()
@@ -298,7 +325,7 @@ class AppStore(RunStore):
                              isfinite(pb) AND isfinite(pc) AS ok FROM b)
                 SELECT grouping(a, bb, cb{dims}) AS g, a, bb, cb{dims},
                        count(*), {sums}, any_value(lo), any_value(hi)
-                FROM c GROUP BY GROUPING SETS ((a, bb), (a, cb){"".join(f", ({n})" for n in segs)})""",
+                FROM c GROUP BY GROUPING SETS ((a, bb), (a, cb){"".join(f", ({n})" for n in segs)}) ORDER BY ALL""",
                 [run["traffic"], run_id],
             )
             .fetchall()

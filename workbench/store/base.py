@@ -109,6 +109,11 @@ SCHEMA = [
         run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_quantiles DOUBLE[], candidate_quantiles DOUBLE[])""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
+    # summaries of a run that the app shows (histograms, breakdowns, a decision's evidence), each stored with the
+    # state of the data it summarizes (``token``), so a page reads kilobytes; kept by workbench/ops/summaries.py
+    """CREATE TABLE IF NOT EXISTS run_summaries (
+        run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, key VARCHAR NOT NULL, token VARCHAR NOT NULL,
+        value VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)""",
     # drift: reference sketches (one row per reference and column, value counts when lossless), stored
     # scores of references that a run did not replay, and the reports
     """CREATE TABLE IF NOT EXISTS drift_sketches (

@@ -392,8 +392,8 @@ class RunStore(TrafficStore):
         if task == MULTICLASS:
             select = ["t.request_id", "t.event_time", f"list_position(?::VARCHAR[], l.{column}) - 1 AS label"]
             params.append(run_classes(run))
-        else:
-            select = ["t.request_id", "t.event_time", f"l.{column} AS label"]
+        else:  # the label is looked up by the request's row afterwards (:meth:`_labels_at`), not joined by its id
+            select = ["t.request_id", "t.event_time", "p._row"]
         for r in ("baseline", "candidate"):
             predicted = f"p.{r}_class" if task == MULTICLASS else f"p.{r}_score"
             select += [
@@ -415,11 +415,21 @@ class RunStore(TrafficStore):
             if col not in info["columns"]:
                 raise WorkbenchError(f"traffic {run['traffic']!r} has no feature column {col!r}")
             select.append(f"t.{qident(col)} AS {qident('feature:' + col)}")
-        sql = f"""SELECT {", ".join(select)}
-                  FROM predictions p
-                  JOIN {traffic_table(run["traffic"])} t USING (_row)
-                  LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
-                  {_PROBABILITIES if task == MULTICLASS else _QUANTILES if quantiles else ""}
-                  WHERE p.run_id = ?"""
+        if task == MULTICLASS:
+            sql = f"""SELECT {", ".join(select)}
+                      FROM predictions p
+                      JOIN {traffic_table(run["traffic"])} t USING (_row)
+                      LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
+                      {_PROBABILITIES}
+                      WHERE p.run_id = ?"""
+            params.append(run["traffic"])
+        else:
+            sql = f"""SELECT {", ".join(select)} FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
+                      {_QUANTILES if quantiles else ""}
+                      WHERE p.run_id = ?"""
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
-            return self.cursor().execute(sql, [*params, run["traffic"], run_id]).to_arrow_table()
+            table = self.cursor().execute(sql, [*params, run_id]).to_arrow_table()
+        if task == MULTICLASS:
+            return table
+        label = self._labels_at(run["traffic"], task, table.column("_row").to_numpy())
+        return table.drop_columns(["_row"]).add_column(2, "label", label)
