@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from workbench import WorkbenchError
 from workbench.config import load_settings
 from workbench.decide.canary import preview_decision
 from workbench.decide.policy import load_policy
@@ -68,3 +71,17 @@ def test_summaries_keep_times_and_refuse_unknown_names(seeded_home):
     assert summaries.loads(summaries.dumps(value)) == {**value, "rows": [[1, 2.5, None]]}
     with Store(load_settings(seeded_home).db_path) as store, pytest.raises(WorkbenchError, match="unknown run summary"):
         summaries.look_up(store, "run_a", "histograms")
+
+
+def test_only_runs_of_at_least_the_configured_rows_are_stored(seeded_home, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_SUMMARY_MIN_ROWS", raising=False)
+    assert summaries.min_rows() == summaries.DEFAULT_MIN_ROWS
+    monkeypatch.setenv("WORKBENCH_SUMMARY_MIN_ROWS", "lots")
+    with pytest.raises(WorkbenchError, match=r"SUMMARY_MIN_ROWS must be a whole number of rows, not 'lots'"):
+        summaries.min_rows()
+    with Store(load_settings(seeded_home).db_path) as store:
+        rows = store.require_run("run_a")["rows_done"]
+        assert summaries.precompute(store, "run_a", at_least=rows + 1) == []  # small: a page computes it
+        assert not summaries.look_up(store, "run_a", "scores").stored
+        assert summaries.precompute(store, "run_a", evidence=False, at_least=rows)[-1] == "breakdowns"
+        assert summaries.look_up(store, "run_a", "scores").stored

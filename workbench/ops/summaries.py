@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 SCORE_BINS = 200  # score histogram bins (ROC/PR thresholds at k/200)
 LATENCY_PER_DECADE = 20  # log-spaced latency bins
 LATENCY_PROBS = (0.5, 0.95, 0.99)
+MIN_ROWS_VAR = "WORKBENCH_SUMMARY_MIN_ROWS"
+# a 100k-row run's pages aggregate and judge it in well under 2 s on a first visit (10M rows: 5-60 s)
+DEFAULT_MIN_ROWS = 100_000
 
 
 def run_token(r: dict) -> str:
@@ -111,14 +115,25 @@ def summary(store: Store, run_id: str, name: str, arg: Any = None) -> Any:
     return looked.value
 
 
-def precompute(store: Store, run_id: str, evidence: bool = True) -> list[str]:
-    """Compute and store the summaries of a finished run the pages show (the evidence of a decision under the
-    shipped policy of the run's task only with ``evidence``: after the drift report, which it depends on); returns
-    the names stored. A run the evidence cannot be built for (no registered candidate, ...) is logged, not raised."""
+def min_rows() -> int:
+    """The smallest run the flow stores summaries of (``$WORKBENCH_SUMMARY_MIN_ROWS``, default
+    :data:`DEFAULT_MIN_ROWS`): a page aggregates or judges a smaller run on its first visit within its budget."""
+    raw = os.environ.get(MIN_ROWS_VAR, "")
+    try:
+        return int(raw) if raw else DEFAULT_MIN_ROWS
+    except ValueError:
+        raise WorkbenchError(f"${MIN_ROWS_VAR} must be a whole number of rows, not {raw!r}") from None
+
+
+def precompute(store: Store, run_id: str, evidence: bool = True, at_least: int = 0) -> list[str]:
+    """Compute and store the summaries of a finished run of ``at_least`` rows the pages show (the evidence of a
+    decision under the shipped policy of the run's task only with ``evidence``: after the drift report, which it
+    depends on); returns the names stored. A run the evidence cannot be built for (no registered candidate, ...)
+    is logged, not raised."""
     from workbench.decide.policy import policy_for_run
 
     run = store.require_run(run_id)
-    if run["status"] != "finished":
+    if run["status"] != "finished" or run["rows_done"] < at_least:
         return []
     done = []
     for name in ("scores", "latency_quantiles", "segment_columns"):
