@@ -40,6 +40,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
+from workbench.store import object_store
 from workbench.tasks import MULTICLASS, REGRESSION
 
 log = logging.getLogger(__name__)
@@ -326,11 +327,15 @@ def redact(conn: str) -> str:
 
 def storage_problem(exc: BaseException) -> str | None:
     """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
-    the catalog) or its PostgreSQL catalog cannot be reached; None for anything else."""
+    the catalog), its PostgreSQL catalog cannot be reached or its object store refuses or does not answer;
+    None for anything else."""
     text = str(exc)
     down = re.search(r'Unable to connect to Postgres at "([^"]*)": ([^\n]*)', text)
     if down is not None and isinstance(exc, duckdb.Error):
         return catalog_unreachable(down.group(1), down.group(2))
+    data = os.environ.get(DATA_PATH_VAR, "").strip()
+    if (store := object_store.problem(exc, data if is_url(data) else None)) is not None:
+        return store
     if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
         return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
     m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
@@ -483,11 +488,10 @@ class _LakeInstance:
 
     def _attach(self, target: LakeTarget, writer: Callable[[], Any]) -> None:
         lake, postgres, data = target.folder, target.postgres, target.data_path
-        extensions = ["ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"]
-        if data is not None and is_url(data):  # an object store's credentials: DuckDB's persistent secrets
-            extensions.append("httpfs")
-        for name in extensions:
+        for name in ("ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"):
             self.base.load(name)
+        if data is not None and is_url(data):
+            self._open_object_store(data)
         lake.mkdir(parents=True, exist_ok=True)
         if postgres is None:
             catalog = lake / CATALOG_FILE
@@ -498,18 +502,39 @@ class _LakeInstance:
             else:
                 with writer():  # the first attach creates the catalog: one process at a time
                     self.root.execute(sql)
-            return
+        else:
+            self._attach_postgres(target, postgres)
+        # where the data files are: as configured, or as a PostgreSQL catalog recorded it when it was made
+        settings = self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
+        self.data_path: str = settings[0][0]
+
+    def _recorded_data_path(self) -> str:
+        """The data path a PostgreSQL catalog recorded when it was made."""
+        sql = "SELECT value FROM ducklake_metadata WHERE key = ''data_path''"
+        rows = self.root.execute(f"SELECT * FROM postgres_query('{self.pg}', '{sql}')").fetchall()
+        return rows[0][0] if rows else ""
+
+    def _open_object_store(self, data: str) -> None:
+        """DuckDB's httpfs, the credentials for ``data`` (a secret of this lake's) and a check that the store
+        answers there."""
+        self.base.load("httpfs")
+        object_store.connect(self.root, data, f"{self.alias}_data")
+
+    def _attach_postgres(self, target: LakeTarget, postgres: str) -> None:
+        data = target.data_path
         try:
             # the writer lock's own connection (a plain PostgreSQL attach: advisory locks, no DuckLake)
             self.root.execute(f"ATTACH {sql_literal(postgres)} AS {self.pg} (TYPE postgres)")
             made = f"SELECT * FROM postgres_query('{self.pg}', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
             sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS {self.alias} "
             if self.root.execute(made).fetchall()[0][0]:
+                if data is None and is_url(recorded := self._recorded_data_path()):
+                    self._open_object_store(recorded)  # attaching reads it
                 self.root.execute(sql + f"({_lake_options(data)})")
             else:  # the first attach creates the catalog's tables: one process at a time
                 release = self.advisory_lock(DEFAULT_WRITE_WAIT_S)
                 try:
-                    self.root.execute(sql + f"({_lake_options(data or str(lake / 'data') + os.sep)})")
+                    self.root.execute(sql + f"({_lake_options(data or str(target.folder / 'data') + os.sep)})")
                 finally:
                     release()
         except duckdb.Error as e:
@@ -575,6 +600,8 @@ class _LakeInstance:
         for alias in (self.alias, self.pg):
             with suppress(duckdb.Error):
                 self.root.execute(f"DETACH DATABASE IF EXISTS {alias}")
+        with suppress(duckdb.Error):  # the object store's credentials, when it made them
+            self.root.execute(f"DROP TEMPORARY SECRET IF EXISTS {self.alias}_data")
 
 
 class StoreBase:
@@ -714,6 +741,11 @@ class StoreBase:
     def catalog(self) -> str:
         """The name this store's lake is attached under in the process's DuckDB (``memory`` in memory)."""
         return "memory" if self._instance is None else self._instance.alias
+
+    @property
+    def data_path(self) -> str | None:
+        """Where the lake's data files are (a folder or an object-store URL); None in memory."""
+        return None if self._instance is None else self._instance.data_path
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""

@@ -1,0 +1,112 @@
+"""The lake's data files on an S3-compatible object store (``$WORKBENCH_DATA_PATH=s3://...``), against a real
+S3 server on 127.0.0.1 (moto) that checks every request's signature: credentials from the standard AWS
+variables, a run written on one machine and read on another, the objects in the bucket, ``gc`` there, and
+one-line errors for a bucket that is missing, a store that does not answer and credentials it refuses. Also
+what ``gc`` reports for a data path outside the home, and a PostgreSQL catalog that does not answer at all."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from conftest import free_port, run_cli
+from workbench.errors import WorkbenchError
+from workbench.store import Store
+from workbench.store.base import CATALOG_FILE
+from workbench.store.object_store import DataPathUnreachable, secret_from_env
+
+
+def test_the_secret_is_made_from_the_standard_aws_variables():
+    env = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3cret", "AWS_DEFAULT_REGION": "eu-west-1",
+           "AWS_ENDPOINT_URL": "http://minio.internal:9000"}  # fmt: skip
+    sql, params = secret_from_env("s3://b/lake/", "wb", env)
+    assert "s3cret" not in sql and "AKID" not in sql  # bound as parameters, never in the statement's text
+    assert "URL_STYLE ?" in sql and "USE_SSL false" in sql and "SCOPE ?" in sql
+    assert params == ["AKID", "s3cret", "eu-west-1", "minio.internal:9000", "path", "s3://b/lake/"]
+    env |= {"AWS_ENDPOINT_URL_S3": "https://s3.example:8443", "AWS_REGION": "us-east-2", "AWS_SESSION_TOKEN": "tok"}
+    sql, params = secret_from_env("s3://b/lake/", "wb", env)
+    assert "USE_SSL true" in sql and params[:5] == ["AKID", "s3cret", "tok", "us-east-2", "s3.example:8443"]
+    assert secret_from_env("s3://b/lake/", "wb", {}) is None  # none set: DuckDB's own secrets apply
+    assert secret_from_env("gs://b/lake/", "wb", env) is None  # the AWS variables are for S3
+    with pytest.raises(WorkbenchError, match=r"\$AWS_SECRET_ACCESS_KEY is set but \$AWS_ACCESS_KEY_ID is not"):
+        secret_from_env("s3://b/lake/", "wb", {"AWS_SECRET_ACCESS_KEY": "s3cret"})
+    with pytest.raises(WorkbenchError, match=r"AWS_ENDPOINT_URL must be .* not 'minio:9000'"):
+        secret_from_env("s3://b/lake/", "wb", {"AWS_ENDPOINT_URL": "minio:9000"})
+
+
+def _write_run(s: Store, run: str, batches: int = 2, rows: int = 1500) -> None:
+    """A run of ``batches`` committed batches of ``rows`` paired results (each batch a Parquet file)."""
+    s.create_run(run_id=run, traffic="t", baseline={"v": 1}, candidate={"v": 2}, rows_total=batches * rows,
+                 batch_size=rows, device="cpu", mode="batch", meta={})  # fmt: skip
+    for b in range(batches):
+        ids = pa.array(range(b * rows, (b + 1) * rows), pa.int64())
+        s.commit_batch(run, b, b * rows, (b + 1) * rows - 1, rows, 0.1, pa.table({"_row": ids, "baseline_score": ids}))
+    s.finish_run(run)
+
+
+def _parquet(s3_server, data_path: str) -> dict[str, int]:
+    """The Parquet objects under the data path and their sizes, listed with boto3."""
+    bucket, prefix = data_path.removeprefix("s3://").split("/", 1)
+    pages = s3_server.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for p in pages for o in p.get("Contents", []) if o["Key"].endswith(".parquet")}
+
+
+def test_a_run_written_on_one_machine_is_read_on_another_through_postgres_and_s3(
+    pg_catalog, s3_data_path, s3_server, tmp_path
+):
+    home_a, home_b = tmp_path / "machine_a", tmp_path / "machine_b"
+    with Store(home_a / "lake") as s:
+        assert s.data_path == s3_data_path
+        _write_run(s, "r")
+    objects = _parquet(s3_server, s3_data_path)
+    assert len([k for k in objects if "/main/predictions/" in k]) == 2, objects  # one object per committed batch
+    assert not list(tmp_path.rglob("*.parquet")) and not (home_a / "lake" / CATALOG_FILE).exists()
+    with Store(home_b / "lake", read_only=True) as s:  # another home: the same catalog and bucket
+        assert s.run_counts("r").rows == 3000 and s.committed_ranges("r") == [(0, 2999)]
+        assert s.cursor().execute("SELECT sum(baseline_score) FROM predictions").fetchall() == [(sum(range(3000)),)]
+    out = run_cli("runs", "--json", home=home_b)  # the CLI of that other machine, from its environment alone
+    assert [r["run_id"] for r in json.loads(out.stdout)["runs"]] == ["r"]
+
+
+def test_a_postgres_catalog_remembers_its_object_store(pg_catalog, s3_data_path, s3_server, tmp_path, monkeypatch):
+    with Store(tmp_path / "a" / "lake") as s:
+        _write_run(s, "r", batches=1)
+    monkeypatch.delenv("WORKBENCH_DATA_PATH")  # unset: the data path the catalog recorded when it was made
+    with Store(tmp_path / "b" / "lake", read_only=True) as s:
+        assert s.data_path == s3_data_path and s.run_counts("r").rows == 1500
+
+
+def test_an_sqlite_catalog_with_its_data_on_s3(s3_data_path, s3_server, tmp_path):
+    with Store(tmp_path / "lake") as s:
+        _write_run(s, "r")
+    assert (tmp_path / "lake" / CATALOG_FILE).exists() and not list(tmp_path.rglob("*.parquet"))
+    assert len(_parquet(s3_server, s3_data_path)) == 2
+    with Store(tmp_path / "lake", read_only=True) as s:
+        assert s.run_counts("r").rows == 3000
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "expect"),
+    [
+        ("missing bucket", {"WORKBENCH_DATA_PATH": "s3://no-such-bucket/lake"}, "NoSuchBucket"),
+        ("wrong secret", {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "HTTP 403"),
+        ("unknown key", {"AWS_ACCESS_KEY_ID": "AKIANOSUCHKEY"}, "InvalidAccessKeyId"),
+        ("no server", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{port}"}, "Could not connect"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_data_path_that_cannot_be_used_is_named_in_one_line(s3_data_path, tmp_path, case, change, expect):
+    env = {k: v.format(port=free_port()) for k, v in change.items()}
+    path = env.get("WORKBENCH_DATA_PATH", s3_data_path.rstrip("/")) + "/"
+    out = run_cli("runs", "--json", home=tmp_path / "home", env=env, check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"data path {path} ($WORKBENCH_DATA_PATH) cannot be used" in out.stderr and expect in out.stderr
+    assert "not-the-secret" not in out.stderr
+    with pytest.MonkeyPatch.context() as mp:  # the library raises the same one line
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with pytest.raises(DataPathUnreachable, match=expect):
+            Store(tmp_path / "other" / "lake")
