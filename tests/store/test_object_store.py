@@ -15,6 +15,7 @@ from conftest import free_port, run_cli
 from workbench.errors import WorkbenchError
 from workbench.store import Store
 from workbench.store.base import CATALOG_FILE
+from workbench.store.maintenance import collect
 from workbench.store.object_store import DataPathUnreachable, secret_from_env
 
 
@@ -85,6 +86,85 @@ def test_an_sqlite_catalog_with_its_data_on_s3(s3_data_path, s3_server, tmp_path
     assert len(_parquet(s3_server, s3_data_path)) == 2
     with Store(tmp_path / "lake", read_only=True) as s:
         assert s.run_counts("r").rows == 3000
+
+
+def _job_traffic(s: Store, name: str, run: str, rows: int = 3000) -> None:
+    """A traffic set a job ingested for itself 40 days ago, with one run on it (Parquet files, not inlined)."""
+    with s.transaction() as cur:
+        cur.execute(f'CREATE TABLE "traffic_{name}" AS SELECT range AS _row FROM range(?)', [rows])
+        cur.execute(
+            "INSERT INTO traffic_sets VALUES (?, ?, 'request_id', NULL, NULL, '[]', 'f', ?, 0, "
+            "now() - INTERVAL 40 DAY, now() - INTERVAL 40 DAY)",
+            [name, "traffic_" + name, rows],
+        )
+        cur.execute(
+            "INSERT INTO jobs (job_id, kind, params, status, created_at) VALUES (?, 'x', '{}', 'f', now())", [name]
+        )
+        cur.execute("INSERT INTO runs VALUES (?, ?, '{}', '{}', 'finished', ?, ?, 'cpu', 'batch', '{}', now(), now())",
+                    [run, name, rows, rows])  # fmt: skip
+        cur.execute(
+            "INSERT INTO predictions (run_id, _row, baseline_score) SELECT ?, range, 0.5 FROM range(?)", [run, rows]
+        )
+
+
+def test_gc_on_an_object_store_reports_and_frees_the_objects(pg_catalog, s3_data_path, s3_server, tmp_path):
+    home = tmp_path / "home"
+    with Store(home / "lake") as s:
+        _job_traffic(s, "job_old", "run_old")
+        _job_traffic(s, "job_cited", "run_cited")
+        s.write(  # a decision cites job_cited's run: it stays
+            "INSERT INTO decisions (decision_id, model, kind, run_id, verdict, weight_before, weight_after, record, "
+            "record_hash, signature, created_at) VALUES ('d1', 'm', 'decision', 'run_cited', 'HOLD', 0, 0, '{}', "
+            "'h', 's', now())"
+        )
+    before = _parquet(s3_server, s3_data_path)
+    assert any("/main/traffic_job_old/" in k for k in before), before
+    dry = json.loads(run_cli("gc", "--dry-run", "--json", home=home).stdout)
+    assert dry["traffic_sets"] == ["job_old"] and dry["runs"] == ["run_old"] and dry["rows"]["predictions"] == 3000
+    assert (dry["files_before"], dry["bytes_before"]) == (len(before), sum(before.values()))
+    assert _parquet(s3_server, s3_data_path) == before  # a dry run touches nothing
+    rep = json.loads(run_cli("gc", "--json", home=home).stdout)
+    after = _parquet(s3_server, s3_data_path)
+    assert (rep["files_before"], rep["bytes_before"]) == (len(before), sum(before.values()))
+    assert (rep["files_after"], rep["bytes_after"]) == (len(after), sum(after.values()))
+    # the dropped rows' objects stay while younger snapshots still reference them (time travel), then go
+    assert any("/main/traffic_job_old/" in k for k in after)
+    rep = json.loads(run_cli("gc", "--older-than", "0", "--json", home=home).stdout)
+    last = _parquet(s3_server, s3_data_path)
+    assert rep["traffic_sets"] == [] and rep["snapshots_expired"] > 0
+    assert (rep["files_before"], rep["bytes_before"]) == (len(after), sum(after.values()))
+    assert (rep["files_after"], rep["bytes_after"]) == (len(last), sum(last.values()))
+    assert rep["bytes_freed"] > 0 and not any("/main/traffic_job_old/" in k for k in last), last
+    with Store(home / "lake", read_only=True) as s:
+        assert s.cursor().execute("SELECT DISTINCT run_id FROM predictions").fetchall() == [("run_cited",)]
+        assert [t["name"] for t in s.list_traffic()] == ["job_cited"]
+
+
+def test_gc_measures_the_data_path_not_the_home(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.delenv("WORKBENCH_CATALOG", raising=False)
+    monkeypatch.setenv("WORKBENCH_DATA_PATH", str(shared))
+    lake = tmp_path / "home" / "lake"
+
+    def measured() -> tuple[int, int]:
+        files = list(shared.rglob("*.parquet"))
+        catalog = sum(f.stat().st_size for f in lake.glob(CATALOG_FILE + "*"))
+        return len(files), sum(f.stat().st_size for f in files) + catalog
+
+    with Store(lake) as s:
+        _job_traffic(s, "job_old", "run_old")
+        _job_traffic(s, "job_new", "run_new")
+        s.write("UPDATE traffic_sets SET updated_at = now() WHERE name = 'job_new'")
+        files_before, bytes_before = measured()
+        assert files_before >= 4 and not list(lake.rglob("*.parquet"))
+        rep = collect(s, 30)
+        assert rep.runs == ["run_old"] and (rep.files_before, rep.bytes_before) == (files_before, bytes_before)
+        assert (rep.files_after, rep.bytes_after) == measured()
+        s.write("DELETE FROM traffic_sets WHERE name = 'job_new'")  # not a job's own traffic any more: kept
+        files_before, bytes_before = measured()
+        rep = collect(s, 0)  # every snapshot expires: the dropped data's files go
+        assert (rep.files_before, rep.bytes_before) == (files_before, bytes_before)
+        assert (rep.files_after, rep.bytes_after) == measured() and rep.bytes_after < bytes_before
 
 
 @pytest.mark.parametrize(
