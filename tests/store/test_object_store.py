@@ -7,6 +7,8 @@ what ``gc`` reports for a data path outside the home, and a PostgreSQL catalog t
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import pyarrow as pa
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from conftest import free_port, run_cli
 from workbench.errors import WorkbenchError
 from workbench.store import Store
-from workbench.store.base import CATALOG_FILE
+from workbench.store.base import CATALOG_FILE, CONNECT_TIMEOUT_S, CatalogUnreachable, with_connect_timeout
 from workbench.store.maintenance import collect
 from workbench.store.object_store import DataPathUnreachable, secret_from_env
 
@@ -190,3 +192,21 @@ def test_a_data_path_that_cannot_be_used_is_named_in_one_line(s3_data_path, tmp_
             mp.setenv(k, v)
         with pytest.raises(DataPathUnreachable, match=expect):
             Store(tmp_path / "other" / "lake")
+
+
+def test_a_catalog_that_never_answers_fails_within_the_connect_timeout(tmp_path, monkeypatch):
+    assert with_connect_timeout("dbname=x host=h") == f"dbname=x host=h connect_timeout={CONNECT_TIMEOUT_S}"
+    assert with_connect_timeout("postgresql://h/x?sslmode=disable").endswith(f"&connect_timeout={CONNECT_TIMEOUT_S}")
+    assert with_connect_timeout("dbname=x connect_timeout=2") == "dbname=x connect_timeout=2"
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers: a blackholed host
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        closed = free_port()
+        for port, within in ((silent.getsockname()[1], CONNECT_TIMEOUT_S + 10), (closed, 10)):
+            monkeypatch.setenv("WORKBENCH_CATALOG", f"postgres:dbname=wb host=127.0.0.1 port={port} user=wb")
+            start = time.monotonic()
+            with pytest.raises(CatalogUnreachable, match=f"port={port} user=wb' .* cannot be reached") as e:
+                Store(tmp_path / "lake")
+            assert time.monotonic() - start < within and "connect_timeout" not in str(e.value)
+            out = run_cli("runs", "--json", home=tmp_path, check=False, timeout=60)
+            assert out.returncode == 2 and out.stderr.count("\n") == 1 and "cannot be reached" in out.stderr

@@ -54,6 +54,9 @@ DEFAULT_WRITE_WAIT_S = 120.0  # how long a writer waits for the lake's writer lo
 INLINE_ROWS = 1000  # inserts up to this many rows stay in the catalog (jobs, decisions), not in a Parquet file
 CATALOG_VAR = "WORKBENCH_CATALOG"  # a PostgreSQL catalog for the lake (unset: SQLite in the lake folder)
 DATA_PATH_VAR = "WORKBENCH_DATA_PATH"  # where the lake's Parquet files go (unset: <lake>/data/)
+# seconds libpq waits for a PostgreSQL catalog to answer before the command fails (a host that drops packets
+# would hang it otherwise); a connect_timeout in $WORKBENCH_CATALOG or $PGCONNECT_TIMEOUT takes precedence
+CONNECT_TIMEOUT_S = 5
 # the writer lock with a PostgreSQL catalog: an advisory lock (its key spells "workbenc") of a transaction
 TRY_LOCK_SQL = "SELECT * FROM postgres_query('{pg}', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
 
@@ -325,6 +328,16 @@ def redact(conn: str) -> str:
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", conn)
 
 
+def with_connect_timeout(conn: str) -> str:
+    """A libpq connection string (key=value or URI) with ``connect_timeout`` added, unless it or
+    ``$PGCONNECT_TIMEOUT`` sets one already."""
+    if os.environ.get("PGCONNECT_TIMEOUT") or re.search(r"connect_timeout\s*=", conn):
+        return conn
+    if conn.startswith(("postgresql://", "postgres://")):
+        return conn + ("&" if "?" in conn else "?") + f"connect_timeout={CONNECT_TIMEOUT_S}"
+    return f"{conn} connect_timeout={CONNECT_TIMEOUT_S}"
+
+
 def storage_problem(exc: BaseException) -> str | None:
     """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
     the catalog), its PostgreSQL catalog cannot be reached or its object store refuses or does not answer;
@@ -359,7 +372,7 @@ def _probe_catalog() -> str | None:
     con = duckdb.connect()
     try:
         con.execute(f"LOAD {sql_literal(extension_file('postgres_scanner'))}")
-        con.execute(f"ATTACH {sql_literal(postgres)} AS probe (TYPE postgres, READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(with_connect_timeout(postgres))} AS probe (TYPE postgres, READ_ONLY)")
         con.execute("SELECT * FROM postgres_query('probe', 'SELECT 1')").fetchall()
     except duckdb.Error as e:
         down = re.search(r'Unable to connect to Postgres at "[^"]*": ([^\n]*)', str(e))
@@ -371,6 +384,7 @@ def _probe_catalog() -> str | None:
 
 def catalog_unreachable(conn: str, reason: str) -> str:
     """The one-line error for a PostgreSQL catalog that does not answer."""
+    conn = re.sub(rf"[ ?&]connect_timeout={CONNECT_TIMEOUT_S}$", "", conn)  # as the user wrote it
     return (
         f"the workbench's PostgreSQL catalog {redact(conn)!r} (${CATALOG_VAR}) cannot be reached "
         f"({reason.strip().rstrip('.')}); start it or fix ${CATALOG_VAR}, then run the command again: "
@@ -503,7 +517,7 @@ class _LakeInstance:
                 with writer():  # the first attach creates the catalog: one process at a time
                     self.root.execute(sql)
         else:
-            self._attach_postgres(target, postgres)
+            self._attach_postgres(target, with_connect_timeout(postgres))
         # where the data files are: as configured, or as a PostgreSQL catalog recorded it when it was made
         settings = self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
         self.data_path: str = settings[0][0]
@@ -541,7 +555,7 @@ class _LakeInstance:
             problem = storage_problem(e)
             if problem is None:
                 m = re.search(r"(?:failed|error)[^\n]*", str(e), flags=re.I)
-                problem = catalog_unreachable(postgres, m.group(0) if m else type(e).__name__)
+                problem = catalog_unreachable(target.postgres or postgres, m.group(0) if m else type(e).__name__)
             raise CatalogUnreachable(problem) from None
 
     def advisory_lock(self, wait_s: float) -> Callable[[], None]:
