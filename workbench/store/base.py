@@ -40,7 +40,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
-from workbench.store import object_store
+from workbench.store.object_store import connect_data_path, data_path_problem
 from workbench.tasks import MULTICLASS, REGRESSION
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ def storage_problem(exc: BaseException) -> str | None:
     if down is not None and isinstance(exc, duckdb.Error):
         return catalog_unreachable(down.group(1), down.group(2))
     data = os.environ.get(DATA_PATH_VAR, "").strip()
-    if (store := object_store.problem(exc, data if is_url(data) else None)) is not None:
+    if (store := data_path_problem(exc, data if is_url(data) else None)) is not None:
         return store
     if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
         return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
@@ -532,7 +532,7 @@ class _LakeInstance:
         """DuckDB's httpfs, the credentials for ``data`` (a secret of this lake's) and a check that the store
         answers there."""
         self.base.load("httpfs")
-        object_store.connect(self.root, data, f"{self.alias}_data")
+        connect_data_path(self.root, data, f"{self.alias}_data")
 
     def _attach_postgres(self, target: LakeTarget, postgres: str) -> None:
         data = target.data_path

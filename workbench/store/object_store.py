@@ -65,7 +65,7 @@ def secret_from_env(data_path: str, name: str, env: dict[str, str] | None = None
     return sql + ", SCOPE ?)", [v for _, v in options] + [data_path]
 
 
-def connect(con: duckdb.DuckDBPyConnection, data_path: str, secret: str) -> None:
+def connect_data_path(con: duckdb.DuckDBPyConnection, data_path: str, secret: str) -> None:
     """Give ``con``'s DuckDB (httpfs loaded) the credentials for ``data_path`` (as secret ``secret``) and check
     that the store answers there (one listing that matches nothing); a store that does not raises
     :class:`DataPathUnreachable`."""
@@ -84,7 +84,7 @@ def connect(con: duckdb.DuckDBPyConnection, data_path: str, secret: str) -> None
         raise DataPathUnreachable(unreachable(data_path, str(e))) from None
 
 
-def problem(exc: BaseException, data_path: str | None) -> str | None:
+def data_path_problem(exc: BaseException, data_path: str | None) -> str | None:
     """The one-line explanation when ``exc`` is DuckDB failing to reach an object store; None otherwise.
     ``data_path``: the configured data path (None: the URL in the error is named)."""
     text = str(exc)
