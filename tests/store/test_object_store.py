@@ -7,13 +7,14 @@ what ``gc`` reports for a data path outside the home, and a PostgreSQL catalog t
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
 import pyarrow as pa
 import pytest
 
-from conftest import free_port, run_cli
+from conftest import REPO, free_port, run_cli
 from workbench.errors import WorkbenchError
 from workbench.store import Store
 from workbench.store.base import CATALOG_FILE, CONNECT_TIMEOUT_S, CatalogUnreachable, with_connect_timeout
@@ -192,6 +193,22 @@ def test_a_data_path_that_cannot_be_used_is_named_in_one_line(s3_data_path, tmp_
             mp.setenv(k, v)
         with pytest.raises(DataPathUnreachable, match=expect):
             Store(tmp_path / "other" / "lake")
+
+
+def test_the_docs_example_sets_what_these_tests_set_and_prints_their_error(s3_server, tmp_path, monkeypatch):
+    example = (REPO / "docs" / "operations" / "storage.md").read_text().split("### Example: an existing", 1)[1]
+    setup, error = re.findall(r"```\n(.*?)```", example, flags=re.S)[:2]
+    names = set(re.findall(r"^export (\w+)=", setup, flags=re.M)) - {"PGPASSWORD"}  # trust auth here
+    assert names == {"WORKBENCH_CATALOG", "WORKBENCH_DATA_PATH", *s3_server.env()}
+    s3_server.bucket("workbench-lake")
+    monkeypatch.delenv("WORKBENCH_CATALOG", raising=False)
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    monkeypatch.setenv("WORKBENCH_DATA_PATH", "s3://workbench-lake/prod")
+    with pytest.raises(DataPathUnreachable) as e:
+        Store(tmp_path / "lake")
+    assert "error: " + str(e.value) == " ".join(error.split())
 
 
 def test_a_catalog_that_never_answers_fails_within_the_connect_timeout(tmp_path, monkeypatch):
