@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.store import Store
 from workbench.store.base import CATALOG_FILE, CONNECT_TIMEOUT_S, CatalogUnreachable, with_connect_timeout
 from workbench.store.maintenance import collect
-from workbench.store.object_store import DataPathUnreachable, secret_from_env
+from workbench.store.object_store import PROBE_RETRIES, PROBE_TIMEOUT_S, DataPathUnreachable, secret_from_env
 
 
 def test_the_secret_is_made_from_the_standard_aws_variables():
@@ -89,6 +89,7 @@ def test_an_sqlite_catalog_with_its_data_on_s3(s3_data_path, s3_server, tmp_path
     assert len(_parquet(s3_server, s3_data_path)) == 2
     with Store(tmp_path / "lake", read_only=True) as s:
         assert s.run_counts("r").rows == 3000
+        assert s.settings("http_timeout", "http_retries") == {"http_timeout": 30, "http_retries": 3}  # after the probe
 
 
 def _job_traffic(s: Store, name: str, run: str, rows: int = 3000) -> None:
@@ -193,6 +194,17 @@ def test_a_data_path_that_cannot_be_used_is_named_in_one_line(s3_data_path, tmp_
             mp.setenv(k, v)
         with pytest.raises(DataPathUnreachable, match=expect):
             Store(tmp_path / "other" / "lake")
+
+
+def test_a_store_that_never_answers_fails_within_the_probe_timeout(s3_data_path, tmp_path, monkeypatch):
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.monotonic()
+        with pytest.raises(DataPathUnreachable, match="Timeout was reached"):
+            Store(tmp_path / "lake")
+    assert time.monotonic() - start < 2 * (PROBE_RETRIES + 1) * PROBE_TIMEOUT_S  # DuckDB's own: 2 minutes
 
 
 def test_the_docs_example_sets_what_these_tests_set_and_prints_their_error(s3_server, tmp_path, monkeypatch):

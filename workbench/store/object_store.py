@@ -20,6 +20,9 @@ from workbench.errors import WorkbenchError
 
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")  # what DuckDB's S3 secrets cover
 PROBE = "workbench-probe-*"  # listed under the data path when a process attaches: matches nothing, costs one request
+# the probe's HTTP timeout and retries: a store that never answers fails in about 10 s, not DuckDB's 2 minutes
+# (30 s and 3 retries, kept for the data itself)
+PROBE_TIMEOUT_S, PROBE_RETRIES = 5, 1
 # the text of DuckDB's httpfs errors: an HTTP status from the store, or no connection to it at all
 HTTP_ERROR = re.compile(r"HTTP Error|Could not (?:connect to server|resolve hostname|establish connection)|for HTTP ")
 
@@ -67,8 +70,8 @@ def secret_from_env(data_path: str, name: str, env: dict[str, str] | None = None
 
 def connect_data_path(con: duckdb.DuckDBPyConnection, data_path: str, secret: str) -> None:
     """Give ``con``'s DuckDB (httpfs loaded) the credentials for ``data_path`` (as secret ``secret``) and check
-    that the store answers there (one listing that matches nothing); a store that does not raises
-    :class:`DataPathUnreachable`."""
+    that the store answers there (one listing that matches nothing, with a short timeout); a store that does not
+    raises :class:`DataPathUnreachable`."""
     made = secret_from_env(data_path, secret)
     if made is not None:
         try:
@@ -78,10 +81,17 @@ def connect_data_path(con: duckdb.DuckDBPyConnection, data_path: str, secret: st
                 f"cannot make DuckDB's secret for the data path {data_path} from the AWS_* variables "
                 f"({type(e).__name__})"
             ) from None
+    settings = ("http_timeout", "http_retries")
+    before = con.execute("SELECT current_setting(?), current_setting(?)", list(settings)).fetchall()[0]
+    for name, value in zip(settings, (PROBE_TIMEOUT_S, PROBE_RETRIES), strict=True):
+        con.execute(f"SET {name} = ?", [value])
     try:
         con.execute("SELECT count(*) FROM glob(?)", [data_path + PROBE]).fetchall()
     except duckdb.Error as e:
         raise DataPathUnreachable(unreachable(data_path, str(e))) from None
+    finally:
+        for name, value in zip(settings, before, strict=True):
+            con.execute(f"SET {name} = ?", [value])
 
 
 def data_path_problem(exc: BaseException, data_path: str | None) -> str | None:
