@@ -1,13 +1,16 @@
 """The lake's data files on an S3-compatible object store (``$WORKBENCH_DATA_PATH=s3://...``), against a real
 S3 server on 127.0.0.1 (moto) that checks every request's signature: credentials from the standard AWS
-variables, a run written on one machine and read on another, the objects in the bucket, ``gc`` there, and
-one-line errors for a bucket that is missing, a store that does not answer and credentials it refuses. Also
-what ``gc`` reports for a data path outside the home, and a PostgreSQL catalog that does not answer at all."""
+variables, a run written on one machine and read on another, the CLI's ingest, replay (the demo's MLflow models)
+and evaluate on a PostgreSQL catalog with the bucket, the objects in the bucket, ``gc`` there, and one-line
+errors for a bucket that is missing, a store that does not answer and credentials it refuses. Also what ``gc``
+reports for a data path outside the home, and a PostgreSQL catalog that does not answer at all."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
 import time
 
@@ -17,7 +20,7 @@ import pytest
 from conftest import REPO, free_port, run_cli
 from workbench.errors import WorkbenchError
 from workbench.store import Store
-from workbench.store.base import CATALOG_FILE, CONNECT_TIMEOUT_S, CatalogUnreachable, with_connect_timeout
+from workbench.store.base import CATALOG_FILE, CONNECT_TIMEOUT_S, CatalogUnreachable, LakeTarget, with_connect_timeout
 from workbench.store.maintenance import collect
 from workbench.store.object_store import PROBE_RETRIES, PROBE_TIMEOUT_S, DataPathUnreachable, secret_from_env
 
@@ -80,6 +83,49 @@ def test_a_postgres_catalog_remembers_its_object_store(pg_catalog, s3_data_path,
     monkeypatch.delenv("WORKBENCH_DATA_PATH")  # unset: the data path the catalog recorded when it was made
     with Store(tmp_path / "b" / "lake", read_only=True) as s:
         assert s.data_path == s3_data_path and s.run_counts("r").rows == 1500
+
+
+def _scores(s: Store, traffic: str, run: str) -> dict[str, tuple]:
+    """request id -> (label or None, baseline score, candidate score) of a run's rows both models scored."""
+    rows = s.cursor().execute(
+        f"""SELECT t.request_id, l.label, p.baseline_score, p.candidate_score
+            FROM predictions p JOIN "traffic_{traffic}" t USING (_row)
+            LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+            WHERE p.run_id = ? AND p.baseline_error IS NULL AND p.candidate_error IS NULL""",
+        [traffic, run],
+    )
+    return {r[0]: r[1:] for r in rows.fetchall()}
+
+
+def test_the_cli_ingests_replays_and_evaluates_real_models_on_postgres_and_s3(
+    pg_catalog, s3_data_path, s3_server, demo_home, tmp_path
+):
+    from sklearn.metrics import roc_auc_score
+
+    home = tmp_path / "machine_a"
+    shutil.copytree(demo_home, home)  # its MLflow store and data files; the lake is PostgreSQL's and the bucket's
+    demo = json.loads((home / "demo.json").read_text())
+    out = run_cli("ingest", str(home / "data" / "traffic.parquet"), "--name", "s3flights", "--json", home=home)
+    total = json.loads(out.stdout)["rows"]
+    run_cli("labels", str(home / "data" / "labels.parquet"), "--traffic", "s3flights", "--json", home=home)
+    replay = ["replay", "--baseline", "models:/flight-delay/1", "--candidate", "models:/flight-delay/2"]
+    out = run_cli(*replay, "--traffic", "s3flights", "--run-id", "s3run", "--batch-size", "2000", "--json", home=home)
+    assert json.loads(out.stdout)["rows"] == total
+    keys = _parquet(s3_server, s3_data_path)
+    assert any("/main/traffic_s3flights/" in k for k in keys) and any("/main/predictions/" in k for k in keys), keys
+    other = tmp_path / "machine_b"  # evaluates what machine A wrote, with nothing of its own
+    ev = json.loads(run_cli("evaluate", "s3run", "--json", home=other).stdout)
+    with Store(other / "lake", read_only=True) as s:
+        got = _scores(s, "s3flights", "s3run")
+    y, b, c = zip(*(v for v in got.values() if v[0] is not None), strict=True)
+    assert ev["baseline"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, b), abs=1e-9)
+    assert ev["candidate"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, c), abs=1e-9)
+    local = home / "lake"  # the demo's own replay of the same requests, in its SQLite lake on local disk
+    with Store(local, read_only=True, target=LakeTarget(local, None, str(local / "data") + os.sep)) as s:
+        want = _scores(s, "flights", demo["replay"]["run_id"])
+    common = got.keys() & want.keys()
+    assert len(got) == total and len(common) >= total // 2, (len(got), len(common))
+    assert all(got[r][1:] == pytest.approx(want[r][1:], abs=1e-5) for r in common)
 
 
 def test_an_sqlite_catalog_with_its_data_on_s3(s3_data_path, s3_server, tmp_path):
