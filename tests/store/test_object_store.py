@@ -14,13 +14,21 @@ import shutil
 import socket
 import time
 
+import duckdb
 import pyarrow as pa
 import pytest
 
 from conftest import REPO, free_port, run_cli
 from workbench.errors import WorkbenchError
 from workbench.store import Store
-from workbench.store.base import CATALOG_FILE, CONNECT_TIMEOUT_S, CatalogUnreachable, LakeTarget, with_connect_timeout
+from workbench.store.base import (
+    CATALOG_FILE,
+    CONNECT_TIMEOUT_S,
+    CatalogUnreachable,
+    LakeTarget,
+    storage_problem,
+    with_connect_timeout,
+)
 from workbench.store.maintenance import collect
 from workbench.store.object_store import PROBE_RETRIES, PROBE_TIMEOUT_S, DataPathUnreachable, secret_from_env
 
@@ -240,6 +248,19 @@ def test_a_data_path_that_cannot_be_used_is_named_in_one_line(s3_data_path, tmp_
             mp.setenv(k, v)
         with pytest.raises(DataPathUnreachable, match=expect):
             Store(tmp_path / "other" / "lake")
+
+
+def test_an_object_deleted_under_the_catalog_is_named_as_a_missing_data_file(s3_data_path, s3_server, tmp_path):
+    with Store(tmp_path / "lake") as s:
+        _write_run(s, "r", batches=1)
+    (key,) = _parquet(s3_server, s3_data_path)
+    s3_server.s3.delete_object(Bucket=s3_data_path.split("/")[2], Key=key)
+    with Store(tmp_path / "lake", read_only=True) as s, pytest.raises(duckdb.Error) as e:
+        s.cursor().execute("SELECT sum(baseline_score) FROM predictions").fetchall()
+    problem = storage_problem(e.value)
+    assert problem is not None and problem.startswith("the storage's data file ") and key in problem
+    assert problem.endswith("is missing (deleted or moved under the catalog); restore it from a backup of the data "
+                            "path (or the bucket's earlier object versions)")  # fmt: skip
 
 
 def test_a_store_that_never_answers_fails_within_the_probe_timeout(s3_data_path, tmp_path, monkeypatch):

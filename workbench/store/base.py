@@ -346,17 +346,22 @@ def storage_problem(exc: BaseException) -> str | None:
     down = re.search(r'Unable to connect to Postgres at "([^"]*)": ([^\n]*)', text)
     if down is not None and isinstance(exc, duckdb.Error):
         return catalog_unreachable(down.group(1), down.group(2))
+    gone = re.search(r"'([^']+\.parquet)'[^\n]*\(HTTP 404", text)  # an object store's data file
+    if gone is not None and isinstance(exc, duckdb.Error):
+        return _missing_file(gone.group(1), "the data path (or the bucket's earlier object versions)")
     data = os.environ.get(DATA_PATH_VAR, "").strip()
     if (store := data_path_problem(exc, data if is_url(data) else None)) is not None:
         return store
     if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
         return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
     m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
-    if m is None:
-        return None
+    return None if m is None else _missing_file(m.group(1), "the home")
+
+
+def _missing_file(path: str, backup: str) -> str:
     return (
-        f"the storage's data file {m.group(1)} is missing (deleted or moved under the catalog); restore it "
-        "from a backup of the home"
+        f"the storage's data file {path} is missing (deleted or moved under the catalog); restore it "
+        f"from a backup of {backup}"
     )
 
 
