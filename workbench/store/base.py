@@ -40,6 +40,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
+from workbench.store.object_store import connect_data_path, data_path_problem
 from workbench.tasks import MULTICLASS, REGRESSION
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ DEFAULT_WRITE_WAIT_S = 120.0  # how long a writer waits for the lake's writer lo
 INLINE_ROWS = 1000  # inserts up to this many rows stay in the catalog (jobs, decisions), not in a Parquet file
 CATALOG_VAR = "WORKBENCH_CATALOG"  # a PostgreSQL catalog for the lake (unset: SQLite in the lake folder)
 DATA_PATH_VAR = "WORKBENCH_DATA_PATH"  # where the lake's Parquet files go (unset: <lake>/data/)
+# seconds libpq waits for a PostgreSQL catalog to answer before the command fails (a host that drops packets
+# would hang it otherwise); a connect_timeout in $WORKBENCH_CATALOG or $PGCONNECT_TIMEOUT takes precedence
+CONNECT_TIMEOUT_S = 5
 # the writer lock with a PostgreSQL catalog: an advisory lock (its key spells "workbenc") of a transaction
 TRY_LOCK_SQL = "SELECT * FROM postgres_query('{pg}', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
 
@@ -329,21 +333,40 @@ def redact(conn: str) -> str:
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", conn)
 
 
+def with_connect_timeout(conn: str) -> str:
+    """A libpq connection string (key=value or URI) with ``connect_timeout`` added, unless it or
+    ``$PGCONNECT_TIMEOUT`` sets one already."""
+    if os.environ.get("PGCONNECT_TIMEOUT") or re.search(r"connect_timeout\s*=", conn):
+        return conn
+    if conn.startswith(("postgresql://", "postgres://")):
+        return conn + ("&" if "?" in conn else "?") + f"connect_timeout={CONNECT_TIMEOUT_S}"
+    return f"{conn} connect_timeout={CONNECT_TIMEOUT_S}"
+
+
 def storage_problem(exc: BaseException) -> str | None:
     """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
-    the catalog) or its PostgreSQL catalog cannot be reached; None for anything else."""
+    the catalog), its PostgreSQL catalog cannot be reached or its object store refuses or does not answer;
+    None for anything else."""
     text = str(exc)
     down = re.search(r'Unable to connect to Postgres at "([^"]*)": ([^\n]*)', text)
     if down is not None and isinstance(exc, duckdb.Error):
         return catalog_unreachable(down.group(1), down.group(2))
+    gone = re.search(r"'([^']+\.parquet)'[^\n]*\(HTTP 404", text)  # an object store's data file
+    if gone is not None and isinstance(exc, duckdb.Error):
+        return _missing_file(gone.group(1), "the data path (or the bucket's earlier object versions)")
+    data = os.environ.get(DATA_PATH_VAR, "").strip()
+    if (store := data_path_problem(exc, data if is_url(data) else None)) is not None:
+        return store
     if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
         return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
     m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
-    if m is None:
-        return None
+    return None if m is None else _missing_file(m.group(1), "the home")
+
+
+def _missing_file(path: str, backup: str) -> str:
     return (
-        f"the storage's data file {m.group(1)} is missing (deleted or moved under the catalog); restore it "
-        "from a backup of the home"
+        f"the storage's data file {path} is missing (deleted or moved under the catalog); restore it "
+        f"from a backup of {backup}"
     )
 
 
@@ -359,7 +382,7 @@ def _probe_catalog() -> str | None:
     con = duckdb.connect()
     try:
         con.execute(f"LOAD {sql_literal(extension_file('postgres_scanner'))}")
-        con.execute(f"ATTACH {sql_literal(postgres)} AS probe (TYPE postgres, READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(with_connect_timeout(postgres))} AS probe (TYPE postgres, READ_ONLY)")
         con.execute("SELECT * FROM postgres_query('probe', 'SELECT 1')").fetchall()
     except duckdb.Error as e:
         down = re.search(r'Unable to connect to Postgres at "[^"]*": ([^\n]*)', str(e))
@@ -371,6 +394,7 @@ def _probe_catalog() -> str | None:
 
 def catalog_unreachable(conn: str, reason: str) -> str:
     """The one-line error for a PostgreSQL catalog that does not answer."""
+    conn = re.sub(rf"[ ?&]connect_timeout={CONNECT_TIMEOUT_S}$", "", conn)  # as the user wrote it
     return (
         f"the workbench's PostgreSQL catalog {redact(conn)!r} (${CATALOG_VAR}) cannot be reached "
         f"({reason.strip().rstrip('.')}); start it or fix ${CATALOG_VAR}, then run the command again: "
@@ -488,11 +512,10 @@ class _LakeInstance:
 
     def _attach(self, target: LakeTarget, writer: Callable[[], Any]) -> None:
         lake, postgres, data = target.folder, target.postgres, target.data_path
-        extensions = ["ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"]
-        if data is not None and is_url(data):  # an object store's credentials: DuckDB's persistent secrets
-            extensions.append("httpfs")
-        for name in extensions:
+        for name in ("ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"):
             self.base.load(name)
+        if data is not None and is_url(data):
+            self._open_object_store(data)
         lake.mkdir(parents=True, exist_ok=True)
         if postgres is None:
             catalog = lake / CATALOG_FILE
@@ -503,25 +526,46 @@ class _LakeInstance:
             else:
                 with writer():  # the first attach creates the catalog: one process at a time
                     self.root.execute(sql)
-            return
+        else:
+            self._attach_postgres(target, with_connect_timeout(postgres))
+        # where the data files are: as configured, or as a PostgreSQL catalog recorded it when it was made
+        settings = self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
+        self.data_path: str = settings[0][0]
+
+    def _recorded_data_path(self) -> str:
+        """The data path a PostgreSQL catalog recorded when it was made."""
+        sql = "SELECT value FROM ducklake_metadata WHERE key = ''data_path''"
+        rows = self.root.execute(f"SELECT * FROM postgres_query('{self.pg}', '{sql}')").fetchall()
+        return rows[0][0] if rows else ""
+
+    def _open_object_store(self, data: str) -> None:
+        """DuckDB's httpfs, the credentials for ``data`` (a secret of this lake's) and a check that the store
+        answers there."""
+        self.base.load("httpfs")
+        connect_data_path(self.root, data, f"{self.alias}_data")
+
+    def _attach_postgres(self, target: LakeTarget, postgres: str) -> None:
+        data = target.data_path
         try:
             # the writer lock's own connection (a plain PostgreSQL attach: advisory locks, no DuckLake)
             self.root.execute(f"ATTACH {sql_literal(postgres)} AS {self.pg} (TYPE postgres)")
             made = f"SELECT * FROM postgres_query('{self.pg}', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
             sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS {self.alias} "
             if self.root.execute(made).fetchall()[0][0]:
+                if data is None and is_url(recorded := self._recorded_data_path()):
+                    self._open_object_store(recorded)  # attaching reads it
                 self.root.execute(sql + f"({_lake_options(data)})")
             else:  # the first attach creates the catalog's tables: one process at a time
                 release = self.advisory_lock(DEFAULT_WRITE_WAIT_S)
                 try:
-                    self.root.execute(sql + f"({_lake_options(data or str(lake / 'data') + os.sep)})")
+                    self.root.execute(sql + f"({_lake_options(data or str(target.folder / 'data') + os.sep)})")
                 finally:
                     release()
         except duckdb.Error as e:
             problem = storage_problem(e)
             if problem is None:
                 m = re.search(r"(?:failed|error)[^\n]*", str(e), flags=re.I)
-                problem = catalog_unreachable(postgres, m.group(0) if m else type(e).__name__)
+                problem = catalog_unreachable(target.postgres or postgres, m.group(0) if m else type(e).__name__)
             raise CatalogUnreachable(problem) from None
 
     def advisory_lock(self, wait_s: float) -> Callable[[], None]:
@@ -580,6 +624,8 @@ class _LakeInstance:
         for alias in (self.alias, self.pg):
             with suppress(duckdb.Error):
                 self.root.execute(f"DETACH DATABASE IF EXISTS {alias}")
+        with suppress(duckdb.Error):  # the object store's credentials, when it made them
+            self.root.execute(f"DROP TEMPORARY SECRET IF EXISTS {self.alias}_data")
 
 
 class StoreBase:
@@ -719,6 +765,11 @@ class StoreBase:
     def catalog(self) -> str:
         """The name this store's lake is attached under in the process's DuckDB (``memory`` in memory)."""
         return "memory" if self._instance is None else self._instance.alias
+
+    @property
+    def data_path(self) -> str | None:
+        """Where the lake's data files are (a folder or an object-store URL); None in memory."""
+        return None if self._instance is None else self._instance.data_path
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
