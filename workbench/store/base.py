@@ -709,8 +709,9 @@ class StoreBase:
                 raise
 
     def _fill_added_columns(self, cur: duckdb.DuckDBPyConnection) -> None:
-        """Fill the :data:`ADDED_COLUMNS` just added to an older storage (inside the upgrade's transaction)."""
-        raise NotImplementedError("the store that owns the tables fills their added columns")
+        """Fill the :data:`ADDED_COLUMNS` just added to an older storage (inside the upgrade's transaction). They
+        are the label tables' row numbers, so the traffic store, which owns those tables, overrides this; the base
+        has none to fill."""
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
