@@ -164,60 +164,46 @@ def cmd_canary_status(args) -> None:
     emit(args, out, _status_text)
 
 
-def cmd_canary_kill(args) -> None:
-    from workbench.decide.canary import build_kill
+def _apply_signed(args, build, *, sign: bool = True) -> None:
+    """Apply the record ``build(store, keys)`` returns to its model's chain, publish it and print the status."""
     from workbench.decide.decisions import apply_and_publish
-    from workbench.decide.policy import load_policy
     from workbench.decide.signing import KeyRing
 
     settings = settings_for(args)
-    keys = KeyRing.from_settings(settings, sign=True)
+    keys = KeyRing.from_settings(settings, sign=sign)
     with open_store(settings) as store:
-        out = apply_and_publish(
-            settings, store, keys, build_kill(store, args.model, args.reason, keys.signer, load_policy())
-        )
+        out = apply_and_publish(settings, store, keys, build(store, keys))
     emit(args, out, _status_text)
+
+
+def cmd_canary_kill(args) -> None:
+    from workbench.decide.canary import build_kill
+    from workbench.decide.policy import load_policy
+
+    _apply_signed(args, lambda store, keys: build_kill(store, args.model, args.reason, keys.signer, load_policy()))
 
 
 def cmd_canary_pause(args) -> None:
     from workbench.decide.canary import build_pause
-    from workbench.decide.decisions import apply_and_publish
     from workbench.decide.policy import load_policy
-    from workbench.decide.signing import KeyRing
 
-    settings = settings_for(args)
-    keys = KeyRing.from_settings(settings, sign=True)
-    with open_store(settings) as store:
-        out = apply_and_publish(
-            settings, store, keys, build_pause(store, args.model, args.reason, keys.signer, load_policy())
-        )
-    emit(args, out, _status_text)
+    _apply_signed(args, lambda store, keys: build_pause(store, args.model, args.reason, keys.signer, load_policy()))
 
 
 def cmd_canary_resume(args) -> None:
     from workbench.decide.canary import build_resume
-    from workbench.decide.decisions import apply_and_publish
     from workbench.decide.policy import load_policy
-    from workbench.decide.signing import KeyRing
 
-    settings = settings_for(args)
-    keys = KeyRing.from_settings(settings, sign=True)
-    with open_store(settings) as store:
-        signed = build_resume(store, args.model, args.version, args.reason, keys.signer, load_policy())
-        out = apply_and_publish(settings, store, keys, signed)
-    emit(args, out, _status_text)
+    _apply_signed(
+        args,
+        lambda store, keys: build_resume(store, args.model, args.version, args.reason, keys.signer, load_policy()),
+    )
 
 
 def cmd_canary_apply(args) -> None:
     from workbench.decide.canary import load_signed
-    from workbench.decide.decisions import apply_and_publish
-    from workbench.decide.signing import KeyRing
 
-    settings = settings_for(args)
-    keys = KeyRing.from_settings(settings)
-    with open_store(settings) as store:
-        out = apply_and_publish(settings, store, keys, load_signed(store, args.path_or_id))
-    emit(args, out, _status_text)
+    _apply_signed(args, lambda store, keys: load_signed(store, args.path_or_id), sign=False)
 
 
 def cmd_serve(args) -> None:
@@ -322,22 +308,18 @@ def add_decision_commands(sub, common):
     s = can.add_parser("status", parents=[common], help="weight, versions and whether the chain verifies")
     s.add_argument("model")
     s.set_defaults(fn=cmd_canary_status)
-    s = can.add_parser(
-        "kill",
-        parents=[common],
-        help="set the weight to 0 at once and hold the candidate version there until resumed (a signed record)",
-    )
-    s.add_argument("model")
-    s.add_argument("--reason", required=True)
-    s.set_defaults(fn=cmd_canary_kill)
-    s = can.add_parser(
-        "pause",
-        parents=[common],
-        help="hold the canary at its current weight until resumed: decisions no longer move it up (a signed record)",
-    )
-    s.add_argument("model")
-    s.add_argument("--reason", required=True)
-    s.set_defaults(fn=cmd_canary_pause)
+    for action, fn, text in (
+        ("kill", cmd_canary_kill, "set the weight to 0 at once and hold the candidate version there until resumed"),
+        (
+            "pause",
+            cmd_canary_pause,
+            "hold the canary at its current weight until resumed: decisions no longer move it up",
+        ),
+    ):
+        s = can.add_parser(action, parents=[common], help=f"{text} (a signed record)")
+        s.add_argument("model")
+        s.add_argument("--reason", required=True)
+        s.set_defaults(fn=fn)
     s = can.add_parser(
         "resume",
         parents=[common],
