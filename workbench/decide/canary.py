@@ -277,27 +277,11 @@ def build_kill(
 
     ``source`` prefixes the reason (``"kill switch"``, ``"live SLO"``); ``scorecard`` carries the checks
     behind an automated rollback (the live SLO's numbers)."""
-    now = now or utc_now()
-    if not reason or not reason.strip():
-        raise WorkbenchError("--reason is required: say why the canary is killed")
-    state = claimed_head(store, model)
-    if state is None:
+    why = _required_reason(reason, "the canary is killed")
+    head = claimed_head(store, model)
+    if head is None:
         raise WorkbenchError(f"model {model} has no canary state: nothing to kill")
-    return _control_record(
-        store,
-        model,
-        now,
-        signer,
-        policy,
-        "kill",
-        state.record,
-        Verdict.ROLLBACK,
-        f"{source}: {reason.strip()}",
-        state.weight,
-        0,
-        scorecard,
-        reason.strip(),
-    )
+    return _control_record(store, model, now, signer, policy, "kill", head.record, source, why, head.weight, scorecard)
 
 
 def build_pause(
@@ -312,30 +296,14 @@ def build_pause(
     """A signed ``pause`` record (HOLD) that keeps ``model``'s canary at its current weight until a ``resume``.
 
     Refused without a reason, without a canary, or when the candidate is already paused or killed."""
-    now = now or utc_now()
-    if not reason or not reason.strip():
-        raise WorkbenchError("--reason is required: say why the canary is paused")
+    why = _required_reason(reason, "the canary is paused")
     head = claimed_head(store, model)
     if head is None:
         raise WorkbenchError(f"model {model} has no canary state: nothing to pause")
     if head.killed or head.paused:
         what = "killed (held at 0%)" if head.killed else f"already paused at {head.weight}%"
         raise WorkbenchError(f"candidate v{head.pair[1]} of {model} is {what}: nothing to pause")
-    return _control_record(
-        store,
-        model,
-        now,
-        signer,
-        policy,
-        "pause",
-        head.record,
-        Verdict.HOLD,
-        f"pause: {reason.strip()}",
-        head.weight,
-        head.weight,
-        None,
-        reason.strip(),
-    )
+    return _control_record(store, model, now, signer, policy, "pause", head.record, "pause", why, head.weight)
 
 
 def build_resume(
@@ -352,9 +320,7 @@ def build_resume(
 
     The weight stays where it is (HOLD; 0 after a kill): the candidate ramps again only through new decisions.
     Refused without a reason or when the version is not killed or paused."""
-    now = now or utc_now()
-    if not reason or not reason.strip():
-        raise WorkbenchError("--reason is required: say why the candidate may ramp again")
+    why = _required_reason(reason, "the candidate may ramp again")
     head = claimed_head(store, model)
     version = str(version)
     paused = head is not None and head.paused and head.pair[1] == version
@@ -371,44 +337,36 @@ def build_resume(
     )
     pair = pair_of(held)
     weight_now, _ = _current(head, pair, "resume", model)
-    return _control_record(
-        store,
-        model,
-        now,
-        signer,
-        policy,
-        "resume",
-        held,
-        Verdict.HOLD,
-        f"resume: {reason.strip()}",
-        weight_now,
-        weight_now,
-        None,
-        reason.strip(),
-    )
+    return _control_record(store, model, now, signer, policy, "resume", held, "resume", why, weight_now)
+
+
+def _required_reason(reason: str, why: str) -> str:
+    """``reason`` stripped; refused when blank, saying that it must tell why ``why``."""
+    if not reason or not reason.strip():
+        raise WorkbenchError(f"--reason is required: say why {why}")
+    return reason.strip()
 
 
 def _control_record(
     store: Store,
     model: str,
-    now: datetime,
+    now: datetime | None,
     signer: Signer,
     policy: Policy,
     kind: str,
     source: dict,
-    verdict: Verdict,
-    reason: str,
-    weight_before: int,
-    weight_after: int,
-    scorecard: dict | None,
+    label: str,
     justification: str,
+    weight_before: int,
+    scorecard: dict | None = None,
 ) -> SignedDecision:
-    """Sign and store a kill, resume or pause record about the pair, traffic, ramp and registry of ``source``; its
-    reason is its justification."""
+    """Sign and store a kill (ROLLBACK to weight 0), resume or pause (HOLD at ``weight_before``) record about the
+    pair, traffic, ramp and registry of ``source``, made ``now`` (default: the current time); its reason is
+    ``label: justification``."""
     record = _record(
         store,
         model,
-        now,
+        now or utc_now(),
         signer,
         policy,
         kind=kind,
@@ -420,10 +378,10 @@ def _control_record(
         evaluation_hash=None,
         drift_hash=None,
         scorecard=scorecard,
-        verdict=verdict,
-        reason=reason,
+        verdict=Verdict.ROLLBACK if kind == "kill" else Verdict.HOLD,
+        reason=f"{label}: {justification}",
         weight_before=weight_before,
-        weight_after=weight_after,
+        weight_after=0 if kind == "kill" else weight_before,
         registry=source.get("registry"),
         ramp=source.get("ramp"),
         justification=justification,
