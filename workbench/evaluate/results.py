@@ -82,10 +82,8 @@ class TaskMetric:
 
 
 @dataclass(frozen=True)
-class MetricEstimate:
-    """One model's value of a regression or multi-class metric: its interval and the interval's method, the
-    rows it used, the rows left out by reason (never dropped silently), and why a value or interval is
-    missing (``undefined``)."""
+class _RowsEstimate:
+    """A value with its interval and the interval's method, the rows it used and the rows left out by reason."""
 
     value: float | None
     ci_low: float | None
@@ -93,7 +91,6 @@ class MetricEstimate:
     rows: int
     excluded: dict[str, int] = field(default_factory=dict)
     method: str | None = None
-    undefined: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -103,23 +100,28 @@ class MetricEstimate:
             "rows": self.rows,
             "excluded": dict(self.excluded),
             "method": self.method,
-            "undefined": self.undefined,
         }
 
 
 @dataclass(frozen=True)
-class PairedEstimate:
+class MetricEstimate(_RowsEstimate):
+    """One model's value of a regression or multi-class metric: its interval and the interval's method, the
+    rows it used, the rows left out by reason (never dropped silently), and why a value or interval is
+    missing (``undefined``)."""
+
+    undefined: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "undefined": self.undefined}
+
+
+@dataclass(frozen=True)
+class PairedEstimate(_RowsEstimate):
     """candidate - baseline of one metric on the rows both models have: the delta with its interval, the
     relative change (delta / the baseline's value on those rows), the p-value of "no difference" and its
     ``test``, the minimum detectable effect, the Wilcoxon signed-rank p-value where one applies, and the
     rows used and left out as in :class:`MetricEstimate`."""
 
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-    rows: int
-    excluded: dict[str, int] = field(default_factory=dict)
-    method: str | None = None
     relative: float | None = None
     p_value: float | None = None
     test: str | None = None
@@ -129,12 +131,7 @@ class PairedEstimate:
 
     def to_dict(self) -> dict:
         return {
-            "value": _num(self.value),
-            "ci_low": _num(self.ci_low),
-            "ci_high": _num(self.ci_high),
-            "rows": self.rows,
-            "excluded": dict(self.excluded),
-            "method": self.method,
+            **super().to_dict(),
             "relative": _num(self.relative),
             "p_value": _num(self.p_value),
             "test": self.test,
