@@ -176,16 +176,11 @@ def _task_pair(settings: Settings, data: Path, task: str, log: Callable[[str], N
     """Register the pair of ``task`` (once): the arrival delay in minutes (regression) or its band (multiclass);
     replay it over the flights traffic the walk ingested with those labels, evaluate it and decide under the
     shipped policy of its task."""
-    from pipelines.prepare_flights import BAND, TARGET
-    from pipelines.train_models import MULTICLASS_MODEL, REGRESSION_MODEL, register_multiclass, register_regression
+    from pipelines.train_models import TASK_MODELS, register_task_pair
 
-    name, label_col, register = (
-        (REGRESSION_MODEL, TARGET, register_regression)
-        if task == "regression"
-        else (MULTICLASS_MODEL, BAND, register_multiclass)
-    )
+    name, label_col = TASK_MODELS[task].model_name, TASK_MODELS[task].target
     metrics = TASK_PAIRS[task]
-    models = _registered(settings, name) or register(settings, data / "flights_train.parquet", log=log)
+    models = _registered(settings, name) or register_task_pair(settings, data / "flights_train.parquet", task, log=log)
     b, c = models["baseline"]["version"], models["candidate"]["version"]
     flow = Flow(
         traffic=TRAFFIC,

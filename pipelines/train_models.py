@@ -7,16 +7,16 @@
 Each model's decision threshold is the F1-optimal cut on its own training window, stored in the model's
 metadata; a 20k-row sample of its training features is logged with it as the drift reference.
 
-The regression pair (:func:`register_regression`, model ``flight-delay-minutes``) predicts the arrival delay in
-minutes from the same features: a gradient-boosting baseline on January-February (squared error) and a
-gradient-boosting candidate on January-June with the absolute-error loss (it targets the median delay, which
+The regression pair (:func:`register_task_pair` of ``regression``, model ``flight-delay-minutes``) predicts the
+arrival delay in minutes from the same features: a gradient-boosting baseline on January-February (squared error)
+and a gradient-boosting candidate on January-June with the absolute-error loss (it targets the median delay, which
 lowers the MAE of a heavy-tailed target), both sklearn, each with ``task = "regression"`` in its metadata.
 
-The multi-class pair (:func:`register_multiclass`, model ``flight-delay-band``) predicts the arrival delay's band
-(on time, 15-60 minutes late, over 60 minutes late; cancelled flights have no band and are left out) from the same
-features: a multinomial logistic regression baseline on January-February (one-hot carriers and airports,
-standardized numbers) and a gradient-boosting candidate on January-June, both sklearn (``predict_proba`` gives the
-class probabilities), each with ``task = "multiclass"`` in its metadata.
+The multi-class pair (:func:`register_task_pair` of ``multiclass``, model ``flight-delay-band``) predicts the
+arrival delay's band (on time, 15-60 minutes late, over 60 minutes late; cancelled flights have no band and are left
+out) from the same features: a multinomial logistic regression baseline on January-February (one-hot carriers and
+airports, standardized numbers) and a gradient-boosting candidate on January-June, both sklearn (``predict_proba``
+gives the class probabilities), each with ``task = "multiclass"`` in its metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -231,43 +233,33 @@ def train_regressor(train: pd.DataFrame, loss: str, seed: int = 0, quantile: flo
     return model, features
 
 
-def _register_pair(
-    settings: Settings,
-    train_path: Path,
-    *,
-    task: str,
-    model_name: str,
-    target: str,
-    variants: tuple[tuple[str, str], tuple[str, str]],
-    fit,
-    predict,
-    log,
-) -> dict:
-    """Train an sklearn pair of ``task`` on the rows with a ``target`` (the baseline on January-February, the
-    candidate on January-June; ``variants``: (parameter name, value) of each, handed to ``fit(train, value)``,
-    which returns the model and its features) and register it as ``model_name`` versions with
-    ``task`` in their metadata (aliases as the classifiers'); ``predict(model, X)`` gives the signature's output.
-    Returns each role's version and URI."""
+def register_task_pair(settings: Settings, train_path: Path, task: str, seed: int = 0, log=print) -> dict:
+    """Train the sklearn pair of ``task`` (``regression`` or ``multiclass``, see :data:`TASK_MODELS`) on the rows
+    with its target (the baseline on January-February, the candidate on January-June) and register it as its
+    model's versions with ``task`` in their metadata (aliases as the classifiers'). Returns each role's version,
+    run and URI."""
     import mlflow
     from mlflow.models import infer_signature
 
+    pair = TASK_MODELS[task]
+    model_name = pair.model_name
     exp_id = _experiment(settings)
     data = pd.read_parquet(train_path)
-    data = data[data[target].notna()]
+    data = data[data[pair.target].notna()]
     out = {}
     for (role, alias, months), (param, value) in zip(
-        (("baseline", "champion", (1, 2)), ("candidate", "challenger", (1, 6))), variants, strict=True
+        (("baseline", "champion", (1, 2)), ("candidate", "challenger", (1, 6))), pair.variants, strict=True
     ):
         train = data[(data["month"] >= months[0]) & (data["month"] <= months[1])].reset_index(drop=True)
         log(f"training {task} {role} on months {months[0]}-{months[1]} ({len(train)} rows, {value})")
-        model, features = fit(train, value)
+        model, features = pair.fit(train, value, seed)
         example = train[features].head(5)
         with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{task}-{role}") as run:
             mlflow.log_params({"role": role, "months": f"{months[0]}-{months[1]}", "rows": len(train), param: value})
             info = mlflow.sklearn.log_model(
                 sk_model=model,
                 name="model",
-                signature=infer_signature(example, predict(model, example)),
+                signature=infer_signature(example, getattr(model, pair.predict)(example)),
                 registered_model_name=model_name,
                 metadata={"task": task},
                 pip_requirements=["scikit-learn", "pandas", "numpy"],
@@ -278,22 +270,6 @@ def _register_pair(
         out[role] = {"version": version, "run_id": run.info.run_id, "uri": f"models:/{model_name}@{alias}"}
         log(f"registered {model_name} version {version} as @{alias}")
     return out
-
-
-def register_regression(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
-    """Train the regression pair and register it as ``flight-delay-minutes`` versions; returns each role's
-    version and URI."""
-    return _register_pair(
-        settings,
-        train_path,
-        task="regression",
-        model_name=REGRESSION_MODEL,
-        target=TARGET,
-        variants=(("loss", "squared_error"), ("loss", "absolute_error")),
-        fit=lambda train, loss: train_regressor(train, loss, seed),
-        predict=lambda model, X: model.predict(X),
-        log=log,
-    )
 
 
 def train_band_classifier(train: pd.DataFrame, kind: str, seed: int = 0):
@@ -327,20 +303,27 @@ def train_band_classifier(train: pd.DataFrame, kind: str, seed: int = 0):
     return model, features
 
 
-def register_multiclass(settings: Settings, train_path: Path, seed: int = 0, log=print) -> dict:
-    """Train the multi-class pair and register it as ``flight-delay-band`` versions; returns each role's version
-    and URI."""
-    return _register_pair(
-        settings,
-        train_path,
-        task="multiclass",
-        model_name=MULTICLASS_MODEL,
-        target=BAND,
-        variants=(("kind", "logistic"), ("kind", "gbm")),
-        fit=lambda train, kind: train_band_classifier(train, kind, seed),
-        predict=lambda model, X: model.predict_proba(X),
-        log=log,
-    )
+@dataclass(frozen=True)
+class TaskModels:
+    """The demo's pair of one task: its registered model, its target column, each role's (parameter, value) handed
+    to ``fit(train, value, seed)`` (which returns the model and its features), and the model method whose output
+    gives the signature."""
+
+    model_name: str
+    target: str
+    variants: tuple[tuple[str, str], tuple[str, str]]
+    fit: Callable[[pd.DataFrame, str, int], tuple]
+    predict: str
+
+
+TASK_MODELS = {
+    "regression": TaskModels(
+        REGRESSION_MODEL, TARGET, (("loss", "squared_error"), ("loss", "absolute_error")), train_regressor, "predict"
+    ),
+    "multiclass": TaskModels(
+        MULTICLASS_MODEL, BAND, (("kind", "logistic"), ("kind", "gbm")), train_band_classifier, "predict_proba"
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     settings = load_settings().ensure()
     register(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
-    register_regression(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
-    register_multiclass(settings, Path(a.train), log=lambda m: print(m, file=sys.stderr))
+    for task in TASK_MODELS:
+        register_task_pair(settings, Path(a.train), task, log=lambda m: print(m, file=sys.stderr))
     return 0
 
 
