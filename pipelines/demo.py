@@ -418,11 +418,11 @@ def mlflow_ui(settings: Settings, log: Callable[[str], None]) -> Iterator[str | 
             log(f"serving the MLflow UI on {url} (model versions and runs; it stops with the app)")
         yield url
     finally:
-        _stop(proc)
+        stop_server(proc)
         out.close()
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
     """End a server started in its own session, and its workers (SIGTERM, then SIGKILL after 10 s)."""
     import signal
 
@@ -455,11 +455,10 @@ def serve_app(settings: Settings, port: int, log: Callable[[str], None], with_ml
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve_streamlit(settings: Settings, port: int, log: Callable[[str], None], mlflow_ui_url: str | None) -> None:
-    env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    if mlflow_ui_url:
-        env["WORKBENCH_MLFLOW_UI"] = mlflow_ui_url
-    cmd = [
+def streamlit_command(port: int) -> list[str]:
+    """``streamlit run app.py`` on 127.0.0.1:``port``, headless, without usage statistics or source watching (a
+    served app: no inotify flood); run it in the repository root, whose ``.streamlit/config.toml`` it reads."""
+    return [
         sys.executable,
         "-m",
         "streamlit",
@@ -475,7 +474,14 @@ def _serve_streamlit(settings: Settings, port: int, log: Callable[[str], None], 
         "false",
         "--server.fileWatcherType",
         "none",
-    ]  # a served app: no source watching (and no inotify flood)
+    ]
+
+
+def _serve_streamlit(settings: Settings, port: int, log: Callable[[str], None], mlflow_ui_url: str | None) -> None:
+    env = os.environ | {"WORKBENCH_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    if mlflow_ui_url:
+        env["WORKBENCH_MLFLOW_UI"] = mlflow_ui_url
+    cmd = streamlit_command(port)
     from workbench.decide.signing import PRIVATE_FILE
     from workbench.ops.access import approvers_path, load_approvers
 

@@ -9,9 +9,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import httpx
 import pytest
 
 from conftest import REPO, free_port, make_evaluation, run_cli, write_live_log
+from pipelines.demo import stop_server, streamlit_command
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -67,21 +66,7 @@ def serve(home: Path, tmp_path: Path):
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(REPO / "app.py"),
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
+        streamlit_command(port),
         cwd=REPO,
         env=env,
         stdout=log,
@@ -102,12 +87,7 @@ def serve(home: Path, tmp_path: Path):
             time.sleep(0.3)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc)
         log.close()
 
 
