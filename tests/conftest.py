@@ -394,6 +394,92 @@ def kills(full: int, quick: int) -> int:
     return full if os.environ.get("WORKBENCH_SOAK") == "1" else quick
 
 
+def task_model_ref(name: str, version: str, column: str, task: str, **kw):
+    """The reference of an in-process task test model: version ``version`` of ``name`` (``models:/name/version``)
+    reading ``x`` and ``column``, threshold 0.5; ``kw``: more of its fields (``classes``)."""
+    from workbench.replay.models import ModelRef
+
+    return ModelRef(
+        uri=f"models:/{name}/{version}",
+        name=name,
+        version=version,
+        run_id=None,
+        flavor="test",
+        features=("x", column),
+        threshold=0.5,
+        task=task,
+        **kw,
+    )
+
+
+def task_traffic(prefix: str, x: np.ndarray, rng: np.random.Generator) -> pa.Table:
+    """The task tests' traffic: request ids ``{prefix}-000000``, ..., one event a minute, ``x``, two noise columns
+    (``zb``, ``zc``) and a ``region`` segment (north or south), drawn from ``rng`` in that order."""
+    rows = len(x)
+    return pa.table(
+        {
+            "request_id": [f"{prefix}-{i:06d}" for i in range(rows)],
+            "event_time": pa.array(np.arange(rows) * 60, pa.timestamp("s")),
+            "x": x,
+            "zb": rng.standard_normal(rows),
+            "zc": rng.standard_normal(rows),
+            "region": np.array(["north", "south"])[rng.integers(0, 2, rows)],
+        }
+    )
+
+
+def write_task_data(folder: Path, seed: int, traffic: pa.Table, labels: dict) -> tuple[Path, Path]:
+    """Write ``traffic`` and its ``labels`` (columns beside the request id) to ``folder`` as
+    ``traffic_{seed}.parquet`` and ``labels_{seed}.parquet``; returns (traffic file, labels file)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / f"traffic_{seed}.parquet", folder / f"labels_{seed}.parquet"
+    pq.write_table(traffic, paths[0])
+    pq.write_table(pa.table({"request_id": traffic.column("request_id"), **labels}), paths[1])
+    return paths
+
+
+def build_task_home(
+    home: Path, traffic: Path, labels: Path, name: str, models, run_id: str, task: str, label_col: str = "label", **kw
+) -> None:
+    """Ingest ``traffic`` as ``name`` (segment column ``region``) with its ``labels`` of ``task``, replay ``models``
+    (baseline, candidate) over it as ``run_id`` and evaluate (``kw``: :func:`evaluate_run`'s options) and drift it."""
+    from workbench.config import load_settings
+    from workbench.drift.report import drift_run
+    from workbench.evaluate.evaluation import evaluate_run
+    from workbench.ingest.traffic import ingest, ingest_labels
+    from workbench.replay.pipeline import ReplayOptions, replay
+    from workbench.store import Store
+
+    with Store(load_settings(home).db_path) as store:
+        ingest(store, traffic, name)
+        store.declare_segments(name, ["region"])
+        ingest_labels(store, labels, name, label_col=label_col, task=task)
+        replay(store, name, *models, run_id=run_id, options=ReplayOptions(writers=1))
+        evaluate_run(store, run_id, segment="region", **kw)
+        drift_run(store, run_id)
+
+
+def open_run_page(home: Path, monkeypatch, run_id: str):
+    """``open_page(page, run=run_id)``: the app over ``home`` (no MLflow) on ``pages/{page}.py`` at ``run``,
+    checked to raise nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def open_page(page: str, run: str = run_id) -> AppTest:
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+        at.query_params.update({"run": run})
+        at.run()
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return open_page
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

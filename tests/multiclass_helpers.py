@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from conftest import task_model_ref, task_traffic, write_task_data
 
 CLASSES = ("high", "low", "mid")  # sorted, as scikit-learn orders a classifier's classes_
 
@@ -26,19 +27,7 @@ class SoftmaxModel:
         classes: tuple[str, ...] = CLASSES,
         width: int | None = None,
     ):
-        from workbench.replay.models import ModelRef
-
-        self.ref = ModelRef(
-            uri=f"models:/{name}/{version}",
-            name=name,
-            version=version,
-            run_id=None,
-            flavor="test",
-            features=("x", column),
-            threshold=0.5,
-            task="multiclass",
-            classes=classes,
-        )
+        self.ref = task_model_ref(name, version, column, "multiclass", classes=classes)
         self.device, self.sharpness, self.noise, self.column = "cpu", sharpness, noise, column
         self.width = width or len(classes)
 
@@ -65,21 +54,8 @@ def write_traffic(folder: Path, rows: int, seed: int = 0, unknown: int = 0) -> t
     class no model knows (``"other"``). Returns (traffic file, labels file)."""
     rng = np.random.default_rng(seed)
     x = 1.2 * rng.standard_normal(rows)
-    ids = [f"m{seed}-{i:06d}" for i in range(rows)]
-    folder.mkdir(parents=True, exist_ok=True)
-    traffic = pa.table(
-        {
-            "request_id": ids,
-            "event_time": pa.array(np.arange(rows) * 60, pa.timestamp("s")),
-            "x": x,
-            "zb": rng.standard_normal(rows),
-            "zc": rng.standard_normal(rows),
-            "region": np.array(["north", "south"])[rng.integers(0, 2, rows)],
-        }
-    )
+    traffic = task_traffic(f"m{seed}", x, rng)
     y = true_classes(x, rng)
     if unknown:
         y[-unknown:] = "other"
-    pq.write_table(traffic, folder / f"traffic_{seed}.parquet")
-    pq.write_table(pa.table({"request_id": ids, "label": y}), folder / f"labels_{seed}.parquet")
-    return folder / f"traffic_{seed}.parquet", folder / f"labels_{seed}.parquet"
+    return write_task_data(folder, seed, traffic, {"label": y})

@@ -7,25 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from conftest import task_model_ref, task_traffic, write_task_data
 
 
 class LinearModel:
     """A regression predictor: 3 x + ``noise`` x the traffic column ``column`` (a seeded error per request)."""
 
     def __init__(self, name: str, version: str, noise: float, column: str = "zb", task: str = "regression"):
-        from workbench.replay.models import ModelRef
-
-        self.ref = ModelRef(
-            uri=f"models:/{name}/{version}",
-            name=name,
-            version=version,
-            run_id=None,
-            flavor="test",
-            features=("x", column),
-            threshold=0.5,
-            task=task,
-        )
+        self.ref = task_model_ref(name, version, column, task)
         self.device, self.noise, self.column = "cpu", noise, column
 
     def predict(self, batch: pa.Table) -> np.ndarray:
@@ -96,26 +86,7 @@ def write_traffic(folder: Path, rows: int, seed: int = 0, unlabelled: int = 0) -
     ``unlabelled`` labels are null (quarantined as ``null:y``). Returns (traffic file, labels file)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(rows)
-    ids = [f"q{seed}-{i:06d}" for i in range(rows)]
-    folder.mkdir(parents=True, exist_ok=True)
-    traffic = pa.table(
-        {
-            "request_id": ids,
-            "event_time": pa.array(np.arange(rows) * 60, pa.timestamp("s")),
-            "x": x,
-            "zb": rng.standard_normal(rows),
-            "zc": rng.standard_normal(rows),
-            "region": np.array(["north", "south"])[rng.integers(0, 2, rows)],
-        }
-    )
+    traffic = task_traffic(f"q{seed}", x, rng)
     y = 3 * x + rng.standard_normal(rows)
-    labels = pa.table(
-        {
-            "request_id": ids,
-            "label": (y > 0).astype(np.int64),
-            "y": pa.array(y, mask=np.arange(rows) >= rows - unlabelled),
-        }
-    )
-    pq.write_table(traffic, folder / f"traffic_{seed}.parquet")
-    pq.write_table(labels, folder / f"labels_{seed}.parquet")
-    return folder / f"traffic_{seed}.parquet", folder / f"labels_{seed}.parquet"
+    labels = {"label": (y > 0).astype(np.int64), "y": pa.array(y, mask=np.arange(rows) >= rows - unlabelled)}
+    return write_task_data(folder, seed, traffic, labels)

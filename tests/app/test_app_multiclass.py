@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import confusion_matrix, recall_score
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO
+from conftest import build_task_home, open_run_page
 from multiclass_helpers import CLASSES, SoftmaxModel, write_traffic
 
 ROWS = 3000
@@ -24,40 +24,16 @@ RUN = "mc_app"
 @pytest.fixture(scope="module")
 def mc_home(tmp_path_factory):
     """A home with one finished multi-class run (segment column ``region``), its evaluation and drift report."""
-    from workbench.config import load_settings
-    from workbench.drift.report import drift_run
-    from workbench.evaluate.evaluation import evaluate_run
-    from workbench.ingest.traffic import ingest, ingest_labels
-    from workbench.replay.pipeline import ReplayOptions, replay
-    from workbench.store import Store
-
     home = tmp_path_factory.mktemp("mcapp") / "home"
     traffic, labels = write_traffic(home.parent / "data", ROWS, seed=7)
     models = SoftmaxModel("m", "1", 1.0, noise=0.6), SoftmaxModel("m", "2", 2.5, noise=0.2, column="zc")
-    with Store(load_settings(home).db_path) as store:
-        ingest(store, traffic, "mc")
-        store.declare_segments("mc", ["region"])
-        ingest_labels(store, labels, "mc", task="multiclass")
-        replay(store, "mc", *models, run_id=RUN, options=ReplayOptions(writers=1))
-        evaluate_run(store, RUN, segment="region", n_boot=200)
-        drift_run(store, RUN)
+    build_task_home(home, traffic, labels, "mc", models, RUN, "multiclass", n_boot=200)
     return home, traffic, labels, models
 
 
 @pytest.fixture
 def app(mc_home, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_HOME", str(mc_home[0]))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-    def open_page(page: str) -> AppTest:
-        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
-        at.query_params.update({"run": RUN})
-        at.run()
-        at.switch_page(f"pages/{page}.py").run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
-
-    return open_page
+    return open_run_page(mc_home[0], monkeypatch, RUN)
 
 
 def _truth(mc_home) -> tuple[np.ndarray, dict[str, np.ndarray]]:

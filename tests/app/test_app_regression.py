@@ -10,9 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest import REPO
+from conftest import build_task_home, open_run_page
 from regression_helpers import LinearModel, QuantileModel, write_traffic
 
 ROWS = 3000
@@ -24,22 +23,15 @@ QUANTILE_RUN = "reg_quantiles"
 def reg_home(tmp_path_factory):
     """A home with one finished regression run (segment column ``region``), its evaluation and drift report."""
     from workbench.config import load_settings
-    from workbench.drift.report import drift_run
     from workbench.evaluate.evaluation import evaluate_run
-    from workbench.ingest.traffic import ingest, ingest_labels
     from workbench.replay.pipeline import ReplayOptions, replay
     from workbench.store import Store
 
     home = tmp_path_factory.mktemp("regapp") / "home"
     traffic, labels = write_traffic(home.parent / "data", ROWS, seed=5, unlabelled=20)
+    models = LinearModel("m", "1", 1.0, "zb"), LinearModel("m", "2", 0.5, "zc")
+    build_task_home(home, traffic, labels, "reg", models, RUN, "regression", label_col="y")
     with Store(load_settings(home).db_path) as store:
-        ingest(store, traffic, "reg")
-        store.declare_segments("reg", ["region"])
-        ingest_labels(store, labels, "reg", label_col="y", task="regression")
-        models = LinearModel("m", "1", 1.0, "zb"), LinearModel("m", "2", 0.5, "zc")
-        replay(store, "reg", *models, run_id=RUN, options=ReplayOptions(writers=1))
-        evaluate_run(store, RUN, segment="region")
-        drift_run(store, RUN)
         quantile_models = QuantileModel("m", "1", 1.0, "zb", spread=2.0), QuantileModel("m", "2", 0.5, "zc")
         replay(store, "reg", *quantile_models, run_id=QUANTILE_RUN, options=ReplayOptions(writers=1))
         evaluate_run(store, QUANTILE_RUN)
@@ -48,18 +40,7 @@ def reg_home(tmp_path_factory):
 
 @pytest.fixture
 def app(reg_home, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_HOME", str(reg_home[0]))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-    def open_page(page: str, run: str = RUN) -> AppTest:
-        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
-        at.query_params.update({"run": run})
-        at.run()
-        at.switch_page(f"pages/{page}.py").run()
-        assert not at.exception, [e.value for e in at.exception]
-        return at
-
-    return open_page
+    return open_run_page(reg_home[0], monkeypatch, RUN)
 
 
 def _truth(reg_home) -> pd.DataFrame:
