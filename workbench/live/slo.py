@@ -122,6 +122,33 @@ def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f} ms"
 
 
+def _p99_check(
+    criterion: str,
+    threshold: float,
+    bound_ms: float,
+    bound_text: str,
+    base_p99: float | None,
+    cand_p99: float,
+    delta: Interval | None = None,
+) -> Check:
+    """The critical live latency check ``live.latency.p99.<criterion>``: the candidate's p99 fails above
+    ``bound_ms`` (``bound_text`` in the reason)."""
+    failed = cand_p99 > bound_ms
+    return Check(
+        gate=f"live.latency.p99.{criterion}",
+        kind="latency",
+        metric="latency_p99_ms",
+        criterion=criterion,
+        threshold=threshold,
+        baseline=base_p99,
+        candidate=cand_p99,
+        delta=delta,
+        outcome=Outcome.FAIL if failed else Outcome.PASS,
+        critical=True,
+        reason=f"candidate p99 {_ms(cand_p99)} {'>' if failed else '<='} {bound_text}",
+    )
+
+
 def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> SloReport:
     """Judge the candidate's window against the live SLO; too few requests is never a breach."""
     cand, base = stats["candidate"], stats["baseline"]
@@ -158,39 +185,20 @@ def judge(live: LiveOptions, stats: dict[str, ArmStats], confidence: float) -> S
         )
     )
     if live.max_p99_ms is not None:
-        failed = cand.p99_ms > live.max_p99_ms
         checks.append(
-            Check(
-                gate="live.latency.p99.max_ms",
-                kind="latency",
-                metric="latency_p99_ms",
-                criterion="max_ms",
-                threshold=live.max_p99_ms,
-                baseline=base.p99_ms,
-                candidate=cand.p99_ms,
-                delta=None,
-                outcome=Outcome.FAIL if failed else Outcome.PASS,
-                critical=True,
-                reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ms:g} ms",
-            )
+            _p99_check("max_ms", live.max_p99_ms, live.max_p99_ms, f"{live.max_p99_ms:g} ms", base.p99_ms, cand.p99_ms)
         )
     if live.max_p99_ratio is not None and base.requests >= live.min_requests and base.p99_ms is not None:
-        bound = live.max_p99_ratio * base.p99_ms
-        failed = cand.p99_ms > bound
+        bound, text = live.max_p99_ratio * base.p99_ms, f"{live.max_p99_ratio:g}x baseline p99 {_ms(base.p99_ms)}"
         checks.append(
-            Check(
-                gate="live.latency.p99.max_ratio",
-                kind="latency",
-                metric="latency_p99_ms",
-                criterion="max_ratio",
-                threshold=live.max_p99_ratio,
-                baseline=base.p99_ms,
-                candidate=cand.p99_ms,
-                delta=Interval(cand.p99_ms - base.p99_ms),
-                outcome=Outcome.FAIL if failed else Outcome.PASS,
-                critical=True,
-                reason=f"candidate p99 {_ms(cand.p99_ms)} {'>' if failed else '<='} {live.max_p99_ratio:g}x baseline "
-                f"p99 {_ms(base.p99_ms)}",
+            _p99_check(
+                "max_ratio",
+                live.max_p99_ratio,
+                bound,
+                text,
+                base.p99_ms,
+                cand.p99_ms,
+                Interval(cand.p99_ms - base.p99_ms),
             )
         )
     bad = [c for c in checks if c.outcome == Outcome.FAIL]
