@@ -464,7 +464,8 @@ def class_shares(shares: dict, role: str) -> go.Figure:
 
 
 def pinball_by_level(rows: list[dict]) -> go.Figure:
-    """Each model's pinball loss per quantile level (from :func:`workbench.views.quantile_rows`), with intervals."""
+    """Each model's pinball loss per quantile level (from :func:`workbench.views_tasks.quantile_rows`), with
+    intervals."""
     fig = go.Figure()
     for role in ROLES:
         value = [r[role] for r in rows]

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import charts, data, ui
-from workbench import views
+from workbench import views, views_tasks
 from workbench.tasks import MULTICLASS, REGRESSION
 
 DIFFERENCE_STYLES = {
@@ -27,7 +27,7 @@ CLASS_DELTAS = ("recall", "f1")  # drawn per class; the table has every per-clas
 def regression_view(run: dict) -> None:
     """Predicted vs actual per model (binned heat maps) and the residuals per value of a segment column."""
     s = data.regression_summary(run)
-    maps = {r: views.predicted_vs_actual(s, r, data.REGRESSION_BINS) for r in views.ROLES} if s is not None else {}
+    maps = {} if s is None else {r: views_tasks.predicted_vs_actual(s, r, data.REGRESSION_BINS) for r in views.ROLES}
     heat = {r: h for r, h in maps.items() if h is not None}
     if s is None or len(heat) < len(views.ROLES):
         st.info("No labelled rows that both models predicted yet: ingest the numeric labels (`workbench labels`).")
@@ -44,7 +44,7 @@ def regression_view(run: dict) -> None:
     if cols:
         st.subheader("Residuals per segment")
         col = st.selectbox("Segment by", cols, key="wb_reg_segment")
-        rows = views.residual_rows(s, col)
+        rows = views_tasks.residual_rows(s, col)
         st.plotly_chart(charts.residuals_by_segment(rows, col), key="residuals_by_segment")
         st.dataframe(
             pd.DataFrame(views.labelled(rows)),
@@ -60,11 +60,11 @@ def regression_view(run: dict) -> None:
 def quantile_view(ev: dict) -> None:
     """A quantile regression run: each model's pinball loss per level with the paired deltas, and the coverage
     of the central interval against its nominal level."""
-    rows = views.quantile_rows(ev)
+    rows = views_tasks.quantile_rows(ev)
     if not rows:
         st.info("This run stored no quantiles (its models give none, or not the same levels).")
         return
-    cov = views.interval_coverage(ev)
+    cov = views_tasks.interval_coverage(ev)
     if cov is not None:
         st.subheader(f"Central {cov['nominal']:.0%} interval (q{cov['lower']:g} to q{cov['upper']:g})")
         a, b, c = st.columns(3)
@@ -98,7 +98,7 @@ def quantile_view(ev: dict) -> None:
 
 def multiclass_view(ev: dict) -> None:
     """Each model's confusion matrix (shares of each true class) and the per-class deltas with their intervals."""
-    got = {r: views.class_confusion(ev, r) for r in views.ROLES}
+    got = {r: views_tasks.class_confusion(ev, r) for r in views.ROLES}
     cms = {r: cm for r, cm in got.items() if cm is not None}
     if len(cms) < len(views.ROLES):
         st.info("No confusion matrices in this run's evaluation: ingest the class labels and evaluate the run.")
@@ -116,14 +116,14 @@ def multiclass_view(ev: dict) -> None:
     for col, metric in zip((c1, c2), CLASS_DELTAS, strict=True):
         col.plotly_chart(
             charts.deltas(
-                views.class_rows(ev, metric),
+                views_tasks.class_rows(ev, metric),
                 y_key="class",
                 title=f"{metric} per class: candidate − baseline",
                 x_title="candidate − baseline",
             ),
             key=f"mc_delta_{metric}",
         )
-    rows = [r for m in ev.get("per_class_delta") or {} for r in views.class_rows(ev, m)]
+    rows = [r for m in ev.get("per_class_delta") or {} for r in views_tasks.class_rows(ev, m)]
     table = pd.DataFrame(
         [
             {

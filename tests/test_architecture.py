@@ -28,6 +28,7 @@ LAYERS = {
     "live": 8,
     "cli": 9,
     "views": 9,
+    "views_tasks": 9,
 }
 PACKAGE = REPO / "workbench"
 

@@ -66,7 +66,7 @@ def test_compare_offers_the_regression_sections_only(app):
 
 
 def test_predicted_vs_actual_and_residuals_per_segment(app, reg_home):
-    from workbench import views
+    from workbench import views_tasks
     from workbench.config import load_settings
     from workbench.store import Store
 
@@ -90,7 +90,7 @@ def test_predicted_vs_actual_and_residuals_per_segment(app, reg_home):
     lo, hi = summary["range"]
     edges = np.linspace(lo, hi, 41)
     for role in ("baseline", "candidate"):
-        heat = views.predicted_vs_actual(summary, role, 40)
+        heat = views_tasks.predicted_vs_actual(summary, role, 40)
         clip = np.clip  # values beyond the range count in the edge bins
         expected, _, _ = np.histogram2d(
             clip(df[role], lo, hi - 1e-9 * (hi - lo)), clip(df.y, lo, hi - 1e-9 * (hi - lo)), bins=[edges, edges]
