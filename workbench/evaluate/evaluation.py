@@ -73,15 +73,6 @@ class _Sample:
     def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> _Sample:
         return cls(grouping(y, score), confusion(y, score >= threshold))
 
-    def sorted_influence(self, influence: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Each row's influence, rows in score order, from the per-group influence of a positive and of
-        a negative row."""
-        gr = self.grouping
-        sizes = np.diff(np.append(gr.starts, gr.rows))
-        out = np.repeat(influence[1], sizes)
-        np.copyto(out, np.repeat(influence[0], sizes), where=gr.y_sorted.view(bool))
-        return out
-
 
 def _few_scores(s: _Sample) -> bool:
     """Whether the sample's scores have many ties (at least 4 rows per distinct score on average)."""
@@ -89,11 +80,11 @@ def _few_scores(s: _Sample) -> bool:
 
 
 def _influence_distribution(
-    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, in_score_order: np.ndarray | None
+    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, per_row: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows' influences as sorted values and counts: per (score group, label) from ``influence``
-    when the scores have many ties, else one per row (``in_score_order``: the rows' influences in
-    score order, sorted here in place; computed from ``influence`` when not given)."""
+    when the scores have many ties, else one per row (``per_row``: the rows' influences in any order,
+    sorted here in place; computed from ``influence`` when not given)."""
     if _few_scores(s):
         if influence is None:
             raise ValueError("the per-group influence is needed when the scores have many ties")
@@ -101,13 +92,12 @@ def _influence_distribution(
         values = np.concatenate(influence)
         order = np.argsort(values, kind="stable")
         return values[order], np.concatenate([g.pos, g.neg])[order]
-    if in_score_order is None:
+    if per_row is None:
         if influence is None:
-            raise ValueError("give the per-group influence or the rows' influences in score order")
-        in_score_order = s.sorted_influence(influence)
-    rows = in_score_order
-    rows.sort()
-    return rows, None
+            raise ValueError("give the per-group influence or the rows' influences")
+        per_row = s.grouping.per_row(influence)
+    per_row.sort()
+    return per_row, None
 
 
 def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict[str, bool]) -> dict:
@@ -120,12 +110,20 @@ def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict
     }
 
 
-def _alignment(base: _Sample, other: _Sample) -> np.ndarray:
-    """Positions in ``other``'s score order of the rows of ``base``'s score order (same rows)."""
-    n = other.grouping.rows
-    position = np.empty(n, dtype=np.int64 if n >= 2**31 else np.int32)
-    position[other.grouping.order] = np.arange(n, dtype=position.dtype)
-    return position[base.grouping.order]
+def _paired_keys(paired: dict[str, _Sample]) -> dict[str, np.ndarray]:
+    """Per model, each paired row's (group, label) key (:attr:`Grouping.key`), rows in the score order of
+    the model with more groups: per-row values of both models then come from one pass in that order, the
+    other model's (smaller) table looked up at random."""
+    lead = max(ROLES, key=lambda r: len(paired[r].grouping.score))
+    first = paired[lead].grouping
+    keys = {lead: first.key}
+    for r in ROLES:
+        if r != lead:
+            g = paired[r].grouping
+            by_row = np.empty(g.rows, dtype=g.key.dtype)
+            by_row[g.order] = g.key
+            keys[r] = by_row[first.order]
+    return keys
 
 
 def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | None, opts: Options) -> Estimate:
@@ -262,7 +260,7 @@ def compare(
         paired = own
         pvalues = _paired_values(values, paired, own_is_paired)
         paired_defined = [n for n in score_names if all(pvalues[r][n] is not None for r in ROLES)]
-        align = _alignment(paired["baseline"], paired["candidate"]) if paired_defined else None
+        keys = _paired_keys(paired) if paired_defined else {}
         for n in score_names:  # one metric at a time: a few row-length arrays in memory
             m = METRICS[n]
             psi: dict[str, np.ndarray] = {}
@@ -270,12 +268,11 @@ def compare(
             if n in paired_defined:
                 for r in ROLES:
                     influence = _influence(m, paired[r].groups)
-                    psi[r] = paired[r].sorted_influence(influence)
+                    psi[r] = np.concatenate((influence[1], influence[0]))[keys[r]]  # both in one row order
                     if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
                         infl[r] = influence
                     del influence
-                d = psi["candidate"][align]
-                d -= psi["baseline"]
+                d = psi["candidate"] - psi["baseline"]
                 d.sort()
                 reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + stats.linear_bootstrap(
                     d, opts.n_boot, rng

@@ -19,7 +19,8 @@ multi-class metrics (built on these per class, one class against the rest) live 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -106,20 +107,56 @@ class ScoreGroups:
     """Label weights per distinct score, scores ascending: the sufficient statistic of the score metrics.
 
     ``pos[..., g]``/``neg[..., g]`` are the weights of positive/negative labels whose score is
-    ``score[g]``; leading axes hold several weightings (bootstrap replicates) at once.
+    ``score[g]``; leading axes hold several weightings (bootstrap replicates) at once. For one weighting,
+    the sums and losses the metrics and their influence functions share are computed once per object (its
+    arrays are never changed in place); for a batch of weightings they are computed at each use, so that
+    memory stays bounded.
     """
 
     score: np.ndarray
     pos: np.ndarray
     neg: np.ndarray
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _once(self, name: str, compute: Callable[[], Any]) -> Any:
+        if np.ndim(self.pos) > 1:
+            return compute()
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
 
     @property
     def total_pos(self) -> np.ndarray:
-        return self.pos.sum(axis=-1)
+        return self._once("total_pos", lambda: self.pos.sum(axis=-1))
 
     @property
     def total_neg(self) -> np.ndarray:
-        return self.neg.sum(axis=-1)
+        return self._once("total_neg", lambda: self.neg.sum(axis=-1))
+
+    @property
+    def cum_pos(self) -> np.ndarray:
+        """Weight of positive labels at or below each group's score."""
+        return self._once("cum_pos", lambda: np.cumsum(self.pos, axis=-1))
+
+    @property
+    def cum_neg(self) -> np.ndarray:
+        """Weight of negative labels at or below each group's score."""
+        return self._once("cum_neg", lambda: np.cumsum(self.neg, axis=-1))
+
+    @property
+    def tp_above(self) -> np.ndarray:
+        """Weight of positive labels at or above each group's score."""
+        return self._once("tp_above", lambda: _suffix_sum(self.pos))
+
+    @property
+    def seen_above(self) -> np.ndarray:
+        """Weight of all labels at or above each group's score."""
+        return self._once("seen_above", lambda: _suffix_sum(self.pos + self.neg))
+
+    @property
+    def losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-entropy of a positive and of a negative label per score (:func:`_losses`)."""
+        return self._once("losses", lambda: _losses(self.score))
 
 
 @dataclass(frozen=True)
@@ -134,6 +171,25 @@ class Grouping:
     @property
     def rows(self) -> int:
         return len(self.order)
+
+    @cached_property
+    def group_of(self) -> np.ndarray:
+        """The group of each row, rows in score order."""
+        sizes = np.diff(np.append(self.starts, self.rows))
+        return np.repeat(np.arange(len(self.score), dtype=self.starts.dtype), sizes)
+
+    @cached_property
+    def key(self) -> np.ndarray:
+        """Each row's (group, label) as ``group + label x groups``, rows in score order: the index of the
+        row's value in a per-group table of negatives then positives (:meth:`per_row`)."""
+        groups = len(self.score)
+        dtype = np.int64 if 2 * groups >= 2**31 else np.int32
+        key = self.group_of.astype(dtype)
+        return np.add(key, self.y_sorted * dtype(groups), out=key)
+
+    def per_row(self, per_group: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Each row's value, rows in score order, from per-group values for a positive and a negative row."""
+        return np.concatenate((per_group[1], per_group[0]))[self.key]
 
     def weigh(self, weights: np.ndarray | None = None) -> ScoreGroups:
         """Group sums of the labels: counts (int32) without ``weights``, else float64 sums under
@@ -156,7 +212,7 @@ class Grouping:
     def restrict(self, keep: np.ndarray) -> Grouping:
         """The grouping of the rows where ``keep`` (a mask in row order) is true, without sorting again."""
         kept = keep[self.order]
-        group = np.repeat(np.arange(len(self.score)), np.diff(np.append(self.starts, self.rows)))[kept]
+        group = self.group_of[kept]
         starts = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1]))) if len(group) else group
         order = (np.cumsum(keep) - 1)[self.order[kept]]
         return Grouping(self.score[group[starts]], _index(order), _index(starts), self.y_sorted[kept])
@@ -197,15 +253,14 @@ def _suffix_sum(x: np.ndarray) -> np.ndarray:
 
 def roc_auc(g: ScoreGroups) -> Any:
     """Area under the ROC curve: the weighted Mann-Whitney statistic, ties counting one half."""
-    below = np.cumsum(g.neg, axis=-1) - g.neg
+    below = g.cum_neg - g.neg
     num = (g.pos * (below + 0.5 * g.neg)).sum(axis=-1)
     return _finish(_div(num, g.total_pos * g.total_neg))
 
 
 def pr_auc(g: ScoreGroups) -> Any:
     """Average precision, as sklearn's ``average_precision_score``: sum of precision x recall step."""
-    tp = _suffix_sum(g.pos)
-    seen = _suffix_sum(g.pos + g.neg)
+    tp, seen = g.tp_above, g.seen_above
     prec = np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
     return _finish(_div((g.pos * prec).sum(axis=-1), g.total_pos))
 
@@ -218,7 +273,7 @@ def _losses(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def log_loss(g: ScoreGroups) -> Any:
     """Mean binary cross-entropy, scores clipped to [eps, 1 - eps]."""
-    l1, l0 = _losses(g.score)
+    l1, l0 = g.losses
     return _finish(_div((g.pos * l1 + g.neg * l0).sum(axis=-1), g.total_pos + g.total_neg))
 
 
@@ -234,6 +289,10 @@ def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     Bins are 10 equal-width bins closed on the right, as sklearn's ``calibration_curve(strategy="uniform")``;
     groups are sorted by score, so each bin is a contiguous run of groups.
     """
+    return g._once("ece_gaps", lambda: _ece_bins(g))
+
+
+def _ece_bins(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     inner = np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1]
     ends = np.searchsorted(g.score, inner, side="right")
     first = np.unique(np.concatenate(([0], ends)))
@@ -258,22 +317,20 @@ def roc_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     """DeLong's placements: (V10 - auc) / P for positives, (V01 - auc) / N for negatives."""
     p, n = g.total_pos, g.total_neg
     auc = roc_auc(g)
-    v10 = (np.cumsum(g.neg) - 0.5 * g.neg) / n
-    v01 = (p - np.cumsum(g.pos) + 0.5 * g.pos) / p
+    v10 = (g.cum_neg - 0.5 * g.neg) / n
+    v01 = (p - g.cum_pos + 0.5 * g.pos) / p
     return (v10 - auc) / p, (v01 - auc) / n
 
 
 def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     """Derivative of average precision: a row moves the precision of every threshold at or below it."""
     p, ap = g.total_pos, pr_auc(g)
-    tp, seen = _suffix_sum(g.pos), _suffix_sum(g.pos + g.neg)
+    tp, seen = g.tp_above, g.seen_above
     r2 = g.pos * tp / seen
     r2 /= seen
     np.cumsum(r2, out=r2)
     pos = tp / seen
-    del tp
     ratio = g.pos / seen
-    del seen
     pos += np.cumsum(ratio, out=ratio)
     pos -= r2
     pos -= ap
@@ -284,7 +341,7 @@ def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
 
 def log_loss_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     n, value = g.total_pos + g.total_neg, log_loss(g)
-    l1, l0 = _losses(g.score)
+    l1, l0 = g.losses
     return (l1 - value) / n, (l0 - value) / n
 
 
