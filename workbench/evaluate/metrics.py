@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, wraps
 from typing import Any
 
 import numpy as np
@@ -146,12 +146,18 @@ class ScoreGroups:
     @property
     def tp_above(self) -> np.ndarray:
         """Weight of positive labels at or above each group's score."""
-        return self._once("tp_above", lambda: _suffix_sum(self.pos))
+        return self._once("tp_above", lambda: _suffix_sum(self.pos, self.cum_pos if self._counts else None))
 
     @property
     def seen_above(self) -> np.ndarray:
         """Weight of all labels at or above each group's score."""
-        return self._once("seen_above", lambda: _suffix_sum(self.pos + self.neg))
+        cumulative = self.cum_pos + self.cum_neg if self._counts else None  # integers: the same sums
+        return self._once("seen_above", lambda: _suffix_sum(self.pos + self.neg, cumulative))
+
+    @property
+    def _counts(self) -> bool:
+        """Whether the weights are counts (integers, one weighting): their sums are exact in any order."""
+        return np.ndim(self.pos) == 1 and np.issubdtype(np.asarray(self.pos).dtype, np.integer)
 
     @property
     def losses(self) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +205,9 @@ class Grouping:
             shape = (0,) if weights is None else (*np.shape(weights)[:-1], 0)
             return ScoreGroups(self.score, np.zeros(shape), np.zeros(shape))
         if weights is None:
+            if len(self.score) == self.rows:  # one row per group
+                pos = self.y_sorted.astype(np.int32)
+                return ScoreGroups(self.score, pos, 1 - pos)
             pos = np.add.reduceat(self.y_sorted, self.starts, dtype=np.int32)
             count = np.diff(np.append(self.starts, self.rows)).astype(np.int32)
             return ScoreGroups(self.score, pos, count - pos)
@@ -242,45 +251,85 @@ def score_groups(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = 
     return grouping(y, score).weigh(weights)
 
 
-def _suffix_sum(x: np.ndarray) -> np.ndarray:
-    """Sum over groups with a score at least as high (groups are in ascending score order); exact for
-    the integer-valued weights used here."""
-    out = np.cumsum(x, axis=-1)
-    np.subtract(x.sum(axis=-1, keepdims=True), out, out=out)
+def _suffix_sum(x: np.ndarray, cumulative: np.ndarray | None = None) -> np.ndarray:
+    """Sum over groups with a score at least as high (groups are in ascending score order), from the
+    cumulative sums of ``x`` when known; exact for the integer-valued weights used here."""
+    total = x.sum(axis=-1, keepdims=True)
+    if cumulative is None:
+        out = np.cumsum(x, axis=-1)
+        np.subtract(total, out, out=out)
+    else:
+        out = np.subtract(total, cumulative)
     out += x
     return out
 
 
+def _once_per_weighting(metric: Callable[[ScoreGroups], Any]) -> Callable[[ScoreGroups], Any]:
+    """``metric`` computed once per :class:`ScoreGroups` of one weighting (its influence function asks again)."""
+
+    @wraps(metric)
+    def once(g: ScoreGroups) -> Any:
+        return g._once(metric.__name__, lambda: metric(g))
+
+    return once
+
+
+@_once_per_weighting
 def roc_auc(g: ScoreGroups) -> Any:
     """Area under the ROC curve: the weighted Mann-Whitney statistic, ties counting one half."""
-    below = g.cum_neg - g.neg
-    num = (g.pos * (below + 0.5 * g.neg)).sum(axis=-1)
-    return _finish(_div(num, g.total_pos * g.total_neg))
+    terms = 0.5 * g.neg
+    terms += g.cum_neg - g.neg  # the weight below each group, plus half its own ties
+    terms *= g.pos
+    return _finish(_div(terms.sum(axis=-1), g.total_pos * g.total_neg))
 
 
+def _precision(g: ScoreGroups) -> np.ndarray:
+    """Precision at each group's score as threshold (0 where nothing scores that high)."""
+    tp, seen = g.tp_above, g.seen_above
+    if seen.shape[-1] == 0 or np.all(seen[..., -1] > 0):  # suffix sums of weights never grow: none is 0
+        return tp / seen
+    return np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
+
+
+@_once_per_weighting
 def pr_auc(g: ScoreGroups) -> Any:
     """Average precision, as sklearn's ``average_precision_score``: sum of precision x recall step."""
-    tp, seen = g.tp_above, g.seen_above
-    prec = np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
-    return _finish(_div((g.pos * prec).sum(axis=-1), g.total_pos))
+    terms = _precision(g)
+    terms *= g.pos
+    return _finish(_div(terms.sum(axis=-1), g.total_pos))
 
 
 def _losses(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cross-entropy of a positive and of a negative label per score, clipped as sklearn does."""
     p = np.clip(score, _EPS, 1 - _EPS)
-    return -np.log(p), -np.log1p(-p)
+    l1 = np.log(p)
+    np.negative(l1, out=l1)
+    np.negative(p, out=p)
+    np.log1p(p, out=p)
+    return l1, np.negative(p, out=p)
 
 
+@_once_per_weighting
 def log_loss(g: ScoreGroups) -> Any:
     """Mean binary cross-entropy, scores clipped to [eps, 1 - eps]."""
     l1, l0 = g.losses
-    return _finish(_div((g.pos * l1 + g.neg * l0).sum(axis=-1), g.total_pos + g.total_neg))
+    terms = g.pos * l1
+    terms += g.neg * l0
+    return _finish(_div(terms.sum(axis=-1), g.total_pos + g.total_neg))
 
 
+def _squares(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Squared error of a positive and of a negative label per score."""
+    return g._once("squares", lambda: ((1 - g.score) ** 2, g.score**2))
+
+
+@_once_per_weighting
 def brier(g: ScoreGroups) -> Any:
     """Mean squared difference between score and label."""
-    s = g.score
-    return _finish(_div((g.pos * (1 - s) ** 2 + g.neg * s**2).sum(axis=-1), g.total_pos + g.total_neg))
+    e1, e0 = _squares(g)
+    terms = g.pos * e1
+    terms += g.neg * e0
+    return _finish(_div(terms.sum(axis=-1), g.total_pos + g.total_neg))
 
 
 def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -302,6 +351,7 @@ def _ece_bins(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     return np.add.reduceat(residual, first, axis=-1), position
 
 
+@_once_per_weighting
 def ece(g: ScoreGroups) -> Any:
     """Expected calibration error: sum over 10 equal-width bins of (bin share) x |mean label - mean score|."""
     n = g.total_pos + g.total_neg
@@ -317,9 +367,17 @@ def roc_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     """DeLong's placements: (V10 - auc) / P for positives, (V01 - auc) / N for negatives."""
     p, n = g.total_pos, g.total_neg
     auc = roc_auc(g)
-    v10 = (g.cum_neg - 0.5 * g.neg) / n
-    v01 = (p - g.cum_pos + 0.5 * g.pos) / p
-    return (v10 - auc) / p, (v01 - auc) / n
+    v10 = 0.5 * g.neg
+    np.subtract(g.cum_neg, v10, out=v10)
+    v10 /= n
+    v10 -= auc
+    v10 /= p
+    v01 = 0.5 * g.pos
+    np.add(p - g.cum_pos, v01, out=v01)
+    v01 /= p
+    v01 -= auc
+    v01 /= n
+    return v10, v01
 
 
 def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -347,7 +405,8 @@ def log_loss_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
 
 def brier_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     n, value = g.total_pos + g.total_neg, brier(g)
-    return ((1 - g.score) ** 2 - value) / n, (g.score**2 - value) / n
+    e1, e0 = _squares(g)
+    return (e1 - value) / n, (e0 - value) / n
 
 
 def ece_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
