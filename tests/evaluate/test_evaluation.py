@@ -15,7 +15,7 @@ from statsmodels.stats.proportion import proportion_confint
 from conftest import TinyModel, run_cli
 from workbench import WorkbenchError
 from workbench.evaluate.evaluation import _paired_keys, _Sample, compare, evaluate_run
-from workbench.evaluate.metrics import METRICS
+from workbench.evaluate.metrics import METRICS, confusion, grouping
 from workbench.evaluate.results import Options
 from workbench.ingest.traffic import ingest, ingest_labels
 from workbench.replay.pipeline import ReplayOptions, replay
@@ -358,14 +358,14 @@ def test_paired_keys_pair_each_rows_values_of_both_models(rounded):
     s["baseline"][::50] = np.nan
     both = np.isfinite(s["baseline"])
     yb = y[both]
-    paired = {r: _Sample.of(yb, s[r][both], 0.5) for r in ("baseline", "candidate")}
+    paired = {r: _Sample(grouping(yb, s[r][both]), confusion(yb, s[r][both] >= 0.5)) for r in ("baseline", "candidate")}
     keys = _paired_keys(paired)
     lead = "baseline" if rounded == "candidate" else "candidate"
     for r, p in paired.items():
         influence = METRICS["roc_auc"].influence(p.groups)
         at = np.searchsorted(p.groups.score, s[r][both])
         in_row_order = np.where(yb == 1, influence[0][at], influence[1][at])
-        got = np.concatenate((influence[1], influence[0]))[keys[r]]
+        got = p.grouping.per_row(influence, keys[r])
         np.testing.assert_array_equal(got, in_row_order[paired[lead].grouping.order])
 
 

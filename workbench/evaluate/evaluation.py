@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from workbench import WorkbenchError
 from workbench.evaluate import stats
 from workbench.evaluate.latency import error_rates, latency_summary
-from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
+from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, grouping
 from workbench.evaluate.resources import compare_resources
 from workbench.evaluate.results import (
     Comparison,
@@ -68,10 +68,6 @@ class _Sample:
     def __init__(self, grouping: Grouping, conf: Confusion):
         self.grouping, self.conf = grouping, conf
         self.groups = grouping.weigh()
-
-    @classmethod
-    def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> _Sample:
-        return cls(grouping(y, score), confusion(y, score >= threshold))
 
 
 def _few_scores(s: _Sample) -> bool:
@@ -110,13 +106,13 @@ def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict
     }
 
 
-def _paired_keys(paired: dict[str, _Sample]) -> dict[str, np.ndarray]:
+def _paired_keys(paired: dict[str, _Sample]) -> dict[str, np.ndarray | None]:
     """Per model, each paired row's (group, label) key (:attr:`Grouping.key`), rows in the score order of
-    the model with more groups: per-row values of both models then come from one pass in that order, the
-    other model's (smaller) table looked up at random."""
+    the model with more groups (None for that model: its own order): per-row values of both models then
+    come from one pass in that order, the other model's (smaller) table looked up at random."""
     lead = max(ROLES, key=lambda r: len(paired[r].grouping.score))
     first = paired[lead].grouping
-    keys = {lead: first.key}
+    keys: dict[str, np.ndarray | None] = {lead: None}
     for r in ROLES:
         if r != lead:
             g = paired[r].grouping
@@ -156,12 +152,24 @@ def _delta_estimate(
 
 
 def _cell_confusions(cells: np.ndarray) -> tuple[Confusion, Confusion]:
-    """Baseline and candidate confusion from paired cells indexed label*4 + baseline*2 + candidate."""
-    c = cells.T
+    """Baseline and candidate confusion from paired cells indexed label*4 + baseline*2 + candidate (counts,
+    or one row of replicates per bootstrap draw)."""
+    c = cells.T.tolist() if cells.ndim == 1 else cells.T
     return (
         Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
         Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]),
     )
+
+
+def _cells(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float], ok: dict) -> np.ndarray:
+    """Rows counted by [candidate scored, baseline scored, label*4 + baseline class*2 + candidate class], in
+    one pass: each model's confusion on its own rows, and both on the paired rows, come from these."""
+    code = y.astype(np.uint8) * 4
+    code += (scores["baseline"] >= thresholds["baseline"]).view(np.uint8) * 2
+    code += (scores["candidate"] >= thresholds["candidate"]).view(np.uint8)
+    code += ok["baseline"].view(np.uint8) * 8
+    code += ok["candidate"].view(np.uint8) * 16
+    return np.bincount(code, minlength=32).reshape(2, 2, 8)
 
 
 def _influence(m: Metric, groups: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -195,15 +203,18 @@ def compare(
         y, scores = y[order], {r: s[order] for r, s in scores.items()}
     ok = {r: np.isfinite(scores[r]) for r in ROLES}
     both = ok["baseline"] & ok["candidate"]
-    rows = {r: int(ok[r].sum()) for r in ROLES} | {"paired": int(both.sum())}
-    own = {r: _Sample.of(_take(y, ok[r]), _take(scores[r], ok[r]), thresholds[r]) for r in ROLES}
-    own_conf = {r: own[r].conf for r in ROLES}
+    cells = _cells(y, scores, thresholds, ok)
+    counts = cells[1, 1]  # the paired rows' cells
+    own_conf = {
+        "baseline": _cell_confusions(cells[:, 1].sum(axis=0))[0],
+        "candidate": _cell_confusions(cells[1, :].sum(axis=0))[1],
+    }
+    paired_conf = dict(zip(ROLES, _cell_confusions(counts), strict=True))
+    rows = {r: int(own_conf[r].n) for r in ROLES} | {"paired": int(counts.sum())}
+    own = {r: _Sample(grouping(_take(y, ok[r]), _take(scores[r], ok[r])), own_conf[r]) for r in ROLES}
     # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
     # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
-    own_is_paired = {r: bool((ok[r] == both).all()) for r in ROLES}
-    paired_conf = {
-        r: own_conf[r] if own_is_paired[r] else confusion(y[both], (scores[r] >= thresholds[r])[both]) for r in ROLES
-    }
+    own_is_paired = {r: rows[r] == rows["paired"] for r in ROLES}
     score_names = [n for n, m in METRICS.items() if m.from_scores]
     values = {
         r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()} for r in ROLES
@@ -215,11 +226,6 @@ def compare(
         c = own_conf[r]
         cells = stats.poisson_cells(np.array([c.tp, c.fp, c.tn, c.fn]), opts.n_boot, rng)
         reps[r]["f1"] = METRICS["f1"].compute(Confusion(*cells.T))
-    cell = y.astype(np.uint8) * 4
-    cell += (scores["baseline"] >= thresholds["baseline"]).view(np.uint8) * 2
-    cell += (scores["candidate"] >= thresholds["candidate"]).view(np.uint8)
-    counts = np.bincount(_take(cell, both), minlength=8)
-    del cell
     cb, cc = _cell_confusions(stats.poisson_cells(counts, opts.n_boot, rng))
     for n, m in METRICS.items():
         if not m.from_scores:
@@ -268,7 +274,7 @@ def compare(
             if n in paired_defined:
                 for r in ROLES:
                     influence = _influence(m, paired[r].groups)
-                    psi[r] = np.concatenate((influence[1], influence[0]))[keys[r]]  # both in one row order
+                    psi[r] = paired[r].grouping.per_row(influence, keys[r])  # both in one row order
                     if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
                         infl[r] = influence
                     del influence
@@ -517,7 +523,7 @@ def evaluate_run(
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
-    table = store.evaluation_rows(run_id, segment=segment, window=window)
+    table = store.evaluation_rows(run, segment=segment, window=window)
     latency = {r: _latencies(table.column(f"{r}_latency_ms")) for r in ROLES}
     table = _labelled(table.drop_columns([f"{r}_latency_ms" for r in ROLES]))
     seg = (segment, table.column("segment")) if segment is not None else None
@@ -546,7 +552,7 @@ def evaluate_run(
         mc = evaluate_multiclass_samples(
             run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
         )
-        mc = replace(mc, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+        mc = replace(mc, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
         store.save_evaluation(run_id, params | {"task": MULTICLASS, "partial": partial}, mc.to_dict())
         return mc
     if run_task(run) == REGRESSION:
@@ -558,7 +564,7 @@ def evaluate_run(
         rows_done = int(run["rows_done"] or 0)
         counts = store.prediction_counts(run_id)
         reg = evaluate_regression_samples(run_id, y, preds, latency, counts, rows_done, opts, seg, win)
-        reg = replace(reg, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+        reg = replace(reg, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
         store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
         return reg
     thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
@@ -570,7 +576,7 @@ def evaluate_run(
     quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
     del y, scores, seg, win
     result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
-    result = replace(result, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+    result = replace(result, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
     params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
     store.save_evaluation(run_id, params, result.to_dict())
     return result

@@ -193,9 +193,12 @@ class Grouping:
         key = self.group_of.astype(dtype)
         return np.add(key, self.y_sorted * dtype(groups), out=key)
 
-    def per_row(self, per_group: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Each row's value, rows in score order, from per-group values for a positive and a negative row."""
-        return np.concatenate((per_group[1], per_group[0]))[self.key]
+    def per_row(self, per_group: tuple[np.ndarray, np.ndarray], key: np.ndarray | None = None) -> np.ndarray:
+        """Each row's value from per-group values for a positive and a negative row: rows in score order, or
+        in the order of ``key`` (the rows' :attr:`key` in another order)."""
+        if key is None and len(self.score) == self.rows:  # one row per group
+            return np.where(self.y_sorted.view(bool), per_group[0], per_group[1])
+        return np.concatenate((per_group[1], per_group[0]))[self.key if key is None else key]
 
     def weigh(self, weights: np.ndarray | None = None) -> ScoreGroups:
         """Group sums of the labels: counts (int32) without ``weights``, else float64 sums under

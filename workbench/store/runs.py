@@ -251,7 +251,12 @@ class RunStore(TrafficStore):
 
     def run_resources(self, run_id: str) -> dict | None:
         """The resources a run's replay measured (:meth:`save_run_resources`), or None."""
-        return self.require_run(run_id)["meta"].get("resources")
+        return self.recorded_resources(self.require_run(run_id))
+
+    @staticmethod
+    def recorded_resources(run: dict[str, Any]) -> dict | None:
+        """:meth:`run_resources` from the run's record (:meth:`get_run`) when the caller has it."""
+        return run["meta"].get("resources")
 
     def finish_run(self, run_id: str) -> RunCounts:
         """Mark a run finished; returns its counts."""
@@ -285,16 +290,17 @@ class RunStore(TrafficStore):
         )
         return int(row[0]), int(row[1]), int(row[2])
 
-    def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
-        """Every replayed request of a run, in one scan and in no particular order: ``label`` (null where the
-        request has none), per model ``*_score`` and ``*_latency_ms`` (null where that model failed), plus
-        ``segment`` (the traffic column ``segment`` as text) and ``window_start`` (the event time truncated to
-        ``window``) on request. The labels are the run's task's (:func:`~workbench.store.base.label_source`):
-        numbers for a regression run, class names for a multi-class run, which also has per model ``*_class``
-        (the index of the predicted class in ``meta.classes``) and ``*_proba`` (the class probabilities), null
-        where the model failed."""
-        run = self.require_run(run_id)
-        task = run_task(run)
+    def evaluation_rows(
+        self, run: dict[str, Any], *, segment: str | None = None, window: str | None = None
+    ) -> pa.Table:
+        """Every replayed request of a run (its record, from :meth:`require_run`), in one scan and in no
+        particular order: ``label`` (null where the request has none), per model ``*_score`` and
+        ``*_latency_ms`` (null where that model failed), plus ``segment`` (the traffic column ``segment`` as
+        text) and ``window_start`` (the event time truncated to ``window``) on request. The labels are the
+        run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run, class names
+        for a multi-class run, which also has per model ``*_class`` (the index of the predicted class in
+        ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed."""
+        run_id, task = run["run_id"], run_task(run)
         select = ["p._row"]
         for r in ("baseline", "candidate"):
             select += [
@@ -345,8 +351,11 @@ class RunStore(TrafficStore):
             )
             .to_arrow_table()
         )
+        found = labels.column(0).to_numpy()
+        if np.array_equal(found, rows):  # the labels came in the rows' order (both written in traffic order)
+            return labels.column(1)
         at = np.full(hi - lo + 1, -1, dtype=np.int64 if labels.num_rows >= 2**31 else np.int32)
-        at[labels.column(0).to_numpy() - lo] = np.arange(labels.num_rows, dtype=at.dtype)
+        at[found - lo] = np.arange(labels.num_rows, dtype=at.dtype)
         where = at[rows - lo]
         return labels.column(1).take(pa.array(where, mask=where < 0))
 
