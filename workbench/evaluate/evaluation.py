@@ -348,7 +348,7 @@ def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[st
         values = values.combine_chunks()
     enc = pc.fill_null(values.cast(pa.string()), NULL_VALUE).dictionary_encode()
     names = enc.dictionary.to_pylist()
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
     freq = np.bincount(codes, minlength=len(names))
     if top_k is None:
         rank = sorted(range(len(names)), key=lambda i: names[i])
@@ -356,7 +356,7 @@ def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[st
     else:
         rank = sorted(range(len(names)), key=lambda i: (-freq[i], names[i]))
         keep, other = rank[:top_k], rank[top_k:]
-    slot = np.empty(len(names), dtype=np.int64)
+    slot = np.empty(len(names), dtype=np.int16 if len(keep) < 2**15 else np.int64)  # int16: a radix sort below
     slot[keep] = np.arange(len(keep))
     slot[other] = len(keep)
     labels = [names[i] for i in keep] + ([OTHER] if other else [])
