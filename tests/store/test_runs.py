@@ -159,4 +159,5 @@ def test_evaluation_rows_carry_each_requests_label_segment_and_window(store, tmp
     pd.testing.assert_series_equal(got["label"].astype(float), expected, check_names=False)
     start = pd.Timestamp("2024-01-01") + pd.to_timedelta(row // 60 * 60, unit="min")
     assert (pd.to_datetime(got["window_start"]).dt.tz_localize(None) == start).all()
-    assert set(row[got["candidate_score"].isna()]) == {3, 77}
+    assert set(row[got["candidate_score"].isna()]) == set(row[got["candidate_failed"]]) == {3, 77}
+    assert store.counts_of(store.prediction_rows(store.require_run("r"))) == store.prediction_counts("r")

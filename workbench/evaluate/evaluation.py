@@ -23,6 +23,7 @@ result types live in :mod:`workbench.evaluate.results`. Methods (docs/concepts/e
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -516,16 +517,23 @@ def evaluate_run(
     if window is not None and window not in WINDOWS:
         raise WorkbenchError(f"unknown window {window!r}: use one of {', '.join(WINDOWS)}")
     run = store.require_run(run_id)
-    coverage = _coverage(store, run)
-    if not coverage["complete"] and not partial:
+    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+    if run["status"] != "finished" and not partial:
         raise WorkbenchError(
-            f"run {run_id} is {run['status']} with {coverage['rows_done']:,} of {coverage['rows_total']:,} rows "
+            f"run {run_id} is {run['status']} with {rows_done:,} of {rows_total:,} rows "
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
-    table = store.evaluation_rows(run, segment=segment, window=window)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the labels' state is read while the predictions are, and before the labels: an evaluation never
+        # records a state of the labels newer than the labels it used
+        labels_now = pool.submit(store.labels_state, run["traffic"], run_task(run))
+        table = store.prediction_rows(run, segment=segment, window=window)
+        coverage = _coverage(run, labels_now.result())
+    table = store.with_labels(run, table)
+    counts = store.counts_of(table)
     latency = {r: _latencies(table.column(f"{r}_latency_ms")) for r in ROLES}
-    table = _labelled(table.drop_columns([f"{r}_latency_ms" for r in ROLES]))
+    table = _labelled(table.drop_columns([f"{r}_{c}" for r in ROLES for c in ("latency_ms", "failed")]))
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
     params: dict[str, Any] = {
@@ -547,8 +555,6 @@ def evaluate_run(
         preds = {r: table.column(f"{r}_class").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
         probs = {r: probability_matrix(table.column(f"{r}_proba"), len(classes)) for r in ROLES}
         del table
-        rows_done = int(run["rows_done"] or 0)
-        counts = store.prediction_counts(run_id)
         mc = evaluate_multiclass_samples(
             run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
         )
@@ -561,8 +567,6 @@ def evaluate_run(
         y = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
         preds = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
         del table
-        rows_done = int(run["rows_done"] or 0)
-        counts = store.prediction_counts(run_id)
         reg = evaluate_regression_samples(run_id, y, preds, latency, counts, rows_done, opts, seg, win)
         reg = replace(reg, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
         store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
@@ -575,21 +579,20 @@ def evaluate_run(
     del table
     quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
     del y, scores, seg, win
-    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
+    result = _result(run_id, quality, thr, latency, counts, rows_done, opts)
     result = replace(result, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
     params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
     store.save_evaluation(run_id, params, result.to_dict())
     return result
 
 
-def _coverage(store: Store, run: dict) -> dict[str, Any]:
-    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+def _coverage(run: dict, labels: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": run["status"],
-        "rows_done": rows_done,
-        "rows_total": rows_total,
+        "rows_done": int(run["rows_done"] or 0),
+        "rows_total": int(run["rows_total"] or 0),
         "complete": run["status"] == "finished",
-        "labels": store.labels_state(run["traffic"], run_task(run)),
+        "labels": labels,
     }
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
+from workbench.roles import ROLES
 from workbench.store.base import label_source, qident, traffic_table
 from workbench.store.traffic import TrafficStore
 from workbench.tasks import MULTICLASS, run_classes, run_task
@@ -290,29 +292,46 @@ class RunStore(TrafficStore):
         )
         return int(row[0]), int(row[1]), int(row[2])
 
+    @staticmethod
+    def counts_of(rows: pa.Table) -> dict[str, dict[str, int]]:
+        """:meth:`prediction_counts` of the rows :meth:`prediction_rows` read (their ``*_failed``), without
+        another scan."""
+        n = rows.num_rows
+        if not n:
+            return {}
+        return {r: {"rows": n, "errors": int(pc.sum(rows.column(f"{r}_failed")).as_py() or 0)} for r in ROLES}
+
     def evaluation_rows(
         self, run: str | dict[str, Any], *, segment: str | None = None, window: str | None = None
     ) -> pa.Table:
         """Every replayed request of a run (its id, or its record from :meth:`require_run`), in one scan and in no
         particular order: ``label`` (null where the request has none), per model ``*_score`` and
-        ``*_latency_ms`` (null where that model failed), plus ``segment`` (the traffic column ``segment`` as
-        text) and ``window_start`` (the event time truncated to ``window``) on request. The labels are the
-        run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run, class names
-        for a multi-class run, which also has per model ``*_class`` (the index of the predicted class in
-        ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed."""
+        ``*_latency_ms`` (null where that model failed) and ``*_failed``, plus ``segment`` (the traffic column
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request. The
+        labels are the run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run,
+        class names for a multi-class run, which also has per model ``*_class`` (the index of the predicted
+        class in ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed.
+        :meth:`prediction_rows` then :meth:`with_labels`, for a caller with work to do between the two."""
         run = self.require_run(run) if isinstance(run, str) else run
+        return self.with_labels(run, self.prediction_rows(run, segment=segment, window=window))
+
+    def prediction_rows(
+        self, run: dict[str, Any], *, segment: str | None = None, window: str | None = None
+    ) -> pa.Table:
+        """:meth:`evaluation_rows` without the labels: ``_row`` (the request's traffic row) instead."""
         run_id, task = run["run_id"], run_task(run)
         select = ["p._row"]
-        for r in ("baseline", "candidate"):
+        for r in ROLES:
             select += [
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_score END AS {r}_score",
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_latency_ms END AS {r}_latency_ms",
+                f"p.{r}_error IS NOT NULL AS {r}_failed",
             ]
         if task == MULTICLASS:
             select += [
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_class END AS {r}_class, "
                 f"CASE WHEN p.{r}_error IS NULL THEN pp.{r}_proba END AS {r}_proba"
-                for r in ("baseline", "candidate")
+                for r in ROLES
             ]
         per_row: list[str] = []  # the traffic columns a slice needs, looked up like the labels
         params: list = []
@@ -328,22 +347,28 @@ class RunStore(TrafficStore):
         if window is not None:
             per_row.append("date_trunc(?, event_time) AS window_start")
             params.append(window)
-        probabilities = _PROBABILITIES if task == MULTICLASS else ""
-        sql = f"SELECT {', '.join(select)} FROM predictions p {probabilities} WHERE p.run_id = ?"
-        # a bounded buffer: the join of a multi-class run's probabilities spills to disk rather than grow
-        with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
-            # execute, not sql(params=...): a relation built with parameters is materialized first, which
-            # took 6x the time of the query itself
+        # execute, not sql(params=...): a relation built with parameters is materialized first, which took 6x
+        # the time of the query itself
+        if task == MULTICLASS:  # a bounded buffer: the join of the class probabilities spills rather than grow
+            with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
+                sql = f"SELECT {', '.join(select)} FROM predictions p {_PROBABILITIES} WHERE p.run_id = ?"
+                table = self.cursor().execute(sql, [run_id]).to_arrow_table()
+        else:
+            sql = f"SELECT {', '.join(select)} FROM predictions p WHERE p.run_id = ?"
             table = self.cursor().execute(sql, [run_id]).to_arrow_table()
-        rows = table.column("_row").to_numpy()
-        labels, column = label_source(task)
-        label = self._at_rows(column, labels, rows, "traffic = ?", [run["traffic"]])
-        table = table.drop_columns(["_row"]).add_column(0, "label", label.column(0))
         if per_row:
+            rows = table.column("_row").to_numpy()
             traffic = self._at_rows(", ".join(per_row), traffic_table(run["traffic"]), rows, params=params)
             for name in traffic.column_names:
                 table = table.append_column(name, traffic.column(name))
         return table
+
+    def with_labels(self, run: dict[str, Any], rows: pa.Table) -> pa.Table:
+        """The rows :meth:`prediction_rows` read, with each request's ``label`` (null where it has none) in
+        place of its ``_row``."""
+        labels, column = label_source(run_task(run))
+        label = self._at_rows(column, labels, rows.column("_row").to_numpy(), "traffic = ?", [run["traffic"]])
+        return rows.drop_columns(["_row"]).add_column(0, "label", label.column(0))
 
     def _at_rows(
         self, columns: str, table: str, rows: np.ndarray, where: str | None = None, params: Sequence = ()
