@@ -23,7 +23,7 @@ result types live in :mod:`workbench.evaluate.results`. Methods (docs/concepts/e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from workbench.evaluate.results import (
     DeltaEstimate,
     Estimate,
     EvaluationResult,
+    LatencyResult,
     Options,
     Slice,
 )
@@ -77,11 +78,11 @@ def _few_scores(s: _Sample) -> bool:
 
 
 def _influence_distribution(
-    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, per_row: np.ndarray | None
+    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, sorted_rows: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows' influences as sorted values and counts: per (score group, label) from ``influence``
-    when the scores have many ties, else one per row (``per_row``: the rows' influences in any order,
-    sorted here in place; computed from ``influence`` when not given)."""
+    when the scores have many ties, else one per row (``sorted_rows``: the rows' influences, sorted;
+    computed from ``influence`` when not given)."""
     if _few_scores(s):
         if influence is None:
             raise ValueError("the per-group influence is needed when the scores have many ties")
@@ -89,12 +90,17 @@ def _influence_distribution(
         values = np.concatenate(influence)
         order = np.argsort(values, kind="stable")
         return values[order], np.concatenate([g.pos, g.neg])[order]
-    if per_row is None:
+    if sorted_rows is None:
         if influence is None:
             raise ValueError("give the per-group influence or the rows' influences")
-        per_row = s.grouping.per_row(influence)
-    per_row.sort()
-    return per_row, None
+        sorted_rows = s.grouping.per_row(influence)
+        sorted_rows.sort()
+    return sorted_rows, None
+
+
+def _sorted(a: np.ndarray) -> np.ndarray:
+    a.sort()
+    return a
 
 
 def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict[str, bool]) -> dict:
@@ -212,7 +218,13 @@ def compare(
     }
     paired_conf = dict(zip(ROLES, _cell_confusions(counts), strict=True))
     rows = {r: int(own_conf[r].n) for r in ROLES} | {"paired": int(counts.sum())}
-    own = {r: _Sample(grouping(_take(y, ok[r]), _take(scores[r], ok[r])), own_conf[r]) for r in ROLES}
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both models' rows sorted at once
+        sorting = pool.submit(grouping, _take(y, ok["candidate"]), _take(scores["candidate"], ok["candidate"]))
+        base = grouping(_take(y, ok["baseline"]), _take(scores["baseline"], ok["baseline"]))
+        own = {
+            "baseline": _Sample(base, own_conf["baseline"]),
+            "candidate": _Sample(sorting.result(), own_conf["candidate"]),
+        }
     # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
     # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
     own_is_paired = {r: rows[r] == rows["paired"] for r in ROLES}
@@ -268,31 +280,39 @@ def compare(
         pvalues = _paired_values(values, paired, own_is_paired)
         paired_defined = [n for n in score_names if all(pvalues[r][n] is not None for r in ROLES)]
         keys = _paired_keys(paired) if paired_defined else {}
-        for n in score_names:  # one metric at a time: a few row-length arrays in memory
-            m = METRICS[n]
-            psi: dict[str, np.ndarray] = {}
-            infl: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            if n in paired_defined:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # sorts a model's influences while the delta's are sorted
+            for n in score_names:  # one metric at a time: a few row-length arrays in memory
+                m = METRICS[n]
+                psi: dict[str, Future] = {}
+                infl: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+                if n in paired_defined:
+                    rows_psi = {}
+                    for r in ROLES:
+                        influence = _influence(m, paired[r].groups)
+                        rows_psi[r] = paired[r].grouping.per_row(influence, keys[r])  # both in one row order
+                        if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
+                            infl[r] = influence
+                        del influence
+                    d = rows_psi["candidate"] - rows_psi["baseline"]
+                    psi = {
+                        r: pool.submit(_sorted, x) for r, x in rows_psi.items() if own_is_paired[r] and r not in infl
+                    }
+                    del rows_psi
+                    d.sort()
+                    reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + stats.linear_bootstrap(
+                        d, opts.n_boot, rng
+                    )
+                    del d
                 for r in ROLES:
-                    influence = _influence(m, paired[r].groups)
-                    psi[r] = paired[r].grouping.per_row(influence, keys[r])  # both in one row order
-                    if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
-                        infl[r] = influence
-                    del influence
-                d = psi["candidate"] - psi["baseline"]
-                d.sort()
-                reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + stats.linear_bootstrap(
-                    d, opts.n_boot, rng
-                )
-                del d
-            for r in ROLES:
-                if own_is_paired[r] and values[r][n] is not None:
-                    known, per_group = psi.pop(r, None), infl.get(r)
-                    if per_group is None and known is None:
-                        per_group = _influence(m, paired[r].groups)
-                    sorted_psi, weights = _influence_distribution(paired[r], per_group, known)
-                    reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
-            del psi, infl
+                    if own_is_paired[r] and values[r][n] is not None:
+                        known, per_group = psi.pop(r, None), infl.get(r)
+                        if per_group is None and known is None:
+                            per_group = _influence(m, paired[r].groups)
+                        sorted_psi, weights = _influence_distribution(
+                            paired[r], per_group, None if known is None else known.result()
+                        )
+                        reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
+                del psi, infl
 
     undefined: dict[str, str | None] = {}
     out: dict[str, dict] = {r: {} for r in (*ROLES, "delta")}
@@ -441,12 +461,12 @@ def _result(
     run_id: str,
     quality: Quality,
     thresholds: dict,
-    latency: dict[str, np.ndarray],
+    latency: tuple[LatencyResult, dict],
     error_counts: dict[str, dict],
     rows_done: int,
     opts: Options,
 ) -> EvaluationResult:
-    lat, undefined = latency_summary(latency, opts)
+    lat, undefined = latency
     errors = error_rates(error_counts, opts)
     undefined |= {f"errors.{r}": "no rows replayed" for r, e in errors.items() if e.rate is None}
     n = quality.labeled_rows
@@ -478,9 +498,12 @@ def evaluate_samples(
     window: tuple[str, pa.Array] | None = None,
 ) -> EvaluationResult:
     """The whole evaluation on arrays (see :func:`evaluate_quality`), with latency samples per model
-    (sorted in place) and error counts ``{role: {"rows", "errors"}}``."""
-    quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
-    return _result(run_id, quality, thresholds, latency, error_counts, rows_done, opts)
+    (sorted in place) and error counts ``{role: {"rows", "errors"}}``. The latency (its own random
+    generator) is summarised on a second thread while the quality is computed."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        lat = pool.submit(latency_summary, latency, opts)
+        quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
+        return _result(run_id, quality, thresholds, lat.result(), error_counts, rows_done, opts)
 
 
 def evaluate_run(
@@ -577,9 +600,8 @@ def evaluate_run(
         r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
     }
     del table
-    quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
+    result = evaluate_samples(run_id, y, scores, thr, latency, counts, rows_done, opts, seg, win)
     del y, scores, seg, win
-    result = _result(run_id, quality, thr, latency, counts, rows_done, opts)
     result = replace(result, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
     params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
     store.save_evaluation(run_id, params, result.to_dict())
