@@ -217,6 +217,13 @@ def test_sums_shared_between_metrics_leave_every_value_unchanged(case):
         assert m.compute(shared) == m.compute(score_groups(y, s)), name
         for a, b in zip(m.influence(shared), m.influence(score_groups(y, s)), strict=True):
             np.testing.assert_array_equal(a, b)
+    shared.release()  # the arrays go, the values stay
+    assert not any(isinstance(v, np.ndarray | tuple) for v in shared._shared.values()) and shared._shared
+    for name in names:
+        m = METRICS[name]
+        assert m.compute(shared) == m.compute(score_groups(y, s)), name
+        for a, b in zip(m.influence(shared), m.influence(score_groups(y, s)), strict=True):
+            np.testing.assert_array_equal(a, b)
     batch = score_groups(y, s, rng.poisson(1.0, size=(3, len(y))).astype(float))
     for name in names:
         METRICS[name].compute(batch)

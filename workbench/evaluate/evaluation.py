@@ -225,6 +225,7 @@ def compare(
             "baseline": _Sample(base, own_conf["baseline"]),
             "candidate": _Sample(sorting.result(), own_conf["candidate"]),
         }
+    del base, sorting  # a restricted sample replaces its model's own below
     # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
     # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
     own_is_paired = {r: rows[r] == rows["paired"] for r in ROLES}
@@ -232,6 +233,8 @@ def compare(
     values = {
         r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()} for r in ROLES
     }
+    for r in ROLES:  # the influences below come one metric at a time: so do the arrays they share
+        own[r].groups.release()
     reps: dict[str, dict[str, np.ndarray]] = {r: {} for r in (*ROLES, "delta")}
 
     # confusion metrics: exact Poisson bootstrap of the contingency cells
@@ -293,6 +296,7 @@ def compare(
                         if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
                             infl[r] = influence
                         del influence
+                        paired[r].groups.release()
                     d = rows_psi["candidate"] - rows_psi["baseline"]
                     psi = {
                         r: pool.submit(_sorted, x) for r, x in rows_psi.items() if own_is_paired[r] and r not in infl

@@ -118,6 +118,12 @@ class ScoreGroups:
     neg: np.ndarray
     _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def release(self) -> None:
+        """Drop the shared arrays (the metric values stay): a caller that asks for one metric's influence at a
+        time keeps only that metric's arrays in memory."""
+        for name in [k for k, v in self._shared.items() if isinstance(v, np.ndarray | tuple)]:
+            del self._shared[name]
+
     def _once(self, name: str, compute: Callable[[], Any]) -> Any:
         if np.ndim(self.pos) > 1:
             return compute()
