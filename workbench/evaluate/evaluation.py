@@ -400,14 +400,19 @@ def _slices(
 ) -> tuple[dict[str, Slice], dict[str, str]]:
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(len(labels) + 1))
-    out, undefined = {}, {}
-    for j, name in enumerate(labels):
+
+    def one(j: int) -> Comparison:
         idx = order[bounds[j] : bounds[j + 1]]
-        comp = compare(
-            y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}", row_weights
+        return compare(
+            y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{labels[j]}", row_weights
         )
-        out[name] = Slice(len(idx), len(idx) < opts.small_rows, comp)
-        undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
+
+    out, undefined = {}, {}
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each slice seeds its own generator: two at a time
+        for j, comp in enumerate(pool.map(one, range(len(labels)))):
+            name, rows = labels[j], int(bounds[j + 1] - bounds[j])
+            out[name] = Slice(rows, rows < opts.small_rows, comp)
+            undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
     return out, undefined
 
 
