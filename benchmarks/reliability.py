@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SUITE = [
     "tests/replay/test_crash_safety.py",
+    "tests/replay/test_crash_two_writers.py",
+    "tests/replay/test_ray_postgres.py",
     "tests/ingest/test_bad_traffic.py",
     "tests/replay/test_bad_models.py",
     "tests/live/test_bad_services.py",
@@ -104,7 +106,11 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log, xml = Path(tmp) / "records.jsonl", Path(tmp) / "junit.xml"
-        env = os.environ | {"WORKBENCH_RELIABILITY_LOG": str(log), "WORKBENCH_LOAD_SECONDS": str(args.load_seconds)}
+        env = os.environ | {
+            "WORKBENCH_RELIABILITY_LOG": str(log),
+            "WORKBENCH_LOAD_SECONDS": str(args.load_seconds),
+            "WORKBENCH_SOAK": "1",  # every seeded kill of the crash tests (the suite makes fewer)
+        }
         t0 = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *SUITE],

@@ -443,6 +443,46 @@ def live_series(series: list[dict]) -> go.Figure:
     return _layout(fig, height=400)
 
 
+def class_shares(shares: dict, role: str) -> go.Figure:
+    """One model's predicted-class distribution per window (from :func:`workbench.views.class_shares`), stacked."""
+    fig = go.Figure()
+    for j, name in enumerate(shares["classes"]):
+        fig.add_bar(
+            x=shares["keys"],
+            y=[row[j] for row in shares["shares"]],
+            name=str(name),
+            customdata=shares["rows"],
+            hovertemplate=f"{name}: %{{y:.1%}} of %{{customdata:,}} rows<extra></extra>",
+        )
+    return _layout(
+        fig,
+        title=f"{role.capitalize()}: predicted classes per window",
+        barmode="stack",
+        xaxis_title="window start (event time)",
+        yaxis=dict(tickformat=".0%", range=[0, 1], title="share of the model's predictions"),
+    )
+
+
+def pinball_by_level(rows: list[dict]) -> go.Figure:
+    """Each model's pinball loss per quantile level (from :func:`workbench.views.quantile_rows`), with intervals."""
+    fig = go.Figure()
+    for role in ROLES:
+        value = [r[role] for r in rows]
+        lo = [r[role] - r[f"{role}_ci_low"] if r[f"{role}_ci_low"] is not None else 0 for r in rows]
+        hi = [r[f"{role}_ci_high"] - r[role] if r[f"{role}_ci_high"] is not None else 0 for r in rows]
+        fig.add_bar(
+            x=[f"q{r['level']:g}" for r in rows],
+            y=value,
+            name=role,
+            marker_color=COLORS[role],
+            error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+            hovertemplate=f"{role} %{{x}}: %{{y:.4g}}<extra></extra>",
+        )
+    return _layout(
+        fig, title="Pinball loss per quantile level (lower is better)", barmode="group", yaxis_title="pinball loss"
+    )
+
+
 def predicted_vs_actual(heat: dict, role: str) -> go.Figure:
     """One model's predictions against the targets as a binned heat map (log-scaled counts, so sparse tails
     show), with the diagonal where prediction = target."""

@@ -1,6 +1,7 @@
 """Compare: the scorecard with intervals, paired deltas, curves, confusion, calibration, latency and what each
 model costs to run, segments, time windows and the requests where the two models disagree; for a regression run,
-predicted vs actual and the residuals per segment instead of the classifier's curves and disagreements; for a
+predicted vs actual and the residuals per segment instead of the classifier's curves and disagreements (and, when
+its models predict quantiles, the pinball loss per level and the central interval's coverage); for a
 multi-class run, each model's confusion matrix and the per-class deltas instead of the binary curves. Every
 chart is drawn from aggregates computed in DuckDB (pages/data.py), never from the run's rows."""
 
@@ -54,6 +55,45 @@ def regression_view(run: dict) -> None:
                 for k in ("baseline_mae", "candidate_mae", "delta_mae", "baseline_bias", "candidate_bias")
             },
         )
+
+
+def quantile_view(ev: dict) -> None:
+    """A quantile regression run: each model's pinball loss per level with the paired deltas, and the coverage
+    of the central interval against its nominal level."""
+    rows = views.quantile_rows(ev)
+    if not rows:
+        st.info("This run stored no quantiles (its models give none, or not the same levels).")
+        return
+    cov = views.interval_coverage(ev)
+    if cov is not None:
+        st.subheader(f"Central {cov['nominal']:.0%} interval (q{cov['lower']:g} to q{cov['upper']:g})")
+        a, b, c = st.columns(3)
+        a.metric("Nominal coverage", f"{cov['nominal']:.1%}")
+        for col, role in zip((b, c), views.ROLES, strict=True):
+            value, lo, hi = cov["coverage"][role]
+            col.metric(
+                f"{role.capitalize()} coverage",
+                ui.num(value, "{:.1%}"),
+                delta=None if value is None else f"{value - cov['nominal']:+.1%} vs nominal",
+                delta_color="off",
+                help=f"interval {ui.ci(lo, hi, '{:.1%}')}; width {ui.num(cov['interval_width'][role][0])}",
+            )
+    st.subheader("Pinball loss per quantile level")
+    st.plotly_chart(charts.pinball_by_level(rows), key="pinball_by_level")
+    st.plotly_chart(
+        charts.deltas(rows, y_key="level", title="Pinball loss: candidate − baseline per level"), key="pinball_deltas"
+    )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {"level": r["level"], "baseline": r["baseline"], "candidate": r["candidate"], "delta": r["delta"]}
+                | {"delta interval": ui.ci(r["delta_ci_low"], r["delta_ci_high"], "{:+.4g}")}
+                | {"difference": views.difference_text(r)}
+                for r in rows
+            ]
+        ),
+        hide_index=True,
+    )
 
 
 def multiclass_view(ev: dict) -> None:
@@ -116,7 +156,11 @@ if run is not None:
     section = (
         st.segmented_control(
             "Section",
-            REGRESSION_SECTIONS if regression else MULTICLASS_SECTIONS if multiclass else SECTIONS,
+            (REGRESSION_SECTIONS + (["Quantiles"] if ev.get("quantiles") else []))
+            if regression
+            else MULTICLASS_SECTIONS
+            if multiclass
+            else SECTIONS,
             default="Scorecard",
             key="wb_compare_section",
             label_visibility="collapsed",
@@ -197,6 +241,9 @@ if run is not None:
 
     elif section == "Predicted vs actual":
         regression_view(run)
+
+    elif section == "Quantiles":
+        quantile_view(ev)
 
     elif section == "Classes":
         multiclass_view(ev)

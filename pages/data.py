@@ -10,6 +10,7 @@ the run or its traffic's labels do (:func:`run_token`), so they are computed onc
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -22,13 +23,17 @@ import streamlit as st
 
 from workbench import WorkbenchError
 from workbench.config import Settings, load_settings
+from workbench.ops import summaries
 from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabase
+from workbench.ops.summaries import LATENCY_PER_DECADE as LATENCY_PER_DECADE
+from workbench.ops.summaries import LATENCY_PROBS as LATENCY_PROBS
+from workbench.ops.summaries import SCORE_BINS as SCORE_BINS
+from workbench.ops.summaries import run_token
 
-SCORE_BINS = 200  # score histogram bins (ROC/PR thresholds at k/200)
+log = logging.getLogger(__name__)
+
 REGRESSION_BINS = 40  # predicted-vs-actual heat map: bins per axis
 CALIBRATION_BINS = 10
-LATENCY_PER_DECADE = 20  # log-spaced latency bins
-LATENCY_PROBS = (0.5, 0.95, 0.99)
 SHORT_TTL = 3  # seconds: lists that change while jobs run
 RUN_TTL = 3600  # aggregates keyed by a run token
 AGGREGATING = "Aggregating the run in DuckDB (once per run state)…"
@@ -142,6 +147,24 @@ def _read(home_: str, fn: Callable) -> Fetched:
         return Fetched(fn(store), _now())
 
 
+def _stored(home_: str, run_id: str, name: str, arg: Any = None) -> Fetched:
+    """A run summary (:mod:`workbench.ops.summaries`): the copy stored for the run's data as it is, else computed
+    here and stored when the database takes a write at once (otherwise the next visit computes it again)."""
+    fetched = _read(home_, lambda s: summaries.look_up(s, run_id, name, arg))
+    _keep(home_, run_id, name, arg, fetched.value)
+    return Fetched(fetched.value.value, fetched.at)
+
+
+def _keep(home_: str, run_id: str, name: str, arg: Any, looked: summaries.Looked) -> None:
+    if looked.stored:
+        return
+    try:
+        with _database(home_).write(wait_s=0) as store:
+            summaries.save(store, run_id, name, arg, looked)
+    except WorkbenchError as e:  # a writer holds the lake: keep it in this process's cache only
+        log.info("run %s: summary %s not stored (%s)", run_id, name, e)
+
+
 # -- runs, traffic, progress ------------------------------------------------------------------------------------
 @st.cache_data(ttl=SHORT_TTL, show_spinner=False)
 def _runs(home_: str) -> Fetched:
@@ -156,11 +179,6 @@ def runs() -> list[dict]:
 
 def run(run_id: str) -> dict | None:
     return next((r for r in runs() if r["run_id"] == run_id), None)
-
-
-def run_token(r: dict) -> str:
-    """Changes when a run gains rows, finishes, or its traffic or labels change."""
-    return f"{r['status']}|{r['rows_done']}|{r.get('data_at')}|{r.get('finished_at')}"
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -209,7 +227,7 @@ def drift(run_id: str) -> dict | None:
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _summary(home_: str, run_id: str, token: str) -> Fetched:
-    return _read(home_, lambda s: s.app_score_summary(run_id, SCORE_BINS, LATENCY_PER_DECADE))
+    return _stored(home_, run_id, "scores")
 
 
 def summary(r: dict) -> dict | None:
@@ -219,7 +237,7 @@ def summary(r: dict) -> dict | None:
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _latency_quantiles(home_: str, run_id: str, token: str) -> Fetched:
-    return _read(home_, lambda s: s.app_latency_quantiles(run_id, list(LATENCY_PROBS)))
+    return _stored(home_, run_id, "latency_quantiles")
 
 
 def latency_quantiles(r: dict) -> dict | None:
@@ -227,22 +245,32 @@ def latency_quantiles(r: dict) -> dict | None:
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=False)
-def _segment_columns(home_: str, traffic: str, token: str) -> Fetched:
-    return _read(home_, lambda s: s.app_segment_columns(traffic))
+def _segment_columns(home_: str, run_id: str, token: str) -> Fetched:
+    return _stored(home_, run_id, "segment_columns")
 
 
 def segment_columns(r: dict) -> list[str]:
-    return _get(_segment_columns, r["traffic"], run_token(r), default=[])
+    return _get(_segment_columns, r["run_id"], run_token(r), default=[])
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
 def _breakdowns(home_: str, run_id: str, token: str, columns: tuple[str, ...]) -> Fetched:
-    return _read(home_, lambda s: s.app_breakdowns(run_id, list(columns)))
+    return _stored(home_, run_id, "breakdowns", columns)
 
 
 def breakdowns(r: dict) -> dict | None:
     """Sums per event-time day and per value of every segment column, computed in one pass."""
     return _get(_breakdowns, r["run_id"], run_token(r), tuple(segment_columns(r)))
+
+
+@st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
+def _class_counts(home_: str, run_id: str, token: str) -> Fetched:
+    return _read(home_, lambda s: s.app_class_counts(run_id))
+
+
+def class_counts(r: dict) -> dict | None:
+    """A multi-class run's predicted classes per model and event-time day, counted in DuckDB."""
+    return _get(_class_counts, r["run_id"], run_token(r))
 
 
 @st.cache_data(ttl=RUN_TTL, max_entries=32, show_spinner=AGGREGATING)
@@ -289,12 +317,26 @@ def canary() -> list[dict]:
     return _get(_canary, default=[])
 
 
-@st.cache_data(ttl=SHORT_TTL, show_spinner=False)
+@st.cache_data(ttl=SHORT_TTL, show_spinner="Judging the run (once per state of its data)…")
 def _preview(home_: str, run_id: str, policy_path: str | None, token: str):
     from workbench.decide.canary import preview_decision
     from workbench.decide.policy import policy_for_run
 
-    return _read(home_, lambda s: preview_decision(s, run_id, policy_for_run(policy_path, s.require_run(run_id))))
+    looked: list[tuple[Any, summaries.Looked]] = []
+
+    def read(s):
+        policy = policy_for_run(policy_path, s.require_run(run_id))
+
+        def evidence(run: dict, drift: dict | None) -> dict:
+            looked.append((policy, summaries.look_up(s, run_id, "evidence", policy)))
+            return looked[-1][1].value
+
+        return preview_decision(s, run_id, policy, evidence)
+
+    fetched = _read(home_, read)
+    for policy, found in looked:
+        _keep(home_, run_id, "evidence", policy, found)
+    return fetched
 
 
 def preview(r: dict, policy_path: str | None):

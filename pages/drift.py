@@ -1,5 +1,6 @@
-"""Drift: per-feature data drift, prediction drift, the concept drift timeline with its change point, data
-quality, and Evidently's own HTML report of the same rows (from `workbench drift --html`)."""
+"""Drift: per-feature data drift, prediction drift (a multi-class run's on its predicted-class distribution, drawn
+per window), the concept drift timeline with its change point, data quality, and Evidently's own HTML report of
+the same rows (from `workbench drift --html`)."""
 
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import streamlit.components.v1 as components
 
 from pages import charts, data, ui
 from workbench import WorkbenchError, views
+from workbench.tasks import MULTICLASS
 
 ui.ensure_navigation()
 st.title("Drift")
@@ -53,7 +55,8 @@ if run is not None:
             column_config={"statistic": st.column_config.NumberColumn(format="%.4g")},
         )
 
-        st.subheader("Prediction drift")
+        multiclass = run.get("task") == MULTICLASS
+        st.subheader("Prediction drift" + (" (predicted-class distribution)" if multiclass else ""))
         st.dataframe(
             pd.DataFrame(views.labelled(views.prediction_drift_rows(report))),
             hide_index=True,
@@ -77,7 +80,14 @@ if run is not None:
         b_ = data.breakdowns(run)
         period = st.radio("Window", ["day", "week", "month"], index=1, horizontal=True, key="wb_drift_period")
         windows = views.breakdown_rows(views.rollup(b_["day"], period)) if b_ else []
-        if windows:
+        if multiclass:  # the distribution of predicted classes, not a score
+            counts = data.class_counts(run)
+            shares = views.class_shares(counts, period) if counts else {}
+            if any(s["keys"] for s in shares.values()):
+                c1, c2 = st.columns(2)
+                for col, role in zip((c1, c2), views.ROLES, strict=True):
+                    col.plotly_chart(charts.class_shares(shares[role], role), key=f"class_shares_{role}")
+        elif windows:
             st.plotly_chart(
                 charts.by_group(windows, "mean_score", f"Mean score per {period}", time_axis=True), key="score_time"
             )

@@ -211,15 +211,17 @@ def register(settings: Settings, train_path: Path, seed: int = 0, log=print) -> 
     return out
 
 
-def train_regressor(train: pd.DataFrame, loss: str, seed: int = 0):
-    """A gradient-boosting regressor of the arrival delay in minutes (``loss``: sklearn's, e.g. absolute_error)."""
+def train_regressor(train: pd.DataFrame, loss: str, seed: int = 0, quantile: float | None = None, max_iter: int = 100):
+    """A gradient-boosting regressor of the arrival delay in minutes (``loss``: sklearn's, e.g. absolute_error, or
+    ``quantile`` with the level ``quantile``)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
 
     features = CATEGORICAL_FEATURES + NUMERIC_FEATURES
     gbm = HistGradientBoostingRegressor(
         loss=loss,
-        max_iter=100,
+        **({"quantile": quantile} if quantile is not None else {}),
+        max_iter=max_iter,
         learning_rate=0.1,
         categorical_features=list(range(len(CATEGORICAL_FEATURES))),
         random_state=seed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -387,6 +388,12 @@ def fresh_run(store, i: int, **kw) -> str:
     return run_id
 
 
+def kills(full: int, quick: int) -> int:
+    """How many seeded SIGKILLs a crash test makes: ``full`` for the reliability report (``benchmarks/reliability.py``
+    sets ``WORKBENCH_SOAK=1``), else the first ``quick`` of the same seeded sequence, to keep the suite short."""
+    return full if os.environ.get("WORKBENCH_SOAK") == "1" else quick
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -653,3 +660,94 @@ def pg_catalog(postgres_server, request, monkeypatch) -> str:
     catalog = postgres_server.catalog(name)
     monkeypatch.setenv("WORKBENCH_CATALOG", catalog)
     return catalog
+
+
+# -- a throwaway S3-compatible server (the lake's data path with $WORKBENCH_DATA_PATH=s3://...) ----------------
+# moto's S3 in a child process on 127.0.0.1: it prints its port, then serves until its stdin closes (the test
+# session ended or died) or an hour has passed. The first three requests go unchecked (they make the user whose
+# keys the tests use); every later one must be signed with a known key, so wrong credentials are refused.
+MOTO_SERVER = """
+import os, select, sys
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+select.select([sys.stdin], [], [], 3600)
+server.stop()
+"""
+
+
+class S3Server:
+    """moto's S3 on 127.0.0.1, with an access key that may do anything in S3 (:meth:`bucket` makes buckets)."""
+
+    def __init__(self, root: Path):
+        import boto3
+
+        self.log = open(root / "moto.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", MOTO_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        port = self.proc.stdout.readline().strip() if ready else b""
+        if not port:
+            self.stop()
+            raise RuntimeError("moto's S3 server did not start: " + (root / "moto.log").read_text()[-3000:])
+        self.endpoint, self.region = f"http://127.0.0.1:{int(port)}", "us-east-1"
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=self.region,
+                           aws_access_key_id="setup", aws_secret_access_key="setup")  # fmt: skip
+        iam.create_user(UserName="workbench")
+        key = iam.create_access_key(UserName="workbench")["AccessKey"]
+        allow_s3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="workbench", PolicyName="s3", PolicyDocument=json.dumps(allow_s3))
+        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                               aws_access_key_id=self.key_id, aws_secret_access_key=self.secret)  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point a client at this server with the valid key."""
+        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_REGION": self.region, "AWS_ENDPOINT_URL": self.endpoint}  # fmt: skip
+
+    def bucket(self, name: str) -> str:
+        """A new, empty bucket ``name``."""
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The object keys under ``prefix`` in ``bucket``, listed with boto3."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def stop(self) -> None:
+        """Close the server's stdin (it stops itself), then make sure it is gone."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """A throwaway S3-compatible server for the session (moto, 127.0.0.1), stopped at the end."""
+    server = S3Server(tmp_path_factory.mktemp("s3_server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_data_path(s3_server, request, monkeypatch) -> str:
+    """A fresh bucket for this test, set as ``$WORKBENCH_DATA_PATH`` (``s3://<bucket>/lake``) with the AWS
+    variables that reach it (for this process and the CLI processes it starts)."""
+    bucket = s3_server.bucket("t-" + format(zlib.crc32(request.node.nodeid.encode()), "08x"))
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("WORKBENCH_DATA_PATH", f"s3://{bucket}/lake")
+    return f"s3://{bucket}/lake/"

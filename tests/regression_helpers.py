@@ -32,6 +32,65 @@ class LinearModel:
         return 3 * batch.column("x").to_numpy() + self.noise * batch.column(self.column).to_numpy()
 
 
+class QuantileModel(LinearModel):
+    """A quantile regression predictor: :class:`LinearModel`'s prediction and its quantiles at ``levels`` under
+    N(0, ``spread``^2) errors (prediction + spread z_q); ``cross`` (a traffic column): rows where it is above 1.5
+    get crossing quantiles, ``columns``: return this many columns rather than 1 + levels."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        noise: float,
+        column: str = "zb",
+        levels: tuple[float, ...] = (0.1, 0.5, 0.9),
+        spread: float = 1.0,
+        cross: str | None = None,
+        columns: int | None = None,
+    ):
+        from dataclasses import replace
+
+        super().__init__(name, version, noise, column)
+        self.ref = replace(self.ref, quantiles=levels, features=("x", column, *([cross] if cross else [])))
+        self.spread, self.cross, self.columns = spread, cross, columns
+
+    def predict(self, batch: pa.Table) -> np.ndarray:
+        from scipy.stats import norm
+
+        point = super().predict(batch)
+        z = norm.ppf(np.asarray(self.ref.quantiles))
+        out = np.column_stack([point, point[:, None] + self.spread * z[None, :]])
+        if self.cross:
+            flip = batch.column(self.cross).to_numpy() > 1.5
+            out[flip, 1:] = out[flip, 1:][:, ::-1]
+        return out[:, : self.columns] if self.columns else out
+
+
+def save_quantile_model(path: Path, models: dict, features: list[str], example, metadata: dict) -> str:
+    """Save sklearn regressors of quantiles (``{level: fitted model}``, 0.5 among them) as one MLflow pyfunc whose
+    output is the median as ``prediction`` and each level's ``q<level>`` column (the workbench's convention);
+    returns the model folder."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    class QuantileRegressors(mlflow.pyfunc.PythonModel):
+        def __init__(self, models: dict, features: list[str]):
+            self.models, self.features = models, features
+
+        def predict(self, context, model_input, params=None):
+            X = model_input[self.features]
+            out = {f"q{q:g}": m.predict(X) for q, m in sorted(self.models.items())}
+            return pd.DataFrame({"prediction": out["q0.5"], **out})
+
+    wrapper = QuantileRegressors(models, features)
+    signature = infer_signature(example[features], wrapper.predict(None, example))
+    mlflow.pyfunc.save_model(
+        str(path), python_model=wrapper, signature=signature, metadata=metadata, pip_requirements=["scikit-learn"]
+    )
+    return str(path)
+
+
 def write_traffic(folder: Path, rows: int, seed: int = 0, unlabelled: int = 0) -> tuple[Path, Path]:
     """Traffic (x, two error columns, a segment) and its numeric labels y = 3 x + N(0, 1); the last
     ``unlabelled`` labels are null (quarantined as ``null:y``). Returns (traffic file, labels file)."""

@@ -1,7 +1,8 @@
 """What the models of a run predict: its task, recorded in the run's ``meta`` when it is replayed.
 
 ``binary``: a score (the positive class's probability) per request, judged against 0/1 labels;
-``regression``: a number per request, judged against numeric labels (stored apart from the binary ones);
+``regression``: a number per request, judged against numeric labels (stored apart from the binary ones), and the
+quantiles of the target at the levels of the run's ``meta.quantiles`` when both models predict them;
 ``multiclass``: a predicted class and the class probabilities per request (the run's ``meta.classes`` names the
 classes, in the models' order), judged against class labels stored as text.
 """
@@ -41,3 +42,8 @@ def run_task(run: dict[str, Any]) -> str:
 def run_classes(run: dict[str, Any]) -> list[str]:
     """The classes of a multi-class run, in the order of its models' probabilities (empty for other tasks)."""
     return [str(c) for c in (run.get("meta") or {}).get("classes") or []]
+
+
+def run_quantiles(run: dict[str, Any]) -> list[float]:
+    """The quantile levels a regression run stored for both models, ascending (empty when it stored none)."""
+    return [float(q) for q in (run.get("meta") or {}).get("quantiles") or []]

@@ -339,6 +339,25 @@ def window_rows(ev: dict) -> list[dict[str, Any]]:
 
 
 # -- regression runs ---------------------------------------------------------------------------------------------
+def quantile_rows(ev: dict) -> list[dict[str, Any]]:
+    """One row per quantile level of a regression evaluation with quantiles: the level and each model's pinball
+    loss with its interval and the paired delta (as :func:`metric_rows`); empty when the run has none."""
+    by_name = {r["metric"]: r for r in metric_rows(ev)}
+    return [{"level": q} | by_name[f"pinball@{q:g}"] for q in ev.get("quantiles") or [] if f"pinball@{q:g}" in by_name]
+
+
+def interval_coverage(ev: dict) -> dict[str, Any] | None:
+    """The central interval of a regression evaluation with quantiles: its levels and nominal coverage, each
+    model's coverage and width (value, ci_low, ci_high) and the paired deltas; None when it has none."""
+    spec = ev.get("interval")
+    if not spec:
+        return None
+    out: dict[str, Any] = dict(spec)
+    for m in ("coverage", "interval_width"):
+        out[m] = {side: interval((ev.get(side) or {}).get(m)) for side in ("baseline", "candidate", "delta")}
+    return out
+
+
 def predicted_vs_actual(summary: dict, role: str, bins: int) -> dict[str, Any] | None:
     """One model's predicted-vs-actual counts from :meth:`Store.app_regression_summary`: ``centers`` of the
     ``bins`` equal bins over the summary's range (both axes), ``counts[i][j]`` the rows predicted in bin i whose
@@ -441,6 +460,24 @@ def rollup(days: list[dict[str, Any]], period: str) -> list[dict[str, Any]]:
             if k != "key":
                 acc[k] = acc.get(k, 0) + v
     return [out[k] for k in sorted(out)]
+
+
+def class_shares(counts: dict[str, Any], period: str) -> dict[str, dict[str, Any]]:
+    """Each model's predicted-class distribution per ``period`` (day, week, month) from
+    :meth:`Store.app_class_counts`: ``{role: {"keys", "classes", "rows", "shares"}}``, ``shares[i][j]`` the share of
+    period i's predicted rows given class j (each row of shares sums to 1)."""
+    classes = list(counts.get("classes") or [])
+    out: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        acc: dict[Any, list[int]] = {}
+        for r, day, cls, n in counts.get("counts") or []:
+            if r == role and 0 <= cls < len(classes):
+                acc.setdefault(_period(day, period), [0] * len(classes))[cls] += n
+        keys = sorted(acc)
+        rows = [sum(acc[k]) for k in keys]
+        shares = [[v / total for v in acc[k]] for k, total in zip(keys, rows, strict=True)]
+        out[role] = {"keys": keys, "classes": classes, "rows": rows, "shares": shares}
+    return out
 
 
 def breakdown_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -55,6 +55,13 @@ def served(demo_home, tmp_path):
         store.save_evaluation(run_id, {}, make_evaluation(run_id))
     (home / "policies").mkdir()  # the demo sample's few thousand rows cannot settle the default policy's gates
     (home / "policies" / "lenient.toml").write_text(LENIENT)
+    with serve(home, tmp_path) as url:
+        yield url, run_id, home
+
+
+@contextlib.contextmanager
+def serve(home: Path, tmp_path: Path):
+    """``streamlit run app.py`` on 127.0.0.1 over ``home`` until the block ends; yields its URL."""
     port = free_port()
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -93,7 +100,7 @@ def served(demo_home, tmp_path):
                 pass
             assert time.monotonic() < deadline, "streamlit did not answer /_stcore/health in 60 s"
             time.sleep(0.3)
-        yield url, run_id, home
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -486,3 +493,46 @@ def test_every_chart_reads_in_a_screenshot(served):
     latency, resources = seen["compare-latency-0"], seen["compare-latency-2"]
     assert latency["log_ticks"] and all(t.endswith((" µs", " ms", " s")) for t in latency["log_ticks"])
     assert "1×" in resources["log_ticks"] and all(t.endswith("×") for t in resources["log_ticks"])
+
+
+@pytest.mark.browser
+def test_multiclass_drift_charts_read_in_a_screenshot(tmp_path):
+    """A multi-class run's Drift page (its own small home): each model's predicted-class shares per window drawn
+    with its classes in the legend, axis titles, and titles, legends and axis titles clear of each other."""
+    from playwright.sync_api import expect
+
+    from multiclass_helpers import CLASSES, SoftmaxModel, write_traffic
+    from workbench.config import load_settings
+    from workbench.drift.report import drift_run
+    from workbench.ingest.traffic import ingest, ingest_labels
+    from workbench.replay.pipeline import ReplayOptions, replay
+    from workbench.store import Store
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no chromium at {CHROMIUM}: run `make system-deps`")
+    home = tmp_path / "home"
+    traffic, labels = write_traffic(tmp_path / "data", 3000, seed=8)
+    with Store(load_settings(home).db_path) as store:
+        ingest(store, traffic, "mc")
+        ingest_labels(store, labels, "mc", task="multiclass")
+        models = SoftmaxModel("m", "1", 1.0, noise=0.6), SoftmaxModel("m", "2", 2.5, noise=0.2, column="zc")
+        replay(store, "mc", *models, run_id="mc_shot", options=ReplayOptions(writers=1))
+        drift_run(store, "mc_shot")
+    with serve(home, tmp_path) as url, chromium() as browser:
+        page = new_page(browser)
+        page.goto(f"{url}/drift?run=mc_shot")
+        expect(page.get_by_text("Prediction drift (predicted-class distribution)")).to_be_visible()
+        plots = page.locator(".js-plotly-plot").filter(has_text="predicted classes per window")
+        expect(plots).to_have_count(2)
+        for i, role in enumerate(("baseline", "candidate")):
+            plot = plots.nth(i)
+            plot.scroll_into_view_if_needed()
+            page.wait_for_timeout(400)  # plotly finishes drawing
+            plot.screenshot(path=str(ARTIFACTS / f"chart-drift-multiclass-{role}.png"))
+            got = plot.evaluate(LAYOUT_BOXES)
+            assert got["xtitle"] and got["ytitle"], f"{role}: no axis title"
+            assert set(CLASSES) <= set(got["legend_text"]), got["legend_text"]
+            kinds = ("title", "legend", "xtitle", "ytitle", "annotations")
+            boxes = [(k, b) for k in kinds for b in got[k]]
+            clashes = [(a, b) for n, (a, ra) in enumerate(boxes) for b, rb in boxes[n + 1 :] if overlaps(ra, rb)]
+            assert not clashes, f"{role}: {clashes} overlap"

@@ -1,12 +1,14 @@
 """The app on a multi-class run (its own small home, no demo): Compare shows each model's confusion matrix (its
-counts agree with scikit-learn) and the per-class deltas with their intervals instead of the binary curves, and
-the Decide and Drift pages open on the run."""
+counts agree with scikit-learn) and the per-class deltas with their intervals instead of the binary curves, the
+Decide and Drift pages open on the run, Drift draws each model's predicted-class distribution per window, and the
+app's aggregates judge the predicted classes against the class labels."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import confusion_matrix, recall_score
@@ -144,3 +146,47 @@ def test_class_rows_emphasis_follows_the_interval():
 def test_decide_and_drift_open_on_a_multiclass_run(app, page):
     at = app(page)
     assert not at.error, [e.value for e in at.error]
+
+
+def test_drift_shows_the_predicted_class_distribution_per_window(app, mc_home):
+    from workbench import views
+
+    at = app("drift")
+    assert "Prediction drift (predicted-class distribution)" in [s.value for s in at.subheader]
+    keys = [c.proto.id for c in at.get("plotly_chart")]
+    assert not any(k.endswith("score_time") for k in keys)  # no binary score chart
+    _, predicted = _truth(mc_home)
+    t = pq.read_table(mc_home[1]).to_pandas()
+    week = t.event_time.dt.floor("D") - pd.to_timedelta(t.event_time.dt.weekday, unit="D")
+    for role in ("baseline", "candidate"):
+        fig = _figure(at, f"class_shares_{role}")
+        assert [bar["name"] for bar in fig["data"]] == list(CLASSES)
+        want = pd.crosstab(week, predicted[role], normalize="index")
+        for j, bar in enumerate(fig["data"]):
+            assert bar["y"] == pytest.approx(want[j].tolist(), abs=1e-12)
+        assert fig["data"][0]["customdata"][0] == int((week == week.min()).sum())  # rows of the first week
+    assert views.class_shares({"classes": list(CLASSES), "counts": []}, "week")["baseline"]["keys"] == []
+
+
+def test_breakdowns_judge_multiclass_predictions_against_class_labels(mc_home):
+    from workbench.config import load_settings
+    from workbench.store import Store
+
+    y, predicted = _truth(mc_home)
+    t = pq.read_table(mc_home[1]).to_pandas()
+    with Store(load_settings(mc_home[0]).db_path) as store:
+        b = store.app_breakdowns(RUN, ["region"])
+        summary = store.app_score_summary(RUN, 10, 4)
+    by_region = {g["key"]: g for g in b["region"]}
+    for region in ("north", "south"):
+        rows = (t.region == region).to_numpy()
+        g = by_region[region]
+        assert g["labelled"] == rows.sum() and g["positives"] == 0
+        for role in ("baseline", "candidate"):
+            assert g[f"{role}_correct"] == int((predicted[role][rows] == y[rows]).sum())
+    pairs = np.zeros((3, 3, 3), dtype=int)
+    for label, bc, cc, n in summary["pairs"]:
+        pairs[label, bc, cc] += n
+    want = np.zeros_like(pairs)
+    np.add.at(want, (y, predicted["baseline"], predicted["candidate"]), 1)
+    np.testing.assert_array_equal(pairs, want)

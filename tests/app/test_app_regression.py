@@ -1,20 +1,23 @@
 """The app on a regression run (its own small home, no demo): Compare offers predicted vs actual and the residuals
-per segment instead of the classifier's curves, its numbers agree with numpy and pandas, and Drift shows the
+per segment instead of the classifier's curves, its numbers agree with numpy and pandas, a run of quantile models
+shows the pinball loss per level and the interval's coverage (as scikit-learn computes them), and Drift shows the
 residual drift."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO
-from regression_helpers import LinearModel, write_traffic
+from regression_helpers import LinearModel, QuantileModel, write_traffic
 
 ROWS = 3000
 RUN = "reg_app"
+QUANTILE_RUN = "reg_quantiles"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,9 @@ def reg_home(tmp_path_factory):
         replay(store, "reg", *models, run_id=RUN, options=ReplayOptions(writers=1))
         evaluate_run(store, RUN, segment="region")
         drift_run(store, RUN)
+        quantile_models = QuantileModel("m", "1", 1.0, "zb", spread=2.0), QuantileModel("m", "2", 0.5, "zc")
+        replay(store, "reg", *quantile_models, run_id=QUANTILE_RUN, options=ReplayOptions(writers=1))
+        evaluate_run(store, QUANTILE_RUN)
     return home, traffic, labels
 
 
@@ -45,9 +51,9 @@ def app(reg_home, monkeypatch):
     monkeypatch.setenv("WORKBENCH_HOME", str(reg_home[0]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
-    def open_page(page: str) -> AppTest:
+    def open_page(page: str, run: str = RUN) -> AppTest:
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
-        at.query_params.update({"run": RUN})
+        at.query_params.update({"run": run})
         at.run()
         at.switch_page(f"pages/{page}.py").run()
         assert not at.exception, [e.value for e in at.exception]
@@ -118,3 +124,30 @@ def test_drift_page_shows_the_residual_drift(app):
     assert residual["model"].tolist() == ["baseline", "candidate"]
     assert residual["test"].notna().all() and residual["current_mae"].gt(0).all()
     assert "Residual drift (prediction - y, reference against current)" in [s.value for s in at.subheader]
+
+
+def test_compare_shows_the_pinball_loss_per_level_and_the_interval_coverage(app, reg_home):
+    from sklearn.metrics import mean_pinball_loss
+
+    at = app("compare", QUANTILE_RUN)
+    control = at.segmented_control(key="wb_compare_section")
+    assert control.options[-1] == "Quantiles"
+    assert {"pinball@0.1", "pinball@0.5", "pinball@0.9", "coverage"} <= set(at.table[0].value.index)
+    control.set_value("Quantiles").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Central 80% interval (q0.1 to q0.9)" in [s.value for s in at.subheader]
+    shown = next(d.value for d in at.dataframe if "level" in d.value.columns).set_index("level")
+
+    df = _truth(reg_home)
+    batch = {c: df[c].to_numpy() for c in ("x", "zb", "zc")}
+    out = {
+        role: QuantileModel("m", v, noise, col, spread=spread).predict(pa.table(batch))
+        for role, v, noise, col, spread in (("baseline", "1", 1.0, "zb", 2.0), ("candidate", "2", 0.5, "zc", 1.0))
+    }
+    for j, q in enumerate((0.1, 0.5, 0.9), start=1):
+        for role in ("baseline", "candidate"):
+            assert shown.loc[q, role] == pytest.approx(mean_pinball_loss(df.y, out[role][:, j], alpha=q), abs=1e-9)
+    coverage = {m.label: m.value for m in at.metric}
+    hits = (out["candidate"][:, 1] <= df.y) & (df.y <= out["candidate"][:, 3])
+    assert coverage["Nominal coverage"] == "80.0%"
+    assert coverage["Candidate coverage"] == f"{hits.mean():.1%}"

@@ -145,7 +145,8 @@ def test_job_end_to_end_on_the_demo(job_home):
         'anchor = "latest"\nentity_col = "tail_number"\nnullable = ["wind_dir", "pressure"]\n'
         '[labels]\npath = "data/labels.parquet"\n'
     )
-    proc = run_cli("jobs", "run", str(spec), "--json", home=job_home)
+    # every run counts as large: the flow stores what the pages show of it
+    proc = run_cli("jobs", "run", str(spec), "--json", home=job_home, env={"WORKBENCH_SUMMARY_MIN_ROWS": "0"})
     out = json.loads(proc.stdout)
     rows_read, labels = window_truth(job_home)
     now = datetime.now(UTC)
@@ -180,6 +181,14 @@ def test_job_end_to_end_on_the_demo(job_home):
     with Store(settings.db_path) as store:
         assert verify_decision(store, load_signed(store, out["decision_id"]), trusted).applied
         state = status(store, "flight-delay", trusted)
+        stored = store.cursor().execute("SELECT DISTINCT name FROM run_summaries WHERE run_id = ?", [out["run_id"]])
+        assert {r[0] for r in stored.fetchall()} == {
+            "scores",
+            "latency_quantiles",
+            "segment_columns",
+            "breakdowns",
+            "evidence",
+        }
     assert state.verified and state.weight == out["weight_after"] and state.decision_id == out["decision_id"]
 
     # rerunning the same slot does nothing

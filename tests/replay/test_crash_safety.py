@@ -1,11 +1,12 @@
 """Crash safety: SIGKILL at random points of ingest, replay, evaluate and decide, each a real
 ``python -m workbench.cli`` process on a copy of the small demo.
 
-The kill delays come from seeded generators (21 kills in all). After every kill the DuckDB file opens
-(DuckDB replays its WAL), counts reconcile (traffic rows + quarantined rows = rows read; predictions =
-committed batch rows, each ``_row`` once), every stored decision verifies and the signed chain is intact,
-and the canary weight is the old or the new one. Then the interrupted command (or, after an applied
-decision, ``workbench sync``) runs again and ends where an uninterrupted run ends.
+The kill delays come from seeded generators (21 kills in all for the reliability report, the first 9 of them
+in the suite: see ``conftest.kills``). After every kill the storage opens, counts reconcile (traffic rows +
+quarantined rows = rows read; predictions = committed batch rows, each ``_row`` once), every stored decision
+verifies and the signed chain is intact, and the canary weight is the old or the new one. Then the
+interrupted command (or, after an applied decision, ``workbench sync``) runs again and ends where an
+uninterrupted run ends.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from conftest import REPO, seed_run
+from conftest import REPO, kills, seed_run
 from reliability_log import record
 from workbench.decide.chain import status as canary_status
 from workbench.decide.chain import verify_chain
@@ -146,9 +147,9 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
     with Store(ref_home / "lake") as store:
         want = ingest_state(store, "big", file_rows)
     home = copy_demo(demo_home, tmp_path / "crash" / "home")
-    kills = 0
-    while kills < 9:
-        if kills < 2:  # while the command starts (imports, opening the database)
+    done, wanted = 0, kills(9, 3)
+    while done < wanted:
+        if done < 2:  # while the command starts (imports, opening the database)
             shot = shoot(args, home, rng.uniform(0.1, 1.0) * ref.anchored)
         else:  # while it reads, stages, commits and checkpoints
             shot = shoot(args, home, rng.uniform(0.0, 1.0) * work, anchor="ingest")
@@ -158,7 +159,7 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
             assert store.traffic_count("flights") > 0  # what was there before is untouched
         assert got["digest"] in (None, want["digest"])
         if shot.killed:
-            kills += 1
+            done += 1
             record(
                 "crash",
                 f"ingest 300k-row CSV, SIGKILL at {shot.seconds:.2f} s (reading began at "
@@ -175,7 +176,7 @@ def test_ingest_killed_at_random_points(tmp_path, demo_home):
     assert (final["rows"], final["digest"]) == (want["rows"], want["digest"])
     record(
         "crash",
-        "ingest rerun after 9 kills",
+        f"ingest rerun after {wanted} kills",
         "traffic table identical to an uninterrupted ingest",
         traffic_rows=final["rows"],
         quarantined=final["quarantined"],
@@ -223,11 +224,11 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
         "2",
         "--json",
     ]
-    kills, seen = 0, []
-    while kills < 4:
+    done, wanted, seen = 0, kills(4, 2), []
+    while done < wanted:
         shot = shoot(args, home, rng.uniform(0.0, 1.5), anchor="replay")
         assert shot.killed, f"the replay finished before its kill: {shot.stdout}"
-        kills += 1
+        done += 1
         with Store(home / "lake") as store:
             st = replay_state(store, "crash_run", total)
         assert st["status"] in (None, "running") and st["rows"] >= (seen[-1] if seen else 0)
@@ -261,7 +262,7 @@ def test_replay_killed_at_random_points_resumes_to_the_same_result(tmp_path, dem
     assert diff[0] == total and diff[1] < 1e-9 and diff[2] < 1e-5 and diff[3] == 0
     record(
         "crash",
-        "replay resumed after 4 kills",
+        f"replay resumed after {wanted} kills",
         "every request exactly once; scores equal the demo's uninterrupted run",
         predictions=st["rows"],
         distinct_rows=st["rows"],
@@ -334,8 +335,8 @@ def test_evaluate_killed_at_random_points_reruns_to_the_same_result(tmp_path, de
     args = ["evaluate", run_id, "--json"]
     ref = complete(args, home)
     want = json.loads(ref.stdout)
-    kills = 0
-    while kills < 4:
+    done, wanted = 0, kills(4, 2)
+    while done < wanted:
         shot = shoot(args, home, rng.uniform(0.1, 1.0) * ref.seconds)
         with Store(home / "lake") as store:
             stored = [
@@ -344,7 +345,7 @@ def test_evaluate_killed_at_random_points_reruns_to_the_same_result(tmp_path, de
             ]
             assert stored and all(s == want for s in stored)  # whole results only, each the same
         if shot.killed:
-            kills += 1
+            done += 1
             record(
                 "crash",
                 f"evaluate, SIGKILL at {shot.seconds:.2f} s",
@@ -354,7 +355,7 @@ def test_evaluate_killed_at_random_points_reruns_to_the_same_result(tmp_path, de
         else:
             assert json.loads(shot.stdout) == want
     assert json.loads(complete(args, home).stdout) == want
-    record("crash", "evaluate rerun after 4 kills", "same result as the uninterrupted run")
+    record("crash", f"evaluate rerun after {wanted} kills", "same result as the uninterrupted run")
 
 
 # -- decide (and the MLflow sync that completes it) ----------------------------------------------------------
@@ -427,9 +428,10 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
     assert (want["verdict"], want["weight_after"], want["pending_sync"]) == ("PROMOTE", ramp[base + 1], False)
     ramp = ramp[base:]
     home = homes["crash"]
-    kills = cycle = 0  # cycle: decisions applied and in MLflow
+    done = cycle = 0  # cycle: decisions applied and in MLflow
+    wanted = kills(4, 2)
     current = "run_syn"  # the run this cycle decides on
-    while kills < 4:
+    while done < wanted:
         st = decision_state(home, "run_syn")
         if len(st["applied"]) > cycle and not st["applied"][-1][1]:
             cycle += 1  # this step is complete: the next kills hit the next step, on new evidence
@@ -449,7 +451,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
         assert st["weight"] == ramp[len(st["applied"])] and st["weight"] in (ramp[cycle], ramp[cycle + 1])
         assert all(len(mlflow_runs(home, d)) <= 1 for d, _ in st["applied"])
         if shot.killed:
-            kills += 1
+            done += 1
             phase = (
                 "not applied"
                 if len(st["applied"]) == cycle
@@ -482,7 +484,7 @@ def test_decide_killed_at_random_points_is_applied_once_and_synced_once(tmp_path
     assert tags["canary.decision_id"] == st["applied"][-1][0] and tags["canary.weight"] == str(ramp[steps])
     record(
         "crash",
-        "decide/sync completed after 4 kills",
+        f"decide/sync completed after {wanted} kills",
         f"{steps} applied decision(s), weight {ramp[0]}% -> "
         f"{ramp[steps]}% one ramp step each, one MLflow run each, chain verified",
         applied=steps,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_crash_safety import copy_demo
 
-from conftest import REPO, run_cli
+from conftest import REPO, kills, run_cli
 from reliability_log import record
 from workbench.store import Store
 
@@ -93,7 +93,7 @@ def test_two_replays_killed_at_seeded_points_keep_every_unit_once(catalog, demo_
                 assert n == distinct == committed, (run, n, distinct, committed)
             reads += 1
 
-        for round_no in range(3):
+        for round_no in range(kills(3, 1)):
             delays = [rng.uniform(0.2, 2.5) for _ in RUNS]
             killed, errs = race(home, delays, env, watch)
             assert all(killed), [e[-1500:] for e in errs]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_crash_safety import shoot
 
-from conftest import REPO, free_port, run_cli
+from conftest import REPO, free_port, kills, run_cli
 from workbench.store import Store
 from workbench.store.base import LakeTarget
 
@@ -95,7 +95,7 @@ def test_ray_actors_write_into_a_postgres_lake_and_a_killed_replay_resumes_exact
     env = os.environ | {"WORKBENCH_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     with Store(home / "lake", read_only=True) as s:
-        for _ in range(2):  # SIGKILLed at a seeded point after the actors' first commits
+        for _ in range(kills(2, 1)):  # SIGKILLed at a seeded point after the actors' first commits
             err = tmp_path / "replay.err"
             with open(err, "w") as fe:
                 proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], env=env, cwd=REPO,

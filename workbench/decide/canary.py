@@ -159,9 +159,12 @@ class DecisionPreview:
         return self.scorecard.verdict
 
 
-def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPreview:
+def preview_decision(
+    store: Store, run_id: str, policy: Policy, evidence: Callable[[dict, dict | None], dict] | None = None
+) -> DecisionPreview:
     """Judge a finished replay run under ``policy`` (the pair's growing sample, see
-    :mod:`workbench.decide.judge`) and work out the weight it would move to (signs nothing)."""
+    :mod:`workbench.decide.judge`) and work out the weight it would move to (signs nothing). ``evidence(run,
+    drift)``: where the evidence comes from when not computed here (a copy stored for the run's data as it is)."""
     run = store.require_run(run_id)
     if run["status"] != "finished":
         raise WorkbenchError(f"run {run_id} is {run['status']}, not finished: finish the replay first")
@@ -173,7 +176,8 @@ def preview_decision(store: Store, run_id: str, policy: Policy) -> DecisionPrevi
     head, pair = claimed_head(store, model), (base["version"], cand["version"])
     weight_before, killed = _current(head, pair, "decision", model)
     paused = head is not None and head.paused and head.pair == pair
-    judged = judge_run(store, run, policy, load_drift(store, run_id))
+    drift = load_drift(store, run_id)
+    judged = judge_run(store, run, policy, drift, None if evidence is None else evidence(run, drift))
     card = judged.scorecard
     reason = card.reason
     if killed:

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from workbench.clock import iso, to_utc
 from workbench.decide.policy import Policy
+from workbench.evaluate.metrics import METRICS, Grouping, grouping
 from workbench.evaluate.multiclass import multiclass_sequential_parts
-from workbench.evaluate.regression import GATE_METRICS, sequential_parts
+from workbench.evaluate.multiclass_run import probability_matrix
+from workbench.evaluate.regression import is_gate_metric, sequential_parts
 from workbench.evaluate.resources import combine_runs, compare_resources
 from workbench.evaluate.sequential import (
     PairedParts,
@@ -54,7 +57,9 @@ class Sample:
     ``label`` is NaN where unlabelled (0/1, or a number for a regression ``task``, whose scores are the models'
     predictions); a score is NaN where its model failed. For a multi-class ``task`` the label is the index of its
     class in ``classes`` and each model's scores are n x 2: (the predicted class's index, the probability the
-    model gave the label's class); ``segments`` maps each declared
+    model gave the label's class); for a regression ``task`` with ``quantiles`` (levels, ascending) each model's
+    scores are n x (1 + levels): the prediction, then its quantiles (NaN where it gave none); ``segments`` maps
+    each declared
     column to its values as text; ``features`` maps each drifted feature to its values (float, NaN where
     missing, or text for a categorical one).
     """
@@ -75,6 +80,7 @@ class Sample:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     task: str = BINARY
     classes: tuple[str, ...] = ()  # a multi-class run's classes
+    quantiles: tuple[float, ...] = ()  # a regression run's quantile levels
 
     def __len__(self) -> int:
         return len(self.label)
@@ -88,6 +94,7 @@ class Sample:
         thresholds: tuple[float, float],
         task: str = BINARY,
         classes: tuple[str, ...] = (),
+        quantiles: tuple[float, ...] = (),
     ) -> Sample:
         """The sample of runs' :meth:`~workbench.store.Store.decision_rows` tables (oldest run first): a request
         id seen in several runs counts once, from the latest run."""
@@ -107,6 +114,7 @@ class Sample:
                 thresholds=thresholds,
                 task=task,
                 classes=classes,
+                quantiles=quantiles,
             )
         ids = table.column("request_id").to_numpy(zero_copy_only=False).astype(object)
         times = table.column("event_time").cast(pa.timestamp("us")).to_numpy().astype("datetime64[us]")
@@ -115,7 +123,7 @@ class Sample:
             keep = len(ids) - 1 - first
         else:
             keep = np.arange(len(ids))
-        keep = keep[np.lexsort((ids[keep], times[keep]))]  # event-time order, ties by id: deterministic
+        keep = _event_order(table.column("request_id"), times, keep)
 
         def col(name: str, dtype: Any = np.float64) -> np.ndarray:
             a = table.column(name)
@@ -135,6 +143,17 @@ class Sample:
         }
         if task == MULTICLASS:
             base, cand = (np.column_stack([col(f"{r}_score"), col(f"{r}_true_p")]) for r in ("baseline", "candidate"))
+        elif quantiles:
+
+            def with_quantiles(role: str) -> np.ndarray:
+                column = table.column(f"{role}_quantiles")
+                if pa.types.is_null(column.type):  # no run of the sample stored them
+                    q = np.full((table.num_rows, len(quantiles)), math.nan)
+                else:
+                    q = probability_matrix(column, len(quantiles))
+                return np.column_stack([col(f"{role}_score"), q[keep]])
+
+            base, cand = with_quantiles("baseline"), with_quantiles("candidate")
         else:
             base, cand = col("baseline_score"), col("candidate_score")
         return cls(
@@ -154,6 +173,7 @@ class Sample:
             features,
             task,
             classes,
+            quantiles,
         )
 
     def labelled(self) -> np.ndarray:
@@ -162,12 +182,10 @@ class Sample:
         return np.isfinite(self.label) & np.isfinite(base) & np.isfinite(cand)
 
     def cite(self) -> dict[str, Any]:
-        """What a signed record cites: the runs, the labelled rows, their time range and a digest of them."""
+        """What a signed record cites: the runs, the labelled rows, their time range and a digest of them
+        (SHA-256 of ``<request id> 0x1f <label> 0x1e`` per labelled row in order, the label an integer, or the
+        hex of a regression's number)."""
         ok = self.labelled()
-        h = hashlib.sha256()
-        regression = self.task == REGRESSION
-        for rid, lab in zip(self.request_id[ok].tolist(), self.label[ok].tolist(), strict=True):
-            h.update(f"{rid}\x1f{float(lab).hex() if regression else int(lab)}\x1e".encode())
         t = self.time[ok]
         return {
             "runs": list(self.runs),
@@ -175,8 +193,47 @@ class Sample:
             "labelled_rows": int(ok.sum()),
             "first_event": _iso(t.min()) if len(t) else None,
             "last_event": _iso(t.max()) if len(t) else None,
-            "labels_digest": h.hexdigest(),
+            "labels_digest": _labels_digest(self.request_id[ok], self.label[ok], self.task == REGRESSION),
         }
+
+
+def _event_order(ids: pa.ChunkedArray, times: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``keep`` (row indices, one per request id) in event-time order, ties by request id: deterministic. Sorted in
+    Arrow (a string sort of object arrays in NumPy took 10 s for 10M rows); rows already in order stay as they are."""
+    t = times[keep]
+    if len(t) < 2 or bool((t[1:] > t[:-1]).all()):
+        return keep
+    by = pa.table({"time": pa.array(t), "id": ids.take(pa.array(keep))})
+    return keep[pc.sort_indices(by, sort_keys=[("time", "ascending"), ("id", "ascending")]).to_numpy()]
+
+
+def _labels_digest(ids: np.ndarray, labels: np.ndarray, regression: bool) -> str:
+    """SHA-256 of ``<id> 0x1f <label> 0x1e`` over the rows. Text or integer ids with integer labels are joined in
+    Arrow and hashed in one call (a call per row took 17 s for 10M rows); others row by row (the same bytes)."""
+    h = hashlib.sha256()
+    text = None if regression else _ids_text(ids)
+    if text is None:
+        for rid, lab in zip(ids.tolist(), labels.tolist(), strict=True):
+            h.update(f"{rid}\x1f{float(lab).hex() if regression else int(lab)}\x1e".encode())
+        return h.hexdigest()
+    values, index = np.unique(labels.astype(np.int64), return_inverse=True)
+    ends = pa.array([f"{v}\x1e" for v in values.tolist()], type=pa.large_string()).take(pa.array(index))
+    joined = pc.binary_join_element_wise(text, ends, pa.scalar("\x1f", pa.large_string()))
+    if len(joined):
+        offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + len(joined) + 1]
+        h.update(memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]])
+    return h.hexdigest()
+
+
+def _ids_text(ids: np.ndarray) -> pa.Array | None:
+    """Request ids as Arrow text spelled as Python prints them: text or integer ids (None for any other kind)."""
+    try:
+        a = pa.array(ids)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds
+        return None
+    if pa.types.is_integer(a.type) or pa.types.is_string(a.type) or pa.types.is_large_string(a.type):
+        return a.cast(pa.large_string()) if a.null_count == 0 else None
+    return None
 
 
 def _feature_values(column: pa.ChunkedArray) -> np.ndarray:
@@ -205,12 +262,21 @@ def _metric_block(
     t_star: float,
     fail_alpha: float | None = None,
     classes: tuple[str, ...] = (),
+    levels: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """``baseline``/``candidate``/``delta`` per metric on these rows, with anytime-valid one-sided bounds
-    (``classes``: a multi-class run's)."""
+    (``classes``: a multi-class run's; ``levels``: a regression run's quantile levels). The score metrics share
+    each model's sort of these rows."""
     out: dict[str, Any] = {"rows": int(len(y)), "baseline": {}, "candidate": {}, "delta": {}}
+    sorted_: list[Grouping] = []
+
+    def groupings() -> tuple[Grouping, Grouping]:
+        if not sorted_:
+            sorted_.extend((grouping(y, base), grouping(y, cand)))
+        return sorted_[0], sorted_[1]
+
     for m in metrics:
-        parts = _parts(m, y, base, cand, thresholds, classes) if len(y) else None
+        parts = _parts(m, y, base, cand, thresholds, classes, levels, groupings) if len(y) else None
         if parts is None:
             out["baseline"][m] = out["candidate"][m] = out["delta"][m] = None
             continue
@@ -236,15 +302,18 @@ def _parts(
     cand: np.ndarray,
     thresholds: tuple[float, float],
     classes: tuple[str, ...] = (),
+    levels: tuple[float, ...] = (),
+    groupings: Callable[[], tuple[Grouping, Grouping]] | None = None,
 ) -> PairedParts | None:
     """A gate metric's paired parts: from per-request losses for a regression metric (``y`` numbers, the scores
     predictions), from classes and the true class's probabilities for a multi-class run (``classes`` given; the
-    scores n x 2), from the scores and 0/1 labels for a binary one."""
+    scores n x 2), from the scores and 0/1 labels for a binary one (its score metrics on ``groupings()``)."""
     if classes:
         return multiclass_sequential_parts(metric, y, base, cand, classes)
-    if metric in GATE_METRICS:
-        return sequential_parts(metric, y, base, cand)
-    return paired_parts(metric, y, base, cand, thresholds)
+    if is_gate_metric(metric):
+        return sequential_parts(metric, y, base, cand, levels)
+    by_score = groupings is not None and metric in METRICS and METRICS[metric].from_scores
+    return paired_parts(metric, y, base, cand, thresholds, groupings() if groupings and by_score else None)
 
 
 def gated_metrics(policy: Policy) -> list[str]:
@@ -283,16 +352,18 @@ def build_evidence(
         ev["task"] = sample.task
     if sample.task == MULTICLASS:
         ev["classes"] = list(sample.classes)
-    ev |= _metric_block(overall_metrics, y, base, cand, thr, alpha, t_star, classes=sample.classes)
+    ev |= _metric_block(
+        overall_metrics, y, base, cand, thr, alpha, t_star, classes=sample.classes, levels=sample.quantiles
+    )
     ev["segments"] = _segments(sample, ok, policy, y, base, cand)
     if policy.drift.recent_share is not None and len(times):
         first, last = times.min(), times.max()
         start = last - (last - first) * policy.drift.recent_share
-        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy, sample.classes)
+        ev["recent"] = _slice(times >= start, _iso(start), overall_metrics, y, base, cand, thr, policy, sample)
     if policy.drift.after_change_point and change_point is not None:
         cp = np.datetime64(to_utc(change_point).replace(tzinfo=None), "us")
         ev["after_change"] = _slice(
-            times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy, sample.classes
+            times >= cp, iso(to_utc(change_point)), overall_metrics, y, base, cand, thr, policy, sample
         )
     if policy.drift.drifted_slices and drifted:
         bins = {
@@ -300,7 +371,7 @@ def build_evidence(
             for f, kind in drifted.items()
             if f in sample.features
         }
-        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy, sample.classes)
+        ev["drifted_slices"] = _judge_groups(bins, overall_metrics, y, base, cand, thr, policy, sample)
     ev["errors"] = _errors(sample, alpha, t_star)
     ev["latency"] = _latency(sample, alpha, t_star)
     measured = [(run, m) for run, m in resources if m]
@@ -316,8 +387,14 @@ def _bins(values: np.ndarray, kind: str, bins: int, min_rows: int) -> dict[str, 
     of a categorical one with at least ``min_rows`` rows, the rarer values together as one slice."""
     out: dict[str, np.ndarray] = {}
     if kind == "categorical" or values.dtype == object:
-        text = values.astype(str) if values.dtype == object else np.array([f"{v:g}" for v in values.tolist()])
-        names, inverse, counts = np.unique(text, return_inverse=True, return_counts=True)
+        if values.dtype == object:
+            names, inverse = np.unique(values.astype(str), return_inverse=True)
+        else:  # numbers spelled ``{v:g}``: each distinct bit pattern once (-0 and 0 spell apart), then by text
+            bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int64)
+            _, first, at = np.unique(bits, return_index=True, return_inverse=True)
+            names, inverse = np.unique(np.array([f"{v:g}" for v in values[first].tolist()]), return_inverse=True)
+            inverse = inverse[at]
+        counts = np.bincount(inverse, minlength=len(names))
         out |= {f"= {name}": inverse == i for i, name in enumerate(names) if counts[i] >= min_rows}
         rare = np.flatnonzero(counts < min_rows)
         if len(rare):
@@ -346,18 +423,33 @@ def _slice(
     cand: np.ndarray,
     thr: tuple[float, float],
     policy: Policy,
-    classes: tuple[str, ...] = (),
+    sample: Sample,
 ) -> dict[str, Any]:
     rows = int(mask.sum())
     out: dict[str, Any] = {"from": start, "rows": rows, "small": rows < policy.min_segment_rows}
     if not out["small"]:
         t_star = float(policy.planned_rows)
-        out |= _metric_block(metrics, y[mask], base[mask], cand[mask], thr, policy.alpha, t_star, classes=classes)
+        out |= _metric_block(
+            metrics,
+            y[mask],
+            base[mask],
+            cand[mask],
+            thr,
+            policy.alpha,
+            t_star,
+            classes=sample.classes,
+            levels=sample.quantiles,
+        )
     return out
 
 
 def _segments(
-    sample: Sample, ok: np.ndarray, policy: Policy, y: np.ndarray, base: np.ndarray, cand: np.ndarray
+    sample: Sample,
+    ok: np.ndarray,
+    policy: Policy,
+    y: np.ndarray,
+    base: np.ndarray,
+    cand: np.ndarray,
 ) -> dict[str, Any]:
     metrics = list(dict.fromkeys(g.metric for g in policy.segments))
     if not metrics:
@@ -366,7 +458,7 @@ def _segments(
     for col, v in sample.segments.items():
         names, inverse = np.unique(v[ok].astype(str), return_inverse=True)
         groups[col] = {str(name): inverse == i for i, name in enumerate(names)}
-    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy, sample.classes)
+    return _judge_groups(groups, metrics, y, base, cand, sample.thresholds, policy, sample)
 
 
 def _judge_groups(
@@ -377,7 +469,7 @@ def _judge_groups(
     cand: np.ndarray,
     thresholds: tuple[float, float],
     policy: Policy,
-    classes: tuple[str, ...] = (),
+    sample: Sample,
 ) -> dict[str, Any]:
     """Each slice (a mask of the labelled rows) of each column, largest first: too small (fewer than the
     policy's ``min_segment_rows``) or its metric block, whose fail bounds are Bonferroni-corrected across the
@@ -401,7 +493,8 @@ def _judge_groups(
                 policy.alpha,
                 float(policy.planned_rows),
                 fail_alpha,
-                classes,
+                sample.classes,
+                sample.quantiles,
             )
             out[col][name] = {"small": False, "share": rows / max(1, len(y))} | block
     return out

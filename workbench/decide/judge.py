@@ -19,7 +19,7 @@ from workbench.decide.evidence import Sample, build_evidence
 from workbench.decide.policy import Outcome, Policy, Verdict
 from workbench.decide.scorecard import Check, Scorecard, score, with_check
 from workbench.store import Store
-from workbench.tasks import run_classes, run_task
+from workbench.tasks import run_classes, run_quantiles, run_task
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -55,15 +55,19 @@ def gather(store: Store, run: dict, policy: Policy, features: Sequence[str] = ()
     if run["run_id"] not in {r["run_id"] for r in runs}:
         runs.append({"run_id": run["run_id"], "traffic": run["traffic"], "mode": run["mode"]})
     columns, missing = segment_columns(store, runs, policy)
-    features = [f for f in features if all(f in store.require_traffic(r["traffic"])["columns"] for r in runs)]
+    have = [set(store.require_traffic(t)["columns"]) for t in {r["traffic"] for r in runs}]
+    features = [f for f in features if all(f in cols for cols in have)]
     tables = [(r["run_id"], store.decision_rows(r["run_id"], columns, features)) for r in runs]
     thresholds = (
         float(base.get("threshold", DEFAULT_THRESHOLD)),
         float(cand.get("threshold", DEFAULT_THRESHOLD)),
     )
     online = all(r.get("mode") == "online" for r in runs)
-    task, classes = run_task(run), tuple(run_classes(run))
-    return Sample.from_tables(tables, online=online, thresholds=thresholds, task=task, classes=classes), missing
+    task, classes, quantiles = run_task(run), tuple(run_classes(run)), tuple(run_quantiles(run))
+    sample = Sample.from_tables(
+        tables, online=online, thresholds=thresholds, task=task, classes=classes, quantiles=quantiles
+    )
+    return sample, missing
 
 
 def last_promote(store: Store, model: str, baseline_version: str, candidate_version: str) -> dict | None:
@@ -111,9 +115,10 @@ def new_evidence_check(labelled_rows: int, earlier: dict | None) -> Check:
     )
 
 
-def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Judged:
-    """Gather, build the evidence and score it under ``policy``, with the new-evidence rule. A policy whose gates
-    name another task's metrics than the run's is refused."""
+def run_evidence(store: Store, run: dict, policy: Policy, drift: dict | None) -> dict[str, Any]:
+    """Gather the pair's growing sample and build the evidence a decision on ``run`` judges under ``policy``
+    (``drift``: the run's drift report, context). A policy whose gates name another task's metrics than the run's
+    is refused."""
     policy.check_task(run_task(run), run["run_id"])
     drifted = drifted_features(drift) if policy.drift.drifted_slices else {}
     sample, missing = gather(store, run, policy, list(drifted))
@@ -123,6 +128,14 @@ def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None) -> Ju
     )
     if missing:
         evidence["segments_missing"] = missing
+    return evidence
+
+
+def judge_run(store: Store, run: dict, policy: Policy, drift: dict | None, evidence: dict | None = None) -> Judged:
+    """Score the evidence (:func:`run_evidence`, unless the caller has it for this run, policy and drift report)
+    under ``policy``, with the new-evidence rule."""
+    policy.check_task(run_task(run), run["run_id"])
+    evidence = run_evidence(store, run, policy, drift) if evidence is None else evidence
     card = score(policy, evidence, drift)
     base, cand = run["baseline"], run["candidate"]
     earlier = last_promote(store, cand["name"], str(base["version"]), str(cand["version"]))

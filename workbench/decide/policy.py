@@ -31,7 +31,7 @@ from workbench.decide.signing import content_hash
 from workbench.evaluate.metrics import METRICS
 from workbench.evaluate.multiclass import GATE_AVERAGES, GATE_PER_CLASS
 from workbench.evaluate.multiclass import is_gate_metric as is_multiclass_gate
-from workbench.evaluate.regression import GATE_METRICS, REGRESSION_METRICS
+from workbench.evaluate.regression import GATE_METRICS, REGRESSION_METRICS, is_gate_metric
 from workbench.evaluate.resources import DEFAULT_PRICES
 
 DEFAULT_POLICY = "default_policy.toml"
@@ -70,7 +70,11 @@ class MetricGate(_Strict):
     ``min_absolute_change``/``min_relative_change`` are the change the candidate must reach in the
     better direction; a negative value is the largest tolerated degradation (non-inferiority margin).
     A binary classifier's metric (accuracy, roc_auc, ...) gates binary runs; ``mae``, ``mse`` and ``rmse``
-    (lower is better: ``min_relative_change = -0.02`` lets the MAE rise by at most 2 %) gate regression runs;
+    (lower is better: ``min_relative_change = -0.02`` lets the MAE rise by at most 2 %) gate regression runs, and
+    for models that predict quantiles ``pinball`` (the pinball loss averaged over the run's levels), ``pinball@q``
+    (one level's, e.g. ``pinball@0.9``) and ``coverage`` (of the central interval the levels hold, e.g. 0.1 and 0.9;
+    higher is better unless ``higher_is_better = false``: ``min_absolute_change = -0.02`` lets it drop by at most
+    two points);
     ``accuracy``, ``log_loss``, ``macro_precision``, ``macro_recall``, ``macro_f1`` and one class's
     ``precision[CLASS]``, ``recall[CLASS]`` or ``f1[CLASS]`` (``recall[late]``: the recall of class ``late``)
     gate multi-class runs.
@@ -86,8 +90,8 @@ class MetricGate(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v not in METRICS and v not in GATE_METRICS and not is_multiclass_gate(v):
-            known = [*METRICS, *GATE_METRICS, *GATE_AVERAGES, *(f"{m}[CLASS]" for m in GATE_PER_CLASS)]
+        if v not in METRICS and not is_gate_metric(v) and not is_multiclass_gate(v):
+            known = [*METRICS, *GATE_METRICS, "pinball@q", *GATE_AVERAGES, *(f"{m}[CLASS]" for m in GATE_PER_CLASS)]
             raise ValueError(f"unknown metric {v!r} (known: {', '.join(dict.fromkeys(known))})")
         return v
 
@@ -101,8 +105,8 @@ class MetricGate(_Strict):
     def better_up(self) -> bool:
         if self.higher_is_better is not None:
             return self.higher_is_better
-        if self.metric in GATE_METRICS:
-            return bool(REGRESSION_METRICS[self.metric].higher_is_better)
+        if is_gate_metric(self.metric):  # coverage has no direction of its own: too little coverage is the risk
+            return REGRESSION_METRICS[self.metric.split("@")[0]].higher_is_better is not False
         if self.metric in METRICS:
             return METRICS[self.metric].higher_is_better
         return True  # the multi-class averages and per-class metrics
@@ -110,7 +114,7 @@ class MetricGate(_Strict):
     @property
     def tasks(self) -> set[str]:
         """The tasks whose runs this gate's metric judges (accuracy and log loss: binary and multi-class runs)."""
-        if self.metric in GATE_METRICS:
+        if is_gate_metric(self.metric):
             return {"regression"}
         return ({"binary"} if self.metric in METRICS else set()) | (
             {"multiclass"} if is_multiclass_gate(self.metric) else set()

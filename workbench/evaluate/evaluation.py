@@ -47,7 +47,7 @@ from workbench.evaluate.results import (
 )
 from workbench.roles import ROLES
 from workbench.store import Store
-from workbench.tasks import MULTICLASS, REGRESSION, run_classes, run_task
+from workbench.tasks import MULTICLASS, REGRESSION, run_classes, run_quantiles, run_task
 
 if TYPE_CHECKING:
     from workbench.evaluate.multiclass_run import MulticlassEvaluation
@@ -594,12 +594,30 @@ def evaluate_run(
         store.save_evaluation(run_id, params | {"task": MULTICLASS, "partial": partial}, mc.to_dict())
         return mc
     if run_task(run) == REGRESSION:
+        from workbench.evaluate.multiclass_run import probability_matrix
         from workbench.evaluate.regression_run import evaluate_regression_samples
 
         y = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
         preds = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
+        levels = tuple(run_quantiles(run))
+        quantiles = (
+            {r: probability_matrix(table.column(f"{r}_quantiles"), len(levels)) for r in ROLES} if levels else None
+        )
         del table
-        reg = evaluate_regression_samples(run_id, y, preds, latency, counts, rows_done, opts, seg, win)
+        reg = evaluate_regression_samples(
+            run_id,
+            y,
+            preds,
+            latency,
+            counts,
+            rows_done,
+            opts,
+            seg,
+            win,
+            levels,
+            quantiles,
+            run["meta"].get("quantiles_skipped"),
+        )
         reg = replace(reg, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
         store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
         return reg

@@ -137,7 +137,8 @@ def class_indices(labels: pa.Array | pa.ChunkedArray, classes: Sequence[str]) ->
 
 
 def probability_matrix(column: pa.Array | pa.ChunkedArray, n_classes: int) -> np.ndarray:
-    """Rows of class probabilities from a list column (a row of NaN where the list is null)."""
+    """Rows of a list column as a matrix (class probabilities, a regression run's quantiles), a row of NaN where
+    the list is null."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float64()))
     out = np.full((len(column), n_classes), np.nan)

@@ -33,7 +33,7 @@ absolute and squared error; the MAE delta's confidence sequence is then
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,25 +136,49 @@ def paired_losses(y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray) ->
 
 
 #: the regression metrics a decision gate may name: means of per-request losses (and the root of one), whose
-#: deltas have anytime-valid bounds from the per-request loss differences
-GATE_METRICS: tuple[str, ...] = ("mae", "mse", "rmse")
+#: deltas have anytime-valid bounds from the per-request loss differences; with quantiles also ``pinball`` (each
+#: request's pinball loss averaged over the run's levels), ``pinball@q`` (one level's) and ``coverage`` (the share of
+#: targets inside the central interval, :func:`central_interval`)
+GATE_METRICS: tuple[str, ...] = ("mae", "mse", "rmse", "pinball", "coverage")
 
 
-def sequential_parts(name: str, y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray) -> PairedParts | None:
-    """Both models' values of gate metric ``name`` (:data:`GATE_METRICS`) on the rows both predicted and each
+def is_gate_metric(name: str) -> bool:
+    """``name`` is a regression gate metric: one of :data:`GATE_METRICS` or ``pinball@q`` for a level q in (0, 1)."""
+    if name in GATE_METRICS:
+        return True
+    prefix, _, level = name.partition("@")
+    try:
+        return prefix == "pinball" and 0 < float(level) < 1
+    except ValueError:
+        return False
+
+
+def sequential_parts(
+    name: str, y: np.ndarray, baseline: np.ndarray, candidate: np.ndarray, levels: Sequence[float] = ()
+) -> PairedParts | None:
+    """Both models' values of gate metric ``name`` (:func:`is_gate_metric`) on the rows both predicted and each
     row's influence, as :func:`workbench.evaluate.sequential.paired_parts` gives them for the binary metrics: the
-    input of the decision layer's one-sided bounds. None when no row is usable (or the rmse is 0)."""
-    if name not in GATE_METRICS:
-        raise WorkbenchError(
-            f"no decision bounds for regression metric {name!r} (use one of {', '.join(GATE_METRICS)})"
-        )
+    input of the decision layer's one-sided bounds. ``baseline``/``candidate``: predictions, or n x (1 + levels)
+    matrices of the prediction and the quantiles at ``levels`` for the quantile metrics. None when no row is
+    usable (or the rmse is 0, or the run has no quantiles at the level asked for)."""
+    if not is_gate_metric(name):
+        known = ", ".join([*GATE_METRICS, "pinball@q"])
+        raise WorkbenchError(f"no decision bounds for regression metric {name!r} (use one of {known})")
     y = _floats("y", check_rows(y, {BASELINE: baseline, CANDIDATE: candidate}))
-    preds = {BASELINE: _floats(BASELINE, baseline), CANDIDATE: _floats(CANDIDATE, candidate)}
-    use = paired_usable(_point_rules(y, preds[BASELINE]), _point_rules(y, preds[CANDIDATE]), len(y))
+    outputs = {BASELINE: _floats(BASELINE, baseline), CANDIDATE: _floats(CANDIDATE, candidate)}
+    preds = {r: o[:, 0] if o.ndim == 2 else o for r, o in outputs.items()}
+    rules = {r: _point_rules(y, p) for r, p in preds.items()}
+    loss = _quantile_losses(name, y, outputs, list(levels), rules)
+    if name not in ("mae", "mse", "rmse") and loss is None:
+        return None
+    use = paired_usable(rules[BASELINE], rules[CANDIDATE], len(y))
     if use.rows == 0:
         return None
-    err = {r: _errors(y[use.ok], p[use.ok]) for r, p in preds.items()}
-    loss = {r: np.abs(e) if name == "mae" else e * e for r, e in err.items()}
+    if loss is None:
+        err = {r: _errors(y[use.ok], p[use.ok]) for r, p in preds.items()}
+        loss = {r: np.abs(e) if name == "mae" else e * e for r, e in err.items()}
+    else:
+        loss = {r: v[use.ok] for r, v in loss.items()}
     mean = {r: float(v.mean()) for r, v in loss.items()}
     psi = {r: loss[r] - mean[r] for r in ROLES}
     value = dict(mean)
@@ -163,8 +187,32 @@ def sequential_parts(name: str, y: np.ndarray, baseline: np.ndarray, candidate: 
             return None
         value = {r: math.sqrt(mean[r]) for r in ROLES}
         psi = {r: psi[r] / (2 * value[r]) for r in ROLES}
-    span = REGRESSION_METRICS[name].span
+    span = REGRESSION_METRICS[name.split("@")[0]].span
     return PairedParts(value[BASELINE], value[CANDIDATE], psi[CANDIDATE], psi[CANDIDATE] - psi[BASELINE], span)
+
+
+def _quantile_losses(
+    name: str, y: np.ndarray, outputs: dict[str, np.ndarray], levels: list[float], rules: dict[str, list[Rule]]
+) -> dict[str, np.ndarray] | None:
+    """Per-request losses of a quantile gate metric (``rules`` gain the rows they cannot use), or None: a point
+    metric (mae, mse, rmse), or quantiles the outputs do not hold."""
+    if name in ("mae", "mse", "rmse"):
+        return None
+    if not levels or any(o.ndim != 2 or o.shape[1] != 1 + len(levels) for o in outputs.values()):
+        return None
+    q = {r: o[:, 1:] for r, o in outputs.items()}
+    for r in ROLES:
+        rules[r].append(("quantiles are not finite", ~np.isfinite(q[r]).all(axis=1)))
+    if name == "coverage":
+        pair = central_interval(levels)
+        if pair is None:
+            return None
+        return {r: ((m[:, pair[0]] <= y) & (y <= m[:, pair[1]])).astype(np.float64) for r, m in q.items()}
+    if name == "pinball":
+        return {r: np.mean([_pinball(y, m[:, j], lv) for j, lv in enumerate(levels)], axis=0) for r, m in q.items()}
+    level = float(name.partition("@")[2])
+    at = [j for j, lv in enumerate(levels) if math.isclose(lv, level, abs_tol=1e-9)]
+    return {r: _pinball(y, m[:, at[0]], level) for r, m in q.items()} if at else None
 
 
 def _point_rules(y: np.ndarray, pred: np.ndarray) -> list[Rule]:
@@ -291,6 +339,28 @@ def _check_extras(
     if bad:
         raise WorkbenchError(f"quantile levels must lie strictly between 0 and 1, got {bad}")
     return levels[BASELINE]
+
+
+def central_interval(levels: Sequence[float]) -> tuple[int, int] | None:
+    """The positions in ``levels`` (ascending) of the widest central interval they hold: the lowest level q whose
+    mirror 1 - q is also a level (an 80 % interval from 0.1 and 0.9), or None when no pair is symmetric."""
+    for i, q in enumerate(levels):
+        for j in range(len(levels) - 1, i, -1):
+            if math.isclose(q + levels[j], 1.0, abs_tol=1e-9):
+                return i, j
+    return None
+
+
+def quantile_extras(
+    levels: Sequence[float], quantiles: Mapping[str, np.ndarray]
+) -> tuple[dict[str, dict[float, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]] | None]:
+    """:func:`compare_regression`'s ``quantiles`` and ``intervals`` from each model's n x levels matrix of
+    quantiles (NaN rows where it failed): every level, and the :func:`central_interval` as the bounds."""
+    per_level = {r: {float(q): m[:, j] for j, q in enumerate(levels)} for r, m in quantiles.items()}
+    pair = central_interval(levels)
+    if pair is None:
+        return per_level, None
+    return per_level, {r: (m[:, pair[0]], m[:, pair[1]]) for r, m in quantiles.items()}
 
 
 def _pinball(y: np.ndarray, pred: np.ndarray, q: float) -> np.ndarray:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.evaluate.latency import error_rates, latency_summary
-from workbench.evaluate.regression import RegressionComparison, compare_regression
+from workbench.evaluate.regression import RegressionComparison, central_interval, compare_regression, quantile_extras
 from workbench.evaluate.results import ErrorRate, LatencyResult, Options, evaluation_tail
 from workbench.roles import BASELINE, CANDIDATE, ROLES
 from workbench.tasks import REGRESSION
@@ -53,6 +53,7 @@ class RegressionEvaluation:
     undefined: dict = field(default_factory=dict)
     coverage: dict = field(default_factory=dict)
     resources: dict | None = None
+    quantiles: tuple[float, ...] = ()  # the levels both models predicted (pinball@q), ascending
 
     def to_dict(self) -> dict[str, Any]:
         d = self.overall.to_dict()
@@ -69,6 +70,12 @@ class RegressionEvaluation:
             "latency": self.latency.to_dict(),
             "errors": {r: e.to_dict() for r, e in self.errors.items()},
         }
+        if self.quantiles:
+            out["quantiles"] = list(self.quantiles)
+            pair = central_interval(self.quantiles)
+            if pair is not None:  # coverage and interval_width are this interval's
+                lo, hi = (self.quantiles[i] for i in pair)
+                out["interval"] = {"lower": lo, "upper": hi, "nominal": round(hi - lo, 12)}
         return out | evaluation_tail(self)
 
 
@@ -82,14 +89,34 @@ def _undefined(prefix: str, comp: RegressionComparison) -> dict[str, str]:
     return out
 
 
+def _compare(
+    y: np.ndarray,
+    preds: dict[str, np.ndarray],
+    levels: tuple[float, ...],
+    quantiles: dict[str, np.ndarray] | None,
+    opts: Options,
+) -> RegressionComparison:
+    """:func:`compare_regression` of point predictions, and of quantiles at ``levels`` when given."""
+    per_level, intervals = quantile_extras(levels, quantiles) if quantiles else (None, None)
+    return compare_regression(y, preds[BASELINE], preds[CANDIDATE], quantiles=per_level, intervals=intervals, opts=opts)
+
+
 def _slices(
-    ids: np.ndarray, labels: list[str], y: np.ndarray, preds: dict[str, np.ndarray], opts: Options, prefix: str
+    ids: np.ndarray,
+    labels: list[str],
+    y: np.ndarray,
+    preds: dict[str, np.ndarray],
+    levels: tuple[float, ...],
+    quantiles: dict[str, np.ndarray] | None,
+    opts: Options,
+    prefix: str,
 ) -> tuple[dict[str, RegressionSlice], dict[str, str]]:
     out: dict[str, RegressionSlice] = {}
     undefined: dict[str, str] = {}
     for j, name in enumerate(labels):
         idx = np.flatnonzero(ids == j)
-        comp = compare_regression(y[idx], preds[BASELINE][idx], preds[CANDIDATE][idx], opts=opts)
+        sliced = {r: m[idx] for r, m in quantiles.items()} if quantiles else None
+        comp = _compare(y[idx], {r: p[idx] for r, p in preds.items()}, levels, sliced, opts)
         out[name] = RegressionSlice(len(idx), len(idx) < opts.small_rows, comp)
         undefined |= _undefined(f"{prefix}.{name}.", comp)
     return out, undefined
@@ -105,27 +132,38 @@ def evaluate_regression_samples(
     opts: Options = Options(),
     segment: tuple[str, pa.Array] | None = None,
     window: tuple[str, pa.Array] | None = None,
+    levels: tuple[float, ...] = (),
+    quantiles: dict[str, np.ndarray] | None = None,
+    quantiles_skipped: str | None = None,
 ) -> RegressionEvaluation:
     """The whole evaluation of a regression run on arrays: numeric labels ``y``, each model's predictions (NaN
     where it failed), latency samples per model (sorted in place) and error counts ``{role: {"rows", "errors"}}``;
     per segment value (``(column, values)``, the ``opts.top_k`` most frequent and "other") or time window
-    (``(unit, starts)``) on request."""
+    (``(unit, starts)``) on request. ``quantiles``: each model's n x ``levels`` matrix of quantiles (NaN rows
+    where it failed), for the pinball loss at each level and the coverage and width of the central interval
+    they hold (:func:`~workbench.evaluate.regression.central_interval`); ``quantiles_skipped``: why the run has
+    none though a model gives some (listed in ``undefined``)."""
     from workbench.evaluate.evaluation import _slice_ids
 
     y = np.asarray(y, dtype=np.float64)
-    overall = compare_regression(y, preds[BASELINE], preds[CANDIDATE], opts=opts)
+    quantiles = quantiles if levels else None
+    overall = _compare(y, preds, levels, quantiles, opts)
     undefined = _undefined("", overall)
+    if quantiles_skipped:
+        undefined["pinball"] = quantiles_skipped
+    elif quantiles and central_interval(levels) is None:
+        undefined["coverage"] = f"no central interval among the quantile levels {list(levels)}"
     segments = windows = None
     if segment is not None:
         col, values = segment
         ids, labels = _slice_ids(values, opts.top_k)
-        slices, und = _slices(ids, labels, y, preds, opts, f"segments.{col}")
+        slices, und = _slices(ids, labels, y, preds, levels, quantiles, opts, f"segments.{col}")
         segments, undefined = {col: slices}, undefined | und
     if window is not None:
         unit, starts = window
         iso = pc.strftime(starts.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")
         ids, labels = _slice_ids(iso, None)
-        slices, und = _slices(ids, labels, y, preds, opts, f"windows.{unit}")
+        slices, und = _slices(ids, labels, y, preds, levels, quantiles, opts, f"windows.{unit}")
         windows, undefined = {unit: slices}, undefined | und
     lat, lat_undefined = latency_summary(latency, opts)
     errors = error_rates(error_counts, opts)
@@ -141,4 +179,5 @@ def evaluate_regression_samples(
         segments,
         windows,
         undefined,
+        quantiles=tuple(levels) if quantiles else (),
     )

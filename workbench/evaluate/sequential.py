@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.evaluate.metrics import METRICS, Confusion, grouping
+from workbench.evaluate.metrics import METRICS, Confusion, Grouping, grouping
 
 
 def _check_alpha(alpha: float) -> None:
@@ -254,8 +254,11 @@ def row_influence(name: str, y: np.ndarray, score: np.ndarray, threshold: float 
     return _value_and_influence(m, y, score, threshold)[1]
 
 
-def _value_and_influence(m: Any, y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float | None, np.ndarray]:
-    """The metric's plug-in value (``None`` when undefined) and each row's influence."""
+def _value_and_influence(
+    m: Any, y: np.ndarray, score: np.ndarray, threshold: float, g: Grouping | None = None
+) -> tuple[float | None, np.ndarray]:
+    """The metric's plug-in value (``None`` when undefined) and each row's influence (``g``: the rows' score
+    grouping when the caller has it)."""
     if not m.from_scores:
         pred = (score >= threshold).astype(np.int64)
         cell = 2 * y + pred  # tn (0), fp (1), fn (2), tp (3)
@@ -265,7 +268,7 @@ def _value_and_influence(m: Any, y: np.ndarray, score: np.ndarray, threshold: fl
         return m.compute(c), np.array([tn, fp, fn, tp])[cell]
     if m.influence is None:
         raise ValueError(f"score metric {m.name!r} has no influence function")
-    g = grouping(y, score)
+    g = grouping(y, score) if g is None else g
     groups = g.weigh()
     value = m.compute(groups)
     if value is None:
@@ -326,17 +329,25 @@ class PairedParts:
 
 
 def paired_parts(
-    name: str, y: np.ndarray, baseline_score: np.ndarray, candidate_score: np.ndarray, thresholds: tuple[float, float]
+    name: str,
+    y: np.ndarray,
+    baseline_score: np.ndarray,
+    candidate_score: np.ndarray,
+    thresholds: tuple[float, float],
+    groupings: tuple[Grouping, Grouping] | None = None,
 ) -> PairedParts | None:
     """:class:`PairedParts` of metric ``name`` on labelled rows both models scored; ``None`` when the metric
-    is undefined for either model on these rows (or there are none)."""
+    is undefined for either model on these rows (or there are none). ``groupings``: both models' score
+    groupings of these rows (:meth:`~workbench.evaluate.metrics.Grouping.restrict` of a larger sample's
+    saves sorting them again), used by the score metrics."""
     m = _metric(name)
     y, base = _binary(y, baseline_score)
     _, cand = _binary(y, candidate_score)
     if len(y) == 0:
         return None
-    value_base, psi_base = _value_and_influence(m, y, base, thresholds[0])
-    value_cand, psi_cand = _value_and_influence(m, y, cand, thresholds[1])
+    g_base, g_cand = groupings if groupings is not None else (None, None)
+    value_base, psi_base = _value_and_influence(m, y, base, thresholds[0], g_base)
+    value_cand, psi_cand = _value_and_influence(m, y, cand, thresholds[1], g_cand)
     if value_base is None or value_cand is None:
         return None
     lo, hi = m.bounds

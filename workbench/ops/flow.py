@@ -253,21 +253,27 @@ def _replay(ctx: _Ctx) -> dict:
 
 def _evaluate(ctx: _Ctx) -> dict:
     from workbench.evaluate.evaluation import evaluate_run
+    from workbench.ops.summaries import min_rows, precompute
 
     with ctx.store() as store:
         ev = evaluate_run(store, ctx.flow.run_id, prices=ctx.settings.prices).to_dict()
+        # what the pages show of a large run, stored now so that no first visit aggregates it; the decision's
+        # evidence after the drift report when one follows
+        precompute(store, ctx.flow.run_id, evidence=not ctx.flow.drift, at_least=min_rows())
     ctx.result.outputs["evaluate"] = ev
     return {"labeled_rows": ev["labeled_rows"], "label_coverage": ev["label_coverage"]}
 
 
 def _drift(ctx: _Ctx) -> dict:
     from workbench.drift.report import drift_run
+    from workbench.ops.summaries import min_rows, precompute
 
     f = ctx.flow
     if f.drift_html is not None:
         f.drift_html.parent.mkdir(parents=True, exist_ok=True)
     with ctx.store() as store:
         d = drift_run(store, f.run_id, f.drift_reference, html=f.drift_html).to_dict()
+        precompute(store, f.run_id, at_least=min_rows())  # the decision's evidence rests on the drift report
     ctx.result.outputs["drift"] = d
     out = {
         "dataset_drift": d["dataset_drift"],

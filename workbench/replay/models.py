@@ -7,6 +7,13 @@ multi-class classifier gives an n x C matrix of class probabilities (``predict_p
 one column per class) for its classes (the estimator's ``classes_``, else the metadata's ``classes``).
 The decision threshold comes from the model's metadata (``threshold``), else 0.5.
 
+A regression model may also predict quantiles of its target: it declares their levels in its metadata
+(``quantiles = [0.1, 0.5, 0.9]``), or names them in its output signature (columns ``q0.1``, ``q0.5``, ...
+beside ``prediction``). Its pyfunc output is then a DataFrame with the column ``prediction`` (the point
+prediction) and one column ``q<level>`` per level (:func:`quantile_column`), or an n x (1 + levels) matrix in that
+order (prediction, then the levels ascending). A central interval is given as its two quantiles (an 80 %
+interval: ``q0.1`` and ``q0.9``).
+
 Each model's task (:mod:`workbench.tasks`) is its metadata's ``task`` when it sets one; otherwise an sklearn
 estimator with ``predict_proba`` is a classifier (binary, or multi-class with more than two classes) and one
 without it that scikit-learn calls a regressor is a regression model (its ``predict`` is the prediction); any
@@ -49,12 +56,24 @@ class ModelRef:
     task: str = BINARY  # what it predicts (workbench.tasks); set from the metadata or the loaded model
     task_source: str = "default"  # where ``task`` came from: "metadata", "model", "default" or "option"
     classes: tuple[str, ...] | None = None  # a classifier's classes as text, in its probabilities' order
+    quantiles: tuple[float, ...] | None = None  # a regression model's quantile levels, ascending
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["features"] = list(self.features)
         d["classes"] = None if self.classes is None else list(self.classes)
+        d["quantiles"] = None if self.quantiles is None else list(self.quantiles)
         return d
+
+    @property
+    def width(self) -> int | None:
+        """The columns of the model's output when it has several (a multi-class classifier's classes; a quantile
+        regression model's prediction and levels), else None (one score per row)."""
+        if self.task == MULTICLASS:
+            return len(self.classes or ())
+        if self.task == REGRESSION and self.quantiles:
+            return 1 + len(self.quantiles)
+        return None
 
 
 class Predictor(Protocol):
@@ -100,6 +119,36 @@ def _features(signature) -> tuple[str, ...]:
     return tuple(names)
 
 
+POINT_COLUMN = "prediction"  # a quantile regression model's point prediction in its output
+_QUANTILE_COLUMN = re.compile(r"q(0?\.\d+)")  # fullmatch only
+
+
+def quantile_column(level: float) -> str:
+    """The output column of quantile ``level`` (``q0.1`` for 0.1)."""
+    return f"q{level:g}"
+
+
+def check_quantiles(levels, source: str) -> tuple[float, ...]:
+    """``levels`` as ascending floats, each strictly between 0 and 1 and given once, else a one-line error."""
+    try:
+        qs = tuple(float(q) for q in levels)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"the {source} quantiles must be a list of numbers, got {levels!r}") from None
+    if not qs or any(not 0 < q < 1 for q in qs) or len(set(qs)) != len(qs):
+        raise WorkbenchError(f"the {source} quantiles must be distinct levels strictly between 0 and 1, got {list(qs)}")
+    return tuple(sorted(qs))
+
+
+def _declared_quantiles(metadata: dict, signature) -> tuple[float, ...] | None:
+    """A model's quantile levels: its metadata's ``quantiles``, else its output signature's ``q<level>`` columns."""
+    if metadata.get("quantiles") is not None:
+        return check_quantiles(metadata["quantiles"], "model metadata's")
+    outputs = getattr(signature, "outputs", None)
+    names = [n for n in (outputs.input_names() if outputs is not None else []) if isinstance(n, str)]
+    found = [float(m[1]) for n in names if (m := _QUANTILE_COLUMN.fullmatch(n))]
+    return check_quantiles(found, "output signature's") if found else None
+
+
 def describe(uri: str) -> ModelRef:
     """Resolve ``uri`` to a :class:`ModelRef` without loading the model's weights."""
     import mlflow
@@ -123,6 +172,7 @@ def describe(uri: str) -> ModelRef:
     if task is not None:
         check_task(str(task), supported=False)
     classes = (info.metadata or {}).get("classes")
+    quantiles = _declared_quantiles(info.metadata or {}, info.signature)
     return ModelRef(
         uri=uri,
         name=name,
@@ -133,6 +183,7 @@ def describe(uri: str) -> ModelRef:
         threshold=threshold,
         **({"task": str(task), "task_source": "metadata"} if task is not None else {}),
         classes=tuple(str(c) for c in classes) if isinstance(classes, list | tuple) else None,
+        quantiles=quantiles,
     )
 
 
@@ -242,7 +293,23 @@ class PyfuncPredictor:
 
     def predict(self, batch: pa.Table) -> np.ndarray:
         out = self.model.predict(batch.select(list(self.ref.features)).to_pandas())
+        if self.ref.task == REGRESSION and self.ref.quantiles:
+            return quantile_matrix(out, self.ref.quantiles)
         return np.asarray(out, dtype=np.float64) if self.ref.task == MULTICLASS else _positive_scores(out)
+
+
+def quantile_matrix(out, levels: tuple[float, ...]) -> np.ndarray:
+    """A quantile regression model's output as an n x (1 + levels) matrix: the prediction, then each level's
+    quantile (from a DataFrame's named columns, or a matrix already in that order)."""
+    columns = getattr(out, "columns", None)
+    if columns is not None:
+        names = [POINT_COLUMN, *(quantile_column(q) for q in levels)]
+        missing = [n for n in names if n not in columns]
+        if missing:
+            has = ", ".join(map(str, columns))
+            raise ValueError(f"model output lacks column(s) {', '.join(missing)} (it has {has})")
+        out = out[names]
+    return np.asarray(out, dtype=np.float64)
 
 
 class TorchPredictor:

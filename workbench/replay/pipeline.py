@@ -31,9 +31,9 @@ from workbench import WorkbenchError
 from workbench.replay.models import Predictor
 from workbench.replay.resources import run_resources
 from workbench.replay.scoring import PairScorer, Scored, ScoringOptions
-from workbench.roles import ROLES
+from workbench.roles import BASELINE, CANDIDATE, ROLES
 from workbench.store import RunState, Store, check_name
-from workbench.tasks import BINARY, DESCRIBED, MULTICLASS, check_task, run_classes, run_task
+from workbench.tasks import BINARY, DESCRIBED, MULTICLASS, REGRESSION, check_task, run_classes, run_quantiles, run_task
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -130,6 +130,20 @@ def model_classes(models: dict[str, Predictor], task: str) -> list[str] | None:
     return base
 
 
+def model_quantiles(models: dict[str, Predictor], task: str) -> tuple[list[float] | None, str | None]:
+    """The quantile levels a regression run stores for both models (None for another task, or when the models
+    do not give the same levels), and why none are stored when a model gives some."""
+    if task != REGRESSION:
+        return None, None
+    levels = {r: getattr(m.ref, "quantiles", None) for r, m in models.items()}
+    if not any(levels.values()):
+        return None, None
+    if levels[BASELINE] == levels[CANDIDATE]:
+        return [float(q) for q in levels[BASELINE] or ()], None
+    given = "; ".join(f"the {r} gives {list(q) if q else 'none'}" for r, q in levels.items())
+    return None, f"quantiles not stored: the two models give different quantile levels ({given})"
+
+
 def with_task(models: dict[str, Predictor], task: str) -> None:
     """Record ``task`` on each model whose own task differs (set with ``--task``): it says how they score."""
     for m in models.values():
@@ -148,29 +162,45 @@ def new_run_id() -> str:
 
 
 def paired_table(
-    rows: pa.Array, scored: dict[str, Scored], thresholds: Mapping[str, float | None], n_classes: int | None = None
+    rows: pa.Array,
+    scored: dict[str, Scored],
+    thresholds: Mapping[str, float | None],
+    n_classes: int | None = None,
+    n_quantiles: int | None = None,
 ) -> pa.Table:
     """The wide, paired result rows of one batch (one row per request, both models side by side). A role
     without a threshold (a regression model) has no class: its score is the prediction. With ``classes`` (a
-    multi-class run) see :func:`multiclass_columns`."""
+    multi-class run) see :func:`multiclass_columns`. With ``n_quantiles`` (a regression run that stores quantiles)
+    each model's output is its prediction then its quantiles, stored as ``*_quantiles`` (a list per row, apart in
+    ``prediction_quantiles``, null where the model failed)."""
     if n_classes is not None:
         return multiclass_columns(rows, scored, n_classes)
     n = len(rows)
     cols: dict[str, pa.Array] = {"_row": rows}
+    quantiles: dict[str, pa.Array] = {}
     for role in ROLES:
         s = scored[role]
-        ok = np.isfinite(s.scores)
+        point = s.scores[:, 0] if s.scores.ndim == 2 else s.scores  # a model's extra columns: its quantiles
+        ok = np.isfinite(point)
         all_ok = bool(ok.all())
         threshold = thresholds[role]
-        cols[f"{role}_score"] = pa.array(s.scores) if all_ok else pa.array(s.scores, mask=~ok)  # errors: null
+        cols[f"{role}_score"] = pa.array(point) if all_ok else pa.array(point, mask=~ok)  # errors: null
         if threshold is None:
             cols[f"{role}_class"] = pa.nulls(n, pa.int32())
         else:
-            classes = (s.scores >= threshold).astype(np.int32)
+            classes = (point >= threshold).astype(np.int32)
             cols[f"{role}_class"] = pa.array(classes) if all_ok else pa.array(classes, mask=~ok)
         cols[f"{role}_latency_ms"] = pa.array(s.latency_ms)
         cols[f"{role}_error"] = pa.nulls(n, pa.string()) if all_ok else pa.array(s.errors, pa.string())
-    return pa.table(cols)
+        if n_quantiles is not None:
+            q = s.scores[:, 1:] if s.scores.ndim == 2 else np.full((n, n_quantiles), np.nan)
+            good = ok & np.isfinite(q).all(axis=1)
+            quantiles[f"{role}_quantiles"] = pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1, dtype=np.int32) * n_quantiles),
+                pa.array(np.where(good[:, None], q, 0.0).reshape(-1)),
+                mask=None if good.all() else pa.array(~good),
+            )
+    return pa.table(cols | quantiles)
 
 
 def multiclass_columns(rows: pa.Array, scored: dict[str, Scored], classes: int) -> pa.Table:
@@ -284,6 +314,7 @@ def replay(
     task = resolve_task(models, options.task)
     with_task(models, task)
     classes = model_classes(models, task)
+    quantiles, skipped = model_quantiles(models, task)
     refs = {r: m.ref.to_dict() for r, m in models.items()}
     _check_features(info["columns"], models)
     started = time.perf_counter()
@@ -296,8 +327,12 @@ def replay(
         device=",".join(sorted({m.device for m in models.values()})),
         mode=options.mode,
         meta={"environment": _environment(models, options), "task": task}
-        | ({"classes": classes} if classes is not None else {}),
+        | ({"classes": classes} if classes is not None else {})
+        | ({"quantiles": quantiles} if quantiles is not None else {})
+        | ({"quantiles_skipped": skipped} if skipped else {}),
     )
+    if skipped:
+        log.info("%s", skipped)
     if not run.created:
         _check_same_run(run, traffic, refs)
         was = run_task(store.require_run(run_id))
@@ -305,6 +340,10 @@ def replay(
             raise WorkbenchError(f"run {run_id} was replayed as a {was} run, not {task}: use a new --run-id")
         if classes is not None and run_classes(store.require_run(run_id)) != classes:
             raise WorkbenchError(f"run {run_id} was replayed with other classes than {classes}: use a new --run-id")
+        if run_quantiles(store.require_run(run_id)) != (quantiles or []):
+            raise WorkbenchError(
+                f"run {run_id} was replayed with other quantile levels than {quantiles or []}: use a new --run-id"
+            )
         if run.finished:
             done = store.run_counts(run_id).to_dict()
             return ReplayResult(**done, seconds=0.0, status="already_complete", task=task)
@@ -465,8 +504,11 @@ def _run_pipeline(
     ranges even when they were committed out of order. Returns the stages' busy seconds.
     """
     run_id, done, total = run.run_id, run.rows_done, run.rows_total
-    classes = model_classes(dict(scorer.models), resolve_task(dict(scorer.models)))
+    task = resolve_task(dict(scorer.models))
+    classes = model_classes(dict(scorer.models), task)
     n_classes = len(classes) if classes is not None else None
+    quantiles = model_quantiles(dict(scorer.models), task)[0]
+    n_quantiles = len(quantiles) if quantiles is not None else None
     # DuckDB hands out at most a row group per Arrow batch anyway, and each scan thread holds buffers for
     # the batch size it is asked for: asking for more costs memory and speed (measured: 262,144 rows
     # against 122,880: +20 MB at 8 threads, 16.5M rather than 20M rows/s); ``rebatch`` cuts the batches
@@ -547,7 +589,7 @@ def _run_pipeline(
                 t0 = time.perf_counter()
                 if item is not None and item is not _END:
                     rows, scored, seconds = item
-                    units = packer.add(paired_table(rows, scored, thresholds, n_classes), seconds, t0)
+                    units = packer.add(paired_table(rows, scored, thresholds, n_classes, n_quantiles), seconds, t0)
                 else:
                     units = []
                 # idle writers get what is whole now, and a partial unit once it waited (slow models); busy

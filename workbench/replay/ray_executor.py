@@ -25,6 +25,7 @@ from workbench.replay.pipeline import (
     ReplayOptions,
     class_thresholds,
     model_classes,
+    model_quantiles,
     paired_table,
     resolve_task,
     with_task,
@@ -93,6 +94,8 @@ class PairActor:
         self.thresholds = class_thresholds(models, task)
         classes = model_classes(models, task)
         self.classes = len(classes) if classes is not None else None
+        quantiles = model_quantiles(models, task)[0]
+        self.quantiles = len(quantiles) if quantiles is not None else None
         self.sink: tuple[str, Store] | None = None
         if commit is not None:
             run_id, folder, target = commit
@@ -101,7 +104,8 @@ class PairActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
         scored = self.scorer.score(self.scorer.prepare(batch))
-        paired = paired_table(batch.column("_row").combine_chunks(), scored, self.thresholds, self.classes)
+        row_ids = batch.column("_row").combine_chunks()
+        paired = paired_table(row_ids, scored, self.thresholds, self.classes, self.quantiles)
         if self.sink is None:
             return paired
         run_id, store = self.sink

@@ -30,7 +30,7 @@ import pyarrow as pa
 from workbench import WorkbenchError
 from workbench.replay.models import Predictor, TorchPredictor
 from workbench.replay.resources import ModelMeter
-from workbench.tasks import MULTICLASS
+from workbench.tasks import REGRESSION
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_TIMEOUTS = 3
@@ -96,12 +96,14 @@ class ModelRunner:
     consecutive_timeouts: int = 0
     disabled: str | None = None
     meter: ModelMeter | None = None  # counts each successful call (None: resources are not measured)
-    width: int | None = None  # a multi-class classifier's classes: the columns of its output
+    width: int | None = None  # the columns of the model's output (``ModelRef.width``), None: one score per row
+    quantiles: tuple[float, ...] | None = None  # a quantile regression model's levels (its output's columns 1..)
 
     def __post_init__(self) -> None:
         ref = getattr(self.model, "ref", None)
-        if ref is not None and ref.task == MULTICLASS and self.width is None:
-            self.width = len(ref.classes or ())
+        if ref is not None and self.width is None:
+            self.width = getattr(ref, "width", None)
+            self.quantiles = ref.quantiles if ref.task == REGRESSION and ref.quantiles else None
 
     def call(self, batch: pa.Table) -> tuple[np.ndarray, float]:
         """Scores and the call's own duration in seconds; raises what the model raises."""
@@ -163,14 +165,35 @@ class ModelRunner:
             self.disabled = f"model disabled after {MAX_CONSECUTIVE_TIMEOUTS} consecutive timeouts"
 
 
-def _check_shape(out, n: int, width: int | None = None) -> np.ndarray:
-    """One score per row, or (``width``: a multi-class classifier's classes) a row of class probabilities."""
+def _check_shape(out, n: int, width: int | None = None, quantiles: tuple[float, ...] | None = None) -> np.ndarray:
+    """One score per row, or (``width``: the model's output columns) a row of ``width`` values: a multi-class
+    classifier's class probabilities, or a quantile regression model's prediction and ``quantiles``."""
     arr = np.asarray(out)
     if arr.shape != ((n,) if width is None else (n, width)):
+        if quantiles:
+            raise ValueError(
+                f"model returned output of shape {arr.shape} for {n} rows, a prediction and {len(quantiles)} quantiles"
+            )
         if width is not None:
             raise ValueError(f"model returned output of shape {arr.shape} for {n} rows and {width} classes")
         raise ValueError(f"model returned output of shape {arr.shape} for {n} rows")
     return arr.astype(np.float64, copy=False)
+
+
+def quantile_errors(out: np.ndarray, levels: tuple[float, ...]) -> dict[int, str]:
+    """The rows of a quantile regression model's output (prediction, then ``levels`` ascending) whose quantiles
+    decrease as the level rises, each with its reason (quantiles must not cross)."""
+    q = out[:, 1:]
+    with np.errstate(invalid="ignore"):
+        drop = np.diff(q, axis=1) < 0
+    bad = np.flatnonzero(drop.any(axis=1))
+    reasons = {}
+    for i in bad:
+        j = int(np.argmax(drop[i]))
+        reasons[int(i)] = (
+            f"quantiles cross: q{levels[j + 1]:g} = {q[i, j + 1]:.6g} is below q{levels[j]:g} = {q[i, j]:.6g}"
+        )
+    return reasons
 
 
 def _stack(parts: list[np.ndarray]) -> np.ndarray:
@@ -186,7 +209,7 @@ def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray,
     n = batch.num_rows
     try:
         out, seconds = runner.call(batch)
-        out = _check_shape(out, n, runner.width)
+        out = _check_shape(out, n, runner.width, runner.quantiles)
     except (ModelTimeout, ModelDisabled) as e:  # bisecting a hanging or disabled model would multiply the hang
         return np.full(n, np.nan), [str(e)] * n, 0.0
     except Exception as e:  # the model's failure is data: isolate it to the rows that cause it
@@ -200,10 +223,17 @@ def _predict_isolated(runner: ModelRunner, batch: pa.Table) -> tuple[np.ndarray,
     bad = ~np.isfinite(out) if out.ndim == 1 else ~np.isfinite(out).all(axis=1)
     if bad.any():
         out = out.copy()
-        what = "score" if out.ndim == 1 else "class probability"
+        what = "score" if out.ndim == 1 else "quantile output" if runner.quantiles else "class probability"
         for i in np.flatnonzero(bad):
             errors[i] = f"non-finite {what}: {out[i] if out.ndim == 1 else out[i][~np.isfinite(out[i])][0]}"
         out[bad] = np.nan
+    if runner.quantiles:  # crossing quantiles are not a distribution's: the row fails, with the reason
+        crossed = quantile_errors(out, runner.quantiles)
+        if crossed:
+            out = out.copy()
+            for row, reason in crossed.items():
+                errors[row] = reason
+                out[row] = np.nan
     return out, errors, seconds
 
 
@@ -293,7 +323,7 @@ class _SharedGpuInput:
         torch_models = {r: m for r, m in models.items() if isinstance(m, TorchPredictor)}
         if (
             options.mode == "throughput"
-            and all(m.ref.task != MULTICLASS for m in models.values())
+            and all(getattr(m.ref, "width", None) is None for m in models.values())  # one score per row
             and options.model_timeout is None
             and len(torch_models) == len(models)
             and len(devices) == 1

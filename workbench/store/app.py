@@ -2,7 +2,9 @@
 
 Large runs are reduced here, in DuckDB, to at most a few thousand numbers before anything reaches the
 browser: score histograms per label, confusion counts, latency histograms and percentiles, breakdowns per
-segment or time window, and a LIMITed sample of the rows where the two models disagree.
+segment or time window, each model's predicted-class counts per day (a multi-class run), and a LIMITed sample
+of the rows where the two models disagree. A multi-class run's labels are its class labels, as the index of
+their class in the run's ``meta.classes`` (the predicted classes' numbering), a binary run's its 0/1 labels.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.base import qident, traffic_table
 from workbench.store.runs import RUNS_SQL, RunStore
+from workbench.tasks import MULTICLASS, run_classes, run_task
 
 
 class AppStore(RunStore):
@@ -51,6 +55,31 @@ class AppStore(RunStore):
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
 
+    def stored_summary(self, run_id: str, name: str, key: str, token: str) -> str | None:
+        """The stored summary ``name`` (with ``key``) of a run, as text, when it was stored under ``token`` (the
+        state of the data it summarizes); None when it is missing, stale, or the storage predates the table."""
+        if not self._table_columns("run_summaries"):
+            return None
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT value FROM run_summaries WHERE run_id = ? AND name = ? AND key = ? AND token = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                [run_id, name, key, token],
+            )
+            .fetchall()
+        )
+        return rows[0][0] if rows else None
+
+    def save_summary(self, run_id: str, name: str, key: str, token: str, value: str) -> None:
+        """Store a summary of a run (text), replacing what was stored for the same run, name and key."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM run_summaries WHERE run_id = ? AND name = ? AND key = ?", [run_id, name, key])
+            cur.execute(
+                "INSERT INTO run_summaries VALUES (?, ?, ?, ?, ?, ?)",
+                [run_id, name, key, token, value, db_time(utc_now())],
+            )
+
     def app_decided_models(self) -> list[str]:
         """Models with at least one decision."""
         return [r[0] for r in self.cursor().execute("SELECT DISTINCT model FROM decisions ORDER BY 1").fetchall()]
@@ -60,6 +89,18 @@ class AppStore(RunStore):
         self.require_traffic(run["traffic"])
         return run
 
+    @staticmethod
+    def _app_labels(run: dict[str, Any]) -> tuple[str, list]:
+        """The join that gives a run's traffic rows ``t`` their label ``l.label`` as a number (null where none),
+        and its parameters: a binary run's 0/1 label, a multi-class run's class index in ``meta.classes``."""
+        if run_task(run) == MULTICLASS:
+            return (
+                """LEFT JOIN (SELECT request_id, list_position(?::VARCHAR[], label) - 1 AS label
+                              FROM label_classes WHERE traffic = ?) l ON l.request_id = t.request_id""",
+                [run_classes(run), run["traffic"]],
+            )
+        return "LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id", [run["traffic"]]
+
     def app_score_summary(self, run_id: str, score_bins: int, latency_bins_per_decade: int) -> dict[str, list]:
         """One pass over a run's paired rows (labels joined), grouped several ways at once:
 
@@ -68,6 +109,7 @@ class AppStore(RunStore):
         ``latency``: (role, bin, rows) with bin = floor(log10(ms) * latency_bins_per_decade), ms >= 1e-6.
         """
         run = self._app_run(run_id)
+        labels, params = self._app_labels(run)
         nb, kl = int(score_bins), int(latency_bins_per_decade)
         rows = (
             self.cursor()
@@ -80,12 +122,13 @@ class AppStore(RunStore):
                            {self._app_log_bin("p.baseline_latency_ms", kl)} AS bl,
                            {self._app_log_bin("p.candidate_latency_ms", kl)} AS cl
                     FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
-                    LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
+                    {labels}
                     WHERE p.run_id = ?)
                 SELECT grouping(label, bb, cb, bc, cc, bl, cl) AS g, label, bb, cb, bc, cc, bl, cl, count(*) AS n,
                        sum(bs) AS sb, sum(cs) AS sc
-                FROM p GROUP BY GROUPING SETS ((label, bb), (label, cb), (label, bc, cc), (bl), (cl))""",
-                [run["traffic"], run_id],
+                FROM p GROUP BY GROUPING SETS ((label, bb), (label, cb), (label, bc, cc), (bl), (cl))
+                ORDER BY ALL""",
+                [*params, run_id],
             )
             .fetchall()
         )
@@ -155,23 +198,26 @@ class AppStore(RunStore):
     def app_breakdowns(self, run_id: str, columns: list[str]) -> dict[str, list[dict[str, Any]]]:
         """In one pass over a run's rows (traffic and labels joined), sums per event-time day (key ``"day"``)
         and per value of each of ``columns``: rows, labelled rows, positives, each model's correct
-        predictions, errors, scored rows, score sum and latency sum, and the rows whose classes differ."""
+        predictions, errors, scored rows, score sum and latency sum, and the rows whose classes differ (a
+        multi-class run has no positives: 0)."""
         run = self._app_run(run_id)
+        labels, params = self._app_labels(run)
         known = self.require_traffic(run["traffic"])["columns"]
         bad = [c for c in columns if c not in known]
         if bad:
             raise WorkbenchError(f"traffic {run['traffic']!r} has no column(s) {', '.join(bad)}")
         dims = ["date_trunc('day', t.event_time)"] + [f"t.{qident(c)}" for c in columns]
         names = ["day"] + list(columns)
-        sums = ", ".join(f"{v} AS {k}" for k, v in self._APP_SUMS.items())
+        exprs = self._APP_SUMS | ({"positives": "0"} if run_task(run) == MULTICLASS else {})
+        sums = ", ".join(f"{v} AS {k}" for k, v in exprs.items())
         rows = (
             self.cursor()
             .execute(
                 f"""SELECT grouping({", ".join(dims)}) AS g, {", ".join(dims)}, {sums}
                 FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
-                LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
-                WHERE p.run_id = ? GROUP BY GROUPING SETS ({", ".join(f"({d})" for d in dims)})""",
-                [run["traffic"], run_id],
+                {labels}
+                WHERE p.run_id = ? GROUP BY GROUPING SETS ({", ".join(f"({d})" for d in dims)}) ORDER BY ALL""",
+                [*params, run_id],
             )
             .fetchall()
         )
@@ -187,6 +233,29 @@ class AppStore(RunStore):
         for n in names:
             out[n].sort(key=lambda r: (r["key"] is None, r["key"]))
         return out
+
+    def app_class_counts(self, run_id: str) -> dict[str, Any]:
+        """A multi-class run's predicted classes per event-time day, in one pass over its rows: ``classes`` (the
+        run's, whose indices the counts use) and ``counts``, (role, day, class index, rows) for the rows each model
+        predicted (its failed rows have no class)."""
+        run = self._app_run(run_id)
+        rows = (
+            self.cursor()
+            .execute(
+                f"""SELECT grouping(day, bc, cc) AS g, day, bc, cc, count(*) AS n
+                FROM (SELECT date_trunc('day', t.event_time) AS day, p.baseline_class AS bc, p.candidate_class AS cc
+                      FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row) WHERE p.run_id = ?)
+                GROUP BY GROUPING SETS ((day, bc), (day, cc)) ORDER BY ALL""",
+                [run_id],
+            )
+            .fetchall()
+        )
+        counts = []
+        for g, day, bc, cc, n in rows:
+            role, cls = ("baseline", bc) if g == 0b001 else ("candidate", cc)
+            if cls is not None and day is not None:
+                counts.append((role, day, int(cls), int(n)))
+        return {"classes": run_classes(run), "counts": sorted(counts)}
 
     def app_disagreements(self, run_id: str, limit: int) -> pa.Table:
         """Up to ``limit`` rows where the two models' classes differ, the largest score gaps first, with their
@@ -256,7 +325,7 @@ class AppStore(RunStore):
                              isfinite(pb) AND isfinite(pc) AS ok FROM b)
                 SELECT grouping(a, bb, cb{dims}) AS g, a, bb, cb{dims},
                        count(*), {sums}, any_value(lo), any_value(hi)
-                FROM c GROUP BY GROUPING SETS ((a, bb), (a, cb){"".join(f", ({n})" for n in segs)})""",
+                FROM c GROUP BY GROUPING SETS ((a, bb), (a, cb){"".join(f", ({n})" for n in segs)}) ORDER BY ALL""",
                 [run["traffic"], run_id],
             )
             .fetchall()

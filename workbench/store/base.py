@@ -40,6 +40,7 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
+from workbench.store.object_store import connect_data_path, data_path_problem
 from workbench.tasks import MULTICLASS, REGRESSION
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,11 @@ DEFAULT_WRITE_WAIT_S = 120.0  # how long a writer waits for the lake's writer lo
 INLINE_ROWS = 1000  # inserts up to this many rows stay in the catalog (jobs, decisions), not in a Parquet file
 CATALOG_VAR = "WORKBENCH_CATALOG"  # a PostgreSQL catalog for the lake (unset: SQLite in the lake folder)
 DATA_PATH_VAR = "WORKBENCH_DATA_PATH"  # where the lake's Parquet files go (unset: <lake>/data/)
+# seconds libpq waits for a PostgreSQL catalog to answer before the command fails (a host that drops packets
+# would hang it otherwise); a connect_timeout in $WORKBENCH_CATALOG or $PGCONNECT_TIMEOUT takes precedence
+CONNECT_TIMEOUT_S = 5
 # the writer lock with a PostgreSQL catalog: an advisory lock (its key spells "workbenc") of a transaction
-TRY_LOCK_SQL = "SELECT * FROM postgres_query('workbench_pg', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
+TRY_LOCK_SQL = "SELECT * FROM postgres_query('{pg}', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
 
 # Tables in data-flow order: traffic and labels, runs and their paired results, evaluations, drift, decisions
 # and the canary, jobs. DuckLake has no keys: uniqueness is checked inside the writer's transaction.
@@ -103,8 +107,17 @@ SCHEMA = [
     # row per request beside its row in ``predictions`` (null where the model failed)
     """CREATE TABLE IF NOT EXISTS prediction_probabilities (
         run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_proba DOUBLE[], candidate_proba DOUBLE[])""",
+    # each model's quantiles of a regression run whose models predict them (at the levels of the run's
+    # ``meta.quantiles``, ascending), one row per request beside its row in ``predictions`` (null where it failed)
+    """CREATE TABLE IF NOT EXISTS prediction_quantiles (
+        run_id VARCHAR NOT NULL, _row BIGINT NOT NULL, baseline_quantiles DOUBLE[], candidate_quantiles DOUBLE[])""",
     """CREATE TABLE IF NOT EXISTS evaluations (
         run_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, params JSON, result JSON NOT NULL)""",
+    # summaries of a run that the app shows (histograms, breakdowns, a decision's evidence), each stored with the
+    # state of the data it summarizes (``token``), so a page reads kilobytes; kept by workbench/ops/summaries.py
+    """CREATE TABLE IF NOT EXISTS run_summaries (
+        run_id VARCHAR NOT NULL, name VARCHAR NOT NULL, key VARCHAR NOT NULL, token VARCHAR NOT NULL,
+        value VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)""",
     # drift: reference sketches (one row per reference and column, value counts when lossless), stored
     # scores of references that a run did not replay, and the reports
     """CREATE TABLE IF NOT EXISTS drift_sketches (
@@ -320,21 +333,40 @@ def redact(conn: str) -> str:
     return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", conn)
 
 
+def with_connect_timeout(conn: str) -> str:
+    """A libpq connection string (key=value or URI) with ``connect_timeout`` added, unless it or
+    ``$PGCONNECT_TIMEOUT`` sets one already."""
+    if os.environ.get("PGCONNECT_TIMEOUT") or re.search(r"connect_timeout\s*=", conn):
+        return conn
+    if conn.startswith(("postgresql://", "postgres://")):
+        return conn + ("&" if "?" in conn else "?") + f"connect_timeout={CONNECT_TIMEOUT_S}"
+    return f"{conn} connect_timeout={CONNECT_TIMEOUT_S}"
+
+
 def storage_problem(exc: BaseException) -> str | None:
     """A one-line explanation when ``exc`` says a data file of the storage is gone (deleted or moved under
-    the catalog) or its PostgreSQL catalog cannot be reached; None for anything else."""
+    the catalog), its PostgreSQL catalog cannot be reached or its object store refuses or does not answer;
+    None for anything else."""
     text = str(exc)
     down = re.search(r'Unable to connect to Postgres at "([^"]*)": ([^\n]*)', text)
     if down is not None and isinstance(exc, duckdb.Error):
         return catalog_unreachable(down.group(1), down.group(2))
+    gone = re.search(r"'([^']+\.parquet)'[^\n]*\(HTTP 404", text)  # an object store's data file
+    if gone is not None and isinstance(exc, duckdb.Error):
+        return _missing_file(gone.group(1), "the data path (or the bucket's earlier object versions)")
+    data = os.environ.get(DATA_PATH_VAR, "").strip()
+    if (store := data_path_problem(exc, data if is_url(data) else None)) is not None:
+        return store
     if isinstance(exc, duckdb.Error) and (problem := _probe_catalog()) is not None:
         return problem  # a failure seen second-hand (a stream cut off mid-read) while the catalog is down
     m = re.search(r'Cannot open file "([^"]+\.parquet)"', text) if isinstance(exc, duckdb.IOException) else None
-    if m is None:
-        return None
+    return None if m is None else _missing_file(m.group(1), "the home")
+
+
+def _missing_file(path: str, backup: str) -> str:
     return (
-        f"the storage's data file {m.group(1)} is missing (deleted or moved under the catalog); restore it "
-        "from a backup of the home"
+        f"the storage's data file {path} is missing (deleted or moved under the catalog); restore it "
+        f"from a backup of {backup}"
     )
 
 
@@ -350,7 +382,7 @@ def _probe_catalog() -> str | None:
     con = duckdb.connect()
     try:
         con.execute(f"LOAD {sql_literal(extension_file('postgres_scanner'))}")
-        con.execute(f"ATTACH {sql_literal(postgres)} AS probe (TYPE postgres, READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(with_connect_timeout(postgres))} AS probe (TYPE postgres, READ_ONLY)")
         con.execute("SELECT * FROM postgres_query('probe', 'SELECT 1')").fetchall()
     except duckdb.Error as e:
         down = re.search(r'Unable to connect to Postgres at "[^"]*": ([^\n]*)', str(e))
@@ -362,6 +394,7 @@ def _probe_catalog() -> str | None:
 
 def catalog_unreachable(conn: str, reason: str) -> str:
     """The one-line error for a PostgreSQL catalog that does not answer."""
+    conn = re.sub(rf"[ ?&]connect_timeout={CONNECT_TIMEOUT_S}$", "", conn)  # as the user wrote it
     return (
         f"the workbench's PostgreSQL catalog {redact(conn)!r} (${CATALOG_VAR}) cannot be reached "
         f"({reason.strip().rstrip('.')}); start it or fix ${CATALOG_VAR}, then run the command again: "
@@ -425,19 +458,51 @@ def _lake_options(data: str | None) -> str:
     return f"{options}, DATA_PATH {sql_literal(data)}, OVERRIDE_DATA_PATH true"
 
 
+class _Root:
+    """The process's in-memory DuckDB: its extensions are loaded once (a load verifies tens of MB of
+    signed code, most of a short command's time), and every lake the process opens is attached to it."""
+
+    _by_pid: dict[int, _Root] = {}
+
+    def __init__(self) -> None:
+        self.con = duckdb.connect()
+        self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
+        self.limits = _configure(self.con, self.spill)
+        self.loaded: set[str] = set()
+        self.attached = 0  # aliases made so far: lake_1, lake_2, ...
+
+    @classmethod
+    def of_process(cls) -> _Root:
+        """This process's root (a forked child makes its own)."""
+        root = cls._by_pid.get(os.getpid())
+        if root is None:
+            root = cls._by_pid[os.getpid()] = cls()
+        return root
+
+    def load(self, name: str) -> None:
+        """Load a DuckDB extension from its PyPI package, once per process."""
+        if name not in self.loaded:
+            self.con.execute(f"LOAD {sql_literal(extension_file(name))}")
+            self.loaded.add(name)
+
+
 class _LakeInstance:
-    """One in-memory DuckDB per process and lake with the lake attached, shared by the process's stores:
-    loading the extensions and attaching costs most of a short command's time, so it is done once."""
+    """A lake attached to the process's DuckDB (:class:`_Root`) under its own alias, shared by the process's
+    stores on that lake: attaching costs most of a short command's time, so it is done once."""
 
     _open: dict[tuple[int, LakeTarget], _LakeInstance] = {}
     _guard = threading.Lock()
     KEEP_IDLE = 4  # lakes kept attached with no store open on them
+    users: int  # stores open on it now
 
     def __init__(self, target: LakeTarget, writer: Callable[[], Any]):
         self.target = target
-        self.root = duckdb.connect()
-        self.spill = tempfile.mkdtemp(prefix="workbench-spill-")
-        self.limits = _configure(self.root, self.spill)
+        base = _Root.of_process()
+        if base.attached and not any(i.users for k, i in self._open.items() if k[0] == os.getpid()):
+            base.limits = _configure(base.con, base.spill)  # nothing open: take this environment's limits
+        base.attached += 1
+        self.base, self.root, self.limits = base, base.con, base.limits
+        self.alias, self.pg = f"lake_{base.attached}", f"workbench_pg_{base.attached}"
         self.users, self.schema_ready, self.used_at = 0, False, time.monotonic()
         try:
             self._attach(target, writer)
@@ -447,42 +512,60 @@ class _LakeInstance:
 
     def _attach(self, target: LakeTarget, writer: Callable[[], Any]) -> None:
         lake, postgres, data = target.folder, target.postgres, target.data_path
-        extensions = ["ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"]
-        if data is not None and is_url(data):  # an object store's credentials: DuckDB's persistent secrets
-            extensions.append("httpfs")
-        for name in extensions:
-            self.root.execute(f"LOAD {sql_literal(extension_file(name))}")
+        for name in ("ducklake", "sqlite_scanner" if postgres is None else "postgres_scanner"):
+            self.base.load(name)
+        if data is not None and is_url(data):
+            self._open_object_store(data)
         lake.mkdir(parents=True, exist_ok=True)
         if postgres is None:
             catalog = lake / CATALOG_FILE
-            sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS lake ({_lake_options(data)}, "
+            sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {self.alias} ({_lake_options(data)}, "
             sql += "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 10000)"
             if catalog.exists():
                 self.root.execute(sql)
             else:
                 with writer():  # the first attach creates the catalog: one process at a time
                     self.root.execute(sql)
-            return
+        else:
+            self._attach_postgres(target, with_connect_timeout(postgres))
+        # where the data files are: as configured, or as a PostgreSQL catalog recorded it when it was made
+        settings = self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
+        self.data_path: str = settings[0][0]
+
+    def _recorded_data_path(self) -> str:
+        """The data path a PostgreSQL catalog recorded when it was made."""
+        sql = "SELECT value FROM ducklake_metadata WHERE key = ''data_path''"
+        rows = self.root.execute(f"SELECT * FROM postgres_query('{self.pg}', '{sql}')").fetchall()
+        return rows[0][0] if rows else ""
+
+    def _open_object_store(self, data: str) -> None:
+        """DuckDB's httpfs, the credentials for ``data`` (a secret of this lake's) and a check that the store
+        answers there."""
+        self.base.load("httpfs")
+        connect_data_path(self.root, data, f"{self.alias}_data")
+
+    def _attach_postgres(self, target: LakeTarget, postgres: str) -> None:
+        data = target.data_path
         try:
             # the writer lock's own connection (a plain PostgreSQL attach: advisory locks, no DuckLake)
-            self.root.execute(f"ATTACH {sql_literal(postgres)} AS workbench_pg (TYPE postgres)")
-            made = (
-                "SELECT * FROM postgres_query('workbench_pg', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
-            )
-            sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS lake "
+            self.root.execute(f"ATTACH {sql_literal(postgres)} AS {self.pg} (TYPE postgres)")
+            made = f"SELECT * FROM postgres_query('{self.pg}', 'SELECT to_regclass(''ducklake_metadata'') IS NOT NULL')"
+            sql = f"ATTACH {sql_literal('ducklake:postgres:' + postgres)} AS {self.alias} "
             if self.root.execute(made).fetchall()[0][0]:
+                if data is None and is_url(recorded := self._recorded_data_path()):
+                    self._open_object_store(recorded)  # attaching reads it
                 self.root.execute(sql + f"({_lake_options(data)})")
             else:  # the first attach creates the catalog's tables: one process at a time
                 release = self.advisory_lock(DEFAULT_WRITE_WAIT_S)
                 try:
-                    self.root.execute(sql + f"({_lake_options(data or str(lake / 'data') + os.sep)})")
+                    self.root.execute(sql + f"({_lake_options(data or str(target.folder / 'data') + os.sep)})")
                 finally:
                     release()
         except duckdb.Error as e:
             problem = storage_problem(e)
             if problem is None:
                 m = re.search(r"(?:failed|error)[^\n]*", str(e), flags=re.I)
-                problem = catalog_unreachable(postgres, m.group(0) if m else type(e).__name__)
+                problem = catalog_unreachable(target.postgres or postgres, m.group(0) if m else type(e).__name__)
             raise CatalogUnreachable(problem) from None
 
     def advisory_lock(self, wait_s: float) -> Callable[[], None]:
@@ -493,7 +576,7 @@ class _LakeInstance:
         cur.execute("BEGIN TRANSACTION")
         deadline = time.monotonic() + wait_s
         try:
-            while not cur.execute(TRY_LOCK_SQL).fetchall()[0][0]:
+            while not cur.execute(TRY_LOCK_SQL.format(pg=self.pg)).fetchall()[0][0]:
                 if time.monotonic() >= deadline:
                     raise DatabaseLocked(
                         f"the workbench storage ({self.target.label}) is being written by another job; waited "
@@ -537,8 +620,12 @@ class _LakeInstance:
                 self._open.pop(key).close()
 
     def close(self) -> None:
-        self.root.close()
-        shutil.rmtree(self.spill, ignore_errors=True)
+        """Detach the lake (and its lock connection) from the process's DuckDB."""
+        for alias in (self.alias, self.pg):
+            with suppress(duckdb.Error):
+                self.root.execute(f"DETACH DATABASE IF EXISTS {alias}")
+        with suppress(duckdb.Error):  # the object store's credentials, when it made them
+            self.root.execute(f"DROP TEMPORARY SECRET IF EXISTS {self.alias}_data")
 
 
 class StoreBase:
@@ -577,7 +664,7 @@ class StoreBase:
         self._limits = self._instance.limits
         try:
             self.con = self._instance.root.cursor()
-            self.con.execute("USE lake")
+            self.con.execute(f"USE {self._instance.alias}")
             if not read_only and not self._instance.schema_ready:
                 self._create_schema()
                 self._instance.schema_ready = True
@@ -622,8 +709,9 @@ class StoreBase:
                 raise
 
     def _fill_added_columns(self, cur: duckdb.DuckDBPyConnection) -> None:
-        """Fill the :data:`ADDED_COLUMNS` just added to an older storage (inside the upgrade's transaction)."""
-        raise NotImplementedError("the store that owns the tables fills their added columns")
+        """Fill the :data:`ADDED_COLUMNS` just added to an older storage (inside the upgrade's transaction). They
+        are the label tables' row numbers, so the traffic store, which owns those tables, overrides this; the base
+        has none to fill."""
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -674,6 +762,16 @@ class StoreBase:
 
         return release
 
+    @property
+    def catalog(self) -> str:
+        """The name this store's lake is attached under in the process's DuckDB (``memory`` in memory)."""
+        return "memory" if self._instance is None else self._instance.alias
+
+    @property
+    def data_path(self) -> str | None:
+        """Where the lake's data files are (a folder or an object-store URL); None in memory."""
+        return None if self._instance is None else self._instance.data_path
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for the calling thread (DuckDB connections are not shared across threads)."""
         if threading.current_thread() is threading.main_thread():
@@ -686,8 +784,8 @@ class StoreBase:
     def new_cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to this store's database (for a reader streaming beside other work)."""
         cur = self.con.cursor()
-        if self.lake is not None:
-            cur.execute("USE lake")  # the default catalog is a setting of each connection
+        if self._instance is not None:
+            cur.execute(f"USE {self._instance.alias}")  # the default catalog is a setting of each connection
         return cur
 
     @contextmanager

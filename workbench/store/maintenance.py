@@ -21,21 +21,25 @@ from typing import Any
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import LEGACY_FILE, SCHEMA, qident, sql_literal, traffic_table
+from workbench.store.base import CATALOG_FILE, LEGACY_FILE, SCHEMA, qident, sql_literal, traffic_table
 
 # tables whose rows belong to one run, and to one traffic set
-RUN_TABLES = ("predictions", "prediction_probabilities", "run_batches", "evaluations", "drift_reports")
+RUN_TABLES = (
+    "predictions",
+    "prediction_probabilities",
+    "prediction_quantiles",
+    "run_batches",
+    "evaluations",
+    "drift_reports",
+)
 TRAFFIC_TABLES = ("labels", "label_values", "label_classes", "quarantine", "ingests", "traffic_segments")
-
-
-def folder_bytes(path: Path) -> int:
-    """Bytes of the files under ``path``."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 @dataclass
 class GcReport:
-    """What a retention pass dropped (or, with ``dry_run``, would drop) and what it freed."""
+    """What a retention pass dropped (or, with ``dry_run``, would drop) and what it freed: ``files_*`` count the
+    Parquet files under the lake's data path (a folder or an object store), ``bytes_*`` add up those files and,
+    with an SQLite catalog, the catalog's file."""
 
     older_than_days: float
     dry_run: bool
@@ -64,8 +68,8 @@ def collect(store, older_than_days: float, dry_run: bool = False) -> GcReport:
     if older_than_days < 0:
         raise WorkbenchError(f"--older-than must be 0 or more days, not {older_than_days:g}")
     cutoff = db_time(utc_now() - timedelta(days=older_than_days))
-    data = store.lake / "data"
-    rep = GcReport(older_than_days, dry_run, files_before=_files(data), bytes_before=folder_bytes(store.lake))
+    rep = GcReport(older_than_days, dry_run)
+    rep.files_before, rep.bytes_before = stored_files(store)
     with store.transaction() as cur:
         rep.traffic_sets = [
             r[0]
@@ -104,21 +108,29 @@ def collect(store, older_than_days: float, dry_run: bool = False) -> GcReport:
                 cur.execute(f"DELETE FROM {t} WHERE key IN ({old_keys})", [cutoff])
     if not dry_run:
         with store._writer():
-            cur = store.cursor()
-            before = _count(cur, "SELECT count(*) FROM ducklake_snapshots('lake')", [])
+            cur, lake = store.cursor(), store.catalog
+            before = _count(cur, f"SELECT count(*) FROM ducklake_snapshots('{lake}')", [])
             cur.execute(
-                "CALL ducklake_expire_snapshots('lake', older_than => CAST(? AS TIMESTAMPTZ))", [cutoff.isoformat()]
+                f"CALL ducklake_expire_snapshots('{lake}', older_than => CAST(? AS TIMESTAMPTZ))", [cutoff.isoformat()]
             )
-            rep.snapshots_expired = before - _count(cur, "SELECT count(*) FROM ducklake_snapshots('lake')", [])
-            cur.execute("CALL ducklake_flush_inlined_data('lake')")
-            cur.execute("CALL ducklake_merge_adjacent_files('lake')")
-            cur.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
-    rep.files_after, rep.bytes_after = _files(data), folder_bytes(store.lake)
+            rep.snapshots_expired = before - _count(cur, f"SELECT count(*) FROM ducklake_snapshots('{lake}')", [])
+            cur.execute(f"CALL ducklake_flush_inlined_data('{lake}')")
+            cur.execute(f"CALL ducklake_merge_adjacent_files('{lake}')")
+            cur.execute(f"CALL ducklake_cleanup_old_files('{lake}', cleanup_all => true)")
+    rep.files_after, rep.bytes_after = stored_files(store)
     return rep
 
 
-def _files(path: Path) -> int:
-    return sum(1 for f in path.rglob("*.parquet")) if path.exists() else 0
+def stored_files(store) -> tuple[int, int]:
+    """The Parquet files under ``store``'s data path (listed through DuckDB, so an object store counts too), and
+    their bytes plus those of an SQLite catalog's files."""
+    pattern = store.data_path + "**/*.parquet"
+    cur = store.cursor()
+    files, size = 0, 0
+    if cur.execute("SELECT count(*) FROM glob(?)", [pattern]).fetchall()[0][0]:  # read_blob refuses no match
+        files, size = cur.execute("SELECT count(*), sum(size) FROM read_blob(?)", [pattern]).fetchall()[0]
+    catalog = [store.lake / CATALOG_FILE, store.lake / (CATALOG_FILE + "-wal")] if store.target.postgres is None else []
+    return int(files), int(size) + sum(f.stat().st_size for f in catalog if f.exists())
 
 
 # -- migrate ---------------------------------------------------------------------------------------
@@ -165,7 +177,7 @@ def migrate(home: Path, open_lake: Callable[[Path], Any], progress: Callable[[st
     legacy, lake = home / LEGACY_FILE, home / "lake"
     if not legacy.is_file():
         raise WorkbenchError(f"nothing to migrate: {home} has no {LEGACY_FILE}")
-    if (lake / "catalog.sqlite").exists():
+    if (lake / CATALOG_FILE).exists():
         raise WorkbenchError(f"{lake} exists already; move it away to migrate {legacy} again")
     export = lake.parent / "migrate-export"
     export.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,13 @@ from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
 from workbench.store.base import label_source, qident, traffic_table
 from workbench.store.traffic import TrafficStore
-from workbench.tasks import MULTICLASS, run_classes, run_task
+from workbench.tasks import MULTICLASS, run_classes, run_quantiles, run_task
 
 #: a multi-class run's class probabilities beside its paired rows ``p``
 _PROBABILITIES = "LEFT JOIN prediction_probabilities pp ON pp.run_id = p.run_id AND pp._row = p._row"
+
+#: a regression run's quantiles beside its paired rows ``p``
+_QUANTILES = "LEFT JOIN prediction_quantiles pq ON pq.run_id = p.run_id AND pq._row = p._row"
 
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
@@ -210,7 +213,8 @@ class RunStore(TrafficStore):
         paired: pa.Table,
     ) -> int:
         """Store one batch's paired results and mark the batch committed, atomically (a multi-class run's
-        ``*_proba`` columns go to ``prediction_probabilities``); returns its number.
+        ``*_proba`` columns go to ``prediction_probabilities``, a regression run's ``*_quantiles`` to
+        ``prediction_quantiles``); returns its number.
 
         ``batch_no`` None (writers that commit out of order, such as Ray's actors): the next free number, and
         the unit is refused when a committed unit covers any row from ``first_row`` to ``last_row``."""
@@ -234,11 +238,14 @@ class RunStore(TrafficStore):
                 raise AlreadyCommitted(f"batch {batch_no} of run {run_id} is already committed; nothing was written")
             cur.register("_wb_paired", paired)
             names = paired.column_names
-            cols = ", ".join(qident(c) for c in names if not c.endswith("_proba"))
+            cols = ", ".join(qident(c) for c in names if not c.endswith(("_proba", "_quantiles")))
             cur.execute(f"INSERT INTO predictions (run_id, {cols}) SELECT ?, {cols} FROM _wb_paired", [run_id])
             if "baseline_proba" in names:  # a multi-class run: the class probabilities beside the rows
                 probabilities = "_row, baseline_proba, candidate_proba"
                 cur.execute(f"INSERT INTO prediction_probabilities SELECT ?, {probabilities} FROM _wb_paired", [run_id])
+            if "baseline_quantiles" in names:  # a regression run with quantiles: them beside the rows
+                quantiles = "_row, baseline_quantiles, candidate_quantiles"
+                cur.execute(f"INSERT INTO prediction_quantiles SELECT ?, {quantiles} FROM _wb_paired", [run_id])
             cur.unregister("_wb_paired")
             cur.execute(
                 "INSERT INTO run_batches VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -310,8 +317,10 @@ class RunStore(TrafficStore):
         ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request. The
         labels are the run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run,
         class names for a multi-class run, which also has per model ``*_class`` (the index of the predicted
-        class in ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed.
-        :meth:`prediction_rows` then :meth:`with_labels`, for a caller with work to do between the two."""
+        class in ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed; a
+        regression run with quantiles has per model ``*_quantiles`` (at the levels of ``meta.quantiles``), null
+        where the model failed. :meth:`prediction_rows` then :meth:`with_labels`, for a caller with work to do
+        between the two."""
         run = self.require_run(run) if isinstance(run, str) else run
         return self.with_labels(run, self.prediction_rows(run, segment=segment, window=window))
 
@@ -320,6 +329,7 @@ class RunStore(TrafficStore):
     ) -> pa.Table:
         """:meth:`evaluation_rows` without the labels: ``_row`` (the request's traffic row) instead."""
         run_id, task = run["run_id"], run_task(run)
+        quantiles = bool(run_quantiles(run))
         select = ["p._row"]
         for r in ROLES:
             select += [
@@ -333,6 +343,8 @@ class RunStore(TrafficStore):
                 f"CASE WHEN p.{r}_error IS NULL THEN pp.{r}_proba END AS {r}_proba"
                 for r in ROLES
             ]
+        if quantiles:
+            select += [f"CASE WHEN p.{r}_error IS NULL THEN pq.{r}_quantiles END AS {r}_quantiles" for r in ROLES]
         per_row: list[str] = []  # the traffic columns a slice needs, looked up like the labels
         params: list = []
         if segment is not None:
@@ -349,12 +361,12 @@ class RunStore(TrafficStore):
             params.append(window)
         # execute, not sql(params=...): a relation built with parameters is materialized first, which took 6x
         # the time of the query itself
-        if task == MULTICLASS:  # a bounded buffer: the join of the class probabilities spills rather than grow
+        extra = _PROBABILITIES if task == MULTICLASS else _QUANTILES if quantiles else ""
+        sql = f"SELECT {', '.join(select)} FROM predictions p {extra} WHERE p.run_id = ?"
+        if extra:  # a bounded buffer: the join of the class probabilities or quantiles spills rather than grow
             with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
-                sql = f"SELECT {', '.join(select)} FROM predictions p {_PROBABILITIES} WHERE p.run_id = ?"
                 table = self.cursor().execute(sql, [run_id]).to_arrow_table()
         else:
-            sql = f"SELECT {', '.join(select)} FROM predictions p WHERE p.run_id = ?"
             table = self.cursor().execute(sql, [run_id]).to_arrow_table()
         if per_row:
             rows = table.column("_row").to_numpy()
@@ -366,9 +378,13 @@ class RunStore(TrafficStore):
     def with_labels(self, run: dict[str, Any], rows: pa.Table) -> pa.Table:
         """The rows :meth:`prediction_rows` read, with each request's ``label`` (null where it has none) in
         place of its ``_row``."""
-        labels, column = label_source(run_task(run))
-        label = self._at_rows(column, labels, rows.column("_row").to_numpy(), "traffic = ?", [run["traffic"]])
-        return rows.drop_columns(["_row"]).add_column(0, "label", label.column(0))
+        label = self._labels_at(run["traffic"], run_task(run), rows.column("_row").to_numpy())
+        return rows.drop_columns(["_row"]).add_column(0, "label", label)
+
+    def _labels_at(self, traffic: str, task: str, rows: np.ndarray) -> pa.ChunkedArray:
+        """The label of each traffic row in ``rows`` (null where it has none): the task's labels, :meth:`_at_rows`."""
+        table, column = label_source(task)
+        return self._at_rows(column, table, rows, "traffic = ?", [traffic]).column(0)
 
     def _at_rows(
         self, columns: str, table: str, rows: np.ndarray, where: str | None = None, params: Sequence = ()
@@ -407,17 +423,19 @@ class RunStore(TrafficStore):
         ``features`` as stored (``feature:<column>``); ``label`` is a number for a regression run. For a
         multi-class run ``label`` is the index of the label's class in ``meta.classes`` (null when unlabelled or
         another class), ``*_score`` the index of the predicted class and ``*_true_p`` the probability the model
-        gave the label's class."""
+        gave the label's class. A regression run with quantiles has per model ``*_quantiles`` too (a list at the
+        levels of ``meta.quantiles``, null where the model failed)."""
         run = self.require_run(run_id)
         info = self.require_traffic(run["traffic"])
         task = run_task(run)
+        quantiles = bool(run_quantiles(run))
         labels, column = label_source(task)
         params: list = []
         if task == MULTICLASS:
             select = ["t.request_id", "t.event_time", f"list_position(?::VARCHAR[], l.{column}) - 1 AS label"]
             params.append(run_classes(run))
-        else:
-            select = ["t.request_id", "t.event_time", f"l.{column} AS label"]
+        else:  # the label is looked up by the request's row afterwards (:meth:`_labels_at`), not joined by its id
+            select = ["t.request_id", "t.event_time", "p._row"]
         for r in ("baseline", "candidate"):
             predicted = f"p.{r}_class" if task == MULTICLASS else f"p.{r}_score"
             select += [
@@ -428,6 +446,8 @@ class RunStore(TrafficStore):
             if task == MULTICLASS:
                 select.append(f"list_extract(pp.{r}_proba, list_position(?::VARCHAR[], l.{column})) AS {r}_true_p")
                 params.append(run_classes(run))
+            if quantiles:
+                select.append(f"CASE WHEN p.{r}_error IS NULL THEN pq.{r}_quantiles END AS {r}_quantiles")
         for col in segments:
             column = "entity_key" if col == info["entity_col"] else col
             if column != "entity_key" and col not in info["columns"]:
@@ -437,11 +457,21 @@ class RunStore(TrafficStore):
             if col not in info["columns"]:
                 raise WorkbenchError(f"traffic {run['traffic']!r} has no feature column {col!r}")
             select.append(f"t.{qident(col)} AS {qident('feature:' + col)}")
-        sql = f"""SELECT {", ".join(select)}
-                  FROM predictions p
-                  JOIN {traffic_table(run["traffic"])} t USING (_row)
-                  LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
-                  {_PROBABILITIES if task == MULTICLASS else ""}
-                  WHERE p.run_id = ?"""
+        if task == MULTICLASS:
+            sql = f"""SELECT {", ".join(select)}
+                      FROM predictions p
+                      JOIN {traffic_table(run["traffic"])} t USING (_row)
+                      LEFT JOIN {labels} l ON l.traffic = ? AND l.request_id = t.request_id
+                      {_PROBABILITIES}
+                      WHERE p.run_id = ?"""
+            params.append(run["traffic"])
+        else:
+            sql = f"""SELECT {", ".join(select)} FROM predictions p JOIN {traffic_table(run["traffic"])} t USING (_row)
+                      {_QUANTILES if quantiles else ""}
+                      WHERE p.run_id = ?"""
         with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
-            return self.cursor().execute(sql, [*params, run["traffic"], run_id]).to_arrow_table()
+            table = self.cursor().execute(sql, [*params, run_id]).to_arrow_table()
+        if task == MULTICLASS:
+            return table
+        label = self._labels_at(run["traffic"], task, table.column("_row").to_numpy())
+        return table.drop_columns(["_row"]).add_column(2, "label", label)
