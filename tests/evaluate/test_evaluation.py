@@ -14,8 +14,8 @@ from statsmodels.stats.proportion import proportion_confint
 
 from conftest import TinyModel, run_cli
 from workbench import WorkbenchError
-from workbench.evaluate.evaluation import compare, evaluate_run
-from workbench.evaluate.metrics import METRICS
+from workbench.evaluate.evaluation import _cell_confusions, _cells, _paired_keys, _Sample, compare, evaluate_run
+from workbench.evaluate.metrics import METRICS, confusion, grouping
 from workbench.evaluate.results import Options
 from workbench.ingest.traffic import ingest, ingest_labels
 from workbench.replay.pipeline import ReplayOptions, replay
@@ -347,6 +347,43 @@ def test_failures_of_both_models_each_metric_on_own_rows_delta_on_shared(exact_m
     for name in METRICS:
         d = c.delta[name]
         assert d.ci_low <= d.value <= d.ci_high and d.mde > 0, name
+
+
+def test_one_count_of_cells_gives_each_models_confusion_on_its_own_and_on_the_paired_rows():
+    y, s = sample(2000, seed=7)
+    s["baseline"][::30] = np.nan
+    s["candidate"][5::45] = np.nan
+    ok = {r: np.isfinite(v) for r, v in s.items()}
+    both = ok["baseline"] & ok["candidate"]
+    cells = _cells(y, s, THR, ok)
+    assert _cell_confusions(cells[:, 1].sum(axis=0))[0] == confusion(
+        y[ok["baseline"]], s["baseline"][ok["baseline"]] >= 0.5
+    )
+    assert _cell_confusions(cells[1, :].sum(axis=0))[1] == confusion(
+        y[ok["candidate"]], s["candidate"][ok["candidate"]] >= 0.5
+    )
+    for r, paired in zip(("baseline", "candidate"), _cell_confusions(cells[1, 1]), strict=True):
+        assert paired == confusion(y[both], s[r][both] >= 0.5), r
+
+
+@pytest.mark.parametrize("rounded", ["baseline", "candidate"])
+def test_paired_keys_pair_each_rows_values_of_both_models(rounded):
+    """The paired influences, looked up in the order of the model with more groups, against the definition:
+    each row's value per model, found by score and label, paired by row."""
+    y, s = sample(3000, seed=6)
+    s[rounded] = np.round(s[rounded], 2)  # many ties: the other model leads
+    s["baseline"][::50] = np.nan
+    both = np.isfinite(s["baseline"])
+    yb = y[both]
+    paired = {r: _Sample(grouping(yb, s[r][both]), confusion(yb, s[r][both] >= 0.5)) for r in ("baseline", "candidate")}
+    keys = _paired_keys(paired)
+    lead = "baseline" if rounded == "candidate" else "candidate"
+    for r, p in paired.items():
+        influence = METRICS["roc_auc"].influence(p.groups)
+        at = np.searchsorted(p.groups.score, s[r][both])
+        in_row_order = np.where(yb == 1, influence[0][at], influence[1][at])
+        got = p.grouping.per_row(influence, keys[r])
+        np.testing.assert_array_equal(got, in_row_order[paired[lead].grouping.order])
 
 
 def test_identical_models_give_zero_deltas_and_say_why_there_is_no_mde():

@@ -189,3 +189,42 @@ def test_every_metric_declares_direction():
         "brier": False,
         "ece": False,
     }
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "all_equal_scores", "one_row"])
+def test_per_row_values_are_each_rows_group_value_for_its_label(case):
+    """The per-row table lookup against its definition: the row's group (by score), then its label's value."""
+    rng = np.random.default_rng(5)
+    y, s = CASES[case](rng)
+    gr = grouping(y, s)
+    pos, neg = rng.random(len(gr.score)), rng.random(len(gr.score))
+    group = np.searchsorted(gr.score, s[gr.order])
+    np.testing.assert_array_equal(gr.per_row((pos, neg)), np.where(y[gr.order] == 1, pos[group], neg[group]))
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "extreme_scores", "bin_edges"])
+def test_sums_shared_between_metrics_leave_every_value_unchanged(case):
+    """Values and influences on one object that computed every other metric first equal a fresh object's,
+    bit for bit; a batch of weightings shares nothing."""
+    rng = np.random.default_rng(9)
+    y, s = CASES[case](rng)
+    shared = score_groups(y, s)
+    names = [n for n, m in METRICS.items() if m.from_scores]
+    for name in names:
+        METRICS[name].compute(shared), METRICS[name].influence(shared)
+    for name in names:
+        m = METRICS[name]
+        assert m.compute(shared) == m.compute(score_groups(y, s)), name
+        for a, b in zip(m.influence(shared), m.influence(score_groups(y, s)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    shared.release()  # the arrays go, the values stay
+    assert not any(isinstance(v, np.ndarray | tuple) for v in shared._shared.values()) and shared._shared
+    for name in names:
+        m = METRICS[name]
+        assert m.compute(shared) == m.compute(score_groups(y, s)), name
+        for a, b in zip(m.influence(shared), m.influence(score_groups(y, s)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    batch = score_groups(y, s, rng.poisson(1.0, size=(3, len(y))).astype(float))
+    for name in names:
+        METRICS[name].compute(batch)
+    assert batch._shared == {}

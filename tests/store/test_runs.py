@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from workbench import WorkbenchError
-from workbench.ingest.traffic import ingest
+from workbench.ingest.traffic import ingest, ingest_labels
 from workbench.store import RunCounts, RunState, Store
 
 ROWS = 100
@@ -139,3 +139,25 @@ def test_run_on_unknown_traffic_is_refused_and_not_created(store):
 def test_counts_of_an_unknown_run_are_an_error(store):
     with pytest.raises(WorkbenchError, match="unknown run 'nope'"):
         store.run_counts("nope")
+
+
+@pytest.mark.parametrize("in_order", [True, False], ids=["rows_in_order", "rows_out_of_order"])
+def test_evaluation_rows_carry_each_requests_label_segment_and_window(store, tmp_path, in_order):
+    """Labels and traffic columns are looked up by the request's row, whatever order the rows come in."""
+    open_run(store)
+    for b, (first, last) in enumerate([(0, 49), (50, 99)] if in_order else [(50, 99), (0, 49)]):
+        commit(store, "r", b, first, last, failed={"candidate": {3, 77}})
+    labelled = np.arange(ROWS) if in_order else np.random.default_rng(0).permutation(ROWS)[:60]
+    labels = pd.DataFrame({"request_id": [f"r{i:03d}" for i in labelled], "label": labelled % 2})
+    labels.to_parquet(tmp_path / "l.parquet")
+    ingest_labels(store, tmp_path / "l.parquet", "t", time_col=None)
+    got = store.evaluation_rows("r", segment="x", window="hour").to_pandas()
+    assert len(got) == ROWS
+    row = np.rint((got["segment"].astype(float) + 3) / 6 * (ROWS - 1)).astype(int)  # x = linspace(-3, 3)
+    assert sorted(row) == list(range(ROWS))
+    expected = pd.Series(row % 2, dtype=float).where(row.isin(labelled))
+    pd.testing.assert_series_equal(got["label"].astype(float), expected, check_names=False)
+    start = pd.Timestamp("2024-01-01") + pd.to_timedelta(row // 60 * 60, unit="min")
+    assert (pd.to_datetime(got["window_start"]).dt.tz_localize(None) == start).all()
+    assert set(row[got["candidate_score"].isna()]) == set(row[got["candidate_failed"]]) == {3, 77}
+    assert store.counts_of(store.prediction_rows(store.require_run("r"))) == store.prediction_counts("r")

@@ -23,6 +23,7 @@ result types live in :mod:`workbench.evaluate.results`. Methods (docs/concepts/e
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +34,14 @@ import pyarrow.compute as pc
 from workbench import WorkbenchError
 from workbench.evaluate import stats
 from workbench.evaluate.latency import error_rates, latency_summary
-from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, confusion, grouping
+from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, grouping
 from workbench.evaluate.resources import compare_resources
 from workbench.evaluate.results import (
     Comparison,
     DeltaEstimate,
     Estimate,
     EvaluationResult,
+    LatencyResult,
     Options,
     Slice,
 )
@@ -69,19 +71,6 @@ class _Sample:
         self.grouping, self.conf = grouping, conf
         self.groups = grouping.weigh()
 
-    @classmethod
-    def of(cls, y: np.ndarray, score: np.ndarray, threshold: float) -> _Sample:
-        return cls(grouping(y, score), confusion(y, score >= threshold))
-
-    def sorted_influence(self, influence: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Each row's influence, rows in score order, from the per-group influence of a positive and of
-        a negative row."""
-        gr = self.grouping
-        sizes = np.diff(np.append(gr.starts, gr.rows))
-        out = np.repeat(influence[1], sizes)
-        np.copyto(out, np.repeat(influence[0], sizes), where=gr.y_sorted.view(bool))
-        return out
-
 
 def _few_scores(s: _Sample) -> bool:
     """Whether the sample's scores have many ties (at least 4 rows per distinct score on average)."""
@@ -89,11 +78,11 @@ def _few_scores(s: _Sample) -> bool:
 
 
 def _influence_distribution(
-    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, in_score_order: np.ndarray | None
+    s: _Sample, influence: tuple[np.ndarray, np.ndarray] | None, sorted_rows: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows' influences as sorted values and counts: per (score group, label) from ``influence``
-    when the scores have many ties, else one per row (``in_score_order``: the rows' influences in
-    score order, sorted here in place; computed from ``influence`` when not given)."""
+    when the scores have many ties, else one per row (``sorted_rows``: the rows' influences, sorted;
+    computed from ``influence`` when not given)."""
     if _few_scores(s):
         if influence is None:
             raise ValueError("the per-group influence is needed when the scores have many ties")
@@ -101,13 +90,17 @@ def _influence_distribution(
         values = np.concatenate(influence)
         order = np.argsort(values, kind="stable")
         return values[order], np.concatenate([g.pos, g.neg])[order]
-    if in_score_order is None:
+    if sorted_rows is None:
         if influence is None:
-            raise ValueError("give the per-group influence or the rows' influences in score order")
-        in_score_order = s.sorted_influence(influence)
-    rows = in_score_order
-    rows.sort()
-    return rows, None
+            raise ValueError("give the per-group influence or the rows' influences")
+        sorted_rows = s.grouping.per_row(influence)
+        sorted_rows.sort()
+    return sorted_rows, None
+
+
+def _sorted(a: np.ndarray) -> np.ndarray:
+    a.sort()
+    return a
 
 
 def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict[str, bool]) -> dict:
@@ -120,12 +113,20 @@ def _paired_values(values: dict, paired: dict[str, _Sample], own_is_paired: dict
     }
 
 
-def _alignment(base: _Sample, other: _Sample) -> np.ndarray:
-    """Positions in ``other``'s score order of the rows of ``base``'s score order (same rows)."""
-    n = other.grouping.rows
-    position = np.empty(n, dtype=np.int64 if n >= 2**31 else np.int32)
-    position[other.grouping.order] = np.arange(n, dtype=position.dtype)
-    return position[base.grouping.order]
+def _paired_keys(paired: dict[str, _Sample]) -> dict[str, np.ndarray | None]:
+    """Per model, each paired row's (group, label) key (:attr:`Grouping.key`), rows in the score order of
+    the model with more groups (None for that model: its own order): per-row values of both models then
+    come from one pass in that order, the other model's (smaller) table looked up at random."""
+    lead = max(ROLES, key=lambda r: len(paired[r].grouping.score))
+    first = paired[lead].grouping
+    keys: dict[str, np.ndarray | None] = {lead: None}
+    for r in ROLES:
+        if r != lead:
+            g = paired[r].grouping
+            by_row = np.empty(g.rows, dtype=g.key.dtype)
+            by_row[g.order] = g.key
+            keys[r] = by_row[first.order]
+    return keys
 
 
 def _model_estimate(m: Metric, value: Any, conf: Confusion, reps: np.ndarray | None, opts: Options) -> Estimate:
@@ -158,12 +159,24 @@ def _delta_estimate(
 
 
 def _cell_confusions(cells: np.ndarray) -> tuple[Confusion, Confusion]:
-    """Baseline and candidate confusion from paired cells indexed label*4 + baseline*2 + candidate."""
-    c = cells.T
+    """Baseline and candidate confusion from paired cells indexed label*4 + baseline*2 + candidate (counts,
+    or one row of replicates per bootstrap draw)."""
+    c = cells.T.tolist() if cells.ndim == 1 else cells.T
     return (
         Confusion(tp=c[6] + c[7], fp=c[2] + c[3], tn=c[0] + c[1], fn=c[4] + c[5]),
         Confusion(tp=c[5] + c[7], fp=c[1] + c[3], tn=c[0] + c[2], fn=c[4] + c[6]),
     )
+
+
+def _cells(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float], ok: dict) -> np.ndarray:
+    """Rows counted by [candidate scored, baseline scored, label*4 + baseline class*2 + candidate class], in
+    one pass: each model's confusion on its own rows, and both on the paired rows, come from these."""
+    code = y.astype(np.uint8) * 4
+    code += (scores["baseline"] >= thresholds["baseline"]).view(np.uint8) * 2
+    code += (scores["candidate"] >= thresholds["candidate"]).view(np.uint8)
+    code += ok["baseline"].view(np.uint8) * 8
+    code += ok["candidate"].view(np.uint8) * 16
+    return np.bincount(code, minlength=32).reshape(2, 2, 8)
 
 
 def _influence(m: Metric, groups: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -197,19 +210,31 @@ def compare(
         y, scores = y[order], {r: s[order] for r, s in scores.items()}
     ok = {r: np.isfinite(scores[r]) for r in ROLES}
     both = ok["baseline"] & ok["candidate"]
-    rows = {r: int(ok[r].sum()) for r in ROLES} | {"paired": int(both.sum())}
-    own = {r: _Sample.of(_take(y, ok[r]), _take(scores[r], ok[r]), thresholds[r]) for r in ROLES}
-    own_conf = {r: own[r].conf for r in ROLES}
+    cells = _cells(y, scores, thresholds, ok)
+    counts = cells[1, 1]  # the paired rows' cells
+    own_conf = {
+        "baseline": _cell_confusions(cells[:, 1].sum(axis=0))[0],
+        "candidate": _cell_confusions(cells[1, :].sum(axis=0))[1],
+    }
+    paired_conf = dict(zip(ROLES, _cell_confusions(counts), strict=True))
+    rows = {r: int(own_conf[r].n) for r in ROLES} | {"paired": int(counts.sum())}
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both models' rows sorted at once
+        sorting = pool.submit(grouping, _take(y, ok["candidate"]), _take(scores["candidate"], ok["candidate"]))
+        base = grouping(_take(y, ok["baseline"]), _take(scores["baseline"], ok["baseline"]))
+        own = {
+            "baseline": _Sample(base, own_conf["baseline"]),
+            "candidate": _Sample(sorting.result(), own_conf["candidate"]),
+        }
+    del base, sorting  # a restricted sample replaces its model's own below
     # a model whose own rows are the paired rows (the other model never failed where it did not) reuses
     # its sample; otherwise its paired sample keeps its score order, restricted to the shared rows
-    own_is_paired = {r: bool((ok[r] == both).all()) for r in ROLES}
-    paired_conf = {
-        r: own_conf[r] if own_is_paired[r] else confusion(y[both], (scores[r] >= thresholds[r])[both]) for r in ROLES
-    }
+    own_is_paired = {r: rows[r] == rows["paired"] for r in ROLES}
     score_names = [n for n, m in METRICS.items() if m.from_scores]
     values = {
         r: {n: m.compute(own[r].groups if m.from_scores else own_conf[r]) for n, m in METRICS.items()} for r in ROLES
     }
+    for r in ROLES:  # the influences below come one metric at a time: so do the arrays they share
+        own[r].groups.release()
     reps: dict[str, dict[str, np.ndarray]] = {r: {} for r in (*ROLES, "delta")}
 
     # confusion metrics: exact Poisson bootstrap of the contingency cells
@@ -217,11 +242,6 @@ def compare(
         c = own_conf[r]
         cells = stats.poisson_cells(np.array([c.tp, c.fp, c.tn, c.fn]), opts.n_boot, rng)
         reps[r]["f1"] = METRICS["f1"].compute(Confusion(*cells.T))
-    cell = y.astype(np.uint8) * 4
-    cell += (scores["baseline"] >= thresholds["baseline"]).view(np.uint8) * 2
-    cell += (scores["candidate"] >= thresholds["candidate"]).view(np.uint8)
-    counts = np.bincount(_take(cell, both), minlength=8)
-    del cell
     cb, cc = _cell_confusions(stats.poisson_cells(counts, opts.n_boot, rng))
     for n, m in METRICS.items():
         if not m.from_scores:
@@ -262,33 +282,41 @@ def compare(
         paired = own
         pvalues = _paired_values(values, paired, own_is_paired)
         paired_defined = [n for n in score_names if all(pvalues[r][n] is not None for r in ROLES)]
-        align = _alignment(paired["baseline"], paired["candidate"]) if paired_defined else None
-        for n in score_names:  # one metric at a time: a few row-length arrays in memory
-            m = METRICS[n]
-            psi: dict[str, np.ndarray] = {}
-            infl: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            if n in paired_defined:
+        keys = _paired_keys(paired) if paired_defined else {}
+        with ThreadPoolExecutor(max_workers=1) as pool:  # sorts a model's influences while the delta's are sorted
+            for n in score_names:  # one metric at a time: a few row-length arrays in memory
+                m = METRICS[n]
+                psi: dict[str, Future] = {}
+                infl: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+                if n in paired_defined:
+                    rows_psi = {}
+                    for r in ROLES:
+                        influence = _influence(m, paired[r].groups)
+                        rows_psi[r] = paired[r].grouping.per_row(influence, keys[r])  # both in one row order
+                        if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
+                            infl[r] = influence
+                        del influence
+                        paired[r].groups.release()
+                    d = rows_psi["candidate"] - rows_psi["baseline"]
+                    psi = {
+                        r: pool.submit(_sorted, x) for r, x in rows_psi.items() if own_is_paired[r] and r not in infl
+                    }
+                    del rows_psi
+                    d.sort()
+                    reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + stats.linear_bootstrap(
+                        d, opts.n_boot, rng
+                    )
+                    del d
                 for r in ROLES:
-                    influence = _influence(m, paired[r].groups)
-                    psi[r] = paired[r].sorted_influence(influence)
-                    if _few_scores(paired[r]):  # the per-group values serve the model's own replicates
-                        infl[r] = influence
-                    del influence
-                d = psi["candidate"][align]
-                d -= psi["baseline"]
-                d.sort()
-                reps["delta"][n] = (pvalues["candidate"][n] - pvalues["baseline"][n]) + stats.linear_bootstrap(
-                    d, opts.n_boot, rng
-                )
-                del d
-            for r in ROLES:
-                if own_is_paired[r] and values[r][n] is not None:
-                    known, per_group = psi.pop(r, None), infl.get(r)
-                    if per_group is None and known is None:
-                        per_group = _influence(m, paired[r].groups)
-                    sorted_psi, weights = _influence_distribution(paired[r], per_group, known)
-                    reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
-            del psi, infl
+                    if own_is_paired[r] and values[r][n] is not None:
+                        known, per_group = psi.pop(r, None), infl.get(r)
+                        if per_group is None and known is None:
+                            per_group = _influence(m, paired[r].groups)
+                        sorted_psi, weights = _influence_distribution(
+                            paired[r], per_group, None if known is None else known.result()
+                        )
+                        reps[r][n] = values[r][n] + stats.linear_bootstrap(sorted_psi, opts.n_boot, rng, weights)
+                del psi, infl
 
     undefined: dict[str, str | None] = {}
     out: dict[str, dict] = {r: {} for r in (*ROLES, "delta")}
@@ -345,7 +373,7 @@ def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[st
         values = values.combine_chunks()
     enc = pc.fill_null(values.cast(pa.string()), NULL_VALUE).dictionary_encode()
     names = enc.dictionary.to_pylist()
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
     freq = np.bincount(codes, minlength=len(names))
     if top_k is None:
         rank = sorted(range(len(names)), key=lambda i: names[i])
@@ -353,7 +381,7 @@ def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[st
     else:
         rank = sorted(range(len(names)), key=lambda i: (-freq[i], names[i]))
         keep, other = rank[:top_k], rank[top_k:]
-    slot = np.empty(len(names), dtype=np.int64)
+    slot = np.empty(len(names), dtype=np.int16 if len(keep) < 2**15 else np.int64)  # int16: a radix sort below
     slot[keep] = np.arange(len(keep))
     slot[other] = len(keep)
     labels = [names[i] for i in keep] + ([OTHER] if other else [])
@@ -372,14 +400,19 @@ def _slices(
 ) -> tuple[dict[str, Slice], dict[str, str]]:
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(len(labels) + 1))
-    out, undefined = {}, {}
-    for j, name in enumerate(labels):
+
+    def one(j: int) -> Comparison:
         idx = order[bounds[j] : bounds[j + 1]]
-        comp = compare(
-            y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{name}", row_weights
+        return compare(
+            y[idx], {r: s[idx] for r, s in scores.items()}, thresholds, opts, f"{prefix}.{labels[j]}", row_weights
         )
-        out[name] = Slice(len(idx), len(idx) < opts.small_rows, comp)
-        undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
+
+    out, undefined = {}, {}
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each slice seeds its own generator: two at a time
+        for j, comp in enumerate(pool.map(one, range(len(labels)))):
+            name, rows = labels[j], int(bounds[j + 1] - bounds[j])
+            out[name] = Slice(rows, rows < opts.small_rows, comp)
+            undefined.update({f"{prefix}.{name}.{k}": v for k, v in comp.undefined.items()})
     return out, undefined
 
 
@@ -437,12 +470,12 @@ def _result(
     run_id: str,
     quality: Quality,
     thresholds: dict,
-    latency: dict[str, np.ndarray],
+    latency: tuple[LatencyResult, dict],
     error_counts: dict[str, dict],
     rows_done: int,
     opts: Options,
 ) -> EvaluationResult:
-    lat, undefined = latency_summary(latency, opts)
+    lat, undefined = latency
     errors = error_rates(error_counts, opts)
     undefined |= {f"errors.{r}": "no rows replayed" for r, e in errors.items() if e.rate is None}
     n = quality.labeled_rows
@@ -474,9 +507,12 @@ def evaluate_samples(
     window: tuple[str, pa.Array] | None = None,
 ) -> EvaluationResult:
     """The whole evaluation on arrays (see :func:`evaluate_quality`), with latency samples per model
-    (sorted in place) and error counts ``{role: {"rows", "errors"}}``."""
-    quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
-    return _result(run_id, quality, thresholds, latency, error_counts, rows_done, opts)
+    (sorted in place) and error counts ``{role: {"rows", "errors"}}``. The latency (its own random
+    generator) is summarised on a second thread while the quality is computed."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        lat = pool.submit(latency_summary, latency, opts)
+        quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
+        return _result(run_id, quality, thresholds, lat.result(), error_counts, rows_done, opts)
 
 
 def evaluate_run(
@@ -513,16 +549,23 @@ def evaluate_run(
     if window is not None and window not in WINDOWS:
         raise WorkbenchError(f"unknown window {window!r}: use one of {', '.join(WINDOWS)}")
     run = store.require_run(run_id)
-    coverage = _coverage(store, run)
-    if not coverage["complete"] and not partial:
+    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+    if run["status"] != "finished" and not partial:
         raise WorkbenchError(
-            f"run {run_id} is {run['status']} with {coverage['rows_done']:,} of {coverage['rows_total']:,} rows "
+            f"run {run_id} is {run['status']} with {rows_done:,} of {rows_total:,} rows "
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
-    table = store.evaluation_rows(run_id, segment=segment, window=window)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the labels' state is read while the predictions are, and before the labels: an evaluation never
+        # records a state of the labels newer than the labels it used
+        labels_now = pool.submit(store.labels_state, run["traffic"], run_task(run))
+        table = store.prediction_rows(run, segment=segment, window=window)
+        coverage = _coverage(run, labels_now.result())
+    table = store.with_labels(run, table)
+    counts = store.counts_of(table)
     latency = {r: _latencies(table.column(f"{r}_latency_ms")) for r in ROLES}
-    table = _labelled(table.drop_columns([f"{r}_latency_ms" for r in ROLES]))
+    table = _labelled(table.drop_columns([f"{r}_{c}" for r in ROLES for c in ("latency_ms", "failed")]))
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
     params: dict[str, Any] = {
@@ -544,12 +587,10 @@ def evaluate_run(
         preds = {r: table.column(f"{r}_class").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
         probs = {r: probability_matrix(table.column(f"{r}_proba"), len(classes)) for r in ROLES}
         del table
-        rows_done = int(run["rows_done"] or 0)
-        counts = store.prediction_counts(run_id)
         mc = evaluate_multiclass_samples(
             run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
         )
-        mc = replace(mc, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+        mc = replace(mc, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
         store.save_evaluation(run_id, params | {"task": MULTICLASS, "partial": partial}, mc.to_dict())
         return mc
     if run_task(run) == REGRESSION:
@@ -563,8 +604,6 @@ def evaluate_run(
             {r: probability_matrix(table.column(f"{r}_quantiles"), len(levels)) for r in ROLES} if levels else None
         )
         del table
-        rows_done = int(run["rows_done"] or 0)
-        counts = store.prediction_counts(run_id)
         reg = evaluate_regression_samples(
             run_id,
             y,
@@ -579,7 +618,7 @@ def evaluate_run(
             quantiles,
             run["meta"].get("quantiles_skipped"),
         )
-        reg = replace(reg, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+        reg = replace(reg, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
         store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
         return reg
     thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
@@ -588,23 +627,21 @@ def evaluate_run(
         r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
     }
     del table
-    quality = evaluate_quality(run_id, y, scores, thr, opts, seg, win)
+    result = evaluate_samples(run_id, y, scores, thr, latency, counts, rows_done, opts, seg, win)
     del y, scores, seg, win
-    result = _result(run_id, quality, thr, latency, store.prediction_counts(run_id), int(run["rows_done"] or 0), opts)
-    result = replace(result, coverage=coverage, resources=compare_resources(store.run_resources(run_id), prices))
+    result = replace(result, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
     params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
     store.save_evaluation(run_id, params, result.to_dict())
     return result
 
 
-def _coverage(store: Store, run: dict) -> dict[str, Any]:
-    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+def _coverage(run: dict, labels: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": run["status"],
-        "rows_done": rows_done,
-        "rows_total": rows_total,
+        "rows_done": int(run["rows_done"] or 0),
+        "rows_total": int(run["rows_total"] or 0),
         "complete": run["status"] == "finished",
-        "labels": store.labels_state(run["traffic"], run_task(run)),
+        "labels": labels,
     }
 
 

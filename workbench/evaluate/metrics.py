@@ -19,7 +19,8 @@ multi-class metrics (built on these per class, one class against the rest) live 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property, wraps
 from typing import Any
 
 import numpy as np
@@ -106,20 +107,68 @@ class ScoreGroups:
     """Label weights per distinct score, scores ascending: the sufficient statistic of the score metrics.
 
     ``pos[..., g]``/``neg[..., g]`` are the weights of positive/negative labels whose score is
-    ``score[g]``; leading axes hold several weightings (bootstrap replicates) at once.
+    ``score[g]``; leading axes hold several weightings (bootstrap replicates) at once. For one weighting,
+    the sums and losses the metrics and their influence functions share are computed once per object (its
+    arrays are never changed in place); for a batch of weightings they are computed at each use, so that
+    memory stays bounded.
     """
 
     score: np.ndarray
     pos: np.ndarray
     neg: np.ndarray
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def release(self) -> None:
+        """Drop the shared arrays (the metric values stay): a caller that asks for one metric's influence at a
+        time keeps only that metric's arrays in memory."""
+        for name in [k for k, v in self._shared.items() if isinstance(v, np.ndarray | tuple)]:
+            del self._shared[name]
+
+    def _once(self, name: str, compute: Callable[[], Any]) -> Any:
+        if np.ndim(self.pos) > 1:
+            return compute()
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
 
     @property
     def total_pos(self) -> np.ndarray:
-        return self.pos.sum(axis=-1)
+        return self._once("total_pos", lambda: self.pos.sum(axis=-1))
 
     @property
     def total_neg(self) -> np.ndarray:
-        return self.neg.sum(axis=-1)
+        return self._once("total_neg", lambda: self.neg.sum(axis=-1))
+
+    @property
+    def cum_pos(self) -> np.ndarray:
+        """Weight of positive labels at or below each group's score."""
+        return self._once("cum_pos", lambda: np.cumsum(self.pos, axis=-1))
+
+    @property
+    def cum_neg(self) -> np.ndarray:
+        """Weight of negative labels at or below each group's score."""
+        return self._once("cum_neg", lambda: np.cumsum(self.neg, axis=-1))
+
+    @property
+    def tp_above(self) -> np.ndarray:
+        """Weight of positive labels at or above each group's score."""
+        return self._once("tp_above", lambda: _suffix_sum(self.pos, self.cum_pos if self._counts else None))
+
+    @property
+    def seen_above(self) -> np.ndarray:
+        """Weight of all labels at or above each group's score."""
+        cumulative = self.cum_pos + self.cum_neg if self._counts else None  # integers: the same sums
+        return self._once("seen_above", lambda: _suffix_sum(self.pos + self.neg, cumulative))
+
+    @property
+    def _counts(self) -> bool:
+        """Whether the weights are counts (integers, one weighting): their sums are exact in any order."""
+        return np.ndim(self.pos) == 1 and np.issubdtype(np.asarray(self.pos).dtype, np.integer)
+
+    @property
+    def losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-entropy of a positive and of a negative label per score (:func:`_losses`)."""
+        return self._once("losses", lambda: _losses(self.score))
 
 
 @dataclass(frozen=True)
@@ -135,6 +184,28 @@ class Grouping:
     def rows(self) -> int:
         return len(self.order)
 
+    @cached_property
+    def group_of(self) -> np.ndarray:
+        """The group of each row, rows in score order."""
+        sizes = np.diff(np.append(self.starts, self.rows))
+        return np.repeat(np.arange(len(self.score), dtype=self.starts.dtype), sizes)
+
+    @cached_property
+    def key(self) -> np.ndarray:
+        """Each row's (group, label) as ``group + label x groups``, rows in score order: the index of the
+        row's value in a per-group table of negatives then positives (:meth:`per_row`)."""
+        groups = len(self.score)
+        dtype = np.int64 if 2 * groups >= 2**31 else np.int32
+        key = self.group_of.astype(dtype)
+        return np.add(key, self.y_sorted * dtype(groups), out=key)
+
+    def per_row(self, per_group: tuple[np.ndarray, np.ndarray], key: np.ndarray | None = None) -> np.ndarray:
+        """Each row's value from per-group values for a positive and a negative row: rows in score order, or
+        in the order of ``key`` (the rows' :attr:`key` in another order)."""
+        if key is None and len(self.score) == self.rows:  # one row per group
+            return np.where(self.y_sorted.view(bool), per_group[0], per_group[1])
+        return np.concatenate((per_group[1], per_group[0]))[self.key if key is None else key]
+
     def weigh(self, weights: np.ndarray | None = None) -> ScoreGroups:
         """Group sums of the labels: counts (int32) without ``weights``, else float64 sums under
         ``weights`` of shape ``(rows,)`` or ``(replicates, rows)`` (float32 weights, as the bootstrap
@@ -143,6 +214,9 @@ class Grouping:
             shape = (0,) if weights is None else (*np.shape(weights)[:-1], 0)
             return ScoreGroups(self.score, np.zeros(shape), np.zeros(shape))
         if weights is None:
+            if len(self.score) == self.rows:  # one row per group
+                pos = self.y_sorted.astype(np.int32)
+                return ScoreGroups(self.score, pos, 1 - pos)
             pos = np.add.reduceat(self.y_sorted, self.starts, dtype=np.int32)
             count = np.diff(np.append(self.starts, self.rows)).astype(np.int32)
             return ScoreGroups(self.score, pos, count - pos)
@@ -156,7 +230,7 @@ class Grouping:
     def restrict(self, keep: np.ndarray) -> Grouping:
         """The grouping of the rows where ``keep`` (a mask in row order) is true, without sorting again."""
         kept = keep[self.order]
-        group = np.repeat(np.arange(len(self.score)), np.diff(np.append(self.starts, self.rows)))[kept]
+        group = self.group_of[kept]
         starts = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1]))) if len(group) else group
         order = (np.cumsum(keep) - 1)[self.order[kept]]
         return Grouping(self.score[group[starts]], _index(order), _index(starts), self.y_sorted[kept])
@@ -186,46 +260,85 @@ def score_groups(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = 
     return grouping(y, score).weigh(weights)
 
 
-def _suffix_sum(x: np.ndarray) -> np.ndarray:
-    """Sum over groups with a score at least as high (groups are in ascending score order); exact for
-    the integer-valued weights used here."""
-    out = np.cumsum(x, axis=-1)
-    np.subtract(x.sum(axis=-1, keepdims=True), out, out=out)
+def _suffix_sum(x: np.ndarray, cumulative: np.ndarray | None = None) -> np.ndarray:
+    """Sum over groups with a score at least as high (groups are in ascending score order), from the
+    cumulative sums of ``x`` when known; exact for the integer-valued weights used here."""
+    total = x.sum(axis=-1, keepdims=True)
+    if cumulative is None:
+        out = np.cumsum(x, axis=-1)
+        np.subtract(total, out, out=out)
+    else:
+        out = np.subtract(total, cumulative)
     out += x
     return out
 
 
+def _once_per_weighting(metric: Callable[[ScoreGroups], Any]) -> Callable[[ScoreGroups], Any]:
+    """``metric`` computed once per :class:`ScoreGroups` of one weighting (its influence function asks again)."""
+
+    @wraps(metric)
+    def once(g: ScoreGroups) -> Any:
+        return g._once(metric.__name__, lambda: metric(g))
+
+    return once
+
+
+@_once_per_weighting
 def roc_auc(g: ScoreGroups) -> Any:
     """Area under the ROC curve: the weighted Mann-Whitney statistic, ties counting one half."""
-    below = np.cumsum(g.neg, axis=-1) - g.neg
-    num = (g.pos * (below + 0.5 * g.neg)).sum(axis=-1)
-    return _finish(_div(num, g.total_pos * g.total_neg))
+    terms = 0.5 * g.neg
+    terms += g.cum_neg - g.neg  # the weight below each group, plus half its own ties
+    terms *= g.pos
+    return _finish(_div(terms.sum(axis=-1), g.total_pos * g.total_neg))
 
 
+def _precision(g: ScoreGroups) -> np.ndarray:
+    """Precision at each group's score as threshold (0 where nothing scores that high)."""
+    tp, seen = g.tp_above, g.seen_above
+    if seen.shape[-1] == 0 or np.all(seen[..., -1] > 0):  # suffix sums of weights never grow: none is 0
+        return tp / seen
+    return np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
+
+
+@_once_per_weighting
 def pr_auc(g: ScoreGroups) -> Any:
     """Average precision, as sklearn's ``average_precision_score``: sum of precision x recall step."""
-    tp = _suffix_sum(g.pos)
-    seen = _suffix_sum(g.pos + g.neg)
-    prec = np.where(seen > 0, tp / np.where(seen > 0, seen, 1.0), 0.0)
-    return _finish(_div((g.pos * prec).sum(axis=-1), g.total_pos))
+    terms = _precision(g)
+    terms *= g.pos
+    return _finish(_div(terms.sum(axis=-1), g.total_pos))
 
 
 def _losses(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cross-entropy of a positive and of a negative label per score, clipped as sklearn does."""
     p = np.clip(score, _EPS, 1 - _EPS)
-    return -np.log(p), -np.log1p(-p)
+    l1 = np.log(p)
+    np.negative(l1, out=l1)
+    np.negative(p, out=p)
+    np.log1p(p, out=p)
+    return l1, np.negative(p, out=p)
 
 
+@_once_per_weighting
 def log_loss(g: ScoreGroups) -> Any:
     """Mean binary cross-entropy, scores clipped to [eps, 1 - eps]."""
-    l1, l0 = _losses(g.score)
-    return _finish(_div((g.pos * l1 + g.neg * l0).sum(axis=-1), g.total_pos + g.total_neg))
+    l1, l0 = g.losses
+    terms = g.pos * l1
+    terms += g.neg * l0
+    return _finish(_div(terms.sum(axis=-1), g.total_pos + g.total_neg))
 
 
+def _squares(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
+    """Squared error of a positive and of a negative label per score."""
+    return g._once("squares", lambda: ((1 - g.score) ** 2, g.score**2))
+
+
+@_once_per_weighting
 def brier(g: ScoreGroups) -> Any:
     """Mean squared difference between score and label."""
-    s = g.score
-    return _finish(_div((g.pos * (1 - s) ** 2 + g.neg * s**2).sum(axis=-1), g.total_pos + g.total_neg))
+    e1, e0 = _squares(g)
+    terms = g.pos * e1
+    terms += g.neg * e0
+    return _finish(_div(terms.sum(axis=-1), g.total_pos + g.total_neg))
 
 
 def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +347,10 @@ def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     Bins are 10 equal-width bins closed on the right, as sklearn's ``calibration_curve(strategy="uniform")``;
     groups are sorted by score, so each bin is a contiguous run of groups.
     """
+    return g._once("ece_gaps", lambda: _ece_bins(g))
+
+
+def _ece_bins(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     inner = np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1]
     ends = np.searchsorted(g.score, inner, side="right")
     first = np.unique(np.concatenate(([0], ends)))
@@ -243,6 +360,7 @@ def _ece_gaps(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     return np.add.reduceat(residual, first, axis=-1), position
 
 
+@_once_per_weighting
 def ece(g: ScoreGroups) -> Any:
     """Expected calibration error: sum over 10 equal-width bins of (bin share) x |mean label - mean score|."""
     n = g.total_pos + g.total_neg
@@ -258,22 +376,28 @@ def roc_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     """DeLong's placements: (V10 - auc) / P for positives, (V01 - auc) / N for negatives."""
     p, n = g.total_pos, g.total_neg
     auc = roc_auc(g)
-    v10 = (np.cumsum(g.neg) - 0.5 * g.neg) / n
-    v01 = (p - np.cumsum(g.pos) + 0.5 * g.pos) / p
-    return (v10 - auc) / p, (v01 - auc) / n
+    v10 = 0.5 * g.neg
+    np.subtract(g.cum_neg, v10, out=v10)
+    v10 /= n
+    v10 -= auc
+    v10 /= p
+    v01 = 0.5 * g.pos
+    np.add(p - g.cum_pos, v01, out=v01)
+    v01 /= p
+    v01 -= auc
+    v01 /= n
+    return v10, v01
 
 
 def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     """Derivative of average precision: a row moves the precision of every threshold at or below it."""
     p, ap = g.total_pos, pr_auc(g)
-    tp, seen = _suffix_sum(g.pos), _suffix_sum(g.pos + g.neg)
+    tp, seen = g.tp_above, g.seen_above
     r2 = g.pos * tp / seen
     r2 /= seen
     np.cumsum(r2, out=r2)
     pos = tp / seen
-    del tp
     ratio = g.pos / seen
-    del seen
     pos += np.cumsum(ratio, out=ratio)
     pos -= r2
     pos -= ap
@@ -284,13 +408,14 @@ def pr_auc_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
 
 def log_loss_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     n, value = g.total_pos + g.total_neg, log_loss(g)
-    l1, l0 = _losses(g.score)
+    l1, l0 = g.losses
     return (l1 - value) / n, (l0 - value) / n
 
 
 def brier_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:
     n, value = g.total_pos + g.total_neg, brier(g)
-    return ((1 - g.score) ** 2 - value) / n, (g.score**2 - value) / n
+    e1, e0 = _squares(g)
+    return (e1 - value) / n, (e0 - value) / n
 
 
 def ece_influence(g: ScoreGroups) -> tuple[np.ndarray, np.ndarray]:

@@ -210,9 +210,12 @@ def linear_bootstrap(
     small = rows < 10
     poisson = rng.poisson(rows[small], size=(n_boot, int(small.sum()))) - rows[small]
     z = rng.standard_normal((n_boot, int((~small).sum())))
-    out = np.einsum("ij,j->i", poisson, means[small]) + np.einsum(
-        "ij,j->i", z * np.sqrt(rows[~small]) + (z * z - 1) / 6, means[~small]
-    )
+    skew = z * z  # the Cornish-Fisher terms sqrt(r) z + (z^2 - 1) / 6, in place
+    skew -= 1
+    skew /= 6
+    z *= np.sqrt(rows[~small])
+    z += skew
+    out = np.einsum("ij,j->i", poisson, means[small]) + np.einsum("ij,j->i", z, means[~small])
     return out + math.sqrt(within) * rng.standard_normal(n_boot)
 
 

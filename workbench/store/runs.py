@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
@@ -259,7 +260,12 @@ class RunStore(TrafficStore):
 
     def run_resources(self, run_id: str) -> dict | None:
         """The resources a run's replay measured (:meth:`save_run_resources`), or None."""
-        return self.require_run(run_id)["meta"].get("resources")
+        return self.recorded_resources(self.require_run(run_id))
+
+    @staticmethod
+    def recorded_resources(run: dict[str, Any]) -> dict | None:
+        """:meth:`run_resources` from the run's record (:meth:`get_run`) when the caller has it."""
+        return run["meta"].get("resources")
 
     def finish_run(self, run_id: str) -> RunCounts:
         """Mark a run finished; returns its counts."""
@@ -293,32 +299,53 @@ class RunStore(TrafficStore):
         )
         return int(row[0]), int(row[1]), int(row[2])
 
-    def evaluation_rows(self, run_id: str, *, segment: str | None = None, window: str | None = None) -> pa.Table:
-        """Every replayed request of a run, in one scan and in no particular order: ``label`` (null where the
-        request has none), per model ``*_score`` and ``*_latency_ms`` (null where that model failed), plus
-        ``segment`` (the traffic column ``segment`` as text) and ``window_start`` (the event time truncated to
-        ``window``) on request. The labels are the run's task's (:func:`~workbench.store.base.label_source`):
-        numbers for a regression run, class names for a multi-class run, which also has per model ``*_class``
-        (the index of the predicted class in ``meta.classes``) and ``*_proba`` (the class probabilities), null
-        where the model failed; a regression run with quantiles has per model ``*_quantiles`` (at the levels of
-        ``meta.quantiles``), null where the model failed."""
-        run = self.require_run(run_id)
-        task = run_task(run)
+    @staticmethod
+    def counts_of(rows: pa.Table) -> dict[str, dict[str, int]]:
+        """:meth:`prediction_counts` of the rows :meth:`prediction_rows` read (their ``*_failed``), without
+        another scan."""
+        n = rows.num_rows
+        if not n:
+            return {}
+        return {r: {"rows": n, "errors": int(pc.sum(rows.column(f"{r}_failed")).as_py() or 0)} for r in ROLES}
+
+    def evaluation_rows(
+        self, run: str | dict[str, Any], *, segment: str | None = None, window: str | None = None
+    ) -> pa.Table:
+        """Every replayed request of a run (its id, or its record from :meth:`require_run`), in one scan and in no
+        particular order: ``label`` (null where the request has none), per model ``*_score`` and
+        ``*_latency_ms`` (null where that model failed) and ``*_failed``, plus ``segment`` (the traffic column
+        ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request. The
+        labels are the run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run,
+        class names for a multi-class run, which also has per model ``*_class`` (the index of the predicted
+        class in ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed; a
+        regression run with quantiles has per model ``*_quantiles`` (at the levels of ``meta.quantiles``), null
+        where the model failed. :meth:`prediction_rows` then :meth:`with_labels`, for a caller with work to do
+        between the two."""
+        run = self.require_run(run) if isinstance(run, str) else run
+        return self.with_labels(run, self.prediction_rows(run, segment=segment, window=window))
+
+    def prediction_rows(
+        self, run: dict[str, Any], *, segment: str | None = None, window: str | None = None
+    ) -> pa.Table:
+        """:meth:`evaluation_rows` without the labels: ``_row`` (the request's traffic row) instead."""
+        run_id, task = run["run_id"], run_task(run)
         quantiles = bool(run_quantiles(run))
         select = ["p._row"]
-        for r in ("baseline", "candidate"):
+        for r in ROLES:
             select += [
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_score END AS {r}_score",
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_latency_ms END AS {r}_latency_ms",
+                f"p.{r}_error IS NOT NULL AS {r}_failed",
             ]
         if task == MULTICLASS:
             select += [
                 f"CASE WHEN p.{r}_error IS NULL THEN p.{r}_class END AS {r}_class, "
                 f"CASE WHEN p.{r}_error IS NULL THEN pp.{r}_proba END AS {r}_proba"
-                for r in ("baseline", "candidate")
+                for r in ROLES
             ]
         if quantiles:
             select += [f"CASE WHEN p.{r}_error IS NULL THEN pq.{r}_quantiles END AS {r}_quantiles" for r in ROLES]
+        per_row: list[str] = []  # the traffic columns a slice needs, looked up like the labels
         params: list = []
         if segment is not None:
             info = self.require_traffic(run["traffic"])
@@ -328,39 +355,54 @@ class RunStore(TrafficStore):
                 raise WorkbenchError(
                     f"traffic {run['traffic']!r} has no column {segment!r} to segment by (columns: {known})"
                 )
-            select.append(f"CAST(t.{qident(column)} AS VARCHAR) AS segment")
+            per_row.append(f"CAST({qident(column)} AS VARCHAR) AS segment")
         if window is not None:
-            select.append("date_trunc(?, t.event_time) AS window_start")
+            per_row.append("date_trunc(?, event_time) AS window_start")
             params.append(window)
-        sliced = segment is not None or window is not None
-        traffic = f"JOIN {traffic_table(run['traffic'])} t USING (_row)" if sliced else ""
+        # execute, not sql(params=...): a relation built with parameters is materialized first, which took 6x
+        # the time of the query itself
         extra = _PROBABILITIES if task == MULTICLASS else _QUANTILES if quantiles else ""
-        sql = f"SELECT {', '.join(select)} FROM predictions p {traffic} {extra} WHERE p.run_id = ?"
-        # a bounded buffer: the traffic join (for a segment or window) spills to disk rather than grow
-        with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
-            # execute, not sql(params=...): a relation built with parameters is materialized first, which
-            # took 6x the time of the query itself
-            table = self.cursor().execute(sql, [*params, run_id]).to_arrow_table()
-        rows = table.column("_row").to_numpy()
-        label = self._labels_at(run["traffic"], task, rows)
-        return table.drop_columns(["_row"]).add_column(0, "label", label)
+        sql = f"SELECT {', '.join(select)} FROM predictions p {extra} WHERE p.run_id = ?"
+        if extra:  # a bounded buffer: the join of the class probabilities or quantiles spills rather than grow
+            with self.limits(memory=self.EVALUATION_MEMORY_LIMIT):
+                table = self.cursor().execute(sql, [run_id]).to_arrow_table()
+        else:
+            table = self.cursor().execute(sql, [run_id]).to_arrow_table()
+        if per_row:
+            rows = table.column("_row").to_numpy()
+            traffic = self._at_rows(", ".join(per_row), traffic_table(run["traffic"]), rows, params=params)
+            for name in traffic.column_names:
+                table = table.append_column(name, traffic.column(name))
+        return table
+
+    def with_labels(self, run: dict[str, Any], rows: pa.Table) -> pa.Table:
+        """The rows :meth:`prediction_rows` read, with each request's ``label`` (null where it has none) in
+        place of its ``_row``."""
+        label = self._labels_at(run["traffic"], run_task(run), rows.column("_row").to_numpy())
+        return rows.drop_columns(["_row"]).add_column(0, "label", label)
 
     def _labels_at(self, traffic: str, task: str, rows: np.ndarray) -> pa.ChunkedArray:
-        """The label of each traffic row in ``rows`` (null where it has none), looked up through an index over
-        the rows' span: labels carry their request's ``_row``, and this costs 60 % of a hash join on it."""
+        """The label of each traffic row in ``rows`` (null where it has none): the task's labels, :meth:`_at_rows`."""
         table, column = label_source(task)
+        return self._at_rows(column, table, rows, "traffic = ?", [traffic]).column(0)
+
+    def _at_rows(
+        self, columns: str, table: str, rows: np.ndarray, where: str | None = None, params: Sequence = ()
+    ) -> pa.Table:
+        """``columns`` of ``table`` (rows matching ``where``, both with ``params`` in that order) for each traffic
+        row in ``rows``, null where there is none, looked up through an index over the rows' span. Labels and
+        traffic rows carry the request's ``_row``: this costs 60 % of a hash join on it (labels), 70 % (traffic)."""
         lo, hi = (int(rows.min()), int(rows.max())) if len(rows) else (0, -1)
-        labels = (
-            self.cursor()
-            .execute(
-                f"SELECT _row, {column} FROM {table} WHERE traffic = ? AND _row BETWEEN ? AND ?", [traffic, lo, hi]
-            )
-            .to_arrow_table()
-        )
-        at = np.full(hi - lo + 1, -1, dtype=np.int64 if labels.num_rows >= 2**31 else np.int32)
-        at[labels.column(0).to_numpy() - lo] = np.arange(labels.num_rows, dtype=at.dtype)
-        where = at[rows - lo]
-        return labels.column(1).take(pa.array(where, mask=where < 0))
+        sql = f"SELECT _row, {columns} FROM {table} WHERE {where + ' AND ' if where else ''}_row BETWEEN ? AND ?"
+        found = self.cursor().execute(sql, [*params, lo, hi]).to_arrow_table()
+        at_rows = found.column(0).to_numpy()
+        found = found.drop_columns([found.column_names[0]])
+        if np.array_equal(at_rows, rows):  # they came in the rows' order (both written in traffic order)
+            return found
+        at = np.full(hi - lo + 1, -1, dtype=np.int64 if found.num_rows >= 2**31 else np.int32)
+        at[at_rows - lo] = np.arange(found.num_rows, dtype=at.dtype)
+        index = at[rows - lo]
+        return found.take(pa.array(index, mask=index < 0))
 
     def pair_runs(self, model: str, baseline_version: str, candidate_version: str) -> list[dict[str, Any]]:
         """The finished runs of one registered baseline/candidate pair of ``model``, oldest first (id, traffic,
