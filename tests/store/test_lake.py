@@ -242,3 +242,17 @@ def test_a_data_file_deleted_under_the_catalog_is_named_in_one_line(tmp_path):
         f"error: the storage's data file {victim} is missing (deleted or moved under the catalog); "
         "restore it from a backup of the home"
     ]
+
+
+def test_a_deleted_lake_does_not_break_the_next_one_in_the_same_process(tmp_path):
+    """Lakes share the process's DuckDB, whose catalog listings read every attached lake: one deleted while
+    idly attached (a test's temporary home) is detached before another opens."""
+    import shutil
+
+    for i in range(3):
+        with Store(tmp_path / f"gone{i}" / "lake") as s:
+            s.create_run(run_id="r", traffic="t", baseline={}, candidate={}, rows_total=1, batch_size=1,
+                         device="cpu", mode="batch", meta={})  # fmt: skip
+        shutil.rmtree(tmp_path / f"gone{i}")
+    with Store(tmp_path / "next" / "lake") as s:
+        assert s.list_runs() == []

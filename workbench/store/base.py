@@ -492,7 +492,7 @@ class _LakeInstance:
 
     _open: dict[tuple[int, LakeTarget], _LakeInstance] = {}
     _guard = threading.Lock()
-    KEEP_IDLE = 4  # lakes kept attached with no store open on them
+    KEEP_IDLE = 1  # lakes kept attached with no store open on them (a catalog listing reads every attached lake)
     users: int  # stores open on it now
 
     def __init__(self, target: LakeTarget, writer: Callable[[], Any]):
@@ -606,6 +606,11 @@ class _LakeInstance:
         with cls._guard:
             inst = cls._open.get(key)
             if inst is None:
+                # a lake deleted while idly attached would fail every catalog listing of the process's DuckDB
+                # (information_schema reads every attached lake): detach those first
+                for k, gone in list(cls._open.items()):
+                    if gone.users == 0 and gone.target.postgres is None and not gone.catalog_file.exists():
+                        cls._open.pop(k).close()
                 inst = cls._open[key] = cls(target, writer)
             inst.users += 1
             return inst
@@ -618,6 +623,11 @@ class _LakeInstance:
             idle = sorted(((i.used_at, k) for k, i in self._open.items() if i.users == 0), key=lambda t: t[0])
             for _, key in idle[: max(0, len(idle) - self.KEEP_IDLE)]:
                 self._open.pop(key).close()
+
+    @property
+    def catalog_file(self) -> Path:
+        """The SQLite catalog's file (unused with a PostgreSQL catalog)."""
+        return self.target.folder / CATALOG_FILE
 
     def close(self) -> None:
         """Detach the lake (and its lock connection) from the process's DuckDB."""
