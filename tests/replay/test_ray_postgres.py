@@ -56,7 +56,7 @@ def ray_cluster() -> Iterator[str]:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=3)  # a throwaway cluster: `ray start --block` takes over 20 s to stop on SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
