@@ -43,8 +43,8 @@ lint: install
 
 # The suite on TEST_WORKERS processes (pytest-xdist; 0: in this process), a test file per worker at a time
 # (--dist loadfile: a file's module fixtures are built once), handed out in collection order
-# (--no-loadscope-reorder: tests/conftest.py collects the longest files first); each worker builds its own
-# session demo home and MLflow server.
+# (--no-loadscope-reorder: tests/conftest.py collects the longest files first); the first worker that needs the
+# session demo home builds it and the others copy it; each worker starts its own MLflow server.
 TEST_WORKERS ?= 2
 test: install system-deps lint docs
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
