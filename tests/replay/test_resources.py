@@ -14,7 +14,7 @@ import pytest
 from workbench.ingest.traffic import ingest
 from workbench.replay.models import load_predictor
 from workbench.replay.pipeline import ReplayOptions, replay
-from workbench.replay.resources import LoadStats, ModelMeter, model_resources
+from workbench.replay.resources import LoadStats, ModelMeter, measure_load, model_resources
 from workbench.store import Store
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -144,3 +144,15 @@ def test_model_resources_arithmetic():
         "cold_start_s": None,
         "rows": 0,
     }
+
+
+def test_load_memory_counts_memory_the_process_freed_earlier():
+    """A model loaded where earlier work freed heap memory reuses it: glibc keeps freed pages resident, so
+    without handing them back first the load would add nothing to the resident size."""
+    mb = 2**20
+    grown = [bytearray(20 * mb) for _ in range(3)]  # freeing mmapped chunks raises glibc's mmap threshold,
+    del grown
+    earlier = bytearray(20 * mb)  # so a 20 MB buffer now comes from the heap, and stays resident once freed
+    del earlier
+    model, stats = measure_load(lambda: (bytearray(20 * mb), None))
+    assert len(model) == 20 * mb and stats.rss_bytes is not None and stats.rss_bytes > 19 * mb

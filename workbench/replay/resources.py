@@ -3,7 +3,8 @@
 - **Load** (:func:`measure_load`, around ``load_predictor``): wall seconds from resolving the artifact to a
   warmed-up predictor (download, deserialization, a torch model's warm-up calls), the artifact's size on disk
   and the process's resident memory added meanwhile (``/proc/self/statm`` before and after; the flavor's
-  library is imported before the first reading, so torch or scikit-learn itself is not counted).
+  library is imported before the first reading, so torch or scikit-learn itself is not counted; glibc's free
+  heap is handed back first, or a model that reuses memory freed earlier in the process would add none).
 - **Calls** (:class:`ModelMeter`, around every scoring call of a model): wall seconds, rows, CPU seconds and
   the first call's duration. In process the CPU is the calling thread's (``time.thread_time``): a model's own
   intra-op or OpenMP threads are not counted, so it is a lower bound; an isolated model (``--isolate``)
@@ -17,6 +18,8 @@ A measurement is two clock readings per call (four on CUDA): a few syscalls per 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -63,8 +66,19 @@ def dir_bytes(path: str) -> int | None:
     return total
 
 
+def release_free_heap() -> None:
+    """Hand glibc's free heap pages back to the system (``malloc_trim``; nothing elsewhere), so that the resident
+    memory a later allocation adds is counted even where it reuses memory freed earlier in the process."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def measure_load(load: Callable[[], tuple[T, str | None]]) -> tuple[T, LoadStats]:
     """Call ``load()`` (returning the model and its local artifact folder) and measure it."""
+    release_free_heap()
     before = rss_bytes()
     t0 = time.perf_counter()
     model, local = load()
