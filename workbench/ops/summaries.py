@@ -135,13 +135,11 @@ def precompute(store: Store, run_id: str, evidence: bool = True, at_least: int =
     run = store.require_run(run_id)
     if run["status"] != "finished" or run["rows_done"] < at_least:
         return []
-    done = []
-    for name in ("scores", "latency_quantiles", "segment_columns"):
-        summary(store, run_id, name)
-        done.append(name)
-    columns = summary(store, run_id, "segment_columns")
+    summary(store, run_id, "scores")
+    summary(store, run_id, "latency_quantiles")
+    columns = summary(store, run_id, "segment_columns")  # what the breakdowns are by
     summary(store, run_id, "breakdowns", tuple(columns))
-    done.append("breakdowns")
+    done = ["scores", "latency_quantiles", "segment_columns", "breakdowns"]
     if evidence and run["candidate"].get("name") and run["candidate"].get("version"):  # a decidable pair
         try:
             summary(store, run_id, "evidence", policy_for_run(None, run))
