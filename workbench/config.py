@@ -12,7 +12,7 @@ service's state-changing endpoints require. Prices that turn each model's measur
 million requests (USD, non-negative): ``WORKBENCH_PRICE_CPU_HOUR``, ``WORKBENCH_PRICE_GPU_HOUR`` and
 ``WORKBENCH_PRICE_MEMORY_GB_HOUR`` (unset: the defaults in ``workbench.evaluate.resources``). Where the lake's
 catalog and data files are (``WORKBENCH_CATALOG``, ``WORKBENCH_DATA_PATH``) is read by the storage itself:
-``workbench.store.base.LakeTarget``.
+``workbench.store.lake.LakeTarget``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from test_crash_safety import shoot
 
 from conftest import REPO, free_port, kills, run_cli
 from workbench.store import Store
-from workbench.store.base import LakeTarget
+from workbench.store.lake import LakeTarget
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra")
 MODEL = "flight-delay"

@@ -179,7 +179,7 @@ def test_an_old_single_file_home_is_refused_then_migrated_with_counts_checked(tm
         pytest.fail(f"the DuckDB that wrote old homes is missing at {LEGACY}: run `make install`")
     make_old = (
         "import sys, duckdb\n"
-        "from workbench.store.base import SCHEMA\n"
+        "from workbench.store.schema import SCHEMA\n"
         "con = duckdb.connect(sys.argv[1])\n"
         "[con.execute(ddl) for ddl in SCHEMA]\n"
         "con.execute(\"INSERT INTO runs VALUES ('r1', 't', '{}', '{}', 'finished', 3, 8, 'cpu', 'batch', '{}', \"\n"

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, free_port, run_cli
 from workbench.errors import WorkbenchError
 from workbench.store import Store
-from workbench.store.base import (
+from workbench.store.lake import (
     CATALOG_FILE,
     CONNECT_TIMEOUT_S,
     CatalogUnreachable,

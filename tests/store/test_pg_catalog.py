@@ -17,7 +17,7 @@ from test_lake import WRITE_RUN
 from conftest import REPO, free_port, fresh_run, make_evaluation, run_cli, seed_run
 from workbench.errors import WorkbenchError
 from workbench.store import Store
-from workbench.store.base import CATALOG_FILE, LakeTarget, redact
+from workbench.store.lake import CATALOG_FILE, LakeTarget, redact
 
 
 def dead_mlflow() -> dict:

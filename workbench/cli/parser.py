@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # last line of defence: one line for the user, the traceback on request
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
-        from workbench.store.base import storage_problem
+        from workbench.store.lake import storage_problem
 
         if (problem := storage_problem(e)) is not None:
             print(f"error: {problem}", file=sys.stderr)

@@ -32,7 +32,7 @@ from workbench.replay.pipeline import (
 )
 from workbench.replay.scoring import PairScorer
 from workbench.store import AlreadyCommitted, RunState, Store
-from workbench.store.base import LakeTarget
+from workbench.store.lake import LakeTarget
 
 log = logging.getLogger(__name__)
 

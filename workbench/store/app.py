@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import qident, traffic_table
+from workbench.store.names import qident, traffic_table
 from workbench.store.runs import RUNS_SQL, RunStore
 from workbench.tasks import MULTICLASS, run_classes, run_task
 

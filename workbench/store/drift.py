@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import StoreBase, check_name, check_role, label_source, qident, traffic_table
+from workbench.store.base import StoreBase
+from workbench.store.names import check_name, check_role, label_source, qident, traffic_table
 from workbench.tasks import BINARY, REGRESSION
 
 

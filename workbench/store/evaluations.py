@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.store.base import StoreBase, label_source
+from workbench.store.base import StoreBase
+from workbench.store.names import label_source
 from workbench.tasks import BINARY
 
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import CATALOG_FILE, LEGACY_FILE, SCHEMA, qident, sql_literal, traffic_table
+from workbench.store.lake import CATALOG_FILE, LEGACY_FILE
+from workbench.store.names import qident, sql_literal, traffic_table
+from workbench.store.schema import SCHEMA
 
 # tables whose rows belong to one run, and to one traffic set
 RUN_TABLES = (

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.roles import ROLES
-from workbench.store.base import label_source, qident, traffic_table
+from workbench.store.names import label_source, qident, traffic_table
 from workbench.store.traffic import TrafficStore
 from workbench.tasks import MULTICLASS, run_classes, run_quantiles, run_task
 
@@ -315,7 +315,7 @@ class RunStore(TrafficStore):
         particular order: ``label`` (null where the request has none), per model ``*_score`` and
         ``*_latency_ms`` (null where that model failed) and ``*_failed``, plus ``segment`` (the traffic column
         ``segment`` as text) and ``window_start`` (the event time truncated to ``window``) on request. The
-        labels are the run's task's (:func:`~workbench.store.base.label_source`): numbers for a regression run,
+        labels are the run's task's (:func:`~workbench.store.names.label_source`): numbers for a regression run,
         class names for a multi-class run, which also has per model ``*_class`` (the index of the predicted
         class in ``meta.classes``) and ``*_proba`` (the class probabilities), null where the model failed; a
         regression run with quantiles has per model ``*_quantiles`` (at the levels of ``meta.quantiles``), null

@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
-from workbench.store.base import ArrowView, StoreBase, check_name, label_source, qident, sql_literal, traffic_table
+from workbench.store.base import ArrowView, StoreBase
+from workbench.store.names import check_name, label_source, qident, sql_literal, traffic_table
 from workbench.tasks import BINARY, TASKS
 
 SCAN_ROWS = 1 << 20  # rows per sorted range when streaming a traffic set in ingest order
@@ -183,7 +184,7 @@ class TrafficStore(StoreBase):
 
     def upsert_labels(self, cur, traffic: str, data: pa.Table, task: str = BINARY) -> int:
         """Insert labels (request_id, label, label_time, and the request's ``_row`` where the caller has it)
-        into the table of ``task``'s labels (:func:`~workbench.store.base.label_source`); a later label for an
+        into the table of ``task``'s labels (:func:`~workbench.store.names.label_source`); a later label for an
         id replaces it. Returns how many of them the traffic set does not hold (yet)."""
         table, column = label_source(task)
         view = ArrowView(cur, "_wb_labels", data)
