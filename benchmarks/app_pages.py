@@ -102,7 +102,7 @@ def chunk(off: int, n: int, rows: int) -> tuple[pa.Table, dict]:
 def paired(off: int, preds: dict) -> pa.Table:
     """The replay's wide result rows for traffic rows ``off ..``, keyed by ``_row`` (the ingest order: the files
     are ingested in name order, so ``_row`` is the row's position in the generated traffic)."""
-    from workbench.replay.pipeline import paired_table
+    from workbench.replay.paired import paired_table
     from workbench.replay.scoring import Scored
 
     n = len(preds["baseline"]["score"])

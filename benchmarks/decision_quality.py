@@ -24,7 +24,7 @@ What it does, per scenario and trial:
    through the real library: the slice's traffic and labels through :mod:`workbench.ingest.traffic` (the traffic
    set declares its ``segment`` column, ``store.declare_segments``), a replay run per look (mode ``online``)
    that replays all the traffic so far, written with the store's run API (``open_run``, ``commit_batch`` of
-   :func:`workbench.replay.pipeline.paired_table` rows, ``finish_run``), then ``evaluate_run``, ``drift_run`` and
+   :func:`workbench.replay.paired.paired_table` rows, ``finish_run``), then ``evaluate_run``, ``drift_run`` and
    ``build_decision`` + ``apply_decision`` signed with a throwaway key (``judge_run`` gathers the pair's finished
    runs, each request once, the latest run's copy: the fast path's cumulative rows). ``--store-trials`` trials
    per ``--store-scenarios`` scenario run on both paths; the harness asserts that every look's verdict, weight
@@ -935,7 +935,7 @@ def walk_store(
     from workbench.drift.report import drift_run
     from workbench.evaluate.evaluation import evaluate_run
     from workbench.ingest.traffic import ingest, ingest_labels
-    from workbench.replay.pipeline import paired_table
+    from workbench.replay.paired import paired_table
     from workbench.replay.scoring import Scored
     from workbench.store import Store
 

@@ -211,7 +211,7 @@ def phase_build(n: int, db: Path) -> dict:
             meta={},
         )
         step = 1_000_000
-        from workbench.replay.pipeline import paired_table
+        from workbench.replay.paired import paired_table
         from workbench.replay.scoring import Scored
 
         for b, start in enumerate(range(0, n, step)):

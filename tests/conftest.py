@@ -282,7 +282,7 @@ def seed_run(
     the first ``labelled`` share, and paired scores of ``quality`` (:data:`QUALITIES`: ``better`` passes the
     default policy at 20,000 rows, ``bad`` fails its critical AUC gate, ``same`` stays inconclusive,
     ``failing`` has 2 % candidate errors). ``evaluation``, when given, is stored as the run's evaluation."""
-    from workbench.replay.pipeline import paired_table
+    from workbench.replay.paired import paired_table
     from workbench.replay.scoring import Scored
     from workbench.store import traffic_table
 

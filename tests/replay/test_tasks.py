@@ -11,7 +11,8 @@ from regression_helpers import LinearModel, write_traffic
 from workbench import WorkbenchError
 from workbench.ingest.traffic import ingest
 from workbench.replay.models import load_predictor
-from workbench.replay.pipeline import ReplayOptions, replay, resolve_task
+from workbench.replay.paired import resolve_task
+from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.store import Store
 
 
