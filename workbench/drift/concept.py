@@ -3,6 +3,8 @@
 - :func:`page_hinkley`: the Page-Hinkley test for an increase of a stream's mean (here: a model's
   per-request error, in event-time order), as river's ``PageHinkley`` in "up" mode, restarted after
   each alarm; each alarm's change point is then estimated offline (least-squares split).
+  :func:`error_stream_drift` and :func:`regression_error_drift` run it on a model's errors (0/1, or absolute
+  errors as reference percentiles) and summarize the alarms.
 - :func:`calibration_drift`: is the label rate per score bin the same in the reference and the current
   window? Pearson's chi-squared test of each bin's 2x2 table (window x label), summed over bins.
 - :func:`cbpe`: confidence-based performance estimation (NannyML's CBPE): scores calibrated on the
@@ -20,6 +22,7 @@ import numpy as np
 from scipy import signal, stats
 
 from workbench import WorkbenchError
+from workbench.clock import iso
 
 
 # -- Page-Hinkley --------------------------------------------------------------------------------
@@ -77,6 +80,72 @@ def page_hinkley(x: np.ndarray, params: PageHinkley = PageHinkley()) -> list[Ala
         cusum = np.cumsum(seg - seg.mean())[: k - lo + 1]
         alarms.append(Alarm(lo + int(np.argmin(cusum)) + 1 if len(cusum) else k, k))
     return alarms
+
+
+def error_stream_drift(stream: dict, threshold: float | None, detector: PageHinkley) -> dict:
+    """Page-Hinkley on the per-request error stream (a multi-class run's, without ``threshold``: its scores are
+    the predicted classes)."""
+    known = stream["known"]
+    y = stream["label"][known].astype(np.int64)
+    predicted = stream["score"][known] if threshold is None else stream["score"][known] >= threshold
+    err = (predicted.astype(np.int64) != y).astype(np.float64)
+    out = alarm_summary(err, stream["time"][known], err, detector, "error_rate")
+    return {"stream": "per-request error (1 = misclassified) in event-time order"} | out
+
+
+def regression_error_drift(stream: dict, reference: np.ndarray, detector: PageHinkley, earliest_share: float) -> dict:
+    """Page-Hinkley on a regression model's absolute errors |prediction - y| in event-time order, each mapped to
+    its percentile among the ``reference`` absolute errors (mid-rank for ties; the stream's own earliest
+    ``earliest_share`` when the reference has no labelled rows). The mapped stream lies in [0, 1] with mean 1/2
+    while nothing changes, whatever the errors' scale or tails, so the detector's parameters mean what they mean
+    on a 0/1 error stream."""
+    known = stream["known"]
+    err = np.abs(stream["score"][known] - stream["label"][known])
+    ok = np.isfinite(err)
+    err, times = err[ok], stream["time"][known][ok]
+    scale, source = np.sort(reference[np.isfinite(reference)]), "reference"
+    if not len(scale):
+        scale = np.sort(err[: max(1, int(len(err) * earliest_share))])
+        source = f"stream's earliest {earliest_share:.0%}"
+    pit = (np.searchsorted(scale, err, "left") + np.searchsorted(scale, err, "right")) / (2 * max(len(scale), 1))
+    out = alarm_summary(pit, times, err, detector, "mae")
+    return {
+        "stream": "per-request absolute error |prediction - y| in event-time order, as its reference percentile",
+        "percentiles_of": {"rows": int(len(scale)), "from": source},
+    } | out
+
+
+def alarm_summary(x: np.ndarray, times: np.ndarray, level: np.ndarray, detector: PageHinkley, name: str) -> dict:
+    """Page-Hinkley's alarms on stream ``x`` with their times, and the mean of ``level`` (the stream in its own
+    units, as ``name``) overall, before the first change point and from it to its alarm."""
+    alarms = page_hinkley(x, detector)
+    out: dict[str, Any] = {
+        "detected": bool(alarms),
+        "change_point": iso(times[alarms[0].change_index]) if alarms else None,
+        "detector": "page_hinkley",
+        "params": {
+            "delta": detector.delta,
+            "threshold": detector.threshold,
+            "alpha": detector.alpha,
+            "min_instances": detector.min_instances,
+        },
+        "rows": int(len(x)),
+        name: float(level.mean()) if len(level) else None,
+    }
+    if alarms:
+        a = alarms[0]
+        out |= {
+            "detected_at": iso(times[a.alarm_index]),
+            "delay_rows": a.alarm_index - a.change_index,
+            f"{name}_before": float(level[: a.change_index].mean()) if a.change_index else None,
+            f"{name}_after": float(level[a.change_index : a.alarm_index + 1].mean()),
+            "alarms": [
+                {"change_point": iso(times[x.change_index]), "detected_at": iso(times[x.alarm_index])}
+                for x in alarms[:20]
+            ],
+            "alarm_count": len(alarms),
+        }
+    return out
 
 
 # -- calibration drift ---------------------------------------------------------------------------

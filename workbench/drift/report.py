@@ -24,14 +24,20 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from workbench import WorkbenchError
 from workbench.clock import db_time, iso, parse_time, parse_window, utc_now
-from workbench.drift.concept import PageHinkley, calibration_drift, cbpe, fit_calibrator, page_hinkley
+from workbench.drift.concept import (
+    PageHinkley,
+    calibration_drift,
+    cbpe,
+    error_stream_drift,
+    fit_calibrator,
+    regression_error_drift,
+)
 from workbench.drift.quality import column_quality
 from workbench.drift.sketch import ColumnSketch, ColumnSource, RowSet, SqlPair, domain_of, ensure_sketches, is_integer
 from workbench.drift.stattests import default_test, stat_test
@@ -437,70 +443,6 @@ def _scored(store: Store, rows: RowSet, as_of, task: str) -> dict[str, np.ndarra
     }
 
 
-def _concept(stream: dict, threshold: float | None, detector: PageHinkley) -> dict:
-    """Page-Hinkley on the per-request error stream (a multi-class run's, without ``threshold``: its scores are
-    the predicted classes)."""
-    known = stream["known"]
-    y = stream["label"][known].astype(np.int64)
-    predicted = stream["score"][known] if threshold is None else stream["score"][known] >= threshold
-    err = (predicted.astype(np.int64) != y).astype(np.float64)
-    out = _alarms(err, stream["time"][known], err, detector, "error_rate")
-    return {"stream": "per-request error (1 = misclassified) in event-time order"} | out
-
-
-def _concept_regression(stream: dict, reference: np.ndarray, detector: PageHinkley) -> dict:
-    """Page-Hinkley on a regression model's absolute errors |prediction - y| in event-time order, each mapped to
-    its percentile among the ``reference`` absolute errors (mid-rank for ties; the stream's own earliest 20% when
-    the reference has no labelled rows). The mapped stream lies in [0, 1] with mean 1/2 while nothing changes,
-    whatever the errors' scale or tails, so the detector's parameters mean what they mean on a 0/1 error stream."""
-    known = stream["known"]
-    err = np.abs(stream["score"][known] - stream["label"][known])
-    ok = np.isfinite(err)
-    err, times = err[ok], stream["time"][known][ok]
-    scale, source = np.sort(reference[np.isfinite(reference)]), "reference"
-    if not len(scale):
-        scale, source = np.sort(err[: max(1, int(len(err) * DEFAULT_REFERENCE_SHARE))]), "stream's earliest 20%"
-    pit = (np.searchsorted(scale, err, "left") + np.searchsorted(scale, err, "right")) / (2 * max(len(scale), 1))
-    out = _alarms(pit, times, err, detector, "mae")
-    return {
-        "stream": "per-request absolute error |prediction - y| in event-time order, as its reference percentile",
-        "percentiles_of": {"rows": int(len(scale)), "from": source},
-    } | out
-
-
-def _alarms(x: np.ndarray, times: np.ndarray, level: np.ndarray, detector: PageHinkley, name: str) -> dict:
-    """Page-Hinkley's alarms on stream ``x`` with their times, and the mean of ``level`` (the stream in its own
-    units, as ``name``) overall, before the first change point and from it to its alarm."""
-    alarms = page_hinkley(x, detector)
-    out: dict[str, Any] = {
-        "detected": bool(alarms),
-        "change_point": iso(times[alarms[0].change_index]) if alarms else None,
-        "detector": "page_hinkley",
-        "params": {
-            "delta": detector.delta,
-            "threshold": detector.threshold,
-            "alpha": detector.alpha,
-            "min_instances": detector.min_instances,
-        },
-        "rows": int(len(x)),
-        name: float(level.mean()) if len(level) else None,
-    }
-    if alarms:
-        a = alarms[0]
-        out |= {
-            "detected_at": iso(times[a.alarm_index]),
-            "delay_rows": a.alarm_index - a.change_index,
-            f"{name}_before": float(level[: a.change_index].mean()) if a.change_index else None,
-            f"{name}_after": float(level[a.change_index : a.alarm_index + 1].mean()),
-            "alarms": [
-                {"change_point": iso(times[x.change_index]), "detected_at": iso(times[x.alarm_index])}
-                for x in alarms[:20]
-            ],
-            "alarm_count": len(alarms),
-        }
-    return out
-
-
 def _residuals(store: Store, res: _Resolved, role: str, as_of) -> dict[str, np.ndarray]:
     """A regression model's finite residuals (prediction - y) on the labelled rows of the reference and the
     current window."""
@@ -654,15 +596,15 @@ def drift_run(
             else:
                 resid = _residuals(store, res, role, as_of)
                 residual[role] = _residual_drift(resid, tests, thresholds)
-            c = _concept_regression(scored, np.abs(resid["reference"]), detector)
+            c = regression_error_drift(scored, np.abs(resid["reference"]), detector, DEFAULT_REFERENCE_SHARE)
             why = "calibration drift and CBPE apply to classifiers' scores: a regression run has residual drift"
             cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
         elif task == MULTICLASS:
-            c = _concept(scored, None, detector)
+            c = error_stream_drift(scored, None, detector)
             why = "calibration drift and CBPE estimates are computed for binary classifiers only"
             cal, est = {"detected": False, "available": False, "reason": why}, {"available": False, "reason": why}
         else:
-            c = _concept(scored, float(run[role].get("threshold", 0.5)), detector)
+            c = error_stream_drift(scored, float(run[role].get("threshold", 0.5)), detector)
             if role in skipped:
                 cal = {"detected": False, "available": False, "reason": skipped[role]}
                 est = {"available": False, "reason": skipped[role]}
