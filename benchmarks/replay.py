@@ -420,7 +420,8 @@ def main() -> None:
         "read = stream the features from DuckDB only; io = full replay with zero-cost models (the storage path alone)"
     )
     print(
-        f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'read rows/s':>12} | "
+        f"{'rows':>11} | {'writers':>7} | {'duckdb':>14} | {'ingest rows/s':>13} | {'ingest peak MB':>14} | "
+        f"{'read rows/s':>12} | "
         f"{'io rows/s':>11} | {'(a) raw rows/s':>14} | {'(a) peak MB':>11} | {'(b) replay rows/s':>17} | "
         f"{'(b) seconds':>11} | {'(b) peak MB':>11} | {'b/a':>5}"
     )
@@ -428,6 +429,7 @@ def main() -> None:
         n = r["rows"]
         print(
             f"{n:>11,} | {r['writers']:>7} | {r['duckdb']:>14} | {n / r['ingest']['seconds']:>13,.0f} | "
+            f"{r['ingest']['peak_rss_mb']:>14,.0f} | "
             f"{n / r['read']['seconds']:>12,.0f} | {n / r['io']['seconds']:>11,.0f} | "
             f"{n / r['raw']['seconds']:>14,.0f} | {r['raw']['peak_rss_mb']:>11,.0f} | "
             f"{n / r['replay']['seconds']:>17,.0f} | {r['replay']['seconds']:>11.2f} | "
