@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from workbench import WorkbenchError
 from workbench.evaluate import stats
-from workbench.evaluate.heap import keep_freed_memory, return_freed_memory
+from workbench.evaluate.heap import reusing_freed_memory
 from workbench.evaluate.latency import error_rates, latency_summary
 from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, grouping
 from workbench.evaluate.resources import compare_resources
@@ -388,7 +388,7 @@ def _slices(
         )
 
     out, undefined = {}, {}
-    with return_freed_memory(), ThreadPoolExecutor(max_workers=2) as pool:  # each seeds its own generator
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each seeds its own generator
         for j, comp in enumerate(pool.map(one, range(len(labels)))):
             name, rows = labels[j], int(bounds[j + 1] - bounds[j])
             out[name] = Slice(rows, rows < opts.small_rows, comp)
@@ -427,8 +427,8 @@ def evaluate_quality(
         )
     y = y.astype(np.int8, copy=False)
     row_weights = len(y) <= opts.exact_max_rows  # one method for the overall rows and every slice
-    keep_freed_memory()
-    overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
+    with reusing_freed_memory():  # the slices below: many small arrays on two threads, each with its own heap
+        overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
     undefined = dict(overall.undefined)
     segments = windows = None
     if segment is not None:
