@@ -161,3 +161,45 @@ def test_evaluation_rows_carry_each_requests_label_segment_and_window(store, tmp
     assert (pd.to_datetime(got["window_start"]).dt.tz_localize(None) == start).all()
     assert set(row[got["candidate_score"].isna()]) == set(row[got["candidate_failed"]]) == {3, 77}
     assert store.counts_of(store.prediction_rows(store.require_run("r"))) == store.prediction_counts("r")
+
+
+@pytest.fixture(params=["memory", "lake"])
+def either_store(request, tmp_path):
+    """The fixture's traffic in an in-memory store and in a lake (its snapshots are the lake's own)."""
+    pd.DataFrame(
+        {
+            "request_id": [f"r{i:03d}" for i in range(ROWS)],
+            "event_time": pd.date_range("2024-01-01", periods=ROWS, freq="min"),
+        }
+    ).to_parquet(tmp_path / "t.parquet")
+    with Store(":memory:" if request.param == "memory" else tmp_path / "lake") as s:
+        ingest(s, tmp_path / "t.parquet", "t")
+        yield s
+
+
+def test_read_labels_returns_the_state_of_the_labels_it_handed_over(either_store, tmp_path):
+    """The labels' state comes from the snapshot the labels were read in: a label added after they were read
+    (here by the handler itself) changes neither, and the labels line up with the rows as a lookup does."""
+    store = either_store
+    open_run(store)
+    for b, (first, last) in enumerate([(50, 99), (0, 49)]):
+        commit(store, "r", b, first, last)
+    labelled = np.random.default_rng(1).permutation(ROWS)[:60]
+    pd.DataFrame({"request_id": [f"r{i:03d}" for i in labelled], "label": labelled % 2}).to_parquet(tmp_path / "l.pq")
+    pd.DataFrame({"request_id": ["r999"], "label": [1]}).to_parquet(tmp_path / "late.pq")
+    ingest_labels(store, tmp_path / "l.pq", "t", time_col=None)
+    before = store.labels_state("t")
+    handed: list[pa.Table] = []
+
+    def handle(labels: pa.Table) -> None:
+        handed.append(labels)
+        ingest_labels(store, tmp_path / "late.pq", "t", time_col=None)  # a label arrives meanwhile
+
+    run = store.require_run("r")
+    assert store.read_labels(run, handle) == before
+    assert store.labels_state("t")["rows"] == before["rows"] + 1
+    assert sorted(handed[0].column("_row").to_pylist()) == sorted(labelled.tolist())
+    rows = store.prediction_rows(run)
+    looked_up = store.with_labels(run, rows)
+    assert store.with_labels(run, rows, handed[0]).equals(looked_up)
+    assert looked_up.column("label").null_count == ROWS - 60

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from workbench import WorkbenchError
 from workbench.evaluate import stats
+from workbench.evaluate.heap import reusing_freed_memory
 from workbench.evaluate.latency import error_rates, latency_summary
 from workbench.evaluate.metrics import METRICS, Confusion, Grouping, Metric, ScoreGroups, grouping
 from workbench.evaluate.resources import compare_resources
@@ -45,6 +46,7 @@ from workbench.evaluate.results import (
     Options,
     Slice,
 )
+from workbench.evaluate.slices import slice_ids
 from workbench.roles import ROLES
 from workbench.store import Store
 from workbench.tasks import MULTICLASS, REGRESSION, run_classes, run_quantiles, run_task
@@ -54,9 +56,8 @@ if TYPE_CHECKING:
     from workbench.evaluate.regression_run import RegressionEvaluation
 
 WINDOWS = ("hour", "day", "week")
+_Result = TypeVar("_Result", "EvaluationResult", "RegressionEvaluation", "MulticlassEvaluation")
 DEFAULT_THRESHOLD = 0.5
-OTHER = "other"
-NULL_VALUE = "(null)"
 
 
 # -- one comparison ----------------------------------------------------------------------------------
@@ -367,27 +368,6 @@ def _take_cols(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # -- slices ------------------------------------------------------------------------------------------
-def _slice_ids(values: pa.Array, top_k: int | None) -> tuple[np.ndarray, list[str]]:
-    """Slice index per row and slice names: every value, or the ``top_k`` most frequent plus "other"."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    enc = pc.fill_null(values.cast(pa.string()), NULL_VALUE).dictionary_encode()
-    names = enc.dictionary.to_pylist()
-    codes = enc.indices.to_numpy(zero_copy_only=False)
-    freq = np.bincount(codes, minlength=len(names))
-    if top_k is None:
-        rank = sorted(range(len(names)), key=lambda i: names[i])
-        keep, other = rank, []
-    else:
-        rank = sorted(range(len(names)), key=lambda i: (-freq[i], names[i]))
-        keep, other = rank[:top_k], rank[top_k:]
-    slot = np.empty(len(names), dtype=np.int16 if len(keep) < 2**15 else np.int64)  # int16: a radix sort below
-    slot[keep] = np.arange(len(keep))
-    slot[other] = len(keep)
-    labels = [names[i] for i in keep] + ([OTHER] if other else [])
-    return slot[codes], labels
-
-
 def _slices(
     ids: np.ndarray,
     labels: list[str],
@@ -408,7 +388,7 @@ def _slices(
         )
 
     out, undefined = {}, {}
-    with ThreadPoolExecutor(max_workers=2) as pool:  # each slice seeds its own generator: two at a time
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each seeds its own generator
         for j, comp in enumerate(pool.map(one, range(len(labels)))):
             name, rows = labels[j], int(bounds[j + 1] - bounds[j])
             out[name] = Slice(rows, rows < opts.small_rows, comp)
@@ -447,19 +427,20 @@ def evaluate_quality(
         )
     y = y.astype(np.int8, copy=False)
     row_weights = len(y) <= opts.exact_max_rows  # one method for the overall rows and every slice
-    overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
+    with reusing_freed_memory():  # the slices below: many small arrays on two threads, each with its own heap
+        overall = compare(y, scores, thresholds, opts, row_weights=row_weights)
     undefined = dict(overall.undefined)
     segments = windows = None
     if segment is not None:
         col, values = segment
-        ids, labels = _slice_ids(values, opts.top_k)
+        ids, labels = slice_ids(values, opts.top_k)
         slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"segments.{col}", row_weights)
         segments = {col: slices}
         undefined.update(und)
     if window is not None:
         unit, starts = window
         iso = pc.strftime(starts.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")  # window starts: whole s
-        ids, labels = _slice_ids(iso, None)
+        ids, labels = slice_ids(iso, None)
         slices, und = _slices(ids, labels, y, scores, thresholds, opts, f"windows.{unit}", row_weights)
         windows = {unit: slices}
         undefined.update(und)
@@ -511,8 +492,34 @@ def evaluate_samples(
     generator) is summarised on a second thread while the quality is computed."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         lat = pool.submit(latency_summary, latency, opts)
-        quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
-        return _result(run_id, quality, thresholds, lat.result(), error_counts, rows_done, opts)
+        return _evaluated(run_id, y, scores, thresholds, lat, error_counts, rows_done, opts, segment, window)
+
+
+def _evaluated(
+    run_id: str,
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    latency: Future[tuple[LatencyResult, dict]],
+    error_counts: dict[str, dict],
+    rows_done: int,
+    opts: Options,
+    segment: tuple[str, pa.Array] | None,
+    window: tuple[str, pa.Array] | None,
+) -> EvaluationResult:
+    """:func:`evaluate_samples` with the latency summary on its way (``latency``)."""
+    quality = evaluate_quality(run_id, y, scores, thresholds, opts, segment, window)
+    return _result(run_id, quality, thresholds, latency.result(), error_counts, rows_done, opts)
+
+
+def _read_labels(store: Store, run: dict, labels: Future[pa.Table]) -> dict[str, Any]:
+    """:meth:`Store.read_labels` of ``run``, its labels handed over through ``labels``; returns their state."""
+    try:
+        return store.read_labels(run, labels.set_result)
+    except BaseException as e:
+        if not labels.done():
+            labels.set_exception(e)
+        raise
 
 
 def evaluate_run(
@@ -556,82 +563,94 @@ def evaluate_run(
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # the labels' state is read while the predictions are, and before the labels: an evaluation never
-        # records a state of the labels newer than the labels it used
-        labels_now = pool.submit(store.labels_state, run["traffic"], run_task(run))
+    # the labels are read while the predictions are, then their state (of the same snapshot) while the
+    # evaluation runs: an evaluation records the state of the labels it used
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        label_rows: Future[pa.Table] = Future()
+        labels_now = pool.submit(_read_labels, store, run, label_rows)
+        pool.submit(stats.z_value, confidence)  # imports scipy.stats (a second, once a process) while reading
         table = store.prediction_rows(run, segment=segment, window=window)
-        coverage = _coverage(run, labels_now.result())
-    table = store.with_labels(run, table)
-    counts = store.counts_of(table)
-    latency = {r: _latencies(table.column(f"{r}_latency_ms")) for r in ROLES}
-    table = _labelled(table.drop_columns([f"{r}_{c}" for r in ROLES for c in ("latency_ms", "failed")]))
-    seg = (segment, table.column("segment")) if segment is not None else None
-    win = (window, table.column("window_start")) if window is not None else None
-    params: dict[str, Any] = {
-        "segment": segment,
-        "window": window,
-        "confidence": confidence,
-        "seed": seed,
-        "n_boot": n_boot,
-        "power": power,
-        "top_k": top_k,
-        "small_rows": small_rows,
-        "exact_max_rows": exact_max_rows,
-    }
-    if run_task(run) == MULTICLASS:
-        from workbench.evaluate.multiclass_run import evaluate_multiclass_samples, probability_matrix
+        counts = store.counts_of(table)
+        latency = {r: _latencies(table.column(f"{r}_latency_ms")) for r in ROLES}
+        # a binary run's latency (its own random generator) is summarised while the labels are read
+        binary = run_task(run) not in (MULTICLASS, REGRESSION)
+        lat = pool.submit(latency_summary, latency, opts) if binary else None
+        table = store.with_labels(run, table, label_rows.result())
+        table = _labelled(table.drop_columns([f"{r}_{c}" for r in ROLES for c in ("latency_ms", "failed")]))
+        seg = (segment, table.column("segment")) if segment is not None else None
+        win = (window, table.column("window_start")) if window is not None else None
+        params: dict[str, Any] = {
+            "segment": segment,
+            "window": window,
+            "confidence": confidence,
+            "seed": seed,
+            "n_boot": n_boot,
+            "power": power,
+            "top_k": top_k,
+            "small_rows": small_rows,
+            "exact_max_rows": exact_max_rows,
+        }
+        if run_task(run) == MULTICLASS:
+            from workbench.evaluate.multiclass_run import evaluate_multiclass_samples, probability_matrix
 
-        classes = run_classes(run)
-        labels = table.column("label")
-        preds = {r: table.column(f"{r}_class").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
-        probs = {r: probability_matrix(table.column(f"{r}_proba"), len(classes)) for r in ROLES}
-        del table
-        mc = evaluate_multiclass_samples(
-            run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
-        )
-        mc = replace(mc, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
-        store.save_evaluation(run_id, params | {"task": MULTICLASS, "partial": partial}, mc.to_dict())
-        return mc
-    if run_task(run) == REGRESSION:
-        from workbench.evaluate.multiclass_run import probability_matrix
-        from workbench.evaluate.regression_run import evaluate_regression_samples
+            classes = run_classes(run)
+            labels = table.column("label")
+            preds = {r: table.column(f"{r}_class").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
+            probs = {r: probability_matrix(table.column(f"{r}_proba"), len(classes)) for r in ROLES}
+            del table
+            mc = evaluate_multiclass_samples(
+                run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
+            )
+            return _saved(store, run, mc, params | {"task": MULTICLASS, "partial": partial}, labels_now, prices)
+        if run_task(run) == REGRESSION:
+            from workbench.evaluate.multiclass_run import probability_matrix
+            from workbench.evaluate.regression_run import evaluate_regression_samples
 
-        y = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
-        preds = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
-        levels = tuple(run_quantiles(run))
-        quantiles = (
-            {r: probability_matrix(table.column(f"{r}_quantiles"), len(levels)) for r in ROLES} if levels else None
-        )
+            y = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
+            preds = {r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64) for r in ROLES}
+            levels = tuple(run_quantiles(run))
+            quantiles = (
+                {r: probability_matrix(table.column(f"{r}_quantiles"), len(levels)) for r in ROLES} if levels else None
+            )
+            del table
+            reg = evaluate_regression_samples(
+                run_id,
+                y,
+                preds,
+                latency,
+                counts,
+                rows_done,
+                opts,
+                seg,
+                win,
+                levels,
+                quantiles,
+                run["meta"].get("quantiles_skipped"),
+            )
+            return _saved(store, run, reg, params | {"task": REGRESSION, "partial": partial}, labels_now, prices)
+        thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
+        y = table.column("label").to_numpy()
+        scores = {
+            r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
+        }
         del table
-        reg = evaluate_regression_samples(
-            run_id,
-            y,
-            preds,
-            latency,
-            counts,
-            rows_done,
-            opts,
-            seg,
-            win,
-            levels,
-            quantiles,
-            run["meta"].get("quantiles_skipped"),
-        )
-        reg = replace(reg, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
-        store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
-        return reg
-    thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
-    y = table.column("label").to_numpy()
-    scores = {
-        r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
-    }
-    del table
-    result = evaluate_samples(run_id, y, scores, thr, latency, counts, rows_done, opts, seg, win)
-    del y, scores, seg, win
-    result = replace(result, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
-    params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
-    store.save_evaluation(run_id, params, result.to_dict())
+        lat = lat or pool.submit(latency_summary, latency, opts)
+        result = _evaluated(run_id, y, scores, thr, lat, counts, rows_done, opts, seg, win)
+        del y, scores, seg, win
+        params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
+        return _saved(store, run, result, params, labels_now, prices)
+    finally:
+        pool.shutdown()
+
+
+def _saved(
+    store: Store, run: dict, result: _Result, params: dict[str, Any], labels: Future[dict], prices: Mapping | None
+) -> _Result:
+    """``result`` with what it covered (``labels``: their state on its way) and what each model cost, saved."""
+    resources = compare_resources(store.recorded_resources(run), prices)
+    result = replace(result, coverage=_coverage(run, labels.result()), resources=resources)
+    store.save_evaluation(run["run_id"], params, result.to_dict())
     return result
 
 

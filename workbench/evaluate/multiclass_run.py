@@ -166,7 +166,7 @@ def evaluate_multiclass_samples(
     index (NaN where it failed) and class probabilities (n x C, NaN rows where it failed), latency samples per
     model (sorted in place) and error counts ``{role: {"rows", "errors"}}``; per segment value (``(column,
     values)``, the ``opts.top_k`` most frequent and "other") or time window (``(unit, starts)``) on request."""
-    from workbench.evaluate.evaluation import _slice_ids
+    from workbench.evaluate.slices import slice_ids
 
     classes = tuple(classes)
     n_classes = len(classes)
@@ -189,7 +189,7 @@ def evaluate_multiclass_samples(
         name, values = given
         if kind == "windows":
             values = pc.strftime(values.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")
-        ids, slice_names = _slice_ids(values, opts.top_k if kind == "segments" else None)
+        ids, slice_names = slice_ids(values, opts.top_k if kind == "segments" else None)
         slices = {}
         for j, value in enumerate(slice_names):
             idx = np.flatnonzero(ids == j)

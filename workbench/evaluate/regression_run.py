@@ -143,7 +143,7 @@ def evaluate_regression_samples(
     where it failed), for the pinball loss at each level and the coverage and width of the central interval
     they hold (:func:`~workbench.evaluate.regression.central_interval`); ``quantiles_skipped``: why the run has
     none though a model gives some (listed in ``undefined``)."""
-    from workbench.evaluate.evaluation import _slice_ids
+    from workbench.evaluate.slices import slice_ids
 
     y = np.asarray(y, dtype=np.float64)
     quantiles = quantiles if levels else None
@@ -156,13 +156,13 @@ def evaluate_regression_samples(
     segments = windows = None
     if segment is not None:
         col, values = segment
-        ids, labels = _slice_ids(values, opts.top_k)
+        ids, labels = slice_ids(values, opts.top_k)
         slices, und = _slices(ids, labels, y, preds, levels, quantiles, opts, f"segments.{col}")
         segments, undefined = {col: slices}, undefined | und
     if window is not None:
         unit, starts = window
         iso = pc.strftime(starts.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")
-        ids, labels = _slice_ids(iso, None)
+        ids, labels = slice_ids(iso, None)
         slices, und = _slices(ids, labels, y, preds, levels, quantiles, opts, f"windows.{unit}")
         windows, undefined = {unit: slices}, undefined | und
     lat, lat_undefined = latency_summary(latency, opts)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.store.base import StoreBase
-from workbench.store.names import label_source
-from workbench.tasks import BINARY
 
 
 class EvaluationStore(StoreBase):
@@ -15,19 +13,6 @@ class EvaluationStore(StoreBase):
     def save_evaluation(self, run_id: str, params: dict, result: dict) -> None:
         """Append an evaluation of a run."""
         self._save_report("evaluations", run_id, params, result)
-
-    def labels_state(self, traffic: str, task: str = BINARY) -> dict[str, Any]:
-        """The labels of a traffic set as they are now (the numeric ones for a regression ``task``): their count
-        and an order-free digest of (request id, label) pairs, which changes when a label is added, removed or
-        changed."""
-        table, column = label_source(task)
-        row = self._rows(
-            f"SELECT count(*) AS n, coalesce(bit_xor(hash(request_id, {column})), 0) AS digest FROM {table} "
-            "WHERE traffic = ?",
-            [traffic],
-        )[0]
-        n, digest = row["n"], row["digest"]
-        return {"rows": int(n), "digest": f"{int(digest):016x}"}
 
     def latest_evaluation(self, run_id: str) -> dict[str, Any] | None:
         """The result of a run's latest evaluation, or None."""

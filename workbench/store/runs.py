@@ -9,10 +9,12 @@ one transaction, so a resume skips exactly what was committed) and is finished
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -375,11 +377,38 @@ class RunStore(TrafficStore):
                 table = table.append_column(name, traffic.column(name))
         return table
 
-    def with_labels(self, run: dict[str, Any], rows: pa.Table) -> pa.Table:
+    def with_labels(self, run: dict[str, Any], rows: pa.Table, labels: pa.Table | None = None) -> pa.Table:
         """The rows :meth:`prediction_rows` read, with each request's ``label`` (null where it has none) in
-        place of its ``_row``."""
-        label = self._labels_at(run["traffic"], run_task(run), rows.column("_row").to_numpy())
+        place of its ``_row``; ``labels``: those :meth:`read_labels` read (read here when not given)."""
+        at = rows.column("_row").to_numpy()
+        if labels is None:
+            label = self._labels_at(run["traffic"], run_task(run), at)
+        else:
+            label = _aligned(labels, at).column(0)
         return rows.drop_columns(["_row"]).add_column(0, "label", label)
+
+    def read_labels(self, run: dict[str, Any], handle: Callable[[pa.Table], None]) -> dict[str, Any]:
+        """The labels of the traffic rows a run's committed units cover (``_row`` and ``label``, the run's task's
+        labels; for :meth:`with_labels`), handed to ``handle`` as soon as they are read, then the state of the
+        traffic's labels (:meth:`labels_state`) in the same snapshot, returned: a caller computes with the labels
+        while their state is read, and the state it records is that of the labels it used. On its own cursor, so
+        it can run on a thread beside :meth:`prediction_rows`."""
+        table, column = label_source(run_task(run))
+        cur = self.new_cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")  # one snapshot from the first read on
+            lo, hi = cur.execute(
+                "SELECT coalesce(min(first_row), 0), coalesce(max(first_row + span), 0) - 1 FROM run_batches "
+                "WHERE run_id = ?",
+                [run["run_id"]],
+            ).fetchall()[0]
+            sql = f"SELECT _row, {column} FROM {table} WHERE traffic = ? AND _row BETWEEN ? AND ?"
+            handle(cur.execute(sql, [run["traffic"], lo, hi]).to_arrow_table())
+            return self.labels_state(run["traffic"], run_task(run), cur)
+        finally:
+            with suppress(duckdb.Error):
+                cur.execute("ROLLBACK")  # it only read
+            cur.close()
 
     def _labels_at(self, traffic: str, task: str, rows: np.ndarray) -> pa.ChunkedArray:
         """The label of each traffic row in ``rows`` (null where it has none): the task's labels, :meth:`_at_rows`."""
@@ -394,15 +423,7 @@ class RunStore(TrafficStore):
         traffic rows carry the request's ``_row``: this costs 60 % of a hash join on it (labels), 70 % (traffic)."""
         lo, hi = (int(rows.min()), int(rows.max())) if len(rows) else (0, -1)
         sql = f"SELECT _row, {columns} FROM {table} WHERE {where + ' AND ' if where else ''}_row BETWEEN ? AND ?"
-        found = self.cursor().execute(sql, [*params, lo, hi]).to_arrow_table()
-        at_rows = found.column(0).to_numpy()
-        found = found.drop_columns([found.column_names[0]])
-        if np.array_equal(at_rows, rows):  # they came in the rows' order (both written in traffic order)
-            return found
-        at = np.full(hi - lo + 1, -1, dtype=np.int64 if found.num_rows >= 2**31 else np.int32)
-        at[at_rows - lo] = np.arange(found.num_rows, dtype=at.dtype)
-        index = at[rows - lo]
-        return found.take(pa.array(index, mask=index < 0))
+        return _aligned(self.cursor().execute(sql, [*params, lo, hi]).to_arrow_table(), rows)
 
     def pair_runs(self, model: str, baseline_version: str, candidate_version: str) -> list[dict[str, Any]]:
         """The finished runs of one registered baseline/candidate pair of ``model``, oldest first (id, traffic,
@@ -475,3 +496,18 @@ class RunStore(TrafficStore):
             return table
         label = self._labels_at(run["traffic"], task, table.column("_row").to_numpy())
         return table.drop_columns(["_row"]).add_column(2, "label", label)
+
+
+def _aligned(found: pa.Table, rows: np.ndarray) -> pa.Table:
+    """The columns after the first (``_row``) of ``found``, one row per traffic row in ``rows`` (null where
+    ``found`` has none), looked up through an index over the rows' span."""
+    at_rows = found.column(0).to_numpy()
+    found = found.drop_columns([found.column_names[0]])
+    if np.array_equal(at_rows, rows):  # they came in the rows' order (both written in traffic order)
+        return found
+    spans = [a for a in (rows, at_rows) if len(a)]
+    lo, hi = (min(int(a.min()) for a in spans), max(int(a.max()) for a in spans)) if spans else (0, -1)
+    at = np.full(hi - lo + 1, -1, dtype=np.int64 if found.num_rows >= 2**31 else np.int32)
+    at[at_rows - lo] = np.arange(found.num_rows, dtype=at.dtype)
+    index = at[rows - lo]
+    return found.take(pa.array(index, mask=index < 0))

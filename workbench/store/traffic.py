@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from workbench.clock import db_time, utc_now
@@ -210,6 +211,23 @@ class TrafficStore(StoreBase):
         view.execute("DROP TABLE _wb_label_rows")
         view.close()
         return int(unmatched)
+
+    def labels_state(
+        self, traffic: str, task: str = BINARY, cur: duckdb.DuckDBPyConnection | None = None
+    ) -> dict[str, Any]:
+        """The labels of a traffic set as they are now (the numeric ones for a regression ``task``): their count
+        and an order-free digest of (request id, label) pairs, which changes when a label is added, removed or
+        changed. ``cur``: read on that cursor (in its transaction's snapshot) instead of the thread's."""
+        table, column = label_source(task)
+        n, digest = (
+            (cur or self.cursor())
+            .execute(
+                f"SELECT count(*), coalesce(bit_xor(hash(request_id, {column})), 0) FROM {table} WHERE traffic = ?",
+                [traffic],
+            )
+            .fetchall()[0]
+        )
+        return {"rows": int(n), "digest": f"{int(digest):016x}"}
 
     def fill_label_rows(self, cur, traffic: str | None = None) -> None:
         """Give the labels of ``traffic`` (default: every traffic set) that came before their requests the
