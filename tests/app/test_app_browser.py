@@ -97,7 +97,7 @@ def chromium():
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=60_000)  # the first page load imports MLflow
+    expect.set_options(timeout=60_000)  # a first page load on a busy machine
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -148,7 +148,7 @@ def test_review_and_sign_in_the_browser(served):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)  # the first page load imports MLflow
+            expect.set_options(timeout=60_000)  # a first page load on a busy machine
 
             def shot(name: str) -> None:
                 page.wait_for_timeout(500)  # let plotly finish drawing
