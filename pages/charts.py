@@ -243,8 +243,11 @@ def deltas(
     y_key: str = "metric",
     title: str = "Candidate − baseline (with intervals)",
     x_title: str = "candidate − baseline, in each metric's units",
+    y_title: str = "",
 ) -> go.Figure:
-    """Forest plot: each row's paired delta with its interval (one row per metric, or per ``y_key``)."""
+    """Forest plot: each row's paired delta with its interval (one row per metric, or per ``y_key``). The rows
+    are categories, drawn in order, however their names read (plotly reads "0.1", "0.5", "0.9" as numbers and
+    would tick them "0", "0.5", "1")."""
     rows = [r for r in rows if r["delta"] is not None]
     y = [str(r[y_key]) for r in rows]
     x = [r["delta"] for r in rows]
@@ -267,7 +270,7 @@ def deltas(
         height=100 + 34 * max(1, len(rows)),
         title=title,
         xaxis_title=f"{x_title} (green: better, red: worse, grey: no significant difference)",
-        yaxis_autorange="reversed",
+        yaxis=dict(type="category", autorange="reversed", title=y_title),
     )
 
 
@@ -480,7 +483,11 @@ def pinball_by_level(rows: list[dict]) -> go.Figure:
             hovertemplate=f"{role} %{{x}}: %{{y:.4g}}<extra></extra>",
         )
     return _layout(
-        fig, title="Pinball loss per quantile level (lower is better)", barmode="group", yaxis_title="pinball loss"
+        fig,
+        title="Pinball loss per quantile level (lower is better)",
+        barmode="group",
+        xaxis_title="quantile level",
+        yaxis_title="pinball loss (the target's unit)",
     )
 
 

@@ -74,14 +74,21 @@ def quantile_view(ev: dict) -> None:
             col.metric(
                 f"{role.capitalize()} coverage",
                 ui.num(value, "{:.1%}"),
-                delta=None if value is None else f"{value - cov['nominal']:+.1%} vs nominal",
+                delta=None if value is None else f"{100 * (value - cov['nominal']):+.1f} percentage points vs nominal",
                 delta_color="off",
                 help=f"interval {ui.ci(lo, hi, '{:.1%}')}; width {ui.num(cov['interval_width'][role][0])}",
             )
     st.subheader("Pinball loss per quantile level")
     st.plotly_chart(charts.pinball_by_level(rows), key="pinball_by_level")
     st.plotly_chart(
-        charts.deltas(rows, y_key="level", title="Pinball loss: candidate − baseline per level"), key="pinball_deltas"
+        charts.deltas(
+            [r | {"quantile": f"q{r['level']:g}"} for r in rows],
+            y_key="quantile",
+            title="Pinball loss: candidate − baseline per level",
+            x_title="candidate − baseline pinball loss (the target's unit)",
+            y_title="quantile level",
+        ),
+        key="pinball_deltas",
     )
     st.dataframe(
         pd.DataFrame(

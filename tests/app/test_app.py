@@ -426,7 +426,7 @@ def test_candidates_link_each_run_to_compare_and_decide(home):
     at = open_page()
     links = {(p.proto.page, p.proto.query_string) for p in at.page_link}
     assert {("compare", f"run={run_id_of(home)}"), ("decide", f"run={run_id_of(home)}")} <= links
-    assert ("audit", "model=flight-delay") in links and ("", "model=flight-delay") in links  # "": the default page
+    assert ("audit", "model=flight-delay") in links and ("candidates", "model=flight-delay") in links
     at = open_page(address={"model": "flight-delay"})
     assert [s.value for s in at.subheader] == ["flight-delay"] and "All models" in [p.label for p in at.page_link]
     at = open_page(address={"model": "no-such-model"})

@@ -97,7 +97,7 @@ def chromium():
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    expect.set_options(timeout=60_000)  # the first page load imports MLflow
+    expect.set_options(timeout=60_000)  # a first page load on a busy machine
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -148,7 +148,7 @@ def test_review_and_sign_in_the_browser(served):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)  # the first page load imports MLflow
+            expect.set_options(timeout=60_000)  # a first page load on a busy machine
 
             def shot(name: str) -> None:
                 page.wait_for_timeout(500)  # let plotly finish drawing
@@ -315,9 +315,15 @@ def test_a_shared_link_opens_the_right_run(served):
             page.close()
 
         page = new_page(browser)
-        page.goto(f"{url}/?model=flight-delay")  # Candidates, one model
-        expect(page.get_by_role("heading", name="flight-delay")).to_be_visible()
+        page.goto(f"{url}/candidates?model=flight-delay")  # Candidates, one model, at the address people share
+        expect(page.get_by_role("heading", level=3)).to_have_text(["flight-delay"])  # that model's card alone
+        link = page.get_by_role("link", name="Link to this model")
+        expect(link).to_have_attribute("href", "candidates?model=flight-delay")
         expect(page.get_by_text("All models")).to_be_visible()
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        page.goto(f"{url}/?model=flight-delay")  # the app's root address opens the same
+        page.wait_for_url("**/candidates?model=flight-delay")
+        expect(page.get_by_role("heading", level=3)).to_have_text(["flight-delay"])
         page.screenshot(path=str(ARTIFACTS / "12-candidates-one-model.png"))
         run_row = page.get_by_text(f"Run {run_id} ·").locator("xpath=ancestor::div[@data-testid='stElementContainer']")
         run_row.locator("xpath=following-sibling::*[1]").get_by_role("link", name="Decide").click()

@@ -5,6 +5,8 @@ residual drift."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -117,6 +119,9 @@ def test_compare_shows_the_pinball_loss_per_level_and_the_interval_coverage(app,
     control.set_value("Quantiles").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Central 80% interval (q0.1 to q0.9)" in [s.value for s in at.subheader]
+    bars, forest = (json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart"))
+    assert bars["xaxis"]["title"]["text"] == "quantile level" and "unit" in bars["yaxis"]["title"]["text"]
+    assert forest["yaxis"]["type"] == "category" and forest["yaxis"]["title"]["text"] == "quantile level"
     shown = next(d.value for d in at.dataframe if "level" in d.value.columns).set_index("level")
 
     df = _truth(reg_home)

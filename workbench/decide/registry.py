@@ -29,6 +29,14 @@ from urllib.parse import quote
 from workbench import WorkbenchError
 from workbench.decide.canary import SignedDecision, sync
 from workbench.decide.policy import RegistryOptions, Verdict
+from workbench.decide.registry_read import (
+    MAX_MODELS,
+    TAG_PREFIX,
+    LayoutChanged,
+    direct_reader,
+    filter_value,
+    model_entry,
+)
 from workbench.decide.signing import SignatureError, canonical_bytes, record_hash, verify_signature
 from workbench.decide.witness import WitnessHead, WitnessUnavailable
 from workbench.paths import within
@@ -37,7 +45,6 @@ from workbench.store import Store
 
 log = logging.getLogger(__name__)
 WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created")
-TAG_PREFIX = "canary."
 _DECISION_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # whole-string matches only (fullmatch: no trailing newline)
 
 
@@ -48,10 +55,18 @@ def _metric_key(text: str) -> str:
 class Registry:
     """An MLflow client bound to one tracking/registry URI (MLflow is imported here, lazily)."""
 
-    def __init__(self, tracking_uri: str, artifact_root: Path | None = None, health_timeout_s: float = 3.0):
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_root: Path | None = None,
+        health_timeout_s: float = 3.0,
+        direct_reads: bool = True,
+    ):
         """``artifact_root``: where a new decisions experiment keeps artifacts when MLflow is a local store
-        (a server keeps them where it is configured to)."""
+        (a server keeps them where it is configured to). ``direct_reads``: browse the registry without MLflow's
+        client where the URI allows (:mod:`workbench.decide.registry_read`); False reads everything with it."""
         self.uri = tracking_uri
+        self.direct_reads = direct_reads
         self._client = None
         self.artifact_root = artifact_root
         self.health_timeout_s = health_timeout_s
@@ -274,40 +289,35 @@ class Registry:
     # -- browsing (the app's Candidates and Audit pages) ----------------------------------------
     def list_models(self, max_versions: int = 50) -> list[dict]:
         """Registered models with their aliases, ``canary.*`` tags and newest versions (each with its aliases,
-        status, source run and ``canary.*`` tags)."""
+        status, source run and ``canary.*`` tags); read without MLflow's client where the URI allows
+        (:mod:`workbench.decide.registry_read`)."""
         self.check_reachable()
+        found = self._read_directly(lambda reader: reader.list_models(max_versions))
+        if found is not None:
+            return found
         out = []
-        for m in self.client.search_registered_models(max_results=200):
+        for m in self.client.search_registered_models(max_results=MAX_MODELS):
             versions = self.client.search_model_versions(
-                f"name = '{_quote(m.name)}'", max_results=max_versions, order_by=["version_number DESC"]
+                f"name = '{filter_value(m.name)}'", max_results=max_versions, order_by=["version_number DESC"]
             )
-            aliases = {a: str(v) for a, v in (m.aliases or {}).items()}
-            by_version: dict[str, list[str]] = {}
-            for a, v in aliases.items():
-                by_version.setdefault(v, []).append(a)
-            out.append(
+            rows = [
                 {
-                    "name": m.name,
-                    "description": m.description,
-                    "aliases": aliases,
-                    "tags": {k: v for k, v in (m.tags or {}).items() if k.startswith(TAG_PREFIX)},
-                    "versions": [
-                        {
-                            "version": str(v.version),
-                            "aliases": sorted(by_version.get(str(v.version), [])),
-                            "status": v.status,
-                            "run_id": v.run_id,
-                            "created_at": v.creation_timestamp,
-                            "tags": {k: v2 for k, v2 in (v.tags or {}).items() if k.startswith(TAG_PREFIX)},
-                        }
-                        for v in versions
-                    ],
+                    "version": v.version,
+                    "status": v.status,
+                    "run_id": v.run_id,
+                    "created_at": v.creation_timestamp,
+                    "tags": v.tags or {},
                 }
-            )
+                for v in versions
+            ]
+            out.append(model_entry(m.name, m.description, m.aliases or {}, m.tags or {}, rows))
         return sorted(out, key=lambda m: m["name"])
 
     def run_experiments(self, run_ids: list[str]) -> dict[str, str]:
         """The experiment id of each MLflow run that exists (for links to the MLflow UI)."""
+        found = self._read_directly(lambda reader: reader.run_experiments(run_ids))
+        if found is not None:
+            return found
         from mlflow.exceptions import MlflowException
 
         out = {}
@@ -317,6 +327,17 @@ class Registry:
             except MlflowException:
                 continue
         return out
+
+    def _read_directly(self, read: Callable):
+        """``read(reader)`` with the reader that needs no MLflow import; None where MLflow's client must read."""
+        reader = direct_reader(self.uri) if self.direct_reads else None
+        if reader is None:
+            return None
+        try:
+            return read(reader)
+        except LayoutChanged as e:
+            log.info("the MLflow store at %s is read with MLflow's client (%s)", self.uri, e)
+            return None
 
 
 class RegistryWitness:
@@ -349,11 +370,6 @@ class RegistryWitness:
         if not seq.isdigit() or int(seq) < 1:
             raise SignatureError(f"MLflow's canary.sequence tag of {model} is not a sequence number: {seq!r}")
         return WitnessHead(self.name, int(seq), digest, tags.get(TAG_PREFIX + "decision_id"))
-
-
-def _quote(text: str) -> str:
-    """A value inside a single-quoted MLflow search filter."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def mlflow_ui_base(tracking_uri: str) -> str | None:
