@@ -556,6 +556,8 @@ def evaluate_run(
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
+    # what the evaluation is made from, the state of the run's data read before the data itself
+    params = evaluation_params(store, run, segment, window, opts, thresholds, partial, prices)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # the labels' state is read while the predictions are, and before the labels: an evaluation never
         # records a state of the labels newer than the labels it used
@@ -568,17 +570,6 @@ def evaluate_run(
     table = _labelled(table.drop_columns([f"{r}_{c}" for r in ROLES for c in ("latency_ms", "failed")]))
     seg = (segment, table.column("segment")) if segment is not None else None
     win = (window, table.column("window_start")) if window is not None else None
-    params: dict[str, Any] = {
-        "segment": segment,
-        "window": window,
-        "confidence": confidence,
-        "seed": seed,
-        "n_boot": n_boot,
-        "power": power,
-        "top_k": top_k,
-        "small_rows": small_rows,
-        "exact_max_rows": exact_max_rows,
-    }
     if run_task(run) == MULTICLASS:
         from workbench.evaluate.multiclass_run import evaluate_multiclass_samples, probability_matrix
 
@@ -591,7 +582,7 @@ def evaluate_run(
             run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
         )
         mc = replace(mc, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
-        store.save_evaluation(run_id, params | {"task": MULTICLASS, "partial": partial}, mc.to_dict())
+        store.save_evaluation(run_id, params, mc.to_dict())
         return mc
     if run_task(run) == REGRESSION:
         from workbench.evaluate.multiclass_run import probability_matrix
@@ -619,9 +610,9 @@ def evaluate_run(
             run["meta"].get("quantiles_skipped"),
         )
         reg = replace(reg, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
-        store.save_evaluation(run_id, params | {"task": REGRESSION, "partial": partial}, reg.to_dict())
+        store.save_evaluation(run_id, params, reg.to_dict())
         return reg
-    thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
+    thr = params["thresholds"]
     y = table.column("label").to_numpy()
     scores = {
         r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
@@ -630,9 +621,43 @@ def evaluate_run(
     result = evaluate_samples(run_id, y, scores, thr, latency, counts, rows_done, opts, seg, win)
     del y, scores, seg, win
     result = replace(result, coverage=coverage, resources=compare_resources(store.recorded_resources(run), prices))
-    params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
-    store.save_evaluation(run_id, params, result.to_dict())
+    store.save_evaluation(run_id, params | {"bootstrap": result.overall.method}, result.to_dict())
     return result
+
+
+def evaluation_params(
+    store: Store,
+    run: dict,
+    segment: str | None,
+    window: str | None,
+    opts: Options,
+    thresholds: dict[str, float] | None,
+    partial: bool,
+    prices: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """What an evaluation of ``run`` is made from: its options, a binary run's thresholds, and the state of the
+    run's data (:func:`~workbench.store.app.run_token`); stored with it, and what
+    :func:`~workbench.evaluate.stored.evaluation` matches."""
+    params: dict[str, Any] = {
+        "segment": segment,
+        "window": window,
+        "confidence": opts.confidence,
+        "seed": opts.seed,
+        "n_boot": opts.n_boot,
+        "power": opts.power,
+        "top_k": opts.top_k,
+        "small_rows": opts.small_rows,
+        "exact_max_rows": opts.exact_max_rows,
+        "partial": partial,
+        "prices": dict(prices) if prices else None,
+        "task": run_task(run),
+        "data_state": store.run_state(run["run_id"]),
+    }
+    if params["task"] not in (MULTICLASS, REGRESSION):
+        params["thresholds"] = {
+            r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES
+        }
+    return params
 
 
 def _coverage(run: dict, labels: dict[str, Any]) -> dict[str, Any]:
