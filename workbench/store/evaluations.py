@@ -19,10 +19,11 @@ class EvaluationStore(StoreBase):
     def labels_state(self, traffic: str, task: str = BINARY) -> dict[str, Any]:
         """The labels of a traffic set as they are now (the numeric ones for a regression ``task``): their count
         and an order-free digest of (request id, label) pairs, which changes when a label is added, removed or
-        changed."""
+        changed. (Each pair's hash is hashed again: DuckDB combines ``hash(a, b)`` from the hashes of ``a`` and
+        ``b`` in a way the XOR over the rows would take apart, and two labels that swap would cancel out.)"""
         table, column = label_source(task)
         row = self._rows(
-            f"SELECT count(*) AS n, coalesce(bit_xor(hash(request_id, {column})), 0) AS digest FROM {table} "
+            f"SELECT count(*) AS n, coalesce(bit_xor(hash(hash(request_id, {column}))), 0) AS digest FROM {table} "
             "WHERE traffic = ?",
             [traffic],
         )[0]
