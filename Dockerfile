@@ -2,7 +2,8 @@
 # canary-workbench: the library, the CLI, the Streamlit app, the HTTP service and the job scheduler.
 #
 # The install steps are the README's `make install` (see docs/operations/container.md): torch==2.13.0 first, then
-# the project under constraints.txt; here the project is installed non-editable and without test extras.
+# the project under constraints.txt; here the project is installed non-editable, without the test extra, with the
+# `s3` extra (DuckDB's httpfs: a data path on an object store, $WORKBENCH_DATA_PATH=s3://...).
 # CPU torch by default. For CUDA, pick the PyTorch wheel index of your CUDA version (the wheels bring the
 # CUDA runtime; the host's driver comes in through the NVIDIA container toolkit, `docker run --gpus all`):
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t canary-workbench:cuda .
@@ -16,12 +17,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 # 1. torch first, pinned, from the index that serves the CPU (or CUDA) build: pip never pulls another one
 RUN python3 -m venv /opt/venv \
  && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
-# 2. the project with every dependency pinned by constraints.txt
+# 2. the project with every dependency pinned by constraints.txt, and the s3 extra (pinned in pyproject.toml)
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY workbench ./workbench
 COPY pipelines ./pipelines
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt ".[s3]"
 
 FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

@@ -5,7 +5,8 @@ per read (nothing is held between reruns), or the shared read-write store while 
 writes. When another process holds the write lock, a read falls back to the last value read for the same
 question, and :func:`busy_since` tells the page to say so. Every cached function takes the home as its
 first argument, so two homes never share entries. Run aggregates are keyed by a token that changes when
-the run or its traffic's labels do (:func:`run_token`), so they are computed once per state of a run.
+the run or its traffic's labels do (:func:`~workbench.store.app.run_token`), so they are computed once per
+state of a run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from workbench.ops.background import BackgroundJobs, DatabaseBusy, SharedDatabas
 from workbench.ops.summaries import LATENCY_PER_DECADE as LATENCY_PER_DECADE
 from workbench.ops.summaries import LATENCY_PROBS as LATENCY_PROBS
 from workbench.ops.summaries import SCORE_BINS as SCORE_BINS
-from workbench.ops.summaries import run_token
+from workbench.store.app import run_token
 
 log = logging.getLogger(__name__)
 

@@ -42,19 +42,20 @@ def test_hadolint_fails_on_a_warning(tmp_path):
 
 
 def test_image_installs_what_the_makefile_installs():
-    """torch first at the Makefile's pin, then the project under constraints.txt (non-editable, no test extra)."""
+    """torch first at the Makefile's pin, then the project under constraints.txt (non-editable, no test extra,
+    the s3 extra: an object-store data path works in the image)."""
     makefile = (REPO / "Makefile").read_text()
     docker = (REPO / "Dockerfile").read_text()
     make_torch = re.findall(r"pip install -q (torch==[\d.]+)", makefile)
     docker_torch = re.findall(r"pip install .*?(torch==[\d.]+)", docker)
     assert make_torch and docker_torch == make_torch
     assert '-c constraints.txt -e ".[test]"' in makefile
-    assert re.search(r"^RUN pip install --no-cache-dir -c constraints.txt \.$", docker, re.MULTILINE)
+    assert re.search(r'^RUN pip install --no-cache-dir -c constraints.txt "\.\[s3\]"$', docker, re.MULTILINE)
     assert docker.index("torch==") < docker.index("-c constraints.txt")
     assert re.search(r"^ARG BASE_IMAGE=python:\d+\.\d+\.\d+-slim-\w+$", docker, re.MULTILINE)  # pinned base
     assert re.search(r"^USER 10001:10001$", docker, re.MULTILINE)
     readme = (REPO / "README.md").read_text()
-    assert "torch==2.13.0" in readme and "-c constraints.txt ." in readme
+    assert "torch==2.13.0" in readme and '-c constraints.txt ".[s3]"' in readme
 
 
 def run_entrypoint(tmp_path, *args) -> str:

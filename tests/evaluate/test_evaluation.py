@@ -446,3 +446,37 @@ def test_cli_evaluate_segments_and_windows(demo_home, tmp_path):
     assert "roc_auc" in text and "p50" in text
     bad = run_cli("evaluate", run_id, "--segment", "nope", home=home, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: traffic 'flights' has no column 'nope'")
+
+
+def test_an_unchanged_finished_run_gets_its_stored_evaluation_and_new_labels_evaluate_again(seeded_home, tmp_path):
+    from workbench.evaluate.stored import evaluation
+
+    def made(store) -> int:
+        return store.cursor().execute("SELECT count(*) FROM evaluations WHERE run_id = 'run_a'").fetchall()[0][0]
+
+    with Store(seeded_home / "lake") as store:
+        seeded = made(store)  # the seeded evaluation records no state of the data: evaluated again
+        first = evaluation(store, "run_a")
+        assert made(store) == seeded + 1
+        assert evaluation(store, "run_a") == first and made(store) == seeded + 1  # a lookup: nothing new stored
+        narrow = evaluation(store, "run_a", confidence=0.9)  # other options: evaluated
+        assert narrow["confidence"] == 0.9 and made(store) == seeded + 2
+        assert evaluation(store, "run_a", confidence=0.9, recompute=True) == narrow and made(store) == seeded + 3
+        # new labels for the run's traffic: the first 500 requests' labels flipped
+        old = (
+            store.cursor()
+            .execute("SELECT request_id, label FROM labels WHERE traffic = 'syn_run_a' ORDER BY request_id LIMIT 500")
+            .fetchall()
+        )
+        pd.DataFrame({"request_id": [r for r, _ in old], "label": [1 - y for _, y in old]}).to_parquet(
+            tmp_path / "labels.parquet"
+        )
+        ingest_labels(store, tmp_path / "labels.parquet", "syn_run_a")
+        again = evaluation(store, "run_a", confidence=0.9)
+        assert made(store) == seeded + 4
+        assert again["baseline"]["accuracy"]["value"] != narrow["baseline"]["accuracy"]["value"]
+    out = run_cli("evaluate", "run_a", "--confidence", "0.9", "--json", home=seeded_home)
+    assert json.loads(out.stdout) == again  # the CLI returns the stored one
+    run_cli("evaluate", "run_a", "--confidence", "0.9", "--recompute", "--json", home=seeded_home)
+    with Store(seeded_home / "lake", read_only=True) as store:
+        assert made(store) == seeded + 5

@@ -1,7 +1,8 @@
 """Ray replays on a PostgreSQL catalog: the actors commit their units straight into the lake (the driver only
-counts them), a replay killed at seeded points resumes with every request exactly once, and the progress bar
-moves as a local replay's does. Against a real PostgreSQL server and a local Ray cluster of three logical CPUs
-(two actors and one for reading the traffic)."""
+counts them) and its data files on an object store (the actors reach it with the driver's credentials), a replay
+killed at seeded points resumes with every request exactly once, and the progress bar moves as a local replay's
+does. Against a real PostgreSQL server, moto's S3 server and a local Ray cluster of three logical CPUs (two actors
+and one for reading the traffic), started before the test sets the AWS variables."""
 
 from __future__ import annotations
 
@@ -78,14 +79,15 @@ def scores(store: Store, traffic: str, run_id: str) -> dict[str, tuple]:
     return {r[0]: r[1:] for r in rows}
 
 
-def test_ray_actors_write_into_a_postgres_lake_and_a_killed_replay_resumes_exactly_once(
-    pg_catalog, demo_home, ray_cluster, tmp_path
+def test_ray_actors_write_into_a_postgres_lake_on_s3_and_a_killed_replay_resumes_exactly_once(
+    pg_catalog, s3_data_path, demo_home, ray_cluster, tmp_path
 ):
     home = tmp_path / "home"
     shutil.copytree(demo_home, home)
     demo = json.loads((home / "demo.json").read_text())
     out = run_cli("ingest", str(home / "data" / "traffic.parquet"), "--name", "pgflights", "--json", home=home)
     total = json.loads(out.stdout)["rows"]
+    local_files = sorted(tmp_path.rglob("*.parquet"))  # the demo's own: nothing the replay writes lands here
     args = [
         *("replay", "--baseline", f"models:/{MODEL}/1", "--candidate", f"models:/{MODEL}/2"),
         *("--traffic", "pgflights", "--run-id", "ray_pg", "--batch-size", "50", "--json"),
@@ -123,7 +125,11 @@ def test_ray_actors_write_into_a_postgres_lake_and_a_killed_replay_resumes_exact
     assert json.loads(done.stdout)["rows"] == total
     assert "each committing into the lake" in done.stderr  # the actors wrote, not the driver
     assert "replay: " in done.stderr and "rows/s]" in done.stderr  # the progress bar of a local replay
+    # the actors attached the lake on the bucket (a store that refuses them fails the replay); their units of 50
+    # rows stay in the catalog (DuckLake inlines them), so nothing lands on local disk
+    assert sorted(tmp_path.rglob("*.parquet")) == local_files
     with Store(home / "lake", read_only=True) as s:
+        assert s.data_path == s3_data_path
         assert s.cursor().execute(
             "SELECT count(*), count(DISTINCT _row), min(seconds) > 0 FROM predictions p "
             "JOIN run_batches b ON b.run_id = p.run_id AND p._row BETWEEN b.first_row AND b.first_row + b.span - 1 "

@@ -106,3 +106,17 @@ def test_a_storage_made_before_label_rows_gets_them_when_opened_for_writing_and_
     assert out["columns"] == ["traffic", "request_id", "label", "label_time", "_row"]
     assert out["rows"] == [2100, 2100]
     assert out["result"] == json.loads(json.dumps(before))
+
+
+def test_the_labels_state_changes_when_two_labels_swap(tmp_path):
+    """The digest of (request id, label) pairs changes for any change of labels, here one that keeps how many
+    rows have each label."""
+    with Store(tmp_path / "lake") as s:
+        ingest(s, _traffic(tmp_path / "t.parquet", range(4)), "t")
+        pd.DataFrame({"request_id": ["r0", "r1", "r2", "r3"], "label": [0, 1, 0, 1]}).to_parquet(tmp_path / "a.parquet")
+        ingest_labels(s, tmp_path / "a.parquet", "t")
+        before = s.labels_state("t")
+        pd.DataFrame({"request_id": ["r0", "r1"], "label": [1, 0]}).to_parquet(tmp_path / "b.parquet")
+        ingest_labels(s, tmp_path / "b.parquet", "t")
+        after = s.labels_state("t")
+    assert before["rows"] == after["rows"] == 4 and before["digest"] != after["digest"]

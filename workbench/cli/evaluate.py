@@ -69,13 +69,14 @@ def cmd_drift(args) -> None:
 
 # -- evaluation: metrics with intervals, paired deltas, latency, slices -------------------
 def cmd_evaluate(args) -> None:
-    from workbench.evaluate.evaluation import evaluate_run
+    from workbench.evaluate.stored import evaluation
 
     settings = settings_for(args)
     with open_store(settings) as store:
-        res = evaluate_run(
+        res = evaluation(
             store,
             args.run_id,
+            recompute=args.recompute,
             segment=args.segment,
             window=args.window,
             confidence=args.confidence,
@@ -83,7 +84,7 @@ def cmd_evaluate(args) -> None:
             top_k=args.top_k,
             partial=args.partial,
             prices=settings.prices,
-        ).to_dict()
+        )
     emit(args, res, _evaluation_text)
 
 
@@ -198,6 +199,12 @@ def add_evaluate_parser(sub, common) -> None:
         action="store_true",
         help="evaluate a run that is not finished (interrupted or still replaying) on its rows so far; "
         "the result's coverage says so",
+    )
+    s.add_argument(
+        "--recompute",
+        action="store_true",
+        help="evaluate again even when the run's latest stored evaluation was made with the same options from the "
+        "same rows, traffic and labels (by default that one is returned, and nothing new is stored)",
     )
     s.set_defaults(fn=cmd_evaluate)
 

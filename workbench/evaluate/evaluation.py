@@ -563,6 +563,8 @@ def evaluate_run(
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
+    # what the evaluation is made from, the state of the run's data read before the data itself
+    params = evaluation_params(store, run, segment, window, opts, thresholds, partial, prices)
     # the labels are read while the predictions are, then their state (of the same snapshot) while the
     # evaluation runs: an evaluation records the state of the labels it used
     pool = ThreadPoolExecutor(max_workers=2)
@@ -580,17 +582,6 @@ def evaluate_run(
         table = _labelled(table.drop_columns([f"{r}_{c}" for r in ROLES for c in ("latency_ms", "failed")]))
         seg = (segment, table.column("segment")) if segment is not None else None
         win = (window, table.column("window_start")) if window is not None else None
-        params: dict[str, Any] = {
-            "segment": segment,
-            "window": window,
-            "confidence": confidence,
-            "seed": seed,
-            "n_boot": n_boot,
-            "power": power,
-            "top_k": top_k,
-            "small_rows": small_rows,
-            "exact_max_rows": exact_max_rows,
-        }
         if run_task(run) == MULTICLASS:
             from workbench.evaluate.multiclass_run import evaluate_multiclass_samples, probability_matrix
 
@@ -602,7 +593,7 @@ def evaluate_run(
             mc = evaluate_multiclass_samples(
                 run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
             )
-            return _saved(store, run, mc, params | {"task": MULTICLASS, "partial": partial}, labels_now, prices)
+            return _saved(store, run, mc, params, labels_now, prices)
         if run_task(run) == REGRESSION:
             from workbench.evaluate.multiclass_run import probability_matrix
             from workbench.evaluate.regression_run import evaluate_regression_samples
@@ -628,8 +619,8 @@ def evaluate_run(
                 quantiles,
                 run["meta"].get("quantiles_skipped"),
             )
-            return _saved(store, run, reg, params | {"task": REGRESSION, "partial": partial}, labels_now, prices)
-        thr = {r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES}
+            return _saved(store, run, reg, params, labels_now, prices)
+        thr = params["thresholds"]
         y = table.column("label").to_numpy()
         scores = {
             r: table.column(f"{r}_score").to_numpy(zero_copy_only=False).astype(np.float64, copy=False) for r in ROLES
@@ -638,8 +629,7 @@ def evaluate_run(
         lat = lat or pool.submit(latency_summary, latency, opts)
         result = _evaluated(run_id, y, scores, thr, lat, counts, rows_done, opts, seg, win)
         del y, scores, seg, win
-        params |= {"thresholds": thr, "bootstrap": result.overall.method, "partial": partial}
-        return _saved(store, run, result, params, labels_now, prices)
+        return _saved(store, run, result, params | {"bootstrap": result.overall.method}, labels_now, prices)
     finally:
         pool.shutdown()
 
@@ -652,6 +642,41 @@ def _saved(
     result = replace(result, coverage=_coverage(run, labels.result()), resources=resources)
     store.save_evaluation(run["run_id"], params, result.to_dict())
     return result
+
+
+def evaluation_params(
+    store: Store,
+    run: dict,
+    segment: str | None,
+    window: str | None,
+    opts: Options,
+    thresholds: dict[str, float] | None,
+    partial: bool,
+    prices: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """What an evaluation of ``run`` is made from: its options, a binary run's thresholds, and the state of the
+    run's data (:func:`~workbench.store.app.run_token`); stored with it, and what
+    :func:`~workbench.evaluate.stored.evaluation` matches."""
+    params: dict[str, Any] = {
+        "segment": segment,
+        "window": window,
+        "confidence": opts.confidence,
+        "seed": opts.seed,
+        "n_boot": opts.n_boot,
+        "power": opts.power,
+        "top_k": opts.top_k,
+        "small_rows": opts.small_rows,
+        "exact_max_rows": opts.exact_max_rows,
+        "partial": partial,
+        "prices": dict(prices) if prices else None,
+        "task": run_task(run),
+        "data_state": store.run_state(run["run_id"]),
+    }
+    if params["task"] not in (MULTICLASS, REGRESSION):
+        params["thresholds"] = {
+            r: float((thresholds or {}).get(r, run[r].get("threshold", DEFAULT_THRESHOLD))) for r in ROLES
+        }
+    return params
 
 
 def _coverage(run: dict, labels: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 A first visit of a page over a 10M-row run would otherwise aggregate the run (seconds) or judge it (the Decide
 page's preview: a minute). The flow computes them once the run is evaluated (:func:`precompute`); a page reads
-the copy stored under the run's current state (:func:`run_token`: rows, status, traffic and labels; for a
-decision's evidence also every run of the pair and the drift report), and computes a missing or stale one
-itself (:func:`look_up`), storing it when it can write (:func:`save`). Each summary is defined once, in
-:data:`COMPUTE`, which both call.
+the copy stored under the run's current state (:func:`~workbench.store.app.run_token`: rows, status, traffic
+and labels; for a decision's evidence also every run of the pair and the drift report), and computes a missing
+or stale one itself (:func:`look_up`), storing it when it can write (:func:`save`). Each summary is defined
+once, in :data:`COMPUTE`, which both call.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from workbench import WorkbenchError
 from workbench.store import Store
+from workbench.store.app import run_token
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,6 @@ LATENCY_PROBS = (0.5, 0.95, 0.99)
 MIN_ROWS_VAR = "WORKBENCH_SUMMARY_MIN_ROWS"
 # a 100k-row run's pages aggregate and judge it in well under 2 s on a first visit (10M rows: 5-60 s)
 DEFAULT_MIN_ROWS = 100_000
-
-
-def run_token(r: dict) -> str:
-    """Changes when a run gains rows, finishes, or its traffic or labels change (``r``: a row of ``app_runs``)."""
-    return f"{r['status']}|{r['rows_done']}|{r.get('data_at')}|{r.get('finished_at')}"
 
 
 def _evidence(store: Store, run: dict, policy: Any) -> Any:
@@ -68,8 +64,9 @@ def key_of(name: str, arg: Any) -> str:
 
 
 def token_of(store: Store, run: dict, name: str) -> str:
-    """The state of the data summary ``name`` of ``run`` depends on: the run's :func:`run_token`; for a
-    decision's evidence, that of every finished run of the pair and the run's latest drift report."""
+    """The state of the data summary ``name`` of ``run`` depends on: the run's
+    :func:`~workbench.store.app.run_token`; for a decision's evidence, that of every finished run of the pair and
+    the run's latest drift report."""
     states = {r["run_id"]: run_token(r) for r in store.app_runs()}
     if name != "evidence":
         return states[run["run_id"]]

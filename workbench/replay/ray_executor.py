@@ -3,7 +3,8 @@
 The run's remaining traffic is staged as one Parquet file, Ray Data maps it through :class:`PairActor`
 (which loads both models from MLflow itself, so the tracking URI must be reachable from the workers).
 With a PostgreSQL catalog each actor commits its paired rows straight into the lake, unit by unit (a
-contiguous ``_row`` range each, refused when already committed), and the driver only counts them; with the
+contiguous ``_row`` range each, refused when already committed), and the driver only counts them (with the
+lake's data files on an object store, the actors get the driver's ``AWS_*`` variables); with the
 SQLite catalog (one machine's file) the driver commits them batch by batch in ``_row`` order. Either way a
 resume skips exactly what was committed and every row is committed once. Scores, classes and errors are
 identical to a local replay; latencies are measured inside the actors.
@@ -12,6 +13,7 @@ identical to a local replay; latencies are measured inside the actors.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +34,8 @@ from workbench.replay.pipeline import (
 )
 from workbench.replay.scoring import PairScorer
 from workbench.store import AlreadyCommitted, RunState, Store
-from workbench.store.lake import LakeTarget
+from workbench.store.lake import LakeTarget, is_url
+from workbench.store.object_store import aws_env
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,9 @@ def contiguous_units(rows: np.ndarray) -> list[tuple[int, int]]:
 
 class PairActor:
     """A Ray actor holding both models; maps an Arrow batch of traffic to its paired result rows, or, given
-    the run's lake (``commit``: the run id and its lake's folder and target), commits them itself and
-    returns one row per batch with the rows it committed."""
+    the run's lake (``commit``: the run id, its lake's folder and target, and the variables that reach its
+    data path: :func:`~workbench.store.object_store.aws_env`), commits them itself and returns one row per batch
+    with the rows it committed."""
 
     def __init__(
         self,
@@ -80,7 +84,7 @@ class PairActor:
         tracking_uri: str,
         device: str,
         options: ReplayOptions,
-        commit: tuple[str, str, LakeTarget] | None = None,
+        commit: tuple[str, str, LakeTarget, dict[str, str]] | None = None,
     ):
         import mlflow
 
@@ -98,7 +102,8 @@ class PairActor:
         self.quantiles = len(quantiles) if quantiles is not None else None
         self.sink: tuple[str, Store] | None = None
         if commit is not None:
-            run_id, folder, target = commit
+            run_id, folder, target, env = commit
+            os.environ.update(env)  # this actor's process: its lake's DuckDB reads them when it attaches
             self.sink = (run_id, Store(folder, target=target))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -165,7 +170,9 @@ class RayExecutor:
         uris = {role: m.ref.uri for role, m in models.items()}
         features = sorted({f for m in models.values() for f in m.ref.features})
         run_id, done = run.run_id, run.rows_done
-        commit = (run_id, str(store.lake), store.target) if direct else None
+        commit = None
+        if direct:  # with the credentials of an object-store data path
+            commit = (run_id, str(store.lake), store.target, aws_env() if is_url(store.data_path or "") else {})
         with tempfile.TemporaryDirectory(prefix=f"workbench-{run_id}-", dir=self.staging_dir) as staging:
             path = Path(staging) / "traffic.parquet"
             store.export_traffic_parquet(run.traffic, features, run.committed, path, row_group_rows=options.batch_size)

@@ -21,6 +21,12 @@ from workbench.store.runs import RUNS_SQL, RunStore
 from workbench.tasks import MULTICLASS, run_classes, run_task
 
 
+def run_token(r: dict) -> str:
+    """The state of a run's data: changes when the run gains rows, finishes, or its traffic or labels change
+    (``r``: a row of :meth:`AppStore.app_runs`)."""
+    return f"{r['status']}|{r['rows_done']}|{r.get('data_at')}|{r.get('finished_at')}"
+
+
 class AppStore(RunStore):
     """Read-only aggregates over runs, traffic, labels, decisions and jobs.
 
@@ -40,20 +46,29 @@ class AppStore(RunStore):
         "UBIGINT",
     }
 
-    def app_runs(self) -> list[dict[str, Any]]:
-        """Every run with its models, ``rows_done``, ``data_at`` (when its traffic or labels last changed) and
-        ``task``."""
+    def app_runs(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every run (or only ``run_id``) with its models, ``rows_done``, ``data_at`` (when its traffic or labels
+        last changed) and ``task``."""
         rows = self._rows(
             f"""SELECT r.run_id, r.traffic, r.status, r.rows_total, r.rows_done, r.device, r.mode, r.started_at,
                        r.finished_at, r.baseline, r.candidate, i.data_at,
                        coalesce(json_extract_string(r.meta, '$.task'), 'binary') AS task
                 FROM ({RUNS_SQL}) r
                 LEFT JOIN (SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic) i USING (traffic)
-                ORDER BY r.started_at DESC"""
+                WHERE CAST(? AS VARCHAR) IS NULL OR r.run_id = ?
+                ORDER BY r.started_at DESC""",
+            [run_id, run_id],
         )
         for r in rows:
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
+
+    def run_state(self, run_id: str) -> str:
+        """The :func:`run_token` of run ``run_id`` as it is now."""
+        rows = self.app_runs(run_id)
+        if not rows:
+            raise WorkbenchError(f"unknown run {run_id!r}")
+        return run_token(rows[0])
 
     def stored_summary(self, run_id: str, name: str, key: str, token: str) -> str | None:
         """The stored summary ``name`` (with ``key``) of a run, as text, when it was stored under ``token`` (the

@@ -19,6 +19,16 @@ import duckdb
 from workbench.errors import WorkbenchError
 
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")  # what DuckDB's S3 secrets cover
+# the variables :func:`secret_from_env` reads
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+)
 PROBE = "workbench-probe-*"  # listed under the data path when a process attaches: matches nothing, costs one request
 # the probe's HTTP timeout and retries: a store that never answers fails in about 10 s, not DuckDB's 2 minutes
 # (30 s and 3 retries, kept for the data itself)
@@ -66,6 +76,12 @@ def secret_from_env(data_path: str, name: str, env: dict[str, str] | None = None
     if endpoint is not None:
         sql += f", USE_SSL {'true' if urlsplit(endpoint).scheme == 'https' else 'false'}"
     return sql + ", SCOPE ?)", [v for _, v in options] + [data_path]
+
+
+def aws_env() -> dict[str, str]:
+    """The :data:`AWS_VARS` set in this process: what a worker elsewhere (a Ray actor) needs to reach the data
+    path as this process does."""
+    return {name: os.environ[name] for name in AWS_VARS if os.environ.get(name, "").strip()}
 
 
 def connect_data_path(con: duckdb.DuckDBPyConnection, data_path: str, secret: str) -> None:

@@ -217,12 +217,15 @@ class TrafficStore(StoreBase):
     ) -> dict[str, Any]:
         """The labels of a traffic set as they are now (the numeric ones for a regression ``task``): their count
         and an order-free digest of (request id, label) pairs, which changes when a label is added, removed or
-        changed. ``cur``: read on that cursor (in its transaction's snapshot) instead of the thread's."""
+        changed (each pair's hash is hashed again: DuckDB combines ``hash(a, b)`` from the hashes of ``a`` and ``b``
+        in a way the XOR over the rows would take apart, and two labels that swap would cancel out). ``cur``: read
+        on that cursor (in its transaction's snapshot) instead of the thread's."""
         table, column = label_source(task)
         n, digest = (
             (cur or self.cursor())
             .execute(
-                f"SELECT count(*), coalesce(bit_xor(hash(request_id, {column})), 0) FROM {table} WHERE traffic = ?",
+                f"SELECT count(*), coalesce(bit_xor(hash(hash(request_id, {column}))), 0) FROM {table} "
+                "WHERE traffic = ?",
                 [traffic],
             )
             .fetchall()[0]
