@@ -204,7 +204,7 @@ def progress() -> list:
 @st.cache_data(ttl=10, show_spinner=False)
 def _evaluation(home_: str, run_id: str) -> Fetched:
     def read(s) -> dict | None:
-        from workbench.evaluate.evaluation import evaluation_is_current
+        from workbench.evaluate.stored import evaluation_is_current
 
         ev = s.latest_evaluation(run_id)
         return None if ev is None else ev | {"stale": evaluation_is_current(s, ev)}

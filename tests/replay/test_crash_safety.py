@@ -30,7 +30,7 @@ from reliability_log import record
 from workbench.decide.chain import status as canary_status
 from workbench.decide.chain import verify_chain
 from workbench.decide.signing import PRIVATE_FILE, init_keys, trusted_keys, verify_signature
-from workbench.evaluate.evaluation import evaluation_is_current
+from workbench.evaluate.stored import evaluation_is_current
 from workbench.store import Store, traffic_table
 
 MODEL = "flight-delay"

@@ -403,7 +403,7 @@ def publisher(store, tracking_uri: str, artifact_root: Path | None = None) -> Ca
     record's hash names)."""
     from workbench.decide.canary import load_drift
     from workbench.decide.signing import content_hash
-    from workbench.evaluate.evaluation import evaluation_is_current
+    from workbench.evaluate.stored import evaluation_is_current
 
     registry = Registry(tracking_uri, artifact_root)
 

@@ -545,7 +545,8 @@ def evaluate_run(
     unless ``thresholds`` (e.g. from a policy) overrides them per role. One scan of the store reads the
     labels, scores and latencies (of every replayed row: latency does not need a label). A run that is not
     finished (interrupted, or still replaying) is refused unless ``partial``; the result's ``coverage`` says
-    what it covered (the run's status and rows, the labels' state: see :func:`evaluation_is_current`).
+    what it covered (the run's status and rows, the labels' state: see
+    :func:`~workbench.evaluate.stored.evaluation_is_current`).
     ``resources`` compares what each model cost to run in the replay, priced at ``prices`` (USD per CPU-hour,
     GPU-hour, memory GB-hour; :data:`~workbench.evaluate.resources.DEFAULT_PRICES` for those not given).
     A regression run (its task in its ``meta``) is compared on its numeric labels
@@ -687,22 +688,3 @@ def _coverage(run: dict, labels: dict[str, Any]) -> dict[str, Any]:
         "complete": run["status"] == "finished",
         "labels": labels,
     }
-
-
-def evaluation_is_current(store: Store, evaluation: dict) -> str | None:
-    """None when a stored evaluation covers its run as it is now (finished, the same rows, the same labels);
-    otherwise why it does not, in words."""
-    cov = evaluation.get("coverage") or {}
-    run = store.require_run(evaluation["run_id"])
-    if not cov:
-        return "it does not record what it covered (made by an older release): evaluate the run again"
-    if not cov.get("complete"):
-        return (
-            f"it covers {cov.get('rows_done', 0):,} of {cov.get('rows_total', 0):,} rows of a run that was "
-            f"{cov.get('status')} (a partial evaluation)"
-        )
-    if int(run["rows_done"] or 0) != cov.get("rows_done"):
-        return f"the run has {int(run['rows_done'] or 0):,} rows now, the evaluation covers {cov.get('rows_done'):,}"
-    if store.labels_state(run["traffic"], run_task(run)) != cov.get("labels"):
-        return "the run's labels changed since it was evaluated"
-    return None
