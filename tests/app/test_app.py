@@ -391,7 +391,9 @@ def test_replay_page_starts_a_job_and_lists_it(home):
             break
         time.sleep(0.2)
     assert got.status == "finished", got.error
-    time.sleep(3.5)  # the runs list is cached for 3 s
+    import streamlit as st
+
+    st.cache_data.clear()  # as if the runs list's 3-s cache had expired
     at.run()
     past = at.dataframe[0].value.set_index("run")
     assert past.loc["app_run", "status"] == "finished" and past.loc["app_run", "source"] == "app replay"
