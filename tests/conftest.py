@@ -609,17 +609,33 @@ def register_model(tracking_uri: str, prefix: str, versions: int = 2) -> str:
     return name
 
 
-@pytest.fixture
-def seeded_home(tmp_path) -> Path:
-    """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose
-    evaluation passes the default policy."""
+def _seed_home(home: Path) -> Path:
     from workbench.decide.signing import init_keys
     from workbench.store import Store
 
-    home = tmp_path / "home"
     init_keys(home / "keys")
     with Store(home / "lake") as store:
         seed_run(store, "run_a", make_evaluation("run_a"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory) -> Path:
+    """:func:`seeded_home`'s home, built once per session (each test gets a copy)."""
+    return _seed_home(tmp_path_factory.mktemp("seeded") / "home")
+
+
+@pytest.fixture
+def seeded_home(request, tmp_path) -> Path:
+    """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose
+    evaluation passes the default policy: a copy of the session's, or built here when the lake is to live
+    elsewhere ($WORKBENCH_CATALOG or $WORKBENCH_DATA_PATH set)."""
+    import shutil
+
+    home = tmp_path / "home"
+    if os.environ.get("WORKBENCH_CATALOG") or os.environ.get("WORKBENCH_DATA_PATH"):
+        return _seed_home(home)
+    shutil.copytree(request.getfixturevalue("seeded_template"), home)
     return home
 
 
