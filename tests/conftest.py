@@ -135,6 +135,39 @@ def run_cli(
     return proc
 
 
+def cli(*args: str, home: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """:func:`run_cli` inside this process: ``workbench.cli.main(args)`` with its stdout and stderr captured,
+    for tests of what a command does rather than of the process (exit codes, stderr, signals: keep
+    :func:`run_cli` there). Saves the ~3-6 s a new process spends importing pandas, DuckDB and MLflow.
+    The environment and MLflow's tracking URI (the command sets both) are restored afterwards."""
+    import contextlib
+    import io
+
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    from workbench.cli import main
+
+    saved_env, saved_uri = dict(os.environ), tracking._tracking_uri
+    os.environ["WORKBENCH_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        tracking.set_tracking_uri(saved_uri)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    proc = subprocess.CompletedProcess(["workbench", *args], code, out.getvalue(), err.getvalue())
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 class TinyModel:
     """A test predictor: score = sigmoid(x), with optional failure modes keyed on the row's x value."""
 
@@ -576,17 +609,33 @@ def register_model(tracking_uri: str, prefix: str, versions: int = 2) -> str:
     return name
 
 
-@pytest.fixture
-def seeded_home(tmp_path) -> Path:
-    """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose
-    evaluation passes the default policy."""
+def _seed_home(home: Path) -> Path:
     from workbench.decide.signing import init_keys
     from workbench.store import Store
 
-    home = tmp_path / "home"
     init_keys(home / "keys")
     with Store(home / "lake") as store:
         seed_run(store, "run_a", make_evaluation("run_a"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory) -> Path:
+    """:func:`seeded_home`'s home, built once per session (each test gets a copy)."""
+    return _seed_home(tmp_path_factory.mktemp("seeded") / "home")
+
+
+@pytest.fixture
+def seeded_home(request, tmp_path) -> Path:
+    """A workbench home with a signing key and one finished synthetic run ``run_a`` (fraud v1 vs v2) whose
+    evaluation passes the default policy: a copy of the session's, or built here when the lake is to live
+    elsewhere ($WORKBENCH_CATALOG or $WORKBENCH_DATA_PATH set)."""
+    import shutil
+
+    home = tmp_path / "home"
+    if os.environ.get("WORKBENCH_CATALOG") or os.environ.get("WORKBENCH_DATA_PATH"):
+        return _seed_home(home)
+    shutil.copytree(request.getfixturevalue("seeded_template"), home)
     return home
 
 

@@ -3,8 +3,9 @@
 Each test is an attack on what influences a weight (the kill switch, the ``canary_state`` cache, the
 ``decisions`` table's columns, the chain's head, the keys, the published weight document, MLflow's tags),
 made the way an attacker would (SQL on the database file, files replaced in the home) and checked through the
-real entry points: the ``workbench`` CLI in subprocesses, the service's API and ``/metrics``, the router's
-weight source, and a real ``mlflow server`` where the registry is the witness.
+real entry points: the ``workbench`` CLI's ``main`` (in this process, as a fresh process would run it: every
+attack is on the files and tables the command reads; concurrent writers are real processes), the service's API
+and ``/metrics``, the router's weight source, and a real ``mlflow server`` where the registry is the witness.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, free_port, fresh_run, register_model, run_cli, seed_run
+import conftest
+from conftest import REPO, free_port, fresh_run, register_model, seed_run
 from reliability_log import record
 from workbench.config import Settings, load_settings
 from workbench.decide.policy import load_policy
@@ -39,7 +41,7 @@ def dead_mlflow() -> dict:
 
 def cli(home, *args, env=None, check=True):
     """Run ``workbench ARGS --json``: (exit code, the JSON object or None, stderr)."""
-    proc = run_cli(*args, "--json", home=home, env=env, check=check)
+    proc = conftest.cli(*args, "--json", home=home, env=env, check=check)
     return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else None), proc.stderr
 
 

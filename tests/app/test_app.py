@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_evaluation, run_cli, write_live_log
+from conftest import REPO, cli, make_evaluation, write_live_log
 from workbench.ops.access import add_approver, approvers_path
 from workbench.ops.progress import read_progress
 
@@ -68,9 +68,9 @@ def open_page(page: str | None = None, address: dict | None = None, **state) -> 
     if address is None and page in ("compare", "drift", "decide"):
         address = {"run": run_id_of(Path(os.environ["WORKBENCH_HOME"]))}  # the classifier's run, not the newest
     at.query_params.update(address or {})
+    if page:  # before the first run: the page's own script runs, not the default page's first
+        at.switch_page(f"pages/{page}.py")
     at.run()
-    if page:
-        at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -319,7 +319,7 @@ def test_compare_says_better_only_where_the_interval_excludes_zero(home):
 
 
 def test_only_an_approver_resumes_a_killed_version_on_the_candidates_page(home):
-    run_cli("canary", "kill", "flight-delay", "--reason", "pager", home=home)
+    cli("canary", "kill", "flight-delay", "--reason", "pager", home=home)
     at = open_page()
     assert "**killed**" in texts(at) and "only an approver can resume it" in texts(at)
     sign_in(at, "alice", PASSWORD)
@@ -327,9 +327,9 @@ def test_only_an_approver_resumes_a_killed_version_on_the_candidates_page(home):
     next(b for b in at.button if b.label == "Resume (weight stays 0)").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "**killed**" not in texts(at) and "chain verified" in texts(at) and at.metric[0].value == "0%"
-    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    status = json.loads(cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert status["verified"] and not status["killed"]
-    audit = json.loads(run_cli("decision", "verify", status["decision_id"], "--json", home=home).stdout)
+    audit = json.loads(cli("decision", "verify", status["decision_id"], "--json", home=home).stdout)
     assert audit["verified"] and audit["signer"] == "alice"
 
 
@@ -391,7 +391,9 @@ def test_replay_page_starts_a_job_and_lists_it(home):
             break
         time.sleep(0.2)
     assert got.status == "finished", got.error
-    time.sleep(3.5)  # the runs list is cached for 3 s
+    import streamlit as st
+
+    st.cache_data.clear()  # as if the runs list's 3-s cache had expired
     at.run()
     past = at.dataframe[0].value.set_index("run")
     assert past.loc["app_run", "status"] == "finished" and past.loc["app_run", "source"] == "app replay"
@@ -514,7 +516,7 @@ def actions(at: AppTest) -> list[str]:
 
 def test_an_approver_pauses_then_aborts_the_canary_on_the_live_page(home):
     lenient = str(home / "policies" / "lenient.toml")
-    run_cli("decide", run_id_of(home), "--policy", lenient, "--justification", "errors flat", home=home)
+    cli("decide", run_id_of(home), "--policy", lenient, "--justification", "errors flat", home=home)
     at = open_page("live", address={"model": "flight-delay"})
     assert at.metric[0].value == "1%"
     sign_in(at, "olga", OPERATOR_PASSWORD)
@@ -531,9 +533,9 @@ def test_an_approver_pauses_then_aborts_the_canary_on_the_live_page(home):
     next(b for b in at.button if b.label == "Abort").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Abort: weight 0%" in texts(at) and "**killed**" in texts(at) and at.metric[0].value == "0%"
-    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    status = json.loads(cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert status["weight"] == 0 and status["killed"] and status["verified"] and not status["paused"]
-    assert "killed" in run_cli("canary", "status", "flight-delay", home=home).stdout
+    assert "killed" in cli("canary", "status", "flight-delay", home=home).stdout
     from workbench.store import Store
 
     with Store(home / "lake", read_only=True) as store:

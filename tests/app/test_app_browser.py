@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO, free_port, make_evaluation, run_cli, write_live_log
+from conftest import REPO, cli, free_port, make_evaluation, write_live_log
 from pipelines.demo import stop_server, streamlit_command
 
 CHROMIUM = "/usr/bin/chromium"
@@ -224,7 +224,7 @@ def test_abort_a_live_canary_in_the_browser(served):
 
     url, run_id, home = served
     lenient = str(home / "policies" / "lenient.toml")
-    run_cli("decide", run_id, "--policy", lenient, "--justification", "errors flat", home=home)
+    cli("decide", run_id, "--policy", lenient, "--justification", "errors flat", home=home)
     write_live_log(home)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -257,7 +257,7 @@ def test_abort_a_live_canary_in_the_browser(served):
             page.screenshot(path=str(ARTIFACTS / "9-live-canary-aborted.png"))
         finally:
             browser.close()
-    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    status = json.loads(cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert status["weight"] == 0 and status["killed"] and status["verified"]
 
 
@@ -370,7 +370,7 @@ def test_two_approvers_move_the_weight_and_one_cannot(served):
         expect(bob.get_by_text("2 of 2 approvers signed").first).to_be_visible()
         bob.screenshot(path=str(ARTIFACTS / "14-quorum-two-of-two.png"), full_page=True)
         expect(canary_weight(bob, url)).to_contain_text("1%")
-    status = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    status = json.loads(cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert status["weight"] == 1 and status["verified"] and status["awaiting_approval"] == []
 
 
@@ -432,7 +432,7 @@ def test_every_chart_reads_in_a_screenshot(served):
     from workbench.store import Store
 
     url, run_id, home = served
-    run_cli("evaluate", run_id, home=home)  # the real evaluation: with the models' resources
+    cli("evaluate", run_id, home=home)  # the real evaluation: with the models' resources
     with Store(home / "lake") as store:  # change points and alarms of both models a few days apart
         report = store.latest_drift(run_id)
         report["concept_drift"] |= {"detected": True, "change_point": "2013-10-01T00:00:00+00:00"}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from conftest import LakeConnection, free_port, fresh_run, run_cli, seed_run
+from conftest import LakeConnection, cli, free_port, fresh_run, run_cli, seed_run
 from workbench import WorkbenchError
 from workbench.decide.canary import (
     Signer,
@@ -265,7 +265,7 @@ def test_status_of_an_unknown_model(ctx):
     }
 
 
-# -- the CLI ------------------------------------------------------------------------------------------
+# -- the CLI: contract tests (one JSON line, stderr, exit code) run a process; the others call its main ---
 def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
     env = {"MLFLOW_TRACKING_URI": DEAD.format(free_port())}
     proc = run_cli("decide", "run_a", "--justification", "reviewed", "--json", home=seeded_home, env=env)
@@ -313,20 +313,18 @@ def test_cli_decide_status_verify_and_unreachable_mlflow(seeded_home, tmp_path):
 def test_cli_no_apply_then_apply_and_kill(seeded_home, tmp_path):
     env = {"MLFLOW_TRACKING_URI": DEAD.format(free_port())}
     out = json.loads(
-        run_cli("decide", "run_a", "--justification", "reviewed", "--no-apply", "--json", home=seeded_home).stdout
+        cli("decide", "run_a", "--justification", "reviewed", "--no-apply", "--json", home=seeded_home).stdout
     )
     assert not out["applied"] and "pending_sync" not in out
-    assert json.loads(run_cli("canary", "status", "fraud", "--json", home=seeded_home).stdout)["weight"] == 0
-    applied = json.loads(run_cli("canary", "apply", out["decision_id"], "--json", home=seeded_home, env=env).stdout)
+    assert json.loads(cli("canary", "status", "fraud", "--json", home=seeded_home).stdout)["weight"] == 0
+    applied = json.loads(cli("canary", "apply", out["decision_id"], "--json", home=seeded_home, env=env).stdout)
     assert applied["weight"] == 1 and applied["verified"] and applied["decision_id"] == out["decision_id"]
-    again = run_cli("canary", "apply", out["decision_id"], home=seeded_home, check=False, env=env)
+    again = cli("canary", "apply", out["decision_id"], home=seeded_home, check=False, env=env)
     assert again.returncode == 2 and "already applied" in again.stderr
-    killed = json.loads(
-        run_cli("canary", "kill", "fraud", "--reason", "pager", "--json", home=seeded_home, env=env).stdout
-    )
+    killed = json.loads(cli("canary", "kill", "fraud", "--reason", "pager", "--json", home=seeded_home, env=env).stdout)
     assert killed["weight"] == 0 and killed["verified"] and killed["signature"]
     assert killed["verdict"] == Verdict.ROLLBACK
-    v = json.loads(run_cli("decision", "verify", killed["decision_id"], "--json", home=seeded_home).stdout)
+    v = json.loads(cli("decision", "verify", killed["decision_id"], "--json", home=seeded_home).stdout)
     assert v["verified"] and v["sequence"] == 2
 
 
@@ -342,7 +340,7 @@ def test_cli_decide_with_a_policy_file(seeded_home, tmp_path):
     pol = tmp_path / "strict.yaml"
     pol.write_text("min_labeled_rows: 100000\n")
     out = json.loads(
-        run_cli(
+        cli(
             "decide",
             "run_a",
             "--justification",
@@ -356,7 +354,7 @@ def test_cli_decide_with_a_policy_file(seeded_home, tmp_path):
     )
     assert out["verdict"] == Verdict.HOLD and "evidence.labeled_rows" in out["record"]["reason"]
     pol.write_text("min_labeled_rows: 100000\nmax_age_hour: 3\n")
-    bad = run_cli("decide", "run_a", "--justification", "reviewed", "--policy", str(pol), home=seeded_home, check=False)
+    bad = cli("decide", "run_a", "--justification", "reviewed", "--policy", str(pol), home=seeded_home, check=False)
     assert bad.returncode == 2 and "max_age_hour: unknown key" in bad.stderr
 
 
@@ -374,7 +372,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     demo = json.loads((home / "demo.json").read_text())
     run_id = demo["replay"]["run_id"]
     assert demo["walk"][0]["weight_before"] == 0 and [s["month"] for s in demo["walk"]][-1] == "12"
-    proc = run_cli("decide", run_id, "--justification", "reviewed", "--json", home=home)
+    proc = cli("decide", run_id, "--justification", "reviewed", "--json", home=home)
     out = json.loads(proc.stdout)
     assert out["verdict"] in tuple(Verdict) and out["weight_before"] == demo["decision"]["weight_after"]
     cited = out["record"]["evidence"]
@@ -399,7 +397,7 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert auc["baseline"] == pytest.approx(skm.roc_auc_score(y, b), abs=1e-9)
     assert auc["candidate"] == pytest.approx(skm.roc_auc_score(y, c), abs=1e-9)
     f1 = by_gate["metric.f1.min_absolute_change"]
-    thr = json.loads(run_cli("evaluate", run_id, "--json", home=home).stdout)["thresholds"]
+    thr = json.loads(cli("evaluate", run_id, "--json", home=home).stdout)["thresholds"]
     assert f1["baseline"] == pytest.approx(skm.f1_score(y, b >= thr["baseline"]), abs=1e-9)
     assert f1["candidate"] == pytest.approx(skm.f1_score(y, c >= thr["candidate"]), abs=1e-9)
     for ch in out["checks"]:
@@ -419,8 +417,8 @@ def test_decide_on_the_demo_run(demo_home, tmp_path):
     assert (out["record"]["baseline"]["version"], out["record"]["candidate"]["version"]) == ("1", "2")
     with Store(home / "lake") as store:
         assert out["record"]["traffic_fingerprint"] == store.require_traffic("flights")["fingerprint"]
-    assert json.loads(run_cli("decision", "verify", out["decision_id"], "--json", home=home).stdout)["verified"]
-    st = json.loads(run_cli("canary", "status", "flight-delay", "--json", home=home).stdout)
+    assert json.loads(cli("decision", "verify", out["decision_id"], "--json", home=home).stdout)["verified"]
+    st = json.loads(cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert st["verified"] and st["weight"] == out["weight_after"]
 
     import mlflow
