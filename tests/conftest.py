@@ -37,6 +37,8 @@ LONG_FILES = (
     "live/test_load.py",
     "app/test_app.py",
     "app/test_app_browser.py",
+    "test_integrity.py",
+    "test_security.py",
     "ingest/test_bad_traffic.py",
 )
 
