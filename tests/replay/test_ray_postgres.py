@@ -135,6 +135,10 @@ def test_ray_actors_write_into_a_postgres_lake_on_s3_and_a_killed_replay_resumes
             "JOIN run_batches b ON b.run_id = p.run_id AND p._row BETWEEN b.first_row AND b.first_row + b.span - 1 "
             "WHERE p.run_id = 'ray_pg'"
         ).fetchall() == [(total, total, True)]  # every row in exactly one unit, each unit timed by its actor
+        # a unit is a whole batch of 50 but where a resume or another batch holds rows inside it: the rows the
+        # ingest quarantined (a gap in _row every few rows of the demo's traffic) do not cut it
+        units = s.cursor().execute("SELECT count(*) FROM run_batches WHERE run_id = 'ray_pg'").fetchall()[0][0]
+        assert units <= -(-total // 50) + 20, (units, total)
         got = scores(s, "pgflights", "ray_pg")
     sqlite = home / "lake"
     with Store(sqlite, read_only=True, target=LakeTarget(sqlite, None, str(sqlite / "data") + os.sep)) as s:
