@@ -19,10 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_crash_safety import shoot
 
 from conftest import REPO, free_port, kills, run_cli
+from workbench.replay.ray_executor import contiguous_units
 from workbench.store import Store
 from workbench.store.lake import LakeTarget
 
@@ -185,3 +187,10 @@ def test_a_replay_cut_off_by_a_stopped_catalog_names_it_and_resumes(pg_catalog, 
         assert s.cursor().execute(
             "SELECT count(*), count(DISTINCT _row) FROM predictions WHERE run_id = 'cut'"
         ).fetchall() == [(total, total)]
+
+
+def test_a_commit_unit_is_cut_only_where_the_traffic_holds_rows_inside_it():
+    rows = np.array([1, 2, 4, 5, 9, 10])  # _row 3 was quarantined; 6-8 were committed before a resume
+    assert contiguous_units(rows, np.array([0, 1, 2, 4, 8, 9])) == [(0, 4), (4, 6)]
+    assert contiguous_units(rows, np.array([-1, 1, 2, 4, 5, 9])) == [(0, 6)]  # nothing between: one unit
+    assert contiguous_units(np.array([7]), np.array([3])) == [(0, 1)]
