@@ -64,10 +64,12 @@ def _check_placement(actors: int, use_gpu: bool, cpus: int, gpus: int) -> None:
         )
 
 
-def contiguous_units(rows: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, stop)`` offsets of the runs of consecutive ``_row`` values in ``rows`` (ascending): the
-    commit units of a batch that straddles rows a resumed run committed before."""
-    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+def contiguous_units(rows: np.ndarray, prev: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` offsets of the commit units of a batch whose ascending ``_row`` values are ``rows``,
+    each row's ``prev`` the traffic set's ``_row`` before it (``_prev_row``; -1 for none): a unit ends only
+    where the traffic holds a row between two of the batch's (committed before a resume, or in another batch).
+    Gaps that no traffic row fills (rows the ingest quarantined) stay inside a unit, as in a local replay."""
+    cuts = np.flatnonzero(prev[1:] != rows[:-1]) + 1
     bounds = [0, *cuts.tolist(), len(rows)]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
@@ -116,8 +118,9 @@ class PairActor:
         run_id, store = self.sink
         seconds = time.perf_counter() - t0
         rows = paired.column("_row").to_numpy()
+        prev = batch.column("_prev_row").fill_null(-1).to_numpy()
         done = 0
-        for a, b in contiguous_units(rows):
+        for a, b in contiguous_units(rows, prev):
             unit = paired.slice(a, b - a).combine_chunks()
             try:
                 store.commit_batch(

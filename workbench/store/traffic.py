@@ -176,10 +176,13 @@ class TrafficStore(StoreBase):
     def export_traffic_parquet(
         self, name: str, columns: list[str], skip: Sequence[tuple[int, int]], path: Path, row_group_rows: int
     ) -> None:
-        """Write ``_row`` and ``columns`` of rows outside ``skip`` to one Parquet file, in order."""
-        cols = ", ".join(["_row"] + [qident(c) for c in columns])
+        """Write ``_row``, ``_prev_row`` and ``columns`` of rows outside ``skip`` to one Parquet file, in order.
+        ``_prev_row`` is the ``_row`` before the row's own in the traffic set, in ``skip`` or not (null for the
+        first): two rows next to each other in the file with no traffic row between them are those where it is
+        the other's ``_row``."""
+        cols = ", ".join(["_row", "lag(_row) OVER (ORDER BY _row) AS _prev_row"] + [qident(c) for c in columns])
         self.cursor().execute(
-            f"COPY (SELECT {cols} FROM {traffic_table(name)} WHERE {_skip_sql(skip)} ORDER BY _row) "
+            f"COPY (SELECT * FROM (SELECT {cols} FROM {traffic_table(name)}) WHERE {_skip_sql(skip)} ORDER BY _row) "
             f"TO {sql_literal(str(path))} (FORMAT parquet, ROW_GROUP_SIZE {int(row_group_rows)})"
         )
 
