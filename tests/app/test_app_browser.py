@@ -324,6 +324,8 @@ def test_a_shared_link_opens_the_right_run(served):
         page.goto(f"{url}/?model=flight-delay")  # the app's root address opens the same
         page.wait_for_url("**/candidates?model=flight-delay")
         expect(page.get_by_role("heading", level=3)).to_have_text(["flight-delay"])
+        expect(page.get_by_role("link", name="Link to this model")).to_be_visible()  # the card drawn to its end
+        expect(page.locator(".js-plotly-plot .main-svg").first).to_be_visible()  # its ramp chart too
         page.screenshot(path=str(ARTIFACTS / "12-candidates-one-model.png"))
         run_row = page.get_by_text(f"Run {run_id} ·").locator("xpath=ancestor::div[@data-testid='stElementContainer']")
         run_row.locator("xpath=following-sibling::*[1]").get_by_role("link", name="Decide").click()
