@@ -556,16 +556,16 @@ def evaluate_run(
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
         raise WorkbenchError(f"unknown window {window!r}: use one of {', '.join(WINDOWS)}")
-    run = store.require_run(run_id)
-    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
-    if run["status"] != "finished" and not partial:
-        raise WorkbenchError(
-            f"run {run_id} is {run['status']} with {rows_done:,} of {rows_total:,} rows "
-            f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
-            "pass --partial to evaluate the rows so far (the result is marked partial)"
-        )
-    # what the evaluation is made from, the state of the run's data read before the data itself
-    params = evaluation_params(store, run, segment, window, opts, thresholds, partial, prices)
+    with store.snapshot():  # the run and what the evaluation is made from, read before the data itself
+        run = store.require_run(run_id)
+        rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+        if run["status"] != "finished" and not partial:
+            raise WorkbenchError(
+                f"run {run_id} is {run['status']} with {rows_done:,} of {rows_total:,} rows "
+                f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
+                "pass --partial to evaluate the rows so far (the result is marked partial)"
+            )
+        params = evaluation_params(store, run, segment, window, opts, thresholds, partial, prices)
     # the labels are read while the predictions are, then their state (of the same snapshot) while the
     # evaluation runs: an evaluation records the state of the labels it used
     pool = ThreadPoolExecutor(max_workers=2)
