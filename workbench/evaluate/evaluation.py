@@ -512,10 +512,12 @@ def _evaluated(
     return _result(run_id, quality, thresholds, latency.result(), error_counts, rows_done, opts)
 
 
-def _read_labels(store: Store, run: dict, labels: Future[pa.Table]) -> dict[str, Any]:
-    """:meth:`Store.read_labels` of ``run``, its labels handed over through ``labels``; returns their state."""
+def _read_labels(store: Store, run: dict, labels: Future[pa.Table]) -> tuple[str, dict[str, Any]]:
+    """:meth:`Store.read_labels` of ``run``, its labels handed over through ``labels``; returns the state of the
+    run's data (:meth:`~workbench.store.Store.run_state`) and of the labels, read in the labels' snapshot."""
     try:
-        return store.read_labels(run, labels.set_result)
+        with store.snapshot():
+            return store.run_state(run["run_id"]), store.read_labels(run, labels.set_result)
     except BaseException as e:
         if not labels.done():
             labels.set_exception(e)
@@ -556,22 +558,22 @@ def evaluate_run(
     opts = Options(confidence, seed, n_boot, power, exact_max_rows, top_k, small_rows)
     if window is not None and window not in WINDOWS:
         raise WorkbenchError(f"unknown window {window!r}: use one of {', '.join(WINDOWS)}")
-    with store.snapshot():  # the run and what the evaluation is made from, read before the data itself
-        run = store.require_run(run_id)
-        rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
-        if run["status"] != "finished" and not partial:
-            raise WorkbenchError(
-                f"run {run_id} is {run['status']} with {rows_done:,} of {rows_total:,} rows "
-                f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
-                "pass --partial to evaluate the rows so far (the result is marked partial)"
-            )
-        params = evaluation_params(store, run, segment, window, opts, thresholds, partial, prices)
-    # the labels are read while the predictions are, then their state (of the same snapshot) while the
-    # evaluation runs: an evaluation records the state of the labels it used
+    run = store.require_run(run_id)
+    rows_done, rows_total = int(run["rows_done"] or 0), int(run["rows_total"] or 0)
+    if run["status"] != "finished" and not partial:
+        raise WorkbenchError(
+            f"run {run_id} is {run['status']} with {rows_done:,} of {rows_total:,} rows "
+            f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
+            "pass --partial to evaluate the rows so far (the result is marked partial)"
+        )
+    params = evaluation_params(run, segment, window, opts, thresholds, partial, prices)
+    # the labels are read while the predictions are, then their state and the run's (of the same snapshot)
+    # while the evaluation runs: an evaluation records the state of the data it used. A finished run's
+    # predictions do not change; a running run's records its status, which a stored evaluation must match.
     pool = ThreadPoolExecutor(max_workers=2)
     try:
         label_rows: Future[pa.Table] = Future()
-        labels_now = pool.submit(_read_labels, store, run, label_rows)
+        states = pool.submit(_read_labels, store, run, label_rows)
         pool.submit(stats.z_value, confidence)  # imports scipy.stats (a second, once a process) while reading
         table = store.prediction_rows(run, segment=segment, window=window)
         counts = store.counts_of(table)
@@ -594,7 +596,7 @@ def evaluate_run(
             mc = evaluate_multiclass_samples(
                 run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
             )
-            return _saved(store, run, mc, params, labels_now, prices)
+            return _saved(store, run, mc, params, states, prices)
         if run_task(run) == REGRESSION:
             from workbench.evaluate.multiclass_run import probability_matrix
             from workbench.evaluate.regression_run import evaluate_regression_samples
@@ -620,7 +622,7 @@ def evaluate_run(
                 quantiles,
                 run["meta"].get("quantiles_skipped"),
             )
-            return _saved(store, run, reg, params, labels_now, prices)
+            return _saved(store, run, reg, params, states, prices)
         thr = params["thresholds"]
         y = table.column("label").to_numpy()
         scores = {
@@ -630,23 +632,29 @@ def evaluate_run(
         lat = lat or pool.submit(latency_summary, latency, opts)
         result = _evaluated(run_id, y, scores, thr, lat, counts, rows_done, opts, seg, win)
         del y, scores, seg, win
-        return _saved(store, run, result, params | {"bootstrap": result.overall.method}, labels_now, prices)
+        return _saved(store, run, result, params | {"bootstrap": result.overall.method}, states, prices)
     finally:
         pool.shutdown()
 
 
 def _saved(
-    store: Store, run: dict, result: _Result, params: dict[str, Any], labels: Future[dict], prices: Mapping | None
+    store: Store,
+    run: dict,
+    result: _Result,
+    params: dict[str, Any],
+    states: Future[tuple[str, dict]],
+    prices: Mapping | None,
 ) -> _Result:
-    """``result`` with what it covered (``labels``: their state on its way) and what each model cost, saved."""
+    """``result`` with what it covered and what each model cost, saved with ``params`` and the state of the data
+    it used (``states``: the run's data and its labels, on their way from :func:`_read_labels`)."""
     resources = compare_resources(store.recorded_resources(run), prices)
-    result = replace(result, coverage=_coverage(run, labels.result()), resources=resources)
-    store.save_evaluation(run["run_id"], params, result.to_dict())
+    data_state, labels = states.result()
+    result = replace(result, coverage=_coverage(run, labels), resources=resources)
+    store.save_evaluation(run["run_id"], params | {"data_state": data_state}, result.to_dict())
     return result
 
 
 def evaluation_params(
-    store: Store,
     run: dict,
     segment: str | None,
     window: str | None,
@@ -655,8 +663,8 @@ def evaluation_params(
     partial: bool,
     prices: Mapping[str, float] | None,
 ) -> dict[str, Any]:
-    """What an evaluation of ``run`` is made from: its options, a binary run's thresholds, and the state of the
-    run's data (:func:`~workbench.store.app.run_token`); stored with it, and what
+    """What an evaluation of ``run`` is made from: its options and a binary run's thresholds; stored with it, with
+    the state of the run's data it read (``data_state``: :meth:`~workbench.store.Store.run_state`), and what
     :func:`~workbench.evaluate.stored.evaluation` matches."""
     params: dict[str, Any] = {
         "segment": segment,
@@ -671,7 +679,6 @@ def evaluation_params(
         "partial": partial,
         "prices": dict(prices) if prices else None,
         "task": run_task(run),
-        "data_state": store.run_state(run["run_id"]),
     }
     if params["task"] not in (MULTICLASS, REGRESSION):
         params["thresholds"] = {

@@ -27,8 +27,8 @@ def evaluation(store: Store, run_id: str, *, recompute: bool = False, **options:
             a = args.arguments
             opts = Options(**{f.name: a[f.name] for f in fields(Options)})
             wanted = evaluation_params(
-                store, run, a["segment"], a["window"], opts, a["thresholds"], a["partial"], a["prices"]
-            )
+                run, a["segment"], a["window"], opts, a["thresholds"], a["partial"], a["prices"]
+            ) | {"data_state": store.run_state(run_id)}
             stored = store.evaluation_made_with(run_id, wanted)
             if stored is not None:
                 return stored

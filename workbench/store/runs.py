@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -390,13 +388,11 @@ class RunStore(TrafficStore):
     def read_labels(self, run: dict[str, Any], handle: Callable[[pa.Table], None]) -> dict[str, Any]:
         """The labels of the traffic rows a run's committed units cover (``_row`` and ``label``, the run's task's
         labels; for :meth:`with_labels`), handed to ``handle`` as soon as they are read, then the state of the
-        traffic's labels (:meth:`labels_state`) in the same snapshot, returned: a caller computes with the labels
-        while their state is read, and the state it records is that of the labels it used. On its own cursor, so
-        it can run on a thread beside :meth:`prediction_rows`."""
+        traffic's labels (:meth:`labels_state`) in the same snapshot (:meth:`snapshot`), returned: a caller
+        computes with the labels while their state is read, and the state it records is that of the labels it
+        used. On the calling thread's cursor, so it can run on a thread beside :meth:`prediction_rows`."""
         table, column = label_source(run_task(run))
-        cur = self.new_cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")  # one snapshot from the first read on
+        with self.snapshot() as cur:
             lo, hi = cur.execute(
                 "SELECT coalesce(min(first_row), 0), coalesce(max(first_row + span), 0) - 1 FROM run_batches "
                 "WHERE run_id = ?",
@@ -405,10 +401,6 @@ class RunStore(TrafficStore):
             sql = f"SELECT _row, {column} FROM {table} WHERE traffic = ? AND _row BETWEEN ? AND ?"
             handle(cur.execute(sql, [run["traffic"], lo, hi]).to_arrow_table())
             return self.labels_state(run["traffic"], run_task(run), cur)
-        finally:
-            with suppress(duckdb.Error):
-                cur.execute("ROLLBACK")  # it only read
-            cur.close()
 
     def _labels_at(self, traffic: str, task: str, rows: np.ndarray) -> pa.ChunkedArray:
         """The label of each traffic row in ``rows`` (null where it has none): the task's labels, :meth:`_at_rows`."""
