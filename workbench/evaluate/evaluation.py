@@ -49,6 +49,7 @@ from workbench.evaluate.results import (
 from workbench.evaluate.slices import slice_ids
 from workbench.roles import ROLES
 from workbench.store import Store
+from workbench.store.app import run_token
 from workbench.tasks import MULTICLASS, REGRESSION, run_classes, run_quantiles, run_task
 
 if TYPE_CHECKING:
@@ -512,12 +513,10 @@ def _evaluated(
     return _result(run_id, quality, thresholds, latency.result(), error_counts, rows_done, opts)
 
 
-def _read_labels(store: Store, run: dict, labels: Future[pa.Table]) -> tuple[str, dict[str, Any]]:
-    """:meth:`Store.read_labels` of ``run``, its labels handed over through ``labels``; returns the state of the
-    run's data (:meth:`~workbench.store.Store.run_state`) and of the labels, read in the labels' snapshot."""
+def _read_labels(store: Store, run: dict, labels: Future[pa.Table]) -> dict[str, Any]:
+    """:meth:`Store.read_labels` of ``run``, its labels handed over through ``labels``; returns their state."""
     try:
-        with store.snapshot():
-            return store.run_state(run["run_id"]), store.read_labels(run, labels.set_result)
+        return store.read_labels(run, labels.set_result)
     except BaseException as e:
         if not labels.done():
             labels.set_exception(e)
@@ -567,13 +566,13 @@ def evaluate_run(
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
     params = evaluation_params(run, segment, window, opts, thresholds, partial, prices)
-    # the labels are read while the predictions are, then their state and the run's (of the same snapshot)
-    # while the evaluation runs: an evaluation records the state of the data it used. A finished run's
-    # predictions do not change; a running run's records its status, which a stored evaluation must match.
+    # the state of the run's data came with the run, before the data; the labels are read while the predictions
+    # are, then their state (of the same snapshot) while the evaluation runs: an evaluation records the state of
+    # the labels it used
     pool = ThreadPoolExecutor(max_workers=2)
     try:
         label_rows: Future[pa.Table] = Future()
-        states = pool.submit(_read_labels, store, run, label_rows)
+        labels_now = pool.submit(_read_labels, store, run, label_rows)
         pool.submit(stats.z_value, confidence)  # imports scipy.stats (a second, once a process) while reading
         table = store.prediction_rows(run, segment=segment, window=window)
         counts = store.counts_of(table)
@@ -596,7 +595,7 @@ def evaluate_run(
             mc = evaluate_multiclass_samples(
                 run_id, classes, labels, preds, probs, latency, counts, rows_done, opts, seg, win
             )
-            return _saved(store, run, mc, params, states, prices)
+            return _saved(store, run, mc, params, labels_now, prices)
         if run_task(run) == REGRESSION:
             from workbench.evaluate.multiclass_run import probability_matrix
             from workbench.evaluate.regression_run import evaluate_regression_samples
@@ -622,7 +621,7 @@ def evaluate_run(
                 quantiles,
                 run["meta"].get("quantiles_skipped"),
             )
-            return _saved(store, run, reg, params, states, prices)
+            return _saved(store, run, reg, params, labels_now, prices)
         thr = params["thresholds"]
         y = table.column("label").to_numpy()
         scores = {
@@ -632,25 +631,18 @@ def evaluate_run(
         lat = lat or pool.submit(latency_summary, latency, opts)
         result = _evaluated(run_id, y, scores, thr, lat, counts, rows_done, opts, seg, win)
         del y, scores, seg, win
-        return _saved(store, run, result, params | {"bootstrap": result.overall.method}, states, prices)
+        return _saved(store, run, result, params | {"bootstrap": result.overall.method}, labels_now, prices)
     finally:
         pool.shutdown()
 
 
 def _saved(
-    store: Store,
-    run: dict,
-    result: _Result,
-    params: dict[str, Any],
-    states: Future[tuple[str, dict]],
-    prices: Mapping | None,
+    store: Store, run: dict, result: _Result, params: dict[str, Any], labels: Future[dict], prices: Mapping | None
 ) -> _Result:
-    """``result`` with what it covered and what each model cost, saved with ``params`` and the state of the data
-    it used (``states``: the run's data and its labels, on their way from :func:`_read_labels`)."""
+    """``result`` with what it covered (``labels``: their state on its way) and what each model cost, saved."""
     resources = compare_resources(store.recorded_resources(run), prices)
-    data_state, labels = states.result()
-    result = replace(result, coverage=_coverage(run, labels), resources=resources)
-    store.save_evaluation(run["run_id"], params | {"data_state": data_state}, result.to_dict())
+    result = replace(result, coverage=_coverage(run, labels.result()), resources=resources)
+    store.save_evaluation(run["run_id"], params, result.to_dict())
     return result
 
 
@@ -663,9 +655,9 @@ def evaluation_params(
     partial: bool,
     prices: Mapping[str, float] | None,
 ) -> dict[str, Any]:
-    """What an evaluation of ``run`` is made from: its options and a binary run's thresholds; stored with it, with
-    the state of the run's data it read (``data_state``: :meth:`~workbench.store.Store.run_state`), and what
-    :func:`~workbench.evaluate.stored.evaluation` matches."""
+    """What an evaluation of ``run`` is made from: its options, a binary run's thresholds, and the state of the
+    run's data (:func:`~workbench.store.app.run_token` of ``run`` as :meth:`~workbench.store.Store.get_run` read
+    it); stored with it, and what :func:`~workbench.evaluate.stored.evaluation` matches."""
     params: dict[str, Any] = {
         "segment": segment,
         "window": window,
@@ -679,6 +671,7 @@ def evaluation_params(
         "partial": partial,
         "prices": dict(prices) if prices else None,
         "task": run_task(run),
+        "data_state": run_token(run),
     }
     if params["task"] not in (MULTICLASS, REGRESSION):
         params["thresholds"] = {

@@ -33,6 +33,8 @@ _QUANTILES = "LEFT JOIN prediction_quantiles pq ON pq.run_id = p.run_id AND pq._
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
               LEFT JOIN (SELECT run_id, sum(rows) AS rows FROM run_batches GROUP BY run_id) b USING (run_id)"""
+# when each traffic set's requests or labels last changed (``data_at``: its latest ingest of either)
+DATA_AT_SQL = "SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic"
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,13 @@ class RunStore(TrafficStore):
     EVALUATION_MEMORY_LIMIT = "768MB"
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        """A run with its model refs, metadata and ``rows_done`` (the rows of its committed batches)."""
-        rows = self._rows(RUNS_SQL + " WHERE r.run_id = ?", [run_id])
+        """A run with its model refs, metadata, ``rows_done`` (the rows of its committed batches) and ``data_at``
+        (when its traffic or labels last changed): the state of its data, read in the same statement
+        (:func:`~workbench.store.app.run_token`)."""
+        rows = self._rows(
+            f"SELECT r.*, i.data_at FROM ({RUNS_SQL}) r LEFT JOIN ({DATA_AT_SQL}) i USING (traffic) WHERE r.run_id = ?",
+            [run_id],
+        )
         if not rows:
             return None
         run = rows[0]
