@@ -125,8 +125,10 @@ class StoreBase:
             if not read_only and not self._instance.schema_ready:
                 self._create_schema()
                 self._instance.schema_ready = True
-            elif read_only and not self._instance.schema_ready and not self._table_columns("runs"):
-                raise WorkbenchError(f"no workbench storage in {self.target.label} yet")
+            elif read_only and not (self._instance.schema_ready or self._instance.schema_seen):
+                if not self._table_columns("runs"):
+                    raise WorkbenchError(f"no workbench storage in {self.target.label} yet")
+                self._instance.schema_seen = True  # a storage does not go away under an attached lake
         except BaseException:
             self._instance.release()
             raise
