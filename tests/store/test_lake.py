@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from workbench.errors import WorkbenchError
 from workbench.store import Store
 from workbench.store.maintenance import collect
 
@@ -21,6 +22,7 @@ LEGACY = Path(sys.prefix) / "legacy-duckdb"
 
 HOLD_WRITER = """
 import sys, time
+from workbench.errors import WorkbenchError
 from workbench.store import Store
 with Store(sys.argv[1]) as s, s.transaction() as cur:
     cur.execute("INSERT INTO jobs (job_id, kind, params, status, created_at) "
@@ -33,6 +35,7 @@ WRITE_RUN = """
 import sys, time
 from pathlib import Path
 import pyarrow as pa
+from workbench.errors import WorkbenchError
 from workbench.store import Store
 lake, run, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 barrier = Path(sys.argv[5]) if len(sys.argv) > 5 else None  # writers that wait for each other's first commit
@@ -256,3 +259,81 @@ def test_a_deleted_lake_does_not_break_the_next_one_in_the_same_process(tmp_path
         shutil.rmtree(tmp_path / f"gone{i}")
     with Store(tmp_path / "next" / "lake") as s:
         assert s.list_runs() == []
+
+
+def _catalog_queries(s: Store, read) -> list[str]:
+    """The statements DuckLake sent to the lake's catalog while ``read`` ran (DuckDB's query log)."""
+    cur = s.cursor()
+    cur.execute("CALL enable_logging(level = 'debug')")
+    cur.execute("CALL truncate_duckdb_logs()")
+    try:
+        read()
+    finally:
+        cur.execute("CALL disable_logging()")
+    rows = cur.execute("SELECT message FROM duckdb_logs WHERE type = 'QueryLog'").fetchall()
+    return [m for (m,) in rows if "__ducklake_metadata_" in m]
+
+
+def _tables_without_stats(lake: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{lake / 'catalog.sqlite'}?mode=ro", uri=True) as con:
+        return [
+            r[0]
+            for r in con.execute(
+                "SELECT t.table_name FROM ducklake_table t LEFT JOIN ducklake_table_stats s USING (table_id) "
+                "WHERE t.end_snapshot IS NULL AND s.table_id IS NULL"
+            )
+        ]
+
+
+def test_empty_tables_have_statistics_so_a_read_does_not_query_the_catalog_per_column(tmp_path):
+    # DuckLake 1.5.5 re-reads the statistics of a table that has none once per column, on every query
+    lake = tmp_path / "lake"
+    Store(lake).close()
+    assert _tables_without_stats(lake) == []
+    with Store(lake, read_only=True) as s:
+        assert all(s.cursor().execute(f"SELECT count(*) FROM {t}").fetchall() == [(0,)] for t in ("decisions", "jobs"))
+        s.chain("m")  # the catalog's statistics are cached from here on
+        queries = _catalog_queries(s, lambda: s.chain("m"))
+        assert not [q for q in queries if "ducklake_table_stats" in q], queries
+
+
+def test_a_home_whose_empty_tables_lack_statistics_gets_them_from_its_next_writer(tmp_path):
+    import sqlite3
+
+    lake = tmp_path / "lake"
+    Store(lake).close()
+    with sqlite3.connect(lake / "catalog.sqlite") as con:  # as a home made by an earlier release is
+        con.execute(
+            "DELETE FROM ducklake_table_stats WHERE table_id IN "
+            "(SELECT table_id FROM ducklake_table WHERE table_name IN ('decisions', 'canary_chain'))"
+        )
+    assert sorted(_tables_without_stats(lake)) == ["canary_chain", "decisions"]
+    with Store(lake, read_only=True) as s:  # a reader changes nothing
+        assert s.chain("m") == []
+    assert sorted(_tables_without_stats(lake)) == ["canary_chain", "decisions"]
+    opener = _python("import sys\nfrom workbench.store import Store\nStore(sys.argv[1]).close()", lake)
+    assert opener.wait(timeout=120) == 0  # the next process to open the home for writing
+    assert _tables_without_stats(lake) == []
+    with Store(lake, read_only=True) as s:
+        assert s.chain("m") == [] and s.list_decisions() == []
+
+
+def test_a_read_snapshot_sees_one_state_and_refuses_writes(tmp_path):
+    lake = tmp_path / "lake"
+    with Store(lake) as s:
+        s.write("INSERT INTO jobs (job_id, kind, params, status, created_at) VALUES ('a', 'x', '{}', 'queued', now())")
+        with s.snapshot() as cur:
+            before = cur.execute("SELECT count(*) FROM jobs").fetchall()
+            writer = _python(
+                "import sys\nfrom workbench.store import Store\nwith Store(sys.argv[1]) as s:\n"
+                '    s.write("INSERT INTO jobs (job_id, kind, params, status, created_at) '
+                "VALUES ('b', 'x', '{}', 'queued', now())\")",
+                lake,
+            )
+            assert writer.wait(timeout=120) == 0
+            assert cur.execute("SELECT count(*) FROM jobs").fetchall() == before == [(1,)]
+            with pytest.raises(WorkbenchError, match="inside a read snapshot"):
+                s.write("DELETE FROM jobs")
+        assert s.cursor().execute("SELECT count(*) FROM jobs").fetchall() == [(2,)]

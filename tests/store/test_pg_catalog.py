@@ -69,6 +69,8 @@ def test_round_trip_on_a_postgres_catalog_with_a_shared_data_path(pg_catalog, tm
         assert s.run_counts("r").rows == 3000 and s.committed_ranges("r") == [(0, 2999)]
         assert s.cursor().execute("SELECT sum(baseline_score) FROM predictions").fetchall() == [(sum(range(3000)),)]
         assert s.get_run("r")["baseline"] == {"v": 1}
+        assert s._tables_without_stats() == []  # the empty tables got their statistics (reading PostgreSQL's catalog)
+        assert s.chain("m") == [] and s.cursor().execute("SELECT count(*) FROM decisions").fetchall() == [(0,)]
 
 
 def test_two_processes_write_different_runs_at_once_on_postgres(pg_catalog, tmp_path):

@@ -1,6 +1,7 @@
 """The run lifecycle: open a run (created, or found with what it committed), commit units, finish and count."""
 
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -193,7 +194,11 @@ def test_read_labels_returns_the_state_of_the_labels_it_handed_over(either_store
 
     def handle(labels: pa.Table) -> None:
         handed.append(labels)
-        ingest_labels(store, tmp_path / "late.pq", "t", time_col=None)  # a label arrives meanwhile
+        late = threading.Thread(
+            target=ingest_labels, args=(store, tmp_path / "late.pq", "t"), kwargs={"time_col": None}
+        )
+        late.start()  # a label arrives meanwhile
+        late.join()
 
     run = store.require_run("r")
     assert store.read_labels(run, handle) == before

@@ -49,6 +49,7 @@ from workbench.evaluate.results import (
 from workbench.evaluate.slices import slice_ids
 from workbench.roles import ROLES
 from workbench.store import Store
+from workbench.store.app import run_token
 from workbench.tasks import MULTICLASS, REGRESSION, run_classes, run_quantiles, run_task
 
 if TYPE_CHECKING:
@@ -564,10 +565,10 @@ def evaluate_run(
             f"replayed: resume it (`workbench replay ... --run-id {run_id}`) and evaluate the finished run, or "
             "pass --partial to evaluate the rows so far (the result is marked partial)"
         )
-    # what the evaluation is made from, the state of the run's data read before the data itself
-    params = evaluation_params(store, run, segment, window, opts, thresholds, partial, prices)
-    # the labels are read while the predictions are, then their state (of the same snapshot) while the
-    # evaluation runs: an evaluation records the state of the labels it used
+    params = evaluation_params(run, segment, window, opts, thresholds, partial, prices)
+    # the state of the run's data came with the run, before the data; the labels are read while the predictions
+    # are, then their state (of the same snapshot) while the evaluation runs: an evaluation records the state of
+    # the labels it used
     pool = ThreadPoolExecutor(max_workers=2)
     try:
         label_rows: Future[pa.Table] = Future()
@@ -646,7 +647,6 @@ def _saved(
 
 
 def evaluation_params(
-    store: Store,
     run: dict,
     segment: str | None,
     window: str | None,
@@ -656,8 +656,8 @@ def evaluation_params(
     prices: Mapping[str, float] | None,
 ) -> dict[str, Any]:
     """What an evaluation of ``run`` is made from: its options, a binary run's thresholds, and the state of the
-    run's data (:func:`~workbench.store.app.run_token`); stored with it, and what
-    :func:`~workbench.evaluate.stored.evaluation` matches."""
+    run's data (:func:`~workbench.store.app.run_token` of ``run`` as :meth:`~workbench.store.Store.get_run` read
+    it); stored with it, and what :func:`~workbench.evaluate.stored.evaluation` matches."""
     params: dict[str, Any] = {
         "segment": segment,
         "window": window,
@@ -671,7 +671,7 @@ def evaluation_params(
         "partial": partial,
         "prices": dict(prices) if prices else None,
         "task": run_task(run),
-        "data_state": store.run_state(run["run_id"]),
+        "data_state": run_token(run),
     }
     if params["task"] not in (MULTICLASS, REGRESSION):
         params["thresholds"] = {

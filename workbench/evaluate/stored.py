@@ -19,18 +19,17 @@ def evaluation(store: Store, run_id: str, *, recompute: bool = False, **options:
     """:func:`evaluate_run` with ``options``, as a dict; for a finished run, the latest stored evaluation instead
     when it was made with the same options from the same state of the run's data (rows, traffic, labels), so
     asking again costs a lookup and records nothing. ``recompute`` evaluates regardless."""
-    run = store.require_run(run_id)
-    if not recompute and run["status"] == "finished":
-        args = inspect.signature(evaluate_run).bind(store, run_id, **options)
-        args.apply_defaults()
-        a = args.arguments
-        opts = Options(**{f.name: a[f.name] for f in fields(Options)})
-        wanted = evaluation_params(
-            store, run, a["segment"], a["window"], opts, a["thresholds"], a["partial"], a["prices"]
-        )
-        stored = store.evaluation_made_with(run_id, wanted)
-        if stored is not None:
-            return stored
+    with store.snapshot():  # the run with the state of its data, and the stored evaluation, as of one moment
+        run = store.require_run(run_id)
+        if not recompute and run["status"] == "finished":
+            args = inspect.signature(evaluate_run).bind(store, run_id, **options)
+            args.apply_defaults()
+            a = args.arguments
+            opts = Options(**{f.name: a[f.name] for f in fields(Options)})
+            wanted = evaluation_params(run, a["segment"], a["window"], opts, a["thresholds"], a["partial"], a["prices"])
+            stored = store.evaluation_made_with(run_id, wanted)
+            if stored is not None:
+                return stored
     return evaluate_run(store, run_id, **options).to_dict()
 
 

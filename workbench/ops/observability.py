@@ -145,7 +145,7 @@ class StoreCollector:
 
         up = GaugeMetricFamily("workbench_store_up", "1 when the DuckDB store could be read for this scrape")
         try:
-            with Store(self.settings.db_path, wait_s=self.wait_s) as store:
+            with Store(self.settings.db_path, wait_s=self.wait_s) as store, store.snapshot():
                 snap: dict[str, list] = {**store.metrics_snapshot(), "canaries": self._canaries(store)}
         except WorkbenchError:
             up.add_metric([], 0)

@@ -17,13 +17,13 @@ import pyarrow as pa
 from workbench.clock import db_time, utc_now
 from workbench.errors import WorkbenchError
 from workbench.store.names import qident, traffic_table
-from workbench.store.runs import RUNS_SQL, RunStore
+from workbench.store.runs import DATA_AT_SQL, RUNS_SQL, RunStore
 from workbench.tasks import MULTICLASS, run_classes, run_task
 
 
 def run_token(r: dict) -> str:
     """The state of a run's data: changes when the run gains rows, finishes, or its traffic or labels change
-    (``r``: a row of :meth:`AppStore.app_runs`)."""
+    (``r``: a row of :meth:`AppStore.app_runs` or a run of :meth:`~workbench.store.runs.RunStore.get_run`)."""
     return f"{r['status']}|{r['rows_done']}|{r.get('data_at')}|{r.get('finished_at')}"
 
 
@@ -54,7 +54,7 @@ class AppStore(RunStore):
                        r.finished_at, r.baseline, r.candidate, i.data_at,
                        coalesce(json_extract_string(r.meta, '$.task'), 'binary') AS task
                 FROM ({RUNS_SQL}) r
-                LEFT JOIN (SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic) i USING (traffic)
+                LEFT JOIN ({DATA_AT_SQL}) i USING (traffic)
                 WHERE CAST(? AS VARCHAR) IS NULL OR r.run_id = ?
                 ORDER BY r.started_at DESC""",
             [run_id, run_id],
@@ -62,13 +62,6 @@ class AppStore(RunStore):
         for r in rows:
             r["baseline"], r["candidate"] = json.loads(r["baseline"]), json.loads(r["candidate"])
         return rows
-
-    def run_state(self, run_id: str) -> str:
-        """The :func:`run_token` of run ``run_id`` as it is now."""
-        rows = self.app_runs(run_id)
-        if not rows:
-            raise WorkbenchError(f"unknown run {run_id!r}")
-        return run_token(rows[0])
 
     def stored_summary(self, run_id: str, name: str, key: str, token: str) -> str | None:
         """The stored summary ``name`` (with ``key``) of a run, as text, when it was stored under ``token`` (the

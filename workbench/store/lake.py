@@ -292,6 +292,7 @@ class LakeInstance:
         self.base, self.root, self.limits = base, base.con, base.limits
         self.alias, self.pg = f"lake_{base.attached}", f"workbench_pg_{base.attached}"
         self.users, self.schema_ready, self.used_at = 0, False, time.monotonic()
+        self.schema_seen = False  # a read-only store found the schema (it may lack what a writer adds)
         try:
             self._attach(target, writer)
         except BaseException:

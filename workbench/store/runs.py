@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +33,8 @@ _QUANTILES = "LEFT JOIN prediction_quantiles pq ON pq.run_id = p.run_id AND pq._
 #: every run with ``rows_done``, the rows of its committed units
 RUNS_SQL = """SELECT r.*, coalesce(b.rows, 0) AS rows_done FROM runs r
               LEFT JOIN (SELECT run_id, sum(rows) AS rows FROM run_batches GROUP BY run_id) b USING (run_id)"""
+# when each traffic set's requests or labels last changed (``data_at``: its latest ingest of either)
+DATA_AT_SQL = "SELECT traffic, max(ingested_at) AS data_at FROM ingests GROUP BY traffic"
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,13 @@ class RunStore(TrafficStore):
     EVALUATION_MEMORY_LIMIT = "768MB"
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        """A run with its model refs, metadata and ``rows_done`` (the rows of its committed batches)."""
-        rows = self._rows(RUNS_SQL + " WHERE r.run_id = ?", [run_id])
+        """A run with its model refs, metadata, ``rows_done`` (the rows of its committed batches) and ``data_at``
+        (when its traffic or labels last changed): the state of its data, read in the same statement
+        (:func:`~workbench.store.app.run_token`)."""
+        rows = self._rows(
+            f"SELECT r.*, i.data_at FROM ({RUNS_SQL}) r LEFT JOIN ({DATA_AT_SQL}) i USING (traffic) WHERE r.run_id = ?",
+            [run_id],
+        )
         if not rows:
             return None
         run = rows[0]
@@ -390,13 +395,11 @@ class RunStore(TrafficStore):
     def read_labels(self, run: dict[str, Any], handle: Callable[[pa.Table], None]) -> dict[str, Any]:
         """The labels of the traffic rows a run's committed units cover (``_row`` and ``label``, the run's task's
         labels; for :meth:`with_labels`), handed to ``handle`` as soon as they are read, then the state of the
-        traffic's labels (:meth:`labels_state`) in the same snapshot, returned: a caller computes with the labels
-        while their state is read, and the state it records is that of the labels it used. On its own cursor, so
-        it can run on a thread beside :meth:`prediction_rows`."""
+        traffic's labels (:meth:`labels_state`) in the same snapshot (:meth:`snapshot`), returned: a caller
+        computes with the labels while their state is read, and the state it records is that of the labels it
+        used. On the calling thread's cursor, so it can run on a thread beside :meth:`prediction_rows`."""
         table, column = label_source(run_task(run))
-        cur = self.new_cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")  # one snapshot from the first read on
+        with self.snapshot() as cur:
             lo, hi = cur.execute(
                 "SELECT coalesce(min(first_row), 0), coalesce(max(first_row + span), 0) - 1 FROM run_batches "
                 "WHERE run_id = ?",
@@ -405,10 +408,6 @@ class RunStore(TrafficStore):
             sql = f"SELECT _row, {column} FROM {table} WHERE traffic = ? AND _row BETWEEN ? AND ?"
             handle(cur.execute(sql, [run["traffic"], lo, hi]).to_arrow_table())
             return self.labels_state(run["traffic"], run_task(run), cur)
-        finally:
-            with suppress(duckdb.Error):
-                cur.execute("ROLLBACK")  # it only read
-            cur.close()
 
     def _labels_at(self, traffic: str, task: str, rows: np.ndarray) -> pa.ChunkedArray:
         """The label of each traffic row in ``rows`` (null where it has none): the task's labels, :meth:`_at_rows`."""
