@@ -337,3 +337,55 @@ def test_a_read_snapshot_sees_one_state_and_refuses_writes(tmp_path):
             with pytest.raises(WorkbenchError, match="inside a read snapshot"):
                 s.write("DELETE FROM jobs")
         assert s.cursor().execute("SELECT count(*) FROM jobs").fetchall() == [(2,)]
+
+
+# holds the lock SQLite takes on a WAL database to checkpoint it when its last connection closes (the "pending"
+# byte): until it is released, a new connection cannot start its first read
+HOLD_CATALOG = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0x40000000)
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _while_catalog_held(lake: Path, hold_s: float, op) -> float:
+    """Seconds ``op()`` took, started while another process holds the catalog's lock for ``hold_s``."""
+    holder = _python(HOLD_CATALOG, lake / "catalog.sqlite", hold_s, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        t0 = time.monotonic()
+        op()
+        return time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_locked_catalog_delays_a_statement_by_milliseconds_not_whole_seconds(tmp_path, monkeypatch):
+    """The SQLite inside DuckDB's sqlite_scanner sleeps a whole second whenever a catalog is locked; the store
+    waits in milliseconds instead. A store opened, a read, a read snapshot and a write, each started while
+    another process holds the catalog's lock for 0.2 s, all wait for it and end well before the 1 s a single
+    SQLite busy sleep takes; a lock held past the wait gives a clear error."""
+    lake = tmp_path / "lake"
+    insert = "INSERT INTO jobs (job_id, kind, params, status, created_at) VALUES (?, 'x', '{}', 'queued', now())"
+    with Store(lake) as s:
+        s.write(insert, ["a"])
+
+    def snapshot_read() -> None:
+        with s.snapshot() as cur:
+            assert cur.execute("SELECT count(*) FROM jobs").fetchall()[0][0] >= 1
+
+    with Store(lake) as s:
+        took = {
+            "open": _while_catalog_held(lake, 0.2, lambda: Store(lake, read_only=True).close()),
+            "read": _while_catalog_held(lake, 0.2, lambda: s.list_jobs()),
+            "snapshot": _while_catalog_held(lake, 0.2, snapshot_read),
+            "write": _while_catalog_held(lake, 0.2, lambda: s.write(insert, ["b"])),
+        }
+        assert all(0.15 <= t < 0.9 for t in took.values()), took
+        assert sorted(j["job_id"] for j in s.list_jobs()) == ["a", "b"]
+        monkeypatch.setattr("workbench.store.lake.CATALOG_LOCKED_WAIT_S", 0.3)
+        with pytest.raises(WorkbenchError, match="SQLite catalog stayed locked for 0.3 s"):
+            _while_catalog_held(lake, 5, lambda: s.list_jobs())

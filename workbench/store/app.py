@@ -273,7 +273,7 @@ class AppStore(RunStore):
         feats = ", ".join(f"t.{qident(c)}" for c in info["columns"])
         return (
             self.cursor()
-            .sql(
+            .execute(
                 f"""WITH d AS (SELECT _row, baseline_score, candidate_score, baseline_class, candidate_class
                            FROM predictions WHERE run_id = ? AND baseline_class <> candidate_class
                            ORDER BY abs(candidate_score - baseline_score) DESC, _row LIMIT ?)
@@ -282,7 +282,7 @@ class AppStore(RunStore):
                 FROM d JOIN {traffic_table(run["traffic"])} t USING (_row)
                 LEFT JOIN labels l ON l.traffic = ? AND l.request_id = t.request_id
                 ORDER BY abs(d.candidate_score - d.baseline_score) DESC, d._row""",
-                params=[run_id, int(limit), run["traffic"]],
+                [run_id, int(limit), run["traffic"]],
             )
             .to_arrow_table()
         )

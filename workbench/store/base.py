@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
@@ -40,8 +40,9 @@ from workbench.store.lake import (
     LakeTarget,
     check_lake,
     configure,
+    retry_locked,
 )
-from workbench.store.names import qident
+from workbench.store.names import qident, sql_literal
 from workbench.store.schema import ADDED_COLUMNS, SCHEMA
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,68 @@ class ArrowView:
         self._cur.execute(f"DROP TABLE IF EXISTS temp.main.{qident(self.name)}")
 
 
+class Cursor:
+    """A store's DuckDB connection: a statement outside a transaction that finds the SQLite catalog locked is
+    retried (:func:`~workbench.store.lake.retry_locked`: it did not run, or its autocommit rolled back), and
+    :meth:`begin` opens the catalog with the transaction, so no statement inside meets the lock (DuckLake
+    reads and commits a transaction's catalog on the one SQLite connection its first statement opens).
+    Everything else is the connection's."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, lake: str | None):
+        self._con, self._lake = con, lake
+        self._in_transaction = False
+
+    @classmethod
+    def of(cls, con: duckdb.DuckDBPyConnection, lake: str | None) -> duckdb.DuckDBPyConnection:
+        """``con`` wrapped, for ``lake`` (its alias; None: a plain DuckDB), typed as the connection it stands
+        for (callers use it as one)."""
+        return cast(duckdb.DuckDBPyConnection, cls(con, lake))
+
+    def execute(self, sql: str, parameters: object = None) -> duckdb.DuckDBPyConnection:
+        """The connection's ``execute``; returns this cursor for its results."""
+        word = sql.lstrip()[:8].upper()
+        if word.startswith(("BEGIN", "COMMIT", "ROLLBACK", "ABORT", "END")):
+            raise WorkbenchError("transactions of a store's cursor go through begin(), commit() and rollback()")
+        if self._in_transaction or self._lake is None:
+            self._con.execute(sql, parameters)
+        else:
+            retry_locked(lambda: self._con.execute(sql, parameters))
+        return cast(duckdb.DuckDBPyConnection, self)
+
+    def begin(self) -> None:
+        """Begin a transaction that has read the lake's catalog (so it holds its catalog connection)."""
+
+        def begin() -> None:
+            self._con.execute("BEGIN TRANSACTION")
+            if self._lake is None:
+                return
+            try:
+                self._con.execute(f"FROM ducklake_current_snapshot({sql_literal(self._lake)})").fetchall()
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+
+        retry_locked(begin)
+        self._in_transaction = True
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+        self._in_transaction = False
+        self._con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll the open transaction back."""
+        self._in_transaction = False
+        self._con.execute("ROLLBACK")
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to the same database, retrying as this one does."""
+        return Cursor.of(self._con.cursor(), self._lake)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
 class StoreBase:
     """One DuckDB connection with the workbench's schema; the concerns of :class:`~workbench.store.Store`
     build on it. Use as a context manager or call :meth:`close`."""
@@ -109,7 +172,7 @@ class StoreBase:
         self._instance: LakeInstance | None = None
         self.target: LakeTarget | None = None
         if self.lake is None:
-            self.con = duckdb.connect()
+            self.con = Cursor.of(duckdb.connect(), None)
             self._spill = tempfile.mkdtemp(prefix="workbench-spill-")
             self._limits = configure(self.con, self._spill)
             if not read_only:
@@ -120,7 +183,7 @@ class StoreBase:
         self._instance = LakeInstance.acquire(self.target, self._writer)
         self._limits = self._instance.limits
         try:
-            self.con = self._instance.root.cursor()
+            self.con = Cursor.of(self._instance.root.cursor(), self._instance.alias)
             self.con.execute(f"USE {self._instance.alias}")
             if not read_only and not self._instance.schema_ready:
                 self._create_schema()
@@ -155,7 +218,7 @@ class StoreBase:
             tables, columns = self._missing_schema()  # another process may have created them meanwhile
             if not tables and not columns and not self._tables_without_stats():
                 return
-            self.con.execute("BEGIN")
+            self.con.begin()
             try:
                 for ddl in tables:
                     self.con.execute(ddl)
@@ -166,9 +229,9 @@ class StoreBase:
                 if self._instance is not None:  # a lake (a plain DuckDB has no such catalog)
                     for table in [_table_name(ddl) for ddl in tables] + self._tables_without_stats():
                         self._give_stats(table)
-                self.con.execute("COMMIT")
+                self.con.commit()
             except BaseException:
-                self.con.execute("ROLLBACK")
+                self.con.rollback()
                 raise
 
     def _tables_without_stats(self) -> list[str]:
@@ -299,16 +362,16 @@ class StoreBase:
             raise WorkbenchError(f"the store at {self.path} was opened read-only; it cannot write")
         with self._writer():
             cur = self.cursor()
-            cur.execute("BEGIN TRANSACTION")
+            cur.begin()
             self._local.in_transaction = True
             try:
                 yield cur
             except BaseException:
-                cur.execute("ROLLBACK")
+                cur.rollback()
                 raise
             finally:
                 self._local.in_transaction = False
-            cur.execute("COMMIT")
+            cur.commit()
 
     @contextmanager
     def snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -319,13 +382,13 @@ class StoreBase:
             yield self.cursor()
             return
         cur = self.cursor()
-        cur.execute("BEGIN TRANSACTION")
+        cur.begin()
         self._local.reading = True
         try:
             yield cur
         finally:
             self._local.reading = False
-            cur.execute("ROLLBACK")
+            cur.rollback()
 
     def write(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         """One write statement in its own transaction (under the writer lock); the rows it returns."""

@@ -36,8 +36,39 @@ DATA_PATH_VAR = "WORKBENCH_DATA_PATH"  # where the lake's Parquet files go (unse
 # seconds libpq waits for a PostgreSQL catalog to answer before the command fails (a host that drops packets
 # would hang it otherwise); a connect_timeout in $WORKBENCH_CATALOG or $PGCONNECT_TIMEOUT takes precedence
 CONNECT_TIMEOUT_S = 5
+# SQLite's busy handler in DuckDB's sqlite_scanner build sleeps whole seconds (it has no usleep): the catalog
+# is attached with no busy wait, and a statement that finds it locked is retried after a few milliseconds
+# (:func:`retry_locked`) for up to this long; the lock is held for a connection's first read while another
+# closes or checkpoints, for milliseconds
+CATALOG_LOCKED_WAIT_S = 10.0
 # the writer lock with a PostgreSQL catalog: an advisory lock (its key spells "workbenc") of a transaction
 TRY_LOCK_SQL = "SELECT * FROM postgres_query('{pg}', 'SELECT pg_try_advisory_xact_lock(8606223218466188899)')"
+
+
+def catalog_locked(exc: BaseException) -> bool:
+    """Whether a DuckDB error is the SQLite catalog's "database is locked": the statement did not run, or its
+    autocommit transaction rolled back."""
+    return isinstance(exc, duckdb.Error) and "database is locked" in str(exc)
+
+
+def retry_locked(fn: Callable[[], Any]) -> Any:
+    """``fn()``, called again after 2, 4, ... 50 ms while it fails on a locked SQLite catalog, for up to
+    :data:`CATALOG_LOCKED_WAIT_S`, then :class:`DatabaseLocked`. ``fn`` must be safe to repeat after such a
+    failure (one statement, or a transaction's start)."""
+    deadline, pause = time.monotonic() + CATALOG_LOCKED_WAIT_S, 0.002
+    while True:
+        try:
+            return fn()
+        except duckdb.Error as e:
+            if not catalog_locked(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseLocked(
+                    f"the lake's SQLite catalog stayed locked for {CATALOG_LOCKED_WAIT_S:g} s (another process "
+                    f"held it): {str(e).splitlines()[0]}"
+                ) from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class DatabaseLocked(WorkbenchError):
@@ -309,16 +340,18 @@ class LakeInstance:
         if postgres is None:
             catalog = lake / CATALOG_FILE
             sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {self.alias} ({_lake_options(data)}, "
-            sql += "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 10000)"
+            sql += "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 0)"  # no whole-second sleeps: retry_locked
             if catalog.exists():
-                self.root.execute(sql)
+                retry_locked(lambda: self.root.execute(sql))
             else:
                 with writer():  # the first attach creates the catalog: one process at a time
-                    self.root.execute(sql)
+                    retry_locked(lambda: self.root.execute(sql))
         else:
             self._attach_postgres(target, with_connect_timeout(postgres))
         # where the data files are: as configured, or as a PostgreSQL catalog recorded it when it was made
-        settings = self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
+        settings = retry_locked(
+            lambda: self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
+        )
         self.data_path: str = settings[0][0]
 
     def _recorded_data_path(self) -> str:

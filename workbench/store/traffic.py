@@ -161,15 +161,15 @@ class TrafficStore(StoreBase):
         table, keep = traffic_table(name), _skip_sql(skip)
         cur = self.new_cursor()
         lo, hi = cur.execute(f"SELECT min(_row), max(_row) FROM {table} WHERE {keep}").fetchall()[0]
-        schema = cur.sql(f"SELECT {cols} FROM {table} LIMIT 0").to_arrow_table().schema
+        schema = cur.execute(f"SELECT {cols} FROM {table} LIMIT 0").to_arrow_table().schema
 
         def ranges() -> Iterator[pa.RecordBatch]:
             for start in range(int(lo), int(hi) + 1, SCAN_ROWS) if lo is not None else ():
-                rel = cur.sql(
+                cur.execute(
                     f"SELECT {cols} FROM {table} WHERE _row >= {start} AND _row < {start + SCAN_ROWS} AND {keep} "
                     "ORDER BY _row"
                 )
-                yield from rel.to_arrow_reader(batch_size)
+                yield from cur.to_arrow_reader(batch_size)
 
         return pa.RecordBatchReader.from_batches(schema, ranges())
 
