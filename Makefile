@@ -41,11 +41,12 @@ lint: install
 	$(BIN)/ruff format -q --check $(LINT_PATHS)
 	$(BIN)/mypy workbench pages pipelines benchmarks
 
-# The suite on TEST_WORKERS processes (pytest-xdist; 0: in this process), a test file per worker at a time
+# The suite on TEST_WORKERS processes (pytest-xdist; 0: in this process; default one per core, 2 to 4: each
+# worker runs its own MLflow server beside the servers its tests start), a test file per worker at a time
 # (--dist loadfile: a file's module fixtures are built once), handed out in collection order
 # (--no-loadscope-reorder: tests/conftest.py collects the longest files first); the first worker that needs the
 # session demo home builds it and the others copy it; each worker starts its own MLflow server.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : n > 4 ? 4 : n )))
 test: install system-deps lint docs
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
