@@ -205,7 +205,7 @@ def canary_weight(page, url: str):
 
 
 @pytest.mark.browser
-def test_review_and_sign_in_the_browser(served, browser):
+def test_review_sign_then_abort_in_the_browser(served, browser):
     from playwright.sync_api import expect
 
     url, run_id, home = served
@@ -281,14 +281,7 @@ def test_review_and_sign_in_the_browser(served, browser):
         record = json.loads(store.get_decision(decision["decision_id"])["record"])
         assert (record["signer"], record["justification"]) == ("alice", "error rate flat")
 
-
-@pytest.mark.browser
-def test_abort_a_live_canary_in_the_browser(served, browser):
-    from playwright.sync_api import expect
-
-    url, run_id, home = served
-    lenient = str(home / "policies" / "lenient.toml")
-    cli("decide", run_id, "--policy", lenient, "--justification", "errors flat", home=home)
+    # the canary alice started, aborted on the live page
     write_live_log(home)
     page = new_page(browser)
     page.goto(f"{url}/live?model=flight-delay")
@@ -296,11 +289,7 @@ def test_abort_a_live_canary_in_the_browser(served, browser):
     weight = page.locator("[data-testid='stMetric']").filter(has_text="Canary weight")
     expect(weight).to_contain_text("1%")
     expect(page.get_by_text("Only an approver can pause or abort")).to_be_visible()
-    sidebar = page.locator("[data-testid='stSidebar']")
-    sidebar.get_by_role("textbox", name="Name").fill("alice")
-    sidebar.get_by_role("textbox", name="Password").fill(PASSWORD)
-    sidebar.get_by_role("button", name="Sign in").click()
-    expect(sidebar.get_by_text("approver (password)")).to_be_visible()
+    sign_in(page, "alice", PASSWORD)
     expect(page.locator(".js-plotly-plot")).to_have_count(2)  # the live window and the weight history
     settled(page)
     page.screenshot(path=str(ARTIFACTS / "8-live-canary.png"))
@@ -313,7 +302,6 @@ def test_abort_a_live_canary_in_the_browser(served, browser):
     page.get_by_role("heading", name="Weight history").scroll_into_view_if_needed()
     settled(page)
     page.screenshot(path=str(ARTIFACTS / "9-live-canary-aborted.png"))
-    page.close()
     status = json.loads(cli("canary", "status", "flight-delay", "--json", home=home).stdout)
     assert status["weight"] == 0 and status["killed"] and status["verified"]
 
