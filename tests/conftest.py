@@ -20,6 +20,7 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-collection actor started for each Ray replay
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LIMIT = 6000
 
@@ -888,3 +889,45 @@ def s3_data_path(s3_server, request, monkeypatch) -> str:
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("WORKBENCH_DATA_PATH", f"s3://{bucket}/lake")
     return f"s3://{bucket}/lake/"
+
+
+# -- a throwaway Ray cluster (the replay's --executor ray --ray-address) ----------------------------------------
+RAY_CPUS = 3  # two actors and one CPU for reading the traffic
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with :data:`RAY_CPUS` logical CPUs and no GPU, in its own temp folder, shared by
+    the session's Ray tests (their replays connect with ``--ray-address``, each a job of its own); its address.
+    Started from this process's environment, before a test sets its own variables; stopped (its process group)
+    when the session ends."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("ray", reason="Ray is an optional extra")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="wbray")  # short: Ray's socket paths must fit 107 characters
+    log_path = Path(temp) / "ray-start.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+             "--node-ip-address", "127.0.0.1", "--num-cpus", str(RAY_CPUS), "--num-gpus", "0", "--temp-dir", temp,
+             "--include-dashboard", "false", "--disable-usage-stats"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=os.environ | {"RAY_AUTH_MODE": "disabled"},  # Ray 2.60's `ray start` turns token auth on by default
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while b"Ray runtime started." not in log_path.read_bytes():  # printed once the raylet has registered
+            assert proc.poll() is None, "ray start exited: " + log_path.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)  # a throwaway cluster: `ray start --block` takes over 20 s to stop on SIGTERM
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)

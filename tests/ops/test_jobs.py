@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, run_cli, write_spec
+from conftest import REPO, cli, run_cli, write_spec
 from workbench import WorkbenchError
 from workbench.clock import parse_duration
 from workbench.config import load_settings
@@ -191,12 +191,13 @@ def test_job_end_to_end_on_the_demo(job_home):
         }
     assert state.verified and state.weight == out["weight_after"] and state.decision_id == out["decision_id"]
 
-    # rerunning the same slot does nothing
-    again = json.loads(run_cli("jobs", "run", str(spec), "--job-id", out["job_id"], "--json", home=job_home).stdout)
+    # rerunning the same slot does nothing (the command in this process: the job's own process is the one above)
+    again = cli("jobs", "run", str(spec), "--job-id", out["job_id"], "--json", "--log-format", "text", home=job_home)
+    again = json.loads(again.stdout)
     assert again["already_complete"] and again["status"] == "finished"
     assert all(s["attempts"] == 1 for s in again["stages"].values())
 
-    listed = json.loads(run_cli("jobs", "list", "--json", home=job_home).stdout)["jobs"]
+    listed = json.loads(cli("jobs", "list", "--json", home=job_home).stdout)["jobs"]
     [job] = [j for j in listed if j["job_id"] == out["job_id"]]
     assert job["spec"] == "fd-hourly" and job["status"] == "finished" and job["stage"] == "decide"
     assert job["started_at"] <= job["finished_at"] and job["error"] is None and set(job["stages"]) == set(STAGES)
@@ -264,11 +265,14 @@ def test_a_failed_stage_is_recorded_and_a_rerun_resumes_after_the_finished_stage
 
 
 def test_sigkilled_job_resumes_with_the_same_job_id(job_home, tmp_path):
-    """A real `workbench jobs run` killed during its replay; the rerun takes the stale lock and row over."""
+    """A real `workbench jobs run` killed during its replay; the rerun takes the stale lock and row over.
+    Drift is off: the resumed stages and the job id are the point, not the stages after the replay (the
+    end-to-end test runs them all)."""
     spec = write_spec(
         tmp_path / "fd.yaml",
         job_home,
         replay={"batch_size": 16, "mode": "online"},
+        drift={"enabled": False},
         traffic={
             "path": str(job_home / "data" / "traffic.parquet"),
             "window": "15d",
@@ -357,11 +361,11 @@ def test_a_job_needs_a_signing_key(demo_home, tmp_path):
 
 # -- disabled stages and jobs that stop early -----------------------------------------------------------------
 def test_a_disabled_drift_stage_is_skipped_and_the_job_still_decides(job_home, tmp_path):
-    """A real `workbench jobs run` with drift off: drift is skipped with its reason, decide runs without a drift
-    report (the gates after a change point are skipped, not failed; no drift context), the job finishes and exits
-    0."""
+    """`workbench jobs run` (in this process: the CLI's own process is the end-to-end test's) with drift off:
+    drift is skipped with its reason, decide runs without a drift report (the gates after a change point are
+    skipped, not failed; no drift context), the job finishes and the command returns 0."""
     spec = write_spec(tmp_path / "fd.yaml", job_home, drift={"enabled": False})
-    proc = run_cli("jobs", "run", str(spec), "--json", home=job_home)
+    proc = cli("jobs", "run", str(spec), "--json", "--log-format", "text", home=job_home)
     out = json.loads(proc.stdout)
     assert out["status"] == "finished" and list(out["stages"]) == list(STAGES)
     assert out["stages"]["drift"]["status"] == "skipped"
@@ -381,17 +385,18 @@ def test_a_disabled_drift_stage_is_skipped_and_the_job_still_decides(job_home, t
 
 def test_a_job_that_stops_before_its_stages_does_not_exit_0(job_home, tmp_path):
     """An empty window ends the job `skipped`: the CLI prints its result, names the stages it did not reach on
-    stderr in one line and exits 3; rerunning the slot reports the same."""
+    stderr in one line and exits 3; rerunning the slot reports the same (the command in this process)."""
     spec = write_spec(
         tmp_path / "fd.yaml",
         job_home,
         schedule="0 9 * * *",
         traffic={"path": str(job_home / "data" / "traffic.parquet"), "window": "24h"},
     )
-    for _ in range(2):
-        proc = run_cli(
-            "jobs", "run", str(spec), "--as-of", "2026-11-26T09:00:00Z", "--json", home=job_home, check=False
-        )
+    args = ("jobs", "run", str(spec), "--as-of", "2026-11-26T09:00:00Z", "--json")
+    for proc in (  # a real process, then the rerun of its slot in this process
+        run_cli(*args, home=job_home, check=False),
+        cli(*args, "--log-format", "text", home=job_home, check=False),
+    ):
         assert proc.returncode == 3, proc.stderr[-2000:]
         out = json.loads(proc.stdout)
         assert out["status"] == "skipped" and out["unreached"] == ["ingest", "replay", "evaluate", "drift", "decide"]

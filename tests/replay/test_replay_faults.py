@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, LakeConnection, TinyModel, run_cli
+from conftest import RAY_CPUS, REPO, LakeConnection, TinyModel, run_cli
 from workbench.ingest.traffic import ingest
 from workbench.replay.pipeline import ReplayOptions, replay
 from workbench.replay.scoring import MAX_CONSECUTIVE_TIMEOUTS
@@ -234,10 +234,9 @@ def test_replay_from_source_files_ingests_then_replays(tmp_path, slow_model_dir)
     assert json.loads(out.stdout)["rows"] == 120
 
 
-def test_ray_refuses_actors_the_cluster_cannot_place(demo_home, tmp_path):
+def test_ray_refuses_actors_the_cluster_cannot_place(demo_home, tmp_path, ray_cluster):
     """More CPU actors than the cluster has CPUs to spare for reading: refused at once with what fits, not a
     replay that waits for ever."""
-    pytest.importorskip("ray", reason="Ray is an optional extra")
     from workbench import WorkbenchError
     from workbench.replay.ray_executor import _check_placement
 
@@ -256,21 +255,24 @@ def test_ray_refuses_actors_the_cluster_cannot_place(demo_home, tmp_path):
             _check_placement(*args)
     home = tmp_path / "home"
     shutil.copytree(demo_home, home)
-    cpus = os.cpu_count() or 1
     t0 = time.monotonic()
     out = run_cli(
         *("replay", "--baseline", "models:/flight-delay/1", "--candidate", "models:/flight-delay/2"),
-        *("--traffic", "flights", "--run-id", "ray_big", "--executor", "ray", "--ray-actors", str(cpus)),
+        *("--traffic", "flights", "--run-id", "ray_big", "--executor", "ray", "--ray-actors", str(RAY_CPUS)),
+        *("--ray-address", ray_cluster),
         home=home,
         timeout=300,
         check=False,
     )
-    assert out.returncode == 2 and f"--ray-actors {cpus} needs {cpus + 1} CPUs" in out.stderr, out.stderr[-2000:]
-    assert time.monotonic() - t0 < 120  # refused once Ray started, not after a wait
+    want = f"--ray-actors {RAY_CPUS} needs {RAY_CPUS + 1} CPUs on the cluster (one per actor, one for reading the "
+    want += f"traffic); it has {RAY_CPUS}: use --ray-actors {RAY_CPUS - 1} or fewer"
+    assert out.returncode == 2 and want in out.stderr, out.stderr[-2000:]
+    assert time.monotonic() - t0 < 120  # refused once connected to the cluster, not after a wait
 
 
-def test_ray_executor_stores_identical_results(demo_home, tmp_path):
-    pytest.importorskip("ray", reason="Ray is an optional extra")
+def test_ray_executor_stores_identical_results(demo_home, tmp_path, ray_cluster):
+    """A Ray replay (one actor, the driver committing into the home's SQLite-catalog lake) stores the scores,
+    classes and errors of the demo's local replay of the same traffic."""
     home = tmp_path / "home"  # a copy: the run it adds must not show up in the app tests' demo home
     shutil.copytree(demo_home, home)
     d = json.loads((home / "demo.json").read_text())
@@ -290,6 +292,8 @@ def test_ray_executor_stores_identical_results(demo_home, tmp_path):
         "1",
         "--batch-size",
         "1000",
+        "--ray-address",
+        ray_cluster,
         "--json",
         home=home,
         timeout=600,
