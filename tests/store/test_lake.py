@@ -389,3 +389,55 @@ def test_a_locked_catalog_delays_a_statement_by_milliseconds_not_whole_seconds(t
         monkeypatch.setattr("workbench.store.lake.CATALOG_LOCKED_WAIT_S", 0.3)
         with pytest.raises(WorkbenchError, match="SQLite catalog stayed locked for 0.3 s"):
             _while_catalog_held(lake, 5, lambda: s.list_jobs())
+
+
+def _keepers(catalog: Path) -> list[int]:
+    """Processes holding ``catalog`` open for a store's catalog_kept_open (by their command line)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(catalog).encode() in args and b"-I" in args:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_catalog_kept_open_is_never_checkpointed_by_a_readers_close(tmp_path):
+    """While a store keeps its catalog open (a replay does), a reader process that opens, reads and closes the
+    lake is not the catalog's last connection, so it does not checkpoint and delete the WAL on closing (the
+    sync under a lock that held every reader for about a second during a replay); the helper holding it ends
+    with the block, and with a writer that is SIGKILLed."""
+    lake = tmp_path / "lake"
+    catalog, wal = lake / "catalog.sqlite", lake / "catalog.sqlite-wal"
+    insert = "INSERT INTO jobs (job_id, kind, params, status, created_at) VALUES (?, 'x', '{}', 'queued', now())"
+    read = (
+        "import sys\nfrom workbench.store import Store\n"
+        "with Store(sys.argv[1], read_only=True) as s:\n    s.list_jobs()"
+    )
+    with Store(lake) as s:
+        s.write(insert, ["a"])
+        assert _python(read, lake).wait(timeout=120) == 0
+        assert not wal.exists()  # the reader's connection was the last: it checkpointed the WAL away
+        with s.catalog_kept_open():
+            assert len(_keepers(catalog)) == 1
+            s.write(insert, ["b"])
+            assert _python(read, lake).wait(timeout=120) == 0
+            assert wal.exists()
+        assert _keepers(catalog) == [] and not wal.exists()  # the helper's close was the last
+    hold = (
+        "import sys, time\nfrom workbench.store import Store\n"
+        "with Store(sys.argv[1]) as s, s.catalog_kept_open():\n    print('kept', flush=True)\n    time.sleep(60)"
+    )
+    writer = _python(hold, lake, stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "kept"
+        assert len(_keepers(catalog)) == 1
+    finally:
+        writer.kill()
+        writer.wait()
+    deadline = time.monotonic() + 10
+    while _keepers(catalog) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _keepers(catalog) == []

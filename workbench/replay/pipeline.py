@@ -225,7 +225,8 @@ def replay(
         log.info("resuming run %s after %s committed rows", run_id, run.rows_done)
     if progress:
         progress(run.rows_done, run.rows_total)
-    with store.limits(**duckdb_limits(len({f for m in models.values() for f in m.ref.features}), options.writers)):
+    limits = duckdb_limits(len({f for m in models.values() for f in m.ref.features}), options.writers)
+    with store.limits(**limits), store.catalog_kept_open():
         t0 = time.perf_counter()
         stages = (executor or LocalExecutor()).run(store, run, models, options, progress) or {}
         loads = {r: getattr(m, "load_stats", None) for r, m in models.items()}

@@ -38,6 +38,7 @@ from workbench.store.lake import (
     DatabaseLocked,
     LakeInstance,
     LakeTarget,
+    catalog_kept_open,
     check_lake,
     configure,
     retry_locked,
@@ -389,6 +390,17 @@ class StoreBase:
         finally:
             self._local.reading = False
             cur.rollback()
+
+    @contextmanager
+    def catalog_kept_open(self) -> Iterator[None]:
+        """For a block that commits many times (a replay): a connection to the lake's SQLite catalog is held
+        open meanwhile, so that no reader's connection is its last one and checkpoints it on closing
+        (:func:`~workbench.store.lake.catalog_kept_open`). Nothing to hold in memory or with PostgreSQL."""
+        if self._instance is None or self.target is None or self.target.postgres is not None:
+            yield
+            return
+        with catalog_kept_open(self._instance.catalog_file):
+            yield
 
     def write(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         """One write statement in its own transaction (under the writer lock); the rows it returns."""

@@ -9,11 +9,13 @@ import importlib.util
 import logging
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,48 @@ def retry_locked(fn: Callable[[], Any]) -> Any:
                 ) from None
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+# a process that holds a connection to an SQLite catalog open until its stdin closes (its parent ended the block
+# or died); Python's own sqlite3, in a process of its own: two SQLite libraries in one process would drop each
+# other's file locks
+_KEEPER = """import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def catalog_kept_open(catalog: Path) -> Iterator[None]:
+    """Hold a connection to the SQLite ``catalog`` open for the block, in a helper process, so that no other
+    connection is ever its last one. DuckLake opens a catalog connection per transaction, and SQLite makes the
+    last connection that closes checkpoint the WAL into the database and sync it, under a lock that stops every
+    new connection: during a replay, whose data files fill the page cache, that sync took about a second, and
+    the reads of every process waited for it (P99 over 1 s). With a connection kept open the writer's own
+    checkpoints run beside the readers. The helper ends with the block, or with this process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", _KEEPER, str(catalog)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "open":  # it failed: the block runs as it would without it
+            log.warning("could not keep a connection to %s open (exit %s)", catalog, proc.wait())
+        yield
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        with suppress(OSError):
+            proc.stdin.close()
+        proc.stdout.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class DatabaseLocked(WorkbenchError):
