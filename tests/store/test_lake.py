@@ -385,6 +385,12 @@ def test_a_locked_catalog_delays_a_statement_by_milliseconds_not_whole_seconds(t
             "write": _while_catalog_held(lake, 0.2, lambda: s.write(insert, ["b"])),
         }
         assert all(0.15 <= t < 0.9 for t in took.values()), took
+        # a new process attaches the lake while the catalog is locked (its first attempt fails, the retry must
+        # not find an aborted transaction)
+        fresh = "import sys\nfrom workbench.store import Store\nStore(sys.argv[1], read_only=True).close()"
+        exits: list[int] = []
+        _while_catalog_held(lake, 3, lambda: exits.append(_python(fresh, lake, stderr=subprocess.PIPE).wait(120)))
+        assert exits == [0]
         assert sorted(j["job_id"] for j in s.list_jobs()) == ["a", "b"]
         monkeypatch.setattr("workbench.store.lake.CATALOG_LOCKED_WAIT_S", 0.3)
         with pytest.raises(WorkbenchError, match="SQLite catalog stayed locked for 0.3 s"):

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
 
@@ -112,7 +112,7 @@ class Cursor:
         if self._in_transaction or self._lake is None:
             self._con.execute(sql, parameters)
         else:
-            retry_locked(lambda: self._con.execute(sql, parameters))
+            retry_locked(lambda: self._con.execute(sql, parameters), self._con)
         return cast(duckdb.DuckDBPyConnection, self)
 
     def begin(self) -> None:
@@ -122,13 +122,14 @@ class Cursor:
             self._con.execute("BEGIN TRANSACTION")
             if self._lake is None:
                 return
-            try:
-                self._con.execute(f"FROM ducklake_current_snapshot({sql_literal(self._lake)})").fetchall()
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+            self._con.execute(f"FROM ducklake_current_snapshot({sql_literal(self._lake)})").fetchall()
 
-        retry_locked(begin)
+        try:
+            retry_locked(begin, self._con)
+        except BaseException:
+            with suppress(duckdb.Error):
+                self._con.execute("ROLLBACK")
+            raise
         self._in_transaction = True
 
     def commit(self) -> None:

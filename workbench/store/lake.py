@@ -53,10 +53,12 @@ def catalog_locked(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and "database is locked" in str(exc)
 
 
-def retry_locked(fn: Callable[[], Any]) -> Any:
+def retry_locked(fn: Callable[[], Any], con: duckdb.DuckDBPyConnection | None = None) -> Any:
     """``fn()``, called again after 2, 4, ... 50 ms while it fails on a locked SQLite catalog, for up to
     :data:`CATALOG_LOCKED_WAIT_S`, then :class:`DatabaseLocked`. ``fn`` must be safe to repeat after such a
-    failure (one statement, or a transaction's start)."""
+    failure (one statement, or a transaction's start) on ``con``: a failed catalog read can leave ``con`` in an
+    aborted transaction (DuckDB then refuses every statement, and a read would keep its old snapshot), so it is
+    rolled back before the next try."""
     deadline, pause = time.monotonic() + CATALOG_LOCKED_WAIT_S, 0.002
     while True:
         try:
@@ -64,6 +66,9 @@ def retry_locked(fn: Callable[[], Any]) -> Any:
         except duckdb.Error as e:
             if not catalog_locked(e):
                 raise
+            if con is not None:
+                with suppress(duckdb.Error):  # none open: nothing to roll back
+                    con.execute("ROLLBACK")
             if time.monotonic() >= deadline:
                 raise DatabaseLocked(
                     f"the lake's SQLite catalog stayed locked for {CATALOG_LOCKED_WAIT_S:g} s (another process "
@@ -386,15 +391,15 @@ class LakeInstance:
             sql = f"ATTACH {sql_literal('ducklake:sqlite:' + str(catalog))} AS {self.alias} ({_lake_options(data)}, "
             sql += "META_JOURNAL_MODE 'WAL', META_BUSY_TIMEOUT 0)"  # no whole-second sleeps: retry_locked
             if catalog.exists():
-                retry_locked(lambda: self.root.execute(sql))
+                retry_locked(lambda: self.root.execute(sql), self.root)
             else:
                 with writer():  # the first attach creates the catalog: one process at a time
-                    retry_locked(lambda: self.root.execute(sql))
+                    retry_locked(lambda: self.root.execute(sql), self.root)
         else:
             self._attach_postgres(target, with_connect_timeout(postgres))
         # where the data files are: as configured, or as a PostgreSQL catalog recorded it when it was made
         settings = retry_locked(
-            lambda: self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall()
+            lambda: self.root.execute(f"SELECT data_path FROM ducklake_settings('{self.alias}')").fetchall(), self.root
         )
         self.data_path: str = settings[0][0]
 
